@@ -1,0 +1,130 @@
+"""The one settings object: defaults < ``diam.toml`` < ``DIAM_*`` environment variables.
+
+Each room defines the small config model it needs; this module composes them and reads the
+environment. Environment names are ``DIAM_<SECTION>_<FIELD>``, split once, e.g.
+``DIAM_KAFKA_BOOTSTRAP``, ``DIAM_REDIS_URL``, ``DIAM_SNAPSHOT_DIR``, ``DIAM_ONLINE_K_MAX``.
+
+>>> s = Settings()
+>>> s.kafka.clicks_topic
+'diam.clicks'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from online_model.config import OnlineConfig
+from serving_cache.config import RedisConfig
+from snapshotter.config import SnapshotConfig
+from streams.config import FlowConfig, KafkaConfig
+
+
+class StackConfig(BaseModel):
+    """The local stack launched by ``diam stack up`` (no Docker needed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    home: str = ".diam"
+    """Directory holding the stack's logs, data, pid files and the Kafka jar cache."""
+
+    kafka_version: str = "4.1.1"
+    """Apache Kafka release resolved from Maven Central (``org.apache.kafka:kafka_2.13``)."""
+
+    kafka_port: int = 9192
+    """Broker listener port on loopback."""
+
+    controller_port: int = 9193
+    """KRaft controller listener port on loopback."""
+
+    redis_port: int = 6390
+    """Redis port on loopback."""
+
+    kafka_heap: str = "768m"
+    """JVM heap of the broker. A single-node test broker needs far less than the 1 GB default
+    of kafka-server-start.sh, and the machine has two cores shared with the dataflow."""
+
+    start_timeout_s: float = 120.0
+    """How long ``up`` waits for the broker to answer a metadata request."""
+
+    use_docker: bool = False
+    """Use docker-compose.yml when a Docker engine answers, instead of local processes."""
+
+
+class ServeConfig(BaseModel):
+    """The HTTP recommendation API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Bind address."""
+
+    port: int = 8088
+    """Bind port."""
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("DIAM_CONFIG", "diam.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything diam-stream reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIAM_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+    )
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    """Kafka brokers, security and topics."""
+
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    """Redis connection, security and namespace."""
+
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    """Cadence and limits of the online dataflow."""
+
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    """Thresholds of the online update rule and drift guards."""
+
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    """Snapshot store."""
+
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """HTTP API."""
+
+    stack: StackConfig = Field(default_factory=StackConfig)
+    """Local stack launcher."""
+
+    data_dir: str = "data"
+    """Where prepared datasets are written and read."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path()
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; keyword overrides win over everything (used by tests and the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

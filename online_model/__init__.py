@@ -1,0 +1,8 @@
+"""The DIAM model and baselines (torch), offline trainer and evaluation, dataset loaders,
+incremental signals, the online update rule and drift guards, aggregation math (numpy).
+
+Never imports Kafka or Redis: everything here is pure computation."""
+
+from online_model.config import OnlineConfig
+
+__all__ = ["OnlineConfig"]

@@ -1,0 +1,50 @@
+"""Configuration of the Redis side: connection, security, namespace."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RedisConfig(BaseModel):
+    """How to reach Redis and which key namespace to use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "redis://127.0.0.1:6390/0"
+    """Redis URL. The local stack listens on 6390 so it never collides with a system Redis on
+    6379. Use ``rediss://`` for TLS."""
+
+    namespace: str = "live"
+    """Key namespace: keys are ``diam:{namespace}:...``. ``live`` is what serving reads; replays
+    write to a namespace of their own."""
+
+    username: str | None = None
+    """Redis ACL user (Redis 6+). Passed straight to the client; None uses the URL's."""
+
+    password: str | None = None
+    """Password for the ACL user or ``requirepass``. None uses the URL's."""
+
+    ssl_ca_certs: str | None = None
+    """CA bundle for TLS (``rediss://``)."""
+
+    ssl_certfile: str | None = None
+    """Client certificate for mutual TLS."""
+
+    ssl_keyfile: str | None = None
+    """Client key for mutual TLS."""
+
+    socket_timeout_s: float = 5.0
+    """Socket timeout. Five seconds: long enough for a pipelined batch of thousands of writes on
+    a loaded laptop, short enough that an outage is noticed and retried."""
+
+    pipeline_batch: int = Field(default=500, ge=1)
+    """Writes per pipeline round trip."""
+
+    def client_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``redis.Redis.from_url`` (security options pass through)."""
+        kw: dict[str, object] = {"socket_timeout": self.socket_timeout_s}
+        for name in ("username", "password", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                kw[name] = value
+        return kw

@@ -1,0 +1,103 @@
+"""Configuration of the Kafka side: brokers, security pass-through, topics, dataflow cadence."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class KafkaConfig(BaseModel):
+    """How to reach Kafka and which topics to use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap: str = "127.0.0.1:9192"
+    """Bootstrap servers. The local stack's broker listens on 9192 (not 9092) so it never
+    collides with another broker on the machine."""
+
+    clicks_topic: str = "diam.clicks"
+    """Input topic of click events, keyed by user id."""
+
+    deadletter_topic: str = "diam.deadletter"
+    """Where every rejected event goes, with its original bytes and the reason."""
+
+    drift_topic: str = "diam.drift"
+    """Drift events of the online learner (K_u changes, guard trips, rollbacks, freezes)."""
+
+    alerts_topic: str = "diam.alerts"
+    """Alerts raised by the drift monitor."""
+
+    partitions: int = Field(default=4, ge=1)
+    """Partitions when the tooling creates a topic. Four lets two processes of two workers
+    each own a share."""
+
+    group_id: str = "diam-online"
+    """Consumer group id for tooling that commits offsets (the dataflow itself keeps offsets in
+    its recovery store, as Bytewax does)."""
+
+    security_protocol: str | None = None
+    """``PLAINTEXT``, ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``; passed to librdkafka."""
+
+    sasl_mechanism: str | None = None
+    """``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512`` ...; passed to librdkafka."""
+
+    sasl_username: str | None = None
+    """SASL user."""
+
+    sasl_password: str | None = None
+    """SASL password."""
+
+    ssl_ca_location: str | None = None
+    """CA bundle for SSL."""
+
+    extra: dict[str, str] = Field(default_factory=dict)
+    """Any further librdkafka properties, passed through unchanged (e.g.
+    ``{"ssl.endpoint.identification.algorithm": "none"}``)."""
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties common to producers, consumers and admin clients."""
+        conf: dict[str, str] = {"bootstrap.servers": self.bootstrap}
+        mapping = {
+            "security_protocol": "security.protocol",
+            "sasl_mechanism": "sasl.mechanism",
+            "sasl_username": "sasl.username",
+            "sasl_password": "sasl.password",
+            "ssl_ca_location": "ssl.ca.location",
+        }
+        for field, key in mapping.items():
+            value = getattr(self, field)
+            if value is not None:
+                conf[key] = value
+        conf.update(self.extra)
+        return conf
+
+
+class FlowConfig(BaseModel):
+    """Cadence and limits of the online dataflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_event_bytes: int = Field(default=16_384, ge=64)
+    """Largest accepted event payload. A click is ~100 bytes; 16 KiB leaves room for a rich
+    ``context`` map while refusing blobs that would bloat per-user state."""
+
+    recent_items: int = Field(default=50, ge=1)
+    """Length of the per-user recent-item sequence (the model's sequence length)."""
+
+    push_every_events: int = Field(default=8, ge=1)
+    """Push a user's vectors to Redis after this many events since the last push (p)."""
+
+    push_every_ms: int = Field(default=200, ge=0)
+    """... or when this much wall time has passed since the last push (t). 200 ms keeps the
+    freshness p99 well under the 500 ms goal while coalescing bursts."""
+
+    batch_size: int = Field(default=1000, ge=1)
+    """Kafka messages per poll batch handed to the dataflow."""
+
+    epoch_interval_s: float = Field(default=1.0, gt=0)
+    """Bytewax epoch length; recovery snapshots are taken at epoch ends."""
+
+    ts_min_ms: int = 631_152_000_000
+    """Earliest accepted event time (1990-01-01). MovieLens-100K starts in 1997."""
+
+    ts_max_future_ms: int = 86_400_000
+    """How far in the future (vs. the wall clock) an event time may be: one day of clock skew."""
