@@ -1,6 +1,22 @@
 """Redis key schema and value codec, the write-if-newer writer, the reader, FAISS retrieval and
 the recommendation API."""
 
+from serving_cache.codec import CodecError, UserVectors, decode_user, encode_user
 from serving_cache.config import RedisConfig
+from serving_cache.connection import redis_client
+from serving_cache.keys import model_active_key, user_key, user_pattern, validate_namespace
+from serving_cache.writer import RedisWriter
 
-__all__ = ["RedisConfig"]
+__all__ = [
+    "CodecError",
+    "RedisConfig",
+    "RedisWriter",
+    "UserVectors",
+    "decode_user",
+    "encode_user",
+    "model_active_key",
+    "redis_client",
+    "user_key",
+    "user_pattern",
+    "validate_namespace",
+]

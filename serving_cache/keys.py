@@ -1,0 +1,40 @@
+"""Redis key schema (DESIGN.md §3). Keys are pinned byte for byte by a unit test.
+
+>>> user_key("live", "u42")
+'diam:live:u:u42'
+>>> model_active_key("replay-1")
+'diam:replay-1:model:active'
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["user_key", "model_active_key", "user_pattern", "validate_namespace"]
+
+_NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def validate_namespace(ns: str) -> str:
+    """Return ``ns`` or raise ValueError: a namespace must not contain ':' or glob characters,
+    or a replay could write into (or a SCAN could read from) another namespace."""
+    if _NS_RE.fullmatch(ns) is None:
+        raise ValueError(
+            f"namespace {ns!r} must be 1..64 chars of letters, digits, '_', '.', '-'"
+        )
+    return ns
+
+
+def user_key(ns: str, user_id: str) -> str:
+    """Key of a user's vectors. ``user_id`` must already be validated (streams.events)."""
+    return f"diam:{ns}:u:{user_id}"
+
+
+def user_pattern(ns: str) -> str:
+    """SCAN pattern matching every user key of a namespace."""
+    return f"diam:{validate_namespace(ns)}:u:*"
+
+
+def model_active_key(ns: str) -> str:
+    """Key holding the active snapshot version."""
+    return f"diam:{ns}:model:active"

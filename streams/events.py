@@ -1,0 +1,198 @@
+"""The click event contract (DESIGN.md §3): schema, msgpack/JSON codec and validation.
+
+Validation never raises on bad input: it returns a :class:`Rejection` whose ``reason`` names the
+field and what was wrong, so the dataflow can dead-letter the original bytes with it.
+
+>>> ev = ClickEvent(user_id="u1", item_id="i9", ts=880_000_000_000)
+>>> decode_event(encode_event(ev)) == ev
+True
+>>> decode_event(b'{"user_id": "a:b", "item_id": 1, "ts": 880000000000}').reason
+"user_id: contains ':' (allowed: letters, digits and _ . @ + = -)"
+>>> decode_event(b"\\xc1").reason
+'undecodable: neither msgpack nor JSON'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "ClickEvent",
+    "Rejection",
+    "decode_event",
+    "encode_event",
+    "validate_user_id",
+    "EVENT_KINDS",
+]
+
+#: Event kinds the stream learns from; anything else is rejected with a reason.
+EVENT_KINDS = frozenset({"click"})
+
+# Letters, digits and a few separators that are safe inside a Redis key and a Kafka key. ':'
+# (namespace separator), '*', '?', '[' (glob patterns of SCAN/KEYS) and whitespace are excluded
+# so that no user id can reach into another namespace or widen a pattern.
+_USER_ID_RE = re.compile(r"[A-Za-z0-9_.@+=-]{1,128}")
+_USER_ID_ALLOWED = "letters, digits and _ . @ + = -"
+_MAX_ITEM_ID_LEN = 128
+_MAX_SESSION_LEN = 128
+_MAX_CONTEXT_KEYS = 16
+_KNOWN_FIELDS = frozenset(
+    {"user_id", "item_id", "ts", "event", "session_id", "dwell_ms", "context"}
+)
+
+# Defaults for the time window: 1990-01-01 .. now + 1 day (see FlowConfig for the settings).
+DEFAULT_TS_MIN_MS = 631_152_000_000
+DEFAULT_MAX_BYTES = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    """One valid click. ``item_id`` is kept as a string (ints are converted on decode)."""
+
+    user_id: str
+    item_id: str
+    ts: int
+    event: str = "click"
+    session_id: str | None = None
+    dwell_ms: int | None = None
+    context: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an event was refused. ``reason`` starts with the field name when one is at fault."""
+
+    reason: str
+
+
+def encode_event(ev: ClickEvent) -> bytes:
+    """Serialise as the msgpack map of the contract, omitting absent optional fields."""
+    body = {k: v for k, v in asdict(ev).items() if v is not None}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def validate_user_id(user_id: object) -> str | None:
+    """The reason ``user_id`` is invalid, or None when it is fine.
+
+    >>> validate_user_id("alice-42") is None
+    True
+    >>> validate_user_id("*")
+    "user_id: contains '*' (allowed: letters, digits and _ . @ + = -)"
+    """
+    if not isinstance(user_id, str):
+        return f"user_id: expected a string, got {type(user_id).__name__}"
+    if not 1 <= len(user_id) <= 128:
+        return f"user_id: length {len(user_id)} outside 1..128"
+    if _USER_ID_RE.fullmatch(user_id) is None:
+        bad = next(c for c in user_id if _USER_ID_RE.fullmatch(c) is None)
+        return f"user_id: contains {bad!r} (allowed: {_USER_ID_ALLOWED})"
+    return None
+
+
+def _parse(raw: bytes) -> object | Rejection:
+    if raw[:1] in (b"{", b"[", b" ", b"\n", b"\t"):
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception:  # msgpack raises several unrelated types on garbage
+        pass
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return Rejection("undecodable: neither msgpack nor JSON")
+
+
+def decode_event(
+    raw: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    ts_min_ms: int = DEFAULT_TS_MIN_MS,
+    ts_max_ms: int | None = None,
+) -> ClickEvent | Rejection:
+    """Decode and validate one payload. ``ts_max_ms`` None means no upper bound (the dataflow
+    passes wall clock + allowed skew; replays of old data are unaffected)."""
+    if raw is None:
+        return Rejection("payload: empty (tombstone or null value)")
+    if len(raw) > max_bytes:
+        return Rejection(f"payload: {len(raw)} bytes exceeds the limit of {max_bytes}")
+    if not raw:
+        return Rejection("payload: empty")
+    obj = _parse(raw)
+    if isinstance(obj, Rejection):
+        return obj
+    if not isinstance(obj, dict):
+        return Rejection(f"payload: expected a map, got {type(obj).__name__}")
+    return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+
+
+def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
+    unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
+    if unknown:
+        return Rejection(f"payload: unknown field(s) {', '.join(unknown)}")
+    for name in ("user_id", "item_id", "ts"):
+        if name not in obj:
+            return Rejection(f"{name}: missing")
+
+    user_id = obj["user_id"]
+    why = validate_user_id(user_id)
+    if why:
+        return Rejection(why)
+
+    item = obj["item_id"]
+    if isinstance(item, bool) or not isinstance(item, (str, int)):
+        return Rejection(f"item_id: expected a string or integer, got {type(item).__name__}")
+    item_id = str(item)
+    if not 1 <= len(item_id) <= _MAX_ITEM_ID_LEN:
+        return Rejection(f"item_id: length {len(item_id)} outside 1..{_MAX_ITEM_ID_LEN}")
+
+    ts = obj["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        return Rejection(f"ts: expected integer epoch milliseconds, got {type(ts).__name__}")
+    if ts < ts_min_ms:
+        return Rejection(f"ts: {ts} is before the earliest accepted time {ts_min_ms} (epoch ms)")
+    if ts_max_ms is not None and ts > ts_max_ms:
+        return Rejection(f"ts: {ts} is in the future beyond the allowed skew (max {ts_max_ms})")
+
+    kind = obj.get("event", "click")
+    if not isinstance(kind, str) or kind not in EVENT_KINDS:
+        return Rejection(f"event: {kind!r} is not one of {sorted(EVENT_KINDS)}")
+
+    session = obj.get("session_id")
+    if session is not None and (
+        not isinstance(session, str) or not 1 <= len(session) <= _MAX_SESSION_LEN
+    ):
+        return Rejection(f"session_id: expected a string of 1..{_MAX_SESSION_LEN} chars")
+
+    dwell = obj.get("dwell_ms")
+    if dwell is not None and (isinstance(dwell, bool) or not isinstance(dwell, int) or dwell < 0):
+        return Rejection("dwell_ms: expected a non-negative integer")
+
+    context = obj.get("context")
+    if context is not None:
+        if not isinstance(context, dict):
+            return Rejection(f"context: expected a map, got {type(context).__name__}")
+        if len(context) > _MAX_CONTEXT_KEYS:
+            return Rejection(f"context: {len(context)} keys exceeds {_MAX_CONTEXT_KEYS}")
+        for key, value in context.items():
+            if not isinstance(key, str):
+                return Rejection("context: keys must be strings")
+            if not isinstance(value, (str, int, float, bool)) or value is None:
+                return Rejection(f"context.{key}: expected a scalar, got {type(value).__name__}")
+
+    return ClickEvent(
+        user_id=user_id,
+        item_id=item_id,
+        ts=ts,
+        event=kind,
+        session_id=session,
+        dwell_ms=dwell,
+        context=dict(context) if context is not None else None,
+    )
