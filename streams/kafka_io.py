@@ -1,0 +1,269 @@
+"""Kafka helpers: a bounded/tailing source for the dataflows, a sink that checks deliveries, and
+admin helpers (topic creation, offset ranges, offsets-for-times).
+
+The source differs from ``bytewax.connectors.kafka.KafkaSource`` in three ways that the online
+dataflow and replays need: it emits a light :class:`RawRecord` (no per-message dataclass with
+latency and headers), it can stop at given end offsets (a replay range, or the high watermarks
+seen at start for a bounded run), and it resumes from its own snapshot, so Bytewax recovery owns
+the offsets as with the stock source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.config import KafkaConfig
+
+__all__ = [
+    "RawRecord",
+    "ClickSource",
+    "KafkaOut",
+    "KafkaRecordSink",
+    "ensure_topic",
+    "partition_ids",
+    "watermarks",
+    "offsets_for_time",
+]
+
+
+class RawRecord(NamedTuple):
+    """One consumed Kafka record, as the dataflow sees it. ``ts_ms`` is the record timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ts_ms: int
+
+
+class KafkaOut(NamedTuple):
+    """One record to produce: key, value and headers."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def _admin(cfg: KafkaConfig) -> AdminClient:
+    return AdminClient(cfg.client_config())
+
+
+def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, timeout: float = 30.0) -> None:
+    """Create ``topic`` when missing (replication 1 on the local stack); wait until it is visible."""
+    admin = _admin(cfg)
+    md = admin.list_topics(timeout=timeout)
+    if topic not in md.topics:
+        fut = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions or cfg.partitions, replication_factor=1)]
+        )[topic]
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        if t is not None and t.error is None and t.partitions:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {topic!r} did not become visible within {timeout:.0f}s")
+
+
+def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> list[int]:
+    """Partition ids of ``topic``; a clear error when it does not exist."""
+    t = _admin(cfg).list_topics(topic, timeout=timeout).topics.get(topic)
+    if t is None or t.error is not None:
+        why = t.error.str() if t is not None and t.error is not None else "unknown topic"
+        raise RuntimeError(f"cannot read partitions of topic {topic!r}: {why}")
+    return sorted(t.partitions)
+
+
+def _consumer(cfg: KafkaConfig) -> Consumer:
+    conf = cfg.client_config()
+    conf.update({"group.id": "diam-offsets", "enable.auto.commit": "false"})
+    return Consumer(conf)
+
+
+def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}``; ``high`` is the offset the next record will get."""
+    c = _consumer(cfg)
+    try:
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            for p in partition_ids(cfg, topic, timeout)
+        }
+    finally:
+        c.close()
+
+
+def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 30.0) -> dict[int, int]:
+    """Per partition, the first offset whose record timestamp is >= ``ts_ms`` (the high watermark
+    when there is none), resolved by the broker (ListOffsets by timestamp)."""
+    c = _consumer(cfg)
+    try:
+        parts = partition_ids(cfg, topic, timeout)
+        found = c.offsets_for_times([TopicPartition(topic, p, ts_ms) for p in parts], timeout=timeout)
+        out: dict[int, int] = {}
+        for tp in found:
+            if tp.offset < 0:  # no record at or after ts_ms
+                out[tp.partition] = c.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=timeout
+                )[1]
+            else:
+                out[tp.partition] = tp.offset
+        return out
+    finally:
+        c.close()
+
+
+class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
+    def __init__(self, conf: dict[str, str], topic: str, part: int, start: int, end: int | None,
+                 batch_size: int) -> None:
+        self._topic, self._part, self._end = topic, part, end
+        self._next = start
+        self._batch = batch_size
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(topic, part, start)])
+
+    def next_batch(self) -> list[RawRecord]:
+        if self._end is not None and self._next >= self._end:
+            raise StopIteration()
+        msgs = self._consumer.consume(self._batch, 0.05)
+        out: list[RawRecord] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == err._PARTITION_EOF:
+                    continue
+                if err.retriable():
+                    continue  # librdkafka retries by itself; a broker outage stalls here
+                raise RuntimeError(f"consuming {self._topic}[{self._part}]: {err}")
+            off = m.offset()
+            if self._end is not None and off >= self._end:
+                self._next = self._end
+                break
+            out.append(RawRecord(self._topic, self._part, off, m.key(), m.value(), m.timestamp()[1]))
+            self._next = off + 1
+        return out
+
+    def snapshot(self) -> int:
+        return self._next
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class ClickSource(FixedPartitionedSource[RawRecord, int]):
+    """Every partition of ``topic`` as a Bytewax input partition.
+
+    ``start``/``end``: per-partition offsets (end exclusive). ``bounded=True`` without ``end``
+    stops at the high watermarks read when the dataflow starts. A resumed dataflow continues
+    from its recovery snapshot, not from ``start``.
+    """
+
+    def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
+                 end: dict[int, int] | None = None, bounded: bool = False,
+                 batch_size: int = 1000) -> None:
+        self.cfg, self.topic = cfg, topic
+        self.start, self.end, self.bounded = start, end, bounded
+        self.batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return [f"{p}-{self.topic}" for p in partition_ids(self.cfg, self.topic)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ClickPartition:
+        part = int(for_part.split("-", 1)[0])
+        conf = self.cfg.client_config()
+        conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
+                     "enable.partition.eof": "false", "fetch.wait.max.ms": "20"})
+        start = resume_state
+        if start is None:
+            start = (self.start or {}).get(part, OFFSET_BEGINNING)
+        end = (self.end or {}).get(part) if self.end is not None else None
+        if end is None and self.bounded:
+            end = watermarks(self.cfg, self.topic)[part][1]
+        if start == OFFSET_BEGINNING:
+            start = watermarks(self.cfg, self.topic)[part][0]
+        return _ClickPartition(conf, self.topic, part, start, end, self.batch_size)
+
+
+@dataclass
+class _DeliveryState:
+    failed: int = 0
+    last_error: str | None = None
+
+
+class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
+    def __init__(self, producer: Producer, topic: str) -> None:
+        self._producer, self._topic = producer, topic
+        self._state = _DeliveryState()
+
+    def _on_delivery(self, err: object, _msg: object) -> None:
+        if err is not None:
+            self._state.failed += 1
+            self._state.last_error = str(err)
+
+    def write_batch(self, items: list[KafkaOut]) -> None:
+        for rec in items:
+            while True:
+                try:
+                    self._producer.produce(self._topic, key=rec.key, value=rec.value,
+                                           headers=rec.headers, on_delivery=self._on_delivery)
+                    break
+                except BufferError:  # local queue full: serve callbacks, then retry
+                    self._producer.poll(0.1)
+        # Flushing per batch makes a delivery failure surface here, before the epoch closes,
+        # so recovery re-emits the records instead of losing them.
+        self._producer.flush()
+        if self._state.failed:
+            raise RuntimeError(
+                f"{self._state.failed} record(s) to {self._topic!r} were not delivered: "
+                f"{self._state.last_error}"
+            )
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class KafkaRecordSink(DynamicSink[KafkaOut]):
+    """Produce :class:`KafkaOut` records to ``topic``; a delivery failure stops the dataflow
+    (and recovery replays it) instead of being ignored."""
+
+    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+        self.cfg, self.topic = cfg, topic
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
+        conf = self.cfg.client_config()
+        conf.update({"linger.ms": "5", "message.timeout.ms": "120000", "enable.idempotence": "true"})
+        return _RecordSinkPartition(Producer(conf), self.topic)
+
+
+def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable[RawRecord]:
+    """Every record currently in ``topic`` (all partitions, up to the high watermarks)."""
+    marks = watermarks(cfg, topic)
+    c = _consumer(cfg)
+    try:
+        for p, (low, high) in marks.items():
+            if high <= low:
+                continue
+            c.assign([TopicPartition(topic, p, low)])
+            nxt = low
+            deadline = time.monotonic() + timeout
+            while nxt < high and time.monotonic() < deadline:
+                for m in c.consume(500, 0.2):
+                    if m.error() is None:
+                        yield RawRecord(topic, p, m.offset(), m.key(), m.value(), m.timestamp()[1])
+                        nxt = m.offset() + 1
+            c.unassign()
+    finally:
+        c.close()
