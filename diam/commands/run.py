@@ -1,0 +1,100 @@
+"""``diam run``: the online learning dataflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from diam.cli import get_settings
+from diam.settings import Settings
+
+
+def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str | None,
+                hot_reload: bool = True):
+    """The learner holder for a run: an explicit checkpoint, else the active snapshot (with hot
+    reload), else a co-occurrence base built from a prepared dataset."""
+    from online_model.base import BaseView
+    from online_model.online import OnlineLearner
+    from streams.online import LearnerHolder
+
+    cfg = settings.online
+    if checkpoint:
+        base = BaseView.from_checkpoint(checkpoint)
+        return LearnerHolder(OnlineLearner(base, cfg), base.version)
+    try:
+        from snapshotter.store import SnapshotStore
+    except ImportError:  # snapshotter not built in this checkout
+        SnapshotStore = None  # type: ignore[assignment,misc]  # noqa: N806
+    if SnapshotStore is not None:
+        store = SnapshotStore(settings.snapshot)
+        active = store.active()
+        if active is not None:
+            base = BaseView.from_checkpoint(active)
+
+            def reload() -> tuple[object, str] | None:
+                path = store.active()
+                if path is None:
+                    return None
+                version = path.name
+                if version == holder.version:
+                    return None
+                new = BaseView.from_checkpoint(path)
+                return OnlineLearner(new, cfg), new.version
+
+            holder = LearnerHolder(OnlineLearner(base, cfg), base.version,
+                                   reload=reload if hot_reload else None)
+            return holder
+    if base_from_data:
+        from online_model.datasets import load_prepared
+
+        base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
+        return LearnerHolder(OnlineLearner(base, cfg), base.version)
+    raise click.ClickException(
+        "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
+        "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base"
+    )
+
+
+@click.command("run")
+@click.option("--topic", default=None, help="Input topic (default: settings kafka.clicks_topic).")
+@click.option("--namespace", default=None, help="Redis namespace to write (default: settings redis.namespace).")
+@click.option("-w", "--workers", default=1, show_default=True, help="Worker threads in this process.")
+@click.option("-i", "--process-id", type=int, default=None, help="This process's index in a cluster.")
+@click.option("-a", "--addresses", default=None, help="host:port of every process, ';'-separated.")
+@click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
+              help="Bytewax recovery store; created on first use. Resume after a crash re-reads "
+                   "from the snapshotted offsets and gives the same Redis state.")
+@click.option("--bounded/--tail", default=False, show_default=True,
+              help="Stop at the end offsets seen at start, or keep tailing the topic.")
+@click.option("--checkpoint", default=None, help="Base model checkpoint or snapshot directory.")
+@click.option("--base-from-data", default=None,
+              help="Without a snapshot: build a co-occurrence base from this prepared dataset.")
+@click.pass_context
+def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, workers: int,
+            process_id: int | None, addresses: str | None, recovery_dir: Path | None, bounded: bool,
+            checkpoint: str | None, base_from_data: str | None) -> None:
+    """Consume click events and keep every user's interest vectors fresh in Redis.
+
+    Invalid events go to the dead-letter topic with their reason; drift events (K_u changes,
+    guard trips) go to the drift topic. Base weights come from the active snapshot (hot-reloaded
+    when a new one is published), an explicit --checkpoint, or --base-from-data.
+    """
+    from streams.runner import OnlineJob, run_online
+
+    s = get_settings(ctx)
+    holder = load_holder(s, checkpoint, base_from_data)
+    job = OnlineJob(
+        kafka=s.kafka, redis=s.redis, flow=s.flow,
+        topic=topic or s.kafka.clicks_topic, namespace=namespace or s.redis.namespace,
+        bounded=bounded, workers=workers, process_id=process_id,
+        addresses=addresses.split(";") if addresses else [],
+        recovery_dir=recovery_dir,
+    )
+    click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
+               f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else ""))
+    run_online(job, holder)
+    click.echo("done")
+
+
+COMMANDS = [run_cmd]

@@ -1,0 +1,78 @@
+"""Running the online dataflow against the real broker and Redis (used by ``diam run``,
+``diam replay`` and the benchmarks)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import cluster_main, run_main
+
+from serving_cache.config import RedisConfig
+from serving_cache.keys import validate_namespace
+from streams.config import FlowConfig, KafkaConfig
+from streams.kafka_io import ClickSource, KafkaRecordSink, ensure_topic
+from streams.online import FlowSinks, LearnerHolder, build_flow
+from streams.redis_sink import RedisVectorSink
+
+__all__ = ["OnlineJob", "run_online", "prepare_recovery"]
+
+
+@dataclass
+class OnlineJob:
+    """One run of the online dataflow."""
+
+    kafka: KafkaConfig
+    redis: RedisConfig
+    flow: FlowConfig
+    topic: str
+    namespace: str
+    bounded: bool = False
+    start: dict[int, int] | None = None
+    end: dict[int, int] | None = None
+    workers: int = 1
+    process_id: int | None = None
+    addresses: list[str] = field(default_factory=list)
+    recovery_dir: Path | None = None
+    flow_id: str = "diam-online"
+
+
+def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> RecoveryConfig:
+    """A Bytewax recovery config over ``path``, creating its partitions on first use.
+
+    ``fresh`` wipes an existing store (a replay must not resume a previous replay's state).
+    """
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    if not path.exists() or not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, partitions)
+    return RecoveryConfig(str(path))
+
+
+def run_online(job: OnlineJob, holder: LearnerHolder) -> None:
+    """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever."""
+    validate_namespace(job.namespace)
+    ensure_topic(job.kafka, job.topic)
+    for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
+        ensure_topic(job.kafka, t)
+    source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
+                         batch_size=job.flow.batch_size)
+    sinks = FlowSinks(
+        vectors=RedisVectorSink(job.redis, job.namespace),
+        deadletter=KafkaRecordSink(job.kafka, job.kafka.deadletter_topic),
+        drift=KafkaRecordSink(job.kafka, job.kafka.drift_topic),
+    )
+    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id)
+    recovery = None
+    if job.recovery_dir is not None:
+        recovery = prepare_recovery(Path(job.recovery_dir))
+    epoch = timedelta(seconds=job.flow.epoch_interval_s)
+    if job.workers == 1 and not job.addresses:
+        run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+    else:
+        cluster_main(flow, job.addresses, job.process_id or 0, epoch_interval=epoch,
+                     recovery_config=recovery, worker_count_per_proc=job.workers)
