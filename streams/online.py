@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,42 @@ from streams.config import FlowConfig
 from streams.events import ClickEvent, Rejection, decode_event
 from streams.kafka_io import KafkaOut, RawRecord
 
-__all__ = ["FlowSinks", "LearnerHolder", "build_flow", "deadletter_record", "drift_record"]
+__all__ = ["FlowSinks", "FlowStats", "LearnerHolder", "build_flow", "deadletter_record", "drift_record"]
+
+
+class FlowStats:
+    """Counters a caller can read while the dataflow runs (progress bars, run summaries).
+
+    Updated from every worker thread of the process; the lock keeps counts exact.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.records = 0
+        self.valid = 0
+        self.rejected = 0
+        self.users = 0
+        self.pushes = 0
+        self.drift_events = 0
+        self.last_offsets: dict[int, int] = {}
+
+    def _count(self, rec: RawRecord, ok: bool) -> None:
+        with self._lock:
+            self.records += 1
+            if ok:
+                self.valid += 1
+            else:
+                self.rejected += 1
+            self.last_offsets[rec.partition] = rec.offset
+
+    def _add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {"records": self.records, "valid": self.valid, "rejected": self.rejected,
+                    "users": self.users, "pushes": self.pushes, "drift_events": self.drift_events}
 
 
 @dataclass(frozen=True)
@@ -98,8 +134,15 @@ def drift_record(event: Any) -> KafkaOut:
                     headers=[("diam.kind", str(body["kind"]).encode())])
 
 
-def _decoder(cfg: FlowConfig) -> Callable[[RawRecord], tuple[RawRecord, ClickEvent | Rejection]]:
+def _decoder(cfg: FlowConfig, stats: FlowStats | None = None
+             ) -> Callable[[RawRecord], tuple[RawRecord, ClickEvent | Rejection]]:
     def decode(rec: RawRecord) -> tuple[RawRecord, ClickEvent | Rejection]:
+        rv = _decode(rec)
+        if stats is not None:
+            stats._count(rec, isinstance(rv[1], ClickEvent))
+        return rv
+
+    def _decode(rec: RawRecord) -> tuple[RawRecord, ClickEvent | Rejection]:
         # The upper time bound is the record's own timestamp plus the allowed skew, not the
         # wall clock, so a replay accepts and rejects exactly what the live run did.
         ts_max = rec.ts_ms + cfg.ts_max_future_ms if rec.ts_ms > 0 else None
@@ -125,8 +168,9 @@ class _UserSnap:
 
 
 class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _UserSnap]):
-    def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: _UserSnap | None) -> None:
-        self.holder, self.cfg = holder, cfg
+    def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: _UserSnap | None,
+                 stats: FlowStats | None) -> None:
+        self.holder, self.cfg, self.stats = holder, cfg, stats
         self.snap = resume
         self._last_push = time.monotonic()
 
@@ -136,6 +180,8 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
         st = s.state
         s.since_push, s.dirty = 0, False
         self._last_push = time.monotonic()
+        if self.stats is not None:
+            self.stats._add("pushes")
         vecs = st.vectors()
         return ("v", (s.user_id, UserVectors(seq=int(st.seq), model=str(st.version), k=int(vecs.shape[0]),
                                            d=float(st.d), dim=int(vecs.shape[1]), vecs=vecs,
@@ -147,13 +193,18 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
         for offset, ev in values:
             if self.snap is None:
                 self.snap = _UserSnap(ev.user_id, holder.learner.new_state(ev.user_id), 0, False)
+                if self.stats is not None:
+                    self.stats._add("users")
             s = self.snap
             if offset <= s.state.seq:
                 continue  # already applied before a resume: at-least-once input, exactly-once state
             if s.state.version != holder.version:
                 out.extend(("x", d) for d in holder.learner.reanchor(s.state))
-            for drift in holder.learner.apply(s.state, ev.item_id, ev.ts, offset, ev.session_id):
-                out.append(("x", drift))
+            drifts = holder.learner.apply(s.state, ev.item_id, ev.ts, offset, ev.session_id)
+            if drifts:
+                out.extend(("x", d) for d in drifts)
+                if self.stats is not None:
+                    self.stats._add("drift_events", len(drifts))
             s.since_push += 1
             s.dirty = True
         s = self.snap
@@ -185,7 +236,8 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
 
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
-               holder: LearnerHolder, flow_id: str = "diam-online") -> Dataflow:
+               holder: LearnerHolder, flow_id: str = "diam-online",
+               stats: FlowStats | None = None) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
@@ -193,7 +245,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     """
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
-    decoded = op.map("decode", raw, _decoder(cfg))
+    decoded = op.map("decode", raw, _decoder(cfg, stats))
     split = op.branch("valid", decoded, lambda rv: isinstance(rv[1], ClickEvent))
     op.output("deadletter", op.map("to-deadletter", split.falses,
                                    lambda rv: deadletter_record(rv[0], rv[1].reason)),
@@ -207,7 +259,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
         return item
 
     keyed = op.map_value("hot-reload", keyed, maybe_reload)
-    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume))
+    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats))
     tagged = op.key_rm("unkey", learned)
     outs = op.branch("kind", tagged, lambda t: t[0] == "v")
     op.output("redis", op.map("vectors", outs.trues, lambda t: t[1]), sinks.vectors)

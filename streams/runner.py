@@ -15,7 +15,7 @@ from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_io import ClickSource, KafkaRecordSink, ensure_topic
-from streams.online import FlowSinks, LearnerHolder, build_flow
+from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.redis_sink import RedisVectorSink
 
 __all__ = ["OnlineJob", "run_online", "prepare_recovery"]
@@ -53,8 +53,10 @@ def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> Re
     return RecoveryConfig(str(path))
 
 
-def run_online(job: OnlineJob, holder: LearnerHolder) -> None:
-    """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever."""
+def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None) -> None:
+    """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever.
+
+    ``stats`` is updated live (read it from another thread for progress)."""
     validate_namespace(job.namespace)
     ensure_topic(job.kafka, job.topic)
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
@@ -66,7 +68,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder) -> None:
         deadletter=KafkaRecordSink(job.kafka, job.kafka.deadletter_topic),
         drift=KafkaRecordSink(job.kafka, job.kafka.drift_topic),
     )
-    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id)
+    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))
