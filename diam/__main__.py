@@ -1,0 +1,5 @@
+"""``python -m diam`` is the ``diam`` command."""
+
+from diam.cli import main
+
+main()
