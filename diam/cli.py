@@ -60,7 +60,3 @@ for _name in _COMMAND_MODULES:
         continue
     for _cmd in _mod.COMMANDS:
         main.add_command(_cmd)
-
-
-if __name__ == "__main__":
-    main()
