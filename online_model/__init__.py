@@ -4,5 +4,6 @@ incremental signals, the online update rule and drift guards, aggregation math (
 Never imports Kafka or Redis: everything here is pure computation."""
 
 from online_model.config import OnlineConfig
+from online_model.datasets import ItemTable, PreparedDataset, load_prepared, user_sequences
 
-__all__ = ["OnlineConfig"]
+__all__ = ["ItemTable", "PreparedDataset", "load_prepared", "user_sequences", "OnlineConfig"]
