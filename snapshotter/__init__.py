@@ -1,5 +1,24 @@
-"""Versioned snapshot store: FAISS index build, publish / watch / rollback of base weights."""
+"""Versioned snapshot store: FAISS index build, publish / watch / rollback of base weights.
+
+A snapshot is ``<dir>/<version>/`` (weights, FAISS item index, item tables, manifest with the
+sha256 of every file); ``<dir>/ACTIVE`` names the active version and Redis broadcasts it as
+``diam:{ns}:model:active``. Workers and the API notice a new version with
+:class:`ActiveWatcher`.
+"""
 
 from snapshotter.config import SnapshotConfig
+from snapshotter.publish import CheckpointError, PublishResult, Watcher, load_checkpoint, publish
+from snapshotter.store import ActiveWatcher, IntegrityError, SnapshotError, SnapshotStore
 
-__all__ = ["SnapshotConfig"]
+__all__ = [
+    "ActiveWatcher",
+    "CheckpointError",
+    "IntegrityError",
+    "PublishResult",
+    "SnapshotConfig",
+    "SnapshotError",
+    "SnapshotStore",
+    "Watcher",
+    "load_checkpoint",
+    "publish",
+]

