@@ -1,0 +1,215 @@
+"""``diam snapshot``: publish, watch, list and roll back versioned base-model snapshots."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from diam.cli import get_settings
+from diam.settings import Settings
+
+
+def _parse_period(text: str) -> float:
+    """'30s', '5m', '1h' or plain seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a period like 30s, 5m or 1h") from None
+    if value <= 0:
+        raise click.BadParameter("the period must be positive")
+    return value
+
+
+def _store(settings: Settings):
+    from snapshotter.store import SnapshotStore
+
+    return SnapshotStore(settings.snapshot)
+
+
+def _redis(settings: Settings, no_redis: bool):
+    if no_redis:
+        return None
+    from serving_cache.connection import redis_client
+
+    return redis_client(settings.redis)
+
+
+def _ns(settings: Settings, namespace: str | None) -> str:
+    from serving_cache.keys import validate_namespace
+
+    try:
+        return validate_namespace(namespace or settings.redis.namespace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--namespace") from None
+
+
+_ns_opt = click.option("--namespace", default=None, help="Redis namespace whose active version is set (default: settings redis.namespace).")
+_no_redis_opt = click.option("--no-redis", is_flag=True, help="Only switch the pointer on disk; do not set the version in Redis.")
+
+
+@click.group("snapshot")
+def snapshot_group() -> None:
+    """Versioned snapshots of the base model: weights + FAISS item index + manifest.
+
+    Snapshots live in settings snapshot.dir (DIAM_SNAPSHOT_DIR, default ./snapshots) as
+    <version>/ directories; ACTIVE names the active one, and Redis key diam:<ns>:model:active
+    broadcasts it to the dataflow workers and the API, which reload it on their own.
+    """
+
+
+@snapshot_group.command("publish")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_ns_opt
+@_no_redis_opt
+@click.pass_context
+def publish_cmd(ctx: click.Context, checkpoint: Path, namespace: str | None, no_redis: bool) -> None:
+    """Verify CHECKPOINT (a trainer output directory), build its FAISS index, write a new
+    snapshot version, make it active and announce it in Redis.
+
+    Catalogues up to snapshot.exact_max_items get an exact index; larger ones IVF+SQ8 trained
+    on the real item vectors, with nprobe tuned to snapshot.target_recall. A bad checkpoint is
+    refused with the file at fault, and the active version does not change.
+    """
+    from snapshotter.publish import publish
+    from snapshotter.store import SnapshotError
+
+    s = get_settings(ctx)
+    ns = _ns(s, namespace)
+    store = _store(s)
+    click.echo(f"publishing {checkpoint} into {store.root} ...", err=True)
+    try:
+        res = publish(checkpoint, store, _redis(s, no_redis), ns, data_dir=s.data_dir)
+    except SnapshotError as exc:
+        raise click.ClickException(str(exc)) from None
+    info = res.manifest["index"]
+    detail = f"{info['factory']}" + (f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']}" if info["kind"] != "flat" else "")
+    click.echo(f"active: {res.version}  ({info['n_items']} items, d={info['dim']}, {detail})")
+    if res.previous:
+        click.echo(f"previous: {res.previous}  (diam snapshot rollback {res.previous})")
+    if res.pruned:
+        click.echo(f"removed old versions: {', '.join(res.pruned)}")
+    if res.redis_set:
+        click.echo(f"redis: diam:{ns}:model:active = {res.version}")
+
+
+@snapshot_group.command("watch")
+@click.option("--every", "every", default=None, help="Polling period, e.g. 30s, 5m (default: snapshot.watch_every_s).")
+@click.option("--trainer-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Checkpoint directory, or a directory of checkpoints (default: snapshot.trainer_dir).")
+@click.option("--once", is_flag=True, help="Run a single check and exit (for cron and tests).")
+@_ns_opt
+@_no_redis_opt
+@click.pass_context
+def watch_cmd(ctx: click.Context, every: str | None, trainer_dir: Path | None, once: bool,
+              namespace: str | None, no_redis: bool) -> None:
+    """Publish whenever the trainer's output holds a newer checkpoint.
+
+    A checkpoint is published once its files have not changed for snapshot.settle_s seconds
+    and its weights are not already a kept version (so a rollback is not undone). Each tick
+    also re-syncs the active version into Redis (after a Redis restart, say). Ctrl-C stops.
+    """
+    from snapshotter.publish import Watcher
+
+    s = get_settings(ctx)
+    period = _parse_period(every) if every else s.snapshot.watch_every_s
+    root = trainer_dir or Path(s.snapshot.trainer_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    watcher = Watcher(_store(s), root, _redis(s, no_redis), _ns(s, namespace), data_dir=s.data_dir)
+    click.echo(f"watching {root} every {period:g}s (Ctrl-C stops)", err=True)
+    try:
+        while True:
+            res = watcher.tick(time.time())
+            if res is not None:
+                click.echo(f"published {res.version} from {res.manifest['source']['path']}")
+            if once:
+                return
+            time.sleep(period)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+@snapshot_group.command("list")
+@click.option("--verify", is_flag=True, help="Also re-hash every file of every version (slow for big catalogues).")
+@_ns_opt
+@_no_redis_opt
+@click.pass_context
+def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: bool) -> None:
+    """Versions on disk, oldest first; '*' marks the active one."""
+    from snapshotter.store import SnapshotError
+
+    s = get_settings(ctx)
+    store = _store(s)
+    active = store.active_version()
+    infos = store.versions()
+    if not infos:
+        click.echo(f"no snapshots in {store.root}")
+        return
+    for info in infos:
+        man = info.manifest or {}
+        idx = man.get("index", {})
+        line = (f"{'*' if info.version == active else ' '} {info.version}  {info.created_at[:19]}  "
+                f"{man.get('model') or '?'}  {idx.get('n_items', '?')} items  {idx.get('factory', '?')}")
+        if info.manifest is None:
+            line += "  BROKEN (no readable manifest)"
+        elif verify:
+            try:
+                store.verify(info.version)
+                line += "  ok"
+            except SnapshotError as exc:
+                line += f"  FAILED: {exc}"
+        click.echo(line)
+    client = _redis(s, no_redis)
+    if client is not None:
+        from serving_cache.keys import model_active_key
+
+        try:
+            raw = client.get(model_active_key(_ns(s, namespace)))
+            click.echo(f"redis active: {raw.decode() if raw else None}")
+        except Exception as exc:
+            click.echo(f"redis active: unknown ({exc.__class__.__name__}: {exc})")
+
+
+@snapshot_group.command("rollback")
+@click.argument("version", required=False)
+@_ns_opt
+@_no_redis_opt
+@click.pass_context
+def rollback_cmd(ctx: click.Context, version: str | None, namespace: str | None, no_redis: bool) -> None:
+    """Make VERSION active again (default: the version before the active one).
+
+    The version is verified first; if a file fails its hash the active version stays.
+    Running it with the active version re-announces it in Redis.
+    """
+    from snapshotter.publish import set_active_in_redis
+    from snapshotter.store import SnapshotError
+
+    s = get_settings(ctx)
+    store = _store(s)
+    target = version or store.previous_version()
+    if target is None:
+        raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
+    try:
+        if not store.path(target).is_dir():
+            raise click.ClickException(f"no snapshot {target} in {store.root} (see `diam snapshot list`)")
+        store.activate(target)
+    except SnapshotError as exc:
+        raise click.ClickException(f"{exc}; {store.active_version()} stays active") from None
+    click.echo(f"active: {target}")
+    client = _redis(s, no_redis)
+    if client is not None:
+        ns = _ns(s, namespace)
+        try:
+            set_active_in_redis(client, ns, target)
+        except Exception as exc:
+            raise click.ClickException(f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers") from None
+        click.echo(f"redis: diam:{ns}:model:active = {target}")
+
+
+COMMANDS = [snapshot_group]
