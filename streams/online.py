@@ -196,10 +196,8 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
                 if self.stats is not None:
                     self.stats._add("users")
             s = self.snap
-            if offset <= s.state.seq:
-                continue  # already applied before a resume: at-least-once input, exactly-once state
-            if s.state.version != holder.version:
-                out.extend(("x", d) for d in holder.learner.reanchor(s.state))
+            # The learner skips offsets it has applied already (at-least-once input after a
+            # resume) and re-anchors a user whose state predates the current base version.
             drifts = holder.learner.apply(s.state, ev.item_id, ev.ts, offset, ev.session_id)
             if drifts:
                 out.extend(("x", d) for d in drifts)

@@ -1,0 +1,265 @@
+"""Throughput, freshness and footprint of the online dataflow against the real stack.
+
+Prints one JSON object and writes ``bench/results/stream.json``:
+
+- ``events_per_s``: events through the full dataflow (decode, validate, learn, push to Redis) in
+  one process with one worker, over a bounded topic; ``bare_consumer_events_per_s``: a bare
+  confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``.
+- ``freshness_p50_ms`` / ``freshness_p99_ms``: produce time → the user's vector (with a seq at
+  least the event's offset) visible in Redis, for a sample of events offered at ``offered_rate``
+  events/s to a tailing dataflow in its own process.
+- ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
+  ``state_bytes_per_user``: the pickled per-user state Bytewax snapshots.
+- ``events_per_s_two_processes``: the same bounded topic through two dataflow processes.
+
+Run: ``python bench/stream.py [--quick]`` with the local stack up (``diam stack up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diam.settings import load_settings  # noqa: E402
+from online_model.base import BaseView  # noqa: E402
+from online_model.config import OnlineConfig  # noqa: E402
+from online_model.online import OnlineLearner  # noqa: E402
+from serving_cache import decode_user, redis_client, user_key  # noqa: E402
+from streams.events import ClickEvent, encode_event  # noqa: E402
+from streams.kafka_io import ensure_topic, watermarks  # noqa: E402
+
+DIM, N_ITEMS, N_CATS = 64, 20_000, 20
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> BaseView:
+    """A clustered random base at d = 64 written in the checkpoint format."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    cats = (np.arange(N_ITEMS) % N_CATS).astype(np.int32)
+    centres = rng.normal(size=(N_CATS, DIM)).astype(np.float32)
+    emb = (centres[cats] + 0.5 * rng.normal(size=(N_ITEMS, DIM))).astype(np.float32)
+    ids = np.array([f"it{j}" for j in range(N_ITEMS)])
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({"online.item_emb": emb}, str(path / "weights.safetensors"))
+    np.save(path / "item_ids.npy", ids, allow_pickle=False)
+    np.save(path / "item_categories.npy", cats, allow_pickle=False)
+    (path / "categories.json").write_text(json.dumps([f"c{i}" for i in range(N_CATS)]))
+    (path / "config.json").write_text(json.dumps({"model": "bench", "dim": DIM, "k_max": 8, "seq_len": 50,
+                                                  "n_items": N_ITEMS, "n_categories": N_CATS}))
+    return BaseView.from_checkpoint(path)
+
+
+def synth_events(n: int, users: int, seed: int, t0: int) -> list[ClickEvent]:
+    rng = np.random.default_rng(seed)
+    u = rng.integers(users, size=n)
+    # Each user draws from 4 categories so that K_u = 4 is common.
+    cat = (u * 4 + rng.integers(4, size=n)) % N_CATS
+    item = cat + N_CATS * rng.integers(N_ITEMS // N_CATS, size=n)
+    return [ClickEvent(f"u{int(a)}", f"it{int(b)}", t0 + i) for i, (a, b) in enumerate(zip(u, item))]
+
+
+def produce(kafka, topic: str, events: list[ClickEvent]) -> None:
+    p = Producer({**kafka.client_config(), "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 1_000_000})
+    for ev in events:
+        while True:
+            try:
+                p.produce(topic, key=ev.user_id.encode(), value=encode_event(ev))
+                break
+            except BufferError:
+                p.poll(0.05)
+    if p.flush(60):
+        raise RuntimeError("not every event was delivered")
+
+
+def bare_consume(kafka, topic: str, n: int) -> float:
+    marks = watermarks(kafka, topic)
+    c = Consumer({**kafka.client_config(), "group.id": f"bare-{uuid.uuid4()}", "enable.auto.commit": "false"})
+    c.assign([TopicPartition(topic, p, lo) for p, (lo, _) in marks.items()])
+    seen, t = 0, time.perf_counter()
+    while seen < n:
+        for m in c.consume(1000, 0.1):
+            if m.error() is None:
+                seen += 1
+    dt = time.perf_counter() - t
+    c.close()
+    return n / dt
+
+
+def dataflow_cmd(topic: str, ns: str, ckpt: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", ns,
+            "--checkpoint", str(ckpt), *extra]
+
+
+def env_for(settings) -> dict[str, str]:
+    return {**os.environ, "DIAM_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+            "DIAM_REDIS_URL": settings.redis.url, "DIAM_ONLINE_DIM": str(DIM),
+            "DIAM_FLOW_PUSH_EVERY_MS": "100"}
+
+
+def timed_run(cmds: list[list[str]], env: dict[str, str]) -> float:
+    """Wall time of bounded dataflow processes, measured from their own start-up line so that
+    Python and torch import time is not counted as processing time."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    starts = []
+    for p in procs:
+        assert p.stdout is not None
+        p.stdout.readline()  # "online dataflow: ..." printed once the base is loaded
+        starts.append(time.perf_counter())
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"dataflow failed: {err[-2000:]}")
+    end = time.perf_counter()
+    return end - (max(starts) if starts else t0)
+
+
+def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env) -> tuple[float, float]:
+    rc = redis_client(settings.redis)
+    proc = subprocess.Popen(dataflow_cmd(topic, ns, ckpt, ["--tail"]), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    time.sleep(3.0)  # partitions assigned and consumers caught up with the empty topic
+    pending: dict[str, tuple[int, float]] = {}
+    lat: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def on_delivery(err, msg) -> None:
+        if err is None and msg.offset() % 10 == 0:
+            with lock:
+                pending.setdefault(msg.key().decode(), (msg.offset(), float(msg.timestamp()[1]) / 1000))
+
+    def poll_redis() -> None:
+        while not done.is_set() or pending:
+            with lock:
+                items = list(pending.items())
+            if items:
+                raws = rc.mget([user_key(ns, u) for u, _ in items])
+                now = time.time()
+                with lock:
+                    for (u, (off, t_prod)), raw in zip(items, raws):
+                        if raw is not None and decode_user(raw).seq >= off:
+                            lat.append((now - t_prod) * 1000)
+                            pending.pop(u, None)
+            time.sleep(0.002)
+            if done.is_set() and time.time() > stop_at + 10:
+                break
+
+    p = Producer({**settings.kafka.client_config(), "linger.ms": 1})
+    poller = threading.Thread(target=poll_redis, daemon=True)
+    poller.start()
+    n = int(rate * seconds)
+    t_start = time.perf_counter()
+    for i in range(n):
+        due = t_start + i / rate
+        while time.perf_counter() < due:
+            p.poll(0)
+        uid = f"f{i % 2000}"
+        ev = ClickEvent(uid, f"it{(i * 7919) % N_ITEMS}", int(time.time() * 1000))
+        p.produce(topic, key=uid.encode(), value=encode_event(ev), on_delivery=on_delivery)
+        p.poll(0)
+    p.flush(30)
+    stop_at = time.time()
+    done.set()
+    poller.join(30)
+    proc.terminate()
+    proc.wait(30)
+    arr = np.array(lat)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig, events: list[ClickEvent]) -> tuple[float, float]:
+    rc = redis_client(settings.redis)
+    sizes = []
+    for key in rc.scan_iter(match=f"diam:{ns}:u:*", count=1000):
+        raw = rc.get(key)
+        if raw is not None and decode_user(raw).k == 4:
+            sizes.append(rc.memory_usage(key, samples=0))
+        if len(sizes) >= 200:
+            break
+    learner = OnlineLearner(base, cfg)
+    states: dict[str, object] = {}
+    for off, ev in enumerate(events[:50_000]):
+        st = states.get(ev.user_id) or states.setdefault(ev.user_id, learner.new_state(ev.user_id))
+        learner.apply(st, ev.item_id, ev.ts, off)
+    state_sizes = [len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in states.values()]
+    return (float(np.mean(sizes)) if sizes else float("nan")), float(np.mean(state_sizes))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small run (under two minutes)")
+    ap.add_argument("--events", type=int, default=None)
+    ap.add_argument("--rate", type=int, default=5000, help="offered rate for the freshness run")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
+    args = ap.parse_args()
+    n = args.events or (60_000 if args.quick else 400_000)
+    users = 2_000 if args.quick else 20_000
+    settings = load_settings()
+    kafka = settings.kafka
+    run_id = uuid.uuid4().hex[:8]
+    topic, ftopic = f"bench.clicks.{run_id}", f"bench.fresh.{run_id}"
+    ensure_topic(kafka, topic, partitions=4)
+    ensure_topic(kafka, ftopic, partitions=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "ckpt"
+        base = make_checkpoint(ckpt)
+        env = env_for(settings)
+        events = synth_events(n, users, seed=1, t0=1_700_000_000_000)
+        produce(kafka, topic, events)
+        bare = bare_consume(kafka, topic, n)
+        one = timed_run([dataflow_cmd(topic, f"b1-{run_id}", ckpt, ["--bounded"])], env)
+        addrs = "127.0.0.1:47011;127.0.0.1:47012"
+        two = timed_run([dataflow_cmd(topic, f"b2-{run_id}", ckpt, ["--bounded", "-a", addrs, "-i", str(i)])
+                         for i in range(2)], env)
+        p50, p99 = freshness(settings, ftopic, f"bf-{run_id}", ckpt, args.rate, 6 if args.quick else 20, env)
+        redis_bytes, state_bytes = footprint(settings, f"b1-{run_id}", base, settings.online, events)
+    rc = redis_client(settings.redis)
+    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"bf-{run_id}"):
+        keys = list(rc.scan_iter(match=f"diam:{ns}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            rc.delete(*keys[i:i + 1000])
+    from confluent_kafka.admin import AdminClient
+    AdminClient(kafka.client_config()).delete_topics([topic, ftopic])
+    result = {
+        "events": n,
+        "users": users,
+        "events_per_s": round(n / one, 1),
+        "bare_consumer_events_per_s": round(bare, 1),
+        "ratio_to_bare": round((n / one) / bare, 4),
+        "freshness_p50_ms": round(p50, 2),
+        "freshness_p99_ms": round(p99, 2),
+        "offered_rate": args.rate,
+        "redis_bytes_per_user": redis_bytes,
+        "state_bytes_per_user": round(state_bytes, 1),
+        "events_per_s_two_processes": round(n / two, 1),
+        "quick": args.quick,
+        "machine": f"{os.cpu_count()} cores",
+    }
+    print(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Shared helpers of the dataflow tests: a tiny deterministic base model and event builders."""
+
+from __future__ import annotations
+
+import numpy as np
+from online_model.online import OnlineLearner
+
+from online_model.base import BaseView
+from online_model.config import OnlineConfig
+from streams.events import ClickEvent, encode_event
+from streams.kafka_io import RawRecord
+
+T0 = 880_000_000_000
+N_ITEMS = 60
+DIM = 16
+
+
+def tiny_base() -> BaseView:
+    """60 items in 6 categories, 16-d embeddings clustered by category, fixed seed."""
+    rng = np.random.default_rng(7)
+    cats = np.arange(N_ITEMS, dtype=np.int32) % 6
+    centres = rng.normal(size=(6, DIM)).astype(np.float32)
+    emb = centres[cats] + 0.3 * rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
+    ids = np.array([f"i{j}" for j in range(N_ITEMS)])
+    return BaseView(ids, emb.astype(np.float32), cats, k_max=4, version="tiny-1")
+
+
+def tiny_config() -> OnlineConfig:
+    return OnlineConfig(dim=DIM, k_max=4)
+
+
+def tiny_learner() -> OnlineLearner:
+    return OnlineLearner(tiny_base(), tiny_config())
+
+
+def click_stream(n_users: int, n_events: int, seed: int = 0) -> list[ClickEvent]:
+    """Time-ordered clicks: each user favours two categories."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in range(n_events):
+        u = int(rng.integers(n_users))
+        cat = (u * 2 + int(rng.integers(2))) % 6
+        item = cat + 6 * int(rng.integers(N_ITEMS // 6))
+        out.append(ClickEvent(user_id=f"user{u}", item_id=f"i{item}", ts=T0 + 1000 * e))
+    return out
+
+
+def as_records(events: list[ClickEvent], topic: str = "t", partition: int = 0) -> list[RawRecord]:
+    return [
+        RawRecord(topic, partition, off, ev.user_id.encode(), encode_event(ev), ev.ts)
+        for off, ev in enumerate(events)
+    ]
+
+
+def expected_states(events: list[ClickEvent], learner: OnlineLearner,
+                    offsets: list[int] | None = None) -> dict[str, object]:
+    """Apply the learner per user in order, exactly as the dataflow must."""
+    states: dict[str, object] = {}
+    for i, ev in enumerate(events):
+        off = offsets[i] if offsets is not None else i
+        st = states.get(ev.user_id)
+        if st is None:
+            st = states[ev.user_id] = learner.new_state(ev.user_id)
+        learner.apply(st, ev.item_id, ev.ts, off, ev.session_id)
+    return states

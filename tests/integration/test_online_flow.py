@@ -1,0 +1,221 @@
+"""The online dataflow against the real Kafka broker and Redis server of the local stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+
+from serving_cache import RedisWriter, UserVectors, decode_user, user_key
+from streams.config import FlowConfig
+from streams.events import ClickEvent, encode_event
+from streams.kafka_io import consume_all, ensure_topic
+from streams.online import FlowStats, LearnerHolder
+from streams.runner import OnlineJob, run_online
+from tests.flowkit import DIM, N_ITEMS, click_stream, expected_states, tiny_base, tiny_learner
+
+FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
+
+
+def _produce(kafka_cfg, topic: str, payloads: list[tuple[bytes | None, bytes | None]]) -> None:
+    p = Producer({**kafka_cfg.client_config(), "linger.ms": 5})
+    errors: list[str] = []
+    for key, value in payloads:
+        p.produce(topic, key=key, value=value,
+                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+    p.flush(30)
+    assert not errors, errors
+
+
+def _events_payloads(events: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
+    return [(ev.user_id.encode(), encode_event(ev)) for ev in events]
+
+
+def _expected_from_topic(kafka_cfg, topic: str, learner) -> dict[str, object]:
+    """Offline learner over the records as the broker stored them (real offsets)."""
+    from streams.events import decode_event
+
+    per_part: dict[int, list] = {}
+    for rec in consume_all(kafka_cfg, topic):
+        per_part.setdefault(rec.partition, []).append(rec)
+    events, offsets = [], []
+    for recs in per_part.values():
+        for rec in sorted(recs, key=lambda r: r.offset):
+            ev = decode_event(rec.value)
+            if isinstance(ev, ClickEvent):
+                events.append(ev)
+                offsets.append(rec.offset)
+    return expected_states(events, learner, offsets)
+
+
+def _redis_state(client, ns: str) -> dict[str, bytes]:
+    out = {}
+    for key in client.scan_iter(match=f"diam:{ns}:u:*", count=1000):
+        out[key.decode().rsplit(":", 1)[1]] = client.get(key)
+    return out
+
+
+def _job(stack, topic: str, ns: str, **kw) -> OnlineJob:
+    s = stack.settings
+    return OnlineJob(kafka=s.kafka, redis=s.redis, flow=FLOW, topic=topic, namespace=ns,
+                     bounded=True, **kw)
+
+
+def _holder():
+    learner = tiny_learner()
+    return LearnerHolder(learner, learner.base.version)
+
+
+def test_events_in_exact_state_out(stack, topic, namespace, redis_client) -> None:
+    events = click_stream(n_users=9, n_events=300, seed=11)
+    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    stats = FlowStats()
+    run_online(_job(stack, topic, namespace), _holder(), stats)
+    want = _expected_from_topic(stack.settings.kafka, topic, tiny_learner())
+    got = _redis_state(redis_client, namespace)
+    assert set(got) == set(want)
+    for user, st in want.items():
+        uv = decode_user(got[user])
+        assert (uv.seq, uv.n, uv.k) == (st.seq, st.n_events, st.vectors().shape[0])
+        assert np.array_equal(uv.vecs, st.vectors().astype(np.float16).astype(np.float32))
+    assert stats.as_dict()["valid"] == 300
+
+
+def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, topic, namespace,
+                                                                        redis_client) -> None:
+    dlq = f"{topic}.dlq"
+    ensure_topic(stack.settings.kafka, dlq, partitions=1)
+    kafka = stack.settings.kafka.model_copy(update={"deadletter_topic": dlq})
+    good = click_stream(n_users=3, n_events=30, seed=2)
+    bad = [
+        (b"u0", b"\xc1\xc1 not an event"),
+        (b"u0", json.dumps({"user_id": "u0", "item_id": 3}).encode()),
+        (b"u0", json.dumps({"user_id": "u:0", "item_id": 3, "ts": 880000000000}).encode()),
+        (b"u0", b"x" * 20_000),
+    ]
+    payloads = _events_payloads(good[:10]) + bad[:2] + _events_payloads(good[10:20]) + bad[2:] \
+        + _events_payloads(good[20:])
+    _produce(kafka, topic, payloads)
+    job = _job(stack, topic, namespace)
+    job.kafka = kafka
+    run_online(job, _holder())
+
+    dead = list(consume_all(kafka, dlq))
+    got = sorted(_reason_of(h) for h in _headers(kafka, dlq))
+    assert got == [
+        "ts: missing",
+        "payload: 20000 bytes exceeds the limit of 16384",
+        "undecodable: neither msgpack nor JSON",
+        "user_id: contains ':' (allowed: letters, digits and _ . @ + = -)",
+    ]
+    assert {r.value for r in dead} == {v for _, v in bad}
+    users = {ev.user_id for ev in good}
+    stored = _redis_state(redis_client, namespace)
+    assert set(stored) == users
+    assert sum(decode_user(v).n for v in stored.values()) == len(good)
+
+
+def _headers(kafka, topic):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({**kafka.client_config(), "group.id": "t", "enable.auto.commit": "false"})
+    c.assign([TopicPartition(topic, 0, 0)])
+    out, deadline = [], time.monotonic() + 10
+    while time.monotonic() < deadline:
+        msgs = c.consume(100, 0.5)
+        if not msgs and out:
+            break
+        out.extend(dict(m.headers() or []) for m in msgs if m.error() is None)
+    c.close()
+    return out
+
+
+def _reason_of(h: dict) -> str:
+    return h["diam.reason"].decode()
+
+
+def test_stale_write_never_overwrites_newer(redis_client, namespace) -> None:
+    w = RedisWriter(redis_client, namespace)
+
+    def uv(seq: int) -> UserVectors:
+        return UserVectors(seq=seq, model="m", k=1, d=0.5, dim=2,
+                           vecs=np.full((1, 2), seq, np.float32), ts=seq, n=seq)
+
+    assert w.write_batch([("a", uv(10)), ("a", uv(3)), ("b", uv(1))]) == 2
+    assert w.write_batch([("a", uv(9)), ("b", uv(1))]) == 0  # older and equal: skipped
+    assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 10
+    redis_client.script_flush()  # a restarted Redis has no cached script
+    assert w.write_batch([("a", uv(11))]) == 1
+    assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 11
+
+
+def test_one_and_two_workers_same_redis_state(stack, topic, namespace, redis_client) -> None:
+    events = click_stream(n_users=12, n_events=240, seed=4)
+    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    run_online(_job(stack, topic, namespace), _holder())
+    ns2 = f"{namespace}-w2"
+    try:
+        run_online(_job(stack, topic, ns2, workers=2), _holder())
+        a, b = _redis_state(redis_client, namespace), _redis_state(redis_client, ns2)
+        assert a and a == b
+    finally:
+        for k in redis_client.scan_iter(match=f"diam:{ns2}:*"):
+            redis_client.delete(k)
+
+
+def _write_tiny_checkpoint(path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    base = tiny_base()
+    path.mkdir(parents=True)
+    save_file({"online.item_emb": base.item_emb}, str(path / "weights.safetensors"))
+    np.save(path / "item_ids.npy", base.item_ids, allow_pickle=False)
+    np.save(path / "item_categories.npy", np.arange(N_ITEMS, dtype=np.int32) % 6, allow_pickle=False)
+    (path / "categories.json").write_text(json.dumps([f"c{i}" for i in range(6)]))
+    (path / "config.json").write_text(json.dumps({"model": "tiny", "dim": DIM, "k_max": 4,
+                                                  "seq_len": 50, "n_items": N_ITEMS, "n_categories": 6}))
+
+
+def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, namespace, redis_client,
+                                                               tmp_path) -> None:
+    events = click_stream(n_users=20, n_events=4000, seed=9)
+    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    ckpt = tmp_path / "ckpt"
+    _write_tiny_checkpoint(ckpt)
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
+           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.1",
+           "DIAM_FLOW_BATCH_SIZE": "50"}
+    cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt),
+           "--bounded"]
+    # Uninterrupted reference run.
+    subprocess.run(cmd + ["--namespace", namespace], env=env, check=True, timeout=180,
+                   capture_output=True)
+    want = _redis_state(redis_client, namespace)
+    # Killed run: SIGKILL once it has written something, then resume from the recovery store.
+    ns2 = f"{namespace}-kill"
+    rec = tmp_path / "recovery"
+    try:
+        proc = subprocess.Popen(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        partial = _redis_state(redis_client, ns2)
+        subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env, check=True,
+                       timeout=180, capture_output=True)
+        got = _redis_state(redis_client, ns2)
+        assert partial != want, "the kill came too late to interrupt anything"
+        assert got == want
+    finally:
+        for k in redis_client.scan_iter(match=f"diam:{ns2}:*"):
+            redis_client.delete(k)

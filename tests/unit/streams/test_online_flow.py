@@ -1,0 +1,97 @@
+"""The online dataflow under Bytewax's TestingSource: dead-lettering, per-user state equal to the
+offline learner, same result on one and two workers, and after an abort and resume."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+
+from serving_cache.codec import decode_user, encode_user
+from streams.config import FlowConfig
+from streams.kafka_io import RawRecord
+from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
+from streams.runner import prepare_recovery
+from tests.flowkit import as_records, click_stream, expected_states, tiny_learner
+
+CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
+
+
+def _run(items, workers: int = 1, recovery=None, stats=None, vecs=None):
+    vecs = [] if vecs is None else vecs
+    dead, drift = [], []
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    flow = build_flow(TestingSource(items, batch_size=7), FlowSinks(TestingSink(vecs), TestingSink(dead),
+                      TestingSink(drift)), CFG, holder, stats=stats)
+    if workers == 1:
+        run_main(flow, epoch_interval=timedelta(seconds=0.05), recovery_config=recovery)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=timedelta(seconds=0.05))
+    return vecs, dead, drift
+
+
+def _final(vecs) -> dict[str, bytes]:
+    """Last pushed value per user, as the Redis writer would keep it (highest seq wins)."""
+    best: dict[str, tuple[int, bytes]] = {}
+    for user, uv in vecs:
+        if user not in best or uv.seq > best[user][0]:
+            best[user] = (uv.seq, encode_user(uv))
+    return {u: raw for u, (_, raw) in best.items()}
+
+
+def test_final_state_equals_offline_learner_and_bad_input_is_dead_lettered() -> None:
+    events = click_stream(n_users=5, n_events=120)
+    records = as_records(events)
+    bad = [
+        RawRecord("t", 0, 1000, b"x", b"\xc1garbage", 0),
+        RawRecord("t", 0, 1001, b"user1", b'{"user_id": "a:b", "item_id": 1, "ts": 880000000000}', 0),
+        RawRecord("t", 0, 1002, None, None, 0),
+    ]
+    items = records[:40] + bad[:2] + records[40:80] + bad[2:] + records[80:]
+    stats = FlowStats()
+    vecs, dead, _ = _run(items, stats=stats)
+
+    reasons = sorted(dict(d.headers)["diam.reason"].decode() for d in dead)
+    assert reasons == [
+        "payload: empty (tombstone or null value)",
+        "undecodable: neither msgpack nor JSON",
+        "user_id: contains ':' (allowed: letters, digits and _ . @ + = -)",
+    ]
+    assert dead[0].value in {b"\xc1garbage", b'{"user_id": "a:b", "item_id": 1, "ts": 880000000000}', b""}
+    assert {dict(d.headers)["diam.offset"] for d in dead} == {b"1000", b"1001", b"1002"}
+
+    learner = tiny_learner()
+    want = expected_states(events, learner)
+    got = _final(vecs)
+    assert set(got) == set(want)
+    for user, st in want.items():
+        uv = decode_user(got[user])
+        assert uv.seq == st.seq and uv.n == st.n_events and uv.k == st.vectors().shape[0]
+        assert np.array_equal(uv.vecs, st.vectors().astype(np.float16).astype(np.float32))
+    assert stats.as_dict()["valid"] == 120 and stats.as_dict()["rejected"] == 3
+
+
+def test_one_and_two_workers_give_the_same_state() -> None:
+    items = as_records(click_stream(n_users=7, n_events=150, seed=3))
+    one, _, d1 = _run(items, workers=1)
+    two, _, d2 = _run(items, workers=2)
+    assert _final(one) == _final(two)
+    assert sorted(str(x.value) for x in d1) == sorted(str(x.value) for x in d2)
+
+
+def test_abort_and_resume_gives_the_uninterrupted_state(tmp_path) -> None:
+    items = as_records(click_stream(n_users=6, n_events=160, seed=5))
+    clean, _, _ = _run(items)
+    recovery = prepare_recovery(tmp_path / "rec")
+    aborting = items[:70] + [TestingSource.ABORT()] + items[70:]
+    first: list = []
+    try:
+        _run(aborting, recovery=recovery, vecs=first)
+    except Exception:
+        pass  # depending on the Bytewax version the abort may surface as an exception
+    second, _, _ = _run(aborting, recovery=recovery)
+    assert second, "the resumed run produced no pushes"
+    assert first and _final(first) != _final(clean), "the abort did not interrupt the first run"
+    assert _final(first + second) == _final(clean)
