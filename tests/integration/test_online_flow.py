@@ -110,8 +110,8 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, t
     dead = list(consume_all(kafka, dlq))
     got = sorted(_reason_of(h) for h in _headers(kafka, dlq))
     assert got == [
-        "ts: missing",
         "payload: 20000 bytes exceeds the limit of 16384",
+        "ts: missing",
         "undecodable: neither msgpack nor JSON",
         "user_id: contains ':' (allowed: letters, digits and _ . @ + = -)",
     ]
