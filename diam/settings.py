@@ -52,11 +52,41 @@ class StackConfig(BaseModel):
     """JVM heap of the broker. A single-node test broker needs far less than the 1 GB default
     of kafka-server-start.sh, and the machine has two cores shared with the dataflow."""
 
+    kafka_jvm_opts: list[str] = Field(
+        default_factory=lambda: ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+    )
+    """JVM options of the broker besides the heap. Serial GC: one node on two cores gains nothing
+    from G1's concurrent threads. C1-only JIT (TieredStopAtLevel=1): C2's compile threads fight
+    the broker for the two cores at start, so the broker answers in ~4 s instead of ~10 s, and a
+    single-machine pipeline is never bound by the broker's CPU. Use ``[]`` for JVM defaults
+    (``DIAM_STACK_KAFKA_JVM_OPTS='[]'``)."""
+
     start_timeout_s: float = 120.0
     """How long ``up`` waits for the broker to answer a metadata request."""
 
     use_docker: bool = False
     """Use docker-compose.yml when a Docker engine answers, instead of local processes."""
+
+    cache_dir: str = "~/.cache/diam-stream"
+    """Where the resolved Kafka jars live (``kafka-<version>/lib``). Outside ``home`` so that
+    ``rm -rf .diam`` and test stacks with a temporary home reuse one download."""
+
+    log4j_version: str = "2.25.3"
+    """log4j2 backend added to the broker's class path: Kafka 4.x logs through log4j2 but its
+    POM brings no backend."""
+
+    slf4j_version: str = "2.0.17"
+    """slf4j-api pinned over the 1.7 line Kafka's POM names, so the log4j SLF4J 2 bridge binds."""
+
+    java: str = ""
+    """Java 17+ executable; empty uses ``$JAVA_HOME/bin/java`` or ``java`` on the PATH."""
+
+    redis_server: str = "redis-server"
+    """The redis-server executable (Debian package ``redis-server``)."""
+
+    stop_timeout_s: float = 30.0
+    """How long ``down`` waits after SIGTERM before SIGKILL. A single-node broker's controlled
+    shutdown takes a few seconds; a hung one must still go."""
 
 
 class ServeConfig(BaseModel):
