@@ -1,0 +1,79 @@
+"""``diam produce``: write a prepared dataset to the clicks topic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("produce")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Prepared dataset directory [default: <data_dir>/ml-100k].",
+)
+@click.option(
+    "--topic", default=None, help="Target topic [default: the clicks topic, diam.clicks]."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Events per second (token bucket) [default: as fast as possible].",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Produce only the first N events in time order.",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
+)
+def produce(
+    data_dir: Path | None, topic: str | None, rate: float | None, limit: int | None, progress: bool
+) -> None:
+    """Produce a prepared dataset (see `diam data`) to Kafka as click events.
+
+    Each event is a msgpack ClickEvent {user_id, item_id, ts} keyed by user id, in time order.
+    The topic is created with DIAM_KAFKA_PARTITIONS partitions when missing. Exits non-zero
+    when any record was not acknowledged by the broker, and lists the delivery errors.
+    """
+    from confluent_kafka import KafkaException
+
+    from diam.cli import get_settings  # here, not at the top: diam.cli imports this module
+    from online_model.datasets import DatasetError, load_prepared
+    from streams.producer import produce_dataset
+
+    settings = get_settings(click.get_current_context())
+    path = data_dir if data_dir is not None else Path(settings.data_dir) / "ml-100k"
+    target = topic or settings.kafka.clicks_topic
+    try:
+        ds = load_prepared(path)
+    except DatasetError as exc:
+        raise click.ClickException(f"{exc} (prepare it with `diam data prepare ml-100k`)") from None
+    try:
+        report = produce_dataset(
+            ds, settings.kafka, target, rate=rate, limit=limit, progress=progress
+        )
+    except (KafkaException, TimeoutError) as exc:
+        raise click.ClickException(
+            f"Kafka at {settings.kafka.bootstrap} is not usable ({exc}); is the stack up? (`diam stack up`)"
+        ) from None
+    click.echo(
+        f"{report.sent:,} events sent to {target} from {ds.name} in {report.seconds:.2f} s "
+        f"({report.rate:,.0f} ev/s); failed: {report.failed:,}"
+    )
+    if report.interrupted:
+        raise click.ClickException(
+            "interrupted: the events queued so far were delivered (counted above)"
+        )
+    if report.failed:
+        details = "\n  ".join(report.errors)
+        raise click.ClickException(f"{report.failed:,} event(s) were not delivered:\n  {details}")
+
+
+COMMANDS = [produce]
