@@ -1,0 +1,183 @@
+"""The drift monitor dataflow: ``diam.drift`` → :class:`~streams.drift.DriftMonitor` → ``diam.alerts``.
+
+::
+
+    drift records ─► parse ─┬─ bad ─► counted (diam_drift_unparsed_total)
+                            └─ ok ──► one global key ─► monitor (windows, detector)
+                                                        ├─► alerts ─► diam.alerts (JSON)
+                                                        └─► window summaries ─► Prometheus gauges
+
+All logic lives in the pure monitor; this module only moves records. Everything is keyed on one
+key because the global series and its detector need every event; one process handles tens of
+thousands of drift events per second, far above what a fleet emits (a few per user per hour).
+A window also closes after ``idle_close_s`` of wall time without input, so a quiet stream still
+reports its last minute.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streams.config import KafkaConfig
+from streams.drift import (
+    Alert,
+    DriftConfig,
+    DriftMonitor,
+    DriftRecord,
+    WindowSummary,
+    parse_drift_record,
+)
+from streams.kafka_io import (
+    ClickSource,
+    KafkaOut,
+    KafkaRecordSink,
+    RawRecord,
+    ensure_topic,
+    watermarks,
+)
+
+__all__ = ["DriftMetrics", "alert_record", "build_drift_flow", "run_drift"]
+
+OutputFn = Callable[[Alert | WindowSummary], None]
+
+
+class DriftMetrics:
+    """Prometheus metrics of the monitor, in a registry of their own (tests build several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("diam_drift_events_total", "Drift events in closed windows", ["kind"],
+                              registry=r)
+        self.unparsed = Counter("diam_drift_unparsed_total", "Records that were not drift events",
+                                registry=r)
+        self.alerts = Counter("diam_drift_alerts_total", "Alerts raised", ["kind"], registry=r)
+        self.gauges = {
+            name: Gauge(f"diam_drift_window_{name}", doc, registry=r)
+            for name, doc in (
+                ("k_changes", "K_u changes in the last closed window (all users)"),
+                ("users_changed", "Users whose K_u changed in the last closed window"),
+                ("flip_users", "Users with an A->B->A reversal of K_u in the last closed window"),
+                ("max_d_swing", "Largest per-user d_u swing in the last closed window"),
+                ("guard_trips", "Guard trips in the last closed window"),
+                ("rollbacks", "Rollbacks in the last closed window"),
+                ("freezes", "Freezes in the last closed window"),
+                ("end_seconds", "Event-time end of the last closed window (epoch seconds)"),
+            )
+        }
+
+    def observe(self, out: Alert | WindowSummary) -> None:
+        if isinstance(out, Alert):
+            self.alerts.labels(out.kind).inc()
+            return
+        for kind, n in (("k_change", out.k_changes), ("guard_trip", out.guard_trips),
+                        ("rollback", out.rollbacks), ("freeze", out.freezes),
+                        ("reanchor", out.reanchors)):
+            self.events.labels(kind).inc(n)
+        for name, gauge in self.gauges.items():
+            value = out.end_ms / 1000 if name == "end_seconds" else getattr(out, name)
+            gauge.set(value)
+
+
+def alert_record(alert: Alert) -> KafkaOut:
+    """An alert as a JSON record keyed by its kind."""
+    return KafkaOut(key=alert.kind.encode(), value=json.dumps(alert.to_dict(), sort_keys=True).encode(),
+                    headers=[("diam.kind", alert.kind.encode())])
+
+
+class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSummary, DriftMonitor]):
+    def __init__(self, cfg: DriftConfig, resume: DriftMonitor | None, idle_close_s: float) -> None:
+        self.monitor = resume if resume is not None else DriftMonitor(cfg)
+        self.idle_close_s = idle_close_s
+        self._last_input = datetime.now(UTC)
+
+    def on_batch(self, values: list[tuple[int, DriftRecord]]
+                 ) -> tuple[list[Alert | WindowSummary], bool]:
+        self._last_input = datetime.now(UTC)
+        out: list[Alert | WindowSummary] = []
+        for partition, rec in values:
+            out.extend(self.monitor.add(rec, partition))
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.monitor._open:
+            return None
+        return self._last_input + timedelta(seconds=self.idle_close_s)
+
+    def on_notify(self) -> tuple[list[Alert | WindowSummary], bool]:
+        return self.monitor.flush(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Alert | WindowSummary], bool]:
+        return self.monitor.flush(), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> DriftMonitor:
+        return copy.deepcopy(self.monitor)
+
+
+def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], cfg: DriftConfig,
+                     *, metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
+                     idle_close_s: float = 10.0, flow_id: str = "diam-drift") -> Dataflow:
+    """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value)."""
+    flow = Dataflow(flow_id)
+    raw = op.input("drift", flow, source)
+
+    def parse(rec: RawRecord) -> tuple[int, DriftRecord] | None:
+        parsed = parse_drift_record(rec.value)
+        if parsed is None:
+            if metrics is not None:
+                metrics.unparsed.inc()
+            return None
+        return rec.partition, parsed
+
+    recs = op.filter_map("parse", raw, parse)
+    keyed = op.key_on("global", recs, lambda _r: "all")
+    outs = op.key_rm("unkey", op.stateful_batch(
+        "monitor", keyed, lambda resume: _MonitorLogic(cfg, resume, idle_close_s)))
+
+    def observe(_step: str, out: Alert | WindowSummary) -> None:
+        if metrics is not None:
+            metrics.observe(out)
+        if on_output is not None:
+            on_output(out)
+
+    outs = op.inspect("observe", outs, observe)
+    only_alerts = op.filter_map("alerts", outs, lambda o: alert_record(o) if isinstance(o, Alert) else None)
+    op.output("to-alerts", only_alerts, alerts)
+    return flow
+
+
+def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
+              alerts_topic: str | None = None, bounded: bool = False, from_end: bool = False,
+              metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
+              idle_close_s: float = 10.0) -> None:
+    """Run the monitor on ``topic`` (default the drift topic) until the input ends (``bounded``:
+    the high watermarks at start) or forever. ``from_end`` skips what is already in the topic."""
+    from bytewax.testing import run_main
+
+    topic = topic or kafka.drift_topic
+    alerts_topic = alerts_topic or kafka.alerts_topic
+    ensure_topic(kafka, topic)
+    ensure_topic(kafka, alerts_topic)
+    start = {p: hi for p, (_lo, hi) in watermarks(kafka, topic).items()} if from_end else None
+    # Small batches interleave the partitions finely while catching up on a backlog.
+    source = ClickSource(kafka, topic, start=start, bounded=bounded, batch_size=200)
+    flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic), cfg, metrics=metrics,
+                            on_output=on_output, idle_close_s=idle_close_s)
+    run_main(flow, epoch_interval=timedelta(seconds=1))
+
+
+def summary_dict(s: WindowSummary) -> dict[str, Any]:
+    """A window summary as a plain dict (JSON logs)."""
+    return asdict(s)

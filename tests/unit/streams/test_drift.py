@@ -1,0 +1,185 @@
+"""The drift monitor's windowing and alert logic on hand-made event lists (no services)."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.drift import Alert, DriftConfig, DriftMonitor, DriftRecord, WindowSummary
+from streams.drift_testing import T0_MS, null_alert_bound, plant_oscillation, stable_stream
+
+W = 60_000
+
+
+def kc(user: str, ts: int, a: int, b: int, d: float | None = None, off: int = 0) -> DriftRecord:
+    detail: dict[str, object] = {"k_from": a, "k_to": b}
+    if d is not None:
+        detail["d"] = d
+    return DriftRecord("k_change", user, ts, off, detail)
+
+
+def run(events: list[DriftRecord], cfg: DriftConfig | None = None
+        ) -> tuple[list[Alert], list[WindowSummary]]:
+    m = DriftMonitor(cfg)
+    out = [o for e in events for o in m.add(e)] + m.flush()
+    return ([o for o in out if isinstance(o, Alert)], [o for o in out if isinstance(o, WindowSummary)])
+
+
+def test_flip_flop_alert_is_raised_at_the_second_reversal_and_names_the_user():
+    evs = [kc("bob", T0_MS + 1000 * i, *((3, 4) if i % 2 == 0 else (4, 3))) for i in range(3)]
+    m = DriftMonitor(DriftConfig())
+    fired = [(i, a) for i, e in enumerate(evs) for a in m.add(e) if isinstance(a, Alert)]
+    # 3→4, 4→3 (reversal 1), 3→4 (reversal 2): the third change raises it, once per window
+    assert [(i, a.kind, a.top_users) for i, a in fired] == [(2, "k_flip_flop", [("bob", 2.0)])]
+    assert fired[0][1].seq == 3 and fired[0][1].window_start_ms == T0_MS
+
+
+def test_a_single_reversal_is_counted_but_does_not_alert_by_default():
+    alerts, [summary] = run([kc("amy", T0_MS, 2, 3), kc("amy", T0_MS + 10, 3, 2)])
+    assert alerts == []
+    assert (summary.k_changes, summary.users_changed, summary.flip_users) == (2, 1, 1)
+
+
+def test_changes_that_do_not_undo_each_other_are_not_reversals():
+    alerts, [summary] = run([kc("c", T0_MS + i, 2 + i, 3 + i) for i in range(3)])
+    assert summary.flip_users == 0 and alerts == []
+
+
+def test_reversals_do_not_span_windows():
+    evs = [kc("dan", T0_MS + W - 2, 3, 4), kc("dan", T0_MS + W - 1, 4, 3),
+           kc("dan", T0_MS + W + 1, 3, 4), kc("dan", T0_MS + W + 2, 4, 3)]
+    alerts, summaries = run(evs)
+    assert alerts == [] and [s.flip_users for s in summaries] == [1, 1]
+
+
+def test_churn_and_d_swing_alerts():
+    evs = [kc("eve", T0_MS + i, 2 + i, 3 + i, d=0.3 + 0.12 * i) for i in range(5)]
+    alerts, _ = run(evs)
+    by_kind = {a.kind: a for a in alerts}
+    assert by_kind["k_churn"].value == 4 and by_kind["k_churn"].top_users == [("eve", 4.0)]
+    assert by_kind["d_swing"].top_users[0][0] == "eve"
+    assert by_kind["d_swing"].value >= 0.4
+
+
+def test_window_closes_on_event_time_and_late_events_are_counted_not_used():
+    cfg = DriftConfig(lateness_ms=1_000)
+    m = DriftMonitor(cfg)
+    assert m.add(kc("a", T0_MS + 5, 1, 2)) == []
+    assert m.add(kc("b", T0_MS + W + 500, 1, 2)) == []          # within lateness: still open
+    out = m.add(kc("c", T0_MS + W + 1_000, 1, 2))                 # watermark reaches the end
+    assert [type(o) for o in out] == [WindowSummary] and out[0].k_changes == 1
+    assert m.add(kc("late", T0_MS + 10, 1, 2)) == [] and m.late == 1
+
+
+def test_watermark_waits_for_every_partition():
+    m = DriftMonitor(DriftConfig(lateness_ms=0))
+    m.add(kc("a", T0_MS + 1, 1, 2), partition=0)
+    m.add(kc("b", T0_MS + 2, 1, 2), partition=1)
+    # partition 0 races ahead three windows (a backlog read one partition batch at a time)
+    assert m.add(kc("a", T0_MS + 3 * W, 2, 3), partition=0) == []
+    m.add(kc("b", T0_MS + 30, 2, 1), partition=1)                 # still counted, not late
+    out = m.add(kc("b", T0_MS + 3 * W + 1, 1, 2), partition=1)
+    assert m.late == 0 and [o.k_changes for o in out] == [3]
+
+
+def test_global_counts_alert_at_window_close_with_top_users_by_count_then_id():
+    cfg = DriftConfig(guard_trips=3, freezes=None, rollbacks=2, top_n=2)
+    evs = [DriftRecord("guard_trip", u, T0_MS + i, i, {}) for i, u in enumerate("zzaab")]
+    evs += [DriftRecord("rollback", "r", T0_MS + 9, 9, {}), DriftRecord("freeze", "f", T0_MS + 9, 9, {})]
+    alerts, [summary] = run(evs, cfg)
+    assert [(a.kind, a.value, a.threshold, a.top_users) for a in alerts] == [
+        ("guard_trips", 5.0, 3.0, [("a", 2.0), ("z", 2.0)])]
+    assert (summary.guard_trips, summary.rollbacks, summary.freezes) == (5, 1, 1)
+
+
+def _windows_of(counts: list[int], rng: np.random.Generator) -> list[DriftRecord]:
+    evs = []
+    for w, n in enumerate(counts):
+        for j in range(n):
+            k = int(rng.integers(1, 7))
+            evs.append(kc(f"u{j}", T0_MS + w * W + j, k, k + 1))
+    return evs
+
+
+def test_page_hinkley_is_silent_on_a_stable_rate_and_catches_a_tripling():
+    rng = np.random.default_rng(3)
+    stable = list(rng.poisson(20, size=200))
+    alerts, _ = run(_windows_of(stable, rng))
+    assert [a for a in alerts if a.kind == "k_change_drift"] == []
+    jump = stable[:60] + list(rng.poisson(60, size=10))
+    alerts, _ = run(_windows_of(jump, rng))
+    drift = [a for a in alerts if a.kind == "k_change_drift"]
+    assert drift, "the detector missed a tripling of the K_u change rate"
+    assert (drift[0].window_start_ms - T0_MS) // W - 60 <= 3       # within 3 windows of it
+
+
+def test_quiet_windows_feed_zeros_to_the_detector():
+    # one change every 30 windows, then 5 a window for 3 windows: with the empty windows fed as
+    # zeros this is a rise (8.6 > 8 in stabilised units); without them it would not be (5.4)
+    evs = [kc("q", T0_MS + w * W, 1, 2) for w in range(0, 300, 30)]
+    evs += [kc(f"b{j}", T0_MS + w * W + j, 1, 2) for w in (301, 302, 303) for j in range(5)]
+    alerts, _ = run(evs)
+    assert any(a.kind == "k_change_drift" for a in alerts)
+
+
+def test_planted_oscillation_named_and_stable_fleet_silent():
+    stable = stable_stream(n_users=200, n_windows=30, seed=11)
+    planted_users = ["u0007", "u0042", "u0100"]
+    start = T0_MS + 12 * W + 7_000
+    planted = plant_oscillation(stable, planted_users, start_ms=start)
+    alerts, _ = run(planted)
+    named = {u for a in alerts if a.kind == "k_flip_flop" for u, _ in a.top_users}
+    assert named == set(planted_users)
+    first = next(i for i, e in enumerate(planted) if e.ts_ms >= start and e.user_id in planted_users)
+    delay = min(a.seq for a in alerts if a.kind == "k_flip_flop") - (first + 1)
+    assert 0 <= delay < 30            # a handful of fleet events interleaved with 3 planted ones
+    assert run(stable)[0] == []
+
+
+def test_false_alarm_rate_of_per_user_alerts_stays_under_the_null_bound():
+    # 40 seeded stable fleets = 240,000 user-windows; the expected count of per-user alerts is
+    # at most null_alert_bound (P(Poisson(0.05) >= 3) = 2.0e-5 per user-window, 4.8 here).
+    counts: Counter[str] = Counter()
+    for seed in range(40):
+        alerts, _ = run(stable_stream(n_users=200, n_windows=30, seed=1000 + seed))
+        counts.update(a.kind for a in alerts)
+    bound = null_alert_bound(0.05, 40 * 200 * 30)
+    per_user = counts["k_flip_flop"] + counts["k_churn"] + counts["d_swing"]
+    assert per_user <= bound, (counts, bound)
+    assert counts["k_change_drift"] <= 3, counts  # ARL0 of the detector: thousands of windows
+
+
+def test_snapshot_mid_stream_resumes_identically():
+    evs = plant_oscillation(stable_stream(n_users=50, n_windows=6, seed=5), ["u0001"],
+                            start_ms=T0_MS + 2 * W)
+    m = DriftMonitor()
+    whole = [o for e in evs for o in m.add(e)] + m.flush()
+    m = DriftMonitor()
+    first = [o for e in evs[:40] for o in m.add(e)]
+    m = pickle.loads(pickle.dumps(m))
+    rest = [o for e in evs[40:] for o in m.add(e)] + m.flush()
+    assert first + rest == whole
+
+
+kinds = st.sampled_from(["k_change", "guard_trip", "rollback", "freeze", "reanchor"])
+event = st.tuples(kinds, st.sampled_from(["a", "b", "c"]), st.integers(0, 5 * W),
+                  st.integers(1, 4), st.integers(1, 4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(event, max_size=60))
+def test_window_counts_match_a_batch_recount(raw):
+    evs = sorted((DriftRecord(k, u, T0_MS + t, i, {"k_from": a, "k_to": b} if k == "k_change" else {})
+                  for i, (k, u, t, a, b) in enumerate(raw)), key=lambda e: e.ts_ms)
+    _, summaries = run(evs, DriftConfig(lateness_ms=0))
+    for s in summaries:
+        inside = [e for e in evs if s.start_ms <= e.ts_ms < s.end_ms]
+        assert s.events == len(inside)
+        assert s.k_changes == sum(e.kind == "k_change" for e in inside)
+        assert s.users == len({e.user_id for e in inside})
+        assert s.guard_trips == sum(e.kind == "guard_trip" for e in inside)
+    assert sum(s.events for s in summaries) == len(evs)

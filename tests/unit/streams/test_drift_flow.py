@@ -1,0 +1,48 @@
+"""The drift monitor dataflow under Bytewax's TestingSource (no services)."""
+
+from __future__ import annotations
+
+import json
+
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from streams.drift import DriftConfig, WindowSummary
+from streams.drift_flow import DriftMetrics, build_drift_flow
+from streams.drift_testing import T0_MS, plant_oscillation, stable_stream
+from streams.kafka_io import RawRecord
+
+
+def records(evs, partitions: int = 2) -> list[RawRecord]:
+    out = []
+    for e in evs:
+        body = {"kind": e.kind, "user_id": e.user_id, "ts_ms": e.ts_ms, "offset": e.offset,
+                "detail": e.detail}
+        p = int(e.user_id[1:]) % partitions
+        out.append(RawRecord("diam.drift", p, e.offset, e.user_id.encode(),
+                             json.dumps(body).encode(), e.ts_ms))
+    return out
+
+
+def test_flow_sends_alerts_as_json_and_exports_metrics():
+    evs = plant_oscillation(stable_stream(n_users=40, n_windows=4, seed=2), ["u0003"],
+                            start_ms=T0_MS + 60_000)
+    raw = records(evs) + [RawRecord("diam.drift", 0, 999, None, b"not json", T0_MS)]
+    sink_items: list = []
+    metrics = DriftMetrics()
+    seen: list = []
+    flow = build_drift_flow(TestingSource(raw), TestingSink(sink_items), DriftConfig(),
+                            metrics=metrics, on_output=seen.append)
+    run_main(flow)
+    alerts = [json.loads(k.value) for k in sink_items]
+    flip = [a for a in alerts if a["kind"] == "k_flip_flop"]
+    assert [t["user_id"] for a in flip for t in a["top_users"]] == ["u0003"]
+    assert set(flip[0]) == {"kind", "window", "value", "threshold", "top_users", "seq", "ts_ms",
+                            "detail"}
+    assert sink_items[0].key == alerts[0]["kind"].encode()
+    r = metrics.registry
+    assert r.get_sample_value("diam_drift_unparsed_total") == 1
+    assert r.get_sample_value("diam_drift_alerts_total", {"kind": "k_flip_flop"}) == 1
+    n_changes = sum(e.kind == "k_change" for e in evs)
+    assert r.get_sample_value("diam_drift_events_total", {"kind": "k_change"}) == n_changes
+    assert r.get_sample_value("diam_drift_window_end_seconds") == (T0_MS + 4 * 60_000) / 1000
+    assert sum(isinstance(o, WindowSummary) for o in seen) == 4  # one summary per window
