@@ -201,3 +201,11 @@ def test_cli_prepare_and_clean_errors(tmp_path: Path) -> None:
     assert "4 events, 2 users, 3 items" in res.output
     res = runner.invoke(main, ["data", "prepare", str(tmp_path / "missing"), "--no-progress"])
     assert res.exit_code == 1 and "not a directory" in res.output and "Traceback" not in res.output
+
+
+def test_missing_recbole_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import online_model.movielens as ml
+
+    monkeypatch.setattr(ml.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DatasetError, match=r"run `pip install --no-deps recbole==1\.2\.1`"):
+        ml.find_recbole_ml100k()
