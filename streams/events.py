@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -45,6 +45,8 @@ _KNOWN_FIELDS = frozenset(
     {"user_id", "item_id", "ts", "event", "session_id", "dwell_ms", "context"}
 )
 
+_PACK = msgpack.Packer(use_bin_type=True).pack
+
 # Defaults for the time window: 1990-01-01 .. now + 1 day (see FlowConfig for the settings).
 DEFAULT_TS_MIN_MS = 631_152_000_000
 DEFAULT_MAX_BYTES = 16_384
@@ -72,8 +74,16 @@ class Rejection:
 
 def encode_event(ev: ClickEvent) -> bytes:
     """Serialise as the msgpack map of the contract, omitting absent optional fields."""
-    body = {k: v for k, v in asdict(ev).items() if v is not None}
-    return msgpack.packb(body, use_bin_type=True)
+    body: dict[str, Any] = {"user_id": ev.user_id, "item_id": ev.item_id, "ts": ev.ts}
+    if ev.event != "click":
+        body["event"] = ev.event
+    if ev.session_id is not None:
+        body["session_id"] = ev.session_id
+    if ev.dwell_ms is not None:
+        body["dwell_ms"] = ev.dwell_ms
+    if ev.context is not None:
+        body["context"] = ev.context
+    return _PACK(body)
 
 
 def validate_user_id(user_id: object) -> str | None:
@@ -134,8 +144,8 @@ def decode_event(
 
 
 def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
-    unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
-    if unknown:
+    if not _KNOWN_FIELDS.issuperset(obj):
+        unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
         return Rejection(f"payload: unknown field(s) {', '.join(unknown)}")
     for name in ("user_id", "item_id", "ts"):
         if name not in obj:
