@@ -1,0 +1,141 @@
+"""``diam drift run`` (the drift monitor) and ``diam drift watch`` (tail the alerts)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.group("drift")
+def drift() -> None:
+    """Monitor K_u instability, d_u swings and guard trips of the online learner.
+
+    `run` consumes the drift topic (diam.drift) and aggregates per tumbling event-time window;
+    alerts go to the alerts topic (diam.alerts) and to Prometheus metrics. `watch` prints the
+    alerts as they arrive.
+    """
+
+
+@drift.command("run")
+@click.option("--topic", default=None, help="Drift topic to read [default: diam.drift]. A replay's "
+              "drift events are in diam.drift.replay.<namespace>.")
+@click.option("--alerts-topic", default=None, help="Where alerts go [default: diam.alerts].")
+@click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Tumbling window length, in event time.")
+@click.option("--lateness-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How late (event time) a record may arrive and still count in its window.")
+@click.option("--flip-reversals", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Reversals of one user's K_u (A->B->A) in a window that raise k_flip_flop.")
+@click.option("--user-changes", type=click.IntRange(min=1), default=4, show_default=True,
+              help="K_u changes of one user in a window that raise k_churn.")
+@click.option("--d-swing", type=click.FloatRange(min=0, min_open=True), default=0.4,
+              show_default=True, help="max-min of one user's d_u in a window that raises d_swing.")
+@click.option("--from-beginning/--from-end", default=False, show_default=True,
+              help="Read the drift topic from its start, or only what arrives from now on.")
+@click.option("--bounded/--tail", default=False, show_default=True,
+              help="Stop at the end of the topic as seen at start, or keep tailing it.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics on this port (/metrics).")
+@click.option("--idle-close-s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Close open windows after this much wall time without input.")
+@click.option("--summaries", is_flag=True, help="Also print every closed window's aggregates.")
+@click.pass_context
+def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, window_s: float,
+            lateness_s: float, flip_reversals: int, user_changes: int, d_swing: float,
+            from_beginning: bool, bounded: bool, metrics_port: int | None, idle_close_s: float,
+            summaries: bool) -> None:
+    """Run the drift monitor: windows, per-user and global alerts, a Page-Hinkley detector.
+
+    Per window: K_u changes (global and per user), users whose K_u flips back and forth,
+    d_u swing, guard trips, rollbacks and freezes. Per-user alerts fire as soon as a user crosses
+    a threshold; global ones when the window closes. Each alert is printed and sent to the
+    alerts topic as JSON {kind, window, value, threshold, top_users, seq, ts_ms, detail}.
+    """
+    from confluent_kafka import KafkaException
+
+    from diam.cli import get_settings
+    from streams.drift import Alert, DriftConfig, format_alert
+    from streams.drift_flow import DriftMetrics, run_drift, summary_dict
+
+    s = get_settings(ctx)
+    cfg = DriftConfig(window_ms=int(window_s * 1000), lateness_ms=int(lateness_s * 1000),
+                      flip_reversals=flip_reversals, user_changes=user_changes, d_swing=d_swing)
+    metrics = DriftMetrics()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(metrics_port, registry=metrics.registry)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on port {metrics_port}: {exc}") from None
+        click.echo(f"metrics on http://127.0.0.1:{metrics_port}/metrics", err=True)
+
+    def show(out: object) -> None:
+        if isinstance(out, Alert):
+            click.echo("ALERT " + format_alert(out.to_dict()))
+        elif summaries:
+            click.echo("window " + json.dumps(summary_dict(out)))  # type: ignore[arg-type]
+
+    topic = topic or s.kafka.drift_topic
+    click.echo(f"drift monitor: {topic} -> {alerts_topic or s.kafka.alerts_topic} "
+               f"window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
+    try:
+        run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts_topic, bounded=bounded,
+                  from_end=not from_beginning, metrics=metrics, on_output=show,
+                  idle_close_s=idle_close_s)
+    except (KafkaException, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
+
+
+@drift.command("watch")
+@click.option("--topic", default=None, help="Alerts topic [default: diam.alerts].")
+@click.option("--from-beginning/--from-end", default=False, show_default=True,
+              help="Show the alerts already in the topic too.")
+@click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON records.")
+@click.pass_context
+def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_end: bool,
+          as_json: bool) -> None:
+    """Tail the alerts topic in readable form (one line per alert; Ctrl-C to stop)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from diam.cli import get_settings
+    from streams.drift import format_alert
+    from streams.kafka_io import ensure_topic, watermarks
+
+    s = get_settings(ctx)
+    topic = topic or s.kafka.alerts_topic
+    try:
+        ensure_topic(s.kafka, topic)
+        marks = watermarks(s.kafka, topic)
+    except (KafkaException, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
+    conf = s.kafka.client_config()
+    conf.update({"group.id": "diam-drift-watch", "enable.auto.commit": "false"})
+    consumer = Consumer(conf)
+    consumer.assign([TopicPartition(topic, p, lo if from_beginning else hi)
+                     for p, (lo, hi) in marks.items()])
+    pending = {p: hi for p, (lo, hi) in marks.items() if from_beginning and hi > lo}
+    try:
+        while not (exit_at_end and not pending):
+            for m in consumer.consume(100, 0.5):
+                if m.error() is not None:
+                    continue
+                if m.partition() in pending and m.offset() + 1 >= pending[m.partition()]:
+                    del pending[m.partition()]
+                raw = m.value() or b""
+                if as_json:
+                    click.echo(raw.decode(errors="replace"))
+                    continue
+                try:
+                    click.echo(format_alert(json.loads(raw)))
+                except (ValueError, TypeError, AttributeError, KeyError):
+                    click.echo(f"(not an alert) {raw[:200]!r}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+COMMANDS = [drift]

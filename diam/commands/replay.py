@@ -1,0 +1,189 @@
+"""``diam replay`` (a range of the clicks topic into a namespace of its own) and ``diam diff``
+(compare two namespaces user by user)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _holder(settings, snapshot: str | None, checkpoint: str | None, base_from_data: str | None):
+    """A fixed base for the whole replay: hot reload would make the result depend on timing."""
+    from diam.commands.run import load_holder
+
+    if snapshot is None:
+        return load_holder(settings, checkpoint, base_from_data, hot_reload=False)
+    from online_model.base import BaseView
+    from online_model.online import OnlineLearner
+    from snapshotter.store import SnapshotError, SnapshotStore
+    from streams.online import LearnerHolder
+
+    store = SnapshotStore(settings.snapshot)
+    try:
+        path = store.path(snapshot)
+    except SnapshotError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not path.is_dir():
+        known = ", ".join(i.version for i in store.versions()) or "none"
+        raise click.ClickException(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
+    base = BaseView.from_checkpoint(path)
+    return LearnerHolder(OnlineLearner(base, settings.online), base.version)
+
+
+def _clear_namespace(client, ns: str) -> int:
+    from serving_cache.keys import model_active_key, user_pattern
+
+    n = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=user_pattern(ns), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            n += client.unlink(*batch)
+            batch = []
+    if batch:
+        n += client.unlink(*batch)
+    client.unlink(model_active_key(ns))
+    return n
+
+
+@click.command("replay")
+@click.option("--topic", default=None, help="Topic to replay [default: the clicks topic].")
+@click.option("--from", "from_", default=None, metavar="BOUND",
+              help="Start: ISO time (record timestamps, e.g. 2024-05-01T12:00:00Z), an offset for "
+                   "every partition, or partition:offset pairs (0:100,1:80) [default: the oldest].")
+@click.option("--to", "to", default=None, metavar="BOUND",
+              help="End, exclusive, same forms [default: the end of the topic when the replay starts].")
+@click.option("--namespace", required=True,
+              help="Redis namespace to write; never 'live' or the serving namespace.")
+@click.option("--snapshot", default=None, help="Snapshot version to use as the base model.")
+@click.option("--checkpoint", default=None, help="Checkpoint or snapshot directory as the base.")
+@click.option("--base-from-data", default=None,
+              help="Build a co-occurrence base from this prepared dataset (no snapshot needed).")
+@click.option("--clear", is_flag=True,
+              help="Delete the namespace's keys first (required when it already holds users).")
+@click.option("-w", "--workers", default=1, show_default=True, help="Worker threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
+def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | None, namespace: str,
+           snapshot: str | None, checkpoint: str | None, base_from_data: str | None, clear: bool,
+           workers: int, progress: bool, as_json: bool) -> None:
+    """Run the online dataflow over a bounded range of a topic into its own Redis namespace.
+
+    The range is resolved once, at start (times by the broker's offsets-for-times), and the run
+    stops at its end. The same range and base give the same vectors bit for bit. Base model, in
+    order: --snapshot VERSION, --checkpoint DIR, the active snapshot (pinned for the whole
+    replay), --base-from-data DIR. Drift events and dead letters go to
+    <topic>.replay.<namespace>, not to the live topics. Compare with `diam diff live <namespace>`.
+    """
+    import redis
+    from confluent_kafka import KafkaException
+
+    from diam.cli import get_settings
+    from serving_cache import redis_client
+    from serving_cache.keys import user_pattern
+    from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
+
+    s = get_settings(ctx)
+    topic = topic or s.kafka.clicks_topic
+    try:
+        check_namespace(namespace, s.redis.namespace)
+        start = parse_bound(from_) if from_ is not None else None
+        end = parse_bound(to) if to is not None else None
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    holder = _holder(s, snapshot, checkpoint, base_from_data)
+    client = redis_client(s.redis)
+    try:
+        existing = next(iter(client.scan_iter(match=user_pattern(namespace), count=1000)), None)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis at {s.redis.url} is not usable ({exc}); is the stack up?") from None
+    if existing is not None:
+        if not clear:
+            raise click.ClickException(
+                f"namespace {namespace!r} already holds users; pass --clear to delete them first "
+                "(write-if-newer would otherwise keep their newer entries)")
+        n = _clear_namespace(client, namespace)
+        click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
+    try:
+        rng = resolve_range(s.kafka, topic, start, end)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (KafkaException, RuntimeError) as exc:
+        raise click.ClickException(f"cannot read topic {topic!r} at {s.kafka.bootstrap}: {exc}") from None
+    if not as_json:
+        click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
+                   f"base={holder.version}", err=True)
+    report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
+                        progress=progress)
+    if as_json:
+        click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
+                               "start": rng.start, "end": rng.end, "records": report.records,
+                               "valid": report.valid, "users": report.users,
+                               "deadlettered": report.deadlettered,
+                               "drift_events": report.drift_events, "pushes": report.pushes,
+                               "wall_s": round(report.wall_s, 3)}))
+    else:
+        for line in report.lines():
+            click.echo(line)
+
+
+@click.command("diff")
+@click.argument("ns_a")
+@click.argument("ns_b")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one row per user to this CSV file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--top", default=5, show_default=True, help="List this many most different users.")
+@click.pass_context
+def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_json: bool,
+         top: int) -> None:
+    """Compare two Redis namespaces user by user.
+
+    Per user: K_u difference, cosine of the interests matched by the Hungarian algorithm (the
+    pairing that maximises total cosine; vector order carries no meaning), d_u difference, and
+    whether the stored values are identical bytes. Summary: users in both or one only, K_u
+    agreement rate, mean and minimum matched cosine, mean |Δd_u|.
+    """
+    import redis
+
+    from diam.cli import get_settings
+    from serving_cache import redis_client, validate_namespace
+    from serving_cache.diff import diff_namespaces, summary_dict
+
+    s = get_settings(ctx)
+    for ns in (ns_a, ns_b):
+        try:
+            validate_namespace(ns)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        result = diff_namespaces(redis_client(s.redis), ns_a, ns_b)
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis at {s.redis.url} is not usable ({exc})") from None
+    if csv_path is not None:
+        result.write_csv(csv_path)
+    if as_json:
+        click.echo(json.dumps(summary_dict(result)))
+        return
+    m = result.summary
+    click.echo(f"{ns_a} vs {ns_b}: users {m.users_a:,} / {m.users_b:,}; in both {m.both:,}, "
+               f"only in {ns_a} {m.only_a:,}, only in {ns_b} {m.only_b:,}")
+    if m.both:
+        click.echo(f"  identical values {m.identical:,} ({m.identical / m.both:.1%})  "
+                   f"K_u agreement {m.k_agree_rate:.1%}  matched cosine mean {m.mean_matched_cos:.4f} "
+                   f"min {m.min_matched_cos:.4f}  mean |dd_u| {m.mean_abs_dd:.4f}")
+    if m.undecodable:
+        click.echo(f"  {m.undecodable:,} users had an undecodable value on one side")
+    worst = sorted((u for u in result.users if not u.identical),
+                   key=lambda u: (u.mean_cos, -abs(u.dd), u.user_id))[:top]
+    for u in worst:
+        click.echo(f"  {u.user_id}: K {u.k_a}->{u.k_b}  cos mean {u.mean_cos:.4f} min {u.min_cos:.4f}  "
+                   f"d {u.d_a:.3f}->{u.d_b:.3f}")
+    if csv_path is not None:
+        click.echo(f"  per-user rows written to {csv_path}")
+
+
+COMMANDS = [replay, diff]
