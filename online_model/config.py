@@ -1,8 +1,14 @@
-"""Configuration of the online update rule and its drift guards (DESIGN.md §5)."""
+"""Configuration of the online update rule and its drift guards (DESIGN.md §5).
+
+Lengths (radii, caps, clip) are in units of the base's ``scale``, the median norm of its item
+embeddings, so one configuration fits a PPMI base and a trained DIAM base alike.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class OnlineConfig(BaseModel):
@@ -13,5 +19,118 @@ class OnlineConfig(BaseModel):
     dim: int = 64
     """Interest vector dimension; must equal the base model's item embedding size."""
 
-    k_max: int = 8
+    k_max: int = Field(8, ge=1)
     """Upper bound of K_u, the number of interests per user (the base model's K_max)."""
+
+    # -- what the learner does ----------------------------------------------------------
+    learn: bool = True
+    """False freezes vectors at their anchors, K_u and d_u at their values at anchoring: the
+    "frozen snapshot" arm of the prequential evaluation."""
+
+    guards: bool = True
+    """Run the drift guards (step cap, drift cap, rate limit) and K_u hysteresis. False is the
+    "unguarded" arm; the trust region and norm bound stay on, they are part of the update."""
+
+    recent_len: int = Field(50, ge=1)
+    """Items kept per user: the base model's sequence length, the gate's input window."""
+
+    anchor_min_items: int = Field(3, ge=1)
+    """Known items a new user needs before getting anchors (centroids of recent items): with
+    fewer, centroids are noise and the user keeps one mean vector."""
+
+    k_fixed: int = Field(4, ge=1)
+    """K_u when the base has no light gate and ``no_gate_policy`` is "fixed": ComiRec's and
+    DIAM's warm-up K."""
+
+    no_gate_policy: Literal["categories", "fixed"] = "categories"
+    """K_u proposal without a light gate: "categories" proposes the effective number of
+    categories (exp of the entropy) of the long-term decayed category counts, so K_u still
+    follows the user's breadth; "fixed" uses ``k_fixed`` and never changes K_u."""
+
+    # -- the gradient step ---------------------------------------------------------------
+    n_negatives: int = Field(16, ge=1)
+    """Uniform negatives of the sampled softmax: 16 keeps the step ~10 µs and its direction
+    stable (more negatives change the direction by a few percent only)."""
+
+    temperature: float = Field(0.5, gt=0)
+    """Softmax temperature on logits ``v·e / scale²``: below 1 sharpens the softmax so that
+    negatives already scored above the clicked item dominate the push-away part."""
+
+    lr: float = Field(0.15, ge=0)
+    """Step size on the interest vector, in scale units per unit gradient; with ``grad_clip``
+    it bounds a step to 0.15·scale, so ~7 consistent clicks are needed to move an interest by
+    one item-norm: fast enough to follow a session, slow enough to ignore one stray click."""
+
+    grad_clip: float = Field(1.0, gt=0)
+    """Gradient norm clip (scale units): the softmax gradient is at most ~2 item norms; one
+    item norm is its typical size, so only outliers (huge-norm items) get clipped."""
+
+    trust_radius: float = Field(1.0, gt=0)
+    """Trust region ``‖v_k − a_k‖ ≤ ρ``: one item norm away from the anchor, so online learning
+    can re-centre an interest on a neighbouring taste but never replace it wholesale."""
+
+    max_norm: float = Field(2.0, gt=0)
+    """Norm bound on interest vectors: twice a typical item, which keeps dot-product scores in
+    the range the base was trained in (a growing norm would only sharpen the softmax)."""
+
+    ortho_threshold: float = 0.3
+    """Cosine above which two interests overlap: DESIGN §4's L_ortho margin."""
+
+    ortho_margin: float = 0.2
+    """Slack before the stream pushes apart: anchors themselves may overlap up to 0.3 in
+    training, so only cos > 0.5 (clearly duplicated interests) is corrected online."""
+
+    # -- d_u -----------------------------------------------------------------------------
+    d_lr: float = Field(0.1, ge=0)
+    """Step on the d_u logit toward this click's exploration flag: ~10 clicks to move d_u by
+    one logit unit, on the scale of a session."""
+
+    d_prior_pull: float = Field(0.05, ge=0)
+    """Pull of the d_u logit back to its prior (fusion layer on the signals): weak, so d_u
+    reflects the last few tens of clicks, yet returns to the prior when the user settles."""
+
+    d_max_offset: float = Field(2.0, gt=0)
+    """The logit never strays further than this from the prior (×7 in odds): online evidence
+    refines, it does not overturn the fusion layer."""
+
+    d_logit_bound: float = Field(4.0, gt=0)
+    """Absolute logit bound, d_u ∈ [0.018, 0.982]: keeps d_u strictly inside (0, 1) and the
+    aggregator's regimes reachable both ways."""
+
+    # -- K_u re-gating ---------------------------------------------------------------------
+    regate_every: int = Field(10, ge=1)
+    """Re-propose K_u (and refresh d_u's prior) every m events: the gate's input (mean of the
+    last 50 items) barely moves in fewer, and it costs ~30 µs, so 3 µs per event amortised."""
+
+    k_hysteresis: int = Field(3, ge=1)
+    """Consecutive equal proposals needed to change K_u (guards on): 3 proposals = 30 events,
+    about a session, so a proposal that flickers at a rounding boundary never reaches Redis."""
+
+    # -- guards --------------------------------------------------------------------------------
+    step_cap: float = Field(0.3, gt=0)
+    """Largest change of one interest vector per event (scale units), push-apart included:
+    twice the largest gradient step, so it only trips on pathological geometry."""
+
+    d_step_cap: float = Field(0.2, gt=0)
+    """Largest change of the d_u logit per event: twice ``d_lr``'s largest step."""
+
+    drift_cap: float = Field(0.6, gt=0)
+    """Cap on the user's RMS drift from anchors over interests (scale units): below the trust
+    radius, so a burst of consistent clicks moves a user's vectors at most ~half an item norm
+    on average before a re-anchoring confirms it."""
+
+    drift_policy: Literal["clamp", "rollback"] = "clamp"
+    """On a drift-cap trip: "clamp" scales every interest's drift back to the cap (keeps what
+    was learnt, emits guard_trip); "rollback" resets vectors to anchors (emits rollback)."""
+
+    rate_burst: int = Field(30, ge=1)
+    """Token bucket size: the most events a user may send at once without being frozen.
+    ml-100k's busiest rater sends 30 ratings in a minute; a human clicker far fewer."""
+
+    rate_per_s: float = Field(0.5, gt=0)
+    """Token refill rate: 30 events per minute sustained, twice ml-100k's busiest 10-minute
+    window (157 events), so no ml-100k user is ever frozen while a 10/s bot is within seconds."""
+
+    freeze_ms: int = Field(600_000, ge=0)
+    """How long a user whose bucket ran dry stays frozen (events counted, nothing learnt):
+    10 minutes outlasts a typical bot burst, so it cannot learn half-speed through the refill."""

@@ -1,0 +1,303 @@
+"""What the stream needs from a base model, as numpy: item embeddings, categories, the light
+gate that proposes K_u and the fusion layer that gives d_u's prior.
+
+A base comes from a checkpoint or snapshot directory (``weights.safetensors`` with the
+``online.*`` head, ``item_ids.npy``; no torch, no pickle) or, without any trained model, from the
+events themselves: a truncated SVD of the items' PPMI co-occurrence matrix, deterministic.
+
+>>> import numpy as np
+>>> b = BaseView(np.array(["a", "b"]), np.eye(2, dtype=np.float32), k_max=4)
+>>> b.index_of("b"), b.index_of("zzz"), b.category_of(0), b.has_gate
+(1, -1, -1, False)
+>>> b.d_prior(np.zeros(4, dtype=np.float32))
+0.5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BaseView", "BaseLoadError"]
+
+_GATE_KEYS = ("online.gate_w1", "online.gate_b1", "online.gate_w2", "online.gate_b2")
+_FUSION_KEYS = ("online.fusion_w", "online.fusion_b")
+
+
+class BaseLoadError(ValueError):
+    """A checkpoint or snapshot directory cannot serve as a base; the message says which file."""
+
+
+def _items_fingerprint(item_ids: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for x in item_ids.tolist():
+        h.update(str(x).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class BaseView:
+    """A base model seen from the stream. Arrays are read-only float32 / int32.
+
+    ``scale`` is the median norm of the non-zero item embeddings: the online learner's radii and
+    step sizes are expressed in this unit so that one configuration fits any base.
+    """
+
+    def __init__(
+        self,
+        item_ids: np.ndarray,
+        item_emb: np.ndarray,
+        item_categories: np.ndarray | None = None,
+        category_names: list[str] | None = None,
+        *,
+        k_max: int = 8,
+        version: str = "base",
+        gate: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+        fusion: tuple[np.ndarray, np.ndarray] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.item_ids = np.asarray(item_ids).astype(str)
+        emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(self.item_ids):
+            raise BaseLoadError(
+                f"item_emb has shape {emb.shape}, expected [{len(self.item_ids)}, d]"
+            )
+        emb.setflags(write=False)
+        self.item_emb = emb
+        self.dim = int(emb.shape[1])
+        self.k_max = int(k_max)
+        self.version = str(version)
+        if item_categories is None:
+            item_categories = np.full(len(self.item_ids), -1, dtype=np.int32)
+        self.item_categories = np.asarray(item_categories, dtype=np.int32)
+        self.category_names = list(category_names or [])
+        self.n_categories = max(
+            len(self.category_names), int(self.item_categories.max(initial=-1)) + 1, 1
+        )
+        self.gate = None if gate is None else tuple(np.asarray(g, dtype=np.float64) for g in gate)
+        self.fusion = (
+            None if fusion is None else tuple(np.asarray(f, dtype=np.float64) for f in fusion)
+        )
+        self.meta = dict(meta or {})
+        self._index = {x: i for i, x in enumerate(self.item_ids.tolist())}
+        norms = np.linalg.norm(emb, axis=1)
+        self.item_norms = norms.astype(np.float32)
+        nz = norms[norms > 0]
+        self.scale = float(np.median(nz)) if nz.size else 1.0
+        self.fingerprint = _items_fingerprint(self.item_ids)
+
+    # -- lookups -------------------------------------------------------------------------
+    def index_of(self, item_id: str | int) -> int:
+        """Row of ``item_id``, -1 when the base does not know it (cold item)."""
+        return self._index.get(str(item_id), -1)
+
+    def category_of(self, idx: int) -> int:
+        """Primary category of row ``idx``, -1 when unknown."""
+        return int(self.item_categories[idx]) if 0 <= idx < len(self.item_categories) else -1
+
+    @property
+    def has_gate(self) -> bool:
+        return self.gate is not None
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.fusion is not None
+
+    # -- the two small heads ---------------------------------------------------------------
+    def propose_k(self, mean_emb: np.ndarray, signals: np.ndarray) -> int:
+        """K_u from the light gate: ``floor(sigmoid(w2·relu(W1 x + b1) + b2) * k_max) + 1``."""
+        if self.gate is None:
+            raise BaseLoadError("this base has no light gate (online.gate_* keys)")
+        w1, b1, w2, b2 = self.gate
+        x = np.concatenate(
+            [np.asarray(mean_emb, dtype=np.float64), np.asarray(signals, dtype=np.float64)]
+        )
+        h = np.maximum(w1 @ x + b1, 0.0)
+        z = float((w2 @ h + b2)[0])
+        p = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        return min(int(math.floor(p * self.k_max)) + 1, self.k_max)
+
+    def d_prior(self, signals: np.ndarray) -> float:
+        """d_u's prior ``sigmoid(fusion_w · signals + fusion_b)``; 0.5 without a fusion layer."""
+        if self.fusion is None:
+            return 0.5
+        w, b = self.fusion
+        z = float(w @ np.asarray(signals, dtype=np.float64) + b[0])
+        return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+    # -- constructors ----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, version: str | None = None) -> BaseView:
+        """Load a checkpoint directory (``diam train``) or a snapshot directory.
+
+        The version is, in order: ``version``, the snapshot's directory name when a
+        ``manifest.json`` is present, else ``<model>-<sha256 of weights.safetensors>[:12]``.
+        Without the gate or fusion keys the base has no gate (the learner then uses its
+        configured fallback) and a d_u prior of 0.5.
+        """
+        from safetensors import safe_open
+
+        d = Path(path)
+        wfile, ifile = d / "weights.safetensors", d / "item_ids.npy"
+        for f in (wfile, ifile):
+            if not f.is_file():
+                raise BaseLoadError(f"{f}: missing (not a checkpoint or snapshot directory?)")
+        try:
+            cfg = (
+                json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+            )
+        except json.JSONDecodeError as exc:
+            raise BaseLoadError(f"{d / 'config.json'}: not valid JSON ({exc})") from exc
+        try:
+            item_ids = np.load(ifile, allow_pickle=False)
+        except ValueError as exc:
+            raise BaseLoadError(f"{ifile}: not a plain numpy array ({exc})") from exc
+        tensors: dict[str, np.ndarray] = {}
+        try:
+            with safe_open(str(wfile), framework="numpy") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    if key.startswith("online."):
+                        tensors[key] = fh.get_tensor(key)
+        except Exception as exc:  # safetensors raises its own error types
+            raise BaseLoadError(f"{wfile}: unreadable ({exc})") from exc
+        if "online.item_emb" not in tensors:
+            raise BaseLoadError(f"{wfile}: no 'online.item_emb' tensor (not a diam checkpoint?)")
+        cats = (
+            np.load(d / "item_categories.npy", allow_pickle=False)
+            if (d / "item_categories.npy").is_file()
+            else None
+        )
+        names = (
+            json.loads((d / "categories.json").read_text())
+            if (d / "categories.json").is_file()
+            else None
+        )
+        gate = (
+            tuple(tensors[k] for k in _GATE_KEYS) if all(k in tensors for k in _GATE_KEYS) else None
+        )
+        fusion = (
+            tuple(tensors[k] for k in _FUSION_KEYS)
+            if all(k in tensors for k in _FUSION_KEYS)
+            else None
+        )
+        if version is None:
+            if (d / "manifest.json").is_file():
+                version = d.resolve().name
+            else:
+                sha = hashlib.sha256(wfile.read_bytes()).hexdigest()[:12]
+                version = f"{cfg.get('model', 'model')}-{sha}"
+        return cls(
+            item_ids,
+            tensors["online.item_emb"],
+            cats,
+            names,
+            k_max=int(cfg.get("k_max", 8)),
+            version=version,
+            gate=gate,
+            fusion=fusion,  # type: ignore[arg-type]
+            meta={"source": "checkpoint", "path": str(d), "model": cfg.get("model")},
+        )
+
+    @classmethod
+    def from_events(
+        cls,
+        ds: Any,
+        dim: int = 64,
+        seed: int = 0,
+        *,
+        upto: int | None = None,
+        window: int = 10,
+        k_max: int = 8,
+    ) -> BaseView:
+        """A torch-free base from the first ``upto`` events of a prepared dataset.
+
+        Items that co-occur within ``window`` clicks of the same user are counted; the positive
+        pointwise mutual information (PPMI) of those counts is factorised by a truncated SVD of
+        its positive part, ``U·sqrt(Λ)`` (rows of items unseen in the prefix are zero, so they
+        stay cold). Deterministic: same events, same seed → same bytes. No gate, no fusion.
+        """
+        from scipy import sparse
+
+        n_items = len(ds.items.ids)
+        n = len(ds.user_ids) if upto is None else int(upto)
+        items = _event_items(ds)[:n]
+        users = np.asarray(ds.user_ids[:n])
+        order = np.lexsort((np.arange(n), users))  # stable: by user, then time
+        u_sorted, i_sorted = users[order], items[order]
+        rows, cols = [], []
+        for lag in range(1, window + 1):
+            same = u_sorted[lag:] == u_sorted[:-lag]
+            rows.append(i_sorted[:-lag][same])
+            cols.append(i_sorted[lag:][same])
+        r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        co = sparse.coo_matrix((np.ones(len(r)), (r, c)), shape=(n_items, n_items)).tocsr()
+        co = (co + co.T).tocsr()
+        co.sum_duplicates()
+        total = co.sum()
+        emb = np.zeros((n_items, dim), dtype=np.float32)
+        if total > 0:
+            marg = np.asarray(co.sum(axis=1)).ravel()
+            coo = co.tocoo()
+            pmi = np.log(coo.data * total / (marg[coo.row] * marg[coo.col]))
+            keep = pmi > 0
+            ppmi = sparse.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=co.shape)
+            emb = _truncated_svd_embeddings(ppmi, dim, seed)
+        return cls(
+            ds.items.ids,
+            emb,
+            ds.items.primary,
+            list(ds.items.category_names),
+            k_max=k_max,
+            version=f"events-{getattr(ds, 'name', 'ds')}-{n}-{dim}-{seed}",
+            meta={"source": "events", "events_used": n, "window": window, "seed": seed},
+        )
+
+
+def _event_items(ds: Any) -> np.ndarray:
+    if getattr(ds, "item_index", None) is not None:
+        return np.asarray(ds.item_index, dtype=np.int64)
+    lookup = {x: i for i, x in enumerate(np.asarray(ds.items.ids).astype(str).tolist())}
+    return np.asarray([lookup[str(x)] for x in ds.item_ids], dtype=np.int64)
+
+
+def _truncated_svd_embeddings(m: Any, dim: int, seed: int) -> np.ndarray:
+    """``U·sqrt(Λ)`` over the ``dim`` largest positive eigenvalues of a symmetric sparse matrix.
+
+    For a symmetric matrix this is the truncated SVD restricted to its positive part, so dot
+    products of the embeddings approximate the PPMI entries. Only rows with any co-occurrence
+    enter the decomposition (the rest stay zero). Dense LAPACK (``eigh``, deterministic) up to a
+    few thousand active rows; above, a randomized range finder seeded by ``seed``.
+    """
+    from scipy import linalg
+
+    n = m.shape[0]
+    active = np.flatnonzero(np.diff(m.indptr) > 0)
+    out = np.zeros((n, dim), dtype=np.float32)
+    if active.size == 0:
+        return out
+    sub = m[active][:, active]
+    na = sub.shape[0]
+    k = min(dim, na)
+    if na <= 6000:
+        lam, u = linalg.eigh(sub.toarray(), subset_by_index=[na - k, na - 1], driver="evr")
+    else:
+        rng = np.random.default_rng(seed)
+        q = rng.standard_normal((na, k + 10))
+        for _ in range(4):
+            q, _ = np.linalg.qr(sub @ q)
+        lam, ub = np.linalg.eigh(q.T @ (sub @ q))
+        u, lam = (q @ ub)[:, -k:], lam[-k:]
+    lam, u = lam[::-1], u[:, ::-1]  # largest first
+    pos = lam > 0
+    u, lam = u[:, pos], lam[pos]
+    # an eigenvector's sign is arbitrary: make each column's largest-magnitude entry positive
+    flip = np.sign(u[np.abs(u).argmax(axis=0), np.arange(u.shape[1])])
+    flip[flip == 0] = 1.0
+    out[active, : u.shape[1]] = (u * flip) * np.sqrt(lam)
+    return out
