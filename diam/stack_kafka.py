@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from diam.settings import StackConfig
 
@@ -226,8 +227,9 @@ def metadata(client: str | dict[str, str], timeout_s: float = 5.0) -> dict[str, 
     ``client`` is a bootstrap address or a full librdkafka configuration (security included)."""
     from confluent_kafka.admin import AdminClient
 
-    conf = {"bootstrap.servers": client} if isinstance(client, str) else dict(client)
-    admin = AdminClient({**conf, "socket.timeout.ms": 3000, "logger": _quiet_logger()})
+    conf: dict[str, Any] = {"bootstrap.servers": client} if isinstance(client, str) else dict(client)
+    conf.update({"socket.timeout.ms": 3000, "logger": _quiet_logger()})
+    admin = AdminClient(conf)
     try:
         md = admin.list_topics(timeout=timeout_s)
         cluster = admin.describe_cluster(request_timeout=timeout_s).result(timeout=timeout_s)

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,15 +81,18 @@ def stack() -> Stack:
     try:
         bootstrap, redis_url = ensure_stack(s)
     except StackError as exc:
-        pytest.fail(f"the local stack did not start (integration tests never skip):\n{exc}",
-                    pytrace=False)
-    return Stack(bootstrap, redis_url, _with_addresses(s, bootstrap, redis_url))
+        reason = str(exc)
+    else:
+        return Stack(bootstrap, redis_url, _with_addresses(s, bootstrap, redis_url))
+    pytest.fail(f"the local stack did not start (integration tests never skip):\n{reason}",
+                pytrace=False)
 
 
 def _admin(stack: Stack):  # type: ignore[no-untyped-def]
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient(stack.settings.kafka.client_config())
+    conf: dict[str, Any] = dict(stack.settings.kafka.client_config())
+    return AdminClient(conf)
 
 
 def create_topic(stack: Stack, name: str, partitions: int, timeout: float = 30.0) -> None:
