@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "serve",
     "replay",
     "drift",
+    "inspect",
 )
 
 

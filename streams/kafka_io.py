@@ -31,6 +31,8 @@ __all__ = [
     "partition_ids",
     "watermarks",
     "offsets_for_time",
+    "consume_all",
+    "read_deadletters",
 ]
 
 
@@ -267,3 +269,32 @@ def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable
             c.unassign()
     finally:
         c.close()
+
+
+def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+    """Every dead-lettered record: its reason and source coordinates (from the headers) and the
+    original bytes."""
+    topic = topic or cfg.deadletter_topic
+    marks = watermarks(cfg, topic)
+    c = _consumer(cfg)
+    out: list[dict[str, object]] = []
+    try:
+        for p, (low, high) in marks.items():
+            if high <= low:
+                continue
+            c.assign([TopicPartition(topic, p, low)])
+            nxt, deadline = low, time.monotonic() + timeout
+            while nxt < high and time.monotonic() < deadline:
+                for m in c.consume(500, 0.2):
+                    if m.error() is not None:
+                        continue
+                    h = {k: v.decode(errors="replace") for k, v in (m.headers() or [])}
+                    out.append({"reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
+                                "partition": int(h.get("diam.partition", -1)),
+                                "offset": int(h.get("diam.offset", -1)), "key": m.key(),
+                                "value": m.value()})
+                    nxt = m.offset() + 1
+            c.unassign()
+    finally:
+        c.close()
+    return out

@@ -97,4 +97,22 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     click.echo("done")
 
 
-COMMANDS = [run_cmd]
+@click.command("deadletters")
+@click.option("--topic", default=None, help="Dead-letter topic (default: settings kafka.deadletter_topic).")
+@click.option("--last", default=20, show_default=True, help="Show the last N records.")
+@click.pass_context
+def deadletters_cmd(ctx: click.Context, topic: str | None, last: int) -> None:
+    """List rejected events with their reason, source topic, partition and offset."""
+    from streams.kafka_io import read_deadletters
+
+    s = get_settings(ctx)
+    recs = read_deadletters(s.kafka, topic)
+    click.echo(f"{len(recs)} dead-lettered record(s) in {topic or s.kafka.deadletter_topic}")
+    for r in recs[-last:]:
+        value = r["value"] or b""
+        assert isinstance(value, bytes)
+        click.echo(f"  {r['topic']}[{r['partition']}]@{r['offset']}: {r['reason']}  "
+                   f"({len(value)} bytes: {value[:40]!r})")
+
+
+COMMANDS = [run_cmd, deadletters_cmd]

@@ -1,0 +1,75 @@
+"""``diam inspect``: what a Redis namespace holds, for people and for the demo."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import numpy as np
+
+from diam.cli import get_settings
+
+
+@click.group("inspect")
+def inspect_group() -> None:
+    """Read user state back from Redis."""
+
+
+@inspect_group.command("namespace")
+@click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool) -> None:
+    """Summary of every user in a namespace: count, K_u histogram, d_u spread, value size."""
+    from dataclasses import asdict
+
+    from serving_cache import redis_client
+    from serving_cache.inspect import summarize_namespace
+
+    s = get_settings(ctx)
+    ns = namespace or s.redis.namespace
+    summary = summarize_namespace(redis_client(s.redis), ns)
+    if as_json:
+        click.echo(json.dumps(asdict(summary), indent=2))
+        return
+    click.echo(f"namespace {ns}: {summary.users} users, {summary.events} events applied")
+    if summary.users:
+        hist = "  ".join(f"K={k}: {n}" for k, n in summary.k_hist.items())
+        click.echo(f"  K_u      {hist}")
+        click.echo(f"  d_u      mean {summary.d_mean:.3f}  p10 {summary.d_p10:.3f}  p90 {summary.d_p90:.3f}")
+        click.echo(f"  value    {summary.bytes_mean:.0f} bytes on average (msgpack, fp16 vectors)")
+        click.echo(f"  models   {summary.models}")
+    if summary.undecodable:
+        click.echo(f"  {summary.undecodable} values could not be decoded")
+
+
+@inspect_group.command("user")
+@click.argument("user_id")
+@click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
+@click.pass_context
+def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
+    """One user's stored vectors: K_u, d_u, seq, norms and pairwise cosines."""
+    from serving_cache import decode_user, redis_client, user_key
+    from streams.events import validate_user_id
+
+    why = validate_user_id(user_id)
+    if why:
+        raise click.ClickException(why)
+    s = get_settings(ctx)
+    ns = namespace or s.redis.namespace
+    raw = redis_client(s.redis).get(user_key(ns, user_id))
+    if raw is None:
+        raise click.ClickException(f"no state for user {user_id!r} in namespace {ns!r}")
+    uv = decode_user(raw)
+    norms = np.linalg.norm(uv.vecs, axis=1)
+    unit = uv.vecs / np.maximum(norms[:, None], 1e-9)
+    cos = unit @ unit.T
+    off = cos[~np.eye(uv.k, dtype=bool)]
+    click.echo(f"user {user_id} in {ns}: K_u={uv.k} d_u={uv.d:.3f} seq={uv.seq} events={uv.n} "
+               f"model={uv.model} dim={uv.dim}")
+    click.echo(f"  norms     {np.array2string(norms, precision=3)}")
+    if off.size:
+        click.echo(f"  cosines   max {off.max():.3f} mean {off.mean():.3f} between interests")
+
+
+COMMANDS = [inspect_group]

@@ -1,0 +1,85 @@
+"""Read-side summaries of a namespace: how many users, K_u distribution, d_u spread."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from serving_cache.codec import CodecError, UserVectors, decode_user
+from serving_cache.keys import model_active_key, user_pattern
+
+__all__ = ["NamespaceSummary", "summarize_namespace", "iter_users"]
+
+
+@dataclass
+class NamespaceSummary:
+    """What a namespace holds."""
+
+    namespace: str
+    users: int = 0
+    undecodable: int = 0
+    k_hist: dict[int, int] = field(default_factory=dict)
+    d_mean: float = float("nan")
+    d_p10: float = float("nan")
+    d_p90: float = float("nan")
+    events: int = 0
+    bytes_mean: float = float("nan")
+    models: dict[str, int] = field(default_factory=dict)
+    active_model: str | None = None
+
+
+def iter_users(client: redis.Redis, ns: str, batch: int = 500):
+    """Yield ``(user_id, UserVectors | None, raw_size)`` for every user key (SCAN + MGET)."""
+    keys: list[bytes] = []
+    for key in client.scan_iter(match=user_pattern(ns), count=batch):
+        keys.append(key)
+        if len(keys) >= batch:
+            yield from _decode_many(client, keys)
+            keys = []
+    if keys:
+        yield from _decode_many(client, keys)
+
+
+def _decode_many(client: redis.Redis, keys: list[bytes]):
+    for key, raw in zip(keys, client.mget(keys), strict=True):
+        if raw is None:
+            continue
+        uid = key.decode().rsplit(":u:", 1)[1]
+        try:
+            yield uid, decode_user(raw), len(raw)
+        except CodecError:
+            yield uid, None, len(raw)
+
+
+def summarize_namespace(client: redis.Redis, ns: str) -> NamespaceSummary:
+    """Scan ``ns`` and summarise its users."""
+    out = NamespaceSummary(ns)
+    ks: Counter[int] = Counter()
+    models: Counter[str] = Counter()
+    ds, sizes = [], []
+    for _, uv, size in iter_users(client, ns):
+        out.users += 1
+        if uv is None:
+            out.undecodable += 1
+            continue
+        _add(uv, ks, models, ds)
+        out.events += uv.n
+        sizes.append(size)
+    out.k_hist = dict(sorted(ks.items()))
+    out.models = dict(models)
+    if ds:
+        arr = np.array(ds)
+        out.d_mean, out.d_p10, out.d_p90 = float(arr.mean()), float(np.percentile(arr, 10)), float(np.percentile(arr, 90))
+        out.bytes_mean = float(np.mean(sizes))
+    active = client.get(model_active_key(ns))
+    out.active_model = active.decode() if active else None
+    return out
+
+
+def _add(uv: UserVectors, ks: Counter[int], models: Counter[str], ds: list[float]) -> None:
+    ks[uv.k] += 1
+    models[uv.model] += 1
+    ds.append(uv.d)
