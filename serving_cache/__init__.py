@@ -5,12 +5,19 @@ from serving_cache.codec import CodecError, UserVectors, decode_user, encode_use
 from serving_cache.config import RedisConfig
 from serving_cache.connection import redis_client
 from serving_cache.keys import model_active_key, user_key, user_pattern, validate_namespace
+from serving_cache.reader import UserReader
+from serving_cache.recommend import Recommendation, Recommender
+from serving_cache.retrieval import SnapshotIndex
 from serving_cache.writer import RedisWriter
 
 __all__ = [
     "CodecError",
     "RedisConfig",
     "RedisWriter",
+    "Recommendation",
+    "Recommender",
+    "SnapshotIndex",
+    "UserReader",
     "UserVectors",
     "decode_user",
     "encode_user",

@@ -1,0 +1,59 @@
+"""``diam serve``: the recommendation HTTP API."""
+
+from __future__ import annotations
+
+import click
+
+from diam.cli import get_settings
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Bind address (default: settings serve.host).")
+@click.option("--port", type=int, default=None, help="Bind port (default: settings serve.port).")
+@click.option("--namespace", default=None, help="Redis namespace to read users from (default: settings redis.namespace).")
+@click.option("--reload-every", type=float, default=5.0, show_default=True,
+              help="Seconds between checks for a new active snapshot (hot reload).")
+@click.option("--faiss-threads", type=int, default=1, show_default=True,
+              help="OpenMP threads per FAISS search. One is fastest for a handful of interest "
+                   "vectors per request; request concurrency comes from the server's threads.")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.pass_context
+def serve_cmd(ctx: click.Context, host: str | None, port: int | None, namespace: str | None,
+              reload_every: float, faiss_threads: int, log_level: str) -> None:
+    """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
+
+    GET /users/{id}/recommendations?n=&mode=auto|manual|context&delta=&hour=&device=&seen=,
+    GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing),
+    GET /metrics (Prometheus), OpenAPI schema at /openapi.json and docs at /docs.
+    A newly published snapshot is picked up within --reload-every seconds.
+    """
+    import faiss
+    import uvicorn
+
+    from serving_cache.api import get_app
+    from serving_cache.connection import redis_client
+    from serving_cache.keys import validate_namespace
+    from serving_cache.reader import fail_fast
+    from serving_cache.recommend import Recommender
+    from snapshotter.store import ActiveWatcher, SnapshotStore
+
+    s = get_settings(ctx)
+    try:
+        ns = validate_namespace(namespace or s.redis.namespace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--namespace") from None
+    faiss.omp_set_num_threads(max(1, faiss_threads))
+    client = fail_fast(redis_client(s.redis))
+    store = SnapshotStore(s.snapshot)
+    if store.active_version() is None:
+        click.echo(f"warning: no active snapshot in {store.root}; /health answers 503 until "
+                   "`diam snapshot publish` makes one", err=True)
+    watcher = ActiveWatcher(store, client, check_every_s=reload_every, ns=ns)
+    app = get_app(Recommender(None, client, ns), watcher=watcher, reload_every_s=reload_every)
+    h, p = host or s.serve.host, port or s.serve.port
+    click.echo(f"serving on http://{h}:{p} (namespace {ns}, snapshots {store.root})", err=True)
+    uvicorn.run(app, host=h, port=p, log_level=log_level, access_log=False)
+
+
+COMMANDS = [serve_cmd]

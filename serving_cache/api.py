@@ -1,0 +1,267 @@
+"""The recommendation HTTP API (FastAPI), built by :func:`get_app`.
+
+Routes: ``GET /users/{id}/recommendations``, ``GET /users/{id}/interests``, ``GET /health``
+(503 while Redis does not answer or no snapshot is loaded), ``GET /metrics`` (Prometheus) and
+the OpenAPI schema at ``/openapi.json``. Invalid parameters answer 422 with FastAPI's
+validation body (``detail: [{loc, msg, type}]``); every rule is in the schema, so a request
+the schema accepts is answered (parameters a mode does not use, like ``delta`` with
+``mode=auto``, are ignored, and ``d_used`` in the answer shows what ran). Unknown users get a
+cold-start answer marked ``cold``.
+
+Hot reload: give a ``watcher`` with ``poll() -> (version, path) | None`` (e.g.
+``snapshotter.ActiveWatcher``, which verifies hashes first); a background thread polls it every
+``reload_every_s`` and swaps the new snapshot in, while requests keep using the old one until
+the new one is fully loaded. A snapshot that fails to load leaves the old one serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+
+from serving_cache.reader import USER_ID_PATTERN
+from serving_cache.recommend import MAX_DELTA, Recommender
+from serving_cache.retrieval import SnapshotIndex
+
+__all__ = ["get_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_N = 200
+MAX_SEEN = 500
+
+
+class RecItem(BaseModel):
+    item_id: str
+    score: float
+    category: str | None
+
+
+class RecommendationOut(BaseModel):
+    user_id: str
+    items: list[RecItem]
+    cold: bool
+    mode: Literal["auto", "manual", "context"]
+    d_user: float | None
+    d_used: float | None
+    k: int
+    snapshot: str
+    user_model: str | None
+    stale: bool
+    reason: str | None
+
+
+class InterestOut(BaseModel):
+    vector: list[float]
+    top_items: list[str]
+    top_category: str | None
+
+
+class InterestsOut(BaseModel):
+    user_id: str
+    cold: bool
+    k: int
+    d: float | None
+    dim: int
+    seq: int | None
+    ts: int | None
+    n: int | None
+    model: str | None
+    interests: list[InterestOut]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    redis: bool
+    snapshot: str | None
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorOut, "description": "Redis down or no snapshot loaded"}}
+UserId = Path(pattern=USER_ID_PATTERN, description="User id: 1..128 of [A-Za-z0-9_.@+=-]")
+
+
+def _metrics(app_name: str) -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    registry = CollectorRegistry()  # one per app, so several apps (tests) never collide
+    return {
+        "registry": registry,
+        "requests": Counter("diam_api_requests", "HTTP requests", ["route", "status"], registry=registry),
+        "latency": Histogram(
+            "diam_api_request_seconds", "Request latency", ["route"], registry=registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+        ),
+        "cold": Counter("diam_recommend_cold", "Cold-start answers", registry=registry),
+        "stale": Counter("diam_recommend_stale", "Answers from vectors of an unloaded snapshot", registry=registry),
+        "snapshot": Gauge("diam_snapshot_active", "1 for the loaded active snapshot version", ["version"], registry=registry),
+        "reloads": Counter("diam_snapshot_reloads", "Snapshot reloads", ["outcome"], registry=registry),
+    }
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def get_app(recommender: Recommender, watcher: Any | None = None, reload_every_s: float = 5.0) -> FastAPI:
+    """Build the API around a :class:`Recommender` (and optionally a snapshot watcher)."""
+    m = _metrics("diam")
+    stop = threading.Event()
+    redis_errors = _redis_errors()
+
+    def set_snapshot_gauge() -> None:
+        m["snapshot"].clear()
+        if recommender.active is not None:
+            m["snapshot"].labels(recommender.active.version).set(1)
+
+    def refresh() -> str | None:
+        """Poll the watcher once; load and swap in a new version. Returns the new version."""
+        if watcher is None:
+            return None
+        found = watcher.poll()
+        if found is None:
+            return None
+        version, path = found
+        try:
+            snap = SnapshotIndex.load(path, version)
+        except Exception as exc:  # keep serving the old one
+            log.error("snapshot %s failed to load: %s", version, exc)
+            m["reloads"].labels("failed").inc()
+            return None
+        recommender.swap(snap)
+        set_snapshot_gauge()
+        m["reloads"].labels("ok").inc()
+        log.info("serving snapshot %s", version)
+        return version
+
+    def reload_loop() -> None:
+        while not stop.wait(reload_every_s):
+            try:
+                refresh()
+            except Exception as exc:  # the loop must survive anything a poll throws
+                log.warning("snapshot poll failed: %s", exc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        thread = None
+        if watcher is not None:
+            refresh()
+            thread = threading.Thread(target=reload_loop, name="snapshot-reload", daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    app = FastAPI(
+        title="diam-stream recommendations",
+        version="1",
+        description="Top-N recommendations from fresh multi-interest vectors (Redis) and the "
+        "active snapshot's FAISS item index.",
+        lifespan=lifespan,
+    )
+    app.state.recommender = recommender
+    app.state.refresh = refresh
+    app.state.metrics = m
+    set_snapshot_gauge()
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")  # the template, never the raw path: bounded labels
+        m["requests"].labels(name, str(response.status_code)).inc()
+        m["latency"].labels(name).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
+    @app.get(
+        "/users/{user_id}/recommendations",
+        response_model=RecommendationOut,
+        responses=_UNAVAILABLE,
+        summary="Top-N items for a user",
+    )
+    def recommendations(
+        user_id: Annotated[str, UserId],
+        n: Annotated[int, Query(ge=1, le=MAX_N, description="Number of items")] = 20,
+        mode: Annotated[Literal["auto", "manual", "context"], Query(description="How d_u is chosen")] = "auto",
+        delta: Annotated[float, Query(ge=-MAX_DELTA, le=MAX_DELTA, description="Diversity shift d_u·(1+delta) for mode=manual and mode=context; mode=auto ignores it")] = 0.0,
+        hour: Annotated[int | None, Query(ge=0, le=23, description="Local hour; only mode=context uses it")] = None,
+        device: Annotated[str | None, Query(pattern=r"^[a-z]{1,16}$", description="Device kind (mobile, desktop, tv, tablet); only mode=context uses it")] = None,
+        exclude_seen: Annotated[bool, Query(description="Leave out the items listed in seen")] = True,
+        seen: Annotated[list[str] | None, Query(max_length=MAX_SEEN, description=f"Item ids the user has seen (at most {MAX_SEEN})")] = None,
+    ) -> Any:
+        seen = seen or []
+        if recommender.active is None:
+            return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
+        context = {k: v for k, v in (("hour", hour), ("device", device)) if v is not None}
+        try:
+            rec = recommender.recommend(user_id, n=n, mode=mode, delta=delta, context=context,
+                                        exclude_seen=exclude_seen, seen=seen)
+        except redis_errors as exc:
+            return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
+        if rec.cold:
+            m["cold"].inc()
+        if rec.stale:
+            m["stale"].inc()
+        return RecommendationOut(
+            user_id=rec.user_id,
+            items=[RecItem(item_id=i, score=s, category=c) for i, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)],
+            cold=rec.cold, mode=mode, d_user=rec.d_user, d_used=rec.d_used, k=rec.k,
+            snapshot=rec.snapshot, user_model=rec.user_model, stale=rec.stale, reason=rec.reason,
+        )
+
+    @app.get("/users/{user_id}/interests", response_model=InterestsOut, responses=_UNAVAILABLE,
+             summary="A user's interest vectors and the top items of each")
+    def interests(user_id: Annotated[str, UserId], top: Annotated[int, Query(ge=1, le=50)] = 5) -> Any:
+        if recommender.active is None:
+            return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
+        try:
+            it = recommender.interests(user_id, top=top)
+        except redis_errors as exc:
+            return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
+        per = [
+            InterestOut(vector=v, top_items=it.top_items[i] if i < len(it.top_items) else [],
+                        top_category=it.top_category[i] if i < len(it.top_category) else None)
+            for i, v in enumerate(it.vectors)
+        ]
+        return InterestsOut(user_id=it.user_id, cold=it.cold, k=it.k, d=it.d, dim=it.dim, seq=it.seq,
+                            ts=it.ts, n=it.n, model=it.model, interests=per)
+
+    @app.get("/health", response_model=HealthOut,
+             responses={503: {"model": HealthOut, "description": "Redis down or no snapshot loaded"}},
+             summary="Redis answers PING and a snapshot is loaded")
+    def health() -> Any:
+        try:
+            redis_ok = bool(recommender.client.ping())
+        except Exception:
+            redis_ok = False
+        snap = recommender.active.version if recommender.active is not None else None
+        body = HealthOut(status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap)
+        return body if body.status == "ok" else JSONResponse(status_code=503, content=body.model_dump())
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    def metrics() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(m["registry"]), media_type=CONTENT_TYPE_LATEST)
+
+    return app

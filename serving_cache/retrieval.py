@@ -1,0 +1,131 @@
+"""A loaded snapshot for serving: the FAISS item index, item ids, vectors, categories and the
+cold-start list.
+
+Loading reads only safe formats (``faiss.read_index``, safetensors, JSON,
+``np.load(allow_pickle=False)``). It does not check hashes: the caller hands in a directory the
+snapshot store has verified (``snapshotter.ActiveWatcher`` does, before returning a version).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SnapshotIndex", "cold_order"]
+
+COLD_POOL = 1000
+
+
+def cold_order(popularity: np.ndarray, categories: np.ndarray, pool: int = COLD_POOL) -> np.ndarray:
+    """The most popular items, spread over categories: the most popular item of each category
+    in turn (categories ordered by their best item), then the second of each, and so on.
+    Ties in popularity keep item order. Returns up to ``pool`` item indices.
+
+    >>> cold_order(np.array([5, 9, 1, 8, 7]), np.array([0, 0, 1, 1, 2])).tolist()
+    [1, 3, 4, 0, 2]
+    """
+    order = np.argsort(-popularity, kind="stable")  # most popular first
+    cats = categories[order]
+    rank = np.zeros(len(order), dtype=np.int64)  # rank of each item within its category
+    first_pos = {}
+    for c in np.unique(cats):
+        where = np.flatnonzero(cats == c)
+        rank[where] = np.arange(len(where))
+        first_pos[int(c)] = where[0]
+    cat_pos = np.array([first_pos[int(c)] for c in cats], dtype=np.int64)
+    spread = np.lexsort((cat_pos, rank))[:pool]
+    return order[spread].astype(np.int64)
+
+
+@dataclass
+class SnapshotIndex:
+    """Everything serving needs from one snapshot version, in memory."""
+
+    version: str
+    path: Path
+    index: Any  # faiss.Index
+    item_ids: np.ndarray  # [N] str
+    item_vecs: np.ndarray  # [N, d] float32
+    item_categories: np.ndarray  # [N] int32, -1 unknown
+    category_names: list[str]
+    popularity: np.ndarray | None  # [N] or None (uniform)
+    kind: str
+    nprobe: int | None
+    cold: np.ndarray = field(init=False)  # [<=COLD_POOL] item indices
+    _id_index: dict[str, int] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pop = self.popularity if self.popularity is not None else np.zeros(len(self.item_ids))
+        self.cold = cold_order(pop, self.item_categories)
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_vecs.shape[1])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_vecs.shape[0])
+
+    @classmethod
+    def load(cls, path: str | Path, version: str | None = None) -> SnapshotIndex:
+        """Load a (verified) snapshot directory."""
+        import faiss
+        from safetensors import safe_open
+
+        path = Path(path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        with safe_open(str(path / "weights.safetensors"), framework="numpy") as st:
+            item_vecs = np.ascontiguousarray(st.get_tensor("online.item_emb"), dtype=np.float32)
+        item_ids = np.load(path / "item_ids.npy", allow_pickle=False).astype(str)
+        n = len(item_ids)
+        cats_path = path / "item_categories.npy"
+        cats = (
+            np.load(cats_path, allow_pickle=False).astype(np.int32)
+            if cats_path.is_file()
+            else np.zeros(n, dtype=np.int32)
+        )
+        names_path = path / "categories.json"
+        names = json.loads(names_path.read_text()) if names_path.is_file() else ["all"]
+        pop_path = path / "item_pop.npy"
+        pop = np.load(pop_path, allow_pickle=False).astype(np.float64) if pop_path.is_file() else None
+        index = faiss.read_index(str(path / "items.faiss"))
+        info = manifest.get("index", {})
+        nprobe = info.get("nprobe")
+        if nprobe:
+            faiss.extract_index_ivf(index).nprobe = int(nprobe)
+        if index.ntotal != n or index.d != item_vecs.shape[1]:
+            raise ValueError(f"{path}: index holds {index.ntotal}x{index.d}, items are {item_vecs.shape}")
+        return cls(
+            version=version or str(manifest.get("version", path.name)),
+            path=path,
+            index=index,
+            item_ids=item_ids,
+            item_vecs=item_vecs,
+            item_categories=cats,
+            category_names=list(names),
+            popularity=pop,
+            kind=str(info.get("kind", "flat")),
+            nprobe=int(nprobe) if nprobe else None,
+        )
+
+    def search(self, queries: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """One batched search of the [K, d] queries: (scores [K, m] float32, items [K, m] int64).
+        IVF may return fewer than m hits per row; missing slots hold item -1."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, items = self.index.search(q, min(m, self.n_items))
+        return scores, items
+
+    def index_of(self, item_id: str) -> int:
+        """Item index of an item id, -1 when unknown. The lookup table is built on first use
+        (a million ids take a fraction of a second and ~100 MB, so not at load)."""
+        if self._id_index is None:
+            self._id_index = {str(i): k for k, i in enumerate(self.item_ids.tolist())}
+        return self._id_index.get(str(item_id), -1)
+
+    def category_name(self, idx: int) -> str | None:
+        c = int(self.item_categories[idx])
+        return self.category_names[c] if 0 <= c < len(self.category_names) else None

@@ -1,0 +1,99 @@
+"""Serving pieces that need no Redis: cold-start order, context rule, snapshot loading,
+candidate cleaning, argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serving_cache.reader import valid_user_id
+from serving_cache.recommend import Recommender, _clean, context_delta
+from serving_cache.retrieval import SnapshotIndex, cold_order
+from snapshotter import SnapshotConfig, SnapshotStore, publish
+from snapshotter.testing import write_checkpoint
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pop=st.lists(st.integers(0, 50), min_size=1, max_size=80),
+    n_cat=st.integers(1, 6),
+    data=st.data(),
+)
+def test_cold_order_spreads_categories_by_popularity(pop, n_cat, data):
+    cats = np.array(data.draw(st.lists(st.integers(0, n_cat - 1), min_size=len(pop), max_size=len(pop))))
+    pop = np.array(pop)
+    out = cold_order(pop, cats, pool=1000)
+    assert sorted(out.tolist()) == list(range(len(pop)))  # a permutation when the pool is large
+    present = len(np.unique(cats))
+    # The first len(categories) items cover every category once...
+    assert len(set(cats[out[:present]].tolist())) == present
+    # ...and within a category, items come most popular first.
+    for c in np.unique(cats):
+        seq = pop[out[cats[out] == c]]
+        assert (np.diff(seq) <= 0).all()
+
+
+def test_cold_order_pool_limit():
+    assert len(cold_order(np.arange(5000), np.zeros(5000, dtype=np.int32), pool=100)) == 100
+
+
+def test_context_rule_bounds():
+    deltas = [context_delta({"hour": h, "device": d}) for h in range(24) for d in ("tv", "tablet", "mobile", "desktop", "fridge", None)]
+    assert min(deltas) == -0.1 and max(deltas) == 0.2
+    assert context_delta({"hour": "21"}) == 0.0  # wrong types add nothing
+
+
+def test_clean_marks_seen_as_padding():
+    scores = np.array([[3.0, 2.0, 1.0], [5.0, 4.0, 0.0]], dtype=np.float32)
+    items = np.array([[1, 2, 3], [4, 2, -1]])
+    s, i = _clean(scores, items, np.array([2]), n=2)
+    assert i.tolist() == [[1, -1, 3], [4, -1, -1]] and s is scores
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("snap")
+    pop = np.arange(100)[::-1]
+    ck = write_checkpoint(tmp / "ck", n_items=100, dim=8, n_categories=4, item_pop=pop)
+    res = publish(ck, SnapshotStore(SnapshotConfig(dir=str(tmp / "s"))))
+    return SnapshotIndex.load(res.path)
+
+
+def test_snapshot_index_loads_without_pickle(snapshot):
+    assert snapshot.n_items == 100 and snapshot.dim == 8 and snapshot.kind == "flat"
+    assert snapshot.item_ids.dtype.kind == "U" and snapshot.category_names[0] == "cat0"
+    assert snapshot.index_of("i7") == 7 and snapshot.index_of("nope") == -1
+    assert snapshot.cold[0] == 0  # the most popular item
+    scores, items = snapshot.search(snapshot.item_vecs[:3], 5)
+    assert scores.shape == items.shape == (3, 5)
+
+
+def test_recommend_checks_arguments_before_any_io(snapshot):
+    rec = Recommender(snapshot, redis_client=None, ns="unit")
+    for kwargs, msg in [
+        ({"n": 0}, "n must be"),
+        ({"mode": "wild"}, "mode must be"),
+        ({"mode": "manual", "delta": 0.9}, "delta must be"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            rec.recommend("u1", **kwargs)
+    with pytest.raises(ValueError, match="invalid user id"):
+        rec.recommend("diam:*")
+
+
+def test_swap_keeps_the_previous_version(snapshot):
+    rec = Recommender(snapshot, redis_client=None, ns="unit", keep_versions=2)
+    other = SnapshotIndex.load(snapshot.path, version="v-other")
+    third = SnapshotIndex.load(snapshot.path, version="v-third")
+    rec.swap(other)
+    assert rec.active is other and set(rec._loaded) == {snapshot.version, "v-other"}
+    rec.swap(third)
+    assert set(rec._loaded) == {"v-other", "v-third"}
+
+
+@pytest.mark.parametrize("uid, ok", [("u1", True), ("a.b@c+d=e-f_g", True), ("x" * 128, True),
+                                      ("", False), ("x" * 129, False), ("a:b", False), ("a*", False), ("a b", False)])
+def test_user_id_alphabet(uid, ok):
+    assert valid_user_id(uid) is ok
