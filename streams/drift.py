@@ -6,11 +6,12 @@ window closes, its :class:`WindowSummary`. ``streams.drift_flow`` wraps it in a 
 
 Per window (``window_ms``, default one minute, aligned to the epoch) it counts K_u changes
 globally and per user, *reversals* (a change that undoes the user's previous change in the same
-window: A→B→A), the swing of d_u (max − min of the d values the events carry), guard trips,
+window: A→B→A), the swing of d_u (max − min of the values the events carry in ``detail`` keys ``d``,
+``d_from``, ``d_to``), guard trips,
 rollbacks and freezes. Per-user conditions alert as soon as they are met (the detection delay is
 then a handful of events, not a window); global counts alert when the window closes, which
-happens once the event time of every partition passes its end by ``lateness_ms``. The global K_u change count
-per window also feeds a River Page-Hinkley detector.
+happens once the event time of every partition passes its end by ``lateness_ms``. The global
+K_u change count per window also feeds a River Page-Hinkley detector.
 
 >>> m = DriftMonitor(DriftConfig(flip_reversals=1))
 >>> evs = [DriftRecord("k_change", "u1", 1_000 + i, i, {"k_from": a, "k_to": b})
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -172,6 +174,8 @@ class WindowSummary:
     rollbacks: int
     freezes: int
     reanchors: int
+    late: int = 0
+    """Records dropped since the previous summary because their window had closed."""
 
 
 @dataclass
@@ -215,11 +219,14 @@ class DriftMonitor:
     ``add`` returns the alerts and window summaries an event caused, ``close_until`` and
     ``flush`` close windows explicitly (end of input, or an idle stream)."""
 
-    def __init__(self, cfg: DriftConfig | None = None) -> None:
+    def __init__(self, cfg: DriftConfig | None = None, partitions: Iterable[int] = ()) -> None:
         self.cfg = cfg or DriftConfig()
         self.seen = 0
         self.late = 0
+        self._late_reported = 0
         self._open: dict[int, _Window] = {}
+        self._expected = set(partitions)  # partitions that must report before windows close
+        self._idle: set[int] = set()
         self._part_max: dict[int, int] = {}  # newest event time per partition
         self._closed_upto: int | None = None  # every window starting before this is closed
         self._ph = river_drift.PageHinkley(min_instances=self.cfg.ph_min_windows,
@@ -230,10 +237,12 @@ class DriftMonitor:
     def add(self, rec: DriftRecord, partition: int = 0) -> list[Output]:
         """Account one record read from ``partition`` of the drift topic.
 
-        Event time advances per partition: a window closes when every partition seen has
-        passed its end by ``lateness_ms``, so catching up on a backlog one partition batch at a
-        time does not make the other partitions' records late."""
+        Event time advances per partition: a window closes when every partition (those given
+        at construction and those seen, minus the ones marked idle) has passed its end by
+        ``lateness_ms``, so catching up on a backlog one partition batch at a time does not
+        make the other partitions' records late."""
         self.seen += 1
+        self._idle.discard(partition)
         w_ms = self.cfg.window_ms
         start = rec.ts_ms - rec.ts_ms % w_ms
         if self._closed_upto is not None and start < self._closed_upto:
@@ -245,8 +254,25 @@ class DriftMonitor:
         out: list[Output] = self._account(win, rec)
         if rec.ts_ms > self._part_max.get(partition, rec.ts_ms - 1):
             self._part_max[partition] = rec.ts_ms
-        out.extend(self.close_until(min(self._part_max.values()) - self.cfg.lateness_ms))
-        return out
+        return out + self.advance()
+
+    def watermark(self) -> int | None:
+        """Event time up to which every window may close; None while a partition has not
+        reported yet."""
+        active = (self._expected | self._part_max.keys()) - self._idle
+        if not active or any(p not in self._part_max for p in active):
+            return None
+        return min(self._part_max[p] for p in active) - self.cfg.lateness_ms
+
+    def mark_idle(self, partition: int) -> None:
+        """Stop waiting for ``partition`` (the caller saw no input from it for a while) until
+        its next record."""
+        self._idle.add(partition)
+
+    def advance(self) -> list[Output]:
+        """Close what the current watermark allows."""
+        wm = self.watermark()
+        return [] if wm is None else self.close_until(wm)
 
     def _account(self, win: _Window, rec: DriftRecord) -> list[Output]:
         cfg, u = self.cfg, rec.user_id
@@ -317,7 +343,9 @@ class DriftMonitor:
             max_d_swing=max((hi - lo for lo, hi in win.d_range.values()), default=0.0),
             guard_trips=win.kinds["guard_trip"], rollbacks=win.kinds["rollback"],
             freezes=win.kinds["freeze"], reanchors=win.kinds["reanchor"],
+            late=self.late - self._late_reported,
         )
+        self._late_reported = self.late
         out: list[Output] = [summary]
         ts = win.end
         for kind, name, threshold in (("guard_trip", "guard_trips", cfg.guard_trips),

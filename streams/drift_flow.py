@@ -45,6 +45,7 @@ from streams.kafka_io import (
     KafkaRecordSink,
     RawRecord,
     ensure_topic,
+    partition_ids,
     watermarks,
 )
 
@@ -63,6 +64,8 @@ class DriftMetrics:
                               registry=r)
         self.unparsed = Counter("diam_drift_unparsed_total", "Records that were not drift events",
                                 registry=r)
+        self.late = Counter("diam_drift_late_total",
+                            "Records dropped because their window had already closed", registry=r)
         self.alerts = Counter("diam_drift_alerts_total", "Alerts raised", ["kind"], registry=r)
         self.gauges = {
             name: Gauge(f"diam_drift_window_{name}", doc, registry=r)
@@ -86,6 +89,7 @@ class DriftMetrics:
                         ("rollback", out.rollbacks), ("freeze", out.freezes),
                         ("reanchor", out.reanchors)):
             self.events.labels(kind).inc(n)
+        self.late.inc(out.late)
         for name, gauge in self.gauges.items():
             value = out.end_ms / 1000 if name == "end_seconds" else getattr(out, name)
             gauge.set(value)
@@ -98,26 +102,45 @@ def alert_record(alert: Alert) -> KafkaOut:
 
 
 class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSummary, DriftMonitor]):
-    def __init__(self, cfg: DriftConfig, resume: DriftMonitor | None, idle_close_s: float) -> None:
-        self.monitor = resume if resume is not None else DriftMonitor(cfg)
-        self.idle_close_s = idle_close_s
-        self._last_input = datetime.now(UTC)
+    """Feeds the monitor and supplies the wall-clock half of watermarking the pure class
+    leaves out: a partition silent for ``idle_s`` is not waited for, and a stream silent for
+    ``idle_s`` closes its open windows."""
+
+    def __init__(self, cfg: DriftConfig, resume: DriftMonitor | None, idle_s: float,
+                 partitions: list[int]) -> None:
+        self.monitor = resume if resume is not None else DriftMonitor(cfg, partitions)
+        self.idle = timedelta(seconds=idle_s)
+        now = datetime.now(UTC)
+        self._last_input = now
+        self._last_seen = {p: now for p in partitions}
+
+    def _mark_idle(self, now: datetime) -> None:
+        for p, seen in self._last_seen.items():
+            if now - seen >= self.idle:
+                self.monitor.mark_idle(p)
 
     def on_batch(self, values: list[tuple[int, DriftRecord]]
                  ) -> tuple[list[Alert | WindowSummary], bool]:
-        self._last_input = datetime.now(UTC)
+        now = self._last_input = datetime.now(UTC)
         out: list[Alert | WindowSummary] = []
         for partition, rec in values:
+            self._last_seen[partition] = now
             out.extend(self.monitor.add(rec, partition))
-        return out, StatefulBatchLogic.RETAIN
+        self._mark_idle(now)
+        return out + self.monitor.advance(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if not self.monitor._open:
             return None
-        return self._last_input + timedelta(seconds=self.idle_close_s)
+        return min([self._last_input, *self._last_seen.values()]) + self.idle
 
     def on_notify(self) -> tuple[list[Alert | WindowSummary], bool]:
-        return self.monitor.flush(), StatefulBatchLogic.RETAIN
+        now = datetime.now(UTC)
+        self._mark_idle(now)
+        out = self.monitor.advance()
+        if now - self._last_input >= self.idle:
+            out += self.monitor.flush()
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Alert | WindowSummary], bool]:
         return self.monitor.flush(), StatefulBatchLogic.RETAIN
@@ -128,8 +151,12 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
 
 def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], cfg: DriftConfig,
                      *, metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
-                     idle_close_s: float = 10.0, flow_id: str = "diam-drift") -> Dataflow:
-    """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value)."""
+                     idle_close_s: float = 10.0, partitions: list[int] | None = None,
+                     flow_id: str = "diam-drift") -> Dataflow:
+    """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value).
+
+    ``partitions``: the source topic's partitions; windows wait for each of them (or for it to
+    be silent ``idle_close_s``) before closing."""
     flow = Dataflow(flow_id)
     raw = op.input("drift", flow, source)
 
@@ -141,10 +168,11 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
             return None
         return rec.partition, parsed
 
+    parts = list(partitions or [])
     recs = op.filter_map("parse", raw, parse)
     keyed = op.key_on("global", recs, lambda _r: "all")
     outs = op.key_rm("unkey", op.stateful_batch(
-        "monitor", keyed, lambda resume: _MonitorLogic(cfg, resume, idle_close_s)))
+        "monitor", keyed, lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts)))
 
     def observe(_step: str, out: Alert | WindowSummary) -> None:
         if metrics is not None:
@@ -174,7 +202,8 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     # Small batches interleave the partitions finely while catching up on a backlog.
     source = ClickSource(kafka, topic, start=start, bounded=bounded, batch_size=200)
     flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic), cfg, metrics=metrics,
-                            on_output=on_output, idle_close_s=idle_close_s)
+                            on_output=on_output, idle_close_s=idle_close_s,
+                            partitions=partition_ids(kafka, topic))
     run_main(flow, epoch_interval=timedelta(seconds=1))
 
 

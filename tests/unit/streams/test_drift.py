@@ -86,6 +86,16 @@ def test_watermark_waits_for_every_partition():
     assert m.late == 0 and [o.k_changes for o in out] == [3]
 
 
+def test_windows_wait_for_a_silent_expected_partition_until_it_is_marked_idle():
+    m = DriftMonitor(DriftConfig(lateness_ms=0), partitions=[0, 1])
+    m.add(kc("a", T0_MS + 1, 1, 2), partition=0)
+    assert m.add(kc("a", T0_MS + 2 * W, 2, 3), partition=0) == [] and m.watermark() is None
+    m.mark_idle(1)
+    assert [o.start_ms for o in m.advance()] == [T0_MS]
+    m.add(kc("b", T0_MS + 2 * W + 5, 1, 2), partition=1)   # back: waited for again
+    assert m.watermark() == T0_MS + 2 * W
+
+
 def test_global_counts_alert_at_window_close_with_top_users_by_count_then_id():
     cfg = DriftConfig(guard_trips=3, freezes=None, rollbacks=2, top_n=2)
     evs = [DriftRecord("guard_trip", u, T0_MS + i, i, {}) for i, u in enumerate("zzaab")]

@@ -46,3 +46,18 @@ def test_flow_sends_alerts_as_json_and_exports_metrics():
     assert r.get_sample_value("diam_drift_events_total", {"kind": "k_change"}) == n_changes
     assert r.get_sample_value("diam_drift_window_end_seconds") == (T0_MS + 4 * 60_000) / 1000
     assert sum(isinstance(o, WindowSummary) for o in seen) == 4  # one summary per window
+
+
+def test_learner_drift_events_as_the_online_flow_writes_them_are_understood():
+    from online_model.online import DriftEvent
+    from streams.drift import DriftMonitor, parse_drift_record
+    from streams.online import drift_record
+
+    evs = [DriftEvent("k_change", "u1", T0_MS + i, 10 + i, {"k_from": a, "k_to": b})
+           for i, (a, b) in enumerate([(2, 3), (3, 2), (2, 3)])]
+    evs.append(DriftEvent("guard_trip", "u1", T0_MS + 5, 20, {"guard": "step_cap", "interest": 0}))
+    m = DriftMonitor()
+    out = [o for e in evs for o in m.add(parse_drift_record(drift_record(e).value))] + m.flush()
+    assert [o.kind for o in out if not isinstance(o, WindowSummary)] == ["k_flip_flop"]
+    [summary] = [o for o in out if isinstance(o, WindowSummary)]
+    assert (summary.k_changes, summary.flip_users, summary.guard_trips) == (3, 1, 1)
