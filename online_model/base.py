@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BaseView", "BaseLoadError"]
+__all__ = ["BaseView", "BaseLoadError", "toy_base"]
 
 _GATE_KEYS = ("online.gate_w1", "online.gate_b1", "online.gate_w2", "online.gate_b2")
 _FUSION_KEYS = ("online.fusion_w", "online.fusion_b")
@@ -257,6 +257,45 @@ class BaseView:
             version=f"events-{getattr(ds, 'name', 'ds')}-{n}-{dim}-{seed}",
             meta={"source": "events", "events_used": n, "window": window, "seed": seed},
         )
+
+
+def toy_base(
+    n_items: int = 60,
+    dim: int = 8,
+    n_categories: int = 4,
+    *,
+    seed: int = 0,
+    k_max: int = 4,
+    gate: bool = False,
+    version: str = "toy",
+) -> BaseView:
+    """A small clustered base for tests and examples: item i belongs to category
+    ``i % n_categories`` and its embedding is that category's centre plus noise. With ``gate``
+    a random light gate and fusion layer are attached (the checkpoint head's shapes)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_categories, dim))
+    cats = np.arange(n_items) % n_categories
+    emb = (centres[cats] + 0.3 * rng.standard_normal((n_items, dim))).astype(np.float32)
+    g = f = None
+    if gate:
+        h = 16
+        g = (
+            rng.standard_normal((h, dim + 4)),
+            rng.standard_normal(h),
+            rng.standard_normal((1, h)),
+            rng.standard_normal(1),
+        )
+        f = (rng.standard_normal(4), rng.standard_normal(1))
+    return BaseView(
+        np.array([f"i{i}" for i in range(n_items)]),
+        emb,
+        cats,
+        [f"c{c}" for c in range(n_categories)],
+        k_max=k_max,
+        version=version,
+        gate=g,
+        fusion=f,
+    )
 
 
 def _event_items(ds: Any) -> np.ndarray:

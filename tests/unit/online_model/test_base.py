@@ -1,0 +1,94 @@
+"""BaseView from a checkpoint directory (with and without the gate/fusion head) and from events."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from online_model.base import BaseLoadError, BaseView
+from online_model.datasets import ItemRows, load_prepared, write_prepared
+
+
+def _checkpoint(d, head: bool):
+    n, dim, h = 5, 4, 3
+    rng = np.random.default_rng(0)
+    t = {
+        "online.item_emb": rng.standard_normal((n, dim)).astype(np.float32),
+        "encoder.weight": np.zeros((2, 2), dtype=np.float32),
+    }  # torch keys are skipped
+    if head:
+        t |= {
+            "online.gate_w1": rng.standard_normal((h, dim + 4)).astype(np.float32),
+            "online.gate_b1": np.zeros(h, np.float32),
+            "online.gate_w2": rng.standard_normal((1, h)).astype(np.float32),
+            "online.gate_b2": np.zeros(1, np.float32),
+            "online.fusion_w": np.array([1, -1, 2, 0], np.float32),
+            "online.fusion_b": np.array([0.5], np.float32),
+        }
+    save_file(t, str(d / "weights.safetensors"))
+    np.save(d / "item_ids.npy", np.array(["a", "b", "c", "d", "e"]), allow_pickle=False)
+    np.save(d / "item_categories.npy", np.array([0, 1, 0, 1, 2], np.int32), allow_pickle=False)
+    (d / "categories.json").write_text(json.dumps(["x", "y", "z"]))
+    (d / "config.json").write_text(json.dumps({"model": "diam", "dim": dim, "k_max": 3}))
+    return t
+
+
+def test_from_checkpoint_with_head(tmp_path):
+    t = _checkpoint(tmp_path, head=True)
+    b = BaseView.from_checkpoint(tmp_path)
+    assert b.dim == 4 and b.k_max == 3 and b.has_gate and b.has_fusion
+    assert b.index_of("c") == 2 and b.index_of("zz") == -1 and b.category_of(4) == 2
+    assert np.array_equal(b.item_emb, t["online.item_emb"])
+    assert b.version.startswith("diam-") and b.version == BaseView.from_checkpoint(tmp_path).version
+    sig = np.array([0.2, 0.4, 0.6, 0.8], np.float32)
+    assert b.d_prior(sig) == pytest.approx(1 / (1 + np.exp(-(0.2 - 0.4 + 1.2 + 0.5))))
+    assert 1 <= b.propose_k(b.item_emb[:2].mean(axis=0), sig) <= 3
+
+
+def test_from_checkpoint_without_head_and_snapshot_version(tmp_path):
+    _checkpoint(tmp_path, head=False)
+    (tmp_path / "manifest.json").write_text("{}")
+    b = BaseView.from_checkpoint(tmp_path)
+    assert not b.has_gate and b.d_prior(np.zeros(4)) == 0.5 and b.version == tmp_path.name
+
+
+def test_from_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(BaseLoadError, match="weights.safetensors: missing"):
+        BaseView.from_checkpoint(tmp_path)
+    _checkpoint(tmp_path, head=False)
+    np.save(tmp_path / "item_ids.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BaseLoadError, match="item_ids.npy"):
+        BaseView.from_checkpoint(tmp_path)
+
+
+def test_from_events_is_deterministic_and_groups_co_clicked_items(tmp_path):
+    rng = np.random.default_rng(0)
+    users, items, ts = [], [], []
+    for u in range(40):  # two communities of items: 0-9 and 10-19
+        group = u % 2
+        for j in range(12):
+            users.append(f"u{u}")
+            items.append(str(10 * group + int(rng.integers(0, 10))))
+            ts.append(1000 * (12 * u + j))
+    rows = ItemRows([str(i) for i in range(21)], ["t"] * 21, [["g0"]] * 10 + [["g1"]] * 11)
+    write_prepared(
+        tmp_path,
+        name="t",
+        users=np.array(users),
+        items_of_events=np.array(items),
+        ts_ms=np.array(ts),
+        items=rows,
+        meta={"source": "test"},
+    )
+    ds = load_prepared(tmp_path)
+    a = BaseView.from_events(ds, dim=4)
+    b = BaseView.from_events(ds, dim=4)
+    assert a.item_emb.tobytes() == b.item_emb.tobytes() and a.version == b.version
+    assert a.item_norms[a.index_of("20")] == 0  # never clicked: cold
+    e = a.item_emb / np.maximum(np.linalg.norm(a.item_emb, axis=1, keepdims=True), 1e-9)
+    within = (e[:10] @ e[:10].T).mean()
+    across = (e[:10] @ e[10:20].T).mean()
+    assert within > across + 0.3

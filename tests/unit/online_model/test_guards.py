@@ -1,0 +1,102 @@
+"""Constraint projections and guards keep the feasible set; the token bucket runs on event time."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from online_model.guards import TokenBucket, cap_drift, cap_step, clip_norm, feasible, push_apart
+from online_model.routing import centroids, merge_closest, negatives, split_worst
+
+_vec = arrays(np.float64, 6, elements=st.floats(-5, 5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_vec, _vec, st.floats(0.01, 3), st.floats(0.5, 4))
+def test_feasible_lands_in_both_balls_on_the_segment(v, a, rho, m):
+    a = clip_norm(a, m)  # anchors are always feasible
+    w = feasible(v, a, rho, m)
+    assert np.linalg.norm(w - a) <= rho * (1 + 1e-9) + 1e-12
+    assert np.linalg.norm(w) <= m * (1 + 1e-9) + 1e-12
+    d = v - a
+    if np.linalg.norm(d) > 0:  # on the segment from a toward v
+        t = float((w - a) @ d / (d @ d))
+        assert -1e-9 <= t <= 1 + 1e-9 and np.allclose(w, a + t * d, atol=1e-7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_vec, _vec, st.floats(0.01, 3))
+def test_cap_step(new, old, cap):
+    out, bit = cap_step(new, old, cap)
+    assert np.linalg.norm(out - old) <= cap * (1 + 1e-9)
+    assert bit == (np.linalg.norm(new - old) > cap)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    arrays(np.float64, (3, 4), elements=st.floats(-5, 5)),
+    arrays(np.float64, (3, 4), elements=st.floats(-5, 5)),
+    st.floats(0.01, 3),
+)
+def test_cap_drift_bounds_rms(v, a, cap):
+    out, rms = cap_drift(v, a, cap)
+    after = np.sqrt(np.mean(np.sum((out - a) ** 2, axis=1)))
+    assert after <= cap * (1 + 1e-9) + 1e-12
+    assert np.isclose(rms, np.sqrt(np.mean(np.sum((v - a) ** 2, axis=1))))
+
+
+@settings(max_examples=100, deadline=None)
+@given(_vec, _vec, st.floats(0.0, 0.9))
+def test_push_apart_brings_one_overlap_to_the_threshold(v, u, thr):
+    vecs = np.vstack([v, u])
+    out = push_apart(v.copy(), vecs, 0, thr)
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    if nu < 1e-6 or nv < 1e-6:
+        return
+    before = v @ u / (nv * nu)
+    perp = v - (v @ u) / (nu * nu) * u
+    after = out @ u / (np.linalg.norm(out) * nu)
+    if before <= thr or np.linalg.norm(perp) < 1e-6 * nv:
+        assert np.array_equal(out, v)  # nothing to do, or no direction to push along
+    else:
+        assert abs(after - thr) < 1e-6
+        assert np.allclose(out - (out @ u) / (nu * nu) * u, perp)  # orthogonal part kept
+
+
+def test_token_bucket_freezes_bursts_then_thaws():
+    tb = TokenBucket(burst=5, per_s=1.0, freeze_ms=60_000)
+    st_ = tb.initial()
+    res = [tb.admit(st_, 1_000 + i) for i in range(10)]  # 10 events in 10 ms
+    assert [ok for ok, _ in res] == [True] * 5 + [False] * 5
+    assert [froze for _, froze in res].count(True) == 1
+    assert tb.admit(st_, 30_000) == (False, False)  # still frozen
+    assert tb.admit(st_, 62_000) == (True, False)  # thawed with a full bucket
+    slow = tb.initial()
+    assert all(tb.admit(slow, 2_000 * i)[0] for i in range(100))  # one event per 2 s is fine
+
+
+def test_negatives_are_deterministic_and_spread():
+    a = negatives(12345, 9, 2000, 100)
+    assert np.array_equal(a, negatives(12345, 9, 2000, 100))
+    assert not np.array_equal(a, negatives(12345, 10, 2000, 100))
+    assert not np.array_equal(a, negatives(12346, 9, 2000, 100))
+    counts = np.bincount(a, minlength=100)
+    assert counts.min() > 5 and counts.max() < 45  # roughly uniform (mean 20)
+
+
+def test_centroids_split_and_merge():
+    rng = np.random.default_rng(0)
+    c = np.eye(4)[:2] * 3
+    items = np.vstack(
+        [c[0] + 0.1 * rng.standard_normal((10, 4)), c[1] + 0.1 * rng.standard_normal((10, 4))]
+    )
+    cents = centroids(items.astype(np.float32), 2)
+    assert np.array_equal(cents, centroids(items.astype(np.float32), 2))
+    assert sorted(np.argmax(cents, axis=1).tolist()) == [0, 1]
+    # one interest covering both clusters: the split yields the worse-covered cluster
+    new = split_worst(np.array([c[0] + 0.2 * c[1]], dtype=np.float32), items.astype(np.float32))
+    assert np.argmax(new) == 1
+    i, j = merge_closest(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.9, 0.1, 0, 0]], dtype=np.float32))
+    assert (i, j) == (0, 2)
