@@ -114,8 +114,8 @@ def fetch_jars(
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if on_download and line.startswith("Downloaded from"):
-                on_download(line.split()[-3] if len(line.split()) >= 3 else line.strip())
+            if on_download and "Downloaded from" in line:  # "[INFO] Downloaded from central: <url> (...)"
+                on_download(line.split("Downloaded from", 1)[1].strip())
         if proc.wait() == 0:
             break
         out = "".join(lines[-30:])

@@ -6,7 +6,15 @@ import os
 
 import click
 
-from diam.cli import get_settings
+from diam.settings import Settings
+
+
+def get_settings(ctx: click.Context) -> Settings:
+    """``diam.cli.get_settings``, imported here rather than at the top: diam.cli imports this
+    module, so a top-level import would be circular when this module is imported first."""
+    from diam.cli import get_settings as settings_of
+
+    return settings_of(ctx)
 
 
 def _docker_flag(f):  # type: ignore[no-untyped-def]
@@ -24,6 +32,12 @@ def stack_group() -> None:
     Logs, data and pid files live under DIAM_STACK_HOME (default .diam/); the Kafka jars are
     cached in DIAM_STACK_CACHE_DIR (default ~/.cache/diam-stream/). Ports: DIAM_STACK_KAFKA_PORT
     (9192), DIAM_STACK_CONTROLLER_PORT (9193), DIAM_STACK_REDIS_PORT (6390).
+
+    Any Kafka client can read the topics, e.g. kcat (Debian package):
+
+    \b
+      kcat -b 127.0.0.1:9192 -C -t diam.deadletter -o beginning -e \\
+           -f '%k %s headers=%h\\n'
     """
 
 
@@ -92,13 +106,17 @@ def fetch_cmd(ctx: click.Context) -> None:
     from tqdm import tqdm
 
     from diam.stack import StackError, fetch
+    from diam.stack_kafka import cached_classpath
 
     settings = get_settings(ctx)
-    with tqdm(desc=f"kafka {settings.stack.kafka_version} artifacts", unit=" file") as bar:
-        try:
-            jars = fetch(settings, on_download=lambda _: bar.update(1))
-        except StackError as exc:
-            raise click.ClickException(str(exc)) from None
+    jars = cached_classpath(settings.stack)
+    if jars is None:
+        desc = f"maven: kafka {settings.stack.kafka_version} artifacts downloaded"
+        with tqdm(desc=desc, unit=" file") as bar:
+            try:
+                jars = fetch(settings, on_download=lambda _: bar.update(1))
+            except StackError as exc:
+                raise click.ClickException(str(exc)) from None
     size = sum(j.stat().st_size for j in jars) / 2**20
     click.echo(f"{len(jars)} jars, {size:.0f} MiB in {jars[0].parent}")
 
