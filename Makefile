@@ -57,4 +57,5 @@ demo: stack
 	bash diam/resources/demo.sh
 
 clean:
-	rm -rf .diam/data .diam/logs build *.egg-info
+	-diam stack down
+	rm -rf .diam/kafka .diam/redis build *.egg-info
