@@ -125,7 +125,7 @@ def scan_namespace(client: redis.Redis, ns: str, batch: int = 1000) -> Iterator[
 def _fetch(client: redis.Redis, keys: list[bytes], prefix: bytes) -> Iterator[tuple[str, bytes]]:
     for key, raw in zip(keys, client.mget(keys), strict=True):
         if raw is not None:  # deleted between SCAN and MGET
-            yield key[len(prefix):].decode(), raw
+            yield key[len(prefix):].decode(), raw if isinstance(raw, bytes) else str(raw).encode()
 
 
 def _compare(uid: str, ra: bytes, rb: bytes, a: UserVectors, b: UserVectors) -> UserDiff:

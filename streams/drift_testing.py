@@ -34,7 +34,7 @@ def stable_stream(n_users: int = 200, n_windows: int = 30, *, rate: float = 0.05
     n_guards = rng.poisson(guard_rate, size=(n_users, n_windows))
     k0 = rng.integers(2, 6, size=n_users)
     d0 = rng.uniform(0.2, 0.8, size=n_users)
-    for u in np.flatnonzero(n_changes.sum(axis=1)):
+    for u in np.flatnonzero(n_changes.sum(axis=1)).tolist():
         uid, k, d = f"u{u:04d}", int(k0[u]), float(d0[u])
         wins = np.repeat(np.arange(n_windows), n_changes[u])
         offs = rng.integers(0, window_ms, size=wins.size)

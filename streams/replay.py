@@ -158,7 +158,15 @@ class ReplayReport:
 
 
 def check_namespace(namespace: str, serving_namespace: str | None = None) -> str:
-    """Refuse the namespaces serving reads; return ``namespace`` otherwise."""
+    """Refuse the namespaces serving reads; return ``namespace`` otherwise.
+
+    >>> check_namespace("live")
+    Traceback (most recent call last):
+    ...
+    streams.replay.ReplayError: refusing to replay into 'live': serving reads it; pass a namespace of its own, e.g. --namespace replay-1
+    >>> check_namespace("shadow-1", serving_namespace="prod")
+    'shadow-1'
+    """
     try:
         validate_namespace(namespace)
     except ValueError as exc:

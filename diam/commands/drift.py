@@ -122,8 +122,9 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
             for m in consumer.consume(100, 0.5):
                 if m.error() is not None:
                     continue
-                if m.partition() in pending and m.offset() + 1 >= pending[m.partition()]:
-                    del pending[m.partition()]
+                part, off = int(m.partition() or 0), int(m.offset() or 0)
+                if part in pending and off + 1 >= pending[part]:
+                    del pending[part]
                 raw = m.value() or b""
                 if as_json:
                     click.echo(raw.decode(errors="replace"))
