@@ -25,7 +25,7 @@ from pydantic_settings import (
 from online_model.config import OnlineConfig
 from serving_cache.config import RedisConfig
 from snapshotter.config import SnapshotConfig
-from streams.config import FlowConfig, KafkaConfig
+from streams.config import DriftConfig, FlowConfig, KafkaConfig
 
 
 class StackConfig(BaseModel):
@@ -129,6 +129,9 @@ class Settings(BaseSettings):
 
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     """Snapshot store."""
+
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Windows and alert thresholds of the drift monitor."""
 
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """HTTP API."""

@@ -136,7 +136,10 @@ def new_topic(stack: Stack) -> Iterator:
         return name
 
     yield make
-    delete_topics(stack, made)
+    # Also the side topics a test derived from its topic (``<topic>.drift``, ``<topic>.dlq``...).
+    existing = _admin(stack).list_topics(timeout=30).topics
+    derived = [t for t in existing for m in made if t.startswith(f"{m}.")]
+    delete_topics(stack, made + derived)
 
 
 @pytest.fixture

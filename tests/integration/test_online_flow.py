@@ -63,8 +63,11 @@ def _redis_state(client, ns: str) -> dict[str, bytes]:
 
 
 def _job(stack, topic: str, ns: str, **kw) -> OnlineJob:
+    # Side outputs go to the test's own topics, never to the live diam.drift / diam.deadletter.
     s = stack.settings
-    return OnlineJob(kafka=s.kafka, redis=s.redis, flow=FLOW, topic=topic, namespace=ns,
+    kafka = s.kafka.model_copy(update={"drift_topic": f"{topic}.drift",
+                                       "deadletter_topic": f"{topic}.dlq"})
+    return OnlineJob(kafka=kafka, redis=s.redis, flow=FLOW, topic=topic, namespace=ns,
                      bounded=True, **kw)
 
 
@@ -104,7 +107,7 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, t
         + _events_payloads(good[20:])
     _produce(kafka, topic, payloads)
     job = _job(stack, topic, namespace)
-    job.kafka = kafka
+    job.kafka = kafka.model_copy(update={"drift_topic": f"{topic}.drift"})
     run_online(job, _holder())
 
     dead = list(consume_all(kafka, dlq))
@@ -191,7 +194,8 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
     _write_tiny_checkpoint(ckpt)
     env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.1",
-           "DIAM_FLOW_BATCH_SIZE": "50"}
+           "DIAM_FLOW_BATCH_SIZE": "50", "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift",
+           "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
     cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt),
            "--bounded"]
     # Uninterrupted reference run.
