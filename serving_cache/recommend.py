@@ -34,7 +34,7 @@ from serving_cache.codec import UserVectors
 from serving_cache.reader import UserReader
 from serving_cache.retrieval import SnapshotIndex
 
-__all__ = ["Recommender", "Recommendation", "Interests", "context_delta", "Mode", "MAX_DELTA"]
+__all__ = ["Recommender", "Recommendation", "Interests", "aggregate_candidates", "context_delta", "Mode", "MAX_DELTA"]
 
 Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
@@ -188,7 +188,7 @@ class Recommender:
             reason = f"vectors have dim {uv.dim}, index has {snap.dim}"
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (), reason)
 
-        from online_model.aggregate import aggregate, manual_d
+        from online_model.aggregate import manual_d
 
         if mode == "auto":
             d_used = float(uv.d)
@@ -199,8 +199,7 @@ class Recommender:
         m = min(max(2 * n, MIN_CANDIDATES) + len(banned), snap.n_items)
         scores, items = snap.search(uv.vecs, m)  # [K, m]
         scores, items = _clean(scores, items, banned, n)
-        picked = aggregate(scores, items, snap.item_vecs, d_u=d_used, n=n, item_categories=snap.item_categories)
-        picked = np.asarray(picked, dtype=np.int64)
+        picked = aggregate_candidates(snap, scores, items, d_used, n)
         best = (uv.vecs @ snap.item_vecs[picked].T).max(axis=0) if len(picked) else np.empty(0)
         return Recommendation(
             user_id=user_id,
@@ -259,6 +258,23 @@ class Recommender:
             user_id=user_id, cold=False, k=uv.k, d=float(uv.d), dim=uv.dim, seq=uv.seq, ts=uv.ts,
             n=uv.n, model=uv.model, vectors=np.round(uv.vecs, 5).tolist(), top_items=tops, top_category=cats,
         )
+
+
+def aggregate_candidates(snap: SnapshotIndex, scores: np.ndarray, items: np.ndarray, d_u: float, n: int) -> np.ndarray:
+    """Run the model's aggregator on [K, M] candidates; returns item indices [<=n] int64.
+
+    The aggregator only reads the candidates' rows of ``item_vecs``, so it gets just those,
+    renumbered in the same order (its tie-breaks by item index are unchanged; the result is
+    identical). Its cost then does not grow with the catalogue: handed the whole 100k-item
+    matrix it took 175 ms p50 per call (whole-matrix dtype conversions), 1M items would be worse.
+    """
+    from online_model.aggregate import aggregate
+
+    uniq = np.unique(items[items >= 0])
+    local = np.where(items >= 0, np.searchsorted(uniq, items), -1)
+    picked = aggregate(scores, local, snap.item_vecs[uniq], d_u=d_u, n=n,
+                       item_categories=snap.item_categories[uniq])
+    return uniq[np.asarray(picked, dtype=np.int64)]
 
 
 def _banned(snap: SnapshotIndex, seen: Sequence[str]) -> np.ndarray:

@@ -47,8 +47,14 @@ def write_checkpoint(
     item_emb: np.ndarray | None = None,
     item_pop: np.ndarray | None = None,
     model: str = "diam",
+    categories: np.ndarray | None = None,
+    category_names: list[str] | None = None,
+    item_ids: np.ndarray | None = None,
+    state_dict: bool = True,
 ) -> Path:
-    """Write a checkpoint directory following the trainer's contract and return its path."""
+    """Write a checkpoint directory following the trainer's contract and return its path.
+
+    ``state_dict=False`` leaves out the stand-in for the torch weights (halves a 1M-item file)."""
     from safetensors.numpy import save_file
 
     out = Path(out)
@@ -69,16 +75,21 @@ def write_checkpoint(
         "online.gate_b2": np.zeros(1, dtype=np.float32),
         "online.fusion_w": rng.standard_normal(4).astype(np.float32),
         "online.fusion_b": np.zeros(1, dtype=np.float32),
-        # Stands in for the torch state dict the trainer also stores.
-        "model.item_embedding.weight": np.ascontiguousarray(item_emb, dtype=np.float32),
     }
+    if state_dict:  # stands in for the torch state dict the trainer also stores
+        tensors["model.item_embedding.weight"] = tensors["online.item_emb"]
     save_file(tensors, str(out / "weights.safetensors"))
-    item_ids = np.array([f"i{i}" for i in range(n_items)])
+    if categories is not None:
+        primary = np.asarray(categories, dtype=np.int32)
+    if category_names is not None:
+        n_categories = len(category_names)
+    item_ids = np.array([f"i{i}" for i in range(n_items)]) if item_ids is None else np.asarray(item_ids).astype(str)
     np.save(out / "item_ids.npy", item_ids, allow_pickle=False)
     np.save(out / "item_categories.npy", primary, allow_pickle=False)
     if item_pop is not None:
         np.save(out / "item_pop.npy", np.asarray(item_pop, dtype=np.int64), allow_pickle=False)
-    (out / "categories.json").write_text(json.dumps([f"cat{c}" for c in range(n_categories)]))
+    names = category_names or [f"cat{c}" for c in range(n_categories)]
+    (out / "categories.json").write_text(json.dumps(names))
     config = {
         "model": model,
         "dim": dim,
