@@ -158,8 +158,9 @@ def _popularity_from_data(ck: Checkpoint, data_dir: Path | None) -> np.ndarray |
         from online_model.datasets import load_prepared
 
         item_col = load_prepared(ds_dir).item_ids
-    except ImportError:
-        item_col = np.loadtxt(ds_dir / "events.tsv", dtype=str, delimiter="\t", skiprows=1, usecols=1)
+    except Exception as exc:  # popularity is a nicety for cold users: never block a publish on it
+        log.warning("no popularity from %s (%s); cold users get catalogue order", ds_dir, exc)
+        return None
     uniq, counts = np.unique(np.asarray(item_col).astype(str), return_counts=True)
     index = {str(i): k for k, i in enumerate(ck.item_ids.astype(str))}
     pop = np.zeros(len(ck.item_ids), dtype=np.int64)

@@ -166,3 +166,28 @@ def test_watch_publishes_each_settled_checkpoint_once(tmp_path):
 def test_pointer_is_one_line_with_the_version(store, checkpoint):
     v = publish(checkpoint, store).version
     assert (store.root / POINTER).read_text() == v + "\n"
+
+
+def test_popularity_comes_from_the_training_data_when_on_disk(tmp_path, store):
+    ck = write_checkpoint(tmp_path / "ck", n_items=4, dim=4)
+    config = json.loads((ck / "config.json").read_text())
+    config["data"]["name"] = "tiny"
+    (ck / "config.json").write_text(json.dumps(config))
+    data = tmp_path / "data" / "tiny"
+    data.mkdir(parents=True)
+    (data / "items.tsv").write_text("item_id\tcategories\ttitle\n" + "".join(f"i{i}\tcat0\tt{i}\n" for i in range(4)))
+    (data / "events.tsv").write_text("user_id\titem_id\tts_ms\n" + "u1\ti2\t1\nu2\ti2\t2\nu1\ti0\t3\n")
+    res = publish(ck, store, data_dir=tmp_path / "data")
+    assert np.load(res.path / "item_pop.npy", allow_pickle=False).tolist() == [1, 0, 2, 0]
+    assert "item_pop.npy" in res.manifest["files"]
+    # No data on disk: no popularity file, and the publish still succeeds.
+    assert not (publish(ck, store, data_dir=tmp_path / "nowhere").path / "item_pop.npy").exists()
+
+
+def test_a_snapshot_directory_loads_as_a_base_model(store, checkpoint):
+    from online_model.base import BaseView
+
+    res = publish(checkpoint, store)
+    base = BaseView.from_checkpoint(res.path)
+    assert base.version == res.version  # what the dataflow writes as `model`, what serving matches
+    assert base.item_emb.shape == (120, 8) and base.index_of("i5") == 5
