@@ -3,7 +3,16 @@ incremental signals, the online update rule and drift guards, aggregation math (
 
 Never imports Kafka or Redis: everything here is pure computation."""
 
+from online_model.aggregate import aggregate, manual_d
 from online_model.config import OnlineConfig
 from online_model.datasets import ItemTable, PreparedDataset, load_prepared, user_sequences
 
-__all__ = ["ItemTable", "PreparedDataset", "load_prepared", "user_sequences", "OnlineConfig"]
+__all__ = [
+    "ItemTable",
+    "PreparedDataset",
+    "load_prepared",
+    "user_sequences",
+    "OnlineConfig",
+    "aggregate",
+    "manual_d",
+]

@@ -1,0 +1,187 @@
+"""Per-user click sequences in flat arrays, and the training windows cut from them.
+
+The trainer and the evaluator both work on a :class:`Corpus`: every user's items in time order,
+concatenated, with offsets. Item indices are 0-based rows of the item table; model inputs shift
+them by one so that 0 is padding.
+
+>>> c = tiny_corpus(n_users=3, n_items=5, n_categories=2, length=4, seed=0)
+>>> c.n_users, c.n_items, len(c.items)
+(3, 5, 12)
+>>> seq, length = windows(c, np.array([c.offsets[1] + 2]), seq_len=3)
+>>> seq.shape, int(length[0]), int(seq[0, 0])
+((1, 3), 2, 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Corpus",
+    "corpus_from_prepared",
+    "tiny_corpus",
+    "windows",
+    "prefix_signals",
+    "future_entropy",
+]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """All users' click sequences, flat. ``items[offsets[u]:offsets[u+1]]`` is user u's history."""
+
+    name: str
+    users: np.ndarray  # [U] str, sorted
+    offsets: np.ndarray  # [U+1] int64
+    items: np.ndarray  # [E] int64 item row, per user in time order
+    ts: np.ndarray  # [E] int64 epoch ms
+    item_ids: np.ndarray  # [N] str
+    item_cat: np.ndarray  # [N] int32 primary category, -1 unknown
+    category_names: list[str]
+    truth: dict[str, tuple[int, float]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_categories(self) -> int:
+        return max(1, len(self.category_names))
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def corpus_from_prepared(ds: Any) -> Corpus:
+    """Build a :class:`Corpus` from a ``PreparedDataset`` (online_model.datasets, contracts).
+
+    Events are already sorted by (ts, user, item); a stable sort by user keeps each user's
+    time order, so equal timestamps keep the loader's deterministic tie-break.
+    """
+    item_ids = np.asarray(ds.items.ids)
+    rows = getattr(ds, "item_index", None)
+    if rows is None:  # built by hand: look the ids up
+        index = {str(i): k for k, i in enumerate(item_ids.tolist())}
+        rows = np.fromiter((index.get(str(i), -1) for i in ds.item_ids), dtype=np.int64,
+                           count=len(ds.item_ids))
+    rows = np.asarray(rows, dtype=np.int64)
+    keep = rows >= 0  # events of items missing from items.tsv cannot be embedded
+    users_all = np.asarray(ds.user_ids)[keep]
+    ts = np.asarray(ds.ts_ms, dtype=np.int64)[keep]
+    rows = rows[keep]
+    users, inverse = np.unique(users_all, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(users))
+    offsets = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    info = {
+        "name": ds.name,
+        "events": int(len(rows)),
+        "ts_min": int(ts.min()) if len(ts) else 0,
+        "ts_max": int(ts.max()) if len(ts) else 0,
+    }
+    return Corpus(
+        name=ds.name,
+        users=users,
+        offsets=offsets,
+        items=rows[order],
+        ts=ts[order],
+        item_ids=item_ids,
+        item_cat=np.asarray(ds.items.primary, dtype=np.int32),
+        category_names=list(ds.items.category_names),
+        truth=ds.truth,
+        info=info,
+    )
+
+
+def tiny_corpus(n_users: int = 40, n_items: int = 60, n_categories: int = 4, length: int = 30,
+                seed: int = 0, n_interests: np.ndarray | None = None) -> Corpus:
+    """A small clustered corpus for tests: each user clicks inside 1..n_categories categories.
+
+    Items of category c are rows with ``row % n_categories == c``; a user with k interests
+    draws uniformly among k of them, so sequence models have structure to learn.
+    """
+    rng = np.random.default_rng(seed)
+    item_cat = (np.arange(n_items) % n_categories).astype(np.int32)
+    by_cat = [np.flatnonzero(item_cat == c) for c in range(n_categories)]
+    k_true = (n_interests if n_interests is not None
+              else rng.integers(1, n_categories + 1, size=n_users))
+    items, ts, truth = [], [], {}
+    for u in range(n_users):
+        cats = rng.choice(n_categories, size=int(k_true[u]), replace=False)
+        c_seq = rng.choice(cats, size=length)
+        items.append(np.array([rng.choice(by_cat[c]) for c in c_seq], dtype=np.int64))
+        ts.append(np.arange(length, dtype=np.int64) * 60_000 + u)
+        truth[f"u{u:04d}"] = (int(k_true[u]), float(k_true[u]) / n_categories)
+    users = np.array([f"u{u:04d}" for u in range(n_users)])
+    offsets = np.arange(n_users + 1, dtype=np.int64) * length
+    flat_ts = np.concatenate(ts)
+    return Corpus(
+        name="tiny", users=users, offsets=offsets, items=np.concatenate(items), ts=flat_ts,
+        item_ids=np.array([f"i{i}" for i in range(n_items)]), item_cat=item_cat,
+        category_names=[f"c{c}" for c in range(n_categories)], truth=truth,
+        info={"name": "tiny", "events": int(n_users * length), "ts_min": int(flat_ts.min()),
+              "ts_max": int(flat_ts.max())},
+    )
+
+
+def windows(corpus: Corpus, pos: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The history before each flat position ``pos``: ``(seq [B, L] int64, length [B] int64)``.
+
+    ``seq`` holds item row + 1, right-aligned (the newest item is last), 0 is padding.
+    ``length`` is the full history length |I_u| before ``pos`` (MIND's K' uses it), not capped.
+    """
+    pos = np.asarray(pos, dtype=np.int64)
+    user = np.searchsorted(corpus.offsets, pos, side="right") - 1
+    start = corpus.offsets[user]
+    rel = np.arange(-seq_len, 0, dtype=np.int64)[None, :]  # [1, L]
+    idx = pos[:, None] + rel  # [B, L]
+    valid = idx >= start[:, None]
+    seq = np.where(valid, corpus.items[np.clip(idx, 0, None)] + 1, 0)
+    return seq.astype(np.int64), (pos - start).astype(np.int64)
+
+
+def prefix_signals(corpus: Corpus) -> np.ndarray:
+    """``[E, 4]`` float32: the four diversity signals of each user *before* each of their events.
+
+    Row p is what ``online_model.signals.batch_signals`` returns for the user's events before p
+    (fed incrementally through ``SignalState``, which the signals module keeps equal to the batch
+    form), so a training example at p sees only its past.
+    """
+    from online_model.signals import SignalState
+
+    out = np.empty((len(corpus.items), 4), dtype=np.float32)
+    cats = corpus.item_cat[corpus.items]
+    c = corpus.n_categories
+    for u in range(corpus.n_users):
+        state = SignalState(c)
+        for p in range(corpus.offsets[u], corpus.offsets[u + 1]):
+            out[p] = state.values()
+            state.update(int(cats[p]), int(corpus.ts[p]))
+    return out
+
+
+def future_entropy(corpus: Corpus, window: int = 20, min_items: int = 5) -> np.ndarray:
+    """``[E]`` float32: realised category diversity of the next ``window`` items from p on.
+
+    Normalised entropy of the primary categories of items p..p+window-1 of the same user
+    (see ``online_model.metrics.realised_entropy``); NaN when fewer than ``min_items`` remain.
+    This is the auxiliary target that gives d_u a measurable meaning.
+    """
+    from online_model.metrics import realised_entropy
+
+    out = np.full(len(corpus.items), np.nan, dtype=np.float32)
+    cats = corpus.item_cat[corpus.items]
+    for u in range(corpus.n_users):
+        a, b = int(corpus.offsets[u]), int(corpus.offsets[u + 1])
+        for p in range(a, b - min_items + 1):
+            out[p] = realised_entropy(cats[p:min(b, p + window)], corpus.n_categories)
+    return out

@@ -1,0 +1,141 @@
+"""Ranking and diversity metrics of one recommended list, numpy only.
+
+Accuracy follows ComiRec's protocol with its corrected NDCG: the gain of a hit is discounted by
+its position *in the ranked list* (ComiRec's released code discounted by the position in the
+ground-truth list), and the ideal DCG puts min(|truth|, n) hits on top.
+
+>>> ranked = np.array([5, 1, 9, 7])
+>>> truth = np.array([1, 7, 3])
+>>> recall_at(ranked, truth, 4), hit_rate_at(ranked, truth, 1)
+(0.6666666666666666, 0.0)
+>>> round(ndcg_at(ranked, truth, 4), 4)  # (1/log2(3) + 1/log2(5)) / (1 + 1/log2(3) + 1/2)
+0.5307
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "recall_at",
+    "ndcg_at",
+    "hit_rate_at",
+    "category_entropy",
+    "realised_entropy",
+    "ild_embedding",
+    "ild_category",
+    "category_coverage",
+    "spearman",
+]
+
+
+def _hits(ranked: np.ndarray, truth: np.ndarray, n: int) -> np.ndarray:
+    return np.isin(np.asarray(ranked)[:n], np.asarray(truth))
+
+
+def recall_at(ranked: np.ndarray, truth: np.ndarray, n: int) -> float:
+    """Share of the (distinct) ground-truth items found in the top n."""
+    truth = np.unique(truth)
+    if len(truth) == 0:
+        return 0.0
+    return float(_hits(ranked, truth, n).sum()) / len(truth)
+
+
+def hit_rate_at(ranked: np.ndarray, truth: np.ndarray, n: int) -> float:
+    """1.0 when at least one ground-truth item is in the top n."""
+    return float(_hits(ranked, truth, n).any())
+
+
+def ndcg_at(ranked: np.ndarray, truth: np.ndarray, n: int) -> float:
+    """Binary-gain NDCG@n over positions in the ranked list."""
+    truth = np.unique(truth)
+    if len(truth) == 0:
+        return 0.0
+    hits = _hits(ranked, truth, n)
+    disc = 1.0 / np.log2(np.arange(2, len(hits) + 2))
+    dcg = float((hits * disc).sum())
+    ideal = float((1.0 / np.log2(np.arange(2, min(len(truth), n) + 2))).sum())
+    return dcg / ideal
+
+
+def category_entropy(cats: np.ndarray) -> float:
+    """Shannon entropy (nats) of the category histogram of a list; unknown (<0) ignored."""
+    cats = np.asarray(cats)
+    cats = cats[cats >= 0]
+    if len(cats) == 0:
+        return 0.0
+    p = np.bincount(cats) / len(cats)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def realised_entropy(cats: np.ndarray, n_categories: int) -> float:
+    """Category entropy normalised to [0, 1] by its maximum for this many items.
+
+    The maximum is log(min(len, n_categories)): twenty items cannot spread over more than
+    twenty categories, so lists of different lengths stay comparable.
+
+    >>> realised_entropy(np.array([0, 1, 2, 3]), 10), realised_entropy(np.array([2, 2]), 10)
+    (1.0, 0.0)
+    """
+    cats = np.asarray(cats)
+    cats = cats[cats >= 0]
+    top = min(len(cats), n_categories)
+    if top < 2:
+        return 0.0
+    return category_entropy(cats) / math.log(top)
+
+
+def ild_embedding(vecs: np.ndarray) -> float:
+    """Intra-list distance: mean over pairs of (1 - cosine) of the rows of ``vecs`` [n, d]."""
+    n = len(vecs)
+    if n < 2:
+        return 0.0
+    x = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    sim = x @ x.T
+    return float((n * n - sim.sum()) / (n * (n - 1)))  # diagonal of 1 - sim is 0
+
+
+def ild_category(cats: np.ndarray) -> float:
+    """Share of pairs of the list whose primary categories differ."""
+    cats = np.asarray(cats)
+    n = len(cats)
+    if n < 2:
+        return 0.0
+    same = (cats[:, None] == cats[None, :]).sum() - n
+    return float(1.0 - same / (n * (n - 1)))
+
+
+def category_coverage(cats: np.ndarray, n_categories: int) -> float:
+    """Distinct known categories in the list over the number of categories."""
+    cats = np.asarray(cats)
+    return float(len(np.unique(cats[cats >= 0]))) / max(1, n_categories)
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), 0-based."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    return sums[inv] / counts[inv]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation with average ranks for ties; NaN if a side is constant.
+
+    >>> spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 25, 40]))
+    1.0
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = _rank(x), _rank(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))

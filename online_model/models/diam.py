@@ -1,0 +1,167 @@
+"""DIAM: Diversity-aware Interest Adaptive Modeling (DESIGN.md §4).
+
+Dual-scale encoder -> adaptive interest extractor (gate K_u, capsules + self-attention) ->
+diversity preference d_u (linear fusion of four signals) -> disentangled towers. Training loss::
+
+    L = L_main + 0.1 L_ortho + 0.05 L_dis + 0.01 L_div  (+ auxiliary targets)
+    L_main = sampled softmax (Gumbel-softmax interest mixing, tau rising with d_u, interest-aware
+             hard negatives) + 0.5 utility-aware ranking (alpha = alpha_max * d_u)
+
+Auxiliary targets, each giving an output a measurable meaning: d_u -> the realised category
+diversity of the next items (BCE); the gate's K -> the effective number of categories in the
+history window, exp(entropy) (smooth L1, small weight: the main loss also moves the gate through
+the soft mask); the light gate -> the full gate (distillation).
+
+Stages (set by the trainer): ``warmup`` fixed K = 4 and only L_main + L_ortho (+ the auxiliary
+heads, which are independent); ``joint`` everything, K annealed from 4 to K_u; ``finetune``
+extractor, encoder and item table frozen, preference learner, towers and light gate trained,
+L_div weight doubled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from online_model import losses
+from online_model.models.base import Batch, Interests, ModelConfig, MultiInterestModel
+from online_model.models.encoder import DualScaleEncoder
+from online_model.models.extractor import AdaptiveInterestExtractor
+from online_model.models.layers import masked_mean
+from online_model.models.preference import DiversityFusion, LightGate
+from online_model.models.towers import DisentangledTowers, category_centroids
+
+__all__ = ["DIAM", "effective_categories"]
+
+
+def effective_categories(cats: torch.Tensor, valid: torch.Tensor, n_cat: int) -> torch.Tensor:
+    """exp(entropy) of each row's category histogram [B] (1 for an empty row)."""
+    hist = category_histogram(cats, valid, n_cat)
+    p = hist / hist.sum(1, keepdim=True).clamp_min(1)
+    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
+    return torch.exp(ent)
+
+
+def category_histogram(cats: torch.Tensor, valid: torch.Tensor, n_cat: int) -> torch.Tensor:
+    """Counts of categories per row ``[B, C]``; ``cats`` [B, L] (-1 unknown), ``valid`` [B, L]."""
+    ok = valid & (cats >= 0)
+    hist = torch.zeros(cats.shape[0], n_cat, device=cats.device)
+    hist.scatter_add_(1, cats.clamp_min(0), ok.float())
+    return hist
+
+
+class DIAM(MultiInterestModel):
+    """The DIAM base model. ``interests`` gives K_max vectors with a K_u mask and d_u."""
+
+    name = "diam"
+
+    def __init__(self, cfg: ModelConfig, item_cat: np.ndarray | None = None) -> None:
+        super().__init__(cfg, item_cat)
+        self.encoder = DualScaleEncoder(cfg.dim, cfg.seq_len, cfg.window, cfg.n_heads,
+                                        cfg.n_layers, cfg.dropout)
+        self.extractor = AdaptiveInterestExtractor(cfg.dim, cfg.k_max, cfg.seq_len,
+                                                   cfg.routing_iters)
+        self.fusion = DiversityFusion()
+        self.light = LightGate(cfg.dim, cfg.light_hidden)
+        self.towers = DisentangledTowers(cfg.dim, cfg.n_categories)
+
+    def set_stage(self, stage: str, anneal: float = 1.0) -> None:
+        super().set_stage(stage, anneal)
+        frozen = stage == "finetune"
+        for part in (self.item_emb, self.encoder, self.extractor):
+            for p in part.parameters():
+                p.requires_grad_(not frozen)
+
+    def interests(self, batch: Batch) -> Interests:
+        x = self.item_emb(batch.seq)  # [B, L, d]
+        mask = batch.mask
+        h, h_seq = self.encoder(x, mask)
+        vecs, gate_prob, _ = self.extractor(h, x, mask, h_seq)  # [B, K, d], [B]
+        fixed, anneal = None, 1.0
+        if self.training and self.stage == "warmup":
+            fixed, anneal = self.cfg.warmup_k, 0.0
+        elif self.training and self.stage == "joint":
+            fixed, anneal = self.cfg.warmup_k, self.anneal
+        m, k = self.extractor.mask(gate_prob, hard=not self.training, fixed_k=fixed, anneal=anneal)
+        d_u = self.fusion(batch.signals)
+        return Interests(vecs, m.to(vecs.dtype), d_u,
+                         {"gate_prob": gate_prob, "k": k, "x": x, "seq_mask": mask})
+
+    def light_gate(self, batch: Batch) -> torch.Tensor:
+        """The online head's gate probability [B] (mean embedding of the window + signals)."""
+        return self.light(masked_mean(self.item_emb(batch.seq), batch.mask), batch.signals)
+
+    def _redundancy(self, e: torch.Tensor, hist: torch.Tensor, hmask: torch.Tensor) -> torch.Tensor:
+        """Max cosine of each ``e`` [B, T, d] to the recent history ``hist`` [B, R, d] -> [B, T]."""
+        cos = F.normalize(e, dim=-1) @ F.normalize(hist, dim=-1).transpose(1, 2)  # [B, T, R]
+        cos = cos.masked_fill(~hmask[:, None, :], -1.0)
+        return cos.max(-1).values.clamp(0, 1)
+
+    def loss(self, batch: Batch, neg_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        out = self.interests(batch)
+        vecs, m, d_u = out.vecs, out.mask, out.d_u
+        assert d_u is not None and batch.target is not None
+        x, seq_mask = out.extra["x"], out.extra["seq_mask"]
+        pos = self.item_emb(batch.target)  # [B, d]
+        neg = self.item_emb(neg_ids)  # [S, d]
+
+        # main: Gumbel-softmax mixing of interests around the target, hard negatives
+        tau = cfg.tau_min + d_u.detach() * (cfg.tau_max - cfg.tau_min)
+        w = losses.gumbel_interest_weights((vecs * pos[:, None]).sum(-1), m, tau)
+        user = (w[..., None].to(vecs.dtype) * vecs).sum(1)  # [B, d]
+        l_soft = losses.sampled_softmax(user, pos, neg, batch.target, neg_ids, cfg.hard_beta)
+
+        # utility with diminishing returns against the hardest negatives
+        s_neg = (user @ neg.T).masked_fill(neg_ids[None] == batch.target[:, None], float("-inf"))
+        top = s_neg.topk(min(cfg.util_negatives, s_neg.shape[1]), dim=1)
+        r = cfg.redundancy_window
+        hist, hmask = x[:, -r:], seq_mask[:, -r:]
+        red_pos = self._redundancy(pos[:, None], hist, hmask)[:, 0]
+        red_neg = self._redundancy(neg[top.indices], hist, hmask)
+        l_util = losses.utility_ranking_loss(
+            torch.sigmoid((user * pos).sum(-1).float()), torch.sigmoid(top.values.float()),
+            red_pos.float(), red_neg.float(), cfg.alpha_max * d_u)
+        l_main = l_soft + cfg.w_util * l_util
+        l_ortho = losses.ortho_loss(vecs, m, cfg.ortho_margin)
+
+        # auxiliary heads: d_u's meaning, the gate's meaning, the light gate's teacher
+        cats = self.item_cat[batch.seq]
+        gate_prob = out.extra["gate_prob"]
+        k_target = effective_categories(cats, seq_mask, cfg.n_categories).clamp(1, cfg.k_max)
+        l_k = F.smooth_l1_loss(gate_prob * cfg.k_max + 1, k_target)
+        l_d = torch.zeros((), device=vecs.device)
+        if batch.div_target is not None:
+            ok = ~torch.isnan(batch.div_target)
+            if ok.any():
+                l_d = F.binary_cross_entropy(d_u[ok].float(), batch.div_target[ok].float())
+        l_light = F.mse_loss(self.light_gate(batch), gate_prob.detach())
+        total = l_main + cfg.w_ortho * l_ortho + cfg.w_aux_d * l_d + cfg.w_aux_k * l_k \
+            + cfg.w_light * l_light
+        logs = {"main": l_soft, "util": l_util, "ortho": l_ortho, "aux_d": l_d, "aux_k": l_k,
+                "light": l_light}
+
+        if self.stage != "warmup":
+            pooled = (m[..., None] * vecs).sum(1) / m.sum(1, keepdim=True).clamp_min(1e-6)
+            hist_c = category_histogram(cats, seq_mask, cfg.n_categories)
+            hist_c = hist_c / hist_c.sum(1, keepdim=True).clamp_min(1)
+            h_cat, h_ind = self.towers(pooled, hist_c)
+            cent = category_centroids(self.item_table().detach(), self.item_cat[1:],
+                                      cfg.n_categories)
+            tcat = self.item_cat[batch.target]
+            l_cat = F.cross_entropy((h_cat @ cent.T).float()[tcat >= 0], tcat[tcat >= 0]) \
+                if (tcat >= 0).any() else torch.zeros((), device=vecs.device)
+            l_ind = losses.sampled_softmax(h_ind, pos, neg, batch.target, neg_ids)
+            l_dis = losses.dis_loss(h_cat, h_ind)
+            l_div = losses.diversity_contrastive_loss(pooled, d_u)
+            w_div = 2 * cfg.w_div if self.stage == "finetune" else cfg.w_div
+            total = total + cfg.w_towers * (l_cat + l_ind) + cfg.w_dis * l_dis + w_div * l_div
+            logs.update({"towers": l_cat + l_ind, "dis": l_dis, "div": l_div})
+        return total, {k: float(v.detach()) for k, v in logs.items()}
+
+    def export_online(self) -> dict[str, np.ndarray]:
+        out = super().export_online()
+        out.update(self.light.export())
+        out.update(self.fusion.export())
+        return out

@@ -1,0 +1,124 @@
+"""Shapes, masks and padding of every model over random sizes; the gate's range; MIND's K'."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from online_model.models import MODELS, Batch, ModelConfig, build_model
+from online_model.models.extractor import hard_k
+from online_model.models.layers import CapsuleRouting, ramp_mask
+from online_model.models.mind import mind_k
+
+torch.set_num_threads(1)  # tiny tensors: more threads only contend on a shared machine
+N_ITEMS, N_CAT = 50, 5
+
+
+def _model(name: str, dim: int = 16, seq_len: int = 10, k_max: int = 6):
+    torch.manual_seed(0)
+    cfg = ModelConfig(model=name, n_items=N_ITEMS, n_categories=N_CAT, dim=dim, seq_len=seq_len,
+                      k_max=k_max, n_interests=3, window=5, n_neg=16)
+    return build_model(cfg, np.arange(N_ITEMS) % N_CAT).eval()
+
+
+MODELS_BUILT = {name: _model(name) for name in MODELS}
+
+
+def _batch(b: int, lengths: list[int], seq_len: int = 10, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, N_ITEMS + 1, (b, seq_len), generator=g)
+    for i, n in enumerate(lengths):
+        seq[i, : seq_len - n] = 0  # right-aligned history of n items
+    return Batch(seq, torch.tensor(lengths) + 3, torch.rand(b, 4, generator=g),
+                 torch.randint(1, N_ITEMS + 1, (b,), generator=g), torch.rand(b, generator=g))
+
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(sorted(MODELS)), data=st.data())
+def test_shapes_and_masks(name, data):
+    b = data.draw(st.integers(1, 6))
+    lengths = data.draw(st.lists(st.integers(1, 10), min_size=b, max_size=b))
+    model = MODELS_BUILT[name]
+    with torch.no_grad():
+        out = model.interests(_batch(b, lengths))
+    k = out.vecs.shape[1]
+    assert out.vecs.shape == (b, k, 16) and out.mask.shape == (b, k)
+    assert torch.isfinite(out.vecs).all()
+    assert set(out.mask.unique().tolist()) <= {0.0, 1.0}  # hard mask at inference
+    # active interests are a prefix: mask is non-increasing along the interest axis
+    assert (out.mask[:, 1:] <= out.mask[:, :-1]).all()
+    assert (out.k >= 1).all() and (out.k <= k).all()
+    if name == "diam":
+        assert out.d_u is not None and ((out.d_u > 0) & (out.d_u < 1)).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_padding_content_is_ignored(name):
+    model = copy.deepcopy(MODELS_BUILT[name])
+    batch = _batch(3, [4, 7, 10])
+    with torch.no_grad():
+        a = model.interests(batch)
+        # the same history alone: no leakage between users of a batch
+        alone = model.interests(Batch(batch.seq[:1], batch.length[:1], batch.signals[:1]))
+        model.item_emb.weight[0] = 50 * torch.randn(16)  # garbage in the padding row
+        b = model.interests(batch)
+    assert torch.allclose(a.vecs[:1], alone.vecs, atol=1e-5)
+    assert torch.allclose(a.vecs, b.vecs, atol=1e-4)
+    assert torch.equal(a.mask, b.mask)
+
+
+def test_routing_softmax_over_interests_and_padding_masked():
+    torch.manual_seed(0)
+    for shared in (True, False):
+        r = CapsuleRouting(8, 4, seq_len=6, iters=3, shared=shared)
+        x = torch.randn(2, 6, 8)
+        mask = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+        caps, c = r(x, mask)
+        assert torch.allclose(c[mask].sum(-1), torch.ones(int(mask.sum())))  # over interests
+        assert (c[~mask] == 0).all()  # pads couple to nothing
+        x2 = x.clone()
+        x2[0, :2] = 100 * torch.randn(2, 8)  # garbage in the padded slots
+        caps2, _ = r(x2, mask)
+        assert torch.allclose(caps, caps2, atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(p=st.floats(0, 1), k_max=st.integers(1, 16))
+def test_gate_in_range(p, k_max):
+    k = int(hard_k(torch.tensor([p]), k_max)[0])
+    assert 1 <= k <= k_max
+    if p < 1:
+        assert k == int(np.floor(p * k_max)) + 1
+    soft = ramp_mask(torch.tensor([p * k_max + 1]), k_max)[0]
+    assert ((soft >= 0) & (soft <= 1)).all() and soft[0] == 1
+    assert int((soft >= 1).sum()) == min(k_max, k) or p >= 1
+
+
+def test_diam_gate_outputs_within_bounds():
+    model = MODELS_BUILT["diam"]
+    with torch.no_grad():
+        out = model.interests(_batch(6, [1, 2, 5, 8, 10, 10], seed=3))
+    assert ((out.k >= 1) & (out.k <= 6)).all()
+    assert ((out.extra["gate_prob"] >= 0) & (out.extra["gate_prob"] <= 1)).all()
+
+
+def test_mind_k():
+    assert mind_k(torch.tensor([1, 3, 4, 8, 100]), 3).tolist() == [1, 1, 2, 3, 3]
+    model = MODELS_BUILT["mind"]
+    batch = _batch(2, [2, 10])
+    batch.length = torch.tensor([2, 64])
+    with torch.no_grad():
+        out = model.interests(batch)
+    assert out.k.tolist() == [1, 3]
+
+
+def test_online_export_shapes():
+    exp = MODELS_BUILT["diam"].export_online()
+    assert exp["online.item_emb"].shape == (N_ITEMS, 16)
+    h = exp["online.gate_w1"].shape[0]
+    assert exp["online.gate_w1"].shape == (h, 16 + 4) and exp["online.gate_w2"].shape == (1, h)
+    assert exp["online.fusion_w"].shape == (4,) and exp["online.fusion_b"].shape == (1,)
+    assert set(MODELS_BUILT["mind"].export_online()) == {"online.item_emb"}
