@@ -96,6 +96,10 @@ class FlowConfig(BaseModel):
     epoch_interval_s: float = Field(default=1.0, gt=0)
     """Bytewax epoch length; recovery snapshots are taken at epoch ends."""
 
+    reload_check_s: float = Field(default=2.0, gt=0)
+    """How often a running dataflow checks for a newly published base version (one Redis GET).
+    Two seconds makes a publish visible quickly at negligible cost."""
+
     ts_min_ms: int = 631_152_000_000
     """Earliest accepted event time (1990-01-01). MovieLens-100K starts in 1997."""
 

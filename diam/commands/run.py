@@ -11,40 +11,37 @@ from diam.settings import Settings
 
 
 def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str | None,
-                hot_reload: bool = True):
-    """The learner holder for a run: an explicit checkpoint, else the active snapshot (with hot
-    reload), else a co-occurrence base built from a prepared dataset."""
+                hot_reload: bool = True, namespace: str | None = None):
+    """The learner holder for a run: an explicit checkpoint, else the active snapshot (hot
+    reloaded when a new version is published), else a co-occurrence base built from a prepared
+    dataset."""
     from online_model.base import BaseView
     from online_model.online import OnlineLearner
+    from serving_cache import redis_client
+    from snapshotter.store import ActiveWatcher, SnapshotStore
     from streams.online import LearnerHolder
 
     cfg = settings.online
     if checkpoint:
         base = BaseView.from_checkpoint(checkpoint)
         return LearnerHolder(OnlineLearner(base, cfg), base.version)
-    try:
-        from snapshotter.store import SnapshotStore
-    except ImportError:  # snapshotter not built in this checkout
-        SnapshotStore = None  # type: ignore[assignment,misc]  # noqa: N806
-    if SnapshotStore is not None:
-        store = SnapshotStore(settings.snapshot)
-        active = store.active()
-        if active is not None:
-            base = BaseView.from_checkpoint(active)
+    store = SnapshotStore(settings.snapshot)
+    version = store.active_version()
+    if version is not None:
+        base = BaseView.from_checkpoint(store.path(version), version=version)
+        watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
+                                ns=namespace or settings.redis.namespace, current=version)
 
-            def reload() -> tuple[object, str] | None:
-                path = store.active()
-                if path is None:
-                    return None
-                version = path.name
-                if version == holder.version:
-                    return None
-                new = BaseView.from_checkpoint(path)
-                return OnlineLearner(new, cfg), new.version
+        def reload() -> tuple[object, str] | None:
+            found = watcher.poll()
+            if found is None:
+                return None
+            new_version, path = found
+            new = BaseView.from_checkpoint(path, version=new_version)
+            return OnlineLearner(new, cfg), new_version
 
-            holder = LearnerHolder(OnlineLearner(base, cfg), base.version,
-                                   reload=reload if hot_reload else None)
-            return holder
+        return LearnerHolder(OnlineLearner(base, cfg), version, reload=reload if hot_reload else None,
+                             check_every_s=settings.flow.reload_check_s)
     if base_from_data:
         from online_model.datasets import load_prepared
 
@@ -83,7 +80,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.runner import OnlineJob, run_online
 
     s = get_settings(ctx)
-    holder = load_holder(s, checkpoint, base_from_data)
+    holder = load_holder(s, checkpoint, base_from_data, namespace=namespace or s.redis.namespace)
     job = OnlineJob(
         kafka=s.kafka, redis=s.redis, flow=s.flow,
         topic=topic or s.kafka.clicks_topic, namespace=namespace or s.redis.namespace,

@@ -1,0 +1,77 @@
+"""Publish a new snapshot while the dataflow runs: the active version moves in Redis, the running
+dataflow loads it once and re-anchors each user on their next event, with a drift event."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from confluent_kafka import Producer
+
+from serving_cache import decode_user, model_active_key, user_key
+from snapshotter.config import SnapshotConfig
+from snapshotter.publish import publish
+from snapshotter.store import SnapshotStore
+from snapshotter.testing import write_checkpoint
+from streams.events import ClickEvent, encode_event
+from streams.kafka_io import consume_all, ensure_topic
+
+T0 = 1_700_000_000_000
+
+
+def _send(kafka, topic: str, user: str, items: range, t0: int) -> None:
+    p = Producer(kafka.client_config())
+    for j, i in enumerate(items):
+        p.produce(topic, key=user.encode(), value=encode_event(ClickEvent(user, str(i), t0 + j)))
+    assert p.flush(30) == 0
+
+
+def _wait_model(client, ns: str, user: str, model: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = client.get(user_key(ns, user))
+        if raw is not None and decode_user(raw).model == model:
+            return
+        time.sleep(0.1)
+    raw = client.get(user_key(ns, user))
+    got = decode_user(raw).model if raw else None
+    raise AssertionError(f"user {user} never reached model {model} (has {got})")
+
+
+def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, namespace,
+                                                                 redis_client, tmp_path) -> None:
+    kafka = stack.settings.kafka
+    drift_topic = f"{topic}.drift"
+    ensure_topic(kafka, drift_topic, partitions=1)
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    ck1 = write_checkpoint(tmp_path / "ck1", n_items=200, dim=16, seed=1)
+    ck2 = write_checkpoint(tmp_path / "ck2", n_items=200, dim=16, seed=2)
+    v1 = publish(ck1, store, redis_client, ns=namespace).version
+    assert redis_client.get(model_active_key(namespace)).decode() == v1
+
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
+           "DIAM_SNAPSHOT_DIR": str(tmp_path / "snaps"), "DIAM_ONLINE_DIM": "16",
+           "DIAM_FLOW_RELOAD_CHECK_S": "0.2", "DIAM_FLOW_PUSH_EVERY_MS": "50",
+           "DIAM_KAFKA_DRIFT_TOPIC": drift_topic, "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace",
+                             namespace, "--tail"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _send(kafka, topic, "alice", range(0, 30), T0)
+        _wait_model(redis_client, namespace, "alice", v1)
+
+        v2 = publish(ck2, store, redis_client, ns=namespace).version
+        assert v2 != v1 and redis_client.get(model_active_key(namespace)).decode() == v2
+        time.sleep(1.0)  # > reload_check_s: the next batch sees the new version
+        _send(kafka, topic, "alice", range(30, 40), T0 + 60_000)
+        _wait_model(redis_client, namespace, "alice", v2)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    drift = [json.loads(r.value) for r in consume_all(kafka, drift_topic)]
+    reanchors = [d for d in drift if d["kind"] == "reanchor" and d["user_id"] == "alice"]
+    assert reanchors, f"no reanchor drift event; stderr tail: {err[-1500:]}"
+    assert reanchors[-1]["detail"]["version"] == v2
