@@ -72,4 +72,48 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
         click.echo(f"  cosines   max {off.max():.3f} mean {off.mean():.3f} between interests")
 
 
-COMMANDS = [inspect_group]
+@click.command("recommend")
+@click.argument("user_id")
+@click.option("--namespace", default=None, help="Namespace to read the user from (default: settings redis.namespace).")
+@click.option("-n", "--n", "n", default=20, show_default=True, help="How many items.")
+@click.option("--mode", type=click.Choice(["auto", "manual", "context"]), default="auto", show_default=True,
+              help="auto: the learned d_u; manual: d_u·(1+delta); context: a small adjustment by hour/device.")
+@click.option("--delta", type=float, default=0.0, show_default=True, help="Diversity shift in [-0.5, 0.5].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: int, mode: str,
+                  delta: float, as_json: bool) -> None:
+    """Recommend for one user from the active snapshot and the user's vectors in Redis
+    (the same code path as `diam serve`, in process)."""
+    from dataclasses import asdict
+
+    from serving_cache import redis_client
+    from serving_cache.recommend import Recommender
+    from serving_cache.retrieval import SnapshotIndex
+    from snapshotter.store import SnapshotStore
+    from streams.events import validate_user_id
+
+    why = validate_user_id(user_id)
+    if why:
+        raise click.ClickException(why)
+    s = get_settings(ctx)
+    store = SnapshotStore(s.snapshot)
+    version = store.active_version()
+    if version is None:
+        raise click.ClickException(f"no active snapshot in {store.root}: run `diam snapshot publish <checkpoint>`")
+    rec = Recommender(SnapshotIndex.load(store.path(version), version=version),
+                      redis_client(s.redis), namespace or s.redis.namespace)
+    try:
+        r = rec.recommend(user_id, n=n, mode=mode, delta=delta)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(asdict(r), indent=2))
+        return
+    head = "cold start (" + str(r.reason) + ")" if r.cold else f"K_u={r.k} d_u={r.d_user:.3f} d_used={r.d_used:.3f}"
+    click.echo(f"user {user_id}: {head}, snapshot {r.snapshot}")
+    for rank, (item, score, cat) in enumerate(zip(r.items, r.scores, r.categories, strict=True), 1):
+        click.echo(f"  {rank:>3}. {item:<12} {cat or '-':<14} {score:8.4f}")
+
+
+COMMANDS = [inspect_group, recommend_cmd]
