@@ -90,8 +90,18 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     )
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else ""))
-    run_online(job, holder)
-    click.echo("done")
+    import time
+
+    from streams.online import FlowStats
+
+    stats = FlowStats()
+    t0 = time.perf_counter()
+    run_online(job, holder, stats)
+    dt = time.perf_counter() - t0
+    st = stats.as_dict()
+    click.echo(f"done: {st['records']} records ({st['valid']} valid, {st['rejected']} dead-lettered), "
+               f"{st['users']} users, {st['pushes']} pushes to Redis, {st['drift_events']} drift events "
+               f"in {dt:.1f} s ({st['records'] / max(dt, 1e-9):,.0f} records/s)")
 
 
 @click.command("deadletters")
