@@ -133,14 +133,18 @@ def tiny_corpus(n_users: int = 40, n_items: int = 60, n_categories: int = 4, len
     )
 
 
-def windows(corpus: Corpus, pos: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def windows(corpus: Corpus, pos: np.ndarray, seq_len: int,
+            users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The history before each flat position ``pos``: ``(seq [B, L] int64, length [B] int64)``.
 
     ``seq`` holds item row + 1, right-aligned (the newest item is last), 0 is padding.
     ``length`` is the full history length |I_u| before ``pos`` (MIND's K' uses it), not capped.
+    ``users`` names each position's user when ``pos`` may be one past a user's last event
+    (a whole-history window); by default the user owning ``pos`` is used.
     """
     pos = np.asarray(pos, dtype=np.int64)
-    user = np.searchsorted(corpus.offsets, pos, side="right") - 1
+    user = (np.searchsorted(corpus.offsets, pos, side="right") - 1 if users is None
+            else np.asarray(users, dtype=np.int64))
     start = corpus.offsets[user]
     rel = np.arange(-seq_len, 0, dtype=np.int64)[None, :]  # [1, L]
     idx = pos[:, None] + rel  # [B, L]

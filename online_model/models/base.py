@@ -132,9 +132,9 @@ class MultiInterestModel(nn.Module):
         """Training stage ('warmup', 'joint', 'finetune') and K-annealing progress in [0, 1]."""
         self.stage, self.anneal = stage, float(anneal)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters updated in the current stage (all, except DIAM's fine-tune stage)."""
-        return [p for p in self.parameters() if p.requires_grad]
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups; one group unless a model needs its own rates."""
+        return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay}]
 
     def readout(self, out: Interests, target_emb: torch.Tensor) -> torch.Tensor:
         """Training user vector [B, d]: the active interest closest to the target (ComiRec)."""
