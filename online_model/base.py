@@ -213,6 +213,7 @@ class BaseView:
         upto: int | None = None,
         window: int = 10,
         k_max: int = 8,
+        pop_exponent: float = 0.75,
     ) -> BaseView:
         """A torch-free base from the first ``upto`` events of a prepared dataset.
 
@@ -248,6 +249,15 @@ class BaseView:
             keep = pmi > 0
             ppmi = sparse.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=co.shape)
             emb = _truncated_svd_embeddings(ppmi, dim, seed)
+            if pop_exponent:
+                # unit directions times count^β: dot-product retrieval then weighs popularity as
+                # a softmax-trained model does through its item norms; PPMI alone discards it
+                clicks = np.bincount(items, minlength=n_items).astype(np.float64)
+                norms = np.linalg.norm(emb, axis=1)
+                has = norms > 0
+                w = np.zeros(n_items)
+                w[has] = clicks[has] ** pop_exponent / norms[has]
+                emb = (emb * (w / np.median(w[has] * norms[has]))[:, None]).astype(np.float32)
         return cls(
             ds.items.ids,
             emb,

@@ -22,12 +22,14 @@ __all__ = ["feasible", "clip_norm", "cap_step", "cap_drift", "push_apart", "Toke
 
 
 def clip_norm(v: np.ndarray, max_norm: float) -> np.ndarray:
-    """``v`` scaled down to norm ``max_norm`` if longer (rows of a 2-D array independently)."""
+    """``v`` scaled down to norm ``max_norm`` if longer (rows of a 2-D array independently).
+    Lands a hair inside (1e-6 relative) so that float32 rounding cannot leave it outside."""
+    m = max_norm * (1.0 - 1e-6)
     if v.ndim == 2:
         n = np.linalg.norm(v, axis=1, keepdims=True)
-        return np.where(n > max_norm, v * (max_norm / np.maximum(n, 1e-30)), v)
+        return np.where(n > m, v * (m / np.maximum(n, 1e-30)), v)
     n = float(np.linalg.norm(v))
-    return v * (max_norm / n) if n > max_norm else v
+    return v * (m / n) if n > m else v
 
 
 def feasible(v: np.ndarray, a: np.ndarray, rho: float, max_norm: float) -> np.ndarray:
@@ -35,8 +37,8 @@ def feasible(v: np.ndarray, a: np.ndarray, rho: float, max_norm: float) -> np.nd
     ball (convex, and containing ``a``), i.e. ``v`` pulled straight back toward its anchor."""
     delta = v - a
     dd = float(delta @ delta)
-    if dd <= rho * rho and float(v @ v) <= max_norm * max_norm:
-        return v  # the common case: two dot products
+    if (dd <= rho * rho and float(v @ v) <= max_norm * max_norm) or dd == 0.0:
+        return v  # the common case (two dot products), or v is its anchor
     t = min(1.0, rho / math.sqrt(dd))
     w = a + t * delta
     if float(w @ w) > max_norm * max_norm:
