@@ -62,23 +62,27 @@ def cap_drift(vecs: np.ndarray, anchors: np.ndarray, cap: float) -> tuple[np.nda
     """Scale every interest's drift so that the RMS drift ``sqrt(mean_k ‖v_k − a_k‖²)`` is at
     most ``cap``; returns the vectors and the RMS drift before capping."""
     delta = vecs - anchors
-    rms = math.sqrt(float(np.einsum("kd,kd->", delta, delta)) / max(len(vecs), 1))
+    rms = math.sqrt(float((delta * delta).sum()) / max(len(vecs), 1))
     if rms <= cap:
         return vecs, rms
     return (anchors + delta * (cap / rms)).astype(vecs.dtype), rms
 
 
-def push_apart(v: np.ndarray, vecs: np.ndarray, skip: int, threshold: float) -> np.ndarray:
+def push_apart(
+    v: np.ndarray, vecs: np.ndarray, skip: int, threshold: float, norms: np.ndarray | None = None
+) -> np.ndarray:
     """Reduce ``v``'s component along any row of ``vecs`` (except row ``skip``, v's own) whose
     cosine with ``v`` exceeds ``threshold``, down to exactly ``threshold``; its orthogonal part,
-    hence its direction away from the others, is kept. One pass, in row order."""
+    hence its direction away from the others, is kept. One pass, in row order. ``norms``: the
+    rows' norms when the caller has them."""
     nv = math.sqrt(float(v @ v))
     if nv == 0.0:
         return v
-    norms = np.sqrt(np.einsum("kd,kd->k", vecs, vecs))
+    if norms is None:
+        norms = np.sqrt((vecs * vecs).sum(axis=1))
     cos = (vecs @ v) / (norms * nv + 1e-30)
     cos[skip] = -1.0
-    if float(cos.max()) <= threshold:
+    if cos.max() <= threshold:
         return v  # the common case: one matrix-vector product
     for j in np.flatnonzero(cos > threshold).tolist():
         uh = vecs[j] / norms[j]

@@ -31,9 +31,10 @@ from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.guards import TokenBucket, cap_drift, cap_step, clip_norm, feasible, push_apart
 from online_model.routing import (
+    NegativeTable,
     centroids,
+    event_key,
     merge_closest,
-    negatives,
     route,
     softmax_direction,
     split_worst,
@@ -198,7 +199,8 @@ class OnlineLearner:
         self._clip, self._step_cap = self.cfg.grad_clip * s, self.cfg.step_cap * s
         self._drift_cap = self.cfg.drift_cap * s
         self._inv_temp = 1.0 / (self.cfg.temperature * s * s)
-        self._warm = np.flatnonzero(base.item_norms > 0).astype(np.int64)  # items with an embedding
+        # negatives come from the items the base can embed
+        self._negatives = NegativeTable(np.flatnonzero(base.item_norms > 0))
         self._ortho = self.cfg.ortho_threshold + self.cfg.ortho_margin
 
     # -- public API ----------------------------------------------------------------------------
@@ -356,20 +358,22 @@ class OnlineLearner:
     def _step(self, state: UserState, idx: int, offset: int, out: list[DriftEvent]) -> None:
         base, cfg = self.base, self.cfg
         V = state.V
-        rows = self._warm[negatives(state.uhash, offset, cfg.n_negatives + 1, len(self._warm))]
-        rows[0] = idx  # the positive goes first; a negative equal to it is a rare, harmless tie
-        cand = base.item_emb[rows]  # [S+1, d], one gather
-        k = route(V, cand[0])
-        g = softmax_direction(V[k], cand, self._inv_temp)
+        rows = self._negatives.draw(event_key(state.uhash, offset), cfg.n_negatives + 1)
+        cand = base.item_emb[rows]  # [S+1, d], one gather (a copy)
+        cand[0] = base.item_emb[idx]  # the positive first; a negative equal to it is a rare tie
+        norms = np.sqrt((V * V).sum(axis=1))  # [K], shared by routing and the push-apart
+        k = route(V, cand[0], norms)
+        old = V[k].copy()
+        g = softmax_direction(old, cand, self._inv_temp)
         gn = math.sqrt(float(g @ g))
         if gn > self._clip:
             g *= self._clip / gn
-        v = V[k] + cfg.lr * g
+        v = old + cfg.lr * g
         if V.shape[0] > 1:
-            v = push_apart(v, V, k, self._ortho)
+            v = push_apart(v, V, k, self._ortho, norms)
         v = feasible(v, state.A[k], self._rho, self._max_norm)
         if cfg.guards:
-            v, bit = cap_step(v, V[k], self._step_cap)
+            v, bit = cap_step(v, old, self._step_cap)
             if bit:
                 out.append(self._event(state, "guard_trip", guard="step_cap", interest=k))
         V[k] = v

@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner, UserState
 from online_model.routing import stable_hash64
 
-__all__ = ["arm_configs", "recommend", "evaluate_stream", "ARMS"]
+__all__ = ["ARMS", "arm_configs", "recommend", "evaluate_stream", "evaluate_path", "format_table"]
 
 ARMS = ("frozen", "guarded", "unguarded")
 
@@ -260,3 +261,31 @@ def evaluate_stream(
         "excluded": "items the user clicked before; re-clicks are not scored",
     }
     return out
+
+
+def evaluate_path(
+    data: str | Path,
+    cfg: OnlineConfig,
+    checkpoint: str | Path | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`evaluate_stream` on a prepared dataset directory, with the base read from
+    ``checkpoint`` (a ``diam train`` output or a snapshot) when given, else built from the
+    events before the cut."""
+    from online_model.datasets import load_prepared
+
+    ds = load_prepared(data)
+    base = None if checkpoint is None else BaseView.from_checkpoint(checkpoint)
+    if base is not None and base.dim != cfg.dim:
+        cfg = cfg.model_copy(update={"dim": base.dim})
+    return evaluate_stream(ds, cfg, base, **kwargs)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The arms as a fixed-width text table."""
+    arms = result["arms"]
+    cols = list(next(iter(arms.values())))
+    lines = [f"{'arm':<10}" + "".join(f"{c:>18}" for c in cols)]
+    for name, row in arms.items():
+        lines.append(f"{name:<10}" + "".join(f"{row[c]:>18.4f}" for c in cols))
+    return "\n".join(lines)

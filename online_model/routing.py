@@ -14,6 +14,8 @@ import numpy as np
 __all__ = [
     "stable_hash64",
     "negatives",
+    "event_key",
+    "NegativeTable",
     "route",
     "softmax_direction",
     "centroids",
@@ -36,9 +38,6 @@ def stable_hash64(text: str) -> int:
     return h
 
 
-_STEPS: dict[int, np.ndarray] = {}
-
-
 def _splitmix64(x: int) -> int:
     x = (x + _GOLDEN) & _M64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
@@ -46,27 +45,50 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def negatives(user_hash: int, offset: int, n: int, n_items: int) -> np.ndarray:
-    """``n`` item rows in [0, n_items) from a counter-based generator keyed by (user, offset).
+def event_key(user_hash: int, offset: int) -> int:
+    """SplitMix64 of (user, offset): the counter-based seed of one event's randomness."""
+    return _splitmix64(user_hash ^ ((offset * 0xD1B54A32D192ED03) & _M64))
 
-    The key is mixed once by SplitMix64; draw j is the high half of ``(key + j·γ)·c`` (a Weyl
-    sequence through one multiplicative hash, as in SplitMix). Deterministic and ~4 numpy
-    calls, where seeding ``numpy.random.default_rng`` per event costs ~27 µs (DESIGN §5).
+
+class NegativeTable:
+    """Negatives as a window of a fixed pseudo-random table of item rows, placed by the event's
+    key: ``table[key % (T - n) : ... + n]``. One slice per event (the per-event cost of
+    seeding ``numpy.random.default_rng`` is ~27 µs, DESIGN §5), deterministic for a given
+    (user, offset) and base, and each window is n uniform draws over ``rows``.
+
+    >>> t = NegativeTable(np.arange(100), size=1024)
+    >>> a = t.draw(event_key(stable_hash64("u"), 7), 5)
+    >>> a.tolist() == t.draw(event_key(stable_hash64("u"), 7), 5).tolist(), bool(a.min() >= 0)
+    (True, True)
     """
-    steps = _STEPS.get(n)
-    if steps is None:
-        steps = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
-        _STEPS[n] = steps
-    key = np.uint64(_splitmix64(user_hash ^ ((offset * 0xD1B54A32D192ED03) & _M64)))
+
+    def __init__(self, rows: np.ndarray, size: int = 1 << 16, seed: int = 0x5EED) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            rows = np.zeros(1, dtype=np.int64)
+        # built once per base; a fixed seed keeps every process's table identical
+        self.table = rows[np.random.default_rng(seed).integers(0, len(rows), size)]
+
+    def draw(self, key: int, n: int) -> np.ndarray:
+        start = key % (len(self.table) - n)
+        return self.table[start : start + n]  # a view: callers must not write into it
+
+
+def negatives(user_hash: int, offset: int, n: int, n_items: int) -> np.ndarray:
+    """``n`` rows in [0, n_items) hashed from (user, offset, j) one by one (SplitMix64 over a
+    Weyl sequence): the table-free form, for callers without a :class:`NegativeTable`."""
+    key = np.uint64(event_key(user_hash, offset))
+    steps = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
     x = (steps + key) * _C2  # uint64 arrays wrap silently: the arithmetic is mod 2^64
     return ((x >> np.uint64(32)) % np.uint64(n_items)).astype(np.int64)
 
 
-def route(vecs: np.ndarray, e: np.ndarray) -> int:
-    """``argmax_k cos(v_k, e)`` (the item's norm is common to all k, so it is left out)."""
-    dots = vecs @ e  # [K]
-    norms = np.sqrt(np.einsum("kd,kd->k", vecs, vecs)) + _EPS
-    return int(np.argmax(dots / norms))
+def route(vecs: np.ndarray, e: np.ndarray, norms: np.ndarray | None = None) -> int:
+    """``argmax_k cos(v_k, e)`` (the item's norm is common to all k, so it is left out);
+    ``norms`` are the rows' norms when the caller has them."""
+    if norms is None:
+        norms = np.sqrt((vecs * vecs).sum(axis=1))  # ufuncs: cheaper than einsum's wrapper
+    return int(((vecs @ e) / (norms + _EPS)).argmax())
 
 
 def softmax_direction(v: np.ndarray, cand: np.ndarray, inv_temp: float) -> np.ndarray:

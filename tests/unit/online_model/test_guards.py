@@ -100,3 +100,16 @@ def test_centroids_split_and_merge():
     assert np.argmax(new) == 1
     i, j = merge_closest(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.9, 0.1, 0, 0]], dtype=np.float32))
     assert (i, j) == (0, 2)
+
+
+def test_negative_table_windows_are_keyed_and_stay_in_rows():
+    from online_model.routing import NegativeTable, event_key
+
+    rows = np.arange(10, 60)
+    t = NegativeTable(rows, size=4096)
+    a = t.draw(event_key(1, 2), 17)
+    assert np.array_equal(a, NegativeTable(rows, size=4096).draw(event_key(1, 2), 17))
+    assert not np.array_equal(a, t.draw(event_key(1, 3), 17))
+    assert np.isin(a, rows).all() and len(a) == 17
+    counts = np.bincount(t.table - 10, minlength=50)
+    assert counts.min() > 40 and counts.max() < 130  # ~82 each
