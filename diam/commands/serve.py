@@ -13,14 +13,14 @@ from diam.cli import get_settings
 @click.option("--namespace", default=None, help="Redis namespace to read users from (default: settings redis.namespace).")
 @click.option("--reload-every", type=float, default=5.0, show_default=True,
               help="Seconds between checks for a new active snapshot (hot reload).")
-@click.option("--faiss-threads", type=int, default=1, show_default=True,
-              help="OpenMP threads per FAISS search. One is fastest for a handful of interest "
-                   "vectors per request; request concurrency comes from the server's threads.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="FAISS (OpenMP) and numpy BLAS threads. One is fastest for the few small "
+                   "searches and products of a request; concurrency comes from request threads.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
 def serve_cmd(ctx: click.Context, host: str | None, port: int | None, namespace: str | None,
-              reload_every: float, faiss_threads: int, log_level: str) -> None:
+              reload_every: float, threads: int, log_level: str) -> None:
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
     GET /users/{id}/recommendations?n=&mode=auto|manual|context&delta=&hour=&device=&seen=,
@@ -28,7 +28,6 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, namespace:
     GET /metrics (Prometheus), OpenAPI schema at /openapi.json and docs at /docs.
     A newly published snapshot is picked up within --reload-every seconds.
     """
-    import faiss
     import uvicorn
 
     from serving_cache.api import get_app
@@ -43,14 +42,14 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, namespace:
         ns = validate_namespace(namespace or s.redis.namespace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--namespace") from None
-    faiss.omp_set_num_threads(max(1, faiss_threads))
     client = fail_fast(redis_client(s.redis))
     store = SnapshotStore(s.snapshot)
     if store.active_version() is None:
         click.echo(f"warning: no active snapshot in {store.root}; /health answers 503 until "
                    "`diam snapshot publish` makes one", err=True)
     watcher = ActiveWatcher(store, client, check_every_s=reload_every, ns=ns)
-    app = get_app(Recommender(None, client, ns), watcher=watcher, reload_every_s=reload_every)
+    app = get_app(Recommender(None, client, ns, threads=threads), watcher=watcher,
+                  reload_every_s=reload_every)
     h, p = host or s.serve.host, port or s.serve.port
     click.echo(f"serving on http://{h}:{p} (namespace {ns}, snapshots {store.root})", err=True)
     uvicorn.run(app, host=h, port=p, log_level=log_level, access_log=False)
