@@ -68,7 +68,11 @@ def ml100k_catalogue(data_dir: Path, rng: np.random.Generator):
         cats = np.array([names.index(g) for g in genres], dtype=np.int32)
         source = str(items.relative_to(data_dir.parent)) if data_dir.is_absolute() else str(items)
     else:
-        ids, names, source = np.array([str(i) for i in range(1, 1683)]), [f"g{c}" for c in range(19)], "synthetic"
+        ids, names, source = (
+            np.array([str(i) for i in range(1, 1683)]),
+            [f"g{c}" for c in range(19)],
+            "synthetic",
+        )
         cats = rng.integers(0, 19, len(ids)).astype(np.int32)
     return ids, cats, names, source
 
@@ -108,7 +112,9 @@ def time_inproc(rec: Recommender, user_ids: list[str], n_requests: int, rng: np.
     return ts, n_requests / wall
 
 
-def breakdown(rec: Recommender, user_ids: list[str], n: int, rng: np.random.Generator) -> dict[str, dict[str, float]]:
+def breakdown(
+    rec: Recommender, user_ids: list[str], n: int, rng: np.random.Generator
+) -> dict[str, dict[str, float]]:
     """p50 and p99 of the three parts of a request, timed separately."""
     snap = rec.active
     parts: dict[str, list[float]] = {"redis_get_decode": [], "faiss_search": [], "aggregate": []}
@@ -131,17 +137,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def time_http(store_dir: Path, redis_url: str, ns: str, user_ids: list[str], n_seq: int, n_conc: int,
-              rng: np.random.Generator, log: Path) -> dict[str, float]:
+def time_http(
+    store_dir: Path,
+    redis_url: str,
+    ns: str,
+    user_ids: list[str],
+    n_seq: int,
+    n_conc: int,
+    rng: np.random.Generator,
+    log: Path,
+) -> dict[str, float]:
     """Start ``diam serve`` on the store, time sequential and 4-way concurrent requests."""
     import httpx
 
     port = free_port()
-    env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store_dir), "DIAM_REDIS_URL": redis_url,
-           "DIAM_REDIS_NAMESPACE": ns}
+    env = {
+        **os.environ,
+        "DIAM_SNAPSHOT_DIR": str(store_dir),
+        "DIAM_REDIS_URL": redis_url,
+        "DIAM_REDIS_NAMESPACE": ns,
+    }
     with open(log, "w") as fh:
-        server = subprocess.Popen([sys.executable, "-m", "diam", "serve", "--port", str(port)],
-                                  env=env, stdout=fh, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "diam", "serve", "--port", str(port)],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -157,11 +179,15 @@ def time_http(store_dir: Path, redis_url: str, ns: str, user_ids: list[str], n_s
                 time.sleep(0.2)
             picks = rng.choice(len(user_ids), n_seq)
             for i in picks[:30]:
-                c.get(f"/users/{user_ids[i]}/recommendations", params={"n": N_TOP}).raise_for_status()
+                c.get(
+                    f"/users/{user_ids[i]}/recommendations", params={"n": N_TOP}
+                ).raise_for_status()
             ts = []
             for i in picks:
                 s = time.perf_counter()
-                c.get(f"/users/{user_ids[i]}/recommendations", params={"n": N_TOP}).raise_for_status()
+                c.get(
+                    f"/users/{user_ids[i]}/recommendations", params={"n": N_TOP}
+                ).raise_for_status()
                 ts.append(time.perf_counter() - s)
             hs = []  # the framework's own cost: /health is one Redis PING and no compute
             for _ in range(100):
@@ -177,7 +203,12 @@ def time_http(store_dir: Path, redis_url: str, ns: str, user_ids: list[str], n_s
             r = np.random.default_rng(seed)
             with httpx.Client(base_url=base, timeout=30) as cc:
                 for i in r.choice(len(user_ids), per_thread):
-                    if cc.get(f"/users/{user_ids[i]}/recommendations", params={"n": N_TOP}).status_code != 200:
+                    if (
+                        cc.get(
+                            f"/users/{user_ids[i]}/recommendations", params={"n": N_TOP}
+                        ).status_code
+                        != 200
+                    ):
                         errors.append("non-200")
 
         threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
@@ -189,8 +220,12 @@ def time_http(store_dir: Path, redis_url: str, ns: str, user_ids: list[str], n_s
         rps = 4 * per_thread / (time.perf_counter() - t0)
         if errors:
             raise RuntimeError(f"{len(errors)} failed requests under load")
-        return {"http_p50_ms": p50, "http_p99_ms": p99, "requests_per_s": round(rps, 1),
-                "http_health_p50_ms": pct(hs)[0]}
+        return {
+            "http_p50_ms": p50,
+            "http_p99_ms": p99,
+            "requests_per_s": round(rps, 1),
+            "http_health_p50_ms": pct(hs)[0],
+        }
     finally:
         server.terminate()
         try:
@@ -199,11 +234,30 @@ def time_http(store_dir: Path, redis_url: str, ns: str, user_ids: list[str], n_s
             server.kill()
 
 
-def run_catalogue(name: str, vecs, cluster, ids, cats, cat_names, args, client, redis_url, tmp: Path,
-                  rng: np.random.Generator, timing_exact: bool) -> list[dict]:
+def run_catalogue(
+    name: str,
+    vecs,
+    cluster,
+    ids,
+    cats,
+    cat_names,
+    args,
+    client,
+    redis_url,
+    tmp: Path,
+    rng: np.random.Generator,
+    timing_exact: bool,
+) -> list[dict]:
     t = time.perf_counter()
-    ck = write_checkpoint(tmp / f"ck-{name}", item_emb=vecs, categories=cats, category_names=cat_names,
-                          item_ids=ids, item_pop=rng.zipf(1.5, len(ids)).clip(max=10**6), state_dict=False)
+    ck = write_checkpoint(
+        tmp / f"ck-{name}",
+        item_emb=vecs,
+        categories=cats,
+        category_names=cat_names,
+        item_ids=ids,
+        item_pop=rng.zipf(1.5, len(ids)).clip(max=10**6),
+        state_dict=False,
+    )
     store = SnapshotStore(SnapshotConfig(dir=str(tmp / f"snaps-{name}"), seed=0))
     res = publish(ck, store)
     publish_s = time.perf_counter() - t
@@ -231,31 +285,59 @@ def run_catalogue(name: str, vecs, cluster, ids, cats, cat_names, args, client, 
         ts, rps_in = time_inproc(rec, user_ids, args.requests, rng)
         p50, p99 = pct(ts)
         row = {
-            "catalogue": name, "catalogue_items": int(len(ids)), "index": info["factory"],
-            "inproc_p50_ms": p50, "inproc_p99_ms": p99, "inproc_requests_per_s": round(rps_in, 1),
+            "catalogue": name,
+            "catalogue_items": int(len(ids)),
+            "index": info["factory"],
+            "inproc_p50_ms": p50,
+            "inproc_p99_ms": p99,
+            "inproc_requests_per_s": round(rps_in, 1),
             "inproc_breakdown_ms": breakdown(rec, user_ids, min(args.requests, 200), rng),
             "ivf_recall_at_50": recall if info["kind"] != "flat" else None,
-            "nprobe": info.get("nprobe"), "nlist": info.get("nlist"),
-            "tuning_recall_at_50": info.get("recall_at_50"), "publish_s": round(publish_s, 1),
+            "nprobe": info.get("nprobe"),
+            "nlist": info.get("nlist"),
+            "tuning_recall_at_50": info.get("recall_at_50"),
+            "publish_s": round(publish_s, 1),
         }
-        row.update(time_http(store.root, redis_url, ns, user_ids, args.requests, args.concurrent_requests, rng,
-                             tmp / f"serve-{name}.log"))
+        row.update(
+            time_http(
+                store.root,
+                redis_url,
+                ns,
+                user_ids,
+                args.requests,
+                args.concurrent_requests,
+                rng,
+                tmp / f"serve-{name}.log",
+            )
+        )
         rows.append(row)
         if timing_exact and info["kind"] != "flat":
             import faiss
 
             flat = faiss.IndexFlatIP(DIM)
             flat.add(vecs)
-            exact_rec = Recommender(replace(snap, index=flat, kind="flat", nprobe=None), client, ns, threads=1)
+            exact_rec = Recommender(
+                replace(snap, index=flat, kind="flat", nprobe=None), client, ns, threads=1
+            )
             n_exact = max(30, args.requests // (20 if len(ids) >= 10**6 else 5))
             ts, rps_ex = time_inproc(exact_rec, user_ids, n_exact, rng)
             p50, p99 = pct(ts)
-            rows.append({
-                "catalogue": name, "catalogue_items": int(len(ids)), "index": "Flat (exact)",
-                "inproc_p50_ms": p50, "inproc_p99_ms": p99, "inproc_requests_per_s": round(rps_ex, 1),
-                "ivf_recall_at_50": None, "nprobe": None, "http_p50_ms": None, "http_p99_ms": None,
-                "requests_per_s": None, "requests_timed": n_exact,
-            })
+            rows.append(
+                {
+                    "catalogue": name,
+                    "catalogue_items": int(len(ids)),
+                    "index": "Flat (exact)",
+                    "inproc_p50_ms": p50,
+                    "inproc_p99_ms": p99,
+                    "inproc_requests_per_s": round(rps_ex, 1),
+                    "ivf_recall_at_50": None,
+                    "nprobe": None,
+                    "http_p50_ms": None,
+                    "http_p99_ms": None,
+                    "requests_per_s": None,
+                    "requests_timed": n_exact,
+                }
+            )
         return rows
     finally:
         keys = list(client.scan_iter(match=f"diam:{ns}:*", count=1000))
@@ -264,9 +346,18 @@ def run_catalogue(name: str, vecs, cluster, ids, cats, cat_names, args, client, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="100k-item large catalogue, fewer requests (< 2 min)")
-    ap.add_argument("--large-items", type=int, default=None, help="Items of the large catalogue (default 1M, quick 100k)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="100k-item large catalogue, fewer requests (< 2 min)"
+    )
+    ap.add_argument(
+        "--large-items",
+        type=int,
+        default=None,
+        help="Items of the large catalogue (default 1M, quick 100k)",
+    )
     ap.add_argument("--requests", type=int, default=None, help="Timed requests per measurement")
     ap.add_argument("--users", type=int, default=None, help="Users written to Redis per catalogue")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
@@ -281,7 +372,9 @@ def main() -> None:
     try:
         client.ping()
     except Exception as exc:
-        sys.exit(f"Redis at {settings.redis.url} does not answer ({exc}); start the stack: diam stack up")
+        sys.exit(
+            f"Redis at {settings.redis.url} does not answer ({exc}); start the stack: diam stack up"
+        )
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     runs = []
@@ -289,34 +382,79 @@ def main() -> None:
         tmp = Path(tmpdir)
         ids, cats, names, source = ml100k_catalogue(ROOT / settings.data_dir, rng)
         vecs, cluster = clustered_vectors(len(ids), DIM, n_clusters=50, seed=1)
-        runs += run_catalogue("ml-100k", vecs, cluster, ids, cats, names, args, client, settings.redis.url,
-                              tmp, rng, timing_exact=False)
+        runs += run_catalogue(
+            "ml-100k",
+            vecs,
+            cluster,
+            ids,
+            cats,
+            names,
+            args,
+            client,
+            settings.redis.url,
+            tmp,
+            rng,
+            timing_exact=False,
+        )
         n = args.large_items
         vecs, cluster = clustered_vectors(n, DIM, n_clusters=max(50, n // 500), seed=2)
         large_ids = np.array([f"s{i}" for i in range(n)])
         cats = (cluster % 50).astype(np.int32)
-        runs += run_catalogue(f"synthetic-{n // 1000}k", vecs, cluster, large_ids, cats, [f"c{c}" for c in range(50)],
-                              args, client, settings.redis.url, tmp, rng, timing_exact=True)
+        runs += run_catalogue(
+            f"synthetic-{n // 1000}k",
+            vecs,
+            cluster,
+            large_ids,
+            cats,
+            [f"c{c}" for c in range(50)],
+            args,
+            client,
+            settings.redis.url,
+            tmp,
+            rng,
+            timing_exact=True,
+        )
         del vecs, cluster
     head = runs[1]  # the large catalogue with the index the snapshotter chose
-    result = {k: head[k] for k in ("catalogue_items", "inproc_p50_ms", "inproc_p99_ms", "http_p50_ms",
-                                    "http_p99_ms", "requests_per_s", "ivf_recall_at_50", "nprobe")}
-    result.update({
-        "runs": runs,
-        "goals": {
-            "inproc_p99_below_5ms": head["inproc_p99_ms"] < 5.0,
-            "http_p99_below_15ms": head["http_p99_ms"] < 15.0,
-            "ivf_recall_at_50_at_least_0.95": (head["ivf_recall_at_50"] or 0) >= 0.95,
-        },
-        "setup": {
-            "quick": args.quick, "dim": DIM, "n": N_TOP, "users": args.users, "requests": args.requests,
-            "k_u": "uniform 1..8", "threads": "1 (FAISS OpenMP and numpy BLAS)", "ml100k_items_from": source,
-            "redis": settings.redis.url, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(),
-            "command": "python bench/serve.py" + (" --quick" if args.quick else ""),
-            "seconds": round(time.perf_counter() - started, 1),
-        },
-    })
+    result = {
+        k: head[k]
+        for k in (
+            "catalogue_items",
+            "inproc_p50_ms",
+            "inproc_p99_ms",
+            "http_p50_ms",
+            "http_p99_ms",
+            "requests_per_s",
+            "ivf_recall_at_50",
+            "nprobe",
+        )
+    }
+    result.update(
+        {
+            "runs": runs,
+            "goals": {
+                "inproc_p99_below_5ms": head["inproc_p99_ms"] < 5.0,
+                "http_p99_below_15ms": head["http_p99_ms"] < 15.0,
+                "ivf_recall_at_50_at_least_0.95": (head["ivf_recall_at_50"] or 0) >= 0.95,
+            },
+            "setup": {
+                "quick": args.quick,
+                "dim": DIM,
+                "n": N_TOP,
+                "users": args.users,
+                "requests": args.requests,
+                "k_u": "uniform 1..8",
+                "threads": "1 (FAISS OpenMP and numpy BLAS)",
+                "ml100k_items_from": source,
+                "redis": settings.redis.url,
+                "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "python": platform.python_version(),
+                "command": "python bench/serve.py" + (" --quick" if args.quick else ""),
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+        }
+    )
     text = json.dumps(result, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,9 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: {"model": ErrorOut, "description": "Redis down or no snapshot loaded"}}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorOut, "description": "Redis down or no snapshot loaded"}
+}
 UserId = Path(pattern=USER_ID_PATTERN, description="User id: 1..128 of [A-Za-z0-9_.@+=-]")
 
 
@@ -98,15 +100,31 @@ def _metrics(app_name: str) -> dict[str, Any]:
     registry = CollectorRegistry()  # one per app, so several apps (tests) never collide
     return {
         "registry": registry,
-        "requests": Counter("diam_api_requests", "HTTP requests", ["route", "status"], registry=registry),
+        "requests": Counter(
+            "diam_api_requests", "HTTP requests", ["route", "status"], registry=registry
+        ),
         "latency": Histogram(
-            "diam_api_request_seconds", "Request latency", ["route"], registry=registry,
+            "diam_api_request_seconds",
+            "Request latency",
+            ["route"],
+            registry=registry,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
         ),
         "cold": Counter("diam_recommend_cold", "Cold-start answers", registry=registry),
-        "stale": Counter("diam_recommend_stale", "Answers from vectors of an unloaded snapshot", registry=registry),
-        "snapshot": Gauge("diam_snapshot_active", "1 for the loaded active snapshot version", ["version"], registry=registry),
-        "reloads": Counter("diam_snapshot_reloads", "Snapshot reloads", ["outcome"], registry=registry),
+        "stale": Counter(
+            "diam_recommend_stale",
+            "Answers from vectors of an unloaded snapshot",
+            registry=registry,
+        ),
+        "snapshot": Gauge(
+            "diam_snapshot_active",
+            "1 for the loaded active snapshot version",
+            ["version"],
+            registry=registry,
+        ),
+        "reloads": Counter(
+            "diam_snapshot_reloads", "Snapshot reloads", ["outcome"], registry=registry
+        ),
     }
 
 
@@ -116,7 +134,9 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def get_app(recommender: Recommender, watcher: Any | None = None, reload_every_s: float = 5.0) -> FastAPI:
+def get_app(
+    recommender: Recommender, watcher: Any | None = None, reload_every_s: float = 5.0
+) -> FastAPI:
     """Build the API around a :class:`Recommender` (and optionally a snapshot watcher)."""
     m = _metrics("diam")
     stop = threading.Event()
@@ -183,14 +203,23 @@ def get_app(recommender: Recommender, watcher: Any | None = None, reload_every_s
         start = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")  # the template, never the raw path: bounded labels
+        name = getattr(
+            route, "path", "unmatched"
+        )  # the template, never the raw path: bounded labels
         m["requests"].labels(name, str(response.status_code)).inc()
         m["latency"].labels(name).observe(time.perf_counter() - start)
         return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        errors = [
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
         return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.get(
@@ -202,20 +231,52 @@ def get_app(recommender: Recommender, watcher: Any | None = None, reload_every_s
     def recommendations(
         user_id: Annotated[str, UserId],
         n: Annotated[int, Query(ge=1, le=MAX_N, description="Number of items")] = 20,
-        mode: Annotated[Literal["auto", "manual", "context"], Query(description="How d_u is chosen")] = "auto",
-        delta: Annotated[float, Query(ge=-MAX_DELTA, le=MAX_DELTA, description="Diversity shift d_u·(1+delta) for mode=manual and mode=context; mode=auto ignores it")] = 0.0,
-        hour: Annotated[int | None, Query(ge=0, le=23, description="Local hour; only mode=context uses it")] = None,
-        device: Annotated[str | None, Query(pattern=r"^[a-z]{1,16}$", description="Device kind (mobile, desktop, tv, tablet); only mode=context uses it")] = None,
-        exclude_seen: Annotated[bool, Query(description="Leave out the items listed in seen")] = True,
-        seen: Annotated[list[str] | None, Query(max_length=MAX_SEEN, description=f"Item ids the user has seen (at most {MAX_SEEN})")] = None,
+        mode: Annotated[
+            Literal["auto", "manual", "context"], Query(description="How d_u is chosen")
+        ] = "auto",
+        delta: Annotated[
+            float,
+            Query(
+                ge=-MAX_DELTA,
+                le=MAX_DELTA,
+                description="Diversity shift d_u·(1+delta) for mode=manual and mode=context; "
+                "mode=auto ignores it",
+            ),
+        ] = 0.0,
+        hour: Annotated[
+            int | None, Query(ge=0, le=23, description="Local hour; only mode=context uses it")
+        ] = None,
+        device: Annotated[
+            str | None,
+            Query(
+                pattern=r"^[a-z]{1,16}$",
+                description="Device kind (mobile, desktop, tv, tablet); only mode=context uses it",
+            ),
+        ] = None,
+        exclude_seen: Annotated[
+            bool, Query(description="Leave out the items listed in seen")
+        ] = True,
+        seen: Annotated[
+            list[str] | None,
+            Query(
+                max_length=MAX_SEEN, description=f"Item ids the user has seen (at most {MAX_SEEN})"
+            ),
+        ] = None,
     ) -> Any:
         seen = seen or []
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
         context = {k: v for k, v in (("hour", hour), ("device", device)) if v is not None}
         try:
-            rec = recommender.recommend(user_id, n=n, mode=mode, delta=delta, context=context,
-                                        exclude_seen=exclude_seen, seen=seen)
+            rec = recommender.recommend(
+                user_id,
+                n=n,
+                mode=mode,
+                delta=delta,
+                context=context,
+                exclude_seen=exclude_seen,
+                seen=seen,
+            )
         except redis_errors as exc:
             return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
         if rec.cold:
@@ -224,14 +285,30 @@ def get_app(recommender: Recommender, watcher: Any | None = None, reload_every_s
             m["stale"].inc()
         return RecommendationOut(
             user_id=rec.user_id,
-            items=[RecItem(item_id=i, score=s, category=c) for i, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)],
-            cold=rec.cold, mode=mode, d_user=rec.d_user, d_used=rec.d_used, k=rec.k,
-            snapshot=rec.snapshot, user_model=rec.user_model, stale=rec.stale, reason=rec.reason,
+            items=[
+                RecItem(item_id=i, score=s, category=c)
+                for i, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)
+            ],
+            cold=rec.cold,
+            mode=mode,
+            d_user=rec.d_user,
+            d_used=rec.d_used,
+            k=rec.k,
+            snapshot=rec.snapshot,
+            user_model=rec.user_model,
+            stale=rec.stale,
+            reason=rec.reason,
         )
 
-    @app.get("/users/{user_id}/interests", response_model=InterestsOut, responses=_UNAVAILABLE,
-             summary="A user's interest vectors and the top items of each")
-    def interests(user_id: Annotated[str, UserId], top: Annotated[int, Query(ge=1, le=50)] = 5) -> Any:
+    @app.get(
+        "/users/{user_id}/interests",
+        response_model=InterestsOut,
+        responses=_UNAVAILABLE,
+        summary="A user's interest vectors and the top items of each",
+    )
+    def interests(
+        user_id: Annotated[str, UserId], top: Annotated[int, Query(ge=1, le=50)] = 5
+    ) -> Any:
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
         try:
@@ -239,24 +316,46 @@ def get_app(recommender: Recommender, watcher: Any | None = None, reload_every_s
         except redis_errors as exc:
             return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
         per = [
-            InterestOut(vector=v, top_items=it.top_items[i] if i < len(it.top_items) else [],
-                        top_category=it.top_category[i] if i < len(it.top_category) else None)
+            InterestOut(
+                vector=v,
+                top_items=it.top_items[i] if i < len(it.top_items) else [],
+                top_category=it.top_category[i] if i < len(it.top_category) else None,
+            )
             for i, v in enumerate(it.vectors)
         ]
-        return InterestsOut(user_id=it.user_id, cold=it.cold, k=it.k, d=it.d, dim=it.dim, seq=it.seq,
-                            ts=it.ts, n=it.n, model=it.model, interests=per)
+        return InterestsOut(
+            user_id=it.user_id,
+            cold=it.cold,
+            k=it.k,
+            d=it.d,
+            dim=it.dim,
+            seq=it.seq,
+            ts=it.ts,
+            n=it.n,
+            model=it.model,
+            interests=per,
+        )
 
-    @app.get("/health", response_model=HealthOut,
-             responses={503: {"model": HealthOut, "description": "Redis down or no snapshot loaded"}},
-             summary="Redis answers PING and a snapshot is loaded")
+    @app.get(
+        "/health",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "Redis down or no snapshot loaded"}},
+        summary="Redis answers PING and a snapshot is loaded",
+    )
     def health() -> Any:
         try:
             redis_ok = bool(recommender.client.ping())
         except Exception:
             redis_ok = False
         snap = recommender.active.version if recommender.active is not None else None
-        body = HealthOut(status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap)
-        return body if body.status == "ok" else JSONResponse(status_code=503, content=body.model_dump())
+        body = HealthOut(
+            status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap
+        )
+        return (
+            body
+            if body.status == "ok"
+            else JSONResponse(status_code=503, content=body.model_dump())
+        )
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:

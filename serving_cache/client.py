@@ -32,12 +32,18 @@ class DiamClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
 
-    def _get(self, path: str, params: dict[str, Any] | list[tuple[str, Any]] | None = None) -> dict[str, Any]:
+    def _get(
+        self, path: str, params: dict[str, Any] | list[tuple[str, Any]] | None = None
+    ) -> dict[str, Any]:
         r = self._http.get(path, params=params)
-        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+        body = (
+            r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+        )
         if r.status_code >= 400:
             # Errors carry ``detail``; /health's 503 carries the health body itself.
-            raise ApiError(r.status_code, body.get("detail", body) if isinstance(body, dict) else body)
+            raise ApiError(
+                r.status_code, body.get("detail", body) if isinstance(body, dict) else body
+            )
         return body
 
     def recommendations(
@@ -51,7 +57,11 @@ class DiamClient:
         seen: Sequence[str] = (),
         exclude_seen: bool = True,
     ) -> dict[str, Any]:
-        params: list[tuple[str, Any]] = [("n", n), ("mode", mode), ("exclude_seen", str(exclude_seen).lower())]
+        params: list[tuple[str, Any]] = [
+            ("n", n),
+            ("mode", mode),
+            ("exclude_seen", str(exclude_seen).lower()),
+        ]
         if delta:
             params.append(("delta", delta))
         if hour is not None:

@@ -1,4 +1,5 @@
-"""Reader of user vectors: one GET per user (one pipelined round trip for many), decoded with the shared codec.
+"""Reader of user vectors: one GET per user (one pipelined round trip for many), decoded with
+the shared codec.
 
 >>> valid_user_id("u-42@x")
 True

@@ -34,7 +34,15 @@ from serving_cache.codec import UserVectors
 from serving_cache.reader import UserReader
 from serving_cache.retrieval import SnapshotIndex, limit_threads
 
-__all__ = ["Recommender", "Recommendation", "Interests", "aggregate_candidates", "context_delta", "Mode", "MAX_DELTA"]
+__all__ = [
+    "Recommender",
+    "Recommendation",
+    "Interests",
+    "aggregate_candidates",
+    "context_delta",
+    "Mode",
+    "MAX_DELTA",
+]
 
 Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
@@ -118,8 +126,14 @@ class Recommender:
     (FAISS search and numpy release the GIL; swapping a snapshot is one reference assignment).
     """
 
-    def __init__(self, snapshot: SnapshotIndex | None, redis_client: Any, ns: str, keep_versions: int = 2,
-                 threads: int | None = 1) -> None:
+    def __init__(
+        self,
+        snapshot: SnapshotIndex | None,
+        redis_client: Any,
+        ns: str,
+        keep_versions: int = 2,
+        threads: int | None = 1,
+    ) -> None:
         """``threads`` limits, for the whole process (None leaves them), FAISS's OpenMP threads
         and the BLAS threads numpy uses. One is fastest for the small searches and matrix
         products of one request; concurrency comes from the server's request threads.
@@ -216,7 +230,9 @@ class Recommender:
             stale=stale,
         )
 
-    def _cold(self, snap: SnapshotIndex, user_id: str, n: int, mode: str, seen: Sequence[str], reason: str) -> Recommendation:
+    def _cold(
+        self, snap: SnapshotIndex, user_id: str, n: int, mode: str, seen: Sequence[str], reason: str
+    ) -> Recommendation:
         banned = set(_banned(snap, seen).tolist())
         picked = [int(i) for i in snap.cold if int(i) not in banned][:n]
         pop = snap.popularity
@@ -240,9 +256,17 @@ class Recommender:
         uv = self.reader.get(user_id)
         snap0 = self._active
         if uv is None or snap0 is None:
-            return Interests(user_id, cold=uv is None, k=0 if uv is None else uv.k, d=None if uv is None else uv.d,
-                             dim=0 if uv is None else uv.dim, seq=None, ts=None, n=None,
-                             model=None if uv is None else uv.model)
+            return Interests(
+                user_id,
+                cold=uv is None,
+                k=0 if uv is None else uv.k,
+                d=None if uv is None else uv.d,
+                dim=0 if uv is None else uv.dim,
+                seq=None,
+                ts=None,
+                n=None,
+                model=None if uv is None else uv.model,
+            )
         snap, _ = self._index_for(uv)
         tops: list[list[str]] = []
         cats: list[str | None] = []
@@ -255,12 +279,24 @@ class Recommender:
                 c = c[(c >= 0) & (c < len(snap.category_names))]
                 cats.append(snap.category_names[int(np.bincount(c).argmax())] if len(c) else None)
         return Interests(
-            user_id=user_id, cold=False, k=uv.k, d=float(uv.d), dim=uv.dim, seq=uv.seq, ts=uv.ts,
-            n=uv.n, model=uv.model, vectors=np.round(uv.vecs, 5).tolist(), top_items=tops, top_category=cats,
+            user_id=user_id,
+            cold=False,
+            k=uv.k,
+            d=float(uv.d),
+            dim=uv.dim,
+            seq=uv.seq,
+            ts=uv.ts,
+            n=uv.n,
+            model=uv.model,
+            vectors=np.round(uv.vecs, 5).tolist(),
+            top_items=tops,
+            top_category=cats,
         )
 
 
-def aggregate_candidates(snap: SnapshotIndex, scores: np.ndarray, items: np.ndarray, d_u: float, n: int) -> np.ndarray:
+def aggregate_candidates(
+    snap: SnapshotIndex, scores: np.ndarray, items: np.ndarray, d_u: float, n: int
+) -> np.ndarray:
     """Run the model's aggregator on [K, M] candidates; returns item indices [<=n] int64.
 
     The aggregator only reads the candidates' rows of ``item_vecs``, so it gets just those,
@@ -272,8 +308,14 @@ def aggregate_candidates(snap: SnapshotIndex, scores: np.ndarray, items: np.ndar
 
     uniq = np.unique(items[items >= 0])
     local = np.where(items >= 0, np.searchsorted(uniq, items), -1)
-    picked = aggregate(scores, local, snap.item_vecs[uniq], d_u=d_u, n=n,
-                       item_categories=snap.item_categories[uniq])
+    picked = aggregate(
+        scores,
+        local,
+        snap.item_vecs[uniq],
+        d_u=d_u,
+        n=n,
+        item_categories=snap.item_categories[uniq],
+    )
     return uniq[np.asarray(picked, dtype=np.int64)]
 
 
@@ -282,7 +324,9 @@ def _banned(snap: SnapshotIndex, seen: Sequence[str]) -> np.ndarray:
     return np.array(sorted({i for i in idx if i >= 0}), dtype=np.int64)
 
 
-def _clean(scores: np.ndarray, items: np.ndarray, banned: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _clean(
+    scores: np.ndarray, items: np.ndarray, banned: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Mark banned (seen) items as padding (-1), which the aggregator skips, as it skips the -1
     slots IVF returns when the probed lists hold fewer than M items."""
     if len(banned):

@@ -108,14 +108,18 @@ class SnapshotIndex:
         names_path = path / "categories.json"
         names = json.loads(names_path.read_text()) if names_path.is_file() else ["all"]
         pop_path = path / "item_pop.npy"
-        pop = np.load(pop_path, allow_pickle=False).astype(np.float64) if pop_path.is_file() else None
+        pop = (
+            np.load(pop_path, allow_pickle=False).astype(np.float64) if pop_path.is_file() else None
+        )
         index = faiss.read_index(str(path / "items.faiss"))
         info = manifest.get("index", {})
         nprobe = info.get("nprobe")
         if nprobe:
             faiss.extract_index_ivf(index).nprobe = int(nprobe)
         if index.ntotal != n or index.d != item_vecs.shape[1]:
-            raise ValueError(f"{path}: index holds {index.ntotal}x{index.d}, items are {item_vecs.shape}")
+            raise ValueError(
+                f"{path}: index holds {index.ntotal}x{index.d}, items are {item_vecs.shape}"
+            )
         return cls(
             version=version or str(manifest.get("version", path.name)),
             path=path,

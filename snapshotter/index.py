@@ -56,7 +56,10 @@ def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
     >>> recall_at(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]))
     0.6666666666666666
     """
-    hits = [len(set(a[a >= 0].tolist()) & set(e.tolist())) / len(e) for a, e in zip(approx, exact, strict=True)]
+    hits = [
+        len(set(a[a >= 0].tolist()) & set(e.tolist())) / len(e)
+        for a, e in zip(approx, exact, strict=True)
+    ]
     return float(np.mean(hits))
 
 

@@ -83,7 +83,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
     item_ids = _np_load(ck / "item_ids.npy")
     if item_ids.ndim != 1 or item_ids.dtype.kind not in "UiS":
-        raise CheckpointError(f"item_ids.npy: expected a 1-D str/int array, got {item_ids.dtype} {item_ids.shape}")
+        raise CheckpointError(
+            f"item_ids.npy: expected a 1-D str/int array, got {item_ids.dtype} {item_ids.shape}"
+        )
     n = item_ids.shape[0]
     if len(np.unique(item_ids)) != n:
         raise CheckpointError("item_ids.npy: item ids are not unique")
@@ -101,18 +103,29 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"weights.safetensors: cannot be read: {exc}") from exc
 
     if emb.ndim != 2 or emb.shape[0] != n:
-        raise CheckpointError(f"weights.safetensors: online.item_emb is {emb.shape}, item_ids.npy has {n} rows")
+        raise CheckpointError(
+            f"weights.safetensors: online.item_emb is {emb.shape}, item_ids.npy has {n} rows"
+        )
     dim = emb.shape[1]
     for key, want in (("n_items", n), ("dim", dim)):
         if key in config and int(config[key]) != want:
             raise CheckpointError(f"config.json: {key}={config[key]} but the weights say {want}")
     if not np.isfinite(emb).all():
         raise CheckpointError("weights.safetensors: online.item_emb holds NaN or inf")
-    shapes = {"online.gate_b1": None, "online.gate_w2": None, "online.gate_b2": [1], "online.fusion_w": [4], "online.fusion_b": [1]}
+    shapes = {
+        "online.gate_b1": None,
+        "online.gate_w2": None,
+        "online.gate_b2": [1],
+        "online.fusion_w": [4],
+        "online.fusion_b": [1],
+    }
     if "online.gate_w1" in head:
         hidden = head["online.gate_w1"][0]
         if list(head["online.gate_w1"]) != [hidden, dim + 4]:
-            raise CheckpointError(f"weights.safetensors: online.gate_w1 is {head['online.gate_w1']}, expected [H, {dim + 4}]")
+            raise CheckpointError(
+                f"weights.safetensors: online.gate_w1 is {head['online.gate_w1']}, "
+                f"expected [H, {dim + 4}]"
+            )
         shapes.update({"online.gate_b1": [hidden], "online.gate_w2": [1, hidden]})
     for key, want in shapes.items():
         if key in head and want is not None and list(head[key]) != want:
@@ -132,17 +145,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if (ck / "item_categories.npy").is_file():
         cats = _np_load(ck / "item_categories.npy")
         if cats.shape != (n,) or cats.dtype.kind not in "iu":
-            raise CheckpointError(f"item_categories.npy: expected int [{n}], got {cats.dtype} {cats.shape}")
+            raise CheckpointError(
+                f"item_categories.npy: expected int [{n}], got {cats.dtype} {cats.shape}"
+            )
         if n_cat is not None and n and (cats.max() >= n_cat or cats.min() < -1):
             raise CheckpointError(f"item_categories.npy: categories outside [-1, {n_cat})")
         files.append("item_categories.npy")
     if (ck / "item_pop.npy").is_file():
         pop = _np_load(ck / "item_pop.npy")
         if pop.shape != (n,) or pop.dtype.kind not in "iuf" or (n and pop.min() < 0):
-            raise CheckpointError(f"item_pop.npy: expected non-negative [{n}], got {pop.dtype} {pop.shape}")
+            raise CheckpointError(
+                f"item_pop.npy: expected non-negative [{n}], got {pop.dtype} {pop.shape}"
+            )
         files.append("item_pop.npy")
-    return Checkpoint(ck, config, item_ids, np.ascontiguousarray(emb, dtype=np.float32),
-                      sha256_file(ck / "weights.safetensors"), files)
+    return Checkpoint(
+        ck,
+        config,
+        item_ids,
+        np.ascontiguousarray(emb, dtype=np.float32),
+        sha256_file(ck / "weights.safetensors"),
+        files,
+    )
 
 
 def _popularity_from_data(ck: Checkpoint, data_dir: Path | None) -> np.ndarray | None:
@@ -279,9 +302,20 @@ class Watcher:
     published again on the next tick; a checkpoint that fails verification is retried only
     when its files change."""
 
-    def __init__(self, store: SnapshotStore, trainer_dir: str | Path, redis_client: Any | None = None,
-                 ns: str = "live", data_dir: str | Path | None = None) -> None:
-        self.store, self.trainer_dir, self.client, self.ns = store, Path(trainer_dir), redis_client, ns
+    def __init__(
+        self,
+        store: SnapshotStore,
+        trainer_dir: str | Path,
+        redis_client: Any | None = None,
+        ns: str = "live",
+        data_dir: str | Path | None = None,
+    ) -> None:
+        self.store, self.trainer_dir, self.client, self.ns = (
+            store,
+            Path(trainer_dir),
+            redis_client,
+            ns,
+        )
         self.data_dir = data_dir
         self._seen: dict[Path, tuple[float, int]] = {}  # checkpoint -> (mtime, size) last tried
 

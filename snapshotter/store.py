@@ -142,7 +142,11 @@ class SnapshotStore:
         if not self.root.is_dir():
             return out
         for child in self.root.iterdir():
-            if not child.is_dir() or child.name.startswith(".") or not _VERSION_RE.fullmatch(child.name):
+            if (
+                not child.is_dir()
+                or child.name.startswith(".")
+                or not _VERSION_RE.fullmatch(child.name)
+            ):
                 continue
             try:
                 man: dict[str, Any] | None = self.manifest(child.name)
@@ -167,10 +171,16 @@ class SnapshotStore:
                 raise IntegrityError(version, name, "missing")
             size = path.stat().st_size
             if size != meta.get("bytes"):
-                raise IntegrityError(version, name, f"size {size} != {meta.get('bytes')} (truncated?)")
+                raise IntegrityError(
+                    version, name, f"size {size} != {meta.get('bytes')} (truncated?)"
+                )
             digest = sha256_file(path)
             if digest != meta.get("sha256"):
-                raise IntegrityError(version, name, f"sha256 {digest[:12]}… != manifest {str(meta.get('sha256'))[:12]}…")
+                raise IntegrityError(
+                    version,
+                    name,
+                    f"sha256 {digest[:12]}… != manifest {str(meta.get('sha256'))[:12]}…",
+                )
         return man
 
     # -- writing ---------------------------------------------------------------------------
@@ -287,7 +297,11 @@ class ActiveWatcher:
                 # Another store announced it (a different snapshot dir on the same Redis):
                 # the local pointer is the best we can do.
                 if version not in self._absent:
-                    log.warning("Redis names snapshot %s, absent from %s; using the pointer file", version, self.store.root)
+                    log.warning(
+                        "Redis names snapshot %s, absent from %s; using the pointer file",
+                        version,
+                        self.store.root,
+                    )
                     self._absent.add(version)
         return self.store.active_version()
 

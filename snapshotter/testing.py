@@ -61,7 +61,9 @@ def write_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     if item_emb is None:
-        item_emb, cluster = clustered_vectors(n_items, dim, n_clusters=max(n_categories, 2), seed=seed)
+        item_emb, cluster = clustered_vectors(
+            n_items, dim, n_clusters=max(n_categories, 2), seed=seed
+        )
         primary = (cluster % n_categories).astype(np.int32)
     else:
         n_items, dim = item_emb.shape
@@ -83,7 +85,11 @@ def write_checkpoint(
         primary = np.asarray(categories, dtype=np.int32)
     if category_names is not None:
         n_categories = len(category_names)
-    item_ids = np.array([f"i{i}" for i in range(n_items)]) if item_ids is None else np.asarray(item_ids).astype(str)
+    item_ids = (
+        np.array([f"i{i}" for i in range(n_items)])
+        if item_ids is None
+        else np.asarray(item_ids).astype(str)
+    )
     np.save(out / "item_ids.npy", item_ids, allow_pickle=False)
     np.save(out / "item_categories.npy", primary, allow_pickle=False)
     if item_pop is not None:

@@ -10,17 +10,42 @@ from diam.cli import get_settings
 @click.command("serve")
 @click.option("--host", default=None, help="Bind address (default: settings serve.host).")
 @click.option("--port", type=int, default=None, help="Bind port (default: settings serve.port).")
-@click.option("--namespace", default=None, help="Redis namespace to read users from (default: settings redis.namespace).")
-@click.option("--reload-every", type=float, default=5.0, show_default=True,
-              help="Seconds between checks for a new active snapshot (hot reload).")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="FAISS (OpenMP) and numpy BLAS threads. One is fastest for the few small "
-                   "searches and products of a request; concurrency comes from request threads.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--namespace",
+    default=None,
+    help="Redis namespace to read users from (default: settings redis.namespace).",
+)
+@click.option(
+    "--reload-every",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between checks for a new active snapshot (hot reload).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="FAISS (OpenMP) and numpy BLAS threads. One is fastest for the few small "
+    "searches and products of a request; concurrency comes from request threads.",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @click.pass_context
-def serve_cmd(ctx: click.Context, host: str | None, port: int | None, namespace: str | None,
-              reload_every: float, threads: int, log_level: str) -> None:
+def serve_cmd(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    namespace: str | None,
+    reload_every: float,
+    threads: int,
+    log_level: str,
+) -> None:
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
     GET /users/{id}/recommendations?n=&mode=auto|manual|context&delta=&hour=&device=&seen=,
@@ -45,11 +70,15 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, namespace:
     client = fail_fast(redis_client(s.redis))
     store = SnapshotStore(s.snapshot)
     if store.active_version() is None:
-        click.echo(f"warning: no active snapshot in {store.root}; /health answers 503 until "
-                   "`diam snapshot publish` makes one", err=True)
+        click.echo(
+            f"warning: no active snapshot in {store.root}; /health answers 503 until "
+            "`diam snapshot publish` makes one",
+            err=True,
+        )
     watcher = ActiveWatcher(store, client, check_every_s=reload_every, ns=ns)
-    app = get_app(Recommender(None, client, ns, threads=threads), watcher=watcher,
-                  reload_every_s=reload_every)
+    app = get_app(
+        Recommender(None, client, ns, threads=threads), watcher=watcher, reload_every_s=reload_every
+    )
     h, p = host or s.serve.host, port or s.serve.port
     click.echo(f"serving on http://{h}:{p} (namespace {ns}, snapshots {store.root})", err=True)
     uvicorn.run(app, host=h, port=p, log_level=log_level, access_log=False)

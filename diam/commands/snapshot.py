@@ -50,8 +50,16 @@ def _ns(settings: Settings, namespace: str | None) -> str:
         raise click.BadParameter(str(exc), param_hint="--namespace") from None
 
 
-_ns_opt = click.option("--namespace", default=None, help="Redis namespace whose active version is set (default: settings redis.namespace).")
-_no_redis_opt = click.option("--no-redis", is_flag=True, help="Only switch the pointer on disk; do not set the version in Redis.")
+_ns_opt = click.option(
+    "--namespace",
+    default=None,
+    help="Redis namespace whose active version is set (default: settings redis.namespace).",
+)
+_no_redis_opt = click.option(
+    "--no-redis",
+    is_flag=True,
+    help="Only switch the pointer on disk; do not set the version in Redis.",
+)
 
 
 @click.group("snapshot")
@@ -69,7 +77,9 @@ def snapshot_group() -> None:
 @_ns_opt
 @_no_redis_opt
 @click.pass_context
-def publish_cmd(ctx: click.Context, checkpoint: Path, namespace: str | None, no_redis: bool) -> None:
+def publish_cmd(
+    ctx: click.Context, checkpoint: Path, namespace: str | None, no_redis: bool
+) -> None:
     """Verify CHECKPOINT (a trainer output directory), build its FAISS index, write a new
     snapshot version, make it active and announce it in Redis.
 
@@ -89,7 +99,11 @@ def publish_cmd(ctx: click.Context, checkpoint: Path, namespace: str | None, no_
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
     info = res.manifest["index"]
-    detail = f"{info['factory']}" + (f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']}" if info["kind"] != "flat" else "")
+    detail = f"{info['factory']}" + (
+        f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']}"
+        if info["kind"] != "flat"
+        else ""
+    )
     click.echo(f"active: {res.version}  ({info['n_items']} items, d={info['dim']}, {detail})")
     if res.previous:
         click.echo(f"previous: {res.previous}  (diam snapshot rollback {res.previous})")
@@ -100,15 +114,30 @@ def publish_cmd(ctx: click.Context, checkpoint: Path, namespace: str | None, no_
 
 
 @snapshot_group.command("watch")
-@click.option("--every", "every", default=None, help="Polling period, e.g. 30s, 5m (default: snapshot.watch_every_s).")
-@click.option("--trainer-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Checkpoint directory, or a directory of checkpoints (default: snapshot.trainer_dir).")
+@click.option(
+    "--every",
+    "every",
+    default=None,
+    help="Polling period, e.g. 30s, 5m (default: snapshot.watch_every_s).",
+)
+@click.option(
+    "--trainer-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoint directory, or a directory of checkpoints (default: snapshot.trainer_dir).",
+)
 @click.option("--once", is_flag=True, help="Run a single check and exit (for cron and tests).")
 @_ns_opt
 @_no_redis_opt
 @click.pass_context
-def watch_cmd(ctx: click.Context, every: str | None, trainer_dir: Path | None, once: bool,
-              namespace: str | None, no_redis: bool) -> None:
+def watch_cmd(
+    ctx: click.Context,
+    every: str | None,
+    trainer_dir: Path | None,
+    once: bool,
+    namespace: str | None,
+    no_redis: bool,
+) -> None:
     """Publish whenever the trainer's output holds a newer checkpoint.
 
     A checkpoint is published once its files have not changed for snapshot.settle_s seconds
@@ -136,7 +165,11 @@ def watch_cmd(ctx: click.Context, every: str | None, trainer_dir: Path | None, o
 
 
 @snapshot_group.command("list")
-@click.option("--verify", is_flag=True, help="Also re-hash every file of every version (slow for big catalogues).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also re-hash every file of every version (slow for big catalogues).",
+)
 @_ns_opt
 @_no_redis_opt
 @click.pass_context
@@ -154,8 +187,10 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
     for info in infos:
         man = info.manifest or {}
         idx = man.get("index", {})
-        line = (f"{'*' if info.version == active else ' '} {info.version}  {info.created_at[:19]}  "
-                f"{man.get('model') or '?'}  {idx.get('n_items', '?')} items  {idx.get('factory', '?')}")
+        line = (
+            f"{'*' if info.version == active else ' '} {info.version}  {info.created_at[:19]}  "
+            f"{man.get('model') or '?'}  {idx.get('n_items', '?')} items  {idx.get('factory', '?')}"
+        )
         if info.manifest is None:
             line += "  BROKEN (no readable manifest)"
         elif verify:
@@ -181,7 +216,9 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
 @_ns_opt
 @_no_redis_opt
 @click.pass_context
-def rollback_cmd(ctx: click.Context, version: str | None, namespace: str | None, no_redis: bool) -> None:
+def rollback_cmd(
+    ctx: click.Context, version: str | None, namespace: str | None, no_redis: bool
+) -> None:
     """Make VERSION active again (default: the version before the active one).
 
     The version is verified first; if a file fails its hash the active version stays.
@@ -197,7 +234,9 @@ def rollback_cmd(ctx: click.Context, version: str | None, namespace: str | None,
         raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
     try:
         if not store.path(target).is_dir():
-            raise click.ClickException(f"no snapshot {target} in {store.root} (see `diam snapshot list`)")
+            raise click.ClickException(
+                f"no snapshot {target} in {store.root} (see `diam snapshot list`)"
+            )
         store.activate(target)
     except SnapshotError as exc:
         raise click.ClickException(f"{exc}; {store.active_version()} stays active") from None
@@ -208,7 +247,9 @@ def rollback_cmd(ctx: click.Context, version: str | None, namespace: str | None,
         try:
             set_active_in_redis(client, ns, target)
         except Exception as exc:
-            raise click.ClickException(f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers") from None
+            raise click.ClickException(
+                f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers"
+            ) from None
         click.echo(f"redis: diam:{ns}:model:active = {target}")
 
 

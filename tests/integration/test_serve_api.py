@@ -31,22 +31,38 @@ def _user(model: str, vecs: np.ndarray, d: float, seq: int = 1) -> UserVectors:
 @pytest.fixture
 def served(tmp_path, redis_client, namespace):
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
-    ck = write_checkpoint(tmp_path / "ck1", n_items=300, dim=DIM, n_categories=5, seed=1,
-                          item_pop=np.arange(300)[::-1])
+    ck = write_checkpoint(
+        tmp_path / "ck1",
+        n_items=300,
+        dim=DIM,
+        n_categories=5,
+        seed=1,
+        item_pop=np.arange(300)[::-1],
+    )
     v1 = publish(ck, store, redis_client, namespace).version
     snap = SnapshotIndex.load(store.path(v1))
     interests = snap.item_vecs[[0, 100, 200]]
-    RedisWriter(redis_client, namespace).write_batch([
-        ("u-high", _user(v1, interests, 0.9)),
-        ("u-low", _user(v1, interests, 0.1)),
-        ("u-mid", _user(v1, interests[:2], 0.5)),
-    ])
+    RedisWriter(redis_client, namespace).write_batch(
+        [
+            ("u-high", _user(v1, interests, 0.9)),
+            ("u-low", _user(v1, interests, 0.1)),
+            ("u-mid", _user(v1, interests[:2], 0.5)),
+        ]
+    )
     client = fail_fast(redis_client)
     watcher = ActiveWatcher(store, client, check_every_s=0, ns=namespace, current=v1)
     app = get_app(Recommender(snap, client, namespace), watcher=watcher, reload_every_s=3600)
     with TestClient(app) as http:
-        yield SimpleNamespace(http=http, app=app, store=store, ns=namespace, v1=v1, snap=snap,
-                              redis=redis_client, tmp=tmp_path)
+        yield SimpleNamespace(
+            http=http,
+            app=app,
+            store=store,
+            ns=namespace,
+            v1=v1,
+            snap=snap,
+            redis=redis_client,
+            tmp=tmp_path,
+        )
 
 
 def _items(http, url):
@@ -61,19 +77,34 @@ def test_known_user_answer_and_diversity_rises_with_d(served):
     for body, d in ((high, 0.9), (low, 0.1)):
         ids = [it["item_id"] for it in body["items"]]
         assert len(ids) == 12 == len(set(ids))
-        assert body["cold"] is False and body["k"] == 3 and body["d_user"] == pytest.approx(d, abs=1e-6)
+        assert (
+            body["cold"] is False
+            and body["k"] == 3
+            and body["d_user"] == pytest.approx(d, abs=1e-6)
+        )
         assert body["snapshot"] == served.v1 == body["user_model"] and body["stale"] is False
-    idx = lambda body: np.array([served.snap.index_of(it["item_id"]) for it in body["items"]])  # noqa: E731
+
+    def idx(body):
+        return np.array([served.snap.index_of(it["item_id"]) for it in body["items"]])
+
     vecs, cats = served.snap.item_vecs, served.snap.item_categories
     assert list_diversity(idx(high), vecs, cats) > list_diversity(idx(low), vecs, cats)
 
 
 def test_manual_and_context_modes_shift_d(served):
     h = served.http
-    assert _items(h, "/users/u-high/recommendations?mode=manual&delta=-0.5")["d_used"] == pytest.approx(0.45, abs=1e-6)
-    assert _items(h, "/users/u-mid/recommendations?mode=context&hour=10&device=desktop")["d_used"] == pytest.approx(0.45, abs=1e-6)
-    assert _items(h, "/users/u-mid/recommendations?mode=context&hour=21&device=tv")["d_used"] == pytest.approx(0.6, abs=1e-6)
-    assert _items(h, "/users/u-mid/recommendations?mode=auto&delta=0.5")["d_used"] == pytest.approx(0.5, abs=1e-6)
+    assert _items(h, "/users/u-high/recommendations?mode=manual&delta=-0.5")[
+        "d_used"
+    ] == pytest.approx(0.45, abs=1e-6)
+    assert _items(h, "/users/u-mid/recommendations?mode=context&hour=10&device=desktop")[
+        "d_used"
+    ] == pytest.approx(0.45, abs=1e-6)
+    assert _items(h, "/users/u-mid/recommendations?mode=context&hour=21&device=tv")[
+        "d_used"
+    ] == pytest.approx(0.6, abs=1e-6)
+    assert _items(h, "/users/u-mid/recommendations?mode=auto&delta=0.5")["d_used"] == pytest.approx(
+        0.5, abs=1e-6
+    )
 
 
 def test_unknown_user_gets_popular_items_across_categories(served):
@@ -85,11 +116,18 @@ def test_unknown_user_gets_popular_items_across_categories(served):
 
 
 def test_seen_items_are_left_out(served):
-    first = [it["item_id"] for it in _items(served.http, "/users/u-high/recommendations?n=8")["items"]]
+    first = [
+        it["item_id"] for it in _items(served.http, "/users/u-high/recommendations?n=8")["items"]
+    ]
     qs = "&".join(f"seen={i}" for i in first[:4])
-    again = [it["item_id"] for it in _items(served.http, f"/users/u-high/recommendations?n=8&{qs}")["items"]]
+    again = [
+        it["item_id"]
+        for it in _items(served.http, f"/users/u-high/recommendations?n=8&{qs}")["items"]
+    ]
     assert not set(first[:4]) & set(again) and len(again) == 8
-    kept = _items(served.http, f"/users/u-high/recommendations?n=8&exclude_seen=false&{qs}")["items"]
+    kept = _items(served.http, f"/users/u-high/recommendations?n=8&exclude_seen=false&{qs}")[
+        "items"
+    ]
     assert [it["item_id"] for it in kept] == first
     cold = _items(served.http, "/users/newbie/recommendations?n=3&seen=i0")
     assert "i0" not in [it["item_id"] for it in cold["items"]]
@@ -98,8 +136,12 @@ def test_seen_items_are_left_out(served):
 def test_interests(served):
     body = _items(served.http, "/users/u-high/interests?top=3")
     assert body["k"] == 3 and body["model"] == served.v1 and not body["cold"]
-    assert len(body["interests"]) == 3 and all(len(i["vector"]) == DIM and len(i["top_items"]) == 3 for i in body["interests"])
-    stored = served.snap.item_vecs[[0, 100, 200]].astype(np.float16).astype(np.float32)  # as Redis holds them
+    assert len(body["interests"]) == 3 and all(
+        len(i["vector"]) == DIM and len(i["top_items"]) == 3 for i in body["interests"]
+    )
+    stored = (
+        served.snap.item_vecs[[0, 100, 200]].astype(np.float16).astype(np.float32)
+    )  # as Redis holds them
     exact = np.argsort(-(stored @ served.snap.item_vecs.T), axis=1, kind="stable")[:, :3]
     assert [i["top_items"] for i in body["interests"]] == served.snap.item_ids[exact].tolist()
     cold = _items(served.http, "/users/nobody/interests")
@@ -114,10 +156,12 @@ def test_hot_reload_keeps_unanchored_users_on_their_snapshot(served):
     old = _items(served.http, "/users/u-high/recommendations")
     assert old["snapshot"] == served.v1 and old["stale"] is False  # not re-anchored yet
     snap2 = SnapshotIndex.load(served.store.path(v2))
-    RedisWriter(served.redis, served.ns).write_batch([
-        ("u-high", _user(v2, snap2.item_vecs[[1, 2]], 0.9, seq=2)),
-        ("u-orphan", _user("gone-version", snap2.item_vecs[[3]], 0.5)),
-    ])
+    RedisWriter(served.redis, served.ns).write_batch(
+        [
+            ("u-high", _user(v2, snap2.item_vecs[[1, 2]], 0.9, seq=2)),
+            ("u-orphan", _user("gone-version", snap2.item_vecs[[3]], 0.5)),
+        ]
+    )
     assert _items(served.http, "/users/u-high/recommendations")["snapshot"] == v2
     orphan = _items(served.http, "/users/u-orphan/recommendations")
     assert orphan["snapshot"] == v2 and orphan["stale"] is True
@@ -142,7 +186,12 @@ def test_contract_against_the_openapi_schema(served):
     for strategy, examples in strategies:
 
         @given(case=strategy)
-        @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
         def check(case):
             case.call_and_validate()
 

@@ -28,9 +28,21 @@ def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
     exe = shutil.which("redis-server")
     assert exe, "redis-server is not installed (Debian package redis-server)"
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -77,10 +89,20 @@ def test_health_follows_redis_down_and_back(tmp_path, private_redis):
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
     version = publish(write_checkpoint(tmp_path / "ck", n_items=50, dim=8), store).version
     port = _free_port()
-    env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store.root), "DIAM_CONFIG": str(tmp_path / "none.toml"),
-           "DIAM_REDIS_URL": f"redis://127.0.0.1:{private_redis['port']}/0", "DIAM_REDIS_SOCKET_TIMEOUT_S": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "diam", "serve", "--port", str(port), "--reload-every", "0.5"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "DIAM_SNAPSHOT_DIR": str(store.root),
+        "DIAM_CONFIG": str(tmp_path / "none.toml"),
+        "DIAM_REDIS_URL": f"redis://127.0.0.1:{private_redis['port']}/0",
+        "DIAM_REDIS_SOCKET_TIMEOUT_S": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "diam", "serve", "--port", str(port), "--reload-every", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     api = DiamClient(f"http://127.0.0.1:{port}", timeout_s=5)
     try:
         assert _wait_for(api.health) == {"status": "ok", "redis": True, "snapshot": version}

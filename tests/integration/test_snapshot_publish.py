@@ -60,11 +60,20 @@ def test_publish_sets_the_active_version_in_redis(cli, tmp_path, redis_client, n
     assert watcher.poll() is None
 
 
-def test_tampered_snapshot_is_refused_and_the_old_one_still_serves(cli, tmp_path, redis_client, namespace):
+def test_tampered_snapshot_is_refused_and_the_old_one_still_serves(
+    cli, tmp_path, redis_client, namespace
+):
     v1 = _publish(cli, write_checkpoint(tmp_path / "ck1", n_items=80, dim=8, seed=1))
-    RedisWriter(redis_client, namespace).write_batch([
-        ("u1", UserVectors(seq=1, model=v1, k=1, d=0.5, dim=8, vecs=np.ones((1, 8), np.float32), ts=1, n=1)),
-    ])
+    RedisWriter(redis_client, namespace).write_batch(
+        [
+            (
+                "u1",
+                UserVectors(
+                    seq=1, model=v1, k=1, d=0.5, dim=8, vecs=np.ones((1, 8), np.float32), ts=1, n=1
+                ),
+            ),
+        ]
+    )
     store, app = _serve(tmp_path, redis_client, namespace)
     with TestClient(app) as http:
         assert http.get("/health").json() == {"status": "ok", "redis": True, "snapshot": v1}

@@ -27,8 +27,10 @@ def _dead_port() -> int:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
-    res = publish(write_checkpoint(tmp / "ck", n_items=60, dim=8, item_pop=np.arange(60)),
-                  SnapshotStore(SnapshotConfig(dir=str(tmp / "s"))))
+    res = publish(
+        write_checkpoint(tmp / "ck", n_items=60, dim=8, item_pop=np.arange(60)),
+        SnapshotStore(SnapshotConfig(dir=str(tmp / "s"))),
+    )
     dead = fail_fast(redis.Redis(host="127.0.0.1", port=_dead_port(), socket_timeout=0.5))
     app = get_app(Recommender(SnapshotIndex.load(res.path), dead, "unit"))
     with TestClient(app) as c:
@@ -80,10 +82,24 @@ def test_no_snapshot_means_503():
 
 def test_openapi_schema_lists_every_route(client):
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/users/{user_id}/recommendations", "/users/{user_id}/interests", "/health", "/metrics"}
+    assert set(schema["paths"]) == {
+        "/users/{user_id}/recommendations",
+        "/users/{user_id}/interests",
+        "/health",
+        "/metrics",
+    }
     rec = schema["paths"]["/users/{user_id}/recommendations"]["get"]
     assert {"200", "422", "503"} <= set(rec["responses"])
-    assert {p["name"] for p in rec["parameters"]} == {"user_id", "n", "mode", "delta", "hour", "device", "exclude_seen", "seen"}
+    assert {p["name"] for p in rec["parameters"]} == {
+        "user_id",
+        "n",
+        "mode",
+        "delta",
+        "hour",
+        "device",
+        "exclude_seen",
+        "seen",
+    }
 
 
 def test_metrics_count_requests_by_route_template(client):

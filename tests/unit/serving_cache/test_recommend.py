@@ -22,7 +22,9 @@ from snapshotter.testing import write_checkpoint
     data=st.data(),
 )
 def test_cold_order_spreads_categories_by_popularity(pop, n_cat, data):
-    cats = np.array(data.draw(st.lists(st.integers(0, n_cat - 1), min_size=len(pop), max_size=len(pop))))
+    cats = np.array(
+        data.draw(st.lists(st.integers(0, n_cat - 1), min_size=len(pop), max_size=len(pop)))
+    )
     pop = np.array(pop)
     out = cold_order(pop, cats, pool=1000)
     assert sorted(out.tolist()) == list(range(len(pop)))  # a permutation when the pool is large
@@ -40,7 +42,11 @@ def test_cold_order_pool_limit():
 
 
 def test_context_rule_bounds():
-    deltas = [context_delta({"hour": h, "device": d}) for h in range(24) for d in ("tv", "tablet", "mobile", "desktop", "fridge", None)]
+    deltas = [
+        context_delta({"hour": h, "device": d})
+        for h in range(24)
+        for d in ("tv", "tablet", "mobile", "desktop", "fridge", None)
+    ]
     assert min(deltas) == -0.1 and max(deltas) == 0.2
     assert context_delta({"hour": "21"}) == 0.0  # wrong types add nothing
 
@@ -93,7 +99,18 @@ def test_swap_keeps_the_previous_version(snapshot):
     assert set(rec._loaded) == {"v-other", "v-third"}
 
 
-@pytest.mark.parametrize("uid, ok", [("u1", True), ("a.b@c+d=e-f_g", True), ("x" * 128, True),
-                                      ("", False), ("x" * 129, False), ("a:b", False), ("a*", False), ("a b", False)])
+@pytest.mark.parametrize(
+    "uid, ok",
+    [
+        ("u1", True),
+        ("a.b@c+d=e-f_g", True),
+        ("x" * 128, True),
+        ("", False),
+        ("x" * 129, False),
+        ("a:b", False),
+        ("a*", False),
+        ("a b", False),
+    ],
+)
 def test_user_id_alphabet(uid, ok):
     assert valid_user_id(uid) is ok

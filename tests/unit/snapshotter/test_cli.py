@@ -52,7 +52,12 @@ def test_bad_input_is_a_one_line_error(run, tmp_path):
 def test_tampered_rollback_keeps_the_active_version(run, tmp_path):
     v = []
     for i in range(2):
-        out = run("snapshot", "publish", str(write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)), "--no-redis").output
+        out = run(
+            "snapshot",
+            "publish",
+            str(write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)),
+            "--no-redis",
+        ).output
         v.append(out.split("active: ")[1].split()[0])
     ids = tmp_path / "snaps" / v[0] / "item_ids.npy"
     ids.write_bytes(ids.read_bytes()[:-4] + b"zzzz")

@@ -37,7 +37,9 @@ def test_large_catalogue_gets_ivf_sq8_tuned_to_the_target_recall():
 
 def test_index_settings_round_trip_through_the_snapshot(tmp_path):
     x, _ = clustered_vectors(5000, 16, n_clusters=30, seed=2)
-    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), exact_max_items=1000, ivf_nprobe=16))
+    store = SnapshotStore(
+        SnapshotConfig(dir=str(tmp_path / "s"), exact_max_items=1000, ivf_nprobe=16)
+    )
     res = publish(write_checkpoint(tmp_path / "ck", item_emb=x), store)
     assert res.manifest["index"]["nprobe"] == 16
     snap = SnapshotIndex.load(res.path)

@@ -34,8 +34,15 @@ def test_publish_writes_a_verified_version_and_switches_the_pointer(store, check
     assert store.active_version() == res.version
     assert store.active() == store.path(res.version)
     files = {p.name for p in res.path.iterdir()}
-    assert {"weights.safetensors", "items.faiss", "item_ids.npy", "item_categories.npy",
-            "categories.json", "config.json", MANIFEST} <= files
+    assert {
+        "weights.safetensors",
+        "items.faiss",
+        "item_ids.npy",
+        "item_categories.npy",
+        "categories.json",
+        "config.json",
+        MANIFEST,
+    } <= files
     man = json.loads((res.path / MANIFEST).read_text())
     assert set(man["files"]) == files - {MANIFEST}
     for name, meta in man["files"].items():
@@ -48,7 +55,9 @@ def test_publish_writes_a_verified_version_and_switches_the_pointer(store, check
     assert store.verify(res.version) == man
 
 
-def test_truncated_checkpoint_is_refused_and_the_previous_version_stays(store, checkpoint, checkpoint2):
+def test_truncated_checkpoint_is_refused_and_the_previous_version_stays(
+    store, checkpoint, checkpoint2
+):
     first = publish(checkpoint, store)
     w = checkpoint2 / "weights.safetensors"
     w.write_bytes(w.read_bytes()[:-64])
@@ -62,11 +71,22 @@ def test_truncated_checkpoint_is_refused_and_the_previous_version_stays(store, c
 @pytest.mark.parametrize(
     "breakage, file",
     [
-        (lambda ck: np.save(ck / "item_ids.npy", np.array(["a", "b"]), allow_pickle=False), "item_ids.npy"),
-        (lambda ck: np.save(ck / "item_ids.npy", np.array([{"x": 1}] * 120, dtype=object), allow_pickle=True), "item_ids.npy"),
+        (
+            lambda ck: np.save(ck / "item_ids.npy", np.array(["a", "b"]), allow_pickle=False),
+            "item_ids.npy",
+        ),
+        (
+            lambda ck: np.save(
+                ck / "item_ids.npy", np.array([{"x": 1}] * 120, dtype=object), allow_pickle=True
+            ),
+            "item_ids.npy",
+        ),
         (lambda ck: (ck / "config.json").write_text('{"dim": 9}'), "config.json"),
         (lambda ck: (ck / "config.json").write_text("{not json"), "config.json"),
-        (lambda ck: np.save(ck / "item_categories.npy", np.full(120, 99, dtype=np.int32)), "item_categories.npy"),
+        (
+            lambda ck: np.save(ck / "item_categories.npy", np.full(120, 99, dtype=np.int32)),
+            "item_categories.npy",
+        ),
         (lambda ck: os.remove(ck / "item_ids.npy"), "item_ids.npy"),
     ],
 )
@@ -94,7 +114,10 @@ def test_tampered_snapshot_is_refused_naming_the_file(store, checkpoint, checkpo
 
 def test_rollback_restores_and_retention_never_drops_the_active(tmp_path):
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=2))
-    versions = [publish(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i), store).version for i in range(3)]
+    versions = [
+        publish(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i), store).version
+        for i in range(3)
+    ]
     assert [s.version for s in store.versions()] == versions[1:]  # oldest pruned
     assert store.previous_version() == versions[1]
     store.activate(versions[1])  # rollback
@@ -137,7 +160,9 @@ def test_active_watcher_polls_rarely_and_refuses_tampered(store, checkpoint, che
     clock.t = 22
     assert w.poll() is None  # not retried while the pointer still names it
     store.activate(v1)
-    v3 = publish(write_checkpoint(checkpoint.parent / "ck3", n_items=30, dim=8, seed=3), store).version
+    v3 = publish(
+        write_checkpoint(checkpoint.parent / "ck3", n_items=30, dim=8, seed=3), store
+    ).version
     clock.t = 33
     assert w.poll() == (v3, store.path(v3))
 
@@ -175,8 +200,12 @@ def test_popularity_comes_from_the_training_data_when_on_disk(tmp_path, store):
     (ck / "config.json").write_text(json.dumps(config))
     data = tmp_path / "data" / "tiny"
     data.mkdir(parents=True)
-    (data / "items.tsv").write_text("item_id\tcategories\ttitle\n" + "".join(f"i{i}\tcat0\tt{i}\n" for i in range(4)))
-    (data / "events.tsv").write_text("user_id\titem_id\tts_ms\n" + "u1\ti2\t1\nu2\ti2\t2\nu1\ti0\t3\n")
+    (data / "items.tsv").write_text(
+        "item_id\tcategories\ttitle\n" + "".join(f"i{i}\tcat0\tt{i}\n" for i in range(4))
+    )
+    (data / "events.tsv").write_text(
+        "user_id\titem_id\tts_ms\n" + "u1\ti2\t1\nu2\ti2\t2\nu1\ti0\t3\n"
+    )
     res = publish(ck, store, data_dir=tmp_path / "data")
     assert np.load(res.path / "item_pop.npy", allow_pickle=False).tolist() == [1, 0, 2, 0]
     assert "item_pop.npy" in res.manifest["files"]
