@@ -117,11 +117,13 @@ def breakdown(
 ) -> dict[str, dict[str, float]]:
     """p50 and p99 of the three parts of a request, timed separately."""
     snap = rec.active
+    assert snap is not None
     parts: dict[str, list[float]] = {"redis_get_decode": [], "faiss_search": [], "aggregate": []}
     for i in rng.choice(len(user_ids), n):
         t = time.perf_counter()
         uv = rec.reader.get(user_ids[i])
         t1 = time.perf_counter()
+        assert uv is not None, "bench users are all written before timing"
         scores, items = snap.search(uv.vecs, max(2 * N_TOP, 50))
         t2 = time.perf_counter()
         aggregate_candidates(snap, scores, items, uv.d, N_TOP)

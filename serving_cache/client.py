@@ -44,6 +44,8 @@ class DiamClient:
             raise ApiError(
                 r.status_code, body.get("detail", body) if isinstance(body, dict) else body
             )
+        if not isinstance(body, dict):
+            raise ApiError(r.status_code, f"expected a JSON object, got: {str(body)[:200]}")
         return body
 
     def recommendations(

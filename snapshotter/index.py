@@ -87,16 +87,16 @@ def build_index(item_vecs: np.ndarray, cfg: SnapshotConfig) -> tuple[Any, dict[s
     n, dim = x.shape
     info: dict[str, Any] = {"metric": "ip", "n_items": int(n), "dim": int(dim)}
     if n <= cfg.exact_max_items:
-        index = faiss.IndexFlatIP(dim)
-        index.add(x)
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(x)
         info.update(kind="flat", factory="Flat")
-        return index, info
+        return flat, info
 
     rng = np.random.default_rng(cfg.seed)
     nlist = cfg.ivf_nlist or auto_nlist(n)
     nlist = min(nlist, max(1, n // 39))  # k-means needs >= 39 points per centroid
     factory = f"IVF{nlist},SQ8"
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index: Any = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     n_train = min(n, nlist * cfg.train_points_per_list)
     train = x[np.sort(rng.choice(n, size=n_train, replace=False))] if n_train < n else x
     index.cp.seed = cfg.seed  # k-means initialisation, so a publish is reproducible

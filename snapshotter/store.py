@@ -138,7 +138,7 @@ class SnapshotStore:
 
     def versions(self) -> list[SnapshotInfo]:
         """Every version on disk, oldest first (by the manifest's created_at)."""
-        out = []
+        out: list[SnapshotInfo] = []
         if not self.root.is_dir():
             return out
         for child in self.root.iterdir():
