@@ -154,7 +154,13 @@ def watch_cmd(
     click.echo(f"watching {root} every {period:g}s (Ctrl-C stops)", err=True)
     try:
         while True:
-            res = watcher.tick(time.time())
+            try:
+                res = watcher.tick(time.time())
+            except OSError as exc:  # a checkpoint removed mid-scan, a full disk: try next tick
+                if once:
+                    raise click.ClickException(f"watch tick failed: {exc}") from None
+                logging.getLogger(__name__).error("watch tick failed: %s", exc)
+                res = None
             if res is not None:
                 click.echo(f"published {res.version} from {res.manifest['source']['path']}")
             if once:
