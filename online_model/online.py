@@ -256,7 +256,7 @@ class OnlineLearner:
             if len(state.recent) >= cfg.anchor_min_items:
                 self._anchor(state)
             else:
-                state.V = state.A = base.item_emb[state.recent].mean(axis=0, keepdims=True)
+                state.V = state.A = self._mean_vector(state)
             return out
         if not cfg.learn:
             return out
@@ -307,7 +307,7 @@ class OnlineLearner:
         if len(state.recent) >= self.cfg.anchor_min_items:
             self._anchor(state)
         elif len(state.recent):
-            state.V = state.A = base.item_emb[state.recent].mean(axis=0, keepdims=True)
+            state.V = state.A = self._mean_vector(state)
         else:
             state.V = state.A = np.zeros((1, base.dim), dtype=np.float32)
         return [
@@ -317,6 +317,11 @@ class OnlineLearner:
     # -- steps ---------------------------------------------------------------------------------
     def _event(self, state: UserState, kind: DriftKind, **detail: float | int | str) -> DriftEvent:
         return DriftEvent(kind, state.user_id, state.last_ts, state.seq, detail)
+
+    def _mean_vector(self, state: UserState) -> np.ndarray:
+        """A not-yet-anchored user's single vector: the mean of its items, norm-bounded."""
+        mean = self.base.item_emb[state.recent].mean(axis=0, keepdims=True)
+        return clip_norm(mean, self._max_norm).astype(np.float32)
 
     def _remember(self, state: UserState, idx: int) -> None:
         r = state.recent
@@ -346,7 +351,7 @@ class OnlineLearner:
         items = base.item_emb[np.unique(state.recent)]  # unique: repeats would skew seeding
         A = clip_norm(centroids(items, k), self._max_norm).astype(np.float32)
         state.A, state.V = A, A.copy()
-        state.anchored = True
+        state.anchored, state.capped = True, False
         state.k_proposal, state.k_streak = A.shape[0], 0
         state.d_prior = self._prior_logit(sig)
         state.d_logit = state.d_prior
