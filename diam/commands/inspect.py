@@ -103,10 +103,14 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
         raise click.ClickException(f"no active snapshot in {store.root}: run `diam snapshot publish <checkpoint>`")
     rec = Recommender(SnapshotIndex.load(store.path(version), version=version),
                       redis_client(s.redis), namespace or s.redis.namespace)
+    import redis
+
     try:
         r = rec.recommend(user_id, n=n, mode=mode, delta=delta)  # type: ignore[arg-type]
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis at {s.redis.url} did not answer: {exc}") from None
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
         return
