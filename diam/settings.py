@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     flow: FlowConfig = Field(default_factory=FlowConfig)
     """Cadence and limits of the online dataflow."""
 
-    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)  # type: ignore[arg-type]
     """Thresholds of the online update rule and drift guards."""
 
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)

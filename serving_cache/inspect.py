@@ -45,7 +45,7 @@ def iter_users(client: redis.Redis, ns: str, batch: int = 500):
 
 def _decode_many(client: redis.Redis, keys: list[bytes]):
     for key, raw in zip(keys, client.mget(keys), strict=True):
-        if raw is None:
+        if not isinstance(raw, bytes):  # deleted since the SCAN
             continue
         uid = key.decode().rsplit(":u:", 1)[1]
         try:
@@ -59,7 +59,8 @@ def summarize_namespace(client: redis.Redis, ns: str) -> NamespaceSummary:
     out = NamespaceSummary(ns)
     ks: Counter[int] = Counter()
     models: Counter[str] = Counter()
-    ds, sizes = [], []
+    ds: list[float] = []
+    sizes: list[int] = []
     for _, uv, size in iter_users(client, ns):
         out.users += 1
         if uv is None:
@@ -75,7 +76,7 @@ def summarize_namespace(client: redis.Redis, ns: str) -> NamespaceSummary:
         out.d_mean, out.d_p10, out.d_p90 = float(arr.mean()), float(np.percentile(arr, 10)), float(np.percentile(arr, 90))
         out.bytes_mean = float(np.mean(sizes))
     active = client.get(model_active_key(ns))
-    out.active_model = active.decode() if active else None
+    out.active_model = active.decode() if isinstance(active, bytes) else None
     return out
 
 

@@ -53,9 +53,9 @@ class KafkaConfig(BaseModel):
     """Any further librdkafka properties, passed through unchanged (e.g.
     ``{"ssl.endpoint.identification.algorithm": "none"}``)."""
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties common to producers, consumers and admin clients."""
-        conf: dict[str, str] = {"bootstrap.servers": self.bootstrap}
+        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap}
         mapping = {
             "security_protocol": "security.protocol",
             "sasl_mechanism": "sasl.mechanism",

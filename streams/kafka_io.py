@@ -17,7 +17,14 @@ from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import KafkaConfig
@@ -53,6 +60,17 @@ class KafkaOut(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+
+
+def _offset(m: Message) -> int:
+    """The offset of a consumed (error-free) message; librdkafka always sets one there."""
+    off = m.offset()
+    assert off is not None
+    return off
+
+
+def _bytes(v: str | bytes | None) -> bytes | None:
+    return v.encode() if isinstance(v, str) else v
 
 
 def _admin(cfg: KafkaConfig) -> AdminClient:
@@ -129,7 +147,7 @@ def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 
 
 
 class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
-    def __init__(self, conf: dict[str, str], topic: str, part: int, start: int, end: int | None,
+    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, part: int, start: int, end: int | None,
                  batch_size: int) -> None:
         self._topic, self._part, self._end = topic, part, end
         self._next = start
@@ -150,11 +168,12 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
                 if err.retriable():
                     continue  # librdkafka retries by itself; a broker outage stalls here
                 raise RuntimeError(f"consuming {self._topic}[{self._part}]: {err}")
-            off = m.offset()
+            off = _offset(m)
             if self._end is not None and off >= self._end:
                 self._next = self._end
                 break
-            out.append(RawRecord(self._topic, self._part, off, m.key(), m.value(), m.timestamp()[1]))
+            out.append(RawRecord(self._topic, self._part, off, _bytes(m.key()), _bytes(m.value()),
+                                 m.timestamp()[1]))
             self._next = off + 1
         return out
 
@@ -220,7 +239,8 @@ class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
             while True:
                 try:
                     self._producer.produce(self._topic, key=rec.key, value=rec.value,
-                                           headers=rec.headers, on_delivery=self._on_delivery)
+                                           headers=list(rec.headers),  # type: ignore[arg-type]
+                                           on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: serve callbacks, then retry
                     self._producer.poll(0.1)
@@ -264,8 +284,9 @@ def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable
             while nxt < high and time.monotonic() < deadline:
                 for m in c.consume(500, 0.2):
                     if m.error() is None:
-                        yield RawRecord(topic, p, m.offset(), m.key(), m.value(), m.timestamp()[1])
-                        nxt = m.offset() + 1
+                        yield RawRecord(topic, p, _offset(m), _bytes(m.key()), _bytes(m.value()),
+                                        m.timestamp()[1])
+                        nxt = _offset(m) + 1
             c.unassign()
     finally:
         c.close()
@@ -288,12 +309,13 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
                 for m in c.consume(500, 0.2):
                     if m.error() is not None:
                         continue
-                    h = {k: v.decode(errors="replace") for k, v in (m.headers() or [])}
+                    raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
+                    h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
                     out.append({"reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
                                 "partition": int(h.get("diam.partition", -1)),
                                 "offset": int(h.get("diam.offset", -1)), "key": m.key(),
                                 "value": m.value()})
-                    nxt = m.offset() + 1
+                    nxt = _offset(m) + 1
             c.unassign()
     finally:
         c.close()

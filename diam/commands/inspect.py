@@ -58,7 +58,7 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
     s = get_settings(ctx)
     ns = namespace or s.redis.namespace
     raw = redis_client(s.redis).get(user_key(ns, user_id))
-    if raw is None:
+    if not isinstance(raw, bytes):
         raise click.ClickException(f"no state for user {user_id!r} in namespace {ns!r}")
     uv = decode_user(raw)
     norms = np.linalg.norm(uv.vecs, axis=1)
