@@ -65,6 +65,24 @@ class ClickEvent:
     context: dict[str, Any] | None = None
 
 
+_NEW = object.__new__
+_SET = object.__setattr__
+
+
+def _new_click(user_id: str, item_id: str, ts: int) -> ClickEvent:
+    """A ClickEvent without the frozen dataclass's per-field ``__setattr__`` round trips
+    (~2 µs → ~0.5 µs); the fields are exactly those ``ClickEvent(user_id, item_id, ts)`` sets."""
+    ev = _NEW(ClickEvent)
+    _SET(ev, "user_id", user_id)
+    _SET(ev, "item_id", item_id)
+    _SET(ev, "ts", ts)
+    _SET(ev, "event", "click")
+    _SET(ev, "session_id", None)
+    _SET(ev, "dwell_ms", None)
+    _SET(ev, "context", None)
+    return ev
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why an event was refused. ``reason`` starts with the field name when one is at fault."""
@@ -104,8 +122,18 @@ def validate_user_id(user_id: object) -> str | None:
     return None
 
 
+_UNPACK = msgpack.unpackb
+_JSON_FIRST = frozenset(b"{[ \n\t\r")
+
+
 def _parse(raw: bytes) -> object | Rejection:
-    if raw[:1] in (b"{", b"[", b" ", b"\n", b"\t"):
+    first = raw[0]
+    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):  # a msgpack map: the common case
+        try:
+            return _UNPACK(raw)
+        except Exception:  # msgpack raises several unrelated types on garbage
+            return Rejection("undecodable: neither msgpack nor JSON")
+    if first in _JSON_FIRST:
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -144,6 +172,18 @@ def decode_event(
 
 
 def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
+    # Fast path for the common event {user_id, item_id, ts}: the same checks as below, written
+    # so that a valid click costs a couple of microseconds (the stream's budget per event is
+    # tens of microseconds in all). Anything unusual falls through to the precise checks.
+    if len(obj) == 3:
+        u, it, ts = obj.get("user_id"), obj.get("item_id"), obj.get("ts")
+        if (type(u) is str and type(ts) is int and ts >= ts_min_ms
+                and (ts_max_ms is None or ts <= ts_max_ms)
+                and _USER_ID_RE.fullmatch(u) is not None):
+            if type(it) is int:
+                it = str(it)
+            if type(it) is str and 0 < len(it) <= _MAX_ITEM_ID_LEN:
+                return _new_click(u, it, ts)
     if not _KNOWN_FIELDS.issuperset(obj):
         unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
         return Rejection(f"payload: unknown field(s) {', '.join(unknown)}")
