@@ -13,9 +13,10 @@ are filled greedily in interleaved order:
   d_u (tau_max - tau_min)``, the seed correction: flatter weights mix more interests);
 - ``d_u > 0.7``: round-robin, equal quotas.
 
-Inside a quota an interest takes its best remaining candidate by ``score + lam * (1 - max cosine
-to the items already selected)`` with ``lam = 0.3 * d_u`` (scores min-max normalised to [0, 1]
-so the bonus has a fixed meaning).
+Inside a quota an interest takes its best remaining candidate by ``score + lam * (1 - max
+similarity to the items already selected)`` with ``lam = 0.3 * d_u`` (scores min-max normalised
+to [0, 1] so the bonus has a fixed meaning). Similarity is the cosine of the item vectors,
+averaged with "same category" when ``item_categories`` is given.
 
 Greedy selection is not monotone in d_u for every possible input, and the contract asks that
 the realised diversity of a user's list never falls when d_u rises. So the list for d_u is the
@@ -109,10 +110,19 @@ def _normalise(mat: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cosines(uniq: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
+def _similarity(uniq: np.ndarray, item_vecs: np.ndarray,
+                item_categories: np.ndarray | None) -> np.ndarray:
+    """Pairwise similarity of the candidates ``[C, C]``: cosine of the item vectors, averaged
+    with "same primary category" when categories are given (the same mix as
+    :func:`list_diversity`, so the bonus rewards exactly what is measured)."""
     v = np.asarray(item_vecs, dtype=np.float32)[uniq]
     v = v / np.maximum(np.sqrt((v * v).sum(axis=1, keepdims=True)), 1e-12)
-    return (v @ v.T).astype(np.float64)
+    sim = (v @ v.T).astype(np.float64)
+    if item_categories is not None:
+        cats = np.asarray(item_categories)[uniq]
+        same = (cats[:, None] == cats[None, :]) & (cats[:, None] >= 0)
+        sim = 0.5 * (sim + same)
+    return sim
 
 
 def _quota_weights(norm: np.ndarray, d_u: float) -> np.ndarray:
@@ -166,12 +176,13 @@ def _greedy(uniq: np.ndarray, norm: np.ndarray, cos: np.ndarray, d_u: float, n: 
 
 
 def aggregate_raw(scores: np.ndarray, items: np.ndarray, item_vecs: np.ndarray, d_u: float,
-                  n: int) -> np.ndarray:
+                  n: int, item_categories: np.ndarray | None = None) -> np.ndarray:
     """The greedy list at exactly d_u, without the monotone envelope (for analysis)."""
     uniq, mat = _unique(scores, items)
     if len(uniq) == 0:
         return np.empty(0, dtype=np.int64)
-    return _greedy(uniq, _normalise(mat), _cosines(uniq, item_vecs), float(d_u), n)
+    sim = _similarity(uniq, item_vecs, item_categories)
+    return _greedy(uniq, _normalise(mat), sim, float(d_u), n)
 
 
 def list_diversity(items: np.ndarray, item_vecs: np.ndarray,
@@ -198,7 +209,7 @@ def aggregate(scores: np.ndarray, items: np.ndarray, item_vecs: np.ndarray, d_u:
     if len(uniq) == 0:
         return np.empty(0, dtype=np.int64)
     norm = _normalise(mat)
-    cos = _cosines(uniq, item_vecs)
+    cos = _similarity(uniq, item_vecs, item_categories)
     d_u = float(np.clip(d_u, 0.0, 1.0))
     best, best_div = None, -np.inf
     for g in GRID[GRID <= d_u + 1e-9]:

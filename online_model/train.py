@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from online_model.evaluate import EvalSet, evaluate, make_eval_set, split_users
 from online_model.models import Batch, ModelConfig, MultiInterestModel, build_model
 
 __all__ = ["TrainConfig", "TrainResult", "Features", "train", "resolve_device", "stage_plan",
-           "make_batch"]
+           "make_batch", "quantile_target"]
 
 
 @dataclass
@@ -111,6 +111,19 @@ def make_batch(corpus: Corpus, feats: Features, pos: np.ndarray, seq_len: int) -
     )
 
 
+def quantile_target(div: np.ndarray, ref_pos: np.ndarray) -> np.ndarray:
+    """Mid-rank quantile of each realised diversity among ``div[ref_pos]`` (NaN stays NaN).
+
+    >>> quantile_target(np.array([0.1, 0.5, np.nan, 0.9]), np.arange(4)).astype(float).round(3).tolist()
+    [0.167, 0.5, nan, 0.833]
+    """
+    ref = np.sort(div[ref_pos][~np.isnan(div[ref_pos])])
+    if len(ref) == 0:
+        return div.copy()
+    q = (np.searchsorted(ref, div, "left") + np.searchsorted(ref, div, "right")) / (2 * len(ref))
+    return np.where(np.isnan(div), np.nan, q).astype(np.float32)
+
+
 def _train_positions(corpus: Corpus, users: np.ndarray) -> list[np.ndarray]:
     """Per training user, the positions with at least one earlier item."""
     return [np.arange(corpus.offsets[u] + 1, corpus.offsets[u + 1]) for u in users]
@@ -150,6 +163,8 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     model = build_model(model_cfg, corpus.item_cat).to(device)
     plan = stage_plan(cfg.epochs)
     per_user = _train_positions(corpus, split["train"])
+    # d_u's target is a quantile among training examples (its scale is that of a percentile)
+    feats = replace(feats, div_target=quantile_target(feats.div_target, np.concatenate(per_user)))
     rng = np.random.default_rng(cfg.seed)
     n_ex = sum(min(len(p), cfg.max_per_user) for p in per_user)
     steps_per_epoch = max(1, math.ceil(n_ex / cfg.batch_size))

@@ -7,9 +7,10 @@ diversity preference d_u (linear fusion of four signals) -> disentangled towers.
     L_main = sampled softmax (Gumbel-softmax interest mixing, tau rising with d_u, interest-aware
              hard negatives) + 0.5 utility-aware ranking (alpha = alpha_max * d_u)
 
-Auxiliary targets, each giving an output a measurable meaning: d_u -> the realised category
-diversity of the next items (BCE); the gate's K -> the effective number of categories in the
-history window, exp(entropy) (smooth L1, small weight: the main loss also moves the gate through
+Auxiliary targets, each giving an output a measurable meaning: d_u -> the quantile of the
+realised category diversity of the next items (BCE on the raw fusion, see
+``preference.DiversityFusion``); the gate's K -> the number of categories clicked at least
+twice in the history window (smooth L1, small weight: the main loss also moves the gate through
 the soft mask); the light gate -> the full gate (distillation).
 
 Stages (set by the trainer): ``warmup`` fixed K = 4 and only L_main + L_ortho (+ the auxiliary
@@ -32,15 +33,18 @@ from online_model.models.layers import masked_mean
 from online_model.models.preference import DiversityFusion, LightGate
 from online_model.models.towers import DisentangledTowers, category_centroids
 
-__all__ = ["DIAM", "effective_categories"]
+__all__ = ["DIAM", "repeated_categories", "category_histogram"]
 
 
-def effective_categories(cats: torch.Tensor, valid: torch.Tensor, n_cat: int) -> torch.Tensor:
-    """exp(entropy) of each row's category histogram [B] (1 for an empty row)."""
-    hist = category_histogram(cats, valid, n_cat)
-    p = hist / hist.sum(1, keepdim=True).clamp_min(1)
-    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(1)
-    return torch.exp(ent)
+def repeated_categories(cats: torch.Tensor, valid: torch.Tensor, n_cat: int) -> torch.Tensor:
+    """Number of categories clicked at least twice in each row's window [B] (float).
+
+    The gate's auxiliary target: "an interest" is a category the user came back to. On the
+    planted synthetic set this count matches the true number of interests more often than
+    exp(entropy) does (41% vs 35% of users; interests a user almost never visits cannot be
+    seen), and on ml-100k it spreads over 3..8 instead of saturating.
+    """
+    return (category_histogram(cats, valid, n_cat) >= 2).sum(1).float()
 
 
 def category_histogram(cats: torch.Tensor, valid: torch.Tensor, n_cat: int) -> torch.Tensor:
@@ -94,9 +98,9 @@ class DIAM(MultiInterestModel):
         elif self.training and self.stage == "joint":
             fixed, anneal = self.cfg.warmup_k, self.anneal
         m, k = self.extractor.mask(gate_prob, hard=not self.training, fixed_k=fixed, anneal=anneal)
-        d_u = self.fusion(batch.signals)
-        return Interests(vecs, m.to(vecs.dtype), d_u,
-                         {"gate_prob": gate_prob, "k": k, "x": x, "seq_mask": mask})
+        d_u, d_raw = self.fusion(batch.signals)
+        return Interests(vecs, m.to(vecs.dtype), d_u, {"gate_prob": gate_prob, "k": k, "x": x,
+                                                        "seq_mask": mask, "d_raw": d_raw})
 
     def light_gate(self, batch: Batch) -> torch.Tensor:
         """The online head's gate probability [B] (mean embedding of the window + signals)."""
@@ -139,13 +143,14 @@ class DIAM(MultiInterestModel):
         # auxiliary heads: d_u's meaning, the gate's meaning, the light gate's teacher
         cats = self.item_cat[batch.seq]
         gate_prob = out.extra["gate_prob"]
-        k_target = effective_categories(cats, seq_mask, cfg.n_categories).clamp(1, cfg.k_max)
+        k_target = repeated_categories(cats, seq_mask, cfg.n_categories).clamp(1, cfg.k_max)
         l_k = F.smooth_l1_loss(gate_prob * cfg.k_max + 1, k_target)
         l_d = torch.zeros((), device=vecs.device)
         if batch.div_target is not None:
             ok = ~torch.isnan(batch.div_target)
             if ok.any():
-                l_d = F.binary_cross_entropy(d_u[ok].float(), batch.div_target[ok].float())
+                l_d = F.binary_cross_entropy(out.extra["d_raw"][ok].float(),
+                                             batch.div_target[ok].float())
         l_light = F.mse_loss(self.light_gate(batch), gate_prob.detach())
         total = l_main + cfg.w_ortho * l_ortho + cfg.w_aux_d * l_d + cfg.w_aux_k * l_k \
             + cfg.w_light * l_light

@@ -2,7 +2,8 @@
 
 The preference learner *is* a linear fusion of the four behaviour signals of
 ``online_model.signals`` (personality proxy, session purpose, exploration, distribution):
-``d_u = sigmoid(w . f + b)``. Keeping it linear lets the stream reproduce d_u exactly from the
+``d_u = sigmoid(w . f + b)`` (with a calibration folded into w and b, see
+:class:`DiversityFusion`). Keeping it linear lets the stream reproduce d_u exactly from the
 exported ``online.fusion_w`` / ``online.fusion_b`` with numpy.
 
 The light gate is what the stream can afford per event: an MLP on the mean embedding of the last
@@ -10,6 +11,8 @@ The light gate is what the stream can afford per event: an MLP on the mean embed
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -19,21 +22,47 @@ __all__ = ["DiversityFusion", "LightGate"]
 
 
 class DiversityFusion(nn.Module):
-    """``signals [B, 4] -> d_u [B]`` in (0, 1)."""
+    """``signals [B, 4] -> (d_u [B], p_raw [B])``, both in (0, 1).
+
+    ``p_raw = sigmoid(w . f + b)`` is fitted to the auxiliary target, the *quantile* of the
+    realised category diversity of the user's next items among training examples. The best
+    linear fit is timid (on ml-100k its predictions span 0.45-0.58, so every user would sit in
+    the aggregator's middle regime), so d_u is its calibrated form: the logit is standardised
+    with running statistics (a BatchNorm without affine) and scaled by pi / sqrt(3), the
+    logistic approximation of the normal CDF. d_u is then the user's predicted diversity
+    percentile: about 30% of users fall at or below 0.3 (top interest) and 30% above 0.7
+    (round-robin). Ranks, hence Spearman correlations, are those of p_raw. At inference the
+    whole map is still ``sigmoid(w' . f + b')``; :meth:`export` folds the statistics in.
+    """
+
+    SCALE = math.pi / math.sqrt(3.0)
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 1)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)  # prior 0.5 until the auxiliary target speaks
+        self.norm = nn.BatchNorm1d(1, affine=False)
 
-    def forward(self, signals: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(signals.float()).squeeze(-1))
+    def forward(self, signals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.linear(signals.float())  # [B, 1]
+        p_raw = torch.sigmoid(z.squeeze(-1))
+        if self.training and z.shape[0] < 2:  # batch statistics need two rows
+            return torch.sigmoid(self._fold(z)).squeeze(-1), p_raw
+        return torch.sigmoid(self.SCALE * self.norm(z)).squeeze(-1), p_raw
+
+    def _fold(self, z: torch.Tensor) -> torch.Tensor:
+        std = torch.sqrt(self.norm.running_var + self.norm.eps)
+        return self.SCALE * (z - self.norm.running_mean) / std
 
     def export(self) -> dict[str, np.ndarray]:
+        std = float(torch.sqrt(self.norm.running_var + self.norm.eps))
+        mean = float(self.norm.running_mean)
+        w = self.linear.weight.detach().double().cpu().numpy().reshape(4)
+        b = float(self.linear.bias.detach().double().cpu()[0])
         return {
-            "online.fusion_w": self.linear.weight.detach().float().cpu().numpy().reshape(4),
-            "online.fusion_b": self.linear.bias.detach().float().cpu().numpy().reshape(1),
+            "online.fusion_w": (self.SCALE * w / std).astype(np.float32),
+            "online.fusion_b": np.array([self.SCALE * (b - mean) / std], dtype=np.float32),
         }
 
 

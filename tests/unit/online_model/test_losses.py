@@ -94,4 +94,4 @@ def test_model_loss_decreases(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(model.loss(batch, neg)[0]) < first
+    assert float(model.loss(batch, neg)[0].detach()) < first

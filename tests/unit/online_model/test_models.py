@@ -122,3 +122,29 @@ def test_online_export_shapes():
     assert exp["online.gate_w1"].shape == (h, 16 + 4) and exp["online.gate_w2"].shape == (1, h)
     assert exp["online.fusion_w"].shape == (4,) and exp["online.fusion_b"].shape == (1,)
     assert set(MODELS_BUILT["mind"].export_online()) == {"online.item_emb"}
+
+
+def test_online_head_reproduces_torch():
+    """The numpy online head gives the same d_u and light-gate K_u as the torch modules."""
+    model = copy.deepcopy(MODELS_BUILT["diam"]).train()
+    with torch.no_grad():  # give the fusion and its running statistics non-trivial values
+        model.fusion.linear.weight.copy_(torch.tensor([[0.5, -1.0, 2.0, 0.3]]))
+        model.fusion.linear.bias.fill_(0.2)
+        for _ in range(5):
+            model.fusion(torch.rand(32, 4))
+    model.eval()
+    batch = _batch(5, [3, 5, 10, 10, 1])
+    exp = model.export_online()
+    with torch.no_grad():
+        d_torch = model.interests(batch).d_u.numpy()
+        g_torch = model.light_gate(batch).numpy()
+    sig = batch.signals.numpy().astype(np.float64)
+    d_np = 1 / (1 + np.exp(-(sig @ exp["online.fusion_w"] + exp["online.fusion_b"][0])))
+    assert np.allclose(d_np, d_torch, atol=1e-5)
+    emb = exp["online.item_emb"]
+    for i in range(5):
+        items = batch.seq[i][batch.seq[i] > 0].numpy() - 1
+        x = np.concatenate([emb[items].mean(0), sig[i]])
+        h = np.maximum(exp["online.gate_w1"] @ x + exp["online.gate_b1"], 0)
+        z = exp["online.gate_w2"] @ h + exp["online.gate_b2"]
+        assert np.allclose(1 / (1 + np.exp(-z[0])), g_torch[i], atol=1e-5)

@@ -1,0 +1,329 @@
+"""Offline quality of DIAM against MIND, ComiRec-SA, ComiRec-DR and a single-interest model.
+
+Trains every model on ml-100k for each seed (the seed also draws the 80/10/10 user split, so
+every model of a seed sees the same users), evaluates the test users with ComiRec's protocol
+(``online_model.evaluate``) and reports mean ± std over seeds. Then, on a synthetic set with
+planted truth, trains DIAM and measures how well K_u recovers the planted number of interests
+(accuracy, confusion) and d_u the planted diversity preference (Spearman).
+
+Writes ``bench/results/model_quality.json`` (shape of issue 3, plus ``variants``, ``sweeps``,
+``synthetic``, ``timing``), ``model_quality.md`` (tables) and PNG plots:
+``model_quality_tradeoff.png`` (Recall@20 against Entropy@20 when sweeping DIAM's manual delta
+and ComiRec's lambda) and ``model_quality_ku_du.png`` (K_u and d_u histograms).
+
+Run: ``python bench/model_quality.py`` (full: 3 seeds, all models; hours on a shared 2-core
+CPU) or ``python bench/model_quality.py --quick`` (one seed, tiny epochs, < 2 min; prints the
+JSON and writes nothing unless --out is given). Per-run results are cached under
+``runs/model_quality/`` so an interrupted full run resumes with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from online_model.corpus import Corpus, corpus_from_prepared, windows  # noqa: E402
+from online_model.datasets import load_prepared  # noqa: E402
+from online_model.evaluate import (  # noqa: E402
+    evaluate,
+    make_eval_set,
+    reference_embedding,
+    retrieve,
+)
+from online_model.metrics import spearman  # noqa: E402
+from online_model.models import MODELS, ModelConfig  # noqa: E402
+from online_model.train import Features, TrainConfig, train  # noqa: E402
+
+METRICS = ["recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "entropy@20",
+           "ild@20", "ild_cat@20", "coverage@20"]
+ORDER = ["diam", "comirec-sa", "comirec-dr", "mind", "single"]
+DELTAS = [-0.5, -0.25, 0.0, 0.25, 0.5]
+LAMBDAS = [0.0, 0.02, 0.05, 0.1, 0.2]
+RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "runs" / "model_quality"
+
+
+def _load(path: Path) -> Corpus:
+    c = corpus_from_prepared(load_prepared(path))
+    c.info["path"] = str(path)
+    return c
+
+
+def _ensure_synth(path: Path, users: int, seed: int = 0) -> Path:
+    if not (path / "events.tsv").is_file():
+        from online_model.synth import SynthParams, write_synth
+
+        write_synth(SynthParams(users=users, items=3000, categories=20, events_per_user=50.0,
+                                seed=seed), path)
+    return path
+
+
+def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
+            max_per_user: int, ref_cache: dict, sweeps: bool) -> dict:
+    """Train one model, evaluate its test users; returns metrics and sweep points."""
+    mcfg = ModelConfig(model=name, n_items=corpus.n_items, n_categories=corpus.n_categories)
+    tcfg = TrainConfig(epochs=epochs, seed=seed, max_per_user=max_per_user, eval_every=0)
+    t0 = time.perf_counter()
+    res = train(corpus, mcfg, tcfg, feats=feats, progress=False,
+                log=lambda s: print(f"  [{name} seed {seed}] {s}", file=sys.stderr, flush=True))
+    train_s = time.perf_counter() - t0
+    es = make_eval_set(corpus, res.split["test"], feats.signals)
+    if seed not in ref_cache:
+        ref_cache[seed] = reference_embedding(corpus, res.split["train"])
+    ref = ref_cache[seed]
+    cands = retrieve(res.model, corpus, es, m=50)
+    out = {"model": name, "seed": seed, "epochs": epochs, "train_seconds": round(train_s, 1),
+           "seconds_per_epoch": round(res.seconds_per_epoch, 2),
+           "merge": evaluate(res.model, corpus, es, agg="merge", ref=ref, cands=cands),
+           "model_agg": evaluate(res.model, corpus, es, agg="model", ref=ref, cands=cands)}
+    if cands.d_u is not None:
+        out["k_u"] = cands.k.tolist()
+        out["d_u"] = cands.d_u.tolist()
+    if sweeps:
+        pts = []
+        if name == "diam":
+            for d in DELTAS:
+                r = evaluate(res.model, corpus, es, agg="model", delta=d, ref=ref, cands=cands)
+                pts.append({"delta": d, "recall@20": r["recall@20"], "entropy@20": r["entropy@20"],
+                            "ild@20": r["ild@20"]})
+        elif name.startswith("comirec"):
+            for lam in LAMBDAS:
+                r = evaluate(res.model, corpus, es, agg="controllable", lam=lam, ref=ref,
+                             cands=cands)
+                pts.append({"lambda": lam, "recall@20": r["recall@20"],
+                            "entropy@20": r["entropy@20"], "ild@20": r["ild@20"]})
+        out["sweep"] = pts
+    out["_model"] = res.model
+    return out
+
+
+def recovery(model, corpus: Corpus) -> dict:
+    """K_u and d_u against the planted truth, for every user on their whole history."""
+    import torch
+
+    from online_model.models import Batch
+    from online_model.signals import batch_signals
+
+    assert corpus.truth is not None
+    ends = corpus.offsets[1:]
+    seq, length = windows(corpus, ends, model.cfg.seq_len, users=np.arange(corpus.n_users))
+    sig = np.stack([batch_signals(corpus.item_cat[corpus.items[a:b]], corpus.ts[a:b],
+                                  corpus.n_categories)
+                    for a, b in zip(corpus.offsets[:-1], ends, strict=True)])
+    model.eval()
+    ks, ds = [], []
+    with torch.no_grad():
+        for s in range(0, len(seq), 512):
+            b = Batch(torch.from_numpy(seq[s:s + 512]), torch.from_numpy(length[s:s + 512]),
+                      torch.from_numpy(sig[s:s + 512]))
+            out = model.interests(b)
+            ks.append(out.k.numpy())
+            ds.append(out.d_u.numpy())
+    k = np.concatenate(ks)
+    d = np.concatenate(ds)
+    true_k = np.array([corpus.truth[u][0] for u in corpus.users])
+    true_d = np.array([corpus.truth[u][1] for u in corpus.users])
+    kmax = int(max(true_k.max(), k.max()))
+    conf = np.zeros((kmax, kmax), dtype=int)
+    for t, p in zip(true_k, k, strict=True):
+        conf[t - 1, p - 1] += 1
+    return {"users": len(k), "k_accuracy": float((k == true_k).mean()),
+            "k_within_1": float((np.abs(k - true_k) <= 1).mean()),
+            "k_spearman": spearman(k, true_k), "k_confusion": conf.tolist(),
+            "d_spearman": spearman(d, true_d), "k_pred_hist": np.bincount(k).tolist(),
+            "d_u_mean": float(d.mean()), "d_u_std": float(d.std())}
+
+
+def _agg(vals: list[float]) -> dict:
+    v = np.asarray(vals, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def summarise(runs: list[dict], key: str = "model_agg") -> dict:
+    out: dict[str, dict] = {}
+    for name in ORDER:
+        rs = [r for r in runs if r["model"] == name]
+        if rs:
+            out[name] = {m: _agg([r[key][m] for r in rs]) for m in METRICS}
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Model quality on {result['dataset']} (seeds {result['seeds']}, "
+             f"{result['epochs']} epochs)", "", f"Command: `{result['command']}`", ""]
+    cols = ["recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@50", "entropy@20", "ild@20",
+            "coverage@20"]
+    lines += ["| model | " + " | ".join(cols) + " | s/epoch |",
+              "|---|" + "---|" * (len(cols) + 1)]
+    rows = [(n, result["models"][n]) for n in ORDER if n in result["models"]]
+    rows += [(n, m) for n, m in result.get("variants", {}).items()]
+    for name, m in rows:
+        cells = [f"{m[c]['mean']:.4f} ± {m[c]['std']:.4f}" for c in cols]
+        t = result["timing"].get(name.split(" ")[0], {}).get("seconds_per_epoch", float("nan"))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {t:.1f} |")
+    g = result.get("goal")
+    if g:
+        lines += ["", "## Goal check", "", "```", json.dumps(g, indent=2), "```"]
+    if "diam_ku_du" in result:
+        lines += ["", "## DIAM on ml-100k test users", "", "```",
+                  json.dumps(result["diam_ku_du"], indent=1), "```"]
+    if "synthetic" in result:
+        lines += ["", "## Synthetic set: K_u / d_u recovery", "", "```",
+                  json.dumps(result["synthetic"], indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def plots(result: dict, runs: list[dict], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, key in (("diam", "delta"), ("comirec-sa", "lambda"), ("comirec-dr", "lambda")):
+        rs = [r for r in runs if r["model"] == name and r.get("sweep")]
+        if not rs:
+            continue
+        xs = np.mean([[p["entropy@20"] for p in r["sweep"]] for r in rs], axis=0)
+        ys = np.mean([[p["recall@20"] for p in r["sweep"]] for r in rs], axis=0)
+        ax.plot(xs, ys, marker="o", label=f"{name} ({key})")
+        for p, x, y in zip(rs[0]["sweep"], xs, ys, strict=True):
+            ax.annotate(f"{p[key]:g}", (x, y), fontsize=7)
+    for name in ("mind", "single"):
+        if name in result["models"]:
+            m = result["models"][name]
+            ax.scatter(m["entropy@20"]["mean"], m["recall@20"]["mean"], label=name, marker="x")
+    ax.set_xlabel("Entropy@20 (nats)")
+    ax.set_ylabel("Recall@20")
+    ax.set_title(f"accuracy vs diversity, {result['dataset']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    f = out_dir / "model_quality_tradeoff.png"
+    fig.savefig(f, dpi=110)
+    plt.close(fig)
+    files.append(f.name)
+
+    ku = [k for r in runs if r["model"] == "diam" and "k_u" in r for k in r["k_u"]]
+    du = [d for r in runs if r["model"] == "diam" and "d_u" in r for d in r["d_u"]]
+    if ku:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        axes[0].hist(ku, bins=np.arange(0.5, max(ku) + 1.5), rwidth=0.8)
+        axes[0].set_xlabel("K_u")
+        axes[0].set_title("DIAM K_u, test users (all seeds)")
+        axes[1].hist(du, bins=20)
+        axes[1].set_xlabel("d_u")
+        axes[1].set_title("DIAM d_u, test users (all seeds)")
+        fig.tight_layout()
+        f = out_dir / "model_quality_ku_du.png"
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        files.append(f.name)
+    return files
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one seed, tiny epochs, stdout only")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
+    ap.add_argument("--synth", type=Path, default=ROOT / "data" / "synth-quality")
+    ap.add_argument("--synth-users", type=int, default=1500)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--max-per-user", type=int, default=64)
+    ap.add_argument("--models", nargs="+", default=ORDER, choices=sorted(MODELS))
+    ap.add_argument("--no-synth", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.epochs, args.max_per_user, args.no_synth = args.seeds[:1], 2, 6, True
+    command = "python bench/model_quality.py " + " ".join(sys.argv[1:])
+
+    corpus = _load(args.data)
+    feats = Features.of(corpus)
+    runs: list[dict] = []
+    ref_cache: dict = {}
+    for seed in args.seeds:
+        for name in args.models:
+            cache = RUNS / f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}.json"
+            if args.resume and cache.is_file():
+                runs.append(json.loads(cache.read_text()))
+                continue
+            r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user, ref_cache,
+                        sweeps=not args.quick)
+            r.pop("_model")
+            runs.append(r)
+            if not args.quick:
+                RUNS.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(r))
+            print(f"{name} seed {seed}: recall@20 {r['model_agg']['recall@20']:.4f} "
+                  f"entropy@20 {r['model_agg']['entropy@20']:.4f} "
+                  f"({r['seconds_per_epoch']} s/epoch)", file=sys.stderr, flush=True)
+
+    result: dict = {"dataset": corpus.name, "seeds": args.seeds, "epochs": args.epochs,
+                    "models": summarise(runs), "command": command}
+    if "diam" in args.models:
+        result["variants"] = {"diam (merge by score)": summarise(
+            [r for r in runs if r["model"] == "diam"], "merge")["diam"]}
+        dr = [r for r in runs if r["model"] == "diam"]
+        ku = np.concatenate([r["k_u"] for r in dr]).astype(int)
+        result["diam_ku_du"] = {
+            "k_u_hist": np.bincount(ku).tolist(),
+            "d_u_mean": float(np.mean([r["model_agg"]["d_u_mean"] for r in dr])),
+            "d_u_std": float(np.mean([r["model_agg"]["d_u_std"] for r in dr])),
+            "spearman_d_entropy": _agg([r["model_agg"]["spearman_d_entropy"] for r in dr])}
+        base = [n for n in result["models"] if n != "diam"]
+        if base:
+            best_r = max(base, key=lambda n: result["models"][n]["recall@20"]["mean"])
+            best_e = max(base, key=lambda n: result["models"][n]["entropy@20"]["mean"])
+            dm = result["models"]["diam"]
+            result["goal"] = {
+                "best_baseline_recall@20": best_r,
+                "diam_recall@20_gain": dm["recall@20"]["mean"]
+                / result["models"][best_r]["recall@20"]["mean"] - 1,
+                "best_baseline_entropy@20": best_e,
+                "diam_entropy@20_gain_vs_best_recall_baseline": dm["entropy@20"]["mean"]
+                / result["models"][best_r]["entropy@20"]["mean"] - 1,
+                "diam_entropy@20_gain_vs_best_entropy_baseline": dm["entropy@20"]["mean"]
+                / result["models"][best_e]["entropy@20"]["mean"] - 1,
+                "targets": {"recall@20_gain": 0.03, "entropy@20_gain": 0.15},
+            }
+    result["timing"] = {
+        n: {"seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs
+                                                if r["model"] == n]))}
+        for n in args.models}
+    result["timing"]["note"] = ("CPU, 1 torch thread, batch 256, up to "
+                                f"{args.max_per_user} positions per training user per epoch")
+
+    if not args.no_synth and "diam" in args.models:
+        sc = _load(_ensure_synth(args.synth, args.synth_users))
+        sf = Features.of(sc)
+        r = run_one(sc, sf, "diam", args.seeds[0], args.epochs, args.max_per_user, {}, False)
+        model = r.pop("_model")
+        result["synthetic"] = {"dataset": sc.name, "users": sc.n_users, "items": sc.n_items,
+                               "events": len(sc.items), "seed": args.seeds[0],
+                               "recall@20": r["model_agg"]["recall@20"],
+                               "recovery": recovery(model, sc)}
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = args.out or (None if args.quick else RESULTS / "model_quality.json")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+        if not args.quick:
+            plots(result, runs, out.parent)
+
+
+if __name__ == "__main__":
+    main()
