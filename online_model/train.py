@@ -136,12 +136,11 @@ def _epoch_positions(per_user: list[np.ndarray], cap: int, rng: np.random.Genera
     return out
 
 
-def _amp_context(device: torch.device, enabled: bool):
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """Autocast dtype on CUDA (bf16 where supported, else fp16); None = full precision."""
     if device.type != "cuda" or not enabled:
-        return torch.autocast(device_type="cpu", enabled=False), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast(device_type="cuda", dtype=dtype), scaler
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
@@ -175,6 +174,9 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     gen = torch.Generator().manual_seed(cfg.seed)
     n_neg = min(model_cfg.n_neg, corpus.n_items)
     joint_steps = plan.count("joint") * steps_per_epoch
+    amp_dtype = _amp_dtype(device, cfg.amp)
+    # fp16 needs loss scaling, one scaler for the whole run (its scale adapts across steps)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     result = TrainResult(model, model_cfg, cfg, split)
     step = joint_done = 0
     times = []
@@ -191,8 +193,8 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
             batch = make_batch(corpus, feats, positions[start:start + cfg.batch_size],
                                model_cfg.seq_len).to(device)
             neg = (torch.randint(1, corpus.n_items + 1, (n_neg,), generator=gen)).to(device)
-            ctx, scaler = _amp_context(device, cfg.amp)
-            with ctx:
+            with torch.autocast(device_type=device.type, dtype=amp_dtype,
+                                enabled=amp_dtype is not None):
                 loss, logs = model.loss(batch, neg)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
