@@ -213,14 +213,19 @@ class BaseView:
         upto: int | None = None,
         window: int = 10,
         k_max: int = 8,
-        pop_exponent: float = 0.75,
+        pop_exponent: float = 1.0,
     ) -> BaseView:
         """A torch-free base from the first ``upto`` events of a prepared dataset.
 
         Items that co-occur within ``window`` clicks of the same user are counted; the positive
         pointwise mutual information (PPMI) of those counts is factorised by a truncated SVD of
         its positive part, ``U·sqrt(Λ)`` (rows of items unseen in the prefix are zero, so they
-        stay cold). Deterministic: same events, same seed → same bytes. No gate, no fusion.
+        stay cold). Each row is then rescaled to norm ``clicks^pop_exponent`` (relative to the
+        median), so dot-product retrieval weighs popularity as a softmax-trained model does
+        through its item norms. Of {0, 0.25, 0.5, 0.75, 1} on a 10% user sample of ml-100k, 1
+        gave the strongest frozen baseline (Recall@20 0.047 at 0, 0.118 at 0.75, 0.122 at 1)
+        and the online arm was equal at 0.75 and 1 (0.166).
+        Deterministic: same events, same seed → same bytes. No gate, no fusion.
         """
         from scipy import sparse
 
@@ -265,7 +270,13 @@ class BaseView:
             list(ds.items.category_names),
             k_max=k_max,
             version=f"events-{getattr(ds, 'name', 'ds')}-{n}-{dim}-{seed}",
-            meta={"source": "events", "events_used": n, "window": window, "seed": seed},
+            meta={
+                "source": "events",
+                "events_used": n,
+                "window": window,
+                "seed": seed,
+                "pop_exponent": pop_exponent,
+            },
         )
 
 

@@ -138,7 +138,10 @@ def evaluate_stream(
     base_desc = "checkpoint"
     if base is None:
         base = BaseView.from_events(ds, dim=cfg.dim, upto=cut, k_max=cfg.k_max)
-        base_desc = f"events: PPMI+SVD item embeddings from the first {cut} events"
+        base_desc = (
+            f"events: PPMI+SVD item embeddings from the first {cut} events, "
+            f"norms = clicks^{base.meta['pop_exponent']}"
+        )
     aggregate, agg_name = _aggregator(merge)
     users = np.asarray(ds.user_ids).astype(str).tolist()
     items = np.asarray(ds.item_ids).astype(str).tolist()
