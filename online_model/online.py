@@ -164,12 +164,39 @@ class UserState:
         delta = self.V - self.A
         return math.sqrt(float(np.einsum("kd,kd->", delta, delta)) / self.k)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in self.__slots__}
+    # Compact pickling: Bytewax snapshots every touched user each epoch, so vectors, anchors
+    # and recent items travel as raw bytes rather than as three pickled ndarrays (~130 B each).
+    _PLAIN = (
+        "user_id",
+        "uhash",
+        "version",
+        "items_fp",
+        "anchored",
+        "d_logit",
+        "d_prior",
+        "signals",
+        "n_events",
+        "n_learned",
+        "seq",
+        "last_ts",
+        "k_proposal",
+        "k_streak",
+        "bucket",
+        "frozen",
+        "capped",
+    )
 
-    def __setstate__(self, st: dict[str, Any]) -> None:
-        for key, value in st.items():
+    def __getstate__(self) -> tuple:
+        plain = tuple(getattr(self, s) for s in self._PLAIN)
+        return plain, self.V.shape, self.V.tobytes(), self.A.tobytes(), self.recent.tobytes()
+
+    def __setstate__(self, st: tuple) -> None:
+        plain, shape, v, a, recent = st
+        for key, value in zip(self._PLAIN, plain, strict=True):
             setattr(self, key, value)
+        self.V = np.frombuffer(v, dtype=np.float32).reshape(shape).copy()
+        self.A = np.frombuffer(a, dtype=np.float32).reshape(shape).copy()
+        self.recent = np.frombuffer(recent, dtype=np.int32).copy()
 
 
 def _logit(p: float) -> float:

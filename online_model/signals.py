@@ -218,12 +218,52 @@ class SignalState:
         out = [0.5 * openness + 0.5 * extraversion, purpose, self.explore.get(), dist]
         return np.asarray([min(max(v, 0.0), 1.0) for v in out], dtype=np.float32)
 
-    def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in self.__slots__}
+    # Compact pickling (Bytewax snapshots every touched user each epoch): scalars in a tuple,
+    # arrays as raw bytes, River means as their value (an EWMean seeded with one update of its
+    # value continues exactly like the original). ~0.6 KB instead of ~1.5 KB at 19 categories.
+    _SCALARS = (
+        "n_categories",
+        "n",
+        "n_sessions",
+        "distinct",
+        "win_pos",
+        "sess_len",
+        "sess_switches",
+        "sess_top",
+        "last_cat",
+        "last_ts",
+        "last_session",
+        "last_explore",
+    )
+    _ARRAYS = (
+        ("seen", np.bool_),
+        ("window", np.int32),
+        ("win_count", np.int32),
+        ("sess_counts", np.int32),
+        ("short", np.float64),
+        ("long", np.float64),
+    )
 
-    def __setstate__(self, st: dict) -> None:
-        for k, v in st.items():
+    def __getstate__(self) -> tuple:
+        return (
+            tuple(getattr(self, k) for k in self._SCALARS),
+            (self.explore.get(), self.sess_ewm.get()),
+            b"".join(getattr(self, k).tobytes() for k, _ in self._ARRAYS),
+        )
+
+    def __setstate__(self, st: tuple) -> None:
+        scalars, (explore, sess), raw = st
+        for k, v in zip(self._SCALARS, scalars, strict=True):
             setattr(self, k, v)
+        self.explore, self.sess_ewm = stats.EWMean(EXPLORE_FADING), stats.EWMean(SESSION_FADING)
+        self.explore.update(explore)
+        self.sess_ewm.update(sess)
+        pos = 0
+        for k, dt in self._ARRAYS:
+            n = EXPLORE_WINDOW if k == "window" else self.n_categories
+            size = n * np.dtype(dt).itemsize
+            setattr(self, k, np.frombuffer(raw, dtype=dt, count=n, offset=pos).copy())
+            pos += size
 
 
 def _ew_closed_form(x: np.ndarray, fading: float) -> float:
