@@ -13,9 +13,9 @@ import click
     "--data",
     "data",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("data/ml-100k"),
-    show_default=True,
-    help="Prepared dataset directory (diam data prepare ml-100k / diam data synth).",
+    default=None,
+    help="Prepared dataset directory (diam data prepare ml-100k / diam data synth) "
+    "[default: <data_dir>/ml-100k].",
 )
 @click.option(
     "--checkpoint",
@@ -56,7 +56,7 @@ import click
     help="Also write the JSON result to this file.",
 )
 def evaluate_stream(
-    data: Path,
+    data: Path | None,
     checkpoint: Path | None,
     warm_frac: float,
     user_fraction: float,
@@ -78,6 +78,8 @@ def evaluate_stream(
     from online_model.prequential import evaluate_path, format_table
 
     settings = get_settings(click.get_current_context())
+    if data is None:
+        data = Path(settings.data_dir) / "ml-100k"
     if not data.is_dir():
         raise click.ClickException(
             f"{data}: no such dataset directory (run `diam data prepare ml-100k` first)"
