@@ -198,7 +198,7 @@ class BaseView:
             names,
             k_max=int(cfg.get("k_max", 8)),
             version=version,
-            gate=gate,
+            gate=gate,  # type: ignore[arg-type]
             fusion=fusion,  # type: ignore[arg-type]
             meta={"source": "checkpoint", "path": str(d), "model": cfg.get("model")},
         )

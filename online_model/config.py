@@ -19,7 +19,7 @@ class OnlineConfig(BaseModel):
     dim: int = 64
     """Interest vector dimension; must equal the base model's item embedding size."""
 
-    k_max: int = Field(8, ge=1)
+    k_max: int = Field(default=8, ge=1)
     """Upper bound of K_u, the number of interests per user (the base model's K_max)."""
 
     # -- what the learner does ----------------------------------------------------------
@@ -31,14 +31,14 @@ class OnlineConfig(BaseModel):
     """Run the drift guards (step cap, drift cap, rate limit) and K_u hysteresis. False is the
     "unguarded" arm; the trust region and norm bound stay on, they are part of the update."""
 
-    recent_len: int = Field(50, ge=1)
+    recent_len: int = Field(default=50, ge=1)
     """Items kept per user: the base model's sequence length, the gate's input window."""
 
-    anchor_min_items: int = Field(3, ge=1)
+    anchor_min_items: int = Field(default=3, ge=1)
     """Known items a new user needs before getting anchors (centroids of recent items): with
     fewer, centroids are noise and the user keeps one mean vector."""
 
-    k_fixed: int = Field(4, ge=1)
+    k_fixed: int = Field(default=4, ge=1)
     """K_u when the base has no light gate and ``no_gate_policy`` is "fixed": ComiRec's and
     DIAM's warm-up K."""
 
@@ -48,31 +48,31 @@ class OnlineConfig(BaseModel):
     follows the user's breadth; "fixed" uses ``k_fixed`` and never changes K_u."""
 
     # -- the gradient step ---------------------------------------------------------------
-    n_negatives: int = Field(16, ge=1)
+    n_negatives: int = Field(default=16, ge=1)
     """Uniform negatives of the sampled softmax: 16 keeps the step ~10 µs and its direction
     stable (more negatives change the direction by a few percent only)."""
 
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
     """Softmax temperature on logits ``v·e / scale²``. Tuned on a 10% user sample of ml-100k
     over {0.2, 0.5, 1, 1.5, 3}: 1 was best (Recall@20 0.175 vs 0.156 at 0.5); sharper makes
     the step chase the few negatives scored above the click, flatter degenerates to a pull."""
 
-    lr: float = Field(0.3, ge=0)
+    lr: float = Field(default=0.3, ge=0)
     """Step size on the interest vector, in scale units per unit gradient; with ``grad_clip``
     it bounds a step to 0.3·scale, so ~3-4 consistent clicks move an interest by one item
     norm: fast enough to follow a session, slow enough that one stray click moves little
     (0.05 and 0.15 learnt less on ml-100k)."""
 
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: float = Field(default=1.0, gt=0)
     """Gradient norm clip (scale units): the softmax gradient is at most ~2 item norms; one
     item norm is its typical size, so only outliers (huge-norm items) get clipped."""
 
-    trust_radius: float = Field(1.5, gt=0)
+    trust_radius: float = Field(default=1.5, gt=0)
     """Trust region ``‖v_k − a_k‖ ≤ ρ``: 1.5 item norms from the anchor, so online learning
     can re-centre an interest on a neighbouring taste but never replace it wholesale (1.0
     held new ml-100k users too close to anchors built from their first three items)."""
 
-    max_norm: float = Field(2.0, gt=0)
+    max_norm: float = Field(default=2.0, gt=0)
     """Norm bound on interest vectors: twice a typical item, which keeps dot-product scores in
     the range the base was trained in (a growing norm would only sharpen the softmax)."""
 
@@ -84,43 +84,43 @@ class OnlineConfig(BaseModel):
     training, so only cos > 0.5 (clearly duplicated interests) is corrected online."""
 
     # -- d_u -----------------------------------------------------------------------------
-    d_lr: float = Field(0.1, ge=0)
+    d_lr: float = Field(default=0.1, ge=0)
     """Step on the d_u logit toward this click's exploration flag: ~10 clicks to move d_u by
     one logit unit, on the scale of a session."""
 
-    d_prior_pull: float = Field(0.05, ge=0)
+    d_prior_pull: float = Field(default=0.05, ge=0)
     """Pull of the d_u logit back to its prior (fusion layer on the signals): weak, so d_u
     reflects the last few tens of clicks, yet returns to the prior when the user settles."""
 
-    d_max_offset: float = Field(2.0, gt=0)
+    d_max_offset: float = Field(default=2.0, gt=0)
     """The logit never strays further than this from the prior (×7 in odds): online evidence
     refines, it does not overturn the fusion layer."""
 
-    d_logit_bound: float = Field(4.0, gt=0)
+    d_logit_bound: float = Field(default=4.0, gt=0)
     """Absolute logit bound, d_u ∈ [0.018, 0.982]: keeps d_u strictly inside (0, 1) and the
     aggregator's regimes reachable both ways."""
 
     # -- K_u re-gating ---------------------------------------------------------------------
-    regate_every: int = Field(10, ge=1)
+    regate_every: int = Field(default=10, ge=1)
     """Re-propose K_u (and refresh d_u's prior) every m events: the gate's input (mean of the
     last 50 items) barely moves in fewer, and it costs ~30 µs, so 3 µs per event amortised."""
 
-    k_hysteresis: int = Field(4, ge=1)
+    k_hysteresis: int = Field(default=4, ge=1)
     """Consecutive equal proposals needed to change K_u (guards on): 4 proposals = 40 learnt
     events, about a session, so a proposal that flickers at a rounding boundary never reaches
     Redis. On ml-100k 3 left 4.8x fewer changes than no hysteresis (the goal is 5x); 4 gives
     ~8x for -0.004 Recall@20 on a 10% user sample; 5 gives ~12x for -0.007."""
 
     # -- guards --------------------------------------------------------------------------------
-    step_cap: float = Field(0.5, gt=0)
+    step_cap: float = Field(default=0.5, gt=0)
     """Largest change of one interest vector per event (scale units), push-apart included:
     above the largest gradient step (lr·grad_clip = 0.3), so it trips only when the push-apart
     or a projection would jump."""
 
-    d_step_cap: float = Field(0.2, gt=0)
+    d_step_cap: float = Field(default=0.2, gt=0)
     """Largest change of the d_u logit per event: twice ``d_lr``'s largest step."""
 
-    drift_cap: float = Field(1.0, gt=0)
+    drift_cap: float = Field(default=1.0, gt=0)
     """Cap on the user's RMS drift from anchors over interests (scale units): below the trust
     radius, so consistent clicks (or a bot) move a user's vectors at most one item norm on
     average until a re-anchoring confirms it. ml-100k users settle at ~0.75 on average, so
@@ -130,14 +130,14 @@ class OnlineConfig(BaseModel):
     """On a drift-cap trip: "clamp" scales every interest's drift back to the cap (keeps what
     was learnt, emits guard_trip); "rollback" resets vectors to anchors (emits rollback)."""
 
-    rate_burst: int = Field(30, ge=1)
+    rate_burst: int = Field(default=30, ge=1)
     """Token bucket size: the most events a user may send at once without being frozen.
     ml-100k's busiest rater sends 30 ratings in a minute; a human clicker far fewer."""
 
-    rate_per_s: float = Field(0.5, gt=0)
+    rate_per_s: float = Field(default=0.5, gt=0)
     """Token refill rate: 30 events per minute sustained, twice ml-100k's busiest 10-minute
     window (157 events), so no ml-100k user is ever frozen while a 10/s bot is within seconds."""
 
-    freeze_ms: int = Field(600_000, ge=0)
+    freeze_ms: int = Field(default=600_000, ge=0)
     """How long a user whose bucket ran dry stays frozen (events counted, nothing learnt):
     10 minutes outlasts a typical bot burst, so it cannot learn half-speed through the refill."""

@@ -27,7 +27,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class _Arm:
     entropy: float = 0.0
     n_eval: int = 0
     k_changes: int = 0
-    kinds: dict[str, int] | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
     drift_sum: float = 0.0
     drift_n: int = 0
     apply_s: float = 0.0
@@ -181,7 +181,7 @@ def evaluate_stream(
             seen.setdefault(u, []).append(rows[off])
     for st in states.values():
         warm.reanchor(st)
-    run = {a: _Arm(OnlineLearner(base, cfgs[a]), copy.deepcopy(states), kinds={}) for a in arms}
+    run = {a: _Arm(OnlineLearner(base, cfgs[a]), copy.deepcopy(states)) for a in arms}
 
     # 3: test, then train
     it: Iterable[int] = range(cut, n_events)
@@ -218,7 +218,7 @@ def evaluate_stream(
             evs = arm.learner.apply(st, items[off], ts[off], off)
             arm.apply_s += time.perf_counter() - t0
             for e in evs:
-                arm.kinds[e.kind] = arm.kinds.get(e.kind, 0) + 1  # type: ignore[index]
+                arm.kinds[e.kind] = arm.kinds.get(e.kind, 0) + 1
                 arm.k_changes += e.kind == "k_change"
             if st.anchored:
                 arm.drift_sum += st.drift() / base.scale
@@ -239,7 +239,7 @@ def evaluate_stream(
         ks = [s.k for s in arm.states.values() if s.anchored]
         out["details"][name] = {
             "events_evaluated": arm.n_eval,
-            "drift_events": dict(sorted(arm.kinds.items())),  # type: ignore[union-attr]
+            "drift_events": dict(sorted(arm.kinds.items())),
             "us_per_apply": 1e6 * arm.apply_s / max(n_stream, 1),
             "mean_k_at_end": float(np.mean(ks)) if ks else 0.0,
             "mean_d_at_end": float(np.mean([s.d for s in arm.states.values()]))
