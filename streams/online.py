@@ -220,7 +220,11 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
                 if self.stats is not None:
                     self.stats._add("drift_events", len(drifts))
         s.since_push += len(values)
-        s.dirty = True
+        # A user who has clicked only items the base does not know has no vector yet (all
+        # zeros): nothing worth serving, so nothing is pushed until a known item arrives.
+        s.dirty = len(state.recent) > 0
+        if not s.dirty:
+            return out, StatefulBatchLogic.RETAIN
         cfg = self.cfg
         if s.since_push >= cfg.push_every_events or (time.time() - self._last_push) * 1000 >= cfg.push_every_ms:
             out.append(self._push())

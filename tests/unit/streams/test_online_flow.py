@@ -95,3 +95,17 @@ def test_abort_and_resume_gives_the_uninterrupted_state(tmp_path) -> None:
     assert second, "the resumed run produced no pushes"
     assert first and _final(first) != _final(clean), "the abort did not interrupt the first run"
     assert _final(first + second) == _final(clean)
+
+
+def test_users_with_only_unknown_items_are_not_pushed() -> None:
+    from streams.events import ClickEvent
+    from tests.flowkit import T0
+
+    events = [ClickEvent("cold", f"unknown{j}", T0 + j) for j in range(5)]
+    events += [ClickEvent("warm", "i3", T0 + 10), ClickEvent("cold", "i7", T0 + 20)]
+    vecs, dead, _ = _run(as_records(events))
+    assert not dead
+    final = {u: decode_user(raw) for u, raw in _final(vecs).items()}
+    assert set(final) == {"cold", "warm"}
+    assert final["cold"].seq == 6 and final["cold"].n == 6  # pushed once a known item arrived
+    assert all(decode_user(encode_user(uv)).vecs.any() for _, uv in vecs)
