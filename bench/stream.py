@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small run (under two minutes)")
     ap.add_argument("--events", type=int, default=None)
     ap.add_argument("--rate", type=int, default=5000, help="offered rate for the freshness run")
+    ap.add_argument("--low-rate", type=int, default=1000,
+                    help="a second freshness run at a rate the dataflow sustains on this machine")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     args = ap.parse_args()
     n = args.events or (60_000 if args.quick else 400_000)
@@ -221,6 +223,8 @@ def main() -> None:
     topic, ftopic = f"bench.clicks.{run_id}", f"bench.fresh.{run_id}"
     ensure_topic(kafka, topic, partitions=4)
     ensure_topic(kafka, ftopic, partitions=4)
+    ltopic = f"bench.fresh-low.{run_id}"
+    ensure_topic(kafka, ltopic, partitions=4)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
         base = make_checkpoint(ckpt)
@@ -233,14 +237,16 @@ def main() -> None:
         two = timed_run([dataflow_cmd(topic, f"b2-{run_id}", ckpt, ["--bounded", "-a", addrs, "-i", str(i)])
                          for i in range(2)], env)
         p50, p99 = freshness(settings, ftopic, f"bf-{run_id}", ckpt, args.rate, 6 if args.quick else 20, env)
+        lp50, lp99 = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
+                               6 if args.quick else 20, env)
         redis_bytes, state_bytes = footprint(settings, f"b1-{run_id}", base, settings.online, events)
     rc = redis_client(settings.redis)
-    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"bf-{run_id}"):
+    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"bf-{run_id}", f"bl-{run_id}"):
         keys = list(rc.scan_iter(match=f"diam:{ns}:*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
     from confluent_kafka.admin import AdminClient
-    AdminClient(kafka.client_config()).delete_topics([topic, ftopic])
+    AdminClient(kafka.client_config()).delete_topics([topic, ftopic, ltopic])
     result = {
         "events": n,
         "users": users,
@@ -250,6 +256,9 @@ def main() -> None:
         "freshness_p50_ms": round(p50, 2),
         "freshness_p99_ms": round(p99, 2),
         "offered_rate": args.rate,
+        "freshness_p50_ms_at_low_rate": round(lp50, 2),
+        "freshness_p99_ms_at_low_rate": round(lp99, 2),
+        "low_rate": args.low_rate,
         "redis_bytes_per_user": redis_bytes,
         "state_bytes_per_user": round(state_bytes, 1),
         "events_per_s_two_processes": round(n / two, 1),

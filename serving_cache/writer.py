@@ -42,7 +42,7 @@ class RedisWriter:
         self.client = client
         self.ns = validate_namespace(ns)
         self.pipeline_batch = pipeline_batch
-        self._script = client.register_script(WRITE_IF_NEWER_LUA)
+        self._sha: str | None = None
 
     def write_batch(self, entries: Iterable[tuple[str, UserVectors]]) -> int:
         """Write every entry whose seq is newer than what Redis holds; return how many were
@@ -56,16 +56,22 @@ class RedisWriter:
             return 0
         items = list(newest.items())
         written = 0
-        # Make sure the script is cached before pipelining EVALSHA (a pipeline cannot fall
-        # back to EVAL on NOSCRIPT by itself).
-        self._script.sha = self.client.script_load(WRITE_IF_NEWER_LUA)
         for start in range(0, len(items), self.pipeline_batch):
-            pipe = self.client.pipeline(transaction=False)
-            for user_id, uv in items[start : start + self.pipeline_batch]:
-                self._script(
-                    keys=[user_key(self.ns, user_id)],
-                    args=[uv.seq, encode_user(uv)],
-                    client=pipe,
-                )
-            written += sum(int(r) for r in pipe.execute())
+            chunk = items[start : start + self.pipeline_batch]
+            try:
+                written += self._send(chunk)
+            except redis.exceptions.NoScriptError:
+                # A restarted or flushed Redis lost the cached script; a pipeline cannot fall
+                # back to EVAL by itself, so load it again and resend (the writes are
+                # idempotent: write-if-newer).
+                self._sha = None
+                written += self._send(chunk)
         return written
+
+    def _send(self, chunk: list[tuple[str, UserVectors]]) -> int:
+        if self._sha is None:
+            self._sha = self.client.script_load(WRITE_IF_NEWER_LUA)
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, uv in chunk:
+            pipe.evalsha(self._sha, 1, user_key(self.ns, user_id), uv.seq, encode_user(uv))
+        return sum(int(r) for r in pipe.execute())
