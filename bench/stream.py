@@ -71,7 +71,7 @@ def synth_events(n: int, users: int, seed: int, t0: int) -> list[ClickEvent]:
     # Each user draws from 4 categories so that K_u = 4 is common.
     cat = (u * 4 + rng.integers(4, size=n)) % N_CATS
     item = cat + N_CATS * rng.integers(N_ITEMS // N_CATS, size=n)
-    return [ClickEvent(f"u{int(a)}", f"it{int(b)}", t0 + i) for i, (a, b) in enumerate(zip(u, item))]
+    return [ClickEvent(f"u{int(a)}", f"it{int(b)}", t0 + i) for i, (a, b) in enumerate(zip(u, item, strict=True))]
 
 
 def produce(kafka, topic: str, events: list[ClickEvent]) -> None:
@@ -157,7 +157,7 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
                 raws = rc.mget([user_key(ns, u) for u, _ in items])
                 now = time.time()
                 with lock:
-                    for (u, (off, t_prod)), raw in zip(items, raws):
+                    for (u, (off, t_prod)), raw in zip(items, raws, strict=True):
                         if raw is not None and decode_user(raw).seq >= off:
                             lat.append((now - t_prod) * 1000)
                             pending.pop(u, None)
