@@ -158,7 +158,9 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
     def next_batch(self) -> list[RawRecord]:
         if self._end is not None and self._next >= self._end:
             raise StopIteration()
-        msgs = self._consumer.consume(self._batch, 0.05)
+        # A short wait: each worker polls its partitions one after another, so a long wait on an
+        # idle partition would delay the busy ones (Bytewax's own Kafka source waits 1 ms).
+        msgs = self._consumer.consume(self._batch, 0.001)
         out: list[RawRecord] = []
         for m in msgs:
             err = m.error()
