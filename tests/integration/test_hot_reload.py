@@ -25,13 +25,14 @@ T0 = 1_700_000_000_000
 def _send(kafka, topic: str, user: str, items: range, t0: int) -> None:
     p = Producer(kafka.client_config())
     for j, i in enumerate(items):
-        p.produce(topic, key=user.encode(), value=encode_event(ClickEvent(user, str(i), t0 + j)))
+        p.produce(topic, key=user.encode(), value=encode_event(ClickEvent(user, f"i{i}", t0 + j)))
     assert p.flush(30) == 0
 
 
-def _wait_model(client, ns: str, user: str, model: str, timeout: float = 60.0) -> None:
+def _wait_model(client, ns: str, user: str, model: str, proc, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the dataflow exited with {proc.returncode}"
         raw = client.get(user_key(ns, user))
         if raw is not None and decode_user(raw).model == model:
             return
@@ -59,18 +60,24 @@ def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, n
     proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace",
                              namespace, "--tail"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    err = ""
     try:
         _send(kafka, topic, "alice", range(0, 30), T0)
-        _wait_model(redis_client, namespace, "alice", v1)
+        _wait_model(redis_client, namespace, "alice", v1, proc)
 
         v2 = publish(ck2, store, redis_client, ns=namespace).version
         assert v2 != v1 and redis_client.get(model_active_key(namespace)).decode() == v2
         time.sleep(1.0)  # > reload_check_s: the next batch sees the new version
         _send(kafka, topic, "alice", range(30, 40), T0 + 60_000)
-        _wait_model(redis_client, namespace, "alice", v2)
-    finally:
+        _wait_model(redis_client, namespace, "alice", v2, proc)
+    except AssertionError as exc:
         proc.terminate()
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"{exc}; dataflow stderr tail:\n{err[-3000:]}") from None
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
     drift = [json.loads(r.value) for r in consume_all(kafka, drift_topic)]
     reanchors = [d for d in drift if d["kind"] == "reanchor" and d["user_id"] == "alice"]
     assert reanchors, f"no reanchor drift event; stderr tail: {err[-1500:]}"
