@@ -343,6 +343,9 @@ class OnlineLearner:
 
     # -- steps ---------------------------------------------------------------------------------
     def _event(self, state: UserState, kind: DriftKind, **detail: float | int | str) -> DriftEvent:
+        # Every drift event carries the user's current d_u, so the drift monitor can follow
+        # d_u swings without a separate stream.
+        detail.setdefault("d", round(float(state.d), 4))
         return DriftEvent(kind, state.user_id, state.last_ts, state.seq, detail)
 
     def _mean_vector(self, state: UserState) -> np.ndarray:

@@ -190,7 +190,8 @@ def test_split_when_user_broadens_and_merge_when_it_narrows():
         events += learner.apply(s, f"i{4 * (off % 15) + cat}", 60_000 * off, off)
         off += 1
     grow = [e for e in events if e.kind == "k_change"]
-    assert s.k == 2 and grow and grow[0].detail == {"k_from": 1, "k_to": 2}
+    assert s.k == 2 and grow and {k: v for k, v in grow[0].detail.items() if k != "d"} == {"k_from": 1, "k_to": 2}
+    assert 0.0 < grow[0].detail["d"] < 1.0
     centre1 = BASE.item_emb[1::4].mean(axis=0)
     cos = s.V @ centre1 / (np.linalg.norm(s.V, axis=1) * np.linalg.norm(centre1))
     assert cos.max() > 0.8  # one interest now covers the new taste
