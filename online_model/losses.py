@@ -82,8 +82,9 @@ def utility_ranking_loss(rel_pos: torch.Tensor, rel_neg: torch.Tensor, red_pos: 
     already has: ``u = rel * (1 - alpha * red)``, ``rel = sigmoid(score)`` in (0, 1), ``red`` in
     [0, 1] the max cosine to recent history. The loss is ``-log sigmoid(scale * (u+ - max u-))``.
     ``alpha = alpha_max * d_u`` *grows* with d_u (seed correction): redundancy costs more to
-    users who want diversity. Gradients reach d_u through alpha, pushing it up for users whose
-    next items are novel and down for those whose next items repeat their history.
+    users who want diversity. Gradients can reach d_u through alpha (up for users whose next
+    items are novel, down for those whose next items repeat their history); DIAM passes a
+    detached d_u so that d_u keeps the meaning its auxiliary target gives it.
 
     ``rel_pos`` [B], ``rel_neg`` [B, S], ``red_pos`` [B], ``red_neg`` [B, S], ``alpha`` [B].
     """

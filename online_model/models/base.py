@@ -50,7 +50,7 @@ class ModelConfig:
     w_div: float = 0.01
     w_util: float = 0.5
     w_aux_d: float = 1.0
-    w_aux_k: float = 0.05
+    w_aux_k: float = 0.5
     w_light: float = 1.0
     w_towers: float = 0.1
     label_pow: float = 2.0  # MIND's label-aware attention sharpness
