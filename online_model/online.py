@@ -304,7 +304,13 @@ class OnlineLearner:
                     )
             state.capped = capped
         if state.n_learned % cfg.regate_every == 0:
+            k_before = state.k
             self._regate(state, out)
+            if cfg.guards and state.k != k_before:
+                # A split or merge moves vectors and anchors together, but the result can sit
+                # farther from its anchors than the cap allows; the cap must hold after every
+                # event, so clamp again (found by the hypothesis constraint test).
+                state.V, _ = cap_drift(state.V, state.A, self._drift_cap)
         return out
 
     def reanchor(self, state: UserState, base: BaseView | None = None) -> list[DriftEvent]:
