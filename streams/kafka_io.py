@@ -272,35 +272,11 @@ class KafkaRecordSink(DynamicSink[KafkaOut]):
         return _RecordSinkPartition(Producer(conf), self.topic)
 
 
-def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable[RawRecord]:
-    """Every record currently in ``topic`` (all partitions, up to the high watermarks)."""
+def _messages(cfg: KafkaConfig, topic: str, timeout: float) -> Iterable[Message]:
+    """Every error-free message currently in ``topic`` (all partitions, up to the high
+    watermarks read at the start), partition by partition."""
     marks = watermarks(cfg, topic)
     c = _consumer(cfg)
-    try:
-        for p, (low, high) in marks.items():
-            if high <= low:
-                continue
-            c.assign([TopicPartition(topic, p, low)])
-            nxt = low
-            deadline = time.monotonic() + timeout
-            while nxt < high and time.monotonic() < deadline:
-                for m in c.consume(500, 0.2):
-                    if m.error() is None:
-                        yield RawRecord(topic, p, _offset(m), _bytes(m.key()), _bytes(m.value()),
-                                        m.timestamp()[1])
-                        nxt = _offset(m) + 1
-            c.unassign()
-    finally:
-        c.close()
-
-
-def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
-    """Every dead-lettered record: its reason and source coordinates (from the headers) and the
-    original bytes."""
-    topic = topic or cfg.deadletter_topic
-    marks = watermarks(cfg, topic)
-    c = _consumer(cfg)
-    out: list[dict[str, object]] = []
     try:
         for p, (low, high) in marks.items():
             if high <= low:
@@ -309,16 +285,29 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
             nxt, deadline = low, time.monotonic() + timeout
             while nxt < high and time.monotonic() < deadline:
                 for m in c.consume(500, 0.2):
-                    if m.error() is not None:
-                        continue
-                    raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
-                    h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
-                    out.append({"reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
-                                "partition": int(h.get("diam.partition", -1)),
-                                "offset": int(h.get("diam.offset", -1)), "key": m.key(),
-                                "value": m.value()})
-                    nxt = _offset(m) + 1
+                    if m.error() is None:
+                        yield m
+                        nxt = _offset(m) + 1
             c.unassign()
     finally:
         c.close()
+
+
+def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable[RawRecord]:
+    """Every record currently in ``topic`` (all partitions, up to the high watermarks)."""
+    for m in _messages(cfg, topic, timeout):
+        yield RawRecord(topic, m.partition() or 0, _offset(m), _bytes(m.key()), _bytes(m.value()),
+                        m.timestamp()[1])
+
+
+def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+    """Every dead-lettered record: its reason and source coordinates (from the headers) and the
+    original bytes."""
+    out: list[dict[str, object]] = []
+    for m in _messages(cfg, topic or cfg.deadletter_topic, timeout):
+        raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
+        h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
+        out.append({"reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
+                    "partition": int(h.get("diam.partition", -1)),
+                    "offset": int(h.get("diam.offset", -1)), "key": m.key(), "value": m.value()})
     return out
