@@ -14,9 +14,9 @@ points, so no guard can undo a constraint.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from online_model import kernels as K
 
 __all__ = ["feasible", "clip_norm", "cap_step", "cap_drift", "push_apart", "TokenBucket"]
 
@@ -34,38 +34,28 @@ def clip_norm(v: np.ndarray, max_norm: float) -> np.ndarray:
 
 def feasible(v: np.ndarray, a: np.ndarray, rho: float, max_norm: float) -> np.ndarray:
     """The point ``a + t(v − a)`` with the largest t ≤ 1 inside the trust region and the norm
-    ball (convex, and containing ``a``), i.e. ``v`` pulled straight back toward its anchor."""
-    delta = v - a
-    dd = float(delta @ delta)
-    if (dd <= rho * rho and float(v @ v) <= max_norm * max_norm) or dd == 0.0:
-        return v  # the common case (two dot products), or v is its anchor
-    t = min(1.0, rho / math.sqrt(dd))
-    w = a + t * delta
-    if float(w @ w) > max_norm * max_norm:
-        ad, aa = float(a @ delta), float(a @ a)
-        disc = ad * ad - dd * (aa - max_norm * max_norm)
-        t = min(t, max(0.0, (-ad + math.sqrt(max(disc, 0.0))) / dd))
-        w = a + t * delta
+    ball (convex, and containing ``a``), i.e. ``v`` pulled straight back toward its anchor.
+    Returns a new float64 array (the compiled :func:`online_model.kernels.feasible`)."""
+    w = np.array(v, dtype=np.float64)
+    K.feasible(w, np.asarray(a), float(rho), float(max_norm))
     return w
 
 
 def cap_step(new: np.ndarray, old: np.ndarray, cap: float) -> tuple[np.ndarray, bool]:
-    """Limit ``‖new − old‖`` to ``cap``; returns the vector and whether the cap bit."""
-    step = new - old
-    n = math.sqrt(float(step @ step))
-    if n <= cap:
-        return new, False
-    return old + step * (cap / n), True
+    """Limit ``‖new − old‖`` to ``cap``; returns the vector (``new`` itself when within the cap)
+    and whether the cap bit."""
+    w = np.array(new, dtype=np.float64)
+    bit = bool(K.cap_step(w, np.asarray(old), float(cap)))
+    return (w if bit else new), bit
 
 
 def cap_drift(vecs: np.ndarray, anchors: np.ndarray, cap: float) -> tuple[np.ndarray, float]:
     """Scale every interest's drift so that the RMS drift ``sqrt(mean_k ‖v_k − a_k‖²)`` is at
-    most ``cap``; returns the vectors and the RMS drift before capping."""
-    delta = vecs - anchors
-    rms = math.sqrt(float((delta * delta).sum()) / max(len(vecs), 1))
-    if rms <= cap:
-        return vecs, rms
-    return (anchors + delta * (cap / rms)).astype(vecs.dtype), rms
+    most ``cap``; returns the vectors (``vecs`` itself when within the cap) and the RMS drift
+    before capping."""
+    out = np.array(vecs, order="C")
+    rms = float(K.cap_drift(out, np.ascontiguousarray(anchors), float(cap)))
+    return (vecs if rms <= cap else out), rms
 
 
 def push_apart(
@@ -74,28 +64,13 @@ def push_apart(
     """Reduce ``v``'s component along any row of ``vecs`` (except row ``skip``, v's own) whose
     cosine with ``v`` exceeds ``threshold``, down to exactly ``threshold``; its orthogonal part,
     hence its direction away from the others, is kept. One pass, in row order. ``norms``: the
-    rows' norms when the caller has them."""
-    nv = math.sqrt(float(v @ v))
-    if nv == 0.0:
-        return v
+    rows' norms when the caller has them. Returns a new float64 array."""
+    vecs = np.ascontiguousarray(vecs)
     if norms is None:
-        norms = np.sqrt((vecs * vecs).sum(axis=1))
-    cos = (vecs @ v) / (norms * nv + 1e-30)
-    cos[skip] = -1.0
-    if cos.max() <= threshold:
-        return v  # the common case: one matrix-vector product
-    for j in np.flatnonzero(cos > threshold).tolist():
-        uh = vecs[j] / norms[j]
-        along = float(v @ uh)
-        nv = math.sqrt(float(v @ v))
-        if along <= threshold * nv:
-            continue  # an earlier push already separated them
-        perp = v - along * uh
-        pn = math.sqrt(float(perp @ perp))
-        if pn < 1e-9 * nv:
-            continue  # parallel: no direction to push along, leave it to the trust region
-        v = perp + uh * (threshold * pn / math.sqrt(1.0 - threshold * threshold))
-    return v
+        norms = np.sqrt((vecs.astype(np.float64) ** 2).sum(axis=1))
+    w = np.array(v, dtype=np.float64)
+    K.push_apart(w, vecs, int(skip), float(threshold), np.asarray(norms, dtype=np.float64))
+    return w
 
 
 class TokenBucket:
@@ -116,17 +91,10 @@ class TokenBucket:
         return [self.burst, -1.0, -1.0]
 
     def admit(self, st: list[float], ts_ms: int) -> tuple[bool, bool]:
-        """(learn from this event?, did the user just get frozen?). Mutates ``st``."""
-        tokens, last, until = st
-        if until >= 0:
-            if ts_ms < until:
-                return False, False
-            tokens, last, until = self.burst, float(ts_ms), -1.0  # thawed: a fresh bucket
-        if last >= 0 and ts_ms > last:
-            tokens = min(self.burst, tokens + (ts_ms - last) / 1000.0 * self.per_s)
-        last = max(last, float(ts_ms))
-        if tokens >= 1.0:
-            st[:] = [tokens - 1.0, last, until]
-            return True, False
-        st[:] = [tokens, last, float(ts_ms + self.freeze_ms)]
-        return False, True
+        """(learn from this event?, did the user just get frozen?). Mutates ``st``. The rule
+        is :func:`online_model.kernels.admit`, which the learner's kernel calls directly."""
+        buf = np.zeros(K.USER_SLOTS)
+        buf[K.U_TOKENS : K.U_UNTIL + 1] = st
+        ok, froze = K.admit(buf, int(ts_ms), self.burst, float(self.per_s), float(self.freeze_ms))
+        st[:] = buf[K.U_TOKENS : K.U_UNTIL + 1].tolist()
+        return bool(ok), bool(froze)

@@ -27,20 +27,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from online_model import kernels as K
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
-from online_model.guards import TokenBucket, cap_drift, cap_step, clip_norm, feasible, push_apart
+from online_model.guards import cap_drift, clip_norm
 from online_model.routing import (
     NegativeTable,
     centroids,
-    event_key,
     merge_closest,
-    route,
-    softmax_direction,
     split_worst,
     stable_hash64,
 )
-from online_model.signals import SignalState
+from online_model.signals import SIGNAL_CONSTS, SignalState
 
 __all__ = ["DriftEvent", "UserState", "OnlineLearner", "DriftKind"]
 
@@ -84,10 +82,13 @@ class DriftEvent:
 
 
 class UserState:
-    """One user's online state: small (a few KB pickled) and picklable, as Bytewax snapshots it.
+    """One user's online state: small (~2 KB pickled) and picklable, as Bytewax snapshots it.
 
-    ``V``/``A`` are float32 [k, dim] interest vectors and their anchors; ``recent`` the int32
-    rows of the last ≤ recent_len known items in time order; ``seq`` the last applied offset.
+    ``V``/``A`` are float32 [k, dim] C-contiguous interest vectors and their anchors (the
+    compiled kernel updates them in place through flat views); ``ring`` holds the int32 rows
+    of the last ≤ recent_len known items (``recent`` gives them in time order); ``ust`` the
+    float64 scalars the kernel reads and writes (d_u logit and prior, token bucket, ring
+    bookkeeping; layout in :mod:`online_model.kernels`); ``seq`` the last applied offset.
     Before anchoring a user has k=1 and the mean of its items as its only vector.
     """
 
@@ -99,16 +100,14 @@ class UserState:
         "V",
         "A",
         "anchored",
-        "d_logit",
-        "d_prior",
+        "ust",
         "signals",
-        "recent",
+        "ring",
         "n_events",
         "seq",
         "last_ts",
         "k_proposal",
         "k_streak",
-        "bucket",
         "frozen",
         "capped",
         "n_learned",
@@ -121,26 +120,27 @@ class UserState:
         n_categories: int,
         version: str,
         items_fp: str,
-        bucket: list[float],
+        recent_len: int,
+        burst: float,
     ) -> None:
         self.user_id = user_id
-        self.uhash = stable_hash64(user_id)
+        h = stable_hash64(user_id)
+        self.uhash = h - (1 << 64) if h >= 1 << 63 else h  # as int64, the kernel's type
         self.version = version
         self.items_fp = items_fp
         self.V = np.zeros((1, dim), dtype=np.float32)
         self.A = np.zeros((1, dim), dtype=np.float32)
         self.anchored = False
-        self.d_logit = 0.0
-        self.d_prior = 0.0
+        self.ust = np.zeros(K.USER_SLOTS)
+        self.ust[K.U_TOKENS], self.ust[K.U_LAST], self.ust[K.U_UNTIL] = burst, -1.0, -1.0
         self.signals = SignalState(n_categories)
-        self.recent = np.zeros(0, dtype=np.int32)
+        self.ring = np.zeros(recent_len, dtype=np.int32)
         self.n_events = 0
         self.n_learned = 0
         self.seq = -1
         self.last_ts = 0
         self.k_proposal = 1
         self.k_streak = 0
-        self.bucket = bucket
         self.frozen = False
         self.capped = False
 
@@ -149,8 +149,45 @@ class UserState:
         return int(self.V.shape[0])
 
     @property
+    def d_logit(self) -> float:
+        return float(self.ust[K.U_D_LOGIT])
+
+    @d_logit.setter
+    def d_logit(self, value: float) -> None:
+        self.ust[K.U_D_LOGIT] = value
+
+    @property
+    def d_prior(self) -> float:
+        return float(self.ust[K.U_D_PRIOR])
+
+    @d_prior.setter
+    def d_prior(self, value: float) -> None:
+        self.ust[K.U_D_PRIOR] = value
+
+    @property
     def d(self) -> float:
         return 1.0 / (1.0 + math.exp(-self.d_logit))
+
+    @property
+    def n_recent(self) -> int:
+        return int(self.ust[K.U_N_RECENT])
+
+    @property
+    def recent(self) -> np.ndarray:
+        """int32 rows of the last ≤ recent_len known items, oldest first (a copy)."""
+        n, pos = self.n_recent, int(self.ust[K.U_RING_POS])
+        if n < len(self.ring):
+            return self.ring[:n].copy()
+        return np.concatenate((self.ring[pos:], self.ring[:pos]))
+
+    @recent.setter
+    def recent(self, rows: np.ndarray) -> None:
+        cap = len(self.ring)
+        rows = np.asarray(rows, dtype=np.int32)[-cap:]
+        self.ring[:] = 0
+        self.ring[: len(rows)] = rows
+        self.ust[K.U_N_RECENT] = len(rows)
+        self.ust[K.U_RING_POS] = len(rows) % cap
 
     def vectors(self) -> np.ndarray:
         """float32 [k, dim], a copy."""
@@ -164,16 +201,14 @@ class UserState:
         delta = self.V - self.A
         return math.sqrt(float(np.einsum("kd,kd->", delta, delta)) / self.k)
 
-    # Compact pickling: Bytewax snapshots every touched user each epoch, so vectors, anchors
-    # and recent items travel as raw bytes rather than as three pickled ndarrays (~130 B each).
+    # Compact pickling: Bytewax snapshots every touched user each epoch, so arrays travel as
+    # raw bytes rather than as pickled ndarrays (~130 B of overhead each).
     _PLAIN = (
         "user_id",
         "uhash",
         "version",
         "items_fp",
         "anchored",
-        "d_logit",
-        "d_prior",
         "signals",
         "n_events",
         "n_learned",
@@ -181,22 +216,23 @@ class UserState:
         "last_ts",
         "k_proposal",
         "k_streak",
-        "bucket",
         "frozen",
         "capped",
     )
 
     def __getstate__(self) -> tuple:
         plain = tuple(getattr(self, s) for s in self._PLAIN)
-        return plain, self.V.shape, self.V.tobytes(), self.A.tobytes(), self.recent.tobytes()
+        return (plain, self.V.shape, self.V.tobytes(), self.A.tobytes(), self.ring.tobytes(),
+                self.ust.tobytes())
 
     def __setstate__(self, st: tuple) -> None:
-        plain, shape, v, a, recent = st
+        plain, shape, v, a, ring, ust = st
         for key, value in zip(self._PLAIN, plain, strict=True):
             setattr(self, key, value)
         self.V = np.frombuffer(v, dtype=np.float32).reshape(shape).copy()
         self.A = np.frombuffer(a, dtype=np.float32).reshape(shape).copy()
-        self.recent = np.frombuffer(recent, dtype=np.int32).copy()
+        self.ring = np.frombuffer(ring, dtype=np.int32).copy()
+        self.ust = np.frombuffer(ust, dtype=np.float64).copy()
 
 
 def _logit(p: float) -> float:
@@ -211,7 +247,6 @@ class OnlineLearner:
         if base.dim != cfg.dim:
             raise ValueError(f"base dimension {base.dim} differs from the configured dim {cfg.dim}")
         self.cfg = cfg
-        self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_s, cfg.freeze_ms)
         self._set_base(base)
 
     def _set_base(self, base: BaseView) -> None:
@@ -220,15 +255,36 @@ class OnlineLearner:
         _BASES.move_to_end(base.fingerprint)
         while len(_BASES) > _BASES_KEPT:
             _BASES.popitem(last=False)
-        self.k_max = min(self.cfg.k_max, base.k_max)
+        cfg = self.cfg
+        self.k_max = min(cfg.k_max, base.k_max)
         s = base.scale
-        self._rho, self._max_norm = self.cfg.trust_radius * s, self.cfg.max_norm * s
-        self._clip, self._step_cap = self.cfg.grad_clip * s, self.cfg.step_cap * s
-        self._drift_cap = self.cfg.drift_cap * s
-        self._inv_temp = 1.0 / (self.cfg.temperature * s * s)
+        self._max_norm = cfg.max_norm * s
+        self._drift_cap = cfg.drift_cap * s
         # negatives come from the items the base can embed
-        self._negatives = NegativeTable(np.flatnonzero(base.item_norms > 0))
-        self._ortho = self.cfg.ortho_threshold + self.cfg.ortho_margin
+        self._table = NegativeTable(np.flatnonzero(base.item_norms > 0)).table
+        # what the compiled kernel reads, prepared once per base
+        self._version = base.version
+        self._index = base._index
+        self._emb_flat = base.item_emb.reshape(-1)
+        self._par = np.zeros(K.PARAM_SLOTS)
+        p = self._par
+        p[K.P_LR], p[K.P_CLIP] = cfg.lr, cfg.grad_clip * s
+        p[K.P_INV_TEMP] = 1.0 / (cfg.temperature * s * s)
+        p[K.P_ORTHO] = cfg.ortho_threshold + cfg.ortho_margin
+        p[K.P_RHO], p[K.P_MAX_NORM] = cfg.trust_radius * s, self._max_norm
+        p[K.P_STEP_CAP], p[K.P_DRIFT_CAP] = cfg.step_cap * s, self._drift_cap
+        p[K.P_GUARDS], p[K.P_LEARN] = float(cfg.guards), float(cfg.learn)
+        p[K.P_D_LR], p[K.P_D_PULL], p[K.P_D_STEP_CAP] = cfg.d_lr, cfg.d_prior_pull, cfg.d_step_cap
+        p[K.P_D_MAX_OFFSET], p[K.P_D_BOUND] = cfg.d_max_offset, cfg.d_logit_bound
+        p[K.P_N_NEG] = cfg.n_negatives
+        p[K.P_BURST], p[K.P_PER_S], p[K.P_FREEZE_MS] = cfg.rate_burst, cfg.rate_per_s, cfg.freeze_ms
+        p[K.P_ROLLBACK] = float(cfg.drift_policy == "rollback")
+        self._sigc = np.asarray(SIGNAL_CONSTS, dtype=np.float64)
+
+    @staticmethod
+    def warm_up() -> None:
+        """Compile (or load from cache) the kernels now, not on the first event."""
+        K.warm_up()
 
     # -- public API ----------------------------------------------------------------------------
     def new_state(self, user_id: str) -> UserState:
@@ -238,7 +294,8 @@ class OnlineLearner:
             self.base.n_categories,
             self.base.version,
             self.base.fingerprint,
-            self.bucket.initial(),
+            self.cfg.recent_len,
+            float(self.cfg.rate_burst),
         )
 
     def apply(
@@ -253,55 +310,57 @@ class OnlineLearner:
 
         An offset at or below ``state.seq`` was applied already (at-least-once input) and is
         ignored. Cold items (unknown to the base) update the counters and timing only.
+        The arithmetic is one call of :func:`online_model.kernels.learn_event`; this method
+        turns its result bits into drift events, anchors new users and re-gates K_u.
         """
         if state.n_events and offset <= state.seq:
             return []
         out: list[DriftEvent] = []
-        if state.version != self.base.version:
+        if state.version != self._version:
             out.extend(self.reanchor(state))
         state.n_events += 1
-        state.seq = int(offset)
-        state.last_ts = int(ts_ms)
-        cfg, base = self.cfg, self.base
-        if cfg.guards:
-            ok, froze = self.bucket.admit(state.bucket, int(ts_ms))
-            state.frozen = not ok
-            if froze:
-                out.append(
-                    self._event(
-                        state, "freeze", rate_per_s=cfg.rate_per_s, until_ms=int(state.bucket[2])
-                    )
-                )
-            if not ok:
-                return out  # a burst: nothing about this user is learnt until the freeze ends
-        idx = base.index_of(item_id)
-        explore = state.signals.update(base.category_of(idx), int(ts_ms), session_id)
-        if idx < 0 or base.item_norms[idx] == 0.0:
+        state.seq = offset = int(offset)
+        state.last_ts = ts_ms = int(ts_ms)
+        idx = self._index.get(item_id, -1) if type(item_id) is str else self.base.index_of(item_id)
+        sig = state.signals
+        mode = -1 if session_id is None else int(session_id != sig.last_session)
+        bits, k, rms = K.learn_event(
+            state.V.reshape(-1), state.A.reshape(-1), self.base.dim, state.ust, state.ring,
+            sig.buf, sig.n_categories, self._emb_flat, self.base.item_norms,
+            self.base.item_categories, self._table, self._par, self._sigc, idx, mode, ts_ms,
+            state.uhash, offset, state.anchored,
+        )
+        if bits & K.FROZEN:
+            state.frozen = True
+            if bits & K.FROZE_NOW:
+                cfg = self.cfg
+                out.append(self._event(state, "freeze", rate_per_s=cfg.rate_per_s,
+                                       until_ms=int(state.ust[K.U_UNTIL])))
+            return out  # a burst: nothing about this user is learnt until the freeze ends
+        state.frozen = False
+        if session_id is not None and 0 <= self.base.category_of(idx) < sig.n_categories:
+            sig.last_session = session_id
+        if bits & K.COLD:
             return out  # cold item: no embedding to learn from
-        self._remember(state, idx)
-        if not state.anchored:
-            if len(state.recent) >= cfg.anchor_min_items:
+        if bits & K.UNANCHORED:
+            if state.n_recent >= self.cfg.anchor_min_items:
                 self._anchor(state)
             else:
                 state.V = state.A = self._mean_vector(state)
             return out
-        if not cfg.learn:
-            return out
+        if not bits & K.LEARNT:
+            return out  # the frozen-anchors arm
         state.n_learned += 1
-        self._step(state, idx, offset, out)
-        self._step_d(state, explore)
+        cfg = self.cfg
+        if bits & K.STEP_CAPPED:
+            out.append(self._event(state, "guard_trip", guard="step_cap", interest=int(k)))
         if cfg.guards:
-            V, rms = cap_drift(state.V, state.A, self._drift_cap)
-            capped = V is not state.V
+            capped = bool(bits & K.DRIFT_CAPPED)
             if capped and cfg.drift_policy == "rollback":
-                state.V = state.A.copy()
-                out.append(self._event(state, "rollback", drift=rms / base.scale))
-            elif capped:
-                state.V = V
-                if not state.capped:  # report reaching the cap, not every event spent at it
-                    out.append(
-                        self._event(state, "guard_trip", guard="drift_cap", drift=rms / base.scale)
-                    )
+                out.append(self._event(state, "rollback", drift=rms / self.base.scale))
+            elif capped and not state.capped:  # report reaching the cap, not every event at it
+                out.append(self._event(state, "guard_trip", guard="drift_cap",
+                                       drift=rms / self.base.scale))
             state.capped = capped
         if state.n_learned % cfg.regate_every == 0:
             k_before = state.k
@@ -337,9 +396,9 @@ class OnlineLearner:
             state.items_fp = base.fingerprint
         state.version = base.version
         state.anchored = False
-        if len(state.recent) >= self.cfg.anchor_min_items:
+        if state.n_recent >= self.cfg.anchor_min_items:
             self._anchor(state)
-        elif len(state.recent):
+        elif state.n_recent:
             state.V = state.A = self._mean_vector(state)
         else:
             state.V = state.A = np.zeros((1, base.dim), dtype=np.float32)
@@ -358,14 +417,6 @@ class OnlineLearner:
         """A not-yet-anchored user's single vector: the mean of its items, norm-bounded."""
         mean = self.base.item_emb[state.recent].mean(axis=0, keepdims=True)
         return clip_norm(mean, self._max_norm).astype(np.float32)
-
-    def _remember(self, state: UserState, idx: int) -> None:
-        r = state.recent
-        if len(r) < self.cfg.recent_len:
-            state.recent = np.append(r, np.int32(idx))
-        else:
-            r[:-1] = r[1:]  # in place: no allocation on the hot path
-            r[-1] = idx
 
     def _propose_k(self, state: UserState, sig: np.ndarray) -> int:
         base, cfg = self.base, self.cfg
@@ -395,42 +446,6 @@ class OnlineLearner:
     def _prior_logit(self, sig: np.ndarray) -> float:
         b = self.cfg.d_logit_bound
         return min(max(_logit(self.base.d_prior(sig)), -b), b)
-
-    def _step(self, state: UserState, idx: int, offset: int, out: list[DriftEvent]) -> None:
-        base, cfg = self.base, self.cfg
-        V = state.V
-        rows = self._negatives.draw(event_key(state.uhash, offset), cfg.n_negatives + 1)
-        cand = base.item_emb[rows]  # [S+1, d], one gather (a copy)
-        cand[0] = base.item_emb[idx]  # the positive first; a negative equal to it is a rare tie
-        norms = np.sqrt((V * V).sum(axis=1))  # [K], shared by routing and the push-apart
-        k = route(V, cand[0], norms)
-        old = V[k].copy()
-        g = softmax_direction(old, cand, self._inv_temp)
-        gn = math.sqrt(float(g @ g))
-        if gn > self._clip:
-            g *= self._clip / gn
-        v = old + cfg.lr * g
-        if V.shape[0] > 1:
-            v = push_apart(v, V, k, self._ortho, norms)
-        v = feasible(v, state.A[k], self._rho, self._max_norm)
-        if cfg.guards:
-            v, bit = cap_step(v, old, self._step_cap)
-            if bit:
-                out.append(self._event(state, "guard_trip", guard="step_cap", interest=k))
-        V[k] = v
-
-    def _step_d(self, state: UserState, explore: float) -> None:
-        if explore == 0.5:  # unscored click (first one, or unknown category)
-            return
-        cfg = self.cfg
-        l0 = state.d_logit
-        p = 1.0 / (1.0 + math.exp(-l0))
-        dl = -cfg.d_lr * ((p - explore) + cfg.d_prior_pull * (l0 - state.d_prior))
-        if cfg.guards:
-            dl = min(max(dl, -cfg.d_step_cap), cfg.d_step_cap)
-        lo = max(state.d_prior - cfg.d_max_offset, -cfg.d_logit_bound)
-        hi = min(state.d_prior + cfg.d_max_offset, cfg.d_logit_bound)
-        state.d_logit = min(max(l0 + dl, lo), hi)
 
     def _regate(self, state: UserState, out: list[DriftEvent]) -> None:
         sig = state.signals.values()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from online_model import kernels as K
+
 __all__ = [
     "stable_hash64",
     "negatives",
@@ -84,22 +86,19 @@ def negatives(user_hash: int, offset: int, n: int, n_items: int) -> np.ndarray:
 
 
 def route(vecs: np.ndarray, e: np.ndarray, norms: np.ndarray | None = None) -> int:
-    """``argmax_k cos(v_k, e)`` (the item's norm is common to all k, so it is left out);
-    ``norms`` are the rows' norms when the caller has them."""
-    if norms is None:
-        norms = np.sqrt((vecs * vecs).sum(axis=1))  # ufuncs: cheaper than einsum's wrapper
-    return int(((vecs @ e) / (norms + _EPS)).argmax())
+    """``argmax_k cos(v_k, e)``, the first on ties (the item's norm is common to all k, so it
+    is left out). ``norms``, if given, receives the rows' norms."""
+    out = np.empty(len(vecs)) if norms is None else norms
+    return int(K.route(np.ascontiguousarray(vecs), np.ascontiguousarray(e), out))
 
 
 def softmax_direction(v: np.ndarray, cand: np.ndarray, inv_temp: float) -> np.ndarray:
     """Minus the gradient of the sampled-softmax loss ``−log softmax(z)[0]`` w.r.t. ``v``,
     times the temperature·scale² that makes it an embedding-space direction:
     ``e_pos − Σ_j p_j e_j``. ``cand`` [S+1, d]: the positive item first, then the negatives."""
-    z = cand @ v
-    z -= z.max()
-    p = np.exp(z * inv_temp)
-    p /= p.sum()
-    return cand[0] - p @ cand
+    cand = np.ascontiguousarray(cand)
+    negs = np.arange(1, len(cand), dtype=np.int64)
+    return K.softmax_step(np.array(v, dtype=np.float64), cand, 0, negs, float(inv_temp), np.inf)
 
 
 def _cos_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,26 +113,10 @@ def centroids(items: np.ndarray, k: int, iters: int = 5) -> np.ndarray:
     Seeds: the item closest in direction to the mean, then farthest-first (lowest max-cosine to
     the seeds, ties to the earliest row). Centroids are plain means of their members, so their
     norm says how concentrated the interest is. No randomness, so anchors are reproducible.
+    Compiled (:func:`online_model.kernels.centroids`): it runs once per new user.
     """
-    n = items.shape[0]
-    k = max(1, min(k, n))
-    mean = items.mean(axis=0, keepdims=True)
-    cos_all = _cos_matrix(items, items)
-    seeds = [int(np.argmax(_cos_matrix(items, mean)[:, 0]))]
-    best = cos_all[:, seeds[0]].copy()
-    for _ in range(1, k):
-        best[seeds] = np.inf
-        nxt = int(np.argmin(best))
-        seeds.append(nxt)
-        best = np.maximum(best, cos_all[:, nxt])
-    cents = items[seeds].astype(np.float64)
-    for _ in range(iters):
-        assign = np.argmax(_cos_matrix(items, cents), axis=1)
-        for j in range(k):
-            members = items[assign == j]
-            if len(members):
-                cents[j] = members.mean(axis=0)
-    return cents.astype(np.float32)
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    return K.centroids(items, int(k), int(iters)).astype(np.float32)
 
 
 def split_worst(vecs: np.ndarray, items: np.ndarray) -> np.ndarray:

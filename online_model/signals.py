@@ -34,7 +34,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from river import stats
+
+from online_model import kernels as K
 
 __all__ = [
     "SIGNAL_NAMES",
@@ -73,6 +74,10 @@ length), so recent and long-term tastes can diverge."""
 _PRIOR = 0.5
 _LN2 = math.log(2.0)
 
+SIGNAL_CONSTS = (float(SESSION_GAP_MS), EXPLORE_FADING, SESSION_FADING, SHORT_DECAY, LONG_DECAY)
+"""The constants the compiled update takes, in its argument order."""
+assert EXPLORE_WINDOW == K.WINDOW
+
 
 def _distribution(short: np.ndarray, long: np.ndarray, n_categories: int) -> float:
     # plain Python over a few dozen floats: ~5x cheaper than a chain of tiny numpy calls
@@ -92,178 +97,114 @@ def _distribution(short: np.ndarray, long: np.ndarray, n_categories: int) -> flo
     return min(max(0.5 * h + 0.5 * js / _LN2, 0.0), 1.0)
 
 
-def _session_score(length: int, switches: int, top: int) -> float:
-    switch_rate = switches / (length - 1) if length > 1 else 0.0
-    return 0.5 * switch_rate + 0.5 * (1.0 - top / length)
+_session_score = K._session_score
+"""Score of one session: mean of its category switch rate and ``1 - share of its top category``
+(compiled, shared with the per-event kernel)."""
 
 
 class SignalState:
     """Incremental signal accumulators of one user; O(n_categories) memory, O(1) per click.
 
-    Picklable (numpy arrays and River statistics only). ``update`` returns this click's
-    exploration flag (1.0 when its category is new to the recent window), which the online
-    learner uses as the observed exploration of the click.
+    The accumulators live in one float64 buffer (layout in :mod:`online_model.kernels`) that
+    the compiled per-event kernel updates in place; the exponentially weighted means follow
+    River's ``stats.EWMean`` (a test checks them against River). ``update`` returns this
+    click's exploration flag (1.0 when its category is new to the recent window), which the
+    online learner uses as the observed exploration of the click.
     """
 
-    __slots__ = (
-        "n_categories",
-        "n",
-        "n_sessions",
-        "seen",
-        "distinct",
-        "window",
-        "win_pos",
-        "win_count",
-        "explore",
-        "sess_counts",
-        "sess_len",
-        "sess_switches",
-        "sess_top",
-        "sess_ewm",
-        "last_cat",
-        "last_ts",
-        "last_session",
-        "short",
-        "long",
-        "last_explore",
-    )
+    __slots__ = ("n_categories", "buf", "last_session")
 
     def __init__(self, n_categories: int) -> None:
         if n_categories < 1:
             raise ValueError("n_categories must be >= 1")
-        c = n_categories
-        self.n_categories = c
-        self.n = 0
-        self.n_sessions = 0
-        self.seen = np.zeros(c, dtype=bool)
-        self.distinct = 0
-        self.window = np.full(EXPLORE_WINDOW, -1, dtype=np.int32)  # ring of recent categories
-        self.win_pos = 0
-        self.win_count = np.zeros(c, dtype=np.int32)  # occurrences of each category in the ring
-        self.explore = stats.EWMean(EXPLORE_FADING)
-        self.explore.update(_PRIOR)  # prior pseudo-observation: no extreme value after 1 click
-        self.sess_counts = np.zeros(c, dtype=np.int32)
-        self.sess_len = 0
-        self.sess_switches = 0
-        self.sess_top = 0
-        self.sess_ewm = stats.EWMean(SESSION_FADING)
-        self.sess_ewm.update(_PRIOR)
-        self.last_cat = -1
-        self.last_ts = 0
+        self.n_categories = int(n_categories)
+        self.buf = np.zeros(K.sig_size(self.n_categories))
+        self.buf[K.S_HEAD : K.S_HEAD + K.WINDOW] = -1.0  # the ring of recent categories
+        # prior pseudo-observations: no extreme value after one click
+        self.buf[K.S_EXPLORE] = self.buf[K.S_SESS_EWM] = self.buf[K.S_LAST_EXPLORE] = _PRIOR
         self.last_session: str | None = None
-        self.short = np.zeros(c, dtype=np.float64)
-        self.long = np.zeros(c, dtype=np.float64)
-        self.last_explore = _PRIOR
+
+    def _part(self, i: int) -> np.ndarray:
+        start = K.S_HEAD + K.WINDOW + i * self.n_categories
+        return self.buf[start : start + self.n_categories]
+
+    @property
+    def n(self) -> int:
+        return int(self.buf[K.S_N])
+
+    @property
+    def n_sessions(self) -> int:
+        return int(self.buf[K.S_SESSIONS])
+
+    @property
+    def distinct(self) -> int:
+        return int(self.buf[K.S_DISTINCT])
+
+    @property
+    def short(self) -> np.ndarray:
+        """Short-term decayed category counts (a view)."""
+        return self._part(3)
+
+    @property
+    def long(self) -> np.ndarray:
+        """Long-term decayed category counts (a view)."""
+        return self._part(4)
+
+    @property
+    def last_explore(self) -> float:
+        return float(self.buf[K.S_LAST_EXPLORE])
 
     def update(self, category: int, ts_ms: int, session_id: str | None = None) -> float:
         """Feed one click; returns its exploration flag (0.0 or 1.0; 0.5 if not scored)."""
         c = int(category)
-        if c < 0 or c >= self.n_categories:
-            self.last_explore = _PRIOR
-            return _PRIOR  # unknown category: nothing to learn about tastes
-        new_session = self.n == 0 or (
-            self.last_session != session_id
-            if session_id is not None
-            else ts_ms - self.last_ts > SESSION_GAP_MS
-        )
-        if new_session:
-            if self.n:
-                self.sess_ewm.update(
-                    _session_score(self.sess_len, self.sess_switches, self.sess_top)
-                )
-                self.sess_counts[:] = 0
-            self.n_sessions += 1
-            self.sess_len = self.sess_switches = self.sess_top = 0
-        elif c != self.last_cat:
-            self.sess_switches += 1
-        self.sess_len += 1
-        self.sess_counts[c] += 1
-        self.sess_top = max(self.sess_top, int(self.sess_counts[c]))
-
-        flag = _PRIOR
-        if self.n:
-            flag = 0.0 if self.win_count[c] > 0 else 1.0
-            self.explore.update(flag)
-        old = self.window[self.win_pos]
-        if old >= 0:
-            self.win_count[old] -= 1
-        self.window[self.win_pos] = c
-        self.win_count[c] += 1
-        self.win_pos = (self.win_pos + 1) % EXPLORE_WINDOW
-
-        if not self.seen[c]:
-            self.seen[c] = True
-            self.distinct += 1
-        self.short *= SHORT_DECAY
-        self.short[c] += 1.0
-        self.long *= LONG_DECAY
-        self.long[c] += 1.0
-        self.n += 1
-        self.last_cat = c
-        self.last_ts = int(ts_ms)
-        self.last_session = session_id
-        self.last_explore = flag
-        return flag
+        mode = -1 if session_id is None else int(session_id != self.last_session)
+        flag = K.signals_update(self.buf, self.n_categories, c, mode, int(ts_ms), *SIGNAL_CONSTS)
+        if 0 <= c < self.n_categories:
+            self.last_session = session_id
+        return float(flag)
 
     def values(self) -> np.ndarray:
         """float32 [4] in SIGNAL_NAMES order."""
-        if self.n == 0:
+        b = self.buf
+        n = b[K.S_N]
+        if n == 0:
             return np.full(4, _PRIOR, dtype=np.float32)
-        openness = self.distinct / min(self.n_categories, self.n + 1)
-        extraversion = 1.0 - self.n_sessions / self.n
-        cur = _session_score(self.sess_len, self.sess_switches, self.sess_top)
+        openness = b[K.S_DISTINCT] / min(self.n_categories, n + 1)
+        extraversion = 1.0 - b[K.S_SESSIONS] / n
+        length = b[K.S_SESS_LEN]
+        cur = _session_score(int(length), int(b[K.S_SESS_SWITCHES]), int(b[K.S_SESS_TOP]))
         w = SESSION_PRIOR_WEIGHT
-        purpose = (self.sess_len * cur + w * self.sess_ewm.get()) / (self.sess_len + w)
+        purpose = (length * cur + w * b[K.S_SESS_EWM]) / (length + w)
         dist = _distribution(self.short, self.long, self.n_categories)
-        out = [0.5 * openness + 0.5 * extraversion, purpose, self.explore.get(), dist]
-        return np.asarray([min(max(v, 0.0), 1.0) for v in out], dtype=np.float32)
+        out = [0.5 * openness + 0.5 * extraversion, purpose, b[K.S_EXPLORE], dist]
+        return np.asarray([min(max(float(v), 0.0), 1.0) for v in out], dtype=np.float32)
 
-    # Compact pickling (Bytewax snapshots every touched user each epoch): scalars in a tuple,
-    # arrays as raw bytes, River means as their value (an EWMean seeded with one update of its
-    # value continues exactly like the original). ~0.6 KB instead of ~1.5 KB at 19 categories.
-    _SCALARS = (
-        "n_categories",
-        "n",
-        "n_sessions",
-        "distinct",
-        "win_pos",
-        "sess_len",
-        "sess_switches",
-        "sess_top",
-        "last_cat",
-        "last_ts",
-        "last_session",
-        "last_explore",
-    )
-    _ARRAYS = (
-        ("seen", np.bool_),
-        ("window", np.int32),
-        ("win_count", np.int32),
-        ("sess_counts", np.int32),
-        ("short", np.float64),
-        ("long", np.float64),
-    )
-
+    # Compact pickling (Bytewax snapshots every touched user each epoch): the scalar head as
+    # float64, the window and the three count vectors as int32, "seen" as bytes, the decayed
+    # counts as float64. ~0.6 KB at 19 categories.
     def __getstate__(self) -> tuple:
+        b, c = self.buf, self.n_categories
+        w0 = K.S_HEAD + K.WINDOW
         return (
-            tuple(getattr(self, k) for k in self._SCALARS),
-            (self.explore.get(), self.sess_ewm.get()),
-            b"".join(getattr(self, k).tobytes() for k, _ in self._ARRAYS),
+            c,
+            self.last_session,
+            b[: K.S_HEAD].tobytes(),
+            b[K.S_HEAD : w0 + 2 * c].astype(np.int32).tobytes(),  # window, win_count, sess
+            b[w0 + 2 * c : w0 + 3 * c].astype(np.uint8).tobytes(),  # seen
+            b[w0 + 3 * c :].tobytes(),  # short, long
         )
 
     def __setstate__(self, st: tuple) -> None:
-        scalars, (explore, sess), raw = st
-        for k, v in zip(self._SCALARS, scalars, strict=True):
-            setattr(self, k, v)
-        self.explore, self.sess_ewm = stats.EWMean(EXPLORE_FADING), stats.EWMean(SESSION_FADING)
-        self.explore.update(explore)
-        self.sess_ewm.update(sess)
-        pos = 0
-        for k, dt in self._ARRAYS:
-            n = EXPLORE_WINDOW if k == "window" else self.n_categories
-            size = n * np.dtype(dt).itemsize
-            setattr(self, k, np.frombuffer(raw, dtype=dt, count=n, offset=pos).copy())
-            pos += size
+        c, self.last_session, head, counts, seen, decayed = st
+        self.n_categories = c
+        self.buf = np.concatenate(
+            [
+                np.frombuffer(head, dtype=np.float64),
+                np.frombuffer(counts, dtype=np.int32).astype(np.float64),
+                np.frombuffer(seen, dtype=np.uint8).astype(np.float64),
+                np.frombuffer(decayed, dtype=np.float64),
+            ]
+        )
 
 
 def _ew_closed_form(x: np.ndarray, fading: float) -> float:

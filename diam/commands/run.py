@@ -88,6 +88,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         addresses=addresses.split(";") if addresses else [],
         recovery_dir=recovery_dir,
     )
+    holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else ""))
     import time
