@@ -49,6 +49,8 @@ DELTAS = [-0.5, -0.25, 0.0, 0.25, 0.5]
 LAMBDAS = [0.0, 0.02, 0.05, 0.1, 0.2]
 RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "runs" / "model_quality"
+LR = 3e-3  # chosen on seed 0's validation users (see "What was tried" in model_quality.md)
+NOTES = "<!-- notes: kept across re-runs -->"
 
 
 def _load(path: Path) -> Corpus:
@@ -67,10 +69,16 @@ def _ensure_synth(path: Path, users: int, seed: int = 0) -> Path:
 
 
 def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
-            max_per_user: int, ref_cache: dict, sweeps: bool) -> dict:
-    """Train one model, evaluate its test users; returns metrics and sweep points."""
+            max_per_user: int, ref_cache: dict, sweeps: bool, lr: float = LR,
+            keep_best: bool = True) -> dict:
+    """Train one model, evaluate its test users; returns metrics and sweep points.
+
+    Every model gets the same trainer settings; with ``keep_best`` each ends with the weights of
+    its epoch best on the seed's VALIDATION users (test users are never looked at in training).
+    """
     mcfg = ModelConfig(model=name, n_items=corpus.n_items, n_categories=corpus.n_categories)
-    tcfg = TrainConfig(epochs=epochs, seed=seed, max_per_user=max_per_user, eval_every=0)
+    tcfg = TrainConfig(epochs=epochs, seed=seed, max_per_user=max_per_user, lr=lr,
+                       eval_every=1 if keep_best else 0, keep_best=keep_best)
     t0 = time.perf_counter()
     res = train(corpus, mcfg, tcfg, feats=feats, progress=False,
                 log=lambda s: print(f"  [{name} seed {seed}] {s}", file=sys.stderr, flush=True))
@@ -81,7 +89,9 @@ def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
     ref = ref_cache[seed]
     cands = retrieve(res.model, corpus, es, m=50)
     out = {"model": name, "seed": seed, "epochs": epochs, "train_seconds": round(train_s, 1),
-           "seconds_per_epoch": round(res.seconds_per_epoch, 2),
+           "seconds_per_epoch": round(res.seconds_per_epoch, 2), "lr": lr,
+           "best_epoch": res.best_epoch,
+           "valid_curve": [h.get("valid_recall@20") for h in res.history],
            "merge": evaluate(res.model, corpus, es, agg="merge", ref=ref, cands=cands),
            "model_agg": evaluate(res.model, corpus, es, agg="model", ref=ref, cands=cands)}
     if cands.d_u is not None:
@@ -158,7 +168,9 @@ def summarise(runs: list[dict], key: str = "model_agg") -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# Model quality on {result['dataset']} (seeds {result['seeds']}, "
-             f"{result['epochs']} epochs)", "", f"Command: `{result['command']}`", ""]
+             f"{result['epochs']} epochs, lr {result.get('lr', 1e-3):g}, "
+             f"best valid epoch kept: {result.get('keep_best', False)})", "",
+             f"Command: `{result['command']}`", ""]
     cols = ["recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@50", "entropy@20", "ild@20",
             "coverage@20"]
     lines += ["| model | " + " | ".join(cols) + " | s/epoch |",
@@ -169,6 +181,9 @@ def markdown(result: dict) -> str:
         cells = [f"{m[c]['mean']:.4f} ± {m[c]['std']:.4f}" for c in cols]
         t = result["timing"].get(name.split(" ")[0], {}).get("seconds_per_epoch", float("nan"))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {t:.1f} |")
+    if result.get("best_epochs"):
+        lines += ["", "Epoch kept per seed (best on validation users): "
+                  + ", ".join(f"{n} {v}" for n, v in result["best_epochs"].items())]
     g = result.get("goal")
     if g:
         lines += ["", "## Goal check", "", "```", json.dumps(g, indent=2), "```"]
@@ -241,11 +256,15 @@ def main() -> None:
     ap.add_argument("--max-per-user", type=int, default=64)
     ap.add_argument("--models", nargs="+", default=ORDER, choices=sorted(MODELS))
     ap.add_argument("--no-synth", action="store_true")
+    ap.add_argument("--lr", type=float, default=LR, help="peak learning rate, every model")
+    ap.add_argument("--no-keep-best", action="store_true",
+                    help="end with the last epoch's weights instead of the best on valid users")
     ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.max_per_user, args.no_synth = args.seeds[:1], 2, 6, True
+    keep_best = not args.no_keep_best
     command = "python bench/model_quality.py " + " ".join(sys.argv[1:])
 
     corpus = _load(args.data)
@@ -254,12 +273,13 @@ def main() -> None:
     ref_cache: dict = {}
     for seed in args.seeds:
         for name in args.models:
-            cache = RUNS / f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}.json"
+            cache = RUNS / (f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}"
+                            f"_lr{args.lr:g}{'_kb' if keep_best else ''}.json")
             if args.resume and cache.is_file():
                 runs.append(json.loads(cache.read_text()))
                 continue
             r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user, ref_cache,
-                        sweeps=not args.quick)
+                        sweeps=not args.quick, lr=args.lr, keep_best=keep_best)
             r.pop("_model")
             runs.append(r)
             if not args.quick:
@@ -270,7 +290,10 @@ def main() -> None:
                   f"({r['seconds_per_epoch']} s/epoch)", file=sys.stderr, flush=True)
 
     result: dict = {"dataset": corpus.name, "seeds": args.seeds, "epochs": args.epochs,
-                    "models": summarise(runs), "command": command}
+                    "lr": args.lr, "keep_best": keep_best, "models": summarise(runs),
+                    "command": command,
+                    "best_epochs": {n: [r.get("best_epoch") for r in runs if r["model"] == n]
+                                    for n in args.models}}
     if "diam" in args.models:
         result["variants"] = {"diam (merge by score)": summarise(
             [r for r in runs if r["model"] == "diam"], "merge")["diam"]}
@@ -307,7 +330,8 @@ def main() -> None:
     if not args.no_synth and "diam" in args.models:
         sc = _load(_ensure_synth(args.synth, args.synth_users))
         sf = Features.of(sc)
-        r = run_one(sc, sf, "diam", args.seeds[0], args.epochs, args.max_per_user, {}, False)
+        r = run_one(sc, sf, "diam", args.seeds[0], args.epochs, args.max_per_user, {}, False,
+                    lr=args.lr, keep_best=keep_best)
         model = r.pop("_model")
         result["synthetic"] = {"dataset": sc.name, "users": sc.n_users, "items": sc.n_items,
                                "events": len(sc.items), "seed": args.seeds[0],
@@ -320,7 +344,10 @@ def main() -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
-        out.with_suffix(".md").write_text(markdown(result))
+        md = out.with_suffix(".md")
+        old = md.read_text() if md.is_file() else ""
+        kept = old[old.index(NOTES):] if NOTES in old else ""  # hand-written notes survive
+        md.write_text(markdown(result) + ("\n" + kept if kept else ""))
         if not args.quick:
             plots(result, runs, out.parent)
 

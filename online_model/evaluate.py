@@ -94,7 +94,8 @@ def retrieve(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "c
 
     model.eval()
     table = model.item_table().float()  # [N, d]
-    all_s, all_i, ks, ds = [], [], [], []
+    all_s, all_i, ks = [], [], []
+    ds: list[np.ndarray] = []
     for start in range(0, len(es.users), batch_size):
         sl = slice(start, start + batch_size)
         seq, length = windows(corpus, es.cut[sl], model.cfg.seq_len)
@@ -109,10 +110,11 @@ def retrieve(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "c
         all_s.append(top.values.cpu().numpy())
         all_i.append(top.indices.cpu().numpy())
         ks.append(out.k.cpu().numpy())
-        ds.append(None if out.d_u is None else out.d_u.float().cpu().numpy())
+        if out.d_u is not None:
+            ds.append(out.d_u.float().cpu().numpy())
     return Candidates(
         scores=np.concatenate(all_s), items=np.concatenate(all_i).astype(np.int64),
-        k=np.concatenate(ks), d_u=None if ds[0] is None else np.concatenate(ds),
+        k=np.concatenate(ks), d_u=np.concatenate(ds) if ds else None,
         item_vecs=table.cpu().numpy())
 
 

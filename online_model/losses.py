@@ -39,16 +39,20 @@ def hard_negative_log_weights(neg_scores: torch.Tensor, beta: float) -> torch.Te
 
 def sampled_softmax(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                     target: torch.Tensor, neg_ids: torch.Tensor, beta: float = 0.0,
-                    reduction: str = "mean") -> torch.Tensor:
+                    reduction: str = "mean", neg_logit: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """Next-item cross-entropy over the positive and S shared uniform negatives.
 
     ``user`` [B, d], ``pos`` [B, d] (target embeddings), ``neg`` [S, d]; a negative that happens
-    to be the target is masked out. ``beta > 0`` turns on hard-negative reweighting.
+    to be the target is masked out. ``beta > 0`` turns on hard-negative reweighting (weights
+    from the scores under ``user``). ``neg_logit`` [B, S] replaces ``user @ neg.T`` as the
+    negatives' logits (DIAM: each negative scored by its best interest).
     """
     pos_logit = (user * pos).sum(-1, keepdim=True)  # [B, 1]
-    neg_logit = user @ neg.T  # [B, S]
+    sel = user @ neg.T  # [B, S] scores under the selected interest
+    neg_logit = sel if neg_logit is None else neg_logit
     if beta:
-        neg_logit = neg_logit + hard_negative_log_weights(neg_logit, beta)
+        neg_logit = neg_logit + hard_negative_log_weights(sel, beta)
     neg_logit = neg_logit.masked_fill(neg_ids[None, :] == target[:, None], float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1).float()
     zero = torch.zeros(len(user), dtype=torch.long, device=user.device)

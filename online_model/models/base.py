@@ -42,6 +42,8 @@ class ModelConfig:
     tau_max: float = 1.0  # ... and at d_u = 1 (rises with d_u)
     alpha_max: float = 0.5  # diminishing-returns coefficient alpha = alpha_max * d_u
     hard_beta: float = 0.5  # interest-aware hard-negative reweighting exp(beta * score)
+    gumbel_noise: bool = True  # Gumbel noise in the training mix (False: plain tempered softmax)
+    neg_max: bool = False  # DIAM: score sampled negatives by their best active interest
     util_negatives: int = 50  # hardest negatives the utility loss compares against
     redundancy_window: int = 10  # recent items that define "already consumed"
     light_hidden: int = 32
@@ -54,6 +56,7 @@ class ModelConfig:
     w_light: float = 1.0
     w_towers: float = 0.1
     label_pow: float = 2.0  # MIND's label-aware attention sharpness
+    dr_per_position: bool = False  # ComiRec-DR: one bilinear map per window position
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,11 +83,12 @@ class Batch:
         return self.seq > 0
 
     def to(self, device: torch.device | str) -> Batch:
-        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
 
-        return Batch(mv(self.seq), mv(self.length), mv(self.signals), mv(self.target),
-                     mv(self.div_target))
+        return Batch(mv(self.seq), mv(self.length), mv(self.signals),
+                     None if self.target is None else mv(self.target),
+                     None if self.div_target is None else mv(self.div_target))
 
 
 @dataclass
@@ -107,6 +111,7 @@ class MultiInterestModel(nn.Module):
     """Base class: item table, ComiRec-style training readout, sampled softmax, online export."""
 
     name = "base"
+    item_cat: torch.Tensor  # buffer: primary category per item row (-1 padding / unknown)
 
     def __init__(self, cfg: ModelConfig, item_cat: np.ndarray | None = None) -> None:
         super().__init__()
@@ -145,6 +150,7 @@ class MultiInterestModel(nn.Module):
 
     def loss(self, batch: Batch, neg_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Sampled-softmax next-item loss with ``neg_ids`` [S] (item rows + 1)."""
+        assert batch.target is not None, "training batches carry a target"
         out = self.interests(batch)
         pos = self.item_emb(batch.target)
         user = self.readout(out, pos)

@@ -24,7 +24,7 @@ class ComiRecDR(MultiInterestModel):
     def __init__(self, cfg: ModelConfig, item_cat: np.ndarray | None = None) -> None:
         super().__init__(cfg, item_cat)
         self.routing = CapsuleRouting(cfg.dim, cfg.n_interests, cfg.seq_len, cfg.routing_iters,
-                                      shared=False)
+                                      shared=False, per_position=cfg.dr_per_position)
 
     def interests(self, batch: Batch) -> Interests:
         vecs, _ = self.routing(self.item_emb(batch.seq), batch.mask)

@@ -125,9 +125,19 @@ class DIAM(MultiInterestModel):
 
         # main: Gumbel-softmax mixing of interests around the target, hard negatives
         tau = cfg.tau_min + d_u.detach() * (cfg.tau_max - cfg.tau_min)
-        w = losses.gumbel_interest_weights((vecs * pos[:, None]).sum(-1), m, tau)
+        w = losses.gumbel_interest_weights((vecs * pos[:, None]).sum(-1), m, tau,
+                                           noise=cfg.gumbel_noise)
         user = (w[..., None].to(vecs.dtype) * vecs).sum(1)  # [B, d]
-        l_soft = losses.sampled_softmax(user, pos, neg, batch.target, neg_ids, cfg.hard_beta)
+        if cfg.neg_max:
+            # score each negative as retrieval will: by its best active interest (merge by
+            # score), so a negative another interest likes is a mistake training sees
+            s_all = torch.einsum("bkd,sd->bks", vecs, neg).masked_fill(m[..., None] <= 0,
+                                                                      float("-inf"))
+            l_soft = losses.sampled_softmax(user, pos, neg, batch.target, neg_ids,
+                                            cfg.hard_beta, neg_logit=s_all.max(1).values)
+        else:
+            l_soft = losses.sampled_softmax(user, pos, neg, batch.target, neg_ids,
+                                            cfg.hard_beta)
 
         # utility with diminishing returns against the hardest negatives. d_u enters detached:
         # through alpha this loss rewards "novel in embedding space" (distance to the last ten

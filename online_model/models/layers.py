@@ -42,21 +42,33 @@ class CapsuleRouting(nn.Module):
     """
 
     def __init__(self, dim: int, n_caps: int, seq_len: int, iters: int = 3,
-                 shared: bool = False, seed: int = 0) -> None:
+                 shared: bool = False, seed: int = 0, per_position: bool = False) -> None:
         super().__init__()
+        if shared and per_position:
+            raise ValueError("per_position maps are per capsule (shared=False)")
         self.dim, self.n_caps, self.iters, self.shared = dim, n_caps, iters, shared
+        self.per_position = per_position
         out = dim if shared else dim * n_caps
-        self.proj = nn.Linear(dim, out, bias=False)
-        nn.init.normal_(self.proj.weight, std=dim ** -0.5)
+        if per_position:
+            # ComiRec-DR's default (bilinear_type=2): one [K*d, d] map per position of the
+            # window, N(0, 1) as in its code, so routing agreements are large from the start
+            self.weight = nn.Parameter(torch.randn(seq_len, out, dim))
+        else:
+            self.proj = nn.Linear(dim, out, bias=False)
+            nn.init.normal_(self.proj.weight, std=dim ** -0.5)
         g = torch.Generator().manual_seed(seed)
         init = torch.randn(seq_len, n_caps, generator=g) if shared else torch.zeros(seq_len, n_caps)
+        self.b_init: torch.Tensor
         self.register_buffer("b_init", init, persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [B, L, d], ``mask`` [B, L] -> capsules [B, K, d], couplings [B, L, K]."""
         b_sz, length, _ = x.shape
         k = self.n_caps
-        u = self.proj(x)  # [B, L, d] (shared) or [B, L, K*d]
+        if self.per_position:  # positions are right-aligned: the last map is the newest item
+            u = torch.einsum("bld,lod->blo", x, self.weight[-length:].to(x.dtype))
+        else:
+            u = self.proj(x)  # [B, L, d] (shared) or [B, L, K*d]
         if not self.shared:
             u = u.view(b_sz, length, k, self.dim)
         # shared: caps_k = sum_l c_lk u_l; per-capsule: caps_k = sum_l c_lk u_lk

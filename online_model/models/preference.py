@@ -51,13 +51,19 @@ class DiversityFusion(nn.Module):
             return torch.sigmoid(self._fold(z)).squeeze(-1), p_raw
         return torch.sigmoid(self.SCALE * self.norm(z)).squeeze(-1), p_raw
 
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Running mean and std of the fusion logit."""
+        mean, var = self.norm.running_mean, self.norm.running_var
+        assert mean is not None and var is not None  # track_running_stats is on
+        return mean, torch.sqrt(var + self.norm.eps)
+
     def _fold(self, z: torch.Tensor) -> torch.Tensor:
-        std = torch.sqrt(self.norm.running_var + self.norm.eps)
-        return self.SCALE * (z - self.norm.running_mean) / std
+        mean, std = self._stats()
+        return self.SCALE * (z - mean) / std
 
     def export(self) -> dict[str, np.ndarray]:
-        std = float(torch.sqrt(self.norm.running_var + self.norm.eps))
-        mean = float(self.norm.running_mean)
+        mean_t, std_t = self._stats()
+        std, mean = float(std_t), float(mean_t)
         w = self.linear.weight.detach().double().cpu().numpy().reshape(4)
         b = float(self.linear.bias.detach().double().cpu()[0])
         return {

@@ -72,8 +72,8 @@ def test_padding_content_is_ignored(name):
 
 def test_routing_softmax_over_interests_and_padding_masked():
     torch.manual_seed(0)
-    for shared in (True, False):
-        r = CapsuleRouting(8, 4, seq_len=6, iters=3, shared=shared)
+    for shared, per_position in ((True, False), (False, False), (False, True)):
+        r = CapsuleRouting(8, 4, seq_len=6, iters=3, shared=shared, per_position=per_position)
         x = torch.randn(2, 6, 8)
         mask = torch.tensor([[False, False, True, True, True, True], [True] * 6])
         caps, c = r(x, mask)

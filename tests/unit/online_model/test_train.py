@@ -73,3 +73,27 @@ def test_evaluate_outputs(corpus, feats):
     assert "spearman_d_entropy" in out and 0 <= out["d_u_mean"] <= 1
     merged = evaluate(res.model, corpus, es, ns=(5, 10), agg="merge")
     assert "d_u_mean" in merged  # d_u is reported whatever the aggregation
+
+
+def test_keep_best_restores_the_best_validation_epoch():
+    # a corpus large enough that top-20/50 lists are not the whole catalogue; with this seed
+    # the best validation epoch is not the last one, so restoring is exercised
+    corpus = tiny_corpus(n_users=60, n_items=300, n_categories=3, length=20, seed=1)
+    feats = Features.of(corpus)
+    mcfg = ModelConfig(model="single", n_items=corpus.n_items, n_categories=corpus.n_categories,
+                       dim=8, seq_len=10, n_neg=16)
+    tcfg = TrainConfig(epochs=4, batch_size=32, seed=0, max_per_user=5, eval_every=1,
+                       keep_best=True, lr=0.05)
+    res = train(corpus, mcfg, tcfg, feats=feats, progress=False)
+    scores = [h["valid_recall@20"] + h["valid_recall@50"] for h in res.history]
+    assert res.best_epoch == 1 + int(np.argmax(scores))  # first of the ties
+    assert res.best_epoch < len(res.history)
+    es = make_eval_set(corpus, res.split["valid"], feats.signals)
+    out = evaluate(res.model, corpus, es, ns=(20, 50), agg="merge")
+    best = res.history[res.best_epoch - 1]
+    assert round(out["recall@20"], 4) == best["valid_recall@20"]
+    assert round(out["recall@50"], 4) == best["valid_recall@50"]
+    assert res.metrics()["best_epoch"] == res.best_epoch
+    plain = train(corpus, mcfg, TrainConfig(epochs=2, batch_size=32, seed=0, max_per_user=5,
+                                            eval_every=0), feats=feats, progress=False)
+    assert plain.best_epoch == 0
