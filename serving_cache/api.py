@@ -12,10 +12,20 @@ Hot reload: give a ``watcher`` with ``poll() -> (version, path) | None`` (e.g.
 ``snapshotter.ActiveWatcher``, which verifies hashes first); a background thread polls it every
 ``reload_every_s`` and swaps the new snapshot in, while requests keep using the old one until
 the new one is fully loaded. A snapshot that fails to load leaves the old one serving.
+
+Latency (bench/serve.py): the recommendation route answers pre-serialised JSON in
+``RecommendationOut``'s shape instead of having FastAPI validate and encode the model; the
+metrics middleware is plain ASGI; at startup the aggregator's kernels are compiled and the
+loaded state is frozen out of the garbage collector's scans (:func:`settle_heap`). Routes stay
+plain ``def``: each runs in one worker thread, so a slow Redis never blocks the event loop
+(measured: no slower than running inline on the loop). uvicorn picks ``httptools`` when it is
+installed (a dependency): its pure-Python ``h11`` parser cost about 1 ms more per request here.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import threading
 import time
@@ -24,14 +34,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from serving_cache.reader import USER_ID_PATTERN
 from serving_cache.recommend import MAX_DELTA, Recommender
 from serving_cache.retrieval import SnapshotIndex
 
-__all__ = ["get_app"]
+__all__ = ["get_app", "settle_heap"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +98,10 @@ class ErrorOut(BaseModel):
     detail: str
 
 
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "Redis down or no snapshot loaded"}
 }
@@ -128,6 +142,49 @@ def _metrics(app_name: str) -> dict[str, Any]:
     }
 
 
+class _Observe:
+    """Counts requests by route template and status, and times them (Prometheus).
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware) runs
+    the app in a separate task with memory streams between them, which cost more than the whole
+    recommendation on a loaded machine."""
+
+    def __init__(self, app: Any, metrics: dict[str, Any]) -> None:
+        self.app = app
+        self.m = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router stores the matched route in the scope: label by its template, never by
+            # the raw path, so the label set stays bounded.
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.m["requests"].labels(name, str(status)).inc()
+            self.m["latency"].labels(name).observe(time.perf_counter() - start)
+
+
+def settle_heap() -> None:
+    """Collect, then freeze what is alive now (modules, the loaded snapshot) out of the cyclic
+    garbage collector's scans. Measured with a 100k-item snapshot loaded: a full collection
+    took 100 ms, a pause on whichever request happens to trigger it. Frozen objects are still
+    freed by reference counting when a snapshot is dropped."""
+    gc.collect()
+    gc.freeze()
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
 
@@ -162,6 +219,7 @@ def get_app(
             m["reloads"].labels("failed").inc()
             return None
         recommender.swap(snap)
+        settle_heap()
         set_snapshot_gauge()
         m["reloads"].labels("ok").inc()
         log.info("serving snapshot %s", version)
@@ -181,6 +239,8 @@ def get_app(
             refresh()
             thread = threading.Thread(target=reload_loop, name="snapshot-reload", daemon=True)
             thread.start()
+        recommender.warm_up()
+        settle_heap()
         yield
         stop.set()
         if thread is not None:
@@ -198,17 +258,7 @@ def get_app(
     app.state.metrics = m
     set_snapshot_gauge()
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(
-            route, "path", "unmatched"
-        )  # the template, never the raw path: bounded labels
-        m["requests"].labels(name, str(response.status_code)).inc()
-        m["latency"].labels(name).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(_Observe, metrics=m)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -283,22 +333,25 @@ def get_app(
             m["cold"].inc()
         if rec.stale:
             m["stale"].inc()
-        return RecommendationOut(
-            user_id=rec.user_id,
-            items=[
-                RecItem(item_id=i, score=s, category=c)
+        # Serialised here, in RecommendationOut's shape (the schema test holds it to that):
+        # returning the model made FastAPI validate it and encode it field by field.
+        body = {
+            "user_id": rec.user_id,
+            "items": [
+                {"item_id": i, "score": s, "category": c}
                 for i, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)
             ],
-            cold=rec.cold,
-            mode=mode,
-            d_user=rec.d_user,
-            d_used=rec.d_used,
-            k=rec.k,
-            snapshot=rec.snapshot,
-            user_model=rec.user_model,
-            stale=rec.stale,
-            reason=rec.reason,
-        )
+            "cold": rec.cold,
+            "mode": mode,
+            "d_user": rec.d_user,
+            "d_used": rec.d_used,
+            "k": rec.k,
+            "snapshot": rec.snapshot,
+            "user_model": rec.user_model,
+            "stale": rec.stale,
+            "reason": rec.reason,
+        }
+        return Response(_dumps(body), media_type="application/json")
 
     @app.get(
         "/users/{user_id}/interests",

@@ -47,6 +47,8 @@ __all__ = [
 Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
 MIN_CANDIDATES = 50
+_NO_ITEMS = np.empty(0, dtype=np.int64)
+_NO_SCORES = np.empty(0, dtype=np.float32)
 
 
 def context_delta(context: Mapping[str, Any] | None) -> float:
@@ -165,6 +167,16 @@ class Recommender:
         self._loaded = loaded
         self._active = snapshot
 
+    def warm_up(self) -> None:
+        """Compile the aggregator's kernels (or load them from numba's cache) and run one
+        search, so that the first request is as fast as the others."""
+        from online_model.aggregate import warm_up
+
+        warm_up()
+        snap = self._active
+        if snap is not None:
+            snap.search(np.zeros((1, snap.dim), dtype=np.float32), 1)
+
     def _index_for(self, uv: UserVectors) -> tuple[SnapshotIndex, bool]:
         snap = self._loaded.get(uv.model)
         if snap is not None:
@@ -209,17 +221,17 @@ class Recommender:
         else:
             shift = delta + (context_delta(context) if mode == "context" else 0.0)
             d_used = float(manual_d(uv.d, float(np.clip(shift, -MAX_DELTA, MAX_DELTA))))
-        banned = _banned(snap, seen) if exclude_seen else np.empty(0, dtype=np.int64)
+        banned = _banned(snap, seen) if exclude_seen and seen else _NO_ITEMS
         m = min(max(2 * n, MIN_CANDIDATES) + len(banned), snap.n_items)
         scores, items = snap.search(uv.vecs, m)  # [K, m]
         scores, items = _clean(scores, items, banned, n)
         picked = aggregate_candidates(snap, scores, items, d_used, n)
-        best = (uv.vecs @ snap.item_vecs[picked].T).max(axis=0) if len(picked) else np.empty(0)
+        best = (uv.vecs @ snap.item_vecs[picked].T).max(axis=0) if len(picked) else _NO_SCORES
         return Recommendation(
             user_id=user_id,
             items=snap.item_ids[picked].tolist(),
-            scores=[round(float(s), 6) for s in best],
-            categories=[snap.category_name(int(i)) for i in picked],
+            scores=np.round(best.astype(np.float64), 6).tolist(),
+            categories=snap.category_names_of(picked),
             cold=False,
             mode=mode,
             d_user=float(uv.d),
@@ -240,7 +252,7 @@ class Recommender:
             user_id=user_id,
             items=snap.item_ids[picked].tolist(),
             scores=[float(pop[i]) if pop is not None else 0.0 for i in picked],
-            categories=[snap.category_name(i) for i in picked],
+            categories=snap.category_names_of(np.asarray(picked, dtype=np.int64)),
             cold=True,
             mode=mode,
             d_user=None,
@@ -299,24 +311,14 @@ def aggregate_candidates(
 ) -> np.ndarray:
     """Run the model's aggregator on [K, M] candidates; returns item indices [<=n] int64.
 
-    The aggregator only reads the candidates' rows of ``item_vecs``, so it gets just those,
-    renumbered in the same order (its tie-breaks by item index are unchanged; the result is
-    identical). Its cost then does not grow with the catalogue: handed the whole 100k-item
-    matrix it took 175 ms p50 per call (whole-matrix dtype conversions), 1M items would be worse.
+    The aggregator reads only the candidates' rows of the item table, so it gets the whole
+    table as it is (no per-request copy): its cost does not grow with the catalogue.
     """
     from online_model.aggregate import aggregate
 
-    uniq = np.unique(items[items >= 0])
-    local = np.where(items >= 0, np.searchsorted(uniq, items), -1)
-    picked = aggregate(
-        scores,
-        local,
-        snap.item_vecs[uniq],
-        d_u=d_u,
-        n=n,
-        item_categories=snap.item_categories[uniq],
+    return aggregate(
+        scores, items, snap.item_vecs, d_u=d_u, n=n, item_categories=snap.item_categories
     )
-    return uniq[np.asarray(picked, dtype=np.int64)]
 
 
 def _banned(snap: SnapshotIndex, seen: Sequence[str]) -> np.ndarray:

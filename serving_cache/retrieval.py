@@ -74,6 +74,7 @@ class SnapshotIndex:
     nprobe: int | None
     cold: np.ndarray = field(init=False)  # [<=COLD_POOL] item indices
     _id_index: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _names: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         pop = self.popularity if self.popularity is not None else np.zeros(len(self.item_ids))
@@ -154,3 +155,11 @@ class SnapshotIndex:
     def category_name(self, idx: int) -> str | None:
         c = int(self.item_categories[idx])
         return self.category_names[c] if 0 <= c < len(self.category_names) else None
+
+    def category_names_of(self, idx: np.ndarray) -> list[str | None]:
+        """:meth:`category_name` of each item index in ``idx``, in one vectorised lookup."""
+        if self._names is None:  # the names, then None for unknown or out-of-range categories
+            self._names = np.array([*self.category_names, None], dtype=object)
+        c = self.item_categories[idx]
+        c = np.where((c >= 0) & (c < len(self.category_names)), c, len(self.category_names))
+        return self._names[c].tolist()
