@@ -176,8 +176,9 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
     """
 
     def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: _UserSnap | None,
-                 stats: FlowStats | None) -> None:
+                 stats: FlowStats | None, recovery: bool = True) -> None:
         self.holder, self.cfg, self.stats = holder, cfg, stats
+        self.recovery = recovery
         if resume is not None and isinstance(resume.state, bytes):
             resume = _UserSnap(resume.user_id, pickle.loads(resume.state), resume.since_push,
                                resume.dirty)
@@ -246,6 +247,11 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
 
     def snapshot(self) -> _UserSnap:
         assert self.snap is not None
+        if not self.recovery:
+            # Bytewax asks every touched key for a snapshot at each epoch end even when no
+            # recovery store will keep it; without one, the live object is enough (it is
+            # never written anywhere), and pickling ~2 KB per user per epoch is not free.
+            return self.snap
         # Bytewax pickles every touched key's snapshot at each epoch end; pickling the learner
         # state here is the copy (cheaper than deepcopy followed by Bytewax's own pickle).
         s = self.snap
@@ -255,13 +261,14 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
                holder: LearnerHolder, flow_id: str = "diam-online",
-               stats: FlowStats | None = None) -> Dataflow:
+               stats: FlowStats | None = None, recovery: bool = True) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
     against the real broker. Stateless steps work on whole batches (``flat_map_batch``): a
     per-item Bytewax operator costs microseconds of Python call overhead per event, and the
     stream is meant to run at tens of thousands of events per second per process.
+    ``recovery=False`` (no recovery store) skips pickling the per-user snapshots.
     """
     decode = _decoder(cfg, stats)
 
@@ -281,7 +288,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     op.output("deadletter", op.flat_map_batch("rejected", decoded, rejected), sinks.deadletter)
     # Already (user_id, value) pairs: the keyed stream that the stateful step routes by user.
     keyed: KeyedStream[tuple[int, ClickEvent]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
-    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats))
+    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats, recovery))
     op.output("redis", op.flat_map_batch(
         "vectors", learned, lambda b: [t[1] for _, t in b if t[0] == "v"]), sinks.vectors)
     op.output("drift", op.flat_map_batch(

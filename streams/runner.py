@@ -68,7 +68,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
         deadletter=KafkaRecordSink(job.kafka, job.kafka.deadletter_topic),
         drift=KafkaRecordSink(job.kafka, job.kafka.drift_topic),
     )
-    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats)
+    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
+                      recovery=job.recovery_dir is not None)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))
