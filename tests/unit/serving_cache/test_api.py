@@ -107,3 +107,13 @@ def test_metrics_count_requests_by_route_template(client):
     text = client.get("/metrics").text
     assert 'diam_api_requests_total{route="/users/{user_id}/recommendations",status="422"}' in text
     assert "someone" not in text
+
+
+def test_metrics_label_unmatched_paths_and_time_every_route(client):
+    client.get("/nowhere/at/all")
+    client.get("/health")
+    text = client.get("/metrics").text
+    assert 'diam_api_requests_total{route="unmatched",status="404"}' in text
+    assert 'diam_api_requests_total{route="/health",status="503"}' in text
+    assert 'diam_api_request_seconds_count{route="/health"}' in text
+    assert "nowhere" not in text

@@ -114,3 +114,38 @@ def test_swap_keeps_the_previous_version(snapshot):
 )
 def test_user_id_alphabet(uid, ok):
     assert valid_user_id(uid) is ok
+
+
+def test_category_names_of_matches_category_name(snapshot):
+    from dataclasses import replace
+
+    cats = snapshot.item_categories.copy()
+    cats[[3, 4]] = [-1, len(snapshot.category_names)]  # unknown, and beyond the names list
+    snap = replace(snapshot, item_categories=cats)
+    idx = np.array([0, 3, 4, 5, 0], dtype=np.int64)
+    assert snap.category_names_of(idx) == [snap.category_name(int(i)) for i in idx]
+    assert snap.category_names_of(idx)[1:3] == [None, None]
+    assert snap.category_names_of(np.empty(0, dtype=np.int64)) == []
+
+
+def test_aggregate_candidates_reads_global_item_rows(snapshot):
+    """The aggregator gets the whole item table: the answer is the same as on the candidates'
+    rows renumbered (what serving did before) and is made of candidate item indices."""
+    from online_model.aggregate import aggregate
+    from serving_cache.recommend import aggregate_candidates
+
+    scores, items = snapshot.search(snapshot.item_vecs[[1, 50, 90]], 20)
+    items[0, 3] = -1  # a seen item or an IVF hole
+    uniq = np.unique(items[items >= 0])
+    local = np.where(items >= 0, np.searchsorted(uniq, items), -1)
+    for d in (0.1, 0.5, 0.9):
+        got = aggregate_candidates(snapshot, scores, items, d, 10)
+        renumbered = aggregate(scores, local, snapshot.item_vecs[uniq], d, 10,
+                               snapshot.item_categories[uniq])
+        assert got.tolist() == uniq[renumbered].tolist()
+        assert set(got.tolist()) <= set(uniq.tolist()) and len(got) == 10
+
+
+def test_warm_up_with_and_without_a_snapshot(snapshot):
+    Recommender(None, redis_client=None, ns="unit").warm_up()
+    Recommender(snapshot, redis_client=None, ns="unit").warm_up()
