@@ -32,6 +32,11 @@ from numba import njit
 __all__ = [
     "learn_event",
     "signals_update",
+    "signal_values",
+    "distribution",
+    "effective_categories",
+    "ring_distinct",
+    "ring_mean",
     "sig_size",
     "admit",
     "route",
@@ -183,6 +188,95 @@ def signals_update(sig, n_cat, c, sess_mode, ts_ms, gap_ms, explore_fading, sess
     sig[S_LAST_TS] = t
     sig[S_LAST_EXPLORE] = flag
     return flag
+
+
+@njit(cache=True)
+def distribution(short, long, n_cat):
+    """The distribution signal: mean of the normalised entropy of the long-term counts and the
+    Jensen-Shannon divergence (base 2) of the short- vs long-term distributions, in [0, 1]."""
+    ss, sl = 0.0, 0.0
+    for j in range(n_cat):
+        ss += short[j]
+        sl += long[j]
+    h_l = h_s = h_m = 0.0
+    for j in range(n_cat):
+        ps, pl = short[j] / ss, long[j] / sl
+        if ps > 0.0:
+            h_s -= ps * math.log(ps)
+        if pl > 0.0:
+            h_l -= pl * math.log(pl)
+        pm = 0.5 * (ps + pl)
+        if pm > 0.0:
+            h_m -= pm * math.log(pm)
+    h = h_l / math.log(n_cat) if n_cat > 1 else 0.0
+    js = h_m - 0.5 * h_s - 0.5 * h_l
+    return min(max(0.5 * h + 0.5 * js / math.log(2.0), 0.0), 1.0)
+
+
+@njit(cache=True)
+def signal_values(sig, n_cat, prior_weight):
+    """The four signals (personality, session purpose, exploration, distribution) from the
+    accumulators, each clipped to [0, 1]; 0.5 each before the first click."""
+    n = sig[S_N]
+    if n == 0.0:
+        return 0.5, 0.5, 0.5, 0.5
+    openness = sig[S_DISTINCT] / min(n_cat, n + 1.0)
+    extraversion = 1.0 - sig[S_SESSIONS] / n
+    length = sig[S_SESS_LEN]
+    cur = _session_score(length, sig[S_SESS_SWITCHES], sig[S_SESS_TOP])
+    purpose = (length * cur + prior_weight * sig[S_SESS_EWM]) / (length + prior_weight)
+    short0 = S_HEAD + WINDOW + 3 * n_cat
+    dist = distribution(sig[short0:short0 + n_cat], sig[short0 + n_cat:short0 + 2 * n_cat],
+                        n_cat)
+    a = min(max(0.5 * openness + 0.5 * extraversion, 0.0), 1.0)
+    b = min(max(purpose, 0.0), 1.0)
+    c = min(max(sig[S_EXPLORE], 0.0), 1.0)
+    return a, b, c, min(max(dist, 0.0), 1.0)
+
+
+@njit(cache=True)
+def effective_categories(sig, n_cat):
+    """``exp(entropy)`` of the long-term decayed category counts (1.0 before any click)."""
+    long0 = S_HEAD + WINDOW + 4 * n_cat
+    tot = 0.0
+    for j in range(n_cat):
+        tot += sig[long0 + j]
+    if tot <= 0.0:
+        return 1.0
+    h = 0.0
+    for j in range(n_cat):
+        p = sig[long0 + j] / tot
+        if p > 0.0:
+            h -= p * math.log(p)
+    return math.exp(h)
+
+
+@njit(cache=True)
+def ring_distinct(ring, n):
+    """Number of distinct rows among the first ``n`` entries of the recent-item ring."""
+    d = 0
+    for i in range(n):
+        new = True
+        for j in range(i):
+            if ring[j] == ring[i]:
+                new = False
+                break
+        if new:
+            d += 1
+    return d
+
+
+@njit(cache=True)
+def ring_mean(ring, n, emb_flat, dim):
+    """Mean embedding (float64 [dim]) of the first ``n`` rows of the recent-item ring."""
+    out = np.zeros(dim)
+    for r in range(n):
+        base = ring[r] * dim
+        for i in range(dim):
+            out[i] += emb_flat[base + i]
+    for i in range(dim):
+        out[i] /= max(n, 1)
+    return out
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -545,3 +639,7 @@ def warm_up() -> None:
     learn_event(V, A, dim, ust, ring, sig, n_cat, emb.reshape(-1), np.ones(10, np.float32),
                 np.zeros(10, np.int32), table, par, sigc, 3, -1, 1000, 12345, 7, True)
     centroids(emb.astype(np.float32), 2, 5)
+    signal_values(sig, n_cat, 2.0)
+    effective_categories(sig, n_cat)
+    ring_distinct(ring, 3)
+    ring_mean(ring, 3, emb.reshape(-1), dim)

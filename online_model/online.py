@@ -266,6 +266,7 @@ class OnlineLearner:
         self._version = base.version
         self._index = base._index
         self._emb_flat = base.item_emb.reshape(-1)
+        self._dim, self._norms, self._cats = base.dim, base.item_norms, base.item_categories
         self._par = np.zeros(K.PARAM_SLOTS)
         p = self._par
         p[K.P_LR], p[K.P_CLIP] = cfg.lr, cfg.grad_clip * s
@@ -325,10 +326,9 @@ class OnlineLearner:
         sig = state.signals
         mode = -1 if session_id is None else int(session_id != sig.last_session)
         bits, k, rms = K.learn_event(
-            state.V.reshape(-1), state.A.reshape(-1), self.base.dim, state.ust, state.ring,
-            sig.buf, sig.n_categories, self._emb_flat, self.base.item_norms,
-            self.base.item_categories, self._table, self._par, self._sigc, idx, mode, ts_ms,
-            state.uhash, offset, state.anchored,
+            state.V.reshape(-1), state.A.reshape(-1), self._dim, state.ust, state.ring,
+            sig.buf, sig.n_categories, self._emb_flat, self._norms, self._cats, self._table,
+            self._par, self._sigc, idx, mode, ts_ms, state.uhash, offset, state.anchored,
         )
         if bits & K.FROZEN:
             state.frozen = True
@@ -338,7 +338,7 @@ class OnlineLearner:
                                        until_ms=int(state.ust[K.U_UNTIL])))
             return out  # a burst: nothing about this user is learnt until the freeze ends
         state.frozen = False
-        if session_id is not None and 0 <= self.base.category_of(idx) < sig.n_categories:
+        if session_id is not None and 0 <= idx and 0 <= self._cats[idx] < sig.n_categories:
             sig.last_session = session_id
         if bits & K.COLD:
             return out  # cold item: no embedding to learn from
@@ -415,20 +415,20 @@ class OnlineLearner:
 
     def _mean_vector(self, state: UserState) -> np.ndarray:
         """A not-yet-anchored user's single vector: the mean of its items, norm-bounded."""
-        mean = self.base.item_emb[state.recent].mean(axis=0, keepdims=True)
-        return clip_norm(mean, self._max_norm).astype(np.float32)
+        mean = K.ring_mean(state.ring, state.n_recent, self._emb_flat, self.base.dim)
+        return clip_norm(mean[None, :], self._max_norm).astype(np.float32)
 
     def _propose_k(self, state: UserState, sig: np.ndarray) -> int:
         base, cfg = self.base, self.cfg
+        n = state.n_recent
         if base.has_gate:
-            k = base.propose_k(base.item_emb[state.recent].mean(axis=0), sig)
+            k = base.propose_k(K.ring_mean(state.ring, n, self._emb_flat, base.dim), sig)
         elif cfg.no_gate_policy == "categories":
-            long = state.signals.long
-            p = long[long > 0] / long.sum() if long.sum() > 0 else np.ones(1)
-            k = int(math.floor(math.exp(float(-(p * np.log(p)).sum())) + 0.5))
+            eff = K.effective_categories(state.signals.buf, state.signals.n_categories)
+            k = int(math.floor(eff + 0.5))
         else:
             k = cfg.k_fixed
-        distinct = len(np.unique(state.recent))
+        distinct = K.ring_distinct(state.ring, n)
         return max(1, min(k, self.k_max, distinct))
 
     def _anchor(self, state: UserState) -> None:

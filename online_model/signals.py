@@ -79,22 +79,10 @@ SIGNAL_CONSTS = (float(SESSION_GAP_MS), EXPLORE_FADING, SESSION_FADING, SHORT_DE
 assert EXPLORE_WINDOW == K.WINDOW
 
 
-def _distribution(short: np.ndarray, long: np.ndarray, n_categories: int) -> float:
-    # plain Python over a few dozen floats: ~5x cheaper than a chain of tiny numpy calls
-    ss, sl = float(short.sum()), float(long.sum())
-    h_l = h_s = h_m = 0.0
-    for a, b in zip(short.tolist(), long.tolist(), strict=True):
-        ps, pl = a / ss, b / sl
-        if ps > 0.0:
-            h_s -= ps * math.log(ps)
-        if pl > 0.0:
-            h_l -= pl * math.log(pl)
-        pm = 0.5 * (ps + pl)
-        if pm > 0.0:
-            h_m -= pm * math.log(pm)
-    h = h_l / math.log(n_categories) if n_categories > 1 else 0.0
-    js = h_m - 0.5 * h_s - 0.5 * h_l
-    return min(max(0.5 * h + 0.5 * js / _LN2, 0.0), 1.0)
+_distribution = K.distribution
+"""The distribution signal from short- and long-term counts (compiled, shared with the
+per-event kernel): mean of the normalised long-term entropy and the base-2 Jensen-Shannon
+divergence of short vs long."""
 
 
 _session_score = K._session_score
@@ -165,19 +153,9 @@ class SignalState:
 
     def values(self) -> np.ndarray:
         """float32 [4] in SIGNAL_NAMES order."""
-        b = self.buf
-        n = b[K.S_N]
-        if n == 0:
-            return np.full(4, _PRIOR, dtype=np.float32)
-        openness = b[K.S_DISTINCT] / min(self.n_categories, n + 1)
-        extraversion = 1.0 - b[K.S_SESSIONS] / n
-        length = b[K.S_SESS_LEN]
-        cur = _session_score(int(length), int(b[K.S_SESS_SWITCHES]), int(b[K.S_SESS_TOP]))
-        w = SESSION_PRIOR_WEIGHT
-        purpose = (length * cur + w * b[K.S_SESS_EWM]) / (length + w)
-        dist = _distribution(self.short, self.long, self.n_categories)
-        out = [0.5 * openness + 0.5 * extraversion, purpose, b[K.S_EXPLORE], dist]
-        return np.asarray([min(max(float(v), 0.0), 1.0) for v in out], dtype=np.float32)
+        return np.asarray(
+            K.signal_values(self.buf, self.n_categories, SESSION_PRIOR_WEIGHT), dtype=np.float32
+        )
 
     # Compact pickling (Bytewax snapshots every touched user each epoch): the scalar head as
     # float64, the window and the three count vectors as int32, "seen" as bytes, the decayed

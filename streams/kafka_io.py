@@ -81,6 +81,9 @@ def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, ti
     """Create ``topic`` when missing (replication 1 on the local stack); wait until it is visible."""
     admin = _admin(cfg)
     md = admin.list_topics(timeout=timeout)
+    known = md.topics.get(topic)
+    if known is not None and known.error is None and known.partitions:
+        return  # the usual case: one metadata request
     if topic not in md.topics:
         fut = admin.create_topics(
             [NewTopic(topic, num_partitions=partitions or cfg.partitions, replication_factor=1)]
@@ -170,7 +173,8 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
                 if err.retriable():
                     continue  # librdkafka retries by itself; a broker outage stalls here
                 raise RuntimeError(f"consuming {self._topic}[{self._part}]: {err}")
-            off = _offset(m)
+            off = m.offset()  # always set on a consumed, error-free message
+            assert off is not None
             if self._end is not None and off >= self._end:
                 self._next = self._end
                 break
@@ -200,6 +204,14 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
         self.cfg, self.topic = cfg, topic
         self.start, self.end, self.bounded = start, end, bounded
         self.batch_size = batch_size
+        self._marks: dict[int, tuple[int, int]] | None = None
+
+    def _watermarks(self) -> dict[int, tuple[int, int]]:
+        # read once for all partitions of this process: each read is a metadata request plus
+        # one ListOffsets per partition, and a bounded run's end must be one consistent cut
+        if self._marks is None:
+            self._marks = watermarks(self.cfg, self.topic)
+        return self._marks
 
     def list_parts(self) -> list[str]:
         return [f"{p}-{self.topic}" for p in partition_ids(self.cfg, self.topic)]
@@ -214,9 +226,9 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             start = (self.start or {}).get(part, OFFSET_BEGINNING)
         end = (self.end or {}).get(part) if self.end is not None else None
         if end is None and self.bounded:
-            end = watermarks(self.cfg, self.topic)[part][1]
+            end = self._watermarks()[part][1]
         if start == OFFSET_BEGINNING:
-            start = watermarks(self.cfg, self.topic)[part][0]
+            start = self._watermarks()[part][0]
         return _ClickPartition(conf, self.topic, part, start, end, self.batch_size)
 
 

@@ -89,6 +89,14 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         recovery_dir=recovery_dir,
     )
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
+    # The dataflow allocates a few short-lived objects per event, all freed by reference
+    # counting; the cyclic collector's frequent passes over every live user state cost ~20%
+    # of throughput (measured with bench/stream.py). Freeze what start-up built and collect
+    # rarely.
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else ""))
     import time

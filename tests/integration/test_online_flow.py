@@ -188,7 +188,9 @@ def _write_tiny_checkpoint(path: Path) -> None:
 
 def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, namespace, redis_client,
                                                                tmp_path) -> None:
-    events = click_stream(n_users=20, n_events=4000, seed=9)
+    # enough events that the run is still going a moment after its first write (the dataflow
+    # takes ~0.3 s for 4000 events since the learner is compiled)
+    events = click_stream(n_users=20, n_events=16000, seed=9)
     _produce(stack.settings.kafka, topic, _events_payloads(events))
     ckpt = tmp_path / "ckpt"
     _write_tiny_checkpoint(ckpt)
@@ -210,8 +212,8 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
-            time.sleep(0.05)
-        time.sleep(0.3)
+            time.sleep(0.02)
+        time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         partial = _redis_state(redis_client, ns2)
