@@ -280,7 +280,10 @@ class KafkaRecordSink(DynamicSink[KafkaOut]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
         conf = self.cfg.client_config()
-        conf.update({"linger.ms": "5", "message.timeout.ms": "120000", "enable.idempotence": "true"})
+        # linger 0: write_batch flushes right after producing (so a delivery failure surfaces
+        # before the epoch closes), so lingering would only stall the worker on every batch
+        # that has a drift event or a dead letter (5 ms per batch when tailing a live topic).
+        conf.update({"linger.ms": "0", "message.timeout.ms": "120000", "enable.idempotence": "true"})
         return _RecordSinkPartition(Producer(conf), self.topic)
 
 

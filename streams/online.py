@@ -255,8 +255,11 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], _Us
         # Bytewax pickles every touched key's snapshot at each epoch end; pickling the learner
         # state here is the copy (cheaper than deepcopy followed by Bytewax's own pickle).
         s = self.snap
+        # Marked dirty whenever the user has vectors: Redis writes are asynchronous
+        # (streams.redis_sink), so a push made before this epoch ended may not have reached
+        # Redis when a crash comes; a resumed user is therefore pushed again (idempotent).
         return _UserSnap(s.user_id, pickle.dumps(s.state, protocol=pickle.HIGHEST_PROTOCOL),
-                         s.since_push, s.dirty)
+                         s.since_push, s.state.n_recent > 0)
 
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
