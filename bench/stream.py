@@ -10,7 +10,9 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   events/s to a tailing dataflow in its own process.
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
   ``state_bytes_per_user``: the pickled per-user state Bytewax snapshots.
-- ``events_per_s_two_processes``: the same bounded topic through two dataflow processes.
+- ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
+  processes over disjoint partitions (``diam run --partitions``); also reported: two processes
+  as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
 
 Run: ``python bench/stream.py [--quick]`` with the local stack up (``diam stack up``).
 """
@@ -240,15 +242,21 @@ def main() -> None:
         produce(kafka, topic, events)
         bare = bare_consume(kafka, topic, n)
         one = timed_run([dataflow_cmd(topic, f"b1-{run_id}", ckpt, ["--bounded"])], env)
+        # two processes, two ways: independent processes over disjoint partitions (users
+        # are keyed to partitions, so no state crosses processes), and a Bytewax cluster
+        # (every event is exchanged to the worker that owns its user)
+        two = timed_run([dataflow_cmd(topic, f"b2-{run_id}", ckpt, ["--bounded", "--partitions", p])
+                         for p in ("0,1", "2,3")], env)
         addrs = "127.0.0.1:47011;127.0.0.1:47012"
-        two = timed_run([dataflow_cmd(topic, f"b2-{run_id}", ckpt, ["--bounded", "-a", addrs, "-i", str(i)])
-                         for i in range(2)], env)
+        two_cluster = timed_run([dataflow_cmd(topic, f"b3-{run_id}", ckpt,
+                                              ["--bounded", "-a", addrs, "-i", str(i)])
+                                 for i in range(2)], env)
         p50, p99 = freshness(settings, ftopic, f"bf-{run_id}", ckpt, args.rate, 6 if args.quick else 20, env)
         lp50, lp99 = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
                                6 if args.quick else 20, env)
         redis_bytes, state_bytes = footprint(settings, f"b1-{run_id}", base, settings.online, events)
     rc = redis_client(settings.redis)
-    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"bf-{run_id}", f"bl-{run_id}"):
+    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}"):
         keys = list(rc.scan_iter(match=f"diam:{ns}:*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
@@ -269,6 +277,9 @@ def main() -> None:
         "redis_bytes_per_user": redis_bytes,
         "state_bytes_per_user": round(state_bytes, 1),
         "events_per_s_two_processes": round(n / two, 1),
+        "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
+        "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "quick": args.quick,
         "machine": f"{os.cpu_count()} cores",
     }

@@ -195,13 +195,16 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
 
     ``start``/``end``: per-partition offsets (end exclusive). ``bounded=True`` without ``end``
     stops at the high watermarks read when the dataflow starts. A resumed dataflow continues
-    from its recovery snapshot, not from ``start``.
+    from its recovery snapshot, not from ``start``. ``partitions``: read only these (a process
+    of a partition-split deployment; events are keyed by user, so a user's clicks all live in
+    one partition and per-user state needs no exchange between processes).
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
                  end: dict[int, int] | None = None, bounded: bool = False,
-                 batch_size: int = 1000) -> None:
+                 batch_size: int = 1000, partitions: list[int] | None = None) -> None:
         self.cfg, self.topic = cfg, topic
+        self.partitions = None if partitions is None else sorted(set(partitions))
         self.start, self.end, self.bounded = start, end, bounded
         self.batch_size = batch_size
         self._marks: dict[int, tuple[int, int]] | None = None
@@ -214,7 +217,13 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
         return self._marks
 
     def list_parts(self) -> list[str]:
-        return [f"{p}-{self.topic}" for p in partition_ids(self.cfg, self.topic)]
+        known = partition_ids(self.cfg, self.topic)
+        if self.partitions is not None:
+            missing = sorted(set(self.partitions) - set(known))
+            if missing:
+                raise ValueError(f"topic {self.topic!r} has partitions {known}, not {missing}")
+            known = self.partitions
+        return [f"{p}-{self.topic}" for p in known]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ClickPartition:
         part = int(for_part.split("-", 1)[0])

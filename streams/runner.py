@@ -38,6 +38,7 @@ class OnlineJob:
     addresses: list[str] = field(default_factory=list)
     recovery_dir: Path | None = None
     flow_id: str = "diam-online"
+    partitions: list[int] | None = None
 
 
 def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> RecoveryConfig:
@@ -62,7 +63,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
-                         batch_size=job.flow.batch_size)
+                         batch_size=job.flow.batch_size, partitions=job.partitions)
     sinks = FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace),
         deadletter=KafkaRecordSink(job.kafka, job.kafka.deadletter_topic),

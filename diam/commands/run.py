@@ -53,6 +53,20 @@ def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str 
     )
 
 
+def _parse_partitions(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated partition numbers",
+                                 param_hint="--partitions") from None
+    if not parts or min(parts) < 0:
+        raise click.BadParameter(f"{text!r}: expected partition numbers >= 0",
+                                 param_hint="--partitions")
+    return parts
+
+
 @click.command("run")
 @click.option("--topic", default=None, help="Input topic (default: settings kafka.clicks_topic).")
 @click.option("--namespace", default=None, help="Redis namespace to write (default: settings redis.namespace).")
@@ -64,13 +78,17 @@ def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str 
                    "from the snapshotted offsets and gives the same Redis state.")
 @click.option("--bounded/--tail", default=False, show_default=True,
               help="Stop at the end offsets seen at start, or keep tailing the topic.")
+@click.option("--partitions", default=None, metavar="0,1,...",
+              help="Read only these partitions of the topic: run one independent process per "
+                   "subset to scale out without a Bytewax cluster (clicks are keyed by user, so "
+                   "each user's state lives in one process). Give each its own --recovery-dir.")
 @click.option("--checkpoint", default=None, help="Base model checkpoint or snapshot directory.")
 @click.option("--base-from-data", default=None,
               help="Without a snapshot: build a co-occurrence base from this prepared dataset.")
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, workers: int,
             process_id: int | None, addresses: str | None, recovery_dir: Path | None, bounded: bool,
-            checkpoint: str | None, base_from_data: str | None) -> None:
+            partitions: str | None, checkpoint: str | None, base_from_data: str | None) -> None:
     """Consume click events and keep every user's interest vectors fresh in Redis.
 
     Invalid events go to the dead-letter topic with their reason; drift events (K_u changes,
@@ -87,6 +105,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         bounded=bounded, workers=workers, process_id=process_id,
         addresses=addresses.split(";") if addresses else [],
         recovery_dir=recovery_dir,
+        partitions=_parse_partitions(partitions),
     )
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     # The dataflow allocates a few short-lived objects per event, all freed by reference

@@ -173,6 +173,28 @@ def test_one_and_two_workers_same_redis_state(stack, topic, namespace, redis_cli
             redis_client.delete(k)
 
 
+def test_partition_split_processes_give_the_one_process_state(stack, topic, namespace,
+                                                              redis_client) -> None:
+    # Scaling out without a Bytewax cluster: independent runs over disjoint partitions.
+    events = click_stream(n_users=12, n_events=240, seed=6)
+    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    run_online(_job(stack, topic, namespace), _holder())
+    from streams.kafka_io import partition_ids
+
+    parts = partition_ids(stack.settings.kafka, topic)
+    assert len(parts) >= 2, "the test topic needs two partitions or more"
+    ns2 = f"{namespace}-split"
+    try:
+        half = len(parts) // 2
+        for subset in (parts[:half], parts[half:]):
+            run_online(_job(stack, topic, ns2, partitions=subset), _holder())
+        a, b = _redis_state(redis_client, namespace), _redis_state(redis_client, ns2)
+        assert a and a == b
+    finally:
+        for k in redis_client.scan_iter(match=f"diam:{ns2}:*"):
+            redis_client.delete(k)
+
+
 def _write_tiny_checkpoint(path: Path) -> None:
     from safetensors.numpy import save_file
 
