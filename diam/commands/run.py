@@ -75,7 +75,11 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.option("-a", "--addresses", default=None, help="host:port of every process, ';'-separated.")
 @click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
               help="Bytewax recovery store; created on first use. Resume after a crash re-reads "
-                   "from the snapshotted offsets and gives the same Redis state.")
+                   "from the snapshotted offsets and gives the same Redis state. Default when "
+                   "tailing in one process: <stack home>/recovery/<namespace>--<topic>[--p<parts>]; "
+                   "bounded runs (replays, batch jobs) use none unless given.")
+@click.option("--no-recovery", is_flag=True, default=False,
+              help="Tail without a recovery store (a restart then re-reads from the start).")
 @click.option("--bounded/--tail", default=False, show_default=True,
               help="Stop at the end offsets seen at start, or keep tailing the topic.")
 @click.option("--partitions", default=None, metavar="0,1,...",
@@ -88,7 +92,8 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, workers: int,
             process_id: int | None, addresses: str | None, recovery_dir: Path | None, bounded: bool,
-            partitions: str | None, checkpoint: str | None, base_from_data: str | None) -> None:
+            no_recovery: bool, partitions: str | None, checkpoint: str | None,
+            base_from_data: str | None) -> None:
     """Consume click events and keep every user's interest vectors fresh in Redis.
 
     Invalid events go to the dead-letter topic with their reason; drift events (K_u changes,
@@ -98,6 +103,14 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.runner import OnlineJob, run_online
 
     s = get_settings(ctx)
+    if no_recovery and recovery_dir is not None:
+        raise click.BadParameter("give --recovery-dir or --no-recovery, not both")
+    parts = _parse_partitions(partitions)
+    if recovery_dir is None and not (bounded or no_recovery or addresses):
+        # a tailing run is a service: it must survive a crash without losing or redoing work
+        ns_ = namespace or s.redis.namespace
+        tag = "" if parts is None else "--p" + "-".join(map(str, sorted(set(parts))))
+        recovery_dir = Path(s.stack.home) / "recovery" / f"{ns_}--{topic or s.kafka.clicks_topic}{tag}"
     holder = load_holder(s, checkpoint, base_from_data, namespace=namespace or s.redis.namespace)
     job = OnlineJob(
         kafka=s.kafka, redis=s.redis, flow=s.flow,
@@ -105,7 +118,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         bounded=bounded, workers=workers, process_id=process_id,
         addresses=addresses.split(";") if addresses else [],
         recovery_dir=recovery_dir,
-        partitions=_parse_partitions(partitions),
+        partitions=parts,
     )
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     # The dataflow allocates a few short-lived objects per event, all freed by reference
@@ -117,7 +130,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
-               f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else ""))
+               f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
+               + (f" recovery={recovery_dir}" if recovery_dir is not None else ""))
     import time
 
     from streams.online import FlowStats

@@ -56,6 +56,7 @@ def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, n
     env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_SNAPSHOT_DIR": str(tmp_path / "snaps"), "DIAM_ONLINE_DIM": "16",
            "DIAM_FLOW_RELOAD_CHECK_S": "0.2", "DIAM_FLOW_PUSH_EVERY_MS": "50",
+           "DIAM_STACK_HOME": str(tmp_path / "home"),
            "DIAM_KAFKA_DRIFT_TOPIC": drift_topic, "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
     proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace",
                              namespace, "--tail"], env=env, stdout=subprocess.PIPE,
@@ -82,3 +83,6 @@ def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, n
     reanchors = [d for d in drift if d["kind"] == "reanchor" and d["user_id"] == "alice"]
     assert reanchors, f"no reanchor drift event; stderr tail: {err[-1500:]}"
     assert reanchors[-1]["detail"]["version"] == v2
+    # a tailing run keeps a recovery store by default, under the stack home
+    rec = tmp_path / "home" / "recovery" / f"{namespace}--{topic}"
+    assert any(rec.glob("part-*.sqlite3")), f"no default recovery store at {rec}"
