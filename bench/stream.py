@@ -42,7 +42,7 @@ from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.online import OnlineLearner  # noqa: E402
-from serving_cache import decode_user, redis_client, user_key  # noqa: E402
+from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
 from streams.events import ClickEvent, encode_event  # noqa: E402
 from streams.kafka_io import ensure_topic, watermarks  # noqa: E402
 
@@ -197,22 +197,44 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
 
-def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig, events: list[ClickEvent]) -> tuple[float, float]:
+def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
+              events: list[ClickEvent]) -> tuple[float, dict[int, float], float]:
+    """Redis ``MEMORY USAGE`` per user at K_u = 4 and by K_u over the run's users, and the
+    pickled per-user state size. Users reach K_u = 4 only after a few tens of events (K_u
+    changes need several consecutive proposals); when the run has none, K_u = 4 values are
+    built from four real interest vectors of the run and written with the same writer."""
+    from serving_cache import RedisWriter
+
     rc = redis_client(settings.redis)
-    sizes = []
-    for key in rc.scan_iter(match=f"diam:{ns}:u:*", count=1000):
+    by_k: dict[int, list[int]] = {}
+    vecs_pool: list[np.ndarray] = []
+    for n_seen, key in enumerate(rc.scan_iter(match=f"diam:{ns}:u:*", count=1000)):
         raw = rc.get(key)
-        if raw is not None and decode_user(raw).k == 4:
-            sizes.append(rc.memory_usage(key, samples=0))
-        if len(sizes) >= 200:
+        if raw is None:
+            continue
+        uv = decode_user(raw)
+        by_k.setdefault(uv.k, []).append(rc.memory_usage(key, samples=0))
+        vecs_pool.extend(uv.vecs)
+        if n_seen >= 2000:
             break
+    k4 = by_k.get(4, [])
+    if not k4 and len(vecs_pool) >= 4:
+        writer = RedisWriter(rc, ns)
+        pool = np.stack(vecs_pool)
+        made = [(f"k4probe{i}", UserVectors(seq=1, model=base.version, k=4, d=0.5, dim=DIM,
+                                             vecs=pool[4 * i:4 * i + 4], ts=1, n=40))
+                for i in range(min(50, len(pool) // 4))]
+        writer.write_batch(made)
+        k4 = [rc.memory_usage(user_key(ns, u), samples=0) for u, _ in made]
     learner = OnlineLearner(base, cfg)
     states: dict[str, object] = {}
     for off, ev in enumerate(events[:50_000]):
         st = states.get(ev.user_id) or states.setdefault(ev.user_id, learner.new_state(ev.user_id))
         learner.apply(st, ev.item_id, ev.ts, off)
     state_sizes = [len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in states.values()]
-    return (float(np.mean(sizes)) if sizes else float("nan")), float(np.mean(state_sizes))
+    return (float(np.mean(k4)) if k4 else float("nan"),
+            {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
+            float(np.mean(state_sizes)))
 
 
 def main() -> None:
@@ -254,7 +276,8 @@ def main() -> None:
         p50, p99 = freshness(settings, ftopic, f"bf-{run_id}", ckpt, args.rate, 6 if args.quick else 20, env)
         lp50, lp99 = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
                                6 if args.quick else 20, env)
-        redis_bytes, state_bytes = footprint(settings, f"b1-{run_id}", base, settings.online, events)
+        redis_bytes, redis_by_k, state_bytes = footprint(settings, f"b1-{run_id}", base,
+                                                         settings.online, events)
     rc = redis_client(settings.redis)
     for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}"):
         keys = list(rc.scan_iter(match=f"diam:{ns}:*", count=5000))
@@ -275,6 +298,7 @@ def main() -> None:
         "freshness_p99_ms_at_low_rate": round(lp99, 2),
         "low_rate": args.low_rate,
         "redis_bytes_per_user": redis_bytes,
+        "redis_bytes_per_user_by_k": redis_by_k,
         "state_bytes_per_user": round(state_bytes, 1),
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
