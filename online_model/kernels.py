@@ -1,5 +1,6 @@
 """Compiled per-event kernels of the online learner (numba, no fastmath: IEEE results, hence bit
-for bit the same on every run of the same machine type).
+for bit the same on every run of the same machine type; numpy's error model: a division by
+zero gives inf/nan as in numpy instead of raising).
 
 Why: the update touches a K×d block (K ≤ 8, d = 64) and ~17 candidate items per click. As a
 chain of numpy calls it costs ~190 µs per event, almost all of it call overhead on tiny arrays;
@@ -87,7 +88,7 @@ _M64 = (1 << 64) - 1
 # which passes them in; they are arguments so that this module imports nothing of ours)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _dot(a, b) -> float:
     s = 0.0
     for i in range(a.shape[0]):
@@ -96,7 +97,7 @@ def _dot(a, b) -> float:
 
 
 # -- token bucket -------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def admit(ust, ts_ms, burst, per_s, freeze_ms):
     """Token bucket on event time over ``ust[U_TOKENS:U_UNTIL+1]`` (tokens, last refill ts or
     -1, frozen-until ts or -1). Returns ``(learn from this event, froze now)``."""
@@ -117,13 +118,13 @@ def admit(ust, ts_ms, burst, per_s, freeze_ms):
 
 
 # -- signals ---------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _session_score(length, switches, top):
     switch_rate = switches / (length - 1) if length > 1 else 0.0
     return 0.5 * switch_rate + 0.5 * (1.0 - top / length)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def signals_update(sig, n_cat, c, sess_mode, ts_ms, gap_ms, explore_fading, session_fading,
                    short_decay, long_decay):
     """One click of category ``c`` into the accumulators; returns its exploration flag (0 or 1,
@@ -190,7 +191,7 @@ def signals_update(sig, n_cat, c, sess_mode, ts_ms, gap_ms, explore_fading, sess
     return flag
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def distribution(short, long, n_cat):
     """The distribution signal: mean of the normalised entropy of the long-term counts and the
     Jensen-Shannon divergence (base 2) of the short- vs long-term distributions, in [0, 1]."""
@@ -213,7 +214,7 @@ def distribution(short, long, n_cat):
     return min(max(0.5 * h + 0.5 * js / math.log(2.0), 0.0), 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def signal_values(sig, n_cat, prior_weight):
     """The four signals (personality, session purpose, exploration, distribution) from the
     accumulators, each clipped to [0, 1]; 0.5 each before the first click."""
@@ -234,7 +235,7 @@ def signal_values(sig, n_cat, prior_weight):
     return a, b, c, min(max(dist, 0.0), 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def effective_categories(sig, n_cat):
     """``exp(entropy)`` of the long-term decayed category counts (1.0 before any click)."""
     long0 = S_HEAD + WINDOW + 4 * n_cat
@@ -251,7 +252,7 @@ def effective_categories(sig, n_cat):
     return math.exp(h)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def ring_distinct(ring, n):
     """Number of distinct rows among the first ``n`` entries of the recent-item ring."""
     d = 0
@@ -266,7 +267,7 @@ def ring_distinct(ring, n):
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def ring_mean(ring, n, emb_flat, dim):
     """Mean embedding (float64 [dim]) of the first ``n`` rows of the recent-item ring."""
     out = np.zeros(dim)
@@ -280,7 +281,7 @@ def ring_mean(ring, n, emb_flat, dim):
 
 
 # -- geometry ----------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def route(V, e, norms):
     """``argmax_k cos(V[k], e)`` (the first on ties); fills ``norms`` with the rows' norms."""
     best, kk = -np.inf, 0
@@ -293,7 +294,7 @@ def route(V, e, norms):
     return kk
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def softmax_step(v, emb, pos, negs, inv_temp, clip):
     """Minus the sampled-softmax gradient at ``v`` (float64 [d]) as an embedding-space
     direction, ``e_pos − Σ_j p_j e_j`` over the positive row ``pos`` and the rows ``negs``,
@@ -328,7 +329,7 @@ def softmax_step(v, emb, pos, negs, inv_temp, clip):
     return g
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def push_apart(v, V, skip, threshold, norms):
     """Reduce ``v``'s component along every row of ``V`` (except ``skip``) whose cosine with
     ``v`` exceeds ``threshold``, down to exactly ``threshold``, keeping its orthogonal part.
@@ -348,8 +349,8 @@ def push_apart(v, V, skip, threshold, norms):
     d = v.shape[0]
     uh = np.empty(d)
     for j in range(k):
-        if not over[j]:
-            continue
+        if not over[j] or norms[j] == 0.0:
+            continue  # (a zero row has no direction to push away from)
         for i in range(d):
             uh[i] = V[j, i] / norms[j]
         along = _dot(v, uh)
@@ -368,7 +369,7 @@ def push_apart(v, V, skip, threshold, norms):
             v[i] = v[i] - along * uh[i] + uh[i] * f
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def feasible(v, a, rho, max_norm):
     """Pull ``v`` (float64, in place) straight back toward its anchor ``a`` onto the largest
     ``a + t(v − a)``, t ≤ 1, inside ``‖· − a‖ ≤ rho`` and ``‖·‖ ≤ max_norm``."""
@@ -397,7 +398,7 @@ def feasible(v, a, rho, max_norm):
         v[i] = ai + t * (v[i] - ai)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cap_step(v, old, cap):
     """Limit ``‖v − old‖`` to ``cap`` (``v`` float64, in place); True when the cap bit."""
     d = v.shape[0]
@@ -415,7 +416,7 @@ def cap_step(v, old, cap):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cap_drift(V, A, cap):
     """Scale every row's drift ``V[k] − A[k]`` so that the RMS drift over rows is at most
     ``cap`` (``V`` in place). Returns the RMS drift before capping."""
@@ -435,7 +436,7 @@ def cap_drift(V, A, cap):
     return rms
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _cosines(X, Y):
     """``[n, m]`` cosines of rows, each norm plus 1e-12 (the seed's convention)."""
     n, m = X.shape[0], Y.shape[0]
@@ -452,7 +453,7 @@ def _cosines(X, Y):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def centroids(items, k, iters):
     """Deterministic spherical k-means of ``items`` [n, d] into ``min(k, n)`` centroids (float64).
 
@@ -514,7 +515,7 @@ def centroids(items, k, iters):
 
 
 # -- the whole event ---------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _event_start(uhash, offset, n_table, n_draw):
     """SplitMix64 of (user, offset) modulo the table windows: the event's negatives start.
 
@@ -527,7 +528,7 @@ def _event_start(uhash, offset, n_table, n_draw):
     return np.int64(x % np.uint64(n_table - n_draw))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def learn_event(Vf, Af, dim, ust, ring, sig, n_cat, emb_flat, item_norms, item_cats, table, par,
                 sigc, idx, sess_mode, ts_ms, uhash, offset, anchored):
     """Apply one click to one user: rate limit, signals, the recent-item ring, and (for an
