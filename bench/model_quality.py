@@ -247,17 +247,18 @@ def plots(result: dict, runs: list[dict], out_dir: Path) -> list[str]:
 
 def synthetic(args: argparse.Namespace, keep_best: bool) -> dict:
     """DIAM on the planted synthetic set: K_u / d_u recovery (cached like the ml-100k runs)."""
-    cache = RUNS / (f"synth_u{args.synth_users}_s{args.seeds[0]}_e{args.epochs}"
+    epochs = args.synth_epochs or args.epochs
+    cache = RUNS / (f"synth_u{args.synth_users}_s{args.seeds[0]}_e{epochs}"
                     f"_m{args.max_per_user}_lr{args.lr:g}{'_kb' if keep_best else ''}.json")
     if args.resume and cache.is_file():
         return json.loads(cache.read_text())
     sc = _load(_ensure_synth(args.synth, args.synth_users))
     sf = Features.of(sc)
-    r = run_one(sc, sf, "diam", args.seeds[0], args.epochs, args.max_per_user, {}, False,
+    r = run_one(sc, sf, "diam", args.seeds[0], epochs, args.max_per_user, {}, False,
                 lr=args.lr, keep_best=keep_best)
     model = r.pop("_model")
     out = {"dataset": sc.name, "users": sc.n_users, "items": sc.n_items,
-           "events": len(sc.items), "seed": args.seeds[0],
+           "events": len(sc.items), "seed": args.seeds[0], "epochs": epochs,
            "recall@20": r["model_agg"]["recall@20"], "recovery": recovery(model, sc)}
     if not args.quick:
         RUNS.mkdir(parents=True, exist_ok=True)
@@ -281,6 +282,8 @@ def main() -> None:
                     help="end with the last epoch's weights instead of the best on valid users")
     ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--synth-epochs", type=int, default=0,
+                    help="epochs of the synthetic run [default: --epochs]")
     ap.add_argument("--synth-only", action="store_true",
                     help="only the synthetic K_u / d_u recovery run (cached for --resume)")
     args = ap.parse_args()
