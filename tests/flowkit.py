@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from online_model.online import OnlineLearner
 
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
+from online_model.online import OnlineLearner
 from streams.events import ClickEvent, encode_event
 from streams.kafka_io import RawRecord
 
