@@ -7,7 +7,8 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``.
 - ``freshness_p50_ms`` / ``freshness_p99_ms``: produce time → the user's vector (with a seq at
   least the event's offset) visible in Redis, for a sample of events offered at ``offered_rate``
-  events/s to a tailing dataflow in its own process.
+  events/s to a tailing dataflow in its own process (recovery on, its default when tailing);
+  also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions.
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
   ``state_bytes_per_user``: the pickled per-user state Bytewax snapshots.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
@@ -135,12 +136,20 @@ def timed_run(cmds: list[list[str]], env: dict[str, str]) -> float:
     return end - (max(starts) if starts else t0)
 
 
-def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env) -> tuple[float, float]:
+def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env,
+              splits: tuple[str, ...] = ()) -> tuple[float, float]:
+    """p50/p99 of produce → visible in Redis at ``rate`` events/s, with one tailing process, or
+    one per partition subset in ``splits`` (e.g. ``("0,1", "2,3")``)."""
     rc = redis_client(settings.redis)
-    proc = subprocess.Popen(dataflow_cmd(topic, ns, ckpt, ["--tail"]), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    proc.stdout.readline()
+    # each tailing process keeps its recovery store (the default when tailing) in the bench's
+    # temporary directory
+    extras = ([["--tail", "--partitions", p] for p in splits] or [["--tail"]])
+    extras = [x + ["--recovery-dir", str(ckpt.parent / f"rec-{ns}-{i}")] for i, x in enumerate(extras)]
+    procs = [subprocess.Popen(dataflow_cmd(topic, ns, ckpt, x), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for x in extras]
+    for proc in procs:
+        assert proc.stdout is not None
+        proc.stdout.readline()
     time.sleep(3.0)  # partitions assigned and consumers caught up with the empty topic
     pending: dict[str, tuple[int, float]] = {}
     lat: list[float] = []
@@ -191,8 +200,9 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     stop_at = time.time()
     done.set()
     poller.join(30)
-    proc.terminate()
-    proc.wait(30)
+    for proc in procs:
+        proc.terminate()
+        proc.wait(30)
     arr = np.array(lat)
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
@@ -276,15 +286,20 @@ def main() -> None:
         p50, p99 = freshness(settings, ftopic, f"bf-{run_id}", ckpt, args.rate, 6 if args.quick else 20, env)
         lp50, lp99 = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
                                6 if args.quick else 20, env)
+        ttopic = f"bench.fresh-two.{run_id}"
+        ensure_topic(kafka, ttopic, partitions=4)
+        tp50, tp99 = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
+                               6 if args.quick else 20, env, splits=("0,1", "2,3"))
         redis_bytes, redis_by_k, state_bytes = footprint(settings, f"b1-{run_id}", base,
                                                          settings.online, events)
     rc = redis_client(settings.redis)
-    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}"):
+    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}",
+               f"bt-{run_id}"):
         keys = list(rc.scan_iter(match=f"diam:{ns}:*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
     from confluent_kafka.admin import AdminClient
-    AdminClient(kafka.client_config()).delete_topics([topic, ftopic, ltopic])
+    AdminClient(kafka.client_config()).delete_topics([topic, ftopic, ltopic, ttopic])
     result = {
         "events": n,
         "users": users,
@@ -297,6 +312,8 @@ def main() -> None:
         "freshness_p50_ms_at_low_rate": round(lp50, 2),
         "freshness_p99_ms_at_low_rate": round(lp99, 2),
         "low_rate": args.low_rate,
+        "freshness_p50_ms_two_processes": round(tp50, 2),
+        "freshness_p99_ms_two_processes": round(tp99, 2),
         "redis_bytes_per_user": redis_bytes,
         "redis_bytes_per_user_by_k": redis_by_k,
         "state_bytes_per_user": round(state_bytes, 1),

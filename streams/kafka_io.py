@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -34,6 +39,7 @@ __all__ = [
     "ClickSource",
     "KafkaOut",
     "KafkaRecordSink",
+    "KafkaEpochSink",
     "ensure_topic",
     "partition_ids",
     "watermarks",
@@ -247,9 +253,15 @@ class _DeliveryState:
     last_error: str | None = None
 
 
-class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
-    def __init__(self, producer: Producer, topic: str) -> None:
-        self._producer, self._topic = producer, topic
+class _Producing:
+    """A producer to one topic that remembers delivery failures (shared by the sinks)."""
+
+    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+        conf = cfg.client_config()
+        # linger 0: the sinks wait for delivery (per batch, or at each epoch end), so lingering
+        # only adds that much to every wait
+        conf.update({"linger.ms": "0", "message.timeout.ms": "120000", "enable.idempotence": "true"})
+        self.producer, self.topic = Producer(conf), topic
         self._state = _DeliveryState()
 
     def _on_delivery(self, err: object, _msg: object) -> None:
@@ -257,43 +269,89 @@ class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
             self._state.failed += 1
             self._state.last_error = str(err)
 
-    def write_batch(self, items: list[KafkaOut]) -> None:
+    def produce(self, items: Iterable[KafkaOut]) -> None:
         for rec in items:
             while True:
                 try:
-                    self._producer.produce(self._topic, key=rec.key, value=rec.value,
-                                           headers=list(rec.headers),  # type: ignore[arg-type]
-                                           on_delivery=self._on_delivery)
+                    self.producer.produce(self.topic, key=rec.key, value=rec.value,
+                                          headers=list(rec.headers),  # type: ignore[arg-type]
+                                          on_delivery=self._on_delivery)
                     break
                 except BufferError:  # local queue full: serve callbacks, then retry
-                    self._producer.poll(0.1)
-        # Flushing per batch makes a delivery failure surface here, before the epoch closes,
-        # so recovery re-emits the records instead of losing them.
-        self._producer.flush()
+                    self.producer.poll(0.1)
+
+    def check(self) -> None:
         if self._state.failed:
             raise RuntimeError(
-                f"{self._state.failed} record(s) to {self._topic!r} were not delivered: "
+                f"{self._state.failed} record(s) to {self.topic!r} were not delivered: "
                 f"{self._state.last_error}"
             )
 
+
+class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
+    def __init__(self, out: _Producing) -> None:
+        self._out = out
+
+    def write_batch(self, items: list[KafkaOut]) -> None:
+        self._out.produce(items)
+        # A stateless sink has no epoch hook: waiting for delivery per batch is what makes a
+        # failure surface before the epoch closes, so recovery re-emits the records.
+        self._out.producer.flush()
+        self._out.check()
+
     def close(self) -> None:
-        self._producer.flush()
+        self._out.producer.flush()
 
 
 class KafkaRecordSink(DynamicSink[KafkaOut]):
-    """Produce :class:`KafkaOut` records to ``topic``; a delivery failure stops the dataflow
-    (and recovery replays it) instead of being ignored."""
+    """Produce :class:`KafkaOut` records to ``topic``, waiting for delivery after every batch;
+    a delivery failure stops the dataflow (and recovery replays it) instead of being ignored.
+    For low-volume outputs (alerts); a busy stream wants :class:`KafkaEpochSink`."""
 
     def __init__(self, cfg: KafkaConfig, topic: str) -> None:
         self.cfg, self.topic = cfg, topic
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
-        conf = self.cfg.client_config()
-        # linger 0: write_batch flushes right after producing (so a delivery failure surfaces
-        # before the epoch closes), so lingering would only stall the worker on every batch
-        # that has a drift event or a dead letter (5 ms per batch when tailing a live topic).
-        conf.update({"linger.ms": "0", "message.timeout.ms": "120000", "enable.idempotence": "true"})
-        return _RecordSinkPartition(Producer(conf), self.topic)
+        return _RecordSinkPartition(_Producing(self.cfg, self.topic))
+
+
+class _EpochSinkPartition(StatefulSinkPartition[KafkaOut, None]):
+    def __init__(self, out: _Producing) -> None:
+        self._out = out
+
+    def write_batch(self, values: list[KafkaOut]) -> None:
+        self._out.produce(values)
+        self._out.producer.poll(0)  # serve delivery reports; failures surface here too
+        self._out.check()
+
+    def snapshot(self) -> None:
+        # Bytewax takes this at every epoch end, before it commits the epoch: everything the
+        # epoch produced is then delivered, or the dataflow stops and recovery replays it.
+        self._out.producer.flush()
+        self._out.check()
+
+    def close(self) -> None:
+        self._out.producer.flush()
+        self._out.check()
+
+
+class KafkaEpochSink(FixedPartitionedSink[KafkaOut, None]):
+    """Produce ``(key, KafkaOut)`` items to ``topic`` without waiting per batch: delivery is
+    awaited once per epoch (in the partition's snapshot), so a record is never lost to a crash
+    yet the worker does not stall on a broker round trip for every batch that carries one.
+    One sink partition (the key only routes to it)."""
+
+    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+        self.cfg, self.topic = cfg, topic
+
+    def list_parts(self) -> list[str]:
+        return ["0"]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _EpochSinkPartition:
+        return _EpochSinkPartition(_Producing(self.cfg, self.topic))
 
 
 def _messages(cfg: KafkaConfig, topic: str, timeout: float) -> Iterable[Message]:

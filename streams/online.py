@@ -29,7 +29,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream, StatefulBatchLogic
-from bytewax.outputs import DynamicSink
+from bytewax.outputs import DynamicSink, Sink
 
 from serving_cache.codec import UserVectors
 from streams.config import FlowConfig
@@ -76,11 +76,13 @@ class FlowStats:
 
 @dataclass(frozen=True)
 class FlowSinks:
-    """Where the dataflow's three outputs go."""
+    """Where the dataflow's three outputs go. Dead letters and drift events arrive as
+    ``(key, KafkaOut)`` pairs (the key names the source partition / the user), the shape
+    ``streams.kafka_io.KafkaEpochSink`` takes; ``TestingSink`` takes anything."""
 
     vectors: DynamicSink[tuple[str, UserVectors]]
-    deadletter: DynamicSink[KafkaOut]
-    drift: DynamicSink[KafkaOut]
+    deadletter: Sink[tuple[str, KafkaOut]]
+    drift: Sink[tuple[str, KafkaOut]]
 
 
 class LearnerHolder:
@@ -282,8 +284,9 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     def valid_keyed(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, tuple[int, ClickEvent]]]:
         return [(ev.user_id, (rec.offset, ev)) for rec, ev in batch if type(ev) is ClickEvent]
 
-    def rejected(batch: list[tuple[RawRecord, Any]]) -> list[KafkaOut]:
-        return [deadletter_record(rec, ev.reason) for rec, ev in batch if type(ev) is Rejection]
+    def rejected(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, KafkaOut]]:
+        return [(str(rec.partition), deadletter_record(rec, ev.reason))
+                for rec, ev in batch if type(ev) is Rejection]
 
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
@@ -295,5 +298,6 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     op.output("redis", op.flat_map_batch(
         "vectors", learned, lambda b: [t[1] for _, t in b if t[0] == "v"]), sinks.vectors)
     op.output("drift", op.flat_map_batch(
-        "to-drift", learned, lambda b: [drift_record(t[1]) for _, t in b if t[0] == "x"]), sinks.drift)
+        "to-drift", learned, lambda b: [(u, drift_record(t[1])) for u, t in b if t[0] == "x"]),
+        sinks.drift)
     return flow

@@ -14,7 +14,7 @@ from bytewax.testing import cluster_main, run_main
 from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
-from streams.kafka_io import ClickSource, KafkaRecordSink, ensure_topic
+from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.redis_sink import RedisVectorSink
 
@@ -66,8 +66,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
                          batch_size=job.flow.batch_size, partitions=job.partitions)
     sinks = FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace),
-        deadletter=KafkaRecordSink(job.kafka, job.kafka.deadletter_topic),
-        drift=KafkaRecordSink(job.kafka, job.kafka.drift_topic),
+        deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),
+        drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic),
     )
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
                       recovery=job.recovery_dir is not None)

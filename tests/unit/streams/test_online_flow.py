@@ -29,7 +29,9 @@ def _run(items, workers: int = 1, recovery=None, stats=None, vecs=None, epoch_s:
         run_main(flow, epoch_interval=timedelta(seconds=epoch_s), recovery_config=recovery)
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=timedelta(seconds=0.05))
-    return vecs, dead, drift
+    # dead letters and drift events travel as (key, record) pairs to their Kafka sinks
+    assert all(isinstance(k, str) for k, _ in dead + drift)
+    return vecs, [r for _, r in dead], [r for _, r in drift]
 
 
 def _final(vecs) -> dict[str, bytes]:
