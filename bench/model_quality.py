@@ -70,13 +70,14 @@ def _ensure_synth(path: Path, users: int, seed: int = 0) -> Path:
 
 def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
             max_per_user: int, ref_cache: dict, sweeps: bool, lr: float = LR,
-            keep_best: bool = True) -> dict:
+            keep_best: bool = True, neg_max: bool = False) -> dict:
     """Train one model, evaluate its test users; returns metrics and sweep points.
 
     Every model gets the same trainer settings; with ``keep_best`` each ends with the weights of
     its epoch best on the seed's VALIDATION users (test users are never looked at in training).
     """
-    mcfg = ModelConfig(model=name, n_items=corpus.n_items, n_categories=corpus.n_categories)
+    mcfg = ModelConfig(model=name, n_items=corpus.n_items, n_categories=corpus.n_categories,
+                       neg_max=neg_max)
     tcfg = TrainConfig(epochs=epochs, seed=seed, max_per_user=max_per_user, lr=lr,
                        eval_every=1 if keep_best else 0, keep_best=keep_best)
     t0 = time.perf_counter()
@@ -249,13 +250,14 @@ def synthetic(args: argparse.Namespace, keep_best: bool) -> dict:
     """DIAM on the planted synthetic set: K_u / d_u recovery (cached like the ml-100k runs)."""
     epochs = args.synth_epochs or args.epochs
     cache = RUNS / (f"synth_u{args.synth_users}_s{args.seeds[0]}_e{epochs}"
-                    f"_m{args.max_per_user}_lr{args.lr:g}{'_kb' if keep_best else ''}.json")
+                    f"_m{args.max_per_user}_lr{args.lr:g}{'_kb' if keep_best else ''}"
+                    f"{'_negmax' if args.diam_neg_max else ''}.json")
     if args.resume and cache.is_file():
         return json.loads(cache.read_text())
     sc = _load(_ensure_synth(args.synth, args.synth_users))
     sf = Features.of(sc)
     r = run_one(sc, sf, "diam", args.seeds[0], epochs, args.max_per_user, {}, False,
-                lr=args.lr, keep_best=keep_best)
+                lr=args.lr, keep_best=keep_best, neg_max=args.diam_neg_max)
     model = r.pop("_model")
     out = {"dataset": sc.name, "users": sc.n_users, "items": sc.n_items,
            "events": len(sc.items), "seed": args.seeds[0], "epochs": epochs,
@@ -282,6 +284,8 @@ def main() -> None:
                     help="end with the last epoch's weights instead of the best on valid users")
     ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--diam-neg-max", action="store_true",
+                    help="DIAM scores negatives by their best interest (collapses interests)")
     ap.add_argument("--synth-epochs", type=int, default=0,
                     help="epochs of the synthetic run [default: --epochs]")
     ap.add_argument("--synth-only", action="store_true",
@@ -302,12 +306,14 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.models:
             cache = RUNS / (f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}"
-                            f"_lr{args.lr:g}{'_kb' if keep_best else ''}.json")
+                            f"_lr{args.lr:g}{'_kb' if keep_best else ''}"
+                            f"{'_negmax' if args.diam_neg_max and name == 'diam' else ''}.json")
             if args.resume and cache.is_file():
                 runs.append(json.loads(cache.read_text()))
                 continue
             r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user, ref_cache,
-                        sweeps=not args.quick, lr=args.lr, keep_best=keep_best)
+                        sweeps=not args.quick, lr=args.lr, keep_best=keep_best,
+                        neg_max=args.diam_neg_max)
             r.pop("_model")
             runs.append(r)
             if not args.quick:
@@ -325,6 +331,13 @@ def main() -> None:
     if "diam" in args.models:
         result["variants"] = {"diam (merge by score)": summarise(
             [r for r in runs if r["model"] == "diam"], "merge")["diam"]}
+        # the neg_max runs, when cached (python bench/model_quality.py --diam-neg-max ...)
+        nm = [RUNS / (f"{corpus.name}_diam_s{s}_e{args.epochs}_m{args.max_per_user}"
+                      f"_lr{args.lr:g}{'_kb' if keep_best else ''}_negmax.json")
+              for s in args.seeds]
+        if not args.diam_neg_max and all(p.is_file() for p in nm):
+            nmr = [json.loads(p.read_text()) for p in nm]
+            result["variants"]["diam, neg_max (interests collapse)"] = summarise(nmr)["diam"]
         dr = [r for r in runs if r["model"] == "diam"]
         ku = np.concatenate([r["k_u"] for r in dr]).astype(int)
         result["diam_ku_du"] = {
