@@ -38,6 +38,9 @@ __all__ = [
     "effective_categories",
     "ring_distinct",
     "ring_mean",
+    "clip_rows",
+    "anchors_from_ring",
+    "mean_row",
     "sig_size",
     "admit",
     "route",
@@ -514,6 +517,43 @@ def centroids(items, k, iters):
     return cents
 
 
+@njit(cache=True, error_model="numpy")
+def clip_rows(X, max_norm):
+    """Scale each row of ``X`` (in place) down to norm ``max_norm·(1 − 1e-6)`` if longer: a
+    hair inside, so float32 rounding cannot leave it outside (as ``guards.clip_norm``)."""
+    m = max_norm * (1.0 - 1e-6)
+    for r in range(X.shape[0]):
+        nn = math.sqrt(_dot(X[r], X[r]))
+        if nn > m:
+            f = m / max(nn, 1e-30)
+            for i in range(X.shape[1]):
+                X[r, i] = X[r, i] * f
+
+
+@njit(cache=True, error_model="numpy")
+def anchors_from_ring(ring, n, emb_flat, dim, k, max_norm, iters):
+    """Anchors of a user: :func:`centroids` of the distinct recent items (sorted rows; repeats
+    would skew the seeding), norm-bounded, float32 ``[min(k, distinct), dim]``."""
+    rows = np.unique(ring[:n])
+    items = np.empty((rows.shape[0], dim), dtype=np.float32)
+    for r in range(rows.shape[0]):
+        b = rows[r] * dim
+        for i in range(dim):
+            items[r, i] = emb_flat[b + i]
+    cents = centroids(items, k, iters).astype(np.float32)
+    clip_rows(cents, max_norm)
+    return cents
+
+
+@njit(cache=True, error_model="numpy")
+def mean_row(ring, n, emb_flat, dim, max_norm):
+    """A not-yet-anchored user's single vector: the mean of its recent items, norm-bounded,
+    float32 ``[1, dim]``."""
+    out = ring_mean(ring, n, emb_flat, dim).astype(np.float32).reshape((1, dim))
+    clip_rows(out, max_norm)
+    return out
+
+
 # -- the whole event ---------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
 def _event_start(uhash, offset, n_table, n_draw):
@@ -644,3 +684,5 @@ def warm_up() -> None:
     effective_categories(sig, n_cat)
     ring_distinct(ring, 3)
     ring_mean(ring, 3, emb.reshape(-1), dim)
+    anchors_from_ring(ring, 3, emb.reshape(-1), dim, 2, 1.0, 5)
+    mean_row(ring, 3, emb.reshape(-1), dim, 1.0)

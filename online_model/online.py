@@ -33,7 +33,6 @@ from online_model.config import OnlineConfig
 from online_model.guards import cap_drift, clip_norm
 from online_model.routing import (
     NegativeTable,
-    centroids,
     merge_closest,
     split_worst,
     stable_hash64,
@@ -415,8 +414,7 @@ class OnlineLearner:
 
     def _mean_vector(self, state: UserState) -> np.ndarray:
         """A not-yet-anchored user's single vector: the mean of its items, norm-bounded."""
-        mean = K.ring_mean(state.ring, state.n_recent, self._emb_flat, self.base.dim)
-        return clip_norm(mean[None, :], self._max_norm).astype(np.float32)
+        return K.mean_row(state.ring, state.n_recent, self._emb_flat, self._dim, self._max_norm)
 
     def _propose_k(self, state: UserState, sig: np.ndarray) -> int:
         base, cfg = self.base, self.cfg
@@ -432,11 +430,11 @@ class OnlineLearner:
         return max(1, min(k, self.k_max, distinct))
 
     def _anchor(self, state: UserState) -> None:
-        base = self.base
         sig = state.signals.values()
         k = self._propose_k(state, sig)
-        items = base.item_emb[np.unique(state.recent)]  # unique: repeats would skew seeding
-        A = clip_norm(centroids(items, k), self._max_norm).astype(np.float32)
+        # centroids of the distinct recent items (repeats would skew the seeding), norm-bounded
+        A = K.anchors_from_ring(state.ring, state.n_recent, self._emb_flat, self._dim, k,
+                                self._max_norm, 5)
         state.A, state.V = A, A.copy()
         state.anchored, state.capped = True, False
         state.k_proposal, state.k_streak = A.shape[0], 0
