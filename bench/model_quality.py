@@ -180,7 +180,8 @@ def markdown(result: dict) -> str:
     rows += [(n, m) for n, m in result.get("variants", {}).items()]
     for name, m in rows:
         cells = [f"{m[c]['mean']:.4f} ± {m[c]['std']:.4f}" for c in cols]
-        t = result["timing"].get(name.split(" ")[0], {}).get("seconds_per_epoch", float("nan"))
+        key = name if name in result["timing"] else name.split(" ")[0]
+        t = result["timing"].get(key, {}).get("seconds_per_epoch", float("nan"))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {t:.1f} |")
     if result.get("best_epochs"):
         lines += ["", "Epoch kept per seed (best on validation users): "
@@ -338,6 +339,8 @@ def main() -> None:
         if not args.diam_neg_max and all(p.is_file() for p in nm):
             nmr = [json.loads(p.read_text()) for p in nm]
             result["variants"]["diam, neg_max (interests collapse)"] = summarise(nmr)["diam"]
+            result["variant_timing"] = {"diam, neg_max (interests collapse)": {
+                "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in nmr]))}}
         dr = [r for r in runs if r["model"] == "diam"]
         ku = np.concatenate([r["k_u"] for r in dr]).astype(int)
         result["diam_ku_du"] = {
@@ -365,6 +368,7 @@ def main() -> None:
         n: {"seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs
                                                 if r["model"] == n]))}
         for n in args.models}
+    result["timing"].update(result.pop("variant_timing", {}))
     result["timing"]["note"] = ("CPU, 1 torch thread, batch 256, up to "
                                 f"{args.max_per_user} positions per training user per epoch")
 
