@@ -10,7 +10,9 @@ the offsets as with the stock source.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -155,34 +157,86 @@ def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 
         c.close()
 
 
-class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
-    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, part: int, start: int, end: int | None,
-                 batch_size: int) -> None:
-        self._topic, self._part, self._end = topic, part, end
-        self._next = start
-        self._batch = batch_size
-        self._consumer = Consumer(conf)
-        self._consumer.assign([TopicPartition(topic, part, start)])
+class _SharedConsumer:
+    """One librdkafka consumer for all the partitions of a topic that one worker reads.
 
-    def next_batch(self) -> list[RawRecord]:
-        if self._end is not None and self._next >= self._end:
-            raise StopIteration()
-        # A short wait: each worker polls its partitions one after another, so a long wait on an
-        # idle partition would delay the busy ones (Bytewax's own Kafka source waits 1 ms).
-        msgs = self._consumer.consume(self._batch, 0.001)
-        out: list[RawRecord] = []
-        for m in msgs:
+    Bytewax polls a worker's partitions one after another. With a consumer per partition,
+    each poll of a caught-up partition waited out its timeout while the others' records
+    aged: produce-to-consume latency at 5k events/s over 4 partitions measured p50 0.2-1.8 s,
+    against 20-120 ms for one consumer over the same partitions (same box, same minutes).
+    Here one consumer fetches for all of them and hands each record to its partition's
+    buffer; per-partition order and offsets (the recovery snapshots) are unchanged.
+    """
+
+    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int) -> None:
+        self.consumer = Consumer(conf)
+        self.topic, self.batch = topic, batch
+        self.buffers: dict[int, deque[Message]] = {}
+
+    def add(self, part: int, start: int) -> deque[Message]:
+        buf: deque[Message] = deque()
+        self.buffers[part] = buf
+        self.consumer.incremental_assign([TopicPartition(self.topic, part, start)])
+        return buf
+
+    def remove(self, part: int) -> None:
+        if self.buffers.pop(part, None) is not None:
+            self.consumer.incremental_unassign([TopicPartition(self.topic, part)])
+
+    def fill(self) -> None:
+        # A short wait: a worker polls its partitions in turn, and an idle one must not hold
+        # up the rest (Bytewax's own Kafka source waits 1 ms too).
+        for m in self.consumer.consume(self.batch, 0.001):
             err = m.error()
             if err is not None:
                 if err.code() == err._PARTITION_EOF:
                     continue
                 if err.retriable():
                     continue  # librdkafka retries by itself; a broker outage stalls here
-                raise RuntimeError(f"consuming {self._topic}[{self._part}]: {err}")
+                raise RuntimeError(f"consuming {self.topic}[{m.partition()}]: {err}")
+            buf = self.buffers.get(m.partition() or 0)
+            if buf is not None:
+                buf.append(m)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# (worker thread, topic) -> its shared consumer; Bytewax builds and polls a worker's
+# partitions on that worker's thread
+_SHARED: dict[tuple[int, str], _SharedConsumer] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
+    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, part: int, start: int, end: int | None,
+                 batch_size: int) -> None:
+        self._topic, self._part, self._end = topic, part, end
+        self._next = start
+        self._batch = batch_size
+        self._key = (threading.get_ident(), topic)
+        with _SHARED_LOCK:
+            shared = _SHARED.get(self._key)
+            if shared is None or part in shared.buffers:  # (stale: a run that never closed)
+                shared = _SHARED[self._key] = _SharedConsumer(conf, topic, batch_size)
+        self._shared = shared
+        self._buf = shared.add(part, start)
+
+    def next_batch(self) -> list[RawRecord]:
+        if self._end is not None and self._next >= self._end:
+            self._release()
+            raise StopIteration()
+        buf = self._buf
+        if not buf:
+            self._shared.fill()
+        out: list[RawRecord] = []
+        while buf and len(out) < self._batch:
+            m = buf.popleft()
             off = m.offset()  # always set on a consumed, error-free message
             assert off is not None
             if self._end is not None and off >= self._end:
                 self._next = self._end
+                buf.clear()
                 break
             out.append(RawRecord(self._topic, self._part, off, _bytes(m.key()), _bytes(m.value()),
                                  m.timestamp()[1]))
@@ -192,8 +246,15 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
     def snapshot(self) -> int:
         return self._next
 
+    def _release(self) -> None:
+        with _SHARED_LOCK:
+            self._shared.remove(self._part)
+            if not self._shared.buffers and _SHARED.get(self._key) is self._shared:
+                del _SHARED[self._key]
+                self._shared.close()
+
     def close(self) -> None:
-        self._consumer.close()
+        self._release()
 
 
 class ClickSource(FixedPartitionedSource[RawRecord, int]):
