@@ -63,3 +63,23 @@ def test_focused_user_scores_lower_than_browser():
         focused.update(0, i * 60_000)
         browser.update(i % 8, i * 60_000)
     assert np.all(focused.values()[1:] < browser.values()[1:])
+
+
+def test_exponential_means_follow_river_ewmean():
+    # The compiled update keeps the exploration rate as River's EWMean would (seeded with the
+    # 0.5 prior, then one update per scored click).
+    from river import stats
+
+    from online_model import kernels as K
+    from online_model.signals import EXPLORE_FADING
+
+    rng = np.random.default_rng(3)
+    s = SignalState(12)
+    ref = stats.EWMean(EXPLORE_FADING)
+    ref.update(0.5)
+    for i, c in enumerate(rng.integers(0, 12, size=300)):
+        flag = s.update(int(c), 1000 * i)
+        if i:  # the first click is not scored
+            ref.update(flag)
+    assert abs(s.buf[K.S_EXPLORE] - ref.get()) < 1e-12
+    assert abs(s.values()[2] - ref.get()) < 1e-6
