@@ -85,10 +85,6 @@ STEP_CAPPED = 32  # the per-step cap bit
 DRIFT_CAPPED = 64  # the drift cap bit (vectors clamped, or rolled back with P_ROLLBACK)
 
 _EPS = 1e-12
-_M64 = (1 << 64) - 1
-
-# constants of the session and exploration signals (the values live in online_model.signals,
-# which passes them in; they are arguments so that this module imports nothing of ours)
 
 
 @njit(cache=True, error_model="numpy")
@@ -420,16 +416,23 @@ def cap_step(v, old, cap):
 
 
 @njit(cache=True, error_model="numpy")
-def cap_drift(V, A, cap):
-    """Scale every row's drift ``V[k] − A[k]`` so that the RMS drift over rows is at most
-    ``cap`` (``V`` in place). Returns the RMS drift before capping."""
+def rms_drift(V, A):
+    """RMS over rows of ``‖V[k] − A[k]‖``."""
     k, d = V.shape
     s = 0.0
     for r in range(k):
         for i in range(d):
             x = np.float64(V[r, i]) - A[r, i]
             s += x * x
-    rms = math.sqrt(s / max(k, 1))
+    return math.sqrt(s / max(k, 1))
+
+
+@njit(cache=True, error_model="numpy")
+def cap_drift(V, A, cap):
+    """Scale every row's drift ``V[k] − A[k]`` so that the RMS drift over rows is at most
+    ``cap`` (``V`` in place). Returns the RMS drift before capping."""
+    k, d = V.shape
+    rms = rms_drift(V, A)
     if rms > cap:
         f = cap / rms
         for r in range(k):
@@ -643,12 +646,7 @@ def learn_event(Vf, Af, dim, ust, ring, sig, n_cat, emb_flat, item_norms, item_c
     rms = 0.0
     if guards:
         if par[P_ROLLBACK] != 0.0:
-            s = 0.0
-            for r in range(K):
-                for i in range(dim):
-                    x = np.float64(V[r, i]) - A[r, i]
-                    s += x * x
-            rms = math.sqrt(s / K)
+            rms = rms_drift(V, A)
             if rms > par[P_DRIFT_CAP]:
                 V[:, :] = A
                 bits |= DRIFT_CAPPED

@@ -80,6 +80,19 @@ class DriftEvent:
         )
 
 
+def _ust_slot(index: int, doc: str) -> property:
+    """A float attribute of :class:`UserState` kept in its ``ust`` array (where the kernel
+    reads and writes it)."""
+
+    def get(self: UserState) -> float:
+        return float(self.ust[index])
+
+    def put(self: UserState, value: float) -> None:
+        self.ust[index] = value
+
+    return property(get, put, doc=doc)
+
+
 class UserState:
     """One user's online state: small (~2 KB pickled) and picklable, as Bytewax snapshots it.
 
@@ -147,21 +160,8 @@ class UserState:
     def k(self) -> int:
         return int(self.V.shape[0])
 
-    @property
-    def d_logit(self) -> float:
-        return float(self.ust[K.U_D_LOGIT])
-
-    @d_logit.setter
-    def d_logit(self, value: float) -> None:
-        self.ust[K.U_D_LOGIT] = value
-
-    @property
-    def d_prior(self) -> float:
-        return float(self.ust[K.U_D_PRIOR])
-
-    @d_prior.setter
-    def d_prior(self, value: float) -> None:
-        self.ust[K.U_D_PRIOR] = value
+    d_logit = _ust_slot(K.U_D_LOGIT, "d_u's logit (the kernel updates it in place).")
+    d_prior = _ust_slot(K.U_D_PRIOR, "d_u's prior logit, from the fusion layer on the signals.")
 
     @property
     def d(self) -> float:

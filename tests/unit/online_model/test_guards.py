@@ -113,3 +113,18 @@ def test_negative_table_windows_are_keyed_and_stay_in_rows():
     assert np.isin(a, rows).all() and len(a) == 17
     counts = np.bincount(t.table - 10, minlength=50)
     assert counts.min() > 40 and counts.max() < 130  # ~82 each
+
+
+def test_kernel_negatives_window_is_the_negative_tables():
+    # the learner's kernel places an event's negatives itself; it must pick the very window
+    # NegativeTable.draw(event_key(user, offset), n) documents
+    from online_model import kernels as K
+    from online_model.routing import NegativeTable, event_key, stable_hash64
+
+    t = NegativeTable(np.arange(500), size=4096)
+    for user in ("alice", "bob", "u123456"):
+        h = stable_hash64(user)
+        h64 = h - (1 << 64) if h >= 1 << 63 else h
+        for offset in (0, 7, 123_456_789, 2**40 + 3):
+            start = K._event_start(h64, offset, len(t.table), 17)
+            assert np.array_equal(t.table[start:start + 17], t.draw(event_key(h, offset), 17))
