@@ -156,6 +156,19 @@ class UserState:
         self.frozen = False
         self.capped = False
 
+    def clone_for(self, user_id: str) -> UserState:
+        """A copy of this state for another user (arrays copied). The learner builds new users
+        from a template this way: ~2x cheaper than ``__init__``, whose array set-up dominates."""
+        other = UserState.__new__(UserState)
+        for name in self._PLAIN:
+            setattr(other, name, getattr(self, name))
+        other.user_id = user_id
+        h = stable_hash64(user_id)
+        other.uhash = h - (1 << 64) if h >= 1 << 63 else h
+        other.V, other.A, other.ust, other.ring = self.V.copy(), self.A.copy(), self.ust.copy(), self.ring.copy()
+        other.signals = self.signals.fresh_copy()
+        return other
+
     @property
     def k(self) -> int:
         return int(self.V.shape[0])
@@ -200,15 +213,15 @@ class UserState:
         delta = self.V - self.A
         return math.sqrt(float(np.einsum("kd,kd->", delta, delta)) / self.k)
 
-    # Compact pickling: Bytewax snapshots every touched user each epoch, so arrays travel as
-    # raw bytes rather than as pickled ndarrays (~130 B of overhead each).
+    # Compact form: Bytewax snapshots every touched user each epoch, on the dataflow's thread,
+    # so the snapshot is one flat tuple of plain values and one byte string holding every
+    # array (no ndarray or nested-object pickling: ~4 µs per user instead of ~20).
     _PLAIN = (
         "user_id",
         "uhash",
         "version",
         "items_fp",
         "anchored",
-        "signals",
         "n_events",
         "n_learned",
         "seq",
@@ -219,19 +232,40 @@ class UserState:
         "capped",
     )
 
-    def __getstate__(self) -> tuple:
-        plain = tuple(getattr(self, s) for s in self._PLAIN)
-        return (plain, self.V.shape, self.V.tobytes(), self.A.tobytes(), self.ring.tobytes(),
-                self.ust.tobytes())
+    def pack(self) -> tuple:
+        """The whole state as a flat tuple of str/int/bool/bytes (``unpack`` inverts it)."""
+        sig = self.signals
+        k, dim = self.V.shape
+        return (*(getattr(self, s) for s in self._PLAIN), k, dim, len(self.ring), len(self.ust),
+                sig.n_categories, sig.last_session,
+                b"".join((self.V.tobytes(), self.A.tobytes(), self.ring.tobytes(), self.ust.tobytes(),
+                          sig.to_bytes())))
 
-    def __setstate__(self, st: tuple) -> None:
-        plain, shape, v, a, ring, ust = st
-        for key, value in zip(self._PLAIN, plain, strict=True):
+    @classmethod
+    def unpack(cls, packed: tuple) -> UserState:
+        n = len(cls._PLAIN)
+        k, dim, n_ring, n_ust, n_cat, last_session, raw = packed[n:]
+        self = cls.__new__(cls)
+        for key, value in zip(cls._PLAIN, packed[:n], strict=True):
             setattr(self, key, value)
-        self.V = np.frombuffer(v, dtype=np.float32).reshape(shape).copy()
-        self.A = np.frombuffer(a, dtype=np.float32).reshape(shape).copy()
-        self.ring = np.frombuffer(ring, dtype=np.int32).copy()
-        self.ust = np.frombuffer(ust, dtype=np.float64).copy()
+        o, nv = 0, k * dim
+        self.V = np.frombuffer(raw, np.float32, nv, o).reshape(k, dim).copy()
+        o += 4 * nv
+        self.A = np.frombuffer(raw, np.float32, nv, o).reshape(k, dim).copy()
+        o += 4 * nv
+        self.ring = np.frombuffer(raw, np.int32, n_ring, o).copy()
+        o += 4 * n_ring
+        self.ust = np.frombuffer(raw, np.float64, n_ust, o).copy()
+        o += 8 * n_ust
+        self.signals = SignalState.from_bytes(n_cat, last_session, memoryview(raw)[o:])
+        return self
+
+    def __reduce__(self) -> tuple:
+        return (_unpack_user_state, (self.pack(),))
+
+
+def _unpack_user_state(packed: tuple) -> UserState:
+    return UserState.unpack(packed)
 
 
 def _logit(p: float) -> float:
@@ -262,6 +296,7 @@ class OnlineLearner:
         # negatives come from the items the base can embed
         self._table = NegativeTable(np.flatnonzero(base.item_norms > 0)).table
         # what the compiled kernel reads, prepared once per base
+        self._template: UserState | None = None  # new users are copies of it (new_state)
         self._version = base.version
         self._index = base._index
         self._emb_flat = base.item_emb.reshape(-1)
@@ -288,15 +323,13 @@ class OnlineLearner:
 
     # -- public API ----------------------------------------------------------------------------
     def new_state(self, user_id: str) -> UserState:
-        return UserState(
-            user_id,
-            self.base.dim,
-            self.base.n_categories,
-            self.base.version,
-            self.base.fingerprint,
-            self.cfg.recent_len,
-            float(self.cfg.rate_burst),
-        )
+        t = self._template
+        if t is None or t.version != self.base.version or t.items_fp != self.base.fingerprint:
+            t = self._template = UserState(
+                "", self.base.dim, self.base.n_categories, self.base.version, self.base.fingerprint,
+                self.cfg.recent_len, float(self.cfg.rate_burst),
+            )
+        return t.clone_for(user_id)
 
     def apply(
         self,

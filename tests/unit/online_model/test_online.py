@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from online_model.base import BaseView, toy_base
 from online_model.config import OnlineConfig
-from online_model.online import DriftEvent, OnlineLearner
+from online_model.online import DriftEvent, OnlineLearner, UserState
 
 BASE = toy_base(n_items=60, dim=8, n_categories=4, k_max=4)
 GATED = toy_base(n_items=60, dim=8, n_categories=4, k_max=4, gate=True, version="gated")
@@ -92,11 +92,27 @@ def test_same_events_same_bytes_and_resume_after_pickle(events, cut):
     for off, (row, gap, sess) in enumerate(events):
         ts += gap
         times.append(ts)
-        if off == cut:
-            s = pickle.loads(pickle.dumps(s))
+        if off == cut:  # the dataflow's snapshot (pack) and pickle, both round trips
+            s = pickle.loads(pickle.dumps(UserState.unpack(s.pack())))
         learner.apply(s, "unknown-item" if row < 0 else f"i{row}", ts, off, sess)
     assert s.V.tobytes() == a.V.tobytes() and s.k == a.k and s.d == a.d
     assert np.array_equal(s.signals.values(), a.signals.values())
+
+
+def test_new_users_share_no_arrays_with_each_other():
+    # new states are copies of one template per learner: a user's learning must not leak
+    learner = OnlineLearner(BASE, cfg())
+    a = learner.new_state("a")
+    for off in range(8):
+        learner.apply(a, f"i{off}", 1000 * off, off, "s1")
+    b = learner.new_state("b")
+    fresh = UserState("b", 8, BASE.n_categories, BASE.version, BASE.fingerprint,
+                      learner.cfg.recent_len, float(learner.cfg.rate_burst))
+    assert pickle.dumps(b) == pickle.dumps(fresh)
+    assert a.uhash != b.uhash and a.signals.last_session == "s1" and b.signals.last_session is None
+    for name in ("V", "A", "ust", "ring"):
+        assert not np.shares_memory(getattr(a, name), getattr(b, name))
+    assert not np.shares_memory(a.signals.buf, b.signals.buf)
 
 
 def test_replayed_offsets_are_ignored():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,6 +56,9 @@ def test_exploration_flag_and_pickle_round_trip():
     assert np.array_equal(r.values(), s.values())
     assert r.update(1, 3) == s.update(1, 3)
     assert np.array_equal(r.values(), s.values())
+    assert np.array_equal(pickle.loads(pickle.dumps(r)).buf, r.buf)  # bit for bit
+    with pytest.raises(ValueError, match="expected"):
+        SignalState.from_bytes(4, None, r.to_bytes()[:-1])
 
 
 def test_focused_user_scores_lower_than_browser():
