@@ -184,6 +184,12 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], Any
         if isinstance(resume, tuple):  # what ``snapshot`` stores: (user, packed state, since, dirty)
             uid, packed, since_push, dirty = resume
             resume = _UserSnap(uid, UserState.unpack(packed), since_push, dirty)
+        elif isinstance(resume, _UserSnap) and isinstance(resume.state, bytes):
+            # written by a release before the packed form (a pickled state object)
+            raise RuntimeError(
+                f"the recovery store holds user {resume.user_id!r} in an older snapshot format; "
+                "resume it with the diam-stream release that wrote it, or start a new store "
+                "(another --recovery-dir, or delete this one: the run then re-reads the topic)")
         self.snap = resume
         self._last_push = time.time()
         self._due: datetime | None = None

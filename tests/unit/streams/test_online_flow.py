@@ -3,15 +3,17 @@ offline learner, same result on one and two workers, and after an abort and resu
 
 from __future__ import annotations
 
+import pickle
 from datetime import timedelta
 
 import numpy as np
+import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from serving_cache.codec import decode_user, encode_user
 from streams.config import FlowConfig
 from streams.kafka_io import RawRecord
-from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
+from streams.online import FlowSinks, FlowStats, LearnerHolder, _UserLogic, _UserSnap, build_flow
 from streams.runner import prepare_recovery
 from tests.flowkit import as_records, click_stream, expected_states, tiny_learner
 
@@ -135,3 +137,14 @@ def test_resumed_users_are_pushed_again_even_without_new_events(tmp_path) -> Non
     second, _, _ = _run(aborting, recovery=recovery, epoch_s=0.0)
     assert "user0" in {u for u, _ in second}, "user0 was not pushed again on resume"
     assert _final(second) == _final(clean)
+
+
+def test_an_older_snapshot_format_is_refused_with_a_clear_error() -> None:
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    state = learner.new_state("u1")
+    packed = ("u1", state.pack(), 2, True)  # today's form resumes
+    logic = _UserLogic(holder, CFG, packed, None)
+    assert logic.snap is not None and pickle.dumps(logic.snap.state) == pickle.dumps(state)
+    with pytest.raises(RuntimeError, match="older snapshot format"):
+        _UserLogic(holder, CFG, _UserSnap("u1", b"\x80\x05old", 2, True), None)
