@@ -34,6 +34,7 @@ from online_model.corpus import Corpus, corpus_from_prepared, windows  # noqa: E
 from online_model.datasets import load_prepared  # noqa: E402
 from online_model.evaluate import (  # noqa: E402
     evaluate,
+    interest_diagnostics,
     make_eval_set,
     reference_embedding,
     retrieve,
@@ -51,6 +52,25 @@ RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "runs" / "model_quality"
 LR = 3e-3  # chosen on seed 0's validation users (see "What was tried" in model_quality.md)
 NOTES = "<!-- notes: kept across re-runs -->"
+DIAM_OPTS = ("global_interest", "readout", "neg_max")
+DIAM_PLAIN = {"global_interest": False, "readout": "gumbel", "neg_max": False}
+"""DIAM's training options before the global slot (its runs are cached without a suffix)."""
+DIAM_VARIANTS = {
+    "diam, previous default (no global slot, Gumbel readout)": DIAM_PLAIN,
+    "diam, neg_max without global slot (interests collapse)": {**DIAM_PLAIN, "neg_max": True},
+}
+"""Variant rows added to the table when all their seeds are cached (run them with the
+matching --diam-* flags)."""
+
+
+def diam_suffix(opts: dict) -> str:
+    """Cache-name suffix of a DIAM option set; the earlier runs' names stay valid."""
+    o = {**DIAM_PLAIN, **opts}
+    if o == DIAM_PLAIN:
+        return ""
+    if o == {**DIAM_PLAIN, "neg_max": True}:
+        return "_negmax"
+    return f"_g{int(o['global_interest'])}_{o['readout']}_n{int(o['neg_max'])}"
 
 
 def _load(path: Path) -> Corpus:
@@ -70,14 +90,14 @@ def _ensure_synth(path: Path, users: int, seed: int = 0) -> Path:
 
 def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
             max_per_user: int, ref_cache: dict, sweeps: bool, lr: float = LR,
-            keep_best: bool = True, neg_max: bool = False) -> dict:
+            keep_best: bool = True, diam_opts: dict | None = None) -> dict:
     """Train one model, evaluate its test users; returns metrics and sweep points.
 
     Every model gets the same trainer settings; with ``keep_best`` each ends with the weights of
     its epoch best on the seed's VALIDATION users (test users are never looked at in training).
     """
     mcfg = ModelConfig(model=name, n_items=corpus.n_items, n_categories=corpus.n_categories,
-                       neg_max=neg_max)
+                       **((diam_opts or {}) if name == "diam" else {}))
     tcfg = TrainConfig(epochs=epochs, seed=seed, max_per_user=max_per_user, lr=lr,
                        eval_every=1 if keep_best else 0, keep_best=keep_best)
     t0 = time.perf_counter()
@@ -96,6 +116,8 @@ def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
            "merge": evaluate(res.model, corpus, es, agg="merge", ref=ref, cands=cands),
            "model_agg": evaluate(res.model, corpus, es, agg="model", ref=ref, cands=cands)}
     if cands.d_u is not None:
+        out["interests"] = interest_diagnostics(res.model, corpus, es, cands)
+        out["diam_opts"] = {k: getattr(mcfg, k) for k in DIAM_OPTS}
         out["k_u"] = cands.k.tolist()
         out["d_u"] = cands.d_u.tolist()
     if sweeps:
@@ -189,6 +211,12 @@ def markdown(result: dict) -> str:
     g = result.get("goal")
     if g:
         lines += ["", "## Goal check", "", "```", json.dumps(g, indent=2), "```"]
+    if "diam_interests" in result:
+        lines += ["", "## DIAM interest collapse check (test users with K_u >= 2)", "",
+                  "Mean pairwise cosine of a user's interest vectors and mean pairwise Jaccard "
+                  "overlap of their per-interest top-20 lists (1.0 and ~1.0: collapsed).", "",
+                  "```", json.dumps({"diam": result["diam_interests"],
+                                     **result.get("variant_interests", {})}, indent=1), "```"]
     if "diam_ku_du" in result:
         lines += ["", "## DIAM on ml-100k test users", "", "```",
                   json.dumps(result["diam_ku_du"], indent=1), "```"]
@@ -252,13 +280,13 @@ def synthetic(args: argparse.Namespace, keep_best: bool) -> dict:
     epochs = args.synth_epochs or args.epochs
     cache = RUNS / (f"synth_u{args.synth_users}_s{args.seeds[0]}_e{epochs}"
                     f"_m{args.max_per_user}_lr{args.lr:g}{'_kb' if keep_best else ''}"
-                    f"{'_negmax' if args.diam_neg_max else ''}.json")
+                    f"{diam_suffix(_diam_opts(args))}.json")
     if args.resume and cache.is_file():
         return json.loads(cache.read_text())
     sc = _load(_ensure_synth(args.synth, args.synth_users))
     sf = Features.of(sc)
     r = run_one(sc, sf, "diam", args.seeds[0], epochs, args.max_per_user, {}, False,
-                lr=args.lr, keep_best=keep_best, neg_max=args.diam_neg_max)
+                lr=args.lr, keep_best=keep_best, diam_opts=_diam_opts(args))
     model = r.pop("_model")
     out = {"dataset": sc.name, "users": sc.n_users, "items": sc.n_items,
            "events": len(sc.items), "seed": args.seeds[0], "epochs": epochs,
@@ -267,6 +295,11 @@ def synthetic(args: argparse.Namespace, keep_best: bool) -> dict:
         RUNS.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(out))
     return out
+
+
+def _diam_opts(args: argparse.Namespace) -> dict:
+    return {"global_interest": args.diam_global, "readout": args.diam_readout,
+            "neg_max": args.diam_neg_max}
 
 
 def main() -> None:
@@ -285,8 +318,16 @@ def main() -> None:
                     help="end with the last epoch's weights instead of the best on valid users")
     ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--diam-neg-max", action="store_true",
-                    help="DIAM scores negatives by their best interest (collapses interests)")
+    dflt = ModelConfig(model="diam", n_items=1, n_categories=1)
+    ap.add_argument("--diam-global", action=argparse.BooleanOptionalAction,
+                    default=dflt.global_interest,
+                    help="DIAM's slot 0 is a global single-interest-style vector")
+    ap.add_argument("--diam-readout", choices=["gumbel", "argmax"], default=dflt.readout,
+                    help="DIAM's training readout of its (diverse) interests")
+    ap.add_argument("--diam-neg-max", action=argparse.BooleanOptionalAction,
+                    default=dflt.neg_max,
+                    help="DIAM scores the target and negatives by their best interest, as "
+                         "retrieval does (without the global slot: interests collapse)")
     ap.add_argument("--synth-epochs", type=int, default=0,
                     help="epochs of the synthetic run [default: --epochs]")
     ap.add_argument("--synth-only", action="store_true",
@@ -308,13 +349,13 @@ def main() -> None:
         for name in args.models:
             cache = RUNS / (f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}"
                             f"_lr{args.lr:g}{'_kb' if keep_best else ''}"
-                            f"{'_negmax' if args.diam_neg_max and name == 'diam' else ''}.json")
+                            f"{diam_suffix(_diam_opts(args)) if name == 'diam' else ''}.json")
             if args.resume and cache.is_file():
                 runs.append(json.loads(cache.read_text()))
                 continue
             r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user, ref_cache,
                         sweeps=not args.quick, lr=args.lr, keep_best=keep_best,
-                        neg_max=args.diam_neg_max)
+                        diam_opts=_diam_opts(args))
             r.pop("_model")
             runs.append(r)
             if not args.quick:
@@ -332,16 +373,27 @@ def main() -> None:
     if "diam" in args.models:
         result["variants"] = {"diam (merge by score)": summarise(
             [r for r in runs if r["model"] == "diam"], "merge")["diam"]}
-        # the neg_max runs, when cached (python bench/model_quality.py --diam-neg-max ...)
-        nm = [RUNS / (f"{corpus.name}_diam_s{s}_e{args.epochs}_m{args.max_per_user}"
-                      f"_lr{args.lr:g}{'_kb' if keep_best else ''}_negmax.json")
-              for s in args.seeds]
-        if not args.diam_neg_max and all(p.is_file() for p in nm):
-            nmr = [json.loads(p.read_text()) for p in nm]
-            result["variants"]["diam, neg_max (interests collapse)"] = summarise(nmr)["diam"]
-            result["variant_timing"] = {"diam, neg_max (interests collapse)": {
-                "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in nmr]))}}
+        # other DIAM option sets, when all their seeds are cached
+        result["variant_timing"] = {}
+        for label, opts in DIAM_VARIANTS.items():
+            if opts == _diam_opts(args):
+                continue
+            paths = [RUNS / (f"{corpus.name}_diam_s{s}_e{args.epochs}_m{args.max_per_user}"
+                             f"_lr{args.lr:g}{'_kb' if keep_best else ''}{diam_suffix(opts)}.json")
+                     for s in args.seeds]
+            if all(p.is_file() for p in paths):
+                vr = [json.loads(p.read_text()) for p in paths]
+                result["variants"][label] = summarise(vr)["diam"]
+                result["variant_timing"][label] = {
+                    "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in vr]))}
+                if all("interests" in r for r in vr):
+                    result.setdefault("variant_interests", {})[label] = {
+                        k: _agg([r["interests"][k] for r in vr]) for k in ("cos", "overlap")}
         dr = [r for r in runs if r["model"] == "diam"]
+        result["diam_opts"] = _diam_opts(args)
+        if all("interests" in r for r in dr):
+            result["diam_interests"] = {k: _agg([r["interests"][k] for r in dr])
+                                        for k in ("cos", "overlap")}
         ku = np.concatenate([r["k_u"] for r in dr]).astype(int)
         result["diam_ku_du"] = {
             "k_u_hist": np.bincount(ku).tolist(),

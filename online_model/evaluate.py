@@ -28,7 +28,7 @@ from online_model.aggregate import aggregate, controllable, manual_d, merge_by_s
 from online_model.corpus import Corpus, windows
 
 __all__ = ["split_users", "EvalSet", "make_eval_set", "Candidates", "retrieve", "score_lists",
-           "evaluate", "reference_embedding", "HISTORY_FRACTION"]
+           "evaluate", "reference_embedding", "interest_diagnostics", "HISTORY_FRACTION"]
 
 HISTORY_FRACTION = 0.8
 
@@ -202,3 +202,41 @@ def evaluate(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "c
         res["d_u_std"] = float(cands.d_u.std())
         res["spearman_d_entropy"] = M.spearman(cands.d_u, realised)
     return res
+
+
+def interest_diagnostics(model, corpus: Corpus, es: EvalSet, cands: Candidates,
+                         device: torch.device | str = "cpu", n: int = 20,
+                         batch_size: int = 256) -> dict[str, float]:
+    """Do a user's interests differ? Collapse check of a multi-interest model on ``es``.
+
+    Over users with at least two active interests: ``cos`` the mean pairwise cosine of their
+    interest vectors, ``overlap`` the mean pairwise Jaccard overlap of their per-interest
+    top-``n`` lists (from ``cands``), and ``users`` how many users count. Interests that all
+    collapsed onto one vector give cos 1 and overlap near 1; ComiRec-style specialised
+    interests give low values of both.
+    """
+    from online_model.models import Batch
+
+    model.eval()
+    cos_u, ovl_u = [], []
+    with torch.no_grad():
+        for start in range(0, len(es.users), batch_size):
+            sl = slice(start, start + batch_size)
+            seq, length = windows(corpus, es.cut[sl], model.cfg.seq_len)
+            batch = Batch(torch.from_numpy(seq), torch.from_numpy(length),
+                          torch.from_numpy(es.signals[sl])).to(device)
+            out = model.interests(batch)
+            v = torch.nn.functional.normalize(out.vecs.float(), dim=-1)
+            cos = (v @ v.transpose(1, 2)).cpu().numpy()
+            for j, k in enumerate(out.k.cpu().numpy()):
+                k = int(k)
+                if k < 2:
+                    continue
+                iu = np.triu_indices(k, 1)
+                cos_u.append(float(cos[j][iu].mean()))
+                lists = [set(cands.items[start + j, i, :n].tolist()) for i in range(k)]
+                ovl_u.append(float(np.mean([len(lists[a] & lists[b]) / len(lists[a] | lists[b])
+                                            for a, b in zip(*iu, strict=True)])))
+    if not cos_u:
+        return {"cos": float("nan"), "overlap": float("nan"), "users": 0}
+    return {"cos": float(np.mean(cos_u)), "overlap": float(np.mean(ovl_u)), "users": len(cos_u)}

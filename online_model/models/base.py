@@ -18,6 +18,10 @@ from online_model import losses
 __all__ = ["ModelConfig", "Batch", "Interests", "MultiInterestModel"]
 
 
+LEGACY = {"neg_max": False, "global_interest": False, "readout": "gumbel"}
+"""DIAM's options before these fields existed (checkpoints whose config.json lacks them)."""
+
+
 @dataclass
 class ModelConfig:
     """Hyper-parameters of every model; each model reads the fields it needs."""
@@ -43,9 +47,15 @@ class ModelConfig:
     alpha_max: float = 0.5  # diminishing-returns coefficient alpha = alpha_max * d_u
     hard_beta: float = 0.5  # interest-aware hard-negative reweighting exp(beta * score)
     gumbel_noise: bool = True  # Gumbel noise in the training mix (False: plain tempered softmax)
-    # DIAM: score sampled negatives by their best active interest. Off: it lifts ml-100k recall
-    # by collapsing every interest onto one vector (cos 1.000 on seed-0 validation users)
-    neg_max: bool = False
+    # DIAM (models/diam.py): score sampled negatives by their best active interest, as retrieval
+    # does (without the global slot it collapses every interest onto one vector, cos 1.000)
+    neg_max: bool = True
+    # DIAM: slot 0 is a "global" single-interest-style user vector trained by its own sampled
+    # softmax; slots 1.. are the diverse interests
+    global_interest: bool = True
+    # DIAM: how the interests are read out around the target in training: "gumbel"
+    # (Gumbel-softmax mix, tau rising with d_u) or "argmax" (ComiRec: the nearest one only)
+    readout: str = "argmax"
     util_negatives: int = 50  # hardest negatives the utility loss compares against
     redundancy_window: int = 10  # recent items that define "already consumed"
     light_hidden: int = 32
@@ -65,8 +75,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; a config written before a field existed gets the
+        behaviour it was trained with (``LEGACY``), not today's default."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in {**LEGACY, **d}.items() if k in names})
 
 
 @dataclass

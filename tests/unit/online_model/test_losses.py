@@ -73,13 +73,17 @@ def test_gumbel_temperature_flattens():
     assert warm[0, 1] > cold[0, 1]  # higher temperature (higher d_u) mixes more
 
 
-@pytest.mark.parametrize("name", [*sorted(MODELS), "diam-neg-max", "comirec-dr-per-position"])
+@pytest.mark.parametrize("name", [*sorted(MODELS), "diam-plain", "diam-neg-max-no-global",
+                                  "diam-global-gumbel", "comirec-dr-per-position"])
 def test_model_loss_decreases(name):
     torch.manual_seed(0)
     c = tiny_corpus(n_users=30, n_items=40, n_categories=4, length=12, seed=0)
     feats = Features(np.full((len(c.items), 4), 0.5, np.float32),
                      np.linspace(0, 1, len(c.items)).astype(np.float32))
-    variant = {"diam-neg-max": ("diam", {"neg_max": True}),
+    plain = {"global_interest": False, "readout": "gumbel", "neg_max": False}
+    variant = {"diam-plain": ("diam", plain),
+               "diam-neg-max-no-global": ("diam", {**plain, "neg_max": True}),
+               "diam-global-gumbel": ("diam", {"readout": "gumbel"}),
                "comirec-dr-per-position": ("comirec-dr", {"dr_per_position": True})}
     name, extra = variant.get(name, (name, {}))
     cfg = ModelConfig(model=name, n_items=c.n_items, n_categories=c.n_categories, dim=16,

@@ -148,3 +148,46 @@ def test_online_head_reproduces_torch():
         h = np.maximum(exp["online.gate_w1"] @ x + exp["online.gate_b1"], 0)
         z = exp["online.gate_w2"] @ h + exp["online.gate_b2"]
         assert np.allclose(1 / (1 + np.exp(-z[0])), g_torch[i], atol=1e-5)
+
+
+def _global_diam(**extra):
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="diam", n_items=N_ITEMS, n_categories=N_CAT, dim=16, seq_len=10,
+                      k_max=6, window=5, n_neg=16, **extra)
+    return build_model(cfg, np.arange(N_ITEMS) % N_CAT)
+
+
+def test_global_slot_is_always_active_and_single_interest_shaped():
+    model = _global_diam().eval()
+    batch = _batch(5, [1, 3, 5, 8, 10])
+    with torch.no_grad():
+        out = model.interests(batch)
+        x = model.item_emb(batch.seq)
+        mean = (x * batch.mask[..., None]).sum(1) / batch.mask.sum(1, keepdim=True)
+        _, h_seq = model.encoder(x, batch.mask)
+        want = mean + model.global_mlp(torch.cat([mean, h_seq], -1))
+    assert (out.mask[:, 0] == 1).all()  # K_u >= 1: the global slot is never switched off
+    torch.testing.assert_close(out.vecs[:, 0], want)
+    # the other slots are still the extractor's interests, not copies of the global vector
+    assert not torch.allclose(out.vecs[:, 1], out.vecs[:, 0])
+
+
+@pytest.mark.parametrize("readout", ["gumbel", "argmax"])
+@pytest.mark.parametrize("neg_max", [False, True])
+def test_global_slot_has_its_own_loss(readout, neg_max):
+    """The global slot is trained by a softmax of its own. Without neg_max the readout of the
+    diverse slots never selects it; with neg_max the readout is retrieval's (best of every
+    slot, global included)."""
+    model = _global_diam(readout=readout, neg_max=neg_max).train()
+    model.set_stage("joint", 1.0)
+    batch = _batch(6, [2, 4, 6, 8, 10, 10])
+    loss, logs = model.loss(batch, torch.arange(1, 17))
+    assert logs["global"] > 0 and torch.isfinite(loss)
+    plain = copy.deepcopy(model)
+    plain.cfg = ModelConfig.from_dict({**model.cfg.to_dict(), "global_interest": False})
+    _, logs_plain = plain.loss(batch, torch.arange(1, 17))
+    assert logs_plain["global"] == 0.0
+    m = torch.tensor([[1.0, 1.0, 0.5, 0.0, 0.0, 0.0]])
+    want = m.tolist() if neg_max else [[0.0, 1.0, 0.5, 0.0, 0.0, 0.0]]
+    assert model.readout_mask(m).tolist() == want
+    assert plain.readout_mask(m).tolist() == m.tolist()
