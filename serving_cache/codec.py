@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import msgpack
@@ -60,10 +61,24 @@ class UserVectors:
         )
 
 
+_LOCAL = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    # one Packer per thread (packb builds a new one per call: about a third of an encode);
+    # a Packer is not thread-safe, and the stream's Redis writers run on their own threads
+    p = getattr(_LOCAL, "packer", None)
+    if p is None:
+        p = _LOCAL.packer = msgpack.Packer(use_bin_type=False)
+    return p
+
+
 def encode_user(uv: UserVectors) -> bytes:
     """Serialise; vectors are rounded to float16."""
-    vecs = np.asarray(uv.vecs, dtype=np.float32).reshape(uv.k, uv.dim)
-    return msgpack.packb(
+    vecs = uv.vecs
+    if type(vecs) is not np.ndarray or vecs.dtype != np.float32 or vecs.shape != (uv.k, uv.dim):
+        vecs = np.asarray(vecs, dtype=np.float32).reshape(uv.k, uv.dim)
+    return _packer().pack(
         {
             "v": CODEC_VERSION,
             "seq": int(uv.seq),
@@ -74,8 +89,7 @@ def encode_user(uv: UserVectors) -> bytes:
             "vecs": vecs.astype(_F16LE).tobytes(),
             "ts": int(uv.ts),
             "n": int(uv.n),
-        },
-        use_bin_type=False,
+        }
     )
 
 
