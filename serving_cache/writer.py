@@ -22,11 +22,34 @@ __all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA"]
 # KEYS[1] = user key; ARGV[1] = incoming seq; ARGV[2] = encoded value.
 # Returns 1 when written, 0 when the stored seq is newer or equal (stale write skipped).
 # A stored value that cannot be parsed is overwritten: it cannot be newer than valid state.
+#
+# Fast path: values written by serving_cache.codec start with the bytes of
+# {"v": 1, "seq": <uint>, ...} (a 9-entry map), so seq is read from the bytes right after that
+# prefix without unpacking the map. A full cmsgpack.unpack (the ~0.5 KB vecs string included)
+# made this script cost ~19 us of Redis CPU per write, measured with INFO commandstats; the
+# stream pushes one write per active user, and Redis shares the machine with the dataflow.
+# Any other layout (another writer, another key order, an older codec) takes the full path.
 WRITE_IF_NEWER_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local ok, m = pcall(cmsgpack.unpack, cur)
-  if ok and type(m) == 'table' and m['seq'] ~= nil and tonumber(m['seq']) >= tonumber(ARGV[1]) then
+  local stored = nil
+  if string.sub(cur, 1, 8) == '\\137\\161v\\001\\163seq' then
+    local t = string.byte(cur, 9)
+    if t and t < 128 then
+      stored = t
+    else
+      local n = (t == 204 and 1) or (t == 205 and 2) or (t == 206 and 4) or (t == 207 and 8) or 0
+      if n > 0 and #cur >= 9 + n then
+        stored = 0
+        for i = 10, 9 + n do stored = stored * 256 + string.byte(cur, i) end
+      end
+    end
+  end
+  if stored == nil then
+    local ok, m = pcall(cmsgpack.unpack, cur)
+    if ok and type(m) == 'table' and m['seq'] ~= nil then stored = tonumber(m['seq']) end
+  end
+  if stored ~= nil and stored >= tonumber(ARGV[1]) then
     return 0
   end
 end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
+import pytest
 from confluent_kafka import Producer
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
@@ -157,6 +160,34 @@ def test_stale_write_never_overwrites_newer(redis_client, namespace) -> None:
     redis_client.script_flush()  # a restarted Redis has no cached script
     assert w.write_batch([("a", uv(11))]) == 1
     assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 11
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**40 + 5])
+def test_write_if_newer_reads_every_seq_encoding(redis_client, namespace, seq) -> None:
+    # the script reads seq straight from the codec's bytes (fixint and uint8..uint64 forms)
+    w = RedisWriter(redis_client, namespace)
+
+    def uv(q: int) -> UserVectors:
+        return UserVectors(seq=q, model="m", k=1, d=0.5, dim=2, vecs=np.full((1, 2), 1, np.float32), ts=q)
+
+    assert w.write_batch([("a", uv(seq))]) == 1
+    if seq > 0:
+        assert w.write_batch([("a", uv(seq - 1))]) == 0
+    assert w.write_batch([("a", uv(seq))]) == 0
+    assert w.write_batch([("a", uv(seq + 1))]) == 1
+    assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == seq + 1
+
+
+def test_write_if_newer_respects_values_of_another_layout(redis_client, namespace) -> None:
+    # a value whose map does not start {v, seq} (another writer, an older codec) still guards
+    w = RedisWriter(redis_client, namespace)
+    body = {"seq": 1000, "v": 1, "model": b"m", "k": 1, "d": 0.5, "dim": 2, "vecs": b"\0" * 4, "ts": 1}
+    redis_client.set(user_key(namespace, "a"), msgpack.packb(body, use_bin_type=False))
+    uv = UserVectors(seq=999, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=1)
+    assert w.write_batch([("a", uv)]) == 0
+    assert w.write_batch([("a", dataclasses.replace(uv, seq=1001))]) == 1
+    redis_client.set(user_key(namespace, "b"), b"not msgpack")  # unparseable: overwritten
+    assert w.write_batch([("b", uv)]) == 1
 
 
 def test_one_and_two_workers_same_redis_state(stack, topic, namespace, redis_client) -> None:
