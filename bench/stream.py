@@ -10,7 +10,8 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   events/s to a tailing dataflow in its own process (recovery on, its default when tailing);
   also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions.
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
-  ``state_bytes_per_user``: the pickled per-user state Bytewax snapshots.
+  ``state_bytes_per_user``: the pickled per-user state Bytewax snapshots;
+  ``snapshot_us_per_user``: its cost at each epoch end, per touched user.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
   as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
@@ -208,9 +209,10 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 
 
 def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
-              events: list[ClickEvent]) -> tuple[float, dict[int, float], float]:
-    """Redis ``MEMORY USAGE`` per user at K_u = 4 and by K_u over the run's users, and the
-    pickled per-user state size. Users reach K_u = 4 only after a few tens of events (K_u
+              events: list[ClickEvent]) -> tuple[float, dict[int, float], float, float]:
+    """Redis ``MEMORY USAGE`` per user at K_u = 4 and by K_u over the run's users, the
+    pickled per-user state size, and the µs per user of the epoch-end snapshot (the dataflow's
+    ``snapshot`` tuple plus Bytewax's pickle of it, on the dataflow's thread). Users reach K_u = 4 only after a few tens of events (K_u
     changes need several consecutive proposals); when the run has none, K_u = 4 values are
     built from four real interest vectors of the run and written with the same writer."""
     from serving_cache import RedisWriter
@@ -242,9 +244,15 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
         st = states.get(ev.user_id) or states.setdefault(ev.user_id, learner.new_state(ev.user_id))
         learner.apply(st, ev.item_id, ev.ts, off)
     state_sizes = [len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in states.values()]
+    snap_us = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for uid, s in states.items():
+            pickle.dumps((uid, s.pack(), 0, True), protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[attr-defined]
+        snap_us.append((time.perf_counter() - t0) / len(states) * 1e6)
     return (float(np.mean(k4)) if k4 else float("nan"),
             {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
-            float(np.mean(state_sizes)))
+            float(np.mean(state_sizes)), float(np.median(snap_us)))
 
 
 def main() -> None:
@@ -290,7 +298,7 @@ def main() -> None:
         ensure_topic(kafka, ttopic, partitions=4)
         tp50, tp99 = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                6 if args.quick else 20, env, splits=("0,1", "2,3"))
-        redis_bytes, redis_by_k, state_bytes = footprint(settings, f"b1-{run_id}", base,
+        redis_bytes, redis_by_k, state_bytes, snap_us = footprint(settings, f"b1-{run_id}", base,
                                                          settings.online, events)
     rc = redis_client(settings.redis)
     for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}",
@@ -317,6 +325,7 @@ def main() -> None:
         "redis_bytes_per_user": redis_bytes,
         "redis_bytes_per_user_by_k": redis_by_k,
         "state_bytes_per_user": round(state_bytes, 1),
+        "snapshot_us_per_user": round(snap_us, 2),
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
         "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),
