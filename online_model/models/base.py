@@ -56,6 +56,9 @@ class ModelConfig:
     # DIAM: how the interests are read out around the target in training: "gumbel"
     # (Gumbel-softmax mix, tau rising with d_u) or "argmax" (ComiRec: the nearest one only)
     readout: str = "argmax"
+    # DIAM with a global slot: weight of an extra ComiRec-style softmax of the diverse slots
+    # alone (target by its nearest diverse slot, negatives by that slot)
+    w_diverse: float = 0.0
     util_negatives: int = 50  # hardest negatives the utility loss compares against
     redundancy_window: int = 10  # recent items that define "already consumed"
     light_hidden: int = 32

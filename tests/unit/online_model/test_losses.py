@@ -74,7 +74,7 @@ def test_gumbel_temperature_flattens():
 
 
 @pytest.mark.parametrize("name", [*sorted(MODELS), "diam-plain", "diam-neg-max-no-global",
-                                  "diam-global-gumbel", "comirec-dr-per-position"])
+                                  "diam-global-gumbel", "diam-w-diverse", "comirec-dr-per-position"])
 def test_model_loss_decreases(name):
     torch.manual_seed(0)
     c = tiny_corpus(n_users=30, n_items=40, n_categories=4, length=12, seed=0)
@@ -84,6 +84,7 @@ def test_model_loss_decreases(name):
     variant = {"diam-plain": ("diam", plain),
                "diam-neg-max-no-global": ("diam", {**plain, "neg_max": True}),
                "diam-global-gumbel": ("diam", {"readout": "gumbel"}),
+               "diam-w-diverse": ("diam", {"w_diverse": 0.5}),
                "comirec-dr-per-position": ("comirec-dr", {"dr_per_position": True})}
     name, extra = variant.get(name, (name, {}))
     cfg = ModelConfig(model=name, n_items=c.n_items, n_categories=c.n_categories, dim=16,
