@@ -190,8 +190,10 @@ def summarise(runs: list[dict], key: str = "model_agg") -> dict:
 
 
 def markdown(result: dict) -> str:
+    lr_text = (f"lr per model chosen on validation users: {result['lr_per_model']}"
+               if "lr_per_model" in result else f"lr {result.get('lr', 1e-3):g}")
     lines = [f"# Model quality on {result['dataset']} (seeds {result['seeds']}, "
-             f"{result['epochs']} epochs, lr {result.get('lr', 1e-3):g}, "
+             f"{result['epochs']} epochs, {lr_text}, "
              f"best valid epoch kept: {result.get('keep_best', False)})", "",
              f"Command: `{result['command']}`", ""]
     cols = ["recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@50", "entropy@20", "ild@20",
@@ -208,6 +210,10 @@ def markdown(result: dict) -> str:
     if result.get("best_epochs"):
         lines += ["", "Epoch kept per seed (best on validation users): "
                   + ", ".join(f"{n} {v}" for n, v in result["best_epochs"].items())]
+    if "lr_selection_valid_recall@20" in result:
+        lines += ["", "Mean validation Recall@20 (kept epoch, merge by score) per rate: "
+                  + ", ".join(f"{n} {v}" for n, v in
+                              result["lr_selection_valid_recall@20"].items())]
     g = result.get("goal")
     if g:
         lines += ["", "## Goal check", "", "```", json.dumps(g, indent=2), "```"]
@@ -297,6 +303,17 @@ def synthetic(args: argparse.Namespace, keep_best: bool) -> dict:
     return out
 
 
+def _valid_score(run: dict) -> float:
+    """Validation Recall@20 of a cached run at the epoch it kept (the last one without
+    keep_best)."""
+    curve = [v for v in run.get("valid_curve", []) if v is not None]
+    if not curve:
+        return float("nan")
+    best = run.get("best_epoch") or len(run["valid_curve"])
+    v = run["valid_curve"][best - 1]
+    return float(v if v is not None else curve[-1])
+
+
 def _diam_opts(args: argparse.Namespace) -> dict:
     return {"global_interest": args.diam_global, "readout": args.diam_readout,
             "neg_max": args.diam_neg_max}
@@ -314,6 +331,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=ORDER, choices=sorted(MODELS))
     ap.add_argument("--no-synth", action="store_true")
     ap.add_argument("--lr", type=float, default=LR, help="peak learning rate, every model")
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=None,
+                    help="give each model the rate of this grid with the best mean VALIDATION "
+                         "Recall@20 over seeds (trains every rate); --lr then only sets the "
+                         "DIAM variant rows' and the synthetic run's rate")
     ap.add_argument("--no-keep-best", action="store_true",
                     help="end with the last epoch's weights instead of the best on valid users")
     ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
@@ -343,33 +364,44 @@ def main() -> None:
 
     corpus = _load(args.data)
     feats = Features.of(corpus)
-    runs: list[dict] = []
     ref_cache: dict = {}
+    lrs = args.lr_grid or [args.lr]
+    by_lr: dict[tuple[str, float], list[dict]] = {}
     for seed in args.seeds:
         for name in args.models:
-            cache = RUNS / (f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}"
-                            f"_lr{args.lr:g}{'_kb' if keep_best else ''}"
-                            f"{diam_suffix(_diam_opts(args)) if name == 'diam' else ''}.json")
-            if args.resume and cache.is_file():
-                runs.append(json.loads(cache.read_text()))
-                continue
-            r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user, ref_cache,
-                        sweeps=not args.quick, lr=args.lr, keep_best=keep_best,
-                        diam_opts=_diam_opts(args))
-            r.pop("_model")
-            runs.append(r)
-            if not args.quick:
-                RUNS.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(r))
-            print(f"{name} seed {seed}: recall@20 {r['model_agg']['recall@20']:.4f} "
-                  f"entropy@20 {r['model_agg']['entropy@20']:.4f} "
-                  f"({r['seconds_per_epoch']} s/epoch)", file=sys.stderr, flush=True)
+            for lr in lrs:
+                cache = RUNS / (f"{corpus.name}_{name}_s{seed}_e{args.epochs}"
+                                f"_m{args.max_per_user}_lr{lr:g}{'_kb' if keep_best else ''}"
+                                f"{diam_suffix(_diam_opts(args)) if name == 'diam' else ''}.json")
+                if args.resume and cache.is_file():
+                    by_lr.setdefault((name, lr), []).append(json.loads(cache.read_text()))
+                    continue
+                r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user,
+                            ref_cache, sweeps=not args.quick, lr=lr, keep_best=keep_best,
+                            diam_opts=_diam_opts(args))
+                r.pop("_model")
+                by_lr.setdefault((name, lr), []).append(r)
+                if not args.quick:
+                    RUNS.mkdir(parents=True, exist_ok=True)
+                    cache.write_text(json.dumps(r))
+                print(f"{name} seed {seed} lr {lr:g}: recall@20 "
+                      f"{r['model_agg']['recall@20']:.4f} entropy@20 "
+                      f"{r['model_agg']['entropy@20']:.4f} ({r['seconds_per_epoch']} s/epoch)",
+                      file=sys.stderr, flush=True)
+    # each model's rate: the best mean VALIDATION Recall@20 (at the kept epoch) over seeds
+    selection = {n: {f"{lr:g}": float(np.mean([_valid_score(r) for r in by_lr[(n, lr)]]))
+                     for lr in lrs} for n in args.models}
+    chosen = {n: max(lrs, key=lambda lr, n=n: selection[n][f"{lr:g}"]) for n in args.models}
+    runs = [r for n in args.models for r in by_lr[(n, chosen[n])]]
 
     result: dict = {"dataset": corpus.name, "seeds": args.seeds, "epochs": args.epochs,
                     "lr": args.lr, "keep_best": keep_best, "models": summarise(runs),
                     "command": command,
                     "best_epochs": {n: [r.get("best_epoch") for r in runs if r["model"] == n]
                                     for n in args.models}}
+    if args.lr_grid:
+        result["lr_per_model"] = {n: chosen[n] for n in args.models}
+        result["lr_selection_valid_recall@20"] = selection
     if "diam" in args.models:
         result["variants"] = {"diam (merge by score)": summarise(
             [r for r in runs if r["model"] == "diam"], "merge")["diam"]}
