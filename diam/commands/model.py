@@ -40,9 +40,10 @@ def _load_corpus(path: Path):
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True,
-              help="Adam learning rate. 3e-3 was chosen on ml-100k validation users: every "
-                   "model improved over 1e-3 there (bench/results/model_quality.md).")
+@click.option("--lr", type=float, default=1e-2, show_default=True,
+              help="Adam peak learning rate. 1e-2 was every model's best of {3e-3, 1e-2} on "
+                   "ml-100k validation users (bench/model_quality.py --lr-grid; "
+                   "bench/results/model_quality.md).")
 @click.option("--max-per-user", type=click.IntRange(1), default=64, show_default=True,
               help="Training positions drawn per user per epoch.")
 @click.option("--dim", type=click.IntRange(4), default=64, show_default=True)
