@@ -86,22 +86,28 @@ class Candidates:
     item_vecs: np.ndarray  # [N, d] the model's item embeddings
 
 
-@torch.no_grad()
-def retrieve(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "cpu",
-             m: int = 50, batch_size: int = 256) -> Candidates:
-    """Full-corpus retrieval per active interest, history items excluded."""
+def _interests_by_batch(model, corpus: Corpus, es: EvalSet, device: torch.device | str,
+                        batch_size: int):
+    """``(slice of es.users, model.interests(...))`` over the held-out users, batch by batch."""
     from online_model.models import Batch
 
-    model.eval()
-    table = model.item_table().float()  # [N, d]
-    all_s, all_i, ks = [], [], []
-    ds: list[np.ndarray] = []
     for start in range(0, len(es.users), batch_size):
         sl = slice(start, start + batch_size)
         seq, length = windows(corpus, es.cut[sl], model.cfg.seq_len)
         batch = Batch(torch.from_numpy(seq), torch.from_numpy(length),
                       torch.from_numpy(es.signals[sl])).to(device)
-        out = model.interests(batch)
+        yield sl, model.interests(batch)
+
+
+@torch.no_grad()
+def retrieve(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "cpu",
+             m: int = 50, batch_size: int = 256) -> Candidates:
+    """Full-corpus retrieval per active interest, history items excluded."""
+    model.eval()
+    table = model.item_table().float()  # [N, d]
+    all_s, all_i, ks = [], [], []
+    ds: list[np.ndarray] = []
+    for sl, out in _interests_by_batch(model, corpus, es, device, batch_size):
         scores = out.vecs.float() @ table.T  # [b, K, N]
         for j, h in enumerate(es.history[sl]):
             scores[j, :, torch.as_tensor(h, device=scores.device)] = float("-inf")
@@ -215,17 +221,10 @@ def interest_diagnostics(model, corpus: Corpus, es: EvalSet, cands: Candidates,
     collapsed onto one vector give cos 1 and overlap near 1; ComiRec-style specialised
     interests give low values of both.
     """
-    from online_model.models import Batch
-
     model.eval()
     cos_u, ovl_u = [], []
     with torch.no_grad():
-        for start in range(0, len(es.users), batch_size):
-            sl = slice(start, start + batch_size)
-            seq, length = windows(corpus, es.cut[sl], model.cfg.seq_len)
-            batch = Batch(torch.from_numpy(seq), torch.from_numpy(length),
-                          torch.from_numpy(es.signals[sl])).to(device)
-            out = model.interests(batch)
+        for sl, out in _interests_by_batch(model, corpus, es, device, batch_size):
             v = torch.nn.functional.normalize(out.vecs.float(), dim=-1)
             cos = (v @ v.transpose(1, 2)).cpu().numpy()
             for j, k in enumerate(out.k.cpu().numpy()):
@@ -234,7 +233,7 @@ def interest_diagnostics(model, corpus: Corpus, es: EvalSet, cands: Candidates,
                     continue
                 iu = np.triu_indices(k, 1)
                 cos_u.append(float(cos[j][iu].mean()))
-                lists = [set(cands.items[start + j, i, :n].tolist()) for i in range(k)]
+                lists = [set(cands.items[sl.start + j, i, :n].tolist()) for i in range(k)]
                 ovl_u.append(float(np.mean([len(lists[a] & lists[b]) / len(lists[a] | lists[b])
                                             for a, b in zip(*iu, strict=True)])))
     if not cos_u:
