@@ -164,7 +164,7 @@ class DIAM(MultiInterestModel):
         retrieval's, the best of every slot, global included)."""
         if not self.cfg.global_interest or self.cfg.neg_max:
             return m
-        return torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], 1)
+        return _without_global(m)
 
     def _redundancy(self, e: torch.Tensor, hist: torch.Tensor, hmask: torch.Tensor) -> torch.Tensor:
         """Max cosine of each ``e`` [B, T, d] to the recent history ``hist`` [B, R, d] -> [B, T]."""
@@ -211,7 +211,7 @@ class DIAM(MultiInterestModel):
                                             cfg.hard_beta, reduction="none")
         l_soft = (row_w * l_rows).sum() / row_w.sum().clamp_min(1e-6)
         if cfg.global_interest and cfg.w_diverse:
-            m_div = torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], 1)
+            m_div = _without_global(m)
             best = logit_k.masked_fill(m_div <= 0, float("-inf")).argmax(1)
             v_div = vecs[torch.arange(len(best), device=best.device), best]
             r_div = m_div.max(1).values.float()
@@ -279,3 +279,8 @@ class DIAM(MultiInterestModel):
         out.update(self.light.export())
         out.update(self.fusion.export())
         return out
+
+
+def _without_global(m: torch.Tensor) -> torch.Tensor:
+    """The interest mask [B, K] with the global slot (slot 0) switched off."""
+    return torch.cat([torch.zeros_like(m[:, :1]), m[:, 1:]], 1)
