@@ -31,7 +31,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink
 
 from online_model import UserState
-from serving_cache.codec import UserVectors
+from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import ClickEvent, Rejection, decode_event
 from streams.kafka_io import KafkaOut, RawRecord
@@ -201,12 +201,10 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], Any
         s.since_push, s.dirty = 0, False
         self._last_push = time.time()
         self._due = None
-        if self.stats is not None:
-            self.stats._add("pushes")
-        vecs = st.vectors()
-        return ("v", (s.user_id, UserVectors(seq=int(st.seq), model=str(st.version), k=int(vecs.shape[0]),
-                                           d=float(st.d), dim=int(vecs.shape[1]), vecs=vecs,
-                                           ts=int(st.last_ts), n=int(st.n_events))))
+        # (counted per output batch by the "vectors" step, not here: a lock per push shows)
+        V = st.V
+        return ("v", (s.user_id, new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(),
+                                             st.last_ts, st.n_events)))
 
     def on_batch(self, values: list[tuple[int, ClickEvent]]) -> tuple[list[tuple[str, Any]], bool]:
         learner = self.holder.learner
@@ -224,8 +222,6 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], Any
             drifts = learner.apply(state, ev.item_id, ev.ts, offset, ev.session_id)
             if drifts:
                 out.extend(("x", d) for d in drifts)
-                if self.stats is not None:
-                    self.stats._add("drift_events", len(drifts))
         s.since_push += len(values)
         # A user who has clicked only items the base does not know has no vector yet (all
         # zeros): nothing worth serving, so nothing is pushed until a known item arrives.
@@ -303,9 +299,18 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     # Already (user_id, value) pairs: the keyed stream that the stateful step routes by user.
     keyed: KeyedStream[tuple[int, ClickEvent]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
     learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats, recovery))
-    op.output("redis", op.flat_map_batch(
-        "vectors", learned, lambda b: [t[1] for _, t in b if t[0] == "v"]), sinks.vectors)
-    op.output("drift", op.flat_map_batch(
-        "to-drift", learned, lambda b: [(u, drift_record(t[1])) for u, t in b if t[0] == "x"]),
-        sinks.drift)
+    def vectors(batch: list[tuple[str, tuple[str, Any]]]) -> list[Any]:
+        out = [t[1] for _, t in batch if t[0] == "v"]
+        if stats is not None and out:
+            stats._add("pushes", len(out))
+        return out
+
+    def drifts(batch: list[tuple[str, tuple[str, Any]]]) -> list[tuple[str, KafkaOut]]:
+        out = [(u, drift_record(t[1])) for u, t in batch if t[0] == "x"]
+        if stats is not None and out:
+            stats._add("drift_events", len(out))
+        return out
+
+    op.output("redis", op.flat_map_batch("vectors", learned, vectors), sinks.vectors)
+    op.output("drift", op.flat_map_batch("to-drift", learned, drifts), sinks.drift)
     return flow
