@@ -12,7 +12,7 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   Each window (``freshness_window_s``: 30 s, 12 s with ``--quick``) spans epoch ends
   (``epoch_interval_s``), where the recovery snapshots pause the dataflow.
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
-  ``state_bytes_per_user``: the pickled per-user state Bytewax snapshots;
+  ``state_bytes_per_user``: the per-user snapshot Bytewax stores (``_UserLogic.snapshot`` pickled);
   ``snapshot_us_per_user``: its cost at each epoch end, per touched user.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
@@ -47,6 +47,7 @@ from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.online import OnlineLearner  # noqa: E402
 from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
+from streams.config import FlowConfig  # noqa: E402
 from streams.events import ClickEvent, encode_event  # noqa: E402
 from streams.kafka_io import ensure_topic, watermarks  # noqa: E402
 
@@ -211,10 +212,10 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 
 
 def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
-              events: list[ClickEvent]) -> tuple[float, dict[int, float], float, float]:
+              events: list[ClickEvent], flow_cfg: FlowConfig) -> tuple[float, dict[int, float], float, float]:
     """Redis ``MEMORY USAGE`` per user at K_u = 4 and by K_u over the run's users, the
-    pickled per-user state size, and the µs per user of the epoch-end snapshot (the dataflow's
-    ``snapshot`` tuple plus Bytewax's pickle of it, on the dataflow's thread). Users reach K_u = 4 only after a few tens of events (K_u
+    size of the per-user snapshot Bytewax stores, and the µs per user of taking it at each
+    epoch end (the dataflow's ``snapshot`` plus Bytewax's pickle of it, on the dataflow's thread). Users reach K_u = 4 only after a few tens of events (K_u
     changes need several consecutive proposals); when the run has none, K_u = 4 values are
     built from four real interest vectors of the run and written with the same writer."""
     from serving_cache import RedisWriter
@@ -240,18 +241,25 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
                 for i in range(min(50, len(pool) // 4))]
         writer.write_batch(made)
         k4 = [rc.memory_usage(user_key(ns, u), samples=0) for u, _ in made]
-    learner = OnlineLearner(base, cfg)
-    states: dict[str, object] = {}
+    # the dataflow's own per-user step, so that the sizes and costs are those of what Bytewax
+    # stores: ``_UserLogic.snapshot`` and Bytewax's pickle of it
+    from streams.online import LearnerHolder, _UserLogic
+
+    holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
+    logics: dict[str, _UserLogic] = {}
     for off, ev in enumerate(events[:50_000]):
-        st = states.get(ev.user_id) or states.setdefault(ev.user_id, learner.new_state(ev.user_id))
-        learner.apply(st, ev.item_id, ev.ts, off)
-    state_sizes = [len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in states.values()]
+        lg = logics.get(ev.user_id)
+        if lg is None:
+            lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None, recovery=True)
+        lg.on_batch([(off, ev)])
+    state_sizes = [len(pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL))
+                   for lg in logics.values()]
     snap_us = []
     for _ in range(3):
         t0 = time.perf_counter()
-        for uid, s in states.items():
-            pickle.dumps((uid, s.pack(), 0, True), protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[attr-defined]
-        snap_us.append((time.perf_counter() - t0) / len(states) * 1e6)
+        for lg in logics.values():
+            pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+        snap_us.append((time.perf_counter() - t0) / len(logics) * 1e6)
     return (float(np.mean(k4)) if k4 else float("nan"),
             {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
             float(np.mean(state_sizes)), float(np.median(snap_us)))
@@ -304,7 +312,7 @@ def main() -> None:
         tp50, tp99 = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                fresh_s, env, splits=("0,1", "2,3"))
         redis_bytes, redis_by_k, state_bytes, snap_us = footprint(settings, f"b1-{run_id}", base,
-                                                         settings.online, events)
+                                                         settings.online, events, settings.flow)
     rc = redis_client(settings.redis)
     for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}",
                f"bt-{run_id}"):
