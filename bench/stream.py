@@ -14,6 +14,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
   ``state_bytes_per_user``: the per-user snapshot Bytewax stores (``_UserLogic.snapshot`` pickled);
   ``snapshot_us_per_user``: its cost at each epoch end, per touched user.
+- ``logic_us_per_event``: the dataflow's per-user step (``_UserLogic.on_batch``: the learner and
+  the push bookkeeping) over every event of the run in this process, without Kafka, Bytewax or
+  Redis; ``decode_us_per_event``: decoding and validating one payload. What is left of
+  ``1e6 / events_per_s`` is Kafka, Bytewax's routing and state handling, and the Redis writes.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
   as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
@@ -48,7 +52,7 @@ from online_model.config import OnlineConfig  # noqa: E402
 from online_model.online import OnlineLearner  # noqa: E402
 from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
 from streams.config import FlowConfig  # noqa: E402
-from streams.events import ClickEvent, encode_event  # noqa: E402
+from streams.events import ClickEvent, decode_event, encode_event  # noqa: E402
 from streams.kafka_io import ensure_topic, watermarks  # noqa: E402
 
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
@@ -212,7 +216,7 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 
 
 def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
-              events: list[ClickEvent], flow_cfg: FlowConfig) -> tuple[float, dict[int, float], float, float]:
+              events: list[ClickEvent], flow_cfg: FlowConfig) -> dict:
     """Redis ``MEMORY USAGE`` per user at K_u = 4 and by K_u over the run's users, the
     size of the per-user snapshot Bytewax stores, and the µs per user of taking it at each
     epoch end (the dataflow's ``snapshot`` plus Bytewax's pickle of it, on the dataflow's thread). Users reach K_u = 4 only after a few tens of events (K_u
@@ -245,13 +249,22 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
     # stores: ``_UserLogic.snapshot`` and Bytewax's pickle of it
     from streams.online import LearnerHolder, _UserLogic
 
+    # Every event of the run goes through it once, timed: the per-event cost of the learner and
+    # the push bookkeeping alone, without Kafka, Bytewax or Redis (where the run's time goes).
     holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
     logics: dict[str, _UserLogic] = {}
-    for off, ev in enumerate(events[:50_000]):
+    t0 = time.perf_counter()
+    for off, ev in enumerate(events):
         lg = logics.get(ev.user_id)
         if lg is None:
             lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None, recovery=True)
         lg.on_batch([(off, ev)])
+    logic_us = (time.perf_counter() - t0) / len(events) * 1e6
+    raws = [encode_event(ev) for ev in events[:100_000]]
+    t0 = time.perf_counter()
+    for raw in raws:
+        decode_event(raw, max_bytes=flow_cfg.max_event_bytes, ts_min_ms=flow_cfg.ts_min_ms, ts_max_ms=None)
+    decode_us = (time.perf_counter() - t0) / len(raws) * 1e6
     state_sizes = [len(pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL))
                    for lg in logics.values()]
     snap_us = []
@@ -260,9 +273,12 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
         for lg in logics.values():
             pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
         snap_us.append((time.perf_counter() - t0) / len(logics) * 1e6)
-    return (float(np.mean(k4)) if k4 else float("nan"),
-            {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
-            float(np.mean(state_sizes)), float(np.median(snap_us)))
+    return {"redis_bytes_per_user": float(np.mean(k4)) if k4 else float("nan"),
+            "redis_bytes_per_user_by_k": {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
+            "state_bytes_per_user": round(float(np.mean(state_sizes)), 1),
+            "snapshot_us_per_user": round(float(np.median(snap_us)), 2),
+            "logic_us_per_event": round(logic_us, 2),
+            "decode_us_per_event": round(decode_us, 2)}
 
 
 def main() -> None:
@@ -311,8 +327,7 @@ def main() -> None:
         ensure_topic(kafka, ttopic, partitions=4)
         tp50, tp99 = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                fresh_s, env, splits=("0,1", "2,3"))
-        redis_bytes, redis_by_k, state_bytes, snap_us = footprint(settings, f"b1-{run_id}", base,
-                                                         settings.online, events, settings.flow)
+        foot = footprint(settings, f"b1-{run_id}", base, settings.online, events, settings.flow)
     rc = redis_client(settings.redis)
     for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}",
                f"bt-{run_id}"):
@@ -335,10 +350,7 @@ def main() -> None:
         "low_rate": args.low_rate,
         "freshness_p50_ms_two_processes": round(tp50, 2),
         "freshness_p99_ms_two_processes": round(tp99, 2),
-        "redis_bytes_per_user": redis_bytes,
-        "redis_bytes_per_user_by_k": redis_by_k,
-        "state_bytes_per_user": round(state_bytes, 1),
-        "snapshot_us_per_user": round(snap_us, 2),
+        **foot,
         "freshness_window_s": fresh_s,
         "epoch_interval_s": settings.flow.epoch_interval_s,
         "events_per_s_two_processes": round(n / two, 1),
