@@ -40,6 +40,12 @@ class RedisConfig(BaseModel):
     pipeline_batch: int = Field(default=500, ge=1)
     """Writes per pipeline round trip."""
 
+    keys_per_call: int = Field(default=100, ge=1)
+    """User keys per write-if-newer script call (``serving_cache.writer``). 100: one reply per
+    hundred writes instead of one each cut the writer's CPU per user and Redis's by about 30%
+    (measurements in the writer's docstring). Set 1 on Redis Cluster, where the keys of one
+    script call must share a hash slot."""
+
     def client_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``redis.Redis.from_url`` (security options pass through)."""
         kw: dict[str, object] = {"socket_timeout": self.socket_timeout_s}

@@ -105,5 +105,6 @@ class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
         self.max_backoff_s = max_backoff_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch)
+        writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
+                             self.cfg.keys_per_call)
         return _Partition(writer, self.max_backoff_s)

@@ -162,6 +162,28 @@ def test_stale_write_never_overwrites_newer(redis_client, namespace) -> None:
     assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 11
 
 
+@pytest.mark.parametrize("keys_per_call", [1, 3, 100])
+def test_write_if_newer_across_script_calls(redis_client, namespace, keys_per_call) -> None:
+    # one script call covers up to keys_per_call users; stale and fresh writes mixed across
+    # the calls of one pipeline each get their own verdict
+    w = RedisWriter(redis_client, namespace, keys_per_call=keys_per_call)
+
+    def uv(seq: int) -> UserVectors:
+        return UserVectors(seq=seq, model="m", k=1, d=0.5, dim=2,
+                           vecs=np.full((1, 2), seq, np.float32), ts=seq, n=seq)
+
+    assert w.write_batch([(f"u{i}", uv(10 + i)) for i in range(8)]) == 8
+    batch = [(f"u{i}", uv(10 + i + (1 if i % 3 == 0 else -1))) for i in range(8)] + [("new", uv(1))]
+    assert w.write_batch(batch) == 1 + sum(1 for i in range(8) if i % 3 == 0)
+    for i in range(8):
+        want = 11 + i if i % 3 == 0 else 10 + i
+        got = decode_user(redis_client.get(user_key(namespace, f"u{i}")))
+        assert (got.seq, float(got.vecs[0, 0])) == (want, float(want))
+    assert decode_user(redis_client.get(user_key(namespace, "new"))).seq == 1
+    with pytest.raises(ValueError, match="keys_per_call"):
+        RedisWriter(redis_client, namespace, keys_per_call=0)
+
+
 @pytest.mark.parametrize("seq", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**40 + 5])
 def test_write_if_newer_reads_every_seq_encoding(redis_client, namespace, seq) -> None:
     # the script reads seq straight from the codec's bytes (fixint and uint8..uint64 forms)
