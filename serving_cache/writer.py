@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import redis
 
-from serving_cache.codec import UserVectors, encode_user
+from serving_cache.codec import UserVectors, encode_users
 from serving_cache.keys import user_key, validate_namespace
 
 __all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA"]
@@ -117,6 +117,7 @@ class RedisWriter:
         # call is EVALSHA sha n key_1..key_n seq_1 value_1 .. seq_n value_n in RESP framing.
         # Replies are read with redis-py's parser (hiredis when installed).
         ns = self.ns
+        values = encode_users([uv for _, uv in chunk])  # one float16 conversion for the chunk
         calls = []
         for start in range(0, len(chunk), self.keys_per_call):
             part = chunk[start : start + self.keys_per_call]
@@ -124,10 +125,9 @@ class RedisWriter:
             keys = [b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
                 3 + 3 * len(part), len(sha), sha, len(n), n)]
             args = []
-            for user_id, uv in part:
+            for (user_id, uv), val in zip(part, values[start : start + len(part)], strict=True):
                 key = user_key(ns, user_id).encode()
                 seq = b"%d" % uv.seq
-                val = encode_user(uv)
                 keys.append(b"$%d\r\n%s\r\n" % (len(key), key))
                 args.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(seq), seq, len(val), val))
             calls.append(b"".join(keys) + b"".join(args))

@@ -62,3 +62,38 @@ def test_corrupt_values_raise_codec_error() -> None:
     raw = bytearray(encode_user(_uv()))
     with pytest.raises(CodecError):
         decode_user(bytes(raw[:-12]))
+
+
+def _reference_encoding(uv: UserVectors) -> bytes:
+    # the contract's map packed by msgpack itself, the way the codec packed it before it
+    # assembled values from fragments
+    import msgpack
+
+    vecs = np.asarray(uv.vecs, dtype=np.float32).reshape(uv.k, uv.dim).astype("<f2").tobytes()
+    return msgpack.packb({"v": 1, "seq": int(uv.seq), "model": uv.model, "k": int(uv.k),
+                          "d": float(uv.d), "dim": int(uv.dim), "vecs": vecs, "ts": int(uv.ts),
+                          "n": int(uv.n)}, use_bin_type=False)
+
+
+def test_batch_encoding_equals_msgpack_of_the_map() -> None:
+    # every msgpack width of the integers, model names across the fixstr/raw16 boundary,
+    # empty and long vecs (fixraw, raw16), and numpy scalars in the fields
+    from serving_cache.codec import encode_users
+
+    rng = np.random.default_rng(3)
+    uvs = []
+    for seq in (0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1):
+        for k, dim in ((0, 4), (1, 1), (1, 8), (4, 64), (8, 64), (2, 300)):
+            for model in ("m", "x" * 31, "x" * 32, "é" * 40):
+                uvs.append(UserVectors(seq=seq, model=model, k=k, d=float(rng.random()), dim=dim,
+                                       vecs=rng.normal(size=(k, dim)).astype(np.float32),
+                                       ts=-5 if seq == 1 else seq // 3, n=seq // 2))
+    uvs.append(UserVectors(seq=np.int64(9), model="m", k=np.int64(2), d=np.float32(0.25), dim=3,
+                           vecs=np.ones((2, 3), np.float64), ts=np.int64(4), n=1))
+    want = [_reference_encoding(uv) for uv in uvs]
+    assert encode_users(uvs) == want
+    assert [encode_user(uv) for uv in uvs] == want
+    assert encode_users(uvs[:1]) == want[:1] and encode_users([]) == []
+    back = decode_user(want[-1])
+    assert (back.seq, back.k, back.d, back.dim, back.ts, back.n) == (9, 2, 0.25, 3, 4, 1)
+    assert np.array_equal(back.vecs, np.ones((2, 3), np.float32))
