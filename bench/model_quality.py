@@ -41,6 +41,7 @@ from online_model.evaluate import (  # noqa: E402
     make_eval_set,
     reference_embedding,
     retrieve,
+    split_users,
 )
 from online_model.metrics import spearman  # noqa: E402
 from online_model.models import MODELS, ModelConfig  # noqa: E402
@@ -64,6 +65,10 @@ DIAM_VARIANTS = {
 }
 """Variant rows added to the table when all their seeds are cached (run them with the
 matching --diam-* flags)."""
+DIAM_AGG = "_agg2"
+"""Cache-name tag of DIAM's aggregator (online_model.aggregate): its lists, hence its cached
+runs, change with it. ``_agg2``: category diminishing-returns bonus, interests' share
+0.5 d_u (the runs cached without a tag used the max-similarity bonus and all-quota lists)."""
 
 
 def diam_suffix(opts: dict) -> str:
@@ -91,14 +96,16 @@ def _ensure_synth(path: Path, users: int, seed: int = 0) -> Path:
     return path
 
 
-def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
-            max_per_user: int, ref_cache: dict, sweeps: bool, lr: float = LR,
-            keep_best: bool = True, diam_opts: dict | None = None) -> dict:
-    """Train one model, evaluate its test users; returns metrics and sweep points.
+def _trained(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
+             max_per_user: int, lr: float, keep_best: bool, diam_opts: dict | None,
+             ckpt: Path | None) -> tuple:
+    """``(model, training record)``: trained now, or loaded from the checkpoint directory
+    ``ckpt`` when an earlier run saved one there (a run saves it when ``ckpt`` is given)."""
+    if ckpt is not None and (ckpt / "config.json").is_file():
+        from online_model.checkpoint import load_checkpoint
 
-    Every model gets the same trainer settings; with ``keep_best`` each ends with the weights of
-    its epoch best on the seed's VALIDATION users (test users are never looked at in training).
-    """
+        ck = load_checkpoint(ckpt)
+        return ck.model, {**ck.config["train_record"], "from_checkpoint": str(ckpt)}
     mcfg = ModelConfig(model=name, n_items=corpus.n_items, n_categories=corpus.n_categories,
                        **((diam_opts or {}) if name == "diam" else {}))
     tcfg = TrainConfig(epochs=epochs, seed=seed, max_per_user=max_per_user, lr=lr,
@@ -106,38 +113,60 @@ def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
     t0 = time.perf_counter()
     res = train(corpus, mcfg, tcfg, feats=feats, progress=False,
                 log=lambda s: print(f"  [{name} seed {seed}] {s}", file=sys.stderr, flush=True))
-    train_s = time.perf_counter() - t0
-    es = make_eval_set(corpus, res.split["test"], feats.signals)
+    record = {"train_seconds": round(time.perf_counter() - t0, 1),
+              "seconds_per_epoch": round(res.seconds_per_epoch, 2),
+              "best_epoch": res.best_epoch,
+              "valid_curve": [h.get("valid_recall@20") for h in res.history]}
+    if ckpt is not None:
+        from online_model.checkpoint import save_checkpoint
+
+        save_checkpoint(ckpt, res.model, corpus, seed=seed, train_metrics=res.metrics(),
+                        extra={"train_record": record})
+    return res.model, record
+
+
+def run_one(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
+            max_per_user: int, ref_cache: dict, sweeps: bool, lr: float = LR,
+            keep_best: bool = True, diam_opts: dict | None = None,
+            ckpt: Path | None = None) -> dict:
+    """Train one model, evaluate its test users; returns metrics and sweep points.
+
+    Every model gets the same trainer settings; with ``keep_best`` each ends with the weights of
+    its epoch best on the seed's VALIDATION users (test users are never looked at in training).
+    With ``ckpt`` the trained weights are saved there, and a later call finding them evaluates
+    them without training again (for changes that only touch evaluation, e.g. the aggregator).
+    """
+    model, record = _trained(corpus, feats, name, seed, epochs, max_per_user, lr, keep_best,
+                             diam_opts, ckpt)
+    split = split_users(corpus.users, seed)  # the trainer's split of this seed
+    es = make_eval_set(corpus, split["test"], feats.signals)
     if seed not in ref_cache:
-        ref_cache[seed] = reference_embedding(corpus, res.split["train"])
+        ref_cache[seed] = reference_embedding(corpus, split["train"])
     ref = ref_cache[seed]
-    cands = retrieve(res.model, corpus, es, m=50)
-    out = {"model": name, "seed": seed, "epochs": epochs, "train_seconds": round(train_s, 1),
-           "seconds_per_epoch": round(res.seconds_per_epoch, 2), "lr": lr,
-           "best_epoch": res.best_epoch,
-           "valid_curve": [h.get("valid_recall@20") for h in res.history],
-           "merge": evaluate(res.model, corpus, es, agg="merge", ref=ref, cands=cands),
-           "model_agg": evaluate(res.model, corpus, es, agg="model", ref=ref, cands=cands)}
+    cands = retrieve(model, corpus, es, m=50)
+    out = {"model": name, "seed": seed, "epochs": epochs, "lr": lr, **record,
+           "merge": evaluate(model, corpus, es, agg="merge", ref=ref, cands=cands),
+           "model_agg": evaluate(model, corpus, es, agg="model", ref=ref, cands=cands)}
     if cands.d_u is not None:
-        out["interests"] = interest_diagnostics(res.model, corpus, es, cands)
-        out["diam_opts"] = {k: getattr(mcfg, k) for k in DIAM_OPTS}
+        out["interests"] = interest_diagnostics(model, corpus, es, cands)
+        out["diam_opts"] = {k: getattr(model.cfg, k) for k in DIAM_OPTS}
         out["k_u"] = cands.k.tolist()
         out["d_u"] = cands.d_u.tolist()
     if sweeps:
         pts = []
         if name == "diam":
             for d in DELTAS:
-                r = evaluate(res.model, corpus, es, agg="model", delta=d, ref=ref, cands=cands)
+                r = evaluate(model, corpus, es, agg="model", delta=d, ref=ref, cands=cands)
                 pts.append({"delta": d, "recall@20": r["recall@20"], "entropy@20": r["entropy@20"],
                             "ild@20": r["ild@20"]})
         elif name.startswith("comirec"):
             for lam in LAMBDAS:
-                r = evaluate(res.model, corpus, es, agg="controllable", lam=lam, ref=ref,
+                r = evaluate(model, corpus, es, agg="controllable", lam=lam, ref=ref,
                              cands=cands)
                 pts.append({"lambda": lam, "recall@20": r["recall@20"],
                             "entropy@20": r["entropy@20"], "ild@20": r["ild@20"]})
         out["sweep"] = pts
-    out["_model"] = res.model
+    out["_model"] = model
     return out
 
 
@@ -343,6 +372,9 @@ def main() -> None:
     ap.add_argument("--no-keep-best", action="store_true",
                     help="end with the last epoch's weights instead of the best on valid users")
     ap.add_argument("--resume", action="store_true", help="reuse cached per-run results")
+    ap.add_argument("--checkpoints", type=Path, default=None,
+                    help="save each trained model here (one directory per run, named as its "
+                         "cache) and evaluate saved ones instead of training them again")
     ap.add_argument("--out", type=Path, default=None)
     dflt = ModelConfig(model="diam", n_items=1, n_categories=1)
     ap.add_argument("--diam-global", action=argparse.BooleanOptionalAction,
@@ -375,15 +407,26 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.models:
             for lr in lrs:
-                cache = RUNS / (f"{corpus.name}_{name}_s{seed}_e{args.epochs}"
-                                f"_m{args.max_per_user}_lr{lr:g}{'_kb' if keep_best else ''}"
-                                f"{diam_suffix(_diam_opts(args)) if name == 'diam' else ''}.json")
+                stem = (f"{corpus.name}_{name}_s{seed}_e{args.epochs}_m{args.max_per_user}"
+                        f"_lr{lr:g}{'_kb' if keep_best else ''}"
+                        f"{diam_suffix(_diam_opts(args)) if name == 'diam' else ''}")
+                # DIAM's lists come from its aggregator: a new one invalidates its cached runs
+                cache = RUNS / f"{stem}{DIAM_AGG if name == 'diam' else ''}.json"
+                ckpt = args.checkpoints / stem if args.checkpoints else None
                 if args.resume and cache.is_file():
                     by_lr.setdefault((name, lr), []).append(json.loads(cache.read_text()))
                     continue
+                older = RUNS / f"{stem}.json"  # the same DIAM training, an older aggregator
+                if (args.resume and name == "diam" and older.is_file()
+                        and not (ckpt is not None and (ckpt / "config.json").is_file())):
+                    # good for choosing the rate (validation scores do not use the
+                    # aggregator), refused below if it is the chosen one
+                    r = {**json.loads(older.read_text()), "stale_aggregator": str(older)}
+                    by_lr.setdefault((name, lr), []).append(r)
+                    continue
                 r = run_one(corpus, feats, name, seed, args.epochs, args.max_per_user,
                             ref_cache, sweeps=not args.quick, lr=lr, keep_best=keep_best,
-                            diam_opts=_diam_opts(args))
+                            diam_opts=_diam_opts(args), ckpt=ckpt)
                 r.pop("_model")
                 by_lr.setdefault((name, lr), []).append(r)
                 if not args.quick:
@@ -398,6 +441,11 @@ def main() -> None:
                      for lr in lrs} for n in args.models}
     chosen = {n: max(lrs, key=lambda lr, n=n: selection[n][f"{lr:g}"]) for n in args.models}
     runs = [r for n in args.models for r in by_lr[(n, chosen[n])]]
+    stale = [r["stale_aggregator"] for r in runs if "stale_aggregator" in r]
+    if stale:
+        raise SystemExit(f"{', '.join(stale)}: DIAM evaluated with an older aggregator and no "
+                         "checkpoint to evaluate again; give --checkpoints with the saved "
+                         "weights or let these runs train again (move the files away)")
 
     result: dict = {"dataset": corpus.name, "seeds": args.seeds, "epochs": args.epochs,
                     "lr": args.lr, "keep_best": keep_best, "models": summarise(runs),

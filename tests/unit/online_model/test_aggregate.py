@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from online_model.aggregate import (
     GRID,
+    INTEREST_SHARE,
+    LAMBDA_SCALE,
     _unique,
     aggregate,
     aggregate_raw,
@@ -62,11 +64,33 @@ def test_regimes():
     def per_interest(lst):
         return np.bincount(lst // 4, minlength=3).tolist()
 
+    # the interests' quotas fill INTEREST_SHARE * d_u of the list, relevance the rest
     assert per_interest(aggregate_raw(scores, items, vecs, 0.1, 4)) == [4, 0, 0]  # top only
-    assert per_interest(aggregate_raw(scores, items, vecs, 0.9, 6)) == [2, 2, 2]  # round-robin
+    # round-robin: the weak interest 2 gets its equal share (one of 0.45 * 6 = 2.7 slots)
+    assert per_interest(aggregate_raw(scores, items, vecs, 0.9, 6)) == [4, 1, 1]
     mid = per_interest(aggregate_raw(scores, items, vecs, 0.5, 6))
     assert mid[0] > mid[1] > 0 and mid[2] == 0  # weighted by interest strength
     assert temperature(0.9) > temperature(0.1)  # seed correction: rises with d_u
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 30), with_cats=st.booleans())
+def test_d_zero_is_merge_by_score(seed, n, with_cats):
+    scores, items, vecs, cat = _user(seed)
+    out = aggregate(scores, items, vecs, 0.0, n, cat if with_cats else None)
+    assert out.tolist() == merge_by_score(scores, items, n).tolist()
+
+
+def test_category_bonus_has_diminishing_returns():
+    # one interest; categories 0 0 0 1 1 2 with nearly equal scores (item 6 fixes the
+    # min-max normalisation at 0); orthogonal vectors
+    scores = np.array([[1.0, 0.99, 0.98, 0.97, 0.96, 0.95, 0.0]])
+    items = np.arange(7)[None, :]
+    vecs, cats = np.eye(7, dtype=np.float32), np.array([0, 0, 0, 1, 1, 2, 3])
+    assert aggregate(scores, items, vecs, 0.0, 3, cats).tolist() == [0, 1, 2]
+    # the bonus halves with the first item of a category: a second category 0 item
+    # (0.99 + lam / 2) loses to the first of category 1 (0.97 + lam), and so on
+    assert aggregate(scores, items, vecs, 1.0, 3, cats).tolist() == [0, 3, 5]
 
 
 def test_low_regime_backfills_and_padding():
@@ -100,35 +124,46 @@ def _ref_quota(norm, d_u, n):
         w = z / z.sum()
     else:
         w[live] = 1.0 / live.sum()
-    return w * n
+    return w * INTEREST_SHARE * d_u * n
 
 
-def _ref_greedy(norm, sim, d_u, n):
-    """One numpy call per step: interleave quotas, best free candidate by score + bonus."""
+def _ref_greedy(norm, cos, cu, d_u, n):
+    """One numpy call per step: interleave the relevance part and the interests' quotas, best
+    free candidate by score + bonus (category diminishing returns, else 1 - max cosine)."""
     k, c = norm.shape
     n = min(n, c)
     member = np.isfinite(norm)
     left = member.sum(axis=1).astype(float)
     quota = _ref_quota(norm, d_u, n)
+    by_rel = n * (1.0 - INTEREST_SHARE * d_u)
     taken = np.zeros(k)
-    lam = 0.3 * d_u
+    rel_taken = 0.0
+    lam = LAMBDA_SCALE * d_u
     free = np.ones(c, dtype=bool)
     bonus = np.full(c, lam)
     rel = norm.max(axis=0)
+    max_cos = np.zeros(c)
+    known = cu >= 0 if cu is not None else np.zeros(c, dtype=bool)
+    counts = np.zeros(int(cu.max()) + 1 if cu is not None and known.any() else 1)
     out = []
     for _ in range(n):
         deficit = np.where((quota > 0) & (left > 0), quota - taken, -np.inf)
         kk = int(np.argmax(deficit))
-        if np.isfinite(deficit[kk]):
+        if deficit[kk] > by_rel - rel_taken:  # ties: relevance first
             j = int(np.argmax(np.where(member[kk] & free, norm[kk] + bonus, -np.inf)))
             taken[kk] += 1
         else:
             j = int(np.argmax(np.where(free, rel + bonus, -np.inf)))
+            rel_taken += 1
         out.append(j)
         free[j] = False
         left -= member[:, j]
         if lam > 0:
-            bonus = np.minimum(bonus, lam * (1.0 - sim[j]))
+            max_cos = np.maximum(max_cos, cos[j])
+            if known[j]:
+                counts[cu[j]] += 1
+            in_cat = counts[np.where(known, cu, 0) if cu is not None else np.zeros(c, int)]
+            bonus = np.where(known, lam / (1.0 + in_cat), lam * (1.0 - max_cos))
     return np.array(out, dtype=np.int64)
 
 
@@ -144,15 +179,13 @@ def _ref_aggregate(scores, items, vecs, d_u, n, cats=None, envelope=True):
     norm = np.where(fin, (mat - lo) / (hi - lo) if hi > lo else 1.0, -np.inf)
     v = vecs[uniq].astype(np.float64)
     v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    sim = v @ v.T
-    if cats is not None:
-        cu = cats[uniq]
-        sim = 0.5 * (sim + ((cu[:, None] == cu[None, :]) & (cu[:, None] >= 0)))
+    cos = v @ v.T
+    cu = None if cats is None else np.asarray(cats)[uniq].astype(np.int64)
     if not envelope:
-        return uniq[_ref_greedy(norm, sim, d_u, n)]
+        return uniq[_ref_greedy(norm, cos, cu, d_u, n)]
     best, best_div = None, -np.inf
     for g in GRID[GRID <= d_u + 1e-9]:
-        lst = uniq[_ref_greedy(norm, sim, float(g), n)]
+        lst = uniq[_ref_greedy(norm, cos, cu, float(g), n)]
         div = list_diversity(lst, vecs, cats)
         if div >= best_div - 1e-12:
             best, best_div = lst, max(div, best_div)
