@@ -52,7 +52,7 @@ from online_model.config import OnlineConfig  # noqa: E402
 from online_model.online import OnlineLearner  # noqa: E402
 from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
 from streams.config import FlowConfig  # noqa: E402
-from streams.events import ClickEvent, decode_event, encode_event  # noqa: E402
+from streams.events import ClickEvent, decode_click, encode_event  # noqa: E402
 from streams.kafka_io import ensure_topic, watermarks  # noqa: E402
 
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
@@ -258,12 +258,12 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
         lg = logics.get(ev.user_id)
         if lg is None:
             lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None, recovery=True)
-        lg.on_batch([(off, ev)])
+        lg.on_batch([(off, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
     logic_us = (time.perf_counter() - t0) / len(events) * 1e6
     raws = [encode_event(ev) for ev in events[:100_000]]
     t0 = time.perf_counter()
     for raw in raws:
-        decode_event(raw, max_bytes=flow_cfg.max_event_bytes, ts_min_ms=flow_cfg.ts_min_ms, ts_max_ms=None)
+        decode_click(raw, max_bytes=flow_cfg.max_event_bytes, ts_min_ms=flow_cfg.ts_min_ms, ts_max_ms=None)
     decode_us = (time.perf_counter() - t0) / len(raws) * 1e6
     state_sizes = [len(pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL))
                    for lg in logics.values()]

@@ -25,6 +25,8 @@ __all__ = [
     "ClickEvent",
     "Rejection",
     "decode_event",
+    "decode_click",
+    "Click",
     "encode_event",
     "validate_user_id",
     "EVENT_KINDS",
@@ -148,6 +150,10 @@ def _parse(raw: bytes) -> object | Rejection:
         return Rejection("undecodable: neither msgpack nor JSON")
 
 
+Click = tuple[str, str, int, "str | None"]
+"""What the dataflow keeps of a valid event: ``(user_id, item_id, ts, session_id)``."""
+
+
 def decode_event(
     raw: bytes | None,
     *,
@@ -156,7 +162,44 @@ def decode_event(
     ts_max_ms: int | None = None,
 ) -> ClickEvent | Rejection:
     """Decode and validate one payload. ``ts_max_ms`` None means no upper bound (the dataflow
-    passes wall clock + allowed skew; replays of old data are unaffected)."""
+    passes the record's timestamp + allowed skew; replays of old data are unaffected)."""
+    obj = _decode(raw, max_bytes)
+    if isinstance(obj, Rejection):
+        return obj
+    fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
+    if fast is not None:
+        return _new_click(fast[0], fast[1], fast[2])
+    return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+
+
+def decode_click(
+    raw: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    ts_min_ms: int = DEFAULT_TS_MIN_MS,
+    ts_max_ms: int | None = None,
+) -> Click | Rejection:
+    """:func:`decode_event` for the dataflow: the same checks and reasons, but a valid event
+    comes back as the plain tuple :data:`Click` of the fields the learner uses. Building a
+    frozen ``ClickEvent`` costs ~1.5 µs, a tenth of what the dataflow's framework spends on an
+    event.
+
+    >>> decode_click(encode_event(ClickEvent("u1", "i9", 880_000_000_000, session_id="s")))
+    ('u1', 'i9', 880000000000, 's')
+    """
+    obj = _decode(raw, max_bytes)
+    if isinstance(obj, Rejection):
+        return obj
+    fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
+    if fast is not None:
+        return fast
+    ev = _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+    if isinstance(ev, Rejection):
+        return ev
+    return (ev.user_id, ev.item_id, ev.ts, ev.session_id)
+
+
+def _decode(raw: bytes | None, max_bytes: int) -> dict[Any, Any] | Rejection:
     if raw is None:
         return Rejection("payload: empty (tombstone or null value)")
     if len(raw) > max_bytes:
@@ -168,13 +211,13 @@ def decode_event(
         return obj
     if not isinstance(obj, dict):
         return Rejection(f"payload: expected a map, got {type(obj).__name__}")
-    return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+    return obj
 
 
-def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
-    # Fast path for the common event {user_id, item_id, ts}: the same checks as below, written
-    # so that a valid click costs a couple of microseconds (the stream's budget per event is
-    # tens of microseconds in all). Anything unusual falls through to the precise checks.
+def _fast_fields(obj: dict[Any, Any], ts_min_ms: int, ts_max_ms: int | None) -> Click | None:
+    # Fast path for the common event {user_id, item_id, ts}: the same checks as _validate,
+    # written so that a valid click costs a couple of microseconds (the stream's budget per
+    # event is tens of microseconds in all). None: anything unusual, for the precise checks.
     if len(obj) == 3:
         u, it, ts = obj.get("user_id"), obj.get("item_id"), obj.get("ts")
         if (type(u) is str and type(ts) is int and ts >= ts_min_ms
@@ -183,7 +226,11 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
             if type(it) is int:
                 it = str(it)
             if type(it) is str and 0 < len(it) <= _MAX_ITEM_ID_LEN:
-                return _new_click(u, it, ts)
+                return (u, it, ts, None)
+    return None
+
+
+def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
     if not _KNOWN_FIELDS.issuperset(obj):
         unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
         return Rejection(f"payload: unknown field(s) {', '.join(unknown)}")

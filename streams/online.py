@@ -33,7 +33,7 @@ from bytewax.outputs import DynamicSink, Sink
 from online_model import UserState
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
-from streams.events import ClickEvent, Rejection, decode_event
+from streams.events import Click, Rejection, decode_click
 from streams.kafka_io import KafkaOut, RawRecord
 
 __all__ = ["FlowSinks", "FlowStats", "LearnerHolder", "build_flow", "deadletter_record", "drift_record"]
@@ -59,7 +59,7 @@ class FlowStats:
         # once per input batch, not per record: a lock round trip per event is measurable
         if not batch:
             return
-        valid = sum(1 for _, ev in batch if type(ev) is ClickEvent)
+        valid = sum(1 for _, ev in batch if type(ev) is tuple)
         last: dict[int, int] = {}
         for rec, _ in batch:
             last[rec.partition] = rec.offset
@@ -141,16 +141,16 @@ def drift_record(event: Any) -> KafkaOut:
                     headers=[("diam.kind", str(body["kind"]).encode())])
 
 
-def _decoder(cfg: FlowConfig) -> Callable[[RawRecord], tuple[RawRecord, ClickEvent | Rejection]]:
-    def decode(rec: RawRecord) -> tuple[RawRecord, ClickEvent | Rejection]:
+def _decoder(cfg: FlowConfig) -> Callable[[RawRecord], tuple[RawRecord, Click | Rejection]]:
+    def decode(rec: RawRecord) -> tuple[RawRecord, Click | Rejection]:
         # The upper time bound is the record's own timestamp plus the allowed skew, not the
         # wall clock, so a replay accepts and rejects exactly what the live run did.
         ts_max = rec.ts_ms + cfg.ts_max_future_ms if rec.ts_ms > 0 else None
-        ev = decode_event(rec.value, max_bytes=cfg.max_event_bytes, ts_min_ms=cfg.ts_min_ms,
+        ev = decode_click(rec.value, max_bytes=cfg.max_event_bytes, ts_min_ms=cfg.ts_min_ms,
                           ts_max_ms=ts_max)
-        if isinstance(ev, ClickEvent) and rec.key is not None and rec.key != ev.user_id.encode():
+        if type(ev) is tuple and rec.key is not None and rec.key != ev[0].encode():
             return rec, Rejection(
-                f"key: record key {rec.key[:64]!r} differs from user_id {ev.user_id!r} "
+                f"key: record key {rec.key[:64]!r} differs from user_id {ev[0]!r} "
                 "(events must be keyed by user so that a user's clicks stay in order)"
             )
         return rec, ev
@@ -167,7 +167,7 @@ class _UserSnap:
     dirty: bool
 
 
-class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], Any]):
+class _UserLogic(StatefulBatchLogic[tuple[int, Click], tuple[str, Any], Any]):
     """One user's learner state and push bookkeeping.
 
     Push cadence uses the wall clock (it only decides *when* vectors are written, never what
@@ -206,20 +206,20 @@ class _UserLogic(StatefulBatchLogic[tuple[int, ClickEvent], tuple[str, Any], Any
         return ("v", (s.user_id, new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(),
                                              st.last_ts, st.n_events)))
 
-    def on_batch(self, values: list[tuple[int, ClickEvent]]) -> tuple[list[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[tuple[int, Click]]) -> tuple[list[tuple[str, Any]], bool]:
         learner = self.holder.learner
         out: list[tuple[str, Any]] = []
         s = self.snap
         if s is None:
-            uid = values[0][1].user_id
+            uid = values[0][1][0]
             s = self.snap = _UserSnap(uid, learner.new_state(uid), 0, False)
             if self.stats is not None:
                 self.stats._add("users")
         state = s.state
-        for offset, ev in values:
+        for offset, (_, item_id, ts, session_id) in values:
             # The learner skips offsets it has applied already (at-least-once input after a
             # resume) and re-anchors a user whose state predates the current base version.
-            drifts = learner.apply(state, ev.item_id, ev.ts, offset, ev.session_id)
+            drifts = learner.apply(state, item_id, ts, offset, session_id)
             if drifts:
                 out.extend(("x", d) for d in drifts)
         s.since_push += len(values)
@@ -278,15 +278,15 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     """
     decode = _decoder(cfg)
 
-    def decode_batch(recs: list[RawRecord]) -> list[tuple[RawRecord, ClickEvent | Rejection]]:
+    def decode_batch(recs: list[RawRecord]) -> list[tuple[RawRecord, Click | Rejection]]:
         holder.maybe_reload()  # hot reload is checked once per batch, not per event
         out = [decode(r) for r in recs]
         if stats is not None:
             stats._count_batch(out)
         return out
 
-    def valid_keyed(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, tuple[int, ClickEvent]]]:
-        return [(ev.user_id, (rec.offset, ev)) for rec, ev in batch if type(ev) is ClickEvent]
+    def valid_keyed(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, tuple[int, Click]]]:
+        return [(ev[0], (rec.offset, ev)) for rec, ev in batch if type(ev) is tuple]
 
     def rejected(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, KafkaOut]]:
         return [(str(rec.partition), deadletter_record(rec, ev.reason))
@@ -297,7 +297,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     decoded = op.flat_map_batch("decode", raw, decode_batch)
     op.output("deadletter", op.flat_map_batch("rejected", decoded, rejected), sinks.deadletter)
     # Already (user_id, value) pairs: the keyed stream that the stateful step routes by user.
-    keyed: KeyedStream[tuple[int, ClickEvent]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
+    keyed: KeyedStream[tuple[int, Click]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
     learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats, recovery))
     def vectors(batch: list[tuple[str, tuple[str, Any]]]) -> list[Any]:
         out = [t[1] for _, t in batch if t[0] == "v"]
