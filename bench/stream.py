@@ -4,7 +4,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
 
 - ``events_per_s``: events through the full dataflow (decode, validate, learn, push to Redis) in
   one process with one worker, over a bounded topic; ``bare_consumer_events_per_s``: a bare
-  confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``.
+  confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``;
+  ``events_per_cpu_s``: the same run's events per CPU second of the dataflow process (all its
+  threads), roughly what it would sustain on a core of its own (the GIL serialises its
+  threads); the machine's two cores are shared with the broker and Redis.
 - ``freshness_p50_ms`` / ``freshness_p99_ms``: produce time → the user's vector (with a seq at
   least the event's offset) visible in Redis, for a sample of events offered at ``offered_rate``
   events/s to a tailing dataflow in its own process (recovery on, its default when tailing);
@@ -34,6 +37,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -128,9 +132,10 @@ def env_for(settings) -> dict[str, str]:
             "DIAM_FLOW_PUSH_EVERY_MS": "100"}
 
 
-def timed_run(cmds: list[list[str]], env: dict[str, str]) -> float:
+def timed_run(cmds: list[list[str]], env: dict[str, str]) -> tuple[float, float]:
     """Wall time of bounded dataflow processes, measured from their own start-up line so that
-    Python and torch import time is not counted as processing time."""
+    Python and torch import time is not counted as processing time, and the CPU seconds they
+    report for their dataflow (all threads, start-up excluded), summed."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for c in cmds]
@@ -139,12 +144,17 @@ def timed_run(cmds: list[list[str]], env: dict[str, str]) -> float:
         assert p.stdout is not None
         p.stdout.readline()  # "online dataflow: ..." printed once the base is loaded
         starts.append(time.perf_counter())
+    cpu = 0.0
     for p in procs:
-        _, err = p.communicate(timeout=1800)
+        out, err = p.communicate(timeout=1800)
         if p.returncode != 0:
             raise RuntimeError(f"dataflow failed: {err[-2000:]}")
+        m = re.search(r"([0-9.]+) CPU s", out)
+        if m is None:
+            raise RuntimeError(f"no CPU time in the dataflow's summary: {out[-500:]!r}")
+        cpu += float(m.group(1))
     end = time.perf_counter()
-    return end - (max(starts) if starts else t0)
+    return end - (max(starts) if starts else t0), cpu
 
 
 def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env,
@@ -314,14 +324,14 @@ def main() -> None:
         events = synth_events(n, users, seed=1, t0=1_700_000_000_000)
         produce(kafka, topic, events)
         bare = bare_consume(kafka, topic, n)
-        one = timed_run([dataflow_cmd(topic, f"b1-{run_id}", ckpt, ["--bounded"])], env)
+        one, one_cpu = timed_run([dataflow_cmd(topic, f"b1-{run_id}", ckpt, ["--bounded"])], env)
         # two processes, two ways: independent processes over disjoint partitions (users
         # are keyed to partitions, so no state crosses processes), and a Bytewax cluster
         # (every event is exchanged to the worker that owns its user)
-        two = timed_run([dataflow_cmd(topic, f"b2-{run_id}", ckpt, ["--bounded", "--partitions", p])
+        two, _ = timed_run([dataflow_cmd(topic, f"b2-{run_id}", ckpt, ["--bounded", "--partitions", p])
                          for p in ("0,1", "2,3")], env)
         addrs = "127.0.0.1:47011;127.0.0.1:47012"
-        two_cluster = timed_run([dataflow_cmd(topic, f"b3-{run_id}", ckpt,
+        two_cluster, _ = timed_run([dataflow_cmd(topic, f"b3-{run_id}", ckpt,
                                               ["--bounded", "-a", addrs, "-i", str(i)])
                                  for i in range(2)], env)
         # windows long enough to contain epoch ends (recovery snapshots), whose pause is the
@@ -349,6 +359,7 @@ def main() -> None:
         "events": n,
         "users": users,
         "events_per_s": round(n / one, 1),
+        "events_per_cpu_s": round(n / one_cpu, 1),
         "bare_consumer_events_per_s": round(bare, 1),
         "ratio_to_bare": round((n / one) / bare, 4),
         "freshness_p50_ms": round(p50, 2),
