@@ -75,6 +75,12 @@ def test_final_state_equals_offline_learner_and_bad_input_is_dead_lettered() -> 
         assert uv.seq == st.seq and uv.n == st.n_events and uv.k == st.vectors().shape[0]
         assert np.array_equal(uv.vecs, st.vectors().astype(np.float16).astype(np.float32))
     assert stats.as_dict()["valid"] == 120 and stats.as_dict()["rejected"] == 3
+    # pushes and drift events are counted per output batch: the counts are those emitted
+    again, pushed = FlowStats(), []
+    _, _, drift = _run(items, stats=again, vecs=pushed)
+    assert again.as_dict()["pushes"] == len(pushed) > 0
+    assert again.as_dict()["drift_events"] == len(drift)
+    assert again.as_dict()["users"] == len(want)
 
 
 def test_one_and_two_workers_give_the_same_state() -> None:
