@@ -320,7 +320,7 @@ def synthetic(args: argparse.Namespace, keep_best: bool, lr: float | None = None
     lr = args.lr if lr is None else lr
     cache = RUNS / (f"synth_u{args.synth_users}_s{args.seeds[0]}_e{epochs}"
                     f"_m{args.max_per_user}_lr{lr:g}{'_kb' if keep_best else ''}"
-                    f"{diam_suffix(_diam_opts(args))}.json")
+                    f"{diam_suffix(_diam_opts(args))}{DIAM_AGG}.json")  # its recall@20 too
     if args.resume and cache.is_file():
         return json.loads(cache.read_text())
     sc = _load(_ensure_synth(args.synth, args.synth_users))
