@@ -14,7 +14,7 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions.
   Each window (``freshness_window_s``: 30 s, 12 s with ``--quick``) spans epoch ends
   (``epoch_interval_s``), where the recovery snapshots pause the dataflow. It follows a
-  warm-up at the same rate (``freshness_warmup_s``: 5 s, 4 s with ``--quick``) whose events are
+  warm-up at the same rate (``freshness_warmup_s``: 10 s, 6 s with ``--quick``) whose events are
   not sampled: the 2000 users' first events (new state, anchoring) and the process's first
   batches are start-up, not the steady state a running stream serves from.
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
@@ -337,7 +337,7 @@ def main() -> None:
         # windows long enough to contain epoch ends (recovery snapshots), whose pause is the
         # freshness tail: at least one in a quick run, two or three in a full one
         fresh_s = 12 if args.quick else 30
-        warm_s = 4 if args.quick else 5
+        warm_s = 6 if args.quick else 10
         p50, p99 = freshness(settings, ftopic, f"bf-{run_id}", ckpt, args.rate, fresh_s, env,
                              warmup_s=warm_s)
         lp50, lp99 = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
