@@ -96,12 +96,17 @@ def _ensure_synth(path: Path, users: int, seed: int = 0) -> Path:
     return path
 
 
+def _saved(ckpt: Path | None) -> bool:
+    """Whether an earlier run saved its trained model in ``ckpt``."""
+    return ckpt is not None and (ckpt / "config.json").is_file()
+
+
 def _trained(corpus: Corpus, feats: Features, name: str, seed: int, epochs: int,
              max_per_user: int, lr: float, keep_best: bool, diam_opts: dict | None,
              ckpt: Path | None) -> tuple:
     """``(model, training record)``: trained now, or loaded from the checkpoint directory
     ``ckpt`` when an earlier run saved one there (a run saves it when ``ckpt`` is given)."""
-    if ckpt is not None and (ckpt / "config.json").is_file():
+    if _saved(ckpt):
         from online_model.checkpoint import load_checkpoint
 
         ck = load_checkpoint(ckpt)
@@ -418,7 +423,7 @@ def main() -> None:
                     continue
                 older = RUNS / f"{stem}.json"  # the same DIAM training, an older aggregator
                 if (args.resume and name == "diam" and older.is_file()
-                        and not (ckpt is not None and (ckpt / "config.json").is_file())):
+                        and not _saved(ckpt)):
                     # good for choosing the rate (validation scores do not use the
                     # aggregator), refused below if it is the chosen one
                     r = {**json.loads(older.read_text()), "stale_aggregator": str(older)}

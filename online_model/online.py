@@ -93,6 +93,23 @@ def _ust_slot(index: int, doc: str) -> property:
     return property(get, put, doc=doc)
 
 
+def _flat_backed(slot: str, flat: str, doc: str) -> property:
+    """A C-contiguous array attribute of :class:`UserState` stored in ``slot``, with a flat view
+    of the same memory kept in ``flat`` (set together, so the kernel's in-place updates through
+    the flat view are the array's)."""
+
+    def get(self: UserState) -> np.ndarray:
+        return getattr(self, slot)
+
+    def put(self: UserState, value: np.ndarray) -> None:
+        if not value.flags.c_contiguous:
+            value = value.copy()  # a flat view must share the array's memory
+        setattr(self, slot, value)
+        setattr(self, flat, value.reshape(-1))
+
+    return property(get, put, doc=doc)
+
+
 class UserState:
     """One user's online state: small (~2 KB pickled) and picklable, as Bytewax snapshots it.
 
@@ -158,28 +175,13 @@ class UserState:
         self.frozen = False
         self.capped = False
 
-    # V and A with flat views of the same memory kept next to them: the kernel takes flat
-    # arrays, and reshaping both on every event cost ~3 µs of a ~40 µs event in the dataflow
-    # (new view objects over cold array headers, py-spy over 400k events and 20k users).
-    @property
-    def V(self) -> np.ndarray:
-        return self._V
-
-    @V.setter
-    def V(self, value: np.ndarray) -> None:
-        if not value.flags.c_contiguous:
-            value = value.copy()  # the flat view must share V's memory, which the kernel updates
-        self._V, self.Vf = value, value.reshape(-1)
-
-    @property
-    def A(self) -> np.ndarray:
-        return self._A
-
-    @A.setter
-    def A(self, value: np.ndarray) -> None:
-        if not value.flags.c_contiguous:
-            value = value.copy()
-        self._A, self.Af = value, value.reshape(-1)
+    # V and A with flat views of the same memory kept next to them (Vf, Af): the kernel takes
+    # flat arrays, and reshaping both on every event cost ~3 µs of a ~40 µs event in the
+    # dataflow (new view objects over cold array headers, py-spy over 400k events, 20k users).
+    Vf: np.ndarray
+    Af: np.ndarray
+    V = _flat_backed("_V", "Vf", "float32 [k, dim] interest vectors; ``Vf`` is their flat view.")
+    A = _flat_backed("_A", "Af", "float32 [k, dim] anchors; ``Af`` is their flat view.")
 
     def clone_for(self, user_id: str) -> UserState:
         """A copy of this state for another user (arrays copied). The learner builds new users

@@ -127,7 +127,7 @@ def encode_users(uvs: Sequence[UserVectors]) -> list[bytes]:
         if type(v) is not np.ndarray or v.dtype != np.float32 or v.shape != (uv.k, uv.dim):
             v = np.asarray(v, dtype=np.float32).reshape(uv.k, uv.dim)
         mats.append(v.reshape(-1))
-    blob = np.concatenate(mats).astype(_F16LE).tobytes() if len(mats) > 1 else mats[0].astype(_F16LE).tobytes()
+    blob = np.concatenate(mats).astype(_F16LE).tobytes()
     out = []
     o = 0
     for uv, m in zip(uvs, mats, strict=True):
