@@ -202,7 +202,10 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
             if done.is_set() and time.time() > stop_at + 10:
                 break
 
-    p = Producer({**settings.kafka.client_config(), "linger.ms": 1})
+    # librdkafka's default linger (5 ms), as `diam produce --rate` uses: with 1 ms, the
+    # broker's share of the 2 cores while serving ~1000 tiny produce requests a second slowed
+    # the dataflow being measured (streams.kafka_io.FETCH_DEFAULTS has the numbers)
+    p = Producer({**settings.kafka.client_config(), "linger.ms": 5})
     poller = threading.Thread(target=poll_redis, daemon=True)
     poller.start()
     n = int(rate * (warmup_s + seconds))
