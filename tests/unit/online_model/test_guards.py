@@ -86,6 +86,50 @@ def test_negatives_are_deterministic_and_spread():
     assert counts.min() > 5 and counts.max() < 45  # roughly uniform (mean 20)
 
 
+def _centroids_full_matrix(items: np.ndarray, k: int, iters: int) -> np.ndarray:
+    """The k-means as it was first written: farthest-first seeding read from the full n×n
+    cosine matrix (the kernel now computes only the cosines to the seeds)."""
+    from online_model import kernels as K
+
+    n, d = items.shape
+    k = max(1, min(k, n))
+    mean = np.zeros((1, d))
+    for r in range(n):
+        mean[0] += items[r]  # row by row: the kernel's order of additions
+    mean /= n
+    cos_all, to_mean = K._cosines(items, items), K._cosines(items, mean)
+    seeds = [int(np.argmax(to_mean[:, 0]))]
+    best = cos_all[:, seeds[0]].copy()
+    for _ in range(1, k):
+        best[seeds] = np.inf
+        nxt = int(np.argmin(best))
+        seeds.append(nxt)
+        best = np.maximum(best, cos_all[:, nxt])
+    cents = items[seeds].astype(np.float64)
+    for _ in range(iters):
+        assign = np.argmax(K._cosines(items, cents), axis=1)
+        for j in range(k):
+            members = items[assign == j]
+            if len(members):
+                acc = np.zeros(d)
+                for row in members:
+                    acc += row
+                cents[j] = acc / len(members)
+    return cents
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 50), st.integers(1, 8), st.integers(0, 2**32 - 1), st.booleans())
+def test_centroids_seed_like_the_full_cosine_matrix(n, k, seed, repeats):
+    from online_model import kernels as K
+
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((n, 8)).astype(np.float32)
+    if repeats and n > 2:
+        items[n // 2] = items[0]  # a tie for the farthest-first choice
+    assert np.array_equal(K.centroids(items, k, 5), _centroids_full_matrix(items, k, 5))
+
+
 def test_centroids_split_and_merge():
     rng = np.random.default_rng(0)
     c = np.eye(4)[:2] * 3
