@@ -16,7 +16,9 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   (``epoch_interval_s``), where the recovery snapshots pause the dataflow. It follows a
   warm-up at the same rate (``freshness_warmup_s``: 10 s, 6 s with ``--quick``) whose events are
   not sampled: the 2000 users' first events (new state, anchoring) and the process's first
-  batches are start-up, not the steady state a running stream serves from.
+  batches are start-up, not the steady state a running stream serves from. The producer
+  lingers ``freshness_producer_linger_ms`` (5 ms, librdkafka's default and ``diam produce
+  --rate``'s); the dataflow fetches with ``dataflow_fetch`` (``streams.kafka_io.FETCH_DEFAULTS``).
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
   ``state_bytes_per_user``: the per-user snapshot Bytewax stores (``_UserLogic.snapshot`` pickled);
   ``snapshot_us_per_user``: its cost at each epoch end, per touched user.
@@ -60,7 +62,7 @@ from online_model.online import OnlineLearner  # noqa: E402
 from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
 from streams.config import FlowConfig  # noqa: E402
 from streams.events import ClickEvent, decode_click, encode_event  # noqa: E402
-from streams.kafka_io import ensure_topic, watermarks  # noqa: E402
+from streams.kafka_io import FETCH_DEFAULTS, ensure_topic, watermarks  # noqa: E402
 
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
 
@@ -157,6 +159,9 @@ def timed_run(cmds: list[list[str]], env: dict[str, str]) -> tuple[float, float]
     return end - (max(starts) if starts else t0), cpu
 
 
+FRESH_LINGER_MS = 5
+
+
 def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env,
               splits: tuple[str, ...] = (), warmup_s: float = 0.0) -> tuple[float, float]:
     """p50/p99 of produce → visible in Redis at ``rate`` events/s, with one tailing process, or
@@ -205,7 +210,7 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     # librdkafka's default linger (5 ms), as `diam produce --rate` uses: with 1 ms, the
     # broker's share of the 2 cores while serving ~1000 tiny produce requests a second slowed
     # the dataflow being measured (streams.kafka_io.FETCH_DEFAULTS has the numbers)
-    p = Producer({**settings.kafka.client_config(), "linger.ms": 5})
+    p = Producer({**settings.kafka.client_config(), "linger.ms": FRESH_LINGER_MS})
     poller = threading.Thread(target=poll_redis, daemon=True)
     poller.start()
     n = int(rate * (warmup_s + seconds))
@@ -377,6 +382,8 @@ def main() -> None:
         "freshness_window_s": fresh_s,
         "freshness_warmup_s": warm_s,
         "epoch_interval_s": settings.flow.epoch_interval_s,
+        "freshness_producer_linger_ms": FRESH_LINGER_MS,
+        "dataflow_fetch": FETCH_DEFAULTS,
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
         "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),
