@@ -4,7 +4,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
 
 - ``events_per_s``: events through the full dataflow (decode, validate, learn, push to Redis) in
   one process with one worker, over a bounded topic; ``bare_consumer_events_per_s``: a bare
-  confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``;
+  confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``. Both are
+  medians of ``--repeats`` runs (3), listed in ``events_per_s_runs`` and
+  ``bare_consumer_events_per_s_runs``: on two cores shared with the broker and Redis, single
+  runs of the same code differ by ~10% (the bare loop by more);
   ``events_per_cpu_s``: the same run's events per CPU second of the dataflow process (all its
   threads), roughly what it would sustain on a core of its own (the GIL serialises its
   threads); the machine's two cores are shared with the broker and Redis.
@@ -313,6 +316,9 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5000, help="offered rate for the freshness run")
     ap.add_argument("--low-rate", type=int, default=1000,
                     help="a second freshness run at a rate the dataflow sustains on this machine")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="one-process runs and bare-consumer loops over the topic; the median is "
+                         "reported, every run too (single runs on two shared cores vary by ~10%%)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     args = ap.parse_args()
     n = args.events or (60_000 if args.quick else 400_000)
@@ -331,8 +337,14 @@ def main() -> None:
         env = env_for(settings)
         events = synth_events(n, users, seed=1, t0=1_700_000_000_000)
         produce(kafka, topic, events)
-        bare = bare_consume(kafka, topic, n)
-        one, one_cpu = timed_run([dataflow_cmd(topic, f"b1-{run_id}", ckpt, ["--bounded"])], env)
+        reps = max(1, args.repeats)
+        bares = [bare_consume(kafka, topic, n) for _ in range(reps)]
+        ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt, ["--bounded"])], env)
+                for r in range(reps)]
+        bare = float(np.median(bares))
+        rates = [n / wall for wall, _ in ones]
+        one = n / float(np.median(rates))
+        one_cpu = n / float(np.median([n / cpu for _, cpu in ones]))
         # two processes, two ways: independent processes over disjoint partitions (users
         # are keyed to partitions, so no state crosses processes), and a Bytewax cluster
         # (every event is exchanged to the worker that owns its user)
@@ -354,7 +366,7 @@ def main() -> None:
         ensure_topic(kafka, ttopic, partitions=4)
         tp50, tp99 = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
-        foot = footprint(settings, f"b1-{run_id}", base, settings.online, events, settings.flow)
+        foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
     rc = redis_client(settings.redis)
     for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}",
                f"bt-{run_id}"):
@@ -370,6 +382,8 @@ def main() -> None:
         "events_per_cpu_s": round(n / one_cpu, 1),
         "bare_consumer_events_per_s": round(bare, 1),
         "ratio_to_bare": round((n / one) / bare, 4),
+        "events_per_s_runs": [round(r, 1) for r in rates],
+        "bare_consumer_events_per_s_runs": [round(b, 1) for b in bares],
         "freshness_p50_ms": round(p50, 2),
         "freshness_p99_ms": round(p99, 2),
         "offered_rate": args.rate,
