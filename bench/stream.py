@@ -301,7 +301,7 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
         for lg in logics.values():
             pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
         snap_us.append((time.perf_counter() - t0) / len(logics) * 1e6)
-    return {"redis_bytes_per_user": float(np.mean(k4)) if k4 else float("nan"),
+    return {"redis_bytes_per_user": float(np.mean(k4)) if k4 else None,  # null, not NaN: valid JSON
             "redis_bytes_per_user_by_k": {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
             "state_bytes_per_user": round(float(np.mean(state_sizes)), 1),
             "snapshot_us_per_user": round(float(np.median(snap_us)), 2),
