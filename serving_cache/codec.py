@@ -108,6 +108,17 @@ _MODEL_FRAG: dict[str, bytes] = {}
 _VECS_FRAG: dict[tuple[int, int], bytes] = {}
 
 
+def _model_fragment(model: str) -> bytes:
+    """``"model", <packed name>, "k"``: the bytes between the packed seq and the packed k,
+    cached per model name (both the Python and the compiled encoders use them)."""
+    frag = _MODEL_FRAG.get(model)
+    if frag is None:
+        if len(_MODEL_FRAG) >= 64:  # model names change rarely; never grow without bound
+            _MODEL_FRAG.clear()
+        frag = _MODEL_FRAG[model] = b"\xa5model" + _packer().pack(model) + b"\xa1k"
+    return frag
+
+
 def encode_users(uvs: Sequence[UserVectors]) -> list[bytes]:
     """:func:`encode_user` of each, in order; the bytes are identical.
 
@@ -152,11 +163,7 @@ def _encode_users_py(uvs: Sequence[UserVectors]) -> list[bytes]:
     o = 0
     for uv, m in zip(uvs, mats, strict=True):
         nb = 2 * m.shape[0]
-        frag_m = _MODEL_FRAG.get(uv.model)
-        if frag_m is None:
-            if len(_MODEL_FRAG) >= 64:  # model names change rarely; never grow without bound
-                _MODEL_FRAG.clear()
-            frag_m = _MODEL_FRAG[uv.model] = b"\xa5model" + pack(uv.model) + b"\xa1k"
+        frag_m = _model_fragment(uv.model)
         dim = int(uv.dim)
         frag_v = _VECS_FRAG.get((dim, nb))
         if frag_v is None:

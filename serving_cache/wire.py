@@ -30,9 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import msgpack
 import numpy as np
 from numba import njit
+
+from serving_cache import codec
 
 __all__ = ["Fields", "gather", "pack_values", "pack_calls", "key_bytes", "warm_up"]
 
@@ -40,16 +41,16 @@ _F16LE = np.dtype("<f2")
 _F8BE = np.dtype(">f8")
 _F4 = np.dtype(np.float32)
 
-# Fragments of the contract's map between the packed scalars (positive fixint 1 = CODEC_VERSION).
-_HEAD = np.frombuffer(b"\x89\xa1v\x01\xa3seq", np.uint8)
-_D_KEY = np.frombuffer(b"\xa1d\xcb", np.uint8)  # "d", then a float64, as msgpack packs a float
+# Fragments of the contract's map between the packed scalars (the map header and the float
+# key are the codec's own bytes).
+_HEAD = np.frombuffer(codec._HEAD, np.uint8)
+_D_KEY = np.frombuffer(codec._D_KEY, np.uint8)
 _DIM_KEY = np.frombuffer(b"\xa3dim", np.uint8)
 _VECS_KEY = np.frombuffer(b"\xa4vecs", np.uint8)
 _TS_KEY = np.frombuffer(b"\xa2ts", np.uint8)
 _N_KEY = np.frombuffer(b"\xa1n", np.uint8)
 _EVALSHA = np.frombuffer(b"$7\r\nEVALSHA\r\n", np.uint8)
 
-_MODEL_FRAG: dict[Any, bytes] = {}
 
 
 class Fields(NamedTuple):
@@ -80,16 +81,6 @@ def _ints(values: Sequence[Any]) -> np.ndarray | None:
     if a.dtype.kind in "iu" and np.can_cast(a.dtype, np.int64):
         return a.astype(np.int64)
     return None
-
-
-def _model_fragment(model: Any) -> bytes:
-    frag = _MODEL_FRAG.get(model)
-    if frag is None:
-        if len(_MODEL_FRAG) >= 64:  # model names change rarely; never grow without bound
-            _MODEL_FRAG.clear()
-        frag = _MODEL_FRAG[model] = (b"\xa5model" + msgpack.packb(model, use_bin_type=False)
-                                     + b"\xa1k")
-    return frag
 
 
 def gather(uvs: Sequence[Any]) -> Fields | None:
@@ -128,13 +119,13 @@ def gather(uvs: Sequence[Any]) -> Fields | None:
         return None
     m0 = models[0]
     if models.count(m0) == len(models):  # the common case: one model for the whole chunk
-        frags = [_model_fragment(m0)]
+        frags = [codec._model_fragment(m0)]
         midx = np.zeros(len(models), np.int64)
     else:
         index: dict[Any, int] = {}
         midx = np.fromiter([index.setdefault(m, len(index)) for m in models], np.int64,
                            len(models))
-        frags = [_model_fragment(m) for m in index]
+        frags = [codec._model_fragment(m) for m in index]
     frag_off = np.zeros(len(frags) + 1, np.int64)
     np.cumsum([len(f) for f in frags], out=frag_off[1:])
     return Fields(seq_a, k_a, dim_a, ts_a, n_a, d.astype(_F8BE).view(np.uint8), midx,

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 import numpy as np
 import redis
 
-from serving_cache.codec import UserVectors, encode_users
+from serving_cache.codec import UserVectors, _encode_users_py
 from serving_cache.keys import user_key, validate_namespace
 
 __all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA"]
@@ -168,7 +168,7 @@ class RedisWriter:
 
     def _pack_py(self, sha: bytes, chunk: list[tuple[str, UserVectors]]) -> bytes:
         """The calls packed in Python, for chunks the kernels do not take (see wire.gather)."""
-        values = encode_users([uv for _, uv in chunk])
+        values = _encode_users_py([uv for _, uv in chunk])  # the kernels declined this chunk
         calls = []
         for start in range(0, len(chunk), self.keys_per_call):
             part = chunk[start : start + self.keys_per_call]
