@@ -112,13 +112,15 @@ def produce(kafka, topic: str, events: list[ClickEvent]) -> None:
         raise RuntimeError("not every event was delivered")
 
 
-def bare_consume(kafka, topic: str, n: int) -> float:
+def bare_consume(kafka, topic: str, n: int, batch: int) -> float:
+    """A bare confluent-kafka loop over ``topic`` (counting records), consuming ``batch``
+    messages per call, as the dataflow's source does."""
     marks = watermarks(kafka, topic)
     c = Consumer({**kafka.client_config(), "group.id": f"bare-{uuid.uuid4()}", "enable.auto.commit": "false"})
     c.assign([TopicPartition(topic, p, lo) for p, (lo, _) in marks.items()])
     seen, t = 0, time.perf_counter()
     while seen < n:
-        for m in c.consume(1000, 0.1):
+        for m in c.consume(batch, 0.1):
             if m.error() is None:
                 seen += 1
     dt = time.perf_counter() - t
@@ -338,7 +340,7 @@ def main() -> None:
         events = synth_events(n, users, seed=1, t0=1_700_000_000_000)
         produce(kafka, topic, events)
         reps = max(1, args.repeats)
-        bares = [bare_consume(kafka, topic, n) for _ in range(reps)]
+        bares = [bare_consume(kafka, topic, n, settings.flow.batch_size) for _ in range(reps)]
         ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt, ["--bounded"])], env)
                 for r in range(reps)]
         bare = float(np.median(bares))
@@ -398,6 +400,7 @@ def main() -> None:
         "epoch_interval_s": settings.flow.epoch_interval_s,
         "freshness_producer_linger_ms": FRESH_LINGER_MS,
         "dataflow_fetch": FETCH_DEFAULTS,
+        "consume_batch": settings.flow.batch_size,
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
         "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),

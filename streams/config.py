@@ -90,8 +90,18 @@ class FlowConfig(BaseModel):
     """... or when this much wall time has passed since the last push (t). 200 ms keeps the
     freshness p99 well under the 500 ms goal while coalescing bursts."""
 
-    batch_size: int = Field(default=1000, ge=1)
-    """Kafka messages per poll batch handed to the dataflow."""
+    batch_size: int = Field(default=10_000, ge=1)
+    """Most Kafka messages per poll batch handed to the dataflow (a cap: a caught-up consumer
+    hands over what has arrived, ~100 records per 20 ms fetch at 5k events/s).
+
+    Bytewax's per-user step costs per user *and batch* (a key lookup, a ``notify_at`` call, one
+    output item per push, the user's snapshot bookkeeping), and pushes coalesce per batch, so a
+    user with several clicks in one batch pays those once. That matters when the dataflow
+    reads a backlog (a replay, a catch-up after a restart). 400k events over 20k users from a
+    4-partition topic, one process, Redis sink replaced by a no-op, same broker and minutes:
+    1000 → 17.7k events/s (56.6 CPU µs per event, 333k pushes); 5000 → 22.3k (44.8 µs, 251k);
+    10000 → 24.4k (40.9 µs, 190k); 20000 → 25.2k (39.6 µs, 144k). 10000 takes most of the gain;
+    a batch that size is ~0.4 s of work and ~2 MB of records."""
 
     epoch_interval_s: float = Field(default=10.0, gt=0)
     """Bytewax epoch length; recovery snapshots are taken at epoch ends, one per user touched

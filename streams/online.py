@@ -55,18 +55,18 @@ class FlowStats:
         self.drift_events = 0
         self.last_offsets: dict[int, int] = {}
 
-    def _count_batch(self, batch: list[tuple[RawRecord, Any]]) -> None:
+    def _count_batch(self, recs: list[RawRecord], decoded: list[tuple[Any, Any]]) -> None:
         # once per input batch, not per record: a lock round trip per event is measurable
-        if not batch:
+        if not recs:
             return
-        valid = sum(1 for _, ev in batch if type(ev) is tuple)
+        rejected = sum(1 for first, _ in decoded if type(first) is not str)
         last: dict[int, int] = {}
-        for rec, _ in batch:
+        for rec in recs:
             last[rec.partition] = rec.offset
         with self._lock:
-            self.records += len(batch)
-            self.valid += valid
-            self.rejected += len(batch) - valid
+            self.records += len(recs)
+            self.valid += len(recs) - rejected
+            self.rejected += rejected
             self.last_offsets.update(last)
 
     def _add(self, name: str, n: int = 1) -> None:
@@ -141,20 +141,35 @@ def drift_record(event: Any) -> KafkaOut:
                     headers=[("diam.kind", str(body["kind"]).encode())])
 
 
-def _decoder(cfg: FlowConfig) -> Callable[[RawRecord], tuple[RawRecord, Click | Rejection]]:
-    def decode(rec: RawRecord) -> tuple[RawRecord, Click | Rejection]:
-        # The upper time bound is the record's own timestamp plus the allowed skew, not the
-        # wall clock, so a replay accepts and rejects exactly what the live run did.
-        ts_max = rec.ts_ms + cfg.ts_max_future_ms if rec.ts_ms > 0 else None
-        ev = decode_click(rec.value, max_bytes=cfg.max_event_bytes, ts_min_ms=cfg.ts_min_ms,
-                          ts_max_ms=ts_max)
-        if type(ev) is tuple and rec.key is not None and rec.key != ev[0].encode():
-            return rec, Rejection(
-                f"key: record key {rec.key[:64]!r} differs from user_id {ev[0]!r} "
-                "(events must be keyed by user so that a user's clicks stay in order)"
-            )
-        return rec, ev
-    return decode
+def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any]]]:
+    """Decode and validate a batch in one pass. A valid click comes out already keyed for the
+    per-user step, ``(user_id, (offset, click))``; a rejected record as ``(record, Rejection)``.
+    The two are told apart by the type of the first element (``str`` or :class:`RawRecord`),
+    so neither downstream filter allocates. One pass instead of decode-then-key: at a 10k-record
+    batch, the second pass over cold records and its tuples cost ~3 µs per event."""
+    max_bytes, ts_min, skew = cfg.max_event_bytes, cfg.ts_min_ms, cfg.ts_max_future_ms
+
+    def decode_batch(recs: list[RawRecord]) -> list[tuple[Any, Any]]:
+        out: list[tuple[Any, Any]] = []
+        append = out.append
+        for rec in recs:
+            # The upper time bound is the record's own timestamp plus the allowed skew, not the
+            # wall clock, so a replay accepts and rejects exactly what the live run did.
+            ts = rec.ts_ms
+            ev = decode_click(rec.value, max_bytes=max_bytes, ts_min_ms=ts_min,
+                              ts_max_ms=ts + skew if ts > 0 else None)
+            if type(ev) is tuple:
+                key = rec.key
+                if key is None or key == ev[0].encode():
+                    append((ev[0], (rec.offset, ev)))
+                    continue
+                ev = Rejection(
+                    f"key: record key {key[:64]!r} differs from user_id {ev[0]!r} "
+                    "(events must be keyed by user so that a user's clicks stay in order)"
+                )
+            append((rec, ev))
+        return out
+    return decode_batch
 
 
 @dataclass
@@ -278,19 +293,19 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     """
     decode = _decoder(cfg)
 
-    def decode_batch(recs: list[RawRecord]) -> list[tuple[RawRecord, Click | Rejection]]:
+    def decode_batch(recs: list[RawRecord]) -> list[tuple[Any, Any]]:
         holder.maybe_reload()  # hot reload is checked once per batch, not per event
-        out = [decode(r) for r in recs]
+        out = decode(recs)
         if stats is not None:
-            stats._count_batch(out)
+            stats._count_batch(recs, out)
         return out
 
-    def valid_keyed(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, tuple[int, Click]]]:
-        return [(ev[0], (rec.offset, ev)) for rec, ev in batch if type(ev) is tuple]
+    def valid_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, tuple[int, Click]]]:
+        return [x for x in batch if type(x[0]) is str]
 
-    def rejected(batch: list[tuple[RawRecord, Any]]) -> list[tuple[str, KafkaOut]]:
+    def rejected(batch: list[tuple[Any, Any]]) -> list[tuple[str, KafkaOut]]:
         return [(str(rec.partition), deadletter_record(rec, ev.reason))
-                for rec, ev in batch if type(ev) is Rejection]
+                for rec, ev in batch if type(rec) is not str]
 
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
