@@ -5,9 +5,11 @@ Prints one JSON object and writes ``bench/results/stream.json``:
 - ``events_per_s``: events through the full dataflow (decode, validate, learn, push to Redis) in
   one process with one worker, over a bounded topic; ``bare_consumer_events_per_s``: a bare
   confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``. Both are
-  medians of ``--repeats`` runs (3), listed in ``events_per_s_runs`` and
+  medians of ``--repeats`` runs (5), listed in ``events_per_s_runs`` and
   ``bare_consumer_events_per_s_runs``: on two cores shared with the broker and Redis, single
-  runs of the same code differ by ~10% (the bare loop by more);
+  runs of the same code differ by up to ~30% (one topic, ten ``diam run --bounded`` runs in a
+  row: 15.8k-22.2k events/s), the bare loop by more. The bare loop consumes
+  ``consume_batch`` messages per call, the dataflow source's batch size;
   ``events_per_cpu_s``: the same run's events per CPU second of the dataflow process (all its
   threads), roughly what it would sustain on a core of its own (the GIL serialises its
   threads); the machine's two cores are shared with the broker and Redis.
@@ -318,9 +320,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5000, help="offered rate for the freshness run")
     ap.add_argument("--low-rate", type=int, default=1000,
                     help="a second freshness run at a rate the dataflow sustains on this machine")
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=int, default=5,
                     help="one-process runs and bare-consumer loops over the topic; the median is "
-                         "reported, every run too (single runs on two shared cores vary by ~10%%)")
+                         "reported, every run too (single runs on two shared cores vary by up "
+                         "to ~30%%)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     args = ap.parse_args()
     n = args.events or (60_000 if args.quick else 400_000)
