@@ -20,12 +20,13 @@ from tests.flowkit import as_records, click_stream, expected_states, tiny_learne
 CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
 
 
-def _run(items, workers: int = 1, recovery=None, stats=None, vecs=None, epoch_s: float = 0.05):
+def _run(items, workers: int = 1, recovery=None, stats=None, vecs=None, epoch_s: float = 0.05,
+         batch_size: int = 7):
     vecs = [] if vecs is None else vecs
     dead, drift = [], []
     learner = tiny_learner()
     holder = LearnerHolder(learner, learner.base.version)
-    flow = build_flow(TestingSource(items, batch_size=7), FlowSinks(TestingSink(vecs), TestingSink(dead),
+    flow = build_flow(TestingSource(items, batch_size=batch_size), FlowSinks(TestingSink(vecs), TestingSink(dead),
                       TestingSink(drift)), CFG, holder, stats=stats)
     if workers == 1:
         run_main(flow, epoch_interval=timedelta(seconds=epoch_s), recovery_config=recovery)
@@ -154,3 +155,20 @@ def test_an_older_snapshot_format_is_refused_with_a_clear_error() -> None:
     assert logic.snap is not None and pickle.dumps(logic.snap.state) == pickle.dumps(state)
     with pytest.raises(RuntimeError, match="older snapshot format"):
         _UserLogic(holder, CFG, _UserSnap("u1", b"\x80\x05old", 2, True), None)
+
+
+def test_the_source_batch_size_changes_when_vectors_are_pushed_not_what_they_are() -> None:
+    # The batch size decides how a user's clicks are grouped into per-user steps (and so how
+    # pushes coalesce); the final vectors, counts and dead letters must not depend on it.
+    events = click_stream(n_users=6, n_events=150)
+    items = as_records(events) + [RawRecord("t", 0, 5000, b"x", b"\xc1", 0)]
+    runs = {}
+    for batch in (1, 7, 1000):
+        stats = FlowStats()
+        vecs, dead, _ = _run(items, stats=stats, batch_size=batch)
+        runs[batch] = (_final(vecs), [bytes(d.value) for d in dead], stats.as_dict()["valid"], len(vecs))
+    assert runs[1][0] == runs[7][0] == runs[1000][0]
+    assert runs[1][1:3] == runs[7][1:3] == runs[1000][1:3] == ([b"\xc1"], 150)
+    # one batch holds every click: each user's clicks coalesce into fewer pushes
+    assert runs[1000][3] < runs[1][3]
+
