@@ -10,6 +10,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   runs of the same code differ by up to ~30% (one topic, ten ``diam run --bounded`` runs in a
   row: 15.8k-22.2k events/s), the bare loop by more. The bare loop consumes
   ``consume_batch`` messages per call, the dataflow source's batch size;
+  ``events_per_s_no_learning`` (runs in ``events_per_s_no_learning_runs``, ratio in
+  ``ratio_to_bare_no_learning``): the same dataflow with the learner's update removed
+  (``bench/stream_floor.py``: decoding, Bytewax's per-user step, pushes and Redis writes as in
+  ``diam run``), the ceiling any learner could reach in this dataflow on this machine;
   ``events_per_cpu_s``: the same run's events per CPU second of the dataflow process (all its
   threads), roughly what it would sustain on a core of its own (the GIL serialises its
   threads); the machine's two cores are shared with the broker and Redis.
@@ -346,6 +350,11 @@ def main() -> None:
         bares = [bare_consume(kafka, topic, n, settings.flow.batch_size) for _ in range(reps)]
         ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt, ["--bounded"])], env)
                 for r in range(reps)]
+        # the same dataflow with the learner's update removed (bench/stream_floor.py)
+        floors = [timed_run([[sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic,
+                              f"b0-{run_id}-{r}", str(ckpt)]], env) for r in range(reps)]
+        floor_rates = [n / wall for wall, _ in floors]
+        floor = float(np.median(floor_rates))
         bare = float(np.median(bares))
         rates = [n / wall for wall, _ in ones]
         one = n / float(np.median(rates))
@@ -373,9 +382,9 @@ def main() -> None:
                                fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
         foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
     rc = redis_client(settings.redis)
-    for ns in (f"b1-{run_id}", f"b2-{run_id}", f"b3-{run_id}", f"bf-{run_id}", f"bl-{run_id}",
-               f"bt-{run_id}"):
-        keys = list(rc.scan_iter(match=f"diam:{ns}:*", count=5000))
+    # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
+    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt"):
+        keys = list(rc.scan_iter(match=f"diam:{ns}-{run_id}*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
     from confluent_kafka.admin import AdminClient
@@ -388,6 +397,9 @@ def main() -> None:
         "bare_consumer_events_per_s": round(bare, 1),
         "ratio_to_bare": round((n / one) / bare, 4),
         "events_per_s_runs": [round(r, 1) for r in rates],
+        "events_per_s_no_learning": round(floor, 1),
+        "ratio_to_bare_no_learning": round(floor / bare, 4),
+        "events_per_s_no_learning_runs": [round(r, 1) for r in floor_rates],
         "bare_consumer_events_per_s_runs": [round(b, 1) for b in bares],
         "freshness_p50_ms": round(p50, 2),
         "freshness_p99_ms": round(p99, 2),

@@ -1,0 +1,69 @@
+"""The online dataflow with its learning step removed: what decoding, Bytewax's per-user step,
+the push bookkeeping and the Redis writes cost on their own.
+
+``bench/stream.py`` runs this as a child process next to ``diam run --bounded`` over the same
+topic (``events_per_s_no_learning``): the gap between the two is the learner's cost, and this
+figure bounds what any learner could reach in this dataflow on this machine. Everything but
+:meth:`OnlineLearner.apply` is the production path (the same ``run_online``, source, sinks,
+push cadence and GC settings as ``diam run``); ``apply`` keeps only the bookkeeping a push
+needs (offset, time, a user with a known item), so every user is still pushed as often.
+
+Usage (prints the same start and summary lines as ``diam run``)::
+
+    python bench/stream_floor.py TOPIC NAMESPACE CHECKPOINT
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import diam.cli  # noqa: E402,F401  (imports the commands; diam.commands.run needs it first)
+from diam.commands.run import load_holder  # noqa: E402
+from diam.settings import load_settings  # noqa: E402
+from online_model import kernels as K  # noqa: E402
+from online_model.online import DriftEvent, OnlineLearner, UserState  # noqa: E402
+from streams.online import FlowStats  # noqa: E402
+from streams.runner import OnlineJob, run_online  # noqa: E402
+
+
+class NoLearning(OnlineLearner):
+    """The learner without its update: per click only what the push reads is kept."""
+
+    def apply(self, state: UserState, item_id: str | int, ts_ms: int, offset: int,
+              session_id: str | None = None) -> list[DriftEvent]:
+        if state.n_events and offset <= state.seq:
+            return []
+        state.n_events += 1
+        state.seq, state.last_ts = int(offset), int(ts_ms)
+        state.ust[K.U_N_RECENT] = 1.0  # "has a known item": the user is pushed
+        return []
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 3:
+        sys.exit("usage: python bench/stream_floor.py TOPIC NAMESPACE CHECKPOINT")
+    topic, ns, ckpt = argv
+    s = load_settings()
+    holder = load_holder(s, ckpt, None, namespace=ns)
+    holder.learner.__class__ = NoLearning
+    job = OnlineJob(kafka=s.kafka, redis=s.redis, flow=s.flow, topic=topic, namespace=ns, bounded=True)
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)  # as diam run
+    print(f"online dataflow (no learning): {topic} ns={ns}", flush=True)
+    stats = FlowStats()
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_online(job, holder, stats)
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    st = stats.as_dict()
+    print(f"done: {st['records']} records, {st['pushes']} pushes to Redis in {dt:.1f} s "
+          f"({st['records'] / max(dt, 1e-9):,.0f} records/s; {cpu:.1f} CPU s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
