@@ -102,8 +102,8 @@ class FlowConfig(BaseModel):
     1000 → 17.7k events/s (56.6 CPU µs per event, 333k pushes); 5000 → 22.3k (44.8 µs, 251k);
     10000 → 24.4k (40.9 µs, 190k); 20000 → 25.2k (39.6 µs, 144k). With the real Redis sink,
     ``diam run --bounded`` over one such topic, alternating: 10000 → 19.4k / 18.7k / 21.1k,
-    20000 → 22.3k / 20.7k / 20.8k events/s. A 20000-record batch is ~1 s of work and ~12 MB
-    of records in flight; it only fills when the dataflow is behind."""
+    20000 → 22.3k / 20.7k / 20.8k events/s. A full 20000-record batch is ~1 s of work and a
+    few MB of records in flight; batches fill only when the dataflow is behind."""
 
     epoch_interval_s: float = Field(default=10.0, gt=0)
     """Bytewax epoch length; recovery snapshots are taken at epoch ends, one per user touched
