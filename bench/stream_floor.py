@@ -15,7 +15,6 @@ Usage (prints the same start and summary lines as ``diam run``)::
 
 from __future__ import annotations
 
-import gc
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from diam.settings import load_settings  # noqa: E402
 from online_model import kernels as K  # noqa: E402
 from online_model.online import DriftEvent, OnlineLearner, UserState  # noqa: E402
 from streams.online import FlowStats  # noqa: E402
-from streams.runner import OnlineJob, run_online  # noqa: E402
+from streams.runner import OnlineJob, run_online, tune_gc  # noqa: E402
 
 
 class NoLearning(OnlineLearner):
@@ -53,8 +52,7 @@ def main(argv: list[str]) -> None:
     holder = load_holder(s, ckpt, None, namespace=ns)
     holder.learner.__class__ = NoLearning
     job = OnlineJob(kafka=s.kafka, redis=s.redis, flow=s.flow, topic=topic, namespace=ns, bounded=True)
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)  # as diam run
+    tune_gc()  # as diam run
     print(f"online dataflow (no learning): {topic} ns={ns}", flush=True)
     stats = FlowStats()
     t0, c0 = time.perf_counter(), time.process_time()

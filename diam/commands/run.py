@@ -100,7 +100,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     guard trips) go to the drift topic. Base weights come from the active snapshot (hot-reloaded
     when a new one is published), an explicit --checkpoint, or --base-from-data.
     """
-    from streams.runner import OnlineJob, run_online
+    from streams.runner import OnlineJob, run_online, tune_gc
 
     s = get_settings(ctx)
     if no_recovery and recovery_dir is not None:
@@ -121,14 +121,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         partitions=parts,
     )
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
-    # The dataflow allocates a few short-lived objects per event, all freed by reference
-    # counting; the cyclic collector's frequent passes over every live user state cost ~20%
-    # of throughput (measured with bench/stream.py). Freeze what start-up built and collect
-    # rarely.
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={recovery_dir}" if recovery_dir is not None else ""))
