@@ -26,12 +26,55 @@ def _load_corpus(path: Path):
     return corpus
 
 
+def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_topic: str | None):
+    """The corpus of a range of the clicks topic over the ``diam.items`` catalogue."""
+    from confluent_kafka import KafkaException
+
+    from diam.cli import get_settings
+    from streams.catalog import read_catalog
+    from streams.replay import ReplayError, parse_bound, resolve_range
+    from streams.topic_corpus import corpus_from_topic, read_clicks
+
+    s = get_settings(click.get_current_context())
+    items_topic = items_topic or s.kafka.items_topic
+    try:
+        rng = resolve_range(s.kafka, topic, parse_bound(since) if since else None,
+                            parse_bound(until) if until else None)
+        catalog = read_catalog(s.kafka, items_topic)
+        clicks = read_clicks(s.kafka, rng, s.flow)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (KafkaException, RuntimeError, TimeoutError) as exc:
+        raise click.ClickException(f"cannot read {topic!r} / {items_topic!r} at "
+                                   f"{s.kafka.bootstrap}: {exc}") from None
+    click.echo(f"{topic} {rng.describe()}: {clicks.records:,} records, {len(clicks):,} valid "
+               f"clicks, {clicks.rejected:,} left out; catalogue {items_topic}: "
+               f"{len(catalog):,} items ({catalog.rejected:,} bad records)", err=True)
+    for why in (clicks.reasons + catalog.reasons)[:5]:
+        click.echo(f"  left out: {why}", err=True)
+    corpus = corpus_from_topic(clicks, catalog)
+    if corpus.n_users < 10:
+        raise click.ClickException(f"{topic} {rng.describe()}: only {corpus.n_users} users; "
+                                   "need at least 10 to split 80/10/10")
+    return corpus
+
+
 @click.command("train")
 @click.option("--model", "model_name", type=click.Choice(_MODELS), default="diam",
               show_default=True, help="Which model to train.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data/ml-100k"), show_default=True,
               help="Prepared dataset directory (diam data prepare / diam data synth).")
+@click.option("--topic", default=None,
+              help="Train on a range of this clicks topic instead of --data, with item metadata "
+                   "from the catalogue topic (--items-topic).")
+@click.option("--since", default=None, metavar="BOUND",
+              help="With --topic: start, as `diam replay --from` (ISO record time, an offset, or "
+                   "partition:offset pairs) [default: the oldest record].")
+@click.option("--until", default=None, metavar="BOUND",
+              help="With --topic: end, exclusive, same forms [default: the end of the topic].")
+@click.option("--items-topic", default=None,
+              help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint directory [default: checkpoints/<model>].")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
@@ -53,21 +96,33 @@ def _load_corpus(path: Path):
               help="K of MIND / ComiRec.")
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
               help="CPU threads for torch (0: torch's default).")
+@click.option("--amp/--no-amp", default=True, show_default=True,
+              help="Mixed precision on CUDA (bf16 where supported, else fp16 with loss "
+                   "scaling); no effect on CPU.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_cmd(model_name: str, data: Path, out: Path | None, epochs: int, seed: int, device: str,
+def train_cmd(model_name: str, data: Path, topic: str | None, since: str | None,
+              until: str | None, items_topic: str | None, out: Path | None, epochs: int,
+              seed: int, device: str,
               batch_size: int, lr: float, max_per_user: int, dim: int, k_max: int,
-              interests: int, threads: int, progress: bool) -> None:
+              interests: int, threads: int, amp: bool, progress: bool) -> None:
     """Train a model on the training users of DATA and write a checkpoint.
 
     Users are split 80/10/10 by --seed; every epoch prints one log line (losses, seconds,
     validation Recall@20/50 and NDCG@50). The checkpoint holds weights.safetensors (state dict
     and the online head), config.json and the item vocabulary.
+
+    With --topic, the corpus is a range of the clicks topic (valid clicks only, each user's in
+    offset order) over the items of the compacted catalogue topic; the checkpoint's
+    config.json records the topic and offsets under "data".
     """
     from online_model.checkpoint import save_checkpoint
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
-    corpus = _load_corpus(data)
+    if topic is None and (since or until or items_topic):
+        raise click.UsageError("--since, --until and --items-topic need --topic")
+    corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
+              else _load_corpus(data))
     out = out or Path("checkpoints") / model_name
     click.echo(f"{corpus.name}: {corpus.n_users} users, {corpus.n_items} items, "
                f"{len(corpus.items)} events; computing signals ...", err=True)
@@ -76,7 +131,7 @@ def train_cmd(model_name: str, data: Path, out: Path | None, epochs: int, seed: 
                        n_categories=corpus.n_categories, dim=dim, k_max=k_max,
                        n_interests=interests)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                       max_per_user=max_per_user, threads=threads)
+                       max_per_user=max_per_user, threads=threads, amp=amp)
     try:
         res = train(corpus, mcfg, tcfg, feats=feats, progress=progress,
                     log=lambda line: click.echo(line, err=True))

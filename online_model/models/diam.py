@@ -150,9 +150,11 @@ class DIAM(MultiInterestModel):
         elif self.training and self.stage == "joint":
             fixed, anneal = self.cfg.warmup_k, self.anneal
         m, k = self.extractor.mask(gate_prob, hard=not self.training, fixed_k=fixed, anneal=anneal)
-        d_u, d_raw = self.fusion(batch.signals)
+        d_logit = self.fusion.logit(batch.signals)  # [B]
+        d_u, d_raw = self.fusion.from_logit(d_logit)
         return Interests(vecs, m.to(vecs.dtype), d_u, {"gate_prob": gate_prob, "k": k, "x": x,
-                                                        "seq_mask": mask, "d_raw": d_raw})
+                                                        "seq_mask": mask, "d_raw": d_raw,
+                                                        "d_logit": d_logit})
 
     def light_gate(self, batch: Batch) -> torch.Tensor:
         """The online head's gate probability [B] (mean embedding of the window + signals)."""
@@ -248,8 +250,10 @@ class DIAM(MultiInterestModel):
         if batch.div_target is not None:
             ok = ~torch.isnan(batch.div_target)
             if ok.any():
-                l_d = F.binary_cross_entropy(out.extra["d_raw"][ok].float(),
-                                             batch.div_target[ok].float())
+                # logits form: F.binary_cross_entropy on probabilities is refused under
+                # autocast (CUDA), and this one is the numerically stable equivalent
+                l_d = F.binary_cross_entropy_with_logits(out.extra["d_logit"][ok].float(),
+                                                         batch.div_target[ok].float())
         l_light = F.mse_loss(self.light_gate(batch), gate_prob.detach())
         total = l_main + cfg.w_ortho * l_ortho + cfg.w_aux_d * l_d + cfg.w_aux_k * l_k \
             + cfg.w_light * l_light

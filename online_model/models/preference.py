@@ -45,7 +45,16 @@ class DiversityFusion(nn.Module):
         self.norm = nn.BatchNorm1d(1, affine=False)
 
     def forward(self, signals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.linear(signals.float())  # [B, 1]
+        return self.from_logit(self.logit(signals))
+
+    def logit(self, signals: torch.Tensor) -> torch.Tensor:
+        """The raw fusion logit ``w . f + b`` [B] (fp32): ``p_raw = sigmoid(logit)``. The loss
+        fits it with the logits form of the BCE, which autocast accepts."""
+        return self.linear(signals.float()).squeeze(-1)
+
+    def from_logit(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d_u [B], p_raw [B])`` from the raw logit of :meth:`logit`."""
+        z = z[:, None]  # [B, 1]
         p_raw = torch.sigmoid(z.squeeze(-1))
         if self.training and z.shape[0] < 2:  # batch statistics need two rows
             return torch.sigmoid(self._fold(z)).squeeze(-1), p_raw

@@ -191,3 +191,42 @@ def test_global_slot_has_its_own_loss(readout, neg_max):
     want = m.tolist() if neg_max else [[0.0, 1.0, 0.5, 0.0, 0.0, 0.0]]
     assert model.readout_mask(m).tolist() == want
     assert plain.readout_mask(m).tolist() == m.tolist()
+
+
+@pytest.mark.parametrize("stage", ["warmup", "joint", "finetune"])
+def test_diam_training_step_under_cpu_autocast_bf16(stage, monkeypatch):
+    """The GPU path's precondition: DIAM's loss runs under autocast (bfloat16 here, on CPU) with
+    a finite loss and finite gradients. CUDA autocast refuses F.binary_cross_entropy on
+    probabilities (CPU autocast lets it pass), so the test refuses it too: the d_u target must
+    go through the logits form."""
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("binary_cross_entropy is unsafe to autocast (CUDA refuses it)")
+
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy", refused)
+    model = _model("diam").train()
+    model.set_stage(stage, 0.5)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    batch = _batch(8, [10, 3, 7, 1, 10, 5, 9, 2])
+    neg = torch.randint(1, N_ITEMS + 1, (16,), generator=torch.Generator().manual_seed(1))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss, logs = model.loss(batch, neg)
+    opt.zero_grad()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and all(np.isfinite(v) for v in logs.values())
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diam_d_target_loss_equals_probability_bce():
+    """The logits form of the d_u loss is the BCE of p_raw it replaced (fp32)."""
+    model = _model("diam").train()
+    batch = _batch(8, [10] * 8)
+    out = model.interests(batch)
+    want = torch.nn.functional.binary_cross_entropy(out.extra["d_raw"], batch.div_target)
+    got = torch.nn.functional.binary_cross_entropy_with_logits(out.extra["d_logit"],
+                                                               batch.div_target)
+    assert torch.allclose(got, want, atol=1e-6)
