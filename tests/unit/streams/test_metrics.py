@@ -1,0 +1,129 @@
+"""The online dataflow's Prometheus metrics (streams.metrics), without services."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink, run_main
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.kafka_io import KafkaOut
+from streams.metrics import (
+    FRESHNESS_BUCKETS,
+    METRIC_NAMES,
+    FlowMetrics,
+    MeteredSource,
+    _Hist,
+    reason_class,
+)
+from streams.online import FlowStats
+
+
+def _samples(m: FlowMetrics) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for fam in text_string_to_metric_families(m.exposition().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1000, allow_nan=False), max_size=200))
+def test_histogram_buckets_equal_counting_each_value(values: list[float]) -> None:
+    h = _Hist(FRESHNESS_BUCKETS)
+    h.observe(np.array(values[: len(values) // 2]))
+    h.observe(np.array(values[len(values) // 2:]))
+    cum = np.cumsum(h.counts)
+    for b, c in zip(FRESHNESS_BUCKETS, cum[:-1], strict=True):
+        assert c == sum(1 for v in values if v <= b)  # Prometheus' "le"
+    assert cum[-1] == len(values)
+    assert np.isclose(h.total, sum(values))
+
+
+class _Part(StatefulSourcePartition[int, int]):
+    def __init__(self, start: int, end: int) -> None:
+        self.next, self.end = start, end
+
+    def next_batch(self) -> list[int]:
+        if self.next >= self.end:
+            raise StopIteration()
+        batch = list(range(self.next, min(self.next + 3, self.end)))
+        self.next = batch[-1] + 1
+        return batch
+
+    def snapshot(self) -> int:
+        return self.next
+
+
+class _Offsets(FixedPartitionedSource[int, int]):
+    """Two partitions shaped like ClickSource's: "<partition>-<topic>", snapshot = next offset."""
+
+    ranges = {0: (0, 10), 1: (5, 6)}
+
+    def list_parts(self) -> list[str]:
+        return [f"{p}-t" for p in self.ranges]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Part:
+        return _Part(*self.ranges[int(for_part.split("-")[0])])
+
+
+def test_metered_source_notes_each_partitions_position_and_passes_records_through() -> None:
+    m = FlowMetrics(process="p")
+    out: list[int] = []
+    flow = Dataflow("metered")
+    op.output("out", op.input("in", flow, MeteredSource(_Offsets(), m)), TestingSink(out))
+    run_main(flow)
+    assert sorted(out) == sorted([*range(10), 5])
+    assert m.positions == {0: 10, 1: 6}
+    m.marks = {0: 12, 1: 6}  # what the broker would say (no broker here: kafka=None)
+    s = _samples(m)
+    lag = {dict(k[1])["partition"]: v for k, v in s.items() if k[0] == "diam_flow_consumer_lag"}
+    assert lag == {"0": 2.0, "1": 0.0}
+
+
+def test_every_name_is_exported_with_the_process_label_and_counts_add_up() -> None:
+    stats = FlowStats()
+    stats.records, stats.valid, stats.rejected, stats.users, stats.pushes = 9, 7, 2, 3, 4
+    class Holder:
+        version = "v7"
+
+    m = FlowMetrics(stats, Holder(), process="parts0-1")
+    m.positions[0] = 9
+    m.marks[0] = 9
+    m.count_out(m.rejected, "diam.reason", [
+        KafkaOut(b"k", b"", [("diam.reason", b"ts: too old"), ("diam.topic", b"t")]),
+        KafkaOut(b"k", b"", [("diam.reason", b"undecodable: neither msgpack nor JSON")]),
+    ], reason_class)
+    m.count_out(m.drift, "diam.kind", [KafkaOut(b"u", b"{}", [("diam.kind", b"k_change")])] * 3)
+
+    class UV:
+        def __init__(self, ts: int) -> None:
+            self.ts = ts
+
+    import time
+    now = int(time.time() * 1000)
+    m.observe_redis_write([("a", UV(now - 40)), ("b", UV(now - 3000))], 0.004)
+    s = _samples(m)
+    names = {k[0] for k in s}
+    for name in METRIC_NAMES:
+        assert any(n == name or n.startswith(name + "_") for n in names), name
+    assert all(("process", "parts0-1") in k[1] for k in s)
+    assert s[("diam_flow_records_total", (("process", "parts0-1"),))] == 9
+    dl = {dict(k[1])["reason"]: v for k, v in s.items() if k[0] == "diam_flow_dead_letters_total"}
+    assert dl == {"ts": 1.0, "undecodable": 1.0}
+    assert s[("diam_flow_drift_events_total", (("kind", "k_change"), ("process", "parts0-1")))] == 3
+    fresh = {dict(k[1])["le"]: v for k, v in s.items() if k[0] == "diam_flow_freshness_seconds_bucket"}
+    assert fresh["0.025"] == 0 and fresh["0.05"] == 1 and fresh["2.5"] == 1 and fresh["5.0"] == 2
+    assert s[("diam_flow_redis_acked_total", (("process", "parts0-1"),))] == 2
+
+
+def test_reason_labels_stay_bounded() -> None:
+    reasons = Counter(reason_class(r) for r in [
+        "payload: empty", "payload: 9 bytes exceeds", "weird reason without colon " * 5,
+        "context.device: expected a scalar", "ts: 12 is before"])
+    assert set(reasons) == {"payload", "other", "context", "ts"}
