@@ -7,9 +7,15 @@ field and what was wrong, so the dataflow can dead-letter the original bytes wit
 >>> decode_event(encode_event(ev)) == ev
 True
 >>> decode_event(b'{"user_id": "a:b", "item_id": 1, "ts": 880000000000}').reason
-"user_id: contains ':' (allowed: letters, digits and _ . @ + = -)"
+"user_id: contains ':' (allowed: letters and digits and _ . @ + - and the equals sign)"
 >>> decode_event(b"\\xc1").reason
 'undecodable: neither msgpack nor JSON'
+>>> decode_event(b"[" * 5000 + b"]" * 5000).reason  # parser recursion: a reason, not a crash
+'undecodable: JSON nested too deeply (RecursionError)'
+
+Reasons never contain ``,`` or ``=``: they travel in Kafka headers, and header dumps such as
+kcat's ``%h`` print ``k=v,k=v``. :class:`Rejection` replaces both in whatever text a reason
+quotes from the payload.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ EVENT_KINDS = frozenset({"click"})
 # (namespace separator), '*', '?', '[' (glob patterns of SCAN/KEYS) and whitespace are excluded
 # so that no user id can reach into another namespace or widen a pattern.
 _USER_ID_RE = re.compile(r"[A-Za-z0-9_.@+=-]{1,128}")
-_USER_ID_ALLOWED = "letters, digits and _ . @ + = -"
+_USER_ID_ALLOWED = "letters and digits and _ . @ + - and the equals sign"
 _MAX_ITEM_ID_LEN = 128
 _MAX_SESSION_LEN = 128
 _MAX_CONTEXT_KEYS = 16
@@ -87,9 +93,20 @@ def _new_click(user_id: str, item_id: str, ts: int) -> ClickEvent:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why an event was refused. ``reason`` starts with the field name when one is at fault."""
+    """Why an event was refused. ``reason`` starts with the field name when one is at fault.
+
+    ``,`` and ``=`` are replaced (by ``;`` and ``~``) so that the reason survives a ``k=v,k=v``
+    header dump; the reasons written here avoid both, this catches quoted payload text.
+
+    >>> Rejection("payload: unknown field(s) a=1, b").reason
+    'payload: unknown field(s) a~1; b'
+    """
 
     reason: str
+
+    def __post_init__(self) -> None:
+        if "," in self.reason or "=" in self.reason:
+            _SET(self, "reason", self.reason.replace(",", ";").replace("=", "~"))
 
 
 def encode_event(ev: ClickEvent) -> bytes:
@@ -112,10 +129,10 @@ def validate_user_id(user_id: object) -> str | None:
     >>> validate_user_id("alice-42") is None
     True
     >>> validate_user_id("*")
-    "user_id: contains '*' (allowed: letters, digits and _ . @ + = -)"
+    "user_id: contains '*' (allowed: letters and digits and _ . @ + - and the equals sign)"
     """
     if not isinstance(user_id, str):
-        return f"user_id: expected a string, got {type(user_id).__name__}"
+        return f"user_id: expected a string but got {type(user_id).__name__}"
     if not 1 <= len(user_id) <= 128:
         return f"user_id: length {len(user_id)} outside 1..128"
     if _USER_ID_RE.fullmatch(user_id) is None:
@@ -129,6 +146,21 @@ _JSON_FIRST = frozenset(b"{[ \n\t\r")
 
 
 def _parse(raw: bytes) -> object | Rejection:
+    """The payload as a Python object, or a Rejection; never raises.
+
+    Both parsers can raise more than their documented errors on hostile input: ``json.loads``
+    raises RecursionError on deeply nested arrays (a 10 KB payload of brackets killed the
+    dataflow, and again on every restart), msgpack several unrelated types. Any exception is
+    therefore a reason, and the parser's complaint is kept in it."""
+    try:
+        return _parse_any(raw)
+    except RecursionError:
+        return Rejection("undecodable: JSON nested too deeply (RecursionError)")
+    except Exception as exc:  # noqa: BLE001 - bad bytes must become a dead letter, not a crash
+        return Rejection(f"undecodable: {type(exc).__name__} from the parser")
+
+
+def _parse_any(raw: bytes) -> object | Rejection:
     first = raw[0]
     if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):  # a msgpack map: the common case
         try:
@@ -142,6 +174,8 @@ def _parse(raw: bytes) -> object | Rejection:
             pass
     try:
         return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except RecursionError:
+        raise
     except Exception:  # msgpack raises several unrelated types on garbage
         pass
     try:
@@ -163,13 +197,16 @@ def decode_event(
 ) -> ClickEvent | Rejection:
     """Decode and validate one payload. ``ts_max_ms`` None means no upper bound (the dataflow
     passes the record's timestamp + allowed skew; replays of old data are unaffected)."""
-    obj = _decode(raw, max_bytes)
-    if isinstance(obj, Rejection):
-        return obj
-    fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
-    if fast is not None:
-        return _new_click(fast[0], fast[1], fast[2])
-    return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+    try:
+        obj = _decode(raw, max_bytes)
+        if isinstance(obj, Rejection):
+            return obj
+        fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
+        if fast is not None:
+            return _new_click(fast[0], fast[1], fast[2])
+        return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, see _internal
+        return _internal(exc)
 
 
 def decode_click(
@@ -187,16 +224,25 @@ def decode_click(
     >>> decode_click(encode_event(ClickEvent("u1", "i9", 880_000_000_000, session_id="s")))
     ('u1', 'i9', 880000000000, 's')
     """
-    obj = _decode(raw, max_bytes)
-    if isinstance(obj, Rejection):
-        return obj
-    fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
-    if fast is not None:
-        return fast
-    ev = _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
-    if isinstance(ev, Rejection):
-        return ev
-    return (ev.user_id, ev.item_id, ev.ts, ev.session_id)
+    try:
+        obj = _decode(raw, max_bytes)
+        if isinstance(obj, Rejection):
+            return obj
+        fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
+        if fast is not None:
+            return fast
+        ev = _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+        if isinstance(ev, Rejection):
+            return ev
+        return (ev.user_id, ev.item_id, ev.ts, ev.session_id)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence, see _internal
+        return _internal(exc)
+
+
+def _internal(exc: BaseException) -> Rejection:
+    """A payload that made validation itself fail (a bug, or input nobody foresaw) is
+    rejected with the exception's type, so one record can never stop every user's learning."""
+    return Rejection(f"internal: {type(exc).__name__} while validating")
 
 
 def _decode(raw: bytes | None, max_bytes: int) -> dict[Any, Any] | Rejection:
@@ -210,7 +256,7 @@ def _decode(raw: bytes | None, max_bytes: int) -> dict[Any, Any] | Rejection:
     if isinstance(obj, Rejection):
         return obj
     if not isinstance(obj, dict):
-        return Rejection(f"payload: expected a map, got {type(obj).__name__}")
+        return Rejection(f"payload: expected a map but got {type(obj).__name__}")
     return obj
 
 
@@ -233,7 +279,7 @@ def _fast_fields(obj: dict[Any, Any], ts_min_ms: int, ts_max_ms: int | None) -> 
 def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
     if not _KNOWN_FIELDS.issuperset(obj):
         unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
-        return Rejection(f"payload: unknown field(s) {', '.join(unknown)}")
+        return Rejection(f"payload: unknown field(s) {' '.join(unknown)}")
     for name in ("user_id", "item_id", "ts"):
         if name not in obj:
             return Rejection(f"{name}: missing")
@@ -245,14 +291,14 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
 
     item = obj["item_id"]
     if isinstance(item, bool) or not isinstance(item, (str, int)):
-        return Rejection(f"item_id: expected a string or integer, got {type(item).__name__}")
+        return Rejection(f"item_id: expected a string or integer but got {type(item).__name__}")
     item_id = str(item)
     if not 1 <= len(item_id) <= _MAX_ITEM_ID_LEN:
         return Rejection(f"item_id: length {len(item_id)} outside 1..{_MAX_ITEM_ID_LEN}")
 
     ts = obj["ts"]
     if isinstance(ts, bool) or not isinstance(ts, int):
-        return Rejection(f"ts: expected integer epoch milliseconds, got {type(ts).__name__}")
+        return Rejection(f"ts: expected integer epoch milliseconds but got {type(ts).__name__}")
     if ts < ts_min_ms:
         return Rejection(f"ts: {ts} is before the earliest accepted time {ts_min_ms} (epoch ms)")
     if ts_max_ms is not None and ts > ts_max_ms:
@@ -275,14 +321,14 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
     context = obj.get("context")
     if context is not None:
         if not isinstance(context, dict):
-            return Rejection(f"context: expected a map, got {type(context).__name__}")
+            return Rejection(f"context: expected a map but got {type(context).__name__}")
         if len(context) > _MAX_CONTEXT_KEYS:
             return Rejection(f"context: {len(context)} keys exceeds {_MAX_CONTEXT_KEYS}")
         for key, value in context.items():
             if not isinstance(key, str):
                 return Rejection("context: keys must be strings")
             if not isinstance(value, (str, int, float, bool)) or value is None:
-                return Rejection(f"context.{key}: expected a scalar, got {type(value).__name__}")
+                return Rejection(f"context.{key}: expected a scalar but got {type(value).__name__}")
 
     return ClickEvent(
         user_id=user_id,

@@ -143,7 +143,9 @@ def drift_record(event: Any) -> KafkaOut:
 
 def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any]]]:
     """Decode and validate a batch in one pass. A valid click comes out already keyed for the
-    per-user step, ``(user_id, (offset, click))``; a rejected record as ``(record, Rejection)``.
+    per-user step, ``(user_id, (record, click))`` (the record rides along so that a failure in
+    the learning step can dead-letter its original bytes); a rejected record as
+    ``(record, Rejection)``.
     The two are told apart by the type of the first element (``str`` or :class:`RawRecord`),
     so neither downstream filter allocates. One pass instead of decode-then-key: at a 10k-record
     batch, the second pass over cold records and its tuples cost ~3 µs per event."""
@@ -161,7 +163,7 @@ def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any
             if type(ev) is tuple:
                 key = rec.key
                 if key is None or key == ev[0].encode():
-                    append((ev[0], (rec.offset, ev)))
+                    append((ev[0], (rec, ev)))
                     continue
                 ev = Rejection(
                     f"key: record key {key[:64]!r} differs from user_id {ev[0]!r} "
@@ -182,7 +184,7 @@ class _UserSnap:
     dirty: bool
 
 
-class _UserLogic(StatefulBatchLogic[tuple[int, Click], tuple[str, Any], Any]):
+class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], Any]):
     """One user's learner state and push bookkeeping.
 
     Push cadence uses the wall clock (it only decides *when* vectors are written, never what
@@ -221,7 +223,7 @@ class _UserLogic(StatefulBatchLogic[tuple[int, Click], tuple[str, Any], Any]):
         return ("v", (s.user_id, new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(),
                                              st.last_ts, st.n_events)))
 
-    def on_batch(self, values: list[tuple[int, Click]]) -> tuple[list[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[tuple[RawRecord, Click]]) -> tuple[list[tuple[str, Any]], bool]:
         learner = self.holder.learner
         out: list[tuple[str, Any]] = []
         s = self.snap
@@ -231,10 +233,18 @@ class _UserLogic(StatefulBatchLogic[tuple[int, Click], tuple[str, Any], Any]):
             if self.stats is not None:
                 self.stats._add("users")
         state = s.state
-        for offset, (_, item_id, ts, session_id) in values:
+        for rec, (_, item_id, ts, session_id) in values:
             # The learner skips offsets it has applied already (at-least-once input after a
             # resume) and re-anchors a user whose state predates the current base version.
-            drifts = learner.apply(state, item_id, ts, offset, session_id)
+            try:
+                drifts = learner.apply(state, item_id, ts, rec.offset, session_id)
+            except Exception as exc:  # noqa: BLE001 - one record must not stop every user
+                # The last line of defence: an event that makes the update itself fail is
+                # dead-lettered with the exception's type, and the user's learning goes on.
+                # The learner advanced ``seq`` first, so a replay fails (and skips) identically.
+                out.append(("e", (str(rec.partition), deadletter_record(
+                    rec, f"learn: {type(exc).__name__} in the online update"))))
+                continue
             if drifts:
                 out.extend(("x", d) for d in drifts)
         s.since_push += len(values)
@@ -300,7 +310,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
             stats._count_batch(recs, out)
         return out
 
-    def valid_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, tuple[int, Click]]]:
+    def valid_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, tuple[RawRecord, Click]]]:
         return [x for x in batch if type(x[0]) is str]
 
     def rejected(batch: list[tuple[Any, Any]]) -> list[tuple[str, KafkaOut]]:
@@ -310,9 +320,9 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
     decoded = op.flat_map_batch("decode", raw, decode_batch)
-    op.output("deadletter", op.flat_map_batch("rejected", decoded, rejected), sinks.deadletter)
+    bad = op.flat_map_batch("rejected", decoded, rejected)
     # Already (user_id, value) pairs: the keyed stream that the stateful step routes by user.
-    keyed: KeyedStream[tuple[int, Click]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
+    keyed: KeyedStream[tuple[RawRecord, Click]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
     learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats, recovery))
     def vectors(batch: list[tuple[str, tuple[str, Any]]]) -> list[Any]:
         out = [t[1] for _, t in batch if t[0] == "v"]
@@ -326,6 +336,15 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
             stats._add("drift_events", len(out))
         return out
 
+    def failed(batch: list[tuple[str, tuple[str, Any]]]) -> list[tuple[str, KafkaOut]]:
+        out = [t[1] for _, t in batch if t[0] == "e"]
+        if stats is not None and out:
+            stats._add("valid", -len(out))
+            stats._add("rejected", len(out))
+        return out
+
     op.output("redis", op.flat_map_batch("vectors", learned, vectors), sinks.vectors)
     op.output("drift", op.flat_map_batch("to-drift", learned, drifts), sinks.drift)
+    learn_failed = op.flat_map_batch("learn-failed", learned, failed)
+    op.output("deadletter", op.merge("deadletters", bad, learn_failed), sinks.deadletter)
     return flow

@@ -119,7 +119,7 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, t
         "payload: 20000 bytes exceeds the limit of 16384",
         "ts: missing",
         "undecodable: neither msgpack nor JSON",
-        "user_id: contains ':' (allowed: letters, digits and _ . @ + = -)",
+        "user_id: contains ':' (allowed: letters and digits and _ . @ + - and the equals sign)",
     ]
     assert {r.value for r in dead} == {v for _, v in bad}
     users = {ev.user_id for ev in good}

@@ -30,26 +30,26 @@ def test_round_trip_msgpack_and_json() -> None:
         (b"", "payload: empty"),
         (b"\xc1\xff\x00", "undecodable: neither msgpack nor JSON"),
         (b"x" * 20_000, "payload: 20000 bytes exceeds the limit of 16384"),
-        (mp([1, 2]), "payload: expected a map, got list"),
+        (mp([1, 2]), "payload: expected a map but got list"),
         (mp({"item_id": 1, "ts": TS}), "user_id: missing"),
         (mp({"user_id": "u", "ts": TS}), "item_id: missing"),
         (mp({"user_id": "u", "item_id": 1}), "ts: missing"),
-        (mp({"user_id": 5, "item_id": 1, "ts": TS}), "user_id: expected a string, got int"),
+        (mp({"user_id": 5, "item_id": 1, "ts": TS}), "user_id: expected a string but got int"),
         (mp({"user_id": "", "item_id": 1, "ts": TS}), "user_id: length 0 outside 1..128"),
         (mp({"user_id": "u" * 129, "item_id": 1, "ts": TS}), "user_id: length 129 outside 1..128"),
         (mp({"user_id": "a:b", "item_id": 1, "ts": TS}),
-         "user_id: contains ':' (allowed: letters, digits and _ . @ + = -)"),
+         "user_id: contains ':' (allowed: letters and digits and _ . @ + - and the equals sign)"),
         (mp({"user_id": "a*", "item_id": 1, "ts": TS}),
-         "user_id: contains '*' (allowed: letters, digits and _ . @ + = -)"),
-        (mp({"user_id": "u", "item_id": 1.5, "ts": TS}), "item_id: expected a string or integer, got float"),
-        (mp({"user_id": "u", "item_id": True, "ts": TS}), "item_id: expected a string or integer, got bool"),
-        (mp({"user_id": "u", "item_id": 1, "ts": "now"}), "ts: expected integer epoch milliseconds, got str"),
+         "user_id: contains '*' (allowed: letters and digits and _ . @ + - and the equals sign)"),
+        (mp({"user_id": "u", "item_id": 1.5, "ts": TS}), "item_id: expected a string or integer but got float"),
+        (mp({"user_id": "u", "item_id": True, "ts": TS}), "item_id: expected a string or integer but got bool"),
+        (mp({"user_id": "u", "item_id": 1, "ts": "now"}), "ts: expected integer epoch milliseconds but got str"),
         (mp({"user_id": "u", "item_id": 1, "ts": 5}),
          "ts: 5 is before the earliest accepted time 631152000000 (epoch ms)"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "event": "view"}), "event: 'view' is not one of ['click']"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "dwell_ms": -1}), "dwell_ms: expected a non-negative integer"),
-        (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": [1]}), "context: expected a map, got list"),
-        (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": {"a": [1]}}), "context.a: expected a scalar, got list"),
+        (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": [1]}), "context: expected a map but got list"),
+        (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": {"a": [1]}}), "context.a: expected a scalar but got list"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "colour": 1}), "payload: unknown field(s) colour"),
     ],
 )
@@ -119,3 +119,71 @@ def test_the_dataflow_decoder_on_common_events() -> None:
     assert decode_click(mp({"user_id": "u1", "item_id": 42, "ts": TS})) == ("u1", "42", TS, None)
     assert decode_click(mp({"user_id": "u1", "item_id": 42, "ts": TS}), ts_max_ms=TS - 1) == \
         decode_event(mp({"user_id": "u1", "item_id": 42, "ts": TS}), ts_max_ms=TS - 1)
+
+
+# -- poison pills: no payload may make decoding raise -----------------------------------------
+
+_NESTED = [
+    b"[" * 5000 + b"]" * 5000,  # the issue's 10 KB pill: json.loads raises RecursionError
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b"\x91" * 8000 + b"\xc0",  # msgpack: 8000 nested one-element arrays
+    b"\x81\xa1a" * 4000 + b"\xc0",  # msgpack: nested maps
+    b'{"user_id": "u", "item_id": 1, "ts": ' + b"9" * 5000 + b"}",  # int over Python's digit limit
+    b'{"user_id": "u", "item_id": 1, "ts": 1e999}',  # float infinity
+    b'{"user_id": "u", "item_id": 1, "ts": NaN}',
+    "\ufeff{}".encode("utf-16"),  # another encoding
+    b'{"user_id": "\\ud800", "item_id": 1, "ts": 880000000000}',  # lone surrogate
+    mp({"user_id": "u", "item_id": 1, "ts": TS, "event": [[[[[[1]]]]]] * 300}),
+    mp({b"user_id": "u", "item_id": 1, "ts": TS}),  # a bytes key
+]
+
+
+@pytest.mark.parametrize("payload", _NESTED)
+def test_poison_pills_are_rejections_with_clean_reasons(payload: bytes) -> None:
+    for decode in (decode_event, decode_click):
+        got = decode(payload)
+        assert isinstance(got, Rejection), got
+        assert "," not in got.reason and "=" not in got.reason
+
+
+def test_deep_json_names_the_recursion() -> None:
+    got = decode_click(b"[" * 5000 + b"]" * 5000)
+    assert isinstance(got, Rejection)
+    assert got.reason == "undecodable: JSON nested too deeply (RecursionError)"
+
+
+def _json_values(depth_leaves: st.SearchStrategy) -> st.SearchStrategy:
+    return st.recursive(
+        depth_leaves,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=40,
+    )
+
+
+_LEAVES = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+           | st.floats(allow_nan=True) | st.text(max_size=20))
+_FIELDS = st.sampled_from(["user_id", "item_id", "ts", "event", "session_id", "dwell_ms", "context",
+                           "other"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=st.dictionaries(_FIELDS, _json_values(_LEAVES), max_size=7),
+       depth=st.integers(0, 3000), as_json=st.booleans())
+def test_decoding_never_raises_on_adversarial_maps(obj: dict, depth: int, as_json: bool) -> None:
+    """Nested and adversarial JSON and msgpack, wrapped in up to 3000 levels of arrays: every
+    outcome is an event or a Rejection whose reason survives a k=v,k=v header dump."""
+    raw = json.dumps(obj).encode() if as_json else mp(obj)
+    if depth:
+        raw = (b"[" * depth + raw + b"]" * depth) if as_json else (b"\x91" * depth + raw)
+    for decode in (decode_event, decode_click):
+        got = decode(raw)
+        if isinstance(got, Rejection):
+            assert "," not in got.reason and "=" not in got.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(min_size=1, max_size=300))
+def test_decoding_never_raises_on_random_bytes(raw: bytes) -> None:
+    for decode in (decode_event, decode_click):
+        got = decode(raw)
+        assert isinstance(got, (Rejection, ClickEvent, tuple))

@@ -62,7 +62,7 @@ def test_final_state_equals_offline_learner_and_bad_input_is_dead_lettered() -> 
     assert reasons == [
         "payload: empty (tombstone or null value)",
         "undecodable: neither msgpack nor JSON",
-        "user_id: contains ':' (allowed: letters, digits and _ . @ + = -)",
+        "user_id: contains ':' (allowed: letters and digits and _ . @ + - and the equals sign)",
     ]
     assert dead[0].value in {b"\xc1garbage", b'{"user_id": "a:b", "item_id": 1, "ts": 880000000000}', b""}
     assert {dict(d.headers)["diam.offset"] for d in dead} == {b"1000", b"1001", b"1002"}
@@ -172,3 +172,33 @@ def test_the_source_batch_size_changes_when_vectors_are_pushed_not_what_they_are
     # one batch holds every click: each user's clicks coalesce into fewer pushes
     assert runs[1000][3] < runs[1][3]
 
+
+
+def test_a_record_that_breaks_the_update_is_dead_lettered_and_learning_goes_on(monkeypatch) -> None:
+    """The last line of defence: an exception inside the learner for one event dead-letters
+    that event with the exception's type; every other event (the same user's included) is
+    learnt, and the dataflow does not stop."""
+    from online_model.online import OnlineLearner
+
+    events = click_stream(n_users=3, n_events=60)
+    records = as_records(events)
+    poison = records[25]
+    real = OnlineLearner.apply
+
+    def apply(self, state, item_id, ts_ms, offset, session_id=None):
+        if offset == poison.offset:
+            raise ZeroDivisionError("a bug nobody foresaw")
+        return real(self, state, item_id, ts_ms, offset, session_id)
+
+    monkeypatch.setattr(OnlineLearner, "apply", apply)
+    stats = FlowStats()
+    vecs, dead, _ = _run(records, stats=stats)
+    assert len(dead) == 1
+    h = dict(dead[0].headers)
+    assert h["diam.reason"] == b"learn: ZeroDivisionError in the online update"
+    assert h["diam.offset"] == str(poison.offset).encode() and dead[0].value == poison.value
+    assert stats.as_dict()["valid"] == 59 and stats.as_dict()["rejected"] == 1
+    # every user still reached Redis with their last event applied
+    final = {u: decode_user(raw) for u, raw in _final(vecs).items()}
+    last = {ev.user_id: i for i, ev in enumerate(events)}
+    assert {u: uv.seq for u, uv in final.items()} == last
