@@ -40,6 +40,8 @@ import numpy as np
 __all__ = [
     "DatasetError",
     "ItemRows",
+    "dataset_from_events",
+    "read_item_titles",
     "ItemTable",
     "PreparedDataset",
     "load_prepared",
@@ -442,3 +444,54 @@ def user_sequences(ds: PreparedDataset) -> dict[str, np.ndarray]:
     starts = np.flatnonzero(np.r_[True, rank[order][1:] != rank[order][:-1]])
     names = users[order][starts].tolist()
     return dict(zip(names, np.split(idx[order], starts[1:]), strict=True))
+
+
+# ----------------------------------------------------------------------------- from a stream
+
+
+def dataset_from_events(
+    name: str,
+    users: np.ndarray,
+    items_of_events: np.ndarray,
+    ts_ms: np.ndarray,
+    items: ItemRows,
+) -> PreparedDataset:
+    """A :class:`PreparedDataset` built in memory from events read elsewhere (a Kafka topic),
+    with the item table that :func:`write_prepared` then :func:`load_prepared` would give for
+    the same ``items``: natural id order, items only the events name added as ``unknown``,
+    category names sorted, the first category primary. Events keep the given order (a topic's
+    offset order), so each user's sequence is the order the stream delivered it.
+
+    >>> ds = dataset_from_events("t", np.array(["b", "a"]), np.array(["10", "7"]),
+    ...                          np.array([5, 6]), ItemRows(["10"], ["Ten"], [["Drama"]]))
+    >>> ds.items.ids.tolist(), ds.items.category_names, ds.item_index.tolist()
+    (['7', '10'], ['Drama', 'unknown'], [1, 0])
+    """
+    users = np.asarray(users, dtype=str)
+    items_of_events = np.asarray(items_of_events, dtype=str)
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    if not (users.shape == items_of_events.shape == ts_ms.shape) or users.ndim != 1:
+        raise ValueError("users, items_of_events and ts_ms must be 1-D arrays of equal length")
+    table_ids, _, table_cats, idx = _complete_items(items, items_of_events)
+    names = sorted({c for cats in table_cats for c in cats})
+    index = {c: i for i, c in enumerate(names)}
+    categories = [[index[c] for c in cs] for cs in table_cats]
+    table = ItemTable(ids=np.asarray(table_ids, dtype=str),
+                      primary=np.array([cs[0] for cs in categories], dtype=np.int32),
+                      category_names=names, categories=categories)
+    idx = np.asarray(idx, dtype=np.int64)
+    return PreparedDataset(name=name, user_ids=users, item_ids=table.ids[idx], ts_ms=ts_ms,
+                           items=table, truth=None, item_index=idx)
+
+
+def read_item_titles(path: str | Path) -> dict[str, str]:
+    """``{item_id: title}`` from a prepared dataset's ``items.tsv`` (the loader keeps no titles)."""
+    f = Path(path) / ITEMS_FILE
+    if not f.is_file():
+        raise DatasetError(f"{f}: missing")
+    out: dict[str, str] = {}
+    for line in f.read_text(encoding="utf-8").splitlines()[1:]:
+        parts = line.split("\t")
+        if len(parts) == 3:
+            out[parts[0]] = parts[2]
+    return out

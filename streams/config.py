@@ -26,6 +26,14 @@ class KafkaConfig(BaseModel):
     alerts_topic: str = "diam.alerts"
     """Alerts raised by the drift monitor."""
 
+    items_topic: str = "diam.items"
+    """The item catalogue, compacted, keyed by item id (``streams.catalog``: categories, title,
+    first-seen time)."""
+
+    models_topic: str = "diam.models"
+    """Every decision of the retrain service (candidate vs active metrics, published or
+    refused, why, how long), one JSON record per retrain keyed by the candidate's name."""
+
     partitions: int = Field(default=4, ge=1)
     """Partitions when the tooling creates a topic. Four lets two processes of two workers
     each own a share."""

@@ -31,10 +31,24 @@ import click
     help="Produce only the first N events in time order.",
 )
 @click.option(
+    "--catalog/--no-catalog",
+    default=False,
+    show_default=True,
+    help="Also publish the dataset's item catalogue (categories, title, first-seen time) to the "
+    "compacted items topic, before the clicks (--limit 0: the catalogue only).",
+)
+@click.option("--items-topic", default=None, help="Catalogue topic [default: diam.items].")
+@click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
 def produce(
-    data_dir: Path | None, topic: str | None, rate: float | None, limit: int | None, progress: bool
+    data_dir: Path | None,
+    topic: str | None,
+    rate: float | None,
+    limit: int | None,
+    catalog: bool,
+    items_topic: str | None,
+    progress: bool,
 ) -> None:
     """Produce a prepared dataset (see `diam data`) to Kafka as click events.
 
@@ -55,6 +69,8 @@ def produce(
         ds = load_prepared(path)
     except DatasetError as exc:
         raise click.ClickException(f"{exc} (prepare it with `diam data prepare ml-100k`)") from None
+    if catalog:
+        _produce_catalog(ds, path, settings.kafka, items_topic or settings.kafka.items_topic)
     try:
         report = produce_dataset(
             ds, settings.kafka, target, rate=rate, limit=limit, progress=progress
@@ -74,6 +90,23 @@ def produce(
     if report.failed:
         details = "\n  ".join(report.errors)
         raise click.ClickException(f"{report.failed:,} event(s) were not delivered:\n  {details}")
+
+
+def _produce_catalog(ds, path: Path, kafka, items_topic: str) -> None:
+    from confluent_kafka import KafkaException
+
+    from online_model.datasets import read_item_titles
+    from streams.catalog import items_of_dataset, publish_items
+
+    items = items_of_dataset(ds, read_item_titles(path))
+    try:
+        report = publish_items(kafka, items_topic, items)
+    except (KafkaException, TimeoutError) as exc:
+        raise click.ClickException(f"Kafka at {kafka.bootstrap} is not usable ({exc})") from None
+    click.echo(f"{report.sent:,} catalogue items sent to {items_topic}; failed: {report.failed:,}")
+    if not report.ok:
+        details = "\n  ".join(report.errors)
+        raise click.ClickException(f"the catalogue was not fully delivered:\n  {details}")
 
 
 COMMANDS = [produce]

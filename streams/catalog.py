@@ -1,0 +1,220 @@
+"""The item catalogue contract: topic ``diam.items`` (compacted, key = item id).
+
+Each record says what is known of one item; compaction keeps the newest record per key, so the
+topic read from its start is the current catalogue. Value: a msgpack map (JSON accepted too)
+
+- ``item_id``    str (1–128 chars), equal to the record key;
+- ``categories`` list of str, the primary category first (may be empty: ``unknown``);
+- ``title``      str (may be empty);
+- ``first_seen`` int epoch milliseconds, when the item first appeared (its first click, or
+  when the feed added it).
+
+A null value (tombstone) removes the item. A record that breaks the contract is not an item:
+:func:`read_catalog` counts it with its reason (``Catalog.rejected``) and goes on.
+
+>>> it = CatalogItem("242", ("Comedy", "Drama"), "Kolya (1996)", 880_000_000_000)
+>>> decode_item(b"242", encode_item(it)) == it
+True
+>>> decode_item(b"242", None) is None  # a tombstone
+True
+>>> decode_item(b"243", encode_item(it)).reason
+"key: record key b'243' differs from item_id '242'"
+>>> decode_item(b"9", b'{"item_id": "9", "categories": "Drama", "title": "", "first_seen": 1}').reason
+'categories: expected a list of strings (got str)'
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from streams.config import KafkaConfig
+from streams.events import Rejection
+
+if TYPE_CHECKING:
+    from online_model.datasets import ItemRows, PreparedDataset
+    from streams.producer import ProduceReport
+
+__all__ = [
+    "CatalogItem",
+    "Catalog",
+    "encode_item",
+    "decode_item",
+    "ensure_catalog_topic",
+    "publish_items",
+    "items_of_dataset",
+    "read_catalog",
+]
+
+_MAX_ID = 128
+_MAX_TITLE = 1024
+_MAX_CATEGORIES = 32
+_MAX_BYTES = 16_384
+_FIELDS = frozenset({"item_id", "categories", "title", "first_seen"})
+#: what a compacted catalogue topic is created with: keep the newest record per item forever
+COMPACTED = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One item of the catalogue."""
+
+    item_id: str
+    categories: tuple[str, ...]
+    title: str
+    first_seen: int
+
+
+def encode_item(item: CatalogItem) -> bytes:
+    """The msgpack map of the contract."""
+    return msgpack.packb({"item_id": item.item_id, "categories": list(item.categories),
+                          "title": item.title, "first_seen": int(item.first_seen)},
+                         use_bin_type=True)
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types on garbage
+        pass
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return Rejection("undecodable: neither msgpack nor JSON")
+
+
+def decode_item(key: bytes | None, raw: bytes | None) -> CatalogItem | Rejection | None:
+    """One catalogue record: the item, None for a tombstone, or why it breaks the contract."""
+    if raw is None:
+        return None
+    if len(raw) > _MAX_BYTES:
+        return Rejection(f"payload: {len(raw)} bytes exceeds the limit of {_MAX_BYTES}")
+    obj = _parse(raw)
+    if isinstance(obj, Rejection):
+        return obj
+    if not isinstance(obj, dict):
+        return Rejection(f"payload: expected a map (got {type(obj).__name__})")
+    unknown = sorted(str(k) for k in obj if k not in _FIELDS)
+    if unknown:
+        return Rejection(f"payload: unknown field(s) {' '.join(unknown)}")
+    item_id = obj.get("item_id")
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if not isinstance(item_id, str) or not 0 < len(item_id) <= _MAX_ID or item_id != item_id.strip() \
+            or any(c in item_id for c in "\t\n\r "):
+        return Rejection(f"item_id: expected 1-{_MAX_ID} characters without whitespace")
+    if key is not None and key != item_id.encode():
+        return Rejection(f"key: record key {key[:64]!r} differs from item_id {item_id!r}")
+    cats = obj.get("categories", [])
+    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+        return Rejection(f"categories: expected a list of strings (got {type(cats).__name__})")
+    if len(cats) > _MAX_CATEGORIES:
+        return Rejection(f"categories: {len(cats)} entries (at most {_MAX_CATEGORIES})")
+    title = obj.get("title", "")
+    if not isinstance(title, str) or len(title) > _MAX_TITLE:
+        return Rejection(f"title: expected a string of at most {_MAX_TITLE} characters")
+    first = obj.get("first_seen")
+    if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+        return Rejection("first_seen: expected an integer epoch-millisecond time (not negative)")
+    return CatalogItem(item_id, tuple(cats), title, first)
+
+
+@dataclass
+class Catalog:
+    """The catalogue as read from the topic: newest record per item, tombstones applied."""
+
+    items: dict[str, CatalogItem] = field(default_factory=dict)
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+    records: int = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item_rows(self) -> ItemRows:
+        """The catalogue as the prepared-dataset writer takes it (any order)."""
+        from online_model.datasets import ItemRows
+
+        ids = sorted(self.items)
+        return ItemRows(ids=ids, titles=[self.items[i].title for i in ids],
+                        categories=[list(self.items[i].categories) for i in ids])
+
+
+def ensure_catalog_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None,
+                         timeout: float = 30.0) -> None:
+    """Create ``topic`` compacted when missing (an existing topic is left as it is)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(cfg.client_config())
+    if topic not in admin.list_topics(timeout=timeout).topics:
+        fut = admin.create_topics([NewTopic(topic, num_partitions=partitions or cfg.partitions,
+                                            replication_factor=1, config=dict(COMPACTED))])[topic]
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        if t is not None and t.error is None and t.partitions:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {topic!r} did not become visible within {timeout:.0f}s")
+
+
+def publish_items(cfg: KafkaConfig, topic: str, items: Iterable[CatalogItem]) -> ProduceReport:
+    """Produce catalogue records (created compacted when missing); the report counts failures."""
+    from streams.producer import produce_raw
+
+    ensure_catalog_topic(cfg, topic)
+    return produce_raw(cfg, topic, ((it.item_id.encode(), encode_item(it)) for it in items))
+
+
+def items_of_dataset(ds: PreparedDataset, titles: dict[str, str] | None = None) -> list[CatalogItem]:
+    """A prepared dataset's item table as catalogue items; ``first_seen`` is the item's first
+    click in the dataset (items never clicked: the dataset's first event time)."""
+    import numpy as np
+
+    ids = np.asarray(ds.items.ids).astype(str)
+    rows = np.asarray(ds.item_index) if ds.item_index is not None else None
+    ts = np.asarray(ds.ts_ms, dtype=np.int64)
+    default = int(ts.min()) if ts.size else 0
+    first = np.full(len(ids), np.iinfo(np.int64).max, dtype=np.int64)
+    if rows is not None and ts.size:
+        np.minimum.at(first, rows, ts)
+    first[first == np.iinfo(np.int64).max] = default
+    names = ds.items.category_names
+    titles = titles or {}
+    return [CatalogItem(i, tuple(names[c] for c in ds.items.categories[k]), titles.get(i, ""),
+                        int(first[k])) for k, i in enumerate(ids.tolist())]
+
+
+def read_catalog(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> Catalog:
+    """Every record of ``topic`` up to its high watermarks, applied in offset order."""
+    from streams.kafka_io import consume_all, partition_ids
+
+    cat = Catalog()
+    try:
+        partition_ids(cfg, topic, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} (publish a catalogue with `diam produce --catalog`)") from None
+    for rec in consume_all(cfg, topic, timeout):
+        cat.records += 1
+        got = decode_item(rec.key, rec.value)
+        if got is None:
+            if rec.key is not None:
+                cat.items.pop(rec.key.decode(errors="replace"), None)
+        elif isinstance(got, Rejection):
+            cat.rejected += 1
+            if len(cat.reasons) < 20:
+                cat.reasons.append(f"{topic}[{rec.partition}]@{rec.offset}: {got.reason}")
+        else:
+            cat.items[got.item_id] = got
+    return cat

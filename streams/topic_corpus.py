@@ -1,0 +1,132 @@
+"""A training corpus from a range of the clicks topic and the ``diam.items`` catalogue
+(``diam train --topic``, the retrain service).
+
+The range is resolved as ``diam replay`` resolves it (:func:`streams.replay.resolve_range`:
+record times, offsets or partition:offset pairs). Records are decoded and validated with the
+stream's own rules (:func:`streams.events.decode_click`); what the dataflow would dead-letter is
+left out and counted here with its first reasons. Each user's sequence is the offset order of
+their partition (clicks are keyed by user), i.e. the order the online learner saw. The item
+table is the catalogue's, completed with items only the clicks name (category ``unknown``),
+in the prepared-dataset order, so the same events and items give the same
+:class:`~online_model.corpus.Corpus` as a prepared folder does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.catalog import Catalog
+from streams.config import FlowConfig, KafkaConfig
+from streams.events import decode_click
+from streams.kafka_io import RawRecord
+from streams.replay import ReplayRange
+
+__all__ = ["TopicClicks", "read_range", "read_clicks", "dataset_of", "corpus_from_topic"]
+
+
+@dataclass
+class TopicClicks:
+    """The valid clicks of a range, in offset order per partition, and what was left out."""
+
+    topic: str
+    range: ReplayRange
+    users: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    records: int = 0
+    rejected: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def read_range(cfg: KafkaConfig, rng: ReplayRange, timeout: float = 30.0) -> Iterator[RawRecord]:
+    """Every record of ``rng`` (per partition ``[start, end)``), partition by partition.
+
+    Raises TimeoutError when a partition stops delivering before its end offset for ``timeout``
+    seconds (a broker gone, or records deleted by retention under the reader)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = dict(cfg.client_config())
+    conf.update({"group.id": "diam-train", "enable.auto.commit": "false",
+                 "enable.partition.eof": "false"})
+    c = Consumer(conf)
+    try:
+        for p in sorted(rng.start):
+            lo, hi = rng.start[p], rng.end[p]
+            if hi <= lo:
+                continue
+            c.assign([TopicPartition(rng.topic, p, lo)])
+            nxt, last_progress = lo, time.monotonic()
+            while nxt < hi:
+                msgs = c.consume(10_000, 0.5)
+                if not msgs and time.monotonic() - last_progress > timeout:
+                    raise TimeoutError(f"{rng.topic}[{p}]: no record at offset {nxt} within "
+                                       f"{timeout:.0f} s (range ends at {hi})")
+                for m in msgs:
+                    if m.error() is not None:
+                        continue
+                    off = m.offset()
+                    assert off is not None
+                    if off >= hi:
+                        nxt = hi
+                        break
+                    last_progress = time.monotonic()
+                    key, value = m.key(), m.value()
+                    yield RawRecord(rng.topic, p, off, key if isinstance(key, bytes) else None,
+                                    value if isinstance(value, bytes) else None,
+                                    m.timestamp()[1])
+                    nxt = off + 1
+            c.unassign()
+    finally:
+        c.close()
+
+
+def read_clicks(cfg: KafkaConfig, rng: ReplayRange, flow: FlowConfig | None = None,
+                timeout: float = 30.0) -> TopicClicks:
+    """The valid clicks of ``rng``, validated as the dataflow validates them."""
+    flow = flow or FlowConfig()
+    out = TopicClicks(rng.topic, rng)
+    for rec in read_range(cfg, rng, timeout):
+        out.records += 1
+        ts = rec.ts_ms
+        ev = decode_click(rec.value, max_bytes=flow.max_event_bytes, ts_min_ms=flow.ts_min_ms,
+                          ts_max_ms=ts + flow.ts_max_future_ms if ts > 0 else None)
+        if type(ev) is tuple and (rec.key is None or rec.key == ev[0].encode()):
+            out.users.append(ev[0])
+            out.items.append(ev[1])
+            out.ts.append(ev[2])
+            continue
+        out.rejected += 1
+        if len(out.reasons) < 20:
+            why = ev.reason if not isinstance(ev, tuple) else "key: differs from user_id"
+            out.reasons.append(f"{rec.topic}[{rec.partition}]@{rec.offset}: {why}")
+    return out
+
+
+def dataset_of(clicks: TopicClicks, catalog: Catalog, name: str):  # -> PreparedDataset
+    """The clicks and the catalogue as an in-memory prepared dataset."""
+    from online_model.datasets import dataset_from_events
+
+    return dataset_from_events(name, np.asarray(clicks.users, dtype=str),
+                               np.asarray(clicks.items, dtype=str),
+                               np.asarray(clicks.ts, dtype=np.int64), catalog.item_rows())
+
+
+def corpus_from_topic(clicks: TopicClicks, catalog: Catalog, name: str | None = None):
+    """The :class:`~online_model.corpus.Corpus` of ``clicks`` over ``catalog``'s items; its
+    ``info`` records the topic and the offset range it was read from."""
+    from online_model.corpus import corpus_from_prepared
+
+    corpus = corpus_from_prepared(dataset_of(clicks, catalog, name or clicks.topic))
+    corpus.info.update({"topic": clicks.topic,
+                        "start": {str(p): o for p, o in clicks.range.start.items()},
+                        "end": {str(p): o for p, o in clicks.range.end.items()},
+                        "records": clicks.records, "rejected": clicks.rejected,
+                        "catalog_items": len(catalog)})
+    return corpus
