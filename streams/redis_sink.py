@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -36,6 +37,10 @@ _STOP = None
 
 
 class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
+    observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
+    """Called on the writer thread after each acknowledged write with its items and seconds
+    (``streams.metrics``: Redis write latency and freshness are measured where writes happen)."""
+
     def __init__(self, writer: RedisWriter, max_backoff_s: float, max_queued: int = 32) -> None:
         self.writer = writer
         self.max_backoff_s = max_backoff_s
@@ -75,7 +80,10 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                     items.extend(more)
             if items and self._error is None:
                 try:
+                    t0 = time.perf_counter()
                     self._write(items)
+                    if self.observer is not None and items:
+                        self.observer(items, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
             if stop:
@@ -99,6 +107,9 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
 class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
     """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``."""
 
+    observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
+    """Given to every partition: see ``_Partition.observer``."""
+
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 5.0) -> None:
         self.cfg = cfg
         self.namespace = namespace or cfg.namespace
@@ -107,4 +118,6 @@ class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
                              self.cfg.keys_per_call)
-        return _Partition(writer, self.max_backoff_s)
+        part = _Partition(writer, self.max_backoff_s)
+        part.observer = self.observer
+        return part

@@ -16,6 +16,7 @@ from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic
+from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.redis_sink import RedisVectorSink
 
@@ -66,10 +67,12 @@ def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> Re
     return RecoveryConfig(str(path))
 
 
-def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None) -> None:
+def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None,
+               metrics: FlowMetrics | None = None) -> None:
     """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever.
 
-    ``stats`` is updated live (read it from another thread for progress)."""
+    ``stats`` is updated live (read it from another thread for progress); ``metrics``
+    (``streams.metrics``, over the same ``stats``) observes the source and sinks."""
     validate_namespace(job.namespace)
     ensure_topic(job.kafka, job.topic)
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
@@ -81,6 +84,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),
         drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic),
     )
+    if metrics is not None:  # positions, dead letters, drift events, Redis writes
+        source, sinks = instrument(metrics, source, sinks)
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
                       recovery=job.recovery_dir is not None)
     recovery = None

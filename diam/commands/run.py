@@ -89,11 +89,17 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.option("--checkpoint", default=None, help="Base model checkpoint or snapshot directory.")
 @click.option("--base-from-data", default=None,
               help="Without a snapshot: build a co-occurrence base from this prepared dataset.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics (lag, events/s, freshness, pushes, drift...) on this "
+                   "port at /metrics; 0 picks a free port (printed). Off when not given.")
+@click.option("--metrics-hold", type=float, default=0.0, show_default=True,
+              help="Seconds to keep serving metrics after a bounded run ends, so that a scraper "
+                   "reads the final counts.")
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, workers: int,
             process_id: int | None, addresses: str | None, recovery_dir: Path | None, bounded: bool,
             no_recovery: bool, partitions: str | None, checkpoint: str | None,
-            base_from_data: str | None) -> None:
+            base_from_data: str | None, metrics_port: int | None, metrics_hold: float) -> None:
     """Consume click events and keep every user's interest vectors fresh in Redis.
 
     Invalid events go to the dead-letter topic with their reason; drift events (K_u changes,
@@ -130,8 +136,16 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.online import FlowStats
 
     stats = FlowStats()
+    metrics = None
+    if metrics_port is not None:
+        from streams.metrics import FlowMetrics, process_label, serve_metrics
+
+        metrics = FlowMetrics(stats, holder, process_label(process_id, addresses, parts),
+                              kafka=s.kafka, topic=job.topic)
+        bound = serve_metrics(metrics, metrics_port)
+        click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    run_online(job, holder, stats)
+    run_online(job, holder, stats, metrics)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
@@ -140,6 +154,11 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                f"{st['users']} users, {st['pushes']} pushes to Redis, {st['drift_events']} drift events "
                f"in {dt:.1f} s ({st['records'] / max(dt, 1e-9):,.0f} records/s; "
                f"{cpu:.1f} CPU s, {st['records'] / max(cpu, 1e-9):,.0f} records per CPU second)")
+    if metrics is not None and metrics_hold > 0:
+        import sys
+
+        sys.stdout.flush()
+        time.sleep(metrics_hold)  # the endpoint is a daemon thread: it ends with the process
 
 
 @click.command("deadletters")

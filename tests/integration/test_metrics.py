@@ -1,0 +1,234 @@
+"""``diam run --metrics-port``: scraped during runs against the real broker and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.kafka_io import consume_all, watermarks
+from tests.flowkit import click_stream
+from tests.integration.test_online_flow import _events_payloads, _produce, _write_tiny_checkpoint
+
+BAD = [(b"u1", b"\xff\x00garbage"), (b"u2", json.dumps({"user_id": "u2"}).encode()),
+       (b"u3", json.dumps({"user_id": "u3", "item_id": "i1", "ts": 5}).encode())]
+
+
+class _Run:
+    """A ``diam run`` subprocess whose metrics endpoint is scraped until it exits."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.stderr: list[str] = []
+        self.port: int | None = None
+        self.families: set[str] = set()
+        self._seen = threading.Event()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            m = re.search(r"metrics: http://127\.0\.0\.1:(\d+)/metrics", line)
+            if m:
+                self.port = int(m.group(1))
+                self._seen.set()
+
+    def scrape(self) -> dict[tuple[str, tuple], float]:
+        if not self._seen.wait(120):
+            raise AssertionError("no metrics line; stderr:\n" + "".join(self.stderr)[-3000:])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10).read()
+        out = {}
+        self.families = set()
+        for fam in text_string_to_metric_families(text.decode()):
+            self.families.add(fam.name)
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def scrape_until_done(self) -> tuple[list[dict], dict, str]:
+        """Scrape every 50 ms while the run works; once its summary line is out, one last
+        scrape (the endpoint stays up for --metrics-hold)."""
+        assert self.proc.stdout is not None
+        lines: list[str] = []
+        done = threading.Event()
+
+        def read_out() -> None:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                lines.append(line)
+                if line.startswith(("done:", "stopped:")):
+                    done.set()
+
+        threading.Thread(target=read_out, daemon=True).start()
+        during = []
+        deadline = time.monotonic() + 180
+        while not done.is_set() and time.monotonic() < deadline:
+            if self.proc.poll() is not None and not done.is_set():
+                time.sleep(0.5)
+                if not done.is_set():
+                    raise AssertionError("diam run failed:\n" + "".join(self.stderr)[-3000:])
+            try:
+                during.append(self.scrape())
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert done.is_set(), "no summary line; stderr:\n" + "".join(self.stderr)[-3000:]
+        final = self.scrape()
+        summary = next(x for x in lines if x.startswith(("done:", "stopped:")))
+        return during, final, summary
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # the last scrape is done: the metrics hold is not needed
+        self.proc.wait(30)
+
+
+def _summary_counts(line: str) -> dict[str, int]:
+    m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) users, (\d+) pushes "
+                  r"to Redis, (\d+) drift events", line)
+    assert m, line
+    keys = ["records", "valid", "rejected", "users", "pushes", "drift_events"]
+    return dict(zip(keys, map(int, m.groups()), strict=True))
+
+
+def _by(s: dict, name: str, label: str) -> dict[str, float]:
+    return {dict(k[1])[label]: v for k, v in s.items() if k[0] == name}
+
+
+def _one(s: dict, name: str) -> float:
+    vals = [v for k, v in s.items() if k[0] == name]
+    assert len(vals) == 1, (name, vals)
+    return vals[0]
+
+
+def _env(stack, topic: str) -> dict[str, str]:
+    return {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap,
+            "DIAM_REDIS_URL": stack.redis_url, "DIAM_ONLINE_DIM": "16", "DIAM_ONLINE_K_MAX": "4",
+            "DIAM_FLOW_EPOCH_INTERVAL_S": "0.1", "DIAM_FLOW_BATCH_SIZE": "50",
+            "DIAM_FLOW_PUSH_EVERY_MS": "50",
+            "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift",
+            "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    path = tmp_path / "ckpt"
+    _write_tiny_checkpoint(path)
+    return path
+
+
+def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
+        stack, topic, namespace, ckpt) -> None:
+    events = click_stream(n_users=40, n_events=8000, seed=5)
+    _produce(stack.settings.kafka, topic, _events_payloads(events) + BAD)
+    marks = watermarks(stack.settings.kafka, topic)
+    cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", namespace,
+           "--checkpoint", str(ckpt), "--bounded", "--metrics-port", "0", "--metrics-hold", "20"]
+    run = _Run(cmd, _env(stack, topic))
+    try:
+        during, final, summary = run.scrape_until_done()
+    finally:
+        run.close()
+    want = _summary_counts(summary)
+    assert want["records"] == len(events) + len(BAD) and want["rejected"] == len(BAD)
+
+    # lag: per partition, high watermark minus position, falling to 0 at the end
+    lag = _by(final, "diam_flow_consumer_lag", "partition")
+    assert lag == {str(p): 0.0 for p in marks}, lag
+    assert _by(final, "diam_flow_high_watermark", "partition") == {
+        str(p): float(h) for p, (_, h) in marks.items()}
+    assert _by(final, "diam_flow_consumer_position", "partition") == {
+        str(p): float(h) for p, (_, h) in marks.items()}
+    seen = [sum(_by(s, "diam_flow_consumer_lag", "partition").values()) for s in during]
+    assert during, "no scrape answered while the run worked"
+    # partitions appear with their whole backlog when built, then drain (50-record batches)
+    assert max(seen) > 0 and all(x >= 0 for x in seen), seen
+    # counters over the run: they only grow, and end where the summary line ends
+    recs = [_one(s, "diam_flow_records_total") for s in during] + [
+        _one(final, "diam_flow_records_total")]
+    assert recs == sorted(recs)
+
+    assert _one(final, "diam_flow_records_total") == want["records"]
+    assert _one(final, "diam_flow_events_valid_total") == want["valid"]
+    assert _one(final, "diam_flow_events_rejected_total") == want["rejected"]
+    assert _one(final, "diam_flow_users") == want["users"]
+    assert _one(final, "diam_flow_pushes_total") == want["pushes"]
+    # written by other paths than the summary's counters: the sinks and the Redis writer
+    dead = _by(final, "diam_flow_dead_letters_total", "reason")
+    assert sum(dead.values()) == want["rejected"] and set(dead) <= {"undecodable", "item_id",
+                                                                    "ts", "payload"}, dead
+    drift = _by(final, "diam_flow_drift_events_total", "kind")
+    assert sum(drift.values()) == want["drift_events"]
+    on_topic = Counter(json.loads(r.value)["kind"]
+                       for r in consume_all(stack.settings.kafka, f"{topic}.drift"))
+    assert drift == {k: float(n) for k, n in on_topic.items()}
+    assert _one(final, "diam_flow_redis_acked_total") == want["pushes"]
+    assert _one(final, "diam_flow_freshness_seconds_count") == want["pushes"]
+    assert _one(final, "diam_flow_redis_write_seconds_count") >= 1
+    assert all(dict(k[1]).get("process") == "main" for k in final)
+
+
+@pytest.mark.parametrize("mode", ["split", "cluster"])
+def test_the_same_names_per_process_in_split_and_cluster_runs(stack, topic, namespace, ckpt,
+                                                              mode: str) -> None:
+    events = click_stream(n_users=30, n_events=3000, seed=6)
+    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    marks = watermarks(stack.settings.kafka, topic)
+    base = [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", namespace,
+            "--checkpoint", str(ckpt), "--bounded", "--metrics-port", "0", "--metrics-hold", "20"]
+    if mode == "split":
+        extra = [["--partitions", "0,1"], ["--partitions", "2,3"]]
+        labels = ["parts0-1", "parts2-3"]
+    else:
+        import socket
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
+        extra = [["-a", addrs, "-i", "0"], ["-a", addrs, "-i", "1"]]
+        labels = ["proc0", "proc1"]
+    runs = [_Run(base + e, _env(stack, topic)) for e in extra]
+    results: list = [None, None]
+
+    def go(i: int) -> None:
+        results[i] = runs[i].scrape_until_done()
+
+    try:
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+    finally:
+        for r in runs:
+            r.close()
+    assert all(results), [("".join(r.stderr))[-2000:] for r in runs]
+    finals = [res[1] for res in results]
+    summaries = [_summary_counts(res[2]) for res in results]
+    # the same metric families in every process (drift events and dead letters go through one
+    # sink partition in a cluster, so only one process may have samples of those two)
+    assert runs[0].families == runs[1].families
+    for f, label in zip(finals, labels, strict=True):
+        assert {dict(k[1])["process"] for k in f} == {label}
+    total = sum(_one(f, "diam_flow_records_total") for f in finals)
+    assert total == len(events) == sum(s["records"] for s in summaries)
+    for f, s in zip(finals, summaries, strict=True):
+        assert _one(f, "diam_flow_pushes_total") == s["pushes"] == _one(f, "diam_flow_redis_acked_total")
+    # each partition is read by exactly one process, and every one ends at lag 0
+    lags = [_by(f, "diam_flow_consumer_lag", "partition") for f in finals]
+    assert not set(lags[0]) & set(lags[1])
+    assert {**lags[0], **lags[1]} == {str(p): 0.0 for p in marks}
