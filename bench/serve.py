@@ -59,7 +59,8 @@ from serving_cache import UserVectors, encode_user, redis_client, user_key  # no
 from serving_cache.api import settle_heap  # noqa: E402
 from serving_cache.codec import decode_user  # noqa: E402
 from serving_cache.reader import fail_fast  # noqa: E402
-from serving_cache.recommend import MIN_CANDIDATES, Recommender, aggregate_candidates  # noqa: E402
+from online_model.aggregate import MIN_CANDIDATES  # noqa: E402
+from serving_cache.recommend import Recommender, aggregate_candidates  # noqa: E402
 from serving_cache.retrieval import SnapshotIndex  # noqa: E402
 from snapshotter import SnapshotConfig, SnapshotStore, publish  # noqa: E402
 from snapshotter.index import exact_topk, recall_at  # noqa: E402

@@ -68,6 +68,8 @@ lists for all 300 users. ``nogil``: concurrent requests can aggregate on both co
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -83,6 +85,8 @@ __all__ = [
     "merge_by_score",
     "controllable",
     "list_diversity",
+    "serve_list",
+    "MIN_CANDIDATES",
     "temperature",
     "warm_up",
 ]
@@ -389,6 +393,29 @@ def aggregate(scores: np.ndarray, items: np.ndarray, item_vecs: np.ndarray, d_u:
     """
     d_u = float(np.clip(d_u, 0.0, 1.0))
     return _run(scores, items, item_vecs, GRID[GRID <= d_u + 1e-9], n, item_categories)
+
+
+MIN_CANDIDATES = 50
+"""Candidates searched per interest: ``max(2n, 50)`` plus the items to exclude."""
+
+
+def serve_list(search: Any, vecs: np.ndarray, d_u: float, n: int, banned: np.ndarray,
+               item_vecs: np.ndarray, item_categories: np.ndarray | None = None) -> np.ndarray:
+    """The list a user is served, ``[<= n]`` item rows: ``search`` each interest's candidates,
+    drop ``banned`` rows (the items the user has seen), then :func:`aggregate` at ``d_u``.
+
+    ``search(vecs [K, d], m) -> (scores [K, m], items [K, m])`` is the snapshot's FAISS search
+    in serving (``serving_cache.recommend``) and an exact inner-product search in the
+    prequential evaluation (``online_model.prequential``); both call this one function, so what
+    is measured is what users get.
+    """
+    m = min(max(2 * n, MIN_CANDIDATES) + len(banned), len(item_vecs))
+    scores, items = search(vecs, m)
+    if len(banned):
+        # banned candidates become padding (-1), which the aggregator skips, as it skips the
+        # -1 slots IVF returns when the probed lists hold fewer than m items
+        items = np.where(np.isin(items, banned), -1, items)
+    return aggregate(scores, items, item_vecs, d_u, n, item_categories)
 
 
 def warm_up() -> None:

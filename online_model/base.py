@@ -60,6 +60,7 @@ class BaseView:
         gate: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
         fusion: tuple[np.ndarray, np.ndarray] | None = None,
         meta: dict[str, Any] | None = None,
+        head: Any = None,
     ) -> None:
         self.item_ids = np.asarray(item_ids).astype(str)
         emb = np.ascontiguousarray(item_emb, dtype=np.float32)
@@ -84,6 +85,10 @@ class BaseView:
             None if fusion is None else tuple(np.asarray(f, dtype=np.float64) for f in fusion)
         )
         self.meta = dict(meta or {})
+        self.head = head
+        """DIAM's inference head (:class:`online_model.infer.DiamHead`) when the checkpoint has
+        the encoder and extractor: the learner then anchors users on the network's interests.
+        None for bases without one (PPMI/SVD, toy bases, baselines): k-means anchors."""
         self._index = {x: i for i, x in enumerate(self.item_ids.tolist())}
         norms = np.linalg.norm(emb, axis=1)
         self.item_norms = norms.astype(np.float32)
@@ -107,6 +112,12 @@ class BaseView:
     @property
     def has_fusion(self) -> bool:
         return self.fusion is not None
+
+    @property
+    def anchor_kind(self) -> str:
+        """What produces users' anchors on this base: ``"diam"`` (the network's extractor) or
+        ``"kmeans"`` (centroids of the user's recent item embeddings)."""
+        return "diam" if self.head is not None else "kmeans"
 
     # -- the two small heads ---------------------------------------------------------------
     def propose_k(self, mean_emb: np.ndarray, signals: np.ndarray) -> int:
@@ -161,8 +172,7 @@ class BaseView:
         try:
             with safe_open(str(wfile), framework="numpy") as fh:
                 for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    if key.startswith("online."):
-                        tensors[key] = fh.get_tensor(key)
+                    tensors[key] = fh.get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types
             raise BaseLoadError(f"{wfile}: unreadable ({exc})") from exc
         if "online.item_emb" not in tensors:
@@ -185,6 +195,15 @@ class BaseView:
             if all(k in tensors for k in _FUSION_KEYS)
             else None
         )
+        head = None
+        from online_model.infer import DiamHead, HeadLoadError, has_extractor
+
+        if cfg.get("model", "diam") == "diam" and has_extractor(tensors):
+            try:
+                head = DiamHead(tensors, cfg, cats if cats is not None
+                                else np.full(len(item_ids), -1, dtype=np.int32))
+            except HeadLoadError as exc:
+                raise BaseLoadError(f"{wfile}: {exc}") from None
         if version is None:
             if (d / "manifest.json").is_file():
                 version = d.resolve().name
@@ -201,6 +220,7 @@ class BaseView:
             gate=gate,  # type: ignore[arg-type]
             fusion=fusion,  # type: ignore[arg-type]
             meta={"source": "checkpoint", "path": str(d), "model": cfg.get("model")},
+            head=head,
         )
 
     @classmethod

@@ -38,6 +38,17 @@ class OnlineConfig(BaseModel):
     """Known items a new user needs before getting anchors (centroids of recent items): with
     fewer, centroids are noise and the user keeps one mean vector."""
 
+    reanchor_every: int = Field(default=1, ge=0)
+    """On a base with DIAM's extractor: re-run the network on the user's recent items every
+    this many known-item events (0: only at the first anchoring and after a new snapshot).
+    The network's interests are what the model knows; the stream's steps then adapt from
+    them. Chosen on the tuning users of ``bench/prequential.py`` (see its results)."""
+
+    reanchor_residual: bool = True
+    """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
+    anchor, and d_u's from its prior) on top of the network's new output; False restarts the
+    vectors at the new anchors."""
+
     k_fixed: int = Field(default=4, ge=1)
     """K_u when the base has no light gate and ``no_gate_policy`` is "fixed": ComiRec's and
     DIAM's warm-up K."""

@@ -142,6 +142,7 @@ class UserState:
         "frozen",
         "capped",
         "n_learned",
+        "since_anchor",
     )
 
     def __init__(
@@ -174,6 +175,7 @@ class UserState:
         self.k_streak = 0
         self.frozen = False
         self.capped = False
+        self.since_anchor = 0
 
     # V and A with flat views of the same memory kept next to them (Vf, Af): the kernel takes
     # flat arrays, and reshaping both on every event cost ~3 µs of a ~40 µs event in the
@@ -258,6 +260,7 @@ class UserState:
         "k_streak",
         "frozen",
         "capped",
+        "since_anchor",
     )
 
     def pack(self) -> tuple:
@@ -334,7 +337,11 @@ class OnlineLearner:
         p[K.P_LR], p[K.P_CLIP] = cfg.lr, cfg.grad_clip * s
         p[K.P_INV_TEMP] = 1.0 / (cfg.temperature * s * s)
         p[K.P_ORTHO] = cfg.ortho_threshold + cfg.ortho_margin
-        p[K.P_RHO], p[K.P_MAX_NORM] = cfg.trust_radius * s, self._max_norm
+        # On a DIAM base the anchors are the network's interests, whose norms are its own (the
+        # global slot is a mean plus a correction): the trust region around them bounds the
+        # vectors, and a norm bound in item units would only cut the network's output.
+        p[K.P_RHO] = cfg.trust_radius * s
+        p[K.P_MAX_NORM] = np.inf if base.head is not None else self._max_norm
         p[K.P_STEP_CAP], p[K.P_DRIFT_CAP] = cfg.step_cap * s, self._drift_cap
         p[K.P_GUARDS], p[K.P_LEARN] = float(cfg.guards), float(cfg.learn)
         p[K.P_D_LR], p[K.P_D_PULL], p[K.P_D_STEP_CAP] = cfg.d_lr, cfg.d_prior_pull, cfg.d_step_cap
@@ -402,14 +409,17 @@ class OnlineLearner:
             sig.last_session = session_id
         if bits & K.COLD:
             return out  # cold item: no embedding to learn from
+        head = self.base.head
         if bits & K.UNANCHORED:
-            if state.n_recent >= self.cfg.anchor_min_items:
-                self._anchor(state)
+            if head is not None or state.n_recent >= self.cfg.anchor_min_items:
+                self._anchor(state, out)
             else:
                 state.V = state.A = self._mean_vector(state)
             return out
-        if not bits & K.LEARNT:
-            return out  # the frozen-anchors arm
+        if not bits & K.LEARNT:  # learning off: frozen anchors, or the network alone
+            if head is not None:
+                self._maybe_reanchor(state, out)
+            return out
         state.n_learned += 1
         cfg = self.cfg
         if bits & K.STEP_CAPPED:
@@ -422,7 +432,11 @@ class OnlineLearner:
                 out.append(self._event(state, "guard_trip", guard="drift_cap",
                                        drift=rms / self.base.scale))
             state.capped = capped
-        if state.n_learned % cfg.regate_every == 0:
+        if head is not None:
+            # K_u comes from the full gate at each re-anchoring (with hysteresis), not from
+            # the light gate
+            self._maybe_reanchor(state, out)
+        elif state.n_learned % cfg.regate_every == 0:
             k_before = state.k
             self._regate(state, out)
             if cfg.guards and state.k != k_before:
@@ -456,7 +470,8 @@ class OnlineLearner:
             state.items_fp = base.fingerprint
         state.version = base.version
         state.anchored = False
-        if state.n_recent >= self.cfg.anchor_min_items:
+        if state.n_recent and (base.head is not None
+                               or state.n_recent >= self.cfg.anchor_min_items):
             self._anchor(state)
         elif state.n_recent:
             state.V = state.A = self._mean_vector(state)
@@ -490,7 +505,22 @@ class OnlineLearner:
         distinct = K.ring_distinct(state.ring, n)
         return max(1, min(k, self.k_max, distinct))
 
-    def _anchor(self, state: UserState) -> None:
+    def _maybe_reanchor(self, state: UserState, out: list[DriftEvent]) -> None:
+        state.since_anchor += 1
+        every = self.cfg.reanchor_every
+        if every and state.since_anchor >= every:
+            self._anchor(state, out)
+
+    def _anchor(self, state: UserState, out: list[DriftEvent] | None = None) -> None:
+        """Anchor ``state`` on the base: DIAM's interests of the recent items when the base
+        has the network's head (K_u from its full gate, d_u's prior from its fusion layer),
+        else centroids of the recent items. A first anchoring (or one after a new snapshot)
+        starts the vectors at the anchors; a periodic re-anchoring keeps the learnt offsets
+        (``reanchor_residual``) and changes K_u only after ``k_hysteresis`` equal proposals."""
+        state.since_anchor = 0
+        if self.base.head is not None:
+            self._anchor_diam(state, out)
+            return
         sig = state.signals.values()
         k = self._propose_k(state, sig)
         # centroids of the distinct recent items (repeats would skew the seeding), norm-bounded
@@ -501,6 +531,48 @@ class OnlineLearner:
         state.k_proposal, state.k_streak = A.shape[0], 0
         state.d_prior = self._prior_logit(sig)
         state.d_logit = state.d_prior
+
+    def _anchor_diam(self, state: UserState, out: list[DriftEvent] | None) -> None:
+        cfg = self.cfg
+        head = self.base.head
+        res = head.infer(state.recent, state.signals.values())
+        p = min(res.k, self.k_max)
+        b = cfg.d_logit_bound
+        prior = min(max(_logit(res.d), -b), b)
+        if not state.anchored:  # first anchoring, or the first on a new snapshot
+            k = p
+            state.k_proposal, state.k_streak = p, 0
+            state.A = res.vecs[:k].copy()
+            state.V = state.A.copy()
+            state.d_prior = state.d_logit = prior
+            state.anchored, state.capped = True, False
+            return
+        k = state.k
+        h = cfg.k_hysteresis if cfg.guards else 1
+        if p == k:
+            state.k_proposal, state.k_streak = p, 0
+        else:
+            state.k_streak = state.k_streak + 1 if p == state.k_proposal else 1
+            state.k_proposal = p
+            if state.k_streak >= h:
+                k, state.k_streak = p, 0
+        A = res.vecs[:k].copy()
+        if cfg.reanchor_residual and cfg.learn:
+            # the steps' offsets ride on the network's new output; a new interest starts at
+            # its anchor, a dropped one takes its offset with it
+            V = A.copy()
+            m = min(k, state.k)
+            V[:m] += state.V[:m] - state.A[:m]
+            off = state.d_logit - state.d_prior
+            state.d_logit = min(max(prior + off, -b), b)
+        else:
+            V = A.copy()
+            state.d_logit = prior
+        state.d_prior = prior
+        old_k = state.k
+        state.A, state.V = A, V
+        if k != old_k and out is not None:
+            out.append(self._event(state, "k_change", k_from=old_k, k_to=k))
 
     def _prior_logit(self, sig: np.ndarray) -> float:
         b = self.cfg.d_logit_bound

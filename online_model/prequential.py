@@ -1,24 +1,29 @@
 """Prequential (test-then-train) evaluation of the online learner over a time-ordered stream.
 
-Protocol (one run, three arms that differ only in :class:`OnlineConfig`):
+Protocol (one run; the arms differ only in :class:`OnlineConfig`):
 
-1. the first ``warm_frac`` of the events (time order) is the past: a base is built on it unless
-   one is given, and every arm replays it through :meth:`OnlineLearner.apply` without learning
-   (signals, recent items, new-user anchors);
-2. at the cut every user is re-anchored (:meth:`OnlineLearner.reanchor`): what a snapshot
-   published at that moment would give each user;
-3. for each later event, in time order: recommend top-n from the user's *current* vectors
-   (exact dot-product retrieval over items the user has not clicked; interests merged by best
-   score, or with ``merge="aggregate"`` by :func:`online_model.aggregate.aggregate` with the
-   user's d_u -- faithful to serving but ~2.5 ms a list, too slow for 10^5 lists on a small
-   machine), score the clicked item, then :meth:`OnlineLearner.apply` it -- the very call the
-   dataflow makes.
+1. the first ``warm_frac`` of the events (time order) is the past: the base (a DIAM checkpoint
+   trained on those events only, or a PPMI+SVD base built from them) and every arm replay it
+   through :meth:`OnlineLearner.apply` without learning (signals, recent items);
+2. at the cut every user is anchored (:meth:`OnlineLearner.reanchor`): what a snapshot
+   published at that moment gives each user;
+3. for each later event, in time order: recommend top-n from the user's *current* state with
+   :func:`online_model.aggregate.serve_list`, the function ``serving_cache.recommend`` serves
+   with (per-interest search, the user's seen items excluded, the aggregator at the live d_u;
+   the search is exact, as the Flat index of a small catalogue), score the clicked item, then
+   :meth:`OnlineLearner.apply` it -- the very call the dataflow makes. Re-clicks are not
+   scored. Ties in time keep the prepared dataset's order (time, then user, then item).
 
-Arms: ``frozen`` (vectors stay at anchors; new users still get anchors after a few items, like
-any cold-start path), ``guarded`` (online updates with guards and K_u hysteresis), ``unguarded``
-(online updates, no guards, no hysteresis; trust region and norm bound stay).
-Users are independent, so ``user_fraction`` < 1 evaluates an exact subset of users (by a stable
-hash of the id), which is what ``--quick`` does.
+Arms (:data:`ARMS`): ``popularity`` (a decayed count over the stream, ``pop_half_life``
+events, seen items excluded), ``reinfer`` (the DIAM network re-run on the current history
+before every prediction, no steps: what the model knows), ``frozen`` (anchors from the cut,
+never updated), ``nosteps`` (the served re-anchoring cadence without gradient steps: what the
+steps add is ``guarded`` minus this), ``guarded`` (the served configuration) and
+``unguarded`` (the same without guards or K_u hysteresis). On a base without DIAM's head only
+popularity, frozen, guarded and unguarded apply.
+
+``users`` picks whom to evaluate by a stable hash of the id (users are independent): ``tune``
+is the 10% that ``--quick`` and online-setting choices use, ``report`` the other 90%.
 """
 
 from __future__ import annotations
@@ -40,24 +45,55 @@ from online_model.routing import stable_hash64
 
 __all__ = ["ARMS", "arm_configs", "recommend", "evaluate_stream", "evaluate_path", "format_table"]
 
-ARMS = ("frozen", "guarded", "unguarded")
+ARMS = ("popularity", "reinfer", "frozen", "nosteps", "guarded", "unguarded")
+MODEL_ARMS = ("reinfer", "nosteps")
+"""Arms that exist only on a base with DIAM's head."""
 
 
 def arm_configs(cfg: OnlineConfig) -> dict[str, OnlineConfig]:
-    """The three arms' configurations, derived from one base configuration."""
+    """Each learner arm's configuration, derived from the served one (``cfg``)."""
     return {
-        "frozen": cfg.model_copy(update={"learn": False, "guards": True}),
+        "reinfer": cfg.model_copy(update={"learn": False, "guards": False, "reanchor_every": 1}),
+        "frozen": cfg.model_copy(update={"learn": False, "guards": True, "reanchor_every": 0}),
+        "nosteps": cfg.model_copy(update={"learn": False, "guards": True}),
         "guarded": cfg.model_copy(update={"learn": True, "guards": True}),
         "unguarded": cfg.model_copy(update={"learn": True, "guards": False}),
     }
 
 
+def user_group(user_id: str) -> str:
+    """``"tune"`` for the stable 10% of users online settings are chosen on, else ``"report"``."""
+    return "tune" if stable_hash64(user_id) % 10_000 < 1_000 else "report"
+
+
 def _aggregator(merge: str) -> tuple[Callable[..., np.ndarray] | None, str]:
     if merge == "score":
         return None, "max-score merge (ComiRec): top-n of each item's best score over interests"
-    from online_model.aggregate import aggregate
+    from online_model.aggregate import serve_list
 
-    return aggregate, "online_model.aggregate.aggregate (diversity-aware, d_u regimes)"
+    return serve_list, ("online_model.aggregate.serve_list: the serving path (per-interest "
+                        "search of max(2n, 50) + seen, seen excluded, aggregator at the live d_u)")
+
+
+def exact_search(item_emb: np.ndarray, usable: np.ndarray) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """An exact inner-product search over the rows of ``item_emb`` where ``usable`` is true,
+    shaped as the snapshot index's ``search``: ``(vecs [K, d], m) -> (scores, items) [K, m]``
+    sorted by score (ties by row)."""
+    t = np.ascontiguousarray(item_emb.T)
+    bad = ~usable
+
+    def search(vecs: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        s = np.asarray(vecs, dtype=np.float32) @ t  # [K, N]
+        s[:, bad] = -np.inf
+        top = np.argpartition(-s, m - 1, axis=1)[:, :m]
+        ts = np.take_along_axis(s, top, axis=1)
+        order = np.lexsort((top, -ts), axis=1) if top.shape[0] else top
+        top = np.take_along_axis(top, order, axis=1)
+        ts = np.take_along_axis(ts, order, axis=1)
+        top[~np.isfinite(ts)] = -1
+        return ts, top
+
+    return search
 
 
 def recommend(
@@ -67,39 +103,33 @@ def recommend(
     exclude: np.ndarray,
     aggregate: Callable[..., np.ndarray] | None,
     popular: np.ndarray,
+    search: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
-    """Top-n item rows for ``state`` by exact dot-product retrieval over the base's items.
+    """Top-n item rows for ``state``.
 
-    With ``aggregate`` None the interests' lists are merged by best score (exactly the top-n
-    of ``max_k v_k·e``); otherwise the top-n of each interest go through ``aggregate`` with the
-    user's d_u. Users with no known item yet get ``popular`` (the cold-start list).
+    With ``aggregate`` None the interests are merged by best score (exactly the top-n of
+    ``max_k v_k·e``); otherwise the list is :func:`online_model.aggregate.serve_list`'s, the
+    serving path, at the user's d_u. Users with no known item yet get ``popular``.
     """
     if len(state.recent) == 0:
         return popular[~np.isin(popular, exclude)][:n]
-    scores = state.V @ base.item_emb.T  # [K, N]
     if aggregate is None:
-        best = scores.max(axis=0)
+        best = (state.V @ base.item_emb.T).max(axis=0)
         best[exclude] = -np.inf
         best[base.item_norms == 0] = -np.inf  # items the base cannot embed
         top = np.argpartition(-best, n)[:n]
         return top[np.lexsort((top, -best[top]))]  # ties by item row: deterministic
-    scores[:, exclude] = -np.inf
-    scores[:, base.item_norms == 0] = -np.inf
-    top = np.argpartition(-scores, n, axis=1)[:, :n]  # [K, n]
-    s = np.take_along_axis(scores, top, axis=1)
-    order = np.argsort(-s, axis=1, kind="stable")
-    top, s = np.take_along_axis(top, order, axis=1), np.take_along_axis(s, order, axis=1)
-    return aggregate(
-        s.astype(np.float32), top.astype(np.int64), base.item_emb, state.d, n, base.item_categories
-    )
+    if search is None:
+        search = exact_search(base.item_emb, base.item_norms > 0)
+    return aggregate(search, state.V, state.d, n, np.unique(exclude), base.item_emb,
+                     base.item_categories)
 
 
 @dataclass
 class _Arm:
-    learner: OnlineLearner
+    learner: OnlineLearner | None  # None: the popularity arm
     states: dict[str, UserState]
-    hits: float = 0.0
-    ndcg: float = 0.0
+    hits: dict[str, list[float]] = field(default_factory=dict)  # user -> [hits, ndcg, n]
     entropy: float = 0.0
     n_eval: int = 0
     k_changes: int = 0
@@ -107,6 +137,16 @@ class _Arm:
     drift_sum: float = 0.0
     drift_n: int = 0
     apply_s: float = 0.0
+
+    def score(self, user: str, rec: np.ndarray, row: int, cats: np.ndarray) -> None:
+        h = self.hits.setdefault(user, [0.0, 0.0, 0.0])
+        pos = np.flatnonzero(rec == row)
+        if len(pos):
+            h[0] += 1.0
+            h[1] += 1.0 / math.log2(int(pos[0]) + 2)
+        h[2] += 1.0
+        self.entropy += _entropy(cats[rec])
+        self.n_eval += 1
 
 
 def _entropy(cats: np.ndarray) -> float:
@@ -118,6 +158,21 @@ def _entropy(cats: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def bootstrap_ci(hits: np.ndarray, n: np.ndarray, *, ref: np.ndarray | None = None,
+                 reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval over users of ``sum(hits) / sum(n)`` (users resampled with
+    replacement), or of its difference to ``ref`` (the same users' hits under another arm,
+    resampled together: a paired interval)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(n), size=(reps, len(n)))
+    nn = n[idx].sum(1)
+    stat = hits[idx].sum(1) / nn
+    if ref is not None:
+        stat = stat - ref[idx].sum(1) / nn
+    lo, hi = np.percentile(stat, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def evaluate_stream(
     ds: Any,
     cfg: OnlineConfig,
@@ -126,13 +181,18 @@ def evaluate_stream(
     warm_frac: float = 0.5,
     n: int = 20,
     user_fraction: float = 1.0,
+    users: str = "all",
     arms: Iterable[str] = ARMS,
-    merge: str = "score",
+    merge: str = "aggregate",
+    pop_half_life: int = 5_000,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the prequential protocol on a prepared dataset; returns the result dictionary
-    (``{"dataset", "arms": {arm: {recall@20, ndcg@20, entropy@20, k_changes_per_1k,
-    mean_drift}}, ...}`` plus protocol details)."""
+    (``{"dataset", "arms": {arm: {recall@20, recall@20_ci, ndcg@20, entropy@20,
+    k_changes_per_1k, mean_drift, recall@20_diff_to_guarded_ci}}, ...}`` plus details).
+
+    ``users``: ``"all"``, ``"tune"`` or ``"report"`` (:func:`user_group`); ``user_fraction``
+    further keeps a stable fraction of those."""
     n_events = len(ds.user_ids)
     cut = int(n_events * warm_frac)
     base_desc = "checkpoint"
@@ -142,8 +202,10 @@ def evaluate_stream(
             f"events: PPMI+SVD item embeddings from the first {cut} events, "
             f"norms = clicks^{base.meta['pop_exponent']}"
         )
+    arms = [a for a in arms if base.head is not None or a not in MODEL_ARMS]
     aggregate, agg_name = _aggregator(merge)
-    users = np.asarray(ds.user_ids).astype(str).tolist()
+    search = exact_search(base.item_emb, base.item_norms > 0)
+    user_list = np.asarray(ds.user_ids).astype(str).tolist()
     items = np.asarray(ds.item_ids).astype(str).tolist()
     ts = np.asarray(ds.ts_ms, dtype=np.int64).tolist()
     rows = [base.index_of(x) for x in items]
@@ -152,17 +214,21 @@ def evaluate_stream(
     def kept(u: str) -> bool:
         k = keep_user.get(u)
         if k is None:
-            k = keep_user[u] = (stable_hash64(u) % 10_000) < user_fraction * 10_000
+            k = (stable_hash64(u) % 10_000) < user_fraction * 10_000
+            if users != "all":
+                k = k and user_group(u) == users
+            keep_user[u] = k
         return k
 
-    # popularity over the past: the cold-start list of every arm
-    past = np.array([r for r in rows[:cut] if r >= 0], dtype=np.int64)
-    counts = (
-        np.bincount(past, minlength=len(base.item_ids))
-        if len(past)
-        else np.zeros(len(base.item_ids))
-    )
-    popular = np.lexsort((np.arange(len(counts)), -counts))[: 10 * n]
+    # popularity: a count decayed by event (half-life pop_half_life events), over every event
+    # of the stream so far (all users: the feed's own popularity list)
+    n_items = len(base.item_ids)
+    grow = math.log(2.0) / pop_half_life
+    pop = np.zeros(n_items)
+    for off in range(cut):
+        if rows[off] >= 0:
+            pop[rows[off]] += math.exp(grow * (off - cut))
+    popular = np.lexsort((np.arange(n_items), -pop))[: 10 * n]
 
     # 1-2: replay the past without learning, then anchor everyone (the snapshot at the cut)
     cfgs = arm_configs(cfg)
@@ -170,7 +236,7 @@ def evaluate_stream(
     states: dict[str, UserState] = {}
     seen: dict[str, list[int]] = {}
     for off in range(cut):
-        u = users[off]
+        u = user_list[off]
         if not kept(u):
             continue
         st = states.get(u)
@@ -181,7 +247,8 @@ def evaluate_stream(
             seen.setdefault(u, []).append(rows[off])
     for st in states.values():
         warm.reanchor(st)
-    run = {a: _Arm(OnlineLearner(base, cfgs[a]), copy.deepcopy(states)) for a in arms}
+    run = {a: _Arm(None if a == "popularity" else OnlineLearner(base, cfgs[a]),
+                   {} if a == "popularity" else copy.deepcopy(states)) for a in arms}
 
     # 3: test, then train
     it: Iterable[int] = range(cut, n_events)
@@ -190,55 +257,75 @@ def evaluate_stream(
 
         it = tqdm(it, desc="prequential", unit="ev", total=n_events - cut)
     n_stream = 0
-    pop_hits = pop_n = 0
+    scale = 1.0  # popularity weights are exp(grow * (off - rescale point))
     for off in it:
-        u = users[off]
-        if not kept(u):
-            continue
-        n_stream += 1
         row = rows[off]
-        excl = np.array(seen.get(u, ()), dtype=np.int64)
-        target_new = row < 0 or not np.any(excl == row)
-        if target_new:  # reference: the cold-start popularity list for everyone
-            pop_hits += int(np.any(popular[~np.isin(popular, excl)][:n] == row))
-            pop_n += 1
-        for arm in run.values():
-            st = arm.states.get(u)
-            if st is None:
-                st = arm.states[u] = arm.learner.new_state(u)
-            if target_new:  # a re-click of a seen item is not a recommendation task
-                rec = recommend(st, base, n, excl, aggregate, popular)
-                pos = np.flatnonzero(rec == row)
-                if len(pos):
-                    arm.hits += 1.0
-                    arm.ndcg += 1.0 / math.log2(int(pos[0]) + 2)
-                arm.entropy += _entropy(base.item_categories[rec])
-                arm.n_eval += 1
-            t0 = time.perf_counter()
-            evs = arm.learner.apply(st, items[off], ts[off], off)
-            arm.apply_s += time.perf_counter() - t0
-            for e in evs:
-                arm.kinds[e.kind] = arm.kinds.get(e.kind, 0) + 1
-                arm.k_changes += e.kind == "k_change"
-            if st.anchored:
-                arm.drift_sum += st.drift() / base.scale
-                arm.drift_n += 1
-        if row >= 0:
-            seen.setdefault(u, []).append(row)
+        u = user_list[off]
+        if kept(u):
+            n_stream += 1
+            excl = np.array(seen.get(u, ()), dtype=np.int64)
+            target_new = row < 0 or not np.any(excl == row)
+            for name, arm in run.items():
+                if name == "popularity":
+                    if target_new:
+                        top = popular[~np.isin(popular, excl)][:n]
+                        arm.score(u, top, row, base.item_categories)
+                    continue
+                learner = arm.learner
+                assert learner is not None
+                st = arm.states.get(u)
+                if st is None:
+                    st = arm.states[u] = learner.new_state(u)
+                if target_new:  # a re-click of a seen item is not a recommendation task
+                    rec = recommend(st, base, n, excl, aggregate, popular, search)
+                    arm.score(u, rec, row, base.item_categories)
+                t0 = time.perf_counter()
+                evs = learner.apply(st, items[off], ts[off], off)
+                arm.apply_s += time.perf_counter() - t0
+                for e in evs:
+                    arm.kinds[e.kind] = arm.kinds.get(e.kind, 0) + 1
+                    arm.k_changes += e.kind == "k_change"
+                if st.anchored:
+                    arm.drift_sum += st.drift() / base.scale
+                    arm.drift_n += 1
+            if row >= 0:
+                seen.setdefault(u, []).append(row)
+        if row >= 0:  # every user's click counts toward popularity
+            pop[row] += scale
+            scale *= math.exp(grow)
+            if scale > 1e100:
+                pop /= scale
+                scale = 1.0
+            if (off - cut) % 100 == 0:  # the list is refreshed every 100 events
+                popular = np.lexsort((np.arange(n_items), -pop))[: 10 * n]
 
     out: dict[str, Any] = {"dataset": getattr(ds, "name", "dataset"), "arms": {}, "details": {}}
+    nk = f"@{n}"
+    per_user = {}
     for name, arm in run.items():
-        ne = max(arm.n_eval, 1)
-        out["arms"][name] = {
-            "recall@20" if n == 20 else f"recall@{n}": arm.hits / ne,
-            "ndcg@20" if n == 20 else f"ndcg@{n}": arm.ndcg / ne,
-            "entropy@20" if n == 20 else f"entropy@{n}": arm.entropy / ne,
+        us = sorted(arm.hits)
+        per_user[name] = (us, np.array([arm.hits[x][0] for x in us]),
+                          np.array([arm.hits[x][1] for x in us]),
+                          np.array([arm.hits[x][2] for x in us]))
+    for name, arm in run.items():
+        us, h, g, cnt = per_user[name]
+        tot = max(float(cnt.sum()), 1.0)
+        row_out: dict[str, Any] = {
+            "recall" + nk: float(h.sum()) / tot,
+            "recall" + nk + "_ci": list(bootstrap_ci(h, cnt)) if len(us) else [0.0, 0.0],
+            "ndcg" + nk: float(g.sum()) / tot,
+            "entropy" + nk: arm.entropy / max(arm.n_eval, 1),
             "k_changes_per_1k": 1000.0 * arm.k_changes / max(n_stream, 1),
             "mean_drift": arm.drift_sum / max(arm.drift_n, 1),
         }
+        if "guarded" in per_user and name != "guarded" and per_user["guarded"][0] == us:
+            row_out["recall" + nk + "_diff_to_guarded_ci"] = list(
+                bootstrap_ci(h, cnt, ref=per_user["guarded"][1]))
+        out["arms"][name] = row_out
         ks = [s.k for s in arm.states.values() if s.anchored]
         out["details"][name] = {
             "events_evaluated": arm.n_eval,
+            "users_evaluated": len(us),
             "drift_events": dict(sorted(arm.kinds.items())),
             "us_per_apply": 1e6 * arm.apply_s / max(n_stream, 1),
             "mean_k_at_end": float(np.mean(ks)) if ks else 0.0,
@@ -251,17 +338,23 @@ def evaluate_stream(
         if base_desc != "checkpoint"
         else f"checkpoint {base.meta.get('path', '')} ({base.version})"
     )
+    out["anchors"] = base.anchor_kind
     out["aggregation"] = agg_name
-    out["reference_popularity_recall"] = pop_hits / max(pop_n, 1)
     out["protocol"] = {
         "warm_frac": warm_frac,
         "events": n_events,
         "stream_events": n_stream,
+        "users": users,
         "user_fraction": user_fraction,
         "n": n,
+        "reanchor_every": cfg.reanchor_every,
+        "reanchor_residual": cfg.reanchor_residual,
+        "popularity": f"decayed click count, half-life {pop_half_life} events, refreshed every 100",
         "entropy": "nats, primary category of the recommended list",
         "mean_drift": "RMS distance of vectors from anchors in base-scale units, averaged over stream events of anchored users",
         "excluded": "items the user clicked before; re-clicks are not scored",
+        "ties": "events with equal timestamps keep the prepared order (time, user, item)",
+        "ci": "95% bootstrap over users (2000 resamples); differences paired on the same users",
     }
     return out
 

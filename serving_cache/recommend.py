@@ -46,7 +46,6 @@ __all__ = [
 
 Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
-MIN_CANDIDATES = 50
 _NO_ITEMS = np.empty(0, dtype=np.int64)
 _NO_SCORES = np.empty(0, dtype=np.float32)
 
@@ -221,11 +220,11 @@ class Recommender:
         else:
             shift = delta + (context_delta(context) if mode == "context" else 0.0)
             d_used = float(manual_d(uv.d, float(np.clip(shift, -MAX_DELTA, MAX_DELTA))))
+        from online_model.aggregate import serve_list
+
         banned = _banned(snap, seen) if exclude_seen and seen else _NO_ITEMS
-        m = min(max(2 * n, MIN_CANDIDATES) + len(banned), snap.n_items)
-        scores, items = snap.search(uv.vecs, m)  # [K, m]
-        scores, items = _clean(scores, items, banned, n)
-        picked = aggregate_candidates(snap, scores, items, d_used, n)
+        picked = serve_list(snap.search, uv.vecs, d_used, n, banned, snap.item_vecs,
+                            snap.item_categories)
         best = (uv.vecs @ snap.item_vecs[picked].T).max(axis=0) if len(picked) else _NO_SCORES
         return Recommendation(
             user_id=user_id,
@@ -326,11 +325,3 @@ def _banned(snap: SnapshotIndex, seen: Sequence[str]) -> np.ndarray:
     return np.array(sorted({i for i in idx if i >= 0}), dtype=np.int64)
 
 
-def _clean(
-    scores: np.ndarray, items: np.ndarray, banned: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mark banned (seen) items as padding (-1), which the aggregator skips, as it skips the -1
-    slots IVF returns when the probed lists hold fewer than M items."""
-    if len(banned):
-        items = np.where(np.isin(items, banned), -1, items)
-    return scores, items

@@ -47,17 +47,41 @@ def test_shape_and_determinism(drifting, monkeypatch):
 
     monkeypatch.setattr(OnlineLearner, "apply", spy)
     cfg = OnlineConfig(dim=8, k_max=4)
-    r = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5)
+    r = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5, merge="score")
     assert calls  # the very update the dataflow calls
-    assert set(r["arms"]) == {"frozen", "guarded", "unguarded"}
-    for arm in r["arms"].values():
-        assert set(arm) == {"recall@5", "ndcg@5", "entropy@5", "k_changes_per_1k", "mean_drift"}
+    # no DIAM head on this PPMI base: the network's arms do not apply
+    assert set(r["arms"]) == {"popularity", "frozen", "guarded", "unguarded"}
+    for name, arm in r["arms"].items():
+        want = {"recall@5", "recall@5_ci", "ndcg@5", "entropy@5", "k_changes_per_1k", "mean_drift"}
+        if name != "guarded":
+            want.add("recall@5_diff_to_guarded_ci")
+        assert set(arm) == want
         assert 0 <= arm["ndcg@5"] <= arm["recall@5"] <= 1
+        lo, hi = arm["recall@5_ci"]
+        assert lo <= arm["recall@5"] <= hi
     assert r["arms"]["frozen"]["mean_drift"] == 0 and r["arms"]["frozen"]["k_changes_per_1k"] == 0
     # online learning follows the users to their new community; a frozen snapshot cannot
     assert r["arms"]["guarded"]["recall@5"] > r["arms"]["frozen"]["recall@5"]
-    again = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5)
+    again = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5, merge="score")
     assert again["arms"] == r["arms"]
+
+
+def test_serving_path_and_user_groups(drifting):
+    """The default list is the serving function's; tune and report users are disjoint."""
+    cfg = OnlineConfig(dim=8, k_max=4)
+    r = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5, arms=("guarded",))
+    assert "serve_list" in r["aggregation"]
+    tune = {u for u in drifting.user_ids.tolist() if prequential.user_group(u) == "tune"}
+    assert 0 < len(tune) < 30
+    a = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5, users="tune",
+                                    arms=("frozen",), merge="score")
+    b = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5, users="report",
+                                    arms=("frozen",), merge="score")
+    assert a["details"]["frozen"]["users_evaluated"] + b["details"]["frozen"]["users_evaluated"] \
+        <= 30
+    assert a["protocol"]["stream_events"] + b["protocol"]["stream_events"] \
+        == prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5, arms=("frozen",),
+                                       merge="score")["protocol"]["stream_events"]
 
 
 def test_user_fraction_selects_a_subset(drifting):

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serving_cache.reader import valid_user_id
-from serving_cache.recommend import Recommender, _clean, context_delta
+from online_model.aggregate import serve_list
+from serving_cache.recommend import Recommender, context_delta
 from serving_cache.retrieval import SnapshotIndex, cold_order
 from snapshotter import SnapshotConfig, SnapshotStore, publish
 from snapshotter.testing import write_checkpoint
@@ -51,11 +52,22 @@ def test_context_rule_bounds():
     assert context_delta({"hour": "21"}) == 0.0  # wrong types add nothing
 
 
-def test_clean_marks_seen_as_padding():
-    scores = np.array([[3.0, 2.0, 1.0], [5.0, 4.0, 0.0]], dtype=np.float32)
-    items = np.array([[1, 2, 3], [4, 2, -1]])
-    s, i = _clean(scores, items, np.array([2]), n=2)
-    assert i.tolist() == [[1, -1, 3], [4, -1, -1]] and s is scores
+def test_serve_list_never_returns_a_banned_item_and_searches_enough():
+    rng = np.random.default_rng(0)
+    item_vecs = rng.standard_normal((80, 8)).astype(np.float32)
+    vecs = item_vecs[[3, 40]] * 2
+    asked = []
+
+    def search(q, m):
+        asked.append(m)
+        s = q @ item_vecs.T
+        top = np.argsort(-s, axis=1, kind="stable")[:, :m]
+        return np.take_along_axis(s, top, 1).astype(np.float32), top
+
+    banned = np.array([3, 40, 7])
+    got = serve_list(search, vecs, 0.5, 10, banned, item_vecs, np.arange(80) % 5)
+    assert asked == [50 + 3] and len(got) == 10
+    assert not set(got.tolist()) & set(banned.tolist())
 
 
 @pytest.fixture(scope="module")

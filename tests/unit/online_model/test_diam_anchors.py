@@ -1,0 +1,111 @@
+"""On a DIAM checkpoint the online learner anchors users on the network's interests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from online_model.base import BaseView
+from online_model.checkpoint import save_checkpoint
+from online_model.config import OnlineConfig
+from online_model.corpus import tiny_corpus
+from online_model.models import ModelConfig, build_model
+from online_model.online import OnlineLearner, UserState
+
+
+def _checkpoint(path, seed: int = 0, model: str = "diam"):
+    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
+    torch.manual_seed(seed)
+    cfg = ModelConfig(model=model, n_items=c.n_items, n_categories=c.n_categories, dim=8,
+                      seq_len=10, window=5, k_max=4, n_interests=2)
+    m = build_model(cfg, c.item_cat).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return save_checkpoint(path, m, c, seed=seed), c
+
+
+@pytest.fixture(scope="module")
+def diam_base(tmp_path_factory):
+    ck, c = _checkpoint(tmp_path_factory.mktemp("ck") / "diam")
+    return BaseView.from_checkpoint(ck), c
+
+
+def _clicks(c, n=30, seed=1):
+    rng = np.random.default_rng(seed)
+    return [str(x) for x in rng.choice(c.item_ids, size=n)]
+
+
+def test_diam_checkpoint_gives_diam_anchors(diam_base) -> None:
+    base, c = diam_base
+    assert base.anchor_kind == "diam" and base.head is not None
+    learner = OnlineLearner(base, OnlineConfig(dim=8, k_max=4, reanchor_every=5))
+    st = learner.new_state("u")
+    items = _clicks(c)
+    for off, it in enumerate(items[:1]):
+        learner.apply(st, it, 1_000 * off, off)
+    # anchored at the first known item, on the network's output for that history
+    want = base.head.infer(st.recent, st.signals.values())
+    assert st.anchored and st.k == min(want.k, 4)
+    assert np.array_equal(st.A, want.vecs[: st.k])
+    for off, it in enumerate(items[1:], start=1):
+        learner.apply(st, it, 1_000 * off, off)
+    assert st.since_anchor < 5  # re-anchored on schedule
+
+
+def test_reinfer_arm_is_the_network_after_every_event(diam_base) -> None:
+    base, c = diam_base
+    cfg = OnlineConfig(dim=8, k_max=4, learn=False, guards=False, reanchor_every=1)
+    learner = OnlineLearner(base, cfg)
+    st = learner.new_state("u")
+    for off, it in enumerate(_clicks(c, 20)):
+        learner.apply(st, it, 1_000 * off, off)
+        want = base.head.infer(st.recent, st.signals.values())
+        assert st.k == want.k and np.array_equal(st.V, want.vecs[: want.k])
+
+
+def test_residual_reanchoring_keeps_the_steps_within_the_guards(diam_base) -> None:
+    base, c = diam_base
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3)
+    learner = OnlineLearner(base, cfg)
+    st = learner.new_state("u")
+    for off, it in enumerate(_clicks(c, 60, seed=4)):
+        learner.apply(st, it, 60_000 * off, off)
+        rms = np.sqrt(((st.V - st.A) ** 2).sum(1).mean())
+        assert rms <= cfg.drift_cap * base.scale + 1e-5
+        assert np.all(np.linalg.norm(st.V - st.A, axis=1) <= cfg.trust_radius * base.scale + 1e-4)
+
+
+def test_same_events_same_bytes_and_pack_round_trip(diam_base) -> None:
+    base, c = diam_base
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=4)
+    runs = []
+    for _ in range(2):
+        learner = OnlineLearner(base, cfg)
+        st = learner.new_state("u")
+        for off, it in enumerate(_clicks(c, 40, seed=7)):
+            learner.apply(st, it, 5_000 * off, off)
+            if off == 20:  # a snapshot and restore mid-stream changes nothing
+                st = UserState.unpack(st.pack())
+        runs.append((st.V.tobytes(), st.A.tobytes(), st.d_logit, st.k))
+    assert runs[0] == runs[1]
+
+
+def test_new_snapshot_reanchors_on_the_new_network(diam_base, tmp_path) -> None:
+    base, c = diam_base
+    ck2, _ = _checkpoint(tmp_path / "diam2", seed=5)
+    base2 = BaseView.from_checkpoint(ck2)
+    learner = OnlineLearner(base, OnlineConfig(dim=8, k_max=4, reanchor_every=0))
+    st = learner.new_state("u")
+    for off, it in enumerate(_clicks(c, 10)):
+        learner.apply(st, it, 1_000 * off, off)
+    events = learner.reanchor(st, base2)
+    assert events[0].kind == "reanchor" and st.version == base2.version
+    want = base2.head.infer(st.recent, st.signals.values())
+    assert np.array_equal(st.A, want.vecs[: st.k])
+
+
+def test_baseline_checkpoint_keeps_kmeans_anchors(tmp_path) -> None:
+    ck, _ = _checkpoint(tmp_path / "mind", model="mind")
+    assert BaseView.from_checkpoint(ck).anchor_kind == "kmeans"
