@@ -20,6 +20,17 @@ K_u change count per window also feeds a River Page-Hinkley detector.
 ['k_flip_flop']
 >>> [s.k_changes for s in m.flush()]
 [2]
+
+Effectively once: a dataflow resumed after a crash produces again the drift events of the epoch
+it had not committed. A record's identity is its user and source offset (one user's clicks live
+in one partition, so the offset names the click) plus its kind and detail; a user's records
+arrive in offset order, so the monitor keeps per user only the newest offset and what it carried,
+and counts a repeat as ``duplicates`` instead of accounting it twice.
+
+>>> m = DriftMonitor()
+>>> rec = DriftRecord("freeze", "u1", 1_000, 7)
+>>> m.add(rec), m.add(rec), m.duplicates
+([], [], 1)
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ __all__ = [
     "format_alert",
     "parse_drift_record",
 ]
+
+MAX_DEDUPE_USERS = 2_000_000
+"""Users whose newest drift record the monitor remembers to recognise repeats (~200 bytes each)."""
 
 KINDS = ("k_change", "guard_trip", "rollback", "freeze", "reanchor")
 
@@ -167,6 +181,9 @@ class DriftMonitor:
         self.cfg = cfg or DriftConfig()
         self.seen = 0
         self.late = 0
+        self.duplicates = 0
+        # user -> (newest source offset, identities seen at that offset)
+        self._newest: dict[str, tuple[int, set[str]]] = {}
         self._late_reported = 0
         self._open: dict[int, _Window] = {}
         self._expected = set(partitions)  # partitions that must report before windows close
@@ -184,7 +201,11 @@ class DriftMonitor:
         Event time advances per partition: a window closes when every partition (those given
         at construction and those seen, minus the ones marked idle) has passed its end by
         ``lateness_ms``, so catching up on a backlog one partition batch at a time does not
-        make the other partitions' records late."""
+        make the other partitions' records late. A repeat of a record already accounted (a
+        resumed producer) only counts in ``duplicates``."""
+        if self._repeat(rec):
+            self.duplicates += 1
+            return []
         self.seen += 1
         self._idle.discard(partition)
         w_ms = self.cfg.window_ms
@@ -199,6 +220,27 @@ class DriftMonitor:
         if rec.ts_ms > self._part_max.get(partition, rec.ts_ms - 1):
             self._part_max[partition] = rec.ts_ms
         return out + self.advance()
+
+    def _repeat(self, rec: DriftRecord) -> bool:
+        if rec.offset < 0:  # no identity (a foreign producer): cannot tell, count it
+            return False
+        ident = f"{rec.kind} {json.dumps(rec.detail, sort_keys=True, default=str)}"
+        newest = self._newest.get(rec.user_id)
+        if newest is not None:
+            off, idents = newest
+            if rec.offset < off or (rec.offset == off and ident in idents):
+                return True
+            if rec.offset == off:
+                idents.add(ident)
+                return False
+        # least recently active first (dict order): past the cap the oldest entry goes; a
+        # repeat comes within seconds of its original (one uncommitted epoch), so only a table
+        # smaller than the users active in that time could miss one
+        self._newest.pop(rec.user_id, None)
+        self._newest[rec.user_id] = (rec.offset, {ident})
+        if len(self._newest) > MAX_DEDUPE_USERS:
+            del self._newest[next(iter(self._newest))]
+        return False
 
     def watermark(self) -> int | None:
         """Event time up to which every window may close; None while a partition has not

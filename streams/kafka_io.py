@@ -10,6 +10,7 @@ the offsets as with the stock source.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from bytewax.outputs import (
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -38,6 +40,7 @@ from streams.config import KafkaConfig
 
 __all__ = [
     "FETCH_DEFAULTS",
+    "BrokerHealth",
     "RawRecord",
     "ClickSource",
     "KafkaOut",
@@ -69,6 +72,92 @@ class KafkaOut(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+
+
+log = logging.getLogger(__name__)
+
+# librdkafka's log lines that only say "the broker cannot be reached right now"; it writes one
+# per connection attempt (~25 a second with a few clients), so they are folded into the outage
+# lines of BrokerHealth.
+_UNREACHABLE = ("Connection refused", "Connect to ", "Disconnected", "brokers are down",
+                "Connection reset", "connection reset", "timed out", "Receive failed",
+                "Send failed", "Failed to resolve")
+
+
+class BrokerHealth:
+    """One process's view of whether the broker at ``bootstrap`` answers.
+
+    An outage is logged once when it starts and once when it ends, with its duration, instead
+    of librdkafka's line per refused connection (an operator saw ~440 of those in 18 s and no
+    line saying the broker was back). Every client of the dataflow for the same bootstrap
+    shares one instance (:meth:`of`); librdkafka's other log lines pass through to the
+    ``streams.kafka_io.rdkafka`` logger.
+    """
+
+    _all: dict[str, BrokerHealth] = {}
+    _all_lock = threading.Lock()
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.outages = 0
+        self._since: float | None = None
+        self._lock = threading.Lock()
+        self.logger = logging.getLogger(f"{__name__}.rdkafka.{len(BrokerHealth._all)}")
+        self.logger.propagate = False
+        self.logger.addHandler(_PassThrough(self))
+
+    @classmethod
+    def of(cls, bootstrap: str) -> BrokerHealth:
+        with cls._all_lock:
+            found = cls._all.get(bootstrap)
+            if found is None:
+                found = cls._all[bootstrap] = cls(bootstrap)
+            return found
+
+    @property
+    def down_since(self) -> float | None:
+        return self._since
+
+    def down(self, why: str) -> None:
+        with self._lock:
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+            self.outages += 1
+        log.warning("Kafka broker %s unreachable (%s); the dataflow stalls and retries "
+                    "(nothing is dropped)", self.bootstrap, why.strip()[:200])
+
+    def up(self) -> None:
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("Kafka broker %s reachable again after %.1f s of outage",
+                        self.bootstrap, time.monotonic() - since)
+
+    def on_error(self, err: KafkaError) -> None:
+        """librdkafka's ``error_cb``."""
+        if err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                          KafkaError._RESOLVE, KafkaError._TIMED_OUT):
+            self.down(err.str())
+        else:
+            log.error("Kafka client error: %s", err.str())
+
+    def client_config(self, conf: dict[str, str | int | float | bool]) -> dict[str, object]:
+        """``conf`` with this tracker as the client's logger and error callback."""
+        return {**conf, "logger": self.logger, "error_cb": self.on_error}
+
+
+class _PassThrough(logging.Handler):
+    def __init__(self, health: BrokerHealth) -> None:
+        super().__init__()
+        self.health = health
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if any(s in msg for s in _UNREACHABLE):
+            self.health.down(msg)
+        else:
+            logging.getLogger(f"{__name__}.rdkafka").handle(record)
 
 
 def _offset(m: Message) -> int:
@@ -185,9 +274,11 @@ class _SharedConsumer:
     """
 
     def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int) -> None:
-        self.consumer = Consumer(conf)
+        self.health = BrokerHealth.of(str(conf.get("bootstrap.servers", "")))
+        self.consumer = Consumer(self.health.client_config(conf))
         self.topic, self.batch = topic, batch
         self.buffers: dict[int, deque[Message]] = {}
+        self._next_probe = 0.0
 
     def add(self, part: int, start: int) -> deque[Message]:
         buf: deque[Message] = deque()
@@ -202,7 +293,10 @@ class _SharedConsumer:
     def fill(self) -> None:
         # A short wait: a worker polls its partitions in turn, and an idle one must not hold
         # up the rest (Bytewax's own Kafka source waits 1 ms too).
-        for m in self.consumer.consume(self.batch, 0.001):
+        msgs = self.consumer.consume(self.batch, 0.001)
+        if self.health.down_since is not None:
+            self._probe(bool(msgs))
+        for m in msgs:
             err = m.error()
             if err is not None:
                 if err.code() == err._PARTITION_EOF:
@@ -213,6 +307,20 @@ class _SharedConsumer:
             buf = self.buffers.get(m.partition() or 0)
             if buf is not None:
                 buf.append(m)
+
+    def _probe(self, got: bool) -> None:
+        # librdkafka says when a connection fails, never when it works again: records
+        # arriving, or a metadata answer (asked at most once a second), end the outage
+        now = time.monotonic()
+        if not got and now < self._next_probe:
+            return
+        self._next_probe = now + 1.0
+        try:
+            if not got:
+                self.consumer.list_topics(self.topic, timeout=0.5)
+        except KafkaException:
+            return
+        self.health.up()
 
     def close(self) -> None:
         self.consumer.close()
@@ -226,8 +334,9 @@ _SHARED_LOCK = threading.Lock()
 
 class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
     def __init__(self, conf: dict[str, str | int | float | bool], topic: str, part: int, start: int, end: int | None,
-                 batch_size: int) -> None:
+                 batch_size: int, stop: threading.Event | None = None) -> None:
         self._topic, self._part, self._end = topic, part, end
+        self._stop = stop
         self._next = start
         self._batch = batch_size
         self._key = (threading.get_ident(), topic)
@@ -239,7 +348,10 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
         self._buf = shared.add(part, start)
 
     def next_batch(self) -> list[RawRecord]:
-        if self._end is not None and self._next >= self._end:
+        if (self._end is not None and self._next >= self._end) or (
+                self._stop is not None and self._stop.is_set()):
+            # a stop request ends the input like a bounded end: the last epoch closes, its
+            # snapshot (this partition's next offset) is kept, and a restart resumes there
             self._release()
             raise StopIteration()
         buf = self._buf
@@ -280,13 +392,16 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
     stops at the high watermarks read when the dataflow starts. A resumed dataflow continues
     from its recovery snapshot, not from ``start``. ``partitions``: read only these (a process
     of a partition-split deployment; events are keyed by user, so a user's clicks all live in
-    one partition and per-user state needs no exchange between processes).
+    one partition and per-user state needs no exchange between processes). ``stop``: once set,
+    every partition ends its input at its next batch (a clean stop of a tailing run).
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
                  end: dict[int, int] | None = None, bounded: bool = False,
-                 batch_size: int = 1000, partitions: list[int] | None = None) -> None:
+                 batch_size: int = 1000, partitions: list[int] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.cfg, self.topic = cfg, topic
+        self.stop = stop
         self.partitions = None if partitions is None else sorted(set(partitions))
         self.start, self.end, self.bounded = start, end, bounded
         self.batch_size = batch_size
@@ -322,7 +437,7 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             end = self._watermarks()[part][1]
         if start == OFFSET_BEGINNING:
             start = self._watermarks()[part][0]
-        return _ClickPartition(conf, self.topic, part, start, end, self.batch_size)
+        return _ClickPartition(conf, self.topic, part, start, end, self.batch_size, self.stop)
 
 
 @dataclass
@@ -337,15 +452,19 @@ class _Producing:
     def __init__(self, cfg: KafkaConfig, topic: str) -> None:
         conf = cfg.client_config()
         # linger 0: the sinks wait for delivery (per batch, or at each epoch end), so lingering
-        # only adds that much to every wait
-        conf.update({"linger.ms": "0", "message.timeout.ms": "120000", "enable.idempotence": "true"})
-        self.producer, self.topic = Producer(conf), topic
+        # only adds that much to every wait. No delivery timeout (0): a broker outage of any
+        # length stalls the epoch's flush instead of failing the records and the dataflow.
+        conf.update({"linger.ms": "0", "message.timeout.ms": "0", "enable.idempotence": "true"})
+        self.health = BrokerHealth.of(str(conf.get("bootstrap.servers", "")))
+        self.producer, self.topic = Producer(self.health.client_config(conf)), topic
         self._state = _DeliveryState()
 
     def _on_delivery(self, err: object, _msg: object) -> None:
         if err is not None:
             self._state.failed += 1
             self._state.last_error = str(err)
+        elif self.health.down_since is not None:
+            self.health.up()
 
     def produce(self, items: Iterable[KafkaOut]) -> None:
         for rec in items:
@@ -460,14 +579,39 @@ def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable
                         m.timestamp()[1])
 
 
-def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0) -> list[dict[str, object]]:
+def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0,
+                     dedupe: bool = True) -> list[dict[str, object]]:
     """Every dead-lettered record: its reason and source coordinates (from the headers) and the
-    original bytes."""
+    original bytes, partition by partition in offset order.
+
+    A dataflow resumed after a crash dead-letters again the records of the epoch it had not
+    committed, so one source record can appear more than once. Its identity is its source
+    ``(topic, partition, offset)``; with ``dedupe`` each appears once, the first copy, with
+    ``copies`` saying how many the topic holds. Records without source headers are kept as
+    they are.
+    """
     out: list[dict[str, object]] = []
+    seen: dict[tuple[str | None, int, int], dict[str, object]] = {}
     for m in _messages(cfg, topic or cfg.deadletter_topic, timeout):
         raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
         h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
-        out.append({"reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
-                    "partition": int(h.get("diam.partition", -1)),
-                    "offset": int(h.get("diam.offset", -1)), "key": m.key(), "value": m.value()})
+        rec: dict[str, object] = {
+            "reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
+            "partition": _int(h.get("diam.partition")), "offset": _int(h.get("diam.offset")),
+            "key": m.key(), "value": m.value(), "copies": 1}
+        ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")))
+        if dedupe and ident[0] is not None and ident[2] >= 0:
+            first = seen.get(ident)
+            if first is not None:
+                first["copies"] = int(first["copies"]) + 1  # type: ignore[call-overload]
+                continue
+            seen[ident] = rec
+        out.append(rec)
     return out
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text) if text is not None else -1
+    except ValueError:
+        return -1

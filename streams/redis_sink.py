@@ -8,12 +8,25 @@ Batches queued while a write is in flight are merged, newest value per user, int
 Nothing is lost by not waiting:
 
 - the queue is bounded, so a slow or absent Redis stalls the dataflow (backpressure) instead
-  of growing memory; an outage is retried with backoff and never drops a batch;
+  of growing memory; an outage is retried with backoff and never drops a batch. It is logged
+  once when it starts and once when it ends, with its duration;
 - ``close`` (end of a bounded run, shutdown) drains the queue, and an error on the writer
   thread is raised in the dataflow at the next batch;
 - after a crash, writes still queued are gone, but every user in a recovery snapshot is
   marked for a push when resumed (``streams.online``), so the resumed run re-writes them.
   Write-if-newer makes the repeats harmless.
+
+Nothing is lost when *Redis* loses data either (a restart without persistence, a FLUSHALL, an
+AOF that lost its last second). Each partition keeps the newest value it wrote per user and
+re-pushes all of them when
+
+- the namespace's generation marker (``diam:{ns}:gen``, a random token) is gone or changed:
+  the key set was lost, or another worker already found it lost and re-created the marker;
+- the connection to Redis broke: the server may have restarted, and with ``appendfsync
+  everysec`` it may have lost up to a second of acknowledged writes that no marker reveals.
+
+The re-push is write-if-newer, so users written since are never set back. The cost is memory:
+one :class:`UserVectors` per user this worker has pushed (K_u×dim float32 plus ~200 bytes).
 """
 
 from __future__ import annotations
@@ -22,18 +35,29 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
+from serving_cache.keys import model_active_key, validate_namespace
 
-__all__ = ["RedisVectorSink"]
+__all__ = ["RedisVectorSink", "generation_key"]
 
 log = logging.getLogger(__name__)
 
 _STOP = None
+
+
+def generation_key(ns: str) -> str:
+    """The key whose disappearance tells the dataflow that Redis lost namespace ``ns``.
+
+    >>> generation_key("live")
+    'diam:live:gen'
+    """
+    return f"diam:{validate_namespace(ns)}:gen"
 
 
 class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
@@ -41,10 +65,18 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
     """Called on the writer thread after each acknowledged write with its items and seconds
     (``streams.metrics``: Redis write latency and freshness are measured where writes happen)."""
 
-    def __init__(self, writer: RedisWriter, max_backoff_s: float, max_queued: int = 32) -> None:
+    def __init__(self, writer: RedisWriter, max_backoff_s: float, max_queued: int = 32,
+                 check_every_s: float = 1.0, where: str = "") -> None:
         self.writer = writer
         self.max_backoff_s = max_backoff_s
+        self.check_every_s = check_every_s
+        self.where = where
         self.written = 0
+        self.repushed = 0
+        self._held: dict[str, UserVectors] = {}  # newest value written per user
+        self._gen: bytes | None = None  # the marker's token when last checked
+        self._next_check = 0.0
+        self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
         self._q: queue.Queue[list[tuple[str, UserVectors]] | None] = queue.Queue(max_queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="diam-redis-writer", daemon=True)
@@ -66,7 +98,11 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
 
     def _run(self) -> None:
         while True:
-            batch = self._q.get()
+            try:
+                batch = self._q.get(timeout=self.check_every_s)
+            except queue.Empty:
+                # a quiet stream still notices a lost key set: check and re-push if needed
+                batch = []
             stop = batch is _STOP
             items = [] if batch is None else batch
             while not stop:  # merge whatever queued up meanwhile into one write
@@ -78,7 +114,7 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                     stop = True
                 else:
                     items.extend(more)
-            if items and self._error is None:
+            if (items or self._held) and self._error is None:
                 try:
                     t0 = time.perf_counter()
                     self._write(items)
@@ -89,35 +125,90 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
             if stop:
                 return
 
+    def _lost(self) -> bool:
+        """Whether this partition must re-push everything it holds; keeps the marker set."""
+        client, ns = self.writer.client, self.writer.ns
+        key = generation_key(ns)
+        cur = client.get(key)
+        if cur is None:
+            client.set(key, uuid.uuid4().hex.encode(), nx=True)  # first finder wins
+            cur = client.get(key)
+        assert cur is None or isinstance(cur, bytes)
+        first, self._gen = self._gen is None, cur
+        if first:
+            return False
+        if cur == self._gen and not self._suspect:
+            return False
+        return True
+
     def _write(self, items: list[tuple[str, UserVectors]]) -> None:
-        backoff = 0.05
+        held = self._held
+        for user, uv in items:
+            prev = held.get(user)
+            if prev is None or uv.seq > prev.seq:
+                held[user] = uv
+        backoff, down_since, why = 0.05, None, ""
         while True:
             try:
-                self.written += self.writer.write_batch(items)
+                repush = False
+                now = time.monotonic()
+                if self._suspect or now >= self._next_check:
+                    gen_before = self._gen
+                    repush = self._lost()
+                    self._next_check = now + self.check_every_s
+                    if repush:
+                        cause = ("the connection broke (a restarted server may have lost its "
+                                 "newest writes)" if self._suspect and self._gen == gen_before
+                                 else f"its generation marker {generation_key(self.writer.ns)} "
+                                      "was missing or replaced (the key set was lost)")
+                        active = self.writer.client.exists(model_active_key(self.writer.ns))
+                        log.warning("Redis%s namespace %r: %s; re-pushing the %d user(s) this "
+                                    "worker holds%s", self.where, self.writer.ns, cause, len(held),
+                                    "" if active else f" (the active-model key "
+                                    f"{model_active_key(self.writer.ns)} is absent: publish the "
+                                    "snapshot again if it was lost)")
+                n = self.writer.write_batch(list(held.items()) if repush else items)
+                if repush:
+                    self.repushed += len(held)
+                self._suspect = False
+                self.written += n
+                if down_since is not None:
+                    log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
+                                "dropped", self.where, time.monotonic() - down_since)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # An outage stalls the writer (and, once the queue is full, the dataflow) and
                 # retries; it never drops the batch. Writes are idempotent (write-if-newer),
-                # so a partial batch re-sent is harmless.
-                log.warning("Redis unavailable (%s); retrying in %.2fs", exc, backoff)
+                # so a partial batch re-sent is harmless. Logged once per outage, not per try.
+                self._suspect = True
+                if down_since is None:
+                    down_since, why = time.monotonic(), str(exc)
+                    log.warning("Redis%s unreachable (%s); writes wait and retry with backoff "
+                                "up to %.0f s (nothing is dropped)", self.where, why,
+                                self.max_backoff_s)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
 
 class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
-    """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``."""
+    """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``.
+
+    ``check_every_s``: how often each partition checks the namespace's generation marker."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
 
-    def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 5.0) -> None:
+    def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 5.0,
+                 check_every_s: float = 1.0) -> None:
         self.cfg = cfg
         self.namespace = namespace or cfg.namespace
         self.max_backoff_s = max_backoff_s
+        self.check_every_s = check_every_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
                              self.cfg.keys_per_call)
-        part = _Partition(writer, self.max_backoff_s)
+        where = f" at {self.cfg.url.split('@')[-1]}" + (f" (worker {worker_index})" if worker_count > 1 else "")
+        part = _Partition(writer, self.max_backoff_s, check_every_s=self.check_every_s, where=where)
         part.observer = self.observer
         return part

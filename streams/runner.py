@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -52,6 +53,9 @@ class OnlineJob:
     recovery_dir: Path | None = None
     flow_id: str = "diam-online"
     partitions: list[int] | None = None
+    stop: threading.Event | None = None
+    """Once set, the input ends at its next batch: the run stops at a clean point (the last
+    epoch closes, dirty users are pushed, a recovery store keeps where to resume)."""
 
 
 def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> RecoveryConfig:
@@ -78,7 +82,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
-                         batch_size=job.flow.batch_size, partitions=job.partitions)
+                         batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop)
     sinks = FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace),
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),

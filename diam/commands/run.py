@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import threading
 from pathlib import Path
 
 import click
@@ -51,6 +55,25 @@ def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str 
         "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
         "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base"
     )
+
+
+def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM ask a run to stop at a clean point: ``stop`` is set, the
+    input ends at its next batch, the last epoch closes and the run returns normally (exit 0).
+    A second signal stops the process at once (the recovery store still resumes it)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            echo(f"{name} again: stopping now", err=True)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        stop.set()
+        echo(f"{name}: stopping at the next batch (send it again to stop at once)", err=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def _parse_partitions(text: str | None) -> list[int] | None:
@@ -126,6 +149,10 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         recovery_dir=recovery_dir,
         partitions=parts,
     )
+    stop = job.stop = threading.Event()
+    stop_on_signals(stop)
+    # outages (broker, Redis) are logged once when they start and once when they end
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
@@ -150,7 +177,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
-    click.echo(f"done: {st['records']} records ({st['valid']} valid, {st['rejected']} dead-lettered), "
+    click.echo(("stopped" if stop.is_set() else "done") + f": {st['records']} records ({st['valid']} valid, {st['rejected']} dead-lettered), "
                f"{st['users']} users, {st['pushes']} pushes to Redis, {st['drift_events']} drift events "
                f"in {dt:.1f} s ({st['records'] / max(dt, 1e-9):,.0f} records/s; "
                f"{cpu:.1f} CPU s, {st['records'] / max(cpu, 1e-9):,.0f} records per CPU second)")
@@ -171,7 +198,10 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, last: int) -> None:
 
     s = get_settings(ctx)
     recs = read_deadletters(s.kafka, topic)
-    click.echo(f"{len(recs)} dead-lettered record(s) in {topic or s.kafka.deadletter_topic}")
+    extra = sum(int(r["copies"]) - 1 for r in recs)  # type: ignore[call-overload]
+    click.echo(f"{len(recs)} dead-lettered record(s) in {topic or s.kafka.deadletter_topic}"
+               + (f" ({extra} repeated cop{'y' if extra == 1 else 'ies'} from resumed runs not shown)"
+                  if extra else ""))
     for r in recs[-last:]:
         value = r["value"] or b""
         assert isinstance(value, bytes)

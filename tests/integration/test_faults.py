@@ -1,0 +1,266 @@
+"""Faults against the real broker and Redis: a tailing ``diam run`` is stopped, killed, or loses
+its Redis data mid-stream, and must end with the Redis state of an uninterrupted run, key by key
+and byte by byte, and with no repeated side record visible to our consumers.
+
+The shared stack's Redis is never stopped here: faults that take Redis away use a private
+``redis-server`` on another port. The full matrix (broker restart, SIGSTOP, CLIENT PAUSE, kill -9
+at several moments) is ``bench/faults.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+from confluent_kafka import KafkaException
+
+from streams.drift import DriftMonitor, parse_drift_record
+from streams.events import ClickEvent, encode_event
+from streams.kafka_io import consume_all, read_deadletters
+from tests.flowkit import DIM, click_stream
+from tests.integration.test_online_flow import _produce, _write_tiny_checkpoint
+
+PUSH_MS = 100
+
+
+def _state(client: redis_py.Redis, ns: str) -> dict[str, bytes]:
+    out = {}
+    for key in client.scan_iter(match=f"diam:{ns}:u:*", count=1000):
+        out[key.decode().rsplit(":", 1)[1]] = client.get(key)
+    return out
+
+
+def _payloads(events: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
+    return [(ev.user_id.encode(), encode_event(ev)) for ev in events]
+
+
+class Runner:
+    """``diam run`` as a subprocess with this test's topics, checkpoint and Redis."""
+
+    def __init__(self, stack, topic: str, ckpt: Path, redis_url: str, tmp: Path) -> None:
+        self.topic, self.tmp = topic, tmp
+        self.env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": redis_url,
+                    "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4",
+                    "DIAM_FLOW_EPOCH_INTERVAL_S": "0.2", "DIAM_FLOW_BATCH_SIZE": "50",
+                    "DIAM_FLOW_PUSH_EVERY_MS": str(PUSH_MS),
+                    "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift",
+                    "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+        self.cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt)]
+
+    def run_bounded(self, ns: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd + ["--namespace", ns, "--bounded", *extra], env=self.env,
+                              check=True, timeout=240, capture_output=True, text=True)
+
+    def start(self, ns: str, recovery: Path, log: str) -> subprocess.Popen[str]:
+        out = open(self.tmp / log, "w")  # noqa: SIM115 - closed when the process is reaped
+        return subprocess.Popen(self.cmd + ["--namespace", ns, "--recovery-dir", str(recovery)],
+                                env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / name).read_text()
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def runner(stack, topic, tmp_path) -> Runner:
+    ckpt = tmp_path / "ckpt"
+    _write_tiny_checkpoint(ckpt)
+    return Runner(stack, topic, ckpt, stack.redis_url, tmp_path)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started; any still running at the end is killed (by its pid)."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+
+
+@pytest.fixture
+def private_redis(tmp_path, procs) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A redis-server of this test alone, without persistence: (url, stop, start). ``stop``
+    is SHUTDOWN NOSAVE (the data is gone), ``start`` starts it again on the same port."""
+    from diam.stack_proc import free_port
+
+    exe = shutil.which("redis-server")
+    assert exe is not None, "redis-server is needed (apt-get install redis-server)"
+    port = free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+
+    def start() -> None:
+        p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(data)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        c = redis_py.Redis(port=port)
+        _wait(lambda: _pings(c), 20, "the private Redis to answer PING")
+
+    def stop() -> None:
+        c = redis_py.Redis(port=port)
+        try:
+            c.shutdown(nosave=True)
+        except redis_py.ConnectionError:
+            pass
+        for p in procs:
+            if p.args[0] == exe and p.poll() is None:
+                p.wait(20)
+
+    start()
+    yield f"redis://127.0.0.1:{port}/0", stop, start
+
+
+def _pings(c: redis_py.Redis) -> bool:
+    try:
+        return bool(c.ping())
+    except redis_py.ConnectionError:
+        return False
+
+
+def _stop_cleanly(p: subprocess.Popen[str], sig: int) -> int:
+    p.send_signal(sig)
+    return p.wait(60)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_tailing_run_cleanly_and_it_resumes(stack, topic, runner, namespace,
+                                                             redis_client, procs, tmp_path, sig) -> None:
+    events = click_stream(n_users=12, n_events=1200, seed=31)
+    _produce(stack.settings.kafka, topic, _payloads(events[:600]))
+    runner.run_bounded(f"{namespace}-ref-a")
+    rec = tmp_path / "recovery"
+    p = runner.start(namespace, rec, "run1.log")
+    procs.append(p)
+    want_a = _state(redis_client, f"{namespace}-ref-a")
+    _wait(lambda: _state(redis_client, namespace) == want_a, 120, "the tailing run to catch up")
+    assert _stop_cleanly(p, sig) == 0, runner.log("run1.log")
+    out = runner.log("run1.log")
+    assert "Traceback" not in out and "panicked" not in out, out
+    assert sum(line.startswith("stopped: ") for line in out.splitlines()) == 1, out
+    # the rest of the stream, read by a run resumed from the store the stop left
+    _produce(stack.settings.kafka, topic, _payloads(events[600:]))
+    runner.run_bounded(f"{namespace}-ref")
+    want = _state(redis_client, f"{namespace}-ref")
+    runner.run_bounded(namespace, "--recovery-dir", str(rec))
+    assert _state(redis_client, namespace) == want
+    for k in redis_client.scan_iter(match=f"diam:{namespace}-ref*"):
+        redis_client.delete(k)
+
+
+def test_redis_losing_its_data_mid_stream_loses_no_user(stack, topic, runner, private_redis, procs) -> None:
+    url, stop_redis, start_redis = private_redis
+    client = redis_py.Redis.from_url(url)
+    runner.env["DIAM_REDIS_URL"] = url
+    events = click_stream(n_users=30, n_events=1500, seed=32)
+    # after the loss only a third of the users click again: the others must be restored by
+    # the dataflow itself, not by their next event
+    late_users = {f"user{i}" for i in range(0, 30, 3)}
+    first = events[:1000]
+    rest = [ev for ev in events[1000:] if ev.user_id in late_users]
+    assert {ev.user_id for ev in first} > late_users and rest
+    _produce(stack.settings.kafka, topic, _payloads(first))
+    p = runner.start("live", runner.tmp / "recovery", "live.log")
+    procs.append(p)
+    _wait(lambda: len(_state(client, "live")) == len({ev.user_id for ev in first}), 120,
+          "every user's first push")
+    stop_redis()
+    start_redis()  # an empty server on the same port: every key is gone
+    assert _state(client, "live") == {}
+    _produce(stack.settings.kafka, topic, _payloads(rest))
+    runner.run_bounded("ref")  # the uninterrupted run over the same records
+    want = _state(client, "ref")
+    _wait(lambda: _state(client, "live") == want, 120,
+          "the live namespace to equal the uninterrupted run")
+    assert _stop_cleanly(p, signal.SIGTERM) == 0
+    assert _state(client, "live") == want
+    log = runner.log("live.log")
+    assert "re-pushing" in log, log
+
+
+def _count(kafka, topic: str) -> int:
+    from streams.kafka_io import watermarks
+
+    try:
+        return sum(hi - lo for lo, hi in watermarks(kafka, topic, timeout=5).values())
+    except (RuntimeError, KafkaException):  # not created yet, or no leader yet
+        return 0
+
+
+def _visible(records) -> tuple[list, list]:
+    """What the drift monitor accounts (repeats removed) and its window summaries. Lateness is
+    set beyond the stream's span, so the summaries do not depend on how two runs interleaved
+    different users' records."""
+    from streams.drift import DriftConfig, WindowSummary
+
+    mon = DriftMonitor(DriftConfig(lateness_ms=10**12))
+    kept = []
+    for r in records:
+        before = mon.duplicates
+        mon.add(r)
+        if mon.duplicates == before:
+            kept.append(r)
+    summaries = [o for o in mon.flush() if isinstance(o, WindowSummary)]
+    return sorted(kept, key=lambda r: (r.user_id, r.offset, r.kind)), summaries
+
+
+def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, namespace, redis_client,
+                                                     procs, tmp_path) -> None:
+    events = click_stream(n_users=20, n_events=16000, seed=33)
+    bad = [(b"u1", b"\xc1 not an event"), (b"u2", json.dumps({"user_id": "u2", "item_id": 1}).encode())]
+    mixed: list[tuple[bytes | None, bytes | None]] = []
+    for i, pl in enumerate(_payloads(events)):
+        mixed.append(pl)
+        if i % 400 == 0:
+            mixed.append(bad[(i // 400) % 2])
+    _produce(stack.settings.kafka, topic, mixed)
+    n_bad = len(mixed) - len(events)
+    kafka = stack.settings.kafka
+    # reference: an uninterrupted run, its side records to topics of their own
+    runner.env["DIAM_KAFKA_DRIFT_TOPIC"] = f"{topic}.drift-ref"
+    runner.env["DIAM_KAFKA_DEADLETTER_TOPIC"] = f"{topic}.dlq-ref"
+    runner.run_bounded(f"{namespace}-ref")
+    want = _state(redis_client, f"{namespace}-ref")
+    ref_drift = [parse_drift_record(r.value) for r in consume_all(kafka, f"{topic}.drift-ref")]
+    assert ref_drift and None not in ref_drift, "the stream must cause drift events"
+    runner.env["DIAM_KAFKA_DRIFT_TOPIC"] = f"{topic}.drift"
+    runner.env["DIAM_KAFKA_DEADLETTER_TOPIC"] = f"{topic}.dlq"
+    rec = tmp_path / "recovery"
+    p = subprocess.Popen(runner.cmd + ["--namespace", namespace, "--recovery-dir", str(rec),
+                                       "--bounded"], env=runner.env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(p)
+    _wait(lambda: _count(kafka, f"{topic}.drift") > len(ref_drift) // 3 or p.poll() is not None,
+          120, "the run to produce drift events")
+    p.send_signal(signal.SIGKILL)
+    assert p.wait(30) == -signal.SIGKILL, "the run ended before the kill: nothing was tested"
+    runner.run_bounded(namespace, "--recovery-dir", str(rec))
+    assert _state(redis_client, namespace) == want
+    # what our consumers show: each dead letter once, the drift monitor's view unchanged
+    dead = read_deadletters(kafka, f"{topic}.dlq")
+    assert len(dead) == n_bad
+    assert {(d["partition"], d["offset"]) for d in dead} == {
+        (d["partition"], d["offset"]) for d in read_deadletters(kafka, f"{topic}.dlq-ref")}
+    raw_drift = [parse_drift_record(r.value) for r in consume_all(kafka, f"{topic}.drift")]
+    assert _visible(raw_drift) == _visible(ref_drift)
+    for k in redis_client.scan_iter(match=f"diam:{namespace}-ref*"):
+        redis_client.delete(k)
