@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from diam.retrain import RetrainConfig
 from online_model.config import OnlineConfig
 from serving_cache.config import RedisConfig
 from snapshotter.config import SnapshotConfig
@@ -138,6 +139,9 @@ class Settings(BaseSettings):
 
     stack: StackConfig = Field(default_factory=StackConfig)
     """Local stack launcher."""
+
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    """The retrain service: schedule, window, training and the promotion gate."""
 
     data_dir: str = "data"
     """Where prepared datasets are written and read."""

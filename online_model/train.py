@@ -147,8 +147,12 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
           feats: Features | None = None, log: Callable[[str], None] | None = None,
-          progress: bool = True, valid: EvalSet | None = None) -> TrainResult:
-    """Train ``model_cfg.model`` on the training users of ``corpus`` (split by ``cfg.seed``)."""
+          progress: bool = True, valid: EvalSet | None = None,
+          init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train ``model_cfg.model`` on the training users of ``corpus`` (split by ``cfg.seed``).
+
+    ``init_state``: a full state dict to start from instead of the random initialisation (a
+    warm start; the retrain service builds it from the active snapshot)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -161,7 +165,10 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     split = split_users(corpus.users, cfg.seed)
     if valid is None and cfg.eval_every:
         valid = make_eval_set(corpus, split["valid"], feats.signals)
-    model = build_model(model_cfg, corpus.item_cat).to(device)
+    model = build_model(model_cfg, corpus.item_cat)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     plan = stage_plan(cfg.epochs)
     per_user = _train_positions(corpus, split["train"])
     # d_u's target is a quantile among training examples (its scale is that of a percentile)

@@ -112,3 +112,143 @@ def test_train_from_topic_cli(stack, topic, synth_dir, tmp_path) -> None:
     assert config["n_items"] == len(ds.items.ids)
     res = runner.invoke(main, ["train", "--since", "5"], env={**os.environ, **env})
     assert res.exit_code != 0 and "need --topic" in res.output
+
+
+# --------------------------------------------------------------------------- retrain + gate
+
+
+@pytest.fixture(scope="module")
+def loop_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Users who click in clusters of categories, their clicks interleaved in time (every user
+    is active on both sides of the held-out cut)."""
+    from online_model.corpus import tiny_corpus
+    from online_model.datasets import ItemRows
+
+    c = tiny_corpus(n_users=80, n_items=150, n_categories=6, length=20, seed=11)
+    ids = c.item_ids.tolist()
+    rows = ItemRows(ids, [f"item {i}" for i in ids],
+                    [[c.category_names[int(k)]] for k in c.item_cat])
+    user_of = np.repeat(c.users, c.lengths())
+    return write_prepared(tmp_path_factory.mktemp("data") / "loop", name="loop", users=user_of,
+                          items_of_events=c.item_ids[c.items], ts_ms=c.ts + 1_700_000_000_000,
+                          items=rows, meta={"source": "tiny_corpus"})
+
+
+def _loop_settings(stack, topic: str, tmp_path, **retrain):  # type: ignore[no-untyped-def]
+    s = stack.settings
+    r = {"candidates_dir": str(tmp_path / "candidates"), "epochs": 3, "dim": 16,
+         "holdout_fraction": 0.2, "warm_start": True, **retrain}
+    return s.model_copy(update={
+        "kafka": s.kafka.model_copy(update={"clicks_topic": topic,
+                                            "items_topic": f"{topic}.items",
+                                            "models_topic": f"{topic}.models"}),
+        "snapshot": s.snapshot.model_copy(update={"dir": str(tmp_path / "snaps")}),
+        "retrain": s.retrain.model_copy(update={
+            **r, "gate": s.retrain.gate.model_copy(update={"min_eval_users": 10})}),
+        "data_dir": str(tmp_path / "data"),
+    })
+
+
+def _feed(stack, topic: str, data_dir) -> None:  # type: ignore[no-untyped-def]
+    kafka = stack.settings.kafka
+    ds = load_prepared(data_dir)
+    assert publish_items(kafka, f"{topic}.items",
+                         items_of_dataset(ds, read_item_titles(data_dir))).ok
+    assert produce_dataset(ds, kafka, topic).ok
+
+
+def _decisions(stack, topic: str) -> list[dict]:
+    from streams.kafka_io import consume_all
+
+    return [json.loads(r.value) for r in consume_all(stack.settings.kafka, f"{topic}.models")]
+
+
+def test_retrain_publishes_first_then_refuses_a_worse_candidate(
+        stack, topic, namespace, redis_client, loop_data, tmp_path) -> None:
+    from diam.retrain import Retrainer
+    from serving_cache.keys import model_active_key
+    from snapshotter.store import SnapshotStore
+
+    _feed(stack, topic, loop_data)
+    s1 = _loop_settings(stack, topic, tmp_path)
+    first = Retrainer(s1, namespace=namespace).run_once()
+    assert first.published and first.reason == "no active snapshot", first
+    store = SnapshotStore(s1.snapshot)
+    assert store.active_version() == first.version
+    assert redis_client.get(model_active_key(namespace)).decode() == first.version
+    assert first.metrics["candidate"]["recall@20"] > 0 and first.metrics["eval_users"] >= 10
+
+    # an untrained model (no warm start, a learning rate that moves nothing) must be refused
+    s2 = _loop_settings(stack, topic, tmp_path, warm_start=False, lr=1e-9, epochs=1)
+    second = Retrainer(s2, namespace=namespace).run_once()
+    assert not second.published and second.version is None, second
+    assert second.metrics["candidate"]["recall@20"] < second.metrics["active"]["recall@20"] - 0.01
+    assert "below the active" in second.reason
+    assert store.active_version() == first.version  # never activated
+    assert redis_client.get(model_active_key(namespace)).decode() == first.version
+    assert [v.version for v in store.versions()] == [first.version]
+    kept = tmp_path / "candidates" / second.candidate
+    assert (kept / "weights.safetensors").is_file()  # kept for inspection
+    assert json.loads((kept / "decision.json").read_text())["published"] is False
+
+    got = _decisions(stack, topic)
+    assert [d["published"] for d in got] == [True, False]
+    assert got[1]["active_before"] == first.version and got[1]["reason"] == second.reason
+    assert got[1]["seconds"]["train"] > 0 and got[1]["window"]["topic"] == topic
+    assert s1.retrain.gate.eps_recall == 0.01  # the documented default decided
+
+    # a warm start from the active snapshot carries every item row over
+    third = Retrainer(s1, namespace=namespace).run_once()
+    assert third.warm_start is not None and third.warm_start["from"] == first.version
+    assert third.warm_start["items_new"] == 0 and third.warm_start["fresh_tensors"] == []
+
+
+def test_killed_retrain_leaves_the_active_snapshot_untouched(
+        stack, topic, namespace, redis_client, loop_data, tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from diam.retrain import Retrainer
+    from serving_cache.keys import model_active_key
+    from snapshotter.store import SnapshotStore
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, epochs=1)
+    first = Retrainer(s, namespace=namespace).run_once()
+    assert first.published
+    store = SnapshotStore(s.snapshot)
+    pointer = (tmp_path / "snaps" / "ACTIVE").read_bytes()
+
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
+           "DIAM_KAFKA_CLICKS_TOPIC": topic, "DIAM_KAFKA_ITEMS_TOPIC": f"{topic}.items",
+           "DIAM_KAFKA_MODELS_TOPIC": f"{topic}.models",
+           "DIAM_SNAPSHOT_DIR": str(tmp_path / "snaps"),
+           "DIAM_RETRAIN_CANDIDATES_DIR": str(tmp_path / "candidates"),
+           "DIAM_RETRAIN_EPOCHS": "400", "DIAM_RETRAIN_HOLDOUT_FRACTION": "0.2"}
+    proc = subprocess.Popen([sys.executable, "-m", "diam", "retrain", "--once", "--namespace",
+                             namespace], env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "epoch=1 " in line:  # one epoch done, hundreds to go: mid-training
+                break
+            assert line or proc.poll() is None, "".join(lines[-20:])
+        else:
+            raise AssertionError("training never started: " + "".join(lines[-20:]))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "snaps" / "ACTIVE").read_bytes() == pointer
+    assert redis_client.get(model_active_key(namespace)).decode() == first.version
+    store.verify(first.version)
+    assert [v.version for v in store.versions()] == [first.version]
+    assert [d["published"] for d in _decisions(stack, topic)] == [True]
+    assert sorted(p.name for p in (tmp_path / "candidates").iterdir()) == [first.candidate]

@@ -1,0 +1,410 @@
+"""The retrain service (``diam retrain``): train from the clicks topic, behind a promotion gate.
+
+One retrain (:meth:`Retrainer.run_once`):
+
+1. the window: the newest ``window_events`` records of the clicks topic, the catalogue topic;
+2. the newest ``holdout_fraction`` of the window's events (by event time) is held out;
+3. a candidate is trained on the rest, warm-started from the active snapshot's weights (item
+   rows matched by id, so new items start fresh) and written to ``candidates_dir/<name>``;
+4. candidate and active are measured on the held-out slice (Recall@20, Entropy@20; items the
+   active model does not know are never recommended by it), and the gate
+   (:mod:`snapshotter.gate`) decides;
+5. a passing candidate is published through the snapshotter (verified, indexed, pointer
+   switched atomically, Redis told: the dataflow and the API hot-reload it); a refused one stays
+   in ``candidates_dir`` with its ``decision.json``, never activated;
+6. the decision (versions, metrics, reason, durations) goes to the ``diam.models`` topic, to
+   Prometheus and to the log.
+
+Nothing touches the active snapshot before step 5, and publishing switches it in one rename,
+so a retrain that crashes or is killed at any point leaves the active version as it was.
+
+:meth:`Retrainer.serve` runs one whenever ``every_events`` new clicks arrived or
+``every_minutes`` passed with new clicks; where the last retrain ended is read back from the
+``diam.models`` topic at start, so a restarted service does not retrain on the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from snapshotter.gate import GateConfig
+
+__all__ = ["RetrainConfig", "Decision", "Retrainer", "window_range"]
+
+log = logging.getLogger("diam.retrain")
+
+
+class RetrainConfig(BaseModel):
+    """When and how the retrain service trains (``DIAM_RETRAIN_*``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_events: int = Field(default=100_000, ge=1)
+    """Retrain once this many new click records arrived since the last retrain."""
+
+    every_minutes: float = Field(default=60.0, gt=0)
+    """... or once this much time passed since the last one, when any new click arrived."""
+
+    poll_s: float = Field(default=10.0, gt=0)
+    """How often the service looks at the topic's end offsets (one metadata request)."""
+
+    window_events: int = Field(default=1_000_000, ge=100)
+    """The sliding window: the newest this-many records of the clicks topic (split over the
+    partitions in proportion to what each holds)."""
+
+    holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    """Newest share of the window's events (by event time) held out of training; candidate and
+    active are compared on it."""
+
+    warm_start: bool = True
+    """Start from the active snapshot's weights (item rows matched by id); False trains from a
+    random initialisation."""
+
+    model: str = "diam"
+    """Model to train when there is no active snapshot to warm-start from (or warm_start is
+    off); a warm start keeps the active model's kind and shape."""
+
+    dim: int = Field(default=64, ge=4)
+    """Embedding size of a model trained from scratch (a warm start keeps the active one's)."""
+
+    epochs: int = Field(default=2, ge=1)
+    """Epochs per retrain. A warm start needs fewer than a first training."""
+
+    lr: float = Field(default=1e-2, gt=0)
+    """Peak learning rate (diam train's default)."""
+
+    batch_size: int = Field(default=256, ge=2)
+    """Training batch size."""
+
+    max_per_user: int = Field(default=64, ge=1)
+    """Training positions drawn per user per epoch."""
+
+    device: str = "auto"
+    """auto: CUDA when present, else the CPU."""
+
+    threads: int = Field(default=1, ge=0)
+    """CPU threads for torch (0: torch's default)."""
+
+    seed: int = 0
+    """Seeds the weights, the sampling and the trainer's user split."""
+
+    candidates_dir: str = "candidates"
+    """Where candidates are written; refused ones stay here (with decision.json) for
+    inspection."""
+
+    keep_candidates: int = Field(default=20, ge=1)
+    """Candidate directories kept; the oldest go first."""
+
+    metrics_port: int | None = None
+    """Port of the Prometheus endpoint of ``diam retrain`` (None: no endpoint)."""
+
+    gate: GateConfig = Field(default_factory=GateConfig)
+    """Tolerances of the promotion gate."""
+
+
+@dataclass
+class Decision:
+    """One retrain's outcome, as written to the models topic and ``decision.json``."""
+
+    candidate: str
+    published: bool
+    reason: str
+    active_before: str | None
+    version: str | None = None
+    """The published version (None when refused)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """``{"candidate": {...}, "active": {...} | None, "eval_users": int}``."""
+    window: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    warm_start: dict[str, Any] | None = None
+    created_at: str = ""
+    candidate_path: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, default=_jsonable).encode()
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _clean(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def window_range(kafka: Any, topic: str, window_events: int):  # -> ReplayRange
+    """The newest ``window_events`` records of ``topic``, split over partitions in proportion
+    to what each holds now."""
+    from streams.kafka_io import watermarks
+    from streams.replay import ReplayRange
+
+    marks = watermarks(kafka, topic)
+    total = sum(hi - lo for lo, hi in marks.values())
+    start, end = {}, {}
+    for p, (lo, hi) in marks.items():
+        share = (hi - lo) / total if total else 0.0
+        start[p] = max(lo, hi - math.ceil(window_events * share))
+        end[p] = hi
+    return ReplayRange(topic, start, end)
+
+
+class _Metrics:
+    """Prometheus series of the service (one registry per service)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("diam_retrain_decisions", "Retrain decisions", ["outcome"],
+                                 registry=self.registry)
+        self.seconds = Gauge("diam_retrain_last_seconds", "Duration of the last retrain",
+                             ["phase"], registry=self.registry)
+        self.metric = Gauge("diam_retrain_last_metric", "Held-out metrics of the last retrain",
+                            ["model", "metric"], registry=self.registry)
+        self.last = Gauge("diam_retrain_last_timestamp_seconds", "When the last retrain ended",
+                          registry=self.registry)
+
+    def record(self, d: Decision) -> None:
+        self.decisions.labels("published" if d.published else "refused").inc()
+        for phase, s in d.seconds.items():
+            self.seconds.labels(phase).set(s)
+        for who in ("candidate", "active"):
+            for k in ("recall@20", "entropy@20"):
+                v = (d.metrics.get(who) or {}).get(k)
+                if v is not None:
+                    self.metric.labels(who, k).set(float(v))
+        self.last.set(time.time())
+
+
+class Retrainer:
+    """The retrain service over one clicks topic, one snapshot store and one namespace."""
+
+    def __init__(self, settings: Any, topic: str | None = None, namespace: str | None = None,
+                 log_line: Any = None) -> None:
+        from serving_cache import redis_client
+        from snapshotter.store import SnapshotStore
+
+        self.s = settings
+        self.cfg: RetrainConfig = settings.retrain
+        self.topic = topic or settings.kafka.clicks_topic
+        self.ns = namespace or settings.redis.namespace
+        self.store = SnapshotStore(settings.snapshot)
+        self.redis = redis_client(settings.redis)
+        self.metrics = _Metrics()
+        self._say = log_line or log.info
+
+    # -- one retrain ---------------------------------------------------------------------
+    def run_once(self) -> Decision:
+        """Train a candidate on the current window, gate it, publish or keep it; report."""
+        import numpy as np
+        import torch
+
+        from online_model.checkpoint import load_checkpoint, save_checkpoint
+        from online_model.corpus import prefix_signals
+        from online_model.models import ModelConfig, build_model
+        from online_model.retrain import (
+            evaluate_slice,
+            remap_state,
+            slice_eval_set,
+            time_split,
+            unknown_rows,
+        )
+        from online_model.train import Features, TrainConfig, train
+        from snapshotter.gate import decide
+        from snapshotter.publish import publish
+        from streams.catalog import Catalog, read_catalog
+        from streams.topic_corpus import corpus_from_topic, read_clicks
+
+        t0 = time.monotonic()
+        kafka, cfg = self.s.kafka, self.cfg
+        active_version = self.store.active_version()
+        rng = window_range(kafka, self.topic, cfg.window_events)
+        try:
+            catalog = read_catalog(kafka, kafka.items_topic)
+        except RuntimeError as exc:  # no catalogue yet: every item is 'unknown', still trainable
+            self._say(f"no catalogue ({exc}); items get the category 'unknown'")
+            catalog = Catalog()
+        clicks = read_clicks(kafka, rng, self.s.flow)
+        full = corpus_from_topic(clicks, catalog, name=self.topic)
+        t_read = time.monotonic()
+        created = datetime.now(UTC)
+        name = f"{created:%Y%m%dT%H%M%S%f}"
+        window = {"topic": self.topic, "start": {str(p): o for p, o in rng.start.items()},
+                  "end": {str(p): o for p, o in rng.end.items()}, "records": clicks.records,
+                  "clicks": len(clicks), "rejected": clicks.rejected,
+                  "users": full.n_users, "items": full.n_items}
+        if len(clicks) < 10:
+            return self._finish(Decision(name, False, f"only {len(clicks)} valid clicks in the "
+                                         "window", active_version, window=window,
+                                         created_at=created.isoformat()), t0, {})
+        train_c, cut = time_split(full, cfg.holdout_fraction)
+        window["holdout_from_ts"] = cut
+        if train_c.n_users < 10:
+            return self._finish(Decision(name, False, f"only {train_c.n_users} users before the "
+                                         "held-out slice; need 10", active_version,
+                                         window=window, created_at=created.isoformat()), t0, {})
+        active = None
+        if active_version is not None:
+            active = load_checkpoint(self.store.path(active_version))
+        if active is not None and cfg.warm_start:
+            mcfg = ModelConfig.from_dict({**active.config, "n_items": full.n_items,
+                                          "n_categories": full.n_categories})
+        else:
+            mcfg = ModelConfig(model=cfg.model, n_items=full.n_items,
+                               n_categories=full.n_categories, dim=cfg.dim)
+        init_state, warm = None, None
+        if active is not None and cfg.warm_start and active.config.get("model") == mcfg.model:
+            torch.manual_seed(cfg.seed)
+            fresh = build_model(mcfg, full.item_cat)
+            init_state, warm = remap_state(active.model, active.item_ids, fresh, full.item_ids)
+            warm["from"] = active_version
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                           device=cfg.device, max_per_user=cfg.max_per_user, threads=cfg.threads)
+        self._say(f"retrain {name}: training {mcfg.model} on {len(train_c.items):,} events of "
+                  f"{train_c.n_users:,} users ({full.n_items:,} items), "
+                  f"{f'warm from {active_version}' if warm else 'from scratch'}, "
+                  f"{cfg.epochs} epoch(s)")
+        res = train(train_c, mcfg, tcfg, feats=Features.of(train_c), progress=False,
+                    log=lambda line: self._say(f"  {line}"), init_state=init_state)
+        t_train = time.monotonic()
+        cand_dir = Path(cfg.candidates_dir) / name
+        save_checkpoint(cand_dir, res.model, train_c, seed=cfg.seed,
+                        train_metrics={**res.metrics(), "history": res.history},
+                        extra={"split_seed": cfg.seed, "retrain": {"window": window,
+                                                                   "warm_start": warm}})
+        # cold lists serve the window's most clicked items (publish copies this file)
+        np.save(cand_dir / "item_pop.npy", np.bincount(train_c.items, minlength=full.n_items),
+                allow_pickle=False)
+        es = slice_eval_set(full, cut, prefix_signals(full))
+        dev = str(next(res.model.parameters()).device)
+        cand_m = evaluate_slice(res.model, full, es, device=dev)
+        act_m = None
+        if active is not None:
+            torch.manual_seed(cfg.seed)
+            acfg = ModelConfig.from_dict({**active.config, "n_items": full.n_items,
+                                          "n_categories": full.n_categories})
+            view = build_model(acfg, full.item_cat)
+            state, _ = remap_state(active.model, active.item_ids, view, full.item_ids)
+            view.load_state_dict(state)
+            act_m = evaluate_slice(view.to(dev).eval(), full, es,
+                                   exclude=unknown_rows(full, active.item_ids), device=dev)
+        t_eval = time.monotonic()
+        gate = decide(cand_m, act_m, cfg.gate, eval_users=len(es.users))
+        d = Decision(name, False, gate.reason, active_version,
+                     metrics={"candidate": _clean(cand_m), "active": _clean(act_m),
+                              "eval_users": len(es.users)},
+                     window=window, warm_start=warm, created_at=created.isoformat(),
+                     candidate_path=str(cand_dir))
+        phases = {"read": t_read - t0, "train": t_train - t_read, "eval": t_eval - t_train}
+        if gate.publish:
+            pub = publish(cand_dir, self.store, self.redis, ns=self.ns,
+                          data_dir=self.s.data_dir)
+            d.published, d.version = True, pub.version
+            phases["publish"] = time.monotonic() - t_eval
+        return self._finish(d, t0, phases, cand_dir)
+
+    def _finish(self, d: Decision, t0: float, phases: dict[str, float],
+                cand_dir: Path | None = None) -> Decision:
+        d.seconds = {k: round(v, 3) for k, v in {**phases, "total": time.monotonic() - t0}.items()}
+        if cand_dir is not None and cand_dir.is_dir():
+            (cand_dir / "decision.json").write_bytes(d.to_json())
+        self._emit(d)
+        self.metrics.record(d)
+        cm, am = d.metrics.get("candidate") or {}, d.metrics.get("active") or {}
+        self._say(f"retrain {d.candidate}: {'PUBLISHED ' + str(d.version) if d.published else 'REFUSED'}"
+                  f" ({d.reason}); recall@20 {cm.get('recall@20')} vs active "
+                  f"{am.get('recall@20')}, {d.seconds['total']:.1f} s")
+        self._prune()
+        return d
+
+    def _emit(self, d: Decision) -> None:
+        from streams.kafka_io import ensure_topic
+        from streams.producer import produce_raw
+
+        # one partition: the decisions are a log, read back in order
+        ensure_topic(self.s.kafka, self.s.kafka.models_topic, partitions=1, timeout=15.0)
+        rep = produce_raw(self.s.kafka, self.s.kafka.models_topic, [(d.candidate.encode(),
+                                                                     d.to_json())])
+        if not rep.ok:
+            log.error("decision %s not written to %s: %s", d.candidate,
+                      self.s.kafka.models_topic, rep.errors)
+
+    def _prune(self) -> None:
+        root = Path(self.cfg.candidates_dir)
+        if not root.is_dir():
+            return
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for p in dirs[:max(0, len(dirs) - self.cfg.keep_candidates)]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    # -- the service -----------------------------------------------------------------------
+    def last_decision(self) -> dict[str, Any] | None:
+        """The newest decision about this clicks topic on the models topic, if any."""
+        from streams.kafka_io import consume_all, partition_ids
+
+        try:
+            partition_ids(self.s.kafka, self.s.kafka.models_topic, timeout=10)
+        except RuntimeError:
+            return None
+        last = None
+        for rec in consume_all(self.s.kafka, self.s.kafka.models_topic):
+            try:
+                body = json.loads(rec.value or b"")
+            except ValueError:
+                continue
+            if isinstance(body, dict) and (body.get("window") or {}).get("topic") == self.topic:
+                if last is None or str(body.get("created_at")) > str(last.get("created_at")):
+                    last = body
+        return last
+
+    def serve(self, stop: Any = None) -> None:
+        """Retrain whenever ``every_events`` new records or ``every_minutes`` (with new records)
+        passed; ``stop`` (a threading.Event) ends the loop."""
+        from streams.kafka_io import watermarks
+
+        last = self.last_decision()
+        done_at = sum((last or {}).get("window", {}).get("end", {}).values()) if last else 0
+        last_t = time.time() if last is None else datetime.fromisoformat(
+            last["created_at"]).timestamp()
+        self._say(f"retrain service on {self.topic}: every {self.cfg.every_events:,} events or "
+                  f"{self.cfg.every_minutes:g} min; last retrain ended at offset sum {done_at:,}")
+        while stop is None or not stop.is_set():
+            try:
+                total = sum(hi for _, hi in watermarks(self.s.kafka, self.topic).values())
+            except Exception as exc:  # broker away: wait and look again, never crash
+                log.warning("cannot read %s end offsets (%s); retrying", self.topic, exc)
+                total = done_at
+            new = total - done_at
+            due = new >= self.cfg.every_events or (
+                new > 0 and time.time() - last_t >= self.cfg.every_minutes * 60)
+            if due:
+                try:
+                    d = self.run_once()
+                    done_at = sum(d.window.get("end", {}).values()) or total
+                except Exception as exc:  # one failed retrain must not end the service
+                    log.exception("retrain failed: %s", exc)
+                    self.metrics.decisions.labels("failed").inc()
+                last_t = time.time()
+            if stop is not None:
+                if stop.wait(self.cfg.poll_s):
+                    break
+            else:
+                time.sleep(self.cfg.poll_s)
