@@ -264,3 +264,30 @@ def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, name
     assert _visible(raw_drift) == _visible(ref_drift)
     for k in redis_client.scan_iter(match=f"diam:{namespace}-ref*"):
         redis_client.delete(k)
+
+
+def test_the_stacks_redis_conf_keeps_the_data_across_a_kill(tmp_path, procs) -> None:
+    # the configuration `diam stack up` renders: an append-only file fsynced every second
+    from string import Template
+
+    from diam.stack_kafka import resource
+    from diam.stack_proc import free_port
+
+    exe = shutil.which("redis-server")
+    assert exe is not None
+    port = free_port()
+    conf = tmp_path / "redis.conf"
+    conf.write_text(Template(resource("redis.conf")).substitute(
+        port=port, logfile=tmp_path / "redis.log", dir=tmp_path))
+    c = redis_py.Redis(port=port)
+    for attempt in range(2):
+        p = subprocess.Popen([exe, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        _wait(lambda: _pings(c), 20, "redis-server to answer PING")
+        if attempt == 0:
+            c.mset({f"diam:t:u:{i}": b"x" * 100 for i in range(500)})
+            time.sleep(2.0)  # appendfsync everysec
+            p.kill()  # no shutdown, no save: only the append-only file survives
+            p.wait(20)
+            c.connection_pool.disconnect()
+    assert len(list(c.scan_iter(match="diam:t:u:*"))) == 500

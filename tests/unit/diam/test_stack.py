@@ -69,7 +69,7 @@ def test_pom_names_broker_tools_and_log4j2_backend() -> None:
     assert deps[("org.slf4j", "slf4j-api")] == "2.0.17"
 
 
-def test_redis_conf_renders_without_persistence(tmp_path: Path) -> None:
+def test_redis_conf_renders_with_an_append_only_file(tmp_path: Path) -> None:
     text = Template(kafka.resource("redis.conf")).substitute(
         port=16001, logfile=tmp_path / "r.log", dir=tmp_path)
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in text.splitlines()
@@ -77,7 +77,8 @@ def test_redis_conf_renders_without_persistence(tmp_path: Path) -> None:
     assert lines["bind"] == "127.0.0.1"
     assert lines["port"] == "16001"
     assert lines["save"] == '""'
-    assert lines["appendonly"] == "no"
+    assert lines["appendonly"] == "yes"
+    assert lines["appendfsync"] == "everysec"
     assert lines["dir"] == f'"{tmp_path}"'
 
 
