@@ -192,9 +192,15 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 def get_app(
-    recommender: Recommender, watcher: Any | None = None, reload_every_s: float = 5.0
+    recommender: Recommender,
+    watcher: Any | None = None,
+    reload_every_s: float = 5.0,
+    ui: Any | None = None,
 ) -> FastAPI:
-    """Build the API around a :class:`Recommender` (and optionally a snapshot watcher)."""
+    """Build the API around a :class:`Recommender` (and optionally a snapshot watcher).
+
+    ``ui`` (a :class:`serving_cache.ui.UiSources`) adds the read-only operator page at ``/ui``.
+    """
     m = _metrics("diam")
     stop = threading.Event()
     redis_errors = _redis_errors()
@@ -416,4 +422,8 @@ def get_app(
 
         return PlainTextResponse(generate_latest(m["registry"]), media_type=CONTENT_TYPE_LATEST)
 
+    if ui is not None:
+        from serving_cache.ui import mount_ui
+
+        mount_ui(app, recommender, recommender.reader.ns, ui)
     return app

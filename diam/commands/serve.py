@@ -36,6 +36,15 @@ from diam.cli import get_settings
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
+@click.option(
+    "--flow-metrics",
+    multiple=True,
+    metavar="URL",
+    help="Metrics endpoint of a dataflow process (diam run --metrics-port), e.g. "
+    "http://127.0.0.1:9108/metrics; repeat for each process. The /ui page shows their lag, "
+    "events/s and freshness.",
+)
+@click.option("--ui/--no-ui", default=True, show_default=True, help="Serve the operator page at /ui.")
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -45,12 +54,15 @@ def serve_cmd(
     reload_every: float,
     threads: int,
     log_level: str,
+    flow_metrics: tuple[str, ...],
+    ui: bool,
 ) -> None:
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
     GET /users/{id}/recommendations?n=&mode=auto|manual|context&delta=&hour=&device=&seen=,
     GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing),
-    GET /metrics (Prometheus), OpenAPI schema at /openapi.json and docs at /docs.
+    GET /metrics (Prometheus), OpenAPI schema at /openapi.json and docs at /docs, and the
+    read-only operator page at /ui (lag, freshness, K_u and d_u of the namespace, alerts, users).
     A newly published snapshot is picked up within --reload-every seconds.
     """
     import uvicorn
@@ -76,8 +88,22 @@ def serve_cmd(
             err=True,
         )
     watcher = ActiveWatcher(store, client, check_every_s=reload_every, ns=ns)
+    sources = None
+    if ui:
+        from serving_cache.ui import UiSources
+        from streams.tail import latest_alerts, user_drift_events
+
+        kafka = s.kafka
+        sources = UiSources(
+            flow_metrics=list(flow_metrics),
+            alerts=lambda n: latest_alerts(kafka, n),
+            user_drift=lambda user, n: user_drift_events(kafka, user, n),
+        )
     app = get_app(
-        Recommender(None, client, ns, threads=threads), watcher=watcher, reload_every_s=reload_every
+        Recommender(None, client, ns, threads=threads),
+        watcher=watcher,
+        reload_every_s=reload_every,
+        ui=sources,
     )
     h, p = host or s.serve.host, port or s.serve.port
     click.echo(f"serving on http://{h}:{p} (namespace {ns}, snapshots {store.root})", err=True)

@@ -1,0 +1,323 @@
+"""The operator page of ``diam serve``: ``/ui`` and the read-only JSON it polls.
+
+- ``GET /ui``: one HTML page (``serving_cache/static/ui.html``, no external assets);
+- ``GET /ui/api/flow``: lag, events/s, freshness p50/p99, pushes/s and drift events of the
+  online dataflow, from its Prometheus endpoints (``diam run --metrics-port``), with the last
+  minutes kept in memory and drawn as server-rendered SVG;
+- ``GET /ui/api/namespace``: the K_u histogram and d_u distribution of the served namespace
+  (a SCAN of Redis, cached for ``namespace_ttl_s``);
+- ``GET /ui/api/alerts``: the drift monitor's latest alerts;
+- ``GET /ui/api/users/{id}``: K_u, d_u, each interest's top items with their categories, the
+  recommendation list with the d_u used (the same calls as the public routes) and the user's
+  last drift events.
+
+Everything here reads (Redis, the metrics endpoints, Kafka topics through the callables given
+in :class:`UiSources`); nothing writes. Kafka access is injected so that ``serving_cache``
+stays free of Kafka imports (``diam serve`` wires ``streams.tail``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving_cache import svg
+
+__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "parse_flow"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+@dataclass
+class UiSources:
+    """What the page reads besides Redis."""
+
+    flow_metrics: list[str] = field(default_factory=list)
+    """URLs of the dataflow processes' metrics (``http://host:port/metrics``)."""
+    alerts: Callable[[int], list[dict[str, Any]]] | None = None
+    """``alerts(n)``: the latest ``n`` alerts of the drift monitor, oldest first."""
+    user_drift: Callable[[str, int], list[dict[str, Any]]] | None = None
+    """``user_drift(user_id, n)``: that user's latest ``n`` drift events, oldest first."""
+    namespace_ttl_s: float = 10.0
+    """How long a namespace summary (a full SCAN) is reused."""
+    history_s: float = 600.0
+    """How much of the dataflow's history the charts keep."""
+
+
+def histogram_quantile(q: float, bounds: list[float], cum: list[float]) -> float:
+    """Quantile ``q`` of a cumulative histogram (upper bounds ``bounds``, the last one may be
+    ``inf``), interpolated linearly within the bucket, as Prometheus' ``histogram_quantile``.
+
+    >>> round(histogram_quantile(0.5, [0.1, 0.2, float("inf")], [0, 10, 10]), 6)
+    0.15
+    >>> histogram_quantile(0.99, [1.0, float("inf")], [0, 0])
+    nan
+    """
+    total = cum[-1] if cum else 0.0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_b, prev_c = 0.0, 0.0
+    for b, c in zip(bounds, cum, strict=True):
+        if c >= rank:
+            if b == float("inf"):
+                return prev_b
+            if c == prev_c:
+                return b
+            return prev_b + (b - prev_b) * (rank - prev_c) / (c - prev_c)
+        prev_b, prev_c = b, c
+    return prev_b
+
+
+def parse_flow(texts: list[str]) -> dict[str, Any]:
+    """Totals over the dataflow processes from their exposition ``texts``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {"records": 0.0, "valid": 0.0, "rejected": 0.0, "pushes": 0.0,
+                           "users": 0.0, "lag": {}, "drift": {}, "fresh_bounds": [],
+                           "fresh_cum": [], "processes": [], "versions": set()}
+    fresh: dict[float, float] = {}
+    simple = {"diam_flow_records_total": "records", "diam_flow_events_valid_total": "valid",
+              "diam_flow_events_rejected_total": "rejected", "diam_flow_pushes_total": "pushes",
+              "diam_flow_users": "users"}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name in simple:
+                    out[simple[s.name]] += s.value
+                    if s.name == "diam_flow_records_total":
+                        out["processes"].append(s.labels.get("process", "?"))
+                elif s.name == "diam_flow_consumer_lag":
+                    out["lag"][f"{s.labels['topic']}[{s.labels['partition']}]"] = s.value
+                elif s.name == "diam_flow_drift_events_total":
+                    k = s.labels["kind"]
+                    out["drift"][k] = out["drift"].get(k, 0.0) + s.value
+                elif s.name == "diam_flow_freshness_seconds_bucket":
+                    le = float(s.labels["le"])
+                    fresh[le] = fresh.get(le, 0.0) + s.value
+                elif s.name == "diam_flow_base_version":
+                    out["versions"].add(s.labels["version"])
+    out["fresh_bounds"] = sorted(fresh)
+    out["fresh_cum"] = [fresh[b] for b in out["fresh_bounds"]]
+    out["versions"] = sorted(out["versions"])
+    return out
+
+
+class FlowScraper:
+    """Scrapes the dataflow's metrics when the page asks (at most every ``min_every_s``) and
+    keeps a short history, from which rates and recent quantiles are computed."""
+
+    def __init__(self, urls: list[str], history_s: float = 600.0, min_every_s: float = 1.0,
+                 fetch: Callable[[str], str] | None = None) -> None:
+        self.urls, self.history_s, self.min_every_s = urls, history_s, min_every_s
+        self._fetch = fetch or _http_get
+        self._hist: deque[tuple[float, dict[str, Any]]] = deque()
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+
+    def sample(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.time()
+            if not self._hist or now - self._hist[-1][0] >= self.min_every_s:
+                texts, errors = [], []
+                for url in self.urls:
+                    try:
+                        texts.append(self._fetch(url))
+                    except Exception as exc:  # one process down must not blank the page
+                        errors.append(f"{url}: {exc}")
+                self.errors = errors
+                if texts:
+                    self._hist.append((now, parse_flow(texts)))
+                while self._hist and now - self._hist[0][0] > self.history_s:
+                    self._hist.popleft()
+            return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
+        if not self._hist:
+            return {"available": False, "errors": self.errors, "urls": self.urls}
+        t, cur = self._hist[-1]
+        rows = []
+        prev = None
+        for ts, snap in self._hist:
+            row = {"t": ts, "lag": sum(snap["lag"].values())}
+            if prev is not None and ts > prev[0]:
+                dt = ts - prev[0]
+                row["events_per_s"] = (snap["records"] - prev[1]["records"]) / dt
+                row["pushes_per_s"] = (snap["pushes"] - prev[1]["pushes"]) / dt
+                row["fresh_p99"] = self._quantile(prev[1], snap, 0.99)
+            rows.append(row)
+            prev = (ts, snap)
+        # rates and quantiles over the last ~10 s, not since the start
+        base = next((s for ts, s in self._hist if t - ts <= 10.0), cur)
+        base_t = next((ts for ts, s in self._hist if t - ts <= 10.0), t)
+        dt = t - base_t
+
+        def rate(k: str) -> float:
+            return (cur[k] - base[k]) / dt if dt > 0 else float("nan")
+
+        p50 = self._quantile(base, cur, 0.5) if dt > 0 else histogram_quantile(
+            0.5, cur["fresh_bounds"], cur["fresh_cum"])
+        p99 = self._quantile(base, cur, 0.99) if dt > 0 else histogram_quantile(
+            0.99, cur["fresh_bounds"], cur["fresh_cum"])
+        xs = [r["t"] for r in rows]
+        return {
+            "available": True,
+            "errors": self.errors,
+            "processes": cur["processes"],
+            "versions": cur["versions"],
+            "records": cur["records"], "valid": cur["valid"], "rejected": cur["rejected"],
+            "pushes": cur["pushes"], "users": cur["users"],
+            "lag_total": sum(cur["lag"].values()), "lag": cur["lag"],
+            "events_per_s": rate("records"), "valid_per_s": rate("valid"),
+            "rejected_per_s": rate("rejected"), "pushes_per_s": rate("pushes"),
+            "freshness_p50_s": p50, "freshness_p99_s": p99,
+            "drift": cur["drift"],
+            "svg": {
+                "lag": svg.line(xs, [r["lag"] for r in rows], "consumer lag (records)",
+                                testid="chart-lag"),
+                "events": svg.line(xs, [r.get("events_per_s", float("nan")) for r in rows],
+                                   "events/s", testid="chart-events"),
+                "freshness": svg.line(xs, [r.get("fresh_p99", float("nan")) for r in rows],
+                                      "freshness p99", unit=" s", testid="chart-freshness"),
+            },
+        }
+
+    @staticmethod
+    def _quantile(a: dict[str, Any], b: dict[str, Any], q: float) -> float:
+        if a["fresh_bounds"] != b["fresh_bounds"]:
+            return histogram_quantile(q, b["fresh_bounds"], b["fresh_cum"])
+        cum = [y - x for x, y in zip(a["fresh_cum"], b["fresh_cum"], strict=True)]
+        return histogram_quantile(q, b["fresh_bounds"], cum)
+
+
+def _http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2.0) as resp:
+        return resp.read().decode()
+
+
+def _nan_to_none(obj: Any) -> Any:
+    """JSON has no NaN: replace it by null, recursively."""
+    if isinstance(obj, float):
+        return None if obj != obj else obj
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, Any]:
+    """K_u histogram and d_u distribution (10 bins over [0, 1]) of ``ns``, as JSON and SVG."""
+    from serving_cache.inspect import iter_users
+
+    ks: dict[int, int] = {}
+    ds: list[float] = []
+    users = 0
+    for _, uv, _size in iter_users(client, ns):
+        users += 1
+        if uv is not None:
+            ks[uv.k] = ks.get(uv.k, 0) + 1
+            ds.append(float(uv.d))
+        if users >= max_users:
+            break
+    d_counts, edges = np.histogram(np.asarray(ds, dtype=np.float64), bins=10, range=(0.0, 1.0))
+    k_labels = [str(k) for k in sorted(ks)]
+    d_labels = [f"{edges[i]:.1f}" for i in range(10)]
+    return {
+        "namespace": ns, "users": users, "truncated": users >= max_users,
+        "k_hist": {str(k): n for k, n in sorted(ks.items())},
+        "d_hist": {"edges": edges.round(2).tolist(), "counts": d_counts.tolist()},
+        "d_mean": float(np.mean(ds)) if ds else None,
+        "svg": {
+            "k": svg.bars(k_labels, [ks[int(k)] for k in k_labels], "K_u (users per K)",
+                          testid="chart-k"),
+            "d": svg.bars(d_labels, d_counts.tolist(), "d_u (users per bin, lower edge)",
+                          testid="chart-d"),
+        },
+    }
+
+
+def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
+    """Add ``/ui`` and its JSON routes to the FastAPI ``app``."""
+    from fastapi import Path as PathParam
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from serving_cache.reader import USER_ID_PATTERN
+
+    scraper = FlowScraper(sources.flow_metrics, history_s=sources.history_s)
+    cache: dict[str, tuple[float, dict[str, Any]]] = {}
+    cache_lock = threading.Lock()
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    def ui_page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "ui.html").read_text())
+
+    @app.get("/ui/api/flow", include_in_schema=False)
+    def ui_flow() -> JSONResponse:
+        if not sources.flow_metrics:
+            return JSONResponse({"available": False, "errors": [
+                "no dataflow metrics configured (diam serve --flow-metrics URL)"]})
+        return JSONResponse(_nan_to_none(scraper.sample()))
+
+    @app.get("/ui/api/namespace", include_in_schema=False)
+    def ui_namespace() -> JSONResponse:
+        with cache_lock:
+            hit = cache.get(ns)
+            if hit is None or time.monotonic() - hit[0] > sources.namespace_ttl_s:
+                hit = (time.monotonic(), namespace_view(recommender.client, ns))
+                cache[ns] = hit
+        return JSONResponse(_nan_to_none(hit[1]))
+
+    @app.get("/ui/api/alerts", include_in_schema=False)
+    def ui_alerts(n: int = 20) -> JSONResponse:
+        if sources.alerts is None:
+            return JSONResponse({"available": False, "alerts": []})
+        try:
+            return JSONResponse({"available": True, "alerts": sources.alerts(min(max(n, 1), 200))})
+        except Exception as exc:
+            return JSONResponse({"available": False, "alerts": [], "error": str(exc)})
+
+    @app.get("/ui/api/users/{user_id}", include_in_schema=False)
+    def ui_user(user_id: str = PathParam(pattern=USER_ID_PATTERN), n: int = 20,
+                top: int = 5) -> JSONResponse:
+        if recommender.active is None:
+            return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
+        it = recommender.interests(user_id, top=top)
+        rec = recommender.recommend(user_id, n=n)
+        snap = recommender.active
+        interests = []
+        for i, items in enumerate(it.top_items):
+            idx = np.array([snap.index_of(x) for x in items], dtype=np.int64)
+            cats = [c if j >= 0 else None
+                    for j, c in zip(idx, snap.category_names_of(np.maximum(idx, 0)), strict=True)]
+            interests.append({
+                "top_category": it.top_category[i] if i < len(it.top_category) else None,
+                "top_items": [{"item_id": x, "category": c} for x, c in zip(items, cats, strict=True)],
+            })
+        drift: list[dict[str, Any]] = []
+        drift_error = None
+        if sources.user_drift is not None:
+            try:
+                drift = sources.user_drift(user_id, 20)
+            except Exception as exc:
+                drift_error = str(exc)
+        body = {
+            "user_id": user_id, "cold": it.cold, "k": it.k, "d": it.d, "seq": it.seq,
+            "ts": it.ts, "n": it.n, "model": it.model, "interests": interests,
+            "recommendations": {
+                "items": [{"item_id": x, "score": s, "category": c}
+                          for x, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)],
+                "d_user": rec.d_user, "d_used": rec.d_used, "mode": "auto", "cold": rec.cold,
+                "k": rec.k, "snapshot": rec.snapshot,
+            },
+            "drift": drift, "drift_error": drift_error,
+        }
+        return JSONResponse(_nan_to_none(body))
