@@ -125,14 +125,20 @@ def retrieve(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "c
 
 
 def lists_for(cands: Candidates, corpus: Corpus, agg: str = "model", n: int = 50,
-              delta: float = 0.0, lam: float = 0.0) -> list[np.ndarray]:
-    """One ranked list of ``n`` item rows per user."""
+              delta: float = 0.0, lam: float = 0.0, d: float = 0.0) -> list[np.ndarray]:
+    """One ranked list of ``n`` item rows per user.
+
+    ``agg="fixed"`` runs the diversity-aware aggregator at the same ``d`` for every user: the
+    re-ranker every model can be given, learned d_u or not (``d = 0`` is the merge by score).
+    """
     out = []
     for u in range(len(cands.k)):
         k = int(cands.k[u])
         s, i = cands.scores[u, :k], cands.items[u, :k]
         if agg == "controllable":
             out.append(controllable(s, i, corpus.item_cat, lam, n))
+        elif agg == "fixed":
+            out.append(aggregate(s, i, cands.item_vecs, d, n, corpus.item_cat))
         elif agg == "model" and cands.d_u is not None:
             d = manual_d(float(cands.d_u[u]), delta)
             out.append(aggregate(s, i, cands.item_vecs, d, n, corpus.item_cat))
@@ -142,8 +148,9 @@ def lists_for(cands: Candidates, corpus: Corpus, agg: str = "model", n: int = 50
 
 
 def score_lists(lists: list[np.ndarray], es: EvalSet, corpus: Corpus, ref: np.ndarray,
-                ns: tuple[int, ...] = (20, 50)) -> dict[str, float]:
-    """Mean accuracy and diversity metrics of the ranked lists over users."""
+                ns: tuple[int, ...] = (20, 50), per_user: bool = False) -> dict:
+    """Mean accuracy and diversity metrics of the ranked lists over users (``per_user``: the
+    per-user values ``[U]`` instead of their means, for paired bootstraps)."""
     acc: dict[str, list[float]] = {}
 
     def add(k: str, v: float) -> None:
@@ -161,6 +168,8 @@ def score_lists(lists: list[np.ndarray], es: EvalSet, corpus: Corpus, ref: np.nd
         add("ild@20", M.ild_embedding(ref[top]))
         add("ild_cat@20", M.ild_category(cats))
         add("coverage@20", M.category_coverage(cats, c))
+    if per_user:
+        return {k: np.asarray(v, dtype=float) for k, v in acc.items()}
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
@@ -190,12 +199,12 @@ def reference_embedding(corpus: Corpus, users: np.ndarray, dim: int = 32) -> np.
 def evaluate(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "cpu",
              ns: tuple[int, ...] = (20, 50), agg: str = "model", delta: float = 0.0,
              lam: float = 0.0, ref: np.ndarray | None = None,
-             cands: Candidates | None = None) -> dict:
+             cands: Candidates | None = None, d: float = 0.0) -> dict:
     """All metrics of ``model`` on ``es``: accuracy, diversity, K_u distribution, d_u quality."""
     cands = cands or retrieve(model, corpus, es, device, m=max(ns))
     if ref is None:
         ref = cands.item_vecs  # callers comparing models pass a shared reference embedding
-    lists = lists_for(cands, corpus, agg, max(ns), delta, lam)
+    lists = lists_for(cands, corpus, agg, max(ns), delta, lam, d)
     res: dict = score_lists(lists, es, corpus, ref, ns)
     res["n_users"] = len(es.users)
     ks, counts = np.unique(cands.k, return_counts=True)

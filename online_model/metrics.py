@@ -28,6 +28,8 @@ __all__ = [
     "ild_category",
     "category_coverage",
     "spearman",
+    "pareto_front",
+    "front_at",
 ]
 
 
@@ -139,3 +141,43 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if sx == 0 or sy == 0:
         return float("nan")
     return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Upper-right Pareto front of ``(diversity, accuracy)`` points ``[P, 2]`` -> ``[F, 2]``.
+
+    A point stays when no other point has both at least its diversity and more accuracy (or
+    more diversity at equal accuracy). The front is sorted by rising diversity, so its accuracy
+    falls: it is what a model can reach, trading one for the other with its re-rankers.
+
+    >>> pareto_front(np.array([[1.4, 0.24], [1.8, 0.22], [1.6, 0.20], [2.0, 0.15]])).tolist()
+    [[1.4, 0.24], [1.8, 0.22], [2.0, 0.15]]
+    """
+    pts = np.asarray(points, dtype=float)
+    pts = pts[np.all(np.isfinite(pts), axis=1)]
+    order = np.lexsort((-pts[:, 1], -pts[:, 0]))  # most diverse first, best accuracy first
+    keep, best = [], -np.inf
+    for i in order:
+        if pts[i, 1] > best:
+            keep.append(i)
+            best = pts[i, 1]
+    return pts[keep][::-1]
+
+
+def front_at(front: np.ndarray, diversity: float) -> float:
+    """Accuracy of a front at ``diversity``, linear between its points (NaN past its end).
+
+    Below the front's least diverse point the answer is that point's accuracy (a list at least
+    as diverse as asked, with that accuracy, exists); above its most diverse point the model
+    cannot reach the diversity and the answer is NaN.
+
+    >>> f = np.array([[1.4, 0.24], [1.8, 0.22], [2.0, 0.15]])
+    >>> round(front_at(f, 1.6), 4), front_at(f, 1.0), front_at(f, 2.1)
+    (0.23, 0.24, nan)
+    """
+    f = np.asarray(front, dtype=float)
+    if len(f) == 0 or diversity > f[-1, 0] + 1e-12:
+        return float("nan")
+    if diversity <= f[0, 0]:
+        return float(f[0, 1])
+    return float(np.interp(diversity, f[:, 0], f[:, 1]))

@@ -59,6 +59,12 @@ class ModelConfig:
     # DIAM with a global slot: weight of an extra ComiRec-style softmax of the diverse slots
     # alone (target by its nearest diverse slot, negatives by that slot)
     w_diverse: float = 0.0
+    # DIAM ablation: K_u fixed to this many slots in every stage and at inference (0: the
+    # gate's K_u). 1 with the global slot is "the global slot alone"
+    fixed_k: int = 0
+    # single-interest ablation: DIAM's dual-scale encoder summary and category profile enter
+    # the residual MLP, and the loss uses DIAM's interest-aware hard negatives (hard_beta)
+    single_diam: bool = False
     util_negatives: int = 50  # hardest negatives the utility loss compares against
     redundancy_window: int = 10  # recent items that define "already consumed"
     light_hidden: int = 32

@@ -150,6 +150,10 @@ class DIAM(MultiInterestModel):
         elif self.training and self.stage == "joint":
             fixed, anneal = self.cfg.warmup_k, self.anneal
         m, k = self.extractor.mask(gate_prob, hard=not self.training, fixed_k=fixed, anneal=anneal)
+        if self.cfg.fixed_k:  # ablation: the first fixed_k slots, whatever the gate says
+            m = (torch.arange(m.shape[1], device=m.device) < self.cfg.fixed_k).to(m.dtype)
+            m = m.expand(len(gate_prob), -1)
+            k = torch.full_like(k, self.cfg.fixed_k)
         d_logit = self.fusion.logit(batch.signals)  # [B]
         d_u, d_raw = self.fusion.from_logit(d_logit)
         return Interests(vecs, m.to(vecs.dtype), d_u, {"gate_prob": gate_prob, "k": k, "x": x,

@@ -55,3 +55,22 @@ def test_spearman():
     want = np.corrcoef(rx, ry)[0, 1]
     assert M.spearman(x, y) == pytest.approx(want)
     assert math.isnan(M.spearman(np.array([1, 1]), np.array([1, 2])))
+
+
+def test_pareto_front_is_undominated_and_sorted():
+    rng = np.random.default_rng(0)
+    pts = rng.random((40, 2))
+    f = M.pareto_front(pts)
+    assert np.all(np.diff(f[:, 0]) > 0) and np.all(np.diff(f[:, 1]) < 0)
+    for p in pts:  # every point is weakly dominated by some front point
+        assert np.any((f[:, 0] >= p[0] - 1e-12) & (f[:, 1] >= p[1] - 1e-12))
+    for q in f:  # no point strictly dominates a front point
+        assert not np.any((pts[:, 0] >= q[0]) & (pts[:, 1] > q[1]))
+
+
+def test_front_at_interpolates_and_refuses_unreached_diversity():
+    f = M.pareto_front(np.array([[1.0, 0.3], [2.0, 0.1], [1.5, 0.05]]))
+    assert M.front_at(f, 1.5) == pytest.approx(0.2)
+    assert M.front_at(f, 0.5) == pytest.approx(0.3)
+    assert math.isnan(M.front_at(f, 2.5))
+    assert math.isnan(M.front_at(np.empty((0, 2)), 1.0))

@@ -230,3 +230,38 @@ def test_diam_d_target_loss_equals_probability_bce():
     got = torch.nn.functional.binary_cross_entropy_with_logits(out.extra["d_logit"],
                                                                batch.div_target)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_diam_fixed_k_keeps_the_first_slots_in_training_and_inference():
+    """Ablation ``fixed_k``: K_u is that many slots whatever the gate says, in every stage."""
+    cfg = ModelConfig(model="diam", n_items=N_ITEMS, n_categories=N_CAT, dim=16, seq_len=10,
+                      k_max=6, window=5, n_neg=16, fixed_k=1)
+    model = build_model(cfg, np.arange(N_ITEMS) % N_CAT)
+    batch = _batch(5, [10, 4, 1, 8, 6])
+    for stage in ("warmup", "joint"):
+        model.train().set_stage(stage, 0.5)
+        assert model.interests(batch).mask.tolist() == [[1.0] + [0.0] * 5] * 5
+    model.eval()
+    with torch.no_grad():
+        assert model.interests(batch).k.tolist() == [1] * 5
+    model.train()
+    loss, _ = model.loss(batch, torch.arange(1, 17))
+    assert torch.isfinite(loss)
+
+
+def test_single_diam_option_trains_one_vector():
+    """Ablation ``single_diam``: one interest from the mean plus DIAM's encoder summary and
+    profile, trained with hard negatives; the plain single model is unchanged by the option's
+    existence (same parameter names)."""
+    cfg = ModelConfig(model="single", n_items=N_ITEMS, n_categories=N_CAT, dim=16, seq_len=10,
+                      window=5, n_neg=16, single_diam=True)
+    model = build_model(cfg, np.arange(N_ITEMS) % N_CAT).train()
+    out = model.interests(_batch(3, [10, 2, 5]))
+    assert out.vecs.shape == (3, 1, 16)
+    loss, _ = model.loss(_batch(3, [10, 2, 5]), torch.arange(1, 17))
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in model.encoder.parameters())
+    assert set(MODELS_BUILT["single"].state_dict()) == {"item_emb.weight", "mlp.0.weight",
+                                                         "mlp.0.bias", "mlp.2.weight",
+                                                         "mlp.2.bias"}
