@@ -77,31 +77,99 @@ DIM, N_ITEMS, N_CATS = 64, 20_000, 20
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> BaseView:
-    """A clustered random base at d = 64 written in the checkpoint format."""
-    from safetensors.numpy import save_file
+    """A DIAM checkpoint at d = 64, K_max = 8 over a clustered item table, written by the one
+    checkpoint writer (``online_model.checkpoint.save_checkpoint``): the stream then anchors
+    users on the network (``BaseView.head``), as it does on a trained snapshot. Weights are
+    untrained (the cost of inference does not depend on them) except the item table."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from online_model.checkpoint import save_checkpoint
+    from online_model.models import ModelConfig, build_model
 
     rng = np.random.default_rng(seed)
     cats = (np.arange(N_ITEMS) % N_CATS).astype(np.int32)
     centres = rng.normal(size=(N_CATS, DIM)).astype(np.float32)
     emb = (centres[cats] + 0.5 * rng.normal(size=(N_ITEMS, DIM))).astype(np.float32)
     ids = np.array([f"it{j}" for j in range(N_ITEMS)])
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({"online.item_emb": emb}, str(path / "weights.safetensors"))
-    np.save(path / "item_ids.npy", ids, allow_pickle=False)
-    np.save(path / "item_categories.npy", cats, allow_pickle=False)
-    (path / "categories.json").write_text(json.dumps([f"c{i}" for i in range(N_CATS)]))
-    (path / "config.json").write_text(json.dumps({"model": "bench", "dim": DIM, "k_max": 8, "seq_len": 50,
-                                                  "n_items": N_ITEMS, "n_categories": N_CATS}))
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(model="diam", n_items=N_ITEMS, n_categories=N_CATS, dim=DIM,
+                                    k_max=8), cats).eval()
+    with torch.no_grad():
+        model.item_emb.weight[1:] = torch.from_numpy(emb)
+    corpus = SimpleNamespace(item_ids=ids, item_cat=cats, n_items=N_ITEMS, n_categories=N_CATS,
+                             category_names=[f"c{i}" for i in range(N_CATS)],
+                             info={"name": "bench-synthetic"})
+    save_checkpoint(path, model, corpus, seed=seed)
     return BaseView.from_checkpoint(path)
 
 
-def synth_events(n: int, users: int, seed: int, t0: int) -> list[ClickEvent]:
+def synth_events(n: int, users: int, seed: int, t0: int, new_user_share: float = 0.05,
+                 concurrent: int = 300, mean_session: float = 8.0) -> list[ClickEvent]:
+    """Bursty arrivals: ``concurrent`` sessions are open at any time, each a burst of clicks
+    of one user (geometric length, mean ``mean_session``) on the user's 4 categories; a
+    finished session is replaced by one of a returning user, or, with ``new_user_share``,
+    of a user never seen before (a steady trickle of new users)."""
     rng = np.random.default_rng(seed)
-    u = rng.integers(users, size=n)
-    # Each user draws from 4 categories so that K_u = 4 is common.
-    cat = (u * 4 + rng.integers(4, size=n)) % N_CATS
-    item = cat + N_CATS * rng.integers(N_ITEMS // N_CATS, size=n)
-    return [ClickEvent(f"u{int(a)}", f"it{int(b)}", t0 + i) for i, (a, b) in enumerate(zip(u, item, strict=True))]
+    next_new = users
+    def start() -> list[int]:
+        nonlocal next_new
+        if rng.random() < new_user_share:
+            next_new += 1
+            u = next_new
+        else:
+            u = int(rng.integers(users))
+        return [u, int(rng.geometric(1.0 / mean_session))]
+    open_ = [start() for _ in range(concurrent)]
+    out = []
+    picks = rng.integers(concurrent, size=n)
+    offs = rng.integers(4, size=n)
+    cols = rng.integers(N_ITEMS // N_CATS, size=n)
+    for i in range(n):
+        s = open_[picks[i]]
+        u = s[0]
+        cat = (u * 4 + int(offs[i])) % N_CATS
+        out.append(ClickEvent(f"u{u}", f"it{cat + N_CATS * int(cols[i])}", t0 + i))
+        s[1] -= 1
+        if s[1] <= 0:
+            open_[picks[i]] = start()
+    return out
+
+
+def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2) -> dict[str, float]:
+    """What anchoring one user on the network costs: the numpy head on a 50-item history, one
+    user at a time (as the stream runs it), and the torch model batched (64 users per call,
+    one thread) for reference."""
+    import torch
+
+    from online_model.checkpoint import load_checkpoint
+    from online_model.models.base import Batch
+
+    rng = np.random.default_rng(seed)
+    hist = rng.integers(0, N_ITEMS, size=(n_users, 50))
+    sig = rng.random((n_users, 4)).astype(np.float32)
+    for i in range(20):
+        base.head.infer(hist[i], sig[i])
+    t = []
+    for i in range(n_users):
+        t0 = time.perf_counter()
+        base.head.infer(hist[i], sig[i])
+        t.append(time.perf_counter() - t0)
+    t_ms = np.array(t) * 1e3
+    torch.set_num_threads(1)
+    model = load_checkpoint(base.meta["path"]).model
+    b = Batch(torch.as_tensor(hist[:64] + 1), torch.full((64,), 50), torch.as_tensor(sig[:64]))
+    with torch.inference_mode():
+        model.interests(b)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            model.interests(b)
+        per = (time.perf_counter() - t0) / 3 / 64 * 1e3
+    return {"anchor_ms_p50": round(float(np.percentile(t_ms, 50)), 3),
+            "anchor_ms_p99": round(float(np.percentile(t_ms, 99)), 3),
+            "anchor_ms_per_user_torch_batched_64": round(per, 3),
+            "anchor_history_len": 50}
 
 
 def produce(kafka, topic: str, events: list[ClickEvent]) -> None:
@@ -348,8 +416,11 @@ def main() -> None:
         produce(kafka, topic, events)
         reps = max(1, args.repeats)
         bares = [bare_consume(kafka, topic, n, settings.flow.batch_size) for _ in range(reps)]
-        ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt, ["--bounded"])], env)
-                for r in range(reps)]
+        # as diam run tails in production: a recovery store (fresh per run), bounded only so
+        # that the run ends
+        ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt,
+                                        ["--bounded", "--recovery-dir", f"{tmp}/rec-b1-{r}"])],
+                          env) for r in range(reps)]
         # the same dataflow with the learner's update removed (bench/stream_floor.py)
         floors = [timed_run([[sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic,
                               f"b0-{run_id}-{r}", str(ckpt)]], env) for r in range(reps)]
@@ -381,6 +452,7 @@ def main() -> None:
         tp50, tp99 = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
         foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
+        anchor = anchor_cost(base)
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
     for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt"):
@@ -390,6 +462,11 @@ def main() -> None:
     from confluent_kafka.admin import AdminClient
     AdminClient(kafka.client_config()).delete_topics([topic, ftopic, ltopic, ttopic])
     result = {
+        "base": "diam",
+        "recovery": True,
+        "reanchor_every": settings.online.reanchor_every,
+        "arrivals": "bursty sessions (300 open, mean 8 clicks), 5% of sessions by new users",
+        **anchor,
         "events": n,
         "users": users,
         "events_per_s": round(n / one, 1),

@@ -4,8 +4,8 @@
 computes in eval mode: the dual-scale encoder, capsule routing mixed with self-attentive pooling,
 the global slot, the full K_u gate and d_u from the fusion layer. It reads the weights from a
 checkpoint's ``weights.safetensors`` (no torch on this path, no pickle) and works on one user at
-a time with a fixed shape (the window is always padded to ``seq_len``), so a user's anchors are
-the same bytes whatever else the process is doing: the stream's determinism does not depend on
+a time (only the history's real positions are computed), so a user's anchors are the same bytes
+for the same history whatever else the process is doing: the stream's determinism does not depend on
 how users happen to be batched. ``tests/unit/online_model/test_infer.py`` checks it against the
 torch model (max abs difference ≤ 1e-4 over random histories, hypothesis).
 
@@ -170,23 +170,26 @@ class DiamHead:
         if n == 0:
             raise ValueError("a user needs at least one known item to be inferred")
         L, d, w = self.seq_len, self.dim, self.window
-        mask = np.zeros(L, dtype=bool)
-        mask[L - n:] = True
-        x = np.zeros((L, d), dtype=_F)
-        x[L - n:] = self.item_emb[rows]  # [L, d], right-aligned as in training
-        # encoder: fine scale over items, coarse scale over windows of w items
-        fine = x + self.pos_fine[-L:]
+        # Only the n real positions are computed: with key padding, a real position's output
+        # never depends on a padded one, and padded outputs are zeroed by the model anyway.
+        # The window is right-aligned as in training, so the real items sit at L-n..L-1.
+        x = self.item_emb[rows]  # [n, d]
+        mask = np.ones(n, dtype=bool)
+        fine = x + self.pos_fine[L - n:]
         for blk in self.fine:
             fine = blk(fine, mask)
-        xm = x.reshape(L // w, w, d)
-        cnt = mask.reshape(L // w, w).sum(1).astype(_F)[:, None]
-        pooled = xm.sum(1) / np.maximum(cnt, _F(1))
-        wmask = cnt[:, 0] > 0
-        coarse = pooled + self.pos_coarse[-(L // w):]
+        # coarse scale: the windows of w positions that hold any real item (the first one
+        # partly), each the mean of its real items
+        nw = -(-n // w)  # windows touched
+        lead = nw * w - n  # padded positions in the first touched window
+        xm = np.concatenate([np.zeros((lead, d), dtype=_F), x]).reshape(nw, w, d)
+        cnt = np.full((nw, 1), w, dtype=_F)
+        cnt[0, 0] = w - lead
+        pooled = xm.sum(1) / cnt
+        coarse = pooled + self.pos_coarse[L // w - nw:]
         for blk in self.coarse:
-            coarse = blk(coarse, wmask)
-        h = _layer_norm(fine + np.repeat(coarse, w, axis=0), self.norm_w, self.norm_b)
-        h = h * mask[:, None]
+            coarse = blk(coarse, np.ones(nw, dtype=bool))
+        h = _layer_norm(fine + np.repeat(coarse, w, axis=0)[lead:], self.norm_w, self.norm_b)
         inv_n = _F(1.0 / n)
         h_seq = h.sum(0) * inv_n
         # category profile of the window (the gate's extra input)
@@ -194,7 +197,7 @@ class DiamHead:
         prof = np.bincount(cats[cats >= 0], minlength=self.n_cat)[: self.n_cat].astype(_F)
         prof = prof / _F(max(1.0, float(prof.sum())))
         # capsule routing (shared map, MIND's fixed random logits), on the contextual states
-        u = (h @ self.caps_t)[L - n:]  # [n, d]; padded behaviours contribute nothing
+        u = h @ self.caps_t  # [n, d]; padded behaviours contribute nothing
         logits = self.b_init[L - n:]
         caps = None
         for it in range(self.iters):
@@ -205,16 +208,16 @@ class DiamHead:
             if it < self.iters - 1:
                 logits = logits + u @ caps.T
         # self-attentive pooling: keys h, values x
-        a = np.tanh(h[L - n:] @ self.sa_w1_t + self.sa_b1) @ self.sa_w2_t  # [n, K]
+        a = np.tanh(h @ self.sa_w1_t + self.sa_b1) @ self.sa_w2_t  # [n, K]
         att = _softmax(a.T, axis=1)  # [K, n]
-        sa = att @ x[L - n:]  # [K, d]
+        sa = att @ x  # [K, d]
         g = self.mix[:, None]
         vecs = g * caps + (1 - g) * (sa @ self.out_t + self.out_b)  # [K, d]
         gate_in = np.concatenate([h_seq, prof])
         z = float(np.maximum(gate_in @ self.g1_t + self.g1_b, 0) @ self.g2_w + self.g2_b[0])
         gate_prob = float(np.float32(_sigmoid(z)))
         if self.global_slot:
-            mean = x[L - n:].sum(0) * inv_n
+            mean = x.sum(0) * inv_n
             hid = np.maximum(np.concatenate([mean, h_seq]) @ self.m1_t + self.m1_b, 0)
             vecs = vecs.copy()
             vecs[0] = mean + (hid @ self.m2_t + self.m2_b)
