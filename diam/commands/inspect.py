@@ -18,8 +18,15 @@ def inspect_group() -> None:
 @inspect_group.command("namespace")
 @click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG: K_u and d_u histograms and drift events over time.")
+@click.option("--drift-topic", default=None,
+              help="Drift events for --plot (default: settings kafka.drift_topic).")
+@click.option("--drift-last", default=100_000, show_default=True,
+              help="For --plot: read at most this many latest drift events per partition.")
 @click.pass_context
-def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool) -> None:
+def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot_path: str | None,
+                  drift_topic: str | None, drift_last: int) -> None:
     """Summary of every user in a namespace: count, K_u histogram, d_u spread, value size."""
     from dataclasses import asdict
 
@@ -29,6 +36,8 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool) -> N
     s = get_settings(ctx)
     ns = namespace or s.redis.namespace
     summary = summarize_namespace(redis_client(s.redis), ns)
+    if plot_path is not None:
+        _plot_namespace(s, ns, plot_path, drift_topic or s.kafka.drift_topic, drift_last)
     if as_json:
         click.echo(json.dumps(asdict(summary), indent=2))
         return
@@ -41,6 +50,30 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool) -> N
         click.echo(f"  models   {summary.models}")
     if summary.undecodable:
         click.echo(f"  {summary.undecodable} values could not be decoded")
+
+
+def _plot_namespace(s, ns: str, out: str, drift_topic: str, drift_last: int) -> None:  # type: ignore[no-untyped-def]
+    import json as _json
+
+    from diam.plots import namespace_figure
+    from serving_cache import redis_client
+    from serving_cache.inspect import iter_users
+    from streams.tail import tail
+
+    ks, ds = [], []
+    for _, uv, _size in iter_users(redis_client(s.redis), ns):
+        if uv is not None:
+            ks.append(uv.k)
+            ds.append(uv.d)
+    drift = []
+    for rec in tail(s.kafka, drift_topic, drift_last):
+        try:
+            drift.append(_json.loads(rec.value or b""))
+        except ValueError:
+            continue
+    namespace_figure(ns, ks, ds, drift, out)
+    click.echo(f"plot written to {out} ({len(ks)} users, {len(drift)} drift events from "
+               f"{drift_topic})", err=True)
 
 
 @inspect_group.command("user")

@@ -137,9 +137,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
               help="Write one row per user to this CSV file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--top", default=5, show_default=True, help="List this many most different users.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of per-user interest movement (matched cosine, d_u, K_u changes).")
 @click.pass_context
 def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_json: bool,
-         top: int) -> None:
+         top: int, plot_path: Path | None) -> None:
     """Compare two Redis namespaces user by user.
 
     Per user: K_u difference, cosine of the interests matched by the Hungarian algorithm (the
@@ -165,6 +167,11 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         raise click.ClickException(f"Redis at {s.redis.url} is not usable ({exc})") from None
     if csv_path is not None:
         result.write_csv(csv_path)
+    if plot_path is not None:
+        from diam.plots import diff_figure
+
+        diff_figure(result, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
     if as_json:
         click.echo(json.dumps(summary_dict(result)))
         return
