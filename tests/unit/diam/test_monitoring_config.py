@@ -1,0 +1,47 @@
+"""The compose stack's Prometheus scrape config and Grafana dashboard agree with the code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from streams.metrics import METRIC_NAMES
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_dashboard_queries_only_metrics_that_exist() -> None:
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/diam-stream.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(diam_[a-z_]+)", e)}
+    flow = {m for m in used if m.startswith("diam_flow_")}
+    known = set(METRIC_NAMES) | {f"{n}_bucket" for n in METRIC_NAMES}
+    assert flow and flow <= known, flow - known
+    # the API's and the drift monitor's names, as their registries define them
+    api = (ROOT / "serving_cache/api.py").read_text() + (ROOT / "streams/drift_flow.py").read_text()
+    for m in used - flow:
+        base = re.sub(r"_(total|bucket)$", "", m)
+        assert f'"{base}"' in api or f'"{m}"' in api, m
+    uids = {t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
+    ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert uids == {d["uid"] for d in ds["datasources"]}
+
+
+def test_scrape_targets_are_the_compose_services_and_their_metrics_ports() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    services = compose["services"]
+    for job in prom["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            host, port = target.split(":")
+            assert host in services, target
+            cmd = " ".join(services[host]["command"])
+            env = services[host].get("environment", {})
+            assert f"--metrics-port {port}" in cmd or env.get("DIAM_SERVE_PORT") == port, target
+    mounts = {v.split(":")[0] for s in ("prometheus", "grafana") for v in services[s]["volumes"]}
+    for m in mounts:
+        assert (ROOT / m).exists(), m
+    assert "http://online:9108/metrics" in services["serve"]["command"]
