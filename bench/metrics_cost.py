@@ -1,0 +1,122 @@
+"""What ``diam run --metrics-port`` costs: the one-process run of ``bench/stream.py --quick``
+(60k events, 2000 users, d = 64, a recovery store, bounded), with metrics off and on,
+interleaved (off, on, off, on, ...) so that the machine's load drifts into both alike.
+
+While a metrics run works, a scraper thread reads its endpoint every ``--scrape-every`` seconds
+(1 s: more often than Prometheus would), so the cost of answering scrapes (the high-watermark
+requests included) is counted too.
+
+Prints one JSON object and writes ``bench/results/metrics_cost.json``: events/s of every run,
+the medians, and ``on_over_off`` (median on / median off; 1.0 means no cost).
+
+Run: ``python bench/metrics_cost.py [--repeats 5]`` with the local stack up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from stream import dataflow_cmd, env_for, make_checkpoint, produce, synth_events  # noqa: E402
+
+from diam.settings import load_settings  # noqa: E402
+from streams.kafka_io import ensure_topic  # noqa: E402
+
+
+def one_run(cmd: list[str], env: dict[str, str], scrape_every: float | None) -> dict:
+    """Events/s of one bounded run from its start-up line to its end, and its scrapes."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # "online dataflow: ..." once the base is loaded
+    t0 = time.perf_counter()
+    scrapes, stop = [0], threading.Event()
+    if scrape_every is not None:
+        line = proc.stderr.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)/metrics", line)
+        if m is None:
+            raise RuntimeError(f"no metrics line: {line!r}")
+        url = f"http://127.0.0.1:{m.group(1)}/metrics"
+
+        def scrape() -> None:
+            while not stop.wait(scrape_every):
+                try:
+                    urllib.request.urlopen(url, timeout=5).read()
+                    scrapes[0] += 1
+                except OSError:
+                    pass
+
+        threading.Thread(target=scrape, daemon=True).start()
+    out, err = proc.communicate(timeout=1800)
+    wall = time.perf_counter() - t0
+    stop.set()
+    if proc.returncode != 0:
+        raise RuntimeError(f"dataflow failed: {err[-2000:]}")
+    rec = re.search(r"(\d+) records", out)
+    cpu = re.search(r"([0-9.]+) CPU s", out)
+    assert rec and cpu, out
+    n = int(rec.group(1))
+    return {"events_per_s": round(n / wall, 1), "cpu_s": float(cpu.group(1)),
+            "records": n, "scrapes": scrapes[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5, help="pairs of runs (off, on)")
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--users", type=int, default=2_000)
+    ap.add_argument("--scrape-every", type=float, default=1.0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "metrics_cost.json"))
+    args = ap.parse_args()
+    settings = load_settings()
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"bench.metrics.{run_id}"
+    ensure_topic(settings.kafka, topic, partitions=4)
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "ckpt"
+        make_checkpoint(ckpt)
+        env = env_for(settings)
+        produce(settings.kafka, topic, synth_events(args.events, args.users, seed=1,
+                                                    t0=1_700_000_000_000))
+        for r in range(args.repeats):
+            for mode in ("off", "on"):
+                extra = ["--bounded", "--recovery-dir", f"{tmp}/rec-{mode}-{r}"]
+                if mode == "on":
+                    extra += ["--metrics-port", "0"]
+                cmd = dataflow_cmd(topic, f"bm-{run_id}-{mode}-{r}", ckpt, extra)
+                res = one_run(cmd, env, args.scrape_every if mode == "on" else None)
+                runs[mode].append(res)
+                print(mode, r, res, file=sys.stderr, flush=True)
+    med = {m: float(np.median([x["events_per_s"] for x in v])) for m, v in runs.items()}
+    cpu = {m: float(np.median([x["cpu_s"] for x in v])) for m, v in runs.items()}
+    result = {
+        "bench": "metrics_cost", "events": args.events, "users": args.users,
+        "repeats": args.repeats, "scrape_every_s": args.scrape_every,
+        "events_per_s_off": med["off"], "events_per_s_on": med["on"],
+        "on_over_off": round(med["on"] / med["off"], 3),
+        "cpu_s_off": cpu["off"], "cpu_s_on": cpu["on"],
+        "cpu_on_over_off": round(cpu["on"] / cpu["off"], 3),
+        "runs": runs,
+    }
+    print(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
