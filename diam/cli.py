@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "replay",
     "drift",
     "inspect",
+    "forget",
     "retrain",
 )
 

@@ -47,6 +47,11 @@ class RedisConfig(BaseModel):
     millisecond (~5 µs per key), so reads from serving wait no longer than that. Set 1 on Redis
     Cluster, where the keys of one script call must share a hash slot."""
 
+    user_ttl_s: int | None = Field(default=None, ge=1)
+    """Expiry of user keys in seconds, refreshed on every push (the dataflow's write-if-newer
+    script sets it); None (the default): user keys never expire. A user idle for longer drops
+    out of Redis and is served as a cold user until their next event."""
+
     def client_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``redis.Redis.from_url`` (security options pass through)."""
         kw: dict[str, object] = {"socket_timeout": self.socket_timeout_s}

@@ -34,7 +34,7 @@ import redis
 from serving_cache.codec import UserVectors, _encode_users_py
 from serving_cache.keys import user_key, validate_namespace
 
-__all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA"]
+__all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA", "write_if_newer_lua"]
 
 # KEYS = user keys; ARGV = (incoming seq, encoded value) per key, in the order of KEYS.
 # Returns how many keys were written; a key whose stored seq is newer or equal is skipped (a
@@ -79,15 +79,40 @@ return written
 """
 
 
+def write_if_newer_lua(ttl_s: int | None = None) -> str:
+    """The write-if-newer script; with ``ttl_s``, a written key expires ``ttl_s`` seconds later
+    and a skipped (stale) push refreshes the expiry: the user is still active, only the value
+    in Redis is newer. Without it, the script is :data:`WRITE_IF_NEWER_LUA` byte for byte.
+
+    >>> "'EX', 3600" in write_if_newer_lua(3600) and "EXPIRE" in write_if_newer_lua(3600)
+    True
+    >>> write_if_newer_lua(None) == WRITE_IF_NEWER_LUA
+    True
+    """
+    if not ttl_s:
+        return WRITE_IF_NEWER_LUA
+    ttl = int(ttl_s)
+    if ttl < 1:
+        raise ValueError(f"ttl_s must be at least 1 second, not {ttl_s}")
+    plain = "    redis.call('SET', KEYS[i], ARGV[2 * i])\n    written = written + 1\n  end\n"
+    assert WRITE_IF_NEWER_LUA.count(plain) == 1, "the script's SET branch changed: update this"
+    return WRITE_IF_NEWER_LUA.replace(
+        plain, f"    redis.call('SET', KEYS[i], ARGV[2 * i], 'EX', {ttl})\n    written = written + 1\n"
+               f"  elseif cur then\n    redis.call('EXPIRE', KEYS[i], {ttl})\n  end\n")
+
+
 class RedisWriter:
-    """Pipelined write-if-newer of :class:`UserVectors` into namespace ``ns``."""
+    """Pipelined write-if-newer of :class:`UserVectors` into namespace ``ns``. ``ttl_s``: user
+    keys expire that long after their last push (None: never)."""
 
     def __init__(self, client: redis.Redis, ns: str, pipeline_batch: int = 500,
-                 keys_per_call: int = 100) -> None:
+                 keys_per_call: int = 100, ttl_s: int | None = None) -> None:
         if pipeline_batch < 1 or keys_per_call < 1:
             raise ValueError(f"pipeline_batch ({pipeline_batch}) and keys_per_call ({keys_per_call}) "
                              "must be at least 1")
         self.client = client
+        self.ttl_s = ttl_s
+        self._script = write_if_newer_lua(ttl_s)
         self.ns = validate_namespace(ns)
         self.pipeline_batch = pipeline_batch
         self.keys_per_call = keys_per_call
@@ -129,7 +154,7 @@ class RedisWriter:
 
     def _send(self, chunk: list[tuple[str, UserVectors]]) -> int:
         if self._sha is None:
-            self._sha = self.client.script_load(WRITE_IF_NEWER_LUA)
+            self._sha = self.client.script_load(self._script)
         sha = self._sha.encode() if isinstance(self._sha, str) else self._sha
         # The pipeline is packed here rather than by redis-py: its generic encoder costs tens
         # of µs per command in Python, and the stream sends one value per pushed user. Each

@@ -124,6 +124,12 @@ class FlowConfig(BaseModel):
     vectors, deterministically). 5 s doubled the freshness p99 of a tailing run at 1k events/s
     against a run without recovery."""
 
+    evict_idle_s: float | None = Field(default=None, gt=0)
+    """Drop a user from the dataflow's state (memory and recovery store) after this many
+    seconds of wall time without an event; None (the default) keeps every user. The user's
+    vectors stay in Redis (see ``RedisConfig.user_ttl_s`` to expire them too); a user who
+    returns starts over from the base, like a new one."""
+
     reload_check_s: float = Field(default=2.0, gt=0)
     """How often a running dataflow checks for a newly published base version (one Redis GET).
     Two seconds makes a publish visible quickly at negligible cost."""

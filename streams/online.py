@@ -33,7 +33,7 @@ from bytewax.outputs import DynamicSink, Sink
 from online_model import UserState
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
-from streams.events import Click, Rejection, decode_click
+from streams.events import _USER_ID_RE, Click, Rejection, decode_click
 from streams.kafka_io import KafkaOut, RawRecord
 
 __all__ = ["FlowSinks", "FlowStats", "LearnerHolder", "build_flow", "deadletter_record", "drift_record"]
@@ -155,6 +155,13 @@ def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any
         out: list[tuple[Any, Any]] = []
         append = out.append
         for rec in recs:
+            if rec.value is None and rec.key is not None:
+                # A tombstone keyed by a user (``diam forget``): the per-user step forgets the
+                # user at this offset, so a replay of the topic forgets them too.
+                uid = forget_target(rec.key)
+                if uid is not None:
+                    append((uid, (rec, None)))
+                    continue
             # The upper time bound is the record's own timestamp plus the allowed skew, not the
             # wall clock, so a replay accepts and rejects exactly what the live run did.
             ts = rec.ts_ms
@@ -172,6 +179,20 @@ def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any
             append((rec, ev))
         return out
     return decode_batch
+
+
+def forget_target(key: bytes) -> str | None:
+    """The user a tombstone (a record with this key and no value) asks to forget; None when
+    the key is not a valid user id (the record is then dead-lettered like any empty one).
+
+    >>> forget_target(b"u42"), forget_target(b"a:b")
+    ('u42', None)
+    """
+    try:
+        uid = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return uid if _USER_ID_RE.fullmatch(uid) else None
 
 
 @dataclass
@@ -206,7 +227,7 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
                 "resume it with the diam-stream release that wrote it, or start a new store "
                 "(another --recovery-dir, or delete this one: the run then re-reads the topic)")
         self.snap = resume
-        self._last_push = time.time()
+        self._last_push = self._seen = time.time()
         self._due: datetime | None = None
         if resume is not None and resume.dirty:
             self._due = datetime.now(UTC)
@@ -223,7 +244,27 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
         return ("v", (s.user_id, new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(),
                                              st.last_ts, st.n_events)))
 
+    def _forget(self, values: list[tuple[RawRecord, Click | None]]) -> tuple[list[tuple[str, Any]], bool]:
+        """A batch holding a forget (``(record, None)``): the user's state is dropped there and
+        the sink deletes their key (``(user, None)``); clicks after it start a new state."""
+        out: list[tuple[str, Any]] = []
+        start = 0
+        for i, (rec, click) in enumerate(values):
+            if click is None:
+                if i > start:
+                    out += self.on_batch(values[start:i])[0]  # type: ignore[arg-type]
+                uid = self.snap.user_id if self.snap is not None else rec.key.decode()  # type: ignore[union-attr]
+                self.snap, self._due = None, None
+                out.append(("v", (uid, None)))
+                start = i + 1
+        if start < len(values):
+            out += self.on_batch(values[start:])[0]  # type: ignore[arg-type]
+        return out, StatefulBatchLogic.DISCARD if self.snap is None else StatefulBatchLogic.RETAIN
+
     def on_batch(self, values: list[tuple[RawRecord, Click]]) -> tuple[list[tuple[str, Any]], bool]:
+        self._seen = time.time()
+        if any(v[1] is None for v in values):
+            return self._forget(values)  # type: ignore[arg-type]
         learner = self.holder.learner
         out: list[tuple[str, Any]] = []
         s = self.snap
@@ -261,9 +302,20 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return self._due
+        idle = self.cfg.evict_idle_s
+        if idle is None:
+            return self._due
+        evict = datetime.fromtimestamp(self._seen + idle, UTC)
+        return evict if self._due is None or evict < self._due else self._due
 
     def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+        idle = self.cfg.evict_idle_s
+        if idle is not None and time.time() - self._seen >= idle:
+            # idle too long: pushed one last time if needed, then dropped from the state (its
+            # key stays in Redis, until ``RedisConfig.user_ttl_s`` if set); a returning user
+            # starts over from the base, as a new one
+            last = [self._push()] if self.snap is not None and self.snap.dirty else []
+            return last, StatefulBatchLogic.DISCARD
         if self.snap is not None and self.snap.dirty:
             return [self._push()], StatefulBatchLogic.RETAIN
         self._due = None

@@ -42,7 +42,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
-from serving_cache.keys import model_active_key, validate_namespace
+from serving_cache.keys import model_active_key, user_key, validate_namespace
 
 __all__ = ["RedisVectorSink", "generation_key"]
 
@@ -77,6 +77,7 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
         self._gen: bytes | None = None  # the marker's token when last checked
         self._next_check = 0.0
         self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
+        self._had_active = False  # the namespace had an active-model key when first checked
         self._q: queue.Queue[list[tuple[str, UserVectors]] | None] = queue.Queue(max_queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="diam-redis-writer", daemon=True)
@@ -117,9 +118,11 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
             if (items or self._held) and self._error is None:
                 try:
                     t0 = time.perf_counter()
-                    self._write(items)
+                    self._write(items)  # type: ignore[arg-type]
                     if self.observer is not None and items:
-                        self.observer(items, time.perf_counter() - t0)
+                        written = [x for x in items if x[1] is not None]
+                        if written:
+                            self.observer(written, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
             if stop:
@@ -136,17 +139,25 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
         assert cur is None or isinstance(cur, bytes)
         first, self._gen = self._gen is None, cur
         if first:
+            self._had_active = bool(client.exists(model_active_key(ns)))
             return False
         if cur == self._gen and not self._suspect:
             return False
         return True
 
-    def _write(self, items: list[tuple[str, UserVectors]]) -> None:
+    def _write(self, items: list[tuple[str, UserVectors | None]]) -> None:
         held = self._held
+        deletes: set[str] = set()
         for user, uv in items:
+            if uv is None:  # a forgotten user (streams.online): the key goes, not a value
+                deletes.add(user)
+                held.pop(user, None)
+                continue
+            deletes.discard(user)  # clicks after the forget: a new state, a newer seq
             prev = held.get(user)
             if prev is None or uv.seq > prev.seq:
                 held[user] = uv
+        writes = [(u, uv) for u, uv in items if uv is not None and u not in deletes]
         backoff, down_since, why = 0.05, None, ""
         while True:
             try:
@@ -161,13 +172,16 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                                  "newest writes)" if self._suspect and self._gen == gen_before
                                  else f"its generation marker {generation_key(self.writer.ns)} "
                                       "was missing or replaced (the key set was lost)")
-                        active = self.writer.client.exists(model_active_key(self.writer.ns))
+                        gone = self._had_active and not self.writer.client.exists(
+                            model_active_key(self.writer.ns))
                         log.warning("Redis%s namespace %r: %s; re-pushing the %d user(s) this "
                                     "worker holds%s", self.where, self.writer.ns, cause, len(held),
-                                    "" if active else f" (the active-model key "
-                                    f"{model_active_key(self.writer.ns)} is absent: publish the "
-                                    "snapshot again if it was lost)")
-                n = self.writer.write_batch(list(held.items()) if repush else items)
+                                    f" (the active-model key {model_active_key(self.writer.ns)} "
+                                    "is gone too: publish the snapshot again, `diam snapshot "
+                                    "publish`)" if gone else "")
+                if deletes:
+                    self.writer.client.delete(*(user_key(self.writer.ns, u) for u in deletes))
+                n = self.writer.write_batch(list(held.items()) if repush else writes)
                 if repush:
                     self.repushed += len(held)
                 self._suspect = False
@@ -191,14 +205,15 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
 
 
 class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
-    """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``.
+    """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``; an item
+    ``(user_id, None)`` deletes the user's key (a forgotten user, in order with the writes).
 
     ``check_every_s``: how often each partition checks the namespace's generation marker."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
 
-    def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 5.0,
+    def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0) -> None:
         self.cfg = cfg
         self.namespace = namespace or cfg.namespace
@@ -207,7 +222,7 @@ class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
-                             self.cfg.keys_per_call)
+                             self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s)
         where = f" at {self.cfg.url.split('@')[-1]}" + (f" (worker {worker_index})" if worker_count > 1 else "")
         part = _Partition(writer, self.max_backoff_s, check_every_s=self.check_every_s, where=where)
         part.observer = self.observer

@@ -86,6 +86,14 @@ def runner(stack, topic, tmp_path) -> Runner:
 
 
 @pytest.fixture
+def side_namespaces(redis_client, namespace) -> Iterator[None]:
+    """Removes the ``<namespace>-*`` namespaces (reference runs) a test made, pass or fail."""
+    yield
+    for k in redis_client.scan_iter(match=f"diam:{namespace}-*", count=1000):
+        redis_client.delete(k)
+
+
+@pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test started; any still running at the end is killed (by its pid)."""
     started: list[subprocess.Popen[str]] = []
@@ -143,8 +151,8 @@ def _stop_cleanly(p: subprocess.Popen[str], sig: int) -> int:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_a_tailing_run_cleanly_and_it_resumes(stack, topic, runner, namespace,
-                                                             redis_client, procs, tmp_path, sig) -> None:
+def test_a_signal_stops_a_tailing_run_cleanly_and_it_resumes(stack, topic, runner, namespace, redis_client,
+                                                             procs, tmp_path, side_namespaces, sig) -> None:
     events = click_stream(n_users=12, n_events=1200, seed=31)
     _produce(stack.settings.kafka, topic, _payloads(events[:600]))
     runner.run_bounded(f"{namespace}-ref-a")
@@ -163,8 +171,6 @@ def test_a_signal_stops_a_tailing_run_cleanly_and_it_resumes(stack, topic, runne
     want = _state(redis_client, f"{namespace}-ref")
     runner.run_bounded(namespace, "--recovery-dir", str(rec))
     assert _state(redis_client, namespace) == want
-    for k in redis_client.scan_iter(match=f"diam:{namespace}-ref*"):
-        redis_client.delete(k)
 
 
 def test_redis_losing_its_data_mid_stream_loses_no_user(stack, topic, runner, private_redis, procs) -> None:
@@ -224,7 +230,7 @@ def _visible(records) -> tuple[list, list]:
 
 
 def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, namespace, redis_client,
-                                                     procs, tmp_path) -> None:
+                                                     procs, tmp_path, side_namespaces) -> None:
     events = click_stream(n_users=20, n_events=16000, seed=33)
     bad = [(b"u1", b"\xc1 not an event"), (b"u2", json.dumps({"user_id": "u2", "item_id": 1}).encode())]
     mixed: list[tuple[bytes | None, bytes | None]] = []
@@ -262,8 +268,6 @@ def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, name
         (d["partition"], d["offset"]) for d in read_deadletters(kafka, f"{topic}.dlq-ref")}
     raw_drift = [parse_drift_record(r.value) for r in consume_all(kafka, f"{topic}.drift")]
     assert _visible(raw_drift) == _visible(ref_drift)
-    for k in redis_client.scan_iter(match=f"diam:{namespace}-ref*"):
-        redis_client.delete(k)
 
 
 def test_the_stacks_redis_conf_keeps_the_data_across_a_kill(tmp_path, procs) -> None:

@@ -1,0 +1,61 @@
+"""``diam forget``: remove users from Redis (every namespace) and from the dataflow's state."""
+
+from __future__ import annotations
+
+import click
+
+from diam.cli import get_settings
+
+
+@click.command("forget")
+@click.argument("users", nargs=-1, required=True)
+@click.option("--topic", default=None,
+              help="Clicks topic whose dataflows must forget the users (default: settings "
+                   "kafka.clicks_topic).")
+@click.option("--redis-only", is_flag=True, default=False,
+              help="Only delete the Redis keys; write no tombstone to the clicks topic.")
+@click.pass_context
+def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, redis_only: bool) -> None:
+    """Forget USERS: delete their vectors in every Redis namespace now, and write a tombstone
+    (the user id as key, no value) to the clicks topic.
+
+    A running `diam run` drops each user's state when it reads the tombstone (so at its next
+    epoch the recovery store no longer holds them) and deletes the user's key again, in case a
+    push was in flight; a replay of the topic forgets them at the same point. Clicks the user
+    makes afterwards start a new state. The user's older clicks stay in the topic until its
+    retention removes them.
+    """
+    from confluent_kafka import Producer
+
+    from serving_cache import redis_client
+    from streams.online import forget_target
+
+    s = get_settings(ctx)
+    bad = [u for u in users if forget_target(u.encode()) is None]
+    if bad:
+        raise click.BadParameter(f"not valid user ids: {', '.join(map(repr, bad))}",
+                                 param_hint="USERS")
+    topic = topic or s.kafka.clicks_topic
+    if not redis_only:
+        errors: list[str] = []
+        p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})
+        for u in users:
+            p.produce(topic, key=u.encode(), value=None,
+                      on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+        left = p.flush(30)
+        if errors or left:
+            raise click.ClickException(f"tombstones to {topic!r} not delivered ({left} pending): "
+                                       f"{'; '.join(errors[:3])}; the Redis keys were not touched")
+        click.echo(f"tombstone(s) for {len(users)} user(s) written to {topic}")
+    client = redis_client(s.redis)
+    for u in users:
+        # user ids never hold ':' or glob characters (streams.events), so the pattern matches
+        # this user's key in each namespace and nothing else
+        keys = list(client.scan_iter(match=f"diam:*:u:{u}", count=1000))
+        if keys:
+            client.delete(*keys)
+        names = sorted(k.decode().split(":")[1] for k in keys)
+        click.echo(f"{u}: deleted in {len(keys)} namespace(s)" + (f" ({', '.join(names)})" if names else ""))
+
+
+COMMANDS = [forget_cmd]

@@ -1,0 +1,102 @@
+"""User lifecycle against the real broker and Redis: key expiry refreshed on every push, and
+``diam forget`` removing a user from every namespace and from the dataflow's state."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from serving_cache import RedisWriter, UserVectors, decode_user, user_key
+from streams.config import FlowConfig
+from streams.events import encode_event
+from streams.online import LearnerHolder
+from streams.runner import OnlineJob, run_online
+from tests.flowkit import click_stream, tiny_learner
+from tests.integration.test_online_flow import _produce
+
+FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
+
+
+def _uv(seq: int) -> UserVectors:
+    return UserVectors(seq=seq, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=seq)
+
+
+def test_user_keys_expire_and_every_push_refreshes_the_expiry(redis_client, namespace) -> None:
+    w = RedisWriter(redis_client, namespace, ttl_s=600)
+    key = user_key(namespace, "a")
+    assert w.write_batch([("a", _uv(5))]) == 1
+    assert 590 <= redis_client.ttl(key) <= 600
+    redis_client.expire(key, 3)
+    assert w.write_batch([("a", _uv(4))]) == 0  # stale: not written, but the user is active
+    assert 590 <= redis_client.ttl(key) <= 600
+    assert decode_user(redis_client.get(key)).seq == 5
+    redis_client.expire(key, 3)
+    assert w.write_batch([("a", _uv(6))]) == 1
+    assert 590 <= redis_client.ttl(key) <= 600
+    assert RedisWriter(redis_client, namespace).write_batch([("b", _uv(1))]) == 1
+    assert redis_client.ttl(user_key(namespace, "b")) == -1  # off by default
+
+
+def _job(stack, topic: str, ns: str, **kw) -> OnlineJob:
+    s = stack.settings
+    kafka = s.kafka.model_copy(update={"drift_topic": f"{topic}.drift", "deadletter_topic": f"{topic}.dlq"})
+    return OnlineJob(kafka=kafka, redis=kw.pop("redis", s.redis), flow=FLOW, topic=topic, namespace=ns,
+                     bounded=True, **kw)
+
+
+def _holder() -> LearnerHolder:
+    learner = tiny_learner()
+    return LearnerHolder(learner, learner.base.version)
+
+
+def _state(client, ns: str) -> dict[str, bytes]:
+    return {k.decode().rsplit(":", 1)[1]: client.get(k) for k in client.scan_iter(match=f"diam:{ns}:u:*")}
+
+
+def test_the_dataflow_sets_the_ttl_setting(stack, topic, namespace, redis_client) -> None:
+    _produce(stack.settings.kafka, topic, [(ev.user_id.encode(), encode_event(ev))
+                                           for ev in click_stream(n_users=4, n_events=40, seed=3)])
+    redis = stack.settings.redis.model_copy(update={"user_ttl_s": 900})
+    run_online(_job(stack, topic, namespace, redis=redis), _holder())
+    keys = list(redis_client.scan_iter(match=f"diam:{namespace}:u:*"))
+    assert len(keys) == 4 and all(880 <= redis_client.ttl(k) <= 900 for k in keys)
+
+
+def test_diam_forget_removes_the_user_everywhere_and_the_dataflow_forgets_them(
+        stack, topic, namespace, redis_client, tmp_path) -> None:
+    # user ids of this test alone: forget deletes the user in *every* namespace of the server
+    tag = namespace[1:9]
+    events = [dataclasses.replace(ev, user_id=f"{tag}-{ev.user_id}")
+              for ev in click_stream(n_users=6, n_events=240, seed=8)]
+    u1, u2 = f"{tag}-user1", f"{tag}-user2"
+    payloads = [(ev.user_id.encode(), encode_event(ev)) for ev in events]
+    _produce(stack.settings.kafka, topic, payloads[:150])
+    rec = tmp_path / "recovery"
+    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    other = f"{namespace}-other"
+    RedisWriter(redis_client, other).write_batch([(u1, _uv(1)), (u2, _uv(1))])
+    assert u1 in _state(redis_client, namespace)
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url}
+    out = subprocess.run([sys.executable, "-m", "diam", "forget", u1, "--topic", topic], env=env,
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    assert f"{u1}: deleted in 2 namespace(s)" in out, out
+    assert u1 not in _state(redis_client, namespace) and set(_state(redis_client, other)) == {u2}
+    # the run resumed from its store reads the tombstone, then u1's later clicks
+    _produce(stack.settings.kafka, topic, payloads[150:])
+    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    got = _state(redis_client, namespace)
+    later = sum(1 for ev in events[150:] if ev.user_id == u1)
+    assert later > 0 and decode_user(got[u1]).n == later  # a new state: later clicks only
+    others = {u: sum(1 for ev in events if ev.user_id == u) for u in got if u != u1}
+    assert all(decode_user(got[u]).n == n for u, n in others.items())
+    # a replay of the whole topic forgets u1 at the same offset: the same state
+    replay = f"{namespace}-replay"
+    run_online(_job(stack, topic, replay), _holder())
+    assert _state(redis_client, replay) == got
+    for ns in (other, replay):
+        for k in redis_client.scan_iter(match=f"diam:{ns}:*"):
+            redis_client.delete(k)

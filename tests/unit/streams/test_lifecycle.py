@@ -1,0 +1,102 @@
+"""User lifecycle in the online dataflow: a tombstone keyed by a user forgets them (state dropped,
+their key deleted, later clicks start a new state), and idle users are evicted from the state."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from bytewax.operators import StatefulBatchLogic
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from streams.config import FlowConfig
+from streams.events import encode_event
+from streams.kafka_io import RawRecord
+from streams.online import (
+    FlowSinks,
+    FlowStats,
+    LearnerHolder,
+    _UserLogic,
+    build_flow,
+    forget_target,
+)
+from tests.flowkit import as_records, click_stream, expected_states, tiny_learner
+
+CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
+
+
+def _run(items, cfg: FlowConfig = CFG):
+    vecs: list = []
+    dead: list = []
+    learner = tiny_learner()
+    flow = build_flow(TestingSource(items, batch_size=5),
+                      FlowSinks(TestingSink(vecs), TestingSink(dead), TestingSink([])),
+                      cfg, LearnerHolder(learner, learner.base.version), stats=FlowStats())
+    run_main(flow, epoch_interval=timedelta(seconds=0.05))
+    return vecs, dead
+
+
+def test_a_tombstone_forgets_the_user_and_later_clicks_start_over() -> None:
+    events = click_stream(n_users=3, n_events=90, seed=5)
+    recs = as_records(events)
+    tomb = RawRecord("t", 0, 60, b"user1", None, 0)
+    after = [r._replace(offset=r.offset + 1) for r in recs[60:]]
+    vecs, dead = _run(recs[:60] + [tomb] + after)
+    assert dead == []
+    # user1's key is deleted at the tombstone, in order with its pushes
+    mine = [uv for u, uv in vecs if u == "user1"]
+    cut = mine.index(None)
+    assert all(uv is not None and uv.seq < 60 for uv in mine[:cut])
+    assert all(uv is not None and uv.seq > 60 for uv in mine[cut + 1:])
+    # after the tombstone, user1's state is what their later clicks alone give
+    later = [(ev, r.offset) for ev, r in zip(events[60:], after, strict=True) if ev.user_id == "user1"]
+    want = expected_states([e for e, _ in later], tiny_learner(), [o for _, o in later])["user1"]
+    last = mine[-1]
+    assert (last.seq, last.n) == (want.seq, want.n_events)
+    # the others are untouched: their last values are the offline learner's over all events
+    others = expected_states([e for e in events if e.user_id != "user1"], tiny_learner(),
+                             [(r.offset if i < 60 else r.offset + 1) for i, (e, r) in
+                              enumerate(zip(events, recs, strict=True)) if e.user_id != "user1"])
+    for u, st in others.items():
+        got = [uv for x, uv in vecs if x == u][-1]
+        assert (got.seq, got.n) == (st.seq, st.n_events)
+
+
+def test_a_tombstone_for_a_user_without_state_deletes_the_key_and_a_bad_key_is_dead_lettered() -> None:
+    vecs, dead = _run([RawRecord("t", 0, 0, b"ghost", None, 0), RawRecord("t", 0, 1, b"a:b", None, 0)])
+    assert vecs == [("ghost", None)]
+    assert len(dead) == 1
+    assert forget_target(b"a:b") is None and forget_target(b"\xff") is None
+
+
+def test_an_idle_user_is_evicted_from_the_state_after_a_last_push() -> None:
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=0.2)
+    logic = _UserLogic(holder, cfg, None, None)
+    ev = click_stream(n_users=1, n_events=3)
+    recs = as_records(ev)
+    out, keep = logic.on_batch([(r, (e.user_id, e.item_id, e.ts, None)) for r, e in zip(recs, ev, strict=True)])
+    assert keep == StatefulBatchLogic.RETAIN and out == []
+    due = logic.notify_at()
+    assert due is not None and due.timestamp() - time.time() < 0.25
+    time.sleep(0.25)
+    out, keep = logic.on_notify()
+    assert keep == StatefulBatchLogic.DISCARD
+    assert [k for k, _ in out] == ["v"] and out[0][1][1].n == 3  # the unpushed events, pushed
+
+
+def test_without_eviction_an_idle_user_stays() -> None:
+    learner = tiny_learner()
+    logic = _UserLogic(LearnerHolder(learner, learner.base.version), CFG, None, None)
+    ev = click_stream(n_users=1, n_events=1)
+    logic.on_batch([(as_records(ev)[0], (ev[0].user_id, ev[0].item_id, ev[0].ts, None))])
+    _out, keep = logic.on_notify()
+    assert keep == StatefulBatchLogic.RETAIN
+
+
+def test_tombstones_need_a_value_of_none_not_an_empty_payload() -> None:
+    # an empty value is a malformed click, dead-lettered as before; only a null value forgets
+    vecs, dead = _run([RawRecord("t", 0, 0, b"user1", b"", 0),
+                       RawRecord("t", 0, 1, b"user0", encode_event(click_stream(1, 1)[0]), 0)])
+    assert len(dead) == 1 and all(uv is not None for _, uv in vecs)
