@@ -290,6 +290,17 @@ class Retrainer:
                         train_metrics={**res.metrics(), "history": res.history},
                         extra={"split_seed": cfg.seed, "retrain": {"window": window,
                                                                    "warm_start": warm}})
+        # new items get their first embedding from this tower (titles + categories), exported
+        # with the snapshot; fitted on the candidate's trained rows
+        from online_model.models.content import FILE, ContentTower
+
+        titles = {k: v.title for k, v in catalog.items.items()}
+        cats_of = {k: list(v.categories) for k, v in catalog.items.items()}
+        ids = full.item_ids.astype(str).tolist()
+        ContentTower.fit(full.category_names, [cats_of.get(i, []) for i in ids],
+                         [titles.get(i, "") for i in ids],
+                         res.model.export_online()["online.item_emb"]).save(
+            cand_dir / FILE)
         # cold lists serve the window's most clicked items (publish copies this file)
         np.save(cand_dir / "item_pop.npy", np.bincount(train_c.items, minlength=full.n_items),
                 allow_pickle=False)

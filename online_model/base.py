@@ -299,6 +299,37 @@ class BaseView:
             },
         )
 
+    # -- new items (issue 16) ----------------------------------------------------------------
+    def with_items(self, item_ids: Any, item_emb: np.ndarray,
+                   item_categories: np.ndarray | None = None) -> BaseView:
+        """A new base with ``item_ids`` appended (rows ``N..N+n-1``, embeddings ``item_emb``
+        [n, d], e.g. from the content tower) and the same version string: existing rows keep
+        their index, so users' state stays valid and nobody is re-anchored. Ids already known
+        are skipped. The DIAM head, when present, gets the same rows appended."""
+        import copy
+
+        ids = np.asarray(item_ids).astype(str)
+        emb = np.asarray(item_emb, dtype=np.float32).reshape(len(ids), self.dim)
+        cats = (np.full(len(ids), -1, dtype=np.int32) if item_categories is None
+                else np.asarray(item_categories, dtype=np.int32))
+        new = np.array([self.index_of(i) < 0 for i in ids.tolist()], dtype=bool)
+        _, first = np.unique(ids, return_index=True)
+        new &= np.isin(np.arange(len(ids)), first)
+        if not new.any():
+            return self
+        head = self.head
+        if head is not None and hasattr(head, "item_emb") and hasattr(head, "item_cat"):
+            head = copy.copy(head)
+            head.item_emb = np.concatenate([head.item_emb, emb[new].astype(head.item_emb.dtype)])
+            head.item_cat = np.concatenate([head.item_cat, cats[new].astype(head.item_cat.dtype)])
+        meta = {**self.meta, "content_items": int(self.meta.get("content_items", 0) + new.sum())}
+        return BaseView(
+            np.concatenate([self.item_ids, ids[new]]), np.concatenate([self.item_emb, emb[new]]),
+            np.concatenate([self.item_categories, cats[new]]), self.category_names,
+            k_max=self.k_max, version=self.version, gate=self.gate, fusion=self.fusion,  # type: ignore[arg-type]
+            meta=meta, head=head,
+        )
+
 
 def toy_base(
     n_items: int = 60,

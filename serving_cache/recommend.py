@@ -24,6 +24,8 @@ their vectors' version; only when that version is gone does it use the active on
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,6 +45,8 @@ __all__ = [
     "Mode",
     "MAX_DELTA",
 ]
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
@@ -148,6 +152,8 @@ class Recommender:
         self.keep_versions = max(1, keep_versions)
         self._loaded: dict[str, SnapshotIndex] = {}
         self._active: SnapshotIndex | None = None
+        self._catalog: Any = None  # streams.catalog.CatalogFollower, see follow_catalog
+        self._swap_lock = threading.Lock()
         if snapshot is not None:
             self.swap(snapshot)
 
@@ -157,7 +163,14 @@ class Recommender:
 
     def swap(self, snapshot: SnapshotIndex) -> None:
         """Make ``snapshot`` the active one; keep the previous ``keep_versions - 1`` loaded for
-        users not re-anchored yet."""
+        users not re-anchored yet. With a catalogue followed, the catalogue's items that the
+        snapshot does not know are added to it first (content embeddings)."""
+        with self._swap_lock:
+            if self._catalog is not None:
+                snapshot = snapshot.with_items(list(self._catalog.items.values()))
+            self._swap(snapshot)
+
+    def _swap(self, snapshot: SnapshotIndex) -> None:
         loaded = dict(self._loaded)
         loaded.pop(snapshot.version, None)
         loaded[snapshot.version] = snapshot  # insertion order = age
@@ -165,6 +178,42 @@ class Recommender:
             loaded.pop(next(iter(loaded)))
         self._loaded = loaded
         self._active = snapshot
+
+    def add_items(self, items: Sequence[Any]) -> int:
+        """Make catalogue ``items`` (``streams.catalog.CatalogItem``) the active snapshot does
+        not know recommendable now: content embeddings added to a copy of its FAISS index, no
+        rebuild. Returns how many were added."""
+        with self._swap_lock:
+            snap = self._active
+            if snap is None or not items:
+                return 0
+            new = snap.with_items(items)
+            if new is snap:
+                return 0
+            self._swap(new)
+            return new.n_items - snap.n_items
+
+    def follow_catalog(self, follower: Any, every_s: float = 0.5,
+                       stop: threading.Event | None = None) -> threading.Thread:
+        """Poll ``follower`` (``streams.catalog.CatalogFollower``) every ``every_s`` in a daemon
+        thread and add the new items (:meth:`add_items`); snapshots swapped in later get the
+        whole catalogue's unknown items too."""
+        self._catalog = follower
+        stop = stop or threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    fresh = follower.poll(timeout=min(every_s, 1.0))
+                    if fresh:
+                        self.add_items(fresh)
+                except Exception as exc:  # noqa: BLE001 - the follower retries next time
+                    log.warning("catalogue poll failed: %s", exc)
+                stop.wait(every_s)
+
+        thread = threading.Thread(target=loop, name="catalog-follow", daemon=True)
+        thread.start()
+        return thread
 
     def warm_up(self) -> None:
         """Compile the aggregator's kernels (or load them from numba's cache) and run one

@@ -72,6 +72,9 @@ class SnapshotIndex:
     popularity: np.ndarray | None  # [N] or None (uniform)
     kind: str
     nprobe: int | None
+    tower: Any = None  # online_model.models.content.ContentTower, or None
+    content_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Rows added after publish with a content-tower embedding (issue 16: new items)."""
     cold: np.ndarray = field(init=False)  # [<=COLD_POOL] item indices
     _id_index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _names: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -121,7 +124,13 @@ class SnapshotIndex:
             raise ValueError(
                 f"{path}: index holds {index.ntotal}x{index.d}, items are {item_vecs.shape}"
             )
+        tower = None
+        if (path / "content_tower.safetensors").is_file():
+            from online_model.models.content import ContentTower
+
+            tower = ContentTower.load(path / "content_tower.safetensors")
         return cls(
+            tower=tower,
             version=version or str(manifest.get("version", path.name)),
             path=path,
             index=index,
@@ -163,3 +172,48 @@ class SnapshotIndex:
         c = self.item_categories[idx]
         c = np.where((c >= 0) & (c < len(self.category_names)), c, len(self.category_names))
         return self._names[c].tolist()
+
+    def with_items(self, items: Any) -> SnapshotIndex:
+        """A copy with the catalogue ``items`` (``streams.catalog.CatalogItem``) it does not
+        know appended: content-tower embeddings, FAISS rows added with ids ``N..`` (IVF
+        ``add_with_ids``; an exact index numbers rows in order, so ``add`` gives the same ids),
+        no rebuild, no retrain. ``self`` is left untouched for requests in flight (the index is
+        cloned); returns ``self`` when nothing is new or there is no tower."""
+        import faiss
+
+        if self.tower is None or self.tower.dim != self.dim:
+            return self
+        seen: set[str] = set()
+        new = []
+        for it in items:
+            if it.item_id not in seen and self.index_of(it.item_id) < 0:
+                seen.add(it.item_id)
+                new.append(it)
+        if not new:
+            return self
+        emb = np.ascontiguousarray(
+            self.tower.embed([list(it.categories) for it in new], [it.title for it in new]),
+            dtype=np.float32)
+        pos = {c: i for i, c in enumerate(self.category_names)}
+        cats = np.array([pos.get(it.categories[0], -1) if it.categories else -1 for it in new],
+                        dtype=np.int32)
+        rows = np.arange(self.n_items, self.n_items + len(new), dtype=np.int64)
+        index = faiss.clone_index(self.index)
+        if self.nprobe:
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = self.nprobe
+            index.add_with_ids(emb, rows)
+        else:
+            index.add(emb)
+        # a new item has no clicks yet: popularity 0 until a live count says otherwise
+        pop = None if self.popularity is None else np.concatenate(
+            [self.popularity, np.zeros(len(new))])
+        out = SnapshotIndex(
+            version=self.version, path=self.path, index=index,
+            item_ids=np.concatenate([self.item_ids, [it.item_id for it in new]]),
+            item_vecs=np.concatenate([self.item_vecs, emb]),
+            item_categories=np.concatenate([self.item_categories, cats]),
+            category_names=self.category_names, popularity=pop, kind=self.kind,
+            nprobe=self.nprobe, tower=self.tower,
+            content_rows=np.concatenate([self.content_rows, rows]))
+        return out

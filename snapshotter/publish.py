@@ -36,7 +36,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REQUIRED = ("weights.safetensors", "config.json", "item_ids.npy")
-OPTIONAL = ("item_categories.npy", "categories.json", "item_pop.npy")
+OPTIONAL = ("item_categories.npy", "categories.json", "item_pop.npy", "content_tower.safetensors")
 MANIFEST_FORMAT = 1
 
 
@@ -158,6 +158,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 f"item_pop.npy: expected non-negative [{n}], got {pop.dtype} {pop.shape}"
             )
         files.append("item_pop.npy")
+    if (ck / "content_tower.safetensors").is_file():
+        from online_model.models.content import ContentTower
+
+        try:
+            tower = ContentTower.load(ck / "content_tower.safetensors")
+        except Exception as exc:  # noqa: BLE001 - a broken tower refuses the checkpoint
+            raise CheckpointError(f"content_tower.safetensors: cannot be read: {exc}") from exc
+        if tower.dim != dim:
+            raise CheckpointError(f"content_tower.safetensors: dim {tower.dim}, items have {dim}")
+        files.append("content_tower.safetensors")
     return Checkpoint(
         ck,
         config,
@@ -192,6 +202,25 @@ def _popularity_from_data(ck: Checkpoint, data_dir: Path | None) -> np.ndarray |
         if k is not None:
             pop[k] = c
     return pop
+
+
+def _content_tower(ck: Checkpoint, staging: Path) -> dict[str, Any]:
+    """The snapshot's content tower (new items get their first embedding from it): the
+    checkpoint's own (fitted with titles by the retrain service), else one fitted here on the
+    categories alone. Manifest info says which."""
+    from online_model.models.content import FILE, ContentTower
+
+    if FILE in ck.files:
+        return {"source": "checkpoint"}
+    cat_file, names_file = ck.path / "item_categories.npy", ck.path / "categories.json"
+    if not (cat_file.is_file() and names_file.is_file()):
+        return {"source": None, "why": "no item categories in the checkpoint"}
+    names = json.loads(names_file.read_text())
+    cats = np.load(cat_file, allow_pickle=False)
+    tower = ContentTower.fit(names, [[names[c]] if 0 <= c < len(names) else [] for c in cats],
+                             [""] * len(cats), ck.item_emb)
+    tower.save(staging / FILE)
+    return {"source": "publish", "features": "categories"}
 
 
 @dataclass(frozen=True)
@@ -245,6 +274,7 @@ def publish(
             pop = _popularity_from_data(ck, Path(data_dir) if data_dir else None)
             if pop is not None:
                 np.save(staging / "item_pop.npy", pop, allow_pickle=False)
+        tower_info = _content_tower(ck, staging)
         faiss.write_index(index, str(staging / "items.faiss"))
         files = {
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
@@ -260,6 +290,7 @@ def publish(
             "train_metrics": ck.config.get("train_metrics", {}),
             "data": ck.config.get("data", {}),
             "index": index_info,
+            "content_tower": tower_info,
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))

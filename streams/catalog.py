@@ -49,6 +49,7 @@ __all__ = [
     "publish_items",
     "items_of_dataset",
     "read_catalog",
+    "CatalogFollower",
 ]
 
 _MAX_ID = 128
@@ -218,3 +219,60 @@ def read_catalog(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> Catalog
         else:
             cat.items[got.item_id] = got
     return cat
+
+
+class CatalogFollower:
+    """Tails the catalogue topic from its start, without blocking: :meth:`poll` returns the
+    items that arrived (or changed) since the last call, the first call the whole catalogue.
+    ``items`` keeps the current catalogue. The topic may not exist yet; it is looked for again
+    on each poll. Bad records are counted, as :func:`read_catalog` does."""
+
+    def __init__(self, cfg: KafkaConfig, topic: str, max_records: int = 10_000) -> None:
+        self.cfg, self.topic, self.max_records = cfg, topic, max_records
+        self.items: dict[str, CatalogItem] = {}
+        self.rejected = 0
+        self._consumer: Any = None
+
+    def _assign(self) -> bool:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from streams.kafka_io import partition_ids
+
+        try:
+            parts = partition_ids(self.cfg, self.topic, timeout=5.0)
+        except Exception:  # noqa: BLE001 - not created yet, or the broker is away: next poll
+            return False
+        conf = dict(self.cfg.client_config())
+        conf.update({"group.id": "diam-catalog", "enable.auto.commit": "false"})
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+        return True
+
+    def poll(self, timeout: float = 0.0) -> list[CatalogItem]:
+        """New or changed items since the last poll (tombstones remove from ``items``)."""
+        if self._consumer is None and not self._assign():
+            return []
+        out: dict[str, CatalogItem] = {}
+        msgs = self._consumer.consume(self.max_records, timeout)
+        while msgs:
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                key = m.key() if isinstance(m.key(), bytes) else None
+                got = decode_item(key, m.value())
+                if got is None:
+                    if key is not None:
+                        self.items.pop(key.decode(errors="replace"), None)
+                        out.pop(key.decode(errors="replace"), None)
+                elif isinstance(got, Rejection):
+                    self.rejected += 1
+                else:
+                    self.items[got.item_id] = got
+                    out[got.item_id] = got
+            msgs = self._consumer.consume(self.max_records, 0.0) if len(msgs) else []
+        return list(out.values())
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -115,7 +115,7 @@ class LearnerHolder:
             return
         self._next_check = now + self._check_every_s
         found = self._reload()
-        if found is not None and found[1] != self.version:
+        if found is not None:  # a new version, or new items appended under the same one
             self.learner, self.version = found
 
 

@@ -36,13 +36,27 @@ def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str 
         watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
                                 ns=namespace or settings.redis.namespace, current=version)
 
+        from streams.catalog import CatalogFollower
+        from streams.new_items import extend_base, load_tower
+
+        # new catalogue items enter the running base with a content embedding (issue 16)
+        follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
+        now = {"base": base, "tower": load_tower(store.path(version))}
+
         def reload() -> tuple[object, str] | None:
             found = watcher.poll()
             if found is None:
-                return None
-            new_version, path = found
-            new = BaseView.from_checkpoint(path, version=new_version)
-            return OnlineLearner(new, cfg), new_version
+                fresh = follower.poll()
+                new = extend_base(now["base"], fresh, now["tower"]) if fresh else now["base"]
+                if new is now["base"]:
+                    return None
+            else:
+                new_version, path = found
+                now["tower"] = load_tower(path)
+                new = BaseView.from_checkpoint(path, version=new_version)
+                new = extend_base(new, list(follower.items.values()), now["tower"])
+            now["base"] = new
+            return OnlineLearner(new, cfg), new.version
 
         return LearnerHolder(OnlineLearner(base, cfg), version, reload=reload if hot_reload else None,
                              check_every_s=settings.flow.reload_check_s)

@@ -45,6 +45,13 @@ from diam.cli import get_settings
     "events/s and freshness.",
 )
 @click.option("--ui/--no-ui", default=True, show_default=True, help="Serve the operator page at /ui.")
+@click.option(
+    "--follow-items/--no-follow-items",
+    default=True,
+    show_default=True,
+    help="Tail the catalogue topic (kafka.items_topic): items the snapshot does not know get "
+    "a content-tower embedding and are added to the FAISS index at once.",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -56,6 +63,7 @@ def serve_cmd(
     log_level: str,
     flow_metrics: tuple[str, ...],
     ui: bool,
+    follow_items: bool,
 ) -> None:
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
@@ -99,8 +107,14 @@ def serve_cmd(
             alerts=lambda n: latest_alerts(kafka, n),
             user_drift=lambda user, n: user_drift_events(kafka, user, n),
         )
+    recommender = Recommender(None, client, ns, threads=threads)
+    if follow_items:
+        from streams.catalog import CatalogFollower
+
+        # new catalogue items are recommendable at once (content tower, FAISS add, no rebuild)
+        recommender.follow_catalog(CatalogFollower(s.kafka, s.kafka.items_topic))
     app = get_app(
-        Recommender(None, client, ns, threads=threads),
+        recommender,
         watcher=watcher,
         reload_every_s=reload_every,
         ui=sources,

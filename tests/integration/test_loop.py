@@ -252,3 +252,77 @@ def test_killed_retrain_leaves_the_active_snapshot_untouched(
     assert [v.version for v in store.versions()] == [first.version]
     assert [d["published"] for d in _decisions(stack, topic)] == [True]
     assert sorted(p.name for p in (tmp_path / "candidates").iterdir()) == [first.candidate]
+
+
+# --------------------------------------------------------------------------- new items
+
+
+def test_new_catalogue_item_recommendable_through_the_api_and_in_the_stream_base(
+        stack, topic, namespace, redis_client, tmp_path) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    import diam.cli  # noqa: F401 - diam.commands.run imports diam.cli; load it first
+    from diam.commands.run import load_holder
+    from serving_cache.api import get_app
+    from serving_cache.codec import UserVectors
+    from serving_cache.reader import fail_fast
+    from serving_cache.recommend import Recommender
+    from serving_cache.retrieval import SnapshotIndex
+    from serving_cache.writer import RedisWriter
+    from snapshotter import SnapshotConfig, SnapshotStore, publish
+    from snapshotter.testing import write_checkpoint
+    from streams.catalog import CatalogFollower
+
+    kafka = stack.settings.kafka.model_copy(update={"items_topic": f"{topic}.items"})
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    ck = write_checkpoint(tmp_path / "ck", n_items=120, dim=8, n_categories=5, seed=3)
+    res = publish(ck, store, redis_client, namespace)
+    assert res.manifest["content_tower"]["source"] == "publish"  # fitted on the categories
+    snap = SnapshotIndex.load(res.path, res.version)
+    cat = snap.category_names[0]
+    vec = snap.tower.embed([[cat]], ["brand new title"])  # what the new item will get
+    RedisWriter(redis_client, namespace).write_batch(
+        [("u1", UserVectors(seq=1, model=res.version, k=1, d=0.5, dim=8, vecs=vec, ts=1, n=3))])
+    rec = Recommender(snap, fail_fast(redis_client), namespace)
+    rec.follow_catalog(CatalogFollower(kafka, kafka.items_topic), every_s=0.1)
+
+    s = stack.settings.model_copy(update={
+        "kafka": kafka, "snapshot": store.cfg,
+        "online": stack.settings.online.model_copy(update={"dim": 8})})
+    holder = load_holder(s, None, None, namespace=namespace)
+    holder._check_every_s = 0.0
+    n0 = len(holder.learner.base.item_ids)
+
+    with TestClient(get_app(rec)) as http:
+        def items() -> list[str]:
+            r = http.get("/users/u1/recommendations?n=200")
+            assert r.status_code == 200, r.text
+            return [x["item_id"] for x in r.json()["items"]]
+
+        assert "brand-new" not in items()
+        t0 = time.monotonic()
+        assert publish_items(kafka, kafka.items_topic,
+                             [CatalogItem("brand-new", (cat,), "brand new title", 1)]).ok
+        while "brand-new" not in items():
+            assert time.monotonic() - t0 < 10, "not recommendable within 10 s"
+            time.sleep(0.05)
+        ready_s = time.monotonic() - t0
+        got = http.get("/users/u1/recommendations?n=200").json()
+    new = next(x for x in got["items"] if x["item_id"] == "brand-new")
+    assert new["category"] == cat and got["snapshot"] == res.version and not got["cold"]
+    active = rec.active
+    assert active is not None and active.index.ntotal == 121 and active.content_rows.tolist() == [120]
+    assert store.active_version() == res.version  # no retrain, no new snapshot
+    print(f"new item recommendable {ready_s:.2f} s after it was produced")
+
+    # the running stream's base gets it too, under the same version (nobody re-anchored)
+    deadline = time.monotonic() + 10
+    while holder.learner.base.index_of("brand-new") < 0:
+        assert time.monotonic() < deadline, "the stream's base never got the new item"
+        holder.maybe_reload()
+        time.sleep(0.05)
+    base = holder.learner.base
+    assert len(base.item_ids) == n0 + 1 and holder.version == res.version
+    np.testing.assert_allclose(base.item_emb[base.index_of("brand-new")], vec[0], rtol=1e-5)
