@@ -484,6 +484,7 @@ def main() -> None:
     evals = {n: [bench.evaluated(n, s, lr, split) for s in args.seeds]
              for n, (lr, _) in chosen.items()}
     res["lr_per_model"] = {n: lr for n, (lr, _) in chosen.items()}
+    res["lr"] = res["lr_per_model"]  # was one float that no model used; now each row's rate
     res["models"] = {n: summary(evals[n], *chosen[n]) for n in evals}
     if "diam" in evals and any(n in evals for n in BASELINES):
         res.update(compare(evals, args.bootstrap, [1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0]))

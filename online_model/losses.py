@@ -23,6 +23,7 @@ __all__ = [
     "utility_ranking_loss",
     "diversity_contrastive_loss",
     "gumbel_interest_weights",
+    "routing_regularization",
 ]
 
 
@@ -132,3 +133,23 @@ def gumbel_interest_weights(logits: torch.Tensor, mask: torch.Tensor, tau: torch
         u = torch.rand_like(z).clamp(1e-9, 1 - 1e-9)
         z = z - torch.log(-torch.log(u))
     return torch.softmax(z / tau[:, None], dim=-1)
+
+
+def routing_regularization(att: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REMI's routing regularisation (Xie et al., RecSys 2023), per-user mean.
+
+    ``att`` [B, K, L] item-to-interest routing (each row sums to 1 over the valid positions),
+    ``mask`` [B, L]. For interest k, ``c_k = sum_l (a_kl - mean_l a_k)^2 / L`` is the spread of
+    its routing over the history; the loss is ``sum_k c_k^2``, large when interests "collapse"
+    onto single items (a one-hot row has the largest spread).
+
+    >>> a = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]])
+    >>> round(float(routing_regularization(a, torch.ones(1, 4, dtype=torch.bool))), 6)
+    0.035156
+    """
+    m = mask[:, None, :].float()  # [B, 1, L]
+    n = m.sum(-1).clamp_min(1)  # [B, 1]
+    a = att.float()
+    mean = (a * m).sum(-1) / n  # [B, K]
+    c = (((a - mean[..., None]) ** 2) * m).sum(-1) / att.shape[-1]  # [B, K]
+    return (c ** 2).sum(-1).mean()

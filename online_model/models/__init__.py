@@ -5,18 +5,20 @@ embedding space out (``Interests``), a sampled-softmax training loss, and a nump
 online head. Build one by name with :func:`build_model`.
 
 >>> sorted(MODELS)
-['comirec-dr', 'comirec-sa', 'diam', 'mind', 'single']
+['adasr', 'comirec-dr', 'comirec-sa', 'diam', 'mind', 'remi', 'single']
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from online_model.models.adasr import AdaptiveK
 from online_model.models.base import Batch, Interests, ModelConfig, MultiInterestModel
 from online_model.models.comirec_dr import ComiRecDR
 from online_model.models.comirec_sa import ComiRecSA
 from online_model.models.diam import DIAM
 from online_model.models.mind import MIND
+from online_model.models.remi import REMI
 from online_model.models.single import SingleInterest
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "ComiRecSA",
     "ComiRecDR",
     "SingleInterest",
+    "REMI",
+    "AdaptiveK",
     "build_model",
 ]
 
@@ -39,6 +43,8 @@ MODELS: dict[str, type[MultiInterestModel]] = {
     "comirec-sa": ComiRecSA,
     "comirec-dr": ComiRecDR,
     "single": SingleInterest,
+    "remi": REMI,
+    "adasr": AdaptiveK,
 }
 
 

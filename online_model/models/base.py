@@ -65,6 +65,8 @@ class ModelConfig:
     # single-interest ablation: DIAM's dual-scale encoder summary and category profile enter
     # the residual MLP, and the loss uses DIAM's interest-aware hard negatives (hard_beta)
     single_diam: bool = False
+    remi_rr: float = 1e4  # REMI: weight of the routing regularisation (per-user mean)
+    adak_cost: float = 0.05  # AdaSR-style adaptive K: price of E[K_u] / K_max in the loss
     util_negatives: int = 50  # hardest negatives the utility loss compares against
     redundancy_window: int = 10  # recent items that define "already consumed"
     light_hidden: int = 32

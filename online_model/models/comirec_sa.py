@@ -31,5 +31,6 @@ class ComiRecSA(MultiInterestModel):
         x = self.item_emb(batch.seq)  # [B, L, d]
         mask = batch.mask.clone()
         mask[:, -1] |= ~mask.any(1)  # an empty history would give an all -inf softmax row
-        vecs, _ = self.sa(x + self.pos[-x.shape[1]:], x, mask)
-        return Interests(vecs, torch.ones(vecs.shape[:2], device=vecs.device))
+        vecs, att = self.sa(x + self.pos[-x.shape[1]:], x, mask)  # [B, K, d], [B, K, L]
+        return Interests(vecs, torch.ones(vecs.shape[:2], device=vecs.device),
+                         extra={"att": att, "seq_mask": mask})

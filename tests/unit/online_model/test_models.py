@@ -265,3 +265,20 @@ def test_single_diam_option_trains_one_vector():
     assert set(MODELS_BUILT["single"].state_dict()) == {"item_emb.weight", "mlp.0.weight",
                                                          "mlp.0.bias", "mlp.2.weight",
                                                          "mlp.2.bias"}
+
+
+@pytest.mark.parametrize("name", ["remi", "adasr"])
+def test_remi_and_adaptive_k_train(name):
+    """REMI's loss carries its routing penalty; the adaptive-K model's gate gets a gradient
+    through the soft mask and gives a hard prefix mask at inference."""
+    model = _model(name).train()
+    loss, logs = model.loss(_batch(6, [10, 3, 7, 1, 10, 5]), torch.arange(1, 17))
+    loss.backward()
+    assert torch.isfinite(loss)
+    if name == "remi":
+        assert "rr" in logs and logs["rr"] >= 0
+    else:
+        assert any(float(p.grad.abs().sum()) > 0 for p in model.gate.parameters())
+        with torch.no_grad():
+            out = model.eval().interests(_batch(6, [10, 3, 7, 1, 10, 5]))
+        assert out.vecs.shape[1] == 6 and (out.mask[:, 1:] <= out.mask[:, :-1]).all()
