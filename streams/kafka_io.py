@@ -89,18 +89,24 @@ class BrokerHealth:
 
     An outage is logged once when it starts and once when it ends, with its duration, instead
     of librdkafka's line per refused connection (an operator saw ~440 of those in 18 s and no
-    line saying the broker was back). Every client of the dataflow for the same bootstrap
-    shares one instance (:meth:`of`); librdkafka's other log lines pass through to the
-    ``streams.kafka_io.rdkafka`` logger.
+    line saying the broker was back). A failure that clears within ``grace_s`` (3 s: a
+    connection closed and reopened; a broker in controlled shutdown drops its connections
+    and still answers metadata for ~2 s before it goes) is not an outage and logs nothing.
+    librdkafka says when a connection fails, never when one works again, so the end is seen
+    by the dataflow: a delivered record, or a metadata answer to the source's probe. Every
+    client of the dataflow for the same bootstrap shares one instance (:meth:`of`);
+    librdkafka's other log lines pass through to the ``streams.kafka_io.rdkafka`` logger.
     """
 
     _all: dict[str, BrokerHealth] = {}
     _all_lock = threading.Lock()
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, bootstrap: str, grace_s: float = 3.0) -> None:
+        self.bootstrap, self.grace_s = bootstrap, grace_s
         self.outages = 0
-        self._since: float | None = None
+        self._since: float | None = None  # first failure not followed by a success
+        self._logged = False
+        self._why = ""
         self._lock = threading.Lock()
         self.logger = logging.getLogger(f"{__name__}.rdkafka.{len(BrokerHealth._all)}")
         self.logger.propagate = False
@@ -119,18 +125,29 @@ class BrokerHealth:
         return self._since
 
     def down(self, why: str) -> None:
+        """A connection attempt failed (called per librdkafka failure line or error)."""
         with self._lock:
-            if self._since is not None:
+            if self._since is None:
+                self._since, self._why = time.monotonic(), why.strip()[:200]
+        self.check()
+
+    def check(self) -> None:
+        """Log the outage once it has lasted ``grace_s``."""
+        with self._lock:
+            since = self._since
+            if since is None or self._logged or time.monotonic() - since < self.grace_s:
                 return
-            self._since = time.monotonic()
+            self._logged = True
             self.outages += 1
-        log.warning("Kafka broker %s unreachable (%s); the dataflow stalls and retries "
-                    "(nothing is dropped)", self.bootstrap, why.strip()[:200])
+        log.warning("Kafka broker %s unreachable for %.1f s (%s); the dataflow stalls and "
+                    "retries (nothing is dropped)", self.bootstrap, time.monotonic() - since,
+                    self._why)
 
     def up(self) -> None:
         with self._lock:
-            since, self._since = self._since, None
-        if since is not None:
+            since, logged = self._since, self._logged
+            self._since, self._logged = None, False
+        if since is not None and logged:
             log.warning("Kafka broker %s reachable again after %.1f s of outage",
                         self.bootstrap, time.monotonic() - since)
 
@@ -295,7 +312,7 @@ class _SharedConsumer:
         # up the rest (Bytewax's own Kafka source waits 1 ms too).
         msgs = self.consumer.consume(self.batch, 0.001)
         if self.health.down_since is not None:
-            self._probe(bool(msgs))
+            self._probe()
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -308,17 +325,18 @@ class _SharedConsumer:
             if buf is not None:
                 buf.append(m)
 
-    def _probe(self, got: bool) -> None:
-        # librdkafka says when a connection fails, never when it works again: records
-        # arriving, or a metadata answer (asked at most once a second), end the outage
+    def _probe(self) -> None:
+        # records already fetched say nothing about the broker now: ask it for metadata, at
+        # most once a second while it is thought down
         now = time.monotonic()
-        if not got and now < self._next_probe:
+        if now < self._next_probe:
+            self.health.check()
             return
         self._next_probe = now + 1.0
         try:
-            if not got:
-                self.consumer.list_topics(self.topic, timeout=0.5)
+            self.consumer.list_topics(self.topic, timeout=0.5)
         except KafkaException:
+            self.health.check()
             return
         self.health.up()
 
