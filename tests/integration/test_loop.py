@@ -326,3 +326,33 @@ def test_new_catalogue_item_recommendable_through_the_api_and_in_the_stream_base
     base = holder.learner.base
     assert len(base.item_ids) == n0 + 1 and holder.version == res.version
     np.testing.assert_allclose(base.item_emb[base.index_of("brand-new")], vec[0], rtol=1e-5)
+
+
+def test_retrain_service_runs_on_new_events_and_resumes_after_the_last_decision(
+        stack, topic, namespace, loop_data, tmp_path) -> None:
+    import threading
+    import time
+
+    from diam.retrain import Retrainer
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, epochs=1, every_events=1000, every_minutes=600.0,
+                       poll_s=0.2)
+    stop = threading.Event()
+    th = threading.Thread(target=Retrainer(s, namespace=namespace).serve, args=(stop,),
+                          daemon=True)
+    th.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not _decisions(stack, topic):
+            assert time.monotonic() < deadline and th.is_alive(), "no retrain ran"
+            time.sleep(0.5)
+        time.sleep(1.5)  # several polls without new events: no second retrain
+        assert len(_decisions(stack, topic)) == 1
+    finally:
+        stop.set()
+        th.join(60)
+    d = _decisions(stack, topic)[0]
+    assert d["published"] and sum(d["window"]["end"].values()) == 1600
+    last = Retrainer(s, namespace=namespace).last_decision()
+    assert last is not None and last["candidate"] == d["candidate"]
