@@ -160,9 +160,10 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
         writes = [(u, uv) for u, uv in items if uv is not None and u not in deletes]
         backoff, down_since, why = 0.05, None, ""
         while True:
+            attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
             try:
                 repush = False
-                now = time.monotonic()
+                now = attempt
                 if self._suspect or now >= self._next_check:
                     gen_before = self._gen
                     repush = self._lost()
@@ -196,10 +197,10 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                 # so a partial batch re-sent is harmless. Logged once per outage, not per try.
                 self._suspect = True
                 if down_since is None:
-                    down_since, why = time.monotonic(), str(exc)
-                    log.warning("Redis%s unreachable (%s); writes wait and retry with backoff "
-                                "up to %.0f s (nothing is dropped)", self.where, why,
-                                self.max_backoff_s)
+                    down_since, why = attempt, str(exc)
+                    log.warning("Redis%s unreachable for %.1f s (%s); writes wait and retry with "
+                                "backoff up to %.0f s (nothing is dropped)", self.where,
+                                time.monotonic() - attempt, why, self.max_backoff_s)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 

@@ -71,6 +71,25 @@ def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str 
     )
 
 
+class _EveryMinute(logging.Filter):
+    """Lets a repeated log message through once a minute. The snapshot watcher warns at every
+    check (2 s) while Redis is down; the sink already says when the outage starts and ends."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        key, now = (record.name, record.msg), time.monotonic()
+        if now - self._last.get(key, now - self.every_s) < self.every_s:
+            return False
+        self._last[key] = now
+        return True
+
+
 def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
     """SIGINT (Ctrl-C) and SIGTERM ask a run to stop at a clean point: ``stop`` is set, the
     input ends at its next batch, the last epoch closes and the run returns normally (exit 0).
@@ -167,6 +186,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     stop_on_signals(stop)
     # outages (broker, Redis) are logged once when they start and once when they end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("snapshotter.store").addFilter(_EveryMinute())
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
