@@ -290,8 +290,13 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
                 top: int = 5) -> JSONResponse:
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
-        it = recommender.interests(user_id, top=top)
-        rec = recommender.recommend(user_id, n=n)
+        import redis
+
+        try:
+            it = recommender.interests(user_id, top=top)
+            rec = recommender.recommend(user_id, n=max(1, min(n, 200)))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
         snap = recommender.active
         interests = []
         for i, items in enumerate(it.top_items):

@@ -135,6 +135,9 @@ class FlowMetrics:
         self.flush = _Hist(FLUSH_BUCKETS)
         self.watermark_errors = 0
         self._lock = threading.Lock()
+        # a scrape waits for the broker under its own lock: never under _lock, which the Redis
+        # writer thread takes after every write (a slow broker must not stall Redis writes)
+        self._scrape_lock = threading.Lock()
         self._consumer: Any = None
         self._started = time.monotonic()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -253,7 +256,7 @@ class FlowMetrics:
         labels = ["process", "topic", "partition"]
         topic = self.topic or ""
         positions = dict(self.positions)
-        with self._lock:  # one scrape at a time asks the broker
+        with self._scrape_lock:  # one scrape at a time asks the broker
             marks = dict(self._watermarks())
         pos = GaugeMetricFamily("diam_flow_consumer_position",
                                 "Next offset the dataflow reads, per partition", labels=labels)
