@@ -10,6 +10,7 @@ the offsets as with the stock source.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -84,6 +85,9 @@ _UNREACHABLE = ("Connection refused", "Connect to ", "Disconnected", "brokers ar
                 "Send failed", "Failed to resolve")
 
 
+_HEALTH_IDS = itertools.count()
+
+
 class BrokerHealth:
     """One process's view of whether the broker at ``bootstrap`` answers.
 
@@ -108,7 +112,7 @@ class BrokerHealth:
         self._logged = False
         self._why = ""
         self._lock = threading.Lock()
-        self.logger = logging.getLogger(f"{__name__}.rdkafka.{len(BrokerHealth._all)}")
+        self.logger = logging.getLogger(f"{__name__}.rdkafka.{next(_HEALTH_IDS)}")
         self.logger.propagate = False
         self.logger.addHandler(_PassThrough(self))
 
