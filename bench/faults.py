@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -224,7 +225,8 @@ class Bench:
         ctx = Ctx(self, name, f"live-{name}", topic, self.workdir / f"{name}.log",
                   self.workdir / f"recovery-{name}")
         ctx.start_run()
-        _wait(lambda: b"online dataflow:" in ctx.log_path.read_bytes(), 120, "diam run to start")
+        # (minutes on a loaded box: the process imports torch and compiles the learner)
+        _wait(lambda: b"online dataflow:" in ctx.log_path.read_bytes(), 600, "diam run to start")
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap, "linger.ms": 5,
                              "message.timeout.ms": 600_000, "logger": _QUIET})
         done = threading.Event()
@@ -309,7 +311,7 @@ def kill9(ctx: Ctx, rng: random.Random) -> tuple[float, float]:
             time.sleep(rng.uniform(1.0, 3.0))
         assert ctx.proc is not None
         _wait(lambda: b"online dataflow:" in ctx.log_path.read_bytes().rsplit(b"--- restart", 1)[-1],
-              120, "the run to be up")
+              600, "the run to be up")
         time.sleep(rng.uniform(0.2, 2.0))
         start = time.monotonic()
         ctx.proc.send_signal(signal.SIGKILL)
@@ -494,15 +496,22 @@ def main() -> None:
             except Exception as exc:  # a fault that breaks the harness is a result too
                 out = {"entry": {"survived": False, "identical_users": 0, "differing_users": -1,
                                  "lost_events": -1, "duplicates_visible": -1, "recovery_s": None},
-                       "detail": {"error": f"{type(exc).__name__}: {exc}"}}
+                       "detail": {"error": f"{type(exc).__name__}: {exc}",
+                                  "traceback": traceback.format_exc(limit=4).splitlines()}}
             result["faults"][name] = out["entry"]
             result["details"][name] = out["detail"]
             print(json.dumps({name: out["entry"]}), file=sys.stderr, flush=True)
     finally:
         bench.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result, indent=2))
     out_path = Path(args.out)
+    if args.only and out_path.exists():
+        # a partial run (--only) updates those faults in an existing result, keeping the rest
+        old = json.loads(out_path.read_text())
+        for key in ("faults", "details"):
+            result[key] = {**old.get(key, {}), **result[key]}
+        result["setup"] = {**old.get("setup", {}), f"rerun_{'_'.join(names)}": result["setup"]}
+    print(json.dumps(result, indent=2))
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     out_path.with_suffix(".md").write_text(_markdown(result))
 
