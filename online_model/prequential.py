@@ -378,10 +378,17 @@ def evaluate_path(
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The arms as a fixed-width text table."""
+    """The arms as a fixed-width text table (scalar columns; intervals as ``[lo, hi]``)."""
     arms = result["arms"]
-    cols = list(next(iter(arms.values())))
-    lines = [f"{'arm':<10}" + "".join(f"{c:>18}" for c in cols)]
+    cols = sorted({c for row in arms.values() for c in row}, key=lambda c: (c.endswith("_ci"), c))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, list):
+            return f"[{v[0]:.4f}, {v[1]:.4f}]".rjust(22)
+        return f"{v:>22.4f}"
+
+    lines = [f"{'arm':<11}" + "".join(f"{c[-22:]:>22}" for c in cols)]
     for name, row in arms.items():
-        lines.append(f"{name:<10}" + "".join(f"{row[c]:>18.4f}" for c in cols))
+        lines.append(f"{name:<11}" + "".join(cell(row[c]) if c in row else " " * 22
+                                              for c in cols))
     return "\n".join(lines)

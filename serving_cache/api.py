@@ -310,7 +310,8 @@ def get_app(
             ),
         ] = None,
         exclude_seen: Annotated[
-            bool, Query(description="Leave out the items listed in seen")
+            bool, Query(description="Leave out the user's last seen items (pushed by the "
+                                    "stream with the vectors) and the items listed in seen")
         ] = True,
         seen: Annotated[
             list[str] | None,

@@ -1,7 +1,11 @@
 """Value codec of a user's entry in Redis (DESIGN.md §3).
 
-A msgpack map ``{v, seq, model, k, d, dim, vecs, ts, n}``; ``vecs`` is K_u×dim float16
-little-endian bytes. At K_u=4, dim=64 the value is about 560 bytes.
+A msgpack map ``{v, seq, model, a, k, d, dim, vecs, ts, n, s}``; ``vecs`` is K_u×dim float16
+little-endian bytes; ``a`` says what anchored the vectors (``"diam"``: the DIAM network's
+interests, ``"kmeans"``: centroids of the user's recent items, on a base without the
+network's extractor); ``s`` is the user's last seen item rows (int32 little-endian, rows of
+the snapshot ``model``'s item table, oldest first), which serving excludes by default. At
+K_u=4, dim=64 and 50 seen items the value is about 780 bytes.
 
 The map is packed without msgpack's ``bin`` type (``use_bin_type=False``): byte strings travel
 as the older ``raw`` family, because the cmsgpack library embedded in Redis's Lua predates
@@ -10,7 +14,8 @@ on the server. Readers therefore unpack with ``raw=True`` and decode the text fi
 
 >>> import numpy as np
 >>> uv = UserVectors(seq=7, model="base-1", k=2, d=0.5, dim=2,
-...                  vecs=np.array([[1, 0], [0, 1]], dtype=np.float32), ts=1000, n=3)
+...                  vecs=np.array([[1, 0], [0, 1]], dtype=np.float32), ts=1000, n=3,
+...                  anchor="diam", seen=np.array([4, 9], dtype=np.int32))
 >>> decode_user(encode_user(uv)) == uv
 True
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
@@ -29,6 +34,9 @@ __all__ = ["UserVectors", "new_vectors", "encode_user", "encode_users", "decode_
 
 CODEC_VERSION = 1
 _F16LE = np.dtype("<f2")
+_I4LE = np.dtype("<i4")
+_NO_SEEN = np.zeros(0, dtype=np.int32)
+_NO_SEEN.setflags(write=False)
 
 
 class CodecError(ValueError):
@@ -51,15 +59,21 @@ class UserVectors:
     vecs: np.ndarray
     ts: int
     n: int = 0
+    anchor: str = "kmeans"
+    """What anchored the vectors: ``"diam"`` (the network) or ``"kmeans"`` (item centroids)."""
+    seen: np.ndarray = field(default_factory=lambda: _NO_SEEN)
+    """int32 [<= N] rows of the user's last seen items in ``model``'s item table, oldest first."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, UserVectors):
             return NotImplemented
         return (
-            (self.seq, self.model, self.k, self.d, self.dim, self.ts, self.n)
-            == (other.seq, other.model, other.k, other.d, other.dim, other.ts, other.n)
+            (self.seq, self.model, self.k, self.d, self.dim, self.ts, self.n, self.anchor)
+            == (other.seq, other.model, other.k, other.d, other.dim, other.ts, other.n,
+                other.anchor)
             and self.vecs.shape == other.vecs.shape
             and bool(np.array_equal(self.vecs, other.vecs))
+            and bool(np.array_equal(self.seen, other.seen))
         )
 
 
@@ -67,7 +81,7 @@ _NEW = object.__new__
 
 
 def new_vectors(seq: int, model: str, k: int, d: float, dim: int, vecs: np.ndarray, ts: int,
-                n: int) -> UserVectors:
+                n: int, anchor: str = "kmeans", seen: np.ndarray | None = None) -> UserVectors:
     """``UserVectors(...)`` without the frozen dataclass's per-field ``__setattr__`` round trips
     (~2.7 µs to ~1 µs; the stream builds one per pushed user on its own thread). The caller
     vouches that the arguments already have the field types.
@@ -77,7 +91,8 @@ def new_vectors(seq: int, model: str, k: int, d: float, dim: int, vecs: np.ndarr
     True
     """
     uv = _NEW(UserVectors)
-    uv.__dict__.update(seq=seq, model=model, k=k, d=d, dim=dim, vecs=vecs, ts=ts, n=n)
+    uv.__dict__.update(seq=seq, model=model, k=k, d=d, dim=dim, vecs=vecs, ts=ts, n=n,
+                       anchor=anchor, seen=_NO_SEEN if seen is None else seen)
     return uv
 
 
@@ -101,21 +116,24 @@ def encode_user(uv: UserVectors) -> bytes:
 # Byte strings packed once and reused: the map header with the first key and value
 # ({"v": 1, "seq": ..., which the Lua write-if-newer script reads), and per model name and per
 # vecs size the fragments between the packed scalars.
-_HEAD = b"\x89\xa1v" + msgpack.packb(CODEC_VERSION) + b"\xa3seq"
+_HEAD = b"\x8b\xa1v" + msgpack.packb(CODEC_VERSION) + b"\xa3seq"
 _D_KEY = b"\xa1d\xcb"  # "d", then a float64, as msgpack packs a Python float
 _PACK_F64 = struct.Struct(">d").pack
-_MODEL_FRAG: dict[str, bytes] = {}
+_MODEL_FRAG: dict[tuple[str, str], bytes] = {}
 _VECS_FRAG: dict[tuple[int, int], bytes] = {}
 
 
-def _model_fragment(model: str) -> bytes:
-    """``"model", <packed name>, "k"``: the bytes between the packed seq and the packed k,
-    cached per model name (both the Python and the compiled encoders use them)."""
-    frag = _MODEL_FRAG.get(model)
+def _model_fragment(model: str, anchor: str) -> bytes:
+    """``"model", <packed name>, "a", <packed anchor kind>, "k"``: the bytes between the packed
+    seq and the packed k, cached per model name and anchor kind (both the Python and the
+    compiled encoders use them)."""
+    frag = _MODEL_FRAG.get((model, anchor))
     if frag is None:
         if len(_MODEL_FRAG) >= 64:  # model names change rarely; never grow without bound
             _MODEL_FRAG.clear()
-        frag = _MODEL_FRAG[model] = b"\xa5model" + _packer().pack(model) + b"\xa1k"
+        pack = _packer().pack
+        frag = _MODEL_FRAG[(model, anchor)] = (b"\xa5model" + pack(model) + b"\xa1a"
+                                               + pack(anchor) + b"\xa1k")
     return frag
 
 
@@ -163,7 +181,8 @@ def _encode_users_py(uvs: Sequence[UserVectors]) -> list[bytes]:
     o = 0
     for uv, m in zip(uvs, mats, strict=True):
         nb = 2 * m.shape[0]
-        frag_m = _model_fragment(uv.model)
+        frag_m = _model_fragment(uv.model, uv.anchor)
+        seen = np.ascontiguousarray(uv.seen, dtype=_I4LE).tobytes()
         dim = int(uv.dim)
         frag_v = _VECS_FRAG.get((dim, nb))
         if frag_v is None:
@@ -173,7 +192,8 @@ def _encode_users_py(uvs: Sequence[UserVectors]) -> list[bytes]:
             frag_v = _VECS_FRAG[(dim, nb)] = b"\xa3dim" + pack(dim) + b"\xa4vecs" + raw[: len(raw) - nb]
         out.append(b"".join((_HEAD, pack(int(uv.seq)), frag_m, pack(int(uv.k)), _D_KEY,
                              _PACK_F64(float(uv.d)), frag_v, blob[o:o + nb], b"\xa2ts",
-                             pack(int(uv.ts)), b"\xa1n", pack(int(uv.n)))))
+                             pack(int(uv.ts)), b"\xa1n", pack(int(uv.n)), b"\xa1s",
+                             pack(seen))))
         o += nb
     return out
 
@@ -193,6 +213,10 @@ def decode_user(raw: bytes) -> UserVectors:
     if len(blob) != k * dim * 2:
         raise CodecError(f"vecs holds {len(blob)} bytes, expected k*dim*2 = {k * dim * 2}")
     vecs = np.frombuffer(blob, dtype=_F16LE).astype(np.float32).reshape(k, dim)
+    seen_raw = m.get("s", b"")
+    if len(seen_raw) % 4:
+        raise CodecError(f"s holds {len(seen_raw)} bytes, not a whole number of int32 rows")
+    anchor = m.get("a", b"kmeans")  # values written before the field existed were k-means
     return UserVectors(
         seq=int(m["seq"]),
         model=m["model"].decode() if isinstance(m["model"], bytes) else str(m["model"]),
@@ -202,4 +226,6 @@ def decode_user(raw: bytes) -> UserVectors:
         vecs=vecs,
         ts=int(m["ts"]),
         n=int(m.get("n", 0)),
+        anchor=anchor.decode() if isinstance(anchor, bytes) else str(anchor),
+        seen=np.frombuffer(seen_raw, dtype=_I4LE).astype(np.int32),
     )

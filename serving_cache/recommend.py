@@ -12,9 +12,10 @@ at a diversity level chosen by the mode:
 Unknown users (and users whose vectors cannot be used with the loaded index) get popular items
 spread over categories, marked ``cold``.
 
-Seen items: the Redis value carries no item history (it is the ≤1 KB vector record), so
-``exclude_seen`` removes the item ids the caller passes in ``seen`` (a feed knows what it
-showed); with no ``seen`` nothing is excluded.
+Seen items: ``exclude_seen`` (the default) removes the user's last seen items that the stream
+pushes with the vectors (``s`` in the value, ``FlowConfig.seen_items`` of them, rows of the
+vectors' snapshot) and any item ids the caller passes in ``seen`` (a feed knows what it
+showed); ``exclude_seen=False`` keeps both.
 
 Vectors live in the embedding space of the snapshot they were anchored to (``model`` in the
 value). After a new snapshot is published, users re-anchor lazily on their next event, so the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -215,6 +217,50 @@ class Recommender:
         thread.start()
         return thread
 
+    def follow_clicks(self, tail: Any, counts: Any, every_s: float = 0.5,
+                      refresh_s: float = 5.0, new_item_min_clicks: int = 2,
+                      stop: threading.Event | None = None) -> threading.Thread:
+        """Poll ``tail`` (``streams.new_items.ClickTail``) in a daemon thread: every click
+        counts in ``counts`` (``serving_cache.popularity.DecayedCounts``), and every
+        ``refresh_s`` the active snapshot's cold lists are rebuilt from them. An item first
+        seen in clicks (unknown to the snapshot and to the catalogue) is added with the content
+        tower's embedding of an item with no metadata once it has ``new_item_min_clicks``
+        clicks (a floor, so that random ids from a misbehaving client do not grow the index)."""
+        from streams.catalog import CatalogItem
+
+        stop = stop or threading.Event()
+        unknown: dict[str, int] = {}
+
+        def loop() -> None:
+            next_refresh = 0.0
+            while not stop.is_set():
+                try:
+                    clicks = tail.poll(timeout=min(every_s, 1.0))
+                    if clicks:
+                        counts.add(item for item, _ in clicks)
+                        snap = self._active
+                        cat = self._catalog.items if self._catalog is not None else {}
+                        ready = []
+                        for item, ts in clicks:
+                            if snap is None or snap.index_of(item) >= 0 or item in cat:
+                                continue
+                            unknown[item] = unknown.get(item, 0) + 1
+                            if unknown[item] == new_item_min_clicks:
+                                ready.append(CatalogItem(item, (), "", int(ts)))
+                        if ready:
+                            self.add_items(ready)
+                    now = time.monotonic()
+                    if now >= next_refresh and self._active is not None and len(counts):
+                        self._active.set_live_popularity(counts.snapshot())
+                        next_refresh = now + refresh_s
+                except Exception as exc:  # noqa: BLE001 - the tail retries next time
+                    log.warning("click tail poll failed: %s", exc)
+                stop.wait(every_s)
+
+        thread = threading.Thread(target=loop, name="click-follow", daemon=True)
+        thread.start()
+        return thread
+
     def warm_up(self) -> None:
         """Compile the aggregator's kernels (or load them from numba's cache) and run one
         search, so that the first request is as fast as the others."""
@@ -271,7 +317,15 @@ class Recommender:
             d_used = float(manual_d(uv.d, float(np.clip(shift, -MAX_DELTA, MAX_DELTA))))
         from online_model.aggregate import serve_list
 
-        banned = _banned(snap, seen) if exclude_seen and seen else _NO_ITEMS
+        banned = _NO_ITEMS
+        if exclude_seen:
+            banned = _banned(snap, seen) if seen else _NO_ITEMS
+            if len(uv.seen) and not stale and snap.version == uv.model:
+                # the stream's own record of the user's last seen items: rows of this very
+                # snapshot's table (the vectors' version), so what users get excludes what the
+                # prequential evaluation excludes
+                rows = uv.seen[(uv.seen >= 0) & (uv.seen < snap.n_items)].astype(np.int64)
+                banned = np.union1d(banned, rows)
         picked = serve_list(snap.search, uv.vecs, d_used, n, banned, snap.item_vecs,
                             snap.item_categories)
         best = (uv.vecs @ snap.item_vecs[picked].T).max(axis=0) if len(picked) else _NO_SCORES
@@ -295,7 +349,7 @@ class Recommender:
     ) -> Recommendation:
         banned = set(_banned(snap, seen).tolist())
         picked = [int(i) for i in snap.cold if int(i) not in banned][:n]
-        pop = snap.popularity
+        pop = snap.live_pop if snap.live_pop is not None else snap.popularity
         return Recommendation(
             user_id=user_id,
             items=snap.item_ids[picked].tolist(),

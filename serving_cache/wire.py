@@ -9,7 +9,7 @@ with integer and byte arithmetic only (the float16 rounding stays in numpy, ``as
 d travels as big-endian float64 bytes from numpy), so the bytes are the same on every machine.
 
 The value of a user is byte for byte ``msgpack.packb`` (``use_bin_type=False``) of the map
-``{v, seq, model, k, d, dim, vecs, ts, n}`` in that order (serving_cache.codec). Fields that do
+``{v, seq, model, a, k, d, dim, vecs, ts, n, s}`` in that order (serving_cache.codec). Fields that do
 not fit the compiled path (an integer outside int64, vecs whose size is not k·dim, odd types)
 make :func:`gather` return None and the caller packs that chunk in Python, as before.
 
@@ -19,9 +19,9 @@ make :func:`gather` return None and the caller packs that chunk in Python, as be
 ...                  vecs=np.array([[1, 0]], dtype=np.float32), ts=1000, n=3)
 >>> buf, off = pack_values(gather([uv]))
 >>> import msgpack
->>> bytes(buf[off[0]:off[1]]) == msgpack.packb({"v": 1, "seq": 7, "model": "m", "k": 1,
-...     "d": 0.5, "dim": 2, "vecs": np.float16([1, 0]).tobytes(), "ts": 1000, "n": 3},
-...     use_bin_type=False)
+>>> bytes(buf[off[0]:off[1]]) == msgpack.packb({"v": 1, "seq": 7, "model": "m",
+...     "a": "kmeans", "k": 1, "d": 0.5, "dim": 2, "vecs": np.float16([1, 0]).tobytes(),
+...     "ts": 1000, "n": 3, "s": b""}, use_bin_type=False)
 True
 """
 
@@ -40,6 +40,7 @@ __all__ = ["Fields", "gather", "pack_values", "pack_calls", "key_bytes", "warm_u
 _F16LE = np.dtype("<f2")
 _F8BE = np.dtype(">f8")
 _F4 = np.dtype(np.float32)
+_I4 = np.dtype("<i4")
 
 # Fragments of the contract's map between the packed scalars (the map header and the float
 # key are the codec's own bytes).
@@ -49,6 +50,7 @@ _DIM_KEY = np.frombuffer(b"\xa3dim", np.uint8)
 _VECS_KEY = np.frombuffer(b"\xa4vecs", np.uint8)
 _TS_KEY = np.frombuffer(b"\xa2ts", np.uint8)
 _N_KEY = np.frombuffer(b"\xa1n", np.uint8)
+_S_KEY = np.frombuffer(b"\xa1s", np.uint8)
 _EVALSHA = np.frombuffer(b"$7\r\nEVALSHA\r\n", np.uint8)
 
 
@@ -58,7 +60,8 @@ class Fields(NamedTuple):
     ``d`` uint8 [8N] (big-endian float64 bytes); ``model`` int64 [N] (index into the
     fragments); ``frags`` uint8 (``"model", <packed name>, "k"`` per model, concatenated) with
     ``frag_off`` int64 [M+1]; ``vecs`` uint8 (float16 little-endian bytes of every user's
-    k·dim values, in order)."""
+    k·dim values, in order); ``seen`` uint8 (int32 little-endian bytes of every user's seen
+    rows, in order) with ``seen_nb`` int64 [N] bytes per user."""
 
     seq: np.ndarray
     k: np.ndarray
@@ -70,6 +73,8 @@ class Fields(NamedTuple):
     frags: np.ndarray
     frag_off: np.ndarray
     vecs: np.ndarray
+    seen: np.ndarray
+    seen_nb: np.ndarray
 
 
 def _ints(values: Sequence[Any]) -> np.ndarray | None:
@@ -88,9 +93,14 @@ def gather(uvs: Sequence[Any]) -> Fields | None:
     the compiled path (the caller then packs in Python). Per user this is a handful of C-level
     list and numpy steps; there is no Python loop body per user."""
     try:
-        cols = list(zip(*[(uv.seq, uv.model, uv.k, uv.d, uv.dim, uv.vecs, uv.ts, uv.n)
-                          for uv in uvs], strict=True))
-        seq, models, k, ds, dim, vl, ts, n = cols
+        cols = list(zip(*[(uv.seq, (uv.model, uv.anchor), uv.k, uv.d, uv.dim, uv.vecs, uv.ts,
+                           uv.n, uv.seen) for uv in uvs], strict=True))
+        seq, models, k, ds, dim, vl, ts, n, sl = cols
+        if {s.dtype for s in sl} != {_I4} or any(s.ndim != 1 for s in sl):
+            return None
+        seen_nb = np.fromiter([4 * s.shape[0] for s in sl], np.int64, len(sl))
+        seen = np.frombuffer(b"".join([np.ascontiguousarray(s).tobytes() for s in sl]),
+                             np.uint8)
         ints = []
         for col in (seq, k, dim, ts, n):
             a = _ints(col)
@@ -119,18 +129,18 @@ def gather(uvs: Sequence[Any]) -> Fields | None:
         return None
     m0 = models[0]
     if models.count(m0) == len(models):  # the common case: one model for the whole chunk
-        frags = [codec._model_fragment(m0)]
+        frags = [codec._model_fragment(*m0)]
         midx = np.zeros(len(models), np.int64)
     else:
         index: dict[Any, int] = {}
         midx = np.fromiter([index.setdefault(m, len(index)) for m in models], np.int64,
                            len(models))
-        frags = [codec._model_fragment(m) for m in index]
+        frags = [codec._model_fragment(*m) for m in index]
     frag_off = np.zeros(len(frags) + 1, np.int64)
     np.cumsum([len(f) for f in frags], out=frag_off[1:])
     return Fields(seq_a, k_a, dim_a, ts_a, n_a, d.astype(_F8BE).view(np.uint8), midx,
                   np.frombuffer(b"".join(frags), np.uint8), frag_off,
-                  flat.astype(_F16LE).view(np.uint8))
+                  flat.astype(_F16LE).view(np.uint8), seen, seen_nb)
 
 
 def key_bytes(ids: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -242,7 +252,7 @@ def _put(out, p, src, a, b):
 @njit(cache=True, nogil=True)
 def pack_values(f):
     """Every user's value, concatenated (uint8), and the offsets (int64 [N+1])."""
-    seq, k, dim, ts, n, d, model, frags, frag_off, vecs = f
+    seq, k, dim, ts, n, d, model, frags, frag_off, vecs, seen, seen_nb = f
     cnt = seq.shape[0]
     off = np.zeros(cnt + 1, np.int64)
     for i in range(cnt):
@@ -251,9 +261,11 @@ def pack_values(f):
         off[i + 1] = (off[i] + _HEAD.shape[0] + _int_len(seq[i]) + frag_off[m + 1] - frag_off[m]
                       + _int_len(k[i]) + _D_KEY.shape[0] + 8 + _DIM_KEY.shape[0]
                       + _int_len(dim[i]) + _VECS_KEY.shape[0] + _raw_len(nb) + nb
-                      + _TS_KEY.shape[0] + _int_len(ts[i]) + _N_KEY.shape[0] + _int_len(n[i]))
+                      + _TS_KEY.shape[0] + _int_len(ts[i]) + _N_KEY.shape[0] + _int_len(n[i])
+                      + _S_KEY.shape[0] + _raw_len(seen_nb[i]) + seen_nb[i])
     out = np.empty(off[cnt], np.uint8)
     v = 0
+    s = 0
     for i in range(cnt):
         p = _put(out, off[i], _HEAD, 0, _HEAD.shape[0])
         p = _put_int(out, p, seq[i])
@@ -279,8 +291,25 @@ def pack_values(f):
         p = _put(out, p, _TS_KEY, 0, _TS_KEY.shape[0])
         p = _put_int(out, p, ts[i])
         p = _put(out, p, _N_KEY, 0, _N_KEY.shape[0])
-        _put_int(out, p, n[i])
+        p = _put_int(out, p, n[i])
+        p = _put(out, p, _S_KEY, 0, _S_KEY.shape[0])
+        p = _put_raw_head(out, p, seen_nb[i])
+        _put(out, p, seen, s, s + seen_nb[i])
+        s += seen_nb[i]
     return out, off
+
+
+@njit(cache=True, nogil=True)
+def _put_raw_head(out, p, nb):
+    """The raw-family header of ``nb`` bytes (see :func:`_raw_len`)."""
+    if nb < 32:
+        out[p] = 0xA0 | nb
+        return p + 1
+    if nb < 65536:
+        out[p] = 0xDA
+        return _put_be(out, p + 1, nb, 2)
+    out[p] = 0xDB
+    return _put_be(out, p + 1, nb, 4)
 
 
 @njit(cache=True, nogil=True)

@@ -42,7 +42,7 @@ __all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA", "write_if_newer_lua"]
 # valid state.
 #
 # Fast path: values written by serving_cache.codec start with the bytes of
-# {"v": 1, "seq": <uint>, ...} (a 9-entry map), so seq is read from the bytes right after that
+# {"v": 1, "seq": <uint>, ...} (an 11-entry map), so seq is read from the bytes right after that
 # prefix without unpacking the map (a full cmsgpack.unpack copies the vecs string too). Redis
 # CPU per key (INFO commandstats, 60k writes at K_u = 8, two thirds overwriting, one key per
 # call): 8.1-10.0 us with this path, 10.2-11.9 us with the full unpack.
@@ -53,7 +53,7 @@ for i = 1, #KEYS do
   local cur = redis.call('GET', KEYS[i])
   local stored = nil
   if cur then
-    if string.sub(cur, 1, 8) == '\\137\\161v\\001\\163seq' then
+    if string.sub(cur, 1, 8) == '\\139\\161v\\001\\163seq' then
       local t = string.byte(cur, 9)
       if t and t < 128 then
         stored = t

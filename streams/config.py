@@ -88,8 +88,11 @@ class FlowConfig(BaseModel):
     """Largest accepted event payload. A click is ~100 bytes; 16 KiB leaves room for a rich
     ``context`` map while refusing blobs that would bloat per-user state."""
 
-    recent_items: int = Field(default=50, ge=1)
-    """Length of the per-user recent-item sequence (the model's sequence length)."""
+    seen_items: int = Field(default=50, ge=0)
+    """How many of the user's last seen items are pushed with the vectors (``s`` in the Redis
+    value), which serving excludes by default; at most the learner's ``recent_len`` (the
+    state keeps no more). 50 int32 rows are 200 bytes: a K_u = 4, d = 64 value stays under
+    1 KB."""
 
     push_every_events: int = Field(default=8, ge=1)
     """Push a user's vectors to Redis after this many events since the last push (p)."""

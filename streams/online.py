@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import KeyedStream, StatefulBatchLogic
@@ -35,6 +36,8 @@ from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import _USER_ID_RE, Click, Rejection, decode_click
 from streams.kafka_io import KafkaOut, RawRecord
+
+_NO_SEEN = np.zeros(0, dtype=np.int32)
 
 __all__ = ["FlowSinks", "FlowStats", "LearnerHolder", "build_flow", "deadletter_record", "drift_record"]
 
@@ -117,6 +120,12 @@ class LearnerHolder:
         found = self._reload()
         if found is not None:  # a new version, or new items appended under the same one
             self.learner, self.version = found
+
+    @property
+    def anchor_kind(self) -> str:
+        """What anchors users on the current base (``"diam"`` or ``"kmeans"``), pushed with
+        the vectors so that a reader of Redis knows which produced them."""
+        return str(getattr(getattr(self.learner, "base", None), "anchor_kind", "kmeans"))
 
 
 def deadletter_record(rec: RawRecord, reason: str) -> KafkaOut:
@@ -241,8 +250,10 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
         self._due = None
         # (counted per output batch by the "vectors" step, not here: a lock per push shows)
         V = st.V
+        seen = st.recent[-self.cfg.seen_items:] if self.cfg.seen_items else _NO_SEEN
         return ("v", (s.user_id, new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(),
-                                             st.last_ts, st.n_events)))
+                                             st.last_ts, st.n_events, self.holder.anchor_kind,
+                                             seen)))
 
     def _forget(self, values: list[tuple[RawRecord, Click | None]]) -> tuple[list[tuple[str, Any]], bool]:
         """A batch holding a forget (``(record, None)``): the user's state is dropped there and

@@ -82,6 +82,8 @@ def test_diam_anchors_in_redis_and_kill_resume(stack, topic, namespace, redis_cl
     for user, st in want_state.items():
         uv = decode_user(want[user])
         assert np.array_equal(uv.vecs, st.vectors().astype(np.float16).astype(np.float32))
+        # the value says the network anchored it, and carries the user's last seen items
+        assert uv.anchor == "diam" and np.array_equal(uv.seen, st.recent[-50:])
         # the vectors ride on the network's interests for this user's recent items
         out = base.head.infer(st.recent, st.signals.values())
         assert np.allclose(st.A, out.vecs[: st.k]) or st.since_anchor > 0

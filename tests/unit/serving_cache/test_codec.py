@@ -36,9 +36,10 @@ def _uv() -> UserVectors:
 def test_value_encoding_is_pinned() -> None:
     raw = encode_user(_uv())
     expected = (
-        b"\x89\xa1v\x01\xa3seq\xcd\x04\xd2\xa5model\xa9v20261128\xa1k\x02\xa1d\xcb?\xe4\x00\x00\x00\x00\x00\x00"
+        b"\x8b\xa1v\x01\xa3seq\xcd\x04\xd2\xa5model\xa9v20261128\xa1a\xa6kmeans\xa1k\x02"
+        b"\xa1d\xcb?\xe4\x00\x00\x00\x00\x00\x00"
         b"\xa3dim\x03\xa4vecs\xac\x00<\x00\xb8\x004\x00\x00\x00@\x00\xbc\xa2ts\xcf\x00\x00\x00\xcc\xe4\x16\x60\x00"
-        b"\xa1n\x07"
+        b"\xa1n\x07\xa1s\xa0"
     )
     assert raw == expected, raw
     assert hashlib.sha256(raw).hexdigest() == hashlib.sha256(expected).hexdigest()
@@ -49,9 +50,10 @@ def test_round_trip_and_size_budget() -> None:
     assert decode_user(encode_user(uv)) == uv
     rng = np.random.default_rng(0)
     big = UserVectors(seq=2**40, model="v1", k=4, d=0.3, dim=64,
-                      vecs=rng.normal(size=(4, 64)).astype(np.float32), ts=1, n=10**6)
+                      vecs=rng.normal(size=(4, 64)).astype(np.float32), ts=1, n=10**6,
+                      anchor="diam", seen=np.arange(50, dtype=np.int32) * 1000)
     raw = encode_user(big)
-    assert len(raw) <= 1024  # DESIGN §3 target at K_u=4, d=64
+    assert len(raw) <= 1024  # DESIGN §3 target at K_u=4, d=64, with 50 seen items
     back = decode_user(raw)
     assert np.allclose(back.vecs, big.vecs, atol=1e-2)
 
@@ -65,14 +67,10 @@ def test_corrupt_values_raise_codec_error() -> None:
 
 
 def _reference_encoding(uv: UserVectors) -> bytes:
-    # the contract's map packed by msgpack itself, the way the codec packed it before it
-    # assembled values from fragments
-    import msgpack
+    # the contract's map packed by msgpack itself (the one reference, in test_wire)
+    from tests.unit.serving_cache.test_wire import reference_value
 
-    vecs = np.asarray(uv.vecs, dtype=np.float32).reshape(uv.k, uv.dim).astype("<f2").tobytes()
-    return msgpack.packb({"v": 1, "seq": int(uv.seq), "model": uv.model, "k": int(uv.k),
-                          "d": float(uv.d), "dim": int(uv.dim), "vecs": vecs, "ts": int(uv.ts),
-                          "n": int(uv.n)}, use_bin_type=False)
+    return reference_value(uv)
 
 
 def test_batch_encoding_equals_msgpack_of_the_map() -> None:

@@ -161,3 +161,36 @@ def test_aggregate_candidates_reads_global_item_rows(snapshot):
 def test_warm_up_with_and_without_a_snapshot(snapshot):
     Recommender(None, redis_client=None, ns="unit").warm_up()
     Recommender(snapshot, redis_client=None, ns="unit").warm_up()
+
+
+class _DictRedis:
+    """Just GET over a dict: the unit test of what recommend() does with a stored value."""
+
+    def __init__(self, values: dict) -> None:
+        self.values = values
+
+    def get(self, key: str):
+        return self.values.get(key)
+
+
+def test_seen_items_pushed_by_the_stream_are_excluded_by_default(snapshot):
+    from serving_cache import encode_user, user_key
+    from serving_cache.codec import UserVectors
+
+    v = snapshot.item_vecs[[5, 60]].copy()
+    # the user's nearest items are the ones it clicked: 5 and 60 and their neighbours
+    seen = np.array([5, 60, 6, 61], dtype=np.int32)
+    uv = UserVectors(seq=1, model=snapshot.version, k=2, d=0.5, dim=8, vecs=v, ts=0, n=4,
+                     anchor="diam", seen=seen)
+    rec = Recommender(snapshot, redis_client=_DictRedis({user_key("unit", "u1"): encode_user(uv)}),
+                      ns="unit")
+    got = rec.recommend("u1", n=10)
+    assert not {f"i{i}" for i in seen.tolist()} & set(got.items)
+    kept = rec.recommend("u1", n=50, exclude_seen=False)
+    assert {f"i{i}" for i in seen.tolist()} & set(kept.items)
+    # rows of another snapshot version cannot be trusted: they are not applied
+    other = UserVectors(seq=1, model="v-elsewhere", k=2, d=0.5, dim=8, vecs=v, ts=0, n=4,
+                        anchor="diam", seen=seen)
+    rec2 = Recommender(snapshot, redis_client=_DictRedis({user_key("unit", "u1"): encode_user(other)}),
+                       ns="unit")
+    assert rec2.recommend("u1", n=10).stale

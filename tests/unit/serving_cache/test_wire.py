@@ -33,9 +33,10 @@ USER_IDS = ["u1", "é", "用户-7", "a" * 200, "x:y", "0"]
 def reference_value(uv: Any) -> bytes:
     """The contract: msgpack's packing of the map, in this key order, without the bin type."""
     vecs = np.asarray(uv.vecs, dtype=np.float32).reshape(uv.k, uv.dim).astype("<f2").tobytes()
-    return msgpack.packb({"v": 1, "seq": int(uv.seq), "model": uv.model, "k": int(uv.k),
-                          "d": float(uv.d), "dim": int(uv.dim), "vecs": vecs, "ts": int(uv.ts),
-                          "n": int(uv.n)}, use_bin_type=False)
+    seen = np.asarray(uv.seen, dtype="<i4").tobytes()
+    return msgpack.packb({"v": 1, "seq": int(uv.seq), "model": uv.model, "a": uv.anchor,
+                          "k": int(uv.k), "d": float(uv.d), "dim": int(uv.dim), "vecs": vecs,
+                          "ts": int(uv.ts), "n": int(uv.n), "s": seen}, use_bin_type=False)
 
 
 def reference_calls(sha: bytes, ns: str, chunk: list[tuple[str, Any]], per_call: int) -> bytes:
@@ -114,8 +115,9 @@ _float = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                    st.sampled_from([0.0, -0.0, float("nan"), float("inf"), -float("inf"),
                                     -float("nan"), 5e-324, 1.7976931348623157e308]))
 _user = st.builds(
-    lambda seq, model, k, d, dim, ts, n, seed, special: UserVectors(
-        seq=seq, model=model, k=k, d=d, dim=dim, vecs=_vecs(seed, k, dim, special), ts=ts, n=n),
+    lambda seq, model, k, d, dim, ts, n, seed, special, anchor, seen: UserVectors(
+        seq=seq, model=model, k=k, d=d, dim=dim, vecs=_vecs(seed, k, dim, special), ts=ts, n=n,
+        anchor=anchor, seen=np.array(seen, dtype=np.int32)),
     seq=st.one_of(st.sampled_from(UINT_EDGES), st.integers(0, 2**63 - 1)),
     model=st.one_of(st.sampled_from(MODELS), st.text(max_size=40)),
     k=st.integers(1, 8),
@@ -125,6 +127,9 @@ _user = st.builds(
     n=st.one_of(st.sampled_from(INT_EDGES), st.integers(-(2**63), 2**63 - 1)),
     seed=st.integers(0, 2**16),
     special=st.booleans(),
+    anchor=st.sampled_from(["diam", "kmeans"]),
+    # 0, 7 (fixraw), 8 (raw16 at 32 bytes) and up to 50 rows, as the stream pushes
+    seen=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=50),
 )
 _entries = st.lists(st.tuples(st.one_of(st.sampled_from(USER_IDS), st.text(min_size=1, max_size=20)),
                               _user), min_size=1, max_size=40)
@@ -164,6 +169,20 @@ def test_vecs_raw_header_boundaries(k: int, dim: int) -> None:
     # never str8 (0xd9), which msgpack does not use without the bin type
     uv = UserVectors(seq=1, model="m", k=k, d=0.0, dim=dim, vecs=_vecs(k, k, dim, True), ts=0, n=0)
     assert encode_users([uv]) == [reference_value(uv)]
+
+
+@pytest.mark.parametrize("rows", [0, 7, 8, 50, 16383, 16384])
+def test_seen_raw_header_boundaries(rows: int) -> None:
+    uv = UserVectors(seq=1, model="m", k=1, d=0.0, dim=2, vecs=np.ones((1, 2), np.float32), ts=0,
+                     n=0, anchor="diam", seen=np.arange(rows, dtype=np.int32))
+    assert encode_users([uv]) == [reference_value(uv)]
+
+
+def test_foreign_reader_sees_every_field() -> None:
+    uv = UserVectors(seq=3, model="v1", k=1, d=0.25, dim=2, vecs=np.ones((1, 2), np.float32),
+                     ts=9, n=4, anchor="diam", seen=np.array([5, 6], np.int32))
+    m = msgpack.unpackb(encode_users([uv])[0], raw=True)
+    assert m[b"a"] == b"diam" and np.frombuffer(m[b"s"], "<i4").tolist() == [5, 6]
 
 
 @pytest.mark.parametrize("length", [0, 31, 32, 255, 256, 65535, 65536])
