@@ -131,8 +131,16 @@ class BrokerHealth:
     def down(self, why: str) -> None:
         """A connection attempt failed (called per librdkafka failure line or error)."""
         with self._lock:
-            if self._since is None:
+            first = self._since is None
+            if first:
                 self._since, self._why = time.monotonic(), why.strip()[:200]
+        if first:
+            # librdkafka may not log again while the outage lasts (it repeats a broker's error
+            # only when it changes), and the dataflow's thread may sit in a flush: a timer
+            # confirms the outage after the grace period
+            t = threading.Timer(self.grace_s + 0.05, self.check)
+            t.daemon = True
+            t.start()
         self.check()
 
     def check(self) -> None:

@@ -43,3 +43,12 @@ def test_other_librdkafka_lines_pass_through(caplog) -> None:
     assert h.down_since is None
     passed = [r for r in caplog.records if "something else" in r.getMessage()]
     assert len(passed) == 1 and passed[0].name.startswith("streams.kafka_io.rdkafka")
+
+
+def test_one_failure_then_silence_is_still_logged_after_the_grace(caplog) -> None:
+    # librdkafka repeats a broker's error only when it changes; the timer confirms the outage
+    caplog.set_level(logging.INFO)
+    h = BrokerHealth("b:4", grace_s=0.05)
+    h.logger.error("FAIL [rdkafka#producer-1] Connect to ipv4#127.0.0.1:1 failed: Connection refused")
+    time.sleep(0.3)
+    assert h.outages == 1 and "unreachable" in _lines(caplog)[0]
