@@ -75,6 +75,8 @@ class SnapshotIndex:
     tower: Any = None  # online_model.models.content.ContentTower, or None
     content_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """Rows added after publish with a content-tower embedding (issue 16: new items)."""
+    live_pop: np.ndarray | None = None
+    """[N] decayed live click counts (set by :meth:`set_live_popularity`), or None."""
     cold: np.ndarray = field(init=False)  # [<=COLD_POOL] item indices
     _id_index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _names: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -217,3 +219,18 @@ class SnapshotIndex:
             nprobe=self.nprobe, tower=self.tower,
             content_rows=np.concatenate([self.content_rows, rows]))
         return out
+
+    def set_live_popularity(self, counts: dict[str, float]) -> None:
+        """Cold lists from live decayed click counts (``serving_cache.popularity``): the most
+        clicked items lately, spread over categories; the publish-time popularity only breaks
+        ties. Swaps two references, so a request sees the old lists or the new ones."""
+        live = np.zeros(self.n_items)
+        for item, c in counts.items():
+            i = self.index_of(item)
+            if i >= 0:
+                live[i] = c
+        static = self.popularity if self.popularity is not None else np.zeros(self.n_items)
+        tie = static / (static.max() + 1.0) * 1e-6 * (live[live > 0].min() if (live > 0).any()
+                                                     else 1.0)
+        self.live_pop = live
+        self.cold = cold_order(live + tie, self.item_categories)

@@ -26,7 +26,7 @@ import numpy as np
 
 from streams.catalog import CatalogItem
 
-__all__ = ["extend_base", "load_tower"]
+__all__ = ["extend_base", "load_tower", "ClickTail"]
 
 
 def load_tower(snapshot_dir: str | Path) -> Any:
@@ -50,3 +50,46 @@ def extend_base(base: Any, items: Sequence[CatalogItem], tower: Any) -> Any:
     cats = np.array([pos.get(it.categories[0], -1) if it.categories else -1 for it in new],
                     dtype=np.int32)
     return base.with_items([it.item_id for it in new], emb, cats)
+
+
+class ClickTail:
+    """The item ids of valid clicks arriving on the clicks topic from now on (no group, no
+    commits: a serving process's live view). :meth:`poll` never blocks longer than asked."""
+
+    def __init__(self, cfg: Any, topic: str, max_records: int = 20_000) -> None:
+        self.cfg, self.topic, self.max_records = cfg, topic, max_records
+        self._consumer: Any = None
+
+    def _assign(self) -> bool:
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+        from streams.kafka_io import partition_ids
+
+        try:
+            parts = partition_ids(self.cfg, self.topic, timeout=5.0)
+        except Exception:  # noqa: BLE001 - no topic yet, or the broker is away: next poll
+            return False
+        conf = dict(self.cfg.client_config())
+        conf.update({"group.id": "diam-serve-clicks", "enable.auto.commit": "false"})
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in parts])
+        return True
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[str, int]]:
+        """``(item_id, ts)`` of the valid clicks since the last poll."""
+        from streams.events import decode_click
+
+        if self._consumer is None and not self._assign():
+            return []
+        out: list[tuple[str, int]] = []
+        for m in self._consumer.consume(self.max_records, timeout):
+            if m.error() is None:
+                ev = decode_click(m.value())
+                if type(ev) is tuple:
+                    out.append((ev[1], ev[2]))
+        return out
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -52,6 +52,20 @@ from diam.cli import get_settings
     help="Tail the catalogue topic (kafka.items_topic): items the snapshot does not know get "
     "a content-tower embedding and are added to the FAISS index at once.",
 )
+@click.option(
+    "--live-popularity/--no-live-popularity",
+    default=True,
+    show_default=True,
+    help="Tail the clicks topic: cold users get the items most clicked lately (decayed count), "
+    "and items first seen in clicks become recommendable.",
+)
+@click.option(
+    "--popularity-half-life",
+    type=click.FloatRange(min=1.0),
+    default=3600.0,
+    show_default=True,
+    help="Half-life in seconds of the live click count.",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -64,6 +78,8 @@ def serve_cmd(
     flow_metrics: tuple[str, ...],
     ui: bool,
     follow_items: bool,
+    live_popularity: bool,
+    popularity_half_life: float,
 ) -> None:
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
@@ -113,6 +129,13 @@ def serve_cmd(
 
         # new catalogue items are recommendable at once (content tower, FAISS add, no rebuild)
         recommender.follow_catalog(CatalogFollower(s.kafka, s.kafka.items_topic))
+    if live_popularity:
+        from serving_cache.popularity import DecayedCounts
+        from streams.new_items import ClickTail
+
+        # cold lists from a decayed live click count; items first seen in clicks get added
+        recommender.follow_clicks(ClickTail(s.kafka, s.kafka.clicks_topic),
+                                  DecayedCounts(half_life_s=popularity_half_life))
     app = get_app(
         recommender,
         watcher=watcher,

@@ -82,7 +82,8 @@ class ContentTower:
         keep = np.flatnonzero(np.linalg.norm(y, axis=1) > 0)
         if len(keep) > max_items:
             keep = np.sort(np.random.default_rng(seed).choice(keep, max_items, replace=False))
-        x = t.features([categories[i] for i in keep], [titles[i] for i in keep]).astype(np.float64)
+        rows = keep.tolist()
+        x = t.features([categories[i] for i in rows], [titles[i] for i in rows]).astype(np.float64)
         reg = l2 * np.eye(x.shape[1])
         reg[-1, -1] = 1e-6  # the bias (the mean item) is not shrunk
         t.w = np.linalg.solve(x.T @ x + reg, x.T @ y[keep]).astype(np.float32)

@@ -356,3 +356,40 @@ def test_retrain_service_runs_on_new_events_and_resumes_after_the_last_decision(
     assert d["published"] and sum(d["window"]["end"].values()) == 1600
     last = Retrainer(s, namespace=namespace).last_decision()
     assert last is not None and last["candidate"] == d["candidate"]
+
+
+def test_cold_lists_follow_live_clicks_and_click_first_items_become_recommendable(
+        stack, topic, namespace, redis_client, tmp_path) -> None:
+    import time
+
+    from serving_cache.popularity import DecayedCounts
+    from serving_cache.recommend import Recommender
+    from serving_cache.retrieval import SnapshotIndex
+    from snapshotter import SnapshotConfig, SnapshotStore, publish
+    from snapshotter.testing import write_checkpoint
+    from streams.new_items import ClickTail
+
+    kafka = stack.settings.kafka
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    pop = np.arange(120)[::-1]  # publish-time popularity: i0 first
+    ck = write_checkpoint(tmp_path / "ck", n_items=120, dim=8, n_categories=5, seed=4,
+                          item_pop=pop)
+    res = publish(ck, store, redis_client, namespace)
+    rec = Recommender(SnapshotIndex.load(res.path, res.version), redis_client, namespace)
+    assert rec.recommend("nobody", n=5).items[0] == "i0"
+    rec.follow_clicks(ClickTail(kafka, topic), DecayedCounts(half_life_s=600), every_s=0.05,
+                      refresh_s=0.1, new_item_min_clicks=2)
+    t0 = time.monotonic()
+    while True:  # the tail starts at the end of the topic: keep clicking until it is seen
+        clicks = [(f"u{j}", "i77") for j in range(5)] + [("u9", "from-a-click")] * 2
+        assert produce_raw(kafka, topic, [(u.encode(), encode_event(ClickEvent(u, i, 1_700_000_000_000)))
+                                          for u, i in clicks]).ok
+        time.sleep(0.3)
+        cold = rec.recommend("nobody", n=10)
+        if cold.items[0] == "i77" and "from-a-click" in cold.items:
+            break
+        assert time.monotonic() - t0 < 20, f"cold list never followed the clicks: {cold.items}"
+    assert cold.cold and cold.scores[0] > 0
+    snap = rec.active
+    assert snap is not None and snap.index_of("from-a-click") == 120
+    assert snap.content_rows.tolist() == [120] and snap.index.ntotal == 121
