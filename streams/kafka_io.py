@@ -484,7 +484,14 @@ class _Producing:
         # linger 0: the sinks wait for delivery (per batch, or at each epoch end), so lingering
         # only adds that much to every wait. No delivery timeout (0): a broker outage of any
         # length stalls the epoch's flush instead of failing the records and the dataflow.
-        conf.update({"linger.ms": "0", "message.timeout.ms": "0", "enable.idempotence": "true"})
+        # Not idempotent: after a broker restart an idempotent producer must get a producer id
+        # from the transaction coordinator first, which on a loaded 2-core box took a minute
+        # (bench/faults.py broker_restart: the dataflow stalled in its epoch flush meanwhile).
+        # One request in flight keeps the order (the drift monitor relies on a user's records
+        # arriving in offset order); a retry may write a record twice, which our consumers drop
+        # by its identity like the repeats of a resumed run (source partition and offset).
+        conf.update({"linger.ms": "0", "message.timeout.ms": "0", "enable.idempotence": "false",
+                     "acks": "all", "max.in.flight.requests.per.connection": "1"})
         self.health = BrokerHealth.of(str(conf.get("bootstrap.servers", "")))
         self.producer, self.topic = Producer(self.health.client_config(conf)), topic
         self._state = _DeliveryState()
