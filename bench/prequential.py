@@ -117,6 +117,11 @@ def main() -> None:
     ap.add_argument("--reanchor-every", type=int, default=None,
                     help="override the served setting (OnlineConfig.reanchor_every)")
     ap.add_argument("--no-synth", action="store_true", help="skip the synthetic stream")
+    ap.add_argument("--grid", default=",".join(map(str, TUNE_GRID)),
+                    help="with --tune: reanchor_every values")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override an OnlineConfig field (repeatable), e.g. d_lr=0")
+    ap.add_argument("--tag", default="", help="with --tune: suffix of the results file")
     args = ap.parse_args()
     if not args.data.is_dir():
         if args.data.name != "ml-100k":
@@ -133,19 +138,24 @@ def main() -> None:
     cfg = OnlineConfig(dim=base.dim)
     if args.reanchor_every is not None:
         cfg = cfg.model_copy(update={"reanchor_every": args.reanchor_every})
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        cfg = OnlineConfig(**{**cfg.model_dump(), key: value})
     tuned_on = ("tuning users: a stable 10% by hash of the user id "
                 "(online_model.prequential.user_group), disjoint from the reported users")
     if args.tune:
         rows = {}
-        for r in TUNE_GRID:
+        for r in [int(x) for x in args.grid.split(",")]:
             c = cfg.model_copy(update={"reanchor_every": r})
             res = run(ds, c, base, "tune", arms=("guarded", "nosteps", "unguarded"))
             rows[str(r)] = {a: {k: v for k, v in m.items()} for a, m in res["arms"].items()}
             rows[str(r)]["us_per_apply_guarded"] = res["details"]["guarded"]["us_per_apply"]
         ref = run(ds, cfg, base, "tune", arms=("reinfer", "frozen", "popularity"))
         out = {"dataset": ds.name, "checkpoint": str(ckpt), "users": "tune",
+               "config": cfg.model_dump(), "overrides": args.set,
                "reanchor_every": rows, "reference": ref["arms"]}
-        (RESULTS / "prequential_tune.json").write_text(json.dumps(out, indent=2) + "\n")
+        name = f"prequential_tune{'_' + args.tag if args.tag else ''}.json"
+        (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
         return
     users = "tune" if args.quick else "report"

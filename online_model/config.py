@@ -44,6 +44,11 @@ class OnlineConfig(BaseModel):
     The network's interests are what the model knows; the stream's steps then adapt from
     them. Chosen on the tuning users of ``bench/prequential.py`` (see its results)."""
 
+    refresh_global: bool = True
+    """Between re-inferences, recompute DIAM's global interest (slot 0: the window's mean
+    embedding plus an MLP of it and the encoder's summary from the last inference) on every
+    event: a few microseconds, where the full network costs about a millisecond."""
+
     reanchor_residual: bool = True
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
     anchor, and d_u's from its prior) on top of the network's new output; False restarts the

@@ -39,6 +39,9 @@ class HeadOutput:
     k: int
     gate_prob: float
     d: float
+    h_seq: np.ndarray | None = None
+    """float32 [d]: the encoder's summary of the history, kept by the stream to refresh the
+    global slot between re-inferences (:meth:`DiamHead.global_slot`)."""
 
 
 def has_extractor(keys: Any) -> bool:
@@ -116,7 +119,7 @@ class DiamHead:
         heads = int(config.get("n_heads", 2))
         n_layers = int(config.get("n_layers", 1))
         self.n_cat = int(config.get("n_categories", int(item_cat.max(initial=-1)) + 1))
-        self.global_slot = bool(config.get("global_interest", False))
+        self.global_slot_on = bool(config.get("global_interest", False))
         f = lambda k: np.ascontiguousarray(t[k], dtype=_F)  # noqa: E731
         try:
             self.item_emb = f("item_emb.weight")[1:]  # [N, d]
@@ -135,7 +138,7 @@ class DiamHead:
             self.g1_t, self.g1_b = (np.ascontiguousarray(f("extractor.gate.0.weight").T),
                                     f("extractor.gate.0.bias"))
             self.g2_w, self.g2_b = f("extractor.gate.2.weight")[0], f("extractor.gate.2.bias")
-            if self.global_slot:
+            if self.global_slot_on:
                 self.m1_t, self.m1_b = (np.ascontiguousarray(f("global_mlp.0.weight").T),
                                         f("global_mlp.0.bias"))
                 self.m2_t, self.m2_b = (np.ascontiguousarray(f("global_mlp.2.weight").T),
@@ -148,6 +151,7 @@ class DiamHead:
             raise HeadLoadError(f"checkpoint tensor {exc.args[0]!r} missing") from None
         self.b_init = _routing_init(self.seq_len, self.k_max, seed=1)
         self.item_cat = np.asarray(item_cat, dtype=np.int64)
+        _one_blas_thread()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> DiamHead:
@@ -216,7 +220,7 @@ class DiamHead:
         gate_in = np.concatenate([h_seq, prof])
         z = float(np.maximum(gate_in @ self.g1_t + self.g1_b, 0) @ self.g2_w + self.g2_b[0])
         gate_prob = float(np.float32(_sigmoid(z)))
-        if self.global_slot:
+        if self.global_slot_on:
             mean = x.sum(0) * inv_n
             hid = np.maximum(np.concatenate([mean, h_seq]) @ self.m1_t + self.m1_b, 0)
             vecs = vecs.copy()
@@ -226,7 +230,26 @@ class DiamHead:
         if self.fusion is not None:
             fw, fb = self.fusion
             dd = _sigmoid(float(fw @ np.asarray(signals, np.float64)) + fb)
-        return HeadOutput(np.ascontiguousarray(vecs, dtype=_F), k, gate_prob, dd)
+        return HeadOutput(np.ascontiguousarray(vecs, dtype=_F), k, gate_prob, dd,
+                          np.ascontiguousarray(h_seq, dtype=_F))
+
+    def global_slot(self, mean: np.ndarray, h_seq: np.ndarray) -> np.ndarray:
+        """Slot 0, DIAM's global interest, ``mean + MLP([mean, h_seq])`` (float32 [d]) for a
+        window mean and an encoder summary: what :meth:`infer` computes for slot 0, at a
+        fraction of its cost when ``h_seq`` is the summary of a recent inference."""
+        mean = np.asarray(mean, dtype=_F)
+        hid = np.maximum(np.concatenate([mean, h_seq]) @ self.m1_t + self.m1_b, 0)
+        return mean + (hid @ self.m2_t + self.m2_b)
+
+
+def _one_blas_thread() -> None:
+    """Limit the process's BLAS to one thread. The head runs a few dozen tiny matrix products
+    per user; OpenBLAS threads only add hand-offs, and on a busy machine they cost an order of
+    magnitude (bench/results/prequential.md). Process-wide by nature (the BLAS library has one
+    setting); the stream and the evaluations that build a head want it."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _routing_init(seq_len: int, k: int, seed: int) -> np.ndarray:

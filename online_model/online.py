@@ -143,6 +143,7 @@ class UserState:
         "capped",
         "n_learned",
         "since_anchor",
+        "hseq",
     )
 
     def __init__(
@@ -176,6 +177,7 @@ class UserState:
         self.frozen = False
         self.capped = False
         self.since_anchor = 0
+        self.hseq = np.zeros(dim, dtype=np.float32)  # the encoder's summary at the last inference
 
     # V and A with flat views of the same memory kept next to them (Vf, Af): the kernel takes
     # flat arrays, and reshaping both on every event cost ~3 µs of a ~40 µs event in the
@@ -195,6 +197,7 @@ class UserState:
         h = stable_hash64(user_id)
         other.uhash = h - (1 << 64) if h >= 1 << 63 else h
         other.V, other.A, other.ust, other.ring = self.V.copy(), self.A.copy(), self.ust.copy(), self.ring.copy()
+        other.hseq = self.hseq.copy()
         other.signals = self.signals.fresh_copy()
         return other
 
@@ -270,7 +273,7 @@ class UserState:
         return (*(getattr(self, s) for s in self._PLAIN), k, dim, len(self.ring), len(self.ust),
                 sig.n_categories, sig.last_session,
                 b"".join((self.V.tobytes(), self.A.tobytes(), self.ring.tobytes(), self.ust.tobytes(),
-                          sig.to_bytes())))
+                          self.hseq.tobytes(), sig.to_bytes())))
 
     @classmethod
     def unpack(cls, packed: tuple) -> UserState:
@@ -288,6 +291,8 @@ class UserState:
         o += 4 * n_ring
         self.ust = np.frombuffer(raw, np.float64, n_ust, o).copy()
         o += 8 * n_ust
+        self.hseq = np.frombuffer(raw, np.float32, dim, o).copy()
+        o += 4 * dim
         self.signals = SignalState.from_bytes(n_cat, last_session, memoryview(raw)[o:])
         return self
 
@@ -417,8 +422,9 @@ class OnlineLearner:
                 state.V = state.A = self._mean_vector(state)
             return out
         if not bits & K.LEARNT:  # learning off: frozen anchors, or the network alone
-            if head is not None:
-                self._maybe_reanchor(state, out)
+            if head is not None and self.cfg.reanchor_every:
+                if not self._maybe_reanchor(state, out):
+                    self._refresh_global(state)
             return out
         state.n_learned += 1
         cfg = self.cfg
@@ -435,7 +441,8 @@ class OnlineLearner:
         if head is not None:
             # K_u comes from the full gate at each re-anchoring (with hysteresis), not from
             # the light gate
-            self._maybe_reanchor(state, out)
+            if not self._maybe_reanchor(state, out):
+                self._refresh_global(state)
         elif state.n_learned % cfg.regate_every == 0:
             k_before = state.k
             self._regate(state, out)
@@ -505,11 +512,29 @@ class OnlineLearner:
         distinct = K.ring_distinct(state.ring, n)
         return max(1, min(k, self.k_max, distinct))
 
-    def _maybe_reanchor(self, state: UserState, out: list[DriftEvent]) -> None:
+    def _maybe_reanchor(self, state: UserState, out: list[DriftEvent]) -> bool:
         state.since_anchor += 1
         every = self.cfg.reanchor_every
         if every and state.since_anchor >= every:
             self._anchor(state, out)
+            return True
+        return False
+
+    def _refresh_global(self, state: UserState) -> None:
+        """Slot 0 follows the window's mean on every event (DIAM's global interest with the
+        encoder summary of the last inference); the learnt offset rides along."""
+        head = self.base.head
+        if not (self.cfg.refresh_global and head.global_slot_on):
+            return
+        if state.n_recent <= head.seq_len:  # the whole ring is the network's window
+            mean = K.ring_mean(state.ring, state.n_recent, self._emb_flat, self._dim)
+        else:  # a ring longer than the network's window: its last seq_len items
+            mean = self.base.item_emb[state.recent[-head.seq_len:]].astype(np.float64).mean(0)
+        g = head.global_slot(mean, state.hseq)
+        A, V = state.A, state.V
+        shift = g - A[0]
+        A[0] = g
+        V[0] += shift
 
     def _anchor(self, state: UserState, out: list[DriftEvent] | None = None) -> None:
         """Anchor ``state`` on the base: DIAM's interests of the recent items when the base
@@ -536,6 +561,7 @@ class OnlineLearner:
         cfg = self.cfg
         head = self.base.head
         res = head.infer(state.recent, state.signals.values())
+        state.hseq = res.h_seq
         p = min(res.k, self.k_max)
         b = cfg.d_logit_bound
         prior = min(max(_logit(res.d), -b), b)

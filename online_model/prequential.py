@@ -185,6 +185,7 @@ def evaluate_stream(
     arms: Iterable[str] = ARMS,
     merge: str = "aggregate",
     pop_half_life: int = 5_000,
+    exclude_last: int | None = 50,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the prequential protocol on a prepared dataset; returns the result dictionary
@@ -192,7 +193,9 @@ def evaluate_stream(
     k_changes_per_1k, mean_drift, recall@20_diff_to_guarded_ci}}, ...}`` plus details).
 
     ``users``: ``"all"``, ``"tune"`` or ``"report"`` (:func:`user_group`); ``user_fraction``
-    further keeps a stable fraction of those."""
+    further keeps a stable fraction of those. ``exclude_last``: the lists leave out the user's
+    last this many clicked items, as serving does with the ones the stream pushes
+    (``FlowConfig.seen_items``); None leaves out the whole history."""
     n_events = len(ds.user_ids)
     cut = int(n_events * warm_frac)
     base_desc = "checkpoint"
@@ -263,8 +266,10 @@ def evaluate_stream(
         u = user_list[off]
         if kept(u):
             n_stream += 1
-            excl = np.array(seen.get(u, ()), dtype=np.int64)
-            target_new = row < 0 or not np.any(excl == row)
+            hist = np.array(seen.get(u, ()), dtype=np.int64)
+            target_new = row < 0 or not np.any(hist == row)
+            excl = hist if exclude_last is None else hist[len(hist) - exclude_last:] \
+                if len(hist) > exclude_last else hist
             for name, arm in run.items():
                 if name == "popularity":
                     if target_new:
@@ -352,7 +357,10 @@ def evaluate_stream(
         "popularity": f"decayed click count, half-life {pop_half_life} events, refreshed every 100",
         "entropy": "nats, primary category of the recommended list",
         "mean_drift": "RMS distance of vectors from anchors in base-scale units, averaged over stream events of anchored users",
-        "excluded": "items the user clicked before; re-clicks are not scored",
+        "excluded": ("the user's last {} clicked items, as serving excludes the seen items "
+                     "the stream pushes; re-clicks of any earlier item are not scored"
+                     ).format(exclude_last) if exclude_last is not None else
+                    "every item the user clicked before; re-clicks are not scored",
         "ties": "events with equal timestamps keep the prepared order (time, user, item)",
         "ci": "95% bootstrap over users (2000 resamples); differences paired on the same users",
     }

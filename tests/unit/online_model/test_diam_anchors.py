@@ -109,3 +109,21 @@ def test_new_snapshot_reanchors_on_the_new_network(diam_base, tmp_path) -> None:
 def test_baseline_checkpoint_keeps_kmeans_anchors(tmp_path) -> None:
     ck, _ = _checkpoint(tmp_path / "mind", model="mind")
     assert BaseView.from_checkpoint(ck).anchor_kind == "kmeans"
+
+
+def test_global_slot_follows_every_event_between_inferences(diam_base) -> None:
+    base, c = diam_base
+    learner = OnlineLearner(base, OnlineConfig(dim=8, k_max=4, reanchor_every=50,
+                                               learn=False, guards=False))
+    st = learner.new_state("u")
+    items = _clicks(c, 12, seed=9)
+    for off, it in enumerate(items):
+        learner.apply(st, it, 1_000 * off, off)
+    mean = base.item_emb[st.recent[-10:]].astype(np.float64).mean(0)  # the model's window
+    want = base.head.global_slot(mean, st.hseq)
+    assert np.allclose(st.A[0], want, atol=1e-5) and np.allclose(st.V[0], want, atol=1e-5)
+    # the summary is the last inference's, and the global slot is exact at an inference
+    assert st.hseq.any()
+    out = base.head.infer(st.recent, st.signals.values())
+    assert np.allclose(base.head.global_slot(base.item_emb[st.recent[-10:]].mean(0), out.h_seq),
+                       out.vecs[0], atol=1e-5)
