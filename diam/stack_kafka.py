@@ -67,6 +67,42 @@ def render_server_properties(cfg: StackConfig, data_dir: Path, partitions: int) 
     )
 
 
+def with_sasl_plain(properties: str, users: dict[str, str]) -> str:
+    """``server.properties`` of :func:`render_server_properties` with its client listener
+    turned into SASL_PLAINTEXT (mechanism PLAIN) accepting ``users`` (name -> password); the
+    first user is also the broker's own identity on that listener.
+
+    >>> text = with_sasl_plain(render_server_properties(StackConfig(), Path("/d"), 1), {"a": "p"})
+    >>> "listeners=SASL_PLAINTEXT://127.0.0.1:9192,CONTROLLER://127.0.0.1:9193" in text
+    True
+    >>> 'user_a="p"' in text
+    True
+    """
+    if not users:
+        raise ValueError("SASL needs at least one user")
+    for name, pw in users.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or '"' in pw or "\\" in pw:
+            raise ValueError(f"unsupported SASL user or password for {name!r}")
+    first, first_pw = next(iter(users.items()))
+    out = []
+    for line in properties.splitlines():
+        key = line.split("=", 1)[0]
+        if key in ("listeners", "advertised.listeners"):
+            line = line.replace("PLAINTEXT://", "SASL_PLAINTEXT://")
+        elif key == "inter.broker.listener.name":
+            line = "inter.broker.listener.name=SASL_PLAINTEXT"
+        elif key == "listener.security.protocol.map":
+            line = "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+        out.append(line)
+    accounts = " ".join(f'user_{n}="{p}"' for n, p in users.items())
+    out += ["", "# SASL/PLAIN on the client listener (diam.stack_kafka.with_sasl_plain)",
+            "sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{first}" password="{first_pw}" {accounts};']
+    return "\n".join(out) + "\n"
+
+
 def kafka_dir(cfg: StackConfig) -> Path:
     """``<cache_dir>/kafka-<version>``: the generated POM and ``lib/``."""
     return Path(cfg.cache_dir).expanduser() / f"kafka-{cfg.kafka_version}"

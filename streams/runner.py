@@ -19,6 +19,7 @@ from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic
 from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
+from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
 __all__ = ["OnlineJob", "run_online", "prepare_recovery", "tune_gc"]
@@ -78,6 +79,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     ``stats`` is updated live (read it from another thread for progress); ``metrics``
     (``streams.metrics``, over the same ``stats``) observes the source and sinks."""
     validate_namespace(job.namespace)
+    check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
+    check_redis(job.redis)
     ensure_topic(job.kafka, job.topic)
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)

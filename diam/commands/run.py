@@ -206,7 +206,12 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         bound = serve_metrics(metrics, metrics_port)
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    run_online(job, holder, stats, metrics)
+    from streams.preflight import ServiceConfigError
+
+    try:
+        run_online(job, holder, stats, metrics)
+    except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
+        raise click.ClickException(str(exc)) from None
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
