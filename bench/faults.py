@@ -306,13 +306,16 @@ class Bench:
 def kill9(ctx: Ctx, rng: random.Random) -> tuple[float, float]:
     """SIGKILL at three seeded moments, each followed by the documented restart."""
     start = end = time.monotonic()
+    drift_topic = f"{ctx.topic}.drift"
     for i in range(3):
-        if i:
-            time.sleep(rng.uniform(1.0, 3.0))
         assert ctx.proc is not None
         _wait(lambda: b"online dataflow:" in ctx.log_path.read_bytes().rsplit(b"--- restart", 1)[-1],
               600, "the run to be up")
-        time.sleep(rng.uniform(0.2, 2.0))
+        # kill a process that is working, not one still starting (on a loaded box start-up
+        # takes seconds after the start line): wait until it has produced drift events
+        before = _count(ctx.bench.kcfg, drift_topic)
+        _wait(lambda b=before: _count(ctx.bench.kcfg, drift_topic) >= b + 30, 600, "the run to produce")
+        time.sleep(rng.uniform(0.2, 2.5))
         start = time.monotonic()
         ctx.proc.send_signal(signal.SIGKILL)
         ctx.proc.wait(30)
@@ -386,6 +389,17 @@ def _feed(producer: Producer, topic: str, events: list[ClickEvent], rate: int, d
                     producer.poll(0.1)
         producer.poll(0)
     done.set()
+
+
+def _count(kcfg: KafkaConfig, topic: str) -> int:
+    from confluent_kafka import KafkaException
+
+    from streams.kafka_io import watermarks
+
+    try:
+        return sum(hi - lo for lo, hi in watermarks(kcfg, topic, timeout=5).values())
+    except (RuntimeError, KafkaException):  # not created yet
+        return 0
 
 
 def _produce_one(bootstrap: str, topic: str, user: str) -> int:
