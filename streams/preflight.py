@@ -83,7 +83,8 @@ def check_kafka(cfg: KafkaConfig, timeout_s: float = 15.0) -> None:
         with lock:
             errors.append(err)
 
-    admin = AdminClient({**cfg.client_config(), "error_cb": on_error, "logger": _QUIET})
+    conf: dict[str, object] = {**cfg.client_config(), "error_cb": on_error, "logger": _QUIET}
+    admin = AdminClient(conf)  # type: ignore[arg-type]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
