@@ -71,6 +71,7 @@ from online_model.online import OnlineLearner  # noqa: E402
 from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
 from streams.config import FlowConfig  # noqa: E402
 from streams.events import ClickEvent, decode_click, encode_event  # noqa: E402
+from streams.kafka_io import RawRecord  # noqa: E402
 from streams.kafka_io import FETCH_DEFAULTS, ensure_topic, watermarks  # noqa: E402
 
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
@@ -313,8 +314,8 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     done.set()
     poller.join(30)
     for proc in procs:
-        proc.terminate()
-        proc.wait(30)
+        proc.terminate()  # a clean stop finishes the batch in hand first
+        proc.wait(180)
     arr = np.array(lat)
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
@@ -340,15 +341,21 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
         vecs_pool.extend(uv.vecs)
         if n_seen >= 2000:
             break
-    k4 = by_k.get(4, [])
-    if not k4 and len(vecs_pool) >= 4:
+    # K_u = 4 and K_u = 8 values as the stream pushes them (the network's anchors, 50 seen
+    # items), from real interest vectors of the run, written with the same writer
+    probes: dict[int, list[int]] = {}
+    if len(vecs_pool) >= 8:
         writer = RedisWriter(rc, ns)
         pool = np.stack(vecs_pool)
-        made = [(f"k4probe{i}", UserVectors(seq=1, model=base.version, k=4, d=0.5, dim=DIM,
-                                             vecs=pool[4 * i:4 * i + 4], ts=1, n=40))
-                for i in range(min(50, len(pool) // 4))]
-        writer.write_batch(made)
-        k4 = [rc.memory_usage(user_key(ns, u), samples=0) for u, _ in made]
+        seen = np.arange(0, 50_000, 1000, dtype=np.int32)[:flow_cfg.seen_items]
+        for kk in (4, 8):
+            made = [(f"k{kk}probe{i}", UserVectors(seq=1, model=base.version, k=kk, d=0.5, dim=DIM,
+                                                    vecs=pool[kk * i:kk * i + kk], ts=1, n=40,
+                                                    anchor="diam", seen=seen))
+                    for i in range(min(50, len(pool) // kk))]
+            writer.write_batch(made)
+            probes[kk] = [rc.memory_usage(user_key(ns, u), samples=0) for u, _ in made]
+    k4 = probes.get(4) or by_k.get(4, [])
     # the dataflow's own per-user step, so that the sizes and costs are those of what Bytewax
     # stores: ``_UserLogic.snapshot`` and Bytewax's pickle of it
     from streams.online import LearnerHolder, _UserLogic
@@ -362,7 +369,8 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
         lg = logics.get(ev.user_id)
         if lg is None:
             lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None, recovery=True)
-        lg.on_batch([(off, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
+        rec = RawRecord("bench", 0, off, None, None, ev.ts)
+        lg.on_batch([(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
     logic_us = (time.perf_counter() - t0) / len(events) * 1e6
     raws = [encode_event(ev) for ev in events[:100_000]]
     t0 = time.perf_counter()
@@ -378,6 +386,7 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
             pickle.dumps(lg.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
         snap_us.append((time.perf_counter() - t0) / len(logics) * 1e6)
     return {"redis_bytes_per_user": float(np.mean(k4)) if k4 else None,  # null, not NaN: valid JSON
+            "redis_bytes_per_user_k8": float(np.mean(probes[8])) if probes.get(8) else None,
             "redis_bytes_per_user_by_k": {k: round(float(np.mean(v)), 1) for k, v in sorted(by_k.items())},
             "state_bytes_per_user": round(float(np.mean(state_sizes)), 1),
             "snapshot_us_per_user": round(float(np.median(snap_us)), 2),

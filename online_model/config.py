@@ -38,11 +38,13 @@ class OnlineConfig(BaseModel):
     """Known items a new user needs before getting anchors (centroids of recent items): with
     fewer, centroids are noise and the user keeps one mean vector."""
 
-    reanchor_every: int = Field(default=1, ge=0)
+    reanchor_every: int = Field(default=10, ge=0)
     """On a base with DIAM's extractor: re-run the network on the user's recent items every
     this many known-item events (0: only at the first anchoring and after a new snapshot).
-    The network's interests are what the model knows; the stream's steps then adapt from
-    them. Chosen on the tuning users of ``bench/prequential.py`` (see its results)."""
+    The network's interests are what the model knows; the stream's steps (and the global
+    slot's refresh) adapt from them in between. 10 is where the served arm matched re-running
+    the network before every prediction on the tuning users, at a tenth of the inferences
+    (``bench/results/prequential.md``: the sweep over 1, 3, 10, 30)."""
 
     refresh_global: bool = True
     """Between re-inferences, recompute DIAM's global interest (slot 0: the window's mean
