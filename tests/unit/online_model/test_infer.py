@@ -46,7 +46,7 @@ def _torch(m, rows: np.ndarray, signals: np.ndarray):
     return out.vecs[0].numpy(), int(out.k[0]), float(out.extra["gate_prob"][0]), float(out.d_u[0])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(rows=st.lists(st.integers(0, N_ITEMS - 1), min_size=1, max_size=30),
        signals=st.lists(st.floats(0, 1, width=32), min_size=4, max_size=4),
        global_interest=st.booleans())
