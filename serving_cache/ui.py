@@ -163,10 +163,14 @@ class FlowScraper:
         def rate(k: str) -> float:
             return (cur[k] - base[k]) / dt if dt > 0 else float("nan")
 
-        p50 = self._quantile(base, cur, 0.5) if dt > 0 else histogram_quantile(
-            0.5, cur["fresh_bounds"], cur["fresh_cum"])
-        p99 = self._quantile(base, cur, 0.99) if dt > 0 else histogram_quantile(
-            0.99, cur["fresh_bounds"], cur["fresh_cum"])
+        # freshness of the pushes acknowledged in the window; with none (an idle or finished
+        # run), of every push since the process started, and the answer says which
+        recent = dt > 0 and base["fresh_cum"] and cur["fresh_cum"][-1] > base["fresh_cum"][-1]
+        if recent:
+            p50, p99 = self._quantile(base, cur, 0.5), self._quantile(base, cur, 0.99)
+        else:
+            p50 = histogram_quantile(0.5, cur["fresh_bounds"], cur["fresh_cum"])
+            p99 = histogram_quantile(0.99, cur["fresh_bounds"], cur["fresh_cum"])
         xs = [r["t"] for r in rows]
         return {
             "available": True,
@@ -179,6 +183,7 @@ class FlowScraper:
             "events_per_s": rate("records"), "valid_per_s": rate("valid"),
             "rejected_per_s": rate("rejected"), "pushes_per_s": rate("pushes"),
             "freshness_p50_s": p50, "freshness_p99_s": p99,
+            "freshness_over": "last 10 s" if recent else "since start",
             "drift": cur["drift"],
             "svg": {
                 "lag": svg.line(xs, [r["lag"] for r in rows], "consumer lag (records)",

@@ -46,7 +46,9 @@ class _Run:
                 self._seen.set()
 
     def scrape(self) -> dict[tuple[str, tuple], float]:
-        if not self._seen.wait(120):
+        # start-up imports torch and, on a first run from a checkout, compiles the numba
+        # kernels: minutes on a loaded two-core machine, seconds once the cache is written
+        if not self._seen.wait(600):
             raise AssertionError("no metrics line; stderr:\n" + "".join(self.stderr)[-3000:])
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10).read()
         out = {}
@@ -72,7 +74,7 @@ class _Run:
 
         threading.Thread(target=read_out, daemon=True).start()
         during = []
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while not done.is_set() and time.monotonic() < deadline:
             if self.proc.poll() is not None and not done.is_set():
                 time.sleep(0.5)
@@ -128,6 +130,7 @@ def ckpt(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(900)
 def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
         stack, topic, namespace, ckpt) -> None:
     events = click_stream(n_users=40, n_events=8000, seed=5)
@@ -179,6 +182,7 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
     assert all(dict(k[1]).get("process") == "main" for k in final)
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("mode", ["split", "cluster"])
 def test_the_same_names_per_process_in_split_and_cluster_runs(stack, topic, namespace, ckpt,
                                                               mode: str) -> None:
@@ -212,7 +216,7 @@ def test_the_same_names_per_process_in_split_and_cluster_runs(stack, topic, name
         for t in threads:
             t.start()
         for t in threads:
-            t.join(240)
+            t.join(800)
     finally:
         for r in runs:
             r.close()

@@ -36,7 +36,6 @@ from tests.integration.test_online_flow import _events_payloads, _produce
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-T0 = 1_700_000_000_000
 
 
 def _free_port() -> int:
@@ -45,12 +44,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _events(n_items: int) -> list[ClickEvent]:
+def _events(n_items: int, t0: int) -> list[ClickEvent]:
+    """3000 clicks 100 ms apart (a third of them alice's), the last one at ``t0 + 300 s``."""
     rng = np.random.default_rng(4)
     out = []
     for e in range(3000):
         user = f"u{int(rng.integers(30))}" if e % 3 else "alice"
-        out.append(ClickEvent(user_id=user, item_id=f"i{int(rng.integers(n_items))}", ts=T0 + 100 * e))
+        out.append(ClickEvent(user_id=user, item_id=f"i{int(rng.integers(n_items))}", ts=t0 + 100 * e))
     return out
 
 
@@ -69,11 +69,14 @@ def page(stack, topic, namespace, redis_client, tmp_path):
     version = publish(ck, store, redis_client, namespace).version
     base = BaseView.from_checkpoint(store.path(version), version=version)
     holder = LearnerHolder(OnlineLearner(base, OnlineConfig(dim=16)), version)
-    _produce(kafka, topic, _events_payloads(_events(300)))
+    # event times of the last five minutes, so that freshness (event time to the Redis
+    # acknowledgement) is that of a five-minute backlog read at once
+    t0 = int(time.time() * 1000) - 300_000
+    _produce(kafka, topic, _events_payloads(_events(300, t0)))
     # an alert on the alerts topic, as the drift monitor writes them
-    alert = {"kind": "k_change_rate", "value": 0.5, "threshold": 0.2, "seq": 1, "ts_ms": T0,
-             "top_users": [{"user_id": "alice", "value": 3.0}], "window": {"start_ms": T0,
-                                                                          "end_ms": T0 + 1},
+    alert = {"kind": "k_change_rate", "value": 0.5, "threshold": 0.2, "seq": 1, "ts_ms": t0,
+             "top_users": [{"user_id": "alice", "value": 3.0}], "window": {"start_ms": t0,
+                                                                          "end_ms": t0 + 1},
              "detail": {}}
     _produce(kafka, f"{topic}.alerts", [(b"k_change_rate", json.dumps(alert).encode())])
     stats = FlowStats()
@@ -120,6 +123,7 @@ def _texts(el, css: str) -> list[str]:
     return [e.text for e in el.find_elements(By.CSS_SELECTOR, css)]
 
 
+@pytest.mark.timeout(900)  # the fixture's dataflow compiles the kernels on a cold checkout
 def test_user_view_shows_what_the_api_answers(page) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -163,6 +167,9 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
     ns = api.get("/ui/api/namespace").json()
     WebDriverWait(driver, 20).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=kpi-lag]").text == "0")
+    fresh = api.get("/ui/api/flow").json()
+    assert fresh["freshness_p50_s"] is not None and 0 < fresh["freshness_p50_s"] <= fresh["freshness_p99_s"]
+    assert driver.find_element(By.CSS_SELECTOR, "[data-testid=kpi-fresh]").text.endswith(" ms")
     bars = driver.find_elements(By.CSS_SELECTOR, "[data-testid=chart-k] rect")
     assert sum(float(b.get_attribute("data-value")) for b in bars) == ns["users"] == 31
     WebDriverWait(driver, 20).until(lambda d: "k_change_rate" in d.find_element(
@@ -175,6 +182,7 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
         driver.save_screenshot(shot)
 
 
+@pytest.mark.timeout(900)
 def test_ui_routes_only_read(page) -> None:
     """The page's routes answer GET only: nothing on /ui writes."""
     _driver, url, _snap, _kafka = page
