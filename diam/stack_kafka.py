@@ -67,10 +67,12 @@ def render_server_properties(cfg: StackConfig, data_dir: Path, partitions: int) 
     )
 
 
-def with_sasl_plain(properties: str, users: dict[str, str]) -> str:
+def with_sasl_plain(properties: str, users: dict[str, str], scram: bool = False) -> str:
     """``server.properties`` of :func:`render_server_properties` with its client listener
     turned into SASL_PLAINTEXT (mechanism PLAIN) accepting ``users`` (name -> password); the
-    first user is also the broker's own identity on that listener.
+    first user is also the broker's own identity on that listener. ``scram`` also enables
+    SCRAM-SHA-256, whose credentials live in the cluster metadata (give the same users to
+    :func:`format_storage`).
 
     >>> text = with_sasl_plain(render_server_properties(StackConfig(), Path("/d"), 1), {"a": "p"})
     >>> "listeners=SASL_PLAINTEXT://127.0.0.1:9192,CONTROLLER://127.0.0.1:9193" in text
@@ -96,10 +98,14 @@ def with_sasl_plain(properties: str, users: dict[str, str]) -> str:
         out.append(line)
     accounts = " ".join(f'user_{n}="{p}"' for n, p in users.items())
     out += ["", "# SASL/PLAIN on the client listener (diam.stack_kafka.with_sasl_plain)",
-            "sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.inter.broker.protocol=PLAIN",
+            "sasl.enabled.mechanisms=PLAIN" + (",SCRAM-SHA-256" if scram else ""),
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
             "listener.name.sasl_plaintext.plain.sasl.jaas.config="
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
             f'username="{first}" password="{first_pw}" {accounts};']
+    if scram:
+        out.append("listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
+                   "org.apache.kafka.common.security.scram.ScramLoginModule required;")
     return "\n".join(out) + "\n"
 
 
@@ -221,10 +227,14 @@ def is_formatted(data_dir: Path) -> bool:
     return (data_dir / "meta.properties").is_file()
 
 
-def format_storage(java_prefix: list[str], server_properties: Path, cluster_id: str) -> None:
-    """Format the log directory once: ``kafka.tools.StorageTool format --standalone``."""
+def format_storage(java_prefix: list[str], server_properties: Path, cluster_id: str,
+                   scram_users: dict[str, str] | None = None) -> None:
+    """Format the log directory once: ``kafka.tools.StorageTool format --standalone``;
+    ``scram_users`` (name -> password) get SCRAM-SHA-256 credentials in the bootstrap metadata."""
     cmd = java_prefix + ["kafka.tools.StorageTool", "format", "--standalone",
                          "-t", cluster_id, "-c", str(server_properties)]
+    for name, pw in (scram_users or {}).items():
+        cmd += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={pw}]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise StackError(f"kafka StorageTool format failed ({proc.returncode}):\n"

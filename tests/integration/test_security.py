@@ -1,5 +1,5 @@
 """Security settings against real servers: a Redis ACL user with a password, Redis over TLS
-(``rediss://``) and Kafka with SASL/PLAIN, each used by the dataflow (and Redis by the API);
+(``rediss://``) and Kafka with SASL (PLAIN and SCRAM-SHA-256), each used by the dataflow (and Redis by the API);
 wrong credentials stop a run at once with an error naming the settings.
 
 The servers are private to this module (another redis-server, another broker from the local
@@ -104,7 +104,8 @@ def tls_redis(tmp_path_factory, certs) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory) -> Iterator[str]:
-    """A single-node broker whose client listener takes SASL/PLAIN (users admin and diam)."""
+    """A single-node broker whose client listener takes SASL/PLAIN and SCRAM-SHA-256 (users
+    admin and diam)."""
     from diam import stack_kafka as kafka
     from diam.settings import StackConfig
     from diam.stack_proc import free_port, spawn, terminate
@@ -113,11 +114,12 @@ def sasl_broker(tmp_path_factory) -> Iterator[str]:
     cfg = StackConfig(kafka_port=free_port(), controller_port=free_port(), kafka_heap="384m")
     jars = kafka.fetch_jars(cfg)
     props, log4j = d / "server.properties", d / "log4j2.properties"
-    props.write_text(kafka.with_sasl_plain(kafka.render_server_properties(cfg, d / "data", 2),
-                                           {"admin": "admin-secret", "diam": "diam-secret"}))
+    users = {"admin": "admin-secret", "diam": "diam-secret"}
+    props.write_text(kafka.with_sasl_plain(kafka.render_server_properties(cfg, d / "data", 2), users,
+                                           scram=True))
     log4j.write_text(kafka.resource("log4j2.properties"))
     java = kafka.jvm_args(cfg, jars, d / "logs", log4j)
-    kafka.format_storage(java, props, kafka.new_cluster_id())
+    kafka.format_storage(java, props, kafka.new_cluster_id(), scram_users=users)
     pid = spawn(java + ["kafka.Kafka", str(props)], d / "logs" / "kafka.out", d / "kafka.pid")
     bootstrap = f"127.0.0.1:{cfg.kafka_port}"
     try:
@@ -128,8 +130,8 @@ def sasl_broker(tmp_path_factory) -> Iterator[str]:
         terminate(pid, 30.0)
 
 
-def _sasl(bootstrap: str, password: str) -> KafkaConfig:
-    return KafkaConfig(bootstrap=bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+def _sasl(bootstrap: str, password: str, mechanism: str = "PLAIN") -> KafkaConfig:
+    return KafkaConfig(bootstrap=bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism=mechanism,
                        sasl_username="diam", sasl_password=password)
 
 
@@ -202,11 +204,13 @@ def test_redis_over_tls_for_the_dataflow_and_the_api(stack, topic, tls_redis, ce
             run_online(_job(stack.settings.kafka, bad, topic, "tls"), _holder())
 
 
-def test_kafka_sasl_plain_for_the_dataflow(stack, sasl_broker, namespace, redis_client) -> None:
-    kafka = _sasl(sasl_broker, "diam-secret")
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_kafka_sasl_for_the_dataflow(stack, sasl_broker, namespace, redis_client, mechanism) -> None:
+    kafka = _sasl(sasl_broker, "diam-secret", mechanism)
     topic = f"sasl.{namespace}"
     _events(kafka, topic, n_users=4)
     run_online(_job(kafka, stack.settings.redis, topic, namespace), _holder())
     assert len(list(redis_client.scan_iter(match=f"diam:{namespace}:u:*"))) == 4
     with pytest.raises(ServiceConfigError, match="DIAM_KAFKA_SASL_PASSWORD"):
-        run_online(_job(_sasl(sasl_broker, "wrong"), stack.settings.redis, topic, namespace), _holder())
+        run_online(_job(_sasl(sasl_broker, "wrong", mechanism), stack.settings.redis, topic, namespace),
+                   _holder())
