@@ -2,7 +2,8 @@
 # The main job end to end on the local stack (called by `make demo` after `diam stack up`):
 # ml-100k prepared -> DIAM trained briefly -> snapshot published -> events produced (plus a few
 # malformed ones) -> the online dataflow consumes them -> per-user state read back from Redis
-# -> a recommendation served from it. Each run uses a fresh topic and namespace, so it never
+# -> a recommendation served from it -> one retrain from the topic behind the promotion gate
+# (published or refused, in the summary). Each run uses a fresh topic and namespace, so it never
 # mixes with earlier runs.
 set -euo pipefail
 RUN="demo-$(date +%Y%m%d-%H%M%S)"
@@ -11,6 +12,8 @@ NS="${RUN}"
 DATA="${DIAM_DATA_DIR:-data}/ml-100k"
 CKPT="checkpoints/${RUN}"
 EPOCHS="${DEMO_EPOCHS:-2}"
+ITEMS="diam.items.${RUN}"
+RETRAIN_JSON="$(mktemp)"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -26,8 +29,8 @@ diam train --model diam --data "${DATA}" --out "${CKPT}" --epochs "${EPOCHS}"
 step "snapshot: verify, build the FAISS index, publish"
 diam snapshot publish "${CKPT}"
 
-step "produce ml-100k to ${TOPIC} (and three malformed events)"
-diam produce --data "${DATA}" --topic "${TOPIC}"
+step "produce ml-100k to ${TOPIC}, its catalogue to ${ITEMS} (and three malformed events)"
+diam produce --data "${DATA}" --topic "${TOPIC}" --catalog --items-topic "${ITEMS}"
 python - "${TOPIC}" <<'PY'
 import sys
 from diam.settings import load_settings
@@ -52,5 +55,24 @@ diam deadletters --last 3
 
 step "recommendations for user 1 from the fresh vectors"
 diam recommend 1 --namespace "${NS}" -n 10
+
+step "retrain once from the topic (warm start, held-out newest 10%, promotion gate)"
+DIAM_KAFKA_ITEMS_TOPIC="${ITEMS}" diam retrain --once --topic "${TOPIC}" \
+  --epochs "${DEMO_RETRAIN_EPOCHS:-1}" --json > "${RETRAIN_JSON}"
+RETRAIN="$(python - "${RETRAIN_JSON}" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+c, a = d["metrics"].get("candidate") or {}, d["metrics"].get("active") or {}
+fmt = lambda m, k: "n/a" if m.get(k) is None else f"{m[k]:.4f}"
+print(f"{'published ' + d['version'] if d['published'] else 'refused'} ({d['reason']}); "
+      f"recall@20 {fmt(c, 'recall@20')} vs active {fmt(a, 'recall@20')}, "
+      f"entropy@20 {fmt(c, 'entropy@20')} vs {fmt(a, 'entropy@20')}, "
+      f"{d['metrics'].get('eval_users')} held-out users, {d['seconds']['total']:.0f} s; "
+      f"candidate kept in {d['candidate_path']}")
+PY
+)"
+echo "${RETRAIN}"
+rm -f "${RETRAIN_JSON}"
 echo
 echo "demo done: topic ${TOPIC}, namespace ${NS}, checkpoint ${CKPT}"
+echo "retrain: ${RETRAIN}"
