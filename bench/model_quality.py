@@ -69,7 +69,7 @@ from online_model.train import Features, TrainConfig, train  # noqa: E402
 
 METRICS = ["recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "entropy@20",
            "ild@20", "ild_cat@20", "coverage@20"]
-BASELINES = ["comirec-sa", "comirec-dr", "mind", "single"]
+BASELINES = ["comirec-sa", "comirec-dr", "mind", "single", "remi", "adasr"]
 ORDER = ["diam", *BASELINES]
 ABLATIONS: dict[str, dict] = {
     "diam K=1 (global slot only)": {"model": "diam", "fixed_k": 1},
@@ -151,12 +151,13 @@ class Bench:
         _, rec = self.trained(name, seed, lr)
         return float(rec["valid_curve"][rec["best_epoch"] - 1])
 
-    def choose_lr(self, name: str, grid: list[float]) -> tuple[float, dict[str, float]]:
+    def choose_lr(self, name: str, grid: list[float],
+                  extend: int) -> tuple[float, dict[str, float]]:
         """The grid's rate with the best mean validation score; extended past an edge that
-        wins (x3 or /3, at most ``--extend`` times)."""
+        wins (x3 or /3, at most ``extend`` times)."""
         grid = sorted(grid)
         scores: dict[float, float] = {}
-        for _ in range(self.args.extend + 1):
+        for _ in range(extend + 1):
             for lr in grid:
                 if lr not in scores:
                     scores[lr] = float(np.mean([self.valid_score(name, s, lr)
@@ -247,9 +248,12 @@ def compare(evals: dict[str, list[dict]], n_boot: int, entropies: list[float]) -
     e_star = float(ent[labels.index("delta=0")].mean())
     base = [n for n in BASELINES if n in evals]
 
-    def at(idx: np.ndarray | None, e: float) -> tuple[float, str, float]:
-        d = M.front_at(_front(rec, ent, idx), e)
-        vals = {n: M.front_at(_front(arrays[n][1], arrays[n][2], idx), e) for n in base}
+    def fronts(idx: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {n: _front(arrays[n][1], arrays[n][2], idx) for n in ["diam", *base]}
+
+    def at(fr: dict[str, np.ndarray], e: float) -> tuple[float, str, float]:
+        d = M.front_at(fr["diam"], e)
+        vals = {n: M.front_at(fr[n], e) for n in base}
         vals = {n: v for n, v in vals.items() if np.isfinite(v)}
         if not vals:
             return d, "", float("nan")
@@ -264,21 +268,23 @@ def compare(evals: dict[str, list[dict]], n_boot: int, entropies: list[float]) -
     def num(x: float) -> float | None:
         return round(float(x), 4) if np.isfinite(x) else None  # JSON has no NaN
 
-    d0, b0, v0 = at(None, e_star)
+    fr0 = fronts(None)
+    d0, b0, v0 = at(fr0, e_star)
     capped = not np.isfinite(v0)
     if capped:  # no baseline front reaches DIAM's entropy: compare where the best one ends
         e_star = max(float(_front(arrays[n][1], arrays[n][2])[-1, 0]) for n in base)
-        d0, b0, v0 = at(None, e_star)
+        d0, b0, v0 = at(fr0, e_star)
     best_merge = max(base, key=lambda n: merge_rec(n, None))
     rng = np.random.default_rng(0)
     gains, mgains, curve = [], [], {e: [] for e in entropies}
     for _ in range(n_boot):
         idx = _bootstrap_index(sizes, rng)
-        d, _, v = at(idx, e_star)
+        fr = fronts(idx)
+        d, _, v = at(fr, e_star)
         gains.append(d / v - 1)
         mgains.append(merge_rec("diam", idx) / merge_rec(best_merge, idx) - 1)
         for e in entropies:
-            d_e, _, v_e = at(idx, e)
+            d_e, _, v_e = at(fr, e)
             curve[e].append(d_e / v_e - 1)
 
     def ci(v: list[float]) -> list[float]:
@@ -293,7 +299,7 @@ def compare(evals: dict[str, list[dict]], n_boot: int, entropies: list[float]) -
 
     gain_curve = []
     for e in entropies:
-        d_e, b_e, v_e = at(None, e)
+        d_e, b_e, v_e = at(fr0, e)
         gain_curve.append({"entropy@20": e, "diam_recall@20": num(d_e), "best_baseline": b_e,
                            "baseline_recall@20": num(v_e), "gain": num(d_e / v_e - 1),
                            "ci": ci(curve[e])})
@@ -438,7 +444,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--max-per-user", type=int, default=16)
-    ap.add_argument("--models", nargs="+", default=ORDER)
+    ap.add_argument("--models", nargs="*", default=ORDER)
     ap.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
                     help="ablation rows to add (trained at DIAM's chosen rate)")
     ap.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
@@ -451,6 +457,10 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true",
                     help="train (and cache) every row at every rate of its grid on --seeds, "
                          "no extension, no evaluation: to spread training over processes")
+    ap.add_argument("--eval-cache", action="store_true",
+                    help="with --train-only: also evaluate (and cache) each run on the split")
+    ap.add_argument("--diam-extend", type=int, default=None,
+                    help="DIAM's --extend [default: --extend]")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -460,6 +470,7 @@ def main() -> None:
     command = "python bench/model_quality.py " + " ".join(sys.argv[1:])
     bench = Bench(args)
     split = "test" if args.final else "valid"
+    print(f"evaluation users: {split}", file=sys.stderr, flush=True)
     res: dict = {"dataset": bench.corpus.name, "final": args.final, "split": split,
                  "seeds": args.seeds, "design_seeds": DESIGN_SEEDS, "epochs": args.epochs,
                  "max_per_user": args.max_per_user, "keep_best": True, "command": command,
@@ -470,12 +481,17 @@ def main() -> None:
             grid = args.diam_lr_grid if name == "diam" and args.diam_lr_grid else args.lr_grid
             for seed in args.seeds:
                 for lr in grid:
-                    bench.trained(name, seed, lr)
+                    if args.eval_cache:
+                        bench.evaluated(name, seed, lr, split)
+                    else:
+                        bench.trained(name, seed, lr)
         return
     chosen: dict[str, tuple[float, dict]] = {}
     for name in args.models:
         grid = args.diam_lr_grid if name == "diam" and args.diam_lr_grid else args.lr_grid
-        chosen[name] = bench.choose_lr(name, list(grid))
+        extend = args.diam_extend if name == "diam" and args.diam_extend is not None \
+            else args.extend
+        chosen[name] = bench.choose_lr(name, list(grid), extend)
         print(f"{name}: lr {chosen[name][0]:g} {chosen[name][1]}", file=sys.stderr, flush=True)
     for name in args.ablations:
         lr = chosen["diam"][0]
