@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from streams.kafka_io import BrokerHealth
+from streams.kafka_health import BrokerHealth
 
 
 def _lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "streams.kafka_io"]
+    return [r.getMessage() for r in caplog.records if r.name == "streams.kafka_health"]
 
 
 def test_an_outage_is_logged_once_at_start_and_once_at_end(caplog) -> None:
@@ -42,7 +42,7 @@ def test_other_librdkafka_lines_pass_through(caplog) -> None:
     h.logger.warning("CONFWARN [rdkafka#producer-1] something else entirely")
     assert h.down_since is None
     passed = [r for r in caplog.records if "something else" in r.getMessage()]
-    assert len(passed) == 1 and passed[0].name.startswith("streams.kafka_io.rdkafka")
+    assert len(passed) == 1 and passed[0].name.startswith("streams.kafka_health.rdkafka")
 
 
 def test_one_failure_then_silence_is_still_logged_after_the_grace(caplog) -> None:
