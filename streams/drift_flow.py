@@ -3,7 +3,9 @@
 ::
 
     drift records ─► parse ─┬─ bad ─► counted (diam_drift_unparsed_total)
-                            └─ ok ──► one global key ─► monitor (windows, detector)
+                            └─ ok ──► one global key ─► monitor (windows, detector; repeats of
+                                                        a resumed producer dropped and counted,
+                                                        diam_drift_duplicates_total)
                                                         ├─► alerts ─► diam.alerts (JSON)
                                                         └─► window summaries ─► Prometheus gauges
 
@@ -66,6 +68,10 @@ class DriftMetrics:
                                 registry=r)
         self.late = Counter("diam_drift_late_total",
                             "Records dropped because their window had already closed", registry=r)
+        self.duplicates = Counter("diam_drift_duplicates_total",
+                                  "Repeats of records already accounted (a dataflow resumed after "
+                                  "a crash produces its last epoch's drift events again)",
+                                  registry=r)
         self.alerts = Counter("diam_drift_alerts_total", "Alerts raised", ["kind"], registry=r)
         self.gauges = {
             name: Gauge(f"diam_drift_window_{name}", doc, registry=r)
@@ -107,8 +113,9 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
     ``idle_s`` closes its open windows."""
 
     def __init__(self, cfg: DriftConfig, resume: DriftMonitor | None, idle_s: float,
-                 partitions: list[int]) -> None:
+                 partitions: list[int], metrics: DriftMetrics | None = None) -> None:
         self.monitor = resume if resume is not None else DriftMonitor(cfg, partitions)
+        self.metrics = metrics
         self.idle = timedelta(seconds=idle_s)
         now = datetime.now(UTC)
         self._last_input = now
@@ -123,9 +130,12 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
                  ) -> tuple[list[Alert | WindowSummary], bool]:
         now = self._last_input = datetime.now(UTC)
         out: list[Alert | WindowSummary] = []
+        dups = self.monitor.duplicates
         for partition, rec in values:
             self._last_seen[partition] = now
             out.extend(self.monitor.add(rec, partition))
+        if self.metrics is not None and self.monitor.duplicates > dups:
+            self.metrics.duplicates.inc(self.monitor.duplicates - dups)
         self._mark_idle(now)
         return out + self.monitor.advance(), StatefulBatchLogic.RETAIN
 
@@ -172,7 +182,7 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
     recs = op.filter_map("parse", raw, parse)
     keyed = op.key_on("global", recs, lambda _r: "all")
     outs = op.key_rm("unkey", op.stateful_batch(
-        "monitor", keyed, lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts)))
+        "monitor", keyed, lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts, metrics)))
 
     def observe(_step: str, out: Alert | WindowSummary) -> None:
         if metrics is not None:
