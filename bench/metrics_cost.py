@@ -9,7 +9,11 @@ requests included) is counted too.
 Prints one JSON object and writes ``bench/results/metrics_cost.json``: events/s of every run,
 the medians, and ``on_over_off`` (median on / median off; 1.0 means no cost).
 
-Run: ``python bench/metrics_cost.py [--repeats 5]`` with the local stack up.
+``--tiny``: the same runs over the tests' tiny base (60 items, d = 16, no DIAM network: users
+are anchored on centroids), where a click costs tens of microseconds instead of the network's
+anchoring of each new user, so that a per-batch or per-write cost of the metrics would show.
+
+Run: ``python bench/metrics_cost.py [--repeats 5] [--tiny]`` with the local stack up.
 """
 
 from __future__ import annotations
@@ -81,8 +85,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--scrape-every", type=float, default=1.0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "metrics_cost.json"))
+    ap.add_argument("--tiny", action="store_true",
+                    help="the tests' tiny base instead of a DIAM checkpoint at d = 64")
+    ap.add_argument("--out", default=None,
+                    help="default: bench/results/metrics_cost[_tiny].json")
     args = ap.parse_args()
+    out = args.out or str(ROOT / "bench" / "results" /
+                          ("metrics_cost_tiny.json" if args.tiny else "metrics_cost.json"))
     settings = load_settings()
     run_id = uuid.uuid4().hex[:8]
     topic = f"bench.metrics.{run_id}"
@@ -90,10 +99,18 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
-        make_checkpoint(ckpt)
         env = env_for(settings)
-        produce(settings.kafka, topic, synth_events(args.events, args.users, seed=1,
-                                                    t0=1_700_000_000_000))
+        if args.tiny:
+            from tests.flowkit import click_stream
+            from tests.integration.test_online_flow import _write_tiny_checkpoint
+
+            _write_tiny_checkpoint(ckpt)
+            env.update({"DIAM_ONLINE_DIM": "16", "DIAM_ONLINE_K_MAX": "4"})
+            produce(settings.kafka, topic, click_stream(args.users, args.events, seed=1))
+        else:
+            make_checkpoint(ckpt)
+            produce(settings.kafka, topic, synth_events(args.events, args.users, seed=1,
+                                                        t0=1_700_000_000_000))
         for r in range(args.repeats):
             for mode in ("off", "on"):
                 extra = ["--bounded", "--recovery-dir", f"{tmp}/rec-{mode}-{r}"]
@@ -106,7 +123,8 @@ def main() -> None:
     med = {m: float(np.median([x["events_per_s"] for x in v])) for m, v in runs.items()}
     cpu = {m: float(np.median([x["cpu_s"] for x in v])) for m, v in runs.items()}
     result = {
-        "bench": "metrics_cost", "events": args.events, "users": args.users,
+        "bench": "metrics_cost", "base": "tiny" if args.tiny else "diam-d64",
+        "events": args.events, "users": args.users,
         "repeats": args.repeats, "scrape_every_s": args.scrape_every,
         "events_per_s_off": med["off"], "events_per_s_on": med["on"],
         "on_over_off": round(med["on"] / med["off"], 3),
@@ -115,7 +133,7 @@ def main() -> None:
         "runs": runs,
     }
     print(json.dumps(result, indent=2))
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
