@@ -13,7 +13,11 @@ Everything is read or counted where it happens, and nothing is added to the per-
 - Redis write latency and freshness (event time to Redis acknowledgement) are observed by the
   Redis sink's writer thread once per write (:meth:`FlowMetrics.observe_redis_write`), into
   numpy bucket counts;
-- the epoch-end flush of the Kafka side outputs is timed in their sink partitions' snapshot.
+- the epoch-end flush of the Kafka side outputs is timed in their sink partitions' snapshot;
+- the epoch-end pause is timed from the source's side: from a partition's epoch snapshot to its
+  next poll, the worker closes the epoch (every touched user's state snapshot, the recovery
+  writes, the side outputs' flush) and finishes the batch in flight, so this is an upper bound
+  of what an epoch end holds the input back.
 
 Every series carries a ``process`` label, so one-process, partition-split and Bytewax-cluster
 runs export the same names and a dashboard sums or splits them by process.
@@ -60,7 +64,8 @@ METRIC_NAMES = (
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
-    "diam_flow_epoch_flush_seconds", "diam_flow_consumer_position", "diam_flow_high_watermark",
+    "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
+    "diam_flow_consumer_position", "diam_flow_high_watermark",
     "diam_flow_consumer_lag", "diam_flow_base_version", "diam_flow_uptime_seconds",
     "diam_flow_watermark_errors_total",
 )
@@ -133,6 +138,7 @@ class FlowMetrics:
         self.write = _Hist(WRITE_BUCKETS)
         self.fresh = _Hist(FRESHNESS_BUCKETS)
         self.flush = _Hist(FLUSH_BUCKETS)
+        self.pause = _Hist(FLUSH_BUCKETS)
         self.watermark_errors = 0
         self._lock = threading.Lock()
         # a scrape waits for the broker under its own lock: never under _lock, which the Redis
@@ -171,6 +177,10 @@ class FlowMetrics:
     def observe_flush(self, seconds: float) -> None:
         with self._lock:
             self.flush.observe(np.array([seconds]))
+
+    def observe_pause(self, seconds: float) -> None:
+        with self._lock:
+            self.pause.observe(np.array([seconds]))
 
     # -- the collector -------------------------------------------------------------------------
     def _watermarks(self) -> dict[int, int]:
@@ -229,6 +239,9 @@ class FlowMetrics:
                 self.flush.family("diam_flow_epoch_flush_seconds",
                                   "Epoch-end flush of a Kafka side output (dead letters, drift)",
                                   lab, pv),
+                self.pause.family("diam_flow_epoch_pause_seconds",
+                                  "From a source partition's epoch snapshot to its next poll "
+                                  "(epoch-end state snapshots, recovery writes, flushes)", lab, pv),
             ]
         dl = CounterMetricFamily("diam_flow_dead_letters", "Dead letters written, by reason",
                                  labels=["process", "reason"])
@@ -295,11 +308,16 @@ def serve_metrics(metrics: FlowMetrics, port: int, addr: str = "0.0.0.0") -> int
 # -- wrappers that observe the dataflow's input and outputs -----------------------------------
 class _MeteredPartition(StatefulSourcePartition[Any, Any]):
     def __init__(self, inner: StatefulSourcePartition[Any, Any], part: int,
-                 positions: dict[int, int]) -> None:
-        self.inner, self.part, self.positions = inner, part, positions
-        positions[part] = inner.snapshot()
+                 metrics: FlowMetrics) -> None:
+        self.inner, self.part, self.metrics = inner, part, metrics
+        self.positions = metrics.positions
+        self.positions[part] = inner.snapshot()
+        self._snap_at: float | None = None
 
     def next_batch(self) -> Iterable[Any]:
+        if self._snap_at is not None:
+            self.metrics.observe_pause(time.perf_counter() - self._snap_at)
+            self._snap_at = None
         batch = self.inner.next_batch()
         # one dict store per batch (atomic under the GIL); snapshot() is the partition's own
         # resume offset, i.e. the next offset it will read
@@ -310,6 +328,7 @@ class _MeteredPartition(StatefulSourcePartition[Any, Any]):
         return self.inner.next_awake()
 
     def snapshot(self) -> Any:
+        self._snap_at = time.perf_counter()  # Bytewax asks at every epoch end
         return self.inner.snapshot()
 
     def close(self) -> None:
@@ -329,7 +348,7 @@ class MeteredSource(FixedPartitionedSource[Any, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _MeteredPartition:
         part = self.inner.build_part(step_id, for_part, resume_state)
-        return _MeteredPartition(part, int(for_part.split("-", 1)[0]), self.metrics.positions)
+        return _MeteredPartition(part, int(for_part.split("-", 1)[0]), self.metrics)
 
 
 class _CountingPartition(StatefulSinkPartition[Any, Any]):

@@ -179,6 +179,7 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
     assert _one(final, "diam_flow_redis_acked_total") == want["pushes"]
     assert _one(final, "diam_flow_freshness_seconds_count") == want["pushes"]
     assert _one(final, "diam_flow_redis_write_seconds_count") >= 1
+    assert _one(final, "diam_flow_epoch_pause_seconds_count") >= 1  # epochs of 0.1 s
     assert all(dict(k[1]).get("process") == "main" for k in final)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 import bytewax.operators as op
 import numpy as np
@@ -77,13 +78,15 @@ def test_metered_source_notes_each_partitions_position_and_passes_records_throug
     out: list[int] = []
     flow = Dataflow("metered")
     op.output("out", op.input("in", flow, MeteredSource(_Offsets(), m)), TestingSink(out))
-    run_main(flow)
+    run_main(flow, epoch_interval=timedelta(seconds=0))  # an epoch end after every batch
     assert sorted(out) == sorted([*range(10), 5])
     assert m.positions == {0: 10, 1: 6}
     m.marks = {0: 12, 1: 6}  # what the broker would say (no broker here: kafka=None)
     s = _samples(m)
     lag = {dict(k[1])["partition"]: v for k, v in s.items() if k[0] == "diam_flow_consumer_lag"}
     assert lag == {"0": 2.0, "1": 0.0}
+    pauses = s[("diam_flow_epoch_pause_seconds_count", (("process", "p"),))]
+    assert pauses >= 1  # epoch ends seen from the source, snapshot to next poll
 
 
 def test_every_name_is_exported_with_the_process_label_and_counts_add_up() -> None:
