@@ -44,8 +44,12 @@ class RedisConfig(BaseModel):
     """User keys per write-if-newer script call (``serving_cache.writer``). 100: one reply per
     hundred writes instead of one each cut the writer's CPU per user and Redis's by about 30%
     (measurements in the writer's docstring), while one call holds Redis for only about half a
-    millisecond (~5 µs per key), so reads from serving wait no longer than that. Set 1 on Redis
-    Cluster, where the keys of one script call must share a hash slot."""
+    millisecond (~5 µs per key), so reads from serving wait no longer than that. On Redis
+    Cluster (``cluster``) a call holds the keys of one hash slot only, at most this many."""
+
+    cluster: bool = False
+    """Redis Cluster: connect with redis-py's ``RedisCluster`` (the URL names any node). The
+    writer groups each batch by hash slot, so every write-if-newer call touches one slot."""
 
     user_ttl_s: int | None = Field(default=None, ge=1)
     """Expiry of user keys in seconds, refreshed on every push (the dataflow's write-if-newer
