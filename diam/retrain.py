@@ -194,6 +194,32 @@ class _Metrics:
         self.last.set(time.time())
 
 
+def _content_init(state: dict[str, Any], snapshot_dir: Path, corpus: Any, known_ids: Any,
+                  catalog: Any) -> int:
+    """Start the rows of items the active model does not know from its content tower (what
+    serving gave them) instead of a random vector: one warm-started epoch cannot train a random
+    row far, and an under-trained row with a random direction lands in users' top lists.
+    Returns how many rows were set."""
+    import numpy as np
+    import torch
+
+    from streams.new_items import load_tower
+
+    tower = load_tower(snapshot_dir)
+    w = state.get("item_emb.weight")
+    if tower is None or w is None or tower.dim != w.shape[1]:
+        return 0
+    ids = corpus.item_ids.astype(str)
+    rows = np.flatnonzero(~np.isin(ids, np.asarray(known_ids).astype(str)))
+    if not len(rows):
+        return 0
+    items = [catalog.items.get(ids[r]) for r in rows.tolist()]
+    emb = tower.embed([list(it.categories) if it else [] for it in items],
+                      [it.title if it else "" for it in items])
+    w[torch.as_tensor(rows + 1)] = torch.from_numpy(emb).to(w.dtype)
+    return int(len(rows))
+
+
 class Retrainer:
     """The retrain service over one clicks topic, one snapshot store and one namespace."""
 
@@ -276,6 +302,8 @@ class Retrainer:
             fresh = build_model(mcfg, full.item_cat)
             init_state, warm = remap_state(active.model, active.item_ids, fresh, full.item_ids)
             warm["from"] = active_version
+            warm["items_content_init"] = _content_init(
+                init_state, self.store.path(active_version), full, active.item_ids, catalog)
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                            device=cfg.device, max_per_user=cfg.max_per_user, threads=cfg.threads)
         self._say(f"retrain {name}: training {mcfg.model} on {len(train_c.items):,} events of "
