@@ -160,7 +160,8 @@ class RedisWriter:
                 if not self._cluster:
                     raise
                 # slots moved (a resharding, a failover): learn the new layout, send again
-                self.client.nodes_manager.initialize()
+                cluster: Any = self.client
+                cluster.nodes_manager.initialize()
                 self._sha = None
                 try:
                     written += self._send(chunk)
@@ -183,7 +184,7 @@ class RedisWriter:
         calls sent as one pipeline on that node's connection."""
         from redis.crc import key_slot
 
-        client = self.client
+        client: Any = self.client  # a RedisCluster (the annotation says redis.Redis)
         if self._sha is None:
             for node in client.get_primaries():  # EVALSHA runs where the keys live
                 client.get_redis_connection(node).script_load(self._script)

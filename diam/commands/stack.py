@@ -43,8 +43,11 @@ def stack_group() -> None:
 
 @stack_group.command("up")
 @_docker_flag
+@click.option("--redis-cluster", is_flag=True, default=False,
+              help="Also start a Redis Cluster of three masters on the three ports above "
+                   "DIAM_STACK_REDIS_PORT (clients: DIAM_REDIS_URL=<printed> DIAM_REDIS_CLUSTER=true).")
 @click.pass_context
-def up_cmd(ctx: click.Context, docker: bool | None) -> None:
+def up_cmd(ctx: click.Context, docker: bool | None, redis_cluster: bool) -> None:
     """Start Kafka and Redis unless they already run (idempotent).
 
     Returns once the broker answers a metadata request and Redis answers PING, and prints
@@ -58,6 +61,13 @@ def up_cmd(ctx: click.Context, docker: bool | None) -> None:
         bootstrap, redis_url = stack_up(settings, echo=click.echo, docker_engine=docker)
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
+    if redis_cluster:
+        from diam.stack_cluster import cluster_up
+
+        try:
+            cluster_up(settings.stack, echo=click.echo)
+        except StackError as exc:
+            raise click.ClickException(str(exc)) from None
     if (bootstrap, redis_url) != (settings.kafka.bootstrap, settings.redis.url):
         click.echo(f"note: the clients' settings point elsewhere; use\n"
                    f"  export DIAM_KAFKA_BOOTSTRAP={bootstrap} DIAM_REDIS_URL={redis_url}")
@@ -91,8 +101,10 @@ def down_cmd(ctx: click.Context, docker: bool | None) -> None:
     DIAM_STACK_STOP_TIMEOUT_S) and check that no process is left and the ports are closed.
     Data under the home is kept; delete the directory to start afresh."""
     from diam.stack import StackError, stack_down
+    from diam.stack_cluster import cluster_down
 
     try:
+        cluster_down(get_settings(ctx).stack, echo=click.echo)  # (a no-op when none was started)
         stack_down(get_settings(ctx), echo=click.echo, docker_engine=docker)
     except StackError as exc:
         raise click.ClickException(str(exc)) from None

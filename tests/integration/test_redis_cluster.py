@@ -1,13 +1,11 @@
-"""Redis Cluster: a real 3-master cluster from redis-server on loopback; the dataflow writes
+"""Redis Cluster: a real 3-master cluster from redis-server on loopback (``diam stack up
+--redis-cluster``'s launcher, ``diam.stack_cluster``); the dataflow writes
 through redis-py's RedisCluster (write-if-newer calls grouped by hash slot) and gives, byte for
 byte, the values a single Redis gets from the same topic; the API reads them through the same
 client."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,47 +25,28 @@ FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[RedisConfig]:
-    exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    assert exe and cli, "redis-server and redis-cli are needed (apt-get install redis-server)"
-    d = tmp_path_factory.mktemp("cluster")
-    ports = _cluster_ports(3)
-    procs = [subprocess.Popen([exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                               "--cluster-config-file", f"nodes-{p}.conf", "--save", "", "--appendonly",
-                               "no", "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for p in ports]
+    """The cluster ``diam stack up --redis-cluster`` starts, from a home of its own."""
+    from diam.settings import StackConfig
+    from diam.stack_cluster import cluster_down, cluster_up
+
+    cfg = StackConfig(home=str(tmp_path_factory.mktemp("home")), redis_port=_cluster_base())
     try:
-        for p in ports:
-            deadline = time.monotonic() + 20
-            while not _pings(p):
-                assert time.monotonic() < deadline, f"cluster node {p} did not start"
-                time.sleep(0.1)
-        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True,
-                       timeout=60)
-        deadline = time.monotonic() + 30
-        while "cluster_state:ok" not in subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
-                                                       capture_output=True, text=True).stdout:
-            assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
-            time.sleep(0.2)
-        yield RedisConfig(url=f"redis://127.0.0.1:{ports[0]}/0", cluster=True)
+        yield RedisConfig(url=cluster_up(cfg, echo=lambda _m: None), cluster=True)
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(20)
+        cluster_down(cfg, echo=lambda _m: None)
 
 
-def _cluster_ports(n: int) -> list[int]:
-    """Free ports whose cluster bus port (port + 10000) is free and valid too."""
+def _cluster_base() -> int:
+    """A port whose next three ports and their bus ports (+10000) are free."""
     import random
 
     from diam.stack_proc import port_open
 
-    rng, out = random.Random(), []
-    while len(out) < n:
-        p = rng.randrange(20_000, 50_000)
-        if p not in out and not port_open(p) and not port_open(p + 10_000):
-            out.append(p)
-    return out
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20_000, 50_000)
+        if not any(port_open(p) or port_open(p + 10_000) for p in range(base + 1, base + 4)):
+            return base
 
 
 def _pings(port: int) -> bool:
