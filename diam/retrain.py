@@ -287,9 +287,10 @@ class Retrainer:
             return self._finish(Decision(name, False, f"only {train_c.n_users} users before the "
                                          "held-out slice; need 10", active_version,
                                          window=window, created_at=created.isoformat()), t0, {})
-        active = None
+        active, active_dir = None, None
         if active_version is not None:
-            active = load_checkpoint(self.store.path(active_version))
+            active_dir = self.store.path(active_version)
+            active = load_checkpoint(active_dir)
         if active is not None and cfg.warm_start:
             mcfg = ModelConfig.from_dict({**active.config, "n_items": full.n_items,
                                           "n_categories": full.n_categories})
@@ -297,13 +298,14 @@ class Retrainer:
             mcfg = ModelConfig(model=cfg.model, n_items=full.n_items,
                                n_categories=full.n_categories, dim=cfg.dim)
         init_state, warm = None, None
-        if active is not None and cfg.warm_start and active.config.get("model") == mcfg.model:
+        if (active is not None and active_dir is not None and cfg.warm_start
+                and active.config.get("model") == mcfg.model):
             torch.manual_seed(cfg.seed)
             fresh = build_model(mcfg, full.item_cat)
             init_state, warm = remap_state(active.model, active.item_ids, fresh, full.item_ids)
             warm["from"] = active_version
             warm["items_content_init"] = _content_init(
-                init_state, self.store.path(active_version), full, active.item_ids, catalog)
+                init_state, active_dir, full, active.item_ids, catalog)
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                            device=cfg.device, max_per_user=cfg.max_per_user, threads=cfg.threads)
         self._say(f"retrain {name}: training {mcfg.model} on {len(train_c.items):,} events of "
