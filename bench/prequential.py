@@ -184,7 +184,8 @@ def synthetic_recovery(quick: bool) -> dict:
          else SynthParams(users=1_500, items=2_500, events_per_user=50.0, seed=0))
     with tempfile.TemporaryDirectory() as tmp:
         d = write_synth(p, Path(tmp) / "synth")
-        ck = train_first_half(d, 3, Path(tmp) / "ck")
+        ck = train_first_half(d, 3, ROOT / "checkpoints" / (
+            f"prequential-synth-{p.users}-{p.items}-{p.seed}-half-e3"))
         base = BaseView.from_checkpoint(ck)
         ds = load_prepared(d)
         learner = OnlineLearner(base, OnlineConfig(dim=base.dim))

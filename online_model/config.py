@@ -123,6 +123,11 @@ class OnlineConfig(BaseModel):
     """Re-propose K_u (and refresh d_u's prior) every m events: the gate's input (mean of the
     last 50 items) barely moves in fewer, and it costs ~30 µs, so 3 µs per event amortised."""
 
+    k_settle_items: int = Field(default=20, ge=0)
+    """On a DIAM base, K_u follows the full gate without hysteresis while the user's window
+    holds fewer known items than this: a K proposed from a handful of items is provisional,
+    and hysteresis would otherwise keep the K of the user's first click for tens of events."""
+
     k_hysteresis: int = Field(default=4, ge=1)
     """Consecutive equal proposals needed to change K_u (guards on): 4 proposals = 40 learnt
     events, about a session, so a proposal that flickers at a rounding boundary never reaches

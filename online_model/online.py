@@ -574,7 +574,8 @@ class OnlineLearner:
             state.anchored, state.capped = True, False
             return
         k = state.k
-        h = cfg.k_hysteresis if cfg.guards else 1
+        settled = state.n_recent >= cfg.k_settle_items
+        h = cfg.k_hysteresis if cfg.guards and settled else 1
         if p == k:
             state.k_proposal, state.k_streak = p, 0
         else:
