@@ -41,7 +41,9 @@ Writes ``bench/results/model_quality{,_valid}.json`` / ``.md`` and ``model_quali
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -72,6 +74,8 @@ METRICS = ["recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "en
 BASELINES = ["comirec-sa", "comirec-dr", "mind", "single", "remi", "adasr"]
 ORDER = ["diam", *BASELINES]
 ABLATIONS: dict[str, dict] = {
+    "diam, global slot alone at inference (same weights)": {"model": "diam", "from": "diam",
+                                                            "infer": {"fixed_k": 1}},
     "diam K=1 (global slot only)": {"model": "diam", "fixed_k": 1},
     "diam without global slot": {"model": "diam", "global_interest": False},
     "single + DIAM encoder, hard negatives, profile": {"model": "single", "single_diam": True},
@@ -100,9 +104,13 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
 
 
+ROW_OPTIONS: dict[str, dict] = {"adasr": {"n_interests": 8}}
+"""Options of baseline rows: the adaptive-K model may use up to DIAM's K_max = 8 interests."""
+
+
 def _options(name: str) -> dict:
     """Model name and options of a row (a model, or an ablation)."""
-    return dict(ABLATIONS.get(name, {"model": name}))
+    return dict(ABLATIONS.get(name, {"model": name, **ROW_OPTIONS.get(name, {})}))
 
 
 class Bench:
@@ -124,11 +132,19 @@ class Bench:
         """``(model, training record)``, trained now or loaded from its checkpoint."""
         from online_model.checkpoint import load_checkpoint, save_checkpoint
 
+        opts = _options(name)
+        if "from" in opts:  # an inference-time ablation of another row's trained weights
+            model, record = self.trained(opts["from"], seed, lr)
+            model = copy.deepcopy(model)
+            for k, v in opts["infer"].items():
+                setattr(model.cfg, k, v)
+            return model, record
         ckpt = RUNS / "ckpt" / self.stem(name, seed, lr)
         if (ckpt / "config.json").is_file() and not self.args.quick:
             ck = load_checkpoint(ckpt)
             return ck.model, ck.config["train_record"]
-        opts = _options(name)
+        if self.args.no_train:
+            raise SystemExit(f"{ckpt}: not trained, and --no-train was given")
         mcfg = ModelConfig(n_items=self.corpus.n_items, n_categories=self.corpus.n_categories,
                            **opts)
         tcfg = TrainConfig(epochs=self.args.epochs, seed=seed, lr=lr,
@@ -428,7 +444,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_ylabel("Recall@20")
     users = "test" if res["final"] else "validation"
     ax.set_title(f"Recall@20 vs Entropy@20 fronts, {res['dataset']} {users} users, "
-                 f"seeds {res['seeds'][0]}-{res['seeds'][-1]}", fontsize=9)
+                 f"seeds {', '.join(map(str, res['seeds']))}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -459,6 +475,8 @@ def main() -> None:
                          "no extension, no evaluation: to spread training over processes")
     ap.add_argument("--eval-cache", action="store_true",
                     help="with --train-only: also evaluate (and cache) each run on the split")
+    ap.add_argument("--no-train", action="store_true",
+                    help="stop instead of training a run that has no checkpoint")
     ap.add_argument("--diam-extend", type=int, default=None,
                     help="DIAM's --extend [default: --extend]")
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -467,7 +485,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.epochs, args.max_per_user, args.extend = args.seeds[:1], 2, 6, 0
         args.lr_grid, args.bootstrap = args.lr_grid[:1], 50
-    command = "python bench/model_quality.py " + " ".join(sys.argv[1:])
+    command = "python bench/model_quality.py " + shlex.join(sys.argv[1:])
     bench = Bench(args)
     split = "test" if args.final else "valid"
     print(f"evaluation users: {split}", file=sys.stderr, flush=True)

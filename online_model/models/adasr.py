@@ -1,6 +1,7 @@
 """An AdaSR-style adaptive-K baseline: ComiRec-SA's interests with a per-user number of them.
 
-K_max attention heads as ComiRec-SA; a gate on the mean embedding of the history gives
+``K_max = cfg.n_interests`` attention heads as ComiRec-SA (the count a checkpoint records
+as its ``k_max`` for every non-DIAM model); a gate on the mean embedding of the history gives
 ``K_u = floor(sigmoid(g) * K_max) + 1`` (soft ramp mask while training, hard mask at inference,
 the same form as DIAM's gate). Training reads out the active interest closest to the target,
 scaled by its mask value so the gate gets a gradient, plus ``cfg.adak_cost * E[K_u] / K_max``,
@@ -30,15 +31,14 @@ class AdaptiveK(ComiRecSA):
     name = "adasr"
 
     def __init__(self, cfg: ModelConfig, item_cat: np.ndarray | None = None) -> None:
-        super().__init__(_with_heads(cfg), item_cat)
-        self.cfg = cfg
+        super().__init__(cfg, item_cat)
         self.gate = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.ReLU(), nn.Linear(cfg.dim, 1))
 
     def interests(self, batch: Batch) -> Interests:
         out = super().interests(batch)
         pooled = masked_mean(self.item_emb(batch.seq), batch.mask)  # [B, d]
         p = torch.sigmoid(self.gate(pooled).squeeze(-1).float())  # [B]
-        k_max = self.cfg.k_max
+        k_max = self.cfg.n_interests
         if self.training:
             mask = ramp_mask(p * k_max + 1, k_max)  # [B, K_max] soft
         else:
@@ -56,12 +56,6 @@ class AdaptiveK(ComiRecSA):
         user = out.vecs[rows, best] * out.mask[rows, best, None]  # [B, d]
         main = losses.sampled_softmax(user, pos, self.item_emb(neg_ids), batch.target, neg_ids)
         k_mean = out.mask.float().sum(1).mean()
-        total = main + self.cfg.adak_cost * k_mean / self.cfg.k_max
+        total = main + self.cfg.adak_cost * k_mean / self.cfg.n_interests
         return total, {"main": float(main.detach()), "k": float(k_mean.detach())}
 
-
-def _with_heads(cfg: ModelConfig) -> ModelConfig:
-    """The config ComiRec-SA's constructor sees: K_max attention heads."""
-    from dataclasses import replace
-
-    return replace(cfg, n_interests=cfg.k_max)

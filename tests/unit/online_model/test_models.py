@@ -281,4 +281,24 @@ def test_remi_and_adaptive_k_train(name):
         assert any(float(p.grad.abs().sum()) > 0 for p in model.gate.parameters())
         with torch.no_grad():
             out = model.eval().interests(_batch(6, [10, 3, 7, 1, 10, 5]))
-        assert out.vecs.shape[1] == 6 and (out.mask[:, 1:] <= out.mask[:, :-1]).all()
+        assert out.vecs.shape[1] == 3 and (out.mask[:, 1:] <= out.mask[:, :-1]).all()
+
+
+@pytest.mark.parametrize("name", ["remi", "adasr"])
+def test_new_baselines_round_trip_through_a_checkpoint(tmp_path, name):
+    """A checkpoint records ``k_max = n_interests`` for every non-DIAM model: the adaptive-K
+    model sizes its heads by n_interests, so it loads back with the same interests."""
+    from online_model.checkpoint import load_checkpoint, save_checkpoint
+    from online_model.corpus import tiny_corpus
+
+    c = tiny_corpus(n_users=12, n_items=20, n_categories=3, length=8, seed=0)
+    torch.manual_seed(0)
+    cfg = ModelConfig(model=name, n_items=c.n_items, n_categories=c.n_categories, dim=8,
+                      seq_len=10, k_max=4, n_interests=6)
+    model = build_model(cfg, c.item_cat).eval()
+    ck = load_checkpoint(save_checkpoint(tmp_path / "ck", model, c, seed=0))
+    seq = torch.randint(1, 21, (4, 10))
+    b = Batch(seq, torch.tensor([10, 10, 10, 10]), torch.rand(4, 4))
+    with torch.no_grad():
+        a, z = model.interests(b), ck.model.interests(b)
+    assert a.vecs.shape[1] == 6 and torch.equal(a.vecs, z.vecs) and torch.equal(a.mask, z.mask)
