@@ -121,7 +121,8 @@ def main() -> None:
                     help="with --tune: reanchor_every values")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override an OnlineConfig field (repeatable), e.g. d_lr=0")
-    ap.add_argument("--tag", default="", help="with --tune: suffix of the results file")
+    ap.add_argument("--tag", default="",
+                    help="suffix of the results file (with --tune, or a variant's report)")
     args = ap.parse_args()
     if not args.data.is_dir():
         if args.data.name != "ml-100k":
@@ -166,14 +167,16 @@ def main() -> None:
                                f"{args.epochs} epochs"}})
     res["cost"] = apply_cost(ds, base, cfg, 2_000 if args.quick else 5_000)
     if not args.no_synth:
-        res["synthetic_recovery"] = synthetic_recovery(args.quick)
+        res["synthetic_recovery"] = synthetic_recovery(args.quick, cfg)
     name = "prequential_quick.json" if args.quick else "prequential.json"
+    if args.tag:
+        name = name.replace(".json", f"_{args.tag}.json")
     (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     print(json.dumps({"dataset": res["dataset"], "arms": res["arms"],
                       "synthetic_recovery": res.get("synthetic_recovery")}, indent=2))
 
 
-def synthetic_recovery(quick: bool) -> dict:
+def synthetic_recovery(quick: bool, cfg: OnlineConfig | None = None) -> dict:
     """The streaming learner's K_u and d_u at the end of a synthetic stream with planted truth,
     against the truth, on a DIAM checkpoint trained on the first half of that stream."""
     from scipy.stats import spearmanr
@@ -188,7 +191,8 @@ def synthetic_recovery(quick: bool) -> dict:
             f"prequential-synth-{p.users}-{p.items}-{p.seed}-half-e3"))
         base = BaseView.from_checkpoint(ck)
         ds = load_prepared(d)
-        learner = OnlineLearner(base, OnlineConfig(dim=base.dim))
+        cfg = (cfg or OnlineConfig()).model_copy(update={"dim": base.dim})
+        learner = OnlineLearner(base, cfg)
         states: dict = {}
         for off, (u, i, t) in enumerate(zip(ds.user_ids.tolist(), ds.item_ids.tolist(),
                                             ds.ts_ms.tolist(), strict=True)):
