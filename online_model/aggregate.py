@@ -27,7 +27,7 @@ whole bonus, the second half, the third a third), which balances categories. Wit
 the selected items (MMR). At ``d_u = 0`` the list is exactly the merge by score.
 
 Why this form, measured on ml-100k (3 seeds of the default DIAM, Recall@20 / Entropy@20;
-chosen on validation users, then read on test users, ``bench/results/model_quality.md``):
+chosen on validation users, then read on test users, ``bench/results/model_quality_round2.md``):
 DESIGN §4.5's quotas over *all* of the list, with the bonus ``0.3 d_u (1 - max similarity)``
 (similarity: cosine averaged with "same category"), gave 0.2035 / 1.679 on validation and
 0.2251 / 1.637 on test. The diverse interests are weak retrievers next to DIAM's global slot

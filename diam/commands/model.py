@@ -86,7 +86,7 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
 @click.option("--lr", type=float, default=1e-2, show_default=True,
               help="Adam peak learning rate. 1e-2 was every model's best of {3e-3, 1e-2} on "
                    "ml-100k validation users (bench/model_quality.py --lr-grid; "
-                   "bench/results/model_quality.md).")
+                   "bench/results/model_quality_round2.md).")
 @click.option("--max-per-user", type=click.IntRange(1), default=64, show_default=True,
               help="Training positions drawn per user per epoch.")
 @click.option("--dim", type=click.IntRange(4), default=64, show_default=True)
