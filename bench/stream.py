@@ -78,8 +78,12 @@ from online_model.online import OnlineLearner  # noqa: E402
 from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
 from streams.config import FlowConfig  # noqa: E402
 from streams.events import ClickEvent, decode_click, encode_event  # noqa: E402
-from streams.kafka_io import RawRecord  # noqa: E402
-from streams.kafka_io import FETCH_DEFAULTS, ensure_topic, watermarks  # noqa: E402
+from streams.kafka_io import (  # noqa: E402
+    FETCH_DEFAULTS,
+    RawRecord,  # noqa: E402
+    ensure_topic,
+    watermarks,
+)
 
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
 

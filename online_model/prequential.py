@@ -357,9 +357,9 @@ def evaluate_stream(
         "popularity": f"decayed click count, half-life {pop_half_life} events, refreshed every 100",
         "entropy": "nats, primary category of the recommended list",
         "mean_drift": "RMS distance of vectors from anchors in base-scale units, averaged over stream events of anchored users",
-        "excluded": ("the user's last {} clicked items, as serving excludes the seen items "
+        "excluded": (f"the user's last {exclude_last} clicked items, as serving excludes the seen items "
                      "the stream pushes; re-clicks of any earlier item are not scored"
-                     ).format(exclude_last) if exclude_last is not None else
+                     ) if exclude_last is not None else
                     "every item the user clicked before; re-clicks are not scored",
         "ties": "events with equal timestamps keep the prepared order (time, user, item)",
         "ci": "95% bootstrap over users (2000 resamples); differences paired on the same users",
