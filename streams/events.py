@@ -197,16 +197,10 @@ def decode_event(
 ) -> ClickEvent | Rejection:
     """Decode and validate one payload. ``ts_max_ms`` None means no upper bound (the dataflow
     passes the record's timestamp + allowed skew; replays of old data are unaffected)."""
-    try:
-        obj = _decode(raw, max_bytes)
-        if isinstance(obj, Rejection):
-            return obj
-        fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
-        if fast is not None:
-            return _new_click(fast[0], fast[1], fast[2])
-        return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence, see _internal
-        return _internal(exc)
+    got = _checked(raw, max_bytes, ts_min_ms, ts_max_ms)
+    if type(got) is tuple:
+        return _new_click(got[0], got[1], got[2])
+    return got  # type: ignore[return-value]
 
 
 def decode_click(
@@ -224,6 +218,16 @@ def decode_click(
     >>> decode_click(encode_event(ClickEvent("u1", "i9", 880_000_000_000, session_id="s")))
     ('u1', 'i9', 880000000000, 's')
     """
+    got = _checked(raw, max_bytes, ts_min_ms, ts_max_ms)
+    if isinstance(got, ClickEvent):
+        return (got.user_id, got.item_id, got.ts, got.session_id)
+    return got
+
+
+def _checked(raw: bytes | None, max_bytes: int, ts_min_ms: int,
+             ts_max_ms: int | None) -> Click | ClickEvent | Rejection:
+    """The one decode-and-validate path of both entry points: the fast path's :data:`Click`
+    tuple for the common event, a full ``ClickEvent`` otherwise, or a Rejection; never raises."""
     try:
         obj = _decode(raw, max_bytes)
         if isinstance(obj, Rejection):
@@ -231,10 +235,7 @@ def decode_click(
         fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
         if fast is not None:
             return fast
-        ev = _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
-        if isinstance(ev, Rejection):
-            return ev
-        return (ev.user_id, ev.item_id, ev.ts, ev.session_id)
+        return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
     except Exception as exc:  # noqa: BLE001 - the last line of defence, see _internal
         return _internal(exc)
 
