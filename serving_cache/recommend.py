@@ -201,21 +201,13 @@ class Recommender:
         thread and add the new items (:meth:`add_items`); snapshots swapped in later get the
         whole catalogue's unknown items too."""
         self._catalog = follower
-        stop = stop or threading.Event()
 
-        def loop() -> None:
-            while not stop.is_set():
-                try:
-                    fresh = follower.poll(timeout=min(every_s, 1.0))
-                    if fresh:
-                        self.add_items(fresh)
-                except Exception as exc:  # noqa: BLE001 - the follower retries next time
-                    log.warning("catalogue poll failed: %s", exc)
-                stop.wait(every_s)
+        def step() -> None:
+            fresh = follower.poll(timeout=min(every_s, 1.0))
+            if fresh:
+                self.add_items(fresh)
 
-        thread = threading.Thread(target=loop, name="catalog-follow", daemon=True)
-        thread.start()
-        return thread
+        return _every("catalog-follow", "catalogue poll", step, every_s, stop)
 
     def follow_clicks(self, tail: Any, counts: Any, every_s: float = 0.5,
                       refresh_s: float = 5.0, new_item_min_clicks: int = 2,
@@ -228,38 +220,30 @@ class Recommender:
         clicks (a floor, so that random ids from a misbehaving client do not grow the index)."""
         from streams.catalog import CatalogItem
 
-        stop = stop or threading.Event()
         unknown: dict[str, int] = {}
+        next_refresh = [0.0]
 
-        def loop() -> None:
-            next_refresh = 0.0
-            while not stop.is_set():
-                try:
-                    clicks = tail.poll(timeout=min(every_s, 1.0))
-                    if clicks:
-                        counts.add(item for item, _ in clicks)
-                        snap = self._active
-                        cat = self._catalog.items if self._catalog is not None else {}
-                        ready = []
-                        for item, ts in clicks:
-                            if snap is None or snap.index_of(item) >= 0 or item in cat:
-                                continue
-                            unknown[item] = unknown.get(item, 0) + 1
-                            if unknown[item] == new_item_min_clicks:
-                                ready.append(CatalogItem(item, (), "", int(ts)))
-                        if ready:
-                            self.add_items(ready)
-                    now = time.monotonic()
-                    if now >= next_refresh and self._active is not None and len(counts):
-                        self._active.set_live_popularity(counts.snapshot())
-                        next_refresh = now + refresh_s
-                except Exception as exc:  # noqa: BLE001 - the tail retries next time
-                    log.warning("click tail poll failed: %s", exc)
-                stop.wait(every_s)
+        def step() -> None:
+            clicks = tail.poll(timeout=min(every_s, 1.0))
+            if clicks:
+                counts.add(item for item, _ in clicks)
+                snap = self._active
+                cat = self._catalog.items if self._catalog is not None else {}
+                ready = []
+                for item, ts in clicks:
+                    if snap is None or snap.index_of(item) >= 0 or item in cat:
+                        continue
+                    unknown[item] = unknown.get(item, 0) + 1
+                    if unknown[item] == new_item_min_clicks:
+                        ready.append(CatalogItem(item, (), "", int(ts)))
+                if ready:
+                    self.add_items(ready)
+            now = time.monotonic()
+            if now >= next_refresh[0] and self._active is not None and len(counts):
+                self._active.set_live_popularity(counts.snapshot())
+                next_refresh[0] = now + refresh_s
 
-        thread = threading.Thread(target=loop, name="click-follow", daemon=True)
-        thread.start()
-        return thread
+        return _every("click-follow", "click tail poll", step, every_s, stop)
 
     def warm_up(self) -> None:
         """Compile the aggregator's kernels (or load them from numba's cache) and run one
@@ -421,6 +405,25 @@ def aggregate_candidates(
     return aggregate(
         scores, items, snap.item_vecs, d_u=d_u, n=n, item_categories=snap.item_categories
     )
+
+
+def _every(name: str, what: str, step: Any, every_s: float,
+           stop: threading.Event | None) -> threading.Thread:
+    """Run ``step`` every ``every_s`` in a daemon thread until ``stop`` is set; a failing step
+    is logged and retried on the next round (the followers' sources retry by themselves)."""
+    stop = stop or threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                log.warning("%s failed: %s", what, exc)
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def _banned(snap: SnapshotIndex, seen: Sequence[str]) -> np.ndarray:
