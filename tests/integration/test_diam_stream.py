@@ -6,10 +6,8 @@ new network's weights."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from tests.integration.test_online_flow import (
     _expected_from_topic,
     _produce,
     _redis_state,
+    kill_then_resume,
 )
 
 T0 = 1_700_000_000_000
@@ -88,23 +87,9 @@ def test_diam_anchors_in_redis_and_kill_resume(stack, topic, namespace, redis_cl
         out = base.head.infer(st.recent, st.signals.values())
         assert np.allclose(st.A, out.vecs[: st.k]) or st.since_anchor > 0
     # kill -9 mid-run, resume from the recovery store: the same bytes in Redis
-    for attempt in range(3):
-        ns2 = f"{namespace}-kill{attempt}"
-        rec = tmp_path / f"rec{attempt}"
-        proc = subprocess.Popen(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(
-                redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        if _redis_state(redis_client, ns2) != want:
-            break
     try:
-        subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
-                       check=True, timeout=300, capture_output=True)
-        assert _redis_state(redis_client, ns2) == want
+        _, got = kill_then_resume(cmd, env, redis_client, namespace, tmp_path, want)
+        assert got == want
     finally:
         for k in redis_client.scan_iter(match=f"diam:{namespace}-kill*"):
             redis_client.delete(k)

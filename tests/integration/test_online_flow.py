@@ -261,6 +261,31 @@ def _write_tiny_checkpoint(path: Path) -> None:
                                                   "seq_len": 50, "n_items": N_ITEMS, "n_categories": 6}))
 
 
+def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespace: str,
+                     tmp_path: Path, want: dict[str, bytes]) -> tuple[dict, dict]:
+    """Run ``cmd`` with a recovery store, SIGKILL it once it has written something, then
+    resume it from the store; returns the Redis state at the kill and after the resume. On a
+    loaded machine the kill can land after the run finished; then it is retried (a fresh
+    namespace ``<namespace>-kill<n>`` and store), at most three times."""
+    for attempt in range(3):
+        ns2 = f"{namespace}-kill{attempt}"
+        rec = tmp_path / f"recovery{attempt}"
+        proc = subprocess.Popen(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
+            time.sleep(0.02)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        partial = _redis_state(redis_client, ns2)
+        if partial != want:
+            break
+    subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env, check=True,
+                   timeout=300, capture_output=True)
+    return partial, _redis_state(redis_client, ns2)
+
+
 def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, namespace, redis_client,
                                                                tmp_path) -> None:
     # enough events that the run is still going a moment after its first write (the dataflow
@@ -280,27 +305,9 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
                    capture_output=True)
     want = _redis_state(redis_client, namespace)
     # Killed run: SIGKILL once it has written something, then resume from the recovery store.
-    # On a loaded machine the kill can land after the run finished; then the kill is retried
-    # (a fresh namespace and store), at most three times.
     try:
-        for attempt in range(3):
-            ns2 = f"{namespace}-kill{attempt}"
-            rec = tmp_path / f"recovery{attempt}"
-            proc = subprocess.Popen(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and not any(redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
-                time.sleep(0.02)
-            time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(30)
-            partial = _redis_state(redis_client, ns2)
-            if partial != want:
-                break
+        partial, got = kill_then_resume(cmd, env, redis_client, namespace, tmp_path, want)
         assert partial != want, "the kill came too late to interrupt anything (3 tries)"
-        subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env, check=True,
-                       timeout=180, capture_output=True)
-        got = _redis_state(redis_client, ns2)
         assert got == want, "the resumed run's Redis state differs from the uninterrupted run's"
     finally:
         for k in redis_client.scan_iter(match=f"diam:{namespace}-kill*"):
