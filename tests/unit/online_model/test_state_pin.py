@@ -1,0 +1,132 @@
+"""Pins the learner's output bytes on a fixed seeded stream, so that a change of how the per-user
+state is stored (its layout, its names, its snapshot form) cannot change what users receive.
+
+Two bases: a toy k-means base (light gate, K_u re-gating, rate limit) and the DIAM head of
+``test_diam_anchors`` (the network's anchors, re-anchoring, the global slot's refresh). Each
+stream mixes sessions, gaps, unknown items and a burst that freezes a user; half-way through
+every state goes through a pickle round trip (what a Bytewax resume does). The hashes cover the
+final vectors, anchors, K_u, the d_u logit and prior, the recent items and the drift events.
+
+The pinned digests were taken from the code before the state got names; they hold on this
+machine type (IEEE arithmetic without fastmath, one BLAS thread for torch's CPU inference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from online_model.base import BaseView, toy_base
+from online_model.checkpoint import save_checkpoint
+from online_model.config import OnlineConfig
+from online_model.corpus import tiny_corpus
+from online_model.models import ModelConfig, build_model
+from online_model.online import OnlineLearner
+
+PINS = {
+    "kmeans-clamp": "8cc8c7dfb2c7599b68a09b587f818f1201b48445041fff026d272512f36b4a4a",
+    "kmeans-rollback": "da4f2289bf9efc34bd5f551f633a094ba7266bf16a603af71e2844876e16afa2",
+    "kmeans-unguarded": "824aec4974d66b18349fd2dd55e21c933dc8e2d48ec54e6a92ce2d3c5018c4e4",
+    "diam": "efe3043cb85938480bb60b92b282455de200640960b56345fe770a7375849dab",
+}
+
+
+def _diam_base(path) -> BaseView:
+    # the checkpoint of tests/unit/online_model/test_diam_anchors.py
+    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="diam", n_items=c.n_items, n_categories=c.n_categories, dim=8,
+                      seq_len=10, window=5, k_max=4, n_interests=2)
+    m = build_model(cfg, c.item_cat).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return BaseView.from_checkpoint(save_checkpoint(path, m, c, seed=0))
+
+
+def _events(item_ids: list[str], n: int = 400, n_users: int = 6, seed: int = 7):
+    """(user, item, ts, offset, session) in offset order: sessions, long gaps, unknown items,
+    and one bot-like burst (user 0, 40 clicks in the same second)."""
+    rng = np.random.default_rng(seed)
+    ts = 1_700_000_000_000
+    out = []
+    for off in range(n):
+        u = int(rng.integers(n_users))
+        ts += int(rng.choice([0, 50, 2_000, 60_000, 3_600_000]))
+        item = "no-such-item" if rng.random() < 0.05 else str(rng.choice(item_ids))
+        sess = None if u % 2 else f"s{ts // 3_600_000}"
+        out.append((f"user{u}", item, ts, off, sess))
+    burst = [("user0", str(item_ids[i % len(item_ids)]), ts + 1, n + i, None) for i in range(40)]
+    return out + burst
+
+
+def _digest(learner: OnlineLearner, events, reload: BaseView | None = None) -> str:
+    states, drift = {}, []
+    half = len(events) // 2
+    for i, (u, item, ts, off, sess) in enumerate(events):
+        if i == half:  # a resume from a snapshot
+            states = {k: pickle.loads(pickle.dumps(s)) for k, s in states.items()}
+        if reload is not None and i == half + half // 2:
+            # a new base with another item table: one user now, the others lazily
+            first = states[min(states)]
+            drift += [e.to_dict() for e in learner.reanchor(first, reload)]
+        s = states.get(u)
+        if s is None:
+            s = states[u] = learner.new_state(u)
+        drift += [e.to_dict() for e in learner.apply(s, item, ts, off, sess)]
+    h = hashlib.sha256()
+    for u in sorted(states):
+        s = states[u]
+        h.update(u.encode())
+        for a in (s.V, s.A, s.recent):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.array([s.k, s.d_logit, s.d_prior, s.n_events, s.seq, s.k_proposal,
+                           s.k_streak, s.frozen, s.capped], dtype=np.float64).tobytes())
+    h.update(json.dumps(drift, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _kmeans_base() -> BaseView:
+    return toy_base(n_items=60, dim=8, n_categories=4, k_max=4, gate=True, version="pin")
+
+
+def _reloaded(b: BaseView) -> BaseView:
+    """``b``'s items in another order, scaled, without a gate: a new snapshot."""
+    perm = np.random.default_rng(0).permutation(len(b.item_ids))
+    return BaseView(b.item_ids[perm], b.item_emb[perm] * 2, b.item_categories[perm],
+                    b.category_names, k_max=4, version="pin-v2")
+
+
+@pytest.fixture(scope="module")
+def diam_base(tmp_path_factory) -> BaseView:
+    return _diam_base(tmp_path_factory.mktemp("ck") / "diam")
+
+
+def _configs() -> dict[str, OnlineConfig]:
+    return {
+        "kmeans-clamp": OnlineConfig(dim=8, k_max=4, regate_every=3, k_hysteresis=2,
+                                     drift_cap=0.3, rate_burst=20),
+        "kmeans-rollback": OnlineConfig(dim=8, k_max=4, regate_every=3, drift_cap=0.3,
+                                        drift_policy="rollback", rate_burst=20),
+        "kmeans-unguarded": OnlineConfig(dim=8, k_max=4, regate_every=3, guards=False),
+    }
+
+
+@pytest.mark.parametrize("name", ["kmeans-clamp", "kmeans-rollback", "kmeans-unguarded"])
+def test_kmeans_stream_is_pinned(name: str) -> None:
+    base = _kmeans_base()
+    got = _digest(OnlineLearner(base, _configs()[name]), _events(list(base.item_ids)),
+                  reload=_reloaded(base) if name == "kmeans-clamp" else None)
+    assert got == PINS[name], got
+
+
+def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
+    torch.set_num_threads(1)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, rate_burst=20)
+    got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
+    assert got == PINS["diam"], got
