@@ -17,7 +17,19 @@ Everything is read or counted where it happens, and nothing is added to the per-
 - the epoch-end pause is timed from the source's side: from a partition's epoch snapshot to its
   next poll, the worker closes the epoch (every touched user's state snapshot, the recovery
   writes, the side outputs' flush) and finishes the batch in flight, so this is an upper bound
-  of what an epoch end holds the input back.
+  of what an epoch end holds the input back;
+- the epoch's state snapshot duration is measured, not bounded: Bytewax 0.21 has no Python hook
+  at epoch ends (its own ``partd_write_duration_seconds`` and ``snapshot_duration_seconds`` live
+  in the Rust engine and are exported only by its dataflow API server), so the per-user step
+  times its own ``snapshot`` calls (:class:`~streams.online.FlowStats` ``snapshot_s``) and each
+  epoch's sum is observed at the next epoch end's first source snapshot. It covers packing
+  every touched user's state into the tuple Bytewax stores, with recovery on (without recovery
+  nothing is stored or timed); it does not cover Bytewax pickling those tuples and writing them
+  to the recovery database, nor the side outputs' flush (``diam_flow_epoch_flush_seconds``).
+  With several workers in one process their epoch ends interleave, and an observation can
+  hold parts of two workers' epochs;
+- hot reloads (a new base version taken by :class:`~streams.online.LearnerHolder`) are
+  counted next to the base version gauge.
 
 Every series carries a ``process`` label, so one-process, partition-split and Bytewax-cluster
 runs export the same names and a dashboard sums or splits them by process.
@@ -67,7 +79,8 @@ METRIC_NAMES = (
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
     "diam_flow_consumer_position", "diam_flow_high_watermark",
     "diam_flow_consumer_lag", "diam_flow_base_version", "diam_flow_uptime_seconds",
-    "diam_flow_watermark_errors_total",
+    "diam_flow_watermark_errors_total", "diam_flow_hot_reloads_total",
+    "diam_flow_epoch_state_snapshot_seconds", "diam_flow_state_snapshots_total",
 )
 """Every series name a scrape of ``diam run`` returns (histograms add ``_bucket``, ``_sum``,
 ``_count``; lag, position and watermark appear once a partition is read)."""
@@ -139,6 +152,8 @@ class FlowMetrics:
         self.fresh = _Hist(FRESHNESS_BUCKETS)
         self.flush = _Hist(FLUSH_BUCKETS)
         self.pause = _Hist(FLUSH_BUCKETS)
+        self.state_snap = _Hist(FLUSH_BUCKETS)
+        self._snap_seen = (0, 0.0)  # FlowStats (snapshots, snapshot_s) at the last epoch end
         self.watermark_errors = 0
         self._lock = threading.Lock()
         # a scrape waits for the broker under its own lock: never under _lock, which the Redis
@@ -181,6 +196,19 @@ class FlowMetrics:
     def observe_pause(self, seconds: float) -> None:
         with self._lock:
             self.pause.observe(np.array([seconds]))
+
+    def epoch_end(self) -> None:
+        """A source partition's epoch snapshot: the users' state snapshots taken since the
+        previous one (the previous epoch end's) become one observation of the epoch's state
+        snapshot duration. The other partitions of the same epoch end find nothing new."""
+        if self.stats is None:
+            return
+        n, secs = self.stats.snapshots, self.stats.snapshot_s
+        with self._lock:
+            n0, s0 = self._snap_seen
+            if n > n0:
+                self.state_snap.observe(np.array([max(secs - s0, 0.0)]))
+                self._snap_seen = (n, secs)
 
     # -- the collector -------------------------------------------------------------------------
     def _watermarks(self) -> dict[int, int]:
@@ -242,6 +270,10 @@ class FlowMetrics:
                 self.pause.family("diam_flow_epoch_pause_seconds",
                                   "From a source partition's epoch snapshot to its next poll "
                                   "(epoch-end state snapshots, recovery writes, flushes)", lab, pv),
+                self.state_snap.family("diam_flow_epoch_state_snapshot_seconds",
+                                       "Per epoch, the users' state snapshot calls (packing the "
+                                       "state Bytewax stores; not its pickling or recovery writes)",
+                                       lab, pv),
             ]
         dl = CounterMetricFamily("diam_flow_dead_letters", "Dead letters written, by reason",
                                  labels=["process", "reason"])
@@ -255,12 +287,16 @@ class FlowMetrics:
             de.add_metric([self.process, kind], n)
         yield de
         yield counter("diam_flow_redis_acked", "User values acknowledged by Redis", acked)
+        yield counter("diam_flow_state_snapshots", "Users' state snapshots taken at epoch ends",
+                      getattr(self.stats, "snapshots", 0))
         yield from hists
         if self.holder is not None:
             v = GaugeMetricFamily("diam_flow_base_version", "1 for the base version in use "
                                   "(changes on a hot reload)", labels=["process", "version"])
             v.add_metric([self.process, str(self.holder.version)], 1)
             yield v
+        yield counter("diam_flow_hot_reloads", "New base versions taken while running",
+                      getattr(self.holder, "reloads", 0))
         yield from self._offsets()
         yield counter("diam_flow_watermark_errors", "Scrapes whose high-watermark request failed",
                       self.watermark_errors)
@@ -329,6 +365,7 @@ class _MeteredPartition(StatefulSourcePartition[Any, Any]):
 
     def snapshot(self) -> Any:
         self._snap_at = time.perf_counter()  # Bytewax asks at every epoch end
+        self.metrics.epoch_end()
         return self.inner.snapshot()
 
     def close(self) -> None:

@@ -57,6 +57,10 @@ class FlowStats:
         self.pushes = 0
         self.drift_events = 0
         self.last_offsets: dict[int, int] = {}
+        # users' recovery snapshots (streams.metrics groups them by epoch); added without the
+        # lock, from the worker thread that owns the user
+        self.snapshots = 0
+        self.snapshot_s = 0.0
 
     def _count_batch(self, recs: list[RawRecord], decoded: list[tuple[Any, Any]]) -> None:
         # once per input batch, not per record: a lock round trip per event is measurable
@@ -109,6 +113,8 @@ class LearnerHolder:
         self._reload = reload
         self._check_every_s = check_every_s
         self._next_check = 0.0
+        self.reloads = 0
+        """New base versions picked up since the start (hot reloads; streams.metrics)."""
 
     def maybe_reload(self) -> None:
         if self._reload is None:
@@ -119,6 +125,7 @@ class LearnerHolder:
         self._next_check = now + self._check_every_s
         found = self._reload()
         if found is not None:  # a new version, or new items appended under the same one
+            self.reloads += found[1] != self.version
             self.learner, self.version = found
 
     @property
@@ -347,10 +354,15 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
         # user; pickling the state object and a dataclass cost ~30). At 5k events/s over a few
         # thousand users this is what the epoch-end pause is made of.
         s = self.snap
+        t0 = time.perf_counter()
         # Marked dirty whenever the user has vectors: Redis writes are asynchronous
         # (streams.redis_sink), so a push made before this epoch ended may not have reached
         # Redis when a crash comes; a resumed user is therefore pushed again (idempotent).
-        return (s.user_id, s.state.pack(), s.since_push, s.state.n_recent > 0)
+        out = (s.user_id, s.state.pack(), s.since_push, s.state.n_recent > 0)
+        if self.stats is not None:
+            self.stats.snapshots += 1
+            self.stats.snapshot_s += time.perf_counter() - t0
+        return out
 
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,

@@ -130,3 +130,51 @@ def test_reason_labels_stay_bounded() -> None:
         "payload: empty", "payload: 9 bytes exceeds", "weird reason without colon " * 5,
         "context.device: expected a scalar", "ts: 12 is before"])
     assert set(reasons) == {"payload", "other", "context", "ts"}
+
+
+def test_hot_reloads_count_new_versions_only() -> None:
+    from streams.online import LearnerHolder
+
+    answers = iter([("L2", "v2"), None, ("L2b", "v2"), ("L3", "v3")])  # v2 again: items added
+    holder = LearnerHolder("L1", "v1", reload=lambda: next(answers), check_every_s=0.0)
+    for _ in range(4):
+        holder.maybe_reload()
+    m = FlowMetrics(FlowStats(), holder, process="p")
+    s = _samples(m)
+    assert holder.version == "v3"
+    assert s[("diam_flow_hot_reloads_total", (("process", "p"),))] == 2
+    assert s[("diam_flow_base_version", (("process", "p"), ("version", "v3")))] == 1
+
+
+def test_epoch_state_snapshot_is_the_sum_of_the_users_snapshots_between_epoch_ends() -> None:
+    stats = FlowStats()
+    m = FlowMetrics(stats, process="p")
+    m.epoch_end()  # the first epoch end: no user snapshots yet, nothing observed
+    stats.snapshots, stats.snapshot_s = 3, 0.003  # three users snapshotted at that epoch end
+    m.epoch_end()  # the next epoch end, partition 0 ...
+    m.epoch_end()  # ... and partition 1 of the same epoch end: nothing new
+    stats.snapshots, stats.snapshot_s = 4, 0.010
+    m.epoch_end()
+    s = _samples(m)
+    lab = (("process", "p"),)
+    assert s[("diam_flow_epoch_state_snapshot_seconds_count", lab)] == 2
+    assert np.isclose(s[("diam_flow_epoch_state_snapshot_seconds_sum", lab)], 0.010)
+    assert s[("diam_flow_state_snapshots_total", lab)] == 4
+
+
+def test_the_dataflow_times_its_users_state_snapshots() -> None:
+    from bytewax.testing import TestingSource
+
+    from streams.config import FlowConfig
+    from streams.online import FlowSinks, LearnerHolder, build_flow
+    from tests.flowkit import as_records, click_stream, tiny_learner
+
+    learner = tiny_learner()
+    stats = FlowStats()
+    flow = build_flow(TestingSource(as_records(click_stream(n_users=4, n_events=60)), batch_size=5),
+                      FlowSinks(TestingSink([]), TestingSink([]), TestingSink([])),
+                      FlowConfig(push_every_events=3, push_every_ms=60_000),
+                      LearnerHolder(learner, learner.base.version), stats=stats, recovery=True)
+    run_main(flow, epoch_interval=timedelta(seconds=0))
+    assert stats.snapshots >= 4  # every touched user at every epoch end
+    assert stats.snapshot_s > 0.0
