@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 __all__ = ["DiamHead", "HeadOutput", "HeadLoadError", "has_extractor"]
 
@@ -50,60 +51,13 @@ def has_extractor(keys: Any) -> bool:
     return "extractor.caps.proj.weight" in keys and "encoder.norm.weight" in keys
 
 
-def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    mu = x.mean(-1, keepdims=True)
-    xc = x - mu
-    var = (xc * xc).mean(-1, keepdims=True)
-    return xc / np.sqrt(var + _F(eps)) * w + b
-
-
-def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
-
-
-class _Block:
-    """One ``nn.TransformerEncoderLayer`` (norm_first, ReLU, no dropout) with key padding."""
-
-    def __init__(self, t: dict[str, np.ndarray], prefix: str, heads: int) -> None:
-        g = lambda k: np.ascontiguousarray(t[prefix + k], dtype=_F)  # noqa: E731
-        self.wqkv_t = np.ascontiguousarray(g("self_attn.in_proj_weight").T)  # [d, 3d]
-        self.bqkv = g("self_attn.in_proj_bias")
-        self.wo_t = np.ascontiguousarray(g("self_attn.out_proj.weight").T)
-        self.bo = g("self_attn.out_proj.bias")
-        self.w1_t, self.b1 = np.ascontiguousarray(g("linear1.weight").T), g("linear1.bias")
-        self.w2_t, self.b2 = np.ascontiguousarray(g("linear2.weight").T), g("linear2.bias")
-        self.n1w, self.n1b = g("norm1.weight"), g("norm1.bias")
-        self.n2w, self.n2b = g("norm2.weight"), g("norm2.bias")
-        self.heads = heads
-
-    def __call__(self, x: np.ndarray, key_ok: np.ndarray) -> np.ndarray:
-        """``x`` [T, d], ``key_ok`` [T] bool -> [T, d]."""
-        t, d = x.shape
-        hd = d // self.heads
-        y = _layer_norm(x, self.n1w, self.n1b)
-        qkv = y @ self.wqkv_t + self.bqkv  # [T, 3d]
-        q = qkv[:, :d].reshape(t, self.heads, hd).transpose(1, 0, 2)  # [H, T, hd]
-        k = qkv[:, d:2 * d].reshape(t, self.heads, hd).transpose(1, 0, 2)
-        v = qkv[:, 2 * d:].reshape(t, self.heads, hd).transpose(1, 0, 2)
-        s = (q @ k.transpose(0, 2, 1)) * _F(1.0 / math.sqrt(hd))  # [H, T, T]
-        s = np.where(key_ok[None, None, :], s, _F(-np.inf))
-        att = _softmax(s, axis=-1) @ v  # [H, T, hd]
-        x = x + (att.transpose(1, 0, 2).reshape(t, d) @ self.wo_t + self.bo)
-        y = _layer_norm(x, self.n2w, self.n2b)
-        return x + (np.maximum(y @ self.w1_t + self.b1, 0) @ self.w2_t + self.b2)
-
-
 class DiamHead:
     """DIAM inference for one user at a time, from the checkpoint's tensors.
 
     ``item_emb`` is the item table without its padding row ([N, d], the stream's rows);
     ``item_cat`` [N] the primary categories (-1 unknown). Build with :meth:`from_checkpoint`.
+    The forward pass is compiled (:func:`_forward`); the weights are packed once, here, into one
+    float32 buffer and an offset table in the order the kernel reads them.
     """
 
     def __init__(self, tensors: dict[str, np.ndarray], config: dict[str, Any],
@@ -111,7 +65,7 @@ class DiamHead:
         if not has_extractor(tensors):
             raise HeadLoadError("no encoder/extractor tensors: not a DIAM checkpoint")
         t = tensors
-        self.dim = int(config.get("dim", 64))
+        self.dim = d = int(config.get("dim", 64))
         self.seq_len = int(config.get("seq_len", 50))
         self.window = int(config.get("window", 5))
         self.k_max = int(config.get("k_max", 8))
@@ -120,36 +74,51 @@ class DiamHead:
         n_layers = int(config.get("n_layers", 1))
         self.n_cat = int(config.get("n_categories", int(item_cat.max(initial=-1)) + 1))
         self.global_slot_on = bool(config.get("global_interest", False))
-        f = lambda k: np.ascontiguousarray(t[k], dtype=_F)  # noqa: E731
+        f = lambda k: np.asarray(t[k], dtype=_F)  # noqa: E731
+        tr = lambda k: f(k).T  # noqa: E731  (torch stores Linear weights [out, in])
         try:
-            self.item_emb = f("item_emb.weight")[1:]  # [N, d]
-            self.pos_fine, self.pos_coarse = f("encoder.pos_fine"), f("encoder.pos_coarse")
-            self.fine = [_Block(t, f"encoder.fine.layers.{i}.", heads) for i in range(n_layers)]
-            self.coarse = [_Block(t, f"encoder.coarse.layers.{i}.", heads)
-                           for i in range(n_layers)]
-            self.norm_w, self.norm_b = f("encoder.norm.weight"), f("encoder.norm.bias")
-            self.caps_t = np.ascontiguousarray(f("extractor.caps.proj.weight").T)
-            self.sa_w1_t = np.ascontiguousarray(f("extractor.sa.w1.weight").T)
-            self.sa_b1 = f("extractor.sa.w1.bias")
-            self.sa_w2_t = np.ascontiguousarray(f("extractor.sa.w2.weight").T)  # [2d, K]
-            self.mix = (1.0 / (1.0 + np.exp(-f("extractor.mix").astype(np.float64)))).astype(_F)
-            self.out_t, self.out_b = (np.ascontiguousarray(f("extractor.out.weight").T),
-                                      f("extractor.out.bias"))
-            self.g1_t, self.g1_b = (np.ascontiguousarray(f("extractor.gate.0.weight").T),
-                                    f("extractor.gate.0.bias"))
-            self.g2_w, self.g2_b = f("extractor.gate.2.weight")[0], f("extractor.gate.2.bias")
+            self.item_emb = np.ascontiguousarray(f("item_emb.weight")[1:])  # [N, d]
+            glob = [None] * _NG
+            glob[_POSF], glob[_POSC] = f("encoder.pos_fine"), f("encoder.pos_coarse")
+            glob[_NORMW], glob[_NORMB] = f("encoder.norm.weight"), f("encoder.norm.bias")
+            glob[_CAPS] = tr("extractor.caps.proj.weight")
+            glob[_SAW1], glob[_SAB1] = tr("extractor.sa.w1.weight"), f("extractor.sa.w1.bias")
+            glob[_SAW2] = tr("extractor.sa.w2.weight")  # [2d, K]
+            glob[_MIX] = (1.0 / (1.0 + np.exp(-f("extractor.mix").astype(np.float64))))
+            glob[_OUTW], glob[_OUTB] = tr("extractor.out.weight"), f("extractor.out.bias")
+            glob[_G1W], glob[_G1B] = tr("extractor.gate.0.weight"), f("extractor.gate.0.bias")
+            glob[_G2W], glob[_G2B] = f("extractor.gate.2.weight")[0], f("extractor.gate.2.bias")
             if self.global_slot_on:
-                self.m1_t, self.m1_b = (np.ascontiguousarray(f("global_mlp.0.weight").T),
-                                        f("global_mlp.0.bias"))
-                self.m2_t, self.m2_b = (np.ascontiguousarray(f("global_mlp.2.weight").T),
-                                        f("global_mlp.2.bias"))
+                glob[_M1W], glob[_M1B] = tr("global_mlp.0.weight"), f("global_mlp.0.bias")
+                glob[_M2W], glob[_M2B] = tr("global_mlp.2.weight"), f("global_mlp.2.bias")
+            glob[_BINIT] = _routing_init(self.seq_len, self.k_max, seed=1)
+            blocks = []
+            for scale in ("fine", "coarse"):
+                for i in range(n_layers):
+                    p = f"encoder.{scale}.layers.{i}."
+                    blk = [None] * _NB
+                    blk[_WQKV], blk[_BQKV] = (tr(p + "self_attn.in_proj_weight"),
+                                              f(p + "self_attn.in_proj_bias"))
+                    blk[_WO], blk[_BO] = (tr(p + "self_attn.out_proj.weight"),
+                                          f(p + "self_attn.out_proj.bias"))
+                    blk[_W1], blk[_B1] = tr(p + "linear1.weight"), f(p + "linear1.bias")
+                    blk[_W2], blk[_B2] = tr(p + "linear2.weight"), f(p + "linear2.bias")
+                    blk[_N1W], blk[_N1B] = f(p + "norm1.weight"), f(p + "norm1.bias")
+                    blk[_N2W], blk[_N2B] = f(p + "norm2.weight"), f(p + "norm2.bias")
+                    blocks += blk
+                    ff = blk[_W1].shape[1]
             fw = t.get("online.fusion_w")
             self.fusion = (None if fw is None else
                            (np.asarray(fw, np.float64).reshape(-1),
                             float(np.asarray(t["online.fusion_b"]).reshape(-1)[0])))
         except KeyError as exc:
             raise HeadLoadError(f"checkpoint tensor {exc.args[0]!r} missing") from None
-        self.b_init = _routing_init(self.seq_len, self.k_max, seed=1)
+        parts = [np.zeros(0, _F) if a is None else np.ascontiguousarray(a, _F).reshape(-1)
+                 for a in glob + blocks]
+        self._off = np.cumsum([0] + [len(p) for p in parts[:-1]]).astype(np.int64)
+        self._buf = np.concatenate(parts)
+        self._dims = np.array([n_layers, heads, ff, self.k_max, self.n_cat, self.seq_len,
+                               self.window, self.iters, int(self.global_slot_on)], np.int64)
         self.item_cat = np.asarray(item_cat, dtype=np.int64)
         _one_blas_thread()
 
@@ -168,78 +137,311 @@ class DiamHead:
 
     def infer(self, rows: np.ndarray, signals: np.ndarray) -> HeadOutput:
         """DIAM's interests for item ``rows`` (0-based, oldest first; the last ``seq_len`` are
-        used) and the four ``signals``. An empty history is refused (the model has none)."""
-        rows = np.asarray(rows, dtype=np.int64)[-self.seq_len:]
-        n = len(rows)
-        if n == 0:
+        used) and the four ``signals``. An empty history is refused (the model has none).
+
+        Only the history's real positions are computed: with key padding a real position's
+        output never depends on a padded one, and the window is right-aligned as in training,
+        so the real items sit at positions L-n..L-1."""
+        rows = np.ascontiguousarray(np.asarray(rows, dtype=np.int64)[-self.seq_len:])
+        if len(rows) == 0:
             raise ValueError("a user needs at least one known item to be inferred")
-        L, d, w = self.seq_len, self.dim, self.window
-        # Only the n real positions are computed: with key padding, a real position's output
-        # never depends on a padded one, and padded outputs are zeroed by the model anyway.
-        # The window is right-aligned as in training, so the real items sit at L-n..L-1.
-        x = self.item_emb[rows]  # [n, d]
-        mask = np.ones(n, dtype=bool)
-        fine = x + self.pos_fine[L - n:]
-        for blk in self.fine:
-            fine = blk(fine, mask)
-        # coarse scale: the windows of w positions that hold any real item (the first one
-        # partly), each the mean of its real items
-        nw = -(-n // w)  # windows touched
-        lead = nw * w - n  # padded positions in the first touched window
-        xm = np.concatenate([np.zeros((lead, d), dtype=_F), x]).reshape(nw, w, d)
-        cnt = np.full((nw, 1), w, dtype=_F)
-        cnt[0, 0] = w - lead
-        pooled = xm.sum(1) / cnt
-        coarse = pooled + self.pos_coarse[L // w - nw:]
-        for blk in self.coarse:
-            coarse = blk(coarse, np.ones(nw, dtype=bool))
-        h = _layer_norm(fine + np.repeat(coarse, w, axis=0)[lead:], self.norm_w, self.norm_b)
-        inv_n = _F(1.0 / n)
-        h_seq = h.sum(0) * inv_n
-        # category profile of the window (the gate's extra input)
-        cats = self.item_cat[rows]
-        prof = np.bincount(cats[cats >= 0], minlength=self.n_cat)[: self.n_cat].astype(_F)
-        prof = prof / _F(max(1.0, float(prof.sum())))
-        # capsule routing (shared map, MIND's fixed random logits), on the contextual states
-        u = h @ self.caps_t  # [n, d]; padded behaviours contribute nothing
-        logits = self.b_init[L - n:]
-        caps = None
-        for it in range(self.iters):
-            c = _softmax(logits, axis=1)  # [n, K]
-            s = c.T @ u  # [K, d]
-            n2 = (s * s).sum(-1, keepdims=True)
-            caps = n2 / (1 + n2) * s / np.sqrt(n2 + _F(1e-9))
-            if it < self.iters - 1:
-                logits = logits + u @ caps.T
-        # self-attentive pooling: keys h, values x
-        a = np.tanh(h @ self.sa_w1_t + self.sa_b1) @ self.sa_w2_t  # [n, K]
-        att = _softmax(a.T, axis=1)  # [K, n]
-        sa = att @ x  # [K, d]
-        g = self.mix[:, None]
-        vecs = g * caps + (1 - g) * (sa @ self.out_t + self.out_b)  # [K, d]
-        gate_in = np.concatenate([h_seq, prof])
-        z = float(np.maximum(gate_in @ self.g1_t + self.g1_b, 0) @ self.g2_w + self.g2_b[0])
+        vecs = np.empty((self.k_max, self.dim), _F)
+        h_seq = np.empty(self.dim, _F)
+        z = float(_forward(rows, self.item_emb, self.item_cat, self._buf, self._off, self._dims,
+                           vecs, h_seq))
         gate_prob = float(np.float32(_sigmoid(z)))
-        if self.global_slot_on:
-            mean = x.sum(0) * inv_n
-            hid = np.maximum(np.concatenate([mean, h_seq]) @ self.m1_t + self.m1_b, 0)
-            vecs = vecs.copy()
-            vecs[0] = mean + (hid @ self.m2_t + self.m2_b)
         k = min(max(int(math.floor(gate_prob * self.k_max)) + 1, 1), self.k_max)
         dd = 0.5
         if self.fusion is not None:
             fw, fb = self.fusion
             dd = _sigmoid(float(fw @ np.asarray(signals, np.float64)) + fb)
-        return HeadOutput(np.ascontiguousarray(vecs, dtype=_F), k, gate_prob, dd,
-                          np.ascontiguousarray(h_seq, dtype=_F))
+        return HeadOutput(vecs, k, gate_prob, dd, h_seq)
 
     def global_slot(self, mean: np.ndarray, h_seq: np.ndarray) -> np.ndarray:
         """Slot 0, DIAM's global interest, ``mean + MLP([mean, h_seq])`` (float32 [d]) for a
         window mean and an encoder summary: what :meth:`infer` computes for slot 0, at a
         fraction of its cost when ``h_seq`` is the summary of a recent inference."""
-        mean = np.asarray(mean, dtype=_F)
-        hid = np.maximum(np.concatenate([mean, h_seq]) @ self.m1_t + self.m1_b, 0)
-        return mean + (hid @ self.m2_t + self.m2_b)
+        out = np.empty(self.dim, _F)
+        _global_slot(self._buf, self._off, np.asarray(mean, dtype=_F), h_seq, out)
+        return out
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled forward pass. All weights live in one float32 buffer addressed by an offset table
+# (two arguments to unbox instead of forty); every product is written as row updates
+# (``out[i, :] += a * W[k, :]``), which vectorise without reordering any sum, so a history gives
+# the same bits on any machine numba compiles for, and for any batching of users.
+
+# offsets table: globals first, then the fine layers, then the coarse layers (_NB tensors each)
+(_POSF, _POSC, _NORMW, _NORMB, _CAPS, _SAW1, _SAB1, _SAW2, _MIX, _OUTW, _OUTB, _G1W, _G1B, _G2W,
+ _G2B, _M1W, _M1B, _M2W, _M2B, _BINIT, _NG) = range(21)
+(_WQKV, _BQKV, _WO, _BO, _W1, _B1, _W2, _B2, _N1W, _N1B, _N2W, _N2B, _NB) = range(13)
+
+
+@njit(cache=True, error_model="numpy")
+def _t(buf, off, i, r, c):
+    o = off[i]
+    return buf[o:o + r * c].reshape((r, c))
+
+
+@njit(cache=True, error_model="numpy")
+def _v(buf, off, i, r):
+    o = off[i]
+    return buf[o:o + r]
+
+
+@njit(cache=True, error_model="numpy")
+def _linear(x, w, b, out):
+    """out = x @ w + b for x [n, k], w [k, m] (the transposed torch weight), b [m]."""
+    n, k = x.shape
+    m = w.shape[1]
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = b[j]
+        for kk in range(k):
+            a = x[i, kk]
+            for j in range(m):
+                out[i, j] += a * w[kk, j]
+
+
+@njit(cache=True, error_model="numpy")
+def _layer_norm(x, w, b, out):
+    n, d = x.shape
+    inv = np.float32(1.0 / d)
+    eps = np.float32(1e-5)
+    for i in range(n):
+        s = np.float32(0.0)
+        for j in range(d):
+            s += x[i, j]
+        mu = s * inv
+        v = np.float32(0.0)
+        for j in range(d):
+            c = x[i, j] - mu
+            v += c * c
+        r = np.float32(1.0) / np.sqrt(v * inv + eps)
+        for j in range(d):
+            out[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _block(x, buf, off, base, heads, ff):
+    """One ``nn.TransformerEncoderLayer`` (norm_first, ReLU, eval) over positions that are all
+    real: ``x`` [n, d] -> [n, d]."""
+    n, d = x.shape
+    hd = d // heads
+    y = np.empty((n, d), np.float32)
+    _layer_norm(x, _v(buf, off, base + _N1W, d), _v(buf, off, base + _N1B, d), y)
+    qkv = np.empty((n, 3 * d), np.float32)
+    _linear(y, _t(buf, off, base + _WQKV, d, 3 * d), _v(buf, off, base + _BQKV, 3 * d), qkv)
+    scale = np.float32(1.0 / np.sqrt(hd))
+    att = np.zeros((n, d), np.float32)
+    kt = np.empty((hd, n), np.float32)
+    s = np.empty(n, np.float32)
+    for h in range(heads):
+        q0, k0, v0 = h * hd, d + h * hd, 2 * d + h * hd
+        for j in range(n):
+            for c in range(hd):
+                kt[c, j] = qkv[j, k0 + c]
+        for i in range(n):
+            s[:] = 0
+            for c in range(hd):
+                a = qkv[i, q0 + c]
+                for j in range(n):
+                    s[j] += a * kt[c, j]
+            mx = s[0] * scale
+            for j in range(n):
+                s[j] *= scale
+                if s[j] > mx:
+                    mx = s[j]
+            tot = np.float32(0.0)
+            for j in range(n):
+                s[j] = np.exp(s[j] - mx)
+                tot += s[j]
+            for j in range(n):
+                p = s[j] / tot
+                for c in range(hd):
+                    att[i, q0 + c] += p * qkv[j, v0 + c]
+    o = np.empty((n, d), np.float32)
+    _linear(att, _t(buf, off, base + _WO, d, d), _v(buf, off, base + _BO, d), o)
+    x2 = x + o
+    _layer_norm(x2, _v(buf, off, base + _N2W, d), _v(buf, off, base + _N2B, d), y)
+    hid = np.empty((n, ff), np.float32)
+    _linear(y, _t(buf, off, base + _W1, d, ff), _v(buf, off, base + _B1, ff), hid)
+    for i in range(n):
+        for j in range(ff):
+            if hid[i, j] < 0:
+                hid[i, j] = 0
+    _linear(hid, _t(buf, off, base + _W2, ff, d), _v(buf, off, base + _B2, d), o)
+    return x2 + o
+
+
+@njit(cache=True, error_model="numpy")
+def _global_slot(buf, off, mean, h_seq, out):
+    """out = mean + MLP([mean, h_seq]): slot 0, DIAM's global interest."""
+    d = mean.shape[0]
+    z = np.empty((1, 2 * d), np.float32)
+    for j in range(d):
+        z[0, j] = mean[j]
+        z[0, d + j] = h_seq[j]
+    hid = np.empty((1, d), np.float32)
+    _linear(z, _t(buf, off, _M1W, 2 * d, d), _v(buf, off, _M1B, d), hid)
+    for j in range(d):
+        if hid[0, j] < 0:
+            hid[0, j] = 0
+    g = np.empty((1, d), np.float32)
+    _linear(hid, _t(buf, off, _M2W, d, d), _v(buf, off, _M2B, d), g)
+    for j in range(d):
+        out[j] = mean[j] + g[0, j]
+
+
+@njit(cache=True, error_model="numpy")
+def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
+    """DIAM's interests for one history ``rows`` (0-based, oldest first, 1..L of them): writes
+    ``vecs`` [K, d] and ``h_seq`` [d], returns the gate's logit."""
+    n_layers, heads, ff, k_max, n_cat, seq_len, w, iters, glob = (
+        dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8])
+    n = rows.shape[0]
+    d = emb.shape[1]
+    x = np.empty((n, d), np.float32)
+    for i in range(n):
+        x[i] = emb[rows[i]]
+    pf = _t(buf, off, _POSF, seq_len, d)
+    fine = np.empty((n, d), np.float32)
+    for i in range(n):
+        for j in range(d):
+            fine[i, j] = x[i, j] + pf[seq_len - n + i, j]
+    for layer in range(n_layers):
+        fine = _block(fine, buf, off, _NG + layer * _NB, heads, ff)
+    # coarse scale: the windows of w positions that hold a real item, each their mean
+    nw = (n + w - 1) // w
+    lead = nw * w - n
+    pc = _t(buf, off, _POSC, seq_len // w, d)
+    coarse = np.zeros((nw, d), np.float32)
+    for i in range(n):
+        wi = (i + lead) // w
+        for j in range(d):
+            coarse[wi, j] += x[i, j]
+    for wi in range(nw):
+        cnt = np.float32(w - lead if wi == 0 else w)
+        for j in range(d):
+            coarse[wi, j] = coarse[wi, j] / cnt + pc[seq_len // w - nw + wi, j]
+    for layer in range(n_layers):
+        coarse = _block(coarse, buf, off, _NG + (n_layers + layer) * _NB, heads, ff)
+    for i in range(n):
+        wi = (i + lead) // w
+        for j in range(d):
+            fine[i, j] += coarse[wi, j]
+    hh = np.empty((n, d), np.float32)
+    _layer_norm(fine, _v(buf, off, _NORMW, d), _v(buf, off, _NORMB, d), hh)
+    inv_n = np.float32(1.0 / n)
+    h_seq[:] = 0
+    for i in range(n):
+        for j in range(d):
+            h_seq[j] += hh[i, j]
+    for j in range(d):
+        h_seq[j] *= inv_n
+    # capsule routing over the contextual states (MIND's fixed random logits)
+    u = np.empty((n, d), np.float32)
+    _linear(hh, _t(buf, off, _CAPS, d, d), np.zeros(d, np.float32), u)
+    binit = _t(buf, off, _BINIT, seq_len, k_max)
+    logits = np.empty((n, k_max), np.float32)
+    for i in range(n):
+        for k in range(k_max):
+            logits[i, k] = binit[seq_len - n + i, k]
+    caps = np.zeros((k_max, d), np.float32)
+    c = np.empty(k_max, np.float32)
+    for it in range(iters):
+        sc = np.zeros((k_max, d), np.float32)
+        for i in range(n):
+            mx = logits[i, 0]
+            for k in range(k_max):
+                if logits[i, k] > mx:
+                    mx = logits[i, k]
+            tot = np.float32(0.0)
+            for k in range(k_max):
+                c[k] = np.exp(logits[i, k] - mx)
+                tot += c[k]
+            for k in range(k_max):
+                a = c[k] / tot
+                for j in range(d):
+                    sc[k, j] += a * u[i, j]
+        for k in range(k_max):
+            n2 = np.float32(0.0)
+            for j in range(d):
+                n2 += sc[k, j] * sc[k, j]
+            f = n2 / (1 + n2) / np.sqrt(n2 + np.float32(1e-9))
+            for j in range(d):
+                caps[k, j] = f * sc[k, j]
+        if it < iters - 1:
+            for i in range(n):
+                for j in range(d):
+                    a = u[i, j]
+                    for k in range(k_max):
+                        logits[i, k] += a * caps[k, j]
+    # self-attentive pooling: keys hh, values x
+    sh = 2 * d
+    hid = np.empty((n, sh), np.float32)
+    _linear(hh, _t(buf, off, _SAW1, d, sh), _v(buf, off, _SAB1, sh), hid)
+    for i in range(n):
+        for j in range(sh):
+            hid[i, j] = np.tanh(hid[i, j])
+    a_ = np.empty((n, k_max), np.float32)
+    _linear(hid, _t(buf, off, _SAW2, sh, k_max), np.zeros(k_max, np.float32), a_)
+    sa = np.zeros((k_max, d), np.float32)
+    for k in range(k_max):
+        mx = a_[0, k]
+        for i in range(n):
+            if a_[i, k] > mx:
+                mx = a_[i, k]
+        tot = np.float32(0.0)
+        e = np.empty(n, np.float32)
+        for i in range(n):
+            e[i] = np.exp(a_[i, k] - mx)
+            tot += e[i]
+        for i in range(n):
+            p = e[i] / tot
+            for j in range(d):
+                sa[k, j] += p * x[i, j]
+    proj = np.empty((k_max, d), np.float32)
+    _linear(sa, _t(buf, off, _OUTW, d, d), _v(buf, off, _OUTB, d), proj)
+    mix = _v(buf, off, _MIX, k_max)
+    for k in range(k_max):
+        g = mix[k]
+        for j in range(d):
+            vecs[k, j] = g * caps[k, j] + (1 - g) * proj[k, j]
+    # the K_u gate on [h_seq, category profile]
+    gi = np.zeros((1, d + n_cat), np.float32)
+    for j in range(d):
+        gi[0, j] = h_seq[j]
+    tot_c = 0
+    for i in range(n):
+        ci = item_cat[rows[i]]
+        if ci >= 0 and ci < n_cat:
+            gi[0, d + ci] += 1
+            tot_c += 1
+    if tot_c > 1:
+        for j in range(n_cat):
+            gi[0, d + j] /= np.float32(tot_c)
+    gh = np.empty((1, d), np.float32)
+    _linear(gi, _t(buf, off, _G1W, d + n_cat, d), _v(buf, off, _G1B, d), gh)
+    g2 = _v(buf, off, _G2W, d)
+    z = _v(buf, off, _G2B, 1)[0]
+    for j in range(d):
+        if gh[0, j] > 0:
+            z += gh[0, j] * g2[j]
+    if glob:
+        mean = np.zeros(d, np.float32)
+        for i in range(n):
+            for j in range(d):
+                mean[j] += x[i, j]
+        for j in range(d):
+            mean[j] *= inv_n
+        _global_slot(buf, off, mean, h_seq, vecs[0])
+    return z
 
 
 def _one_blas_thread() -> None:
