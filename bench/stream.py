@@ -370,7 +370,7 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
     k4 = probes.get(4) or by_k.get(4, [])
     # the dataflow's own per-user step, so that the sizes and costs are those of what Bytewax
     # stores: ``_UserLogic.snapshot`` and Bytewax's pickle of it
-    from streams.online import LearnerHolder, _UserLogic
+    from streams.online import Learn, LearnerHolder, _UserLogic
 
     # Every event of the run goes through it once, timed: the per-event cost of the learner and
     # the push bookkeeping alone, without Kafka, Bytewax or Redis (where the run's time goes).
@@ -380,9 +380,9 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
     for off, ev in enumerate(events):
         lg = logics.get(ev.user_id)
         if lg is None:
-            lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None, recovery=True)
+            lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None)
         rec = RawRecord("bench", 0, off, None, None, ev.ts)
-        lg.on_batch([(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
+        lg.on_batch([Learn(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
     logic_us = (time.perf_counter() - t0) / len(events) * 1e6
     raws = [encode_event(ev) for ev in events[:100_000]]
     t0 = time.perf_counter()

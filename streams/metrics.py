@@ -203,7 +203,8 @@ class FlowMetrics:
         snapshot duration. The other partitions of the same epoch end find nothing new."""
         if self.stats is None:
             return
-        n, secs = self.stats.snapshots, self.stats.snapshot_s
+        total = self.stats.total()
+        n, secs = total.snapshots, total.snapshot_s
         with self._lock:
             n0, s0 = self._snap_seen
             if n > n0:
@@ -288,7 +289,7 @@ class FlowMetrics:
         yield de
         yield counter("diam_flow_redis_acked", "User values acknowledged by Redis", acked)
         yield counter("diam_flow_state_snapshots", "Users' state snapshots taken at epoch ends",
-                      getattr(self.stats, "snapshots", 0))
+                      self.stats.total().snapshots if self.stats is not None else 0)
         yield from hists
         if self.holder is not None:
             v = GaugeMetricFamily("diam_flow_base_version", "1 for the base version in use "

@@ -2,10 +2,14 @@
 
 ::
 
-    clicks ─► decode+validate ─┬─bad─► dead-letter (original bytes; reason in headers)
-                               └─ok──► key by user ─► learn (stateful, per user)
-                                                   ├─► vectors ─► Redis (write-if-newer)
-                                                   └─► drift events ─► diam.drift
+    clicks ─► decode ─branch─┬─ DeadLetter ─────────────────────────────┬─► dead letters
+                             └─ (user, Learn | Forget) ─► learn (per user) │   (original bytes,
+                                   ─branch─┬─ (user, UserVectors | None) ─► Redis  reason in
+                                           ├─ (user, DriftEvent) ─► diam.drift      headers)
+                                           └─ (user, DeadLetter) ───────────┘
+
+Between steps travel small typed records (:class:`Learn`, :class:`Forget`,
+:class:`DeadLetter`), told apart by Bytewax branches.
 
 The per-user step calls :class:`online_model.OnlineLearner` — the very function the offline
 prequential evaluation calls — and coalesces pushes: a user's vectors are emitted after
@@ -20,9 +24,9 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard, cast
 
 import bytewax.operators as op
 import numpy as np
@@ -31,7 +35,7 @@ from bytewax.inputs import Source
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink
 
-from online_model import UserState
+from online_model import DriftEvent, UserState
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import _USER_ID_RE, Click, Rejection, decode_click
@@ -39,60 +43,92 @@ from streams.kafka_io import KafkaOut, RawRecord
 
 _NO_SEEN = np.zeros(0, dtype=np.int32)
 
-__all__ = ["FlowSinks", "FlowStats", "LearnerHolder", "build_flow", "deadletter_record", "drift_record"]
+__all__ = ["Counts", "DeadLetter", "FlowSinks", "FlowStats", "Forget", "Learn", "LearnerHolder",
+           "build_flow", "deadletter_record", "drift_record"]
 
 
-class FlowStats:
-    """Counters a caller can read while the dataflow runs (progress bars, run summaries).
+class Learn(NamedTuple):
+    """A valid click for the per-user step, with the record it came from (a failure in the
+    update dead-letters the record's original bytes; its offset keys the step's randomness)."""
 
-    Updated from every worker thread of the process; the lock keeps counts exact.
-    """
+    record: RawRecord
+    click: Click
+
+
+class Forget(NamedTuple):
+    """A tombstone keyed by a user (``diam forget``): the per-user step drops the user's state
+    at this offset and the sink deletes their key, so a replay of the topic forgets them too."""
+
+    record: RawRecord
+
+
+class DeadLetter(NamedTuple):
+    """A record the dataflow refuses, and why (decoding, validation, or the update itself)."""
+
+    record: RawRecord
+    reason: str
+
+
+@dataclass
+class Counts:
+    """One worker thread's counters. Only that thread writes them, so no lock is taken on the
+    per-event path; :class:`FlowStats` sums them when read."""
+
+    records: int = 0
+    rejected: int = 0
+    """Dead-lettered records: refused by decoding or validation, or failed in the update."""
+    users: int = 0
+    pushes: int = 0
+    drift_events: int = 0
+    snapshots: int = 0
+    """Users' recovery snapshots (``streams.metrics`` groups them by epoch)."""
+    snapshot_s: float = 0.0
+
+    @property
+    def valid(self) -> int:
+        return self.records - self.rejected
+
+
+class FlowStats(Counts):
+    """Counters a caller can read while the dataflow runs (progress bars, run summaries,
+    metrics). Each worker thread counts into its own :class:`Counts` (``counts()``); the fields
+    of this object itself are for callers outside the dataflow (tests, merged runs), and
+    ``total()`` adds everything up."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.records = 0
-        self.valid = 0
-        self.rejected = 0
-        self.users = 0
-        self.pushes = 0
-        self.drift_events = 0
-        self.last_offsets: dict[int, int] = {}
-        # users' recovery snapshots (streams.metrics groups them by epoch); added without the
-        # lock, from the worker thread that owns the user
-        self.snapshots = 0
-        self.snapshot_s = 0.0
+        super().__init__()
+        self._local = threading.local()
+        self._workers: list[Counts] = []
+        self._lock = threading.Lock()  # taken once per worker thread, to register its counts
 
-    def _count_batch(self, recs: list[RawRecord], decoded: list[tuple[Any, Any]]) -> None:
-        # once per input batch, not per record: a lock round trip per event is measurable
-        if not recs:
-            return
-        rejected = sum(1 for first, _ in decoded if type(first) is not str)
-        last: dict[int, int] = {}
-        for rec in recs:
-            last[rec.partition] = rec.offset
-        with self._lock:
-            self.records += len(recs)
-            self.valid += len(recs) - rejected
-            self.rejected += rejected
-            self.last_offsets.update(last)
+    def counts(self) -> Counts:
+        """The calling thread's counters."""
+        mine: Counts | None = getattr(self._local, "counts", None)
+        if mine is None:
+            mine = self._local.counts = Counts()
+            with self._lock:
+                self._workers.append(mine)
+        return mine
 
-    def _add(self, name: str, n: int = 1) -> None:
+    def total(self) -> Counts:
         with self._lock:
-            setattr(self, name, getattr(self, name) + n)
+            parts = [self, *self._workers]
+        return Counts(**{f.name: sum(getattr(c, f.name) for c in parts) for f in fields(Counts)})
 
     def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {"records": self.records, "valid": self.valid, "rejected": self.rejected,
-                    "users": self.users, "pushes": self.pushes, "drift_events": self.drift_events}
+        t = self.total()
+        return {"records": t.records, "valid": t.valid, "rejected": t.rejected, "users": t.users,
+                "pushes": t.pushes, "drift_events": t.drift_events}
 
 
 @dataclass(frozen=True)
 class FlowSinks:
-    """Where the dataflow's three outputs go. Dead letters and drift events arrive as
+    """Where the dataflow's three outputs go. User vectors arrive as ``(user_id, UserVectors)``
+    (``(user_id, None)``: delete the user's key); dead letters and drift events as
     ``(key, KafkaOut)`` pairs (the key names the source partition / the user), the shape
     ``streams.kafka_io.KafkaEpochSink`` takes; ``TestingSink`` takes anything."""
 
-    vectors: DynamicSink[tuple[str, UserVectors]]
+    vectors: DynamicSink[tuple[str, UserVectors | None]]
     deadletter: Sink[tuple[str, KafkaOut]]
     drift: Sink[tuple[str, KafkaOut]]
 
@@ -157,26 +193,37 @@ def drift_record(event: Any) -> KafkaOut:
                     headers=[("diam.kind", str(body["kind"]).encode())])
 
 
-def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any]]]:
-    """Decode and validate a batch in one pass. A valid click comes out already keyed for the
-    per-user step, ``(user_id, (record, click))`` (the record rides along so that a failure in
-    the learning step can dead-letter its original bytes); a rejected record as
-    ``(record, Rejection)``.
-    The two are told apart by the type of the first element (``str`` or :class:`RawRecord`),
-    so neither downstream filter allocates. One pass instead of decode-then-key: at a 10k-record
-    batch, the second pass over cold records and its tuples cost ~3 µs per event."""
-    max_bytes, ts_min, skew = cfg.max_event_bytes, cfg.ts_min_ms, cfg.ts_max_future_ms
+Keyed = tuple[str, Learn | Forget]
+"""A valid click or a tombstone, keyed by user for the per-user step."""
 
-    def decode_batch(recs: list[RawRecord]) -> list[tuple[Any, Any]]:
-        out: list[tuple[Any, Any]] = []
+Out = UserVectors | None | DriftEvent | DeadLetter
+"""What the per-user step emits, keyed by user: vectors to push (None: delete the user's key),
+drift events, and records whose update failed."""
+
+Snapshot = tuple[str, tuple, int, bool]
+"""What recovery stores per user: ``(user_id, UserState.pack(), events since the last push,
+dirty)``, a flat tuple because Bytewax pickles every touched user's snapshot at each epoch end
+on the dataflow's thread, and a tuple of plain values pickles several times faster than a
+class instance."""
+
+
+def _decoder(cfg: FlowConfig, stats: FlowStats) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
+    """Decode and validate a batch in one pass: a valid click comes out already keyed for the
+    per-user step, ``(user_id, Learn)``, a tombstone as ``(user_id, Forget)``, a refused record
+    as a :class:`DeadLetter`."""
+    max_bytes, ts_min, skew = cfg.max_event_bytes, cfg.ts_min_ms, cfg.ts_max_future_ms
+    new = tuple.__new__  # a NamedTuple's own constructor is a Python call per event
+
+    def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
+        counts = stats.counts()
+        counts.records += len(recs)
+        out: list[Keyed | DeadLetter] = []
         append = out.append
         for rec in recs:
             if rec.value is None and rec.key is not None:
-                # A tombstone keyed by a user (``diam forget``): the per-user step forgets the
-                # user at this offset, so a replay of the topic forgets them too.
                 uid = forget_target(rec.key)
                 if uid is not None:
-                    append((uid, (rec, None)))
+                    append((uid, Forget(rec)))
                     continue
             # The upper time bound is the record's own timestamp plus the allowed skew, not the
             # wall clock, so a replay accepts and rejects exactly what the live run did.
@@ -186,13 +233,14 @@ def _decoder(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[tuple[Any, Any
             if type(ev) is tuple:
                 key = rec.key
                 if key is None or key == ev[0].encode():
-                    append((ev[0], (rec, ev)))
+                    append((ev[0], new(Learn, (rec, ev))))
                     continue
                 ev = Rejection(
                     f"key: record key {key[:64]!r} differs from user_id {ev[0]!r} "
                     "(events must be keyed by user so that a user's clicks stay in order)"
                 )
-            append((rec, ev))
+            counts.rejected += 1
+            append(DeadLetter(rec, ev.reason))  # type: ignore[union-attr]
         return out
     return decode_batch
 
@@ -211,17 +259,7 @@ def forget_target(key: bytes) -> str | None:
     return uid if _USER_ID_RE.fullmatch(uid) else None
 
 
-@dataclass
-class _UserSnap:
-    """What recovery stores per user: the learner state and the push bookkeeping."""
-
-    user_id: str
-    state: Any
-    since_push: int
-    dirty: bool
-
-
-class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], Any]):
+class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
     """One user's learner state and push bookkeeping.
 
     Push cadence uses the wall clock (it only decides *when* vectors are written, never what
@@ -229,91 +267,79 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
     Bytewax asks ``notify_at`` after every batch of every key.
     """
 
-    def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: _UserSnap | None,
-                 stats: FlowStats | None, recovery: bool = True) -> None:
-        self.holder, self.cfg, self.stats = holder, cfg, stats
-        self.recovery = recovery
-        if isinstance(resume, tuple):  # what ``snapshot`` stores: (user, packed state, since, dirty)
-            uid, packed, since_push, dirty = resume
-            resume = _UserSnap(uid, UserState.unpack(packed), since_push, dirty)
-        elif isinstance(resume, _UserSnap) and isinstance(resume.state, bytes):
-            # written by a release before the packed form (a pickled state object)
-            raise RuntimeError(
-                f"the recovery store holds user {resume.user_id!r} in an older snapshot format; "
-                "resume it with the diam-stream release that wrote it, or start a new store "
-                "(another --recovery-dir, or delete this one: the run then re-reads the topic)")
-        self.snap = resume
+    def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: Snapshot | None,
+                 counts: Counts | None = None) -> None:
+        self.holder, self.cfg = holder, cfg
+        self.counts = counts if counts is not None else Counts()  # built on the user's worker thread
+        self.user_id = ""
+        self.state: UserState | None = None  # None: no user yet, or forgotten
+        self.since_push, self.dirty = 0, False
         self._last_push = self._seen = time.time()
         self._due: datetime | None = None
-        if resume is not None and resume.dirty:
-            self._due = datetime.now(UTC)
+        if resume is not None:
+            self.user_id, packed, self.since_push, self.dirty = resume
+            self.state = UserState.unpack(packed)
+            if self.dirty:
+                self._due = datetime.now(UTC)
 
-    def _push(self) -> tuple[str, Any]:
-        s = self.snap
-        assert s is not None
-        st = s.state
-        s.since_push, s.dirty = 0, False
+    def _push(self) -> UserVectors:
+        st = self.state
+        assert st is not None
+        self.since_push, self.dirty = 0, False
         self._last_push = time.time()
         self._due = None
-        # (counted per output batch by the "vectors" step, not here: a lock per push shows)
+        self.counts.pushes += 1
         V = st.V
         seen = st.recent[-self.cfg.seen_items:] if self.cfg.seen_items else _NO_SEEN
-        return ("v", (s.user_id, new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(),
-                                             st.last_ts, st.n_events, self.holder.anchor_kind,
-                                             seen)))
+        return new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(), st.last_ts,
+                           st.n_events, self.holder.anchor_kind, seen)
 
-    def _forget(self, values: list[tuple[RawRecord, Click | None]]) -> tuple[list[tuple[str, Any]], bool]:
-        """A batch holding a forget (``(record, None)``): the user's state is dropped there and
-        the sink deletes their key (``(user, None)``); clicks after it start a new state."""
-        out: list[tuple[str, Any]] = []
-        start = 0
-        for i, (rec, click) in enumerate(values):
-            if click is None:
-                if i > start:
-                    out += self.on_batch(values[start:i])[0]  # type: ignore[arg-type]
-                uid = self.snap.user_id if self.snap is not None else rec.key.decode()  # type: ignore[union-attr]
-                self.snap, self._due = None, None
-                out.append(("v", (uid, None)))
-                start = i + 1
-        if start < len(values):
-            out += self.on_batch(values[start:])[0]  # type: ignore[arg-type]
-        return out, StatefulBatchLogic.DISCARD if self.snap is None else StatefulBatchLogic.RETAIN
-
-    def on_batch(self, values: list[tuple[RawRecord, Click]]) -> tuple[list[tuple[str, Any]], bool]:
+    def on_batch(self, values: list[Learn | Forget]) -> tuple[list[Out], bool]:
         self._seen = time.time()
-        if any(v[1] is None for v in values):
-            return self._forget(values)  # type: ignore[arg-type]
         learner = self.holder.learner
-        out: list[tuple[str, Any]] = []
-        s = self.snap
-        if s is None:
-            uid = values[0][1][0]
-            s = self.snap = _UserSnap(uid, learner.new_state(uid), 0, False)
-            if self.stats is not None:
-                self.stats._add("users")
-        state = s.state
-        for rec, (_, item_id, ts, session_id) in values:
+        counts = self.counts
+        out: list[Out] = []
+        state = self.state
+        start = 0  # the first value applied to the current state
+        for i, value in enumerate(values):
+            if isinstance(value, Forget):
+                # the user's state is dropped here and the sink deletes their key, in order
+                # with the pushes; clicks after it start a new state
+                out.append(None)
+                state = self.state = None
+                self._due, self.dirty = None, False
+                start = i + 1
+                continue
+            rec, click = value
+            if state is None:
+                self.user_id = click[0]
+                state = self.state = learner.new_state(click[0])
+                self.since_push = 0
+                counts.users += 1
             # The learner skips offsets it has applied already (at-least-once input after a
             # resume) and re-anchors a user whose state predates the current base version.
             try:
-                drifts = learner.apply(state, item_id, ts, rec.offset, session_id)
+                drifts = learner.apply(state, click[1], click[2], rec.offset, click[3])
             except Exception as exc:  # noqa: BLE001 - one record must not stop every user
                 # The last line of defence: an event that makes the update itself fail is
                 # dead-lettered with the exception's type, and the user's learning goes on.
                 # The learner advanced ``seq`` first, so a replay fails (and skips) identically.
-                out.append(("e", (str(rec.partition), deadletter_record(
-                    rec, f"learn: {type(exc).__name__} in the online update"))))
+                out.append(DeadLetter(rec, f"learn: {type(exc).__name__} in the online update"))
+                counts.rejected += 1
                 continue
             if drifts:
-                out.extend(("x", d) for d in drifts)
-        s.since_push += len(values)
+                out += drifts
+                counts.drift_events += len(drifts)
+        if state is None:
+            return out, StatefulBatchLogic.DISCARD
+        self.since_push += len(values) - start
         # A user who has clicked only items the base does not know has no vector yet (all
         # zeros): nothing worth serving, so nothing is pushed until a known item arrives.
-        s.dirty = state.n_recent > 0
-        if not s.dirty:
+        self.dirty = state.n_recent > 0
+        if not self.dirty:
             return out, StatefulBatchLogic.RETAIN
         cfg = self.cfg
-        if s.since_push >= cfg.push_every_events or (time.time() - self._last_push) * 1000 >= cfg.push_every_ms:
+        if self.since_push >= cfg.push_every_events or (time.time() - self._last_push) * 1000 >= cfg.push_every_ms:
             out.append(self._push())
         elif self._due is None:
             self._due = datetime.fromtimestamp(self._last_push + cfg.push_every_ms / 1000, UTC)
@@ -326,100 +352,76 @@ class _UserLogic(StatefulBatchLogic[tuple[RawRecord, Click], tuple[str, Any], An
         evict = datetime.fromtimestamp(self._seen + idle, UTC)
         return evict if self._due is None or evict < self._due else self._due
 
-    def on_notify(self) -> tuple[list[tuple[str, Any]], bool]:
+    def on_notify(self) -> tuple[list[Out], bool]:
         idle = self.cfg.evict_idle_s
         if idle is not None and time.time() - self._seen >= idle:
             # idle too long: pushed one last time if needed, then dropped from the state (its
             # key stays in Redis, until ``RedisConfig.user_ttl_s`` if set); a returning user
             # starts over from the base, as a new one
-            last = [self._push()] if self.snap is not None and self.snap.dirty else []
-            return last, StatefulBatchLogic.DISCARD
-        if self.snap is not None and self.snap.dirty:
+            return [self._push()] if self.dirty else [], StatefulBatchLogic.DISCARD
+        if self.dirty:
             return [self._push()], StatefulBatchLogic.RETAIN
         self._due = None
         return [], StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[tuple[str, Any]], bool]:
+    def on_eof(self) -> tuple[list[Out], bool]:
         return self.on_notify()
 
-    def snapshot(self) -> _UserSnap | tuple:
-        assert self.snap is not None
-        if not self.recovery:
-            # Bytewax asks every touched key for a snapshot at each epoch end even when no
-            # recovery store will keep it; without one, the live object is enough (it is
-            # never written anywhere), and pickling ~2 KB per user per epoch is not free.
-            return self.snap
-        # Bytewax pickles every touched key's snapshot at each epoch end, on the dataflow's
-        # thread: a flat tuple of plain values is both the copy and cheap to pickle (~6 µs per
-        # user; pickling the state object and a dataclass cost ~30). At 5k events/s over a few
-        # thousand users this is what the epoch-end pause is made of.
-        s = self.snap
+    def snapshot(self) -> Snapshot:
+        assert self.state is not None
         t0 = time.perf_counter()
         # Marked dirty whenever the user has vectors: Redis writes are asynchronous
         # (streams.redis_sink), so a push made before this epoch ended may not have reached
         # Redis when a crash comes; a resumed user is therefore pushed again (idempotent).
-        out = (s.user_id, s.state.pack(), s.since_push, s.state.n_recent > 0)
-        if self.stats is not None:
-            self.stats.snapshots += 1
-            self.stats.snapshot_s += time.perf_counter() - t0
+        out = (self.user_id, self.state.pack(), self.since_push, self.state.n_recent > 0)
+        self.counts.snapshots += 1
+        self.counts.snapshot_s += time.perf_counter() - t0
         return out
+
+
+def _is_dead(item: Keyed | DeadLetter) -> TypeGuard[DeadLetter]:
+    return type(item) is DeadLetter
+
+
+def _is_side(item: tuple[str, Out]) -> bool:
+    return isinstance(item[1], (DriftEvent, DeadLetter))
+
+
+def _is_drift(item: tuple[str, Out]) -> TypeGuard[tuple[str, DriftEvent]]:
+    return isinstance(item[1], DriftEvent)
 
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
                holder: LearnerHolder, flow_id: str = "diam-online",
-               stats: FlowStats | None = None, recovery: bool = True) -> Dataflow:
+               stats: FlowStats | None = None) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
-    against the real broker. Stateless steps work on whole batches (``flat_map_batch``): a
-    per-item Bytewax operator costs microseconds of Python call overhead per event, and the
-    stream is meant to run at tens of thousands of events per second per process.
-    ``recovery=False`` (no recovery store) skips pickling the per-user snapshots.
+    against the real broker. Decoding works on whole batches (``flat_map_batch``): it is the
+    one step that does Python work on every event before the per-user step. Errors are data:
+    dead letters from decoding and from the update leave by their own branches.
     """
-    decode = _decoder(cfg)
+    run_stats = stats if stats is not None else FlowStats()
+    decode = _decoder(cfg, run_stats)
 
-    def decode_batch(recs: list[RawRecord]) -> list[tuple[Any, Any]]:
+    def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
         holder.maybe_reload()  # hot reload is checked once per batch, not per event
-        out = decode(recs)
-        if stats is not None:
-            stats._count_batch(recs, out)
-        return out
+        return decode(recs)
 
-    def valid_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, tuple[RawRecord, Click]]]:
-        return [x for x in batch if type(x[0]) is str]
-
-    def rejected(batch: list[tuple[Any, Any]]) -> list[tuple[str, KafkaOut]]:
-        return [(str(rec.partition), deadletter_record(rec, ev.reason))
-                for rec, ev in batch if type(rec) is not str]
+    def to_deadletter(dl: DeadLetter) -> tuple[str, KafkaOut]:
+        return str(dl.record.partition), deadletter_record(dl.record, dl.reason)
 
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
-    decoded = op.flat_map_batch("decode", raw, decode_batch)
-    bad = op.flat_map_batch("rejected", decoded, rejected)
-    # Already (user_id, value) pairs: the keyed stream that the stateful step routes by user.
-    keyed: KeyedStream[tuple[RawRecord, Click]] = op.flat_map_batch("by-user", decoded, valid_keyed)  # type: ignore[assignment]
-    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, stats, recovery))
-    def vectors(batch: list[tuple[str, tuple[str, Any]]]) -> list[Any]:
-        out = [t[1] for _, t in batch if t[0] == "v"]
-        if stats is not None and out:
-            stats._add("pushes", len(out))
-        return out
-
-    def drifts(batch: list[tuple[str, tuple[str, Any]]]) -> list[tuple[str, KafkaOut]]:
-        out = [(u, drift_record(t[1])) for u, t in batch if t[0] == "x"]
-        if stats is not None and out:
-            stats._add("drift_events", len(out))
-        return out
-
-    def failed(batch: list[tuple[str, tuple[str, Any]]]) -> list[tuple[str, KafkaOut]]:
-        out = [t[1] for _, t in batch if t[0] == "e"]
-        if stats is not None and out:
-            stats._add("valid", -len(out))
-            stats._add("rejected", len(out))
-        return out
-
-    op.output("redis", op.flat_map_batch("vectors", learned, vectors), sinks.vectors)
-    op.output("drift", op.flat_map_batch("to-drift", learned, drifts), sinks.drift)
-    learn_failed = op.flat_map_batch("learn-failed", learned, failed)
-    op.output("deadletter", op.merge("deadletters", bad, learn_failed), sinks.deadletter)
+    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, decode_batch), _is_dead)
+    keyed: KeyedStream[Learn | Forget] = decoded.falses  # type: ignore[assignment]
+    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, run_stats.counts()))
+    side = op.branch("side-outputs", learned, _is_side)
+    side_out = op.branch("drift-or-failed", side.trues, _is_drift)
+    op.output("redis", side.falses, sinks.vectors)  # type: ignore[arg-type, misc]
+    op.output("drift", op.map("to-drift", side_out.trues, lambda kv: (kv[0], drift_record(kv[1]))),
+              sinks.drift)
+    failed = op.map("learn-failed", side_out.falses, lambda kv: cast(DeadLetter, kv[1]))
+    dead = op.merge("deadletters", decoded.trues, failed)
+    op.output("deadletter", op.map("to-deadletter", dead, to_deadletter), sinks.deadletter)
     return flow

@@ -207,8 +207,8 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     with tqdm(total=rng.size, unit="ev", disable=not progress, desc=f"replay {namespace}") as bar:
         while thread.is_alive():
             thread.join(poll_s)
-            bar.update(stats.records - bar.n)
-        bar.update(stats.records - bar.n)
+            bar.update(stats.total().records - bar.n)
+        bar.update(stats.total().records - bar.n)
     wall = time.monotonic() - started
     if failure:
         raise failure[0]

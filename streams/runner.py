@@ -93,8 +93,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     )
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
-    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
-                      recovery=job.recovery_dir is not None)
+    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))
