@@ -22,7 +22,7 @@ Writes ``bench/results/loop.json`` (and ``loop.png``) shaped as the issue asks. 
 - ``new_item_ready_s``: produce → in the serving index (``Recommender.follow_catalog``, the
   path ``diam serve`` runs, polled in-process), for ``--new-items`` items produced one by one;
 - ``max_stall_ms``: the longest single call of the dataflow's hot reload
-  (``LearnerHolder.maybe_reload`` from ``diam run``'s ``load_holder``): a new snapshot loaded,
+  (``LearnerHolder.maybe_reload`` from ``diam.app.load_holder``, as ``diam run``): a new snapshot loaded,
   or new catalogue items appended; the dataflow thread does nothing else meanwhile.
 
 Reduced configuration (two shared CPU cores): DIAM at dim 32, 2 epochs for the first model and
@@ -250,12 +250,11 @@ def _new_item_ready(s, svc, count: int) -> dict:  # type: ignore[no-untyped-def]
 
 
 def _reload_stalls(s, svc, ns: str) -> dict:  # type: ignore[no-untyped-def]
-    import diam.cli  # noqa: F401 - diam.commands.run imports diam.cli
-    from diam.commands.run import load_holder
+    from diam.app import load_holder
     from snapshotter.publish import publish
     from streams.catalog import CatalogItem, publish_items
 
-    holder = load_holder(s, None, None, namespace=ns)
+    holder = load_holder(s, namespace=ns)
     holder._check_every_s = 0.0
     t0 = time.perf_counter()
     holder.maybe_reload()  # the first poll reads the whole catalogue

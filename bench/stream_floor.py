@@ -22,13 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import diam.cli  # noqa: E402,F401  (imports the commands; diam.commands.run needs it first)
-from diam.commands.run import load_holder  # noqa: E402
+from diam.app import load_holder, online_job  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from online_model import kernels as K  # noqa: E402
 from online_model.online import DriftEvent, OnlineLearner, UserState  # noqa: E402
 from streams.online import FlowStats  # noqa: E402
-from streams.runner import OnlineJob, run_online, tune_gc  # noqa: E402
+from streams.runner import run_online, tune_gc  # noqa: E402
 
 
 class NoLearning(OnlineLearner):
@@ -49,9 +48,8 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python bench/stream_floor.py TOPIC NAMESPACE CHECKPOINT")
     topic, ns, ckpt = argv
     s = load_settings()
-    holder = load_holder(s, ckpt, None, namespace=ns)
-    holder.learner.__class__ = NoLearning
-    job = OnlineJob(kafka=s.kafka, redis=s.redis, flow=s.flow, topic=topic, namespace=ns, bounded=True)
+    holder = load_holder(s, checkpoint=ckpt, namespace=ns, learner=NoLearning)
+    job = online_job(s, topic=topic, namespace=ns, bounded=True)
     tune_gc()  # as diam run
     print(f"online dataflow (no learning): {topic} ns={ns}", flush=True)
     stats = FlowStats()

@@ -1,32 +1,28 @@
 """The ``diam`` command line.
 
 Each area keeps its commands in ``diam/commands/<area>.py`` and exposes them as a module-level
-list ``COMMANDS``; this module only assembles them. Heavy imports (torch, faiss, bytewax) happen
-inside the commands, so ``diam --help`` stays fast.
+list ``COMMANDS``; this module only assembles them (the commands never import it). Heavy
+imports (torch, faiss, bytewax) happen inside the commands, so ``diam --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-from diam.settings import Settings, load_settings
-
-_COMMAND_MODULES = (
-    "stack",
-    "data",
-    "produce",
-    "run",
-    "model",
-    "stream_eval",
-    "snapshot",
-    "serve",
-    "replay",
-    "drift",
-    "inspect",
-    "forget",
-    "retrain",
+from diam.commands import (
+    data,
+    drift,
+    forget,
+    inspect,
+    model,
+    produce,
+    replay,
+    retrain,
+    run,
+    serve,
+    snapshot,
+    stack,
+    stream_eval,
 )
 
 
@@ -45,21 +41,7 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(dict)
 
 
-def get_settings(ctx: click.Context) -> Settings:
-    """The settings of this invocation, read once."""
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        obj["settings"] = load_settings()
-    settings: Settings = obj["settings"]
-    return settings
-
-
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"diam.commands.{_name}")
-    except ModuleNotFoundError as exc:  # an area not built yet in this checkout
-        if exc.name != f"diam.commands.{_name}":
-            raise
-        continue
-    for _cmd in _mod.COMMANDS:
+for _area in (stack, data, produce, run, model, stream_eval, snapshot, serve, replay, drift,
+              inspect, forget, retrain):
+    for _cmd in _area.COMMANDS:
         main.add_command(_cmd)

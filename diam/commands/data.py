@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from diam.commands import get_settings
+
 
 def _summary(out: Path, seconds: float) -> str:
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
@@ -52,7 +54,6 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
     ratings.csv + movies.csv (latest). Every rating becomes a click; times become epoch ms;
     events are sorted by (ts, user, item).
     """
-    from diam.cli import get_settings  # here, not at the top: diam.cli imports this module
     from online_model.datasets import DatasetError
     from online_model.movielens import prepare_movielens
 
@@ -141,7 +142,6 @@ def synth(
     category within sessions more often. Same parameters and seed give identical files.
     A million events over 100k items take a few seconds.
     """
-    from diam.cli import get_settings
     from online_model.synth import SynthParams, write_synth
 
     settings = get_settings(click.get_current_context())

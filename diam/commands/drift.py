@@ -6,6 +6,8 @@ import json
 
 import click
 
+from diam.commands import get_settings
+
 
 @click.group("drift")
 def drift() -> None:
@@ -54,7 +56,6 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
     """
     from confluent_kafka import KafkaException
 
-    from diam.cli import get_settings
     from streams.drift import Alert, DriftConfig, format_alert
     from streams.drift_flow import DriftMetrics, run_drift, summary_dict
 
@@ -100,7 +101,6 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
     """Tail the alerts topic in readable form (one line per alert; Ctrl-C to stop)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from diam.cli import get_settings
     from streams.drift import format_alert
     from streams.kafka_io import ensure_topic, watermarks
 

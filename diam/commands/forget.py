@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from diam.cli import get_settings
+from diam.commands import get_settings
 
 
 @click.command("forget")

@@ -7,7 +7,7 @@ import json
 import click
 import numpy as np
 
-from diam.cli import get_settings
+from diam.commands import get_settings
 
 
 @click.group("inspect")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from diam.commands import get_settings
+
 _MODELS = ["diam", "mind", "comirec-sa", "comirec-dr", "single"]
 
 
@@ -30,7 +32,6 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
     """The corpus of a range of the clicks topic over the ``diam.items`` catalogue."""
     from confluent_kafka import KafkaException
 
-    from diam.cli import get_settings
     from streams.catalog import read_catalog
     from streams.replay import ReplayError, parse_bound, resolve_range
     from streams.topic_corpus import corpus_from_topic, read_clicks

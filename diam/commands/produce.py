@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from diam.commands import get_settings
+
 
 @click.command("produce")
 @click.option(
@@ -58,7 +60,6 @@ def produce(
     """
     from confluent_kafka import KafkaException
 
-    from diam.cli import get_settings  # here, not at the top: diam.cli imports this module
     from online_model.datasets import DatasetError, load_prepared
     from streams.producer import produce_dataset
 

@@ -8,28 +8,7 @@ from pathlib import Path
 
 import click
 
-
-def _holder(settings, snapshot: str | None, checkpoint: str | None, base_from_data: str | None):
-    """A fixed base for the whole replay: hot reload would make the result depend on timing."""
-    from diam.commands.run import load_holder
-
-    if snapshot is None:
-        return load_holder(settings, checkpoint, base_from_data, hot_reload=False)
-    from online_model.base import BaseView
-    from online_model.online import OnlineLearner
-    from snapshotter.store import SnapshotError, SnapshotStore
-    from streams.online import LearnerHolder
-
-    store = SnapshotStore(settings.snapshot)
-    try:
-        path = store.path(snapshot)
-    except SnapshotError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not path.is_dir():
-        known = ", ".join(i.version for i in store.versions()) or "none"
-        raise click.ClickException(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
-    base = BaseView.from_checkpoint(path)
-    return LearnerHolder(OnlineLearner(base, settings.online), base.version)
+from diam.commands import get_settings
 
 
 def _clear_namespace(client, ns: str) -> int:
@@ -81,7 +60,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     import redis
     from confluent_kafka import KafkaException
 
-    from diam.cli import get_settings
+    from diam.app import NoBaseModel, load_holder
     from serving_cache import redis_client
     from serving_cache.keys import user_pattern
     from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
@@ -94,7 +73,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         end = parse_bound(to) if to is not None else None
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
-    holder = _holder(s, snapshot, checkpoint, base_from_data)
+    try:  # a fixed base for the whole replay: hot reload would make the result depend on timing
+        holder = load_holder(s, snapshot=snapshot, checkpoint=checkpoint,
+                             base_from_data=base_from_data, hot_reload=False)
+    except NoBaseModel as exc:
+        raise click.ClickException(str(exc)) from None
     client = redis_client(s.redis)
     try:
         existing = next(iter(client.scan_iter(match=user_pattern(namespace), count=1000)), None)
@@ -151,7 +134,6 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     """
     import redis
 
-    from diam.cli import get_settings
     from serving_cache import redis_client, validate_namespace
     from serving_cache.diff import diff_namespaces, summary_dict
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from diam.cli import get_settings
+from diam.commands import get_settings
 
 
 @click.command("retrain")

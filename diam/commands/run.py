@@ -10,65 +10,7 @@ from pathlib import Path
 
 import click
 
-from diam.cli import get_settings
-from diam.settings import Settings
-
-
-def load_holder(settings: Settings, checkpoint: str | None, base_from_data: str | None,
-                hot_reload: bool = True, namespace: str | None = None):
-    """The learner holder for a run: an explicit checkpoint, else the active snapshot (hot
-    reloaded when a new version is published), else a co-occurrence base built from a prepared
-    dataset."""
-    from online_model.base import BaseView
-    from online_model.online import OnlineLearner
-    from serving_cache import redis_client
-    from snapshotter.store import ActiveWatcher, SnapshotStore
-    from streams.online import LearnerHolder
-
-    cfg = settings.online
-    if checkpoint:
-        base = BaseView.from_checkpoint(checkpoint)
-        return LearnerHolder(OnlineLearner(base, cfg), base.version)
-    store = SnapshotStore(settings.snapshot)
-    version = store.active_version()
-    if version is not None:
-        base = BaseView.from_checkpoint(store.path(version), version=version)
-        watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
-                                ns=namespace or settings.redis.namespace, current=version)
-
-        from streams.catalog import CatalogFollower
-        from streams.new_items import extend_base, load_tower
-
-        # new catalogue items enter the running base with a content embedding (issue 16)
-        follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
-        now = {"base": base, "tower": load_tower(store.path(version))}
-
-        def reload() -> tuple[object, str] | None:
-            found = watcher.poll()
-            if found is None:
-                fresh = follower.poll()
-                new = extend_base(now["base"], fresh, now["tower"]) if fresh else now["base"]
-                if new is now["base"]:
-                    return None
-            else:
-                new_version, path = found
-                now["tower"] = load_tower(path)
-                new = BaseView.from_checkpoint(path, version=new_version)
-                new = extend_base(new, list(follower.items.values()), now["tower"])
-            now["base"] = new
-            return OnlineLearner(new, cfg), new.version
-
-        return LearnerHolder(OnlineLearner(base, cfg), version, reload=reload if hot_reload else None,
-                             check_every_s=settings.flow.reload_check_s)
-    if base_from_data:
-        from online_model.datasets import load_prepared
-
-        base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
-        return LearnerHolder(OnlineLearner(base, cfg), base.version)
-    raise click.ClickException(
-        "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
-        "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base"
-    )
+from diam.commands import get_settings
 
 
 class _EveryMinute(logging.Filter):
@@ -162,27 +104,22 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     guard trips) go to the drift topic. Base weights come from the active snapshot (hot-reloaded
     when a new one is published), an explicit --checkpoint, or --base-from-data.
     """
-    from streams.runner import OnlineJob, run_online, tune_gc
+    from diam.app import NoBaseModel, load_holder, online_job
+    from streams.runner import run_online, tune_gc
 
     s = get_settings(ctx)
     if no_recovery and recovery_dir is not None:
         raise click.BadParameter("give --recovery-dir or --no-recovery, not both")
-    parts = _parse_partitions(partitions)
-    if recovery_dir is None and not (bounded or no_recovery or addresses):
-        # a tailing run is a service: it must survive a crash without losing or redoing work
-        ns_ = namespace or s.redis.namespace
-        tag = "" if parts is None else "--p" + "-".join(map(str, sorted(set(parts))))
-        recovery_dir = Path(s.stack.home) / "recovery" / f"{ns_}--{topic or s.kafka.clicks_topic}{tag}"
-    holder = load_holder(s, checkpoint, base_from_data, namespace=namespace or s.redis.namespace)
-    job = OnlineJob(
-        kafka=s.kafka, redis=s.redis, flow=s.flow,
-        topic=topic or s.kafka.clicks_topic, namespace=namespace or s.redis.namespace,
-        bounded=bounded, workers=workers, process_id=process_id,
-        addresses=addresses.split(";") if addresses else [],
-        recovery_dir=recovery_dir,
-        partitions=parts,
-    )
-    stop = job.stop = threading.Event()
+    stop = threading.Event()
+    job = online_job(s, topic=topic, namespace=namespace, bounded=bounded, workers=workers,
+                     process_id=process_id, addresses=addresses.split(";") if addresses else None,
+                     recovery_dir=recovery_dir, no_recovery=no_recovery,
+                     partitions=_parse_partitions(partitions), stop=stop)
+    try:
+        holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
+                             namespace=job.namespace)
+    except NoBaseModel as exc:
+        raise click.ClickException(str(exc)) from None
     stop_on_signals(stop)
     # outages (broker, Redis) are logged once when they start and once when they end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -191,7 +128,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
-               + (f" recovery={recovery_dir}" if recovery_dir is not None else ""))
+               + (f" recovery={job.recovery_dir}" if job.recovery_dir is not None else ""))
     import time
 
     from streams.online import FlowStats
@@ -201,7 +138,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     if metrics_port is not None:
         from streams.metrics import FlowMetrics, process_label, serve_metrics
 
-        metrics = FlowMetrics(stats, holder, process_label(process_id, addresses, parts),
+        metrics = FlowMetrics(stats, holder, process_label(process_id, addresses, job.partitions),
                               kafka=s.kafka, topic=job.topic)
         bound = serve_metrics(metrics, metrics_port)
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)

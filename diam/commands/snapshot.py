@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from diam.cli import get_settings
+from diam.commands import get_settings
 from diam.settings import Settings
 
 

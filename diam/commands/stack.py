@@ -6,15 +6,7 @@ import os
 
 import click
 
-from diam.settings import Settings
-
-
-def get_settings(ctx: click.Context) -> Settings:
-    """``diam.cli.get_settings``, imported here rather than at the top: diam.cli imports this
-    module, so a top-level import would be circular when this module is imported first."""
-    from diam.cli import get_settings as settings_of
-
-    return settings_of(ctx)
+from diam.commands import get_settings
 
 
 def _docker_flag(f):  # type: ignore[no-untyped-def]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from diam.commands import get_settings
+
 
 @click.command("evaluate-stream")
 @click.option(
@@ -72,7 +74,6 @@ def evaluate_stream(
     NDCG@20, Entropy@20, K_u changes per 1000 events and mean drift from anchors. Thresholds
     come from the online settings (DIAM_ONLINE_*).
     """
-    from diam.cli import get_settings
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
     from online_model.prequential import evaluate_path, format_table

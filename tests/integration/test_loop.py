@@ -271,8 +271,7 @@ def test_new_catalogue_item_recommendable_through_the_api_and_in_the_stream_base
 
     from fastapi.testclient import TestClient
 
-    import diam.cli  # noqa: F401 - diam.commands.run imports diam.cli; load it first
-    from diam.commands.run import load_holder
+    from diam.app import load_holder
     from serving_cache.api import get_app
     from serving_cache.codec import UserVectors
     from serving_cache.reader import fail_fast
@@ -299,7 +298,7 @@ def test_new_catalogue_item_recommendable_through_the_api_and_in_the_stream_base
     s = stack.settings.model_copy(update={
         "kafka": kafka, "snapshot": store.cfg,
         "online": stack.settings.online.model_copy(update={"dim": 8})})
-    holder = load_holder(s, None, None, namespace=namespace)
+    holder = load_holder(s, namespace=namespace)
     holder._check_every_s = 0.0
     n0 = len(holder.learner.base.item_ids)
 

@@ -1,0 +1,127 @@
+"""Composition: what ``diam run``, ``diam replay`` and the benchmarks run, built from the one
+settings object.
+
+Commands parse options and print; this module turns settings into the learner holder and the
+dataflow job (:func:`streams.runner.run_online` builds the source and sinks from the job).
+A benchmark that needs a different learner passes a ``learner`` factory instead of patching one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from diam.settings import Settings
+from online_model.base import BaseView
+from online_model.config import OnlineConfig
+from online_model.online import OnlineLearner
+from streams.online import LearnerHolder
+from streams.runner import OnlineJob
+
+__all__ = ["LearnerFactory", "NoBaseModel", "load_holder", "online_job"]
+
+LearnerFactory = Callable[[BaseView, OnlineConfig], OnlineLearner]
+"""Builds the online learner over a base (``OnlineLearner`` itself, or a benchmark's variant);
+called again for every base a hot reload brings."""
+
+
+class NoBaseModel(LookupError):
+    """No base model to learn from; the message says the three ways to provide one."""
+
+
+def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: str | None = None,
+                base_from_data: str | None = None, hot_reload: bool = True,
+                namespace: str | None = None, learner: LearnerFactory = OnlineLearner) -> LearnerHolder:
+    """The learner holder of a run, over the first base found of: ``snapshot`` (a version in
+    the store), ``checkpoint`` (a checkpoint or snapshot directory), the active snapshot (hot
+    reloaded when a new version is published or new catalogue items arrive, unless
+    ``hot_reload`` is off), a co-occurrence base built from the prepared dataset
+    ``base_from_data``."""
+    from snapshotter.store import SnapshotError, SnapshotStore
+
+    cfg = settings.online
+    store = SnapshotStore(settings.snapshot)
+    if snapshot is not None:
+        try:
+            path = store.path(snapshot)
+        except SnapshotError as exc:
+            raise NoBaseModel(str(exc)) from None
+        if not path.is_dir():
+            known = ", ".join(i.version for i in store.versions()) or "none"
+            raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
+        base = BaseView.from_checkpoint(path)
+        return LearnerHolder(learner(base, cfg), base.version)
+    if checkpoint:
+        base = BaseView.from_checkpoint(checkpoint)
+        return LearnerHolder(learner(base, cfg), base.version)
+    version = store.active_version()
+    if version is not None:
+        base = BaseView.from_checkpoint(store.path(version), version=version)
+        reload = _follow_active(settings, store, base, namespace, learner) if hot_reload else None
+        return LearnerHolder(learner(base, cfg), version, reload=reload,
+                             check_every_s=settings.flow.reload_check_s)
+    if base_from_data:
+        from online_model.datasets import load_prepared
+
+        base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
+        return LearnerHolder(learner(base, cfg), base.version)
+    raise NoBaseModel(
+        "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
+        "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base"
+    )
+
+
+def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
+                   learner: LearnerFactory) -> Callable[[], tuple[OnlineLearner, str] | None]:
+    """The holder's reload hook: a newly published snapshot replaces the base; new catalogue
+    items enter the running base with a content embedding, under the same version."""
+    from serving_cache import redis_client
+    from snapshotter.store import ActiveWatcher
+    from streams.catalog import CatalogFollower
+    from streams.new_items import extend_base, load_tower
+
+    version = base.version
+    watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
+                            ns=namespace or settings.redis.namespace, current=version)
+    follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
+    tower = load_tower(store.path(version))
+
+    def reload() -> tuple[OnlineLearner, str] | None:
+        nonlocal base, tower
+        found = watcher.poll()
+        if found is None:
+            fresh = follower.poll()
+            new = extend_base(base, fresh, tower) if fresh else base
+            if new is base:
+                return None
+        else:
+            new_version, path = found
+            tower = load_tower(path)
+            new = BaseView.from_checkpoint(path, version=new_version)
+            new = extend_base(new, list(follower.items.values()), tower)
+        base = new
+        return learner(new, settings.online), new.version
+
+    return reload
+
+
+def online_job(settings: Settings, *, topic: str | None = None, namespace: str | None = None,
+               bounded: bool = False, workers: int = 1, process_id: int | None = None,
+               addresses: list[str] | None = None, recovery_dir: Path | None = None,
+               no_recovery: bool = False, partitions: list[int] | None = None,
+               stop: threading.Event | None = None) -> OnlineJob:
+    """One run of the online dataflow. A tailing run in one process is a service and must
+    survive a crash without losing or redoing work: without ``recovery_dir`` (or
+    ``no_recovery``) it gets a recovery store of its own under the stack's home,
+    ``recovery/<namespace>--<topic>[--p<partitions>]``. Bounded runs (replays, batch jobs)
+    and Bytewax clusters use none unless given."""
+    ns = namespace or settings.redis.namespace
+    topic = topic or settings.kafka.clicks_topic
+    if recovery_dir is None and not (bounded or no_recovery or addresses):
+        tag = "" if partitions is None else "--p" + "-".join(map(str, sorted(set(partitions))))
+        recovery_dir = Path(settings.stack.home) / "recovery" / f"{ns}--{topic}{tag}"
+    return OnlineJob(kafka=settings.kafka, redis=settings.redis, flow=settings.flow, topic=topic,
+                     namespace=ns, bounded=bounded, workers=workers, process_id=process_id,
+                     addresses=list(addresses or []), recovery_dir=recovery_dir,
+                     partitions=partitions, stop=stop)

@@ -1,0 +1,60 @@
+"""The composition module and the command line's assembly: the job and the learner holder
+built from settings, and commands that never import the CLI that registers them."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import diam.commands
+from diam.app import NoBaseModel, load_holder, online_job
+from diam.settings import load_settings
+from online_model.online import OnlineLearner
+
+
+def _areas() -> list[str]:
+    return [m.name for m in pkgutil.iter_modules(diam.commands.__path__)]
+
+
+def test_command_modules_import_without_the_cli() -> None:
+    code = ("import importlib, sys\n"
+            f"for name in {_areas()!r}:\n"
+            "    importlib.import_module('diam.commands.' + name)\n"
+            "assert 'diam.cli' not in sys.modules, 'a command module imports diam.cli'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_command_module_is_registered() -> None:
+    from diam.cli import main
+
+    for name in _areas():
+        for cmd in importlib.import_module(f"diam.commands.{name}").COMMANDS:
+            assert main.commands[cmd.name] is cmd, f"diam.commands.{name} is not registered"
+
+
+def test_a_tailing_run_gets_a_recovery_store_of_its_own(tmp_path) -> None:
+    s = load_settings(stack={"home": str(tmp_path)})
+    job = online_job(s, namespace="ns1", partitions=[2, 0])
+    assert job.recovery_dir == tmp_path / "recovery" / "ns1--diam.clicks--p0-2"
+    assert (job.topic, job.namespace, job.flow) == ("diam.clicks", "ns1", s.flow)
+    assert online_job(s, bounded=True).recovery_dir is None
+    assert online_job(s, no_recovery=True).recovery_dir is None
+    assert online_job(s, addresses=["h:1", "h:2"]).recovery_dir is None
+
+
+def test_the_holder_builds_its_learner_with_the_factory_given(tmp_path) -> None:
+    from snapshotter.testing import write_checkpoint
+
+    class Quiet(OnlineLearner):
+        pass
+
+    s = load_settings(snapshot={"dir": str(tmp_path / "snaps")}, online={"dim": 8})
+    ck = write_checkpoint(tmp_path / "ck", n_items=30, dim=8)
+    holder = load_holder(s, checkpoint=str(ck), learner=Quiet)
+    assert type(holder.learner) is Quiet and holder.version == holder.learner.base.version
+    with pytest.raises(NoBaseModel, match="no base model"):
+        load_holder(s)
