@@ -1,38 +1,48 @@
-"""Value codec of a user's entry in Redis (DESIGN.md §3).
+"""Value codec of a user's entry in Redis (DESIGN.md §3): the one owner of its bytes.
 
-A msgpack map ``{v, seq, model, a, k, d, dim, vecs, ts, n, s}``; ``vecs`` is K_u×dim float16
-little-endian bytes; ``a`` says what anchored the vectors (``"diam"``: the DIAM network's
-interests, ``"kmeans"``: centroids of the user's recent items, on a base without the
-network's extractor); ``s`` is the user's last seen item rows (int32 little-endian, rows of
-the snapshot ``model``'s item table, oldest first), which serving excludes by default. At
-K_u=4, dim=64 and 50 seen items the value is about 780 bytes.
+A msgpack map ``{v, seq, model, a, k, d, dim, vecs, ts, n, s}`` in that key order, byte for
+byte ``msgpack.packb`` of the map with msgpack's default options, so any msgpack reader decodes
+it with its defaults: text fields are str, ``vecs`` (K_u×dim float16 little-endian) and ``s``
+(the user's last seen item rows, int32 little-endian, rows of the snapshot ``model``'s item
+table, oldest first; serving excludes them by default) are bin. ``a`` says what anchored the
+vectors (``"diam"``: the DIAM network's interests, ``"kmeans"``: centroids of the user's recent
+items, on a base without the network's extractor). ``d`` is a float64; the integers are int64.
 
-The map is packed without msgpack's ``bin`` type (``use_bin_type=False``): byte strings travel
-as the older ``raw`` family, because the cmsgpack library embedded in Redis's Lua predates
-``bin`` and refuses it ("Bad data format"), and the write-if-newer script must read ``seq``
-on the server. Readers therefore unpack with ``raw=True`` and decode the text fields.
+The write-if-newer script (:mod:`serving_cache.writer`) reads ``seq`` on the server from the
+bytes right after :data:`HEAD` (Redis's embedded cmsgpack refuses bin, so it cannot unpack the
+map); the script's prefix is generated from :data:`HEAD`.
 
 >>> import numpy as np
 >>> uv = UserVectors(seq=7, model="base-1", k=2, d=0.5, dim=2,
 ...                  vecs=np.array([[1, 0], [0, 1]], dtype=np.float32), ts=1000, n=3,
 ...                  anchor="diam", seen=np.array([4, 9], dtype=np.int32))
->>> decode_user(encode_user(uv)) == uv
+>>> raw = encode_user(uv)
+>>> decode_user(raw) == uv
 True
+>>> m = msgpack.unpackb(raw)
+>>> m["model"], m["a"], np.frombuffer(m["s"], "<i4").tolist()
+('base-1', 'diam', [4, 9])
 """
 
 from __future__ import annotations
 
-import struct
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import numpy as np
 
-__all__ = ["UserVectors", "new_vectors", "encode_user", "encode_users", "decode_user", "CODEC_VERSION", "CodecError"]
+__all__ = ["UserVectors", "new_vectors", "Encoder", "encode_user", "encode_users", "decode_user",
+           "CODEC_VERSION", "CodecError", "HEAD"]
 
 CODEC_VERSION = 1
+HEAD = b"\x8b\xa1v" + msgpack.packb(CODEC_VERSION) + b"\xa3seq"
+"""The first bytes of every value: the 11-entry map's header, ``"v": 1`` and the key ``"seq"``
+(its packed integer follows)."""
+D_KEY = b"\xa1d\xcb"  # "d", then a float64, as msgpack packs a Python float
+_F4 = np.dtype(np.float32)
+_F8BE = np.dtype(">f8")
 _F16LE = np.dtype("<f2")
 _I4LE = np.dtype("<i4")
 _NO_SEEN = np.zeros(0, dtype=np.int32)
@@ -83,8 +93,8 @@ _NEW = object.__new__
 def new_vectors(seq: int, model: str, k: int, d: float, dim: int, vecs: np.ndarray, ts: int,
                 n: int, anchor: str = "kmeans", seen: np.ndarray | None = None) -> UserVectors:
     """``UserVectors(...)`` without the frozen dataclass's per-field ``__setattr__`` round trips
-    (~2.7 µs to ~1 µs; the stream builds one per pushed user on its own thread). The caller
-    vouches that the arguments already have the field types.
+    (the stream builds one per pushed user on its own thread). The caller vouches that the
+    arguments already have the field types.
 
     >>> v = np.zeros((1, 2), np.float32)
     >>> new_vectors(1, "m", 1, 0.5, 2, v, 3, 4) == UserVectors(1, "m", 1, 0.5, 2, v, 3, 4)
@@ -96,136 +106,166 @@ def new_vectors(seq: int, model: str, k: int, d: float, dim: int, vecs: np.ndarr
     return uv
 
 
-_LOCAL = threading.local()
+class Encoder:
+    """Encodes chunks of :class:`UserVectors`; one per writing thread (it holds a msgpack Packer,
+    which is not thread-safe, and the packed model fragments of the names it has seen).
+
+    A chunk's fields are gathered once into flat arrays (every user's vectors rounded to float16
+    in one numpy call) and a compiled kernel (:mod:`serving_cache.codec_kernels`) writes every
+    byte. Fields of other types (numpy scalars, float64 or non-contiguous vectors, lists) are
+    first converted as the contract says; integers outside int64 and vectors whose size is not
+    k·dim raise :class:`CodecError`.
+    """
+
+    def __init__(self) -> None:
+        self._pack = msgpack.Packer().pack
+        self._frags: dict[tuple[str, str], bytes] = {}
+
+    def encode(self, uvs: Sequence[UserVectors]) -> list[bytes]:
+        """The value of each user, in order."""
+        if not uvs:
+            return []
+        # numba is imported on the first encode, not with the package: readers never encode
+        from serving_cache.codec_kernels import pack_values
+
+        f = self._gather(uvs)
+        if f is None:
+            try:
+                f = self._gather([_normalised(uv) for uv in uvs])
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise CodecError(f"a user's fields do not fit the contract: {exc}") from exc
+            if f is None:
+                raise CodecError("a user's fields do not fit the contract: seq, k, dim, ts and n "
+                                 "must be int64 (k and dim non-negative, k·dim < 2**31)")
+        buf, off = pack_values(f)
+        raw = buf.tobytes()
+        o = off.tolist()
+        return [raw[o[i]:o[i + 1]] for i in range(len(uvs))]
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's on-disk cache) the kernel, so that the first push does
+        not wait for it."""
+        self.encode([new_vectors(1, "m", 1, 0.5, 2, np.zeros((1, 2), np.float32), 2, 3)])
+
+    def _fragment(self, model: str, anchor: str) -> bytes:
+        """``"model", <packed name>, "a", <packed anchor kind>, "k"``: the bytes between the
+        packed seq and the packed k."""
+        frag = self._frags.get((model, anchor))
+        if frag is None:
+            if len(self._frags) >= 64:  # model names change rarely; never grow without bound
+                self._frags.clear()
+            frag = self._frags[(model, anchor)] = (b"\xa5model" + self._pack(model) + b"\xa1a"
+                                                   + self._pack(anchor) + b"\xa1k")
+        return frag
+
+    def _gather(self, uvs: Sequence[UserVectors]) -> Any:
+        """The chunk as :class:`serving_cache.codec_kernels.Fields`, or None when a field is not
+        already of the contract's type. Per user a handful of C-level list and numpy steps."""
+        from serving_cache.codec_kernels import Fields
+
+        try:
+            seq, models, k, ds, dim, vl, ts, n, sl = zip(*[
+                (uv.seq, (uv.model, uv.anchor), uv.k, uv.d, uv.dim, uv.vecs, uv.ts, uv.n, uv.seen)
+                for uv in uvs], strict=True)
+            if ({s.dtype for s in sl} != {_I4LE} or {v.dtype for v in vl} != {_F4}
+                    or any(s.ndim != 1 for s in sl)):
+                return None
+            seen_nb = np.fromiter([4 * s.shape[0] for s in sl], np.int64, len(sl))
+            seen = np.frombuffer(b"".join(sl), np.uint8)  # TypeError unless C-contiguous
+            flat = np.frombuffer(b"".join(vl), np.float32)
+            ints = []
+            for col in (seq, k, dim, ts, n):
+                a = _int64(col)
+                if a is None:
+                    return None
+                ints.append(a)
+            seq_a, k_a, dim_a, ts_a, n_a = ints
+            sizes = np.fromiter([v.size for v in vl], np.int64, len(vl))
+            if (((k_a | dim_a) < 0).any() or (np.maximum(k_a, dim_a) > 2**31).any()
+                    or not np.array_equal(sizes, k_a * dim_a)):
+                return None  # k·dim must not wrap, and must be the size of vecs
+            d = np.array(ds, dtype=np.float64)
+            if d.ndim != 1:
+                return None
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            return None
+        m0 = models[0]
+        if models.count(m0) == len(models):  # the common case: one model for the whole chunk
+            frags = [self._fragment(*m0)]
+            midx = np.zeros(len(models), np.int64)
+        else:
+            index: dict[Any, int] = {}
+            midx = np.fromiter([index.setdefault(m, len(index)) for m in models], np.int64,
+                               len(models))
+            frags = [self._fragment(*m) for m in index]
+        frag_off = np.zeros(len(frags) + 1, np.int64)
+        np.cumsum([len(f) for f in frags], out=frag_off[1:])
+        return Fields(seq_a, k_a, dim_a, ts_a, n_a, d.astype(_F8BE).view(np.uint8), midx,
+                      np.frombuffer(b"".join(frags), np.uint8), frag_off,
+                      flat.astype(_F16LE).view(np.uint8), seen, seen_nb)
 
 
-def _packer() -> msgpack.Packer:
-    # one Packer per thread (packb builds a new one per call: about a third of an encode);
-    # a Packer is not thread-safe, and the stream's Redis writers run on their own threads
-    p = getattr(_LOCAL, "packer", None)
-    if p is None:
-        p = _LOCAL.packer = msgpack.Packer(use_bin_type=False)
-    return p
+def _int64(values: Sequence[Any]) -> np.ndarray | None:
+    # np.array infers int64 only when every value is an integer that fits; anything else
+    # (floats, bools, ints beyond int64, objects) is converted by _normalised first
+    a = np.array(values)
+    if a.dtype == np.int64:
+        return a
+    if a.dtype.kind in "iu" and np.can_cast(a.dtype, np.int64):
+        return a.astype(np.int64)
+    return None
 
 
-def encode_user(uv: UserVectors) -> bytes:
-    """Serialise; vectors are rounded to float16."""
-    return encode_users([uv])[0]
-
-
-# Byte strings packed once and reused: the map header with the first key and value
-# ({"v": 1, "seq": ..., which the Lua write-if-newer script reads), and per model name and per
-# vecs size the fragments between the packed scalars.
-_HEAD = b"\x8b\xa1v" + msgpack.packb(CODEC_VERSION) + b"\xa3seq"
-_D_KEY = b"\xa1d\xcb"  # "d", then a float64, as msgpack packs a Python float
-_PACK_F64 = struct.Struct(">d").pack
-_MODEL_FRAG: dict[tuple[str, str], bytes] = {}
-_VECS_FRAG: dict[tuple[int, int], bytes] = {}
-
-
-def _model_fragment(model: str, anchor: str) -> bytes:
-    """``"model", <packed name>, "a", <packed anchor kind>, "k"``: the bytes between the packed
-    seq and the packed k, cached per model name and anchor kind (both the Python and the
-    compiled encoders use them)."""
-    frag = _MODEL_FRAG.get((model, anchor))
-    if frag is None:
-        if len(_MODEL_FRAG) >= 64:  # model names change rarely; never grow without bound
-            _MODEL_FRAG.clear()
-        pack = _packer().pack
-        frag = _MODEL_FRAG[(model, anchor)] = (b"\xa5model" + pack(model) + b"\xa1a"
-                                               + pack(anchor) + b"\xa1k")
-    return frag
+def _normalised(uv: UserVectors) -> UserVectors:
+    """``uv`` with every field of the contract's type: Python ints, a float, C-contiguous
+    float32 [k, dim] vectors (float32 first, then float16 when packed) and int32 seen rows."""
+    k, dim = int(uv.k), int(uv.dim)
+    vecs = np.ascontiguousarray(np.asarray(uv.vecs, dtype=np.float32).reshape(k, dim))
+    seen = np.ascontiguousarray(np.asarray(uv.seen).reshape(-1), dtype=_I4LE)
+    return new_vectors(int(uv.seq), uv.model, k, float(uv.d), dim, vecs, int(uv.ts), int(uv.n),
+                       uv.anchor, seen)
 
 
 def encode_users(uvs: Sequence[UserVectors]) -> list[bytes]:
-    """:func:`encode_user` of each, in order; the bytes are identical.
-
-    The values are the bytes of ``msgpack.packb`` (``use_bin_type=False``) of the contract's
-    map in this key order. The stream's Redis writer encodes a batch of pushed users at a time,
-    on a thread that shares the GIL with the dataflow, so the bytes are written by a compiled
-    kernel (:mod:`serving_cache.wire`) from the chunk's fields gathered once, with every
-    user's vectors rounded to float16 in one numpy call: 1.9-3.5 µs of CPU per user in batches
-    of 500 users (K_u = 4, d = 64; about 0.9 µs of it is numpy's float16 rounding), from
-    3.6-6.7 µs assembling fragments in Python (nine interleaved repeats on a shared 2-core
-    machine). Fields the kernel does not take (integers beyond int64, vecs whose size is not
-    k·dim, odd types) are packed in Python by :func:`_encode_users_py`, as before.
-    """
-    if not uvs:
-        return []
-    # numba is imported on the first encode, not with the package: readers never encode
-    from serving_cache import wire
-
-    f = wire.gather(uvs)
-    if f is None:
-        return _encode_users_py(uvs)
-    buf, off = wire.pack_values(f)
-    raw = buf.tobytes()
-    o = off.tolist()
-    return [raw[o[i]:o[i + 1]] for i in range(len(uvs))]
+    """The value of each user, in order (:meth:`Encoder.encode` with a fresh encoder)."""
+    return Encoder().encode(uvs)
 
 
-def _encode_users_py(uvs: Sequence[UserVectors]) -> list[bytes]:
-    """The Python assembly from fragments, for chunks the kernel does not take (and the
-    reference the kernel is tested against)."""
-    if not uvs:
-        return []
-    pack = _packer().pack
-    mats = []
-    for uv in uvs:
-        v = uv.vecs
-        if type(v) is not np.ndarray or v.dtype != np.float32 or v.shape != (uv.k, uv.dim):
-            v = np.asarray(v, dtype=np.float32).reshape(uv.k, uv.dim)
-        mats.append(v.reshape(-1))
-    blob = np.concatenate(mats).astype(_F16LE).tobytes()
-    out = []
-    o = 0
-    for uv, m in zip(uvs, mats, strict=True):
-        nb = 2 * m.shape[0]
-        frag_m = _model_fragment(uv.model, uv.anchor)
-        seen = np.ascontiguousarray(uv.seen, dtype=_I4LE).tobytes()
-        dim = int(uv.dim)
-        frag_v = _VECS_FRAG.get((dim, nb))
-        if frag_v is None:
-            if len(_VECS_FRAG) >= 256:
-                _VECS_FRAG.clear()
-            raw = pack(bytes(nb))  # the raw-string header for nb bytes, then the bytes
-            frag_v = _VECS_FRAG[(dim, nb)] = b"\xa3dim" + pack(dim) + b"\xa4vecs" + raw[: len(raw) - nb]
-        out.append(b"".join((_HEAD, pack(int(uv.seq)), frag_m, pack(int(uv.k)), _D_KEY,
-                             _PACK_F64(float(uv.d)), frag_v, blob[o:o + nb], b"\xa2ts",
-                             pack(int(uv.ts)), b"\xa1n", pack(int(uv.n)), b"\xa1s",
-                             pack(seen))))
-        o += nb
-    return out
+def encode_user(uv: UserVectors) -> bytes:
+    """The value of one user; vectors are rounded to float16."""
+    return Encoder().encode([uv])[0]
+
+
+def _bytes(x: Any) -> bytes:
+    # values written before byte fields were bin carried them as raw strings: unpacked with
+    # surrogateescape, they encode back to the same bytes
+    return x if isinstance(x, bytes) else str(x).encode("utf-8", "surrogateescape")
 
 
 def decode_user(raw: bytes) -> UserVectors:
     """Parse a stored value; vectors come back as float32 (exactly the stored float16 values)."""
     try:
-        packed = msgpack.unpackb(raw, raw=True)
+        m = msgpack.unpackb(raw, unicode_errors="surrogateescape")
     except Exception as exc:
         raise CodecError(f"not a msgpack map: {exc}") from exc
-    if not isinstance(packed, dict):
-        raise CodecError(f"expected a msgpack map, got {type(packed).__name__}")
-    m = {k.decode() if isinstance(k, bytes) else k: v for k, v in packed.items()}
+    if not isinstance(m, dict):
+        raise CodecError(f"expected a msgpack map, got {type(m).__name__}")
     if m.get("v") != CODEC_VERSION:
         raise CodecError(f"unsupported value version {m.get('v')!r}")
-    k, dim, blob = int(m["k"]), int(m["dim"]), m["vecs"]
-    if len(blob) != k * dim * 2:
-        raise CodecError(f"vecs holds {len(blob)} bytes, expected k*dim*2 = {k * dim * 2}")
-    vecs = np.frombuffer(blob, dtype=_F16LE).astype(np.float32).reshape(k, dim)
-    seen_raw = m.get("s", b"")
-    if len(seen_raw) % 4:
-        raise CodecError(f"s holds {len(seen_raw)} bytes, not a whole number of int32 rows")
-    anchor = m.get("a", b"kmeans")  # values written before the field existed were k-means
-    return UserVectors(
-        seq=int(m["seq"]),
-        model=m["model"].decode() if isinstance(m["model"], bytes) else str(m["model"]),
-        k=k,
-        d=float(m["d"]),
-        dim=dim,
-        vecs=vecs,
-        ts=int(m["ts"]),
-        n=int(m.get("n", 0)),
-        anchor=anchor.decode() if isinstance(anchor, bytes) else str(anchor),
-        seen=np.frombuffer(seen_raw, dtype=_I4LE).astype(np.int32),
-    )
+    try:
+        k, dim, blob, seen = int(m["k"]), int(m["dim"]), _bytes(m["vecs"]), _bytes(m.get("s", b""))
+        if len(blob) != k * dim * 2:
+            raise CodecError(f"vecs holds {len(blob)} bytes, expected k*dim*2 = {k * dim * 2}")
+        if len(seen) % 4:
+            raise CodecError(f"s holds {len(seen)} bytes, not a whole number of int32 rows")
+        return UserVectors(
+            seq=int(m["seq"]), model=str(m["model"]), k=k, d=float(m["d"]), dim=dim,
+            vecs=np.frombuffer(blob, dtype=_F16LE).astype(np.float32).reshape(k, dim),
+            ts=int(m["ts"]), n=int(m.get("n", 0)),
+            anchor=str(m.get("a", "kmeans")),  # values written before the field were k-means
+            seen=np.frombuffer(seen, dtype=_I4LE).astype(np.int32),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"a field is missing or mistyped: {exc!r}") from exc

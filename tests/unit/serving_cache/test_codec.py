@@ -1,7 +1,9 @@
 """Redis key and value encoding, pinned byte for byte."""
 
+import dataclasses
 import hashlib
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ from serving_cache import (
     model_active_key,
     user_key,
 )
+from serving_cache.codec import encode_users
 from serving_cache.keys import user_pattern, validate_namespace
+from tests.unit.serving_cache.test_codec_kernels import reference_value
 
 
 def test_keys_are_pinned() -> None:
@@ -38,8 +42,8 @@ def test_value_encoding_is_pinned() -> None:
     expected = (
         b"\x8b\xa1v\x01\xa3seq\xcd\x04\xd2\xa5model\xa9v20261128\xa1a\xa6kmeans\xa1k\x02"
         b"\xa1d\xcb?\xe4\x00\x00\x00\x00\x00\x00"
-        b"\xa3dim\x03\xa4vecs\xac\x00<\x00\xb8\x004\x00\x00\x00@\x00\xbc\xa2ts\xcf\x00\x00\x00\xcc\xe4\x16\x60\x00"
-        b"\xa1n\x07\xa1s\xa0"
+        b"\xa3dim\x03\xa4vecs\xc4\x0c\x00<\x00\xb8\x004\x00\x00\x00@\x00\xbc\xa2ts\xcf\x00\x00\x00\xcc\xe4\x16\x60\x00"
+        b"\xa1n\x07\xa1s\xc4\x00"
     )
     assert raw == expected, raw
     assert hashlib.sha256(raw).hexdigest() == hashlib.sha256(expected).hexdigest()
@@ -66,18 +70,30 @@ def test_corrupt_values_raise_codec_error() -> None:
         decode_user(bytes(raw[:-12]))
 
 
-def _reference_encoding(uv: UserVectors) -> bytes:
-    # the contract's map packed by msgpack itself (the one reference, in test_wire)
-    from tests.unit.serving_cache.test_wire import reference_value
+def test_any_msgpack_reader_decodes_every_field_with_its_defaults() -> None:
+    uv = UserVectors(seq=3, model="v1", k=1, d=0.25, dim=2, vecs=np.ones((1, 2), np.float32),
+                     ts=9, n=4, anchor="diam", seen=np.array([5, 6], np.int32))
+    m = msgpack.unpackb(encode_user(uv))
+    assert list(m) == ["v", "seq", "model", "a", "k", "d", "dim", "vecs", "ts", "n", "s"]
+    assert (m["v"], m["seq"], m["model"], m["a"], m["k"], m["d"], m["dim"], m["ts"], m["n"]) == (
+        1, 3, "v1", "diam", 1, 0.25, 2, 9, 4)
+    assert np.frombuffer(m["vecs"], "<f2").tolist() == [1.0, 1.0]
+    assert np.frombuffer(m["s"], "<i4").tolist() == [5, 6]
 
-    return reference_value(uv)
+
+def test_values_written_before_bytes_were_bin_still_decode() -> None:
+    # the byte fields travelled as msgpack raw strings (use_bin_type=False) until issue 18
+    uv = _uv()
+    seen = np.array([7, -1, 2**31 - 1], np.int32)
+    old = msgpack.packb({"v": 1, "seq": uv.seq, "model": uv.model, "a": "diam", "k": uv.k,
+                         "d": uv.d, "dim": uv.dim, "vecs": uv.vecs.astype("<f2").tobytes(),
+                         "ts": uv.ts, "n": uv.n, "s": seen.tobytes()}, use_bin_type=False)
+    assert decode_user(old) == dataclasses.replace(uv, anchor="diam", seen=seen)
 
 
 def test_batch_encoding_equals_msgpack_of_the_map() -> None:
-    # every msgpack width of the integers, model names across the fixstr/raw16 boundary,
-    # empty and long vecs (fixraw, raw16), and numpy scalars in the fields
-    from serving_cache.codec import encode_users
-
+    # every msgpack width of the integers, model names across the fixstr/str8 boundary,
+    # empty and long vecs (bin8, bin16), and numpy scalars in the fields
     rng = np.random.default_rng(3)
     uvs = []
     for seq in (0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1):
@@ -88,7 +104,7 @@ def test_batch_encoding_equals_msgpack_of_the_map() -> None:
                                        ts=-5 if seq == 1 else seq // 3, n=seq // 2))
     uvs.append(UserVectors(seq=np.int64(9), model="m", k=np.int64(2), d=np.float32(0.25), dim=3,
                            vecs=np.ones((2, 3), np.float64), ts=np.int64(4), n=1))
-    want = [_reference_encoding(uv) for uv in uvs]
+    want = [reference_value(uv) for uv in uvs]
     assert encode_users(uvs) == want
     assert [encode_user(uv) for uv in uvs] == want
     assert encode_users(uvs[:1]) == want[:1] and encode_users([]) == []
