@@ -34,7 +34,7 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   not sampled: the 2000 users' first events (new state, anchoring) and the process's first
   batches are start-up, not the steady state a running stream serves from. The producer
   lingers ``freshness_producer_linger_ms`` (5 ms, librdkafka's default and ``diam produce
-  --rate``'s); the dataflow fetches with ``dataflow_fetch`` (``streams.kafka_io.FETCH_DEFAULTS``).
+  --rate``'s); the dataflow fetches with ``dataflow_fetch`` (``KafkaConfig.fetch_wait_max_ms`` and ``fetch_min_bytes``).
 - ``redis_bytes_per_user``: Redis ``MEMORY USAGE`` of users at K_u = 4, d = 64;
   ``state_bytes_per_user``: the per-user snapshot Bytewax stores (``_UserLogic.snapshot`` pickled);
   ``snapshot_us_per_user``: its cost at each epoch end, per touched user.
@@ -79,7 +79,6 @@ from serving_cache import UserVectors, decode_user, redis_client, user_key  # no
 from streams.config import FlowConfig  # noqa: E402
 from streams.events import ClickEvent, decode_click, encode_event  # noqa: E402
 from streams.kafka_io import (  # noqa: E402
-    FETCH_DEFAULTS,
     RawRecord,  # noqa: E402
     ensure_topic,
     watermarks,
@@ -300,7 +299,7 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 
     # librdkafka's default linger (5 ms), as `diam produce --rate` uses: with 1 ms, the
     # broker's share of the 2 cores while serving ~1000 tiny produce requests a second slowed
-    # the dataflow being measured (streams.kafka_io.FETCH_DEFAULTS has the numbers)
+    # the dataflow being measured (KafkaConfig.fetch_min_bytes says why)
     p = Producer({**settings.kafka.client_config(), "linger.ms": FRESH_LINGER_MS})
     poller = threading.Thread(target=poll_redis, daemon=True)
     poller.start()
@@ -527,7 +526,8 @@ def main() -> None:
         "freshness_warmup_s": warm_s,
         "epoch_interval_s": settings.flow.epoch_interval_s,
         "freshness_producer_linger_ms": FRESH_LINGER_MS,
-        "dataflow_fetch": FETCH_DEFAULTS,
+        "dataflow_fetch": {"fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
+                           "fetch.min.bytes": settings.kafka.fetch_min_bytes},
         "consume_batch": settings.flow.batch_size,
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",

@@ -57,9 +57,20 @@ class KafkaConfig(BaseModel):
     ssl_ca_location: str | None = None
     """CA bundle for SSL."""
 
+    fetch_wait_max_ms: int = Field(default=20, ge=0)
+    """The dataflow's consumer: longest wait for ``fetch_min_bytes`` before a fetch is answered
+    (librdkafka ``fetch.wait.max.ms``). It bounds what the wait adds to freshness at low rates."""
+
+    fetch_min_bytes: int = Field(default=65_536, ge=1)
+    """The dataflow's consumer: bytes a fetch waits for (librdkafka ``fetch.min.bytes``). With
+    librdkafka's default of one byte, a tailing consumer asks again as soon as one record has
+    arrived, and the broker's CPU goes to tiny fetches on a machine that also runs the
+    dataflow; with 64 KiB a tailing run fetches about every ``fetch_wait_max_ms``. Bulk reads
+    are unchanged: their fetches are full."""
+
     extra: dict[str, str] = Field(default_factory=dict)
     """Any further librdkafka properties, passed through unchanged (e.g.
-    ``{"ssl.endpoint.identification.algorithm": "none"}``)."""
+    ``{"ssl.endpoint.identification.algorithm": "none"}``); they override the fields above."""
 
     def client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties common to producers, consumers and admin clients."""
@@ -77,6 +88,12 @@ class KafkaConfig(BaseModel):
                 conf[key] = value
         conf.update(self.extra)
         return conf
+
+    def consumer_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka properties of the dataflow's consumer: :meth:`client_config` with the
+        fetch settings (``extra`` still wins)."""
+        return {"fetch.wait.max.ms": self.fetch_wait_max_ms, "fetch.min.bytes": self.fetch_min_bytes,
+                **self.client_config()}
 
 
 class FlowConfig(BaseModel):
@@ -141,7 +158,19 @@ class FlowConfig(BaseModel):
     """Earliest accepted event time (1990-01-01). MovieLens-100K starts in 1997."""
 
     ts_max_future_ms: int = 86_400_000
-    """How far in the future (vs. the wall clock) an event time may be: one day of clock skew."""
+    """How far an event's own time may be ahead of its Kafka record's timestamp: one day of
+    clock skew between the producer's clock and the event's. The record timestamp, not the
+    wall clock, so that a replay accepts and rejects exactly what the live run did."""
+
+    sink_queue_batches: int = Field(default=32, ge=1)
+    """Output batches of user vectors queued per Redis sink partition while a write is in
+    flight; a full queue blocks the dataflow (backpressure) instead of growing memory during a
+    Redis outage. Batches queued meanwhile are merged into one write."""
+
+    redis_backoff_max_s: float = Field(default=1.0, gt=0)
+    """Longest wait between retries of a failed Redis write (the wait doubles from 50 ms up to
+    this); nothing is dropped while Redis is down. One second notices a restarted Redis
+    quickly without busy-looping on a dead one."""
 
 
 class DriftConfig(BaseModel):

@@ -38,7 +38,6 @@ from streams.config import KafkaConfig
 from streams.kafka_health import BrokerHealth
 
 __all__ = [
-    "FETCH_DEFAULTS",
     "BrokerHealth",
     "RawRecord",
     "ClickSource",
@@ -160,30 +159,14 @@ def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 
         c.close()
 
 
-# How the dataflow's consumer fetches. A fetch is answered when 64 KB are ready or after 20 ms.
-# With librdkafka's default fetch.min.bytes (1 byte), a tailing consumer asks again as soon as
-# one record has arrived. At 5k events/s that kept the broker busy with tiny fetches: the
-# broker's JVM took 89% of a core, on a 2-core box that also runs the dataflow. With 64 KB,
-# a tailing run fetches about every 20 ms. Same box, same 16 s freshness trace (5k events/s,
-# 2000 users, one dataflow process):
-#   - the broker's CPU fell to 72%, and to 42% once the producer also used librdkafka's
-#     default linger.ms (5 ms) instead of 1 ms;
-#   - the trace's freshness p99 fell from 317-880 ms (four runs) to 204 ms (one run), and to
-#     160-204 ms (three runs) with the 5 ms linger.
-# At low rates the wait adds at most 20 ms. Bulk reads are unchanged: their fetches are full.
-# A key in KafkaConfig.extra (e.g. "fetch.wait.max.ms") overrides these.
-FETCH_DEFAULTS: dict[str, str | int | float | bool] = {"fetch.wait.max.ms": "20", "fetch.min.bytes": "65536"}
-
-
 class _SharedConsumer:
     """One librdkafka consumer for all the partitions of a topic that one worker reads.
 
     Bytewax polls a worker's partitions one after another. With a consumer per partition,
-    each poll of a caught-up partition waited out its timeout while the others' records
-    aged: produce-to-consume latency at 5k events/s over 4 partitions measured p50 0.2-1.8 s,
-    against 20-120 ms for one consumer over the same partitions (same box, same minutes).
+    each poll of a caught-up partition waited out its timeout while the others' records aged.
     Here one consumer fetches for all of them and hands each record to its partition's
-    buffer; per-partition order and offsets (the recovery snapshots) are unchanged.
+    buffer; per-partition order and offsets (the recovery snapshots) are unchanged. The
+    :class:`ClickSource` keeps one per worker thread.
     """
 
     def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int) -> None:
@@ -199,9 +182,12 @@ class _SharedConsumer:
         self.consumer.incremental_assign([TopicPartition(self.topic, part, start)])
         return buf
 
-    def remove(self, part: int) -> None:
-        if self.buffers.pop(part, None) is not None:
-            self.consumer.incremental_unassign([TopicPartition(self.topic, part)])
+    def remove(self, part: int) -> bool:
+        """Stop reading ``part``; False when it was not read here (released already)."""
+        if self.buffers.pop(part, None) is None:
+            return False
+        self.consumer.incremental_unassign([TopicPartition(self.topic, part)])
+        return True
 
     def fill(self) -> None:
         # A short wait: a worker polls its partitions in turn, and an idle one must not hold
@@ -240,25 +226,14 @@ class _SharedConsumer:
         self.consumer.close()
 
 
-# (worker thread, topic) -> its shared consumer; Bytewax builds and polls a worker's
-# partitions on that worker's thread
-_SHARED: dict[tuple[int, str], _SharedConsumer] = {}
-_SHARED_LOCK = threading.Lock()
-
-
 class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
-    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, part: int, start: int, end: int | None,
-                 batch_size: int, stop: threading.Event | None = None) -> None:
-        self._topic, self._part, self._end = topic, part, end
-        self._stop = stop
+    def __init__(self, source: ClickSource, shared: _SharedConsumer, part: int, start: int,
+                 end: int | None) -> None:
+        self._source, self._shared = source, shared
+        self._topic, self._part, self._end = source.topic, part, end
+        self._stop = source.stop
         self._next = start
-        self._batch = batch_size
-        self._key = (threading.get_ident(), topic)
-        with _SHARED_LOCK:
-            shared = _SHARED.get(self._key)
-            if shared is None or part in shared.buffers:  # (stale: a run that never closed)
-                shared = _SHARED[self._key] = _SharedConsumer(conf, topic, batch_size)
-        self._shared = shared
+        self._batch = source.batch_size
         self._buf = shared.add(part, start)
 
     def next_batch(self) -> list[RawRecord]:
@@ -289,11 +264,7 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
         return self._next
 
     def _release(self) -> None:
-        with _SHARED_LOCK:
-            self._shared.remove(self._part)
-            if not self._shared.buffers and _SHARED.get(self._key) is self._shared:
-                del _SHARED[self._key]
-                self._shared.close()
+        self._source._release(self._shared, self._part)
 
     def close(self) -> None:
         self._release()
@@ -320,6 +291,10 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
         self.start, self.end, self.bounded = start, end, bounded
         self.batch_size = batch_size
         self._marks: dict[int, tuple[int, int]] | None = None
+        # worker thread -> its shared consumer: Bytewax builds and polls a worker's partitions
+        # on that worker's thread
+        self._consumers: dict[int, _SharedConsumer] = {}
+        self._lock = threading.Lock()
 
     def _watermarks(self) -> dict[int, tuple[int, int]]:
         # read once for all partitions of this process: each read is a metadata request plus
@@ -339,10 +314,6 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ClickPartition:
         part = int(for_part.split("-", 1)[0])
-        # fetch defaults first, so that KafkaConfig.extra can override them
-        conf = {**FETCH_DEFAULTS, **self.cfg.client_config()}
-        conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
-                     "enable.partition.eof": "false"})
         start = resume_state
         if start is None:
             start = (self.start or {}).get(part, OFFSET_BEGINNING)
@@ -351,7 +322,28 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             end = self._watermarks()[part][1]
         if start == OFFSET_BEGINNING:
             start = self._watermarks()[part][0]
-        return _ClickPartition(conf, self.topic, part, start, end, self.batch_size, self.stop)
+        return _ClickPartition(self, self._consumer(part), part, start, end)
+
+    def _consumer(self, part: int) -> _SharedConsumer:
+        """The calling worker thread's consumer, created with its first partition."""
+        key = threading.get_ident()
+        with self._lock:
+            shared = self._consumers.get(key)
+            if shared is None or part in shared.buffers:  # (stale: a run that never closed)
+                conf = self.cfg.consumer_config()
+                conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
+                             "enable.partition.eof": "false"})
+                shared = self._consumers[key] = _SharedConsumer(conf, self.topic, self.batch_size)
+            return shared
+
+    def _release(self, shared: _SharedConsumer, part: int) -> None:
+        """A partition is done: its consumer closes with the thread's last partition."""
+        with self._lock:
+            if shared.remove(part) and not shared.buffers:
+                for key, known in list(self._consumers.items()):
+                    if known is shared:
+                        del self._consumers[key]
+                shared.close()
 
 
 @dataclass

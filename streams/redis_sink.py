@@ -209,22 +209,25 @@ class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
     """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``; an item
     ``(user_id, None)`` deletes the user's key (a forgotten user, in order with the writes).
 
-    ``check_every_s``: how often each partition checks the namespace's generation marker."""
+    ``check_every_s``: how often each partition checks the namespace's generation marker;
+    ``max_queued``: output batches queued per partition before the dataflow blocks."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
-                 check_every_s: float = 1.0) -> None:
+                 check_every_s: float = 1.0, max_queued: int = 32) -> None:
         self.cfg = cfg
         self.namespace = namespace or cfg.namespace
         self.max_backoff_s = max_backoff_s
         self.check_every_s = check_every_s
+        self.max_queued = max_queued
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
                              self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s)
         where = f" at {self.cfg.url.split('@')[-1]}" + (f" (worker {worker_index})" if worker_count > 1 else "")
-        part = _Partition(writer, self.max_backoff_s, check_every_s=self.check_every_s, where=where)
+        part = _Partition(writer, self.max_backoff_s, self.max_queued, check_every_s=self.check_every_s,
+                          where=where)
         part.observer = self.observer
         return part

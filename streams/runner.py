@@ -87,7 +87,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop)
     sinks = FlowSinks(
-        vectors=RedisVectorSink(job.redis, job.namespace),
+        vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
+                                max_queued=job.flow.sink_queue_batches),
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),
         drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic),
     )
