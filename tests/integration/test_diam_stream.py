@@ -21,12 +21,12 @@ from online_model.models import ModelConfig, build_model
 from online_model.online import OnlineLearner
 from serving_cache import decode_user
 from streams.events import ClickEvent
-from tests.integration.test_online_flow import (
-    _events_payloads,
-    _expected_from_topic,
-    _produce,
-    _redis_state,
+from tests.integration.helpers import (
+    click_payloads,
+    expected_from_topic,
     kill_then_resume,
+    produce,
+    redis_state,
 )
 
 T0 = 1_700_000_000_000
@@ -67,16 +67,16 @@ def test_diam_anchors_in_redis_and_kill_resume(stack, topic, namespace, redis_cl
     base = BaseView.from_checkpoint(ckpt)
     assert base.anchor_kind == "diam"
     events = _clicks(base, n_users=15, n=3000, seed=3)
-    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     env = _env(stack, topic)
     cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt),
            "--bounded"]
     subprocess.run(cmd + ["--namespace", namespace], env=env, check=True, timeout=300,
                    capture_output=True)
-    want_state = _expected_from_topic(
+    want_state = expected_from_topic(
         stack.settings.kafka, topic,
         OnlineLearner(base, OnlineConfig(dim=DIM, k_max=4, reanchor_every=3)))
-    want = _redis_state(redis_client, namespace)
+    want = redis_state(redis_client, namespace)
     assert set(want) == set(want_state)
     for user, st in want_state.items():
         uv = decode_user(want[user])

@@ -20,33 +20,27 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from confluent_kafka import Producer
 
 from diam.cli import main
 from streams.drift import DriftConfig, DriftRecord
 from streams.drift_flow import DriftMetrics, run_drift
 from streams.drift_testing import T0_MS, null_alert_bound, plant_oscillation, stable_stream
 from streams.kafka_io import consume_all
+from tests.integration.helpers import produce
 
 PLANTED = ["u0007", "u0042", "u0100"]
 RATE = 0.02
 START_MS = T0_MS + 12 * 60_000 + 7_000
 
 
-def _produce(kafka, topic: str, events: list[DriftRecord]) -> None:
-    p = Producer({**kafka.client_config(), "linger.ms": 5})
-    errors: list[str] = []
-    for e in events:
-        body = {"kind": e.kind, "user_id": e.user_id, "ts_ms": e.ts_ms, "offset": e.offset,
-                "detail": e.detail}
-        p.produce(topic, key=e.user_id.encode(), value=json.dumps(body).encode(),
-                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-    p.flush(30)
-    assert not errors, errors
+def _records(events: list[DriftRecord]) -> list[tuple[bytes, bytes]]:
+    return [(e.user_id.encode(), json.dumps({"kind": e.kind, "user_id": e.user_id, "ts_ms": e.ts_ms,
+                                             "offset": e.offset, "detail": e.detail}).encode())
+            for e in events]
 
 
 def _monitor(kafka, events: list[DriftRecord], drift_topic: str, alerts_topic: str) -> list[dict]:
-    _produce(kafka, drift_topic, events)
+    produce(kafka, drift_topic, _records(events))
     metrics = DriftMetrics()
     run_drift(kafka, DriftConfig(), topic=drift_topic, alerts_topic=alerts_topic, bounded=True,
               metrics=metrics)

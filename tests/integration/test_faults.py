@@ -24,23 +24,13 @@ import redis as redis_py
 from confluent_kafka import KafkaException
 
 from streams.drift import DriftMonitor, parse_drift_record
-from streams.events import ClickEvent, encode_event
 from streams.kafka_io import consume_all, read_deadletters
 from tests.flowkit import DIM, click_stream
-from tests.integration.test_online_flow import _produce, _write_tiny_checkpoint
+from tests.integration.helpers import click_payloads, produce, redis_state, write_tiny_checkpoint
 
 PUSH_MS = 100
 
 
-def _state(client: redis_py.Redis, ns: str) -> dict[str, bytes]:
-    out = {}
-    for key in client.scan_iter(match=f"diam:{ns}:u:*", count=1000):
-        out[key.decode().rsplit(":", 1)[1]] = client.get(key)
-    return out
-
-
-def _payloads(events: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
-    return [(ev.user_id.encode(), encode_event(ev)) for ev in events]
 
 
 class Runner:
@@ -81,7 +71,7 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
 @pytest.fixture
 def runner(stack, topic, tmp_path) -> Runner:
     ckpt = tmp_path / "ckpt"
-    _write_tiny_checkpoint(ckpt)
+    write_tiny_checkpoint(ckpt)
     return Runner(stack, topic, ckpt, stack.redis_url, tmp_path)
 
 
@@ -155,23 +145,23 @@ def test_ctrl_c_stops_a_tailing_run_cleanly_and_it_resumes(stack, topic, runner,
     # (SIGTERM: the Redis data-loss test below stops its run with it, same checks)
     sig = signal.SIGINT
     events = click_stream(n_users=12, n_events=1200, seed=31)
-    _produce(stack.settings.kafka, topic, _payloads(events[:600]))
+    produce(stack.settings.kafka, topic, click_payloads(events[:600]))
     runner.run_bounded(f"{namespace}-ref-a")
     rec = tmp_path / "recovery"
     p = runner.start(namespace, rec, "run1.log")
     procs.append(p)
-    want_a = _state(redis_client, f"{namespace}-ref-a")
-    _wait(lambda: _state(redis_client, namespace) == want_a, 120, "the tailing run to catch up")
+    want_a = redis_state(redis_client, f"{namespace}-ref-a")
+    _wait(lambda: redis_state(redis_client, namespace) == want_a, 120, "the tailing run to catch up")
     assert _stop_cleanly(p, sig) == 0, runner.log("run1.log")
     out = runner.log("run1.log")
     assert "Traceback" not in out and "panicked" not in out, out
     assert sum(line.startswith("stopped: ") for line in out.splitlines()) == 1, out
     # the rest of the stream, read by a run resumed from the store the stop left
-    _produce(stack.settings.kafka, topic, _payloads(events[600:]))
+    produce(stack.settings.kafka, topic, click_payloads(events[600:]))
     runner.run_bounded(f"{namespace}-ref")
-    want = _state(redis_client, f"{namespace}-ref")
+    want = redis_state(redis_client, f"{namespace}-ref")
     runner.run_bounded(namespace, "--recovery-dir", str(rec))
-    assert _state(redis_client, namespace) == want
+    assert redis_state(redis_client, namespace) == want
 
 
 def test_redis_losing_its_data_mid_stream_loses_no_user(stack, topic, runner, private_redis, procs) -> None:
@@ -185,21 +175,21 @@ def test_redis_losing_its_data_mid_stream_loses_no_user(stack, topic, runner, pr
     first = events[:1000]
     rest = [ev for ev in events[1000:] if ev.user_id in late_users]
     assert {ev.user_id for ev in first} > late_users and rest
-    _produce(stack.settings.kafka, topic, _payloads(first))
+    produce(stack.settings.kafka, topic, click_payloads(first))
     p = runner.start("live", runner.tmp / "recovery", "live.log")
     procs.append(p)
-    _wait(lambda: len(_state(client, "live")) == len({ev.user_id for ev in first}), 120,
+    _wait(lambda: len(redis_state(client, "live")) == len({ev.user_id for ev in first}), 120,
           "every user's first push")
     stop_redis()
     start_redis()  # an empty server on the same port: every key is gone
-    assert _state(client, "live") == {}
-    _produce(stack.settings.kafka, topic, _payloads(rest))
+    assert redis_state(client, "live") == {}
+    produce(stack.settings.kafka, topic, click_payloads(rest))
     runner.run_bounded("ref")  # the uninterrupted run over the same records
-    want = _state(client, "ref")
-    _wait(lambda: _state(client, "live") == want, 120,
+    want = redis_state(client, "ref")
+    _wait(lambda: redis_state(client, "live") == want, 120,
           "the live namespace to equal the uninterrupted run")
     assert _stop_cleanly(p, signal.SIGTERM) == 0
-    assert _state(client, "live") == want
+    assert redis_state(client, "live") == want
     log = runner.log("live.log")
     assert "re-pushing" in log, log
     assert "Traceback" not in log and "panicked" not in log, log
@@ -237,18 +227,18 @@ def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, name
     events = click_stream(n_users=20, n_events=16000, seed=33)
     bad = [(b"u1", b"\xc1 not an event"), (b"u2", json.dumps({"user_id": "u2", "item_id": 1}).encode())]
     mixed: list[tuple[bytes | None, bytes | None]] = []
-    for i, pl in enumerate(_payloads(events)):
+    for i, pl in enumerate(click_payloads(events)):
         mixed.append(pl)
         if i % 400 == 0:
             mixed.append(bad[(i // 400) % 2])
-    _produce(stack.settings.kafka, topic, mixed)
+    produce(stack.settings.kafka, topic, mixed)
     n_bad = len(mixed) - len(events)
     kafka = stack.settings.kafka
     # reference: an uninterrupted run, its side records to topics of their own
     runner.env["DIAM_KAFKA_DRIFT_TOPIC"] = f"{topic}.drift-ref"
     runner.env["DIAM_KAFKA_DEADLETTER_TOPIC"] = f"{topic}.dlq-ref"
     runner.run_bounded(f"{namespace}-ref")
-    want = _state(redis_client, f"{namespace}-ref")
+    want = redis_state(redis_client, f"{namespace}-ref")
     ref_drift = [parse_drift_record(r.value) for r in consume_all(kafka, f"{topic}.drift-ref")]
     assert ref_drift and None not in ref_drift, "the stream must cause drift events"
     runner.env["DIAM_KAFKA_DRIFT_TOPIC"] = f"{topic}.drift"
@@ -263,7 +253,7 @@ def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, name
     p.send_signal(signal.SIGKILL)
     assert p.wait(30) == -signal.SIGKILL, "the run ended before the kill: nothing was tested"
     runner.run_bounded(namespace, "--recovery-dir", str(rec))
-    assert _state(redis_client, namespace) == want
+    assert redis_state(redis_client, namespace) == want
     # what our consumers show: each dead letter once, the drift monitor's view unchanged
     dead = read_deadletters(kafka, f"{topic}.dlq")
     assert len(dead) == n_bad

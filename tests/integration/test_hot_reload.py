@@ -9,24 +9,16 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Producer
-
 from serving_cache import decode_user, model_active_key, user_key
 from snapshotter.config import SnapshotConfig
 from snapshotter.publish import publish
 from snapshotter.store import SnapshotStore
 from snapshotter.testing import write_checkpoint
-from streams.events import ClickEvent, encode_event
+from streams.events import ClickEvent
 from streams.kafka_io import consume_all, ensure_topic
+from tests.integration.helpers import click_payloads, produce
 
 T0 = 1_700_000_000_000
-
-
-def _send(kafka, topic: str, user: str, items: range, t0: int) -> None:
-    p = Producer(kafka.client_config())
-    for j, i in enumerate(items):
-        p.produce(topic, key=user.encode(), value=encode_event(ClickEvent(user, f"i{i}", t0 + j)))
-    assert p.flush(30) == 0
 
 
 def _wait_model(client, ns: str, user: str, model: str, proc, timeout: float = 90.0) -> None:
@@ -63,13 +55,14 @@ def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, n
                             stderr=subprocess.PIPE, text=True)
     err = ""
     try:
-        _send(kafka, topic, "alice", range(0, 30), T0)
+        produce(kafka, topic, click_payloads(ClickEvent("alice", f"i{i}", T0 + i) for i in range(30)))
         _wait_model(redis_client, namespace, "alice", v1, proc)
 
         v2 = publish(ck2, store, redis_client, ns=namespace).version
         assert v2 != v1 and redis_client.get(model_active_key(namespace)).decode() == v2
         time.sleep(1.0)  # > reload_check_s: the next batch sees the new version
-        _send(kafka, topic, "alice", range(30, 40), T0 + 60_000)
+        produce(kafka, topic, click_payloads(ClickEvent("alice", f"i{i}", T0 + 60_000 + i - 30)
+                                             for i in range(30, 40)))
         _wait_model(redis_client, namespace, "alice", v2, proc)
     except AssertionError as exc:
         proc.terminate()

@@ -12,11 +12,10 @@ import numpy as np
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
 from streams.config import FlowConfig
-from streams.events import encode_event
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import click_stream, tiny_learner
-from tests.integration.test_online_flow import _produce
+from tests.integration.helpers import click_payloads, produce, redis_state
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
@@ -53,13 +52,9 @@ def _holder() -> LearnerHolder:
     return LearnerHolder(learner, learner.base.version)
 
 
-def _state(client, ns: str) -> dict[str, bytes]:
-    return {k.decode().rsplit(":", 1)[1]: client.get(k) for k in client.scan_iter(match=f"diam:{ns}:u:*")}
-
 
 def test_the_dataflow_sets_the_ttl_setting(stack, topic, namespace, redis_client) -> None:
-    _produce(stack.settings.kafka, topic, [(ev.user_id.encode(), encode_event(ev))
-                                           for ev in click_stream(n_users=4, n_events=40, seed=3)])
+    produce(stack.settings.kafka, topic, click_payloads(click_stream(n_users=4, n_events=40, seed=3)))
     redis = stack.settings.redis.model_copy(update={"user_ttl_s": 900})
     run_online(_job(stack, topic, namespace, redis=redis), _holder())
     keys = list(redis_client.scan_iter(match=f"diam:{namespace}:u:*"))
@@ -73,22 +68,22 @@ def test_diam_forget_removes_the_user_everywhere_and_the_dataflow_forgets_them(
     events = [dataclasses.replace(ev, user_id=f"{tag}-{ev.user_id}")
               for ev in click_stream(n_users=6, n_events=240, seed=8)]
     u1, u2 = f"{tag}-user1", f"{tag}-user2"
-    payloads = [(ev.user_id.encode(), encode_event(ev)) for ev in events]
-    _produce(stack.settings.kafka, topic, payloads[:150])
+    payloads = click_payloads(events)
+    produce(stack.settings.kafka, topic, payloads[:150])
     rec = tmp_path / "recovery"
     run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
     other = f"{namespace}-other"
     RedisWriter(redis_client, other).write_batch([(u1, _uv(1)), (u2, _uv(1))])
-    assert u1 in _state(redis_client, namespace)
+    assert u1 in redis_state(redis_client, namespace)
     env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url}
     out = subprocess.run([sys.executable, "-m", "diam", "forget", u1, "--topic", topic], env=env,
                          check=True, capture_output=True, text=True, timeout=120).stdout
     assert f"{u1}: deleted in 2 namespace(s)" in out, out
-    assert u1 not in _state(redis_client, namespace) and set(_state(redis_client, other)) == {u2}
+    assert u1 not in redis_state(redis_client, namespace) and set(redis_state(redis_client, other)) == {u2}
     # the run resumed from its store reads the tombstone, then u1's later clicks
-    _produce(stack.settings.kafka, topic, payloads[150:])
+    produce(stack.settings.kafka, topic, payloads[150:])
     run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
-    got = _state(redis_client, namespace)
+    got = redis_state(redis_client, namespace)
     later = sum(1 for ev in events[150:] if ev.user_id == u1)
     assert later > 0 and decode_user(got[u1]).n == later  # a new state: later clicks only
     others = {u: sum(1 for ev in events if ev.user_id == u) for u in got if u != u1}
@@ -96,7 +91,7 @@ def test_diam_forget_removes_the_user_everywhere_and_the_dataflow_forgets_them(
     # a replay of the whole topic forgets u1 at the same offset: the same state
     replay = f"{namespace}-replay"
     run_online(_job(stack, topic, replay), _holder())
-    assert _state(redis_client, replay) == got
+    assert redis_state(redis_client, replay) == got
     for ns in (other, replay):
         for k in redis_client.scan_iter(match=f"diam:{ns}:*"):
             redis_client.delete(k)

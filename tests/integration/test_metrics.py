@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.kafka_io import consume_all, watermarks
 from tests.flowkit import click_stream
-from tests.integration.test_online_flow import _events_payloads, _produce, _write_tiny_checkpoint
+from tests.integration.helpers import click_payloads, produce, write_tiny_checkpoint
 
 BAD = [(b"u1", b"\xff\x00garbage"), (b"u2", json.dumps({"user_id": "u2"}).encode()),
        (b"u3", json.dumps({"user_id": "u3", "item_id": "i1", "ts": 5}).encode())]
@@ -126,7 +126,7 @@ def _env(stack, topic: str) -> dict[str, str]:
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
     path = tmp_path / "ckpt"
-    _write_tiny_checkpoint(path)
+    write_tiny_checkpoint(path)
     return path
 
 
@@ -134,7 +134,7 @@ def ckpt(tmp_path: Path) -> Path:
 def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
         stack, topic, namespace, ckpt) -> None:
     events = click_stream(n_users=40, n_events=8000, seed=5)
-    _produce(stack.settings.kafka, topic, _events_payloads(events) + BAD)
+    produce(stack.settings.kafka, topic, click_payloads(events) + BAD)
     marks = watermarks(stack.settings.kafka, topic)
     cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", namespace,
            "--checkpoint", str(ckpt), "--bounded", "--metrics-port", "0", "--metrics-hold", "20"]
@@ -188,7 +188,7 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
 def test_the_same_names_per_process_in_split_and_cluster_runs(stack, topic, namespace, ckpt,
                                                               mode: str) -> None:
     events = click_stream(n_users=30, n_events=3000, seed=6)
-    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     marks = watermarks(stack.settings.kafka, topic)
     base = [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", namespace,
             "--checkpoint", str(ckpt), "--bounded", "--metrics-port", "0", "--metrics-hold", "20"]

@@ -5,64 +5,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
 from streams.config import FlowConfig
-from streams.events import ClickEvent, encode_event
 from streams.kafka_io import consume_all, ensure_topic
 from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
-from tests.flowkit import DIM, N_ITEMS, click_stream, expected_states, tiny_base, tiny_learner
+from tests.flowkit import DIM, click_stream, tiny_learner
+from tests.integration.helpers import (
+    click_payloads,
+    expected_from_topic,
+    kill_then_resume,
+    produce,
+    redis_state,
+    write_tiny_checkpoint,
+)
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
-
-
-def _produce(kafka_cfg, topic: str, payloads: list[tuple[bytes | None, bytes | None]]) -> None:
-    p = Producer({**kafka_cfg.client_config(), "linger.ms": 5})
-    errors: list[str] = []
-    for key, value in payloads:
-        p.produce(topic, key=key, value=value,
-                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-    p.flush(30)
-    assert not errors, errors
-
-
-def _events_payloads(events: list[ClickEvent]) -> list[tuple[bytes, bytes]]:
-    return [(ev.user_id.encode(), encode_event(ev)) for ev in events]
-
-
-def _expected_from_topic(kafka_cfg, topic: str, learner) -> dict[str, object]:
-    """Offline learner over the records as the broker stored them (real offsets)."""
-    from streams.events import decode_event
-
-    per_part: dict[int, list] = {}
-    for rec in consume_all(kafka_cfg, topic):
-        per_part.setdefault(rec.partition, []).append(rec)
-    events, offsets = [], []
-    for recs in per_part.values():
-        for rec in sorted(recs, key=lambda r: r.offset):
-            ev = decode_event(rec.value)
-            if isinstance(ev, ClickEvent):
-                events.append(ev)
-                offsets.append(rec.offset)
-    return expected_states(events, learner, offsets)
-
-
-def _redis_state(client, ns: str) -> dict[str, bytes]:
-    out = {}
-    for key in client.scan_iter(match=f"diam:{ns}:u:*", count=1000):
-        out[key.decode().rsplit(":", 1)[1]] = client.get(key)
-    return out
 
 
 def _job(stack, topic: str, ns: str, **kw) -> OnlineJob:
@@ -81,11 +47,11 @@ def _holder():
 
 def test_events_in_exact_state_out(stack, topic, namespace, redis_client) -> None:
     events = click_stream(n_users=9, n_events=300, seed=11)
-    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     stats = FlowStats()
     run_online(_job(stack, topic, namespace), _holder(), stats)
-    want = _expected_from_topic(stack.settings.kafka, topic, tiny_learner())
-    got = _redis_state(redis_client, namespace)
+    want = expected_from_topic(stack.settings.kafka, topic, tiny_learner())
+    got = redis_state(redis_client, namespace)
     assert set(got) == set(want)
     for user, st in want.items():
         uv = decode_user(got[user])
@@ -106,9 +72,9 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, t
         (b"u0", json.dumps({"user_id": "u:0", "item_id": 3, "ts": 880000000000}).encode()),
         (b"u0", b"x" * 20_000),
     ]
-    payloads = _events_payloads(good[:10]) + bad[:2] + _events_payloads(good[10:20]) + bad[2:] \
-        + _events_payloads(good[20:])
-    _produce(kafka, topic, payloads)
+    payloads = click_payloads(good[:10]) + bad[:2] + click_payloads(good[10:20]) + bad[2:] \
+        + click_payloads(good[20:])
+    produce(kafka, topic, payloads)
     job = _job(stack, topic, namespace)
     job.kafka = kafka.model_copy(update={"drift_topic": f"{topic}.drift"})
     run_online(job, _holder())
@@ -123,7 +89,7 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, t
     ]
     assert {r.value for r in dead} == {v for _, v in bad}
     users = {ev.user_id for ev in good}
-    stored = _redis_state(redis_client, namespace)
+    stored = redis_state(redis_client, namespace)
     assert set(stored) == users
     assert sum(decode_user(v).n for v in stored.values()) == len(good)
 
@@ -214,12 +180,12 @@ def test_write_if_newer_respects_values_of_another_layout(redis_client, namespac
 
 def test_one_and_two_workers_same_redis_state(stack, topic, namespace, redis_client) -> None:
     events = click_stream(n_users=12, n_events=240, seed=4)
-    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     run_online(_job(stack, topic, namespace), _holder())
     ns2 = f"{namespace}-w2"
     try:
         run_online(_job(stack, topic, ns2, workers=2), _holder())
-        a, b = _redis_state(redis_client, namespace), _redis_state(redis_client, ns2)
+        a, b = redis_state(redis_client, namespace), redis_state(redis_client, ns2)
         assert a and a == b
     finally:
         for k in redis_client.scan_iter(match=f"diam:{ns2}:*"):
@@ -230,7 +196,7 @@ def test_partition_split_processes_give_the_one_process_state(stack, topic, name
                                                               redis_client) -> None:
     # Scaling out without a Bytewax cluster: independent runs over disjoint partitions.
     events = click_stream(n_users=12, n_events=240, seed=6)
-    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     run_online(_job(stack, topic, namespace), _holder())
     from streams.kafka_io import partition_ids
 
@@ -241,49 +207,11 @@ def test_partition_split_processes_give_the_one_process_state(stack, topic, name
         half = len(parts) // 2
         for subset in (parts[:half], parts[half:]):
             run_online(_job(stack, topic, ns2, partitions=subset), _holder())
-        a, b = _redis_state(redis_client, namespace), _redis_state(redis_client, ns2)
+        a, b = redis_state(redis_client, namespace), redis_state(redis_client, ns2)
         assert a and a == b
     finally:
         for k in redis_client.scan_iter(match=f"diam:{ns2}:*"):
             redis_client.delete(k)
-
-
-def _write_tiny_checkpoint(path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    base = tiny_base()
-    path.mkdir(parents=True)
-    save_file({"online.item_emb": base.item_emb}, str(path / "weights.safetensors"))
-    np.save(path / "item_ids.npy", base.item_ids, allow_pickle=False)
-    np.save(path / "item_categories.npy", np.arange(N_ITEMS, dtype=np.int32) % 6, allow_pickle=False)
-    (path / "categories.json").write_text(json.dumps([f"c{i}" for i in range(6)]))
-    (path / "config.json").write_text(json.dumps({"model": "tiny", "dim": DIM, "k_max": 4,
-                                                  "seq_len": 50, "n_items": N_ITEMS, "n_categories": 6}))
-
-
-def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespace: str,
-                     tmp_path: Path, want: dict[str, bytes]) -> tuple[dict, dict]:
-    """Run ``cmd`` with a recovery store, SIGKILL it once it has written something, then
-    resume it from the store; returns the Redis state at the kill and after the resume. On a
-    loaded machine the kill can land after the run finished; then it is retried (a fresh
-    namespace ``<namespace>-kill<n>`` and store), at most three times."""
-    for attempt in range(3):
-        ns2 = f"{namespace}-kill{attempt}"
-        rec = tmp_path / f"recovery{attempt}"
-        proc = subprocess.Popen(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
-            time.sleep(0.02)
-        time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        partial = _redis_state(redis_client, ns2)
-        if partial != want:
-            break
-    subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env, check=True,
-                   timeout=300, capture_output=True)
-    return partial, _redis_state(redis_client, ns2)
 
 
 def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, namespace, redis_client,
@@ -291,9 +219,9 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
     # enough events that the run is still going a moment after its first write (the dataflow
     # takes ~0.3 s for 4000 events since the learner is compiled)
     events = click_stream(n_users=20, n_events=16000, seed=9)
-    _produce(stack.settings.kafka, topic, _events_payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     ckpt = tmp_path / "ckpt"
-    _write_tiny_checkpoint(ckpt)
+    write_tiny_checkpoint(ckpt)
     env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.1",
            "DIAM_FLOW_BATCH_SIZE": "50", "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift",
@@ -303,7 +231,7 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
     # Uninterrupted reference run.
     subprocess.run(cmd + ["--namespace", namespace], env=env, check=True, timeout=180,
                    capture_output=True)
-    want = _redis_state(redis_client, namespace)
+    want = redis_state(redis_client, namespace)
     # Killed run: SIGKILL once it has written something, then resume from the recovery store.
     try:
         partial, got = kill_then_resume(cmd, env, redis_client, namespace, tmp_path, want)

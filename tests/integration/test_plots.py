@@ -10,7 +10,7 @@ from PIL import Image
 
 from diam.cli import main
 from serving_cache import RedisWriter, UserVectors
-from tests.integration.test_online_flow import _produce
+from tests.integration.helpers import produce
 
 
 def _users(seed: int, n: int) -> list[tuple[str, UserVectors]]:
@@ -41,7 +41,7 @@ def test_namespace_and_diff_plots(stack, topic, namespace, redis_client, tmp_pat
         events = [{"kind": ["k_change", "guard_trip", "freeze"][i % 3], "user_id": f"u{i % 40}",
                    "ts_ms": 1_700_000_000_000 + 60_000 * i, "offset": i, "detail": {}}
                   for i in range(90)]
-        _produce(s.kafka, topic, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
+        produce(s.kafka, topic, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
 
         out = tmp_path / "ns.png"
         res = CliRunner().invoke(main, ["inspect", "namespace", "--namespace", namespace,

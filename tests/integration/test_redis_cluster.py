@@ -14,11 +14,10 @@ import redis as redis_py
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from streams.config import FlowConfig
-from streams.events import encode_event
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import click_stream, tiny_learner
-from tests.integration.test_online_flow import _produce
+from tests.integration.helpers import click_payloads, produce, redis_state
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
@@ -56,9 +55,6 @@ def _pings(port: int) -> bool:
         return False
 
 
-def _state(client, ns: str) -> dict[str, bytes]:
-    return {k.decode().rsplit(":", 1)[1]: client.get(k) for k in client.scan_iter(match=f"diam:{ns}:u:*")}
-
 
 def _job(stack, topic: str, ns: str, redis: RedisConfig) -> OnlineJob:
     kafka = stack.settings.kafka.model_copy(update={"drift_topic": f"{topic}.drift",
@@ -74,13 +70,13 @@ def _holder() -> LearnerHolder:
 def test_the_dataflow_on_a_cluster_gives_the_single_redis_values(stack, topic, namespace, redis_client,
                                                                  cluster) -> None:
     events = click_stream(n_users=60, n_events=1500, seed=21)
-    _produce(stack.settings.kafka, topic, [(ev.user_id.encode(), encode_event(ev)) for ev in events])
+    produce(stack.settings.kafka, topic, click_payloads(events))
     run_online(_job(stack, topic, namespace, stack.settings.redis), _holder())
-    single = _state(redis_client, namespace)
+    single = redis_state(redis_client, namespace)
     assert len(single) == 60
     rc = redis_client_of(cluster)
     run_online(_job(stack, topic, namespace, cluster), _holder())
-    got = _state(rc, namespace)
+    got = redis_state(rc, namespace)
     assert got == single
     # the keys really are spread: every master holds some of them
     per_node = [len(list(rc.get_redis_connection(n).scan_iter(match=f"diam:{namespace}:u:*")))
@@ -89,7 +85,7 @@ def test_the_dataflow_on_a_cluster_gives_the_single_redis_values(stack, topic, n
     # write-if-newer holds across slots: an older seq for every user changes nothing
     stale = [(u, _uv(0)) for u in got]
     assert RedisWriter(rc, namespace, keys_per_call=7).write_batch(stale) == 0
-    assert _state(rc, namespace) == single
+    assert redis_state(rc, namespace) == single
 
 
 def _uv(seq: int) -> UserVectors:

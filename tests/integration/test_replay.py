@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from diam.cli import main
@@ -27,28 +26,13 @@ from snapshotter.publish import publish
 from snapshotter.store import SnapshotStore
 from snapshotter.testing import write_checkpoint
 from streams.config import FlowConfig
-from streams.events import encode_event
 from streams.kafka_io import watermarks
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import N_ITEMS, click_stream
+from tests.integration.helpers import click_payloads, produce, redis_state
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
-
-
-def _produce(kafka, topic, events) -> None:
-    p = Producer({**kafka.client_config(), "linger.ms": 5})
-    errors: list[str] = []
-    for ev in events:
-        p.produce(topic, key=ev.user_id.encode(), value=encode_event(ev),
-                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
-    p.flush(30)
-    assert not errors, errors
-
-
-def _raw_state(client, ns: str) -> dict[str, bytes]:
-    return {k.decode().rsplit(":", 1)[1]: client.get(k)
-            for k in client.scan_iter(match=f"diam:{ns}:u:*", count=1000)}
 
 
 def _cli(settings, *args: str):
@@ -69,19 +53,19 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
     ns_live, ns_a, ns_b = (f"{x}-{run_id}" for x in ("run", "replay-a", "replay-b"))
 
     events = click_stream(n_users=12, n_events=400, seed=5)
-    _produce(s.kafka, topic, events[:150])          # history before the range
+    produce(s.kafka, topic, click_payloads(events[:150]))          # history before the range
     before = {p: hi for p, (_lo, hi) in watermarks(s.kafka, topic).items()}
     time.sleep(0.05)
     t_from = datetime.now(UTC)
     time.sleep(0.05)
-    _produce(s.kafka, topic, events[150:])          # the range: record times >= t_from
+    produce(s.kafka, topic, click_payloads(events[150:]))          # the range: record times >= t_from
     try:
         # The "live" run over the range, given as explicit offsets.
         base = BaseView.from_checkpoint(store.path(versions[0]))
         run_online(OnlineJob(kafka=s.kafka, redis=s.redis, flow=FLOW, topic=topic,
                              namespace=ns_live, bounded=True, start=before),
                    LearnerHolder(OnlineLearner(base, s.online), base.version))
-        live = _raw_state(redis_client, ns_live)
+        live = redis_state(redis_client, ns_live)
         assert len(live) == 12
 
         iso = t_from.isoformat(timespec="milliseconds")
@@ -91,7 +75,7 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         report = json.loads(res.output.strip().splitlines()[-1])
         assert {int(p): o for p, o in report["start"].items()} == before  # offsets-for-times
         assert (report["records"], report["users"], report["deadlettered"]) == (250, 12, 0)
-        assert _raw_state(redis_client, ns_a) == live                     # bit for bit
+        assert redis_state(redis_client, ns_a) == live                     # bit for bit
 
         res = _cli(s, "diff", ns_live, ns_a, "--json")
         assert json.loads(res.output) == pytest.approx({

@@ -9,22 +9,21 @@ import sys
 
 from diam.stack_proc import free_port
 from tests.flowkit import DIM, click_stream
-from tests.integration.test_faults import _payloads, _state
-from tests.integration.test_online_flow import _produce, _write_tiny_checkpoint
+from tests.integration.helpers import click_payloads, produce, redis_state, write_tiny_checkpoint
 
 
-def test_two_processes_as_one_bytewax_cluster_give_the_one_process_state(stack, topic, namespace,
+def test_two_processes_as_one_bytewax_cluster_give_the_one_processredis_state(stack, topic, namespace,
                                                                          redis_client, tmp_path) -> None:
     events = click_stream(n_users=40, n_events=3000, seed=41)
-    _produce(stack.settings.kafka, topic, _payloads(events))
+    produce(stack.settings.kafka, topic, click_payloads(events))
     ckpt = tmp_path / "ckpt"
-    _write_tiny_checkpoint(ckpt)
+    write_tiny_checkpoint(ckpt)
     env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.2",
            "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
     cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt), "--bounded"]
     subprocess.run(cmd + ["--namespace", namespace], env=env, check=True, timeout=300, capture_output=True)
-    one = _state(redis_client, namespace)
+    one = redis_state(redis_client, namespace)
     assert len(one) == 40
     ns2 = f"{namespace}-cluster"
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
@@ -34,7 +33,7 @@ def test_two_processes_as_one_bytewax_cluster_give_the_one_process_state(stack, 
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs
-        assert _state(redis_client, ns2) == one
+        assert redis_state(redis_client, ns2) == one
     finally:
         for p in procs:
             if p.poll() is None:

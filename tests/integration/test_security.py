@@ -21,13 +21,12 @@ import redis as redis_py
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from streams.config import FlowConfig, KafkaConfig
-from streams.events import encode_event
 from streams.kafka_io import ensure_topic
 from streams.online import LearnerHolder
 from streams.preflight import ServiceConfigError
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import click_stream, tiny_learner
-from tests.integration.test_online_flow import _produce
+from tests.integration.helpers import click_payloads, produce
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
@@ -147,8 +146,7 @@ def _holder() -> LearnerHolder:
 
 def _events(kafka: KafkaConfig, topic: str, n_users: int = 5) -> None:
     ensure_topic(kafka, topic, partitions=2)
-    _produce(kafka, topic, [(ev.user_id.encode(), encode_event(ev))
-                            for ev in click_stream(n_users=n_users, n_events=60, seed=12)])
+    produce(kafka, topic, click_payloads(click_stream(n_users=n_users, n_events=60, seed=12)))
 
 
 def _api_recommends(tmp: Path, client: redis_py.Redis, ns: str) -> None:

@@ -32,7 +32,7 @@ from streams.metrics import FlowMetrics, serve_metrics
 from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
 from streams.tail import latest_alerts, user_drift_events
-from tests.integration.test_online_flow import _events_payloads, _produce
+from tests.integration.helpers import click_payloads, produce
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -72,13 +72,13 @@ def page(stack, topic, namespace, redis_client, tmp_path):
     # event times of the last five minutes, so that freshness (event time to the Redis
     # acknowledgement) is that of a five-minute backlog read at once
     t0 = int(time.time() * 1000) - 300_000
-    _produce(kafka, topic, _events_payloads(_events(300, t0)))
+    produce(kafka, topic, click_payloads(_events(300, t0)))
     # an alert on the alerts topic, as the drift monitor writes them
     alert = {"kind": "k_change_rate", "value": 0.5, "threshold": 0.2, "seq": 1, "ts_ms": t0,
              "top_users": [{"user_id": "alice", "value": 3.0}], "window": {"start_ms": t0,
                                                                           "end_ms": t0 + 1},
              "detail": {}}
-    _produce(kafka, f"{topic}.alerts", [(b"k_change_rate", json.dumps(alert).encode())])
+    produce(kafka, f"{topic}.alerts", [(b"k_change_rate", json.dumps(alert).encode())])
     stats = FlowStats()
     metrics = FlowMetrics(stats, holder, "main", kafka=kafka, topic=topic)
     mport = serve_metrics(metrics, 0, addr="127.0.0.1")

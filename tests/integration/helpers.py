@@ -1,0 +1,94 @@
+"""Helpers shared by the integration tests: producing records, reading a namespace's user
+values back, a tiny checkpoint for ``diam run``, the offline learner over a topic, and a
+kill -9 and resume of a run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Producer
+
+from streams.config import KafkaConfig
+from streams.events import ClickEvent, decode_event, encode_event
+from streams.kafka_io import consume_all
+from tests.flowkit import N_ITEMS, expected_states, tiny_base
+
+
+def produce(kafka: KafkaConfig, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+    """Produce ``(key, value)`` records to ``topic`` and wait until every one is delivered."""
+    p = Producer({**kafka.client_config(), "linger.ms": 5})
+    errors: list[str] = []
+    for key, value in payloads:
+        p.produce(topic, key=key, value=value,
+                  on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+    assert p.flush(30) == 0, "records left undelivered"
+    assert not errors, errors
+
+
+def click_payloads(events: Iterable[ClickEvent]) -> list[tuple[bytes, bytes]]:
+    """Click events as ``(key, value)`` records keyed by user, as producers write them."""
+    return [(ev.user_id.encode(), encode_event(ev)) for ev in events]
+
+
+def expected_from_topic(kafka: KafkaConfig, topic: str, learner) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Offline learner over the records as the broker stored them (real offsets)."""
+    per_part: dict[int, list] = {}
+    for rec in consume_all(kafka, topic):
+        per_part.setdefault(rec.partition, []).append(rec)
+    events, offsets = [], []
+    for recs in per_part.values():
+        for rec in sorted(recs, key=lambda r: r.offset):
+            ev = decode_event(rec.value)
+            if isinstance(ev, ClickEvent):
+                events.append(ev)
+                offsets.append(rec.offset)
+    return expected_states(events, learner, offsets)
+
+
+def redis_state(client, ns: str) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """Every user value of namespace ``ns``: user id -> the stored bytes."""
+    return {key.decode().rsplit(":", 1)[1]: client.get(key)
+            for key in client.scan_iter(match=f"diam:{ns}:u:*", count=1000)}
+
+
+def write_tiny_checkpoint(path: Path) -> None:
+    """The tiny base of ``tests.flowkit`` as a checkpoint directory for ``--checkpoint``."""
+    from online_model.checkpoint import write_checkpoint_dir
+
+    base = tiny_base()
+    write_checkpoint_dir(path, {"online.item_emb": base.item_emb}, base.item_ids,
+                         {"model": "tiny", "k_max": 4, "seq_len": 50, "n_categories": 6},
+                         item_categories=np.arange(N_ITEMS, dtype=np.int32) % 6,
+                         category_names=[f"c{i}" for i in range(6)])
+
+
+def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespace: str,
+                     tmp_path: Path, want: dict[str, bytes]) -> tuple[dict, dict]:
+    """Run ``cmd`` with a recovery store, SIGKILL it once it has written something, then
+    resume it from the store; returns the Redis state at the kill and after the resume. On a
+    loaded machine the kill can land after the run finished; then it is retried (a fresh
+    namespace ``<namespace>-kill<n>`` and store), at most three times."""
+    for attempt in range(3):
+        ns2 = f"{namespace}-kill{attempt}"
+        rec = tmp_path / f"recovery{attempt}"
+        proc = subprocess.Popen(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(redis_client.scan_iter(match=f"diam:{ns2}:u:*")):
+            time.sleep(0.02)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        partial = redis_state(redis_client, ns2)
+        if partial != want:
+            break
+    subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env, check=True,
+                   timeout=300, capture_output=True)
+    return partial, redis_state(redis_client, ns2)
+
+
