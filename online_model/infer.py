@@ -1,10 +1,11 @@
-"""DIAM's interest extractor as numpy: what the stream runs to anchor a user on the network.
+"""DIAM's interest extractor, compiled: what the stream runs to anchor a user on the network.
 
 :class:`DiamHead` computes, for one user's recent items and signals, what ``DIAM.interests``
 computes in eval mode: the dual-scale encoder, capsule routing mixed with self-attentive pooling,
 the global slot, the full K_u gate and d_u from the fusion layer. It reads the weights from a
-checkpoint's ``weights.safetensors`` (no torch on this path, no pickle) and works on one user at
-a time (only the history's real positions are computed), so a user's anchors are the same bytes
+checkpoint's ``weights.safetensors`` (no torch on this path, no pickle) and runs a numba kernel
+on one user at a time (only the history's real positions are computed; no interpreter between
+the layers, which is what dominates a short history), so a user's anchors are the same bytes
 for the same history whatever else the process is doing: the stream's determinism does not depend on
 how users happen to be batched. ``tests/unit/online_model/test_infer.py`` checks it against the
 torch model (max abs difference ≤ 1e-4 over random histories, hypothesis).
@@ -119,6 +120,7 @@ class DiamHead:
         self._buf = np.concatenate(parts)
         self._dims = np.array([n_layers, heads, ff, self.k_max, self.n_cat, self.seq_len,
                                self.window, self.iters, int(self.global_slot_on)], np.int64)
+        self._emb_flat = self.item_emb.reshape(-1)
         self.item_cat = np.asarray(item_cat, dtype=np.int64)
         _one_blas_thread()
 
@@ -165,6 +167,15 @@ class DiamHead:
         _global_slot(self._buf, self._off, np.asarray(mean, dtype=_F), h_seq, out)
         return out
 
+    def refresh_global(self, ring: np.ndarray, n: int, h_seq: np.ndarray, a_flat: np.ndarray,
+                       v_flat: np.ndarray) -> None:
+        """Move slot 0 to the global interest of a window, in place and in one compiled call:
+        the mean of the items at ``ring[:n]`` (int32 rows, any order), :meth:`global_slot` of
+        it, then anchor row 0 of ``a_flat`` becomes that and vector row 0 of ``v_flat`` moves
+        by the same shift (a learnt offset rides along). The stream does this on every event
+        between two inferences, so it is kept to one call."""
+        _refresh_global(ring, n, self._emb_flat, h_seq, self._buf, self._off, a_flat, v_flat)
+
 
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
@@ -180,6 +191,48 @@ def _sigmoid(z: float) -> float:
 (_POSF, _POSC, _NORMW, _NORMB, _CAPS, _SAW1, _SAB1, _SAW2, _MIX, _OUTW, _OUTB, _G1W, _G1B, _G2W,
  _G2B, _M1W, _M1B, _M2W, _M2B, _BINIT, _NG) = range(21)
 (_WQKV, _BQKV, _WO, _BO, _W1, _B1, _W2, _B2, _N1W, _N1B, _N2W, _N2B, _NB) = range(13)
+_BLAS_ROWS = 16
+
+
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
+
+
+@njit(cache=True, error_model="numpy")
+def _exp_(x, scratch):
+    """``x[:] = exp(x[:])`` in float32, as Cephes' expf computes it (reduction by ln 2, a
+    degree-5 polynomial, the power of two assembled from its bits; relative error below 1e-7).
+    libm's expf and tanhf are called one element at a time; this is arithmetic only, so the
+    loops vectorise. ``scratch``: int32, at least as long as ``x``."""
+    n = x.shape[0]
+    for i in range(n):
+        v = min(max(x[i], np.float32(-87.0)), np.float32(88.0))
+        fx = np.floor(v * _LOG2E + np.float32(0.5))
+        r = v - fx * _LN2_HI - fx * _LN2_LO
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        x[i] = p * (r * r) + r + np.float32(1.0)
+        scratch[i] = (np.int32(fx) + np.int32(127)) << np.int32(23)
+    two = scratch[:n].view(np.float32)
+    for i in range(n):
+        x[i] *= two[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _tanh_(x, e, scratch):
+    """``x[:] = tanh(x[:])`` as ``sign(x) (1 - exp(-2|x|)) / (1 + exp(-2|x|))`` (absolute error
+    below 1e-7), vectorised through :func:`_exp_`. ``e``: float32 scratch as long as ``x``."""
+    n = x.shape[0]
+    for i in range(n):
+        e[i] = np.float32(-2.0) * abs(x[i])
+    _exp_(e[:n], scratch)
+    for i in range(n):
+        t = (np.float32(1.0) - e[i]) / (np.float32(1.0) + e[i])
+        x[i] = t if x[i] >= 0 else -t
 
 
 @njit(cache=True, error_model="numpy")
@@ -196,9 +249,18 @@ def _v(buf, off, i, r):
 
 @njit(cache=True, error_model="numpy")
 def _linear(x, w, b, out):
-    """out = x @ w + b for x [n, k], w [k, m] (the transposed torch weight), b [m]."""
+    """out = x @ w + b for x [n, k], w [k, m] (the transposed torch weight), b [m]. From
+    ``_BLAS_ROWS`` rows on, the product is one sgemm (single-threaded BLAS, whose sums for a
+    row do not depend on the other rows); below, row updates, where a BLAS call costs more
+    than it saves."""
     n, k = x.shape
     m = w.shape[1]
+    if n >= _BLAS_ROWS:
+        np.dot(x, w, out)
+        for i in range(n):
+            for j in range(m):
+                out[i, j] += b[j]
+        return
     for i in range(n):
         for j in range(m):
             out[i, j] = b[j]
@@ -241,6 +303,7 @@ def _block(x, buf, off, base, heads, ff):
     att = np.zeros((n, d), np.float32)
     kt = np.empty((hd, n), np.float32)
     s = np.empty(n, np.float32)
+    scratch = np.empty(n, np.int32)
     for h in range(heads):
         q0, k0, v0 = h * hd, d + h * hd, 2 * d + h * hd
         for j in range(n):
@@ -257,9 +320,11 @@ def _block(x, buf, off, base, heads, ff):
                 s[j] *= scale
                 if s[j] > mx:
                     mx = s[j]
+            for j in range(n):
+                s[j] -= mx
+            _exp_(s, scratch)
             tot = np.float32(0.0)
             for j in range(n):
-                s[j] = np.exp(s[j] - mx)
                 tot += s[j]
             for j in range(n):
                 p = s[j] / tot
@@ -296,6 +361,25 @@ def _global_slot(buf, off, mean, h_seq, out):
     _linear(hid, _t(buf, off, _M2W, d, d), _v(buf, off, _M2B, d), g)
     for j in range(d):
         out[j] = mean[j] + g[0, j]
+
+
+@njit(cache=True, error_model="numpy")
+def _refresh_global(ring, n, emb_flat, h_seq, buf, off, a_flat, v_flat):
+    d = h_seq.shape[0]
+    acc = np.zeros(d)  # float64, as the window mean is accumulated elsewhere in the learner
+    for r in range(n):
+        base = ring[r] * d
+        for j in range(d):
+            acc[j] += emb_flat[base + j]
+    mean = np.empty(d, np.float32)
+    for j in range(d):
+        mean[j] = acc[j] / max(n, 1)
+    g = np.empty(d, np.float32)
+    _global_slot(buf, off, mean, h_seq, g)
+    for j in range(d):
+        shift = g[j] - a_flat[j]
+        a_flat[j] = g[j]
+        v_flat[j] += shift
 
 
 @njit(cache=True, error_model="numpy")
@@ -386,9 +470,7 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     sh = 2 * d
     hid = np.empty((n, sh), np.float32)
     _linear(hh, _t(buf, off, _SAW1, d, sh), _v(buf, off, _SAB1, sh), hid)
-    for i in range(n):
-        for j in range(sh):
-            hid[i, j] = np.tanh(hid[i, j])
+    _tanh_(hid.reshape(-1), np.empty(n * sh, np.float32), np.empty(n * sh, np.int32))
     a_ = np.empty((n, k_max), np.float32)
     _linear(hid, _t(buf, off, _SAW2, sh, k_max), np.zeros(k_max, np.float32), a_)
     sa = np.zeros((k_max, d), np.float32)
@@ -449,6 +531,7 @@ def _one_blas_thread() -> None:
     per user; OpenBLAS threads only add hand-offs, and on a busy machine they cost an order of
     magnitude (bench/results/prequential.md). Process-wide by nature (the BLAS library has one
     setting); the stream and the evaluations that build a head want it."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls: load it first)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")

@@ -82,3 +82,23 @@ def test_refuses_what_it_cannot_do() -> None:
         head.infer(np.array([], dtype=np.int64), np.zeros(4))
     with pytest.raises(HeadLoadError, match="not a DIAM checkpoint"):
         DiamHead({"item_emb.weight": np.zeros((3, 4))}, {}, np.zeros(2))
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.lists(st.integers(0, N_ITEMS - 1), min_size=1, max_size=20))
+def test_refresh_global_moves_slot_zero_to_the_windows_global_interest(rows) -> None:
+    _, head = MODELS[True]
+    rows = np.array(rows, dtype=np.int32)
+    out = head.infer(rows, np.full(4, 0.5, np.float32))
+    mean = head.item_emb[rows].astype(np.float64).mean(0)
+    want = head.global_slot(mean, out.h_seq)
+    # the inference's own slot 0 is the same function of the same window
+    assert np.abs(out.vecs[0] - want).max() <= 1e-5
+    a = np.random.default_rng(0).normal(size=(3, head.dim)).astype(np.float32)
+    v = a + 0.1
+    a0, v0 = a.copy(), v.copy()
+    ring = np.concatenate([rows[::-1], np.zeros(5, np.int32)])  # order and tail do not matter
+    head.refresh_global(ring, len(rows), out.h_seq, a.reshape(-1), v.reshape(-1))
+    assert np.abs(a[0] - want).max() <= 1e-6
+    assert np.allclose(v[0] - a[0], v0[0] - a0[0], atol=1e-6)  # the learnt offset rides along
+    assert np.array_equal(a[1:], a0[1:]) and np.array_equal(v[1:], v0[1:])
