@@ -128,7 +128,7 @@ class FlowSinks:
     ``(key, KafkaOut)`` pairs (the key names the source partition / the user), the shape
     ``streams.kafka_io.KafkaEpochSink`` takes; ``TestingSink`` takes anything."""
 
-    vectors: DynamicSink[tuple[str, UserVectors | None]]
+    vectors: DynamicSink[tuple[str, UserVectors]]
     deadletter: Sink[tuple[str, KafkaOut]]
     drift: Sink[tuple[str, KafkaOut]]
 

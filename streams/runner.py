@@ -22,7 +22,7 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["OnlineJob", "run_online", "prepare_recovery", "tune_gc"]
+__all__ = ["OnlineJob", "job_io", "run_online", "prepare_recovery", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -72,6 +72,18 @@ def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> Re
     return RecoveryConfig(str(path))
 
 
+def job_io(job: OnlineJob) -> tuple[ClickSource, FlowSinks]:
+    """The dataflow's source and sinks for ``job`` (nothing connects before the run starts)."""
+    source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
+                         batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop)
+    return source, FlowSinks(
+        vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
+                                max_queued=job.flow.sink_queue_batches),
+        deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),
+        drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic),
+    )
+
+
 def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None,
                metrics: FlowMetrics | None = None) -> None:
     """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever.
@@ -84,14 +96,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     ensure_topic(job.kafka, job.topic)
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
-    source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
-                         batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop)
-    sinks = FlowSinks(
-        vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
-                                max_queued=job.flow.sink_queue_batches),
-        deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),
-        drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic),
-    )
+    source, sinks = job_io(job)
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats)
