@@ -5,7 +5,7 @@ served configuration: a DIAM checkpoint (K_max = 8; users anchored on the networ
 Prints one JSON object and writes ``bench/results/stream.json``:
 
 - ``base`` ("diam"), ``recovery`` (true), ``reanchor_every``, ``arrivals``;
-  ``anchor_ms_p50`` / ``anchor_ms_p99``: the numpy inference head on a 50-item history, one
+  ``anchor_ms_p50`` / ``anchor_ms_p99``: the compiled inference head (numba) on a 50-item history, one
   user at a time as the stream runs it; ``anchor_ms_per_user_torch_batched_64`` for reference;
 
 - ``events_per_s``: events through the full dataflow (decode, validate, learn, push to Redis) in
@@ -149,7 +149,7 @@ def synth_events(n: int, users: int, seed: int, t0: int, new_user_share: float =
 
 
 def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2) -> dict[str, float]:
-    """What anchoring one user on the network costs: the numpy head on a 50-item history, one
+    """What anchoring one user on the network costs: the compiled head on a 50-item history, one
     user at a time (as the stream runs it), and the torch model batched (64 users per call,
     one thread) for reference."""
     import torch

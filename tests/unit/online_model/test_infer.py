@@ -1,4 +1,4 @@
-"""The numpy inference head equals DIAM's torch model in eval mode."""
+"""The compiled inference head equals DIAM's torch model in eval mode."""
 
 from __future__ import annotations
 
