@@ -25,9 +25,9 @@ from __future__ import annotations
 import argparse
 import filecmp
 import hashlib
-import shutil
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys

@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT))
 
 from diam.app import load_holder, online_job  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
-from online_model import kernels as K  # noqa: E402
 from online_model.online import DriftEvent, OnlineLearner, UserState  # noqa: E402
 from streams.online import FlowStats  # noqa: E402
 from streams.runner import run_online, tune_gc  # noqa: E402
@@ -39,7 +38,7 @@ class NoLearning(OnlineLearner):
             return []
         state.n_events += 1
         state.seq, state.last_ts = int(offset), int(ts_ms)
-        state.ust[K.U_N_RECENT] = 1.0  # "has a known item": the user is pushed
+        state.rec["n_recent"] = 1  # "has a known item": the user is pushed
         return []
 
 

@@ -58,8 +58,9 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     version = store.active_version()
     if version is not None:
         base = BaseView.from_checkpoint(store.path(version), version=version)
-        reload = _follow_active(settings, store, base, namespace, learner) if hot_reload else None
-        return LearnerHolder(learner(base, cfg), version, reload=reload,
+        first = learner(base, cfg)
+        reload = _follow_active(settings, store, first, namespace, learner) if hot_reload else None
+        return LearnerHolder(first, version, reload=reload,
                              check_every_s=settings.flow.reload_check_s)
     if base_from_data:
         from online_model.datasets import load_prepared
@@ -72,15 +73,17 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     )
 
 
-def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
+def _follow_active(settings: Settings, store, current: OnlineLearner, namespace: str | None,  # type: ignore[no-untyped-def]
                    learner: LearnerFactory) -> Callable[[], tuple[OnlineLearner, str] | None]:
     """The holder's reload hook: a newly published snapshot replaces the base; new catalogue
-    items enter the running base with a content embedding, under the same version."""
+    items enter the running base with a content embedding, under the same version. Each new
+    learner succeeds the current one (it takes over the bases users were recorded under)."""
     from serving_cache import redis_client
     from snapshotter.store import ActiveWatcher
     from streams.catalog import CatalogFollower
     from streams.new_items import extend_base, load_tower
 
+    base = current.base
     version = base.version
     watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
                             ns=namespace or settings.redis.namespace, current=version)
@@ -88,7 +91,7 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
     tower = load_tower(store.path(version))
 
     def reload() -> tuple[OnlineLearner, str] | None:
-        nonlocal base, tower
+        nonlocal base, tower, current
         found = watcher.poll()
         if found is None:
             fresh = follower.poll()
@@ -101,7 +104,10 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
             new = BaseView.from_checkpoint(path, version=new_version)
             new = extend_base(new, list(follower.items.values()), tower)
         base = new
-        return learner(new, settings.online), new.version
+        nxt = learner(new, settings.online)
+        nxt.succeed(current)
+        current = nxt
+        return nxt, new.version
 
     return reload
 

@@ -94,8 +94,8 @@ class TokenBucket:
     def admit(self, st: list[float], ts_ms: int) -> tuple[bool, bool]:
         """(learn from this event?, did the user just get frozen?). Mutates ``st``. The rule
         is :func:`online_model.kernels.admit`, which the learner's kernel calls directly."""
-        buf = np.zeros(K.USER_SLOTS)
-        buf[K.U_TOKENS : K.U_UNTIL + 1] = st
-        ok, froze = K.admit(buf, int(ts_ms), self.burst, float(self.per_s), float(self.freeze_ms))
-        st[:] = buf[K.U_TOKENS : K.U_UNTIL + 1].tolist()
+        user = np.zeros(1, K.USER)
+        user["tokens"], user["refill_ms"], user["frozen_until_ms"] = st
+        ok, froze = K.admit(user, int(ts_ms), self.burst, float(self.per_s), float(self.freeze_ms))
+        st[:] = [float(user[f][0]) for f in ("tokens", "refill_ms", "frozen_until_ms")]
         return bool(ok), bool(froze)

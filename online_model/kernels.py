@@ -11,26 +11,40 @@ This module is the single implementation of the update's arithmetic. ``online_mo
 functions and call these; :class:`online_model.online.OnlineLearner` calls
 :func:`learn_event` once per click.
 
-Layouts (all flat, C order, so that a call unboxes 1-D arrays only: 2-D arguments cost numba
-~1.5 µs more per call):
+What a kernel reads and writes has names:
 
-- interest vectors ``V`` and anchors ``A``: float32 ``[K·d]``;
-- per-user scalars ``ust`` float64 ``[USER_SLOTS]``: ``U_*`` below (d_u logit and prior, the
-  token bucket, the recent-item ring's length and position);
-- signal accumulators ``sig`` float64 ``[sig_size(C)]``: ``S_*`` scalars, then the category
-  window ring, its per-category counts, the session's counts, "seen" flags, the short- and
-  long-term decayed counts (each ``C`` long);
-- learner constants ``par`` float64 ``[PARAM_SLOTS]``: ``P_*``.
+- :data:`USER`, one record per user (a numpy structured dtype that numba reads field by field):
+  d_u's logit and prior, the rate limit's token bucket, the recent-item ring's bookkeeping, the
+  event counters, K_u's pending proposal and the guard flags. Its bytes are the fixed-size part
+  of the user's snapshot (:meth:`online_model.online.UserState.pack`);
+- :data:`PARAMS`, the learner's constants, one record per learner built from its
+  ``OnlineConfig`` and base (:func:`online_model.online.learner_params`);
+- :class:`Outcome`, what one click did (the caller's next steps), returned by
+  :func:`learn_event` as bits and decoded by :func:`outcome` into a named tuple.
+
+Both records travel as one-element arrays (numba reads ``user[0]`` as a reference into the
+array, so the kernel's writes are the state's). The other per-user data are flat arrays, so that
+a call unboxes 1-D arrays only (2-D arguments cost numba more per call): the interest vectors
+``V`` and anchors ``A`` (float32 ``[K·d]``), the recent-item ring (int32), and the signal
+accumulators ``sig`` (float64 ``[sig_size(C)]``: ``S_*`` scalars, then the category window
+ring, its per-category counts, the session's counts, "seen" flags, the short- and long-term
+decayed counts, each ``C`` long).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
 __all__ = [
+    "USER",
+    "PARAMS",
+    "Outcome",
+    "outcome",
+    "new_user",
     "learn_event",
     "signals_update",
     "signal_values",
@@ -65,24 +79,117 @@ def sig_size(n_categories: int) -> int:
     return S_HEAD + WINDOW + 5 * n_categories
 
 
-# -- per-user scalars ------------------------------------------------------------------------
-U_D_LOGIT, U_D_PRIOR, U_TOKENS, U_LAST, U_UNTIL, U_N_RECENT, U_RING_POS = 0, 1, 2, 3, 4, 5, 6
-USER_SLOTS = 8
+# -- the per-user record ----------------------------------------------------------------------
+USER = np.dtype(
+    [
+        ("d_logit", np.float64),  # d_u's logit: the d step moves it
+        ("d_prior", np.float64),  # its prior, from the fusion layer on the signals
+        ("tokens", np.float64),  # rate limit: tokens left in the bucket
+        ("refill_ms", np.float64),  # event time of the bucket's last refill, -1 = never
+        ("frozen_until_ms", np.float64),  # event time the freeze ends, -1 = not frozen
+        ("uhash", np.int64),  # stable hash of the user id: seeds the negatives with the offset
+        ("n_events", np.int64),  # clicks applied (duplicates not counted)
+        ("seq", np.int64),  # the last applied offset
+        ("last_ts", np.int64),  # its event time (ms)
+        ("n_recent", np.int64),  # known items in the recent-item ring
+        ("ring_pos", np.int64),  # where the ring's next item goes
+        ("n_learned", np.int64),  # gradient steps taken
+        ("since_anchor", np.int64),  # DIAM base: events since the network last ran
+        ("k_proposal", np.int64),  # the last proposed K_u (hysteresis)
+        ("k_streak", np.int64),  # consecutive equal proposals different from K_u
+        ("anchored", np.bool_),  # has anchors (else one mean vector, or nothing)
+        ("frozen", np.bool_),  # the rate limit froze the user at its last click
+        ("capped", np.bool_),  # the drift cap bound at the user's last step
+    ],
+)
+"""One user's scalars; ``V``, ``A``, the ring and the signals are arrays beside it. Packed (no
+padding bytes, whose content a copy does not keep), the 8-byte fields first so that each
+still sits on its natural alignment."""
 
-# -- learner constants -------------------------------------------------------------------------
-(P_LR, P_CLIP, P_INV_TEMP, P_ORTHO, P_RHO, P_MAX_NORM, P_STEP_CAP, P_DRIFT_CAP, P_GUARDS,
- P_LEARN, P_D_LR, P_D_PULL, P_D_STEP_CAP, P_D_MAX_OFFSET, P_D_BOUND, P_N_NEG, P_BURST,
- P_PER_S, P_FREEZE_MS, P_ROLLBACK) = range(20)
-PARAM_SLOTS = 20
 
-# -- learn_event result bits ---------------------------------------------------------------
-FROZEN = 1  # the event was not learnt: the user is frozen
-FROZE_NOW = 2  # this event froze the user
-COLD = 4  # unknown item, or one without an embedding
-UNANCHORED = 8  # a known item, but the user has no anchors yet (the caller anchors)
-LEARNT = 16  # a gradient step was taken
-STEP_CAPPED = 32  # the per-step cap bit
-DRIFT_CAPPED = 64  # the drift cap bit (vectors clamped, or rolled back with P_ROLLBACK)
+def new_user(uhash: int, burst: float) -> np.ndarray:
+    """A fresh user record (a one-element array): a full token bucket, nothing seen yet."""
+    user = np.zeros(1, USER)
+    user["uhash"] = uhash
+    user["tokens"], user["refill_ms"], user["frozen_until_ms"] = burst, -1.0, -1.0
+    user["k_proposal"] = 1
+    return user
+
+
+# -- the learner's constants -------------------------------------------------------------------
+PARAMS = np.dtype(
+    [
+        ("lr", np.float64),  # step size on the routed interest
+        ("clip", np.float64),  # gradient norm clip
+        ("inv_temp", np.float64),  # 1 / softmax temperature (base units)
+        ("ortho", np.float64),  # cosine above which two interests are pushed apart
+        ("rho", np.float64),  # trust radius around the anchor
+        ("max_norm", np.float64),  # norm bound on an interest (inf: none)
+        ("step_cap", np.float64),  # largest change of one interest per click (guards)
+        ("drift_cap", np.float64),  # largest RMS drift from the anchors (guards)
+        ("d_lr", np.float64),  # step on d_u's logit
+        ("d_pull", np.float64),  # pull of the logit back to its prior
+        ("d_step_cap", np.float64),  # largest change of the logit per click (guards)
+        ("d_max_offset", np.float64),  # the logit stays this close to its prior
+        ("d_bound", np.float64),  # absolute bound of the logit
+        ("burst", np.float64),  # token bucket size (guards)
+        ("per_s", np.float64),  # token refill per second of event time
+        ("freeze_ms", np.float64),  # how long a user whose bucket ran dry stays frozen
+        ("session_gap_ms", np.float64),  # signals: a longer gap starts a session
+        ("explore_fading", np.float64),  # signals: fading of the exploration rate
+        ("session_fading", np.float64),  # signals: fading over closed sessions
+        ("short_decay", np.float64),  # signals: per-click decay of the short-term counts
+        ("long_decay", np.float64),  # signals: per-click decay of the long-term counts
+        ("dim", np.int64),  # embedding size
+        ("n_neg", np.int64),  # negatives of the sampled softmax
+        ("regate_every", np.int64),  # base without the network: re-propose K_u every m steps
+        ("reanchor_every", np.int64),  # DIAM base: re-run the network every m events (0: never)
+        ("guards", np.bool_),  # step cap, drift cap, rate limit
+        ("learn", np.bool_),  # take gradient steps (False: frozen anchors)
+        ("rollback", np.bool_),  # a drift-cap trip resets to the anchors instead of clamping
+        ("network", np.bool_),  # the base has DIAM's network (anchors, the global slot)
+    ],
+)
+"""The learner's constants, read by :func:`learn_event`; lengths already in base units."""
+
+
+# -- the outcome of a click --------------------------------------------------------------------
+class Outcome(NamedTuple):
+    """What :func:`learn_event` did with one click, and what the caller does next."""
+
+    duplicate: bool  # the offset was applied already: nothing changed
+    frozen: bool  # not learnt: the rate limit holds the user frozen
+    froze_now: bool  # this click froze the user
+    cold: bool  # unknown item, or one without an embedding: signals and counters only
+    unanchored: bool  # a known item, but the user has no anchors yet: the caller anchors
+    learnt: bool  # a gradient step was taken
+    step_capped: bool  # the per-step cap bound (guards)
+    drift_capped: bool  # the drift cap bound: vectors clamped, or rolled back (``rollback``)
+    cap_reached: bool  # the drift cap bound and did not at the user's previous step
+    reanchor: bool  # DIAM base: time to re-run the network on the user's items
+    refresh_global: bool  # DIAM base: refresh the global interest (slot 0)
+    regate: bool  # base without the network: time to re-propose K_u
+
+
+def _bit(name: str) -> int:
+    return 1 << Outcome._fields.index(name)
+
+
+# the kernel's constants (numba freezes module globals at compile time)
+_DUPLICATE, _FROZEN, _FROZE_NOW, _COLD = (_bit(n) for n in Outcome._fields[:4])
+_UNANCHORED, _LEARNT, _STEP_CAPPED, _DRIFT_CAPPED = (_bit(n) for n in Outcome._fields[4:8])
+_CAP_REACHED, _REANCHOR, _REFRESH_GLOBAL, _REGATE = (_bit(n) for n in Outcome._fields[8:])
+
+_OUTCOMES = tuple(
+    Outcome(*(bool(bits >> i & 1) for i in range(len(Outcome._fields))))
+    for bits in range(1 << len(Outcome._fields))
+)
+
+
+def outcome(bits: int) -> Outcome:
+    """The named form of :func:`learn_event`'s bits (a table lookup, no allocation)."""
+    return _OUTCOMES[bits]
+
 
 _EPS = 1e-12
 
@@ -97,10 +204,12 @@ def _dot(a, b) -> float:
 
 # -- token bucket -------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def admit(ust, ts_ms, burst, per_s, freeze_ms):
-    """Token bucket on event time over ``ust[U_TOKENS:U_UNTIL+1]`` (tokens, last refill ts or
-    -1, frozen-until ts or -1). Returns ``(learn from this event, froze now)``."""
-    tokens, last, until = ust[U_TOKENS], ust[U_LAST], ust[U_UNTIL]
+def admit(user, ts_ms, burst, per_s, freeze_ms):
+    """Token bucket on event time over the user record's ``tokens``, ``refill_ms`` and
+    ``frozen_until_ms`` (-1: never refilled, not frozen). Returns ``(learn from this event,
+    froze now)``."""
+    u = user[0]
+    tokens, last, until = u.tokens, u.refill_ms, u.frozen_until_ms
     t = np.float64(ts_ms)
     if until >= 0.0:
         if t < until:
@@ -110,9 +219,9 @@ def admit(ust, ts_ms, burst, per_s, freeze_ms):
         tokens = min(burst, tokens + (t - last) / 1000.0 * per_s)
     last = max(last, t)
     if tokens >= 1.0:
-        ust[U_TOKENS], ust[U_LAST], ust[U_UNTIL] = tokens - 1.0, last, until
+        u.tokens, u.refill_ms, u.frozen_until_ms = tokens - 1.0, last, until
         return True, False
-    ust[U_TOKENS], ust[U_LAST], ust[U_UNTIL] = tokens, last, t + freeze_ms
+    u.tokens, u.refill_ms, u.frozen_until_ms = tokens, last, t + freeze_ms
     return False, True
 
 
@@ -575,88 +684,122 @@ def _event_start(uhash, offset, n_table, n_draw):
 
 
 @njit(cache=True, error_model="numpy")
-def learn_event(Vf, Af, dim, ust, ring, sig, n_cat, emb_flat, item_norms, item_cats, table, par,
-                sigc, idx, sess_mode, ts_ms, uhash, offset, anchored):
-    """Apply one click to one user: rate limit, signals, the recent-item ring, and (for an
-    anchored user) the guarded gradient step on the routed interest, the d_u step and the
-    drift cap. Returns ``(bits, routed interest or -1, RMS drift before capping)``; the caller
-    emits drift events from the bits and handles anchoring and K_u re-gating.
+def _network_due(u, p):
+    """DIAM base, after a click on a known item: count it, then say whether the network
+    re-runs on the user's items (every ``reanchor_every`` events) or only the global
+    interest is refreshed."""
+    u.since_anchor += 1
+    if p.reanchor_every > 0 and u.since_anchor >= p.reanchor_every:
+        return _REANCHOR
+    return _REFRESH_GLOBAL
 
-    ``sigc`` = (session gap ms, exploration fading, session fading, short decay, long decay).
+
+@njit(cache=True, error_model="numpy")
+def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, table, par,
+                idx, sess_mode, ts_ms, offset):
+    """Apply one click (item row ``idx``, -1 if unknown) to one user: duplicates, the rate
+    limit, the counters, signals, the recent-item ring, and (for an anchored user) the guarded
+    gradient step on the routed interest, the d_u step and the drift cap. Returns ``(bits,
+    routed interest or -1, RMS drift before capping)``; :func:`outcome` names the bits. The
+    caller emits drift events from them, anchors new users, re-runs the network or re-gates
+    K_u when the bits say so.
+
+    ``user`` and ``par`` are one-element arrays of :data:`USER` and :data:`PARAMS`; ``sess_mode``
+    is -1 without a session id, 0 for the same id as the previous click, 1 for another.
     """
+    u = user[0]
+    p = par[0]
+    if u.n_events > 0 and offset <= u.seq:
+        return _DUPLICATE, -1, 0.0  # at-least-once input: applied already
+    u.n_events += 1
+    u.seq = offset
+    u.last_ts = ts_ms
     bits = 0
-    if par[P_GUARDS] != 0.0:
-        ok, froze = admit(ust, ts_ms, par[P_BURST], par[P_PER_S], par[P_FREEZE_MS])
+    if p.guards:
+        ok, froze = admit(user, ts_ms, p.burst, p.per_s, p.freeze_ms)
         if froze:
-            bits |= FROZE_NOW
+            bits |= _FROZE_NOW
         if not ok:
-            return bits | FROZEN, -1, 0.0
+            u.frozen = True
+            return bits | _FROZEN, -1, 0.0
+    u.frozen = False
     n_items = item_norms.shape[0]
     c = -1
     if 0 <= idx < n_items:
         c = item_cats[idx]
-    explore = signals_update(sig, n_cat, c, sess_mode, ts_ms, sigc[0], sigc[1], sigc[2],
-                             sigc[3], sigc[4])
+    explore = signals_update(sig, n_cat, c, sess_mode, ts_ms, p.session_gap_ms,
+                             p.explore_fading, p.session_fading, p.short_decay, p.long_decay)
     if idx < 0 or idx >= n_items or item_norms[idx] == 0.0:
-        return bits | COLD, -1, 0.0
+        return bits | _COLD, -1, 0.0
     # the recent-item ring
     cap_n = ring.shape[0]
-    pos = int(ust[U_RING_POS])
+    pos = u.ring_pos
     ring[pos] = idx
-    ust[U_RING_POS] = (pos + 1) % cap_n
-    if ust[U_N_RECENT] < cap_n:
-        ust[U_N_RECENT] += 1.0
-    if not anchored:
-        return bits | UNANCHORED, -1, 0.0
-    if par[P_LEARN] == 0.0:
+    u.ring_pos = (pos + 1) % cap_n
+    if u.n_recent < cap_n:
+        u.n_recent += 1
+    if not u.anchored:
+        return bits | _UNANCHORED, -1, 0.0
+    if not p.learn:  # frozen anchors, or the network alone
+        if p.network and p.reanchor_every > 0:
+            bits |= _network_due(u, p)
         return bits, -1, 0.0
+    dim = p.dim
     emb = emb_flat.reshape((n_items, dim))
     K = Vf.shape[0] // dim
     V = Vf.reshape((K, dim))
     A = Af.reshape((K, dim))
-    guards = par[P_GUARDS] != 0.0
+    guards = p.guards
     # route, then one sampled-softmax step on the routed interest
     norms = np.empty(K)
     k = route(V, emb[idx], norms)
-    n_neg = int(par[P_N_NEG])
-    start = _event_start(uhash, offset, table.shape[0], n_neg + 1)
+    n_neg = p.n_neg
+    start = _event_start(u.uhash, offset, table.shape[0], n_neg + 1)
     g = softmax_step(V[k].astype(np.float64), emb, idx, table[start + 1:start + 1 + n_neg],
-                     par[P_INV_TEMP], par[P_CLIP])
+                     p.inv_temp, p.clip)
     old = V[k]
     v = np.empty(dim)
-    lr = par[P_LR]
+    lr = p.lr
     for i in range(dim):
         v[i] = old[i] + lr * g[i]
     if K > 1:
-        push_apart(v, V, k, par[P_ORTHO], norms)
-    feasible(v, A[k], par[P_RHO], par[P_MAX_NORM])
-    bits |= LEARNT
-    if guards and cap_step(v, old, par[P_STEP_CAP]):
-        bits |= STEP_CAPPED
+        push_apart(v, V, k, p.ortho, norms)
+    feasible(v, A[k], p.rho, p.max_norm)
+    bits |= _LEARNT
+    u.n_learned += 1
+    if guards and cap_step(v, old, p.step_cap):
+        bits |= _STEP_CAPPED
     for i in range(dim):
         V[k, i] = v[i]
     # d_u: one step on its logit toward this click's exploration flag, bounded around the prior
     if explore != 0.5:
-        l0 = ust[U_D_LOGIT]
-        prior = ust[U_D_PRIOR]
-        p = 1.0 / (1.0 + math.exp(-l0))
-        dl = -par[P_D_LR] * ((p - explore) + par[P_D_PULL] * (l0 - prior))
+        l0 = u.d_logit
+        prior = u.d_prior
+        pr = 1.0 / (1.0 + math.exp(-l0))
+        dl = -p.d_lr * ((pr - explore) + p.d_pull * (l0 - prior))
         if guards:
-            dl = min(max(dl, -par[P_D_STEP_CAP]), par[P_D_STEP_CAP])
-        lo = max(prior - par[P_D_MAX_OFFSET], -par[P_D_BOUND])
-        hi = min(prior + par[P_D_MAX_OFFSET], par[P_D_BOUND])
-        ust[U_D_LOGIT] = min(max(l0 + dl, lo), hi)
+            dl = min(max(dl, -p.d_step_cap), p.d_step_cap)
+        lo = max(prior - p.d_max_offset, -p.d_bound)
+        hi = min(prior + p.d_max_offset, p.d_bound)
+        u.d_logit = min(max(l0 + dl, lo), hi)
     rms = 0.0
     if guards:
-        if par[P_ROLLBACK] != 0.0:
+        if p.rollback:
             rms = rms_drift(V, A)
-            if rms > par[P_DRIFT_CAP]:
+            if rms > p.drift_cap:
                 V[:, :] = A
-                bits |= DRIFT_CAPPED
         else:
-            rms = cap_drift(V, A, par[P_DRIFT_CAP])
-            if rms > par[P_DRIFT_CAP]:
-                bits |= DRIFT_CAPPED
+            rms = cap_drift(V, A, p.drift_cap)
+        capped = rms > p.drift_cap
+        if capped:
+            bits |= _DRIFT_CAPPED
+            if not u.capped:
+                bits |= _CAP_REACHED
+        u.capped = capped
+    if p.network:
+        bits |= _network_due(u, p)
+    elif u.n_learned % p.regate_every == 0:
+        bits |= _REGATE
     return bits, k, rms
 
 
@@ -668,18 +811,20 @@ def warm_up() -> None:
     emb = rng.standard_normal((10, dim)).astype(np.float32)
     V = emb[:k].reshape(-1).copy()
     A = V.copy()
-    ust = np.zeros(USER_SLOTS)
-    ust[U_TOKENS], ust[U_LAST], ust[U_UNTIL] = 5.0, -1.0, -1.0
+    user = new_user(12345, 5.0)
+    user["anchored"] = True
     ring = np.zeros(5, dtype=np.int32)
     sig = np.zeros(sig_size(n_cat))
     sig[S_HEAD:S_HEAD + WINDOW] = -1.0
-    par = np.zeros(PARAM_SLOTS)
-    par[[P_LR, P_CLIP, P_INV_TEMP, P_ORTHO, P_RHO, P_MAX_NORM, P_STEP_CAP, P_DRIFT_CAP]] = 1.0
-    par[[P_GUARDS, P_LEARN, P_N_NEG, P_BURST, P_PER_S]] = [1.0, 1.0, 2.0, 5.0, 1.0]
+    par = np.zeros(1, PARAMS)
+    for name in ("lr", "clip", "inv_temp", "ortho", "rho", "max_norm", "step_cap", "drift_cap",
+                 "per_s"):
+        par[name] = 1.0
+    par["burst"], par["dim"], par["n_neg"], par["regate_every"] = 5.0, dim, 2, 3
+    par["guards"] = par["learn"] = True
     table = np.arange(10, dtype=np.int64)
-    sigc = np.array([1800000.0, 0.1, 0.3, 0.8, 0.98])
-    learn_event(V, A, dim, ust, ring, sig, n_cat, emb.reshape(-1), np.ones(10, np.float32),
-                np.zeros(10, np.int32), table, par, sigc, 3, -1, 1000, 12345, 7, True)
+    learn_event(user, V, A, ring, sig, n_cat, emb.reshape(-1), np.ones(10, np.float32),
+                np.zeros(10, np.int32), table, par, 3, -1, 1000, 7)
     centroids(emb.astype(np.float32), 2, 5)
     signal_values(sig, n_cat, 2.0)
     effective_categories(sig, n_cat)

@@ -39,15 +39,31 @@ from online_model.routing import (
 )
 from online_model.signals import SIGNAL_CONSTS, SignalState
 
-__all__ = ["DriftEvent", "UserState", "OnlineLearner", "DriftKind"]
+__all__ = ["DriftEvent", "UserState", "OnlineLearner", "DriftKind", "KnownBases", "learner_params"]
 
 DriftKind = Literal["k_change", "guard_trip", "rollback", "freeze", "reanchor"]
 
-# the last bases seen in this process, by item fingerprint: lets a re-anchoring map a user's
-# recent item rows from the old base to the new one when their item tables differ. Strong
-# references (a hot reload drops the old learner at once), but only a few: bases are large.
-_BASES: OrderedDict[str, BaseView] = OrderedDict()
-_BASES_KEPT = 3
+
+class KnownBases:
+    """The last few bases a learner (and the learners that replace it on a hot reload) served,
+    by item fingerprint: a re-anchoring maps a user's recent item rows from the base they were
+    recorded under to the new one when the item tables differ. Strong references, but only a
+    few: bases are large. Whoever replaces a learner hands this over (``OnlineLearner(...,
+    bases=old.bases)``), so it lives as long as the process's line of learners, not longer.
+    """
+
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self._by_fp: OrderedDict[str, BaseView] = OrderedDict()
+
+    def add(self, base: BaseView) -> None:
+        self._by_fp[base.fingerprint] = base
+        self._by_fp.move_to_end(base.fingerprint)
+        while len(self._by_fp) > self.keep:
+            self._by_fp.popitem(last=False)
+
+    def get(self, fingerprint: str) -> BaseView | None:
+        return self._by_fp.get(fingerprint)
 
 
 @dataclass(frozen=True)
@@ -80,15 +96,15 @@ class DriftEvent:
         )
 
 
-def _ust_slot(index: int, doc: str) -> property:
-    """A float attribute of :class:`UserState` kept in its ``ust`` array (where the kernel
-    reads and writes it)."""
+def _field(name: str, kind: type, doc: str) -> property:
+    """An attribute of :class:`UserState` kept in its record (where the kernel reads and writes
+    it); ``kind`` converts the numpy scalar to the plain Python type callers expect."""
 
-    def get(self: UserState) -> float:
-        return float(self.ust[index])
+    def get(self: UserState) -> Any:
+        return kind(self.rec[name][0])
 
-    def put(self: UserState, value: float) -> None:
-        self.ust[index] = value
+    def put(self: UserState, value: Any) -> None:
+        self.rec[name] = value
 
     return property(get, put, doc=doc)
 
@@ -113,38 +129,19 @@ def _flat_backed(slot: str, flat: str, doc: str) -> property:
 class UserState:
     """One user's online state: small (~2 KB pickled) and picklable, as Bytewax snapshots it.
 
-    ``V``/``A`` are float32 [k, dim] C-contiguous interest vectors and their anchors (the
-    compiled kernel updates them in place through flat views); ``ring`` holds the int32 rows
-    of the last ≤ recent_len known items (``recent`` gives them in time order); ``ust`` the
-    float64 scalars the kernel reads and writes (d_u logit and prior, token bucket, ring
-    bookkeeping; layout in :mod:`online_model.kernels`); ``seq`` the last applied offset.
-    Before anchoring a user has k=1 and the mean of its items as its only vector.
+    ``rec`` is the user's record (a one-element array of :data:`online_model.kernels.USER`):
+    every scalar the kernel reads and writes, by name (d_u's logit and prior, the token
+    bucket, the ring's bookkeeping, the counters, K_u's pending proposal, the guard flags),
+    also readable here as attributes (``state.seq``, ``state.d_logit``, ...). Beside it:
+    ``V``/``A``, float32 [k, dim] C-contiguous interest vectors and their anchors (the kernel
+    updates them in place through flat views); ``ring``, the int32 rows of the last
+    ≤ recent_len known items (``recent`` gives them in time order); ``signals``, the signal
+    accumulators; ``hseq``, the encoder's summary at the last inference. Before anchoring a
+    user has k=1 and the mean of its items as its only vector.
     """
 
-    __slots__ = (
-        "user_id",
-        "uhash",
-        "version",
-        "items_fp",
-        "_V",
-        "_A",
-        "Vf",
-        "Af",
-        "anchored",
-        "ust",
-        "signals",
-        "ring",
-        "n_events",
-        "seq",
-        "last_ts",
-        "k_proposal",
-        "k_streak",
-        "frozen",
-        "capped",
-        "n_learned",
-        "since_anchor",
-        "hseq",
-    )
+    __slots__ = ("user_id", "version", "items_fp", "rec", "_V", "_A", "Vf", "Af", "ring",
+                 "signals", "hseq")
 
     def __init__(
         self,
@@ -157,69 +154,67 @@ class UserState:
         burst: float,
     ) -> None:
         self.user_id = user_id
-        h = stable_hash64(user_id)
-        self.uhash = h - (1 << 64) if h >= 1 << 63 else h  # as int64, the kernel's type
         self.version = version
         self.items_fp = items_fp
+        self.rec = K.new_user(_uhash(user_id), burst)
         self.V = np.zeros((1, dim), dtype=np.float32)
         self.A = np.zeros((1, dim), dtype=np.float32)
-        self.anchored = False
-        self.ust = np.zeros(K.USER_SLOTS)
-        self.ust[K.U_TOKENS], self.ust[K.U_LAST], self.ust[K.U_UNTIL] = burst, -1.0, -1.0
         self.signals = SignalState(n_categories)
         self.ring = np.zeros(recent_len, dtype=np.int32)
-        self.n_events = 0
-        self.n_learned = 0
-        self.seq = -1
-        self.last_ts = 0
-        self.k_proposal = 1
-        self.k_streak = 0
-        self.frozen = False
-        self.capped = False
-        self.since_anchor = 0
         self.hseq = np.zeros(dim, dtype=np.float32)  # the encoder's summary at the last inference
 
     # V and A with flat views of the same memory kept next to them (Vf, Af): the kernel takes
-    # flat arrays, and reshaping both on every event cost ~3 µs of a ~40 µs event in the
-    # dataflow (new view objects over cold array headers, py-spy over 400k events, 20k users).
+    # flat arrays, and reshaping both on every event would create new view objects per event.
     Vf: np.ndarray
     Af: np.ndarray
     V = _flat_backed("_V", "Vf", "float32 [k, dim] interest vectors; ``Vf`` is their flat view.")
     A = _flat_backed("_A", "Af", "float32 [k, dim] anchors; ``Af`` is their flat view.")
 
+    # the record's fields, by name
+    uhash = _field("uhash", int, "Stable hash of the user id (int64): seeds the negatives.")
+    d_logit = _field("d_logit", float, "d_u's logit (the kernel updates it in place).")
+    d_prior = _field("d_prior", float, "d_u's prior logit, from the fusion layer on the signals.")
+    n_events = _field("n_events", int, "Clicks applied (duplicates not counted).")
+    seq = _field("seq", int, "The last applied offset.")
+    last_ts = _field("last_ts", int, "Event time (ms) of the last applied click.")
+    n_recent = _field("n_recent", int, "Known items in the recent-item ring.")
+    n_learned = _field("n_learned", int, "Gradient steps taken.")
+    since_anchor = _field("since_anchor", int, "DIAM base: events since the network last ran.")
+    k_proposal = _field("k_proposal", int, "The last proposed K_u (hysteresis).")
+    k_streak = _field("k_streak", int, "Consecutive equal proposals that differ from K_u.")
+    anchored = _field("anchored", bool, "Has anchors (else one mean vector, or nothing).")
+    frozen = _field("frozen", bool, "The rate limit froze the user at its last click.")
+    capped = _field("capped", bool, "The drift cap bound at the user's last step.")
+    frozen_until_ms = _field("frozen_until_ms", float, "Event time the freeze ends (-1: none).")
+
     def clone_for(self, user_id: str) -> UserState:
         """A copy of this state for another user (arrays copied). The learner builds new users
-        from a template this way: ~2x cheaper than ``__init__``, whose array set-up dominates."""
+        from a template this way, cheaper than ``__init__``, whose array set-up dominates."""
         other = UserState.__new__(UserState)
-        for name in self._PLAIN:
-            setattr(other, name, getattr(self, name))
-        other.user_id = user_id
-        h = stable_hash64(user_id)
-        other.uhash = h - (1 << 64) if h >= 1 << 63 else h
-        other.V, other.A, other.ust, other.ring = self.V.copy(), self.A.copy(), self.ust.copy(), self.ring.copy()
+        other.user_id, other.version, other.items_fp = user_id, self.version, self.items_fp
+        other.rec = self.rec.copy()
+        other.rec["uhash"] = _uhash(user_id)
+        other.V, other.A, other.ring = self.V.copy(), self.A.copy(), self.ring.copy()
         other.hseq = self.hseq.copy()
         other.signals = self.signals.fresh_copy()
         return other
 
+    def applied(self, offset: int) -> bool:
+        """Whether ``offset`` was applied already (at-least-once input)."""
+        return self.n_events > 0 and offset <= self.seq
+
     @property
     def k(self) -> int:
         return int(self.V.shape[0])
-
-    d_logit = _ust_slot(K.U_D_LOGIT, "d_u's logit (the kernel updates it in place).")
-    d_prior = _ust_slot(K.U_D_PRIOR, "d_u's prior logit, from the fusion layer on the signals.")
 
     @property
     def d(self) -> float:
         return 1.0 / (1.0 + math.exp(-self.d_logit))
 
     @property
-    def n_recent(self) -> int:
-        return int(self.ust[K.U_N_RECENT])
-
-    @property
     def recent(self) -> np.ndarray:
         """int32 rows of the last ≤ recent_len known items, oldest first (a copy)."""
-        n, pos = self.n_recent, int(self.ust[K.U_RING_POS])
+        n, pos = self.n_recent, int(self.rec["ring_pos"][0])
         if n < len(self.ring):
             return self.ring[:n].copy()
         return np.concatenate((self.ring[pos:], self.ring[:pos]))
@@ -230,8 +225,8 @@ class UserState:
         rows = np.asarray(rows, dtype=np.int32)[-cap:]
         self.ring[:] = 0
         self.ring[: len(rows)] = rows
-        self.ust[K.U_N_RECENT] = len(rows)
-        self.ust[K.U_RING_POS] = len(rows) % cap
+        self.rec["n_recent"] = len(rows)
+        self.rec["ring_pos"] = len(rows) % cap
 
     def vectors(self) -> np.ndarray:
         """float32 [k, dim], a copy."""
@@ -246,51 +241,36 @@ class UserState:
         return math.sqrt(float(np.einsum("kd,kd->", delta, delta)) / self.k)
 
     # Compact form: Bytewax snapshots every touched user each epoch, on the dataflow's thread,
-    # so the snapshot is one flat tuple of plain values and one byte string holding every
-    # array (no ndarray or nested-object pickling): ``pack`` takes ~6 µs per user where
-    # pickling the objects took ~20.
-    _PLAIN = (
-        "user_id",
-        "uhash",
-        "version",
-        "items_fp",
-        "anchored",
-        "n_events",
-        "n_learned",
-        "seq",
-        "last_ts",
-        "k_proposal",
-        "k_streak",
-        "frozen",
-        "capped",
-        "since_anchor",
-    )
+    # so the snapshot is one flat tuple of a few plain values and one byte string: the record's
+    # bytes, then every array (no ndarray or nested-object pickling).
+    _FORMAT = "user-2"
 
     def pack(self) -> tuple:
-        """The whole state as a flat tuple of str/int/bool/bytes (``unpack`` inverts it)."""
+        """The whole state as a flat tuple of str/int/bytes (``unpack`` inverts it)."""
         sig = self.signals
         k, dim = self.V.shape
-        return (*(getattr(self, s) for s in self._PLAIN), k, dim, len(self.ring), len(self.ust),
-                sig.n_categories, sig.last_session,
-                b"".join((self.V.tobytes(), self.A.tobytes(), self.ring.tobytes(), self.ust.tobytes(),
-                          self.hseq.tobytes(), sig.to_bytes())))
+        return (self._FORMAT, self.user_id, self.version, self.items_fp, sig.last_session,
+                sig.n_categories, k, dim, len(self.ring),
+                b"".join((self.rec.tobytes(), self.V.tobytes(), self.A.tobytes(),
+                          self.ring.tobytes(), self.hseq.tobytes(), sig.to_bytes())))
 
     @classmethod
     def unpack(cls, packed: tuple) -> UserState:
-        n = len(cls._PLAIN)
-        k, dim, n_ring, n_ust, n_cat, last_session, raw = packed[n:]
+        if not (type(packed) is tuple and len(packed) == 10 and packed[0] == cls._FORMAT):
+            raise ValueError(f"not a packed user state of format {cls._FORMAT!r} (an older "
+                             "snapshot format?)")
+        _, user_id, version, items_fp, last_session, n_cat, k, dim, n_ring, raw = packed
         self = cls.__new__(cls)
-        for key, value in zip(cls._PLAIN, packed[:n], strict=True):
-            setattr(self, key, value)
-        o, nv = 0, k * dim
+        self.user_id, self.version, self.items_fp = user_id, version, items_fp
+        o = K.USER.itemsize
+        self.rec = np.frombuffer(raw, K.USER, 1, 0).copy()
+        nv = k * dim
         self.V = np.frombuffer(raw, np.float32, nv, o).reshape(k, dim).copy()
         o += 4 * nv
         self.A = np.frombuffer(raw, np.float32, nv, o).reshape(k, dim).copy()
         o += 4 * nv
         self.ring = np.frombuffer(raw, np.int32, n_ring, o).copy()
         o += 4 * n_ring
-        self.ust = np.frombuffer(raw, np.float64, n_ust, o).copy()
-        o += 8 * n_ust
         self.hseq = np.frombuffer(raw, np.float32, dim, o).copy()
         o += 4 * dim
         self.signals = SignalState.from_bytes(n_cat, last_session, memoryview(raw)[o:])
@@ -304,31 +284,67 @@ def _unpack_user_state(packed: tuple) -> UserState:
     return UserState.unpack(packed)
 
 
+def _uhash(user_id: str) -> int:
+    """The user's stable 64-bit hash as int64 (two's complement), the kernel's type."""
+    h = stable_hash64(user_id)
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return math.log(p / (1.0 - p))
 
 
-class OnlineLearner:
-    """Applies clicks to user states against one base model. Holds no per-user data."""
+def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
+    """The learner's constants as the kernel reads them (a one-element
+    :data:`online_model.kernels.PARAMS` array): ``cfg`` with its lengths in the base's units.
+    The one place where the configuration becomes the kernel's parameters."""
+    s = base.scale
+    par = np.zeros(1, K.PARAMS)
+    p = par[0]
+    p["lr"], p["clip"] = cfg.lr, cfg.grad_clip * s
+    p["inv_temp"] = 1.0 / (cfg.temperature * s * s)
+    p["ortho"] = cfg.ortho_threshold + cfg.ortho_margin
+    p["rho"] = cfg.trust_radius * s
+    # On a DIAM base the anchors are the network's interests, whose norms are its own (the
+    # global slot is a mean plus a correction): the trust region around them bounds the
+    # vectors, and a norm bound in item units would only cut the network's output.
+    p["max_norm"] = np.inf if base.head is not None else cfg.max_norm * s
+    p["step_cap"], p["drift_cap"] = cfg.step_cap * s, cfg.drift_cap * s
+    p["d_lr"], p["d_pull"], p["d_step_cap"] = cfg.d_lr, cfg.d_prior_pull, cfg.d_step_cap
+    p["d_max_offset"], p["d_bound"] = cfg.d_max_offset, cfg.d_logit_bound
+    p["burst"], p["per_s"], p["freeze_ms"] = cfg.rate_burst, cfg.rate_per_s, cfg.freeze_ms
+    (p["session_gap_ms"], p["explore_fading"], p["session_fading"], p["short_decay"],
+     p["long_decay"]) = SIGNAL_CONSTS
+    p["dim"], p["n_neg"] = base.dim, cfg.n_negatives
+    p["regate_every"], p["reanchor_every"] = cfg.regate_every, cfg.reanchor_every
+    p["guards"], p["learn"] = cfg.guards, cfg.learn
+    p["rollback"] = cfg.drift_policy == "rollback"
+    p["network"] = base.head is not None
+    return par
 
-    def __init__(self, base: BaseView, cfg: OnlineConfig) -> None:
+
+class OnlineLearner:
+    """Applies clicks to user states against one base model. Holds no per-user data.
+
+    ``bases`` remembers the bases this learner and its predecessors served (see
+    :class:`KnownBases`); a learner that replaces another on a hot reload takes the old one's.
+    """
+
+    def __init__(self, base: BaseView, cfg: OnlineConfig, bases: KnownBases | None = None) -> None:
         if base.dim != cfg.dim:
             raise ValueError(f"base dimension {base.dim} differs from the configured dim {cfg.dim}")
         self.cfg = cfg
+        self.bases = KnownBases() if bases is None else bases
         self._set_base(base)
 
     def _set_base(self, base: BaseView) -> None:
         self.base = base
-        _BASES[base.fingerprint] = base
-        _BASES.move_to_end(base.fingerprint)
-        while len(_BASES) > _BASES_KEPT:
-            _BASES.popitem(last=False)
+        self.bases.add(base)
         cfg = self.cfg
         self.k_max = min(cfg.k_max, base.k_max)
-        s = base.scale
-        self._max_norm = cfg.max_norm * s
-        self._drift_cap = cfg.drift_cap * s
+        self._max_norm = cfg.max_norm * base.scale
+        self._drift_cap = cfg.drift_cap * base.scale
         # negatives come from the items the base can embed
         self._table = NegativeTable(np.flatnonzero(base.item_norms > 0)).table
         # what the compiled kernel reads, prepared once per base
@@ -337,24 +353,13 @@ class OnlineLearner:
         self._index = base._index
         self._emb_flat = base.item_emb.reshape(-1)
         self._dim, self._norms, self._cats = base.dim, base.item_norms, base.item_categories
-        self._par = np.zeros(K.PARAM_SLOTS)
-        p = self._par
-        p[K.P_LR], p[K.P_CLIP] = cfg.lr, cfg.grad_clip * s
-        p[K.P_INV_TEMP] = 1.0 / (cfg.temperature * s * s)
-        p[K.P_ORTHO] = cfg.ortho_threshold + cfg.ortho_margin
-        # On a DIAM base the anchors are the network's interests, whose norms are its own (the
-        # global slot is a mean plus a correction): the trust region around them bounds the
-        # vectors, and a norm bound in item units would only cut the network's output.
-        p[K.P_RHO] = cfg.trust_radius * s
-        p[K.P_MAX_NORM] = np.inf if base.head is not None else self._max_norm
-        p[K.P_STEP_CAP], p[K.P_DRIFT_CAP] = cfg.step_cap * s, self._drift_cap
-        p[K.P_GUARDS], p[K.P_LEARN] = float(cfg.guards), float(cfg.learn)
-        p[K.P_D_LR], p[K.P_D_PULL], p[K.P_D_STEP_CAP] = cfg.d_lr, cfg.d_prior_pull, cfg.d_step_cap
-        p[K.P_D_MAX_OFFSET], p[K.P_D_BOUND] = cfg.d_max_offset, cfg.d_logit_bound
-        p[K.P_N_NEG] = cfg.n_negatives
-        p[K.P_BURST], p[K.P_PER_S], p[K.P_FREEZE_MS] = cfg.rate_burst, cfg.rate_per_s, cfg.freeze_ms
-        p[K.P_ROLLBACK] = float(cfg.drift_policy == "rollback")
-        self._sigc = np.asarray(SIGNAL_CONSTS, dtype=np.float64)
+        self._par = learner_params(cfg, base)
+
+    def succeed(self, previous: OnlineLearner) -> None:
+        """Take over ``previous``'s known bases (a hot reload replaces it by this learner), so
+        that a user recorded under an older base keeps its recent items by id."""
+        previous.bases.add(self.base)
+        self.bases = previous.bases
 
     @staticmethod
     def warm_up() -> None:
@@ -384,69 +389,57 @@ class OnlineLearner:
         An offset at or below ``state.seq`` was applied already (at-least-once input) and is
         ignored. Cold items (unknown to the base) update the counters and timing only.
         The arithmetic is one call of :func:`online_model.kernels.learn_event`; this method
-        turns its result bits into drift events, anchors new users and re-gates K_u.
+        turns its :class:`~online_model.kernels.Outcome` into drift events, anchors new users
+        and re-gates K_u.
         """
-        if state.n_events and offset <= state.seq:
-            return []
         out: list[DriftEvent] = []
-        if state.version != self._version:
+        if state.version != self._version:  # a new base: re-anchor first (not for a duplicate)
+            if state.applied(offset):
+                return out
             out.extend(self.reanchor(state))
-        state.n_events += 1
-        state.seq = offset = int(offset)
-        state.last_ts = ts_ms = int(ts_ms)
         idx = self._index.get(item_id, -1) if type(item_id) is str else self.base.index_of(item_id)
         sig = state.signals
         mode = -1 if session_id is None else int(session_id != sig.last_session)
         bits, k, rms = K.learn_event(
-            state.Vf, state.Af, self._dim, state.ust, state.ring,
-            sig.buf, sig.n_categories, self._emb_flat, self._norms, self._cats, self._table,
-            self._par, self._sigc, idx, mode, ts_ms, state.uhash, offset, state.anchored,
+            state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
+            self._emb_flat, self._norms, self._cats, self._table, self._par,
+            idx, mode, int(ts_ms), int(offset),
         )
-        if bits & K.FROZEN:
-            state.frozen = True
-            if bits & K.FROZE_NOW:
-                cfg = self.cfg
-                out.append(self._event(state, "freeze", rate_per_s=cfg.rate_per_s,
-                                       until_ms=int(state.ust[K.U_UNTIL])))
+        o = K.outcome(bits)
+        if o.duplicate:
+            return out
+        if o.frozen:
+            if o.froze_now:
+                out.append(self._event(state, "freeze", rate_per_s=self.cfg.rate_per_s,
+                                       until_ms=int(state.frozen_until_ms)))
             return out  # a burst: nothing about this user is learnt until the freeze ends
-        state.frozen = False
         if session_id is not None and 0 <= idx and 0 <= self._cats[idx] < sig.n_categories:
             sig.last_session = session_id
-        if bits & K.COLD:
+        if o.cold:
             return out  # cold item: no embedding to learn from
-        head = self.base.head
-        if bits & K.UNANCHORED:
-            if head is not None or state.n_recent >= self.cfg.anchor_min_items:
+        if o.unanchored:
+            if self.base.head is not None or state.n_recent >= self.cfg.anchor_min_items:
                 self._anchor(state, out)
             else:
                 state.V = state.A = self._mean_vector(state)
             return out
-        if not bits & K.LEARNT:  # learning off: frozen anchors, or the network alone
-            if head is not None and self.cfg.reanchor_every:
-                if not self._maybe_reanchor(state, out):
-                    self._refresh_global(state)
-            return out
-        state.n_learned += 1
-        cfg = self.cfg
-        if bits & K.STEP_CAPPED:
+        if o.step_capped:
             out.append(self._event(state, "guard_trip", guard="step_cap", interest=int(k)))
-        if cfg.guards:
-            capped = bool(bits & K.DRIFT_CAPPED)
-            if capped and cfg.drift_policy == "rollback":
-                out.append(self._event(state, "rollback", drift=rms / self.base.scale))
-            elif capped and not state.capped:  # report reaching the cap, not every event at it
-                out.append(self._event(state, "guard_trip", guard="drift_cap",
-                                       drift=rms / self.base.scale))
-            state.capped = capped
-        if head is not None:
-            # K_u comes from the full gate at each re-anchoring (with hysteresis), not from
-            # the light gate
-            if not self._maybe_reanchor(state, out):
-                self._refresh_global(state)
-        elif state.n_learned % cfg.regate_every == 0:
+        if o.drift_capped and self.cfg.drift_policy == "rollback":
+            out.append(self._event(state, "rollback", drift=rms / self.base.scale))
+        elif o.cap_reached:  # report reaching the cap, not every event at it
+            out.append(self._event(state, "guard_trip", guard="drift_cap",
+                                   drift=rms / self.base.scale))
+        # K_u: on a DIAM base from the full gate at each re-anchoring (with hysteresis), else
+        # from the light gate every regate_every steps
+        if o.reanchor:
+            self._anchor(state, out)
+        elif o.refresh_global:
+            self._refresh_global(state)
+        elif o.regate:
             k_before = state.k
             self._regate(state, out)
-            if cfg.guards and state.k != k_before:
+            if self.cfg.guards and state.k != k_before:
                 # A split or merge moves vectors and anchors together, but the result can sit
                 # farther from its anchors than the cap allows; the cap must hold after every
                 # event, so clamp again (found by the hypothesis constraint test).
@@ -463,7 +456,7 @@ class OnlineLearner:
         base = self.base
         old_version = state.version
         if state.items_fp != base.fingerprint:
-            old = _BASES.get(state.items_fp)
+            old = self.bases.get(state.items_fp)
             if old is None:
                 state.recent = np.zeros(0, dtype=np.int32)
             else:
@@ -511,14 +504,6 @@ class OnlineLearner:
             k = cfg.k_fixed
         distinct = K.ring_distinct(state.ring, n)
         return max(1, min(k, self.k_max, distinct))
-
-    def _maybe_reanchor(self, state: UserState, out: list[DriftEvent]) -> bool:
-        state.since_anchor += 1
-        every = self.cfg.reanchor_every
-        if every and state.since_anchor >= every:
-            self._anchor(state, out)
-            return True
-        return False
 
     def _refresh_global(self, state: UserState) -> None:
         """Slot 0 follows the window's mean on every event (DIAM's global interest with the

@@ -110,7 +110,7 @@ def test_new_users_share_no_arrays_with_each_other():
                       learner.cfg.recent_len, float(learner.cfg.rate_burst))
     assert pickle.dumps(b) == pickle.dumps(fresh)
     assert a.uhash != b.uhash and a.signals.last_session == "s1" and b.signals.last_session is None
-    for name in ("V", "A", "ust", "ring"):
+    for name in ("V", "A", "rec", "ring"):
         assert not np.shares_memory(getattr(a, name), getattr(b, name))
     assert not np.shares_memory(a.signals.buf, b.signals.buf)
 
@@ -252,6 +252,26 @@ def test_reanchor_on_a_new_base_maps_items_by_id():
     assert [e.kind for e in evs] == ["reanchor"] and evs[0].detail["version"] == "v2"
     assert s.version == "v2" and [new.item_ids[r] for r in s.recent] == ids
     assert np.allclose(s.V, s.A) and s.anchored
+
+
+def test_a_learner_that_succeeds_another_maps_items_of_the_older_base_by_id():
+    # a hot reload builds a new learner; users recorded under the old base keep their items
+    old = OnlineLearner(BASE, cfg())
+    s = old.new_state("u")
+    for off in range(10):
+        old.apply(s, f"i{off}", 60_000 * off, off)
+    ids = [BASE.item_ids[r] for r in s.recent]
+    perm = np.random.default_rng(1).permutation(60)
+    new_base = BaseView(BASE.item_ids[perm], BASE.item_emb[perm], BASE.item_categories[perm],
+                        BASE.category_names, k_max=4, version="v2")
+    alone = OnlineLearner(new_base, cfg())
+    lost = pickle.loads(pickle.dumps(s))
+    assert alone.apply(lost, "i10", 600_000, 10)[0].kind == "reanchor"
+    assert [new_base.item_ids[r] for r in lost.recent] == ["i10"]  # the old table is unknown
+    new = OnlineLearner(new_base, cfg())
+    new.succeed(old)
+    assert new.apply(s, "i10", 600_000, 10)[0].kind == "reanchor"
+    assert [new_base.item_ids[r] for r in s.recent] == ids + ["i10"]
 
 
 def test_drift_event_round_trips_through_json():
