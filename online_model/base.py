@@ -16,7 +16,6 @@ events themselves: a truncated SVD of the items' PPMI co-occurrence matrix, dete
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -151,42 +150,19 @@ class BaseView:
         Without the gate or fusion keys the base has no gate (the learner then uses its
         configured fallback) and a d_u prior of 0.5.
         """
-        from safetensors import safe_open
+        from online_model.checkpoint import CheckpointError, read_checkpoint
+        from online_model.infer import DiamHead, HeadLoadError, has_extractor
 
         d = Path(path)
-        wfile, ifile = d / "weights.safetensors", d / "item_ids.npy"
-        for f in (wfile, ifile):
-            if not f.is_file():
-                raise BaseLoadError(f"{f}: missing (not a checkpoint or snapshot directory?)")
+        snapshot = (d / "manifest.json").is_file()
         try:
-            cfg = (
-                json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
-            )
-        except json.JSONDecodeError as exc:
-            raise BaseLoadError(f"{d / 'config.json'}: not valid JSON ({exc})") from exc
-        try:
-            item_ids = np.load(ifile, allow_pickle=False)
-        except ValueError as exc:
-            raise BaseLoadError(f"{ifile}: not a plain numpy array ({exc})") from exc
-        tensors: dict[str, np.ndarray] = {}
-        try:
-            with safe_open(str(wfile), framework="numpy") as fh:
-                for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    tensors[key] = fh.get_tensor(key)
-        except Exception as exc:  # safetensors raises its own error types
-            raise BaseLoadError(f"{wfile}: unreadable ({exc})") from exc
-        if "online.item_emb" not in tensors:
-            raise BaseLoadError(f"{wfile}: no 'online.item_emb' tensor (not a diam checkpoint?)")
-        cats = (
-            np.load(d / "item_categories.npy", allow_pickle=False)
-            if (d / "item_categories.npy").is_file()
-            else None
-        )
-        names = (
-            json.loads((d / "categories.json").read_text())
-            if (d / "categories.json").is_file()
-            else None
-        )
+            # a snapshot's files were verified by the store when it became active
+            ck = read_checkpoint(d, verify=not snapshot)
+            tensors = {**ck.tensors([k for k in ck.shapes if k != "online.item_emb"]),
+                       "online.item_emb": ck.item_emb}
+        except CheckpointError as exc:
+            raise BaseLoadError(str(exc)) from None
+        cfg, item_ids, cats = ck.config, ck.item_ids, ck.item_categories
         gate = (
             tuple(tensors[k] for k in _GATE_KEYS) if all(k in tensors for k in _GATE_KEYS) else None
         )
@@ -196,25 +172,19 @@ class BaseView:
             else None
         )
         head = None
-        from online_model.infer import DiamHead, HeadLoadError, has_extractor
-
         if cfg.get("model", "diam") == "diam" and has_extractor(tensors):
             try:
                 head = DiamHead(tensors, cfg, cats if cats is not None
                                 else np.full(len(item_ids), -1, dtype=np.int32))
             except HeadLoadError as exc:
-                raise BaseLoadError(f"{wfile}: {exc}") from None
+                raise BaseLoadError(f"{d / 'weights.safetensors'}: {exc}") from None
         if version is None:
-            if (d / "manifest.json").is_file():
-                version = d.resolve().name
-            else:
-                sha = hashlib.sha256(wfile.read_bytes()).hexdigest()[:12]
-                version = f"{cfg.get('model', 'model')}-{sha}"
+            version = d.resolve().name if snapshot else f"{cfg.get('model', 'model')}-{ck.weights_sha256[:12]}"
         return cls(
             item_ids,
             tensors["online.item_emb"],
             cats,
-            names,
+            ck.category_names,
             k_max=int(cfg.get("k_max", 8)),
             version=version,
             gate=gate,  # type: ignore[arg-type]

@@ -1,9 +1,9 @@
 """A loaded snapshot for serving: the FAISS item index, item ids, vectors, categories and the
 cold-start list.
 
-Loading reads only safe formats (``faiss.read_index``, safetensors, JSON,
-``np.load(allow_pickle=False)``). It does not check hashes: the caller hands in a directory the
-snapshot store has verified (``snapshotter.ActiveWatcher`` does, before returning a version).
+Loading reads only safe formats (``faiss.read_index``, and the checkpoint files through their
+one reader, ``online_model.checkpoint``). It does not check hashes: the caller hands in a
+directory the snapshot store has verified (``snapshotter.ActiveWatcher`` does, before returning a version).
 """
 
 from __future__ import annotations
@@ -97,26 +97,17 @@ class SnapshotIndex:
     def load(cls, path: str | Path, version: str | None = None) -> SnapshotIndex:
         """Load a (verified) snapshot directory."""
         import faiss
-        from safetensors import safe_open
+
+        from online_model.checkpoint import CONTENT_TOWER, read_checkpoint
 
         path = Path(path)
         manifest = json.loads((path / "manifest.json").read_text())
-        with safe_open(str(path / "weights.safetensors"), framework="numpy") as st:
-            item_vecs = np.ascontiguousarray(st.get_tensor("online.item_emb"), dtype=np.float32)
-        item_ids = np.load(path / "item_ids.npy", allow_pickle=False).astype(str)
+        ck = read_checkpoint(path, verify=False)  # the store verified the snapshot's hashes
+        item_vecs, item_ids = ck.item_emb, ck.item_ids.astype(str)
         n = len(item_ids)
-        cats_path = path / "item_categories.npy"
-        cats = (
-            np.load(cats_path, allow_pickle=False).astype(np.int32)
-            if cats_path.is_file()
-            else np.zeros(n, dtype=np.int32)
-        )
-        names_path = path / "categories.json"
-        names = json.loads(names_path.read_text()) if names_path.is_file() else ["all"]
-        pop_path = path / "item_pop.npy"
-        pop = (
-            np.load(pop_path, allow_pickle=False).astype(np.float64) if pop_path.is_file() else None
-        )
+        cats = ck.item_categories if ck.item_categories is not None else np.zeros(n, np.int32)
+        names = ck.category_names if ck.category_names is not None else ["all"]
+        pop = ck.item_pop.astype(np.float64) if ck.item_pop is not None else None
         index = faiss.read_index(str(path / "items.faiss"))
         info = manifest.get("index", {})
         nprobe = info.get("nprobe")
@@ -127,10 +118,10 @@ class SnapshotIndex:
                 f"{path}: index holds {index.ntotal}x{index.d}, items are {item_vecs.shape}"
             )
         tower = None
-        if (path / "content_tower.safetensors").is_file():
+        if CONTENT_TOWER in ck.files:
             from online_model.models.content import ContentTower
 
-            tower = ContentTower.load(path / "content_tower.safetensors")
+            tower = ContentTower.load(path / CONTENT_TOWER)
         return cls(
             tower=tower,
             version=version or str(manifest.get("version", path.name)),

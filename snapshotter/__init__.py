@@ -7,7 +7,7 @@ sha256 of every file); ``<dir>/ACTIVE`` names the active version and Redis broad
 """
 
 from snapshotter.config import SnapshotConfig
-from snapshotter.publish import CheckpointError, PublishResult, Watcher, load_checkpoint, publish
+from snapshotter.publish import CheckpointError, PublishResult, Watcher, publish
 from snapshotter.store import ActiveWatcher, IntegrityError, SnapshotError, SnapshotStore
 
 __all__ = [
@@ -19,6 +19,5 @@ __all__ = [
     "SnapshotError",
     "SnapshotStore",
     "Watcher",
-    "load_checkpoint",
     "publish",
 ]

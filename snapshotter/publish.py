@@ -1,7 +1,7 @@
 """Publish a trainer checkpoint as a versioned snapshot, and watch a trainer directory.
 
-``publish`` verifies the checkpoint (files present, safetensors readable, shapes agree with
-``item_ids.npy`` and ``config.json``), builds the FAISS item index, stages the snapshot, renames
+``publish`` verifies the checkpoint (``online_model.checkpoint.read_checkpoint``: files
+present, shapes that agree, hashes), builds the FAISS item index, stages the snapshot, renames
 it into place, switches the active pointer and sets ``diam:{ns}:model:active`` in Redis. Any
 failure before the pointer switch leaves the previous version active and no partial directory.
 Nothing is unpickled: safetensors, JSON, ``np.load(allow_pickle=False)``.
@@ -12,21 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from snapshotter.config import SnapshotConfig
 from snapshotter.store import MANIFEST, SnapshotError, SnapshotStore, sha256_file
 
+if TYPE_CHECKING:
+    from online_model.checkpoint import CheckpointFiles
+
 __all__ = [
-    "Checkpoint",
     "CheckpointError",
     "PublishResult",
-    "load_checkpoint",
     "publish",
     "set_active_in_redis",
     "find_checkpoints",
@@ -35,150 +36,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("weights.safetensors", "config.json", "item_ids.npy")
-OPTIONAL = ("item_categories.npy", "categories.json", "item_pop.npy", "content_tower.safetensors")
 MANIFEST_FORMAT = 1
 
 
 class CheckpointError(SnapshotError):
-    """A checkpoint directory is incomplete or inconsistent."""
+    """A checkpoint directory is incomplete or inconsistent; says which file."""
 
 
-@dataclass
-class Checkpoint:
-    """A verified checkpoint, loaded into numpy."""
-
-    path: Path
-    config: dict[str, Any]
-    item_ids: np.ndarray  # [N]
-    item_emb: np.ndarray  # [N, d] float32
-    weights_sha256: str
-    files: list[str] = field(default_factory=list)
-
-
-def _np_load(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:  # truncated, pickled object arrays, not .npy at all
-        raise CheckpointError(f"{path.name}: cannot be read without pickle: {exc}") from exc
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load and check a checkpoint directory (the trainer's contract); raise CheckpointError
-    naming the file at fault."""
-    from safetensors import safe_open
-
-    ck = Path(path)
-    if not ck.is_dir():
-        raise CheckpointError(f"{ck}: not a directory")
-    missing = [f for f in REQUIRED if not (ck / f).is_file()]
-    if missing:
-        raise CheckpointError(f"{ck}: missing {', '.join(missing)}")
-    try:
-        config = json.loads((ck / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"config.json: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError("config.json: expected a JSON object")
-
-    item_ids = _np_load(ck / "item_ids.npy")
-    if item_ids.ndim != 1 or item_ids.dtype.kind not in "UiS":
-        raise CheckpointError(
-            f"item_ids.npy: expected a 1-D str/int array, got {item_ids.dtype} {item_ids.shape}"
-        )
-    n = item_ids.shape[0]
-    if len(np.unique(item_ids)) != n:
-        raise CheckpointError("item_ids.npy: item ids are not unique")
+def _read(path: str | Path) -> CheckpointFiles:
+    """The checkpoint, read and fully verified by its one reader (online_model.checkpoint)."""
+    from online_model import checkpoint
 
     try:
-        with safe_open(str(ck / "weights.safetensors"), framework="numpy") as st:
-            keys = set(st.keys())
-            if "online.item_emb" not in keys:
-                raise CheckpointError("weights.safetensors: no 'online.item_emb' tensor")
-            emb = st.get_tensor("online.item_emb")
-            head = {k: st.get_slice(k).get_shape() for k in keys if k.startswith("online.")}
-    except CheckpointError:
-        raise
-    except Exception as exc:  # truncated header, bad offsets: safetensors refuses cleanly
-        raise CheckpointError(f"weights.safetensors: cannot be read: {exc}") from exc
-
-    if emb.ndim != 2 or emb.shape[0] != n:
-        raise CheckpointError(
-            f"weights.safetensors: online.item_emb is {emb.shape}, item_ids.npy has {n} rows"
-        )
-    dim = emb.shape[1]
-    for key, want in (("n_items", n), ("dim", dim)):
-        if key in config and int(config[key]) != want:
-            raise CheckpointError(f"config.json: {key}={config[key]} but the weights say {want}")
-    if not np.isfinite(emb).all():
-        raise CheckpointError("weights.safetensors: online.item_emb holds NaN or inf")
-    shapes = {
-        "online.gate_b1": None,
-        "online.gate_w2": None,
-        "online.gate_b2": [1],
-        "online.fusion_w": [4],
-        "online.fusion_b": [1],
-    }
-    if "online.gate_w1" in head:
-        hidden = head["online.gate_w1"][0]
-        if list(head["online.gate_w1"]) != [hidden, dim + 4]:
-            raise CheckpointError(
-                f"weights.safetensors: online.gate_w1 is {head['online.gate_w1']}, "
-                f"expected [H, {dim + 4}]"
-            )
-        shapes.update({"online.gate_b1": [hidden], "online.gate_w2": [1, hidden]})
-    for key, want in shapes.items():
-        if key in head and want is not None and list(head[key]) != want:
-            raise CheckpointError(f"weights.safetensors: {key} is {head[key]}, expected {want}")
-
-    files = list(REQUIRED)
-    n_cat = None
-    if (ck / "categories.json").is_file():
-        try:
-            names = json.loads((ck / "categories.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"categories.json: not valid JSON ({exc})") from exc
-        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-            raise CheckpointError("categories.json: expected a list of names")
-        n_cat = len(names)
-        files.append("categories.json")
-    if (ck / "item_categories.npy").is_file():
-        cats = _np_load(ck / "item_categories.npy")
-        if cats.shape != (n,) or cats.dtype.kind not in "iu":
-            raise CheckpointError(
-                f"item_categories.npy: expected int [{n}], got {cats.dtype} {cats.shape}"
-            )
-        if n_cat is not None and n and (cats.max() >= n_cat or cats.min() < -1):
-            raise CheckpointError(f"item_categories.npy: categories outside [-1, {n_cat})")
-        files.append("item_categories.npy")
-    if (ck / "item_pop.npy").is_file():
-        pop = _np_load(ck / "item_pop.npy")
-        if pop.shape != (n,) or pop.dtype.kind not in "iuf" or (n and pop.min() < 0):
-            raise CheckpointError(
-                f"item_pop.npy: expected non-negative [{n}], got {pop.dtype} {pop.shape}"
-            )
-        files.append("item_pop.npy")
-    if (ck / "content_tower.safetensors").is_file():
-        from online_model.models.content import ContentTower
-
-        try:
-            tower = ContentTower.load(ck / "content_tower.safetensors")
-        except Exception as exc:  # noqa: BLE001 - a broken tower refuses the checkpoint
-            raise CheckpointError(f"content_tower.safetensors: cannot be read: {exc}") from exc
-        if tower.dim != dim:
-            raise CheckpointError(f"content_tower.safetensors: dim {tower.dim}, items have {dim}")
-        files.append("content_tower.safetensors")
-    return Checkpoint(
-        ck,
-        config,
-        item_ids,
-        np.ascontiguousarray(emb, dtype=np.float32),
-        sha256_file(ck / "weights.safetensors"),
-        files,
-    )
+        return checkpoint.read_checkpoint(path, verify=True)
+    except checkpoint.CheckpointError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
-def _popularity_from_data(ck: Checkpoint, data_dir: Path | None) -> np.ndarray | None:
+def _popularity_from_data(ck: CheckpointFiles, data_dir: Path | None) -> np.ndarray | None:
     """Click counts per item from the prepared dataset the checkpoint was trained on, when it is
     on disk; cold users get these. None when not found (serving then falls back to uniform)."""
     name = (ck.config.get("data") or {}).get("name")
@@ -204,7 +79,7 @@ def _popularity_from_data(ck: Checkpoint, data_dir: Path | None) -> np.ndarray |
     return pop
 
 
-def _content_tower(ck: Checkpoint, staging: Path) -> dict[str, Any]:
+def _content_tower(ck: CheckpointFiles, staging: Path) -> dict[str, Any]:
     """The snapshot's content tower (new items get their first embedding from it): the
     checkpoint's own (fitted with titles by the retrain service), else one fitted here on the
     categories alone. Manifest info says which."""
@@ -212,11 +87,9 @@ def _content_tower(ck: Checkpoint, staging: Path) -> dict[str, Any]:
 
     if FILE in ck.files:
         return {"source": "checkpoint"}
-    cat_file, names_file = ck.path / "item_categories.npy", ck.path / "categories.json"
-    if not (cat_file.is_file() and names_file.is_file()):
+    names, cats = ck.category_names, ck.item_categories
+    if names is None or cats is None:
         return {"source": None, "why": "no item categories in the checkpoint"}
-    names = json.loads(names_file.read_text())
-    cats = np.load(cat_file, allow_pickle=False)
     tower = ContentTower.fit(names, [[names[c]] if 0 <= c < len(names) else [] for c in cats],
                              [""] * len(cats), ck.item_emb)
     tower.save(staging / FILE)
@@ -256,7 +129,7 @@ def publish(
 
     from snapshotter.index import build_index
 
-    ck = load_checkpoint(checkpoint)
+    ck = _read(checkpoint)
     cfg: SnapshotConfig = store.cfg
     index, index_info = build_index(ck.item_emb, cfg)
     created = now or datetime.now(UTC)
@@ -270,7 +143,7 @@ def publish(
     try:
         for name in ck.files:
             shutil.copyfile(ck.path / name, staging / name)
-        if "item_pop.npy" not in ck.files:
+        if ck.item_pop is None:
             pop = _popularity_from_data(ck, Path(data_dir) if data_dir else None)
             if pop is not None:
                 np.save(staging / "item_pop.npy", pop, allow_pickle=False)
@@ -320,9 +193,10 @@ def find_checkpoints(trainer_dir: str | Path) -> list[Path]:
     root = Path(trainer_dir)
     if not root.is_dir():
         return []
-    cands = [root] if (root / "weights.safetensors").is_file() else []
-    cands += [p for p in root.iterdir() if p.is_dir() and (p / "weights.safetensors").is_file()]
-    return sorted(cands, key=lambda p: (p / "weights.safetensors").stat().st_mtime, reverse=True)
+    w = "weights.safetensors"
+    cands = [root] if (root / w).is_file() else []
+    cands += [p for p in root.iterdir() if p.is_dir() and (p / w).is_file()]
+    return sorted(cands, key=lambda p: (p / w).stat().st_mtime, reverse=True)
 
 
 class Watcher:

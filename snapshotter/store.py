@@ -71,13 +71,10 @@ def validate_version(version: str) -> str:
     return version
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (snapshots can be hundreds of MB)."""
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (read in chunks: snapshots can be hundreds of MB)."""
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,8 +1,5 @@
-"""Tiny checkpoints in the trainer's format, for tests and benchmarks (no torch needed).
-
-The real ones come from ``diam model train``; these follow the same contract
-(``weights.safetensors`` with the numpy "online head", ``config.json``, ``item_ids.npy``,
-``item_categories.npy``, ``categories.json``) with vectors drawn around a few cluster centres.
+"""Tiny checkpoints for tests and benchmarks (no torch needed), written by the trainer's writer
+(``online_model.checkpoint``) with vectors drawn around a few cluster centres.
 
 >>> import tempfile, pathlib
 >>> out = write_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "ck", n_items=50, dim=8)
@@ -12,7 +9,6 @@ The real ones come from ``diam model train``; these follow the same contract
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +48,11 @@ def write_checkpoint(
     item_ids: np.ndarray | None = None,
     state_dict: bool = True,
 ) -> Path:
-    """Write a checkpoint directory following the trainer's contract and return its path.
+    """Write a checkpoint directory with the trainer's writer and return its path.
 
     ``state_dict=False`` leaves out the stand-in for the torch weights (halves a 1M-item file)."""
-    from safetensors.numpy import save_file
+    from online_model.checkpoint import write_checkpoint_dir
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed + 1)
     if item_emb is None:
         item_emb, cluster = clustered_vectors(
@@ -80,22 +74,10 @@ def write_checkpoint(
     }
     if state_dict:  # stands in for the torch state dict the trainer also stores
         tensors["model.item_embedding.weight"] = tensors["online.item_emb"]
-    save_file(tensors, str(out / "weights.safetensors"))
     if categories is not None:
         primary = np.asarray(categories, dtype=np.int32)
     if category_names is not None:
         n_categories = len(category_names)
-    item_ids = (
-        np.array([f"i{i}" for i in range(n_items)])
-        if item_ids is None
-        else np.asarray(item_ids).astype(str)
-    )
-    np.save(out / "item_ids.npy", item_ids, allow_pickle=False)
-    np.save(out / "item_categories.npy", primary, allow_pickle=False)
-    if item_pop is not None:
-        np.save(out / "item_pop.npy", np.asarray(item_pop, dtype=np.int64), allow_pickle=False)
-    names = category_names or [f"cat{c}" for c in range(n_categories)]
-    (out / "categories.json").write_text(json.dumps(names))
     config = {
         "model": model,
         "dim": dim,
@@ -108,5 +90,8 @@ def write_checkpoint(
         "train_metrics": {"recall@50": 0.5},
         "data": {"name": "synthetic-test", "events": 0, "ts_min": 0, "ts_max": 0},
     }
-    (out / "config.json").write_text(json.dumps(config, indent=1))
-    return out
+    return write_checkpoint_dir(
+        out, tensors, np.array([f"i{i}" for i in range(n_items)]) if item_ids is None else item_ids,
+        config, item_categories=primary,
+        category_names=category_names or [f"cat{c}" for c in range(n_categories)],
+        item_pop=item_pop)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from online_model.base import BaseLoadError, BaseView
+from online_model.checkpoint import write_checkpoint_dir
 from online_model.datasets import ItemRows, load_prepared, write_prepared
 
 
@@ -28,11 +26,8 @@ def _checkpoint(d, head: bool):
             "online.fusion_w": np.array([1, -1, 2, 0], np.float32),
             "online.fusion_b": np.array([0.5], np.float32),
         }
-    save_file(t, str(d / "weights.safetensors"))
-    np.save(d / "item_ids.npy", np.array(["a", "b", "c", "d", "e"]), allow_pickle=False)
-    np.save(d / "item_categories.npy", np.array([0, 1, 0, 1, 2], np.int32), allow_pickle=False)
-    (d / "categories.json").write_text(json.dumps(["x", "y", "z"]))
-    (d / "config.json").write_text(json.dumps({"model": "diam", "dim": dim, "k_max": 3}))
+    write_checkpoint_dir(d, t, np.array(["a", "b", "c", "d", "e"]), {"model": "diam", "k_max": 3},
+                         item_categories=np.array([0, 1, 0, 1, 2]), category_names=["x", "y", "z"])
     return t
 
 
