@@ -1,0 +1,72 @@
+"""One open-loop HTTP client of ``bench/serve.py``'s load sweep, run as its own process.
+
+It reads one JSON line on stdin: ``{"port", "paths": [...], "picks": [...], "offsets": [...],
+"timeout_s"}`` (request ``i`` asks ``paths[picks[i]]`` at ``offsets[i]`` seconds after the
+start), opens one keep-alive connection, prints ``ready``, reads the start time (a
+``time.monotonic()`` value, the same clock in every process of the machine) and then follows
+its timetable: each request is sent at its scheduled time or, when the previous answer is late,
+as soon as it arrives. Latency is measured from the scheduled time, not from the send, so a
+slow answer counts against every request it delays (no coordinated omission); the time from
+the send is reported too (``service``). A request that fails (a non-200 answer, a timeout, a
+dropped connection) is counted by kind and the connection is re-opened.
+
+The collector is disabled while the timetable runs: a pause of the measuring client would be
+counted against the server. Prints one JSON line: ``{"latency", "service", "errors", "start",
+"end"}`` (seconds).
+
+Only the standard library: a client that costs little leaves the two cores to the server.
+"""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import json
+import sys
+import time
+
+
+def _connect(port: int, timeout: float) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.readline())
+    port, timeout = int(spec["port"]), float(spec["timeout_s"])
+    paths, picks, offsets = spec["paths"], spec["picks"], spec["offsets"]
+    conn = _connect(port, timeout)
+    conn.request("GET", "/health")
+    conn.getresponse().read()
+    print("ready", flush=True)
+    t0 = float(sys.stdin.readline())
+    latency: list[float] = []
+    service: list[float] = []
+    errors: dict[str, int] = {}
+    gc.disable()
+    for pick, off in zip(picks, offsets, strict=True):
+        due = t0 + off
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+        sent = time.monotonic()
+        try:
+            conn.request("GET", paths[pick])
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+        except (OSError, http.client.HTTPException) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            conn.close()
+            conn = _connect(port, timeout)
+        done = time.monotonic()
+        latency.append(done - due)
+        service.append(done - sent)
+    gc.enable()
+    conn.close()
+    print(json.dumps({"latency": latency, "service": service, "errors": errors, "start": t0,
+                      "end": time.monotonic()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
