@@ -512,14 +512,11 @@ class OnlineLearner:
         if not (self.cfg.refresh_global and head.global_slot_on):
             return
         if state.n_recent <= head.seq_len:  # the whole ring is the network's window
-            mean = K.ring_mean(state.ring, state.n_recent, self._emb_flat, self._dim)
-        else:  # a ring longer than the network's window: its last seq_len items
-            mean = self.base.item_emb[state.recent[-head.seq_len:]].astype(np.float64).mean(0)
-        g = head.global_slot(mean, state.hseq)
-        A, V = state.A, state.V
-        shift = g - A[0]
-        A[0] = g
-        V[0] += shift
+            head.refresh_global(state.ring, state.n_recent, state.hseq, state.Af, state.Vf)
+            return
+        # a ring longer than the network's window: its last seq_len items
+        rows = state.recent[-head.seq_len:]
+        head.refresh_global(rows, len(rows), state.hseq, state.Af, state.Vf)
 
     def _anchor(self, state: UserState, out: list[DriftEvent] | None = None) -> None:
         """Anchor ``state`` on the base: DIAM's interests of the recent items when the base
