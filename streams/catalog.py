@@ -26,7 +26,6 @@ True
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -149,25 +148,9 @@ class Catalog:
 def ensure_catalog_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None,
                          timeout: float = 30.0) -> None:
     """Create ``topic`` compacted when missing (an existing topic is left as it is)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from streams.kafka_io import ensure_topic
 
-    admin = AdminClient(cfg.client_config())
-    if topic not in admin.list_topics(timeout=timeout).topics:
-        fut = admin.create_topics([NewTopic(topic, num_partitions=partitions or cfg.partitions,
-                                            replication_factor=1, config=dict(COMPACTED))])[topic]
-        try:
-            fut.result(timeout)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        t = admin.list_topics(topic, timeout=timeout).topics.get(topic)
-        if t is not None and t.error is None and t.partitions:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"topic {topic!r} did not become visible within {timeout:.0f}s")
+    ensure_topic(cfg, topic, partitions, timeout, config=COMPACTED)
 
 
 def publish_items(cfg: KafkaConfig, topic: str, items: Iterable[CatalogItem]) -> ProduceReport:

@@ -87,8 +87,10 @@ def _admin(cfg: KafkaConfig) -> AdminClient:
     return AdminClient(cfg.client_config())
 
 
-def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, timeout: float = 30.0) -> None:
-    """Create ``topic`` when missing (replication 1 on the local stack); wait until it is visible."""
+def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, timeout: float = 30.0,
+                 config: dict[str, str] | None = None) -> None:
+    """Create ``topic`` when missing (replication 1 on the local stack, topic ``config`` such as
+    compaction); wait until it is visible. An existing topic is left as it is."""
     admin = _admin(cfg)
     md = admin.list_topics(timeout=timeout)
     known = md.topics.get(topic)
@@ -96,7 +98,8 @@ def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, ti
         return  # the usual case: one metadata request
     if topic not in md.topics:
         fut = admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions or cfg.partitions, replication_factor=1)]
+            [NewTopic(topic, num_partitions=partitions or cfg.partitions, replication_factor=1,
+                      config=dict(config or {}))]
         )[topic]
         try:
             fut.result(timeout)
@@ -464,17 +467,19 @@ class KafkaEpochSink(FixedPartitionedSink[KafkaOut, None]):
         return _EpochSinkPartition(_Producing(self.cfg, self.topic))
 
 
-def _messages(cfg: KafkaConfig, topic: str, timeout: float) -> Iterable[Message]:
+def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = None) -> Iterable[Message]:
     """Every error-free message currently in ``topic`` (all partitions, up to the high
-    watermarks read at the start), partition by partition."""
+    watermarks read at the start; with ``last``, only each partition's last ``last``),
+    partition by partition. The consumer joins no group and commits nothing."""
     marks = watermarks(cfg, topic)
     c = _consumer(cfg)
     try:
         for p, (low, high) in marks.items():
-            if high <= low:
+            start = low if last is None else max(low, high - last)
+            if high <= start:
                 continue
-            c.assign([TopicPartition(topic, p, low)])
-            nxt, deadline = low, time.monotonic() + timeout
+            c.assign([TopicPartition(topic, p, start)])
+            nxt, deadline = start, time.monotonic() + timeout
             while nxt < high and time.monotonic() < deadline:
                 for m in c.consume(500, 0.2):
                     if m.error() is None:
@@ -485,9 +490,11 @@ def _messages(cfg: KafkaConfig, topic: str, timeout: float) -> Iterable[Message]
         c.close()
 
 
-def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0) -> Iterable[RawRecord]:
-    """Every record currently in ``topic`` (all partitions, up to the high watermarks)."""
-    for m in _messages(cfg, topic, timeout):
+def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
+                last: int | None = None) -> Iterable[RawRecord]:
+    """Every record currently in ``topic`` (all partitions, up to the high watermarks), or
+    only the last ``last`` of each partition."""
+    for m in _messages(cfg, topic, timeout, last):
         yield RawRecord(topic, m.partition() or 0, _offset(m), _bytes(m.key()), _bytes(m.value()),
                         m.timestamp()[1])
 

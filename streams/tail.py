@@ -7,13 +7,10 @@ joins no group and commits nothing, so looking never moves anybody's offsets.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
 from streams.config import KafkaConfig
-from streams.kafka_io import RawRecord, partition_ids
+from streams.kafka_io import RawRecord, consume_all
 
 __all__ = ["tail", "latest_alerts", "user_drift_events"]
 
@@ -21,36 +18,10 @@ __all__ = ["tail", "latest_alerts", "user_drift_events"]
 def tail(cfg: KafkaConfig, topic: str, per_partition: int, timeout: float = 5.0) -> list[RawRecord]:
     """The last ``per_partition`` records of every partition of ``topic``, by timestamp then
     partition and offset. A missing topic gives an empty list."""
-    conf = dict(cfg.client_config())
-    conf.update({"group.id": "diam-ui-tail", "enable.auto.commit": "false",
-                 "enable.partition.eof": "false"})
-    c = Consumer(conf)
-    out: list[RawRecord] = []
     try:
-        try:
-            parts = partition_ids(cfg, topic, timeout)
-        except RuntimeError:
-            return []
-        for p in parts:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            start = max(low, high - per_partition)
-            if high <= start:
-                continue
-            c.assign([TopicPartition(topic, p, start)])
-            nxt, deadline = start, time.monotonic() + timeout
-            while nxt < high and time.monotonic() < deadline:
-                for m in c.consume(500, 0.2):
-                    if m.error() is not None:
-                        continue
-                    off = m.offset()
-                    assert off is not None
-                    k, v = m.key(), m.value()
-                    out.append(RawRecord(topic, p, off, k if isinstance(k, bytes) else None,
-                                         v if isinstance(v, bytes) else None, m.timestamp()[1]))
-                    nxt = off + 1
-            c.unassign()
-    finally:
-        c.close()
+        out = list(consume_all(cfg, topic, timeout, last=per_partition))
+    except RuntimeError:  # no such topic
+        return []
     out.sort(key=lambda r: (r.ts_ms, r.partition, r.offset))
     return out
 
