@@ -104,9 +104,13 @@ WARMUP_MIN = 200
 
 
 # -- small measuring tools -------------------------------------------------------------------
-def pcts(ts: list[float] | np.ndarray, qs: tuple[float, ...] = (50, 99, 99.9)) -> list[float]:
+def pcts(ts: list[float] | np.ndarray, qs: tuple[float, ...] = (50, 99, 99.9)
+         ) -> list[float]:
+    """Percentiles in ms of durations in seconds (NaN for an empty sample)."""
     a = np.asarray(ts, dtype=np.float64) * 1000
-    return [round(float(x), 3) for x in np.percentile(a, qs)] if len(a) else [None] * len(qs)
+    if not len(a):
+        return [float("nan")] * len(qs)
+    return [round(float(x), 3) for x in np.percentile(a, qs)]
 
 
 def p99_ci(ts: list[float], reps: int = 1000, seed: int = 0) -> list[float]:
@@ -417,11 +421,13 @@ def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients:
 
 
 def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
-              shown: dict[str, list[str]], args: argparse.Namespace, rng: np.random.Generator,
-              log: Path, rates: tuple[int, ...] = (), switch_interval: float | None = None
+              shown: dict[str, list[str]], pushed: dict[str, set[str]],
+              args: argparse.Namespace, rng: np.random.Generator, log: Path,
+              rates: tuple[int, ...] = (), switch_interval: float | None = None
               ) -> dict[str, Any]:
     """Start ``diam serve`` on the store; sequential requests, then the open-loop sweep at
-    ``rates``. ``switch_interval``: the server's ``sys.setswitchinterval`` (how long a thread
+    ``rates``. The warm-up answers are checked to leave out both the user's ``pushed`` seen
+    items and the request's ``seen``. ``switch_interval``: the server's ``sys.setswitchinterval`` (how long a thread
     holding the GIL runs before another thread that asks for it gets it; Python's default is
     5 ms), set before the server starts."""
     port = free_port()
@@ -447,12 +453,15 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
                 raise RuntimeError(f"diam serve did not become healthy; see {log}")
             time.sleep(0.2)
         warm = []
-        for p in paths * max(1, -(-WARMUP_MIN // len(paths))):
+        for i in list(range(len(paths))) * max(1, -(-WARMUP_MIN // len(paths))):
             s = time.perf_counter()
-            status, _ = _get(conn, p)
+            status, body = _get(conn, paths[i])
             warm.append(time.perf_counter() - s)
             if status != 200:
                 raise RuntimeError(f"non-200 answer {status}; see {log}")
+            got = {x["item_id"] for x in json.loads(body)["items"]}
+            if got & (pushed[ids[i]] | set(shown[ids[i]])):
+                raise RuntimeError(f"user {ids[i]} was served an item they have seen")
         ts = []
         cpu0 = process_cpu_s(server.pid)
         for i in rng.choice(len(paths), args.requests):
@@ -469,7 +478,7 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
         conn.close()
         p50, p99, p999 = pcts(ts)
         out: dict[str, Any] = {
-            "http_warmup_requests": len(warm), "http_warmup_p50_p99_ms": pcts(warm, (50, 99)),
+            "http_warmup_requests": len(warm), "http_seen_checked": len(warm), "http_warmup_p50_p99_ms": pcts(warm, (50, 99)),
             "http_p50_ms": p50, "http_p99_ms": p99, "http_p999_ms": p999,
             "http_p99_ci95_ms": p99_ci(ts), "http_requests": len(ts),
             "http_server_cpu_ms_per_request": round(server_cpu / len(ts) * 1000, 3),
@@ -547,10 +556,11 @@ def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Names
             ex = time_inproc(exact_rec, user_ids, shown, n_exact, rng, k_of)
             rows.append({"catalogue": name, "catalogue_items": int(len(ids)),
                          "index": "Flat (exact)", **ex})
-        row.update(time_http(store.root, redis_url, ns, user_ids, shown, args, rng,
+        pushed = {u.user_id: set(snap.item_ids[u.seen].tolist()) for u in run.users}
+        row.update(time_http(store.root, redis_url, ns, user_ids, shown, pushed, args, rng,
                              tmp / f"serve-{name}.log", RATES if load else ()))
         if load:  # the GIL suspicion: the same server, threads switching every 0.5 ms
-            probe = time_http(store.root, redis_url, ns, user_ids, shown, args, rng,
+            probe = time_http(store.root, redis_url, ns, user_ids, shown, pushed, args, rng,
                               tmp / f"serve-{name}-si.log", (GIL_PROBE_RATE,), 0.0005)
             row["load_switch_interval_0.5ms"] = probe["load"][0]
         return rows
