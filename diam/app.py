@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import click
+
 from diam.settings import Settings
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
@@ -26,8 +28,9 @@ LearnerFactory = Callable[[BaseView, OnlineConfig], OnlineLearner]
 called again for every base a hot reload brings."""
 
 
-class NoBaseModel(LookupError):
-    """No base model to learn from; the message says the three ways to provide one."""
+class NoBaseModel(click.ClickException):
+    """No base model to learn from; the message says how to provide one (``diam`` prints it
+    and exits 1)."""
 
 
 def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: str | None = None,

@@ -136,8 +136,8 @@ class FlowSinks:
 class LearnerHolder:
     """The process's current online learner and base version.
 
-    ``refresh`` is called at most every few seconds from the dataflow; it returns a new learner
-    when a new base version became active (hot reload). Users are re-anchored lazily, on their
+    ``maybe_reload`` asks the ``reload`` hook at most every ``check_every_s``; the hook returns
+    a new learner when a new base version became active (hot reload). Users are re-anchored lazily, on their
     next event, by comparing the version in their state with the holder's.
     """
 
@@ -207,14 +207,16 @@ on the dataflow's thread, and a tuple of plain values pickles several times fast
 class instance."""
 
 
-def _decoder(cfg: FlowConfig, stats: FlowStats) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
+def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
+             ) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
     """Decode and validate a batch in one pass: a valid click comes out already keyed for the
     per-user step, ``(user_id, Learn)``, a tombstone as ``(user_id, Forget)``, a refused record
-    as a :class:`DeadLetter`."""
+    as a :class:`DeadLetter`. A hot reload is checked once per batch, not per event."""
     max_bytes, ts_min, skew = cfg.max_event_bytes, cfg.ts_min_ms, cfg.ts_max_future_ms
     new = tuple.__new__  # a NamedTuple's own constructor is a Python call per event
 
     def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
+        holder.maybe_reload()
         counts = stats.counts()
         counts.records += len(recs)
         out: list[Keyed | DeadLetter] = []
@@ -230,7 +232,7 @@ def _decoder(cfg: FlowConfig, stats: FlowStats) -> Callable[[list[RawRecord]], l
             ts = rec.ts_ms
             ev = decode_click(rec.value, max_bytes=max_bytes, ts_min_ms=ts_min,
                               ts_max_ms=ts + skew if ts > 0 else None)
-            if type(ev) is tuple:
+            if not isinstance(ev, Rejection):
                 key = rec.key
                 if key is None or key == ev[0].encode():
                     append((ev[0], new(Learn, (rec, ev))))
@@ -240,7 +242,7 @@ def _decoder(cfg: FlowConfig, stats: FlowStats) -> Callable[[list[RawRecord]], l
                     "(events must be keyed by user so that a user's clicks stay in order)"
                 )
             counts.rejected += 1
-            append(DeadLetter(rec, ev.reason))  # type: ignore[union-attr]
+            append(DeadLetter(rec, ev.reason))
         return out
     return decode_batch
 
@@ -401,27 +403,20 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     one step that does Python work on every event before the per-user step. Errors are data:
     dead letters from decoding and from the update leave by their own branches.
     """
-    run_stats = stats if stats is not None else FlowStats()
-    decode = _decoder(cfg, run_stats)
-
-    def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
-        holder.maybe_reload()  # hot reload is checked once per batch, not per event
-        return decode(recs)
-
-    def to_deadletter(dl: DeadLetter) -> tuple[str, KafkaOut]:
-        return str(dl.record.partition), deadletter_record(dl.record, dl.reason)
-
+    counted = stats if stats is not None else FlowStats()
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
-    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, decode_batch), _is_dead)
+    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted)),
+                        _is_dead)
     keyed: KeyedStream[Learn | Forget] = decoded.falses  # type: ignore[assignment]
-    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, run_stats.counts()))
+    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, counted.counts()))
     side = op.branch("side-outputs", learned, _is_side)
-    side_out = op.branch("drift-or-failed", side.trues, _is_drift)
+    drift_or_failed = op.branch("drift-or-failed", side.trues, _is_drift)
     op.output("redis", side.falses, sinks.vectors)  # type: ignore[arg-type, misc]
-    op.output("drift", op.map("to-drift", side_out.trues, lambda kv: (kv[0], drift_record(kv[1]))),
+    op.output("drift", op.map("to-drift", drift_or_failed.trues, lambda kv: (kv[0], drift_record(kv[1]))),
               sinks.drift)
-    failed = op.map("learn-failed", side_out.falses, lambda kv: cast(DeadLetter, kv[1]))
+    failed = op.map("learn-failed", drift_or_failed.falses, lambda kv: cast(DeadLetter, kv[1]))
     dead = op.merge("deadletters", decoded.trues, failed)
-    op.output("deadletter", op.map("to-deadletter", dead, to_deadletter), sinks.deadletter)
+    op.output("deadletter", op.map("to-deadletter", dead, lambda dl: (
+        str(dl.record.partition), deadletter_record(dl.record, dl.reason))), sinks.deadletter)
     return flow

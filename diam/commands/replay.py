@@ -60,7 +60,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     import redis
     from confluent_kafka import KafkaException
 
-    from diam.app import NoBaseModel, load_holder
+    from diam.app import load_holder
     from serving_cache import redis_client
     from serving_cache.keys import user_pattern
     from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
@@ -73,11 +73,9 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         end = parse_bound(to) if to is not None else None
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
-    try:  # a fixed base for the whole replay: hot reload would make the result depend on timing
-        holder = load_holder(s, snapshot=snapshot, checkpoint=checkpoint,
-                             base_from_data=base_from_data, hot_reload=False)
-    except NoBaseModel as exc:
-        raise click.ClickException(str(exc)) from None
+    # a fixed base for the whole replay: hot reload would make the result depend on timing
+    holder = load_holder(s, snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data,
+                         hot_reload=False)
     client = redis_client(s.redis)
     try:
         existing = next(iter(client.scan_iter(match=user_pattern(namespace), count=1000)), None)

@@ -104,7 +104,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     guard trips) go to the drift topic. Base weights come from the active snapshot (hot-reloaded
     when a new one is published), an explicit --checkpoint, or --base-from-data.
     """
-    from diam.app import NoBaseModel, load_holder, online_job
+    from diam.app import load_holder, online_job
     from streams.runner import run_online, tune_gc
 
     s = get_settings(ctx)
@@ -115,11 +115,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                      process_id=process_id, addresses=addresses.split(";") if addresses else None,
                      recovery_dir=recovery_dir, no_recovery=no_recovery,
                      partitions=_parse_partitions(partitions), stop=stop)
-    try:
-        holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
-                             namespace=job.namespace)
-    except NoBaseModel as exc:
-        raise click.ClickException(str(exc)) from None
+    holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data, namespace=job.namespace)
     stop_on_signals(stop)
     # outages (broker, Redis) are logged once when they start and once when they end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
