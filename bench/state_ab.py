@@ -3,8 +3,9 @@
 Each run is a fresh single-threaded process that imports ``online_model`` from the tree it is
 given (``PYTHONPATH``), builds a seeded stream and a base, and times ``apply`` over the whole
 stream (new users included, as in the dataflow) a few times after one untimed pass that loads the
-compiled kernels. Runs alternate A, B, A, B, ... so that the load of a shared machine falls on
-both sides alike. Every run also hashes the final vectors, anchors and d_u logits: A and B must
+compiled kernels; it reports wall time and the process's CPU time per event (on a shared
+machine the CPU time is the steadier of the two: it leaves out the time the process waited for
+a core). Runs alternate A, B, A, B, ... so that the load falls on both sides alike. Every run also hashes the final vectors, anchors and d_u logits: A and B must
 agree bit for bit.
 
 Workloads: ``kmeans`` (a gated toy base, d=64, K_u up to 8, the default online settings: the
@@ -92,28 +93,29 @@ def child(workload: str, n_events: int, n_users: int, passes: int) -> dict:
     learner.warm_up()
     events = _stream(list(base.item_ids), n_events, n_users)
 
-    def one_pass() -> tuple[float, dict]:
+    def one_pass() -> tuple[float, float, dict]:
         states: dict = {}
         apply, new_state = learner.apply, learner.new_state
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for u, item, ts, off in events:
             s = states.get(u)
             if s is None:
                 s = states[u] = new_state(u)
             apply(s, item, ts, off)
-        return time.perf_counter() - t0, states
+        return time.perf_counter() - t0, time.process_time() - c0, states
 
     one_pass()  # loads the kernels, fills caches
-    times = []
+    times, cpu = [], []
     for _ in range(passes):
-        dt, states = one_pass()
+        dt, dc, states = one_pass()
         times.append(dt / len(events) * 1e9)
+        cpu.append(dc / len(events) * 1e9)
     h = hashlib.sha256()
     for u in sorted(states):
         s = states[u]
         h.update(np.ascontiguousarray(s.V).tobytes() + np.ascontiguousarray(s.A).tobytes())
         h.update(np.float64(s.d_logit).tobytes())
-    return {"ns_per_event": times, "digest": h.hexdigest(),
+    return {"ns_per_event": times, "cpu_ns_per_event": cpu, "digest": h.hexdigest(),
             "tree": str(Path(online_model.__file__).parents[1])}
 
 
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     b_tree = args.b.resolve()
     a_tree = _a_tree(b_tree, args.a_rev, args.a_files.split(","), args.a_dir.resolve())
     runs: dict[str, list[float]] = {"a": [], "b": []}
+    cpu: dict[str, list[float]] = {"a": [], "b": []}
     digests: dict[str, set[str]] = {"a": set(), "b": set()}
     for _ in range(args.repeats):
         for side, tree in (("a", a_tree), ("b", b_tree)):
@@ -178,21 +181,29 @@ def main(argv: list[str] | None = None) -> None:
             if Path(r["tree"]).resolve() != tree:
                 sys.exit(f"side {side} imported online_model from {r['tree']}, not {tree}")
             runs[side].append(statistics.median(r["ns_per_event"]))
+            cpu[side].append(statistics.median(r["cpu_ns_per_event"]))
             digests[side].add(r["digest"])
     ratios = [b / a for a, b in zip(runs["a"], runs["b"], strict=True)]
+    cpu_ratios = [b / a for a, b in zip(cpu["a"], cpu["b"], strict=True)]
 
     def summary(xs: list[float]) -> dict:
         return {"median": round(statistics.median(xs)), "min": round(min(xs)),
                 "max": round(max(xs)), "runs": [round(x) for x in xs]}
 
+    def ratio(xs: list[float]) -> dict:
+        """Per-pair ratios B/A (each pair ran back to back)."""
+        return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
+                "max": round(max(xs), 3), "pairs": [round(x, 3) for x in xs]}
+
     print(json.dumps({
         "workload": args.workload, "events": args.events, "users": args.users,
         "passes": args.passes, "repeats": args.repeats,
         "a": {"tree": str(a_tree), "rev": args.a_rev, "files": args.a_files.split(","),
-              "ns_per_event": summary(runs["a"])},
-        "b": {"tree": str(b_tree), "ns_per_event": summary(runs["b"])},
-        "b_over_a": {"median": round(statistics.median(ratios), 3),
-                     "min": round(min(ratios), 3), "max": round(max(ratios), 3)},
+              "ns_per_event": summary(runs["a"]), "cpu_ns_per_event": summary(cpu["a"])},
+        "b": {"tree": str(b_tree), "ns_per_event": summary(runs["b"]),
+              "cpu_ns_per_event": summary(cpu["b"])},
+        "b_over_a": ratio(ratios),
+        "b_over_a_cpu": ratio(cpu_ratios),
         "same_output": len(digests["a"]) == 1 and digests["a"] == digests["b"],
         "load_avg": os.getloadavg(),
     }, indent=1))

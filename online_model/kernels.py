@@ -43,9 +43,13 @@ __all__ = [
     "USER",
     "PARAMS",
     "Outcome",
+    "OUTCOMES",
     "outcome",
     "new_user",
     "learn_event",
+    "anchored",
+    "reanchored",
+    "propose_k",
     "signals_update",
     "signal_values",
     "distribution",
@@ -180,15 +184,17 @@ _DUPLICATE, _FROZEN, _FROZE_NOW, _COLD = (_bit(n) for n in Outcome._fields[:4])
 _UNANCHORED, _LEARNT, _STEP_CAPPED, _DRIFT_CAPPED = (_bit(n) for n in Outcome._fields[4:8])
 _CAP_REACHED, _REANCHOR, _REFRESH_GLOBAL, _REGATE = (_bit(n) for n in Outcome._fields[8:])
 
-_OUTCOMES = tuple(
+OUTCOMES = tuple(
     Outcome(*(bool(bits >> i & 1) for i in range(len(Outcome._fields))))
     for bits in range(1 << len(Outcome._fields))
 )
+"""Every :class:`Outcome` by its bits: ``OUTCOMES[bits]`` names :func:`learn_event`'s result
+without allocating (the learner's per-event path indexes it directly)."""
 
 
 def outcome(bits: int) -> Outcome:
-    """The named form of :func:`learn_event`'s bits (a table lookup, no allocation)."""
-    return _OUTCOMES[bits]
+    """The named form of :func:`learn_event`'s bits."""
+    return OUTCOMES[bits]
 
 
 _EPS = 1e-12
@@ -223,6 +229,51 @@ def admit(user, ts_ms, burst, per_s, freeze_ms):
         return True, False
     u.tokens, u.refill_ms, u.frozen_until_ms = tokens, last, t + freeze_ms
     return False, True
+
+
+# -- anchoring and K_u's hysteresis --------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def anchored(user, k, prior):
+    """A first anchoring (or the first on a new base): K_u = ``k`` with no pending proposal,
+    d_u's logit at its ``prior``, no drift-cap trip, the count since anchoring restarted."""
+    u = user[0]
+    u.anchored = True
+    u.capped = False
+    u.since_anchor = 0
+    u.k_proposal = k
+    u.k_streak = 0
+    u.d_prior = prior
+    u.d_logit = prior
+
+
+@njit(cache=True, error_model="numpy")
+def reanchored(user, prior, keep_offset, bound):
+    """A periodic re-anchoring on the network: d_u's prior becomes ``prior``; the logit keeps
+    its learnt offset from the prior (``keep_offset``, within ±``bound``) or restarts at it."""
+    u = user[0]
+    u.since_anchor = 0
+    if keep_offset:
+        u.d_logit = min(max(prior + (u.d_logit - u.d_prior), -bound), bound)
+    else:
+        u.d_logit = prior
+    u.d_prior = prior
+
+
+@njit(cache=True, error_model="numpy")
+def propose_k(user, k, p, h):
+    """K_u's hysteresis: the user at K_u = ``k`` gets the proposal ``p``; returns the K_u to
+    take: ``p`` once ``h`` consecutive proposals equal it, else ``k``."""
+    u = user[0]
+    if p == k:
+        u.k_proposal = p
+        u.k_streak = 0
+        return k
+    u.k_streak = u.k_streak + 1 if p == u.k_proposal else 1
+    u.k_proposal = p
+    if u.k_streak >= h:
+        u.k_streak = 0
+        return p
+    return k
 
 
 # -- signals ---------------------------------------------------------------------------------
@@ -825,6 +876,9 @@ def warm_up() -> None:
     table = np.arange(10, dtype=np.int64)
     learn_event(user, V, A, ring, sig, n_cat, emb.reshape(-1), np.ones(10, np.float32),
                 np.zeros(10, np.int32), table, par, 3, -1, 1000, 7)
+    anchored(user, 2, 0.5)
+    reanchored(user, 0.25, True, 4.0)
+    propose_k(user, 2, 3, 2)
     centroids(emb.astype(np.float32), 2, 5)
     signal_values(sig, n_cat, 2.0)
     effective_categories(sig, n_cat)

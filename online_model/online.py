@@ -31,6 +31,7 @@ from online_model import kernels as K
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.guards import cap_drift, clip_norm
+from online_model.kernels import OUTCOMES
 from online_model.routing import (
     NegativeTable,
     merge_closest,
@@ -405,7 +406,7 @@ class OnlineLearner:
             self._emb_flat, self._norms, self._cats, self._table, self._par,
             idx, mode, int(ts_ms), int(offset),
         )
-        o = K.outcome(bits)
+        o = OUTCOMES[bits]
         if o.duplicate:
             return out
         if o.frozen:
@@ -524,7 +525,6 @@ class OnlineLearner:
         else centroids of the recent items. A first anchoring (or one after a new snapshot)
         starts the vectors at the anchors; a periodic re-anchoring keeps the learnt offsets
         (``reanchor_residual``) and changes K_u only after ``k_hysteresis`` equal proposals."""
-        state.since_anchor = 0
         if self.base.head is not None:
             self._anchor_diam(state, out)
             return
@@ -534,10 +534,7 @@ class OnlineLearner:
         A = K.anchors_from_ring(state.ring, state.n_recent, self._emb_flat, self._dim, k,
                                 self._max_norm, 5)
         state.A, state.V = A, A.copy()
-        state.anchored, state.capped = True, False
-        state.k_proposal, state.k_streak = A.shape[0], 0
-        state.d_prior = self._prior_logit(sig)
-        state.d_logit = state.d_prior
+        K.anchored(state.rec, A.shape[0], self._prior_logit(sig))
 
     def _anchor_diam(self, state: UserState, out: list[DriftEvent] | None) -> None:
         cfg = self.cfg
@@ -548,36 +545,22 @@ class OnlineLearner:
         b = cfg.d_logit_bound
         prior = min(max(_logit(res.d), -b), b)
         if not state.anchored:  # first anchoring, or the first on a new snapshot
-            k = p
-            state.k_proposal, state.k_streak = p, 0
-            state.A = res.vecs[:k].copy()
+            state.A = res.vecs[:p].copy()
             state.V = state.A.copy()
-            state.d_prior = state.d_logit = prior
-            state.anchored, state.capped = True, False
+            K.anchored(state.rec, p, prior)
             return
-        k = state.k
         settled = state.n_recent >= cfg.k_settle_items
         h = cfg.k_hysteresis if cfg.guards and settled else 1
-        if p == k:
-            state.k_proposal, state.k_streak = p, 0
-        else:
-            state.k_streak = state.k_streak + 1 if p == state.k_proposal else 1
-            state.k_proposal = p
-            if state.k_streak >= h:
-                k, state.k_streak = p, 0
+        k = K.propose_k(state.rec, state.k, p, h)
         A = res.vecs[:k].copy()
-        if cfg.reanchor_residual and cfg.learn:
+        V = A.copy()
+        residual = cfg.reanchor_residual and cfg.learn
+        if residual:
             # the steps' offsets ride on the network's new output; a new interest starts at
             # its anchor, a dropped one takes its offset with it
-            V = A.copy()
             m = min(k, state.k)
             V[:m] += state.V[:m] - state.A[:m]
-            off = state.d_logit - state.d_prior
-            state.d_logit = min(max(prior + off, -b), b)
-        else:
-            V = A.copy()
-            state.d_logit = prior
-        state.d_prior = prior
+        K.reanchored(state.rec, prior, residual, b)
         old_k = state.k
         state.A, state.V = A, V
         if k != old_k and out is not None:
@@ -592,14 +575,9 @@ class OnlineLearner:
         state.d_prior = self._prior_logit(sig)
         p = self._propose_k(state, sig)
         h = self.cfg.k_hysteresis if self.cfg.guards else 1
-        if p == state.k:
-            state.k_proposal, state.k_streak = p, 0
-            return
-        state.k_streak = state.k_streak + 1 if p == state.k_proposal else 1
-        state.k_proposal = p
-        if state.k_streak < h:
-            return
         old = state.k
+        if K.propose_k(state.rec, old, p, h) == old:
+            return
         items = self.base.item_emb[state.recent]
         while state.k < p:
             v = clip_norm(split_worst(state.V, items), self._max_norm).astype(np.float32)
@@ -611,5 +589,4 @@ class OnlineLearner:
             state.A[i] = 0.5 * (state.A[i] + state.A[j])
             state.V = np.delete(state.V, j, axis=0)
             state.A = np.delete(state.A, j, axis=0)
-        state.k_streak = 0
         out.append(self._event(state, "k_change", k_from=old, k_to=state.k))
