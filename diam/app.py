@@ -54,26 +54,22 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
             known = ", ".join(i.version for i in store.versions()) or "none"
             raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
         base = BaseView.from_checkpoint(path)
-        return LearnerHolder(learner(base, cfg), base.version)
-    if checkpoint:
+    elif checkpoint:
         base = BaseView.from_checkpoint(checkpoint)
-        return LearnerHolder(learner(base, cfg), base.version)
-    version = store.active_version()
-    if version is not None:
+    elif (version := store.active_version()) is not None:
         base = BaseView.from_checkpoint(store.path(version), version=version)
         first = learner(base, cfg)
         reload = _follow_active(settings, store, first, namespace, learner) if hot_reload else None
-        return LearnerHolder(first, version, reload=reload,
-                             check_every_s=settings.flow.reload_check_s)
-    if base_from_data:
+        return LearnerHolder(first, version, reload=reload, check_every_s=settings.flow.reload_check_s)
+    elif base_from_data:
         from online_model.datasets import load_prepared
 
         base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
-        return LearnerHolder(learner(base, cfg), base.version)
-    raise NoBaseModel(
-        "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
-        "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base"
-    )
+    else:
+        raise NoBaseModel(
+            "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
+            "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base")
+    return LearnerHolder(learner(base, cfg), base.version)
 
 
 def _follow_active(settings: Settings, store, current: OnlineLearner, namespace: str | None,  # type: ignore[no-untyped-def]
