@@ -50,7 +50,8 @@ _NO_SEEN.setflags(write=False)
 
 
 class CodecError(ValueError):
-    """A stored value does not follow the contract (wrong version, sizes that disagree...)."""
+    """A value, or a user's fields to encode, do not follow the contract (wrong version, sizes
+    that disagree, integers outside int64...)."""
 
 
 @dataclass(frozen=True, eq=False)
