@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -349,12 +348,6 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
                 shared.close()
 
 
-@dataclass
-class _DeliveryState:
-    failed: int = 0
-    last_error: str | None = None
-
-
 class _Producing:
     """A producer to one topic that remembers delivery failures (shared by the sinks)."""
 
@@ -373,12 +366,12 @@ class _Producing:
                      "acks": "all", "max.in.flight.requests.per.connection": "1"})
         self.health = BrokerHealth.of(str(conf.get("bootstrap.servers", "")))
         self.producer, self.topic = Producer(self.health.client_config(conf)), topic
-        self._state = _DeliveryState()
+        self.failed, self.last_error = 0, ""  # delivery failures, from librdkafka's callbacks
 
     def _on_delivery(self, err: object, _msg: object) -> None:
         if err is not None:
-            self._state.failed += 1
-            self._state.last_error = str(err)
+            self.failed += 1
+            self.last_error = str(err)
         elif self.health.down_since is not None:
             self.health.up()
 
@@ -394,11 +387,8 @@ class _Producing:
                     self.producer.poll(0.1)
 
     def check(self) -> None:
-        if self._state.failed:
-            raise RuntimeError(
-                f"{self._state.failed} record(s) to {self.topic!r} were not delivered: "
-                f"{self._state.last_error}"
-            )
+        if self.failed:
+            raise RuntimeError(f"{self.failed} record(s) to {self.topic!r} were not delivered: {self.last_error}")
 
 
 class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -23,8 +25,6 @@ class _EveryMinute(logging.Filter):
         self._last: dict[tuple[str, object], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        import time
-
         key, now = (record.name, record.msg), time.monotonic()
         if now - self._last.get(key, now - self.every_s) < self.every_s:
             return False
@@ -105,6 +105,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     when a new one is published), an explicit --checkpoint, or --base-from-data.
     """
     from diam.app import load_holder, online_job
+    from streams.online import FlowStats
+    from streams.preflight import ServiceConfigError
     from streams.runner import run_online, tune_gc
 
     s = get_settings(ctx)
@@ -125,10 +127,6 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={job.recovery_dir}" if job.recovery_dir is not None else ""))
-    import time
-
-    from streams.online import FlowStats
-
     stats = FlowStats()
     metrics = None
     if metrics_port is not None:
@@ -139,8 +137,6 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         bound = serve_metrics(metrics, metrics_port)
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
     t0, c0 = time.perf_counter(), time.process_time()
-    from streams.preflight import ServiceConfigError
-
     try:
         run_online(job, holder, stats, metrics)
     except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
@@ -154,8 +150,6 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                f"in {dt:.1f} s ({st['records'] / max(dt, 1e-9):,.0f} records/s; "
                f"{cpu:.1f} CPU s, {st['records'] / max(cpu, 1e-9):,.0f} records per CPU second)")
     if metrics is not None and metrics_hold > 0:
-        import sys
-
         sys.stdout.flush()
         time.sleep(metrics_hold)  # the endpoint is a daemon thread: it ends with the process
 
