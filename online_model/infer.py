@@ -376,10 +376,9 @@ def _refresh_global(ring, n, emb_flat, h_seq, buf, off, a_flat, v_flat):
         mean[j] = acc[j] / max(n, 1)
     g = np.empty(d, np.float32)
     _global_slot(buf, off, mean, h_seq, g)
-    for j in range(d):
-        shift = g[j] - a_flat[j]
+    for j in range(d):  # the offset is kept as such, so a vector at its anchor stays on it
+        v_flat[j] = g[j] + (v_flat[j] - a_flat[j])
         a_flat[j] = g[j]
-        v_flat[j] += shift
 
 
 @njit(cache=True, error_model="numpy")
