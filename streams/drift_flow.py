@@ -21,9 +21,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -215,8 +213,3 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
                             on_output=on_output, idle_close_s=idle_close_s,
                             partitions=partition_ids(kafka, topic))
     run_main(flow, epoch_interval=timedelta(seconds=1))
-
-
-def summary_dict(s: WindowSummary) -> dict[str, Any]:
-    """A window summary as a plain dict (JSON logs)."""
-    return asdict(s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -57,7 +58,7 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
     from confluent_kafka import KafkaException
 
     from streams.drift import Alert, DriftConfig, format_alert
-    from streams.drift_flow import DriftMetrics, run_drift, summary_dict
+    from streams.drift_flow import DriftMetrics, run_drift
 
     s = get_settings(ctx)
     cfg = DriftConfig(window_ms=int(window_s * 1000), lateness_ms=int(lateness_s * 1000),
@@ -76,7 +77,7 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
         if isinstance(out, Alert):
             click.echo("ALERT " + format_alert(out.to_dict()))
         elif summaries:
-            click.echo("window " + json.dumps(summary_dict(out)))  # type: ignore[arg-type]
+            click.echo("window " + json.dumps(dataclasses.asdict(out)))  # type: ignore[call-overload]
 
     topic = topic or s.kafka.drift_topic
     click.echo(f"drift monitor: {topic} -> {alerts_topic or s.kafka.alerts_topic} "
