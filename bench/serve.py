@@ -42,6 +42,10 @@ sample), and measured:
   process (all threads) over HTTP: what a request costs whatever else runs on the machine. The
   GIL lets one thread of the server run Python at a time, so about ``1000 /
   server_cpu_ms_per_request`` requests/s is one server process's ceiling;
+- ``load_live_clicks``: the 300/s step again while clicks arrive at ``--click-rate`` (200/s)
+  on the topic the server tails for live popularity (``diam serve``'s default; every server of
+  the bench tails a fresh topic of its own, so nobody else's clicks reach it): the server then
+  counts clicks and rebuilds its cold lists every few seconds in a thread of its own;
 - ``load_switch_interval_0.5ms``: the 300/s step again against a server whose threads hand
   the GIL over every 0.5 ms instead of Python's 5 ms (``sys.setswitchinterval``): a request
   thread back from Redis waits for the GIL while another request computes, and this is the
@@ -66,6 +70,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -92,6 +97,7 @@ from serving_cache.retrieval import SnapshotIndex  # noqa: E402
 from snapshotter import SnapshotConfig, SnapshotStore, publish  # noqa: E402
 from snapshotter.index import exact_topk, recall_at  # noqa: E402
 from snapshotter.testing import write_checkpoint  # noqa: E402
+from streams.kafka_io import ensure_topic  # noqa: E402
 
 N_TOP = 20
 GOAL_ITEMS = 100_000
@@ -420,19 +426,60 @@ def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
+class ClickFeed:
+    """Clicks produced at a fixed rate to the topic the server tails for live popularity, in a
+    thread of this process, while :meth:`running`. Known items only: an unknown item's
+    clicks would grow the index instead (its own subject)."""
+
+    def __init__(self, kafka: Any, topic: str, users: list[str], items: list[str],
+                 rate: float) -> None:
+        self.kafka, self.topic, self.users, self.items, self.rate = kafka, topic, users, items, rate
+        self.sent = 0
+
+    def running(self, seconds: float) -> threading.Thread:
+        from confluent_kafka import Producer
+
+        from streams.events import ClickEvent, encode_event
+
+        prod = Producer({**self.kafka.client_config(), "linger.ms": 5})
+        rng = np.random.default_rng(7)
+
+        def loop() -> None:
+            t0 = time.monotonic()
+            while (now := time.monotonic()) < t0 + seconds:
+                due = int((now - t0) * self.rate)
+                while self.sent < due:
+                    ev = ClickEvent(self.users[int(rng.integers(len(self.users)))],
+                                    self.items[int(rng.integers(len(self.items)))],
+                                    int(time.time() * 1000))
+                    prod.produce(self.topic, key=ev.user_id.encode(), value=encode_event(ev))
+                    self.sent += 1
+                prod.poll(0)
+                time.sleep(0.005)
+            prod.flush(10)
+
+        thread = threading.Thread(target=loop, name="click-feed", daemon=True)
+        thread.start()
+        return thread
+
+
 def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
               shown: dict[str, list[str]], pushed: dict[str, set[str]],
               args: argparse.Namespace, rng: np.random.Generator, log: Path,
-              rates: tuple[int, ...] = (), switch_interval: float | None = None
-              ) -> dict[str, Any]:
+              rates: tuple[int, ...] = (), switch_interval: float | None = None,
+              clicks_topic: str = "", feed: ClickFeed | None = None) -> dict[str, Any]:
     """Start ``diam serve`` on the store; sequential requests, then the open-loop sweep at
     ``rates``. The warm-up answers are checked to leave out both the user's ``pushed`` seen
-    items and the request's ``seen``. ``switch_interval``: the server's ``sys.setswitchinterval`` (how long a thread
+    items and the request's ``seen``. The server tails ``clicks_topic`` for live popularity
+    (``diam serve``'s default); with ``feed``, one more step at ``GIL_PROBE_RATE`` runs while
+    clicks arrive there. ``switch_interval``: the server's ``sys.setswitchinterval`` (how long a thread
     holding the GIL runs before another thread that asks for it gets it; Python's default is
     5 ms), set before the server starts."""
     port = free_port()
     env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store_dir), "DIAM_REDIS_URL": redis_url,
            "DIAM_REDIS_NAMESPACE": ns}
+    if clicks_topic:
+        env["DIAM_KAFKA_CLICKS_TOPIC"] = clicks_topic
     cmd = [sys.executable, "-m", "diam", "serve", "--port", str(port)]
     if switch_interval is not None:
         cmd = [sys.executable, "-c", f"import sys; sys.setswitchinterval({switch_interval}); "
@@ -489,6 +536,15 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
         if rates:
             out["load"] = [open_loop(port, paths, r, args.load_seconds, CLIENTS, rng, server.pid)
                            for r in rates]
+        if feed is not None:
+            thread = feed.running(args.load_seconds + 2.0)
+            time.sleep(2.0)  # the server's first refresh of the cold lists comes with the clicks
+            step = open_loop(port, paths, GIL_PROBE_RATE, args.load_seconds, CLIENTS, rng,
+                             server.pid)
+            thread.join()
+            step["clicks_per_s"] = feed.rate
+            step["clicks_sent"] = feed.sent
+            out["load_live_clicks"] = step
         return out
     finally:
         server.terminate()
@@ -500,7 +556,7 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
 
 # -- one catalogue ---------------------------------------------------------------------------
 def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Namespace,
-                  client: Any, redis_url: str, redis_pid: int | None, tmp: Path,
+                  client: Any, kafka: Any, redis_url: str, redis_pid: int | None, tmp: Path,
                   rng: np.random.Generator, exact: bool, load: bool) -> list[dict[str, Any]]:
     t = time.perf_counter()
     ids, emb, cats = grow_catalogue(run.base, n_items, seed=1)
@@ -557,11 +613,17 @@ def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Names
             rows.append({"catalogue": name, "catalogue_items": int(len(ids)),
                          "index": "Flat (exact)", **ex})
         pushed = {u.user_id: set(snap.item_ids[u.seen].tolist()) for u in run.users}
+        topic = f"bench.serve.clicks.{uuid.uuid4().hex[:8]}"  # no one else's clicks
+        ensure_topic(kafka, topic, partitions=1)
+        feed = (ClickFeed(kafka, topic, user_ids, snap.item_ids[: len(run.base.item_ids)].tolist(),
+                          args.click_rate) if load and args.click_rate > 0 else None)
         row.update(time_http(store.root, redis_url, ns, user_ids, shown, pushed, args, rng,
-                             tmp / f"serve-{name}.log", RATES if load else ()))
+                             tmp / f"serve-{name}.log", RATES if load else (),
+                             clicks_topic=topic, feed=feed))
         if load:  # the GIL suspicion: the same server, threads switching every 0.5 ms
             probe = time_http(store.root, redis_url, ns, user_ids, shown, pushed, args, rng,
-                              tmp / f"serve-{name}-si.log", (GIL_PROBE_RATE,), 0.0005)
+                              tmp / f"serve-{name}-si.log", (GIL_PROBE_RATE,), 0.0005,
+                              clicks_topic=topic)
             row["load_switch_interval_0.5ms"] = probe["load"][0]
         return rows
     finally:
@@ -617,14 +679,17 @@ def markdown(result: dict[str, Any]) -> str:
             f"{ld['p99_ms']} ({ld['p99_ci95_ms']}) | {ld['p999_ms']} | {ld['service_p50_ms']} / "
             f"{ld['service_p99_ms']} | {ld['server_p50_ms']} / {ld['server_p99_ms']} | "
             f"{ld['server_cpu_ms_per_request']} | {ld['errors']} {ld['errors_by_kind'] or ''} |")
-    pr = head.get("load_switch_interval_0.5ms")
-    if pr:
+    for label, key in (("live clicks at {clicks_per_s}/s", "load_live_clicks"),
+                       ("server switch interval 0.5 ms", "load_switch_interval_0.5ms")):
+        pr = head.get(key)
+        if not pr:
+            continue
         lines.append(
-            f"| {pr['rate']}, server switch interval 0.5 ms | {pr['achieved_per_s']} | "
+            f"| {pr['rate']}, {label.format(**pr)} | {pr['achieved_per_s']} | "
             f"{pr['requests']} | {pr['p50_ms']} | {pr['p99_ms']} ({pr['p99_ci95_ms']}) | "
             f"{pr['p999_ms']} | {pr['service_p50_ms']} / {pr['service_p99_ms']} | "
-            f"{pr['server_p50_ms']} / {pr['server_p99_ms']} | {pr['server_cpu_ms_per_request']} | "
-            f"{pr['errors']} {pr['errors_by_kind'] or ''} |")
+            f"{pr['server_p50_ms']} / {pr['server_p99_ms']} | {pr['server_cpu_ms_per_request']} "
+            f"| {pr['errors']} {pr['errors_by_kind'] or ''} |")
     lines += ["", "Tail attribution (the slowest 1% of the breakdown pass):", "",
               "| catalogue | slowest mean ms | own CPU wait ms (all) | Redis CPU wait ms (all) "
               "| with a GC pause | longest part | Redis forks |", "|---|---|---|---|---|---|---|"]
@@ -679,6 +744,11 @@ Each suspicion has a measurement in the JSON, per catalogue:
   send) against the latency from the schedule shows queueing in front of the server;
   `server_*` (its own histogram, taken inside the app) against `service_*` shows the time in
   the event loop, the HTTP parser and the hand-off to the worker thread.
+- **Background threads**: with live popularity on (the default), the server's click thread
+  rebuilds the active snapshot's cold lists from the click counts every 5 s
+  (`SnapshotIndex.set_live_popularity`, which orders the whole catalogue with a Python loop
+  over its items); it holds the GIL meanwhile. `load_live_clicks` measures what that does to
+  requests; without clicks (the other steps) the thread only polls.
 """
 
 
@@ -696,6 +766,9 @@ def main() -> None:
                     help="Seconds per rate of the open-loop sweep (default 30, --quick 8)")
     ap.add_argument("--events", type=int, default=None,
                     help="Events of the learner's stream (default: all of ml-100k)")
+    ap.add_argument("--click-rate", type=float, default=200.0,
+                    help="Clicks/s on the server's clicks topic in the live-clicks step "
+                         "(0: no such step)")
     ap.add_argument("--recall-queries", type=int, default=2000,
                     help="Learner interest vectors the recall is measured on")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
@@ -725,10 +798,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmpdir:
         tmp = Path(tmpdir)
         n0 = len(run.base.item_ids)
-        runs += run_catalogue("ml-100k", n0, run, args, client, settings.redis.url, redis_pid,
-                              tmp, rng, exact=False, load=False)
+        runs += run_catalogue("ml-100k", n0, run, args, client, settings.kafka,
+                              settings.redis.url, redis_pid, tmp, rng, exact=False, load=False)
         for n in sizes:
-            runs += run_catalogue(f"grown-{n // 1000}k", n, run, args, client,
+            runs += run_catalogue(f"grown-{n // 1000}k", n, run, args, client, settings.kafka,
                                   settings.redis.url, redis_pid, tmp, rng, exact=True,
                                   load=n == GOAL_ITEMS)
     head = next(r for r in runs if r["catalogue_items"] == GOAL_ITEMS and "http_p50_ms" in r)
@@ -748,6 +821,7 @@ def main() -> None:
     result["setup"] = {
         "quick": args.quick, "n": N_TOP, "requests": args.requests,
         "load_seconds_per_rate": args.load_seconds, "rates": list(RATES), "clients": CLIENTS,
+        "live_clicks_per_s": args.click_rate,
         "learner": run.info,
         "warmup": (f"the recommender's warm-up and heap freeze, then every user once (at least "
                    f"{WARMUP_MIN} requests), in process and over HTTP; the load sweep follows "
