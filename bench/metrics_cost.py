@@ -102,9 +102,9 @@ def main() -> None:
         env = env_for(settings)
         if args.tiny:
             from tests.flowkit import click_stream
-            from tests.integration.test_online_flow import _write_tiny_checkpoint
+            from tests.integration.helpers import write_tiny_checkpoint
 
-            _write_tiny_checkpoint(ckpt)
+            write_tiny_checkpoint(ckpt)
             env.update({"DIAM_ONLINE_DIM": "16", "DIAM_ONLINE_K_MAX": "4"})
             produce(settings.kafka, topic, click_stream(args.users, args.events, seed=1))
         else:
