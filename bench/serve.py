@@ -428,15 +428,22 @@ def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients:
 
 class ClickFeed:
     """Clicks produced at a fixed rate to the topic the server tails for live popularity, in a
-    thread of this process, while :meth:`running`. Known items only: an unknown item's
-    clicks would grow the index instead (its own subject)."""
+    thread of this process, from :meth:`start` to :meth:`stop`. Known items only: an unknown
+    item's clicks would grow the index instead (its own subject)."""
 
     def __init__(self, kafka: Any, topic: str, users: list[str], items: list[str],
                  rate: float) -> None:
         self.kafka, self.topic, self.users, self.items, self.rate = kafka, topic, users, items, rate
         self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def running(self, seconds: float) -> threading.Thread:
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def start(self) -> None:
         from confluent_kafka import Producer
 
         from streams.events import ClickEvent, encode_event
@@ -446,7 +453,8 @@ class ClickFeed:
 
         def loop() -> None:
             t0 = time.monotonic()
-            while (now := time.monotonic()) < t0 + seconds:
+            while not self._stop.is_set():
+                now = time.monotonic()
                 due = int((now - t0) * self.rate)
                 while self.sent < due:
                     ev = ClickEvent(self.users[int(rng.integers(len(self.users)))],
@@ -458,9 +466,8 @@ class ClickFeed:
                 time.sleep(0.005)
             prod.flush(10)
 
-        thread = threading.Thread(target=loop, name="click-feed", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=loop, name="click-feed", daemon=True)
+        self._thread.start()
 
 
 def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
@@ -472,9 +479,9 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
     ``rates``. The warm-up answers are checked to leave out both the user's ``pushed`` seen
     items and the request's ``seen``. The server tails ``clicks_topic`` for live popularity
     (``diam serve``'s default); with ``feed``, one more step at ``GIL_PROBE_RATE`` runs while
-    clicks arrive there. ``switch_interval``: the server's ``sys.setswitchinterval`` (how long a thread
-    holding the GIL runs before another thread that asks for it gets it; Python's default is
-    5 ms), set before the server starts."""
+    clicks arrive there. ``switch_interval``: the server's ``sys.setswitchinterval`` (how long
+    a thread holding the GIL runs before another thread that asks for it gets it; Python's
+    default is 5 ms), set before the server starts."""
     port = free_port()
     env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store_dir), "DIAM_REDIS_URL": redis_url,
            "DIAM_REDIS_NAMESPACE": ns}
@@ -525,7 +532,8 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
         conn.close()
         p50, p99, p999 = pcts(ts)
         out: dict[str, Any] = {
-            "http_warmup_requests": len(warm), "http_seen_checked": len(warm), "http_warmup_p50_p99_ms": pcts(warm, (50, 99)),
+            "http_warmup_requests": len(warm), "http_seen_checked": len(warm),
+            "http_warmup_p50_p99_ms": pcts(warm, (50, 99)),
             "http_p50_ms": p50, "http_p99_ms": p99, "http_p999_ms": p999,
             "http_p99_ci95_ms": p99_ci(ts), "http_requests": len(ts),
             "http_server_cpu_ms_per_request": round(server_cpu / len(ts) * 1000, 3),
@@ -537,11 +545,13 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
             out["load"] = [open_loop(port, paths, r, args.load_seconds, CLIENTS, rng, server.pid)
                            for r in rates]
         if feed is not None:
-            thread = feed.running(args.load_seconds + 2.0)
+            feed.start()
             time.sleep(2.0)  # the server's first refresh of the cold lists comes with the clicks
-            step = open_loop(port, paths, GIL_PROBE_RATE, args.load_seconds, CLIENTS, rng,
-                             server.pid)
-            thread.join()
+            try:
+                step = open_loop(port, paths, GIL_PROBE_RATE, args.load_seconds, CLIENTS, rng,
+                                 server.pid)
+            finally:
+                feed.stop()
             step["clicks_per_s"] = feed.rate
             step["clicks_sent"] = feed.sent
             out["load_live_clicks"] = step
@@ -603,7 +613,7 @@ def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Names
             flat.add(emb)
             exact_rec = Recommender(replace(snap, index=flat, kind="flat", nprobe=None), client,
                                     ns, threads=1)
-            sample = user_ids[: min(len(user_ids), 300)]
+            sample = user_ids[: 300 if len(ids) < 10**6 else 100]  # exact search at 1M is slow
             overlap = [len(set(rec.recommend(u, n=N_TOP, seen=shown[u]).items)
                            & set(exact_rec.recommend(u, n=N_TOP, seen=shown[u]).items)) / N_TOP
                        for u in sample]

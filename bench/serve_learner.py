@@ -54,10 +54,12 @@ def _checkpoint(data: Path, epochs: int) -> Path:
     sys.path.insert(0, str(ROOT / "bench"))
     from prequential import train_first_half
 
-    return train_first_half(data, epochs, ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}")
+    return train_first_half(data, epochs,
+                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}")
 
 
-def learner_run(settings: Any, data: Path, events: int | None = None, epochs: int = 4) -> LearnerRun:
+def learner_run(settings: Any, data: Path, events: int | None = None,
+                epochs: int = 4) -> LearnerRun:
     """Replay the first ``events`` (all when None) of the prepared stream at ``data`` through
     the served online learner; returns every anchored user's final state."""
     from online_model.base import BaseView
