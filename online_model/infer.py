@@ -66,7 +66,7 @@ class DiamHead:
         if not has_extractor(tensors):
             raise HeadLoadError("no encoder/extractor tensors: not a DIAM checkpoint")
         t = tensors
-        self.dim = d = int(config.get("dim", 64))
+        self.dim = int(config.get("dim", 64))
         self.seq_len = int(config.get("seq_len", 50))
         self.window = int(config.get("window", 5))
         self.k_max = int(config.get("k_max", 8))
@@ -79,7 +79,7 @@ class DiamHead:
         tr = lambda k: f(k).T  # noqa: E731  (torch stores Linear weights [out, in])
         try:
             self.item_emb = np.ascontiguousarray(f("item_emb.weight")[1:])  # [N, d]
-            glob = [None] * _NG
+            glob: list[np.ndarray | None] = [None] * _NG
             glob[_POSF], glob[_POSC] = f("encoder.pos_fine"), f("encoder.pos_coarse")
             glob[_NORMW], glob[_NORMB] = f("encoder.norm.weight"), f("encoder.norm.bias")
             glob[_CAPS] = tr("extractor.caps.proj.weight")
@@ -93,21 +93,23 @@ class DiamHead:
                 glob[_M1W], glob[_M1B] = tr("global_mlp.0.weight"), f("global_mlp.0.bias")
                 glob[_M2W], glob[_M2B] = tr("global_mlp.2.weight"), f("global_mlp.2.bias")
             glob[_BINIT] = _routing_init(self.seq_len, self.k_max, seed=1)
-            blocks = []
+            blocks: list[np.ndarray | None] = []
+            ff = 0
             for scale in ("fine", "coarse"):
                 for i in range(n_layers):
                     p = f"encoder.{scale}.layers.{i}."
-                    blk = [None] * _NB
+                    blk: list[np.ndarray | None] = [None] * _NB
                     blk[_WQKV], blk[_BQKV] = (tr(p + "self_attn.in_proj_weight"),
                                               f(p + "self_attn.in_proj_bias"))
                     blk[_WO], blk[_BO] = (tr(p + "self_attn.out_proj.weight"),
                                           f(p + "self_attn.out_proj.bias"))
-                    blk[_W1], blk[_B1] = tr(p + "linear1.weight"), f(p + "linear1.bias")
+                    w1 = tr(p + "linear1.weight")
+                    ff = w1.shape[1]
+                    blk[_W1], blk[_B1] = w1, f(p + "linear1.bias")
                     blk[_W2], blk[_B2] = tr(p + "linear2.weight"), f(p + "linear2.bias")
                     blk[_N1W], blk[_N1B] = f(p + "norm1.weight"), f(p + "norm1.bias")
                     blk[_N2W], blk[_N2B] = f(p + "norm2.weight"), f(p + "norm2.bias")
                     blocks += blk
-                    ff = blk[_W1].shape[1]
             fw = t.get("online.fusion_w")
             self.fusion = (None if fw is None else
                            (np.asarray(fw, np.float64).reshape(-1),
