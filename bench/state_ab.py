@@ -12,13 +12,14 @@ Workloads: ``kmeans`` (a gated toy base, d=64, K_u up to 8, the default online s
 compiled step and the Python around it) and ``diam`` (the DIAM head of the unit tests, d=8:
 re-anchoring on the network every 10 events and the global slot's refresh in between).
 
-The A tree is B's ``online_model/`` with the learner's files (``--a-files``) taken from
-``--a-rev``, so that A and B differ in exactly those files (other work in progress in the tree,
-e.g. on the inference head, lands on both sides).
+Both sides run from copies taken once at the start: B is the working tree's ``online_model/``,
+A the same with the learner's files (``--a-files``) as of ``--a-rev``, so that A and B differ
+in exactly those files, and work in progress elsewhere in the tree (e.g. on the inference head)
+lands on both sides alike, even when it changes during the run.
 
 Usage (prints JSON)::
 
-    OPENBLAS_NUM_THREADS=1 python bench/state_ab.py --a-rev 972334d --repeats 5
+    OPENBLAS_NUM_THREADS=1 python bench/state_ab.py --a-rev 972334d --a-also 5a5f98f --repeats 7
 """
 
 from __future__ import annotations
@@ -132,21 +133,41 @@ LEARNER_FILES = ("online_model/kernels.py", "online_model/online.py", "online_mo
                  "online_model/signals.py", "online_model/guards.py", "online_model/routing.py")
 
 
-def _a_tree(b_tree: Path, rev: str, files: list[str], dest: Path) -> Path:
-    """``dest``: B's online_model/ with ``files`` as of ``rev``. Unchanged files keep their
-    mtimes, so numba's on-disk cache of the A tree survives between invocations."""
-    src = b_tree / "online_model"
-    for f in src.rglob("*.py"):
-        to = dest / f.relative_to(b_tree)
+def _copy_tree(src_root: Path, dest: Path, skip: tuple[str, ...] = ()) -> Path:
+    """``dest``: a copy of ``src_root``'s online_model/. Unchanged files keep their mtimes, so
+    numba's on-disk cache of the copy survives between invocations."""
+    for f in (src_root / "online_model").rglob("*.py"):
+        rel = f.relative_to(src_root)
+        if str(rel) in skip:
+            continue
+        to = dest / rel
         if not to.exists() or not filecmp.cmp(f, to, shallow=False):
             to.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, to)
-    for rel in files:
-        old = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=b_tree, check=True,
-                             capture_output=True).stdout
-        to = dest / rel
-        if to.read_bytes() != old:
-            to.write_bytes(old)
+    return dest
+
+
+def _a_tree(b_tree: Path, rev: str, files: list[str], dest: Path, repo: Path,
+            also: list[str]) -> Path:
+    """``dest``: the B copy's online_model/ with ``files`` as of ``rev`` (from git), then the
+    changes that the commits ``also`` made to those files (others' work on the same files
+    that landed after ``rev`` and belongs on both sides)."""
+    _copy_tree(b_tree, dest, skip=tuple(files))
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        for rel in files:
+            (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+            (scratch / rel).write_bytes(subprocess.run(
+                ["git", "show", f"{rev}:{rel}"], cwd=repo, check=True, capture_output=True
+            ).stdout)
+        for commit in also:
+            diff = subprocess.run(["git", "show", "--format=", commit, "--", *files], cwd=repo,
+                                  check=True, capture_output=True).stdout
+            subprocess.run(["patch", "-s", "-p1", "-d", str(scratch)], input=diff, check=True)
+        for rel in files:
+            new, to = (scratch / rel).read_bytes(), dest / rel
+            if not to.exists() or to.read_bytes() != new:
+                to.write_bytes(new)
     return dest
 
 
@@ -155,9 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--a-rev", help="git revision of the A version of the learner's files")
     ap.add_argument("--a-files", default=",".join(LEARNER_FILES),
                     help="comma-separated files taken from --a-rev (the rest from B)")
+    ap.add_argument("--a-also", default="",
+                    help="comma-separated commits whose changes to --a-files A also gets")
     ap.add_argument("--a-dir", type=Path, default=Path(tempfile.gettempdir()) / "state_ab_a",
                     help="where the A tree is assembled")
     ap.add_argument("--b", type=Path, default=HERE.parents[1], help="tree of the B version")
+    ap.add_argument("--b-dir", type=Path, default=Path(tempfile.gettempdir()) / "state_ab_b",
+                    help="where the copy of the B tree is taken")
     ap.add_argument("--workload", choices=["kmeans", "diam"], default="kmeans")
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=1_000)
@@ -170,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.a_rev is None:
         ap.error("--a-rev is required")
-    b_tree = args.b.resolve()
-    a_tree = _a_tree(b_tree, args.a_rev, args.a_files.split(","), args.a_dir.resolve())
+    b_tree = _copy_tree(args.b.resolve(), args.b_dir.resolve())
+    # git reads the revision from the working tree's repository
+    also = [c for c in args.a_also.split(",") if c]
+    a_tree = _a_tree(b_tree, args.a_rev, args.a_files.split(","), args.a_dir.resolve(),
+                     repo=args.b.resolve(), also=also)
     runs: dict[str, list[float]] = {"a": [], "b": []}
     cpu: dict[str, list[float]] = {"a": [], "b": []}
     digests: dict[str, set[str]] = {"a": set(), "b": set()}
@@ -198,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({
         "workload": args.workload, "events": args.events, "users": args.users,
         "passes": args.passes, "repeats": args.repeats,
-        "a": {"tree": str(a_tree), "rev": args.a_rev, "files": args.a_files.split(","),
+        "b_source": str(args.b.resolve()),
+        "a": {"tree": str(a_tree), "rev": args.a_rev, "also": also, "files": args.a_files.split(","),
               "ns_per_event": summary(runs["a"]), "cpu_ns_per_event": summary(cpu["a"])},
         "b": {"tree": str(b_tree), "ns_per_event": summary(runs["b"]),
               "cpu_ns_per_event": summary(cpu["b"])},
