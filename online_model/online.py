@@ -49,9 +49,8 @@ class KnownBases:
     """The last few bases a learner (and the learners that replace it on a hot reload) served,
     by item fingerprint: a re-anchoring maps a user's recent item rows from the base they were
     recorded under to the new one when the item tables differ. Strong references, but only a
-    few: bases are large. Whoever replaces a learner hands this over (``OnlineLearner(...,
-    bases=old.bases)``), so it lives as long as the process's line of learners, not longer.
-    """
+    few: bases are large. A learner that replaces another takes it over
+    (:meth:`OnlineLearner.succeed`), so it lives as long as the process's line of learners."""
 
     def __init__(self, keep: int = 3) -> None:
         self.keep = keep
