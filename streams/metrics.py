@@ -21,11 +21,12 @@ Everything is read or counted where it happens, and nothing is added to the per-
 - the epoch's state snapshot duration is measured, not bounded: Bytewax 0.21 has no Python hook
   at epoch ends (its own ``partd_write_duration_seconds`` and ``snapshot_duration_seconds`` live
   in the Rust engine and are exported only by its dataflow API server), so the per-user step
-  times its own ``snapshot`` calls (:class:`~streams.online.FlowStats` ``snapshot_s``) and each
-  epoch's sum is observed at the next epoch end's first source snapshot. It covers packing
-  every touched user's state into the tuple Bytewax stores, with recovery on (without recovery
-  nothing is stored or timed); it does not cover Bytewax pickling those tuples and writing them
-  to the recovery database, nor the side outputs' flush (``diam_flow_epoch_flush_seconds``).
+  times its own ``snapshot`` calls (each worker thread's :class:`~streams.online.Counts`
+  ``snapshot_s``, summed) and each epoch's sum is observed at the next epoch end's first source
+  snapshot. It covers packing every touched user's state into the tuple Bytewax asks for at
+  each epoch end (asked with or without a recovery store); it does not cover Bytewax pickling
+  those tuples and writing them to the recovery database, nor the side outputs' flush
+  (``diam_flow_epoch_flush_seconds``).
   With several workers in one process their epoch ends interleave, and an observation can
   hold parts of two workers' epochs;
 - hot reloads (a new base version taken by :class:`~streams.online.LearnerHolder`) are
