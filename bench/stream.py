@@ -28,6 +28,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   (with a seq at least the event's offset) visible in Redis, for a sample of events offered at ``offered_rate``
   events/s to a tailing dataflow in its own process (recovery on, its default when tailing);
   also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions.
+  Arrivals (``freshness_arrivals``) are the throughput runs' bursty sessions; once more at
+  ``offered_rate`` in lock-step (``freshness_*_ms_lockstep``: the 2000 users click in turn,
+  so they all re-run the network within the same 0.4 s every ``reanchor_every`` clicks), a
+  stress pattern for synchronised users.
   Each window (``freshness_window_s``: 30 s, 12 s with ``--quick``) spans epoch ends
   (``epoch_interval_s``), where the recovery snapshots pause the dataflow. It follows a
   warm-up at the same rate (``freshness_warmup_s``: 10 s, 6 s with ``--quick``) whose events are
@@ -253,11 +257,18 @@ FRESH_LINGER_MS = 5
 
 
 def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env,
-              splits: tuple[str, ...] = (), warmup_s: float = 0.0) -> tuple[float, float, float]:
+              splits: tuple[str, ...] = (), warmup_s: float = 0.0,
+              arrivals: str = "sessions", seed: int = 5) -> tuple[float, float, float]:
     """p50/p99/p99.9 of produce → visible in Redis at ``rate`` events/s, with one tailing process, or
     one per partition subset in ``splits`` (e.g. ``("0,1", "2,3")``). Events of the first
     ``warmup_s`` seconds are offered at the same rate but not sampled: the steady state is
-    measured, not the minute in which every one of the 2000 users is new."""
+    measured, not the minute in which every one of the 2000 users is new.
+
+    ``arrivals``: ``"sessions"``, the throughput runs' bursty sessions of 2000 users with a
+    trickle of new ones (:func:`synth_events`, ``seed``), offered at ``rate``; or
+    ``"lockstep"``, a stress pattern where the 2000 users click in turn (user ``i % 2000``), so
+    every user reaches its n-th click in the same 0.4 s at 5k events/s and all of them re-run
+    the network together every ``reanchor_every`` clicks."""
     rc = redis_client(settings.redis)
     # each tailing process keeps its recovery store (the default when tailing) in the bench's
     # temporary directory
@@ -305,6 +316,7 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     poller.start()
     n = int(rate * (warmup_s + seconds))
     n_warm = int(rate * warmup_s)
+    sess = synth_events(n, 2000, seed=seed, t0=0) if arrivals == "sessions" else None
     t_start = time.perf_counter()
     i = 0
     while i < n:
@@ -312,8 +324,11 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
         # the machine's two cores away from the dataflow it measures
         due = min(n, int((time.perf_counter() - t_start) * rate) + 1)
         while i < due:
-            uid = f"f{i % 2000}"
-            ev = ClickEvent(uid, f"it{(i * 7919) % N_ITEMS}", int(time.time() * 1000))
+            if sess is not None:
+                uid, item = sess[i].user_id, sess[i].item_id
+            else:
+                uid, item = f"f{i % 2000}", f"it{(i * 7919) % N_ITEMS}"
+            ev = ClickEvent(uid, item, int(time.time() * 1000))
             p.produce(topic, key=uid.encode(), value=encode_event(ev),
                       on_delivery=on_delivery if i >= n_warm else None)
             i += 1
@@ -473,12 +488,17 @@ def main() -> None:
             ftopic_r = ftopic if r == 0 else f"{ftopic}.{r}"
             ensure_topic(kafka, ftopic_r, partitions=4)
             fresh.append(freshness(settings, ftopic_r, f"bf-{run_id}-{r}", ckpt, args.rate,
-                                   fresh_s, env, warmup_s=warm_s))
+                                   fresh_s, env, warmup_s=warm_s, seed=5 + r))
         p50 = float(np.median([f[0] for f in fresh]))
         p99 = float(np.median([f[1] for f in fresh]))
         p999 = float(max(f[2] for f in fresh))
         lp50, lp99, _ = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
                                   fresh_s, env, warmup_s=warm_s)
+        # the stress pattern: every user clicks in turn (lock-step), one run
+        stopic = f"bench.fresh-lockstep.{run_id}"
+        ensure_topic(kafka, stopic, partitions=4)
+        sp50, sp99, sp999 = freshness(settings, stopic, f"bs-{run_id}", ckpt, args.rate,
+                                      fresh_s, env, warmup_s=warm_s, arrivals="lockstep")
         ttopic = f"bench.fresh-two.{run_id}"
         ensure_topic(kafka, ttopic, partitions=4)
         tp50, tp99, _ = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
@@ -487,13 +507,13 @@ def main() -> None:
         anchor = anchor_cost(base)
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
-    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt"):
+    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs"):
         keys = list(rc.scan_iter(match=f"diam:{ns}-{run_id}*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
     from confluent_kafka.admin import AdminClient
     AdminClient(kafka.client_config()).delete_topics(
-        [topic, ftopic, ltopic, ttopic] + [f"{ftopic}.{r}" for r in range(1, len(fresh))])
+        [topic, ftopic, ltopic, ttopic, stopic] + [f"{ftopic}.{r}" for r in range(1, len(fresh))])
     result = {
         "base": "diam",
         "recovery": True,
@@ -519,6 +539,11 @@ def main() -> None:
         "freshness_p50_ms_at_low_rate": round(lp50, 2),
         "freshness_p99_ms_at_low_rate": round(lp99, 2),
         "low_rate": args.low_rate,
+        "freshness_arrivals": "bursty sessions of 2000 users and a trickle of new ones "
+                              "(synth_events), offered at the fixed rate",
+        "freshness_p50_ms_lockstep": round(sp50, 2),
+        "freshness_p99_ms_lockstep": round(sp99, 2),
+        "freshness_p999_ms_lockstep": round(sp999, 2),
         "freshness_p50_ms_two_processes": round(tp50, 2),
         "freshness_p99_ms_two_processes": round(tp99, 2),
         **foot,
