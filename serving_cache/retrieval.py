@@ -45,17 +45,29 @@ def cold_order(popularity: np.ndarray, categories: np.ndarray, pool: int = COLD_
     >>> cold_order(np.array([5, 9, 1, 8, 7]), np.array([0, 0, 1, 1, 2])).tolist()
     [1, 3, 4, 0, 2]
     """
-    order = np.argsort(-popularity, kind="stable")  # most popular first
-    cats = categories[order]
-    rank = np.zeros(len(order), dtype=np.int64)  # rank of each item within its category
-    first_pos = {}
-    for c in np.unique(cats):
-        where = np.flatnonzero(cats == c)
-        rank[where] = np.arange(len(where))
-        first_pos[int(c)] = where[0]
-    cat_pos = np.array([first_pos[int(c)] for c in cats], dtype=np.int64)
-    spread = np.lexsort((cat_pos, rank))[:pool]
-    return order[spread].astype(np.int64)
+    popularity = np.asarray(popularity)
+    categories = np.asarray(categories)
+    # Per category, its `pool` most popular items in (popularity, item) order; a pass over the
+    # catalogue per category and small sorts, never a Python loop over items nor a sort of the
+    # catalogue: serving rebuilds this list from live clicks while it answers requests.
+    heads = []
+    for c in np.flatnonzero(np.bincount(categories.astype(np.int64) + 1)) - 1:
+        idx = np.flatnonzero(categories == c)  # increasing item order
+        if len(idx) > pool:  # all items at least as popular as the pool-th (ties kept)
+            thr = np.partition(popularity[idx], len(idx) - pool)[len(idx) - pool]
+            idx = idx[popularity[idx] >= thr]
+        top = idx[np.argsort(-popularity[idx], kind="stable")][:pool]
+        heads.append(top)
+    # categories in the order of their best item (most popular first, then lowest index)
+    heads.sort(key=lambda t: (-popularity[t[0]], t[0]))
+    out = []
+    for r in range(pool):
+        for t in heads:
+            if r < len(t):
+                out.append(t[r])
+                if len(out) == pool:
+                    return np.array(out, dtype=np.int64)
+    return np.array(out, dtype=np.int64)
 
 
 @dataclass

@@ -38,6 +38,23 @@ def test_cold_order_spreads_categories_by_popularity(pop, n_cat, data):
         assert (np.diff(seq) <= 0).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(pop=st.lists(st.integers(0, 5), min_size=1, max_size=60),
+       pool=st.integers(1, 20), data=st.data())
+def test_cold_order_is_the_round_robin_of_its_definition(pop, pool, data):
+    """The vectorised list equals the definition written plainly: items by popularity (ties by
+    item), categories (unknown -1 included) ordered by their best item, their first items in
+    turn, then their second ones, ..."""
+    cats = np.array(data.draw(st.lists(st.integers(-1, 3), min_size=len(pop), max_size=len(pop))))
+    order = sorted(range(len(pop)), key=lambda i: (-pop[i], i))
+    per_cat: dict[int, list[int]] = {}
+    for i in order:
+        per_cat.setdefault(int(cats[i]), []).append(i)
+    heads = sorted(per_cat.values(), key=lambda t: order.index(t[0]))
+    want = [t[r] for r in range(len(pop)) for t in heads if r < len(t)][:pool]
+    assert cold_order(np.array(pop), cats, pool=pool).tolist() == want
+
+
 def test_cold_order_pool_limit():
     assert len(cold_order(np.arange(5000), np.zeros(5000, dtype=np.int32), pool=100)) == 100
 
