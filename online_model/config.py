@@ -67,8 +67,8 @@ class OnlineConfig(BaseModel):
 
     # -- the gradient step ---------------------------------------------------------------
     n_negatives: int = Field(default=16, ge=1)
-    """Uniform negatives of the sampled softmax: 16 keeps the step ~10 µs and its direction
-    stable (more negatives change the direction by a few percent only)."""
+    """Uniform negatives of the sampled softmax: 16 keeps the step cheap, and more negatives
+    barely change its direction."""
 
     temperature: float = Field(default=1.0, gt=0)
     """Softmax temperature on logits ``v·e / scale²``. Tuned on a 10% user sample of ml-100k
@@ -121,20 +121,20 @@ class OnlineConfig(BaseModel):
     # -- K_u re-gating ---------------------------------------------------------------------
     regate_every: int = Field(default=10, ge=1)
     """Re-propose K_u (and refresh d_u's prior) every m events: the gate's input (mean of the
-    last 50 items) barely moves in fewer, and it costs ~30 µs, so 3 µs per event amortised."""
+    last 50 items) barely moves in fewer, and a re-gate costs several steps' worth."""
 
     k_settle_items: int = Field(default=0, ge=0)
     """On a DIAM base, K_u follows the full gate without hysteresis while the user's window
     holds fewer known items than this (0: hysteresis from the first anchoring). 20 recovers
-    the planted K_u of the synthetic stream better (K Spearman 0.30 vs 0.02) but lets young
-    users' K_u grow, and on ml-100k's tuning users it cost Recall@20 (0.192 vs 0.206 at
-    reanchor_every 10; bench/results/prequential.md), so it is off by default."""
+    the planted K_u of the synthetic stream better but lets young users' K_u grow, and it cost
+    Recall@20 on ml-100k's tuning users (``bench/results/prequential.md``), so it is off by
+    default."""
 
     k_hysteresis: int = Field(default=4, ge=1)
     """Consecutive equal proposals needed to change K_u (guards on): 4 proposals = 40 learnt
     events, about a session, so a proposal that flickers at a rounding boundary never reaches
-    Redis. On ml-100k 3 left 4.8x fewer changes than no hysteresis (the goal is 5x); 4 gives
-    ~8x for -0.004 Recall@20 on a 10% user sample; 5 gives ~12x for -0.007."""
+    Redis. Chosen on ml-100k's tuning users: 3 fell short of five times fewer K_u changes
+    than no hysteresis, 5 cost more recall than 4."""
 
     # -- guards --------------------------------------------------------------------------------
     step_cap: float = Field(default=0.5, gt=0)

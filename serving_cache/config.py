@@ -42,9 +42,8 @@ class RedisConfig(BaseModel):
 
     keys_per_call: int = Field(default=100, ge=1)
     """User keys per write-if-newer script call (``serving_cache.writer``). 100: one reply per
-    hundred writes instead of one each cut the writer's CPU per user and Redis's by about 30%
-    (measurements in the writer's docstring), while one call holds Redis for only about half a
-    millisecond (~5 µs per key), so reads from serving wait no longer than that. On Redis
+    hundred writes instead of one each cuts the writer's and Redis's CPU per user, while one
+    call holds Redis only briefly, so reads from serving barely wait. On Redis
     Cluster (``cluster``) a call holds the keys of one hash slot only, at most this many."""
 
     cluster: bool = False

@@ -120,29 +120,21 @@ class FlowConfig(BaseModel):
 
     batch_size: int = Field(default=20_000, ge=1)
     """Most Kafka messages per poll batch handed to the dataflow (a cap: a caught-up consumer
-    hands over what has arrived, ~100 records per 20 ms fetch at 5k events/s).
+    hands over what has arrived).
 
     Bytewax's per-user step costs per user *and batch* (a key lookup, a ``notify_at`` call, one
     output item per push, the user's snapshot bookkeeping), and pushes coalesce per batch, so a
     user with several clicks in one batch pays those once. That matters when the dataflow
-    reads a backlog (a replay, a catch-up after a restart). 400k events over 20k users from a
-    4-partition topic, one process, Redis sink replaced by a no-op, same broker and minutes:
-    1000 → 17.7k events/s (56.6 CPU µs per event, 333k pushes); 5000 → 22.3k (44.8 µs, 251k);
-    10000 → 24.4k (40.9 µs, 190k); 20000 → 25.2k (39.6 µs, 144k). With the real Redis sink,
-    ``diam run --bounded`` over one such topic, alternating: 10000 → 19.4k / 18.7k / 21.1k,
-    20000 → 22.3k / 20.7k / 20.8k events/s. A full 20000-record batch is ~1 s of work and a
-    few MB of records in flight; batches fill only when the dataflow is behind."""
+    reads a backlog (a replay, a catch-up after a restart); a large cap means more records in
+    flight then, and batches fill only when the dataflow is behind."""
 
     epoch_interval_s: float = Field(default=10.0, gt=0)
     """Bytewax epoch length; recovery snapshots are taken at epoch ends, one per user touched
-    in the epoch, on the dataflow's thread. That pause is what the freshness tail is made of:
-    at 2000 active users it is ~25 ms of our snapshot code plus ~100 ms of Bytewax's SQLite
-    insert and clean-up of ~2.4 KB per user (measured with Python's sqlite3, same schema, WAL:
-    43-104 ms per epoch for 1.2-2.4 KB rows), and every event arriving meanwhile waits.
-    10 s (Bytewax's own default epoch) keeps that pause below 1.5% of the time at such rates,
-    so it stays out of the freshness p99; a crash replays at most ~10 s of events (same
-    vectors, deterministically). 5 s doubled the freshness p99 of a tailing run at 1k events/s
-    against a run without recovery."""
+    in the epoch, on the dataflow's thread, and every event arriving meanwhile waits: that
+    pause (our packing of each state, then Bytewax's SQLite insert and clean-up) is what the
+    freshness tail is made of (``bench/results/stream.md``). A longer epoch makes the pause
+    rarer; a crash replays at most one epoch of events (same vectors, deterministically).
+    10 s is Bytewax's own default."""
 
     evict_idle_s: float | None = Field(default=None, gt=0)
     """Drop a user from the dataflow's state (memory and recovery store) after this many
