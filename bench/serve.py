@@ -756,9 +756,10 @@ Each suspicion has a measurement in the JSON, per catalogue:
   the event loop, the HTTP parser and the hand-off to the worker thread.
 - **Background threads**: with live popularity on (the default), the server's click thread
   rebuilds the active snapshot's cold lists from the click counts every 5 s
-  (`SnapshotIndex.set_live_popularity`, which orders the whole catalogue with a Python loop
-  over its items); it holds the GIL meanwhile. `load_live_clicks` measures what that does to
-  requests; without clicks (the other steps) the thread only polls.
+  (`SnapshotIndex.set_live_popularity`: per category, a partition to its most popular items;
+  until 9eb92aa it ordered the whole catalogue with a Python loop over its items, holding the
+  GIL for a large part of a second on the larger catalogues). `load_live_clicks` measures what the rebuilds do to requests; without clicks (the other
+  steps) the thread only polls.
 """
 
 
