@@ -39,8 +39,6 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from online_model.infer import _refresh_global as _head_refresh_global
-
 __all__ = [
     "USER",
     "PARAMS",
@@ -154,7 +152,6 @@ PARAMS = np.dtype(
         ("learn", np.bool_),  # take gradient steps (False: frozen anchors)
         ("rollback", np.bool_),  # a drift-cap trip resets to the anchors instead of clamping
         ("network", np.bool_),  # the base has DIAM's network (anchors, the global slot)
-        ("refresh_here", np.bool_),  # DIAM base: learn_event refreshes the global slot itself
     ],
 )
 """The learner's constants, read by :func:`learn_event`; lengths already in base units."""
@@ -738,24 +735,19 @@ def _event_start(uhash, offset, n_table, n_draw):
 
 
 @njit(cache=True, error_model="numpy")
-def _network_due(u, p, ring, emb_flat, hseq, hbuf, hoff, Af, Vf):
+def _network_due(u, p):
     """DIAM base, after a click on a known item: count it, then say whether the network
     re-runs on the user's items (every ``reanchor_every`` events) or only the global
-    interest is refreshed. With ``refresh_here`` the refresh is done now, in this call (the
-    head's own :func:`online_model.infer._refresh_global` on its weights ``hbuf``/``hoff``),
-    and no bit asks the caller for it: one compiled call per event instead of two."""
+    interest is refreshed."""
     u.since_anchor += 1
     if p.reanchor_every > 0 and u.since_anchor >= p.reanchor_every:
         return _REANCHOR
-    if p.refresh_here:
-        _head_refresh_global(ring, u.n_recent, emb_flat, hseq, hbuf, hoff, Af, Vf)
-        return 0
     return _REFRESH_GLOBAL
 
 
 @njit(cache=True, error_model="numpy")
 def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, table, par,
-                idx, sess_mode, ts_ms, offset, hseq, hbuf, hoff):
+                idx, sess_mode, ts_ms, offset):
     """Apply one click (item row ``idx``, -1 if unknown) to one user: duplicates, the rate
     limit, the counters, signals, the recent-item ring, and (for an anchored user) the guarded
     gradient step on the routed interest, the d_u step and the drift cap. Returns ``(bits,
@@ -765,8 +757,6 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
 
     ``user`` and ``par`` are one-element arrays of :data:`USER` and :data:`PARAMS`; ``sess_mode``
     is -1 without a session id, 0 for the same id as the previous click, 1 for another.
-    ``hseq``, ``hbuf``, ``hoff``: the user's encoder summary and the DIAM head's packed weights,
-    read only with ``refresh_here`` (empty arrays otherwise).
     """
     u = user[0]
     p = par[0]
@@ -803,7 +793,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
         return bits | _UNANCHORED, -1, 0.0
     if not p.learn:  # frozen anchors, or the network alone
         if p.network and p.reanchor_every > 0:
-            bits |= _network_due(u, p, ring, emb_flat, hseq, hbuf, hoff, Af, Vf)
+            bits |= _network_due(u, p)
         return bits, -1, 0.0
     dim = p.dim
     emb = emb_flat.reshape((n_items, dim))
@@ -858,7 +848,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
                 bits |= _CAP_REACHED
         u.capped = capped
     if p.network:
-        bits |= _network_due(u, p, ring, emb_flat, hseq, hbuf, hoff, Af, Vf)
+        bits |= _network_due(u, p)
     elif u.n_learned % p.regate_every == 0:
         bits |= _REGATE
     return bits, k, rms
@@ -885,8 +875,7 @@ def warm_up() -> None:
     par["guards"] = par["learn"] = True
     table = np.arange(10, dtype=np.int64)
     learn_event(user, V, A, ring, sig, n_cat, emb.reshape(-1), np.ones(10, np.float32),
-                np.zeros(10, np.int32), table, par, 3, -1, 1000, 7, np.zeros(dim, np.float32),
-                np.zeros(0, np.float32), np.zeros(0, np.int64))
+                np.zeros(10, np.int32), table, par, 3, -1, 1000, 7)
     anchored(user, 2, 0.5)
     reanchored(user, 0.25, True, 4.0)
     propose_k(user, 2, 3, 2)

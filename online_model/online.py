@@ -321,9 +321,6 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     p["guards"], p["learn"] = cfg.guards, cfg.learn
     p["rollback"] = cfg.drift_policy == "rollback"
     p["network"] = base.head is not None
-    # slot 0's per-event refresh inside learn_event, when the whole ring is the network's window
-    p["refresh_here"] = (base.head is not None and cfg.refresh_global
-                         and base.head.global_slot_on and cfg.recent_len <= base.head.seq_len)
     return par
 
 
@@ -357,9 +354,6 @@ class OnlineLearner:
         self._emb_flat = base.item_emb.reshape(-1)
         self._dim, self._norms, self._cats = base.dim, base.item_norms, base.item_categories
         self._par = learner_params(cfg, base)
-        head = base.head
-        self._hbuf = head._buf if head is not None else np.zeros(0, np.float32)
-        self._hoff = head._off if head is not None else np.zeros(0, np.int64)
 
     def succeed(self, previous: OnlineLearner) -> None:
         """Take over ``previous``'s known bases (a hot reload replaces it by this learner), so
@@ -409,7 +403,7 @@ class OnlineLearner:
         bits, k, rms = K.learn_event(
             state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
             self._emb_flat, self._norms, self._cats, self._table, self._par,
-            idx, mode, int(ts_ms), int(offset), state.hseq, self._hbuf, self._hoff,
+            idx, mode, int(ts_ms), int(offset),
         )
         o = OUTCOMES[bits]
         if o.duplicate:
