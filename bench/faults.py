@@ -454,10 +454,10 @@ def _wait_for(cond: Callable[[], bool], timeout: float) -> float | None:
 
 
 def _write_checkpoint(path: Path) -> None:
-    from tests.integration.test_online_flow import _write_tiny_checkpoint
+    from tests.integration.helpers import write_tiny_checkpoint
 
     if not path.exists():
-        _write_tiny_checkpoint(path)
+        write_tiny_checkpoint(path)
 
 
 def _git(*args: str) -> str:
