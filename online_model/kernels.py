@@ -3,8 +3,8 @@ for bit the same on every run of the same machine type; numpy's error model: a d
 zero gives inf/nan as in numpy instead of raising).
 
 Why: the update touches a K×d block (K ≤ 8, d = 64) and ~17 candidate items per click. As a
-chain of numpy calls it costs ~190 µs per event, almost all of it call overhead on tiny arrays;
-fused into loops it costs a few µs, which is what 20k events/s per process needs.
+chain of numpy calls its cost is almost all call overhead on tiny arrays; fused into loops it
+is a small share of the stream's per-event budget (``bench/results/stream.md``).
 
 This module is the single implementation of the update's arithmetic. ``online_model.guards``,
 ``online_model.routing`` and ``online_model.signals`` keep their documented numpy-facing
@@ -641,9 +641,9 @@ def centroids(items, k, iters):
             s0 = r
     seeds = np.empty(k, dtype=np.int64)
     seeds[0] = s0
-    # Only the cosines to the seeds are needed: n·k of them, not the n×n matrix (a re-anchor
-    # over a full ring of 50 items took ~260 µs, nearly all of it that matrix). Each cosine is
-    # computed exactly as _cosines computes it, so the seeds are the same.
+    # Only the cosines to the seeds are needed: n·k of them, not the n×n matrix (which was
+    # nearly all of a re-anchoring's cost). Each cosine is computed exactly as _cosines
+    # computes it, so the seeds are the same.
     best = _cosines(items, items[s0:s0 + 1])[:, 0].copy()
     for s in range(1, k):
         for q in range(s):

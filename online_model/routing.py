@@ -54,8 +54,8 @@ def event_key(user_hash: int, offset: int) -> int:
 
 class NegativeTable:
     """Negatives as a window of a fixed pseudo-random table of item rows, placed by the event's
-    key: ``table[key % (T - n) : ... + n]``. One slice per event (the per-event cost of
-    seeding ``numpy.random.default_rng`` is ~27 µs, DESIGN §5), deterministic for a given
+    key: ``table[key % (T - n) : ... + n]``. One slice per event (seeding
+    ``numpy.random.default_rng`` per event would cost more than the step, DESIGN §5), deterministic for a given
     (user, offset) and base, and each window is n uniform draws over ``rows``.
 
     >>> t = NegativeTable(np.arange(100), size=1024)
