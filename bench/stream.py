@@ -13,8 +13,8 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   confluent-kafka consume loop over the same topic in the same run; ``ratio_to_bare``. Both are
   medians of ``--repeats`` runs (5), listed in ``events_per_s_runs`` and
   ``bare_consumer_events_per_s_runs``: on two cores shared with the broker and Redis, single
-  runs of the same code differ by up to ~30% (one topic, ten ``diam run --bounded`` runs in a
-  row: 15.8k-22.2k events/s), the bare loop by more. The bare loop consumes
+  runs of the same code differ widely (``events_per_s_runs`` shows by how much), the bare loop
+  by more. The bare loop consumes
   ``consume_batch`` messages per call, the dataflow source's batch size;
   ``events_per_s_no_learning`` (runs in ``events_per_s_no_learning_runs``, ratio in
   ``ratio_to_bare_no_learning``): the same dataflow with the learner's update removed
