@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving_cache.reader import valid_user_id
 from online_model.aggregate import serve_list
+from serving_cache.reader import valid_user_id
 from serving_cache.recommend import Recommender, context_delta
 from serving_cache.retrieval import SnapshotIndex, cold_order
 from snapshotter import SnapshotConfig, SnapshotStore, publish
