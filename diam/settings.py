@@ -101,6 +101,12 @@ class ServeConfig(BaseModel):
     port: int = 8088
     """Bind port."""
 
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0)
+    """The server process's GIL switch interval (``sys.setswitchinterval``): how long a thread
+    computing one request may hold the GIL while another, back from its Redis read, waits for
+    it. Python's default is 5 ms; requests are short, so a shorter hand-over cuts the tail
+    under concurrent load (``bench/results/serve.md`` compares both)."""
+
 
 def _toml_path() -> Path:
     return Path(os.environ.get("DIAM_CONFIG", "diam.toml"))

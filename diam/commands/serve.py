@@ -144,6 +144,9 @@ def serve_cmd(
     )
     h, p = host or s.serve.host, port or s.serve.port
     click.echo(f"serving on http://{h}:{p} (namespace {ns}, snapshots {store.root})", err=True)
+    import sys
+
+    sys.setswitchinterval(s.serve.gil_switch_interval_ms / 1000.0)
     uvicorn.run(app, host=h, port=p, log_level=log_level, access_log=False)
 
 
