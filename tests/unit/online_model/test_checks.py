@@ -17,14 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-import torch
 
 from online_model.base import BaseView, toy_base
-from online_model.checkpoint import save_checkpoint
 from online_model.config import OnlineConfig
-from online_model.corpus import tiny_corpus
-from online_model.models import ModelConfig, build_model
 from online_model.online import DriftEvent, OnlineLearner, UserState
+from tests.flowkit import tiny_diam_checkpoint
 
 DIM, K_MAX = 8, 4
 
@@ -45,15 +42,7 @@ LEARNERS: dict[str, tuple[str, dict]] = {
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict[str, BaseView]:
-    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
-    torch.manual_seed(0)
-    m = build_model(ModelConfig(model="diam", n_items=c.n_items, n_categories=c.n_categories,
-                                dim=DIM, seq_len=10, window=5, k_max=K_MAX, n_interests=2,
-                                global_interest=True), c.item_cat).eval()
-    with torch.no_grad():  # off the initialisation, so every weight matters
-        for p in m.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    ck = save_checkpoint(tmp_path_factory.mktemp("ck") / "diam", m, c, seed=0)
+    ck, _ = tiny_diam_checkpoint(tmp_path_factory.mktemp("ck") / "diam")
     return {"toy": toy_base(n_items=60, dim=DIM, n_categories=4, k_max=K_MAX),
             "gated": toy_base(n_items=60, dim=DIM, n_categories=4, k_max=K_MAX, gate=True,
                               version="gated"),

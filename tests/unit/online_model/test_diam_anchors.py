@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from online_model.base import BaseView
-from online_model.checkpoint import save_checkpoint
 from online_model.config import OnlineConfig
-from online_model.corpus import tiny_corpus
-from online_model.models import ModelConfig, build_model
 from online_model.online import OnlineLearner, UserState
-
-
-def _checkpoint(path, seed: int = 0, model: str = "diam"):
-    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
-    torch.manual_seed(seed)
-    cfg = ModelConfig(model=model, n_items=c.n_items, n_categories=c.n_categories, dim=8,
-                      seq_len=10, window=5, k_max=4, n_interests=2)
-    m = build_model(cfg, c.item_cat).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return save_checkpoint(path, m, c, seed=seed), c
+from tests.flowkit import tiny_diam_checkpoint
 
 
 @pytest.fixture(scope="module")
 def diam_base(tmp_path_factory):
-    ck, c = _checkpoint(tmp_path_factory.mktemp("ck") / "diam")
+    ck, c = tiny_diam_checkpoint(tmp_path_factory.mktemp("ck") / "diam")
     return BaseView.from_checkpoint(ck), c
 
 
@@ -94,7 +79,7 @@ def test_same_events_same_bytes_and_pack_round_trip(diam_base) -> None:
 
 def test_new_snapshot_reanchors_on_the_new_network(diam_base, tmp_path) -> None:
     base, c = diam_base
-    ck2, _ = _checkpoint(tmp_path / "diam2", seed=5)
+    ck2, _ = tiny_diam_checkpoint(tmp_path / "diam2", seed=5)
     base2 = BaseView.from_checkpoint(ck2)
     learner = OnlineLearner(base, OnlineConfig(dim=8, k_max=4, reanchor_every=0))
     st = learner.new_state("u")
@@ -107,7 +92,7 @@ def test_new_snapshot_reanchors_on_the_new_network(diam_base, tmp_path) -> None:
 
 
 def test_baseline_checkpoint_keeps_kmeans_anchors(tmp_path) -> None:
-    ck, _ = _checkpoint(tmp_path / "mind", model="mind")
+    ck, _ = tiny_diam_checkpoint(tmp_path / "mind", model="mind")
     assert BaseView.from_checkpoint(ck).anchor_kind == "kmeans"
 
 

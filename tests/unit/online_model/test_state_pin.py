@@ -25,11 +25,9 @@ import pytest
 import torch
 
 from online_model.base import BaseView, toy_base
-from online_model.checkpoint import save_checkpoint
 from online_model.config import OnlineConfig
-from online_model.corpus import tiny_corpus
-from online_model.models import ModelConfig, build_model
 from online_model.online import OnlineLearner
+from tests.flowkit import tiny_diam_checkpoint
 
 PINS = {
     "kmeans-clamp": "8cc8c7dfb2c7599b68a09b587f818f1201b48445041fff026d272512f36b4a4a",
@@ -40,16 +38,7 @@ PINS = {
 
 
 def _diam_base(path) -> BaseView:
-    # the checkpoint of tests/unit/online_model/test_diam_anchors.py
-    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
-    torch.manual_seed(0)
-    cfg = ModelConfig(model="diam", n_items=c.n_items, n_categories=c.n_categories, dim=8,
-                      seq_len=10, window=5, k_max=4, n_interests=2)
-    m = build_model(cfg, c.item_cat).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return BaseView.from_checkpoint(save_checkpoint(path, m, c, seed=0))
+    return BaseView.from_checkpoint(tiny_diam_checkpoint(path)[0])
 
 
 def _events(item_ids: list[str], n: int = 400, n_users: int = 6, seed: int = 7):
