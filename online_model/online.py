@@ -511,12 +511,11 @@ class OnlineLearner:
         head = self.base.head
         if not (self.cfg.refresh_global and head.global_slot_on):
             return
-        if state.n_recent <= head.seq_len:  # the whole ring is the network's window
-            head.refresh_global(state.ring, state.n_recent, state.hseq, state.Af, state.Vf)
-            return
-        # a ring longer than the network's window: its last seq_len items
-        rows = state.recent[-head.seq_len:]
-        head.refresh_global(rows, len(rows), state.hseq, state.Af, state.Vf)
+        rows, n = state.ring, state.n_recent  # the whole ring is the network's window...
+        if n > head.seq_len:  # ...unless it is longer: then its last seq_len items
+            rows = state.recent[-head.seq_len:]
+            n = len(rows)
+        head.refresh_global(rows, n, state.hseq, state.Af, state.Vf)
 
     def _anchor(self, state: UserState, out: list[DriftEvent] | None = None) -> None:
         """Anchor ``state`` on the base: DIAM's interests of the recent items when the base
