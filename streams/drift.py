@@ -22,10 +22,12 @@ K_u change count per window also feeds a River Page-Hinkley detector.
 [2]
 
 Effectively once: a dataflow resumed after a crash produces again the drift events of the epoch
-it had not committed. A record's identity is its user and source offset (one user's clicks live
-in one partition, so the offset names the click) plus its kind and detail; a user's records
-arrive in offset order, so the monitor keeps per user only the newest offset and what it carried,
-and counts a repeat as ``duplicates`` instead of accounting it twice.
+it had not committed. A record's identity (:func:`drift_identity`) is its user and source offset
+(one user's clicks live in one partition, so the offset names the click) plus its kind and
+detail; a user's records arrive in offset order, so the monitor keeps per user only the newest
+offset and what it carried, and counts a repeat as ``duplicates`` instead of accounting it twice.
+Readers that list records (``streams.tail``, ``diam inspect --plot``) drop repeats with
+:func:`unique_drift_bodies`.
 
 >>> m = DriftMonitor()
 >>> rec = DriftRecord("freeze", "u1", 1_000, 7)
@@ -38,11 +40,9 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from river import drift as river_drift
 
 from streams.config import DriftConfig
 
@@ -52,8 +52,10 @@ __all__ = [
     "DriftMonitor",
     "DriftRecord",
     "WindowSummary",
+    "drift_identity",
     "format_alert",
     "parse_drift_record",
+    "unique_drift_bodies",
 ]
 
 MAX_DEDUPE_USERS = 2_000_000
@@ -71,6 +73,47 @@ class DriftRecord:
     ts_ms: int
     offset: int
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+def drift_identity(kind: object, user_id: object, offset: object, detail: object
+                   ) -> tuple[str, int, str] | None:
+    """What makes a drift record the same record when a resumed producer emits it again:
+    ``(user, source offset, kind and detail)``; None for a record without a source offset (a
+    foreign producer's), which cannot be told apart from a genuine repeat and is always kept.
+
+    >>> drift_identity("k_change", "u1", 7, {"k_to": 3, "k_from": 2})
+    ('u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
+    >>> drift_identity("freeze", "u1", -1, {}) is None
+    True
+    """
+    try:
+        off = int(offset)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    if off < 0:
+        return None
+    return str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
+
+
+def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``bodies`` (JSON drift records) in their order, each identity once (its first copy);
+    bodies without an identity are all kept.
+
+    >>> rec = {"kind": "freeze", "user_id": "u", "ts_ms": 5, "offset": 1}
+    >>> len(unique_drift_bodies([rec, dict(rec), {**rec, "offset": 2}]))
+    2
+    """
+    seen: set[tuple[str, int, str]] = set()
+    out = []
+    for b in bodies:
+        ident = drift_identity(b.get("kind"), b.get("user_id"), b.get("offset", -1),
+                               b.get("detail") or {})
+        if ident is not None:
+            if ident in seen:
+                continue
+            seen.add(ident)
+        out.append(b)
+    return out
 
 
 def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
@@ -190,6 +233,8 @@ class DriftMonitor:
         self._idle: set[int] = set()
         self._part_max: dict[int, int] = {}  # newest event time per partition
         self._closed_upto: int | None = None  # every window starting before this is closed
+        from river import drift as river_drift  # slow to import; readers of records skip it
+
         self._ph = river_drift.PageHinkley(min_instances=self.cfg.ph_min_windows,
                                            delta=self.cfg.ph_delta,
                                            threshold=self.cfg.ph_threshold, mode="up")
@@ -222,9 +267,10 @@ class DriftMonitor:
         return out + self.advance()
 
     def _repeat(self, rec: DriftRecord) -> bool:
-        if rec.offset < 0:  # no identity (a foreign producer): cannot tell, count it
+        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail)
+        if full is None:  # a foreign producer's record: cannot tell, count it
             return False
-        ident = f"{rec.kind} {json.dumps(rec.detail, sort_keys=True, default=str)}"
+        ident = full[2]
         newest = self._newest.get(rec.user_id)
         if newest is not None:
             off, idents = newest

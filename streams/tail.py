@@ -10,9 +10,10 @@ import json
 from typing import Any
 
 from streams.config import KafkaConfig
+from streams.drift import unique_drift_bodies
 from streams.kafka_io import RawRecord, consume_all
 
-__all__ = ["tail", "latest_alerts", "user_drift_events"]
+__all__ = ["drift_bodies", "latest_alerts", "tail", "user_drift_events"]
 
 
 def tail(cfg: KafkaConfig, topic: str, per_partition: int, timeout: float = 5.0) -> list[RawRecord]:
@@ -43,7 +44,18 @@ def latest_alerts(cfg: KafkaConfig, n: int, topic: str | None = None) -> list[di
 def user_drift_events(cfg: KafkaConfig, user_id: str, n: int, topic: str | None = None,
                       scan: int = 20_000) -> list[dict[str, Any]]:
     """The last ``n`` drift events of ``user_id`` among the last ``scan`` records of each
-    partition of the drift topic (events are keyed by user), oldest first."""
+    partition of the drift topic (events are keyed by user), oldest first, each once: a
+    dataflow resumed after a crash produces its uncommitted epoch's events again."""
     key = user_id.encode()
     recs = [r for r in tail(cfg, topic or cfg.drift_topic, scan) if r.key == key]
-    return [b for b in map(_json, recs) if b is not None][-n:]
+    bodies = [b for b in map(_json, recs) if b is not None]
+    return [dict(b) for b in unique_drift_bodies(bodies)][-n:]
+
+
+def drift_bodies(cfg: KafkaConfig, per_partition: int, topic: str | None = None
+                 ) -> list[dict[str, Any]]:
+    """The JSON drift events among the last ``per_partition`` records of each partition of the
+    drift topic, in time order, each once (repeats of a resumed producer dropped)."""
+    bodies = [b for b in map(_json, tail(cfg, topic or cfg.drift_topic, per_partition))
+              if b is not None]
+    return [dict(b) for b in unique_drift_bodies(bodies)]

@@ -53,24 +53,17 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
 
 
 def _plot_namespace(s, ns: str, out: str, drift_topic: str, drift_last: int) -> None:  # type: ignore[no-untyped-def]
-    import json as _json
-
     from diam.plots import namespace_figure
     from serving_cache import redis_client
     from serving_cache.inspect import iter_users
-    from streams.tail import tail
+    from streams.tail import drift_bodies
 
     ks, ds = [], []
     for _, uv, _size in iter_users(redis_client(s.redis), ns):
         if uv is not None:
             ks.append(uv.k)
             ds.append(uv.d)
-    drift = []
-    for rec in tail(s.kafka, drift_topic, drift_last):
-        try:
-            drift.append(_json.loads(rec.value or b""))
-        except ValueError:
-            continue
+    drift = drift_bodies(s.kafka, drift_last, drift_topic)
     namespace_figure(ns, ks, ds, drift, out)
     click.echo(f"plot written to {out} ({len(ks)} users, {len(drift)} drift events from "
                f"{drift_topic})", err=True)

@@ -84,3 +84,33 @@ def test_planted_oscillation_is_named_and_a_stable_stream_of_the_same_length_is_
     print(res.output)
 
     assert _monitor(kafka, stable, new_topic(4, "drift"), new_topic(1, "alerts")) == []
+
+
+def test_a_resumed_producers_repeats_are_counted_once_by_the_monitor_and_the_readers(
+        stack, new_topic) -> None:
+    from streams.tail import drift_bodies, user_drift_events
+
+    kafka = stack.settings.kafka
+    events = stable_stream(n_users=40, n_windows=4, rate=0.3, seed=5)
+    # what a dataflow killed with -9 and resumed leaves: its last uncommitted epoch again
+    repeats = events[-len(events) // 3:]
+    assert len(repeats) >= 10
+    drift_topic = new_topic(4, "drift")
+    produce(kafka, drift_topic, _records(events) + _records(repeats))
+    metrics = DriftMetrics()
+    run_drift(kafka, DriftConfig(), topic=drift_topic, alerts_topic=new_topic(1, "alerts"),
+              bounded=True, metrics=metrics)
+    r = metrics.registry
+    for kind in {e.kind for e in events}:
+        want = sum(e.kind == kind for e in events)
+        assert r.get_sample_value("diam_drift_events_total", {"kind": kind}) == want, kind
+    assert r.get_sample_value("diam_drift_duplicates_total") == len(repeats)
+    assert r.get_sample_value("diam_drift_late_total") == 0
+
+    bodies = drift_bodies(kafka, 10_000, drift_topic)
+    assert len(bodies) == len(events)
+    assert sorted((b["user_id"], b["offset"]) for b in bodies) == sorted(
+        (e.user_id, e.offset) for e in events)
+    user = repeats[-1].user_id
+    mine = [e.offset for e in events if e.user_id == user]
+    assert [b["offset"] for b in user_drift_events(kafka, user, 1000, drift_topic)] == mine
