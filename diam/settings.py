@@ -107,6 +107,12 @@ class ServeConfig(BaseModel):
     it. Python's default is 5 ms; requests are short, so a shorter hand-over cuts the tail
     under concurrent load (``bench/results/serve.md`` compares both)."""
 
+    processes: int = Field(default=1, ge=1)
+    """Server processes sharing the port (``diam serve --processes``). One process computes
+    one request at a time (the GIL), so its CPU per request bounds its rate; more processes
+    multiply that bound on more cores. Each is a full server: its own Redis client, snapshot
+    index, catalogue and click followers, and its own ``/metrics``."""
+
 
 def _toml_path() -> Path:
     return Path(os.environ.get("DIAM_CONFIG", "diam.toml"))

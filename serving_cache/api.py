@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -92,6 +93,8 @@ class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     redis: bool
     snapshot: str | None
+    pid: int
+    """The server process that answered (``diam serve --processes`` runs several)."""
 
 
 class ErrorOut(BaseModel):
@@ -409,7 +412,8 @@ def get_app(
             redis_ok = False
         snap = recommender.active.version if recommender.active is not None else None
         body = HealthOut(
-            status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap
+            status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap,
+            pid=os.getpid(),
         )
         return (
             body

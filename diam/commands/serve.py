@@ -31,6 +31,14 @@ from diam.commands import get_settings
     "searches and products of a request; concurrency comes from request threads.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Server processes sharing the port, each a full server (default: settings "
+    "serve.processes, DIAM_SERVE_PROCESSES; 1). One process is bound by the GIL; use about "
+    "one per core. A process that dies stops the server with exit code 1.",
+)
+@click.option(
     "--log-level",
     default="warning",
     show_default=True,
@@ -74,6 +82,7 @@ def serve_cmd(
     namespace: str | None,
     reload_every: float,
     threads: int,
+    processes: int | None,
     log_level: str,
     flow_metrics: tuple[str, ...],
     ui: bool,
@@ -84,26 +93,26 @@ def serve_cmd(
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
     GET /users/{id}/recommendations?n=&mode=auto|manual|context&delta=&hour=&device=&seen=,
-    GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing),
-    GET /metrics (Prometheus), OpenAPI schema at /openapi.json and docs at /docs, and the
-    read-only operator page at /ui (lag, freshness, K_u and d_u of the namespace, alerts, users).
-    A newly published snapshot is picked up within --reload-every seconds.
-    """
-    import uvicorn
+    GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing; `pid`
+    names the process that answered), GET /metrics (Prometheus, per process), OpenAPI schema at
+    /openapi.json and docs at /docs, and the read-only operator page at /ui (lag, freshness,
+    K_u and d_u of the namespace, alerts, users). A newly published snapshot is picked up
+    within --reload-every seconds.
 
-    from serving_cache.api import get_app
-    from serving_cache.connection import redis_client
+    With --processes N, N processes share the port; SIGINT or SIGTERM stops them all (exit 0
+    once each has stopped cleanly).
+    """
+    from diam.server import ServeOptions, serve
     from serving_cache.keys import validate_namespace
-    from serving_cache.reader import fail_fast
-    from serving_cache.recommend import Recommender
-    from snapshotter.store import ActiveWatcher, SnapshotStore
+    from snapshotter.store import SnapshotStore
 
     s = get_settings(ctx)
     try:
         ns = validate_namespace(namespace or s.redis.namespace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--namespace") from None
-    client = fail_fast(redis_client(s.redis))
+    if processes is not None:
+        s = s.model_copy(update={"serve": s.serve.model_copy(update={"processes": processes})})
     store = SnapshotStore(s.snapshot)
     if store.active_version() is None:
         click.echo(
@@ -111,43 +120,12 @@ def serve_cmd(
             "`diam snapshot publish` makes one",
             err=True,
         )
-    watcher = ActiveWatcher(store, client, check_every_s=reload_every, ns=ns)
-    sources = None
-    if ui:
-        from serving_cache.ui import UiSources
-        from streams.tail import latest_alerts, user_drift_events
-
-        kafka = s.kafka
-        sources = UiSources(
-            flow_metrics=list(flow_metrics),
-            alerts=lambda n: latest_alerts(kafka, n),
-            user_drift=lambda user, n: user_drift_events(kafka, user, n),
-        )
-    recommender = Recommender(None, client, ns, threads=threads)
-    if follow_items:
-        from streams.catalog import CatalogFollower
-
-        # new catalogue items are recommendable at once (content tower, FAISS add, no rebuild)
-        recommender.follow_catalog(CatalogFollower(s.kafka, s.kafka.items_topic))
-    if live_popularity:
-        from serving_cache.popularity import DecayedCounts
-        from streams.new_items import ClickTail
-
-        # cold lists from a decayed live click count; items first seen in clicks get added
-        recommender.follow_clicks(ClickTail(s.kafka, s.kafka.clicks_topic),
-                                  DecayedCounts(half_life_s=popularity_half_life))
-    app = get_app(
-        recommender,
-        watcher=watcher,
-        reload_every_s=reload_every,
-        ui=sources,
-    )
-    h, p = host or s.serve.host, port or s.serve.port
-    click.echo(f"serving on http://{h}:{p} (namespace {ns}, snapshots {store.root})", err=True)
-    import sys
-
-    sys.setswitchinterval(s.serve.gil_switch_interval_ms / 1000.0)
-    uvicorn.run(app, host=h, port=p, log_level=log_level, access_log=False)
+    opts = ServeOptions(namespace=ns, reload_every_s=reload_every, threads=threads,
+                        flow_metrics=flow_metrics, ui=ui, follow_items=follow_items,
+                        live_popularity=live_popularity,
+                        popularity_half_life_s=popularity_half_life, log_level=log_level)
+    ctx.exit(serve(s, opts, host or s.serve.host, port or s.serve.port,
+                   echo=lambda line: click.echo(line, err=True)))
 
 
 COMMANDS = [serve_cmd]

@@ -105,14 +105,16 @@ def test_health_follows_redis_down_and_back(tmp_path, private_redis):
     )
     api = DiamClient(f"http://127.0.0.1:{port}", timeout_s=5)
     try:
-        assert _wait_for(api.health) == {"status": "ok", "redis": True, "snapshot": version}
+        assert _wait_for(api.health) == {"status": "ok", "redis": True, "snapshot": version,
+                                         "pid": server.pid}
         assert api.recommendations("someone", n=3)["cold"] is True
 
         _stop(private_redis["proc"])
         with pytest.raises(ApiError) as err:
             api.health()
         assert err.value.status == 503
-        assert err.value.detail == {"status": "unavailable", "redis": False, "snapshot": version}
+        assert err.value.detail == {"status": "unavailable", "redis": False, "snapshot": version,
+                                    "pid": server.pid}
         with pytest.raises(ApiError) as err:
             api.recommendations("someone")
         assert err.value.status == 503 and "redis unavailable" in err.value.detail

@@ -3,6 +3,8 @@ snapshot is refused while the old one keeps serving, rollback restores, watch re
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -76,7 +78,8 @@ def test_tampered_snapshot_is_refused_and_the_old_one_still_serves(
     )
     store, app = _serve(tmp_path, redis_client, namespace)
     with TestClient(app) as http:
-        assert http.get("/health").json() == {"status": "ok", "redis": True, "snapshot": v1}
+        assert http.get("/health").json() == {"status": "ok", "redis": True, "snapshot": v1,
+                                              "pid": os.getpid()}
         # A truncated checkpoint never gets published: Redis still names v1.
         bad = write_checkpoint(tmp_path / "bad", n_items=80, dim=8, seed=3)
         (bad / "weights.safetensors").write_bytes((bad / "weights.safetensors").read_bytes()[:-40])

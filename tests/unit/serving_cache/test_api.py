@@ -3,6 +3,7 @@ schema, and /health when Redis does not answer (a real client to a port nobody l
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -64,7 +65,8 @@ def test_invalid_parameters_get_422_with_a_message(client, url, field):
 def test_health_is_503_when_redis_does_not_answer(client):
     r = client.get("/health")
     assert r.status_code == 503
-    assert r.json() == {"status": "unavailable", "redis": False, "snapshot": r.json()["snapshot"]}
+    assert r.json() == {"status": "unavailable", "redis": False, "snapshot": r.json()["snapshot"],
+                        "pid": os.getpid()}
     assert r.json()["snapshot"] is not None
 
 
