@@ -365,10 +365,13 @@ def hist_quantiles(before: dict[float, float], after: dict[float, float],
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    """User + system CPU seconds of process ``pid`` (all its threads) and of its live children
+    (the server processes of ``diam serve --processes``)."""
     with open(f"/proc/{pid}/stat") as fh:
         f = fh.read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return own + sum(process_cpu_s(int(c)) for c in fh.read().split())
 
 
 def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients: int,
@@ -490,6 +493,7 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
         env["DIAM_KAFKA_CLICKS_TOPIC"] = clicks_topic
     if switch_interval is not None:
         env["DIAM_SERVE_GIL_SWITCH_INTERVAL_MS"] = str(switch_interval * 1000)
+    env["DIAM_SERVE_PROCESSES"] = str(args.processes)
     cmd = [sys.executable, "-m", "diam", "serve", "--port", str(port)]
     with open(log, "w") as fh:
         server = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -784,8 +788,13 @@ def main() -> None:
                          "(0: no such step)")
     ap.add_argument("--recall-queries", type=int, default=2000,
                     help="Learner interest vectors the recall is measured on")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="diam serve --processes for the HTTP steps (each load client keeps one "
+                    "connection, which the kernel gives to one process)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
+    if args.processes < 1:
+        ap.error("--processes must be at least 1")
     args.requests = args.requests or (2000 if args.quick else 3000)
     args.load_seconds = args.load_seconds or (8.0 if args.quick else 30.0)
     sizes = [GOAL_ITEMS] + ([] if args.quick or args.large_items <= GOAL_ITEMS
@@ -834,7 +843,7 @@ def main() -> None:
     result["setup"] = {
         "quick": args.quick, "n": N_TOP, "requests": args.requests,
         "load_seconds_per_rate": args.load_seconds, "rates": list(RATES), "clients": CLIENTS,
-        "live_clicks_per_s": args.click_rate,
+        "live_clicks_per_s": args.click_rate, "server_processes": args.processes,
         "learner": run.info,
         "warmup": (f"the recommender's warm-up and heap freeze, then every user once (at least "
                    f"{WARMUP_MIN} requests), in process and over HTTP; the load sweep follows "
@@ -844,7 +853,8 @@ def main() -> None:
         "redis": settings.redis.url, "cpus": os.cpu_count(),
         "load_avg": {"before": load_before, "after": load_avg()},
         "python": platform.python_version(),
-        "command": "python bench/serve.py" + (" --quick" if args.quick else ""),
+        "command": "python bench/serve.py" + (" --quick" if args.quick else "")
+                   + (f" --processes {args.processes}" if args.processes > 1 else ""),
         "seconds": round(time.perf_counter() - started, 1),
     }
     text = json.dumps(result, indent=2)
