@@ -1,13 +1,18 @@
 """Helpers shared by the integration tests: producing records, reading a namespace's user
-values back, a tiny checkpoint for ``diam run``, the offline learner over a topic, and a
-kill -9 and resume of a run."""
+values back, a tiny checkpoint for ``diam run``, the offline learner over a topic, a
+kill -9 and resume of a run, and ``diam serve`` as a process."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +97,47 @@ def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespac
     return partial, redis_state(redis_client, ns2)
 
 
+
+
+def http_get(port: int, path: str) -> tuple[int, dict]:
+    """One request on a new connection (with ``diam serve --processes``, the kernel hands each
+    connection to one process): status and JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux)."""
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int, *args: str, timeout_s: float = 120.0
+            ) -> Iterator[subprocess.Popen[str]]:
+    """``diam serve --port PORT ARGS`` with ``env``, yielded once ``/health`` answers 200;
+    killed with its children (by pid) if the test leaves it running."""
+    p = subprocess.Popen([sys.executable, "-m", "diam", "serve", "--port", str(port), *args],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert p.poll() is None, p.communicate()[0]
+            try:
+                if http_get(port, "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"diam serve {args} did not become healthy"
+            time.sleep(0.2)
+        yield p
+    finally:
+        if p.poll() is None:
+            for child in child_pids(p.pid):
+                os.kill(child, signal.SIGKILL)
+            p.kill()
+            p.communicate()

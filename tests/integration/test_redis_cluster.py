@@ -2,10 +2,16 @@
 --redis-cluster``'s launcher, ``diam.stack_cluster``); the dataflow writes
 through redis-py's RedisCluster (write-if-newer calls grouped by hash slot) and gives, byte for
 byte, the values a single Redis gets from the same topic; the API reads them through the same
-client."""
+client. End to end, as an operator runs them: ``diam snapshot``'s publish, ``diam run`` and
+``diam serve --processes 2`` pointed at the cluster by ``DIAM_REDIS_URL`` and
+``DIAM_REDIS_CLUSTER=true`` alone."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +23,15 @@ from streams.config import FlowConfig
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import click_stream, tiny_learner
-from tests.integration.helpers import click_payloads, produce, redis_state
+from tests.integration.helpers import (
+    child_pids,
+    click_payloads,
+    http_get,
+    produce,
+    redis_state,
+    serving,
+    write_tiny_checkpoint,
+)
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
@@ -118,6 +132,54 @@ def test_the_api_reads_through_the_cluster_client(cluster, tmp_path) -> None:
     from tests.integration.test_security import _api_recommends
 
     _api_recommends(tmp_path, redis_client_of(cluster), "cluster-api")
+
+
+def test_diam_run_and_diam_serve_on_the_cluster_from_their_settings(stack, topic, cluster,
+                                                                   tmp_path) -> None:
+    from diam.stack_proc import free_port
+    from snapshotter import SnapshotConfig, SnapshotStore, publish
+    from tests.flowkit import DIM
+
+    ns = "e2e"
+    rc = redis_client_of(cluster)
+    events = click_stream(n_users=30, n_events=900, seed=8)
+    produce(stack.settings.kafka, topic, click_payloads(events))
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    version = publish(ckpt, store, rc, ns).version
+    env = {**os.environ, "DIAM_CONFIG": str(tmp_path / "none.toml"),
+           "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": cluster.url,
+           "DIAM_REDIS_CLUSTER": "true", "DIAM_REDIS_NAMESPACE": ns,
+           "DIAM_SNAPSHOT_DIR": str(store.root), "DIAM_ONLINE_DIM": str(DIM),
+           "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.2",
+           "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift",
+           "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    # the learner's base is the active snapshot the publish announced on the cluster
+    run = subprocess.run([sys.executable, "-m", "diam", "run", "--topic", topic, "--bounded"],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr
+    users = {e.user_id for e in events}
+    got = redis_state(rc, ns)
+    assert set(got) == users
+    per_node = [len(list(rc.get_redis_connection(n).scan_iter(match=f"diam:{ns}:u:*")))
+                for n in rc.get_primaries()]
+    assert len(per_node) == 3 and min(per_node) > 0, per_node
+
+    port = free_port()
+    with serving(env, port, "--processes", "2", "--no-ui") as server:
+        children = child_pids(server.pid)
+        pids = set()
+        for user in sorted(users):
+            status, body = http_get(port, f"/users/{user}/recommendations?n=5")
+            assert status == 200 and not body["cold"] and len(body["items"]) == 5, body
+            status, health = http_get(port, "/health")
+            assert status == 200 and health["snapshot"] == version, health
+            pids.add(health["pid"])
+        assert pids <= children and len(children) == 2
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+        assert server.returncode == 0, out
 
 
 def redis_client_of(cfg: RedisConfig):  # type: ignore[no-untyped-def]

@@ -4,15 +4,9 @@ that dies stops the server with exit code 1."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -21,23 +15,9 @@ from serving_cache import RedisWriter, UserVectors
 from serving_cache.retrieval import SnapshotIndex
 from snapshotter import SnapshotConfig, SnapshotStore, publish
 from snapshotter.testing import write_checkpoint
+from tests.integration.helpers import child_pids, http_get, serving
 
 DIM = 8
-
-
-def _get(port: int, path: str) -> tuple[int, dict]:
-    """One request on a new connection (the kernel hands each connection to one process)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, json.loads(r.read())
-    finally:
-        conn.close()
-
-
-def _children(pid: int) -> set[int]:
-    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 def _alive(pid: int) -> bool:
@@ -62,43 +42,24 @@ def server(stack, tmp_path, redis_client, namespace):
     env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store.root),
            "DIAM_CONFIG": str(tmp_path / "none.toml"), "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_NAMESPACE": namespace}
-    p = subprocess.Popen([sys.executable, "-m", "diam", "serve", "--processes", "2", "--port",
-                          str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert p.poll() is None, p.communicate()[0]
-            try:
-                if _get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "diam serve --processes 2 did not become healthy"
-            time.sleep(0.2)
+    with serving(env, port, "--processes", "2") as p:
         yield p, port
-    finally:
-        if p.poll() is None:
-            for child in _children(p.pid):
-                os.kill(child, signal.SIGKILL)
-            p.kill()
-            p.communicate()
 
 
 def test_two_processes_answer_on_one_port_and_stop_cleanly_on_sigterm(server) -> None:
     p, port = server
-    children = _children(p.pid)
+    children = child_pids(p.pid)
     assert len(children) == 2
     pids: Counter[int] = Counter()
     for _ in range(60):
-        status, body = _get(port, "/health")
+        status, body = http_get(port, "/health")
         assert status == 200 and body["status"] == "ok", body
         pids[body["pid"]] += 1
         if len(pids) == 2 and min(pids.values()) >= 3:
             break
     assert set(pids) == children, pids  # both processes answer, and only they
     for _ in range(10):
-        status, body = _get(port, "/users/alice/recommendations?n=5")
+        status, body = http_get(port, "/users/alice/recommendations?n=5")
         assert status == 200 and not body["cold"] and len(body["items"]) == 5, body
 
     p.send_signal(signal.SIGTERM)
@@ -112,11 +73,11 @@ def test_two_processes_answer_on_one_port_and_stop_cleanly_on_sigterm(server) ->
 
 def test_a_process_that_dies_stops_the_server_with_exit_code_1(server) -> None:
     p, port = server
-    victim, other = sorted(_children(p.pid))
+    victim, other = sorted(child_pids(p.pid))
     os.kill(victim, signal.SIGKILL)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 1, out
     assert f"server process {victim} killed by SIGKILL; stopping the other 1" in out, out
     assert not _alive(other)
     with pytest.raises(OSError):
-        _get(port, "/health")
+        http_get(port, "/health")
