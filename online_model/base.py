@@ -292,6 +292,10 @@ class BaseView:
             head = copy.copy(head)
             head.item_emb = np.concatenate([head.item_emb, emb[new].astype(head.item_emb.dtype)])
             head.item_cat = np.concatenate([head.item_cat, cats[new].astype(head.item_cat.dtype)])
+            if hasattr(head, "_emb_flat"):
+                # the compiled global-slot refresh reads the table through this flat view; left
+                # on the old table it reads past its end for the new rows (no bounds checks)
+                head._emb_flat = head.item_emb.reshape(-1)
         meta = {**self.meta, "content_items": int(self.meta.get("content_items", 0) + new.sum())}
         return BaseView(
             np.concatenate([self.item_ids, ids[new]]), np.concatenate([self.item_emb, emb[new]]),

@@ -87,3 +87,43 @@ def test_from_events_is_deterministic_and_groups_co_clicked_items(tmp_path):
     within = (e[:10] @ e[:10].T).mean()
     across = (e[:10] @ e[10:20].T).mean()
     assert within > across + 0.3
+
+
+def test_with_items_extends_the_diam_head_the_learner_reads(tmp_path) -> None:
+    """Rows appended by ``with_items`` (new items' content embeddings) are read by the compiled
+    global-slot refresh exactly as rows of a head built with the longer table: same vectors,
+    all finite (it once read past the old table's end and wrote NaN into users' vectors)."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from online_model.config import OnlineConfig
+    from online_model.infer import DiamHead
+    from online_model.online import OnlineLearner
+    from tests.flowkit import tiny_diam_checkpoint
+
+    ck, _ = tiny_diam_checkpoint(tmp_path / "diam")
+    base = BaseView.from_checkpoint(ck, version="v1")
+    rng = np.random.default_rng(3)
+    new_ids = [f"new{j}" for j in range(6)]
+    emb = (0.5 * rng.standard_normal((6, base.dim))).astype(np.float32)
+    grown = base.with_items(new_ids, emb, np.array([0, 1, -1, 2, 3, 0]))
+    tensors = load_file(str(ck / "weights.safetensors"))
+    pad = tensors["item_emb.weight"]
+    tensors["item_emb.weight"] = np.concatenate([pad, emb.astype(pad.dtype)])
+    cfg = json.loads((ck / "config.json").read_text())
+    head = DiamHead(tensors, cfg, np.asarray(grown.head.item_cat))
+    oracle = BaseView(grown.item_ids, grown.item_emb, grown.item_categories, grown.category_names,
+                      k_max=grown.k_max, version=grown.version, gate=grown.gate,
+                      fusion=grown.fusion, meta=grown.meta, head=head)
+    ocfg = OnlineConfig(dim=base.dim, k_max=4)
+    ids = [str(i) for i in base.item_ids[:10]] + new_ids
+    out = []
+    for b in (grown, oracle):
+        learner = OnlineLearner(b, ocfg)
+        st = learner.new_state("u1")
+        for j in range(60):
+            learner.apply(st, ids[(7 * j) % len(ids)], 1_700_000_000_000 + 1000 * j, j)
+        out.append(np.asarray(st.vectors()))
+    assert np.isfinite(out[0]).all()
+    np.testing.assert_array_equal(out[0], out[1])
