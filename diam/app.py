@@ -35,12 +35,13 @@ class NoBaseModel(click.ClickException):
 
 def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: str | None = None,
                 base_from_data: str | None = None, hot_reload: bool = True,
-                namespace: str | None = None, learner: LearnerFactory = OnlineLearner) -> LearnerHolder:
+                namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
+                topic: str | None = None) -> LearnerHolder:
     """The learner holder of a run, over the first base found of: ``snapshot`` (a version in
     the store), ``checkpoint`` (a checkpoint or snapshot directory), the active snapshot (hot
-    reloaded when a new version is published or new catalogue items arrive, unless
-    ``hot_reload`` is off), a co-occurrence base built from the prepared dataset
-    ``base_from_data``."""
+    reloaded when a new version is published or new items arrive in the catalogue or in the
+    clicks of ``topic``, by default ``kafka.clicks_topic``, unless ``hot_reload`` is off), a
+    co-occurrence base built from the prepared dataset ``base_from_data``."""
     from snapshotter.store import SnapshotError, SnapshotStore
 
     cfg = settings.online
@@ -59,7 +60,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     elif (version := store.active_version()) is not None:
         base = BaseView.from_checkpoint(store.path(version), version=version)
         first = learner(base, cfg)
-        reload = _follow_active(settings, store, first, namespace, learner) if hot_reload else None
+        reload = (_follow_active(settings, store, first, namespace, learner,
+                                 topic or settings.kafka.clicks_topic) if hot_reload else None)
         return LearnerHolder(first, version, reload=reload, check_every_s=settings.flow.reload_check_s)
     elif base_from_data:
         from online_model.datasets import load_prepared
@@ -73,14 +75,18 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
 
 
 def _follow_active(settings: Settings, store, current: OnlineLearner, namespace: str | None,  # type: ignore[no-untyped-def]
-                   learner: LearnerFactory) -> Callable[[], tuple[OnlineLearner, str] | None]:
+                   learner: LearnerFactory, topic: str
+                   ) -> Callable[[], tuple[OnlineLearner, str] | None]:
     """The holder's reload hook: a newly published snapshot replaces the base; new catalogue
-    items enter the running base with a content embedding, under the same version. Each new
-    learner succeeds the current one (it takes over the bases users were recorded under)."""
+    items, and items first seen in clicks (``streams.new_items.ClickFirst``, the API's rule,
+    unless ``FlowConfig.click_first_min_clicks`` is 0), enter the running base with a content
+    embedding, under the same version. Both are read from their topics' start, so a restarted
+    dataflow rebuilds the same content rows. Each new learner succeeds the current one (it
+    takes over the bases users were recorded under)."""
     from serving_cache import redis_client
     from snapshotter.store import ActiveWatcher
     from streams.catalog import CatalogFollower
-    from streams.new_items import extend_base, load_tower
+    from streams.new_items import ClickFirstFollower, extend_base, load_tower
 
     base = current.base
     version = base.version
@@ -88,12 +94,17 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
                             ns=namespace or settings.redis.namespace, current=version)
     follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
     tower = load_tower(store.path(version))
+    clicks = None
+    if settings.flow.click_first_min_clicks > 0:
+        clicks = ClickFirstFollower(
+            settings.kafka, topic, settings.flow.click_first_min_clicks,
+            known=lambda item: base.index_of(item) >= 0 or item in follower.items)
 
     def reload() -> tuple[OnlineLearner, str] | None:
         nonlocal base, tower, current
         found = watcher.poll()
         if found is None:
-            fresh = follower.poll()
+            fresh = follower.poll() + (clicks.take() if clicks is not None else [])
             new = extend_base(base, fresh, tower) if fresh else base
             if new is base:
                 return None
@@ -101,7 +112,8 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
             new_version, path = found
             tower = load_tower(path)
             new = BaseView.from_checkpoint(path, version=new_version)
-            new = extend_base(new, list(follower.items.values()), tower)
+            new = extend_base(new, list(follower.items.values())
+                              + (clicks.items() if clicks is not None else []), tower)
         base = new
         nxt = learner(new, settings.online)
         nxt.succeed(current)

@@ -155,6 +155,7 @@ class Recommender:
         self._loaded: dict[str, SnapshotIndex] = {}
         self._active: SnapshotIndex | None = None
         self._catalog: Any = None  # streams.catalog.CatalogFollower, see follow_catalog
+        self._click_first: Any = None  # streams.new_items.ClickFirst, see follow_clicks
         self._swap_lock = threading.Lock()
         if snapshot is not None:
             self.swap(snapshot)
@@ -165,11 +166,15 @@ class Recommender:
 
     def swap(self, snapshot: SnapshotIndex) -> None:
         """Make ``snapshot`` the active one; keep the previous ``keep_versions - 1`` loaded for
-        users not re-anchored yet. With a catalogue followed, the catalogue's items that the
-        snapshot does not know are added to it first (content embeddings)."""
+        users not re-anchored yet. With a catalogue (or clicks) followed, the catalogue's items
+        (and the items first seen in clicks) that the snapshot does not know are added to it
+        first (content embeddings)."""
         with self._swap_lock:
-            if self._catalog is not None:
-                snapshot = snapshot.with_items(list(self._catalog.items.values()))
+            extra = list(self._catalog.items.values()) if self._catalog is not None else []
+            if self._click_first is not None:
+                extra += list(self._click_first.added.values())
+            if extra:
+                snapshot = snapshot.with_items(extra)
             self._swap(snapshot)
 
     def _swap(self, snapshot: SnapshotIndex) -> None:
@@ -210,32 +215,34 @@ class Recommender:
         return _every("catalog-follow", "catalogue poll", step, every_s, stop)
 
     def follow_clicks(self, tail: Any, counts: Any, every_s: float = 0.5,
-                      refresh_s: float = 5.0, new_item_min_clicks: int = 2,
+                      refresh_s: float = 5.0, new_item_min_clicks: int | None = None,
                       stop: threading.Event | None = None) -> threading.Thread:
-        """Poll ``tail`` (``streams.new_items.ClickTail``) in a daemon thread: every click
-        counts in ``counts`` (``serving_cache.popularity.DecayedCounts``), and every
-        ``refresh_s`` the active snapshot's cold lists are rebuilt from them. An item first
-        seen in clicks (unknown to the snapshot and to the catalogue) is added with the content
-        tower's embedding of an item with no metadata once it has ``new_item_min_clicks``
-        clicks (a floor, so that random ids from a misbehaving client do not grow the index)."""
-        from streams.catalog import CatalogItem
+        """Poll ``tail`` (``streams.new_items.ClickTail``) in a daemon thread: every live click
+        counts in ``counts`` (``serving_cache.popularity.DecayedCounts``; clicks the tail
+        replays from before it started do not), and every ``refresh_s`` the active snapshot's
+        cold lists are rebuilt from them. Items first seen in clicks (unknown to the snapshot
+        and to the catalogue) are added with the content tower's embedding of an item with no
+        metadata by the rule the dataflow runs too (``streams.new_items.ClickFirst``, at
+        ``new_item_min_clicks`` clicks, by default ``FlowConfig.click_first_min_clicks``);
+        a tail that reads the topic from its start gives a restarted API the same items."""
+        from streams.config import FlowConfig
+        from streams.new_items import ClickFirst
 
-        unknown: dict[str, int] = {}
+        rule = self._click_first = ClickFirst(
+            new_item_min_clicks if new_item_min_clicks is not None
+            else FlowConfig().click_first_min_clicks)
         next_refresh = [0.0]
+
+        def known(item: str) -> bool:
+            snap = self._active
+            cat = self._catalog.items if self._catalog is not None else {}
+            return snap is None or snap.index_of(item) >= 0 or item in cat
 
         def step() -> None:
             clicks = tail.poll(timeout=min(every_s, 1.0))
             if clicks:
-                counts.add(item for item, _ in clicks)
-                snap = self._active
-                cat = self._catalog.items if self._catalog is not None else {}
-                ready = []
-                for item, ts in clicks:
-                    if snap is None or snap.index_of(item) >= 0 or item in cat:
-                        continue
-                    unknown[item] = unknown.get(item, 0) + 1
-                    if unknown[item] == new_item_min_clicks:
-                        ready.append(CatalogItem(item, (), "", int(ts)))
+                counts.add(item for item, _ in clicks[getattr(tail, "replayed", 0):])
+                ready = rule.feed(clicks, known)
                 if ready:
                     self.add_items(ready)
             now = time.monotonic()

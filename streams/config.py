@@ -142,6 +142,14 @@ class FlowConfig(BaseModel):
     vectors stay in Redis (see ``RedisConfig.user_ttl_s`` to expire them too); a user who
     returns starts over from the base, like a new one."""
 
+    click_first_min_clicks: int = Field(default=2, ge=0)
+    """An item first seen in clicks (unknown to the base and to the catalogue) becomes a new
+    item, with the content tower's embedding of an item without metadata, at its this-many-th
+    click on the clicks topic: in the dataflow's base (its hot-reload hook) and in the API's
+    index (``diam serve``'s click follower), by one rule (``streams.new_items.ClickFirst``).
+    A floor of 2 keeps one stray id from a misbehaving client out of the table; 0 turns the
+    rule off in the dataflow."""
+
     reload_check_s: float = Field(default=2.0, gt=0)
     """How often a running dataflow checks for a newly published base version (one Redis GET).
     Two seconds makes a publish visible quickly at negligible cost."""

@@ -5,6 +5,12 @@ at once and are appended to the base (same version: nobody is re-anchored).
 poll of the catalogue (:class:`streams.catalog.CatalogFollower`) and after a new snapshot is
 loaded, so catalogue items that a new snapshot does not know yet stay embedded.
 
+Items first seen in clicks follow one rule, :class:`ClickFirst`, in the API
+(``Recommender.follow_clicks``) and in the dataflow (:class:`ClickFirstFollower`, polled by the
+same hook). Both read the clicks topic from its start, so a restarted API or dataflow gets the
+same content-initialised items back: the catalogue topic is compacted and read whole, and the
+clicks rule is re-run over the topic's retention.
+
 >>> import numpy as np
 >>> from online_model.base import toy_base
 >>> from online_model.models.content import ContentTower
@@ -18,7 +24,8 @@ loaded, so catalogue items that a new snapshot does not know yet stay embedded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,7 @@ import numpy as np
 
 from streams.catalog import CatalogItem
 
-__all__ = ["extend_base", "load_tower", "ClickTail"]
+__all__ = ["extend_base", "load_tower", "ClickFirst", "ClickFirstFollower", "ClickTail"]
 
 
 def load_tower(snapshot_dir: str | Path) -> Any:
@@ -52,44 +59,152 @@ def extend_base(base: Any, items: Sequence[CatalogItem], tower: Any) -> Any:
     return base.with_items([it.item_id for it in new], emb, cats)
 
 
-class ClickTail:
-    """The item ids of valid clicks arriving on the clicks topic from now on (no group, no
-    commits: a serving process's live view). :meth:`poll` never blocks longer than asked."""
+class ClickFirst:
+    """The rule for items first seen in clicks, the one both the API and the dataflow run: an
+    item that ``known`` does not know (the base or index, the catalogue) becomes a new item with
+    no metadata at its ``min_clicks``-th click. The clicks topic read in the same order gives
+    the same items in the same order.
 
-    def __init__(self, cfg: Any, topic: str, max_records: int = 20_000) -> None:
+    >>> rule = ClickFirst(min_clicks=2)
+    >>> known = {"a"}.__contains__
+    >>> rule.feed([("a", 1), ("x", 2), ("y", 3)], known)
+    []
+    >>> [it.item_id for it in rule.feed([("x", 4), ("a", 5), ("x", 6)], known)]
+    ['x']
+    >>> sorted(rule.added)
+    ['x']
+    """
+
+    def __init__(self, min_clicks: int) -> None:
+        if min_clicks < 1:
+            raise ValueError("min_clicks must be >= 1")
+        self.min_clicks = min_clicks
+        self._counts: dict[str, int] = {}
+        self.added: dict[str, CatalogItem] = {}
+        """Every item the rule made new so far, in that order (a new snapshot that does not
+        know them gets them again)."""
+
+    def feed(self, clicks: Iterable[tuple[str, int]],
+             known: Callable[[str], bool]) -> list[CatalogItem]:
+        """The items that became new with ``clicks`` (``(item_id, ts)``, in topic order)."""
+        out: list[CatalogItem] = []
+        for item, ts in clicks:
+            if item in self.added or known(item):
+                continue
+            c = self._counts.get(item, 0) + 1
+            if c < self.min_clicks:
+                self._counts[item] = c
+                continue
+            self._counts.pop(item, None)
+            self.added[item] = it = CatalogItem(item, (), "", int(ts))
+            out.append(it)
+        return out
+
+
+class ClickTail:
+    """The item ids of valid clicks on the clicks topic (no group, no commits: a process's own
+    view), from the topic's start (``from_beginning``, the default: what a restarted process
+    needs to re-run :class:`ClickFirst`) or from now on. :meth:`poll` never blocks longer than
+    asked; the first :attr:`replayed` clicks a poll returns were on the topic before the tail
+    started (a live count, e.g. popularity, skips those)."""
+
+    def __init__(self, cfg: Any, topic: str, max_records: int = 20_000,
+                 from_beginning: bool = True) -> None:
         self.cfg, self.topic, self.max_records = cfg, topic, max_records
+        self.from_beginning = from_beginning
+        self.replayed = 0
         self._consumer: Any = None
+        self._behind: dict[int, int] = {}  # partition -> end offset at start, until reached
 
     def _assign(self) -> bool:
-        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-        from streams.kafka_io import partition_ids
+        from streams.kafka_io import watermarks
 
         try:
-            parts = partition_ids(self.cfg, self.topic, timeout=5.0)
+            marks = watermarks(self.cfg, self.topic)
         except Exception:  # noqa: BLE001 - no topic yet, or the broker is away: next poll
             return False
         conf = dict(self.cfg.client_config())
-        conf.update({"group.id": "diam-serve-clicks", "enable.auto.commit": "false"})
+        conf.update({"group.id": "diam-click-tail", "enable.auto.commit": "false"})
         self._consumer = Consumer(conf)
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in parts])
+        start = OFFSET_BEGINNING if self.from_beginning else OFFSET_END
+        self._consumer.assign([TopicPartition(self.topic, p, start) for p in marks])
+        self._behind = ({p: hi for p, (lo, hi) in marks.items() if hi > lo}
+                        if self.from_beginning else {})
         return True
 
     def poll(self, timeout: float = 0.0) -> list[tuple[str, int]]:
-        """``(item_id, ts)`` of the valid clicks since the last poll."""
+        """``(item_id, ts)`` of the valid clicks since the last poll, in each partition's
+        order; the replayed ones first."""
         from streams.events import decode_click
 
+        self.replayed = 0
         if self._consumer is None and not self._assign():
             return []
+        old: list[tuple[str, int]] = []
         out: list[tuple[str, int]] = []
+        behind = self._behind
         for m in self._consumer.consume(self.max_records, timeout):
             if m.error() is None:
                 ev = decode_click(m.value())
+                past = m.offset() < behind.get(m.partition(), 0)
                 if type(ev) is tuple:
-                    out.append((ev[1], ev[2]))
-        return out
+                    (old if past else out).append((ev[1], ev[2]))
+                if past and m.offset() + 1 >= behind[m.partition()]:
+                    del behind[m.partition()]
+        self.replayed = len(old)
+        return old + out if old else out
 
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+class ClickFirstFollower:
+    """The dataflow's side of :class:`ClickFirst`: a daemon thread tails the whole clicks topic
+    (every partition, from its start, whatever partitions this process learns from, so every
+    process and every restart finds the same items) and runs the rule; the hot-reload hook
+    takes what became new (:meth:`take`) without waiting on Kafka in the dataflow's thread.
+    ``known(item_id)`` is asked from the thread (the hook's current base and catalogue)."""
+
+    def __init__(self, cfg: Any, topic: str, min_clicks: int, known: Callable[[str], bool],
+                 every_s: float = 0.2) -> None:
+        self.rule = ClickFirst(min_clicks)
+        self.tail = ClickTail(cfg, topic)
+        self._known = known
+        self._ready: list[CatalogItem] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._every_s = every_s
+        self._thread = threading.Thread(target=self._run, name="click-first", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import logging
+
+        while not self._stop.is_set():
+            try:
+                clicks = self.tail.poll(timeout=self._every_s)
+                with self._lock:
+                    self._ready.extend(self.rule.feed(clicks, self._known))
+            except Exception as exc:  # noqa: BLE001 - the tail retries by itself next round
+                logging.getLogger(__name__).warning("click tail poll failed: %s", exc)
+                self._stop.wait(self._every_s)
+
+    def take(self) -> list[CatalogItem]:
+        """The items that became new since the last call."""
+        with self._lock:
+            out, self._ready = self._ready, []
+        return out
+
+    def items(self) -> list[CatalogItem]:
+        """Every item the rule made new so far (for a newly loaded snapshot)."""
+        with self._lock:
+            return list(self.rule.added.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.tail.close()

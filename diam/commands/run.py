@@ -117,7 +117,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                      process_id=process_id, addresses=addresses.split(";") if addresses else None,
                      recovery_dir=recovery_dir, no_recovery=no_recovery,
                      partitions=_parse_partitions(partitions), stop=stop)
-    holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data, namespace=job.namespace)
+    holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
+                         namespace=job.namespace, topic=job.topic)
     stop_on_signals(stop)
     # outages (broker, Redis) are logged once when they start and once when they end
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

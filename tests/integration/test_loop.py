@@ -387,7 +387,7 @@ def test_cold_lists_follow_live_clicks_and_click_first_items_become_recommendabl
     rec.follow_clicks(ClickTail(kafka, topic), DecayedCounts(half_life_s=600), every_s=0.05,
                       refresh_s=0.1, new_item_min_clicks=2)
     t0 = time.monotonic()
-    while True:  # the tail starts at the end of the topic: keep clicking until it is seen
+    while True:  # keep clicking until the cold list follows
         clicks = [(f"u{j}", "i77") for j in range(5)] + [("u9", "from-a-click")] * 2
         assert produce_raw(kafka, topic, [(u.encode(), encode_event(ClickEvent(u, i, 1_700_000_000_000)))
                                           for u, i in clicks]).ok
@@ -400,3 +400,71 @@ def test_cold_lists_follow_live_clicks_and_click_first_items_become_recommendabl
     snap = rec.active
     assert snap is not None and snap.index_of("from-a-click") == 120
     assert snap.content_rows.tolist() == [120] and snap.index.ntotal == 121
+
+
+def test_click_first_items_enter_the_stream_base_by_the_api_rule_and_survive_restarts(
+        stack, topic, namespace, redis_client, tmp_path) -> None:
+    """An item first seen in clicks enters the running dataflow's base at its second click
+    (the rule the API runs, ``ClickFirst``), with the content tower's no-metadata embedding;
+    one click is not enough. A restarted dataflow and a restarted API rebuild the same content
+    rows from the topics; replayed clicks do not count as live popularity."""
+    import time
+
+    from diam.app import load_holder
+    from serving_cache.popularity import DecayedCounts
+    from serving_cache.recommend import Recommender
+    from serving_cache.retrieval import SnapshotIndex
+    from snapshotter import SnapshotConfig, SnapshotStore, publish
+    from snapshotter.testing import write_checkpoint
+    from streams.kafka_io import ensure_topic
+    from streams.new_items import ClickTail, load_tower
+
+    kafka = stack.settings.kafka.model_copy(update={"clicks_topic": topic,
+                                                    "items_topic": f"{topic}.items"})
+    ensure_topic(kafka, kafka.items_topic)
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    res = publish(write_checkpoint(tmp_path / "ck", n_items=120, dim=8, n_categories=5, seed=6),
+                  store, redis_client, namespace)
+    s = stack.settings.model_copy(update={
+        "kafka": kafka, "snapshot": store.cfg,
+        "online": stack.settings.online.model_copy(update={"dim": 8})})
+    clicks = [("u1", "cf-a"), ("u2", "i3"), ("u3", "cf-b"), ("u4", "cf-a"), ("u5", "i3")]
+    assert produce_raw(kafka, topic, [(u.encode(), encode_event(ClickEvent(u, i, 1_700_000_000_000)))
+                                      for u, i in clicks]).ok
+    no_meta = load_tower(res.path).embed([[]], [""])[0]
+
+    def grown_base():  # type: ignore[no-untyped-def]
+        holder = load_holder(s, namespace=namespace)
+        holder._check_every_s = 0.0
+        n0 = len(holder.learner.base.item_ids)
+        deadline = time.monotonic() + 15
+        while holder.learner.base.index_of("cf-a") < 0:
+            assert time.monotonic() < deadline, "the stream's base never got the click-first item"
+            holder.maybe_reload()
+            time.sleep(0.05)
+        return holder, n0
+
+    holder, n0 = grown_base()
+    base = holder.learner.base
+    assert base.index_of("cf-b") < 0 and len(base.item_ids) == n0 + 1
+    assert holder.version == res.version  # same version: nobody re-anchored
+    np.testing.assert_allclose(base.item_emb[base.index_of("cf-a")], no_meta, rtol=1e-5)
+
+    again, _ = grown_base()  # a restarted dataflow: the same rows, the same vectors
+    np.testing.assert_array_equal(again.learner.base.item_ids, base.item_ids)
+    np.testing.assert_array_equal(again.learner.base.item_emb, base.item_emb)
+
+    # an API started after the clicks (a restart) gets the item from the topic's history
+    rec = Recommender(SnapshotIndex.load(res.path, res.version), redis_client, namespace)
+    counts = DecayedCounts(half_life_s=600)
+    stop = __import__("threading").Event()
+    rec.follow_clicks(ClickTail(kafka, topic), counts, every_s=0.05, stop=stop)
+    deadline = time.monotonic() + 15
+    while rec.active is None or rec.active.index_of("cf-a") < 0:
+        assert time.monotonic() < deadline, "the restarted API never got the click-first item"
+        time.sleep(0.05)
+    stop.set()
+    snap = rec.active
+    assert snap.index_of("cf-b") < 0 and snap.content_rows.tolist() == [120]
+    np.testing.assert_allclose(snap.item_vecs[120], no_meta, rtol=1e-5)
+    assert len(counts) == 0  # history is not live popularity
