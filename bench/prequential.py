@@ -35,7 +35,12 @@ from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.datasets import load_prepared  # noqa: E402
 from online_model.online import OnlineLearner  # noqa: E402
-from online_model.prequential import ARMS, evaluate_stream, format_table  # noqa: E402
+from online_model.prequential import (  # noqa: E402
+    ARMS,
+    evaluate_stream,
+    format_table,
+    matched_recall,
+)
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -91,16 +96,46 @@ def train_first_half(data: Path, epochs: int, out: Path) -> Path:
                            extra={"split_seed": 0, "cut_events": cut})
 
 
-def run(ds, cfg: OnlineConfig, base: BaseView, users: str, arms=ARMS) -> dict:
+def run(ds, cfg: OnlineConfig, base: BaseView, users: str, arms=ARMS, sweep=()) -> dict:
     t0 = time.perf_counter()
-    res = evaluate_stream(ds, cfg, base, users=users, arms=arms, progress=sys.stderr.isatty())
+    res = evaluate_stream(ds, cfg, base, users=users, arms=arms, sweep=sweep,
+                          progress=sys.stderr.isatty())
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"{res['dataset']} ({res['base']}, users={users})\n{format_table(res)}",
           file=sys.stderr)
+    for ref, m in res.get("matched", {}).items():
+        print(f"at {ref}'s Entropy@20 {m['entropy@20']:.3f} (its Recall@20 {m['recall@20']:.4f}):",
+              file=sys.stderr)
+        for a, row in m["arms"].items():
+            print(f"  {a:<10} {row['recall@20_at_matched_entropy']:.4f}  diff CI {row['diff_ci']}",
+                  file=sys.stderr)
     return res
 
 
-TUNE_GRID = (1, 3, 10, 30)
+SWEEP = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
+"""Shifts of the served diversity dial (``aggregate.manual_d``: d_u -> clip(d_u (1 + delta)))
+for the fronts: the API's range [-0.5, 0.5] and beyond it, down to d_u = 0 (the merge by
+score) and up to twice d_u, so that the arms' fronts overlap in Entropy@20."""
+
+
+TUNE_GRID = ("1:0", "10:0", "4:0", "3:0", "10:10", "5:10", "4:10", "3:10", "2:10")
+"""``reanchor_every:infer_items`` pairs for ``--tune`` (0 items: the network's whole window)."""
+
+
+def head_cost(base: BaseView, reps: int = 300) -> dict[str, float]:
+    """µs per inference of the compiled head by history length (best of three), one thread:
+    with ``inferences_per_event`` it gives the per-event cost of a cadence."""
+    from online_model.signals import SignalState
+
+    rng = np.random.default_rng(0)
+    sig = SignalState(base.n_categories).values()
+    out = {}
+    for n in (5, 10, 20, 50):
+        rows = rng.integers(0, len(base.item_ids), n).astype(np.int32)
+        base.head.infer(rows, sig)
+        out[str(n)] = round(min(timeit.repeat(lambda r=rows: base.head.infer(r, sig),
+                                              number=reps, repeat=3)) / reps * 1e6, 1)
+    return out
 
 
 def main() -> None:
@@ -109,7 +144,7 @@ def main() -> None:
     )
     ap.add_argument("--quick", action="store_true", help="tuning users only")
     ap.add_argument("--tune", action="store_true",
-                    help=f"sweep reanchor_every over {TUNE_GRID} on the tuning users")
+                    help="sweep reanchor_every:infer_items over --grid on the tuning users")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--checkpoint", type=Path, default=None,
@@ -118,9 +153,12 @@ def main() -> None:
                     help="override the served setting (OnlineConfig.reanchor_every)")
     ap.add_argument("--no-synth", action="store_true", help="skip the synthetic stream")
     ap.add_argument("--grid", default=",".join(map(str, TUNE_GRID)),
-                    help="with --tune: reanchor_every values")
+                    help="with --tune: reanchor_every:infer_items pairs")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override an OnlineConfig field (repeatable), e.g. d_lr=0")
+    ap.add_argument("--sweep", default=",".join(map(str, SWEEP)),
+                    help="diversity-slider shifts for the Recall@20-Entropy@20 fronts "
+                         "('' to skip)")
     ap.add_argument("--tag", default="",
                     help="suffix of the results file (with --tune, or a variant's report)")
     args = ap.parse_args()
@@ -144,23 +182,44 @@ def main() -> None:
         cfg = OnlineConfig(**{**cfg.model_dump(), key: value})
     tuned_on = ("tuning users: a stable 10% by hash of the user id "
                 "(online_model.prequential.user_group), disjoint from the reported users")
+    sweep = tuple(float(x) for x in args.sweep.split(",") if x.strip())
     if args.tune:
         rows = {}
-        for r in [int(x) for x in args.grid.split(",")]:
-            c = cfg.model_copy(update={"reanchor_every": r})
-            res = run(ds, c, base, "tune", arms=("guarded", "nosteps", "unguarded"))
-            rows[str(r)] = {a: {k: v for k, v in m.items()} for a, m in res["arms"].items()}
-            rows[str(r)]["us_per_apply_guarded"] = res["details"]["guarded"]["us_per_apply"]
-        ref = run(ds, cfg, base, "tune", arms=("reinfer", "frozen", "popularity"))
+        for spec in args.grid.split(","):
+            r, _, items = spec.partition(":")
+            c = cfg.model_copy(update={"reanchor_every": int(r),
+                                       "infer_items": int(items or cfg.infer_items)})
+            res = run(ds, c, base, "tune", arms=("guarded", "nosteps", "unguarded"), sweep=sweep)
+            rows[spec] = {a: {k: v for k, v in m.items()} for a, m in res["arms"].items()}
+            rows[spec]["fronts"] = res.get("fronts", {})
+            rows[spec]["inferences_per_event_guarded"] = \
+                res["details"]["guarded"]["inferences_per_event"]
+            rows[spec]["us_per_apply_guarded"] = res["details"]["guarded"]["us_per_apply"]
+        ref = run(ds, cfg, base, "tune", arms=("reinfer", "frozen", "popularity"), sweep=sweep)
+        ref_front = ref.get("fronts", {}).get("reinfer")
+        if ref_front:  # each cadence against the network's front, at matched Entropy@20
+            e_ref = np.array([q["entropy@20"] for q in ref_front])
+            r_ref = np.array([q["recall@20"] for q in ref_front])
+            e0 = ref["arms"]["reinfer"]["entropy@20"]
+            for row in rows.values():
+                g = row["fronts"]["guarded"]
+                e_g = np.array([q["entropy@20"] for q in g])
+                r_g = np.array([q["recall@20"] for q in g])
+                row["guarded_recall_at_reinfer_entropy"] = float(matched_recall(e_g, r_g, e0))
+                row["reinfer_recall_at_guarded_entropy"] = float(matched_recall(
+                    e_ref, r_ref, row["guarded"]["entropy@20"]))
         out = {"dataset": ds.name, "checkpoint": str(ckpt), "users": "tune",
                "config": cfg.model_dump(), "overrides": args.set,
-               "reanchor_every": rows, "reference": ref["arms"]}
+               "grid": "reanchor_every:infer_items (0: the network's whole window)",
+               "cadence": rows, "reference": ref["arms"],
+               "reference_fronts": ref.get("fronts", {}),
+               "head_us_by_items": head_cost(base)}
         name = f"prequential_tune{'_' + args.tag if args.tag else ''}.json"
         (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
         return
     users = "tune" if args.quick else "report"
-    res = run(ds, cfg, base, users)
+    res = run(ds, cfg, base, users, sweep=sweep)
     res.update({"base": "diam", "merge": "aggregate", "tuned_on": tuned_on,
                 "checkpoint": {"path": str(ckpt), "trained_on": "the first half of the events "
                                "in time (users split 80/10/10 by seed 0), "

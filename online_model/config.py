@@ -38,13 +38,20 @@ class OnlineConfig(BaseModel):
     """Known items a new user needs before getting anchors (centroids of recent items): with
     fewer, centroids are noise and the user keeps one mean vector."""
 
-    reanchor_every: int = Field(default=10, ge=0)
+    reanchor_every: int = Field(default=3, ge=0)
     """On a base with DIAM's extractor: re-run the network on the user's recent items every
     this many known-item events (0: only at the first anchoring and after a new snapshot).
     The network's interests are what the model knows; the stream's steps (and the global
-    slot's refresh) adapt from them in between. 10 is where the served arm matched re-running
-    the network before every prediction on the tuning users, at a tenth of the inferences
-    (``bench/results/prequential.md``: the sweep over 1, 3, 10, 30)."""
+    slot's refresh) adapt from them in between. With ``infer_items`` this is the stream's
+    largest cost per event; 3 with 10 items was chosen on the tuning users by Recall@20 at
+    matched Entropy@20 against the network re-run before every prediction
+    (``python bench/prequential.py --tune``, ``bench/results/prequential.md``)."""
+
+    infer_items: int = Field(default=10, ge=0)
+    """On a base with DIAM's extractor: the network (and the global slot's refresh) reads the
+    user's last this many recent items (0: its whole window, ``seq_len``). Inference costs
+    about linearly in the items, so a short window re-run often tracks the user better than the
+    whole window re-run rarely, for the same CPU."""
 
     refresh_global: bool = True
     """Between re-inferences, recompute DIAM's global interest (slot 0: the window's mean

@@ -336,6 +336,8 @@ class OnlineLearner:
             raise ValueError(f"base dimension {base.dim} differs from the configured dim {cfg.dim}")
         self.cfg = cfg
         self.bases = KnownBases() if bases is None else bases
+        self.inferences = 0
+        """How many times this learner ran the network (a count for cost reports)."""
         self._set_base(base)
 
     def _set_base(self, base: BaseView) -> None:
@@ -354,6 +356,9 @@ class OnlineLearner:
         self._emb_flat = base.item_emb.reshape(-1)
         self._dim, self._norms, self._cats = base.dim, base.item_norms, base.item_categories
         self._par = learner_params(cfg, base)
+        # the network's window: its last seq_len items, or infer_items when that is shorter
+        seq_len = base.head.seq_len if base.head is not None else 0
+        self._window = min(seq_len, cfg.infer_items) if cfg.infer_items else seq_len
 
     def succeed(self, previous: OnlineLearner) -> None:
         """Take over ``previous``'s known bases (a hot reload replaces it by this learner), so
@@ -511,9 +516,10 @@ class OnlineLearner:
         head = self.base.head
         if not (self.cfg.refresh_global and head.global_slot_on):
             return
+        window = self._window
         rows, n = state.ring, state.n_recent  # the whole ring is the network's window...
-        if n > head.seq_len:  # ...unless it is longer: then its last seq_len items
-            rows = state.recent[-head.seq_len:]
+        if n > window:  # ...unless it is longer: then its last items, as inference reads them
+            rows = state.recent[-window:]
             n = len(rows)
         head.refresh_global(rows, n, state.hseq, state.Af, state.Vf)
 
@@ -537,7 +543,11 @@ class OnlineLearner:
     def _anchor_diam(self, state: UserState, out: list[DriftEvent] | None) -> None:
         cfg = self.cfg
         head = self.base.head
-        res = head.infer(state.recent, state.signals.values())
+        rows = state.recent
+        if len(rows) > self._window:
+            rows = rows[-self._window:]
+        res = head.infer(rows, state.signals.values())
+        self.inferences += 1
         state.hseq = res.h_seq
         p = min(res.k, self.k_max)
         b = cfg.d_logit_bound

@@ -31,29 +31,35 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from online_model.aggregate import manual_d
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner, UserState
 from online_model.routing import stable_hash64
 
-__all__ = ["ARMS", "arm_configs", "recommend", "evaluate_stream", "evaluate_path", "format_table"]
+__all__ = ["ARMS", "SWEEP_ARMS", "arm_configs", "recommend", "evaluate_stream", "evaluate_path",
+           "format_table", "matched_recall"]
 
 ARMS = ("popularity", "reinfer", "frozen", "nosteps", "guarded", "unguarded")
 MODEL_ARMS = ("reinfer", "nosteps")
 """Arms that exist only on a base with DIAM's head."""
+SWEEP_ARMS = ("reinfer", "nosteps", "guarded", "unguarded")
+"""Arms whose lists are also scored at shifted d_u (``sweep``), for the Recall@20-Entropy@20
+fronts: every model arm goes through the same aggregator at the same shifts."""
 
 
 def arm_configs(cfg: OnlineConfig) -> dict[str, OnlineConfig]:
     """Each learner arm's configuration, derived from the served one (``cfg``)."""
     return {
-        "reinfer": cfg.model_copy(update={"learn": False, "guards": False, "reanchor_every": 1}),
+        "reinfer": cfg.model_copy(update={"learn": False, "guards": False, "reanchor_every": 1,
+                                          "infer_items": 0}),
         "frozen": cfg.model_copy(update={"learn": False, "guards": True, "reanchor_every": 0}),
         "nosteps": cfg.model_copy(update={"learn": False, "guards": True}),
         "guarded": cfg.model_copy(update={"learn": True, "guards": True}),
@@ -104,12 +110,14 @@ def recommend(
     aggregate: Callable[..., np.ndarray] | None,
     popular: np.ndarray,
     search: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+    d_u: float | None = None,
 ) -> np.ndarray:
     """Top-n item rows for ``state``.
 
     With ``aggregate`` None the interests are merged by best score (exactly the top-n of
     ``max_k v_k·e``); otherwise the list is :func:`online_model.aggregate.serve_list`'s, the
-    serving path, at the user's d_u. Users with no known item yet get ``popular``.
+    serving path, at the user's d_u (or at ``d_u`` when given: the sweep's shifted value).
+    Users with no known item yet get ``popular``.
     """
     if len(state.recent) == 0:
         return popular[~np.isin(popular, exclude)][:n]
@@ -121,8 +129,8 @@ def recommend(
         return top[np.lexsort((top, -best[top]))]  # ties by item row: deterministic
     if search is None:
         search = exact_search(base.item_emb, base.item_norms > 0)
-    return aggregate(search, state.V, state.d, n, np.unique(exclude), base.item_emb,
-                     base.item_categories)
+    return aggregate(search, state.V, state.d if d_u is None else d_u, n, np.unique(exclude),
+                     base.item_emb, base.item_categories)
 
 
 @dataclass
@@ -138,6 +146,9 @@ class _Arm:
     drift_n: int = 0
     apply_s: float = 0.0
 
+    # delta -> user -> [hits, entropy sum, n]: the lists at manual_d(d_u, delta)
+    sweep: dict[float, dict[str, list[float]]] = field(default_factory=dict)
+
     def score(self, user: str, rec: np.ndarray, row: int, cats: np.ndarray) -> None:
         h = self.hits.setdefault(user, [0.0, 0.0, 0.0])
         pos = np.flatnonzero(rec == row)
@@ -147,6 +158,13 @@ class _Arm:
         h[2] += 1.0
         self.entropy += _entropy(cats[rec])
         self.n_eval += 1
+
+    def score_shifted(self, delta: float, user: str, rec: np.ndarray, row: int,
+                      cats: np.ndarray) -> None:
+        h = self.sweep.setdefault(delta, {}).setdefault(user, [0.0, 0.0, 0.0])
+        h[0] += float(np.any(rec == row))
+        h[1] += _entropy(cats[rec])
+        h[2] += 1.0
 
 
 def _entropy(cats: np.ndarray) -> float:
@@ -186,6 +204,7 @@ def evaluate_stream(
     merge: str = "aggregate",
     pop_half_life: int = 5_000,
     exclude_last: int | None = 50,
+    sweep: Sequence[float] = (),
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the prequential protocol on a prepared dataset; returns the result dictionary
@@ -195,7 +214,14 @@ def evaluate_stream(
     ``users``: ``"all"``, ``"tune"`` or ``"report"`` (:func:`user_group`); ``user_fraction``
     further keeps a stable fraction of those. ``exclude_last``: the lists leave out the user's
     last this many clicked items, as serving does with the ones the stream pushes
-    (``FlowConfig.seen_items``); None leaves out the whole history."""
+    (``FlowConfig.seen_items``); None leaves out the whole history.
+
+    ``sweep``: shifts ``delta`` of the served diversity slider
+    (:func:`online_model.aggregate.manual_d`, d_u -> clip(d_u (1 + delta), 0, 1)); each model
+    arm's lists are also scored at every shift, on the same events and states, giving each arm
+    a Recall@20-Entropy@20 front (``out["fronts"]``) and recall at matched entropy
+    (``out["matched"]``, :func:`matched_recall`). The steps do not depend on the lists, so
+    the shifts change nothing else."""
     n_events = len(ds.user_ids)
     cut = int(n_events * warm_frac)
     base_desc = "checkpoint"
@@ -284,6 +310,12 @@ def evaluate_stream(
                 if target_new:  # a re-click of a seen item is not a recommendation task
                     rec = recommend(st, base, n, excl, aggregate, popular, search)
                     arm.score(u, rec, row, base.item_categories)
+                    if name in SWEEP_ARMS:
+                        for delta in sweep:
+                            shifted = rec if delta == 0 else recommend(
+                                st, base, n, excl, aggregate, popular, search,
+                                d_u=manual_d(st.d, delta))
+                            arm.score_shifted(delta, u, shifted, row, base.item_categories)
                 t0 = time.perf_counter()
                 evs = learner.apply(st, items[off], ts[off], off)
                 arm.apply_s += time.perf_counter() - t0
@@ -333,11 +365,15 @@ def evaluate_stream(
             "users_evaluated": len(us),
             "drift_events": dict(sorted(arm.kinds.items())),
             "us_per_apply": 1e6 * arm.apply_s / max(n_stream, 1),
+            "inferences_per_event": (arm.learner.inferences / max(n_stream, 1)
+                                     if arm.learner is not None else 0.0),
             "mean_k_at_end": float(np.mean(ks)) if ks else 0.0,
             "mean_d_at_end": float(np.mean([s.d for s in arm.states.values()]))
             if arm.states
             else 0.0,
         }
+    if sweep:
+        out["fronts"], out["matched"] = _fronts(run, sorted(sweep), n)
     out["base"] = (
         base_desc
         if base_desc != "checkpoint"
@@ -365,6 +401,93 @@ def evaluate_stream(
         "ci": "95% bootstrap over users (2000 resamples); differences paired on the same users",
     }
     return out
+
+
+def _user_arrays(arm: _Arm, deltas: list[float], users: list[str]) -> tuple[np.ndarray, ...]:
+    """``(hits, entropy sums, n)``, each ``[len(deltas), len(users)]``."""
+    cube = np.array([[arm.sweep.get(dl, {}).get(u, [0.0, 0.0, 0.0]) for u in users]
+                     for dl in deltas])
+    return cube[..., 0], cube[..., 1], cube[..., 2]
+
+
+def matched_recall(entropy: np.ndarray, recall: np.ndarray, target: np.ndarray | float) -> np.ndarray:
+    """Recall on a front interpolated linearly at ``target`` entropy: the front is the points
+    ``(entropy[..., j], recall[..., j])`` of a sweep (last axis), put in entropy order; NaN
+    where ``target`` lies outside the front's entropy range (no extrapolation).
+
+    >>> float(matched_recall(np.array([1.0, 2.0]), np.array([0.3, 0.1]), 1.5))
+    0.2
+    >>> bool(np.isnan(matched_recall(np.array([1.0, 2.0]), np.array([0.3, 0.1]), 2.5)))
+    True
+    """
+    e = np.atleast_2d(entropy)
+    r = np.atleast_2d(recall)
+    t = np.broadcast_to(np.asarray(target, dtype=float), e.shape[:-1])
+    order = np.argsort(e, axis=-1, kind="stable")
+    e = np.take_along_axis(e, order, axis=-1)
+    r = np.take_along_axis(r, order, axis=-1)
+    out = np.full(e.shape[:-1], np.nan)
+    for i in range(e.shape[0]):
+        if e[i, 0] <= t[i] <= e[i, -1]:
+            out[i] = np.interp(t[i], e[i], r[i])
+    return out if np.ndim(entropy) > 1 or np.ndim(target) > 0 else out[0]
+
+
+def _fronts(run: dict[str, _Arm], deltas: list[float], n: int, reps: int = 2000,
+            seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each sweep arm's front, and recall at matched entropy against ``reinfer`` and
+    ``guarded``'s served points with paired bootstrap intervals over users (the entropy of the
+    target point is resampled with the users, so the interval includes its uncertainty)."""
+    nk = f"@{n}"
+    arms = [a for a in SWEEP_ARMS if a in run and run[a].sweep]
+    fronts: dict[str, Any] = {}
+    if not arms:
+        return fronts, {}
+    users = sorted(set().union(*(run[a].hits for a in arms)))
+    cubes = {a: _user_arrays(run[a], deltas, users) for a in arms}
+    for a in arms:
+        h, e, c = cubes[a]
+        tot = np.maximum(c.sum(1), 1.0)
+        fronts[a] = [{"delta": dl, "recall" + nk: float(h[j].sum() / tot[j]),
+                      "entropy" + nk: float(e[j].sum() / tot[j])} for j, dl in enumerate(deltas)]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(users), size=(reps, len(users)))
+
+    def point(a: str, j: int | None, sample: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        h, e, c = cubes[a]
+        if sample is not None:
+            h, e, c = h[:, sample], e[:, sample], c[:, sample]
+        hs, es, cs = h.sum(-1), e.sum(-1), np.maximum(c.sum(-1), 1.0)  # [deltas(, reps)]
+        rec, ent = hs / cs, es / cs
+        return (rec, ent) if j is None else (rec[j], ent[j])
+
+    matched: dict[str, Any] = {}
+    if 0.0 not in deltas:
+        return fronts, matched
+    j0 = deltas.index(0.0)
+    for ref in ("reinfer", "guarded"):
+        if ref not in cubes:
+            continue
+        rows: dict[str, Any] = {}
+        r_ref, e_ref = point(ref, j0, None)
+        rb_ref, eb_ref = point(ref, j0, idx)  # [reps]
+        for a in arms:
+            if a == ref:
+                continue
+            rec, ent = point(a, None, None)
+            m = float(matched_recall(ent, rec, float(e_ref)))
+            rb, eb = point(a, None, idx)  # [deltas, reps]
+            mb = matched_recall(eb.T, rb.T, eb_ref) - rb_ref
+            ok = np.isfinite(mb)
+            rows[a] = {
+                "recall" + nk + "_at_matched_entropy": m,
+                "diff_to_" + ref: m - float(r_ref) if np.isfinite(m) else float("nan"),
+                "diff_ci": (list(np.percentile(mb[ok], [2.5, 97.5]).astype(float))
+                            if ok.mean() > 0.95 else None),
+                "resamples_inside_front": float(ok.mean()),
+            }
+        matched[ref] = {"entropy" + nk: float(e_ref), "recall" + nk: float(r_ref), "arms": rows}
+    return fronts, matched
 
 
 def evaluate_path(

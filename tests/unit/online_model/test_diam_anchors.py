@@ -50,6 +50,31 @@ def test_reinfer_arm_is_the_network_after_every_event(diam_base) -> None:
         assert st.k == want.k and np.array_equal(st.V, want.vecs[: want.k])
 
 
+def test_infer_items_runs_the_network_on_the_last_items_only(diam_base) -> None:
+    base, c = diam_base
+    assert base.head.seq_len > 3
+    cfg = OnlineConfig(dim=8, k_max=4, learn=False, guards=False, reanchor_every=1,
+                       infer_items=3)
+    learner = OnlineLearner(base, cfg)
+    st = learner.new_state("u")
+    before = learner.inferences
+    items = _clicks(c, 20)
+    for off, it in enumerate(items):
+        learner.apply(st, it, 1_000 * off, off)
+        want = base.head.infer(st.recent[-3:], st.signals.values())
+        assert st.k == want.k and np.array_equal(st.V, want.vecs[: want.k])
+    assert learner.inferences - before == len(items)
+    # and the global slot's refresh between inferences reads the same window
+    cfg = cfg.model_copy(update={"reanchor_every": 100})
+    learner = OnlineLearner(base, cfg)
+    st = learner.new_state("u")
+    for off, it in enumerate(items):
+        learner.apply(st, it, 1_000 * off, off)
+    mean = base.item_emb[st.recent[-3:]].mean(0)
+    assert base.head.global_slot_on
+    np.testing.assert_allclose(st.A[0], base.head.global_slot(mean, st.hseq), atol=1e-5)
+
+
 def test_residual_reanchoring_keeps_the_steps_within_the_guards(diam_base) -> None:
     base, c = diam_base
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3)

@@ -91,3 +91,32 @@ def test_user_fraction_selects_a_subset(drifting):
     )
     assert 0 < r["protocol"]["stream_events"] < 0.6 * len(drifting.user_ids) + 50
     assert list(r["arms"]) == ["frozen"]
+
+
+def test_sweep_gives_fronts_whose_zero_shift_is_the_served_list(drifting, tmp_path):
+    from online_model.base import BaseView
+    from tests.flowkit import tiny_diam_checkpoint
+
+    ck, _ = tiny_diam_checkpoint(tmp_path / "diam")
+    base = BaseView.from_checkpoint(ck)
+    # the drifting stream over the checkpoint's 40 items (ids i0..i39)
+    rows = ItemRows([f"i{i}" for i in range(40)], ["t"] * 40, [[f"c{i % 4}"] for i in range(40)])
+    write_prepared(tmp_path / "ds", name="drifting-diam", users=np.asarray(drifting.user_ids),
+                   items_of_events=np.array([f"i{x}" for x in drifting.item_ids]),
+                   ts_ms=np.asarray(drifting.ts_ms), items=rows, meta={"source": "test"})
+    ds = load_prepared(tmp_path / "ds")
+    cfg = OnlineConfig(dim=base.dim, k_max=4)
+    r = prequential.evaluate_stream(ds, cfg, base, warm_frac=0.4, n=5,
+                                    arms=("reinfer", "guarded"), sweep=(-1.0, 0.0, 1.0))
+    assert set(r["fronts"]) == {"reinfer", "guarded"}
+    for arm, front in r["fronts"].items():
+        assert [p["delta"] for p in front] == [-1.0, 0.0, 1.0]
+        zero = front[1]
+        assert zero["recall@5"] == pytest.approx(r["arms"][arm]["recall@5"])
+        assert zero["entropy@5"] == pytest.approx(r["arms"][arm]["entropy@5"])
+        # d_u = 0 is the least diverse list the aggregator makes
+        assert front[0]["entropy@5"] <= zero["entropy@5"] + 1e-9
+    m = r["matched"]["reinfer"]
+    assert m["entropy@5"] == pytest.approx(r["arms"]["reinfer"]["entropy@5"])
+    row = m["arms"]["guarded"]
+    assert set(row) >= {"recall@5_at_matched_entropy", "diff_to_reinfer", "diff_ci"}
