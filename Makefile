@@ -45,12 +45,14 @@ bench: stack
 	$(PYTHON) bench/prequential.py
 	$(PYTHON) bench/stream.py
 	$(PYTHON) bench/serve.py
+	$(PYTHON) bench/loop.py
 
 bench-quick: stack
 	$(PYTHON) bench/model_quality.py --quick
 	$(PYTHON) bench/prequential.py --quick
 	$(PYTHON) bench/stream.py --quick
 	$(PYTHON) bench/serve.py --quick
+	$(PYTHON) bench/loop.py --quick
 
 # --- the main job end to end on the local stack -----------------------------------------------
 demo: stack

@@ -81,7 +81,13 @@ class RetrainConfig(BaseModel):
     """Epochs per retrain. A warm start needs fewer than a first training."""
 
     lr: float = Field(default=1e-2, gt=0)
-    """Peak learning rate (diam train's default)."""
+    """Peak learning rate of a retrain from scratch (diam train's default)."""
+
+    warm_lr: float = Field(default=1e-2, gt=0)
+    """Peak learning rate of a warm-started retrain (its optimizer starts without the active
+    model's moments, so early steps move each weight by about this rate). The from-scratch
+    rate by default: measured through the served path, warm retrains at 1e-3 gained much
+    less over the first model than at 1e-2 (``bench/results/loop.md``)."""
 
     batch_size: int = Field(default=256, ge=2)
     """Training batch size."""
@@ -306,7 +312,8 @@ class Retrainer:
             warm["from"] = active_version
             warm["items_content_init"] = _content_init(
                 init_state, active_dir, full, active.item_ids, catalog)
-        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
+                           lr=cfg.warm_lr if warm else cfg.lr, seed=cfg.seed,
                            device=cfg.device, max_per_user=cfg.max_per_user, threads=cfg.threads)
         self._say(f"retrain {name}: training {mcfg.model} on {len(train_c.items):,} events of "
                   f"{train_c.n_users:,} users ({full.n_items:,} items), "

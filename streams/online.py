@@ -151,6 +151,10 @@ class LearnerHolder:
         self._next_check = 0.0
         self.reloads = 0
         """New base versions picked up since the start (hot reloads; streams.metrics)."""
+        self.longest_reload_s = 0.0
+        """The longest call of the reload hook so far (a poll, a new snapshot loaded, new items
+        appended): the dataflow's worker thread processes nothing meanwhile, so this is its
+        longest stall for a reload (bench/loop.py reports it)."""
 
     def maybe_reload(self) -> None:
         if self._reload is None:
@@ -160,6 +164,7 @@ class LearnerHolder:
             return
         self._next_check = now + self._check_every_s
         found = self._reload()
+        self.longest_reload_s = max(self.longest_reload_s, time.monotonic() - now)
         if found is not None:  # a new version, or new items appended under the same one
             self.reloads += found[1] != self.version
             self.learner, self.version = found
