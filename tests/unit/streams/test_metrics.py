@@ -146,6 +146,24 @@ def test_hot_reloads_count_new_versions_only() -> None:
     assert s[("diam_flow_base_version", (("process", "p"), ("version", "v3")))] == 1
 
 
+def test_longest_reload_is_the_slowest_hook_call() -> None:
+    import time
+
+    from streams.online import LearnerHolder
+
+    waits = iter([0.0, 0.06, 0.0])
+
+    def hook():  # type: ignore[no-untyped-def]
+        time.sleep(next(waits))
+
+    holder = LearnerHolder("L1", "v1", reload=hook, check_every_s=0.0)
+    holder.maybe_reload()
+    assert holder.longest_reload_s < 0.05
+    holder.maybe_reload()
+    holder.maybe_reload()
+    assert 0.06 <= holder.longest_reload_s < 1.0
+
+
 def test_epoch_state_snapshot_is_the_sum_of_the_users_snapshots_between_epoch_ends() -> None:
     stats = FlowStats()
     m = FlowMetrics(stats, process="p")
