@@ -107,7 +107,7 @@ def run(ds, cfg: OnlineConfig, base: BaseView, users: str, arms=ARMS, sweep=()) 
         print(f"at {ref}'s Entropy@20 {m['entropy@20']:.3f} (its Recall@20 {m['recall@20']:.4f}):",
               file=sys.stderr)
         for a, row in m["arms"].items():
-            print(f"  {a:<10} {row['recall@20_at_matched_entropy']:.4f}  diff CI {row['diff_ci']}",
+            print(f"  {a:<10} {row['recall@20_at_matched_entropy']}  diff CI {row['diff_ci']}",
                   file=sys.stderr)
     return res
 
@@ -231,8 +231,42 @@ def main() -> None:
     if args.tag:
         name = name.replace(".json", f"_{args.tag}.json")
     (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    if res.get("fronts"):
+        plot_fronts(res, RESULTS / name.replace(".json", "_fronts.png"))
     print(json.dumps({"dataset": res["dataset"], "arms": res["arms"],
                       "synthetic_recovery": res.get("synthetic_recovery")}, indent=2))
+
+
+def plot_fronts(res: dict, path: Path) -> None:
+    """Each model arm's Recall@20-Entropy@20 front (the dial's shifts), its served point
+    circled, and popularity and frozen as single points: where the arms stand at matched
+    diversity, which the served points alone do not show."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, front in res.get("fronts", {}).items():
+        e = [q["entropy@20"] for q in front]
+        r = [q["recall@20"] for q in front]
+        (line,) = ax.plot(e, r, marker=".", label=arm)
+        served = res["arms"][arm]
+        ax.plot(served["entropy@20"], served["recall@20"], "o", mfc="none", ms=10,
+                color=line.get_color())
+    for arm in ("popularity", "frozen"):
+        if arm in res["arms"]:
+            row = res["arms"][arm]
+            ax.plot(row["entropy@20"], row["recall@20"], "x", label=arm)
+    ax.set_xlabel("Entropy@20 (nats)")
+    ax.set_ylabel("Recall@20")
+    users = res.get("protocol", {}).get("users", "")
+    ax.set_title(f"Prequential fronts over the diversity dial ({users} users; circles: served)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def synthetic_recovery(quick: bool, cfg: OnlineConfig | None = None) -> dict:

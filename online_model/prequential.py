@@ -479,9 +479,10 @@ def _fronts(run: dict[str, _Arm], deltas: list[float], n: int, reps: int = 2000,
             rb, eb = point(a, None, idx)  # [deltas, reps]
             mb = matched_recall(eb.T, rb.T, eb_ref) - rb_ref
             ok = np.isfinite(mb)
+            inside = bool(np.isfinite(m))  # None: the target lies outside this front
             rows[a] = {
-                "recall" + nk + "_at_matched_entropy": m,
-                "diff_to_" + ref: m - float(r_ref) if np.isfinite(m) else float("nan"),
+                "recall" + nk + "_at_matched_entropy": m if inside else None,
+                "diff_to_" + ref: m - float(r_ref) if inside else None,
                 "diff_ci": (list(np.percentile(mb[ok], [2.5, 97.5]).astype(float))
                             if ok.mean() > 0.95 else None),
                 "resamples_inside_front": float(ok.mean()),
