@@ -276,7 +276,6 @@ class BaseView:
         [n, d], e.g. from the content tower) and the same version string: existing rows keep
         their index, so users' state stays valid and nobody is re-anchored. Ids already known
         are skipped. The DIAM head, when present, gets the same rows appended."""
-        import copy
 
         ids = np.asarray(item_ids).astype(str)
         emb = np.asarray(item_emb, dtype=np.float32).reshape(len(ids), self.dim)
@@ -287,15 +286,7 @@ class BaseView:
         new &= np.isin(np.arange(len(ids)), first)
         if not new.any():
             return self
-        head = self.head
-        if head is not None and hasattr(head, "item_emb") and hasattr(head, "item_cat"):
-            head = copy.copy(head)
-            head.item_emb = np.concatenate([head.item_emb, emb[new].astype(head.item_emb.dtype)])
-            head.item_cat = np.concatenate([head.item_cat, cats[new].astype(head.item_cat.dtype)])
-            if hasattr(head, "_emb_flat"):
-                # the compiled global-slot refresh reads the table through this flat view; left
-                # on the old table it reads past its end for the new rows (no bounds checks)
-                head._emb_flat = head.item_emb.reshape(-1)
+        head = self.head if self.head is None else self.head.with_items(emb[new], cats[new])
         meta = {**self.meta, "content_items": int(self.meta.get("content_items", 0) + new.sum())}
         return BaseView(
             np.concatenate([self.item_ids, ids[new]]), np.concatenate([self.item_emb, emb[new]]),

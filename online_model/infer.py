@@ -139,6 +139,18 @@ class DiamHead:
         cats = np.load(d / "item_categories.npy", allow_pickle=False)
         return cls(load_file(str(d / "weights.safetensors")), cfg, cats)
 
+    def with_items(self, item_emb: np.ndarray, item_cat: np.ndarray) -> DiamHead:
+        """A head over this one's item table with rows appended (``item_emb`` [n, d],
+        ``item_cat`` [n]): the weights are shared, the table and its flat view (which the
+        compiled global-slot refresh reads) are new, so existing rows keep their index."""
+        import copy
+
+        head = copy.copy(self)
+        head.item_emb = np.concatenate([self.item_emb, np.asarray(item_emb, _F).reshape(-1, self.dim)])
+        head.item_cat = np.concatenate([self.item_cat, np.asarray(item_cat, np.int64).reshape(-1)])
+        head._emb_flat = head.item_emb.reshape(-1)
+        return head
+
     def infer(self, rows: np.ndarray, signals: np.ndarray) -> HeadOutput:
         """DIAM's interests for item ``rows`` (0-based, oldest first; the last ``seq_len`` are
         used) and the four ``signals``. An empty history is refused (the model has none).
