@@ -152,10 +152,12 @@ def synth_events(n: int, users: int, seed: int, t0: int, new_user_share: float =
     return out
 
 
-def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2) -> dict[str, float]:
+def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2,
+                served_items: int = 0) -> dict[str, float]:
     """What anchoring one user on the network costs: the compiled head on a 50-item history, one
     user at a time (as the stream runs it), and the torch model batched (64 users per call,
-    one thread) for reference."""
+    one thread) for reference; plus the head on the served window (``served_items``, the
+    last items ``OnlineConfig.infer_items`` reads) when that is shorter."""
     import torch
 
     from online_model.checkpoint import load_checkpoint
@@ -181,10 +183,21 @@ def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2) -> dict[str, 
         for _ in range(3):
             model.interests(b)
         per = (time.perf_counter() - t0) / 3 / 64 * 1e3
-    return {"anchor_ms_p50": round(float(np.percentile(t_ms, 50)), 3),
-            "anchor_ms_p99": round(float(np.percentile(t_ms, 99)), 3),
-            "anchor_ms_per_user_torch_batched_64": round(per, 3),
-            "anchor_history_len": 50}
+    out = {"anchor_ms_p50": round(float(np.percentile(t_ms, 50)), 3),
+           "anchor_ms_p99": round(float(np.percentile(t_ms, 99)), 3),
+           "anchor_ms_per_user_torch_batched_64": round(per, 3),
+           "anchor_history_len": 50}
+    if 0 < served_items < 50:
+        t = []
+        for i in range(n_users):
+            t0 = time.perf_counter()
+            base.head.infer(hist[i, -served_items:], sig[i])
+            t.append(time.perf_counter() - t0)
+        t_ms = np.array(t) * 1e3
+        out.update({"anchor_ms_p50_served_window": round(float(np.percentile(t_ms, 50)), 3),
+                    "anchor_ms_p99_served_window": round(float(np.percentile(t_ms, 99)), 3),
+                    "served_window_items": served_items})
+    return out
 
 
 def produce(kafka, topic: str, events: list[ClickEvent]) -> None:
@@ -504,7 +517,7 @@ def main() -> None:
         tp50, tp99, _ = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                   fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
         foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
-        anchor = anchor_cost(base)
+        anchor = anchor_cost(base, served_items=settings.online.infer_items)
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
     for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs"):
@@ -518,6 +531,7 @@ def main() -> None:
         "base": "diam",
         "recovery": True,
         "reanchor_every": settings.online.reanchor_every,
+        "infer_items": settings.online.infer_items,
         "arrivals": "bursty sessions (300 open, mean 8 clicks), 5% of sessions by new users",
         **anchor,
         "events": n,
