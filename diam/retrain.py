@@ -30,7 +30,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,12 @@ class RetrainConfig(BaseModel):
     model's moments, so early steps move each weight by about this rate). The from-scratch
     rate by default: measured through the served path, warm retrains at 1e-3 gained much
     less over the first model than at 1e-2 (``bench/results/loop.md``)."""
+
+    warm_fast_lr_scale: float = Field(default=10.0, gt=0)
+    """In a warm start, the multiple of ``warm_lr`` at which DIAM's d_u fusion and light gate
+    train (10, as from scratch, where they must leave their prior quickly). A warm start
+    begins from fitted values; at 10x a fresh optimizer moves them far (refused candidates had
+    a lower mean d_u than the active model, ``bench/results/loop.md``)."""
 
     batch_size: int = Field(default=256, ge=2)
     """Training batch size."""
@@ -312,9 +318,10 @@ class Retrainer:
             warm["from"] = active_version
             warm["items_content_init"] = _content_init(
                 init_state, active_dir, full, active.item_ids, catalog)
-        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
-                           lr=cfg.warm_lr if warm else cfg.lr, seed=cfg.seed,
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                            device=cfg.device, max_per_user=cfg.max_per_user, threads=cfg.threads)
+        if warm:
+            tcfg = replace(tcfg, lr=cfg.warm_lr, fast_lr_scale=cfg.warm_fast_lr_scale)
         self._say(f"retrain {name}: training {mcfg.model} on {len(train_c.items):,} events of "
                   f"{train_c.n_users:,} users ({full.n_items:,} items), "
                   f"{f'warm from {active_version}' if warm else 'from scratch'}, "

@@ -45,6 +45,7 @@ class TrainConfig:
     eval_every: int = 1  # validation metrics every n epochs (0: never)
     keep_best: bool = False  # end with the weights of the epoch best on VALID users (R@20 + R@50)
     threads: int = 1  # CPU threads; on a shared 2-core box one thread is ~40x faster than two
+    fast_lr_scale: float = 10.0  # multiple of lr for a model's fast parameters (DIAM: d_u fusion, light gate)
 
 
 @dataclass
@@ -177,7 +178,7 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     n_ex = sum(min(len(p), cfg.max_per_user) for p in per_user)
     steps_per_epoch = max(1, math.ceil(n_ex / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay))
+    opt = torch.optim.AdamW(model.param_groups(cfg.lr, cfg.weight_decay, cfg.fast_lr_scale))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, total, cfg.lr, cfg.lr_min))
     # (one multiplier for every group: a group at 10x lr decays to 10x lr_min)
     gen = torch.Generator().manual_seed(cfg.seed)
