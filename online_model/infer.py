@@ -161,6 +161,14 @@ class DiamHead:
         rows = np.ascontiguousarray(np.asarray(rows, dtype=np.int64)[-self.seq_len:])
         if len(rows) == 0:
             raise ValueError("a user needs at least one known item to be inferred")
+        vecs, k, gate_prob, dd, h_seq = self.interests(rows, signals)
+        return HeadOutput(vecs, k, gate_prob, dd, h_seq)
+
+    def interests(self, rows: np.ndarray, signals: np.ndarray
+                  ) -> tuple[np.ndarray, int, float, float, np.ndarray]:
+        """:meth:`infer`'s output as a tuple ``(vecs, k, gate_prob, d, h_seq)``, for ``rows``
+        already int64, contiguous, non-empty and at most ``seq_len`` long: the stream's
+        re-anchoring path, which builds them so (``kernels.ring_window``)."""
         vecs = np.empty((self.k_max, self.dim), _F)
         h_seq = np.empty(self.dim, _F)
         z = float(_forward(rows, self.item_emb, self.item_cat, self._buf, self._off, self._dims,
@@ -171,7 +179,7 @@ class DiamHead:
         if self.fusion is not None:
             fw, fb = self.fusion
             dd = _sigmoid(float(fw @ np.asarray(signals, np.float64)) + fb)
-        return HeadOutput(vecs, k, gate_prob, dd, h_seq)
+        return vecs, k, gate_prob, dd, h_seq
 
     def global_slot(self, mean: np.ndarray, h_seq: np.ndarray) -> np.ndarray:
         """Slot 0, DIAM's global interest, ``mean + MLP([mean, h_seq])`` (float32 [d]) for a

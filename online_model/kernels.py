@@ -50,6 +50,8 @@ __all__ = [
     "anchored",
     "reanchored",
     "propose_k",
+    "ring_window",
+    "reanchor_vectors",
     "signals_update",
     "signal_values",
     "distribution",
@@ -274,6 +276,42 @@ def propose_k(user, k, p, h):
         u.k_streak = 0
         return p
     return k
+
+
+@njit(cache=True, error_model="numpy")
+def ring_window(ring, n, pos, window):
+    """The last ``min(n, window)`` items of the recent-item ring, oldest first, as int64 rows
+    (what the network reads); ``pos`` is where the ring's next item goes."""
+    cap = ring.shape[0]
+    m = min(n, window)
+    out = np.empty(m, np.int64)
+    start = pos - m if n >= cap else n - m  # a full ring wraps at pos
+    for i in range(m):
+        j = start + i
+        if j < 0:
+            j += cap
+        out[i] = ring[j]
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def reanchor_vectors(user, vecs, p, h, Vf, Af, k_old, residual, prior, bound):
+    """A periodic re-anchoring on the network's output ``vecs`` [K_max, d]: K_u from the
+    proposal ``p`` with hysteresis ``h`` (:func:`propose_k`), anchors the first K_u rows of
+    ``vecs``, vectors the same plus, with ``residual``, the learnt offsets ``V - A`` of the
+    interests kept (``Vf``/``Af``: the old flat [k_old * d] arrays); then :func:`reanchored`.
+    Returns the new anchors and vectors ([K_u, d] each)."""
+    k = propose_k(user, k_old, p, h)
+    d = vecs.shape[1]
+    A = vecs[:k].copy()
+    V = A.copy()
+    if residual:
+        m = min(k, k_old)
+        for i in range(m):
+            for j in range(d):
+                V[i, j] += Vf[i * d + j] - Af[i * d + j]
+    reanchored(user, prior, residual, bound)
+    return A, V
 
 
 # -- signals ---------------------------------------------------------------------------------

@@ -542,37 +542,32 @@ class OnlineLearner:
 
     def _anchor_diam(self, state: UserState, out: list[DriftEvent] | None) -> None:
         cfg = self.cfg
-        head = self.base.head
-        rows = state.recent
-        if len(rows) > self._window:
-            rows = rows[-self._window:]
-        res = head.infer(rows, state.signals.values())
+        rec = state.rec
+        n = int(rec["n_recent"][0])
+        if n == 0:
+            raise ValueError("a user needs at least one known item to be inferred")
+        rows = K.ring_window(state.ring, n, int(rec["ring_pos"][0]), self._window)
+        vecs, k_net, _, d_net, h_seq = self.base.head.interests(rows, state.signals.values())
         self.inferences += 1
-        state.hseq = res.h_seq
-        p = min(res.k, self.k_max)
+        state.hseq = h_seq
+        p = min(k_net, self.k_max)
         b = cfg.d_logit_bound
-        prior = min(max(_logit(res.d), -b), b)
+        prior = min(max(_logit(d_net), -b), b)
         if not state.anchored:  # first anchoring, or the first on a new snapshot
-            state.A = res.vecs[:p].copy()
+            state.A = vecs[:p].copy()
             state.V = state.A.copy()
-            K.anchored(state.rec, p, prior)
+            K.anchored(rec, p, prior)
             return
-        settled = state.n_recent >= cfg.k_settle_items
+        settled = n >= cfg.k_settle_items
         h = cfg.k_hysteresis if cfg.guards and settled else 1
-        k = K.propose_k(state.rec, state.k, p, h)
-        A = res.vecs[:k].copy()
-        V = A.copy()
-        residual = cfg.reanchor_residual and cfg.learn
-        if residual:
-            # the steps' offsets ride on the network's new output; a new interest starts at
-            # its anchor, a dropped one takes its offset with it
-            m = min(k, state.k)
-            V[:m] += state.V[:m] - state.A[:m]
-        K.reanchored(state.rec, prior, residual, b)
+        # the steps' offsets ride on the network's new output (with reanchor_residual); a new
+        # interest starts at its anchor, a dropped one takes its offset with it
         old_k = state.k
+        A, V = K.reanchor_vectors(rec, vecs, p, h, state.Vf, state.Af, old_k,
+                                  cfg.reanchor_residual and cfg.learn, prior, b)
         state.A, state.V = A, V
-        if k != old_k and out is not None:
-            out.append(self._event(state, "k_change", k_from=old_k, k_to=k))
+        if A.shape[0] != old_k and out is not None:
+            out.append(self._event(state, "k_change", k_from=old_k, k_to=A.shape[0]))
 
     def _prior_logit(self, sig: np.ndarray) -> float:
         b = self.cfg.d_logit_bound

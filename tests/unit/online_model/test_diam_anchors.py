@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
@@ -137,3 +139,22 @@ def test_global_slot_follows_every_event_between_inferences(diam_base) -> None:
     out = base.head.infer(st.recent, st.signals.values())
     assert np.allclose(base.head.global_slot(base.item_emb[st.recent[-10:]].mean(0), out.h_seq),
                        out.vecs[0], atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cap=st.integers(1, 12), n_items=st.integers(1, 40), window=st.integers(1, 15))
+def test_ring_window_is_the_last_recent_items(cap, n_items, window) -> None:
+    """The re-anchoring path reads the ring through kernels.ring_window: the same rows as
+    ``UserState.recent[-window:]``, across the ring's wrap."""
+    from online_model import kernels as K
+
+    state = UserState("u", 4, 2, "v", "fp", cap, 5.0)
+    rows = np.arange(100, 100 + n_items, dtype=np.int32)
+    for r in rows:  # as the kernel fills the ring: at ring_pos, which then advances
+        pos = int(state.rec["ring_pos"][0])
+        state.ring[pos] = r
+        state.rec["ring_pos"] = (pos + 1) % cap
+        state.rec["n_recent"] = min(int(state.rec["n_recent"][0]) + 1, cap)
+    got = K.ring_window(state.ring, state.n_recent, int(state.rec["ring_pos"][0]), window)
+    assert got.dtype == np.int64
+    assert got.tolist() == state.recent[-window:].tolist() == rows[-min(cap, window):].tolist()
