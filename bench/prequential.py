@@ -205,9 +205,11 @@ def main() -> None:
                 g = row["fronts"]["guarded"]
                 e_g = np.array([q["entropy@20"] for q in g])
                 r_g = np.array([q["recall@20"] for q in g])
-                row["guarded_recall_at_reinfer_entropy"] = float(matched_recall(e_g, r_g, e0))
-                row["reinfer_recall_at_guarded_entropy"] = float(matched_recall(
-                    e_ref, r_ref, row["guarded"]["entropy@20"]))
+                m = [float(matched_recall(e_g, r_g, e0)),
+                     float(matched_recall(e_ref, r_ref, row["guarded"]["entropy@20"]))]
+                # null: the other arm's served entropy lies outside this front
+                row["guarded_recall_at_reinfer_entropy"], row["reinfer_recall_at_guarded_entropy"] \
+                    = (x if np.isfinite(x) else None for x in m)
         out = {"dataset": ds.name, "checkpoint": str(ckpt), "users": "tune",
                "config": cfg.model_dump(), "overrides": args.set,
                "grid": "reanchor_every:infer_items (0: the network's whole window)",
