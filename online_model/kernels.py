@@ -74,10 +74,32 @@ __all__ = [
 ]
 
 # -- signal accumulator layout -------------------------------------------------------------
-S_N, S_SESSIONS, S_DISTINCT, S_WIN_POS = 0, 1, 2, 3
-S_SESS_LEN, S_SESS_SWITCHES, S_SESS_TOP, S_LAST_CAT = 4, 5, 6, 7
-S_LAST_TS, S_EXPLORE, S_SESS_EWM, S_LAST_EXPLORE = 8, 9, 10, 11
-S_HEAD = 16
+# One float64 buffer per user: this named head, then the window of recent categories and five
+# per-category vectors (window counts, session counts, seen, short and long decayed counts).
+SIG_HEAD = np.dtype(
+    [
+        ("n", np.float64),  # clicks seen
+        ("sessions", np.float64),  # sessions started
+        ("distinct", np.float64),  # categories ever seen
+        ("win_pos", np.float64),  # where the window's next category goes
+        ("sess_len", np.float64),  # clicks in the current session
+        ("sess_switches", np.float64),  # category switches in it
+        ("sess_top", np.float64),  # its most frequent category's count
+        ("last_cat", np.float64),  # the last click's category
+        ("last_ts", np.float64),  # the last click's event time (ms)
+        ("explore", np.float64),  # exploration: EW mean of "category new to the window"
+        ("sess_ewm", np.float64),  # EW mean of finished sessions' purpose scores
+        ("last_explore", np.float64),  # the last click's exploration flag
+        ("reserved", np.float64, (4,)),
+    ]
+)
+"""The signal buffer's scalar head by name: the one definition of its layout. The compiled
+kernels address it by the ``S_*`` offsets derived from it; Python reads it by name through
+:attr:`online_model.signals.SignalState.head`."""
+(S_N, S_SESSIONS, S_DISTINCT, S_WIN_POS, S_SESS_LEN, S_SESS_SWITCHES, S_SESS_TOP, S_LAST_CAT,
+ S_LAST_TS, S_EXPLORE, S_SESS_EWM, S_LAST_EXPLORE) = (
+    SIG_HEAD.fields[name][1] // 8 for name in SIG_HEAD.names[:12])
+S_HEAD = SIG_HEAD.itemsize // 8
 WINDOW = 20  # = signals.EXPLORE_WINDOW (checked there)
 
 

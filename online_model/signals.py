@@ -124,6 +124,12 @@ class SignalState:
         return self.buf[start : start + self.n_categories]
 
     @property
+    def head(self) -> np.void:
+        """The buffer's scalar head as a record (:data:`online_model.kernels.SIG_HEAD`): read
+        and written by name, the same memory the kernels update."""
+        return self.buf[: K.S_HEAD].view(K.SIG_HEAD)[0]
+
+    @property
     def n(self) -> int:
         return int(self.buf[K.S_N])
 

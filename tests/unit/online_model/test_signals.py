@@ -87,3 +87,20 @@ def test_exponential_means_follow_river_ewmean():
             ref.update(flag)
     assert abs(s.buf[K.S_EXPLORE] - ref.get()) < 1e-12
     assert abs(s.values()[2] - ref.get()) < 1e-6
+
+
+def test_the_head_record_names_what_the_kernels_update() -> None:
+    """The scalar head is one named record (kernels.SIG_HEAD) over the buffer the kernels
+    update in place: its fields read what the properties read, and a write by name is seen
+    by them."""
+    from online_model import kernels as K
+
+    s = SignalState(3)
+    for i, c in enumerate([0, 1, 1, 2, 0]):
+        s.update(c, 1_000 * i)
+    h = s.head
+    assert K.S_HEAD * 8 == K.SIG_HEAD.itemsize and K.S_LAST_EXPLORE == 11
+    assert (h["n"], h["distinct"], h["last_cat"]) == (5.0, 3.0, 0.0)
+    assert h["n"] == s.n and h["last_explore"] == s.last_explore
+    h["sessions"] = 4.0
+    assert s.n_sessions == 4
