@@ -226,9 +226,9 @@ def main() -> None:
     svc.cfg = svc.cfg.model_copy(update={"epochs": retrain_epochs})
     retrains = [{"window": 3, "seconds": first.seconds["total"], "published": True,
                  "reason": first.reason}]
-    arms = {a: Arm(a, _arm_settings(s, a, tmp), f"bench-loop-{tag}-{a}") for a in ARMS}
-    for a in ("never", "retrain_new_items"):  # the retrain arm's store is the service's
-        publish(first.candidate_path, _store(arms[a].s), redis, ns=arms[a].ns,
+    arms = {x: Arm(x, _arm_settings(s, x, tmp), f"bench-loop-{tag}-{x}") for x in ARMS}
+    for x in ("never", "retrain_new_items"):  # the retrain arm's store is the service's
+        publish(first.candidate_path, _store(arms[x].s), redis, ns=arms[x].ns,
                 data_dir=s.data_dir)
     for arm in arms.values():
         arm.start(redis)
