@@ -17,7 +17,7 @@ in this process against the real broker and Redis:
   ``retrain_new_items`` (the same snapshots, plus new items: catalogue items and items first
   seen in clicks enter the dataflow's base and the API's index with the content tower's
   embedding, and cold lists come from live click counts). The arms without new items follow
-  an empty catalogue topic;
+  an empty catalogue topic and take no items first seen in clicks;
 - each arm's dataflow is the code ``diam run`` runs (:func:`diam.app.online_job`,
   :func:`diam.app.load_holder` with hot reload of new snapshots and catalogue items,
   :func:`streams.runner.run_online`), consuming the topic as it is produced, writing users'
