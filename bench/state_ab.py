@@ -64,21 +64,11 @@ def _base(workload: str):
     import torch
 
     from online_model.base import BaseView
-    from online_model.checkpoint import save_checkpoint
     from online_model.config import OnlineConfig
-    from online_model.corpus import tiny_corpus
-    from online_model.models import ModelConfig, build_model
+    from online_model.testing import tiny_diam_checkpoint
 
     torch.set_num_threads(1)
-    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
-    torch.manual_seed(0)
-    cfg = ModelConfig(model="diam", n_items=c.n_items, n_categories=c.n_categories, dim=8,
-                      seq_len=10, window=5, k_max=4, n_interests=2)
-    m = build_model(cfg, c.item_cat).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    path = save_checkpoint(Path(tempfile.mkdtemp()) / "diam", m, c, seed=0)
+    path, _ = tiny_diam_checkpoint(Path(tempfile.mkdtemp()) / "diam")
     return BaseView.from_checkpoint(path), OnlineConfig(dim=8, k_max=4)
 
 

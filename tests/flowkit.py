@@ -25,28 +25,6 @@ def tiny_base() -> BaseView:
     return BaseView(ids, emb.astype(np.float32), cats, k_max=4, version="tiny-1")
 
 
-def tiny_diam_checkpoint(path, seed: int = 0, model: str = "diam"):
-    """A small trained-looking checkpoint of ``model`` (DIAM by default: the stream anchors on
-    its network) over ``tiny_corpus`` (12 users, 40 items, 4 categories): d = 8, seq_len 10,
-    K_max 4, every weight moved off its initialisation so that all of them matter. Returns the
-    checkpoint directory and the corpus. The online-model tests and their pins share it."""
-    import torch
-
-    from online_model.checkpoint import save_checkpoint
-    from online_model.corpus import tiny_corpus
-    from online_model.models import ModelConfig, build_model
-
-    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
-    torch.manual_seed(seed)
-    cfg = ModelConfig(model=model, n_items=c.n_items, n_categories=c.n_categories, dim=8,
-                      seq_len=10, window=5, k_max=4, n_interests=2)
-    m = build_model(cfg, c.item_cat).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return save_checkpoint(path, m, c, seed=seed), c
-
-
 def tiny_config() -> OnlineConfig:
     return OnlineConfig(dim=DIM, k_max=4)
 

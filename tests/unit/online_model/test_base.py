@@ -100,7 +100,7 @@ def test_with_items_extends_the_diam_head_the_learner_reads(tmp_path) -> None:
     from online_model.config import OnlineConfig
     from online_model.infer import DiamHead
     from online_model.online import OnlineLearner
-    from tests.flowkit import tiny_diam_checkpoint
+    from online_model.testing import tiny_diam_checkpoint
 
     ck, _ = tiny_diam_checkpoint(tmp_path / "diam")
     base = BaseView.from_checkpoint(ck, version="v1")

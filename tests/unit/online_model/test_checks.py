@@ -21,7 +21,7 @@ import pytest
 from online_model.base import BaseView, toy_base
 from online_model.config import OnlineConfig
 from online_model.online import DriftEvent, OnlineLearner, UserState
-from tests.flowkit import tiny_diam_checkpoint
+from online_model.testing import tiny_diam_checkpoint
 
 DIM, K_MAX = 8, 4
 

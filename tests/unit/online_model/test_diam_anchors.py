@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner, UserState
-from tests.flowkit import tiny_diam_checkpoint
+from online_model.testing import tiny_diam_checkpoint
 
 
 @pytest.fixture(scope="module")

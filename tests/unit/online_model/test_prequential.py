@@ -95,7 +95,7 @@ def test_user_fraction_selects_a_subset(drifting):
 
 def test_sweep_gives_fronts_whose_zero_shift_is_the_served_list(drifting, tmp_path):
     from online_model.base import BaseView
-    from tests.flowkit import tiny_diam_checkpoint
+    from online_model.testing import tiny_diam_checkpoint
 
     ck, _ = tiny_diam_checkpoint(tmp_path / "diam")
     base = BaseView.from_checkpoint(ck)

@@ -27,7 +27,7 @@ import torch
 from online_model.base import BaseView, toy_base
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner
-from tests.flowkit import tiny_diam_checkpoint
+from online_model.testing import tiny_diam_checkpoint
 
 PINS = {
     "kmeans-clamp": "8cc8c7dfb2c7599b68a09b587f818f1201b48445041fff026d272512f36b4a4a",
