@@ -39,6 +39,7 @@ from streams.drift import (
     WindowSummary,
     parse_drift_record,
 )
+from streams.kafka_health import BrokerHealth
 from streams.kafka_io import (
     ClickSource,
     KafkaOut,
@@ -208,8 +209,11 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     ensure_topic(kafka, alerts_topic)
     start = {p: hi for p, (_lo, hi) in watermarks(kafka, topic).items()} if from_end else None
     # Small batches interleave the partitions finely while catching up on a backlog.
-    source = ClickSource(kafka, topic, start=start, bounded=bounded, batch_size=200)
-    flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic), cfg, metrics=metrics,
+    health = BrokerHealth(kafka.bootstrap)  # one outage line for the monitor's clients
+    source = ClickSource(kafka, topic, start=start, bounded=bounded, batch_size=200,
+                         health=health)
+    flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic, health), cfg,
+                            metrics=metrics,
                             on_output=on_output, idle_close_s=idle_close_s,
                             partitions=partition_ids(kafka, topic))
     run_main(flow, epoch_interval=timedelta(seconds=1))

@@ -38,13 +38,11 @@ class BrokerHealth:
     connection closed and reopened; a broker in controlled shutdown drops its connections
     and still answers metadata for ~2 s before it goes) is not an outage and logs nothing.
     librdkafka says when a connection fails, never when one works again, so the end is seen
-    by the dataflow: a delivered record, or a metadata answer to the source's probe. Every
-    client of the dataflow for the same bootstrap shares one instance (:meth:`of`);
-    librdkafka's other log lines pass through to the ``streams.kafka_io.rdkafka`` logger.
+    by the dataflow: a delivered record, or a metadata answer to the source's probe. A run
+    builds one and hands it to its source and sinks (``streams.runner``), so their clients
+    share it; librdkafka's other log lines pass through to the ``streams.kafka_io.rdkafka``
+    logger.
     """
-
-    _all: dict[str, BrokerHealth] = {}
-    _all_lock = threading.Lock()
 
     def __init__(self, bootstrap: str, grace_s: float = 3.0) -> None:
         self.bootstrap, self.grace_s = bootstrap, grace_s
@@ -56,14 +54,6 @@ class BrokerHealth:
         self.logger = logging.getLogger(f"{__name__}.rdkafka.{next(_HEALTH_IDS)}")
         self.logger.propagate = False
         self.logger.addHandler(_PassThrough(self))
-
-    @classmethod
-    def of(cls, bootstrap: str) -> BrokerHealth:
-        with cls._all_lock:
-            found = cls._all.get(bootstrap)
-            if found is None:
-                found = cls._all[bootstrap] = cls(bootstrap)
-            return found
 
     @property
     def down_since(self) -> float | None:

@@ -171,8 +171,9 @@ class _SharedConsumer:
     :class:`ClickSource` keeps one per worker thread.
     """
 
-    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int) -> None:
-        self.health = BrokerHealth.of(str(conf.get("bootstrap.servers", "")))
+    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int,
+                 health: BrokerHealth) -> None:
+        self.health = health
         self.consumer = Consumer(self.health.client_config(conf))
         self.topic, self.batch = topic, batch
         self.buffers: dict[int, deque[Message]] = {}
@@ -281,13 +282,17 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
     of a partition-split deployment; events are keyed by user, so a user's clicks all live in
     one partition and per-user state needs no exchange between processes). ``stop``: once set,
     every partition ends its input at its next batch (a clean stop of a tailing run).
+    ``health``: the run's view of the broker, shared with its sinks so that an outage is
+    logged once for the run (default: this source's own).
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
                  end: dict[int, int] | None = None, bounded: bool = False,
                  batch_size: int = 1000, partitions: list[int] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 health: BrokerHealth | None = None) -> None:
         self.cfg, self.topic = cfg, topic
+        self.health = health or BrokerHealth(cfg.bootstrap)
         self.stop = stop
         self.partitions = None if partitions is None else sorted(set(partitions))
         self.start, self.end, self.bounded = start, end, bounded
@@ -335,7 +340,8 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
                 conf = self.cfg.consumer_config()
                 conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
                              "enable.partition.eof": "false"})
-                shared = self._consumers[key] = _SharedConsumer(conf, self.topic, self.batch_size)
+                shared = self._consumers[key] = _SharedConsumer(conf, self.topic, self.batch_size,
+                                                                self.health)
             return shared
 
     def _release(self, shared: _SharedConsumer, part: int) -> None:
@@ -351,7 +357,7 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
 class _Producing:
     """A producer to one topic that remembers delivery failures (shared by the sinks)."""
 
-    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+    def __init__(self, cfg: KafkaConfig, topic: str, health: BrokerHealth) -> None:
         conf = cfg.client_config()
         # linger 0: the sinks wait for delivery (per batch, or at each epoch end), so lingering
         # only adds that much to every wait. No delivery timeout (0): a broker outage of any
@@ -364,7 +370,7 @@ class _Producing:
         # by its identity like the repeats of a resumed run (source partition and offset).
         conf.update({"linger.ms": "0", "message.timeout.ms": "0", "enable.idempotence": "false",
                      "acks": "all", "max.in.flight.requests.per.connection": "1"})
-        self.health = BrokerHealth.of(str(conf.get("bootstrap.servers", "")))
+        self.health = health
         self.producer, self.topic = Producer(self.health.client_config(conf)), topic
         self.failed, self.last_error = 0, ""  # delivery failures, from librdkafka's callbacks
 
@@ -409,13 +415,15 @@ class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
 class KafkaRecordSink(DynamicSink[KafkaOut]):
     """Produce :class:`KafkaOut` records to ``topic``, waiting for delivery after every batch;
     a delivery failure stops the dataflow (and recovery replays it) instead of being ignored.
-    For low-volume outputs (alerts); a busy stream wants :class:`KafkaEpochSink`."""
+    For low-volume outputs (alerts); a busy stream wants :class:`KafkaEpochSink`.
+    ``health``: as :class:`ClickSource`'s."""
 
-    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+    def __init__(self, cfg: KafkaConfig, topic: str, health: BrokerHealth | None = None) -> None:
         self.cfg, self.topic = cfg, topic
+        self.health = health or BrokerHealth(cfg.bootstrap)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
-        return _RecordSinkPartition(_Producing(self.cfg, self.topic))
+        return _RecordSinkPartition(_Producing(self.cfg, self.topic, self.health))
 
 
 class _EpochSinkPartition(StatefulSinkPartition[KafkaOut, None]):
@@ -442,10 +450,11 @@ class KafkaEpochSink(FixedPartitionedSink[KafkaOut, None]):
     """Produce ``(key, KafkaOut)`` items to ``topic`` without waiting per batch: delivery is
     awaited once per epoch (in the partition's snapshot), so a record is never lost to a crash
     yet the worker does not stall on a broker round trip for every batch that carries one.
-    One sink partition (the key only routes to it)."""
+    One sink partition (the key only routes to it). ``health``: as :class:`ClickSource`'s."""
 
-    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+    def __init__(self, cfg: KafkaConfig, topic: str, health: BrokerHealth | None = None) -> None:
         self.cfg, self.topic = cfg, topic
+        self.health = health or BrokerHealth(cfg.bootstrap)
 
     def list_parts(self) -> list[str]:
         return ["0"]
@@ -454,7 +463,7 @@ class KafkaEpochSink(FixedPartitionedSink[KafkaOut, None]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _EpochSinkPartition:
-        return _EpochSinkPartition(_Producing(self.cfg, self.topic))
+        return _EpochSinkPartition(_Producing(self.cfg, self.topic, self.health))
 
 
 def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = None) -> Iterable[Message]:

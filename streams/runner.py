@@ -16,6 +16,7 @@ from bytewax.testing import cluster_main, run_main
 from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
+from streams.kafka_health import BrokerHealth
 from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic
 from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
@@ -73,14 +74,17 @@ def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> Re
 
 
 def job_io(job: OnlineJob) -> tuple[ClickSource, FlowSinks]:
-    """The dataflow's source and sinks for ``job`` (nothing connects before the run starts)."""
+    """The dataflow's source and sinks for ``job`` (nothing connects before the run starts).
+    They share one view of the broker's health: an outage is one line for the run."""
+    health = BrokerHealth(job.kafka.bootstrap)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
-                         batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop)
+                         batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
+                         health=health)
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
                                 max_queued=job.flow.sink_queue_batches),
-        deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic),
-        drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic),
+        deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic, health),
+        drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic, health),
     )
 
 
