@@ -314,7 +314,8 @@ class Retrainer:
                 and active.config.get("model") == mcfg.model):
             torch.manual_seed(cfg.seed)
             fresh = build_model(mcfg, full.item_cat)
-            init_state, warm = remap_state(active.model, active.item_ids, fresh, full.item_ids)
+            init_state, warm = remap_state(active.model, active.item_ids, fresh, full.item_ids,
+                                           active.categories or None, full.category_names)
             warm["from"] = active_version
             warm["items_content_init"] = _content_init(
                 init_state, active_dir, full, active.item_ids, catalog)
@@ -357,7 +358,8 @@ class Retrainer:
             acfg = ModelConfig.from_dict({**active.config, "n_items": full.n_items,
                                           "n_categories": full.n_categories})
             view = build_model(acfg, full.item_cat)
-            state, _ = remap_state(active.model, active.item_ids, view, full.item_ids)
+            state, _ = remap_state(active.model, active.item_ids, view, full.item_ids,
+                                   active.categories or None, full.category_names)
             view.load_state_dict(state)
             act_m = evaluate_slice(view.to(dev).eval(), full, es,
                                    exclude=unknown_rows(full, active.item_ids), device=dev)

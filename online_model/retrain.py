@@ -26,7 +26,8 @@ import numpy as np
 from online_model.corpus import Corpus
 from online_model.evaluate import EvalSet
 
-__all__ = ["time_split", "slice_eval_set", "remap_state", "evaluate_slice", "unknown_rows"]
+__all__ = ["CATEGORY_INPUTS", "time_split", "slice_eval_set", "remap_state", "evaluate_slice",
+           "unknown_rows"]
 
 
 def time_split(corpus: Corpus, fraction: float) -> tuple[Corpus, int]:
@@ -87,15 +88,30 @@ def evaluate_slice(model: Any, corpus: Corpus, es: EvalSet, exclude: np.ndarray 
             for k, v in res.items() if k != "k_u_hist"}
 
 
-def remap_state(source: Any, source_ids: np.ndarray, target: Any,
-                target_ids: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+CATEGORY_INPUTS = ("extractor.gate.0.weight", "towers.cat.0.weight")
+"""DIAM's tensors whose input is ``[d features, one column per category]`` (the gate and the
+category-aware tower read the user's category histogram): their category columns follow the
+category names, not their positions."""
+
+
+def remap_state(source: Any, source_ids: np.ndarray, target: Any, target_ids: np.ndarray,
+                source_categories: list[str] | None = None,
+                target_categories: list[str] | None = None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A full state dict for ``target`` (a freshly built model) that carries ``source``'s
-    weights: ``item_emb`` rows matched by item id, every other tensor copied when the shapes
-    agree. Returns ``(state, report)``; the report counts carried items and lists the tensors
-    that kept their fresh initialisation."""
+    weights: ``item_emb`` rows matched by item id; with both category lists given, the
+    category columns of :data:`CATEGORY_INPUTS` matched by category name (a category new to
+    the target keeps its fresh column), so a category set that changed, even at the same size,
+    is not read by position; every other tensor copied when the shapes agree. Returns
+    ``(state, report)``; the report counts carried items and lists the tensors that kept their
+    fresh initialisation."""
     import torch
 
     src, state = source.state_dict(), {k: v.clone() for k, v in target.state_dict().items()}
+    cat_pos = None
+    if source_categories is not None and target_categories is not None:
+        have = {c: j for j, c in enumerate(source_categories)}
+        cat_pos = [(t, have[c]) for t, c in enumerate(target_categories) if c in have]
     pos = {str(i): r for r, i in enumerate(np.asarray(source_ids).astype(str).tolist())}
     rows_t, rows_s = [], []
     for r, i in enumerate(np.asarray(target_ids).astype(str).tolist()):
@@ -112,6 +128,14 @@ def remap_state(source: Any, source_ids: np.ndarray, target: Any,
                 continue
             v[torch.as_tensor(rows_t, dtype=torch.long)] = w[torch.as_tensor(rows_s,
                                                                              dtype=torch.long)]
+        elif (k in CATEGORY_INPUTS and cat_pos is not None and k in src
+              and src[k].shape[0] == v.shape[0]
+              and src[k].shape[1] - len(source_categories or ()) ==
+              v.shape[1] - len(target_categories or ())):
+            w, d = src[k].to(v.dtype), v.shape[1] - len(target_categories or ())
+            v[:, :d] = w[:, :d]
+            for t, j in cat_pos:
+                v[:, d + t] = w[:, d + j]
         elif k in src and src[k].shape == v.shape:
             state[k] = src[k].detach().clone().to(v.dtype)
         else:

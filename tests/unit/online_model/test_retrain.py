@@ -50,3 +50,27 @@ def test_remap_reports_tensors_whose_shape_changed() -> None:
     state, rep = remap_state(src, np.arange(4), tgt, np.arange(4))
     tgt.load_state_dict(state)
     assert rep["fresh_tensors"] and rep["items_carried"] == 4
+
+
+def test_remap_matches_category_columns_by_name() -> None:
+    """A category set that changed at the same size: the category columns of the gate and the
+    category-aware tower follow the names; a new category keeps its fresh column; without the
+    names the columns are copied by position (the old behaviour)."""
+    from online_model.retrain import CATEGORY_INPUTS
+
+    torch.manual_seed(1)
+    src = build_model(ModelConfig(model="diam", n_items=4, n_categories=3, dim=8))
+    tgt = build_model(ModelConfig(model="diam", n_items=4, n_categories=3, dim=8))
+    fresh = {k: tgt.state_dict()[k].clone() for k in CATEGORY_INPUTS}
+    state, rep = remap_state(src, np.arange(4), tgt, np.arange(4),
+                             ["Action", "Comedy", "Drama"], ["Comedy", "Drama", "Western"])
+    tgt.load_state_dict(state)
+    for k in CATEGORY_INPUTS:
+        w, v = src.state_dict()[k], tgt.state_dict()[k]
+        assert torch.equal(v[:, :8], w[:, :8]), k  # the d feature columns
+        assert torch.equal(v[:, 8], w[:, 9]) and torch.equal(v[:, 9], w[:, 10]), k  # by name
+        assert torch.equal(v[:, 10], fresh[k][:, 10]), k  # Western: new, fresh
+    assert rep["fresh_tensors"] == []
+    by_position, _ = remap_state(src, np.arange(4), tgt, np.arange(4))
+    for k in CATEGORY_INPUTS:
+        assert torch.equal(by_position[k], src.state_dict()[k])
