@@ -34,7 +34,7 @@ decayed counts, each ``C`` long).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -96,9 +96,10 @@ SIG_HEAD = np.dtype(
 """The signal buffer's scalar head by name: the one definition of its layout. The compiled
 kernels address it by the ``S_*`` offsets derived from it; Python reads it by name through
 :attr:`online_model.signals.SignalState.head`."""
+_SIG_FIELDS: Any = SIG_HEAD.fields  # a structured dtype has them (numpy's stubs say "or None")
 (S_N, S_SESSIONS, S_DISTINCT, S_WIN_POS, S_SESS_LEN, S_SESS_SWITCHES, S_SESS_TOP, S_LAST_CAT,
  S_LAST_TS, S_EXPLORE, S_SESS_EWM, S_LAST_EXPLORE) = (
-    SIG_HEAD.fields[name][1] // 8 for name in SIG_HEAD.names[:12])
+    int(_SIG_FIELDS[name][1]) // 8 for name in list(_SIG_FIELDS)[:12])
 S_HEAD = SIG_HEAD.itemsize // 8
 WINDOW = 20  # = signals.EXPLORE_WINDOW (checked there)
 
