@@ -99,6 +99,8 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
         clicks = ClickFirstFollower(
             settings.kafka, topic, settings.flow.click_first_min_clicks,
             known=lambda item: base.index_of(item) >= 0 or item in follower.items)
+        # a restarted run starts with the items its predecessor had (the first reload takes them)
+        clicks.wait_caught_up(settings.flow.click_first_catch_up_s)
 
     def reload() -> tuple[OnlineLearner, str] | None:
         nonlocal base, tower, current

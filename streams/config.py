@@ -150,6 +150,12 @@ class FlowConfig(BaseModel):
     A floor of 2 keeps one stray id from a misbehaving client out of the table; 0 turns the
     rule off in the dataflow."""
 
+    click_first_catch_up_s: float = Field(default=30.0, ge=0)
+    """At start, how long the dataflow waits for its click tail to read the clicks topic's
+    history before the first event, so that a restarted (or resumed) run processes its first
+    events with the click-first items the run before it had; past it, the run starts and the
+    rest arrive with later reload checks."""
+
     reload_check_s: float = Field(default=2.0, gt=0)
     """How often a running dataflow checks for a newly published base version (one Redis GET).
     Two seconds makes a publish visible quickly at negligible cost."""

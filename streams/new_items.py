@@ -25,6 +25,7 @@ clicks rule is re-run over the topic's retention.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,9 @@ class ClickTail:
         self.cfg, self.topic, self.max_records = cfg, topic, max_records
         self.from_beginning = from_beginning
         self.replayed = 0
+        self.caught_up = False
+        """True once the clicks that were on the topic at the first poll have all been
+        returned (at once when reading from now on, or when there is no topic yet)."""
         self._consumer: Any = None
         self._behind: dict[int, int] = {}  # partition -> end offset at start, until reached
 
@@ -141,6 +145,7 @@ class ClickTail:
 
         self.replayed = 0
         if self._consumer is None and not self._assign():
+            self.caught_up = True  # no topic (or no broker) yet: no history to wait for
             return []
         old: list[tuple[str, int]] = []
         out: list[tuple[str, int]] = []
@@ -154,6 +159,7 @@ class ClickTail:
                 if past and m.offset() + 1 >= behind[m.partition()]:
                     del behind[m.partition()]
         self.replayed = len(old)
+        self.caught_up = not behind
         return old + out if old else out
 
     def close(self) -> None:
@@ -178,6 +184,7 @@ class ClickFirstFollower:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._every_s = every_s
+        self.caught_up = False
         self._thread = threading.Thread(target=self._run, name="click-first", daemon=True)
         self._thread.start()
 
@@ -187,11 +194,22 @@ class ClickFirstFollower:
         while not self._stop.is_set():
             try:
                 clicks = self.tail.poll(timeout=self._every_s)
-                with self._lock:
+                with self._lock:  # the rule has run over what caught_up covers
                     self._ready.extend(self.rule.feed(clicks, self._known))
+                    self.caught_up = self.tail.caught_up
             except Exception as exc:  # noqa: BLE001 - the tail retries by itself next round
                 logging.getLogger(__name__).warning("click tail poll failed: %s", exc)
                 self._stop.wait(self._every_s)
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until the tail read what was on the topic when it started (and the rule ran
+        over it); False when ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def take(self) -> list[CatalogItem]:
         """The items that became new since the last call."""
