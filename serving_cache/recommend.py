@@ -223,14 +223,15 @@ class Recommender:
         cold lists are rebuilt from them. Items first seen in clicks (unknown to the snapshot
         and to the catalogue) are added with the content tower's embedding of an item with no
         metadata by the rule the dataflow runs too (``streams.new_items.ClickFirst``, at
-        ``new_item_min_clicks`` clicks, by default ``FlowConfig.click_first_min_clicks``);
-        a tail that reads the topic from its start gives a restarted API the same items."""
+        ``new_item_min_clicks`` clicks, by default ``FlowConfig.click_first_min_clicks``; 0
+        turns the rule off, as in the dataflow); a tail that reads the topic from its start
+        gives a restarted API the same items."""
         from streams.config import FlowConfig
         from streams.new_items import ClickFirst
 
-        rule = self._click_first = ClickFirst(
-            new_item_min_clicks if new_item_min_clicks is not None
-            else FlowConfig().click_first_min_clicks)
+        min_clicks = (new_item_min_clicks if new_item_min_clicks is not None
+                      else FlowConfig().click_first_min_clicks)
+        rule = self._click_first = ClickFirst(min_clicks) if min_clicks > 0 else None
         next_refresh = [0.0]
 
         def known(item: str) -> bool:
@@ -242,7 +243,7 @@ class Recommender:
             clicks = tail.poll(timeout=min(every_s, 1.0))
             if clicks:
                 counts.add(item for item, _ in clicks[getattr(tail, "replayed", 0):])
-                ready = rule.feed(clicks, known)
+                ready = rule.feed(clicks, known) if rule is not None else []
                 if ready:
                     self.add_items(ready)
             now = time.monotonic()

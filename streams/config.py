@@ -148,7 +148,7 @@ class FlowConfig(BaseModel):
     click on the clicks topic: in the dataflow's base (its hot-reload hook) and in the API's
     index (``diam serve``'s click follower), by one rule (``streams.new_items.ClickFirst``).
     A floor of 2 keeps one stray id from a misbehaving client out of the table; 0 turns the
-    rule off in the dataflow."""
+    rule off (in the dataflow and in the API)."""
 
     click_first_catch_up_s: float = Field(default=30.0, ge=0)
     """At start, how long the dataflow waits for its click tail to read the clicks topic's

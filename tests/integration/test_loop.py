@@ -400,6 +400,22 @@ def test_cold_lists_follow_live_clicks_and_click_first_items_become_recommendabl
     snap = rec.active
     assert snap is not None and snap.index_of("from-a-click") == 120
     assert snap.content_rows.tolist() == [120] and snap.index.ntotal == 121
+    # new_item_min_clicks 0 (DIAM_FLOW_CLICK_FIRST_MIN_CLICKS=0) turns the rule off in the API
+    # as in the dataflow: the cold list still follows live clicks, no item enters the index
+    off = Recommender(SnapshotIndex.load(res.path, res.version), redis_client, namespace)
+    off.follow_clicks(ClickTail(kafka, topic), DecayedCounts(half_life_s=600), every_s=0.05,
+                      refresh_s=0.1, new_item_min_clicks=0)
+    t0 = time.monotonic()
+    while True:
+        assert produce_raw(kafka, topic, [(b"u1", encode_event(ClickEvent("u1", "i77", 1_700_000_000_000)))]
+                           * 5 + [(b"u9", encode_event(ClickEvent("u9", "from-a-click", 1_700_000_000_000)))] * 2).ok
+        time.sleep(0.3)
+        if off.recommend("nobody", n=10).items[0] == "i77":
+            break
+        assert time.monotonic() - t0 < 20, "the cold list never followed the clicks"
+    off_snap = off.active
+    assert off_snap is not None and off_snap.index_of("from-a-click") < 0
+    assert off_snap.index.ntotal == 120
 
 
 def test_click_first_items_enter_the_stream_base_by_the_api_rule_and_survive_restarts(
