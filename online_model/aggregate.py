@@ -26,18 +26,14 @@ category already holds ``m`` selected items is ``m / (1 + m)``, so its bonus is
 whole bonus, the second half, the third a third), which balances categories. Without categories (or for an item of unknown category) it is the maximum cosine to
 the selected items (MMR). At ``d_u = 0`` the list is exactly the merge by score.
 
-Why this form, measured on ml-100k (3 seeds of the default DIAM, Recall@20 / Entropy@20;
-chosen on validation users, then read on test users, ``bench/results/model_quality_round2.md``):
-DESIGN §4.5's quotas over *all* of the list, with the bonus ``0.3 d_u (1 - max similarity)``
-(similarity: cosine averaged with "same category"), gave 0.2035 / 1.679 on validation and
-0.2251 / 1.637 on test. The diverse interests are weak retrievers next to DIAM's global slot
-(merge by score: 0.2368 / 1.372 validation), so filling the whole list by their quotas cost
-recall. And the max-similarity bonus saturates: once a category holds one item, it no longer
-tells a category with one item from one with ten, so it does not balance categories.
-Relevance for at least half the list, with the diminishing-returns bonus at ``lam = 0.45 d_u``
-(the largest of {0.2, 0.3, 0.45, 0.6} that met the recall goal on validation), gives 0.2302 /
-1.850 on validation and 0.2366 / 1.815 on test (best baselines: single 0.2166 Recall@20, MIND
-1.513 Entropy@20).
+Why this form (chosen on validation users, then read on test users; the figures are in
+``bench/results/model_quality_round2.md``): DESIGN §4.5's quotas over *all* of the list, with a
+bonus on ``1 - max similarity``, cost recall, because the diverse interests are weak retrievers
+next to DIAM's global slot; and the max-similarity bonus saturates: once a category holds one
+item, it no longer tells a category with one item from one with ten, so it does not balance
+categories. Relevance for at least half the list, with the diminishing-returns bonus at
+``lam = 0.45 d_u`` (the largest of {0.2, 0.3, 0.45, 0.6} that met the recall goal on
+validation), kept the recall and raised the diversity.
 
 Greedy selection is not monotone in d_u for every possible input, and the contract asks that
 the realised diversity of a user's list never falls when d_u rises. So the list for d_u is the
@@ -51,10 +47,8 @@ Cost: one compiled kernel (numba, no fastmath, so results are deterministic) run
 at every grid point. The cosine row of an item is computed once, when some grid point's list
 first selects it, and shared by every later grid point and by the diversity of every list; the
 grid points' lists overlap heavily (about 40 distinct items over 11 lists of 20), so the work is
-a few dozen rows of C cosines instead of the C x C matrix. Measured on the bench's 100k-item
-catalogue (K_u 1..8, 50 candidates each, n = 20, one thread, shared 2-core machine at load ~5):
-0.4 ms p50 per call, from 7-8 ms p50 / 22 ms p99 for the numpy loop it replaces, with the same
-lists for all 300 users. ``nogil``: concurrent requests can aggregate on both cores.
+a few dozen rows of C cosines instead of the C x C matrix (``bench/serve.py`` times the
+whole request, the aggregator included). ``nogil``: concurrent requests can aggregate on both cores.
 
 >>> rng = np.random.default_rng(0)
 >>> vecs = rng.normal(size=(30, 8)).astype(np.float32)

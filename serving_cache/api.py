@@ -17,9 +17,9 @@ Latency (bench/serve.py): the recommendation route answers pre-serialised JSON i
 ``RecommendationOut``'s shape instead of having FastAPI validate and encode the model; the
 metrics middleware is plain ASGI; at startup the aggregator's kernels are compiled and the
 loaded state is frozen out of the garbage collector's scans (:func:`settle_heap`). Routes stay
-plain ``def``: each runs in one worker thread, so a slow Redis never blocks the event loop
-(measured: no slower than running inline on the loop). uvicorn picks ``httptools`` when it is
-installed (a dependency): its pure-Python ``h11`` parser cost about 1 ms more per request here.
+plain ``def``: each runs in one worker thread, so a slow Redis never blocks the event loop.
+uvicorn picks ``httptools`` when it is installed (a dependency): its C parser is faster than the
+pure-Python ``h11``.
 """
 
 from __future__ import annotations
@@ -181,9 +181,9 @@ class _Observe:
 
 def settle_heap() -> None:
     """Collect, then freeze what is alive now (modules, the loaded snapshot) out of the cyclic
-    garbage collector's scans. Measured with a 100k-item snapshot loaded: a full collection
-    took 100 ms, a pause on whichever request happens to trigger it. Frozen objects are still
-    freed by reference counting when a snapshot is dropped."""
+    garbage collector's scans: with a large snapshot loaded, a full collection is a long pause
+    on whichever request happens to trigger it (``bench/serve.py`` counts the collector's
+    pauses). Frozen objects are still freed by reference counting when a snapshot is dropped."""
     gc.collect()
     gc.freeze()
 

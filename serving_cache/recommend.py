@@ -143,10 +143,8 @@ class Recommender:
     ) -> None:
         """``threads`` limits, for the whole process (None leaves them), FAISS's OpenMP threads
         and the BLAS threads numpy uses. One is fastest for the small searches and matrix
-        products of one request; concurrency comes from the server's request threads.
-        Measured on a busy two-core machine: a 3-query exact search over 500 items took 9 ms
-        with FAISS's default pool and under 0.1 ms on one thread; the aggregator took 8.6 ms
-        p50 / 23 ms p99 with OpenBLAS's two threads and 3.5 / 10 ms with one."""
+        products of one request (a pool's start-up and hand-offs cost more than they save at
+        this size); concurrency comes from the server's request threads."""
         if threads is not None:
             limit_threads(threads)
         self.reader = UserReader(redis_client, ns)

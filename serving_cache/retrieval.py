@@ -25,9 +25,9 @@ def limit_threads(n: int) -> None:
     """Cap FAISS (OpenMP) and numpy's BLAS thread pools at ``n`` for this process.
 
     BLAS limits are process-wide. OpenMP's are per calling thread: ``omp_set_num_threads`` in
-    the main thread does not reach a web server's request threads (measured: a 5-query search
-    over 20k items, 1.2 ms p50 on the main thread, took 8.9 ms in a pool thread), so
-    :meth:`SnapshotIndex.search` re-applies the limit in whichever thread searches."""
+    the main thread does not reach a web server's request threads, whose searches then ran on
+    a full OpenMP pool, several times slower, so :meth:`SnapshotIndex.search` re-applies the
+    limit in whichever thread searches."""
     global _omp_threads
     import faiss
     from threadpoolctl import threadpool_limits

@@ -31,8 +31,8 @@ class SnapshotConfig(BaseModel):
 
     exact_max_items: int = Field(default=20_000, ge=1)
     """Catalogues up to this size get an exact ``IndexFlatIP``. Beyond it exact search of a few
-    interest vectors costs milliseconds (measured: 8 queries over 100k items at d=64 take 9 ms
-    p50 on one thread, below FAISS's BLAS threshold of 20 queries), so IVF + SQ8 is used."""
+    interest vectors costs milliseconds (a handful of queries stays below FAISS's BLAS
+    threshold of 20 queries, so each is a scan of the whole table), so IVF + SQ8 is used."""
 
     ivf_nlist: int = Field(default=0, ge=0)
     """IVF lists; 0 picks the power of two nearest to 4·sqrt(N), clipped to [64, 4096]

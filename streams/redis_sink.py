@@ -1,8 +1,8 @@
 """Bytewax sink writing user vectors to Redis through the write-if-newer writer.
 
 Writes run on a background thread per sink partition, so the dataflow computes the next batch
-while Redis executes the previous one (a pipelined write of a few hundred users waits ~10 ms
-on the server; on the dataflow's own thread that wait was a fifth of a tailing run's time).
+while Redis executes the previous one (a pipelined write of a few hundred users waits on the
+server; on the dataflow's own thread that wait was a large share of a tailing run's time).
 Batches queued while a write is in flight are merged, newest value per user, into one write.
 
 Nothing is lost by not waiting:

@@ -48,7 +48,7 @@ from diam.commands import get_settings
     default="score",
     show_default=True,
     help="How interests' lists are merged: best score (fast) or the diversity-aware "
-    "aggregator with the user's d_u (serving's merge, ~2.5 ms a list).",
+    "aggregator with the user's d_u (serving's merge, slower).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
