@@ -313,8 +313,12 @@ class Recommender:
             if len(uv.seen) and not stale and snap.version == uv.model:
                 # the stream's own record of the user's last seen items: rows of this very
                 # snapshot's table (the vectors' version), so what users get excludes what the
-                # prequential evaluation excludes
-                rows = uv.seen[(uv.seen >= 0) & (uv.seen < snap.n_items)].astype(np.int64)
+                # prequential evaluation excludes. Only the published rows: content rows
+                # appended since (new items) are numbered in the order each process met them,
+                # which may differ between this API and the dataflow, and a row read in the
+                # wrong order would exclude another item
+                published = snap.n_items - len(snap.content_rows)
+                rows = uv.seen[(uv.seen >= 0) & (uv.seen < published)].astype(np.int64)
                 banned = np.union1d(banned, rows)
         picked = serve_list(snap.search, uv.vecs, d_used, n, banned, snap.item_vecs,
                             snap.item_categories)

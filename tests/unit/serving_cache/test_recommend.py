@@ -211,3 +211,26 @@ def test_seen_items_pushed_by_the_stream_are_excluded_by_default(snapshot):
     rec2 = Recommender(snapshot, redis_client=_DictRedis({user_key("unit", "u1"): encode_user(other)}),
                        ns="unit")
     assert rec2.recommend("u1", n=10).stale
+
+
+def test_seen_rows_beyond_the_published_table_are_not_trusted(snapshot):
+    """Content rows (new items appended after publishing) are numbered in the order each
+    process met them, so a seen row there may name another item in this API: it is not used,
+    while published rows still are."""
+    import dataclasses
+
+    from serving_cache import encode_user, user_key
+    from serving_cache.codec import UserVectors
+
+    last = snapshot.n_items - 1
+    grown = dataclasses.replace(snapshot, content_rows=np.array([last], dtype=np.int64))
+    v = snapshot.item_vecs[[last, 5]].copy()
+    seen = np.array([last, 5], dtype=np.int32)
+    uv = UserVectors(seq=1, model=snapshot.version, k=2, d=0.5, dim=8, vecs=v, ts=0, n=2,
+                     anchor="diam", seen=seen)
+    store = _DictRedis({user_key("unit", "u1"): encode_user(uv)})
+    got = Recommender(grown, redis_client=store, ns="unit").recommend("u1", n=20).items
+    assert f"i{last}" in got and "i5" not in got
+    # without content rows the same row is a published one, and it is excluded
+    plain = Recommender(snapshot, redis_client=store, ns="unit").recommend("u1", n=20).items
+    assert f"i{last}" not in plain and "i5" not in plain
