@@ -516,12 +516,11 @@ class OnlineLearner:
         head = self.base.head
         if not (self.cfg.refresh_global and head.global_slot_on):
             return
-        window = self._window
-        rows, n = state.ring, state.n_recent  # the whole ring is the network's window...
-        if n > window:  # ...unless it is longer: then its last items, as inference reads them
-            rows = state.recent[-window:]
-            n = len(rows)
-        head.refresh_global(rows, n, state.hseq, state.Af, state.Vf)
+        # the whole ring is the network's window, unless it is longer: then its last items,
+        # as inference reads them (read in place by the kernel)
+        rec = state.rec
+        head.refresh_global(state.ring, int(rec["n_recent"][0]), state.hseq, state.Af, state.Vf,
+                            pos=int(rec["ring_pos"][0]), last=self._window)
 
     def _anchor(self, state: UserState, out: list[DriftEvent] | None = None) -> None:
         """Anchor ``state`` on the base: DIAM's interests of the recent items when the base

@@ -158,3 +158,18 @@ def test_ring_window_is_the_last_recent_items(cap, n_items, window) -> None:
     got = K.ring_window(state.ring, state.n_recent, int(state.rec["ring_pos"][0]), window)
     assert got.dtype == np.int64
     assert got.tolist() == state.recent[-window:].tolist() == rows[-min(cap, window):].tolist()
+
+
+def test_slot0_refresh_reads_the_last_items_of_a_wrapped_ring(diam_base) -> None:
+    """With a full ring that has wrapped, the refresh reads the last ``infer_items`` items in
+    place: the same slot 0 as the global slot of their mean."""
+    base, c = diam_base
+    cfg = OnlineConfig(dim=8, k_max=4, learn=False, guards=False, reanchor_every=100,
+                       infer_items=3, recent_len=7)
+    learner = OnlineLearner(base, cfg)
+    st = learner.new_state("u")
+    for off, it in enumerate(_clicks(c, 30, seed=6)):
+        learner.apply(st, it, 1_000 * off, off)
+    assert st.n_recent == 7 and int(st.rec["ring_pos"][0]) != 0  # full, and wrapped
+    mean = base.item_emb[st.recent[-3:]].astype(np.float64).mean(0)
+    np.testing.assert_allclose(st.A[0], base.head.global_slot(mean, st.hseq), atol=1e-5)
