@@ -162,7 +162,7 @@ class MultiInterestModel(nn.Module):
         """Training stage ('warmup', 'joint', 'finetune') and K-annealing progress in [0, 1]."""
         self.stage, self.anneal = stage, float(anneal)
 
-    def param_groups(self, lr: float, weight_decay: float, fast_scale: float = 10.0) -> list[dict]:
+    def param_groups(self, lr: float, weight_decay: float, fast_scale: float) -> list[dict]:
         """Optimizer parameter groups; one group unless a model needs its own rates
         (``fast_scale``: the multiple of ``lr`` for a model's fast parameters, if it has any)."""
         return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay}]

@@ -123,10 +123,11 @@ class DIAM(MultiInterestModel):
             for p in part.parameters():
                 p.requires_grad_(not frozen)
 
-    def param_groups(self, lr: float, weight_decay: float, fast_scale: float = 10.0) -> list[dict]:
-        """The five-parameter fusion and the light gate learn ``fast_scale`` (10x) faster,
-        without decay: they are small regressions whose targets are fixed, and at the shared
-        rate the fusion barely leaves its 0.5 prior within a CPU-sized run."""
+    def param_groups(self, lr: float, weight_decay: float, fast_scale: float) -> list[dict]:
+        """The five-parameter fusion and the light gate learn ``fast_scale`` times faster
+        (``TrainConfig.fast_lr_scale``), without decay: they are small regressions whose targets
+        are fixed, and at the shared rate the fusion barely leaves its 0.5 prior within a
+        CPU-sized run."""
         fast = [*self.fusion.parameters(), *self.light.parameters()]
         ids = {id(p) for p in fast}
         rest = [p for p in self.parameters() if id(p) not in ids]
