@@ -39,6 +39,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
+from online_model.infer import _refresh_global, head_outputs
+
 __all__ = [
     "USER",
     "PARAMS",
@@ -47,6 +49,8 @@ __all__ = [
     "outcome",
     "new_user",
     "learn_event",
+    "learn_event_diam",
+    "anchor_diam",
     "anchored",
     "reanchored",
     "propose_k",
@@ -177,6 +181,14 @@ PARAMS = np.dtype(
         ("learn", np.bool_),  # take gradient steps (False: frozen anchors)
         ("rollback", np.bool_),  # a drift-cap trip resets to the anchors instead of clamping
         ("network", np.bool_),  # the base has DIAM's network (anchors, the global slot)
+        # DIAM base: what the re-anchoring on the network reads (anchor_diam)
+        ("window", np.int64),  # the network reads the user's last `window` items
+        ("k_max", np.int64),  # the learner's largest K_u
+        ("k_hysteresis", np.int64),  # equal proposals before K_u changes (guards, settled)
+        ("k_settle", np.int64),  # known items before K_u's hysteresis applies
+        ("residual", np.bool_),  # learnt offsets ride on the network's new output
+        ("refresh", np.bool_),  # slot 0 follows the window's mean between inferences
+        ("prior_weight", np.float64),  # signals: the session prior's weight
     ],
 )
 """The learner's constants, read by :func:`learn_event`; lengths already in base units."""
@@ -913,6 +925,91 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     elif u.n_learned % p.regate_every == 0:
         bits |= _REGATE
     return bits, k, rms
+
+
+# -- DIAM base: the network in the per-event path -------------------------------------------------
+# The two kernels below compile the head's forward pass (online_model.infer) into themselves.
+# numba's on-disk cache is keyed on each function's own file, so a change to infer.py alone
+# would leave them stale: this stamp of infer.py (checked by tests/unit/online_model/
+# test_kernels_stamp.py) must be updated with it, which changes this file and so its cache.
+INFER_STAMP = "5cbf37af0ef8f77e"
+
+
+@njit(cache=True, error_model="numpy")
+def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, off, dims,
+                fusion_w, fusion_b, par, out):
+    """Anchor one user on DIAM's network, in one compiled call: the network on the user's last
+    ``window`` items (``ring_window``), K_u from its full gate, d_u's prior from its fusion
+    layer on the user's signals, and the encoder summary into ``hseq``. A first anchoring
+    (the user is not anchored) writes the anchors to ``out`` and returns K_u; a periodic one
+    applies :func:`reanchor_vectors` (hysteresis, learnt offsets) and writes the new anchors
+    and vectors in place when K_u is unchanged (returns -1), else to ``out`` (anchors in
+    ``out[:K·d]``, vectors from ``out[k_max·d]``) and returns the new K_u. ``out``: float32
+    [2·k_max·d], the caller's scratch."""
+    u = user[0]
+    p = par[0]
+    n = u.n_recent
+    rows = ring_window(ring, n, u.ring_pos, p.window)
+    k_head = dims[3]
+    d = hseq.shape[0]
+    emb = h_emb_flat.reshape((h_emb_flat.shape[0] // d, d))
+    vecs = np.empty((k_head, d), np.float32)
+    h_new = np.empty(d, np.float32)
+    a, b, c, e = signal_values(sig, n_cat, p.prior_weight)
+    sig4 = np.empty(4, np.float32)
+    sig4[0], sig4[1], sig4[2], sig4[3] = a, b, c, e
+    k_net, _, d_net = head_outputs(rows, emb, h_cat, buf, off, dims, fusion_w, fusion_b, sig4,
+                                   vecs, h_new)
+    hseq[:] = h_new
+    kk = min(k_net, p.k_max)
+    bound = p.d_bound
+    q = min(max(d_net, 1e-6), 1 - 1e-6)
+    prior = min(max(math.log(q / (1.0 - q)), -bound), bound)
+    if not u.anchored:  # first anchoring, or the first on a new snapshot
+        for i in range(kk):
+            for j in range(d):
+                out[i * d + j] = vecs[i, j]
+        anchored(user, kk, prior)
+        return kk
+    h = p.k_hysteresis if p.guards and n >= p.k_settle else 1
+    k_old = Vf.shape[0] // d
+    A, V = reanchor_vectors(user, vecs, kk, h, Vf, Af, k_old, p.residual and p.learn, prior,
+                            bound)
+    k_new = A.shape[0]
+    if k_new == k_old:
+        Af[:] = A.reshape(-1)
+        Vf[:] = V.reshape(-1)
+        return -1
+    o = p.k_max * d
+    for i in range(k_new):
+        for j in range(d):
+            out[i * d + j] = A[i, j]
+            out[o + i * d + j] = V[i, j]
+    return k_new
+
+
+@njit(cache=True, error_model="numpy")
+def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, table,
+                     par, idx, sess_mode, ts_ms, offset, hseq, h_emb_flat, h_cat, buf, off,
+                     dims, fusion_w, fusion_b, out):
+    """:func:`learn_event` on a DIAM base, with what its bits ask of the network done in the
+    same call: a new user's first anchoring, the periodic re-anchoring (:func:`anchor_diam`),
+    or slot 0's refresh on the window's mean in between. Returns learn_event's ``(bits, k,
+    rms)``, :func:`anchor_diam`'s result (-2 when the network did not run) and d_u's logit
+    after the step, before any re-anchoring (what the step's drift events report): the caller
+    only turns bits into drift events and, when K_u changed, takes the arrays from ``out``."""
+    bits, k, rms = learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms,
+                               item_cats, table, par, idx, sess_mode, ts_ms, offset)
+    u = user[0]
+    d_logit = u.d_logit
+    if bits & (_UNANCHORED | _REANCHOR):
+        return bits, k, rms, anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat,
+                                         h_cat, buf, off, dims, fusion_w, fusion_b, par,
+                                         out), d_logit
+    if bits & _REFRESH_GLOBAL and par[0].refresh:
+        _refresh_global(ring, u.n_recent, u.ring_pos, par[0].window, h_emb_flat, hseq, buf,
+                        off, Af, Vf)
+    return bits, k, rms, -2, d_logit
 
 
 def warm_up() -> None:

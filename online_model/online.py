@@ -21,6 +21,7 @@ for bit, under any worker count and after any resume.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +39,7 @@ from online_model.routing import (
     split_worst,
     stable_hash64,
 )
-from online_model.signals import SIGNAL_CONSTS, SignalState
+from online_model.signals import SESSION_PRIOR_WEIGHT, SIGNAL_CONSTS, SignalState
 
 __all__ = ["DriftEvent", "UserState", "OnlineLearner", "DriftKind", "KnownBases", "learner_params"]
 
@@ -320,7 +321,16 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     p["regate_every"], p["reanchor_every"] = cfg.regate_every, cfg.reanchor_every
     p["guards"], p["learn"] = cfg.guards, cfg.learn
     p["rollback"] = cfg.drift_policy == "rollback"
-    p["network"] = base.head is not None
+    head = base.head
+    p["network"] = head is not None
+    # the network's window: its last seq_len items, or infer_items when that is shorter
+    seq_len = head.seq_len if head is not None else 0
+    p["window"] = min(seq_len, cfg.infer_items) if cfg.infer_items else seq_len
+    p["k_max"] = min(cfg.k_max, base.k_max)
+    p["k_hysteresis"], p["k_settle"] = cfg.k_hysteresis, cfg.k_settle_items
+    p["residual"] = cfg.reanchor_residual
+    p["refresh"] = cfg.refresh_global and head is not None and head.global_slot_on
+    p["prior_weight"] = SESSION_PRIOR_WEIGHT
     return par
 
 
@@ -344,7 +354,6 @@ class OnlineLearner:
         self.base = base
         self.bases.add(base)
         cfg = self.cfg
-        self.k_max = min(cfg.k_max, base.k_max)
         self._max_norm = cfg.max_norm * base.scale
         self._drift_cap = cfg.drift_cap * base.scale
         # negatives come from the items the base can embed
@@ -356,9 +365,11 @@ class OnlineLearner:
         self._emb_flat = base.item_emb.reshape(-1)
         self._dim, self._norms, self._cats = base.dim, base.item_norms, base.item_categories
         self._par = learner_params(cfg, base)
-        # the network's window: its last seq_len items, or infer_items when that is shorter
-        seq_len = base.head.seq_len if base.head is not None else 0
-        self._window = min(seq_len, cfg.infer_items) if cfg.infer_items else seq_len
+        self.k_max = int(self._par[0]["k_max"])
+        self._head = base.head  # the network, anchoring in the per-event kernel; None: k-means
+        # where the anchoring kernel writes a changed K_u's arrays: one per thread (Bytewax
+        # workers of one process share the learner)
+        self._local = threading.local()
 
     def succeed(self, previous: OnlineLearner) -> None:
         """Take over ``previous``'s known bases (a hot reload replaces it by this learner), so
@@ -366,10 +377,14 @@ class OnlineLearner:
         previous.bases.add(self.base)
         self.bases = previous.bases
 
-    @staticmethod
-    def warm_up() -> None:
-        """Compile (or load from cache) the kernels now, not on the first event."""
+    def warm_up(self) -> None:
+        """Compile (or load from cache) the kernels now, not on the first event: on a DIAM
+        base, one click on a throw-away user runs the fused kernel's network path too."""
         K.warm_up()
+        known = np.flatnonzero(self.base.item_norms > 0)
+        if self._head is not None and len(known):
+            self.apply(self.new_state("warm-up"), str(self.base.item_ids[known[0]]), 0, 0)
+            self.inferences -= 1  # not a user's inference
 
     # -- public API ----------------------------------------------------------------------------
     def new_state(self, user_id: str) -> UserState:
@@ -393,9 +408,11 @@ class OnlineLearner:
 
         An offset at or below ``state.seq`` was applied already (at-least-once input) and is
         ignored. Cold items (unknown to the base) update the counters and timing only.
-        The arithmetic is one call of :func:`online_model.kernels.learn_event`; this method
-        turns its :class:`~online_model.kernels.Outcome` into drift events, anchors new users
-        and re-gates K_u.
+        The arithmetic is one compiled call: :func:`online_model.kernels.learn_event_diam` on a
+        DIAM base (the step, then the network's anchoring or slot 0's refresh), else
+        :func:`online_model.kernels.learn_event`; this method turns its
+        :class:`~online_model.kernels.Outcome` into drift events, takes a changed K_u's
+        arrays, and (without the network) anchors new users and re-gates K_u.
         """
         out: list[DriftEvent] = []
         if state.version != self._version:  # a new base: re-anchor first (not for a duplicate)
@@ -405,11 +422,22 @@ class OnlineLearner:
         idx = self._index.get(item_id, -1) if type(item_id) is str else self.base.index_of(item_id)
         sig = state.signals
         mode = -1 if session_id is None else int(session_id != sig.last_session)
-        bits, k, rms = K.learn_event(
-            state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
-            self._emb_flat, self._norms, self._cats, self._table, self._par,
-            idx, mode, int(ts_ms), int(offset),
-        )
+        hd = self._head
+        if hd is not None:  # the network's work for this click runs in the same call
+            bits, k, rms, ran, d_logit = K.learn_event_diam(
+                state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
+                self._emb_flat, self._norms, self._cats, self._table, self._par,
+                idx, mode, int(ts_ms), int(offset),
+                state.hseq, hd._emb_flat, hd.item_cat, hd._buf, hd._off, hd._dims,
+                hd.fusion_w, hd.fusion_b, self._scratch(),
+            )
+        else:
+            bits, k, rms = K.learn_event(
+                state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
+                self._emb_flat, self._norms, self._cats, self._table, self._par,
+                idx, mode, int(ts_ms), int(offset),
+            )
+            d_logit = None
         o = OUTCOMES[bits]
         if o.duplicate:
             return out
@@ -423,25 +451,31 @@ class OnlineLearner:
         if o.cold:
             return out  # cold item: no embedding to learn from
         if o.unanchored:
-            if self.base.head is not None or state.n_recent >= self.cfg.anchor_min_items:
+            if hd is not None:  # anchored on the network by the kernel
+                self._took_anchors(state, ran, True, None)
+            elif state.n_recent >= self.cfg.anchor_min_items:
                 self._anchor(state, out)
             else:
                 state.V = state.A = self._mean_vector(state)
             return out
-        if o.step_capped:
-            out.append(self._event(state, "guard_trip", guard="step_cap", interest=int(k)))
-        if o.drift_capped and self.cfg.drift_policy == "rollback":
-            out.append(self._event(state, "rollback", drift=rms / self.base.scale))
-        elif o.cap_reached:  # report reaching the cap, not every event at it
-            out.append(self._event(state, "guard_trip", guard="drift_cap",
-                                   drift=rms / self.base.scale))
+        if o.step_capped or o.drift_capped or o.cap_reached:
+            # the step's events carry d_u as the step left it (the kernel may have re-anchored
+            # since, which moves d_u's prior)
+            at: dict[str, float] = {} if d_logit is None else {
+                "d": round(1.0 / (1.0 + math.exp(-d_logit)), 4)}
+            if o.step_capped:
+                out.append(self._event(state, "guard_trip", guard="step_cap", interest=int(k),
+                                       **at))
+            if o.drift_capped and self.cfg.drift_policy == "rollback":
+                out.append(self._event(state, "rollback", drift=rms / self.base.scale, **at))
+            elif o.cap_reached:  # report reaching the cap, not every event at it
+                out.append(self._event(state, "guard_trip", guard="drift_cap",
+                                       drift=rms / self.base.scale, **at))
         # K_u: on a DIAM base from the full gate at each re-anchoring (with hysteresis), else
         # from the light gate every regate_every steps
-        if o.reanchor:
-            self._anchor(state, out)
-        elif o.refresh_global:
-            self._refresh_global(state)
-        elif o.regate:
+        if o.reanchor:  # re-anchored on the network by the kernel (only a DIAM base asks)
+            self._took_anchors(state, ran, False, out)
+        elif o.regate:  # (a DIAM base's refresh_global was done by the kernel too)
             k_before = state.k
             self._regate(state, out)
             if self.cfg.guards and state.k != k_before:
@@ -510,18 +544,6 @@ class OnlineLearner:
         distinct = K.ring_distinct(state.ring, n)
         return max(1, min(k, self.k_max, distinct))
 
-    def _refresh_global(self, state: UserState) -> None:
-        """Slot 0 follows the window's mean on every event (DIAM's global interest with the
-        encoder summary of the last inference); the learnt offset rides along."""
-        head = self.base.head
-        if not (self.cfg.refresh_global and head.global_slot_on):
-            return
-        # the whole ring is the network's window, unless it is longer: then its last items,
-        # as inference reads them (read in place by the kernel)
-        rec = state.rec
-        head.refresh_global(state.ring, int(rec["n_recent"][0]), state.hseq, state.Af, state.Vf,
-                            pos=int(rec["ring_pos"][0]), last=self._window)
-
     def _anchor(self, state: UserState, out: list[DriftEvent] | None = None) -> None:
         """Anchor ``state`` on the base: DIAM's interests of the recent items when the base
         has the network's head (K_u from its full gate, d_u's prior from its fusion layer),
@@ -539,34 +561,48 @@ class OnlineLearner:
         state.A, state.V = A, A.copy()
         K.anchored(state.rec, A.shape[0], self._prior_logit(sig))
 
+    def _scratch(self) -> np.ndarray:
+        """This thread's buffer for :func:`online_model.kernels.anchor_diam`'s changed arrays."""
+        buf = getattr(self._local, "out", None)
+        if buf is None:
+            buf = self._local.out = np.empty(2 * self.k_max * self._dim, np.float32)
+        return buf
+
     def _anchor_diam(self, state: UserState, out: list[DriftEvent] | None) -> None:
-        cfg = self.cfg
-        rec = state.rec
-        n = int(rec["n_recent"][0])
-        if n == 0:
+        """Anchor ``state`` on the network (:func:`online_model.kernels.anchor_diam`, the
+        kernel the per-event path runs too): outside a click, after a new base."""
+        if state.n_recent == 0:
             raise ValueError("a user needs at least one known item to be inferred")
-        rows = K.ring_window(state.ring, n, int(rec["ring_pos"][0]), self._window)
-        vecs, k_net, _, d_net, h_seq = self.base.head.interests(rows, state.signals.values())
+        hd = self._head
+        assert hd is not None
+        first = not state.anchored
+        sig = state.signals
+        ran = K.anchor_diam(state.rec, state.ring, sig.buf, sig.n_categories, state.Vf,
+                            state.Af, state.hseq, hd._emb_flat, hd.item_cat, hd._buf, hd._off,
+                            hd._dims, hd.fusion_w, hd.fusion_b, self._par, self._scratch())
+        self._took_anchors(state, ran, first, out)
+
+    def _took_anchors(self, state: UserState, ran: int, first: bool,
+                      out: list[DriftEvent] | None) -> None:
+        """After the anchoring kernel: a first anchoring's K_u anchors (``ran`` of them) are in
+        the scratch buffer and the vectors start at them; a periodic one changed the arrays in
+        place (``ran`` -1) or, with a new K_u, left them in the buffer (a ``k_change`` event).
+        The anchors and vectors are float32 [K_u, d] as before: the learnt offsets (with
+        ``reanchor_residual``) ride on the network's new output, a new interest starts at its
+        anchor, a dropped one takes its offset with it; K_u changes after ``k_hysteresis``
+        equal proposals (guards, once ``k_settle_items`` are known)."""
         self.inferences += 1
-        state.hseq = h_seq
-        p = min(k_net, self.k_max)
-        b = cfg.d_logit_bound
-        prior = min(max(_logit(d_net), -b), b)
-        if not state.anchored:  # first anchoring, or the first on a new snapshot
-            state.A = vecs[:p].copy()
+        d = self._dim
+        buf = self._scratch()
+        if first:
+            state.A = buf[:ran * d].reshape(ran, d).copy()
             state.V = state.A.copy()
-            K.anchored(rec, p, prior)
-            return
-        settled = n >= cfg.k_settle_items
-        h = cfg.k_hysteresis if cfg.guards and settled else 1
-        # the steps' offsets ride on the network's new output (with reanchor_residual); a new
-        # interest starts at its anchor, a dropped one takes its offset with it
-        old_k = state.k
-        A, V = K.reanchor_vectors(rec, vecs, p, h, state.Vf, state.Af, old_k,
-                                  cfg.reanchor_residual and cfg.learn, prior, b)
-        state.A, state.V = A, V
-        if A.shape[0] != old_k and out is not None:
-            out.append(self._event(state, "k_change", k_from=old_k, k_to=A.shape[0]))
+        elif ran >= 0:
+            old_k, o = state.k, self.k_max * d
+            state.A = buf[:ran * d].reshape(ran, d).copy()
+            state.V = buf[o:o + ran * d].reshape(ran, d).copy()
+            if out is not None:
+                out.append(self._event(state, "k_change", k_from=old_k, k_to=ran))
 
     def _prior_logit(self, sig: np.ndarray) -> float:
         b = self.cfg.d_logit_bound
