@@ -102,9 +102,10 @@ class ServeConfig(BaseModel):
     """Bind port."""
 
     gil_switch_interval_ms: float = Field(default=0.5, gt=0)
-    """The server process's GIL switch interval (``sys.setswitchinterval``): how long a thread
-    computing one request may hold the GIL while another, back from its Redis read, waits for
-    it. Python's default is 5 ms; requests are short, so a shorter hand-over cuts the tail
+    """The server process's GIL switch interval (``sys.setswitchinterval``): how long a
+    background thread (the snapshot reload, the catalogue and click followers, the rare routes'
+    workers) may hold the GIL while the event loop, which computes the recommendations, waits
+    for it. Python's default is 5 ms; requests are short, so a shorter hand-over cuts the tail
     under concurrent load (``bench/results/serve.md`` compares both)."""
 
     processes: int = Field(default=1, ge=1)

@@ -13,19 +13,26 @@ Hot reload: give a ``watcher`` with ``poll() -> (version, path) | None`` (e.g.
 ``reload_every_s`` and swaps the new snapshot in, while requests keep using the old one until
 the new one is fully loaded. A snapshot that fails to load leaves the old one serving.
 
-Latency (bench/serve.py): the recommendation route answers pre-serialised JSON in
+Latency (bench/serve.py): the recommendation route answers JSON encoded by ``orjson`` in
 ``RecommendationOut``'s shape instead of having FastAPI validate and encode the model; the
 metrics middleware is plain ASGI; at startup the aggregator's kernels are compiled and the
-loaded state is frozen out of the garbage collector's scans (:func:`settle_heap`). Routes stay
-plain ``def``: each runs in one worker thread, so a slow Redis never blocks the event loop.
-uvicorn picks ``httptools`` when it is installed (a dependency): its C parser is faster than the
-pure-Python ``h11``.
+loaded state is frozen out of the garbage collector's scans (:func:`settle_heap`). uvicorn
+picks ``httptools`` and ``uvloop`` when they are installed (dependencies): a C parser and a C
+event loop instead of ``h11`` and asyncio's Python loop.
+
+The recommendation route is ``async def``: it runs in the event loop's thread, Redis GET
+included, instead of being handed to a worker thread and back. The hand-off (a queue, a thread
+wake-up, a wake-up of the loop, and the GIL passed each way) cost about as much CPU as
+FastAPI's whole request handling, and one process computes one request's Python at a time
+anyway (the GIL); more cores are used by more processes (``diam serve --processes``). A Redis
+that hangs stalls the requests for up to ``RedisConfig.socket_timeout_s`` either way (a worker
+pool of 40 threads is used up within a fraction of a second at a few hundred requests/s, and
+/health waits for a worker too). The other routes are rare and stay plain ``def``.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import threading
@@ -33,6 +40,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -99,10 +107,6 @@ class HealthOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
@@ -287,7 +291,7 @@ def get_app(
         responses=_UNAVAILABLE,
         summary="Top-N items for a user",
     )
-    def recommendations(
+    async def recommendations(
         user_id: Annotated[str, UserId],
         n: Annotated[int, Query(ge=1, le=MAX_N, description="Number of items")] = 20,
         mode: Annotated[
@@ -361,7 +365,7 @@ def get_app(
             "stale": rec.stale,
             "reason": rec.reason,
         }
-        return Response(_dumps(body), media_type="application/json")
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get(
         "/users/{user_id}/interests",
