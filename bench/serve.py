@@ -37,7 +37,9 @@ sample), and measured:
   from ``CLIENTS`` client processes (``bench/loadgen.py``) with interleaved timetables; latency
   from the scheduled time (p50, p99, p99.9), errors by kind, the throughput achieved, and the
   server's own view of the same requests (its ``diam_api_request_seconds`` histogram, scraped
-  before and after: p50/p99 interpolated within buckets);
+  before and after from every server process: p50/p99 interpolated within buckets). A step's
+  clients stop ``DRAIN_S`` after its last due time: at a rate above what the server answers,
+  the backlog not sent by then is counted as ``unsent`` (an error) instead of drained;
 - ``*_cpu_ms_per_request``: CPU time per request, of this thread in process and of the server
   process (all threads) over HTTP: what a request costs whatever else runs on the machine. The
   GIL lets one thread of the server run Python at a time, so about ``1000 /
@@ -48,9 +50,9 @@ sample), and measured:
   counts clicks and rebuilds its cold lists every few seconds in a thread of its own;
 - ``load_switch_interval_5ms``: the 300/s step again against a server whose threads hand the
   GIL over every 5 ms, Python's default, instead of ``diam serve``'s 0.5 ms
-  (``DIAM_SERVE_GIL_SWITCH_INTERVAL_MS``, ``sys.setswitchinterval``): a request thread back
-  from Redis waits for the GIL while another request computes, and this is the measurement of
-  what the longer wait adds.
+  (``DIAM_SERVE_GIL_SWITCH_INTERVAL_MS``, ``sys.setswitchinterval``): the event loop, which
+  computes the requests, waits for the GIL while a background thread (the followers, the
+  reload) holds it, and this is the measurement of what the longer wait adds.
 
 Top-level keys are the 100k catalogue (the goals' setting); ``runs`` holds every row. The box
 is shared: ``setup.load_avg`` records the load before and after, each row its 1-minute load.
@@ -106,6 +108,9 @@ GOAL_ITEMS = 100_000
 RATES = (100, 300, 1000)
 CLIENTS = 4
 GIL_PROBE_RATE = 300
+DRAIN_S = 60.0
+"""A load step's clients stop this long after its last scheduled request; what they have not
+sent by then is reported as ``unsent`` (an overloaded step's backlog)."""
 WARMUP_MIN = 200
 """At least this many warm-up requests (one pass over every user, repeated if needed)."""
 
@@ -325,21 +330,33 @@ def rec_path(uid: str, seen: list[str]) -> str:
     return f"/users/{urllib.parse.quote(uid)}/recommendations?{q}"
 
 
-def server_hist(port: int) -> dict[float, float]:
-    """The server's cumulative bucket counts of the recommendation route."""
+def server_hist(port: int, processes: int = 1) -> dict[float, float]:
+    """The server's cumulative bucket counts of the recommendation route, summed over its
+    ``processes``: each has its own /metrics, and a new connection reaches one of them (the
+    kernel's choice), so connections are opened until each process (its /health ``pid``) has
+    been read once."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    _, body = _get(conn, "/metrics")
-    conn.close()
     out: dict[float, float] = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        if fam.name != "diam_api_request_seconds":
-            continue
-        for s in fam.samples:
-            if s.name.endswith("_bucket") and "recommendations" in s.labels.get("route", ""):
-                out[float(s.labels["le"])] = s.value
-    return out
+    read: set[int] = set()
+    for _ in range(200 * processes):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        pid = json.loads(_get(conn, "/health")[1])["pid"] if processes > 1 else 0
+        if pid not in read:
+            read.add(pid)
+            _, body = _get(conn, "/metrics")
+            for fam in text_string_to_metric_families(body.decode()):
+                if fam.name != "diam_api_request_seconds":
+                    continue
+                for s in fam.samples:
+                    if s.name.endswith("_bucket") and "recommendations" in s.labels.get("route",
+                                                                                         ""):
+                        le = float(s.labels["le"])
+                        out[le] = out.get(le, 0.0) + s.value
+        conn.close()
+        if len(read) == processes:
+            return out
+    raise RuntimeError(f"/metrics read from {len(read)} of {processes} server processes")
 
 
 def hist_quantiles(before: dict[float, float], after: dict[float, float],
@@ -375,10 +392,12 @@ def process_cpu_s(pid: int) -> float:
 
 
 def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients: int,
-              rng: np.random.Generator, server_pid: int,
+              rng: np.random.Generator, server_pid: int, processes: int = 1,
               timeout_s: float = 10.0) -> dict[str, Any]:
     """``rate`` requests/s for ``seconds`` from ``clients`` processes: request ``i`` is due at
-    ``i / rate`` and goes to client ``i % clients``."""
+    ``i / rate`` and goes to client ``i % clients``. The clients stop :data:`DRAIN_S` after the
+    last due time; requests not sent by then count as ``unsent``, and the percentiles are of
+    the requests sent."""
     n = int(rate * seconds)
     picks = rng.integers(len(paths), size=n).tolist()
     offsets = (np.arange(n) / rate).tolist()
@@ -388,14 +407,15 @@ def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients:
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert p.stdin is not None and p.stdout is not None
         p.stdin.write(json.dumps({"port": port, "paths": paths, "picks": picks[c::clients],
-                                  "offsets": offsets[c::clients], "timeout_s": timeout_s}) + "\n")
+                                  "offsets": offsets[c::clients], "timeout_s": timeout_s,
+                                  "deadline_s": seconds + DRAIN_S}) + "\n")
         p.stdin.flush()
         procs.append(p)
     for p in procs:
         assert p.stdout is not None
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("a load client did not start")
-    before = server_hist(port)
+    before = server_hist(port, processes)
     cpu0 = process_cpu_s(server_pid)
     t0 = time.monotonic() + 0.2
     for p in procs:
@@ -405,27 +425,33 @@ def open_loop(port: int, paths: list[str], rate: float, seconds: float, clients:
     lat: list[float] = []
     svc: list[float] = []
     errors: dict[str, int] = {}
+    unsent = 0
     end = t0
     for p in procs:
-        out, _ = p.communicate(timeout=seconds + 120)
+        # a request in flight at the deadline still has its timeout to end
+        out, _ = p.communicate(timeout=seconds + DRAIN_S + timeout_s + 30)
         res = json.loads(out.strip().splitlines()[-1])
         lat += res["latency"]
         svc += res["service"]
+        unsent += res["unsent"]
         end = max(end, res["end"])
         for k, v in res["errors"].items():
             errors[k] = errors.get(k, 0) + v
     server_cpu = process_cpu_s(server_pid) - cpu0
-    after = server_hist(port)
+    after = server_hist(port, processes)
+    sent = n - unsent
+    if unsent:
+        errors["unsent"] = unsent
     p50, p99, p999 = pcts(lat)
     s50, s99 = pcts(svc, (50, 99))
     server = hist_quantiles(before, after)
     return {"rate": rate, "clients": clients, "seconds": seconds, "requests": n,
-            "achieved_per_s": round(n / max(end - t0, 1e-9), 1),
+            "unsent": unsent, "achieved_per_s": round(sent / max(end - t0, 1e-9), 1),
             "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
             "p99_ci95_ms": p99_ci(lat),
             "service_p50_ms": s50, "service_p99_ms": s99,
             "server_p50_ms": server[0], "server_p99_ms": server[1],
-            "server_cpu_ms_per_request": round(server_cpu / n * 1000, 3),
+            "server_cpu_ms_per_request": round(server_cpu / max(sent, 1) * 1000, 3),
             "errors": sum(errors.values()), "errors_by_kind": errors,
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
@@ -546,14 +572,14 @@ def time_http(store_dir: Path, redis_url: str, ns: str, ids: list[str],
             "http_load_avg_1m": round(os.getloadavg()[0], 2),
         }
         if rates:
-            out["load"] = [open_loop(port, paths, r, args.load_seconds, CLIENTS, rng, server.pid)
-                           for r in rates]
+            out["load"] = [open_loop(port, paths, r, args.load_seconds, CLIENTS, rng, server.pid,
+                                     args.processes) for r in rates]
         if feed is not None:
             feed.start()
             time.sleep(2.0)  # the server's first refresh of the cold lists comes with the clicks
             try:
                 step = open_loop(port, paths, GIL_PROBE_RATE, args.load_seconds, CLIENTS, rng,
-                                 server.pid)
+                                 server.pid, args.processes)
             finally:
                 feed.stop()
             step["clicks_per_s"] = feed.rate
@@ -749,17 +775,17 @@ Each suspicion has a measurement in the JSON, per catalogue:
   running (the kernel's run delay). When it is close to a slow request's excess over the
   median, the machine, not the code, made that request slow; it is the figure to read first on
   a shared box.
-- **The GIL under the server's threads**: the server runs each request in a worker thread, and
+- **The GIL in the server**: the recommendation route runs in the event loop's thread (until
+  1ea1874 each request went to a worker thread and back, which cost CPU on every request), and
   one thread runs Python at a time. `server_cpu_ms_per_request` (the server process's CPU per
   request, independent of the load) bounds one process at about `1000 /
   server_cpu_ms_per_request` requests/s; rates near that bound queue whatever the switch
-  interval. Below it, a thread back from its Redis GET waits for the GIL while another request
-  computes, up to the switch interval: `diam serve` sets 0.5 ms
-  (`DIAM_SERVE_GIL_SWITCH_INTERVAL_MS`), and `load_switch_interval_5ms` repeats the 300/s step
-  at Python's default 5 ms, so the difference is that wait. `service_*` (from the
-  send) against the latency from the schedule shows queueing in front of the server;
-  `server_*` (its own histogram, taken inside the app) against `service_*` shows the time in
-  the event loop, the HTTP parser and the hand-off to the worker thread.
+  interval. Below it, the loop waits for the GIL while a background thread holds it, up to the
+  switch interval: `diam serve` sets 0.5 ms (`DIAM_SERVE_GIL_SWITCH_INTERVAL_MS`), and
+  `load_switch_interval_5ms` repeats the 300/s step at Python's default 5 ms, so the
+  difference is that wait. `service_*` (from the send) against the latency from the schedule
+  shows queueing in front of the server; `server_*` (its own histogram, taken inside the app)
+  against `service_*` shows the time in the event loop and the HTTP parser.
 - **Background threads**: with live popularity on (the default), the server's click thread
   rebuilds the active snapshot's cold lists from the click counts every 5 s
   (`SnapshotIndex.set_live_popularity`: per category, a partition to its most popular items;

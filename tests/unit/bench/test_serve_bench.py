@@ -71,6 +71,26 @@ def test_open_loop_counts_a_late_answer_against_the_requests_it_delays() -> None
         httpd.shutdown()
 
 
+def test_open_loop_stops_at_its_deadline_and_counts_the_backlog_unsent(monkeypatch) -> None:
+    """An offered rate the server cannot answer ends DRAIN_S after its last due time (the
+    failed ``--processes 2`` run waited minutes for the 1000/s backlog, then timed out)."""
+    import os
+
+    monkeypatch.setattr(serve, "DRAIN_S", 0.2)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        # 50 requests of 0.3 s each due within 0.5 s: about three are sent by 0.7 s
+        t = time.monotonic()
+        res = _open_loop_with(httpd.server_address[1], ["/slow"], [0] * 50, rate=100.0,
+                              clients=1, rng=None, pid=os.getpid())
+        assert time.monotonic() - t < 5.0
+        assert 40 <= res["unsent"] < 50 and res["errors_by_kind"] == {"unsent": res["unsent"]}
+        assert res["errors"] == res["unsent"] and res["p50_ms"] >= 290.0
+    finally:
+        httpd.shutdown()
+
+
 def _open_loop_with(port, paths, picks, rate, clients, rng, pid):
     """serve.open_loop with a fixed sequence of paths instead of random picks."""
     class FixedRng:
