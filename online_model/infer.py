@@ -189,17 +189,16 @@ class DiamHead:
         _global_slot(self._buf, self._off, np.asarray(mean, dtype=_F), h_seq, out)
         return out
 
-    def refresh_global(self, ring: np.ndarray, n: int, h_seq: np.ndarray, a_flat: np.ndarray,
-                       v_flat: np.ndarray, *, pos: int = 0, last: int = 0) -> None:
-        """Move slot 0 to the global interest of a window, in place and in one compiled call:
-        the mean of the items at ``ring[:n]`` (int32 rows, any order), :meth:`global_slot` of
-        it, then anchor row 0 of ``a_flat`` becomes that and vector row 0 of ``v_flat`` moves
-        by the same shift (a learnt offset rides along). With ``0 < last < n`` the window is
-        the ring's last ``last`` items instead, oldest first (``pos``: where the ring's next
-        item goes), read in place. The stream does this on every event between two
-        inferences, so it is kept to one call."""
-        _refresh_global(ring, n, pos, last, self._emb_flat, h_seq, self._buf, self._off,
-                        a_flat, v_flat)
+    def refresh_global(self, rows: np.ndarray, h_seq: np.ndarray, a_flat: np.ndarray,
+                       v_flat: np.ndarray) -> None:
+        """Move slot 0 to the global interest of the window ``rows`` (item rows, any order),
+        in place and in one compiled call: :meth:`global_slot` of their mean, then anchor row 0
+        of ``a_flat`` becomes that and vector row 0 of ``v_flat`` moves by the same shift (a
+        learnt offset rides along). The stream does this on every event between two
+        inferences, inside its per-event kernel (``kernels.learn_event_diam``), on the rows
+        ``kernels.ring_window`` reads from the user's ring."""
+        _refresh_global(np.ascontiguousarray(rows, np.int64), self._emb_flat, h_seq, self._buf,
+                        self._off, a_flat, v_flat)
 
 
 @njit(cache=True, error_model="numpy")
@@ -448,19 +447,12 @@ def _global_slot(buf, off, mean, h_seq, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _refresh_global(ring, n, pos, last, emb_flat, h_seq, buf, off, a_flat, v_flat):
+def _refresh_global(rows, emb_flat, h_seq, buf, off, a_flat, v_flat):
     d = h_seq.shape[0]
-    cap = ring.shape[0]
-    m, start = n, 0
-    if 0 < last < n:  # the last ``last`` items, oldest first (a full ring wraps at pos)
-        m = last
-        start = pos - m if n >= cap else n - m
+    m = rows.shape[0]
     acc = np.zeros(d)  # float64, as the window mean is accumulated elsewhere in the learner
     for i in range(m):
-        r = start + i
-        if r < 0:
-            r += cap
-        base = ring[r] * d
+        base = rows[i] * d
         for j in range(d):
             acc[j] += emb_flat[base + j]
     mean = np.empty(d, np.float32)

@@ -316,7 +316,8 @@ def propose_k(user, k, p, h):
 @njit(cache=True, error_model="numpy")
 def ring_window(ring, n, pos, window):
     """The last ``min(n, window)`` items of the recent-item ring, oldest first, as int64 rows
-    (what the network reads); ``pos`` is where the ring's next item goes."""
+    (what the network and slot 0's refresh read, and ``UserState.recent``); ``pos`` is where
+    the ring's next item goes. The one place that knows the ring's order."""
     cap = ring.shape[0]
     m = min(n, window)
     out = np.empty(m, np.int64)
@@ -932,7 +933,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
 # numba's on-disk cache is keyed on each function's own file, so a change to infer.py alone
 # would leave them stale: this stamp of infer.py (checked by tests/unit/online_model/
 # test_kernels_stamp.py) must be updated with it, which changes this file and so its cache.
-INFER_STAMP = "5cbf37af0ef8f77e"
+INFER_STAMP = "590f22cddea4488c"
 
 
 @njit(cache=True, error_model="numpy")
@@ -1007,8 +1008,8 @@ def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_
                                          h_cat, buf, off, dims, fusion_w, fusion_b, par,
                                          out), d_logit
     if bits & _REFRESH_GLOBAL and par[0].refresh:
-        _refresh_global(ring, u.n_recent, u.ring_pos, par[0].window, h_emb_flat, hseq, buf,
-                        off, Af, Vf)
+        _refresh_global(ring_window(ring, u.n_recent, u.ring_pos, par[0].window), h_emb_flat,
+                        hseq, buf, off, Af, Vf)
     return bits, k, rms, -2, d_logit
 
 

@@ -215,10 +215,8 @@ class UserState:
     @property
     def recent(self) -> np.ndarray:
         """int32 rows of the last ≤ recent_len known items, oldest first (a copy)."""
-        n, pos = self.n_recent, int(self.rec["ring_pos"][0])
-        if n < len(self.ring):
-            return self.ring[:n].copy()
-        return np.concatenate((self.ring[pos:], self.ring[:pos]))
+        n = self.n_recent
+        return K.ring_window(self.ring, n, int(self.rec["ring_pos"][0]), n).astype(np.int32)
 
     @recent.setter
     def recent(self, rows: np.ndarray) -> None:

@@ -97,8 +97,7 @@ def test_refresh_global_moves_slot_zero_to_the_windows_global_interest(rows) -> 
     a = np.random.default_rng(0).normal(size=(3, head.dim)).astype(np.float32)
     v = a + 0.1
     a0, v0 = a.copy(), v.copy()
-    ring = np.concatenate([rows[::-1], np.zeros(5, np.int32)])  # order and tail do not matter
-    head.refresh_global(ring, len(rows), out.h_seq, a.reshape(-1), v.reshape(-1))
+    head.refresh_global(rows[::-1], out.h_seq, a.reshape(-1), v.reshape(-1))  # any order
     assert np.abs(a[0] - want).max() <= 1e-6
     assert np.allclose(v[0] - a[0], v0[0] - a0[0], atol=1e-6)  # the learnt offset rides along
     assert np.array_equal(a[1:], a0[1:]) and np.array_equal(v[1:], v0[1:])
