@@ -144,7 +144,8 @@ class Recommender:
         """``threads`` limits, for the whole process (None leaves them), FAISS's OpenMP threads
         and the BLAS threads numpy uses. One is fastest for the small searches and matrix
         products of one request (a pool's start-up and hand-offs cost more than they save at
-        this size); concurrency comes from the server's request threads."""
+        this size); concurrency comes from the server's processes (``diam serve
+        --processes``), each computing in its event loop."""
         if threads is not None:
             limit_threads(threads)
         self.reader = UserReader(redis_client, ns)
