@@ -39,12 +39,21 @@ class SnapshotConfig(BaseModel):
     (about 1024 at 100k items, 4096 at 1M): a few hundred items per list."""
 
     ivf_nprobe: int = Field(default=0, ge=0)
-    """Lists probed per query; 0 tunes it at publish time: the smallest of 8, 16, 32, 64, 128
-    whose recall@50 against exact search reaches ``target_recall`` on sampled item vectors."""
+    """Lists probed per query; 0 tunes it at publish time: the smallest of 8, 16, 32, 64, 96,
+    128 whose recall@50 against exact search reaches ``target_recall`` on the tuning queries
+    (the served users' interest vectors, see ``tune_users``)."""
 
     target_recall: float = Field(default=0.95, gt=0, le=1)
     """Recall@50 of IVF against exact search that the nprobe tuning must reach (the serving
     goal of issue 5)."""
+
+    tune_users: int = Field(default=2000, ge=0)
+    """At most this many users of the namespace's Redis are sampled (seeded by ``seed``) and
+    their interest vectors are the queries ``nprobe`` is tuned on: the queries the index will
+    serve. Below 200 such vectors, with no Redis, or at 0, the tuning uses mixtures of item
+    vectors instead (the manifest's ``index.tuning_queries_source`` says which). Its cost is a
+    SCAN of the namespace, a GET per sampled user and an exact search of their vectors (K_u
+    each) at publish time."""
 
     train_points_per_list: int = Field(default=64, ge=39)
     """IVF k-means trains on at most this many real item vectors per list (FAISS warns below

@@ -1,7 +1,8 @@
 """Publish a trainer checkpoint as a versioned snapshot, and watch a trainer directory.
 
 ``publish`` verifies the checkpoint (``online_model.checkpoint.read_checkpoint``: files
-present, shapes that agree, hashes), builds the FAISS item index, stages the snapshot, renames
+present, shapes that agree, hashes), builds the FAISS item index (an IVF index's ``nprobe``
+tuned on the namespace's served users when Redis holds enough, :mod:`snapshotter.tuning`), stages the snapshot, renames
 it into place, switches the active pointer and sets ``diam:{ns}:model:active`` in Redis. Any
 failure before the pointer switch leaves the previous version active and no partial directory.
 Nothing is unpickled: safetensors, JSON, ``np.load(allow_pickle=False)``.
@@ -127,11 +128,18 @@ def publish(
     so (``watch`` and ``rollback`` re-sync Redis from the pointer)."""
     import faiss
 
-    from snapshotter.index import build_index
+    from snapshotter.index import build_index, is_exact
+    from snapshotter.tuning import served_queries
 
     ck = _read(checkpoint)
     cfg: SnapshotConfig = store.cfg
-    index, index_info = build_index(ck.item_emb, cfg)
+    n_items, dim = ck.item_emb.shape
+    queries = None if is_exact(n_items, cfg) else served_queries(redis_client, ns, dim, cfg)
+    index, index_info = build_index(ck.item_emb, cfg, queries)
+    if index_info["kind"] != "flat":
+        log.info("index %s: nprobe %d, recall@50 %.4f on %d queries (%s)",
+                 index_info["factory"], index_info["nprobe"], index_info["recall_at_50"],
+                 index_info["tuning_queries"], index_info["tuning_queries_source"])
     created = now or datetime.now(UTC)
     version = f"{created:%Y%m%dT%H%M%S}-{ck.weights_sha256[:8]}"
     suffix = 1

@@ -84,8 +84,10 @@ def publish_cmd(
     snapshot version, make it active and announce it in Redis.
 
     Catalogues up to snapshot.exact_max_items get an exact index; larger ones IVF+SQ8 trained
-    on the real item vectors, with nprobe tuned to snapshot.target_recall. A bad checkpoint is
-    refused with the file at fault, and the active version does not change.
+    on the real item vectors, with nprobe tuned to snapshot.target_recall on the namespace's
+    served users (up to snapshot.tune_users of them; item mixtures when Redis holds too few or
+    with --no-redis). A bad checkpoint is refused with the file at fault, and the active version
+    does not change.
     """
     from snapshotter.publish import publish
     from snapshotter.store import SnapshotError
@@ -100,7 +102,8 @@ def publish_cmd(
         raise click.ClickException(str(exc)) from None
     info = res.manifest["index"]
     detail = f"{info['factory']}" + (
-        f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']}"
+        f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']} on "
+        f"{info['tuning_queries']} queries from {info['tuning_queries_source']}"
         if info["kind"] != "flat"
         else ""
     )
