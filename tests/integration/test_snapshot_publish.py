@@ -122,3 +122,24 @@ def test_watch_resyncs_redis_with_the_pointer(cli, tmp_path, redis_client, names
     redis_client.delete(model_active_key(namespace))  # e.g. Redis restarted without persistence
     cli("snapshot", "watch", "--once", "--trainer-dir", str(tmp_path / "trainer"))
     assert _active_in_redis(redis_client, namespace) == version
+
+
+def test_publish_tunes_nprobe_on_the_namespace_users(cli, tmp_path, redis_client, namespace,
+                                                     monkeypatch):
+    from snapshotter.testing import clustered_vectors
+
+    x, _ = clustered_vectors(3000, 8, n_clusters=20, seed=5)
+    monkeypatch.setenv("DIAM_SNAPSHOT_EXACT_MAX_ITEMS", "1000")
+    ck = write_checkpoint(tmp_path / "ck", item_emb=x)
+    first = cli("snapshot", "publish", str(ck))  # nobody served yet
+    assert first.exit_code == 0 and "from item mixtures" in first.output, first.output
+    rng = np.random.default_rng(0)
+    RedisWriter(redis_client, namespace).write_batch(
+        (f"u{i}", UserVectors(seq=1, model="m", k=2, d=0.5, dim=8, ts=0, vecs=(
+            x[rng.integers(0, 3000, 2)] + 0.05 * rng.standard_normal((2, 8))).astype(np.float32)))
+        for i in range(150))
+    r = cli("snapshot", "publish", str(ck))
+    assert r.exit_code == 0 and "300 queries from served users" in r.output, r.output
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    info = store.manifest(_active_in_redis(redis_client, namespace))["index"]
+    assert info["tuning_queries_source"] == "served users" and info["tuning_users"] == 150
