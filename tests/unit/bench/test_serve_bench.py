@@ -128,3 +128,15 @@ def test_grown_catalogue_keeps_the_real_items_first() -> None:
     # each added item sits near its parent and has its category
     near = (vecs[30:] @ emb.T / np.linalg.norm(emb, axis=1).clip(1e-9)).argmax(axis=1)
     assert (cats[30:] == base.item_categories[near]).mean() > 0.9
+
+
+def test_recall_users_are_not_the_tuning_users() -> None:
+    users = [SimpleNamespace(user_id=str(i)) for i in range(1, 944)]
+    tune, held = serve.split_users(users)
+    assert {u.user_id for u in tune}.isdisjoint(u.user_id for u in held)
+    assert len(tune) + len(held) == len(users) and 0.4 < len(tune) / len(users) < 0.6
+    again, _ = serve.split_users(list(reversed(users)))  # by id, not by position
+    assert {u.user_id for u in again} == {u.user_id for u in tune}
+    # pinned: the same split in every run and process (not Python's salted str hash)
+    assert [u.user_id for u in tune if int(u.user_id) <= 20] == [
+        "4", "5", "6", "7", "14", "15", "16", "17", "20"]
