@@ -41,7 +41,8 @@ class SnapshotConfig(BaseModel):
     ivf_nprobe: int = Field(default=0, ge=0)
     """Lists probed per query; 0 tunes it at publish time: the smallest of 8, 16, 32, 64, 96,
     128 whose recall@50 against exact search reaches ``target_recall`` on the tuning queries
-    (the served users' interest vectors, see ``tune_users``)."""
+    (the served users' interest vectors, see ``tune_users``), with 95% confidence (the mean
+    over the queries minus 1.645 standard errors, ``recall_at_50_lower`` in the manifest)."""
 
     target_recall: float = Field(default=0.95, gt=0, le=1)
     """Recall@50 of IVF against exact search that the nprobe tuning must reach (the serving

@@ -3,7 +3,8 @@
 Small catalogues get an exact ``IndexFlatIP``. Large ones get ``IVF<nlist>,SQ8`` trained on a
 sample of the *real* item vectors (training on random vectors, as some feature stores do, puts
 the centroids where no item lives and ruins recall), with ``nprobe`` tuned so that recall@50
-against exact search reaches the configured target on the queries it will serve (the served
+against exact search reaches the configured target (with 95% confidence) on the queries it
+will serve (the served
 users' interest vectors, :mod:`snapshotter.tuning`) or, without them, on mixtures of item
 vectors. The choice, its parameters and the queries' source go to the snapshot manifest.
 
@@ -63,11 +64,26 @@ def recall_at(approx: np.ndarray, exact: np.ndarray) -> float:
     >>> recall_at(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]))
     0.6666666666666666
     """
-    hits = [
+    return float(np.mean(recall_hits(approx, exact)))
+
+
+def recall_hits(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Each query's share of its exact top-k row found in its approximate row (float64 [Q])."""
+    return np.array([
         len(set(a[a >= 0].tolist()) & set(e.tolist())) / len(e)
         for a, e in zip(approx, exact, strict=True)
-    ]
-    return float(np.mean(hits))
+    ])
+
+
+def recall_lower_bound(hits: np.ndarray) -> float:
+    """A one-sided 95% lower bound of the mean recall over queries like these: the mean minus
+    1.645 standard errors. nprobe must reach the target with it, not with the sample's mean:
+    on a 1M-item catalogue the mean on 889 tuning vectors reached 0.954 at nprobe 64 while
+    the served users left out of the tuning got 0.937 (bench/results/serve.md)."""
+    n = len(hits)
+    if n < 2:
+        return float(np.mean(hits)) if n else 0.0
+    return float(np.mean(hits) - 1.645 * np.std(hits, ddof=1) / np.sqrt(n))
 
 
 def _tuning_queries(item_vecs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -137,14 +153,15 @@ def build_index(item_vecs: np.ndarray, cfg: SnapshotConfig,
     ivf = faiss.extract_index_ivf(index)
     tried: dict[str, float] = {}
     candidates = (cfg.ivf_nprobe,) if cfg.ivf_nprobe else NPROBE_CANDIDATES
-    chosen, recall = candidates[-1], 0.0
+    chosen, recall, lower = candidates[-1], 0.0, 0.0
     for nprobe in candidates:
         ivf.nprobe = min(nprobe, nlist)
         _, approx = index.search(q, _TUNE_K)
-        recall = recall_at(approx, exact)
+        hits = recall_hits(approx, exact)
+        recall, lower = float(np.mean(hits)), recall_lower_bound(hits)
         tried[str(nprobe)] = round(recall, 4)
         chosen = nprobe
-        if recall >= cfg.target_recall:
+        if lower >= cfg.target_recall:  # the target, reached with 95% confidence
             break
     ivf.nprobe = min(chosen, nlist)
     info.update(
@@ -154,6 +171,7 @@ def build_index(item_vecs: np.ndarray, cfg: SnapshotConfig,
         nprobe=int(ivf.nprobe),
         train_points=int(n_train),
         recall_at_50=round(recall, 4),
+        recall_at_50_lower=round(lower, 4),
         recall_by_nprobe=tried,
         target_recall=cfg.target_recall,
         tuning_queries=int(q.shape[0]),
