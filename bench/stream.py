@@ -241,13 +241,15 @@ def env_for(settings) -> dict[str, str]:
             "DIAM_FLOW_PUSH_EVERY_MS": "100"}
 
 
-def timed_run(cmds: list[list[str]], env: dict[str, str]) -> tuple[float, float]:
+def timed_run(cmds: list[list[str]], env: dict[str, str],
+              cwd: Path | None = None) -> tuple[float, float]:
     """Wall time of bounded dataflow processes, measured from their own start-up line so that
     Python and torch import time is not counted as processing time, and the CPU seconds they
-    report for their dataflow (all threads, start-up excluded), summed."""
+    report for their dataflow (all threads, start-up excluded), summed. ``cwd``: where they run
+    (``bench/stream_ab.py`` runs another revision's tree)."""
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in cmds]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=cwd) for c in cmds]
     starts = []
     for p in procs:
         assert p.stdout is not None
