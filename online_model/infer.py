@@ -301,9 +301,9 @@ def _linear(x, w, b, out):
     ``_BLAS_ROWS`` rows on, the product is one sgemm (single-threaded BLAS, whose sums for a
     row do not depend on the other rows); below, row updates, where a BLAS call costs more
     than it saves. The row updates go four rows at a time (then two, then one), so each row of
-    ``w`` is loaded once for four output rows (1.3-1.6x faster on the head's shapes, bench/results/stream.md);
-    every output element still sums ``b[j]`` then ``x[i, kk] * w[kk, j]`` for kk ascending,
-    so the bits are those of one row at a time."""
+    ``w`` is loaded once for four output rows instead of once per row; every output element
+    still sums ``b[j]`` then ``x[i, kk] * w[kk, j]`` for kk ascending, so the bits are those
+    of one row at a time."""
     n, k = x.shape
     m = w.shape[1]
     if n >= _BLAS_ROWS:
