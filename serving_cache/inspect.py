@@ -9,7 +9,7 @@ import numpy as np
 import redis
 
 from serving_cache.codec import CodecError, UserVectors, decode_user
-from serving_cache.keys import model_active_key, user_pattern
+from serving_cache.keys import model_active_key, user_id_of_key, user_pattern
 
 __all__ = ["NamespaceSummary", "summarize_namespace", "iter_users"]
 
@@ -47,7 +47,7 @@ def _decode_many(client: redis.Redis, keys: list[bytes]):
     for key, raw in zip(keys, client.mget(keys), strict=True):
         if not isinstance(raw, bytes):  # deleted since the SCAN
             continue
-        uid = key.decode().rsplit(":u:", 1)[1]
+        uid = user_id_of_key(key)
         try:
             yield uid, decode_user(raw), len(raw)
         except CodecError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["user_key", "model_active_key", "user_pattern", "validate_namespace"]
+__all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -33,6 +33,16 @@ def user_key(ns: str, user_id: str) -> str:
 def user_pattern(ns: str) -> str:
     """SCAN pattern matching every user key of a namespace."""
     return f"diam:{validate_namespace(ns)}:u:*"
+
+
+def user_id_of_key(key: bytes | str) -> str:
+    """The user id in a user key (:func:`user_key`'s inverse), for keys found by SCAN.
+
+    >>> user_id_of_key(b"diam:live:u:u42")
+    'u42'
+    """
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return text.rsplit(":u:", 1)[1]
 
 
 def model_active_key(ns: str) -> str:

@@ -60,7 +60,7 @@ def served_queries(client: Any | None, ns: str, dim: int, cfg: SnapshotConfig,
                    min_vectors: int = MIN_SERVED_QUERIES) -> ServedQueries:
     """Sample up to ``cfg.tune_users`` users of namespace ``ns`` and return their interest
     vectors of dimension ``dim`` (the catalogue's), or why they cannot be used."""
-    from serving_cache.keys import user_pattern, validate_namespace
+    from serving_cache.keys import user_id_of_key, user_pattern, validate_namespace
     from serving_cache.reader import UserReader, valid_user_id
 
     if cfg.tune_users == 0:
@@ -70,7 +70,7 @@ def served_queries(client: Any | None, ns: str, dim: int, cfg: SnapshotConfig,
     validate_namespace(ns)
     try:
         keys = sorted(client.scan_iter(match=user_pattern(ns), count=1000))
-        uids = [u for k in keys if valid_user_id(u := _user_id(k))]
+        uids = [u for k in keys if valid_user_id(u := user_id_of_key(k))]
         if not uids:
             return _refuse(f"namespace {ns!r} holds no users")
         rng = np.random.default_rng(cfg.seed)
@@ -96,7 +96,3 @@ def served_queries(client: Any | None, ns: str, dim: int, cfg: SnapshotConfig,
                  "of another dimension)", skipped, len(values), ns)
     return ServedQueries(np.ascontiguousarray(vecs, dtype=np.float32), len(fitting))
 
-
-def _user_id(key: bytes | str) -> str:
-    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-    return text.rsplit(":u:", 1)[1]
