@@ -22,7 +22,7 @@ import redis
 from scipy.optimize import linear_sum_assignment
 
 from serving_cache.codec import CodecError, UserVectors, decode_user
-from serving_cache.keys import user_pattern
+from serving_cache.keys import user_id_of_key, user_pattern
 
 __all__ = ["DiffSummary", "NamespaceDiff", "UserDiff", "diff_namespaces", "match_interests",
            "scan_namespace"]
@@ -111,21 +111,20 @@ class NamespaceDiff:
 def scan_namespace(client: redis.Redis, ns: str, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
     """``(user_id, raw value)`` of every user key of ``ns`` (SCAN + MGET, never KEYS)."""
     pattern = user_pattern(ns)
-    prefix = pattern[:-1].encode()
     keys: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=batch):
         keys.append(key if isinstance(key, bytes) else str(key).encode())
         if len(keys) >= batch:
-            yield from _fetch(client, keys, prefix)
+            yield from _fetch(client, keys)
             keys = []
     if keys:
-        yield from _fetch(client, keys, prefix)
+        yield from _fetch(client, keys)
 
 
-def _fetch(client: redis.Redis, keys: list[bytes], prefix: bytes) -> Iterator[tuple[str, bytes]]:
+def _fetch(client: redis.Redis, keys: list[bytes]) -> Iterator[tuple[str, bytes]]:
     for key, raw in zip(keys, client.mget(keys), strict=True):
         if raw is not None:  # deleted between SCAN and MGET
-            yield key[len(prefix):].decode(), raw if isinstance(raw, bytes) else str(raw).encode()
+            yield user_id_of_key(key), raw if isinstance(raw, bytes) else str(raw).encode()
 
 
 def _compare(uid: str, ra: bytes, rb: bytes, a: UserVectors, b: UserVectors) -> UserDiff:
