@@ -239,7 +239,6 @@ def head_outputs(rows, emb, item_cat, buf, off, dims, fusion_w, fusion_b, signal
 (_POSF, _POSC, _NORMW, _NORMB, _CAPS, _SAW1, _SAB1, _SAW2, _MIX, _OUTW, _OUTB, _G1W, _G1B, _G2W,
  _G2B, _M1W, _M1B, _M2W, _M2B, _BINIT, _NG) = range(21)
 (_WQKV, _BQKV, _WO, _BO, _W1, _B1, _W2, _B2, _N1W, _N1B, _N2W, _N2B, _NB) = range(13)
-_BLAS_ROWS = 16
 
 
 _LOG2E = np.float32(1.44269504088896341)
@@ -297,21 +296,18 @@ def _v(buf, off, i, r):
 
 @njit(cache=True, error_model="numpy")
 def _linear(x, w, b, out):
-    """out = x @ w + b for x [n, k], w [k, m] (the transposed torch weight), b [m]. From
-    ``_BLAS_ROWS`` rows on, the product is one sgemm (single-threaded BLAS, whose sums for a
-    row do not depend on the other rows); below, row updates, where a BLAS call costs more
-    than it saves. The row updates go four rows at a time (then two, then one), so each row of
-    ``w`` is loaded once for four output rows instead of once per row; every output element
-    still sums ``b[j]`` then ``x[i, kk] * w[kk, j]`` for kk ascending, so the bits are those
-    of one row at a time."""
+    """out = x @ w + b for x [n, k], w [k, m] (the transposed torch weight), b [m], as row
+    updates, four rows and four terms at a time: each output element becomes
+    ``(((o + x0·w0) + x1·w1) + x2·w2) + x3·w3``, the very roundings of one term at a time in
+    ascending order (no sum is reordered, so the bits are those of the one-row, one-term loop),
+    while each row of ``out`` is loaded and stored once per four terms instead of once per
+    term and each row of ``w`` once per four rows. The stores were the bound: this form ran
+    the head on 10 items in 29 µs against 47 µs one term at a time, and beat single-threaded
+    sgemm (which it replaced from 16 rows on) at every history length up to 50
+    (``bench/results/stream.md``)."""
     n, k = x.shape
     m = w.shape[1]
-    if n >= _BLAS_ROWS:
-        np.dot(x, w, out)
-        for i in range(n):
-            for j in range(m):
-                out[i, j] += b[j]
-        return
+    k4 = k - k % 4
     i = 0
     while i + 3 < n:
         o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
@@ -320,7 +316,19 @@ def _linear(x, w, b, out):
             o1[j] = b[j]
             o2[j] = b[j]
             o3[j] = b[j]
-        for kk in range(k):
+        for kk in range(0, k4, 4):
+            a00, a01, a02, a03 = x[i, kk], x[i, kk + 1], x[i, kk + 2], x[i, kk + 3]
+            a10, a11, a12, a13 = x[i + 1, kk], x[i + 1, kk + 1], x[i + 1, kk + 2], x[i + 1, kk + 3]
+            a20, a21, a22, a23 = x[i + 2, kk], x[i + 2, kk + 1], x[i + 2, kk + 2], x[i + 2, kk + 3]
+            a30, a31, a32, a33 = x[i + 3, kk], x[i + 3, kk + 1], x[i + 3, kk + 2], x[i + 3, kk + 3]
+            w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
+            for j in range(m):
+                u0, u1, u2, u3 = w0[j], w1[j], w2[j], w3[j]
+                o0[j] = o0[j] + a00 * u0 + a01 * u1 + a02 * u2 + a03 * u3
+                o1[j] = o1[j] + a10 * u0 + a11 * u1 + a12 * u2 + a13 * u3
+                o2[j] = o2[j] + a20 * u0 + a21 * u1 + a22 * u2 + a23 * u3
+                o3[j] = o3[j] + a30 * u0 + a31 * u1 + a32 * u2 + a33 * u3
+        for kk in range(k4, k):
             a0, a1, a2, a3 = x[i, kk], x[i + 1, kk], x[i + 2, kk], x[i + 3, kk]
             wr = w[kk]
             for j in range(m):
@@ -330,26 +338,20 @@ def _linear(x, w, b, out):
                 o2[j] += a2 * wj
                 o3[j] += a3 * wj
         i += 4
-    if i + 1 < n:
-        o0, o1 = out[i], out[i + 1]
+    while i < n:
+        o0 = out[i]
         for j in range(m):
             o0[j] = b[j]
-            o1[j] = b[j]
-        for kk in range(k):
-            a0, a1 = x[i, kk], x[i + 1, kk]
+        for kk in range(0, k4, 4):
+            a0, a1, a2, a3 = x[i, kk], x[i, kk + 1], x[i, kk + 2], x[i, kk + 3]
+            w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
+            for j in range(m):
+                o0[j] = o0[j] + a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
+        for kk in range(k4, k):
+            a = x[i, kk]
             wr = w[kk]
             for j in range(m):
-                wj = wr[j]
-                o0[j] += a0 * wj
-                o1[j] += a1 * wj
-        i += 2
-    while i < n:
-        for j in range(m):
-            out[i, j] = b[j]
-        for kk in range(k):
-            a = x[i, kk]
-            for j in range(m):
-                out[i, j] += a * w[kk, j]
+                o0[j] += a * wr[j]
         i += 1
 
 
@@ -618,9 +620,10 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
 
 
 def _one_blas_thread() -> None:
-    """Limit the process's BLAS to one thread. The head runs a few dozen tiny matrix products
-    per user; OpenBLAS threads only add hand-offs, and on a busy machine they cost an order of
-    magnitude (bench/results/prequential.md). Process-wide by nature (the BLAS library has one
+    """Limit the process's BLAS to one thread. The head's own products are compiled row
+    updates, but its fusion dot product (``np.dot``) and the learner's small numpy products
+    call BLAS; OpenBLAS threads only add hand-offs there, and on a busy machine they cost an
+    order of magnitude (bench/results/prequential.md). Process-wide by nature (the BLAS library has one
     setting); the stream and the evaluations that build a head want it."""
     import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls: load it first)
     from threadpoolctl import threadpool_limits
