@@ -101,3 +101,26 @@ def test_refresh_global_moves_slot_zero_to_the_windows_global_interest(rows) -> 
     assert np.abs(a[0] - want).max() <= 1e-6
     assert np.allclose(v[0] - a[0], v0[0] - a0[0], atol=1e-6)  # the learnt offset rides along
     assert np.array_equal(a[1:], a0[1:]) and np.array_equal(v[1:], v0[1:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 11), k=st.integers(1, 13), m=st.integers(1, 20), seed=st.integers(0, 99))
+def test_linear_has_the_bits_of_one_term_at_a_time(n, k, m, seed) -> None:
+    """``_linear`` takes four rows and four terms per pass; its docstring promises the roundings
+    of the plain loop (bias, then x[i, kk]·w[kk, j] for kk ascending), so a history's anchors
+    do not depend on the blocking. Shapes cover every remainder of the blocks."""
+    from online_model.infer import _linear
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, k)).astype(np.float32)
+    w = rng.normal(size=(k, m)).astype(np.float32)
+    b = rng.normal(size=m).astype(np.float32)
+    out = np.full((n, m), np.nan, np.float32)
+    _linear(x, w, b, out)
+    ref = np.empty((n, m), np.float32)
+    for i in range(n):
+        acc = b.copy()
+        for kk in range(k):
+            acc = (acc + x[i, kk] * w[kk]).astype(np.float32)  # one rounding per product, per sum
+        ref[i] = acc
+    assert out.tobytes() == ref.tobytes()
