@@ -301,10 +301,9 @@ def _linear(x, w, b, out):
     ``(((o + x0·w0) + x1·w1) + x2·w2) + x3·w3``, the very roundings of one term at a time in
     ascending order (no sum is reordered, so the bits are those of the one-row, one-term loop),
     while each row of ``out`` is loaded and stored once per four terms instead of once per
-    term and each row of ``w`` once per four rows. The stores were the bound: this form ran
-    the head on 10 items in 29 µs against 47 µs one term at a time, and beat single-threaded
-    sgemm (which it replaced from 16 rows on) at every history length up to 50
-    (``bench/results/stream.md``)."""
+    term and each row of ``w`` once per four rows: the stores were the bound. It is also faster
+    than the single-threaded sgemm that ran from 16 rows on before, at every history length up
+    to 50, so no product here calls BLAS (``bench/head_ab.py``, ``bench/results/stream.md``)."""
     n, k = x.shape
     m = w.shape[1]
     k4 = k - k % 4
