@@ -68,6 +68,17 @@ class KafkaConfig(BaseModel):
     dataflow; with 64 KiB a tailing run fetches about every ``fetch_wait_max_ms``. Bulk reads
     are unchanged: their fetches are full."""
 
+    stuck_client_s: float = Field(default=30.0, ge=0)
+    """The dataflow's Kafka clients: a partition the consumer has read nothing from for this
+    long, while a fresh client sees records beyond its next offset, or a producer (a sink) that
+    has delivered nothing for this long while a fresh client finds every partition of its topic
+    led, is stuck; the client is rebuilt (the consumer at its next offsets, the producer with its
+    undelivered records produced again) and a warning logged (0: never). librdkafka can leave a
+    partition leaderless for good after a broker restart (a metadata update naming leader -1 is
+    skipped, confluentinc/librdkafka#5430), and the fault matrix's ``broker_restart`` once saw a
+    tailing run read nothing more after the restart (``bench/results/faults_stuck_client.md``).
+    A broker outage is not this: librdkafka's own retries wait it out."""
+
     extra: dict[str, str] = Field(default_factory=dict)
     """Any further librdkafka properties, passed through unchanged (e.g.
     ``{"ssl.endpoint.identification.algorithm": "none"}``); they override the fields above."""

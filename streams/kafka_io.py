@@ -10,6 +10,7 @@ the offsets as with the stock source.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -35,6 +36,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import KafkaConfig
 from streams.kafka_health import BrokerHealth
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BrokerHealth",
@@ -169,19 +172,31 @@ class _SharedConsumer:
     Here one consumer fetches for all of them and hands each record to its partition's
     buffer; per-partition order and offsets (the recovery snapshots) are unchanged. The
     :class:`ClickSource` keeps one per worker thread.
+
+    A watchdog guards against a partition librdkafka stops fetching while the broker is up
+    (``KafkaConfig.stuck_client_s``): it then rebuilds the consumer at every partition's
+    next offset, so nothing is skipped or read twice.
     """
 
     def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int,
-                 health: BrokerHealth) -> None:
+                 health: BrokerHealth, stall_s: float = 0.0) -> None:
         self.health = health
-        self.consumer = Consumer(self.health.client_config(conf))
+        self._conf = dict(conf)
+        self.consumer = Consumer(self.health.client_config(dict(conf)))
         self.topic, self.batch = topic, batch
         self.buffers: dict[int, deque[Message]] = {}
         self._next_probe = 0.0
+        self.stall_s = stall_s
+        self._next: dict[int, int] = {}  # per partition: the offset after the last one buffered
+        self._moved: dict[int, float] = {}  # per partition: when it last delivered (or was added)
+        self._next_watch = 0.0
+        self.rebuilds = 0
+        """Consumers rebuilt by the watchdog since the start."""
 
     def add(self, part: int, start: int) -> deque[Message]:
         buf: deque[Message] = deque()
         self.buffers[part] = buf
+        self._next[part], self._moved[part] = start, time.monotonic()
         self.consumer.incremental_assign([TopicPartition(self.topic, part, start)])
         return buf
 
@@ -189,6 +204,8 @@ class _SharedConsumer:
         """Stop reading ``part``; False when it was not read here (released already)."""
         if self.buffers.pop(part, None) is None:
             return False
+        self._next.pop(part, None)
+        self._moved.pop(part, None)
         self.consumer.incremental_unassign([TopicPartition(self.topic, part)])
         return True
 
@@ -198,6 +215,7 @@ class _SharedConsumer:
         msgs = self.consumer.consume(self.batch, 0.001)
         if self.health.down_since is not None:
             self._probe()
+        now = time.monotonic()
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -209,6 +227,53 @@ class _SharedConsumer:
             buf = self.buffers.get(m.partition() or 0)
             if buf is not None:
                 buf.append(m)
+        if msgs:  # the watchdog's bookkeeping, per partition rather than per record
+            for part, buf in self.buffers.items():
+                if buf:
+                    off = buf[-1].offset()
+                    assert off is not None
+                    if off + 1 != self._next[part]:
+                        self._next[part], self._moved[part] = off + 1, now
+        if self.stall_s > 0 and now >= self._next_watch:
+            self._next_watch = now + min(self.stall_s, 5.0)
+            self._watch(now)
+
+    def _watch(self, now: float) -> None:
+        """Rebuild the consumer when a partition that has been quiet for ``stall_s`` has
+        records beyond its next offset, as a fresh client sees them, while the broker is up."""
+        quiet = [p for p, t in self._moved.items() if now - t >= self.stall_s]
+        if not quiet or self.health.down_since is not None:
+            return
+        fresh = Consumer(self.health.client_config(dict(self._conf)))
+        behind: dict[int, int] = {}
+        try:
+            for p in quiet:
+                high = fresh.get_watermark_offsets(TopicPartition(self.topic, p), timeout=2.0)[1]
+                if high > self._next[p]:
+                    behind[p] = high
+                else:
+                    self._moved[p] = now  # caught up, merely idle: look again in stall_s
+        except KafkaException:
+            return  # the cluster does not answer for it either: an outage, not a stuck client
+        finally:
+            fresh.close()
+        if not behind:
+            return
+        log.warning("Kafka consumer of %s stuck: partition(s) %s delivered nothing for %.0f s "
+                    "while the broker holds records from offset %s on (high watermark %s); "
+                    "rebuilding the consumer at its next offsets", self.topic, sorted(behind),
+                    self.stall_s, [self._next[p] for p in sorted(behind)],
+                    [behind[p] for p in sorted(behind)])
+        old, self.consumer = self.consumer, Consumer(self.health.client_config(dict(self._conf)))
+        self.consumer.incremental_assign(
+            [TopicPartition(self.topic, p, self._next[p]) for p in self.buffers])
+        for p in self.buffers:
+            self._moved[p] = now
+        self.rebuilds += 1
+        try:
+            old.close()
+        except KafkaException:
+            pass  # the stuck client's close may fail; the new one owns the partitions
 
     def _probe(self) -> None:
         # records already fetched say nothing about the broker now: ask it for metadata, at
@@ -340,8 +405,9 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
                 conf = self.cfg.consumer_config()
                 conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
                              "enable.partition.eof": "false"})
-                shared = self._consumers[key] = _SharedConsumer(conf, self.topic, self.batch_size,
-                                                                self.health)
+                shared = self._consumers[key] = _SharedConsumer(
+                    conf, self.topic, self.batch_size, self.health,
+                    stall_s=self.cfg.stuck_client_s)
             return shared
 
     def _release(self, shared: _SharedConsumer, part: int) -> None:
@@ -370,11 +436,21 @@ class _Producing:
         # by its identity like the repeats of a resumed run (source partition and offset).
         conf.update({"linger.ms": "0", "message.timeout.ms": "0", "enable.idempotence": "false",
                      "acks": "all", "max.in.flight.requests.per.connection": "1"})
-        self.health = health
-        self.producer, self.topic = Producer(self.health.client_config(conf)), topic
+        self.health, self.cfg, self._conf = health, cfg, conf
+        self.producer, self.topic = Producer(self.health.client_config(dict(conf))), topic
         self.failed, self.last_error = 0, ""  # delivery failures, from librdkafka's callbacks
+        self.stall_s = cfg.stuck_client_s
+        self.rebuilds = 0
+        """Producers rebuilt by :meth:`flush`'s watchdog since the start."""
+        # records produced and not yet delivered, by number, to produce again on a rebuilt
+        # producer; a callback of an older producer (``gen``) is ignored
+        self._pending: dict[int, KafkaOut] = {}
+        self._n = self._gen = 0
 
-    def _on_delivery(self, err: object, _msg: object) -> None:
+    def _delivered(self, n: int, gen: int, err: object) -> None:
+        if gen != self._gen:
+            return  # the rebuilt producer owns this record now
+        self._pending.pop(n, None)
         if err is not None:
             self.failed += 1
             self.last_error = str(err)
@@ -383,14 +459,67 @@ class _Producing:
 
     def produce(self, items: Iterable[KafkaOut]) -> None:
         for rec in items:
-            while True:
-                try:
-                    self.producer.produce(self.topic, key=rec.key, value=rec.value,
-                                          headers=list(rec.headers),  # type: ignore[arg-type]
-                                          on_delivery=self._on_delivery)
-                    break
-                except BufferError:  # local queue full: serve callbacks, then retry
-                    self.producer.poll(0.1)
+            n = self._n = self._n + 1
+            self._pending[n] = rec
+            self._send(n, rec)
+
+    def _send(self, n: int, rec: KafkaOut) -> None:
+        gen = self._gen
+        while True:
+            try:
+                self.producer.produce(self.topic, key=rec.key, value=rec.value,
+                                      headers=list(rec.headers),  # type: ignore[arg-type]
+                                      on_delivery=lambda err, _m: self._delivered(n, gen, err))
+                return
+            except BufferError:  # local queue full: serve callbacks, then retry
+                self.producer.poll(0.1)
+
+    def flush(self) -> None:
+        """Wait until every record produced so far is delivered (or failed: :meth:`check`).
+
+        An outage of any length is waited out. A producer that delivers nothing for
+        ``KafkaConfig.stuck_client_s`` while a fresh client finds every partition of the
+        topic led is stuck (librdkafka can lose a partition's leader for good after a broker
+        restart, confluentinc/librdkafka#5430): it is replaced and the undelivered records are
+        produced again, in their order. One in flight may then be written twice; the readers
+        of these topics drop repeats by the record's identity, like a resumed run's."""
+        left, since = len(self.producer), time.monotonic()
+        while True:
+            now_left = self.producer.flush(1.0)
+            if now_left == 0:  # every callback has run: nothing is pending
+                return
+            if now_left < left:
+                left, since = now_left, time.monotonic()
+            elif self.stall_s > 0 and time.monotonic() - since >= self.stall_s:
+                if self._rebuild():
+                    left, since = len(self.producer), time.monotonic()
+                else:
+                    since = time.monotonic()  # the cluster is not ready either: wait on
+
+    def _rebuild(self) -> bool:
+        """Replace a stuck producer and produce its undelivered records again; False when a
+        fresh client does not find the topic led (an outage: librdkafka's retries are right)."""
+        if self.health.down_since is not None:
+            return False
+        fresh = Producer(self.health.client_config(dict(self._conf)))
+        try:
+            md = fresh.list_topics(self.topic, timeout=2.0)
+        except KafkaException:
+            return False
+        parts = md.topics[self.topic].partitions if self.topic in md.topics else {}
+        if not parts or any(p.leader < 0 for p in parts.values()):
+            fresh.flush(0)
+            return False
+        log.warning("Kafka producer to %s stuck: %d record(s) undelivered for %.0f s while the "
+                    "broker leads every partition; producing them again on a new producer",
+                    self.topic, len(self._pending), self.stall_s)
+        old, self.producer = self.producer, fresh
+        self._gen += 1
+        self.rebuilds += 1
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        for n in sorted(self._pending):
+            self._send(n, self._pending[n])
+        return True
 
     def check(self) -> None:
         if self.failed:
@@ -405,11 +534,11 @@ class _RecordSinkPartition(StatelessSinkPartition[KafkaOut]):
         self._out.produce(items)
         # A stateless sink has no epoch hook: waiting for delivery per batch is what makes a
         # failure surface before the epoch closes, so recovery re-emits the records.
-        self._out.producer.flush()
+        self._out.flush()
         self._out.check()
 
     def close(self) -> None:
-        self._out.producer.flush()
+        self._out.flush()
 
 
 class KafkaRecordSink(DynamicSink[KafkaOut]):
@@ -438,11 +567,11 @@ class _EpochSinkPartition(StatefulSinkPartition[KafkaOut, None]):
     def snapshot(self) -> None:
         # Bytewax takes this at every epoch end, before it commits the epoch: everything the
         # epoch produced is then delivered, or the dataflow stops and recovery replays it.
-        self._out.producer.flush()
+        self._out.flush()
         self._out.check()
 
     def close(self) -> None:
-        self._out.producer.flush()
+        self._out.flush()
         self._out.check()
 
 
