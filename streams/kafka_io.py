@@ -181,8 +181,8 @@ class _SharedConsumer:
     def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int,
                  health: BrokerHealth, stall_s: float = 0.0) -> None:
         self.health = health
-        self._conf = dict(conf)
-        self.consumer = Consumer(self.health.client_config(dict(conf)))
+        self._conf = conf
+        self.consumer = Consumer(self.health.client_config(conf))
         self.topic, self.batch = topic, batch
         self.buffers: dict[int, deque[Message]] = {}
         self._next_probe = 0.0
@@ -244,7 +244,7 @@ class _SharedConsumer:
         quiet = [p for p, t in self._moved.items() if now - t >= self.stall_s]
         if not quiet or self.health.down_since is not None:
             return
-        fresh = Consumer(self.health.client_config(dict(self._conf)))
+        fresh = Consumer(self.health.client_config(self._conf))
         behind: dict[int, int] = {}
         try:
             for p in quiet:
@@ -264,7 +264,7 @@ class _SharedConsumer:
                     "rebuilding the consumer at its next offsets", self.topic, sorted(behind),
                     self.stall_s, [self._next[p] for p in sorted(behind)],
                     [behind[p] for p in sorted(behind)])
-        old, self.consumer = self.consumer, Consumer(self.health.client_config(dict(self._conf)))
+        old, self.consumer = self.consumer, Consumer(self.health.client_config(self._conf))
         self.consumer.incremental_assign(
             [TopicPartition(self.topic, p, self._next[p]) for p in self.buffers])
         for p in self.buffers:
@@ -436,8 +436,8 @@ class _Producing:
         # by its identity like the repeats of a resumed run (source partition and offset).
         conf.update({"linger.ms": "0", "message.timeout.ms": "0", "enable.idempotence": "false",
                      "acks": "all", "max.in.flight.requests.per.connection": "1"})
-        self.health, self.cfg, self._conf = health, cfg, conf
-        self.producer, self.topic = Producer(self.health.client_config(dict(conf))), topic
+        self.health, self._conf = health, conf
+        self.producer, self.topic = Producer(self.health.client_config(conf)), topic
         self.failed, self.last_error = 0, ""  # delivery failures, from librdkafka's callbacks
         self.stall_s = cfg.stuck_client_s
         self.rebuilds = 0
@@ -501,7 +501,7 @@ class _Producing:
         fresh client does not find the topic led (an outage: librdkafka's retries are right)."""
         if self.health.down_since is not None:
             return False
-        fresh = Producer(self.health.client_config(dict(self._conf)))
+        fresh = Producer(self.health.client_config(self._conf))
         try:
             md = fresh.list_topics(self.topic, timeout=2.0)
         except KafkaException:

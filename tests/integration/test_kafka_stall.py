@@ -1,9 +1,11 @@
-"""The source's watchdog against a partition its consumer stops fetching, on the real broker.
+"""The stuck-client watchdogs (``KafkaConfig.stuck_client_s``) on the real broker: the
+source's consumer against a partition it stops fetching, a sink's producer that stops delivering.
 
 librdkafka can leave a partition leaderless for good after a broker restart (confluentinc/
-librdkafka#5430): the consumer then never fetches it again while the broker serves it to any
-fresh client. Pausing the partition in the consumer gives the same symptom on demand: no record
-arrives while the high watermark moves on.
+librdkafka#5430): the client then never fetches or delivers it again while the broker serves
+any fresh client. Pausing the partition in the consumer gives the same symptom on demand (no
+record arrives while the high watermark moves on); a producer aimed at a dead port stands in
+for the stuck producer.
 """
 
 from __future__ import annotations
