@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from online_model.corpus import diversity_quantiles
+
 __all__ = ["BaseView", "BaseLoadError", "toy_base"]
 
 _GATE_KEYS = ("online.gate_w1", "online.gate_b1", "online.gate_w2", "online.gate_b2")
@@ -60,6 +62,7 @@ class BaseView:
         fusion: tuple[np.ndarray, np.ndarray] | None = None,
         meta: dict[str, Any] | None = None,
         head: Any = None,
+        div_quantiles: np.ndarray | None = None,
     ) -> None:
         self.item_ids = np.asarray(item_ids).astype(str)
         emb = np.ascontiguousarray(item_emb, dtype=np.float32)
@@ -83,6 +86,14 @@ class BaseView:
         self.fusion = (
             None if fusion is None else tuple(np.asarray(f, dtype=np.float64) for f in fusion)
         )
+        self.div_quantiles = np.ascontiguousarray(
+            diversity_quantiles(np.empty(0)) if div_quantiles is None else div_quantiles,
+            dtype=np.float64)
+        """d_u's scale (``online.div_quantiles``): the realised category diversity at each
+        percentile of the training examples. The d_u step aims at the percentile of what the
+        user's last clicks realised (``kernels.diversity_target``); without a table (PPMI/SVD,
+        toy bases, checkpoints from before it) the identity: the normalised entropy itself."""
+        self.div_quantiles.setflags(write=False)
         self.meta = dict(meta or {})
         self.head = head
         """DIAM's inference head (:class:`online_model.infer.DiamHead`) when the checkpoint has
@@ -150,7 +161,12 @@ class BaseView:
         Without the gate or fusion keys the base has no gate (the learner then uses its
         configured fallback) and a d_u prior of 0.5.
         """
-        from online_model.checkpoint import CheckpointError, read_checkpoint
+        from online_model.checkpoint import (
+            DIV_QUANTILES_KEY,
+            CheckpointError,
+            check_div_quantiles,
+            read_checkpoint,
+        )
         from online_model.infer import DiamHead, HeadLoadError, has_extractor
 
         d = Path(path)
@@ -171,6 +187,12 @@ class BaseView:
             if all(k in tensors for k in _FUSION_KEYS)
             else None
         )
+        divq = None
+        if DIV_QUANTILES_KEY in tensors:
+            try:
+                divq = check_div_quantiles(d, tensors[DIV_QUANTILES_KEY])
+            except CheckpointError as exc:
+                raise BaseLoadError(str(exc)) from None
         head = None
         if cfg.get("model", "diam") == "diam" and has_extractor(tensors):
             try:
@@ -191,6 +213,7 @@ class BaseView:
             fusion=fusion,  # type: ignore[arg-type]
             meta={"source": "checkpoint", "path": str(d), "model": cfg.get("model")},
             head=head,
+            div_quantiles=divq,
         )
 
     @classmethod
@@ -292,7 +315,7 @@ class BaseView:
             np.concatenate([self.item_ids, ids[new]]), np.concatenate([self.item_emb, emb[new]]),
             np.concatenate([self.item_categories, cats[new]]), self.category_names,
             k_max=self.k_max, version=self.version, gate=self.gate, fusion=self.fusion,  # type: ignore[arg-type]
-            meta=meta, head=head,
+            meta=meta, head=head, div_quantiles=self.div_quantiles,
         )
 
 

@@ -10,7 +10,8 @@ checkpoint directory plus the snapshotter's files, and reads the same way.
 Files: ``weights.safetensors`` (the torch state dict and the numpy "online head":
 ``online.item_emb`` [N, d], optionally ``online.gate_w1`` [H, d+4], ``online.gate_b1`` [H],
 ``online.gate_w2`` [1, H], ``online.gate_b2`` [1], ``online.fusion_w`` [4], ``online.fusion_b``
-[1]), ``config.json`` (model, dim, k_max, n_items, ..., and ``weights_sha256``),
+[1], ``online.div_quantiles`` [101]: d_u's scale, the realised diversity at each training
+percentile), ``config.json`` (model, dim, k_max, n_items, ..., and ``weights_sha256``),
 ``item_ids.npy`` [N] str; optional ``item_categories.npy`` [N] int (-1 unknown),
 ``categories.json`` (list of names), ``item_pop.npy`` [N] non-negative,
 ``content_tower.safetensors``. The directory is written under a temporary name and renamed
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CheckpointError", "CheckpointFiles", "Checkpoint", "read_checkpoint",
-           "write_checkpoint_dir", "save_checkpoint", "load_checkpoint",
+           "write_checkpoint_dir", "save_checkpoint", "load_checkpoint", "check_div_quantiles",
            "WEIGHTS", "CONFIG", "ITEM_IDS", "ITEM_CATS", "CATEGORIES", "ITEM_POP", "CONTENT_TOWER"]
 
 WEIGHTS = "weights.safetensors"
@@ -53,6 +54,7 @@ ITEM_CATS = "item_categories.npy"
 CATEGORIES = "categories.json"
 ITEM_POP = "item_pop.npy"
 CONTENT_TOWER = "content_tower.safetensors"
+DIV_QUANTILES_KEY = "online.div_quantiles"
 REQUIRED = (WEIGHTS, CONFIG, ITEM_IDS)
 
 
@@ -200,6 +202,20 @@ def _check_head(d: Path, shapes: dict[str, list[int]], dim: int) -> None:
     for key, shape in want.items():
         if key in shapes and shape is not None and shapes[key] != shape:
             raise _error(d / WEIGHTS, f"{key} is {shapes[key]}, expected {shape}")
+    q = shapes.get(DIV_QUANTILES_KEY)
+    if q is not None and (len(q) != 1 or q[0] < 2):
+        raise _error(d / WEIGHTS, f"{DIV_QUANTILES_KEY} is {q}, expected [n] with n >= 2")
+
+
+def check_div_quantiles(path: str | Path, table: np.ndarray) -> np.ndarray:
+    """``online.div_quantiles`` as the stream reads it (float64), refused unless finite,
+    within [0, 1] and non-decreasing (a quantile table of normalised entropy)."""
+    t = np.asarray(table, dtype=np.float64).reshape(-1)
+    if not (np.isfinite(t).all() and t.min(initial=0.0) >= 0.0 and t.max(initial=0.0) <= 1.0
+            and (np.diff(t) >= 0).all()):
+        raise _error(Path(path) / WEIGHTS, f"{DIV_QUANTILES_KEY} must be finite, within [0, 1] "
+                                           "and non-decreasing")
+    return t
 
 
 def _verify(ck: CheckpointFiles) -> None:

@@ -110,8 +110,10 @@ class OnlineConfig(BaseModel):
 
     # -- d_u -----------------------------------------------------------------------------
     d_lr: float = Field(default=0.1, ge=0)
-    """Step on the d_u logit toward this click's exploration flag: ~10 clicks to move d_u by
-    one logit unit, on the scale of a session."""
+    """Step on the d_u logit toward the percentile of the category diversity the user's last 20
+    clicks realised, on the scale the checkpoint's fusion layer was trained to (its
+    ``online.div_quantiles``; ``kernels.diversity_target``): ~10 clicks to move d_u by one
+    logit unit, on the scale of a session."""
 
     d_prior_pull: float = Field(default=0.05, ge=0)
     """Pull of the d_u logit back to its prior (fusion layer on the signals): weak, so d_u

@@ -26,6 +26,10 @@ __all__ = [
     "windows",
     "prefix_signals",
     "future_entropy",
+    "DIV_WINDOW",
+    "DIV_MIN_ITEMS",
+    "DIV_QUANTILES",
+    "diversity_quantiles",
 ]
 
 
@@ -173,7 +177,37 @@ def prefix_signals(corpus: Corpus) -> np.ndarray:
     return out
 
 
-def future_entropy(corpus: Corpus, window: int = 20, min_items: int = 5) -> np.ndarray:
+DIV_WINDOW = 20
+"""Items over which d_u's target measures realised category diversity (training: the next 20
+items; the stream's d_u step: the last 20 clicks)."""
+DIV_MIN_ITEMS = 5
+"""Fewer items than this give no diversity reading (no target, no d_u step)."""
+DIV_QUANTILES = 101
+"""Points of the quantile table that carries d_u's scale from training to the stream."""
+
+
+def diversity_quantiles(div: np.ndarray) -> np.ndarray:
+    """``[DIV_QUANTILES]`` float32, non-decreasing: the realised diversity at each percentile
+    (0, 1, ..., 100) of ``div`` (NaN ignored; the identity 0..1 when nothing is left).
+
+    d_u is a percentile of realised diversity among training examples (the fusion layer's
+    auxiliary target, ``train.quantile_target``); the checkpoint carries this table as
+    ``online.div_quantiles`` so that the stream's d_u step aims at the same scale
+    (``kernels.diversity_target``).
+
+    >>> diversity_quantiles(np.array([0.0, 1.0, np.nan]))[[0, 50, 100]].tolist()
+    [0.0, 0.5, 1.0]
+    """
+    ref = np.asarray(div, dtype=np.float64)
+    ref = ref[~np.isnan(ref)]
+    grid = np.linspace(0.0, 1.0, DIV_QUANTILES)
+    if ref.size == 0:
+        return grid.astype(np.float32)
+    return np.quantile(ref, grid).astype(np.float32)
+
+
+def future_entropy(corpus: Corpus, window: int = DIV_WINDOW,
+                   min_items: int = DIV_MIN_ITEMS) -> np.ndarray:
     """``[E]`` float32: realised category diversity of the next ``window`` items from p on.
 
     Normalised entropy of the primary categories of items p..p+window-1 of the same user

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
+from online_model.corpus import DIV_MIN_ITEMS, DIV_WINDOW
 from online_model.infer import _refresh_global, head_outputs
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "reanchored",
     "propose_k",
     "ring_window",
+    "diversity_target",
     "reanchor_vectors",
     "signals_update",
     "signal_values",
@@ -328,6 +330,42 @@ def ring_window(ring, n, pos, window):
             j += cap
         out[i] = ring[j]
     return out
+
+
+@njit(cache=True, error_model="numpy")
+def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
+    """d_u's step target: the percentile, on the base's scale ``div_q`` (the training examples'
+    realised diversity at each percentile, non-decreasing), of the category diversity the
+    user's last ``DIV_WINDOW`` known clicks realised; -1 with fewer than ``DIV_MIN_ITEMS``.
+
+    The diversity is ``metrics.realised_entropy`` (entropy of the primary categories,
+    unknown ones left out, over log(min(count, n_cat))), the quantity whose training
+    percentile the fusion layer's prior predicts (``corpus.future_entropy``, on the next
+    items there); the percentile is the mid-rank of ``train.quantile_target`` among the
+    table's points, so the step pulls d_u toward what the user's clicks show on its own scale.
+    """
+    m = min(n, DIV_WINDOW)
+    if m < DIV_MIN_ITEMS:
+        return -1.0
+    rows = ring_window(ring, n, pos, DIV_WINDOW)
+    counts = np.zeros(n_cat, np.int64)
+    known = 0
+    for i in range(m):
+        c = item_cats[rows[i]]
+        if 0 <= c < n_cat:
+            counts[c] += 1
+            known += 1
+    top = min(known, n_cat)
+    r = 0.0
+    if top >= 2:
+        for c in range(n_cat):
+            if counts[c] > 0:
+                q = counts[c] / known
+                r -= q * math.log(q)
+        r /= math.log(top)
+    lo = np.searchsorted(div_q, r, "left")
+    hi = np.searchsorted(div_q, r, "right")
+    return (lo + hi) / (2.0 * div_q.shape[0])
 
 
 @njit(cache=True, error_model="numpy")
@@ -820,8 +858,8 @@ def _network_due(u, p):
 
 
 @njit(cache=True, error_model="numpy")
-def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, table, par,
-                idx, sess_mode, ts_ms, offset):
+def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q, table,
+                par, idx, sess_mode, ts_ms, offset):
     """Apply one click (item row ``idx``, -1 if unknown) to one user: duplicates, the rate
     limit, the counters, signals, the recent-item ring, and (for an anchored user) the guarded
     gradient step on the routed interest, the d_u step and the drift cap. Returns ``(bits,
@@ -830,7 +868,8 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     K_u when the bits say so.
 
     ``user`` and ``par`` are one-element arrays of :data:`USER` and :data:`PARAMS`; ``sess_mode``
-    is -1 without a session id, 0 for the same id as the previous click, 1 for another.
+    is -1 without a session id, 0 for the same id as the previous click, 1 for another;
+    ``div_q`` is the base's d_u scale (:func:`diversity_target`).
     """
     u = user[0]
     p = par[0]
@@ -852,8 +891,8 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     c = -1
     if 0 <= idx < n_items:
         c = item_cats[idx]
-    explore = signals_update(sig, n_cat, c, sess_mode, ts_ms, p.session_gap_ms,
-                             p.explore_fading, p.session_fading, p.short_decay, p.long_decay)
+    signals_update(sig, n_cat, c, sess_mode, ts_ms, p.session_gap_ms, p.explore_fading,
+                   p.session_fading, p.short_decay, p.long_decay)
     if idx < 0 or idx >= n_items or item_norms[idx] == 0.0:
         return bits | _COLD, -1, 0.0
     # the recent-item ring
@@ -896,12 +935,14 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
         bits |= _STEP_CAPPED
     for i in range(dim):
         V[k, i] = v[i]
-    # d_u: one step on its logit toward this click's exploration flag, bounded around the prior
-    if explore != 0.5:
+    # d_u: one step on its logit toward the percentile of the diversity the user's last clicks
+    # realised (the scale of its prior), pulled back to the prior and bounded around it
+    target = diversity_target(ring, u.n_recent, u.ring_pos, item_cats, n_cat, div_q)
+    if target >= 0.0:
         l0 = u.d_logit
         prior = u.d_prior
         pr = 1.0 / (1.0 + math.exp(-l0))
-        dl = -p.d_lr * ((pr - explore) + p.d_pull * (l0 - prior))
+        dl = -p.d_lr * ((pr - target) + p.d_pull * (l0 - prior))
         if guards:
             dl = min(max(dl, -p.d_step_cap), p.d_step_cap)
         lo = max(prior - p.d_max_offset, -p.d_bound)
@@ -990,9 +1031,9 @@ def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, of
 
 
 @njit(cache=True, error_model="numpy")
-def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, table,
-                     par, idx, sess_mode, ts_ms, offset, hseq, h_emb_flat, h_cat, buf, off,
-                     dims, fusion_w, fusion_b, out):
+def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q,
+                     table, par, idx, sess_mode, ts_ms, offset, hseq, h_emb_flat, h_cat, buf,
+                     off, dims, fusion_w, fusion_b, out):
     """:func:`learn_event` on a DIAM base, with what its bits ask of the network done in the
     same call: a new user's first anchoring, the periodic re-anchoring (:func:`anchor_diam`),
     or slot 0's refresh on the window's mean in between. Returns learn_event's ``(bits, k,
@@ -1000,7 +1041,7 @@ def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_
     after the step, before any re-anchoring (what the step's drift events report): the caller
     only turns bits into drift events and, when K_u changed, takes the arrays from ``out``."""
     bits, k, rms = learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms,
-                               item_cats, table, par, idx, sess_mode, ts_ms, offset)
+                               item_cats, div_q, table, par, idx, sess_mode, ts_ms, offset)
     u = user[0]
     d_logit = u.d_logit
     if bits & (_UNANCHORED | _REANCHOR):
@@ -1034,7 +1075,8 @@ def warm_up() -> None:
     par["guards"] = par["learn"] = True
     table = np.arange(10, dtype=np.int64)
     learn_event(user, V, A, ring, sig, n_cat, emb.reshape(-1), np.ones(10, np.float32),
-                np.zeros(10, np.int32), table, par, 3, -1, 1000, 7)
+                np.zeros(10, np.int32), np.linspace(0.0, 1.0, 11), table, par, 3, -1, 1000, 7)
+    diversity_target(ring, 3, 3, np.zeros(10, np.int32), n_cat, np.linspace(0.0, 1.0, 11))
     anchored(user, 2, 0.5)
     reanchored(user, 0.25, True, 4.0)
     propose_k(user, 2, 3, 2)

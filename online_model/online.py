@@ -362,6 +362,7 @@ class OnlineLearner:
         self._index = base._index
         self._emb_flat = base.item_emb.reshape(-1)
         self._dim, self._norms, self._cats = base.dim, base.item_norms, base.item_categories
+        self._divq = base.div_quantiles
         self._par = learner_params(cfg, base)
         self.k_max = int(self._par[0]["k_max"])
         self._head = base.head  # the network, anchoring in the per-event kernel; None: k-means
@@ -424,7 +425,7 @@ class OnlineLearner:
         if hd is not None:  # the network's work for this click runs in the same call
             bits, k, rms, ran, d_logit = K.learn_event_diam(
                 state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
-                self._emb_flat, self._norms, self._cats, self._table, self._par,
+                self._emb_flat, self._norms, self._cats, self._divq, self._table, self._par,
                 idx, mode, int(ts_ms), int(offset),
                 state.hseq, hd._emb_flat, hd.item_cat, hd._buf, hd._off, hd._dims,
                 hd.fusion_w, hd.fusion_b, self._scratch(),
@@ -432,7 +433,7 @@ class OnlineLearner:
         else:
             bits, k, rms = K.learn_event(
                 state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
-                self._emb_flat, self._norms, self._cats, self._table, self._par,
+                self._emb_flat, self._norms, self._cats, self._divq, self._table, self._par,
                 idx, mode, int(ts_ms), int(offset),
             )
             d_logit = None

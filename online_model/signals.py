@@ -96,8 +96,8 @@ class SignalState:
     The accumulators live in one float64 buffer (layout in :mod:`online_model.kernels`) that
     the compiled per-event kernel updates in place; the exponentially weighted means follow
     River's ``stats.EWMean`` (a test checks them against River). ``update`` returns this
-    click's exploration flag (1.0 when its category is new to the recent window), which the
-    online learner uses as the observed exploration of the click.
+    click's exploration flag (1.0 when its category is new to the recent window), which feeds
+    the exploration signal (d_u's step aims at ``kernels.diversity_target`` instead).
     """
 
     __slots__ = ("n_categories", "buf", "last_session")

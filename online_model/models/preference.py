@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from online_model.corpus import diversity_quantiles
+
 __all__ = ["DiversityFusion", "LightGate"]
 
 
@@ -43,6 +45,15 @@ class DiversityFusion(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)  # prior 0.5 until the auxiliary target speaks
         self.norm = nn.BatchNorm1d(1, affine=False)
+        # d_u's scale for the stream: the realised diversity at each percentile of the training
+        # examples (set by the trainer from its data, not learnt, not in the state dict)
+        self.register_buffer("quantiles", torch.from_numpy(diversity_quantiles(np.empty(0))),
+                             persistent=False)
+
+    def set_reference(self, div: np.ndarray) -> None:
+        """Record the training examples' realised diversity ``div`` (NaN ignored) as the
+        quantile table :meth:`export` hands to the stream (``online.div_quantiles``)."""
+        self.quantiles = torch.from_numpy(diversity_quantiles(div)).to(self.quantiles.device)
 
     def forward(self, signals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.from_logit(self.logit(signals))
@@ -78,6 +89,7 @@ class DiversityFusion(nn.Module):
         return {
             "online.fusion_w": (self.SCALE * w / std).astype(np.float32),
             "online.fusion_b": np.array([self.SCALE * (b - mean) / std], dtype=np.float32),
+            "online.div_quantiles": self.quantiles.detach().cpu().numpy().astype(np.float32),
         }
 
 
