@@ -291,6 +291,10 @@ def compare(evals: dict[str, list[dict]], n_boot: int, entropies: list[float]) -
         e_star = max(float(_front(arrays[n][1], arrays[n][2])[-1, 0]) for n in base)
         d0, b0, v0 = at(fr0, e_star)
     best_merge = max(base, key=lambda n: merge_rec(n, None))
+    # ablation rows against the row they take something from (merge by score, paired)
+    abl = {n: ("single" if n.startswith("single") and "single" in evals else "diam")
+           for n in evals if n != "diam" and n not in BASELINES}
+    adiffs: dict[str, list[float]] = {n: [] for n in abl}
     rng = np.random.default_rng(0)
     gains, mgains, curve = [], [], {e: [] for e in entropies}
     for _ in range(n_boot):
@@ -299,6 +303,8 @@ def compare(evals: dict[str, list[dict]], n_boot: int, entropies: list[float]) -
         d, _, v = at(fr, e_star)
         gains.append(d / v - 1)
         mgains.append(merge_rec("diam", idx) / merge_rec(best_merge, idx) - 1)
+        for n, ref in abl.items():
+            adiffs[n].append(merge_rec(n, idx) - merge_rec(ref, idx))
         for e in entropies:
             d_e, _, v_e = at(fr, e)
             curve[e].append(d_e / v_e - 1)
@@ -331,6 +337,11 @@ def compare(evals: dict[str, list[dict]], n_boot: int, entropies: list[float]) -
                                    "gain": round(dm / bm - 1, 4), "ci": ci(mgains),
                                    "p_gain_le_0": p_le0(mgains)},
         "gain_by_entropy": gain_curve,
+        "ablations_merge_by_score": {
+            n: {"against": ref, "recall@20": round(merge_rec(n, None), 4),
+                "against_recall@20": round(merge_rec(ref, None), 4),
+                "diff": round(merge_rec(n, None) - merge_rec(ref, None), 4), "ci": ci(adiffs[n])}
+            for n, ref in abl.items()},
     }
 
 
@@ -409,6 +420,14 @@ def markdown(res: dict) -> str:
         c = f"{100 * g['ci'][0]:+.1f}% .. {100 * g['ci'][1]:+.1f}%" if g["ci"] else "n/a"
         lines.append(f"| {g['entropy@20']} | {g['diam_recall@20']} | {g['best_baseline']} | "
                      f"{g['baseline_recall@20']} | {100 * g['gain']:+.1f}% | {c} |")
+    if res.get("ablations_merge_by_score"):
+        lines += ["", "## Ablations (merge by score, paired over seeds x users)", "",
+                  "| row | against | its Recall@20 | the other's | difference | 95% CI |",
+                  "|---|---|---|---|---|---|"]
+        for n, a in res["ablations_merge_by_score"].items():
+            c = f"{a['ci'][0]:+.4f} .. {a['ci'][1]:+.4f}" if a["ci"] else "n/a"
+            lines.append(f"| {n} | {a['against']} | {a['recall@20']} | {a['against_recall@20']} "
+                         f"| {a['diff']:+.4f} | {c} |")
     lines += ["", "Fronts (Entropy@20, Recall@20), means over seeds x users; plot: "
               "`model_quality_fronts.png`.", "", "```"]
     lines += [f"{n}: {res['models'][n]['front']}" for n in rows]
