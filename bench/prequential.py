@@ -68,9 +68,10 @@ def apply_cost(ds, base: BaseView, cfg: OnlineConfig, n: int) -> dict[str, float
     }
 
 
-def train_first_half(data: Path, epochs: int, out: Path) -> Path:
+def train_first_half(data: Path, epochs: int, out: Path, seq_len: int | None = None) -> Path:
     """A DIAM checkpoint trained only on the first half of the prepared stream (time order),
-    cached: the same arguments reuse the directory."""
+    cached: the same arguments reuse the directory. ``seq_len``: the network's window in
+    training (default: the model's, 50)."""
     if (out / "weights.safetensors").is_file():
         return out
     import dataclasses
@@ -86,7 +87,8 @@ def train_first_half(data: Path, epochs: int, out: Path) -> Path:
                                ts_ms=ds.ts_ms[:cut], item_index=ds.item_index[:cut],
                                name=f"{ds.name}-first-half")
     corpus = corpus_from_prepared(half)
-    mcfg = ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories)
+    mcfg = ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories,
+                       **({} if seq_len is None else {"seq_len": seq_len}))
     tcfg = TrainConfig(epochs=epochs, lr=1e-2, seed=0, device="auto", threads=1)
     res = train(corpus, mcfg, tcfg, feats=Features.of(corpus), progress=sys.stderr.isatty(),
                 log=lambda line: print(line, file=sys.stderr))
@@ -149,6 +151,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="a DIAM checkpoint trained before the cut [default: trained and cached]")
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="train the cached checkpoint on windows of this many items "
+                         "[default: the model's 50]")
     ap.add_argument("--reanchor-every", type=int, default=None,
                     help="override the served setting (OnlineConfig.reanchor_every)")
     ap.add_argument("--no-synth", action="store_true", help="skip the synthetic stream")
@@ -168,8 +173,10 @@ def main() -> None:
         from online_model.movielens import prepare_movielens
 
         prepare_movielens("ml-100k", args.data)
+    suffix = "" if args.seq_len is None else f"-L{args.seq_len}"
     ckpt = args.checkpoint or train_first_half(
-        args.data, args.epochs, ROOT / "checkpoints" / f"prequential-diam-half-e{args.epochs}")
+        args.data, args.epochs,
+        ROOT / "checkpoints" / f"prequential-diam-half-e{args.epochs}{suffix}", args.seq_len)
     base = BaseView.from_checkpoint(ckpt)
     if base.head is None:
         sys.exit(f"{ckpt}: not a DIAM checkpoint with its extractor")
@@ -225,7 +232,9 @@ def main() -> None:
     res.update({"base": "diam", "merge": "aggregate", "tuned_on": tuned_on,
                 "checkpoint": {"path": str(ckpt), "trained_on": "the first half of the events "
                                "in time (users split 80/10/10 by seed 0), "
-                               f"{args.epochs} epochs"}})
+                               f"{args.epochs} epochs"
+                               + ("" if args.seq_len is None else
+                                  f", windows of {args.seq_len} items")}})
     res["cost"] = apply_cost(ds, base, cfg, 2_000 if args.quick else 5_000)
     if not args.no_synth:
         res["synthetic_recovery"] = synthetic_recovery(args.quick, cfg)

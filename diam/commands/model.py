@@ -91,6 +91,11 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
 @click.option("--max-per-user", type=click.IntRange(1), default=64, show_default=True,
               help="Training positions drawn per user per epoch.")
 @click.option("--dim", type=click.IntRange(4), default=64, show_default=True)
+@click.option("--seq-len", type=click.IntRange(2), default=50, show_default=True,
+              help="Items of history the network reads in training. The stream reads a user's "
+                   "last DIAM_ONLINE_INFER_ITEMS (10); a network trained on that window serves "
+                   "better there (bench/results/prequential.md, 'A network trained on the "
+                   "served window').")
 @click.option("--k-max", type=click.IntRange(1, 32), default=8, show_default=True,
               help="DIAM's K_max (the baselines use --interests).")
 @click.option("--interests", type=click.IntRange(1, 32), default=4, show_default=True,
@@ -104,8 +109,8 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
 def train_cmd(model_name: str, data: Path, topic: str | None, since: str | None,
               until: str | None, items_topic: str | None, out: Path | None, epochs: int,
               seed: int, device: str,
-              batch_size: int, lr: float, max_per_user: int, dim: int, k_max: int,
-              interests: int, threads: int, amp: bool, progress: bool) -> None:
+              batch_size: int, lr: float, max_per_user: int, dim: int, seq_len: int,
+              k_max: int, interests: int, threads: int, amp: bool, progress: bool) -> None:
     """Train a model on the training users of DATA and write a checkpoint.
 
     Users are split 80/10/10 by --seed; every epoch prints one log line (losses, seconds,
@@ -129,8 +134,8 @@ def train_cmd(model_name: str, data: Path, topic: str | None, since: str | None,
                f"{len(corpus.items)} events; computing signals ...", err=True)
     feats = Features.of(corpus)
     mcfg = ModelConfig(model=model_name, n_items=corpus.n_items,
-                       n_categories=corpus.n_categories, dim=dim, k_max=k_max,
-                       n_interests=interests)
+                       n_categories=corpus.n_categories, dim=dim, seq_len=seq_len,
+                       k_max=k_max, n_interests=interests)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                        max_per_user=max_per_user, threads=threads, amp=amp)
     try:

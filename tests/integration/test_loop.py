@@ -104,10 +104,10 @@ def test_train_from_topic_cli(stack, topic, synth_dir, tmp_path) -> None:
     out = tmp_path / "ck"
     res = runner.invoke(main, ["train", "--topic", topic, "--until", "0:40,1:40,2:40,3:40",
                                "--out", str(out), "--epochs", "1", "--dim", "8",
-                               "--no-progress"], env={**os.environ, **env})
+                               "--seq-len", "10", "--no-progress"], env={**os.environ, **env})
     assert res.exit_code == 0, res.output
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["topic"] == topic
+    assert config["data"]["topic"] == topic and config["seq_len"] == 10
     assert config["data"]["end"] == {"0": 40, "1": 40, "2": 40, "3": 40}
     assert config["n_items"] == len(ds.items.ids)
     res = runner.invoke(main, ["train", "--since", "5"], env={**os.environ, **env})
