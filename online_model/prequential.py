@@ -206,6 +206,7 @@ def evaluate_stream(
     exclude_last: int | None = 50,
     sweep: Sequence[float] = (),
     progress: bool = False,
+    per_user: bool = False,
 ) -> dict[str, Any]:
     """Run the prequential protocol on a prepared dataset; returns the result dictionary
     (``{"dataset", "arms": {arm: {recall@20, recall@20_ci, ndcg@20, entropy@20,
@@ -221,7 +222,11 @@ def evaluate_stream(
     arm's lists are also scored at every shift, on the same events and states, giving each arm
     a Recall@20-Entropy@20 front (``out["fronts"]``) and recall at matched entropy
     (``out["matched"]``, :func:`matched_recall`). The steps do not depend on the lists, so
-    the shifts change nothing else."""
+    the shifts change nothing else.
+
+    ``per_user``: also return each arm's per-user hits, under ``out["per_user"][arm]``
+    (``users``, ``hits``, ``n``: Recall@20 numerators and denominators), for paired
+    comparisons across runs, e.g. of two checkpoints on the same users."""
     n_events = len(ds.user_ids)
     cut = int(n_events * warm_frac)
     base_desc = "checkpoint"
@@ -338,14 +343,14 @@ def evaluate_stream(
 
     out: dict[str, Any] = {"dataset": getattr(ds, "name", "dataset"), "arms": {}, "details": {}}
     nk = f"@{n}"
-    per_user = {}
+    by_user = {}
     for name, arm in run.items():
         us = sorted(arm.hits)
-        per_user[name] = (us, np.array([arm.hits[x][0] for x in us]),
+        by_user[name] = (us, np.array([arm.hits[x][0] for x in us]),
                           np.array([arm.hits[x][1] for x in us]),
                           np.array([arm.hits[x][2] for x in us]))
     for name, arm in run.items():
-        us, h, g, cnt = per_user[name]
+        us, h, g, cnt = by_user[name]
         tot = max(float(cnt.sum()), 1.0)
         row_out: dict[str, Any] = {
             "recall" + nk: float(h.sum()) / tot,
@@ -355,9 +360,9 @@ def evaluate_stream(
             "k_changes_per_1k": 1000.0 * arm.k_changes / max(n_stream, 1),
             "mean_drift": arm.drift_sum / max(arm.drift_n, 1),
         }
-        if "guarded" in per_user and name != "guarded" and per_user["guarded"][0] == us:
+        if "guarded" in by_user and name != "guarded" and by_user["guarded"][0] == us:
             row_out["recall" + nk + "_diff_to_guarded_ci"] = list(
-                bootstrap_ci(h, cnt, ref=per_user["guarded"][1]))
+                bootstrap_ci(h, cnt, ref=by_user["guarded"][1]))
         out["arms"][name] = row_out
         ks = [s.k for s in arm.states.values() if s.anchored]
         out["details"][name] = {
@@ -372,6 +377,9 @@ def evaluate_stream(
             if arm.states
             else 0.0,
         }
+    if per_user:
+        out["per_user"] = {a: {"users": u, "hits": h.tolist(), "n": c.tolist()}
+                           for a, (u, h, _, c) in by_user.items()}
     if sweep:
         out["fronts"], out["matched"] = _fronts(run, sorted(sweep), n)
     out["base"] = (

@@ -84,6 +84,21 @@ def test_serving_path_and_user_groups(drifting):
                                        merge="score")["protocol"]["stream_events"]
 
 
+def test_per_user_hits_add_up_to_each_arm_s_recall(drifting):
+    """``per_user`` hands back what a paired comparison across runs needs, consistent with the
+    arm's own Recall@20; without it the result has no such key."""
+    cfg = OnlineConfig(dim=8, k_max=4)
+    r = prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5,
+                                    arms=("guarded", "frozen"), per_user=True)
+    for arm in ("guarded", "frozen"):
+        pu = r["per_user"][arm]
+        assert len(pu["users"]) == len(pu["hits"]) == len(pu["n"]) \
+            == r["details"][arm]["users_evaluated"] > 0
+        assert sum(pu["hits"]) / sum(pu["n"]) == pytest.approx(r["arms"][arm]["recall@5"])
+    assert "per_user" not in prequential.evaluate_stream(drifting, cfg, warm_frac=0.4, n=5,
+                                                          arms=("frozen",))
+
+
 def test_user_fraction_selects_a_subset(drifting):
     cfg = OnlineConfig(dim=8, k_max=4)
     r = prequential.evaluate_stream(
