@@ -98,6 +98,15 @@ def train_first_half(data: Path, epochs: int, out: Path, seq_len: int | None = N
                            extra={"split_seed": 0, "cut_events": cut})
 
 
+def cached_first_half(data: Path, epochs: int, seq_len: int | None = None) -> Path:
+    """The benchmark's first-half checkpoint (:func:`train_first_half`), cached under
+    ``checkpoints/prequential-diam-half-e<epochs>[-L<seq_len>]``: the one place that names it."""
+    suffix = "" if seq_len is None else f"-L{seq_len}"
+    return train_first_half(data, epochs,
+                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}{suffix}",
+                            seq_len)
+
+
 def run(ds, cfg: OnlineConfig, base: BaseView, users: str, arms=ARMS, sweep=()) -> dict:
     t0 = time.perf_counter()
     res = evaluate_stream(ds, cfg, base, users=users, arms=arms, sweep=sweep,
@@ -173,10 +182,7 @@ def main() -> None:
         from online_model.movielens import prepare_movielens
 
         prepare_movielens("ml-100k", args.data)
-    suffix = "" if args.seq_len is None else f"-L{args.seq_len}"
-    ckpt = args.checkpoint or train_first_half(
-        args.data, args.epochs,
-        ROOT / "checkpoints" / f"prequential-diam-half-e{args.epochs}{suffix}", args.seq_len)
+    ckpt = args.checkpoint or cached_first_half(args.data, args.epochs, args.seq_len)
     base = BaseView.from_checkpoint(ckpt)
     if base.head is None:
         sys.exit(f"{ckpt}: not a DIAM checkpoint with its extractor")

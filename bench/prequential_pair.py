@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prequential import train_first_half  # noqa: E402
+from prequential import cached_first_half  # noqa: E402
 
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -33,14 +33,6 @@ from online_model.datasets import load_prepared  # noqa: E402
 from online_model.prequential import bootstrap_ci, evaluate_stream  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-
-
-def checkpoint(data: Path, epochs: int, seq_len: int) -> Path:
-    """The benchmark's cached first-half checkpoint for this window (50: the model default)."""
-    suffix = "" if seq_len == 50 else f"-L{seq_len}"
-    return train_first_half(data, epochs,
-                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}{suffix}",
-                            None if seq_len == 50 else seq_len)
 
 
 def main() -> None:
@@ -55,7 +47,7 @@ def main() -> None:
     ds = load_prepared(args.data)
     runs = {}
     for side, L in (("a", args.seq_len_a), ("b", args.seq_len_b)):
-        ck = checkpoint(args.data, args.epochs, L)
+        ck = cached_first_half(args.data, args.epochs, None if L == 50 else L)  # 50: default
         base = BaseView.from_checkpoint(ck)
         t0 = time.perf_counter()
         res = evaluate_stream(ds, OnlineConfig(dim=base.dim), base, users=args.users,

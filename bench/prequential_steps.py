@@ -34,7 +34,7 @@ VARIANTS: dict[str, list[str]] = {
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
 
 
-def fold(name: str, sets: list[str], cmd: list[str], res: dict) -> dict:
+def fold(sets: list[str], cmd: list[str], res: dict) -> dict:
     """One variant's row: guarded at its served point, reinfer at guarded's Entropy@20."""
     g = res["arms"]["guarded"]
     m = res["matched"]["guarded"]["arms"]["reinfer"]
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         path = RESULTS / f"prequential_quick_{tag}.json"
         res = json.loads(path.read_text())
-        out["variants"][name] = fold(name, sets, cmd, res)
+        out["variants"][name] = fold(sets, cmd, res)
         for p in (path, path.with_name(path.stem + "_fronts.png")):
             p.unlink(missing_ok=True)
         if name == "base":

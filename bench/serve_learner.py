@@ -52,10 +52,9 @@ class LearnerRun:
 
 def _checkpoint(data: Path, epochs: int) -> Path:
     sys.path.insert(0, str(ROOT / "bench"))
-    from prequential import train_first_half
+    from prequential import cached_first_half
 
-    return train_first_half(data, epochs,
-                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}")
+    return cached_first_half(data, epochs)
 
 
 def learner_run(settings: Any, data: Path, events: int | None = None,

@@ -347,8 +347,8 @@ def evaluate_stream(
     for name, arm in run.items():
         us = sorted(arm.hits)
         by_user[name] = (us, np.array([arm.hits[x][0] for x in us]),
-                          np.array([arm.hits[x][1] for x in us]),
-                          np.array([arm.hits[x][2] for x in us]))
+                         np.array([arm.hits[x][1] for x in us]),
+                         np.array([arm.hits[x][2] for x in us]))
     for name, arm in run.items():
         us, h, g, cnt = by_user[name]
         tot = max(float(cnt.sum()), 1.0)
