@@ -57,14 +57,17 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="revision A (before)")
     ap.add_argument("--head", default="HEAD", help="revision B (after) [HEAD]")
     ap.add_argument("--checkpoint", type=Path,
-                    default=ROOT / "checkpoints" / "prequential-diam-half-e4")
+                    default=ROOT / "checkpoints" / "prequential-diam-half-e4-L50",
+                    help="a network whose window covers --lengths (python bench/prequential.py "
+                         "--seq-len 50 trains it)")
     ap.add_argument("--lengths", default="5,10,20,50")
     ap.add_argument("--histories", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS / "head_ab.json")
     args = ap.parse_args()
     if not (args.checkpoint / "weights.safetensors").is_file():
-        sys.exit(f"{args.checkpoint}: no checkpoint (python bench/prequential.py trains it)")
+        sys.exit(f"{args.checkpoint}: no checkpoint (python bench/prequential.py --seq-len 50 "
+                 "trains it)")
     revs = {side: subprocess.run(["git", "rev-parse", "--short", r], cwd=ROOT, check=True,
                                  capture_output=True, text=True).stdout.strip()
             for side, r in (("base", args.base), ("head", args.head))}

@@ -68,10 +68,10 @@ def apply_cost(ds, base: BaseView, cfg: OnlineConfig, n: int) -> dict[str, float
     }
 
 
-def train_first_half(data: Path, epochs: int, out: Path, seq_len: int | None = None) -> Path:
+def train_first_half(data: Path, epochs: int, out: Path, seq_len: int) -> Path:
     """A DIAM checkpoint trained only on the first half of the prepared stream (time order),
     cached: the same arguments reuse the directory. ``seq_len``: the network's window in
-    training (default: the model's, 50)."""
+    training."""
     if (out / "weights.safetensors").is_file():
         return out
     import dataclasses
@@ -88,7 +88,7 @@ def train_first_half(data: Path, epochs: int, out: Path, seq_len: int | None = N
                                name=f"{ds.name}-first-half")
     corpus = corpus_from_prepared(half)
     mcfg = ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories,
-                       **({} if seq_len is None else {"seq_len": seq_len}))
+                       seq_len=seq_len)
     tcfg = TrainConfig(epochs=epochs, lr=1e-2, seed=0, device="auto", threads=1)
     res = train(corpus, mcfg, tcfg, feats=Features.of(corpus), progress=sys.stderr.isatty(),
                 log=lambda line: print(line, file=sys.stderr))
@@ -100,10 +100,12 @@ def train_first_half(data: Path, epochs: int, out: Path, seq_len: int | None = N
 
 def cached_first_half(data: Path, epochs: int, seq_len: int | None = None) -> Path:
     """The benchmark's first-half checkpoint (:func:`train_first_half`), cached under
-    ``checkpoints/prequential-diam-half-e<epochs>[-L<seq_len>]``: the one place that names it."""
-    suffix = "" if seq_len is None else f"-L{seq_len}"
+    ``checkpoints/prequential-diam-half-e<epochs>-L<seq_len>``: the one place that names it.
+    ``seq_len`` None: the served window (``OnlineConfig.train_seq_len``), as ``diam train``."""
+    if seq_len is None:
+        seq_len = OnlineConfig().train_seq_len("diam")
     return train_first_half(data, epochs,
-                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}{suffix}",
+                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}-L{seq_len}",
                             seq_len)
 
 
@@ -162,7 +164,7 @@ def main() -> None:
                     help="a DIAM checkpoint trained before the cut [default: trained and cached]")
     ap.add_argument("--seq-len", type=int, default=None,
                     help="train the cached checkpoint on windows of this many items "
-                         "[default: the model's 50]")
+                         "[default: the served window, OnlineConfig.train_seq_len: 10]")
     ap.add_argument("--reanchor-every", type=int, default=None,
                     help="override the served setting (OnlineConfig.reanchor_every)")
     ap.add_argument("--no-synth", action="store_true", help="skip the synthetic stream")
@@ -238,9 +240,8 @@ def main() -> None:
     res.update({"base": "diam", "merge": "aggregate", "tuned_on": tuned_on,
                 "checkpoint": {"path": str(ckpt), "trained_on": "the first half of the events "
                                "in time (users split 80/10/10 by seed 0), "
-                               f"{args.epochs} epochs"
-                               + ("" if args.seq_len is None else
-                                  f", windows of {args.seq_len} items")}})
+                               f"{args.epochs} epochs, windows of "
+                               f"{base.head.seq_len} items"}})
     res["cost"] = apply_cost(ds, base, cfg, 2_000 if args.quick else 5_000)
     if not args.no_synth:
         res["synthetic_recovery"] = synthetic_recovery(args.quick, cfg)
@@ -297,8 +298,9 @@ def synthetic_recovery(quick: bool, cfg: OnlineConfig | None = None) -> dict:
          else SynthParams(users=1_500, items=2_500, events_per_user=50.0, seed=0))
     with tempfile.TemporaryDirectory() as tmp:
         d = write_synth(p, Path(tmp) / "synth")
+        seq_len = (cfg or OnlineConfig()).train_seq_len("diam")
         ck = train_first_half(d, 3, ROOT / "checkpoints" / (
-            f"prequential-synth-{p.users}-{p.items}-{p.seed}-half-e3"))
+            f"prequential-synth-{p.users}-{p.items}-{p.seed}-half-e3-L{seq_len}"), seq_len)
         base = BaseView.from_checkpoint(ck)
         ds = load_prepared(d)
         cfg = (cfg or OnlineConfig()).model_copy(update={"dim": base.dim})
@@ -323,7 +325,8 @@ def synthetic_recovery(quick: bool, cfg: OnlineConfig | None = None) -> dict:
             "k_spearman": float(spearmanr(k_hat, k_true).statistic),
             "d_spearman": float(spearmanr(d_hat, d_true).statistic),
             "stream": f"{p.users} users, {p.items} items, {p.events_per_user} events per user",
-            "checkpoint": "DIAM trained 3 epochs on the first half of the synthetic stream",
+            "checkpoint": "DIAM trained 3 epochs on the first half of the synthetic stream, "
+                          f"windows of {seq_len} items",
         }
 
 

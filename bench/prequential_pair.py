@@ -47,7 +47,7 @@ def main() -> None:
     ds = load_prepared(args.data)
     runs = {}
     for side, L in (("a", args.seq_len_a), ("b", args.seq_len_b)):
-        ck = cached_first_half(args.data, args.epochs, None if L == 50 else L)  # 50: default
+        ck = cached_first_half(args.data, args.epochs, L)
         base = BaseView.from_checkpoint(ck)
         t0 = time.perf_counter()
         res = evaluate_stream(ds, OnlineConfig(dim=base.dim), base, users=args.users,

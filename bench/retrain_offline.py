@@ -2,7 +2,8 @@
 than the first one, scored by the model's own inference rather than through the stream?
 
 ml-100k in time order, ten windows of 10%. The first model trains on windows 1-3 (as
-``bench/loop.py``'s: DIAM dim 32, 2 epochs, 16 positions per user, the newest 10% held out).
+``bench/loop.py``'s: DIAM dim 32 on the served window of 10 items, 2 epochs, 16 positions per
+user, the newest 10% held out).
 Each variant then retrains after windows 4..9 on every event so far (newest 10% held out, as
 the retrain service does), warm-started from its previous model (or from scratch with
 ``"cold": true``), and each model is scored on the next window: Recall@20 of users with events
@@ -35,6 +36,7 @@ DEFAULT = {"warm_e1_lr1e-2": {"epochs": 1, "lr": 1e-2}, "warm_e2_lr1e-2": {"epoc
 def main() -> None:
     import torch
 
+    from online_model.config import OnlineConfig
     from online_model.corpus import corpus_from_prepared, prefix_signals
     from online_model.datasets import ItemRows, dataset_from_events, load_prepared, read_item_titles
     from online_model.models import ModelConfig, build_model
@@ -49,6 +51,7 @@ def main() -> None:
     from streams.catalog import items_of_dataset
 
     variants = json.loads(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    SEQ_LEN = OnlineConfig().train_seq_len("diam")  # the retrain service's window  # noqa: N806
     data = str(ROOT / "data" / "ml-100k")
     ds = load_prepared(data)
     n = len(ds.ts_ms)
@@ -67,7 +70,8 @@ def main() -> None:
     def fit(c, init=None, epochs: int = 2, lr: float = 1e-2):  # type: ignore[no-untyped-def]
         tr, _ = time_split(c, 0.1)
         torch.manual_seed(0)
-        mcfg = ModelConfig(model="diam", n_items=c.n_items, n_categories=c.n_categories, dim=32)
+        mcfg = ModelConfig(model="diam", n_items=c.n_items, n_categories=c.n_categories, dim=32,
+                           seq_len=SEQ_LEN)
         state = None
         if init is not None:
             state, _ = remap_state(init[0], init[1], build_model(mcfg, c.item_cat), c.item_ids)
@@ -83,7 +87,8 @@ def main() -> None:
         es = slice_eval_set(c, int(ts[cut(k)]), prefix_signals(c))
         torch.manual_seed(0)
         view = build_model(ModelConfig(model="diam", n_items=c.n_items,
-                                       n_categories=c.n_categories, dim=32), c.item_cat)
+                                       n_categories=c.n_categories, dim=32, seq_len=SEQ_LEN),
+                           c.item_cat)
         state, _ = remap_state(m, ids, view, c.item_ids)
         view.load_state_dict(state)
         return round(float(evaluate_slice(view.eval(), c, es,
@@ -103,7 +108,7 @@ def main() -> None:
             out.append(score(cur, k))
         res[name] = out
         print(name, out, file=sys.stderr)
-    report = {"dataset": "ml-100k", "windows": "recall@20_by_window[j] is window j+5 of 10",
+    report = {"dataset": "ml-100k", "seq_len": SEQ_LEN, "windows": "recall@20_by_window[j] is window j+5 of 10",
               "arms": {k: {"recall@20_by_window": v, "mean": round(float(np.mean(v)), 4)}
                        for k, v in res.items()},
               "variants": variants, "wall_s": round(time.time() - t0, 1),

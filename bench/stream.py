@@ -91,11 +91,12 @@ from streams.kafka_io import (  # noqa: E402
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
 
 
-def make_checkpoint(path: Path, seed: int = 0) -> BaseView:
+def make_checkpoint(path: Path, seed: int = 0, seq_len: int | None = None) -> BaseView:
     """A DIAM checkpoint at d = 64, K_max = 8 over a clustered item table, written by the one
     checkpoint writer (``online_model.checkpoint.save_checkpoint``): the stream then anchors
     users on the network (``BaseView.head``), as it does on a trained snapshot. Weights are
-    untrained (the cost of inference does not depend on them) except the item table."""
+    untrained (the cost of inference does not depend on them) except the item table; the
+    network's window is the served one (``OnlineConfig.train_seq_len``, as ``diam train``)."""
     from types import SimpleNamespace
 
     import torch
@@ -109,8 +110,10 @@ def make_checkpoint(path: Path, seed: int = 0) -> BaseView:
     emb = (centres[cats] + 0.5 * rng.normal(size=(N_ITEMS, DIM))).astype(np.float32)
     ids = np.array([f"it{j}" for j in range(N_ITEMS)])
     torch.manual_seed(seed)
+    if seq_len is None:
+        seq_len = OnlineConfig().train_seq_len("diam")
     model = build_model(ModelConfig(model="diam", n_items=N_ITEMS, n_categories=N_CATS, dim=DIM,
-                                    k_max=8), cats).eval()
+                                    k_max=8, seq_len=seq_len), cats).eval()
     with torch.no_grad():
         model.item_emb.weight[1:] = torch.from_numpy(emb)
     corpus = SimpleNamespace(item_ids=ids, item_cat=cats, n_items=N_ITEMS, n_categories=N_CATS,
@@ -464,7 +467,7 @@ def main() -> None:
     ensure_topic(kafka, ltopic, partitions=4)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
-        base = make_checkpoint(ckpt)
+        base = make_checkpoint(ckpt, seq_len=settings.online.train_seq_len("diam"))
         env = env_for(settings)
         events = synth_events(n, users, seed=1, t0=1_700_000_000_000)
         produce(kafka, topic, events)

@@ -72,7 +72,8 @@ class RetrainConfig(BaseModel):
 
     model: str = "diam"
     """Model to train when there is no active snapshot to warm-start from (or warm_start is
-    off); a warm start keeps the active model's kind and shape."""
+    off), on the window it is served on (``OnlineConfig.train_seq_len``); a warm start keeps
+    the active model's kind and shape, its window included."""
 
     dim: int = Field(default=64, ge=4)
     """Embedding size of a model trained from scratch (a warm start keeps the active one's)."""
@@ -308,7 +309,8 @@ class Retrainer:
                                           "n_categories": full.n_categories})
         else:
             mcfg = ModelConfig(model=cfg.model, n_items=full.n_items,
-                               n_categories=full.n_categories, dim=cfg.dim)
+                               n_categories=full.n_categories, dim=cfg.dim,
+                               seq_len=self.s.online.train_seq_len(cfg.model))
         init_state, warm = None, None
         if (active is not None and active_dir is not None and cfg.warm_start
                 and active.config.get("model") == mcfg.model):

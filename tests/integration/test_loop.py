@@ -102,12 +102,14 @@ def test_train_from_topic_cli(stack, topic, synth_dir, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert f"{len(ds.items.ids):,} catalogue items sent to {items_topic}" in res.output
     out = tmp_path / "ck"
+    # without --seq-len the network is trained on the window the stream serves it on
     res = runner.invoke(main, ["train", "--topic", topic, "--until", "0:40,1:40,2:40,3:40",
                                "--out", str(out), "--epochs", "1", "--dim", "8",
-                               "--seq-len", "10", "--no-progress"], env={**os.environ, **env})
+                               "--no-progress"],
+                        env={**os.environ, **env, "DIAM_ONLINE_INFER_ITEMS": "5"})
     assert res.exit_code == 0, res.output
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["topic"] == topic and config["seq_len"] == 10
+    assert config["data"]["topic"] == topic and config["seq_len"] == 5
     assert config["data"]["end"] == {"0": 40, "1": 40, "2": 40, "3": 40}
     assert config["n_items"] == len(ds.items.ids)
     res = runner.invoke(main, ["train", "--since", "5"], env={**os.environ, **env})
@@ -185,6 +187,9 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     assert store.active_version() == first.version
     assert redis_client.get(model_active_key(namespace)).decode() == first.version
     assert first.metrics["candidate"]["recall@20"] > 0 and first.metrics["eval_users"] >= 10
+    # trained from scratch on the window the stream serves the network on
+    active_cfg = json.loads((store.path(first.version) / "config.json").read_text())
+    assert active_cfg["seq_len"] == s1.online.train_seq_len("diam") == s1.online.infer_items
 
     # an untrained model (no warm start, a learning rate that moves nothing) must be refused
     s2 = _loop_settings(stack, topic, tmp_path, warm_start=False, lr=1e-9, epochs=1)

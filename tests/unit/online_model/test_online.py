@@ -277,3 +277,16 @@ def test_a_learner_that_succeeds_another_maps_items_of_the_older_base_by_id():
 def test_drift_event_round_trips_through_json():
     e = DriftEvent("k_change", "u", 5, 7, {"k_from": 1, "k_to": 2})
     assert DriftEvent.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+def test_the_served_network_is_trained_on_the_window_the_stream_reads() -> None:
+    """One owner of the training window: DIAM's network is trained on ``infer_items`` (its
+    whole window, ``recent_len``, when the stream reads all of it); extractor-less models on
+    ``recent_len``."""
+    from online_model.config import OnlineConfig
+
+    cfg = OnlineConfig()
+    assert cfg.train_seq_len("diam") == cfg.infer_items == 10
+    assert cfg.train_seq_len("mind") == cfg.recent_len == 50
+    assert OnlineConfig(infer_items=0).train_seq_len("diam") == 50
+    assert OnlineConfig(infer_items=20, recent_len=15).train_seq_len("diam") == 15
