@@ -131,8 +131,11 @@ for the fronts: the API's range [-0.5, 0.5] and beyond it, down to d_u = 0 (the 
 score) and up to twice d_u, so that the arms' fronts overlap in Entropy@20."""
 
 
-TUNE_GRID = ("1:0", "10:0", "4:0", "3:0", "10:10", "5:10", "4:10", "3:10", "2:10")
-"""``reanchor_every:infer_items`` pairs for ``--tune`` (0 items: the network's whole window)."""
+TUNE_GRID = ("1:10", "2:10", "3:10", "4:10", "5:10", "10:10", "3:5")
+"""``reanchor_every:infer_items`` pairs for ``--tune`` (0 items: the network's whole window).
+The served network is trained on ``infer_items`` (``OnlineConfig.train_seq_len``), so windows
+longer than 10 are capped at the network's 10; longer windows are compared with networks trained
+on them (``--seq-len``, ``prequential.md``)."""
 
 
 def head_cost(base: BaseView, reps: int = 300) -> dict[str, float]:

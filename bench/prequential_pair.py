@@ -1,4 +1,5 @@
-"""Two DIAM checkpoints served the same way, compared paired on the same users and events.
+"""Two served configurations (two DIAM checkpoints, or one with two sets of online settings),
+compared paired on the same users and events.
 
 The served arm (``guarded``, the stream's settings) runs the prequential protocol of
 ``bench/prequential.py`` on the reported users once per checkpoint; each user's Recall@20 hits
@@ -6,9 +7,12 @@ and scored events are kept (``evaluate_stream(per_user=True)``), and the differe
 a bootstrap interval over users, paired (``online_model.prequential.bootstrap_ci``).
 
 Default pair: the 50-item network and the one trained on the served 10-item window, both the
-benchmark's cached first-half checkpoints. Writes ``bench/results/prequential_pair_<tag>.json``.
+benchmark's cached first-half checkpoints, with the served settings; ``--set-a``/``--set-b``
+override ``OnlineConfig`` fields on one side (e.g. two re-anchoring cadences on one network).
+Writes ``bench/results/prequential_pair_<tag>.json``.
 
-Run: ``python bench/prequential_pair.py [--seq-len-a 50] [--seq-len-b 10] [--tag seq10]``.
+Run: ``python bench/prequential_pair.py [--seq-len-a 50] [--seq-len-b 10] [--set-b
+reanchor_every=2] [--users tune] [--tag seq10]``.
 """
 
 from __future__ import annotations
@@ -41,18 +45,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seq-len-a", type=int, default=50)
     ap.add_argument("--seq-len-b", type=int, default=10)
+    ap.add_argument("--set-a", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override an OnlineConfig field on side A (repeatable)")
+    ap.add_argument("--set-b", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override an OnlineConfig field on side B (repeatable)")
     ap.add_argument("--users", default="report", choices=["report", "tune"])
     ap.add_argument("--tag", default="seq10")
     args = ap.parse_args()
     ds = load_prepared(args.data)
     runs = {}
-    for side, L in (("a", args.seq_len_a), ("b", args.seq_len_b)):
+    for side, L, sets in (("a", args.seq_len_a, args.set_a), ("b", args.seq_len_b, args.set_b)):
         ck = cached_first_half(args.data, args.epochs, L)
         base = BaseView.from_checkpoint(ck)
+        over = dict(kv.partition("=")[::2] for kv in sets)
+        cfg = OnlineConfig(**{**OnlineConfig(dim=base.dim).model_dump(), **over})
         t0 = time.perf_counter()
-        res = evaluate_stream(ds, OnlineConfig(dim=base.dim), base, users=args.users,
-                              arms=("guarded",), per_user=True)
-        runs[side] = {"seq_len": L, "checkpoint": str(ck), "res": res,
+        res = evaluate_stream(ds, cfg, base, users=args.users, arms=("guarded",), per_user=True)
+        runs[side] = {"seq_len": L, "checkpoint": str(ck), "set": over, "res": res,
                       "seconds": round(time.perf_counter() - t0, 1)}
         g = res["arms"]["guarded"]
         print(f"{side}: seq_len {L}: Recall@20 {g['recall@20']:.4f} Entropy@20 "

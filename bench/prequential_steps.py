@@ -1,9 +1,18 @@
-"""The step-size grid of ``prequential.md`` ("Step sizes for the served cadence"), on the tuning
-users: one ``python bench/prequential.py --quick --no-synth --tag st-<name> --set ...`` run per
-variant, folded into ``bench/results/prequential_tune_steps.json`` (each variant keeps its
-command; the per-run JSONs are removed once folded).
+"""Grids of ``prequential.md`` on the tuning users, one ``python bench/prequential.py --quick
+--no-synth --tag st-<name> ...`` (``window-<name>``) run per variant, folded into one JSON (each variant keeps its
+command; the per-run JSONs are removed once folded):
 
-Run: ``python bench/prequential_steps.py [--only NAME ...]`` (about a minute per variant).
+- ``steps`` ("Step sizes for the served cadence"): ``OnlineConfig`` fields set on the served
+  network -> ``bench/results/prequential_tune_steps.json``;
+- ``window`` ("The network's window"): a network trained on I items (``--seq-len``) and run by
+  the stream on its whole window (``infer_items`` I), for I in 5, 10 (served), 20, 50 ->
+  ``bench/results/prequential_tune_window.json``.
+
+Each row also gives guarded's front at a few common Entropy@20 values (null where the front
+does not reach), the comparison that settles a trade-off between recall and diversity.
+
+Run: ``python bench/prequential_steps.py [--grid steps|window] [--only NAME ...]`` (about a
+minute per variant, plus training a network the first time a window is asked for).
 """
 
 from __future__ import annotations
@@ -14,12 +23,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-OUT = RESULTS / "prequential_tune_steps.json"
+sys.path.insert(0, str(ROOT))
 
-VARIANTS: dict[str, list[str]] = {
+from online_model.prequential import matched_recall  # noqa: E402
+
+STEPS: dict[str, list[str]] = {
     "base": [],
+    "res": ["reanchor_residual=true"],
+    "res_keep05": ["reanchor_residual=true", "reanchor_keep=0.5"],
+    "res_keep0": ["reanchor_residual=true", "reanchor_keep=0"],
     "lr1": ["lr=1.0"],
     "lr01": ["lr=0.1"],
     "dcap2": ["drift_cap=2.0"],
@@ -29,16 +45,34 @@ VARIANTS: dict[str, list[str]] = {
     "neg64": ["n_negatives=64"],
     "dlr0": ["d_lr=0"],
     "dlr03": ["d_lr=0.3"],
-    "nores": ["reanchor_residual=false"],
+    "ortho01": ["ortho_threshold=0.1", "ortho_margin=0.0"],
+    "khyst2": ["k_hysteresis=2"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
 
+WINDOW: dict[str, list[str]] = {
+    "base": [],
+    "w5": ["--seq-len", "5", "--set", "infer_items=5"],
+    "w20": ["--seq-len", "20", "--set", "infer_items=20"],
+    "w50": ["--seq-len", "50", "--set", "infer_items=50"],
+}
+"""Variant name -> ``bench/prequential.py`` arguments; ``base`` is served (10 items)."""
+
+GRIDS = {"steps": (STEPS, RESULTS / "prequential_tune_steps.json"),
+         "window": (WINDOW, RESULTS / "prequential_tune_window.json")}
+
+AT_ENTROPY = (1.7, 1.8, 1.9, 2.0)
+"""Common Entropy@20 values at which every row reads guarded's front."""
+
 
 def fold(sets: list[str], cmd: list[str], res: dict) -> dict:
-    """One variant's row: guarded at its served point, reinfer at guarded's Entropy@20."""
+    """One variant's row: guarded at its served point, reinfer at guarded's Entropy@20,
+    guarded's front at :data:`AT_ENTROPY`."""
     g = res["arms"]["guarded"]
     m = res["matched"]["guarded"]["arms"]["reinfer"]
     front = [[p["entropy@20"], p["recall@20"]] for p in res["fronts"]["guarded"]]
+    e, r = (np.array(x) for x in zip(*front, strict=True))
+    at = {f"{t:.1f}": float(matched_recall(e, r, t)) for t in AT_ENTROPY}
     return {
         "command": " ".join(["python", *cmd[1:]]),
         "set": sets,
@@ -48,6 +82,9 @@ def fold(sets: list[str], cmd: list[str], res: dict) -> dict:
         "reinfer_minus_guarded_ci": m["diff_ci"],
         "guarded_front_max_entropy@20": max(e for e, _ in front),
         "guarded_front": front,
+        "guarded_recall@20_at_entropy": {k: (v if np.isfinite(v) else None)
+                                         for k, v in at.items()},
+        "k_u_mean_at_end": res["details"]["guarded"]["mean_k_at_end"],
         "mean_drift": g["mean_drift"],
         "k_changes_per_1k": g["k_changes_per_1k"],
         "mean_d_at_end": res["details"]["guarded"]["mean_d_at_end"],
@@ -56,16 +93,22 @@ def fold(sets: list[str], cmd: list[str], res: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="steps")
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     args = ap.parse_args(argv)
-    names = args.only or list(VARIANTS)
-    out = json.loads(OUT.read_text()) if OUT.is_file() and args.only else {"variants": {}}
+    variants, out_path = GRIDS[args.grid]
+    names = args.only or list(variants)
+    out = (json.loads(out_path.read_text()) if out_path.is_file() and args.only
+           else {"variants": {}})
     for name in names:
-        sets = VARIANTS[name]
-        tag = f"st-{name}"
+        sets = variants[name]
+        tag = f"st-{name}" if args.grid == "steps" else f"{args.grid}-{name}"
         cmd = [sys.executable, "bench/prequential.py", "--quick", "--no-synth", "--tag", tag]
-        for s in sets:
-            cmd += ["--set", s]
+        if args.grid == "steps":
+            for s in sets:
+                cmd += ["--set", s]
+        else:
+            cmd += sets
         print(f"[{name}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         path = RESULTS / f"prequential_quick_{tag}.json"
@@ -77,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             r = res["arms"]["reinfer"]
             out.update({
                 "users": "tune", "dataset": res["dataset"],
-                "served": "reanchor_every 3, infer_items 10, the other OnlineConfig defaults",
+                "served": "the OnlineConfig defaults (reanchor_every 3, infer_items 10, reanchor_residual off)",
                 "checkpoint": res["checkpoint"],
                 "reinfer": {"recall@20": r["recall@20"], "entropy@20": r["entropy@20"],
                             "front": [[p["entropy@20"], p["recall@20"]]
                                       for p in res["fronts"]["reinfer"]]},
                 "nosteps": {k: res["arms"]["nosteps"][k] for k in ("recall@20", "entropy@20")},
             })
-        OUT.write_text(json.dumps(out, indent=1) + "\n")
+        out_path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: {"recall@20": v["guarded_recall@20"],
                           "entropy@20": v["guarded_entropy@20"]}
                       for k, v in out["variants"].items()}, indent=1))

@@ -58,10 +58,19 @@ class OnlineConfig(BaseModel):
     embedding plus an MLP of it and the encoder's summary from the last inference) on every
     event: a few microseconds, where the full network costs about a millisecond."""
 
-    reanchor_residual: bool = True
+    reanchor_residual: bool = False
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
     anchor, and d_u's from its prior) on top of the network's new output; False restarts the
-    vectors at the new anchors."""
+    vectors at the new anchors and d_u at its prior, so the steps adapt the user between two
+    runs of the network. False since the network reads the window it was trained on: on the
+    tuning users carried offsets fought the network's fresher reading (guarded's front
+    0.2177 against 0.2121 at Entropy@20 2.0; a share of them, ``reanchor_keep``, in between;
+    ``bench/results/prequential_tune_steps.json``)."""
+
+    reanchor_keep: float = Field(default=1.0, ge=0, le=1)
+    """With ``reanchor_residual``: the share of each interest's learnt offset carried onto the
+    network's new output (d_u's offset is carried whole); 0 restarts the vectors at the new
+    anchors while d_u keeps what it learnt."""
 
     k_fixed: int = Field(default=4, ge=1)
     """K_u when the base has no light gate and ``no_gate_policy`` is "fixed": ComiRec's and

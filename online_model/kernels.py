@@ -189,6 +189,7 @@ PARAMS = np.dtype(
         ("k_hysteresis", np.int64),  # equal proposals before K_u changes (guards, settled)
         ("k_settle", np.int64),  # known items before K_u's hysteresis applies
         ("residual", np.bool_),  # learnt offsets ride on the network's new output
+        ("keep", np.float32),  # ... this share of the interest vectors' offsets
         ("refresh", np.bool_),  # slot 0 follows the window's mean between inferences
         ("prior_weight", np.float64),  # signals: the session prior's weight
     ],
@@ -369,21 +370,24 @@ def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
 
 
 @njit(cache=True, error_model="numpy")
-def reanchor_vectors(user, vecs, p, h, Vf, Af, k_old, residual, prior, bound):
+def reanchor_vectors(user, vecs, p, h, Vf, Af, k_old, residual, keep, prior, bound):
     """A periodic re-anchoring on the network's output ``vecs`` [K_max, d]: K_u from the
     proposal ``p`` with hysteresis ``h`` (:func:`propose_k`), anchors the first K_u rows of
-    ``vecs``, vectors the same plus, with ``residual``, the learnt offsets ``V - A`` of the
-    interests kept (``Vf``/``Af``: the old flat [k_old * d] arrays); then :func:`reanchored`.
-    Returns the new anchors and vectors ([K_u, d] each)."""
+    ``vecs``, vectors the same plus, with ``residual``, the share ``keep`` (float32) of the
+    learnt offsets ``V - A`` of the interests kept (``Vf``/``Af``: the old flat [k_old * d]
+    arrays); then :func:`reanchored`. Returns the new anchors and vectors ([K_u, d] each)."""
     k = propose_k(user, k_old, p, h)
     d = vecs.shape[1]
     A = vecs[:k].copy()
     V = A.copy()
-    if residual:
+    if residual and keep > 0:
         m = min(k, k_old)
         for i in range(m):
             for j in range(d):
-                V[i, j] += Vf[i * d + j] - Af[i * d + j]
+                if keep == 1:
+                    V[i, j] += Vf[i * d + j] - Af[i * d + j]
+                else:
+                    V[i, j] += keep * (Vf[i * d + j] - Af[i * d + j])
     reanchored(user, prior, residual, bound)
     return A, V
 
@@ -1015,8 +1019,8 @@ def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, of
         return kk
     h = p.k_hysteresis if p.guards and n >= p.k_settle else 1
     k_old = Vf.shape[0] // d
-    A, V = reanchor_vectors(user, vecs, kk, h, Vf, Af, k_old, p.residual and p.learn, prior,
-                            bound)
+    A, V = reanchor_vectors(user, vecs, kk, h, Vf, Af, k_old, p.residual and p.learn, p.keep,
+                            prior, bound)
     k_new = A.shape[0]
     if k_new == k_old:
         Af[:] = A.reshape(-1)

@@ -327,6 +327,7 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     p["k_max"] = min(cfg.k_max, base.k_max)
     p["k_hysteresis"], p["k_settle"] = cfg.k_hysteresis, cfg.k_settle_items
     p["residual"] = cfg.reanchor_residual
+    p["keep"] = cfg.reanchor_keep
     p["refresh"] = cfg.refresh_global and head is not None and head.global_slot_on
     p["prior_weight"] = SESSION_PRIOR_WEIGHT
     return par

@@ -79,7 +79,7 @@ def test_infer_items_runs_the_network_on_the_last_items_only(diam_base) -> None:
 
 def test_residual_reanchoring_keeps_the_steps_within_the_guards(diam_base) -> None:
     base, c = diam_base
-    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_residual=True)
     learner = OnlineLearner(base, cfg)
     st = learner.new_state("u")
     for off, it in enumerate(_clicks(c, 60, seed=4)):
@@ -173,3 +173,25 @@ def test_slot0_refresh_reads_the_last_items_of_a_wrapped_ring(diam_base) -> None
     assert st.n_recent == 7 and int(st.rec["ring_pos"][0]) != 0  # full, and wrapped
     mean = base.item_emb[st.recent[-3:]].astype(np.float64).mean(0)
     np.testing.assert_allclose(st.A[0], base.head.global_slot(mean, st.hseq), atol=1e-5)
+
+
+def test_reanchoring_carries_the_share_of_the_offsets_it_is_told() -> None:
+    """``reanchor_keep``: the new vectors are the network's output plus that share of each kept
+    interest's learnt offset; d_u's logit keeps its whole offset with ``reanchor_residual``
+    and restarts at the prior without it."""
+    from online_model import kernels as K
+
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(4, 8)).astype(np.float32)
+    Af = rng.normal(size=16).astype(np.float32)
+    Vf = (Af + rng.normal(size=16)).astype(np.float32)
+    for residual, keep in ((True, 1.0), (True, 0.5), (True, 0.0), (False, 1.0)):
+        user = K.new_user(7, 30.0)
+        user["k_proposal"] = 2
+        user["d_prior"], user["d_logit"] = 0.2, 0.7
+        A, V = K.reanchor_vectors(user, vecs, 2, 1, Vf, Af, 2, residual, np.float32(keep),
+                                  -0.1, 4.0)
+        np.testing.assert_array_equal(A, vecs[:2])
+        share = keep if residual else 0.0
+        np.testing.assert_allclose(V - A, share * (Vf - Af).reshape(2, 8), atol=1e-6)
+        assert user["d_logit"][0] == pytest.approx(-0.1 + (0.5 if residual else 0.0))

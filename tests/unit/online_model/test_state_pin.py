@@ -35,7 +35,7 @@ PINS = {
     "kmeans-clamp": "e469a2688a0e5b622fd0152e292268037fe842e8f0dc0b43df85fdbbc5e0a75d",
     "kmeans-rollback": "e803cb0aa8bc755fca017d7c14f174d81b5877f2cc017ae1d61b9853d9c48f84",
     "kmeans-unguarded": "f9e80288c13cf8a542e88de0a24934a4df853583ae606ff516e3355382a3b814",
-    "diam": "6e325c4164da44450456a4f063f6d8c23630e80a9f4e314fb07fe3ea4ab70a0c",
+    "diam": "e82a69dda804306f1000ca8bbd523ff1a80a86d36b1e47f9b371b4a4835ed0c9",
 }
 
 
