@@ -548,8 +548,9 @@ class OnlineLearner:
         """Anchor ``state`` on the base: DIAM's interests of the recent items when the base
         has the network's head (K_u from its full gate, d_u's prior from its fusion layer),
         else centroids of the recent items. A first anchoring (or one after a new snapshot)
-        starts the vectors at the anchors; a periodic re-anchoring keeps the learnt offsets
-        (``reanchor_residual``) and changes K_u only after ``k_hysteresis`` equal proposals."""
+        starts the vectors at the anchors; a periodic re-anchoring restarts them there too, or
+        keeps (``reanchor_residual``) a share ``reanchor_keep`` of the learnt offsets, and
+        changes K_u only after ``k_hysteresis`` equal proposals."""
         if self.base.head is not None:
             self._anchor_diam(state, out)
             return
@@ -588,7 +589,8 @@ class OnlineLearner:
         the scratch buffer and the vectors start at them; a periodic one changed the arrays in
         place (``ran`` -1) or, with a new K_u, left them in the buffer (a ``k_change`` event).
         The anchors and vectors are float32 [K_u, d] as before: the learnt offsets (with
-        ``reanchor_residual``) ride on the network's new output, a new interest starts at its
+        ``reanchor_residual``, their share ``reanchor_keep``) ride on the network's new
+        output, a new interest starts at its
         anchor, a dropped one takes its offset with it; K_u changes after ``k_hysteresis``
         equal proposals (guards, once ``k_settle_items`` are known)."""
         self.inferences += 1
