@@ -194,8 +194,8 @@ class OnlineConfig(BaseModel):
         DIAM's network is run by the stream on a user's last ``infer_items`` items, so it is
         trained on that window (``recent_len`` when ``infer_items`` is 0: the whole window). A
         network trained on 50 items and served on 10 reads a window shorter than any it learnt
-        on; trained on the served 10 it serves +4.0% Recall@20 at higher Entropy@20 (paired
-        95% CI [+0.0048, +0.0122], ``bench/results/prequential_pair_seq10.json``). Models
+        on; trained on the served 10 it serves +3.9% Recall@20 at higher Entropy@20 (paired
+        95% CI [+0.0045, +0.0116], ``bench/results/prequential_pair_seq10.json``). Models
         without an extractor are anchored by k-means centroids of ``recent_len`` items and are
         trained on that window (the offline comparison's 50)."""
         if model == "diam" and self.infer_items:

@@ -95,7 +95,7 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
               help="Items of history the network reads in training [default: the window it "
                    "is served on: DIAM_ONLINE_INFER_ITEMS (10) for diam, "
                    "DIAM_ONLINE_RECENT_LEN (50) for the others; OnlineConfig.train_seq_len]. "
-                   "A DIAM network trained on the stream's window serves +4.0% Recall@20 "
+                   "A DIAM network trained on the stream's window serves +3.9% Recall@20 "
                    "(bench/results/prequential.md).")
 @click.option("--k-max", type=click.IntRange(1, 32), default=8, show_default=True,
               help="DIAM's K_max (the baselines use --interests).")
