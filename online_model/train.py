@@ -174,8 +174,7 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     per_user = _train_positions(corpus, split["train"])
     # d_u's target is a quantile among training examples (its scale is that of a percentile)
     ref_pos = np.concatenate(per_user)
-    if hasattr(model, "fusion"):  # DIAM: the stream's d_u step aims at the same scale
-        model.fusion.set_reference(feats.div_target[ref_pos])
+    model.set_diversity_reference(feats.div_target[ref_pos])
     feats = replace(feats, div_target=quantile_target(feats.div_target, ref_pos))
     rng = np.random.default_rng(cfg.seed)
     n_ex = sum(min(len(p), cfg.max_per_user) for p in per_user)

@@ -187,6 +187,12 @@ class MultiInterestModel(nn.Module):
         """Item embeddings without the padding row, [N, d]."""
         return self.item_emb.weight[1:]
 
+    def set_diversity_reference(self, div: np.ndarray) -> None:
+        """The realised diversity of the training examples (``Features.div_target`` at the
+        training positions), before it becomes a percentile: a model that predicts d_u records
+        its table for the stream (DIAM: ``DiversityFusion.set_reference``); the others need
+        nothing."""
+
     def export_online(self) -> dict[str, np.ndarray]:
         """The numpy "online head" of the checkpoint contract; baselines export item_emb only."""
         return {"online.item_emb": self.item_table().detach().float().cpu().numpy()}

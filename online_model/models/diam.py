@@ -123,6 +123,10 @@ class DIAM(MultiInterestModel):
             for p in part.parameters():
                 p.requires_grad_(not frozen)
 
+    def set_diversity_reference(self, div: np.ndarray) -> None:
+        """The stream's d_u step aims at the scale the fusion layer is trained to."""
+        self.fusion.set_reference(div)
+
     def param_groups(self, lr: float, weight_decay: float, fast_scale: float) -> list[dict]:
         """The five-parameter fusion and the light gate learn ``fast_scale`` times faster
         (``TrainConfig.fast_lr_scale``), without decay: they are small regressions whose targets
