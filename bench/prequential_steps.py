@@ -47,6 +47,8 @@ STEPS: dict[str, list[str]] = {
     "dlr03": ["d_lr=0.3"],
     "ortho01": ["ortho_threshold=0.1", "ortho_margin=0.0"],
     "khyst2": ["k_hysteresis=2"],
+    "ksettle10": ["k_settle_items=10"],
+    "ksettle20": ["k_settle_items=20"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
 
