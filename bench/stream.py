@@ -5,8 +5,10 @@ served configuration: a DIAM checkpoint (K_max = 8; users anchored on the networ
 Prints one JSON object and writes ``bench/results/stream.json``:
 
 - ``base`` ("diam"), ``recovery`` (true), ``reanchor_every``, ``arrivals``;
-  ``anchor_ms_p50`` / ``anchor_ms_p99``: the compiled inference head (numba) on a 50-item history, one
-  user at a time as the stream runs it; ``anchor_ms_per_user_torch_batched_64`` for reference;
+  ``anchor_ms_p50`` / ``anchor_ms_p99``: the compiled inference head (numba) on a 50-item history
+  (the served network reads its window, ``anchor_network_window`` items), one user at a time as
+  the stream runs it; ``anchor_ms_per_user_torch_batched_64`` for reference; the same three
+  with ``_50_item_network`` for a network trained on, and reading, all 50;
 
 - ``events_per_s``: events through the full dataflow (decode, validate, learn, push to Redis) in
   one process with one worker, over a bounded topic; ``bare_consumer_events_per_s``: a bare
@@ -157,10 +159,11 @@ def synth_events(n: int, users: int, seed: int, t0: int, new_user_share: float =
 
 def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2,
                 served_items: int = 0) -> dict[str, float]:
-    """What anchoring one user on the network costs: the compiled head on a 50-item history, one
-    user at a time (as the stream runs it), and the torch model batched (64 users per call,
-    one thread) for reference; plus the head on the served window (``served_items``, the
-    last items ``OnlineConfig.infer_items`` reads) when that is shorter."""
+    """What anchoring one user on the network costs: the compiled head on a 50-item history
+    (it reads the network's window, its last ``seq_len`` items), one user at a time as the
+    stream runs it, and the torch model batched on the same window (64 users per call, one
+    thread) for reference; plus the head on the served window (``served_items``, the last
+    items ``OnlineConfig.infer_items`` reads) when that is shorter than the network's."""
     import torch
 
     from online_model.checkpoint import load_checkpoint
@@ -169,6 +172,7 @@ def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2,
     rng = np.random.default_rng(seed)
     hist = rng.integers(0, N_ITEMS, size=(n_users, 50))
     sig = rng.random((n_users, 4)).astype(np.float32)
+    L = min(base.head.seq_len, hist.shape[1])
     for i in range(20):
         base.head.infer(hist[i], sig[i])
     t = []
@@ -179,7 +183,7 @@ def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2,
     t_ms = np.array(t) * 1e3
     torch.set_num_threads(1)
     model = load_checkpoint(base.meta["path"]).model
-    b = Batch(torch.as_tensor(hist[:64] + 1), torch.full((64,), 50), torch.as_tensor(sig[:64]))
+    b = Batch(torch.as_tensor(hist[:64, -L:] + 1), torch.full((64,), L), torch.as_tensor(sig[:64]))
     with torch.inference_mode():
         model.interests(b)
         t0 = time.perf_counter()
@@ -189,8 +193,8 @@ def anchor_cost(base: BaseView, n_users: int = 300, seed: int = 2,
     out = {"anchor_ms_p50": round(float(np.percentile(t_ms, 50)), 3),
            "anchor_ms_p99": round(float(np.percentile(t_ms, 99)), 3),
            "anchor_ms_per_user_torch_batched_64": round(per, 3),
-           "anchor_history_len": 50}
-    if 0 < served_items < 50:
+           "anchor_history_len": 50, "anchor_network_window": L}
+    if 0 < served_items < L:
         t = []
         for i in range(n_users):
             t0 = time.perf_counter()
@@ -523,6 +527,11 @@ def main() -> None:
                                   fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
         foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
         anchor = anchor_cost(base, served_items=settings.online.infer_items)
+        # for reference: a network trained on 50 items, run on all of them
+        wide = anchor_cost(make_checkpoint(Path(tmp) / "ckpt50", seq_len=50))
+        anchor.update({f"{k}_50_item_network": wide[k]
+                       for k in ("anchor_ms_p50", "anchor_ms_p99",
+                                 "anchor_ms_per_user_torch_batched_64")})
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
     for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs"):
