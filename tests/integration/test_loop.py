@@ -126,7 +126,9 @@ def loop_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
     from online_model.corpus import tiny_corpus
     from online_model.datasets import ItemRows
 
-    c = tiny_corpus(n_users=80, n_items=150, n_categories=6, length=20, seed=11)
+    # one or two categories per user: structure a few epochs learn clearly above chance
+    c = tiny_corpus(n_users=80, n_items=150, n_categories=6, length=20, seed=11,
+                    n_interests=np.random.default_rng(11).integers(1, 3, size=80))
     ids = c.item_ids.tolist()
     rows = ItemRows(ids, [f"item {i}" for i in ids],
                     [[c.category_names[int(k)]] for k in c.item_cat])
