@@ -109,6 +109,12 @@ def cached_first_half(data: Path, epochs: int, seq_len: int | None = None) -> Pa
                             seq_len)
 
 
+def with_sets(cfg: OnlineConfig, sets: list[str]) -> OnlineConfig:
+    """``cfg`` with ``FIELD=VALUE`` overrides (the ``--set`` options), validated as settings."""
+    over = dict(kv.partition("=")[::2] for kv in sets)
+    return OnlineConfig(**{**cfg.model_dump(), **over}) if over else cfg
+
+
 def run(ds, cfg: OnlineConfig, base: BaseView, users: str, arms=ARMS, sweep=()) -> dict:
     t0 = time.perf_counter()
     res = evaluate_stream(ds, cfg, base, users=users, arms=arms, sweep=sweep,
@@ -195,9 +201,7 @@ def main() -> None:
     cfg = OnlineConfig(dim=base.dim)
     if args.reanchor_every is not None:
         cfg = cfg.model_copy(update={"reanchor_every": args.reanchor_every})
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        cfg = OnlineConfig(**{**cfg.model_dump(), key: value})
+    cfg = with_sets(cfg, args.set)
     tuned_on = ("tuning users: a stable 10% by hash of the user id "
                 "(online_model.prequential.user_group), disjoint from the reported users")
     sweep = tuple(float(x) for x in args.sweep.split(",") if x.strip())

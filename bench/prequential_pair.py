@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prequential import cached_first_half  # noqa: E402
+from prequential import cached_first_half, with_sets  # noqa: E402
 
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -57,11 +57,10 @@ def main() -> None:
     for side, L, sets in (("a", args.seq_len_a, args.set_a), ("b", args.seq_len_b, args.set_b)):
         ck = cached_first_half(args.data, args.epochs, L)
         base = BaseView.from_checkpoint(ck)
-        over = dict(kv.partition("=")[::2] for kv in sets)
-        cfg = OnlineConfig(**{**OnlineConfig(dim=base.dim).model_dump(), **over})
+        cfg = with_sets(OnlineConfig(dim=base.dim), sets)
         t0 = time.perf_counter()
         res = evaluate_stream(ds, cfg, base, users=args.users, arms=("guarded",), per_user=True)
-        runs[side] = {"seq_len": L, "checkpoint": str(ck), "set": over, "res": res,
+        runs[side] = {"seq_len": L, "checkpoint": str(ck), "set": sets, "res": res,
                       "seconds": round(time.perf_counter() - t0, 1)}
         g = res["arms"]["guarded"]
         print(f"{side}: seq_len {L}: Recall@20 {g['recall@20']:.4f} Entropy@20 "

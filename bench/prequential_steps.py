@@ -1,6 +1,6 @@
 """Grids of ``prequential.md`` on the tuning users, one ``python bench/prequential.py --quick
---no-synth --tag st-<name> ...`` (``window-<name>``) run per variant, folded into one JSON (each variant keeps its
-command; the per-run JSONs are removed once folded):
+--no-synth --tag st-<name> ...`` (``window-<name>``) run per variant, folded into one JSON
+(each variant keeps its command; the per-run JSONs are removed once folded):
 
 - ``steps`` ("Step sizes for the served cadence"): ``OnlineConfig`` fields set on the served
   network -> ``bench/results/prequential_tune_steps.json``;
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             r = res["arms"]["reinfer"]
             out.update({
                 "users": "tune", "dataset": res["dataset"],
-                "served": "the OnlineConfig defaults (reanchor_every 3, infer_items 10, reanchor_residual off)",
+                "served": "the OnlineConfig defaults (reanchor_every 3, infer_items 10, "
+                          "reanchor_residual off)",
                 "checkpoint": res["checkpoint"],
                 "reinfer": {"recall@20": r["recall@20"], "entropy@20": r["entropy@20"],
                             "front": [[p["entropy@20"], p["recall@20"]]

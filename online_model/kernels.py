@@ -383,11 +383,8 @@ def reanchor_vectors(user, vecs, p, h, Vf, Af, k_old, residual, keep, prior, bou
     if residual and keep > 0:
         m = min(k, k_old)
         for i in range(m):
-            for j in range(d):
-                if keep == 1:
-                    V[i, j] += Vf[i * d + j] - Af[i * d + j]
-                else:
-                    V[i, j] += keep * (Vf[i * d + j] - Af[i * d + j])
+            for j in range(d):  # keep 1 multiplies exactly: the bits of the whole offset
+                V[i, j] += keep * (Vf[i * d + j] - Af[i * d + j])
     reanchored(user, prior, residual, bound)
     return A, V
 

@@ -590,9 +590,9 @@ class OnlineLearner:
         place (``ran`` -1) or, with a new K_u, left them in the buffer (a ``k_change`` event).
         The anchors and vectors are float32 [K_u, d] as before: the learnt offsets (with
         ``reanchor_residual``, their share ``reanchor_keep``) ride on the network's new
-        output, a new interest starts at its
-        anchor, a dropped one takes its offset with it; K_u changes after ``k_hysteresis``
-        equal proposals (guards, once ``k_settle_items`` are known)."""
+        output, a new interest starts at its anchor, a dropped one takes its offset with it;
+        K_u changes after ``k_hysteresis`` equal proposals (guards, once ``k_settle_items``
+        are known)."""
         self.inferences += 1
         d = self._dim
         buf = self._scratch()
