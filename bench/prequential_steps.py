@@ -31,24 +31,47 @@ sys.path.insert(0, str(ROOT))
 
 from online_model.prequential import matched_recall  # noqa: E402
 
+PREVIOUS = ["k_gate_margin=0", "k_hysteresis=4", "k_settle_items=0"]
+"""The K_u rule served before the gate margin: the rows that explore the steps, re-anchoring
+and K_u's hysteresis were measured on it (and reproduce with it set)."""
+
+NO_SETTLE = "k_settle_items=0"
+"""The gate-margin rows were measured before the settling window was chosen."""
+
 STEPS: dict[str, list[str]] = {
     "base": [],
-    "res": ["reanchor_residual=true"],
-    "res_keep05": ["reanchor_residual=true", "reanchor_keep=0.5"],
-    "res_keep0": ["reanchor_residual=true", "reanchor_keep=0"],
-    "lr1": ["lr=1.0"],
-    "lr01": ["lr=0.1"],
-    "dcap2": ["drift_cap=2.0"],
-    "scap1": ["step_cap=1.0", "drift_cap=2.0", "lr=1.0"],
-    "lr3": ["lr=3.0", "step_cap=2.0", "drift_cap=3.0", "trust_radius=3.0"],
-    "temp05": ["temperature=0.5"],
-    "neg64": ["n_negatives=64"],
-    "dlr0": ["d_lr=0"],
-    "dlr03": ["d_lr=0.3"],
-    "ortho01": ["ortho_threshold=0.1", "ortho_margin=0.0"],
-    "khyst2": ["k_hysteresis=2"],
-    "ksettle10": ["k_settle_items=10"],
-    "ksettle20": ["k_settle_items=20"],
+    "served_before": PREVIOUS,
+    "res": [*PREVIOUS, "reanchor_residual=true"],
+    "res_keep05": [*PREVIOUS, "reanchor_residual=true", "reanchor_keep=0.5"],
+    "res_keep0": [*PREVIOUS, "reanchor_residual=true", "reanchor_keep=0"],
+    "lr1": [*PREVIOUS, "lr=1.0"],
+    "lr01": [*PREVIOUS, "lr=0.1"],
+    "dcap2": [*PREVIOUS, "drift_cap=2.0"],
+    "scap1": [*PREVIOUS, "step_cap=1.0", "drift_cap=2.0", "lr=1.0"],
+    "lr3": [*PREVIOUS, "lr=3.0", "step_cap=2.0", "drift_cap=3.0", "trust_radius=3.0"],
+    "temp05": [*PREVIOUS, "temperature=0.5"],
+    "neg64": [*PREVIOUS, "n_negatives=64"],
+    "dlr0": [*PREVIOUS, "d_lr=0"],
+    "dlr03": [*PREVIOUS, "d_lr=0.3"],
+    "ortho01": [*PREVIOUS, "ortho_threshold=0.1", "ortho_margin=0.0"],
+    "khyst2": ["k_gate_margin=0", "k_hysteresis=2", NO_SETTLE],
+    "ksettle10": ["k_gate_margin=0", "k_hysteresis=4", "k_settle_items=10"],
+    "ksettle20": ["k_gate_margin=0", "k_hysteresis=4", "k_settle_items=20"],
+    # K_u rising faster than it falls
+    "kup1": [*PREVIOUS, "k_hysteresis_up=1"],
+    "kup2": [*PREVIOUS, "k_hysteresis_up=2"],
+    "kup1_down8": ["k_gate_margin=0", "k_hysteresis_up=1", "k_hysteresis=8", NO_SETTLE],
+    "kup2_down8": ["k_gate_margin=0", "k_hysteresis_up=2", "k_hysteresis=8", NO_SETTLE],
+    # the gate's margin (a Schmitt trigger) with shorter hysteresis (gm50_h3 was chosen), then
+    # K_u free of both until the window holds 10 (served) or 20 known items
+    "gm25": ["k_gate_margin=0.25", "k_hysteresis=4", NO_SETTLE],
+    "gm25_h2": ["k_gate_margin=0.25", "k_hysteresis=2", NO_SETTLE],
+    "gm50_h1": ["k_gate_margin=0.5", "k_hysteresis=1", NO_SETTLE],
+    "gm50_h2": ["k_gate_margin=0.5", "k_hysteresis=2", NO_SETTLE],
+    "gm50_h3": ["k_gate_margin=0.5", "k_hysteresis=3", NO_SETTLE],
+    "gm75_h1": ["k_gate_margin=0.75", "k_hysteresis=1", NO_SETTLE],
+    "gm75_h2": ["k_gate_margin=0.75", "k_hysteresis=2", NO_SETTLE],
+    "settle20": ["k_settle_items=20"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
 
@@ -123,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             out.update({
                 "users": "tune", "dataset": res["dataset"],
                 "served": "the OnlineConfig defaults (reanchor_every 3, infer_items 10, "
-                          "reanchor_residual off)",
+                          "reanchor_residual off, k_gate_margin 0.5, k_hysteresis 3)",
                 "checkpoint": res["checkpoint"],
                 "reinfer": {"recall@20": r["recall@20"], "entropy@20": r["entropy@20"],
                             "front": [[p["entropy@20"], p["recall@20"]]

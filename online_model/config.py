@@ -141,18 +141,44 @@ class OnlineConfig(BaseModel):
     """Re-propose K_u (and refresh d_u's prior) every m events: the gate's input (mean of the
     last 50 items) barely moves in fewer, and a re-gate costs several steps' worth."""
 
-    k_settle_items: int = Field(default=0, ge=0)
-    """On a DIAM base, K_u follows the full gate without hysteresis while the user's window
-    holds fewer known items than this (0: hysteresis from the first anchoring). 20 recovers
-    the planted K_u of the synthetic stream better but lets young users' K_u grow, and it cost
-    Recall@20 on ml-100k's tuning users (``bench/results/prequential.md``), so it is off by
-    default."""
+    k_settle_items: int = Field(default=10, ge=0)
+    """On a DIAM base, K_u follows the full gate without hysteresis or gate margin while the
+    user's window holds fewer known items than this (0: both from the first anchoring). 10,
+    the network's window: a new user's K_u climbs to what the gate reads in a full window
+    instead of holding the K_u of their first clicks. With the gate margin it keeps the
+    planted K_u of the synthetic stream recoverable (Spearman 0.22, against 0.06 with the
+    margin alone and 0.28 with neither) at about half the K_u changes of the rule without
+    the margin, on the same Recall@20-Entropy@20 front on ml-100k's tuning users
+    (``bench/results/prequential.md``, "K_u's gate margin")."""
 
-    k_hysteresis: int = Field(default=4, ge=1)
-    """Consecutive equal proposals needed to change K_u (guards on): 4 proposals = 40 learnt
-    events, about a session, so a proposal that flickers at a rounding boundary never reaches
-    Redis. Chosen on ml-100k's tuning users: 3 fell short of five times fewer K_u changes
-    than no hysteresis, 5 cost more recall than 4."""
+    k_hysteresis: int = Field(default=3, ge=1)
+    """Consecutive equal proposals needed to change K_u (guards on): on a DIAM base one
+    proposal per re-anchoring (3 proposals = 9 events), on a base without the network one per
+    ``regate_every`` events. Chosen with ``k_gate_margin`` on ml-100k's tuning users
+    (``bench/results/prequential.md``, "K_u's gate margin"): the rule with the settling window
+    sits on the same Recall@20-Entropy@20 front as 4 proposals without a margin, with 9.3
+    instead of 16.9 K_u changes per 1k events (paired Recall@20 −0.0012, CI [−0.0035,
+    +0.0010], at Entropy@20 2.042 against 2.012; ``prequential_pair_tune_gate_margin.json``)."""
+
+    k_hysteresis_up: int | None = Field(default=None, ge=1)
+    """Consecutive equal proposals needed to raise K_u (guards on); None: ``k_hysteresis``,
+    which then counts only those that lower it. Raising K_u faster (1 or 2, with 4 or 8 to
+    lower it) cost Recall@20 and doubled the K_u changes on the tuning users (kup rows of
+    ``prequential_tune_steps.json``), so both directions count the same by default."""
+
+    k_gate_margin: float = Field(default=0.5, ge=0)
+    """DIAM base, guards on: a Schmitt trigger on the gate. K_u = floor(g · K_max) + 1; while
+    g · K_max stays within this margin (in units of one K) of the current K_u's bucket, the
+    gate proposes the current K_u (``kernels.gate_proposal``). 0.5 with 3 proposals halves the
+    K_u changes at the same front on the tuning users (gm rows of
+    ``prequential_tune_steps.json``); 0: any bucket change proposes."""
+
+    def k_hysteresis_pair(self) -> tuple[int, int]:
+        """(proposals to lower K_u, proposals to raise it): (1, 1) without guards."""
+        if not self.guards:
+            return 1, 1
+        up = self.k_hysteresis if self.k_hysteresis_up is None else self.k_hysteresis_up
+        return self.k_hysteresis, up
 
     # -- guards --------------------------------------------------------------------------------
     step_cap: float = Field(default=0.5, gt=0)
@@ -194,8 +220,8 @@ class OnlineConfig(BaseModel):
         DIAM's network is run by the stream on a user's last ``infer_items`` items, so it is
         trained on that window (``recent_len`` when ``infer_items`` is 0: the whole window). A
         network trained on 50 items and served on 10 reads a window shorter than any it learnt
-        on; trained on the served 10 it serves +3.9% Recall@20 at higher Entropy@20 (paired
-        95% CI [+0.0045, +0.0116], ``bench/results/prequential_pair_seq10.json``). Models
+        on; trained on the served 10 it serves +2.7% Recall@20 at higher Entropy@20 (paired
+        95% CI [+0.0020, +0.0094], ``bench/results/prequential_pair_seq10.json``). Models
         without an extractor are anchored by k-means centroids of ``recent_len`` items and are
         trained on that window (the offline comparison's 50)."""
         if model == "diam" and self.infer_items:

@@ -55,6 +55,7 @@ __all__ = [
     "anchored",
     "reanchored",
     "propose_k",
+    "gate_proposal",
     "ring_window",
     "diversity_target",
     "reanchor_vectors",
@@ -186,8 +187,10 @@ PARAMS = np.dtype(
         # DIAM base: what the re-anchoring on the network reads (anchor_diam)
         ("window", np.int64),  # the network reads the user's last `window` items
         ("k_max", np.int64),  # the learner's largest K_u
-        ("k_hysteresis", np.int64),  # equal proposals before K_u changes (guards, settled)
-        ("k_settle", np.int64),  # known items before K_u's hysteresis applies
+        ("k_hysteresis", np.int64),  # equal proposals before K_u falls (guards, settled)
+        ("k_hysteresis_up", np.int64),  # ... before it grows
+        ("k_settle", np.int64),  # known items before K_u's hysteresis and margin apply
+        ("k_margin", np.float64),  # the gate must leave K_u's bucket by this much (settled)
         ("residual", np.bool_),  # learnt offsets ride on the network's new output
         ("keep", np.float32),  # ... this share of the interest vectors' offsets
         ("refresh", np.bool_),  # slot 0 follows the window's mean between inferences
@@ -300,9 +303,10 @@ def reanchored(user, prior, keep_offset, bound):
 
 
 @njit(cache=True, error_model="numpy")
-def propose_k(user, k, p, h):
+def propose_k(user, k, p, h, h_up):
     """K_u's hysteresis: the user at K_u = ``k`` gets the proposal ``p``; returns the K_u to
-    take: ``p`` once ``h`` consecutive proposals equal it, else ``k``."""
+    take: ``p`` once consecutive proposals equal it ``h`` times (``h_up`` times when ``p``
+    is above ``k``), else ``k``."""
     u = user[0]
     if p == k:
         u.k_proposal = p
@@ -310,10 +314,23 @@ def propose_k(user, k, p, h):
         return k
     u.k_streak = u.k_streak + 1 if p == u.k_proposal else 1
     u.k_proposal = p
-    if u.k_streak >= h:
+    if u.k_streak >= (h_up if p > k else h):
         u.k_streak = 0
         return p
     return k
+
+
+@njit(cache=True, error_model="numpy")
+def gate_proposal(gate_prob, k_head, k_net, k_old, margin):
+    """The K_u a user at ``k_old`` is proposed by the gate: ``k_net`` (from K = floor(g ·
+    k_head) + 1, ``infer.head_outputs``), unless g · k_head lies within ``margin`` (in units
+    of one K) of ``k_old``'s bucket [k_old − 1, k_old), where it proposes ``k_old``: a gate
+    that hovers at a bucket's edge does not start a hysteresis streak (a Schmitt trigger)."""
+    if margin > 0.0:
+        x = gate_prob * k_head
+        if k_old - 1 - margin <= x < k_old + margin:
+            return k_old
+    return k_net
 
 
 @njit(cache=True, error_model="numpy")
@@ -348,11 +365,16 @@ def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
     m = min(n, DIV_WINDOW)
     if m < DIV_MIN_ITEMS:
         return -1.0
-    rows = ring_window(ring, n, pos, DIV_WINDOW)
+    # ring_window's rows, read in place: no copy on the per-event path
+    cap = ring.shape[0]
+    start = pos - m if n >= cap else n - m
     counts = np.zeros(n_cat, np.int64)
     known = 0
     for i in range(m):
-        c = item_cats[rows[i]]
+        j = start + i
+        if j < 0:
+            j += cap
+        c = item_cats[ring[j]]
         if 0 <= c < n_cat:
             counts[c] += 1
             known += 1
@@ -370,13 +392,13 @@ def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
 
 
 @njit(cache=True, error_model="numpy")
-def reanchor_vectors(user, vecs, p, h, Vf, Af, k_old, residual, keep, prior, bound):
+def reanchor_vectors(user, vecs, p, h, h_up, Vf, Af, k_old, residual, keep, prior, bound):
     """A periodic re-anchoring on the network's output ``vecs`` [K_max, d]: K_u from the
-    proposal ``p`` with hysteresis ``h`` (:func:`propose_k`), anchors the first K_u rows of
-    ``vecs``, vectors the same plus, with ``residual``, the share ``keep`` (float32) of the
-    learnt offsets ``V - A`` of the interests kept (``Vf``/``Af``: the old flat [k_old * d]
-    arrays); then :func:`reanchored`. Returns the new anchors and vectors ([K_u, d] each)."""
-    k = propose_k(user, k_old, p, h)
+    proposal ``p`` with hysteresis ``h`` down and ``h_up`` up (:func:`propose_k`), anchors
+    the first K_u rows of ``vecs``, vectors the same plus, with ``residual``, the share
+    ``keep`` (float32) of the learnt offsets ``V - A`` of the interests kept (``Vf``/``Af``:
+    the old flat [k_old * d] arrays); then :func:`reanchored`. Returns the new anchors and vectors ([K_u, d] each)."""
+    k = propose_k(user, k_old, p, h, h_up)
     d = vecs.shape[1]
     A = vecs[:k].copy()
     V = A.copy()
@@ -1001,8 +1023,8 @@ def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, of
     a, b, c, e = signal_values(sig, n_cat, p.prior_weight)
     sig4 = np.empty(4, np.float32)
     sig4[0], sig4[1], sig4[2], sig4[3] = a, b, c, e
-    k_net, _, d_net = head_outputs(rows, emb, h_cat, buf, off, dims, fusion_w, fusion_b, sig4,
-                                   vecs, h_new)
+    k_net, gate_prob, d_net = head_outputs(rows, emb, h_cat, buf, off, dims, fusion_w,
+                                           fusion_b, sig4, vecs, h_new)
     hseq[:] = h_new
     kk = min(k_net, p.k_max)
     bound = p.d_bound
@@ -1014,10 +1036,13 @@ def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, of
                 out[i * d + j] = vecs[i, j]
         anchored(user, kk, prior)
         return kk
-    h = p.k_hysteresis if p.guards and n >= p.k_settle else 1
+    settled = p.guards and n >= p.k_settle
+    h, h_up = (p.k_hysteresis, p.k_hysteresis_up) if settled else (1, 1)
     k_old = Vf.shape[0] // d
-    A, V = reanchor_vectors(user, vecs, kk, h, Vf, Af, k_old, p.residual and p.learn, p.keep,
-                            prior, bound)
+    if settled:
+        kk = gate_proposal(gate_prob, k_head, kk, k_old, p.k_margin)
+    A, V = reanchor_vectors(user, vecs, kk, h, h_up, Vf, Af, k_old, p.residual and p.learn,
+                            p.keep, prior, bound)
     k_new = A.shape[0]
     if k_new == k_old:
         Af[:] = A.reshape(-1)
@@ -1080,7 +1105,8 @@ def warm_up() -> None:
     diversity_target(ring, 3, 3, np.zeros(10, np.int32), n_cat, np.linspace(0.0, 1.0, 11))
     anchored(user, 2, 0.5)
     reanchored(user, 0.25, True, 4.0)
-    propose_k(user, 2, 3, 2)
+    propose_k(user, 2, 3, 2, 1)
+    gate_proposal(0.3, 8, 3, 2, 0.5)
     centroids(emb.astype(np.float32), 2, 5)
     signal_values(sig, n_cat, 2.0)
     effective_categories(sig, n_cat)

@@ -325,7 +325,8 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     seq_len = head.seq_len if head is not None else 0
     p["window"] = min(seq_len, cfg.infer_items) if cfg.infer_items else seq_len
     p["k_max"] = min(cfg.k_max, base.k_max)
-    p["k_hysteresis"], p["k_settle"] = cfg.k_hysteresis, cfg.k_settle_items
+    p["k_hysteresis"], p["k_hysteresis_up"] = cfg.k_hysteresis_pair()
+    p["k_settle"], p["k_margin"] = cfg.k_settle_items, cfg.k_gate_margin
     p["residual"] = cfg.reanchor_residual
     p["keep"] = cfg.reanchor_keep
     p["refresh"] = cfg.refresh_global and head is not None and head.global_slot_on
@@ -591,8 +592,8 @@ class OnlineLearner:
         The anchors and vectors are float32 [K_u, d] as before: the learnt offsets (with
         ``reanchor_residual``, their share ``reanchor_keep``) ride on the network's new
         output, a new interest starts at its anchor, a dropped one takes its offset with it;
-        K_u changes after ``k_hysteresis`` equal proposals (guards, once ``k_settle_items``
-        are known)."""
+        K_u changes after ``k_hysteresis`` equal proposals, a gate within ``k_gate_margin`` of
+        the current K_u's bucket proposing it (guards, once ``k_settle_items`` are known)."""
         self.inferences += 1
         d = self._dim
         buf = self._scratch()
@@ -614,9 +615,9 @@ class OnlineLearner:
         sig = state.signals.values()
         state.d_prior = self._prior_logit(sig)
         p = self._propose_k(state, sig)
-        h = self.cfg.k_hysteresis if self.cfg.guards else 1
+        h, h_up = self.cfg.k_hysteresis_pair()
         old = state.k
-        if K.propose_k(state.rec, old, p, h) == old:
+        if K.propose_k(state.rec, old, p, h, h_up) == old:
             return
         items = self.base.item_emb[state.recent]
         while state.k < p:

@@ -189,9 +189,41 @@ def test_reanchoring_carries_the_share_of_the_offsets_it_is_told() -> None:
         user = K.new_user(7, 30.0)
         user["k_proposal"] = 2
         user["d_prior"], user["d_logit"] = 0.2, 0.7
-        A, V = K.reanchor_vectors(user, vecs, 2, 1, Vf, Af, 2, residual, np.float32(keep),
+        A, V = K.reanchor_vectors(user, vecs, 2, 1, 1, Vf, Af, 2, residual, np.float32(keep),
                                   -0.1, 4.0)
         np.testing.assert_array_equal(A, vecs[:2])
         share = keep if residual else 0.0
         np.testing.assert_allclose(V - A, share * (Vf - Af).reshape(2, 8), atol=1e-6)
         assert user["d_logit"][0] == pytest.approx(-0.1 + (0.5 if residual else 0.0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(g=st.floats(0.0, 1.0), k_old=st.integers(1, 8), margin=st.floats(0.0, 0.9))
+def test_gate_proposal_holds_k_within_the_margin_of_its_bucket(g, k_old, margin) -> None:
+    """``k_gate_margin``: the gate proposes the current K_u while g · K lies within the margin
+    of K_u's bucket, its own K elsewhere; without a margin it is the gate's K."""
+    from online_model import kernels as K
+
+    k_net = min(int(np.floor(g * 8)) + 1, 8)
+    got = K.gate_proposal(g, 8, k_net, k_old, margin)
+    assert K.gate_proposal(g, 8, k_net, k_old, 0.0) == k_net
+    inside = k_old - 1 - margin <= g * 8 < k_old + margin
+    assert got == (k_old if inside else k_net)
+    if k_net != k_old and margin == 0.0:
+        assert got != k_old
+
+
+def test_k_rises_and_falls_after_their_own_number_of_proposals() -> None:
+    """``k_hysteresis_up`` equal proposals raise K_u, ``k_hysteresis`` lower it; a different
+    proposal restarts the count."""
+    from online_model import kernels as K
+
+    user = K.new_user(7, 30.0)
+    user["k_proposal"] = 2
+    assert [K.propose_k(user, 2, 3, 4, 2) for _ in range(2)] == [2, 3]
+    assert [K.propose_k(user, 3, 2, 4, 2) for _ in range(3)] == [3, 3, 3]
+    assert K.propose_k(user, 3, 1, 4, 2) == 3  # another proposal: the streak restarts
+    assert [K.propose_k(user, 3, 2, 4, 2) for _ in range(4)] == [3, 3, 3, 2]
+    assert OnlineConfig(k_hysteresis=3).k_hysteresis_pair() == (3, 3)
+    assert OnlineConfig(k_hysteresis=3, k_hysteresis_up=1).k_hysteresis_pair() == (3, 1)
+    assert OnlineConfig(k_hysteresis=3, guards=False).k_hysteresis_pair() == (1, 1)

@@ -33,14 +33,15 @@ from online_model.testing import tiny_diam_checkpoint
 
 PINS = {
     "kmeans-clamp": "e469a2688a0e5b622fd0152e292268037fe842e8f0dc0b43df85fdbbc5e0a75d",
-    "kmeans-rollback": "e803cb0aa8bc755fca017d7c14f174d81b5877f2cc017ae1d61b9853d9c48f84",
+    "kmeans-rollback": "7f4cd1560ce7bd3cb0b6cf08097fa3a87c56ff3f340f57a828ab5ad2b7a6065d",
     "kmeans-unguarded": "f9e80288c13cf8a542e88de0a24934a4df853583ae606ff516e3355382a3b814",
+    "diam-gate": "2c1f3e986da133bf8bab7021d0df947a830b4610215fb56f8541c2ab1c7a7146",
     "diam": "e82a69dda804306f1000ca8bbd523ff1a80a86d36b1e47f9b371b4a4835ed0c9",
 }
 
 
-def _diam_base(path) -> BaseView:
-    return BaseView.from_checkpoint(tiny_diam_checkpoint(path)[0])
+def _diam_base(path, seed: int = 0) -> BaseView:
+    return BaseView.from_checkpoint(tiny_diam_checkpoint(path, seed=seed)[0])
 
 
 def _events(item_ids: list[str], n: int = 400, n_users: int = 6, seed: int = 7):
@@ -124,3 +125,23 @@ def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, rate_burst=20)
     got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
     assert got == PINS["diam"], got
+
+
+def test_diam_stream_with_k_changes_is_pinned(tmp_path) -> None:
+    """A network whose gate moves (seed 2): K_u's gate margin and hysteresis in the pin."""
+    torch.set_num_threads(1)
+    base = _diam_base(tmp_path / "diam", seed=2)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, rate_burst=20)
+    learner = OnlineLearner(base, cfg)
+    got = _digest(learner, _events(list(base.item_ids)))
+    assert got == PINS["diam-gate"], got
+    # the stream does exercise the rule: the gate alone would change K_u many times
+    free = OnlineLearner(base, cfg.model_copy(update={"k_gate_margin": 0.0, "k_hysteresis": 1}))
+    states: dict = {}
+    changes = 0
+    for u, item, ts, off, sess in _events(list(base.item_ids)):
+        if u not in states:
+            states[u] = free.new_state(u)
+        drift = free.apply(states[u], item, ts, off, sess)
+        changes += sum(e.to_dict()["kind"] == "k_change" for e in drift)
+    assert changes > 5
