@@ -158,7 +158,8 @@ class OnlineConfig(BaseModel):
     (``bench/results/prequential.md``, "K_u's gate margin"): the rule with the settling window
     sits on the same Recall@20-Entropy@20 front as 4 proposals without a margin, with 9.3
     instead of 16.9 K_u changes per 1k events (paired Recall@20 −0.0012, CI [−0.0035,
-    +0.0010], at Entropy@20 2.042 against 2.012; ``prequential_pair_tune_gate_margin.json``)."""
+    +0.0010], at Entropy@20 2.042 against 2.012; ``prequential_pair_tune_gate_margin.json``).
+    Bases without the network share the count; their K_u rule was not re-measured with 3."""
 
     k_hysteresis_up: int | None = Field(default=None, ge=1)
     """Consecutive equal proposals needed to raise K_u (guards on); None: ``k_hysteresis``,
