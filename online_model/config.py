@@ -162,17 +162,19 @@ class OnlineConfig(BaseModel):
     Bases without the network share the count; their K_u rule was not re-measured with 3."""
 
     k_hysteresis_up: int | None = Field(default=None, ge=1)
-    """Consecutive equal proposals needed to raise K_u (guards on); None: ``k_hysteresis``,
-    which then counts only those that lower it. Raising K_u faster (1 or 2, with 4 or 8 to
-    lower it) cost Recall@20 and doubled the K_u changes on the tuning users (kup rows of
-    ``prequential_tune_steps.json``), so both directions count the same by default."""
+    """Consecutive equal proposals needed to raise K_u (guards on); None: the same count as
+    ``k_hysteresis`` (when set, ``k_hysteresis`` counts only the proposals that lower K_u).
+    Raising K_u faster (1 or 2, with 4 or 8 to lower it) cost Recall@20 and gave 1.5-3× the
+    K_u changes on the tuning users (kup rows of ``prequential_tune_steps.json``), so both
+    directions count the same by default."""
 
-    k_gate_margin: float = Field(default=0.5, ge=0)
+    k_gate_margin: float = Field(default=0.5, ge=0, lt=1)
     """DIAM base, guards on: a Schmitt trigger on the gate. K_u = floor(g · K_max) + 1; while
     g · K_max stays within this margin (in units of one K) of the current K_u's bucket, the
     gate proposes the current K_u (``kernels.gate_proposal``). 0.5 with 3 proposals halves the
     K_u changes at the same front on the tuning users (gm rows of
-    ``prequential_tune_steps.json``); 0: any bucket change proposes."""
+    ``prequential_tune_steps.json``); 0: any bucket change proposes. Below 1: a margin of one
+    K would let K_u move only by two or more at a time."""
 
     def k_hysteresis_pair(self) -> tuple[int, int]:
         """(proposals to lower K_u, proposals to raise it): (1, 1) without guards."""

@@ -397,7 +397,8 @@ def reanchor_vectors(user, vecs, p, h, h_up, Vf, Af, k_old, residual, keep, prio
     proposal ``p`` with hysteresis ``h`` down and ``h_up`` up (:func:`propose_k`), anchors
     the first K_u rows of ``vecs``, vectors the same plus, with ``residual``, the share
     ``keep`` (float32) of the learnt offsets ``V - A`` of the interests kept (``Vf``/``Af``:
-    the old flat [k_old * d] arrays); then :func:`reanchored`. Returns the new anchors and vectors ([K_u, d] each)."""
+    the old flat [k_old * d] arrays); then :func:`reanchored`. Returns the new anchors and
+    vectors ([K_u, d] each)."""
     k = propose_k(user, k_old, p, h, h_up)
     d = vecs.shape[1]
     A = vecs[:k].copy()
@@ -1040,7 +1041,8 @@ def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, of
     h, h_up = (p.k_hysteresis, p.k_hysteresis_up) if settled else (1, 1)
     k_old = Vf.shape[0] // d
     if settled:
-        kk = gate_proposal(gate_prob, k_head, kk, k_old, p.k_margin)
+        # never above k_max, even for a K_u kept from before k_max was lowered
+        kk = min(gate_proposal(gate_prob, k_head, kk, k_old, p.k_margin), p.k_max)
     A, V = reanchor_vectors(user, vecs, kk, h, h_up, Vf, Af, k_old, p.residual and p.learn,
                             p.keep, prior, bound)
     k_new = A.shape[0]

@@ -551,7 +551,8 @@ class OnlineLearner:
         else centroids of the recent items. A first anchoring (or one after a new snapshot)
         starts the vectors at the anchors; a periodic re-anchoring restarts them there too, or
         keeps (``reanchor_residual``) a share ``reanchor_keep`` of the learnt offsets, and
-        changes K_u only after ``k_hysteresis`` equal proposals."""
+        changes K_u only after ``k_hysteresis`` equal proposals (on the network, a gate within
+        ``k_gate_margin`` of the current K_u's bucket proposing it)."""
         if self.base.head is not None:
             self._anchor_diam(state, out)
             return

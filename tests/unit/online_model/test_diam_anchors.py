@@ -209,8 +209,16 @@ def test_gate_proposal_holds_k_within_the_margin_of_its_bucket(g, k_old, margin)
     assert K.gate_proposal(g, 8, k_net, k_old, 0.0) == k_net
     inside = k_old - 1 - margin <= g * 8 < k_old + margin
     assert got == (k_old if inside else k_net)
-    if k_net != k_old and margin == 0.0:
-        assert got != k_old
+
+
+@pytest.mark.parametrize(("x", "want"), [(2.3, 2), (2.6, 3), (0.6, 2), (0.4, 1), (1.0, 2),
+                                         (2.49, 2), (3.7, 4)])
+def test_gate_proposal_at_k_2_with_half_a_k_of_margin(x, want) -> None:
+    """K_u = 2 owns g · 8 in [1, 2); with a margin of 0.5 the gate proposes 2 on [0.5, 2.5)."""
+    from online_model import kernels as K
+
+    g = x / 8
+    assert K.gate_proposal(g, 8, int(np.floor(x)) + 1, 2, 0.5) == want
 
 
 def test_k_rises_and_falls_after_their_own_number_of_proposals() -> None:

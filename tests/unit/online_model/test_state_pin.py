@@ -132,16 +132,35 @@ def test_diam_stream_with_k_changes_is_pinned(tmp_path) -> None:
     torch.set_num_threads(1)
     base = _diam_base(tmp_path / "diam", seed=2)
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, rate_burst=20)
-    learner = OnlineLearner(base, cfg)
-    got = _digest(learner, _events(list(base.item_ids)))
+    got = _digest(OnlineLearner(base, cfg), _events(list(base.item_ids)))
     assert got == PINS["diam-gate"], got
-    # the stream does exercise the rule: the gate alone would change K_u many times
+    # the stream does exercise the rule: K_u changes under it, far less often than the gate
+    # alone would change it
     free = OnlineLearner(base, cfg.model_copy(update={"k_gate_margin": 0.0, "k_hysteresis": 1}))
+    served, gate = (_k_changes(x, _events(list(base.item_ids))) for x in (
+        OnlineLearner(base, cfg), free))
+    assert 0 < served < gate / 3
+
+
+def _k_changes(learner: OnlineLearner, events) -> int:
     states: dict = {}
     changes = 0
-    for u, item, ts, off, sess in _events(list(base.item_ids)):
+    for u, item, ts, off, sess in events:
         if u not in states:
-            states[u] = free.new_state(u)
-        drift = free.apply(states[u], item, ts, off, sess)
+            states[u] = learner.new_state(u)
+        drift = learner.apply(states[u], item, ts, off, sess)
         changes += sum(e.to_dict()["kind"] == "k_change" for e in drift)
-    assert changes > 5
+    return changes
+
+
+def test_k_u_follows_the_gate_until_the_window_settles(tmp_path) -> None:
+    """Below ``k_settle_items`` known items the margin and the hysteresis do not apply: a
+    learner that never settles takes every K_u the gate proposes, as one with neither."""
+    torch.set_num_threads(1)
+    base = _diam_base(tmp_path / "diam", seed=2)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, rate_burst=20)
+    never = cfg.model_copy(update={"k_settle_items": 10_000})
+    neither = cfg.model_copy(update={"k_gate_margin": 0.0, "k_hysteresis": 1})
+    events = _events(list(base.item_ids))
+    assert _k_changes(OnlineLearner(base, never), events) == _k_changes(
+        OnlineLearner(base, neither), events) > _k_changes(OnlineLearner(base, cfg), events)
