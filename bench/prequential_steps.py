@@ -31,12 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from online_model.prequential import matched_recall  # noqa: E402
 
-PREVIOUS = ["k_gate_margin=0", "k_hysteresis=4", "k_settle_items=0"]
-"""The K_u rule served before the gate margin: the rows that explore the steps, re-anchoring
-and K_u's hysteresis were measured on it (and reproduce with it set)."""
-
 NO_SETTLE = "k_settle_items=0"
 """The gate-margin rows were measured before the settling window was chosen."""
+
+OLD_GATE = ["k_gate_margin=0", "k_hysteresis=4"]
+PREVIOUS = [*OLD_GATE, NO_SETTLE]
+"""The K_u rule served before the gate margin: the rows that explore the steps, re-anchoring
+and K_u's hysteresis were measured on it (and reproduce with it set)."""
 
 STEPS: dict[str, list[str]] = {
     "base": [],
@@ -55,8 +56,8 @@ STEPS: dict[str, list[str]] = {
     "dlr03": [*PREVIOUS, "d_lr=0.3"],
     "ortho01": [*PREVIOUS, "ortho_threshold=0.1", "ortho_margin=0.0"],
     "khyst2": ["k_gate_margin=0", "k_hysteresis=2", NO_SETTLE],
-    "ksettle10": ["k_gate_margin=0", "k_hysteresis=4", "k_settle_items=10"],
-    "ksettle20": ["k_gate_margin=0", "k_hysteresis=4", "k_settle_items=20"],
+    "ksettle10": [*OLD_GATE, "k_settle_items=10"],
+    "ksettle20": [*OLD_GATE, "k_settle_items=20"],
     # K_u rising faster than it falls
     "kup1": [*PREVIOUS, "k_hysteresis_up=1"],
     "kup2": [*PREVIOUS, "k_hysteresis_up=2"],

@@ -56,6 +56,7 @@ __all__ = [
     "reanchored",
     "propose_k",
     "gate_proposal",
+    "ring_slot",
     "ring_window",
     "diversity_target",
     "reanchor_vectors",
@@ -334,19 +335,24 @@ def gate_proposal(gate_prob, k_head, k_net, k_old, margin):
 
 
 @njit(cache=True, error_model="numpy")
+def ring_slot(cap, n, pos, m, i):
+    """The ring slot of the ``i``-th of the last ``m`` items (oldest first) of a ring of
+    ``cap`` slots holding ``n`` items, whose next item goes to ``pos``: the one place that
+    knows the ring's order."""
+    j = (pos - m if n >= cap else n - m) + i  # a full ring wraps at pos
+    return j + cap if j < 0 else j
+
+
+@njit(cache=True, error_model="numpy")
 def ring_window(ring, n, pos, window):
     """The last ``min(n, window)`` items of the recent-item ring, oldest first, as int64 rows
     (what the network and slot 0's refresh read, and ``UserState.recent``); ``pos`` is where
-    the ring's next item goes. The one place that knows the ring's order."""
+    the ring's next item goes (:func:`ring_slot`)."""
     cap = ring.shape[0]
     m = min(n, window)
     out = np.empty(m, np.int64)
-    start = pos - m if n >= cap else n - m  # a full ring wraps at pos
     for i in range(m):
-        j = start + i
-        if j < 0:
-            j += cap
-        out[i] = ring[j]
+        out[i] = ring[ring_slot(cap, n, pos, m, i)]
     return out
 
 
@@ -367,14 +373,10 @@ def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
         return -1.0
     # ring_window's rows, read in place: no copy on the per-event path
     cap = ring.shape[0]
-    start = pos - m if n >= cap else n - m
     counts = np.zeros(n_cat, np.int64)
     known = 0
     for i in range(m):
-        j = start + i
-        if j < 0:
-            j += cap
-        c = item_cats[ring[j]]
+        c = item_cats[ring[ring_slot(cap, n, pos, m, i)]]
         if 0 <= c < n_cat:
             counts[c] += 1
             known += 1
