@@ -217,8 +217,9 @@ def test_partition_split_processes_give_the_one_process_state(stack, topic, name
 def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, namespace, redis_client,
                                                                tmp_path) -> None:
     # enough events that the run is still going a moment after its first write (the dataflow
-    # takes ~0.3 s for 4000 events since the learner is compiled)
-    events = click_stream(n_users=20, n_events=16000, seed=9)
+    # takes ~0.3 s for 4000 events since the learner is compiled; at 16000 a fast box could
+    # finish before the kill, three tries running)
+    events = click_stream(n_users=20, n_events=40000, seed=9)
     produce(stack.settings.kafka, topic, click_payloads(events))
     ckpt = tmp_path / "ckpt"
     write_tiny_checkpoint(ckpt)
