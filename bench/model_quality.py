@@ -372,7 +372,7 @@ def summary(runs: list[dict], lr: float, selection: dict) -> dict:
     return out
 
 
-def markdown(res: dict) -> str:
+def markdown(res: dict, plot_name: str = "model_quality_fronts.png") -> str:
     split = "TEST users (--final)" if res["final"] else "VALIDATION users (design run)"
     lines = [f"# Model quality on {res['dataset']}: {split}", "",
              f"Command: `{res['command']}`", "",
@@ -429,7 +429,7 @@ def markdown(res: dict) -> str:
             lines.append(f"| {n} | {a['against']} | {a['recall@20']} | {a['against_recall@20']} "
                          f"| {a['diff']:+.4f} | {c} |")
     lines += ["", "Fronts (Entropy@20, Recall@20), means over seeds x users; plot: "
-              "`model_quality_fronts.png`.", "", "```"]
+              f"`{plot_name}`.", "", "```"]
     lines += [f"{n}: {res['models'][n]['front']}" for n in rows]
     lines += ["```", "", "Learning-rate selection (mean validation Recall@20 at the kept epoch):",
               ""]
@@ -556,10 +556,10 @@ def main() -> None:
         md = out.with_suffix(".md")
         old = md.read_text() if md.is_file() else ""
         kept = old[old.index(NOTES):] if NOTES in old else ""  # hand-written notes survive
-        md.write_text(markdown(res) + ("\n" + kept if kept else ""))
+        png = out.with_name(out.stem.replace("model_quality", "model_quality_fronts") + ".png")
+        md.write_text(markdown(res, png.name) + ("\n" + kept if kept else ""))
         if "matched_entropy" in res:
-            plot(res, out.with_name(out.stem.replace("model_quality", "model_quality_fronts")
-                                    + ".png"))
+            plot(res, png)
 
 
 if __name__ == "__main__":
