@@ -73,8 +73,8 @@ STEPS: dict[str, list[str]] = {
     "gm75_h1": ["k_gate_margin=0.75", "k_hysteresis=1", NO_SETTLE],
     "gm75_h2": ["k_gate_margin=0.75", "k_hysteresis=2", NO_SETTLE],
     "settle20": ["k_settle_items=20"],
-    # the network on every event (its steps discarded at each re-run) or every 2, with the
-    # steps' offsets carried across re-runs (the residual) in whole or half
+    # the network on every event (its steps discarded at each re-run), and on every 1, 2 or 3
+    # events with the steps' offsets carried across re-runs (the residual), in whole or half
     "c1": ["reanchor_every=1"],
     "c1_res": ["reanchor_every=1", "reanchor_residual=true"],
     "c1_res05": ["reanchor_every=1", "reanchor_residual=true", "reanchor_keep=0.5"],
