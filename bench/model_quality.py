@@ -372,7 +372,7 @@ def summary(runs: list[dict], lr: float, selection: dict) -> dict:
     return out
 
 
-def markdown(res: dict, plot_name: str = "model_quality_fronts.png") -> str:
+def markdown(res: dict, plot_name: str) -> str:
     split = "TEST users (--final)" if res["final"] else "VALIDATION users (design run)"
     lines = [f"# Model quality on {res['dataset']}: {split}", "",
              f"Command: `{res['command']}`", "",
