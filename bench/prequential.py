@@ -68,24 +68,39 @@ def apply_cost(ds, base: BaseView, cfg: OnlineConfig, n: int) -> dict[str, float
     }
 
 
-def train_first_half(data: Path, epochs: int, out: Path, seq_len: int) -> Path:
-    """A DIAM checkpoint trained only on the first half of the prepared stream (time order),
-    cached: the same arguments reuse the directory. ``seq_len``: the network's window in
-    training."""
-    if (out / "weights.safetensors").is_file():
-        return out
+def first_half(ds):
+    """The first half of a prepared stream in time order (the same dataset type)."""
     import dataclasses
 
+    cut = len(ds.user_ids) // 2
+    return dataclasses.replace(ds, user_ids=ds.user_ids[:cut], item_ids=ds.item_ids[:cut],
+                               ts_ms=ds.ts_ms[:cut], item_index=ds.item_index[:cut],
+                               name=f"{ds.name}-first-half")
+
+
+def design_stream(data: Path, early: bool):
+    """The stream a run evaluates: the prepared dataset, or with ``early`` (``--early``) its
+    first half, the earlier period online settings can be designed on with every user (its
+    checkpoint is trained on the first quarter; the reported run scores only the second
+    half, so the two never score the same events)."""
+    ds = load_prepared(data)
+    return first_half(ds) if early else ds
+
+
+def train_first_half(data: Path, epochs: int, out: Path, seq_len: int,
+                     early: bool = False) -> Path:
+    """A DIAM checkpoint trained only on the first half of the prepared stream (time order),
+    or with ``early`` on the first half of that, cached: the same arguments reuse the
+    directory. ``seq_len``: the network's window in training."""
+    if (out / "weights.safetensors").is_file():
+        return out
     from online_model.checkpoint import save_checkpoint
     from online_model.corpus import corpus_from_prepared
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
-    ds = load_prepared(data)
-    cut = len(ds.user_ids) // 2
-    half = dataclasses.replace(ds, user_ids=ds.user_ids[:cut], item_ids=ds.item_ids[:cut],
-                               ts_ms=ds.ts_ms[:cut], item_index=ds.item_index[:cut],
-                               name=f"{ds.name}-first-half")
+    half = first_half(design_stream(data, early))
+    cut = len(half.user_ids)
     corpus = corpus_from_prepared(half)
     mcfg = ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories,
                        seq_len=seq_len)
@@ -98,15 +113,18 @@ def train_first_half(data: Path, epochs: int, out: Path, seq_len: int) -> Path:
                            extra={"split_seed": 0, "cut_events": cut})
 
 
-def cached_first_half(data: Path, epochs: int, seq_len: int | None = None) -> Path:
+def cached_first_half(data: Path, epochs: int, seq_len: int | None = None,
+                      early: bool = False) -> Path:
     """The benchmark's first-half checkpoint (:func:`train_first_half`), cached under
-    ``checkpoints/prequential-diam-half-e<epochs>-L<seq_len>``: the one place that names it.
-    ``seq_len`` None: the served window (``OnlineConfig.train_seq_len``), as ``diam train``."""
+    ``checkpoints/prequential-diam-half-e<epochs>-L<seq_len>`` (``-quarter-`` with
+    ``early``): the one place that names it. ``seq_len`` None: the served window
+    (``OnlineConfig.train_seq_len``), as ``diam train``."""
     if seq_len is None:
         seq_len = OnlineConfig().train_seq_len("diam")
+    part = "quarter" if early else "half"
     return train_first_half(data, epochs,
-                            ROOT / "checkpoints" / f"prequential-diam-half-e{epochs}-L{seq_len}",
-                            seq_len)
+                            ROOT / "checkpoints" / f"prequential-diam-{part}-e{epochs}-L{seq_len}",
+                            seq_len, early)
 
 
 def with_sets(cfg: OnlineConfig, sets: list[str]) -> OnlineConfig:
@@ -165,6 +183,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="tuning users only")
+    ap.add_argument("--early", action="store_true",
+                    help="design on the earlier period: every user's second quarter of the "
+                         "stream, on a checkpoint trained on the first quarter (with --quick: "
+                         "every user, not only the tuning users) -> *_early*.json")
     ap.add_argument("--tune", action="store_true",
                     help="sweep reanchor_every:infer_items over --grid on the tuning users")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
@@ -193,11 +215,11 @@ def main() -> None:
         from online_model.movielens import prepare_movielens
 
         prepare_movielens("ml-100k", args.data)
-    ckpt = args.checkpoint or cached_first_half(args.data, args.epochs, args.seq_len)
+    ckpt = args.checkpoint or cached_first_half(args.data, args.epochs, args.seq_len, args.early)
     base = BaseView.from_checkpoint(ckpt)
     if base.head is None:
         sys.exit(f"{ckpt}: not a DIAM checkpoint with its extractor")
-    ds = load_prepared(args.data)
+    ds = design_stream(args.data, args.early)
     cfg = OnlineConfig(dim=base.dim)
     if args.reanchor_every is not None:
         cfg = cfg.model_copy(update={"reanchor_every": args.reanchor_every})
@@ -242,10 +264,12 @@ def main() -> None:
         (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
         return
-    users = "tune" if args.quick else "report"
+    # the earlier period is design data for every user; the later one reports its 90%
+    users = "all" if args.early else "tune" if args.quick else "report"
     res = run(ds, cfg, base, users, sweep=sweep)
     res.update({"base": "diam", "merge": "aggregate", "tuned_on": tuned_on,
-                "checkpoint": {"path": str(ckpt), "trained_on": "the first half of the events "
+                "checkpoint": {"path": str(ckpt), "trained_on": f"the first "
+                               f"{'quarter' if args.early else 'half'} of the events "
                                "in time (users split 80/10/10 by seed 0), "
                                f"{args.epochs} epochs, windows of "
                                f"{base.head.seq_len} items"}})
@@ -253,6 +277,9 @@ def main() -> None:
     if not args.no_synth:
         res["synthetic_recovery"] = synthetic_recovery(args.quick, cfg)
     name = "prequential_quick.json" if args.quick else "prequential.json"
+    if args.early:
+        name = name.replace(".json", "_early.json")
+        res["tuned_on"] = "design run: the earlier period, every user"
     if args.tag:
         name = name.replace(".json", f"_{args.tag}.json")
     (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")

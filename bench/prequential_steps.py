@@ -80,6 +80,13 @@ STEPS: dict[str, list[str]] = {
     "c1_res05": ["reanchor_every=1", "reanchor_residual=true", "reanchor_keep=0.5"],
     "c2_res": ["reanchor_every=2", "reanchor_residual=true"],
     "c3_res": ["reanchor_residual=true"],
+    # the network also at once on a click its routed interest explains poorly (cosine below)
+    "cos00": ["reanchor_cos=0.0"],
+    "cos02": ["reanchor_cos=0.2"],
+    "cos04": ["reanchor_cos=0.4"],
+    "c4_cos02": ["reanchor_every=4", "reanchor_cos=0.2"],
+    "c4_cos04": ["reanchor_every=4", "reanchor_cos=0.4"],
+    "c6_cos04": ["reanchor_every=6", "reanchor_cos=0.4"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
 
@@ -121,6 +128,7 @@ def fold(sets: list[str], cmd: list[str], res: dict) -> dict:
         "mean_drift": g["mean_drift"],
         "k_changes_per_1k": g["k_changes_per_1k"],
         "mean_d_at_end": res["details"]["guarded"]["mean_d_at_end"],
+        "inferences_per_event": res["details"]["guarded"]["inferences_per_event"],
     }
 
 
@@ -128,15 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", choices=sorted(GRIDS), default="steps")
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    ap.add_argument("--early", action="store_true",
+                    help="on the earlier period, every user (bench/prequential.py --early), "
+                         "into *_early.json")
     args = ap.parse_args(argv)
     variants, out_path = GRIDS[args.grid]
+    if args.early:
+        out_path = out_path.with_name(out_path.stem + "_early.json")
     names = args.only or list(variants)
     out = (json.loads(out_path.read_text()) if out_path.is_file() and args.only
            else {"variants": {}})
     for name in names:
         sets = variants[name]
         tag = f"st-{name}" if args.grid == "steps" else f"{args.grid}-{name}"
-        cmd = [sys.executable, "bench/prequential.py", "--quick", "--no-synth", "--tag", tag]
+        cmd = [sys.executable, "bench/prequential.py", "--quick", "--no-synth", "--tag", tag,
+               *(["--early"] if args.early else [])]
         if args.grid == "steps":
             for s in sets:
                 cmd += ["--set", s]
@@ -144,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd += sets
         print(f"[{name}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        path = RESULTS / f"prequential_quick_{tag}.json"
+        path = RESULTS / f"prequential_quick{'_early' if args.early else ''}_{tag}.json"
         res = json.loads(path.read_text())
         out["variants"][name] = fold(sets, cmd, res)
         for p in (path, path.with_name(path.stem + "_fronts.png")):
@@ -152,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "base":
             r = res["arms"]["reinfer"]
             out.update({
-                "users": "tune", "dataset": res["dataset"],
+                "users": "all, the earlier period" if args.early else "tune",
+                "dataset": res["dataset"],
                 "served": "the OnlineConfig defaults (reanchor_every 3, infer_items 10, "
                           "reanchor_residual off, k_gate_margin 0.5, k_hysteresis 3)",
                 "checkpoint": res["checkpoint"],

@@ -58,6 +58,11 @@ class OnlineConfig(BaseModel):
     embedding plus an MLP of it and the encoder's summary from the last inference) on every
     event: a few microseconds, where the full network costs about a millisecond."""
 
+    reanchor_cos: float = Field(default=-1.0, ge=-1, le=1)
+    """On a base with DIAM's extractor: also re-run the network at once on a click whose
+    cosine to the interest it is routed to is below this (a click the current interests
+    explain poorly), whatever ``reanchor_every`` says; -1: never (only the cadence)."""
+
     reanchor_residual: bool = False
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
     anchor, and d_u's from its prior) on top of the network's new output; False restarts the

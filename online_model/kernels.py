@@ -196,6 +196,7 @@ PARAMS = np.dtype(
         ("keep", np.float32),  # ... this share of the interest vectors' offsets
         ("refresh", np.bool_),  # slot 0 follows the window's mean between inferences
         ("prior_weight", np.float64),  # signals: the session prior's weight
+        ("reanchor_cos", np.float64),  # DIAM base: re-run now when the routed cosine is below
     ],
 )
 """The learner's constants, read by :func:`learn_event`; lengths already in base units."""
@@ -873,12 +874,13 @@ def _event_start(uhash, offset, n_table, n_draw):
 
 
 @njit(cache=True, error_model="numpy")
-def _network_due(u, p):
+def _network_due(u, p, surprised):
     """DIAM base, after a click on a known item: count it, then say whether the network
-    re-runs on the user's items (every ``reanchor_every`` events) or only the global
+    re-runs on the user's items (every ``reanchor_every`` events, or at once for a
+    ``surprised`` click: one its routed interest explains poorly) or only the global
     interest is refreshed."""
     u.since_anchor += 1
-    if p.reanchor_every > 0 and u.since_anchor >= p.reanchor_every:
+    if p.reanchor_every > 0 and (surprised or u.since_anchor >= p.reanchor_every):
         return _REANCHOR
     return _REFRESH_GLOBAL
 
@@ -932,7 +934,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
         return bits | _UNANCHORED, -1, 0.0
     if not p.learn:  # frozen anchors, or the network alone
         if p.network and p.reanchor_every > 0:
-            bits |= _network_due(u, p)
+            bits |= _network_due(u, p, False)
         return bits, -1, 0.0
     dim = p.dim
     emb = emb_flat.reshape((n_items, dim))
@@ -943,6 +945,8 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     # route, then one sampled-softmax step on the routed interest
     norms = np.empty(K)
     k = route(V, emb[idx], norms)
+    # how well the routed interest explains the click, before the step (re-anchoring trigger)
+    surprised = _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx]
     n_neg = p.n_neg
     start = _event_start(u.uhash, offset, table.shape[0], n_neg + 1)
     g = softmax_step(V[k].astype(np.float64), emb, idx, table[start + 1:start + 1 + n_neg],
@@ -989,7 +993,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
                 bits |= _CAP_REACHED
         u.capped = capped
     if p.network:
-        bits |= _network_due(u, p)
+        bits |= _network_due(u, p, surprised)
     elif u.n_learned % p.regate_every == 0:
         bits |= _REGATE
     return bits, k, rms

@@ -329,6 +329,7 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     p["k_settle"], p["k_margin"] = cfg.k_settle_items, cfg.k_gate_margin
     p["residual"] = cfg.reanchor_residual
     p["keep"] = cfg.reanchor_keep
+    p["reanchor_cos"] = cfg.reanchor_cos
     p["refresh"] = cfg.refresh_global and head is not None and head.global_slot_on
     p["prior_weight"] = SESSION_PRIOR_WEIGHT
     return par

@@ -235,3 +235,46 @@ def test_k_rises_and_falls_after_their_own_number_of_proposals() -> None:
     assert OnlineConfig(k_hysteresis=3).k_hysteresis_pair() == (3, 3)
     assert OnlineConfig(k_hysteresis=3, k_hysteresis_up=1).k_hysteresis_pair() == (3, 1)
     assert OnlineConfig(k_hysteresis=3, guards=False).k_hysteresis_pair() == (1, 1)
+
+
+@pytest.mark.parametrize("cos", [-0.2, 0.3, 0.8])
+def test_surprising_click_reruns_the_network_at_once(diam_base, cos) -> None:
+    """``reanchor_cos``: the network re-runs on exactly the clicks whose cosine to their routed
+    interest (before the step) is below the threshold, whatever the cadence says."""
+    base, c = diam_base
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=100, reanchor_cos=cos, rate_burst=1000)
+    learner = OnlineLearner(base, cfg)
+    st = learner.new_state("u")
+    items = _clicks(c, 60, seed=3)
+    learner.apply(st, items[0], 0, 0)
+    assert st.anchored
+    ran = []
+    for off, it in enumerate(items[1:], start=1):
+        e = base.item_emb[base.index_of(it)]
+        cosines = st.V @ e / (np.linalg.norm(st.V, axis=1) * np.linalg.norm(e) + 1e-30)
+        surprised = bool(cosines.max() < cos - 1e-6)
+        clear = bool(cosines.max() > cos + 1e-6)
+        before = learner.inferences
+        learner.apply(st, it, 1_000 * off, off)
+        reran = learner.inferences - before == 1
+        if surprised or clear:  # not within rounding of the threshold
+            assert reran == surprised
+            ran.append(reran)
+    assert ran and (any(ran) or cos < 0)  # some clicks re-ran (none need to below 0)
+
+
+def test_reanchor_cos_one_is_the_network_on_every_click(diam_base) -> None:
+    """Every click is below a cosine of 1, so the trigger at 1 is the cadence of 1, bit for
+    bit; at -1 it never fires and the cadence alone decides."""
+    base, c = diam_base
+    runs = {}
+    for name, over in {"cos1": {"reanchor_cos": 1.0}, "every1": {"reanchor_every": 1},
+                       "off": {"reanchor_cos": -1.0}}.items():
+        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, rate_burst=1000)
+        learner = OnlineLearner(base, cfg.model_copy(update=over))
+        st = learner.new_state("u")
+        for off, it in enumerate(_clicks(c, 40, seed=9)):
+            learner.apply(st, it, 5_000 * off, off)
+        runs[name] = (st.V.tobytes(), st.A.tobytes(), st.d_logit, learner.inferences)
+    assert runs["cos1"] == runs["every1"]
+    assert runs["cos1"][3] == 40 and runs["off"][3] == 1
