@@ -87,6 +87,10 @@ STEPS: dict[str, list[str]] = {
     "c4_cos02": ["reanchor_every=4", "reanchor_cos=0.2"],
     "c4_cos04": ["reanchor_every=4", "reanchor_cos=0.4"],
     "c6_cos04": ["reanchor_every=6", "reanchor_cos=0.4"],
+    "c4_cos05": ["reanchor_every=4", "reanchor_cos=0.5"],
+    "c6_cos05": ["reanchor_every=6", "reanchor_cos=0.5"],
+    "c8_cos04": ["reanchor_every=8", "reanchor_cos=0.4"],
+    "c6_cos03": ["reanchor_every=6", "reanchor_cos=0.3"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
 
