@@ -31,16 +31,21 @@ sys.path.insert(0, str(ROOT))
 
 from online_model.prequential import matched_recall  # noqa: E402
 
+CADENCE3 = ["reanchor_every=3", "reanchor_cos=-1"]
+"""The re-anchoring served before the trigger (every 3 events, no trigger): the rows below
+that do not set their own were measured on it, when it was the default."""
+
 NO_SETTLE = "k_settle_items=0"
 """The gate-margin rows were measured before the settling window was chosen."""
 
-OLD_GATE = ["k_gate_margin=0", "k_hysteresis=4"]
+OLD_GATE = [*CADENCE3, "k_gate_margin=0", "k_hysteresis=4"]
 PREVIOUS = [*OLD_GATE, NO_SETTLE]
 """The K_u rule served before the gate margin: the rows that explore the steps, re-anchoring
 and K_u's hysteresis were measured on it (and reproduce with it set)."""
 
 STEPS: dict[str, list[str]] = {
     "base": [],
+    "c3": CADENCE3,
     "served_before": PREVIOUS,
     "res": [*PREVIOUS, "reanchor_residual=true"],
     "res_keep05": [*PREVIOUS, "reanchor_residual=true", "reanchor_keep=0.5"],
@@ -55,35 +60,36 @@ STEPS: dict[str, list[str]] = {
     "dlr0": [*PREVIOUS, "d_lr=0"],
     "dlr03": [*PREVIOUS, "d_lr=0.3"],
     "ortho01": [*PREVIOUS, "ortho_threshold=0.1", "ortho_margin=0.0"],
-    "khyst2": ["k_gate_margin=0", "k_hysteresis=2", NO_SETTLE],
+    "khyst2": [*CADENCE3, "k_gate_margin=0", "k_hysteresis=2", NO_SETTLE],
     "ksettle10": [*OLD_GATE, "k_settle_items=10"],
     "ksettle20": [*OLD_GATE, "k_settle_items=20"],
     # K_u rising faster than it falls
     "kup1": [*PREVIOUS, "k_hysteresis_up=1"],
     "kup2": [*PREVIOUS, "k_hysteresis_up=2"],
-    "kup1_down8": ["k_gate_margin=0", "k_hysteresis_up=1", "k_hysteresis=8", NO_SETTLE],
-    "kup2_down8": ["k_gate_margin=0", "k_hysteresis_up=2", "k_hysteresis=8", NO_SETTLE],
+    "kup1_down8": [*CADENCE3, "k_gate_margin=0", "k_hysteresis_up=1", "k_hysteresis=8", NO_SETTLE],
+    "kup2_down8": [*CADENCE3, "k_gate_margin=0", "k_hysteresis_up=2", "k_hysteresis=8", NO_SETTLE],
     # the gate's margin (a Schmitt trigger) with shorter hysteresis (gm50_h3 was chosen), then
     # K_u free of both until the window holds 10 (served) or 20 known items
-    "gm25": ["k_gate_margin=0.25", "k_hysteresis=4", NO_SETTLE],
-    "gm25_h2": ["k_gate_margin=0.25", "k_hysteresis=2", NO_SETTLE],
-    "gm50_h1": ["k_gate_margin=0.5", "k_hysteresis=1", NO_SETTLE],
-    "gm50_h2": ["k_gate_margin=0.5", "k_hysteresis=2", NO_SETTLE],
-    "gm50_h3": ["k_gate_margin=0.5", "k_hysteresis=3", NO_SETTLE],
-    "gm75_h1": ["k_gate_margin=0.75", "k_hysteresis=1", NO_SETTLE],
-    "gm75_h2": ["k_gate_margin=0.75", "k_hysteresis=2", NO_SETTLE],
-    "settle20": ["k_settle_items=20"],
+    "gm25": [*CADENCE3, "k_gate_margin=0.25", "k_hysteresis=4", NO_SETTLE],
+    "gm25_h2": [*CADENCE3, "k_gate_margin=0.25", "k_hysteresis=2", NO_SETTLE],
+    "gm50_h1": [*CADENCE3, "k_gate_margin=0.5", "k_hysteresis=1", NO_SETTLE],
+    "gm50_h2": [*CADENCE3, "k_gate_margin=0.5", "k_hysteresis=2", NO_SETTLE],
+    "gm50_h3": [*CADENCE3, "k_gate_margin=0.5", "k_hysteresis=3", NO_SETTLE],
+    "gm75_h1": [*CADENCE3, "k_gate_margin=0.75", "k_hysteresis=1", NO_SETTLE],
+    "gm75_h2": [*CADENCE3, "k_gate_margin=0.75", "k_hysteresis=2", NO_SETTLE],
+    "settle20": [*CADENCE3, "k_settle_items=20"],
     # the network on every event (its steps discarded at each re-run), and on every 1, 2 or 3
     # events with the steps' offsets carried across re-runs (the residual), in whole or half
-    "c1": ["reanchor_every=1"],
-    "c1_res": ["reanchor_every=1", "reanchor_residual=true"],
-    "c1_res05": ["reanchor_every=1", "reanchor_residual=true", "reanchor_keep=0.5"],
-    "c2_res": ["reanchor_every=2", "reanchor_residual=true"],
-    "c3_res": ["reanchor_residual=true"],
+    "c1": ["reanchor_every=1", "reanchor_cos=-1"],
+    "c1_res": ["reanchor_every=1", "reanchor_cos=-1", "reanchor_residual=true"],
+    "c1_res05": ["reanchor_every=1", "reanchor_cos=-1", "reanchor_residual=true",
+                 "reanchor_keep=0.5"],
+    "c2_res": ["reanchor_every=2", "reanchor_cos=-1", "reanchor_residual=true"],
+    "c3_res": [*CADENCE3, "reanchor_residual=true"],
     # the network also at once on a click its routed interest explains poorly (cosine below)
-    "cos00": ["reanchor_cos=0.0"],
-    "cos02": ["reanchor_cos=0.2"],
-    "cos04": ["reanchor_cos=0.4"],
+    "cos00": ["reanchor_every=3", "reanchor_cos=0.0"],
+    "cos02": ["reanchor_every=3", "reanchor_cos=0.2"],
+    "cos04": ["reanchor_every=3", "reanchor_cos=0.4"],
     "c4_cos02": ["reanchor_every=4", "reanchor_cos=0.2"],
     "c4_cos04": ["reanchor_every=4", "reanchor_cos=0.4"],
     "c6_cos04": ["reanchor_every=6", "reanchor_cos=0.4"],
@@ -92,15 +98,18 @@ STEPS: dict[str, list[str]] = {
     "c8_cos04": ["reanchor_every=8", "reanchor_cos=0.4"],
     "c6_cos03": ["reanchor_every=6", "reanchor_cos=0.3"],
 }
-"""Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served."""
+"""Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served
+(since the trigger; ``c3`` was served before it)."""
 
+_WIN3 = [a for kv in CADENCE3 for a in ("--set", kv)]
 WINDOW: dict[str, list[str]] = {
-    "base": [],
-    "w5": ["--seq-len", "5", "--set", "infer_items=5"],
-    "w20": ["--seq-len", "20", "--set", "infer_items=20"],
-    "w50": ["--seq-len", "50", "--set", "infer_items=50"],
+    "w10": _WIN3,
+    "w5": [*_WIN3, "--seq-len", "5", "--set", "infer_items=5"],
+    "w20": [*_WIN3, "--seq-len", "20", "--set", "infer_items=20"],
+    "w50": [*_WIN3, "--seq-len", "50", "--set", "infer_items=50"],
 }
-"""Variant name -> ``bench/prequential.py`` arguments; ``base`` is served (10 items)."""
+"""Variant name -> ``bench/prequential.py`` arguments; ``w10`` is the served window (10
+items); all at the cadence served when they ran (:data:`CADENCE3`)."""
 
 GRIDS = {"steps": (STEPS, RESULTS / "prequential_tune_steps.json"),
          "window": (WINDOW, RESULTS / "prequential_tune_window.json")}
@@ -167,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         out["variants"][name] = fold(sets, cmd, res)
         for p in (path, path.with_name(path.stem + "_fronts.png")):
             p.unlink(missing_ok=True)
-        if name == "base":
+        if name in ("base", "w10"):
             r = res["arms"]["reinfer"]
             out.update({
                 "users": "all, the earlier period" if args.early else "tune",
                 "dataset": res["dataset"],
-                "served": "the OnlineConfig defaults (reanchor_every 3, infer_items 10, "
-                          "reanchor_residual off, k_gate_margin 0.5, k_hysteresis 3)",
+                "served": "the OnlineConfig defaults (reanchor_every 6, reanchor_cos 0.4, "
+                          "infer_items 10, reanchor_residual off, k_gate_margin 0.5, "
+                          "k_hysteresis 3)",
                 "checkpoint": res["checkpoint"],
                 "reinfer": {"recall@20": r["recall@20"], "entropy@20": r["entropy@20"],
                             "front": [[p["entropy@20"], p["recall@20"]]
