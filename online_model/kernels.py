@@ -932,21 +932,22 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
         u.n_recent += 1
     if not u.anchored:
         return bits | _UNANCHORED, -1, 0.0
-    if not p.learn:  # frozen anchors, or the network alone
-        if p.network and p.reanchor_every > 0:
-            bits |= _network_due(u, p, False)
-        return bits, -1, 0.0
     dim = p.dim
     emb = emb_flat.reshape((n_items, dim))
     K = Vf.shape[0] // dim
     V = Vf.reshape((K, dim))
-    A = Af.reshape((K, dim))
-    guards = p.guards
-    # route, then one sampled-softmax step on the routed interest
+    # route; how well the routed interest explains the click, before any step, is the
+    # re-anchoring trigger (so the network alone, without steps, re-runs on the same clicks)
     norms = np.empty(K)
     k = route(V, emb[idx], norms)
-    # how well the routed interest explains the click, before the step (re-anchoring trigger)
     surprised = _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx]
+    if not p.learn:  # frozen anchors, or the network alone
+        if p.network and p.reanchor_every > 0:
+            bits |= _network_due(u, p, surprised)
+        return bits, -1, 0.0
+    A = Af.reshape((K, dim))
+    guards = p.guards
+    # one sampled-softmax step on the routed interest
     n_neg = p.n_neg
     start = _event_start(u.uhash, offset, table.shape[0], n_neg + 1)
     g = softmax_step(V[k].astype(np.float64), emb, idx, table[start + 1:start + 1 + n_neg],

@@ -278,3 +278,18 @@ def test_reanchor_cos_one_is_the_network_on_every_click(diam_base) -> None:
         runs[name] = (st.V.tobytes(), st.A.tobytes(), st.d_logit, learner.inferences)
     assert runs["cos1"] == runs["every1"]
     assert runs["cos1"][3] == 40 and runs["off"][3] == 1
+
+
+def test_the_trigger_fires_without_steps_too(diam_base) -> None:
+    """The network alone (``learn`` off: the nosteps ablation) re-runs on surprising clicks as
+    the served learner does, so the ablation differs from it by the steps only."""
+    base, c = diam_base
+    runs = {}
+    for name, over in {"cos1": {"reanchor_cos": 1.0}, "every1": {"reanchor_every": 1}}.items():
+        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, learn=False, rate_burst=1000)
+        learner = OnlineLearner(base, cfg.model_copy(update=over))
+        st = learner.new_state("u")
+        for off, it in enumerate(_clicks(c, 30, seed=4)):
+            learner.apply(st, it, 5_000 * off, off)
+        runs[name] = (st.V.tobytes(), st.d_logit, learner.inferences)
+    assert runs["cos1"] == runs["every1"] and runs["cos1"][2] == 30
