@@ -225,7 +225,9 @@ def main() -> None:
         cfg = cfg.model_copy(update={"reanchor_every": args.reanchor_every})
     cfg = with_sets(cfg, args.set)
     tuned_on = ("tuning users: a stable 10% by hash of the user id "
-                "(online_model.prequential.user_group), disjoint from the reported users")
+                "(online_model.prequential.user_group), disjoint from the reported users; "
+                "the re-anchoring trigger (reanchor_every, reanchor_cos) on the earlier period "
+                "(--early: every user's second quarter, a first-quarter network)")
     sweep = tuple(float(x) for x in args.sweep.split(",") if x.strip())
     if args.tune:
         rows = {}

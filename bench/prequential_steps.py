@@ -97,6 +97,8 @@ STEPS: dict[str, list[str]] = {
     "c6_cos05": ["reanchor_every=6", "reanchor_cos=0.5"],
     "c8_cos04": ["reanchor_every=8", "reanchor_cos=0.4"],
     "c6_cos03": ["reanchor_every=6", "reanchor_cos=0.3"],
+    # the uniform cadence at about the trigger's number of runs: is the targeting worth it?
+    "c2": ["reanchor_every=2", "reanchor_cos=-1"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served
 (since the trigger; ``c3`` was served before it)."""

@@ -65,10 +65,11 @@ class OnlineConfig(BaseModel):
     """On a base with DIAM's extractor: also re-run the network at once on a click whose
     cosine to the interest it is routed to (before the step) is below this, a click the
     current interests explain poorly, whatever ``reanchor_every`` says; -1: never (the cadence
-    alone). The network's gain over the steps is in such clicks: on the earlier period the
-    trigger at 0.4 with a run every 6 events reaches re-inference (+0.0003 Recall@20, CI
-    -0.0019..+0.0025) at 0.47 runs per event, where a run every 3 events without it stays
-    0.0044 below at 0.34 (``bench/results/prequential_tune_steps_early.json``)."""
+    alone). On the earlier period the trigger at 0.4 with a run every 6 events reaches
+    re-inference (+0.0003 Recall@20, CI -0.0019..+0.0025) at 0.47 runs per event, where a run
+    every 3 events without it stays 0.0044 below at 0.34
+    (``bench/results/prequential_tune_steps_early.json``, with the uniform cadence at a similar
+    number of runs, ``c2``, beside it)."""
 
     reanchor_residual: bool = False
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
