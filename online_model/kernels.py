@@ -937,7 +937,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     K = Vf.shape[0] // dim
     V = Vf.reshape((K, dim))
     # route; how well the routed interest explains the click, before any step, is the
-    # re-anchoring trigger (so the network alone, without steps, re-runs on the same clicks)
+    # re-anchoring trigger (the network alone, without steps, re-runs under the same rule)
     norms = np.empty(K)
     k = route(V, emb[idx], norms)
     surprised = _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx]
