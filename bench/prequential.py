@@ -224,7 +224,8 @@ def main() -> None:
     if args.reanchor_every is not None:
         cfg = cfg.model_copy(update={"reanchor_every": args.reanchor_every})
     cfg = with_sets(cfg, args.set)
-    tuned_on = ("tuning users: a stable 10% by hash of the user id "
+    tuned_on = ("design run: the earlier period, every user" if args.early else
+                "tuning users: a stable 10% by hash of the user id "
                 "(online_model.prequential.user_group), disjoint from the reported users; "
                 "the re-anchoring trigger (reanchor_every, reanchor_cos) on the earlier period "
                 "(--early: every user's second quarter, a first-quarter network)")
@@ -281,7 +282,6 @@ def main() -> None:
     name = "prequential_quick.json" if args.quick else "prequential.json"
     if args.early:
         name = name.replace(".json", "_early.json")
-        res["tuned_on"] = "design run: the earlier period, every user"
     if args.tag:
         name = name.replace(".json", f"_{args.tag}.json")
     (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")

@@ -932,6 +932,9 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
         u.n_recent += 1
     if not u.anchored:
         return bits | _UNANCHORED, -1, 0.0
+    network_due = p.network and p.reanchor_every > 0
+    if not p.learn and not network_due:  # frozen anchors
+        return bits, -1, 0.0
     dim = p.dim
     emb = emb_flat.reshape((n_items, dim))
     K = Vf.shape[0] // dim
@@ -940,11 +943,10 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     # re-anchoring trigger (the network alone, without steps, re-runs under the same rule)
     norms = np.empty(K)
     k = route(V, emb[idx], norms)
-    surprised = _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx]
-    if not p.learn:  # frozen anchors, or the network alone
-        if p.network and p.reanchor_every > 0:
-            bits |= _network_due(u, p, surprised)
-        return bits, -1, 0.0
+    surprised = network_due and (
+        _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx])
+    if not p.learn:  # the network alone
+        return bits | _network_due(u, p, surprised), -1, 0.0
     A = Af.reshape((K, dim))
     guards = p.guards
     # one sampled-softmax step on the routed interest
