@@ -32,6 +32,8 @@ Run (the committed table):        ``python bench/model_quality.py --final``
 (the exact commands of the committed results are in their Markdown). The defaults, 4 epochs of
 at most 16 positions per training user, fit a shared 2-core CPU; they undertrain every model
 next to the 10 x 64 of earlier rounds.
+``--lr-from JSON`` fixes every row's rate to that committed result's ``lr_per_model`` (no grid,
+no selection, no training at other rates; a row it lacks is refused) and records ``"lr_from"``.
 ``--quick`` (one seed, two tiny epochs, stdout only) checks that everything runs. Trained
 weights are kept under ``runs/model_quality/ckpt/`` and every evaluation under
 ``runs/model_quality/eval/``, so the ``--final`` run after a design run trains nothing again.
@@ -378,8 +380,11 @@ def markdown(res: dict, plot_name: str) -> str:
              f"Command: `{res['command']}`", "",
              f"Seeds {res['seeds']} (design seeds, not used here: {res['design_seeds']}); "
              f"{res['epochs']} epochs, up to {res['max_per_user']} positions per training user "
-             "per epoch; each row keeps its epoch best on validation users; rate per row chosen "
-             "on validation users. Every figure below is in the JSON beside this file.", ""]
+             "per epoch; each row keeps its epoch best on validation users; "
+             + (f"rate per row fixed from `{res['lr_from']}` (chosen there on validation users "
+                f"of seeds {res['lr_seeds']}; not re-chosen here)" if res.get("lr_from") else
+                "rate per row chosen on validation users")
+             + ". Every figure below is in the JSON beside this file.", ""]
     cols = ["recall@20", "recall@50", "ndcg@20", "hr@50", "entropy@20", "ild@20", "coverage@20"]
     rows = [n for n in [*ORDER, *ABLATIONS] if n in res["models"]]
 
@@ -431,7 +436,9 @@ def markdown(res: dict, plot_name: str) -> str:
     lines += ["", "Fronts (Entropy@20, Recall@20), means over seeds x users; plot: "
               f"`{plot_name}`.", "", "```"]
     lines += [f"{n}: {res['models'][n]['front']}" for n in rows]
-    lines += ["```", "", "Learning-rate selection (mean validation Recall@20 at the kept epoch):",
+    lines += ["```", "", ("Rates fixed by --lr-from (mean validation Recall@20 at the kept epoch, "
+                          "these seeds):" if res.get("lr_from") else
+                          "Learning-rate selection (mean validation Recall@20 at the kept epoch):"),
               ""]
     lines += [f"- {n}: {res['models'][n]['lr_selection_valid_recall@20']} -> "
               f"{res['models'][n]['lr']:g}" for n in rows]
@@ -470,6 +477,18 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _fixed_rates(path: Path, rows: list[str]) -> dict:
+    """``--lr-from``: every row's rate from a result JSON's ``lr_per_model``."""
+    src = json.loads(path.read_text())
+    rates = src.get("lr_per_model") or {}
+    missing = [n for n in rows if n not in rates]
+    if missing:
+        raise SystemExit(f"--lr-from {path}: no rate in its lr_per_model for {missing} "
+                         f"(it has {sorted(rates)})")
+    return {"path": str(path), "rates": {n: float(rates[n]) for n in rows},
+            "lr_seeds": src.get("lr_seeds")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, tiny epochs, stdout only")
@@ -498,6 +517,9 @@ def main() -> None:
                     help="stop instead of training a run that has no checkpoint")
     ap.add_argument("--diam-extend", type=int, default=None,
                     help="DIAM's --extend [default: --extend]")
+    ap.add_argument("--lr-from", type=Path, default=None,
+                    help="use the rates of this result JSON's lr_per_model: no grid, no "
+                         "selection, no training at other rates")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -505,17 +527,24 @@ def main() -> None:
         args.seeds, args.epochs, args.max_per_user, args.extend = args.seeds[:1], 2, 6, 0
         args.lr_grid, args.bootstrap = args.lr_grid[:1], 50
     command = "python bench/model_quality.py " + shlex.join(sys.argv[1:])
+    fixed = _fixed_rates(args.lr_from, [*args.models, *args.ablations]) if args.lr_from else None
+    if fixed is not None and args.lr_seeds:
+        raise SystemExit("--lr-from fixes every rate: --lr-seeds has nothing to choose")
     bench = Bench(args)
     split = "test" if args.final else "valid"
     print(f"evaluation users: {split}", file=sys.stderr, flush=True)
     res: dict = {"dataset": bench.corpus.name, "final": args.final, "split": split,
                  "seeds": args.seeds, "design_seeds": DESIGN_SEEDS, "epochs": args.epochs,
                  "max_per_user": args.max_per_user, "keep_best": True, "command": command,
-                 "lr_seeds": bench.lr_seeds,
+                 "lr_seeds": bench.lr_seeds if fixed is None else fixed["lr_seeds"],
                  "re_rankers": {"fixed_d": D_GRID, "lambda": LAMBDAS, "diam_delta": DELTAS}}
+    if fixed is not None:
+        res["lr_from"] = fixed["path"]
     if args.train_only:
         for name in [*args.models, *args.ablations]:
             grid = args.diam_lr_grid if name == "diam" and args.diam_lr_grid else args.lr_grid
+            if fixed is not None:
+                grid = [fixed["rates"][name]]
             for seed in args.seeds:
                 for lr in grid:
                     if args.eval_cache:
@@ -524,13 +553,18 @@ def main() -> None:
                         bench.trained(name, seed, lr)
         return
     chosen: dict[str, tuple[float, dict]] = {}
-    for name in args.models:
+    for name in args.models if fixed is None else []:
         grid = args.diam_lr_grid if name == "diam" and args.diam_lr_grid else args.lr_grid
         extend = args.diam_extend if name == "diam" and args.diam_extend is not None \
             else args.extend
         chosen[name] = bench.choose_lr(name, list(grid), extend)
         print(f"{name}: lr {chosen[name][0]:g} {chosen[name][1]}", file=sys.stderr, flush=True)
-    for name in args.ablations:
+    for name in [*args.models, *args.ablations] if fixed is not None else []:
+        # no selection: the record is the fixed rate's mean validation score on these seeds
+        lr = fixed["rates"][name]
+        chosen[name] = (lr, {f"{lr:g}": round(float(np.mean(
+            [bench.valid_score(name, s, lr) for s in args.seeds])), 4)})
+    for name in args.ablations if fixed is None else []:
         lr = chosen["diam"][0]
         chosen[name] = (lr, {f"{lr:g}": round(float(np.mean(
             [bench.valid_score(name, s, lr) for s in bench.lr_seeds])), 4)})
