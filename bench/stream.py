@@ -6,7 +6,10 @@ item table: the cost of one run of the network does not depend on the weights, b
 the trigger fires does, and an untrained network explains clicks worse than a trained one
 (``network_runs_per_event`` in the JSON, against ``details.guarded.inferences_per_event``
 for the trained network on ml-100k in ``prequential.json``), so the figure is a pessimistic
-one.
+one. ``real_clicks`` measures the same one-process run on real clicks and the real network:
+ml-100k's second half in time, each user played 8 times under distinct ids, on the network
+``bench/prequential.py`` trains on the first half (``replay_events``), where the trigger fires
+at the rate it does in ``prequential.json``.
 
 Prints one JSON object and writes ``bench/results/stream.json``:
 
@@ -56,6 +59,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   the push bookkeeping) over every event of the run in this process, without Kafka, Bytewax or
   Redis; ``decode_us_per_event``: decoding and validating one payload. What is left of
   ``1e6 / events_per_s`` is Kafka, Bytewax's routing and state handling, and the Redis writes.
+- ``real_clicks``: ``events_per_s`` (median of ``--repeats`` runs, each in
+  ``events_per_s_runs``), ``network_runs_per_event`` and ``logic_us_per_event`` of the
+  in-process pass, on the replay of real clicks described above (``--replay-data``,
+  ``--replay-copies``; null when the prepared dataset is not there).
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
   as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
@@ -376,6 +383,99 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
             float(np.percentile(arr, 99.9)))
 
 
+def logic_pass(base: BaseView, cfg: OnlineConfig, flow_cfg: FlowConfig,
+               events: list[ClickEvent]) -> tuple[float, float, dict]:
+    """Every event through the dataflow's own per-user step (``_UserLogic.on_batch``) once,
+    timed: µs per event of the learner and the push bookkeeping alone, without Kafka, Bytewax
+    or Redis (where the rest of a run's time goes); the network's runs per event over the same
+    events; and the per-user logics (their snapshots are what Bytewax stores)."""
+    from streams.online import Learn, LearnerHolder, _UserLogic
+
+    holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
+    logics: dict = {}
+    t0 = time.perf_counter()
+    for off, ev in enumerate(events):
+        lg = logics.get(ev.user_id)
+        if lg is None:
+            lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None)
+        rec = RawRecord("bench", 0, off, None, None, ev.ts)
+        lg.on_batch([Learn(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
+    logic_us = (time.perf_counter() - t0) / len(events) * 1e6
+    return logic_us, round(holder.learner.inferences / len(events), 3), logics
+
+
+def replay_events(data: Path, copies: int, seed: int = 3, concurrent: int = 300,
+                  mean_session: float = 8.0, spacing_ms: int = 1000) -> tuple[list[ClickEvent], dict]:
+    """Real clicks for the real network, in the synthetic run's arrivals: the second half in
+    time of a prepared dataset (the half the benchmark's checkpoint, ``bench/prequential.py``'s
+    first-half network, never trained on), each user played ``copies`` times under distinct
+    ids (``<user>~<c>``), each user's items in their own time order. Arrivals are those of
+    :func:`synth_events`, not the dataset's clock (ml-100k's raters rate tens of films within
+    a second, which would hand the dataflow one long batch per user): ``concurrent`` sessions
+    open at a time, geometric lengths of mean ``mean_session``, each next session by a user
+    who joins now (``concurrent`` users at the start, the others at a steady rate, in order
+    of their first click, all of them within the first 70% of the events) or else by a returning user with clicks left. The
+    network explains these clicks as well as it does in ``prequential.json``, so the trigger
+    fires at the served rate. Event times are ``spacing_ms`` apart (1 s; with 300 sessions
+    open, a user's clicks within a session come minutes apart, inside one session by the
+    signals' 30-minute gap): ml-100k's heaviest raters have hundreds of clicks in the half,
+    which at the synthetic run's 1 ms would come at bot speed and be frozen by the rate limit
+    (``OnlineConfig.rate_per_s``), so the network would run less often than it does for people
+    (at 1 s, the in-process pass's ``network_runs_per_event`` is the 0.408 of
+    ``prequential.json``; the dataflow's cost per event does not depend on event time
+    otherwise)."""
+    from online_model.datasets import load_prepared
+
+    ds = load_prepared(data)
+    cut = len(ds.user_ids) // 2
+    seqs: dict[str, list[str]] = {}
+    for u, i in zip(ds.user_ids[cut:].tolist(), ds.item_ids[cut:].tolist(), strict=True):
+        seqs.setdefault(u, []).append(i)
+    rng = np.random.default_rng(seed)
+    order = [(u, c) for u in seqs for c in range(copies)]  # first-click order, copies adjacent
+    n = sum(len(v) for v in seqs.values()) * copies
+    join_every = 0.7 * n / max(1, len(order) - concurrent)
+    pos = {k: 0 for k in order}
+    joined = 0
+    pool: list[tuple[str, int]] = []  # returning users with clicks left
+
+    def start(i: int) -> list:
+        nonlocal joined
+        if joined >= len(order) and not pool:  # nothing left: only after the last click
+            return [None, 0]
+        if joined < len(order) and (joined < concurrent + i / join_every or not pool):
+            key = order[joined]
+            joined += 1
+            pool.append(key)
+        else:
+            key = pool[int(rng.integers(len(pool)))]
+        return [key, int(rng.geometric(1.0 / mean_session))]
+
+    open_ = [start(0) for _ in range(concurrent)]
+    out: list[ClickEvent] = []
+    for i in range(n):
+        j = int(rng.integers(concurrent))
+        (u, c), left = open_[j]
+        if pos[(u, c)] >= len(seqs[u]):  # the user ran out in another session
+            open_[j] = start(i)
+            (u, c), left = open_[j]
+        out.append(ClickEvent(f"{u}~{c}", seqs[u][pos[(u, c)]],
+                              1_700_000_000_000 + spacing_ms * i))
+        pos[(u, c)] += 1
+        if pos[(u, c)] >= len(seqs[u]):
+            pool.remove((u, c))
+            left = 0
+        open_[j][1] = left - 1
+        if open_[j][1] <= 0:
+            open_[j] = start(i + 1)
+    return out, {"dataset": ds.name, "events": len(out), "users": len(order), "copies": copies,
+                 "part": "second half in time (events the checkpoint was not trained on)",
+                 "event_time_spacing_ms": spacing_ms,
+                 "arrivals": f"bursty sessions ({concurrent} open, mean {mean_session:g} "
+                             f"clicks), {concurrent} users at the start and the others joining at a "
+                             "steady rate over the first 70%"}
+
+
 def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
               events: list[ClickEvent], flow_cfg: FlowConfig) -> dict:
     """Redis ``MEMORY USAGE`` per user at K_u = 4 and by K_u over the run's users, the
@@ -414,20 +514,7 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
     k4 = probes.get(4) or by_k.get(4, [])
     # the dataflow's own per-user step, so that the sizes and costs are those of what Bytewax
     # stores: ``_UserLogic.snapshot`` and Bytewax's pickle of it
-    from streams.online import Learn, LearnerHolder, _UserLogic
-
-    # Every event of the run goes through it once, timed: the per-event cost of the learner and
-    # the push bookkeeping alone, without Kafka, Bytewax or Redis (where the run's time goes).
-    holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
-    logics: dict[str, _UserLogic] = {}
-    t0 = time.perf_counter()
-    for off, ev in enumerate(events):
-        lg = logics.get(ev.user_id)
-        if lg is None:
-            lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None)
-        rec = RawRecord("bench", 0, off, None, None, ev.ts)
-        lg.on_batch([Learn(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
-    logic_us = (time.perf_counter() - t0) / len(events) * 1e6
+    logic_us, runs, logics = logic_pass(base, cfg, flow_cfg, events)
     raws = [encode_event(ev) for ev in events[:100_000]]
     t0 = time.perf_counter()
     for raw in raws:
@@ -448,8 +535,41 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
             "snapshot_us_per_user": round(float(np.median(snap_us)), 2),
             "logic_us_per_event": round(logic_us, 2),
             # how often the network ran (cadence and trigger) over the same events
-            "network_runs_per_event": round(holder.learner.inferences / len(events), 3),
+            "network_runs_per_event": runs,
             "decode_us_per_event": round(decode_us, 2)}
+
+
+def real_clicks(args, settings, kafka, env, run_id: str, tmp: str, reps: int) -> dict | None:
+    """The one-process throughput on real clicks and the real network (:func:`replay_events`
+    on ``bench/prequential.py``'s first-half checkpoint): the same dataflow, recovery on,
+    ``reps`` runs, median; with the in-process pass's network runs per event and µs per
+    event. None (and a line on stderr) when ``--replay-data`` is not there."""
+    if not (args.replay_data / "events.tsv").is_file():
+        print(f"{args.replay_data}: no prepared dataset, the real-clicks run is skipped "
+              "(diam data prepare ml-100k)", file=sys.stderr)
+        return None
+    sys.path.insert(0, str(ROOT / "bench"))
+    from prequential import cached_first_half
+
+    ckpt = cached_first_half(args.replay_data, epochs=4)
+    base = BaseView.from_checkpoint(ckpt)
+    events, info = replay_events(args.replay_data, args.replay_copies)
+    topic = f"bench.replay.{run_id}"
+    ensure_topic(kafka, topic, partitions=4)
+    produce(kafka, topic, events)
+    runs = [timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt,
+                                    ["--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])], env)
+            for r in range(reps)]
+    from confluent_kafka.admin import AdminClient
+    AdminClient(kafka.client_config()).delete_topics([topic])
+    rates = [len(events) / wall for wall, _ in runs]
+    logic_us, per_event, _ = logic_pass(base, settings.online, settings.flow, events)
+    return {**info, "checkpoint": str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT)
+            else str(ckpt),
+            "events_per_s": round(float(np.median(rates)), 1),
+            "events_per_s_runs": [round(r, 1) for r in rates],
+            "network_runs_per_event": per_event,
+            "logic_us_per_event": round(logic_us, 2)}
 
 
 def main() -> None:
@@ -465,6 +585,14 @@ def main() -> None:
                          "to ~30%%)")
     ap.add_argument("--fresh-repeats", type=int, default=None,
                     help="freshness runs at --rate (median p50/p99, worst p99.9) [5; 2 quick]")
+    ap.add_argument("--replay-data", type=Path, default=ROOT / "data" / "ml-100k",
+                    help="a prepared dataset whose second half is replayed through the dataflow on "
+                         "a network trained on its first half (bench/prequential.py's checkpoint, "
+                         "trained and cached the first time); skipped when it is not there "
+                         "[data/ml-100k: diam data prepare ml-100k]")
+    ap.add_argument("--replay-copies", type=int, default=8,
+                    help="times each user of the replay is played, under distinct ids [8: "
+                         "400,000 events from ml-100k]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     args = ap.parse_args()
     n = args.events or (60_000 if args.quick else 400_000)
@@ -501,6 +629,7 @@ def main() -> None:
         rates = [n / wall for wall, _ in ones]
         one = n / float(np.median(rates))
         one_cpu = n / float(np.median([n / cpu for _, cpu in ones]))
+        replay = real_clicks(args, settings, kafka, env, run_id, tmp, reps)
         # two processes, two ways: independent processes over disjoint partitions (users
         # are keyed to partitions, so no state crosses processes), and a Bytewax cluster
         # (every event is exchanged to the worker that owns its user)
@@ -544,7 +673,7 @@ def main() -> None:
                                  "anchor_ms_per_user_torch_batched_64")})
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
-    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs"):
+    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs", "br"):
         keys = list(rc.scan_iter(match=f"diam:{ns}-{run_id}*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
@@ -593,6 +722,7 @@ def main() -> None:
         "dataflow_fetch": {"fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
                            "fetch.min.bytes": settings.kafka.fetch_min_bytes},
         "consume_batch": settings.flow.batch_size,
+        "real_clicks": replay,
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
         "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),
