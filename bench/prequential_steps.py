@@ -99,11 +99,9 @@ STEPS: dict[str, list[str]] = {
     "c6_cos03": ["reanchor_every=6", "reanchor_cos=0.3"],
     # the uniform cadence at about the trigger's number of runs: is the targeting worth it?
     "c2": ["reanchor_every=2", "reanchor_cos=-1"],
-    # on the served trigger: interests held further apart between runs of the network (the
-    # steps pull them toward the clicks), or K_u freer to follow the gate, for Entropy@20
+    # on the served trigger: interests pushed apart from cosine 0.3 instead of 0.5 between
+    # runs of the network (the steps pull them toward the clicks), for Entropy@20
     "ortho_m0": ["ortho_margin=0"],
-    "ortho_t02": ["ortho_threshold=0.2", "ortho_margin=0"],
-    "h2": ["k_hysteresis=2"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served
 (since the trigger; ``c3`` was served before it)."""
