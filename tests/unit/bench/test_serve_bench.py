@@ -4,31 +4,17 @@ items first."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[3] / "bench"
+from tests.benchload import load_bench
 
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-serve = _load("serve")
-serve_learner = _load("serve_learner")
+serve = load_bench("serve")
+serve_learner = load_bench("serve_learner")
 
 
 class _Slow(BaseHTTPRequestHandler):

@@ -4,29 +4,15 @@ times far enough apart that no person is taken for a bot by the rate limit."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from online_model.datasets import ItemRows, write_prepared
+from tests.benchload import load_bench
 
-BENCH = Path(__file__).resolve().parents[3] / "bench"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-stream = _load("stream")
+stream = load_bench("stream")
 
 
 def _dataset(tmp: Path) -> tuple[Path, dict[str, list[str]]]:
