@@ -60,9 +60,12 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   Redis; ``decode_us_per_event``: decoding and validating one payload. What is left of
   ``1e6 / events_per_s`` is Kafka, Bytewax's routing and state handling, and the Redis writes.
 - ``real_clicks``: ``events_per_s`` (median of ``--repeats`` runs, each in
-  ``events_per_s_runs``), ``network_runs_per_event`` and ``logic_us_per_event`` of the
-  in-process pass, on the replay of real clicks described above (``--replay-data``,
-  ``--replay-copies``; null when the prepared dataset is not there).
+  ``events_per_s_runs``; every record checked valid), ``events_per_cpu_s``,
+  ``events_per_s_no_learning`` (``bench/stream_floor.py`` on the same topic),
+  ``network_runs_per_event`` and ``logic_us_per_event`` of the in-process pass (run right
+  after the synthetic stream's), ``mean_distinct_ids_per_batch``, on the replay of real clicks
+  described above (``--replay-data``, ``--replay-copies``; null when the prepared dataset is
+  not there). ``mean_distinct_ids_per_batch`` at the top level is the synthetic stream's.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
   as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
@@ -264,11 +267,13 @@ def env_for(settings) -> dict[str, str]:
 
 
 def timed_run(cmds: list[list[str]], env: dict[str, str],
-              cwd: Path | None = None) -> tuple[float, float]:
+              cwd: Path | None = None, expect_valid: int | None = None) -> tuple[float, float]:
     """Wall time of bounded dataflow processes, measured from their own start-up line so that
     Python and torch import time is not counted as processing time, and the CPU seconds they
     report for their dataflow (all threads, start-up excluded), summed. ``cwd``: where they run
-    (``bench/stream_ab.py`` runs another revision's tree)."""
+    (``bench/stream_ab.py`` runs another revision's tree). ``expect_valid``: the valid records
+    the processes must report together, none dead-lettered (a run that rejected its input
+    would time the rejection path)."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=cwd) for c in cmds]
@@ -278,15 +283,24 @@ def timed_run(cmds: list[list[str]], env: dict[str, str],
         p.stdout.readline()  # "online dataflow: ..." printed once the base is loaded
         starts.append(time.perf_counter())
     cpu = 0.0
+    valid = rejected = 0
     for p in procs:
         out, err = p.communicate(timeout=1800)
         if p.returncode != 0:
             raise RuntimeError(f"dataflow failed: {err[-2000:]}")
+        m = re.search(r"\((\d+) valid, (\d+) dead-lettered\)", out)
+        if m is not None:
+            valid, rejected = valid + int(m.group(1)), rejected + int(m.group(2))
+        elif expect_valid is not None:
+            raise RuntimeError(f"no record counts in the dataflow's summary: {out[-500:]!r}")
         m = re.search(r"([0-9.]+) CPU s", out)
         if m is None:
             raise RuntimeError(f"no CPU time in the dataflow's summary: {out[-500:]!r}")
         cpu += float(m.group(1))
     end = time.perf_counter()
+    if expect_valid is not None and (valid != expect_valid or rejected):
+        raise RuntimeError(f"the dataflow took {valid} valid records and dead-lettered {rejected}, "
+                           f"expected {expect_valid} valid: it would be timing the wrong path")
     return end - (max(starts) if starts else t0), cpu
 
 
@@ -386,11 +400,17 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 def logic_pass(base: BaseView, cfg: OnlineConfig, flow_cfg: FlowConfig,
                events: list[ClickEvent]) -> tuple[float, float, dict]:
     """Every event through the dataflow's own per-user step (``_UserLogic.on_batch``) once,
-    timed: µs per event of the learner and the push bookkeeping alone, without Kafka, Bytewax
+    timed after an untimed warm-up: µs per event of the learner and the push bookkeeping alone, without Kafka, Bytewax
     or Redis (where the rest of a run's time goes); the network's runs per event over the same
     events; and the per-user logics (their snapshots are what Bytewax stores)."""
     from streams.online import Learn, LearnerHolder, _UserLogic
 
+    # warm-up outside the timer: the compiled kernels load from numba's cache on first use
+    warm = LearnerHolder(OnlineLearner(base, cfg), base.version)
+    for off, ev in enumerate(events[:2000]):
+        _UserLogic(warm, flow_cfg, None, None).on_batch(
+            [Learn(RawRecord("bench", 0, off, None, None, ev.ts),
+                   (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
     holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
     logics: dict = {}
     t0 = time.perf_counter()
@@ -406,24 +426,31 @@ def logic_pass(base: BaseView, cfg: OnlineConfig, flow_cfg: FlowConfig,
 
 def replay_events(data: Path, copies: int, seed: int = 3, concurrent: int = 300,
                   mean_session: float = 8.0, spacing_ms: int = 1000) -> tuple[list[ClickEvent], dict]:
-    """Real clicks for the real network, in the synthetic run's arrivals: the second half in
-    time of a prepared dataset (the half the benchmark's checkpoint, ``bench/prequential.py``'s
+    """Real clicks for the real network, in sessions like the synthetic run's: the second half
+    in time of a prepared dataset (the half the benchmark's checkpoint, ``bench/prequential.py``'s
     first-half network, never trained on), each user played ``copies`` times under distinct
-    ids (``<user>~<c>``), each user's items in their own time order. Arrivals are those of
-    :func:`synth_events`, not the dataset's clock (ml-100k's raters rate tens of films within
-    a second, which would hand the dataflow one long batch per user): ``concurrent`` sessions
-    open at a time, geometric lengths of mean ``mean_session``, each next session by a user
-    who joins now (``concurrent`` users at the start, the others at a steady rate, in order
-    of their first click, all of them within the first 70% of the events) or else by a returning user with clicks left. The
-    network explains these clicks as well as it does in ``prequential.json``, so the trigger
-    fires at the served rate. Event times are ``spacing_ms`` apart (1 s; with 300 sessions
-    open, a user's clicks within a session come minutes apart, inside one session by the
-    signals' 30-minute gap): ml-100k's heaviest raters have hundreds of clicks in the half,
-    which at the synthetic run's 1 ms would come at bot speed and be frozen by the rate limit
-    (``OnlineConfig.rate_per_s``), so the network would run less often than it does for people
-    (at 1 s, the in-process pass's ``network_runs_per_event`` is the 0.408 of
-    ``prequential.json``; the dataflow's cost per event does not depend on event time
-    otherwise)."""
+    ids (``<user>-<c>``, ids the event contract accepts), each id's items in the user's own
+    time order. Users start cold (no state from the first half, unlike ``prequential.json``'s,
+    which are anchored at the cut).
+
+    Arrivals follow :func:`synth_events`'s sessions, not the dataset's clock (ml-100k's raters
+    rate tens of films within a second, which would hand the dataflow one long batch per
+    user): ``concurrent`` sessions open at a time, geometric lengths of mean ``mean_session``,
+    each next session by an id that joins now or else by a returning id with clicks left.
+    ``concurrent`` ids are there at the start (about ``concurrent / copies`` people) and the
+    others join at a steady rate, in order of their user's first click, all within the first
+    70% of the events; so the population active at a time is smaller than the synthetic
+    stream's (its 20,000 users are all there from the first event), and each id has more
+    clicks (``mean_distinct_ids_per_batch`` in the JSON says how many share a source batch).
+
+    Event times are ``spacing_ms`` apart (1 s; with 300 sessions open, an id's clicks within a
+    session come minutes apart, inside one session by the signals' 30-minute gap): ml-100k's
+    heaviest raters have hundreds of clicks in the half, which at the synthetic run's 1 ms
+    would come at bot speed and be frozen by the rate limit (``OnlineConfig.rate_per_s``), so
+    the network would run less often than it does for people. At 1 s the in-process pass's
+    ``network_runs_per_event`` is 0.408, against 0.407 for the served arm in
+    ``prequential.json`` (whose users start warm); the dataflow's cost per event does not
+    depend on event time otherwise."""
     from online_model.datasets import load_prepared
 
     ds = load_prepared(data)
@@ -459,7 +486,7 @@ def replay_events(data: Path, copies: int, seed: int = 3, concurrent: int = 300,
         if pos[(u, c)] >= len(seqs[u]):  # the user ran out in another session
             open_[j] = start(i)
             (u, c), left = open_[j]
-        out.append(ClickEvent(f"{u}~{c}", seqs[u][pos[(u, c)]],
+        out.append(ClickEvent(f"{u}-{c}", seqs[u][pos[(u, c)]],
                               1_700_000_000_000 + spacing_ms * i))
         pos[(u, c)] += 1
         if pos[(u, c)] >= len(seqs[u]):
@@ -539,37 +566,61 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
             "decode_us_per_event": round(decode_us, 2)}
 
 
-def real_clicks(args, settings, kafka, env, run_id: str, tmp: str, reps: int) -> dict | None:
+def distinct_per_batch(events: list[ClickEvent], batch: int) -> float:
+    """Mean number of distinct user ids per ``batch`` consecutive events: how many per-user
+    steps (and pushes) a source batch of that size costs, against its events."""
+    return round(float(np.mean([len({e.user_id for e in events[i:i + batch]})
+                                for i in range(0, len(events), batch)])), 1)
+
+
+def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
+                reps: int) -> tuple[dict, BaseView, list[ClickEvent]] | None:
     """The one-process throughput on real clicks and the real network (:func:`replay_events`
     on ``bench/prequential.py``'s first-half checkpoint): the same dataflow, recovery on,
-    ``reps`` runs, median; with the in-process pass's network runs per event and µs per
-    event. None (and a line on stderr) when ``--replay-data`` is not there."""
+    ``reps`` runs, median, every record checked valid (none dead-lettered); and the same
+    dataflow without learning (``bench/stream_floor.py``) on the same topic, ``reps`` runs.
+    Returns the figures, the base and the events (the in-process pass runs later, beside the
+    synthetic stream's); None (and a line on stderr) when ``--replay-data`` is not there."""
     if not (args.replay_data / "events.tsv").is_file():
         print(f"{args.replay_data}: no prepared dataset, the real-clicks run is skipped "
               "(diam data prepare ml-100k)", file=sys.stderr)
         return None
     sys.path.insert(0, str(ROOT / "bench"))
+    from confluent_kafka.admin import AdminClient
     from prequential import cached_first_half
 
     ckpt = cached_first_half(args.replay_data, epochs=4)
     base = BaseView.from_checkpoint(ckpt)
     events, info = replay_events(args.replay_data, args.replay_copies)
     topic = f"bench.replay.{run_id}"
+    renv = {**env, "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
     ensure_topic(kafka, topic, partitions=4)
-    produce(kafka, topic, events)
-    runs = [timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt,
-                                    ["--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])], env)
-            for r in range(reps)]
-    from confluent_kafka.admin import AdminClient
-    AdminClient(kafka.client_config()).delete_topics([topic])
+    try:
+        produce(kafka, topic, events)
+        runs = [timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt,
+                                        ["--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])],
+                          renv, expect_valid=len(events))
+                for r in range(reps)]
+        floors = [timed_run([[sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic,
+                              f"br0-{run_id}-{r}", str(ckpt)]], renv) for r in range(reps)]
+    finally:
+        for f in AdminClient(kafka.client_config()).delete_topics(
+                [topic, f"{topic}.dlq"]).values():
+            try:
+                f.result(30)
+            except Exception:  # noqa: BLE001 - the dead-letter topic exists only if written
+                pass
     rates = [len(events) / wall for wall, _ in runs]
-    logic_us, per_event, _ = logic_pass(base, settings.online, settings.flow, events)
-    return {**info, "checkpoint": str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT)
-            else str(ckpt),
-            "events_per_s": round(float(np.median(rates)), 1),
-            "events_per_s_runs": [round(r, 1) for r in rates],
-            "network_runs_per_event": per_event,
-            "logic_us_per_event": round(logic_us, 2)}
+    floor_rates = [len(events) / wall for wall, _ in floors]
+    return ({**info, "checkpoint": str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT)
+             else str(ckpt),
+             "events_per_s": round(float(np.median(rates)), 1),
+             "events_per_s_runs": [round(r, 1) for r in rates],
+             "events_per_cpu_s": round(len(events) / float(np.median([c for _, c in runs])), 1),
+             "events_per_s_no_learning": round(float(np.median(floor_rates)), 1),
+             "events_per_s_no_learning_runs": [round(r, 1) for r in floor_rates],
+             "mean_distinct_ids_per_batch": distinct_per_batch(events, settings.flow.batch_size)},
+            base, events)
 
 
 def main() -> None:
@@ -590,12 +641,14 @@ def main() -> None:
                          "a network trained on its first half (bench/prequential.py's checkpoint, "
                          "trained and cached the first time); skipped when it is not there "
                          "[data/ml-100k: diam data prepare ml-100k]")
-    ap.add_argument("--replay-copies", type=int, default=8,
+    ap.add_argument("--replay-copies", type=int, default=None,
                     help="times each user of the replay is played, under distinct ids [8: "
-                         "400,000 events from ml-100k]")
+                         "400,000 events from ml-100k; 1 with --quick]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     args = ap.parse_args()
     n = args.events or (60_000 if args.quick else 400_000)
+    if args.replay_copies is None:
+        args.replay_copies = 1 if args.quick else 8
     if args.fresh_repeats is None:
         args.fresh_repeats = 2 if args.quick else 5
     users = 2_000 if args.quick else 20_000
@@ -619,7 +672,7 @@ def main() -> None:
         # that the run ends
         ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt,
                                         ["--bounded", "--recovery-dir", f"{tmp}/rec-b1-{r}"])],
-                          env) for r in range(reps)]
+                          env, expect_valid=n) for r in range(reps)]
         # the same dataflow with the learner's update removed (bench/stream_floor.py)
         floors = [timed_run([[sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic,
                               f"b0-{run_id}-{r}", str(ckpt)]], env) for r in range(reps)]
@@ -665,6 +718,13 @@ def main() -> None:
         tp50, tp99, _ = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                   fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
         foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
+        real = None
+        if replay is not None:
+            # the real clicks' in-process pass right after the synthetic one (footprint's), so
+            # that both see the box in the same state
+            real, rbase, revents = replay
+            r_us, r_runs, _ = logic_pass(rbase, settings.online, settings.flow, revents)
+            real.update({"logic_us_per_event": round(r_us, 2), "network_runs_per_event": r_runs})
         anchor = anchor_cost(base, served_items=settings.online.infer_items)
         # for reference: a network trained on 50 items, run on all of them
         wide = anchor_cost(make_checkpoint(Path(tmp) / "ckpt50", seq_len=50))
@@ -673,7 +733,7 @@ def main() -> None:
                                  "anchor_ms_per_user_torch_batched_64")})
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
-    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs", "br"):
+    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs", "br", "br0"):
         keys = list(rc.scan_iter(match=f"diam:{ns}-{run_id}*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
@@ -722,7 +782,8 @@ def main() -> None:
         "dataflow_fetch": {"fetch.wait.max.ms": settings.kafka.fetch_wait_max_ms,
                            "fetch.min.bytes": settings.kafka.fetch_min_bytes},
         "consume_batch": settings.flow.batch_size,
-        "real_clicks": replay,
+        "real_clicks": real,
+        "mean_distinct_ids_per_batch": distinct_per_batch(events, settings.flow.batch_size),
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
         "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),

@@ -1,6 +1,6 @@
 """bench/stream.py's real-clicks replay: it plays only the second half, every user's clicks in
-their own order under each copy's id, all of them once, in interleaved sessions, with event
-times far enough apart that no person is taken for a bot by the rate limit."""
+their own order under each copy's id, all of them once, in interleaved sessions, with ids the
+event contract accepts and event times far enough apart that no id runs dry in the rate limit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from online_model.config import OnlineConfig
 from online_model.datasets import ItemRows, write_prepared
+from streams.config import FlowConfig
+from streams.events import Rejection, decode_click, encode_event
 from tests.benchload import load_bench
 
 stream = load_bench("stream")
@@ -41,7 +44,7 @@ def test_replay_plays_each_users_second_half_once_in_order(tmp_path: Path) -> No
     got: dict[str, list[str]] = defaultdict(list)
     for ev in events:
         got[ev.user_id].append(ev.item_id)
-    assert got == {f"{u}~{c}": items for u, items in second.items() for c in range(3)}
+    assert got == {f"{u}-{c}": items for u, items in second.items() for c in range(3)}
     assert info["events"] == len(events) == 3 * sum(len(v) for v in second.values())
     assert info["users"] == 3 * len(second)
     # sessions interleave: the stream is not one user after another
@@ -50,3 +53,17 @@ def test_replay_plays_each_users_second_half_once_in_order(tmp_path: Path) -> No
     # event times rise by the spacing, 1 s by default
     ts = np.array([ev.ts for ev in events])
     assert (np.diff(ts) == 1000).all()
+    # every event passes the dataflow's validation (a rejected replay would time the
+    # dead-letter path)
+    flow = FlowConfig()
+    for ev in events:
+        assert not isinstance(decode_click(encode_event(ev), max_bytes=flow.max_event_bytes,
+                                           ts_min_ms=0, ts_max_ms=None), Rejection)
+    # and no id runs dry in the rate limit's token bucket (it would be frozen as a bot)
+    cfg = OnlineConfig()
+    tokens: dict[str, tuple[float, int]] = {}
+    for ev in events:
+        t, last = tokens.get(ev.user_id, (float(cfg.rate_burst), ev.ts))
+        t = min(float(cfg.rate_burst), t + (ev.ts - last) / 1000 * cfg.rate_per_s) - 1
+        assert t >= 0, ev
+        tokens[ev.user_id] = (t, ev.ts)
