@@ -499,7 +499,7 @@ def replay_events(data: Path, copies: int, seed: int = 3, concurrent: int = 300,
                  "part": "second half in time (events the checkpoint was not trained on)",
                  "event_time_spacing_ms": spacing_ms,
                  "arrivals": f"bursty sessions ({concurrent} open, mean {mean_session:g} "
-                             f"clicks), {concurrent} users at the start and the others joining at a "
+                             f"clicks), {concurrent} ids at the start and the others joining at a "
                              "steady rate over the first 70%"}
 
 
