@@ -400,26 +400,25 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 def logic_pass(base: BaseView, cfg: OnlineConfig, flow_cfg: FlowConfig,
                events: list[ClickEvent]) -> tuple[float, float, dict]:
     """Every event through the dataflow's own per-user step (``_UserLogic.on_batch``) once,
-    timed after an untimed warm-up: µs per event of the learner and the push bookkeeping alone, without Kafka, Bytewax
-    or Redis (where the rest of a run's time goes); the network's runs per event over the same
+    timed after an untimed warm-up: µs per event of the learner and the push bookkeeping
+    alone, without Kafka, Bytewax or Redis (where the rest of a run's time goes); the network's runs per event over the same
     events; and the per-user logics (their snapshots are what Bytewax stores)."""
     from streams.online import Learn, LearnerHolder, _UserLogic
 
-    # warm-up outside the timer: the compiled kernels load from numba's cache on first use
-    warm = LearnerHolder(OnlineLearner(base, cfg), base.version)
-    for off, ev in enumerate(events[:2000]):
-        _UserLogic(warm, flow_cfg, None, None).on_batch(
-            [Learn(RawRecord("bench", 0, off, None, None, ev.ts),
-                   (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
-    holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
-    logics: dict = {}
+    def play(evs: list[ClickEvent]) -> tuple[LearnerHolder, dict]:
+        holder = LearnerHolder(OnlineLearner(base, cfg), base.version)
+        logics: dict = {}
+        for off, ev in enumerate(evs):
+            lg = logics.get(ev.user_id)
+            if lg is None:
+                lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None)
+            rec = RawRecord("bench", 0, off, None, None, ev.ts)
+            lg.on_batch([Learn(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
+        return holder, logics
+
+    play(events[:2000])  # warm-up outside the timer: the kernels load from numba's cache
     t0 = time.perf_counter()
-    for off, ev in enumerate(events):
-        lg = logics.get(ev.user_id)
-        if lg is None:
-            lg = logics[ev.user_id] = _UserLogic(holder, flow_cfg, None, None)
-        rec = RawRecord("bench", 0, off, None, None, ev.ts)
-        lg.on_batch([Learn(rec, (ev.user_id, ev.item_id, ev.ts, ev.session_id))])
+    holder, logics = play(events)
     logic_us = (time.perf_counter() - t0) / len(events) * 1e6
     return logic_us, round(holder.learner.inferences / len(events), 3), logics
 
