@@ -102,6 +102,10 @@ STEPS: dict[str, list[str]] = {
     # on the served trigger: interests pushed apart from cosine 0.3 instead of 0.5 between
     # runs of the network (the steps pull them toward the clicks), for Entropy@20
     "ortho_m0": ["ortho_margin=0"],
+    # on the served trigger: the network also at once on an exploring click (a category none
+    # of the last 20 clicks had), where the interests should widen: for Entropy@20
+    "c6_exp": ["reanchor_explore=true"],
+    "c8_exp": ["reanchor_every=8", "reanchor_explore=true"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served
 (since the trigger; ``c3`` was served before it)."""

@@ -71,6 +71,12 @@ class OnlineConfig(BaseModel):
     (``bench/results/prequential_tune_steps_early.json``, with the uniform cadence at a similar
     number of runs, ``c2``, beside it)."""
 
+    reanchor_explore: bool = False
+    """On a base with DIAM's extractor: also re-run the network at once on an exploring click,
+    one whose category none of the user's last 20 clicks had (the exploration signal's flag),
+    where the interests should widen. Off: tried on the earlier period for Entropy@20
+    (``bench/prequential_steps.py --early --only c6_exp c8_exp``)."""
+
     reanchor_residual: bool = False
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
     anchor, and d_u's from its prior) on top of the network's new output; False restarts the

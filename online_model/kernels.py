@@ -197,6 +197,7 @@ PARAMS = np.dtype(
         ("refresh", np.bool_),  # slot 0 follows the window's mean between inferences
         ("prior_weight", np.float64),  # signals: the session prior's weight
         ("reanchor_cos", np.float64),  # DIAM base: re-run now when the routed cosine is below
+        ("reanchor_explore", np.bool_),  # ... and on a click of a category the last 20 lack
     ],
 )
 """The learner's constants, read by :func:`learn_event`; lengths already in base units."""
@@ -919,8 +920,8 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     c = -1
     if 0 <= idx < n_items:
         c = item_cats[idx]
-    signals_update(sig, n_cat, c, sess_mode, ts_ms, p.session_gap_ms, p.explore_fading,
-                   p.session_fading, p.short_decay, p.long_decay)
+    explore = signals_update(sig, n_cat, c, sess_mode, ts_ms, p.session_gap_ms,
+                             p.explore_fading, p.session_fading, p.short_decay, p.long_decay)
     if idx < 0 or idx >= n_items or item_norms[idx] == 0.0:
         return bits | _COLD, -1, 0.0
     # the recent-item ring
@@ -944,7 +945,8 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
     norms = np.empty(K)
     k = route(V, emb[idx], norms)
     surprised = network_due and (
-        _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx])
+        _dot(V[k], emb[idx]) < p.reanchor_cos * (norms[k] + _EPS) * item_norms[idx]
+        or (p.reanchor_explore and explore == 1.0))
     if not p.learn:  # the network alone
         return bits | _network_due(u, p, surprised), -1, 0.0
     A = Af.reshape((K, dim))

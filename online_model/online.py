@@ -330,6 +330,7 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     p["residual"] = cfg.reanchor_residual
     p["keep"] = cfg.reanchor_keep
     p["reanchor_cos"] = cfg.reanchor_cos
+    p["reanchor_explore"] = cfg.reanchor_explore
     p["refresh"] = cfg.refresh_global and head is not None and head.global_slot_on
     p["prior_weight"] = SESSION_PRIOR_WEIGHT
     return par

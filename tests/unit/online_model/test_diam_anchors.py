@@ -293,3 +293,30 @@ def test_the_trigger_fires_without_steps_too(diam_base) -> None:
             learner.apply(st, it, 5_000 * off, off)
         runs[name] = (st.V.tobytes(), st.d_logit, learner.inferences)
     assert runs["cos1"] == runs["every1"] and runs["cos1"][2] == 30
+
+
+def test_exploring_click_reruns_the_network_when_asked(diam_base) -> None:
+    """``reanchor_explore``: with the cadence and the cosine trigger out of the way, the network
+    re-runs on exactly the clicks whose category none of the user's previous 20 clicks had
+    (the exploration signal's flag); off, those clicks run nothing."""
+    base, c = diam_base
+    cats = np.asarray(base.item_categories)
+    for on in (True, False):
+        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=1000, reanchor_cos=-1.0,
+                           reanchor_explore=on, rate_burst=1000)
+        learner = OnlineLearner(base, cfg)
+        st = learner.new_state("u")
+        items = _clicks(c, 80, seed=5)
+        learner.apply(st, items[0], 0, 0)
+        assert st.anchored
+        history = [int(cats[base.index_of(items[0])])]
+        explored = []
+        for off, it in enumerate(items[1:], start=1):
+            cat = int(cats[base.index_of(it)])
+            new = cat not in history[-20:]
+            before = learner.inferences
+            learner.apply(st, it, 1_000 * off, off)
+            assert (learner.inferences - before == 1) == (new and on)
+            history.append(cat)
+            explored.append(new)
+        assert any(explored) and not all(explored)
