@@ -74,8 +74,12 @@ class OnlineConfig(BaseModel):
     reanchor_explore: bool = False
     """On a base with DIAM's extractor: also re-run the network at once on an exploring click,
     one whose category none of the user's last 20 clicks had (the exploration signal's flag),
-    where the interests should widen. Off: tried on the earlier period for Entropy@20
-    (``bench/prequential_steps.py --early --only c6_exp c8_exp``)."""
+    where the interests should widen. Chosen on the earlier period (``bench/prequential_steps.py
+    --early --only c6_exp``) and read once on the reported users
+    (``bench/results/prequential_explore.json``): served Entropy@20 2.024 against 1.998 without
+    it (reinfer 2.026), level with reinfer at matched entropy, at 0.49 network runs per event
+    against 0.41. Off until the benchmarks of the learner are re-run with it
+    (``bench/results/prequential.md``, "Next candidate")."""
 
     reanchor_residual: bool = False
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its
