@@ -71,15 +71,14 @@ class OnlineConfig(BaseModel):
     (``bench/results/prequential_tune_steps_early.json``, with the uniform cadence at a similar
     number of runs, ``c2``, beside it)."""
 
-    reanchor_explore: bool = False
+    reanchor_explore: bool = True
     """On a base with DIAM's extractor: also re-run the network at once on an exploring click,
     one whose category none of the user's last 20 clicks had (the exploration signal's flag),
-    where the interests should widen. Chosen on the earlier period (``bench/prequential_steps.py
-    --early --only c6_exp``) and read once on the reported users
-    (``bench/results/prequential_explore.json``): served Entropy@20 2.024 against 1.998 without
-    it (reinfer 2.026), level with reinfer at matched entropy, at 0.49 network runs per event
-    against 0.41. Off until the benchmarks of the learner are re-run with it
-    (``bench/results/prequential.md``, "Next candidate")."""
+    where the interests should widen; False: the cadence and ``reanchor_cos`` alone. Chosen on
+    the earlier period (``bench/prequential_steps.py --early --only c6_exp``), then read once on
+    the reported users: served Entropy@20 2.024 against 1.998 without it (re-inference 2.026),
+    level with re-inference at matched entropy, at 0.49 network runs per event against 0.41
+    (``bench/results/prequential.md``)."""
 
     reanchor_residual: bool = False
     """At a re-anchoring, keep what the online steps learnt (each interest's offset from its

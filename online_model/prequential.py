@@ -397,6 +397,8 @@ def evaluate_stream(
         "user_fraction": user_fraction,
         "n": n,
         "reanchor_every": cfg.reanchor_every,
+        "reanchor_cos": cfg.reanchor_cos,
+        "reanchor_explore": cfg.reanchor_explore,
         "reanchor_residual": cfg.reanchor_residual,
         "popularity": f"decayed click count, half-life {pop_half_life} events, refreshed every 100",
         "entropy": "nats, primary category of the recommended list",

@@ -242,7 +242,8 @@ def test_surprising_click_reruns_the_network_at_once(diam_base, cos) -> None:
     """``reanchor_cos``: the network re-runs on exactly the clicks whose cosine to their routed
     interest (before the step) is below the threshold, whatever the cadence says."""
     base, c = diam_base
-    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=100, reanchor_cos=cos, rate_burst=1000)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=100, reanchor_cos=cos, rate_burst=1000,
+                       reanchor_explore=False)
     learner = OnlineLearner(base, cfg)
     st = learner.new_state("u")
     items = _clicks(c, 60, seed=3)
@@ -270,7 +271,8 @@ def test_reanchor_cos_one_is_the_network_on_every_click(diam_base) -> None:
     runs = {}
     for name, over in {"cos1": {"reanchor_cos": 1.0}, "every1": {"reanchor_every": 1},
                        "off": {"reanchor_cos": -1.0}}.items():
-        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, rate_burst=1000)
+        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, rate_burst=1000,
+                           reanchor_explore=False)
         learner = OnlineLearner(base, cfg.model_copy(update=over))
         st = learner.new_state("u")
         for off, it in enumerate(_clicks(c, 40, seed=9)):
@@ -286,7 +288,8 @@ def test_the_trigger_fires_without_steps_too(diam_base) -> None:
     base, c = diam_base
     runs = {}
     for name, over in {"cos1": {"reanchor_cos": 1.0}, "every1": {"reanchor_every": 1}}.items():
-        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, learn=False, rate_burst=1000)
+        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, learn=False, rate_burst=1000,
+                           reanchor_explore=False)
         learner = OnlineLearner(base, cfg.model_copy(update=over))
         st = learner.new_state("u")
         for off, it in enumerate(_clicks(c, 30, seed=4)):

@@ -37,6 +37,7 @@ PINS = {
     "kmeans-unguarded": "f9e80288c13cf8a542e88de0a24934a4df853583ae606ff516e3355382a3b814",
     "diam-gate": "2c1f3e986da133bf8bab7021d0df947a830b4610215fb56f8541c2ab1c7a7146",
     "diam": "e82a69dda804306f1000ca8bbd523ff1a80a86d36b1e47f9b371b4a4835ed0c9",
+    "diam-explore": "8163bc924b064e543ef9cbc0780201162f8de5f138924e82668777ada525f8a4",
     "diam-served": "c91a123b773af97af0ac1d71de3fd6febff277a89a3e14d2159207ca35b76600",
 }
 
@@ -123,7 +124,8 @@ def test_kmeans_stream_is_pinned(name: str) -> None:
 
 def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
     torch.set_num_threads(1)
-    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
+                       reanchor_explore=False)
     got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
     assert got == PINS["diam"], got
 
@@ -138,11 +140,23 @@ def test_diam_served_settings_are_pinned(diam_base: BaseView) -> None:
     assert got == PINS["diam-served"], got
 
 
+def test_diam_exploring_click_trigger_is_pinned(diam_base: BaseView) -> None:
+    """``reanchor_explore`` on the cadence-3 stream: the network's extra runs on exploring
+    clicks change the stream's bytes (so the pin exercises them), the same bytes every run."""
+    torch.set_num_threads(1)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
+                       reanchor_explore=True)
+    got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
+    assert got != PINS["diam"]
+    assert got == PINS["diam-explore"], got
+
+
 def test_diam_stream_with_k_changes_is_pinned(tmp_path) -> None:
     """A network whose gate moves (seed 2): K_u's gate margin and hysteresis in the pin."""
     torch.set_num_threads(1)
     base = _diam_base(tmp_path / "diam", seed=2)
-    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
+                       reanchor_explore=False)
     got = _digest(OnlineLearner(base, cfg), _events(list(base.item_ids)))
     assert got == PINS["diam-gate"], got
     # the stream does exercise the rule: K_u changes under it, far less often than the gate
@@ -169,7 +183,8 @@ def test_k_u_follows_the_gate_until_the_window_settles(tmp_path) -> None:
     learner that never settles takes every K_u the gate proposes, as one with neither."""
     torch.set_num_threads(1)
     base = _diam_base(tmp_path / "diam", seed=2)
-    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20)
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
+                       reanchor_explore=False)
     never = cfg.model_copy(update={"k_settle_items": 10_000})
     neither = cfg.model_copy(update={"k_gate_margin": 0.0, "k_hysteresis": 1})
     events = _events(list(base.item_ids))
