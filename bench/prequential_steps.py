@@ -107,10 +107,16 @@ STEPS: dict[str, list[str]] = {
     "c6_exp": ["reanchor_explore=true"],
     "c8_exp": ["reanchor_every=8", "reanchor_explore=true"],
 }
-"""Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` is served
-(since the trigger; ``c3`` was served before it)."""
+"""Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` was served
+when measured (the cosine trigger; ``c3`` was served before it)."""
 
-_WIN3 = [a for kv in CADENCE3 for a in ("--set", kv)]
+NO_EXPLORE = "reanchor_explore=false"
+"""Every row but the exploring-click ones was measured before that trigger was served: they
+reproduce with it off. ``c6_exp`` is the served re-anchoring since."""
+EXPLORING = ("c6_exp", "c8_exp")
+STEPS = {k: (v if k in EXPLORING else [*v, NO_EXPLORE]) for k, v in STEPS.items()}
+
+_WIN3 = [a for kv in (*CADENCE3, NO_EXPLORE) for a in ("--set", kv)]
 WINDOW: dict[str, list[str]] = {
     "w10": _WIN3,
     "w5": [*_WIN3, "--seq-len", "5", "--set", "infer_items=5"],
