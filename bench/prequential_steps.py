@@ -116,12 +116,13 @@ reproduce with it off. ``c6_exp`` is the served re-anchoring since."""
 EXPLORING = ("c6_exp", "c8_exp")
 STEPS = {k: (v if k in EXPLORING else [*v, NO_EXPLORE]) for k, v in STEPS.items()}
 
-_WIN3 = [a for kv in (*CADENCE3, NO_EXPLORE) for a in ("--set", kv)]
+_WIN3 = [a for kv in CADENCE3 for a in ("--set", kv)]
+_OFF = ["--set", NO_EXPLORE]
 WINDOW: dict[str, list[str]] = {
-    "w10": _WIN3,
-    "w5": [*_WIN3, "--seq-len", "5", "--set", "infer_items=5"],
-    "w20": [*_WIN3, "--seq-len", "20", "--set", "infer_items=20"],
-    "w50": [*_WIN3, "--seq-len", "50", "--set", "infer_items=50"],
+    "w10": [*_WIN3, *_OFF],
+    "w5": [*_WIN3, "--seq-len", "5", "--set", "infer_items=5", *_OFF],
+    "w20": [*_WIN3, "--seq-len", "20", "--set", "infer_items=20", *_OFF],
+    "w50": [*_WIN3, "--seq-len", "50", "--set", "infer_items=50", *_OFF],
 }
 """Variant name -> ``bench/prequential.py`` arguments; ``w10`` is the served window (10
 items); all at the cadence served when they ran (:data:`CADENCE3`)."""
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             out.update({
                 "users": "all, the earlier period" if args.early else "tune",
                 "dataset": res["dataset"],
-                "served": "the OnlineConfig defaults (reanchor_every 6, reanchor_cos 0.4, "
+                "served": "the OnlineConfig defaults but reanchor_explore off "
+                          "(reanchor_every 6, reanchor_cos 0.4, "
                           "infer_items 10, reanchor_residual off, k_gate_margin 0.5, "
                           "k_hysteresis 3)",
                 "checkpoint": res["checkpoint"],

@@ -131,8 +131,11 @@ def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
 
 
 def test_diam_served_settings_are_pinned(diam_base: BaseView) -> None:
-    """The served re-anchoring (every ``reanchor_every`` events and at once on a click below
-    ``reanchor_cos``), on the same stream: pinned when the trigger was added."""
+    """The served re-anchoring (every ``reanchor_every`` events, at once on a click below
+    ``reanchor_cos`` or on an exploring click), on the same stream: pinned when the cosine
+    trigger was added; turning ``reanchor_explore`` on by default left these bytes unchanged (on
+    this tiny stream every exploring click is already re-run by the cosine trigger or the
+    cadence), so ``diam-explore`` is the pin that exercises it."""
     torch.set_num_threads(1)
     cfg = OnlineConfig(dim=8, k_max=4, rate_burst=20)
     assert cfg.reanchor_cos > -1.0
