@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "B": {"settings": args.set, "us_per_event_runs": runs["B"], "us_per_event": med["B"],
               "network_runs_per_event": per_event["B"]},
         "b_over_a": round(med["B"] / med["A"], 3),
-        "machine": f"{S.os.cpu_count()} cores",
+        "machine": f"{os.cpu_count()} cores",
     }
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(out, indent=2))

@@ -260,6 +260,11 @@ def dataflow_cmd(topic: str, ns: str, ckpt: Path, extra: list[str]) -> list[str]
             "--checkpoint", str(ckpt), *extra]
 
 
+def floor_cmd(topic: str, ns: str, ckpt: Path) -> list[str]:
+    """The same dataflow with the learner's update removed (``bench/stream_floor.py``)."""
+    return [sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic, ns, str(ckpt)]
+
+
 def env_for(settings) -> dict[str, str]:
     return {**os.environ, "DIAM_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
             "DIAM_REDIS_URL": settings.redis.url, "DIAM_ONLINE_DIM": str(DIM),
@@ -600,8 +605,8 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
                                         ["--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])],
                           renv, expect_valid=len(events))
                 for r in range(reps)]
-        floors = [timed_run([[sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic,
-                              f"br0-{run_id}-{r}", str(ckpt)]], renv) for r in range(reps)]
+        floors = [timed_run([floor_cmd(topic, f"br0-{run_id}-{r}", ckpt)], renv)
+                  for r in range(reps)]
     finally:
         for f in AdminClient(kafka.client_config()).delete_topics(
                 [topic, f"{topic}.dlq"]).values():
@@ -673,8 +678,8 @@ def main() -> None:
                                         ["--bounded", "--recovery-dir", f"{tmp}/rec-b1-{r}"])],
                           env, expect_valid=n) for r in range(reps)]
         # the same dataflow with the learner's update removed (bench/stream_floor.py)
-        floors = [timed_run([[sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic,
-                              f"b0-{run_id}-{r}", str(ckpt)]], env) for r in range(reps)]
+        floors = [timed_run([floor_cmd(topic, f"b0-{run_id}-{r}", ckpt)], env)
+                  for r in range(reps)]
         floor_rates = [n / wall for wall, _ in floors]
         floor = float(np.median(floor_rates))
         bare = float(np.median(bares))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from online_model import kernels
 from online_model.config import OnlineConfig
 from online_model.datasets import ItemRows, write_prepared
 from streams.config import FlowConfig
@@ -59,11 +60,11 @@ def test_replay_plays_each_users_second_half_once_in_order(tmp_path: Path) -> No
     for ev in events:
         assert not isinstance(decode_click(encode_event(ev), max_bytes=flow.max_event_bytes,
                                            ts_min_ms=0, ts_max_ms=None), Rejection)
-    # and no id runs dry in the rate limit's token bucket (it would be frozen as a bot)
+    # and no id runs dry in the rate limit's token bucket (it would be frozen as a bot): the
+    # learner's own bucket, one record per id
     cfg = OnlineConfig()
-    tokens: dict[str, tuple[float, int]] = {}
+    records: dict[str, np.ndarray] = {}
     for ev in events:
-        t, last = tokens.get(ev.user_id, (float(cfg.rate_burst), ev.ts))
-        t = min(float(cfg.rate_burst), t + (ev.ts - last) / 1000 * cfg.rate_per_s) - 1
-        assert t >= 0, ev
-        tokens[ev.user_id] = (t, ev.ts)
+        rec = records.setdefault(ev.user_id, kernels.new_user(len(records), cfg.rate_burst))
+        ok, _ = kernels.admit(rec, ev.ts, cfg.rate_burst, cfg.rate_per_s, cfg.freeze_ms)
+        assert ok, ev
