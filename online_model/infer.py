@@ -93,6 +93,10 @@ class DiamHead:
                 glob[_M1W], glob[_M1B] = tr("global_mlp.0.weight"), f("global_mlp.0.bias")
                 glob[_M2W], glob[_M2B] = tr("global_mlp.2.weight"), f("global_mlp.2.bias")
             glob[_BINIT] = _routing_init(self.seq_len, self.k_max, seed=1)
+            # the first routing pass's weights are the softmax of those fixed logits: per
+            # position, computed once here by the kernel's own softmax (the same bits)
+            glob[_BSOFT] = np.empty_like(glob[_BINIT])
+            _routing_soft(glob[_BINIT], glob[_BSOFT])
             blocks: list[np.ndarray | None] = []
             ff = 0
             for scale in ("fine", "coarse"):
@@ -237,7 +241,7 @@ def head_outputs(rows, emb, item_cat, buf, off, dims, fusion_w, fusion_b, signal
 
 # offsets table: globals first, then the fine layers, then the coarse layers (_NB tensors each)
 (_POSF, _POSC, _NORMW, _NORMB, _CAPS, _SAW1, _SAB1, _SAW2, _MIX, _OUTW, _OUTB, _G1W, _G1B, _G2W,
- _G2B, _M1W, _M1B, _M2W, _M2B, _BINIT, _NG) = range(21)
+ _G2B, _M1W, _M1B, _M2W, _M2B, _BINIT, _BSOFT, _NG) = range(22)
 (_WQKV, _BQKV, _WO, _BO, _W1, _B1, _W2, _B2, _N1W, _N1B, _N2W, _N2B, _NB) = range(13)
 
 
@@ -301,7 +305,8 @@ def _linear(x, w, b, out):
     ``(((o + x0·w0) + x1·w1) + x2·w2) + x3·w3``, the very roundings of one term at a time in
     ascending order (no sum is reordered, so the bits are those of the one-row, one-term loop),
     while each row of ``out`` is loaded and stored once per four terms instead of once per
-    term and each row of ``w`` once per four rows: the stores were the bound. It is also faster
+    term and each row of ``w`` once per four rows: the stores were the bound. Two rows left
+    over share one pass over ``w`` too (a 10-item history is 4 + 4 + 2 rows). It is also faster
     than the single-threaded sgemm that ran from 16 rows on before, at every history length up
     to 50, so no product here calls BLAS (``bench/head_ab.py``, ``bench/results/stream.md``)."""
     n, k = x.shape
@@ -337,6 +342,27 @@ def _linear(x, w, b, out):
                 o2[j] += a2 * wj
                 o3[j] += a3 * wj
         i += 4
+    if i + 1 < n:  # two rows left: one pass over ``w`` for both, as above
+        o0, o1 = out[i], out[i + 1]
+        for j in range(m):
+            o0[j] = b[j]
+            o1[j] = b[j]
+        for kk in range(0, k4, 4):
+            a00, a01, a02, a03 = x[i, kk], x[i, kk + 1], x[i, kk + 2], x[i, kk + 3]
+            a10, a11, a12, a13 = x[i + 1, kk], x[i + 1, kk + 1], x[i + 1, kk + 2], x[i + 1, kk + 3]
+            w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
+            for j in range(m):
+                u0, u1, u2, u3 = w0[j], w1[j], w2[j], w3[j]
+                o0[j] = o0[j] + a00 * u0 + a01 * u1 + a02 * u2 + a03 * u3
+                o1[j] = o1[j] + a10 * u0 + a11 * u1 + a12 * u2 + a13 * u3
+        for kk in range(k4, k):
+            a0, a1 = x[i, kk], x[i + 1, kk]
+            wr = w[kk]
+            for j in range(m):
+                wj = wr[j]
+                o0[j] += a0 * wj
+                o1[j] += a1 * wj
+        i += 2
     while i < n:
         o0 = out[i]
         for j in range(m):
@@ -356,10 +382,38 @@ def _linear(x, w, b, out):
 
 @njit(cache=True, error_model="numpy")
 def _layer_norm(x, w, b, out):
+    """``nn.LayerNorm`` (eps 1e-5) over each row of ``x`` [n, d]. Each row's mean and variance
+    are float32 sums over ``j`` ascending, as one row at a time sums them; four rows are summed
+    side by side, so four independent chains of additions run at once where one chain would
+    wait on each addition's latency. The same bits either way."""
     n, d = x.shape
     inv = np.float32(1.0 / d)
     eps = np.float32(1e-5)
-    for i in range(n):
+    i = 0
+    while i + 3 < n:
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for j in range(d):
+            s0 += x[i, j]
+            s1 += x[i + 1, j]
+            s2 += x[i + 2, j]
+            s3 += x[i + 3, j]
+        mu0, mu1, mu2, mu3 = s0 * inv, s1 * inv, s2 * inv, s3 * inv
+        v0 = v1 = v2 = v3 = np.float32(0.0)
+        for j in range(d):
+            c0 = x[i, j] - mu0
+            c1 = x[i + 1, j] - mu1
+            c2 = x[i + 2, j] - mu2
+            c3 = x[i + 3, j] - mu3
+            v0 += c0 * c0
+            v1 += c1 * c1
+            v2 += c2 * c2
+            v3 += c3 * c3
+        _norm_row(x[i], mu0, v0, inv, eps, w, b, out[i])
+        _norm_row(x[i + 1], mu1, v1, inv, eps, w, b, out[i + 1])
+        _norm_row(x[i + 2], mu2, v2, inv, eps, w, b, out[i + 2])
+        _norm_row(x[i + 3], mu3, v3, inv, eps, w, b, out[i + 3])
+        i += 4
+    while i < n:
         s = np.float32(0.0)
         for j in range(d):
             s += x[i, j]
@@ -368,9 +422,15 @@ def _layer_norm(x, w, b, out):
         for j in range(d):
             c = x[i, j] - mu
             v += c * c
-        r = np.float32(1.0) / np.sqrt(v * inv + eps)
-        for j in range(d):
-            out[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
+        _norm_row(x[i], mu, v, inv, eps, w, b, out[i])
+        i += 1
+
+
+@njit(cache=True, error_model="numpy")
+def _norm_row(x, mu, v, inv, eps, w, b, out):
+    r = np.float32(1.0) / np.sqrt(v * inv + eps)
+    for j in range(x.shape[0]):
+        out[j] = (x[j] - mu) * r * w[j] + b[j]
 
 
 @njit(cache=True, error_model="numpy")
@@ -467,6 +527,38 @@ def _refresh_global(rows, emb_flat, h_seq, buf, off, a_flat, v_flat):
 
 
 @njit(cache=True, error_model="numpy")
+def _route_row(logits, c, out):
+    """One position's routing weights, the softmax of its ``logits`` [K] (float32; ``c`` is
+    scratch): the routing loop's and :func:`_routing_soft`'s one rule."""
+    k_max = logits.shape[0]
+    mx = logits[0]
+    for k in range(k_max):
+        if logits[k] > mx:
+            mx = logits[k]
+    tot = np.float32(0.0)
+    for k in range(k_max):
+        c[k] = np.exp(logits[k] - mx)
+        tot += c[k]
+    for k in range(k_max):
+        out[k] = c[k] / tot
+
+
+@njit(cache=True, error_model="numpy")
+def _routing_soft(binit, out):
+    """``out[p] = softmax(binit[p])`` for every position: the first routing pass's weights,
+    which depend on the position only."""
+    c = np.empty(binit.shape[1], np.float32)
+    for p in range(binit.shape[0]):
+        _route_row(binit[p], c, out[p])
+
+
+@njit(cache=True, error_model="numpy")
+def _carve(ws, p, r, c):
+    """The [r, c] view of ``ws`` at element ``p``, and the next free element."""
+    return ws[p:p + r * c].reshape((r, c)), p + r * c
+
+
+@njit(cache=True, error_model="numpy")
 def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     """DIAM's interests for one history ``rows`` (0-based, oldest first, 1..L of them): writes
     ``vecs`` [K, d] and ``h_seq`` [d], returns the gate's logit."""
@@ -523,25 +615,29 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     caps = np.zeros((k_max, d), np.float32)
     caps_t = np.empty((d, k_max), np.float32)
     c = np.empty(k_max, np.float32)
+    n2s = np.empty(k_max, np.float32)
+    bsoft = _t(buf, off, _BSOFT, seq_len, k_max)
+    aw = np.empty(k_max, np.float32)
     for it in range(iters):
         sc = np.zeros((k_max, d), np.float32)
         for i in range(n):
-            mx = logits[i, 0]
+            if it == 0:  # softmax of the fixed logits: precomputed per position
+                ai = bsoft[seq_len - n + i]
+            else:
+                _route_row(logits[i], c, aw)
+                ai = aw
             for k in range(k_max):
-                if logits[i, k] > mx:
-                    mx = logits[i, k]
-            tot = np.float32(0.0)
-            for k in range(k_max):
-                c[k] = np.exp(logits[i, k] - mx)
-                tot += c[k]
-            for k in range(k_max):
-                a = c[k] / tot
+                a = ai[k]
                 for j in range(d):
                     sc[k, j] += a * u[i, j]
+        # each capsule's squared norm summed over j ascending, the K sums side by side
         for k in range(k_max):
-            n2 = np.float32(0.0)
-            for j in range(d):
-                n2 += sc[k, j] * sc[k, j]
+            n2s[k] = 0
+        for j in range(d):
+            for k in range(k_max):
+                n2s[k] += sc[k, j] * sc[k, j]
+        for k in range(k_max):
+            n2 = n2s[k]
             f = n2 / (1 + n2) / np.sqrt(n2 + np.float32(1e-9))
             for j in range(d):
                 caps[k, j] = f * sc[k, j]
@@ -551,7 +647,18 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
             for k in range(k_max):
                 for j in range(d):
                     caps_t[j, k] = caps[k, j]
-            for i in range(n):
+            # two rows at a time: two independent chains (each row's sum order unchanged)
+            i = 0
+            while i + 1 < n:
+                li, lj = logits[i], logits[i + 1]
+                for j in range(d):
+                    a, b2 = u[i, j], u[i + 1, j]
+                    ct = caps_t[j]
+                    for k in range(k_max):
+                        li[k] += a * ct[k]
+                        lj[k] += b2 * ct[k]
+                i += 2
+            if i < n:
                 li = logits[i]
                 for j in range(d):
                     a = u[i, j]
