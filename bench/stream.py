@@ -750,6 +750,7 @@ def main() -> None:
         "reanchor_every": settings.online.reanchor_every,
         "reanchor_cos": settings.online.reanchor_cos,
         "infer_items": settings.online.infer_items,
+        "reanchor_explore": settings.online.reanchor_explore,
         "arrivals": "bursty sessions (300 open, mean 8 clicks), 5% of sessions by new users",
         **anchor,
         "events": n,
