@@ -4,8 +4,8 @@ Why: the head is the largest part of the stream's learning cost (``bench/results
 and this shared box's speed drifts within the hour, so two timings taken at different times
 cannot show what a change to the head did. Here both revisions' ``infer.py`` are loaded side
 by side in one process (each from ``git show REV:online_model/infer.py``, compiled by numba
-into a temporary directory), and ``head_outputs`` of each runs in turns on the same random
-histories of the checkpoint's items.
+into a temporary directory, each packing the checkpoint's weights in its own layout), and
+``head_outputs`` of each runs in turns on the same random histories of the checkpoint's items.
 
 For each history length the JSON has both sides' best-of-``--repeats`` µs per history, their
 ratio, whether the two revisions give the same bytes (interests and encoder summary) on every
@@ -77,12 +77,16 @@ def main() -> None:
     rows_out = {}
     with tempfile.TemporaryDirectory() as tmp:
         mods = {side: load_revision(rev, Path(tmp)) for side, rev in revs.items()}
+        # each revision packs the weights in its own layout (its offset table may differ)
+        heads = {side: mod.DiamHead.from_checkpoint(args.checkpoint)
+                 for side, mod in mods.items()}
 
         def call(mod, rows):
-            vecs = np.empty((head.k_max, head.dim), np.float32)
-            h = np.empty(head.dim, np.float32)
-            mod.head_outputs(rows, head.item_emb, head.item_cat, head._buf, head._off,
-                             head._dims, head.fusion_w, head.fusion_b, sig, vecs, h)
+            hd = heads["base" if mod is mods["base"] else "head"]
+            vecs = np.empty((hd.k_max, hd.dim), np.float32)
+            h = np.empty(hd.dim, np.float32)
+            mod.head_outputs(rows, hd.item_emb, hd.item_cat, hd._buf, hd._off,
+                             hd._dims, hd.fusion_w, hd.fusion_b, sig, vecs, h)
             return vecs, h
 
         for n in (int(x) for x in args.lengths.split(",")):
