@@ -89,7 +89,11 @@ def main() -> None:
                              hd._dims, hd.fusion_w, hd.fusion_b, sig, vecs, h)
             return vecs, h
 
-        for n in (int(x) for x in args.lengths.split(",")):
+        lengths = [int(x) for x in args.lengths.split(",")]
+        if max(lengths) > head.seq_len:  # the head reads at most its window: longer would wrap
+            sys.exit(f"--lengths up to {max(lengths)} but {args.checkpoint} reads windows of "
+                     f"{head.seq_len} items")
+        for n in lengths:
             hists = [rng.integers(0, head.item_emb.shape[0], n).astype(np.int64)
                      for _ in range(args.histories)]
             same, diff = True, 0.0
