@@ -553,12 +553,6 @@ def _routing_soft(binit, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _carve(ws, p, r, c):
-    """The [r, c] view of ``ws`` at element ``p``, and the next free element."""
-    return ws[p:p + r * c].reshape((r, c)), p + r * c
-
-
-@njit(cache=True, error_model="numpy")
 def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     """DIAM's interests for one history ``rows`` (0-based, oldest first, 1..L of them): writes
     ``vecs`` [K, d] and ``h_seq`` [d], returns the gate's logit."""
