@@ -106,6 +106,10 @@ STEPS: dict[str, list[str]] = {
     # of the last 20 clicks had), where the interests should widen: for Entropy@20
     "c6_exp": ["reanchor_explore=true"],
     "c8_exp": ["reanchor_every=8", "reanchor_explore=true"],
+    # with the exploring-click trigger: a lower cosine threshold, for fewer runs of the network
+    # per event (the learner's largest cost) at the served quality?
+    "c6_cos03_exp": ["reanchor_cos=0.3", "reanchor_explore=true"],
+    "c6_cos035_exp": ["reanchor_cos=0.35", "reanchor_explore=true"],
 }
 """Variant name -> ``OnlineConfig`` fields set (``--set FIELD=VALUE``); ``base`` was served
 when measured (the cosine trigger; ``c3`` was served before it)."""
@@ -113,7 +117,7 @@ when measured (the cosine trigger; ``c3`` was served before it)."""
 NO_EXPLORE = "reanchor_explore=false"
 """Every row but the exploring-click ones was measured before that trigger was served: they
 reproduce with it off. ``c6_exp`` is the served re-anchoring since."""
-EXPLORING = ("c6_exp", "c8_exp")
+EXPLORING = ("c6_exp", "c8_exp", "c6_cos03_exp", "c6_cos035_exp")
 STEPS = {k: (v if k in EXPLORING else [*v, NO_EXPLORE]) for k, v in STEPS.items()}
 
 _WIN3 = [a for kv in CADENCE3 for a in ("--set", kv)]
