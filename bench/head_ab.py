@@ -32,7 +32,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from online_model.infer import DiamHead  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -71,7 +70,6 @@ def main() -> None:
     revs = {side: subprocess.run(["git", "rev-parse", "--short", r], cwd=ROOT, check=True,
                                  capture_output=True, text=True).stdout.strip()
             for side, r in (("base", args.base), ("head", args.head))}
-    head = DiamHead.from_checkpoint(args.checkpoint)
     rng = np.random.default_rng(0)
     sig = np.full(4, 0.5, np.float32)
     rows_out = {}
@@ -81,8 +79,10 @@ def main() -> None:
         heads = {side: mod.DiamHead.from_checkpoint(args.checkpoint)
                  for side, mod in mods.items()}
 
-        def call(mod, rows):
-            hd = heads["base" if mod is mods["base"] else "head"]
+        head = heads["head"]
+
+        def call(side, rows):
+            mod, hd = mods[side], heads[side]
             vecs = np.empty((hd.k_max, hd.dim), np.float32)
             h = np.empty(hd.dim, np.float32)
             mod.head_outputs(rows, hd.item_emb, hd.item_cat, hd._buf, hd._off,
@@ -98,15 +98,15 @@ def main() -> None:
                      for _ in range(args.histories)]
             same, diff = True, 0.0
             for r in hists:
-                (va, ha), (vb, hb) = call(mods["base"], r), call(mods["head"], r)
+                (va, ha), (vb, hb) = call("base", r), call("head", r)
                 same &= va.tobytes() == vb.tobytes() and ha.tobytes() == hb.tobytes()
                 diff = max(diff, float(np.abs(va - vb).max()), float(np.abs(ha - hb).max()))
             best = {side: float("inf") for side in mods}
             for _ in range(args.repeats):
-                for side, mod in mods.items():
+                for side in mods:
                     t0 = time.perf_counter()
                     for r in hists:
-                        call(mod, r)
+                        call(side, r)
                     best[side] = min(best[side], (time.perf_counter() - t0) / len(hists) * 1e6)
             rows_out[str(n)] = {"base_us": round(best["base"], 2), "head_us": round(best["head"], 2),
                                 "speedup": round(best["base"] / best["head"], 3),
