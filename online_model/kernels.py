@@ -51,6 +51,7 @@ __all__ = [
     "new_user",
     "learn_event",
     "learn_event_diam",
+    "learn_events_diam",
     "anchor_diam",
     "anchored",
     "reanchored",
@@ -1091,6 +1092,55 @@ def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_
         _refresh_global(ring_window(ring, u.n_recent, u.ring_pos, par[0].window), h_emb_flat,
                         hseq, buf, off, Af, Vf)
     return bits, k, rms, -2, d_logit
+
+
+
+_HANDS_BACK = _FROZE_NOW | _UNANCHORED | _STEP_CAPPED | _CAP_REACHED
+"""Outcome bits after which :func:`learn_events_diam` stops and hands the click back: the
+caller emits a drift event (whose fields are the state as that click left it) or takes
+arrays of a new shape (a first anchoring)."""
+
+
+@njit(cache=True, error_model="numpy")
+def learn_events_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q,
+                      table, par, ev, last_code, hseq, h_emb_flat, h_cat, buf, off, dims,
+                      fusion_w, fusion_b, out, prog):
+    """:func:`learn_event_diam` over one user's clicks in order, in one call (a Bytewax batch
+    hands the dataflow several clicks of a user at once): ``ev`` int64 [m, 4] holds each
+    click's item row, session code, event time and offset. It stops after the first click
+    whose outcome the caller must act on (:data:`_HANDS_BACK`, the drift cap under the
+    rollback policy, or K_u changed by the network) and returns ``(clicks applied, that
+    click's bits, k, rms, anchor result and d_u logit, in-place runs of the network,
+    last_code)``; with no such click the bits are 0 and the anchor result -2.
+
+    Sessions: a code per distinct session id (-1: none); ``last_code`` is the code of the
+    user's last session (-2: none of the batch's). A click's mode is -1 without a session,
+    else whether its code differs from the last, and a click that is neither a duplicate nor
+    frozen, on a known item of a known category, makes its code the last: the rule
+    :meth:`online_model.online.OnlineLearner.apply` follows with the ids themselves.
+    ``prog[0]`` is the index of the click being applied (the one that failed, should the
+    call raise) and ``prog[1]`` the last code so far."""
+    m = ev.shape[0]
+    runs = 0
+    stop = _HANDS_BACK | (_DRIFT_CAPPED if par[0].rollback else 0)
+    for i in range(m):
+        prog[0] = i
+        idx, code = ev[i, 0], ev[i, 1]
+        mode = -1 if code < 0 else (1 if code != last_code else 0)
+        bits, k, rms, ran, d_logit = learn_event_diam(
+            user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q, table, par,
+            idx, mode, ev[i, 2], ev[i, 3], hseq, h_emb_flat, h_cat, buf, off, dims, fusion_w,
+            fusion_b, out)
+        if (bits & (_DUPLICATE | _FROZEN)) == 0 and code >= 0 and 0 <= idx < item_cats.shape[0]:
+            c = item_cats[idx]
+            if 0 <= c < n_cat:
+                last_code = code
+                prog[1] = code
+        if bits & stop or ran >= 0:
+            return i + 1, bits, k, rms, ran, d_logit, runs, last_code
+        if ran == -1:
+            runs += 1
+    return m, 0, -1, 0.0, -2, 0.0, runs, last_code
 
 
 def warm_up() -> None:

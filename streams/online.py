@@ -308,35 +308,41 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         out: list[Out] = []
         state = self.state
         start = 0  # the first value applied to the current state
-        for i, value in enumerate(values):
+        i, n = 0, len(values)
+        while i < n:
+            value = values[i]
             if isinstance(value, Forget):
                 # the user's state is dropped here and the sink deletes their key, in order
                 # with the pushes; clicks after it start a new state
                 out.append(None)
                 state = self.state = None
                 self._due, self.dirty = None, False
-                start = i + 1
+                i = start = i + 1
                 continue
-            rec, click = value
+            # the user's clicks up to the next Forget (or the batch's end), learnt together
+            j = i + 1
+            while j < n and not isinstance(values[j], Forget):
+                j += 1
             if state is None:
-                self.user_id = click[0]
-                state = self.state = learner.new_state(click[0])
+                self.user_id = value[1][0]
+                state = self.state = learner.new_state(self.user_id)
                 self.since_push = 0
                 counts.users += 1
             # The learner skips offsets it has applied already (at-least-once input after a
             # resume) and re-anchors a user whose state predates the current base version.
-            try:
-                drifts = learner.apply(state, click[1], click[2], rec.offset, click[3])
-            except Exception as exc:  # noqa: BLE001 - one record must not stop every user
-                # The last line of defence: an event that makes the update itself fail is
-                # dead-lettered with the exception's type, and the user's learning goes on.
-                # The learner advanced ``seq`` first, so a replay fails (and skips) identically.
-                out.append(DeadLetter(rec, f"learn: {type(exc).__name__} in the online update"))
-                counts.rejected += 1
-                continue
-            if drifts:
-                out += drifts
-                counts.drift_events += len(drifts)
+            # The last line of defence: a click whose update fails comes back as its
+            # exception and is dead-lettered with its type; the user's learning goes on. The
+            # learner advanced ``seq`` first, so a replay fails (and skips) identically.
+            run = cast(list[Learn], values[i:j])
+            results = learner.apply_many(state, [(c[1], c[2], r.offset, c[3]) for r, c in run])
+            for (rec, _), res in zip(run, results, strict=True):
+                if isinstance(res, Exception):
+                    out.append(DeadLetter(rec, f"learn: {type(res).__name__} in the online update"))
+                    counts.rejected += 1
+                elif res:
+                    out += res
+                    counts.drift_events += len(res)
+            i = j
         if state is None:
             return out, StatefulBatchLogic.DISCARD
         self.since_push += len(values) - start

@@ -63,3 +63,25 @@ def expected_states(events: list[ClickEvent], learner: OnlineLearner,
             st = states[ev.user_id] = learner.new_state(ev.user_id)
         learner.apply(st, ev.item_id, ev.ts, off, ev.session_id)
     return states
+
+
+def failing_kernel(real, poison_offset: int):
+    """A stand-in for :func:`online_model.kernels.learn_events_diam` that fails on the click
+    at ``poison_offset`` as the compiled kernel would: the clicks before it applied (by the
+    real kernel), its ``seq`` advanced, ``prog[0]`` pointing at it, then an exception."""
+
+    def failing(*args):
+        ev, prog = args[12], args[-1]
+        hit = np.flatnonzero(ev[:, 3] == poison_offset)
+        if not len(hit):
+            return real(*args)
+        if hit[0]:
+            done = real(*args[:12], ev[:hit[0]], *args[13:])
+            if done[0] < hit[0]:  # a click before the poison was handed back first
+                return done
+        prog[0] = hit[0]
+        args[0]["seq"] = poison_offset
+        args[0]["n_events"] += 1
+        raise ZeroDivisionError("a bug nobody foresaw")
+
+    return failing

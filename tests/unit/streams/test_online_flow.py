@@ -13,19 +13,20 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from serving_cache.codec import decode_user, encode_user
 from streams.config import FlowConfig
+from streams.events import ClickEvent
 from streams.kafka_io import RawRecord
 from streams.online import FlowSinks, FlowStats, Learn, LearnerHolder, _UserLogic, build_flow
 from streams.runner import prepare_recovery
-from tests.flowkit import as_records, click_stream, expected_states, tiny_learner
+from tests.flowkit import as_records, click_stream, expected_states, failing_kernel, tiny_learner
 
 CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
 
 
 def _run(items, workers: int = 1, recovery=None, stats=None, vecs=None, epoch_s: float = 0.05,
-         batch_size: int = 7):
+         batch_size: int = 7, learner=None):
     vecs = [] if vecs is None else vecs
     dead, drift = [], []
-    learner = tiny_learner()
+    learner = tiny_learner() if learner is None else learner
     holder = LearnerHolder(learner, learner.base.version)
     flow = build_flow(TestingSource(items, batch_size=batch_size), FlowSinks(TestingSink(vecs), TestingSink(dead),
                       TestingSink(drift)), CFG, holder, stats=stats)
@@ -238,3 +239,71 @@ def test_a_small_stream_s_final_values_are_pinned(workers: int) -> None:
         last[user] = uv
     assert len(dead) == 1 and len(last) == 9
     assert _digest(last) == PINNED
+
+
+@pytest.fixture(scope="module")
+def diam_learner_factory(tmp_path_factory):
+    """Learners on a tiny DIAM checkpoint whose gate moves (K_u changes on the stream), with
+    a rate limit and a step cap that bind: the clicks the compiled kernel hands back occur."""
+    from online_model.base import BaseView
+    from online_model.config import OnlineConfig
+    from online_model.online import OnlineLearner
+    from online_model.testing import tiny_diam_checkpoint
+
+    ck, c = tiny_diam_checkpoint(tmp_path_factory.mktemp("ck") / "diam", seed=2)
+    base = BaseView.from_checkpoint(ck)
+    cfg = OnlineConfig(dim=8, k_max=4, rate_burst=6.0, rate_per_s=4.0, step_cap=0.05,
+                       k_settle_items=0, k_gate_margin=0.0, k_hysteresis=1)
+    return (lambda: OnlineLearner(base, cfg)), [str(x) for x in c.item_ids]
+
+
+def _diam_events(items: list[str], n_users: int = 5, n_events: int = 300):
+    rng = np.random.default_rng(4)
+    return [ClickEvent(f"user{int(rng.integers(n_users))}", str(rng.choice(items)),
+                       880_000_000_000 + 50 * i, session_id=f"s{int(rng.integers(2))}")
+            for i in range(n_events)]
+
+
+def test_on_a_diam_base_the_batch_size_changes_nothing_learnt(diam_learner_factory) -> None:
+    """On a DIAM base a user's clicks of one batch are learnt in one compiled call
+    (``OnlineLearner.apply_many``): batches of 1, 7 and 1000 give the offline learner's
+    states click by click, bit for bit, and the same drift events."""
+    make, items = diam_learner_factory
+    events = _diam_events(items)
+    want = expected_states(events, make())
+    runs = {}
+    for batch in (1, 7, 1000):
+        vecs, dead, drift = _run(as_records(events), batch_size=batch, learner=make())
+        final = {u: decode_user(raw) for u, raw in _final(vecs).items()}
+        assert dead == []
+        assert {u: (uv.seq, uv.k) for u, uv in final.items()} == {
+            u: (s.seq, s.k) for u, s in want.items()}
+        for u, uv in final.items():  # (Redis keeps float16)
+            np.testing.assert_array_equal(uv.vecs, want[u].V.astype(np.float16).astype(uv.vecs.dtype))
+        runs[batch] = sorted(bytes(r.value) for r in drift)
+    assert runs[1] == runs[7] == runs[1000] and len(runs[1]) > 10
+
+
+def test_on_a_diam_base_a_failing_click_is_dead_lettered_alone(diam_learner_factory,
+                                                             monkeypatch) -> None:
+    """The compiled call that learns a user's batch fails on one click: that record is
+    dead-lettered with the exception's type, the clicks around it (the same user's, in the
+    same batch) are learnt."""
+    from online_model import kernels as K
+
+    make, items = diam_learner_factory
+    events = _diam_events(items)
+    records = as_records(events)
+    poison = records[120]
+    monkeypatch.setattr(K, "learn_events_diam", failing_kernel(K.learn_events_diam,
+                                                               poison.offset))
+    stats = FlowStats()
+    vecs, dead, _ = _run(records, stats=stats, batch_size=1000, learner=make())
+    assert len(dead) == 1
+    h = dict(dead[0].headers)
+    assert h["diam.reason"] == b"learn: ZeroDivisionError in the online update"
+    assert h["diam.offset"] == str(poison.offset).encode()
+    assert stats.as_dict()["valid"] == len(events) - 1
+    final = {u: decode_user(raw) for u, raw in _final(vecs).items()}
+    last = {ev.user_id: i for i, ev in enumerate(events)}
+    assert {u: uv.seq for u, uv in final.items()} == last
