@@ -4,7 +4,7 @@ the push bookkeeping and the Redis writes cost on their own.
 ``bench/stream.py`` runs this as a child process next to ``diam run --bounded`` over the same
 topic (``events_per_s_no_learning``): the gap between the two is the learner's cost, and this
 figure bounds what any learner could reach in this dataflow on this machine. Everything but
-:meth:`OnlineLearner.apply` is the production path (the same ``run_online``, source, sinks,
+:meth:`OnlineLearner.apply` and ``apply_many`` is the production path (the same ``run_online``, source, sinks,
 push cadence and GC settings as ``diam run``); ``apply`` keeps only the bookkeeping a push
 needs (offset, time, a user with a known item), so every user is still pushed as often.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,12 @@ class NoLearning(OnlineLearner):
         state.seq, state.last_ts = int(offset), int(ts_ms)
         state.rec["n_recent"] = 1  # "has a known item": the user is pushed
         return []
+
+    def apply_many(self, state: UserState, clicks: list[tuple[str, int, int, str | None]],
+                   ) -> list[Sequence[DriftEvent] | Exception]:
+        """The per-user step hands a user's clicks of a batch over together: each one through
+        :meth:`apply` above (without this, the production ``apply_many`` would learn)."""
+        return [self.apply(state, *click) for click in clicks]
 
 
 def main(argv: list[str]) -> None:

@@ -68,3 +68,20 @@ def test_replay_plays_each_users_second_half_once_in_order(tmp_path: Path) -> No
         rec = records.setdefault(ev.user_id, kernels.new_user(len(records), cfg.rate_burst))
         ok, _ = kernels.admit(rec, ev.ts, cfg.rate_burst, cfg.rate_per_s, cfg.freeze_ms)
         assert ok, ev
+
+
+def test_the_no_learning_floor_does_not_learn_through_apply_many(tmp_path) -> None:
+    """The per-user step calls ``apply_many``: the floor's learner must not learn through it
+    (a floor that learnt was once measured as the floor)."""
+    from online_model.base import BaseView
+    from online_model.config import OnlineConfig
+    from online_model.testing import tiny_diam_checkpoint
+
+    floor = load_bench("stream_floor")
+    ck, c = tiny_diam_checkpoint(tmp_path / "diam")
+    learner = floor.NoLearning(BaseView.from_checkpoint(ck), OnlineConfig(dim=8, k_max=4))
+    state = learner.new_state("u")
+    clicks = [(str(x), 1_000 * i, i, None) for i, x in enumerate(c.item_ids[:6])]
+    assert learner.apply_many(state, clicks) == [[]] * 6
+    assert (state.seq, state.n_events, state.n_recent) == (5, 6, 1)
+    assert learner.inferences == 0 and not state.anchored and not state.V.any()
