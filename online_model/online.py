@@ -473,19 +473,10 @@ class OnlineLearner:
         m = len(clicks)
         i = 0
         if hd is None or m < 2:
-            for item_id, ts_ms, offset, session_id in clicks:
-                try:
-                    results.append(self.apply(state, item_id, ts_ms, offset, session_id))
-                except Exception as exc:  # noqa: BLE001 - handed to the caller, per click
-                    results.append(exc)
-            return results
+            return [self._apply_or_error(state, click) for click in clicks]
         # a user recorded under another base is re-anchored by apply, on its first click
         while i < m and state.version != self._version:
-            item_id, ts_ms, offset, session_id = clicks[i]
-            try:
-                results.append(self.apply(state, item_id, ts_ms, offset, session_id))
-            except Exception as exc:  # noqa: BLE001
-                results.append(exc)
+            results.append(self._apply_or_error(state, clicks[i]))
             i += 1
         if i == m:
             return results
@@ -511,6 +502,7 @@ class OnlineLearner:
         j = 0  # rows of ev applied
         n = len(rows)
         while j < n:
+            prog[0] = 0  # not a previous call's index, should this one fail before its loop
             try:
                 done, bits, k, rms, ran, d_logit, runs, last = K.learn_events_diam(
                     state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
@@ -537,6 +529,14 @@ class OnlineLearner:
         if last >= 0:
             sig.last_session = names[last]
         return results
+
+    def _apply_or_error(self, state: UserState, click: tuple[str, int, int, str | None],
+                        ) -> Sequence[DriftEvent] | Exception:
+        """:meth:`apply` on one click, or the exception that failed it (handed to the caller)."""
+        try:
+            return self.apply(state, *click)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, per click
+            return exc
 
     def _handed_back(self, state: UserState, o: Any, k: int, rms: float, ran: int,
                      d_logit: float) -> list[DriftEvent]:
