@@ -67,6 +67,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   after the synthetic stream's), ``mean_distinct_ids_per_batch``, on the replay of real clicks
   described above (``--replay-data``, ``--replay-copies``; null when the prepared dataset is
   not there). ``mean_distinct_ids_per_batch`` at the top level is the synthetic stream's.
+- ``mean_clicks_per_learn_call`` (top level: the synthetic stream; in ``real_clicks``: the
+  replay): valid clicks over the learner's batched calls in the timed dataflow runs (``diam
+  run``'s summary counts them), i.e. how many clicks a user's step gets per source batch in
+  the real dataflow. ``logic_pass`` feeds full ``consume_batch`` batches, which give more.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
   as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
@@ -273,13 +277,15 @@ def env_for(settings) -> dict[str, str]:
 
 
 def timed_run(cmds: list[list[str]], env: dict[str, str],
-              cwd: Path | None = None, expect_valid: int | None = None) -> tuple[float, float]:
+              cwd: Path | None = None, expect_valid: int | None = None,
+              calls: list[int] | None = None) -> tuple[float, float]:
     """Wall time of bounded dataflow processes, measured from their own start-up line so that
     Python and torch import time is not counted as processing time, and the CPU seconds they
     report for their dataflow (all threads, start-up excluded), summed. ``cwd``: where they run
     (``bench/stream_ab.py`` runs another revision's tree). ``expect_valid``: the valid records
     the processes must report together, none dead-lettered (a run that rejected its input
-    would time the rejection path)."""
+    would time the rejection path). ``calls``: gets the learner's batched calls the processes
+    report together (``diam run``'s summary: a user's clicks of a source batch per call)."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=cwd) for c in cmds]
@@ -303,6 +309,11 @@ def timed_run(cmds: list[list[str]], env: dict[str, str],
         if m is None:
             raise RuntimeError(f"no CPU time in the dataflow's summary: {out[-500:]!r}")
         cpu += float(m.group(1))
+        m = re.search(r"(\d+) learn calls", out)
+        if calls is not None:
+            if m is None:
+                raise RuntimeError(f"no learn calls in the dataflow's summary: {out[-500:]!r}")
+            calls.append(int(m.group(1)))
     end = time.perf_counter()
     if expect_valid is not None and (valid != expect_valid or rejected):
         raise RuntimeError(f"the dataflow took {valid} valid records and dead-lettered {rejected}, "
@@ -619,9 +630,10 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
     ensure_topic(kafka, topic, partitions=4)
     try:
         produce(kafka, topic, events)
+        calls: list[int] = []
         runs = [timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt,
                                         ["--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])],
-                          renv, expect_valid=len(events))
+                          renv, expect_valid=len(events), calls=calls)
                 for r in range(reps)]
         floors = [timed_run([floor_cmd(topic, f"br0-{run_id}-{r}", ckpt)], renv)
                   for r in range(reps)]
@@ -641,7 +653,8 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
              "events_per_cpu_s": round(len(events) / float(np.median([c for _, c in runs])), 1),
              "events_per_s_no_learning": round(float(np.median(floor_rates)), 1),
              "events_per_s_no_learning_runs": [round(r, 1) for r in floor_rates],
-             "mean_distinct_ids_per_batch": distinct_per_batch(events, settings.flow.batch_size)},
+             "mean_distinct_ids_per_batch": distinct_per_batch(events, settings.flow.batch_size),
+             "mean_clicks_per_learn_call": round(len(events) * len(calls) / sum(calls), 1)},
             base, events)
 
 
@@ -692,9 +705,10 @@ def main() -> None:
         bares = [bare_consume(kafka, topic, n, settings.flow.batch_size) for _ in range(reps)]
         # as diam run tails in production: a recovery store (fresh per run), bounded only so
         # that the run ends
+        calls: list[int] = []
         ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt,
                                         ["--bounded", "--recovery-dir", f"{tmp}/rec-b1-{r}"])],
-                          env, expect_valid=n) for r in range(reps)]
+                          env, expect_valid=n, calls=calls) for r in range(reps)]
         # the same dataflow with the learner's update removed (bench/stream_floor.py)
         floors = [timed_run([floor_cmd(topic, f"b0-{run_id}-{r}", ckpt)], env)
                   for r in range(reps)]
@@ -807,6 +821,9 @@ def main() -> None:
         "consume_batch": settings.flow.batch_size,
         "real_clicks": real,
         "mean_distinct_ids_per_batch": distinct_per_batch(events, settings.flow.batch_size),
+        # what the dataflow's own batches gave the learner (its summary's learn calls), against
+        # logic_pass's full source batches
+        "mean_clicks_per_learn_call": round(n * len(calls) / sum(calls), 1),
         "events_per_s_two_processes": round(n / two, 1),
         "two_processes_mode": "independent processes over partitions 0,1 and 2,3",
         "events_per_s_two_processes_bytewax_cluster": round(n / two_cluster, 1),

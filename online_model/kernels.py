@@ -1119,7 +1119,8 @@ def learn_events_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item
     frozen, on a known item of a known category, makes its code the last: the rule
     :meth:`online_model.online.OnlineLearner.apply` follows with the ids themselves.
     ``prog[0]`` is the index of the click being applied (the one that failed, should the
-    call raise) and ``prog[1]`` the last code so far."""
+    call raise), ``prog[1]`` the last code so far and ``prog[2]`` the in-place runs so far
+    (the caller zeroes ``prog[0]`` and ``prog[2]`` before the call)."""
     m = ev.shape[0]
     runs = 0
     stop = _HANDS_BACK | (_DRIFT_CAPPED if par[0].rollback else 0)
@@ -1140,6 +1141,7 @@ def learn_events_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item
             return i + 1, bits, k, rms, ran, d_logit, runs, last_code
         if ran == -1:
             runs += 1
+            prog[2] = runs
     return m, 0, -1, 0.0, -2, 0.0, runs, last_code
 
 

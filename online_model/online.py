@@ -449,14 +449,10 @@ class OnlineLearner:
         o = OUTCOMES[bits]
         if o.duplicate:
             return out
-        if o.frozen:
-            if o.froze_now:
-                out.append(self._event(state, "freeze", rate_per_s=self.cfg.rate_per_s,
-                                       until_ms=int(state.frozen_until_ms)))
-            return out  # a burst: nothing about this user is learnt until the freeze ends
-        if session_id is not None and 0 <= idx and 0 <= self._cats[idx] < sig.n_categories:
+        if (not o.frozen and session_id is not None and 0 <= idx
+                and 0 <= self._cats[idx] < sig.n_categories):
             sig.last_session = session_id
-        return self._finish(state, o, k, rms, ran, d_logit, out)
+        return self._after_kernel(state, o, k, rms, ran, d_logit, out)
 
     def apply_many(self, state: UserState,
                    clicks: list[tuple[str, int, int, str | None]],
@@ -481,28 +477,18 @@ class OnlineLearner:
         if i == m:
             return results
         sig = state.signals
-        index = self._index
-        codes: dict[str, int] = {}
-        names: list[str] = []
-        rows = []
-        for item_id, ts_ms, offset, session_id in clicks[i:]:
-            if session_id is None:
-                code = -1
-            else:
-                code = codes.get(session_id, -1)
-                if code < 0:
-                    code = codes[session_id] = len(names)
-                    names.append(session_id)
-            rows.append((index.get(item_id, -1) if type(item_id) is str
-                         else self.base.index_of(item_id), code, ts_ms, offset))
-        ev = np.array(rows, dtype=np.int64)
-        last = -2 if sig.last_session is None else codes.get(sig.last_session, -2)
-        prog = np.array([0, last], np.int64)
+        try:
+            ev, codes, names = self._coded(clicks[i:])
+            last = -2 if sig.last_session is None else codes.get(sig.last_session, -2)
+        except Exception:  # noqa: BLE001 - a click the stream's validation would refuse
+            # (from a direct caller): apply says, click by click, which one and why
+            return results + [self._apply_or_error(state, click) for click in clicks[i:]]
+        prog = np.array([0, last, 0], np.int64)
         none: tuple[DriftEvent, ...] = ()
         j = 0  # rows of ev applied
-        n = len(rows)
+        n = len(ev)
         while j < n:
-            prog[0] = 0  # not a previous call's index, should this one fail before its loop
+            prog[0] = prog[2] = 0  # not a previous call's, should this one fail before its loop
             try:
                 done, bits, k, rms, ran, d_logit, runs, last = K.learn_events_diam(
                     state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
@@ -512,6 +498,7 @@ class OnlineLearner:
                 )
             except Exception as exc:  # noqa: BLE001 - the click being applied failed
                 failed, last = j + int(prog[0]), int(prog[1])
+                self.inferences += int(prog[2])  # the runs of the clicks before it
                 results.extend([none] * (failed - j))
                 results.append(exc)
                 j = failed + 1
@@ -523,7 +510,8 @@ class OnlineLearner:
                 results.append(none)
                 continue
             try:
-                results.append(self._handed_back(state, OUTCOMES[bits], k, rms, ran, d_logit))
+                results.append(self._after_kernel(state, OUTCOMES[bits], k, rms, ran, d_logit,
+                                                  []))
             except Exception as exc:  # noqa: BLE001
                 results.append(exc)
         if last >= 0:
@@ -538,16 +526,36 @@ class OnlineLearner:
         except Exception as exc:  # noqa: BLE001 - handed to the caller, per click
             return exc
 
-    def _handed_back(self, state: UserState, o: Any, k: int, rms: float, ran: int,
-                     d_logit: float) -> list[DriftEvent]:
-        """What :meth:`apply` does after the kernel, for a click that
-        :func:`online_model.kernels.learn_events_diam` handed back (its session is done)."""
-        out: list[DriftEvent] = []
+    def _coded(self, clicks: list[tuple[str, int, int, str | None]],
+               ) -> tuple[np.ndarray, dict[str, int], list[str]]:
+        """The rows :func:`online_model.kernels.learn_events_diam` reads (item row, session
+        code, event time, offset) and the session codes: one per distinct session id, in
+        order of first appearance (-1: no session)."""
+        index = self._index
+        codes: dict[str, int] = {}
+        names: list[str] = []
+        rows = []
+        for item_id, ts_ms, offset, session_id in clicks:
+            if session_id is None:
+                code = -1
+            else:
+                code = codes.get(session_id, -1)
+                if code < 0:
+                    code = codes[session_id] = len(names)
+                    names.append(session_id)
+            rows.append((index.get(item_id, -1) if type(item_id) is str
+                         else self.base.index_of(item_id), code, ts_ms, offset))
+        return np.array(rows, dtype=np.int64), codes, names
+
+    def _after_kernel(self, state: UserState, o: Any, k: int, rms: float, ran: int,
+                      d_logit: float | None, out: list[DriftEvent]) -> list[DriftEvent]:
+        """What :meth:`apply` does after the kernel for a click that was not a duplicate (and
+        whose session is done), and :meth:`apply_many` for a click the kernel handed back."""
         if o.frozen:
             if o.froze_now:
                 out.append(self._event(state, "freeze", rate_per_s=self.cfg.rate_per_s,
                                        until_ms=int(state.frozen_until_ms)))
-            return out
+            return out  # a burst: nothing about this user is learnt until the freeze ends
         return self._finish(state, o, k, rms, ran, d_logit, out)
 
     def _finish(self, state: UserState, o: Any, k: int, rms: float, ran: int,

@@ -254,6 +254,9 @@ class FlowMetrics:
                       st.get("rejected", 0))
         yield gauge("diam_flow_users", "Users in this process's state", st.get("users", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
+        yield counter("diam_flow_learn_calls",
+                      "Calls of the learner's batched step (a user's clicks of a source batch)",
+                      st.get("learn_calls", 0))
         yield counter("diam_flow_drift_events_emitted", "Drift events emitted by the learner",
                       st.get("drift_events", 0))
         yield gauge("diam_flow_uptime_seconds", "Seconds since the metrics started",

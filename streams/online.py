@@ -80,6 +80,9 @@ class Counts:
     users: int = 0
     pushes: int = 0
     drift_events: int = 0
+    learn_calls: int = 0
+    """Calls of the learner's batched step (one per user per source batch, between Forgets):
+    valid records over this say how many clicks each compiled call learns."""
     snapshots: int = 0
     """Users' recovery snapshots (``streams.metrics`` groups them by epoch)."""
     snapshot_s: float = 0.0
@@ -118,7 +121,7 @@ class FlowStats(Counts):
     def as_dict(self) -> dict[str, int]:
         t = self.total()
         return {"records": t.records, "valid": t.valid, "rejected": t.rejected, "users": t.users,
-                "pushes": t.pushes, "drift_events": t.drift_events}
+                "pushes": t.pushes, "drift_events": t.drift_events, "learn_calls": t.learn_calls}
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             # exception and is dead-lettered with its type; the user's learning goes on. The
             # learner advanced ``seq`` first, so a replay fails (and skips) identically.
             run = cast(list[Learn], values[i:j])
+            counts.learn_calls += 1
             results = learner.apply_many(state, [(c[1], c[2], r.offset, c[3]) for r, c in run])
             for (rec, _), res in zip(run, results, strict=True):
                 if isinstance(res, Exception):

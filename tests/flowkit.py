@@ -68,7 +68,8 @@ def expected_states(events: list[ClickEvent], learner: OnlineLearner,
 def failing_kernel(real, poison_offset: int):
     """A stand-in for :func:`online_model.kernels.learn_events_diam` that fails on the click
     at ``poison_offset`` as the compiled kernel would: the clicks before it applied (by the
-    real kernel), its ``seq`` advanced, ``prog[0]`` pointing at it, then an exception."""
+    real kernel, which counts their runs in ``prog[2]``), its ``seq`` and ``n_events``
+    advanced, ``prog[0]`` pointing at it, then an exception."""
 
     def failing(*args):
         ev, prog = args[12], args[-1]
@@ -77,9 +78,24 @@ def failing_kernel(real, poison_offset: int):
             return real(*args)
         if hit[0]:
             done = real(*args[:12], ev[:hit[0]], *args[13:])
-            if done[0] < hit[0]:  # a click before the poison was handed back first
-                return done
+            if done[0] < hit[0] or done[1] != 0 or done[4] != -2:
+                return done  # a click before the poison was handed back first
         prog[0] = hit[0]
+        args[0]["seq"] = poison_offset
+        args[0]["n_events"] += 1
+        raise ZeroDivisionError("a bug nobody foresaw")
+
+    return failing
+
+
+def failing_step(real, poison_offset: int):
+    """The same failure for :func:`online_model.kernels.learn_event_diam`, the one-click
+    kernel ``apply`` calls: on the click at ``poison_offset`` its ``seq`` and ``n_events``
+    advance, then an exception (a reference for the batched call's failures)."""
+
+    def failing(*args):
+        if args[15] != poison_offset:
+            return real(*args)
         args[0]["seq"] = poison_offset
         args[0]["n_events"] += 1
         raise ZeroDivisionError("a bug nobody foresaw")

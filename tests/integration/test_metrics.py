@@ -97,10 +97,10 @@ class _Run:
 
 
 def _summary_counts(line: str) -> dict[str, int]:
-    m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) users, (\d+) pushes "
-                  r"to Redis, (\d+) drift events", line)
+    m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) users, (\d+) learn "
+                  r"calls, (\d+) pushes to Redis, (\d+) drift events", line)
     assert m, line
-    keys = ["records", "valid", "rejected", "users", "pushes", "drift_events"]
+    keys = ["records", "valid", "rejected", "users", "learn_calls", "pushes", "drift_events"]
     return dict(zip(keys, map(int, m.groups()), strict=True))
 
 
@@ -167,6 +167,9 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
     assert _one(final, "diam_flow_events_rejected_total") == want["rejected"]
     assert _one(final, "diam_flow_users") == want["users"]
     assert _one(final, "diam_flow_pushes_total") == want["pushes"]
+    # one call per user and source batch: at least one per user, at most one per valid click
+    assert want["users"] <= _one(final, "diam_flow_learn_calls_total") == want["learn_calls"] \
+        <= want["valid"]
     # written by other paths than the summary's counters: the sinks and the Redis writer
     dead = _by(final, "diam_flow_dead_letters_total", "reason")
     assert sum(dead.values()) == want["rejected"] and set(dead) <= {"undecodable", "item_id",

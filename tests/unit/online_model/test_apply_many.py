@@ -15,7 +15,7 @@ from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner
 from online_model.testing import tiny_diam_checkpoint
-from tests.flowkit import failing_kernel
+from tests.flowkit import failing_kernel, failing_step
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +95,109 @@ def test_every_kind_of_handed_back_click_occurs(diam_base) -> None:
     assert runs > 100
 
 
-def test_a_failing_click_is_handed_back_as_its_exception(diam_base, monkeypatch) -> None:
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), cuts=st.lists(st.integers(1, 15), min_size=1, max_size=20),
+       config=st.sampled_from(sorted(CONFIGS)), at=st.integers(1, 59))
+def test_a_failing_click_is_handed_back_as_its_exception(diam_base, seed, cuts, config,
+                                                         at) -> None:
     """Should the compiled call raise, the click it was applying comes back as the exception
-    (its offset applied, as with ``apply``), the clicks before it are learnt, and the ones
-    after it go on from the state it left."""
+    (its offset applied, as with ``apply``), the clicks before it are learnt (with their
+    drift events, sessions and runs of the network), and the ones after it go on from the
+    state it left: the whole is the click-by-click reference, bit for bit."""
+    base, c = diam_base
+    cfg = OnlineConfig(dim=8, k_max=4, **{"reanchor_every": 4, **CONFIGS[config]})
+    clicks = _clicks(c, seed, 60)
+    poison = clicks[at][2]
+    one, many = OnlineLearner(base, cfg), OnlineLearner(base, cfg)
+    sa, sb = one.new_state("u"), many.new_state("u")
+    with pytest.MonkeyPatch.context() as mp:
+        # apply (and apply_many on a lone click) fail on the poison the same way
+        mp.setattr(K, "learn_event_diam", failing_step(K.learn_event_diam, poison))
+        want = [one._apply_or_error(sa, click) for click in clicks]
+        mp.setattr(K, "learn_events_diam", failing_kernel(K.learn_events_diam, poison))
+        got, pos, i = [], 0, 0
+        while pos < len(clicks):
+            m = cuts[i % len(cuts)]
+            got += many.apply_many(sb, clicks[pos:pos + m])
+            pos, i = pos + m, i + 1
+    failed = [i for i, r in enumerate(want) if isinstance(r, Exception)]
+    assert failed
+    assert [i for i, r in enumerate(got) if isinstance(r, Exception)] == failed
+    assert all(isinstance(got[i], ZeroDivisionError) for i in failed)
+    keep = [i for i in range(len(clicks)) if i not in failed]
+    assert _drifts([got[i] for i in keep]) == _drifts([want[i] for i in keep])
+    assert pickle.dumps(sb.pack()) == pickle.dumps(sa.pack())
+    assert sb.signals.last_session == sa.signals.last_session
+    assert many.inferences == one.inferences
+
+
+def test_the_failure_test_is_not_vacuous(diam_base, monkeypatch) -> None:
+    """Over the clicks of the test above, compiled calls run the network in place (the runs
+    a failure must still count) and stop at handed-back clicks (which a failure right after
+    must not swallow)."""
+    base, c = diam_base
+    calls: list[tuple[int, int, int]] = []
+    real = K.learn_events_diam
+
+    def spy(*args):
+        r = real(*args)
+        calls.append((len(args[12]), int(r[0]), int(r[6])))
+        return r
+
+    monkeypatch.setattr(K, "learn_events_diam", spy)
+    for config in sorted(CONFIGS):
+        cfg = OnlineConfig(dim=8, k_max=4, **{"reanchor_every": 4, **CONFIGS[config]})
+        learner = OnlineLearner(base, cfg)
+        for seed in range(3):
+            learner.apply_many(learner.new_state("u"), _clicks(c, seed, 60))
+    assert any(runs > 0 for _, _, runs in calls)
+    assert any(done < m for m, done, _ in calls)
+
+
+def test_a_state_of_another_base_is_re_anchored_then_batched(diam_base, tmp_path) -> None:
+    """A user recorded under another base (a hot reload happened): ``apply_many`` re-anchors
+    it on the first click, as ``apply`` does, then batches the rest; the same bytes."""
+    base, c = diam_base
+    ck, _ = tiny_diam_checkpoint(tmp_path / "other", seed=5)
+    other = BaseView.from_checkpoint(ck)
+    assert other.version != base.version
+    cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=4)
+    old = OnlineLearner(other, cfg)
+    state = old.new_state("u")
+    clicks = _clicks(c, 4, 90)
+    old.apply_many(state, clicks[:40])
+    one, many = OnlineLearner(base, cfg), OnlineLearner(base, cfg)
+    one.succeed(old)
+    many.succeed(old)
+    sa, sb = pickle.loads(pickle.dumps(state)), pickle.loads(pickle.dumps(state))
+    want = [one.apply(sa, *click) for click in clicks[40:]]
+    got = many.apply_many(sb, clicks[40:])
+    assert sb.version == base.version
+    assert "reanchor" in {d.kind for d in got[0]}
+    assert _drifts(got) == _drifts(want)
+    assert pickle.dumps(sb.pack()) == pickle.dumps(sa.pack())
+    assert many.inferences == one.inferences
+
+
+@pytest.mark.parametrize("bad", [
+    ("x", 2**70, 9, "s"),  # an event time beyond int64
+    ("x", 1_000, 9, ["not", "hashable"]),  # a session id that is not a string
+])
+def test_a_malformed_click_from_a_direct_caller_fails_alone(diam_base, bad) -> None:
+    """A click the stream's validation would refuse, handed to ``apply_many`` directly, is
+    what ``apply`` makes of it, and the clicks around it are learnt as ``apply`` learns them."""
     base, c = diam_base
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=4)
-    clicks = [(str(x), 1_000 * (i + 1), i, "s") for i, x in
-              enumerate(np.random.default_rng(3).choice(c.item_ids, 12))]
-    poison = 7
-    monkeypatch.setattr(K, "learn_events_diam", failing_kernel(K.learn_events_diam, poison))
-    learner = OnlineLearner(base, cfg)
-    state = learner.new_state("u")
-    res = learner.apply_many(state, clicks)
-    assert [i for i, r in enumerate(res) if isinstance(r, Exception)] == [poison]
-    assert isinstance(res[poison], ZeroDivisionError)
-    assert state.seq == clicks[-1][2] and state.n_events == len(clicks)
+    clicks = _clicks(c, 6, 20)
+    bad = (str(c.item_ids[0]), *bad[1:])
+    clicks = clicks[:10] + [bad[:2] + (clicks[9][2] + 1,) + bad[3:]] + [
+        (it, ts, off + 2, s) for it, ts, off, s in clicks[10:]]
+    one, many = OnlineLearner(base, cfg), OnlineLearner(base, cfg)
+    sa, sb = one.new_state("u"), many.new_state("u")
+    want = [one._apply_or_error(sa, click) for click in clicks]
+    got = many.apply_many(sb, clicks)
+    assert [type(r) for r in got] == [type(r) for r in want]
+    ok = [i for i, r in enumerate(want) if not isinstance(r, Exception)]
+    assert len(ok) >= len(clicks) - 1
+    assert _drifts([got[i] for i in ok]) == _drifts([want[i] for i in ok])
+    assert pickle.dumps(sb.pack()) == pickle.dumps(sa.pack())
