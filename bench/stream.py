@@ -34,8 +34,13 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   (``bench/stream_floor.py``: decoding, Bytewax's per-user step, pushes and Redis writes as in
   ``diam run``), the ceiling any learner could reach in this dataflow on this machine;
   ``events_per_cpu_s``: the same run's events per CPU second of the dataflow process (all its
-  threads), roughly what it would sustain on a core of its own (the GIL serialises its
-  threads); the machine's two cores are shared with the broker and Redis.
+  threads), roughly what it would sustain on a core of its own; the machine's two cores are
+  shared with the broker and Redis.
+- ``events_per_s_two_workers`` (runs in ``events_per_s_two_workers_runs``,
+  ``events_per_cpu_s_two_workers``): the same process with two worker threads (``diam run
+  --workers 2``, recovery on), run in turns with the one-worker and no-learning runs. The
+  learner's compiled kernels release the GIL, so the two workers' learning overlaps; their
+  Python (decoding, Bytewax's step, pushes) still takes turns on the GIL.
 - ``freshness_p50_ms`` / ``freshness_p99_ms`` (medians over ``--fresh-repeats`` runs, each
   in ``freshness_runs``) and ``freshness_p999_ms_worst``: produce time → the user's vector
   (with a seq at least the event's offset) visible in Redis, for a sample of events offered at ``offered_rate``
@@ -706,12 +711,18 @@ def main() -> None:
         # as diam run tails in production: a recovery store (fresh per run), bounded only so
         # that the run ends
         calls: list[int] = []
-        ones = [timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt,
-                                        ["--bounded", "--recovery-dir", f"{tmp}/rec-b1-{r}"])],
-                          env, expect_valid=n, calls=calls) for r in range(reps)]
-        # the same dataflow with the learner's update removed (bench/stream_floor.py)
-        floors = [timed_run([floor_cmd(topic, f"b0-{run_id}-{r}", ckpt)], env)
-                  for r in range(reps)]
+        ones, twos, floors = [], [], []
+        for r in range(reps):  # in turns, so that each kind sees the box's slow and fast spells
+            ones.append(timed_run([dataflow_cmd(topic, f"b1-{run_id}-{r}", ckpt, [
+                "--bounded", "--recovery-dir", f"{tmp}/rec-b1-{r}"])], env, expect_valid=n,
+                calls=calls))
+            # the same process with two worker threads (the learner's kernels release the GIL)
+            twos.append(timed_run([dataflow_cmd(topic, f"bw-{run_id}-{r}", ckpt, [
+                "--bounded", "--recovery-dir", f"{tmp}/rec-bw-{r}", "--workers", "2"])], env,
+                expect_valid=n))
+            # the same dataflow with the learner's update removed (bench/stream_floor.py)
+            floors.append(timed_run([floor_cmd(topic, f"b0-{run_id}-{r}", ckpt)], env))
+        two_w_rates = [n / wall for wall, _ in twos]
         floor_rates = [n / wall for wall, _ in floors]
         floor = float(np.median(floor_rates))
         bare = float(np.median(bares))
@@ -792,6 +803,10 @@ def main() -> None:
         "bare_consumer_events_per_s": round(bare, 1),
         "ratio_to_bare": round((n / one) / bare, 4),
         "events_per_s_runs": [round(r, 1) for r in rates],
+        "events_per_s_two_workers": round(float(np.median(two_w_rates)), 1),
+        "events_per_s_two_workers_runs": [round(r, 1) for r in two_w_rates],
+        "events_per_cpu_s_two_workers": round(
+            n / float(np.median([cpu for _, cpu in twos])), 1),
         "events_per_s_no_learning": round(floor, 1),
         "ratio_to_bare_no_learning": round(floor / bare, 4),
         "events_per_s_no_learning_runs": [round(r, 1) for r in floor_rates],

@@ -20,3 +20,17 @@ def test_kernels_stamp_names_the_current_infer_py() -> None:
         "online_model/kernels.py (its fused kernels compile infer.py's forward pass, and numba's "
         "cache only notices a change to kernels.py itself)"
     )
+
+
+def test_every_compiled_kernel_releases_the_gil() -> None:
+    """Worker threads of one ``diam run -w N`` process share the learner; its compiled calls
+    release the GIL (numba's ``nogil``) so that they run on several cores at once. A kernel
+    compiled without it would serialise the workers again (what the two-worker figure in
+    ``bench/results/stream.json`` measures)."""
+    from numba.core.registry import CPUDispatcher
+
+    found = {f"{m.__name__}.{name}": fn.targetoptions.get("nogil", False)
+             for m in (kernels, infer) for name, fn in vars(m).items()
+             if isinstance(fn, CPUDispatcher)}
+    assert len(found) > 40
+    assert [name for name, nogil in found.items() if not nogil] == []

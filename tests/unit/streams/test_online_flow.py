@@ -267,21 +267,23 @@ def _diam_events(items: list[str], n_users: int = 5, n_events: int = 300):
 def test_on_a_diam_base_the_batch_size_changes_nothing_learnt(diam_learner_factory) -> None:
     """On a DIAM base a user's clicks of one batch are learnt in one compiled call
     (``OnlineLearner.apply_many``): batches of 1, 7 and 1000 give the offline learner's
-    states click by click, bit for bit, and the same drift events."""
+    states click by click, bit for bit, and the same drift events; so do two worker threads
+    sharing the learner (its kernels release the GIL, so both run them at once)."""
     make, items = diam_learner_factory
     events = _diam_events(items)
     want = expected_states(events, make())
     runs = {}
-    for batch in (1, 7, 1000):
-        vecs, dead, drift = _run(as_records(events), batch_size=batch, learner=make())
+    for batch, workers in ((1, 1), (7, 1), (1000, 1), (7, 2)):
+        vecs, dead, drift = _run(as_records(events), batch_size=batch, learner=make(),
+                                 workers=workers)
         final = {u: decode_user(raw) for u, raw in _final(vecs).items()}
         assert dead == []
         assert {u: (uv.seq, uv.k) for u, uv in final.items()} == {
             u: (s.seq, s.k) for u, s in want.items()}
         for u, uv in final.items():  # (Redis keeps float16)
             np.testing.assert_array_equal(uv.vecs, want[u].V.astype(np.float16).astype(uv.vecs.dtype))
-        runs[batch] = sorted(bytes(r.value) for r in drift)
-    assert runs[1] == runs[7] == runs[1000] and len(runs[1]) > 10
+        runs[batch, workers] = sorted(bytes(r.value) for r in drift)
+    assert len(runs[1, 1]) > 10 and all(r == runs[1, 1] for r in runs.values())
 
 
 def test_on_a_diam_base_a_failing_click_is_dead_lettered_alone(diam_learner_factory,
