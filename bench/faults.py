@@ -36,7 +36,10 @@ recovery store), ``broker_restart`` (the private broker stopped for 10 s, then s
 ``redis_data_loss`` (``SHUTDOWN NOSAVE`` and an empty server started on the same port),
 ``poison_pill`` (a 10 KB JSON of 5,000 nested brackets, keyed like a click).
 
-Run: ``python bench/faults.py [--quick] [--only kill9,redis_pause]`` (needs java, the Kafka jars
+``--workers N`` runs the faulted, tailing dataflow with N worker threads (the reference keeps
+one).
+
+Run: ``python bench/faults.py [--quick] [--only kill9,redis_pause] [--workers 2]`` (needs java, the Kafka jars
 of ``diam stack fetch``, and redis-server). ``--quick`` produces 12 s of clicks instead of 30.
 """
 
@@ -184,7 +187,8 @@ class Ctx:
     def start_run(self) -> None:
         out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here
         self.proc = subprocess.Popen(
-            self.bench.run_cmd(self.topic) + ["--namespace", self.ns, "--recovery-dir", str(self.recovery)],
+            self.bench.run_cmd(self.topic) + ["--namespace", self.ns, "--recovery-dir", str(self.recovery),
+                                              "--workers", str(self.bench.workers)],
             env=self.bench.run_env(self.topic, ""), stdout=out, stderr=subprocess.STDOUT)
 
     def note(self, text: str) -> None:
@@ -192,8 +196,9 @@ class Ctx:
 
 
 class Bench:
-    def __init__(self, workdir: Path, rate: int, seconds: float, seed: int) -> None:
+    def __init__(self, workdir: Path, rate: int, seconds: float, seed: int, workers: int = 1) -> None:
         self.workdir, self.rate, self.seconds, self.seed = workdir, rate, seconds, seed
+        self.workers = workers  # the tailing run's worker threads (the reference runs one)
         self.redis = PrivateRedis(workdir)
         self.redis.start()
         self.kafka = PrivateKafka(workdir, self.redis.port)
@@ -491,6 +496,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=1000, help="clicks per second offered")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--only", default=None, help="comma-separated fault names")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker threads of the faulted, tailing run (the uninterrupted reference "
+                         "always runs one, so the comparison also checks that the worker count "
+                         "changes no byte)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "faults.json"))
     args = ap.parse_args()
     names = [n for n in (args.only.split(",") if args.only else FAULTS)]
@@ -499,9 +508,10 @@ def main() -> None:
         raise SystemExit(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
     seconds = 12.0 if args.quick else 30.0
     workdir = Path(tempfile.mkdtemp(prefix="diam-faults-"))
-    bench = Bench(workdir, args.rate, seconds, args.seed)
+    bench = Bench(workdir, args.rate, seconds, args.seed, args.workers)
     result: dict[str, Any] = {"faults": {}, "details": {},
                               "setup": {"rate": args.rate, "seconds": seconds, "seed": args.seed,
+                                        "workers": args.workers,
                                         "quick": args.quick, "kafka_start_s": round(bench.kafka_start_s, 1),
                                         "commit": _git("rev-parse", "--short", "HEAD"),
                                         "dirty_paths": _git("status", "--porcelain", "--", "streams",
