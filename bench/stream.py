@@ -75,7 +75,9 @@ Prints one JSON object and writes ``bench/results/stream.json``:
 - ``mean_clicks_per_learn_call`` (top level: the synthetic stream; in ``real_clicks``: the
   replay): valid clicks over the learner's batched calls in the timed dataflow runs (``diam
   run``'s summary counts them), i.e. how many clicks a user's step gets per source batch in
-  the real dataflow. ``logic_pass`` feeds full ``consume_batch`` batches, which give more.
+  the real dataflow, whose batches are per partition and sized by what a fetch holds;
+  ``logic_pass`` feeds full ``consume_batch`` batches of the whole stream, so its clicks per
+  call (``mean_distinct_ids_per_batch`` gives them) differ.
 - ``events_per_s_two_processes``: the same bounded topic through two independent dataflow
   processes over disjoint partitions (``diam run --partitions``); also reported: two processes
   as one Bytewax cluster (``-a/-i``), where every event is exchanged to its user's worker.
@@ -422,9 +424,10 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
 def logic_pass(base: BaseView, cfg: OnlineConfig, flow_cfg: FlowConfig,
                events: list[ClickEvent]) -> tuple[float, float, dict]:
     """Every event through the dataflow's own per-user step (``_UserLogic.on_batch``) once,
-    in the batches the dataflow hands it: the source reads ``FlowConfig.batch_size`` records
-    at a time and Bytewax gives each user their clicks of a batch in one call (at the full
-    speed of the throughput runs, the batches are full). Timed after an untimed warm-up,
+    in batches of ``FlowConfig.batch_size`` consecutive records, each user's clicks of a batch
+    in one call, as Bytewax gives them. The dataflow's own batches are per partition and sized
+    by what each fetch holds, so its clicks per call differ (``mean_clicks_per_learn_call``
+    reads them from the dataflow). Timed after an untimed warm-up,
     without building the records (decoding's share, ``decode_us_per_event``): µs per event of
     the learner and the push bookkeeping alone, without Kafka, Bytewax or Redis (where the
     rest of a run's time goes); the network's runs per event over the same events; and the

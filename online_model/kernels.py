@@ -247,7 +247,7 @@ def outcome(bits: int) -> Outcome:
 _EPS = 1e-12
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def _dot(a, b) -> float:
     s = 0.0
     for i in range(a.shape[0]):
@@ -256,7 +256,7 @@ def _dot(a, b) -> float:
 
 
 # -- token bucket -------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def admit(user, ts_ms, burst, per_s, freeze_ms):
     """Token bucket on event time over the user record's ``tokens``, ``refill_ms`` and
     ``frozen_until_ms`` (-1: never refilled, not frozen). Returns ``(learn from this event,
@@ -279,7 +279,7 @@ def admit(user, ts_ms, burst, per_s, freeze_ms):
 
 
 # -- anchoring and K_u's hysteresis --------------------------------------------------------------
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def anchored(user, k, prior):
     """A first anchoring (or the first on a new base): K_u = ``k`` with no pending proposal,
     d_u's logit at its ``prior``, no drift-cap trip, the count since anchoring restarted."""
@@ -293,7 +293,7 @@ def anchored(user, k, prior):
     u.d_logit = prior
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def reanchored(user, prior, keep_offset, bound):
     """A periodic re-anchoring on the network: d_u's prior becomes ``prior``; the logit keeps
     its learnt offset from the prior (``keep_offset``, within ±``bound``) or restarts at it."""
@@ -306,7 +306,7 @@ def reanchored(user, prior, keep_offset, bound):
     u.d_prior = prior
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def propose_k(user, k, p, h, h_up):
     """K_u's hysteresis: the user at K_u = ``k`` gets the proposal ``p``; returns the K_u to
     take: ``p`` once consecutive proposals equal it ``h`` times (``h_up`` times when ``p``
@@ -324,7 +324,7 @@ def propose_k(user, k, p, h, h_up):
     return k
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def gate_proposal(gate_prob, k_head, k_net, k_old, margin):
     """The K_u a user at ``k_old`` is proposed by the gate: ``k_net`` (from K = floor(g ·
     k_head) + 1, ``infer.head_outputs``), unless g · k_head lies within ``margin`` (in units
@@ -337,7 +337,7 @@ def gate_proposal(gate_prob, k_head, k_net, k_old, margin):
     return k_net
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def ring_slot(cap, n, pos, m, i):
     """The ring slot of the ``i``-th of the last ``m`` items (oldest first) of a ring of
     ``cap`` slots holding ``n`` items, whose next item goes to ``pos``: the one place that
@@ -346,7 +346,7 @@ def ring_slot(cap, n, pos, m, i):
     return j + cap if j < 0 else j
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def ring_window(ring, n, pos, window):
     """The last ``min(n, window)`` items of the recent-item ring, oldest first, as int64 rows
     (what the network and slot 0's refresh read, and ``UserState.recent``); ``pos`` is where
@@ -359,7 +359,7 @@ def ring_window(ring, n, pos, window):
     return out
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
     """d_u's step target: the percentile, on the base's scale ``div_q`` (the training examples'
     realised diversity at each percentile, non-decreasing), of the category diversity the
@@ -396,7 +396,7 @@ def diversity_target(ring, n, pos, item_cats, n_cat, div_q):
     return (lo + hi) / (2.0 * div_q.shape[0])
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def reanchor_vectors(user, vecs, p, h, h_up, Vf, Af, k_old, residual, keep, prior, bound):
     """A periodic re-anchoring on the network's output ``vecs`` [K_max, d]: K_u from the
     proposal ``p`` with hysteresis ``h`` down and ``h_up`` up (:func:`propose_k`), anchors
@@ -418,13 +418,13 @@ def reanchor_vectors(user, vecs, p, h, h_up, Vf, Af, k_old, residual, keep, prio
 
 
 # -- signals ---------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def _session_score(length, switches, top):
     switch_rate = switches / (length - 1) if length > 1 else 0.0
     return 0.5 * switch_rate + 0.5 * (1.0 - top / length)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def signals_update(sig, n_cat, c, sess_mode, ts_ms, gap_ms, explore_fading, session_fading,
                    short_decay, long_decay):
     """One click of category ``c`` into the accumulators; returns its exploration flag (0 or 1,
@@ -491,7 +491,7 @@ def signals_update(sig, n_cat, c, sess_mode, ts_ms, gap_ms, explore_fading, sess
     return flag
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def distribution(short, long, n_cat):
     """The distribution signal: mean of the normalised entropy of the long-term counts and the
     Jensen-Shannon divergence (base 2) of the short- vs long-term distributions, in [0, 1]."""
@@ -514,7 +514,7 @@ def distribution(short, long, n_cat):
     return min(max(0.5 * h + 0.5 * js / math.log(2.0), 0.0), 1.0)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def signal_values(sig, n_cat, prior_weight):
     """The four signals (personality, session purpose, exploration, distribution) from the
     accumulators, each clipped to [0, 1]; 0.5 each before the first click."""
@@ -535,7 +535,7 @@ def signal_values(sig, n_cat, prior_weight):
     return a, b, c, min(max(dist, 0.0), 1.0)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def effective_categories(sig, n_cat):
     """``exp(entropy)`` of the long-term decayed category counts (1.0 before any click)."""
     long0 = S_HEAD + WINDOW + 4 * n_cat
@@ -552,7 +552,7 @@ def effective_categories(sig, n_cat):
     return math.exp(h)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def ring_distinct(ring, n):
     """Number of distinct rows among the first ``n`` entries of the recent-item ring."""
     d = 0
@@ -567,7 +567,7 @@ def ring_distinct(ring, n):
     return d
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def ring_mean(ring, n, emb_flat, dim):
     """Mean embedding (float64 [dim]) of the first ``n`` rows of the recent-item ring."""
     out = np.zeros(dim)
@@ -581,7 +581,7 @@ def ring_mean(ring, n, emb_flat, dim):
 
 
 # -- geometry ----------------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def route(V, e, norms):
     """``argmax_k cos(V[k], e)`` (the first on ties); fills ``norms`` with the rows' norms."""
     best, kk = -np.inf, 0
@@ -594,7 +594,7 @@ def route(V, e, norms):
     return kk
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def softmax_step(v, emb, pos, negs, inv_temp, clip):
     """Minus the sampled-softmax gradient at ``v`` (float64 [d]) as an embedding-space
     direction, ``e_pos − Σ_j p_j e_j`` over the positive row ``pos`` and the rows ``negs``,
@@ -629,7 +629,7 @@ def softmax_step(v, emb, pos, negs, inv_temp, clip):
     return g
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def push_apart(v, V, skip, threshold, norms):
     """Reduce ``v``'s component along every row of ``V`` (except ``skip``) whose cosine with
     ``v`` exceeds ``threshold``, down to exactly ``threshold``, keeping its orthogonal part.
@@ -669,7 +669,7 @@ def push_apart(v, V, skip, threshold, norms):
             v[i] = v[i] - along * uh[i] + uh[i] * f
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def feasible(v, a, rho, max_norm):
     """Pull ``v`` (float64, in place) straight back toward its anchor ``a`` onto the largest
     ``a + t(v − a)``, t ≤ 1, inside ``‖· − a‖ ≤ rho`` and ``‖·‖ ≤ max_norm``."""
@@ -698,7 +698,7 @@ def feasible(v, a, rho, max_norm):
         v[i] = ai + t * (v[i] - ai)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def cap_step(v, old, cap):
     """Limit ``‖v − old‖`` to ``cap`` (``v`` float64, in place); True when the cap bit."""
     d = v.shape[0]
@@ -716,7 +716,7 @@ def cap_step(v, old, cap):
     return True
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def rms_drift(V, A):
     """RMS over rows of ``‖V[k] − A[k]‖``."""
     k, d = V.shape
@@ -728,7 +728,7 @@ def rms_drift(V, A):
     return math.sqrt(s / max(k, 1))
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def cap_drift(V, A, cap):
     """Scale every row's drift ``V[k] − A[k]`` so that the RMS drift over rows is at most
     ``cap`` (``V`` in place). Returns the RMS drift before capping."""
@@ -743,7 +743,7 @@ def cap_drift(V, A, cap):
     return rms
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def _cosines(X, Y):
     """``[n, m]`` cosines of rows, each norm plus 1e-12 (the seed's convention)."""
     n, m = X.shape[0], Y.shape[0]
@@ -760,7 +760,7 @@ def _cosines(X, Y):
     return out
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def centroids(items, k, iters):
     """Deterministic spherical k-means of ``items`` [n, d] into ``min(k, n)`` centroids (float64).
 
@@ -824,7 +824,7 @@ def centroids(items, k, iters):
     return cents
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def clip_rows(X, max_norm):
     """Scale each row of ``X`` (in place) down to norm ``max_norm·(1 − 1e-6)`` if longer: a
     hair inside, so float32 rounding cannot leave it outside (as ``guards.clip_norm``)."""
@@ -837,7 +837,7 @@ def clip_rows(X, max_norm):
                 X[r, i] = X[r, i] * f
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def anchors_from_ring(ring, n, emb_flat, dim, k, max_norm, iters):
     """Anchors of a user: :func:`centroids` of the distinct recent items (sorted rows; repeats
     would skew the seeding), norm-bounded, float32 ``[min(k, distinct), dim]``."""
@@ -852,7 +852,7 @@ def anchors_from_ring(ring, n, emb_flat, dim, k, max_norm, iters):
     return cents
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def mean_row(ring, n, emb_flat, dim, max_norm):
     """A not-yet-anchored user's single vector: the mean of its recent items, norm-bounded,
     float32 ``[1, dim]``."""
@@ -862,7 +862,7 @@ def mean_row(ring, n, emb_flat, dim, max_norm):
 
 
 # -- the whole event ---------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def _event_start(uhash, offset, n_table, n_draw):
     """SplitMix64 of (user, offset) modulo the table windows: the event's negatives start.
 
@@ -875,7 +875,7 @@ def _event_start(uhash, offset, n_table, n_draw):
     return np.int64(x % np.uint64(n_table - n_draw))
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def _network_due(u, p, surprised):
     """DIAM base, after a click on a known item: count it, then say whether the network
     re-runs on the user's items (every ``reanchor_every`` events, or at once for a
@@ -887,7 +887,7 @@ def _network_due(u, p, surprised):
     return _REFRESH_GLOBAL
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q, table,
                 par, idx, sess_mode, ts_ms, offset):
     """Apply one click (item row ``idx``, -1 if unknown) to one user: duplicates, the rate
@@ -1010,10 +1010,10 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
 # numba's on-disk cache is keyed on each function's own file, so a change to infer.py alone
 # would leave them stale: this stamp of infer.py (checked by tests/unit/online_model/
 # test_kernels_stamp.py) must be updated with it, which changes this file and so its cache.
-INFER_STAMP = "2abde369dc0f9b19"
+INFER_STAMP = "c599544a0c1d697a"
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, off, dims,
                 fusion_w, fusion_b, par, out):
     """Anchor one user on DIAM's network, in one compiled call: the network on the user's last
@@ -1070,7 +1070,7 @@ def anchor_diam(user, ring, sig, n_cat, Vf, Af, hseq, h_emb_flat, h_cat, buf, of
     return k_new
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q,
                      table, par, idx, sess_mode, ts_ms, offset, hseq, h_emb_flat, h_cat, buf,
                      off, dims, fusion_w, fusion_b, out):
@@ -1101,7 +1101,7 @@ caller emits a drift event (whose fields are the state as that click left it) or
 arrays of a new shape (a first anchoring)."""
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(cache=True, error_model="numpy")
 def learn_events_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats, div_q,
                       table, par, ev, last_code, hseq, h_emb_flat, h_cat, buf, off, dims,
                       fusion_w, fusion_b, out, prog):
@@ -1143,6 +1143,30 @@ def learn_events_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item
             runs += 1
             prog[2] = runs
     return m, 0, -1, 0.0, -2, 0.0, runs, last_code
+
+
+# The same two kernels releasing the GIL, for worker threads that share one learner (``diam run
+# --workers N``, ``OnlineLearner.release_gil``): their compiled work then runs on several cores
+# at once. Only there: with one worker, each release lets another Python thread (the Redis
+# writer's) take the GIL, and the worker may wait for it on return.
+@njit(cache=True, error_model="numpy", nogil=True)
+def learn_event_diam_nogil(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
+                           div_q, table, par, idx, sess_mode, ts_ms, offset, hseq, h_emb_flat,
+                           h_cat, buf, off, dims, fusion_w, fusion_b, out):
+    """:func:`learn_event_diam`, with the GIL released."""
+    return learn_event_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
+                            div_q, table, par, idx, sess_mode, ts_ms, offset, hseq, h_emb_flat,
+                            h_cat, buf, off, dims, fusion_w, fusion_b, out)
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def learn_events_diam_nogil(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
+                            div_q, table, par, ev, last_code, hseq, h_emb_flat, h_cat, buf, off,
+                            dims, fusion_w, fusion_b, out, prog):
+    """:func:`learn_events_diam`, with the GIL released."""
+    return learn_events_diam(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
+                             div_q, table, par, ev, last_code, hseq, h_emb_flat, h_cat, buf, off,
+                             dims, fusion_w, fusion_b, out, prog)
 
 
 def warm_up() -> None:

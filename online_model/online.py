@@ -350,7 +350,13 @@ class OnlineLearner:
         self.cfg = cfg
         self.bases = KnownBases() if bases is None else bases
         self.inferences = 0
-        """How many times this learner ran the network (a count for cost reports)."""
+        """How many times this learner ran the network (a count for cost reports; with
+        several worker threads sharing the learner, increments can be lost)."""
+        self.release_gil = False
+        """Whether the network's compiled calls release the GIL: set when worker threads share
+        this learner (``streams.runner.run_online`` with ``workers > 1``), so that their
+        learning runs on several cores at once; off with one worker, where a release only lets
+        another Python thread in. The arithmetic is the same either way."""
         self._set_base(base)
 
     def _set_base(self, base: BaseView) -> None:
@@ -380,6 +386,7 @@ class OnlineLearner:
         that a user recorded under an older base keeps its recent items by id."""
         previous.bases.add(self.base)
         self.bases = previous.bases
+        self.release_gil = previous.release_gil
 
     def warm_up(self) -> None:
         """Compile (or load from cache) the kernels now, not on the first event: on a DIAM
@@ -423,6 +430,9 @@ class OnlineLearner:
         arrays, and (without the network) anchors new users and re-gates K_u.
         """
         out: list[DriftEvent] = []
+        if session_id is not None and type(session_id) is not str:
+            # (the stream's validation refuses it first; a direct caller learns why here)
+            raise TypeError(f"session_id: expected a string or None, got {type(session_id).__name__}")
         if state.version != self._version:  # a new base: re-anchor first (not for a duplicate)
             if state.applied(offset):
                 return out
@@ -432,7 +442,8 @@ class OnlineLearner:
         mode = -1 if session_id is None else int(session_id != sig.last_session)
         hd = self._head
         if hd is not None:  # the network's work for this click runs in the same call
-            bits, k, rms, ran, d_logit = K.learn_event_diam(
+            step = K.learn_event_diam_nogil if self.release_gil else K.learn_event_diam
+            bits, k, rms, ran, d_logit = step(
                 state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
                 self._emb_flat, self._norms, self._cats, self._divq, self._table, self._par,
                 idx, mode, int(ts_ms), int(offset),
@@ -484,13 +495,14 @@ class OnlineLearner:
             # (from a direct caller): apply says, click by click, which one and why
             return results + [self._apply_or_error(state, click) for click in clicks[i:]]
         prog = np.array([0, last, 0], np.int64)
+        learn = K.learn_events_diam_nogil if self.release_gil else K.learn_events_diam
         none: tuple[DriftEvent, ...] = ()
         j = 0  # rows of ev applied
         n = len(ev)
         while j < n:
             prog[0] = prog[2] = 0  # not a previous call's, should this one fail before its loop
             try:
-                done, bits, k, rms, ran, d_logit, runs, last = K.learn_events_diam(
+                done, bits, k, rms, ran, d_logit, runs, last = learn(
                     state.rec, state.Vf, state.Af, state.ring, sig.buf, sig.n_categories,
                     self._emb_flat, self._norms, self._cats, self._divq, self._table, self._par,
                     ev[j:], last, state.hseq, hd._emb_flat, hd.item_cat, hd._buf, hd._off,

@@ -75,6 +75,7 @@ FLUSH_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 METRIC_NAMES = (
     "diam_flow_records_total", "diam_flow_events_valid_total", "diam_flow_events_rejected_total",
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
+    "diam_flow_learn_calls_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",

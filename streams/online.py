@@ -152,6 +152,8 @@ class LearnerHolder:
         self._reload = reload
         self._check_every_s = check_every_s
         self._next_check = 0.0
+        self._checking = threading.Lock()  # one reload at a time (worker threads share this)
+        self._shared = False
         self.reloads = 0
         """New base versions picked up since the start (hot reloads; streams.metrics)."""
         self.longest_reload_s = 0.0
@@ -159,18 +161,36 @@ class LearnerHolder:
         appended): the dataflow's worker thread processes nothing meanwhile, so this is its
         longest stall for a reload (bench/loop.py reports it)."""
 
+    def share(self) -> None:
+        """Worker threads of this process share the learner: its compiled calls release the
+        GIL (``OnlineLearner.release_gil``, kept by the learners a reload brings)."""
+        self._shared = True
+        if hasattr(self.learner, "release_gil"):
+            self.learner.release_gil = True
+
     def maybe_reload(self) -> None:
         if self._reload is None:
             return
         now = time.monotonic()
         if now < self._next_check:
             return
-        self._next_check = now + self._check_every_s
-        found = self._reload()
-        self.longest_reload_s = max(self.longest_reload_s, time.monotonic() - now)
-        if found is not None:  # a new version, or new items appended under the same one
-            self.reloads += found[1] != self.version
-            self.learner, self.version = found
+        # several worker threads decode at once: one asks the hook, the others go on (the hook
+        # keeps state of its own, and two calls at once could lose the items one of them took)
+        if not self._checking.acquire(blocking=False):
+            return
+        try:
+            if now < self._next_check:
+                return
+            self._next_check = now + self._check_every_s
+            found = self._reload()
+            self.longest_reload_s = max(self.longest_reload_s, time.monotonic() - now)
+            if found is not None:  # a new version, or new items appended under the same one
+                self.reloads += found[1] != self.version
+                self.learner, self.version = found
+                if self._shared and hasattr(self.learner, "release_gil"):
+                    self.learner.release_gil = True
+        finally:
+            self._checking.release()
 
     @property
     def anchor_kind(self) -> str:

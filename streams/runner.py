@@ -103,6 +103,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     source, sinks = job_io(job)
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
+    if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL
+        holder.share()
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats)
     recovery = None
     if job.recovery_dir is not None:

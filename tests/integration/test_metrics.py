@@ -167,9 +167,9 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
     assert _one(final, "diam_flow_events_rejected_total") == want["rejected"]
     assert _one(final, "diam_flow_users") == want["users"]
     assert _one(final, "diam_flow_pushes_total") == want["pushes"]
-    # one call per user and source batch: at least one per user, at most one per valid click
+    # one call per user and source batch: at least one per user, at most one per record
     assert want["users"] <= _one(final, "diam_flow_learn_calls_total") == want["learn_calls"] \
-        <= want["valid"]
+        <= want["records"]
     # written by other paths than the summary's counters: the sinks and the Redis writer
     dead = _by(final, "diam_flow_dead_letters_total", "reason")
     assert sum(dead.values()) == want["rejected"] and set(dead) <= {"undecodable", "item_id",

@@ -181,12 +181,16 @@ def test_write_if_newer_respects_values_of_another_layout(redis_client, namespac
 def test_one_and_two_workers_same_redis_state(stack, topic, namespace, redis_client) -> None:
     events = click_stream(n_users=12, n_events=240, seed=4)
     produce(stack.settings.kafka, topic, click_payloads(events))
-    run_online(_job(stack, topic, namespace), _holder())
+    one = _holder()
+    run_online(_job(stack, topic, namespace), one)
     ns2 = f"{namespace}-w2"
     try:
-        run_online(_job(stack, topic, ns2, workers=2), _holder())
+        two = _holder()
+        run_online(_job(stack, topic, ns2, workers=2), two)
         a, b = redis_state(redis_client, namespace), redis_state(redis_client, ns2)
         assert a and a == b
+        # the two workers share one learner, whose compiled calls then release the GIL
+        assert two.learner.release_gil and not one.learner.release_gil
     finally:
         for k in redis_client.scan_iter(match=f"diam:{ns2}:*"):
             redis_client.delete(k)

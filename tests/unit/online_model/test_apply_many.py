@@ -63,6 +63,7 @@ def test_apply_many_is_apply_click_by_click(diam_base, seed, cuts, config) -> No
     cfg = OnlineConfig(dim=8, k_max=4, **{"reanchor_every": 4, **CONFIGS[config]})
     clicks = _clicks(c, seed, 120)
     one, many = OnlineLearner(base, cfg), OnlineLearner(base, cfg)
+    many.release_gil = seed % 2 == 1  # the kernels' twins that release the GIL: the same bytes
     sa, sb = one.new_state("u"), many.new_state("u")
     want = [one.apply(sa, *click) for click in clicks]
     got, pos, i = [], 0, 0
@@ -198,6 +199,6 @@ def test_a_malformed_click_from_a_direct_caller_fails_alone(diam_base, bad) -> N
     got = many.apply_many(sb, clicks)
     assert [type(r) for r in got] == [type(r) for r in want]
     ok = [i for i, r in enumerate(want) if not isinstance(r, Exception)]
-    assert len(ok) >= len(clicks) - 1
+    assert [i for i in range(len(clicks)) if i not in ok] == [10]
     assert _drifts([got[i] for i in ok]) == _drifts([want[i] for i in ok])
     assert pickle.dumps(sb.pack()) == pickle.dumps(sa.pack())
