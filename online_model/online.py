@@ -383,7 +383,8 @@ class OnlineLearner:
 
     def succeed(self, previous: OnlineLearner) -> None:
         """Take over ``previous``'s known bases (a hot reload replaces it by this learner), so
-        that a user recorded under an older base keeps its recent items by id."""
+        that a user recorded under an older base keeps its recent items by id, and whether
+        its compiled calls release the GIL (worker threads share it)."""
         previous.bases.add(self.base)
         self.bases = previous.bases
         self.release_gil = previous.release_gil
@@ -395,11 +396,13 @@ class OnlineLearner:
         K.warm_up()
         known = np.flatnonzero(self.base.item_norms > 0)
         if self._head is not None and len(known):
-            before = self.inferences  # not a user's inferences
+            before, shared = self.inferences, self.release_gil  # not a user's inferences
             item = str(self.base.item_ids[known[0]])
-            self.apply(self.new_state("warm-up"), item, 0, 0)
-            self.apply_many(self.new_state("warm-up"), [(item, 0, 0, None), (item, 1, 1, None)])
-            self.inferences = before
+            for self.release_gil in (False, True):  # both twins (workers may share it later)
+                self.apply(self.new_state("warm-up"), item, 0, 0)
+                self.apply_many(self.new_state("warm-up"),
+                                [(item, 0, 0, None), (item, 1, 1, None)])
+            self.inferences, self.release_gil = before, shared
 
     # -- public API ----------------------------------------------------------------------------
     def new_state(self, user_id: str) -> UserState:
