@@ -484,7 +484,8 @@ def _markdown(result: dict[str, Any]) -> str:
     s = result["setup"]
     lines = ["# Fault matrix (bench/faults.py)", "",
              f"Private broker and redis-server; {s['rate']} clicks/s for {s['seconds']} s over 300 users "
-             f"per fault, seed {s['seed']}; measured {s['date']}.", "", *rows, ""]
+             f"per fault, seed {s['seed']}; measured {s['date']} on {s.get('commit', '?')}; the faulted "
+             f"run with {s.get('workers', 1)} worker thread(s), the reference with one.", "", *rows, ""]
     for name, d in result["details"].items():
         lines += [f"## {name}", "", "```", *d.get("timeline", []), *d.get("log", []), "```", ""]
     return "\n".join(lines)
