@@ -68,7 +68,10 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.command("run")
 @click.option("--topic", default=None, help="Input topic (default: settings kafka.clicks_topic).")
 @click.option("--namespace", default=None, help="Redis namespace to write (default: settings redis.namespace).")
-@click.option("-w", "--workers", default=1, show_default=True, help="Worker threads in this process.")
+@click.option("-w", "--workers", default=1, show_default=True,
+              help="Worker threads in this process. They share one learner, whose network "
+                   "kernels then release the GIL, so learning uses that many cores; decoding "
+                   "and Bytewax's own steps still take turns (bench/results/stream.md).")
 @click.option("-i", "--process-id", type=int, default=None, help="This process's index in a cluster.")
 @click.option("-a", "--addresses", default=None, help="host:port of every process, ';'-separated.")
 @click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
