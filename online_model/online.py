@@ -383,11 +383,9 @@ class OnlineLearner:
 
     def succeed(self, previous: OnlineLearner) -> None:
         """Take over ``previous``'s known bases (a hot reload replaces it by this learner), so
-        that a user recorded under an older base keeps its recent items by id, and whether
-        its compiled calls release the GIL (worker threads share it)."""
+        that a user recorded under an older base keeps its recent items by id."""
         previous.bases.add(self.base)
         self.bases = previous.bases
-        self.release_gil = previous.release_gil
 
     def warm_up(self) -> None:
         """Compile (or load from cache) the kernels now, not on the first event: on a DIAM
@@ -565,18 +563,13 @@ class OnlineLearner:
     def _after_kernel(self, state: UserState, o: Any, k: int, rms: float, ran: int,
                       d_logit: float | None, out: list[DriftEvent]) -> list[DriftEvent]:
         """What :meth:`apply` does after the kernel for a click that was not a duplicate (and
-        whose session is done), and :meth:`apply_many` for a click the kernel handed back."""
+        whose session is done), and :meth:`apply_many` for a click the kernel handed back:
+        the freeze, anchoring, guard and drift-cap events, K_u."""
         if o.frozen:
             if o.froze_now:
                 out.append(self._event(state, "freeze", rate_per_s=self.cfg.rate_per_s,
                                        until_ms=int(state.frozen_until_ms)))
             return out  # a burst: nothing about this user is learnt until the freeze ends
-        return self._finish(state, o, k, rms, ran, d_logit, out)
-
-    def _finish(self, state: UserState, o: Any, k: int, rms: float, ran: int,
-                d_logit: float | None, out: list[DriftEvent]) -> list[DriftEvent]:
-        """:meth:`apply` after the kernel, from a click that was neither a duplicate nor
-        frozen: anchoring, guard and drift-cap events, K_u."""
         hd = self._head
         if o.cold:
             return out  # cold item: no embedding to learn from

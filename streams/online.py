@@ -163,7 +163,8 @@ class LearnerHolder:
 
     def share(self) -> None:
         """Worker threads of this process share the learner: its compiled calls release the
-        GIL (``OnlineLearner.release_gil``, kept by the learners a reload brings)."""
+        GIL (``OnlineLearner.release_gil``; :meth:`maybe_reload` sets it on the learners a
+        reload brings)."""
         self._shared = True
         if hasattr(self.learner, "release_gil"):
             self.learner.release_gil = True
@@ -187,8 +188,8 @@ class LearnerHolder:
             if found is not None:  # a new version, or new items appended under the same one
                 self.reloads += found[1] != self.version
                 self.learner, self.version = found
-                if self._shared and hasattr(self.learner, "release_gil"):
-                    self.learner.release_gil = True
+                if self._shared:
+                    self.share()
         finally:
             self._checking.release()
 
