@@ -350,8 +350,9 @@ class OnlineLearner:
         self.cfg = cfg
         self.bases = KnownBases() if bases is None else bases
         self.inferences = 0
-        """How many times this learner ran the network (a count for cost reports; with
-        several worker threads sharing the learner, increments can be lost)."""
+        """How many times this learner ran the network (a count for cost reports), exact with
+        several worker threads sharing the learner too: they add to it under ``_count_lock``."""
+        self._count_lock = threading.Lock()
         self.release_gil = False
         """Whether the network's compiled calls release the GIL: set when worker threads share
         this learner (``streams.runner.run_online`` with ``workers > 1``), so that their
@@ -511,12 +512,12 @@ class OnlineLearner:
                 )
             except Exception as exc:  # noqa: BLE001 - the click being applied failed
                 failed, last = j + int(prog[0]), int(prog[1])
-                self.inferences += int(prog[2])  # the runs of the clicks before it
+                self._ran(int(prog[2]))  # the runs of the clicks before it
                 results.extend([none] * (failed - j))
                 results.append(exc)
                 j = failed + 1
                 continue
-            self.inferences += runs
+            self._ran(runs)
             results.extend([none] * (done - 1))
             j += done
             if ran == -2 and bits == 0:  # every click applied, none handed back
@@ -530,6 +531,12 @@ class OnlineLearner:
         if last >= 0:
             sig.last_session = names[last]
         return results
+
+    def _ran(self, runs: int) -> None:
+        """Count ``runs`` runs of the network. Under a lock: worker threads sharing the
+        learner add at once (a read-modify-write of the attribute is not atomic by contract)."""
+        with self._count_lock:
+            self.inferences += runs
 
     def _apply_or_error(self, state: UserState, click: tuple[str, int, int, str | None],
                         ) -> Sequence[DriftEvent] | Exception:
@@ -717,7 +724,7 @@ class OnlineLearner:
         output, a new interest starts at its anchor, a dropped one takes its offset with it;
         K_u changes after ``k_hysteresis`` equal proposals, a gate within ``k_gate_margin`` of
         the current K_u's bucket proposing it (guards, once ``k_settle_items`` are known)."""
-        self.inferences += 1
+        self._ran(1)
         d = self._dim
         buf = self._scratch()
         if first:

@@ -244,7 +244,9 @@ def test_a_small_stream_s_final_values_are_pinned(workers: int) -> None:
 @pytest.fixture(scope="module")
 def diam_learner_factory(tmp_path_factory):
     """Learners on a tiny DIAM checkpoint whose gate moves (K_u changes on the stream), with
-    a rate limit and a step cap that bind: the clicks the compiled kernel hands back occur."""
+    a rate limit and a step cap that bind: the clicks the compiled kernel hands back occur.
+    ``make(step_cap=None)``: the served step cap instead, which rarely binds here, so most
+    runs of the network happen inside the batched call rather than on a handed-back click."""
     from online_model.base import BaseView
     from online_model.config import OnlineConfig
     from online_model.online import OnlineLearner
@@ -252,9 +254,13 @@ def diam_learner_factory(tmp_path_factory):
 
     ck, c = tiny_diam_checkpoint(tmp_path_factory.mktemp("ck") / "diam", seed=2)
     base = BaseView.from_checkpoint(ck)
-    cfg = OnlineConfig(dim=8, k_max=4, rate_burst=6.0, rate_per_s=4.0, step_cap=0.05,
-                       k_settle_items=0, k_gate_margin=0.0, k_hysteresis=1)
-    return (lambda: OnlineLearner(base, cfg)), [str(x) for x in c.item_ids]
+    common = dict(dim=8, k_max=4, rate_burst=6.0, rate_per_s=4.0, k_settle_items=0,
+                  k_gate_margin=0.0, k_hysteresis=1)
+
+    def make(step_cap: float | None = 0.05) -> OnlineLearner:
+        cap = {} if step_cap is None else {"step_cap": step_cap}
+        return OnlineLearner(base, OnlineConfig(**common, **cap))
+    return make, [str(x) for x in c.item_ids]
 
 
 def _diam_events(items: list[str], n_users: int = 5, n_events: int = 300):
@@ -268,12 +274,20 @@ def test_on_a_diam_base_the_batch_size_changes_nothing_learnt(diam_learner_facto
     """On a DIAM base a user's clicks of one batch are learnt in one compiled call
     (``OnlineLearner.apply_many``): batches of 1, 7 and 1000 give the offline learner's
     states click by click, bit for bit, and the same drift events; so do two worker threads
-    sharing the learner (its kernels then release the GIL, so both run them at once)."""
+    sharing the learner (its kernels then release the GIL, so both run them at once), with
+    as many runs of the network counted (``OnlineLearner.inferences``, which the workers add
+    to at once)."""
     make, items = diam_learner_factory
-    events = _diam_events(items)
-    want = expected_states(events, make())
-    runs = {}
-    for batch, workers in ((1, 1), (7, 1), (1000, 1), (7, 2)):
+    events = _diam_events(items, n_users=16, n_events=800)
+    for cap in (0.05, None):
+        _same_with_any_batch_or_workers(events, lambda c=cap: make(step_cap=c))
+
+
+def _same_with_any_batch_or_workers(events, make) -> None:
+    offline = make()
+    want = expected_states(events, offline)
+    runs, counted = {}, {}
+    for batch, workers in ((1, 1), (7, 1), (1000, 1), (7, 2), (1000, 2)):
         learner = make()
         learner.release_gil = workers > 1  # as run_online sets it for shared workers
         vecs, dead, drift = _run(as_records(events), batch_size=batch, learner=learner,
@@ -285,7 +299,9 @@ def test_on_a_diam_base_the_batch_size_changes_nothing_learnt(diam_learner_facto
         for u, uv in final.items():  # (Redis keeps float16)
             np.testing.assert_array_equal(uv.vecs, want[u].V.astype(np.float16).astype(uv.vecs.dtype))
         runs[batch, workers] = sorted(bytes(r.value) for r in drift)
+        counted[batch, workers] = learner.inferences
     assert len(runs[1, 1]) > 10 and all(r == runs[1, 1] for r in runs.values())
+    assert offline.inferences > 100 and set(counted.values()) == {offline.inferences}, counted
 
 
 def test_on_a_diam_base_a_failing_click_is_dead_lettered_alone(diam_learner_factory,
