@@ -37,9 +37,12 @@ recovery store), ``broker_restart`` (the private broker stopped for 10 s, then s
 ``poison_pill`` (a 10 KB JSON of 5,000 nested brackets, keyed like a click).
 
 ``--workers N`` runs the faulted, tailing dataflow with N worker threads (the reference keeps
-one).
+one). ``--base diam`` replaces the tiny centroid base by a small DIAM checkpoint over the same
+60 items (d = 16, K_max 4, ``online_model.testing.tiny_diam_checkpoint``): users are anchored
+on the network and re-run by the served triggers, through the compiled network kernels (with
+several workers, their GIL-releasing twins).
 
-Run: ``python bench/faults.py [--quick] [--only kill9,redis_pause] [--workers 2]`` (needs java, the Kafka jars
+Run: ``python bench/faults.py [--quick] [--only kill9,redis_pause] [--workers 2] [--base diam]`` (needs java, the Kafka jars
 of ``diam stack fetch``, and redis-server). ``--quick`` produces 12 s of clicks instead of 30.
 """
 
@@ -196,7 +199,8 @@ class Ctx:
 
 
 class Bench:
-    def __init__(self, workdir: Path, rate: int, seconds: float, seed: int, workers: int = 1) -> None:
+    def __init__(self, workdir: Path, rate: int, seconds: float, seed: int, workers: int = 1,
+                 base: str = "tiny") -> None:
         self.workdir, self.rate, self.seconds, self.seed = workdir, rate, seconds, seed
         self.workers = workers  # the tailing run's worker threads (the reference runs one)
         self.redis = PrivateRedis(workdir)
@@ -205,7 +209,7 @@ class Bench:
         self.kafka_start_s = self.kafka.start()
         self.kcfg = KafkaConfig(bootstrap=self.kafka.bootstrap)
         self.ckpt = workdir / "ckpt"
-        _write_checkpoint(self.ckpt)
+        _write_checkpoint(self.ckpt, base)
 
     def close(self) -> None:
         self.kafka.stop()
@@ -463,11 +467,28 @@ def _wait_for(cond: Callable[[], bool], timeout: float) -> float | None:
     return None
 
 
-def _write_checkpoint(path: Path) -> None:
+def _write_checkpoint(path: Path, base: str = "tiny") -> None:
+    """The base of every run: the tests' tiny centroid base (``tiny``), or a DIAM network over
+    the same 60 items in 6 categories at the same d and K_max (``diam``)."""
     from tests.integration.helpers import write_tiny_checkpoint
 
-    if not path.exists():
+    if path.exists():
+        return
+    if base == "diam":
+        from online_model.testing import tiny_diam_checkpoint
+        from tests.flowkit import N_ITEMS
+
+        tiny_diam_checkpoint(path, seed=3, n_items=N_ITEMS, n_categories=6, dim=DIM)
+    else:
         write_tiny_checkpoint(path)
+
+
+def _anchor_kind(ckpt: Path) -> str:
+    """What anchors the runs' users ("diam": the network; "kmeans": centroids), as the Redis
+    values say it."""
+    from online_model.base import BaseView
+
+    return BaseView.from_checkpoint(ckpt).anchor_kind
 
 
 def _git(*args: str) -> str:
@@ -485,7 +506,8 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = ["# Fault matrix (bench/faults.py)", "",
              f"Private broker and redis-server; {s['rate']} clicks/s for {s['seconds']} s over 300 users "
              f"per fault, seed {s['seed']}; measured {s['date']} on {s.get('commit', '?')}; the faulted "
-             f"run with {s.get('workers', 1)} worker thread(s), the reference with one.", "", *rows, ""]
+             f"run with {s.get('workers', 1)} worker thread(s), the reference with one; base "
+             f"{s.get('base', 'tiny')}.", "", *rows, ""]
     for name, d in result["details"].items():
         lines += [f"## {name}", "", "```", *d.get("timeline", []), *d.get("log", []), "```", ""]
     return "\n".join(lines)
@@ -501,6 +523,10 @@ def main() -> None:
                     help="worker threads of the faulted, tailing run (the uninterrupted reference "
                          "always runs one, so the comparison also checks that the worker count "
                          "changes no byte)")
+    ap.add_argument("--base", choices=("tiny", "diam"), default="tiny",
+                    help="tiny: the tests' centroid base (users anchored by k-means); diam: a "
+                         "small DIAM network over the same items (users anchored and re-run on "
+                         "the network, as on a served snapshot)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "faults.json"))
     args = ap.parse_args()
     names = [n for n in (args.only.split(",") if args.only else FAULTS)]
@@ -509,10 +535,11 @@ def main() -> None:
         raise SystemExit(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
     seconds = 12.0 if args.quick else 30.0
     workdir = Path(tempfile.mkdtemp(prefix="diam-faults-"))
-    bench = Bench(workdir, args.rate, seconds, args.seed, args.workers)
+    bench = Bench(workdir, args.rate, seconds, args.seed, args.workers, args.base)
     result: dict[str, Any] = {"faults": {}, "details": {},
                               "setup": {"rate": args.rate, "seconds": seconds, "seed": args.seed,
-                                        "workers": args.workers,
+                                        "workers": args.workers, "base": args.base,
+                                        "anchor_kind": _anchor_kind(bench.ckpt),
                                         "quick": args.quick, "kafka_start_s": round(bench.kafka_start_s, 1),
                                         "commit": _git("rev-parse", "--short", "HEAD"),
                                         "dirty_paths": _git("status", "--porcelain", "--", "streams",

@@ -10,10 +10,12 @@ from typing import Any
 __all__ = ["tiny_diam_checkpoint"]
 
 
-def tiny_diam_checkpoint(path: str | Path, seed: int = 0, model: str = "diam") -> tuple[Path, Any]:
+def tiny_diam_checkpoint(path: str | Path, seed: int = 0, model: str = "diam", n_items: int = 40,
+                         n_categories: int = 4, dim: int = 8) -> tuple[Path, Any]:
     """A small trained-looking checkpoint of ``model`` (DIAM by default: the stream anchors on
-    its network) over ``tiny_corpus`` (12 users, 40 items, 4 categories): d = 8, seq_len 10,
-    K_max 4, every weight moved off its initialisation so that all of them matter. Returns the
+    its network) over ``tiny_corpus`` (12 users, by default 40 items ``i0``.. in 4 categories,
+    item ``i<j>`` of category ``j % n_categories``): d = 8 by default, seq_len 10, K_max 4,
+    every weight moved off its initialisation so that all of them matter. Returns the
     checkpoint directory and the corpus."""
     import torch
 
@@ -21,9 +23,9 @@ def tiny_diam_checkpoint(path: str | Path, seed: int = 0, model: str = "diam") -
     from online_model.corpus import tiny_corpus
     from online_model.models import ModelConfig, build_model
 
-    c = tiny_corpus(n_users=12, n_items=40, n_categories=4, length=8, seed=0)
+    c = tiny_corpus(n_users=12, n_items=n_items, n_categories=n_categories, length=8, seed=0)
     torch.manual_seed(seed)
-    cfg = ModelConfig(model=model, n_items=c.n_items, n_categories=c.n_categories, dim=8,
+    cfg = ModelConfig(model=model, n_items=c.n_items, n_categories=c.n_categories, dim=dim,
                       seq_len=10, window=5, k_max=4, n_interests=2)
     m = build_model(cfg, c.item_cat).eval()
     with torch.no_grad():
