@@ -105,6 +105,11 @@ def test_a_failing_click_is_handed_back_as_its_exception(diam_base, seed, cuts, 
     (its offset applied, as with ``apply``), the clicks before it are learnt (with their
     drift events, sessions and runs of the network), and the ones after it go on from the
     state it left: the whole is the click-by-click reference, bit for bit."""
+    _failing_click_matches_the_reference(diam_base, seed, cuts, config, at)
+
+
+def _failing_click_matches_the_reference(diam_base, seed: int, cuts: list[int], config: str,
+                                         at: int) -> None:
     base, c = diam_base
     cfg = OnlineConfig(dim=8, k_max=4, **{"reanchor_every": 4, **CONFIGS[config]})
     clicks = _clicks(c, seed, 60)
@@ -153,6 +158,48 @@ def test_the_failure_test_is_not_vacuous(diam_base, monkeypatch) -> None:
             learner.apply_many(learner.new_state("u"), _clicks(c, seed, 60))
     assert any(runs > 0 for _, _, runs in calls)
     assert any(done < m for m, done, _ in calls)
+
+
+def test_a_failing_click_right_after_a_handed_back_one(diam_base) -> None:
+    """The cases the property test must not miss, pinned, in one batch of all the clicks, for
+    every config: the poison is the click right after one the compiled call handed back
+    (where the call resumes: a failure there must not swallow the hand-back), and the poison
+    is a click that a call stopped at after running the network in place (the runs before a
+    failure must be counted)."""
+    base, c = diam_base
+    with_runs = 0  # configs where the second case occurs
+    for config in sorted(CONFIGS):
+        cfg = OnlineConfig(dim=8, k_max=4, **{"reanchor_every": 4, **CONFIGS[config]})
+        after: list[tuple[int, int]] = []  # (seed, index of the click after a hand-back)
+        ran: list[tuple[int, int]] = []  # (seed, index of a click reached after runs)
+        for seed in range(8):
+            learner = OnlineLearner(base, cfg)
+            clicks = _clicks(c, seed, 60)
+            offsets = [off for _, _, off, _ in clicks]
+            calls: list[tuple[int, int, int]] = []  # (first click, clicks applied, runs)
+
+            def spy(*args, real=K.learn_events_diam, calls=calls, n=60):
+                r = real(*args)
+                calls.append((n - len(args[12]), int(r[0]), int(r[6])))
+                return r
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(K, "learn_events_diam", spy)
+                learner.apply_many(learner.new_state("u"), clicks)
+            for start, done, runs in calls:
+                last = start + done - 1  # handed back if the call stopped early
+                if start + done < len(clicks):
+                    # the poison is found by its offset: one that no other click repeats
+                    if offsets.count(offsets[last + 1]) == 1:
+                        after.append((seed, last + 1))
+                    if runs > 0 and offsets.count(offsets[last]) == 1:
+                        ran.append((seed, last))
+        assert after, config
+        for seed, at in (after[:1] + ran[:1]):
+            _failing_click_matches_the_reference(diam_base, seed, [60], config, at)
+        with_runs += bool(ran)
+    # ("edges" caps every step, so each learnt click is handed back: no run goes before one)
+    assert with_runs >= 2
 
 
 def test_a_state_of_another_base_is_re_anchored_then_batched(diam_base, tmp_path) -> None:
