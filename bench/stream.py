@@ -45,7 +45,10 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   in ``freshness_runs``) and ``freshness_p999_ms_worst``: produce time → the user's vector
   (with a seq at least the event's offset) visible in Redis, for a sample of events offered at ``offered_rate``
   events/s to a tailing dataflow in its own process (recovery on, its default when tailing);
-  also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions.
+  also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions;
+  ``freshness_*_two_workers`` (runs in ``freshness_runs_two_workers``): the same repeats with
+  two worker threads in the tailing process (``diam run --tail --workers 2``), each run in
+  turn with the one-worker run of the same arrivals.
   Arrivals (``freshness_arrivals``) are the throughput runs' bursty sessions; once more at
   ``offered_rate`` in lock-step (``freshness_*_ms_lockstep``: the 2000 users click in turn,
   so they all re-run the network within the same 0.4 s every ``reanchor_every`` clicks), a
@@ -67,6 +70,7 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   ``1e6 / events_per_s`` is Kafka, Bytewax's routing and state handling, and the Redis writes.
 - ``real_clicks``: ``events_per_s`` (median of ``--repeats`` runs, each in
   ``events_per_s_runs``; every record checked valid), ``events_per_cpu_s``,
+  ``events_per_s_two_workers`` (runs and CPU as at the top level, in turns with the others),
   ``events_per_s_no_learning`` (``bench/stream_floor.py`` on the same topic),
   ``network_runs_per_event`` and ``logic_us_per_event`` of the in-process pass (run right
   after the synthetic stream's), ``mean_distinct_ids_per_batch``, on the replay of real clicks
@@ -333,9 +337,11 @@ FRESH_LINGER_MS = 5
 
 def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env,
               splits: tuple[str, ...] = (), warmup_s: float = 0.0,
-              arrivals: str = "sessions", seed: int = 5) -> tuple[float, float, float]:
+              arrivals: str = "sessions", seed: int = 5,
+              workers: int = 1) -> tuple[float, float, float]:
     """p50/p99/p99.9 of produce → visible in Redis at ``rate`` events/s, with one tailing process, or
-    one per partition subset in ``splits`` (e.g. ``("0,1", "2,3")``). Events of the first
+    one per partition subset in ``splits`` (e.g. ``("0,1", "2,3")``), each with ``workers``
+    worker threads (``diam run --workers``). Events of the first
     ``warmup_s`` seconds are offered at the same rate but not sampled: the steady state is
     measured, not the minute in which every one of the 2000 users is new.
 
@@ -348,6 +354,8 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     # each tailing process keeps its recovery store (the default when tailing) in the bench's
     # temporary directory
     extras = ([["--tail", "--partitions", p] for p in splits] or [["--tail"]])
+    if workers > 1:
+        extras = [x + ["--workers", str(workers)] for x in extras]
     extras = [x + ["--recovery-dir", str(ckpt.parent / f"rec-{ns}-{i}")] for i, x in enumerate(extras)]
     procs = [subprocess.Popen(dataflow_cmd(topic, ns, ckpt, x), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True) for x in extras]
@@ -618,8 +626,9 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
                 reps: int) -> tuple[dict, BaseView, list[ClickEvent]] | None:
     """The one-process throughput on real clicks and the real network (:func:`replay_events`
     on ``bench/prequential.py``'s first-half checkpoint): the same dataflow, recovery on,
-    ``reps`` runs, median, every record checked valid (none dead-lettered); and the same
-    dataflow without learning (``bench/stream_floor.py``) on the same topic, ``reps`` runs.
+    ``reps`` runs, median, every record checked valid (none dead-lettered); the same process
+    with two worker threads; and the same dataflow without learning
+    (``bench/stream_floor.py``) on the same topic; ``reps`` runs of each, in turns.
     Returns the figures, the base and the events (the in-process pass runs later, beside the
     synthetic stream's); None (and a line on stderr) when ``--replay-data`` is not there."""
     if not (args.replay_data / "events.tsv").is_file():
@@ -639,12 +648,15 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
     try:
         produce(kafka, topic, events)
         calls: list[int] = []
-        runs = [timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt,
-                                        ["--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])],
-                          renv, expect_valid=len(events), calls=calls)
-                for r in range(reps)]
-        floors = [timed_run([floor_cmd(topic, f"br0-{run_id}-{r}", ckpt)], renv)
-                  for r in range(reps)]
+        runs, twos, floors = [], [], []
+        for r in range(reps):  # in turns, as the synthetic stream's kinds of run
+            runs.append(timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt, [
+                "--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])], renv,
+                expect_valid=len(events), calls=calls))
+            twos.append(timed_run([dataflow_cmd(topic, f"brw-{run_id}-{r}", ckpt, [
+                "--bounded", "--recovery-dir", f"{tmp}/rec-brw-{r}", "--workers", "2"])], renv,
+                expect_valid=len(events)))
+            floors.append(timed_run([floor_cmd(topic, f"br0-{run_id}-{r}", ckpt)], renv))
     finally:
         for f in AdminClient(kafka.client_config()).delete_topics(
                 [topic, f"{topic}.dlq"]).values():
@@ -653,12 +665,17 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
             except Exception:  # noqa: BLE001 - the dead-letter topic exists only if written
                 pass
     rates = [len(events) / wall for wall, _ in runs]
+    two_rates = [len(events) / wall for wall, _ in twos]
     floor_rates = [len(events) / wall for wall, _ in floors]
     return ({**info, "checkpoint": str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT)
              else str(ckpt),
              "events_per_s": round(float(np.median(rates)), 1),
              "events_per_s_runs": [round(r, 1) for r in rates],
              "events_per_cpu_s": round(len(events) / float(np.median([c for _, c in runs])), 1),
+             "events_per_s_two_workers": round(float(np.median(two_rates)), 1),
+             "events_per_s_two_workers_runs": [round(r, 1) for r in two_rates],
+             "events_per_cpu_s_two_workers": round(
+                 len(events) / float(np.median([c for _, c in twos])), 1),
              "events_per_s_no_learning": round(float(np.median(floor_rates)), 1),
              "events_per_s_no_learning_runs": [round(r, 1) for r in floor_rates],
              "mean_distinct_ids_per_batch": distinct_per_batch(events, settings.flow.batch_size),
@@ -746,13 +763,18 @@ def main() -> None:
         # freshness tail: at least one in a quick run, two or three in a full one
         fresh_s = 12 if args.quick else 30
         warm_s = 6 if args.quick else 10
-        # the offered-rate run is repeated (a fresh topic each): median p50/p99, worst p99.9
-        fresh = []
+        # the offered-rate run is repeated (a fresh topic each): median p50/p99, worst p99.9;
+        # with one worker and with two worker threads, in turns, on the same arrivals
+        fresh, fresh_two = [], []
+        fresh_topics = []
         for r in range(max(1, args.fresh_repeats)):
-            ftopic_r = ftopic if r == 0 else f"{ftopic}.{r}"
-            ensure_topic(kafka, ftopic_r, partitions=4)
-            fresh.append(freshness(settings, ftopic_r, f"bf-{run_id}-{r}", ckpt, args.rate,
-                                   fresh_s, env, warmup_s=warm_s, seed=5 + r))
+            for workers, into in ((1, fresh), (2, fresh_two)):
+                ftopic_r = ftopic if not fresh_topics else f"{ftopic}.{len(fresh_topics)}"
+                fresh_topics.append(ftopic_r)
+                ensure_topic(kafka, ftopic_r, partitions=4)
+                into.append(freshness(settings, ftopic_r, f"bf{workers}-{run_id}-{r}", ckpt,
+                                      args.rate, fresh_s, env, warmup_s=warm_s, seed=5 + r,
+                                      workers=workers))
         p50 = float(np.median([f[0] for f in fresh]))
         p99 = float(np.median([f[1] for f in fresh]))
         p999 = float(max(f[2] for f in fresh))
@@ -783,13 +805,13 @@ def main() -> None:
                                  "anchor_ms_per_user_torch_batched_64")})
     rc = redis_client(settings.redis)
     # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
-    for ns in ("b0", "b1", "b2", "b3", "bf", "bl", "bt", "bs", "br", "br0"):
+    for ns in ("b0", "b1", "bw", "b2", "b3", "bf1", "bf2", "bl", "bt", "bs", "br", "br0", "brw"):
         keys = list(rc.scan_iter(match=f"diam:{ns}-{run_id}*", count=5000))
         for i in range(0, len(keys), 1000):
             rc.delete(*keys[i:i + 1000])
     from confluent_kafka.admin import AdminClient
     AdminClient(kafka.client_config()).delete_topics(
-        [topic, ftopic, ltopic, ttopic, stopic] + [f"{ftopic}.{r}" for r in range(1, len(fresh))])
+        [topic, ltopic, ttopic, stopic, *fresh_topics])
     result = {
         "base": "diam",
         "recovery": True,
@@ -818,6 +840,10 @@ def main() -> None:
         "freshness_p99_ms": round(p99, 2),
         "freshness_p999_ms_worst": round(p999, 2),
         "freshness_runs": [[round(x, 2) for x in f] for f in fresh],
+        "freshness_p50_ms_two_workers": round(float(np.median([f[0] for f in fresh_two])), 2),
+        "freshness_p99_ms_two_workers": round(float(np.median([f[1] for f in fresh_two])), 2),
+        "freshness_p999_ms_worst_two_workers": round(float(max(f[2] for f in fresh_two)), 2),
+        "freshness_runs_two_workers": [[round(x, 2) for x in f] for f in fresh_two],
         "offered_rate": args.rate,
         "freshness_p50_ms_at_low_rate": round(lp50, 2),
         "freshness_p99_ms_at_low_rate": round(lp99, 2),
