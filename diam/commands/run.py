@@ -71,7 +71,10 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.option("-w", "--workers", default=1, show_default=True,
               help="Worker threads in this process. They share one learner, whose network "
                    "kernels then release the GIL, so learning uses that many cores; decoding "
-                   "and Bytewax's own steps still take turns (bench/results/stream.md).")
+                   "and Bytewax's own steps still take turns. Two add throughput to a process "
+                   "bound by it (a backlog, a replay) at more CPU per event, and change no "
+                   "byte of the output; at a rate one worker keeps up with they do not make "
+                   "vectors fresher (bench/results/stream.md).")
 @click.option("-i", "--process-id", type=int, default=None, help="This process's index in a cluster.")
 @click.option("-a", "--addresses", default=None, help="host:port of every process, ';'-separated.")
 @click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
