@@ -48,7 +48,7 @@ Prints one JSON object and writes ``bench/results/stream.json``:
   also at ``low_rate``, and at ``offered_rate`` with two processes over disjoint partitions;
   ``freshness_*_two_workers`` (runs in ``freshness_runs_two_workers``): the same repeats with
   two worker threads in the tailing process (``diam run --tail --workers 2``), each run in
-  turn with the one-worker run of the same arrivals.
+  turn with the one-worker run of the same arrivals, the order alternating by repeat.
   Arrivals (``freshness_arrivals``) are the throughput runs' bursty sessions; once more at
   ``offered_rate`` in lock-step (``freshness_*_ms_lockstep``: the 2000 users click in turn,
   so they all re-run the network within the same 0.4 s every ``reanchor_every`` clicks), a
@@ -764,11 +764,14 @@ def main() -> None:
         fresh_s = 12 if args.quick else 30
         warm_s = 6 if args.quick else 10
         # the offered-rate run is repeated (a fresh topic each): median p50/p99, worst p99.9;
-        # with one worker and with two worker threads, in turns, on the same arrivals
+        # with one worker and with two worker threads, in turns, on the same arrivals, which
+        # of the two goes first alternating from repeat to repeat (neither always runs on a
+        # box the other just warmed or loaded)
         fresh, fresh_two = [], []
         fresh_topics = []
         for r in range(max(1, args.fresh_repeats)):
-            for workers, into in ((1, fresh), (2, fresh_two)):
+            pair = ((1, fresh), (2, fresh_two))
+            for workers, into in (pair if r % 2 == 0 else pair[::-1]):
                 ftopic_r = ftopic if not fresh_topics else f"{ftopic}.{len(fresh_topics)}"
                 fresh_topics.append(ftopic_r)
                 ensure_topic(kafka, ftopic_r, partitions=4)
