@@ -507,7 +507,13 @@ def _markdown(result: dict[str, Any]) -> str:
              f"Private broker and redis-server; {s['rate']} clicks/s for {s['seconds']} s over 300 users "
              f"per fault, seed {s['seed']}; measured {s['date']} on {s.get('commit', '?')}; the faulted "
              f"run with {s.get('workers', 1)} worker thread(s), the reference with one; base "
-             f"{s.get('base', 'tiny')}.", "", *rows, ""]
+             f"{s.get('base', 'tiny')}.", ""]
+    for key, r in s.items():  # a run with --only into an existing file: what it re-ran, when
+        if key.startswith("rerun_") and isinstance(r, dict):
+            lines += [f"Re-run ({', '.join(r.get('faults', [key[len('rerun_'):]]))}): "
+                      f"measured {r.get('date', '?')} on {r.get('commit', '?')}, "
+                      f"{r.get('workers', 1)} worker thread(s), base {r.get('base', 'tiny')}.", ""]
+    lines += [*rows, ""]
     for name, d in result["details"].items():
         lines += [f"## {name}", "", "```", *d.get("timeline", []), *d.get("log", []), "```", ""]
     return "\n".join(lines)
@@ -567,7 +573,8 @@ def main() -> None:
         old = json.loads(out_path.read_text())
         for key in ("faults", "details"):
             result[key] = {**old.get(key, {}), **result[key]}
-        result["setup"] = {**old.get("setup", {}), f"rerun_{'_'.join(names)}": result["setup"]}
+        result["setup"] = {**old.get("setup", {}),
+                           f"rerun_{'_'.join(names)}": {**result["setup"], "faults": names}}
     print(json.dumps(result, indent=2))
     out_path.write_text(json.dumps(result, indent=2) + "\n")
     out_path.with_suffix(".md").write_text(_markdown(result))
