@@ -199,6 +199,7 @@ PARAMS = np.dtype(
         ("prior_weight", np.float64),  # signals: the session prior's weight
         ("reanchor_cos", np.float64),  # DIAM base: re-run now when the routed cosine is below
         ("reanchor_explore", np.bool_),  # ... and on a click of a category the last 20 lack
+        ("reanchor_gap", np.int64),  # ... but only this many events after its last run
     ],
 )
 """The learner's constants, read by :func:`learn_event`; lengths already in base units."""
@@ -879,10 +880,11 @@ def _event_start(uhash, offset, n_table, n_draw):
 def _network_due(u, p, surprised):
     """DIAM base, after a click on a known item: count it, then say whether the network
     re-runs on the user's items (every ``reanchor_every`` events, or at once for a
-    ``surprised`` click: one its routed interest explains poorly) or only the global
-    interest is refreshed."""
+    ``surprised`` click, one its routed interest explains poorly, at least ``reanchor_gap``
+    events after its last run) or only the global interest is refreshed."""
     u.since_anchor += 1
-    if p.reanchor_every > 0 and (surprised or u.since_anchor >= p.reanchor_every):
+    if p.reanchor_every > 0 and ((surprised and u.since_anchor >= p.reanchor_gap)
+                                 or u.since_anchor >= p.reanchor_every):
         return _REANCHOR
     return _REFRESH_GLOBAL
 

@@ -282,6 +282,38 @@ def test_reanchor_cos_one_is_the_network_on_every_click(diam_base) -> None:
     assert runs["cos1"][3] == 40 and runs["off"][3] == 1
 
 
+@pytest.mark.parametrize("learn", [True, False])
+def test_the_gap_spaces_triggered_runs(diam_base, learn) -> None:
+    """``reanchor_gap``: with every click surprising (the trigger at cosine 1), the network
+    runs on every g-th click after the last run and on no other, with steps and without; a gap
+    of 1 is the trigger unchanged, bit for bit, and the cadence still runs it when it is due
+    sooner than the gap."""
+    base, c = diam_base
+    clicks = _clicks(c, 40, seed=9)
+
+    def replay(**over):
+        cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=50, reanchor_cos=1.0, rate_burst=1000,
+                           reanchor_explore=False, learn=learn).model_copy(update=over)
+        learner = OnlineLearner(base, cfg)
+        st = learner.new_state("u")
+        ran = []
+        for off, it in enumerate(clicks):
+            before = learner.inferences
+            learner.apply(st, it, 5_000 * off, off)
+            ran.append(learner.inferences - before)
+        return ran, (st.V.tobytes(), st.d_logit)
+
+    one, state1 = replay()
+    assert replay(reanchor_gap=1) == (one, state1)
+    assert sum(one) == 40
+    for gap in (2, 3):
+        ran, _ = replay(reanchor_gap=gap)
+        assert ran[0] == 1  # the first anchoring
+        assert ran[1:] == [1 if k % gap == 0 else 0 for k in range(1, 40)]
+    cadence, _ = replay(reanchor_gap=5, reanchor_every=2)
+    assert cadence[1:] == [1 if k % 2 == 0 else 0 for k in range(1, 40)]
+
+
 def test_the_trigger_fires_without_steps_too(diam_base) -> None:
     """The network alone (``learn`` off: the nosteps ablation) re-runs on surprising clicks as
     the served learner does, so the ablation differs from it by the steps only."""
