@@ -80,20 +80,14 @@ def one_run(settings, ckpt: Path, env, workers: int, seed: int, rate: int, secon
                 pass  # not up yet, or stopping
             time.sleep(1.0)
 
-    real_cmd = stream.dataflow_cmd
-
-    def with_metrics(*args, **kwargs):
-        return real_cmd(*args, **kwargs) + ["--metrics-port", str(PORT)]
-
-    stream.dataflow_cmd = with_metrics
     t = threading.Thread(target=scrape, daemon=True)
     t.start()
     try:
         p50, p99, p999 = stream.freshness(settings, topic, f"bfw{workers}-{topic[-8:]}", ckpt,
                                           rate, seconds, env, warmup_s=warmup_s, seed=seed,
-                                          workers=workers)
+                                          workers=workers,
+                                          extra=("--metrics-port", str(PORT)))
     finally:
-        stream.dataflow_cmd = real_cmd
         done.set()
         t.join(5)
     from confluent_kafka.admin import AdminClient

@@ -338,7 +338,7 @@ FRESH_LINGER_MS = 5
 def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: float, env,
               splits: tuple[str, ...] = (), warmup_s: float = 0.0,
               arrivals: str = "sessions", seed: int = 5,
-              workers: int = 1) -> tuple[float, float, float]:
+              workers: int = 1, extra: tuple[str, ...] = ()) -> tuple[float, float, float]:
     """p50/p99/p99.9 of produce → visible in Redis at ``rate`` events/s, with one tailing process, or
     one per partition subset in ``splits`` (e.g. ``("0,1", "2,3")``), each with ``workers``
     worker threads (``diam run --workers``). Events of the first
@@ -349,14 +349,16 @@ def freshness(settings, topic: str, ns: str, ckpt: Path, rate: int, seconds: flo
     trickle of new ones (:func:`synth_events`, ``seed``), offered at ``rate``; or
     ``"lockstep"``, a stress pattern where the 2000 users click in turn (user ``i % 2000``), so
     every user reaches its n-th click in the same 0.4 s at 5k events/s and all of them re-run
-    the network together every ``reanchor_every`` clicks."""
+    the network together every ``reanchor_every`` clicks. ``extra``: more ``diam run`` options
+    for every process (``bench/fresh_workers.py`` adds ``--metrics-port``)."""
     rc = redis_client(settings.redis)
     # each tailing process keeps its recovery store (the default when tailing) in the bench's
     # temporary directory
     extras = ([["--tail", "--partitions", p] for p in splits] or [["--tail"]])
     if workers > 1:
         extras = [x + ["--workers", str(workers)] for x in extras]
-    extras = [x + ["--recovery-dir", str(ckpt.parent / f"rec-{ns}-{i}")] for i, x in enumerate(extras)]
+    extras = [x + ["--recovery-dir", str(ckpt.parent / f"rec-{ns}-{i}"), *extra]
+              for i, x in enumerate(extras)]
     procs = [subprocess.Popen(dataflow_cmd(topic, ns, ckpt, x), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True) for x in extras]
     for proc in procs:

@@ -332,6 +332,7 @@ def learner_params(cfg: OnlineConfig, base: BaseView) -> np.ndarray:
     p["keep"] = cfg.reanchor_keep
     p["reanchor_cos"] = cfg.reanchor_cos
     p["reanchor_explore"] = cfg.reanchor_explore
+    p["reanchor_gap"] = cfg.reanchor_gap
     p["refresh"] = cfg.refresh_global and head is not None and head.global_slot_on
     p["prior_weight"] = SESSION_PRIOR_WEIGHT
     return par
@@ -512,12 +513,14 @@ class OnlineLearner:
                 )
             except Exception as exc:  # noqa: BLE001 - the click being applied failed
                 failed, last = j + int(prog[0]), int(prog[1])
-                self._ran(int(prog[2]))  # the runs of the clicks before it
+                if prog[2]:
+                    self._ran(int(prog[2]))  # the runs of the clicks before it
                 results.extend([none] * (failed - j))
                 results.append(exc)
                 j = failed + 1
                 continue
-            self._ran(runs)
+            if runs:  # most calls run none: no lock to take
+                self._ran(runs)
             results.extend([none] * (done - 1))
             j += done
             if ran == -2 and bits == 0:  # every click applied, none handed back
