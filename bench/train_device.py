@@ -11,13 +11,15 @@ steps and nothing else), the precision it ran in and the validation metrics it l
   validation metrics say what a larger batch costs in quality at the default schedule);
 - ``cpu``: one epoch of ``full`` on this machine's CPU with one thread, the trainer's CPU
   default, as the same machine's reference;
-- ``synth``: a corpus twenty times ml-100k (``diam data synth`` with 20,000 users and items,
-  about a million clicks), one epoch at batch 256 and at 4096, and the CPU's seconds for the
-  first 30 batches of 256, scaled to an epoch;
+- ``synth``: a corpus of ten times ml-100k's clicks (``diam data synth`` with 20,000 users and
+  items, about a million clicks), one epoch at batch 256 and at 4096, and the CPU's seconds for
+  the first 30 batches of 256, scaled to an epoch (:func:`cpu_batches`: an estimate);
 - ``quarter``: the design-period base of ``bench/prequential.py --early`` (the first quarter
   of ml-100k, 4 epochs), trained twice from the same seed: are the two bit for bit the same?
-  The first is written under ``--checkpoints`` so that the served path can be read on it
-  (``python bench/prequential.py --early --checkpoint DIR``);
+  It trains where ``bench/prequential.py`` would (``--device auto``, whatever ``--device``
+  says; the part records its device). The first is written under ``--checkpoints`` so that
+  the served path can be read on it (``python bench/prequential.py --early --checkpoint
+  DIR``);
 - ``infer``: the network's forward pass (torch, no autograd, fp32) on batches of users' last
   10 items, microseconds per user at batches of 1 to 8192: what re-running the network for
   many users at once would cost on this device.
@@ -102,7 +104,10 @@ def run_train(corpus, feats, device: str, *, epochs: int, batch: int, amp: bool 
 
 def cpu_batches(corpus, feats, n_batches: int, batch: int = 256) -> dict:
     """Seconds for the first ``n_batches`` steps on the CPU (one thread), scaled to an epoch:
-    the CPU's cost of a corpus too large to train here in full."""
+    the CPU's cost of a corpus too large to train here in full. An estimate: the trainer's
+    forward and backward pass and AdamW's step in its joint stage, without its gradient
+    clipping and learning-rate schedule (a few vector operations per step), the first step's
+    one-off costs included."""
     from online_model.evaluate import split_users
     from online_model.models import build_model
     from online_model.train import _epoch_positions, _train_positions, make_batch
@@ -226,6 +231,13 @@ def main() -> None:
     if not (args.data / "events.npz").is_file() and not (args.data / "events.tsv").is_file():
         sys.exit(f"{args.data}: not a prepared dataset (diam data prepare ml-100k)")
     out = args.out or (None if args.smoke else RESULTS / "train_device.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        _run(args, parts, out, Path(tmp))
+
+
+def _run(args: argparse.Namespace, parts: list[str], out: Path | None, tmp: Path) -> None:
+    """The parts in order, the JSON written after each (a failing part is recorded, the
+    others still run); scratch files (the synthetic corpus, default checkpoints) in ``tmp``."""
     device = resolve_device(args.device)
     ep = 1 if args.smoke else 10
     res: dict = {"bench": "train_device", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -251,7 +263,7 @@ def main() -> None:
 
             n = 500 if args.smoke else 20_000
             d = write_synth(SynthParams(users=n, items=n, events_per_user=50.0, seed=0),
-                            Path(tempfile.mkdtemp()) / "synth")
+                            tmp / "synth")
             c = corpus_from_prepared(load_prepared(d))
             synth = (c, Features.of(c))
             res["synth_dataset"] = {"users": int(c.n_users), "items": int(c.n_items),
@@ -269,7 +281,7 @@ def main() -> None:
             **{str(b): run_train(*synth_corpus(), str(device), epochs=1, batch=b,
                                  eval_every=1) for b in (256, 4096)},
             "cpu_256": cpu_batches(*synth_corpus(), 3 if args.smoke else 30)},
-        "quarter": lambda: quarter(args.data, args.checkpoints or Path(tempfile.mkdtemp()),
+        "quarter": lambda: quarter(args.data, args.checkpoints or tmp / "checkpoints",
                                    1 if args.smoke else 4),
         "infer": lambda: infer(corpus, device, (1, 64) if args.smoke else
                                (1, 16, 256, 1024, 8192)),

@@ -400,6 +400,9 @@ def evaluate_stream(
         "reanchor_cos": cfg.reanchor_cos,
         "reanchor_explore": cfg.reanchor_explore,
         "reanchor_residual": cfg.reanchor_residual,
+        "reanchor_gap": cfg.reanchor_gap,
+        "settings_not_default": {k: v for k, v in cfg.model_dump().items()
+                                 if v != type(cfg).model_fields[k].default},
         "popularity": f"decayed click count, half-life {pop_half_life} events, refreshed every 100",
         "entropy": "nats, primary category of the recommended list",
         "mean_drift": "RMS distance of vectors from anchors in base-scale units, averaged over stream events of anchored users",
