@@ -135,3 +135,14 @@ def test_sweep_gives_fronts_whose_zero_shift_is_the_served_list(drifting, tmp_pa
     assert m["entropy@5"] == pytest.approx(r["arms"]["reinfer"]["entropy@5"])
     row = m["arms"]["guarded"]
     assert set(row) >= {"recall@5_at_matched_entropy", "diff_to_reinfer", "diff_ci"}
+
+
+def test_the_result_records_the_settings_it_ran_with(drifting):
+    """A result file says which online settings differ from the defaults (a ``--set`` run is
+    told apart from the served one by its JSON, not its file name), none for the defaults."""
+    kw = dict(warm_frac=0.4, n=5, arms=("frozen",), merge="score")
+    served = prequential.evaluate_stream(drifting, OnlineConfig(), **kw)
+    assert served["protocol"]["settings_not_default"] == {}
+    varied = prequential.evaluate_stream(drifting, OnlineConfig(reanchor_gap=2, lr=0.1), **kw)
+    assert varied["protocol"]["settings_not_default"] == {"reanchor_gap": 2, "lr": 0.1}
+    assert varied["protocol"]["reanchor_gap"] == 2
