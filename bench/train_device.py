@@ -75,11 +75,10 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def model_config(corpus, seq_len: int | None = None) -> ModelConfig:
-    """``diam train``'s DIAM: d 64, K_max 8, the served window."""
+def model_config(corpus) -> ModelConfig:
+    """``diam train``'s DIAM: ``ModelConfig``'s own shape (d 64, K_max 8), the served window."""
     return ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories,
-                       dim=64, seq_len=seq_len or OnlineConfig().train_seq_len("diam"), k_max=8,
-                       n_interests=4)
+                       seq_len=OnlineConfig().train_seq_len("diam"))
 
 
 def run_train(corpus, feats, device: str, *, epochs: int, batch: int, amp: bool = True,
