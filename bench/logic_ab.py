@@ -4,7 +4,7 @@ network), in process.
 
 Why: a full ``bench/stream.py`` run cannot tell a setting's cost from the shared box's drift
 (``bench/results/stream.md``), and ``bench/stream_ab.py`` compares revisions on the synthetic
-stream, whose untrained network re-runs far more often than a trained one. Here the served
+stream, whose untrained network re-runs more often than ml-100k's trained one. Here the served
 settings (A) and the same with ``--set FIELD=VALUE`` overrides (B) take turns over the same
 events, each pass through the dataflow's own per-user step (``stream.logic_pass``: no Kafka,
 Bytewax or Redis), so both see the same box. Prints one JSON object and writes it to ``--out``:

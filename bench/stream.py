@@ -3,10 +3,12 @@ served configuration: a DIAM checkpoint (K_max = 8; users anchored on the networ
 ``reanchor_every`` events and at once on a click below ``reanchor_cos``), a recovery store,
 bursty sessions with a trickle of new users. The checkpoint's weights are untrained but its
 item table: the cost of one run of the network does not depend on the weights, but how often
-the trigger fires does, and an untrained network explains clicks worse than a trained one
-(``network_runs_per_event`` in the JSON, against ``details.guarded.inferences_per_event``
-for the trained network on ml-100k in ``prequential.json``), so the figure is a pessimistic
-one. ``real_clicks`` measures the same one-process run on real clicks and the real network:
+the trigger fires does (``network_runs_per_event`` in the JSON, against
+``details.guarded.inferences_per_event`` for the trained network on ml-100k in
+``prequential.json``). It is not a pessimistic bound on this stream: a network trained on its
+users re-runs more often, because its gate gives them fewer interests than the untrained one's
+(``python bench/trigger_cost.py --base trained``, ``bench/results/trigger_cost_trained.json``).
+``real_clicks`` measures the same one-process run on real clicks and the real network:
 ml-100k's second half in time, each user played 8 times under distinct ids, on the network
 ``bench/prequential.py`` trains on the first half (``replay_events``), where the trigger fires
 at the rate it does in ``prequential.json``.
