@@ -47,7 +47,6 @@ from prequential import with_sets  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
 
-
 TRAIN_EVENTS, TRAIN_EPOCHS, TRAIN_SEED = 200_000, 2, 2
 
 
@@ -146,7 +145,7 @@ def main() -> None:
            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "command": " ".join(["python bench/trigger_cost.py", *sys.argv[1:]]),
            "events": args.events, "users": args.users, "repeats": args.repeats,
-           "base": (f"untrained but its item table (bench/stream.py's make_checkpoint)"
+           "base": ("untrained but its item table (bench/stream.py's make_checkpoint)"
                     if args.base == "untrained" else
                     f"trained {TRAIN_EPOCHS} epochs on {TRAIN_EVENTS} events of the same "
                     f"generator, seed {TRAIN_SEED} (trained_checkpoint)"),
