@@ -116,6 +116,13 @@ class FlowConfig(BaseModel):
     """Largest accepted event payload. A click is ~100 bytes; 16 KiB leaves room for a rich
     ``context`` map while refusing blobs that would bloat per-user state."""
 
+    deadletter_max_bytes: int = Field(default=524_288, ge=1_024, le=900_000)
+    """Most bytes of a rejected record's value that its dead letter keeps (its key: at most
+    1 KiB). The broker accepts records up to about 1 MiB and a producer sends at most 1,000,000
+    bytes by default, so a record near the broker's limit, dead-lettered whole, could never be
+    produced: the dataflow would fail on it after every restart. A cut dead letter says so in
+    its headers (``diam.truncated``, the original sizes)."""
+
     seen_items: int = Field(default=50, ge=0)
     """How many of the user's last seen items are pushed with the vectors (``s`` in the Redis
     value), which serving excludes by default; at most the learner's ``recent_len`` (the

@@ -200,19 +200,38 @@ class LearnerHolder:
         return str(getattr(getattr(self.learner, "base", None), "anchor_kind", "kmeans"))
 
 
-def deadletter_record(rec: RawRecord, reason: str) -> KafkaOut:
-    """The dead-letter form of a rejected record: the original key and bytes untouched, the
-    reason and the source coordinates in headers (``kcat -f '%h %s'`` shows them)."""
-    return KafkaOut(
-        key=rec.key,
-        value=rec.value if rec.value is not None else b"",
-        headers=[
-            ("diam.reason", reason.encode()),
-            ("diam.topic", rec.topic.encode()),
-            ("diam.partition", str(rec.partition).encode()),
-            ("diam.offset", str(rec.offset).encode()),
-        ],
-    )
+DEADLETTER_KEY_BYTES = 1_024
+"""Most bytes of a rejected record's key that its dead letter keeps (a user id is at most 128
+characters)."""
+
+
+def deadletter_record(rec: RawRecord, reason: str, max_bytes: int) -> KafkaOut:
+    """The dead-letter form of a rejected record: the original key and bytes, the reason and
+    the source coordinates in headers (``kcat -f '%h %s'`` shows them). A value longer than
+    ``max_bytes`` (``FlowConfig.deadletter_max_bytes``) or a key longer than
+    :data:`DEADLETTER_KEY_BYTES` keeps its first bytes, and ``diam.truncated`` gives the
+    original sizes: a dead letter as large as the largest record the broker accepts could not
+    be produced, and the dataflow would fail on that record after every restart.
+
+    >>> rec = RawRecord("t", 0, 7, b"u1", b"x" * 2_000, 0)
+    >>> out = deadletter_record(rec, "payload: too large", max_bytes=1_024)
+    >>> len(out.value), dict(out.headers)["diam.truncated"]
+    (1024, b'key 2 bytes, value 2000 bytes')
+    """
+    key = rec.key
+    value = rec.value if rec.value is not None else b""
+    headers = [
+        ("diam.reason", reason.encode()),
+        ("diam.topic", rec.topic.encode()),
+        ("diam.partition", str(rec.partition).encode()),
+        ("diam.offset", str(rec.offset).encode()),
+    ]
+    if len(value) > max_bytes or (key is not None and len(key) > DEADLETTER_KEY_BYTES):
+        headers.append(("diam.truncated", f"key {0 if key is None else len(key)} bytes, "
+                                          f"value {len(value)} bytes".encode()))
+        value = value[:max_bytes]
+        key = None if key is None else key[:DEADLETTER_KEY_BYTES]
+    return KafkaOut(key=key, value=value, headers=headers)
 
 
 def drift_record(event: Any) -> KafkaOut:
@@ -263,10 +282,15 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
                               ts_max_ms=ts + skew if ts > 0 else None)
             if not isinstance(ev, Rejection):
                 key = rec.key
-                if key is None or key == ev[0].encode():
+                if key == ev[0].encode():
                     append((ev[0], new(Learn, (rec, ev))))
                     continue
+                # Unkeyed, a user's clicks land on any partition, out of order with each other
+                # (the learner, which skips offsets at or below the last applied one, would
+                # drop some of them without a word).
                 ev = Rejection(
+                    "key: missing (events must be keyed by user_id so that a user's clicks "
+                    "stay in order)" if key is None else
                     f"key: record key {key[:64]!r} differs from user_id {ev[0]!r} "
                     "(events must be keyed by user so that a user's clicks stay in order)"
                 )
@@ -454,5 +478,6 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     failed = op.map("learn-failed", drift_or_failed.falses, lambda kv: cast(DeadLetter, kv[1]))
     dead = op.merge("deadletters", decoded.trues, failed)
     op.output("deadletter", op.map("to-deadletter", dead, lambda dl: (
-        str(dl.record.partition), deadletter_record(dl.record, dl.reason))), sinks.deadletter)
+        str(dl.record.partition), deadletter_record(dl.record, dl.reason, cfg.deadletter_max_bytes))),
+              sinks.deadletter)
     return flow

@@ -94,6 +94,49 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_still_arrive(stack, t
     assert sum(decode_user(v).n for v in stored.values()) == len(good)
 
 
+def test_a_record_too_large_to_dead_letter_whole_and_an_unkeyed_click_stop_nobody(
+        stack, topic, namespace, redis_client) -> None:
+    """Two records that used to break the dataflow, on the real broker: a value near the
+    broker's 1 MiB limit (its dead letter, produced whole, exceeded the producer's 1,000,000
+    bytes and failed the run on every restart) and a valid click without a key (accepted, then
+    dropped by the learner's offset check when a keyed click of the same user on another
+    partition had a higher offset). Both are dead-lettered with their reason, the big one cut
+    to ``deadletter_max_bytes`` and saying so, and every user's keyed clicks are learnt."""
+    from confluent_kafka import Producer
+
+    from streams.events import encode_event
+
+    dlq = f"{topic}.dlq"
+    ensure_topic(stack.settings.kafka, dlq, partitions=1)
+    kafka = stack.settings.kafka.model_copy(update={"deadletter_topic": dlq})
+    good = click_stream(n_users=3, n_events=30, seed=4)
+    produce(kafka, topic, click_payloads(good[:15]))
+    big = b"\x00" * 1_010_000
+    p = Producer({**kafka.client_config(), "message.max.bytes": 1_048_000})
+    p.produce(topic, key=b"user1", value=big)
+    assert p.flush(30) == 0
+    unkeyed = encode_event(dataclasses.replace(good[0], ts=good[0].ts + 1))
+    produce(kafka, topic, [(None, unkeyed)])
+    produce(kafka, topic, click_payloads(good[15:]))
+    job = _job(stack, topic, namespace)
+    job.kafka = kafka.model_copy(update={"drift_topic": f"{topic}.drift"})
+    run_online(job, _holder())
+
+    heads = _headers(kafka, dlq)
+    assert sorted(_reason_of(h) for h in heads) == [
+        "key: missing (events must be keyed by user_id so that a user's clicks stay in order)",
+        f"payload: {len(big)} bytes exceeds the limit of {FLOW.max_event_bytes}",
+    ]
+    dead = {r.key: r.value for r in consume_all(kafka, dlq)}
+    assert dead[None] == unkeyed
+    assert dead[b"user1"] == big[:FLOW.deadletter_max_bytes]
+    cut = [h for h in heads if "diam.truncated" in h]
+    assert len(cut) == 1 and cut[0]["diam.truncated"] == f"key 5 bytes, value {len(big)} bytes".encode()
+    stored = redis_state(redis_client, namespace)
+    assert set(stored) == {ev.user_id for ev in good}
+    assert sum(decode_user(v).n for v in stored.values()) == len(good)
+
+
 def _headers(kafka, topic):
     from confluent_kafka import Consumer, TopicPartition
 
