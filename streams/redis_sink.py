@@ -9,7 +9,13 @@ Nothing is lost by not waiting:
 
 - the queue is bounded, so a slow or absent Redis stalls the dataflow (backpressure) instead
   of growing memory; an outage is retried with backoff and never drops a batch. It is logged
-  once when it starts and once when it ends, with its duration;
+  once when it starts and once when it ends, with its duration. A server that answers but
+  refuses writes for a while (a replica after a failover: READONLY; ``maxmemory`` reached:
+  OOM; a failed background save: MISCONF; a cluster resharding: TRYAGAIN, CLUSTERDOWN) is
+  waited out the same way (:func:`_retried`);
+- a batch that deletes a user's key (a forgotten user) returns only once Redis has executed
+  it: the tombstone is not read again once its epoch is committed, and the resumed run knows
+  nothing of the user, so a delete still queued at a crash would be lost;
 - ``close`` (end of a bounded run, shutdown) drains the queue, and an error on the writer
   thread is raised in the dataflow at the next batch;
 - after a crash, writes still queued are gone, but every user in a recovery snapshot is
@@ -87,6 +93,10 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
         self._raise()
         if items:
             self._q.put(list(items))  # blocks while the queue is full: backpressure
+            if any(uv is None for _, uv in items):
+                # a delete must be done before the epoch that forgot the user can commit
+                self._q.join()
+                self._raise()
 
     def close(self) -> None:
         self._q.put(_STOP)
@@ -99,8 +109,10 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
 
     def _run(self) -> None:
         while True:
+            got = 0  # batches taken from the queue, each marked done once written
             try:
                 batch = self._q.get(timeout=self.check_every_s)
+                got = 1
             except queue.Empty:
                 # a quiet stream still notices a lost key set: check and re-push if needed
                 batch = []
@@ -111,6 +123,7 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                     more = self._q.get_nowait()
                 except queue.Empty:
                     break
+                got += 1
                 if more is _STOP:
                     stop = True
                 else:
@@ -125,6 +138,8 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                             self.observer(written, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
+            for _ in range(got):  # written, or failed with the error set: write_batch may go on
+                self._q.task_done()
             if stop:
                 return
 
@@ -191,18 +206,45 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                     log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
                                 "dropped", self.where, time.monotonic() - down_since)
                 return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:
+                if not _retried(exc):
+                    raise
                 # An outage stalls the writer (and, once the queue is full, the dataflow) and
                 # retries; it never drops the batch. Writes are idempotent (write-if-newer),
                 # so a partial batch re-sent is harmless. Logged once per outage, not per try.
                 self._suspect = True
                 if down_since is None:
                     down_since, why = attempt, str(exc)
-                    log.warning("Redis%s unreachable for %.1f s (%s); writes wait and retry with "
+                    refused = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+                    log.warning("Redis%s %s for %.1f s (%s); writes wait and retry with "
                                 "backoff up to %.0f s (nothing is dropped)", self.where,
+                                "refusing writes" if refused else "unreachable",
                                 time.monotonic() - attempt, why, self.max_backoff_s)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+
+_REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+             redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+
+
+def _retried(exc: BaseException) -> bool:
+    """Whether a failed write is waited out and retried rather than raised in the dataflow: the
+    server is unreachable or slow (``ConnectionError``, ``TimeoutError``, ``BusyLoadingError``)
+    or answers but refuses writes for a while (READONLY after a failover, OOM at
+    ``maxmemory``, MISCONF after a failed background save, TRYAGAIN / CLUSTERDOWN while a
+    cluster moves slots). Any other error (a wrong password, a bad command) is raised.
+
+    >>> _retried(redis.exceptions.ReadOnlyError("You can't write against a read only replica."))
+    True
+    >>> _retried(redis.ResponseError("MISCONF Redis is configured to save RDB snapshots"))
+    True
+    >>> _retried(redis.ResponseError("WRONGTYPE Operation against a key"))
+    False
+    """
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("MISCONF")
 
 
 class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):

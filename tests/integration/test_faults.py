@@ -291,3 +291,41 @@ def test_the_stacks_redis_conf_keeps_the_data_across_a_kill(tmp_path, procs) -> 
             p.wait(20)
             c.connection_pool.disconnect()
     assert len(list(c.scan_iter(match="diam:t:u:*"))) == 500
+
+
+def test_redis_refusing_writes_is_waited_out_and_a_forget_is_deleted_before_the_epoch_goes_on(
+        private_redis) -> None:
+    """The vector sink against a private redis-server turned into a replica of nothing, which
+    answers every write with READONLY (what a client sees after a failover): the writer waits
+    and retries instead of failing the dataflow, and a batch that deletes a forgotten user's key
+    does not return until Redis has deleted it (a delete still queued when the epoch that read
+    the tombstone commits would be lost to a crash: nothing reads that tombstone again)."""
+    import threading
+
+    import numpy as np
+
+    from serving_cache import RedisConfig, UserVectors, user_key
+    from streams.redis_sink import RedisVectorSink
+
+    url, _, _ = private_redis
+    client = redis_py.Redis.from_url(url)
+    part = RedisVectorSink(RedisConfig(url=url), namespace="ro", max_backoff_s=0.2,
+                           check_every_s=0.2).build("redis", 0, 1)
+    uv = UserVectors(seq=1, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=1)
+    part.write_batch([("a", uv), ("b", uv)])
+    _wait(lambda: client.exists(user_key("ro", "a"), user_key("ro", "b")) == 2, 20,
+          "the first writes")
+    client.replicaof("127.0.0.1", "1")  # a master that is not there: READONLY from now on
+    with pytest.raises(redis_py.exceptions.ReadOnlyError):
+        client.set("probe", b"1")
+    forget = threading.Thread(target=part.write_batch, args=([("a", None)],), daemon=True)
+    forget.start()
+    time.sleep(1.5)
+    assert forget.is_alive(), "a delete returned while Redis refused it"
+    assert client.exists(user_key("ro", "a")) == 1
+    assert part._error is None, part._error  # waited out, not raised in the dataflow
+    client.replicaof("NO", "ONE")
+    forget.join(20)
+    assert not forget.is_alive()
+    assert client.exists(user_key("ro", "a")) == 0 and client.exists(user_key("ro", "b")) == 1
+    part.close()
