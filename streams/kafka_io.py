@@ -394,6 +394,12 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             end = self._watermarks()[part][1]
         if start == OFFSET_BEGINNING:
             start = self._watermarks()[part][0]
+        elif resume_state is not None and resume_state < (low := self._watermarks()[part][0]):
+            log.warning("partition %d of %r: the recovery store resumes at offset %d, but the "
+                        "topic's oldest record is %d (deleted by retention while the dataflow "
+                        "was down?): records %d..%d are gone; resuming at %d", part, self.topic,
+                        resume_state, low, resume_state, low - 1, low)
+            start = low
         return _ClickPartition(self, self._consumer(part), part, start, end)
 
     def _consumer(self, part: int) -> _SharedConsumer:
@@ -403,8 +409,11 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             shared = self._consumers.get(key)
             if shared is None or part in shared.buffers:  # (stale: a run that never closed)
                 conf = self.cfg.consumer_config()
+                # a resume offset below the log start (the dataflow was down longer than the
+                # topic's retention, or the topic was re-created) restarts at the oldest record
+                # still there: librdkafka's default, the newest, would skip the whole backlog
                 conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
-                             "enable.partition.eof": "false"})
+                             "enable.partition.eof": "false", "auto.offset.reset": "earliest"})
                 shared = self._consumers[key] = _SharedConsumer(
                     conf, self.topic, self.batch_size, self.health,
                     stall_s=self.cfg.stuck_client_s)

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
 from streams.config import FlowConfig
@@ -95,3 +97,32 @@ def test_diam_forget_removes_the_user_everywhere_and_the_dataflow_forgets_them(
     for ns in (other, replay):
         for k in redis_client.scan_iter(match=f"diam:{ns}:*"):
             redis_client.delete(k)
+
+
+@pytest.mark.partitions(1)
+def test_a_store_older_than_the_topics_retention_resumes_at_its_oldest_record(
+        stack, topic, namespace, redis_client, tmp_path, caplog) -> None:
+    """A recovery store whose offset retention has deleted resumes at the oldest record still
+    there, with a warning naming the lost offsets; librdkafka's default reset (to the newest)
+    would have skipped every record retained since."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    events = click_stream(n_users=4, n_events=120, seed=9)
+    payloads = click_payloads(events)
+    produce(stack.settings.kafka, topic, payloads[:40])
+    rec = tmp_path / "recovery"
+    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    produce(stack.settings.kafka, topic, payloads[40:])
+    admin = AdminClient(stack.settings.kafka.client_config())
+    for fut in admin.delete_records([TopicPartition(topic, 0, 70)]).values():
+        fut.result(30)  # "retention" removed offsets 40..69, never read by the store's run
+    with caplog.at_level(logging.WARNING, logger="streams.kafka_io"):
+        run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    assert "resumes at offset 40, but the topic's oldest record is 70" in caplog.text, caplog.text
+    assert "records 40..69 are gone; resuming at 70" in caplog.text
+    learnt = {u: decode_user(v).n for u, v in redis_state(redis_client, namespace).items()}
+    want: dict[str, int] = {}
+    for ev in events[:40] + events[70:]:
+        want[ev.user_id] = want.get(ev.user_id, 0) + 1
+    assert learnt == want
