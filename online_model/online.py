@@ -513,14 +513,12 @@ class OnlineLearner:
                 )
             except Exception as exc:  # noqa: BLE001 - the click being applied failed
                 failed, last = j + int(prog[0]), int(prog[1])
-                if prog[2]:
-                    self._ran(int(prog[2]))  # the runs of the clicks before it
+                self._ran(int(prog[2]))  # the runs of the clicks before it
                 results.extend([none] * (failed - j))
                 results.append(exc)
                 j = failed + 1
                 continue
-            if runs:  # most calls run none: no lock to take
-                self._ran(runs)
+            self._ran(runs)
             results.extend([none] * (done - 1))
             j += done
             if ran == -2 and bits == 0:  # every click applied, none handed back
@@ -537,7 +535,10 @@ class OnlineLearner:
 
     def _ran(self, runs: int) -> None:
         """Count ``runs`` runs of the network. Under a lock: worker threads sharing the
-        learner add at once (a read-modify-write of the attribute is not atomic by contract)."""
+        learner add at once (a read-modify-write of the attribute is not atomic by contract).
+        Most calls ran none and take no lock."""
+        if not runs:
+            return
         with self._count_lock:
             self.inferences += runs
 
