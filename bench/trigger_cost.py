@@ -72,8 +72,8 @@ def trained_checkpoint(users: int, seq_len: int) -> Path:
     from online_model.models import ModelConfig
     from online_model.train import TrainConfig, train
 
-    out = (ROOT / "checkpoints" / f"stream-synth-{users}-s{TRAIN_SEED}-{TRAIN_EVENTS}"
-           f"-e{TRAIN_EPOCHS}-L{seq_len}")
+    out = (ROOT / "checkpoints" / f"stream-synth-{users}u-{stream.N_ITEMS}i-{stream.N_CATS}c-"
+           f"d{stream.DIM}-s{TRAIN_SEED}-{TRAIN_EVENTS}-e{TRAIN_EPOCHS}-L{seq_len}")
     if (out / "weights.safetensors").is_file():
         return out
     evs = stream.synth_events(TRAIN_EVENTS, users, seed=TRAIN_SEED, t0=1_600_000_000_000)
@@ -136,7 +136,7 @@ def main() -> None:
                 rows[name]["runs_per_event"] = runs
                 ks = [lg.state.k for lg in logics.values()
                       if lg.state is not None and lg.state.anchored]
-                rows[name]["mean_k_at_end"] = round(float(np.mean(ks)), 3)
+                rows[name]["mean_k_at_end"] = round(float(np.mean(ks)), 3) if ks else None
                 print(f"[{r + 1}/{args.repeats}] {name}: {runs:.3f} runs/event, {us:.1f} µs/event",
                       file=sys.stderr, flush=True)
     for row in rows.values():

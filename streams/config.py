@@ -118,7 +118,7 @@ class FlowConfig(BaseModel):
 
     deadletter_max_bytes: int = Field(default=524_288, ge=1_024, le=900_000)
     """Most bytes of a rejected record's value that its dead letter keeps (its key: at most
-    1 KiB). The broker accepts records up to about 1 MiB and a producer sends at most 1,000,000
+    ``streams.online.DEADLETTER_KEY_BYTES``). The broker accepts records up to about 1 MiB and a producer sends at most 1,000,000
     bytes by default, so a record near the broker's limit, dead-lettered whole, could never be
     produced: the dataflow would fail on it after every restart. A cut dead letter says so in
     its headers (``diam.truncated``, the original sizes)."""

@@ -409,9 +409,9 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             shared = self._consumers.get(key)
             if shared is None or part in shared.buffers:  # (stale: a run that never closed)
                 conf = self.cfg.consumer_config()
-                # a resume offset below the log start (the dataflow was down longer than the
-                # topic's retention, or the topic was re-created) restarts at the oldest record
-                # still there: librdkafka's default, the newest, would skip the whole backlog
+                # an offset below the log start (retention overtook the dataflow) restarts at
+                # the oldest record still there: librdkafka's default, the newest, would skip
+                # the whole backlog (``build_part`` warns when it is a resume offset)
                 conf.update({"group.id": "diam-dataflow-unused", "enable.auto.commit": "false",
                              "enable.partition.eof": "false", "auto.offset.reset": "earliest"})
                 shared = self._consumers[key] = _SharedConsumer(
@@ -639,7 +639,9 @@ def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
 def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0,
                      dedupe: bool = True) -> list[dict[str, object]]:
     """Every dead-lettered record: its reason and source coordinates (from the headers) and the
-    original bytes, partition by partition in offset order.
+    original bytes, partition by partition in offset order; ``truncated`` is None, or the
+    original sizes of a record whose dead letter kept only its first bytes
+    (``FlowConfig.deadletter_max_bytes``).
 
     A dataflow resumed after a crash dead-letters again the records of the epoch it had not
     committed, so one source record can appear more than once. Its identity is its source
@@ -655,7 +657,8 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
         rec: dict[str, object] = {
             "reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
             "partition": _int(h.get("diam.partition")), "offset": _int(h.get("diam.offset")),
-            "key": m.key(), "value": m.value(), "copies": 1}
+            "key": m.key(), "value": m.value(), "truncated": h.get("diam.truncated"),
+            "copies": 1}
         ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")))
         if dedupe and ident[0] is not None and ident[2] >= 0:
             first = seen.get(ident)

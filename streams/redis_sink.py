@@ -231,20 +231,28 @@ _REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
 def _retried(exc: BaseException) -> bool:
     """Whether a failed write is waited out and retried rather than raised in the dataflow: the
     server is unreachable or slow (``ConnectionError``, ``TimeoutError``, ``BusyLoadingError``)
-    or answers but refuses writes for a while (READONLY after a failover, OOM at
-    ``maxmemory``, MISCONF after a failed background save, TRYAGAIN / CLUSTERDOWN while a
-    cluster moves slots). Any other error (a wrong password, a bad command) is raised.
+    or answers but refuses writes for a while (:data:`_REFUSALS`: READONLY after a failover, OOM
+    at ``maxmemory``, TRYAGAIN / CLUSTERDOWN while a cluster moves slots; and MISCONF after a
+    failed background save, which redis-py raises as a plain ``ResponseError``, inside a
+    pipeline's message). Any other error is raised: a refused login (redis-py's
+    ``AuthenticationError`` is a ``ConnectionError``, but no wait mends a wrong password), a
+    bad command.
 
     >>> _retried(redis.exceptions.ReadOnlyError("You can't write against a read only replica."))
     True
-    >>> _retried(redis.ResponseError("MISCONF Redis is configured to save RDB snapshots"))
+    >>> _retried(redis.ResponseError("Command # 1 (EVALSHA ...) of pipeline caused error: "
+    ...                              "MISCONF Redis is configured to save RDB snapshots"))
     True
+    >>> _retried(redis.exceptions.AuthenticationError("invalid username-password pair"))
+    False
     >>> _retried(redis.ResponseError("WRONGTYPE Operation against a key"))
     False
     """
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return False
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith("MISCONF")
+    return isinstance(exc, redis.ResponseError) and "MISCONF " in str(exc)
 
 
 class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):

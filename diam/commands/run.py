@@ -179,8 +179,9 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, last: int) -> None:
     for r in recs[-last:]:
         value = r["value"] or b""
         assert isinstance(value, bytes)
+        cut = f", cut from {r['truncated']}" if r.get("truncated") else ""
         click.echo(f"  {r['topic']}[{r['partition']}]@{r['offset']}: {r['reason']}  "
-                   f"({len(value)} bytes: {value[:40]!r})")
+                   f"({len(value)} bytes{cut}: {value[:40]!r})")
 
 
 COMMANDS = [run_cmd, deadletters_cmd]

@@ -100,6 +100,7 @@ def test_diam_forget_removes_the_user_everywhere_and_the_dataflow_forgets_them(
 
 
 @pytest.mark.partitions(1)
+@pytest.mark.timeout(150)  # without the rule the bounded run waits for ever: fail sooner
 def test_a_store_older_than_the_topics_retention_resumes_at_its_oldest_record(
         stack, topic, namespace, redis_client, tmp_path, caplog) -> None:
     """A recovery store whose offset retention has deleted resumes at the oldest record still

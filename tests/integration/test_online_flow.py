@@ -132,6 +132,11 @@ def test_a_record_too_large_to_dead_letter_whole_and_an_unkeyed_click_stop_nobod
     assert dead[b"user1"] == big[:FLOW.deadletter_max_bytes]
     cut = [h for h in heads if "diam.truncated" in h]
     assert len(cut) == 1 and cut[0]["diam.truncated"] == f"key 5 bytes, value {len(big)} bytes".encode()
+    # and `diam deadletters` (read_deadletters) says which dead letter was cut, from what
+    from streams.kafka_io import read_deadletters
+
+    assert [r["truncated"] for r in read_deadletters(kafka, dlq) if r["truncated"]] == [
+        f"key 5 bytes, value {len(big)} bytes"]
     stored = redis_state(redis_client, namespace)
     assert set(stored) == {ev.user_id for ev in good}
     assert sum(decode_user(v).n for v in stored.values()) == len(good)
