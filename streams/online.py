@@ -40,6 +40,7 @@ from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import _USER_ID_RE, Click, Rejection, decode_click
 from streams.kafka_io import KafkaOut, RawRecord
+from streams.redis_sink import RELEASED, Released
 
 _NO_SEEN = np.zeros(0, dtype=np.int32)
 
@@ -244,9 +245,10 @@ def drift_record(event: Any) -> KafkaOut:
 Keyed = tuple[str, Learn | Forget]
 """A valid click or a tombstone, keyed by user for the per-user step."""
 
-Out = UserVectors | None | DriftEvent | DeadLetter
-"""What the per-user step emits, keyed by user: vectors to push (None: delete the user's key),
-drift events, and records whose update failed."""
+Out = UserVectors | None | Released | DriftEvent | DeadLetter
+"""What the per-user step emits, keyed by user: vectors to push (None: delete the user's key;
+``RELEASED``: the user was evicted, see ``streams.redis_sink``), drift events, and records
+whose update failed."""
 
 Snapshot = tuple[str, tuple, int, bool]
 """What recovery stores per user: ``(user_id, UserState.pack(), events since the last push,
@@ -419,8 +421,10 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         if idle is not None and time.time() - self._seen >= idle:
             # idle too long: pushed one last time if needed, then dropped from the state (its
             # key stays in Redis, until ``RedisConfig.user_ttl_s`` if set); a returning user
-            # starts over from the base, as a new one
-            return [self._push()] if self.dirty else [], StatefulBatchLogic.DISCARD
+            # starts over from the base, as a new one. RELEASED has the sink let go of the
+            # user and wait for that last push before this epoch can commit.
+            last: list[Out] = [self._push()] if self.dirty else []
+            return [*last, RELEASED], StatefulBatchLogic.DISCARD
         if self.dirty:
             return [self._push()], StatefulBatchLogic.RETAIN
         self._due = None

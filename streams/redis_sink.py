@@ -13,9 +13,13 @@ Nothing is lost by not waiting:
   refuses writes for a while (a replica after a failover: READONLY; ``maxmemory`` reached:
   OOM; a failed background save: MISCONF; a cluster resharding: TRYAGAIN, CLUSTERDOWN) is
   waited out the same way (:func:`_retried`);
-- a batch that deletes a user's key (a forgotten user) returns only once Redis has executed
-  it: the tombstone is not read again once its epoch is committed, and the resumed run knows
-  nothing of the user, so a delete still queued at a crash would be lost;
+- a batch in which a user leaves the dataflow's state returns only once Redis has executed
+  it: a forgotten user's delete (the tombstone is not read again once its epoch is committed,
+  and the resumed run knows nothing of the user, so a delete still queued at a crash would be
+  lost) and an evicted user's last push (:data:`RELEASED` follows it; the user is gone from
+  the recovery snapshot, so nothing would push them again). Only those batches wait: a sink
+  that drained its queue at every epoch end would need Bytewax's stateful sink, whose
+  partitions are routed by key across workers (every push would cross to another worker);
 - ``close`` (end of a bounded run, shutdown) drains the queue, and an error on the writer
   thread is raised in the dataflow at the next batch;
 - after a crash, writes still queued are gone, but every user in a recovery snapshot is
@@ -32,7 +36,11 @@ re-pushes all of them when
   everysec`` it may have lost up to a second of acknowledged writes that no marker reveals.
 
 The re-push is write-if-newer, so users written since are never set back. The cost is memory:
-one :class:`UserVectors` per user this worker has pushed (K_u×dim float32 plus ~200 bytes).
+one :class:`UserVectors` per user this worker has pushed and still holds in its state
+(K_u×dim float32 plus ~200 bytes); an evicted user is let go (:data:`RELEASED`), so
+``FlowConfig.evict_idle_s`` bounds this memory as it bounds the state's. An evicted user's key
+is not re-pushed after Redis lost it: it is served as a new user until they click again (a
+returning user starts over from the base anyway).
 """
 
 from __future__ import annotations
@@ -50,11 +58,30 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from serving_cache.keys import model_active_key, user_key, validate_namespace
 
-__all__ = ["RedisVectorSink", "generation_key"]
+__all__ = ["RELEASED", "RedisVectorSink", "Released", "generation_key"]
 
 log = logging.getLogger(__name__)
 
 _STOP = None
+
+
+class Released:
+    """The marker item ``(user_id, RELEASED)``: the user left this worker's state (evicted
+    after ``FlowConfig.evict_idle_s`` idle), after their last push if they had one. The sink
+    stops holding the user's vectors for re-pushes, and the batch returns once Redis has the
+    pushes before it (the epoch that dropped the user commits only after that)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "RELEASED"
+
+
+RELEASED = Released()
+
+Item = tuple[str, "UserVectors | None | Released"]
+"""What the sink takes, keyed by user: vectors to write, None to delete the user's key, or
+:data:`RELEASED`."""
 
 
 def generation_key(ns: str) -> str:
@@ -66,7 +93,7 @@ def generation_key(ns: str) -> str:
     return f"diam:{validate_namespace(ns)}:gen"
 
 
-class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
+class _Partition(StatelessSinkPartition[Item]):
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Called on the writer thread after each acknowledged write with its items and seconds
     (``streams.metrics``: Redis write latency and freshness are measured where writes happen)."""
@@ -84,17 +111,18 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
         self._next_check = 0.0
         self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
         self._had_active = False  # the namespace had an active-model key when first checked
-        self._q: queue.Queue[list[tuple[str, UserVectors]] | None] = queue.Queue(max_queued)
+        self._q: queue.Queue[list[Item] | None] = queue.Queue(max_queued)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="diam-redis-writer", daemon=True)
         self._thread.start()
 
-    def write_batch(self, items: list[tuple[str, UserVectors]]) -> None:
+    def write_batch(self, items: list[Item]) -> None:
         self._raise()
         if items:
             self._q.put(list(items))  # blocks while the queue is full: backpressure
-            if any(uv is None for _, uv in items):
-                # a delete must be done before the epoch that forgot the user can commit
+            if any(uv is None or uv is RELEASED for _, uv in items):
+                # a user left the state: their delete or last push must be in Redis before the
+                # epoch that dropped them can commit
                 self._q.join()
                 self._raise()
 
@@ -133,9 +161,9 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                     t0 = time.perf_counter()
                     self._write(items)  # type: ignore[arg-type]
                     if self.observer is not None and items:
-                        written = [x for x in items if x[1] is not None]
+                        written = [x for x in items if type(x[1]) is UserVectors]
                         if written:
-                            self.observer(written, time.perf_counter() - t0)
+                            self.observer(written, time.perf_counter() - t0)  # type: ignore[arg-type]
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
             for _ in range(got):  # written, or failed with the error set: write_batch may go on
@@ -152,27 +180,31 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
             client.set(key, uuid.uuid4().hex.encode(), nx=True)  # first finder wins
             cur = client.get(key)
         assert cur is None or isinstance(cur, bytes)
-        first, self._gen = self._gen is None, cur
-        if first:
+        before, self._gen = self._gen, cur
+        if before is None:  # the first check
             self._had_active = bool(client.exists(model_active_key(ns)))
             return False
-        if cur == self._gen and not self._suspect:
-            return False
-        return True
+        return cur != before or self._suspect
 
-    def _write(self, items: list[tuple[str, UserVectors | None]]) -> None:
+    def _write(self, items: list[Item]) -> None:
         held = self._held
         deletes: set[str] = set()
+        writes: list[tuple[str, UserVectors]] = []
         for user, uv in items:
             if uv is None:  # a forgotten user (streams.online): the key goes, not a value
                 deletes.add(user)
                 held.pop(user, None)
                 continue
+            if uv is RELEASED:  # an evicted user: their pushes are written, not held
+                held.pop(user, None)
+                continue
+            assert isinstance(uv, UserVectors)
             deletes.discard(user)  # clicks after the forget: a new state, a newer seq
+            writes.append((user, uv))
             prev = held.get(user)
             if prev is None or uv.seq > prev.seq:
                 held[user] = uv
-        writes = [(u, uv) for u, uv in items if uv is not None and u not in deletes]
+        writes = [(u, uv) for u, uv in writes if u not in deletes]
         backoff, down_since, why = 0.05, None, ""
         while True:
             attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
@@ -197,7 +229,9 @@ class _Partition(StatelessSinkPartition[tuple[str, UserVectors]]):
                                     "publish`)" if gone else "")
                 if deletes:
                     self.writer.client.delete(*(user_key(self.writer.ns, u) for u in deletes))
-                n = self.writer.write_batch(list(held.items()) if repush else writes)
+                # (a released user's last push is in ``writes`` only)
+                n = self.writer.write_batch(
+                    list(held.items()) + [w for w in writes if w[0] not in held] if repush else writes)
                 if repush:
                     self.repushed += len(held)
                 self._suspect = False
@@ -255,9 +289,10 @@ def _retried(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and "MISCONF " in str(exc)
 
 
-class RedisVectorSink(DynamicSink[tuple[str, UserVectors]]):
+class RedisVectorSink(DynamicSink[Item]):
     """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``; an item
-    ``(user_id, None)`` deletes the user's key (a forgotten user, in order with the writes).
+    ``(user_id, None)`` deletes the user's key (a forgotten user, in order with the writes),
+    ``(user_id, RELEASED)`` lets go of an evicted user.
 
     ``check_every_s``: how often each partition checks the namespace's generation marker;
     ``max_queued``: output batches queued per partition before the dataflow blocks."""

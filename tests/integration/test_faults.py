@@ -293,19 +293,23 @@ def test_the_stacks_redis_conf_keeps_the_data_across_a_kill(tmp_path, procs) -> 
     assert len(list(c.scan_iter(match="diam:t:u:*"))) == 500
 
 
-def test_redis_refusing_writes_is_waited_out_and_a_forget_is_deleted_before_the_epoch_goes_on(
+def test_redis_refusing_writes_is_waited_out_and_a_user_leaving_the_state_is_written_first(
         private_redis) -> None:
     """The vector sink against a private redis-server turned into a replica of nothing, which
     answers every write with READONLY (what a client sees after a failover): the writer waits
     and retries instead of failing the dataflow, and a batch that deletes a forgotten user's key
     does not return until Redis has deleted it (a delete still queued when the epoch that read
-    the tombstone commits would be lost to a crash: nothing reads that tombstone again)."""
+    the tombstone commits would be lost to a crash: nothing reads that tombstone again). An
+    evicted user's last push waits the same way (the user is gone from the recovery snapshot,
+    so nothing would push them again), and the sink then lets go of their vectors: a key set
+    Redis lost is re-pushed without them, so eviction bounds the sink's memory too."""
     import threading
 
     import numpy as np
 
     from serving_cache import RedisConfig, UserVectors, user_key
-    from streams.redis_sink import RedisVectorSink
+    from serving_cache.codec import decode_user
+    from streams.redis_sink import RELEASED, RedisVectorSink
 
     url, _, _ = private_redis
     client = redis_py.Redis.from_url(url)
@@ -328,4 +332,32 @@ def test_redis_refusing_writes_is_waited_out_and_a_forget_is_deleted_before_the_
     forget.join(20)
     assert not forget.is_alive()
     assert client.exists(user_key("ro", "a")) == 0 and client.exists(user_key("ro", "b")) == 1
+    # b is evicted after a last push, while Redis refuses writes again
+    client.replicaof("127.0.0.1", "1")
+    _wait(lambda: _refuses(client), 20, "READONLY again")
+    last = UserVectors(seq=2, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=2)
+    evict = threading.Thread(target=part.write_batch, args=([("b", last), ("b", RELEASED)],),
+                             daemon=True)
+    evict.start()
+    time.sleep(1.5)
+    assert evict.is_alive(), "an evicted user's last push returned while Redis refused it"
+    client.replicaof("NO", "ONE")
+    evict.join(20)
+    assert not evict.is_alive()
+    assert decode_user(client.get(user_key("ro", "b"))).seq == 2
+    assert "b" not in part._held and part.written >= 3
+    part.write_batch([("c", uv)])
+    _wait(lambda: client.exists(user_key("ro", "c")) == 1, 20, "c's write")
+    client.flushall()  # the key set is lost: only the users still held come back
+    _wait(lambda: client.exists(user_key("ro", "c")) == 1, 20,
+          f"c's re-push {part._error!r} {part._held.keys()} {client.keys()}")
+    assert client.exists(user_key("ro", "b")) == 0
     part.close()
+
+
+def _refuses(client) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        client.set("probe", b"1")
+    except redis_py.exceptions.ReadOnlyError:
+        return True
+    return False

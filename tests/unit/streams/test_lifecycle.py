@@ -12,6 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from streams.config import FlowConfig
 from streams.events import encode_event
 from streams.kafka_io import RawRecord
+from streams.redis_sink import RELEASED
 from streams.online import (
     FlowSinks,
     FlowStats,
@@ -84,7 +85,8 @@ def test_an_idle_user_is_evicted_from_the_state_after_a_last_push() -> None:
     time.sleep(0.25)
     out, keep = logic.on_notify()
     assert keep == StatefulBatchLogic.DISCARD
-    assert len(out) == 1 and out[0].n == 3  # the unpushed events, pushed
+    # the unpushed events, pushed; then the sink is told to let go of the user
+    assert len(out) == 2 and out[0].n == 3 and out[1] is RELEASED
 
 
 def test_without_eviction_an_idle_user_stays() -> None:
