@@ -98,7 +98,8 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
     if settings.flow.click_first_min_clicks > 0:
         clicks = ClickFirstFollower(
             settings.kafka, topic, settings.flow.click_first_min_clicks,
-            known=lambda item: base.index_of(item) >= 0 or item in follower.items)
+            known=lambda item: base.index_of(item) >= 0 or item in follower.items,
+            max_pending=settings.flow.click_first_max_pending)
         # a restarted run starts with the items its predecessor had (the first reload takes them)
         clicks.wait_caught_up(settings.flow.click_first_catch_up_s)
 

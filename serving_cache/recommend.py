@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -215,7 +215,8 @@ class Recommender:
 
     def follow_clicks(self, tail: Any, counts: Any, every_s: float = 0.5,
                       refresh_s: float = 5.0, new_item_min_clicks: int | None = None,
-                      stop: threading.Event | None = None) -> threading.Thread:
+                      stop: threading.Event | None = None,
+                      new_item_max_pending: int | None = None) -> threading.Thread:
         """Poll ``tail`` (``streams.new_items.ClickTail``) in a daemon thread: every live click
         counts in ``counts`` (``serving_cache.popularity.DecayedCounts``; clicks the tail
         replays from before it started do not), and every ``refresh_s`` the active snapshot's
@@ -223,14 +224,18 @@ class Recommender:
         and to the catalogue) are added with the content tower's embedding of an item with no
         metadata by the rule the dataflow runs too (``streams.new_items.ClickFirst``, at
         ``new_item_min_clicks`` clicks, by default ``FlowConfig.click_first_min_clicks``; 0
-        turns the rule off, as in the dataflow); a tail that reads the topic from its start
-        gives a restarted API the same items."""
+        turns the rule off, as in the dataflow; ``new_item_max_pending``, by default
+        ``FlowConfig.click_first_max_pending``, bounds the ids it counts); a tail that reads the
+        topic from its start gives a restarted API the same items."""
         from streams.config import FlowConfig
         from streams.new_items import ClickFirst
 
+        flow = FlowConfig() if new_item_min_clicks is None or new_item_max_pending is None else None
         min_clicks = (new_item_min_clicks if new_item_min_clicks is not None
-                      else FlowConfig().click_first_min_clicks)
-        rule = self._click_first = ClickFirst(min_clicks) if min_clicks > 0 else None
+                      else cast(FlowConfig, flow).click_first_min_clicks)
+        pending = (new_item_max_pending if new_item_max_pending is not None
+                   else cast(FlowConfig, flow).click_first_max_pending)
+        rule = self._click_first = ClickFirst(min_clicks, pending) if min_clicks > 0 else None
         next_refresh = [0.0]
 
         def known(item: str) -> bool:

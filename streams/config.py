@@ -168,6 +168,12 @@ class FlowConfig(BaseModel):
     A floor of 2 keeps one stray id from a misbehaving client out of the table; 0 turns the
     rule off (in the dataflow and in the API)."""
 
+    click_first_max_pending: int = Field(default=100_000, ge=1)
+    """How many unknown item ids the click-first rule counts at most while they wait for their
+    ``click_first_min_clicks``-th click; past it the id first seen longest ago is forgotten (its
+    count starts over). The same in every process, in topic order, so every process and every
+    restart finds the same items; it bounds the memory a producer of random ids can take."""
+
     click_first_catch_up_s: float = Field(default=30.0, ge=0)
     """At start, how long the dataflow waits for its click tail to read the clicks topic's
     history before the first event, so that a restarted (or resumed) run processes its first

@@ -74,13 +74,30 @@ class ClickFirst:
     ['x']
     >>> sorted(rule.added)
     ['x']
+
+    At most ``max_pending`` ids are counted; past it the id first counted longest ago is
+    forgotten (``dropped`` counts them), so ids sent once each cannot grow it without bound:
+
+    >>> rule = ClickFirst(min_clicks=2, max_pending=2)
+    >>> rule.feed([("p", 1), ("q", 2), ("r", 3)], known), rule.dropped
+    ([], 1)
+    >>> [it.item_id for it in rule.feed([("q", 4), ("p", 5)], known)]  # p's count started over
+    ['q']
     """
 
-    def __init__(self, min_clicks: int) -> None:
+    def __init__(self, min_clicks: int, max_pending: int | None = None) -> None:
+        if max_pending is None:
+            from streams.config import FlowConfig
+
+            max_pending = FlowConfig.model_fields["click_first_max_pending"].default
+        assert max_pending is not None
         if min_clicks < 1:
             raise ValueError("min_clicks must be >= 1")
-        self.min_clicks = min_clicks
-        self._counts: dict[str, int] = {}
+        if max_pending < 1:
+            raise ValueError("max_pending must be >= 1")
+        self.min_clicks, self.max_pending = min_clicks, max_pending
+        self.dropped = 0
+        self._counts: dict[str, int] = {}  # in the order first counted
         self.added: dict[str, CatalogItem] = {}
         """Every item the rule made new so far, in that order (a new snapshot that does not
         know them gets them again)."""
@@ -92,9 +109,13 @@ class ClickFirst:
         for item, ts in clicks:
             if item in self.added or known(item):
                 continue
-            c = self._counts.get(item, 0) + 1
+            counts = self._counts
+            c = counts.get(item, 0) + 1
             if c < self.min_clicks:
-                self._counts[item] = c
+                if c == 1 and len(counts) >= self.max_pending:
+                    del counts[next(iter(counts))]
+                    self.dropped += 1
+                counts[item] = c
                 continue
             self._counts.pop(item, None)
             self.added[item] = it = CatalogItem(item, (), "", int(ts))
@@ -176,8 +197,8 @@ class ClickFirstFollower:
     ``known(item_id)`` is asked from the thread (the hook's current base and catalogue)."""
 
     def __init__(self, cfg: Any, topic: str, min_clicks: int, known: Callable[[str], bool],
-                 every_s: float = 0.2) -> None:
-        self.rule = ClickFirst(min_clicks)
+                 every_s: float = 0.2, max_pending: int | None = None) -> None:
+        self.rule = ClickFirst(min_clicks, max_pending)
         self.tail = ClickTail(cfg, topic)
         self._known = known
         self._ready: list[CatalogItem] = []

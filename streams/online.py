@@ -40,7 +40,7 @@ from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import _USER_ID_RE, Click, Rejection, decode_click
 from streams.kafka_io import KafkaOut, RawRecord
-from streams.redis_sink import RELEASED, Released
+from streams.redis_sink import RELEASED, Item, Released
 
 _NO_SEEN = np.zeros(0, dtype=np.int32)
 
@@ -128,11 +128,12 @@ class FlowStats(Counts):
 @dataclass(frozen=True)
 class FlowSinks:
     """Where the dataflow's three outputs go. User vectors arrive as ``(user_id, UserVectors)``
-    (``(user_id, None)``: delete the user's key); dead letters and drift events as
+    (``(user_id, None)``: delete the user's key; ``(user_id, RELEASED)``: an evicted user, see
+    ``streams.redis_sink``); dead letters and drift events as
     ``(key, KafkaOut)`` pairs (the key names the source partition / the user), the shape
     ``streams.kafka_io.KafkaEpochSink`` takes; ``TestingSink`` takes anything."""
 
-    vectors: DynamicSink[tuple[str, UserVectors]]
+    vectors: DynamicSink[Item]
     deadletter: Sink[tuple[str, KafkaOut]]
     drift: Sink[tuple[str, KafkaOut]]
 

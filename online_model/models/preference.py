@@ -39,6 +39,8 @@ class DiversityFusion(nn.Module):
 
     SCALE = math.pi / math.sqrt(3.0)
 
+    quantiles: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.linear = nn.Linear(4, 1)

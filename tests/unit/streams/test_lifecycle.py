@@ -12,7 +12,6 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from streams.config import FlowConfig
 from streams.events import encode_event
 from streams.kafka_io import RawRecord
-from streams.redis_sink import RELEASED
 from streams.online import (
     FlowSinks,
     FlowStats,
@@ -22,6 +21,7 @@ from streams.online import (
     build_flow,
     forget_target,
 )
+from streams.redis_sink import RELEASED
 from tests.flowkit import as_records, click_stream, expected_states, tiny_learner
 
 CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
