@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BrokerHealth",
+    "RecoveryMismatch",
     "RawRecord",
     "ClickSource",
     "KafkaOut",
@@ -338,6 +339,11 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
         self._release()
 
 
+class RecoveryMismatch(RuntimeError):
+    """The recovery store does not belong to the topic it is resumed on (its offsets lie past
+    the topic's end): refused at start, before any record is read."""
+
+
 class ClickSource(FixedPartitionedSource[RawRecord, int]):
     """Every partition of ``topic`` as a Bytewax input partition.
 
@@ -394,6 +400,17 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             end = self._watermarks()[part][1]
         if start == OFFSET_BEGINNING:
             start = self._watermarks()[part][0]
+        elif resume_state is not None and resume_state > (high := self._watermarks()[part][1]):
+            # librdkafka would restart at the oldest record, whose offsets the users' states
+            # have applied already (from the old topic): the learner would skip those clicks
+            raise RecoveryMismatch(
+                f"partition {part} of {self.topic!r}: the recovery store resumes at offset "
+                f"{resume_state}, past the topic's end ({high}). The topic was deleted and "
+                "re-created (or the broker lost records) after the store was written, and the "
+                "store's users learnt from the records that are gone; resuming would skip the new "
+                "topic's clicks at offsets they already applied. Start with an empty recovery "
+                "directory (the new topic is then learnt from its start), or point the run at "
+                "the topic the store was written for")
         elif resume_state is not None and resume_state < (low := self._watermarks()[part][0]):
             log.warning("partition %d of %r: the recovery store resumes at offset %d, but the "
                         "topic's oldest record is %d (deleted by retention while the dataflow "

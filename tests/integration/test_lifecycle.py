@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from streams.config import FlowConfig
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import click_stream, tiny_learner
+from tests.integration.conftest import create_topic
 from tests.integration.helpers import click_payloads, produce, redis_state
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
@@ -127,3 +129,41 @@ def test_a_store_older_than_the_topics_retention_resumes_at_its_oldest_record(
     for ev in events[:40] + events[70:]:
         want[ev.user_id] = want.get(ev.user_id, 0) + 1
     assert learnt == want
+
+
+@pytest.mark.partitions(1)
+@pytest.mark.timeout(180)
+def test_a_store_resumed_on_a_re_created_topic_is_refused_with_why(
+        stack, topic, namespace, redis_client, tmp_path) -> None:
+    """A topic deleted and re-created under the same name starts again at offset 0; a recovery
+    store written for the old one resumes past its end. Resuming there (librdkafka restarts at
+    the oldest record) would have every stored user skip the new topic's clicks at offsets they
+    applied from the old one, without a word: the run refuses at start and says what to do, and
+    writes nothing."""
+    from confluent_kafka.admin import AdminClient
+
+    events = click_stream(n_users=4, n_events=60, seed=11)
+    payloads = click_payloads(events)
+    produce(stack.settings.kafka, topic, payloads)
+    rec = tmp_path / "recovery"
+    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    before = redis_state(redis_client, namespace)
+    assert before
+    admin = AdminClient(stack.settings.kafka.client_config())
+    admin.delete_topics([topic], operation_timeout=30)[topic].result(30)
+    deadline = time.monotonic() + 60
+    while topic in admin.list_topics(timeout=10).topics:  # deleted in the background
+        assert time.monotonic() < deadline, "the topic was not deleted"
+        time.sleep(0.5)
+    create_topic(stack, topic, 1)
+    produce(stack.settings.kafka, topic, payloads[:20])
+    with pytest.raises(Exception) as err:
+        run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    chain, exc = [], err.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = "\n".join(chain)
+    assert "resumes at offset 60, past the topic's end (20)" in text, text
+    assert "empty recovery directory" in text
+    assert redis_state(redis_client, namespace) == before
