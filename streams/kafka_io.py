@@ -174,6 +174,11 @@ class _SharedConsumer:
     buffer; per-partition order and offsets (the recovery snapshots) are unchanged. The
     :class:`ClickSource` keeps one per worker thread.
 
+    A partition's records wait in its buffer until Bytewax polls it; an idle partition that
+    fills keeps handing a backlogged one its records, so :meth:`fill` fetches nothing while the
+    buffers hold more than ``max_buffered`` records in all (librdkafka's own queue is bounded
+    by its settings): a backlog on one partition cannot grow the process's memory.
+
     A watchdog guards against a partition librdkafka stops fetching while the broker is up
     (``KafkaConfig.stuck_client_s``): it then rebuilds the consumer at every partition's
     next offset, so nothing is skipped or read twice.
@@ -185,6 +190,7 @@ class _SharedConsumer:
         self._conf = conf
         self.consumer = Consumer(self.health.client_config(conf))
         self.topic, self.batch = topic, batch
+        self.max_buffered = 4 * batch
         self.buffers: dict[int, deque[Message]] = {}
         self._next_probe = 0.0
         self.stall_s = stall_s
@@ -211,6 +217,8 @@ class _SharedConsumer:
         return True
 
     def fill(self) -> None:
+        if len(self.buffers) > 1 and sum(map(len, self.buffers.values())) > self.max_buffered:
+            return  # the partitions holding them are polled next: nothing is read ahead further
         # A short wait: a worker polls its partitions in turn, and an idle one must not hold
         # up the rest (Bytewax's own Kafka source waits 1 ms too).
         msgs = self.consumer.consume(self.batch, 0.001)

@@ -132,3 +132,38 @@ def test_cli_produce(stack, topic, tmp_path: Path, monkeypatch) -> None:  # type
     assert f"{n:,} events sent to {topic}" in res.output and "failed: 0" in res.output
     res = CliRunner().invoke(main, ["produce", "--data", str(tmp_path / "none"), "--topic", topic])
     assert res.exit_code == 1 and "prepare it with" in res.output and "Traceback" not in res.output
+
+
+def test_an_idle_partition_does_not_read_a_backlogged_one_ahead_without_bound(stack, new_topic) -> None:
+    """One worker reads both partitions through one consumer: polling the idle partition
+    fetches the backlogged one's records into its buffer. The buffers stop growing at the
+    source's bound, and the backlogged partition still gets every record once, in order."""
+    from confluent_kafka import Producer
+
+    from streams.kafka_io import ClickSource
+
+    topic = new_topic(2)
+    prod = Producer({**stack.settings.kafka.client_config(), "linger.ms": 5})
+    n = 6000
+    for i in range(n):
+        prod.produce(topic, value=b"v%d" % i, key=b"k", partition=1)
+        if i % 1000 == 0:
+            prod.poll(0)
+    assert prod.flush(60) == 0
+    src = ClickSource(stack.settings.kafka, topic, batch_size=100)  # tailing: nothing ends
+    idle = src.build_part("in", f"0-{topic}", None)
+    busy = src.build_part("in", f"1-{topic}", None)
+    held = busy._buf
+    most, deadline = 0, time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert idle.next_batch() == []
+        most = max(most, len(held))
+    assert 0 < most <= 4 * 100 + 100, most
+    got: list[int] = []
+    deadline = time.monotonic() + 30
+    while len(got) < n and time.monotonic() < deadline:
+        got += [r.offset for r in busy.next_batch()]
+        idle.next_batch()
+    assert got == list(range(n))
+    idle.close()
+    busy.close()
