@@ -127,6 +127,8 @@ from streams.kafka_io import (  # noqa: E402
 )
 
 DIM, N_ITEMS, N_CATS = 64, 20_000, 20
+ITEM_CATS = (np.arange(N_ITEMS) % N_CATS).astype(np.int32)
+"""Item ``it{j}``'s category: j mod N_CATS (the benchmark's item table, and its clicks')."""
 
 
 def make_checkpoint(path: Path, seed: int = 0, seq_len: int | None = None) -> BaseView:
@@ -143,7 +145,7 @@ def make_checkpoint(path: Path, seed: int = 0, seq_len: int | None = None) -> Ba
     from online_model.models import ModelConfig, build_model
 
     rng = np.random.default_rng(seed)
-    cats = (np.arange(N_ITEMS) % N_CATS).astype(np.int32)
+    cats = ITEM_CATS
     centres = rng.normal(size=(N_CATS, DIM)).astype(np.float32)
     emb = (centres[cats] + 0.5 * rng.normal(size=(N_ITEMS, DIM))).astype(np.float32)
     ids = np.array([f"it{j}" for j in range(N_ITEMS)])

@@ -78,7 +78,7 @@ def trained_checkpoint(users: int, seq_len: int) -> Path:
         return out
     evs = stream.synth_events(TRAIN_EVENTS, users, seed=TRAIN_SEED, t0=1_600_000_000_000)
     ids = [f"it{j}" for j in range(stream.N_ITEMS)]
-    rows = ItemRows(ids, ids, [[f"c{j % stream.N_CATS:02d}"] for j in range(stream.N_ITEMS)])
+    rows = ItemRows(ids, ids, [[f"c{c:02d}"] for c in stream.ITEM_CATS])
     corpus = corpus_from_prepared(dataset_from_events(
         "bench-synthetic", np.array([e.user_id for e in evs]), np.array([e.item_id for e in evs]),
         np.array([e.ts for e in evs]), rows))

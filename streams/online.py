@@ -291,12 +291,10 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
                 # Unkeyed, a user's clicks land on any partition, out of order with each other
                 # (the learner, which skips offsets at or below the last applied one, would
                 # drop some of them without a word).
-                ev = Rejection(
-                    "key: missing (events must be keyed by user_id so that a user's clicks "
-                    "stay in order)" if key is None else
-                    f"key: record key {key[:64]!r} differs from user_id {ev[0]!r} "
-                    "(events must be keyed by user so that a user's clicks stay in order)"
-                )
+                ev = Rejection(("key: missing" if key is None else
+                                f"key: record key {key[:64]!r} differs from user_id {ev[0]!r}")
+                               + " (events must be keyed by user_id so that a user's clicks "
+                               "stay in order)")
             counts.rejected += 1
             append(DeadLetter(rec, ev.reason))
         return out
