@@ -251,7 +251,9 @@ def test_kill9_leaves_no_repeated_side_record_visible(stack, topic, runner, name
                                        "--bounded"], env=runner.env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(p)
-    _wait(lambda: _count(kafka, f"{topic}.drift") > len(ref_drift) // 3 or p.poll() is not None,
+    # killed at its first committed side records: on a loaded box a third of them came too
+    # close to the run's end (the run ended first, and nothing was tested)
+    _wait(lambda: _count(kafka, f"{topic}.drift") > 0 or p.poll() is not None,
           120, "the run to produce drift events")
     p.send_signal(signal.SIGKILL)
     assert p.wait(30) == -signal.SIGKILL, "the run ended before the kill: nothing was tested"
