@@ -227,7 +227,8 @@ def main() -> None:
     tuned_on = ("design run: the earlier period, every user" if args.early else
                 "tuning users: a stable 10% by hash of the user id "
                 "(online_model.prequential.user_group), disjoint from the reported users; "
-                "the re-anchoring trigger (reanchor_every, reanchor_cos) on the earlier period "
+                "the re-anchoring trigger (reanchor_every, reanchor_cos, reanchor_explore) and "
+                "K_u's up-count with d_u's step (k_hysteresis_up, d_lr) on the earlier period "
                 "(--early: every user's second quarter, a first-quarter network)")
     sweep = tuple(float(x) for x in args.sweep.split(",") if x.strip())
     if args.tune:

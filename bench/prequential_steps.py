@@ -120,8 +120,21 @@ reproduce with it off. ``c6_exp`` is the served re-anchoring since."""
 EXPLORING = ("c6_exp", "c8_exp", "c6_cos03_exp", "c6_cos035_exp")
 STEPS = {k: (v if k in EXPLORING else [*v, NO_EXPLORE]) for k, v in STEPS.items()}
 
+
+def _before_dec4(sets: list[str]) -> list[str]:
+    """Every row was measured before 2026-12-04 23:35 UTC, when ``d_lr`` 0.1 and K_u's one
+    count both ways (``k_hysteresis_up`` None: the row's ``k_hysteresis``) were served: the
+    rows reproduce with both set, unless they set their own."""
+    own = {kv.partition("=")[0] for kv in sets}
+    hyst = next((kv.partition("=")[2] for kv in sets if kv.startswith("k_hysteresis=")), "3")
+    return [*sets, *(() if "d_lr" in own else ("d_lr=0.1",)),
+            *(() if "k_hysteresis_up" in own else (f"k_hysteresis_up={hyst}",))]
+
+
+STEPS = {k: _before_dec4(v) for k, v in STEPS.items()}
+
 _WIN3 = [a for kv in CADENCE3 for a in ("--set", kv)]
-_OFF = ["--set", NO_EXPLORE]
+_OFF = ["--set", NO_EXPLORE, "--set", "d_lr=0.1", "--set", "k_hysteresis_up=3"]
 WINDOW: dict[str, list[str]] = {
     "w10": [*_WIN3, *_OFF],
     "w5": [*_WIN3, "--seq-len", "5", "--set", "infer_items=5", *_OFF],

@@ -150,11 +150,14 @@ class OnlineConfig(BaseModel):
     training, so only cos > 0.5 (clearly duplicated interests) is corrected online."""
 
     # -- d_u -----------------------------------------------------------------------------
-    d_lr: float = Field(default=0.1, ge=0)
+    d_lr: float = Field(default=0.05, ge=0)
     """Step on the d_u logit toward the percentile of the category diversity the user's last 20
     clicks realised, on the scale the checkpoint's fusion layer was trained to (its
-    ``online.div_quantiles``; ``kernels.diversity_target``): ~10 clicks to move d_u by one
-    logit unit, on the scale of a session."""
+    ``online.div_quantiles``; ``kernels.diversity_target``): ~20 clicks to move d_u by one
+    logit unit, on the scale of a session or two. 0.05 rather than 0.1 with
+    ``k_hysteresis_up`` 1, chosen together on the earlier period so that the served arm's
+    Entropy@20 reaches reinfer's (``bench/results/prequential.md``, "K_u up faster and d_u's
+    step smaller, together"); alone, d_u's step moves Entropy@20 by under 0.002."""
 
     d_prior_pull: float = Field(default=0.05, ge=0)
     """Pull of the d_u logit back to its prior (fusion layer on the signals): weak, so d_u
@@ -193,12 +196,16 @@ class OnlineConfig(BaseModel):
     +0.0010], at Entropy@20 2.042 against 2.012; ``prequential_pair_tune_gate_margin.json``).
     Bases without the network share the count; their K_u rule was not re-measured with 3."""
 
-    k_hysteresis_up: int | None = Field(default=None, ge=1)
+    k_hysteresis_up: int | None = Field(default=1, ge=1)
     """Consecutive equal proposals needed to raise K_u (guards on); None: the same count as
     ``k_hysteresis`` (when set, ``k_hysteresis`` counts only the proposals that lower K_u).
-    Raising K_u faster (1 or 2, with 4 or 8 to lower it) cost Recall@20 and gave 1.5-3× the
-    K_u changes on the tuning users (kup rows of ``prequential_tune_steps.json``), so both
-    directions count the same by default."""
+    1 (K_u rises at the first proposal above it, falls after 3), with ``d_lr`` 0.05: chosen
+    on the earlier period against a rule written before the runs, the one candidate whose
+    served Entropy@20 reached reinfer's there, at the same Recall@20 at matched diversity and
+    11.6 K_u changes per 1k events against 11.3 (``bench/results/prequential.md``, "K_u up
+    faster and d_u's step smaller, together"). At an earlier cadence on the tuning users,
+    1 or 2 with 4 or 8 to lower it cost Recall@20 and gave 1.5-3× the K_u changes (kup rows
+    of ``prequential_tune_steps.json``)."""
 
     k_gate_margin: float = Field(default=0.5, ge=0, lt=1)
     """DIAM base, guards on: a Schmitt trigger on the gate. K_u = floor(g · K_max) + 1; while
@@ -222,7 +229,8 @@ class OnlineConfig(BaseModel):
     or a projection would jump."""
 
     d_step_cap: float = Field(default=0.2, gt=0)
-    """Largest change of the d_u logit per event: twice ``d_lr``'s largest step."""
+    """Largest change of the d_u logit per event: about four times ``d_lr``'s largest step
+    (``|d_u - target| <= 1``), so it binds only if ``d_lr`` is raised."""
 
     drift_cap: float = Field(default=1.0, gt=0)
     """Cap on the user's RMS drift from anchors over interests (scale units): below the trust

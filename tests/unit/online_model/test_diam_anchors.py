@@ -232,8 +232,9 @@ def test_k_rises_and_falls_after_their_own_number_of_proposals() -> None:
     assert [K.propose_k(user, 3, 2, 4, 2) for _ in range(3)] == [3, 3, 3]
     assert K.propose_k(user, 3, 1, 4, 2) == 3  # another proposal: the streak restarts
     assert [K.propose_k(user, 3, 2, 4, 2) for _ in range(4)] == [3, 3, 3, 2]
-    assert OnlineConfig(k_hysteresis=3).k_hysteresis_pair() == (3, 3)
+    assert OnlineConfig(k_hysteresis=3, k_hysteresis_up=None).k_hysteresis_pair() == (3, 3)
     assert OnlineConfig(k_hysteresis=3, k_hysteresis_up=1).k_hysteresis_pair() == (3, 1)
+    assert OnlineConfig().k_hysteresis_pair() == (3, 1)  # served: up at once, down after 3
     assert OnlineConfig(k_hysteresis=3, guards=False).k_hysteresis_pair() == (1, 1)
 
 

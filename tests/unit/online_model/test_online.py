@@ -224,7 +224,9 @@ def test_hysteresis_makes_k_changes_rarer():
     rows = 4 * rng.integers(0, 15, 600) + rng.choice(4, 600, p=[0.6, 0.3, 0.1, 0.0])
     counts = {}
     for guards in (True, False):
-        learner = OnlineLearner(BASE, cfg(guards=guards, regate_every=2, k_hysteresis=4))
+        # the same count both ways (the served K_u rises at the first proposal)
+        learner = OnlineLearner(BASE, cfg(guards=guards, regate_every=2, k_hysteresis=4,
+                                          k_hysteresis_up=None))
         s = learner.new_state("u")
         ev = []
         for off, r in enumerate(rows):

@@ -10,7 +10,9 @@ final vectors, anchors, K_u, the d_u logit and prior, the recent items and the d
 The pinned digests were taken from the code before the state got names and hold on this
 machine type (IEEE arithmetic without fastmath); re-pinned once on purpose since, when d_u's
 step changed its target from the click's exploration flag to the percentile of the diversity
-the last clicks realised (``kernels.diversity_target``). The DIAM digest also depends on the inference
+the last clicks realised (``kernels.diversity_target``); ``diam-served`` again when the served
+``d_lr`` and ``k_hysteresis_up`` changed (:data:`BEFORE` keeps the others, and
+``diam-served-before`` the served settings' old bytes). The DIAM digest also depends on the inference
 head's arithmetic (``online_model.infer``): a change there that moves its output re-pins it,
 after checking the learner's files alone do not move it (``bench/state_ab.py`` reports whether
 two versions of them give the same bytes).
@@ -38,7 +40,8 @@ PINS = {
     "diam-gate": "2c1f3e986da133bf8bab7021d0df947a830b4610215fb56f8541c2ab1c7a7146",
     "diam": "e82a69dda804306f1000ca8bbd523ff1a80a86d36b1e47f9b371b4a4835ed0c9",
     "diam-explore": "8163bc924b064e543ef9cbc0780201162f8de5f138924e82668777ada525f8a4",
-    "diam-served": "c91a123b773af97af0ac1d71de3fd6febff277a89a3e14d2159207ca35b76600",
+    "diam-served-before": "c91a123b773af97af0ac1d71de3fd6febff277a89a3e14d2159207ca35b76600",
+    "diam-served": "e03826f054b07a94b0210923851b636f57483f8dbede49e0615b151b0242d47f",
 }
 
 
@@ -104,13 +107,19 @@ def diam_base(tmp_path_factory) -> BaseView:
     return _diam_base(tmp_path_factory.mktemp("ck") / "diam")
 
 
+BEFORE: dict = {"d_lr": 0.1, "k_hysteresis_up": None}
+"""The defaults served when these pins were taken (d_u's step and K_u's one count both ways,
+until 2026-12-04 23:35 UTC): every pin but ``diam-served`` keeps them, so that its bytes still
+check the arithmetic; ``diam-served`` follows the served defaults and was re-pinned then."""
+
+
 def _configs() -> dict[str, OnlineConfig]:
     return {
         "kmeans-clamp": OnlineConfig(dim=8, k_max=4, regate_every=3, k_hysteresis=2,
-                                     drift_cap=0.3, rate_burst=20),
+                                     drift_cap=0.3, rate_burst=20, **BEFORE),
         "kmeans-rollback": OnlineConfig(dim=8, k_max=4, regate_every=3, drift_cap=0.3,
-                                        drift_policy="rollback", rate_burst=20),
-        "kmeans-unguarded": OnlineConfig(dim=8, k_max=4, regate_every=3, guards=False),
+                                        drift_policy="rollback", rate_burst=20, **BEFORE),
+        "kmeans-unguarded": OnlineConfig(dim=8, k_max=4, regate_every=3, guards=False, **BEFORE),
     }
 
 
@@ -125,7 +134,7 @@ def test_kmeans_stream_is_pinned(name: str) -> None:
 def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
     torch.set_num_threads(1)
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
-                       reanchor_explore=False)
+                       reanchor_explore=False, **BEFORE)
     got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
     assert got == PINS["diam"], got
 
@@ -139,7 +148,10 @@ def test_diam_served_settings_are_pinned(diam_base: BaseView) -> None:
     torch.set_num_threads(1)
     cfg = OnlineConfig(dim=8, k_max=4, rate_burst=20)
     assert cfg.reanchor_cos > -1.0
-    got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
+    events = _events(list(diam_base.item_ids))
+    before = _digest(OnlineLearner(diam_base, cfg.model_copy(update=BEFORE)), events)
+    assert before == PINS["diam-served-before"], before
+    got = _digest(OnlineLearner(diam_base, cfg), events)
     assert got == PINS["diam-served"], got
 
 
@@ -148,7 +160,7 @@ def test_diam_exploring_click_trigger_is_pinned(diam_base: BaseView) -> None:
     clicks change the stream's bytes (so the pin exercises them), the same bytes every run."""
     torch.set_num_threads(1)
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
-                       reanchor_explore=True)
+                       reanchor_explore=True, **BEFORE)
     got = _digest(OnlineLearner(diam_base, cfg), _events(list(diam_base.item_ids)))
     assert got != PINS["diam"]
     assert got == PINS["diam-explore"], got
@@ -159,7 +171,7 @@ def test_diam_stream_with_k_changes_is_pinned(tmp_path) -> None:
     torch.set_num_threads(1)
     base = _diam_base(tmp_path / "diam", seed=2)
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
-                       reanchor_explore=False)
+                       reanchor_explore=False, **BEFORE)
     got = _digest(OnlineLearner(base, cfg), _events(list(base.item_ids)))
     assert got == PINS["diam-gate"], got
     # the stream does exercise the rule: K_u changes under it, far less often than the gate
@@ -187,7 +199,7 @@ def test_k_u_follows_the_gate_until_the_window_settles(tmp_path) -> None:
     torch.set_num_threads(1)
     base = _diam_base(tmp_path / "diam", seed=2)
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
-                       reanchor_explore=False)
+                       reanchor_explore=False, **BEFORE)
     never = cfg.model_copy(update={"k_settle_items": 10_000})
     neither = cfg.model_copy(update={"k_gate_margin": 0.0, "k_hysteresis": 1})
     events = _events(list(base.item_ids))

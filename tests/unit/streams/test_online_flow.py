@@ -11,13 +11,22 @@ import numpy as np
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from online_model.online import OnlineLearner
 from serving_cache.codec import decode_user, encode_user
 from streams.config import FlowConfig
 from streams.events import ClickEvent
 from streams.kafka_io import RawRecord
 from streams.online import FlowSinks, FlowStats, Learn, LearnerHolder, _UserLogic, build_flow
 from streams.runner import prepare_recovery
-from tests.flowkit import as_records, click_stream, expected_states, failing_kernel, tiny_learner
+from tests.flowkit import (
+    as_records,
+    click_stream,
+    expected_states,
+    failing_kernel,
+    tiny_base,
+    tiny_config,
+    tiny_learner,
+)
 
 CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
 
@@ -223,8 +232,11 @@ def _digest(final: dict[str, object]) -> str:
 
 # The final values of the stream below, as the dataflow before the typed seams produced them.
 # A change that moves them changes what readers of Redis see: say so in its commit and update.
-# Re-pinned when d_u's step took its target from kernels.diversity_target.
-PINNED = "d4b6233e4ac9f29bbf320b74b40c083cd439cc96837161b03ff71452cd3d93b8"
+# Re-pinned when d_u's step took its target from kernels.diversity_target, and when the served
+# d_lr (0.05) and k_hysteresis_up (1) changed (PINNED_BEFORE: the same stream on the settings
+# served before, whose bytes did not move).
+PINNED = "7728223ab3a524db3a865636004c9a09a32ce8d58aaf258871c01711cb1c31ec"
+PINNED_BEFORE = "d4b6233e4ac9f29bbf320b74b40c083cd439cc96837161b03ff71452cd3d93b8"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -233,12 +245,15 @@ def test_a_small_stream_s_final_values_are_pinned(workers: int) -> None:
     recs = recs[:100] + [RawRecord("t", 0, 100, b"user3", None, 0)] + [
         r._replace(offset=r.offset + 1) for r in recs[100:]]  # user3 forgotten at offset 100
     recs.insert(50, RawRecord("t", 0, 5000, b"x", b"\xc1", 0))
-    vecs, dead, _ = _run(recs, workers=workers)
-    last: dict[str, object] = {}
-    for user, uv in vecs:  # in order per user: the last item is what Redis keeps
-        last[user] = uv
-    assert len(dead) == 1 and len(last) == 9
-    assert _digest(last) == PINNED
+    before = OnlineLearner(tiny_base(), tiny_config().model_copy(
+        update={"d_lr": 0.1, "k_hysteresis_up": None}))
+    for learner, pin in ((before, PINNED_BEFORE), (tiny_learner(), PINNED)):
+        vecs, dead, _ = _run(recs, workers=workers, learner=learner)
+        last: dict[str, object] = {}
+        for user, uv in vecs:  # in order per user: the last item is what Redis keeps
+            last[user] = uv
+        assert len(dead) == 1 and len(last) == 9
+        assert _digest(last) == pin, _digest(last)
 
 
 @pytest.fixture(scope="module")
