@@ -187,7 +187,8 @@ class OnlineConfig(BaseModel):
     (``bench/results/prequential.md``, "K_u's gate margin")."""
 
     k_hysteresis: int = Field(default=3, ge=1)
-    """Consecutive equal proposals needed to change K_u (guards on): on a DIAM base one
+    """Consecutive equal proposals needed to lower K_u (guards on; to raise it too when
+    ``k_hysteresis_up`` is None): on a DIAM base one
     proposal per re-anchoring (3 proposals = 9 events), on a base without the network one per
     ``regate_every`` events. Chosen with ``k_gate_margin`` on ml-100k's tuning users
     (``bench/results/prequential.md``, "K_u's gate margin"): the rule with the settling window

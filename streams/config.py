@@ -170,9 +170,12 @@ class FlowConfig(BaseModel):
 
     click_first_max_pending: int = Field(default=100_000, ge=1)
     """How many unknown item ids the click-first rule counts at most while they wait for their
-    ``click_first_min_clicks``-th click; past it the id first seen longest ago is forgotten (its
-    count starts over). The same in every process, in topic order, so every process and every
-    restart finds the same items; it bounds the memory a producer of random ids can take."""
+    ``click_first_min_clicks``-th click; past it the id first counted longest ago is forgotten
+    (its count starts over). Processes that know the same items (the same base and catalogue)
+    and read the topic in the same order drop the same ids and find the same items; past the
+    bound a process on another base can differ. It bounds the memory that ids clicked fewer
+    than ``click_first_min_clicks`` times can take (a producer of random ids); the items the
+    rule makes new are kept, as they enter the base."""
 
     click_first_catch_up_s: float = Field(default=30.0, ge=0)
     """At start, how long the dataflow waits for its click tail to read the clicks topic's

@@ -349,7 +349,9 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
 
 class RecoveryMismatch(RuntimeError):
     """The recovery store does not belong to the topic it is resumed on (its offsets lie past
-    the topic's end): refused at start, before any record is read."""
+    the topic's end): refused at start, before any record is read. Only offsets tell: a
+    re-created topic that has already grown past the store's offsets is not detected (the
+    store keeps offsets, not Kafka's topic id)."""
 
 
 class ClickSource(FixedPartitionedSource[RawRecord, int]):

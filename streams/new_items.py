@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ class ClickFirst:
             raise ValueError("max_pending must be >= 1")
         self.min_clicks, self.max_pending = min_clicks, max_pending
         self.dropped = 0
-        self._counts: dict[str, int] = {}  # in the order first counted
+        # in the order first counted; an OrderedDict drops its oldest in O(1) (a dict's first
+        # key after many deletions from the front is found by a scan)
+        self._counts: OrderedDict[str, int] = OrderedDict()
         self.added: dict[str, CatalogItem] = {}
         """Every item the rule made new so far, in that order (a new snapshot that does not
         know them gets them again)."""
@@ -113,7 +116,7 @@ class ClickFirst:
             c = counts.get(item, 0) + 1
             if c < self.min_clicks:
                 if c == 1 and len(counts) >= self.max_pending:
-                    del counts[next(iter(counts))]
+                    counts.popitem(last=False)
                     self.dropped += 1
                 counts[item] = c
                 continue

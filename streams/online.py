@@ -9,7 +9,8 @@
                                            └─ (user, DeadLetter) ───────────┘
 
 Between steps travel small typed records (:class:`Learn`, :class:`Forget`,
-:class:`DeadLetter`), told apart by Bytewax branches.
+:class:`DeadLetter`), told apart by Bytewax branches. Redis also gets
+``(user, RELEASED)`` after an evicted user's last push (``streams.redis_sink``).
 
 The per-user step calls :class:`online_model.OnlineLearner` — the very function the offline
 prequential evaluation calls — and coalesces pushes: a user's vectors are emitted after
@@ -423,6 +424,8 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             # starts over from the base, as a new one. RELEASED has the sink let go of the
             # user and wait for that last push before this epoch can commit.
             last: list[Out] = [self._push()] if self.dirty else []
+            if self.state is None or self.state.n_recent == 0:
+                return last, StatefulBatchLogic.DISCARD  # never pushed: the sink holds nothing
             return [*last, RELEASED], StatefulBatchLogic.DISCARD
         if self.dirty:
             return [self._push()], StatefulBatchLogic.RETAIN

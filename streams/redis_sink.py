@@ -27,8 +27,9 @@ Nothing is lost by not waiting:
   Write-if-newer makes the repeats harmless.
 
 Nothing is lost when *Redis* loses data either (a restart without persistence, a FLUSHALL, an
-AOF that lost its last second). Each partition keeps the newest value it wrote per user and
-re-pushes all of them when
+AOF that lost its last second), for every user still in the dataflow's state (evicted users
+are let go, below). Each partition keeps the newest value it wrote per such user and re-pushes
+all of them when
 
 - the namespace's generation marker (``diam:{ns}:gen``, a random token) is gone or changed:
   the key set was lost, or another worker already found it lost and re-created the marker;
@@ -108,6 +109,7 @@ class _Partition(StatelessSinkPartition[Item]):
         self.repushed = 0
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._gen: bytes | None = None  # the marker's token when last checked
+        self._checked = False  # the marker was checked once (then _gen says what it was)
         self._next_check = 0.0
         self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
         self._had_active = False  # the namespace had an active-model key when first checked
@@ -181,10 +183,11 @@ class _Partition(StatelessSinkPartition[Item]):
             cur = client.get(key)
         assert cur is None or isinstance(cur, bytes)
         before, self._gen = self._gen, cur
-        if before is None:  # the first check
+        if not self._checked:
+            self._checked = True
             self._had_active = bool(client.exists(model_active_key(ns)))
             return False
-        return cur != before or self._suspect
+        return cur is None or cur != before or self._suspect
 
     def _write(self, items: list[Item]) -> None:
         held = self._held

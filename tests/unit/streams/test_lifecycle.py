@@ -103,3 +103,17 @@ def test_tombstones_need_a_value_of_none_not_an_empty_payload() -> None:
     vecs, dead = _run([RawRecord("t", 0, 0, b"user1", b"", 0),
                        RawRecord("t", 0, 1, b"user0", encode_event(click_stream(1, 1)[0]), 0)])
     assert len(dead) == 1 and all(uv is not None for _, uv in vecs)
+
+
+def test_an_evicted_user_who_never_pushed_sends_the_sink_nothing() -> None:
+    # only unknown items: no vectors, never pushed, so the sink holds nothing to let go of
+    learner = tiny_learner()
+    cfg = FlowConfig(push_every_events=1, push_every_ms=60_000, evict_idle_s=0.05)
+    logic = _UserLogic(LearnerHolder(learner, learner.base.version), cfg, None, None)
+    ev = click_stream(n_users=1, n_events=1)[0]
+    rec = as_records([ev])[0]
+    out, keep = logic.on_batch([Learn(rec, (ev.user_id, "no-such-item", ev.ts, None))])
+    assert out == [] and keep == StatefulBatchLogic.RETAIN
+    time.sleep(0.1)
+    out, keep = logic.on_notify()
+    assert out == [] and keep == StatefulBatchLogic.DISCARD
