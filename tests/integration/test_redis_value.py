@@ -16,9 +16,10 @@ from tests.flowkit import click_stream, expected_states, tiny_learner
 
 # sha256 over every user's decoded fields (float16 vectors and int32 seen rows as stored), for
 # click_stream(n_users=6, n_events=300, seed=11) on the tiny learner. It changes only when the
-# learner's arithmetic does (last: d_u's step target, kernels.diversity_target); the container
-# (msgpack bin since issue 18) is not part of it.
-STREAM_PIN = "a16406af9cdefa46fa7206b216a0a8f114428caf1edd876084880f9e6b99e172"
+# learner's arithmetic or its served settings do (last: d_lr 0.05 and k_hysteresis_up 1 served,
+# 2026-12-04; before them a16406af..., d_u's step target); the container (msgpack bin since
+# issue 18) is not part of it.
+STREAM_PIN = "149e0e0e03230ce9219731147bd2b376b4c97f86126d2690f74fc0b53ff5126f"
 
 
 def _stream_values() -> dict[str, UserVectors]:
