@@ -1,0 +1,89 @@
+"""The Redis sink's bookkeeping without a server: what one merged write sends, what the
+partition keeps for re-pushes, and when a lost key set is re-pushed. The real-server paths
+(refusals, outages, FLUSHALL) are in ``tests/integration/test_faults.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving_cache import UserVectors
+from streams.redis_sink import RELEASED, _Partition, generation_key
+
+
+class _Client:
+    """The four calls the sink's marker check makes, on a dict."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.kv.get(key)
+
+    def set(self, key: str, value: bytes, nx: bool = False) -> bool:
+        if nx and key in self.kv:
+            return False
+        self.kv[key] = value
+        return True
+
+    def exists(self, *keys: str) -> int:
+        return sum(k in self.kv for k in keys)
+
+    def delete(self, *keys: str) -> int:
+        return sum(self.kv.pop(k, None) is not None for k in keys)
+
+
+class _Writer:
+    """Records each write the partition sends."""
+
+    def __init__(self) -> None:
+        self.client, self.ns = _Client(), "t"
+        self.sent: list[list[tuple[str, int]]] = []
+
+    def write_batch(self, entries: list[tuple[str, UserVectors]]) -> int:
+        self.sent.append(sorted((u, uv.seq) for u, uv in entries))
+        return len(entries)
+
+
+def _uv(seq: int) -> UserVectors:
+    return UserVectors(seq=seq, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=seq)
+
+
+def _partition() -> tuple[_Partition, _Writer]:
+    w = _Writer()
+    # an hour between the writer thread's own checks: the test drives every write itself
+    return _Partition(w, max_backoff_s=0.01, check_every_s=3600.0), w  # type: ignore[arg-type]
+
+
+def test_a_released_user_is_written_then_no_longer_held() -> None:
+    part, w = _partition()
+    part._write([("a", _uv(1)), ("b", _uv(2)), ("a", _uv(3)), ("a", RELEASED)])
+    assert w.sent == [[("a", 1), ("a", 3), ("b", 2)]]  # the writer keeps the newest per user
+    assert set(part._held) == {"b"}
+    part._write([("a", _uv(9))])  # a returning user: a new state, held again
+    assert set(part._held) == {"a", "b"} and part._held["a"].seq == 9
+    part.close()
+
+
+def test_a_lost_marker_re_pushes_the_held_users_and_a_released_users_last_push() -> None:
+    part, w = _partition()
+    part._write([("b", _uv(2))])  # the first check sets the marker
+    marker = w.client.kv[generation_key("t")]
+    del w.client.kv[generation_key("t")]  # the key set was lost (a FLUSHALL)
+    part._next_check = 0.0
+    part._write([("a", _uv(5)), ("a", RELEASED)])
+    assert w.sent[-1] == [("a", 5), ("b", 2)]  # b re-pushed; a's last push still written
+    assert part.repushed == 1 and set(part._held) == {"b"}
+    assert w.client.kv[generation_key("t")] != marker  # a new marker for the others to see
+    part._next_check = 0.0
+    part._write([])  # the marker unchanged since: nothing re-pushed
+    assert w.sent[-1] == [] and part.repushed == 1
+    part.close()
+
+
+def test_a_forget_deletes_the_key_and_is_not_held() -> None:
+    part, w = _partition()
+    w.client.kv["diam:t:u:c"] = b"old"
+    part._write([("c", _uv(1)), ("c", None)])
+    assert "diam:t:u:c" not in w.client.kv and "c" not in part._held
+    assert w.sent == [[]]  # the write before the forget is dropped with it
+    part.close()
