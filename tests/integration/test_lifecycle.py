@@ -167,3 +167,35 @@ def test_a_store_resumed_on_a_re_created_topic_is_refused_with_why(
     assert "resumes at offset 60, past the topic's end (20)" in text, text
     assert "empty recovery directory" in text
     assert redis_state(redis_client, namespace) == before
+
+
+@pytest.mark.timeout(120)
+def test_idle_users_are_evicted_with_a_last_push_that_reaches_redis(
+        stack, topic, namespace, redis_client) -> None:
+    """A tailing run with eviction on and pushes that would otherwise wait ten minutes: each
+    user's vectors reach Redis by their eviction's last push (the sink then lets go of them;
+    ``streams.redis_sink.RELEASED``), with every click learnt, before the run is stopped."""
+    import threading
+
+    events = click_stream(n_users=5, n_events=60, seed=13)
+    produce(stack.settings.kafka, topic, click_payloads(events))
+    flow = FlowConfig(push_every_events=10_000, push_every_ms=600_000, epoch_interval_s=0.2,
+                      evict_idle_s=0.5)
+    stop = threading.Event()
+    job = dataclasses.replace(_job(stack, topic, namespace), flow=flow, bounded=False, stop=stop)
+    run = threading.Thread(target=run_online, args=(job, _holder()), daemon=True)
+    run.start()
+    want: dict[str, int] = {}
+    for ev in events:
+        want[ev.user_id] = want.get(ev.user_id, 0) + 1
+    try:
+        deadline = time.monotonic() + 60
+        got: dict[str, int] = {}
+        while time.monotonic() < deadline and got != want:
+            got = {u: decode_user(v).n for u, v in redis_state(redis_client, namespace).items()}
+            time.sleep(0.2)
+        assert got == want  # written by the evictions alone: no push was due for ten minutes
+    finally:
+        stop.set()
+        run.join(60)
+    assert not run.is_alive()
