@@ -134,7 +134,7 @@ def _before_dec4(sets: list[str]) -> list[str]:
 STEPS = {k: _before_dec4(v) for k, v in STEPS.items()}
 
 _WIN3 = [a for kv in CADENCE3 for a in ("--set", kv)]
-_OFF = ["--set", NO_EXPLORE, "--set", "d_lr=0.1", "--set", "k_hysteresis_up=3"]
+_OFF = [a for kv in _before_dec4([NO_EXPLORE]) for a in ("--set", kv)]
 WINDOW: dict[str, list[str]] = {
     "w10": [*_WIN3, *_OFF],
     "w5": [*_WIN3, "--seq-len", "5", "--set", "infer_items=5", *_OFF],

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 
@@ -230,11 +230,9 @@ class Recommender:
         from streams.config import FlowConfig
         from streams.new_items import ClickFirst
 
-        flow = FlowConfig() if new_item_min_clicks is None or new_item_max_pending is None else None
-        min_clicks = (new_item_min_clicks if new_item_min_clicks is not None
-                      else cast(FlowConfig, flow).click_first_min_clicks)
-        pending = (new_item_max_pending if new_item_max_pending is not None
-                   else cast(FlowConfig, flow).click_first_max_pending)
+        flow = FlowConfig()
+        min_clicks = flow.click_first_min_clicks if new_item_min_clicks is None else new_item_min_clicks
+        pending = flow.click_first_max_pending if new_item_max_pending is None else new_item_max_pending
         rule = self._click_first = ClickFirst(min_clicks, pending) if min_clicks > 0 else None
         next_refresh = [0.0]
 
