@@ -1,13 +1,19 @@
 """A tiny DIAM checkpoint for tests and benchmarks: the one construction that the online-model
 tests, their pins (``tests/unit/online_model/test_state_pin.py``) and ``bench/state_ab.py``'s
-child processes (which cannot import ``tests``) share."""
+child processes (which cannot import ``tests``) share; and :data:`BEFORE`, the settings the
+pinned streams (the learner's and the dataflow's) were taken with."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tiny_diam_checkpoint"]
+__all__ = ["BEFORE", "tiny_diam_checkpoint"]
+
+BEFORE: dict[str, Any] = {"d_lr": 0.1, "k_hysteresis_up": None}
+"""The ``OnlineConfig`` defaults served until 2026-12-04 23:35 UTC (d_u's step and K_u's one
+count both ways): the pins taken before then keep them, so that their bytes still check the
+arithmetic; the pins of the served defaults were re-taken then."""
 
 
 def tiny_diam_checkpoint(path: str | Path, seed: int = 0, model: str = "diam", n_items: int = 40,

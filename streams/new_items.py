@@ -109,10 +109,10 @@ class ClickFirst:
              known: Callable[[str], bool]) -> list[CatalogItem]:
         """The items that became new with ``clicks`` (``(item_id, ts)``, in topic order)."""
         out: list[CatalogItem] = []
+        counts = self._counts
         for item, ts in clicks:
             if item in self.added or known(item):
                 continue
-            counts = self._counts
             c = counts.get(item, 0) + 1
             if c < self.min_clicks:
                 if c == 1 and len(counts) >= self.max_pending:
@@ -120,7 +120,7 @@ class ClickFirst:
                     self.dropped += 1
                 counts[item] = c
                 continue
-            self._counts.pop(item, None)
+            counts.pop(item, None)
             self.added[item] = it = CatalogItem(item, (), "", int(ts))
             out.append(it)
         return out

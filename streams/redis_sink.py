@@ -161,11 +161,9 @@ class _Partition(StatelessSinkPartition[Item]):
             if (items or self._held) and self._error is None:
                 try:
                     t0 = time.perf_counter()
-                    self._write(items)  # type: ignore[arg-type]
-                    if self.observer is not None and items:
-                        written = [x for x in items if type(x[1]) is UserVectors]
-                        if written:
-                            self.observer(written, time.perf_counter() - t0)  # type: ignore[arg-type]
+                    written = self._write(items)  # type: ignore[arg-type]
+                    if self.observer is not None and written:
+                        self.observer(written, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
             for _ in range(got):  # written, or failed with the error set: write_batch may go on
@@ -189,7 +187,10 @@ class _Partition(StatelessSinkPartition[Item]):
             return False
         return cur is None or cur != before or self._suspect
 
-    def _write(self, items: list[Item]) -> None:
+    def _write(self, items: list[Item]) -> list[tuple[str, UserVectors]]:
+        """Write ``items`` (and every held user's vectors again when Redis lost them), retrying
+        an outage until Redis acknowledges. Returns the ``(user, UserVectors)`` items in order,
+        for :attr:`observer`: a push that a later forget in the batch kept from Redis among them."""
         held = self._held
         deletes: set[str] = set()
         writes: list[tuple[str, UserVectors]] = []
@@ -207,7 +208,7 @@ class _Partition(StatelessSinkPartition[Item]):
             prev = held.get(user)
             if prev is None or uv.seq > prev.seq:
                 held[user] = uv
-        writes = [(u, uv) for u, uv in writes if u not in deletes]
+        sent = [(u, uv) for u, uv in writes if u not in deletes]
         backoff, down_since, why = 0.05, None, ""
         while True:
             attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
@@ -232,9 +233,9 @@ class _Partition(StatelessSinkPartition[Item]):
                                     "publish`)" if gone else "")
                 if deletes:
                     self.writer.client.delete(*(user_key(self.writer.ns, u) for u in deletes))
-                # (a released user's last push is in ``writes`` only)
+                # (a released user's last push is in ``sent`` only)
                 n = self.writer.write_batch(
-                    list(held.items()) + [w for w in writes if w[0] not in held] if repush else writes)
+                    list(held.items()) + [w for w in sent if w[0] not in held] if repush else sent)
                 if repush:
                     self.repushed += len(held)
                 self._suspect = False
@@ -242,7 +243,7 @@ class _Partition(StatelessSinkPartition[Item]):
                 if down_since is not None:
                     log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
                                 "dropped", self.where, time.monotonic() - down_since)
-                return
+                return writes
             except redis.RedisError as exc:
                 if not _retried(exc):
                     raise

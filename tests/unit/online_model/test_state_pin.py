@@ -31,7 +31,7 @@ import torch
 from online_model.base import BaseView, toy_base
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner
-from online_model.testing import tiny_diam_checkpoint
+from online_model.testing import BEFORE, tiny_diam_checkpoint
 
 PINS = {
     "kmeans-clamp": "e469a2688a0e5b622fd0152e292268037fe842e8f0dc0b43df85fdbbc5e0a75d",
@@ -105,12 +105,6 @@ def _reloaded(b: BaseView) -> BaseView:
 @pytest.fixture(scope="module")
 def diam_base(tmp_path_factory) -> BaseView:
     return _diam_base(tmp_path_factory.mktemp("ck") / "diam")
-
-
-BEFORE: dict = {"d_lr": 0.1, "k_hysteresis_up": None}
-"""The defaults served when these pins were taken (d_u's step and K_u's one count both ways,
-until 2026-12-04 23:35 UTC): every pin but ``diam-served`` keeps them, so that its bytes still
-check the arithmetic; ``diam-served`` follows the served defaults and was re-pinned then."""
 
 
 def _configs() -> dict[str, OnlineConfig]:

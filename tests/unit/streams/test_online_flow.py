@@ -12,6 +12,7 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from online_model.online import OnlineLearner
+from online_model.testing import BEFORE
 from serving_cache.codec import decode_user, encode_user
 from streams.config import FlowConfig
 from streams.events import ClickEvent
@@ -234,7 +235,7 @@ def _digest(final: dict[str, object]) -> str:
 # A change that moves them changes what readers of Redis see: say so in its commit and update.
 # Re-pinned when d_u's step took its target from kernels.diversity_target, and when the served
 # d_lr (0.05) and k_hysteresis_up (1) changed (PINNED_BEFORE: the same stream on the settings
-# served before, whose bytes did not move).
+# served before, online_model.testing.BEFORE, whose bytes did not move).
 PINNED = "7728223ab3a524db3a865636004c9a09a32ce8d58aaf258871c01711cb1c31ec"
 PINNED_BEFORE = "d4b6233e4ac9f29bbf320b74b40c083cd439cc96837161b03ff71452cd3d93b8"
 
@@ -245,8 +246,7 @@ def test_a_small_stream_s_final_values_are_pinned(workers: int) -> None:
     recs = recs[:100] + [RawRecord("t", 0, 100, b"user3", None, 0)] + [
         r._replace(offset=r.offset + 1) for r in recs[100:]]  # user3 forgotten at offset 100
     recs.insert(50, RawRecord("t", 0, 5000, b"x", b"\xc1", 0))
-    before = OnlineLearner(tiny_base(), tiny_config().model_copy(
-        update={"d_lr": 0.1, "k_hysteresis_up": None}))
+    before = OnlineLearner(tiny_base(), tiny_config().model_copy(update=BEFORE))
     for learner, pin in ((before, PINNED_BEFORE), (tiny_learner(), PINNED)):
         vecs, dead, _ = _run(recs, workers=workers, learner=learner)
         last: dict[str, object] = {}
