@@ -155,10 +155,15 @@ class FlowConfig(BaseModel):
     10 s is Bytewax's own default."""
 
     evict_idle_s: float | None = Field(default=None, gt=0)
-    """Drop a user from the dataflow's state (memory and recovery store) after this many
-    seconds of wall time without an event; None (the default) keeps every user. The user's
-    vectors stay in Redis (see ``RedisConfig.user_ttl_s`` to expire them too); a user who
-    returns starts over from the base, like a new one."""
+    """A user idle this many seconds starts over from the base, like a new one, and is
+    dropped from the dataflow's state (memory and recovery store); None (the default) keeps
+    every user. Idleness is read on the event clock of the user's partition (the largest Kafka
+    record timestamp up to a record, ``RawRecord.clock_ms``), not the wall clock, so a replay
+    of the topic learns what the live run learnt: a click that comes this long after the
+    user's previous one on that clock starts over, whether or not the user had been dropped.
+    The user's vectors stay in Redis (see ``RedisConfig.user_ttl_s`` to expire them too). A
+    user is dropped once the worker has seen their partition's clock pass this far, so users
+    of a partition that stops receiving records stay until it moves again."""
 
     click_first_min_clicks: int = Field(default=2, ge=0)
     """An item first seen in clicks (unknown to the base and to the catalogue) becomes a new

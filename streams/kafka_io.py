@@ -57,7 +57,15 @@ __all__ = [
 
 
 class RawRecord(NamedTuple):
-    """One consumed Kafka record, as the dataflow sees it. ``ts_ms`` is the record timestamp."""
+    """One consumed Kafka record, as the dataflow sees it. ``ts_ms`` is the record timestamp.
+
+    ``clock_ms`` is the partition's event clock at this record: the largest record timestamp
+    in the partition up to and including it (:class:`ClickSource` keeps it in its recovery
+    snapshot). It never goes back, and it is a function of the partition's records alone, so a
+    replay reads the same clock at the same offset: the online dataflow decides a user's
+    idleness by it (``FlowConfig.evict_idle_s``). -1 where the source keeps none (the
+    dataflow then reads ``ts_ms``).
+    """
 
     topic: str
     partition: int
@@ -65,6 +73,7 @@ class RawRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     ts_ms: int
+    clock_ms: int = -1
 
 
 class KafkaOut(NamedTuple):
@@ -303,13 +312,20 @@ class _SharedConsumer:
         self.consumer.close()
 
 
-class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
+SourceSnapshot = tuple[int, int]
+"""What :class:`ClickSource` keeps per partition in the recovery store: ``(next offset, event
+clock)`` (see :attr:`RawRecord.clock_ms`; a store written before the clock was kept holds the
+offset alone, and the clock then restarts from the first record read)."""
+
+
+class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
     def __init__(self, source: ClickSource, shared: _SharedConsumer, part: int, start: int,
-                 end: int | None) -> None:
+                 end: int | None, clock: int = -1) -> None:
         self._source, self._shared = source, shared
         self._topic, self._part, self._end = source.topic, part, end
         self._stop = source.stop
         self._next = start
+        self._clock = clock
         self._batch = source.batch_size
         self._buf = shared.add(part, start)
 
@@ -324,6 +340,7 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
         if not buf:
             self._shared.fill()
         out: list[RawRecord] = []
+        clock = self._clock
         while buf and len(out) < self._batch:
             m = buf.popleft()
             off = m.offset()  # always set on a consumed, error-free message
@@ -332,13 +349,17 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, int]):
                 self._next = self._end
                 buf.clear()
                 break
+            ts = m.timestamp()[1]
+            if ts > clock:
+                clock = ts
             out.append(RawRecord(self._topic, self._part, off, _bytes(m.key()), _bytes(m.value()),
-                                 m.timestamp()[1]))
+                                 ts, clock))
             self._next = off + 1
+        self._clock = clock
         return out
 
-    def snapshot(self) -> int:
-        return self._next
+    def snapshot(self) -> SourceSnapshot:
+        return self._next, self._clock
 
     def _release(self) -> None:
         self._source._release(self._shared, self._part)
@@ -354,7 +375,7 @@ class RecoveryMismatch(RuntimeError):
     store keeps offsets, not Kafka's topic id)."""
 
 
-class ClickSource(FixedPartitionedSource[RawRecord, int]):
+class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
     """Every partition of ``topic`` as a Bytewax input partition.
 
     ``start``/``end``: per-partition offsets (end exclusive). ``bounded=True`` without ``end``
@@ -400,8 +421,10 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
             known = self.partitions
         return [f"{p}-{self.topic}" for p in known]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ClickPartition:
+    def build_part(self, step_id: str, for_part: str,
+                   resume: SourceSnapshot | int | None) -> _ClickPartition:
         part = int(for_part.split("-", 1)[0])
+        resume_state, clock = (resume, -1) if resume is None or isinstance(resume, int) else resume
         start = resume_state
         if start is None:
             start = (self.start or {}).get(part, OFFSET_BEGINNING)
@@ -427,7 +450,7 @@ class ClickSource(FixedPartitionedSource[RawRecord, int]):
                         "was down?): records %d..%d are gone; resuming at %d", part, self.topic,
                         resume_state, low, resume_state, low - 1, low)
             start = low
-        return _ClickPartition(self, self._consumer(part), part, start, end)
+        return _ClickPartition(self, self._consumer(part), part, start, end, clock)
 
     def _consumer(self, part: int) -> _SharedConsumer:
         """The calling worker thread's consumer, created with its first partition."""

@@ -252,11 +252,31 @@ Out = UserVectors | None | Released | DriftEvent | DeadLetter
 ``RELEASED``: the user was evicted, see ``streams.redis_sink``), drift events, and records
 whose update failed."""
 
-Snapshot = tuple[str, tuple, int, bool]
+Snapshot = tuple[str, tuple, int, bool, int, int]
 """What recovery stores per user: ``(user_id, UserState.pack(), events since the last push,
-dirty)``, a flat tuple because Bytewax pickles every touched user's snapshot at each epoch end
-on the dataflow's thread, and a tuple of plain values pickles several times faster than a
-class instance."""
+dirty, event clock at the user's last click, its partition)``, a flat tuple because Bytewax
+pickles every touched user's snapshot at each epoch end on the dataflow's thread, and a tuple
+of plain values pickles several times faster than a class instance. A store written before the
+clock was kept holds the first four (clock and partition then read -1: unknown)."""
+
+
+class _WorkerClocks:
+    """Per worker thread of one dataflow: the event clock (:attr:`RawRecord.clock_ms`) of the
+    newest record of each partition that this worker's per-user step has processed. Only that
+    thread writes its dict, so no lock is taken."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def mine(self) -> dict[int, int]:
+        clocks: dict[int, int] | None = getattr(self._local, "clocks", None)
+        if clocks is None:
+            clocks = self._local.clocks = {}
+        return clocks
+
+
+def _clock(rec: RawRecord) -> int:
+    return rec.clock_ms if rec.clock_ms >= 0 else rec.ts_ms
 
 
 def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
@@ -322,19 +342,35 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
     Push cadence uses the wall clock (it only decides *when* vectors are written, never what
     they are). The next notification time is computed once when the state turns dirty, because
     Bytewax asks ``notify_at`` after every batch of every key.
+
+    Idleness (``FlowConfig.evict_idle_s``) is read on the partition's event clock
+    (:attr:`RawRecord.clock_ms`), never the wall clock, so that what the user learns is a
+    function of the topic alone: a click that comes ``evict_idle_s`` or more after the user's
+    last one on that clock starts the user over from the base, whether or not the user was
+    dropped from the state meanwhile. Dropping (to free memory and the recovery store) is only
+    *checked* on the wall clock; it happens once this worker has processed a record of the
+    user's partition that far on: every later click of the user then lies that far on too,
+    and would start over anyway. The partition's records reach this worker in offset order,
+    and Bytewax runs a key's notification after the batches that arrived with it.
     """
 
-    def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: Snapshot | None,
-                 counts: Counts | None = None) -> None:
+    def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: Snapshot | tuple | None,
+                 counts: Counts | None = None, clocks: dict[int, int] | None = None) -> None:
         self.holder, self.cfg = holder, cfg
         self.counts = counts if counts is not None else Counts()  # built on the user's worker thread
+        self.clocks: dict[int, int] = clocks if clocks is not None else {}  # same thread
         self.user_id = ""
         self.state: UserState | None = None  # None: no user yet, or forgotten
         self.since_push, self.dirty = 0, False
+        self.clock, self.part = -1, -1  # the event clock and partition of the last click
+        self._idle_ms = None if cfg.evict_idle_s is None else round(cfg.evict_idle_s * 1000)
         self._last_push = self._seen = time.time()
+        self._check_at = self._seen + (cfg.evict_idle_s or 0.0)  # the next idleness check
         self._due: datetime | None = None
         if resume is not None:
-            self.user_id, packed, self.since_push, self.dirty = resume
+            self.user_id, packed, self.since_push, self.dirty = resume[:4]
+            if len(resume) > 4:
+                self.clock, self.part = resume[4], resume[5]
             self.state = UserState.unpack(packed)
             if self.dirty:
                 self._due = datetime.now(UTC)
@@ -353,6 +389,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
 
     def on_batch(self, values: list[Learn | Forget]) -> tuple[list[Out], bool]:
         self._seen = time.time()
+        idle_ms = self._idle_ms
+        if idle_ms is not None:
+            self._check_at = self._seen + idle_ms / 1000
         learner = self.holder.learner
         counts = self.counts
         out: list[Out] = []
@@ -373,6 +412,25 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             j = i + 1
             while j < n and not isinstance(values[j], Forget):
                 j += 1
+            if idle_ms is not None:
+                # ... and up to the first click that comes idle_ms after the one before it
+                rec = value[0]
+                c = _clock(rec)
+                if state is not None and self.clock >= 0 and c - self.clock >= idle_ms:
+                    # idle too long: the user starts over from the base, as if dropped
+                    # (with the last push a drop gives)
+                    if self.dirty or (i > start and state.n_recent > 0):
+                        out.append(self._push())
+                    state = self.state = None
+                    start = i
+                k = i + 1
+                while k < j and _clock(values[k][0]) - c < idle_ms:
+                    c = _clock(values[k][0])
+                    k += 1
+                j = k
+                self.clock, self.part = c, rec.partition
+                if c > self.clocks.get(rec.partition, -1):
+                    self.clocks[rec.partition] = c
             if state is None:
                 self.user_id = value[1][0]
                 state = self.state = learner.new_state(self.user_id)
@@ -410,15 +468,24 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        idle = self.cfg.evict_idle_s
-        if idle is None:
+        if self._idle_ms is None:
             return self._due
-        evict = datetime.fromtimestamp(self._seen + idle, UTC)
+        evict = datetime.fromtimestamp(self._check_at, UTC)
         return evict if self._due is None or evict < self._due else self._due
 
+    def _idle(self) -> bool:
+        """The user's partition is ``evict_idle_s`` past their last click on its event clock,
+        as far as this worker has processed it (see the class docstring)."""
+        assert self._idle_ms is not None
+        return self.clock >= 0 and self.clocks.get(self.part, -1) - self.clock >= self._idle_ms
+
     def on_notify(self) -> tuple[list[Out], bool]:
-        idle = self.cfg.evict_idle_s
-        if idle is not None and time.time() - self._seen >= idle:
+        idle_ms = self._idle_ms
+        if idle_ms is not None and time.time() >= self._check_at:
+            if not self._idle():
+                # the partition's clock has not come that far here yet: look again later
+                self._check_at = time.time() + max(idle_ms / 4000, 1.0)
+                return self._flush()
             # idle too long: pushed one last time if needed, then dropped from the state (its
             # key stays in Redis, until ``RedisConfig.user_ttl_s`` if set); a returning user
             # starts over from the base, as a new one. RELEASED has the sink let go of the
@@ -427,6 +494,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             if self.state is None or self.state.n_recent == 0:
                 return last, StatefulBatchLogic.DISCARD  # never pushed: the sink holds nothing
             return [*last, RELEASED], StatefulBatchLogic.DISCARD
+        return self._flush()
+
+    def _flush(self) -> tuple[list[Out], bool]:
         if self.dirty:
             return [self._push()], StatefulBatchLogic.RETAIN
         self._due = None
@@ -441,7 +511,8 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         # Marked dirty whenever the user has vectors: Redis writes are asynchronous
         # (streams.redis_sink), so a push made before this epoch ended may not have reached
         # Redis when a crash comes; a resumed user is therefore pushed again (idempotent).
-        out = (self.user_id, self.state.pack(), self.since_push, self.state.n_recent > 0)
+        out = (self.user_id, self.state.pack(), self.since_push, self.state.n_recent > 0,
+               self.clock, self.part)
         self.counts.snapshots += 1
         self.counts.snapshot_s += time.perf_counter() - t0
         return out
@@ -475,7 +546,9 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted)),
                         _is_dead)
     keyed: KeyedStream[Learn | Forget] = decoded.falses  # type: ignore[assignment]
-    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(holder, cfg, resume, counted.counts()))
+    clocks = _WorkerClocks()
+    learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(
+        holder, cfg, resume, counted.counts(), clocks.mine()))
     side = op.branch("side-outputs", learned, _is_side)
     drift_or_failed = op.branch("drift-or-failed", side.trues, _is_drift)
     op.output("redis", side.falses, sinks.vectors)  # type: ignore[arg-type, misc]

@@ -169,33 +169,64 @@ def test_a_store_resumed_on_a_re_created_topic_is_refused_with_why(
     assert redis_state(redis_client, namespace) == before
 
 
-@pytest.mark.timeout(120)
-def test_idle_users_are_evicted_with_a_last_push_that_reaches_redis(
+@pytest.mark.partitions(1)
+@pytest.mark.timeout(240)
+def test_idle_users_are_evicted_by_the_topics_clock_and_a_replay_learns_the_same(
         stack, topic, namespace, redis_client) -> None:
-    """A tailing run with eviction on and pushes that would otherwise wait ten minutes: each
-    user's vectors reach Redis by their eviction's last push (the sink then lets go of them;
-    ``streams.redis_sink.RELEASED``), with every click learnt, before the run is stopped."""
+    """A tailing run with eviction on, pushes otherwise due in ten minutes. Once a later
+    record has moved the partition's clock (its records' timestamps) half a second past a
+    user's last click, the user is dropped, and their last push reaches Redis
+    (``streams.redis_sink.RELEASED``). Users who click again later start over from the base
+    and are dropped again. A bounded replay of the same topic into a fresh namespace, too
+    fast for any user to be dropped, writes the very same bytes: idleness is read on the
+    topic's clock, not the wall clock."""
     import threading
 
+    from streams.events import ClickEvent, encode_event
+
+    kafka = stack.settings.kafka
     events = click_stream(n_users=5, n_events=60, seed=13)
-    produce(stack.settings.kafka, topic, click_payloads(events))
+    first, second = events[:40], events[40:]
+
+    def tick() -> None:
+        # a click on an item the base does not know: it moves the clock and is never pushed
+        time.sleep(1.0)
+        produce(kafka, topic, [(b"tick", encode_event(ClickEvent("tick", "no-such-item", events[-1].ts)))])
+
+    def counts(evs) -> dict[str, int]:  # type: ignore[no-untyped-def]
+        out: dict[str, int] = {}
+        for ev in evs:
+            out[ev.user_id] = out.get(ev.user_id, 0) + 1
+        return out
+
+    def wait_for(want: dict[str, int]) -> None:
+        deadline, got = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and got != want:
+            got = {u: decode_user(v).n for u, v in redis_state(redis_client, namespace).items()}
+            time.sleep(0.2)
+        assert got == want  # written by the evictions alone: no push was due for ten minutes
+
     flow = FlowConfig(push_every_events=10_000, push_every_ms=600_000, epoch_interval_s=0.2,
                       evict_idle_s=0.5)
     stop = threading.Event()
     job = dataclasses.replace(_job(stack, topic, namespace), flow=flow, bounded=False, stop=stop)
     run = threading.Thread(target=run_online, args=(job, _holder()), daemon=True)
     run.start()
-    want: dict[str, int] = {}
-    for ev in events:
-        want[ev.user_id] = want.get(ev.user_id, 0) + 1
+    replay_ns = f"{namespace}r"
     try:
-        deadline = time.monotonic() + 60
-        got: dict[str, int] = {}
-        while time.monotonic() < deadline and got != want:
-            got = {u: decode_user(v).n for u, v in redis_state(redis_client, namespace).items()}
-            time.sleep(0.2)
-        assert got == want  # written by the evictions alone: no push was due for ten minutes
-    finally:
+        produce(kafka, topic, click_payloads(first))
+        tick()
+        wait_for(counts(first))
+        produce(kafka, topic, click_payloads(second))
+        tick()
+        wait_for({**counts(first), **counts(second)})  # the second clicks alone: started over
         stop.set()
         run.join(60)
-    assert not run.is_alive()
+        assert not run.is_alive()
+        live = redis_state(redis_client, namespace)
+        run_online(dataclasses.replace(_job(stack, topic, replay_ns), flow=flow), _holder())
+        assert redis_state(redis_client, replay_ns) == live
+    finally:
+        stop.set()
+        for key in redis_client.scan_iter(match=f"diam:{replay_ns}:*"):
+            redis_client.delete(key)

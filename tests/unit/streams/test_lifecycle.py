@@ -1,11 +1,14 @@
 """User lifecycle in the online dataflow: a tombstone keyed by a user forgets them (state dropped,
-their key deleted, later clicks start a new state), and idle users are evicted from the state."""
+their key deleted, later clicks start a new state), and idle users start over and are evicted from the state, idleness read on the partition's event
+clock (``RawRecord.clock_ms``) so that a replay learns what the live run learnt."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 
+import numpy as np
 from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource, run_main
 
@@ -71,22 +74,110 @@ def test_a_tombstone_for_a_user_without_state_deletes_the_key_and_a_bad_key_is_d
     assert forget_target(b"a:b") is None and forget_target(b"\xff") is None
 
 
-def test_an_idle_user_is_evicted_from_the_state_after_a_last_push() -> None:
+def _learns(events, recs) -> list[Learn]:
+    return [Learn(r, (e.user_id, e.item_id, e.ts, None)) for r, e in zip(recs, events, strict=True)]
+
+
+def test_an_idle_user_is_evicted_once_the_partitions_clock_has_passed() -> None:
     learner = tiny_learner()
     holder = LearnerHolder(learner, learner.base.version)
-    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=0.2)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=2.0)
+    clocks: dict[int, int] = {}
+    logic = _UserLogic(holder, cfg, None, None, clocks)
+    ev = click_stream(n_users=1, n_events=3)  # one second apart
+    recs = as_records(ev)
+    out, keep = logic.on_batch(_learns(ev, recs))
+    assert keep == StatefulBatchLogic.RETAIN and out == []
+    due = logic.notify_at()
+    assert due is not None and 1.9 < due.timestamp() - time.time() < 2.05
+    logic._check_at = 0.0  # idle on the wall clock
+    # ... but nothing of the partition has come later on its event clock: a click arriving
+    # now could still continue the user, so the user stays (pushed, as a due push would),
+    # and is looked at again later
+    out, keep = logic.on_notify()
+    assert keep == StatefulBatchLogic.RETAIN and [uv.n for uv in out] == [3]
+    assert logic._check_at - time.time() > 0.9
+    # another user's record of the same partition, 2 s later on the partition's clock
+    other = dataclasses.replace(click_stream(n_users=1, n_events=1, seed=9)[0], user_id="other")
+    late = RawRecord("t", 0, 3, b"other", encode_event(other), recs[-1].ts_ms + 2_000)
+    _UserLogic(holder, cfg, None, None, clocks).on_batch(_learns([other], [late]))
+    logic._check_at = 0.0
+    out, keep = logic.on_notify()
+    assert keep == StatefulBatchLogic.DISCARD
+    assert out == [RELEASED]  # nothing unpushed: the sink is told to let go of the user
+
+
+def test_an_evicted_user_is_pushed_one_last_time() -> None:
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=2.0)
     logic = _UserLogic(holder, cfg, None, None)
     ev = click_stream(n_users=1, n_events=3)
     recs = as_records(ev)
-    out, keep = logic.on_batch([Learn(r, (e.user_id, e.item_id, e.ts, None)) for r, e in zip(recs, ev, strict=True)])
-    assert keep == StatefulBatchLogic.RETAIN and out == []
-    due = logic.notify_at()
-    assert due is not None and due.timestamp() - time.time() < 0.25
-    time.sleep(0.25)
+    logic.on_batch(_learns(ev, recs))
+    logic.clocks[0] = recs[-1].ts_ms + 2_000  # a later record of the partition, processed here
+    logic._check_at = 0.0
     out, keep = logic.on_notify()
     assert keep == StatefulBatchLogic.DISCARD
     # the unpushed events, pushed; then the sink is told to let go of the user
     assert len(out) == 2 and out[0].n == 3 and out[1] is RELEASED
+
+
+def test_a_click_after_an_idle_gap_starts_over_whether_or_not_the_user_was_dropped() -> None:
+    # the same records give the same vectors in a run that dropped the user in the gap (live,
+    # slow) and in one that never did (a fast replay): idleness is read on the records' clock
+    events = click_stream(n_users=1, n_events=12, seed=3)
+    recs = as_records(events)
+    gap = 5_000
+    recs = [r._replace(ts_ms=r.ts_ms + (gap if i >= 7 else 0)) for i, r in enumerate(recs)]
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=gap / 1000 - 1)
+    # one batch: never dropped, the gap is found inside the batch
+    vecs, dead = _run(recs, cfg)
+    assert dead == []
+    replayed = [uv for _, uv in vecs]
+    # what the clicks after the gap alone give, as a new user
+    want = expected_states(events[7:], tiny_learner(), list(range(7, 12)))["user0"]
+    assert (replayed[-1].seq, replayed[-1].n) == (want.seq, want.n_events)
+    assert np.array_equal(replayed[-1].vecs, want.V)
+    # the first seven clicks pushed before the user starts over
+    assert replayed[0].n == 7
+    # dropped in the gap: the logic is discarded and a new one learns the later clicks
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    clocks: dict[int, int] = {}
+    first = _UserLogic(holder, cfg, None, None, clocks)
+    first.on_batch(_learns(events[:7], recs[:7]))
+    _UserLogic(holder, cfg, None, None, clocks).on_batch(
+        _learns([dataclasses.replace(events[7], user_id="other")], [recs[7]._replace(key=b"other")]))
+    first._check_at = 0.0  # the wall clock's check is due
+    out, keep = first.on_notify()
+    assert keep == StatefulBatchLogic.DISCARD and out[0].n == 7 and out[-1] is RELEASED
+    second = _UserLogic(holder, cfg, None, None, clocks)
+    out, _ = second.on_batch(_learns(events[7:], recs[7:]))
+    out, _ = second.on_eof()
+    live = out[-1]
+    assert (live.seq, live.n) == (replayed[-1].seq, replayed[-1].n)
+    assert np.array_equal(live.vecs, replayed[-1].vecs) and live.d == replayed[-1].d
+
+
+def test_the_idle_clock_survives_a_resume() -> None:
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=1.5)  # the clicks are 1 s apart
+    events = click_stream(n_users=1, n_events=4, seed=4)
+    recs = as_records(events)
+    logic = _UserLogic(holder, cfg, None, None)
+    logic.on_batch(_learns(events[:2], recs[:2]))
+    snap = logic.snapshot()
+    assert snap[4:] == (recs[1].ts_ms, 0)
+    resumed = _UserLogic(holder, cfg, snap, None)
+    late = recs[2]._replace(ts_ms=recs[1].ts_ms + 1_500)
+    out, _ = resumed.on_batch(_learns(events[2:3], [late]))
+    assert resumed.state is not None and resumed.state.n_events == 1  # started over
+    # a store written before the clock was kept: the clock is unknown, the user goes on
+    old = _UserLogic(holder, cfg, snap[:4], None)
+    old.on_batch(_learns(events[2:3], [late]))
+    assert old.state is not None and old.state.n_events == 3
 
 
 def test_without_eviction_an_idle_user_stays() -> None:
@@ -114,6 +205,7 @@ def test_an_evicted_user_who_never_pushed_sends_the_sink_nothing() -> None:
     rec = as_records([ev])[0]
     out, keep = logic.on_batch([Learn(rec, (ev.user_id, "no-such-item", ev.ts, None))])
     assert out == [] and keep == StatefulBatchLogic.RETAIN
+    logic.clocks[0] = rec.ts_ms + 50  # a later record of the partition, processed here
     time.sleep(0.1)
     out, keep = logic.on_notify()
     assert out == [] and keep == StatefulBatchLogic.DISCARD
