@@ -361,6 +361,10 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
     def snapshot(self) -> SourceSnapshot:
         return self._next, self._clock
 
+    def position(self) -> int:
+        """The next offset this partition reads (``streams.metrics`` reports it)."""
+        return self._next
+
     def _release(self) -> None:
         self._source._release(self._shared, self._part)
 

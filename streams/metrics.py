@@ -353,7 +353,7 @@ class _MeteredPartition(StatefulSourcePartition[Any, Any]):
                  metrics: FlowMetrics) -> None:
         self.inner, self.part, self.metrics = inner, part, metrics
         self.positions = metrics.positions
-        self.positions[part] = inner.snapshot()
+        self.positions[part] = inner.position()  # type: ignore[attr-defined]
         self._snap_at: float | None = None
 
     def next_batch(self) -> Iterable[Any]:
@@ -361,9 +361,8 @@ class _MeteredPartition(StatefulSourcePartition[Any, Any]):
             self.metrics.observe_pause(time.perf_counter() - self._snap_at)
             self._snap_at = None
         batch = self.inner.next_batch()
-        # one dict store per batch (atomic under the GIL); snapshot() is the partition's own
-        # resume offset, i.e. the next offset it will read
-        self.positions[self.part] = self.inner.snapshot()
+        # one dict store per batch (atomic under the GIL): the next offset it will read
+        self.positions[self.part] = self.inner.position()  # type: ignore[attr-defined]
         return batch
 
     def next_awake(self) -> Any:
@@ -380,7 +379,8 @@ class _MeteredPartition(StatefulSourcePartition[Any, Any]):
 
 class MeteredSource(FixedPartitionedSource[Any, Any]):
     """``inner`` (a partitioned Kafka source whose partition keys are ``"<partition>-<topic>"``
-    and whose partition snapshot is the next offset) with each partition's position noted in
+    and whose partitions tell their next offset, ``position()``, as
+    ``streams.kafka_io.ClickSource``'s do) with each partition's position noted in
     ``metrics.positions``."""
 
     def __init__(self, inner: FixedPartitionedSource[Any, Any], metrics: FlowMetrics) -> None:
