@@ -154,7 +154,7 @@ class FlowConfig(BaseModel):
     rarer; a crash replays at most one epoch of events (same vectors, deterministically).
     10 s is Bytewax's own default."""
 
-    evict_idle_s: float | None = Field(default=None, gt=0)
+    evict_idle_s: float | None = Field(default=None, ge=0.001)
     """A user idle this many seconds starts over from the base, like a new one, and is
     dropped from the dataflow's state (memory and recovery store); None (the default) keeps
     every user. Idleness is read on the event clock of the user's partition (the largest Kafka
@@ -162,8 +162,11 @@ class FlowConfig(BaseModel):
     of the topic learns what the live run learnt: a click that comes this long after the
     user's previous one on that clock starts over, whether or not the user had been dropped.
     The user's vectors stay in Redis (see ``RedisConfig.user_ttl_s`` to expire them too). A
-    user is dropped once the worker has seen their partition's clock pass this far, so users
-    of a partition that stops receiving records stay until it moves again."""
+    user is dropped once the worker has seen their partition's clock pass this far; until
+    then an idle user is looked at again after ever longer waits (each look costs the user a
+    recovery snapshot at the epoch's end), up to 8 times this setting, so users of a partition
+    that stops receiving records stay until it moves again. Milliseconds are the clock's
+    unit, hence the floor of 0.001."""
 
     click_first_min_clicks: int = Field(default=2, ge=0)
     """An item first seen in clicks (unknown to the base and to the catalogue) becomes a new

@@ -60,11 +60,12 @@ class RawRecord(NamedTuple):
     """One consumed Kafka record, as the dataflow sees it. ``ts_ms`` is the record timestamp.
 
     ``clock_ms`` is the partition's event clock at this record: the largest record timestamp
-    in the partition up to and including it (:class:`ClickSource` keeps it in its recovery
-    snapshot). It never goes back, and it is a function of the partition's records alone, so a
-    replay reads the same clock at the same offset: the online dataflow decides a user's
-    idleness by it (``FlowConfig.evict_idle_s``). -1 where the source keeps none (the
-    dataflow then reads ``ts_ms``).
+    in the partition up to and including it, from where the run (or the recovery store it
+    resumed, which keeps the clock) started reading. It never goes back, and a replay of the
+    partition from its start, or a resume, reads the same clock at the same offset; a replay of
+    a range starts the clock at the range's first record (its users start fresh too). The
+    online dataflow decides a user's idleness by it (``FlowConfig.evict_idle_s``). -1 where
+    the source keeps none (the dataflow then reads ``ts_ms``).
     """
 
     topic: str

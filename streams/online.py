@@ -80,6 +80,8 @@ class Counts:
     rejected: int = 0
     """Dead-lettered records: refused by decoding or validation, or failed in the update."""
     users: int = 0
+    evictions: int = 0
+    """Users dropped from the state as idle (``FlowConfig.evict_idle_s``)."""
     pushes: int = 0
     drift_events: int = 0
     learn_calls: int = 0
@@ -351,7 +353,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
     *checked* on the wall clock; it happens once this worker has processed a record of the
     user's partition that far on: every later click of the user then lies that far on too,
     and would start over anyway. The partition's records reach this worker in offset order,
-    and Bytewax runs a key's notification after the batches that arrived with it.
+    and Bytewax runs a key's notification after the batches that arrived with it. This holds
+    while a user's clicks stay on one partition (events keyed by user; adding partitions to
+    the topic moves users, and breaks their order anyway).
     """
 
     def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: Snapshot | tuple | None,
@@ -366,6 +370,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self._idle_ms = None if cfg.evict_idle_s is None else round(cfg.evict_idle_s * 1000)
         self._last_push = self._seen = time.time()
         self._check_at = self._seen + (cfg.evict_idle_s or 0.0)  # the next idleness check
+        self._recheck_s = 0.0  # the wait before the next check, once one found the user not idle
         self._due: datetime | None = None
         if resume is not None:
             self.user_id, packed, self.since_push, self.dirty = resume[:4]
@@ -392,6 +397,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         idle_ms = self._idle_ms
         if idle_ms is not None:
             self._check_at = self._seen + idle_ms / 1000
+            self._recheck_s = 0.0
         learner = self.holder.learner
         counts = self.counts
         out: list[Out] = []
@@ -424,8 +430,12 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
                     state = self.state = None
                     start = i
                 k = i + 1
-                while k < j and _clock(values[k][0]) - c < idle_ms:
-                    c = _clock(values[k][0])
+                while k < j:
+                    r = values[k][0]
+                    ck = r.clock_ms if r.clock_ms >= 0 else r.ts_ms
+                    if ck - c >= idle_ms:
+                        break
+                    c = ck
                     k += 1
                 j = k
                 self.clock, self.part = c, rec.partition
@@ -475,22 +485,31 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
 
     def _idle(self) -> bool:
         """The user's partition is ``evict_idle_s`` past their last click on its event clock,
-        as far as this worker has processed it (see the class docstring)."""
+        as far as this worker has processed it (see the class docstring). A user resumed from
+        a store written before the clock was kept, who has not clicked since, has no clock:
+        for them idleness is the wall clock's (what that store's run used)."""
         assert self._idle_ms is not None
-        return self.clock >= 0 and self.clocks.get(self.part, -1) - self.clock >= self._idle_ms
+        if self.clock < 0:
+            return True  # on_notify checks only once the wall clock says idle
+        return self.clocks.get(self.part, -1) - self.clock >= self._idle_ms
 
     def on_notify(self) -> tuple[list[Out], bool]:
         idle_ms = self._idle_ms
         if idle_ms is not None and time.time() >= self._check_at:
             if not self._idle():
-                # the partition's clock has not come that far here yet: look again later
-                self._check_at = time.time() + max(idle_ms / 4000, 1.0)
+                # the partition's clock has not come that far here yet: look again later, and
+                # later still each time (every wake costs a recovery snapshot at the epoch's
+                # end), up to 8 times the idle time
+                self._recheck_s = min(max(2 * self._recheck_s, idle_ms / 4000, 1.0),
+                                      max(8 * idle_ms / 1000, 1.0))
+                self._check_at = time.time() + self._recheck_s
                 return self._flush()
             # idle too long: pushed one last time if needed, then dropped from the state (its
             # key stays in Redis, until ``RedisConfig.user_ttl_s`` if set); a returning user
             # starts over from the base, as a new one. RELEASED has the sink let go of the
             # user and wait for that last push before this epoch can commit.
             last: list[Out] = [self._push()] if self.dirty else []
+            self.counts.evictions += 1
             if self.state is None or self.state.n_recent == 0:
                 return last, StatefulBatchLogic.DISCARD  # never pushed: the sink holds nothing
             return [*last, RELEASED], StatefulBatchLogic.DISCARD

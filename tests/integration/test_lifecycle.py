@@ -15,7 +15,7 @@ import pytest
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
 from streams.config import FlowConfig
-from streams.online import LearnerHolder
+from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
 from tests.flowkit import click_stream, tiny_learner
 from tests.integration.conftest import create_topic
@@ -199,27 +199,30 @@ def test_idle_users_are_evicted_by_the_topics_clock_and_a_replay_learns_the_same
             out[ev.user_id] = out.get(ev.user_id, 0) + 1
         return out
 
-    def wait_for(want: dict[str, int]) -> None:
+    def wait_for(want: dict[str, int], evicted: int) -> None:
         deadline, got = time.monotonic() + 60, {}
-        while time.monotonic() < deadline and got != want:
+        while time.monotonic() < deadline and (got != want or stats.total().evictions < evicted):
             got = {u: decode_user(v).n for u, v in redis_state(redis_client, namespace).items()}
             time.sleep(0.2)
-        assert got == want  # written by the evictions alone: no push was due for ten minutes
+        assert got == want
+        assert stats.total().evictions >= evicted  # (the tick user may be one more)
 
     flow = FlowConfig(push_every_events=10_000, push_every_ms=600_000, epoch_interval_s=0.2,
                       evict_idle_s=0.5)
     stop = threading.Event()
     job = dataclasses.replace(_job(stack, topic, namespace), flow=flow, bounded=False, stop=stop)
-    run = threading.Thread(target=run_online, args=(job, _holder()), daemon=True)
+    stats = FlowStats()
+    run = threading.Thread(target=run_online, args=(job, _holder(), stats), daemon=True)
     run.start()
     replay_ns = f"{namespace}r"
     try:
         produce(kafka, topic, click_payloads(first))
         tick()
-        wait_for(counts(first))
+        wait_for(counts(first), len(counts(first)))
         produce(kafka, topic, click_payloads(second))
         tick()
-        wait_for({**counts(first), **counts(second)})  # the second clicks alone: started over
+        # the second clicks alone: their users started over, and were dropped again
+        wait_for({**counts(first), **counts(second)}, len(counts(first)) + len(counts(second)))
         stop.set()
         run.join(60)
         assert not run.is_alive()

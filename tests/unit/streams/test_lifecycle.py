@@ -209,3 +209,38 @@ def test_an_evicted_user_who_never_pushed_sends_the_sink_nothing() -> None:
     time.sleep(0.1)
     out, keep = logic.on_notify()
     assert out == [] and keep == StatefulBatchLogic.DISCARD
+
+
+def test_a_user_resumed_without_a_clock_is_dropped_on_the_wall_clock() -> None:
+    # a store written before the clock was kept: until they click, such a user's idleness is
+    # the wall clock's, as in the run that wrote the store (they would otherwise stay forever)
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=1.5)
+    events = click_stream(n_users=1, n_events=2, seed=4)
+    logic = _UserLogic(holder, cfg, None, None)
+    logic.on_batch(_learns(events, as_records(events)))
+    old = _UserLogic(holder, cfg, logic.snapshot()[:4], None)
+    out, keep = old.on_notify()
+    assert keep == StatefulBatchLogic.RETAIN  # not idle on the wall clock yet
+    old._check_at = 0.0
+    out, keep = old.on_notify()
+    assert keep == StatefulBatchLogic.DISCARD and out[-1] is RELEASED
+
+
+def test_an_idle_user_whose_partition_is_still_is_looked_at_ever_less_often() -> None:
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=2.0)
+    events = click_stream(n_users=1, n_events=1, seed=4)
+    logic = _UserLogic(holder, cfg, None, None)
+    logic.on_batch(_learns(events, as_records(events)))
+    waits = []
+    for _ in range(6):
+        logic._check_at = 0.0
+        _out, keep = logic.on_notify()
+        assert keep == StatefulBatchLogic.RETAIN
+        waits.append(round(logic._check_at - time.time()))
+    assert waits == [1, 2, 4, 8, 16, 16]  # doubling, up to 8 times evict_idle_s
+    logic.on_batch(_learns(events, [as_records(events)[0]._replace(offset=1)]))
+    assert logic._recheck_s == 0.0  # a click starts the waits over

@@ -60,9 +60,13 @@ class _Part(StatefulSourcePartition[int, int]):
     def snapshot(self) -> int:
         return self.next
 
+    def position(self) -> int:
+        return self.next
+
 
 class _Offsets(FixedPartitionedSource[int, int]):
-    """Two partitions shaped like ClickSource's: "<partition>-<topic>", snapshot = next offset."""
+    """Two partitions shaped like ClickSource's: "<partition>-<topic>", ``position()`` = the
+    next offset."""
 
     ranges = {0: (0, 10), 1: (5, 6)}
 

@@ -1,0 +1,72 @@
+"""ClickSource's partitions without a broker (a stand-in for the worker's shared consumer): the
+event clock each record carries (``RawRecord.clock_ms``) is the running maximum of the record
+timestamps, kept with the next offset in the partition's recovery snapshot, and a store
+written before the clock was kept (an offset alone) still resumes."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from streams.config import KafkaConfig
+from streams.kafka_io import ClickSource
+
+
+class _Msg:
+    def __init__(self, offset: int, ts: int) -> None:
+        self._offset, self._ts = offset, ts
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"u"
+
+    def value(self) -> bytes:
+        return b"{}"
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
+
+
+class _Shared:
+    """What a partition asks of the worker's shared consumer: its buffer, and more records."""
+
+    def __init__(self, records: dict[int, list[_Msg]]) -> None:
+        self.records = records
+        self.buffers: dict[int, deque] = {}
+
+    def add(self, part: int, start: int) -> deque:
+        self.buffers[part] = deque(m for m in self.records[part] if m.offset() >= start)
+        return self.buffers[part]
+
+    def fill(self) -> None:
+        pass
+
+
+def _source(records: dict[int, list[_Msg]]) -> ClickSource:
+    src = ClickSource(KafkaConfig(), "t", batch_size=2)
+    src._marks = {p: (0, 100) for p in records}
+    shared = _Shared(records)
+    src._consumer = lambda part: shared  # type: ignore[method-assign]
+    return src
+
+
+def test_each_record_carries_the_partitions_clock_and_the_snapshot_keeps_it() -> None:
+    msgs = [_Msg(5, 1_000), _Msg(6, 3_000), _Msg(7, 2_000), _Msg(8, 2_500), _Msg(9, 4_000)]
+    part = _source({0: msgs}).build_part("in", "0-t", (5, 1_500))
+    first = part.next_batch()
+    assert [(r.offset, r.ts_ms, r.clock_ms) for r in first] == [(5, 1_000, 1_500), (6, 3_000, 3_000)]
+    assert part.snapshot() == (7, 3_000) and part.position() == 7
+    # a resume from that snapshot reads the clock the run had at the same offset
+    again = _source({0: msgs}).build_part("in", "0-t", part.snapshot())
+    rest = part.next_batch() + part.next_batch()
+    assert [(r.offset, r.clock_ms) for r in rest] == [(7, 3_000), (8, 3_000), (9, 4_000)]
+    assert again.next_batch() + again.next_batch() == rest
+
+
+def test_a_snapshot_holding_the_offset_alone_resumes_with_the_clock_restarted() -> None:
+    msgs = [_Msg(5, 1_000), _Msg(6, 3_000), _Msg(7, 2_000)]
+    part = _source({0: msgs}).build_part("in", "0-t", 6)
+    assert [(r.offset, r.clock_ms) for r in part.next_batch()] == [(6, 3_000), (7, 3_000)]
+    fresh = _source({0: msgs}).build_part("in", "0-t", None)
+    assert [r.clock_ms for r in fresh.next_batch()] == [1_000, 3_000]
