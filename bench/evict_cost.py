@@ -35,7 +35,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Producer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,29 +43,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 import stream as S  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
-from streams.events import encode_event  # noqa: E402
 from streams.kafka_io import consume_all, ensure_topic  # noqa: E402
 
 
 def produce_paced(kafka, topic: str, events, rate: int) -> None:  # type: ignore[no-untyped-def]
-    """Produce ``events`` in order at about ``rate`` per second (tenth-of-a-second slices)."""
-    p = Producer({**kafka.client_config(), "linger.ms": 5})
+    """Produce ``events`` in order at about ``rate`` per second: tenth-of-a-second slices, each
+    delivered (``bench/stream.py``'s producer) before the next is due."""
     step = max(rate // 10, 1)
     t0 = time.monotonic()
     for i in range(0, len(events), step):
-        for ev in events[i:i + step]:
-            while True:
-                try:
-                    p.produce(topic, key=ev.user_id.encode(), value=encode_event(ev))
-                    break
-                except BufferError:
-                    p.poll(0.05)
-        p.poll(0)
+        S.produce(kafka, topic, events[i:i + step])
         wait = t0 + (i + step) / rate - time.monotonic()
         if wait > 0:
             time.sleep(wait)
-    if p.flush(60):
-        raise RuntimeError("not every event was delivered")
 
 
 def start_overs(kafka, topic: str, idle_ms: int) -> tuple[int, int, float]:  # type: ignore[no-untyped-def]

@@ -211,15 +211,21 @@ def test_an_evicted_user_who_never_pushed_sends_the_sink_nothing() -> None:
     assert out == [] and keep == StatefulBatchLogic.DISCARD
 
 
+def _idle_user(idle_s: float, n_events: int) -> tuple[LearnerHolder, FlowConfig, _UserLogic, list]:
+    """A user who clicked ``n_events`` times (one second apart), with eviction at ``idle_s``."""
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=idle_s)
+    events = click_stream(n_users=1, n_events=n_events, seed=4)
+    logic = _UserLogic(holder, cfg, None, None)
+    logic.on_batch(_learns(events, as_records(events)))
+    return holder, cfg, logic, events
+
+
 def test_a_user_resumed_without_a_clock_is_dropped_on_the_wall_clock() -> None:
     # a store written before the clock was kept: until they click, such a user's idleness is
     # the wall clock's, as in the run that wrote the store (they would otherwise stay forever)
-    learner = tiny_learner()
-    holder = LearnerHolder(learner, learner.base.version)
-    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=1.5)
-    events = click_stream(n_users=1, n_events=2, seed=4)
-    logic = _UserLogic(holder, cfg, None, None)
-    logic.on_batch(_learns(events, as_records(events)))
+    holder, cfg, logic, _ = _idle_user(1.5, 2)
     old = _UserLogic(holder, cfg, logic.snapshot()[:4], None)
     out, keep = old.on_notify()
     assert keep == StatefulBatchLogic.RETAIN  # not idle on the wall clock yet
@@ -229,12 +235,7 @@ def test_a_user_resumed_without_a_clock_is_dropped_on_the_wall_clock() -> None:
 
 
 def test_an_idle_user_whose_partition_is_still_is_looked_at_ever_less_often() -> None:
-    learner = tiny_learner()
-    holder = LearnerHolder(learner, learner.base.version)
-    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=2.0)
-    events = click_stream(n_users=1, n_events=1, seed=4)
-    logic = _UserLogic(holder, cfg, None, None)
-    logic.on_batch(_learns(events, as_records(events)))
+    _holder, _cfg, logic, events = _idle_user(2.0, 1)
     waits = []
     for _ in range(6):
         logic._check_at = 0.0
