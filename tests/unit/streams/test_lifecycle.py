@@ -78,6 +78,17 @@ def _learns(events, recs) -> list[Learn]:
     return [Learn(r, (e.user_id, e.item_id, e.ts, None)) for r, e in zip(recs, events, strict=True)]
 
 
+def _idle_user(idle_s: float, n_events: int) -> tuple[LearnerHolder, FlowConfig, _UserLogic, list]:
+    """A user who clicked ``n_events`` times (one second apart), with eviction at ``idle_s``."""
+    learner = tiny_learner()
+    holder = LearnerHolder(learner, learner.base.version)
+    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=idle_s)
+    events = click_stream(n_users=1, n_events=n_events, seed=4)
+    logic = _UserLogic(holder, cfg, None, None)
+    logic.on_batch(_learns(events, as_records(events)))
+    return holder, cfg, logic, events
+
+
 def test_an_idle_user_is_evicted_once_the_partitions_clock_has_passed() -> None:
     learner = tiny_learner()
     holder = LearnerHolder(learner, learner.base.version)
@@ -108,14 +119,8 @@ def test_an_idle_user_is_evicted_once_the_partitions_clock_has_passed() -> None:
 
 
 def test_an_evicted_user_is_pushed_one_last_time() -> None:
-    learner = tiny_learner()
-    holder = LearnerHolder(learner, learner.base.version)
-    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=2.0)
-    logic = _UserLogic(holder, cfg, None, None)
-    ev = click_stream(n_users=1, n_events=3)
-    recs = as_records(ev)
-    logic.on_batch(_learns(ev, recs))
-    logic.clocks[0] = recs[-1].ts_ms + 2_000  # a later record of the partition, processed here
+    _holder, _cfg, logic, events = _idle_user(2.0, 3)
+    logic.clocks[0] = events[-1].ts + 2_000  # a later record of the partition, processed here
     logic._check_at = 0.0
     out, keep = logic.on_notify()
     assert keep == StatefulBatchLogic.DISCARD
@@ -209,17 +214,6 @@ def test_an_evicted_user_who_never_pushed_sends_the_sink_nothing() -> None:
     time.sleep(0.1)
     out, keep = logic.on_notify()
     assert out == [] and keep == StatefulBatchLogic.DISCARD
-
-
-def _idle_user(idle_s: float, n_events: int) -> tuple[LearnerHolder, FlowConfig, _UserLogic, list]:
-    """A user who clicked ``n_events`` times (one second apart), with eviction at ``idle_s``."""
-    learner = tiny_learner()
-    holder = LearnerHolder(learner, learner.base.version)
-    cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=idle_s)
-    events = click_stream(n_users=1, n_events=n_events, seed=4)
-    logic = _UserLogic(holder, cfg, None, None)
-    logic.on_batch(_learns(events, as_records(events)))
-    return holder, cfg, logic, events
 
 
 def test_a_user_resumed_without_a_clock_is_dropped_on_the_wall_clock() -> None:
