@@ -75,7 +75,7 @@ FLUSH_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 METRIC_NAMES = (
     "diam_flow_records_total", "diam_flow_events_valid_total", "diam_flow_events_rejected_total",
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
-    "diam_flow_learn_calls_total",
+    "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
@@ -253,7 +253,12 @@ class FlowMetrics:
         yield counter("diam_flow_events_valid", "Valid click events", st.get("valid", 0))
         yield counter("diam_flow_events_rejected", "Rejected records (dead-lettered)",
                       st.get("rejected", 0))
-        yield gauge("diam_flow_users", "Users in this process's state", st.get("users", 0))
+        yield gauge("diam_flow_users", "Users held in this process's state", st.get("in_state", 0))
+        yield counter("diam_flow_user_evictions", "Idle users dropped from the state "
+                      "(evict_idle_s)", st.get("evictions", 0))
+        yield counter("diam_flow_user_restarts", "Clicks that started their user over from the "
+                      "base, evict_idle_s or more after the previous one on the event clock",
+                      st.get("restarts", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
         yield counter("diam_flow_learn_calls",
                       "Calls of the learner's batched step (a user's clicks of a source batch)",

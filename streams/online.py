@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, TypeGuard, cast
+from typing import Any, Generic, NamedTuple, TypeGuard, TypeVar, cast
 
 import bytewax.operators as op
 import numpy as np
@@ -44,6 +44,7 @@ from streams.kafka_io import KafkaOut, RawRecord
 from streams.redis_sink import RELEASED, Item, Released
 
 _NO_SEEN = np.zeros(0, dtype=np.int32)
+T = TypeVar("T")
 
 __all__ = ["Counts", "DeadLetter", "FlowSinks", "FlowStats", "Forget", "Learn", "LearnerHolder",
            "build_flow", "deadletter_record", "drift_record"]
@@ -71,6 +72,31 @@ class DeadLetter(NamedTuple):
     reason: str
 
 
+class PerThread(Generic[T]):
+    """One ``T`` per thread that asks (a dataflow's worker threads), each written by its own
+    thread only, so the per-event path takes no lock; :meth:`all` lists them for a reader."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._local = threading.local()
+        self._all: list[T] = []
+        self._lock = threading.Lock()  # taken once per thread, to register its value
+
+    def mine(self) -> T:
+        """The calling thread's value, made at its first call."""
+        try:
+            return cast(T, self._local.value)
+        except AttributeError:
+            value = self._local.value = self._make()
+            with self._lock:
+                self._all.append(value)
+            return value
+
+    def all(self) -> list[T]:
+        with self._lock:
+            return list(self._all)
+
+
 @dataclass
 class Counts:
     """One worker thread's counters. Only that thread writes them, so no lock is taken on the
@@ -80,8 +106,16 @@ class Counts:
     rejected: int = 0
     """Dead-lettered records: refused by decoding or validation, or failed in the update."""
     users: int = 0
+    """User states started: a new user, and a user again after a forget or idleness."""
+    ended: int = 0
+    """User states ended: forgotten, started over after idleness, or dropped as idle; ``users``
+    less this is the number of users held in the state."""
     evictions: int = 0
     """Users dropped from the state as idle (``FlowConfig.evict_idle_s``)."""
+    restarts: int = 0
+    """Clicks that started a user held in the state over from the base, ``evict_idle_s`` or
+    more after the user's previous click on the partition's event clock (a dropped user's
+    return is a new state instead, counted in ``users``)."""
     pushes: int = 0
     drift_events: int = 0
     learn_calls: int = 0
@@ -104,27 +138,21 @@ class FlowStats(Counts):
 
     def __init__(self) -> None:
         super().__init__()
-        self._local = threading.local()
-        self._workers: list[Counts] = []
-        self._lock = threading.Lock()  # taken once per worker thread, to register its counts
+        self._workers = PerThread(Counts)
 
     def counts(self) -> Counts:
         """The calling thread's counters."""
-        mine: Counts | None = getattr(self._local, "counts", None)
-        if mine is None:
-            mine = self._local.counts = Counts()
-            with self._lock:
-                self._workers.append(mine)
-        return mine
+        return self._workers.mine()
 
     def total(self) -> Counts:
-        with self._lock:
-            parts = [self, *self._workers]
+        parts = [self, *self._workers.all()]
         return Counts(**{f.name: sum(getattr(c, f.name) for c in parts) for f in fields(Counts)})
 
     def as_dict(self) -> dict[str, int]:
+        """``users``: user states started; ``in_state``: users held now."""
         t = self.total()
         return {"records": t.records, "valid": t.valid, "rejected": t.rejected, "users": t.users,
+                "in_state": t.users - t.ended, "evictions": t.evictions, "restarts": t.restarts,
                 "pushes": t.pushes, "drift_events": t.drift_events, "learn_calls": t.learn_calls}
 
 
@@ -262,22 +290,8 @@ of plain values pickles several times faster than a class instance. A store writ
 clock was kept holds the first four (clock and partition then read -1: unknown)."""
 
 
-class _WorkerClocks:
-    """Per worker thread of one dataflow: the event clock (:attr:`RawRecord.clock_ms`) of the
-    newest record of each partition that this worker's per-user step has processed. Only that
-    thread writes its dict, so no lock is taken."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def mine(self) -> dict[int, int]:
-        clocks: dict[int, int] | None = getattr(self._local, "clocks", None)
-        if clocks is None:
-            clocks = self._local.clocks = {}
-        return clocks
-
-
 def _clock(rec: RawRecord) -> int:
+    """The partition's event clock at ``rec`` (its record timestamp when the source keeps none)."""
     return rec.clock_ms if rec.clock_ms >= 0 else rec.ts_ms
 
 
@@ -338,6 +352,29 @@ def forget_target(key: bytes) -> str | None:
     return uid if _USER_ID_RE.fullmatch(uid) else None
 
 
+class _DropSchedule:
+    """When an idle user is looked at, on the wall clock (``FlowConfig.evict_idle_s``): that
+    long after their last click, then, each time their partition's event clock has not come
+    that far on this worker yet, after a wait twice the last (every wake costs a recovery
+    snapshot at the epoch's end), up to 8 times the idle time. Whether the user *is* idle is
+    the event clock's (:meth:`_UserLogic._idle`); this only says when to ask. The wall clock
+    decides when a user is dropped, never what anyone learns."""
+
+    __slots__ = ("at", "idle_s", "wait_s")
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.clicked()
+
+    def clicked(self) -> None:
+        self.at = time.time() + self.idle_s
+        self.wait_s = 0.0
+
+    def later(self) -> None:
+        self.wait_s = min(max(2 * self.wait_s, self.idle_s / 4, 1.0), max(8 * self.idle_s, 1.0))
+        self.at = time.time() + self.wait_s
+
+
 class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
     """One user's learner state and push bookkeeping.
 
@@ -350,12 +387,12 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
     function of the topic alone: a click that comes ``evict_idle_s`` or more after the user's
     last one on that clock starts the user over from the base, whether or not the user was
     dropped from the state meanwhile. Dropping (to free memory and the recovery store) is only
-    *checked* on the wall clock; it happens once this worker has processed a record of the
-    user's partition that far on: every later click of the user then lies that far on too,
-    and would start over anyway. The partition's records reach this worker in offset order,
-    and Bytewax runs a key's notification after the batches that arrived with it. This holds
-    while a user's clicks stay on one partition (events keyed by user; adding partitions to
-    the topic moves users, and breaks their order anyway).
+    *checked* on the wall clock (:class:`_DropSchedule`); it happens once this worker has
+    processed a record of the user's partition that far on: every later click of the user then
+    lies that far on too, and would start over anyway. The partition's records reach this
+    worker in offset order, and Bytewax runs a key's notification after the batches that
+    arrived with it. This holds while a user's clicks stay on one partition (events keyed by
+    user; adding partitions to the topic moves users, and breaks their order anyway).
     """
 
     def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: Snapshot | tuple | None,
@@ -368,15 +405,15 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self.since_push, self.dirty = 0, False
         self.clock, self.part = -1, -1  # the event clock and partition of the last click
         self._idle_ms = None if cfg.evict_idle_s is None else round(cfg.evict_idle_s * 1000)
-        self._last_push = self._seen = time.time()
-        self._check_at = self._seen + (cfg.evict_idle_s or 0.0)  # the next idleness check
-        self._recheck_s = 0.0  # the wait before the next check, once one found the user not idle
+        self._drop = None if cfg.evict_idle_s is None else _DropSchedule(cfg.evict_idle_s)
+        self._last_push = time.time()
         self._due: datetime | None = None
         if resume is not None:
             self.user_id, packed, self.since_push, self.dirty = resume[:4]
             if len(resume) > 4:
                 self.clock, self.part = resume[4], resume[5]
             self.state = UserState.unpack(packed)
+            self.counts.users += 1  # held again in this process's state
             if self.dirty:
                 self._due = datetime.now(UTC)
 
@@ -392,12 +429,20 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(), st.last_ts,
                            st.n_events, self.holder.anchor_kind, seen)
 
+    def _end(self, unpushed: bool) -> list[Out]:
+        """End the user's state, as idleness does (a start-over or a drop): first the last push
+        of the clicks not pushed yet, if ``unpushed``."""
+        last: list[Out] = [self._push()] if unpushed else []
+        self.state = None
+        self.dirty = False
+        self._due = None
+        self.counts.ended += 1
+        return last
+
     def on_batch(self, values: list[Learn | Forget]) -> tuple[list[Out], bool]:
-        self._seen = time.time()
         idle_ms = self._idle_ms
-        if idle_ms is not None:
-            self._check_at = self._seen + idle_ms / 1000
-            self._recheck_s = 0.0
+        if self._drop is not None:
+            self._drop.clicked()
         learner = self.holder.learner
         counts = self.counts
         out: list[Out] = []
@@ -410,6 +455,8 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
                 # the user's state is dropped here and the sink deletes their key, in order
                 # with the pushes; clicks after it start a new state
                 out.append(None)
+                if state is not None:
+                    counts.ended += 1
                 state = self.state = None
                 self._due, self.dirty = None, False
                 i = start = i + 1
@@ -425,14 +472,13 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
                 if state is not None and self.clock >= 0 and c - self.clock >= idle_ms:
                     # idle too long: the user starts over from the base, as if dropped
                     # (with the last push a drop gives)
-                    if self.dirty or (i > start and state.n_recent > 0):
-                        out.append(self._push())
-                    state = self.state = None
+                    out += self._end(self.dirty or (i > start and state.n_recent > 0))
+                    counts.restarts += 1
+                    state = None
                     start = i
                 k = i + 1
                 while k < j:
-                    r = values[k][0]
-                    ck = r.clock_ms if r.clock_ms >= 0 else r.ts_ms
+                    ck = _clock(values[k][0])
                     if ck - c >= idle_ms:
                         break
                     c = ck
@@ -478,10 +524,10 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self._idle_ms is None:
+        if self._drop is None:
             return self._due
-        evict = datetime.fromtimestamp(self._check_at, UTC)
-        return evict if self._due is None or evict < self._due else self._due
+        look = datetime.fromtimestamp(self._drop.at, UTC)
+        return look if self._due is None or look < self._due else self._due
 
     def _idle(self) -> bool:
         """The user's partition is ``evict_idle_s`` past their last click on its event clock,
@@ -494,25 +540,19 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return self.clocks.get(self.part, -1) - self.clock >= self._idle_ms
 
     def on_notify(self) -> tuple[list[Out], bool]:
-        idle_ms = self._idle_ms
-        if idle_ms is not None and time.time() >= self._check_at:
+        drop = self._drop
+        if drop is not None and time.time() >= drop.at:
             if not self._idle():
-                # the partition's clock has not come that far here yet: look again later, and
-                # later still each time (every wake costs a recovery snapshot at the epoch's
-                # end), up to 8 times the idle time
-                self._recheck_s = min(max(2 * self._recheck_s, idle_ms / 4000, 1.0),
-                                      max(8 * idle_ms / 1000, 1.0))
-                self._check_at = time.time() + self._recheck_s
+                drop.later()  # the partition's clock has not come that far here yet
                 return self._flush()
             # idle too long: pushed one last time if needed, then dropped from the state (its
             # key stays in Redis, until ``RedisConfig.user_ttl_s`` if set); a returning user
             # starts over from the base, as a new one. RELEASED has the sink let go of the
             # user and wait for that last push before this epoch can commit.
-            last: list[Out] = [self._push()] if self.dirty else []
+            held = self.state is not None and self.state.n_recent > 0  # the sink holds them
+            last = self._end(self.dirty)
             self.counts.evictions += 1
-            if self.state is None or self.state.n_recent == 0:
-                return last, StatefulBatchLogic.DISCARD  # never pushed: the sink holds nothing
-            return [*last, RELEASED], StatefulBatchLogic.DISCARD
+            return ([*last, RELEASED] if held else last), StatefulBatchLogic.DISCARD
         return self._flush()
 
     def _flush(self) -> tuple[list[Out], bool]:
@@ -565,7 +605,9 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted)),
                         _is_dead)
     keyed: KeyedStream[Learn | Forget] = decoded.falses  # type: ignore[assignment]
-    clocks = _WorkerClocks()
+    # per worker thread: the event clock of the newest record of each partition that this
+    # worker's per-user step has processed (_UserLogic's idleness reads it)
+    clocks: PerThread[dict[int, int]] = PerThread(dict)
     learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(
         holder, cfg, resume, counted.counts(), clocks.mine()))
     side = op.branch("side-outputs", learned, _is_side)

@@ -227,8 +227,18 @@ def test_idle_users_are_evicted_by_the_topics_clock_and_a_replay_learns_the_same
         run.join(60)
         assert not run.is_alive()
         live = redis_state(redis_client, namespace)
-        run_online(dataclasses.replace(_job(stack, topic, replay_ns), flow=flow), _holder())
+        again = FlowStats()
+        run_online(dataclasses.replace(_job(stack, topic, replay_ns), flow=flow), _holder(), again)
         assert redis_state(redis_client, replay_ns) == live
+        # every user of both waves (and the tick user) came back after the idle time on the
+        # clock: started over in the state (the replay: too fast to drop them), or anew once
+        # dropped (the live run); the counters say which
+        users = set(counts(events)) | {"tick"}
+        back = len(set(counts(first)) & set(counts(second))) + 1
+        for s in (stats.total(), again.total()):
+            assert s.users - len(users) == back, s  # each return is one more state
+        assert again.total().restarts > 0  # the replay's users came back while still held
+        assert stats.total().restarts < back  # the live run's came back once dropped
     finally:
         stop.set()
         for key in redis_client.scan_iter(match=f"diam:{replay_ns}:*"):

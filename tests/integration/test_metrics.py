@@ -98,9 +98,11 @@ class _Run:
 
 def _summary_counts(line: str) -> dict[str, int]:
     m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) users, (\d+) learn "
-                  r"calls, (\d+) pushes to Redis, (\d+) drift events", line)
+                  r"calls, (\d+) pushes to Redis, (\d+) drift events, (\d+) idle users dropped, "
+                  r"(\d+) started over", line)
     assert m, line
-    keys = ["records", "valid", "rejected", "users", "learn_calls", "pushes", "drift_events"]
+    keys = ["records", "valid", "rejected", "users", "learn_calls", "pushes", "drift_events",
+            "evictions", "restarts"]
     return dict(zip(keys, map(int, m.groups()), strict=True))
 
 
@@ -167,6 +169,8 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
     assert _one(final, "diam_flow_events_rejected_total") == want["rejected"]
     assert _one(final, "diam_flow_users") == want["users"]
     assert _one(final, "diam_flow_pushes_total") == want["pushes"]
+    assert _one(final, "diam_flow_user_evictions_total") == want["evictions"]
+    assert _one(final, "diam_flow_user_restarts_total") == want["restarts"]
     # one call per user and source batch: at least one per user, at most one per record
     assert want["users"] <= _one(final, "diam_flow_learn_calls_total") == want["learn_calls"] \
         <= want["records"]

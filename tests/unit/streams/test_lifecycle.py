@@ -30,13 +30,14 @@ from tests.flowkit import as_records, click_stream, expected_states, tiny_learne
 CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
 
 
-def _run(items, cfg: FlowConfig = CFG):
+def _run(items, cfg: FlowConfig = CFG, stats: FlowStats | None = None):
     vecs: list = []
     dead: list = []
     learner = tiny_learner()
     flow = build_flow(TestingSource(items, batch_size=5),
                       FlowSinks(TestingSink(vecs), TestingSink(dead), TestingSink([])),
-                      cfg, LearnerHolder(learner, learner.base.version), stats=FlowStats())
+                      cfg, LearnerHolder(learner, learner.base.version),
+                      stats=stats if stats is not None else FlowStats())
     run_main(flow, epoch_interval=timedelta(seconds=0.05))
     return vecs, dead
 
@@ -46,8 +47,11 @@ def test_a_tombstone_forgets_the_user_and_later_clicks_start_over() -> None:
     recs = as_records(events)
     tomb = RawRecord("t", 0, 60, b"user1", None, 0)
     after = [r._replace(offset=r.offset + 1) for r in recs[60:]]
-    vecs, dead = _run(recs[:60] + [tomb] + after)
+    stats = FlowStats()
+    vecs, dead = _run(recs[:60] + [tomb] + after, stats=stats)
     assert dead == []
+    # user1's state ended at the tombstone and started again: three users held at the end
+    assert (stats.as_dict()["users"], stats.as_dict()["in_state"]) == (4, 3)
     # user1's key is deleted at the tombstone, in order with its pushes
     mine = [uv for u, uv in vecs if u == "user1"]
     cut = mine.index(None)
@@ -101,27 +105,29 @@ def test_an_idle_user_is_evicted_once_the_partitions_clock_has_passed() -> None:
     assert keep == StatefulBatchLogic.RETAIN and out == []
     due = logic.notify_at()
     assert due is not None and 1.9 < due.timestamp() - time.time() < 2.05
-    logic._check_at = 0.0  # idle on the wall clock
+    logic._drop.at = 0.0  # idle on the wall clock
     # ... but nothing of the partition has come later on its event clock: a click arriving
     # now could still continue the user, so the user stays (pushed, as a due push would),
     # and is looked at again later
     out, keep = logic.on_notify()
     assert keep == StatefulBatchLogic.RETAIN and [uv.n for uv in out] == [3]
-    assert logic._check_at - time.time() > 0.9
+    assert logic._drop.at - time.time() > 0.9
     # another user's record of the same partition, 2 s later on the partition's clock
     other = dataclasses.replace(click_stream(n_users=1, n_events=1, seed=9)[0], user_id="other")
     late = RawRecord("t", 0, 3, b"other", encode_event(other), recs[-1].ts_ms + 2_000)
     _UserLogic(holder, cfg, None, None, clocks).on_batch(_learns([other], [late]))
-    logic._check_at = 0.0
+    logic._drop.at = 0.0
     out, keep = logic.on_notify()
     assert keep == StatefulBatchLogic.DISCARD
     assert out == [RELEASED]  # nothing unpushed: the sink is told to let go of the user
+    c = logic.counts
+    assert (c.users, c.ended, c.evictions, c.restarts) == (1, 1, 1, 0)
 
 
 def test_an_evicted_user_is_pushed_one_last_time() -> None:
     _holder, _cfg, logic, events = _idle_user(2.0, 3)
     logic.clocks[0] = events[-1].ts + 2_000  # a later record of the partition, processed here
-    logic._check_at = 0.0
+    logic._drop.at = 0.0
     out, keep = logic.on_notify()
     assert keep == StatefulBatchLogic.DISCARD
     # the unpushed events, pushed; then the sink is told to let go of the user
@@ -137,9 +143,13 @@ def test_a_click_after_an_idle_gap_starts_over_whether_or_not_the_user_was_dropp
     recs = [r._replace(ts_ms=r.ts_ms + (gap if i >= 7 else 0)) for i, r in enumerate(recs)]
     cfg = FlowConfig(push_every_events=100, push_every_ms=60_000, evict_idle_s=gap / 1000 - 1)
     # one batch: never dropped, the gap is found inside the batch
-    vecs, dead = _run(recs, cfg)
+    stats = FlowStats()
+    vecs, dead = _run(recs, cfg, stats)
     assert dead == []
     replayed = [uv for _, uv in vecs]
+    # counted: one start-over, two states started, one ended, one held, nobody dropped
+    assert {k: stats.as_dict()[k] for k in ("users", "in_state", "evictions", "restarts")} \
+        == {"users": 2, "in_state": 1, "evictions": 0, "restarts": 1}
     # what the clicks after the gap alone give, as a new user
     want = expected_states(events[7:], tiny_learner(), list(range(7, 12)))["user0"]
     assert (replayed[-1].seq, replayed[-1].n) == (want.seq, want.n_events)
@@ -154,9 +164,10 @@ def test_a_click_after_an_idle_gap_starts_over_whether_or_not_the_user_was_dropp
     first.on_batch(_learns(events[:7], recs[:7]))
     _UserLogic(holder, cfg, None, None, clocks).on_batch(
         _learns([dataclasses.replace(events[7], user_id="other")], [recs[7]._replace(key=b"other")]))
-    first._check_at = 0.0  # the wall clock's check is due
+    first._drop.at = 0.0  # the wall clock's check is due
     out, keep = first.on_notify()
     assert keep == StatefulBatchLogic.DISCARD and out[0].n == 7 and out[-1] is RELEASED
+    assert (first.counts.evictions, first.counts.restarts) == (1, 0)
     second = _UserLogic(holder, cfg, None, None, clocks)
     out, _ = second.on_batch(_learns(events[7:], recs[7:]))
     out, _ = second.on_eof()
@@ -176,9 +187,12 @@ def test_the_idle_clock_survives_a_resume() -> None:
     snap = logic.snapshot()
     assert snap[4:] == (recs[1].ts_ms, 0)
     resumed = _UserLogic(holder, cfg, snap, None)
+    assert resumed.counts.users == 1  # held again in this process
     late = recs[2]._replace(ts_ms=recs[1].ts_ms + 1_500)
     out, _ = resumed.on_batch(_learns(events[2:3], [late]))
     assert resumed.state is not None and resumed.state.n_events == 1  # started over
+    c = resumed.counts
+    assert (c.users, c.ended, c.restarts, c.evictions) == (2, 1, 1, 0)
     # a store written before the clock was kept: the clock is unknown, the user goes on
     old = _UserLogic(holder, cfg, snap[:4], None)
     old.on_batch(_learns(events[2:3], [late]))
@@ -223,7 +237,7 @@ def test_a_user_resumed_without_a_clock_is_dropped_on_the_wall_clock() -> None:
     old = _UserLogic(holder, cfg, logic.snapshot()[:4], None)
     out, keep = old.on_notify()
     assert keep == StatefulBatchLogic.RETAIN  # not idle on the wall clock yet
-    old._check_at = 0.0
+    old._drop.at = 0.0
     out, keep = old.on_notify()
     assert keep == StatefulBatchLogic.DISCARD and out[-1] is RELEASED
 
@@ -232,10 +246,10 @@ def test_an_idle_user_whose_partition_is_still_is_looked_at_ever_less_often() ->
     _holder, _cfg, logic, events = _idle_user(2.0, 1)
     waits = []
     for _ in range(6):
-        logic._check_at = 0.0
+        logic._drop.at = 0.0
         _out, keep = logic.on_notify()
         assert keep == StatefulBatchLogic.RETAIN
-        waits.append(round(logic._check_at - time.time()))
+        waits.append(round(logic._drop.at - time.time()))
     assert waits == [1, 2, 4, 8, 16, 16]  # doubling, up to 8 times evict_idle_s
     logic.on_batch(_learns(events, [as_records(events)[0]._replace(offset=1)]))
-    assert logic._recheck_s == 0.0  # a click starts the waits over
+    assert logic._drop.wait_s == 0.0  # a click starts the waits over
