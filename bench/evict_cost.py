@@ -16,8 +16,11 @@ take turns, one unrecorded run each first. ``start_overs`` is how many clicks co
 or more after their user's previous one on the partition's clock, counted here from the
 records the broker stored (the rule in ``streams.online._UserLogic``, recomputed offline):
 the churn the "on" runs learn through. Users are dropped from the state as well, during a run,
-once the wall clock and the partition's clock both say so; their count is not printed by
-``diam run``.
+once the wall clock and the partition's clock both say so. Each run's own counts, from ``diam
+run``'s summary line, are kept per run (``counts``): user states started, users dropped as idle,
+start-overs of users still held; ``counts_match`` checks them against the records: a run with
+eviction on starts one more state per start-over (``users`` = distinct users + start_overs,
+whether the user was held or dropped meanwhile), a run with it off one per user.
 
 Run: ``OPENBLAS_NUM_THREADS=1 python bench/evict_cost.py [--events 100000] [--rate 4000]
 [--idle 2] [--rounds 3]`` with the local stack up (``diam stack up``). Prints one JSON object
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -79,6 +83,14 @@ def start_overs(kafka, topic: str, idle_ms: int) -> tuple[int, int, float]:  # t
     return n, len(users), ((hi or 0) - (lo or 0)) / 1000
 
 
+def run_counts(summary: str) -> dict[str, int]:
+    """User states started, idle users dropped and start-overs, from ``diam run``'s summary."""
+    m = re.search(r"(\d+) users, .* (\d+) idle users dropped, (\d+) started over", summary)
+    if m is None:
+        raise RuntimeError(f"no user counts in the dataflow's summary: {summary!r}")
+    return dict(zip(("users", "dropped", "restarts"), map(int, m.groups()), strict=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
@@ -96,6 +108,7 @@ def main() -> None:
     produce_paced(settings.kafka, topic, events, args.rate)
     overs, users, span = start_overs(settings.kafka, topic, round(args.idle * 1000))
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    counts: dict[str, list[dict[str, int]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "ckpt"
         S.make_checkpoint(ckpt)
@@ -106,7 +119,10 @@ def main() -> None:
                 env["DIAM_FLOW_EVICT_IDLE_S"] = str(args.idle)
             ns = f"ev-{side}-{tag}-{uuid.uuid4().hex[:6]}"
             cmd = S.dataflow_cmd(topic, ns, ckpt, ["--bounded", "--recovery-dir", f"{tmp}/rec-{ns}"])
-            wall, cpu = S.timed_run([cmd], env, expect_valid=len(events))
+            lines: list[str] = []
+            wall, cpu = S.timed_run([cmd], env, expect_valid=len(events), summaries=lines)
+            if tag != "warm":
+                counts[side].append(run_counts(lines[-1]))
             return len(events) / wall, cpu / len(events) * 1e6
 
         for side in runs:  # compile or load the kernels; not recorded
@@ -125,6 +141,10 @@ def main() -> None:
                   "cpu_us_per_event_runs": [round(r[1], 1) for r in runs[side]],
                   "events_per_s": round(med[side], 1)} for side in runs},
         "on_over_off": round(med["on"] / med["off"], 3),
+        "counts": counts,
+        "counts_match": all(c["users"] == users + (overs if side == "on" else 0)
+                            and (side == "on" or c["dropped"] == c["restarts"] == 0)
+                            for side, cs in counts.items() for c in cs),
         "machine": "2 cores",
     }
     print(json.dumps(out, indent=2))

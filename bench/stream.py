@@ -293,14 +293,16 @@ def env_for(settings) -> dict[str, str]:
 
 def timed_run(cmds: list[list[str]], env: dict[str, str],
               cwd: Path | None = None, expect_valid: int | None = None,
-              calls: list[int] | None = None) -> tuple[float, float]:
+              calls: list[int] | None = None,
+              summaries: list[str] | None = None) -> tuple[float, float]:
     """Wall time of bounded dataflow processes, measured from their own start-up line so that
     Python and torch import time is not counted as processing time, and the CPU seconds they
     report for their dataflow (all threads, start-up excluded), summed. ``cwd``: where they run
     (``bench/stream_ab.py`` runs another revision's tree). ``expect_valid``: the valid records
     the processes must report together, none dead-lettered (a run that rejected its input
     would time the rejection path). ``calls``: gets the learner's batched calls the processes
-    report together (``diam run``'s summary: a user's clicks of a source batch per call)."""
+    report together (``diam run``'s summary: a user's clicks of a source batch per call).
+    ``summaries``: gets each process's summary line (``done: ...``)."""
     t0 = time.perf_counter()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=cwd) for c in cmds]
@@ -324,6 +326,8 @@ def timed_run(cmds: list[list[str]], env: dict[str, str],
         if m is None:
             raise RuntimeError(f"no CPU time in the dataflow's summary: {out[-500:]!r}")
         cpu += float(m.group(1))
+        if summaries is not None:
+            summaries += [x for x in out.splitlines() if x.startswith(("done:", "stopped:"))]
         m = re.search(r"(\d+) learn calls", out)
         if calls is not None:
             if m is None:
