@@ -85,7 +85,7 @@ def start_overs(kafka, topic: str, idle_ms: int) -> tuple[int, int, float]:  # t
 
 def run_counts(summary: str) -> dict[str, int]:
     """User states started, idle users dropped and start-overs, from ``diam run``'s summary."""
-    m = re.search(r"(\d+) users, .* (\d+) idle users dropped, (\d+) started over", summary)
+    m = re.search(r"(\d+) user states .* (\d+) idle users dropped, (\d+) started over", summary)
     if m is None:
         raise RuntimeError(f"no user counts in the dataflow's summary: {summary!r}")
     return dict(zip(("users", "dropped", "restarts"), map(int, m.groups()), strict=True))

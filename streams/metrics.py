@@ -256,8 +256,9 @@ class FlowMetrics:
         yield gauge("diam_flow_users", "Users held in this process's state", st.get("in_state", 0))
         yield counter("diam_flow_user_evictions", "Idle users dropped from the state "
                       "(evict_idle_s)", st.get("evictions", 0))
-        yield counter("diam_flow_user_restarts", "Clicks that started their user over from the "
-                      "base, evict_idle_s or more after the previous one on the event clock",
+        yield counter("diam_flow_user_restarts", "Clicks that started a user still held in the "
+                      "state over from the base, evict_idle_s or more after their previous one on "
+                      "the event clock (a dropped user's return is a new state instead)",
                       st.get("restarts", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
         yield counter("diam_flow_learn_calls",

@@ -105,11 +105,14 @@ class Counts:
     records: int = 0
     rejected: int = 0
     """Dead-lettered records: refused by decoding or validation, or failed in the update."""
-    users: int = 0
-    """User states started: a new user, and a user again after a forget or idleness."""
     ended: int = 0
     """User states ended: forgotten, started over after idleness, or dropped as idle; ``users``
-    less this is the number of users held in the state."""
+    less this is the number of users held in the state. Declared before ``users`` so that
+    :meth:`FlowStats.total`, which reads the fields in this order while workers count, never
+    reads more ended than started (the held count can be high for a moment, never below 0)."""
+    users: int = 0
+    """User states started or resumed: a new user, a user resumed from the recovery store, and
+    a user again after a forget or idleness."""
     evictions: int = 0
     """Users dropped from the state as idle (``FlowConfig.evict_idle_s``)."""
     restarts: int = 0

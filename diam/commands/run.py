@@ -153,7 +153,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
     click.echo(("stopped" if stop.is_set() else "done") + f": {st['records']} records ({st['valid']} valid, {st['rejected']} dead-lettered), "
-               f"{st['users']} users, {st['learn_calls']} learn calls, {st['pushes']} pushes to Redis, "
+               f"{st['users']} user states ({st['in_state']} held), {st['learn_calls']} learn calls, {st['pushes']} pushes to Redis, "
                f"{st['drift_events']} drift events, {st['evictions']} idle users dropped, "
                f"{st['restarts']} started over "
                f"in {dt:.1f} s ({st['records'] / max(dt, 1e-9):,.0f} records/s; "

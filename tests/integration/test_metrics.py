@@ -97,11 +97,12 @@ class _Run:
 
 
 def _summary_counts(line: str) -> dict[str, int]:
-    m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) users, (\d+) learn "
+    m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) user states "
+                  r"\((\d+) held\), (\d+) learn "
                   r"calls, (\d+) pushes to Redis, (\d+) drift events, (\d+) idle users dropped, "
                   r"(\d+) started over", line)
     assert m, line
-    keys = ["records", "valid", "rejected", "users", "learn_calls", "pushes", "drift_events",
+    keys = ["records", "valid", "rejected", "users", "in_state", "learn_calls", "pushes", "drift_events",
             "evictions", "restarts"]
     return dict(zip(keys, map(int, m.groups()), strict=True))
 
@@ -167,7 +168,7 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
     assert _one(final, "diam_flow_records_total") == want["records"]
     assert _one(final, "diam_flow_events_valid_total") == want["valid"]
     assert _one(final, "diam_flow_events_rejected_total") == want["rejected"]
-    assert _one(final, "diam_flow_users") == want["users"]
+    assert _one(final, "diam_flow_users") == want["in_state"] == want["users"]  # none dropped
     assert _one(final, "diam_flow_pushes_total") == want["pushes"]
     assert _one(final, "diam_flow_user_evictions_total") == want["evictions"]
     assert _one(final, "diam_flow_user_restarts_total") == want["restarts"]

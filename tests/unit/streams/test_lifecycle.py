@@ -72,8 +72,12 @@ def test_a_tombstone_forgets_the_user_and_later_clicks_start_over() -> None:
 
 
 def test_a_tombstone_for_a_user_without_state_deletes_the_key_and_a_bad_key_is_dead_lettered() -> None:
-    vecs, dead = _run([RawRecord("t", 0, 0, b"ghost", None, 0), RawRecord("t", 0, 1, b"a:b", None, 0)])
+    stats = FlowStats()
+    vecs, dead = _run([RawRecord("t", 0, 0, b"ghost", None, 0), RawRecord("t", 0, 1, b"a:b", None, 0)],
+                      stats=stats)
     assert vecs == [("ghost", None)]
+    t = stats.total()
+    assert (t.users, t.ended) == (0, 0)  # no state was held, none ended
     assert len(dead) == 1
     assert forget_target(b"a:b") is None and forget_target(b"\xff") is None
 

@@ -96,6 +96,7 @@ def test_metered_source_notes_each_partitions_position_and_passes_records_throug
 def test_every_name_is_exported_with_the_process_label_and_counts_add_up() -> None:
     stats = FlowStats()
     stats.records, stats.rejected, stats.users, stats.pushes = 9, 2, 3, 4
+    stats.ended, stats.evictions, stats.restarts = 2, 1, 5
     class Holder:
         version = "v7"
 
@@ -121,6 +122,9 @@ def test_every_name_is_exported_with_the_process_label_and_counts_add_up() -> No
         assert any(n == name or n.startswith(name + "_") for n in names), name
     assert all(("process", "parts0-1") in k[1] for k in s)
     assert s[("diam_flow_records_total", (("process", "parts0-1"),))] == 9
+    assert s[("diam_flow_users", (("process", "parts0-1"),))] == 1  # started 3, ended 2
+    assert s[("diam_flow_user_evictions_total", (("process", "parts0-1"),))] == 1
+    assert s[("diam_flow_user_restarts_total", (("process", "parts0-1"),))] == 5
     dl = {dict(k[1])["reason"]: v for k, v in s.items() if k[0] == "diam_flow_dead_letters_total"}
     assert dl == {"ts": 1.0, "undecodable": 1.0}
     assert s[("diam_flow_drift_events_total", (("kind", "k_change"), ("process", "parts0-1")))] == 3
