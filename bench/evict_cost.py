@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import stream as S  # noqa: E402
 
+from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from streams.kafka_io import consume_all, ensure_topic  # noqa: E402
 
@@ -85,10 +85,10 @@ def start_overs(kafka, topic: str, idle_ms: int) -> tuple[int, int, float]:  # t
 
 def run_counts(summary: str) -> dict[str, int]:
     """User states started, idle users dropped and start-overs, from ``diam run``'s summary."""
-    m = re.search(r"(\d+) user states .* (\d+) idle users dropped, (\d+) started over", summary)
-    if m is None:
+    got = parse_summary(summary)
+    if not {"users", "evictions", "restarts"} <= got.keys():
         raise RuntimeError(f"no user counts in the dataflow's summary: {summary!r}")
-    return dict(zip(("users", "dropped", "restarts"), map(int, m.groups()), strict=True))
+    return {"users": int(got["users"]), "dropped": int(got["evictions"]), "restarts": int(got["restarts"])}
 
 
 def main() -> None:

@@ -97,7 +97,6 @@ import argparse
 import json
 import os
 import pickle
-import re
 import subprocess
 import sys
 import tempfile
@@ -113,6 +112,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -317,22 +317,23 @@ def timed_run(cmds: list[list[str]], env: dict[str, str],
         out, err = p.communicate(timeout=1800)
         if p.returncode != 0:
             raise RuntimeError(f"dataflow failed: {err[-2000:]}")
-        m = re.search(r"\((\d+) valid, (\d+) dead-lettered\)", out)
-        if m is not None:
-            valid, rejected = valid + int(m.group(1)), rejected + int(m.group(2))
+        try:
+            got = parse_summary(out)
+        except ValueError:
+            raise RuntimeError(f"no summary line from the dataflow: {out[-500:]!r}") from None
+        if "valid" in got and "rejected" in got:
+            valid, rejected = valid + int(got["valid"]), rejected + int(got["rejected"])
         elif expect_valid is not None:
             raise RuntimeError(f"no record counts in the dataflow's summary: {out[-500:]!r}")
-        m = re.search(r"([0-9.]+) CPU s", out)
-        if m is None:
+        if "cpu_s" not in got:
             raise RuntimeError(f"no CPU time in the dataflow's summary: {out[-500:]!r}")
-        cpu += float(m.group(1))
+        cpu += got["cpu_s"]
         if summaries is not None:
             summaries += [x for x in out.splitlines() if x.startswith(("done:", "stopped:"))]
-        m = re.search(r"(\d+) learn calls", out)
         if calls is not None:
-            if m is None:
+            if "learn_calls" not in got:
                 raise RuntimeError(f"no learn calls in the dataflow's summary: {out[-500:]!r}")
-            calls.append(int(m.group(1)))
+            calls.append(int(got["learn_calls"]))
     end = time.perf_counter()
     if expect_valid is not None and (valid != expect_valid or rejected):
         raise RuntimeError(f"the dataflow took {valid} valid records and dead-lettered {rejected}, "

@@ -151,12 +151,12 @@ class FlowStats(Counts):
         parts = [self, *self._workers.all()]
         return Counts(**{f.name: sum(getattr(c, f.name) for c in parts) for f in fields(Counts)})
 
-    def as_dict(self) -> dict[str, int]:
-        """``users``: user states started; ``in_state``: users held now."""
+    def as_dict(self) -> dict[str, float]:
+        """Every :class:`Counts` field summed over the workers (``users``: user states started
+        or resumed), plus ``valid`` and ``in_state`` (users held now)."""
         t = self.total()
-        return {"records": t.records, "valid": t.valid, "rejected": t.rejected, "users": t.users,
-                "in_state": t.users - t.ended, "evictions": t.evictions, "restarts": t.restarts,
-                "pushes": t.pushes, "drift_events": t.drift_events, "learn_calls": t.learn_calls}
+        return {**{f.name: getattr(t, f.name) for f in fields(Counts)},
+                "valid": t.valid, "in_state": t.users - t.ended}
 
 
 @dataclass(frozen=True)
@@ -363,10 +363,11 @@ class _DropSchedule:
     the event clock's (:meth:`_UserLogic._idle`); this only says when to ask. The wall clock
     decides when a user is dropped, never what anyone learns."""
 
-    __slots__ = ("at", "idle_s", "wait_s")
+    __slots__ = ("at", "idle_ms", "idle_s", "wait_s")
 
     def __init__(self, idle_s: float) -> None:
         self.idle_s = idle_s
+        self.idle_ms = round(idle_s * 1000)  # the same idle time on the event clock
         self.clicked()
 
     def clicked(self) -> None:
@@ -407,7 +408,6 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self.state: UserState | None = None  # None: no user yet, or forgotten
         self.since_push, self.dirty = 0, False
         self.clock, self.part = -1, -1  # the event clock and partition of the last click
-        self._idle_ms = None if cfg.evict_idle_s is None else round(cfg.evict_idle_s * 1000)
         self._drop = None if cfg.evict_idle_s is None else _DropSchedule(cfg.evict_idle_s)
         self._last_push = time.time()
         self._due: datetime | None = None
@@ -443,9 +443,11 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return last
 
     def on_batch(self, values: list[Learn | Forget]) -> tuple[list[Out], bool]:
-        idle_ms = self._idle_ms
-        if self._drop is not None:
-            self._drop.clicked()
+        drop = self._drop
+        idle_ms = None
+        if drop is not None:
+            drop.clicked()
+            idle_ms = drop.idle_ms
         learner = self.holder.learner
         counts = self.counts
         out: list[Out] = []
@@ -537,10 +539,10 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         as far as this worker has processed it (see the class docstring). A user resumed from
         a store written before the clock was kept, who has not clicked since, has no clock:
         for them idleness is the wall clock's (what that store's run used)."""
-        assert self._idle_ms is not None
+        assert self._drop is not None
         if self.clock < 0:
             return True  # on_notify checks only once the wall clock says idle
-        return self.clocks.get(self.part, -1) - self.clock >= self._idle_ms
+        return self.clocks.get(self.part, -1) - self.clock >= self._drop.idle_ms
 
     def on_notify(self) -> tuple[list[Out], bool]:
         drop = self._drop

@@ -212,6 +212,6 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     wall = time.monotonic() - started
     if failure:
         raise failure[0]
-    c = stats.as_dict()
-    return ReplayReport(namespace, rng, c["records"], c["valid"], c["users"], c["rejected"],
-                        c["drift_events"], c["pushes"], wall)
+    c = stats.total()
+    return ReplayReport(namespace, rng, c.records, c.valid, c.users, c.rejected,
+                        c.drift_events, c.pushes, wall)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -30,6 +31,43 @@ class _EveryMinute(logging.Filter):
             return False
         self._last[key] = now
         return True
+
+
+SUMMARY = ("{end}: {records} records ({valid} valid, {rejected} dead-lettered), "
+           "{users} user states ({in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
+           "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
+           "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")
+"""The line ``diam run`` prints when its dataflow ends (``{end}``: done, or stopped by a signal),
+written by :func:`summary_line` and read back by :func:`parse_summary`, which the benchmarks
+and tests call for the counts: the one place its words are spelled."""
+
+# each field is read by the words after it, so a line of a revision that lacked some fields
+# (bench/stream_ab.py runs older trees) still gives the others
+_FIELDS = [(m.group(1), re.compile(r"([0-9][0-9,.]*)" + re.escape(m.group(2).split("{")[0])))
+           for m in re.finditer(r"\{(\w+)\}([^{]+)", SUMMARY) if m.group(1) != "end"]
+
+
+def summary_line(end: str, counts: dict[str, float], seconds: float, cpu_s: float) -> str:
+    """:data:`SUMMARY` filled from ``FlowStats.as_dict()`` and the run's wall and CPU time."""
+    per_s, per_cpu_s = counts["records"] / max(seconds, 1e-9), counts["records"] / max(cpu_s, 1e-9)
+    return SUMMARY.format(end=end, **counts, seconds=f"{seconds:.1f}", per_s=f"{per_s:,.0f}",
+                          cpu_s=f"{cpu_s:.1f}", per_cpu_s=f"{per_cpu_s:,.0f}")
+
+
+def parse_summary(text: str) -> dict[str, float]:
+    """The fields of the last summary line in ``text`` (a run's whole output will do), by their
+    names in :data:`SUMMARY`; a field the line lacks is left out. Raises ``ValueError`` when
+    ``text`` holds no summary line."""
+    lines = [x for x in text.splitlines() if x.startswith(("done:", "stopped:"))]
+    if not lines:
+        raise ValueError(f"no 'diam run' summary line in {text[-500:]!r}")
+    out: dict[str, float] = {}
+    for name, pat in _FIELDS:
+        m = pat.search(lines[-1])
+        if m is not None:
+            v = m.group(1).replace(",", "")
+            out[name] = float(v) if "." in v else int(v)
+    return out
 
 
 def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
@@ -152,12 +190,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
-    click.echo(("stopped" if stop.is_set() else "done") + f": {st['records']} records ({st['valid']} valid, {st['rejected']} dead-lettered), "
-               f"{st['users']} user states ({st['in_state']} held), {st['learn_calls']} learn calls, {st['pushes']} pushes to Redis, "
-               f"{st['drift_events']} drift events, {st['evictions']} idle users dropped, "
-               f"{st['restarts']} started over "
-               f"in {dt:.1f} s ({st['records'] / max(dt, 1e-9):,.0f} records/s; "
-               f"{cpu:.1f} CPU s, {st['records'] / max(cpu, 1e-9):,.0f} records per CPU second)")
+    click.echo(summary_line("stopped" if stop.is_set() else "done", st, dt, cpu))
     if metrics is not None and metrics_hold > 0:
         sys.stdout.flush()
         time.sleep(metrics_hold)  # the endpoint is a daemon thread: it ends with the process

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from diam.commands.run import parse_summary
 from streams.kafka_io import consume_all, watermarks
 from tests.flowkit import click_stream
 from tests.integration.helpers import click_payloads, produce, write_tiny_checkpoint
@@ -97,14 +98,11 @@ class _Run:
 
 
 def _summary_counts(line: str) -> dict[str, int]:
-    m = re.search(r"(\d+) records \((\d+) valid, (\d+) dead-lettered\), (\d+) user states "
-                  r"\((\d+) held\), (\d+) learn "
-                  r"calls, (\d+) pushes to Redis, (\d+) drift events, (\d+) idle users dropped, "
-                  r"(\d+) started over", line)
-    assert m, line
     keys = ["records", "valid", "rejected", "users", "in_state", "learn_calls", "pushes", "drift_events",
             "evictions", "restarts"]
-    return dict(zip(keys, map(int, m.groups()), strict=True))
+    got = parse_summary(line)
+    assert set(keys) <= got.keys(), line
+    return {k: int(got[k]) for k in keys}
 
 
 def _by(s: dict, name: str, label: str) -> dict[str, float]:
@@ -245,3 +243,65 @@ def test_the_same_names_per_process_in_split_and_cluster_runs(stack, topic, name
     lags = [_by(f, "diam_flow_consumer_lag", "partition") for f in finals]
     assert not set(lags[0]) & set(lags[1])
     assert {**lags[0], **lags[1]} == {str(p): 0.0 for p in marks}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.partitions(1)
+def test_with_eviction_on_the_held_gauge_and_the_drop_counters_follow_the_state(
+        stack, topic, namespace, ckpt) -> None:
+    """A tailing run with ``evict_idle_s`` 1 s, scraped while it works. Five users click, and
+    click again 5 s later on the topic's clock (record timestamps) while still held: each starts
+    over once. A later record moves the partition's clock past them all, so all five are
+    dropped; the tick's user (an unknown item) stays held. The counters and the held gauge
+    equal the summary line of the run stopped by SIGTERM."""
+    import signal
+
+    from confluent_kafka import Producer
+
+    from streams.events import ClickEvent, encode_event
+
+    kafka = stack.settings.kafka
+    users = [f"{namespace[1:7]}-{i}" for i in range(5)]
+    items = [f"i{j}" for j in range(8)]  # items the tiny base knows
+    t0 = int(time.time() * 1000)
+
+    def produce_at(recs: list[tuple[str, str, int]]) -> None:
+        p = Producer(kafka.client_config())
+        for user, item, ts in recs:
+            p.produce(topic, key=user.encode(), value=encode_event(ClickEvent(user, item, ts)),
+                      timestamp=ts)
+        assert p.flush(30) == 0
+
+    env = {**_env(stack, topic), "DIAM_FLOW_EVICT_IDLE_S": "1.0"}
+    cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", namespace,
+           "--checkpoint", str(ckpt), "--metrics-port", "0", "--metrics-hold", "20"]
+    run = _Run(cmd, env)
+    result: list = []
+    watcher = threading.Thread(target=lambda: result.append(run.scrape_until_done()), daemon=True)
+    try:
+        run.scrape()  # up: the metrics line is out
+        watcher.start()
+        produce_at([(u, items[(i + j) % 8], t0 + 10 * j) for i, u in enumerate(users) for j in range(4)]
+                   + [(u, items[(i + j) % 8], t0 + 5000 + 10 * j) for i, u in enumerate(users)
+                      for j in range(4)])
+        time.sleep(1.5)
+        produce_at([("tick", "no-such-item", t0 + 20_000)])
+        deadline, dropped = time.monotonic() + 120, 0.0
+        while time.monotonic() < deadline and dropped < len(users):
+            dropped = _one(run.scrape(), "diam_flow_user_evictions_total")
+            time.sleep(0.2)
+        assert dropped == len(users)
+        run.proc.send_signal(signal.SIGTERM)
+        watcher.join(120)
+    finally:
+        run.close()
+    assert result, "no summary line; stderr:\n" + "".join(run.stderr)[-3000:]
+    _during, final, summary = result[0]
+    assert summary.startswith("stopped:")
+    want = _summary_counts(summary)
+    # each user: a state, a start-over, a drop; and the tick's user, held
+    assert (want["users"], want["restarts"], want["evictions"], want["in_state"]) == (11, 5, 5, 1), summary
+    assert _one(final, "diam_flow_users") == want["in_state"]
+    assert _one(final, "diam_flow_user_evictions_total") == want["evictions"]
+    assert _one(final, "diam_flow_user_restarts_total") == want["restarts"]
+    assert _one(final, "diam_flow_pushes_total") == want["pushes"] == _one(final, "diam_flow_redis_acked_total")
