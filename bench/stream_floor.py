@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diam.app import load_holder, online_job  # noqa: E402
+from diam.commands.run import summary_line  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from online_model.online import DriftEvent, OnlineLearner, UserState  # noqa: E402
 from streams.online import FlowStats  # noqa: E402
@@ -62,9 +63,7 @@ def main(argv: list[str]) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     run_online(job, holder, stats)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    st = stats.as_dict()
-    print(f"done: {st['records']} records, {st['pushes']} pushes to Redis in {dt:.1f} s "
-          f"({st['records'] / max(dt, 1e-9):,.0f} records/s; {cpu:.1f} CPU s)", flush=True)
+    print(summary_line("done", stats.as_dict(), dt, cpu), flush=True)
 
 
 if __name__ == "__main__":
