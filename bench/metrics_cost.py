@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from stream import dataflow_cmd, env_for, make_checkpoint, produce, synth_events  # noqa: E402
 
+from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from streams.kafka_io import ensure_topic  # noqa: E402
 
@@ -70,11 +71,11 @@ def one_run(cmd: list[str], env: dict[str, str], scrape_every: float | None) -> 
     stop.set()
     if proc.returncode != 0:
         raise RuntimeError(f"dataflow failed: {err[-2000:]}")
-    rec = re.search(r"(\d+) records", out)
-    cpu = re.search(r"([0-9.]+) CPU s", out)
-    assert rec and cpu, out
-    n = int(rec.group(1))
-    return {"events_per_s": round(n / wall, 1), "cpu_s": float(cpu.group(1)),
+    got = parse_summary(out)
+    if not {"records", "cpu_s"} <= got.keys():
+        raise RuntimeError(f"no record count or CPU time in the dataflow's summary: {out[-500:]!r}")
+    n = int(got["records"])
+    return {"events_per_s": round(n / wall, 1), "cpu_s": float(got["cpu_s"]),
             "records": n, "scrapes": scrapes[0]}
 
 

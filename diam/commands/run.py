@@ -41,23 +41,25 @@ SUMMARY = ("{end}: {records} records ({valid} valid, {rejected} dead-lettered), 
 written by :func:`summary_line` and read back by :func:`parse_summary`, which the benchmarks
 and tests call for the counts: the one place its words are spelled."""
 
-# each field is read by the words after it, so a line of a revision that lacked some fields
-# (bench/stream_ab.py runs older trees) still gives the others
-_FIELDS = [(m.group(1), re.compile(r"([0-9][0-9,.]*)" + re.escape(m.group(2).split("{")[0])))
+# each field is read by the words after it (up to their separator), so a line of a revision
+# that said some of them otherwise (bench/stream_ab.py runs older trees) still gives the others
+_FIELDS = [(m.group(1), re.compile(r"(-?\d[\d,]*(?:\.\d+)?)" + re.escape(m.group(2).rstrip(", "))))
            for m in re.finditer(r"\{(\w+)\}([^{]+)", SUMMARY) if m.group(1) != "end"]
 
 
 def summary_line(end: str, counts: dict[str, float], seconds: float, cpu_s: float) -> str:
     """:data:`SUMMARY` filled from ``FlowStats.as_dict()`` and the run's wall and CPU time."""
     per_s, per_cpu_s = counts["records"] / max(seconds, 1e-9), counts["records"] / max(cpu_s, 1e-9)
-    return SUMMARY.format(end=end, **counts, seconds=f"{seconds:.1f}", per_s=f"{per_s:,.0f}",
-                          cpu_s=f"{cpu_s:.1f}", per_cpu_s=f"{per_cpu_s:,.0f}")
+    return SUMMARY.format_map({**counts, "end": end, "seconds": f"{seconds:.1f}",
+                               "per_s": f"{per_s:,.0f}", "cpu_s": f"{cpu_s:.1f}",
+                               "per_cpu_s": f"{per_cpu_s:,.0f}"})
 
 
 def parse_summary(text: str) -> dict[str, float]:
     """The fields of the last summary line in ``text`` (a run's whole output will do), by their
-    names in :data:`SUMMARY`; a field the line lacks is left out. Raises ``ValueError`` when
-    ``text`` holds no summary line."""
+    names in :data:`SUMMARY`; a field the line lacks, or whose following words it spells
+    otherwise (an older revision's line), is left out. Raises ``ValueError`` when ``text``
+    holds no summary line."""
     lines = [x for x in text.splitlines() if x.startswith(("done:", "stopped:"))]
     if not lines:
         raise ValueError(f"no 'diam run' summary line in {text[-500:]!r}")
@@ -135,8 +137,8 @@ def _parse_partitions(text: str | None) -> list[int] | None:
               help="Serve Prometheus metrics (lag, events/s, freshness, pushes, drift...) on this "
                    "port at /metrics; 0 picks a free port (printed). Off when not given.")
 @click.option("--metrics-hold", type=float, default=0.0, show_default=True,
-              help="Seconds to keep serving metrics after a bounded run ends, so that a scraper "
-                   "reads the final counts.")
+              help="Seconds to keep serving metrics after the run ends (a bounded run's end, or "
+                   "a stop by SIGINT/SIGTERM), so that a scraper reads the final counts.")
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, workers: int,
             process_id: int | None, addresses: str | None, recovery_dir: Path | None, bounded: bool,

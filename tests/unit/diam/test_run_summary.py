@@ -3,9 +3,11 @@ benchmarks and tests call (``diam.commands.run``)."""
 
 from __future__ import annotations
 
+import string
+
 import pytest
 
-from diam.commands.run import parse_summary, summary_line
+from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line
 from streams.online import FlowStats
 
 COUNTS = dict(records=12_345, valid=12_340, rejected=5, users=100, in_state=90, learn_calls=800,
@@ -35,7 +37,24 @@ def test_a_line_from_before_a_field_existed_gives_the_others() -> None:
            "Redis, 0 drift events in 2.0 s (150 records/s; 1.9 CPU s, 158 records per CPU second)")
     got = parse_summary(old)
     assert (got["valid"], got["rejected"], got["learn_calls"], got["cpu_s"]) == (300, 0, 40, 1.9)
+    assert (got["pushes"], got["drift_events"], got["seconds"]) == (30, 0, 2.0)
     assert "users" not in got and "evictions" not in got
+    # the no-learning floor's own line, before it printed this one
+    floor = "done: 400000 records, 43436 pushes to Redis in 5.3 s (75,000 records/s; 5.0 CPU s)"
+    assert {k: parse_summary(floor)[k] for k in ("pushes", "per_s", "cpu_s")} == {
+        "pushes": 43436, "per_s": 75000, "cpu_s": 5.0}
+
+
+def test_every_field_of_the_format_has_a_reader_and_edge_values_come_back() -> None:
+    names = {f for _, f, _, _ in string.Formatter().parse(SUMMARY) if f} - {"end"}
+    assert {n for n, _ in _FIELDS} == names
+    zero = dict.fromkeys(COUNTS, 0)
+    got = parse_summary(summary_line("done", zero, seconds=0.0, cpu_s=0.0))
+    assert {k: got[k] for k in COUNTS} == zero and (got["seconds"], got["cpu_s"]) == (0.0, 0.0)
+    big = {k: 10**12 + i for i, k in enumerate(COUNTS)}  # distinct: no two fields swapped
+    got = parse_summary(summary_line("stopped", big, seconds=1e9, cpu_s=0.04))
+    assert {k: got[k] for k in COUNTS} == big and got["cpu_s"] == 0.0
+    assert parse_summary(summary_line("done", {**COUNTS, "in_state": -1}, 1.0, 1.0))["in_state"] == -1
 
 
 def test_output_without_a_summary_line_is_refused() -> None:
