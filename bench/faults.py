@@ -74,6 +74,7 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from diam.commands.run import SUMMARY_ENDS  # noqa: E402
 from diam.settings import Settings, StackConfig  # noqa: E402
 from diam.stack_proc import free_port, terminate  # noqa: E402
 from serving_cache.codec import decode_user  # noqa: E402
@@ -88,7 +89,9 @@ FAULTS = ("kill9", "broker_restart", "redis_sigstop", "redis_pause", "redis_data
 _QUIET = logging.getLogger("bench.faults.rdkafka")
 _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
-LOG_EVENTS = re.compile(r"unreachable|reachable again|re-pushing|stopping|stopped:|done:|Traceback|panicked")
+# the log lines worth showing: the sink's outage messages, a stop, a run's summary, a crash
+LOG_EVENTS = re.compile("|".join(["unreachable", "reachable again", "re-pushing", "stopping",
+                                  *(f"{e}:" for e in SUMMARY_ENDS), "Traceback", "panicked"]))
 
 
 # -- the private stack --------------------------------------------------------------------------

@@ -112,7 +112,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diam.commands.run import parse_summary  # noqa: E402
+from diam.commands.run import parse_summary, summary_lines  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -329,7 +329,7 @@ def timed_run(cmds: list[list[str]], env: dict[str, str],
             raise RuntimeError(f"no CPU time in the dataflow's summary: {out[-500:]!r}")
         cpu += got["cpu_s"]
         if summaries is not None:
-            summaries += [x for x in out.splitlines() if x.startswith(("done:", "stopped:"))]
+            summaries += summary_lines(out)
         if calls is not None:
             if "learn_calls" not in got:
                 raise RuntimeError(f"no learn calls in the dataflow's summary: {out[-500:]!r}")

@@ -300,7 +300,7 @@ class FlowMetrics:
         yield de
         yield counter("diam_flow_redis_acked", "User values acknowledged by Redis", acked)
         yield counter("diam_flow_state_snapshots", "Users' state snapshots taken at epoch ends",
-                      self.stats.total().snapshots if self.stats is not None else 0)
+                      st.get("snapshots", 0))
         yield from hists
         if self.holder is not None:
             v = GaugeMetricFamily("diam_flow_base_version", "1 for the base version in use "

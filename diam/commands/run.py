@@ -48,11 +48,25 @@ _FIELDS = [(m.group(1), re.compile(r"(-?\d[\d,]*(?:\.\d+)?)" + re.escape(m.group
 
 
 def summary_line(end: str, counts: dict[str, float], seconds: float, cpu_s: float) -> str:
-    """:data:`SUMMARY` filled from ``FlowStats.as_dict()`` and the run's wall and CPU time."""
+    """:data:`SUMMARY` filled from ``FlowStats.as_dict()`` and the run's wall and CPU time;
+    ``end`` is one of :data:`SUMMARY_ENDS`."""
+    if end not in SUMMARY_ENDS:
+        raise ValueError(f"end {end!r}: expected one of {SUMMARY_ENDS}")
     per_s, per_cpu_s = counts["records"] / max(seconds, 1e-9), counts["records"] / max(cpu_s, 1e-9)
     return SUMMARY.format_map({**counts, "end": end, "seconds": f"{seconds:.1f}",
                                "per_s": f"{per_s:,.0f}", "cpu_s": f"{cpu_s:.1f}",
                                "per_cpu_s": f"{per_cpu_s:,.0f}"})
+
+
+SUMMARY_ENDS = ("done", "stopped")
+"""The words ``{end}`` takes: ``done`` (a bounded run read its input to the end) or ``stopped``
+(a signal stopped it at a clean point)."""
+
+
+def summary_lines(text: str) -> list[str]:
+    """The summary lines in ``text`` (a run's output, or several runs'), in order: the lines
+    that begin with one of :data:`SUMMARY_ENDS` and a colon."""
+    return [x for x in text.splitlines() if x.startswith(tuple(f"{e}:" for e in SUMMARY_ENDS))]
 
 
 def parse_summary(text: str) -> dict[str, float]:
@@ -60,7 +74,7 @@ def parse_summary(text: str) -> dict[str, float]:
     names in :data:`SUMMARY`; a field the line lacks, or whose following words it spells
     otherwise (an older revision's line), is left out. Raises ``ValueError`` when ``text``
     holds no summary line."""
-    lines = [x for x in text.splitlines() if x.startswith(("done:", "stopped:"))]
+    lines = summary_lines(text)
     if not lines:
         raise ValueError(f"no 'diam run' summary line in {text[-500:]!r}")
     out: dict[str, float] = {}

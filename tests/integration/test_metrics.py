@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from diam.commands.run import parse_summary
+from diam.commands.run import parse_summary, summary_lines
 from streams.kafka_io import consume_all, watermarks
 from tests.flowkit import click_stream
 from tests.integration.helpers import click_payloads, produce, write_tiny_checkpoint
@@ -70,7 +70,7 @@ class _Run:
         def read_out() -> None:
             for line in self.proc.stdout:  # type: ignore[union-attr]
                 lines.append(line)
-                if line.startswith(("done:", "stopped:")):
+                if summary_lines(line):
                     done.set()
 
         threading.Thread(target=read_out, daemon=True).start()
@@ -88,7 +88,7 @@ class _Run:
             time.sleep(0.05)
         assert done.is_set(), "no summary line; stderr:\n" + "".join(self.stderr)[-3000:]
         final = self.scrape()
-        summary = next(x for x in lines if x.startswith(("done:", "stopped:")))
+        summary = summary_lines("".join(lines))[0]
         return during, final, summary
 
     def close(self) -> None:
@@ -304,7 +304,7 @@ def test_with_eviction_on_the_held_gauge_and_the_drop_counters_follow_the_state(
         run.close()
     assert result, "no summary line; stderr:\n" + "".join(run.stderr)[-3000:]
     during, final, summary = result[0]
-    assert summary.startswith("stopped:")
+    assert summary.startswith("stopped:")  # SIGTERM: a stop by signal, not a bounded end
     # all five held at once before the drops (the watcher's scrapes while the run worked)
     assert max(_one(s, "diam_flow_users") for s in during) >= len(users)
     want = _summary_counts(summary)

@@ -7,7 +7,7 @@ import string
 
 import pytest
 
-from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line
+from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line, summary_lines
 from streams.online import FlowStats
 
 COUNTS = dict(records=12_345, valid=12_340, rejected=5, users=100, in_state=90, learn_calls=800,
@@ -60,3 +60,13 @@ def test_every_field_of_the_format_has_a_reader_and_edge_values_come_back() -> N
 def test_output_without_a_summary_line_is_refused() -> None:
     with pytest.raises(ValueError, match="no 'diam run' summary line"):
         parse_summary("online dataflow: t -> redis\nTraceback ...")
+
+
+def test_summary_lines_finds_each_runs_line_and_only_those() -> None:
+    a = summary_line("done", COUNTS, 1.0, 1.0)
+    b = summary_line("stopped", COUNTS, 2.0, 1.0)
+    text = "\n".join(["online dataflow: ...", a, "  done: indented is not one", "donee: no", b, ""])
+    assert summary_lines(text) == [a, b]
+    assert summary_lines("nothing here\n") == []
+    with pytest.raises(ValueError, match="expected one of"):
+        summary_line("finished", COUNTS, 1.0, 1.0)
