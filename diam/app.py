@@ -41,7 +41,25 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     the store), ``checkpoint`` (a checkpoint or snapshot directory), the active snapshot (hot
     reloaded when a new version is published or new items arrive in the catalogue or in the
     clicks of ``topic``, by default ``kafka.clicks_topic``, unless ``hot_reload`` is off), a
-    co-occurrence base built from the prepared dataset ``base_from_data``."""
+    co-occurrence base built from the prepared dataset ``base_from_data``.
+
+    Raises :class:`NoBaseModel` when none is given or the one given cannot be read (a directory
+    that is not a checkpoint, a dataset that is missing or malformed)."""
+    from online_model.base import BaseLoadError
+    from online_model.datasets import DatasetError
+
+    try:
+        return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
+                       learner, topic)
+    except BaseLoadError as exc:
+        raise NoBaseModel(f"cannot use the base: {exc}") from None
+    except DatasetError as exc:
+        raise NoBaseModel(f"cannot build a base from the dataset: {exc}") from None
+
+
+def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
+            base_from_data: str | None, hot_reload: bool, namespace: str | None,
+            learner: LearnerFactory, topic: str | None) -> LearnerHolder:
     from snapshotter.store import SnapshotError, SnapshotStore
 
     cfg = settings.online
@@ -68,9 +86,12 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
 
         base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
     else:
+        from diam.commands import default_dataset
+
         raise NoBaseModel(
             "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
-            "pass --checkpoint DIR, or pass --base-from-data data/ml-100k for a co-occurrence base")
+            f"pass --checkpoint DIR, or pass --base-from-data {default_dataset(settings)} for a "
+            "co-occurrence base")
     return LearnerHolder(learner(base, cfg), base.version)
 
 

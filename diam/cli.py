@@ -23,10 +23,28 @@ from diam.commands import (
     snapshot,
     stack,
     stream_eval,
+    unreachable_service,
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The ``diam`` group: a Redis or Kafka that does not answer, escaping any command, ends in
+    ``Error: ...`` and exit code 1 instead of a traceback (the one place that words it:
+    :func:`diam.commands.unreachable_service`)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            settings = (ctx.obj or {}).get("settings")
+            clean = unreachable_service(exc, settings)
+            if clean is None:
+                raise
+            raise clean from None
+
+
+@click.group(cls=_Main,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """diam-stream: streaming online learning for multi-interest recommendation.

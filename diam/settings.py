@@ -12,13 +12,17 @@ environment. Environment names are ``DIAM_<SECTION>_<FIELD>``, split once, e.g.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -175,6 +179,60 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+class SettingsInputError(ValueError):
+    """The environment or the config file holds a value the settings refuse; the message names
+    each setting, where its value came from and what was wrong (``diam`` prints it)."""
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read settings; keyword overrides win over everything (used by tests and the CLI)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read settings; keyword overrides win over everything (used by tests and the CLI).
+
+    Raises :class:`SettingsInputError` for a bad value, an unknown setting or an unreadable
+    config file.
+
+    >>> try:
+    ...     load_settings(flow={"batch_size": "abc", "nope": 1})
+    ... except SettingsInputError as exc:
+    ...     print(str(exc).replace("; ", "\\n"))
+    bad setting flow.batch_size = 'abc' (given): Input should be a valid integer, unable to parse string as an integer
+    unknown setting flow.nope (given)
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsInputError(f"{_toml_path()} is not valid TOML: {exc}") from None
+    except SettingsError as exc:
+        # a section's value in the environment that is not JSON; pydantic names only the section
+        found = re.search(r'field "([^"]+)"', str(exc))
+        section = found.group(1) if found else "?"
+        env = _ENV_PREFIX + section.upper()
+        given = sorted(k for k in os.environ if k.upper() == env or k.upper().startswith(env + "_"))
+        raise SettingsInputError(
+            f"cannot read setting {section} from {', '.join(given) or 'the environment'}: "
+            f"{exc.__cause__ or exc}; values that are tables or lists take JSON there") from None
+    except ValidationError as exc:
+        raise SettingsInputError("; ".join(_explain(e) for e in exc.errors())) from None
+
+
+_ENV_PREFIX = str(Settings.model_config.get("env_prefix", ""))
+
+
+def _explain(err: ErrorDetails) -> str:
+    """One refused value of a ValidationError, named by setting and by where it came from."""
+    loc = [str(part) for part in err["loc"]]
+    name = ".".join(loc)
+    source = _source_of(loc)
+    if err["type"] == "extra_forbidden":
+        return f"unknown setting {name} ({source})"
+    return f"bad setting {name} = {err['input']!r} ({source}): {err['msg']}"
+
+
+def _source_of(loc: list[str]) -> str:
+    """Where the value at ``loc`` came from: an environment variable (``DIAM_<SECTION>_<FIELD>``,
+    or the section's JSON ``DIAM_<SECTION>``), else the config file."""
+    for depth in (2, 1):
+        env = _ENV_PREFIX + "_".join(loc[:depth]).upper()
+        if len(loc) >= depth and env in os.environ:
+            return f"from {env}"
+    path = _toml_path()
+    return f"from {path}" if path.is_file() else "given"

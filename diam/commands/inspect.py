@@ -7,7 +7,8 @@ import json
 import click
 import numpy as np
 
-from diam.commands import get_settings
+from diam.commands import get_settings, namespace_of
+from serving_cache.recommend import MAX_DELTA
 
 
 @click.group("inspect")
@@ -34,7 +35,7 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
     from serving_cache.inspect import summarize_namespace
 
     s = get_settings(ctx)
-    ns = namespace or s.redis.namespace
+    ns = namespace_of(s, namespace)
     summary = summarize_namespace(redis_client(s.redis), ns)
     if plot_path is not None:
         _plot_namespace(s, ns, plot_path, drift_topic or s.kafka.drift_topic, drift_last)
@@ -82,7 +83,7 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
     if why:
         raise click.ClickException(why)
     s = get_settings(ctx)
-    ns = namespace or s.redis.namespace
+    ns = namespace_of(s, namespace)
     raw = redis_client(s.redis).get(user_key(ns, user_id))
     if not isinstance(raw, bytes):
         raise click.ClickException(f"no state for user {user_id!r} in namespace {ns!r}")
@@ -104,11 +105,15 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 @click.option("-n", "--n", "n", default=20, show_default=True, help="How many items.")
 @click.option("--mode", type=click.Choice(["auto", "manual", "context"]), default="auto", show_default=True,
               help="auto: the learned d_u; manual: d_u·(1+delta); context: a small adjustment by hour/device.")
-@click.option("--delta", type=float, default=0.0, show_default=True, help="Diversity shift in [-0.5, 0.5].")
+@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=0.0,
+              show_default=True, help="Diversity shift for manual and context modes.")
+@click.option("--keep-seen", is_flag=True,
+              help="Keep the user's last seen items, which are left out by default (the "
+                   "API's exclude_seen=false).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: int, mode: str,
-                  delta: float, as_json: bool) -> None:
+                  delta: float, keep_seen: bool, as_json: bool) -> None:
     """Recommend for one user from the active snapshot and the user's vectors in Redis
     (the same code path as `diam serve`, in process)."""
     from dataclasses import asdict
@@ -123,16 +128,18 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     if why:
         raise click.ClickException(why)
     s = get_settings(ctx)
+    ns = namespace_of(s, namespace)
     store = SnapshotStore(s.snapshot)
     version = store.active_version()
     if version is None:
         raise click.ClickException(f"no active snapshot in {store.root}: run `diam snapshot publish <checkpoint>`")
     rec = Recommender(SnapshotIndex.load(store.path(version), version=version),
-                      redis_client(s.redis), namespace or s.redis.namespace)
+                      redis_client(s.redis), ns)
     import redis
 
     try:
-        r = rec.recommend(user_id, n=n, mode=mode, delta=delta)  # type: ignore[arg-type]
+        r = rec.recommend(user_id, n=n, mode=mode, delta=delta,  # type: ignore[arg-type]
+                          exclude_seen=not keep_seen)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings
 
 
 @click.command("produce")
@@ -15,7 +15,7 @@ from diam.commands import get_settings
     "data_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Prepared dataset directory [default: <data_dir>/ml-100k].",
+    help=f"Prepared dataset directory [default: {DEFAULT_DATASET_HELP}].",
 )
 @click.option(
     "--topic", default=None, help="Target topic [default: the clicks topic, diam.clicks]."
@@ -64,12 +64,12 @@ def produce(
     from streams.producer import produce_dataset
 
     settings = get_settings(click.get_current_context())
-    path = data_dir if data_dir is not None else Path(settings.data_dir) / "ml-100k"
+    path = data_dir if data_dir is not None else default_dataset(settings)
     target = topic or settings.kafka.clicks_topic
     try:
         ds = load_prepared(path)
     except DatasetError as exc:
-        raise click.ClickException(f"{exc} (prepare it with `diam data prepare ml-100k`)") from None
+        raise click.ClickException(str(exc)) from None
     if catalog:
         _produce_catalog(ds, path, settings.kafka, items_topic or settings.kafka.items_topic)
     try:

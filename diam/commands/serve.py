@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, namespace_of
 
 
 @click.command("serve")
@@ -92,8 +92,9 @@ def serve_cmd(
 ) -> None:
     """Serve recommendations over HTTP from Redis user vectors and the active snapshot.
 
-    GET /users/{id}/recommendations?n=&mode=auto|manual|context&delta=&hour=&device=&seen=,
-    GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing; `pid`
+    GET /users/{id}/recommendations (query: n, mode=auto|manual|context, delta, hour, device,
+    seen, exclude_seen; the user's last seen items and the items in seen are left out unless
+    exclude_seen=false), GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing; `pid`
     names the process that answered), GET /metrics (Prometheus, per process), OpenAPI schema at
     /openapi.json and docs at /docs, and the read-only operator page at /ui (lag, freshness,
     K_u and d_u of the namespace, alerts, users). A newly published snapshot is picked up
@@ -103,14 +104,10 @@ def serve_cmd(
     once each has stopped cleanly).
     """
     from diam.server import ServeOptions, serve
-    from serving_cache.keys import validate_namespace
     from snapshotter.store import SnapshotStore
 
     s = get_settings(ctx)
-    try:
-        ns = validate_namespace(namespace or s.redis.namespace)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--namespace") from None
+    ns = namespace_of(s, namespace)
     if processes is not None:
         s = s.model_copy(update={"serve": s.serve.model_copy(update={"processes": processes})})
     store = SnapshotStore(s.snapshot)

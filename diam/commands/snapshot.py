@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, namespace_of
 from diam.settings import Settings
 
 
@@ -41,15 +41,7 @@ def _redis(settings: Settings, no_redis: bool):
     return redis_client(settings.redis)
 
 
-def _ns(settings: Settings, namespace: str | None) -> str:
-    from serving_cache.keys import validate_namespace
-
-    try:
-        return validate_namespace(namespace or settings.redis.namespace)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--namespace") from None
-
-
+# publish, watch and rollback switch the active version; list has read-only options of its own
 _ns_opt = click.option(
     "--namespace",
     default=None,
@@ -93,7 +85,7 @@ def publish_cmd(
     from snapshotter.store import SnapshotError
 
     s = get_settings(ctx)
-    ns = _ns(s, namespace)
+    ns = namespace_of(s, namespace)
     store = _store(s)
     click.echo(f"publishing {checkpoint} into {store.root} ...", err=True)
     try:
@@ -153,7 +145,7 @@ def watch_cmd(
     period = _parse_period(every) if every else s.snapshot.watch_every_s
     root = trainer_dir or Path(s.snapshot.trainer_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    watcher = Watcher(_store(s), root, _redis(s, no_redis), _ns(s, namespace), data_dir=s.data_dir)
+    watcher = Watcher(_store(s), root, _redis(s, no_redis), namespace_of(s, namespace), data_dir=s.data_dir)
     click.echo(f"watching {root} every {period:g}s (Ctrl-C stops)", err=True)
     try:
         while True:
@@ -179,11 +171,21 @@ def watch_cmd(
     is_flag=True,
     help="Also re-hash every file of every version (slow for big catalogues).",
 )
-@_ns_opt
-@_no_redis_opt
+@click.option(
+    "--namespace",
+    default=None,
+    help="Redis namespace whose active version is shown beside the list (default: settings "
+    "redis.namespace).",
+)
+@click.option(
+    "--no-redis",
+    is_flag=True,
+    help="List the versions on disk only; do not read the active version from Redis.",
+)
 @click.pass_context
 def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: bool) -> None:
-    """Versions on disk, oldest first; '*' marks the active one."""
+    """Versions on disk, oldest first; '*' marks the active one (the pointer on disk), and the
+    last line the version Redis announces. Only reads: nothing is switched."""
     from snapshotter.store import SnapshotError
 
     s = get_settings(ctx)
@@ -214,7 +216,7 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
         from serving_cache.keys import model_active_key
 
         try:
-            raw = client.get(model_active_key(_ns(s, namespace)))
+            raw = client.get(model_active_key(namespace_of(s, namespace)))
             click.echo(f"redis active: {raw.decode() if raw else None}")
         except Exception as exc:
             click.echo(f"redis active: unknown ({exc.__class__.__name__}: {exc})")
@@ -252,7 +254,7 @@ def rollback_cmd(
     click.echo(f"active: {target}")
     client = _redis(s, no_redis)
     if client is not None:
-        ns = _ns(s, namespace)
+        ns = namespace_of(s, namespace)
         try:
             set_active_in_redis(client, ns, target)
         except Exception as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings
 
 
 @click.command("evaluate-stream")
@@ -17,7 +17,7 @@ from diam.commands import get_settings
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Prepared dataset directory (diam data prepare ml-100k / diam data synth) "
-    "[default: <data_dir>/ml-100k].",
+    f"[default: {DEFAULT_DATASET_HELP}].",
 )
 @click.option(
     "--checkpoint",
@@ -80,7 +80,7 @@ def evaluate_stream(
 
     settings = get_settings(click.get_current_context())
     if data is None:
-        data = Path(settings.data_dir) / "ml-100k"
+        data = default_dataset(settings)
     if not data.is_dir():
         raise click.ClickException(
             f"{data}: no such dataset directory (run `diam data prepare ml-100k` first)"
