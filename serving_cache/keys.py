@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace"]
+__all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
+           "user_in_every_namespace", "namespace_of_key", "generation_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -35,6 +36,23 @@ def user_pattern(ns: str) -> str:
     return f"diam:{validate_namespace(ns)}:u:*"
 
 
+def user_in_every_namespace(user_id: str) -> str:
+    """SCAN pattern matching ``user_id``'s key in every namespace and nothing else (``diam
+    forget``): user ids never hold ':' or glob characters (``streams.events``), namespaces
+    never hold ':' (:func:`validate_namespace`)."""
+    return f"diam:*:u:{user_id}"
+
+
+def namespace_of_key(key: bytes | str) -> str:
+    """The namespace of a key of this schema.
+
+    >>> namespace_of_key(b"diam:replay-1:u:u42")
+    'replay-1'
+    """
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return text.split(":", 2)[1]
+
+
 def user_id_of_key(key: bytes | str) -> str:
     """The user id in a user key (:func:`user_key`'s inverse), for keys found by SCAN.
 
@@ -48,3 +66,13 @@ def user_id_of_key(key: bytes | str) -> str:
 def model_active_key(ns: str) -> str:
     """Key holding the active snapshot version."""
     return f"diam:{ns}:model:active"
+
+
+def generation_key(ns: str) -> str:
+    """The key whose disappearance tells the dataflow that Redis lost namespace ``ns``
+    (``streams.redis_sink``: a random token set once per namespace).
+
+    >>> generation_key("live")
+    'diam:live:gen'
+    """
+    return f"diam:{validate_namespace(ns)}:gen"

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -52,6 +52,7 @@ __all__ = [
     "watermarks",
     "offsets_for_time",
     "consume_all",
+    "read_partition",
     "read_deadletters",
 ]
 
@@ -659,25 +660,56 @@ class KafkaEpochSink(FixedPartitionedSink[KafkaOut, None]):
         return _EpochSinkPartition(_Producing(self.cfg, self.topic, self.health))
 
 
+def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int,
+                   stall_s: float, batch: int = 500) -> Iterator[Message]:
+    """The error-free messages of ``topic[partition]`` in ``[start, end)``, in offset order,
+    read with ``c`` (assigned here, unassigned at the end); the one way this project reads a
+    bounded range of a partition. Offsets that hold no record (transaction markers, records
+    compacted away) are passed by the consumer's position.
+
+    Raises ``TimeoutError`` when the partition makes no progress for ``stall_s`` seconds
+    before ``end`` (a broker gone, or records deleted by retention under the reader): a
+    reader never returns part of a range as if it were all of it."""
+    c.assign([TopicPartition(topic, partition, start)])
+    try:
+        nxt, last_progress = start, time.monotonic()
+        while nxt < end:
+            moved = False
+            msgs = c.consume(batch, 0.2)
+            for m in msgs:
+                if m.error() is not None:
+                    continue
+                off = _offset(m)
+                if off >= end:
+                    nxt = end
+                    break
+                yield m
+                nxt, moved = off + 1, True
+            if nxt < end and not msgs:
+                pos = c.position([TopicPartition(topic, partition)])[0].offset
+                if pos > nxt:  # past offsets without a record
+                    nxt, moved = pos, True
+            if moved:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stall_s:
+                raise TimeoutError(f"{topic}[{partition}]: no record at offset {nxt} within "
+                                   f"{stall_s:g} s (reading up to offset {end})")
+    finally:
+        c.unassign()
+
+
 def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = None) -> Iterable[Message]:
     """Every error-free message currently in ``topic`` (all partitions, up to the high
     watermarks read at the start; with ``last``, only each partition's last ``last``),
-    partition by partition. The consumer joins no group and commits nothing."""
+    partition by partition. The consumer joins no group and commits nothing. Raises
+    ``TimeoutError`` when a partition stalls for ``timeout`` seconds (:func:`read_partition`)."""
     marks = watermarks(cfg, topic)
     c = _consumer(cfg)
     try:
         for p, (low, high) in marks.items():
             start = low if last is None else max(low, high - last)
-            if high <= start:
-                continue
-            c.assign([TopicPartition(topic, p, start)])
-            nxt, deadline = start, time.monotonic() + timeout
-            while nxt < high and time.monotonic() < deadline:
-                for m in c.consume(500, 0.2):
-                    if m.error() is None:
-                        yield m
-                        nxt = _offset(m) + 1
-            c.unassign()
+            if high > start:
+                yield from read_partition(c, topic, p, start, high, timeout)
     finally:
         c.close()
 
@@ -685,7 +717,8 @@ def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = N
 def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
                 last: int | None = None) -> Iterable[RawRecord]:
     """Every record currently in ``topic`` (all partitions, up to the high watermarks), or
-    only the last ``last`` of each partition."""
+    only the last ``last`` of each partition. Raises ``TimeoutError`` when a partition delivers
+    nothing for ``timeout`` seconds before its high watermark."""
     for m in _messages(cfg, topic, timeout, last):
         yield RawRecord(topic, m.partition() or 0, _offset(m), _bytes(m.key()), _bytes(m.value()),
                         m.timestamp()[1])
@@ -694,7 +727,8 @@ def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
 def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0,
                      dedupe: bool = True) -> list[dict[str, object]]:
     """Every dead-lettered record: its reason and source coordinates (from the headers) and the
-    original bytes, partition by partition in offset order; ``truncated`` is None, or the
+    original bytes, partition by partition in offset order; ``ts_ms`` is when the dead letter
+    was written (its record timestamp); ``truncated`` is None, or the
     original sizes of a record whose dead letter kept only its first bytes
     (``FlowConfig.deadletter_max_bytes``).
 
@@ -713,7 +747,7 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
             "reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
             "partition": _int(h.get("diam.partition")), "offset": _int(h.get("diam.offset")),
             "key": m.key(), "value": m.value(), "truncated": h.get("diam.truncated"),
-            "copies": 1}
+            "copies": 1, "ts_ms": m.timestamp()[1]}
         ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")))
         if dedupe and ident[0] is not None and ident[2] >= 0:
             first = seen.get(ident)

@@ -57,9 +57,9 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
-from serving_cache.keys import model_active_key, user_key, validate_namespace
+from serving_cache.keys import generation_key, model_active_key, user_key
 
-__all__ = ["RELEASED", "RedisVectorSink", "Released", "generation_key"]
+__all__ = ["RELEASED", "RedisVectorSink", "Released"]
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,6 @@ RELEASED = Released()
 Item = tuple[str, "UserVectors | None | Released"]
 """What the sink takes, keyed by user: vectors to write, None to delete the user's key, or
 :data:`RELEASED`."""
-
-
-def generation_key(ns: str) -> str:
-    """The key whose disappearance tells the dataflow that Redis lost namespace ``ns``.
-
-    >>> generation_key("live")
-    'diam:live:gen'
-    """
-    return f"diam:{validate_namespace(ns)}:gen"
 
 
 class _Partition(StatelessSinkPartition[Item]):

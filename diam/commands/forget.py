@@ -28,6 +28,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     from confluent_kafka import Producer
 
     from serving_cache import redis_client
+    from serving_cache.keys import namespace_of_key, user_in_every_namespace
     from streams.online import forget_target
 
     s = get_settings(ctx)
@@ -49,12 +50,10 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         click.echo(f"tombstone(s) for {len(users)} user(s) written to {topic}")
     client = redis_client(s.redis)
     for u in users:
-        # user ids never hold ':' or glob characters (streams.events), so the pattern matches
-        # this user's key in each namespace and nothing else
-        keys = list(client.scan_iter(match=f"diam:*:u:{u}", count=1000))
+        keys = list(client.scan_iter(match=user_in_every_namespace(u), count=1000))
         if keys:
             client.delete(*keys)
-        names = sorted(k.decode().split(":")[1] for k in keys)
+        names = sorted(namespace_of_key(k) for k in keys)
         click.echo(f"{u}: deleted in {len(keys)} namespace(s)" + (f" ({', '.join(names)})" if names else ""))
 
 

@@ -42,7 +42,8 @@ def _clear_namespace(client, ns: str) -> int:
               help="Build a co-occurrence base from this prepared dataset (no snapshot needed).")
 @click.option("--clear", is_flag=True,
               help="Delete the namespace's keys first (required when it already holds users).")
-@click.option("-w", "--workers", default=1, show_default=True, help="Worker threads.")
+@click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_context

@@ -105,6 +105,29 @@ def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
         signal.signal(sig, handler)
 
 
+def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
+    """``--addresses`` as a list, checked against ``--process-id``: a cluster needs both, and
+    the id must index the list (a process that guessed its place would read no partition, or
+    another's)."""
+    if addresses is None:
+        if process_id not in (None, 0):
+            raise click.BadParameter(f"{process_id}: a process id above 0 needs --addresses",
+                                     param_hint="--process-id")
+        return None
+    hosts = [x.strip() for x in addresses.split(";") if x.strip()]
+    bad = [h for h in hosts if not re.fullmatch(r"[^:\s]+:\d{1,5}", h)]
+    if not hosts or bad:
+        raise click.BadParameter(f"{addresses!r}: expected host:port entries separated by ';'",
+                                 param_hint="--addresses")
+    if process_id is None:
+        raise click.BadParameter("a cluster needs this process's index, 0.."
+                                 f"{len(hosts) - 1}, as --process-id", param_hint="--addresses")
+    if process_id >= len(hosts):
+        raise click.BadParameter(f"{process_id}: --addresses lists {len(hosts)} process(es), "
+                                 f"0..{len(hosts) - 1}", param_hint="--process-id")
+    return hosts
+
+
 def _parse_partitions(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -122,15 +145,18 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.command("run")
 @click.option("--topic", default=None, help="Input topic (default: settings kafka.clicks_topic).")
 @click.option("--namespace", default=None, help="Redis namespace to write (default: settings redis.namespace).")
-@click.option("-w", "--workers", default=1, show_default=True,
+@click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker threads in this process. They share one learner, whose network "
                    "kernels then release the GIL, so learning uses that many cores; decoding "
                    "and Bytewax's own steps still take turns. Two add throughput to a process "
                    "bound by it (a backlog, a replay) at more CPU per event, and change no "
                    "byte of the output; at a rate one worker keeps up with they do not make "
                    "vectors fresher (bench/results/stream.md).")
-@click.option("-i", "--process-id", type=int, default=None, help="This process's index in a cluster.")
-@click.option("-a", "--addresses", default=None, help="host:port of every process, ';'-separated.")
+@click.option("-i", "--process-id", type=click.IntRange(0), default=None,
+              help="This process's index in a Bytewax cluster, into --addresses.")
+@click.option("-a", "--addresses", default=None,
+              help="host:port of every process of a Bytewax cluster, ';'-separated, the same "
+                   "list in each; give each its -i.")
 @click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
               help="Bytewax recovery store; created on first use. Resume after a crash re-reads "
                    "from the snapshotted offsets and gives the same Redis state. Default when "
@@ -174,7 +200,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         raise click.BadParameter("give --recovery-dir or --no-recovery, not both")
     stop = threading.Event()
     job = online_job(s, topic=topic, namespace=namespace, bounded=bounded, workers=workers,
-                     process_id=process_id, addresses=addresses.split(";") if addresses else None,
+                     process_id=process_id, addresses=_parse_cluster(process_id, addresses),
                      recovery_dir=recovery_dir, no_recovery=no_recovery,
                      partitions=_parse_partitions(partitions), stop=stop)
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
@@ -214,18 +240,33 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
 
 @click.command("deadletters")
 @click.option("--topic", default=None, help="Dead-letter topic (default: settings kafka.deadletter_topic).")
-@click.option("--last", default=20, show_default=True, help="Show the last N records.")
+@click.option("--source-topic", default=None,
+              help="Only the records rejected from this input topic (default: all of them).")
+@click.option("--last", type=click.IntRange(1), default=20, show_default=True,
+              help="Show the N most recently dead-lettered records, oldest first.")
 @click.pass_context
-def deadletters_cmd(ctx: click.Context, topic: str | None, last: int) -> None:
-    """List rejected events with their reason, source topic, partition and offset."""
+def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | None,
+                    last: int) -> None:
+    """List rejected events with their reason, source topic, partition and offset.
+
+    The count covers every record in the topic (or from --source-topic); the list shows the
+    last N by the time they were dead-lettered, across the topic's partitions."""
     from streams.kafka_io import read_deadletters
 
     s = get_settings(ctx)
-    recs = read_deadletters(s.kafka, topic)
+    name = topic or s.kafka.deadletter_topic
+    try:
+        recs = read_deadletters(s.kafka, name)
+    except TimeoutError as exc:
+        raise click.ClickException(f"reading {name}: {exc}") from None
+    if source_topic is not None:
+        recs = [r for r in recs if r["topic"] == source_topic]
     extra = sum(int(r["copies"]) - 1 for r in recs)  # type: ignore[call-overload]
-    click.echo(f"{len(recs)} dead-lettered record(s) in {topic or s.kafka.deadletter_topic}"
+    click.echo(f"{len(recs)} dead-lettered record(s) in {name}"
+               + (f" from {source_topic}" if source_topic is not None else "")
                + (f" ({extra} repeated cop{'y' if extra == 1 else 'ies'} from resumed runs not shown)"
                   if extra else ""))
+    recs.sort(key=lambda r: (r["ts_ms"], str(r["topic"]), r["partition"], r["offset"]))  # type: ignore[arg-type, return-value]
     for r in recs[-last:]:
         value = r["value"] or b""
         assert isinstance(value, bytes)

@@ -51,7 +51,7 @@ diam inspect namespace --namespace "${NS}"
 diam inspect user 1 --namespace "${NS}"
 
 step "dead letters (the reason travels in the record headers)"
-diam deadletters --last 3
+diam deadletters --source-topic "${TOPIC}"
 
 step "recommendations for user 1 from the fresh vectors"
 diam recommend 1 --namespace "${NS}" -n 10

@@ -16,13 +16,22 @@ from serving_cache import (
     user_key,
 )
 from serving_cache.codec import encode_users
-from serving_cache.keys import user_pattern, validate_namespace
+from serving_cache.keys import (
+    generation_key,
+    namespace_of_key,
+    user_in_every_namespace,
+    user_pattern,
+    validate_namespace,
+)
 from tests.unit.serving_cache.test_codec_kernels import reference_value
 
 
 def test_keys_are_pinned() -> None:
     assert user_key("live", "u-1").encode() == b"diam:live:u:u-1"
     assert model_active_key("live").encode() == b"diam:live:model:active"
+    assert generation_key("live").encode() == b"diam:live:gen"
+    assert user_in_every_namespace("u-1").encode() == b"diam:*:u:u-1"
+    assert namespace_of_key(user_key("replay-1", "u-1").encode()) == "replay-1"
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
 
 

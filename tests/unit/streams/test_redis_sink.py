@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from serving_cache import UserVectors
-from streams.redis_sink import RELEASED, _Partition, generation_key
+from serving_cache.keys import generation_key
+from streams.redis_sink import RELEASED, _Partition
 
 
 class _Client:
