@@ -46,7 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from serving_cache.reader import USER_ID_PATTERN
+from serving_cache.reader import USER_ID_CHARS, USER_ID_MAX_LEN, USER_ID_PATTERN
 from serving_cache.recommend import MAX_DELTA, Recommender
 from serving_cache.retrieval import SnapshotIndex
 
@@ -112,7 +112,8 @@ class ErrorOut(BaseModel):
 _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "Redis down or no snapshot loaded"}
 }
-UserId = Path(pattern=USER_ID_PATTERN, description="User id: 1..128 of [A-Za-z0-9_.@+=-]")
+UserId = Path(pattern=USER_ID_PATTERN,
+              description=f"User id: 1..{USER_ID_MAX_LEN} of [{USER_ID_CHARS}]")
 
 
 def _metrics(app_name: str) -> dict[str, Any]:

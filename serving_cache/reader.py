@@ -16,15 +16,29 @@ from typing import Any
 from serving_cache.codec import UserVectors, decode_user
 from serving_cache.keys import user_key, validate_namespace
 
-__all__ = ["UserReader", "valid_user_id", "fail_fast", "USER_ID_PATTERN"]
+__all__ = ["UserReader", "valid_user_id", "fail_fast", "USER_ID_ALLOWED", "USER_ID_CHARS",
+           "USER_ID_MAX_LEN", "USER_ID_PATTERN"]
 
-# The event contract's user id alphabet: no ':' or glob characters, so an id can never reach
-# into another key or namespace.
-USER_ID_PATTERN = r"^[A-Za-z0-9_.@+=-]{1,128}$"
+# The one owner of the user id rule (DESIGN.md §3). It lives here because serving_cache may not
+# import streams, while streams may import serving_cache: the event contract
+# (streams.events.validate_user_id, the dataflow's checks), this reader and the API's path
+# parameter all derive from these four names.
+USER_ID_CHARS = "A-Za-z0-9_.@+=-"
+"""The user id alphabet, as the body of a regex character class: letters, digits and a few
+separators that are safe inside a Redis key and a Kafka key. ':' (the key namespace
+separator), '*', '?', '[' (SCAN/KEYS glob patterns) and whitespace are left out, so that no user
+id can reach into another namespace or widen a pattern."""
+USER_ID_MAX_LEN = 128
+USER_ID_PATTERN = rf"^[{USER_ID_CHARS}]{{1,{USER_ID_MAX_LEN}}}$"
+"""A whole valid user id (anchored, for OpenAPI path parameters)."""
+USER_ID_ALLOWED = "letters and digits and _ . @ + - and the equals sign"
+""":data:`USER_ID_CHARS` in words, for error messages. Without ',' or '=': rejection reasons
+travel in Kafka headers, which dumps print as ``k=v,k=v``."""
 _USER_RE = re.compile(USER_ID_PATTERN)
 
 
 def valid_user_id(user_id: str) -> bool:
+    """Whether ``user_id`` follows the rule (:data:`USER_ID_PATTERN`)."""
     return _USER_RE.fullmatch(user_id) is not None
 
 

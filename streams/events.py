@@ -27,6 +27,8 @@ from typing import Any
 
 import msgpack
 
+from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_PATTERN
+
 __all__ = [
     "ClickEvent",
     "Rejection",
@@ -36,16 +38,15 @@ __all__ = [
     "encode_event",
     "validate_user_id",
     "EVENT_KINDS",
+    "USER_ID_RE",
 ]
 
 #: Event kinds the stream learns from; anything else is rejected with a reason.
 EVENT_KINDS = frozenset({"click"})
 
-# Letters, digits and a few separators that are safe inside a Redis key and a Kafka key. ':'
-# (namespace separator), '*', '?', '[' (glob patterns of SCAN/KEYS) and whitespace are excluded
-# so that no user id can reach into another namespace or widen a pattern.
-_USER_ID_RE = re.compile(r"[A-Za-z0-9_.@+=-]{1,128}")
-_USER_ID_ALLOWED = "letters and digits and _ . @ + - and the equals sign"
+# The user id rule is serving_cache.reader's (its owner: serving_cache may not import streams).
+USER_ID_RE = re.compile(USER_ID_PATTERN)
+"""The compiled user id rule, for the stream's checks (``USER_ID_RE.fullmatch(uid)``)."""
 _MAX_ITEM_ID_LEN = 128
 _MAX_SESSION_LEN = 128
 _MAX_CONTEXT_KEYS = 16
@@ -133,11 +134,11 @@ def validate_user_id(user_id: object) -> str | None:
     """
     if not isinstance(user_id, str):
         return f"user_id: expected a string but got {type(user_id).__name__}"
-    if not 1 <= len(user_id) <= 128:
-        return f"user_id: length {len(user_id)} outside 1..128"
-    if _USER_ID_RE.fullmatch(user_id) is None:
-        bad = next(c for c in user_id if _USER_ID_RE.fullmatch(c) is None)
-        return f"user_id: contains {bad!r} (allowed: {_USER_ID_ALLOWED})"
+    if not 1 <= len(user_id) <= USER_ID_MAX_LEN:
+        return f"user_id: length {len(user_id)} outside 1..{USER_ID_MAX_LEN}"
+    if USER_ID_RE.fullmatch(user_id) is None:
+        bad = next(c for c in user_id if USER_ID_RE.fullmatch(c) is None)
+        return f"user_id: contains {bad!r} (allowed: {USER_ID_ALLOWED})"
     return None
 
 
@@ -268,7 +269,7 @@ def _fast_fields(obj: dict[Any, Any], ts_min_ms: int, ts_max_ms: int | None) -> 
         u, it, ts = obj.get("user_id"), obj.get("item_id"), obj.get("ts")
         if (type(u) is str and type(ts) is int and ts >= ts_min_ms
                 and (ts_max_ms is None or ts <= ts_max_ms)
-                and _USER_ID_RE.fullmatch(u) is not None):
+                and USER_ID_RE.fullmatch(u) is not None):
             if type(it) is int:
                 it = str(it)
             if type(it) is str and 0 < len(it) <= _MAX_ITEM_ID_LEN:

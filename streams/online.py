@@ -39,7 +39,7 @@ from bytewax.outputs import DynamicSink, Sink
 from online_model import DriftEvent, UserState
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
-from streams.events import _USER_ID_RE, Click, Rejection, decode_click
+from streams.events import USER_ID_RE, Click, Rejection, decode_click
 from streams.kafka_io import KafkaOut, RawRecord
 from streams.redis_sink import RELEASED, Item, Released
 
@@ -47,7 +47,8 @@ _NO_SEEN = np.zeros(0, dtype=np.int32)
 T = TypeVar("T")
 
 __all__ = ["Counts", "DeadLetter", "FlowSinks", "FlowStats", "Forget", "Learn", "LearnerHolder",
-           "build_flow", "deadletter_record", "drift_record"]
+           "Verdicts", "build_flow", "deadletter_record", "drift_record", "forget_target",
+           "record_judge"]
 
 
 class Learn(NamedTuple):
@@ -298,20 +299,27 @@ def _clock(rec: RawRecord) -> int:
     return rec.clock_ms if rec.clock_ms >= 0 else rec.ts_ms
 
 
-def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
-             ) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
-    """Decode and validate a batch in one pass: a valid click comes out already keyed for the
-    per-user step, ``(user_id, Learn)``, a tombstone as ``(user_id, Forget)``, a refused record
-    as a :class:`DeadLetter`. A hot reload is checked once per batch, not per event."""
+Verdicts = tuple[list[Keyed | DeadLetter], int]
+""":func:`record_judge`'s answer for a batch: a verdict per record, in order, and how many of
+them are :class:`DeadLetter`."""
+
+
+def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
+    """The one rule for what the dataflow makes of each record: a valid click comes out keyed
+    for the per-user step, ``(user_id, Learn)``; a null value keyed by a valid user id (``diam
+    forget``) as ``(user_id, Forget)``; anything else as a :class:`DeadLetter` with its reason
+    (decoding and validation, :func:`streams.events.decode_click`, then the key check). The
+    dataflow's decode step and the training corpus read from the topic
+    (:func:`streams.topic_corpus.read_clicks`) both call it, so that training accepts, refuses
+    and forgets exactly what the online learner does. It works on whole batches because it is
+    the dataflow's one Python pass over every event: a call per record would cost it."""
     max_bytes, ts_min, skew = cfg.max_event_bytes, cfg.ts_min_ms, cfg.ts_max_future_ms
     new = tuple.__new__  # a NamedTuple's own constructor is a Python call per event
 
-    def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
-        holder.maybe_reload()
-        counts = stats.counts()
-        counts.records += len(recs)
+    def judge(recs: list[RawRecord]) -> Verdicts:
         out: list[Keyed | DeadLetter] = []
         append = out.append
+        rejected = 0
         for rec in recs:
             if rec.value is None and rec.key is not None:
                 uid = forget_target(rec.key)
@@ -335,8 +343,24 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
                                 f"key: record key {key[:64]!r} differs from user_id {ev[0]!r}")
                                + " (events must be keyed by user_id so that a user's clicks "
                                "stay in order)")
-            counts.rejected += 1
+            rejected += 1
             append(DeadLetter(rec, ev.reason))
+        return out, rejected
+    return judge
+
+
+def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
+             ) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
+    """The dataflow's decode step: :func:`record_judge` over each batch, counted. A hot reload
+    is checked once per batch, not per event."""
+    judge = record_judge(cfg)
+
+    def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
+        holder.maybe_reload()
+        counts = stats.counts()
+        counts.records += len(recs)
+        out, rejected = judge(recs)
+        counts.rejected += rejected
         return out
     return decode_batch
 
@@ -352,7 +376,7 @@ def forget_target(key: bytes) -> str | None:
         uid = key.decode()
     except UnicodeDecodeError:
         return None
-    return uid if _USER_ID_RE.fullmatch(uid) else None
+    return uid if USER_ID_RE.fullmatch(uid) else None
 
 
 class _DropSchedule:

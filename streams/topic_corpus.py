@@ -2,10 +2,13 @@
 (``diam train --topic``, the retrain service).
 
 The range is resolved as ``diam replay`` resolves it (:func:`streams.replay.resolve_range`:
-record times, offsets or partition:offset pairs). Records are decoded and validated with the
-stream's own rules (:func:`streams.events.decode_click`); what the dataflow would dead-letter is
-left out and counted here with its first reasons. Each user's sequence is the offset order of
-their partition (clicks are keyed by user), i.e. the order the online learner saw. The item
+record times, offsets or partition:offset pairs). Each record is judged by the dataflow's own
+rule (:func:`streams.online.record_judge`: decoding, validation, the key check, tombstones):
+what the dataflow would dead-letter is left out and counted here with its first reasons, and a
+user's tombstone (``diam forget``) drops the clicks of theirs read before it, as the dataflow
+drops their state; their later clicks count again, as a new start. Each user's sequence is the
+offset order of their partition (clicks are keyed by user), i.e. the order the online learner
+saw. The item
 table is the catalogue's, completed with items only the clicks name (category ``unknown``),
 in the prepared-dataset order, so the same events and items give the same
 :class:`~online_model.corpus.Corpus` as a prepared folder does.
@@ -14,18 +17,20 @@ in the prepared-dataset order, so the same events and items give the same
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
 from streams.catalog import Catalog
 from streams.config import FlowConfig, KafkaConfig
-from streams.events import decode_click
 from streams.kafka_io import RawRecord
+from streams.online import DeadLetter, Forget, record_judge
 from streams.replay import ReplayRange
 
-__all__ = ["TopicClicks", "read_range", "read_clicks", "dataset_of", "corpus_from_topic"]
+__all__ = ["TopicClicks", "read_range", "read_clicks", "clicks_of", "dataset_of",
+           "corpus_from_topic"]
 
 
 @dataclass
@@ -39,7 +44,13 @@ class TopicClicks:
     ts: list[int] = field(default_factory=list)
     records: int = 0
     rejected: int = 0
+    """Records the dataflow would dead-letter."""
     reasons: list[str] = field(default_factory=list)
+    """The first 20 rejected records' coordinates and reasons."""
+    forgets: int = 0
+    """Tombstones keyed by a user (``diam forget``): neither clicks nor rejected."""
+    forgotten: int = 0
+    """Valid clicks left out because a later tombstone of their user forgot them."""
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -89,23 +100,45 @@ def read_range(cfg: KafkaConfig, rng: ReplayRange, timeout: float = 30.0) -> Ite
 
 def read_clicks(cfg: KafkaConfig, rng: ReplayRange, flow: FlowConfig | None = None,
                 timeout: float = 30.0) -> TopicClicks:
-    """The valid clicks of ``rng``, validated as the dataflow validates them."""
-    flow = flow or FlowConfig()
+    """The valid clicks of ``rng``, judged record by record as the dataflow judges them."""
+    return clicks_of(read_range(cfg, rng, timeout), rng, flow)
+
+
+def clicks_of(records: Iterable[RawRecord], rng: ReplayRange,
+              flow: FlowConfig | None = None) -> TopicClicks:
+    """The valid clicks among ``records`` (those of ``rng``, in offset order per partition)
+    under the dataflow's rule (:func:`streams.online.record_judge`), less the clicks of users
+    forgotten by a later tombstone."""
+    judge = record_judge(flow or FlowConfig())
+    records = iter(records)  # read in batches, as the dataflow judges them
     out = TopicClicks(rng.topic, rng)
-    for rec in read_range(cfg, rng, timeout):
-        out.records += 1
-        ts = rec.ts_ms
-        ev = decode_click(rec.value, max_bytes=flow.max_event_bytes, ts_min_ms=flow.ts_min_ms,
-                          ts_max_ms=ts + flow.ts_max_future_ms if ts > 0 else None)
-        if type(ev) is tuple and (rec.key is None or rec.key == ev[0].encode()):
-            out.users.append(ev[0])
-            out.items.append(ev[1])
-            out.ts.append(ev[2])
-            continue
-        out.rejected += 1
-        if len(out.reasons) < 20:
-            why = ev.reason if not isinstance(ev, tuple) else "key: differs from user_id"
-            out.reasons.append(f"{rec.topic}[{rec.partition}]@{rec.offset}: {why}")
+    users, items, ts = out.users, out.items, out.ts
+    forgot_at: dict[str, int] = {}  # user -> how many clicks were kept at their last tombstone
+    while batch := list(islice(records, 4_096)):
+        out.records += len(batch)
+        verdicts, rejected = judge(batch)
+        out.rejected += rejected
+        for v in verdicts:
+            if isinstance(v, DeadLetter):
+                if len(out.reasons) < 20:
+                    rec = v.record
+                    out.reasons.append(f"{rec.topic}[{rec.partition}]@{rec.offset}: {v.reason}")
+                continue
+            user, what = v
+            if isinstance(what, Forget):
+                out.forgets += 1
+                forgot_at[user] = len(ts)
+                continue
+            click = what.click
+            users.append(user)
+            items.append(click[1])
+            ts.append(click[2])
+    if forgot_at:
+        keep = [i for i, u in enumerate(users) if i >= forgot_at.get(u, 0)]
+        out.forgotten = len(users) - len(keep)
+        out.users = [users[i] for i in keep]
+        out.items = [items[i] for i in keep]
+        out.ts = [ts[i] for i in keep]
     return out
 
 
@@ -128,5 +161,6 @@ def corpus_from_topic(clicks: TopicClicks, catalog: Catalog, name: str | None = 
                         "start": {str(p): o for p, o in clicks.range.start.items()},
                         "end": {str(p): o for p, o in clicks.range.end.items()},
                         "records": clicks.records, "rejected": clicks.rejected,
+                        "forgets": clicks.forgets, "forgotten": clicks.forgotten,
                         "catalog_items": len(catalog)})
     return corpus
