@@ -53,6 +53,7 @@ __all__ = [
     "offsets_for_time",
     "consume_all",
     "read_partition",
+    "RangeStalled",
     "read_deadletters",
 ]
 
@@ -660,6 +661,10 @@ class KafkaEpochSink(FixedPartitionedSink[KafkaOut, None]):
         return _EpochSinkPartition(_Producing(self.cfg, self.topic, self.health))
 
 
+class RangeStalled(TimeoutError):
+    """A bounded read of a partition made no progress for its stall time before its end."""
+
+
 def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int,
                    stall_s: float, batch: int = 500) -> Iterator[Message]:
     """The error-free messages of ``topic[partition]`` in ``[start, end)``, in offset order,
@@ -667,7 +672,7 @@ def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int
     bounded range of a partition. Offsets that hold no record (transaction markers, records
     compacted away) are passed by the consumer's position.
 
-    Raises ``TimeoutError`` when the partition makes no progress for ``stall_s`` seconds
+    Raises :class:`RangeStalled` when the partition makes no progress for ``stall_s`` seconds
     before ``end`` (a broker gone, or records deleted by retention under the reader): a
     reader never returns part of a range as if it were all of it."""
     c.assign([TopicPartition(topic, partition, start)])
@@ -692,7 +697,7 @@ def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int
             if moved:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > stall_s:
-                raise TimeoutError(f"{topic}[{partition}]: no record at offset {nxt} within "
+                raise RangeStalled(f"{topic}[{partition}]: no record at offset {nxt} within "
                                    f"{stall_s:g} s (reading up to offset {end})")
     finally:
         c.unassign()
@@ -702,7 +707,7 @@ def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = N
     """Every error-free message currently in ``topic`` (all partitions, up to the high
     watermarks read at the start; with ``last``, only each partition's last ``last``),
     partition by partition. The consumer joins no group and commits nothing. Raises
-    ``TimeoutError`` when a partition stalls for ``timeout`` seconds (:func:`read_partition`)."""
+    :class:`RangeStalled` when a partition stalls for ``timeout`` seconds (:func:`read_partition`)."""
     marks = watermarks(cfg, topic)
     c = _consumer(cfg)
     try:
@@ -717,8 +722,8 @@ def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = N
 def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
                 last: int | None = None) -> Iterable[RawRecord]:
     """Every record currently in ``topic`` (all partitions, up to the high watermarks), or
-    only the last ``last`` of each partition. Raises ``TimeoutError`` when a partition delivers
-    nothing for ``timeout`` seconds before its high watermark."""
+    only the last ``last`` of each partition. Raises :class:`RangeStalled` when a partition
+    delivers nothing for ``timeout`` seconds before its high watermark."""
     for m in _messages(cfg, topic, timeout, last):
         yield RawRecord(topic, m.partition() or 0, _offset(m), _bytes(m.key()), _bytes(m.value()),
                         m.timestamp()[1])

@@ -51,15 +51,18 @@ def default_dataset(settings: Settings) -> Path:
 
 def unreachable_service(exc: BaseException, settings: Settings | None) -> click.ClickException | None:
     """The error to print for ``exc`` when it says Redis or Kafka did not answer (a connection
-    refused or timed out, a KafkaException), else None: anything else is a bug to show whole."""
+    refused or timed out, a KafkaException, a topic read that stalled), else None: anything
+    else is a bug to show whole."""
     import redis
     from confluent_kafka import KafkaException
+
+    from streams.kafka_io import RangeStalled
 
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         url = _without_password(settings.redis.url) if settings else "the configured URL"
         return click.ClickException(
             f"Redis at {url} is not usable ({exc}); is the stack up? (`diam stack up`)")
-    if isinstance(exc, KafkaException):
+    if isinstance(exc, KafkaException | RangeStalled):
         where = settings.kafka.bootstrap if settings else "the configured bootstrap"
         return click.ClickException(
             f"Kafka at {where} is not usable ({exc}); is the stack up? (`diam stack up`)")

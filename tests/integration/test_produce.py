@@ -131,7 +131,7 @@ def test_cli_produce(stack, topic, tmp_path: Path, monkeypatch) -> None:  # type
     assert res.exit_code == 0, res.output
     assert f"{n:,} events sent to {topic}" in res.output and "failed: 0" in res.output
     res = CliRunner().invoke(main, ["produce", "--data", str(tmp_path / "none"), "--topic", topic])
-    assert res.exit_code == 1 and "prepare it with" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "diam data prepare" in res.output and "Traceback" not in res.output
 
 
 def test_an_idle_partition_does_not_read_a_backlogged_one_ahead_without_bound(stack, new_topic) -> None:

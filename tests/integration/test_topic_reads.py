@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 
 from diam.cli import main as cli
 from streams.kafka_io import (
+    RangeStalled,
     RawRecord,
     _consumer,
     consume_all,
@@ -35,7 +36,7 @@ def test_a_range_that_stalls_raises_after_what_it_read(stack, topic) -> None:
     c = _consumer(kafka)
     got: list[bytes] = []
     try:
-        with pytest.raises(TimeoutError, match=r"no record at offset 3 within 1 s \(reading up to offset 5\)"):
+        with pytest.raises(RangeStalled, match=r"no record at offset 3 within 1 s \(reading up to offset 5\)"):
             for m in read_partition(c, topic, 0, 0, 5, stall_s=1.0):
                 got.append(m.value())
     finally:

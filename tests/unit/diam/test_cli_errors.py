@@ -114,6 +114,13 @@ def test_only_service_errors_are_reworded() -> None:
     assert unreachable_service(redis.ResponseError("WRONGTYPE"), s) is None
     assert unreachable_service(ValueError("a bug"), s) is None
     assert unreachable_service(KeyError("a bug"), None) is None
+    # a topic read that stalled (streams.kafka_io.read_partition) is the broker's, another
+    # TimeoutError is not
+    from streams.kafka_io import RangeStalled
+
+    stalled = unreachable_service(RangeStalled("t[0]: no record at offset 3 within 10 s"), s)
+    assert isinstance(stalled, click.ClickException) and "no record at offset 3" in stalled.message
+    assert unreachable_service(TimeoutError("elsewhere"), s) is None
 
 
 def test_a_bad_namespace_is_a_usage_error(run) -> None:
