@@ -53,6 +53,7 @@ __all__ = [
     "offsets_for_time",
     "consume_all",
     "read_partition",
+    "raw_record",
     "RangeStalled",
     "read_deadletters",
 ]
@@ -725,8 +726,13 @@ def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
     only the last ``last`` of each partition. Raises :class:`RangeStalled` when a partition
     delivers nothing for ``timeout`` seconds before its high watermark."""
     for m in _messages(cfg, topic, timeout, last):
-        yield RawRecord(topic, m.partition() or 0, _offset(m), _bytes(m.key()), _bytes(m.value()),
-                        m.timestamp()[1])
+        yield raw_record(m)
+
+
+def raw_record(m: Message) -> RawRecord:
+    """A consumed message as the :class:`RawRecord` the dataflow and the readers take."""
+    return RawRecord(m.topic() or "", m.partition() or 0, _offset(m), _bytes(m.key()),
+                     _bytes(m.value()), m.timestamp()[1])
 
 
 def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0,

@@ -16,7 +16,6 @@ in the prepared-dataset order, so the same events and items give the same
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -59,9 +58,12 @@ class TopicClicks:
 def read_range(cfg: KafkaConfig, rng: ReplayRange, timeout: float = 30.0) -> Iterator[RawRecord]:
     """Every record of ``rng`` (per partition ``[start, end)``), partition by partition.
 
-    Raises TimeoutError when a partition stops delivering before its end offset for ``timeout``
-    seconds (a broker gone, or records deleted by retention under the reader)."""
-    from confluent_kafka import Consumer, TopicPartition
+    Raises ``streams.kafka_io.RangeStalled`` (a TimeoutError) when a partition stops delivering
+    before its end offset for ``timeout`` seconds (a broker gone, or records deleted by
+    retention under the reader): :func:`streams.kafka_io.read_partition` reads each range."""
+    from confluent_kafka import Consumer
+
+    from streams.kafka_io import raw_record, read_partition
 
     conf = dict(cfg.client_config())
     conf.update({"group.id": "diam-train", "enable.auto.commit": "false",
@@ -70,30 +72,9 @@ def read_range(cfg: KafkaConfig, rng: ReplayRange, timeout: float = 30.0) -> Ite
     try:
         for p in sorted(rng.start):
             lo, hi = rng.start[p], rng.end[p]
-            if hi <= lo:
-                continue
-            c.assign([TopicPartition(rng.topic, p, lo)])
-            nxt, last_progress = lo, time.monotonic()
-            while nxt < hi:
-                msgs = c.consume(10_000, 0.5)
-                if not msgs and time.monotonic() - last_progress > timeout:
-                    raise TimeoutError(f"{rng.topic}[{p}]: no record at offset {nxt} within "
-                                       f"{timeout:.0f} s (range ends at {hi})")
-                for m in msgs:
-                    if m.error() is not None:
-                        continue
-                    off = m.offset()
-                    assert off is not None
-                    if off >= hi:
-                        nxt = hi
-                        break
-                    last_progress = time.monotonic()
-                    key, value = m.key(), m.value()
-                    yield RawRecord(rng.topic, p, off, key if isinstance(key, bytes) else None,
-                                    value if isinstance(value, bytes) else None,
-                                    m.timestamp()[1])
-                    nxt = off + 1
-            c.unassign()
+            if hi > lo:
+                for m in read_partition(c, rng.topic, p, lo, hi, timeout, batch=10_000):
+                    yield raw_record(m)
     finally:
         c.close()
 
