@@ -1,5 +1,5 @@
-"""What ``diam run --metrics-port`` costs: the one-process run of ``bench/stream.py --quick``
-(60k events, 2000 users, d = 64, a recovery store, bounded), with metrics off and on,
+"""What ``diam run --metrics-port`` costs: the one-process run of ``bench/stream.py --quick``'s
+workload (300k events, 2000 users, d = 64, a recovery store, bounded), with metrics off and on,
 interleaved (off, on, off, on, ...) so that the machine's load drifts into both alike.
 
 While a metrics run works, a scraper thread reads its endpoint every ``--scrape-every`` seconds
@@ -12,8 +12,9 @@ the medians, and ``on_over_off`` (median on / median off; 1.0 means no cost).
 ``--tiny``: the same runs over the tests' tiny base (60 items, d = 16, no DIAM network: users
 are anchored on centroids), where a click costs tens of microseconds instead of the network's
 anchoring of each new user, so that a per-batch or per-write cost of the metrics would show.
-Its runs read 1M events (2000 users; about 10 s each, some ten scrapes) where the DIAM base's read
-60k: at 60k a tiny run lasted 1.3-2 s with one or two scrapes, and one run in four missed 5%.
+Its runs read 1M events (2000 users; about 10 s each, some ten scrapes). Both defaults were 60k
+until 2026-12-05: runs of 1.3-3 s with one or two scrapes each, and one set of pairs in four
+missed 5% on either base while the next read 1.0 again.
 
 Run: ``python bench/metrics_cost.py [--repeats 5] [--tiny]`` with the local stack up.
 """
@@ -86,7 +87,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5, help="pairs of runs (off, on)")
     ap.add_argument("--events", type=int, default=None,
-                    help="events in the topic (default: 60,000; 1,000,000 with --tiny)")
+                    help="events in the topic (default: 300,000; 1,000,000 with --tiny)")
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--scrape-every", type=float, default=1.0)
     ap.add_argument("--tiny", action="store_true",
@@ -95,7 +96,7 @@ def main() -> None:
                     help="default: bench/results/metrics_cost[_tiny].json")
     args = ap.parse_args()
     if args.events is None:
-        args.events = 1_000_000 if args.tiny else 60_000
+        args.events = 1_000_000 if args.tiny else 300_000
     if args.events <= 0 or args.users <= 0 or args.repeats <= 0 or args.scrape_every <= 0:
         ap.error("--events, --users, --repeats and --scrape-every must be > 0")
     out = args.out or str(ROOT / "bench" / "results" /
