@@ -78,7 +78,7 @@ def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespac
     resume it from the store; returns the Redis state at the kill and after the resume. On a
     loaded machine the kill can land after the run finished; then it is retried (a fresh
     namespace ``<namespace>-kill<n>`` and store), at most five times (three were all too late
-    once, in a 13-minute ``make test`` on a slow spell)."""
+    once, in a 13-minute ``make test`` on a slow spell); five late kills fail the test."""
     for attempt in range(5):
         ns2 = f"{namespace}-kill{attempt}"
         rec = tmp_path / f"recovery{attempt}"
@@ -92,6 +92,8 @@ def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespac
         partial = redis_state(redis_client, ns2)
         if partial != want:
             break
+    else:  # a resume over a finished store would test nothing
+        raise AssertionError("the kill came too late to interrupt anything (5 tries)")
     subprocess.run(cmd + ["--namespace", ns2, "--recovery-dir", str(rec)], env=env, check=True,
                    timeout=300, capture_output=True)
     return partial, redis_state(redis_client, ns2)

@@ -88,7 +88,8 @@ def test_diam_anchors_in_redis_and_kill_resume(stack, topic, namespace, redis_cl
         assert np.allclose(st.A, out.vecs[: st.k]) or st.since_anchor > 0
     # kill -9 mid-run, resume from the recovery store: the same bytes in Redis
     try:
-        _, got = kill_then_resume(cmd, env, redis_client, namespace, tmp_path, want)
+        partial, got = kill_then_resume(cmd, env, redis_client, namespace, tmp_path, want)
+        assert partial != want, "the kill came too late to interrupt anything"
         assert got == want
     finally:
         for k in redis_client.scan_iter(match=f"diam:{namespace}-kill*"):

@@ -23,6 +23,7 @@ import pytest
 import redis as redis_py
 from confluent_kafka import KafkaException
 
+from diam.commands.run import parse_summary
 from streams.drift import DriftMonitor, parse_drift_record
 from streams.kafka_io import consume_all, read_deadletters
 from tests.flowkit import DIM, click_stream
@@ -160,7 +161,10 @@ def test_ctrl_c_stops_a_tailing_run_cleanly_and_it_resumes(stack, topic, runner,
     produce(stack.settings.kafka, topic, click_payloads(events[600:]))
     runner.run_bounded(f"{namespace}-ref")
     want = redis_state(redis_client, f"{namespace}-ref")
-    runner.run_bounded(namespace, "--recovery-dir", str(rec))
+    res = runner.run_bounded(namespace, "--recovery-dir", str(rec))
+    # it resumed where the stop left it: only the second 600 are read (a run that started over
+    # would give the same bytes)
+    assert parse_summary(res.stdout)["records"] == 600, res.stdout
     assert redis_state(redis_client, namespace) == want
 
 

@@ -168,7 +168,11 @@ def _api_recommends(tmp: Path, client: redis_py.Redis, ns: str) -> None:
     with TestClient(get_app(Recommender(snap, client, ns))) as http:
         r = http.get("/users/reader/recommendations?n=5")
     assert r.status_code == 200, r.text
-    assert len(r.json()["items"]) == 5
+    body = r.json()
+    # the user's own vectors, not a cold list for an unknown user (also 200 with 5 items)
+    assert not body["cold"] and body["user_model"] == version and body["k"] == 2, body
+    ids = [x["item_id"] for x in body["items"]]
+    assert len(ids) == 5 and set(snap.item_ids[[3, 60]]) <= set(ids), ids
 
 
 def test_redis_acl_user_for_the_dataflow_and_the_api(stack, topic, acl_redis, tmp_path) -> None:

@@ -175,9 +175,22 @@ def test_aggregate_candidates_reads_global_item_rows(snapshot):
         assert set(got.tolist()) <= set(uniq.tolist()) and len(got) == 10
 
 
-def test_warm_up_with_and_without_a_snapshot(snapshot):
+def test_warm_up_with_and_without_a_snapshot(snapshot, monkeypatch):
+    import importlib
+
+    agg = importlib.import_module("online_model.aggregate")  # the module, not the function
+
+    calls: list[str] = []
+    real = agg.warm_up
+    monkeypatch.setattr(agg, "warm_up", lambda: (calls.append("kernels"), real())[1])
     Recommender(None, redis_client=None, ns="unit").warm_up()
+    assert calls == ["kernels"]  # no snapshot: the kernels only
+    searched: list[tuple[int, int]] = []
+    real_search = snapshot.search
+    monkeypatch.setattr(snapshot, "search",
+                        lambda q, k: (searched.append((q.shape[1], k)), real_search(q, k))[1])
     Recommender(snapshot, redis_client=None, ns="unit").warm_up()
+    assert calls == ["kernels", "kernels"] and searched == [(snapshot.dim, 1)]
 
 
 class _DictRedis:
