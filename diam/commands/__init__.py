@@ -14,7 +14,8 @@ import click
 
 from diam.settings import Settings, SettingsInputError, load_settings
 
-__all__ = ["default_dataset", "get_settings", "namespace_of", "unreachable_service"]
+__all__ = ["default_dataset", "get_settings", "kafka_unusable", "namespace_of", "redis_unusable",
+           "unreachable_service"]
 
 DEFAULT_DATASET_HELP = "<data_dir>/ml-100k"
 """How help texts name :func:`default_dataset` (``data_dir`` is DIAM_DATA_DIR)."""
@@ -59,14 +60,24 @@ def unreachable_service(exc: BaseException, settings: Settings | None) -> click.
     from streams.kafka_io import RangeStalled
 
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        url = _without_password(settings.redis.url) if settings else "the configured URL"
-        return click.ClickException(
-            f"Redis at {url} is not usable ({exc}); is the stack up? (`diam stack up`)")
+        return redis_unusable(settings, exc)
     if isinstance(exc, KafkaException | RangeStalled):
-        where = settings.kafka.bootstrap if settings else "the configured bootstrap"
-        return click.ClickException(
-            f"Kafka at {where} is not usable ({exc}); is the stack up? (`diam stack up`)")
+        return kafka_unusable(settings, exc)
     return None
+
+
+def redis_unusable(settings: Settings | None, exc: BaseException) -> click.ClickException:
+    """The one wording of "Redis failed this command" (the URL without its password)."""
+    url = _without_password(settings.redis.url) if settings else "the configured URL"
+    return click.ClickException(
+        f"Redis at {url} is not usable ({exc}); is the stack up? (`diam stack up`)")
+
+
+def kafka_unusable(settings: Settings | None, exc: BaseException) -> click.ClickException:
+    """The one wording of "Kafka failed this command"."""
+    where = settings.kafka.bootstrap if settings else "the configured bootstrap"
+    return click.ClickException(
+        f"Kafka at {where} is not usable ({exc}); is the stack up? (`diam stack up`)")
 
 
 def _without_password(url: str) -> str:

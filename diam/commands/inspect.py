@@ -7,7 +7,7 @@ import json
 import click
 import numpy as np
 
-from diam.commands import get_settings, namespace_of
+from diam.commands import get_settings, namespace_of, redis_unusable
 from serving_cache.recommend import MAX_DELTA
 
 
@@ -143,7 +143,7 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis at {s.redis.url} did not answer: {exc}") from None
+        raise redis_unusable(s, exc) from None
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
         return

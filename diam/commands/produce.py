@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings
+from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, kafka_unusable
 
 
 @click.command("produce")
@@ -71,15 +71,13 @@ def produce(
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     if catalog:
-        _produce_catalog(ds, path, settings.kafka, items_topic or settings.kafka.items_topic)
+        _produce_catalog(ds, path, settings, items_topic or settings.kafka.items_topic)
     try:
         report = produce_dataset(
             ds, settings.kafka, target, rate=rate, limit=limit, progress=progress
         )
     except (KafkaException, TimeoutError) as exc:
-        raise click.ClickException(
-            f"Kafka at {settings.kafka.bootstrap} is not usable ({exc}); is the stack up? (`diam stack up`)"
-        ) from None
+        raise kafka_unusable(settings, exc) from None
     click.echo(
         f"{report.sent:,} events sent to {target} from {ds.name} in {report.seconds:.2f} s "
         f"({report.rate:,.0f} ev/s); failed: {report.failed:,}"
@@ -93,7 +91,7 @@ def produce(
         raise click.ClickException(f"{report.failed:,} event(s) were not delivered:\n  {details}")
 
 
-def _produce_catalog(ds, path: Path, kafka, items_topic: str) -> None:
+def _produce_catalog(ds, path: Path, settings, items_topic: str) -> None:
     from confluent_kafka import KafkaException
 
     from online_model.datasets import read_item_titles
@@ -101,9 +99,9 @@ def _produce_catalog(ds, path: Path, kafka, items_topic: str) -> None:
 
     items = items_of_dataset(ds, read_item_titles(path))
     try:
-        report = publish_items(kafka, items_topic, items)
+        report = publish_items(settings.kafka, items_topic, items)
     except (KafkaException, TimeoutError) as exc:
-        raise click.ClickException(f"Kafka at {kafka.bootstrap} is not usable ({exc})") from None
+        raise kafka_unusable(settings, exc) from None
     click.echo(f"{report.sent:,} catalogue items sent to {items_topic}; failed: {report.failed:,}")
     if not report.ok:
         details = "\n  ".join(report.errors)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, redis_unusable
 
 
 def _clear_namespace(client, ns: str) -> int:
@@ -81,7 +81,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     try:
         existing = next(iter(client.scan_iter(match=user_pattern(namespace), count=1000)), None)
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis at {s.redis.url} is not usable ({exc}); is the stack up?") from None
+        raise redis_unusable(s, exc) from None
     if existing is not None:
         if not clear:
             raise click.ClickException(
@@ -145,7 +145,7 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     try:
         result = diff_namespaces(redis_client(s.redis), ns_a, ns_b)
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis at {s.redis.url} is not usable ({exc})") from None
+        raise redis_unusable(s, exc) from None
     if csv_path is not None:
         result.write_csv(csv_path)
     if plot_path is not None:
