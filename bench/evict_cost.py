@@ -109,7 +109,7 @@ def main() -> None:
     overs, users, span = start_overs(settings.kafka, topic, round(args.idle * 1000))
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     counts: dict[str, list[dict[str, int]]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, S.namespaces_dropped(settings):
         ckpt = Path(tmp) / "ckpt"
         S.make_checkpoint(ckpt)
 

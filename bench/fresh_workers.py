@@ -120,7 +120,7 @@ def main() -> None:
     settings = load_settings()
     env = stream.env_for(settings)
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, stream.namespaces_dropped(settings):
         ckpt = Path(tmp) / "ckpt"
         stream.make_checkpoint(ckpt, seq_len=settings.online.train_seq_len("diam"))
         for r in range(args.repeats):

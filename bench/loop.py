@@ -190,6 +190,7 @@ def main() -> None:
     from diam.retrain import Retrainer
     from online_model.datasets import load_prepared, read_item_titles
     from serving_cache import redis_client
+    from serving_cache.namespaces import drop_namespace
     from serving_cache.popularity import DecayedCounts
     from snapshotter.publish import publish
     from streams.catalog import CatalogFollower, encode_item, items_of_dataset, publish_items
@@ -286,6 +287,8 @@ def main() -> None:
     for arm in arms.values():
         if arm.thread is not None:
             arm.thread.join(timeout=60)
+    for ns in [*(arm.ns for arm in arms.values()), svc.ns]:  # leave nothing in Redis
+        drop_namespace(redis, ns)
     half = 2  # windows 6-10 of 10: the last half of the stream
     out = {
         "dataset": f"ml-100k (first {n} events)" if n < len(ds.ts_ms) else "ml-100k",

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stream import dataflow_cmd, env_for, make_checkpoint, produce, synth_events  # noqa: E402
+from stream import dataflow_cmd, env_for, make_checkpoint, namespaces_dropped, produce, synth_events  # noqa: E402
 
 from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     topic = f"bench.metrics.{run_id}"
     ensure_topic(settings.kafka, topic, partitions=4)
     runs: dict[str, list[dict]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, namespaces_dropped(settings):
         ckpt = Path(tmp) / "ckpt"
         env = env_for(settings)
         if args.tiny:

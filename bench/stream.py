@@ -94,6 +94,7 @@ Run: ``python bench/stream.py [--quick]`` with the local stack up (``diam stack 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -117,7 +118,7 @@ from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.online import OnlineLearner  # noqa: E402
-from serving_cache import UserVectors, decode_user, redis_client, user_key  # noqa: E402
+from serving_cache import UserVectors, decode_user, redis_client, user_key, user_pattern  # noqa: E402
 from streams.config import FlowConfig  # noqa: E402
 from streams.events import ClickEvent, decode_click, encode_event  # noqa: E402
 from streams.kafka_io import (  # noqa: E402
@@ -275,13 +276,42 @@ def bare_consume(kafka, topic: str, n: int, batch: int) -> float:
     return n / dt
 
 
+#: the Redis namespaces this process's runs wrote (:func:`dataflow_cmd`, :func:`floor_cmd`):
+#: :func:`drop_namespaces` deletes them when the benchmark ends
+NAMESPACES: set[str] = set()
+
+
+def drop_namespaces(settings) -> int:
+    """Delete every key of the namespaces this process's runs wrote
+    (``serving_cache.namespaces.drop_namespace``) and forget them; return how many keys went.
+    Benchmarks leave nothing in Redis: millions of users left behind make every SCAN of the
+    keyspace (``diam replay``'s check, ``diam forget``) walk them all."""
+    from serving_cache.namespaces import drop_namespace
+
+    rc = redis_client(settings.redis)
+    n = sum(drop_namespace(rc, ns) for ns in sorted(NAMESPACES))
+    NAMESPACES.clear()
+    return n
+
+
+@contextlib.contextmanager
+def namespaces_dropped(settings):
+    """On leaving, however it is left: :func:`drop_namespaces`."""
+    try:
+        yield
+    finally:
+        drop_namespaces(settings)
+
+
 def dataflow_cmd(topic: str, ns: str, ckpt: Path, extra: list[str]) -> list[str]:
+    NAMESPACES.add(ns)
     return [sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace", ns,
             "--checkpoint", str(ckpt), *extra]
 
 
 def floor_cmd(topic: str, ns: str, ckpt: Path) -> list[str]:
     """The same dataflow with the learner's update removed (``bench/stream_floor.py``)."""
+    NAMESPACES.add(ns)
     return [sys.executable, str(ROOT / "bench" / "stream_floor.py"), topic, ns, str(ckpt)]
 
 
@@ -575,7 +605,7 @@ def footprint(settings, ns: str, base: BaseView, cfg: OnlineConfig,
     rc = redis_client(settings.redis)
     by_k: dict[int, list[int]] = {}
     vecs_pool: list[np.ndarray] = []
-    for n_seen, key in enumerate(rc.scan_iter(match=f"diam:{ns}:u:*", count=1000)):
+    for n_seen, key in enumerate(rc.scan_iter(match=user_pattern(ns), count=1000)):
         raw = rc.get(key)
         if raw is None:
             continue
@@ -731,7 +761,7 @@ def main() -> None:
     ensure_topic(kafka, ftopic, partitions=4)
     ltopic = f"bench.fresh-low.{run_id}"
     ensure_topic(kafka, ltopic, partitions=4)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, namespaces_dropped(settings):
         ckpt = Path(tmp) / "ckpt"
         base = make_checkpoint(ckpt, seq_len=settings.online.train_seq_len("diam"))
         env = env_for(settings)
@@ -817,12 +847,6 @@ def main() -> None:
         anchor.update({f"{k}_50_item_network": wide[k]
                        for k in ("anchor_ms_p50", "anchor_ms_p99",
                                  "anchor_ms_per_user_torch_batched_64")})
-    rc = redis_client(settings.redis)
-    # the repeated runs write to "<ns>-<r>": match the prefix, not "<ns>:"
-    for ns in ("b0", "b1", "bw", "b2", "b3", "bf1", "bf2", "bl", "bt", "bs", "br", "br0", "brw"):
-        keys = list(rc.scan_iter(match=f"diam:{ns}-{run_id}*", count=5000))
-        for i in range(0, len(keys), 1000):
-            rc.delete(*keys[i:i + 1000])
     from confluent_kafka.admin import AdminClient
     AdminClient(kafka.client_config()).delete_topics(
         [topic, ltopic, ttopic, stopic, *fresh_topics])

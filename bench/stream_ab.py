@@ -59,7 +59,7 @@ def main() -> None:
     S.produce(settings.kafka, topic, S.synth_events(args.events, args.users, seed=1,
                                                     t0=1_700_000_000_000))
     runs: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, S.namespaces_dropped(settings):
         ckpt = Path(tmp) / "ckpt"
         S.make_checkpoint(ckpt)
         trees = {}

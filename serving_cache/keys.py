@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
-           "user_in_every_namespace", "namespace_of_key", "generation_key"]
+           "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -34,6 +34,16 @@ def user_key(ns: str, user_id: str) -> str:
 def user_pattern(ns: str) -> str:
     """SCAN pattern matching every user key of a namespace."""
     return f"diam:{validate_namespace(ns)}:u:*"
+
+
+def namespace_pattern(ns: str) -> str:
+    """SCAN pattern matching every key of a namespace (users, active model, generation marker)
+    and no other namespace's: namespaces hold no ':' or glob characters.
+
+    >>> namespace_pattern("replay-1")
+    'diam:replay-1:*'
+    """
+    return f"diam:{validate_namespace(ns)}:*"
 
 
 def user_in_every_namespace(user_id: str) -> str:

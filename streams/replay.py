@@ -157,13 +157,19 @@ class ReplayReport:
         ]
 
 
-def check_namespace(namespace: str, serving_namespace: str | None = None) -> str:
-    """Refuse the namespaces serving reads; return ``namespace`` otherwise.
+def check_namespace(namespace: str, serving_namespace: str | None = None, verb: str = "replay into"
+                    ) -> str:
+    """Refuse the namespaces serving reads; return ``namespace`` otherwise. ``verb`` names
+    what was refused (``diam drop`` passes "drop").
 
     >>> check_namespace("live")
     Traceback (most recent call last):
     ...
     streams.replay.ReplayError: refusing to replay into 'live': serving reads it; pass a namespace of its own, e.g. --namespace replay-1
+    >>> check_namespace("prod", serving_namespace="prod", verb="drop")
+    Traceback (most recent call last):
+    ...
+    streams.replay.ReplayError: refusing to drop 'prod': serving reads it
     >>> check_namespace("shadow-1", serving_namespace="prod")
     'shadow-1'
     """
@@ -172,8 +178,9 @@ def check_namespace(namespace: str, serving_namespace: str | None = None) -> str
     except ValueError as exc:
         raise ReplayError(str(exc)) from None
     if namespace in PROTECTED_NAMESPACES or namespace == serving_namespace:
-        raise ReplayError(f"refusing to replay into {namespace!r}: serving reads it; pass a "
-                          "namespace of its own, e.g. --namespace replay-1")
+        hint = ("; pass a namespace of its own, e.g. --namespace replay-1"
+                if verb == "replay into" else "")
+        raise ReplayError(f"refusing to {verb} {namespace!r}: serving reads it{hint}")
     return namespace
 
 

@@ -8,23 +8,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings, redis_unusable
-
-
-def _clear_namespace(client, ns: str) -> int:
-    from serving_cache.keys import model_active_key, user_pattern
-
-    n = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=user_pattern(ns), count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            n += client.unlink(*batch)
-            batch = []
-    if batch:
-        n += client.unlink(*batch)
-    client.unlink(model_active_key(ns))
-    return n
+from diam.commands import _without_password, get_settings, redis_unusable
 
 
 @click.command("replay")
@@ -41,7 +25,7 @@ def _clear_namespace(client, ns: str) -> int:
 @click.option("--base-from-data", default=None,
               help="Build a co-occurrence base from this prepared dataset (no snapshot needed).")
 @click.option("--clear", is_flag=True,
-              help="Delete the namespace's keys first (required when it already holds users).")
+              help="Delete the namespace's keys first (required when it holds an earlier run).")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
@@ -63,7 +47,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
 
     from diam.app import load_holder
     from serving_cache import redis_client
-    from serving_cache.keys import user_pattern
+    from serving_cache.namespaces import drop_namespace, namespace_in_use
     from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
 
     s = get_settings(ctx)
@@ -79,16 +63,16 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                          hot_reload=False)
     client = redis_client(s.redis)
     try:
-        existing = next(iter(client.scan_iter(match=user_pattern(namespace), count=1000)), None)
+        if namespace_in_use(client, namespace):
+            if not clear:
+                raise click.ClickException(
+                    f"namespace {namespace!r} holds an earlier run; pass --clear to delete its keys "
+                    f"first, or `diam drop {namespace}` (write-if-newer would otherwise keep its "
+                    "newer entries)")
+            n = drop_namespace(client, namespace)
+            click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
-    if existing is not None:
-        if not clear:
-            raise click.ClickException(
-                f"namespace {namespace!r} already holds users; pass --clear to delete them first "
-                "(write-if-newer would otherwise keep their newer entries)")
-        n = _clear_namespace(client, namespace)
-        click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
     try:
         rng = resolve_range(s.kafka, topic, start, end)
     except ReplayError as exc:
@@ -174,4 +158,37 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         click.echo(f"  per-user rows written to {csv_path}")
 
 
-COMMANDS = [replay, diff]
+@click.command("drop")
+@click.argument("namespace")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def drop(ctx: click.Context, namespace: str, yes: bool) -> None:
+    """Delete every key of NAMESPACE: a replay's or a shadow's users, its active-model key and
+    its generation marker, once nobody reads it (after `diam diff`).
+
+    Refuses 'live' and the serving namespace (DIAM_REDIS_NAMESPACE), as `diam replay` does.
+    Do not drop a namespace a running `diam run` writes: it would push every user it holds
+    again. Keys go in batches of 1000 by SCAN and UNLINK; prints how many went.
+    """
+    import redis
+
+    from serving_cache import redis_client
+    from serving_cache.namespaces import drop_namespace
+    from streams.replay import ReplayError, check_namespace
+
+    s = get_settings(ctx)
+    try:
+        check_namespace(namespace, s.redis.namespace, verb="drop")
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not yes:
+        click.confirm(f"delete every key of namespace {namespace!r} at {_without_password(s.redis.url)}?",
+                      abort=True, err=True)
+    try:
+        n = drop_namespace(redis_client(s.redis), namespace)
+    except redis.RedisError as exc:
+        raise redis_unusable(s, exc) from None
+    click.echo(f"dropped {n:,} keys of namespace {namespace!r}")
+
+
+COMMANDS = [replay, diff, drop]

@@ -21,6 +21,8 @@ from diam.cli import main
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner
+from serving_cache.keys import generation_key
+from serving_cache.namespaces import drop_namespace, namespace_in_use
 from snapshotter.config import SnapshotConfig
 from snapshotter.publish import publish
 from snapshotter.store import SnapshotStore
@@ -35,8 +37,8 @@ from tests.integration.helpers import click_payloads, produce, redis_state
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
 
-def _cli(settings, *args: str):
-    result = CliRunner().invoke(main, list(args), obj={"settings": settings})
+def _cli(settings, *args: str, input: str | None = None):
+    result = CliRunner().invoke(main, list(args), obj={"settings": settings}, input=input)
     return result
 
 
@@ -99,11 +101,25 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         assert res.exit_code == 1 and "--clear" in res.output
         res = _cli(s, "replay", "--topic", topic, "--namespace", "live", "--snapshot", versions[0])
         assert res.exit_code == 1 and "refusing to replay into 'live'" in res.output
+
+        # diam drop: the serving namespaces are refused; a "no" keeps everything; then only
+        # ns_b's keys go (its 12 users and the generation marker its replay set)
+        res = _cli(s, "drop", "live", "--yes")
+        assert res.exit_code == 1 and "refusing to drop 'live'" in res.output
+        assert namespace_in_use(redis_client, ns_b) and redis_client.exists(generation_key(ns_b))
+        res = _cli(s, "drop", ns_b, input="n\n")
+        assert res.exit_code == 1 and len(redis_state(redis_client, ns_b)) == 12
+        res = _cli(s, "drop", ns_b, "--yes")
+        assert res.exit_code == 0 and f"dropped 13 keys of namespace '{ns_b}'" in res.output, res.output
+        assert list(redis_client.scan_iter(match=f"diam:{ns_b}:*")) == []
+        assert not namespace_in_use(redis_client, ns_b)
+        assert redis_state(redis_client, ns_a) == live
+        # users without a generation marker (written another way) still count as a run
+        redis_client.set(f"diam:{ns_b}:u:someone", b"x")
+        assert namespace_in_use(redis_client, ns_b)
     finally:
         for ns in (ns_live, ns_a, ns_b):
-            keys = list(redis_client.scan_iter(match=f"diam:{ns}:*", count=1000))
-            if keys:
-                redis_client.delete(*keys)
+            drop_namespace(redis_client, ns)
         extra = [f"{t}.replay.{ns}" for t in (drift, dlq) for ns in (ns_a, ns_b)]
         for fut in AdminClient(s.kafka.client_config()).delete_topics(extra).values():
             try:

@@ -18,6 +18,7 @@ from serving_cache import (
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
     generation_key,
+    namespace_pattern,
     namespace_of_key,
     user_in_every_namespace,
     user_pattern,
@@ -33,6 +34,7 @@ def test_keys_are_pinned() -> None:
     assert user_in_every_namespace("u-1").encode() == b"diam:*:u:u-1"
     assert namespace_of_key(user_key("replay-1", "u-1").encode()) == "replay-1"
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
+    assert namespace_pattern("shadow_2") == "diam:shadow_2:*"
 
 
 @pytest.mark.parametrize("ns", ["", "a:b", "a*", "x" * 65, "sp ace"])

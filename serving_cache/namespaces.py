@@ -1,0 +1,46 @@
+"""A namespace's keys as a whole: whether a namespace is in use, and dropping one.
+
+``diam replay`` must not write into a namespace that holds an earlier run (write-if-newer would
+keep that run's newer values), and replays, shadows and benchmarks leave namespaces behind
+that nobody reads again. Every key of a namespace matches :func:`serving_cache.keys.namespace_pattern`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving_cache.keys import generation_key, namespace_pattern, user_pattern
+
+__all__ = ["namespace_in_use", "drop_namespace"]
+
+
+def namespace_in_use(client: Any, ns: str) -> bool:
+    """Whether namespace ``ns`` holds keys of an earlier run.
+
+    The dataflow sets the namespace's generation marker before its first write
+    (``streams.redis_sink``), so a namespace it wrote answers in one EXISTS. Without the
+    marker (users written another way, or none), a SCAN for one user key decides: it walks
+    the whole keyspace when the namespace is empty.
+    """
+    if client.exists(generation_key(ns)):
+        return True
+    return next(iter(client.scan_iter(match=user_pattern(ns), count=1000)), None) is not None
+
+
+def drop_namespace(client: Any, ns: str, batch: int = 1000) -> int:
+    """Delete every key of namespace ``ns`` (its users, the active-model key, the generation
+    marker) with UNLINK, ``batch`` keys a call; return how many were deleted.
+
+    Never call this on a namespace a running dataflow writes: the dataflow would take the
+    missing marker for a lost Redis and push every user it holds again.
+    """
+    n = 0
+    keys: list[bytes] = []
+    for key in client.scan_iter(match=namespace_pattern(ns), count=batch):
+        keys.append(key)
+        if len(keys) >= batch:
+            n += int(client.unlink(*keys))
+            keys = []
+    if keys:
+        n += int(client.unlink(*keys))
+    return n
