@@ -34,12 +34,13 @@ USER_ID_PATTERN = rf"^[{USER_ID_CHARS}]{{1,{USER_ID_MAX_LEN}}}$"
 USER_ID_ALLOWED = "letters and digits and _ . @ + - and the equals sign"
 """:data:`USER_ID_CHARS` in words, for error messages. Without ',' or '=': rejection reasons
 travel in Kafka headers, which dumps print as ``k=v,k=v``."""
-_USER_RE = re.compile(USER_ID_PATTERN)
+USER_ID_RE = re.compile(USER_ID_PATTERN)
+"""The compiled rule, for every check of a user id (``USER_ID_RE.fullmatch(uid)``)."""
 
 
 def valid_user_id(user_id: str) -> bool:
     """Whether ``user_id`` follows the rule (:data:`USER_ID_PATTERN`)."""
-    return _USER_RE.fullmatch(user_id) is not None
+    return USER_ID_RE.fullmatch(user_id) is not None
 
 
 def fail_fast(client: Any) -> Any:

@@ -21,13 +21,12 @@ quotes from the payload.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_PATTERN
+from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_RE
 
 __all__ = [
     "ClickEvent",
@@ -44,9 +43,8 @@ __all__ = [
 #: Event kinds the stream learns from; anything else is rejected with a reason.
 EVENT_KINDS = frozenset({"click"})
 
-# The user id rule is serving_cache.reader's (its owner: serving_cache may not import streams).
-USER_ID_RE = re.compile(USER_ID_PATTERN)
-"""The compiled user id rule, for the stream's checks (``USER_ID_RE.fullmatch(uid)``)."""
+# The user id rule is serving_cache.reader's (its owner: serving_cache may not import streams);
+# USER_ID_RE is its compiled form, re-exported for the stream's checks.
 _MAX_ITEM_ID_LEN = 128
 _MAX_SESSION_LEN = 128
 _MAX_CONTEXT_KEYS = 16
