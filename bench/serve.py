@@ -99,6 +99,7 @@ from online_model.aggregate import MIN_CANDIDATES, serve_list  # noqa: E402
 from serving_cache import UserVectors, encode_user, redis_client, user_key  # noqa: E402
 from serving_cache.api import settle_heap  # noqa: E402
 from serving_cache.codec import decode_user  # noqa: E402
+from serving_cache.namespaces import drop_namespace  # noqa: E402
 from serving_cache.reader import fail_fast  # noqa: E402
 from serving_cache.recommend import Recommender  # noqa: E402
 from serving_cache.retrieval import SnapshotIndex  # noqa: E402
@@ -190,12 +191,6 @@ def write_users(client: Any, ns: str, version: str, run: LearnerRun,
         pipe.set(user_key(ns, u.user_id), encode_user(uv))
     pipe.execute()
     return [u.user_id for u in users]
-
-
-def drop_namespace(client: Any, ns: str) -> None:
-    keys = list(client.scan_iter(match=f"diam:{ns}:*", count=1000))
-    for i in range(0, len(keys), 1000):
-        client.delete(*keys[i: i + 1000])
 
 
 def split_users(users: list[LearnedUser]) -> tuple[list[LearnedUser], list[LearnedUser]]:
