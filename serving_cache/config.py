@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serving_cache.keys import validate_namespace
+
+URL_SCHEMES = ("redis", "rediss", "unix")
+"""The URL schemes redis-py's ``from_url`` takes."""
 
 
 class RedisConfig(BaseModel):
@@ -54,6 +61,19 @@ class RedisConfig(BaseModel):
     """Expiry of user keys in seconds, refreshed on every push (the dataflow's write-if-newer
     script sets it); None (the default): user keys never expire. A user idle for longer drops
     out of Redis and is served as a cold user until their next event."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        if urlsplit(url).scheme not in URL_SCHEMES:
+            raise ValueError(f"{url!r} is not a Redis URL: it must start with "
+                             f"{', '.join(f'{x}://' for x in URL_SCHEMES)}")
+        return url
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, ns: str) -> str:
+        return validate_namespace(ns)
 
     def client_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``redis.Redis.from_url`` (security options pass through)."""

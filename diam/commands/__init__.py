@@ -14,8 +14,8 @@ import click
 
 from diam.settings import Settings, SettingsInputError, load_settings
 
-__all__ = ["default_dataset", "get_settings", "kafka_unusable", "namespace_of", "redis_unusable",
-           "unreachable_service"]
+__all__ = ["default_dataset", "get_settings", "kafka_unusable", "namespace_of", "not_empty",
+           "redis_unusable", "unreachable_service"]
 
 DEFAULT_DATASET_HELP = "<data_dir>/ml-100k"
 """How help texts name :func:`default_dataset` (``data_dir`` is DIAM_DATA_DIR)."""
@@ -35,14 +35,34 @@ def get_settings(ctx: click.Context) -> Settings:
 
 
 def namespace_of(settings: Settings, namespace: str | None) -> str:
-    """The Redis namespace a ``--namespace`` option names (default: settings redis.namespace);
-    a malformed one is a usage error naming the option."""
+    """The Redis namespace a ``--namespace`` option names (None: settings redis.namespace); a
+    malformed one is a usage error naming the option, or the setting when it came from there.
+    An empty option is malformed, never "not given": ``--namespace "$NS"`` with NS unset must
+    not write into the serving namespace."""
     from serving_cache.keys import validate_namespace
 
+    given = namespace is not None
     try:
-        return validate_namespace(namespace or settings.redis.namespace)
+        return validate_namespace(namespace if given else settings.redis.namespace)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--namespace") from None
+        raise click.BadParameter(str(exc), param_hint="--namespace" if given else
+                                 "DIAM_REDIS_NAMESPACE (redis.namespace)") from None
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for options whose absence means a default (a topic, a namespace): an
+    empty value (``--topic "$T"`` with T unset) is a usage error, never the default.
+
+    >>> not_empty(None, None, "clicks")
+    'clicks'
+    >>> not_empty(None, None, "  ")
+    Traceback (most recent call last):
+    ...
+    click.exceptions.BadParameter: must not be empty (leave the option out for its default)
+    """
+    if value is not None and not value.strip():
+        raise click.BadParameter("must not be empty (leave the option out for its default)")
+    return value
 
 
 def default_dataset(settings: Settings) -> Path:
@@ -62,8 +82,21 @@ def unreachable_service(exc: BaseException, settings: Settings | None) -> click.
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return redis_unusable(settings, exc)
     if isinstance(exc, KafkaException | RangeStalled):
+        if isinstance(exc, KafkaException) and _kafka_config_error(exc):
+            return click.ClickException(
+                f"the Kafka client refused its configuration ({exc}); check DIAM_KAFKA_EXTRA "
+                "and the other DIAM_KAFKA_* settings")
         return kafka_unusable(settings, exc)
     return None
+
+
+def _kafka_config_error(exc: BaseException) -> bool:
+    """Whether a KafkaException is librdkafka refusing a client property (an unknown name or a
+    bad value), not a broker that failed to answer."""
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError._INVALID_ARG
 
 
 def redis_unusable(settings: Settings | None, exc: BaseException) -> click.ClickException:
