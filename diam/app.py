@@ -37,17 +37,32 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
                 base_from_data: str | None = None, hot_reload: bool = True,
                 namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
                 topic: str | None = None) -> LearnerHolder:
-    """The learner holder of a run, over the first base found of: ``snapshot`` (a version in
-    the store), ``checkpoint`` (a checkpoint or snapshot directory), the active snapshot (hot
-    reloaded when a new version is published or new items arrive in the catalogue or in the
-    clicks of ``topic``, by default ``kafka.clicks_topic``, unless ``hot_reload`` is off), a
-    co-occurrence base built from the prepared dataset ``base_from_data``.
+    """The learner holder of a run, over the base given explicitly, at most one of:
+    ``snapshot`` (a version in the store), ``checkpoint`` (a checkpoint or snapshot directory),
+    ``base_from_data`` (a co-occurrence base built from that prepared dataset); else over the
+    active snapshot (hot reloaded when a new version is published or new items arrive in the
+    catalogue or in the clicks of ``topic``, by default ``kafka.clicks_topic``, unless
+    ``hot_reload`` is off). An explicit base wins over the active snapshot: an option the user
+    typed is never dropped silently.
 
-    Raises :class:`NoBaseModel` when none is given or the one given cannot be read (a directory
-    that is not a checkpoint, a dataset that is missing or malformed)."""
+    Raises ``click.UsageError`` naming both options when two bases are given (which one was
+    meant cannot be guessed), ``click.BadParameter`` for an empty one (``--checkpoint "$X"``
+    with X unset is not "no checkpoint"), and :class:`NoBaseModel` when none is given and no
+    snapshot is active, or the one given cannot be read (a directory that is not a
+    checkpoint, a dataset that is missing or malformed)."""
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
 
+    given = [(name, value) for name, value in (("--snapshot", snapshot),
+                                               ("--checkpoint", checkpoint),
+                                               ("--base-from-data", base_from_data))
+             if value is not None]
+    for name, value in given:
+        if not value.strip():
+            raise click.BadParameter("must not be empty (leave the option out for the active "
+                                     "snapshot)", param_hint=name)
+    if len(given) > 1:
+        raise click.UsageError(f"give one base model: {given[0][0]} or {given[1][0]}, not both")
     try:
         return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
                        learner, topic)
@@ -73,18 +88,19 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             known = ", ".join(i.version for i in store.versions()) or "none"
             raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
         base = BaseView.from_checkpoint(path)
-    elif checkpoint:
+    elif checkpoint is not None:
         base = BaseView.from_checkpoint(checkpoint)
+    elif base_from_data is not None:
+        from online_model.datasets import load_prepared
+
+        base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
     elif (version := store.active_version()) is not None:
         base = BaseView.from_checkpoint(store.path(version), version=version)
         first = learner(base, cfg)
         reload = (_follow_active(settings, store, first, namespace, learner,
-                                 topic or settings.kafka.clicks_topic) if hot_reload else None)
+                                 topic if topic is not None else settings.kafka.clicks_topic)
+                  if hot_reload else None)
         return LearnerHolder(first, version, reload=reload, check_every_s=settings.flow.reload_check_s)
-    elif base_from_data:
-        from online_model.datasets import load_prepared
-
-        base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
     else:
         from diam.commands import default_dataset
 
@@ -112,7 +128,8 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
     base = current.base
     version = base.version
     watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
-                            ns=namespace or settings.redis.namespace, current=version)
+                            ns=namespace if namespace is not None else settings.redis.namespace,
+                            current=version)
     follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
     tower = load_tower(store.path(version))
     clicks = None
@@ -157,8 +174,8 @@ def online_job(settings: Settings, *, topic: str | None = None, namespace: str |
     ``no_recovery``) it gets a recovery store of its own under the stack's home,
     ``recovery/<namespace>--<topic>[--p<partitions>]``. Bounded runs (replays, batch jobs)
     and Bytewax clusters use none unless given."""
-    ns = namespace or settings.redis.namespace
-    topic = topic or settings.kafka.clicks_topic
+    ns = namespace if namespace is not None else settings.redis.namespace
+    topic = topic if topic is not None else settings.kafka.clicks_topic
     if recovery_dir is None and not (bounded or no_recovery or addresses):
         tag = "" if partitions is None else "--p" + "-".join(map(str, sorted(set(partitions))))
         recovery_dir = Path(settings.stack.home) / "recovery" / f"{ns}--{topic}{tag}"

@@ -118,8 +118,9 @@ class RetrainConfig(BaseModel):
     keep_candidates: int = Field(default=20, ge=1)
     """Candidate directories kept; the oldest go first."""
 
-    metrics_port: int | None = None
-    """Port of the Prometheus endpoint of ``diam retrain`` (None: no endpoint)."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Prometheus endpoint of ``diam retrain`` (None: no endpoint; 0: any free
+    port)."""
 
     gate: GateConfig = Field(default_factory=GateConfig)
     """Tolerances of the promotion gate."""
@@ -243,8 +244,9 @@ class Retrainer:
 
         self.s = settings
         self.cfg: RetrainConfig = settings.retrain
-        self.topic = topic or settings.kafka.clicks_topic
-        self.ns = namespace or settings.redis.namespace
+        # `is not None`: an empty name is an error for the caller to raise, never the default
+        self.topic = topic if topic is not None else settings.kafka.clicks_topic
+        self.ns = namespace if namespace is not None else settings.redis.namespace
         self.store = SnapshotStore(settings.snapshot)
         self.redis = redis_client(settings.redis)
         self.metrics = _Metrics()

@@ -17,13 +17,13 @@ from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic
+from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic, partition_ids
 from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["OnlineJob", "job_io", "run_online", "prepare_recovery", "tune_gc"]
+__all__ = ["OnlineJob", "UnknownPartitions", "job_io", "run_online", "prepare_recovery", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -35,6 +35,12 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+
+
+class UnknownPartitions(ValueError):
+    """``OnlineJob.partitions`` names partitions the topic does not have (the message says
+    which it has); raised by :func:`run_online` before the dataflow is built, so that it is
+    one line, not an error buried in the dataflow's own."""
 
 
 @dataclass
@@ -93,11 +99,16 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever.
 
     ``stats`` is updated live (read it from another thread for progress); ``metrics``
-    (``streams.metrics``, over the same ``stats``) observes the source and sinks."""
+    (``streams.metrics``, over the same ``stats``) observes the source and sinks. Raises
+    :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks."""
     validate_namespace(job.namespace)
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
     check_redis(job.redis)
     ensure_topic(job.kafka, job.topic)
+    if job.partitions is not None:  # one metadata request, once per run
+        known = partition_ids(job.kafka, job.topic)
+        if missing := sorted(set(job.partitions) - set(known)):
+            raise UnknownPartitions(f"topic {job.topic!r} has partitions {known}, not {missing}")
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
     source, sinks = job_io(job)

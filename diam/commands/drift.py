@@ -7,7 +7,7 @@ import json
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, not_empty
 
 
 @click.group("drift")
@@ -21,9 +21,11 @@ def drift() -> None:
 
 
 @drift.command("run")
-@click.option("--topic", default=None, help="Drift topic to read [default: diam.drift]. A replay's "
+@click.option("--topic", default=None, callback=not_empty,
+              help="Drift topic to read [default: diam.drift]. A replay's "
               "drift events are in diam.drift.replay.<namespace>.")
-@click.option("--alerts-topic", default=None, help="Where alerts go [default: diam.alerts].")
+@click.option("--alerts-topic", default=None, callback=not_empty,
+              help="Where alerts go [default: diam.alerts].")
 @click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="Tumbling window length, in event time.")
 @click.option("--lateness-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -38,8 +40,8 @@ def drift() -> None:
               help="Read the drift topic from its start, or only what arrives from now on.")
 @click.option("--bounded/--tail", default=False, show_default=True,
               help="Stop at the end of the topic as seen at start, or keep tailing it.")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve Prometheus metrics on this port (/metrics).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (/metrics); 0 picks a free port (printed).")
 @click.option("--idle-close-s", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Close open windows after this much wall time without input.")
 @click.option("--summaries", is_flag=True, help="Also print every closed window's aggregates.")
@@ -68,10 +70,10 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
         from prometheus_client import start_http_server
 
         try:
-            start_http_server(metrics_port, registry=metrics.registry)
+            server, _ = start_http_server(metrics_port, registry=metrics.registry)
         except OSError as exc:
             raise click.ClickException(f"cannot serve metrics on port {metrics_port}: {exc}") from None
-        click.echo(f"metrics on http://127.0.0.1:{metrics_port}/metrics", err=True)
+        click.echo(f"metrics on http://127.0.0.1:{server.server_port}/metrics", err=True)
 
     def show(out: object) -> None:
         if isinstance(out, Alert):
@@ -79,11 +81,12 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
         elif summaries:
             click.echo("window " + json.dumps(dataclasses.asdict(out)))  # type: ignore[call-overload]
 
-    topic = topic or s.kafka.drift_topic
-    click.echo(f"drift monitor: {topic} -> {alerts_topic or s.kafka.alerts_topic} "
+    topic = topic if topic is not None else s.kafka.drift_topic
+    alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic
+    click.echo(f"drift monitor: {topic} -> {alerts} "
                f"window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
     try:
-        run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts_topic, bounded=bounded,
+        run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts, bounded=bounded,
                   from_end=not from_beginning, metrics=metrics, on_output=show,
                   idle_close_s=idle_close_s)
     except (KafkaException, RuntimeError, TimeoutError) as exc:
@@ -91,7 +94,8 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
 
 
 @drift.command("watch")
-@click.option("--topic", default=None, help="Alerts topic [default: diam.alerts].")
+@click.option("--topic", default=None, callback=not_empty,
+              help="Alerts topic [default: diam.alerts].")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
               help="Show the alerts already in the topic too.")
 @click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown.")
@@ -106,7 +110,7 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
     from streams.kafka_io import ensure_topic, watermarks
 
     s = get_settings(ctx)
-    topic = topic or s.kafka.alerts_topic
+    topic = topic if topic is not None else s.kafka.alerts_topic
     try:
         ensure_topic(s.kafka, topic)
         marks = watermarks(s.kafka, topic)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, not_empty
 
 
 @click.command("forget")
 @click.argument("users", nargs=-1, required=True)
-@click.option("--topic", default=None,
+@click.option("--topic", default=None, callback=not_empty,
               help="Clicks topic whose dataflows must forget the users (default: settings "
                    "kafka.clicks_topic).")
 @click.option("--redis-only", is_flag=True, default=False,
@@ -36,7 +36,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     if bad:
         raise click.BadParameter(f"not valid user ids: {', '.join(map(repr, bad))}",
                                  param_hint="USERS")
-    topic = topic or s.kafka.clicks_topic
+    topic = topic if topic is not None else s.kafka.clicks_topic
     if not redis_only:
         errors: list[str] = []
         p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, kafka_unusable
+from diam.commands import (
+    DEFAULT_DATASET_HELP,
+    default_dataset,
+    get_settings,
+    kafka_unusable,
+    not_empty,
+)
 
 
 @click.command("produce")
@@ -18,7 +24,10 @@ from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, k
     help=f"Prepared dataset directory [default: {DEFAULT_DATASET_HELP}].",
 )
 @click.option(
-    "--topic", default=None, help="Target topic [default: the clicks topic, diam.clicks]."
+    "--topic",
+    default=None,
+    callback=not_empty,
+    help="Target topic [default: the clicks topic, diam.clicks].",
 )
 @click.option(
     "--rate",
@@ -39,7 +48,9 @@ from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, k
     help="Also publish the dataset's item catalogue (categories, title, first-seen time) to the "
     "compacted items topic, before the clicks (--limit 0: the catalogue only).",
 )
-@click.option("--items-topic", default=None, help="Catalogue topic [default: diam.items].")
+@click.option(
+    "--items-topic", default=None, callback=not_empty, help="Catalogue topic [default: diam.items]."
+)
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
 )
@@ -65,13 +76,14 @@ def produce(
 
     settings = get_settings(click.get_current_context())
     path = data_dir if data_dir is not None else default_dataset(settings)
-    target = topic or settings.kafka.clicks_topic
+    target = topic if topic is not None else settings.kafka.clicks_topic
     try:
         ds = load_prepared(path)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     if catalog:
-        _produce_catalog(ds, path, settings, items_topic or settings.kafka.items_topic)
+        items = items_topic if items_topic is not None else settings.kafka.items_topic
+        _produce_catalog(ds, path, settings, items)
     try:
         report = produce_dataset(
             ds, settings.kafka, target, rate=rate, limit=limit, progress=progress

@@ -20,10 +20,14 @@ from diam.commands import _without_password, get_settings, redis_unusable
               help="End, exclusive, same forms [default: the end of the topic when the replay starts].")
 @click.option("--namespace", required=True,
               help="Redis namespace to write; never 'live' or the serving namespace.")
-@click.option("--snapshot", default=None, help="Snapshot version to use as the base model.")
-@click.option("--checkpoint", default=None, help="Checkpoint or snapshot directory as the base.")
+@click.option("--snapshot", default=None,
+              help="Snapshot version to use as the base model [default: the active snapshot]. "
+                   "Give at most one of --snapshot, --checkpoint, --base-from-data.")
+@click.option("--checkpoint", default=None,
+              help="Checkpoint or snapshot directory as the base (instead of the active snapshot).")
 @click.option("--base-from-data", default=None,
-              help="Build a co-occurrence base from this prepared dataset (no snapshot needed).")
+              help="Build a co-occurrence base from this prepared dataset (instead of the active "
+                   "snapshot; no snapshot needed).")
 @click.option("--clear", is_flag=True,
               help="Delete the namespace's keys first (required when it holds an earlier run).")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
@@ -37,10 +41,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     """Run the online dataflow over a bounded range of a topic into its own Redis namespace.
 
     The range is resolved once, at start (times by the broker's offsets-for-times), and the run
-    stops at its end. The same range and base give the same vectors bit for bit. Base model, in
-    order: --snapshot VERSION, --checkpoint DIR, the active snapshot (pinned for the whole
-    replay), --base-from-data DIR. Drift events and dead letters go to
-    <topic>.replay.<namespace>, not to the live topics. Compare with `diam diff live <namespace>`.
+    stops at its end. The same range and base give the same vectors bit for bit. Base model: the
+    one of --snapshot VERSION, --checkpoint DIR or --base-from-data DIR given (two are a usage
+    error), else the active snapshot (pinned for the whole replay). Drift events and dead
+    letters go to <topic>.replay.<namespace>, not to the live topics. Compare with
+    `diam diff live <namespace>`.
     """
     import redis
     from confluent_kafka import KafkaException

@@ -6,21 +6,22 @@ import json
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, namespace_of, not_empty
 
 
 @click.command("retrain")
 @click.option("--once", is_flag=True,
               help="Run one retrain now and exit (for cron); exit status 0 whether the candidate "
                    "was published or refused, 1 on an error.")
-@click.option("--topic", default=None, help="Clicks topic [default: settings kafka.clicks_topic].")
+@click.option("--topic", default=None, callback=not_empty,
+              help="Clicks topic [default: settings kafka.clicks_topic].")
 @click.option("--namespace", default=None,
               help="Redis namespace whose active version a publish moves [default: settings].")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs per retrain [default: settings retrain.epochs].")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve Prometheus metrics on this port [default: settings "
-                   "retrain.metrics_port; none].")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port; 0 picks a free port (printed) "
+                   "[default: settings retrain.metrics_port; none].")
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the decision as JSON.")
 @click.pass_context
 def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: str | None,
@@ -39,17 +40,23 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     from diam.retrain import Retrainer
 
     s = get_settings(ctx)
+    # checked before anything is trained: a bad namespace would otherwise fail only at the
+    # Redis step, after a publish on disk
+    ns = namespace_of(s, namespace)
     if epochs is not None:
         s = s.model_copy(update={"retrain": s.retrain.model_copy(update={"epochs": epochs})})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    svc = Retrainer(s, topic=topic, namespace=namespace,
+    svc = Retrainer(s, topic=topic, namespace=ns,
                     log_line=lambda line: click.echo(line, err=True))
     port = metrics_port if metrics_port is not None else s.retrain.metrics_port
     if port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(port, registry=svc.metrics.registry)
-        click.echo(f"Prometheus metrics on :{port}/metrics", err=True)
+        try:
+            server, _ = start_http_server(port, registry=svc.metrics.registry)
+        except OSError as exc:  # the port is taken, or not ours to bind
+            raise click.ClickException(f"cannot serve metrics on port {port}: {exc}") from None
+        click.echo(f"Prometheus metrics on :{server.server_port}/metrics", err=True)
     if not once:
         svc.serve()
         return

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, namespace_of, not_empty
 
 
 class _EveryMinute(logging.Filter):
@@ -143,8 +143,10 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 
 
 @click.command("run")
-@click.option("--topic", default=None, help="Input topic (default: settings kafka.clicks_topic).")
-@click.option("--namespace", default=None, help="Redis namespace to write (default: settings redis.namespace).")
+@click.option("--topic", default=None, callback=not_empty,
+              help="Input topic (default: settings kafka.clicks_topic).")
+@click.option("--namespace", default=None,
+              help="Redis namespace to write (default: settings redis.namespace).")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker threads in this process. They share one learner, whose network "
                    "kernels then release the GIL, so learning uses that many cores; decoding "
@@ -170,13 +172,16 @@ def _parse_partitions(text: str | None) -> list[int] | None:
               help="Read only these partitions of the topic: run one independent process per "
                    "subset to scale out without a Bytewax cluster (clicks are keyed by user, so "
                    "each user's state lives in one process). Give each its own --recovery-dir.")
-@click.option("--checkpoint", default=None, help="Base model checkpoint or snapshot directory.")
+@click.option("--checkpoint", default=None,
+              help="Base model checkpoint or snapshot directory, instead of the active snapshot "
+                   "(not with --base-from-data).")
 @click.option("--base-from-data", default=None,
-              help="Without a snapshot: build a co-occurrence base from this prepared dataset.")
-@click.option("--metrics-port", type=int, default=None,
+              help="Build a co-occurrence base from this prepared dataset, instead of the active "
+                   "snapshot (not with --checkpoint).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics (lag, events/s, freshness, pushes, drift...) on this "
                    "port at /metrics; 0 picks a free port (printed). Off when not given.")
-@click.option("--metrics-hold", type=float, default=0.0, show_default=True,
+@click.option("--metrics-hold", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Seconds to keep serving metrics after the run ends (a bounded run's end, or "
                    "a stop by SIGINT/SIGTERM), so that a scraper reads the final counts.")
 @click.pass_context
@@ -187,19 +192,21 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     """Consume click events and keep every user's interest vectors fresh in Redis.
 
     Invalid events go to the dead-letter topic with their reason; drift events (K_u changes,
-    guard trips) go to the drift topic. Base weights come from the active snapshot (hot-reloaded
-    when a new one is published), an explicit --checkpoint, or --base-from-data.
+    guard trips) go to the drift topic. Base weights come from --checkpoint or --base-from-data
+    when one is given (not both), else from the active snapshot (hot-reloaded when a new one is
+    published).
     """
     from diam.app import load_holder, online_job
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError
-    from streams.runner import run_online, tune_gc
+    from streams.runner import UnknownPartitions, run_online, tune_gc
 
     s = get_settings(ctx)
+    ns = namespace_of(s, namespace)
     if no_recovery and recovery_dir is not None:
         raise click.BadParameter("give --recovery-dir or --no-recovery, not both")
     stop = threading.Event()
-    job = online_job(s, topic=topic, namespace=namespace, bounded=bounded, workers=workers,
+    job = online_job(s, topic=topic, namespace=ns, bounded=bounded, workers=workers,
                      process_id=process_id, addresses=_parse_cluster(process_id, addresses),
                      recovery_dir=recovery_dir, no_recovery=no_recovery,
                      partitions=_parse_partitions(partitions), stop=stop)
@@ -221,13 +228,18 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
 
         metrics = FlowMetrics(stats, holder, process_label(process_id, addresses, job.partitions),
                               kafka=s.kafka, topic=job.topic)
-        bound = serve_metrics(metrics, metrics_port)
+        try:
+            bound = serve_metrics(metrics, metrics_port)
+        except OSError as exc:  # the port is taken, or not ours to bind
+            raise click.ClickException(f"cannot serve metrics on port {metrics_port}: {exc}") from None
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         run_online(job, holder, stats, metrics)
     except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
         raise click.ClickException(str(exc)) from None
+    except UnknownPartitions as exc:  # checked before the dataflow starts
+        raise click.BadParameter(str(exc), param_hint="--partitions") from None
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
@@ -239,7 +251,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
 
 
 @click.command("deadletters")
-@click.option("--topic", default=None, help="Dead-letter topic (default: settings kafka.deadletter_topic).")
+@click.option("--topic", default=None, callback=not_empty,
+              help="Dead-letter topic (default: settings kafka.deadletter_topic).")
 @click.option("--source-topic", default=None,
               help="Only the records rejected from this input topic (default: all of them).")
 @click.option("--last", type=click.IntRange(1), default=20, show_default=True,
@@ -254,8 +267,13 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     from streams.kafka_io import read_deadletters
 
     s = get_settings(ctx)
-    name = topic or s.kafka.deadletter_topic
-    recs = read_deadletters(s.kafka, name)  # a stalled read ends in `Error:` (diam.cli)
+    name = topic if topic is not None else s.kafka.deadletter_topic
+    try:
+        recs = read_deadletters(s.kafka, name)  # a stalled read ends in `Error:` (diam.cli)
+    except RuntimeError as exc:  # the broker refused the name (malformed, or no such topic)
+        if topic is not None:
+            raise click.BadParameter(str(exc), param_hint="--topic") from None
+        raise click.ClickException(f"{exc} (settings kafka.deadletter_topic)") from None
     if source_topic is not None:
         recs = [r for r in recs if r["topic"] == source_topic]
     extra = sum(int(r["copies"]) - 1 for r in recs)  # type: ignore[call-overload]

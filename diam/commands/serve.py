@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import get_settings, namespace_of
+from diam.commands import get_settings, namespace_of, not_empty
 
 
 @click.command("serve")
-@click.option("--host", default=None, help="Bind address (default: settings serve.host).")
-@click.option("--port", type=int, default=None, help="Bind port (default: settings serve.port).")
+@click.option("--host", default=None, callback=not_empty,
+              help="Bind address (default: settings serve.host).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Bind port, 1..65535 (default: settings serve.port).")
 @click.option(
     "--namespace",
     default=None,
@@ -17,14 +19,14 @@ from diam.commands import get_settings, namespace_of
 )
 @click.option(
     "--reload-every",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=5.0,
     show_default=True,
     help="Seconds between checks for a new active snapshot (hot reload).",
 )
 @click.option(
     "--threads",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="FAISS (OpenMP) and numpy BLAS threads. One is fastest for the few small "
@@ -121,7 +123,8 @@ def serve_cmd(
                         flow_metrics=flow_metrics, ui=ui, follow_items=follow_items,
                         live_popularity=live_popularity,
                         popularity_half_life_s=popularity_half_life, log_level=log_level)
-    ctx.exit(serve(s, opts, host or s.serve.host, port or s.serve.port,
+    ctx.exit(serve(s, opts, host if host is not None else s.serve.host,
+                   port if port is not None else s.serve.port,
                    echo=lambda line: click.echo(line, err=True)))
 
 
