@@ -78,10 +78,17 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else is passed to torch."""
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch.
+
+    A name torch does not parse, or CUDA asked for where torch sees none, is a ValueError
+    saying which (torch's own RuntimeError reads like a crash to a CLI user)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"{name!r} is not a torch device: use auto, cpu, cuda, cuda:1 ... "
+                         f"({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     return dev

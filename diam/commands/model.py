@@ -25,7 +25,7 @@ def _load_corpus(path: Path):
     if corpus.n_users < 10:
         raise click.ClickException(f"{path}: only {corpus.n_users} users; need at least 10 "
                                    "to split 80/10/10")
-    corpus.info["path"] = str(path)
+    corpus.info["path"] = str(path.resolve())  # evaluate finds it from any directory
     return corpus
 
 
@@ -61,6 +61,17 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
     return corpus
 
 
+def _device_of(name: str):
+    """The torch device ``--device`` names; one torch cannot parse, or CUDA where there is
+    none, is a usage error naming the option."""
+    from online_model.train import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+
+
 @click.command("train")
 @click.option("--model", "model_name", type=click.Choice(_MODELS), default="diam",
               show_default=True, help="Which model to train.")
@@ -85,7 +96,8 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
-@click.option("--lr", type=float, default=1e-2, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
+              show_default=True,
               help="Adam peak learning rate. 1e-2 was every model's best of {3e-3, 1e-2} on "
                    "ml-100k validation users (bench/model_quality.py --lr-grid; "
                    "bench/results/model_quality_round2.md).")
@@ -131,6 +143,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 
     if topic is None and (since or until or items_topic):
         raise click.UsageError("--since, --until and --items-topic need --topic")
+    _device_of(device)  # refuse a bad --device before the corpus is read
     corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
               else _load_corpus(data or default_dataset(get_settings(click.get_current_context()))))
     out = out or Path("checkpoints") / model_name
@@ -168,7 +181,8 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 @click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=0.0,
               show_default=True,
               help="Manual diversity shift: d_u * (1 + delta).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delta: float,
                  device: str, as_json: bool) -> None:
@@ -182,14 +196,18 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delt
     from online_model.checkpoint import CheckpointError, load_checkpoint
     from online_model.corpus import prefix_signals
     from online_model.evaluate import evaluate, make_eval_set, reference_embedding, split_users
-    from online_model.train import resolve_device
-
+    dev = _device_of(device)
     try:
-        dev = resolve_device(device)
         ck = load_checkpoint(checkpoint, device=str(dev))
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     trained_on = ck.config.get("data", {}).get("path")
+    if data is None and trained_on and not Path(trained_on).is_dir():
+        # checkpoints written before the path was stored absolute hold it relative to the
+        # directory training ran in
+        raise click.ClickException(
+            f"the checkpoint's recorded data path {trained_on!r} was not found (from "
+            f"{Path.cwd()}); pass the dataset with --data")
     data = data or (Path(trained_on) if trained_on
                     else default_dataset(get_settings(click.get_current_context())))
     corpus = _load_corpus(data)

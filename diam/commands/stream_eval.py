@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -70,13 +71,14 @@ def evaluate_stream(
     """Replay a dataset in time order; for each event recommend top-20 from the user's current
     vectors, score the clicked item, then apply the online update (the dataflow's own call).
 
-    Three arms: frozen anchors, online with guards, online without guards. Reports Recall@20,
-    NDCG@20, Entropy@20, K_u changes per 1000 events and mean drift from anchors. Thresholds
-    come from the online settings (DIAM_ONLINE_*).
+    Four arms: a popularity reference (decayed click counts), frozen anchors, online with
+    guards, online without guards. Reports Recall@20 (with a bootstrap interval, and each arm's
+    difference to the guarded one), NDCG@20, Entropy@20, K_u changes per 1000 events and mean
+    drift from anchors. Thresholds come from the online settings (DIAM_ONLINE_*).
     """
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
-    from online_model.prequential import evaluate_path, format_table
+    from online_model.prequential import evaluate_path
 
     settings = get_settings(click.get_current_context())
     if data is None:
@@ -104,9 +106,35 @@ def evaluate_stream(
     if as_json:
         click.echo(text)
     else:
-        click.echo(f"{result['dataset']}: base = {result['base']}; merge = {result['aggregation']}")
-        click.echo(format_table(result))
-        click.echo(f"popularity reference recall@20: {result['reference_popularity_recall']:.4f}")
+        click.echo(format_result(result))
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The text form of an ``evaluate_path`` result: a header line, one row per arm, and the
+    popularity arm's Recall@20 as the reference line.
+
+    Every column is as wide as its name plus two spaces, so long names such as
+    ``recall@20_diff_to_guarded_ci`` stay apart (``prequential.format_table`` cuts names to
+    its 22-character cells and ran neighbours together)."""
+    arms: dict[str, dict[str, Any]] = result["arms"]
+    cols = sorted({c for row in arms.values() for c in row}, key=lambda c: (c.endswith("_ci"), c))
+    width = {c: max(len(c), 20) + 2 for c in cols}
+    name_w = max([len("arm"), *map(len, arms)]) + 1
+
+    def cell(v: Any, w: int) -> str:
+        if isinstance(v, list):
+            return f"[{v[0]:.4f}, {v[1]:.4f}]".rjust(w)
+        return f"{v:>{w}.4f}"
+
+    lines = [f"{result['dataset']}: base = {result['base']}; merge = {result['aggregation']}",
+             f"{'arm':<{name_w}}" + "".join(c.rjust(width[c]) for c in cols)]
+    for name, row in arms.items():
+        lines.append(f"{name:<{name_w}}" + "".join(
+            cell(row[c], width[c]) if c in row else " " * width[c] for c in cols))
+    popularity = arms.get("popularity", {}).get("recall@20")
+    if popularity is not None:
+        lines.append(f"popularity reference recall@20: {popularity:.4f}")
+    return "\n".join(lines)
 
 
 COMMANDS = [evaluate_stream]
