@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 import numpy as np
 
-from diam.commands import get_settings, namespace_of, redis_unusable
+from diam.commands import get_settings, namespace_of, not_empty, redis_unusable
+from diam.commands.replay import output_file, write_failed
 from serving_cache.recommend import MAX_DELTA
 
 
@@ -19,14 +21,15 @@ def inspect_group() -> None:
 @inspect_group.command("namespace")
 @click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, callback=output_file,
               help="Also write a PNG: K_u and d_u histograms and drift events over time.")
-@click.option("--drift-topic", default=None,
+@click.option("--drift-topic", default=None, callback=not_empty,
               help="Drift events for --plot (default: settings kafka.drift_topic).")
-@click.option("--drift-last", default=100_000, show_default=True,
+@click.option("--drift-last", type=click.IntRange(0), default=100_000, show_default=True,
               help="For --plot: read at most this many latest drift events per partition.")
 @click.pass_context
-def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot_path: str | None,
+def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot_path: Path | None,
                   drift_topic: str | None, drift_last: int) -> None:
     """Summary of every user in a namespace: count, K_u histogram, d_u spread, value size."""
     from dataclasses import asdict
@@ -38,7 +41,8 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
     ns = namespace_of(s, namespace)
     summary = summarize_namespace(redis_client(s.redis), ns)
     if plot_path is not None:
-        _plot_namespace(s, ns, plot_path, drift_topic or s.kafka.drift_topic, drift_last)
+        topic = drift_topic if drift_topic is not None else s.kafka.drift_topic
+        _plot_namespace(s, ns, plot_path, topic, drift_last)
     if as_json:
         click.echo(json.dumps(asdict(summary), indent=2))
         return
@@ -53,7 +57,7 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         click.echo(f"  {summary.undecodable} values could not be decoded")
 
 
-def _plot_namespace(s, ns: str, out: str, drift_topic: str, drift_last: int) -> None:  # type: ignore[no-untyped-def]
+def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) -> None:  # type: ignore[no-untyped-def]
     from diam.plots import namespace_figure
     from serving_cache import redis_client
     from serving_cache.inspect import iter_users
@@ -65,7 +69,10 @@ def _plot_namespace(s, ns: str, out: str, drift_topic: str, drift_last: int) -> 
             ks.append(uv.k)
             ds.append(uv.d)
     drift = drift_bodies(s.kafka, drift_last, drift_topic)
-    namespace_figure(ns, ks, ds, drift, out)
+    try:
+        namespace_figure(ns, ks, ds, drift, out)
+    except OSError as exc:
+        raise write_failed(out, exc) from None
     click.echo(f"plot written to {out} ({len(ks)} users, {len(drift)} drift events from "
                f"{drift_topic})", err=True)
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import click
 
-from diam.commands import _without_password, get_settings, redis_unusable
+from diam.commands import _without_password, get_settings, not_empty, redis_unusable
 
 
 @click.command("replay")
-@click.option("--topic", default=None, help="Topic to replay [default: the clicks topic].")
+@click.option("--topic", default=None, callback=not_empty,
+              help="Topic to replay [default: the clicks topic].")
 @click.option("--from", "from_", default=None, metavar="BOUND",
               help="Start: ISO time (record timestamps, e.g. 2024-05-01T12:00:00Z), an offset for "
                    "every partition, or partition:offset pairs (0:100,1:80) [default: the oldest].")
@@ -43,8 +44,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     The range is resolved once, at start (times by the broker's offsets-for-times), and the run
     stops at its end. The same range and base give the same vectors bit for bit. Base model: the
     one of --snapshot VERSION, --checkpoint DIR or --base-from-data DIR given (two are a usage
-    error), else the active snapshot (pinned for the whole replay). Drift events and dead
-    letters go to <topic>.replay.<namespace>, not to the live topics. Compare with
+    error), else the active snapshot (pinned for the whole replay). Dead letters go to
+    <deadletter_topic>.replay.<namespace> and drift events to <drift_topic>.replay.<namespace>
+    (settings kafka.deadletter_topic and kafka.drift_topic, e.g. diam.deadletter.replay.NS and
+    diam.drift.replay.NS), not to the live topics; `diam deadletters --topic
+    diam.deadletter.replay.NS` lists a replay's rejects. Compare with
     `diam diff live <namespace>`.
     """
     import redis
@@ -56,7 +60,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
 
     s = get_settings(ctx)
-    topic = topic or s.kafka.clicks_topic
+    topic = topic if topic is not None else s.kafka.clicks_topic
     try:
         check_namespace(namespace, s.redis.namespace)
         start = parse_bound(from_) if from_ is not None else None
@@ -101,14 +105,33 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
             click.echo(line)
 
 
+def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Click callback for an option naming a file to write (--csv, --plot; its type refuses a
+    directory): the file's directory must exist, checked before any work is done, so a typo
+    is a usage error naming the option rather than a FileNotFoundError after the work."""
+    if value is None:
+        return None
+    parent = value.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"cannot write {value}: directory {parent} does not exist")
+    return value
+
+
+def write_failed(path: Path | str, exc: OSError) -> click.ClickException:
+    """The error for an output file that could not be written (permissions, a full disk)."""
+    return click.ClickException(f"cannot write {path}: {exc.strerror or exc}")
+
+
 @click.command("diff")
 @click.argument("ns_a")
 @click.argument("ns_b")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write one row per user to this CSV file.")
+              callback=output_file, help="Write one row per user to this CSV file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.option("--top", default=5, show_default=True, help="List this many most different users.")
+@click.option("--top", type=click.IntRange(0), default=5, show_default=True,
+              help="List this many most different users.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_file,
               help="Write a PNG of per-user interest movement (matched cosine, d_u, K_u changes).")
 @click.pass_context
 def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_json: bool,
@@ -136,11 +159,17 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     if csv_path is not None:
-        result.write_csv(csv_path)
+        try:
+            result.write_csv(csv_path)
+        except OSError as exc:
+            raise write_failed(csv_path, exc) from None
     if plot_path is not None:
         from diam.plots import diff_figure
 
-        diff_figure(result, plot_path)
+        try:
+            diff_figure(result, plot_path)
+        except OSError as exc:
+            raise write_failed(plot_path, exc) from None
         click.echo(f"plot written to {plot_path}", err=True)
     if as_json:
         click.echo(json.dumps(summary_dict(result)))

@@ -86,10 +86,11 @@ def publish_cmd(
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
+    client = _redis(s, no_redis)
     store = _store(s)
     click.echo(f"publishing {checkpoint} into {store.root} ...", err=True)
     try:
-        res = publish(checkpoint, store, _redis(s, no_redis), ns, data_dir=s.data_dir)
+        res = publish(checkpoint, store, client, ns, data_dir=s.data_dir)
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
     info = res.manifest["index"]
@@ -117,9 +118,10 @@ def publish_cmd(
 )
 @click.option(
     "--trainer-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Checkpoint directory, or a directory of checkpoints (default: snapshot.trainer_dir).",
+    help="Checkpoint directory, or a directory of checkpoints; it must exist (default: "
+    "snapshot.trainer_dir, which is waited for when missing).",
 )
 @click.option("--once", is_flag=True, help="Run a single check and exit (for cron and tests).")
 @_ns_opt
@@ -138,15 +140,21 @@ def watch_cmd(
     A checkpoint is published once its files have not changed for snapshot.settle_s seconds
     and its weights are not already a kept version (so a rollback is not undone). Each tick
     also re-syncs the active version into Redis (after a Redis restart, say). Ctrl-C stops.
+
+    A --trainer-dir that does not exist is refused (a mistyped path would be watched forever);
+    the default, snapshot.trainer_dir, may not exist yet: the stack starts the watcher before
+    the trainer has written its first checkpoint, so it is waited for.
     """
     from snapshotter.publish import Watcher
 
     s = get_settings(ctx)
+    ns = namespace_of(s, namespace)
     period = _parse_period(every) if every else s.snapshot.watch_every_s
     root = trainer_dir or Path(s.snapshot.trainer_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    watcher = Watcher(_store(s), root, _redis(s, no_redis), namespace_of(s, namespace), data_dir=s.data_dir)
-    click.echo(f"watching {root} every {period:g}s (Ctrl-C stops)", err=True)
+    watcher = Watcher(_store(s), root, _redis(s, no_redis), ns, data_dir=s.data_dir)
+    waiting = "" if root.is_dir() else " (it does not exist yet; waiting for it)"
+    click.echo(f"watching {root}{waiting} every {period:g}s (Ctrl-C stops)", err=True)
     try:
         while True:
             try:
@@ -189,6 +197,7 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
     from snapshotter.store import SnapshotError
 
     s = get_settings(ctx)
+    ns = namespace_of(s, namespace)  # refused before anything is printed, --no-redis or not
     store = _store(s)
     active = store.active_version()
     infos = store.versions()
@@ -216,7 +225,7 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
         from serving_cache.keys import model_active_key
 
         try:
-            raw = client.get(model_active_key(namespace_of(s, namespace)))
+            raw = client.get(model_active_key(ns))
             click.echo(f"redis active: {raw.decode() if raw else None}")
         except Exception as exc:
             click.echo(f"redis active: unknown ({exc.__class__.__name__}: {exc})")
@@ -233,12 +242,15 @@ def rollback_cmd(
     """Make VERSION active again (default: the version before the active one).
 
     The version is verified first; if a file fails its hash the active version stays.
-    Running it with the active version re-announces it in Redis.
+    Running it with the active version re-announces it in Redis. --namespace is checked
+    before the pointer on disk moves, so a bad one leaves disk and Redis as they were.
     """
     from snapshotter.publish import set_active_in_redis
     from snapshotter.store import SnapshotError
 
     s = get_settings(ctx)
+    ns = namespace_of(s, namespace)
+    client = _redis(s, no_redis)
     store = _store(s)
     target = version or store.previous_version()
     if target is None:
@@ -252,9 +264,7 @@ def rollback_cmd(
     except SnapshotError as exc:
         raise click.ClickException(f"{exc}; {store.active_version()} stays active") from None
     click.echo(f"active: {target}")
-    client = _redis(s, no_redis)
     if client is not None:
-        ns = namespace_of(s, namespace)
         try:
             set_active_in_redis(client, ns, target)
         except Exception as exc:

@@ -97,3 +97,80 @@ def test_a_checkpoint_records_its_data_absolute_and_an_old_relative_one_is_named
     (ck / "config.json").write_text(json.dumps(config))
     _clean_error(run("evaluate", "--checkpoint", str(ck), "--device", "cpu"),
                  "recorded data path 'syn' was not found", "--data", code=1)
+
+
+# -- snapshot ---------------------------------------------------------------------------------
+
+def _two_versions(run, tmp_path) -> list[str]:
+    from snapshotter.testing import write_checkpoint
+
+    versions = []
+    for i in (1, 2):
+        ck = write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)
+        r = run("snapshot", "publish", str(ck), "--no-redis")
+        assert r.exit_code == 0, r.output
+        versions.append(r.output.split("active: ")[1].split()[0])
+    return versions
+
+
+@pytest.mark.parametrize("ns", ["bad ns", ""])
+def test_rollback_checks_the_namespace_before_the_pointer_moves(run, tmp_path, ns) -> None:
+    from diam.settings import load_settings
+    from snapshotter.store import SnapshotStore
+
+    first, second = _two_versions(run, tmp_path)
+    # the Redis URL points at a closed port: refused before a connection is tried
+    _clean_error(run("snapshot", "rollback", first, "--namespace", ns), "--namespace", code=2)
+    assert SnapshotStore(load_settings().snapshot).active_version() == second
+
+
+@pytest.mark.parametrize("cmd", [["list", "--no-redis"], ["list"], ["watch", "--once", "--no-redis"],
+                                 ["publish", "nowhere"]])
+def test_snapshot_commands_refuse_an_empty_namespace(run, tmp_path, cmd) -> None:
+    if cmd[0] == "publish":
+        cmd = ["publish", str(tmp_path)]
+    _clean_error(run("snapshot", *cmd, "--namespace", ""), "--namespace", code=2)
+
+
+def test_watch_refuses_a_trainer_dir_that_does_not_exist(run, tmp_path) -> None:
+    _clean_error(run("snapshot", "watch", "--once", "--no-redis", "--trainer-dir",
+                     str(tmp_path / "nowhere")), "--trainer-dir", "does not exist", code=2)
+
+
+def test_watch_waits_for_the_default_trainer_dir(run, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DIAM_SNAPSHOT_TRAINER_DIR", str(tmp_path / "later"))
+    r = run("snapshot", "watch", "--once", "--no-redis")
+    assert r.exit_code == 0, r.output
+    assert "does not exist yet" in r.output
+
+
+# -- diff / inspect output files, data synth --------------------------------------------------
+
+@pytest.mark.parametrize("args, option", [
+    (["diff", "fixb-a", "fixb-b", "--csv", "/nonexistent/x.csv"], "--csv"),
+    (["diff", "fixb-a", "fixb-b", "--plot", "/nonexistent/d.png"], "--plot"),
+    (["diff", "fixb-a", "fixb-b", "--top", "-1"], "--top"),
+    (["inspect", "namespace", "--plot", "/nonexistent/n.png"], "--plot"),
+    (["inspect", "namespace", "--namespace", ""], "--namespace"),
+    (["inspect", "user", "u1", "--namespace", ""], "--namespace"),
+    (["inspect", "namespace", "--drift-topic", ""], "--drift-topic"),
+])
+def test_output_files_and_counts_are_checked_before_redis_is_read(run, args, option) -> None:
+    _clean_error(run(*args), option, code=2)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--categories", "5"], ["--max-interests (8)", "--categories (5)"]),
+    (["--categories", "50", "--items", "10", "--max-interests", "2"],
+     ["--categories (50)", "--items (10)"]),
+])
+def test_synth_names_the_options_whose_rule_fails(run, tmp_path, args, words) -> None:
+    _clean_error(run("data", "synth", "--out", str(tmp_path / "x"), *args), *words, code=2)
+    assert not (tmp_path / "x").exists()
+
+
+def test_replay_help_names_both_replay_topics() -> None:
+    out = CliRunner().invoke(main, ["replay", "--help"]).output
+    assert "<deadletter_topic>.replay.<namespace>" in out
+    assert "<drift_topic>.replay.<namespace>" in out
+    assert "diam deadletters --topic" in out
