@@ -101,8 +101,11 @@ def evaluate_stream(
         raise click.ClickException(str(exc)) from None
     text = json.dumps(result, indent=2, sort_keys=False)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n", encoding="utf-8")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc}") from None
     if as_json:
         click.echo(text)
     else:

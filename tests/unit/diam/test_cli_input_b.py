@@ -174,3 +174,9 @@ def test_replay_help_names_both_replay_topics() -> None:
     assert "<deadletter_topic>.replay.<namespace>" in out
     assert "<drift_topic>.replay.<namespace>" in out
     assert "diam deadletters --topic" in out
+
+
+def test_evaluate_stream_names_an_out_file_it_cannot_write(run, synth, tmp_path) -> None:
+    (tmp_path / "afile").write_text("")
+    _clean_error(run("evaluate-stream", "--data", str(synth), "--json", "--out",
+                     str(tmp_path / "afile" / "r.json")), "cannot write", code=1)
