@@ -41,12 +41,11 @@ def namespace_of(settings: Settings, namespace: str | None) -> str:
     not write into the serving namespace."""
     from serving_cache.keys import validate_namespace
 
-    given = namespace is not None
+    hint = "--namespace" if namespace is not None else "DIAM_REDIS_NAMESPACE (redis.namespace)"
     try:
-        return validate_namespace(namespace if given else settings.redis.namespace)
+        return validate_namespace(namespace if namespace is not None else settings.redis.namespace)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--namespace" if given else
-                                 "DIAM_REDIS_NAMESPACE (redis.namespace)") from None
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
