@@ -44,13 +44,13 @@ class StackConfig(BaseModel):
     kafka_version: str = "4.1.1"
     """Apache Kafka release resolved from Maven Central (``org.apache.kafka:kafka_2.13``)."""
 
-    kafka_port: int = 9192
+    kafka_port: int = Field(default=9192, ge=1, le=65535)
     """Broker listener port on loopback."""
 
-    controller_port: int = 9193
+    controller_port: int = Field(default=9193, ge=1, le=65535)
     """KRaft controller listener port on loopback."""
 
-    redis_port: int = 6390
+    redis_port: int = Field(default=6390, ge=1, le=65535)
     """Redis port on loopback."""
 
     kafka_heap: str = "768m"
@@ -102,7 +102,7 @@ class ServeConfig(BaseModel):
     host: str = "127.0.0.1"
     """Bind address."""
 
-    port: int = 8088
+    port: int = Field(default=8088, ge=1, le=65535)
     """Bind port."""
 
     gil_switch_interval_ms: float = Field(default=0.5, gt=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings
+from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, not_empty
 from serving_cache.recommend import MAX_DELTA
 
 _MODELS = ["diam", "mind", "comirec-sa", "comirec-dr", "single"]
@@ -38,7 +38,7 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
     from streams.topic_corpus import corpus_from_topic, read_clicks
 
     s = get_settings(click.get_current_context())
-    items_topic = items_topic or s.kafka.items_topic
+    items_topic = items_topic if items_topic is not None else s.kafka.items_topic
     try:
         rng = resolve_range(s.kafka, topic, parse_bound(since) if since else None,
                             parse_bound(until) if until else None)
@@ -78,7 +78,7 @@ def _device_of(name: str):
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared dataset directory (diam data prepare / diam data synth) "
                    f"[default: {DEFAULT_DATASET_HELP}].")
-@click.option("--topic", default=None,
+@click.option("--topic", default=None, callback=not_empty,
               help="Train on a range of this clicks topic instead of --data, with item metadata "
                    "from the catalogue topic (--items-topic).")
 @click.option("--since", default=None, metavar="BOUND",
@@ -86,7 +86,7 @@ def _device_of(name: str):
                    "partition:offset pairs) [default: the oldest record].")
 @click.option("--until", default=None, metavar="BOUND",
               help="With --topic: end, exclusive, same forms [default: the end of the topic].")
-@click.option("--items-topic", default=None,
+@click.option("--items-topic", default=None, callback=not_empty,
               help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint directory [default: checkpoints/<model>].")
