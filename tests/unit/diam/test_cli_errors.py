@@ -5,8 +5,6 @@ a closed port."""
 
 from __future__ import annotations
 
-import socket
-
 import click
 import pytest
 from click.testing import CliRunner
@@ -16,19 +14,11 @@ from diam.cli import main
 from diam.commands import inspect, model, unreachable_service
 from diam.settings import load_settings
 from serving_cache.recommend import MAX_DELTA
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.unit.diam.conftest import closed_port
 
 
 @pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
-    monkeypatch.setenv("DIAM_DATA_DIR", str(tmp_path / "data"))
+def run(isolated_env):
     runner = CliRunner()
 
     def invoke(*args: str):
@@ -97,7 +87,7 @@ def test_a_missing_dataset_for_the_base_is_no_base_model(tmp_path) -> None:
 
 @pytest.mark.parametrize("args", [("inspect", "namespace"), ("inspect", "user", "1")])
 def test_redis_down_is_one_line_naming_the_url(run, monkeypatch, args) -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    url = f"redis://127.0.0.1:{closed_port()}/0"
     monkeypatch.setenv("DIAM_REDIS_URL", url)
     _clean_error(run(*args), f"Redis at {url} is not usable", "diam stack up")
 

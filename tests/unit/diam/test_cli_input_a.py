@@ -7,8 +7,6 @@ fail differently)."""
 
 from __future__ import annotations
 
-import socket
-
 import click
 import numpy as np
 import pytest
@@ -17,21 +15,14 @@ from click.testing import CliRunner
 from diam.app import load_holder
 from diam.cli import main
 from diam.settings import load_settings
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.unit.diam.conftest import closed_port
 
 
 @pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
-    monkeypatch.setenv("DIAM_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DIAM_REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
-    monkeypatch.setenv("DIAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{_closed_port()}")
+def run(isolated_env):
+    monkeypatch = isolated_env
+    monkeypatch.setenv("DIAM_REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("DIAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{closed_port()}")
     runner = CliRunner()
 
     def invoke(*args: str):

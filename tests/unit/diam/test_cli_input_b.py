@@ -15,10 +15,8 @@ from diam.cli import main
 
 
 @pytest.fixture
-def run(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
-    monkeypatch.setenv("DIAM_DATA_DIR", str(tmp_path / "data"))
+def run(isolated_env):
+    monkeypatch = isolated_env
     monkeypatch.setenv("DIAM_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
     runner = CliRunner()
 

@@ -1,0 +1,23 @@
+"""Fixtures of the CLI tests: an isolated settings environment and ports nothing listens on."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch):
+    """Settings that read no diam.toml and keep snapshots and data under ``tmp_path``."""
+    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
+    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("DIAM_DATA_DIR", str(tmp_path / "data"))
+    return monkeypatch
