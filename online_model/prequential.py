@@ -523,17 +523,21 @@ def evaluate_path(
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The arms as a fixed-width text table (scalar columns; intervals as ``[lo, hi]``)."""
+    """The arms as a fixed-width text table (scalar columns; intervals as ``[lo, hi]``). Each
+    column is as wide as its name plus two spaces (at least 22), so that long names such as
+    ``recall@20_diff_to_guarded_ci`` stay apart from their neighbours."""
     arms = result["arms"]
     cols = sorted({c for row in arms.values() for c in row}, key=lambda c: (c.endswith("_ci"), c))
+    width = {c: max(len(c), 20) + 2 for c in cols}
+    name_w = max([len("arm"), *map(len, arms)]) + 1
 
-    def cell(v: Any) -> str:
+    def cell(v: Any, w: int) -> str:
         if isinstance(v, list):
-            return f"[{v[0]:.4f}, {v[1]:.4f}]".rjust(22)
-        return f"{v:>22.4f}"
+            return f"[{v[0]:.4f}, {v[1]:.4f}]".rjust(w)
+        return f"{v:>{w}.4f}"
 
-    lines = [f"{'arm':<11}" + "".join(f"{c[-22:]:>22}" for c in cols)]
+    lines = [f"{'arm':<{name_w}}" + "".join(c.rjust(width[c]) for c in cols)]
     for name, row in arms.items():
-        lines.append(f"{name:<11}" + "".join(cell(row[c]) if c in row else " " * 22
-                                              for c in cols))
+        lines.append(f"{name:<{name_w}}" + "".join(
+            cell(row[c], width[c]) if c in row else " " * width[c] for c in cols))
     return "\n".join(lines)

@@ -113,31 +113,16 @@ def evaluate_stream(
 
 
 def format_result(result: dict[str, Any]) -> str:
-    """The text form of an ``evaluate_path`` result: a header line, one row per arm, and the
-    popularity arm's Recall@20 as the reference line.
-
-    Every column is as wide as its name plus two spaces, so long names such as
-    ``recall@20_diff_to_guarded_ci`` stay apart (``prequential.format_table`` cuts names to
-    its 22-character cells and ran neighbours together)."""
-    arms: dict[str, dict[str, Any]] = result["arms"]
-    cols = sorted({c for row in arms.values() for c in row}, key=lambda c: (c.endswith("_ci"), c))
-    width = {c: max(len(c), 20) + 2 for c in cols}
-    name_w = max([len("arm"), *map(len, arms)]) + 1
-
-    def cell(v: Any, w: int) -> str:
-        if isinstance(v, list):
-            return f"[{v[0]:.4f}, {v[1]:.4f}]".rjust(w)
-        return f"{v:>{w}.4f}"
+    """The text form of an ``evaluate_path`` result: a header line, the arms' table
+    (``online_model.prequential.format_table``, which ``bench/prequential.py`` prints too) and
+    the popularity arm's Recall@20 as the reference line."""
+    from online_model.prequential import format_table
 
     lines = [f"{result['dataset']}: base = {result['base']}; merge = {result['aggregation']}",
-             f"{'arm':<{name_w}}" + "".join(c.rjust(width[c]) for c in cols)]
-    for name, row in arms.items():
-        lines.append(f"{name:<{name_w}}" + "".join(
-            cell(row[c], width[c]) if c in row else " " * width[c] for c in cols))
-    popularity = arms.get("popularity", {}).get("recall@20")
+             format_table(result)]
+    popularity = result["arms"].get("popularity", {}).get("recall@20")
     if popularity is not None:
         lines.append(f"popularity reference recall@20: {popularity:.4f}")
     return "\n".join(lines)
-
 
 COMMANDS = [evaluate_stream]
