@@ -18,8 +18,8 @@ from serving_cache import (
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
     generation_key,
-    namespace_pattern,
     namespace_of_key,
+    namespace_pattern,
     user_in_every_namespace,
     user_pattern,
     validate_namespace,
