@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
-           "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern"]
+           "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
+           "every_user_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -51,6 +52,12 @@ def user_in_every_namespace(user_id: str) -> str:
     forget``): user ids never hold ':' or glob characters (``streams.events``), namespaces
     never hold ':' (:func:`validate_namespace`)."""
     return f"diam:*:u:{user_id}"
+
+
+def every_user_key() -> str:
+    """SCAN pattern matching every user key of every namespace (and no other key: the other
+    keys, ``model:active`` and ``gen``, hold no ``:u:``)."""
+    return "diam:*:u:*"
 
 
 def namespace_of_key(key: bytes | str) -> str:

@@ -7,11 +7,23 @@ that nobody reads again. Every key of a namespace matches :func:`serving_cache.k
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from serving_cache.keys import generation_key, namespace_pattern, user_pattern
+from serving_cache.keys import (
+    every_user_key,
+    generation_key,
+    namespace_pattern,
+    user_id_of_key,
+    user_in_every_namespace,
+    user_pattern,
+)
 
-__all__ = ["namespace_in_use", "drop_namespace"]
+__all__ = ["namespace_in_use", "drop_namespace", "user_keys_everywhere", "ONE_SCAN_FROM"]
+
+ONE_SCAN_FROM = 4
+"""From this many users on, :func:`user_keys_everywhere` walks the keyspace once for all of
+them instead of once each."""
 
 
 def namespace_in_use(client: Any, ns: str) -> bool:
@@ -44,3 +56,24 @@ def drop_namespace(client: Any, ns: str, batch: int = 1000) -> int:
     if keys:
         n += int(client.unlink(*keys))
     return n
+
+
+def user_keys_everywhere(client: Any, users: Sequence[str], batch: int = 1000
+                         ) -> dict[str, list[bytes]]:
+    """Every key of each of ``users`` (valid user ids) in every namespace (``diam forget``).
+
+    A SCAN walks the whole keyspace whatever its MATCH. For a few users, one SCAN each that
+    Redis filters (:func:`serving_cache.keys.user_in_every_namespace`); from
+    :data:`ONE_SCAN_FROM` users on, one SCAN over every user key, filtered here: forgetting N
+    users then walks a large keyspace once, not N times."""
+    wanted = list(dict.fromkeys(users))
+    found: dict[str, list[bytes]] = {u: [] for u in wanted}
+    if len(wanted) < ONE_SCAN_FROM:
+        for u in wanted:
+            found[u] = list(client.scan_iter(match=user_in_every_namespace(u), count=batch))
+        return found
+    for key in client.scan_iter(match=every_user_key(), count=batch):
+        keys = found.get(user_id_of_key(key))
+        if keys is not None:
+            keys.append(key)
+    return found

@@ -28,7 +28,8 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     from confluent_kafka import Producer
 
     from serving_cache import redis_client
-    from serving_cache.keys import namespace_of_key, user_in_every_namespace
+    from serving_cache.keys import namespace_of_key
+    from serving_cache.namespaces import user_keys_everywhere
     from streams.online import forget_target
 
     s = get_settings(ctx)
@@ -49,8 +50,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
                                        f"{'; '.join(errors[:3])}; the Redis keys were not touched")
         click.echo(f"tombstone(s) for {len(users)} user(s) written to {topic}")
     client = redis_client(s.redis)
-    for u in users:
-        keys = list(client.scan_iter(match=user_in_every_namespace(u), count=1000))
+    for u, keys in user_keys_everywhere(client, users).items():
         if keys:
             client.delete(*keys)
         names = sorted(namespace_of_key(k) for k in keys)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
+from serving_cache.namespaces import ONE_SCAN_FROM, drop_namespace, user_keys_everywhere
 from streams.config import FlowConfig
 from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
@@ -104,6 +105,30 @@ def test_diam_forget_removes_the_user_everywhere_and_the_dataflow_forgets_them(
     for ns in (other, replay):
         for k in redis_client.scan_iter(match=f"diam:{ns}:*"):
             redis_client.delete(k)
+
+
+def test_user_keys_everywhere_finds_the_same_keys_in_one_scan_as_in_one_each(
+        namespace, redis_client) -> None:
+    """``diam forget`` of many users walks the keyspace once (one SCAN over every user key,
+    filtered in Python); it must find exactly what a SCAN per user finds."""
+    tag = namespace[1:9]  # user ids of this test alone
+    users = [f"{tag}-f{i}" for i in range(6)]
+    other = f"{namespace}-other"
+    RedisWriter(redis_client, namespace).write_batch([(u, _uv(1)) for u in users])
+    RedisWriter(redis_client, other).write_batch([(u, _uv(1)) for u in users[:3]])
+    try:
+        asked = [*users, users[0], f"{tag}-nobody"]
+        assert len(set(asked)) >= ONE_SCAN_FROM  # the one-scan path
+        once = user_keys_everywhere(redis_client, asked)
+        each = {u: user_keys_everywhere(redis_client, [u])[u] for u in once}  # a SCAN each
+        assert list(once) == [*users, f"{tag}-nobody"]
+        assert {u: sorted(k) for u, k in once.items()} == {u: sorted(k) for u, k in each.items()}
+        assert sorted(once[users[0]]) == sorted([user_key(namespace, users[0]).encode(),
+                                                 user_key(other, users[0]).encode()])
+        assert once[users[5]] == [user_key(namespace, users[5]).encode()]
+        assert once[f"{tag}-nobody"] == []
+    finally:
+        drop_namespace(redis_client, other)
 
 
 @pytest.mark.partitions(1)

@@ -17,6 +17,7 @@ from serving_cache import (
 )
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
+    every_user_key,
     generation_key,
     namespace_of_key,
     namespace_pattern,
@@ -35,6 +36,7 @@ def test_keys_are_pinned() -> None:
     assert namespace_of_key(user_key("replay-1", "u-1").encode()) == "replay-1"
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
     assert namespace_pattern("shadow_2") == "diam:shadow_2:*"
+    assert every_user_key() == "diam:*:u:*"
 
 
 @pytest.mark.parametrize("ns", ["", "a:b", "a*", "x" * 65, "sp ace"])
