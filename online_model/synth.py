@@ -25,6 +25,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,13 +58,30 @@ class SynthParams:
     start_ms: int = 1_704_067_200_000  # 2024-01-01T00:00:00Z
     span_days: float = 30.0
 
-    def check(self) -> None:
+    def check(self, name: Callable[[str], str] = str) -> None:
+        """Raise ValueError naming the first rule the parameters break, each field written
+        ``name(field)`` with its value (``diam data synth`` passes its option spelling).
+
+        >>> SynthParams(categories=5).check()
+        Traceback (most recent call last):
+        ...
+        ValueError: max_interests (8) must not exceed categories (5): each planted interest is a different category
+        """
         if self.users < 1 or self.items < 1 or self.events_per_user < 1:
-            raise ValueError("users, items and events_per_user must be at least 1")
-        if not 1 <= self.max_interests <= self.categories <= self.items:
-            raise ValueError("need 1 <= max_interests <= categories <= items")
+            raise ValueError(f"{name('users')}, {name('items')} and {name('events_per_user')} "
+                             "must be at least 1")
+        if self.max_interests < 1:
+            raise ValueError(f"{name('max_interests')} must be at least 1")
+        if self.max_interests > self.categories:
+            raise ValueError(f"{name('max_interests')} ({self.max_interests}) must not exceed "
+                             f"{name('categories')} ({self.categories}): each planted interest "
+                             "is a different category")
+        if self.categories > self.items:
+            raise ValueError(f"{name('categories')} ({self.categories}) must not exceed "
+                             f"{name('items')} ({self.items})")
         if not 0 <= self.noise < 1 or self.session_len < 1 or self.zipf < 0:
-            raise ValueError("need 0 <= noise < 1, session_len >= 1, zipf >= 0")
+            raise ValueError(f"need 0 <= {name('noise')} < 1, {name('session_len')} >= 1, "
+                             f"{name('zipf')} >= 0")
 
 
 @dataclass(frozen=True)

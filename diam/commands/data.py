@@ -156,16 +156,8 @@ def synth(
         noise=noise,
         session_len=session_len,
     )
-    # the rules of SynthParams.check, each worded with the options it relates
-    if max_interests > categories:
-        raise click.UsageError(
-            f"--max-interests ({max_interests}) must not exceed --categories ({categories}): "
-            "each planted interest is a different category")
-    if categories > items:
-        raise click.UsageError(
-            f"--categories ({categories}) must not exceed --items ({items})")
     try:
-        params.check()
+        params.check(name=lambda field: "--" + field.replace("_", "-"))  # worded as options
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     target = out if out is not None else Path(settings.data_dir) / "synth"
