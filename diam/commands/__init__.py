@@ -15,7 +15,7 @@ import click
 from diam.settings import Settings, SettingsInputError, load_settings
 
 __all__ = ["default_dataset", "get_settings", "kafka_unusable", "namespace_of", "not_empty",
-           "redis_unusable", "unreachable_service"]
+           "output_file", "redis_unusable", "unreachable_service", "write_failed"]
 
 DEFAULT_DATASET_HELP = "<data_dir>/ml-100k"
 """How help texts name :func:`default_dataset` (``data_dir`` is DIAM_DATA_DIR)."""
@@ -62,6 +62,23 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is not None and not value.strip():
         raise click.BadParameter("must not be empty (leave the option out for its default)")
     return value
+
+
+def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Click callback for an option naming a file to write (--csv, --plot; its type refuses a
+    directory): the file's directory must exist, checked before any work is done, so a typo
+    is a usage error naming the option rather than a FileNotFoundError after the work."""
+    if value is None:
+        return None
+    parent = value.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"cannot write {value}: directory {parent} does not exist")
+    return value
+
+
+def write_failed(path: Path | str, exc: OSError) -> click.ClickException:
+    """The error for an output file that could not be written (permissions, a full disk)."""
+    return click.ClickException(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def default_dataset(settings: Settings) -> Path:

@@ -8,8 +8,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from diam.commands import get_settings, namespace_of, not_empty, redis_unusable
-from diam.commands.replay import output_file, write_failed
+from diam.commands import (
+    get_settings,
+    namespace_of,
+    not_empty,
+    output_file,
+    redis_unusable,
+    write_failed,
+)
 from serving_cache.recommend import MAX_DELTA
 
 

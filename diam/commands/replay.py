@@ -8,7 +8,14 @@ from pathlib import Path
 
 import click
 
-from diam.commands import _without_password, get_settings, not_empty, redis_unusable
+from diam.commands import (
+    _without_password,
+    get_settings,
+    not_empty,
+    output_file,
+    redis_unusable,
+    write_failed,
+)
 
 
 @click.command("replay")
@@ -103,23 +110,6 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     else:
         for line in report.lines():
             click.echo(line)
-
-
-def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """Click callback for an option naming a file to write (--csv, --plot; its type refuses a
-    directory): the file's directory must exist, checked before any work is done, so a typo
-    is a usage error naming the option rather than a FileNotFoundError after the work."""
-    if value is None:
-        return None
-    parent = value.parent
-    if not parent.is_dir():
-        raise click.BadParameter(f"cannot write {value}: directory {parent} does not exist")
-    return value
-
-
-def write_failed(path: Path | str, exc: OSError) -> click.ClickException:
-    """The error for an output file that could not be written (permissions, a full disk)."""
-    return click.ClickException(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @click.command("diff")

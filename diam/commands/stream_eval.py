@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings
+from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, write_failed
 
 
 @click.command("evaluate-stream")
@@ -105,7 +105,7 @@ def evaluate_stream(
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text + "\n", encoding="utf-8")
         except OSError as exc:
-            raise click.ClickException(f"cannot write {out}: {exc}") from None
+            raise write_failed(out, exc) from None
     if as_json:
         click.echo(text)
     else:
@@ -124,5 +124,6 @@ def format_result(result: dict[str, Any]) -> str:
     if popularity is not None:
         lines.append(f"popularity reference recall@20: {popularity:.4f}")
     return "\n".join(lines)
+
 
 COMMANDS = [evaluate_stream]
