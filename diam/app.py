@@ -46,8 +46,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     typed is never dropped silently.
 
     Raises ``click.UsageError`` naming both options when two bases are given (which one was
-    meant cannot be guessed), ``click.BadParameter`` for an empty one (``--checkpoint "$X"``
-    with X unset is not "no checkpoint"), and :class:`NoBaseModel` when none is given and no
+    meant cannot be guessed; the commands refuse an empty one, ``diam.commands.not_empty``),
+    and :class:`NoBaseModel` when none is given and no
     snapshot is active, or the one given cannot be read (a directory that is not a
     checkpoint, a dataset that is missing or malformed)."""
     from online_model.base import BaseLoadError
@@ -57,10 +57,6 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
                                                ("--checkpoint", checkpoint),
                                                ("--base-from-data", base_from_data))
              if value is not None]
-    for name, value in given:
-        if not value.strip():
-            raise click.BadParameter("must not be empty (leave the option out for the active "
-                                     "snapshot)", param_hint=name)
     if len(given) > 1:
         raise click.UsageError(f"give one base model: {given[0][0]} or {given[1][0]}, not both")
     try:

@@ -28,12 +28,12 @@ from diam.commands import (
               help="End, exclusive, same forms [default: the end of the topic when the replay starts].")
 @click.option("--namespace", required=True,
               help="Redis namespace to write; never 'live' or the serving namespace.")
-@click.option("--snapshot", default=None,
+@click.option("--snapshot", default=None, callback=not_empty,
               help="Snapshot version to use as the base model [default: the active snapshot]. "
                    "Give at most one of --snapshot, --checkpoint, --base-from-data.")
-@click.option("--checkpoint", default=None,
+@click.option("--checkpoint", default=None, callback=not_empty,
               help="Checkpoint or snapshot directory as the base (instead of the active snapshot).")
-@click.option("--base-from-data", default=None,
+@click.option("--base-from-data", default=None, callback=not_empty,
               help="Build a co-occurrence base from this prepared dataset (instead of the active "
                    "snapshot; no snapshot needed).")
 @click.option("--clear", is_flag=True,

@@ -172,10 +172,10 @@ def _parse_partitions(text: str | None) -> list[int] | None:
               help="Read only these partitions of the topic: run one independent process per "
                    "subset to scale out without a Bytewax cluster (clicks are keyed by user, so "
                    "each user's state lives in one process). Give each its own --recovery-dir.")
-@click.option("--checkpoint", default=None,
+@click.option("--checkpoint", default=None, callback=not_empty,
               help="Base model checkpoint or snapshot directory, instead of the active snapshot "
                    "(not with --base-from-data).")
-@click.option("--base-from-data", default=None,
+@click.option("--base-from-data", default=None, callback=not_empty,
               help="Build a co-occurrence base from this prepared dataset, instead of the active "
                    "snapshot (not with --checkpoint).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
