@@ -15,7 +15,7 @@ import click
 from diam.settings import Settings, SettingsInputError, load_settings
 
 __all__ = ["default_dataset", "get_settings", "kafka_unusable", "namespace_of", "not_empty",
-           "output_file", "redis_unusable", "unreachable_service", "write_failed"]
+           "output_file", "serve_registry", "redis_unusable", "unreachable_service", "write_failed"]
 
 DEFAULT_DATASET_HELP = "<data_dir>/ml-100k"
 """How help texts name :func:`default_dataset` (``data_dir`` is DIAM_DATA_DIR)."""
@@ -79,6 +79,19 @@ def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) 
 def write_failed(path: Path | str, exc: OSError) -> click.ClickException:
     """The error for an output file that could not be written (permissions, a full disk)."""
     return click.ClickException(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def serve_registry(registry: object, port: int) -> int:
+    """Serve a Prometheus ``registry`` over HTTP on ``port`` (0: any free port) for a command
+    (``diam run``, ``drift run``, ``retrain``); returns the port bound. A port that is taken,
+    or not ours to bind, is an ``Error:`` naming it."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, registry=registry)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on port {port}: {exc}") from None
+    return int(server.server_port)
 
 
 def default_dataset(settings: Settings) -> Path:

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from diam.commands import get_settings, not_empty
+from diam.commands import get_settings, not_empty, serve_registry
 
 
 @click.group("drift")
@@ -67,13 +67,8 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
                       flip_reversals=flip_reversals, user_changes=user_changes, d_swing=d_swing)
     metrics = DriftMetrics()
     if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        try:
-            server, _ = start_http_server(metrics_port, registry=metrics.registry)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on port {metrics_port}: {exc}") from None
-        click.echo(f"metrics on http://127.0.0.1:{server.server_port}/metrics", err=True)
+        bound = serve_registry(metrics.registry, metrics_port)
+        click.echo(f"metrics on http://127.0.0.1:{bound}/metrics", err=True)
 
     def show(out: object) -> None:
         if isinstance(out, Alert):

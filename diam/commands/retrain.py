@@ -6,7 +6,7 @@ import json
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty
+from diam.commands import get_settings, namespace_of, not_empty, serve_registry
 
 
 @click.command("retrain")
@@ -50,13 +50,8 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
                     log_line=lambda line: click.echo(line, err=True))
     port = metrics_port if metrics_port is not None else s.retrain.metrics_port
     if port is not None:
-        from prometheus_client import start_http_server
-
-        try:
-            server, _ = start_http_server(port, registry=svc.metrics.registry)
-        except OSError as exc:  # the port is taken, or not ours to bind
-            raise click.ClickException(f"cannot serve metrics on port {port}: {exc}") from None
-        click.echo(f"Prometheus metrics on :{server.server_port}/metrics", err=True)
+        bound = serve_registry(svc.metrics.registry, port)
+        click.echo(f"Prometheus metrics on :{bound}/metrics", err=True)
     if not once:
         svc.serve()
         return

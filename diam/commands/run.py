@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty
+from diam.commands import get_settings, namespace_of, not_empty, serve_registry
 
 
 class _EveryMinute(logging.Filter):
@@ -224,14 +224,11 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     stats = FlowStats()
     metrics = None
     if metrics_port is not None:
-        from streams.metrics import FlowMetrics, process_label, serve_metrics
+        from streams.metrics import FlowMetrics, process_label
 
         metrics = FlowMetrics(stats, holder, process_label(process_id, addresses, job.partitions),
                               kafka=s.kafka, topic=job.topic)
-        try:
-            bound = serve_metrics(metrics, metrics_port)
-        except OSError as exc:  # the port is taken, or not ours to bind
-            raise click.ClickException(f"cannot serve metrics on port {metrics_port}: {exc}") from None
+        bound = serve_registry(metrics.registry, metrics_port)
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
