@@ -12,7 +12,7 @@ import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
            "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
-           "every_user_key"]
+           "every_user_key", "namespaces_starting"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -45,6 +45,16 @@ def namespace_pattern(ns: str) -> str:
     'diam:replay-1:*'
     """
     return f"diam:{validate_namespace(ns)}:*"
+
+
+def namespaces_starting(prefix: str) -> str:
+    """SCAN pattern matching every key of every namespace whose name starts with ``prefix``
+    (which holds no ':' or glob characters), e.g. the demo's earlier runs.
+
+    >>> namespaces_starting("demo-")
+    'diam:demo-*:*'
+    """
+    return f"diam:{validate_namespace(prefix)}*:*"
 
 
 def user_in_every_namespace(user_id: str) -> str:

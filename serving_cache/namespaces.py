@@ -13,13 +13,16 @@ from typing import Any
 from serving_cache.keys import (
     every_user_key,
     generation_key,
+    namespace_of_key,
     namespace_pattern,
+    namespaces_starting,
     user_id_of_key,
     user_in_every_namespace,
     user_pattern,
 )
 
-__all__ = ["namespace_in_use", "drop_namespace", "user_keys_everywhere", "ONE_SCAN_FROM"]
+__all__ = ["namespace_in_use", "drop_namespace", "user_keys_everywhere", "namespaces_named",
+           "ONE_SCAN_FROM"]
 
 ONE_SCAN_FROM = 4
 """From this many users on, :func:`user_keys_everywhere` walks the keyspace once for all of
@@ -56,6 +59,13 @@ def drop_namespace(client: Any, ns: str, batch: int = 1000) -> int:
     if keys:
         n += int(client.unlink(*keys))
     return n
+
+
+def namespaces_named(client: Any, prefix: str, batch: int = 1000) -> list[str]:
+    """The namespaces holding keys whose name starts with ``prefix``, sorted (one SCAN of the
+    keyspace): what the demo's earlier runs left, for it to drop."""
+    return sorted({namespace_of_key(k) for k in client.scan_iter(
+        match=namespaces_starting(prefix), count=batch)})
 
 
 def user_keys_everywhere(client: Any, users: Sequence[str], batch: int = 1000

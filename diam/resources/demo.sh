@@ -4,9 +4,11 @@
 # malformed ones) -> the online dataflow consumes them -> per-user state read back from Redis
 # -> a recommendation served from it -> one retrain from the topic behind the promotion gate
 # (published or refused, in the summary). Each run uses a fresh topic and namespace, so it never
-# mixes with earlier runs.
+# mixes with earlier runs; it first removes what earlier demo runs left (their topics, Redis
+# namespaces and checkpoints), so repeated runs do not pile up: DEMO_KEEP=1 keeps them.
 set -euo pipefail
-RUN="demo-$(date +%Y%m%d-%H%M%S)"
+PREFIX="demo-"
+RUN="${PREFIX}$(date +%Y%m%d-%H%M%S)"
 TOPIC="diam.clicks.${RUN}"
 NS="${RUN}"
 DATA="${DIAM_DATA_DIR:-data}/ml-100k"
@@ -19,6 +21,36 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "stack"
 diam stack status
+
+if [ "${DEMO_KEEP:-0}" != "1" ]; then
+  step "earlier demo runs: removed (DEMO_KEEP=1 keeps them)"
+  python - "${PREFIX}" "diam.clicks.${PREFIX}" "diam.items.${PREFIX}" <<'PY'
+import shutil
+import sys
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from diam.settings import load_settings
+from serving_cache import redis_client
+from serving_cache.namespaces import drop_namespace, namespaces_named
+
+prefix, topic_prefixes = sys.argv[1], tuple(sys.argv[2:])
+s = load_settings()
+rc = redis_client(s.redis)
+spaces = [ns for ns in namespaces_named(rc, prefix) if ns != s.redis.namespace]
+keys = sum(drop_namespace(rc, ns) for ns in spaces)
+admin = AdminClient(s.kafka.client_config())
+topics = sorted(t for t in admin.list_topics(timeout=30).topics
+                if t.startswith(topic_prefixes))
+for fut in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
+    fut.result(60)
+ckpts = sorted(Path("checkpoints").glob(f"{prefix}*"))
+for d in ckpts:
+    shutil.rmtree(d)
+print(f"{len(spaces)} namespaces ({keys:,} keys), {len(topics)} topics, {len(ckpts)} checkpoints")
+PY
+fi
 
 step "dataset: MovieLens-100K"
 [ -f "${DATA}/events.tsv" ] || diam data prepare ml-100k --out "${DATA}"

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
-from serving_cache.namespaces import ONE_SCAN_FROM, drop_namespace, user_keys_everywhere
+from serving_cache.keys import generation_key
+from serving_cache.namespaces import (
+    ONE_SCAN_FROM,
+    drop_namespace,
+    namespaces_named,
+    user_keys_everywhere,
+)
 from streams.config import FlowConfig
 from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
@@ -275,3 +281,20 @@ def test_idle_users_are_evicted_by_the_topics_clock_and_a_replay_learns_the_same
         stop.set()
         for key in redis_client.scan_iter(match=f"diam:{replay_ns}:*"):
             redis_client.delete(key)
+
+
+def test_namespaces_named_lists_the_namespaces_of_a_prefix_once_each(namespace, redis_client) -> None:
+    """The demo drops its earlier runs' namespaces by prefix: every namespace starting with
+    it, each once, sorted, and none that only shares a shorter prefix."""
+    runs = [f"{namespace}-run-{i}" for i in (2, 1)]
+    near = f"{namespace}-runx"
+    for ns in [*runs, near]:
+        RedisWriter(redis_client, ns).write_batch([(f"u{i}", _uv(1)) for i in range(3)])
+    redis_client.set(generation_key(runs[0]), b"token")
+    try:
+        assert namespaces_named(redis_client, f"{namespace}-run-") == sorted(runs)
+        assert namespaces_named(redis_client, f"{namespace}-run") == sorted([*runs, near])
+        assert namespaces_named(redis_client, f"{namespace}-nothing") == []
+    finally:
+        for ns in [*runs, near]:
+            drop_namespace(redis_client, ns)

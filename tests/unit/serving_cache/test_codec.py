@@ -21,6 +21,7 @@ from serving_cache.keys import (
     generation_key,
     namespace_of_key,
     namespace_pattern,
+    namespaces_starting,
     user_in_every_namespace,
     user_pattern,
     validate_namespace,
@@ -37,12 +38,15 @@ def test_keys_are_pinned() -> None:
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
     assert namespace_pattern("shadow_2") == "diam:shadow_2:*"
     assert every_user_key() == "diam:*:u:*"
+    assert namespaces_starting("demo-") == "diam:demo-*:*"
 
 
 @pytest.mark.parametrize("ns", ["", "a:b", "a*", "x" * 65, "sp ace"])
 def test_bad_namespaces_refused(ns: str) -> None:
     with pytest.raises(ValueError):
         validate_namespace(ns)
+    with pytest.raises(ValueError):
+        namespaces_starting(ns)
 
 
 def _uv() -> UserVectors:
