@@ -209,86 +209,90 @@ def main() -> None:
     s = _settings(topic, tmp, args)
     tag = uuid.uuid4().hex[:8]
     redis = redis_client(s.redis)
-    ensure_topic(s.kafka, topic)
-    ensure_topic(s.kafka, f"{topic}.none")  # the empty catalogue of the arms without new items
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    arms: dict[str, Arm] = {}
+    svc_ns = f"bench-loop-{tag}-retrain"
+    try:
+        ensure_topic(s.kafka, topic)
+        ensure_topic(s.kafka, f"{topic}.none")  # the empty catalogue of the arms without new items
+        say = lambda line: print(line, file=sys.stderr)  # noqa: E731
 
-    t_start = time.monotonic()
-    first_items = list(dict.fromkeys(items[:cuts[3]]))
-    assert publish_items(s.kafka, s.kafka.items_topic, [catalog[i] for i in first_items]).ok
-    published_items = set(first_items)
-    assert produce_raw(s.kafka, topic, [(u.encode(), encode_event(ClickEvent(u, i, t)))
-                                        for u, i, t in zip(users[:cuts[3]], items[:cuts[3]],
-                                                           ts[:cuts[3]], strict=True)]).ok
-    svc = Retrainer(s, namespace=f"bench-loop-{tag}-retrain", log_line=say)
-    first = svc.run_once()
-    assert first.published, first.reason
-    retrain_epochs = args.retrain_epochs or (2 if args.cold_retrain else s.retrain.epochs)
-    svc.cfg = svc.cfg.model_copy(update={"epochs": retrain_epochs})
-    retrains = [{"window": 3, "seconds": first.seconds["total"], "published": True,
-                 "reason": first.reason}]
-    arms = {x: Arm(x, _arm_settings(s, x, tmp), f"bench-loop-{tag}-{x}") for x in ARMS}
-    for x in ("never", "retrain_new_items"):  # the retrain arm's store is the service's
-        publish(first.candidate_path, _store(arms[x].s), redis, ns=arms[x].ns,
-                data_dir=s.data_dir)
-    for arm in arms.values():
-        arm.start(redis)
-    new_arm = arms["retrain_new_items"]
-    new_arm.rec.follow_catalog(CatalogFollower(s.kafka, s.kafka.items_topic), every_s=0.1)
-    new_arm.rec.follow_clicks(ClickTail(s.kafka, topic), DecayedCounts(), every_s=0.1)
-    for arm in arms.values():
-        arm.rec.warm_up()
-    _catch_up(arms, cuts[3])
-    say(f"history: {cuts[3]} events in {time.monotonic() - t_start:.0f} s")
-
-    prod = Producer({**s.kafka.client_config(), "linger.ms": "2"})
-    ready = _Readiness(new_arm)
-    rate_info = []
-    for k in range(3, 10):
-        a, b = cuts[k], cuts[k + 1]
+        t_start = time.monotonic()
+        first_items = list(dict.fromkeys(items[:cuts[3]]))
+        assert publish_items(s.kafka, s.kafka.items_topic, [catalog[i] for i in first_items]).ok
+        published_items = set(first_items)
+        assert produce_raw(s.kafka, topic, [(u.encode(), encode_event(ClickEvent(u, i, t)))
+                                            for u, i, t in zip(users[:cuts[3]], items[:cuts[3]],
+                                                               ts[:cuts[3]], strict=True)]).ok
+        svc = Retrainer(s, namespace=svc_ns, log_line=say)
+        first = svc.run_once()
+        assert first.published, first.reason
+        retrain_epochs = args.retrain_epochs or (2 if args.cold_retrain else s.retrain.epochs)
+        svc.cfg = svc.cfg.model_copy(update={"epochs": retrain_epochs})
+        retrains = [{"window": 3, "seconds": first.seconds["total"], "published": True,
+                     "reason": first.reason}]
+        arms.update({x: Arm(x, _arm_settings(s, x, tmp), f"bench-loop-{tag}-{x}") for x in ARMS})
+        for x in ("never", "retrain_new_items"):  # the retrain arm's store is the service's
+            publish(first.candidate_path, _store(arms[x].s), redis, ns=arms[x].ns,
+                    data_dir=s.data_dir)
         for arm in arms.values():
-            arm.hits.append([])
-        t0 = time.perf_counter()
-        for j in range(a, b):
-            wait = t0 + (j - a) / args.rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            u, i = users[j], items[j]
-            if i not in published_items:
-                prod.produce(s.kafka.items_topic, key=i.encode(), value=encode_item(catalog[i]))
+            arm.start(redis)
+        new_arm = arms["retrain_new_items"]
+        new_arm.rec.follow_catalog(CatalogFollower(s.kafka, s.kafka.items_topic), every_s=0.1)
+        new_arm.rec.follow_clicks(ClickTail(s.kafka, topic), DecayedCounts(), every_s=0.1)
+        for arm in arms.values():
+            arm.rec.warm_up()
+        _catch_up(arms, cuts[3])
+        say(f"history: {cuts[3]} events in {time.monotonic() - t_start:.0f} s")
+
+        prod = Producer({**s.kafka.client_config(), "linger.ms": "2"})
+        ready = _Readiness(new_arm)
+        rate_info = []
+        for k in range(3, 10):
+            a, b = cuts[k], cuts[k + 1]
+            for arm in arms.values():
+                arm.hits.append([])
+            t0 = time.perf_counter()
+            for j in range(a, b):
+                wait = t0 + (j - a) / args.rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                u, i = users[j], items[j]
+                if i not in published_items:
+                    prod.produce(s.kafka.items_topic, key=i.encode(), value=encode_item(catalog[i]))
+                    prod.poll(0)
+                    published_items.add(i)
+                    ready.produced(i)
+                for arm in arms.values():
+                    r = arm.rec.recommend(u, 20)
+                    arm.hits[-1].append(int(i in r.items))
+                    arm.unknown += arm.rec.active.index_of(i) < 0
+                    arm.scored += 1
+                prod.produce(topic, key=u.encode(), value=encode_event(ClickEvent(u, i, ts[j])))
                 prod.poll(0)
-                published_items.add(i)
-                ready.produced(i)
-            for arm in arms.values():
-                r = arm.rec.recommend(u, 20)
-                arm.hits[-1].append(int(i in r.items))
-                arm.unknown += arm.rec.active.index_of(i) < 0
-                arm.scored += 1
-            prod.produce(topic, key=u.encode(), value=encode_event(ClickEvent(u, i, ts[j])))
-            prod.poll(0)
-        prod.flush(30)
-        rate_info.append(round((b - a) / (time.perf_counter() - t0), 1))
-        _catch_up(arms, b)
-        say(f"window {k + 1}: " + ", ".join(f"{x.name}={np.mean(x.hits[-1]):.4f}"
-                                            for x in arms.values()) + f" ({rate_info[-1]} ev/s)")
-        if k < 9:
-            d = svc.run_once()
-            retrains.append({"window": k + 1, "seconds": d.seconds["total"],
-                             "published": d.published, "reason": d.reason})
-            if d.published:
-                publish(d.candidate_path, _store(new_arm.s), redis, ns=new_arm.ns,
-                        data_dir=s.data_dir)
-            for arm in arms.values():
-                arm.refresh()
-    ready.finish(timeout_s=10.0)
-    click_first = _click_first(s, prod, new_arm, args.click_first, items[0])
-    for arm in arms.values():
-        arm.stop.set()
-    for arm in arms.values():
-        if arm.thread is not None:
-            arm.thread.join(timeout=60)
-    for ns in [*(arm.ns for arm in arms.values()), svc.ns]:  # leave nothing in Redis
-        drop_namespace(redis, ns)
+            prod.flush(30)
+            rate_info.append(round((b - a) / (time.perf_counter() - t0), 1))
+            _catch_up(arms, b)
+            say(f"window {k + 1}: " + ", ".join(f"{x.name}={np.mean(x.hits[-1]):.4f}"
+                                                for x in arms.values()) + f" ({rate_info[-1]} ev/s)")
+            if k < 9:
+                d = svc.run_once()
+                retrains.append({"window": k + 1, "seconds": d.seconds["total"],
+                                 "published": d.published, "reason": d.reason})
+                if d.published:
+                    publish(d.candidate_path, _store(new_arm.s), redis, ns=new_arm.ns,
+                            data_dir=s.data_dir)
+                for arm in arms.values():
+                    arm.refresh()
+        ready.finish(timeout_s=10.0)
+        click_first = _click_first(s, prod, new_arm, args.click_first, items[0])
+    finally:  # however it ends: the arms stopped, then nothing of theirs left in Redis
+        for arm in arms.values():
+            arm.stop.set()
+        for arm in arms.values():
+            if arm.thread is not None:
+                arm.thread.join(timeout=60)
+        for ns in [*(arm.ns for arm in arms.values()), svc_ns]:
+            drop_namespace(redis, ns)
     half = 2  # windows 6-10 of 10: the last half of the stream
     out = {
         "dataset": f"ml-100k (first {n} events)" if n < len(ds.ts_ms) else "ml-100k",

@@ -277,30 +277,25 @@ def bare_consume(kafka, topic: str, n: int, batch: int) -> float:
 
 
 #: the Redis namespaces this process's runs wrote (:func:`dataflow_cmd`, :func:`floor_cmd`):
-#: :func:`drop_namespaces` deletes them when the benchmark ends
+#: :func:`namespaces_dropped` deletes them when the benchmark ends
 NAMESPACES: set[str] = set()
-
-
-def drop_namespaces(settings) -> int:
-    """Delete every key of the namespaces this process's runs wrote
-    (``serving_cache.namespaces.drop_namespace``) and forget them; return how many keys went.
-    Benchmarks leave nothing in Redis: millions of users left behind make every SCAN of the
-    keyspace (``diam replay``'s check, ``diam forget``) walk them all."""
-    from serving_cache.namespaces import drop_namespace
-
-    rc = redis_client(settings.redis)
-    n = sum(drop_namespace(rc, ns) for ns in sorted(NAMESPACES))
-    NAMESPACES.clear()
-    return n
 
 
 @contextlib.contextmanager
 def namespaces_dropped(settings):
-    """On leaving, however it is left: :func:`drop_namespaces`."""
+    """On leaving, however it is left: delete every key of the namespaces this process's runs
+    wrote (``serving_cache.namespaces.drop_namespace``) and forget them. Benchmarks leave
+    nothing in Redis: millions of users left behind make every SCAN of the keyspace
+    (``diam replay``'s check, ``diam forget``) walk them all."""
+    from serving_cache.namespaces import drop_namespace
+
     try:
         yield
     finally:
-        drop_namespaces(settings)
+        rc = redis_client(settings.redis)
+        for ns in sorted(NAMESPACES):
+            drop_namespace(rc, ns)
+        NAMESPACES.clear()
 
 
 def dataflow_cmd(topic: str, ns: str, ckpt: Path, extra: list[str]) -> list[str]:
