@@ -47,7 +47,7 @@ import stream as S  # noqa: E402
 
 from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
-from streams.kafka_io import consume_all, ensure_topic  # noqa: E402
+from streams.kafka_io import consume_all  # noqa: E402
 
 
 def produce_paced(kafka, topic: str, events, rate: int) -> None:  # type: ignore[no-untyped-def]
@@ -101,15 +101,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evict_cost.json"))
     args = ap.parse_args()
     settings = load_settings()
-    topic = f"bench.evict.{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka, topic, partitions=4)
-    events = S.synth_events(args.events, args.users, seed=1, t0=1_700_000_000_000)
-    print(f"producing {len(events):,} events at {args.rate:,}/s", file=sys.stderr, flush=True)
-    produce_paced(settings.kafka, topic, events, args.rate)
-    overs, users, span = start_overs(settings.kafka, topic, round(args.idle * 1000))
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     counts: dict[str, list[dict[str, int]]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory() as tmp, S.namespaces_dropped(settings):
+    with tempfile.TemporaryDirectory() as tmp, S.leaves_nothing(settings):
+        topic = S.made_topic(settings.kafka, f"bench.evict.{uuid.uuid4().hex[:8]}")
+        events = S.synth_events(args.events, args.users, seed=1, t0=1_700_000_000_000)
+        print(f"producing {len(events):,} events at {args.rate:,}/s", file=sys.stderr, flush=True)
+        produce_paced(settings.kafka, topic, events, args.rate)
+        overs, users, span = start_overs(settings.kafka, topic, round(args.idle * 1000))
         ckpt = Path(tmp) / "ckpt"
         S.make_checkpoint(ckpt)
 

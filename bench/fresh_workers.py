@@ -37,7 +37,6 @@ import stream  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
-from streams.kafka_io import ensure_topic  # noqa: E402
 
 PORT = 9473
 
@@ -66,8 +65,7 @@ def _over(h: dict, bound: str) -> float:
 
 def one_run(settings, ckpt: Path, env, workers: int, seed: int, rate: int, seconds: float,
             warmup_s: float) -> dict:
-    topic = f"bench.freshw.{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka, topic, partitions=4)
+    topic = stream.made_topic(settings.kafka, f"bench.freshw.{uuid.uuid4().hex[:8]}")
     last: list[str] = []
     done = threading.Event()
 
@@ -90,8 +88,6 @@ def one_run(settings, ckpt: Path, env, workers: int, seed: int, rate: int, secon
     finally:
         done.set()
         t.join(5)
-    from confluent_kafka.admin import AdminClient
-    AdminClient(settings.kafka.client_config()).delete_topics([topic])
     text = last[0] if last else ""
     pause = _histogram(text, "diam_flow_epoch_pause_seconds")
     snap = _histogram(text, "diam_flow_epoch_state_snapshot_seconds")
@@ -120,7 +116,7 @@ def main() -> None:
     settings = load_settings()
     env = stream.env_for(settings)
     runs = []
-    with tempfile.TemporaryDirectory() as tmp, stream.namespaces_dropped(settings):
+    with tempfile.TemporaryDirectory() as tmp, stream.leaves_nothing(settings):
         ckpt = Path(tmp) / "ckpt"
         stream.make_checkpoint(ckpt, seq_len=settings.online.train_seq_len("diam"))
         for r in range(args.repeats):

@@ -195,7 +195,7 @@ def main() -> None:
     from snapshotter.publish import publish
     from streams.catalog import CatalogFollower, encode_item, items_of_dataset, publish_items
     from streams.events import ClickEvent, encode_event
-    from streams.kafka_io import ensure_topic
+    from streams.kafka_io import delete_topics, ensure_topic
     from streams.new_items import ClickTail
     from streams.producer import produce_raw
 
@@ -285,7 +285,7 @@ def main() -> None:
                     arm.refresh()
         ready.finish(timeout_s=10.0)
         click_first = _click_first(s, prod, new_arm, args.click_first, items[0])
-    finally:  # however it ends: the arms stopped, then nothing of theirs left in Redis
+    finally:  # however it ends: the arms stopped, then nothing of theirs left in Redis or Kafka
         for arm in arms.values():
             arm.stop.set()
         for arm in arms.values():
@@ -293,6 +293,7 @@ def main() -> None:
                 arm.thread.join(timeout=60)
         for ns in [*(arm.ns for arm in arms.values()), svc_ns]:
             drop_namespace(redis, ns)
+        delete_topics(s.kafka, [topic, *(f"{topic}{x}" for x in (".none", ".items", ".models"))])
     half = 2  # windows 6-10 of 10: the last half of the stream
     out = {
         "dataset": f"ml-100k (first {n} events)" if n < len(ds.ts_ms) else "ml-100k",

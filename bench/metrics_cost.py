@@ -39,11 +39,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stream import dataflow_cmd, env_for, make_checkpoint, namespaces_dropped, produce, synth_events  # noqa: E402
+from stream import (  # noqa: E402
+    dataflow_cmd,
+    env_for,
+    leaves_nothing,
+    made_topic,
+    make_checkpoint,
+    produce,
+    synth_events,
+)
 
 from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
-from streams.kafka_io import ensure_topic  # noqa: E402
 
 
 def one_run(cmd: list[str], env: dict[str, str], scrape_every: float | None) -> dict:
@@ -103,10 +110,9 @@ def main() -> None:
                           ("metrics_cost_tiny.json" if args.tiny else "metrics_cost.json"))
     settings = load_settings()
     run_id = uuid.uuid4().hex[:8]
-    topic = f"bench.metrics.{run_id}"
-    ensure_topic(settings.kafka, topic, partitions=4)
     runs: dict[str, list[dict]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory() as tmp, namespaces_dropped(settings):
+    with tempfile.TemporaryDirectory() as tmp, leaves_nothing(settings):
+        topic = made_topic(settings.kafka, f"bench.metrics.{run_id}")
         ckpt = Path(tmp) / "ckpt"
         env = env_for(settings)
         if args.tiny:

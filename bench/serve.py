@@ -106,7 +106,7 @@ from serving_cache.retrieval import SnapshotIndex  # noqa: E402
 from snapshotter import SnapshotConfig, SnapshotStore, publish  # noqa: E402
 from snapshotter.index import exact_topk, recall_at  # noqa: E402
 from snapshotter.testing import write_checkpoint  # noqa: E402
-from streams.kafka_io import ensure_topic  # noqa: E402
+from streams.kafka_io import delete_topics, ensure_topic  # noqa: E402
 
 N_TOP = 20
 GOAL_ITEMS = 100_000
@@ -646,6 +646,7 @@ def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Names
     info = res.manifest["index"]
     snap = SnapshotIndex.load(res.path)
     ns = f"bench-{uuid.uuid4().hex[:10]}"
+    topic = f"bench.serve.clicks.{uuid.uuid4().hex[:8]}"  # no one else's clicks
     user_ids = write_users(client, ns, res.version, run)
     try:
         rec = Recommender(snap, client, ns, threads=1)
@@ -693,7 +694,6 @@ def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Names
             rows.append({"catalogue": name, "catalogue_items": int(len(ids)),
                          "index": "Flat (exact)", **ex})
         pushed = {u.user_id: set(snap.item_ids[u.seen].tolist()) for u in run.users}
-        topic = f"bench.serve.clicks.{uuid.uuid4().hex[:8]}"  # no one else's clicks
         ensure_topic(kafka, topic, partitions=1)
         feed = (ClickFeed(kafka, topic, user_ids, snap.item_ids[: len(run.base.item_ids)].tolist(),
                           args.click_rate) if load and args.click_rate > 0 else None)
@@ -706,8 +706,9 @@ def run_catalogue(name: str, n_items: int, run: LearnerRun, args: argparse.Names
                               clicks_topic=topic)
             row["load_switch_interval_5ms"] = probe["load"][0]
         return rows
-    finally:
+    finally:  # nothing left behind: the users, the clicks topic (made only in some runs)
         drop_namespace(client, ns)
+        delete_topics(kafka, [topic])
 
 
 # -- report ----------------------------------------------------------------------------------

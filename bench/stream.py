@@ -276,18 +276,30 @@ def bare_consume(kafka, topic: str, n: int, batch: int) -> float:
     return n / dt
 
 
-#: the Redis namespaces this process's runs wrote (:func:`dataflow_cmd`, :func:`floor_cmd`):
-#: :func:`namespaces_dropped` deletes them when the benchmark ends
+#: the Redis namespaces this process's runs wrote (:func:`dataflow_cmd`, :func:`floor_cmd`)
+#: and the topics it made (:func:`made_topic`): :func:`leaves_nothing` deletes them when the
+#: benchmark ends
 NAMESPACES: set[str] = set()
+TOPICS: set[str] = set()
+
+
+def made_topic(kafka, topic: str, partitions: int = 4, derived: tuple[str, ...] = ()) -> str:
+    """Create ``topic`` for this run (``ensure_topic``) and remember it, and the topics the
+    run derives from it (``derived`` suffixes such as ``.dlq``), for :func:`leaves_nothing`."""
+    ensure_topic(kafka, topic, partitions=partitions)
+    TOPICS.update([topic, *(f"{topic}{x}" for x in derived)])
+    return topic
 
 
 @contextlib.contextmanager
-def namespaces_dropped(settings):
+def leaves_nothing(settings):
     """On leaving, however it is left: delete every key of the namespaces this process's runs
-    wrote (``serving_cache.namespaces.drop_namespace``) and forget them. Benchmarks leave
-    nothing in Redis: millions of users left behind make every SCAN of the keyspace
-    (``diam replay``'s check, ``diam forget``) walk them all."""
+    wrote (``serving_cache.namespaces.drop_namespace``) and the topics it made
+    (``streams.kafka_io.delete_topics``), and forget them. Benchmarks leave nothing behind:
+    millions of users left in Redis make every SCAN of the keyspace (``diam replay``'s
+    check, ``diam forget``) walk them all, and thousands of topics slow the broker's start."""
     from serving_cache.namespaces import drop_namespace
+    from streams.kafka_io import delete_topics
 
     try:
         yield
@@ -296,6 +308,8 @@ def namespaces_dropped(settings):
         for ns in sorted(NAMESPACES):
             drop_namespace(rc, ns)
         NAMESPACES.clear()
+        delete_topics(settings.kafka, sorted(TOPICS))
+        TOPICS.clear()
 
 
 def dataflow_cmd(topic: str, ns: str, ckpt: Path, extra: list[str]) -> list[str]:
@@ -672,34 +686,24 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
               "(diam data prepare ml-100k)", file=sys.stderr)
         return None
     sys.path.insert(0, str(ROOT / "bench"))
-    from confluent_kafka.admin import AdminClient
     from prequential import cached_first_half
 
     ckpt = cached_first_half(args.replay_data, epochs=4)
     base = BaseView.from_checkpoint(ckpt)
     events, info = replay_events(args.replay_data, args.replay_copies)
-    topic = f"bench.replay.{run_id}"
+    topic = made_topic(kafka, f"bench.replay.{run_id}", derived=(".dlq",))
     renv = {**env, "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
-    ensure_topic(kafka, topic, partitions=4)
-    try:
-        produce(kafka, topic, events)
-        calls: list[int] = []
-        runs, twos, floors = [], [], []
-        for r in range(reps):  # in turns, as the synthetic stream's kinds of run
-            runs.append(timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt, [
-                "--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])], renv,
-                expect_valid=len(events), calls=calls))
-            twos.append(timed_run([dataflow_cmd(topic, f"brw-{run_id}-{r}", ckpt, [
-                "--bounded", "--recovery-dir", f"{tmp}/rec-brw-{r}", "--workers", "2"])], renv,
-                expect_valid=len(events)))
-            floors.append(timed_run([floor_cmd(topic, f"br0-{run_id}-{r}", ckpt)], renv))
-    finally:
-        for f in AdminClient(kafka.client_config()).delete_topics(
-                [topic, f"{topic}.dlq"]).values():
-            try:
-                f.result(30)
-            except Exception:  # noqa: BLE001 - the dead-letter topic exists only if written
-                pass
+    produce(kafka, topic, events)
+    calls: list[int] = []
+    runs, twos, floors = [], [], []
+    for r in range(reps):  # in turns, as the synthetic stream's kinds of run
+        runs.append(timed_run([dataflow_cmd(topic, f"br-{run_id}-{r}", ckpt, [
+            "--bounded", "--recovery-dir", f"{tmp}/rec-br-{r}"])], renv,
+            expect_valid=len(events), calls=calls))
+        twos.append(timed_run([dataflow_cmd(topic, f"brw-{run_id}-{r}", ckpt, [
+            "--bounded", "--recovery-dir", f"{tmp}/rec-brw-{r}", "--workers", "2"])], renv,
+            expect_valid=len(events)))
+        floors.append(timed_run([floor_cmd(topic, f"br0-{run_id}-{r}", ckpt)], renv))
     rates = [len(events) / wall for wall, _ in runs]
     two_rates = [len(events) / wall for wall, _ in twos]
     floor_rates = [len(events) / wall for wall, _ in floors]
@@ -751,12 +755,10 @@ def main() -> None:
     settings = load_settings()
     kafka = settings.kafka
     run_id = uuid.uuid4().hex[:8]
-    topic, ftopic = f"bench.clicks.{run_id}", f"bench.fresh.{run_id}"
-    ensure_topic(kafka, topic, partitions=4)
-    ensure_topic(kafka, ftopic, partitions=4)
-    ltopic = f"bench.fresh-low.{run_id}"
-    ensure_topic(kafka, ltopic, partitions=4)
-    with tempfile.TemporaryDirectory() as tmp, namespaces_dropped(settings):
+    with tempfile.TemporaryDirectory() as tmp, leaves_nothing(settings):
+        topic = made_topic(kafka, f"bench.clicks.{run_id}")
+        ftopic = made_topic(kafka, f"bench.fresh.{run_id}")
+        ltopic = made_topic(kafka, f"bench.fresh-low.{run_id}")
         ckpt = Path(tmp) / "ckpt"
         base = make_checkpoint(ckpt, seq_len=settings.online.train_seq_len("diam"))
         env = env_for(settings)
@@ -810,7 +812,7 @@ def main() -> None:
             for workers, into in (pair if r % 2 == 0 else pair[::-1]):
                 ftopic_r = ftopic if not fresh_topics else f"{ftopic}.{len(fresh_topics)}"
                 fresh_topics.append(ftopic_r)
-                ensure_topic(kafka, ftopic_r, partitions=4)
+                made_topic(kafka, ftopic_r)
                 into.append(freshness(settings, ftopic_r, f"bf{workers}-{run_id}-{r}", ckpt,
                                       args.rate, fresh_s, env, warmup_s=warm_s, seed=5 + r,
                                       workers=workers))
@@ -820,12 +822,10 @@ def main() -> None:
         lp50, lp99, _ = freshness(settings, ltopic, f"bl-{run_id}", ckpt, args.low_rate,
                                   fresh_s, env, warmup_s=warm_s)
         # the stress pattern: every user clicks in turn (lock-step), one run
-        stopic = f"bench.fresh-lockstep.{run_id}"
-        ensure_topic(kafka, stopic, partitions=4)
+        stopic = made_topic(kafka, f"bench.fresh-lockstep.{run_id}")
         sp50, sp99, sp999 = freshness(settings, stopic, f"bs-{run_id}", ckpt, args.rate,
                                       fresh_s, env, warmup_s=warm_s, arrivals="lockstep")
-        ttopic = f"bench.fresh-two.{run_id}"
-        ensure_topic(kafka, ttopic, partitions=4)
+        ttopic = made_topic(kafka, f"bench.fresh-two.{run_id}")
         tp50, tp99, _ = freshness(settings, ttopic, f"bt-{run_id}", ckpt, args.rate,
                                   fresh_s, env, splits=("0,1", "2,3"), warmup_s=warm_s)
         foot = footprint(settings, f"b1-{run_id}-0", base, settings.online, events, settings.flow)
@@ -842,9 +842,6 @@ def main() -> None:
         anchor.update({f"{k}_50_item_network": wide[k]
                        for k in ("anchor_ms_p50", "anchor_ms_p99",
                                  "anchor_ms_per_user_torch_batched_64")})
-    from confluent_kafka.admin import AdminClient
-    AdminClient(kafka.client_config()).delete_topics(
-        [topic, ltopic, ttopic, stopic, *fresh_topics])
     result = {
         "base": "diam",
         "recovery": True,

@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import stream as S  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
-from streams.kafka_io import ensure_topic  # noqa: E402
 
 
 def _rev(ref: str) -> str:
@@ -54,12 +53,11 @@ def main() -> None:
     args = ap.parse_args()
     settings = load_settings()
     revs = {"base": _rev(args.base), "head": _rev(args.head)}
-    topic = f"bench.ab.{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka, topic, partitions=4)
-    S.produce(settings.kafka, topic, S.synth_events(args.events, args.users, seed=1,
-                                                    t0=1_700_000_000_000))
     runs: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
-    with tempfile.TemporaryDirectory() as tmp, S.namespaces_dropped(settings):
+    with tempfile.TemporaryDirectory() as tmp, S.leaves_nothing(settings):
+        topic = S.made_topic(settings.kafka, f"bench.ab.{uuid.uuid4().hex[:8]}")
+        S.produce(settings.kafka, topic, S.synth_events(args.events, args.users, seed=1,
+                                                        t0=1_700_000_000_000))
         ckpt = Path(tmp) / "ckpt"
         S.make_checkpoint(ckpt)
         trees = {}

@@ -14,6 +14,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from diam.cli import main as cli
 from streams.kafka_io import (
@@ -21,6 +22,8 @@ from streams.kafka_io import (
     RawRecord,
     _consumer,
     consume_all,
+    delete_topics,
+    ensure_topic,
     read_deadletters,
     read_partition,
     watermarks,
@@ -91,3 +94,18 @@ def test_deadletters_lists_the_newest_across_partitions_and_filters_by_source(st
 
     res = runner.invoke(cli, ["deadletters", "--topic", dlq, "--last", "0"], obj=obj)
     assert res.exit_code == 2 and "0 is not in the range x>=1" in res.output
+
+
+def test_delete_topics_deletes_what_it_names_and_skips_what_does_not_exist(stack) -> None:
+    """The tests' and benchmarks' clean-up: every named topic is gone from the broker's
+    metadata afterwards (an AdminClient dropped before its answers deleted none), one that
+    never existed is skipped, a repeated name counts once."""
+    kafka = stack.settings.kafka
+    made = [f"t.del{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    for name in made:
+        ensure_topic(kafka, name, partitions=2)
+    never = f"t.never{uuid.uuid4().hex[:12]}"
+    assert sorted(delete_topics(kafka, [*made, made[0], never])) == sorted(made)
+    left = AdminClient(kafka.client_config()).list_topics(timeout=30).topics
+    assert not {*made, never} & set(left)
+    assert delete_topics(kafka, made) == []  # already gone
