@@ -164,8 +164,11 @@ def _parse_any(raw: bytes) -> object | Rejection:
     if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):  # a msgpack map: the common case
         try:
             return _UNPACK(raw)
-        except Exception:  # msgpack raises several unrelated types on garbage
-            return Rejection("undecodable: neither msgpack nor JSON")
+        except Exception as exc:  # msgpack raises several unrelated types on garbage
+            # a map header: name msgpack's complaint (a non-string key, bytes after the map,
+            # a truncated map) rather than send the producer's owner to the JSON side
+            return Rejection(f"undecodable: a msgpack map that does not parse "
+                             f"({type(exc).__name__}: {str(exc)[:80]})")
     if first in _JSON_FIRST:
         try:
             return json.loads(raw.decode("utf-8"))

@@ -51,6 +51,7 @@ __all__ = [
     "ensure_topic",
     "delete_topics",
     "partition_ids",
+    "UnknownTopic",
     "watermarks",
     "offsets_for_time",
     "consume_all",
@@ -157,12 +158,23 @@ def delete_topics(cfg: KafkaConfig, topics: Iterable[str], timeout: float = 30.0
     return gone
 
 
+class UnknownTopic(RuntimeError):
+    """A topic that a read names does not exist on the broker (a typo, or nothing written yet)."""
+
+
 def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> list[int]:
-    """Partition ids of ``topic``; a clear error when it does not exist."""
-    t = _admin(cfg).list_topics(topic, timeout=timeout).topics.get(topic)
-    if t is None or t.error is not None:
-        why = t.error.str() if t is not None and t.error is not None else "unknown topic"
-        raise RuntimeError(f"cannot read partitions of topic {topic!r}: {why}")
+    """Partition ids of ``topic``; :class:`UnknownTopic` when it does not exist.
+
+    Reads the metadata of every topic rather than of ``topic`` alone: a metadata request that
+    names a topic makes a broker with ``auto.create.topics.enable`` (Kafka's default, and the
+    local stack's) create it, so a misspelt topic would be created empty and a replay or a
+    dead-letter listing of it would report success with nothing read."""
+    md = _admin(cfg).list_topics(timeout=timeout)
+    t = md.topics.get(topic)
+    if t is None:
+        raise UnknownTopic(f"topic {topic!r} does not exist at {cfg.bootstrap}")
+    if t.error is not None:
+        raise RuntimeError(f"cannot read partitions of topic {topic!r}: {t.error.str()}")
     return sorted(t.partitions)
 
 

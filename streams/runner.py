@@ -100,11 +100,15 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
 
     ``stats`` is updated live (read it from another thread for progress); ``metrics``
     (``streams.metrics``, over the same ``stats``) observes the source and sinks. Raises
-    :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks."""
+    :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks, and
+    ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist."""
     validate_namespace(job.namespace)
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
     check_redis(job.redis)
-    ensure_topic(job.kafka, job.topic)
+    if job.bounded:  # reads what the topic holds: a topic that does not exist is an error
+        known = partition_ids(job.kafka, job.topic)  # UnknownTopic, not an empty topic created
+    else:  # tails: the service may start before the first click is produced
+        ensure_topic(job.kafka, job.topic)
     if job.partitions is not None:  # one metadata request, once per run
         known = partition_ids(job.kafka, job.topic)
         if missing := sorted(set(job.partitions) - set(known)):

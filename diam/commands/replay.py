@@ -64,6 +64,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from diam.app import load_holder
     from serving_cache import redis_client
     from serving_cache.namespaces import drop_namespace, namespace_in_use
+    from streams.kafka_io import UnknownTopic
     from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
 
     s = get_settings(ctx)
@@ -77,6 +78,16 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     # a fixed base for the whole replay: hot reload would make the result depend on timing
     holder = load_holder(s, snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data,
                          hot_reload=False)
+    try:
+        rng = resolve_range(s.kafka, topic, start, end)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    except UnknownTopic as exc:  # a typo must not replay "0 records" into a fresh namespace
+        raise click.BadParameter(str(exc), param_hint="--topic") from None
+    except (KafkaException, RuntimeError) as exc:
+        raise click.ClickException(f"cannot read topic {topic!r} at {s.kafka.bootstrap}: {exc}") from None
+    # the range is checked before --clear deletes anything: a typo in --from/--to must not
+    # cost the namespace someone was about to `diam diff`
     client = redis_client(s.redis)
     try:
         if namespace_in_use(client, namespace):
@@ -89,12 +100,6 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
             click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
-    try:
-        rng = resolve_range(s.kafka, topic, start, end)
-    except ReplayError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (KafkaException, RuntimeError) as exc:
-        raise click.ClickException(f"cannot read topic {topic!r} at {s.kafka.bootstrap}: {exc}") from None
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}", err=True)

@@ -197,6 +197,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     published).
     """
     from diam.app import load_holder, online_job
+    from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError
     from streams.runner import UnknownPartitions, run_online, tune_gc
@@ -237,6 +238,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         raise click.ClickException(str(exc)) from None
     except UnknownPartitions as exc:  # checked before the dataflow starts
         raise click.BadParameter(str(exc), param_hint="--partitions") from None
+    except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "0 records"
+        raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
@@ -261,16 +264,26 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
 
     The count covers every record in the topic (or from --source-topic); the list shows the
     last N by the time they were dead-lettered, across the topic's partitions."""
-    from streams.kafka_io import read_deadletters
+    from streams.kafka_io import UnknownTopic, read_deadletters
 
     s = get_settings(ctx)
     name = topic if topic is not None else s.kafka.deadletter_topic
     try:
         recs = read_deadletters(s.kafka, name)  # a stalled read ends in `Error:` (diam.cli)
-    except RuntimeError as exc:  # the broker refused the name (malformed, or no such topic)
+    except UnknownTopic as exc:
+        if topic is not None:  # a typo must not read as "nothing was rejected"
+            raise click.BadParameter(str(exc), param_hint="--topic") from None
+        click.echo(f"0 dead-lettered record(s): {exc} yet (settings kafka.deadletter_topic; "
+                   "the dataflow creates it when it starts)")
+        return
+    except RuntimeError as exc:  # the broker refused the name (malformed)
         if topic is not None:
             raise click.BadParameter(str(exc), param_hint="--topic") from None
         raise click.ClickException(f"{exc} (settings kafka.deadletter_topic)") from None
+    if recs and all(r["reason"] is None for r in recs):  # e.g. the clicks topic by mistake
+        raise click.BadParameter(
+            f"{name} holds {len(recs)} record(s), none with the dead-letter headers "
+            "(diam.reason): not a dead-letter topic", param_hint="--topic")
     if source_topic is not None:
         recs = [r for r in recs if r["topic"] == source_topic]
     extra = sum(int(r["copies"]) - 1 for r in recs)  # type: ignore[call-overload]

@@ -29,6 +29,16 @@ def test_round_trip_msgpack_and_json() -> None:
         (None, "payload: empty (tombstone or null value)"),
         (b"", "payload: empty"),
         (b"\xc1\xff\x00", "undecodable: neither msgpack nor JSON"),
+        # msgpack maps that do not parse name msgpack's complaint, not JSON
+        (mp({1: "x", "user_id": "u"}),
+         "undecodable: a msgpack map that does not parse (ValueError: int is not allowed for "
+         "map key when strict_map_key~True)"),
+        (mp({"user_id": "u1", "item_id": 1, "ts": TS}) + b"xx",
+         "undecodable: a msgpack map that does not parse (ExtraData: unpack(b) received extra "
+         "data.)"),
+        (mp({"user_id": "u1", "item_id": 1, "ts": TS})[:-3],
+         "undecodable: a msgpack map that does not parse (ValueError: Unpack failed: incomplete "
+         "input)"),
         (b"x" * 20_000, "payload: 20000 bytes exceeds the limit of 16384"),
         (mp([1, 2]), "payload: expected a map but got list"),
         (mp({"item_id": 1, "ts": TS}), "user_id: missing"),

@@ -1,0 +1,83 @@
+"""A topic that a read names but that does not exist is an error, and nothing creates it.
+
+A metadata request naming a topic makes a broker with ``auto.create.topics.enable`` (Kafka's
+default, and the local stack's) create it empty; the reads used to do that, so a misspelt
+topic replayed "0 records" into a fresh namespace and listed "0 dead-lettered records" with
+rc 0, leaving a new 4-partition topic behind each time."""
+
+from __future__ import annotations
+
+import uuid
+
+from click.testing import CliRunner
+from confluent_kafka.admin import AdminClient
+
+from diam.cli import main
+from online_model.config import OnlineConfig
+from serving_cache import RedisWriter
+from snapshotter.config import SnapshotConfig
+from snapshotter.publish import publish
+from snapshotter.store import SnapshotStore
+from snapshotter.testing import write_checkpoint
+from streams.kafka_io import UnknownTopic, partition_ids
+from tests.flowkit import N_ITEMS, click_stream
+from tests.integration.helpers import click_payloads, produce, redis_state
+from tests.integration.test_lifecycle import _uv
+
+
+def _cli(settings, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(main, list(args), obj={"settings": settings})
+
+
+def _exists(settings, topic: str) -> bool:  # type: ignore[no-untyped-def]
+    return topic in AdminClient(settings.kafka.client_config()).list_topics(timeout=30).topics
+
+
+def _settings(stack, tmp_path):  # type: ignore[no-untyped-def]
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snapshots")))
+    publish(write_checkpoint(tmp_path / "ck", n_items=N_ITEMS, dim=16, k_max=4, seed=0), store)
+    return stack.settings.model_copy(update={"online": OnlineConfig(dim=16, k_max=4),
+                                             "snapshot": store.cfg})
+
+
+def test_reads_of_a_topic_that_does_not_exist_are_refused_and_create_nothing(
+        stack, namespace, tmp_path) -> None:
+    s = _settings(stack, tmp_path)
+    typo = f"t.typo{uuid.uuid4().hex[:12]}"
+    try:
+        partition_ids(s.kafka, typo)
+        raise AssertionError("partition_ids of a missing topic returned")
+    except UnknownTopic as exc:
+        assert "does not exist" in str(exc)
+    for args in (["replay", "--topic", typo, "--namespace", namespace, "--no-progress"],
+                 ["run", "--bounded", "--topic", typo, "--namespace", namespace],
+                 ["deadletters", "--topic", typo]):
+        res = _cli(s, *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"topic {typo!r} does not exist" in res.output, res.output
+    # the settings' own dead-letter topic before any dataflow created it: nothing rejected yet
+    fresh = s.model_copy(update={"kafka": s.kafka.model_copy(update={"deadletter_topic": typo})})
+    res = _cli(fresh, "deadletters")
+    assert res.exit_code == 0 and res.output.startswith("0 dead-lettered record(s)"), res.output
+    assert "does not exist" in res.output
+    assert not _exists(s, typo)
+
+
+def test_deadletters_refuses_a_topic_without_dead_letter_headers(stack, topic) -> None:
+    produce(stack.settings.kafka, topic, click_payloads(click_stream(n_users=3, n_events=9, seed=1)))
+    res = _cli(stack.settings, "deadletters", "--topic", topic)
+    assert res.exit_code == 2 and "not a dead-letter topic" in res.output, res.output
+
+
+def test_replay_clear_checks_the_range_before_it_deletes(stack, topic, namespace, redis_client,
+                                                         tmp_path) -> None:
+    """A typo in --from must not cost the namespace someone was about to diff."""
+    s = _settings(stack, tmp_path)
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=3, n_events=9, seed=1)))
+    RedisWriter(redis_client, namespace).write_batch([("u1", _uv(1)), ("u2", _uv(1))])
+    before = redis_state(redis_client, namespace)
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--clear",
+               "--from", "9:0", "--no-progress")
+    assert res.exit_code == 1 and "partition 9" in res.output, res.output
+    assert "cleared" not in res.output
+    assert redis_state(redis_client, namespace) == before and len(before) == 2
