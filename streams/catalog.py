@@ -3,7 +3,7 @@
 Each record says what is known of one item; compaction keeps the newest record per key, so the
 topic read from its start is the current catalogue. Value: a msgpack map (JSON accepted too)
 
-- ``item_id``    str (1–128 chars), equal to the record key;
+- ``item_id``    str (1–128 printable chars, no whitespace: the clicks' rule), equal to the record key;
 - ``categories`` list of str, the primary category first (may be empty: ``unknown``);
 - ``title``      str (may be empty);
 - ``first_seen`` int epoch milliseconds, when the item first appeared (its first click, or
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from streams.config import KafkaConfig
-from streams.events import Rejection
+from streams.events import Rejection, validate_item_id
 
 if TYPE_CHECKING:
     from online_model.datasets import ItemRows, PreparedDataset
@@ -51,7 +51,6 @@ __all__ = [
     "CatalogFollower",
 ]
 
-_MAX_ID = 128
 _MAX_TITLE = 1024
 _MAX_CATEGORIES = 32
 _MAX_BYTES = 16_384
@@ -105,9 +104,11 @@ def decode_item(key: bytes | None, raw: bytes | None) -> CatalogItem | Rejection
     item_id = obj.get("item_id")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
-    if not isinstance(item_id, str) or not 0 < len(item_id) <= _MAX_ID or item_id != item_id.strip() \
-            or any(c in item_id for c in "\t\n\r "):
-        return Rejection(f"item_id: expected 1-{_MAX_ID} characters without whitespace")
+    if not isinstance(item_id, str):
+        return Rejection(f"item_id: expected a string or integer but got {type(item_id).__name__}")
+    why = validate_item_id(item_id)  # the clicks' rule: an item clicked can be published
+    if why:
+        return Rejection(why)
     if key is not None and key != item_id.encode():
         return Rejection(f"key: record key {key[:64]!r} differs from item_id {item_id!r}")
     cats = obj.get("categories", [])

@@ -36,6 +36,7 @@ __all__ = [
     "Click",
     "encode_event",
     "validate_user_id",
+    "validate_item_id",
     "EVENT_KINDS",
     "USER_ID_RE",
 ]
@@ -137,6 +138,19 @@ def validate_user_id(user_id: object) -> str | None:
     if USER_ID_RE.fullmatch(user_id) is None:
         bad = next(c for c in user_id if USER_ID_RE.fullmatch(c) is None)
         return f"user_id: contains {bad!r} (allowed: {USER_ID_ALLOWED})"
+    return None
+
+
+def validate_item_id(item_id: str) -> str | None:
+    """None if ``item_id`` is a valid item id, else the reason: 1..128 printable characters
+    without whitespace. The one rule for clicks and the catalogue (``streams.catalog``): ids
+    reach every client's list, and a control character, a direction override or a line break
+    there is never an item anyone published."""
+    if not 1 <= len(item_id) <= _MAX_ITEM_ID_LEN:
+        return f"item_id: length {len(item_id)} outside 1..{_MAX_ITEM_ID_LEN}"
+    if not item_id.isprintable() or " " in item_id:
+        bad = next(c for c in item_id if not c.isprintable() or c == " ")
+        return f"item_id: contains {bad!r} (U+{ord(bad):04X}; printable characters without whitespace)"
     return None
 
 
@@ -273,7 +287,8 @@ def _fast_fields(obj: dict[Any, Any], ts_min_ms: int, ts_max_ms: int | None) -> 
                 and USER_ID_RE.fullmatch(u) is not None):
             if type(it) is int:
                 it = str(it)
-            if type(it) is str and 0 < len(it) <= _MAX_ITEM_ID_LEN:
+            if type(it) is str and 0 < len(it) <= _MAX_ITEM_ID_LEN and it.isprintable() \
+                    and " " not in it:
                 return (u, it, ts, None)
     return None
 
@@ -295,8 +310,9 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
     if isinstance(item, bool) or not isinstance(item, (str, int)):
         return Rejection(f"item_id: expected a string or integer but got {type(item).__name__}")
     item_id = str(item)
-    if not 1 <= len(item_id) <= _MAX_ITEM_ID_LEN:
-        return Rejection(f"item_id: length {len(item_id)} outside 1..{_MAX_ITEM_ID_LEN}")
+    why = validate_item_id(item_id)
+    if why:
+        return Rejection(why)
 
     ts = obj["ts"]
     if isinstance(ts, bool) or not isinstance(ts, int):

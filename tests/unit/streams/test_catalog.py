@@ -26,7 +26,8 @@ def test_bad_items_have_reasons() -> None:
     import json
 
     for patch, field in [({"first_seen": -1}, "first_seen"), ({"title": 3}, "title"),
-                         ({"item_id": "a b"}, "item_id"), ({"extra": 1}, "payload"),
+                         ({"item_id": "a b"}, "item_id"), ({"item_id": "a\u202e"}, "item_id"),
+                         ({"item_id": "x" * 129}, "item_id"), ({"extra": 1}, "payload"),
                          ({"categories": [1]}, "categories")]:
         got = decode_item(None, json.dumps({**ok, **patch}).encode())
         assert isinstance(got, Rejection) and got.reason.startswith(field), (patch, got)

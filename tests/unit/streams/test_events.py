@@ -53,6 +53,15 @@ def test_round_trip_msgpack_and_json() -> None:
          "user_id: contains '*' (allowed: letters and digits and _ . @ + - and the equals sign)"),
         (mp({"user_id": "u", "item_id": 1.5, "ts": TS}), "item_id: expected a string or integer but got float"),
         (mp({"user_id": "u", "item_id": True, "ts": TS}), "item_id: expected a string or integer but got bool"),
+        (mp({"user_id": "u", "item_id": "", "ts": TS}), "item_id: length 0 outside 1..128"),
+        (mp({"user_id": "u", "item_id": "a\x00", "ts": TS}),
+         "item_id: contains '\\x00' (U+0000; printable characters without whitespace)"),
+        (mp({"user_id": "u", "item_id": "a\nb", "ts": TS}),
+         "item_id: contains '\\n' (U+000A; printable characters without whitespace)"),
+        (mp({"user_id": "u", "item_id": "\u202eevil", "ts": TS}),
+         "item_id: contains '\\u202e' (U+202E; printable characters without whitespace)"),
+        (mp({"user_id": "u", "item_id": "a b", "ts": TS}),
+         "item_id: contains ' ' (U+0020; printable characters without whitespace)"),
         (mp({"user_id": "u", "item_id": 1, "ts": "now"}), "ts: expected integer epoch milliseconds but got str"),
         (mp({"user_id": "u", "item_id": 1, "ts": 5}),
          "ts: 5 is before the earliest accepted time 631152000000 (epoch ms)"),
@@ -68,6 +77,15 @@ def test_rejections_name_the_field(payload: bytes | None, reason: str) -> None:
     assert isinstance(got, Rejection)
     assert got.reason == reason
     assert decode_click(payload) == got  # the dataflow's decoder rejects with the same reason
+
+
+def test_printable_item_ids_pass_both_decoders() -> None:
+    """Markup is printable: what a client does with it is the client's escaping (the UI uses
+    textContent); only ids no one could have published are refused."""
+    for it in ("<script>x</script>", "é-42", "a.b/c", "9" * 128):
+        ev = mp({"user_id": "u", "item_id": it, "ts": TS})
+        assert decode_event(ev) == ClickEvent("u", it, TS)
+        assert decode_click(ev) == ("u", it, TS, None)
 
 
 def test_future_bound() -> None:
