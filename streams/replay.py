@@ -84,6 +84,9 @@ class ReplayRange:
     topic: str
     start: dict[int, int]
     end: dict[int, int]
+    clamped: tuple[str, ...] = ()
+    """An offset given for a partition that lay outside what it holds, one line each (the
+    range was clamped to the partition; a bound past its end is most likely a mistake)."""
 
     @property
     def size(self) -> int:
@@ -115,13 +118,19 @@ def resolve_range(kafka: KafkaConfig, topic: str, start: Bound | None, end: Boun
     lo = _resolve(kafka, topic, start, marks, 0)
     hi = _resolve(kafka, topic, end, marks, 1)
     s, e = {}, {}
+    clamped = []
+    given = [b is not None and b.time_ms is None for b in (start, end)]  # offsets, not times
     for p, (low, high) in marks.items():
         s[p] = min(max(lo[p], low), high)
         e[p] = min(max(hi[p], low), high)
+        for side, asked, got in (("--from", lo[p], s[p]), ("--to", hi[p], e[p])):
+            if given[side == "--to"] and asked != got:
+                clamped.append(f"partition {p}: {side} offset {asked} is outside what it holds "
+                               f"[{low}, {high}); {got} used")
         if s[p] > e[p]:
             raise ReplayError(f"partition {p}: range starts at offset {s[p]} after its end {e[p]} "
                               "(is --from later than --to?)")
-    return ReplayRange(topic, s, e)
+    return ReplayRange(topic, s, e, tuple(clamped))
 
 
 def replay_topics(kafka: KafkaConfig, namespace: str) -> KafkaConfig:

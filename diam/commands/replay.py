@@ -100,6 +100,8 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
             click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
+    for line in rng.clamped:
+        click.echo(f"warning: {line}", err=True)
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}", err=True)

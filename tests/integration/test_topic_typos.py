@@ -19,7 +19,8 @@ from snapshotter.config import SnapshotConfig
 from snapshotter.publish import publish
 from snapshotter.store import SnapshotStore
 from snapshotter.testing import write_checkpoint
-from streams.kafka_io import UnknownTopic, partition_ids
+from streams.kafka_io import UnknownTopic, partition_ids, watermarks
+from streams.replay import Bound, resolve_range
 from tests.flowkit import N_ITEMS, click_stream
 from tests.integration.helpers import click_payloads, produce, redis_state
 from tests.integration.test_lifecycle import _uv
@@ -81,3 +82,17 @@ def test_replay_clear_checks_the_range_before_it_deletes(stack, topic, namespace
     assert res.exit_code == 1 and "partition 9" in res.output, res.output
     assert "cleared" not in res.output
     assert redis_state(redis_client, namespace) == before and len(before) == 2
+
+
+def test_a_replay_bound_outside_a_partition_is_clamped_with_a_warning(stack, topic) -> None:
+    """An offset past a partition's end is most likely a mistake: the replay says which
+    partition it clamped, and a bound inside every partition says nothing."""
+    kafka = stack.settings.kafka
+    produce(kafka, topic, click_payloads(click_stream(n_users=4, n_events=40, seed=2)))
+    marks = watermarks(kafka, topic)
+    rng = resolve_range(kafka, topic, Bound(offsets={0: 999_999}), None)
+    assert rng.start[0] == rng.end[0] == marks[0][1]
+    assert rng.clamped == (f"partition 0: --from offset 999999 is outside what it holds "
+                           f"[{marks[0][0]}, {marks[0][1]}); {marks[0][1]} used",)
+    assert resolve_range(kafka, topic, Bound(offsets={0: 0}), None).clamped == ()
+    assert resolve_range(kafka, topic, None, None).clamped == ()
