@@ -87,6 +87,32 @@ def test_corrupt_values_raise_codec_error() -> None:
         decode_user(bytes(raw[:-12]))
 
 
+def _raw_map(**fields) -> bytes:
+    m = {"v": 1, "seq": 1, "model": "v1", "a": "diam", "k": 1, "d": 0.5, "dim": 2,
+         "vecs": np.ones(2, "<f2").tobytes(), "ts": 0, "n": 1, "s": b""}
+    m.update(fields)
+    return msgpack.packb(m)
+
+
+@pytest.mark.parametrize("bits", [0x7E00, 0x7C00, 0xFC00])  # float16 NaN, +inf, -inf
+def test_non_finite_vectors_are_refused(bits: int) -> None:
+    vecs = np.array([0x3C00, bits], "<u2").tobytes()  # [1.0, bits]
+    assert decode_user(_raw_map(vecs=np.array([0x3C00, 0x3C00], "<u2").tobytes())).k == 1
+    with pytest.raises(CodecError, match="vecs holds non-finite"):
+        decode_user(_raw_map(vecs=vecs))
+
+
+@pytest.mark.parametrize("d", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_d_is_refused(d: float) -> None:
+    with pytest.raises(CodecError, match="d is not finite"):
+        decode_user(_raw_map(d=d))
+
+
+def test_an_integer_field_that_is_an_infinite_float_is_a_codec_error() -> None:
+    with pytest.raises(CodecError, match="missing or mistyped"):
+        decode_user(_raw_map(k=float("inf")))  # int(inf) raises OverflowError
+
+
 def test_any_msgpack_reader_decodes_every_field_with_its_defaults() -> None:
     uv = UserVectors(seq=3, model="v1", k=1, d=0.25, dim=2, vecs=np.ones((1, 2), np.float32),
                      ts=9, n=4, anchor="diam", seen=np.array([5, 6], np.int32))
