@@ -2,11 +2,14 @@
 
 Routes: ``GET /users/{id}/recommendations``, ``GET /users/{id}/interests``, ``GET /health``
 (503 while Redis does not answer or no snapshot is loaded), ``GET /metrics`` (Prometheus) and
-the OpenAPI schema at ``/openapi.json``. Invalid parameters answer 422 with FastAPI's
+the OpenAPI schema at ``/openapi.json``; ``HEAD`` on each of them answers the GET's status and
+headers without the body. Invalid parameters answer 422 with FastAPI's
 validation body (``detail: [{loc, msg, type}]``); every rule is in the schema, so a request
 the schema accepts is answered (parameters a mode does not use, like ``delta`` with
-``mode=auto``, are ignored, and ``d_used`` in the answer shows what ran). Unknown users get a
-cold-start answer marked ``cold``.
+``mode=auto``, are ignored, and ``d_used`` in the answer shows what ran). Unknown users, and users
+whose stored value does not decode, get a cold-start answer marked ``cold`` with its
+``reason``; an answer from the active index for vectors of an unloaded snapshot is marked
+``stale``, and its ``reason`` says so (and that the user's last seen items were not left out).
 
 Hot reload: give a ``watcher`` with ``poll() -> (version, path) | None`` (e.g.
 ``snapshotter.ActiveWatcher``, which verifies hashes first); a background thread polls it every
@@ -47,14 +50,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from serving_cache.reader import USER_ID_CHARS, USER_ID_MAX_LEN, USER_ID_PATTERN
-from serving_cache.recommend import MAX_DELTA, Recommender
+from serving_cache.recommend import MAX_DELTA, MAX_N, Recommender
 from serving_cache.retrieval import SnapshotIndex
 
-__all__ = ["get_app", "settle_heap"]
+__all__ = ["get_app", "settle_heap", "MAX_N", "MAX_SEEN"]
 
 log = logging.getLogger(__name__)
 
-MAX_N = 200
 MAX_SEEN = 500
 
 
@@ -184,6 +186,28 @@ class _Observe:
             self.m["latency"].labels(name).observe(time.perf_counter() - start)
 
 
+class _HeadAsGet:
+    """Answers ``HEAD`` on every ``GET`` route as HTTP says a server should: the GET's status
+    and headers, no body (load balancers probe ``/health`` with HEAD; FastAPI registers GET
+    only and answered 405). The route runs as for a GET; the body is dropped here, whatever
+    the server does with it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def no_body(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, no_body)
+
+
 def settle_heap() -> None:
     """Collect, then freeze what is alive now (modules, the loaded snapshot) out of the cyclic
     garbage collector's scans: with a large snapshot loaded, a full collection is a long pause
@@ -273,6 +297,7 @@ def get_app(
     set_snapshot_gauge()
 
     app.add_middleware(_Observe, metrics=m)
+    app.add_middleware(_HeadAsGet)  # outermost: _Observe sees the GET scope the router fills
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

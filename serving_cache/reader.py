@@ -9,15 +9,21 @@ False
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from serving_cache.codec import UserVectors, decode_user
+from serving_cache.codec import CodecError, UserVectors, decode_user
 from serving_cache.keys import user_key, validate_namespace
 
 __all__ = ["UserReader", "valid_user_id", "fail_fast", "USER_ID_ALLOWED", "USER_ID_CHARS",
            "USER_ID_MAX_LEN", "USER_ID_PATTERN"]
+
+log = logging.getLogger(__name__)
+
+_REPORTED_MAX = 4096
+"""Keys whose undecodable value was logged, remembered to log each once (then forgotten)."""
 
 # The one owner of the user id rule (DESIGN.md §3). It lives here because serving_cache may not
 # import streams, while streams may import serving_cache: the event contract
@@ -57,40 +63,67 @@ def fail_fast(client: Any) -> Any:
 
 
 class UserReader:
-    """Reads ``diam:{ns}:u:{user_id}`` values. A value that does not decode is treated as
-    absent (the user is served cold) rather than failing the request."""
+    """Reads ``diam:{ns}:u:{user_id}`` values. A value that does not decode is logged once per
+    key (warning) and, by :meth:`get` and :meth:`get_many`, treated as absent (the user is
+    served cold) rather than failing the request; :meth:`get_checked` raises it instead, for
+    callers that say why."""
 
     def __init__(self, client: Any, ns: str) -> None:
         self.client = client
         self.ns = validate_namespace(ns)
+        self._reported: set[str] = set()
 
     def get(self, user_id: str) -> UserVectors | None:
-        """The user's vectors, or None when unknown. Raises ValueError for an invalid id and
-        the client's connection errors when Redis is down."""
+        """The user's vectors, or None when unknown or undecodable. Raises ValueError for an
+        invalid id and the client's connection errors when Redis is down."""
+        try:
+            return self.get_checked(user_id)
+        except CodecError:
+            return None
+
+    def get_checked(self, user_id: str) -> UserVectors | None:
+        """The user's vectors, or None when unknown; raises :class:`CodecError` when the stored
+        value does not decode (and ValueError for an invalid id, the client's errors when Redis
+        is down)."""
         if not valid_user_id(user_id):
             raise ValueError(f"invalid user id {user_id!r}")
-        raw = self.client.get(user_key(self.ns, user_id))
-        return _decode(raw)
+        key = user_key(self.ns, user_id)
+        return self._decode(key, self.client.get(key))
 
     def get_many(self, user_ids: Sequence[str]) -> list[UserVectors | None]:
         """Many users in one round trip, in order (a pipeline of GETs rather than MGET, which
-        Redis Cluster refuses across hash slots)."""
+        Redis Cluster refuses across hash slots); None for unknown and undecodable values."""
         for uid in user_ids:
             if not valid_user_id(uid):
                 raise ValueError(f"invalid user id {uid!r}")
         if not user_ids:
             return []
+        keys = [user_key(self.ns, uid) for uid in user_ids]
         pipe = self.client.pipeline(transaction=False)
-        for uid in user_ids:
-            pipe.get(user_key(self.ns, uid))
-        raws = pipe.execute()
-        return [_decode(r) for r in raws]
+        for key in keys:
+            pipe.get(key)
+        out: list[UserVectors | None] = []
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            try:
+                out.append(self._decode(key, raw))
+            except CodecError:
+                out.append(None)
+        return out
 
-
-def _decode(raw: bytes | None) -> UserVectors | None:
-    if raw is None:
-        return None
-    try:
-        return decode_user(raw)
-    except (ValueError, KeyError, TypeError):
-        return None
+    def _decode(self, key: str, raw: bytes | None) -> UserVectors | None:
+        if raw is None:
+            return None
+        try:
+            return decode_user(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            # decode_user raises CodecError only; anything else is wrapped all the same
+            err = exc if isinstance(exc, CodecError) else CodecError(repr(exc))
+            if key not in self._reported:
+                # once per key: a corrupted value read on every request must not flood the log
+                if len(self._reported) >= _REPORTED_MAX:
+                    self._reported.clear()
+                self._reported.add(key)
+                log.warning("value of %s does not decode (%s); the user is served cold", key, err)
+            if err is exc:
+                raise
+            raise err from exc

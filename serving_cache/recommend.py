@@ -9,8 +9,9 @@ at a diversity level chosen by the mode:
 - ``context``: d_u shifted by a small, documented context rule (:func:`context_delta`), plus
   ``delta``. It is a heuristic placeholder until a learned context model exists.
 
-Unknown users (and users whose vectors cannot be used with the loaded index) get popular items
-spread over categories, marked ``cold``.
+Unknown users, users whose stored value does not decode (a corrupted or foreign writer; logged
+once per key by the reader) and users whose vectors cannot be used with the loaded index get
+popular items spread over categories, marked ``cold``, with the ``reason``.
 
 Seen items: ``exclude_seen`` (the default) removes the user's last seen items that the stream
 pushes with the vectors (``s`` in the value, ``FlowConfig.seen_items`` of them, rows of the
@@ -20,7 +21,10 @@ showed); ``exclude_seen=False`` keeps both.
 Vectors live in the embedding space of the snapshot they were anchored to (``model`` in the
 value). After a new snapshot is published, users re-anchor lazily on their next event, so the
 recommender keeps the previous snapshot loaded as well and serves each user from the index of
-their vectors' version; only when that version is gone does it use the active one (``stale``).
+their vectors' version; given ``load_version`` (``diam recommend``: the snapshot store, hashes
+verified), it also loads a version it does not hold from disk, a few at most. Only when that
+version is gone does it use the active one (``stale``): the stream's seen rows belong to the
+other version's item table, so they cannot be left out, and ``reason`` says so.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from serving_cache.codec import UserVectors
+from serving_cache.codec import CodecError, UserVectors
 from serving_cache.reader import UserReader
 from serving_cache.retrieval import SnapshotIndex, limit_threads
 
@@ -46,12 +50,20 @@ __all__ = [
     "context_delta",
     "Mode",
     "MAX_DELTA",
+    "MAX_N",
+    "load_verified",
+    "store_loader",
 ]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
+MAX_N = 200
+"""The most items one answer lists: the API's ``n`` and ``diam recommend -n`` share it."""
+_ON_DISK_MAX = 2
+"""Versions :meth:`Recommender._from_disk` keeps loaded beside the swapped-in ones."""
+_GONE_MAX = 1024
 _NO_ITEMS = np.empty(0, dtype=np.int64)
 _NO_SCORES = np.empty(0, dtype=np.float32)
 
@@ -107,7 +119,8 @@ class Recommendation:
     stale: bool = False
     """True when that version is no longer loaded and the active index answered instead."""
     reason: str | None = None
-    """Why the answer is cold, when it is."""
+    """Why the answer is cold, when it is; for a stale one, that the user's vectors belong to
+    an unloaded snapshot (and that the stream's seen items were therefore not left out)."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +153,14 @@ class Recommender:
         ns: str,
         keep_versions: int = 2,
         threads: int | None = 1,
+        load_version: Callable[[str], SnapshotIndex | None] | None = None,
     ) -> None:
-        """``threads`` limits, for the whole process (None leaves them), FAISS's OpenMP threads
+        """``load_version(version)`` returns a version's index from disk, or None when it is
+        gone or refused; with it, a user whose vectors belong to a version not swapped in is
+        served from that version (loaded once, up to :data:`_ON_DISK_MAX` kept) rather than
+        stale. Without it only the swapped-in versions serve.
+
+        ``threads`` limits, for the whole process (None leaves them), FAISS's OpenMP threads
         and the BLAS threads numpy uses. One is fastest for the small searches and matrix
         products of one request (a pool's start-up and hand-offs cost more than they save at
         this size); concurrency comes from the server's processes (``diam serve
@@ -156,6 +175,10 @@ class Recommender:
         self._catalog: Any = None  # streams.catalog.CatalogFollower, see follow_catalog
         self._click_first: Any = None  # streams.new_items.ClickFirst, see follow_clicks
         self._swap_lock = threading.Lock()
+        self._load_version = load_version
+        self._on_disk: dict[str, SnapshotIndex] = {}
+        self._gone: set[str] = set()
+        self._disk_lock = threading.Lock()
         if snapshot is not None:
             self.swap(snapshot)
 
@@ -267,10 +290,36 @@ class Recommender:
 
     def _index_for(self, uv: UserVectors) -> tuple[SnapshotIndex, bool]:
         snap = self._loaded.get(uv.model)
+        if snap is None and self._load_version is not None:
+            snap = self._from_disk(uv.model)
         if snap is not None:
             return snap, False
         assert self._active is not None
         return self._active, True
+
+    def _from_disk(self, version: str) -> SnapshotIndex | None:
+        """``version``'s index through ``load_version``: loaded once, the last
+        :data:`_ON_DISK_MAX` kept, and a version found gone not asked for again."""
+        snap = self._on_disk.get(version)
+        if snap is not None or version in self._gone:
+            return snap
+        assert self._load_version is not None
+        with self._disk_lock:  # one load per version, however many requests ask at once
+            snap = self._on_disk.get(version)
+            if snap is not None or version in self._gone:
+                return snap
+            snap = self._load_version(version)
+            if snap is None:
+                if len(self._gone) >= _GONE_MAX:
+                    self._gone.clear()
+                self._gone.add(version)
+                return None
+            on_disk = dict(self._on_disk)  # replaced whole: readers take no lock
+            on_disk[version] = snap
+            while len(on_disk) > _ON_DISK_MAX:
+                on_disk.pop(next(iter(on_disk)))
+            self._on_disk = on_disk
+            return snap
 
     # -- recommendations --------------------------------------------------------------------
     def recommend(
@@ -294,7 +343,11 @@ class Recommender:
         snap0 = self._active
         if snap0 is None:
             raise RuntimeError("no snapshot loaded")
-        uv = self.reader.get(user_id)
+        try:
+            uv = self.reader.get_checked(user_id)
+        except CodecError as exc:
+            return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (),
+                              f"the stored value does not decode: {exc}")
         if uv is None or uv.k < 1:
             return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (), "unknown user")
         snap, stale = self._index_for(uv)
@@ -312,6 +365,13 @@ class Recommender:
         from online_model.aggregate import serve_list
 
         banned = _NO_ITEMS
+        why: str | None = None
+        if stale:
+            # the stream's seen rows index uv.model's item table, not this one: not applied
+            why = f"the user's vectors belong to snapshot {uv.model}, not loaded"
+            if exclude_seen and len(uv.seen):
+                why = ("the user's last seen items not left out: their vectors belong to "
+                          f"snapshot {uv.model}, not loaded")
         if exclude_seen:
             banned = _banned(snap, seen) if seen else _NO_ITEMS
             if len(uv.seen) and not stale and snap.version == uv.model:
@@ -340,6 +400,7 @@ class Recommender:
             snapshot=snap.version,
             user_model=uv.model,
             stale=stale,
+            reason=why,
         )
 
     def _cold(
@@ -404,6 +465,43 @@ class Recommender:
             top_items=tops,
             top_category=cats,
         )
+
+
+def load_verified(store: Any, version: str) -> SnapshotIndex:
+    """``version``'s index from a snapshot store (``snapshotter.SnapshotStore``), its files'
+    hashes checked first (``store.verify``, as ``snapshotter.ActiveWatcher`` does before
+    ``diam serve`` loads a version). Raises the store's ``SnapshotError`` (no manifest, a file
+    missing or not matching its hash), ``ValueError`` (an index that does not match the
+    items), ``OSError`` or FAISS's ``RuntimeError`` (unreadable files)."""
+    store.verify(version)
+    return SnapshotIndex.load(store.path(version), version=version)
+
+
+def store_loader(
+    store: Any, refused: Callable[[str, Exception], None] | None = None
+) -> Callable[[str], SnapshotIndex | None]:
+    """A ``load_version`` for :class:`Recommender` from a snapshot store: a version on disk,
+    verified and loaded (:func:`load_verified`); None when it is not on disk (or not a version
+    name), and None when it fails to load, after ``refused(version, error)`` (default: a
+    warning logged)."""
+
+    def load(version: str) -> SnapshotIndex | None:
+        try:
+            path = store.path(version)
+        except Exception:  # noqa: BLE001 - not a version name: it cannot be in the store
+            return None
+        if not path.is_dir():
+            return None
+        try:
+            return load_verified(store, version)
+        except Exception as exc:  # noqa: BLE001 - any failure makes the version unusable
+            if refused is not None:
+                refused(version, exc)
+            else:
+                log.warning("not serving from snapshot %s: %s", version, exc)
+            return None
+
+    return load
 
 
 def aggregate_candidates(

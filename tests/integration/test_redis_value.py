@@ -80,3 +80,24 @@ def test_the_script_reads_seq_from_the_codecs_bytes(redis_client, namespace, seq
     assert redis_client.get(key) == raw
     assert w.write_batch([("a", uv(seq + 1))]) == 1
     assert decode_user(redis_client.get(key)).seq == seq + 1
+
+
+def test_the_reader_tells_an_undecodable_value_from_an_absent_one(redis_client, namespace,
+                                                                  caplog) -> None:
+    from serving_cache import CodecError, UserReader
+
+    good = UserVectors(seq=1, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=1)
+    RedisWriter(redis_client, namespace).write_batch([("good", good)])
+    redis_client.set(user_key(namespace, "bad"), b"garbage")
+    redis_client.set(user_key(namespace, "inf"), encode_user(good).replace(  # 1.0 -> +inf
+        np.ones(2, "<f2").tobytes(), b"\x00\x7c\x00\x3c"))
+    reader = UserReader(redis_client, namespace)
+    with caplog.at_level("WARNING", logger="serving_cache.reader"):
+        assert reader.get_checked("nobody") is None and reader.get("bad") is None
+        for uid, why in (("bad", "not a msgpack map"), ("inf", "non-finite")):
+            with pytest.raises(CodecError, match=why):
+                reader.get_checked(uid)
+        assert reader.get_many(["good", "bad", "nobody", "inf"]) == [good, None, None, None]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2, warned  # once per key, however often it is read
+    assert user_key(namespace, "bad") in warned[0] and user_key(namespace, "inf") in warned[1]

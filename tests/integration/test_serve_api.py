@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from schemathesis.generation.modes import GenerationMode
 
 from online_model.aggregate import list_diversity
-from serving_cache import RedisWriter, UserVectors
+from serving_cache import RedisWriter, UserVectors, encode_user, user_key
 from serving_cache.api import MAX_SEEN, get_app
 from serving_cache.reader import fail_fast
 from serving_cache.recommend import Recommender
@@ -169,6 +169,44 @@ def test_hot_reload_keeps_unanchored_users_on_their_snapshot(served):
     assert f'diam_snapshot_active{{version="{v2}"}} 1.0' in metrics
     assert 'diam_snapshot_reloads_total{outcome="ok"} 1.0' in metrics
     assert "diam_recommend_stale_total 1.0" in metrics
+
+
+def test_a_value_that_does_not_decode_is_cold_and_says_so(served):
+    nan = _user(served.v1, np.full((1, DIM), np.nan, np.float32), 0.5)
+    served.redis.set(user_key(served.ns, "u-garbage"), b"garbage")
+    served.redis.set(user_key(served.ns, "u-nan"), encode_user(nan))  # a foreign writer's NaN
+    for uid, why in (("u-garbage", "not a msgpack map"), ("u-nan", "non-finite")):
+        body = _items(served.http, f"/users/{uid}/recommendations?n=5")
+        assert body["cold"] is True and len(body["items"]) == 5, body
+        assert body["reason"].startswith("the stored value does not decode: ") and why in body["reason"]
+        assert _items(served.http, f"/users/{uid}/interests")["cold"] is True
+    assert _items(served.http, "/users/u-high/recommendations?n=5")["cold"] is False
+
+
+def test_a_stale_answer_says_the_seen_items_were_not_left_out(served):
+    vecs = served.snap.item_vecs[[0, 100]]
+    RedisWriter(served.redis, served.ns).write_batch([
+        ("u-stale", UserVectors(seq=1, model="gone-version", k=2, d=0.5, dim=DIM, vecs=vecs, ts=1,
+                                n=3, seen=np.array([0, 1, 100], np.int32))),
+        ("u-stale-unseen", _user("gone-version", vecs, 0.5)),
+    ])
+    body = _items(served.http, "/users/u-stale/recommendations?n=5")
+    assert body["stale"] is True and body["snapshot"] == served.v1
+    assert body["reason"] == ("the user's last seen items not left out: their vectors belong to "
+                              "snapshot gone-version, not loaded")
+    assert {"i0", "i1", "i100"} & {it["item_id"] for it in body["items"]}  # what it says
+    for url in ("/users/u-stale/recommendations?exclude_seen=false",
+                "/users/u-stale-unseen/recommendations"):
+        assert _items(served.http, url)["reason"] == (
+            "the user's vectors belong to snapshot gone-version, not loaded")
+    fresh = _items(served.http, "/users/u-high/recommendations")
+    assert fresh["stale"] is False and fresh["reason"] is None
+
+
+def test_head_on_health(served):
+    r = served.http.head("/health")
+    assert r.status_code == 200 and r.content == b""
+    assert int(r.headers["content-length"]) == len(served.http.get("/health").content)
 
 
 def test_contract_against_the_openapi_schema(served):

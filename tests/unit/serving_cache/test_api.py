@@ -119,3 +119,26 @@ def test_metrics_label_unmatched_paths_and_time_every_route(client):
     assert 'diam_api_requests_total{route="/health",status="503"}' in text
     assert 'diam_api_request_seconds_count{route="/health"}' in text
     assert "nowhere" not in text
+
+
+@pytest.mark.parametrize("url", ["/health", "/metrics", "/openapi.json",
+                                 "/users/u1/recommendations", "/users/u1/recommendations?n=0"])
+def test_head_answers_as_get_without_a_body(client, url):
+    get, head = client.get(url), client.head(url)
+    assert head.status_code == get.status_code != 405
+    assert head.content == b"" and get.content
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_head_is_counted_under_the_route_and_stays_out_of_the_schema(client):
+    client.head("/health")
+    text = client.get("/metrics").text
+    assert 'diam_api_requests_total{route="/health",status="503"}' in text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert all(set(ops) == {"get"} for ops in paths.values())
+
+
+def test_the_api_and_the_cli_share_one_bound_on_n():
+    from serving_cache import api, recommend
+
+    assert api.MAX_N is recommend.MAX_N

@@ -247,3 +247,101 @@ def test_seen_rows_beyond_the_published_table_are_not_trusted(snapshot):
     # without content rows the same row is a published one, and it is excluded
     plain = Recommender(snapshot, redis_client=store, ns="unit").recommend("u1", n=20).items
     assert f"i{last}" not in plain and "i5" not in plain
+
+
+def _user_on(model: str, snapshot, seen=(5, 60, 6, 61)) -> bytes:
+    from serving_cache import encode_user
+    from serving_cache.codec import UserVectors
+
+    return encode_user(UserVectors(seq=1, model=model, k=2, d=0.5, dim=8,
+                                   vecs=snapshot.item_vecs[[5, 60]].copy(), ts=0, n=4,
+                                   anchor="diam", seen=np.array(seen, dtype=np.int32)))
+
+
+def test_a_stale_answer_says_the_seen_items_were_not_left_out(snapshot):
+    """The user's version is not loaded: the stream's seen rows belong to another table, so
+    they cannot be applied, and the answer says so instead of reason null."""
+    from serving_cache import user_key
+
+    store = _DictRedis({user_key("unit", "u1"): _user_on("v-gone", snapshot),
+                        user_key("unit", "u2"): _user_on("v-gone", snapshot, seen=())})
+    rec = Recommender(snapshot, redis_client=store, ns="unit")
+    got = rec.recommend("u1", n=10)
+    assert got.stale and got.snapshot == snapshot.version and got.user_model == "v-gone"
+    assert got.reason == ("the user's last seen items not left out: their vectors belong to "
+                          "snapshot v-gone, not loaded")
+    kept = rec.recommend("u1", n=10, exclude_seen=False)  # nothing was to be left out
+    assert kept.stale and kept.reason == "the user's vectors belong to snapshot v-gone, not loaded"
+    assert rec.recommend("u2", n=10).reason == kept.reason  # no seen rows pushed
+    fresh = Recommender(snapshot, _DictRedis({user_key("unit", "u1"): _user_on(
+        snapshot.version, snapshot)}), ns="unit").recommend("u1", n=10)
+    assert not fresh.stale and fresh.reason is None
+
+
+def test_a_version_on_disk_serves_its_users_loaded_once(snapshot):
+    """With load_version, a user whose vectors belong to a version not swapped in is served
+    from that version (seen rows applied, not stale); each version is asked for once, a gone
+    one too, and only the last few loaded stay."""
+    from serving_cache import recommend, user_key
+
+    versions = {f"v-disk{i}": SnapshotIndex.load(snapshot.path, version=f"v-disk{i}")
+                for i in range(recommend._ON_DISK_MAX + 1)}
+    asked: list[str] = []
+
+    def load(version):
+        asked.append(version)
+        return versions.get(version)
+
+    values = {user_key("unit", f"u-{v}"): _user_on(v, snapshot) for v in [*versions, "v-gone"]}
+    rec = Recommender(snapshot, _DictRedis(values), ns="unit", load_version=load)
+    for _ in range(2):
+        got = rec.recommend("u-v-disk0", n=10)
+        assert (got.snapshot, got.stale, got.reason) == ("v-disk0", False, None)
+        assert not {"i5", "i60", "i6", "i61"} & set(got.items)  # the stream's seen rows
+        gone = rec.recommend("u-v-gone", n=10)
+        assert gone.stale and gone.snapshot == snapshot.version and "v-gone" in gone.reason
+    assert asked == ["v-disk0", "v-gone"]
+    assert rec.recommend(f"u-{snapshot.version}", n=3).snapshot == snapshot.version  # swapped in
+    for v in versions:
+        assert rec.recommend(f"u-{v}", n=3).snapshot == v
+    assert list(rec._on_disk) == list(versions)[-recommend._ON_DISK_MAX:]
+    assert asked == ["v-disk0", "v-gone", *list(versions)[1:]]
+
+
+def test_an_undecodable_value_is_cold_with_its_reason_and_logged_once(snapshot, caplog):
+    from serving_cache import user_key
+
+    nan_vecs = _user_on(snapshot.version, snapshot).replace(  # fp16 1.0 -> NaN, same length
+        np.float16(snapshot.item_vecs[5, 0]).tobytes(), b"\x00\x7e", 1)
+    values = {user_key("unit", "bad"): b"garbage", user_key("unit", "nan"): nan_vecs}
+    rec = Recommender(snapshot, redis_client=_DictRedis(values), ns="unit")
+    with caplog.at_level("WARNING", logger="serving_cache.reader"):
+        for _ in range(3):
+            got = rec.recommend("bad", n=4)
+            assert got.cold and got.reason.startswith("the stored value does not decode: ")
+            assert len(got.items) == 4
+        nan = rec.recommend("nan", n=4)
+    assert nan.cold and "non-finite" in nan.reason
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 2 and "diam:unit:u:bad" in logged[0], logged
+    assert rec.recommend("nobody", n=4).reason == "unknown user"
+    assert rec.interests("bad").cold  # and nothing raises there either
+
+
+def test_store_loader_verifies_and_loads_or_says_no(tmp_path):
+    from serving_cache.recommend import load_verified, store_loader
+    from snapshotter.store import IntegrityError
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s")))
+    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=30, dim=8, seed=1), store).version
+    v2 = publish(write_checkpoint(tmp_path / "ck2", n_items=40, dim=8, seed=2), store).version
+    refused: list[tuple[str, str]] = []
+    load = store_loader(store, lambda v, exc: refused.append((v, str(exc))))
+    assert load(v1).n_items == 30 and load(v1).version == v1
+    assert load("v-never") is None and load("not a version!") is None and refused == []
+    weights = store.path(v2) / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # same size, another hash
+    assert load(v2) is None
+    assert refused and refused[0][0] == v2 and "weights.safetensors" in refused[0][1]
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_verified(store, v2)
