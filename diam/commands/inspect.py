@@ -16,7 +16,7 @@ from diam.commands import (
     redis_unusable,
     write_failed,
 )
-from serving_cache.recommend import MAX_DELTA
+from serving_cache.recommend import MAX_DELTA, MAX_N
 
 
 @click.group("inspect")
@@ -89,7 +89,7 @@ def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) ->
 @click.pass_context
 def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
     """One user's stored vectors: K_u, d_u, seq, norms and pairwise cosines."""
-    from serving_cache import decode_user, redis_client, user_key
+    from serving_cache import CodecError, decode_user, redis_client, user_key
     from streams.events import validate_user_id
 
     why = validate_user_id(user_id)
@@ -100,7 +100,11 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
     raw = redis_client(s.redis).get(user_key(ns, user_id))
     if not isinstance(raw, bytes):
         raise click.ClickException(f"no state for user {user_id!r} in namespace {ns!r}")
-    uv = decode_user(raw)
+    try:
+        uv = decode_user(raw)
+    except CodecError as exc:
+        raise click.ClickException(
+            f"value of user {user_id!r} in namespace {ns!r} does not decode: {exc}") from None
     norms = np.linalg.norm(uv.vecs, axis=1)
     unit = uv.vecs / np.maximum(norms[:, None], 1e-9)
     cos = unit @ unit.T
@@ -115,7 +119,8 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 @click.command("recommend")
 @click.argument("user_id")
 @click.option("--namespace", default=None, help="Namespace to read the user from (default: settings redis.namespace).")
-@click.option("-n", "--n", "n", default=20, show_default=True, help="How many items.")
+@click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=20, show_default=True,
+              help="How many items (the API's bound on n).")
 @click.option("--mode", type=click.Choice(["auto", "manual", "context"]), default="auto", show_default=True,
               help="auto: the learned d_u; manual: d_u·(1+delta); context: a small adjustment by hour/device.")
 @click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=0.0,
@@ -127,14 +132,15 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 @click.pass_context
 def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: int, mode: str,
                   delta: float, keep_seen: bool, as_json: bool) -> None:
-    """Recommend for one user from the active snapshot and the user's vectors in Redis
-    (the same code path as `diam serve`, in process)."""
+    """Recommend for one user from the user's vectors in Redis and the index of their
+    snapshot (the same code path as `diam serve`, in process): the version the vectors belong
+    to while it is in the snapshot store, else the active one (a stale answer, which says so).
+    Every snapshot used has its files' hashes verified first, as `diam serve` does."""
     from dataclasses import asdict
 
     from serving_cache import redis_client
-    from serving_cache.recommend import Recommender
-    from serving_cache.retrieval import SnapshotIndex
-    from snapshotter.store import SnapshotStore
+    from serving_cache.recommend import Recommender, load_verified, store_loader
+    from snapshotter.store import SnapshotError, SnapshotStore
     from streams.events import validate_user_id
 
     why = validate_user_id(user_id)
@@ -143,11 +149,23 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     store = SnapshotStore(s.snapshot)
-    version = store.active_version()
+    try:
+        version = store.active_version()
+    except SnapshotError as exc:  # a pointer that names no usable version
+        raise click.ClickException(str(exc)) from None
     if version is None:
         raise click.ClickException(f"no active snapshot in {store.root}: run `diam snapshot publish <checkpoint>`")
-    rec = Recommender(SnapshotIndex.load(store.path(version), version=version),
-                      redis_client(s.redis), ns)
+    try:
+        active = load_verified(store, version)
+    except (SnapshotError, ValueError, OSError, RuntimeError) as exc:  # RuntimeError: FAISS
+        raise click.ClickException(
+            f"cannot use the active snapshot {version} in {store.root}: {exc}") from None
+
+    def refused(other: str, exc: Exception) -> None:
+        click.echo(f"warning: not using snapshot {other}, the user's vectors' version: {exc}",
+                   err=True)
+
+    rec = Recommender(active, redis_client(s.redis), ns, load_version=store_loader(store, refused))
     import redis
 
     try:
@@ -162,6 +180,8 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
         return
     head = "cold start (" + str(r.reason) + ")" if r.cold else f"K_u={r.k} d_u={r.d_user:.3f} d_used={r.d_used:.3f}"
     click.echo(f"user {user_id}: {head}, snapshot {r.snapshot}")
+    if r.stale:
+        click.echo(f"  stale: {r.reason}")
     for rank, (item, score, cat) in enumerate(zip(r.items, r.scores, r.categories, strict=True), 1):
         click.echo(f"  {rank:>3}. {item:<12} {cat or '-':<14} {score:8.4f}")
 
