@@ -163,7 +163,7 @@ def test_recommend_keep_seen_reaches_the_recommender(run, monkeypatch, flag, exc
     seen: dict[str, object] = {}
 
     class FakeRecommender:
-        def __init__(self, *args: object) -> None:
+        def __init__(self, *args: object, **kwargs: object) -> None:
             pass
 
         def recommend(self, user_id: str, **kwargs: object) -> None:
@@ -171,6 +171,7 @@ def test_recommend_keep_seen_reaches_the_recommender(run, monkeypatch, flag, exc
             raise ValueError("stop here")
 
     monkeypatch.setattr(snapshotter.store.SnapshotStore, "active_version", lambda self: "v1")
+    monkeypatch.setattr(snapshotter.store.SnapshotStore, "verify", lambda self, version: {})
     monkeypatch.setattr(serving_cache.retrieval.SnapshotIndex, "load",
                         classmethod(lambda cls, *a, **k: None))
     monkeypatch.setattr(serving_cache.recommend, "Recommender", FakeRecommender)
