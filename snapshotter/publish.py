@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from snapshotter.config import SnapshotConfig
-from snapshotter.store import MANIFEST, SnapshotError, SnapshotStore, sha256_file
+from snapshotter.store import MANIFEST, IntegrityError, SnapshotError, SnapshotStore, sha256_file
 
 if TYPE_CHECKING:
     from online_model.checkpoint import CheckpointFiles
@@ -103,8 +103,11 @@ class PublishResult:
     path: Path
     manifest: dict[str, Any]
     previous: str | None
+    """The version active before this publish (None for the first, or when it stays active)."""
     pruned: list[str]
     redis_set: bool
+    reused: bool = False
+    """The weights were already a kept version: that version was activated, nothing written."""
 
 
 def set_active_in_redis(client: Any, ns: str, version: str) -> None:
@@ -124,6 +127,12 @@ def publish(
 ) -> PublishResult:
     """Verify ``checkpoint``, write it as a new version of ``store``, make it active.
 
+    Weights already kept as a version (same sha256: a rerun after a killed or half-failed
+    publish, the same checkpoint twice) re-activate that version instead of writing a copy,
+    so copies never push distinct rollback targets out of the store (``result.reused``).
+
+    The pointer is read before anything is written: a damaged one is refused with
+    :class:`SnapshotError` and no version is committed that could never be activated.
     Redis is updated last; if it fails the disk pointer has switched already and the error says
     so (``watch`` and ``rollback`` re-sync Redis from the pointer)."""
     import faiss
@@ -131,7 +140,15 @@ def publish(
     from snapshotter.index import build_index, is_exact
     from snapshotter.tuning import served_queries
 
+    previous = store.active_version()
     ck = _read(checkpoint)
+    kept = store.find_weights(ck.weights_sha256)
+    if kept is not None:
+        try:
+            return _reactivate(store, kept, previous, redis_client, ns)
+        except IntegrityError as exc:  # the kept copy was damaged: write a fresh one
+            log.warning("weights already published as %s, but %s; publishing a new copy",
+                        kept, exc)
     cfg: SnapshotConfig = store.cfg
     n_items, dim = ck.item_emb.shape
     queries = None if is_exact(n_items, cfg) else served_queries(redis_client, ns, dim, cfg)
@@ -179,31 +196,48 @@ def publish(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    previous = store.active_version()
     store.activate(version)  # re-verifies what landed on disk before switching
     pruned = store.prune()
-    redis_set = False
-    if redis_client is not None:
-        try:
-            set_active_in_redis(redis_client, ns, version)
-            redis_set = True
-        except Exception as exc:
-            raise SnapshotError(
-                f"published {version} on disk, but setting it in Redis failed ({exc}); "
-                f"run `diam snapshot rollback {version}` once Redis answers"
-            ) from exc
+    redis_set = _announce(redis_client, ns, version)
     return PublishResult(version, path, manifest, previous, pruned, redis_set)
+
+
+def _reactivate(store: SnapshotStore, version: str, previous: str | None,
+                redis_client: Any | None, ns: str) -> PublishResult:
+    man = store.activate(version)  # verified: a damaged copy raises IntegrityError
+    assert man is not None
+    redis_set = _announce(redis_client, ns, version)
+    return PublishResult(version, store.path(version), man,
+                         None if previous == version else previous, [], redis_set, reused=True)
+
+
+def _announce(redis_client: Any | None, ns: str, version: str) -> bool:
+    """Set the active version in Redis (when a client is given); the pointer on disk has
+    switched already, so a failure says how to finish the job."""
+    if redis_client is None:
+        return False
+    try:
+        set_active_in_redis(redis_client, ns, version)
+    except Exception as exc:
+        raise SnapshotError(
+            f"published {version} on disk, but setting it in Redis failed ({exc}); "
+            f"run `diam snapshot rollback {version}` once Redis answers"
+        ) from exc
+    return True
 
 
 def find_checkpoints(trainer_dir: str | Path) -> list[Path]:
     """Checkpoint directories under ``trainer_dir`` (itself, or its immediate sub-directories),
-    newest first by the modification time of their weights."""
+    newest first by the modification time of their weights. Hidden names are skipped: they are
+    writers' temp directories and set-aside old copies (``.NAME.XXXXXXXX``, ``.NAME.old`` of
+    ``online_model.checkpoint.write_checkpoint_dir``), never a checkpoint to publish."""
     root = Path(trainer_dir)
     if not root.is_dir():
         return []
     w = "weights.safetensors"
     cands = [root] if (root / w).is_file() else []
-    cands += [p for p in root.iterdir() if p.is_dir() and (p / w).is_file()]
+    cands += [p for p in root.iterdir()
+              if not p.name.startswith(".") and p.is_dir() and (p / w).is_file()]
     return sorted(cands, key=lambda p: (p / w).stat().st_mtime, reverse=True)
 
 
@@ -213,7 +247,9 @@ class Watcher:
 
     A checkpoint is identified by the sha256 of its weights, so a rolled-back version is not
     published again on the next tick; a checkpoint that fails verification is retried only
-    when its files change."""
+    when its files change, and older checkpoints are considered meanwhile. The scan stops at
+    the first checkpoint already in the store: anything older was published (or passed over)
+    before it, and publishing it now would move the model back in time."""
 
     def __init__(
         self,
@@ -231,6 +267,7 @@ class Watcher:
         )
         self.data_dir = data_dir
         self._seen: dict[Path, tuple[float, int]] = {}  # checkpoint -> (mtime, size) last tried
+        self._failed: set[Path] = set()  # checkpoints whose last try was refused
 
     def _published_shas(self) -> set[str]:
         return {
@@ -240,6 +277,11 @@ class Watcher:
 
     def tick(self, now_epoch: float) -> PublishResult | None:
         result = None
+        try:
+            self.store.active_version()
+        except SnapshotError as exc:  # not the checkpoints' fault: retry them once repaired
+            log.error("not publishing: %s", exc)
+            return None
         for ck in find_checkpoints(self.trainer_dir):
             newest = max(f.stat().st_mtime for f in ck.iterdir() if f.is_file())
             if now_epoch - newest < self.store.cfg.settle_s:
@@ -247,21 +289,33 @@ class Watcher:
             weights = ck / "weights.safetensors"
             stamp = (weights.stat().st_mtime, weights.stat().st_size)
             if self._seen.get(ck) == stamp:
+                if ck in self._failed:
+                    continue  # refused as it is: an older one may do
                 break  # newest settled checkpoint unchanged since we handled it
             self._seen[ck] = stamp
             if sha256_file(weights) in self._published_shas():
+                self._failed.discard(ck)
                 break
             try:
                 result = publish(ck, self.store, self.client, self.ns, self.data_dir)
             except Exception as exc:  # a bad checkpoint must not stop the watch loop
                 log.error("not publishing %s: %s", ck, exc)
+                self._failed.add(ck)
+                continue
+            self._failed.discard(ck)
             break
         self._sync_redis()
         return result
 
     def _sync_redis(self) -> None:
-        active = self.store.active_version()
-        if self.client is None or active is None:
+        if self.client is None:
+            return
+        try:
+            active = self.store.active_version()
+        except SnapshotError as exc:  # a damaged pointer: announce nothing rather than garbage
+            log.error("not syncing the active version into Redis: %s", exc)
+            return
+        if active is None:
             return
         from serving_cache.keys import model_active_key
 

@@ -3,7 +3,9 @@
 Writes never go backwards half-way: a snapshot is staged in a hidden directory and renamed into
 place whole; the pointer file is written to a temporary file and switched with ``os.replace``
 (atomic on POSIX), so a reader sees the old version or the new one, never a torn one. A version
-becomes active only after every file's sha256 matches its manifest.
+becomes active only after every file's sha256 matches its manifest and its FAISS index agrees
+with its item table. Each switch is recorded in ``ACTIVE.history`` (written the same way), so a
+bare rollback returns to the version that was active before, not merely the one created before.
 
 >>> import tempfile
 >>> store = SnapshotStore(SnapshotConfig(dir=tempfile.mkdtemp()))
@@ -23,8 +25,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from snapshotter.config import SnapshotConfig
 
@@ -37,13 +42,21 @@ __all__ = [
     "sha256_file",
     "validate_version",
     "POINTER",
+    "HISTORY",
     "MANIFEST",
 ]
 
 log = logging.getLogger(__name__)
 
 POINTER = "ACTIVE"
+HISTORY = "ACTIVE.history"
+"""One line per activation, ``<ISO time> <version>``, oldest first: what a bare rollback returns
+to is the version active before the current one, which need not be the one created before it."""
+HISTORY_KEEP = 200
 MANIFEST = "manifest.json"
+STALE_S = 3600.0
+"""Age after which a prune removes what a killed publish or activation left (staging directories,
+pointer temp files): old enough that no live writer still owns it."""
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -108,17 +121,61 @@ class SnapshotStore:
         return self.root / validate_version(version)
 
     def active_version(self) -> str | None:
-        """The version the pointer names, or None before the first publish."""
+        """The version the pointer names, or None before the first publish (no pointer, or an
+        empty one: :meth:`no_active_reason` says which).
+
+        The one reader of the pointer: raises :class:`SnapshotError` naming the file when it
+        holds undecodable bytes, something that is not a version name, or a version that is
+        not in the store (`diam snapshot rollback VERSION` repairs it)."""
+        pointer = self.root / POINTER
         try:
-            text = (self.root / POINTER).read_text().strip()
+            raw = pointer.read_bytes()
         except FileNotFoundError:
             return None
-        return text or None
+        try:
+            text = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise SnapshotError(
+                f"{pointer}: holds undecodable bytes, not a version name; "
+                f"`diam snapshot rollback VERSION` repairs it") from None
+        if not text:
+            return None
+        if _VERSION_RE.fullmatch(text) is None:
+            raise SnapshotError(
+                f"{pointer}: names {text[:80]!r}, not a snapshot version; "
+                f"`diam snapshot rollback VERSION` repairs it")
+        if not (self.root / text).is_dir():
+            raise SnapshotError(
+                f"{pointer}: names {text}, not a version in {self.root}; "
+                f"`diam snapshot rollback VERSION` repairs it")
+        return text
+
+    def no_active_reason(self) -> str:
+        """Why :meth:`active_version` is None, for messages: no pointer file, or an empty one."""
+        pointer = self.root / POINTER
+        if pointer.is_file():
+            return f"no active snapshot ({pointer} is empty)"
+        return f"no active snapshot in {self.root}"
 
     def active(self) -> Path | None:
         """Directory of the active version, or None."""
         version = self.active_version()
         return None if version is None else self.path(version)
+
+    def activations(self) -> list[tuple[str, str]]:
+        """``(ISO time, version)`` of each recorded activation, oldest first (the last
+        :data:`HISTORY_KEEP`). Lines that do not parse are skipped: the history only steers a
+        bare rollback, it never decides what is served."""
+        try:
+            text = (self.root / HISTORY).read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            at, _, version = line.strip().partition(" ")
+            if at and _VERSION_RE.fullmatch(version):
+                out.append((at, version))
+        return out
 
     def manifest(self, version: str) -> dict[str, Any]:
         """The parsed manifest of ``version`` (JSON, never pickle)."""
@@ -178,7 +235,40 @@ class SnapshotStore:
                     name,
                     f"sha256 {digest[:12]}… != manifest {str(meta.get('sha256'))[:12]}…",
                 )
+        if "items.faiss" in man["files"]:
+            self._check_index(version, base)
         return man
+
+    @staticmethod
+    def _check_index(version: str, base: Path) -> None:
+        """The FAISS index agrees with the item table and the embedding size (the hashes cannot
+        tell: a snapshot assembled from two publishes re-hashes fine). The rule serving
+        applies when it loads the index (``serving_cache.retrieval``), checked here so that
+        ``list --verify``, rollback and every watcher refuse such a snapshot up front."""
+        import faiss
+        from safetensors import safe_open
+
+        try:
+            n_ids = int(np.load(base / "item_ids.npy", mmap_mode="r", allow_pickle=False).shape[0])
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(version, "item_ids.npy", f"cannot be read ({exc})") from None
+        try:
+            with safe_open(str(base / "weights.safetensors"), framework="numpy") as fh:
+                shape = fh.get_slice("online.item_emb").get_shape() if (
+                    "online.item_emb" in fh.keys()) else None
+        except Exception as exc:  # safetensors raises its own error type for a bad header
+            raise IntegrityError(version, "weights.safetensors",
+                                 f"cannot be read ({exc})") from None
+        try:
+            index = faiss.read_index(str(base / "items.faiss"))
+        except RuntimeError as exc:
+            raise IntegrityError(version, "items.faiss", f"cannot be read ({exc})") from None
+        dim = int(shape[1]) if shape is not None else index.d
+        if index.ntotal != n_ids or index.d != dim:
+            raise IntegrityError(
+                version, "items.faiss",
+                f"index holds {index.ntotal}x{index.d}, items are ({n_ids}, {dim}) "
+                "(item_ids.npy, weights.safetensors)")
 
     # -- writing ---------------------------------------------------------------------------
     def staging_dir(self) -> Path:
@@ -203,30 +293,67 @@ class SnapshotStore:
         return target
 
     def activate(self, version: str, verify: bool = True) -> dict[str, Any] | None:
-        """Verify ``version`` and switch the pointer to it atomically. On any failure the
-        pointer is untouched, so the previous version stays active."""
+        """Verify ``version`` and switch the pointer to it atomically, then record the switch
+        in :data:`HISTORY`. On any failure the pointer is untouched, so the previous version
+        stays active. The pointer moves first: a kill between the two leaves the history one
+        switch behind, and a bare rollback then still returns to a version that was active."""
         man = self.verify(version) if verify else None
-        tmp = self.root / f".{POINTER}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / POINTER)
-        _fsync_dir(self.root)
+        self._replace(POINTER, version + "\n")
+        at = datetime.now(UTC).isoformat(timespec="microseconds")
+        lines = [f"{a} {v}\n" for a, v in self.activations()[-(HISTORY_KEEP - 1):]]
+        self._replace(HISTORY, "".join(lines) + f"{at} {version}\n")
         return man
 
-    def previous_version(self) -> str | None:
-        """The version created just before the active one (what a bare rollback returns to)."""
+    def _replace(self, name: str, text: str) -> None:
+        """Write ``<root>/<name>`` whole: a temp file, fsync, rename (readers see old or new)."""
+        tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / name)
+        _fsync_dir(self.root)
+
+    def never_activated(self) -> set[str]:
+        """Versions committed but never made active (a publish killed between its commit and
+        its pointer switch). Only versions created since the history was kept can be told."""
+        history = self.activations()
+        if not history:
+            return set()
+        since, seen = history[0][0], {v for _, v in history}
         active = self.active_version()
-        names = [s.version for s in self.versions() if s.manifest is not None]
+        return {s.version for s in self.versions()
+                if s.created_at > since and s.version not in seen and s.version != active}
+
+    def previous_version(self) -> str | None:
+        """What a bare rollback returns to: the version active before the current one (the
+        newest in the history that is not the active one and is still in the store). Versions
+        from before the history was kept fall back to the one created just before the active."""
+        active = self.active_version()
+        infos = [s for s in self.versions() if s.manifest is not None]
+        kept = {s.version for s in infos}
+        history = self.activations()
+        for _, version in reversed(history):
+            if version != active and version in kept:
+                return version
+        since = history[0][0] if history else None
+        names = [s.version for s in infos if since is None or s.created_at < since]
         if active not in names:
             return names[-1] if names else None
         i = names.index(active)
         return names[i - 1] if i > 0 else None
 
+    def find_weights(self, weights_sha256: str) -> str | None:
+        """The newest version published from weights with this sha256, or None."""
+        for info in reversed(self.versions()):
+            if (info.manifest or {}).get("source", {}).get("weights_sha256") == weights_sha256:
+                return info.version
+        return None
+
     def prune(self, keep: int | None = None) -> list[str]:
         """Delete the oldest versions beyond ``keep`` (default ``cfg.keep``); never the active
-        one. Leftover staging directories of crashed publishes older than an hour go too."""
+        one. What killed publishes left, staging directories and pointer temp files older
+        than :data:`STALE_S`, goes too."""
         keep = self.cfg.keep if keep is None else keep
         active = self.active_version()
         infos = self.versions()
@@ -241,9 +368,18 @@ class SnapshotStore:
             removed.append(info.version)
             excess -= 1
         if self.root.is_dir():
-            for child in self.root.glob(".staging-*"):
-                if time.time() - child.stat().st_mtime > 3600:
+            now = time.time()
+            for child in [*self.root.glob(".staging-*"), *self.root.glob(f".{POINTER}.*.tmp")]:
+                try:
+                    stale = now - child.stat().st_mtime > STALE_S
+                except FileNotFoundError:  # another prune got it first
+                    continue
+                if not stale:
+                    continue
+                if child.is_dir():
                     shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         return removed
 
 
@@ -275,6 +411,7 @@ class ActiveWatcher:
         self.current = current
         self.refused: set[str] = set()
         self._absent: set[str] = set()
+        self._pointer_error: str | None = None
         self._clock = clock
         self._next = float("-inf")
 
@@ -300,7 +437,26 @@ class ActiveWatcher:
                         self.store.root,
                     )
                     self._absent.add(version)
-        return self.store.active_version()
+        return self._read_pointer()
+
+    def _read_pointer(self) -> str | None:
+        """The pointer file's version; a damaged pointer is logged once and reads as "no
+        change" (the caller keeps what it serves until someone repairs it)."""
+        try:
+            version = self.store.active_version()
+        except SnapshotError as exc:
+            if str(exc) != self._pointer_error:
+                log.error("not following the active version: %s", exc)
+                self._pointer_error = str(exc)
+            return None
+        self._pointer_error = None
+        return version
+
+    def refuse(self, version: str, keep: str | None) -> None:
+        """The caller could not use ``version`` (it verified, but e.g. has another embedding
+        size): do not offer it again until the pointer changes, and go on from ``keep``."""
+        self.refused.add(version)
+        self.current = keep
 
     def poll(self) -> tuple[str, Path] | None:
         now = self._clock()

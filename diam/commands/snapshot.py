@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from diam.commands import get_settings, namespace_of
 from diam.settings import Settings
+
+if TYPE_CHECKING:
+    from snapshotter.store import SnapshotStore
 
 
 def _parse_period(text: str) -> float:
@@ -79,7 +83,7 @@ def publish_cmd(
     on the real item vectors, with nprobe tuned to snapshot.target_recall on the namespace's
     served users (up to snapshot.tune_users of them; item mixtures when Redis holds too few or
     with --no-redis). A bad checkpoint is refused with the file at fault, and the active version
-    does not change.
+    does not change. Weights already kept as a version re-activate that version (no copy).
     """
     from snapshotter.publish import publish
     from snapshotter.store import SnapshotError
@@ -93,6 +97,8 @@ def publish_cmd(
         res = publish(checkpoint, store, client, ns, data_dir=s.data_dir)
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
+    if res.reused:
+        click.echo(f"already published as {res.version}; activated")
     info = res.manifest["index"]
     detail = f"{info['factory']}" + (
         f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']} on "
@@ -192,17 +198,26 @@ def watch_cmd(
 )
 @click.pass_context
 def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: bool) -> None:
-    """Versions on disk, oldest first; '*' marks the active one (the pointer on disk), and the
-    last line the version Redis announces. Only reads: nothing is switched."""
+    """Versions on disk, oldest first; '*' marks the active one (the pointer on disk), 'never
+    active' one a publish committed but never switched to, and the last line the version Redis
+    announces. Only reads: nothing is switched. A damaged pointer ends the list with an error
+    naming it (exit 1)."""
     from snapshotter.store import SnapshotError
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)  # refused before anything is printed, --no-redis or not
     store = _store(s)
-    active = store.active_version()
+    pointer_error = None
+    try:
+        active = store.active_version()
+        never = store.never_activated()
+    except SnapshotError as exc:  # still list what is on disk: it is what a repair picks from
+        active, never, pointer_error = None, set(), str(exc)
     infos = store.versions()
     if not infos:
         click.echo(f"no snapshots in {store.root}")
+        if pointer_error is not None:
+            raise click.ClickException(pointer_error)
         return
     for info in infos:
         man = info.manifest or {}
@@ -211,6 +226,8 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
             f"{'*' if info.version == active else ' '} {info.version}  {info.created_at[:19]}  "
             f"{man.get('model') or '?'}  {idx.get('n_items', '?')} items  {idx.get('factory', '?')}"
         )
+        if info.version in never:
+            line += "  never active"
         if info.manifest is None:
             line += "  BROKEN (no readable manifest)"
         elif verify:
@@ -220,6 +237,8 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
             except SnapshotError as exc:
                 line += f"  FAILED: {exc}"
         click.echo(line)
+    if active is None and pointer_error is None:
+        click.echo(f"active: none, {store.no_active_reason()}")
     client = _redis(s, no_redis)
     if client is not None:
         from serving_cache.keys import model_active_key
@@ -229,6 +248,18 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
             click.echo(f"redis active: {raw.decode() if raw else None}")
         except Exception as exc:
             click.echo(f"redis active: unknown ({exc.__class__.__name__}: {exc})")
+    if pointer_error is not None:  # listed first: the repair picks one of these versions
+        raise click.ClickException(pointer_error)
+
+
+def _active_or_why(store: SnapshotStore) -> str:
+    """The active version for a message, or what is wrong with the pointer."""
+    from snapshotter.store import SnapshotError
+
+    try:
+        return store.active_version() or "no version"
+    except SnapshotError as exc:
+        return f"the pointer ({exc})"
 
 
 @snapshot_group.command("rollback")
@@ -239,7 +270,8 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
 def rollback_cmd(
     ctx: click.Context, version: str | None, namespace: str | None, no_redis: bool
 ) -> None:
-    """Make VERSION active again (default: the version before the active one).
+    """Make VERSION active again (default: the version active before the current one, as
+    recorded in ACTIVE.history; a version that was never active is not picked).
 
     The version is verified first; if a file fails its hash the active version stays.
     Running it with the active version re-announces it in Redis. --namespace is checked
@@ -252,7 +284,12 @@ def rollback_cmd(
     ns = namespace_of(s, namespace)
     client = _redis(s, no_redis)
     store = _store(s)
-    target = version or store.previous_version()
+    try:
+        target = version or store.previous_version()
+    except SnapshotError as exc:  # a damaged pointer: name what is kept
+        known = ", ".join(i.version for i in store.versions()) or "none"
+        raise click.ClickException(
+            f"{exc} (versions: {known}); give the version to roll back to") from None
     if target is None:
         raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
     try:
@@ -262,7 +299,7 @@ def rollback_cmd(
             )
         store.activate(target)
     except SnapshotError as exc:
-        raise click.ClickException(f"{exc}; {store.active_version()} stays active") from None
+        raise click.ClickException(f"{exc}; {_active_or_why(store)} stays active") from None
     click.echo(f"active: {target}")
     if client is not None:
         try:

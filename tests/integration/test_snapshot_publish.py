@@ -138,8 +138,25 @@ def test_publish_tunes_nprobe_on_the_namespace_users(cli, tmp_path, redis_client
         (f"u{i}", UserVectors(seq=1, model="m", k=2, d=0.5, dim=8, ts=0, vecs=(
             x[rng.integers(0, 3000, 2)] + 0.05 * rng.standard_normal((2, 8))).astype(np.float32)))
         for i in range(150))
-    r = cli("snapshot", "publish", str(ck))
+    # other weights over the same items (the same weights would re-activate the first version)
+    r = cli("snapshot", "publish", str(write_checkpoint(tmp_path / "ck2", item_emb=x, seed=1)))
     assert r.exit_code == 0 and "300 queries from served users" in r.output, r.output
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
     info = store.manifest(_active_in_redis(redis_client, namespace))["index"]
     assert info["tuning_queries_source"] == "served users" and info["tuning_users"] == 150
+
+
+def test_republishing_kept_weights_reactivates_and_announces_them(cli, tmp_path, redis_client,
+                                                                  namespace):
+    ck1 = write_checkpoint(tmp_path / "ck1", n_items=80, dim=8, seed=1)
+    v1 = _publish(cli, ck1)
+    v2 = _publish(cli, write_checkpoint(tmp_path / "ck2", n_items=80, dim=8, seed=2))
+    r = cli("snapshot", "publish", str(ck1))
+    assert r.exit_code == 0 and f"already published as {v1}; activated" in r.output, r.output
+    assert f"previous: {v2}" in r.output and f"redis: diam:{namespace}:model:active = {v1}" in r.output
+    assert _active_in_redis(redis_client, namespace) == v1
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    assert [s.version for s in store.versions()] == [v1, v2]
+    back = cli("snapshot", "rollback")  # to the version active before, v2
+    assert back.exit_code == 0 and f"active: {v2}" in back.output
+    assert _active_in_redis(redis_client, namespace) == v2

@@ -76,3 +76,66 @@ def test_help_lists_the_commands():
     out = CliRunner().invoke(main, ["--help"]).output
     assert "snapshot" in out and "serve" in out
     assert "hot reload" in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
+def _version(output: str) -> str:
+    return output.split("active: ")[1].split()[0]
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"\xff\xfe\x00\x9c", "undecodable bytes"),
+        (b"../ck_demo\n", "names '../ck_demo', not a snapshot version"),
+        (b"nonexistent-1\n", "names nonexistent-1, not a version in"),
+    ],
+)
+def test_a_damaged_pointer_is_one_error_line_in_every_command(run, tmp_path, content, says):
+    v1 = _version(run("snapshot", "publish", str(write_checkpoint(tmp_path / "a", n_items=30,
+                                                                   dim=4, seed=1)), "--no-redis").output)
+    pointer = tmp_path / "snaps" / "ACTIVE"
+    pointer.write_bytes(content)
+    listing = run("snapshot", "list", "--no-redis")
+    assert listing.exit_code == 1 and f"  {v1}" in listing.output  # the versions a repair picks from
+    for r in (listing, run("snapshot", "rollback", "--no-redis"),
+              run("snapshot", "publish", str(write_checkpoint(tmp_path / "b", n_items=30, dim=4,
+                                                              seed=2)), "--no-redis")):
+        errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert r.exit_code == 1 and len(errors) == 1 and str(pointer) in errors[0], r.output
+        assert says in errors[0] and "Traceback" not in r.output
+    # publish committed nothing, and an explicit rollback repairs the pointer
+    assert [p.name for p in (tmp_path / "snaps").iterdir() if p.is_dir()] == [v1]
+    assert run("snapshot", "rollback", v1, "--no-redis").exit_code == 0
+    assert pointer.read_text() == v1 + "\n"
+
+
+def test_list_says_the_pointer_is_empty(run, tmp_path):
+    run("snapshot", "publish", str(write_checkpoint(tmp_path / "a", n_items=30, dim=4)), "--no-redis")
+    (tmp_path / "snaps" / "ACTIVE").write_text("")
+    r = run("snapshot", "list", "--no-redis")
+    assert r.exit_code == 0 and "ACTIVE is empty" in r.output
+
+
+def test_republished_weights_reactivate_and_never_active_versions_are_shown(
+        run, tmp_path, monkeypatch):
+    import snapshotter.store
+
+    ck1 = write_checkpoint(tmp_path / "a", n_items=30, dim=4, seed=1)
+    ck2 = write_checkpoint(tmp_path / "b", n_items=30, dim=4, seed=2)
+    ck3 = write_checkpoint(tmp_path / "c", n_items=30, dim=4, seed=3)
+    v1 = _version(run("snapshot", "publish", str(ck1), "--no-redis").output)
+    v2 = _version(run("snapshot", "publish", str(ck2), "--no-redis").output)
+    with monkeypatch.context() as m:  # killed between commit and pointer switch
+        m.setattr(snapshotter.store.SnapshotStore, "activate",
+                  lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert run("snapshot", "publish", str(ck3), "--no-redis").exit_code != 0
+    listing = run("snapshot", "list", "--no-redis").output
+    (v3,) = [line.split()[0] for line in listing.splitlines() if "never active" in line]
+    assert v3 not in (v1, v2) and f"* {v2}" in listing
+    # the rerun of the killed publish activates the version it committed: no copy
+    again = run("snapshot", "publish", str(ck3), "--no-redis")
+    assert again.exit_code == 0 and f"already published as {v3}; activated" in again.output
+    assert f"previous: {v2}" in again.output
+    assert "never active" not in run("snapshot", "list", "--no-redis").output
+    back = run("snapshot", "rollback", "--no-redis")
+    assert back.exit_code == 0 and f"active: {v2}" in back.output

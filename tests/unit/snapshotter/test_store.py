@@ -132,10 +132,22 @@ def test_versions_are_single_path_components(store):
             store.path(bad)
 
 
-def test_same_checkpoint_twice_gets_two_versions(store, checkpoint):
-    a = publish(checkpoint, store).version
-    b = publish(checkpoint, store).version
-    assert a != b and store.active_version() == b
+def test_same_weights_reactivate_the_kept_version(store, checkpoint, checkpoint2):
+    a = publish(checkpoint, store)
+    b = publish(checkpoint2, store)
+    again = publish(checkpoint, store)  # e.g. the rerun of a publish killed before its switch
+    assert again.reused and again.version == a.version and again.previous == b.version
+    assert store.active_version() == a.version and again.manifest == a.manifest
+    assert [s.version for s in store.versions()] == [a.version, b.version]
+    # copies never push distinct rollback targets out (keep is 3 here)
+    for _ in range(4):
+        assert publish(checkpoint, store).version == a.version
+    assert {s.version for s in store.versions()} == {a.version, b.version}
+    # a damaged kept copy is not re-activated: a fresh copy is written
+    _flip_byte(store.path(b.version) / "items.faiss")
+    fresh = publish(checkpoint2, store)
+    assert not fresh.reused and fresh.version != b.version
+    assert store.active_version() == fresh.version
 
 
 class _Clock:
@@ -209,8 +221,10 @@ def test_popularity_comes_from_the_training_data_when_on_disk(tmp_path, store):
     res = publish(ck, store, data_dir=tmp_path / "data")
     assert np.load(res.path / "item_pop.npy", allow_pickle=False).tolist() == [1, 0, 2, 0]
     assert "item_pop.npy" in res.manifest["files"]
-    # No data on disk: no popularity file, and the publish still succeeds.
-    assert not (publish(ck, store, data_dir=tmp_path / "nowhere").path / "item_pop.npy").exists()
+    # No data on disk: no popularity file, and the publish still succeeds (another store: in
+    # this one the same weights would re-activate the version above).
+    other = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "other")))
+    assert not (publish(ck, other, data_dir=tmp_path / "nowhere").path / "item_pop.npy").exists()
 
 
 def test_a_snapshot_directory_loads_as_a_base_model(store, checkpoint):

@@ -129,7 +129,9 @@ def test_publish_tunes_on_the_namespace_users_and_says_so(tmp_path):
     info = publish(ck, SnapshotStore(cfg), r, "live").manifest["index"]
     assert info["tuning_queries_source"] == "served users" and info["tuning_users"] == 300
     assert r.data[b"diam:live:model:active"]  # published as before
-    other = publish(ck, SnapshotStore(cfg), r, "empty").manifest["index"]
+    # another store: in this one the same weights would re-activate the version above
+    cfg2 = cfg.model_copy(update={"dir": str(tmp_path / "s2")})
+    other = publish(ck, SnapshotStore(cfg2), r, "empty").manifest["index"]
     assert other["tuning_queries_source"] == "item mixtures"
     assert "holds no users" in other["tuning_queries_why"]
     small = write_checkpoint(tmp_path / "small", n_items=200, dim=DIM)
