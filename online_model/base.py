@@ -196,7 +196,11 @@ class BaseView:
         head = None
         if cfg.get("model", "diam") == "diam" and has_extractor(tensors):
             try:
-                head = DiamHead(tensors, cfg, cats if cats is not None
+                # the checked shape fields, defaults filled in: the compiled head reads its
+                # weight buffer at offsets computed from them
+                shape = {k: v for k, v in ck.shape_config.items() if v is not None}
+                head = DiamHead(tensors, {**cfg, **shape},
+                                cats if cats is not None
                                 else np.full(len(item_ids), -1, dtype=np.int32))
             except HeadLoadError as exc:
                 raise BaseLoadError(f"{d / 'weights.safetensors'}: {exc}") from None
@@ -207,7 +211,7 @@ class BaseView:
             tensors["online.item_emb"],
             cats,
             ck.category_names,
-            k_max=int(cfg.get("k_max", 8)),
+            k_max=ck.shape_config["k_max"],
             version=version,
             gate=gate,  # type: ignore[arg-type]
             fusion=fusion,  # type: ignore[arg-type]

@@ -137,16 +137,19 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     offset order) over the items of the compacted catalogue topic; the checkpoint's
     config.json records the topic and offsets under "data".
     """
-    from online_model.checkpoint import save_checkpoint
+    from online_model.checkpoint import recover_checkpoint_dir, save_checkpoint
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
     if topic is None and (since or until or items_topic):
         raise click.UsageError("--since, --until and --items-topic need --topic")
     _device_of(device)  # refuse a bad --device before the corpus is read
+    out = out or Path("checkpoints") / model_name
+    if recover_checkpoint_dir(out):  # a save into --out was killed between its two renames
+        click.echo(f"{out}: restored the previous checkpoint (.{out.name}.old) that an "
+                   "interrupted save had moved aside", err=True)
     corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
               else _load_corpus(data or default_dataset(get_settings(click.get_current_context()))))
-    out = out or Path("checkpoints") / model_name
     click.echo(f"{corpus.name}: {corpus.n_users} users, {corpus.n_items} items, "
                f"{len(corpus.items)} events; computing signals ...", err=True)
     feats = Features.of(corpus)
@@ -170,7 +173,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 
 
 @click.command("evaluate")
-@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--checkpoint", type=click.Path(path_type=Path),  # the loader says what is wrong
               required=True, help="Checkpoint directory written by diam train.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset [default: the one the checkpoint was trained on].")
@@ -199,9 +202,14 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delt
     dev = _device_of(device)
     try:
         ck = load_checkpoint(checkpoint, device=str(dev))
+        seed = ck.split_seed()
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    trained_on = ck.config.get("data", {}).get("path")
+    info = ck.config.get("data")
+    trained_on = info.get("path") if isinstance(info, dict) else None
+    if trained_on is not None and not isinstance(trained_on, str):
+        raise click.ClickException(f"{checkpoint / 'config.json'}: data.path={trained_on!r} is "
+                                   "not a path; pass the dataset with --data")
     if data is None and trained_on and not Path(trained_on).is_dir():
         # checkpoints written before the path was stored absolute hold it relative to the
         # directory training ran in
@@ -211,9 +219,9 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delt
     data = data or (Path(trained_on) if trained_on
                     else default_dataset(get_settings(click.get_current_context())))
     corpus = _load_corpus(data)
-    if corpus.n_items != ck.config["n_items"] or not (corpus.item_ids == ck.item_ids).all():
+    if corpus.n_items != len(ck.item_ids) or not (corpus.item_ids == ck.item_ids).all():
         raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
-    split_ids = split_users(corpus.users, int(ck.config.get("split_seed", ck.config["seed"])))
+    split_ids = split_users(corpus.users, seed)
     es = make_eval_set(corpus, split_ids[split], prefix_signals(corpus))
     ref = reference_embedding(corpus, split_ids["train"])
     res = evaluate(ck.model, corpus, es, device=dev, agg=agg, delta=delta, ref=ref)
