@@ -397,16 +397,55 @@ class Retrainer:
         return d
 
     def _emit(self, d: Decision) -> None:
+        self._emit_raw(d.candidate, d.to_json())
+
+    def _emit_raw(self, candidate: str, body: bytes) -> bool:
         from streams.kafka_io import ensure_topic
         from streams.producer import produce_raw
 
         # one partition: the decisions are a log, read back in order
         ensure_topic(self.s.kafka, self.s.kafka.models_topic, partitions=1, timeout=15.0)
-        rep = produce_raw(self.s.kafka, self.s.kafka.models_topic, [(d.candidate.encode(),
-                                                                     d.to_json())])
+        rep = produce_raw(self.s.kafka, self.s.kafka.models_topic, [(candidate.encode(), body)])
         if not rep.ok:
-            log.error("decision %s not written to %s: %s", d.candidate,
+            log.error("decision %s not written to %s: %s", candidate,
                       self.s.kafka.models_topic, rep.errors)
+        return bool(rep.ok)
+
+    def reconcile(self) -> list[str]:
+        """Write to the models topic the decisions of this clicks topic that a candidate's
+        ``decision.json`` holds but the topic lacks, oldest first; return their candidates.
+
+        A retrain writes ``decision.json`` and then the topic record: one stopped between the
+        two (a kill, a broker away) left a published version with no decision on the topic,
+        and the service, which resumes after the topic's last decision, would train that
+        window again. The service calls this when it starts. A run stopped between its
+        publish and ``decision.json`` (one file write) still leaves no record."""
+        root = Path(self.cfg.candidates_dir)
+        if not root.is_dir():
+            return []
+        known = {b.get("candidate") for b in self._decisions()}
+        missing: list[tuple[str, str, bytes]] = []
+        for p in sorted(root.iterdir()):
+            f = p / "decision.json"
+            if p.name.startswith(".") or not f.is_file():
+                continue
+            try:
+                raw = f.read_bytes()
+                body = json.loads(raw)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s (%s); skipped", f, exc)
+                continue
+            if (isinstance(body, dict) and (body.get("window") or {}).get("topic") == self.topic
+                    and body.get("candidate") not in known):
+                missing.append((str(body.get("created_at")), str(body.get("candidate")), raw))
+        written = []
+        for _, name, raw in sorted(missing):
+            if self._emit_raw(name, raw):
+                written.append(name)
+                self._say(f"retrain {name}: its decision.json was not on "
+                          f"{self.s.kafka.models_topic} (a retrain stopped before writing it "
+                          "there); written now")
+        return written
 
     def _prune(self) -> None:
         root = Path(self.cfg.candidates_dir)
@@ -417,23 +456,31 @@ class Retrainer:
             shutil.rmtree(p, ignore_errors=True)
 
     # -- the service -----------------------------------------------------------------------
-    def last_decision(self) -> dict[str, Any] | None:
-        """The newest decision about this clicks topic on the models topic, if any."""
+    def _decisions(self) -> list[dict[str, Any]]:
+        """The decisions about this clicks topic on the models topic, in offset order (none
+        while the topic does not exist)."""
         from streams.kafka_io import consume_all, partition_ids
 
         try:
             partition_ids(self.s.kafka, self.s.kafka.models_topic, timeout=10)
         except RuntimeError:
-            return None
-        last = None
+            return []
+        out = []
         for rec in consume_all(self.s.kafka, self.s.kafka.models_topic):
             try:
                 body = json.loads(rec.value or b"")
             except ValueError:
                 continue
             if isinstance(body, dict) and (body.get("window") or {}).get("topic") == self.topic:
-                if last is None or str(body.get("created_at")) > str(last.get("created_at")):
-                    last = body
+                out.append(body)
+        return out
+
+    def last_decision(self) -> dict[str, Any] | None:
+        """The newest decision about this clicks topic on the models topic, if any."""
+        last = None
+        for body in self._decisions():
+            if last is None or str(body.get("created_at")) > str(last.get("created_at")):
+                last = body
         return last
 
     def serve(self, stop: Any = None) -> None:
@@ -441,6 +488,7 @@ class Retrainer:
         passed; ``stop`` (a threading.Event) ends the loop."""
         from streams.kafka_io import watermarks
 
+        self.reconcile()  # a retrain stopped before its topic record: resume after it, not before
         last = self.last_decision()
         done_at = sum((last or {}).get("window", {}).get("end", {}).values()) if last else 0
         last_t = time.time() if last is None else datetime.fromisoformat(
