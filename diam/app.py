@@ -8,9 +8,11 @@ A benchmark that needs a different learner passes a ``learner`` factory instead 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,7 +23,12 @@ from online_model.online import OnlineLearner
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob
 
+if TYPE_CHECKING:
+    from snapshotter.store import SnapshotStore
+
 __all__ = ["LearnerFactory", "NoBaseModel", "load_holder", "online_job"]
+
+log = logging.getLogger(__name__)
 
 LearnerFactory = Callable[[BaseView, OnlineConfig], OnlineLearner]
 """Builds the online learner over a base (``OnlineLearner`` itself, or a benchmark's variant);
@@ -49,9 +56,12 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     meant cannot be guessed; the commands refuse an empty one, ``diam.commands.not_empty``),
     and :class:`NoBaseModel` when none is given and no
     snapshot is active, or the one given cannot be read (a directory that is not a
-    checkpoint, a dataset that is missing or malformed)."""
+    checkpoint, a dataset that is missing or malformed), or the active or given snapshot
+    cannot be used (a damaged ACTIVE pointer, a file that fails its hash, an embedding size
+    other than ``settings.online.dim``)."""
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
+    from snapshotter.store import SnapshotError
 
     given = [(name, value) for name, value in (("--snapshot", snapshot),
                                                ("--checkpoint", checkpoint),
@@ -66,6 +76,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
         raise NoBaseModel(f"cannot use the base: {exc}") from None
     except DatasetError as exc:
         raise NoBaseModel(f"cannot build a base from the dataset: {exc}") from None
+    except SnapshotError as exc:
+        raise NoBaseModel(str(exc)) from None
 
 
 def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
@@ -83,15 +95,16 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         if not path.is_dir():
             known = ", ".join(i.version for i in store.versions()) or "none"
             raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
-        base = BaseView.from_checkpoint(path)
+        base = _snapshot_base(store, snapshot, cfg)
     elif checkpoint is not None:
         base = BaseView.from_checkpoint(checkpoint)
+        _check_dim(base, cfg, f"checkpoint {checkpoint}")
     elif base_from_data is not None:
         from online_model.datasets import load_prepared
 
         base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
     elif (version := store.active_version()) is not None:
-        base = BaseView.from_checkpoint(store.path(version), version=version)
+        base = _snapshot_base(store, version, cfg)
         first = learner(base, cfg)
         reload = (_follow_active(settings, store, first, namespace, learner,
                                  topic if topic is not None else settings.kafka.clicks_topic)
@@ -101,10 +114,50 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         from diam.commands import default_dataset
 
         raise NoBaseModel(
-            "no base model: publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
+            f"no base model ({store.no_active_reason()}): publish a snapshot (diam train ... && diam snapshot publish <checkpoint>), "
             f"pass --checkpoint DIR, or pass --base-from-data {default_dataset(settings)} for a "
             "co-occurrence base")
     return LearnerHolder(learner(base, cfg), base.version)
+
+
+def _snapshot_base(store: SnapshotStore, version: str, cfg: OnlineConfig, *,
+                  verify: bool = True) -> BaseView:
+    """Snapshot ``version`` as the stream's base: its files' hashes checked (``verify``; a
+    watcher that offers a version has checked them already), loaded, and of the embedding size
+    the learner is configured for. Raises ``SnapshotError`` naming the version and why, at start
+    and at every hot reload alike."""
+    from snapshotter.store import SnapshotError
+
+    if verify:
+        store.verify(version)
+    try:
+        base = BaseView.from_checkpoint(store.path(version), version=version)
+    except ValueError as exc:  # BaseLoadError, CheckpointError: the message names the file
+        raise SnapshotError(f"snapshot {version}: {exc}") from None
+    _check_dim(base, cfg, f"snapshot {version}")
+    return base
+
+
+def _check_dim(base: BaseView, cfg: OnlineConfig, what: str) -> None:
+    """The base's item embedding size is the one ``OnlineConfig.dim`` says (two owners of one
+    number: the checkpoint and the setting; the learner cannot use any other)."""
+    from snapshotter.store import SnapshotError
+
+    if base.dim != cfg.dim:
+        raise SnapshotError(
+            f"{what} has d={base.dim}, DIAM_ONLINE_DIM is {cfg.dim} (set DIAM_ONLINE_DIM="
+            f"{base.dim} or publish a d={cfg.dim} model)")
+
+
+def _tower(path: Path, version: str) -> object:
+    """The snapshot's content tower (``streams.new_items.load_tower``), or SnapshotError."""
+    from snapshotter.store import SnapshotError
+    from streams.new_items import load_tower
+
+    try:
+        return load_tower(path)
+    except Exception as exc:  # safetensors raises its own types; any of them refuses the version
+        raise SnapshotError(f"snapshot {version}: content tower cannot be read ({exc})") from None
 
 
 def _follow_active(settings: Settings, store, current: OnlineLearner, namespace: str | None,  # type: ignore[no-untyped-def]
@@ -115,11 +168,15 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
     unless ``FlowConfig.click_first_min_clicks`` is 0), enter the running base with a content
     embedding, under the same version. Both are read from their topics' start, so a restarted
     dataflow rebuilds the same content rows. Each new learner succeeds the current one (it
-    takes over the bases users were recorded under)."""
+    takes over the bases users were recorded under).
+
+    A new version the stream cannot use (another embedding size, a file the base loader
+    refuses) is refused as a failed hash is: one error line naming it, the current base stays,
+    and it is not offered again until the pointer moves."""
     from serving_cache import redis_client
-    from snapshotter.store import ActiveWatcher
+    from snapshotter.store import ActiveWatcher, SnapshotError
     from streams.catalog import CatalogFollower
-    from streams.new_items import ClickFirstFollower, extend_base, load_tower
+    from streams.new_items import ClickFirstFollower, extend_base
 
     base = current.base
     version = base.version
@@ -127,7 +184,7 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
                             ns=namespace if namespace is not None else settings.redis.namespace,
                             current=version)
     follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
-    tower = load_tower(store.path(version))
+    tower = _tower(store.path(version), version)
     clicks = None
     if settings.flow.click_first_min_clicks > 0:
         clicks = ClickFirstFollower(
@@ -147,9 +204,15 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
                 return None
         else:
             new_version, path = found
-            tower = load_tower(path)
-            new = BaseView.from_checkpoint(path, version=new_version)
-            new = extend_base(new, list(follower.items.values())
+            try:
+                loaded = _snapshot_base(store, new_version, settings.online, verify=False)
+                new_tower = _tower(path, new_version)
+            except SnapshotError as exc:
+                log.error("hot reload refused, keeping %s: %s", base.version, exc)
+                watcher.refuse(new_version, keep=base.version)
+                return None
+            tower = new_tower
+            new = extend_base(loaded, list(follower.items.values())
                               + (clicks.items() if clicks is not None else []), tower)
         base = new
         nxt = learner(new, settings.online)
