@@ -106,19 +106,24 @@ def serve_cmd(
     once each has stopped cleanly).
     """
     from diam.server import ServeOptions, serve
-    from snapshotter.store import SnapshotStore
+    from snapshotter.store import SnapshotError, SnapshotStore
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     if processes is not None:
         s = s.model_copy(update={"serve": s.serve.model_copy(update={"processes": processes})})
     store = SnapshotStore(s.snapshot)
-    if store.active_version() is None:
-        click.echo(
-            f"warning: no active snapshot in {store.root}; /health answers 503 until "
-            "`diam snapshot publish` makes one",
-            err=True,
-        )
+    try:
+        active = store.active_version()
+    except SnapshotError as exc:  # a damaged pointer: serve 503 until it is repaired, as a reload
+        click.echo(f"warning: {exc}; /health answers 503 until then", err=True)
+    else:
+        if active is None:
+            click.echo(
+                f"warning: no active snapshot in {store.root}; /health answers 503 until "
+                "`diam snapshot publish` makes one",
+                err=True,
+            )
     opts = ServeOptions(namespace=ns, reload_every_s=reload_every, threads=threads,
                         flow_metrics=flow_metrics, ui=ui, follow_items=follow_items,
                         live_popularity=live_popularity,

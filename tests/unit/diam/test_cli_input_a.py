@@ -183,15 +183,14 @@ def _prepared(path) -> str:
 
 
 def test_an_explicit_base_wins_over_the_active_snapshot(tmp_path) -> None:
-    from snapshotter.store import POINTER
+    from snapshotter.publish import publish
+    from snapshotter.store import SnapshotStore
     from snapshotter.testing import write_checkpoint
 
-    snaps = tmp_path / "snaps"
-    write_checkpoint(snaps / "v1", n_items=30, dim=8)
-    (snaps / POINTER).write_text("v1\n")
-    s = load_settings(snapshot={"dir": str(snaps)}, online={"dim": 8})
-    assert load_holder(s, hot_reload=False).version == "v1"
+    s = load_settings(snapshot={"dir": str(tmp_path / "snaps")}, online={"dim": 8})
+    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=30, dim=8), SnapshotStore(s.snapshot)).version
+    assert load_holder(s, hot_reload=False).version == v1
     from_data = load_holder(s, base_from_data=_prepared(tmp_path / "ds"), hot_reload=False)
-    assert from_data.version != "v1"
+    assert from_data.version != v1
     ck = write_checkpoint(tmp_path / "ck", n_items=40, dim=8, seed=3)
     assert load_holder(s, checkpoint=str(ck), hot_reload=False).learner.base.item_ids.size == 40
