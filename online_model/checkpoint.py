@@ -146,11 +146,12 @@ def model_config(config: Mapping[str, Any], where: Path | None = None) -> dict[s
         if not isinstance(v, bool | np.bool_):
             raise bad(f"{key}={v!r} is not true or false")
         out[key] = bool(v)
-    if out["dim"] % out["n_heads"]:
-        raise bad(f"n_heads={out['n_heads']} does not divide dim={out['dim']}")
-    if out["seq_len"] % out["window"]:
-        raise bad(f"window={out['window']} does not divide seq_len={out['seq_len']}")
-    if out["fixed_k"] > out["k_max"]:
+    if model == "diam" or (model == "single" and out["single_diam"]):  # the dual-scale encoder
+        if out["dim"] % out["n_heads"]:
+            raise bad(f"n_heads={out['n_heads']} does not divide dim={out['dim']}")
+        if out["seq_len"] % out["window"]:
+            raise bad(f"window={out['window']} does not divide seq_len={out['seq_len']}")
+    if model == "diam" and out["fixed_k"] > out["k_max"]:
         raise bad(f"fixed_k={out['fixed_k']} is above k_max={out['k_max']}")
     return out
 
@@ -400,8 +401,10 @@ def _npy(path: Path) -> np.ndarray:
 def read_checkpoint(path: str | Path, *, verify: bool = True) -> CheckpointFiles:
     """Read a checkpoint or snapshot directory; raise :class:`CheckpointError` naming the file.
 
-    Shapes always agree or the read fails (ids, item table, config's ``n_items`` and ``dim``,
-    the online head, categories, popularity). ``verify`` adds the checks that read every byte:
+    Shapes always agree or the read fails (ids, item table, config.json against the weights'
+    header by :func:`check_config`, the online head, categories, popularity); a path that is
+    not a directory, or a file that is a directory, a dangling link or a symlink loop, is
+    named as such. ``verify`` adds the checks that read every byte:
     the weights' sha256 against ``config.json``'s ``weights_sha256`` (when recorded), unique
     item ids, a finite item table, a content tower that loads. Readers of a snapshot the store
     has verified may skip them."""

@@ -148,6 +148,20 @@ def test_the_project_writers_checkpoints_stay_valid(tmp_path, model):
     BaseView.from_checkpoint(ck)
 
 
+def test_encoder_options_bind_only_the_models_with_the_encoder(tmp_path):
+    """MIND has no dual-scale encoder: a seq_len that its (unused) default window does not
+    divide, or heads that do not divide dim, are a valid MIND checkpoint."""
+    from online_model.checkpoint import save_checkpoint
+    from online_model.corpus import tiny_corpus
+    from online_model.models import ModelConfig, build_model
+
+    c = tiny_corpus(n_users=12, n_items=20, n_categories=3, length=8, seed=0)
+    cfg = ModelConfig(model="mind", n_items=c.n_items, n_categories=c.n_categories, dim=8,
+                      seq_len=7, n_heads=3, n_interests=2)
+    ck = save_checkpoint(tmp_path / "mind", build_model(cfg, c.item_cat), c, seed=0)
+    assert load_checkpoint(ck).config["seq_len"] == 7
+
+
 def test_item_table_checkpoints_stay_valid(tmp_path):
     from snapshotter.testing import write_checkpoint
 
