@@ -558,6 +558,9 @@ def write_checkpoint_dir(out: str | Path, tensors: Mapping[str, np.ndarray], ite
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_checkpoint_dir(out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise CheckpointError(f"{out}: {_path_problem(out, want_dir=True)}; not replaced by a "
+                              "checkpoint")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
@@ -580,18 +583,25 @@ def write_checkpoint_dir(out: str | Path, tensors: Mapping[str, np.ndarray], ite
                                   encoding="utf-8")
         if out.is_dir() and not out.is_symlink() and _exchange(tmp, out):
             pass  # out is the new checkpoint; tmp holds the old one, removed below
-        elif os.path.lexists(out):
+        elif os.path.lexists(out):  # a directory, or a symlink to one (replaced by the new)
             old = _old_name(out)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(out, old)
             os.replace(tmp, out)  # the window: killed before this, only .<name>.old is left
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _prune_leftovers(out)
     return out
+
+
+def _remove(path: Path) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _old_name(out: Path) -> Path:

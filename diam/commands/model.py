@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -137,7 +138,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     offset order) over the items of the compacted catalogue topic; the checkpoint's
     config.json records the topic and offsets under "data".
     """
-    from online_model.checkpoint import recover_checkpoint_dir, save_checkpoint
+    from online_model.checkpoint import CheckpointError, recover_checkpoint_dir, save_checkpoint
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
@@ -145,9 +146,14 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
         raise click.UsageError("--since, --until and --items-topic need --topic")
     _device_of(device)  # refuse a bad --device before the corpus is read
     out = out or Path("checkpoints") / model_name
-    if recover_checkpoint_dir(out):  # a save into --out was killed between its two renames
-        click.echo(f"{out}: restored the previous checkpoint (.{out.name}.old) that an "
-                   "interrupted save had moved aside", err=True)
+    try:
+        if recover_checkpoint_dir(out):  # a save into --out was killed between its renames
+            click.echo(f"{out}: restored the previous checkpoint (.{out.name}.old) that an "
+                       "interrupted save had moved aside", err=True)
+    except OSError as exc:
+        raise click.ClickException(f"{out}: cannot restore .{out.name}.old: {exc}") from None
+    if os.path.lexists(out) and not out.is_dir():  # before training, not after
+        raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
               else _load_corpus(data or default_dataset(get_settings(click.get_current_context()))))
     click.echo(f"{corpus.name}: {corpus.n_users} users, {corpus.n_items} items, "
@@ -167,8 +173,11 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
         raise click.ClickException(str(exc)) from None
     metrics = res.metrics()
     metrics["history"] = res.history
-    save_checkpoint(out, res.model, corpus, seed=seed, train_metrics=metrics,
-                    extra={"split_seed": seed})
+    try:
+        save_checkpoint(out, res.model, corpus, seed=seed, train_metrics=metrics,
+                        extra={"split_seed": seed})
+    except (CheckpointError, OSError) as exc:
+        raise click.ClickException(f"cannot write the checkpoint: {exc}") from None
     click.echo(f"{model_name}: {res.seconds_per_epoch:.1f} s/epoch -> {out}")
 
 

@@ -95,3 +95,15 @@ def test_train_restores_a_checkpoint_an_interrupted_save_moved_aside(run, good, 
     assert result.exit_code == 1  # no dataset: training itself does not start
     assert "restored the previous checkpoint" in result.output
     assert (out / "weights.safetensors").is_file() and not os.path.lexists(tmp_path / ".ck.old")
+
+
+def test_train_refuses_an_out_that_is_a_file_before_training(run, tmp_path):
+    (tmp_path / "f").write_text("notes")
+    result = run("train", "--out", str(tmp_path / "f"), "--data", str(tmp_path / "nodata"),
+                 "--device", "cpu")
+    assert result.exit_code == 2 and "is a file" in result.output, result.output
+    assert (tmp_path / "f").read_text() == "notes"
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    result = run("train", "--out", str(tmp_path / "dangling"), "--data", str(tmp_path / "x"),
+                 "--device", "cpu")
+    assert result.exit_code == 2 and "is not a directory" in result.output, result.output

@@ -354,3 +354,16 @@ def test_leftovers_of_killed_saves_older_than_an_hour_are_removed(tmp_path):
     write_checkpoint_dir(tmp_path / "ck", {"online.item_emb": np.ones((3, 2), np.float32)},
                          np.array(["a", "b", "c"]), {"model": "diam"})
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_a_file_or_a_link_under_the_name(tmp_path):
+    emb = {"online.item_emb": np.ones((3, 2), np.float32)}
+    (tmp_path / "f").write_text("notes")
+    with pytest.raises(CheckpointError, match="not a directory; not replaced"):
+        write_checkpoint_dir(tmp_path / "f", emb, np.array(["a", "b", "c"]), {"model": "diam"})
+    assert (tmp_path / "f").read_text() == "notes"
+    target = write_checkpoint_dir(tmp_path / "v1", emb, np.array(["a", "b", "c"]), {"model": "x"})
+    (tmp_path / "latest").symlink_to(target)
+    write_checkpoint_dir(tmp_path / "latest", emb, np.array(["a", "b", "c"]), {"model": "y"})
+    assert not (tmp_path / "latest").is_symlink() and read_checkpoint(target).config["model"] == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "latest", "v1"]
