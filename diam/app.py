@@ -103,7 +103,7 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         from online_model.datasets import load_prepared
 
         base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
-    elif (version := store.active_version()) is not None:
+    elif (version := _active(settings, store, namespace)) is not None:
         base = _snapshot_base(store, version, cfg)
         first = learner(base, cfg)
         reload = (_follow_active(settings, store, first, namespace, learner,
@@ -118,6 +118,18 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             f"pass --checkpoint DIR, or pass --base-from-data {default_dataset(settings)} for a "
             "co-occurrence base")
     return LearnerHolder(learner(base, cfg), base.version)
+
+
+def _active(settings: Settings, store: SnapshotStore, namespace: str | None) -> str | None:
+    """The version the dataflow starts from: the one its namespace's reload would follow
+    (``snapshotter.store.resolve_active``: Redis's announcement, else the pointer file), so a
+    restart starts where the running dataflow was, not on the file's version and then
+    switches at the first poll."""
+    from serving_cache import redis_client
+    from snapshotter.store import resolve_active
+
+    ns = namespace if namespace is not None else settings.redis.namespace
+    return resolve_active(store, redis_client(settings.redis), ns)
 
 
 def _snapshot_base(store: SnapshotStore, version: str, cfg: OnlineConfig, *,

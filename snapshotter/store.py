@@ -39,6 +39,7 @@ __all__ = [
     "IntegrityError",
     "SnapshotInfo",
     "ActiveWatcher",
+    "resolve_active",
     "sha256_file",
     "validate_version",
     "POINTER",
@@ -383,6 +384,38 @@ class SnapshotStore:
         return removed
 
 
+def resolve_active(store: SnapshotStore, client: Any | None, ns: str,
+                   on_absent: Callable[[str], None] | None = None) -> str | None:
+    """The active version for namespace ``ns``, as every reader resolves it (``diam serve``,
+    the dataflow at start and at reload, ``diam recommend``): the version Redis announces in
+    ``diam:{ns}:model:active`` when this store holds it, else the pointer file
+    (:meth:`SnapshotStore.active_version`, which raises SnapshotError for a damaged one).
+
+    Redis is per namespace and shared by every process, the pointer file per store: a publish
+    announces in both, ``--no-redis`` moves only the file, and a store that never saw the
+    announced version (another snapshot directory on the same Redis) falls back to its own
+    file; ``on_absent`` is told that version. Redis down reads as no announcement."""
+    if client is not None:
+        from serving_cache.keys import model_active_key
+
+        try:
+            raw = client.get(model_active_key(ns))
+        except Exception as exc:  # Redis down: the shared pointer file still tells the truth
+            log.warning("active version from Redis failed (%s); reading the pointer file", exc)
+            raw = None
+        if raw is not None:
+            version = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            try:
+                here = store.path(version).is_dir()
+            except SnapshotError:  # not a version name at all
+                here = False
+            if here:
+                return version
+            if on_absent is not None:
+                on_absent(version)
+    return store.active_version()
+
+
 class ActiveWatcher:
     """Notices a new active version; cheap enough to call once per dataflow batch.
 
@@ -415,35 +448,19 @@ class ActiveWatcher:
         self._clock = clock
         self._next = float("-inf")
 
+    def _absent_once(self, version: str) -> None:
+        # Another store announced it (a different snapshot dir on the same Redis): the local
+        # pointer is the best we can do.
+        if version not in self._absent:
+            log.warning("Redis names snapshot %s, absent from %s; using the pointer file",
+                        version, self.store.root)
+            self._absent.add(version)
+
     def _read_active(self) -> str | None:
-        if self.client is not None:
-            from serving_cache.keys import model_active_key
-
-            try:
-                raw = self.client.get(model_active_key(self.ns))
-            except Exception as exc:  # Redis down: the shared pointer file still tells the truth
-                log.warning("active version from Redis failed (%s); reading the pointer file", exc)
-                raw = None
-            if raw is not None:
-                version = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if (self.store.root / version).is_dir():
-                    return version
-                # Another store announced it (a different snapshot dir on the same Redis):
-                # the local pointer is the best we can do.
-                if version not in self._absent:
-                    log.warning(
-                        "Redis names snapshot %s, absent from %s; using the pointer file",
-                        version,
-                        self.store.root,
-                    )
-                    self._absent.add(version)
-        return self._read_pointer()
-
-    def _read_pointer(self) -> str | None:
-        """The pointer file's version; a damaged pointer is logged once and reads as "no
-        change" (the caller keeps what it serves until someone repairs it)."""
+        """:func:`resolve_active`; a damaged pointer is logged once and reads as "no change"
+        (the caller keeps what it serves until someone repairs it)."""
         try:
-            version = self.store.active_version()
+            version = resolve_active(self.store, self.client, self.ns, self._absent_once)
         except SnapshotError as exc:
             if str(exc) != self._pointer_error:
                 log.error("not following the active version: %s", exc)

@@ -140,7 +140,7 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
 
     from serving_cache import redis_client
     from serving_cache.recommend import Recommender, load_verified, store_loader
-    from snapshotter.store import SnapshotError, SnapshotStore
+    from snapshotter.store import SnapshotError, SnapshotStore, resolve_active
     from streams.events import validate_user_id
 
     why = validate_user_id(user_id)
@@ -149,8 +149,9 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     store = SnapshotStore(s.snapshot)
-    try:
-        version = store.active_version()
+    client = redis_client(s.redis)
+    try:  # the version diam serve follows for this namespace: Redis's, else the pointer file
+        version = resolve_active(store, client, ns)
     except SnapshotError as exc:  # a pointer that names no usable version
         raise click.ClickException(str(exc)) from None
     if version is None:
@@ -165,7 +166,7 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
         click.echo(f"warning: not using snapshot {other}, the user's vectors' version: {exc}",
                    err=True)
 
-    rec = Recommender(active, redis_client(s.redis), ns, load_version=store_loader(store, refused))
+    rec = Recommender(active, client, ns, load_version=store_loader(store, refused))
     import redis
 
     try:

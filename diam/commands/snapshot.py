@@ -54,7 +54,9 @@ _ns_opt = click.option(
 _no_redis_opt = click.option(
     "--no-redis",
     is_flag=True,
-    help="Only switch the pointer on disk; do not set the version in Redis.",
+    help="Only switch the pointer on disk; do not set the version in Redis. Servers, "
+    "dataflows and `diam recommend` follow the namespace's Redis announcement while it names "
+    "a version in the store (the file otherwise): they keep the announced version.",
 )
 
 

@@ -208,3 +208,40 @@ def test_the_watcher_publishes_nothing_while_the_pointer_is_damaged(tmp_path):
     assert [s.version for s in store.versions()] == [v]
     store.activate(v)  # repaired: the checkpoint is published on the next tick
     assert watcher.tick(time.time() + 10) is not None
+
+
+class _Redis:
+    """What resolve_active reads of a Redis client: GET, or an outage."""
+
+    def __init__(self, values: dict[str, bytes], down: bool = False) -> None:
+        self.values, self.down = values, down
+
+    def get(self, key: str) -> bytes | None:
+        if self.down:
+            raise ConnectionError("down")
+        return self.values.get(key)
+
+
+def test_resolve_active_prefers_the_namespace_announcement_then_the_pointer_file(tmp_path):
+    """One precedence for diam serve, the dataflow's start and reload, and diam recommend:
+    Redis's announcement when this store holds it, else the pointer file."""
+    from serving_cache.keys import model_active_key
+    from snapshotter import SnapshotConfig
+    from snapshotter.store import resolve_active
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s")))
+    v1 = publish(_ck(tmp_path, "a", 1), store).version
+    v2 = publish(_ck(tmp_path, "b", 2), store).version  # the pointer file names v2
+    key = model_active_key("ns1")
+    absent: list[str] = []
+    assert resolve_active(store, None, "ns1") == v2
+    assert resolve_active(store, _Redis({key: v1.encode()}), "ns1") == v1  # a --no-redis rollback
+    assert resolve_active(store, _Redis({key: v1.encode()}), "ns2") == v2  # another namespace
+    for other in (b"20990101T000000-deadbeef", b"../escape", b"\xff\xfe"):
+        assert resolve_active(store, _Redis({key: other}), "ns1", absent.append) == v2
+    assert absent[0] == "20990101T000000-deadbeef" and len(absent) == 3
+    assert resolve_active(store, _Redis({}, down=True), "ns1") == v2
+    (store.root / POINTER).write_bytes(b"\xff\xfe")
+    assert resolve_active(store, _Redis({key: v1.encode()}), "ns1") == v1  # Redis still answers
+    with pytest.raises(SnapshotError):
+        resolve_active(store, _Redis({}), "ns1")
