@@ -184,9 +184,13 @@ class SnapshotStore:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError as exc:
+            if not path.parent.is_dir():
+                raise SnapshotError(f"snapshot {version}: no such version in {self.root}") from exc
             raise SnapshotError(f"snapshot {version}: no {MANIFEST} (not a snapshot?)") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IntegrityError(version, MANIFEST, f"not valid JSON ({exc})") from exc
+        except OSError as exc:  # unreadable (permissions, I/O error)
+            raise IntegrityError(version, MANIFEST, f"cannot be read ({exc.strerror or exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             raise IntegrityError(version, MANIFEST, "has no 'files' table")
         return data
@@ -229,7 +233,10 @@ class SnapshotStore:
                 raise IntegrityError(
                     version, name, f"size {size} != {meta.get('bytes')} (truncated?)"
                 )
-            digest = sha256_file(path)
+            try:
+                digest = sha256_file(path)
+            except OSError as exc:  # unreadable (permissions, I/O error): one line, not a traceback
+                raise IntegrityError(version, name, f"cannot be read ({exc.strerror or exc})") from None
             if digest != meta.get("sha256"):
                 raise IntegrityError(
                     version,

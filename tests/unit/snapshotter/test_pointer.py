@@ -245,3 +245,24 @@ def test_resolve_active_prefers_the_namespace_announcement_then_the_pointer_file
     assert resolve_active(store, _Redis({key: v1.encode()}), "ns1") == v1  # Redis still answers
     with pytest.raises(SnapshotError):
         resolve_active(store, _Redis({}), "ns1")
+
+
+def test_an_unreadable_file_or_a_missing_version_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Permissions or an I/O error while verifying: IntegrityError naming the file (a
+    PermissionError traceback ended list --verify, rollback and diam serve's start); a
+    version that does not exist is named as such, not as a missing manifest."""
+    import snapshotter.store as store_mod
+    from snapshotter import SnapshotConfig
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s")))
+    v1 = publish(_ck(tmp_path, "a", 1), store).version
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "sha256_file", denied)
+        with pytest.raises(IntegrityError, match=r"cannot be read \(Permission denied\)"):
+            store.verify(v1)
+    with pytest.raises(SnapshotError, match="no such version in"):
+        store.manifest("20990101T000000-deadbeef")
