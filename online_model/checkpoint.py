@@ -309,7 +309,9 @@ def check_config(d: Path, config: Mapping[str, Any], shapes: Mapping[str, list[i
     for key, dims in net.items():
         got = shapes.get(key)
         want = [x for x, _ in dims]
-        if got is None or (list(got) or [1]) == want:  # a scalar is written [1]
+        if got is None:  # reported with the other missing tensors below
+            continue
+        if (list(got) or [1]) == want:  # a scalar is written [1]
             settled.update(f[0] for _, f in dims if len(f) == 1)
             continue
         i = next((i for i in range(len(dims)) if len(got) == len(dims) and got[i] != want[i]),
