@@ -156,3 +156,13 @@ def _without_password(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def service_logging(fmt: str) -> None:
+    """INFO logging for a long-running command (run, retrain, snapshot watch), in ``fmt``.
+    FAISS's loader logs at INFO which instruction set it loaded and a failed AVX512 probe,
+    on every start: nothing an operator acts on, so it is kept to warnings."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    logging.getLogger("faiss").setLevel(logging.WARNING)

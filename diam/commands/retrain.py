@@ -6,7 +6,7 @@ import json
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty, serve_registry
+from diam.commands import get_settings, namespace_of, not_empty, serve_registry, service_logging
 
 
 @click.command("retrain")
@@ -35,7 +35,6 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     candidate is within the gate's tolerances. Every decision goes to the diam.models topic, to
     Prometheus and to the log; refused candidates stay in DIAM_RETRAIN_CANDIDATES_DIR.
     """
-    import logging
 
     from diam.retrain import Retrainer
 
@@ -45,7 +44,7 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     ns = namespace_of(s, namespace)
     if epochs is not None:
         s = s.model_copy(update={"retrain": s.retrain.model_copy(update={"epochs": epochs})})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    service_logging("%(asctime)s %(name)s %(message)s")
     svc = Retrainer(s, topic=topic, namespace=ns,
                     log_line=lambda line: click.echo(line, err=True))
     port = metrics_port if metrics_port is not None else s.retrain.metrics_port

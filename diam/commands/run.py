@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty, serve_registry
+from diam.commands import get_settings, namespace_of, not_empty, serve_registry, service_logging
 
 
 class _EveryMinute(logging.Filter):
@@ -215,7 +215,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                          namespace=job.namespace, topic=job.topic)
     stop_on_signals(stop)
     # outages (broker, Redis) are logged once when they start and once when they end
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("snapshotter.store").addFilter(_EveryMinute())
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     tune_gc()

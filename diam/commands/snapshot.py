@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from diam.commands import get_settings, namespace_of
+from diam.commands import get_settings, namespace_of, service_logging
 from diam.settings import Settings
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def watch_cmd(
     ns = namespace_of(s, namespace)
     period = _parse_period(every) if every else s.snapshot.watch_every_s
     root = trainer_dir or Path(s.snapshot.trainer_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    service_logging("%(asctime)s %(levelname)s %(message)s")
     watcher = Watcher(_store(s), root, _redis(s, no_redis), ns, data_dir=s.data_dir)
     waiting = "" if root.is_dir() else " (it does not exist yet; waiting for it)"
     click.echo(f"watching {root}{waiting} every {period:g}s (Ctrl-C stops)", err=True)
