@@ -82,7 +82,8 @@ class RetrainConfig(BaseModel):
     """Epochs per retrain. A warm start needs fewer than a first training."""
 
     lr: float = Field(default=1e-2, gt=0)
-    """Peak learning rate of a retrain from scratch (diam train's default)."""
+    """Peak learning rate of a retrain from scratch: ``online_model.train.TrainConfig.lr``,
+    diam train's default (restated here, where torch is not imported; a test pins them)."""
 
     warm_lr: float = Field(default=1e-2, gt=0)
     """Peak learning rate of a warm-started retrain (its optimizer starts without the active

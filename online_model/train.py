@@ -33,7 +33,11 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 1e-2
+    """Peak learning rate, the one default of ``diam train`` and the retrain service. 1e-2 was
+    every model's best of {3e-3, 1e-2} on ml-100k validation users (``bench/model_quality.py
+    --lr-grid``, ``bench/results/model_quality_round2.md``); DESIGN.md §4's 1e-3 trained
+    less far in the same epochs."""
     lr_min: float = 1e-5
     weight_decay: float = 1e-4
     clip: float = 1.0

@@ -166,3 +166,16 @@ def service_logging(fmt: str) -> None:
 
     logging.basicConfig(level=logging.INFO, format=fmt)
     logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
+def progress_option(what: str = "Show a progress bar."):  # type: ignore[no-untyped-def]
+    """``--progress/--no-progress`` for every command with long work: on by default when
+    stderr is a terminal, off when it goes to a file or a pipe (a bar's carriage-return
+    redraws fill a log)."""
+    import sys
+
+    def resolve(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool:
+        return sys.stderr.isatty() if value is None else value
+
+    return click.option("--progress/--no-progress", default=None, callback=resolve,
+                        help=f"{what} [default: when stderr is a terminal]")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings
+from diam.commands import get_settings, progress_option
 
 
 def _summary(out: Path, seconds: float) -> str:
@@ -42,9 +42,7 @@ def data() -> None:
     default=None,
     help="Keep only ratings >= this value as clicks [default: keep every rating].",
 )
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
-)
+@progress_option("Show progress bars.")
 def prepare(source: str, out: Path | None, min_rating: float | None, progress: bool) -> None:
     """Prepare MovieLens data from SOURCE.
 
@@ -118,9 +116,7 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
     default=None,
     help="Output directory [default: <data_dir>/synth].",
 )
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show progress bars."
-)
+@progress_option("Show progress bars.")
 def synth(
     users: int,
     items: int,

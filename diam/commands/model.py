@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import click
 
-from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, not_empty
+from diam.commands import (
+    DEFAULT_DATASET_HELP,
+    default_dataset,
+    get_settings,
+    not_empty,
+    progress_option,
+)
 from serving_cache.recommend import MAX_DELTA
 
 _MODELS = ["diam", "mind", "comirec-sa", "comirec-dr", "single"]
@@ -90,18 +97,19 @@ def _device_of(name: str):
 @click.option("--items-topic", default=None, callback=not_empty,
               help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Checkpoint directory [default: checkpoints/<model>].")
+              help="Checkpoint directory [default: <snapshot.trainer_dir>/<model>, "
+                   "checkpoints/<model>: where `diam snapshot watch` looks].")
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the weights, the sampling and the 80/10/10 user split.")
+              help="Seeds the weights, the sampling and the 80/10/10 user split. The weights "
+                   "are bit for bit the same for a given seed, device and --threads.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2,
-              show_default=True,
-              help="Adam peak learning rate. 1e-2 was every model's best of {3e-3, 1e-2} on "
-                   "ml-100k validation users (bench/model_quality.py --lr-grid; "
-                   "bench/results/model_quality_round2.md).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam peak learning rate [default: TrainConfig.lr, 1e-2: every model's best "
+                   "of {3e-3, 1e-2} on ml-100k validation users (bench/model_quality.py "
+                   "--lr-grid; bench/results/model_quality_round2.md)].")
 @click.option("--max-per-user", type=click.IntRange(1), default=64, show_default=True,
               help="Training positions drawn per user per epoch.")
 @click.option("--dim", type=click.IntRange(4), default=64, show_default=True)
@@ -116,17 +124,19 @@ def _device_of(name: str):
 @click.option("--interests", type=click.IntRange(1, 32), default=4, show_default=True,
               help="K of MIND / ComiRec.")
 @click.option("--threads", type=click.IntRange(0), default=1, show_default=True,
-              help="CPU threads for torch (0: torch's default).")
+              help="CPU threads for torch (0: torch's default, which depends on the "
+                   "machine). Another thread count sums in another order: other weights, "
+                   "by about 1e-3.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="Mixed precision on CUDA (bf16 where supported, else fp16 with loss "
                    "scaling); no effect on CPU. On an H200, ml-100k trained slower with it "
                    "(6.0 against 4.2 s per epoch in fp32, same validation recall; "
                    "bench/results/train_device.md): --no-amp for corpora of that size.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option("Show a progress bar per epoch.")
 def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str | None,
               until: str | None, items_topic: str | None, out: Path | None, epochs: int,
               seed: int, device: str,
-              batch_size: int, lr: float, max_per_user: int, dim: int, seq_len: int | None,
+              batch_size: int, lr: float | None, max_per_user: int, dim: int, seq_len: int | None,
               k_max: int, interests: int, threads: int, amp: bool, progress: bool) -> None:
     """Train a model on the training users of DATA and write a checkpoint.
 
@@ -145,7 +155,8 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     if topic is None and (since or until or items_topic):
         raise click.UsageError("--since, --until and --items-topic need --topic")
     _device_of(device)  # refuse a bad --device before the corpus is read
-    out = out or Path("checkpoints") / model_name
+    if out is None:  # where the snapshot watcher looks (one owner: snapshot.trainer_dir)
+        out = Path(get_settings(click.get_current_context()).snapshot.trainer_dir) / model_name
     try:
         if recover_checkpoint_dir(out):  # a save into --out was killed between its renames
             click.echo(f"{out}: restored the previous checkpoint (.{out.name}.old) that an "
@@ -164,8 +175,10 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     mcfg = ModelConfig(model=model_name, n_items=corpus.n_items,
                        n_categories=corpus.n_categories, dim=dim, seq_len=seq_len,
                        k_max=k_max, n_interests=interests)
-    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+    tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                        max_per_user=max_per_user, threads=threads, amp=amp)
+    if lr is not None:  # else TrainConfig's, the one default
+        tcfg = dataclasses.replace(tcfg, lr=lr)
     try:
         res = train(corpus, mcfg, tcfg, feats=feats, progress=progress,
                     log=lambda line: click.echo(line, err=True))

@@ -12,6 +12,7 @@ from diam.commands import (
     get_settings,
     kafka_unusable,
     not_empty,
+    progress_option,
 )
 
 
@@ -51,9 +52,7 @@ from diam.commands import (
 @click.option(
     "--items-topic", default=None, callback=not_empty, help="Catalogue topic [default: diam.items]."
 )
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Show a progress bar."
-)
+@progress_option()
 def produce(
     data_dir: Path | None,
     topic: str | None,

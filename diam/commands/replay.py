@@ -13,6 +13,7 @@ from diam.commands import (
     get_settings,
     not_empty,
     output_file,
+    progress_option,
     redis_unusable,
     write_failed,
 )
@@ -40,7 +41,7 @@ from diam.commands import (
               help="Delete the namespace's keys first (required when it holds an earlier run).")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker threads.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@progress_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_context
 def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | None, namespace: str,

@@ -107,3 +107,14 @@ def test_train_refuses_an_out_that_is_a_file_before_training(run, tmp_path):
     result = run("train", "--out", str(tmp_path / "dangling"), "--data", str(tmp_path / "x"),
                  "--device", "cpu")
     assert result.exit_code == 2 and "is not a directory" in result.output, result.output
+
+
+def test_one_peak_learning_rate_for_diam_train_the_retrain_service_and_train() -> None:
+    """TrainConfig.lr owns the default; diam train reads it (its option defaults to None) and
+    the retrain service's setting restates it where torch is not imported."""
+    from diam.retrain import RetrainConfig
+    from online_model.train import TrainConfig
+
+    assert RetrainConfig().lr == RetrainConfig().warm_lr == TrainConfig().lr == 1e-2
+    lr = next(p for p in main.commands["train"].params if p.name == "lr")
+    assert lr.default is None and "TrainConfig.lr" in (lr.help or "")
