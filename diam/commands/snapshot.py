@@ -102,6 +102,11 @@ def publish_cmd(
     if res.reused:
         click.echo(f"already published as {res.version}; activated")
     info = res.manifest["index"]
+    if info["dim"] != s.online.dim:  # the stream's reload would refuse it (one log line)
+        click.echo(f"warning: {res.version} has d={info['dim']} but DIAM_ONLINE_DIM is "
+                   f"{s.online.dim}: a running diam run keeps its current base and a new one "
+                   f"refuses to start on it (set DIAM_ONLINE_DIM={info['dim']} or publish a "
+                   f"d={s.online.dim} model)", err=True)
     detail = f"{info['factory']}" + (
         f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']} on "
         f"{info['tuning_queries']} queries from {info['tuning_queries_source']}"

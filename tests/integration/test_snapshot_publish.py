@@ -160,3 +160,15 @@ def test_republishing_kept_weights_reactivates_and_announces_them(cli, tmp_path,
     back = cli("snapshot", "rollback")  # to the version active before, v2
     assert back.exit_code == 0 and f"active: {v2}" in back.output
     assert _active_in_redis(redis_client, namespace) == v2
+
+
+def test_publish_warns_when_the_stream_cannot_use_the_embedding_size(cli, tmp_path, monkeypatch):
+    """A d=8 model under DIAM_ONLINE_DIM=64 is published (the API can serve it) with a warning:
+    the dataflow would refuse it at reload and at start."""
+    ck = write_checkpoint(tmp_path / "ck1", n_items=80, dim=8, seed=1)
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "64")
+    r = cli("snapshot", "publish", str(ck))
+    assert r.exit_code == 0 and "has d=8 but DIAM_ONLINE_DIM is 64" in r.output, r.output
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "8")
+    r = cli("snapshot", "publish", str(write_checkpoint(tmp_path / "ck2", n_items=80, dim=8, seed=2)))
+    assert r.exit_code == 0 and "DIAM_ONLINE_DIM" not in r.output, r.output
