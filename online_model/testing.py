@@ -38,3 +38,21 @@ def tiny_diam_checkpoint(path: str | Path, seed: int = 0, model: str = "diam", n
         for p in m.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return save_checkpoint(Path(path), m, c, seed=seed), c
+
+
+def edited_checkpoint(src: str | Path, dst: str | Path, **changes: Any) -> Path:
+    """A copy of checkpoint ``src`` at ``dst`` whose config.json has ``changes`` (None deletes
+    a key): the bad configs the checkpoint checks and the CLI must refuse."""
+    import json
+    import shutil
+
+    dst = Path(dst)
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst

@@ -3,6 +3,7 @@ dataflow loads it once and re-anchors each user on their next event, with a drif
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -34,6 +35,27 @@ def _wait_model(client, ns: str, user: str, model: str, proc, timeout: float = 9
     raise AssertionError(f"user {user} never reached model {model} (has {got})")
 
 
+@contextlib.contextmanager
+def _tailing(env: dict[str, str], topic: str, namespace: str, out: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A tailing ``diam run`` for the block; its stderr lands in ``out["err"]`` when it is
+    stopped, and an assertion failing inside the block carries the stderr's tail."""
+    proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace",
+                             namespace, "--tail"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out["err"] = ""
+    try:
+        yield proc
+    except AssertionError as exc:
+        if proc.poll() is None:
+            proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        raise AssertionError(f"{exc}; dataflow stderr tail:\n{err[-3000:]}") from None
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            _, out["err"] = proc.communicate(timeout=30)
+
+
 def _run_env(stack, tmp_path, topic, drift_topic) -> dict[str, str]:
     return {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
             "DIAM_SNAPSHOT_DIR": str(tmp_path / "snaps"), "DIAM_ONLINE_DIM": "16",
@@ -54,11 +76,8 @@ def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, n
     assert redis_client.get(model_active_key(namespace)).decode() == v1
 
     env = _run_env(stack, tmp_path, topic, drift_topic)
-    proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace",
-                             namespace, "--tail"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    err = ""
-    try:
+    out: dict[str, str] = {}
+    with _tailing(env, topic, namespace, out) as proc:
         produce(kafka, topic, click_payloads(ClickEvent("alice", f"i{i}", T0 + i) for i in range(30)))
         _wait_model(redis_client, namespace, "alice", v1, proc)
 
@@ -68,14 +87,7 @@ def test_publish_moves_active_version_and_running_flow_reanchors(stack, topic, n
         produce(kafka, topic, click_payloads(ClickEvent("alice", f"i{i}", T0 + 60_000 + i - 30)
                                              for i in range(30, 40)))
         _wait_model(redis_client, namespace, "alice", v2, proc)
-    except AssertionError as exc:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"{exc}; dataflow stderr tail:\n{err[-3000:]}") from None
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            _, err = proc.communicate(timeout=30)
+    err = out["err"]
     drift = [json.loads(r.value) for r in consume_all(kafka, drift_topic)]
     reanchors = [d for d in drift if d["kind"] == "reanchor" and d["user_id"] == "alice"]
     assert reanchors, f"no reanchor drift event; stderr tail: {err[-1500:]}"
@@ -95,11 +107,8 @@ def test_a_snapshot_the_stream_cannot_use_is_refused_and_the_flow_keeps_running(
     v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=200, dim=16, seed=1), store,
                  redis_client, ns=namespace).version
     env = _run_env(stack, tmp_path, topic, f"{topic}.drift")
-    proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--topic", topic, "--namespace",
-                             namespace, "--tail"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    err = ""
-    try:
+    out: dict[str, str] = {}
+    with _tailing(env, topic, namespace, out) as proc:
         produce(kafka, topic, click_payloads(ClickEvent("bob", f"i{i}", T0 + i) for i in range(30)))
         _wait_model(redis_client, namespace, "bob", v1, proc)
         bad = publish(write_checkpoint(tmp_path / "ck8", n_items=200, dim=8, seed=2), store,
@@ -115,15 +124,7 @@ def test_a_snapshot_the_stream_cannot_use_is_refused_and_the_flow_keeps_running(
         produce(kafka, topic, click_payloads(ClickEvent("bob", f"i{i}", T0 + 120_000 + i - 40)
                                              for i in range(40, 50)))
         _wait_model(redis_client, namespace, "bob", v3, proc)
-    except AssertionError as exc:
-        if proc.poll() is None:
-            proc.terminate()
-        _, err = proc.communicate(timeout=30)
-        raise AssertionError(f"{exc}; dataflow stderr tail:\n{err[-3000:]}") from None
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            _, err = proc.communicate(timeout=30)
+    err = out["err"]
     refused = [line for line in err.splitlines() if bad in line]
     assert len(refused) == 1, err[-3000:]
     assert "hot reload refused, keeping " + v1 in refused[0]

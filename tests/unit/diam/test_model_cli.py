@@ -4,7 +4,6 @@ naming the file and the key, never a traceback (the audit's repros, on a tiny ch
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from diam.cli import main
-from online_model.testing import tiny_diam_checkpoint
+from online_model.testing import edited_checkpoint, tiny_diam_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +25,6 @@ def good(tmp_path_factory) -> Path:
 def run(isolated_env):
     runner = CliRunner()
     return lambda *args: runner.invoke(main, list(args))
-
-
-def _copy(good: Path, dst: Path, **changes) -> Path:
-    shutil.copytree(good, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 def _one_error(result, *words: str) -> str:
@@ -64,7 +51,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_evaluate_refuses_a_bad_config_in_one_line(run, good, tmp_path, case):
     changes, words = CASES[case]
-    bad = _copy(good, tmp_path / case, **changes)
+    bad = edited_checkpoint(good, tmp_path / case, **changes)
     _one_error(run("evaluate", "--checkpoint", str(bad), "--device", "cpu",
                    "--data", str(tmp_path / "nodata")), *words, str(bad))
 
@@ -75,12 +62,12 @@ def test_evaluate_names_what_is_wrong_with_the_paths(run, good, tmp_path):
                "symlink loop")
     _one_error(run("evaluate", "--checkpoint", str(tmp_path / "absent"), "--device", "cpu"),
                "does not exist")
-    bad = _copy(good, tmp_path / "w")
+    bad = edited_checkpoint(good, tmp_path / "w")
     (bad / "weights.safetensors").unlink()
     (bad / "weights.safetensors").symlink_to(bad / "weights.safetensors")
     _one_error(run("evaluate", "--checkpoint", str(bad), "--device", "cpu"),
                "weights.safetensors: a symlink loop")
-    bad = _copy(good, tmp_path / "npy")
+    bad = edited_checkpoint(good, tmp_path / "npy")
     (bad / "item_ids.npy").write_bytes(b"")
     out = _one_error(run("evaluate", "--checkpoint", str(bad), "--device", "cpu"),
                      "item_ids.npy: not a valid .npy file")

@@ -6,7 +6,6 @@ checkpoint swap under SIGKILL."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from online_model.checkpoint import (
     recover_checkpoint_dir,
     write_checkpoint_dir,
 )
-from online_model.testing import tiny_diam_checkpoint
+from online_model.testing import edited_checkpoint, tiny_diam_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -36,21 +35,6 @@ ROOT = Path(__file__).resolve().parents[3]
 def diam_ck(tmp_path_factory) -> Path:
     ck, _ = tiny_diam_checkpoint(tmp_path_factory.mktemp("ck") / "diam")
     return ck
-
-
-def _edited(src: Path, dst: Path, **changes) -> Path:
-    """A copy of checkpoint ``src`` whose config.json has ``changes`` (None deletes a key)."""
-    import shutil
-
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    for k, v in changes.items():
-        if v is None:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 # -- the shape table is the torch models' -----------------------------------------------------
@@ -109,7 +93,7 @@ BAD = [
 @pytest.mark.parametrize(("changes", "message"), BAD, ids=[m[:40] for _, m in BAD])
 def test_every_reader_refuses_a_config_the_weights_do_not_match(diam_ck, tmp_path, changes,
                                                                 message):
-    bad = _edited(diam_ck, tmp_path / "bad", **changes)
+    bad = edited_checkpoint(diam_ck, tmp_path / "bad", **changes)
     for read in (read_checkpoint, load_checkpoint):
         with pytest.raises(CheckpointError) as info:
             read(bad)
@@ -122,7 +106,7 @@ def test_every_reader_refuses_a_config_the_weights_do_not_match(diam_ck, tmp_pat
 
 def test_an_empty_config_is_refused(diam_ck, tmp_path):
     bad = tmp_path / "bad"
-    _edited(diam_ck, bad)
+    edited_checkpoint(diam_ck, bad)
     (bad / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="config.json: model=None is not one of"):
         read_checkpoint(bad)
@@ -132,12 +116,12 @@ def test_the_stream_s_head_is_built_from_the_checked_fields(diam_ck, tmp_path):
     """A config.json without ``dim`` or ``seq_len``: the head takes the weights' d (it used its
     own default, 64, and read its weight buffer at offsets for d = 64), and the default seq_len
     (50) is refused against the weights' 10 positions instead of being read past their end."""
-    base = BaseView.from_checkpoint(_edited(diam_ck, tmp_path / "nodim", dim=None))
+    base = BaseView.from_checkpoint(edited_checkpoint(diam_ck, tmp_path / "nodim", dim=None))
     assert base.head is not None and base.head.dim == 8 == base.dim
     out = base.head.infer(np.arange(5), np.zeros(4, np.float32))
     assert out.vecs.shape == (4, 8) and np.isfinite(out.vecs).all()
     with pytest.raises(BaseLoadError, match="config.json: seq_len=50 but encoder.pos_fine"):
-        BaseView.from_checkpoint(_edited(diam_ck, tmp_path / "noseq", seq_len=None))
+        BaseView.from_checkpoint(edited_checkpoint(diam_ck, tmp_path / "noseq", seq_len=None))
 
 
 @pytest.mark.parametrize("model", sorted(KNOWN_MODELS))
@@ -182,7 +166,7 @@ def test_publish_refuses_a_bad_config_and_keeps_the_active_version(diam_ck, tmp_
     first = publish(diam_ck, store)
     active = (tmp_path / "s" / "ACTIVE").read_bytes()
     for i, changes in enumerate([{"k_max": 8}, {"model": "gpt"}, {"dim": "sixty-four"}]):
-        bad = _edited(diam_ck, tmp_path / f"bad{i}", **changes)
+        bad = edited_checkpoint(diam_ck, tmp_path / f"bad{i}", **changes)
         with pytest.raises(SnapshotError, match="config.json: "):
             publish(bad, store)
         assert (tmp_path / "s" / "ACTIVE").read_bytes() == active
@@ -194,7 +178,7 @@ def test_load_checkpoint_turns_size_mismatches_into_a_checkpoint_error(diam_ck, 
                                                                        monkeypatch):
     import online_model.checkpoint as checkpoint
 
-    bad = _edited(diam_ck, tmp_path / "bad", k_max=8)
+    bad = edited_checkpoint(diam_ck, tmp_path / "bad", k_max=8)
     real = checkpoint.check_config
     monkeypatch.setattr(checkpoint, "check_config",
                         lambda d, cfg, *a, **k: real(d, {**cfg, "k_max": 4}, *a, **k))
@@ -204,11 +188,11 @@ def test_load_checkpoint_turns_size_mismatches_into_a_checkpoint_error(diam_ck, 
 
 
 def test_a_missing_split_seed_is_a_checkpoint_error(diam_ck, tmp_path):
-    ck = load_checkpoint(_edited(diam_ck, tmp_path / "a", seed=None, split_seed=None))
+    ck = load_checkpoint(edited_checkpoint(diam_ck, tmp_path / "a", seed=None, split_seed=None))
     with pytest.raises(CheckpointError, match=r"^config.json: no split_seed/seed, the held-out"):
         ck.split_seed()
-    assert load_checkpoint(_edited(diam_ck, tmp_path / "b", split_seed=7)).split_seed() == 7
-    ck = load_checkpoint(_edited(diam_ck, tmp_path / "c", split_seed="x"))
+    assert load_checkpoint(edited_checkpoint(diam_ck, tmp_path / "b", split_seed=7)).split_seed() == 7
+    ck = load_checkpoint(edited_checkpoint(diam_ck, tmp_path / "c", split_seed="x"))
     with pytest.raises(CheckpointError, match="config.json: split_seed='x' is not an integer"):
         ck.split_seed()
 
@@ -231,7 +215,7 @@ def test_weights_that_are_not_a_file_are_named_as_such(diam_ck, tmp_path):
              "dangling": "weights.safetensors: a symlink to .*, which does not exist",
              "dir": "weights.safetensors: a directory, not a file"}
     for case, why in cases.items():
-        d = _edited(diam_ck, tmp_path / case)
+        d = edited_checkpoint(diam_ck, tmp_path / case)
         w = d / "weights.safetensors"
         w.unlink()
         if case == "loop":
@@ -242,7 +226,7 @@ def test_weights_that_are_not_a_file_are_named_as_such(diam_ck, tmp_path):
             w.mkdir()
         with pytest.raises(CheckpointError, match=why):
             read_checkpoint(d)
-    d = _edited(diam_ck, tmp_path / "cats")
+    d = edited_checkpoint(diam_ck, tmp_path / "cats")
     (d / "item_categories.npy").unlink()
     (d / "item_categories.npy").symlink_to(tmp_path / "gone")
     with pytest.raises(CheckpointError, match="item_categories.npy: a symlink to"):
@@ -250,18 +234,18 @@ def test_weights_that_are_not_a_file_are_named_as_such(diam_ck, tmp_path):
 
 
 def test_a_broken_npy_is_not_a_valid_npy_and_nothing_advises_unpickling(diam_ck, tmp_path):
-    d = _edited(diam_ck, tmp_path / "empty")
+    d = edited_checkpoint(diam_ck, tmp_path / "empty")
     (d / "item_ids.npy").write_bytes(b"")
     with pytest.raises(CheckpointError) as info:
         read_checkpoint(d)
     assert str(info.value).startswith("item_ids.npy: not a valid .npy file")
     assert "pickle" not in str(info.value)
-    d = _edited(diam_ck, tmp_path / "truncated")
+    d = edited_checkpoint(diam_ck, tmp_path / "truncated")
     (d / "item_ids.npy").write_bytes((d / "item_ids.npy").read_bytes()[:140])
     with pytest.raises(CheckpointError, match="item_ids.npy: not a valid .npy file") as info:
         read_checkpoint(d)
     assert "allow_pickle" not in str(info.value)
-    d = _edited(diam_ck, tmp_path / "objects")
+    d = edited_checkpoint(diam_ck, tmp_path / "objects")
     np.save(d / "item_ids.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(CheckpointError, match="item_ids.npy: holds Python objects .*never "
                                               "unpickles") as info:
