@@ -6,7 +6,9 @@ the OpenAPI schema at ``/openapi.json``; ``HEAD`` on each of them answers the GE
 headers without the body. Invalid parameters answer 422 with FastAPI's
 validation body (``detail: [{loc, msg, type}]``); every rule is in the schema, so a request
 the schema accepts is answered (parameters a mode does not use, like ``delta`` with
-``mode=auto``, are ignored, and ``d_used`` in the answer shows what ran). Unknown users, and users
+``mode=auto``, are ignored, and ``d_used`` in the answer shows what ran). A query parameter the
+route does not take is refused (422, ``extra_forbidden``, naming the ones it takes): ``k=5``
+for ``n=5`` answered 20 items without a word. Unknown users, and users
 whose stored value does not decode, get a cold-start answer marked ``cold`` with its
 ``reason``; an answer from the active index for vectors of an unloaded snapshot is marked
 ``stale``, and its ``reason`` says so (and that the user's last seen items were not left out).
@@ -44,13 +46,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from serving_cache.reader import USER_ID_CHARS, USER_ID_MAX_LEN, USER_ID_PATTERN
-from serving_cache.recommend import MAX_DELTA, MAX_N, Recommender
+from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N, Recommender
 from serving_cache.retrieval import SnapshotIndex
 
 __all__ = ["get_app", "settle_heap", "MAX_N", "MAX_SEEN"]
@@ -186,6 +188,19 @@ class _Observe:
             self.m["latency"].labels(name).observe(time.perf_counter() - start)
 
 
+def _known_query(request: Request) -> None:
+    """Refuse query parameters the matched route does not declare (its dependant's query
+    parameters: one owner, the signature), as FastAPI's own 422."""
+    route = request.scope.get("route")
+    known = {q.alias for q in route.dependant.query_params} if route is not None else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{
+            "loc": ("query", name), "type": "extra_forbidden",
+            "msg": f"unknown query parameter (this route takes {', '.join(sorted(known))})",
+        } for name in unknown])
+
+
 class _HeadAsGet:
     """Answers ``HEAD`` on every ``GET`` route as HTTP says a server should: the GET's status
     and headers, no body (load balancers probe ``/health`` with HEAD; FastAPI registers GET
@@ -316,6 +331,7 @@ def get_app(
         response_model=RecommendationOut,
         responses=_UNAVAILABLE,
         summary="Top-N items for a user",
+        dependencies=[Depends(_known_query)],
     )
     async def recommendations(
         user_id: Annotated[str, UserId],
@@ -328,6 +344,7 @@ def get_app(
             Query(
                 ge=-MAX_DELTA,
                 le=MAX_DELTA,
+                allow_inf_nan=False,
                 description="Diversity shift d_u·(1+delta) for mode=manual and mode=context; "
                 "mode=auto ignores it",
             ),
@@ -338,8 +355,8 @@ def get_app(
         device: Annotated[
             str | None,
             Query(
-                pattern=r"^[a-z]{1,16}$",
-                description="Device kind (mobile, desktop, tv, tablet); only mode=context uses it",
+                pattern=f"^({'|'.join(DEVICE_DELTA)})$",
+                description=f"Device kind ({', '.join(DEVICE_DELTA)}); only mode=context uses it",
             ),
         ] = None,
         exclude_seen: Annotated[
@@ -398,6 +415,7 @@ def get_app(
         response_model=InterestsOut,
         responses=_UNAVAILABLE,
         summary="A user's interest vectors and the top items of each",
+        dependencies=[Depends(_known_query)],
     )
     def interests(
         user_id: Annotated[str, UserId], top: Annotated[int, Query(ge=1, le=50)] = 5

@@ -68,6 +68,11 @@ _NO_ITEMS = np.empty(0, dtype=np.int64)
 _NO_SCORES = np.empty(0, dtype=np.float32)
 
 
+DEVICE_DELTA = {"tv": 0.1, "tablet": 0.05, "mobile": 0.05, "desktop": -0.05}
+"""The device kinds context mode knows and the diversity shift each adds (the API accepts
+these and no other)."""
+
+
 def context_delta(context: Mapping[str, Any] | None) -> float:
     """Diversity shift from request context, in [-0.15, 0.2].
 
@@ -92,7 +97,7 @@ def context_delta(context: Mapping[str, Any] | None) -> float:
         elif 9 <= hour <= 16:
             delta -= 0.05
     device = context.get("device")
-    delta += {"tv": 0.1, "tablet": 0.05, "mobile": 0.05, "desktop": -0.05}.get(str(device), 0.0)
+    delta += DEVICE_DELTA.get(str(device), 0.0)
     return round(delta, 6)
 
 

@@ -139,6 +139,7 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     from dataclasses import asdict
 
     from serving_cache import redis_client
+    from serving_cache.namespaces import namespace_in_use
     from serving_cache.recommend import Recommender, load_verified, store_loader
     from snapshotter.store import SnapshotError, SnapshotStore, resolve_active
     from streams.events import validate_user_id
@@ -176,6 +177,10 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
+    if r.cold and r.reason == "unknown user" and not namespace_in_use(client, ns):
+        # every user of an empty namespace is cold: say so, a typo'd --namespace looks alike
+        click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
+                   "a typo?)", err=True)
     if as_json:
         click.echo(json.dumps(asdict(r), indent=2))
         return

@@ -124,6 +124,7 @@ def serve_cmd(
                 "`diam snapshot publish` makes one",
                 err=True,
             )
+    _warn_if_empty(s, ns)
     opts = ServeOptions(namespace=ns, reload_every_s=reload_every, threads=threads,
                         flow_metrics=flow_metrics, ui=ui, follow_items=follow_items,
                         live_popularity=live_popularity,
@@ -131,6 +132,21 @@ def serve_cmd(
     ctx.exit(serve(s, opts, host if host is not None else s.serve.host,
                    port if port is not None else s.serve.port,
                    echo=lambda line: click.echo(line, err=True)))
+
+
+def _warn_if_empty(s, ns: str) -> None:  # type: ignore[no-untyped-def]
+    """A namespace that holds no users answers every user cold, as a typo'd --namespace would:
+    say so at start (one EXISTS, or a SCAN when it is empty). Redis away: /health says it."""
+    from serving_cache import redis_client
+    from serving_cache.namespaces import namespace_in_use
+
+    try:
+        empty = not namespace_in_use(redis_client(s.redis), ns)
+    except Exception:  # noqa: BLE001 - Redis down at start: /health answers 503 until it is back
+        return
+    if empty:
+        click.echo(f"warning: namespace {ns!r} holds no users yet: every user is answered cold "
+                   "until a dataflow writes it (a typo?)", err=True)
 
 
 COMMANDS = [serve_cmd]

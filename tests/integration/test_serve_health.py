@@ -131,3 +131,21 @@ def test_health_follows_redis_down_and_back(tmp_path, private_redis):
             server.kill()
             out, _ = server.communicate()
     assert "Traceback" not in out, out
+
+
+def test_serve_warns_at_start_when_its_namespace_holds_no_users(stack, namespace, redis_client,
+                                                               capsys) -> None:
+    """Every user of an empty namespace is answered cold, as with a typo'd --namespace: diam
+    serve says so when it starts, and says nothing once a dataflow has written it."""
+    import numpy as np
+
+    from diam.commands.serve import _warn_if_empty
+    from serving_cache import RedisWriter, UserVectors
+
+    _warn_if_empty(stack.settings, namespace)
+    assert f"namespace {namespace!r} holds no users yet" in capsys.readouterr().err
+    uv = UserVectors(seq=1, model="v1", k=1, d=0.5, dim=4, vecs=np.ones((1, 4), np.float32),
+                     ts=1, n=1)
+    RedisWriter(redis_client, namespace).write_batch([("u1", uv)])
+    _warn_if_empty(stack.settings, namespace)
+    assert capsys.readouterr().err == ""

@@ -35,6 +35,14 @@ class _DictRedis:
     def get(self, key: str):
         return self.values.get(key)
 
+    def exists(self, key: str) -> int:
+        return int(key in self.values)
+
+    def scan_iter(self, match: str, count: int = 0):
+        import fnmatch
+
+        return iter([k for k in self.values if fnmatch.fnmatchcase(k, match)])
+
 
 @pytest.fixture
 def env(isolated_env, tmp_path, monkeypatch):
@@ -202,3 +210,17 @@ def test_recommend_says_a_value_does_not_decode(env, tmp_path) -> None:
     got = run("recommend", "bad", "--namespace", NS, "-n", "3")
     assert got.exit_code == 0, got.output
     assert "cold start (the stored value does not decode: not a msgpack map" in got.output
+
+
+def test_an_unknown_user_of_an_empty_namespace_says_the_namespace_is_empty(env, tmp_path) -> None:
+    """Every user of an empty namespace is cold, as with a typo'd --namespace: a note says
+    so; in a namespace that holds users, an unknown user is only cold."""
+    store, redis, run = env
+    v = _publish(store, tmp_path, seed=1)
+    got = run("recommend", "nobody", "--namespace", NS, "-n", "3")
+    assert got.exit_code == 0 and "cold start (unknown user)" in got.output, got.output
+    assert f"note: namespace '{NS}' holds no users" in got.output
+    _put_user(redis, store, v)
+    got = run("recommend", "nobody", "--namespace", NS, "-n", "3")
+    assert got.exit_code == 0 and "cold start (unknown user)" in got.output, got.output
+    assert "holds no users" not in got.output

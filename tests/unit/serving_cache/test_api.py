@@ -51,6 +51,10 @@ def client(tmp_path_factory):
         ("/users/u1/recommendations?mode=manual&delta=0.6", "delta"),
         ("/users/u1/recommendations?mode=context&hour=24", "hour"),
         ("/users/u1/recommendations?mode=context&device=TV!", "device"),
+        ("/users/u1/recommendations?mode=context&device=alien", "device"),
+        ("/users/u1/recommendations?mode=manual&delta=nan", "delta"),
+        ("/users/u1/recommendations?k=5", "k"),
+        ("/users/u1/interests?n=3", "n"),
         ("/users/u1/recommendations?" + "&".join(f"seen=i{i}" for i in range(501)), "seen"),
         ("/users/u1/interests?top=0", "top"),
     ],
@@ -80,6 +84,18 @@ def test_no_snapshot_means_503():
     with TestClient(get_app(Recommender(None, dead, "unit"))) as c:
         assert c.get("/health").json()["snapshot"] is None
         assert c.get("/users/u1/recommendations").status_code == 503
+
+
+def test_unknown_query_parameters_are_named_with_what_the_route_takes(client):
+    """A typo (k for n, d for delta) is refused, not answered with the defaults."""
+    r = client.get("/users/u1/recommendations?k=5&d=2&n=3")
+    assert r.status_code == 422, r.text
+    got = r.json()["detail"]
+    assert [e["loc"] for e in got] == [["query", "d"], ["query", "k"]]
+    assert all(e["type"] == "extra_forbidden" for e in got)
+    assert "takes delta, device, exclude_seen, hour, mode, n, seen" in got[0]["msg"]
+    r = client.get("/users/u1/recommendations?mode=manual&delta=nan")
+    assert r.json()["detail"][0]["type"] == "finite_number", r.text
 
 
 def test_openapi_schema_lists_every_route(client):
