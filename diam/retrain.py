@@ -420,7 +420,10 @@ class Retrainer:
         two (a kill, a broker away) left a published version with no decision on the topic,
         and the service, which resumes after the topic's last decision, would train that
         window again. The service calls this when it starts. A run stopped between its
-        publish and ``decision.json`` (one file write) still leaves no record."""
+        publish and ``decision.json`` left a candidate without one whose snapshot is in the
+        store (the manifest names the candidate as its source): its decision is rebuilt from
+        the candidate's config (window) and the snapshot (version), without the gate's
+        metrics, which died with the run."""
         root = Path(self.cfg.candidates_dir)
         if not root.is_dir():
             return []
@@ -428,7 +431,11 @@ class Retrainer:
         missing: list[tuple[str, str, bytes]] = []
         for p in sorted(root.iterdir()):
             f = p / "decision.json"
-            if p.name.startswith(".") or not f.is_file():
+            if p.name.startswith(".") or not p.is_dir():
+                continue
+            if not f.is_file() and p.name not in known:
+                self._rebuild_decision(p)
+            if not f.is_file():
                 continue
             try:
                 raw = f.read_bytes()
@@ -457,6 +464,35 @@ class Retrainer:
             shutil.rmtree(p, ignore_errors=True)
 
     # -- the service -----------------------------------------------------------------------
+    def _rebuild_decision(self, cand: Path) -> None:
+        """``cand``'s decision.json, when a snapshot of the store was published from it (its
+        run stopped after the publish): published as that version, window from the
+        candidate's config.json. Nothing when no snapshot came from it (it was never
+        published, and a refusal needs the gate's figures, which are gone)."""
+        source = str(cand.resolve())
+        version = next((i.version for i in self.store.versions()
+                        if str(((i.manifest or {}).get("source") or {}).get("path")) == source),
+                       None)
+        if version is None:
+            return
+        try:
+            cfg = json.loads((cand / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s/config.json (%s); its decision is not rebuilt", cand, exc)
+            return
+        retrain: dict[str, Any] = cfg.get("retrain") if isinstance(cfg.get("retrain"), dict) else {}
+        window: dict[str, Any] = (retrain["window"] if isinstance(retrain.get("window"), dict)
+                                  else {})
+        if window.get("topic") != self.topic:
+            return
+        created = self.store.manifest(version).get("created_at", "")
+        d = Decision(cand.name, True, f"published as {version}; the run stopped before writing "
+                     "its decision, rebuilt when the service started (the gate's figures were "
+                     "not kept)", None, version=version, window=window,
+                     warm_start=retrain.get("warm_start"), created_at=str(created),
+                     candidate_path=str(cand))
+        (cand / "decision.json").write_bytes(d.to_json())
+
     def _decisions(self) -> list[dict[str, Any]]:
         """The decisions about this clicks topic on the models topic, in offset order (none
         while the topic does not exist)."""

@@ -288,6 +288,29 @@ def test_a_decision_not_written_to_the_topic_is_written_when_the_service_starts(
     assert svc.last_decision()["candidate"] == first.candidate
 
 
+def test_a_run_stopped_between_its_publish_and_decision_json_gets_its_decision_rebuilt(
+        stack, topic, namespace, loop_data, tmp_path, monkeypatch) -> None:
+    """The publish happened (the snapshot's manifest names the candidate), decision.json and
+    the topic record did not: reconcile rebuilds the decision (published, that version, the
+    window from the candidate's config) and writes it once."""
+    from diam.retrain import Retrainer
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, epochs=1)
+    with monkeypatch.context() as m:  # stopped right after the publish
+        m.setattr(Retrainer, "_finish", lambda self, d, t0, phases, cand_dir=None: d)
+        first = Retrainer(s, namespace=namespace).run_once()
+    cand = tmp_path / "candidates" / first.candidate
+    assert first.published and not (cand / "decision.json").exists()
+    svc = Retrainer(s, namespace=namespace)
+    assert svc.reconcile() == [first.candidate]
+    got = _decisions(stack, topic)
+    assert len(got) == 1 and got[0]["published"] and got[0]["version"] == first.version
+    assert got[0]["window"] == first.window and "rebuilt" in got[0]["reason"]
+    assert json.loads((cand / "decision.json").read_text())["version"] == first.version
+    assert svc.reconcile() == []
+
+
 # --------------------------------------------------------------------------- new items
 
 
