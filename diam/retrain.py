@@ -471,8 +471,7 @@ class Retrainer:
         published, and a refusal needs the gate's figures, which are gone)."""
         source = str(cand.resolve())
         version = next((i.version for i in self.store.versions()
-                        if str(((i.manifest or {}).get("source") or {}).get("path")) == source),
-                       None)
+                        if i.source.get("path") == source), None)
         if version is None:
             return
         try:

@@ -270,10 +270,7 @@ class Watcher:
         self._failed: set[Path] = set()  # checkpoints whose last try was refused
 
     def _published_shas(self) -> set[str]:
-        return {
-            str((s.manifest or {}).get("source", {}).get("weights_sha256"))
-            for s in self.store.versions()
-        }
+        return {str(s.source.get("weights_sha256")) for s in self.store.versions()}
 
     def tick(self, now_epoch: float) -> PublishResult | None:
         result = None

@@ -109,6 +109,13 @@ class SnapshotInfo:
     manifest: dict[str, Any] | None
     """None when the manifest is missing or unreadable (a broken snapshot)."""
 
+    @property
+    def source(self) -> dict[str, Any]:
+        """What the version was published from (manifest ``source``: the checkpoint's path and
+        ``weights_sha256``); empty for a broken or older snapshot."""
+        src = (self.manifest or {}).get("source")
+        return src if isinstance(src, dict) else {}
+
 
 class SnapshotStore:
     """The snapshot directory tree of ``cfg.dir``."""
@@ -354,7 +361,7 @@ class SnapshotStore:
     def find_weights(self, weights_sha256: str) -> str | None:
         """The newest version published from weights with this sha256, or None."""
         for info in reversed(self.versions()):
-            if (info.manifest or {}).get("source", {}).get("weights_sha256") == weights_sha256:
+            if info.source.get("weights_sha256") == weights_sha256:
                 return info.version
         return None
 

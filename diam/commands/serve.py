@@ -106,15 +106,17 @@ def serve_cmd(
     once each has stopped cleanly).
     """
     from diam.server import ServeOptions, serve
-    from snapshotter.store import SnapshotError, SnapshotStore
+    from serving_cache import redis_client
+    from snapshotter.store import SnapshotError, SnapshotStore, resolve_active
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     if processes is not None:
         s = s.model_copy(update={"serve": s.serve.model_copy(update={"processes": processes})})
     store = SnapshotStore(s.snapshot)
-    try:
-        active = store.active_version()
+    client = redis_client(s.redis)
+    try:  # what the server will follow: the namespace's announcement, else the pointer file
+        active = resolve_active(store, client, ns)
     except SnapshotError as exc:  # a damaged pointer: serve 503 until it is repaired, as a reload
         click.echo(f"warning: {exc}; /health answers 503 until then", err=True)
     else:
@@ -124,7 +126,7 @@ def serve_cmd(
                 "`diam snapshot publish` makes one",
                 err=True,
             )
-    _warn_if_empty(s, ns)
+    _warn_if_empty(client, ns)
     opts = ServeOptions(namespace=ns, reload_every_s=reload_every, threads=threads,
                         flow_metrics=flow_metrics, ui=ui, follow_items=follow_items,
                         live_popularity=live_popularity,
@@ -134,14 +136,13 @@ def serve_cmd(
                    echo=lambda line: click.echo(line, err=True)))
 
 
-def _warn_if_empty(s, ns: str) -> None:  # type: ignore[no-untyped-def]
+def _warn_if_empty(client, ns: str) -> None:  # type: ignore[no-untyped-def]
     """A namespace that holds no users answers every user cold, as a typo'd --namespace would:
     say so at start (one EXISTS, or a SCAN when it is empty). Redis away: /health says it."""
-    from serving_cache import redis_client
     from serving_cache.namespaces import namespace_in_use
 
     try:
-        empty = not namespace_in_use(redis_client(s.redis), ns)
+        empty = not namespace_in_use(client, ns)
     except Exception:  # noqa: BLE001 - Redis down at start: /health answers 503 until it is back
         return
     if empty:

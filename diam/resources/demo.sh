@@ -34,17 +34,16 @@ from confluent_kafka.admin import AdminClient
 from diam.settings import load_settings
 from serving_cache import redis_client
 from serving_cache.namespaces import drop_namespace, namespaces_named
+from streams.kafka_io import delete_topics
 
 prefix, topic_prefixes = sys.argv[1], tuple(sys.argv[2:])
 s = load_settings()
 rc = redis_client(s.redis)
 spaces = [ns for ns in namespaces_named(rc, prefix) if ns != s.redis.namespace]
 keys = sum(drop_namespace(rc, ns) for ns in spaces)
-admin = AdminClient(s.kafka.client_config())
-topics = sorted(t for t in admin.list_topics(timeout=30).topics
-                if t.startswith(topic_prefixes))
-for fut in (admin.delete_topics(topics, operation_timeout=30).values() if topics else []):
-    fut.result(60)
+topics = delete_topics(s.kafka, sorted(
+    t for t in AdminClient(s.kafka.client_config()).list_topics(timeout=30).topics
+    if t.startswith(topic_prefixes)))
 ckpts = sorted(Path("checkpoints").glob(f"{prefix}*"))
 for d in ckpts:
     shutil.rmtree(d)

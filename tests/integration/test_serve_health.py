@@ -142,10 +142,10 @@ def test_serve_warns_at_start_when_its_namespace_holds_no_users(stack, namespace
     from diam.commands.serve import _warn_if_empty
     from serving_cache import RedisWriter, UserVectors
 
-    _warn_if_empty(stack.settings, namespace)
+    _warn_if_empty(redis_client, namespace)
     assert f"namespace {namespace!r} holds no users yet" in capsys.readouterr().err
     uv = UserVectors(seq=1, model="v1", k=1, d=0.5, dim=4, vecs=np.ones((1, 4), np.float32),
                      ts=1, n=1)
     RedisWriter(redis_client, namespace).write_batch([("u1", uv)])
-    _warn_if_empty(stack.settings, namespace)
+    _warn_if_empty(redis_client, namespace)
     assert capsys.readouterr().err == ""
