@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import stream as S  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
@@ -100,6 +101,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, in turns")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evict_cost.json"))
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
     counts: dict[str, list[dict[str, int]]] = {"off": [], "on": []}
@@ -132,6 +134,7 @@ def main() -> None:
                 print(f"{side}: {runs[side][-1][0]:,.0f} events/s", file=sys.stderr, flush=True)
     med = {side: float(np.median([r[0] for r in v])) for side, v in runs.items()}
     out = {
+        "provenance": prov,
         "events": len(events), "users": users, "rate": args.rate, "idle_s": args.idle,
         "rounds": args.rounds, "clock_span_s": round(span, 1), "start_overs": overs,
         "workload": "bench/stream.py's synth_events (seed 1) produced at --rate; its DIAM "

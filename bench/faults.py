@@ -74,6 +74,8 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from provenance import provenance  # noqa: E402
+
 from diam.commands.run import SUMMARY_ENDS  # noqa: E402
 from diam.settings import Settings, StackConfig  # noqa: E402
 from diam.stack_proc import free_port, terminate  # noqa: E402
@@ -494,11 +496,6 @@ def _anchor_kind(ckpt: Path) -> str:
     return BaseView.from_checkpoint(ckpt).anchor_kind
 
 
-def _git(*args: str) -> str:
-    # the checkout is shared with other engineers: say which code ran
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
 def _markdown(result: dict[str, Any]) -> str:
     rows = ["| fault | survived | identical users | differing | lost events | duplicates visible | recovery s |",
             "|---|---|---|---|---|---|---|"]
@@ -550,10 +547,7 @@ def main() -> None:
                                         "workers": args.workers, "base": args.base,
                                         "anchor_kind": _anchor_kind(bench.ckpt),
                                         "quick": args.quick, "kafka_start_s": round(bench.kafka_start_s, 1),
-                                        "commit": _git("rev-parse", "--short", "HEAD"),
-                                        "dirty_paths": _git("status", "--porcelain", "--", "streams",
-                                                            "serving_cache", "online_model", "diam").split("\n"),
-                                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+                                        **provenance()}}
     try:
         for name in names:
             print(f"--- {name}", file=sys.stderr, flush=True)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import stream  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="sampled window per run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fresh_workers.json"))
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     env = stream.env_for(settings)
     runs = []
@@ -125,7 +127,7 @@ def main() -> None:
                 runs.append(one_run(settings, ckpt, env, workers, 5 + r, args.rate,
                                     args.seconds, warmup_s=10.0))
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    result = {"rate": args.rate, "window_s": args.seconds, "warmup_s": 10.0,
+    result = {"provenance": prov, "rate": args.rate, "window_s": args.seconds, "warmup_s": 10.0,
               "epoch_interval_s": settings.flow.epoch_interval_s, "runs": runs,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     print(json.dumps(result, indent=2))

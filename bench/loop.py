@@ -71,6 +71,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from provenance import provenance  # noqa: E402
+
 ARMS = ("never", "retrain", "retrain_new_items")
 
 
@@ -181,6 +183,7 @@ def main() -> None:
     ap.add_argument("--out", default=None,
                     help="default bench/results/loop.json (loop_quick.json with --quick/--events)")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     if args.out is None:
         name = "loop_quick.json" if args.quick or args.events else "loop.json"
         args.out = str(ROOT / "bench" / "results" / name)
@@ -296,6 +299,7 @@ def main() -> None:
         delete_topics(s.kafka, [topic, *(f"{topic}{x}" for x in (".none", ".items", ".models"))])
     half = 2  # windows 6-10 of 10: the last half of the stream
     out = {
+        "provenance": prov,
         "dataset": f"ml-100k (first {n} events)" if n < len(ds.ts_ms) else "ml-100k",
         "arms": {x.name: {
             "recall@20_by_window": [round(float(np.mean(h)), 5) for h in x.hits],

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from provenance import provenance  # noqa: E402
 from stream import (  # noqa: E402
     dataflow_cmd,
     env_for,
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--out", default=None,
                     help="default: bench/results/metrics_cost[_tiny].json")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     if args.events is None:
         args.events = 1_000_000 if args.tiny else 300_000
     if args.events <= 0 or args.users <= 0 or args.repeats <= 0 or args.scrape_every <= 0:
@@ -138,6 +140,7 @@ def main() -> None:
     med = {m: float(np.median([x["events_per_s"] for x in v])) for m, v in runs.items()}
     cpu = {m: float(np.median([x["cpu_s"] for x in v])) for m, v in runs.items()}
     result = {
+        "provenance": prov,
         "bench": "metrics_cost", "base": "tiny" if args.tiny else "diam-d64",
         "events": args.events, "users": args.users,
         "repeats": args.repeats, "scrape_every_s": args.scrape_every,

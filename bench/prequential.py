@@ -31,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from provenance import provenance  # noqa: E402
+
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.datasets import load_prepared  # noqa: E402
@@ -209,6 +211,7 @@ def main() -> None:
     ap.add_argument("--tag", default="",
                     help="suffix of the results file (with --tune, or a variant's report)")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     if not args.data.is_dir():
         if args.data.name != "ml-100k":
             sys.exit(f"{args.data}: no such dataset (diam data prepare / diam data synth)")
@@ -258,7 +261,7 @@ def main() -> None:
                 # null: the other arm's served entropy lies outside this front
                 row["guarded_recall_at_reinfer_entropy"], row["reinfer_recall_at_guarded_entropy"] \
                     = (x if np.isfinite(x) else None for x in m)
-        out = {"dataset": ds.name, "checkpoint": str(ckpt), "users": "tune",
+        out = {"provenance": prov, "dataset": ds.name, "checkpoint": str(ckpt), "users": "tune",
                "config": cfg.model_dump(), "overrides": args.set,
                "grid": "reanchor_every:infer_items (0: the network's whole window)",
                "cadence": rows, "reference": ref["arms"],
@@ -271,7 +274,7 @@ def main() -> None:
     # the earlier period is design data for every user; the later one reports its 90%
     users = "all" if args.early else "tune" if args.quick else "report"
     res = run(ds, cfg, base, users, sweep=sweep)
-    res.update({"base": "diam", "merge": "aggregate", "tuned_on": tuned_on,
+    res.update({"provenance": prov, "base": "diam", "merge": "aggregate", "tuned_on": tuned_on,
                 "checkpoint": {"path": str(ckpt), "trained_on": f"the first "
                                f"{'quarter' if args.early else 'half'} of the events "
                                "in time (users split 80/10/10 by seed 0), "

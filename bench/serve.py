@@ -92,6 +92,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from provenance import provenance  # noqa: E402
 from serve_learner import LearnedUser, LearnerRun, grow_catalogue, learner_run  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
@@ -859,6 +860,7 @@ def main() -> None:
                     "connection, which the kernel gives to one process)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     if args.processes < 1:
         ap.error("--processes must be at least 1")
     args.requests = args.requests or (2000 if args.quick else 3000)
@@ -906,6 +908,7 @@ def main() -> None:
                                                        and at300["errors"] == 0),
         "ivf_recall_at_50_learner_at_least_0.95": (head["ivf_recall_at_50"] or 0) >= 0.95,
     }
+    result["provenance"] = prov
     result["setup"] = {
         "quick": args.quick, "n": N_TOP, "requests": args.requests,
         "load_seconds_per_rate": args.load_seconds, "rates": list(RATES), "clients": CLIENTS,

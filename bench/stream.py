@@ -113,6 +113,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from provenance import provenance  # noqa: E402
+
 from diam.commands.run import parse_summary, summary_lines  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
@@ -746,6 +748,7 @@ def main() -> None:
                          "400,000 events from ml-100k; 1 with --quick]")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     n = args.events or (60_000 if args.quick else 400_000)
     if args.replay_copies is None:
         args.replay_copies = 1 if args.quick else 8
@@ -843,6 +846,7 @@ def main() -> None:
                        for k in ("anchor_ms_p50", "anchor_ms_p99",
                                  "anchor_ms_per_user_torch_batched_64")})
     result = {
+        "provenance": prov,
         "base": "diam",
         "recovery": True,
         "reanchor_every": settings.online.reanchor_every,

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import stream as S  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, alternating")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream_ab.json"))
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     revs = {"base": _rev(args.base), "head": _rev(args.head)}
     runs: dict[str, list[tuple[float, float]]] = {"base": [], "head": []}
@@ -88,6 +90,7 @@ def main() -> None:
                                 str(tree)], check=False)
     med = {side: float(np.median([r[0] for r in v])) for side, v in runs.items()}
     out = {
+        "provenance": prov,
         "events": args.events, "users": args.users, "rounds": args.rounds, "topic": topic,
         "workload": "bench/stream.py's synth_events and make_checkpoint; diam run --bounded "
                     "with a recovery store, one process",
