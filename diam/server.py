@@ -64,12 +64,12 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
     from serving_cache.api import get_app
     from serving_cache.connection import redis_client
     from serving_cache.reader import fail_fast
-    from serving_cache.recommend import Recommender
+    from serving_cache.recommend import Recommender, store_loader
     from snapshotter.store import ActiveWatcher, SnapshotStore
 
     client = fail_fast(redis_client(s.redis))
-    watcher = ActiveWatcher(SnapshotStore(s.snapshot), client, check_every_s=opts.reload_every_s,
-                            ns=opts.namespace)
+    store = SnapshotStore(s.snapshot)
+    watcher = ActiveWatcher(store, client, check_every_s=opts.reload_every_s, ns=opts.namespace)
     sources = None
     if opts.ui:
         from serving_cache.ui import UiSources
@@ -81,7 +81,11 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
             alerts=lambda n: latest_alerts(kafka, n),
             user_drift=lambda user, n: user_drift_events(kafka, user, n),
         )
-    recommender = Recommender(None, client, opts.namespace, threads=opts.threads)
+    # a user whose vectors belong to a version older than the two swapped in (one who has
+    # not clicked since two publishes) is served from that version while the store holds it,
+    # as diam recommend serves them, not from the active index with their seen items back in
+    recommender = Recommender(None, client, opts.namespace, threads=opts.threads,
+                              load_version=store_loader(store))
     if opts.follow_items:
         from streams.catalog import CatalogFollower
 

@@ -99,6 +99,10 @@ class InterestsOut(BaseModel):
     n: int | None
     model: str | None
     interests: list[InterestOut]
+    stale: bool
+    """The top items come from the active index, not from the vectors' own snapshot."""
+    reason: str | None
+    """Why the user is cold, has no top items, or is stale (the recommendations' words)."""
 
 
 class HealthOut(BaseModel):
@@ -446,6 +450,8 @@ def get_app(
             n=it.n,
             model=it.model,
             interests=per,
+            stale=it.stale,
+            reason=it.reason,
         )
 
     @app.get(

@@ -21,8 +21,9 @@ showed); ``exclude_seen=False`` keeps both.
 Vectors live in the embedding space of the snapshot they were anchored to (``model`` in the
 value). After a new snapshot is published, users re-anchor lazily on their next event, so the
 recommender keeps the previous snapshot loaded as well and serves each user from the index of
-their vectors' version; given ``load_version`` (``diam recommend``: the snapshot store, hashes
-verified), it also loads a version it does not hold from disk, a few at most. Only when that
+their vectors' version; given ``load_version`` (``diam serve`` and ``diam recommend``: the
+snapshot store, hashes verified), it also loads a version it does not hold from disk, a few at
+most. Only when that
 version is gone does it use the active one (``stale``): the stream's seen rows belong to the
 other version's item table, so they cannot be left out, and ``reason`` says so.
 """
@@ -64,6 +65,8 @@ MAX_N = 200
 _ON_DISK_MAX = 2
 """Versions :meth:`Recommender._from_disk` keeps loaded beside the swapped-in ones."""
 _GONE_MAX = 1024
+UNDECODABLE = "the stored value does not decode"
+"""The ``reason`` of a user whose value does not decode (followed by the codec's complaint)."""
 _NO_ITEMS = np.empty(0, dtype=np.int64)
 _NO_SCORES = np.empty(0, dtype=np.float32)
 
@@ -144,6 +147,11 @@ class Interests:
     vectors: list[list[float]] = field(default_factory=list)
     top_items: list[list[str]] = field(default_factory=list)
     top_category: list[str | None] = field(default_factory=list)
+    stale: bool = False
+    """The top items come from the active index, not from the vectors' own snapshot."""
+    reason: str | None = None
+    """Why the user is cold, why there are no top items, or why they are stale; the same
+    words as :meth:`Recommender.recommend`'s."""
 
 
 class Recommender:
@@ -352,13 +360,13 @@ class Recommender:
             uv = self.reader.get_checked(user_id)
         except CodecError as exc:
             return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (),
-                              f"the stored value does not decode: {exc}")
+                              f"{UNDECODABLE}: {exc}")
         if uv is None or uv.k < 1:
             return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (), "unknown user")
         snap, stale = self._index_for(uv)
         if uv.dim != snap.dim:
-            reason = f"vectors have dim {uv.dim}, index has {snap.dim}"
-            return self._cold(snap, user_id, n, mode, seen if exclude_seen else (), reason)
+            return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
+                              _dim_reason(uv, snap))
 
         from online_model.aggregate import manual_d
 
@@ -373,10 +381,7 @@ class Recommender:
         why: str | None = None
         if stale:
             # the stream's seen rows index uv.model's item table, not this one: not applied
-            why = f"the user's vectors belong to snapshot {uv.model}, not loaded"
-            if exclude_seen and len(uv.seen):
-                why = ("the user's last seen items not left out: their vectors belong to "
-                          f"snapshot {uv.model}, not loaded")
+            why = _stale_reason(uv, seen_kept=exclude_seen and len(uv.seen) > 0)
         if exclude_seen:
             banned = _banned(snap, seen) if seen else _NO_ITEMS
             if len(uv.seen) and not stale and snap.version == uv.model:
@@ -431,7 +436,11 @@ class Recommender:
     # -- inspection --------------------------------------------------------------------------
     def interests(self, user_id: str, top: int = 5) -> Interests:
         """The user's stored vectors, each with its ``top`` nearest items (one batched search)."""
-        uv = self.reader.get(user_id)
+        why: str | None = None
+        try:
+            uv = self.reader.get_checked(user_id)
+        except CodecError as exc:
+            uv, why = None, f"{UNDECODABLE}: {exc}"
         snap0 = self._active
         if uv is None or snap0 is None:
             return Interests(
@@ -444,10 +453,15 @@ class Recommender:
                 ts=None,
                 n=None,
                 model=None if uv is None else uv.model,
+                reason=why or ("unknown user" if uv is None else "no snapshot loaded"),
             )
-        snap, _ = self._index_for(uv)
+        snap, stale = self._index_for(uv)
         tops: list[list[str]] = []
         cats: list[str | None] = []
+        if uv.dim != snap.dim:
+            why = _dim_reason(uv, snap)
+        elif stale:
+            why = _stale_reason(uv, seen_kept=False)
         if uv.dim == snap.dim and uv.k > 0:
             _, items = snap.search(uv.vecs, max(top, 10))
             for row in items:
@@ -469,7 +483,22 @@ class Recommender:
             vectors=np.round(uv.vecs, 5).tolist(),
             top_items=tops,
             top_category=cats,
+            stale=stale,
+            reason=why,
         )
+
+
+def _dim_reason(uv: UserVectors, snap: SnapshotIndex) -> str:
+    return f"vectors have dim {uv.dim}, index has {snap.dim}"
+
+
+def _stale_reason(uv: UserVectors, seen_kept: bool) -> str:
+    """Why a user is answered from the active index: ``seen_kept`` when the stream's record of
+    their last seen items could not be left out (its rows index their version's item table)."""
+    if seen_kept:
+        return ("the user's last seen items not left out: their vectors belong to snapshot "
+                f"{uv.model}, not loaded")
+    return f"the user's vectors belong to snapshot {uv.model}, not loaded"
 
 
 def load_verified(store: Any, version: str) -> SnapshotIndex:

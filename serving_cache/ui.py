@@ -321,12 +321,13 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
                 drift_error = str(exc)
         body = {
             "user_id": user_id, "cold": it.cold, "k": it.k, "d": it.d, "seq": it.seq,
-            "ts": it.ts, "n": it.n, "model": it.model, "interests": interests,
+            "ts": it.ts, "n": it.n, "model": it.model, "stale": it.stale, "reason": it.reason,
+            "interests": interests,
             "recommendations": {
                 "items": [{"item_id": x, "score": s, "category": c}
                           for x, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)],
                 "d_user": rec.d_user, "d_used": rec.d_used, "mode": "auto", "cold": rec.cold,
-                "k": rec.k, "snapshot": rec.snapshot,
+                "k": rec.k, "snapshot": rec.snapshot, "stale": rec.stale, "reason": rec.reason,
             },
             "drift": drift, "drift_error": drift_error,
         }
