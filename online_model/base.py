@@ -196,12 +196,7 @@ class BaseView:
         head = None
         if cfg.get("model", "diam") == "diam" and has_extractor(tensors):
             try:
-                # the checked shape fields, defaults filled in: the compiled head reads its
-                # weight buffer at offsets computed from them
-                shape = {k: v for k, v in ck.shape_config.items() if v is not None}
-                head = DiamHead(tensors, {**cfg, **shape},
-                                cats if cats is not None
-                                else np.full(len(item_ids), -1, dtype=np.int32))
+                head = DiamHead.from_read(ck, tensors)
             except HeadLoadError as exc:
                 raise BaseLoadError(f"{d / 'weights.safetensors'}: {exc}") from None
         if version is None:

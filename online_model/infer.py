@@ -18,10 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import njit
+
+if TYPE_CHECKING:
+    from online_model.checkpoint import CheckpointFiles
 
 __all__ = ["DiamHead", "HeadOutput", "HeadLoadError", "has_extractor"]
 
@@ -136,17 +139,26 @@ class DiamHead:
         _one_blas_thread()
 
     @classmethod
+    def from_read(cls, ck: CheckpointFiles, tensors: dict[str, np.ndarray]) -> DiamHead:
+        """The head of a checkpoint read by ``online_model.checkpoint.read_checkpoint`` (its
+        config.json checked against the weights), with ``tensors`` of its weights. The shape
+        fields are the checked ones, defaults filled in: the compiled head reads its weight
+        buffer at offsets computed from them, so a config that contradicts the weights must
+        never reach it (``config.get(key, default)`` would)."""
+        shape = {k: v for k, v in ck.shape_config.items() if v is not None}
+        cats = (ck.item_categories if ck.item_categories is not None
+                else np.full(len(ck.item_ids), -1, dtype=np.int32))
+        return cls(tensors, {**ck.config, **shape}, cats)
+
+    @classmethod
     def from_checkpoint(cls, path: str | Path) -> DiamHead:
-        """Read a checkpoint or snapshot directory (``weights.safetensors``, ``config.json``,
-        ``item_categories.npy``) with safetensors' numpy reader."""
-        import json
+        """Read a checkpoint or snapshot directory through the checked reader (every file,
+        hashes included; raises ``CheckpointError`` naming the file) and build its head
+        (:meth:`from_read`); ``HeadLoadError`` when it has no extractor."""
+        from online_model.checkpoint import read_checkpoint
 
-        from safetensors.numpy import load_file
-
-        d = Path(path)
-        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
-        cats = np.load(d / "item_categories.npy", allow_pickle=False)
-        return cls(load_file(str(d / "weights.safetensors")), cfg, cats)
+        ck = read_checkpoint(path)
+        return cls.from_read(ck, ck.tensors())
 
     def with_items(self, item_emb: np.ndarray, item_cat: np.ndarray) -> DiamHead:
         """A head over this one's item table with rows appended (``item_emb`` [n, d],
