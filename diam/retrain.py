@@ -412,7 +412,7 @@ class Retrainer:
                       self.s.kafka.models_topic, rep.errors)
         return bool(rep.ok)
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, decisions: list[dict[str, Any]] | None = None) -> list[str]:
         """Write to the models topic the decisions of this clicks topic that a candidate's
         ``decision.json`` holds but the topic lacks, oldest first; return their candidates.
 
@@ -423,11 +423,13 @@ class Retrainer:
         publish and ``decision.json`` left a candidate without one whose snapshot is in the
         store (the manifest names the candidate as its source): its decision is rebuilt from
         the candidate's config (window) and the snapshot (version), without the gate's
-        metrics, which died with the run."""
+        metrics, which died with the run. ``decisions``: the topic's, when the caller has
+        just read them (:meth:`_decisions`)."""
         root = Path(self.cfg.candidates_dir)
         if not root.is_dir():
             return []
-        known = {b.get("candidate") for b in self._decisions()}
+        known = {b.get("candidate") for b in (self._decisions() if decisions is None
+                                              else decisions)}
         missing: list[tuple[str, str, bytes]] = []
         for p in sorted(root.iterdir()):
             f = p / "decision.json"
@@ -511,10 +513,12 @@ class Retrainer:
                 out.append(body)
         return out
 
-    def last_decision(self) -> dict[str, Any] | None:
-        """The newest decision about this clicks topic on the models topic, if any."""
+    def last_decision(self, decisions: list[dict[str, Any]] | None = None
+                      ) -> dict[str, Any] | None:
+        """The newest decision about this clicks topic on the models topic (or among
+        ``decisions``, as :meth:`_decisions` read them), if any."""
         last = None
-        for body in self._decisions():
+        for body in self._decisions() if decisions is None else decisions:
             if last is None or str(body.get("created_at")) > str(last.get("created_at")):
                 last = body
         return last
@@ -524,8 +528,12 @@ class Retrainer:
         passed; ``stop`` (a threading.Event) ends the loop."""
         from streams.kafka_io import watermarks
 
-        self.reconcile()  # a retrain stopped before its topic record: resume after it, not before
-        last = self.last_decision()
+        # a retrain stopped before its topic record: resume after it, not before. The topic is
+        # read once, and again only when reconcile wrote to it
+        decisions = self._decisions()
+        if self.reconcile(decisions):
+            decisions = self._decisions()
+        last = self.last_decision(decisions)
         done_at = sum((last or {}).get("window", {}).get("end", {}).values()) if last else 0
         last_t = time.time() if last is None else datetime.fromisoformat(
             last["created_at"]).timestamp()

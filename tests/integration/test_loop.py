@@ -288,6 +288,45 @@ def test_a_decision_not_written_to_the_topic_is_written_when_the_service_starts(
     assert svc.last_decision()["candidate"] == first.candidate
 
 
+def test_the_service_resumes_after_a_decision_it_reconciled(
+        stack, topic, namespace, loop_data, tmp_path, monkeypatch) -> None:
+    """The service reads the models topic once at start and again only after reconcile wrote
+    to it: the reconciled decision is the one it resumes after, so that window is not trained
+    again."""
+    import threading
+    import time
+
+    from diam.retrain import Retrainer
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, epochs=1, every_events=1000, every_minutes=600.0,
+                       poll_s=0.2)
+    with monkeypatch.context() as m:
+        m.setattr(Retrainer, "_emit", lambda self, d: None)  # stopped before the topic record
+        first = Retrainer(s, namespace=namespace).run_once()
+    reads = []
+    real = Retrainer._decisions
+    monkeypatch.setattr(Retrainer, "_decisions", lambda self: reads.append(1) or real(self))
+    runs = []
+    monkeypatch.setattr(Retrainer, "run_once", lambda self: runs.append(1))
+
+    def start_and_stop() -> None:
+        stop = threading.Event()
+        th = threading.Thread(target=Retrainer(s, namespace=namespace).serve, args=(stop,),
+                              daemon=True)
+        th.start()
+        time.sleep(2.0)  # several polls
+        stop.set()
+        th.join(60)
+
+    start_and_stop()
+    assert [d["candidate"] for d in _decisions(stack, topic)] == [first.candidate]
+    assert runs == [] and len(reads) == 2  # before reconcile, and after it wrote
+    reads.clear()
+    start_and_stop()  # nothing to reconcile now: the topic is read once
+    assert runs == [] and len(reads) == 1
+
+
 def test_a_run_stopped_between_its_publish_and_decision_json_gets_its_decision_rebuilt(
         stack, topic, namespace, loop_data, tmp_path, monkeypatch) -> None:
     """The publish happened (the snapshot's manifest names the candidate), decision.json and
