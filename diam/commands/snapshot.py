@@ -71,7 +71,9 @@ def snapshot_group() -> None:
 
 
 @snapshot_group.command("publish")
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+# no exists=True: the checkpoint reader names what the path is (does not exist, a symlink
+# loop, a dangling link, a file), where click says "does not exist" for all of them
+@click.argument("checkpoint", type=click.Path(path_type=Path))
 @_ns_opt
 @_no_redis_opt
 @click.pass_context

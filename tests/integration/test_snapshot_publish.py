@@ -172,3 +172,17 @@ def test_publish_warns_when_the_stream_cannot_use_the_embedding_size(cli, tmp_pa
     monkeypatch.setenv("DIAM_ONLINE_DIM", "8")
     r = cli("snapshot", "publish", str(write_checkpoint(tmp_path / "ck2", n_items=80, dim=8, seed=2)))
     assert r.exit_code == 0 and "DIAM_ONLINE_DIM" not in r.output, r.output
+
+
+def test_publish_names_what_a_bad_path_is(cli, tmp_path):
+    """The checkpoint reader, not click, says what the path is: a symlink loop or a dangling
+    link read "does not exist" before."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "file").write_text("x")
+    for name, why in [("a", "a symlink loop"), ("nope", "does not exist"),
+                      ("dangling", f"a symlink to '{tmp_path / 'gone'}', which does not exist"),
+                      ("file", "not a directory")]:
+        r = cli("snapshot", "publish", str(tmp_path / name))
+        assert r.exit_code != 0 and f"{tmp_path / name}: {why}" in r.output, (name, r.output)
