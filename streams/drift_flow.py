@@ -40,15 +40,9 @@ from streams.drift import (
     parse_drift_record,
 )
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import (
-    ClickSource,
-    KafkaOut,
-    KafkaRecordSink,
-    RawRecord,
-    ensure_topic,
-    partition_ids,
-    watermarks,
-)
+from streams.kafka_io import RawRecord, ensure_topic, partition_ids, watermarks
+from streams.kafka_sink import KafkaOut, KafkaRecordSink
+from streams.kafka_source import ClickSource
 
 __all__ = ["DriftMetrics", "alert_record", "build_drift_flow", "run_drift"]
 

@@ -1,8 +1,9 @@
 """Broker outages as an operator wants to read them: one line when an outage is confirmed, one
 when it ends with its duration, instead of librdkafka's line per refused connection.
 
-Used by the dataflow's Kafka clients (``streams.kafka_io``): each passes
-:meth:`BrokerHealth.client_config` to librdkafka, which routes its log lines and errors here.
+Used by the dataflow's Kafka clients (``streams.kafka_source``, ``streams.kafka_sink``): each
+passes :meth:`BrokerHealth.client_config` to librdkafka, which routes its log lines and errors
+here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class BrokerHealth:
     librdkafka says when a connection fails, never when one works again, so the end is seen
     by the dataflow: a delivered record, or a metadata answer to the source's probe. A run
     builds one and hands it to its source and sinks (``streams.runner``), so their clients
-    share it; librdkafka's other log lines pass through to the ``streams.kafka_io.rdkafka``
+    share it; librdkafka's other log lines pass through to the ``streams.kafka_health.rdkafka``
     logger.
     """
 

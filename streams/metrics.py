@@ -386,7 +386,7 @@ class _MeteredPartition(StatefulSourcePartition[Any, Any]):
 class MeteredSource(FixedPartitionedSource[Any, Any]):
     """``inner`` (a partitioned Kafka source whose partition keys are ``"<partition>-<topic>"``
     and whose partitions tell their next offset, ``position()``, as
-    ``streams.kafka_io.ClickSource``'s do) with each partition's position noted in
+    ``streams.kafka_source.ClickSource``'s do) with each partition's position noted in
     ``metrics.positions``."""
 
     def __init__(self, inner: FixedPartitionedSource[Any, Any], metrics: FlowMetrics) -> None:

@@ -40,7 +40,8 @@ from online_model import DriftEvent, UserState
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import USER_ID_RE, Click, Rejection, decode_click
-from streams.kafka_io import KafkaOut, RawRecord
+from streams.kafka_io import RawRecord
+from streams.kafka_sink import KafkaOut
 from streams.redis_sink import RELEASED, Item, Released
 
 _NO_SEEN = np.zeros(0, dtype=np.int32)
@@ -166,7 +167,7 @@ class FlowSinks:
     (``(user_id, None)``: delete the user's key; ``(user_id, RELEASED)``: an evicted user, see
     ``streams.redis_sink``); dead letters and drift events as
     ``(key, KafkaOut)`` pairs (the key names the source partition / the user), the shape
-    ``streams.kafka_io.KafkaEpochSink`` takes; ``TestingSink`` takes anything."""
+    ``streams.kafka_sink.KafkaEpochSink`` takes; ``TestingSink`` takes anything."""
 
     vectors: DynamicSink[Item]
     deadletter: Sink[tuple[str, KafkaOut]]

@@ -17,7 +17,9 @@ from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import ClickSource, KafkaEpochSink, ensure_topic, partition_ids
+from streams.kafka_io import ensure_topic, partition_ids
+from streams.kafka_sink import KafkaEpochSink
+from streams.kafka_source import ClickSource
 from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis

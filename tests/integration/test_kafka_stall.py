@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import _SharedConsumer
+from streams.kafka_source import _SharedConsumer
 from tests.integration.helpers import produce
 
 
@@ -75,7 +75,8 @@ def test_a_stuck_sink_producer_is_replaced_and_its_records_delivered(stack, topi
 
     from confluent_kafka import Producer
 
-    from streams.kafka_io import KafkaOut, _Producing, consume_all
+    from streams.kafka_io import consume_all
+    from streams.kafka_sink import KafkaOut, _Producing
 
     kafka = stack.settings.kafka.model_copy(update={"stuck_client_s": 1.0})
     out = _Producing(kafka, topic, BrokerHealth(kafka.bootstrap))

@@ -156,7 +156,7 @@ def test_a_store_older_than_the_topics_retention_resumes_at_its_oldest_record(
     admin = AdminClient(stack.settings.kafka.client_config())
     for fut in admin.delete_records([TopicPartition(topic, 0, 70)]).values():
         fut.result(30)  # "retention" removed offsets 40..69, never read by the store's run
-    with caplog.at_level(logging.WARNING, logger="streams.kafka_io"):
+    with caplog.at_level(logging.WARNING, logger="streams.kafka_source"):
         run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
     assert "resumes at offset 40, but the topic's oldest record is 70" in caplog.text, caplog.text
     assert "records 40..69 are gone; resuming at 70" in caplog.text

@@ -140,7 +140,7 @@ def test_an_idle_partition_does_not_read_a_backlogged_one_ahead_without_bound(st
     source's bound, and the backlogged partition still gets every record once, in order."""
     from confluent_kafka import Producer
 
-    from streams.kafka_io import ClickSource
+    from streams.kafka_source import ClickSource
 
     topic = new_topic(2)
     prod = Producer({**stack.settings.kafka.client_config(), "linger.ms": 5})

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 
 from streams.config import KafkaConfig
-from streams.kafka_io import ClickSource
+from streams.kafka_source import ClickSource
 
 
 class _Msg:

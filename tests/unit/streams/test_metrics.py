@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.kafka_io import KafkaOut
+from streams.kafka_sink import KafkaOut
 from streams.metrics import (
     FRESHNESS_BUCKETS,
     METRIC_NAMES,
