@@ -110,7 +110,8 @@ class SnapshotIndex:
         """Load a (verified) snapshot directory."""
         import faiss
 
-        from online_model.checkpoint import CONTENT_TOWER, read_checkpoint
+        from online_model.checkpoint import read_checkpoint
+        from online_model.checkpoint_config import CONTENT_TOWER
 
         path = Path(path)
         manifest = json.loads((path / "manifest.json").read_text())

@@ -46,11 +46,11 @@ class CheckpointError(SnapshotError):
 
 def _read(path: str | Path) -> CheckpointFiles:
     """The checkpoint, read and fully verified by its one reader (online_model.checkpoint)."""
-    from online_model import checkpoint
+    from online_model import checkpoint, checkpoint_config
 
     try:
         return checkpoint.read_checkpoint(path, verify=True)
-    except checkpoint.CheckpointError as exc:
+    except checkpoint_config.CheckpointError as exc:
         raise CheckpointError(str(exc)) from exc
 
 

@@ -148,7 +148,8 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     offset order) over the items of the compacted catalogue topic; the checkpoint's
     config.json records the topic and offsets under "data".
     """
-    from online_model.checkpoint import CheckpointError, recover_checkpoint_dir, save_checkpoint
+    from online_model.checkpoint import recover_checkpoint_dir, save_checkpoint
+    from online_model.checkpoint_config import CheckpointError
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
@@ -218,7 +219,8 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delt
     Entropy@20, ILD@20 (reference embedding), coverage@20, the K_u distribution and the
     Spearman correlation of d_u with the realised diversity of the held-out items.
     """
-    from online_model.checkpoint import CheckpointError, load_checkpoint
+    from online_model.checkpoint import load_checkpoint
+    from online_model.checkpoint_config import CheckpointError
     from online_model.corpus import prefix_signals
     from online_model.evaluate import evaluate, make_eval_set, reference_embedding, split_users
     dev = _device_of(device)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from online_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from online_model.checkpoint import load_checkpoint, save_checkpoint
+from online_model.checkpoint_config import CheckpointError
 from online_model.corpus import tiny_corpus
 from online_model.models import Batch, ModelConfig, build_model
 

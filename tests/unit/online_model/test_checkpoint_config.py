@@ -1,6 +1,6 @@
-"""config.json against the weights: one checker (``checkpoint.check_config``) that every reader
-runs (read_checkpoint, so publish; load_checkpoint; BaseView and the compiled head), its shape
-table pinned to the torch models it stands for; the loader's path and file errors; and the
+"""config.json against the weights: one checker (``checkpoint_config.check_config``) that every
+reader runs (read_checkpoint, so publish; load_checkpoint; BaseView and the compiled head), its
+shape table pinned to the torch models it stands for; the loader's path and file errors; and the
 checkpoint swap under SIGKILL."""
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import pytest
 
 from online_model.base import BaseLoadError, BaseView
 from online_model.checkpoint import (
-    KNOWN_MODELS,
-    CheckpointError,
     load_checkpoint,
-    network_shapes,
     read_checkpoint,
     recover_checkpoint_dir,
     write_checkpoint_dir,
+)
+from online_model.checkpoint_config import (
+    KNOWN_MODELS,
+    CheckpointError,
+    check_config,
+    network_shapes,
 )
 from online_model.testing import edited_checkpoint, tiny_diam_checkpoint
 
@@ -55,7 +58,7 @@ def test_network_shapes_are_the_torch_state_dict(model, flags):
 
 
 def test_the_torch_free_tables_match_the_models():
-    from online_model.checkpoint import _FLAGS, _INTS
+    from online_model.checkpoint_config import _FLAGS, _INTS
     from online_model.models import MODELS, ModelConfig
     from online_model.models.base import LEGACY
 
@@ -179,9 +182,8 @@ def test_load_checkpoint_turns_size_mismatches_into_a_checkpoint_error(diam_ck, 
     import online_model.checkpoint as checkpoint
 
     bad = edited_checkpoint(diam_ck, tmp_path / "bad", k_max=8)
-    real = checkpoint.check_config
-    monkeypatch.setattr(checkpoint, "check_config",
-                        lambda d, cfg, *a, **k: real(d, {**cfg, "k_max": 4}, *a, **k))
+    monkeypatch.setattr(checkpoint, "check_config",  # where read_checkpoint looks it up
+                        lambda d, cfg, *a, **k: check_config(d, {**cfg, "k_max": 4}, *a, **k))
     with pytest.raises(CheckpointError, match=r"^weights.safetensors: shapes differ from "
                                               r"config.json \(size mismatch for extractor.mix"):
         load_checkpoint(bad)

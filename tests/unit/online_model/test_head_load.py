@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from online_model.base import BaseView
-from online_model.checkpoint import CheckpointError
+from online_model.checkpoint_config import CheckpointError
 from online_model.infer import DiamHead
 from online_model.testing import edited_checkpoint, tiny_diam_checkpoint
 
