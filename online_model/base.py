@@ -161,11 +161,11 @@ class BaseView:
         Without the gate or fusion keys the base has no gate (the learner then uses its
         configured fallback) and a d_u prior of 0.5.
         """
-        from online_model.checkpoint import (
+        from online_model.checkpoint import read_checkpoint
+        from online_model.checkpoint_config import (
             DIV_QUANTILES_KEY,
             CheckpointError,
             check_div_quantiles,
-            read_checkpoint,
         )
         from online_model.infer import DiamHead, HeadLoadError, has_extractor
 

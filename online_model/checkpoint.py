@@ -56,7 +56,6 @@ from online_model.checkpoint_config import (
     CATEGORIES,
     CONFIG,
     CONTENT_TOWER,
-    DIV_QUANTILES_KEY,  # noqa: F401 - online_model.base imports it from here, for now
     ITEM_CATS,
     ITEM_IDS,
     ITEM_POP,
@@ -67,7 +66,6 @@ from online_model.checkpoint_config import (
     _error,
     _not_an_int,
     check_config,
-    check_div_quantiles,  # noqa: F401 - online_model.base imports it from here, for now
 )
 
 __all__ = ["CheckpointFiles", "Checkpoint", "read_checkpoint", "write_checkpoint_dir",
