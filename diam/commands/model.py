@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -96,6 +97,12 @@ def _device_of(name: str):
               help="With --topic: end, exclusive, same forms [default: the end of the topic].")
 @click.option("--items-topic", default=None, callback=not_empty,
               help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
+@click.option("--leave-newest", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, metavar="FRACTION",
+              help="Leave out the newest FRACTION of the events by event time, as the retrain "
+                   "service's promotion gate holds them out (retrain.holdout_fraction): a "
+                   "retrained candidate is then compared with this model on events neither "
+                   "trained on. The cut is recorded in config.json [default: train on all].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint directory [default: <snapshot.trainer_dir>/<model>, "
                    "checkpoints/<model>: where `diam snapshot watch` looks].")
@@ -134,7 +141,8 @@ def _device_of(name: str):
                    "bench/results/train_device.md): --no-amp for corpora of that size.")
 @progress_option("Show a progress bar per epoch.")
 def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str | None,
-              until: str | None, items_topic: str | None, out: Path | None, epochs: int,
+              until: str | None, items_topic: str | None, leave_newest: float | None,
+              out: Path | None, epochs: int,
               seed: int, device: str,
               batch_size: int, lr: float | None, max_per_user: int, dim: int, seq_len: int | None,
               k_max: int, interests: int, threads: int, amp: bool, progress: bool) -> None:
@@ -168,6 +176,15 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
         raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
               else _load_corpus(data or default_dataset(get_settings(click.get_current_context()))))
+    extra: dict[str, Any] = {"split_seed": seed}
+    if leave_newest is not None:
+        from online_model.retrain import time_split
+
+        n = len(corpus.items)
+        corpus, cut = time_split(corpus, leave_newest)
+        extra["left_out_from_ts"] = cut
+        click.echo(f"left out the newest {n - len(corpus.items):,} of {n:,} events (event time "
+                   f">= {cut})", err=True)
     click.echo(f"{corpus.name}: {corpus.n_users} users, {corpus.n_items} items, "
                f"{len(corpus.items)} events; computing signals ...", err=True)
     feats = Features.of(corpus)
@@ -188,8 +205,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     metrics = res.metrics()
     metrics["history"] = res.history
     try:
-        save_checkpoint(out, res.model, corpus, seed=seed, train_metrics=metrics,
-                        extra={"split_seed": seed})
+        save_checkpoint(out, res.model, corpus, seed=seed, train_metrics=metrics, extra=extra)
     except (CheckpointError, OSError) as exc:
         raise click.ClickException(f"cannot write the checkpoint: {exc}") from None
     click.echo(f"{model_name}: {res.seconds_per_epoch:.1f} s/epoch -> {out}")

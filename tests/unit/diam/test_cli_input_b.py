@@ -178,3 +178,28 @@ def test_evaluate_stream_names_an_out_file_it_cannot_write(run, synth, tmp_path)
     (tmp_path / "afile").write_text("")
     _clean_error(run("evaluate-stream", "--data", str(synth), "--json", "--out",
                      str(tmp_path / "afile" / "r.json")), "cannot write", code=1)
+
+
+def test_train_can_leave_the_newest_events_out(run, synth, tmp_path) -> None:
+    """``--leave-newest``: the events a retrain's gate holds out are left out of training by
+    the same rule (online_model.retrain.time_split), and the cut is recorded."""
+    import json
+
+    import numpy as np
+
+    from online_model.corpus import corpus_from_prepared
+    from online_model.datasets import load_prepared
+    from online_model.retrain import time_split
+
+    full = corpus_from_prepared(load_prepared(synth))
+    kept, cut = time_split(full, 0.25)
+    out = tmp_path / "ck"
+    r = run("train", "--data", str(synth), "--out", str(out), "--epochs", "1", "--dim", "8",
+            "--device", "cpu", "--no-progress", "--leave-newest", "0.25")
+    assert r.exit_code == 0, r.output
+    assert f"left out the newest {len(full.items) - len(kept.items):,} of {len(full.items):,}" \
+        in r.output and np.count_nonzero(full.ts >= cut) == len(full.items) - len(kept.items)
+    assert json.loads((out / "config.json").read_text())["left_out_from_ts"] == cut
+    for bad in ("0", "1", "1.5"):
+        r = run("train", "--data", str(synth), "--out", str(out), "--leave-newest", bad)
+        assert r.exit_code == 2 and "--leave-newest" in r.output, r.output
