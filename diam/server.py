@@ -83,9 +83,10 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
         )
     # a user whose vectors belong to a version older than the two swapped in (one who has
     # not clicked since two publishes) is served from that version while the store holds it,
-    # as diam recommend serves them, not from the active index with their seen items back in
+    # as diam recommend serves them, not from the active index with their seen items back in;
+    # read on a thread, so that a load never holds up the event loop (stale until it is in)
     recommender = Recommender(None, client, opts.namespace, threads=opts.threads,
-                              load_version=store_loader(store))
+                              load_version=store_loader(store), load_in_background=True)
     if opts.follow_items:
         from streams.catalog import CatalogFollower
 

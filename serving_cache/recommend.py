@@ -22,8 +22,9 @@ Vectors live in the embedding space of the snapshot they were anchored to (``mod
 value). After a new snapshot is published, users re-anchor lazily on their next event, so the
 recommender keeps the previous snapshot loaded as well and serves each user from the index of
 their vectors' version; given ``load_version`` (``diam serve`` and ``diam recommend``: the
-snapshot store, hashes verified), it also loads a version it does not hold from disk, a few at
-most. Only when that
+snapshot store, hashes verified), it also loads a version it does not hold from disk (two kept,
+the least recently used dropped first; ``diam serve`` reads it on a thread and answers the
+user from the active index, ``stale``, until it is in). Only when that
 version is gone does it use the active one (``stale``): the stream's seen rows belong to the
 other version's item table, so they cannot be left out, and ``reason`` says so.
 """
@@ -63,8 +64,13 @@ MAX_DELTA = 0.5
 MAX_N = 200
 """The most items one answer lists: the API's ``n`` and ``diam recommend -n`` share it."""
 _ON_DISK_MAX = 2
-"""Versions :meth:`Recommender._from_disk` keeps loaded beside the swapped-in ones."""
+"""Versions :meth:`Recommender._from_disk` keeps loaded beside the swapped-in ones (the least
+recently used is dropped first): a version's index is as large as the catalogue, in every
+server process."""
 _GONE_MAX = 1024
+_GONE_RETRY_S = 60.0
+"""How long a version that failed to load (gone from the store, refused, an I/O error) is
+answered from the active index before it is asked for again."""
 UNDECODABLE = "the stored value does not decode"
 """The ``reason`` of a user whose value does not decode (followed by the codec's complaint)."""
 _NO_ITEMS = np.empty(0, dtype=np.int64)
@@ -167,11 +173,16 @@ class Recommender:
         keep_versions: int = 2,
         threads: int | None = 1,
         load_version: Callable[[str], SnapshotIndex | None] | None = None,
+        load_in_background: bool = False,
     ) -> None:
         """``load_version(version)`` returns a version's index from disk, or None when it is
         gone or refused; with it, a user whose vectors belong to a version not swapped in is
-        served from that version (loaded once, up to :data:`_ON_DISK_MAX` kept) rather than
-        stale. Without it only the swapped-in versions serve.
+        served from that version (loaded once, up to :data:`_ON_DISK_MAX` kept, the least
+        recently used dropped first) rather than stale. Without it only the swapped-in versions
+        serve. ``load_in_background`` (a server): the request that finds a version missing
+        starts its load on a thread and is answered stale meanwhile, so that a load (hashes
+        checked, the FAISS index read: about a second on a million items) never holds up the
+        server's event loop; else (a one-shot caller) the request waits for it.
 
         ``threads`` limits, for the whole process (None leaves them), FAISS's OpenMP threads
         and the BLAS threads numpy uses. One is fastest for the small searches and matrix
@@ -189,9 +200,13 @@ class Recommender:
         self._click_first: Any = None  # streams.new_items.ClickFirst, see follow_clicks
         self._swap_lock = threading.Lock()
         self._load_version = load_version
+        self._load_in_background = load_in_background
         self._on_disk: dict[str, SnapshotIndex] = {}
-        self._gone: set[str] = set()
-        self._disk_lock = threading.Lock()
+        self._used: dict[str, float] = {}  # version -> last use (monotonic), for LRU
+        self._gone: dict[str, float] = {}  # version -> when its load failed
+        self._loading: set[str] = set()
+        self._disk_lock = threading.Lock()  # one load at a time
+        self._cache_lock = threading.Lock()  # _on_disk, _gone and _loading changes
         if snapshot is not None:
             self.swap(snapshot)
 
@@ -220,6 +235,11 @@ class Recommender:
             loaded.pop(next(iter(loaded)))
         self._loaded = loaded
         self._active = snapshot
+        if snapshot.version in self._on_disk:  # read from disk before the swap: one copy
+            with self._cache_lock:
+                on_disk = dict(self._on_disk)
+                on_disk.pop(snapshot.version, None)
+                self._on_disk = on_disk
 
     def add_items(self, items: Sequence[Any]) -> int:
         """Make catalogue ``items`` (``streams.catalog.CatalogItem``) the active snapshot does
@@ -301,38 +321,77 @@ class Recommender:
         if snap is not None:
             snap.search(np.zeros((1, snap.dim), dtype=np.float32), 1)
 
-    def _index_for(self, uv: UserVectors) -> tuple[SnapshotIndex, bool]:
+    def _index_for(self, uv: UserVectors) -> tuple[SnapshotIndex, str | None]:
+        """The index to answer ``uv`` from, and None, or why it is the active one instead of
+        the vectors' own ("being loaded", "not loaded")."""
         snap = self._loaded.get(uv.model)
+        loading = False
         if snap is None and self._load_version is not None:
-            snap = self._from_disk(uv.model)
+            snap, loading = self._from_disk(uv.model)
         if snap is not None:
-            return snap, False
+            return snap, None
         assert self._active is not None
-        return self._active, True
+        return self._active, "being loaded" if loading else "not loaded"
 
-    def _from_disk(self, version: str) -> SnapshotIndex | None:
-        """``version``'s index through ``load_version``: loaded once, the last
-        :data:`_ON_DISK_MAX` kept, and a version found gone not asked for again."""
+    def _from_disk(self, version: str) -> tuple[SnapshotIndex | None, bool]:
+        """``version``'s index through ``load_version``: loaded once (on a thread with
+        ``load_in_background``, None until it is in), :data:`_ON_DISK_MAX` kept, the least
+        recently used dropped first, and a version that failed to load not asked for again
+        for :data:`_GONE_RETRY_S`. The flag: a load is under way (the version is not
+        answered yet)."""
         snap = self._on_disk.get(version)
-        if snap is not None or version in self._gone:
-            return snap
+        if snap is not None:
+            self._used[version] = time.monotonic()  # one dict store: no lock on a hit
+            return snap, False
+        failed = self._gone.get(version)
+        if failed is not None and time.monotonic() - failed < _GONE_RETRY_S:
+            return None, False
+        if not self._load_in_background:
+            return self._load_from_disk(version), False
+        with self._cache_lock:
+            if version in self._on_disk:
+                return self._on_disk[version], False
+            if version in self._loading:
+                return None, True
+            self._loading.add(version)
+        threading.Thread(target=self._load_from_disk, args=(version,),
+                         name=f"snapshot-load-{version}", daemon=True).start()
+        return None, True
+
+    def _load_from_disk(self, version: str) -> SnapshotIndex | None:
         assert self._load_version is not None
-        with self._disk_lock:  # one load per version, however many requests ask at once
-            snap = self._on_disk.get(version)
-            if snap is not None or version in self._gone:
+        try:
+            with self._disk_lock:  # one load at a time, however many requests ask
+                snap = self._on_disk.get(version)
+                if snap is not None:
+                    return snap
+                snap = self._load_version(version)
+            with self._cache_lock:
+                if snap is None:
+                    if len(self._gone) >= _GONE_MAX:
+                        self._gone.clear()
+                    self._gone[version] = time.monotonic()
+                    return None
+                self._gone.pop(version, None)
+                if self._active is not None and version in self._loaded:
+                    return snap  # swapped in meanwhile: served from there
+                on_disk = dict(self._on_disk)  # replaced whole: readers take no lock
+                on_disk[version] = snap
+                self._used[version] = time.monotonic()
+                while len(on_disk) > _ON_DISK_MAX:
+                    lru = min(on_disk, key=lambda v: self._used.get(v, 0.0))
+                    on_disk.pop(lru)
+                    self._used.pop(lru, None)
+                self._on_disk = on_disk
                 return snap
-            snap = self._load_version(version)
-            if snap is None:
-                if len(self._gone) >= _GONE_MAX:
-                    self._gone.clear()
-                self._gone.add(version)
-                return None
-            on_disk = dict(self._on_disk)  # replaced whole: readers take no lock
-            on_disk[version] = snap
-            while len(on_disk) > _ON_DISK_MAX:
-                on_disk.pop(next(iter(on_disk)))
-            self._on_disk = on_disk
-            return snap
+        finally:
+            with self._cache_lock:
+                self._loading.discard(version)
+
+    def loading(self, version: str) -> bool:
+        """Whether ``version``'s index is being read from disk now (its users are answered
+        stale until it is in)."""
+        return version in self._loading
 
     # -- recommendations --------------------------------------------------------------------
     def recommend(
@@ -363,7 +422,8 @@ class Recommender:
                               f"{UNDECODABLE}: {exc}")
         if uv is None or uv.k < 1:
             return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (), "unknown user")
-        snap, stale = self._index_for(uv)
+        snap, state = self._index_for(uv)
+        stale = state is not None
         if uv.dim != snap.dim:
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
                               _dim_reason(uv, snap))
@@ -381,7 +441,7 @@ class Recommender:
         why: str | None = None
         if stale:
             # the stream's seen rows index uv.model's item table, not this one: not applied
-            why = _stale_reason(uv, seen_kept=exclude_seen and len(uv.seen) > 0)
+            why = _stale_reason(uv, exclude_seen and len(uv.seen) > 0, str(state))
         if exclude_seen:
             banned = _banned(snap, seen) if seen else _NO_ITEMS
             if len(uv.seen) and not stale and snap.version == uv.model:
@@ -455,13 +515,16 @@ class Recommender:
                 model=None if uv is None else uv.model,
                 reason=why or ("unknown user" if uv is None else "no snapshot loaded"),
             )
-        snap, stale = self._index_for(uv)
+        snap, state = self._index_for(uv)
+        stale = state is not None
         tops: list[list[str]] = []
         cats: list[str | None] = []
-        if uv.dim != snap.dim:
-            why = _dim_reason(uv, snap)
+        if uv.k < 1:  # as recommend() answers it
+            why, stale = "unknown user", False
+        elif uv.dim != snap.dim:  # as recommend() answers it: not stale, no items from any index
+            why, stale = _dim_reason(uv, snap), False
         elif stale:
-            why = _stale_reason(uv, seen_kept=False)
+            why = _stale_reason(uv, False, str(state))
         if uv.dim == snap.dim and uv.k > 0:
             _, items = snap.search(uv.vecs, max(top, 10))
             for row in items:
@@ -492,13 +555,14 @@ def _dim_reason(uv: UserVectors, snap: SnapshotIndex) -> str:
     return f"vectors have dim {uv.dim}, index has {snap.dim}"
 
 
-def _stale_reason(uv: UserVectors, seen_kept: bool) -> str:
+def _stale_reason(uv: UserVectors, seen_kept: bool, state: str = "not loaded") -> str:
     """Why a user is answered from the active index: ``seen_kept`` when the stream's record of
-    their last seen items could not be left out (its rows index their version's item table)."""
+    their last seen items could not be left out (its rows index their version's item table);
+    ``state``: their version is "not loaded", or "being loaded" (a later request gets it)."""
     if seen_kept:
         return ("the user's last seen items not left out: their vectors belong to snapshot "
-                f"{uv.model}, not loaded")
-    return f"the user's vectors belong to snapshot {uv.model}, not loaded"
+                f"{uv.model}, {state}")
+    return f"the user's vectors belong to snapshot {uv.model}, {state}"
 
 
 def load_verified(store: Any, version: str) -> SnapshotIndex:

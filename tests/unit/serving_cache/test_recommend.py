@@ -308,6 +308,76 @@ def test_a_version_on_disk_serves_its_users_loaded_once(snapshot):
     assert asked == ["v-disk0", "v-gone", *list(versions)[1:]]
 
 
+def _disk_versions(snapshot, n):
+    return {f"v-disk{i}": SnapshotIndex.load(snapshot.path, version=f"v-disk{i}")
+            for i in range(n)}
+
+
+def test_the_versions_read_from_disk_are_kept_by_last_use(snapshot, monkeypatch):
+    """Least recently used dropped first; a version swapped in leaves the disk cache (one
+    copy); a version that failed to load is asked for again after _GONE_RETRY_S."""
+    from serving_cache import recommend, user_key
+
+    monkeypatch.setattr(recommend, "_ON_DISK_MAX", 2)
+    versions = _disk_versions(snapshot, 3)
+    asked: list[str] = []
+    fail = {"v-flaky"}
+
+    def load(version):
+        asked.append(version)
+        return None if version in fail else versions.get(version) or SnapshotIndex.load(
+            snapshot.path, version=version)
+
+    values = {user_key("unit", f"u-{v}"): _user_on(v, snapshot)
+              for v in [*versions, "v-flaky"]}
+    rec = Recommender(snapshot, _DictRedis(values), ns="unit", load_version=load)
+    for v in ("v-disk0", "v-disk1", "v-disk0", "v-disk2"):  # v-disk0 used after v-disk1
+        assert rec.recommend(f"u-{v}", n=3).snapshot == v
+    assert sorted(rec._on_disk) == ["v-disk0", "v-disk2"]
+    assert asked == ["v-disk0", "v-disk1", "v-disk2"]
+    rec.swap(versions["v-disk2"])
+    assert list(rec._on_disk) == ["v-disk0"] and rec.active is versions["v-disk2"]
+    for _ in range(2):
+        assert rec.recommend("u-v-flaky", n=3).stale
+    assert asked.count("v-flaky") == 1  # not asked again at once
+    fail.clear()
+    monkeypatch.setattr(recommend, "_GONE_RETRY_S", 0.0)
+    got = rec.recommend("u-v-flaky", n=3)
+    assert (got.snapshot, got.stale) == ("v-flaky", False) and asked.count("v-flaky") == 2
+
+
+def test_a_background_load_answers_stale_until_the_version_is_in(snapshot):
+    """A server's requests never wait for a load: the first is answered from the active index
+    (its reason says the version is being loaded), a later one from the version."""
+    import threading
+    import time
+
+    from serving_cache import user_key
+
+    release = threading.Event()
+    disk = _disk_versions(snapshot, 1)["v-disk0"]
+
+    def load(version):
+        release.wait(10)
+        return disk
+
+    rec = Recommender(snapshot, _DictRedis({user_key("unit", "u"): _user_on("v-disk0", snapshot,
+                                                                            seen=())}),
+                      ns="unit", load_version=load, load_in_background=True)
+    first = rec.recommend("u", n=5)
+    assert first.stale and first.reason == ("the user's vectors belong to snapshot v-disk0, "
+                                            "being loaded")
+    assert rec.interests("u").reason == first.reason
+    release.set()
+    deadline = time.monotonic() + 10
+    while rec.loading("v-disk0"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    got = rec.recommend("u", n=5)
+    assert (got.snapshot, got.stale, got.reason) == ("v-disk0", False, None)
+    assert rec.interests("u").stale is False
+
+
 def test_an_undecodable_value_is_cold_with_its_reason_and_logged_once(snapshot, caplog):
     from serving_cache import user_key
 
