@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+from provenance import provenance  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS / "head_ab.json")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     if not (args.checkpoint / "weights.safetensors").is_file():
         sys.exit(f"{args.checkpoint}: no checkpoint (python bench/prequential.py --seq-len 50 "
                  "trains it)")
@@ -117,6 +118,7 @@ def main() -> None:
            "timing": "best of the repeats, µs per history, head_outputs alone (one call per "
                      "history), the two revisions in turns",
            "by_length": rows_out}
+    out = {"provenance": prov, **out}
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(out, indent=2))
 

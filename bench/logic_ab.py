@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
 import stream as S  # noqa: E402
 from prequential import cached_first_half, with_sets  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path,
                     default=ROOT / "bench" / "results" / "logic_ab.json")
     args = ap.parse_args(argv)
+    prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     base = BaseView.from_checkpoint(cached_first_half(args.data, epochs=4))
     served = settings.online.model_copy(update={"dim": base.dim})
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "b_over_a": round(med["B"] / med["A"], 3),
         "machine": f"{os.cpu_count()} cores",
     }
+    out = {"provenance": prov, **out}
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(out, indent=2))
     return 0

@@ -54,6 +54,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from provenance import provenance  # noqa: E402
 
 from online_model import metrics as M  # noqa: E402
 from online_model.corpus import Corpus, corpus_from_prepared  # noqa: E402
@@ -523,6 +524,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     if args.quick:
         args.seeds, args.epochs, args.max_per_user, args.extend = args.seeds[:1], 2, 6, 0
         args.lr_grid, args.bootstrap = args.lr_grid[:1], 50
@@ -579,7 +581,7 @@ def main() -> None:
                      for n, m in res["models"].items()}
     res["timing"]["note"] = ("CPU, 1 torch thread, batch 256, niced, on a 2-core machine shared "
                              "with other jobs")
-    text = json.dumps(res, indent=1)
+    text = json.dumps({"provenance": prov, **res}, indent=1)
     print(text)
     out = args.out or (None if args.quick else
                        RESULTS / ("model_quality.json" if args.final else

@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
 from prequential import cached_first_half, with_sets  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--users", default="report", choices=["report", "tune"])
     ap.add_argument("--tag", default="seq10")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     ds = load_prepared(args.data)
     runs = {}
     for side, L, sets in (("a", args.seq_len_a, args.set_a), ("b", args.seq_len_b, args.set_b)):
@@ -86,6 +87,7 @@ def main() -> None:
         "ci": "95% bootstrap over users (2000 resamples), paired: the same users' hits",
         "command": "python bench/prequential_pair.py " + " ".join(sys.argv[1:]),
     }
+    out = {"provenance": prov, **out}
     (RESULTS / f"prequential_pair_{args.tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

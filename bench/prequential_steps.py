@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
+from provenance import provenance  # noqa: E402
 
 from online_model.prequential import matched_recall  # noqa: E402
 
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="on the earlier period, every user (bench/prequential.py --early), "
                          "into *_early.json")
     args = ap.parse_args(argv)
+    prov = provenance()  # when and on which code this run starts
     variants, out_path = GRIDS[args.grid]
     if args.early:
         out_path = out_path.with_name(out_path.stem + "_early.json")
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for p in res["fronts"]["reinfer"]]},
                 "nosteps": {k: res["arms"]["nosteps"][k] for k in ("recall@20", "entropy@20")},
             })
-        out_path.write_text(json.dumps(out, indent=1) + "\n")
+        out_path.write_text(json.dumps({"provenance": prov, **out}, indent=1) + "\n")
     print(json.dumps({k: {"recall@20": v["guarded_recall@20"],
                           "entropy@20": v["guarded_entropy@20"]}
                       for k, v in out["variants"].items()}, indent=1))

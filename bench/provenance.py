@@ -1,6 +1,6 @@
 """Which code, command and machine produced a benchmark result.
 
-Every headline benchmark writes :func:`provenance` into its JSON (``"provenance"``; the fault
+Every benchmark that writes a JSON writes :func:`provenance` into it (``"provenance"``; the fault
 matrix into its ``setup``), so a figure quoted in ``bench/results/*.md`` can be checked against
 the code that lands: results are re-run on that code, and a JSON that says which commit it ran
 on, and whether the measured code had uncommitted changes, shows it without a commit message.
@@ -8,6 +8,7 @@ on, and whether the measured code had uncommitted changes, shows it without a co
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import shlex
@@ -18,18 +19,40 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURED = ("streams", "online_model", "snapshotter", "serving_cache", "diam", "bench")
-"""The directories whose code a benchmark measures: uncommitted changes there are listed."""
+MEASURED = ("streams", "online_model", "snapshotter", "serving_cache", "diam", "bench",
+            ":(exclude)bench/results")
+"""The code a benchmark measures (git pathspecs): uncommitted changes there are listed. Not
+``bench/results``: a run of several benchmarks rewrites it as it goes."""
 
 
-def _git(*args: str) -> str:
-    """git's output without its last newline ('' without git); a porcelain line's leading
-    space is part of the line."""
+class GitFailed(RuntimeError):
+    pass
+
+
+def _git(root: Path, *args: str) -> str:
+    """git's output without its last newline (a porcelain line's leading space is part of the
+    line); :class:`GitFailed` when git is missing or fails (a record that read as clean
+    would be wrong)."""
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=30).stdout.rstrip("\n")
-    except (OSError, subprocess.SubprocessError):  # no git here: the record says so
-        return ""
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GitFailed(str(exc)) from None
+    if r.returncode != 0:
+        raise GitFailed(r.stderr.strip() or f"git {args[0]} exited {r.returncode}")
+    return r.stdout.rstrip("\n")
+
+
+def _settings_file() -> dict[str, Any] | None:
+    """The settings file every benchmark's settings read (``diam.settings.config_path``), with
+    its sha256; None when there is none (the defaults and ``DIAM_*`` variables apply)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from diam.settings import config_path
+
+    path = config_path()
+    if not path.is_file():
+        return None
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
 
 
 def _cpu_model() -> str:
@@ -50,17 +73,26 @@ def _env() -> list[str]:
             or k.startswith("DIAM_")]
 
 
-def provenance(argv: list[str] | None = None) -> dict[str, Any]:
-    """``commit`` (short hash of HEAD, '' outside git), ``dirty_paths`` (``git status
-    --porcelain`` lines under :data:`MEASURED`, empty when the measured code is committed),
-    ``date`` (UTC, to the minute, when this is called: call it when the run starts),
-    ``command`` (how to run it again, with the environment settings :func:`_env` names) and ``machine`` (CPUs, their model, Python)."""
-    status = _git("status", "--porcelain", "--", *MEASURED)
+def provenance(argv: list[str] | None = None, root: Path = ROOT) -> dict[str, Any]:
+    """``commit`` (short hash of HEAD), ``dirty_paths`` (``git status --porcelain`` lines
+    under :data:`MEASURED`, empty when the measured code is committed; both "git failed: ..."
+    when git cannot say), ``settings_file`` (:func:`_settings_file`), ``date`` (UTC, to the
+    minute, when this is called: call it when the run starts; the subprocesses a benchmark
+    starts later run the working tree as it is then), ``command`` (how to run it again, with
+    the environment settings :func:`_env` names) and ``machine`` (CPUs, their model,
+    Python)."""
+    try:
+        commit = _git(root, "rev-parse", "--short", "HEAD")
+        status = _git(root, "status", "--porcelain", "--", *MEASURED)
+        dirty: list[str] | str = [line for line in status.split("\n") if line.strip()]
+    except GitFailed as exc:
+        commit = dirty = f"git failed: {exc}"
     args = sys.argv if argv is None else argv
-    script = os.path.relpath(os.path.abspath(args[0]), ROOT) if args else "?"
+    script = os.path.relpath(os.path.abspath(args[0]), root) if args else "?"
     return {
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty_paths": [line for line in status.split("\n") if line.strip()],
+        "commit": commit,
+        "dirty_paths": dirty,
+        "settings_file": _settings_file(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": shlex.join([*_env(), "python", script, *args[1:]]),
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(),

@@ -27,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from provenance import provenance  # noqa: E402
 
 DEFAULT = {"warm_e1_lr1e-2": {"epochs": 1, "lr": 1e-2}, "warm_e2_lr1e-2": {"epochs": 2, "lr": 1e-2},
            "warm_e1_lr1e-3": {"epochs": 1, "lr": 1e-3}, "warm_e2_lr1e-3": {"epochs": 2, "lr": 1e-3},
@@ -50,7 +51,14 @@ def main() -> None:
     from online_model.train import Features, TrainConfig, train
     from streams.catalog import items_of_dataset
 
-    variants = json.loads(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return
+    prov = provenance()  # when and on which code this run starts
+    try:
+        variants = json.loads(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+    except ValueError as exc:
+        sys.exit(f"the argument is a JSON object of variants ({exc}); --help shows the form")
     SEQ_LEN = OnlineConfig().train_seq_len("diam")  # the retrain service's window  # noqa: N806
     data = str(ROOT / "data" / "ml-100k")
     ds = load_prepared(data)
@@ -108,7 +116,7 @@ def main() -> None:
             out.append(score(cur, k))
         res[name] = out
         print(name, out, file=sys.stderr)
-    report = {"dataset": "ml-100k", "seq_len": SEQ_LEN, "windows": "recall@20_by_window[j] is window j+5 of 10",
+    report = {"provenance": prov, "dataset": "ml-100k", "seq_len": SEQ_LEN, "windows": "recall@20_by_window[j] is window j+5 of 10",
               "arms": {k: {"recall@20_by_window": v, "mean": round(float(np.mean(v)), 4)}
                        for k, v in res.items()},
               "variants": variants, "wall_s": round(time.time() - t0, 1),

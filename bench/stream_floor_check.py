@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
 import stream as S  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 from streams.kafka_io import watermarks  # noqa: E402
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream_floor_check.json")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     env = S.env_for(settings)
     n = sum(hi - lo for lo, hi in watermarks(settings.kafka, args.topic).values())
@@ -66,6 +67,7 @@ def main() -> None:
            **{f"events_per_s_{k}_runs": v for k, v in runs.items()},
            **{f"events_per_s_{k}": float(np.median(v)) for k, v in runs.items()},
            "machine": "2 cores"}
+    out = {"provenance": prov, **out}
     print(json.dumps(out, indent=2))
     args.out.write_text(json.dumps(out, indent=2) + "\n")
 

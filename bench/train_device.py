@@ -47,6 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from provenance import provenance  # noqa: E402
 
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.corpus import corpus_from_prepared  # noqa: E402
@@ -239,7 +240,7 @@ def _run(args: argparse.Namespace, parts: list[str], out: Path | None, tmp: Path
     others still run); scratch files (the synthetic corpus, default checkpoints) in ``tmp``."""
     device = resolve_device(args.device)
     ep = 1 if args.smoke else 10
-    res: dict = {"bench": "train_device", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+    res: dict = {"provenance": provenance(), "bench": "train_device", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                      time.gmtime()),
                  "command": " ".join(["python bench/train_device.py", *sys.argv[1:]]),
                  "smoke": args.smoke, **device_info(device), "parts": {}, "failed": {}}

@@ -39,10 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
 import numpy as np  # noqa: E402
 import stream  # noqa: E402
 from prequential import with_sets  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
@@ -110,6 +110,7 @@ def main() -> None:
                          "trained on another draw of its users (trained_checkpoint) [untrained]")
     ap.add_argument("--out", type=Path, default=None, help="JSON results [default: stdout only]")
     args = ap.parse_args()
+    prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     variants = {v.strip(): [s.strip() for s in v.split(",") if s.strip()]
                 for v in args.variants.split(";")}
@@ -153,7 +154,7 @@ def main() -> None:
                       ("reanchor_every", "reanchor_cos", "reanchor_explore", "reanchor_gap",
                        "infer_items")},
            "variants": rows}
-    text = json.dumps(out, indent=1)
+    text = json.dumps({"provenance": prov, **out}, indent=1)
     if args.out:
         args.out.write_text(text + "\n")
     print(text)

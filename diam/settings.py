@@ -119,7 +119,9 @@ class ServeConfig(BaseModel):
     index, catalogue and click followers, and its own ``/metrics``."""
 
 
-def _toml_path() -> Path:
+def config_path() -> Path:
+    """The settings file: ``DIAM_CONFIG``, else ``diam.toml`` in the working directory (it need
+    not exist)."""
     return Path(os.environ.get("DIAM_CONFIG", "diam.toml"))
 
 
@@ -173,7 +175,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path()
+        path = config_path()
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
@@ -200,7 +202,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsInputError(f"{_toml_path()} is not valid TOML: {exc}") from None
+        raise SettingsInputError(f"{config_path()} is not valid TOML: {exc}") from None
     except SettingsError as exc:
         # a section's value in the environment that is not JSON; pydantic names only the section
         found = re.search(r'field "([^"]+)"', str(exc))
@@ -234,5 +236,5 @@ def _source_of(loc: list[str]) -> str:
         env = _ENV_PREFIX + "_".join(loc[:depth]).upper()
         if len(loc) >= depth and env in os.environ:
             return f"from {env}"
-    path = _toml_path()
+    path = config_path()
     return f"from {path}" if path.is_file() else "given"
