@@ -800,8 +800,8 @@ Each suspicion has a measurement in the JSON, per catalogue:
   requests, so its p99 was the 5th slowest: one descheduling on a shared box moves it by
   milliseconds. `--quick` now times 2,000 in-process requests (the full run 3,000).
 - **Who is asked**: a request searches once per interest, so its cost grows with K_u
-  (`inproc_by_k_u`); learner users are mostly K_u = 1 with a tail up to 8, and the slowest
-  requests are the many-interest users'. The search is most of a request's cost at 100k items,
+  (`inproc_by_k_u`; the learner's users' K_u are counted in `setup.learner.k_u_counts`, and
+  the table's by-K_u column shows the buckets they fill). The search is most of a request's cost at 100k items,
   and it grows with nprobe: the snapshotter tunes nprobe on the served users' vectors in Redis
   (here the tuning half of the learner's users; `tuning_recall_by_nprobe`), which need fewer
   lists than mixtures of item vectors (the fallback) for the same recall.
