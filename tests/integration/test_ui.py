@@ -164,6 +164,16 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
     rows = view.find_elements(By.CSS_SELECTOR, "[data-testid=drift-row]")
     shown = [tuple(td.text for td in r.find_elements(By.TAG_NAME, "td")[:2]) for r in rows]
     assert shown == [(d["kind"], str(d["offset"])) for d in reversed(drift)]  # newest first
+    # why a user is answered as they are: nothing for alice, the API's reason for a stranger
+    assert view.find_element(By.CSS_SELECTOR, "[data-testid=user-reason]").text == ""
+    box.clear()
+    box.send_keys("nobody")
+    driver.find_element(By.CSS_SELECTOR, "[data-testid=user-go]").click()
+    WebDriverWait(driver, 20).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-user-loaded") == "nobody")
+    assert api.get("/users/nobody/interests").json()["reason"] == "unknown user"
+    assert driver.find_element(By.CSS_SELECTOR, "[data-testid=user-reason]").text == "unknown user"
+    assert driver.find_element(By.CSS_SELECTOR, "[data-testid=user-k]").text == "cold"
 
     # the overview: the namespace's K_u histogram sums to its users; the flow panel has read
     # the dataflow's metrics (lag 0 after the bounded run); the alert is listed
