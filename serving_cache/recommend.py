@@ -239,6 +239,7 @@ class Recommender:
             with self._cache_lock:
                 on_disk = dict(self._on_disk)
                 on_disk.pop(snapshot.version, None)
+                self._used.pop(snapshot.version, None)
                 self._on_disk = on_disk
 
     def add_items(self, items: Sequence[Any]) -> int:
@@ -515,12 +516,13 @@ class Recommender:
                 model=None if uv is None else uv.model,
                 reason=why or ("unknown user" if uv is None else "no snapshot loaded"),
             )
-        snap, state = self._index_for(uv)
-        stale = state is not None
         tops: list[list[str]] = []
         cats: list[str | None] = []
+        # a user without interests searches nothing: no index is looked up (nor loaded)
+        snap, state = (snap0, None) if uv.k < 1 else self._index_for(uv)
+        stale = state is not None
         if uv.k < 1:  # as recommend() answers it
-            why, stale = "unknown user", False
+            why = "unknown user"
         elif uv.dim != snap.dim:  # as recommend() answers it: not stale, no items from any index
             why, stale = _dim_reason(uv, snap), False
         elif stale:
@@ -555,11 +557,12 @@ def _dim_reason(uv: UserVectors, snap: SnapshotIndex) -> str:
     return f"vectors have dim {uv.dim}, index has {snap.dim}"
 
 
-def _stale_reason(uv: UserVectors, seen_kept: bool, state: str = "not loaded") -> str:
-    """Why a user is answered from the active index: ``seen_kept`` when the stream's record of
-    their last seen items could not be left out (its rows index their version's item table);
+def _stale_reason(uv: UserVectors, seen_not_left_out: bool, state: str = "not loaded") -> str:
+    """Why a user is answered from the active index: ``seen_not_left_out`` when the stream's
+    record of their last seen items could not be left out (its rows index their version's item
+    table);
     ``state``: their version is "not loaded", or "being loaded" (a later request gets it)."""
-    if seen_kept:
+    if seen_not_left_out:
         return ("the user's last seen items not left out: their vectors belong to snapshot "
                 f"{uv.model}, {state}")
     return f"the user's vectors belong to snapshot {uv.model}, {state}"
