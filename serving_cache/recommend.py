@@ -571,10 +571,12 @@ def _stale_reason(uv: UserVectors, seen_not_left_out: bool, state: str = "not lo
 def load_verified(store: Any, version: str) -> SnapshotIndex:
     """``version``'s index from a snapshot store (``snapshotter.SnapshotStore``), its files'
     hashes checked first (``store.verify``, as ``snapshotter.ActiveWatcher`` does before
-    ``diam serve`` loads a version). Raises the store's ``SnapshotError`` (no manifest, a file
-    missing or not matching its hash), ``ValueError`` (an index that does not match the
-    items), ``OSError`` or FAISS's ``RuntimeError`` (unreadable files)."""
-    store.verify(version)
+    ``diam serve`` loads a version). The index is read once: by the load, whose rule for an
+    index that does not match the items is the one ``verify`` would apply. Raises the store's
+    ``SnapshotError`` (no manifest, a file missing or not matching its hash), ``ValueError``
+    (an index that does not match the items), ``OSError`` or FAISS's ``RuntimeError``
+    (unreadable files)."""
+    store.verify(version, check_index=False)
     return SnapshotIndex.load(store.path(version), version=version)
 
 

@@ -415,3 +415,33 @@ def test_store_loader_verifies_and_loads_or_says_no(tmp_path):
     assert refused and refused[0][0] == v2 and "weights.safetensors" in refused[0][1]
     with pytest.raises(IntegrityError, match="sha256"):
         load_verified(store, v2)
+
+
+def test_load_verified_reads_the_index_once_and_still_refuses_a_mismatch(tmp_path, monkeypatch):
+    """``load_verified`` skips ``verify``'s index check (the load applies the same rule): an
+    index that disagrees with the items, its hashes re-written, is still refused, by the load;
+    a good version's index file is read by FAISS once."""
+    import hashlib
+    import json
+
+    import faiss
+
+    from serving_cache.recommend import load_verified
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s")))
+    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=30, dim=8, seed=1), store).version
+    v2 = publish(write_checkpoint(tmp_path / "ck2", n_items=40, dim=8, seed=2), store).version
+    reads: list[str] = []
+    real_read = faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda p, *a: (reads.append(p), real_read(p, *a))[1])
+    assert load_verified(store, v1).n_items == 30
+    assert len(reads) == 1 and reads[0].endswith("items.faiss")
+    (store.path(v1) / "items.faiss").write_bytes((store.path(v2) / "items.faiss").read_bytes())
+    man_path = store.path(v1) / "manifest.json"
+    man = json.loads(man_path.read_text())
+    data = (store.path(v1) / "items.faiss").read_bytes()
+    man["files"]["items.faiss"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    man_path.write_text(json.dumps(man))  # hashes verify: only the index check can tell
+    store.verify(v1, check_index=False)
+    with pytest.raises(ValueError, match="index holds 40x8"):
+        load_verified(store, v1)
