@@ -107,8 +107,11 @@ def test_refresh_global_moves_slot_zero_to_the_windows_global_interest(rows) -> 
 @given(n=st.integers(1, 11), k=st.integers(1, 13), m=st.integers(1, 20), seed=st.integers(0, 99))
 def test_linear_has_the_bits_of_one_term_at_a_time(n, k, m, seed) -> None:
     """``_linear`` takes four rows and four terms per pass; its docstring promises the roundings
-    of the plain loop (bias, then x[i, kk]·w[kk, j] for kk ascending), so a history's anchors
-    do not depend on the blocking. Shapes cover every remainder of the blocks."""
+    of the plain loop (bias, then one fused multiply-add of x[i, kk]·w[kk, j] for kk
+    ascending), so a history's anchors do not depend on the blocking. Shapes cover every
+    remainder of the blocks. The reference fuses in float64: the float32 product is exact
+    there, and the sum rounds to float32 as the fused operation does (a double rounding can
+    only differ on an exact tie of the float64 sum, about one in 2^29)."""
     from online_model.infer import _linear
 
     rng = np.random.default_rng(seed)
@@ -121,6 +124,8 @@ def test_linear_has_the_bits_of_one_term_at_a_time(n, k, m, seed) -> None:
     for i in range(n):
         acc = b.copy()
         for kk in range(k):
-            acc = (acc + x[i, kk] * w[kk]).astype(np.float32)  # one rounding per product, per sum
+            # fma: the product exact, one rounding of the sum
+            acc = (acc.astype(np.float64)
+                   + np.float64(x[i, kk]) * w[kk].astype(np.float64)).astype(np.float32)
         ref[i] = acc
     assert out.tobytes() == ref.tobytes()

@@ -8,11 +8,13 @@ every state goes through a pickle round trip (what a Bytewax resume does). The h
 final vectors, anchors, K_u, the d_u logit and prior, the recent items and the drift events.
 
 The pinned digests were taken from the code before the state got names and hold on this
-machine type (IEEE arithmetic without fastmath); re-pinned once on purpose since, when d_u's
+machine type (IEEE arithmetic; the inference head's products are fused multiply-adds,
+``online_model.infer._KERNEL``, and nothing is reordered); re-pinned once on purpose since, when d_u's
 step changed its target from the click's exploration flag to the percentile of the diversity
 the last clicks realised (``kernels.diversity_target``); ``diam-served`` again when the served
 ``d_lr`` and ``k_hysteresis_up`` changed (:data:`BEFORE` keeps the others, and
-``diam-served-before`` the served settings' old bytes). The DIAM digest also depends on the inference
+``diam-served-before`` the served settings' old bytes); every DIAM digest again when the head's
+products became fused multiply-adds (the learner's files unchanged). The DIAM digest also depends on the inference
 head's arithmetic (``online_model.infer``): a change there that moves its output re-pins it,
 after checking the learner's files alone do not move it (``bench/state_ab.py`` reports whether
 two versions of them give the same bytes).
@@ -37,11 +39,11 @@ PINS = {
     "kmeans-clamp": "e469a2688a0e5b622fd0152e292268037fe842e8f0dc0b43df85fdbbc5e0a75d",
     "kmeans-rollback": "7f4cd1560ce7bd3cb0b6cf08097fa3a87c56ff3f340f57a828ab5ad2b7a6065d",
     "kmeans-unguarded": "f9e80288c13cf8a542e88de0a24934a4df853583ae606ff516e3355382a3b814",
-    "diam-gate": "2c1f3e986da133bf8bab7021d0df947a830b4610215fb56f8541c2ab1c7a7146",
-    "diam": "e82a69dda804306f1000ca8bbd523ff1a80a86d36b1e47f9b371b4a4835ed0c9",
-    "diam-explore": "8163bc924b064e543ef9cbc0780201162f8de5f138924e82668777ada525f8a4",
-    "diam-served-before": "c91a123b773af97af0ac1d71de3fd6febff277a89a3e14d2159207ca35b76600",
-    "diam-served": "e03826f054b07a94b0210923851b636f57483f8dbede49e0615b151b0242d47f",
+    "diam-gate": "bafc61f1d0c4646f613ed1f42016027a1c8b75be99d1cf97329b54d970b256b6",
+    "diam": "afd92cc31c143d1c88d9ca63db36747ea19cc14cde5a274c76074ab12d3335fb",
+    "diam-explore": "6ab6b3785112a82bcb8337f718861dd54d137fbf427a86bbee7fb7ccd23161c2",
+    "diam-served-before": "2877b0d092fdb27f4c4f91329f649ce211389d0352e7df32d8e8be5491385160",
+    "diam-served": "904644b9ff635b506f630781fd2183abb7d6a826ad42fc228df51851bca94b6f",
 }
 
 
