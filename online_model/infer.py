@@ -30,8 +30,8 @@ __all__ = ["DiamHead", "HeadOutput", "HeadLoadError", "has_extractor"]
 
 _F = np.float32
 
-_KERNEL = {"cache": True, "error_model": "numpy", "fastmath": {"contract"}}
-"""How every kernel here is compiled. ``contract`` lets LLVM fuse a product into the sum it
+_KERNEL = njit(cache=True, error_model="numpy", fastmath={"contract"})
+"""How every kernel here is compiled (``@_KERNEL``). ``contract`` lets LLVM fuse a product into the sum it
 feeds (``o + a * w`` becomes one fused multiply-add, rounded once): about a tenth off the
 forward pass (``bench/head_ab.py``). Nothing is reordered (no ``reassoc``), so the bits are
 still those of the written order of operations, the same on every machine with FMA (every
@@ -224,12 +224,12 @@ class DiamHead:
                         self._off, a_flat, v_flat)
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _sigmoid(z):
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def head_outputs(rows, emb, item_cat, buf, off, dims, fusion_w, fusion_b, signals, vecs, h_seq):
     """The head's whole output for one history, in one compiled call: :func:`_forward` writes
     the interests ``vecs`` [K_max, d] and the encoder summary ``h_seq`` [d]; returns ``(k,
@@ -269,7 +269,7 @@ _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _exp_(x, scratch):
     """``x[:] = exp(x[:])`` in float32, as Cephes' expf computes it (reduction by ln 2, a
     degree-5 polynomial, the power of two assembled from its bits; relative error below 1e-7).
@@ -293,7 +293,7 @@ def _exp_(x, scratch):
         x[i] *= two[i]
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _tanh_(x, e, scratch):
     """``x[:] = tanh(x[:])`` as ``sign(x) (1 - exp(-2|x|)) / (1 + exp(-2|x|))`` (absolute error
     below 1e-7), vectorised through :func:`_exp_`. ``e``: float32 scratch as long as ``x``."""
@@ -306,19 +306,19 @@ def _tanh_(x, e, scratch):
         x[i] = t if x[i] >= 0 else -t
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _t(buf, off, i, r, c):
     o = off[i]
     return buf[o:o + r * c].reshape((r, c))
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _v(buf, off, i, r):
     o = off[i]
     return buf[o:o + r]
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _linear(x, w, b, out):
     """out = x @ w + b for x [n, k], w [k, m] (the transposed torch weight), b [m], as row
     updates, four rows and four terms at a time: each output element becomes
@@ -401,7 +401,7 @@ def _linear(x, w, b, out):
         i += 1
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _layer_norm(x, w, b, out):
     """``nn.LayerNorm`` (eps 1e-5) over each row of ``x`` [n, d]. Each row's mean and variance
     are float32 sums over ``j`` ascending, as one row at a time sums them; four rows are summed
@@ -447,14 +447,14 @@ def _layer_norm(x, w, b, out):
         i += 1
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _norm_row(x, mu, v, inv, eps, w, b, out):
     r = np.float32(1.0) / np.sqrt(v * inv + eps)
     for j in range(x.shape[0]):
         out[j] = (x[j] - mu) * r * w[j] + b[j]
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _block(x, buf, off, base, heads, ff):
     """One ``nn.TransformerEncoderLayer`` (norm_first, ReLU, eval) over positions that are all
     real: ``x`` [n, d] -> [n, d]."""
@@ -509,7 +509,7 @@ def _block(x, buf, off, base, heads, ff):
     return x2 + o
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _global_slot(buf, off, mean, h_seq, out):
     """out = mean + MLP([mean, h_seq]): slot 0, DIAM's global interest."""
     d = mean.shape[0]
@@ -528,7 +528,7 @@ def _global_slot(buf, off, mean, h_seq, out):
         out[j] = mean[j] + g[0, j]
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _refresh_global(rows, emb_flat, h_seq, buf, off, a_flat, v_flat):
     d = h_seq.shape[0]
     m = rows.shape[0]
@@ -547,7 +547,7 @@ def _refresh_global(rows, emb_flat, h_seq, buf, off, a_flat, v_flat):
         a_flat[j] = g[j]
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _route_row(logits, c, out):
     """One position's routing weights, the softmax of its ``logits`` [K] (float32; ``c`` is
     scratch): the routing loop's and :func:`_routing_soft`'s one rule."""
@@ -564,7 +564,7 @@ def _route_row(logits, c, out):
         out[k] = c[k] / tot
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _routing_soft(binit, out):
     """``out[p] = softmax(binit[p])`` for every position: the first routing pass's weights,
     which depend on the position only."""
@@ -573,7 +573,7 @@ def _routing_soft(binit, out):
         _route_row(binit[p], c, out[p])
 
 
-@njit(**_KERNEL)
+@_KERNEL
 def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     """DIAM's interests for one history ``rows`` (0-based, oldest first, 1..L of them): writes
     ``vecs`` [K, d] and ``h_seq`` [d], returns the gate's logit."""
