@@ -138,7 +138,9 @@ class Decision:
     version: str | None = None
     """The published version (None when refused)."""
     metrics: dict[str, Any] = field(default_factory=dict)
-    """``{"candidate": {...}, "active": {...} | None, "eval_users": int}``."""
+    """``{"candidate": {...}, "active": {...} | None, "eval_users": int, "diff_ci": {metric:
+    [lo, hi]}}``: ``diff_ci`` the paired 95% interval of candidate minus active over the
+    held-out users (empty without an active model)."""
     window: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     warm_start: dict[str, Any] | None = None
@@ -356,8 +358,9 @@ class Retrainer:
                 allow_pickle=False)
         es = slice_eval_set(full, cut, prefix_signals(full))
         dev = str(next(res.model.parameters()).device)
-        cand_m = evaluate_slice(res.model, full, es, device=dev)
-        act_m = None
+        cand_m = evaluate_slice(res.model, full, es, device=dev, per_user=True)
+        cand_u = cand_m.pop("per_user")
+        act_m = act_u = None
         if active is not None:
             torch.manual_seed(cfg.seed)
             acfg = ModelConfig.from_dict({**active.config, "n_items": full.n_items,
@@ -367,12 +370,18 @@ class Retrainer:
                                    active.categories or None, full.category_names)
             view.load_state_dict(state)
             act_m = evaluate_slice(view.to(dev).eval(), full, es,
-                                   exclude=unknown_rows(full, active.item_ids), device=dev)
+                                   exclude=unknown_rows(full, active.item_ids), device=dev,
+                                   per_user=True)
+            act_u = act_m.pop("per_user")
         t_eval = time.monotonic()
-        gate = decide(cand_m, act_m, cfg.gate, eval_users=len(es.users))
+        pairs = (None if act_u is None else
+                 {m: (cand_u[m], act_u[m]) for m in ("recall@20", "entropy@20")})
+        gate = decide(cand_m, act_m, cfg.gate, eval_users=len(es.users), per_user=pairs)
         d = Decision(name, False, gate.reason, active_version,
                      metrics={"candidate": _clean(cand_m), "active": _clean(act_m),
-                              "eval_users": len(es.users)},
+                              "eval_users": len(es.users),
+                              "diff_ci": {m: [round(lo, 6), round(hi, 6)]
+                                          for m, (lo, hi) in gate.intervals.items()}},
                      window=window, warm_start=warm, created_at=created.isoformat(),
                      candidate_path=str(cand_dir))
         phases = {"read": t_read - t0, "train": t_train - t_read, "eval": t_eval - t_train}

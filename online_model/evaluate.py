@@ -199,13 +199,18 @@ def reference_embedding(corpus: Corpus, users: np.ndarray, dim: int = 32) -> np.
 def evaluate(model, corpus: Corpus, es: EvalSet, device: torch.device | str = "cpu",
              ns: tuple[int, ...] = (20, 50), agg: str = "model", delta: float = 0.0,
              lam: float = 0.0, ref: np.ndarray | None = None,
-             cands: Candidates | None = None, d: float = 0.0) -> dict:
-    """All metrics of ``model`` on ``es``: accuracy, diversity, K_u distribution, d_u quality."""
+             cands: Candidates | None = None, d: float = 0.0, per_user: bool = False) -> dict:
+    """All metrics of ``model`` on ``es``: accuracy, diversity, K_u distribution, d_u quality;
+    ``per_user``: also ``"per_user"``, each accuracy and diversity metric's values per user
+    ``[U]`` (in ``es``'s order: what a paired interval between two models resamples)."""
     cands = cands or retrieve(model, corpus, es, device, m=max(ns))
     if ref is None:
         ref = cands.item_vecs  # callers comparing models pass a shared reference embedding
     lists = lists_for(cands, corpus, agg, max(ns), delta, lam, d)
-    res: dict = score_lists(lists, es, corpus, ref, ns)
+    users: dict = score_lists(lists, es, corpus, ref, ns, per_user=True)
+    res: dict = {k: float(np.mean(v)) for k, v in users.items()}
+    if per_user:
+        res["per_user"] = users
     res["n_users"] = len(es.users)
     ks, counts = np.unique(cands.k, return_counts=True)
     res["k_u_hist"] = {int(k): int(c) for k, c in zip(ks, counts, strict=True)}

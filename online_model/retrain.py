@@ -73,17 +73,23 @@ def unknown_rows(corpus: Corpus, known_ids: np.ndarray) -> np.ndarray:
 
 
 def evaluate_slice(model: Any, corpus: Corpus, es: EvalSet, exclude: np.ndarray | None = None,
-                   device: str = "cpu") -> dict[str, float]:
+                   device: str = "cpu", per_user: bool = False) -> dict[str, Any]:
     """Recall@20, Entropy@20 (and the rest of ``evaluate``'s metrics) of ``model`` on ``es``,
     with the model's own aggregation; rows in ``exclude`` are never recommended (items the
-    model does not know: they are masked like history items)."""
+    model does not know: they are masked like history items). ``per_user``: also
+    ``"per_user"``, each metric's values per held-out user in ``es``'s order (the gate's paired
+    interval, ``snapshotter.gate.paired_interval``)."""
     from online_model.evaluate import evaluate
 
     if exclude is not None and len(exclude):
         es = replace(es, history=[np.union1d(h, exclude) for h in es.history])
     if len(es.users) == 0:
-        return {"recall@20": float("nan"), "entropy@20": float("nan"), "n_users": 0}
-    res = evaluate(model, corpus, es, device=device, ns=(20,), agg="model")
+        out: dict[str, Any] = {"recall@20": float("nan"), "entropy@20": float("nan"),
+                               "n_users": 0}
+        if per_user:
+            out["per_user"] = {"recall@20": np.zeros(0), "entropy@20": np.zeros(0)}
+        return out
+    res = evaluate(model, corpus, es, device=device, ns=(20,), agg="model", per_user=per_user)
     return {k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
             for k, v in res.items() if k != "k_u_hist"}
 

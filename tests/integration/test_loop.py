@@ -196,7 +196,12 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     second = Retrainer(s2, namespace=namespace).run_once()
     assert not second.published and second.version is None, second
     assert second.metrics["candidate"]["recall@20"] < second.metrics["active"]["recall@20"] - 0.01
-    assert "below the active" in second.reason
+    assert "below the active" in second.reason and "paired 95% interval" in second.reason
+    lo, hi = second.metrics["diff_ci"]["recall@20"]  # the interval over the held-out users
+    assert lo <= (second.metrics["candidate"]["recall@20"]
+                  - second.metrics["active"]["recall@20"]) <= hi
+    assert set(second.metrics["diff_ci"]) == {"recall@20", "entropy@20"}
+    assert first.metrics["diff_ci"] == {}  # nothing to compare with
     assert store.active_version() == first.version  # never activated
     assert redis_client.get(model_active_key(namespace)).decode() == first.version
     assert [v.version for v in store.versions()] == [first.version]
