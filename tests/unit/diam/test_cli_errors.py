@@ -171,7 +171,7 @@ def test_recommend_keep_seen_reaches_the_recommender(run, monkeypatch, flag, exc
             raise ValueError("stop here")
 
     monkeypatch.setattr(snapshotter.store.SnapshotStore, "active_version", lambda self: "v1")
-    monkeypatch.setattr(snapshotter.store.SnapshotStore, "verify", lambda self, version: {})
+    monkeypatch.setattr(snapshotter.store.SnapshotStore, "verify", lambda self, version, check_index=True: {})
     monkeypatch.setattr(serving_cache.retrieval.SnapshotIndex, "load",
                         classmethod(lambda cls, *a, **k: None))
     monkeypatch.setattr(serving_cache.recommend, "Recommender", FakeRecommender)
