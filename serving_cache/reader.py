@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+
 from serving_cache.codec import CodecError, UserVectors, decode_user
 from serving_cache.keys import user_key, validate_namespace
 
@@ -88,7 +90,11 @@ class UserReader:
         if not valid_user_id(user_id):
             raise ValueError(f"invalid user id {user_id!r}")
         key = user_key(self.ns, user_id)
-        return self._decode(key, self.client.get(key))
+        try:
+            raw = self.client.get(key)
+        except redis.ResponseError as exc:
+            raise self._wrong_type(key, exc) from None
+        return self._decode(key, raw)
 
     def get_many(self, user_ids: Sequence[str]) -> list[UserVectors | None]:
         """Many users in one round trip, in order (a pipeline of GETs rather than MGET, which
@@ -103,12 +109,26 @@ class UserReader:
         for key in keys:
             pipe.get(key)
         out: list[UserVectors | None] = []
-        for key, raw in zip(keys, pipe.execute(), strict=True):
+        for key, raw in zip(keys, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, redis.ResponseError):
+                self._wrong_type(key, raw)  # raised again when it is not a wrong type
+                out.append(None)
+                continue
             try:
                 out.append(self._decode(key, raw))
             except CodecError:
                 out.append(None)
         return out
+
+    def _wrong_type(self, key: str, exc: redis.ResponseError) -> CodecError:
+        """A user's key holding another Redis type (a hash, a list: written by something else)
+        is an undecodable value, served cold with its reason, not a server error; any other
+        error of the command is raised as it is."""
+        if not str(exc).startswith("WRONGTYPE"):
+            raise exc
+        err = CodecError(f"the key holds another Redis type than a string ({exc})")
+        self._report(key, err)
+        return err
 
     def _decode(self, key: str, raw: bytes | None) -> UserVectors | None:
         if raw is None:
@@ -118,12 +138,15 @@ class UserReader:
         except (ValueError, KeyError, TypeError) as exc:
             # decode_user raises CodecError only; anything else is wrapped all the same
             err = exc if isinstance(exc, CodecError) else CodecError(repr(exc))
-            if key not in self._reported:
-                # once per key: a corrupted value read on every request must not flood the log
-                if len(self._reported) >= _REPORTED_MAX:
-                    self._reported.clear()
-                self._reported.add(key)
-                log.warning("value of %s does not decode (%s); the user is served cold", key, err)
+            self._report(key, err)
             if err is exc:
                 raise
             raise err from exc
+
+    def _report(self, key: str, err: CodecError) -> None:
+        if key not in self._reported:
+            # once per key: a corrupted value read on every request must not flood the log
+            if len(self._reported) >= _REPORTED_MAX:
+                self._reported.clear()
+            self._reported.add(key)
+            log.warning("value of %s does not decode (%s); the user is served cold", key, err)

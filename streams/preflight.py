@@ -42,9 +42,11 @@ def _where(url: str) -> str:
     return url.split("@")[-1]  # never print a password from the URL
 
 
-def check_redis(cfg: RedisConfig) -> None:
+def check_redis(cfg: RedisConfig, wait: bool = True) -> None:
     """PING with ``cfg``'s client: a refused login, a missing ACL permission or a failed TLS
-    handshake raise :class:`ServiceConfigError`; an unreachable server is left to the retries."""
+    handshake raise :class:`ServiceConfigError`; an unreachable server is left to the retries
+    (a service waits for it), unless ``wait`` is False (a bounded run, a batch job: it would
+    read its input and then wait on its first write for as long as the server is away)."""
     client = redis_client(cfg)
     try:
         client.ping()
@@ -68,6 +70,10 @@ def check_redis(cfg: RedisConfig) -> None:
             raise ServiceConfigError(
                 f"Redis at {_where(cfg.url)} reset the connection ({text}): a TLS-only server "
                 "does that to plain clients; use rediss:// in DIAM_REDIS_URL") from None
+        if not wait:
+            raise ServiceConfigError(
+                f"Redis at {_where(cfg.url)} is not reachable ({text}); a bounded run does not "
+                "wait for it: is the stack up? (`diam stack up`, DIAM_REDIS_URL)") from None
     finally:
         client.close()
 

@@ -106,7 +106,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist."""
     validate_namespace(job.namespace)
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
-    check_redis(job.redis)
+    check_redis(job.redis, wait=not job.bounded)
     if job.bounded:  # reads what the topic holds: a topic that does not exist is an error
         known = partition_ids(job.kafka, job.topic)  # UnknownTopic, not an empty topic created
     else:  # tails: the service may start before the first click is produced

@@ -89,7 +89,8 @@ def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) ->
 @click.pass_context
 def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
     """One user's stored vectors: K_u, d_u, seq, norms and pairwise cosines."""
-    from serving_cache import CodecError, decode_user, redis_client, user_key
+    from serving_cache import CodecError, redis_client
+    from serving_cache.reader import UserReader
     from streams.events import validate_user_id
 
     why = validate_user_id(user_id)
@@ -97,14 +98,13 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
         raise click.ClickException(why)
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
-    raw = redis_client(s.redis).get(user_key(ns, user_id))
-    if not isinstance(raw, bytes):
-        raise click.ClickException(f"no state for user {user_id!r} in namespace {ns!r}")
-    try:
-        uv = decode_user(raw)
+    try:  # the serving reader: a value that does not decode, or a key of another type, says so
+        uv = UserReader(redis_client(s.redis), ns).get_checked(user_id)
     except CodecError as exc:
         raise click.ClickException(
             f"value of user {user_id!r} in namespace {ns!r} does not decode: {exc}") from None
+    if uv is None:
+        raise click.ClickException(f"no state for user {user_id!r} in namespace {ns!r}")
     norms = np.linalg.norm(uv.vecs, axis=1)
     unit = uv.vecs / np.maximum(norms[:, None], 1e-9)
     cos = unit @ unit.T

@@ -101,3 +101,23 @@ def test_the_reader_tells_an_undecodable_value_from_an_absent_one(redis_client, 
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2, warned  # once per key, however often it is read
     assert user_key(namespace, "bad") in warned[0] and user_key(namespace, "inf") in warned[1]
+
+
+def test_a_key_of_another_redis_type_is_an_undecodable_value(redis_client, namespace,
+                                                             caplog) -> None:
+    """A user's key written as a hash by something else: the reader (and so the API, ``diam
+    recommend`` and ``diam inspect user``) serves the user cold with the reason, where the
+    command's WRONGTYPE error was an HTTP 500 and a traceback."""
+    from serving_cache import CodecError, UserReader
+
+    good = UserVectors(seq=1, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=1)
+    RedisWriter(redis_client, namespace).write_batch([("good", good)])
+    redis_client.hset(user_key(namespace, "hashed"), "a", "b")
+    reader = UserReader(redis_client, namespace)
+    with caplog.at_level("WARNING", logger="serving_cache.reader"):
+        with pytest.raises(CodecError, match="another Redis type"):
+            reader.get_checked("hashed")
+        assert reader.get("hashed") is None
+        assert reader.get_many(["good", "hashed", "nobody"]) == [good, None, None]
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and user_key(namespace, "hashed") in warned[0], warned
