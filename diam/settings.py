@@ -120,8 +120,9 @@ class ServeConfig(BaseModel):
 
 
 def config_path() -> Path:
-    """The settings file: ``DIAM_CONFIG``, else ``diam.toml`` in the working directory (it need
-    not exist)."""
+    """The settings file: ``DIAM_CONFIG`` (which must exist: :func:`load_settings` refuses a
+    missing one; empty: no file, the defaults and ``DIAM_*`` variables alone), else
+    ``diam.toml`` in the working directory (it need not exist)."""
     return Path(os.environ.get("DIAM_CONFIG", "diam.toml"))
 
 
@@ -199,6 +200,13 @@ def load_settings(**overrides: object) -> Settings:
     bad setting flow.batch_size = 'abc' (given): Input should be a valid integer, unable to parse string as an integer
     unknown setting flow.nope (given)
     """
+    named = os.environ.get("DIAM_CONFIG")
+    if named and not Path(named).is_file():  # a typo must not run on the defaults
+        raise SettingsInputError(
+            f"DIAM_CONFIG={named!r}: no such settings file"
+            + (" (a directory)" if Path(named).is_dir() else "")
+            + "; unset it to read diam.toml in the working directory, if any, or set it "
+            "empty for none")
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except tomllib.TOMLDecodeError as exc:

@@ -159,7 +159,7 @@ def test_diam_run_and_diam_serve_on_the_cluster_from_their_settings(stack, topic
     write_tiny_checkpoint(ckpt)
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
     version = publish(ckpt, store, rc, ns).version
-    env = {**os.environ, "DIAM_CONFIG": str(tmp_path / "none.toml"),
+    env = {**os.environ, "DIAM_CONFIG": "",
            "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": cluster.url,
            "DIAM_REDIS_CLUSTER": "true", "DIAM_REDIS_NAMESPACE": ns,
            "DIAM_SNAPSHOT_DIR": str(store.root), "DIAM_ONLINE_DIM": str(DIM),

@@ -92,7 +92,7 @@ def test_health_follows_redis_down_and_back(tmp_path, private_redis):
     env = {
         **os.environ,
         "DIAM_SNAPSHOT_DIR": str(store.root),
-        "DIAM_CONFIG": str(tmp_path / "none.toml"),
+        "DIAM_CONFIG": "",
         "DIAM_REDIS_URL": f"redis://127.0.0.1:{private_redis['port']}/0",
         "DIAM_REDIS_SOCKET_TIMEOUT_S": "1",
     }

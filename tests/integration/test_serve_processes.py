@@ -41,7 +41,7 @@ def server(stack, tmp_path, redis_client, namespace):
         seq=1, model=version, k=2, d=0.5, dim=DIM, vecs=vecs, ts=1, n=10))])
     port = free_port()
     env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store.root),
-           "DIAM_CONFIG": str(tmp_path / "none.toml"), "DIAM_REDIS_URL": stack.redis_url,
+           "DIAM_CONFIG": "", "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_NAMESPACE": namespace}
     with serving(env, port, "--processes", "2") as p:
         yield p, port

@@ -42,7 +42,7 @@ def test_a_user_of_an_old_version_is_answered_from_it(stack, tmp_path, redis_cli
     redis_client.set(user_key(namespace, "broken-user"), encode_user(_user(v1, vecs, []))[:7])
     port = free_port()
     env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(store.root),
-           "DIAM_CONFIG": str(tmp_path / "none.toml"), "DIAM_REDIS_URL": stack.redis_url,
+           "DIAM_CONFIG": "", "DIAM_REDIS_URL": stack.redis_url,
            "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_NAMESPACE": namespace}
     with serving(env, port, "--no-ui"):
         # the first request starts v1's load on a thread and is answered from the active

@@ -23,7 +23,7 @@ from snapshotter.testing import write_checkpoint
 def cli(stack, tmp_path, monkeypatch, namespace):
     monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
     monkeypatch.setenv("DIAM_REDIS_URL", stack.redis_url)
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
     runner = CliRunner()
 
     def invoke(*args: str):

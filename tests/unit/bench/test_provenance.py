@@ -45,13 +45,14 @@ def test_command_runs_the_script_again_with_the_settings_it_depends_on(monkeypat
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     monkeypatch.setenv("DIAM_ONLINE_DIM", "64")
     monkeypatch.setenv("UNRELATED_SETTING", "x")
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
     rec = prov.provenance([str(BENCH / "faults.py"), "--only", "a b"])
     words = shlex.split(rec["command"])
     assert words[-4:] == ["python", "bench/faults.py", "--only", "a b"]
     assert "OPENBLAS_NUM_THREADS=1" in words and "DIAM_ONLINE_DIM=64" in words
     assert not any(w.startswith("UNRELATED") for w in words)
     assert rec["settings_file"] is None and rec["machine"]["cpus"] >= 1
-    (tmp_path / "none.toml").write_text("[online]\n")
+    (tmp_path / "some.toml").write_text("[online]\n")
+    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "some.toml"))
     got = prov.provenance([str(BENCH / "faults.py")])["settings_file"]
-    assert got["path"] == str(tmp_path / "none.toml") and len(got["sha256"]) == 16
+    assert got["path"] == str(tmp_path / "some.toml") and len(got["sha256"]) == 16

@@ -18,6 +18,6 @@ def closed_port() -> int:
 def isolated_env(tmp_path, monkeypatch):
     """Settings that read no diam.toml and keep snapshots and data under ``tmp_path``."""
     monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
     monkeypatch.setenv("DIAM_DATA_DIR", str(tmp_path / "data"))
     return monkeypatch

@@ -66,6 +66,17 @@ def test_a_malformed_or_wrong_config_file_is_named(run, tmp_path, monkeypatch) -
     _clean_error(run("snapshot", "list", "--no-redis"), "flow.batch_size", f"from {toml}")
 
 
+def test_a_missing_config_file_is_refused_not_read_as_the_defaults(run, tmp_path,
+                                                                   monkeypatch) -> None:
+    """``DIAM_CONFIG`` names a file: a typo there would run on the 127.0.0.1 defaults."""
+    missing = tmp_path / "diam-prod.toml"
+    monkeypatch.setenv("DIAM_CONFIG", str(missing))
+    _clean_error(run("snapshot", "list", "--no-redis"), f"DIAM_CONFIG='{missing}'",
+                 "no such settings file")
+    monkeypatch.setenv("DIAM_CONFIG", "")  # empty: no settings file, on purpose
+    assert run("snapshot", "list", "--no-redis").exit_code == 0
+
+
 # -- the base model ---------------------------------------------------------------------------
 
 def test_a_directory_that_is_not_a_checkpoint_is_a_clean_error(run, tmp_path) -> None:

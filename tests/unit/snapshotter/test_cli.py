@@ -13,7 +13,7 @@ from snapshotter.testing import write_checkpoint
 @pytest.fixture
 def run(tmp_path, monkeypatch):
     monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
     runner = CliRunner()
 
     def invoke(*args):

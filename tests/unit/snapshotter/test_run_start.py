@@ -16,7 +16,7 @@ from snapshotter.testing import write_checkpoint
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIAM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
     monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
     return store

@@ -45,7 +45,7 @@ class DictRedis:
         def get(self, key: str) -> None:
             self.keys.append(key)
 
-        def execute(self) -> list[bytes | None]:
+        def execute(self, raise_on_error: bool = True) -> list[bytes | None]:
             self.r.gets += len(self.keys)
             return [self.r.data.get(k.encode()) for k in self.keys]
 
