@@ -194,12 +194,18 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
               metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
               idle_close_s: float = 10.0) -> None:
     """Run the monitor on ``topic`` (default the drift topic) until the input ends (``bounded``:
-    the high watermarks at start) or forever. ``from_end`` skips what is already in the topic."""
+    the high watermarks at start) or forever. ``from_end`` skips what is already in the topic.
+    A bounded run reads what the topic holds: one that does not exist raises ``UnknownTopic``
+    (a misspelt name would be created and read as "nothing drifted"); a tailing monitor
+    creates it, as it may start before the first dataflow writes drift events."""
     from bytewax.testing import run_main
 
     topic = topic or kafka.drift_topic
     alerts_topic = alerts_topic or kafka.alerts_topic
-    ensure_topic(kafka, topic)
+    if bounded:
+        partition_ids(kafka, topic)  # UnknownTopic; never creates it
+    else:
+        ensure_topic(kafka, topic)
     ensure_topic(kafka, alerts_topic)
     start = {p: hi for p, (_lo, hi) in watermarks(kafka, topic).items()} if from_end else None
     # Small batches interleave the partitions finely while catching up on a backlog.

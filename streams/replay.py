@@ -114,6 +114,10 @@ def _resolve(kafka: KafkaConfig, topic: str, bound: Bound | None, marks: dict[in
 def resolve_range(kafka: KafkaConfig, topic: str, start: Bound | None, end: Bound | None) -> ReplayRange:
     """Offsets of a replay; missing bounds are the topic's low / high watermarks. Offsets outside
     what the topic still holds are clamped to it (retention may have deleted the head)."""
+    if (start is not None and end is not None and start.time_ms is not None
+            and end.time_ms is not None and start.time_ms > end.time_ms):
+        raise ReplayError("--from is a later time than --to: the range is empty (the end is "
+                          "exclusive, as for offsets)")
     marks = watermarks(kafka, topic)
     lo = _resolve(kafka, topic, start, marks, 0)
     hi = _resolve(kafka, topic, end, marks, 1)

@@ -76,6 +76,21 @@ def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) 
     return value
 
 
+def plot_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """:func:`output_file` for a figure (--plot): its suffix must be a format matplotlib writes
+    (png, pdf, svg...), checked before any work; none: png."""
+    value = output_file(ctx, param, value)
+    if value is None or not value.suffix:
+        return value
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if value.suffix[1:].lower() not in kinds:
+        raise click.BadParameter(f"cannot plot to {value.name}: matplotlib writes "
+                                 f"{', '.join('.' + k for k in sorted(kinds))}")
+    return value
+
+
 def write_failed(path: Path | str, exc: OSError) -> click.ClickException:
     """The error for an output file that could not be written (permissions, a full disk)."""
     return click.ClickException(f"cannot write {path}: {exc.strerror or exc}")

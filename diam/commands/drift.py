@@ -61,6 +61,7 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
 
     from streams.drift import Alert, DriftConfig, format_alert
     from streams.drift_flow import DriftMetrics, run_drift
+    from streams.kafka_io import UnknownTopic
 
     s = get_settings(ctx)
     cfg = DriftConfig(window_ms=int(window_s * 1000), lateness_ms=int(lateness_s * 1000),
@@ -84,6 +85,8 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
         run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts, bounded=bounded,
                   from_end=not from_beginning, metrics=metrics, on_output=show,
                   idle_close_s=idle_close_s)
+    except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "no drift"
+        raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
 
@@ -102,13 +105,16 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from streams.drift import format_alert
-    from streams.kafka_io import ensure_topic, watermarks
+    from streams.kafka_io import UnknownTopic, ensure_topic, watermarks
 
     s = get_settings(ctx)
     topic = topic if topic is not None else s.kafka.alerts_topic
     try:
-        ensure_topic(s.kafka, topic)
-        marks = watermarks(s.kafka, topic)
+        if not exit_at_end:  # tails: the monitor may not have written an alert yet
+            ensure_topic(s.kafka, topic)
+        marks = watermarks(s.kafka, topic)  # UnknownTopic: never creates it
+    except UnknownTopic as exc:  # --exit-at-end reads what it holds: a typo is not "no alerts"
+        raise click.BadParameter(f"{exc}; nothing to show", param_hint="--topic") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
     conf = s.kafka.client_config()

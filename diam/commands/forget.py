@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import get_settings, not_empty
+from diam.commands import get_settings, kafka_unusable, not_empty
 
 
 @click.command("forget")
@@ -25,7 +25,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     makes afterwards start a new state. The user's older clicks stay in the topic until its
     retention removes them.
     """
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaException, Producer
 
     from serving_cache import redis_client
     from serving_cache.keys import namespace_of_key
@@ -39,6 +39,15 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
                                  param_hint="USERS")
     topic = topic if topic is not None else s.kafka.clicks_topic
     if not redis_only:
+        from streams.kafka_io import UnknownTopic, partition_ids
+
+        try:  # producing to a misspelt topic would create it, and no dataflow would forget them
+            partition_ids(s.kafka, topic)
+        except UnknownTopic as exc:
+            raise click.BadParameter(f"{exc}; the Redis keys were not touched (--redis-only "
+                                     "deletes them alone)", param_hint="--topic") from None
+        except (KafkaException, RuntimeError) as exc:
+            raise kafka_unusable(s, exc) from None
         errors: list[str] = []
         p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})
         for u in users:

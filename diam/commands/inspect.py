@@ -12,7 +12,7 @@ from diam.commands import (
     get_settings,
     namespace_of,
     not_empty,
-    output_file,
+    plot_file,
     redis_unusable,
     write_failed,
 )
@@ -28,7 +28,7 @@ def inspect_group() -> None:
 @click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, callback=output_file,
+              default=None, callback=plot_file,
               help="Also write a PNG: K_u and d_u histograms and drift events over time.")
 @click.option("--drift-topic", default=None, callback=not_empty,
               help="Drift events for --plot (default: settings kafka.drift_topic).")

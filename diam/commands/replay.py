@@ -13,6 +13,7 @@ from diam.commands import (
     get_settings,
     not_empty,
     output_file,
+    plot_file,
     progress_option,
     redis_unusable,
     write_failed,
@@ -103,6 +104,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise redis_unusable(s, exc) from None
     for line in rng.clamped:
         click.echo(f"warning: {line}", err=True)
+    timed = [b for b in (start, end) if b is not None and b.time_ms is not None]
+    if rng.size == 0 and timed:
+        click.echo("warning: no record in that time range: the bounds read the records' Kafka "
+                   "timestamps (when they were produced; `diam produce` stamps them with the "
+                   "wall clock), not the events' own ts", err=True)
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}", err=True)
@@ -129,7 +135,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
 @click.option("--top", type=click.IntRange(0), default=5, show_default=True,
               help="List this many most different users.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              callback=output_file,
+              callback=plot_file,
               help="Write a PNG of per-user interest movement (matched cosine, d_u, K_u changes).")
 @click.pass_context
 def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_json: bool,

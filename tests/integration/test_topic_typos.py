@@ -96,3 +96,37 @@ def test_a_replay_bound_outside_a_partition_is_clamped_with_a_warning(stack, top
                            f"[{marks[0][0]}, {marks[0][1]}); {marks[0][1]} used",)
     assert resolve_range(kafka, topic, Bound(offsets={0: 0}), None).clamped == ()
     assert resolve_range(kafka, topic, None, None).clamped == ()
+
+
+def test_forget_and_the_drift_readers_refuse_a_topic_that_does_not_exist(
+        stack, namespace, redis_client, tmp_path) -> None:
+    """``diam forget`` wrote its tombstones to a misspelt topic (creating it; no dataflow would
+    forget the user) and said it had; ``drift run --bounded`` and ``drift watch --exit-at-end``
+    created the topic and reported nothing. Each now refuses it, and creates nothing."""
+    s = stack.settings.model_copy(update={"redis": stack.settings.redis.model_copy(
+        update={"namespace": namespace})})
+    typo = f"t.typo{uuid.uuid4().hex[:12]}"
+    RedisWriter(redis_client, namespace).write_batch([("u1", _uv(1))])
+    for args in (["forget", "u1", "--topic", typo],
+                 ["drift", "run", "--bounded", "--topic", typo],
+                 ["drift", "watch", "--exit-at-end", "--topic", typo]):
+        res = _cli(s, *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"topic {typo!r} does not exist" in res.output, res.output
+    assert "not touched" in _cli(s, "forget", "u1", "--topic", typo).output
+    assert redis_state(redis_client, namespace)  # the refused forget deleted nothing
+    assert not _exists(s, typo)
+    res = _cli(s, "forget", "u1", "--topic", typo, "--redis-only")
+    assert res.exit_code == 0 and not redis_state(redis_client, namespace), res.output
+
+
+def test_a_replay_from_a_later_time_than_its_end_is_refused(stack, topic, namespace,
+                                                            tmp_path) -> None:
+    s = _settings(stack, tmp_path)
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=3, n_events=9, seed=1)))
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",
+               "--from", "2024-01-20T00:00:00Z", "--to", "2024-01-10T00:00:00Z")
+    assert res.exit_code == 1 and "--from is a later time than --to" in res.output, res.output
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",
+               "--from", "2001-01-10T00:00:00Z", "--to", "2001-01-20T00:00:00Z")
+    assert res.exit_code == 0 and "no record in that time range" in res.output, res.output

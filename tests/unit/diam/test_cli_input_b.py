@@ -152,6 +152,8 @@ def test_watch_waits_for_the_default_trainer_dir(run, tmp_path, monkeypatch) -> 
     (["inspect", "namespace", "--namespace", ""], "--namespace"),
     (["inspect", "user", "u1", "--namespace", ""], "--namespace"),
     (["inspect", "namespace", "--drift-topic", ""], "--drift-topic"),
+    (["diff", "fixb-a", "fixb-b", "--plot", "d.txt"], "matplotlib writes"),
+    (["inspect", "namespace", "--plot", "n.TXT"], "matplotlib writes"),
 ])
 def test_output_files_and_counts_are_checked_before_redis_is_read(run, args, option) -> None:
     _clean_error(run(*args), option, code=2)
