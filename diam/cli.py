@@ -54,7 +54,16 @@ def main(ctx: click.Context) -> None:
     variables over an optional diam.toml over defaults that point at the local stack
     (`diam stack up`).
 
-    Typical first run:  diam stack up && diam data prepare ml-100k && diam produce && diam run
+    Typical first run (`make demo` runs the whole of it, diam/resources/demo.sh):
+
+    \b
+      diam stack up
+      diam data prepare ml-100k
+      diam train --model diam --data data/ml-100k --out checkpoints/first --epochs 4
+      diam snapshot publish checkpoints/first
+      diam produce --data data/ml-100k --catalog
+      diam run --bounded
+      diam recommend 1 -n 10
     """
     ctx.ensure_object(dict)
 
