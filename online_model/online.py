@@ -550,6 +550,13 @@ class OnlineLearner:
         except Exception as exc:  # noqa: BLE001 - handed to the caller, per click
             return exc
 
+    def unknown_items(self, clicks: Sequence[tuple[Any, ...]]) -> int:
+        """How many of ``clicks`` (``(item_id, ...)``, as :meth:`apply_many` takes them) are on
+        items the base does not know: they update the signals only (the stream counts them)."""
+        index = self._index
+        return sum(1 for c in clicks if (index.get(c[0], -1) if type(c[0]) is str
+                                         else self.base.index_of(c[0])) < 0)
+
     def _coded(self, clicks: list[tuple[str, int, int, str | None]],
                ) -> tuple[np.ndarray, dict[str, int], list[str]]:
         """The rows :func:`online_model.kernels.learn_events_diam` reads (item row, session

@@ -76,6 +76,7 @@ METRIC_NAMES = (
     "diam_flow_records_total", "diam_flow_events_valid_total", "diam_flow_events_rejected_total",
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
     "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
+    "diam_flow_unknown_item_clicks_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
@@ -260,6 +261,9 @@ class FlowMetrics:
                       "state over from the base, evict_idle_s or more after their previous one on "
                       "the event clock (a dropped user's return is a new state instead)",
                       st.get("restarts", 0))
+        yield counter("diam_flow_unknown_item_clicks", "Valid clicks on items the base does not "
+                      "know (they update the signals, not the vectors)",
+                      st.get("unknown_items", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
         yield counter("diam_flow_learn_calls",
                       "Calls of the learner's batched step (a user's clicks of a source batch)",

@@ -126,6 +126,10 @@ class Counts:
     learn_calls: int = 0
     """Calls of the learner's batched step (one per user per source batch, between Forgets):
     valid records over this say how many clicks each compiled call learns."""
+    unknown_items: int = 0
+    """Valid clicks on items the base does not know: they update the user's signals and clock,
+    not the vectors (a user with only such clicks has no vector and is not pushed). Many of
+    them mean the item ids do not match the model's (or the catalogue grew since it)."""
     snapshots: int = 0
     """Users' recovery snapshots (``streams.metrics`` groups them by epoch)."""
     snapshot_s: float = 0.0
@@ -529,7 +533,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             # learner advanced ``seq`` first, so a replay fails (and skips) identically.
             run = cast(list[Learn], values[i:j])
             counts.learn_calls += 1
-            results = learner.apply_many(state, [(c[1], c[2], r.offset, c[3]) for r, c in run])
+            clicks = [(c[1], c[2], r.offset, c[3]) for r, c in run]
+            counts.unknown_items += learner.unknown_items(clicks)
+            results = learner.apply_many(state, clicks)
             for (rec, _), res in zip(run, results, strict=True):
                 if isinstance(res, Exception):
                     out.append(DeadLetter(rec, f"learn: {type(res).__name__} in the online update"))

@@ -33,7 +33,8 @@ class _EveryMinute(logging.Filter):
         return True
 
 
-SUMMARY = ("{end}: {records} records ({valid} valid, {rejected} dead-lettered), "
+SUMMARY = ("{end}: {records} records ({valid} valid, {rejected} dead-lettered, "
+           "{unknown_items} on items the base does not know), "
            "{users} user states ({in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
            "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
            "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")

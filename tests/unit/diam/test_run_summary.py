@@ -10,8 +10,8 @@ import pytest
 from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line, summary_lines
 from streams.online import FlowStats
 
-COUNTS = dict(records=12_345, valid=12_340, rejected=5, users=100, in_state=90, learn_calls=800,
-              pushes=700, drift_events=3, evictions=10, restarts=2)
+COUNTS = dict(records=12_345, valid=12_340, rejected=5, unknown_items=7, users=100, in_state=90,
+              learn_calls=800, pushes=700, drift_events=3, evictions=10, restarts=2)
 
 
 def test_every_count_comes_back_from_the_line() -> None:
@@ -20,7 +20,8 @@ def test_every_count_comes_back_from_the_line() -> None:
     assert {k: got[k] for k in COUNTS} == COUNTS
     assert (got["seconds"], got["cpu_s"]) == (3.2, 2.5)
     assert got["per_s"] == round(12_345 / 3.21)  # thousands separators read back
-    assert line.startswith("done: 12345 records (12340 valid, 5 dead-lettered), 100 user states (90 held)")
+    assert line.startswith("done: 12345 records (12340 valid, 5 dead-lettered, 7 on items the "
+                           "base does not know), 100 user states (90 held)")
 
 
 def test_the_dataflows_own_counts_fill_it() -> None:

@@ -128,8 +128,11 @@ def test_users_with_only_unknown_items_are_not_pushed() -> None:
 
     events = [ClickEvent("cold", f"unknown{j}", T0 + j) for j in range(5)]
     events += [ClickEvent("warm", "i3", T0 + 10), ClickEvent("cold", "i7", T0 + 20)]
-    vecs, dead, _ = _run(as_records(events))
+    stats = FlowStats()
+    vecs, dead, _ = _run(as_records(events), stats=stats)
     assert not dead
+    # valid clicks, counted for what they are: the summary and /metrics say how many
+    assert stats.as_dict()["valid"] == 7 and stats.as_dict()["unknown_items"] == 5
     final = {u: decode_user(raw) for u, raw in _final(vecs).items()}
     assert set(final) == {"cold", "warm"}
     assert final["cold"].seq == 6 and final["cold"].n == 6  # pushed once a known item arrived
