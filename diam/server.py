@@ -112,10 +112,12 @@ def serve(s: Settings, opts: ServeOptions, host: str, port: int,
     if n == 1:
         import uvicorn
 
+        sock = _listen(host, port)  # a taken port is an error before "serving on" is said
         app = build_app(s, opts)
         echo(f"serving on http://{host}:{port} ({_what(s, opts)})")
-        uvicorn.run(app, host=host, port=port, log_level=opts.log_level, access_log=False)
-        return 0
+        server = uvicorn.Server(uvicorn.Config(app, log_level=opts.log_level, access_log=False))
+        server.run(sockets=[sock])
+        return 0 if server.started else 3  # 3: uvicorn's startup failure
     return _supervise(s, opts, _listen(host, port), n, echo)
 
 

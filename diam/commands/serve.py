@@ -7,6 +7,18 @@ import click
 from diam.commands import get_settings, namespace_of, not_empty
 
 
+def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
+    """--flow-metrics: each an http(s) URL with a host (the page would poll a typo forever)."""
+    from urllib.parse import urlsplit
+
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise click.BadParameter(f"{url!r} is not an http(s) URL, e.g. "
+                                     "http://127.0.0.1:9108/metrics")
+    return urls
+
+
 @click.command("serve")
 @click.option("--host", default=None, callback=not_empty,
               help="Bind address (default: settings serve.host).")
@@ -50,6 +62,7 @@ from diam.commands import get_settings, namespace_of, not_empty
     "--flow-metrics",
     multiple=True,
     metavar="URL",
+    callback=lambda _c, _p, urls: _http_urls(urls),
     help="Metrics endpoint of a dataflow process (diam run --metrics-port), e.g. "
     "http://127.0.0.1:9108/metrics; repeat for each process. The /ui page shows their lag, "
     "events/s and freshness.",

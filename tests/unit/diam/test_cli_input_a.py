@@ -105,6 +105,12 @@ def test_serve_refuses_numbers_out_of_range(run, args, option) -> None:
     _usage_error(run("serve", *args), option, "is not in the range")
 
 
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:9108/metrics", "ftp://h/metrics", "http://"])
+def test_serve_refuses_a_flow_metrics_value_that_is_not_an_http_url(run, url) -> None:
+    _usage_error(run("serve", "--flow-metrics", "http://127.0.0.1:9108/metrics",
+                     "--flow-metrics", url), "--flow-metrics", "not an http(s) URL")
+
+
 # -- finding 4: metrics ports and hold, partitions -------------------------------------------
 
 @pytest.mark.parametrize("command", [["run", "--bounded"], ["drift", "run", "--bounded"],
