@@ -53,6 +53,10 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         click.echo(json.dumps(asdict(summary), indent=2))
         return
     click.echo(f"namespace {ns}: {summary.users} users, {summary.events} events applied")
+    if not summary.users and not summary.undecodable:
+        # as `diam recommend` says it: an empty namespace and a typo'd --namespace look alike
+        click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
+                   "a typo?)", err=True)
     if summary.users:
         hist = "  ".join(f"K={k}: {n}" for k, n in summary.k_hist.items())
         click.echo(f"  K_u      {hist}")

@@ -199,20 +199,27 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
 @click.command("drop")
 @click.argument("namespace")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--keep-topics", is_flag=True,
+              help="Keep the replay's own dead-letter and drift topics "
+                   "(<deadletter_topic>.replay.NAMESPACE, <drift_topic>.replay.NAMESPACE).")
 @click.pass_context
-def drop(ctx: click.Context, namespace: str, yes: bool) -> None:
+def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> None:
     """Delete every key of NAMESPACE: a replay's or a shadow's users, its active-model key and
-    its generation marker, once nobody reads it (after `diam diff`).
+    its generation marker, once nobody reads it (after `diam diff`), and the dead-letter and
+    drift topics `diam replay` made for it (unless --keep-topics): left behind, one pair per
+    replay piles up on the broker.
 
     Refuses 'live' and the serving namespace (DIAM_REDIS_NAMESPACE), as `diam replay` does.
     Do not drop a namespace a running `diam run` writes: it would push every user it holds
     again. Keys go in batches of 1000 by SCAN and UNLINK; prints how many went.
     """
     import redis
+    from confluent_kafka import KafkaException
 
     from serving_cache import redis_client
     from serving_cache.namespaces import drop_namespace
-    from streams.replay import ReplayError, check_namespace
+    from streams.kafka_io import delete_topics
+    from streams.replay import ReplayError, check_namespace, replay_topics
 
     s = get_settings(ctx)
     try:
@@ -227,6 +234,17 @@ def drop(ctx: click.Context, namespace: str, yes: bool) -> None:
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     click.echo(f"dropped {n:,} keys of namespace {namespace!r}")
+    if keep_topics:
+        return
+    own = replay_topics(s.kafka, namespace)
+    try:
+        gone = delete_topics(s.kafka, [own.deadletter_topic, own.drift_topic], timeout=15.0)
+    except (KafkaException, RuntimeError) as exc:  # the keys are gone; say what is left
+        click.echo(f"warning: the replay's topics {own.deadletter_topic} and {own.drift_topic} "
+                   f"were not deleted (Kafka at {s.kafka.bootstrap}: {exc})", err=True)
+        return
+    if gone:
+        click.echo(f"deleted the replay's topic(s) {', '.join(gone)}")
 
 
 COMMANDS = [replay, diff, drop]

@@ -36,6 +36,12 @@ from tests.integration.helpers import click_payloads, produce, redis_state
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
 
+def _topics(settings) -> set[str]:  # type: ignore[no-untyped-def]
+    from confluent_kafka.admin import AdminClient
+
+    return set(AdminClient(settings.kafka.client_config()).list_topics(timeout=30).topics)
+
+
 def _cli(settings, *args: str, input: str | None = None):
     result = CliRunner().invoke(main, list(args), obj={"settings": settings}, input=input)
     return result
@@ -108,8 +114,12 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         assert namespace_in_use(redis_client, ns_b) and redis_client.exists(generation_key(ns_b))
         res = _cli(s, "drop", ns_b, input="n\n")
         assert res.exit_code == 1 and len(redis_state(redis_client, ns_b)) == 12
+        own_b = [f"{t}.replay.{ns_b}" for t in (dlq, drift)]
+        assert set(own_b) <= _topics(s)  # the replay made its own dead-letter and drift topics
         res = _cli(s, "drop", ns_b, "--yes")
         assert res.exit_code == 0 and f"dropped 13 keys of namespace '{ns_b}'" in res.output, res.output
+        assert "deleted the replay's topic(s)" in res.output and not set(own_b) & _topics(s)
+        assert {f"{t}.replay.{ns_a}" for t in (dlq, drift)} <= _topics(s)  # ns_a's stay
         assert list(redis_client.scan_iter(match=f"diam:{ns_b}:*")) == []
         assert not namespace_in_use(redis_client, ns_b)
         assert redis_state(redis_client, ns_a) == live

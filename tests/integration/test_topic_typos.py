@@ -130,3 +130,10 @@ def test_a_replay_from_a_later_time_than_its_end_is_refused(stack, topic, namesp
     res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",
                "--from", "2001-01-10T00:00:00Z", "--to", "2001-01-20T00:00:00Z")
     assert res.exit_code == 0 and "no record in that time range" in res.output, res.output
+
+
+def test_inspecting_an_empty_namespace_says_it_may_be_a_typo(stack, namespace) -> None:
+    res = CliRunner().invoke(main, ["inspect", "namespace", "--namespace",
+                                  namespace], obj={"settings": stack.settings})
+    assert res.exit_code == 0 and "0 users" in res.stdout, res.output
+    assert f"namespace {namespace!r} holds no users" in res.stderr and "a typo?" in res.stderr
