@@ -65,12 +65,16 @@ def produce(
     """Produce a prepared dataset (see `diam data`) to Kafka as click events.
 
     Each event is a msgpack ClickEvent {user_id, item_id, ts} keyed by user id, in time order.
-    The topic is created with DIAM_KAFKA_PARTITIONS partitions when missing. Exits non-zero
-    when any record was not acknowledged by the broker, and lists the delivery errors.
+    The topic is created with DIAM_KAFKA_PARTITIONS partitions when missing; a topic that
+    already holds records gets these appended, with a warning (a dataflow would learn them
+    twice). Records carry the wall-clock time they were produced as their Kafka timestamp
+    (what `diam replay --from/--to` times read); the event's own ts is in the value. Exits
+    non-zero when any record was not acknowledged by the broker, and lists the delivery errors.
     """
     from confluent_kafka import KafkaException
 
     from online_model.datasets import DatasetError, load_prepared
+    from streams.kafka_io import UnknownTopic, watermarks
     from streams.producer import produce_dataset
 
     settings = get_settings(click.get_current_context())
@@ -80,6 +84,15 @@ def produce(
         ds = load_prepared(path)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        held = sum(hi - lo for lo, hi in watermarks(settings.kafka, target, timeout=15.0).values())
+    except UnknownTopic:
+        held = 0
+    except (KafkaException, RuntimeError) as exc:
+        raise kafka_unusable(settings, exc) from None
+    if held and limit != 0:
+        click.echo(f"warning: {target} already holds {held:,} records; these events are appended "
+                   "(a dataflow reading the topic learns both; --topic names another)", err=True)
     if catalog:
         items = items_topic if items_topic is not None else settings.kafka.items_topic
         _produce_catalog(ds, path, settings, items)

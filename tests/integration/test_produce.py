@@ -130,6 +130,11 @@ def test_cli_produce(stack, topic, tmp_path: Path, monkeypatch) -> None:  # type
     n = len(load_prepared(data).ts_ms)
     assert res.exit_code == 0, res.output
     assert f"{n:,} events sent to {topic}" in res.output and "failed: 0" in res.output
+    assert "already holds" not in res.output
+    res = CliRunner().invoke(  # again: appended, and said so
+        main, ["produce", "--data", str(data), "--topic", topic, "--no-progress"]
+    )
+    assert res.exit_code == 0 and f"warning: {topic} already holds {n:,} records" in res.output
     res = CliRunner().invoke(main, ["produce", "--data", str(tmp_path / "none"), "--topic", topic])
     assert res.exit_code == 1 and "diam data prepare" in res.output and "Traceback" not in res.output
 
