@@ -140,7 +140,8 @@ class Decision:
     metrics: dict[str, Any] = field(default_factory=dict)
     """``{"candidate": {...}, "active": {...} | None, "eval_users": int, "diff_ci": {metric:
     [lo, hi]}}``: ``diff_ci`` the paired 95% interval of candidate minus active over the
-    held-out users (empty without an active model)."""
+    held-out users (empty without an active model, or when too few held-out users refused the
+    candidate before any comparison)."""
     window: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     warm_start: dict[str, Any] | None = None

@@ -33,9 +33,26 @@ _F = np.float32
 _KERNEL = njit(cache=True, error_model="numpy", fastmath={"contract"})
 """How every kernel here is compiled (``@_KERNEL``). ``contract`` lets LLVM fuse a product into the sum it
 feeds (``o + a * w`` becomes one fused multiply-add, rounded once): about a tenth off the
-forward pass (``bench/head_ab.py``). Nothing is reordered (no ``reassoc``), so the bits are
-still those of the written order of operations, the same on every machine with FMA (every
-x86-64 CPU since 2013, every ARM64 one) and for any batching of users."""
+forward pass (``bench/head_ab.py``). Nothing is reordered (no ``reassoc``); where a sum has
+two products (``g * c + (1 - g) * p``) LLVM picks the one it fuses, the same pick for the
+same numba and CPU features. So a history gives the same bits on every run, for any batching
+of users, and on any machine whose CPU has FMA (numba compiles for the host: x86-64 since
+Haswell and Piledriver, but not every Atom, Pentium or Celeron, nor a VM that hides it; every
+ARM64); a host without FMA computes other bits (:func:`host_has_fma`; the tests that pin
+the bits skip there)."""
+
+
+def host_has_fma() -> bool:
+    """Whether numba compiles for a CPU with fused multiply-add (the bits :data:`_KERNEL`
+    promises, and the tests pin, are those of FMA hosts)."""
+    from numba.core import config as numba_config
+
+    features = getattr(numba_config, "CPU_FEATURES", None)  # NUMBA_CPU_FEATURES, if set
+    if features is None:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features().flatten()
+    return "+fma" in features.split(",")
 
 
 class HeadLoadError(ValueError):

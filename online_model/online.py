@@ -552,7 +552,9 @@ class OnlineLearner:
 
     def unknown_items(self, clicks: Sequence[tuple[Any, ...]]) -> int:
         """How many of ``clicks`` (``(item_id, ...)``, as :meth:`apply_many` takes them) are on
-        items the base does not know: they update the signals only (the stream counts them)."""
+        items the base does not know: they update the signals only (the stream counts them).
+        An id the base knows without an embedding (a zero row) is cold to the kernel too, and
+        not counted here: that is the base's own gap, not an id that does not match."""
         index = self._index
         return sum(1 for c in clicks if (index.get(c[0], -1) if type(c[0]) is str
                                          else self.base.index_of(c[0])) < 0)

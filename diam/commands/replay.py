@@ -239,7 +239,8 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> No
     own = replay_topics(s.kafka, namespace)
     try:
         gone = delete_topics(s.kafka, [own.deadletter_topic, own.drift_topic], timeout=15.0)
-    except (KafkaException, RuntimeError) as exc:  # the keys are gone; say what is left
+    except (KafkaException, RuntimeError, TimeoutError) as exc:  # the keys are gone: say what
+        # is left (a broker that does not answer in time raises TimeoutError)
         click.echo(f"warning: the replay's topics {own.deadletter_topic} and {own.drift_topic} "
                    f"were not deleted (Kafka at {s.kafka.bootstrap}: {exc})", err=True)
         return

@@ -32,8 +32,12 @@ import torch
 
 from online_model.base import BaseView, toy_base
 from online_model.config import OnlineConfig
+from online_model.infer import host_has_fma
 from online_model.online import OnlineLearner
 from online_model.testing import BEFORE, tiny_diam_checkpoint
+
+FMA = pytest.mark.skipif(not host_has_fma(), reason="the DIAM pins are the bits of FMA hosts "
+                         "(online_model.infer._KERNEL); a host without FMA computes others")
 
 PINS = {
     "kmeans-clamp": "e469a2688a0e5b622fd0152e292268037fe842e8f0dc0b43df85fdbbc5e0a75d",
@@ -127,6 +131,7 @@ def test_kmeans_stream_is_pinned(name: str) -> None:
     assert got == PINS[name], got
 
 
+@FMA
 def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
     torch.set_num_threads(1)
     cfg = OnlineConfig(dim=8, k_max=4, reanchor_every=3, reanchor_cos=-1.0, rate_burst=20,
@@ -135,6 +140,7 @@ def test_diam_stream_is_pinned(diam_base: BaseView) -> None:
     assert got == PINS["diam"], got
 
 
+@FMA
 def test_diam_served_settings_are_pinned(diam_base: BaseView) -> None:
     """The served re-anchoring (every ``reanchor_every`` events, at once on a click below
     ``reanchor_cos`` or on an exploring click), on the same stream: pinned when the cosine
@@ -151,6 +157,7 @@ def test_diam_served_settings_are_pinned(diam_base: BaseView) -> None:
     assert got == PINS["diam-served"], got
 
 
+@FMA
 def test_diam_exploring_click_trigger_is_pinned(diam_base: BaseView) -> None:
     """``reanchor_explore`` on the cadence-3 stream: the network's extra runs on exploring
     clicks change the stream's bytes (so the pin exercises them), the same bytes every run."""
@@ -162,6 +169,7 @@ def test_diam_exploring_click_trigger_is_pinned(diam_base: BaseView) -> None:
     assert got == PINS["diam-explore"], got
 
 
+@FMA
 def test_diam_stream_with_k_changes_is_pinned(tmp_path) -> None:
     """A network whose gate moves (seed 2): K_u's gate margin and hysteresis in the pin."""
     torch.set_num_threads(1)
