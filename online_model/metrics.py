@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "bootstrap_ci",
     "recall_at",
     "ndcg_at",
     "hit_rate_at",
@@ -181,3 +182,25 @@ def front_at(front: np.ndarray, diversity: float) -> float:
     if diversity <= f[0, 0]:
         return float(f[0, 1])
     return float(np.interp(diversity, f[:, 0], f[:, 1]))
+
+
+def bootstrap_ci(hits: np.ndarray, n: np.ndarray, *, ref: np.ndarray | None = None,
+                 reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval over users of ``sum(hits) / sum(n)`` (users resampled with
+    replacement), or of its difference to ``ref`` (the same users' hits under another arm,
+    resampled together: a paired interval). The prequential evaluation's and the retrain
+    gate's one bootstrap. Resamples are drawn a block at a time, so memory stays bounded at
+    tens of thousands of users; up to 1,000 users the block is all of them (one draw)."""
+    rng = np.random.default_rng(seed)
+    u = len(n)
+    block = max(1, min(reps, 2_000_000 // max(u, 1)))
+    stats = []
+    for r in range(0, reps, block):
+        idx = rng.integers(0, u, size=(min(block, reps - r), u))
+        nn = n[idx].sum(1)
+        stat = hits[idx].sum(1) / nn
+        if ref is not None:
+            stat = stat - ref[idx].sum(1) / nn
+        stats.append(stat)
+    lo, hi = np.percentile(np.concatenate(stats), [2.5, 97.5])
+    return float(lo), float(hi)

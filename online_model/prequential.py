@@ -41,6 +41,7 @@ import numpy as np
 from online_model.aggregate import manual_d
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
+from online_model.metrics import bootstrap_ci
 from online_model.online import OnlineLearner, UserState
 from online_model.routing import stable_hash64
 
@@ -174,21 +175,6 @@ def _entropy(cats: np.ndarray) -> float:
     p = np.bincount(cats) / len(cats)
     p = p[p > 0]
     return float(-(p * np.log(p)).sum())
-
-
-def bootstrap_ci(hits: np.ndarray, n: np.ndarray, *, ref: np.ndarray | None = None,
-                 reps: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval over users of ``sum(hits) / sum(n)`` (users resampled with
-    replacement), or of its difference to ``ref`` (the same users' hits under another arm,
-    resampled together: a paired interval)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(n), size=(reps, len(n)))
-    nn = n[idx].sum(1)
-    stat = hits[idx].sum(1) / nn
-    if ref is not None:
-        stat = stat - ref[idx].sum(1) / nn
-    lo, hi = np.percentile(stat, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def evaluate_stream(

@@ -72,18 +72,13 @@ def paired_interval(candidate: np.ndarray, active: np.ndarray, reps: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of ``mean(candidate - active)`` over users (the same users'
     values under the two models, resampled together); the same draw for the same inputs."""
-    diff = np.asarray(candidate, dtype=float) - np.asarray(active, dtype=float)
-    u = diff.shape[0]
-    if u == 0:
+    from online_model.metrics import bootstrap_ci
+
+    cand = np.asarray(candidate, dtype=float)
+    if cand.shape[0] == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    # resamples drawn a block at a time: a window's held-out users can be tens of thousands,
-    # and all 2000 at once would hold two [2000, U] arrays (about 2 GB at 60k users)
-    block = max(1, min(reps, 2_000_000 // u))
-    means = np.concatenate([diff[rng.integers(0, u, size=(min(block, reps - r), u))].mean(1)
-                            for r in range(0, reps, block)])
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+    return bootstrap_ci(cand, np.ones(cand.shape[0]), ref=np.asarray(active, dtype=float),
+                        reps=reps, seed=seed)
 
 
 def decide(candidate: Mapping[str, float], active: Mapping[str, float] | None, cfg: GateConfig,

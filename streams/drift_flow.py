@@ -202,10 +202,9 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
 
     topic = topic or kafka.drift_topic
     alerts_topic = alerts_topic or kafka.alerts_topic
-    if bounded:
-        partition_ids(kafka, topic)  # UnknownTopic; never creates it
-    else:
+    if not bounded:
         ensure_topic(kafka, topic)
+    parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
     ensure_topic(kafka, alerts_topic)
     start = {p: hi for p, (_lo, hi) in watermarks(kafka, topic).items()} if from_end else None
     # Small batches interleave the partitions finely while catching up on a backlog.
@@ -215,5 +214,5 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic, health), cfg,
                             metrics=metrics,
                             on_output=on_output, idle_close_s=idle_close_s,
-                            partitions=partition_ids(kafka, topic))
+                            partitions=parts)
     run_main(flow, epoch_interval=timedelta(seconds=1))
