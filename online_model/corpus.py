@@ -14,7 +14,7 @@ them by one so that 0 is padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "Corpus",
     "corpus_from_prepared",
+    "in_vocabulary",
     "tiny_corpus",
     "windows",
     "prefix_signals",
@@ -104,6 +105,38 @@ def corpus_from_prepared(ds: Any) -> Corpus:
         truth=ds.truth,
         info=info,
     )
+
+
+def in_vocabulary(corpus: Corpus, item_ids: np.ndarray, item_cat: np.ndarray,
+                  category_names: list[str]) -> tuple[Corpus, int]:
+    """``corpus`` over another item table (a checkpoint's: ``item_ids`` [N] in its order, their
+    primary categories ``item_cat`` [N] indexing ``category_names``), and how many clicks were
+    left out because their item is not in it. Every user is kept, with no events when all of
+    theirs were left out, so that a seeded split of ``users`` (``evaluate.split_users``) is the
+    one the corpus gives without the table change.
+
+    >>> c = tiny_corpus(n_users=2, n_items=3, n_categories=1, length=3, seed=0)
+    >>> c.item_ids[c.items].tolist(), c.offsets.tolist()
+    (['i2', 'i1', 'i1', 'i0', 'i0', 'i0'], [0, 3, 6])
+    >>> got, left_out = in_vocabulary(c, np.array(["i9", "i1", "i2"]), np.zeros(3), ["c0"])
+    >>> left_out, got.items.tolist(), got.offsets.tolist(), got.users.tolist()
+    (3, [2, 1, 1], [0, 3, 3], ['u0000', 'u0001'])
+    """
+    ids = np.asarray(item_ids).astype(str)
+    row_of = {i: r for r, i in enumerate(ids.tolist())}
+    mapped = np.fromiter((row_of.get(i, -1) for i in corpus.item_ids.astype(str).tolist()),
+                         dtype=np.int64, count=corpus.n_items)
+    rows = mapped[corpus.items]  # [E] row in the new table, -1 when it has no such item
+    keep = rows >= 0
+    user_of = np.repeat(np.arange(corpus.n_users), corpus.lengths())
+    offsets = np.zeros(corpus.n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user_of[keep], minlength=corpus.n_users), out=offsets[1:])
+    ts = corpus.ts[keep]
+    info = {**corpus.info, "events": int(keep.sum()),
+            "ts_min": int(ts.min()) if len(ts) else 0, "ts_max": int(ts.max()) if len(ts) else 0}
+    return replace(corpus, offsets=offsets, items=rows[keep], ts=ts, item_ids=ids,
+                   item_cat=np.asarray(item_cat, dtype=np.int32),
+                   category_names=list(category_names), info=info), int((~keep).sum())
 
 
 def tiny_corpus(n_users: int = 40, n_items: int = 60, n_categories: int = 4, length: int = 30,

@@ -132,12 +132,16 @@ def dataset_of(clicks: TopicClicks, catalog: Catalog, name: str):  # -> Prepared
                                np.asarray(clicks.ts, dtype=np.int64), catalog.item_rows())
 
 
-def corpus_from_topic(clicks: TopicClicks, catalog: Catalog, name: str | None = None):
+def corpus_from_topic(clicks: TopicClicks, catalog: Catalog, name: str | None = None,
+                      items_topic: str | None = None):
     """The :class:`~online_model.corpus.Corpus` of ``clicks`` over ``catalog``'s items; its
-    ``info`` records the topic and the offset range it was read from."""
+    ``info`` records the topic and the offset range it was read from, and ``items_topic``, the
+    catalogue topic, when given (``diam evaluate`` reads the same range and catalogue again)."""
     from online_model.corpus import corpus_from_prepared
 
     corpus = corpus_from_prepared(dataset_of(clicks, catalog, name or clicks.topic))
+    if items_topic is not None:
+        corpus.info["items_topic"] = items_topic
     corpus.info.update({"topic": clicks.topic,
                         "start": {str(p): o for p, o in clicks.range.start.items()},
                         "end": {str(p): o for p, o in clicks.range.end.items()},

@@ -38,8 +38,11 @@ def _load_corpus(path: Path):
     return corpus
 
 
-def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_topic: str | None):
-    """The corpus of a range of the clicks topic over the ``diam.items`` catalogue."""
+def _corpus_from_topic(topic: str, since: str | None, until: str | None,
+                       items_topic: str | None, partitions: set[int] | None = None):
+    """The corpus of a range of the clicks topic over the ``diam.items`` catalogue (``diam
+    train`` and ``diam evaluate``). ``partitions``: read only these (a checkpoint's recorded
+    range: a partition added since has none of its events)."""
     from confluent_kafka import KafkaException
 
     from streams.catalog import read_catalog
@@ -51,6 +54,10 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
     try:
         rng = resolve_range(s.kafka, topic, parse_bound(since) if since else None,
                             parse_bound(until) if until else None)
+        if partitions is not None:
+            rng = dataclasses.replace(
+                rng, start={p: o for p, o in rng.start.items() if p in partitions},
+                end={p: o for p, o in rng.end.items() if p in partitions})
         catalog = read_catalog(s.kafka, items_topic)
         clicks = read_clicks(s.kafka, rng, s.flow)
     except ReplayError as exc:
@@ -58,16 +65,80 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None, items_t
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"cannot read {topic!r} / {items_topic!r} at "
                                    f"{s.kafka.bootstrap}: {exc}") from None
+    for line in rng.clamped:
+        click.echo(f"warning: {line}", err=True)
     click.echo(f"{topic} {rng.describe()}: {clicks.records:,} records, {len(clicks):,} valid "
                f"clicks, {clicks.rejected:,} left out; catalogue {items_topic}: "
                f"{len(catalog):,} items ({catalog.rejected:,} bad records)", err=True)
     for why in (clicks.reasons + catalog.reasons)[:5]:
         click.echo(f"  left out: {why}", err=True)
-    corpus = corpus_from_topic(clicks, catalog)
+    corpus = corpus_from_topic(clicks, catalog, items_topic=items_topic)
     if corpus.n_users < 10:
         raise click.ClickException(f"{topic} {rng.describe()}: only {corpus.n_users} users; "
                                    "need at least 10 to split 80/10/10")
     return corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class _TopicRange:
+    """A range of a clicks topic as ``diam train --topic`` takes it."""
+
+    topic: str
+    since: str | None
+    until: str | None
+    items_topic: str | None
+    partitions: set[int] | None = None
+
+
+def _recorded_range(info: Any, where: Path) -> _TopicRange | None:
+    """The topic range a checkpoint was trained on (config.json's ``data``, written from
+    ``corpus_from_topic``'s info), as ``--since``/``--until`` partition:offset pairs; None when
+    it was trained on a dataset folder. A record that is not offsets is a ClickException."""
+    if not isinstance(info, dict) or "topic" not in info:
+        return None
+    topic, items_topic = info["topic"], info.get("items_topic")
+    bounds: list[Any] = [info.get("start"), info.get("end")]
+    if not isinstance(topic, str) or not topic:
+        raise click.ClickException(f"{where}: data.topic={topic!r} is not a topic name; pass "
+                                   "the range with --topic/--since/--until")
+    if items_topic is not None and (not isinstance(items_topic, str) or not items_topic):
+        raise click.ClickException(f"{where}: data.items_topic={items_topic!r} is not a topic "
+                                   "name; pass it with --topic ... --items-topic")
+    for key, b in zip(("start", "end"), bounds, strict=True):
+        if not (isinstance(b, dict) and b and all(
+                isinstance(p, str) and p.isdigit() and type(o) is int and o >= 0
+                for p, o in b.items())):
+            raise click.ClickException(f"{where}: data.{key}={b!r} is not partition offsets; "
+                                       "pass the range with --topic/--since/--until")
+    start, end = ({int(p): int(o) for p, o in b.items()} for b in bounds)
+    if set(start) != set(end):
+        raise click.ClickException(f"{where}: data.start and data.end name other partitions "
+                                   f"({sorted(start)} / {sorted(end)}); pass the range with "
+                                   "--topic/--since/--until")
+
+    def pairs(offsets: dict[int, int]) -> str:
+        return ",".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
+
+    return _TopicRange(topic, pairs(start), pairs(end), items_topic, set(start))
+
+
+def _in_checkpoint_vocabulary(corpus, ck, source: str):
+    """``corpus`` over the checkpoint's item table (ids, order, categories): clicks on items
+    it does not know are left out and counted on stderr. Returns ``(corpus, left out)``."""
+    from online_model.corpus import in_vocabulary
+
+    total = len(corpus.items)
+    got, left_out = in_vocabulary(corpus, ck.item_ids, ck.item_categories, ck.categories)
+    if total and left_out == total:
+        raise click.ClickException(
+            f"{source}: none of its {total:,} clicks is on an item the checkpoint knows (its "
+            f"{len(ck.item_ids):,} items, e.g. {ck.item_ids[:3].tolist()}; the range's, e.g. "
+            f"{corpus.item_ids[:3].tolist()}): it was trained on another catalogue; pass the "
+            "clicks topic it was trained on (--topic) or its dataset (--data)")
+    click.echo(f"{source}: {left_out:,} of {total:,} clicks left out, on items the checkpoint "
+               f"does not know (it knows {len(ck.item_ids):,} items, the range and its "
+               f"catalogue name {corpus.n_items:,})", err=True)
+    return got, left_out
 
 
 def _device_of(name: str):
@@ -215,7 +286,18 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 @click.option("--checkpoint", type=click.Path(path_type=Path),  # the loader says what is wrong
               required=True, help="Checkpoint directory written by diam train.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Dataset [default: the one the checkpoint was trained on].")
+              help="Prepared dataset directory [default: what the checkpoint was trained on: "
+                   "its dataset, or its range of the clicks topic].")
+@click.option("--topic", default=None, callback=not_empty,
+              help="Evaluate on a range of this clicks topic instead (not with --data), with "
+                   "the catalogue topic's items (--items-topic).")
+@click.option("--since", default=None, metavar="BOUND",
+              help="With --topic: start, as `diam train --since` (ISO record time, an offset, "
+                   "or partition:offset pairs) [default: the oldest record].")
+@click.option("--until", default=None, metavar="BOUND",
+              help="With --topic: end, exclusive, same forms [default: the end of the topic].")
+@click.option("--items-topic", default=None, callback=not_empty,
+              help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
 @click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
 @click.option("--agg", type=click.Choice(["model", "merge"]), default="model", show_default=True,
               help="model: the model's own aggregation (DIAM: diversity-aware with d_u); "
@@ -226,19 +308,32 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delta: float,
-                 device: str, as_json: bool) -> None:
+def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: str | None,
+                 until: str | None, items_topic: str | None, split: str, agg: str,
+                 delta: float, device: str, as_json: bool) -> None:
     """Evaluate a checkpoint with ComiRec's protocol on held-out users.
 
     The held-out users are those of the checkpoint's own 80/10/10 split; for each, the first
     80% of the sequence is history and the rest ground truth. Prints Recall/NDCG/HR@20/50,
     Entropy@20, ILD@20 (reference embedding), coverage@20, the K_u distribution and the
     Spearman correlation of d_u with the realised diversity of the held-out items.
+
+    A checkpoint trained with `diam train --topic` is evaluated on the range it recorded
+    (config.json "data": the topic, its offsets and the catalogue topic), read again from the
+    broker; --topic/--since/--until/--items-topic name another range. Read from a topic, the
+    clicks are expressed in the checkpoint's item vocabulary: clicks on items it does not know
+    (the catalogue grew since training) are left out, and one line on stderr counts them.
     """
     from online_model.checkpoint import load_checkpoint
     from online_model.checkpoint_config import CheckpointError
     from online_model.corpus import prefix_signals
     from online_model.evaluate import evaluate, make_eval_set, reference_embedding, split_users
+
+    if data is not None and topic is not None:
+        raise click.UsageError("--data and --topic are mutually exclusive: evaluate on a "
+                               "dataset folder or on a range of a clicks topic")
+    if topic is None and (since or until or items_topic):
+        raise click.UsageError("--since, --until and --items-topic need --topic")
     dev = _device_of(device)
     try:
         ck = load_checkpoint(checkpoint, device=str(dev))
@@ -246,6 +341,50 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delt
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     info = ck.config.get("data")
+    rng = (_TopicRange(topic, since, until, items_topic) if topic is not None
+           else None if data is not None
+           else _recorded_range(info, checkpoint / "config.json"))
+    source: dict[str, Any] = {}
+    if rng is not None:
+        if topic is None:  # say what was read, in the options that read it again
+            items = f" --items-topic {rng.items_topic}" if rng.items_topic else ""
+            click.echo(f"the range the checkpoint was trained on: --topic {rng.topic} "
+                       f"--since {rng.since} --until {rng.until}{items}", err=True)
+        corpus = _corpus_from_topic(rng.topic, rng.since, rng.until, rng.items_topic,
+                                    rng.partitions)
+        corpus, left_out = _in_checkpoint_vocabulary(corpus, ck, rng.topic)
+        source = {k: corpus.info[k] for k in ("topic", "start", "end", "items_topic")}
+        source["unknown_item_clicks"] = left_out
+    else:
+        data = _dataset_of(checkpoint, info, data)
+        corpus = _load_corpus(data)
+        if corpus.n_items != len(ck.item_ids) or not (corpus.item_ids == ck.item_ids).all():
+            raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
+    split_ids = split_users(corpus.users, seed)
+    es = make_eval_set(corpus, split_ids[split], prefix_signals(corpus))
+    if len(es.users) == 0:
+        raise click.ClickException(f"no {split} user has 2 clicks on items the checkpoint "
+                                   "knows: nothing to evaluate")
+    ref = reference_embedding(corpus, split_ids["train"])
+    res = evaluate(ck.model, corpus, es, device=dev, agg=agg, delta=delta, ref=ref)
+    res.update({"model": ck.config["model"], "checkpoint": str(checkpoint), "split": split,
+                "agg": agg, "delta": delta})
+    if source:
+        res["data"] = source
+    if as_json:
+        click.echo(json.dumps(res, indent=2, sort_keys=True))
+        return
+    for k in ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "entropy@20",
+              "ild@20", "ild_cat@20", "coverage@20", "k_u_mean", "d_u_mean",
+              "spearman_d_entropy"):
+        if k in res:
+            click.echo(f"{k:>20s}  {res[k]:.4f}")
+    click.echo(f"{'K_u histogram':>20s}  {res['k_u_hist']}")
+
+
+def _dataset_of(checkpoint: Path, info: Any, data: Path | None) -> Path:
+    """The dataset folder to evaluate on: ``--data``, else the one the checkpoint recorded,
+    else the default dataset."""
     trained_on = info.get("path") if isinstance(info, dict) else None
     if trained_on is not None and not isinstance(trained_on, str):
         raise click.ClickException(f"{checkpoint / 'config.json'}: data.path={trained_on!r} is "
@@ -256,26 +395,8 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, split: str, agg: str, delt
         raise click.ClickException(
             f"the checkpoint's recorded data path {trained_on!r} was not found (from "
             f"{Path.cwd()}); pass the dataset with --data")
-    data = data or (Path(trained_on) if trained_on
+    return data or (Path(trained_on) if trained_on
                     else default_dataset(get_settings(click.get_current_context())))
-    corpus = _load_corpus(data)
-    if corpus.n_items != len(ck.item_ids) or not (corpus.item_ids == ck.item_ids).all():
-        raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
-    split_ids = split_users(corpus.users, seed)
-    es = make_eval_set(corpus, split_ids[split], prefix_signals(corpus))
-    ref = reference_embedding(corpus, split_ids["train"])
-    res = evaluate(ck.model, corpus, es, device=dev, agg=agg, delta=delta, ref=ref)
-    res.update({"model": ck.config["model"], "checkpoint": str(checkpoint), "split": split,
-                "agg": agg, "delta": delta})
-    if as_json:
-        click.echo(json.dumps(res, indent=2, sort_keys=True))
-        return
-    for k in ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "entropy@20",
-              "ild@20", "ild_cat@20", "coverage@20", "k_u_mean", "d_u_mean",
-              "spearman_d_entropy"):
-        if k in res:
-            click.echo(f"{k:>20s}  {res[k]:.4f}")
-    click.echo(f"{'K_u histogram':>20s}  {res['k_u_hist']}")
 
 
 COMMANDS = [train_cmd, evaluate_cmd]
