@@ -288,7 +288,7 @@ class Retrainer:
             self._say(f"no catalogue ({exc}); items get the category 'unknown'")
             catalog = Catalog()
         clicks = read_clicks(kafka, rng, self.s.flow)
-        full = corpus_from_topic(clicks, catalog, name=self.topic)
+        full = corpus_from_topic(clicks, catalog, name=self.topic, items_topic=kafka.items_topic)
         t_read = time.monotonic()
         created = datetime.now(UTC)
         name = f"{created:%Y%m%dT%H%M%S%f}"

@@ -207,6 +207,9 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     assert [v.version for v in store.versions()] == [first.version]
     kept = tmp_path / "candidates" / second.candidate
     assert (kept / "weights.safetensors").is_file()  # kept for inspection
+    # the catalogue it was trained over is recorded: diam evaluate reads the same one again
+    assert json.loads((kept / "config.json").read_text())["data"]["items_topic"] == \
+        s2.kafka.items_topic
     assert json.loads((kept / "decision.json").read_text())["published"] is False
 
     got = _decisions(stack, topic)
