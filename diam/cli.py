@@ -45,8 +45,12 @@ class _Main(click.Group):
 
 @click.group(cls=_Main,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print the Kafka clients' (librdkafka's) log lines, each refused connection "
+                   "included; without it a broker that does not answer is one error line (in a "
+                   "dataflow: one when the outage starts, one when it ends).")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, verbose: bool) -> None:
     """diam-stream: streaming online learning for multi-interest recommendation.
 
     Click events on Kafka are consumed by a Bytewax dataflow that keeps every user's interest
@@ -66,6 +70,10 @@ def main(ctx: click.Context) -> None:
       diam recommend 1 -n 10
     """
     ctx.ensure_object(dict)
+    if verbose:
+        from streams.kafka_log import log_clients_verbosely
+
+        log_clients_verbosely()
 
 
 for _area in (stack, data, produce, run, model, stream_eval, snapshot, serve, replay, drift,

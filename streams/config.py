@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from streams.kafka_log import client_logger
+
+ClientConfig = dict[str, str | int | float | bool | logging.Logger]
+"""librdkafka properties as confluent-kafka takes them (``logger``: a :class:`logging.Logger`)."""
 
 
 class KafkaConfig(BaseModel):
@@ -83,9 +90,11 @@ class KafkaConfig(BaseModel):
     """Any further librdkafka properties, passed through unchanged (e.g.
     ``{"ssl.endpoint.identification.algorithm": "none"}``); they override the fields above."""
 
-    def client_config(self) -> dict[str, str | int | float | bool]:
-        """librdkafka properties common to producers, consumers and admin clients."""
-        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap}
+    def client_config(self) -> ClientConfig:
+        """librdkafka properties common to producers, consumers and admin clients; every client
+        is built from them. Its ``logger`` takes librdkafka's log lines off stderr: a refused
+        connection is a DEBUG line, anything else keeps its level (:mod:`streams.kafka_log`)."""
+        conf: ClientConfig = {"bootstrap.servers": self.bootstrap, "logger": client_logger()}
         mapping = {
             "security_protocol": "security.protocol",
             "sasl_mechanism": "sasl.mechanism",
@@ -100,7 +109,7 @@ class KafkaConfig(BaseModel):
         conf.update(self.extra)
         return conf
 
-    def consumer_config(self) -> dict[str, str | int | float | bool]:
+    def consumer_config(self) -> ClientConfig:
         """librdkafka properties of the dataflow's consumer: :meth:`client_config` with the
         fetch settings (``extra`` still wins)."""
         return {"fetch.wait.max.ms": self.fetch_wait_max_ms, "fetch.min.bytes": self.fetch_min_bytes,

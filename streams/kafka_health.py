@@ -15,6 +15,8 @@ import time
 
 from confluent_kafka import KafkaError
 
+from streams.config import ClientConfig
+
 __all__ = ["BrokerHealth"]
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class BrokerHealth:
         else:
             log.error("Kafka client error: %s", err.str())
 
-    def client_config(self, conf: dict[str, str | int | float | bool]) -> dict[str, object]:
+    def client_config(self, conf: ClientConfig) -> dict[str, object]:
         """``conf`` with this tracker as the client's logger and error callback."""
         return {**conf, "logger": self.logger, "error_cb": self.on_error}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from confluent_kafka import (
@@ -72,7 +73,19 @@ def _bytes(v: str | bytes | None) -> bytes | None:
 
 
 def _admin(cfg: KafkaConfig) -> AdminClient:
-    return AdminClient(cfg.client_config())
+    return AdminClient(cfg.client_config())  # type: ignore[arg-type]  # the stub omits logger
+
+
+@contextmanager
+def _logs_on_failure(client: AdminClient | Consumer) -> Iterator[None]:
+    """Serve ``client``'s queued log lines when a call fails, then raise. librdkafka's lines
+    wait on the poll queue (``streams.kafka_log``) and these calls never poll: without this, a
+    refused TLS handshake or login would leave only "Broker transport failure" to read."""
+    try:
+        yield
+    except Exception:
+        client.poll(0)  # never assigned here: logs and errors only, no record is taken
+        raise
 
 
 def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, timeout: float = 30.0,
@@ -80,6 +93,12 @@ def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, ti
     """Create ``topic`` when missing (replication 1 on the local stack, topic ``config`` such as
     compaction); wait until it is visible. An existing topic is left as it is."""
     admin = _admin(cfg)
+    with _logs_on_failure(admin):
+        _ensure_topic(admin, cfg, topic, partitions, timeout, config)
+
+
+def _ensure_topic(admin: AdminClient, cfg: KafkaConfig, topic: str, partitions: int | None,
+                  timeout: float, config: dict[str, str] | None) -> None:
     md = admin.list_topics(timeout=timeout)
     known = md.topics.get(topic)
     if known is not None and known.error is None and known.partitions:
@@ -116,14 +135,15 @@ def delete_topics(cfg: KafkaConfig, topics: Iterable[str], timeout: float = 30.0
         return []
     admin = _admin(cfg)
     gone: list[str] = []
-    for name, fut in admin.delete_topics(names, operation_timeout=timeout).items():
-        try:
-            fut.result(timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise
-        else:
-            gone.append(name)
+    with _logs_on_failure(admin):
+        for name, fut in admin.delete_topics(names, operation_timeout=timeout).items():
+            try:
+                fut.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+            else:
+                gone.append(name)
     return gone
 
 
@@ -138,7 +158,9 @@ def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> list[i
     names a topic makes a broker with ``auto.create.topics.enable`` (Kafka's default, and the
     local stack's) create it, so a misspelt topic would be created empty and a replay or a
     dead-letter listing of it would report success with nothing read."""
-    md = _admin(cfg).list_topics(timeout=timeout)
+    admin = _admin(cfg)
+    with _logs_on_failure(admin):
+        md = admin.list_topics(timeout=timeout)
     t = md.topics.get(topic)
     if t is None:
         raise UnknownTopic(f"topic {topic!r} does not exist at {cfg.bootstrap}")
@@ -157,10 +179,10 @@ def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[int,
     """``{partition: (low, high)}``; ``high`` is the offset the next record will get."""
     c = _consumer(cfg)
     try:
-        return {
-            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            for p in partition_ids(cfg, topic, timeout)
-        }
+        parts = partition_ids(cfg, topic, timeout)
+        with _logs_on_failure(c):
+            return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                    for p in parts}
     finally:
         c.close()
 
@@ -171,16 +193,18 @@ def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 
     c = _consumer(cfg)
     try:
         parts = partition_ids(cfg, topic, timeout)
-        found = c.offsets_for_times([TopicPartition(topic, p, ts_ms) for p in parts], timeout=timeout)
-        out: dict[int, int] = {}
-        for tp in found:
-            if tp.offset < 0:  # no record at or after ts_ms
-                out[tp.partition] = c.get_watermark_offsets(
-                    TopicPartition(topic, tp.partition), timeout=timeout
-                )[1]
-            else:
-                out[tp.partition] = tp.offset
-        return out
+        with _logs_on_failure(c):
+            found = c.offsets_for_times([TopicPartition(topic, p, ts_ms) for p in parts],
+                                        timeout=timeout)
+            out: dict[int, int] = {}
+            for tp in found:
+                if tp.offset < 0:  # no record at or after ts_ms
+                    out[tp.partition] = c.get_watermark_offsets(
+                        TopicPartition(topic, tp.partition), timeout=timeout
+                    )[1]
+                else:
+                    out[tp.partition] = tp.offset
+            return out
     finally:
         c.close()
 

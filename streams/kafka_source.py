@@ -24,7 +24,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.config import KafkaConfig
+from streams.config import ClientConfig, KafkaConfig
 from streams.kafka_health import BrokerHealth
 from streams.kafka_io import RawRecord, _bytes, partition_ids, watermarks
 
@@ -52,7 +52,7 @@ class _SharedConsumer:
     next offset, so nothing is skipped or read twice.
     """
 
-    def __init__(self, conf: dict[str, str | int | float | bool], topic: str, batch: int,
+    def __init__(self, conf: ClientConfig, topic: str, batch: int,
                  health: BrokerHealth, stall_s: float = 0.0) -> None:
         self.health = health
         self._conf = conf
