@@ -242,7 +242,8 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> No
     except (KafkaException, RuntimeError, TimeoutError) as exc:  # the keys are gone: say what
         # is left (a broker that does not answer in time raises TimeoutError)
         click.echo(f"warning: the replay's topics {own.deadletter_topic} and {own.drift_topic} "
-                   f"were not deleted (Kafka at {s.kafka.bootstrap}: {exc})", err=True)
+                   f"were not deleted (Kafka at {s.kafka.bootstrap}: "
+                   f"{str(exc) or 'no answer in time'})", err=True)
         return
     if gone:
         click.echo(f"deleted the replay's topic(s) {', '.join(gone)}")
