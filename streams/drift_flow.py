@@ -5,7 +5,8 @@
     drift records ─► parse ─┬─ bad ─► counted (diam_drift_unparsed_total)
                             └─ ok ──► one global key ─► monitor (windows, detector; repeats of
                                                         a resumed producer dropped and counted,
-                                                        diam_drift_duplicates_total)
+                                                        diam_drift_duplicates_total; records of
+                                                        closed windows too, diam_drift_late_total)
                                                         ├─► alerts ─► diam.alerts (JSON)
                                                         └─► window summaries ─► Prometheus gauges
 
@@ -44,9 +45,15 @@ from streams.kafka_io import RawRecord, ensure_topic, partition_ids, watermarks
 from streams.kafka_sink import KafkaOut, KafkaRecordSink
 from streams.kafka_source import ClickSource
 
-__all__ = ["DriftMetrics", "alert_record", "build_drift_flow", "run_drift"]
+__all__ = ["SUMMARY", "DriftMetrics", "alert_record", "build_drift_flow", "run_drift"]
 
 OutputFn = Callable[[Alert | WindowSummary], None]
+
+SUMMARY = ("drift monitor {end}: {read} records read ({unparsed} not drift events, "
+           "{duplicates} duplicates, {late} dropped as late), {alerts} alerts raised")
+"""The line ``diam drift run`` prints when it ends (``{end}``: done, or stopped), filled by
+:meth:`DriftMetrics.summary_line` from the counters: the one place its words are spelled.
+Late records are those older than the watermark (their window had already closed)."""
 
 
 class DriftMetrics:
@@ -57,6 +64,8 @@ class DriftMetrics:
         r = self.registry
         self.events = Counter("diam_drift_events_total", "Drift events in closed windows", ["kind"],
                               registry=r)
+        self.read = Counter("diam_drift_records_total",
+                            "Drift events read (repeats and late ones included)", registry=r)
         self.unparsed = Counter("diam_drift_unparsed_total", "Records that were not drift events",
                                 registry=r)
         self.late = Counter("diam_drift_late_total",
@@ -88,10 +97,24 @@ class DriftMetrics:
                         ("rollback", out.rollbacks), ("freeze", out.freezes),
                         ("reanchor", out.reanchors)):
             self.events.labels(kind).inc(n)
-        self.late.inc(out.late)
         for name, gauge in self.gauges.items():
             value = out.end_ms / 1000 if name == "end_seconds" else getattr(out, name)
             gauge.set(value)
+
+    def totals(self) -> dict[str, int]:
+        """What the run has counted so far, by :data:`SUMMARY`'s field names."""
+        def total(name: str) -> int:
+            return int(sum(s.value for m in self.registry.collect() for s in m.samples
+                           if s.name == name))
+
+        unparsed = total("diam_drift_unparsed_total")
+        return {"read": total("diam_drift_records_total") + unparsed, "unparsed": unparsed,
+                "duplicates": total("diam_drift_duplicates_total"),
+                "late": total("diam_drift_late_total"), "alerts": total("diam_drift_alerts_total")}
+
+    def summary_line(self, end: str = "done") -> str:
+        """:data:`SUMMARY` filled from :meth:`totals`; ``end`` is ``done`` or ``stopped``."""
+        return SUMMARY.format(end=end, **self.totals())
 
 
 def alert_record(alert: Alert) -> KafkaOut:
@@ -123,12 +146,15 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
                  ) -> tuple[list[Alert | WindowSummary], bool]:
         now = self._last_input = datetime.now(UTC)
         out: list[Alert | WindowSummary] = []
-        dups = self.monitor.duplicates
+        m = self.monitor
+        dups, late = m.duplicates, m.late
         for partition, rec in values:
             self._last_seen[partition] = now
-            out.extend(self.monitor.add(rec, partition))
-        if self.metrics is not None and self.monitor.duplicates > dups:
-            self.metrics.duplicates.inc(self.monitor.duplicates - dups)
+            out.extend(m.add(rec, partition))
+        if self.metrics is not None:  # per batch: the summaries' late counts miss the last ones
+            self.metrics.read.inc(len(values))
+            self.metrics.duplicates.inc(m.duplicates - dups)
+            self.metrics.late.inc(m.late - late)
         self._mark_idle(now)
         return out + self.monitor.advance(), StatefulBatchLogic.RETAIN
 

@@ -14,18 +14,19 @@ from diam.commands import get_settings, not_empty, serve_registry
 def drift() -> None:
     """Monitor K_u instability, d_u swings and guard trips of the online learner.
 
-    `run` consumes the drift topic (diam.drift) and aggregates per tumbling event-time window;
-    alerts go to the alerts topic (diam.alerts) and to Prometheus metrics. `watch` prints the
+    `run` consumes the drift topic (settings kafka.drift_topic) and aggregates per tumbling
+    event-time window; alerts go to the alerts topic (settings kafka.alerts_topic) and to
+    Prometheus metrics. `watch` prints the
     alerts as they arrive.
     """
 
 
 @drift.command("run")
 @click.option("--topic", default=None, callback=not_empty,
-              help="Drift topic to read [default: diam.drift]. A replay's "
-              "drift events are in diam.drift.replay.<namespace>.")
+              help="Drift topic to read [default: settings kafka.drift_topic]. A replay's "
+              "drift events are in <drift topic>.replay.<namespace>.")
 @click.option("--alerts-topic", default=None, callback=not_empty,
-              help="Where alerts go [default: diam.alerts].")
+              help="Where alerts go [default: settings kafka.alerts_topic].")
 @click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="Tumbling window length, in event time.")
 @click.option("--lateness-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -56,6 +57,11 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
     d_u swing, guard trips, rollbacks and freezes. Per-user alerts fire as soon as a user crosses
     a threshold; global ones when the window closes. Each alert is printed and sent to the
     alerts topic as JSON {kind, window, value, threshold, top_users, seq, ts_ms, detail}.
+
+    Late events (older than the watermark: their window has already closed) are dropped and
+    counted. A replay's drift topic interleaves its partitions unevenly, so some of its events
+    can be late; --lateness-s widens the margin. At the end one line on stderr gives the records
+    read, the ones not drift events, duplicates, late ones dropped and the alerts raised.
     """
     from confluent_kafka import KafkaException
 
@@ -85,15 +91,19 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
         run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts, bounded=bounded,
                   from_end=not from_beginning, metrics=metrics, on_output=show,
                   idle_close_s=idle_close_s)
+    except KeyboardInterrupt:
+        click.echo(metrics.summary_line("stopped"), err=True)
+        return
     except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "no drift"
         raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
+    click.echo(metrics.summary_line("done"), err=True)
 
 
 @drift.command("watch")
 @click.option("--topic", default=None, callback=not_empty,
-              help="Alerts topic [default: diam.alerts].")
+              help="Alerts topic [default: settings kafka.alerts_topic].")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
               help="Show the alerts already in the topic too.")
 @click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown.")

@@ -107,6 +107,14 @@ def test_a_resumed_producers_repeats_are_counted_once_by_the_monitor_and_the_rea
     assert r.get_sample_value("diam_drift_duplicates_total") == len(repeats)
     assert r.get_sample_value("diam_drift_late_total") == 0
 
+    res = CliRunner().invoke(main, ["drift", "run", "--bounded", "--from-beginning", "--topic",
+                                    drift_topic, "--alerts-topic", new_topic(1, "alerts")],
+                             obj={"settings": stack.settings})
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines()[-1] == (
+        f"drift monitor done: {len(events) + len(repeats)} records read (0 not drift events, "
+        f"{len(repeats)} duplicates, 0 dropped as late), 0 alerts raised")
+
     bodies = drift_bodies(kafka, 10_000, drift_topic)
     assert len(bodies) == len(events)
     assert sorted((b["user_id"], b["offset"]) for b in bodies) == sorted(

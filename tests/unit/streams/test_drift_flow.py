@@ -79,3 +79,23 @@ def test_a_resumed_producers_repeats_are_counted_once_and_exported():
     for kind in ("k_change", "guard_trip"):
         want = sum(e.kind == kind for e in evs)
         assert (r.get_sample_value("diam_drift_events_total", {"kind": kind}) or 0) == want
+
+
+def test_late_records_are_counted_per_batch_and_the_summary_line_adds_everything_up():
+    # u0: all in partition 0; the last record belongs to a window the watermark has closed.
+    # It comes after the last window closed, so no window summary would ever report it.
+    def body(ts_ms: int, offset: int) -> bytes:
+        return json.dumps({"kind": "k_change", "user_id": "u0", "ts_ms": ts_ms, "offset": offset,
+                           "detail": {"k_from": 2, "k_to": 3}}).encode()
+
+    raw = [RawRecord("diam.drift", 0, i, b"u0", body(ts, i), ts)
+           for i, ts in enumerate([T0_MS + 1_000, T0_MS + 2 * 60_000 + 10_000])]
+    raw += [RawRecord("diam.drift", 0, 1, b"u0", body(T0_MS + 2 * 60_000 + 10_000, 1), T0_MS),
+            RawRecord("diam.drift", 0, 2, b"u0", body(T0_MS + 2_000, 2), T0_MS),
+            RawRecord("diam.drift", 0, 3, None, b"not json", T0_MS)]
+    metrics = DriftMetrics()
+    run_main(build_drift_flow(TestingSource(raw), TestingSink([]), DriftConfig(), metrics=metrics))
+    assert metrics.registry.get_sample_value("diam_drift_late_total") == 1
+    assert metrics.totals() == {"read": 5, "unparsed": 1, "duplicates": 1, "late": 1, "alerts": 0}
+    assert metrics.summary_line() == ("drift monitor done: 5 records read (1 not drift events, "
+                                      "1 duplicates, 1 dropped as late), 0 alerts raised")
