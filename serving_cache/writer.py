@@ -126,6 +126,9 @@ class RedisWriter:
         self._sha: str | None = None
         self._encoder = Encoder()
         self._encoder.warm_up()  # compiled here, not on the first push (which would wait)
+        self.last_skipped = 0
+        """Users of the last :meth:`write_batch` whose value Redis kept (its seq was newer or
+        equal): a replay of what was written already, or another run's newer state."""
 
     def write_batch(self, entries: Iterable[tuple[str, UserVectors]]) -> int:
         """Write every entry whose seq is newer than what Redis holds; return how many were
@@ -135,6 +138,7 @@ class RedisWriter:
             prev = newest.get(user_id)
             if prev is None or uv.seq > prev.seq:
                 newest[user_id] = uv
+        self.last_skipped = 0
         if not newest:
             return 0
         items = list(newest.items())
@@ -161,6 +165,7 @@ class RedisWriter:
                     written += self._send(chunk)
                 except redis.exceptions.ResponseError:
                     raise exc from None
+        self.last_skipped = len(items) - written
         return written
 
     def _send(self, chunk: list[tuple[str, UserVectors]]) -> int:

@@ -76,7 +76,7 @@ METRIC_NAMES = (
     "diam_flow_records_total", "diam_flow_events_valid_total", "diam_flow_events_rejected_total",
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
     "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
-    "diam_flow_unknown_item_clicks_total",
+    "diam_flow_unknown_item_clicks_total", "diam_flow_redis_stale_pushes_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
@@ -265,6 +265,9 @@ class FlowMetrics:
                       "know (they update the signals, not the vectors)",
                       st.get("unknown_items", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
+        yield counter("diam_flow_redis_stale_pushes", "Pushes Redis did not write: it held the "
+                      "user at a newer or equal seq (another run's state in the namespace?)",
+                      st.get("stale_pushes", 0))
         yield counter("diam_flow_learn_calls",
                       "Calls of the learner's batched step (a user's clicks of a source batch)",
                       st.get("learn_calls", 0))

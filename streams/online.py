@@ -130,6 +130,12 @@ class Counts:
     """Valid clicks on items the base does not know: they update the user's signals and clock,
     not the vectors (a user with only such clicks has no vector and is not pushed). Many of
     them mean the item ids do not match the model's (or the catalogue grew since it)."""
+    stale_pushes: int = 0
+    """Pushes Redis did not write because it held the user at a newer or equal seq (counted by
+    ``streams.redis_sink`` on its writer thread, once per user per write: pushes of a user
+    merged into one write count once; a re-push after Redis lost data and a write retried
+    after an outage are not counted). Many of them mean the namespace holds another
+    run's state (seq is a Kafka offset: another topic's offsets are not comparable)."""
     snapshots: int = 0
     """Users' recovery snapshots (``streams.metrics`` groups them by epoch)."""
     snapshot_s: float = 0.0

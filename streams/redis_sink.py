@@ -52,6 +52,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -98,6 +99,11 @@ class _Partition(StatelessSinkPartition[Item]):
         self.where = where
         self.written = 0
         self.repushed = 0
+        self.stale = 0
+        """Pushes Redis did not write because it held the user at a newer or equal seq (not
+        counting a re-push's): the namespace holds another run's state, or this run replays
+        what it wrote already. Added to ``counts`` when given."""
+        self.counts: Callable[[], Any] | None = None
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._gen: bytes | None = None  # the marker's token when last checked
         self._checked = False  # the marker was checked once (then _gen says what it was)
@@ -201,6 +207,7 @@ class _Partition(StatelessSinkPartition[Item]):
                 held[user] = uv
         sent = [(u, uv) for u, uv in writes if u not in deletes]
         backoff, down_since, why = 0.05, None, ""
+        retried = False  # a retried write may have written part of itself: its skips not counted
         while True:
             attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
             try:
@@ -229,6 +236,10 @@ class _Partition(StatelessSinkPartition[Item]):
                     list(held.items()) + [w for w in sent if w[0] not in held] if repush else sent)
                 if repush:
                     self.repushed += len(held)
+                elif self.writer.last_skipped and not retried:
+                    self.stale += self.writer.last_skipped
+                    if self.counts is not None:  # this writer thread's counters
+                        self.counts().stale_pushes += self.writer.last_skipped
                 self._suspect = False
                 self.written += n
                 if down_since is not None:
@@ -242,6 +253,7 @@ class _Partition(StatelessSinkPartition[Item]):
                 # retries; it never drops the batch. Writes are idempotent (write-if-newer),
                 # so a partial batch re-sent is harmless. Logged once per outage, not per try.
                 self._suspect = True
+                retried = True
                 if down_since is None:
                     down_since, why = attempt, str(exc)
                     refused = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
@@ -295,6 +307,10 @@ class RedisVectorSink(DynamicSink[Item]):
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
 
+    counts: Callable[[], Any] | None = None
+    """Given to every partition: the calling thread's counters (``FlowStats.counts``), where
+    its stale pushes are added (``_Partition.stale``)."""
+
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32) -> None:
         self.cfg = cfg
@@ -310,4 +326,5 @@ class RedisVectorSink(DynamicSink[Item]):
         part = _Partition(writer, self.max_backoff_s, self.max_queued, check_every_s=self.check_every_s,
                           where=where)
         part.observer = self.observer
+        part.counts = self.counts
         return part

@@ -118,6 +118,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
     source, sinks = job_io(job)
+    if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
+        sinks.vectors.counts = stats.counts  # stale pushes, on the writer threads' counters
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL

@@ -36,6 +36,7 @@ class _EveryMinute(logging.Filter):
 SUMMARY = ("{end}: {records} records ({valid} valid, {rejected} dead-lettered, "
            "{unknown_items} on items the base does not know), "
            "{users} user states ({in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
+           "{stale_pushes} kept out by Redis as not newer, "
            "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
            "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")
 """The line ``diam run`` prints when its dataflow ends (``{end}``: done, or stopped by a signal),
@@ -57,6 +58,16 @@ def summary_line(end: str, counts: dict[str, float], seconds: float, cpu_s: floa
     return SUMMARY.format_map({**counts, "end": end, "seconds": f"{seconds:.1f}",
                                "per_s": f"{per_s:,.0f}", "cpu_s": f"{cpu_s:.1f}",
                                "per_cpu_s": f"{per_cpu_s:,.0f}"})
+
+
+def stale_warning(n: int, namespace: str) -> str:
+    """What ``diam run`` says after a run whose pushes Redis kept out (``FlowStats``'
+    ``stale_pushes``): the namespace held those users at a newer or equal seq."""
+    return (f"warning: {n:,} pushes were not written: Redis held those users of namespace "
+            f"{namespace!r} at a newer or equal seq. Either this run re-read what it had "
+            "written already, or the namespace holds another run's state (seq is a Kafka "
+            "offset: another topic's are not comparable): `diam inspect namespace "
+            f"{namespace}` shows its models, `diam drop {namespace}` clears it")
 
 
 SUMMARY_ENDS = ("done", "stopped")
@@ -246,6 +257,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
     click.echo(summary_line("stopped" if stop.is_set() else "done", st, dt, cpu))
+    if st["stale_pushes"]:
+        click.echo(stale_warning(int(st["stale_pushes"]), job.namespace), err=True)
     if metrics is not None and metrics_hold > 0:
         sys.stdout.flush()
         time.sleep(metrics_hold)  # the endpoint is a daemon thread: it ends with the process

@@ -183,6 +183,7 @@ def test_scraped_during_a_run_lag_falls_to_zero_and_counters_equal_the_summary(
                        for r in consume_all(stack.settings.kafka, f"{topic}.drift"))
     assert drift == {k: float(n) for k, n in on_topic.items()}
     assert _one(final, "diam_flow_redis_acked_total") == want["pushes"]
+    assert _one(final, "diam_flow_redis_stale_pushes_total") == 0  # a namespace of its own
     assert _one(final, "diam_flow_freshness_seconds_count") == want["pushes"]
     assert _one(final, "diam_flow_redis_write_seconds_count") >= 1
     assert _one(final, "diam_flow_epoch_pause_seconds_count") >= 1  # epochs of 0.1 s

@@ -169,7 +169,9 @@ def test_stale_write_never_overwrites_newer(redis_client, namespace) -> None:
                            vecs=np.full((1, 2), seq, np.float32), ts=seq, n=seq)
 
     assert w.write_batch([("a", uv(10)), ("a", uv(3)), ("b", uv(1))]) == 2
+    assert w.last_skipped == 0  # a's older entry never left the batch
     assert w.write_batch([("a", uv(9)), ("b", uv(1))]) == 0  # older and equal: skipped
+    assert w.last_skipped == 2
     assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 10
     redis_client.script_flush()  # a restarted Redis has no cached script
     assert w.write_batch([("a", uv(11))]) == 1
@@ -293,3 +295,21 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
     finally:
         for k in redis_client.scan_iter(match=f"diam:{namespace}-kill*"):
             redis_client.delete(k)
+
+
+def test_a_second_run_into_the_same_namespace_counts_the_pushes_redis_kept_out(
+        stack, topic, namespace, redis_client) -> None:
+    # The same events again into a namespace that holds them: every push is not newer than
+    # what Redis holds, and the run says so (the summary's "kept out by Redis as not newer",
+    # diam_flow_redis_stale_pushes_total) instead of reporting the pushes as if written.
+    produce(stack.settings.kafka, topic, click_payloads(click_stream(n_users=12, n_events=300, seed=4)))
+    first, again = FlowStats(), FlowStats()
+    run_online(_job(stack, topic, namespace), _holder(), first)
+    want = redis_state(redis_client, namespace)
+    run_online(_job(stack, topic, namespace), _holder(), again)
+    a, b = first.as_dict(), again.as_dict()
+    assert a["pushes"] > 0 and a["stale_pushes"] == 0
+    # every push is kept out (each user's last one carries the first run's seq, the others are
+    # older); the writer merges a user's pushes queued meanwhile into one write, counted once
+    assert b["pushes"] == a["pushes"] and len(want) <= b["stale_pushes"] <= b["pushes"]
+    assert redis_state(redis_client, namespace) == want

@@ -11,7 +11,7 @@ from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line, sum
 from streams.online import FlowStats
 
 COUNTS = dict(records=12_345, valid=12_340, rejected=5, unknown_items=7, users=100, in_state=90,
-              learn_calls=800, pushes=700, drift_events=3, evictions=10, restarts=2)
+              learn_calls=800, pushes=700, stale_pushes=4, drift_events=3, evictions=10, restarts=2)
 
 
 def test_every_count_comes_back_from_the_line() -> None:

@@ -39,10 +39,14 @@ class _Writer:
     def __init__(self) -> None:
         self.client, self.ns = _Client(), "t"
         self.sent: list[list[tuple[str, int]]] = []
+        self.kept: set[str] = set()  # users whose value the fake Redis holds at a newer seq
+        self.last_skipped = 0
 
     def write_batch(self, entries: list[tuple[str, UserVectors]]) -> int:
         self.sent.append(sorted((u, uv.seq) for u, uv in entries))
-        return len(entries)
+        users = {u for u, _ in entries}
+        self.last_skipped = len(users & self.kept)
+        return len(users) - self.last_skipped
 
 
 def _uv(seq: int) -> UserVectors:
@@ -88,3 +92,21 @@ def test_a_forget_deletes_the_key_and_is_not_held() -> None:
     assert "diam:t:u:c" not in w.client.kv and "c" not in part._held
     assert w.sent == [[]]  # the write before the forget is dropped with it
     part.close()
+
+
+def test_pushes_redis_kept_out_are_counted_on_the_writer_threads_counters() -> None:
+    from streams.online import FlowStats
+
+    part, w = _partition()
+    stats = FlowStats()
+    part.counts = stats.counts
+    w.kept = {"a", "b"}  # another run's newer state for two users
+    part._write([("a", _uv(1)), ("b", _uv(2)), ("c", _uv(3))])
+    assert (part.stale, stats.as_dict()["stale_pushes"]) == (2, 2)
+    part._write([("c", _uv(4))])
+    assert part.stale == 2  # written
+    part._suspect = True  # Redis may have lost writes: everything held is pushed again
+    w.client.kv.clear()
+    part._write([("d", _uv(5))])
+    assert w.sent[-1] == [("a", 1), ("b", 2), ("c", 4), ("d", 5)]
+    assert part.stale == 2 and stats.as_dict()["stale_pushes"] == 2  # a re-push's are expected
