@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
+import os
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["OnlineJob", "UnknownPartitions", "job_io", "run_online", "prepare_recovery", "tune_gc"]
+__all__ = ["OnlineJob", "RecoveryInUse", "UnknownPartitions", "hold_recovery", "job_io", "run_online",
+           "prepare_recovery", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -81,6 +84,32 @@ def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> Re
     return RecoveryConfig(str(path))
 
 
+class RecoveryInUse(RuntimeError):
+    """Another process runs on the same recovery store as the same process of the dataflow."""
+
+
+def hold_recovery(path: Path, process_id: int = 0) -> int:
+    """Lock ``path`` (a recovery store) for process ``process_id`` of a dataflow, for as long
+    as the returned descriptor is open (the process's life: ``fcntl.flock``, released by the
+    kernel when the process dies, so a killed run never leaves a stale lock). Two ``diam run``
+    on one store would both resume from it and both write their snapshots into it, each
+    undoing the other's progress; the second is refused with :class:`RecoveryInUse`, naming
+    the holder's pid. The processes of one cluster share a store, each with its own lock."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / f".diam-run-{process_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RecoveryInUse(f"the recovery store {path.resolve()} is in use by another diam run "
+                            f"(pid {holder}, process {process_id}): stop it first, or give this "
+                            "run a store of its own (--recovery-dir)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def job_io(job: OnlineJob) -> tuple[ClickSource, FlowSinks]:
     """The dataflow's source and sinks for ``job`` (nothing connects before the run starts).
     They share one view of the broker's health: an outage is one line for the run."""
@@ -102,9 +131,21 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
 
     ``stats`` is updated live (read it from another thread for progress); ``metrics``
     (``streams.metrics``, over the same ``stats``) observes the source and sinks. Raises
-    :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks, and
-    ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist."""
+    :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks,
+    ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist, and
+    :class:`RecoveryInUse` when another process runs on the job's recovery store."""
     validate_namespace(job.namespace)
+    lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
+                                                                job.process_id or 0)
+    try:
+        _run_online(job, holder, stats, metrics)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
+                metrics: FlowMetrics | None) -> None:
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
     check_redis(job.redis, wait=not job.bounded)
     if job.bounded:  # reads what the topic holds: a topic that does not exist is an error

@@ -212,7 +212,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError
-    from streams.runner import UnknownPartitions, run_online, tune_gc
+    from streams.runner import RecoveryInUse, UnknownPartitions, run_online, tune_gc
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
@@ -233,7 +233,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
-               + (f" recovery={job.recovery_dir}" if job.recovery_dir is not None else ""))
+               + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     stats = FlowStats()
     metrics = None
     if metrics_port is not None:
@@ -247,6 +247,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     try:
         run_online(job, holder, stats, metrics)
     except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
+        raise click.ClickException(str(exc)) from None
+    except RecoveryInUse as exc:  # checked before anything connects
         raise click.ClickException(str(exc)) from None
     except UnknownPartitions as exc:  # checked before the dataflow starts
         raise click.BadParameter(str(exc), param_hint="--partitions") from None
