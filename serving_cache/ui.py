@@ -31,7 +31,8 @@ import numpy as np
 
 from serving_cache import svg
 
-__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "parse_flow"]
+__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "parse_flow",
+           "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -77,13 +78,27 @@ def histogram_quantile(q: float, bounds: list[float], cum: list[float]) -> float
     return prev_b
 
 
+def quantile_above_top(q: float, bounds: list[float], cum: list[float]) -> bool:
+    """Whether quantile ``q`` falls in the ``+Inf`` bucket, where :func:`histogram_quantile`
+    can only answer the top finite bound: the true value is above it, by any amount.
+
+    >>> quantile_above_top(0.99, [300.0, float("inf")], [90, 100])
+    True
+    >>> quantile_above_top(0.5, [300.0, float("inf")], [90, 100])
+    False
+    """
+    total = cum[-1] if cum else 0.0
+    return (total > 0 and len(bounds) >= 2 and bounds[-1] == float("inf")
+            and q * total > cum[-2])
+
+
 def parse_flow(texts: list[str]) -> dict[str, Any]:
     """Totals over the dataflow processes from their exposition ``texts``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, Any] = {"records": 0.0, "valid": 0.0, "rejected": 0.0, "pushes": 0.0,
                            "users": 0.0, "lag": {}, "drift": {}, "fresh_bounds": [],
-                           "fresh_cum": [], "processes": [], "versions": set()}
+                           "fresh_cum": [], "fresh_sum": 0.0, "fresh_count": 0.0, "processes": [], "versions": set()}
     fresh: dict[float, float] = {}
     simple = {"diam_flow_records_total": "records", "diam_flow_events_valid_total": "valid",
               "diam_flow_events_rejected_total": "rejected", "diam_flow_pushes_total": "pushes",
@@ -103,6 +118,10 @@ def parse_flow(texts: list[str]) -> dict[str, Any]:
                 elif s.name == "diam_flow_freshness_seconds_bucket":
                     le = float(s.labels["le"])
                     fresh[le] = fresh.get(le, 0.0) + s.value
+                elif s.name == "diam_flow_freshness_seconds_sum":
+                    out["fresh_sum"] += s.value
+                elif s.name == "diam_flow_freshness_seconds_count":
+                    out["fresh_count"] += s.value
                 elif s.name == "diam_flow_base_version":
                     out["versions"].add(s.labels["version"])
     out["fresh_bounds"] = sorted(fresh)
@@ -166,11 +185,16 @@ class FlowScraper:
         # freshness of the pushes acknowledged in the window; with none (an idle or finished
         # run), of every push since the process started, and the answer says which
         recent = dt > 0 and base["fresh_cum"] and cur["fresh_cum"][-1] > base["fresh_cum"][-1]
-        if recent:
-            p50, p99 = self._quantile(base, cur, 0.5), self._quantile(base, cur, 0.99)
-        else:
-            p50 = histogram_quantile(0.5, cur["fresh_bounds"], cur["fresh_cum"])
-            p99 = histogram_quantile(0.99, cur["fresh_bounds"], cur["fresh_cum"])
+        # a quantile in the +Inf bucket is only known to exceed the top bound (a replay of
+        # old events is years fresh): the answer says so and gives the exact mean beside it
+        bounds = cur["fresh_bounds"]
+        same = recent and base["fresh_bounds"] == bounds
+        cum = ([y - x for x, y in zip(base["fresh_cum"], cur["fresh_cum"], strict=True)]
+               if same else cur["fresh_cum"])
+        n = cur["fresh_count"] - (base["fresh_count"] if same else 0.0)
+        mean = (cur["fresh_sum"] - (base["fresh_sum"] if same else 0.0)) / n if n > 0 else float("nan")
+        p50, p99 = histogram_quantile(0.5, bounds, cum), histogram_quantile(0.99, bounds, cum)
+        finite = [b for b in bounds if b != float("inf")]
         xs = [r["t"] for r in rows]
         return {
             "available": True,
@@ -183,6 +207,10 @@ class FlowScraper:
             "events_per_s": rate("records"), "valid_per_s": rate("valid"),
             "rejected_per_s": rate("rejected"), "pushes_per_s": rate("pushes"),
             "freshness_p50_s": p50, "freshness_p99_s": p99,
+            "freshness_p50_above_top": quantile_above_top(0.5, bounds, cum),
+            "freshness_p99_above_top": quantile_above_top(0.99, bounds, cum),
+            "freshness_top_bucket_s": finite[-1] if finite else float("nan"),
+            "freshness_mean_s": mean,
             "freshness_over": "last 10 s" if recent else "since start",
             "drift": cur["drift"],
             "svg": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving_cache.ui import FlowScraper, histogram_quantile
+from serving_cache.ui import FlowScraper, histogram_quantile, quantile_above_top
 from streams.metrics import FlowMetrics
 from streams.online import FlowStats
 
@@ -55,3 +55,27 @@ def test_quantile_matches_numpy_on_bucket_edges() -> None:
     assert histogram_quantile(0.25, bounds, cum) == 1.0
     assert histogram_quantile(0.75, bounds, cum) == 2.0
     assert histogram_quantile(1.0, bounds, cum) == 3.0
+
+
+def test_freshness_beyond_the_top_bucket_is_reported_as_above_it_with_the_exact_mean() -> None:
+    # a replay of old events: every push is years fresh, far past the top bucket (300 s)
+    st = FlowStats()
+    m = FlowMetrics(st, process="replay")
+
+    class Old:
+        ts = 0  # 1970: decades old when acknowledged
+
+    m.observe_redis_write([("u", Old())] * 20, 0.002)
+    out = FlowScraper(["p"], fetch=lambda _url: m.exposition().decode()).sample()
+    top = out["freshness_top_bucket_s"]
+    assert out["freshness_p99_s"] == top  # the old field keeps its meaning: clamped at the top
+    assert out["freshness_p50_above_top"] and out["freshness_p99_above_top"]
+    assert out["freshness_mean_s"] > 50 * 365 * 86400
+    assert out["freshness_over"] == "since start"
+
+
+def test_quantile_above_top_only_in_the_inf_bucket() -> None:
+    bounds = [1.0, 2.0, float("inf")]
+    assert not quantile_above_top(0.5, bounds, [5.0, 9.0, 10.0])
+    assert quantile_above_top(0.99, bounds, [5.0, 9.0, 10.0])
+    assert not quantile_above_top(0.99, bounds, [0.0, 0.0, 0.0])
