@@ -23,6 +23,7 @@ __all__ = [
     "Corpus",
     "corpus_from_prepared",
     "in_vocabulary",
+    "events_before",
     "tiny_corpus",
     "windows",
     "prefix_signals",
@@ -137,6 +138,30 @@ def in_vocabulary(corpus: Corpus, item_ids: np.ndarray, item_cat: np.ndarray,
     return replace(corpus, offsets=offsets, items=rows[keep], ts=ts, item_ids=ids,
                    item_cat=np.asarray(item_cat, dtype=np.int32),
                    category_names=list(category_names), info=info), int((~keep).sum())
+
+
+def events_before(corpus: Corpus, cut: int) -> Corpus:
+    """``corpus`` less its events at or after ``cut`` (event time), and less the users left
+    with none: the training corpus of ``diam train --leave-newest`` (``retrain.time_split``
+    with the cut it recorded), which ``diam evaluate`` rebuilds so the seeded user split is
+    the checkpoint's own. The item table is kept.
+
+    >>> c = tiny_corpus(n_users=3, n_items=4, n_categories=1, length=2, seed=0)
+    >>> c.ts.tolist(), c.offsets.tolist()
+    ([0, 60000, 1, 60001, 2, 60002], [0, 2, 4, 6])
+    >>> got = events_before(c, 2)
+    >>> got.users.tolist(), got.offsets.tolist(), got.ts.tolist(), got.info["events"]
+    (['u0000', 'u0001'], [0, 1, 2], [0, 1], 2)
+    """
+    keep = corpus.ts < cut
+    user_of = np.repeat(np.arange(corpus.n_users), corpus.lengths())
+    counts = np.bincount(user_of[keep], minlength=corpus.n_users)
+    has = counts > 0
+    offsets = np.zeros(int(has.sum()) + 1, dtype=np.int64)
+    np.cumsum(counts[has], out=offsets[1:])
+    info = {**corpus.info, "events": int(keep.sum()), "holdout_from_ts": int(cut)}
+    return replace(corpus, users=corpus.users[has], offsets=offsets, items=corpus.items[keep],
+                   ts=corpus.ts[keep], info=info)
 
 
 def tiny_corpus(n_users: int = 40, n_items: int = 60, n_categories: int = 4, length: int = 30,

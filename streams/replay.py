@@ -31,7 +31,11 @@ from streams.kafka_io import offsets_for_time, watermarks
 from streams.online import FlowStats, LearnerHolder
 
 __all__ = ["Bound", "ReplayError", "ReplayRange", "ReplayReport", "parse_bound", "resolve_range",
-           "run_replay", "replay_topics", "PROTECTED_NAMESPACES"]
+           "run_replay", "replay_topics", "PROTECTED_NAMESPACES", "TIME_BOUNDS_HINT"]
+
+#: Why a time-bounded range may hold nothing (``diam replay``, ``diam train``/``evaluate``).
+TIME_BOUNDS_HINT = ("the bounds read the records' Kafka timestamps (when they were produced; "
+                    "`diam produce` stamps them with the wall clock), not the events' own ts")
 
 #: Namespaces a replay refuses to write: serving reads them.
 PROTECTED_NAMESPACES = frozenset({"live"})
@@ -111,13 +115,16 @@ def _resolve(kafka: KafkaConfig, topic: str, bound: Bound | None, marks: dict[in
     return {p: bound.offsets.get(p, m[side]) for p, m in marks.items()}
 
 
-def resolve_range(kafka: KafkaConfig, topic: str, start: Bound | None, end: Bound | None) -> ReplayRange:
+def resolve_range(kafka: KafkaConfig, topic: str, start: Bound | None, end: Bound | None,
+                  options: tuple[str, str] = ("--from", "--to")) -> ReplayRange:
     """Offsets of a replay; missing bounds are the topic's low / high watermarks. Offsets outside
-    what the topic still holds are clamped to it (retention may have deleted the head)."""
+    what the topic still holds are clamped to it (retention may have deleted the head).
+    ``options``: the command's names of the start and end bounds, as the messages say them."""
+    since, until = options
     if (start is not None and end is not None and start.time_ms is not None
             and end.time_ms is not None and start.time_ms > end.time_ms):
-        raise ReplayError("--from is a later time than --to: the range is empty (the end is "
-                          "exclusive, as for offsets)")
+        raise ReplayError(f"{since} is a later time than {until}: the range is empty (the end "
+                          "is exclusive, as for offsets)")
     marks = watermarks(kafka, topic)
     lo = _resolve(kafka, topic, start, marks, 0)
     hi = _resolve(kafka, topic, end, marks, 1)
@@ -127,13 +134,13 @@ def resolve_range(kafka: KafkaConfig, topic: str, start: Bound | None, end: Boun
     for p, (low, high) in marks.items():
         s[p] = min(max(lo[p], low), high)
         e[p] = min(max(hi[p], low), high)
-        for side, asked, got in (("--from", lo[p], s[p]), ("--to", hi[p], e[p])):
-            if given[side == "--to"] and asked != got:
+        for i, side, asked, got in ((0, since, lo[p], s[p]), (1, until, hi[p], e[p])):
+            if given[i] and asked != got:
                 clamped.append(f"partition {p}: {side} offset {asked} is outside what it holds "
                                f"[{low}, {high}); {got} used")
         if s[p] > e[p]:
             raise ReplayError(f"partition {p}: range starts at offset {s[p]} after its end {e[p]} "
-                              "(is --from later than --to?)")
+                              f"(is {since} later than {until}?)")
     return ReplayRange(topic, s, e, tuple(clamped))
 
 

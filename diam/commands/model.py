@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -39,25 +40,34 @@ def _load_corpus(path: Path):
 
 
 def _corpus_from_topic(topic: str, since: str | None, until: str | None,
-                       items_topic: str | None, partitions: set[int] | None = None):
+                       items_topic: str | None, partitions: set[int] | None = None,
+                       recorded: dict[str, Any] | None = None):
     """The corpus of a range of the clicks topic over the ``diam.items`` catalogue (``diam
     train`` and ``diam evaluate``). ``partitions``: read only these (a checkpoint's recorded
-    range: a partition added since has none of its events)."""
+    range: a partition added since has none of its events). ``recorded``: the checkpoint's
+    config.json ``data`` when this is its recorded range read again: a range the topic no
+    longer holds (offsets clamped) or that reads another number of records is refused, rather
+    than other data scored."""
     from confluent_kafka import KafkaException
 
     from streams.catalog import read_catalog
-    from streams.replay import ReplayError, parse_bound, resolve_range
+    from streams.replay import TIME_BOUNDS_HINT, ReplayError, parse_bound, resolve_range
     from streams.topic_corpus import corpus_from_topic, read_clicks
 
     s = get_settings(click.get_current_context())
     items_topic = items_topic if items_topic is not None else s.kafka.items_topic
     try:
-        rng = resolve_range(s.kafka, topic, parse_bound(since) if since else None,
-                            parse_bound(until) if until else None)
+        bounds = [parse_bound(b) if b else None for b in (since, until)]
+        rng = resolve_range(s.kafka, topic, bounds[0], bounds[1],
+                            options=("--since", "--until"))
         if partitions is not None:
             rng = dataclasses.replace(
                 rng, start={p: o for p, o in rng.start.items() if p in partitions},
                 end={p: o for p, o in rng.end.items() if p in partitions})
+        if recorded is not None and rng.clamped:
+            raise click.ClickException(
+                f"{topic} no longer holds the events the checkpoint was trained on "
+                f"(re-created, or retention deleted records): {'; '.join(rng.clamped)}")
         catalog = read_catalog(s.kafka, items_topic)
         clicks = read_clicks(s.kafka, rng, s.flow)
     except ReplayError as exc:
@@ -70,12 +80,21 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
     click.echo(f"{topic} {rng.describe()}: {clicks.records:,} records, {len(clicks):,} valid "
                f"clicks, {clicks.rejected:,} left out; catalogue {items_topic}: "
                f"{len(catalog):,} items ({catalog.rejected:,} bad records)", err=True)
+    want = recorded.get("records") if recorded is not None else None
+    if type(want) is int and clicks.records != want:
+        raise click.ClickException(
+            f"{topic} {rng.describe()} no longer holds the events the checkpoint was trained "
+            f"on: {clicks.records:,} records read, {want:,} when it was trained (the topic "
+            "was re-created, or retention deleted records); pass another range with "
+            "--topic/--since/--until")
     for why in (clicks.reasons + catalog.reasons)[:5]:
         click.echo(f"  left out: {why}", err=True)
     corpus = corpus_from_topic(clicks, catalog, items_topic=items_topic)
     if corpus.n_users < 10:
+        timed = any(b is not None and b.time_ms is not None for b in bounds)
         raise click.ClickException(f"{topic} {rng.describe()}: only {corpus.n_users} users; "
-                                   "need at least 10 to split 80/10/10")
+                                   "need at least 10 to split 80/10/10"
+                                   + (f" ({TIME_BOUNDS_HINT})" if timed else ""))
     return corpus
 
 
@@ -292,12 +311,14 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
               help="Evaluate on a range of this clicks topic instead (not with --data), with "
                    "the catalogue topic's items (--items-topic).")
 @click.option("--since", default=None, metavar="BOUND",
-              help="With --topic: start, as `diam train --since` (ISO record time, an offset, "
-                   "or partition:offset pairs) [default: the oldest record].")
+              help="Start of a range of --topic, or of the checkpoint's recorded topic, as "
+                   "`diam train --since` (ISO record time, an offset, or partition:offset "
+                   "pairs) [default: the oldest record].")
 @click.option("--until", default=None, metavar="BOUND",
-              help="With --topic: end, exclusive, same forms [default: the end of the topic].")
+              help="End, exclusive, same forms [default: the end of the topic].")
 @click.option("--items-topic", default=None, callback=not_empty,
-              help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
+              help="The catalogue topic [default: on the recorded topic, the catalogue topic "
+                   "it recorded; with --topic, settings kafka.items_topic].")
 @click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
 @click.option("--agg", type=click.Choice(["model", "merge"]), default="model", show_default=True,
               help="model: the model's own aggregation (DIAM: diversity-aware with d_u); "
@@ -313,14 +334,20 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
                  delta: float, device: str, as_json: bool) -> None:
     """Evaluate a checkpoint with ComiRec's protocol on held-out users.
 
-    The held-out users are those of the checkpoint's own 80/10/10 split; for each, the first
+    On the data the checkpoint was trained on (its dataset, or its recorded range of the
+    clicks topic, less the newest events `diam train --leave-newest` left out), the held-out
+    users are those of the checkpoint's own 80/10/10 split. On other data (--data, --topic,
+    --since/--until) they are that data's 80/10/10 split under the checkpoint's seed, and may
+    include users the checkpoint trained on (a warning on stderr says so). For each, the first
     80% of the sequence is history and the rest ground truth. Prints Recall/NDCG/HR@20/50,
     Entropy@20, ILD@20 (reference embedding), coverage@20, the K_u distribution and the
     Spearman correlation of d_u with the realised diversity of the held-out items.
 
     A checkpoint trained with `diam train --topic` is evaluated on the range it recorded
     (config.json "data": the topic, its offsets and the catalogue topic), read again from the
-    broker; --topic/--since/--until/--items-topic name another range. Read from a topic, the
+    broker; a range that no longer holds the same records (the topic was re-created, or
+    retention deleted records) is refused. --topic/--since/--until name another range
+    (--since/--until alone: of the recorded topic). Read from a topic, the
     clicks are expressed in the checkpoint's item vocabulary: clicks on items it does not know
     (the catalogue grew since training) are left out, and one line on stderr counts them.
     """
@@ -332,8 +359,9 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     if data is not None and topic is not None:
         raise click.UsageError("--data and --topic are mutually exclusive: evaluate on a "
                                "dataset folder or on a range of a clicks topic")
-    if topic is None and (since or until or items_topic):
-        raise click.UsageError("--since, --until and --items-topic need --topic")
+    if data is not None and (since or until or items_topic):
+        raise click.UsageError("--since, --until and --items-topic read a clicks topic: not "
+                               "with --data")
     dev = _device_of(device)
     try:
         ck = load_checkpoint(checkpoint, device=str(dev))
@@ -341,25 +369,49 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     info = ck.config.get("data")
-    rng = (_TopicRange(topic, since, until, items_topic) if topic is not None
-           else None if data is not None
-           else _recorded_range(info, checkpoint / "config.json"))
+    where = checkpoint / "config.json"
+    rng: _TopicRange | None = None
+    own = False  # the data the checkpoint was trained on, rebuilt: its own user split
+    if topic is not None:
+        rng = _TopicRange(topic, since, until, items_topic)
+    elif data is None:
+        rec = _recorded_range(info, where)
+        if rec is None and (since or until or items_topic):
+            raise click.UsageError("--since, --until and --items-topic need --topic: the "
+                                   "checkpoint records no clicks topic it was trained on")
+        if rec is not None and (since or until):  # another range of the recorded topic
+            rng = _TopicRange(rec.topic, since, until, items_topic or rec.items_topic)
+        elif rec is not None:
+            rng, own = dataclasses.replace(rec, items_topic=items_topic or rec.items_topic), True
     source: dict[str, Any] = {}
     if rng is not None:
-        if topic is None:  # say what was read, in the options that read it again
+        if own:  # say what was read, in the options that read it again
             items = f" --items-topic {rng.items_topic}" if rng.items_topic else ""
             click.echo(f"the range the checkpoint was trained on: --topic {rng.topic} "
                        f"--since {rng.since} --until {rng.until}{items}", err=True)
         corpus = _corpus_from_topic(rng.topic, rng.since, rng.until, rng.items_topic,
-                                    rng.partitions)
+                                    rng.partitions, recorded=info if own else None)
+        if own:
+            corpus = _training_corpus(corpus, ck, where)
         corpus, left_out = _in_checkpoint_vocabulary(corpus, ck, rng.topic)
         source = {k: corpus.info[k] for k in ("topic", "start", "end", "items_topic")}
         source["unknown_item_clicks"] = left_out
+        what = f"{rng.topic} (--since {rng.since or 'oldest'} --until {rng.until or 'end'})"
     else:
         data = _dataset_of(checkpoint, info, data)
         corpus = _load_corpus(data)
+        trained_on = info.get("path") if isinstance(info, dict) else None
+        own = not (isinstance(info, dict) and "topic" in info) and (
+            not isinstance(trained_on, str) or Path(trained_on).resolve() == data.resolve())
+        if own:
+            corpus = _training_corpus(corpus, ck, where)
         if corpus.n_items != len(ck.item_ids) or not (corpus.item_ids == ck.item_ids).all():
             raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
+        what = str(data)
+    if not own:
+        click.echo(f"warning: {what} is not the data the checkpoint was trained on: the held-out "
+                   f"users are this range's own 80/10/10 split under the checkpoint's seed "
+                   f"({seed}) and may include users the checkpoint trained on", err=True)
     split_ids = split_users(corpus.users, seed)
     es = make_eval_set(corpus, split_ids[split], prefix_signals(corpus))
     if len(es.users) == 0:
@@ -374,12 +426,47 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     if as_json:
         click.echo(json.dumps(res, indent=2, sort_keys=True))
         return
+    click.echo(f"{'users':>20s}  {res['n_users']} ({split} users of {corpus.n_users})")
     for k in ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "entropy@20",
               "ild@20", "ild_cat@20", "coverage@20", "k_u_mean", "d_u_mean",
               "spearman_d_entropy"):
         if k in res:
-            click.echo(f"{k:>20s}  {res[k]:.4f}")
+            click.echo(f"{k:>20s}  {res[k]:.4f}{_why_nan(k, res)}")
     click.echo(f"{'K_u histogram':>20s}  {res['k_u_hist']}")
+
+
+def _why_nan(key: str, res: dict[str, Any]) -> str:
+    """Why a metric printed as nan is nan (the Spearman correlation needs 2 users and d_u and
+    the realised entropy not constant over them)."""
+    if key != "spearman_d_entropy" or not math.isnan(res[key]):
+        return ""
+    n = res["n_users"]
+    if n < 2:
+        return f" (too few users: {n}; a rank correlation needs at least 2)"
+    return (f" (d_u or the realised entropy is the same for all {n} users: too few users to "
+            "rank)")
+
+
+def _training_corpus(corpus, ck, where: Path):
+    """``corpus`` (the data a checkpoint recorded, read again) less the newest events that
+    ``diam train --leave-newest`` left out (the cut it recorded): the training corpus, whose
+    seeded user split is the checkpoint's own."""
+    from online_model.corpus import events_before
+
+    info = ck.config.get("data")
+    cut = info.get("holdout_from_ts") if isinstance(info, dict) else None
+    if cut is None:
+        cut = ck.config.get("left_out_from_ts")
+    if cut is None:
+        return corpus
+    if type(cut) is not int:
+        raise click.ClickException(f"{where}: data.holdout_from_ts={cut!r} is not a time; "
+                                   "pass the range with --topic/--since/--until")
+    got = events_before(corpus, cut)
+    click.echo(f"left out the newest {len(corpus.items) - len(got.items):,} of "
+               f"{len(corpus.items):,} events (event time >= {cut}), as training did: "
+               f"{got.n_users:,} users", err=True)
+    return got
 
 
 def _dataset_of(checkpoint: Path, info: Any, data: Path | None) -> Path:

@@ -102,3 +102,32 @@ def test_evaluate_reads_the_recorded_range_and_counts_clicks_on_new_items(
     errors = [ln for ln in res.output.splitlines() if ln.startswith("Error: ")]
     assert errors == [f"Error: cannot read '{topic}.absent' / 'diam.items' at {stack.bootstrap}: "
                       f"topic '{topic}.absent' does not exist at {stack.bootstrap}"], res.output
+
+
+def test_a_leave_newest_checkpoint_is_evaluated_on_its_training_corpus(
+        stack, topic, synth_dir, tmp_path) -> None:
+    """The recorded range read again is cut where `diam train --leave-newest` cut it (its
+    users, its seeded split); --since without --topic reads another range of the recorded
+    topic, and says that its split may hold users the checkpoint trained on."""
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap,
+           "DIAM_REDIS_URL": stack.redis_url, "DIAM_KAFKA_ITEMS_TOPIC": f"{topic}.items"}
+    runner = CliRunner()
+    res = runner.invoke(main, ["produce", "--data", str(synth_dir), "--topic", topic,
+                               "--catalog", "--no-progress"], env=env)
+    assert res.exit_code == 0, res.output
+    ck = tmp_path / "ck"
+    res = runner.invoke(main, ["train", "--topic", topic, "--leave-newest", "0.2", "--out",
+                               str(ck), "--epochs", "1", "--dim", "8", "--device", "cpu",
+                               "--no-progress"], env=env)
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((ck / "config.json").read_text())["data"]
+    args = ["evaluate", "--checkpoint", str(ck), "--device", "cpu", "--json"]
+    res = runner.invoke(main, args, env=env)
+    _finite_metrics(res)
+    assert f"(event time >= {recorded['holdout_from_ts']}), as training did" in res.stderr
+    assert "warning" not in res.stderr, res.stderr
+
+    res = runner.invoke(main, [*args, "--since", "0:2,1:2,2:2,3:2"], env=env)
+    _finite_metrics(res)
+    assert "may include users the checkpoint trained on" in res.stderr
+    assert "the range the checkpoint was trained on" not in res.stderr

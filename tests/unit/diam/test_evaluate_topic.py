@@ -34,7 +34,8 @@ class FakeBroker:
         self.calls: list[tuple[str, Bound | None, Bound | None]] = []
 
     def resolve_range(self, kafka: Any, topic: str, start: Bound | None,
-                      end: Bound | None) -> ReplayRange:
+                      end: Bound | None, options: tuple[str, str] = ("--from", "--to"),
+                      ) -> ReplayRange:
         self.calls.append((topic, start, end))
         if topic not in self.clicks:
             raise RuntimeError(f"topic {topic!r} does not exist at {kafka.bootstrap}")
@@ -178,8 +179,7 @@ def test_an_unreadable_topic_is_one_error_line(run, broker, trained) -> None:
 
 @pytest.mark.parametrize("args, words", [
     (["--data", "somewhere", "--topic", "t"], ["--data and --topic are mutually exclusive"]),
-    (["--since", "5"], ["--since, --until and --items-topic need --topic"]),
-    (["--items-topic", "t.items"], ["need --topic"]),
+    (["--data", "somewhere", "--since", "5"], ["read a clicks topic: not with --data"]),
     (["--topic", ""], ["--topic"]),
 ])
 def test_usage_errors(run, broker, trained, args, words) -> None:
@@ -211,7 +211,7 @@ def test_a_recorded_partition_list_reads_only_those_partitions(
     seen: list[ReplayRange] = []
     read = broker.read_clicks
 
-    def resolve(kafka, topic, start, end):  # type: ignore[no-untyped-def]
+    def resolve(kafka, topic, start, end, options=None):  # type: ignore[no-untyped-def]
         broker.calls.append((topic, start, end))
         return ReplayRange(topic, {0: 0, 1: 0, 2: 0}, {0: 120, 1: 120, 2: 99})
 
@@ -223,3 +223,152 @@ def test_a_recorded_partition_list_reads_only_those_partitions(
     monkeypatch.setattr("streams.topic_corpus.read_clicks", clicks)
     _metrics(run("evaluate", "--checkpoint", str(trained), "--device", "cpu", "--json"))
     assert seen[0].start == {0: 0, 1: 0} and seen[0].end == {0: 120, 1: 120}
+
+
+def _split_of_evaluated(monkeypatch) -> list[Any]:  # type: ignore[no-untyped-def]
+    """The (corpus, held-out user names) of each ``make_eval_set`` call ``diam evaluate`` makes."""
+    import online_model.evaluate as ev
+
+    seen: list[Any] = []
+    make = ev.make_eval_set
+
+    def spy(corpus, users, signals):  # type: ignore[no-untyped-def]
+        seen.append((corpus, corpus.users[users].tolist()))
+        return make(corpus, users, signals)
+
+    monkeypatch.setattr(ev, "make_eval_set", spy)
+    return seen
+
+
+def test_leave_newest_is_applied_again_the_test_users_are_the_training_split(
+        run, broker, tmp_path, monkeypatch) -> None:
+    """Users whose every click is in the held-out newest slice were not in training's corpus:
+    read again, the recorded range is cut where training cut it, so the split is training's."""
+    import online_model.train as tr
+    from online_model.evaluate import split_users
+
+    late = T0 + 10**9
+    broker.clicks["t"] += [(f"z{u:03d}", f"i{j}", late + 7 * u + j)
+                           for u in range(8) for j in range(3)]
+    trained_on: list[Any] = []
+    train = tr.train
+
+    def spy(corpus, *args, **kwargs):  # type: ignore[no-untyped-def]
+        trained_on.append(corpus)
+        return train(corpus, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "train", spy)
+    out = tmp_path / "held"
+    r = run("train", "--topic", "t", "--items-topic", "t.items", "--out", str(out), "--epochs",
+            "1", "--dim", "8", "--device", "cpu", "--no-progress", "--leave-newest", "0.2",
+            "--seed", "3")
+    assert r.exit_code == 0, r.output
+    (corpus,) = trained_on
+    cut = json.loads((out / "config.json").read_text())["data"]["holdout_from_ts"]
+    assert corpus.n_users == 30 and not any(u.startswith("z") for u in corpus.users)
+    want = corpus.users[split_users(corpus.users, 3)["test"]].tolist()
+
+    seen = _split_of_evaluated(monkeypatch)
+    r = run("evaluate", "--checkpoint", str(out), "--device", "cpu", "--json")
+    res = _metrics(r)
+    (got_corpus, got_users), = seen
+    assert got_users == want and got_corpus.users.tolist() == corpus.users.tolist()
+    assert int(got_corpus.ts.max()) < cut and len(got_corpus.items) == len(corpus.items)
+    assert res["n_users"] == len(want)
+    assert "as training did: 30 users" in r.stderr and "warning" not in r.stderr
+    # the whole topic's split (38 users) is another one: what the recorded range used to give
+    full = np.array(sorted({u for u, _, _ in broker.clicks["t"]}))
+    assert full[split_users(full, 3)["test"]].tolist() != want
+
+    # another range of the same topic: its own split, said on stderr
+    seen.clear()
+    r = run("evaluate", "--checkpoint", str(out), "--device", "cpu", "--topic", "t",
+            "--items-topic", "t.items", "--json")
+    _metrics(r)
+    assert seen[0][0].n_users == 38
+    assert ("warning: t (--since oldest --until end) is not the data the checkpoint was "
+            "trained on: the held-out users are this range's own 80/10/10 split under the "
+            "checkpoint's seed (3) and may include users the checkpoint trained on") in r.stderr
+
+
+def test_since_without_topic_reads_the_recorded_topic(run, broker, trained) -> None:
+    r = run("evaluate", "--checkpoint", str(trained), "--device", "cpu", "--since", "0:5,1:5",
+            "--json")
+    _metrics(r)
+    assert broker.calls == [("t", Bound(offsets={0: 5, 1: 5}), None)]
+    assert "may include users the checkpoint trained on" in r.stderr
+    assert "catalogue t.items" in r.stderr  # the recorded catalogue topic
+
+
+def test_since_without_topic_on_a_dataset_checkpoint_is_a_usage_error(
+        run, broker, trained, tmp_path) -> None:
+    from online_model.testing import edited_checkpoint
+
+    ds = edited_checkpoint(trained, tmp_path / "ds", data={"name": "somewhere"})
+    for args in (["--since", "5"], ["--items-topic", "t.items"]):
+        r = run("evaluate", "--checkpoint", str(ds), "--device", "cpu", *args)
+        assert r.exit_code == 2, r.output
+        assert "need --topic: the checkpoint records no clicks topic" in r.output
+    assert broker.calls == []
+
+
+def test_a_recorded_range_that_reads_other_records_is_refused(run, broker, trained) -> None:
+    broker.clicks["t"].append(("u0001", "i3", T0 + 5))
+    _one_error(run("evaluate", "--checkpoint", str(trained), "--device", "cpu"),
+               "no longer holds the events the checkpoint was trained on",
+               "241 records read, 240 when it was trained")
+
+
+def test_a_clamped_recorded_range_is_refused(run, broker, trained, monkeypatch) -> None:
+    def resolve(kafka, topic, start, end, options=None):  # type: ignore[no-untyped-def]
+        return ReplayRange(topic, {0: 0, 1: 0}, {0: 100, 1: 120},
+                           ("partition 0: --until offset 120 is outside what it holds [0, 100); "
+                            "100 used",))
+
+    monkeypatch.setattr("streams.replay.resolve_range", resolve)
+    _one_error(run("evaluate", "--checkpoint", str(trained), "--device", "cpu"),
+               "t no longer holds the events the checkpoint was trained on",
+               "--until offset 120 is outside")
+
+
+def test_clamped_offsets_are_worded_with_the_commands_options(monkeypatch) -> None:
+    from streams.config import KafkaConfig
+    from streams.replay import resolve_range
+
+    monkeypatch.setattr("streams.replay.watermarks", lambda kafka, topic: {0: (10, 50)})
+    rng = resolve_range(KafkaConfig(), "t", Bound(offset=0), Bound(offset=90),
+                        options=("--since", "--until"))
+    assert rng.clamped == ("partition 0: --since offset 0 is outside what it holds [10, 50); "
+                           "10 used", "partition 0: --until offset 90 is outside what it holds "
+                           "[10, 50); 50 used")
+    assert "--from offset 0" in resolve_range(KafkaConfig(), "t", Bound(offset=0), None).clamped[0]
+
+
+def test_a_time_bounded_range_with_too_few_users_says_what_the_bounds_read(
+        run, broker, trained) -> None:
+    from streams.replay import TIME_BOUNDS_HINT
+
+    broker.clicks["few"] = [(f"u{u}", f"i{u}", T0 + u) for u in range(6)]
+    line = _one_error(run("evaluate", "--checkpoint", str(trained), "--device", "cpu",
+                          "--topic", "few", "--items-topic", "t.items", "--since",
+                          "2023-11-14T00:00:00Z"), "only 6 users; need at least 10")
+    assert TIME_BOUNDS_HINT in line
+    line = _one_error(run("evaluate", "--checkpoint", str(trained), "--device", "cpu",
+                          "--topic", "few", "--items-topic", "t.items", "--since", "0"),
+                      "only 6 users")
+    assert TIME_BOUNDS_HINT not in line
+
+
+def test_text_output_counts_the_users_and_says_why_spearman_is_nan(run, trained) -> None:
+    from diam.commands.model import _why_nan
+
+    r = run("evaluate", "--checkpoint", str(trained), "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    users = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] == ["users"]]
+    assert users == [["users", "3", "(test", "users", "of", "30)"]]
+    nan = float("nan")
+    assert "too few users: 1" in _why_nan("spearman_d_entropy",
+                                          {"spearman_d_entropy": nan, "n_users": 1})
+    assert "same for all 3 users" in _why_nan("spearman_d_entropy",
+                                              {"spearman_d_entropy": nan, "n_users": 3})
+    assert _why_nan("spearman_d_entropy", {"spearman_d_entropy": 0.5, "n_users": 3}) == ""

@@ -5,6 +5,7 @@ unchanged, and counts the clicks it left out."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,3 +59,20 @@ def test_no_known_item_leaves_every_user_empty() -> None:
     got, left_out = in_vocabulary(c, np.array(["zz"]), np.zeros(1), [])
     assert left_out == len(c.items) and len(got.items) == 0
     assert got.offsets.tolist() == [0] * 5 and got.n_users == 4
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5, 0.9])
+def test_events_before_the_recorded_cut_is_the_training_corpus_of_time_split(fraction) -> None:
+    """``diam evaluate`` rebuilds ``diam train --leave-newest``'s corpus from the cut it
+    recorded: the same users (so the same seeded split), events and item table."""
+    from online_model.corpus import events_before
+    from online_model.retrain import time_split
+
+    c = tiny_corpus(n_users=25, n_items=30, length=12, seed=4)
+    c.ts[c.offsets[3]:c.offsets[5]] += 10**9  # two users with only the newest events
+    want, cut = time_split(c, fraction)
+    got = events_before(c, cut)
+    assert got.users.tolist() == want.users.tolist()
+    for k in ("offsets", "items", "ts", "item_ids", "item_cat"):
+        assert np.array_equal(getattr(got, k), getattr(want, k)), k
+    assert got.info == want.info
