@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,11 @@ class UserDiff:
     seq_b: int
     identical: bool
     """The stored values are equal byte for byte."""
+    relabelled: bool = False
+    """Not identical, but the same state under another ``model`` label (vectors, K_u, d_u,
+    seq and seen items equal): e.g. the same weights run as a checkpoint and as a snapshot."""
+    model_a: str = ""
+    model_b: str = ""
 
     @property
     def dk(self) -> int:
@@ -82,6 +87,8 @@ class DiffSummary:
     min_matched_cos: float
     mean_abs_dd: float
     undecodable: int
+    relabelled: int = 0
+    """Users whose values differ only in their ``model`` label (:attr:`UserDiff.relabelled`)."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,10 @@ def _fetch(client: redis.Redis, keys: list[bytes]) -> Iterator[tuple[str, bytes]
 def _compare(uid: str, ra: bytes, rb: bytes, a: UserVectors, b: UserVectors) -> UserDiff:
     pairs = match_interests(a.vecs, b.vecs)
     coss = [c for _, _, c in pairs] or [0.0]
+    same = ra == rb
     return UserDiff(uid, a.k, b.k, float(np.mean(coss)), float(min(coss)), a.d, b.d, a.seq, b.seq,
-                    ra == rb)
+                    same, not same and a.model != b.model and replace(b, model=a.model) == a,
+                    a.model, b.model)
 
 
 def diff_namespaces(client: redis.Redis, ns_a: str, ns_b: str) -> NamespaceDiff:
@@ -157,7 +166,7 @@ def diff_namespaces(client: redis.Redis, ns_a: str, ns_b: str) -> NamespaceDiff:
         mean_matched_cos=float(np.mean(coss)) if users else float("nan"),
         min_matched_cos=float(min(u.min_cos for u in users)) if users else float("nan"),
         mean_abs_dd=float(np.mean([abs(u.dd) for u in users])) if users else float("nan"),
-        undecodable=bad,
+        undecodable=bad, relabelled=sum(u.relabelled for u in users),
     )
     return NamespaceDiff(ns_a, ns_b, users, only_a, only_b, summary)
 

@@ -67,7 +67,14 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from serving_cache import redis_client
     from serving_cache.namespaces import drop_namespace, namespace_in_use
     from streams.kafka_io import UnknownTopic
-    from streams.replay import ReplayError, check_namespace, parse_bound, resolve_range, run_replay
+    from streams.replay import (
+        TIME_BOUNDS_HINT,
+        ReplayError,
+        check_namespace,
+        parse_bound,
+        resolve_range,
+        run_replay,
+    )
 
     s = get_settings(ctx)
     topic = topic if topic is not None else s.kafka.clicks_topic
@@ -106,9 +113,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         click.echo(f"warning: {line}", err=True)
     timed = [b for b in (start, end) if b is not None and b.time_ms is not None]
     if rng.size == 0 and timed:
-        click.echo("warning: no record in that time range: the bounds read the records' Kafka "
-                   "timestamps (when they were produced; `diam produce` stamps them with the "
-                   "wall clock), not the events' own ts", err=True)
+        click.echo(f"warning: no record in that time range: {TIME_BOUNDS_HINT}", err=True)
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}", err=True)
@@ -185,9 +190,14 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         click.echo(f"  identical values {m.identical:,} ({m.identical / m.both:.1%})  "
                    f"K_u agreement {m.k_agree_rate:.1%}  matched cosine mean {m.mean_matched_cos:.4f} "
                    f"min {m.min_matched_cos:.4f}  mean |dd_u| {m.mean_abs_dd:.4f}")
+    if m.relabelled:
+        labels = sorted({(u.model_a, u.model_b) for u in result.users if u.relabelled})[:3]
+        click.echo(f"  {m.relabelled:,} users differ only in their model label (the same vectors, "
+                   f"K_u, d_u and seq: "
+                   + "; ".join(f"{a!r} vs {b!r}" for a, b in labels) + "): not listed below")
     if m.undecodable:
         click.echo(f"  {m.undecodable:,} users had an undecodable value on one side")
-    worst = sorted((u for u in result.users if not u.identical),
+    worst = sorted((u for u in result.users if not u.identical and not u.relabelled),
                    key=lambda u: (u.mean_cos, -abs(u.dd), u.user_id))[:top]
     for u in worst:
         click.echo(f"  {u.user_id}: K {u.k_a}->{u.k_b}  cos mean {u.mean_cos:.4f} min {u.min_cos:.4f}  "

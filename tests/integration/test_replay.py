@@ -88,7 +88,8 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         assert json.loads(res.output) == pytest.approx({
             "ns_a": ns_live, "ns_b": ns_a, "users_a": 12, "users_b": 12, "both": 12, "only_a": 0,
             "only_b": 0, "identical": 12, "k_agree_rate": 1.0, "mean_matched_cos": 1.0,
-            "min_matched_cos": 1.0, "mean_abs_dd": 0.0, "undecodable": 0}, abs=1e-9)
+            "min_matched_cos": 1.0, "mean_abs_dd": 0.0, "undecodable": 0, "relabelled": 0},
+            abs=1e-9)
 
         res = _cli(s, "replay", "--topic", topic, "--from", iso, "--namespace", ns_b,
                    "--snapshot", versions[1], "--no-progress")

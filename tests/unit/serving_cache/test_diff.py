@@ -58,3 +58,19 @@ def test_csv_has_a_row_per_user_of_either_side(tmp_path):
     assert [(r["user_id"], r["in_a"], r["in_b"], r["dk"]) for r in rows] == [
         ("u1", "1", "1", "1"), ("only-a", "1", "0", ""), ("only-b", "0", "1", "")]
     assert float(rows[0]["dd"]) == 0.1
+
+
+def test_the_same_state_under_another_model_label_is_told_apart_from_a_difference():
+    from serving_cache.codec import UserVectors, encode_user
+    from serving_cache.diff import _compare
+
+    vecs = np.arange(8, dtype=np.float32).reshape(2, 4)
+    a = UserVectors(seq=5, model="diam-d737161396d1", k=2, d=0.4, dim=4, vecs=vecs, ts=9, n=3)
+    b = UserVectors(seq=5, model="20261205T221001-d7371613", k=2, d=0.4, dim=4, vecs=vecs.copy(),
+                    ts=9, n=3)
+    u = _compare("u", encode_user(a), encode_user(b), a, b)
+    assert not u.identical and u.relabelled and (u.model_a, u.model_b) == (a.model, b.model)
+    c = UserVectors(seq=5, model=b.model, k=2, d=0.41, dim=4, vecs=vecs, ts=9, n=3)
+    assert not _compare("u", encode_user(a), encode_user(c), a, c).relabelled  # d_u differs too
+    same = _compare("u", encode_user(a), encode_user(a), a, a)
+    assert same.identical and not same.relabelled
