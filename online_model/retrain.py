@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from online_model.corpus import Corpus
+from online_model.corpus import Corpus, events_before
 from online_model.evaluate import EvalSet
 
 __all__ = ["CATEGORY_INPUTS", "time_split", "slice_eval_set", "remap_state", "evaluate_slice",
@@ -37,15 +37,7 @@ def time_split(corpus: Corpus, fraction: float) -> tuple[Corpus, int]:
         raise ValueError("fraction must be in (0, 1)")
     ts = np.sort(corpus.ts)
     cut = int(ts[min(len(ts) - 1, int(round((1 - fraction) * len(ts))))])
-    keep = corpus.ts < cut
-    user_of = np.repeat(np.arange(corpus.n_users), corpus.lengths())
-    counts = np.bincount(user_of[keep], minlength=corpus.n_users)
-    has = counts > 0
-    offsets = np.zeros(int(has.sum()) + 1, dtype=np.int64)
-    np.cumsum(counts[has], out=offsets[1:])
-    info = {**corpus.info, "events": int(keep.sum()), "holdout_from_ts": cut}
-    return replace(corpus, users=corpus.users[has], offsets=offsets, items=corpus.items[keep],
-                   ts=corpus.ts[keep], info=info), cut
+    return events_before(corpus, cut), cut
 
 
 def slice_eval_set(corpus: Corpus, cut: int, signals: np.ndarray) -> EvalSet:
