@@ -25,9 +25,11 @@ from diam.commands import (
               help="Topic to replay [default: the clicks topic].")
 @click.option("--from", "from_", default=None, metavar="BOUND",
               help="Start: ISO time (record timestamps, e.g. 2024-05-01T12:00:00Z), an offset for "
-                   "every partition, or partition:offset pairs (0:100,1:80) [default: the oldest].")
+                   "every partition, or partition:offset pairs (0:100,1:80; a partition not "
+                   "named is read from its oldest record) [default: the oldest].")
 @click.option("--to", "to", default=None, metavar="BOUND",
-              help="End, exclusive, same forms [default: the end of the topic when the replay starts].")
+              help="End, exclusive, same forms (a partition not named is read to its end) "
+                   "[default: the end of the topic when the replay starts].")
 @click.option("--namespace", required=True,
               help="Redis namespace to write; never 'live' or the serving namespace.")
 @click.option("--snapshot", default=None, callback=not_empty,
