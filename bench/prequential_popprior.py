@@ -5,8 +5,9 @@ The network is frozen at the cut, so it cannot know which items become popular a
 feed could learn that online from every user's clicks. This script adds
 ``beta * z(log1p(1000 * pop / max(pop)))`` to every item's inner product with every interest
 in the prequential evaluation's exact search, where ``pop`` is a click count over all users
-decayed by event (half-life ``--half-life`` events) and ``z`` standardises over items; it is
-refreshed every 100 events (``--freeze``: only until the cut, a snapshot-time prior). Arms
+decayed by event (half-life ``--half-life`` events: every user's, as the popularity arm's
+count) and ``z`` standardises over items; it is refreshed every 100 events (``--freeze``: only
+until the cut, a snapshot-time prior), at the first scored user's event after each 100th. Arms
 ``reinfer`` and ``guarded``, the served aggregator and its diversity sweep, on the tuning users
 (default) or the earlier period (``--early``, every user): the reported users are not read.
 
@@ -49,20 +50,25 @@ def run(ds, base: BaseView, beta: float, half_life: float, freeze: bool, users: 
     pop = np.zeros(n_items)
     bias = np.zeros(n_items, np.float32)
     grow = math.log(2.0) / half_life
-    seen = {"off": -1, "scale": 1.0}
+    rows = [base.index_of(x) for x in np.asarray(ds.item_ids).astype(str).tolist()]
+    seen = {"next": 0, "scale": 1.0}  # the next event of the stream to count
     plain_apply, plain_search = OnlineLearner.apply, P.exact_search
 
     def apply(self, st, item, ts, off):  # type: ignore[no-untyped-def]
-        if off != seen["off"]:  # once per event, whichever arm sees it first
-            seen["off"] = off
-            r = base.index_of(item)
+        # the evaluation calls apply for the kept users' events only: every event of the
+        # stream up to this one is counted here (all users, as the popularity arm), and the
+        # term refreshed at each 100th, so it lags by the events since the last kept one
+        while seen["next"] <= off:
+            e = seen["next"]
+            seen["next"] = e + 1
+            r = rows[e]
             if r >= 0:
                 pop[r] += seen["scale"]
                 seen["scale"] *= math.exp(grow)
                 if seen["scale"] > 1e100:
                     pop[:] /= seen["scale"]
                     seen["scale"] = 1.0
-            if beta and off % 100 == 0 and not (freeze and off > cut):
+            if beta and e % 100 == 0 and not (freeze and e > cut):
                 p = np.log1p(pop / max(pop.max(), 1e-12) * 1000.0)
                 bias[:] = beta * (p - p.mean()) / (p.std() + 1e-9)
         return plain_apply(self, st, item, ts, off)
@@ -99,6 +105,8 @@ def run(ds, base: BaseView, beta: float, half_life: float, freeze: bool, users: 
 def at_entropy(front: list[list[float]], e: float) -> float | None:
     """Recall@20 on ``front`` at Entropy@20 ``e`` (linear between the sweep's points)."""
     pts = sorted(front)
+    if not pts:
+        return None
     es, rs = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
     return None if not es[0] <= e <= es[-1] else float(np.interp(e, es, rs))
 

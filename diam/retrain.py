@@ -282,13 +282,14 @@ class Retrainer:
         kafka, cfg = self.s.kafka, self.cfg
         active_version = self.store.active_version()
         rng = window_range(kafka, self.topic, cfg.window_events)
+        items_topic: str | None = kafka.items_topic
         try:
             catalog = read_catalog(kafka, kafka.items_topic)
         except RuntimeError as exc:  # no catalogue yet: every item is 'unknown', still trainable
             self._say(f"no catalogue ({exc}); items get the category 'unknown'")
-            catalog = Catalog()
+            catalog, items_topic = Catalog(), None  # none recorded: evaluate reads none again
         clicks = read_clicks(kafka, rng, self.s.flow)
-        full = corpus_from_topic(clicks, catalog, name=self.topic, items_topic=kafka.items_topic)
+        full = corpus_from_topic(clicks, catalog, name=self.topic, items_topic=items_topic)
         t_read = time.monotonic()
         created = datetime.now(UTC)
         name = f"{created:%Y%m%dT%H%M%S%f}"

@@ -128,7 +128,9 @@ class RedisWriter:
         self._encoder.warm_up()  # compiled here, not on the first push (which would wait)
         self.last_skipped = 0
         """Users of the last :meth:`write_batch` whose value Redis kept (its seq was newer or
-        equal): a replay of what was written already, or another run's newer state."""
+        equal): a replay of what was written already, or another run's newer state. 0 when a
+        chunk was sent again (a lost script, moved slots): the first try may have written
+        part of it, so its users' skips are not told apart from the retry's own."""
 
     def write_batch(self, entries: Iterable[tuple[str, UserVectors]]) -> int:
         """Write every entry whose seq is newer than what Redis holds; return how many were
@@ -143,6 +145,7 @@ class RedisWriter:
             return 0
         items = list(newest.items())
         written = 0
+        resent = False
         for start in range(0, len(items), self.pipeline_batch):
             chunk = items[start : start + self.pipeline_batch]
             try:
@@ -152,6 +155,7 @@ class RedisWriter:
                 # back to EVAL by itself, so load it again and resend (the writes are
                 # idempotent: write-if-newer).
                 self._sha = None
+                resent = True
                 written += self._send(chunk)
             except (redis.exceptions.MovedError, redis.exceptions.AskError,
                     redis.exceptions.TryAgainError) as exc:
@@ -161,11 +165,12 @@ class RedisWriter:
                 cluster: Any = self.client
                 cluster.nodes_manager.initialize()
                 self._sha = None
+                resent = True
                 try:
                     written += self._send(chunk)
                 except redis.exceptions.ResponseError:
                     raise exc from None
-        self.last_skipped = len(items) - written
+        self.last_skipped = 0 if resent else len(items) - written
         return written
 
     def _send(self, chunk: list[tuple[str, UserVectors]]) -> int:

@@ -183,13 +183,14 @@ def items_of_dataset(ds: PreparedDataset, titles: dict[str, str] | None = None) 
 
 def read_catalog(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> Catalog:
     """Every record of ``topic`` up to its high watermarks, applied in offset order."""
-    from streams.kafka_io import consume_all, partition_ids
+    from streams.kafka_io import UnknownTopic, consume_all, partition_ids
 
     cat = Catalog()
     try:
         partition_ids(cfg, topic, timeout)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{exc} (publish a catalogue with `diam produce --catalog`)") from None
+    except RuntimeError as exc:  # a missing topic stays an UnknownTopic (callers tell it apart)
+        raise (UnknownTopic if isinstance(exc, UnknownTopic) else RuntimeError)(
+            f"{exc} (publish a catalogue with `diam produce --catalog`)") from None
     for rec in consume_all(cfg, topic, timeout):
         cat.records += 1
         got = decode_item(rec.key, rec.value)

@@ -35,7 +35,9 @@ _TRANSIENT = ("Connection refused", "Connect to ", "Disconnected", "brokers are 
 _OURS = ("SSL", "SASL", "uthenticat", "certificate", "handshake")
 
 _REPEAT_S = 60.0
-_NUMBERS = re.compile(r"\d+")
+# what varies between repeats of one line: the client's id and the time it took; broker
+# addresses and partitions stay, so one broker's failure does not hide another's
+_VARYING = re.compile(r"rdkafka#(producer|consumer)-\d+|after \d+ms")
 
 
 def transient(message: str) -> bool:
@@ -67,13 +69,16 @@ class _Sort(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._last: dict[str, float] = {}
+        self.verbose = False  # diam -v: every line, repeats too
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         if transient(msg):
             _UNREACHABLE.debug("%s", msg)
             return False
-        key = _NUMBERS.sub("#", msg)  # client ids, "after 3ms"
+        if self.verbose:
+            return True
+        key = _VARYING.sub("#", msg)
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < _REPEAT_S:
@@ -85,7 +90,8 @@ class _Sort(logging.Filter):
 
 
 _LOG = logging.getLogger(CLIENT_LOG)
-_LOG.addFilter(_Sort())
+_SORT = _Sort()
+_LOG.addFilter(_SORT)
 _UNREACHABLE = logging.getLogger(f"{CLIENT_LOG}.unreachable")
 
 
@@ -104,3 +110,4 @@ def log_clients_verbosely() -> None:
     _LOG.addHandler(handler)
     _LOG.setLevel(logging.DEBUG)
     _LOG.propagate = False  # printed once, also where a service configured the root logger
+    _SORT.verbose = True

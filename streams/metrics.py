@@ -233,6 +233,11 @@ class FlowMetrics:
                 self.marks[p] = int(high)
         except Exception:  # a scrape must answer; the error count says the lag is stale
             self.watermark_errors += 1
+        if self._consumer is not None:
+            # librdkafka's log lines wait on the poll queue (streams.kafka_log) and this client
+            # is never assigned: served here, once a scrape, they neither pile up through a
+            # broker outage nor hide a refused handshake
+            self._consumer.poll(0)
         return self.marks
 
     def collect(self) -> Iterator[Metric]:

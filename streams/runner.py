@@ -27,8 +27,8 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["OnlineJob", "RecoveryInUse", "UnknownPartitions", "hold_recovery", "job_io", "run_online",
-           "prepare_recovery", "tune_gc"]
+__all__ = ["OnlineJob", "RecoveryInUse", "RecoveryUnusable", "UnknownPartitions", "hold_recovery",
+           "job_io", "run_online", "prepare_recovery", "tune_gc"]
 
 
 def tune_gc() -> None:
@@ -84,7 +84,12 @@ def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> Re
     return RecoveryConfig(str(path))
 
 
-class RecoveryInUse(RuntimeError):
+class RecoveryUnusable(RuntimeError):
+    """The recovery store cannot be opened or locked (a file in its place, no permission, a
+    file system without locks); says which and names the store."""
+
+
+class RecoveryInUse(RecoveryUnusable):
     """Another process runs on the same recovery store as the same process of the dataflow."""
 
 
@@ -95,19 +100,28 @@ def hold_recovery(path: Path, process_id: int = 0) -> int:
     on one store would both resume from it and both write their snapshots into it, each
     undoing the other's progress; the second is refused with :class:`RecoveryInUse`, naming
     the holder's pid. The processes of one cluster share a store, each with its own lock."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / f".diam-run-{process_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = -1
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RecoveryInUse(f"the recovery store {path.resolve()} is in use by another diam run "
-                            f"(pid {holder}, process {process_id}): stop it first, or give this "
-                            "run a store of its own (--recovery-dir)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / f".diam-run-{process_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RecoveryInUse(
+                f"the recovery store {path.resolve()} is in use by another diam run (pid "
+                f"{holder}, process {process_id}): stop it first, or give this run a store of "
+                "its own (--recovery-dir)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
+        if isinstance(exc, OSError):
+            raise RecoveryUnusable(f"cannot use the recovery store {path}: {exc.strerror or exc}"
+                                   " (--recovery-dir)") from None
+        raise
 
 
 def job_io(job: OnlineJob) -> tuple[ClickSource, FlowSinks]:
@@ -133,7 +147,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     (``streams.metrics``, over the same ``stats``) observes the source and sinks. Raises
     :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks,
     ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist, and
-    :class:`RecoveryInUse` when another process runs on the job's recovery store."""
+    :class:`RecoveryInUse` when another process runs on the job's recovery store
+    (:class:`RecoveryUnusable` when it cannot be opened or locked at all)."""
     validate_namespace(job.namespace)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)

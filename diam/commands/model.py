@@ -50,7 +50,8 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
     than other data scored."""
     from confluent_kafka import KafkaException
 
-    from streams.catalog import read_catalog
+    from streams.catalog import Catalog, read_catalog
+    from streams.kafka_io import UnknownTopic
     from streams.replay import TIME_BOUNDS_HINT, ReplayError, parse_bound, resolve_range
     from streams.topic_corpus import corpus_from_topic, read_clicks
 
@@ -68,7 +69,16 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
             raise click.ClickException(
                 f"{topic} no longer holds the events the checkpoint was trained on "
                 f"(re-created, or retention deleted records): {'; '.join(rng.clamped)}")
-        catalog = read_catalog(s.kafka, items_topic)
+        try:
+            catalog = read_catalog(s.kafka, items_topic)
+        except UnknownTopic:
+            if recorded is None or recorded.get("items_topic") is not None:
+                raise
+            # the retrain service trains without a catalogue when there is none, and records
+            # none: the items' categories come from the checkpoint (in_vocabulary)
+            click.echo(f"no catalogue topic {items_topic!r}, and the checkpoint recorded none: "
+                       "item categories from the checkpoint", err=True)
+            catalog = Catalog()
         clicks = read_clicks(s.kafka, rng, s.flow)
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
@@ -345,8 +355,9 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
 
     A checkpoint trained with `diam train --topic` is evaluated on the range it recorded
     (config.json "data": the topic, its offsets and the catalogue topic), read again from the
-    broker; a range that no longer holds the same records (the topic was re-created, or
-    retention deleted records) is refused. --topic/--since/--until name another range
+    broker; a range whose offsets the topic no longer holds, or that reads another number of
+    records than training did (the topic was re-created, or retention deleted records), is
+    refused (a topic re-filled up to the same offsets cannot be told apart). --topic/--since/--until name another range
     (--since/--until alone: of the recorded topic). Read from a topic, the
     clicks are expressed in the checkpoint's item vocabulary: clicks on items it does not know
     (the catalogue grew since training) are left out, and one line on stderr counts them.

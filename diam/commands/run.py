@@ -212,7 +212,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError
-    from streams.runner import RecoveryInUse, UnknownPartitions, run_online, tune_gc
+    from streams.runner import RecoveryUnusable, UnknownPartitions, run_online, tune_gc
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
@@ -248,7 +248,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         run_online(job, holder, stats, metrics)
     except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
         raise click.ClickException(str(exc)) from None
-    except RecoveryInUse as exc:  # checked before anything connects
+    except RecoveryUnusable as exc:  # in use by another run, or not a store: before anything connects
         raise click.ClickException(str(exc)) from None
     except UnknownPartitions as exc:  # checked before the dataflow starts
         raise click.BadParameter(str(exc), param_hint="--partitions") from None

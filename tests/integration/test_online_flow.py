@@ -174,7 +174,8 @@ def test_stale_write_never_overwrites_newer(redis_client, namespace) -> None:
     assert w.last_skipped == 2
     assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 10
     redis_client.script_flush()  # a restarted Redis has no cached script
-    assert w.write_batch([("a", uv(11))]) == 1
+    assert w.write_batch([("a", uv(11)), ("b", uv(1))]) == 1
+    assert w.last_skipped == 0  # sent again: b's skip is not told from a retry's (not counted)
     assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 11
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from diam.cli import main
 from online_model.corpus import tiny_corpus
 from streams.catalog import Catalog, CatalogItem
+from streams.kafka_io import UnknownTopic
 from streams.replay import Bound, ReplayRange
 from streams.topic_corpus import TopicClicks
 
@@ -54,8 +55,8 @@ class FakeBroker:
         return out
 
     def read_catalog(self, kafka: Any, topic: str) -> Catalog:
-        if topic not in self.catalogs:
-            raise RuntimeError(f"topic {topic!r} does not exist (publish a catalogue with "
+        if topic not in self.catalogs:  # as streams.catalog.read_catalog says it
+            raise UnknownTopic(f"topic {topic!r} does not exist (publish a catalogue with "
                                "`diam produce --catalog`)")
         return Catalog({i: CatalogItem(i, (c,), f"title {i}", 1)
                         for i, c in self.catalogs[topic].items()})
@@ -372,3 +373,23 @@ def test_text_output_counts_the_users_and_says_why_spearman_is_nan(run, trained)
     assert "same for all 3 users" in _why_nan("spearman_d_entropy",
                                               {"spearman_d_entropy": nan, "n_users": 3})
     assert _why_nan("spearman_d_entropy", {"spearman_d_entropy": 0.5, "n_users": 3}) == ""
+
+
+def test_a_checkpoint_trained_without_a_catalogue_is_evaluated_on_its_own_categories(
+        run, broker, trained) -> None:
+    # the retrain service trains without a catalogue when there is none, and records none;
+    # the settings' catalogue topic (diam.items) does not exist here either
+    cfg = trained / "config.json"
+    config = json.loads(cfg.read_text())
+    del config["data"]["items_topic"]
+    cfg.write_text(json.dumps(config))
+    want = _metrics(run("evaluate", "--checkpoint", str(trained), "--device", "cpu", "--json",
+                        "--items-topic", "t.items"))
+    r = run("evaluate", "--checkpoint", str(trained), "--device", "cpu", "--json")
+    assert "no catalogue topic 'diam.items', and the checkpoint recorded none" in r.stderr
+    _same_metrics(want, _metrics(r))
+    # one it recorded must be there: a missing one is an error, as before
+    config["data"]["items_topic"] = "gone.items"
+    cfg.write_text(json.dumps(config))
+    _one_error(run("evaluate", "--checkpoint", str(trained), "--device", "cpu"),
+               "publish a catalogue")

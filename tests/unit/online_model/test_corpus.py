@@ -62,17 +62,28 @@ def test_no_known_item_leaves_every_user_empty() -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5, 0.9])
-def test_events_before_the_recorded_cut_is_the_training_corpus_of_time_split(fraction) -> None:
+def test_events_before_the_recorded_cut_is_a_per_user_filter_of_time(fraction) -> None:
     """``diam evaluate`` rebuilds ``diam train --leave-newest``'s corpus from the cut it
-    recorded: the same users (so the same seeded split), events and item table."""
+    recorded (``time_split`` calls ``events_before`` with it): each user's events before the
+    cut in their order, users left with none dropped (so the seeded split is training's), the
+    item table kept. Checked against a plain per-user loop."""
     from online_model.corpus import events_before
     from online_model.retrain import time_split
 
     c = tiny_corpus(n_users=25, n_items=30, length=12, seed=4)
     c.ts[c.offsets[3]:c.offsets[5]] += 10**9  # two users with only the newest events
-    want, cut = time_split(c, fraction)
-    got = events_before(c, cut)
-    assert got.users.tolist() == want.users.tolist()
-    for k in ("offsets", "items", "ts", "item_ids", "item_cat"):
-        assert np.array_equal(getattr(got, k), getattr(want, k)), k
-    assert got.info == want.info
+    got, cut = time_split(c, fraction)
+    users, seqs = [], []
+    for u in range(c.n_users):
+        a, b = int(c.offsets[u]), int(c.offsets[u + 1])
+        keep = [(int(i), int(t)) for i, t in zip(c.items[a:b], c.ts[a:b], strict=True) if t < cut]
+        if keep:
+            users.append(str(c.users[u]))
+            seqs.append(keep)
+    assert got.users.tolist() == users and c.users[3] not in users and c.users[4] not in users
+    assert [list(zip(got.items[a:b].tolist(), got.ts[a:b].tolist(), strict=True))
+            for a, b in zip(got.offsets[:-1], got.offsets[1:], strict=True)] == seqs
+    for k in ("item_ids", "item_cat"):
+        assert np.array_equal(getattr(got, k), getattr(c, k)), k
+    assert got.info["holdout_from_ts"] == cut and got.info["events"] == sum(map(len, seqs))
+    assert events_before(c, cut).users.tolist() == users

@@ -40,6 +40,12 @@ def test_an_error_repeated_per_retry_is_logged_once(caplog) -> None:
             client_logger().error("FAIL [rdkafka#producer-%d] SASL authentication error %s "
                                   "(after %dms in state AUTH_REQ)", client, tag, after)
     assert len([r for r in caplog.records if tag in r.getMessage()]) == 1
+    # another broker's failure is another line: not hidden behind the first one's
+    for broker in ("b1:9093", "b2:9093", "b1:9093"):
+        client_logger().error("FAIL [rdkafka#producer-1] [thrd:sasl_ssl://%s/bootstrap]: "
+                              "SASL authentication error %s", broker, tag)
+    assert sum("b2:9093" in r.getMessage() for r in caplog.records) == 1
+    assert sum("b1:9093" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_nothing_configured_an_error_still_reaches_stderr_and_a_refusal_does_not(capsys) -> None:

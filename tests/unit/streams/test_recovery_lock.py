@@ -41,3 +41,15 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path) -> None:
         proc.kill()
         proc.wait(10)
     os.close(hold_recovery(store))
+
+
+def test_a_store_that_cannot_be_opened_says_so_and_keeps_no_descriptor(tmp_path) -> None:
+    from streams.runner import RecoveryUnusable
+
+    taken = tmp_path / "a-file"
+    taken.write_text("not a store")
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RecoveryUnusable, match=r"cannot use the recovery store .*a-file: .*"
+                                               r"\(--recovery-dir\)"):
+        hold_recovery(taken)
+    assert len(os.listdir("/proc/self/fd")) == before
