@@ -46,10 +46,27 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path) -> None:
 def test_a_store_that_cannot_be_opened_says_so_and_keeps_no_descriptor(tmp_path) -> None:
     from streams.runner import RecoveryUnusable
 
+    def lock_fds(store) -> list[str]:  # this process's descriptors open on a lock in ``store``
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # closed meanwhile (another thread's)
+                continue
+            if target.startswith(str(store)) and ".diam-run-" in target:
+                out.append(target)
+        return out
+
     taken = tmp_path / "a-file"
     taken.write_text("not a store")
-    before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(RecoveryUnusable, match=r"cannot use the recovery store .*a-file: .*"
                                                r"\(--recovery-dir\)"):
         hold_recovery(taken)
-    assert len(os.listdir("/proc/self/fd")) == before
+    # a store whose lock opens but cannot be locked: the descriptor is closed again
+    store = tmp_path / "store"
+    fd = hold_recovery(store)
+    with pytest.raises(RecoveryInUse):
+        hold_recovery(store)
+    assert len(lock_fds(store)) == 1  # the holder's only
+    os.close(fd)
+    assert lock_fds(store) == []
