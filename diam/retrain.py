@@ -355,9 +355,6 @@ class Retrainer:
                          [titles.get(i, "") for i in ids],
                          res.model.export_online()["online.item_emb"]).save(
             cand_dir / FILE)
-        # cold lists serve the window's most clicked items (publish copies this file)
-        np.save(cand_dir / "item_pop.npy", np.bincount(train_c.items, minlength=full.n_items),
-                allow_pickle=False)
         es = slice_eval_set(full, cut, prefix_signals(full))
         dev = str(next(res.model.parameters()).device)
         cand_m = evaluate_slice(res.model, full, es, device=dev, per_user=True)

@@ -434,7 +434,8 @@ class Checkpoint:
 
 def save_checkpoint(out: str | Path, model: Any, corpus: Any, *, seed: int,
                     train_metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Write ``model`` (a MultiInterestModel) trained on ``corpus`` to the directory ``out``."""
+    """Write ``model`` (a MultiInterestModel) trained on ``corpus`` to the directory ``out``,
+    with each item's click count in ``corpus`` (``item_pop.npy``) for cold users' lists."""
     tensors = {k: v.detach().cpu().contiguous().numpy()
                for k, v in model.state_dict().items()}
     for k, v in model.export_online().items():
@@ -451,10 +452,13 @@ def save_checkpoint(out: str | Path, model: Any, corpus: Any, *, seed: int,
         "data": dict(corpus.info),
         **(extra or {}),
     }
+    # cold users' lists serve the training corpus's most clicked items (publish copies the
+    # file); without it a snapshot of a topic-trained checkpoint had catalogue order
+    pop = np.bincount(np.asarray(corpus.items, dtype=np.int64), minlength=int(corpus.n_items))
     return write_checkpoint_dir(out, tensors, corpus.item_ids, config,
                                 item_categories=corpus.item_cat,
                                 category_names=list(corpus.category_names),
-                                metadata={"model": model.cfg.model})
+                                item_pop=pop, metadata={"model": model.cfg.model})
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", verify: bool = True) -> Checkpoint:

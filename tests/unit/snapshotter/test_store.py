@@ -234,3 +234,21 @@ def test_a_snapshot_directory_loads_as_a_base_model(store, checkpoint):
     base = BaseView.from_checkpoint(res.path)
     assert base.version == res.version  # what the dataflow writes as `model`, what serving matches
     assert base.item_emb.shape == (120, 8) and base.index_of("i5") == 5
+
+
+def test_a_trained_checkpoint_gives_cold_users_its_most_clicked_items(tmp_path, store):
+    """``save_checkpoint`` records each item's clicks in the training corpus, so a snapshot of
+    any trained checkpoint (a topic-trained one has no prepared dataset on disk to count from)
+    serves cold users the most clicked items, not the catalogue's first ids."""
+    from online_model.testing import tiny_diam_checkpoint
+    from serving_cache.retrieval import SnapshotIndex
+
+    path, corpus = tiny_diam_checkpoint(tmp_path / "ck")
+    counts = np.bincount(corpus.items, minlength=corpus.n_items)
+    assert counts.max() > counts.min()  # else the check below could not fail
+    version = publish(path, store).version
+    snap = SnapshotIndex.load(store.path(version), version)
+    assert snap.popularity is not None
+    assert snap.popularity.tolist() == counts.tolist()
+    assert snap.cold[0] == int(np.argmax(counts))
+    assert counts[snap.cold].tolist()[:3] != [0, 0, 0]
