@@ -419,6 +419,18 @@ class Checkpoint:
     online: dict[str, np.ndarray]
     path: Path | None = None
 
+    def category_table(self) -> list[str]:
+        """The category names, one per index of ``item_categories``: ``categories.json``'s,
+        or for a checkpoint without it (the file is optional) ``"category <i>"`` for each index
+        up to config.json's ``n_categories`` and the largest one the items use, so a corpus put
+        in its vocabulary (``corpus.in_vocabulary``) counts as many categories as it has."""
+        if self.categories:
+            return list(self.categories)
+        used = int(self.item_categories.max()) + 1 if len(self.item_categories) else 0
+        n = self.config.get("n_categories")
+        n = max(used, n if type(n) is int else 0, 1)
+        return [f"category {i}" for i in range(n)]
+
     def split_seed(self) -> int:
         """The seed of the 80/10/10 user split (``split_seed``, else ``seed``): without it the
         held-out users cannot be rebuilt, which is a :class:`CheckpointError`."""

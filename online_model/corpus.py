@@ -24,6 +24,8 @@ __all__ = [
     "corpus_from_prepared",
     "in_vocabulary",
     "events_before",
+    "training_cut",
+    "training_corpus",
     "tiny_corpus",
     "windows",
     "prefix_signals",
@@ -162,6 +164,40 @@ def events_before(corpus: Corpus, cut: int) -> Corpus:
     info = {**corpus.info, "events": int(keep.sum()), "holdout_from_ts": int(cut)}
     return replace(corpus, users=corpus.users[has], offsets=offsets, items=corpus.items[keep],
                    ts=corpus.ts[keep], info=info)
+
+
+def training_cut(config: dict[str, Any]) -> int | None:
+    """The event time a checkpoint's training left out from (``config.json``): the retrain
+    service records it as ``data.holdout_from_ts`` (:func:`events_before`'s info), ``diam train
+    --leave-newest`` as ``left_out_from_ts``; None when training read every event. A value that
+    is not an integer time is a ValueError naming the key.
+
+    >>> training_cut({"data": {"holdout_from_ts": 5}}), training_cut({"left_out_from_ts": 7})
+    (5, 7)
+    >>> training_cut({"data": {"name": "ml-100k"}}) is None
+    True
+    """
+    info = config.get("data")
+    key, cut = "data.holdout_from_ts", info.get("holdout_from_ts") if isinstance(info, dict) else None
+    if cut is None:
+        key, cut = "left_out_from_ts", config.get("left_out_from_ts")
+    if cut is not None and type(cut) is not int:
+        raise ValueError(f"{key}={cut!r} is not a time")
+    return cut
+
+
+def training_corpus(corpus: Corpus, config: dict[str, Any]) -> tuple[Corpus, int | None]:
+    """``corpus`` (the data a checkpoint recorded, read again) as training saw it: less the
+    newest events its training left out (:func:`training_cut` of its ``config``), so that the
+    seeded user split is the checkpoint's own. Returns the corpus and the cut (None: all of it).
+
+    >>> c = tiny_corpus(n_users=3, n_items=4, n_categories=1, length=2, seed=0)
+    >>> got, cut = training_corpus(c, {"left_out_from_ts": 2})
+    >>> cut, got.n_users, training_corpus(c, {})[0] is c
+    (2, 2, True)
+    """
+    cut = training_cut(config)
+    return (corpus, None) if cut is None else (events_before(corpus, cut), cut)
 
 
 def tiny_corpus(n_users: int = 40, n_items: int = 60, n_categories: int = 4, length: int = 30,

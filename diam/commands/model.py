@@ -157,7 +157,8 @@ def _in_checkpoint_vocabulary(corpus, ck, source: str):
     from online_model.corpus import in_vocabulary
 
     total = len(corpus.items)
-    got, left_out = in_vocabulary(corpus, ck.item_ids, ck.item_categories, ck.categories)
+    got, left_out = in_vocabulary(corpus, ck.item_ids, ck.item_categories,
+                                  ck.category_table())
     if total and left_out == total:
         raise click.ClickException(
             f"{source}: none of its {total:,} clicks is on an item the checkpoint knows (its "
@@ -459,24 +460,19 @@ def _why_nan(key: str, res: dict[str, Any]) -> str:
 
 
 def _training_corpus(corpus, ck, where: Path):
-    """``corpus`` (the data a checkpoint recorded, read again) less the newest events that
-    ``diam train --leave-newest`` left out (the cut it recorded): the training corpus, whose
-    seeded user split is the checkpoint's own."""
-    from online_model.corpus import events_before
+    """``corpus`` as the checkpoint's training saw it (``corpus.training_corpus``), said on
+    stderr; a recorded cut that is not a time is a ClickException."""
+    from online_model.corpus import training_corpus
 
-    info = ck.config.get("data")
-    cut = info.get("holdout_from_ts") if isinstance(info, dict) else None
-    if cut is None:
-        cut = ck.config.get("left_out_from_ts")
-    if cut is None:
-        return corpus
-    if type(cut) is not int:
-        raise click.ClickException(f"{where}: data.holdout_from_ts={cut!r} is not a time; "
-                                   "pass the range with --topic/--since/--until")
-    got = events_before(corpus, cut)
-    click.echo(f"left out the newest {len(corpus.items) - len(got.items):,} of "
-               f"{len(corpus.items):,} events (event time >= {cut}), as training did: "
-               f"{got.n_users:,} users", err=True)
+    try:
+        got, cut = training_corpus(corpus, ck.config)
+    except ValueError as exc:
+        raise click.ClickException(f"{where}: {exc}; pass the range with "
+                                   "--topic/--since/--until") from None
+    if cut is not None:
+        click.echo(f"left out the newest {len(corpus.items) - len(got.items):,} of "
+                   f"{len(corpus.items):,} events (event time >= {cut}), as training did: "
+                   f"{got.n_users:,} users", err=True)
     return got
 
 

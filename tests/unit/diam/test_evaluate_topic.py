@@ -393,3 +393,20 @@ def test_a_checkpoint_trained_without_a_catalogue_is_evaluated_on_its_own_catego
     cfg.write_text(json.dumps(config))
     _one_error(run("evaluate", "--checkpoint", str(trained), "--device", "cpu"),
                "publish a catalogue")
+
+
+def test_a_checkpoint_without_category_names_scores_as_with_them(
+        run, broker, trained, tmp_path) -> None:
+    """categories.json is optional in a checkpoint: without it the clicks' categories are the
+    item table's indices (``Checkpoint.category_table``), and every metric is the same."""
+    import shutil
+
+    with_names = _metrics(run("evaluate", "--checkpoint", str(trained), "--device", "cpu",
+                              "--json"))
+    bare = tmp_path / "bare"
+    shutil.copytree(trained, bare)
+    (bare / "categories.json").unlink()
+    got = _metrics(run("evaluate", "--checkpoint", str(bare), "--device", "cpu", "--json"))
+    assert got.pop("checkpoint") == str(bare)
+    with_names.pop("checkpoint")
+    _same_metrics(got, with_names)
