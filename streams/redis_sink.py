@@ -99,11 +99,11 @@ class _Partition(StatelessSinkPartition[Item]):
         self.where = where
         self.written = 0
         self.repushed = 0
-        self.stale = 0
-        """Pushes Redis did not write because it held the user at a newer or equal seq (not
-        counting a re-push's): the namespace holds another run's state, or this run replays
-        what it wrote already. Added to ``counts`` when given."""
         self.counts: Callable[[], Any] | None = None
+        """The writer thread's counters (``FlowStats.counts``), where the pushes Redis did not
+        write because it held the user at a newer or equal seq are counted (``stale_pushes``;
+        not a re-push's): the namespace holds another run's state, or this run replays what
+        it wrote already."""
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._gen: bytes | None = None  # the marker's token when last checked
         self._checked = False  # the marker was checked once (then _gen says what it was)
@@ -236,10 +236,8 @@ class _Partition(StatelessSinkPartition[Item]):
                     list(held.items()) + [w for w in sent if w[0] not in held] if repush else sent)
                 if repush:
                     self.repushed += len(held)
-                elif self.writer.last_skipped and not retried:
-                    self.stale += self.writer.last_skipped
-                    if self.counts is not None:  # this writer thread's counters
-                        self.counts().stale_pushes += self.writer.last_skipped
+                elif self.writer.last_skipped and not retried and self.counts is not None:
+                    self.counts().stale_pushes += self.writer.last_skipped
                 self._suspect = False
                 self.written += n
                 if down_since is not None:
@@ -309,7 +307,7 @@ class RedisVectorSink(DynamicSink[Item]):
 
     counts: Callable[[], Any] | None = None
     """Given to every partition: the calling thread's counters (``FlowStats.counts``), where
-    its stale pushes are added (``_Partition.stale``)."""
+    its stale pushes are added (``_Partition.counts``)."""
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32) -> None:
