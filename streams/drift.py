@@ -139,8 +139,24 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
 
 @dataclass(frozen=True)
 class Alert:
-    """What goes to ``diam.alerts``. ``seq`` is the number of drift events the monitor had read
-    when it raised the alert (detection delays are measured in it); ``ts_ms`` the event time."""
+    """What goes to ``diam.alerts``; ``ts_ms`` is the event time.
+
+    ``seq`` is the monitor's position in its input when it raised the alert: the drift topic's
+    records before the first one it read (``DriftMonitor.start_position``, the sum of its start
+    offsets) plus the drift events it has accounted since (records that are not drift events
+    and a resumed producer's repeats are skipped, so it never runs ahead of the topic's
+    offsets). Detection delays are measured in it, and it continues across runs of the monitor:
+    a run started where the last one stopped (``--from-end``) numbers on from there. It is a
+    function of the input alone, never of what the alerts topic already holds, so a replay of
+    the same drift records gives the same alert records byte for byte (with several partitions,
+    read in the same interleaving), and a consumer that keys alerts on ``seq`` takes a replayed
+    alert for the one it already has. Resuming from the alerts topic's last ``seq`` instead
+    would renumber a replay's alerts and mix the numbering of every monitor that writes there.
+    ``seq`` restarts only when the drift topic is deleted and re-created.
+
+    ``k_pairs``: for the alerts about K_u changes, each named user's most recent change in the
+    window, ``(K_u from, K_u to)``; in the record, ``k_from`` and ``k_to`` of its ``top_users``
+    entry (records written before they existed have neither)."""
 
     kind: str
     window_start_ms: int
@@ -151,12 +167,21 @@ class Alert:
     seq: int
     ts_ms: int
     detail: dict[str, Any] = field(default_factory=dict)
+    k_pairs: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("k_pairs")
         d["window"] = {"start_ms": d.pop("window_start_ms"), "end_ms": d.pop("window_end_ms")}
-        d["top_users"] = [{"user_id": u, "value": v} for u, v in self.top_users]
+        d["top_users"] = [_top_user(u, v, self.k_pairs.get(u)) for u, v in self.top_users]
         return d
+
+
+def _top_user(user: str, value: float, pair: tuple[int, int] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"user_id": user, "value": value}
+    if pair is not None:
+        entry["k_from"], entry["k_to"] = pair
+    return entry
 
 
 @dataclass(frozen=True)
@@ -197,9 +222,18 @@ def _k_pair(detail: dict[str, Any]) -> tuple[int, int] | None:
         if a in detail and b in detail:
             try:
                 return int(detail[a]), int(detail[b])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
                 return None
     return None
+
+
+K_ALERTS = frozenset({"k_churn", "k_flip_flop", "k_change_rate", "k_change_drift"})
+"""Alerts about K_u changes: their users carry their last K_u change (``Alert.k_pairs``)."""
+
+
+def _pairs_of(win: _Window, users: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """The most recent K_u change in ``win`` of each of ``users`` whose changes said it."""
+    return {u: win.last_change[u] for u in users if u in win.last_change}
 
 
 def _d_values(detail: dict[str, Any]) -> list[float]:
@@ -220,8 +254,12 @@ class DriftMonitor:
     ``add`` returns the alerts and window summaries an event caused, ``close_until`` and
     ``flush`` close windows explicitly (end of input, or an idle stream)."""
 
-    def __init__(self, cfg: DriftConfig | None = None, partitions: Iterable[int] = ()) -> None:
+    def __init__(self, cfg: DriftConfig | None = None, partitions: Iterable[int] = (),
+                 start_position: int = 0) -> None:
         self.cfg = cfg or DriftConfig()
+        # records of the drift topic before where this monitor started reading: alerts' seq
+        # continues from the previous run's (see Alert)
+        self.start_position = start_position
         self.seen = 0
         self.late = 0
         self.duplicates = 0
@@ -339,9 +377,15 @@ class DriftMonitor:
         if (kind, user) in win.fired:  # one alert per user, kind and window
             return []
         win.fired.add((kind, user))
+        pairs = _pairs_of(win, [user]) if kind in K_ALERTS else {}
         return [Alert(kind, win.start, win.end, float(value), float(threshold),
-                      [(user, float(value))], self.seen, rec.ts_ms,
-                      {"offset": rec.offset})]
+                      [(user, float(value))], self.seq, rec.ts_ms,
+                      {"offset": rec.offset}, pairs)]
+
+    @property
+    def seq(self) -> int:
+        """What an alert raised now carries as ``seq`` (see :class:`Alert`)."""
+        return self.start_position + self.seen
 
     # -- closing ----------------------------------------------------------------------------
     def close_until(self, watermark_ms: int) -> list[Output]:
@@ -386,13 +430,17 @@ class DriftMonitor:
                                       ("k_change", "k_change_rate", cfg.k_changes)):
             n = win.kinds[kind]
             if threshold is not None and n >= threshold:
-                out.append(Alert(name, win.start, win.end, float(n), float(threshold),
-                                 self._top(win.per_kind_user[kind]), self.seen, ts))
+                top = self._top(win.per_kind_user[kind])
+                pairs = _pairs_of(win, [u for u, _ in top]) if name in K_ALERTS else {}
+                out.append(Alert(name, win.start, win.end, float(n), float(threshold), top,
+                                 self.seq, ts, {}, pairs))
         self._ph.update(_stabilise(summary.k_changes))
         if self._ph.drift_detected:
+            top = self._top(changes)
             out.append(Alert("k_change_drift", win.start, win.end, float(summary.k_changes),
-                             cfg.ph_threshold, self._top(changes), self.seen, ts,
-                             {"detector": "PageHinkley", "series": "k_changes per window"}))
+                             cfg.ph_threshold, top, self.seq, ts,
+                             {"detector": "PageHinkley", "series": "k_changes per window"},
+                             _pairs_of(win, [u for u, _ in top])))
         return out
 
     def _top(self, counts: Counter[str]) -> list[tuple[str, float]]:
@@ -408,7 +456,20 @@ def _stabilise(count: int) -> float:
 
 
 def format_alert(body: dict[str, Any]) -> str:
-    """One readable line for an alert record (``diam drift watch``).
+    """One readable line for an alert record (``diam drift watch``). A user of a K_u alert is
+    followed by its last K_u change in the window: both values for a flip-flop (the user went
+    back and forth between them), from and to for the others.
+
+    >>> format_alert({"kind": "k_flip_flop", "window": {"start_ms": 0, "end_ms": 60000},
+    ...               "value": 3.0, "threshold": 2.0,
+    ...               "top_users": [{"user_id": "u7", "value": 3.0, "k_from": 3, "k_to": 2}]})
+    '1970-01-01T00:00:00Z +60s  k_flip_flop  value 3 (threshold 2)  users: u7=3 (K_u 2<->3)'
+    >>> format_alert({"kind": "k_churn", "window": {"start_ms": 0, "end_ms": 60000},
+    ...               "value": 4.0, "threshold": 4.0,
+    ...               "top_users": [{"user_id": "u7", "value": 4.0, "k_from": 5, "k_to": 6}]})
+    '1970-01-01T00:00:00Z +60s  k_churn  value 4 (threshold 4)  users: u7=4 (K_u 5->6)'
+
+    A record written before alerts carried K_u (or an entry without it) reads as it did:
 
     >>> format_alert({"kind": "k_flip_flop", "window": {"start_ms": 0, "end_ms": 60000},
     ...               "value": 3.0, "threshold": 2.0, "top_users": [{"user_id": "u7", "value": 3.0}]})
@@ -419,8 +480,21 @@ def format_alert(body: dict[str, Any]) -> str:
     win = body.get("window") or {}
     start, end = int(win.get("start_ms", 0)), int(win.get("end_ms", 0))
     when = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    users = ", ".join(f"{t['user_id']}={t['value']:g}" for t in body.get("top_users") or [])
-    line = (f"{when} +{(end - start) // 1000}s  {body.get('kind')}  value {body.get('value', 0):g} "
+    kind = body.get("kind")
+    users = ", ".join(f"{t['user_id']}={t['value']:g}{_k_note(kind, t)}"
+                      for t in body.get("top_users") or [])
+    line = (f"{when} +{(end - start) // 1000}s  {kind}  value {body.get('value', 0):g} "
             f"(threshold {body.get('threshold', 0):g})")
     return line + (f"  users: {users}" if users else "")
 
+
+def _k_note(kind: object, entry: Mapping[str, Any]) -> str:
+    """`` (K_u a<->b)`` for a flip-flop, `` (K_u a->b)`` for another K_u alert, or nothing when
+    the entry does not carry two integer K_u values."""
+    pair = _k_pair(dict(entry))
+    if pair is None:
+        return ""
+    if kind == "k_flip_flop":
+        lo, hi = sorted(pair)
+        return f" (K_u {lo}<->{hi})"
+    return f" (K_u {pair[0]}->{pair[1]})"

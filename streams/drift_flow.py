@@ -129,8 +129,10 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
     ``idle_s`` closes its open windows."""
 
     def __init__(self, cfg: DriftConfig, resume: DriftMonitor | None, idle_s: float,
-                 partitions: list[int], metrics: DriftMetrics | None = None) -> None:
-        self.monitor = resume if resume is not None else DriftMonitor(cfg, partitions)
+                 partitions: list[int], metrics: DriftMetrics | None = None,
+                 start_position: int = 0) -> None:
+        self.monitor = (resume if resume is not None
+                        else DriftMonitor(cfg, partitions, start_position=start_position))
         self.metrics = metrics
         self.idle = timedelta(seconds=idle_s)
         now = datetime.now(UTC)
@@ -181,11 +183,13 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
 def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], cfg: DriftConfig,
                      *, metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
                      idle_close_s: float = 10.0, partitions: list[int] | None = None,
-                     flow_id: str = "diam-drift") -> Dataflow:
+                     start_position: int = 0, flow_id: str = "diam-drift") -> Dataflow:
     """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value).
 
     ``partitions``: the source topic's partitions; windows wait for each of them (or for it to
-    be silent ``idle_close_s``) before closing."""
+    be silent ``idle_close_s``) before closing. ``start_position``: the source topic's records
+    before the ones ``source`` reads (the sum of its start offsets), where alerts' ``seq``
+    begins (:class:`~streams.drift.Alert`)."""
     flow = Dataflow(flow_id)
     raw = op.input("drift", flow, source)
 
@@ -201,7 +205,8 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
     recs = op.filter_map("parse", raw, parse)
     keyed = op.key_on("global", recs, lambda _r: "all")
     outs = op.key_rm("unkey", op.stateful_batch(
-        "monitor", keyed, lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts, metrics)))
+        "monitor", keyed,
+        lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts, metrics, start_position)))
 
     def observe(_step: str, out: Alert | WindowSummary) -> None:
         if metrics is not None:
@@ -223,7 +228,11 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     the high watermarks at start) or forever. ``from_end`` skips what is already in the topic.
     A bounded run reads what the topic holds: one that does not exist raises ``UnknownTopic``
     (a misspelt name would be created and read as "nothing drifted"); a tailing monitor
-    creates it, as it may start before the first dataflow writes drift events."""
+    creates it, as it may start before the first dataflow writes drift events.
+
+    Alerts' ``seq`` starts at the sum of the offsets the run starts reading at, read once with
+    the start offsets themselves: a run that goes on where the last one stopped numbers on
+    from it, and a run over the same records numbers them the same (:class:`~streams.drift.Alert`)."""
     from bytewax.testing import run_main
 
     topic = topic or kafka.drift_topic
@@ -232,7 +241,8 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
         ensure_topic(kafka, topic)
     parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
     ensure_topic(kafka, alerts_topic)
-    start = {p: hi for p, (_lo, hi) in watermarks(kafka, topic).items()} if from_end else None
+    marks = watermarks(kafka, topic)
+    start = {p: hi if from_end else lo for p, (lo, hi) in marks.items()}
     # Small batches interleave the partitions finely while catching up on a backlog.
     health = BrokerHealth(kafka.bootstrap)  # one outage line for the monitor's clients
     source = ClickSource(kafka, topic, start=start, bounded=bounded, batch_size=200,
@@ -240,5 +250,5 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic, health), cfg,
                             metrics=metrics,
                             on_output=on_output, idle_close_s=idle_close_s,
-                            partitions=parts)
+                            partitions=parts, start_position=sum(start.values()))
     run_main(flow, epoch_interval=timedelta(seconds=1))

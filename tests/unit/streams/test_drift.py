@@ -215,3 +215,64 @@ def test_a_resumed_producers_repeats_are_not_counted_twice(raw, data):
     assert m.duplicates == cut - back
     ref = DriftMonitor(DriftConfig(lateness_ms=0))
     assert got == [o for e in evs for o in ref.add(e)] + ref.flush()
+
+
+def test_k_u_alerts_name_each_users_last_k_u_change_and_the_line_shows_it():
+    from streams.drift import format_alert
+
+    evs = [kc("bob", T0_MS + i, *((3, 4) if i % 2 == 0 else (4, 3))) for i in range(4)]
+    evs += [kc("amy", T0_MS + 10 + i, 5 + i, 6 + i) for i in range(4)]
+    evs += [DriftRecord("guard_trip", "bob", T0_MS + 20 + i, next(_OFFSETS), {}) for i in range(2)]
+    alerts, _ = run(evs, DriftConfig(k_changes=8, guard_trips=2, top_n=3))
+    by_kind = {a.kind: a for a in alerts}
+    assert by_kind["k_flip_flop"].k_pairs == {"bob": (3, 4)}      # raised by bob's third change
+    assert [a.k_pairs for a in alerts if a.kind == "k_churn"] == [{"bob": (4, 3)}, {"amy": (8, 9)}]
+    assert by_kind["k_change_rate"].k_pairs == {"bob": (4, 3), "amy": (8, 9)}  # last of each
+    assert by_kind["guard_trips"].k_pairs == {}                    # not about K_u
+    flip = by_kind["k_flip_flop"].to_dict()
+    assert flip["top_users"] == [{"user_id": "bob", "value": 2.0, "k_from": 3, "k_to": 4}]
+    assert "k_pairs" not in flip
+    assert format_alert(flip).endswith("users: bob=2 (K_u 3<->4)")
+    rate = format_alert(by_kind["k_change_rate"].to_dict())
+    assert rate.endswith("users: amy=4 (K_u 8->9), bob=4 (K_u 4->3)") and "\n" not in rate
+    assert format_alert(by_kind["guard_trips"].to_dict()).endswith("users: bob=2")
+
+
+def test_a_k_u_that_is_not_a_number_leaves_the_pair_out_and_crashes_nothing():
+    from streams.drift import format_alert, parse_drift_record
+
+    m = DriftMonitor(DriftConfig(user_changes=1))
+    rec = parse_drift_record(b'{"kind": "k_change", "user_id": "u", "ts_ms": 5, "offset": 1,'
+                             b' "detail": {"k_from": Infinity, "k_to": 2}}')
+    [alert] = [a for a in m.add(rec) if isinstance(a, Alert)]
+    assert alert.kind == "k_churn" and alert.k_pairs == {}
+    body = alert.to_dict()
+    body["top_users"][0].update(k_from="three", k_to=None)
+    assert format_alert(body).endswith("users: u=1")
+
+
+def test_seq_goes_on_from_the_start_position_and_a_replay_numbers_alike():
+    # a monitor that starts where the previous run stopped (the drift topic's records before
+    # its first one) numbers on from it; one that reads the same records again repeats them
+    evs = plant_oscillation(stable_stream(n_users=50, n_windows=6, seed=5), ["u0001"],
+                            start_ms=T0_MS + 1 * W + 1_000)
+    evs = plant_oscillation(evs, ["u0002"], start_ms=T0_MS + 4 * W + 1_000)
+    half = next(i for i, e in enumerate(evs) if e.ts_ms >= T0_MS + 3 * W)  # a window's start
+
+    def alerts_of(records: list[DriftRecord], start: int) -> list[Alert]:
+        m = DriftMonitor(start_position=start)
+        return [o for o in [o for e in records for o in m.add(e)] + m.flush()
+                if isinstance(o, Alert)]
+
+    first, second = alerts_of(evs[:half], 0), alerts_of(evs[half:], half)
+    assert first and second
+    assert max(a.seq for a in first) <= half < min(a.seq for a in second)
+    whole = alerts_of(evs, 0)
+    again = alerts_of(evs, 0)
+    assert [a.to_dict() for a in again] == [a.to_dict() for a in whole]
+    # a per-user alert's seq is the position of the record that raised it, in either run
+    per_user = {(a.kind, a.window_start_ms, a.top_users[0][0]): a.seq
+                for a in whole if a.kind in ("k_flip_flop", "k_churn")}
+    split = {(a.kind, a.window_start_ms, a.top_users[0][0]): a.seq
+             for a in first + second if a.kind in ("k_flip_flop", "k_churn")}
+    assert split == per_user and per_user

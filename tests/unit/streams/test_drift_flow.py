@@ -99,3 +99,20 @@ def test_late_records_are_counted_per_batch_and_the_summary_line_adds_everything
     assert metrics.totals() == {"read": 5, "unparsed": 1, "duplicates": 1, "late": 1, "alerts": 0}
     assert metrics.summary_line() == ("drift monitor done: 5 records read (1 not drift events, "
                                       "1 duplicates, 1 dropped as late), 0 alerts raised")
+
+
+def test_alert_records_number_on_from_the_start_position_and_carry_k_u():
+    evs = plant_oscillation(stable_stream(n_users=40, n_windows=4, seed=2), ["u0003"],
+                            start_ms=T0_MS + 60_000)
+
+    def alerts(start_position: int) -> list[dict]:
+        out: list = []
+        run_main(build_drift_flow(TestingSource(records(evs)), TestingSink(out), DriftConfig(),
+                                  start_position=start_position))
+        return [json.loads(k.value) for k in out]
+
+    base, later = alerts(0), alerts(1_000)
+    assert base and [a["seq"] for a in later] == [a["seq"] + 1_000 for a in base]
+    assert [{**a, "seq": 0} for a in later] == [{**a, "seq": 0} for a in base]
+    [flip] = [a for a in base if a["kind"] == "k_flip_flop"]
+    assert flip["top_users"] == [{"user_id": "u0003", "value": 2.0, "k_from": 3, "k_to": 4}]
