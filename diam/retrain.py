@@ -259,7 +259,6 @@ class Retrainer:
     # -- one retrain ---------------------------------------------------------------------
     def run_once(self) -> Decision:
         """Train a candidate on the current window, gate it, publish or keep it; report."""
-        import numpy as np
         import torch
 
         from online_model.checkpoint import load_checkpoint, save_checkpoint

@@ -77,6 +77,7 @@ METRIC_NAMES = (
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
     "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
     "diam_flow_unknown_item_clicks_total", "diam_flow_redis_stale_pushes_total",
+    "diam_flow_forgets_total", "diam_flow_users_resumed_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
@@ -259,7 +260,11 @@ class FlowMetrics:
         yield counter("diam_flow_events_valid", "Valid click events", st.get("valid", 0))
         yield counter("diam_flow_events_rejected", "Rejected records (dead-lettered)",
                       st.get("rejected", 0))
+        yield counter("diam_flow_forgets", "Tombstones applied (diam forget): the user's state "
+                      "and key dropped", st.get("forgets", 0))
         yield gauge("diam_flow_users", "Users held in this process's state", st.get("in_state", 0))
+        yield counter("diam_flow_users_resumed", "Users resumed from the recovery store (their "
+                      "first pushes may re-write what Redis holds)", st.get("resumed", 0))
         yield counter("diam_flow_user_evictions", "Idle users dropped from the state "
                       "(evict_idle_s)", st.get("evictions", 0))
         yield counter("diam_flow_user_restarts", "Clicks that started a user still held in the "
@@ -271,7 +276,8 @@ class FlowMetrics:
                       st.get("unknown_items", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
         yield counter("diam_flow_redis_stale_pushes", "Pushes Redis did not write: it held the "
-                      "user at a newer or equal seq (another run's state in the namespace?)",
+                      "user at a newer or equal seq (a resumed run re-reading, or another run's state in "
+                      "the namespace)",
                       st.get("stale_pushes", 0))
         yield counter("diam_flow_learn_calls",
                       "Calls of the learner's batched step (a user's clicks of a source batch)",

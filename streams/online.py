@@ -107,6 +107,8 @@ class Counts:
     records: int = 0
     rejected: int = 0
     """Dead-lettered records: refused by decoding or validation, or failed in the update."""
+    forgets: int = 0
+    """Tombstones (``diam forget``) applied: records, neither valid clicks nor dead letters."""
     ended: int = 0
     """User states ended: forgotten, started over after idleness, or dropped as idle; ``users``
     less this is the number of users held in the state. Declared before ``users`` so that
@@ -115,6 +117,10 @@ class Counts:
     users: int = 0
     """User states started or resumed: a new user, a user resumed from the recovery store, and
     a user again after a forget or idleness."""
+    resumed: int = 0
+    """Of ``users``, those resumed from the recovery store. A resumed run reads again the
+    records after the snapshot it resumed from, so its first pushes may re-write what Redis
+    holds already (``stale_pushes``)."""
     evictions: int = 0
     """Users dropped from the state as idle (``FlowConfig.evict_idle_s``)."""
     restarts: int = 0
@@ -142,7 +148,8 @@ class Counts:
 
     @property
     def valid(self) -> int:
-        return self.records - self.rejected
+        """Valid clicks: records less dead letters and tombstones."""
+        return self.records - self.rejected - self.forgets
 
 
 class FlowStats(Counts):
@@ -452,6 +459,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
                 self.clock, self.part = resume[4], resume[5]
             self.state = UserState.unpack(packed)
             self.counts.users += 1  # held again in this process's state
+            self.counts.resumed += 1
             if self.dirty:
                 self._due = datetime.now(UTC)
 
@@ -495,6 +503,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
                 # the user's state is dropped here and the sink deletes their key, in order
                 # with the pushes; clicks after it start a new state
                 out.append(None)
+                counts.forgets += 1
                 if state is not None:
                     counts.ended += 1
                 state = self.state = None

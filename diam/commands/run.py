@@ -33,9 +33,9 @@ class _EveryMinute(logging.Filter):
         return True
 
 
-SUMMARY = ("{end}: {records} records ({valid} valid, {rejected} dead-lettered, "
+SUMMARY = ("{end}: {records} records ({valid} valid, {forgets} forgets, {rejected} dead-lettered, "
            "{unknown_items} on items the base does not know), "
-           "{users} user states ({in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
+           "{users} user states ({resumed} resumed, {in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
            "{stale_pushes} kept out by Redis as not newer, "
            "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
            "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")
@@ -60,9 +60,16 @@ def summary_line(end: str, counts: dict[str, float], seconds: float, cpu_s: floa
                                "per_cpu_s": f"{per_cpu_s:,.0f}"})
 
 
-def stale_warning(n: int, namespace: str) -> str:
+def stale_warning(n: int, namespace: str, resumed: int = 0) -> str:
     """What ``diam run`` says after a run whose pushes Redis kept out (``FlowStats``'
-    ``stale_pushes``): the namespace held those users at a newer or equal seq."""
+    ``stale_pushes``): the namespace held those users at a newer or equal seq. A run that
+    resumed users from its recovery store re-reads the records after its snapshot (at least
+    once; the seq keeps Redis exact), so for it that is expected and said so; it is a warning
+    only for a run that resumed nobody."""
+    if resumed:
+        return (f"{n:,} pushes were already in Redis: this run resumed {resumed:,} users from "
+                "its recovery store and read again the records after its last snapshot "
+                "(Redis kept the newer writes; nothing was doubled)")
     return (f"warning: {n:,} pushes were not written: Redis held those users of namespace "
             f"{namespace!r} at a newer or equal seq. Either this run re-read what it had "
             "written already, or the namespace holds another run's state (seq is a Kafka "
@@ -260,7 +267,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
     click.echo(summary_line("stopped" if stop.is_set() else "done", st, dt, cpu))
     if st["stale_pushes"]:
-        click.echo(stale_warning(int(st["stale_pushes"]), job.namespace), err=True)
+        click.echo(stale_warning(int(st["stale_pushes"]), job.namespace, int(st["resumed"])),
+                   err=True)
     if metrics is not None and metrics_hold > 0:
         sys.stdout.flush()
         time.sleep(metrics_hold)  # the endpoint is a daemon thread: it ends with the process

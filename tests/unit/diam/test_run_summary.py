@@ -10,7 +10,8 @@ import pytest
 from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line, summary_lines
 from streams.online import FlowStats
 
-COUNTS = dict(records=12_345, valid=12_340, rejected=5, unknown_items=7, users=100, in_state=90,
+COUNTS = dict(records=12_345, valid=12_338, forgets=2, rejected=5, unknown_items=7, users=100,
+              resumed=6, in_state=90,
               learn_calls=800, pushes=700, stale_pushes=4, drift_events=3, evictions=10, restarts=2)
 
 
@@ -20,16 +21,18 @@ def test_every_count_comes_back_from_the_line() -> None:
     assert {k: got[k] for k in COUNTS} == COUNTS
     assert (got["seconds"], got["cpu_s"]) == (3.2, 2.5)
     assert got["per_s"] == round(12_345 / 3.21)  # thousands separators read back
-    assert line.startswith("done: 12345 records (12340 valid, 5 dead-lettered, 7 on items the "
-                           "base does not know), 100 user states (90 held)")
+    assert line.startswith("done: 12345 records (12338 valid, 2 forgets, 5 dead-lettered, 7 on "
+                           "items the base does not know), 100 user states (6 resumed, 90 held)")
 
 
 def test_the_dataflows_own_counts_fill_it() -> None:
     stats = FlowStats()
     c = stats.counts()
     c.records, c.rejected, c.users, c.ended, c.evictions, c.restarts = 9, 1, 4, 3, 2, 1
+    c.forgets, c.resumed = 2, 1
     got = parse_summary(summary_line("stopped", stats.as_dict(), 1.0, 1.0))
-    assert (got["valid"], got["users"], got["in_state"], got["evictions"], got["restarts"]) == (8, 4, 1, 2, 1)
+    assert (got["valid"], got["users"], got["in_state"], got["evictions"], got["restarts"]) == (6, 4, 1, 2, 1)
+    assert (got["forgets"], got["resumed"]) == (2, 1)  # a tombstone is not a valid click
 
 
 def test_a_line_from_before_a_field_existed_gives_the_others() -> None:
@@ -71,3 +74,12 @@ def test_summary_lines_finds_each_runs_line_and_only_those() -> None:
     assert summary_lines("nothing here\n") == []
     with pytest.raises(ValueError, match="expected one of"):
         summary_line("finished", COUNTS, 1.0, 1.0)
+
+
+def test_stale_pushes_of_a_resumed_run_are_said_as_expected_not_warned() -> None:
+    from diam.commands.run import stale_warning
+
+    fresh = stale_warning(5, "ns")
+    assert fresh.startswith("warning: 5 pushes were not written") and "another run's" in fresh
+    resumed = stale_warning(5, "ns", resumed=3)
+    assert not resumed.startswith("warning") and "resumed 3 users" in resumed

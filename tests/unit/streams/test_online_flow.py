@@ -164,6 +164,19 @@ def test_resumed_users_are_pushed_again_even_without_new_events(tmp_path) -> Non
     assert stats.total().records <= len(stream) - cut + 7, "the run started over instead of resuming"
     assert "user0" in {u for u, _ in second}, "user0 was not pushed again on resume"
     assert _final(second) == _final(clean)
+    # every user the snapshot held is counted as resumed (diam run says its re-pushes so)
+    assert stats.as_dict()["resumed"] == 6 and stats.as_dict()["forgets"] == 0
+
+
+def test_a_tombstone_is_counted_as_a_forget_not_a_valid_click() -> None:
+    items = as_records(click_stream(n_users=3, n_events=30, seed=1))
+    tomb = RawRecord("t", 0, 0, b"user1", None, items[19].ts_ms)
+    stream = [r._replace(offset=i) for i, r in enumerate(items[:20] + [tomb] + items[20:])]
+    stats = FlowStats()
+    vecs, dead, _ = _run(stream, stats=stats)
+    got = stats.as_dict()
+    assert (got["records"], got["forgets"], got["rejected"], got["valid"]) == (31, 1, 0, 30)
+    assert ("user1", None) in vecs and not dead  # the key was deleted, nothing dead-lettered
 
 
 def test_a_user_resumes_from_the_one_snapshot_form() -> None:
