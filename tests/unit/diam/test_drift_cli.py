@@ -54,3 +54,90 @@ def test_help_names_the_settings_behind_the_topics_and_says_late_events_are_drop
     assert "[default: settings kafka.alerts_topic]" in text
     assert "diam.drift]" not in text
     assert "Late events" in text and "dropped" in text and "interleaves its partitions" in text
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """Record the metrics port the run serves and, instead of sleeping, what a scraper reads
+    then: ``held["scrapes"]`` one ``(seconds, body)`` per hold."""
+    import urllib.request
+
+    import diam.commands.drift as drift_cmd
+
+    held: dict = {"scrapes": []}
+    serve = drift_cmd.serve_registry
+
+    def serve_and_note(registry, port):
+        held["port"] = serve(registry, port)
+        return held["port"]
+
+    def scrape_instead_of_sleeping(seconds):
+        with urllib.request.urlopen(f"http://127.0.0.1:{held['port']}/metrics", timeout=10) as r:
+            held["scrapes"].append((seconds, r.read().decode()))
+
+    monkeypatch.setattr(drift_cmd, "serve_registry", serve_and_note)
+    monkeypatch.setattr(drift_cmd.time, "sleep", scrape_instead_of_sleeping)
+    return held
+
+
+def _one_alert_then(end):
+    def fake_run_drift(kafka, cfg, *, metrics, on_output, **kw):
+        alert = Alert("k_churn", 0, 60_000, 4.0, 4.0, [("u1", 4.0)], 5, 1_000)
+        metrics.read.inc(4)
+        metrics.observe(alert)
+        on_output(alert)
+        end()
+
+    return fake_run_drift
+
+
+@pytest.mark.parametrize("how", ["bounded end", "ctrl-c"])
+def test_metrics_hold_serves_the_final_counts_after_the_run_ends(invoke, monkeypatch, held,
+                                                                how) -> None:
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(streams.drift_flow, "run_drift",
+                        _one_alert_then(ctrl_c if how == "ctrl-c" else lambda: None))
+    res = invoke("--bounded", "--metrics-port", "0", "--metrics-hold", "2.5")
+    assert res.exit_code == 0, res.output
+    end = "stopped" if how == "ctrl-c" else "done"
+    assert res.stderr.splitlines()[-1].startswith(f"drift monitor {end}: 4 records read")
+    [(seconds, body)] = held["scrapes"]
+    assert seconds == 2.5
+    assert 'diam_drift_alerts_total{kind="k_churn"} 1.0' in body
+    assert "diam_drift_records_total 4.0" in body
+
+
+def test_no_hold_without_a_metrics_port_or_with_a_zero_hold(invoke, monkeypatch, held) -> None:
+    monkeypatch.setattr(streams.drift_flow, "run_drift", _one_alert_then(lambda: None))
+    assert invoke("--bounded", "--metrics-hold", "5").exit_code == 0
+    assert invoke("--bounded", "--metrics-port", "0").exit_code == 0
+    assert held["scrapes"] == []
+
+
+def test_a_negative_metrics_hold_is_a_usage_error(invoke) -> None:
+    res = invoke("--bounded", "--metrics-hold", "-1")
+    assert res.exit_code == 2 and "--metrics-hold" in res.output
+
+
+def test_help_explains_the_metrics_hold_the_k_u_values_and_seq(invoke) -> None:
+    text = " ".join(invoke("--help").output.split())
+    assert "--metrics-hold" in text and "final counts" in text
+    assert "k_from and k_to" in text
+    assert "numbers on from it" in text and "same seq" in text
+
+
+@pytest.mark.parametrize("option", ["--window-s", "--lateness-s", "--d-swing", "--idle-close-s",
+                                    "--metrics-hold"])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e300"])
+def test_a_duration_or_swing_that_is_not_a_usable_number_is_a_usage_error(invoke, monkeypatch,
+                                                                         option, value) -> None:
+    ran = []
+    monkeypatch.setattr(streams.drift_flow, "run_drift", lambda *a, **kw: ran.append(1))
+    res = invoke("--bounded", "--metrics-port", "0", option, value)
+    if option == "--d-swing" and value == "1e300":  # a swing no user reaches: never alerts
+        assert res.exit_code == 0 and ran == [1], res.output
+        return
+    assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
+    assert ran == []
