@@ -81,6 +81,10 @@ def test_planted_oscillation_is_named_and_a_stable_stream_of_the_same_length_is_
                                     "--exit-at-end"], obj={"settings": stack.settings})
     assert res.exit_code == 0, res.output
     assert all(u in res.output for u in PLANTED) and "k_flip_flop" in res.output
+    # each planted user went back and forth between K_u 3 and 4: the line says between which
+    flip_lines = [ln for ln in res.output.splitlines() if "k_flip_flop" in ln]
+    assert len(flip_lines) == len(flips)
+    assert all(ln.endswith("=2 (K_u 3<->4)") for ln in flip_lines), flip_lines
     print(res.output)
 
     assert _monitor(kafka, stable, new_topic(4, "drift"), new_topic(1, "alerts")) == []
@@ -122,3 +126,39 @@ def test_a_resumed_producers_repeats_are_counted_once_by_the_monitor_and_the_rea
     user = repeats[-1].user_id
     mine = [e.offset for e in events if e.user_id == user]
     assert [b["offset"] for b in user_drift_events(kafka, user, 1000, drift_topic)] == mine
+
+
+def test_alert_seq_goes_on_from_where_the_topic_was_read_and_a_replay_writes_the_same_bytes(
+        stack, new_topic) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    kafka = stack.settings.kafka
+    w = 60_000
+    events = plant_oscillation(stable_stream(n_users=50, n_windows=6, seed=5), ["u0001"],
+                               start_ms=T0_MS + w + 1_000)
+    events = plant_oscillation(events, ["u0002"], start_ms=T0_MS + 4 * w + 1_000)
+    half = next(i for i, e in enumerate(events) if e.ts_ms >= T0_MS + 3 * w)  # a window's start
+    drift_topic = new_topic(1, "drift")  # one partition: one read order, so replays match
+
+    def monitor() -> list[bytes]:
+        alerts_topic = new_topic(1, "alerts")
+        run_drift(kafka, DriftConfig(), topic=drift_topic, alerts_topic=alerts_topic,
+                  bounded=True)
+        return [r.value for r in consume_all(kafka, alerts_topic)]
+
+    produce(kafka, drift_topic, _records(events[:half]))
+    first = [json.loads(v) for v in monitor()]
+    produce(kafka, drift_topic, _records(events[half:]))
+    # retention drops what the first run read: the next run starts at offset `half`, as a
+    # --from-end run started where the first one stopped would
+    admin = AdminClient(kafka.client_config())
+    admin.delete_records([TopicPartition(drift_topic, 0, half)])[
+        TopicPartition(drift_topic, 0, half)].result(30)
+    second = monitor()
+    flips = {a["top_users"][0]["user_id"] for a in first if a["kind"] == "k_flip_flop"}
+    assert flips == {"u0001"}
+    later = [json.loads(v) for v in second]
+    assert {a["top_users"][0]["user_id"] for a in later if a["kind"] == "k_flip_flop"} == {"u0002"}
+    assert max(a["seq"] for a in first) <= half < min(a["seq"] for a in later)
+    assert monitor() == second  # the same records read again: the same alerts, byte for byte
