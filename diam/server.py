@@ -79,7 +79,8 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
         sources = UiSources(
             flow_metrics=list(opts.flow_metrics),
             alerts=lambda n: latest_alerts(kafka, n),
-            user_drift=lambda user, n: user_drift_events(kafka, user, n),
+            user_drift=lambda user, n: user_drift_events(kafka, user, n,
+                                                         namespace=opts.namespace),
         )
     # a user whose vectors belong to a version older than the two swapped in (one who has
     # not clicked since two publishes) is served from that version while the store holds it,

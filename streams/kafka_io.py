@@ -37,6 +37,7 @@ __all__ = [
     "raw_record",
     "RangeStalled",
     "read_deadletters",
+    "of_namespace",
 ]
 
 
@@ -282,31 +283,49 @@ def raw_record(m: Message) -> RawRecord:
                      _bytes(m.value()), m.timestamp()[1])
 
 
+def of_namespace(marked: object, namespace: str | None) -> bool:
+    """Whether a drift event or dead letter ``marked`` with a Redis namespace (its body's
+    ``namespace``, its ``diam.namespace`` header; None when written before records carried one)
+    belongs to ``namespace`` (None: any). Runs into several namespaces may share the drift and
+    dead-letter topics (``streams.online.drift_record``); an unmarked record is shown to all.
+
+    >>> of_namespace("a", "a"), of_namespace("b", "a"), of_namespace(None, "a"), of_namespace("b", None)
+    (True, False, True, True)
+    """
+    return namespace is None or marked is None or marked == namespace
+
+
 def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float = 10.0,
-                     dedupe: bool = True) -> list[dict[str, object]]:
+                     dedupe: bool = True, namespace: str | None = None) -> list[dict[str, object]]:
     """Every dead-lettered record: its reason and source coordinates (from the headers) and the
     original bytes, partition by partition in offset order; ``ts_ms`` is when the dead letter
     was written (its record timestamp); ``truncated`` is None, or the
     original sizes of a record whose dead letter kept only its first bytes
-    (``FlowConfig.deadletter_max_bytes``).
+    (``FlowConfig.deadletter_max_bytes``); ``namespace`` is the Redis namespace of the run that
+    refused it (None before dead letters carried it). Given ``namespace``, only that
+    namespace's (:func:`of_namespace`).
 
     A dataflow resumed after a crash dead-letters again the records of the epoch it had not
     committed, so one source record can appear more than once. Its identity is its source
-    ``(topic, partition, offset)``; with ``dedupe`` each appears once, the first copy, with
+    ``(topic, partition, offset)`` and namespace (two runs into two namespaces each refuse
+    it); with ``dedupe`` each appears once, the first copy, with
     ``copies`` saying how many the topic holds. Records without source headers are kept as
     they are.
     """
     out: list[dict[str, object]] = []
-    seen: dict[tuple[str | None, int, int], dict[str, object]] = {}
+    seen: dict[tuple[str | None, int, int, str | None], dict[str, object]] = {}
     for m in _messages(cfg, topic or cfg.deadletter_topic, timeout):
         raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
         h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
+        ns = h.get("diam.namespace")
+        if not of_namespace(ns, namespace):
+            continue
         rec: dict[str, object] = {
             "reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
             "partition": _int(h.get("diam.partition")), "offset": _int(h.get("diam.offset")),
             "key": m.key(), "value": m.value(), "truncated": h.get("diam.truncated"),
-            "copies": 1, "ts_ms": m.timestamp()[1]}
-        ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")))
+            "copies": 1, "ts_ms": m.timestamp()[1], "namespace": ns}
+        ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")), ns)
         if dedupe and ident[0] is not None and ident[2] >= 0:
             first = seen.get(ident)
             if first is not None:

@@ -260,9 +260,12 @@ DEADLETTER_KEY_BYTES = 1_024
 characters)."""
 
 
-def deadletter_record(rec: RawRecord, reason: str, max_bytes: int) -> KafkaOut:
+def deadletter_record(rec: RawRecord, reason: str, max_bytes: int,
+                      namespace: str | None = None) -> KafkaOut:
     """The dead-letter form of a rejected record: the original key and bytes, the reason and
-    the source coordinates in headers (``kcat -f '%h %s'`` shows them). A value longer than
+    the source coordinates in headers (``kcat -f '%h %s'`` shows them), and ``diam.namespace``,
+    the Redis namespace of the run that refused it (runs into several namespaces may share the
+    topic: ``diam deadletters --namespace`` tells them apart). A value longer than
     ``max_bytes`` (``FlowConfig.deadletter_max_bytes``) or a key longer than
     :data:`DEADLETTER_KEY_BYTES` keeps its first bytes, and ``diam.truncated`` gives the
     original sizes: a dead letter as large as the largest record the broker accepts could not
@@ -281,6 +284,8 @@ def deadletter_record(rec: RawRecord, reason: str, max_bytes: int) -> KafkaOut:
         ("diam.partition", str(rec.partition).encode()),
         ("diam.offset", str(rec.offset).encode()),
     ]
+    if namespace is not None:
+        headers.append(("diam.namespace", namespace.encode()))
     if len(value) > max_bytes or (key is not None and len(key) > DEADLETTER_KEY_BYTES):
         headers.append(("diam.truncated", f"key {0 if key is None else len(key)} bytes, "
                                           f"value {len(value)} bytes".encode()))
@@ -289,9 +294,13 @@ def deadletter_record(rec: RawRecord, reason: str, max_bytes: int) -> KafkaOut:
     return KafkaOut(key=key, value=value, headers=headers)
 
 
-def drift_record(event: Any) -> KafkaOut:
-    """A drift event as a JSON record keyed by user."""
+def drift_record(event: Any, namespace: str | None = None) -> KafkaOut:
+    """A drift event as a JSON record keyed by user, with ``namespace``, the Redis namespace of
+    the run that learnt it (runs into several namespaces may share the drift topic; the drift
+    monitor and the user view read one namespace's: ``streams.kafka_io.of_namespace``)."""
     body = event.to_dict()
+    if namespace is not None:
+        body["namespace"] = namespace
     return KafkaOut(key=str(body["user_id"]).encode(), value=json.dumps(body, sort_keys=True).encode(),
                     headers=[("diam.kind", str(body["kind"]).encode())])
 
@@ -642,13 +651,14 @@ def _is_drift(item: tuple[str, Out]) -> TypeGuard[tuple[str, DriftEvent]]:
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
                holder: LearnerHolder, flow_id: str = "diam-online",
-               stats: FlowStats | None = None) -> Dataflow:
+               stats: FlowStats | None = None, namespace: str | None = None) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
     against the real broker. Decoding works on whole batches (``flat_map_batch``): it is the
     one step that does Python work on every event before the per-user step. Errors are data:
-    dead letters from decoding and from the update leave by their own branches.
+    dead letters from decoding and from the update leave by their own branches, marked with
+    ``namespace`` (the run's Redis namespace) when given, as its drift events are.
     """
     counted = stats if stats is not None else FlowStats()
     flow = Dataflow(flow_id)
@@ -664,11 +674,12 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     side = op.branch("side-outputs", learned, _is_side)
     drift_or_failed = op.branch("drift-or-failed", side.trues, _is_drift)
     op.output("redis", side.falses, sinks.vectors)  # type: ignore[arg-type, misc]
-    op.output("drift", op.map("to-drift", drift_or_failed.trues, lambda kv: (kv[0], drift_record(kv[1]))),
+    op.output("drift", op.map("to-drift", drift_or_failed.trues, lambda kv: (kv[0], drift_record(kv[1], namespace))),
               sinks.drift)
     failed = op.map("learn-failed", drift_or_failed.falses, lambda kv: cast(DeadLetter, kv[1]))
     dead = op.merge("deadletters", decoded.trues, failed)
     op.output("deadletter", op.map("to-deadletter", dead, lambda dl: (
-        str(dl.record.partition), deadletter_record(dl.record, dl.reason, cfg.deadletter_max_bytes))),
+        str(dl.record.partition), deadletter_record(dl.record, dl.reason, cfg.deadletter_max_bytes,
+                                                namespace))),
               sinks.deadletter)
     return flow

@@ -180,7 +180,8 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL
         holder.share()
-    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats)
+    flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
+                      namespace=job.namespace)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))

@@ -11,7 +11,7 @@ from typing import Any
 
 from streams.config import KafkaConfig
 from streams.drift import unique_drift_bodies
-from streams.kafka_io import RawRecord, consume_all
+from streams.kafka_io import RawRecord, consume_all, of_namespace
 
 __all__ = ["drift_bodies", "latest_alerts", "tail", "user_drift_events"]
 
@@ -42,20 +42,23 @@ def latest_alerts(cfg: KafkaConfig, n: int, topic: str | None = None) -> list[di
 
 
 def user_drift_events(cfg: KafkaConfig, user_id: str, n: int, topic: str | None = None,
-                      scan: int = 20_000) -> list[dict[str, Any]]:
+                      scan: int = 20_000, namespace: str | None = None) -> list[dict[str, Any]]:
     """The last ``n`` drift events of ``user_id`` among the last ``scan`` records of each
     partition of the drift topic (events are keyed by user), oldest first, each once: a
-    dataflow resumed after a crash produces its uncommitted epoch's events again."""
+    dataflow resumed after a crash produces its uncommitted epoch's events again. Given
+    ``namespace``, only the events of runs into that Redis namespace (and unmarked ones)."""
     key = user_id.encode()
     recs = [r for r in tail(cfg, topic or cfg.drift_topic, scan) if r.key == key]
-    bodies = [b for b in map(_json, recs) if b is not None]
+    bodies = [b for b in map(_json, recs)
+              if b is not None and of_namespace(b.get("namespace"), namespace)]
     return [dict(b) for b in unique_drift_bodies(bodies)][-n:]
 
 
-def drift_bodies(cfg: KafkaConfig, per_partition: int, topic: str | None = None
-                 ) -> list[dict[str, Any]]:
+def drift_bodies(cfg: KafkaConfig, per_partition: int, topic: str | None = None,
+                 namespace: str | None = None) -> list[dict[str, Any]]:
     """The JSON drift events among the last ``per_partition`` records of each partition of the
-    drift topic, in time order, each once (repeats of a resumed producer dropped)."""
+    drift topic, in time order, each once (repeats of a resumed producer dropped); given
+    ``namespace``, only that Redis namespace's (and unmarked ones)."""
     bodies = [b for b in map(_json, tail(cfg, topic or cfg.drift_topic, per_partition))
-              if b is not None]
+              if b is not None and of_namespace(b.get("namespace"), namespace)]
     return [dict(b) for b in unique_drift_bodies(bodies)]

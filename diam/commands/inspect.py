@@ -78,7 +78,7 @@ def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) ->
         if uv is not None:
             ks.append(uv.k)
             ds.append(uv.d)
-    drift = drift_bodies(s.kafka, drift_last, drift_topic)
+    drift = drift_bodies(s.kafka, drift_last, drift_topic, namespace=ns)
     try:
         namespace_figure(ns, ks, ds, drift, out)
     except OSError as exc:

@@ -279,21 +279,31 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
               help="Dead-letter topic (default: settings kafka.deadletter_topic).")
 @click.option("--source-topic", default=None,
               help="Only the records rejected from this input topic (default: all of them).")
+@click.option("--namespace", default=None, callback=not_empty,
+              help="Only the records refused by runs into this Redis namespace (default: every "
+                   "run's; records written before dead letters named their run's namespace are "
+                   "always shown).")
 @click.option("--last", type=click.IntRange(1), default=20, show_default=True,
               help="Show the N most recently dead-lettered records, oldest first.")
 @click.pass_context
 def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | None,
-                    last: int) -> None:
-    """List rejected events with their reason, source topic, partition and offset.
+                    namespace: str | None, last: int) -> None:
+    """List rejected events with their reason, source topic, partition and offset, and the
+    Redis namespace of the run that refused them (ns=...).
 
-    The count covers every record in the topic (or from --source-topic); the list shows the
-    last N by the time they were dead-lettered, across the topic's partitions."""
+    Runs into several namespaces share the dead-letter topic (a replay has its own): each run
+    refuses a bad record once, so one record can be listed once per namespace. The count covers
+    every record in the topic (or from --source-topic, or --namespace); the list shows the last
+    N by the time they were dead-lettered, across the topic's partitions."""
     from streams.kafka_io import UnknownTopic, read_deadletters
 
     s = get_settings(ctx)
+    if namespace is not None:
+        namespace_of(s, namespace)  # a malformed one is a usage error, not "0 records"
     name = topic if topic is not None else s.kafka.deadletter_topic
     try:
-        recs = read_deadletters(s.kafka, name)  # a stalled read ends in `Error:` (diam.cli)
+        # a stalled read ends in `Error:` (diam.cli)
+        recs = read_deadletters(s.kafka, name, namespace=namespace)
     except UnknownTopic as exc:
         if topic is not None:  # a typo must not read as "nothing was rejected"
             raise click.BadParameter(str(exc), param_hint="--topic") from None
@@ -313,6 +323,7 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     extra = sum(int(r["copies"]) - 1 for r in recs)  # type: ignore[call-overload]
     click.echo(f"{len(recs)} dead-lettered record(s) in {name}"
                + (f" from {source_topic}" if source_topic is not None else "")
+               + (f" of namespace {namespace}" if namespace is not None else "")
                + (f" ({extra} repeated cop{'y' if extra == 1 else 'ies'} from resumed runs not shown)"
                   if extra else ""))
     recs.sort(key=lambda r: (r["ts_ms"], str(r["topic"]), r["partition"], r["offset"]))  # type: ignore[arg-type, return-value]
@@ -320,8 +331,9 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
         value = r["value"] or b""
         assert isinstance(value, bytes)
         cut = f", cut from {r['truncated']}" if r.get("truncated") else ""
+        ns = f"  ns={r['namespace']}" if r.get("namespace") is not None else ""
         click.echo(f"  {r['topic']}[{r['partition']}]@{r['offset']}: {r['reason']}  "
-                   f"({len(value)} bytes{cut}: {value[:40]!r})")
+                   f"({len(value)} bytes{cut}: {value[:40]!r}){ns}")
 
 
 COMMANDS = [run_cmd, deadletters_cmd]

@@ -314,3 +314,46 @@ def test_a_second_run_into_the_same_namespace_counts_the_pushes_redis_kept_out(
     # older); the writer merges a user's pushes queued meanwhile into one write, counted once
     assert b["pushes"] == a["pushes"] and len(want) <= b["stale_pushes"] <= b["pushes"]
     assert redis_state(redis_client, namespace) == want
+
+
+def test_runs_into_two_namespaces_mark_their_dead_letters_and_drift_events(
+        stack, topic, redis_client) -> None:
+    """Two runs of one topic into two namespaces share the dead-letter and drift topics: each
+    record says its run's namespace, so `diam deadletters --namespace`, the user view and the
+    plots read one run's, and one bad record refused by both runs is two dead letters, not a
+    resumed run's copy."""
+    from streams.kafka_io import read_deadletters
+    from streams.tail import drift_bodies, user_drift_events
+
+    dlq, drift = f"{topic}.dlq", f"{topic}.drift"
+    for t in (dlq, drift):
+        ensure_topic(stack.settings.kafka, t, partitions=1)
+    events = click_stream(n_users=6, n_events=400, seed=4)
+    produce(stack.settings.kafka, topic, click_payloads(events[:200]) + [(b"u0", b"\xc1 bad")]
+            + click_payloads(events[200:]))
+    spaces = [f"{topic}-a", f"{topic}-b"]
+    try:
+        for ns in spaces:
+            run_online(_job(stack, topic, ns), _holder())
+        kafka = stack.settings.kafka
+        every = read_deadletters(kafka, dlq)
+        assert sorted(str(r["namespace"]) for r in every) == spaces
+        assert all(r["copies"] == 1 for r in every)
+        for ns in spaces:
+            (mine,) = read_deadletters(kafka, dlq, namespace=ns)
+            assert mine["namespace"] == ns and mine["value"] == b"\xc1 bad"
+        bodies = {ns: drift_bodies(kafka, 10_000, drift, namespace=ns) for ns in spaces}
+        assert bodies[spaces[0]], "the tiny learner made no drift events: nothing was checked"
+        for ns, got in bodies.items():
+            assert {b["namespace"] for b in got} == {ns}
+        # the same events in, the same drift events out: only the namespace differs
+        strip = [sorted(json.dumps({k: v for k, v in b.items() if k != "namespace"},
+                                    sort_keys=True) for b in bodies[ns]) for ns in spaces]
+        assert strip[0] == strip[1]
+        user = str(bodies[spaces[0]][0]["user_id"])
+        assert {b["namespace"] for b in user_drift_events(kafka, user, 100, drift,
+                                                           namespace=spaces[1])} == {spaces[1]}
+    finally:
+        for ns in spaces:
+            for k in redis_client.scan_iter(f"diam:{ns}:*"):
+                redis_client.delete(k)
