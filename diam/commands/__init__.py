@@ -7,15 +7,55 @@ answer (``diam.cli`` applies it to whatever a command lets escape)."""
 
 from __future__ import annotations
 
+import math
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from diam.settings import Settings, SettingsInputError, load_settings
 
-__all__ = ["default_dataset", "get_settings", "kafka_unusable", "namespace_of", "not_empty",
-           "output_file", "serve_registry", "redis_unusable", "unreachable_service", "write_failed"]
+__all__ = ["MAX_SECONDS", "default_dataset", "finite", "get_settings", "hold_metrics",
+           "kafka_unusable", "metrics_hold_option", "namespace_of", "not_empty", "output_file",
+           "serve_registry", "redis_unusable", "unreachable_service", "write_failed"]
+
+MAX_SECONDS = 315_360_000.0
+"""Ten years: the most a duration option takes (a longer wait or window overflows a timedelta
+or a sleep instead of doing anything anyone waits for)."""
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: NaN slips through a FloatRange's bounds and would end in a traceback."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value}: must be a finite number")
+    return value
+
+
+def metrics_hold_option(stops: str) -> Callable[[Any], Any]:
+    """``--metrics-hold SECONDS`` of a command that serves metrics (``--metrics-port``) and
+    ends (``stops``: how it is stopped, in words), paired with :func:`hold_metrics`."""
+    return click.option(
+        "--metrics-hold", type=click.FloatRange(min=0, max=MAX_SECONDS), default=0.0,
+        callback=finite, show_default=True,
+        help=f"Seconds to keep serving metrics (with --metrics-port) after the run ends (a "
+             f"bounded run's end, or {stops}), so that a scraper reads the final counts; a "
+             "second Ctrl-C ends the wait.")
+
+
+def hold_metrics(metrics_port: int | None, seconds: float) -> None:
+    """Keep the metrics endpoint (a daemon thread: it ends with the process) up ``seconds``
+    after a run, when it serves one (``--metrics-hold``); Ctrl-C ends the wait, not an error."""
+    if metrics_port is None or seconds <= 0:
+        return
+    sys.stdout.flush()
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:  # asked to stop waiting
+        pass
 
 DEFAULT_DATASET_HELP = "<data_dir>/ml-100k"
 """How help texts name :func:`default_dataset` (``data_dir`` is DIAM_DATA_DIR)."""

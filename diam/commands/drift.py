@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import sys
-import time
 
 import click
 
-from diam.commands import get_settings, not_empty, serve_registry
-
-MAX_SECONDS = 315_360_000.0
-"""Ten years: the most a duration option takes (a longer wait or window overflows a timedelta
-or a sleep instead of doing anything anyone waits for)."""
-
-
-def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """Click callback: NaN slips through a FloatRange's bounds and would end in a traceback."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value}: must be a finite number")
-    return value
+from diam.commands import (
+    MAX_SECONDS,
+    finite,
+    get_settings,
+    hold_metrics,
+    metrics_hold_option,
+    not_empty,
+    serve_registry,
+)
 
 
 @click.group("drift")
@@ -42,29 +36,25 @@ def drift() -> None:
 @click.option("--alerts-topic", default=None, callback=not_empty,
               help="Where alerts go [default: settings kafka.alerts_topic].")
 @click.option("--window-s", type=click.FloatRange(min=0.001, max=MAX_SECONDS), default=60.0,
-              callback=_finite, show_default=True, help="Tumbling window length, in event time.")
+              callback=finite, show_default=True, help="Tumbling window length, in event time.")
 @click.option("--lateness-s", type=click.FloatRange(min=0, max=MAX_SECONDS), default=5.0,
-              callback=_finite, show_default=True,
+              callback=finite, show_default=True,
               help="How late (event time) a record may arrive and still count in its window.")
 @click.option("--flip-reversals", type=click.IntRange(min=1), default=2, show_default=True,
               help="Reversals of one user's K_u (A->B->A) in a window that raise k_flip_flop.")
 @click.option("--user-changes", type=click.IntRange(min=1), default=4, show_default=True,
               help="K_u changes of one user in a window that raise k_churn.")
 @click.option("--d-swing", type=click.FloatRange(min=0, min_open=True), default=0.4,
-              callback=_finite, show_default=True, help="max-min of one user's d_u in a window that raises d_swing.")
+              callback=finite, show_default=True, help="max-min of one user's d_u in a window that raises d_swing.")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
               help="Read the drift topic from its start, or only what arrives from now on.")
 @click.option("--bounded/--tail", default=False, show_default=True,
               help="Stop at the end of the topic as seen at start, or keep tailing it.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (/metrics); 0 picks a free port (printed).")
-@click.option("--metrics-hold", type=click.FloatRange(min=0, max=MAX_SECONDS), default=0.0,
-              callback=_finite, show_default=True,
-              help="Seconds to keep serving metrics (with --metrics-port) after the run ends (a "
-                   "bounded run's end, or a stop by Ctrl-C), so that a scraper reads the final "
-                   "counts; a second Ctrl-C ends the wait.")
+@metrics_hold_option("a stop by Ctrl-C")
 @click.option("--idle-close-s", type=click.FloatRange(min=0, min_open=True, max=MAX_SECONDS),
-              default=10.0, callback=_finite, show_default=True, help="Close open windows after this much wall time without input.")
+              default=10.0, callback=finite, show_default=True, help="Close open windows after this much wall time without input.")
 @click.option("--summaries", is_flag=True, help="Also print every closed window's aggregates.")
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, window_s: float,
@@ -119,25 +109,14 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
                   idle_close_s=idle_close_s)
     except KeyboardInterrupt:
         click.echo(metrics.summary_line("stopped"), err=True)
-        _hold(metrics_port, metrics_hold)
+        hold_metrics(metrics_port, metrics_hold)
         return
     except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "no drift"
         raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
     click.echo(metrics.summary_line("done"), err=True)
-    _hold(metrics_port, metrics_hold)
-
-
-def _hold(metrics_port: int | None, seconds: float) -> None:
-    """Keep the metrics endpoint (a daemon thread: it ends with the process) up ``seconds``."""
-    if metrics_port is None or seconds <= 0:
-        return
-    sys.stdout.flush()
-    try:
-        time.sleep(seconds)
-    except KeyboardInterrupt:  # asked to stop waiting, not an error
-        pass
+    hold_metrics(metrics_port, metrics_hold)
 
 
 @drift.command("watch")

@@ -6,14 +6,21 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty, serve_registry, service_logging
+from diam.commands import (
+    get_settings,
+    hold_metrics,
+    metrics_hold_option,
+    namespace_of,
+    not_empty,
+    serve_registry,
+    service_logging,
+)
 
 
 class _EveryMinute(logging.Filter):
@@ -200,9 +207,7 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics (lag, events/s, freshness, pushes, drift...) on this "
                    "port at /metrics; 0 picks a free port (printed). Off when not given.")
-@click.option("--metrics-hold", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds to keep serving metrics after the run ends (a bounded run's end, or "
-                   "a stop by SIGINT/SIGTERM), so that a scraper reads the final counts.")
+@metrics_hold_option("a stop by SIGINT/SIGTERM")
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, workers: int,
             process_id: int | None, addresses: str | None, recovery_dir: Path | None, bounded: bool,
@@ -269,9 +274,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     if st["stale_pushes"]:
         click.echo(stale_warning(int(st["stale_pushes"]), job.namespace, int(st["resumed"])),
                    err=True)
-    if metrics is not None and metrics_hold > 0:
-        sys.stdout.flush()
-        time.sleep(metrics_hold)  # the endpoint is a daemon thread: it ends with the process
+    if metrics is not None:
+        hold_metrics(metrics_port, metrics_hold)
 
 
 @click.command("deadletters")

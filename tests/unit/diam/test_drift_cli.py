@@ -62,6 +62,7 @@ def held(monkeypatch):
     then: ``held["scrapes"]`` one ``(seconds, body)`` per hold."""
     import urllib.request
 
+    import diam.commands
     import diam.commands.drift as drift_cmd
 
     held: dict = {"scrapes": []}
@@ -76,7 +77,7 @@ def held(monkeypatch):
             held["scrapes"].append((seconds, r.read().decode()))
 
     monkeypatch.setattr(drift_cmd, "serve_registry", serve_and_note)
-    monkeypatch.setattr(drift_cmd.time, "sleep", scrape_instead_of_sleeping)
+    monkeypatch.setattr(diam.commands.time, "sleep", scrape_instead_of_sleeping)  # hold_metrics
     return held
 
 
