@@ -73,6 +73,9 @@ class DriftRecord:
     ts_ms: int
     offset: int
     detail: dict[str, Any] = field(default_factory=dict)
+    namespace: str | None = None
+    """The Redis namespace of the run that wrote it (``streams.online.drift_record``); None
+    for records written before drift events carried one."""
 
 
 def drift_identity(kind: object, user_id: object, offset: object, detail: object
@@ -120,7 +123,7 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
     """Parse a JSON drift record; None when it is not one (the caller counts those).
 
     >>> parse_drift_record(b'{"kind": "freeze", "user_id": "u", "ts_ms": 5, "offset": 1}')
-    DriftRecord(kind='freeze', user_id='u', ts_ms=5, offset=1, detail={})
+    DriftRecord(kind='freeze', user_id='u', ts_ms=5, offset=1, detail={}, namespace=None)
     >>> parse_drift_record(b"nope") is None
     True
     """
@@ -131,8 +134,10 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
         detail = body.get("detail") or {}
         if not isinstance(detail, dict):
             return None
+        ns = body.get("namespace")
         return DriftRecord(str(body["kind"]), str(body["user_id"]), int(body["ts_ms"]),
-                           int(body.get("offset", -1)), detail)
+                           int(body.get("offset", -1)), detail,
+                           ns if isinstance(ns, str) else None)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -474,6 +479,12 @@ def format_alert(body: dict[str, Any]) -> str:
     >>> format_alert({"kind": "k_flip_flop", "window": {"start_ms": 0, "end_ms": 60000},
     ...               "value": 3.0, "threshold": 2.0, "top_users": [{"user_id": "u7", "value": 3.0}]})
     '1970-01-01T00:00:00Z +60s  k_flip_flop  value 3 (threshold 2)  users: u7=3'
+
+    A monitor of one namespace's drift events (``diam drift run --namespace``) says which:
+
+    >>> format_alert({"kind": "d_swing", "window": {"start_ms": 0, "end_ms": 60000},
+    ...               "value": 0.5, "threshold": 0.4, "namespace": "shadow"})
+    '1970-01-01T00:00:00Z +60s  d_swing  value 0.5 (threshold 0.4)  namespace shadow'
     """
     from datetime import UTC, datetime
 
@@ -485,7 +496,8 @@ def format_alert(body: dict[str, Any]) -> str:
                       for t in body.get("top_users") or [])
     line = (f"{when} +{(end - start) // 1000}s  {kind}  value {body.get('value', 0):g} "
             f"(threshold {body.get('threshold', 0):g})")
-    return line + (f"  users: {users}" if users else "")
+    ns = body.get("namespace")
+    return line + (f"  users: {users}" if users else "") + (f"  namespace {ns}" if ns else "")
 
 
 def _k_note(kind: object, entry: Mapping[str, Any]) -> str:

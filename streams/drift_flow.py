@@ -41,7 +41,7 @@ from streams.drift import (
     parse_drift_record,
 )
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import RawRecord, ensure_topic, partition_ids, watermarks
+from streams.kafka_io import RawRecord, ensure_topic, of_namespace, partition_ids, watermarks
 from streams.kafka_sink import KafkaOut, KafkaRecordSink
 from streams.kafka_source import ClickSource
 
@@ -50,10 +50,13 @@ __all__ = ["SUMMARY", "DriftMetrics", "alert_record", "build_drift_flow", "run_d
 OutputFn = Callable[[Alert | WindowSummary], None]
 
 SUMMARY = ("drift monitor {end}: {read} records read ({unparsed} not drift events, "
-           "{duplicates} duplicates, {late} dropped as late), {alerts} alerts raised")
+           "{other} of other namespaces, {duplicates} duplicates, {late} dropped as late), "
+           "{alerts} alerts raised")
 """The line ``diam drift run`` prints when it ends (``{end}``: done, or stopped), filled by
 :meth:`DriftMetrics.summary_line` from the counters: the one place its words are spelled.
-Late records are those older than the watermark (their window had already closed)."""
+Late records are those older than the watermark (their window had already closed); records of
+other namespaces are drift events of runs into another Redis namespace than the one the
+monitor watches (``--namespace``)."""
 
 
 class DriftMetrics:
@@ -68,6 +71,9 @@ class DriftMetrics:
                             "Drift events read (repeats and late ones included)", registry=r)
         self.unparsed = Counter("diam_drift_unparsed_total", "Records that were not drift events",
                                 registry=r)
+        self.other = Counter("diam_drift_other_namespace_total",
+                             "Drift events of runs into another Redis namespace than the one "
+                             "the monitor watches (--namespace), skipped", registry=r)
         self.late = Counter("diam_drift_late_total",
                             "Records dropped because their window had already closed", registry=r)
         self.duplicates = Counter("diam_drift_duplicates_total",
@@ -107,8 +113,9 @@ class DriftMetrics:
             return int(sum(s.value for m in self.registry.collect() for s in m.samples
                            if s.name == name))
 
-        unparsed = total("diam_drift_unparsed_total")
-        return {"read": total("diam_drift_records_total") + unparsed, "unparsed": unparsed,
+        unparsed, other = total("diam_drift_unparsed_total"), total("diam_drift_other_namespace_total")
+        return {"read": total("diam_drift_records_total") + unparsed + other,
+                "unparsed": unparsed, "other": other,
                 "duplicates": total("diam_drift_duplicates_total"),
                 "late": total("diam_drift_late_total"), "alerts": total("diam_drift_alerts_total")}
 
@@ -117,9 +124,18 @@ class DriftMetrics:
         return SUMMARY.format(end=end, **self.totals())
 
 
-def alert_record(alert: Alert) -> KafkaOut:
-    """An alert as a JSON record keyed by its kind."""
-    return KafkaOut(key=alert.kind.encode(), value=json.dumps(alert.to_dict(), sort_keys=True).encode(),
+def alert_record(alert: Alert, source: str | None = None, namespace: str | None = None
+                 ) -> KafkaOut:
+    """An alert as a JSON record keyed by its kind; ``source``: the drift topic the monitor
+    reads (``seq`` counts its records: monitors of several drift topics may share the alerts
+    topic, and ``(source, seq)`` tells their alerts apart); ``namespace``: the Redis namespace
+    whose drift events it watches (``--namespace``; absent: every run's)."""
+    body = alert.to_dict()
+    if source is not None:
+        body["source"] = source
+    if namespace is not None:
+        body["namespace"] = namespace
+    return KafkaOut(key=alert.kind.encode(), value=json.dumps(body, sort_keys=True).encode(),
                     headers=[("diam.kind", alert.kind.encode())])
 
 
@@ -183,13 +199,17 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
 def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], cfg: DriftConfig,
                      *, metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
                      idle_close_s: float = 10.0, partitions: list[int] | None = None,
-                     start_position: int = 0, flow_id: str = "diam-drift") -> Dataflow:
+                     start_position: int = 0, flow_id: str = "diam-drift",
+                     source_topic: str | None = None, namespace: str | None = None) -> Dataflow:
     """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value).
 
     ``partitions``: the source topic's partitions; windows wait for each of them (or for it to
     be silent ``idle_close_s``) before closing. ``start_position``: the source topic's records
     before the ones ``source`` reads (the sum of its start offsets), where alerts' ``seq``
-    begins (:class:`~streams.drift.Alert`)."""
+    begins (:class:`~streams.drift.Alert`). ``namespace``: only the drift events of runs into
+    that Redis namespace are watched (and those written before events carried one; the others
+    are counted, ``DriftMetrics.other``); alerts say it, and ``source_topic``
+    (:func:`alert_record`)."""
     flow = Dataflow(flow_id)
     raw = op.input("drift", flow, source)
 
@@ -198,6 +218,10 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
         if parsed is None:
             if metrics is not None:
                 metrics.unparsed.inc()
+            return None
+        if not of_namespace(parsed.namespace, namespace):
+            if metrics is not None:
+                metrics.other.inc()
             return None
         return rec.partition, parsed
 
@@ -215,7 +239,8 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
             on_output(out)
 
     outs = op.inspect("observe", outs, observe)
-    only_alerts = op.filter_map("alerts", outs, lambda o: alert_record(o) if isinstance(o, Alert) else None)
+    only_alerts = op.filter_map("alerts", outs, lambda o: alert_record(o, source_topic, namespace)
+                                if isinstance(o, Alert) else None)
     op.output("to-alerts", only_alerts, alerts)
     return flow
 
@@ -223,7 +248,7 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
 def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
               alerts_topic: str | None = None, bounded: bool = False, from_end: bool = False,
               metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
-              idle_close_s: float = 10.0) -> None:
+              idle_close_s: float = 10.0, namespace: str | None = None) -> None:
     """Run the monitor on ``topic`` (default the drift topic) until the input ends (``bounded``:
     the high watermarks at start) or forever. ``from_end`` skips what is already in the topic.
     A bounded run reads what the topic holds: one that does not exist raises ``UnknownTopic``
@@ -232,7 +257,8 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
 
     Alerts' ``seq`` starts at the sum of the offsets the run starts reading at, read once with
     the start offsets themselves: a run that goes on where the last one stopped numbers on
-    from it, and a run over the same records numbers them the same (:class:`~streams.drift.Alert`)."""
+    from it, and a run over the same records numbers them the same (:class:`~streams.drift.Alert`).
+    ``namespace``: watch only the drift events of runs into that Redis namespace."""
     from bytewax.testing import run_main
 
     topic = topic or kafka.drift_topic
@@ -250,5 +276,6 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic, health), cfg,
                             metrics=metrics,
                             on_output=on_output, idle_close_s=idle_close_s,
-                            partitions=parts, start_position=sum(start.values()))
+                            partitions=parts, start_position=sum(start.values()),
+                            source_topic=topic, namespace=namespace)
     run_main(flow, epoch_interval=timedelta(seconds=1))

@@ -13,6 +13,7 @@ from diam.commands import (
     get_settings,
     hold_metrics,
     metrics_hold_option,
+    namespace_of,
     not_empty,
     serve_registry,
 )
@@ -33,6 +34,10 @@ def drift() -> None:
 @click.option("--topic", default=None, callback=not_empty,
               help="Drift topic to read [default: settings kafka.drift_topic]. A replay's "
               "drift events are in <drift topic>.replay.<namespace>.")
+@click.option("--namespace", default=None, callback=not_empty,
+              help="Watch only the drift events of runs into this Redis namespace (runs into "
+                   "several namespaces share the drift topic); its alerts say it. Default: every "
+                   "run's. Events written before drift events named their namespace count for all.")
 @click.option("--alerts-topic", default=None, callback=not_empty,
               help="Where alerts go [default: settings kafka.alerts_topic].")
 @click.option("--window-s", type=click.FloatRange(min=0.001, max=MAX_SECONDS), default=60.0,
@@ -57,7 +62,8 @@ def drift() -> None:
               default=10.0, callback=finite, show_default=True, help="Close open windows after this much wall time without input.")
 @click.option("--summaries", is_flag=True, help="Also print every closed window's aggregates.")
 @click.pass_context
-def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, window_s: float,
+def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
+            alerts_topic: str | None, window_s: float,
             lateness_s: float, flip_reversals: int, user_changes: int, d_swing: float,
             from_beginning: bool, bounded: bool, metrics_port: int | None, metrics_hold: float,
             idle_close_s: float, summaries: bool) -> None:
@@ -66,7 +72,8 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
     Per window: K_u changes (global and per user), users whose K_u flips back and forth,
     d_u swing, guard trips, rollbacks and freezes. Per-user alerts fire as soon as a user crosses
     a threshold; global ones when the window closes. Each alert is printed and sent to the
-    alerts topic as JSON {kind, window, value, threshold, top_users, seq, ts_ms, detail}. In the
+    alerts topic as JSON {kind, window, value, threshold, top_users, seq, ts_ms, detail, source,
+    namespace} (source: the drift topic read; namespace: with --namespace). In the
     K_u alerts (k_flip_flop, k_churn, k_change_rate, k_change_drift) each of top_users carries
     its last K_u change in the window as k_from and k_to. seq is the drift topic's position
     when the alert was raised (its records before the first one this run read, plus the drift
@@ -77,7 +84,8 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
     Late events (older than the watermark: their window has already closed) are dropped and
     counted. A replay's drift topic interleaves its partitions unevenly, so some of its events
     can be late; --lateness-s widens the margin. At the end one line on stderr gives the records
-    read, the ones not drift events, duplicates, late ones dropped and the alerts raised.
+    read, the ones not drift events, those of other namespaces, duplicates, late ones dropped
+    and the alerts raised.
     """
     from confluent_kafka import KafkaException
 
@@ -86,6 +94,8 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
     from streams.kafka_io import UnknownTopic
 
     s = get_settings(ctx)
+    if namespace is not None:
+        namespace_of(s, namespace)  # a malformed one is a usage error, not "no drift"
     cfg = DriftConfig(window_ms=int(window_s * 1000), lateness_ms=int(lateness_s * 1000),
                       flip_reversals=flip_reversals, user_changes=user_changes, d_swing=d_swing)
     metrics = DriftMetrics()
@@ -101,12 +111,12 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
 
     topic = topic if topic is not None else s.kafka.drift_topic
     alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic
-    click.echo(f"drift monitor: {topic} -> {alerts} "
-               f"window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
+    click.echo(f"drift monitor: {topic}" + (f" (namespace {namespace})" if namespace else "")
+               + f" -> {alerts} window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
     try:
         run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts, bounded=bounded,
                   from_end=not from_beginning, metrics=metrics, on_output=show,
-                  idle_close_s=idle_close_s)
+                  idle_close_s=idle_close_s, namespace=namespace)
     except KeyboardInterrupt:
         click.echo(metrics.summary_line("stopped"), err=True)
         hold_metrics(metrics_port, metrics_hold)
@@ -126,16 +136,21 @@ def run_cmd(ctx: click.Context, topic: str | None, alerts_topic: str | None, win
               help="Show the alerts already in the topic too.")
 @click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON records.")
+@click.option("--namespace", default=None, callback=not_empty,
+              help="Only the alerts of monitors of this Redis namespace (diam drift run "
+                   "--namespace) and of monitors of every namespace. Default: all.")
 @click.pass_context
 def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_end: bool,
-          as_json: bool) -> None:
+          as_json: bool, namespace: str | None) -> None:
     """Tail the alerts topic in readable form (one line per alert; Ctrl-C to stop)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from streams.drift import format_alert
-    from streams.kafka_io import UnknownTopic, ensure_topic, watermarks
+    from streams.kafka_io import UnknownTopic, ensure_topic, of_namespace, watermarks
 
     s = get_settings(ctx)
+    if namespace is not None:
+        namespace_of(s, namespace)
     topic = topic if topic is not None else s.kafka.alerts_topic
     try:
         if not exit_at_end:  # tails: the monitor may not have written an alert yet
@@ -160,6 +175,8 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
                 if part in pending and off + 1 >= pending[part]:
                     del pending[part]
                 raw = m.value() or b""
+                if namespace is not None and not of_namespace(_namespace_in(raw), namespace):
+                    continue
                 if as_json:
                     click.echo(raw.decode(errors="replace"))
                     continue
@@ -171,6 +188,16 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
         pass
     finally:
         consumer.close()
+
+
+def _namespace_in(raw: bytes) -> str | None:
+    """An alert record's ``namespace`` (None: not one, or a monitor of every namespace)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return None
+    ns = body.get("namespace") if isinstance(body, dict) else None
+    return ns if isinstance(ns, str) else None
 
 
 COMMANDS = [drift]

@@ -87,6 +87,24 @@ def test_planted_oscillation_is_named_and_a_stable_stream_of_the_same_length_is_
     assert all(ln.endswith("=2 (K_u 3<->4)") for ln in flip_lines), flip_lines
     print(res.output)
 
+    # a monitor of another namespace writes to the same alerts topic: --namespace leaves it out
+    other = {"kind": "d_swing", "window": {"start_ms": START_MS, "end_ms": START_MS + 60_000},
+             "value": 0.5, "threshold": 0.4, "top_users": [], "seq": 1, "ts_ms": START_MS,
+             "detail": {}, "source": "x.drift", "namespace": "shadow"}
+    produce(kafka, alerts_topic, [(b"d_swing", json.dumps(other).encode())])
+
+    def watch(*extra: str) -> list[str]:
+        r = CliRunner().invoke(main, ["drift", "watch", "--topic", alerts_topic,
+                                      "--from-beginning", "--exit-at-end", *extra],
+                               obj={"settings": stack.settings})
+        assert r.exit_code == 0, r.output
+        return r.output.splitlines()
+
+    every = watch()
+    assert len(every) == len(alerts) + 1 and every[-1].endswith("namespace shadow")
+    assert watch("--namespace", "shadow") == every  # the monitor above watched every namespace
+    assert watch("--namespace", "main") == every[:-1]
+
     assert _monitor(kafka, stable, new_topic(4, "drift"), new_topic(1, "alerts")) == []
 
 
@@ -117,7 +135,7 @@ def test_a_resumed_producers_repeats_are_counted_once_by_the_monitor_and_the_rea
     assert res.exit_code == 0, res.output
     assert res.stderr.splitlines()[-1] == (
         f"drift monitor done: {len(events) + len(repeats)} records read (0 not drift events, "
-        f"{len(repeats)} duplicates, 0 dropped as late), 0 alerts raised")
+        f"0 of other namespaces, {len(repeats)} duplicates, 0 dropped as late), 0 alerts raised")
 
     bodies = drift_bodies(kafka, 10_000, drift_topic)
     assert len(bodies) == len(events)

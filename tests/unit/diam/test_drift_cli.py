@@ -32,18 +32,21 @@ def test_a_bounded_run_ends_with_the_counts_on_stderr(invoke, monkeypatch) -> No
         m.unparsed.inc(1)
         m.late.inc(3)
         m.duplicates.inc(2)
+        m.other.inc(4)
+        seen["namespace"] = kw["namespace"]
         alert = Alert("k_churn", 0, 60_000, 4.0, 4.0, [("u1", 4.0)], 5, 1_000)
         m.observe(alert)
         on_output(alert)
 
     monkeypatch.setattr(streams.drift_flow, "run_drift", fake_run_drift)
-    res = invoke("--bounded")
+    res = invoke("--bounded", "--namespace", "shadow")
     assert res.exit_code == 0, res.output
-    assert seen["topic"] == "my.drift"
+    assert (seen["topic"], seen["namespace"]) == ("my.drift", "shadow")
     assert res.stdout.startswith("ALERT ")
-    assert res.stderr.splitlines()[-1] == ("drift monitor done: 11 records read (1 not drift "
-                                           "events, 2 duplicates, 3 dropped as late), "
-                                           "1 alerts raised")
+    assert "my.drift (namespace shadow) -> " in res.stderr
+    assert res.stderr.splitlines()[-1] == ("drift monitor done: 15 records read (1 not drift "
+                                           "events, 4 of other namespaces, 2 duplicates, "
+                                           "3 dropped as late), 1 alerts raised")
 
 
 def test_help_names_the_settings_behind_the_topics_and_says_late_events_are_dropped(invoke) -> None:

@@ -48,6 +48,32 @@ def test_flow_sends_alerts_as_json_and_exports_metrics():
     assert sum(isinstance(o, WindowSummary) for o in seen) == 4  # one summary per window
 
 
+def test_a_namespaced_monitor_reads_its_runs_events_and_its_alerts_say_where_from():
+    """Runs into two namespaces share the drift topic: the monitor of one sees its own runs'
+    events (and unmarked ones, written before events named their namespace) and its alerts
+    carry the drift topic they count in (source, the base of seq) and the namespace."""
+    evs = plant_oscillation(stable_stream(n_users=40, n_windows=4, seed=2), ["u0003"],
+                            start_ms=T0_MS + 60_000)
+    mine = records(evs)
+    other = plant_oscillation(stable_stream(n_users=40, n_windows=4, seed=2), ["u0007"],
+                              start_ms=T0_MS + 60_000)
+    theirs = [r._replace(value=json.dumps({**json.loads(r.value), "namespace": "b"}).encode())
+              for r in records(other)]
+    ours = [r._replace(value=json.dumps({**json.loads(r.value), "namespace": "a"}).encode())
+            for r in mine]
+    for name, raw in (("marked", ours), ("unmarked", mine)):
+        sink_items: list = []
+        metrics = DriftMetrics()
+        run_main(build_drift_flow(TestingSource(sorted(raw + theirs, key=lambda r: r.ts_ms)),
+                                  TestingSink(sink_items), DriftConfig(), metrics=metrics,
+                                  source_topic="diam.drift", namespace="a"))
+        alerts = [json.loads(k.value) for k in sink_items]
+        flip = [t["user_id"] for a in alerts if a["kind"] == "k_flip_flop" for t in a["top_users"]]
+        assert flip == ["u0003"], name  # u0007 flips in namespace b only
+        assert {(a["source"], a["namespace"]) for a in alerts} == {("diam.drift", "a")}
+        assert metrics.totals()["other"] == len(theirs), name
+
+
 def test_learner_drift_events_as_the_online_flow_writes_them_are_understood():
     from online_model.online import DriftEvent
     from streams.drift import DriftMonitor, parse_drift_record
@@ -93,12 +119,18 @@ def test_late_records_are_counted_per_batch_and_the_summary_line_adds_everything
     raw += [RawRecord("diam.drift", 0, 1, b"u0", body(T0_MS + 2 * 60_000 + 10_000, 1), T0_MS),
             RawRecord("diam.drift", 0, 2, b"u0", body(T0_MS + 2_000, 2), T0_MS),
             RawRecord("diam.drift", 0, 3, None, b"not json", T0_MS)]
+    # a run into another namespace: skipped by a monitor of namespace "a", and counted
+    other = {**json.loads(body(T0_MS + 3_000, 4)), "namespace": "b"}
+    raw.append(RawRecord("diam.drift", 0, 4, b"u0", json.dumps(other).encode(), T0_MS))
     metrics = DriftMetrics()
-    run_main(build_drift_flow(TestingSource(raw), TestingSink([]), DriftConfig(), metrics=metrics))
+    run_main(build_drift_flow(TestingSource(raw), TestingSink([]), DriftConfig(), metrics=metrics,
+                              namespace="a"))
     assert metrics.registry.get_sample_value("diam_drift_late_total") == 1
-    assert metrics.totals() == {"read": 5, "unparsed": 1, "duplicates": 1, "late": 1, "alerts": 0}
-    assert metrics.summary_line() == ("drift monitor done: 5 records read (1 not drift events, "
-                                      "1 duplicates, 1 dropped as late), 0 alerts raised")
+    assert metrics.totals() == {"read": 6, "unparsed": 1, "other": 1, "duplicates": 1, "late": 1,
+                                "alerts": 0}
+    assert metrics.summary_line() == ("drift monitor done: 6 records read (1 not drift events, "
+                                      "1 of other namespaces, 1 duplicates, 1 dropped as late), "
+                                      "0 alerts raised")
 
 
 def test_alert_records_number_on_from_the_start_position_and_carry_k_u():
