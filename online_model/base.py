@@ -157,7 +157,9 @@ class BaseView:
         """Load a checkpoint directory (``diam train``) or a snapshot directory.
 
         The version is, in order: ``version``, the snapshot's directory name when a
-        ``manifest.json`` is present, else ``<model>-<sha256 of weights.safetensors>[:12]``.
+        ``manifest.json`` is present, else its label (``checkpoint_config.checkpoint_label``:
+        ``<model>-<sha256 of weights.safetensors>[:12]``, which ``diam recommend`` and ``diam
+        serve`` match to a snapshot of the same weights).
         Without the gate or fusion keys the base has no gate (the learner then uses its
         configured fallback) and a d_u prior of 0.5.
         """
@@ -166,6 +168,7 @@ class BaseView:
             DIV_QUANTILES_KEY,
             CheckpointError,
             check_div_quantiles,
+            checkpoint_label,
         )
         from online_model.infer import DiamHead, HeadLoadError, has_extractor
 
@@ -200,7 +203,8 @@ class BaseView:
             except HeadLoadError as exc:
                 raise BaseLoadError(f"{d / 'weights.safetensors'}: {exc}") from None
         if version is None:
-            version = d.resolve().name if snapshot else f"{cfg.get('model', 'model')}-{ck.weights_sha256[:12]}"
+            version = d.resolve().name if snapshot else checkpoint_label(
+                str(cfg.get("model", "model")), ck.weights_sha256)
         return cls(
             item_ids,
             tensors["online.item_emb"],

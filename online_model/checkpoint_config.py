@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CheckpointError", "check_config", "check_div_quantiles", "model_config",
+           "checkpoint_label", "label_weights",
            "network_shapes", "KNOWN_MODELS", "WEIGHTS", "CONFIG", "ITEM_IDS", "ITEM_CATS",
            "CATEGORIES", "ITEM_POP", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY"]
 
@@ -34,6 +35,32 @@ ITEM_POP = "item_pop.npy"
 CONTENT_TOWER = "content_tower.safetensors"
 DIV_QUANTILES_KEY = "online.div_quantiles"
 REQUIRED = (WEIGHTS, CONFIG, ITEM_IDS)
+
+
+LABEL_SHA_CHARS = 12
+"""Hex digits of the weights' sha256 in a checkpoint's label (:func:`checkpoint_label`)."""
+
+
+def checkpoint_label(model: str, weights_sha256: str) -> str:
+    """The version a base read from a checkpoint directory (not a snapshot) stamps on the vectors
+    it writes (``diam run --checkpoint``): ``<model>-<first 12 hex digits of its weights'
+    sha256>``. A snapshot's version names the weights by their first 8 (``snapshotter``).
+
+    >>> checkpoint_label("diam", "0123456789abcdef" * 4)
+    'diam-0123456789ab'
+    """
+    return f"{model}-{weights_sha256[:LABEL_SHA_CHARS]}"
+
+
+def label_weights(label: str) -> tuple[str, str] | None:
+    """``(model, sha256 prefix)`` of a :func:`checkpoint_label`, None for anything else (a
+    snapshot version: ``20261206T005500-0123abcd``).
+
+    >>> label_weights("diam-0123456789ab"), label_weights("20261206T005500-0123abcd")
+    (('diam', '0123456789ab'), None)
+    """
+    m = re.fullmatch(rf"([A-Za-z][A-Za-z0-9_]*)-([0-9a-f]{{{LABEL_SHA_CHARS}}})", label)
+    return (m.group(1), m.group(2)) if m else None
 
 
 class CheckpointError(ValueError):

@@ -445,9 +445,10 @@ class Recommender:
             why = _stale_reason(uv, exclude_seen and len(uv.seen) > 0, str(state))
         if exclude_seen:
             banned = _banned(snap, seen) if seen else _NO_ITEMS
-            if len(uv.seen) and not stale and snap.version == uv.model:
+            if len(uv.seen) and not stale:
                 # the stream's own record of the user's last seen items: rows of this very
-                # snapshot's table (the vectors' version), so what users get excludes what the
+                # snapshot's table (the vectors' version, or a version of the same weights
+                # for a checkpoint's label: the same table), so what users get excludes what the
                 # prequential evaluation excludes. Only the published rows: content rows
                 # appended since (new items) are numbered in the order each process met them,
                 # which may differ between this API and the dataflow, and a row read in the
@@ -584,17 +585,22 @@ def store_loader(
     store: Any, refused: Callable[[str, Exception], None] | None = None
 ) -> Callable[[str], SnapshotIndex | None]:
     """A ``load_version`` for :class:`Recommender` from a snapshot store: a version on disk,
-    verified and loaded (:func:`load_verified`); None when it is not on disk (or not a version
-    name), and None when it fails to load, after ``refused(version, error)`` (default: a
-    warning logged)."""
+    verified and loaded (:func:`load_verified`), or for a checkpoint's label (vectors of ``diam
+    run --checkpoint``) the newest version published from the same weights
+    (``SnapshotStore.find_label``): the same item table and space; None when neither is on disk,
+    and None when it fails to load, after ``refused(version, error)`` (default: a warning
+    logged)."""
 
     def load(version: str) -> SnapshotIndex | None:
         try:
             path = store.path(version)
-        except Exception:  # noqa: BLE001 - not a version name: it cannot be in the store
-            return None
-        if not path.is_dir():
-            return None
+        except Exception:  # noqa: BLE001 - not a version name: maybe a checkpoint's label
+            path = None
+        if path is None or not path.is_dir():
+            same = store.find_label(version)
+            if same is None:
+                return None
+            version = same
         try:
             return load_verified(store, version)
         except Exception as exc:  # noqa: BLE001 - any failure makes the version unusable

@@ -368,6 +368,23 @@ class SnapshotStore:
                 return info.version
         return None
 
+    def find_label(self, label: str) -> str | None:
+        """The newest version published from the weights a checkpoint label names (the version
+        ``diam run --checkpoint`` stamps on the vectors it writes:
+        ``online_model.checkpoint_config.checkpoint_label``), of the same model; None for
+        anything else, or when no such version is kept."""
+        from online_model.checkpoint_config import label_weights
+
+        named = label_weights(label)
+        if named is None:
+            return None
+        model, prefix = named
+        for info in reversed(self.versions()):
+            sha = str(info.source.get("weights_sha256") or "")
+            if sha.startswith(prefix) and self.manifest(info.version).get("model") == model:
+                return info.version
+        return None
+
     def prune(self, keep: int | None = None) -> list[str]:
         """Delete the oldest versions beyond ``keep`` (default ``cfg.keep``); never the active
         one. What killed publishes left, staging directories and pointer temp files older

@@ -6,6 +6,7 @@ API's ``n`` is."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -91,6 +92,34 @@ def _rehash(store: SnapshotStore, version: str, name: str) -> None:
 
 
 # -- the user's own version -----------------------------------------------------------------
+
+def test_vectors_of_a_checkpoint_are_served_from_a_snapshot_of_its_weights(env, tmp_path) -> None:
+    """``diam run --checkpoint`` labels the vectors it writes by the checkpoint's weights
+    (``diam-<sha256[:12]>``), not by a snapshot version: they are served from the newest
+    snapshot published from those weights (its item table and space), seen items left out,
+    not as stale from whatever version is active."""
+    from online_model.checkpoint import read_checkpoint
+    from online_model.checkpoint_config import checkpoint_label
+
+    store, redis, run = env
+    v1 = _publish(store, tmp_path, seed=1)
+    _put_user(redis, store, v1)
+    ck = read_checkpoint(tmp_path / "ck1")
+    label = checkpoint_label(str(ck.config["model"]), ck.weights_sha256)
+    uv = serving_cache.decode_user(redis.values[user_key(NS, "u1")])
+    redis.values[user_key(NS, "u1")] = encode_user(dataclasses.replace(uv, model=label))
+    _publish(store, tmp_path, seed=2)  # another model is active now
+    got = run("recommend", "u1", "--namespace", NS, "-n", "20", "--json")
+    assert got.exit_code == 0, got.output
+    body = json.loads(got.output)
+    assert (body["snapshot"], body["stale"], body["reason"]) == (v1, False, None)
+    assert not {f"i{i}" for i in SEEN} & set(body["items"])
+    # a label of weights no snapshot holds stays stale, from the active version
+    redis.values[user_key(NS, "u1")] = encode_user(
+        dataclasses.replace(uv, model="diam-0123456789ab"))
+    body = json.loads(run("recommend", "u1", "--namespace", NS, "--json").output)
+    assert body["stale"] and "diam-0123456789ab" in body["reason"]
+
 
 def test_the_user_is_served_from_their_version_while_it_is_on_disk(env, tmp_path) -> None:
     store, redis, run = env
