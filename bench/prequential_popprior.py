@@ -74,21 +74,7 @@ def run(ds, base: BaseView, beta: float, half_life: float, freeze: bool, users: 
         return plain_apply(self, st, item, ts, off)
 
     def exact_search(item_emb, usable):  # type: ignore[no-untyped-def]
-        inner = plain_search(item_emb, usable)
-        if not beta:
-            return inner
-        t, bad = np.ascontiguousarray(item_emb.T), ~usable
-
-        def search(vecs, m):  # type: ignore[no-untyped-def]
-            s = np.asarray(vecs, dtype=np.float32) @ t + bias[None, :]
-            s[:, bad] = -np.inf
-            top = np.argpartition(-s, m - 1, axis=1)[:, :m]
-            sc = np.take_along_axis(s, top, axis=1)
-            order = np.lexsort((top, -sc), axis=1) if top.shape[0] else top
-            top, sc = np.take_along_axis(top, order, axis=1), np.take_along_axis(sc, order, axis=1)
-            top[~np.isfinite(sc)] = -1
-            return sc, top
-        return search
+        return plain_search(item_emb, usable, bias if beta else None)  # the live term, read per search
 
     OnlineLearner.apply, P.exact_search = apply, exact_search  # type: ignore[method-assign]
     try:

@@ -82,15 +82,20 @@ def _aggregator(merge: str) -> tuple[Callable[..., np.ndarray] | None, str]:
                         "search of max(2n, 50) + seen, seen excluded, aggregator at the live d_u)")
 
 
-def exact_search(item_emb: np.ndarray, usable: np.ndarray) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+def exact_search(item_emb: np.ndarray, usable: np.ndarray, bias: np.ndarray | None = None,
+                 ) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """An exact inner-product search over the rows of ``item_emb`` where ``usable`` is true,
     shaped as the snapshot index's ``search``: ``(vecs [K, d], m) -> (scores, items) [K, m]``
-    sorted by score (ties by row)."""
+    sorted by score (ties by row). ``bias`` [N] float32, when given, is added to every
+    interest's scores at each search (read then: the caller may update it in place); serving
+    has none, an exploration may (``bench/prequential_popprior.py``)."""
     t = np.ascontiguousarray(item_emb.T)
     bad = ~usable
 
     def search(vecs: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         s = np.asarray(vecs, dtype=np.float32) @ t  # [K, N]
+        if bias is not None:
+            s += bias[None, :]
         s[:, bad] = -np.inf
         top = np.argpartition(-s, m - 1, axis=1)[:, :m]
         ts = np.take_along_axis(s, top, axis=1)
