@@ -20,7 +20,7 @@ import click
 from diam.settings import Settings, SettingsInputError, load_settings
 
 __all__ = ["MAX_SECONDS", "default_dataset", "finite", "get_settings", "hold_metrics",
-           "kafka_unusable", "metrics_hold_option", "namespace_of", "not_empty", "output_file",
+           "kafka_unusable", "metrics_hold_option", "namespace_of", "namespace_option", "not_empty", "output_file",
            "serve_registry", "redis_unusable", "unreachable_service", "write_failed"]
 
 MAX_SECONDS = 315_360_000.0
@@ -72,6 +72,16 @@ def get_settings(ctx: click.Context) -> Settings:
             raise click.ClickException(str(exc)) from None
     settings: Settings = obj["settings"]
     return settings
+
+
+def namespace_option(role: str) -> Callable[[Any], Any]:
+    """``--namespace NS`` of a command that works on one Redis namespace, ``role`` saying what
+    it does there ("to write", "to read users from"); :func:`namespace_of` resolves it. Commands
+    on two namespaces (``diam diff A B``) or on one they delete (``diam drop NS``) name them as
+    arguments instead, and ``diam replay`` requires its own."""
+    return click.option("--namespace", default=None,
+                        help=f"Redis namespace {role} (default: settings redis.namespace, "
+                             "DIAM_REDIS_NAMESPACE).")
 
 
 def namespace_of(settings: Settings, namespace: str | None) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from diam.commands import (
     get_settings,
     namespace_of,
+    namespace_option,
     not_empty,
     plot_file,
     redis_unusable,
@@ -25,7 +26,7 @@ def inspect_group() -> None:
 
 
 @inspect_group.command("namespace")
-@click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
+@namespace_option("to summarise")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, callback=plot_file,
@@ -89,7 +90,7 @@ def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) ->
 
 @inspect_group.command("user")
 @click.argument("user_id")
-@click.option("--namespace", default=None, help="Namespace (default: settings redis.namespace).")
+@namespace_option("to read the user from")
 @click.pass_context
 def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
     """One user's stored vectors: K_u, d_u, seq, norms and pairwise cosines."""
@@ -122,7 +123,7 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 
 @click.command("recommend")
 @click.argument("user_id")
-@click.option("--namespace", default=None, help="Namespace to read the user from (default: settings redis.namespace).")
+@namespace_option("to read the user from")
 @click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=20, show_default=True,
               help="How many items (the API's bound on n).")
 @click.option("--mode", type=click.Choice(["auto", "manual", "context"]), default="auto", show_default=True,

@@ -6,7 +6,14 @@ import json
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty, serve_registry, service_logging
+from diam.commands import (
+    get_settings,
+    namespace_of,
+    namespace_option,
+    not_empty,
+    serve_registry,
+    service_logging,
+)
 
 
 @click.command("retrain")
@@ -15,8 +22,7 @@ from diam.commands import get_settings, namespace_of, not_empty, serve_registry,
                    "was published or refused, 1 on an error.")
 @click.option("--topic", default=None, callback=not_empty,
               help="Clicks topic [default: settings kafka.clicks_topic].")
-@click.option("--namespace", default=None,
-              help="Redis namespace whose active version a publish moves [default: settings].")
+@namespace_option("whose active version a publish moves")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs per retrain [default: settings retrain.epochs].")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,

@@ -17,6 +17,7 @@ from diam.commands import (
     hold_metrics,
     metrics_hold_option,
     namespace_of,
+    namespace_option,
     not_empty,
     serve_registry,
     service_logging,
@@ -80,7 +81,7 @@ def stale_warning(n: int, namespace: str, resumed: int = 0) -> str:
     return (f"warning: {n:,} pushes were not written: Redis held those users of namespace "
             f"{namespace!r} at a newer or equal seq. Either this run re-read what it had "
             "written already, or the namespace holds another run's state (seq is a Kafka "
-            "offset: another topic's are not comparable): `diam inspect namespace "
+            "offset: another topic's are not comparable): `diam inspect namespace --namespace "
             f"{namespace}` shows its models, `diam drop {namespace}` clears it")
 
 
@@ -171,8 +172,7 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.command("run")
 @click.option("--topic", default=None, callback=not_empty,
               help="Input topic (default: settings kafka.clicks_topic).")
-@click.option("--namespace", default=None,
-              help="Redis namespace to write (default: settings redis.namespace).")
+@namespace_option("to write")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker threads in this process. They share one learner, whose network "
                    "kernels then release the GIL, so learning uses that many cores; decoding "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import get_settings, namespace_of, not_empty
+from diam.commands import get_settings, namespace_of, namespace_option, not_empty
 
 
 def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
@@ -24,11 +24,7 @@ def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
               help="Bind address (default: settings serve.host).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Bind port, 1..65535 (default: settings serve.port).")
-@click.option(
-    "--namespace",
-    default=None,
-    help="Redis namespace to read users from (default: settings redis.namespace).",
-)
+@namespace_option("to read users from")
 @click.option(
     "--reload-every",
     type=click.FloatRange(min=0, min_open=True),

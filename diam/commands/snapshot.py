@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from diam.commands import get_settings, namespace_of, service_logging
+from diam.commands import get_settings, namespace_of, namespace_option, service_logging
 from diam.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,11 +46,7 @@ def _redis(settings: Settings, no_redis: bool):
 
 
 # publish, watch and rollback switch the active version; list has read-only options of its own
-_ns_opt = click.option(
-    "--namespace",
-    default=None,
-    help="Redis namespace whose active version is set (default: settings redis.namespace).",
-)
+_ns_opt = namespace_option("whose active version is set")
 _no_redis_opt = click.option(
     "--no-redis",
     is_flag=True,
@@ -194,12 +190,7 @@ def watch_cmd(
     is_flag=True,
     help="Also re-hash every file of every version (slow for big catalogues).",
 )
-@click.option(
-    "--namespace",
-    default=None,
-    help="Redis namespace whose active version is shown beside the list (default: settings "
-    "redis.namespace).",
-)
+@namespace_option("whose active version is shown beside the list")
 @click.option(
     "--no-redis",
     is_flag=True,
