@@ -262,6 +262,7 @@ class Retrainer:
         import torch
 
         from online_model.checkpoint import load_checkpoint, save_checkpoint
+        from online_model.checkpoint_config import warm_lineage
         from online_model.corpus import prefix_signals
         from online_model.models import ModelConfig, build_model
         from online_model.retrain import (
@@ -325,6 +326,7 @@ class Retrainer:
             init_state, warm = remap_state(active.model, active.item_ids, fresh, full.item_ids,
                                            active.categories or None, full.category_names)
             warm["from"] = active_version
+            warm["lineage"] = warm_lineage(active.config, started_from=active_version)
             warm["items_content_init"] = _content_init(
                 init_state, active_dir, full, active.item_ids, catalog)
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,

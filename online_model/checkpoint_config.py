@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CheckpointError", "check_config", "check_div_quantiles", "model_config",
-           "checkpoint_label", "label_weights",
+           "checkpoint_label", "label_weights", "warm_lineage", "LINEAGE_MAX",
            "network_shapes", "KNOWN_MODELS", "WEIGHTS", "CONFIG", "ITEM_IDS", "ITEM_CATS",
            "CATEGORIES", "ITEM_POP", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY"]
 
@@ -61,6 +61,32 @@ def label_weights(label: str) -> tuple[str, str] | None:
     """
     m = re.fullmatch(rf"([A-Za-z][A-Za-z0-9_]*)-([0-9a-f]{{{LABEL_SHA_CHARS}}})", label)
     return (m.group(1), m.group(2)) if m else None
+
+
+LINEAGE_MAX = 64
+"""Versions a checkpoint's warm-start lineage keeps (the newest first)."""
+
+
+def warm_lineage(config: Mapping[str, Any], started_from: str | None = None) -> list[str]:
+    """The snapshot versions a retrained checkpoint's weights descend from by warm starts, the
+    newest first (config.json's ``retrain.warm_start.lineage``; a checkpoint trained from
+    scratch has none). With ``started_from``, the lineage of a checkpoint warm-started from the
+    version whose config this is: that version first, then its own lineage. Serving reads it to
+    tell a gone version whose vectors still live in the active model's space (an ancestor) from
+    one of an unrelated model (``serving_cache.recommend``).
+
+    >>> warm_lineage({"retrain": {"warm_start": {"from": "v1", "lineage": ["v1", "v0"]}}})
+    ['v1', 'v0']
+    >>> warm_lineage({"retrain": {"warm_start": {"lineage": ["v1", "v0"]}}}, started_from="v2")
+    ['v2', 'v1', 'v0']
+    >>> warm_lineage({"model": "diam"}), warm_lineage({"retrain": {"warm_start": None}}, "v0")
+    ([], ['v0'])
+    """
+    retrain = config.get("retrain")
+    warm = retrain.get("warm_start") if isinstance(retrain, Mapping) else None
+    found = warm.get("lineage") if isinstance(warm, Mapping) else None
+    kept = [v for v in found if isinstance(v, str)] if isinstance(found, list) else []
+    return ([started_from, *kept] if started_from is not None else kept)[:LINEAGE_MAX]
 
 
 class CheckpointError(ValueError):

@@ -425,6 +425,9 @@ class Recommender:
             return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (), "unknown user")
         snap, state = self._index_for(uv)
         stale = state is not None
+        if state == "not loaded" and _unrelated(snap, uv.model):
+            return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
+                              _unrelated_reason(uv, snap))
         if uv.dim != snap.dim:
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
                               _dim_reason(uv, snap))
@@ -556,6 +559,24 @@ class Recommender:
 
 def _dim_reason(uv: UserVectors, snap: SnapshotIndex) -> str:
     return f"vectors have dim {uv.dim}, index has {snap.dim}"
+
+
+def _unrelated(snap: SnapshotIndex, version: str) -> bool:
+    """Whether vectors of ``version``, gone from the store, live in another space than
+    ``snap``'s: a snapshot version that its weights do not descend from by warm starts
+    (``snap.lineage``), i.e. an independently trained model, whose vectors would pick items
+    at random in this one. A checkpoint's label (``diam run --checkpoint``) and ``snap``'s own
+    version are not judged: they are answered stale from ``snap`` as before."""
+    from online_model.checkpoint_config import label_weights
+
+    return version != snap.version and version not in snap.lineage \
+        and label_weights(version) is None
+
+
+def _unrelated_reason(uv: UserVectors, snap: SnapshotIndex) -> str:
+    return (f"the user's vectors belong to snapshot {uv.model}, not loaded, of another model "
+            f"than {snap.version} (not a version it was warm-started from): answered cold "
+            "until the user's next click re-anchors them")
 
 
 def _stale_reason(uv: UserVectors, seen_not_left_out: bool, state: str = "not loaded") -> str:

@@ -89,6 +89,9 @@ class SnapshotIndex:
     """Rows added after publish with a content-tower embedding (issue 16: new items)."""
     live_pop: np.ndarray | None = None
     """[N] decayed live click counts (set by :meth:`set_live_popularity`), or None."""
+    lineage: tuple[str, ...] = ()
+    """The versions its weights descend from by warm starts, newest first
+    (``online_model.checkpoint_config.warm_lineage``): their vectors live in its space."""
     cold: np.ndarray = field(init=False)  # [<=COLD_POOL] item indices
     _id_index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _names: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -111,7 +114,7 @@ class SnapshotIndex:
         import faiss
 
         from online_model.checkpoint import read_checkpoint
-        from online_model.checkpoint_config import CONTENT_TOWER
+        from online_model.checkpoint_config import CONTENT_TOWER, warm_lineage
 
         path = Path(path)
         manifest = json.loads((path / "manifest.json").read_text())
@@ -147,6 +150,7 @@ class SnapshotIndex:
             popularity=pop,
             kind=str(info.get("kind", "flat")),
             nprobe=int(nprobe) if nprobe else None,
+            lineage=tuple(warm_lineage(ck.config)),
         )
 
     def search(self, queries: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +225,7 @@ class SnapshotIndex:
             item_categories=np.concatenate([self.item_categories, cats]),
             category_names=self.category_names, popularity=pop, kind=self.kind,
             nprobe=self.nprobe, tower=self.tower,
-            content_rows=np.concatenate([self.content_rows, rows]))
+            content_rows=np.concatenate([self.content_rows, rows]), lineage=self.lineage)
         return out
 
     def set_live_popularity(self, counts: dict[str, float]) -> None:

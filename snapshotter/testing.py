@@ -47,10 +47,13 @@ def write_checkpoint(
     category_names: list[str] | None = None,
     item_ids: np.ndarray | None = None,
     state_dict: bool = True,
+    lineage: list[str] | None = None,
 ) -> Path:
     """Write a checkpoint directory with the trainer's writer and return its path.
 
-    ``state_dict=False`` leaves out the stand-in for the torch weights (halves a 1M-item file)."""
+    ``state_dict=False`` leaves out the stand-in for the torch weights (halves a 1M-item file);
+    ``lineage``: the versions it was warm-started from, newest first, as the retrain service
+    records them (``online_model.checkpoint_config.warm_lineage``)."""
     from online_model.checkpoint import write_checkpoint_dir
 
     rng = np.random.default_rng(seed + 1)
@@ -90,6 +93,8 @@ def write_checkpoint(
         "train_metrics": {"recall@50": 0.5},
         "data": {"name": "synthetic-test", "events": 0, "ts_min": 0, "ts_max": 0},
     }
+    if lineage:
+        config["retrain"] = {"warm_start": {"from": lineage[0], "lineage": list(lineage)}}
     return write_checkpoint_dir(
         out, tensors, np.array([f"i{i}" for i in range(n_items)]) if item_ids is None else item_ids,
         config, item_categories=primary,

@@ -221,6 +221,8 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     # a warm start from the active snapshot carries every item row over
     third = Retrainer(s1, namespace=namespace).run_once()
     assert third.warm_start is not None and third.warm_start["from"] == first.version
+    # the lineage serving reads to tell an ancestor's vectors from another model's
+    assert third.warm_start["lineage"] == [first.version]
     assert third.warm_start["items_new"] == 0 and third.warm_start["fresh_tensors"] == []
 
 

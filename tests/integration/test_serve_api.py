@@ -38,6 +38,7 @@ def served(tmp_path, redis_client, namespace):
         n_categories=5,
         seed=1,
         item_pop=np.arange(300)[::-1],
+        lineage=["gone-version"],  # a retrain warm-started from a version no longer kept
     )
     v1 = publish(ck, store, redis_client, namespace).version
     snap = SnapshotIndex.load(store.path(v1))
@@ -149,7 +150,8 @@ def test_interests(served):
 
 
 def test_hot_reload_keeps_unanchored_users_on_their_snapshot(served):
-    ck2 = write_checkpoint(served.tmp / "ck2", n_items=250, dim=DIM, n_categories=5, seed=2)
+    ck2 = write_checkpoint(served.tmp / "ck2", n_items=250, dim=DIM, n_categories=5, seed=2,
+                           lineage=[served.v1, "gone-version"])  # a retrain, warm-started
     v2 = publish(ck2, served.store, served.redis, served.ns).version
     assert served.app.state.refresh() == v2
     assert _items(served.http, "/health")["snapshot"] == v2

@@ -58,9 +58,10 @@ def env(isolated_env, tmp_path, monkeypatch):
     return store, redis, run
 
 
-def _publish(store: SnapshotStore, tmp_path, seed: int, n_items: int = 100) -> str:
+def _publish(store: SnapshotStore, tmp_path, seed: int, n_items: int = 100,
+             lineage: list[str] | None = None) -> str:
     ck = write_checkpoint(tmp_path / f"ck{seed}", n_items=n_items, dim=8, seed=seed,
-                          item_pop=np.arange(n_items)[::-1])
+                          item_pop=np.arange(n_items)[::-1], lineage=lineage)
     return publish(ck, store).version
 
 
@@ -125,7 +126,7 @@ def test_the_user_is_served_from_their_version_while_it_is_on_disk(env, tmp_path
     store, redis, run = env
     v1 = _publish(store, tmp_path, seed=1)
     _put_user(redis, store, v1)
-    v2 = _publish(store, tmp_path, seed=2)
+    v2 = _publish(store, tmp_path, seed=2, lineage=[v1])  # warm-started from v1
     assert store.active_version() == v2
     seen_ids = {f"i{i}" for i in SEEN}
 
@@ -153,7 +154,7 @@ def test_a_users_version_that_fails_its_hashes_is_not_used(env, tmp_path) -> Non
     store, redis, run = env
     v1 = _publish(store, tmp_path, seed=1)
     _put_user(redis, store, v1)
-    v2 = _publish(store, tmp_path, seed=2)
+    v2 = _publish(store, tmp_path, seed=2, lineage=[v1])
     weights = store.path(v1) / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
     got = run("recommend", "u1", "--namespace", NS, "--json")

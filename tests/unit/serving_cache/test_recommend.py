@@ -219,9 +219,12 @@ def test_seen_items_pushed_by_the_stream_are_excluded_by_default(snapshot):
     kept = rec.recommend("u1", n=50, exclude_seen=False)
     assert {f"i{i}" for i in seen.tolist()} & set(kept.items)
     # rows of another snapshot version cannot be trusted: they are not applied
+    import dataclasses
+
     other = UserVectors(seq=1, model="v-elsewhere", k=2, d=0.5, dim=8, vecs=v, ts=0, n=4,
                         anchor="diam", seen=seen)
-    rec2 = Recommender(snapshot, redis_client=_DictRedis({user_key("unit", "u1"): encode_user(other)}),
+    descendant = dataclasses.replace(snapshot, lineage=("v-elsewhere",))
+    rec2 = Recommender(descendant, redis_client=_DictRedis({user_key("unit", "u1"): encode_user(other)}),
                        ns="unit")
     assert rec2.recommend("u1", n=10).stale
 
@@ -261,11 +264,15 @@ def _user_on(model: str, snapshot, seen=(5, 60, 6, 61)) -> bytes:
 def test_a_stale_answer_says_the_seen_items_were_not_left_out(snapshot):
     """The user's version is not loaded: the stream's seen rows belong to another table, so
     they cannot be applied, and the answer says so instead of reason null."""
+    import dataclasses
+
     from serving_cache import user_key
 
     store = _DictRedis({user_key("unit", "u1"): _user_on("v-gone", snapshot),
                         user_key("unit", "u2"): _user_on("v-gone", snapshot, seen=())})
-    rec = Recommender(snapshot, redis_client=store, ns="unit")
+    # the active snapshot was warm-started from v-gone: its vectors live in the same space
+    rec = Recommender(dataclasses.replace(snapshot, lineage=("v-gone",)), redis_client=store,
+                      ns="unit")
     got = rec.recommend("u1", n=10)
     assert got.stale and got.snapshot == snapshot.version and got.user_model == "v-gone"
     assert got.reason == ("the user's last seen items not left out: their vectors belong to "
@@ -292,7 +299,10 @@ def test_a_version_on_disk_serves_its_users_loaded_once(snapshot):
         asked.append(version)
         return versions.get(version)
 
+    import dataclasses
+
     values = {user_key("unit", f"u-{v}"): _user_on(v, snapshot) for v in [*versions, "v-gone"]}
+    snapshot = dataclasses.replace(snapshot, lineage=("v-gone",))  # a descendant of v-gone
     rec = Recommender(snapshot, _DictRedis(values), ns="unit", load_version=load)
     for _ in range(2):
         got = rec.recommend("u-v-disk0", n=10)
@@ -335,6 +345,9 @@ def test_the_versions_read_from_disk_are_kept_by_last_use(snapshot, monkeypatch)
         assert rec.recommend(f"u-{v}", n=3).snapshot == v
     assert sorted(rec._on_disk) == ["v-disk0", "v-disk2"]
     assert asked == ["v-disk0", "v-disk1", "v-disk2"]
+    import dataclasses
+
+    versions["v-disk2"] = dataclasses.replace(versions["v-disk2"], lineage=("v-flaky",))
     rec.swap(versions["v-disk2"])
     assert list(rec._on_disk) == ["v-disk0"] and rec.active is versions["v-disk2"]
     for _ in range(2):
@@ -445,3 +458,29 @@ def test_load_verified_reads_the_index_once_and_still_refuses_a_mismatch(tmp_pat
     store.verify(v1, check_index=False)
     with pytest.raises(ValueError, match="index holds 40x8"):
         load_verified(store, v1)
+
+
+def test_a_gone_version_of_another_model_is_answered_cold_a_gone_ancestor_stale(snapshot):
+    """Vectors of a version no longer in the store are answered from the active index only
+    when the active weights descend from it by warm starts (``SnapshotIndex.lineage``): the
+    same space, a stale but useful list. Vectors of an independently trained model would pick
+    items at random there: the user is answered cold (popular items), saying why, until their
+    next click re-anchors them. A checkpoint's label is not judged (stale as before)."""
+    import dataclasses
+
+    from serving_cache import user_key
+
+    values = {user_key("unit", u): _user_on(m, snapshot)
+              for u, m in (("u-old", "v-old"), ("u-other", "v-other"),
+                           ("u-ck", "diam-0123456789ab"))}
+    active = dataclasses.replace(snapshot, version="v-new", lineage=("v-mid", "v-old"))
+    rec = Recommender(active, _DictRedis(values), ns="unit")
+    old = rec.recommend("u-old", n=10)
+    assert (old.cold, old.stale, old.snapshot) == (False, True, "v-new")
+    other = rec.recommend("u-other", n=10)
+    assert other.cold and not other.stale and other.k == 0
+    assert other.reason == ("the user's vectors belong to snapshot v-other, not loaded, of "
+                            "another model than v-new (not a version it was warm-started "
+                            "from): answered cold until the user's next click re-anchors them")
+    assert other.items == rec.recommend("nobody", n=10).items  # the cold list
+    assert rec.recommend("u-ck", n=10).stale
