@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -248,7 +249,8 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
 def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
               alerts_topic: str | None = None, bounded: bool = False, from_end: bool = False,
               metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
-              idle_close_s: float = 10.0, namespace: str | None = None) -> None:
+              idle_close_s: float = 10.0, namespace: str | None = None,
+              stop: threading.Event | None = None) -> None:
     """Run the monitor on ``topic`` (default the drift topic) until the input ends (``bounded``:
     the high watermarks at start) or forever. ``from_end`` skips what is already in the topic.
     A bounded run reads what the topic holds: one that does not exist raises ``UnknownTopic``
@@ -258,7 +260,9 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     Alerts' ``seq`` starts at the sum of the offsets the run starts reading at, read once with
     the start offsets themselves: a run that goes on where the last one stopped numbers on
     from it, and a run over the same records numbers them the same (:class:`~streams.drift.Alert`).
-    ``namespace``: watch only the drift events of runs into that Redis namespace."""
+    ``namespace``: watch only the drift events of runs into that Redis namespace. ``stop``: once
+    set, the input ends at its next batch, as a bounded run's end (open windows close, the
+    alerts produced are delivered): ``diam drift run`` sets it on SIGINT/SIGTERM."""
     from bytewax.testing import run_main
 
     topic = topic or kafka.drift_topic
@@ -272,7 +276,7 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     # Small batches interleave the partitions finely while catching up on a backlog.
     health = BrokerHealth(kafka.bootstrap)  # one outage line for the monitor's clients
     source = ClickSource(kafka, topic, start=start, bounded=bounded, batch_size=200,
-                         health=health)
+                         health=health, stop=stop)
     flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic, health), cfg,
                             metrics=metrics,
                             on_output=on_output, idle_close_s=idle_close_s,

@@ -8,7 +8,10 @@ answer (``diam.cli`` applies it to whatever a command lets escape)."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +23,9 @@ import click
 from diam.settings import Settings, SettingsInputError, load_settings
 
 __all__ = ["MAX_SECONDS", "default_dataset", "finite", "get_settings", "hold_metrics",
-           "kafka_unusable", "metrics_hold_option", "namespace_of", "namespace_option", "not_empty", "output_file",
-           "serve_registry", "redis_unusable", "unreachable_service", "write_failed"]
+           "kafka_unusable", "metrics_hold_option", "namespace_of", "namespace_option",
+           "not_empty", "output_file", "serve_registry", "redis_unusable", "stop_on_signals",
+           "unreachable_service", "write_failed"]
 
 MAX_SECONDS = 315_360_000.0
 """Ten years: the most a duration option takes (a longer wait or window overflows a timedelta
@@ -72,6 +76,26 @@ def get_settings(ctx: click.Context) -> Settings:
             raise click.ClickException(str(exc)) from None
     settings: Settings = obj["settings"]
     return settings
+
+
+def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM ask a run (``diam run``, ``diam drift run``) to stop at a
+    clean point: ``stop`` is set, the input ends at its next batch, the last epoch closes (what
+    it produced is delivered) and the run returns normally (exit 0). A second signal stops the
+    process at once (``diam run``'s recovery store still resumes it)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            echo(f"{name} again: stopping now", err=True)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        stop.set()
+        echo(f"{name}: stopping at the next batch (send it again to stop at once)", err=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def namespace_option(role: str) -> Callable[[Any], Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import click
 
@@ -16,6 +17,7 @@ from diam.commands import (
     namespace_of,
     not_empty,
     serve_registry,
+    stop_on_signals,
 )
 
 
@@ -57,7 +59,7 @@ def drift() -> None:
               help="Stop at the end of the topic as seen at start, or keep tailing it.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (/metrics); 0 picks a free port (printed).")
-@metrics_hold_option("a stop by Ctrl-C")
+@metrics_hold_option("a stop by SIGINT/SIGTERM")
 @click.option("--idle-close-s", type=click.FloatRange(min=0, min_open=True, max=MAX_SECONDS),
               default=10.0, callback=finite, show_default=True, help="Close open windows after this much wall time without input.")
 @click.option("--summaries", is_flag=True, help="Also print every closed window's aggregates.")
@@ -113,11 +115,13 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic
     click.echo(f"drift monitor: {topic}" + (f" (namespace {namespace})" if namespace else "")
                + f" -> {alerts} window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
+    stop = threading.Event()
+    stop_on_signals(stop)
     try:
         run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts, bounded=bounded,
                   from_end=not from_beginning, metrics=metrics, on_output=show,
-                  idle_close_s=idle_close_s, namespace=namespace)
-    except KeyboardInterrupt:
+                  idle_close_s=idle_close_s, namespace=namespace, stop=stop)
+    except KeyboardInterrupt:  # a signal handler other than ours (an embedding program)
         click.echo(metrics.summary_line("stopped"), err=True)
         hold_metrics(metrics_port, metrics_hold)
         return
@@ -125,7 +129,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
         raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
-    click.echo(metrics.summary_line("done"), err=True)
+    click.echo(metrics.summary_line("stopped" if stop.is_set() else "done"), err=True)
     hold_metrics(metrics_port, metrics_hold)
 
 

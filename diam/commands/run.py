@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import threading
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from diam.commands import (
     not_empty,
     serve_registry,
     service_logging,
+    stop_on_signals,
 )
 
 
@@ -111,25 +110,6 @@ def parse_summary(text: str) -> dict[str, float]:
             v = m.group(1).replace(",", "")
             out[name] = float(v) if "." in v else int(v)
     return out
-
-
-def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
-    """SIGINT (Ctrl-C) and SIGTERM ask a run to stop at a clean point: ``stop`` is set, the
-    input ends at its next batch, the last epoch closes and the run returns normally (exit 0).
-    A second signal stops the process at once (the recovery store still resumes it)."""
-
-    def handler(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            echo(f"{name} again: stopping now", err=True)
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        stop.set()
-        echo(f"{name}: stopping at the next batch (send it again to stop at once)", err=True)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
 
 
 def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
