@@ -78,7 +78,7 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
         kafka = s.kafka
         sources = UiSources(
             flow_metrics=list(opts.flow_metrics),
-            alerts=lambda n: latest_alerts(kafka, n),
+            alerts=lambda n: latest_alerts(kafka, n, namespace=opts.namespace),
             user_drift=lambda user, n: user_drift_events(kafka, user, n,
                                                          namespace=opts.namespace),
         )

@@ -35,10 +35,14 @@ def _json(rec: RawRecord) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def latest_alerts(cfg: KafkaConfig, n: int, topic: str | None = None) -> list[dict[str, Any]]:
-    """The drift monitor's last ``n`` alerts (JSON bodies), oldest first."""
+def latest_alerts(cfg: KafkaConfig, n: int, topic: str | None = None,
+                  namespace: str | None = None) -> list[dict[str, Any]]:
+    """The drift monitor's last ``n`` alerts (JSON bodies), oldest first; given ``namespace``,
+    those of monitors of that Redis namespace and of every namespace (``diam drift run
+    --namespace``)."""
     recs = tail(cfg, topic or cfg.alerts_topic, n)
-    return [b for b in map(_json, recs) if b is not None][-n:]
+    return [b for b in map(_json, recs)
+            if b is not None and of_namespace(b.get("namespace"), namespace)][-n:]
 
 
 def user_drift_events(cfg: KafkaConfig, user_id: str, n: int, topic: str | None = None,

@@ -75,10 +75,14 @@ def page(stack, topic, namespace, redis_client, tmp_path):
     produce(kafka, topic, click_payloads(_events(300, t0)))
     # an alert on the alerts topic, as the drift monitor writes them
     alert = {"kind": "k_change_rate", "value": 0.5, "threshold": 0.2, "seq": 1, "ts_ms": t0,
-             "top_users": [{"user_id": "alice", "value": 3.0}], "window": {"start_ms": t0,
+             "top_users": [{"user_id": "alice", "value": 3.0, "k_from": 4, "k_to": 3}],
+             "window": {"start_ms": t0,
                                                                           "end_ms": t0 + 1},
              "detail": {}}
-    produce(kafka, f"{topic}.alerts", [(b"k_change_rate", json.dumps(alert).encode())])
+    # and one of a monitor of another namespace: the page of this one leaves it out
+    other = {**alert, "kind": "d_swing", "namespace": f"{namespace}-other"}
+    produce(kafka, f"{topic}.alerts", [(b"k_change_rate", json.dumps(alert).encode()),
+                                       (b"d_swing", json.dumps(other).encode())])
     stats = FlowStats()
     metrics = FlowMetrics(stats, holder, "main", kafka=kafka, topic=topic)
     mport = serve_metrics(metrics, 0, addr="127.0.0.1")
@@ -90,7 +94,7 @@ def page(stack, topic, namespace, redis_client, tmp_path):
     import uvicorn
 
     sources = UiSources(flow_metrics=[f"http://127.0.0.1:{mport}/metrics"],
-                        alerts=lambda n: latest_alerts(kafka, n),
+                        alerts=lambda n: latest_alerts(kafka, n, namespace=namespace),
                         user_drift=lambda u, n: user_drift_events(kafka, u, n))
     snap = SnapshotIndex.load(store.path(version), version)
     app = get_app(Recommender(snap, redis_client, namespace), ui=sources)
@@ -187,7 +191,8 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
     assert sum(float(b.get_attribute("data-value")) for b in bars) == ns["users"] == 31
     WebDriverWait(driver, 20).until(lambda d: "k_change_rate" in d.find_element(
         By.CSS_SELECTOR, "[data-testid=alerts]").text)
-    assert "alice" in driver.find_element(By.CSS_SELECTOR, "[data-testid=alerts]").text
+    shown = driver.find_element(By.CSS_SELECTOR, "[data-testid=alerts]").text
+    assert "alice (K_u 4\u21923)" in shown and "d_swing" not in shown  # from -> to
     shot = os.environ.get("DIAM_UI_SCREENSHOT")
     if shot:
         time.sleep(2.5)  # one more flow poll: the charts then have two points
