@@ -58,8 +58,10 @@ def label_weights(label: str) -> tuple[str, str] | None:
 
     >>> label_weights("diam-0123456789ab"), label_weights("20261206T005500-0123abcd")
     (('diam', '0123456789ab'), None)
+    >>> all(label_weights(checkpoint_label(m, "ab" * 32)) == (m, "ab" * 6) for m in KNOWN_MODELS)
+    True
     """
-    m = re.fullmatch(rf"([A-Za-z][A-Za-z0-9_]*)-([0-9a-f]{{{LABEL_SHA_CHARS}}})", label)
+    m = re.fullmatch(rf"([A-Za-z][A-Za-z0-9_-]*?)-([0-9a-f]{{{LABEL_SHA_CHARS}}})", label)
     return (m.group(1), m.group(2)) if m else None
 
 
@@ -81,10 +83,17 @@ def warm_lineage(config: Mapping[str, Any], started_from: str | None = None) -> 
     ['v2', 'v1', 'v0']
     >>> warm_lineage({"model": "diam"}), warm_lineage({"retrain": {"warm_start": None}}, "v0")
     ([], ['v0'])
+
+    A checkpoint warm-started before the lineage was recorded names its parent only:
+
+    >>> warm_lineage({"retrain": {"warm_start": {"from": "v1"}}}, started_from="v2")
+    ['v2', 'v1']
     """
     retrain = config.get("retrain")
     warm = retrain.get("warm_start") if isinstance(retrain, Mapping) else None
     found = warm.get("lineage") if isinstance(warm, Mapping) else None
+    if found is None and isinstance(warm, Mapping) and isinstance(warm.get("from"), str):
+        found = [warm["from"]]
     kept = [v for v in found if isinstance(v, str)] if isinstance(found, list) else []
     return ([started_from, *kept] if started_from is not None else kept)[:LINEAGE_MAX]
 

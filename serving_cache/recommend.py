@@ -325,7 +325,14 @@ class Recommender:
     def _index_for(self, uv: UserVectors) -> tuple[SnapshotIndex, str | None]:
         """The index to answer ``uv`` from, and None, or why it is the active one instead of
         the vectors' own ("being loaded", "not loaded")."""
+        from online_model.checkpoint_config import label_weights
+
         snap = self._loaded.get(uv.model)
+        if snap is None and label_weights(uv.model) is not None:
+            # a checkpoint's label: a snapshot of its weights already in memory, not a second
+            # copy read from disk (the active one has the content rows and live popularity)
+            snap = next((s for s in (self._active, *self._loaded.values())
+                         if s is not None and s.has_weights_of(uv.model)), None)
         loading = False
         if snap is None and self._load_version is not None:
             snap, loading = self._from_disk(uv.model)
@@ -426,8 +433,10 @@ class Recommender:
         snap, state = self._index_for(uv)
         stale = state is not None
         if state == "not loaded" and _unrelated(snap, uv.model):
+            # gone (a version still being read from disk is answered stale for that moment:
+            # the next request gets it)
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
-                              _unrelated_reason(uv, snap))
+                              _unrelated_reason(uv, snap, state))
         if uv.dim != snap.dim:
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
                               _dim_reason(uv, snap))
@@ -573,8 +582,8 @@ def _unrelated(snap: SnapshotIndex, version: str) -> bool:
         and label_weights(version) is None
 
 
-def _unrelated_reason(uv: UserVectors, snap: SnapshotIndex) -> str:
-    return (f"the user's vectors belong to snapshot {uv.model}, not loaded, of another model "
+def _unrelated_reason(uv: UserVectors, snap: SnapshotIndex, state: str) -> str:
+    return (f"the user's vectors belong to snapshot {uv.model}, {state}, of another model "
             f"than {snap.version} (not a version it was warm-started from): answered cold "
             "until the user's next click re-anchors them")
 

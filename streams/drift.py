@@ -78,14 +78,18 @@ class DriftRecord:
     for records written before drift events carried one."""
 
 
-def drift_identity(kind: object, user_id: object, offset: object, detail: object
-                   ) -> tuple[str, int, str] | None:
+def drift_identity(kind: object, user_id: object, offset: object, detail: object,
+                   namespace: object = None) -> tuple[str | None, str, int, str] | None:
     """What makes a drift record the same record when a resumed producer emits it again:
-    ``(user, source offset, kind and detail)``; None for a record without a source offset (a
-    foreign producer's), which cannot be told apart from a genuine repeat and is always kept.
+    ``(namespace, user, source offset, kind and detail)``: two runs of one topic into two
+    namespaces write the same events but for their namespace, and neither repeats the other.
+    None for a record without a source offset (a foreign producer's), which cannot be told
+    apart from a genuine repeat and is always kept.
 
     >>> drift_identity("k_change", "u1", 7, {"k_to": 3, "k_from": 2})
-    ('u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
+    (None, 'u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
+    >>> drift_identity("freeze", "u1", 7, {}, "a") != drift_identity("freeze", "u1", 7, {}, "b")
+    True
     >>> drift_identity("freeze", "u1", -1, {}) is None
     True
     """
@@ -95,7 +99,8 @@ def drift_identity(kind: object, user_id: object, offset: object, detail: object
         return None
     if off < 0:
         return None
-    return str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
+    ns = namespace if isinstance(namespace, str) else None
+    return ns, str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
 
 
 def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -106,11 +111,11 @@ def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str
     >>> len(unique_drift_bodies([rec, dict(rec), {**rec, "offset": 2}]))
     2
     """
-    seen: set[tuple[str, int, str]] = set()
+    seen: set[tuple[str | None, str, int, str]] = set()
     out = []
     for b in bodies:
         ident = drift_identity(b.get("kind"), b.get("user_id"), b.get("offset", -1),
-                               b.get("detail") or {})
+                               b.get("detail") or {}, b.get("namespace"))
         if ident is not None:
             if ident in seen:
                 continue
@@ -269,7 +274,8 @@ class DriftMonitor:
         self.late = 0
         self.duplicates = 0
         # user -> (newest source offset, identities seen at that offset)
-        self._newest: dict[str, tuple[int, set[str]]] = {}
+        self._newest: dict[tuple[str | None, str], tuple[int, set[str]]] = {}
+        """Per (namespace, user): the newest source offset accounted and its records' kinds."""
         self._late_reported = 0
         self._open: dict[int, _Window] = {}
         self._expected = set(partitions)  # partitions that must report before windows close
@@ -310,11 +316,11 @@ class DriftMonitor:
         return out + self.advance()
 
     def _repeat(self, rec: DriftRecord) -> bool:
-        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail)
+        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail, rec.namespace)
         if full is None:  # a foreign producer's record: cannot tell, count it
             return False
-        ident = full[2]
-        newest = self._newest.get(rec.user_id)
+        ident, key = full[3], (rec.namespace, rec.user_id)  # runs into two namespaces: two users
+        newest = self._newest.get(key)
         if newest is not None:
             off, idents = newest
             if rec.offset < off or (rec.offset == off and ident in idents):
@@ -325,8 +331,8 @@ class DriftMonitor:
         # least recently active first (dict order): past the cap the oldest entry goes; a
         # repeat comes within seconds of its original (one uncommitted epoch), so only a table
         # smaller than the users active in that time could miss one
-        self._newest.pop(rec.user_id, None)
-        self._newest[rec.user_id] = (rec.offset, {ident})
+        self._newest.pop(key, None)
+        self._newest[key] = (rec.offset, {ident})
         if len(self._newest) > MAX_DEDUPE_USERS:
             del self._newest[next(iter(self._newest))]
         return False

@@ -108,7 +108,8 @@ class Counts:
     rejected: int = 0
     """Dead-lettered records: refused by decoding or validation, or failed in the update."""
     forgets: int = 0
-    """Tombstones (``diam forget``) applied: records, neither valid clicks nor dead letters."""
+    """Tombstones (``diam forget``): records, neither valid clicks nor dead letters. Counted by
+    the decode step with ``records``, so ``valid`` never reads low."""
     ended: int = 0
     """User states ended: forgotten, started over after idleness, or dropped as idle; ``users``
     less this is the number of users held in the state. Declared before ``users`` so that
@@ -326,9 +327,9 @@ def _clock(rec: RawRecord) -> int:
     return rec.clock_ms if rec.clock_ms >= 0 else rec.ts_ms
 
 
-Verdicts = tuple[list[Keyed | DeadLetter], int]
-""":func:`record_judge`'s answer for a batch: a verdict per record, in order, and how many of
-them are :class:`DeadLetter`."""
+Verdicts = tuple[list[Keyed | DeadLetter], int, int]
+""":func:`record_judge`'s answer for a batch: a verdict per record, in order, how many of them
+are :class:`DeadLetter` and how many :class:`Forget`."""
 
 
 def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
@@ -346,12 +347,13 @@ def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
     def judge(recs: list[RawRecord]) -> Verdicts:
         out: list[Keyed | DeadLetter] = []
         append = out.append
-        rejected = 0
+        rejected = forgets = 0
         for rec in recs:
             if rec.value is None and rec.key is not None:
                 uid = forget_target(rec.key)
                 if uid is not None:
                     append((uid, Forget(rec)))
+                    forgets += 1
                     continue
             # The upper time bound is the record's own timestamp plus the allowed skew, not the
             # wall clock, so a replay accepts and rejects exactly what the live run did.
@@ -372,7 +374,7 @@ def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
                                "stay in order)")
             rejected += 1
             append(DeadLetter(rec, ev.reason))
-        return out, rejected
+        return out, rejected, forgets
     return judge
 
 
@@ -386,8 +388,9 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
         holder.maybe_reload()
         counts = stats.counts()
         counts.records += len(recs)
-        out, rejected = judge(recs)
+        out, rejected, forgets = judge(recs)
         counts.rejected += rejected
+        counts.forgets += forgets  # in the batch that counted them as records
         return out
     return decode_batch
 
@@ -512,7 +515,6 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
                 # the user's state is dropped here and the sink deletes their key, in order
                 # with the pushes; clicks after it start a new state
                 out.append(None)
-                counts.forgets += 1
                 if state is not None:
                     counts.ended += 1
                 state = self.state = None

@@ -165,13 +165,16 @@ class ReplayReport:
     drift_events: int
     pushes: int
     wall_s: float
+    forgets: int = 0
+    """Tombstones replayed (users forgotten): records = valid + dead-lettered + forgets."""
 
     def lines(self) -> list[str]:
         rate = self.records / self.wall_s if self.wall_s > 0 else 0.0
         return [
             f"replayed {self.records:,} events of {self.range.topic} "
             f"({self.range.describe()}) into namespace {self.namespace!r}",
-            f"  users {self.users:,}  valid {self.valid:,}  dead-lettered {self.deadlettered:,}  "
+            f"  users {self.users:,}  valid {self.valid:,}  forgets {self.forgets:,}  "
+            f"dead-lettered {self.deadlettered:,}  "
             f"drift events {self.drift_events:,}  redis pushes {self.pushes:,}",
             f"  wall time {self.wall_s:.2f} s ({rate:,.0f} events/s)",
         ]
@@ -241,4 +244,4 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
         raise failure[0]
     c = stats.total()
     return ReplayReport(namespace, rng, c.records, c.valid, c.users, c.rejected,
-                        c.drift_events, c.pushes, wall)
+                        c.drift_events, c.pushes, wall, forgets=c.forgets)

@@ -36,11 +36,12 @@ def _json(rec: RawRecord) -> dict[str, Any] | None:
 
 
 def latest_alerts(cfg: KafkaConfig, n: int, topic: str | None = None,
-                  namespace: str | None = None) -> list[dict[str, Any]]:
+                  namespace: str | None = None, scan: int = 2_000) -> list[dict[str, Any]]:
     """The drift monitor's last ``n`` alerts (JSON bodies), oldest first; given ``namespace``,
     those of monitors of that Redis namespace and of every namespace (``diam drift run
-    --namespace``)."""
-    recs = tail(cfg, topic or cfg.alerts_topic, n)
+    --namespace``), among the last ``scan`` records of each partition (other namespaces'
+    alerts may be the newest ones)."""
+    recs = tail(cfg, topic or cfg.alerts_topic, n if namespace is None else max(n, scan))
     return [b for b in map(_json, recs)
             if b is not None and of_namespace(b.get("namespace"), namespace)][-n:]
 

@@ -97,7 +97,7 @@ def clicks_of(records: Iterable[RawRecord], rng: ReplayRange,
     forgot_at: dict[str, int] = {}  # user -> how many clicks were kept at their last tombstone
     while batch := list(islice(records, 4_096)):
         out.records += len(batch)
-        verdicts, rejected = judge(batch)
+        verdicts, rejected, _forgets = judge(batch)
         out.rejected += rejected
         for v in verdicts:
             if isinstance(v, DeadLetter):

@@ -23,7 +23,7 @@ import click
 from diam.settings import Settings, SettingsInputError, load_settings
 
 __all__ = ["MAX_SECONDS", "default_dataset", "finite", "get_settings", "hold_metrics",
-           "kafka_unusable", "metrics_hold_option", "namespace_of", "namespace_option",
+           "kafka_unusable", "metrics_hold_option", "namespace_filter_option", "namespace_of", "namespace_option",
            "not_empty", "output_file", "serve_registry", "redis_unusable", "stop_on_signals",
            "unreachable_service", "write_failed"]
 
@@ -52,9 +52,12 @@ def metrics_hold_option(stops: str) -> Callable[[Any], Any]:
 
 def hold_metrics(metrics_port: int | None, seconds: float) -> None:
     """Keep the metrics endpoint (a daemon thread: it ends with the process) up ``seconds``
-    after a run, when it serves one (``--metrics-hold``); Ctrl-C ends the wait, not an error."""
+    after a run, when it serves one (``--metrics-hold``); Ctrl-C ends the wait, not an error,
+    and SIGTERM ends the process (the run's :func:`stop_on_signals` handlers would only set a
+    stop nobody reads any more)."""
     if metrics_port is None or seconds <= 0:
         return
+    _restore_signals({signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL})
     sys.stdout.flush()
     try:
         time.sleep(seconds)
@@ -82,7 +85,10 @@ def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
     """SIGINT (Ctrl-C) and SIGTERM ask a run (``diam run``, ``diam drift run``) to stop at a
     clean point: ``stop`` is set, the input ends at its next batch, the last epoch closes (what
     it produced is delivered) and the run returns normally (exit 0). A second signal stops the
-    process at once (``diam run``'s recovery store still resumes it)."""
+    process at once (``diam run``'s recovery store still resumes it). The handlers before are
+    put back when the command's context closes (a program that invokes the command in process,
+    a test, gets its own back); :func:`hold_metrics` puts the defaults back for its wait."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -96,16 +102,39 @@ def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lambda: _restore_signals(previous))
+
+
+def _restore_signals(handlers: dict[signal.Signals, Any]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig, h in handlers.items():
+        if h is not None:  # None: installed from C, cannot be put back from Python
+            signal.signal(sig, h)
 
 
 def namespace_option(role: str) -> Callable[[Any], Any]:
     """``--namespace NS`` of a command that works on one Redis namespace, ``role`` saying what
     it does there ("to write", "to read users from"); :func:`namespace_of` resolves it. Commands
     on two namespaces (``diam diff A B``) or on one they delete (``diam drop NS``) name them as
-    arguments instead, and ``diam replay`` requires its own."""
+    arguments instead, ``diam replay`` requires its own, and the readers of records several
+    namespaces share filter by one (:func:`namespace_filter_option`)."""
     return click.option("--namespace", default=None,
                         help=f"Redis namespace {role} (default: settings redis.namespace, "
                              "DIAM_REDIS_NAMESPACE).")
+
+
+def namespace_filter_option(what: str, extra: str = "") -> Callable[[Any], Any]:
+    """``--namespace NS`` of a command that reads records runs into several Redis namespaces
+    share (drift events, dead letters, alerts: ``streams.kafka_io.of_namespace``): only ``what``
+    of runs into NS; records written before they named their namespace count for every one.
+    The body checks it with :func:`namespace_of`."""
+    return click.option("--namespace", default=None, callback=not_empty,
+                        help=f"Only {what} of runs into this Redis namespace (default: every "
+                             f"run's; those written before records named their namespace count "
+                             f"for every namespace).{(' ' + extra) if extra else ''}")
 
 
 def namespace_of(settings: Settings, namespace: str | None) -> str:

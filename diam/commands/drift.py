@@ -14,6 +14,7 @@ from diam.commands import (
     get_settings,
     hold_metrics,
     metrics_hold_option,
+    namespace_filter_option,
     namespace_of,
     not_empty,
     serve_registry,
@@ -36,10 +37,8 @@ def drift() -> None:
 @click.option("--topic", default=None, callback=not_empty,
               help="Drift topic to read [default: settings kafka.drift_topic]. A replay's "
               "drift events are in <drift topic>.replay.<namespace>.")
-@click.option("--namespace", default=None, callback=not_empty,
-              help="Watch only the drift events of runs into this Redis namespace (runs into "
-                   "several namespaces share the drift topic); its alerts say it. Default: every "
-                   "run's. Events written before drift events named their namespace count for all.")
+@namespace_filter_option("the drift events", "Runs into several namespaces share the drift "
+                         "topic; the alerts say the namespace.")
 @click.option("--alerts-topic", default=None, callback=not_empty,
               help="Where alerts go [default: settings kafka.alerts_topic].")
 @click.option("--window-s", type=click.FloatRange(min=0.001, max=MAX_SECONDS), default=60.0,
@@ -140,9 +139,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
               help="Show the alerts already in the topic too.")
 @click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON records.")
-@click.option("--namespace", default=None, callback=not_empty,
-              help="Only the alerts of monitors of this Redis namespace (diam drift run "
-                   "--namespace) and of monitors of every namespace. Default: all.")
+@namespace_filter_option("the alerts", "Alerts of a monitor of every namespace (without diam "
+                         "drift run --namespace) are shown too.")
 @click.pass_context
 def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_end: bool,
           as_json: bool, namespace: str | None) -> None:

@@ -124,7 +124,8 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     if as_json:
         click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
                                "start": rng.start, "end": rng.end, "records": report.records,
-                               "valid": report.valid, "users": report.users,
+                               "valid": report.valid, "forgets": report.forgets,
+                               "users": report.users,
                                "deadlettered": report.deadlettered,
                                "drift_events": report.drift_events, "pushes": report.pushes,
                                "wall_s": round(report.wall_s, 3)}))

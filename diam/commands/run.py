@@ -14,6 +14,7 @@ from diam.commands import (
     get_settings,
     hold_metrics,
     metrics_hold_option,
+    namespace_filter_option,
     namespace_of,
     namespace_option,
     not_empty,
@@ -76,7 +77,9 @@ def stale_warning(n: int, namespace: str, resumed: int = 0) -> str:
     if resumed:
         return (f"{n:,} pushes were already in Redis: this run resumed {resumed:,} users from "
                 "its recovery store and read again the records after its last snapshot "
-                "(Redis kept the newer writes; nothing was doubled)")
+                "(Redis kept the newer writes; nothing was doubled). Expected for those "
+                "records; far more than the records it re-read would mean the namespace also "
+                f"holds another run's state: `diam inspect namespace --namespace {namespace}`")
     return (f"warning: {n:,} pushes were not written: Redis held those users of namespace "
             f"{namespace!r} at a newer or equal seq. Either this run re-read what it had "
             "written already, or the namespace holds another run's state (seq is a Kafka "
@@ -263,10 +266,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
               help="Dead-letter topic (default: settings kafka.deadletter_topic).")
 @click.option("--source-topic", default=None,
               help="Only the records rejected from this input topic (default: all of them).")
-@click.option("--namespace", default=None, callback=not_empty,
-              help="Only the records refused by runs into this Redis namespace (default: every "
-                   "run's; records written before dead letters named their run's namespace are "
-                   "always shown).")
+@namespace_filter_option("the dead letters")
 @click.option("--last", type=click.IntRange(1), default=20, show_default=True,
               help="Show the N most recently dead-lettered records, oldest first.")
 @click.pass_context

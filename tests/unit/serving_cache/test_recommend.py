@@ -484,3 +484,25 @@ def test_a_gone_version_of_another_model_is_answered_cold_a_gone_ancestor_stale(
                             "from): answered cold until the user's next click re-anchors them")
     assert other.items == rec.recommend("nobody", n=10).items  # the cold list
     assert rec.recommend("u-ck", n=10).stale
+
+
+def test_a_checkpoint_label_of_the_active_weights_is_answered_from_the_active_index(snapshot):
+    """Vectors labelled by a checkpoint (``diam run --checkpoint``) whose weights the active
+    snapshot was published from are its own: answered from the active index in memory, seen
+    rows applied, no second copy read from disk."""
+    import dataclasses
+
+    from serving_cache import user_key
+
+    sha = "0123456789ab" + "cd" * 26
+    active = dataclasses.replace(snapshot, weights=f"diam:{sha}")
+    asked: list[str] = []
+    values = {user_key("unit", "u1"): _user_on("diam-0123456789ab", snapshot),
+              user_key("unit", "u2"): _user_on("comirec-sa-0123456789ab", snapshot)}
+    rec = Recommender(active, _DictRedis(values), ns="unit",
+                      load_version=lambda v: asked.append(v))  # type: ignore[arg-type,func-returns-value]
+    got = rec.recommend("u1", n=10)
+    assert (got.stale, got.snapshot, asked) == (False, snapshot.version, [])
+    assert not {"i5", "i60", "i6", "i61"} & set(got.items)  # the stream's seen rows
+    other = rec.recommend("u2", n=10)  # another model's label: not these weights, stale
+    assert other.stale and asked == ["comirec-sa-0123456789ab"]

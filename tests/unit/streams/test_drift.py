@@ -276,3 +276,18 @@ def test_seq_goes_on_from_the_start_position_and_a_replay_numbers_alike():
     split = {(a.kind, a.window_start_ms, a.top_users[0][0]): a.seq
              for a in first + second if a.kind in ("k_flip_flop", "k_churn")}
     assert split == per_user and per_user
+
+
+def test_the_same_event_of_runs_into_two_namespaces_is_not_a_repeat():
+    """Two runs of one topic into two namespaces write the same drift events but for their
+    namespace: a monitor of every namespace accounts both, and still drops a resumed run's
+    repeat within one namespace."""
+    from streams.drift import DriftMonitor, DriftRecord
+
+    def rec(ns, offset):
+        return DriftRecord("k_change", "u1", 1_000 + offset, offset, {"k_from": 2, "k_to": 3}, ns)
+
+    m = DriftMonitor()
+    for r in (rec("live", 500), rec("shadow", 20), rec("shadow", 500), rec("live", 500)):
+        m.add(r)
+    assert (m.seen, m.duplicates) == (3, 1)
