@@ -89,6 +89,29 @@ def design_stream(data: Path, early: bool):
     return first_half(ds) if early else ds
 
 
+def exploration_args(doc: str | None) -> argparse.ArgumentParser:
+    """The options every exploration of the served path shares (``bench/prequential_*.py``):
+    ``--early``, ``--data``, ``--out``; the caller adds its own and calls
+    :func:`exploration_inputs` with the parsed arguments."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--early", action="store_true",
+                    help="the earlier period, every user (a first-quarter network)")
+    ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
+    ap.add_argument("--out", type=Path, default=None)
+    return ap
+
+
+def exploration_inputs(args: argparse.Namespace) -> tuple[dict, BaseView, object, str]:
+    """What an exploration reads, from :func:`exploration_args`' options: the provenance (taken
+    first), the cached first-half (``--early``: first-quarter) network, the stream, and which
+    users it scores (the tuning users, or with ``--early`` every user of the earlier period:
+    never the reported users)."""
+    prov = provenance()
+    base = BaseView.from_checkpoint(cached_first_half(args.data, 4, None, args.early))
+    return prov, base, design_stream(args.data, args.early), "all" if args.early else "tune"
+
+
 def train_first_half(data: Path, epochs: int, out: Path, seq_len: int,
                      early: bool = False) -> Path:
     """A DIAM checkpoint trained only on the first half of the prepared stream (time order),

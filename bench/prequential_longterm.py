@@ -46,7 +46,6 @@ only30,onlyinf
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -60,8 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prequential import SWEEP, cached_first_half, design_stream  # noqa: E402
-from provenance import provenance  # noqa: E402
+from prequential import SWEEP, exploration_args, exploration_inputs  # noqa: E402
 
 import online_model.prequential as P  # noqa: E402
 from online_model.aggregate import MIN_CANDIDATES  # noqa: E402
@@ -224,19 +222,11 @@ def compare(ref: dict, var: dict, deltas: list[float], reps: int = 2000, seed: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--early", action="store_true",
-                    help="the earlier period, every user (a first-quarter network)")
+    ap = exploration_args(__doc__)
     ap.add_argument("--variants", default="append30",
                     help="comma-separated (none is always run first: the reference)")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    prov = provenance()
-    base = BaseView.from_checkpoint(cached_first_half(args.data, 4, None, args.early))
-    ds = design_stream(args.data, args.early)
-    users = "all" if args.early else "tune"
+    prov, base, ds, users = exploration_inputs(args)
     variants = [v for v in args.variants.split(",") if v and v != "none"]
     for v in variants:
         parse_variant(v)

@@ -22,7 +22,6 @@ not a result of the served system.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -34,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prequential import SWEEP, cached_first_half, design_stream  # noqa: E402
-from provenance import provenance  # noqa: E402
+from prequential import SWEEP, exploration_args, exploration_inputs  # noqa: E402
 
 import online_model.prequential as P  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
@@ -98,20 +96,12 @@ def at_entropy(front: list[list[float]], e: float) -> float | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--early", action="store_true",
-                    help="the earlier period, every user (a first-quarter network)")
+    ap = exploration_args(__doc__)
     ap.add_argument("--betas", default="0,0.2", help="weights of the term (0 first: the reference)")
     ap.add_argument("--half-life", type=float, default=5000.0, help="events")
     ap.add_argument("--freeze", action="store_true", help="the term as of the cut, never refreshed")
-    ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
-    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    prov = provenance()
-    base = BaseView.from_checkpoint(cached_first_half(args.data, 4, None, args.early))
-    ds = design_stream(args.data, args.early)
-    users = "all" if args.early else "tune"
+    prov, base, ds, users = exploration_inputs(args)
     betas = [float(b) for b in args.betas.split(",")]
     if 0.0 not in betas:
         betas = [0.0, *betas]
