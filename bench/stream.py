@@ -159,9 +159,11 @@ def make_checkpoint(path: Path, seed: int = 0, seq_len: int | None = None) -> Ba
                                     k_max=8, seq_len=seq_len), cats).eval()
     with torch.no_grad():
         model.item_emb.weight[1:] = torch.from_numpy(emb)
+    # no clicks trained on: the checkpoint's item_pop (save_checkpoint counts the corpus's
+    # clicks for cold users' lists) is all zeros
     corpus = SimpleNamespace(item_ids=ids, item_cat=cats, n_items=N_ITEMS, n_categories=N_CATS,
                              category_names=[f"c{i}" for i in range(N_CATS)],
-                             info={"name": "bench-synthetic"})
+                             items=np.zeros(0, dtype=np.int64), info={"name": "bench-synthetic"})
     save_checkpoint(path, model, corpus, seed=seed)
     return BaseView.from_checkpoint(path)
 

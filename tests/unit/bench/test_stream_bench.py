@@ -85,3 +85,15 @@ def test_the_no_learning_floor_does_not_learn_through_apply_many(tmp_path) -> No
     assert learner.apply_many(state, clicks) == [[]] * 6
     assert (state.seq, state.n_events, state.n_recent) == (5, 6, 1)
     assert learner.inferences == 0 and not state.anchored and not state.V.any()
+
+
+def test_the_synthetic_checkpoint_is_a_diam_base_with_no_clicks_counted(tmp_path) -> None:
+    """Every timed benchmark builds its base with ``make_checkpoint`` (stream, metrics_cost,
+    fresh_workers, evict_cost, stream_ab): it writes through the trainer's save_checkpoint
+    (which counts the corpus's clicks for cold lists) and loads as a DIAM base."""
+    from online_model.checkpoint import read_checkpoint
+
+    base = stream.make_checkpoint(tmp_path / "ck", seq_len=10)
+    assert base.version.startswith("diam-") and base.head is not None
+    pop = read_checkpoint(tmp_path / "ck").item_pop
+    assert pop is not None and pop.shape == (stream.N_ITEMS,) and not pop.any()
