@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CheckpointError", "check_config", "check_div_quantiles", "model_config",
-           "checkpoint_label", "label_weights", "warm_lineage", "LINEAGE_MAX",
+           "checkpoint_label", "label_weights", "label_names", "warm_lineage", "LINEAGE_MAX",
            "network_shapes", "KNOWN_MODELS", "WEIGHTS", "CONFIG", "ITEM_IDS", "ITEM_CATS",
            "CATEGORIES", "ITEM_POP", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY"]
 
@@ -63,6 +63,19 @@ def label_weights(label: str) -> tuple[str, str] | None:
     """
     m = re.fullmatch(rf"([A-Za-z][A-Za-z0-9_-]*?)-([0-9a-f]{{{LABEL_SHA_CHARS}}})", label)
     return (m.group(1), m.group(2)) if m else None
+
+
+def label_names(label: str, model: object, weights_sha256: object) -> bool:
+    """Whether ``label`` (:func:`checkpoint_label`) names the weights of ``model`` with this
+    sha256: the one rule the store and the in-memory snapshots match a label by.
+
+    >>> label_names("diam-0123456789ab", "diam", "0123456789ab" + "0" * 52)
+    True
+    >>> label_names("diam-0123456789ab", "mind", "0123456789ab" + "0" * 52)
+    False
+    """
+    named = label_weights(label)
+    return named is not None and model == named[0] and str(weights_sha256 or "").startswith(named[1])
 
 
 LINEAGE_MAX = 64

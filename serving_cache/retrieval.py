@@ -89,8 +89,8 @@ class SnapshotIndex:
     """Rows added after publish with a content-tower embedding (issue 16: new items)."""
     live_pop: np.ndarray | None = None
     """[N] decayed live click counts (set by :meth:`set_live_popularity`), or None."""
-    weights: str = ""
-    """``<model>:<sha256 of its weights>`` (the manifest's), which a checkpoint's label names
+    weights: tuple[str | None, str] = (None, "")
+    """``(model, sha256 of its weights)``, the manifest's, which a checkpoint's label names
     (``diam run --checkpoint``: :meth:`has_weights_of`); empty when the manifest has none."""
     lineage: tuple[str, ...] = ()
     """The versions its weights descend from by warm starts, newest first
@@ -154,20 +154,17 @@ class SnapshotIndex:
             kind=str(info.get("kind", "flat")),
             nprobe=int(nprobe) if nprobe else None,
             lineage=tuple(warm_lineage(ck.config)),
-            weights=f"{manifest.get('model')}:{(manifest.get('source') or {}).get('weights_sha256') or ''}",
+            weights=(manifest.get("model"),
+                     str((manifest.get("source") or {}).get("weights_sha256") or "")),
         )
 
     def has_weights_of(self, label: str) -> bool:
         """Whether ``label``, a checkpoint's (``online_model.checkpoint_config.checkpoint_label``),
         names this snapshot's weights: vectors it labels live in this snapshot's space and item
         table."""
-        from online_model.checkpoint_config import label_weights
+        from online_model.checkpoint_config import label_names
 
-        named = label_weights(label)
-        if named is None or not self.weights:
-            return False
-        model, _, sha = self.weights.partition(":")
-        return model == named[0] and sha.startswith(named[1])
+        return label_names(label, *self.weights)
 
     def search(self, queries: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """One batched search of the [K, d] queries: (scores [K, m] float32, items [K, m] int64).

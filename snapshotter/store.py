@@ -361,15 +361,10 @@ class SnapshotStore:
         i = names.index(active)
         return names[i - 1] if i > 0 else None
 
-    def find_weights(self, weights_sha256: str, model: str | None = None,
-                     prefix: bool = False) -> str | None:
-        """The newest version published from weights with this sha256 (``prefix``: whose
-        sha256 starts with it), of ``model`` when given, or None. A version whose manifest
-        cannot be read (a broken one, one a prune is deleting) is passed over."""
+    def find_weights(self, weights_sha256: str) -> str | None:
+        """The newest version published from weights with this sha256, or None."""
         for info in reversed(self.versions()):
-            sha = str(info.source.get("weights_sha256") or "")
-            if (sha.startswith(weights_sha256) if prefix else sha == weights_sha256) and (
-                    model is None or (info.manifest or {}).get("model") == model):
+            if info.source.get("weights_sha256") == weights_sha256:
                 return info.version
         return None
 
@@ -378,12 +373,13 @@ class SnapshotStore:
         ``diam run --checkpoint`` stamps on the vectors it writes:
         ``online_model.checkpoint_config.checkpoint_label``), of the same model; None for
         anything else, or when no such version is kept."""
-        from online_model.checkpoint_config import label_weights
+        from online_model.checkpoint_config import label_names
 
-        named = label_weights(label)
-        if named is None:
-            return None
-        return self.find_weights(named[1], model=named[0], prefix=True)
+        for info in reversed(self.versions()):  # a manifest that cannot be read is passed over
+            if label_names(label, (info.manifest or {}).get("model"),
+                           info.source.get("weights_sha256")):
+                return info.version
+        return None
 
     def prune(self, keep: int | None = None) -> list[str]:
         """Delete the oldest versions beyond ``keep`` (default ``cfg.keep``); never the active

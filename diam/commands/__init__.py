@@ -130,11 +130,24 @@ def namespace_filter_option(what: str, extra: str = "") -> Callable[[Any], Any]:
     """``--namespace NS`` of a command that reads records runs into several Redis namespaces
     share (drift events, dead letters, alerts: ``streams.kafka_io.of_namespace``): only ``what``
     of runs into NS; records written before they named their namespace count for every one.
-    The body checks it with :func:`namespace_of`."""
-    return click.option("--namespace", default=None, callback=not_empty,
+    A malformed NS is a usage error (not "nothing of that namespace")."""
+    return click.option("--namespace", default=None, callback=_filter_namespace,
                         help=f"Only {what} of runs into this Redis namespace (default: every "
                              f"run's; those written before records named their namespace count "
                              f"for every namespace).{(' ' + extra) if extra else ''}")
+
+
+def _filter_namespace(ctx: click.Context, param: click.Parameter, value: str | None
+                      ) -> str | None:
+    """Click callback of :func:`namespace_filter_option`: the namespace rule, no default."""
+    from serving_cache.keys import validate_namespace
+
+    if value is None:
+        return None
+    try:
+        return validate_namespace(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def namespace_of(settings: Settings, namespace: str | None) -> str:

@@ -282,8 +282,6 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     from streams.kafka_io import UnknownTopic, read_deadletters
 
     s = get_settings(ctx)
-    if namespace is not None:
-        namespace_of(s, namespace)  # a malformed one is a usage error, not "0 records"
     name = topic if topic is not None else s.kafka.deadletter_topic
     try:
         # a stalled read ends in `Error:` (diam.cli)

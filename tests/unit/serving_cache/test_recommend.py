@@ -495,7 +495,7 @@ def test_a_checkpoint_label_of_the_active_weights_is_answered_from_the_active_in
     from serving_cache import user_key
 
     sha = "0123456789ab" + "cd" * 26
-    active = dataclasses.replace(snapshot, weights=f"diam:{sha}")
+    active = dataclasses.replace(snapshot, weights=("diam", sha))
     asked: list[str] = []
     values = {user_key("unit", "u1"): _user_on("diam-0123456789ab", snapshot),
               user_key("unit", "u2"): _user_on("comirec-sa-0123456789ab", snapshot)}
