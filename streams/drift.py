@@ -42,7 +42,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.config import DriftConfig
 
@@ -51,6 +51,7 @@ __all__ = [
     "DriftConfig",
     "DriftMonitor",
     "DriftRecord",
+    "TopUser",
     "WindowSummary",
     "drift_identity",
     "format_alert",
@@ -147,6 +148,32 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
         return None
 
 
+UserKey = tuple[str | None, str]
+"""A user as the monitor tells users apart: ``(namespace, user id)``. Runs into two Redis
+namespaces share the drift topic and often their user ids (a shadow run of the same clicks):
+their two users u1 are two users, each with its own counts, K_u changes and d_u range."""
+
+
+class TopUser(NamedTuple):
+    """A user an alert names: its id, its count (or d_u swing), the Redis namespace of the run
+    whose drift events these are (None for records written before events carried one) and, in
+    an alert about K_u changes, the user's most recent K_u change in the window, ``(from, to)``
+    (None when its changes did not say)."""
+
+    user_id: str
+    value: float
+    namespace: str | None = None
+    k: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"user_id": self.user_id, "value": self.value}
+        if self.namespace is not None:
+            entry["namespace"] = self.namespace
+        if self.k is not None:
+            entry["k_from"], entry["k_to"] = self.k
+        return entry
+
+
 @dataclass(frozen=True)
 class Alert:
     """What goes to ``diam.alerts``; ``ts_ms`` is the event time.
@@ -164,34 +191,26 @@ class Alert:
     would renumber a replay's alerts and mix the numbering of every monitor that writes there.
     ``seq`` restarts only when the drift topic is deleted and re-created.
 
-    ``k_pairs``: for the alerts about K_u changes, each named user's most recent change in the
-    window, ``(K_u from, K_u to)``; in the record, ``k_from`` and ``k_to`` of its ``top_users``
-    entry (records written before they existed have neither)."""
+    ``top_users``: the users it names (:class:`TopUser`), each with its namespace and, in the
+    alerts about K_u changes, its last K_u change in the window (in the record, ``namespace``,
+    ``k_from`` and ``k_to`` of its ``top_users`` entry; records written before they existed
+    have none of them)."""
 
     kind: str
     window_start_ms: int
     window_end_ms: int
     value: float
     threshold: float
-    top_users: list[tuple[str, float]]
+    top_users: list[TopUser]
     seq: int
     ts_ms: int
     detail: dict[str, Any] = field(default_factory=dict)
-    k_pairs: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("k_pairs")
         d["window"] = {"start_ms": d.pop("window_start_ms"), "end_ms": d.pop("window_end_ms")}
-        d["top_users"] = [_top_user(u, v, self.k_pairs.get(u)) for u, v in self.top_users]
+        d["top_users"] = [t.to_dict() for t in self.top_users]
         return d
-
-
-def _top_user(user: str, value: float, pair: tuple[int, int] | None) -> dict[str, Any]:
-    entry: dict[str, Any] = {"user_id": user, "value": value}
-    if pair is not None:
-        entry["k_from"], entry["k_to"] = pair
-    return entry
 
 
 @dataclass(frozen=True)
@@ -219,12 +238,12 @@ class _Window:
     start: int
     end: int
     kinds: Counter[str] = field(default_factory=Counter)
-    per_kind_user: dict[str, Counter[str]] = field(default_factory=dict)
-    last_change: dict[str, tuple[int, int]] = field(default_factory=dict)
-    reversals: Counter[str] = field(default_factory=Counter)
-    d_range: dict[str, tuple[float, float]] = field(default_factory=dict)
-    users: set[str] = field(default_factory=set)
-    fired: set[tuple[str, str]] = field(default_factory=set)
+    per_kind_user: dict[str, Counter[UserKey]] = field(default_factory=dict)
+    last_change: dict[UserKey, tuple[int, int]] = field(default_factory=dict)
+    reversals: Counter[UserKey] = field(default_factory=Counter)
+    d_range: dict[UserKey, tuple[float, float]] = field(default_factory=dict)
+    users: set[UserKey] = field(default_factory=set)
+    fired: set[tuple[str, UserKey]] = field(default_factory=set)
 
 
 def _k_pair(detail: dict[str, Any]) -> tuple[int, int] | None:
@@ -238,12 +257,7 @@ def _k_pair(detail: dict[str, Any]) -> tuple[int, int] | None:
 
 
 K_ALERTS = frozenset({"k_churn", "k_flip_flop", "k_change_rate", "k_change_drift"})
-"""Alerts about K_u changes: their users carry their last K_u change (``Alert.k_pairs``)."""
-
-
-def _pairs_of(win: _Window, users: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """The most recent K_u change in ``win`` of each of ``users`` whose changes said it."""
-    return {u: win.last_change[u] for u in users if u in win.last_change}
+"""Alerts about K_u changes: their users carry their last K_u change (``TopUser.k``)."""
 
 
 def _d_values(detail: dict[str, Any]) -> list[float]:
@@ -356,7 +370,7 @@ class DriftMonitor:
         return [] if wm is None else self.close_until(wm)
 
     def _account(self, win: _Window, rec: DriftRecord) -> list[Output]:
-        cfg, u = self.cfg, rec.user_id
+        cfg, u = self.cfg, (rec.namespace, rec.user_id)
         win.kinds[rec.kind] += 1
         win.per_kind_user.setdefault(rec.kind, Counter())[u] += 1
         win.users.add(u)
@@ -383,15 +397,14 @@ class DriftMonitor:
                 out += self._user_alert(win, "d_swing", u, round(hi - lo, 6), cfg.d_swing, rec)
         return out
 
-    def _user_alert(self, win: _Window, kind: str, user: str, value: float, threshold: float,
-                    rec: DriftRecord) -> list[Output]:
+    def _user_alert(self, win: _Window, kind: str, user: UserKey, value: float,
+                    threshold: float, rec: DriftRecord) -> list[Output]:
         if (kind, user) in win.fired:  # one alert per user, kind and window
             return []
         win.fired.add((kind, user))
-        pairs = _pairs_of(win, [user]) if kind in K_ALERTS else {}
         return [Alert(kind, win.start, win.end, float(value), float(threshold),
-                      [(user, float(value))], self.seq, rec.ts_ms,
-                      {"offset": rec.offset}, pairs)]
+                      [_top_user(win, kind, user, value)], self.seq, rec.ts_ms,
+                      {"offset": rec.offset})]
 
     @property
     def seq(self) -> int:
@@ -441,23 +454,28 @@ class DriftMonitor:
                                       ("k_change", "k_change_rate", cfg.k_changes)):
             n = win.kinds[kind]
             if threshold is not None and n >= threshold:
-                top = self._top(win.per_kind_user[kind])
-                pairs = _pairs_of(win, [u for u, _ in top]) if name in K_ALERTS else {}
+                top = self._top(win, name, win.per_kind_user[kind])
                 out.append(Alert(name, win.start, win.end, float(n), float(threshold), top,
-                                 self.seq, ts, {}, pairs))
+                                 self.seq, ts, {}))
         self._ph.update(_stabilise(summary.k_changes))
         if self._ph.drift_detected:
-            top = self._top(changes)
             out.append(Alert("k_change_drift", win.start, win.end, float(summary.k_changes),
-                             cfg.ph_threshold, top, self.seq, ts,
-                             {"detector": "PageHinkley", "series": "k_changes per window"},
-                             _pairs_of(win, [u for u, _ in top])))
+                             cfg.ph_threshold, self._top(win, "k_change_drift", changes),
+                             self.seq, ts,
+                             {"detector": "PageHinkley", "series": "k_changes per window"}))
         return out
 
-    def _top(self, counts: Counter[str]) -> list[tuple[str, float]]:
-        # Ties broken by user id so the alert is the same on every replay.
-        ranked = sorted(counts.items(), key=lambda uc: (-uc[1], uc[0]))
-        return [(u, float(c)) for u, c in ranked[: self.cfg.top_n]]
+    def _top(self, win: _Window, kind: str, counts: Counter[UserKey]) -> list[TopUser]:
+        # Ties broken by user id, then namespace, so the alert is the same on every replay.
+        ranked = sorted(counts.items(), key=lambda uc: (-uc[1], uc[0][1], uc[0][0] or ""))
+        return [_top_user(win, kind, u, c) for u, c in ranked[: self.cfg.top_n]]
+
+
+def _top_user(win: _Window, kind: str, user: UserKey, value: float) -> TopUser:
+    """``user`` as ``kind``'s alert names it: with its last K_u change in ``win`` when the
+    alert is about K_u changes and its changes said it."""
+    k = win.last_change.get(user) if kind in K_ALERTS else None
+    return TopUser(user[1], float(value), user[0], k)
 
 
 def _stabilise(count: int) -> float:
@@ -486,7 +504,15 @@ def format_alert(body: dict[str, Any]) -> str:
     ...               "value": 3.0, "threshold": 2.0, "top_users": [{"user_id": "u7", "value": 3.0}]})
     '1970-01-01T00:00:00Z +60s  k_flip_flop  value 3 (threshold 2)  users: u7=3'
 
-    A monitor of one namespace's drift events (``diam drift run --namespace``) says which:
+    A monitor of every namespace names each user's (``u1@shadow``: the shadow run's user u1):
+
+    >>> format_alert({"kind": "k_churn", "window": {"start_ms": 0, "end_ms": 60000},
+    ...               "value": 4.0, "threshold": 4.0,
+    ...               "top_users": [{"user_id": "u1", "value": 4.0, "namespace": "shadow"},
+    ...                             {"user_id": "u1", "value": 4.0}]})
+    '1970-01-01T00:00:00Z +60s  k_churn  value 4 (threshold 4)  users: u1@shadow=4, u1=4'
+
+    A monitor of one namespace's drift events (``diam drift run --namespace``) says which once:
 
     >>> format_alert({"kind": "d_swing", "window": {"start_ms": 0, "end_ms": 60000},
     ...               "value": 0.5, "threshold": 0.4, "namespace": "shadow"})
@@ -498,12 +524,20 @@ def format_alert(body: dict[str, Any]) -> str:
     start, end = int(win.get("start_ms", 0)), int(win.get("end_ms", 0))
     when = datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     kind = body.get("kind")
-    users = ", ".join(f"{t['user_id']}={t['value']:g}{_k_note(kind, t)}"
+    ns = body.get("namespace")
+    users = ", ".join(f"{_user_label(t, ns)}={t['value']:g}{_k_note(kind, t)}"
                       for t in body.get("top_users") or [])
     line = (f"{when} +{(end - start) // 1000}s  {kind}  value {body.get('value', 0):g} "
             f"(threshold {body.get('threshold', 0):g})")
-    ns = body.get("namespace")
     return line + (f"  users: {users}" if users else "") + (f"  namespace {ns}" if ns else "")
+
+
+def _user_label(entry: Mapping[str, Any], namespace: object) -> str:
+    """An alert's user as a line shows it: ``user@namespace`` when the entry says a namespace
+    other than the whole alert's."""
+    ns = entry.get("namespace")
+    return f"{entry['user_id']}@{ns}" if isinstance(ns, str) and ns != namespace else str(
+        entry["user_id"])
 
 
 def _k_note(kind: object, entry: Mapping[str, Any]) -> str:

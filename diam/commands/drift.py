@@ -73,9 +73,10 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     d_u swing, guard trips, rollbacks and freezes. Per-user alerts fire as soon as a user crosses
     a threshold; global ones when the window closes. Each alert is printed and sent to the
     alerts topic as JSON {kind, window, value, threshold, top_users, seq, ts_ms, detail, source,
-    namespace} (source: the drift topic read; namespace: with --namespace). In the
-    K_u alerts (k_flip_flop, k_churn, k_change_rate, k_change_drift) each of top_users carries
-    its last K_u change in the window as k_from and k_to. seq is the drift topic's position
+    namespace} (source: the drift topic read; namespace: with --namespace). A user is a user
+    of one namespace: two runs' user u1 are counted apart, and each of top_users says its
+    namespace. In the K_u alerts (k_flip_flop, k_churn, k_change_rate, k_change_drift) each of
+    top_users carries its last K_u change in the window as k_from and k_to. seq is the drift topic's position
     when the alert was raised (its records before the first one this run read, plus the drift
     events read since, repeats left out): a run started where the last one stopped numbers on
     from it, and a run over the same records (--from-beginning again, its partitions read in the

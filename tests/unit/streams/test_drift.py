@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.drift import Alert, DriftConfig, DriftMonitor, DriftRecord, WindowSummary
+from streams.drift import Alert, DriftConfig, DriftMonitor, DriftRecord, TopUser, WindowSummary
 from streams.drift_testing import T0_MS, null_alert_bound, plant_oscillation, stable_stream
 
 W = 60_000
@@ -38,7 +38,8 @@ def test_flip_flop_alert_is_raised_at_the_second_reversal_and_names_the_user():
     m = DriftMonitor(DriftConfig())
     fired = [(i, a) for i, e in enumerate(evs) for a in m.add(e) if isinstance(a, Alert)]
     # 3→4, 4→3 (reversal 1), 3→4 (reversal 2): the third change raises it, once per window
-    assert [(i, a.kind, a.top_users) for i, a in fired] == [(2, "k_flip_flop", [("bob", 2.0)])]
+    assert [(i, a.kind, a.top_users) for i, a in fired] == [
+        (2, "k_flip_flop", [TopUser("bob", 2.0, None, (3, 4))])]
     assert fired[0][1].seq == 3 and fired[0][1].window_start_ms == T0_MS
 
 
@@ -64,7 +65,7 @@ def test_churn_and_d_swing_alerts():
     evs = [kc("eve", T0_MS + i, 2 + i, 3 + i, d=0.3 + 0.12 * i) for i in range(5)]
     alerts, _ = run(evs)
     by_kind = {a.kind: a for a in alerts}
-    assert by_kind["k_churn"].value == 4 and by_kind["k_churn"].top_users == [("eve", 4.0)]
+    assert by_kind["k_churn"].value == 4 and by_kind["k_churn"].top_users == [TopUser("eve", 4.0, None, (5, 6))]
     assert by_kind["d_swing"].top_users[0][0] == "eve"
     assert by_kind["d_swing"].value >= 0.4
 
@@ -106,7 +107,7 @@ def test_global_counts_alert_at_window_close_with_top_users_by_count_then_id():
     evs += [DriftRecord("rollback", "r", T0_MS + 9, 9, {}), DriftRecord("freeze", "f", T0_MS + 9, 9, {})]
     alerts, [summary] = run(evs, cfg)
     assert [(a.kind, a.value, a.threshold, a.top_users) for a in alerts] == [
-        ("guard_trips", 5.0, 3.0, [("a", 2.0), ("z", 2.0)])]
+        ("guard_trips", 5.0, 3.0, [TopUser("a", 2.0), TopUser("z", 2.0)])]
     assert (summary.guard_trips, summary.rollbacks, summary.freezes) == (5, 1, 1)
 
 
@@ -146,7 +147,7 @@ def test_planted_oscillation_named_and_stable_fleet_silent():
     start = T0_MS + 12 * W + 7_000
     planted = plant_oscillation(stable, planted_users, start_ms=start)
     alerts, _ = run(planted)
-    named = {u for a in alerts if a.kind == "k_flip_flop" for u, _ in a.top_users}
+    named = {t.user_id for a in alerts if a.kind == "k_flip_flop" for t in a.top_users}
     assert named == set(planted_users)
     first = next(i for i, e in enumerate(planted) if e.ts_ms >= start and e.user_id in planted_users)
     delay = min(a.seq for a in alerts if a.kind == "k_flip_flop") - (first + 1)
@@ -225,13 +226,16 @@ def test_k_u_alerts_name_each_users_last_k_u_change_and_the_line_shows_it():
     evs += [DriftRecord("guard_trip", "bob", T0_MS + 20 + i, next(_OFFSETS), {}) for i in range(2)]
     alerts, _ = run(evs, DriftConfig(k_changes=8, guard_trips=2, top_n=3))
     by_kind = {a.kind: a for a in alerts}
-    assert by_kind["k_flip_flop"].k_pairs == {"bob": (3, 4)}      # raised by bob's third change
-    assert [a.k_pairs for a in alerts if a.kind == "k_churn"] == [{"bob": (4, 3)}, {"amy": (8, 9)}]
-    assert by_kind["k_change_rate"].k_pairs == {"bob": (4, 3), "amy": (8, 9)}  # last of each
-    assert by_kind["guard_trips"].k_pairs == {}                    # not about K_u
+
+    def pairs(a):
+        return {t.user_id: t.k for t in a.top_users}
+
+    assert pairs(by_kind["k_flip_flop"]) == {"bob": (3, 4)}      # raised by bob's third change
+    assert [pairs(a) for a in alerts if a.kind == "k_churn"] == [{"bob": (4, 3)}, {"amy": (8, 9)}]
+    assert pairs(by_kind["k_change_rate"]) == {"bob": (4, 3), "amy": (8, 9)}  # last of each
+    assert pairs(by_kind["guard_trips"]) == {"bob": None}          # not about K_u
     flip = by_kind["k_flip_flop"].to_dict()
     assert flip["top_users"] == [{"user_id": "bob", "value": 2.0, "k_from": 3, "k_to": 4}]
-    assert "k_pairs" not in flip
     assert format_alert(flip).endswith("users: bob=2 (K_u 3<->4)")
     rate = format_alert(by_kind["k_change_rate"].to_dict())
     assert rate.endswith("users: amy=4 (K_u 8->9), bob=4 (K_u 4->3)") and "\n" not in rate
@@ -245,7 +249,7 @@ def test_a_k_u_that_is_not_a_number_leaves_the_pair_out_and_crashes_nothing():
     rec = parse_drift_record(b'{"kind": "k_change", "user_id": "u", "ts_ms": 5, "offset": 1,'
                              b' "detail": {"k_from": Infinity, "k_to": 2}}')
     [alert] = [a for a in m.add(rec) if isinstance(a, Alert)]
-    assert alert.kind == "k_churn" and alert.k_pairs == {}
+    assert alert.kind == "k_churn" and alert.top_users == [TopUser("u", 1.0)]
     body = alert.to_dict()
     body["top_users"][0].update(k_from="three", k_to=None)
     assert format_alert(body).endswith("users: u=1")
@@ -271,9 +275,9 @@ def test_seq_goes_on_from_the_start_position_and_a_replay_numbers_alike():
     again = alerts_of(evs, 0)
     assert [a.to_dict() for a in again] == [a.to_dict() for a in whole]
     # a per-user alert's seq is the position of the record that raised it, in either run
-    per_user = {(a.kind, a.window_start_ms, a.top_users[0][0]): a.seq
+    per_user = {(a.kind, a.window_start_ms, a.top_users[0].user_id): a.seq
                 for a in whole if a.kind in ("k_flip_flop", "k_churn")}
-    split = {(a.kind, a.window_start_ms, a.top_users[0][0]): a.seq
+    split = {(a.kind, a.window_start_ms, a.top_users[0].user_id): a.seq
              for a in first + second if a.kind in ("k_flip_flop", "k_churn")}
     assert split == per_user and per_user
 
@@ -291,3 +295,28 @@ def test_the_same_event_of_runs_into_two_namespaces_is_not_a_repeat():
     for r in (rec("live", 500), rec("shadow", 20), rec("shadow", 500), rec("live", 500)):
         m.add(r)
     assert (m.seen, m.duplicates) == (3, 1)
+
+
+def test_one_user_id_in_two_namespaces_is_two_users():
+    """Runs into two namespaces (a shadow run of the same clicks) share the drift topic and
+    their user ids: a monitor of every namespace counts each namespace's u1 apart (two changes
+    each do not make one user's four) and names each with its namespace."""
+    from streams.drift import format_alert
+
+    def rec(ns, i, a, b):
+        return DriftRecord("k_change", "u1", T0_MS + i, i, {"k_from": a, "k_to": b}, ns)
+
+    evs = [rec(ns, 2 * i + (ns == "shadow"), 2 + i, 3 + i) for i in range(3)
+           for ns in ("live", "shadow")]
+    alerts, [summary] = run(evs, DriftConfig(user_changes=4, flip_reversals=2, k_changes=6))
+    assert [a.kind for a in alerts] == ["k_change_rate"]   # no k_churn: three changes each
+    assert (summary.users, summary.users_changed, summary.k_changes) == (2, 2, 6)
+    [rate] = alerts
+    assert rate.top_users == [TopUser("u1", 3.0, "live", (4, 5)), TopUser("u1", 3.0, "shadow", (4, 5))]
+    body = rate.to_dict()
+    assert [t["namespace"] for t in body["top_users"]] == ["live", "shadow"]
+    assert format_alert(body).endswith("users: u1@live=3 (K_u 4->5), u1@shadow=3 (K_u 4->5)")
+    assert "u1=3" in format_alert({**body, "namespace": "live"})  # the alert's own namespace
+    # four changes in one namespace are one user's: its churn alert fires
+    one = [rec("live", i, 2 + i, 3 + i) for i in range(4)]
+    assert [a.kind for a in run(one, DriftConfig(user_changes=4, k_changes=None))[0]] == ["k_churn"]
