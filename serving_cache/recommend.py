@@ -432,9 +432,9 @@ class Recommender:
             return self._cold(snap0, user_id, n, mode, seen if exclude_seen else (), "unknown user")
         snap, state = self._index_for(uv)
         stale = state is not None
-        if state == "not loaded" and _unrelated(snap, uv.model):
-            # gone (a version still being read from disk is answered stale for that moment:
-            # the next request gets it)
+        if state is not None and _unrelated(snap, uv.model):
+            # gone, or still being read from disk (cold for that moment: the next request
+            # after the load gets the vectors' own index)
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
                               _unrelated_reason(uv, snap, state))
         if uv.dim != snap.dim:
@@ -531,6 +531,7 @@ class Recommender:
             )
         tops: list[list[str]] = []
         cats: list[str | None] = []
+        foreign = False
         # a user without interests searches nothing: no index is looked up (nor loaded)
         snap, state = (snap0, None) if uv.k < 1 else self._index_for(uv)
         stale = state is not None
@@ -538,9 +539,12 @@ class Recommender:
             why = "unknown user"
         elif uv.dim != snap.dim:  # as recommend() answers it: not stale, no items from any index
             why, stale = _dim_reason(uv, snap), False
+        elif stale and _unrelated(snap, uv.model):  # as recommend() answers it: cold, and no
+            # items from a space the vectors do not live in
+            why, foreign = _unrelated_reason(uv, snap, str(state)), True
         elif stale:
             why = _stale_reason(uv, False, str(state))
-        if uv.dim == snap.dim and uv.k > 0:
+        if uv.dim == snap.dim and uv.k > 0 and not foreign:
             _, items = snap.search(uv.vecs, max(top, 10))
             for row in items:
                 row = row[row >= 0]

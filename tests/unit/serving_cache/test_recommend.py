@@ -359,9 +359,14 @@ def test_the_versions_read_from_disk_are_kept_by_last_use(snapshot, monkeypatch)
     assert (got.snapshot, got.stale) == ("v-flaky", False) and asked.count("v-flaky") == 2
 
 
-def test_a_background_load_answers_stale_until_the_version_is_in(snapshot):
+@pytest.mark.parametrize("ancestor", [True, False])
+def test_a_background_load_answers_stale_or_cold_until_the_version_is_in(snapshot, ancestor):
     """A server's requests never wait for a load: the first is answered from the active index
-    (its reason says the version is being loaded), a later one from the version."""
+    (its reason says the version is being loaded) when the active weights descend from the
+    version (the same space), cold when it is another model's (its vectors would pick items at
+    random in the active space; /interests shows no items from it); a later one from the
+    version."""
+    import dataclasses
     import threading
     import time
 
@@ -374,21 +379,32 @@ def test_a_background_load_answers_stale_until_the_version_is_in(snapshot):
         release.wait(10)
         return disk
 
-    rec = Recommender(snapshot, _DictRedis({user_key("unit", "u"): _user_on("v-disk0", snapshot,
-                                                                            seen=())}),
+    active = dataclasses.replace(snapshot, lineage=("v-disk0",) if ancestor else ())
+    rec = Recommender(active, _DictRedis({user_key("unit", "u"): _user_on("v-disk0", snapshot,
+                                                                          seen=())}),
                       ns="unit", load_version=load, load_in_background=True)
     first = rec.recommend("u", n=5)
-    assert first.stale and first.reason == ("the user's vectors belong to snapshot v-disk0, "
-                                            "being loaded")
-    assert rec.interests("u").reason == first.reason
+    shown = rec.interests("u")
+    if ancestor:
+        assert first.stale and not first.cold and first.reason == (
+            "the user's vectors belong to snapshot v-disk0, being loaded")
+        assert shown.reason == first.reason and all(shown.top_items)
+    else:
+        assert first.cold and first.items == rec.recommend("nobody", n=5).items
+        assert first.reason == (f"the user's vectors belong to snapshot v-disk0, being loaded, "
+                                f"of another model than {snapshot.version} (not a version it "
+                                "was warm-started from): answered cold until the user's next "
+                                "click re-anchors them")
+        assert shown.stale and shown.reason == first.reason and shown.top_items == []
+        assert shown.k == 2 and not shown.cold  # its vectors are shown, not searched
     release.set()
     deadline = time.monotonic() + 10
     while rec.loading("v-disk0"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     got = rec.recommend("u", n=5)
-    assert (got.snapshot, got.stale, got.reason) == ("v-disk0", False, None)
-    assert rec.interests("u").stale is False
+    assert (got.snapshot, got.stale, got.cold, got.reason) == ("v-disk0", False, False, None)
+    assert rec.interests("u").stale is False and rec.interests("u").top_items
 
 
 def test_an_undecodable_value_is_cold_with_its_reason_and_logged_once(snapshot, caplog):
@@ -484,6 +500,10 @@ def test_a_gone_version_of_another_model_is_answered_cold_a_gone_ancestor_stale(
                             "from): answered cold until the user's next click re-anchors them")
     assert other.items == rec.recommend("nobody", n=10).items  # the cold list
     assert rec.recommend("u-ck", n=10).stale
+    # /interests shows the vectors without items from a space they do not live in
+    shown = rec.interests("u-other")
+    assert (shown.top_items, shown.reason) == ([], other.reason)
+    assert rec.interests("u-old").top_items and rec.interests("u-old").stale
 
 
 def test_a_checkpoint_label_of_the_active_weights_is_answered_from_the_active_index(snapshot):
