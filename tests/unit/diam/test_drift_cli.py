@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import streams.drift_flow
 from diam.cli import main
 from diam.settings import load_settings
-from streams.drift import Alert
+from streams.drift import Alert, TopUser
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_a_bounded_run_ends_with_the_counts_on_stderr(invoke, monkeypatch) -> No
         m.duplicates.inc(2)
         m.other.inc(4)
         seen["namespace"] = kw["namespace"]
-        alert = Alert("k_churn", 0, 60_000, 4.0, 4.0, [("u1", 4.0)], 5, 1_000)
+        alert = Alert("k_churn", 0, 60_000, 4.0, 4.0, [TopUser("u1", 4.0, "shadow")], 5, 1_000)
         m.observe(alert)
         on_output(alert)
 
@@ -86,7 +86,7 @@ def held(monkeypatch):
 
 def _one_alert_then(end):
     def fake_run_drift(kafka, cfg, *, metrics, on_output, **kw):
-        alert = Alert("k_churn", 0, 60_000, 4.0, 4.0, [("u1", 4.0)], 5, 1_000)
+        alert = Alert("k_churn", 0, 60_000, 4.0, 4.0, [TopUser("u1", 4.0)], 5, 1_000)
         metrics.read.inc(4)
         metrics.observe(alert)
         on_output(alert)
