@@ -262,6 +262,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
+    _data_or_topic(data, topic, "train")
     if topic is None and (since or until or items_topic):
         raise click.UsageError("--since, --until and --items-topic need --topic")
     _device_of(device)  # refuse a bad --device before the corpus is read
@@ -368,9 +369,7 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     from online_model.corpus import prefix_signals
     from online_model.evaluate import evaluate, make_eval_set, reference_embedding, split_users
 
-    if data is not None and topic is not None:
-        raise click.UsageError("--data and --topic are mutually exclusive: evaluate on a "
-                               "dataset folder or on a range of a clicks topic")
+    _data_or_topic(data, topic, "evaluate")
     if data is not None and (since or until or items_topic):
         raise click.UsageError("--since, --until and --items-topic read a clicks topic: not "
                                "with --data")
@@ -417,8 +416,7 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
             not isinstance(trained_on, str) or Path(trained_on).resolve() == data.resolve())
         if own:
             corpus = _training_corpus(corpus, ck, where)
-        if corpus.n_items != len(ck.item_ids) or not (corpus.item_ids == ck.item_ids).all():
-            raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
+        same_items(data, corpus.item_ids, ck.item_ids)
         what = str(data)
     if not own:
         click.echo(f"warning: {what} is not the data the checkpoint was trained on: the held-out "
@@ -445,6 +443,26 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
         if k in res:
             click.echo(f"{k:>20s}  {res[k]:.4f}{_why_nan(k, res)}")
     click.echo(f"{'K_u histogram':>20s}  {res['k_u_hist']}")
+
+
+def _data_or_topic(data: Path | None, topic: str | None, verb: str) -> None:
+    """The one rule of train's and evaluate's sources: a dataset folder or a range of a clicks
+    topic, never both (one of them would be silently left unread)."""
+    if data is not None and topic is not None:
+        raise click.UsageError(f"--data and --topic are mutually exclusive: {verb} on a "
+                               "dataset folder or on a range of a clicks topic")
+
+
+def same_items(data: Path, item_ids: Any, checkpoint_item_ids: Any) -> None:
+    """Refuse a dataset whose item vocabulary is not the checkpoint's (the one rule, for
+    ``diam evaluate --data`` and ``diam evaluate-stream --checkpoint``): the checkpoint's
+    rows would score items of another catalogue, and every metric would read 0 rather than
+    fail."""
+    import numpy as np
+
+    ours, theirs = np.asarray(item_ids), np.asarray(checkpoint_item_ids)
+    if ours.shape != theirs.shape or not (ours == theirs).all():
+        raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
 
 
 def _why_nan(key: str, res: dict[str, Any]) -> str:

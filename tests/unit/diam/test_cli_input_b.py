@@ -205,3 +205,11 @@ def test_train_can_leave_the_newest_events_out(run, synth, tmp_path) -> None:
     for bad in ("0", "1", "1.5"):
         r = run("train", "--data", str(synth), "--out", str(out), "--leave-newest", bad)
         assert r.exit_code == 2 and "--leave-newest" in r.output, r.output
+
+
+def test_train_refuses_data_and_topic_together(run, synth, tmp_path) -> None:
+    out = _clean_error(run("train", "--data", str(synth), "--topic", "fix2.clicks", "--out",
+                           str(tmp_path / "ck")), "--data and --topic are mutually exclusive",
+                       code=2)
+    assert "train on" in out
+    assert not (tmp_path / "ck").exists()
