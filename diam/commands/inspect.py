@@ -10,6 +10,7 @@ import numpy as np
 
 from diam.commands import (
     get_settings,
+    kafka_unusable,
     namespace_of,
     namespace_option,
     not_empty,
@@ -79,13 +80,23 @@ def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) ->
         if uv is not None:
             ks.append(uv.k)
             ds.append(uv.d)
-    drift = drift_bodies(s.kafka, drift_last, drift_topic, namespace=ns)
+    from confluent_kafka import KafkaException
+
+    from streams.kafka_io import UnknownTopic
+
+    try:
+        drift, not_drift = drift_bodies(s.kafka, drift_last, drift_topic, namespace=ns)
+    except UnknownTopic as exc:  # a typo is not "0 drift events"
+        raise click.BadParameter(f"{exc}; nothing to plot", param_hint="--drift-topic") from None
+    except (KafkaException, RuntimeError, TimeoutError) as exc:
+        raise kafka_unusable(s, exc) from None
     try:
         namespace_figure(ns, ks, ds, drift, out)
     except OSError as exc:
         raise write_failed(out, exc) from None
+    skipped = f", {not_drift} not drift events (skipped)" if not_drift else ""
     click.echo(f"plot written to {out} ({len(ks)} users, {len(drift)} drift events from "
-               f"{drift_topic})", err=True)
+               f"{drift_topic}{skipped})", err=True)
 
 
 @inspect_group.command("user")

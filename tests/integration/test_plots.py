@@ -60,3 +60,34 @@ def test_namespace_and_diff_plots(stack, topic, namespace, redis_client, tmp_pat
     finally:
         for k in redis_client.scan_iter(match=f"diam:{ns_b}:*"):
             redis_client.delete(k)
+
+
+def test_namespace_plot_skips_and_counts_records_that_are_not_drift_events(
+        stack, topic, namespace, redis_client, tmp_path) -> None:
+    """A JSON object without ``ts_ms`` (a clicks record, a hand-written one) on the drift topic
+    is skipped and counted, not a KeyError traceback."""
+    s = stack.settings.model_copy(update={"kafka": stack.settings.kafka.model_copy(
+        update={"drift_topic": topic})})
+    RedisWriter(redis_client, namespace).write_batch(_users(3, 5))
+    good = {"kind": "k_change", "user_id": "u1", "ts_ms": 1_700_000_000_000, "offset": 1}
+    produce(s.kafka, topic, [(b"x", b'{"kind":"k_change","user_id":"x"}'), (b"y", b"[1, 2]"),
+                             (b"u1", json.dumps(good).encode())])
+    out = tmp_path / "ns.png"
+    res = CliRunner().invoke(main, ["inspect", "namespace", "--namespace", namespace,
+                                    "--plot", str(out)], obj={"settings": s})
+    assert res.exit_code == 0, res.output
+    assert "5 users, 1 drift events" in res.output
+    assert "2 not drift events (skipped)" in res.output
+    assert _png(out)[0] >= 1000
+
+
+def test_namespace_plot_refuses_an_unknown_drift_topic(stack, namespace, tmp_path) -> None:
+    """A misspelt --drift-topic is a usage error, not a plot of "0 drift events"."""
+    out = tmp_path / "ns.png"
+    res = CliRunner().invoke(main, ["inspect", "namespace", "--namespace", namespace,
+                                    "--plot", str(out), "--drift-topic", "fix1.no-such-topic"],
+                             obj={"settings": stack.settings})
+    assert res.exit_code == 2, res.output
+    assert "does not exist" in res.output and "--drift-topic" in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
