@@ -54,6 +54,7 @@ __all__ = [
     "MAX_DELTA",
     "MAX_N",
     "load_verified",
+    "StoreLoader",
     "store_loader",
 ]
 
@@ -176,7 +177,9 @@ class Recommender:
         load_in_background: bool = False,
     ) -> None:
         """``load_version(version)`` returns a version's index from disk, or None when it is
-        gone or refused; with it, a user whose vectors belong to a version not swapped in is
+        gone or refused (a loader that can tell cheaply that a version is not on disk has an
+        ``absent(version)`` method, as :class:`StoreLoader`: such a version is not loaded, at
+        once, rather than being loaded on a thread that finds nothing); with it, a user whose vectors belong to a version not swapped in is
         served from that version (loaded once, up to :data:`_ON_DISK_MAX` kept, the least
         recently used dropped first) rather than stale. Without it only the swapped-in versions
         serve. ``load_in_background`` (a server): the request that finds a version missing
@@ -354,6 +357,12 @@ class Recommender:
         failed = self._gone.get(version)
         if failed is not None and time.monotonic() - failed < _GONE_RETRY_S:
             return None, False
+        absent = getattr(self._load_version, "absent", None)
+        if absent is not None and absent(version):
+            # surely not on disk (a version name without its directory): "not loaded" now,
+            # not "being loaded" for as long as a thread takes to find nothing
+            self._mark_gone(version)
+            return None, False
         if not self._load_in_background:
             return self._load_from_disk(version), False
         with self._cache_lock:
@@ -374,12 +383,10 @@ class Recommender:
                 if snap is not None:
                     return snap
                 snap = self._load_version(version)
+            if snap is None:
+                self._mark_gone(version)
+                return None
             with self._cache_lock:
-                if snap is None:
-                    if len(self._gone) >= _GONE_MAX:
-                        self._gone.clear()
-                    self._gone[version] = time.monotonic()
-                    return None
                 self._gone.pop(version, None)
                 if self._active is not None and version in self._loaded:
                     return snap  # swapped in meanwhile: served from there
@@ -395,6 +402,14 @@ class Recommender:
         finally:
             with self._cache_lock:
                 self._loading.discard(version)
+
+    def _mark_gone(self, version: str) -> None:
+        """Remember that ``version`` could not be loaded: not asked for again for
+        :data:`_GONE_RETRY_S`."""
+        with self._cache_lock:
+            if len(self._gone) >= _GONE_MAX:
+                self._gone.clear()
+            self._gone[version] = time.monotonic()
 
     def loading(self, version: str) -> bool:
         """Whether ``version``'s index is being read from disk now (its users are answered
@@ -615,17 +630,34 @@ def load_verified(store: Any, version: str) -> SnapshotIndex:
     return SnapshotIndex.load(store.path(version), version=version)
 
 
-def store_loader(
-    store: Any, refused: Callable[[str, Exception], None] | None = None
-) -> Callable[[str], SnapshotIndex | None]:
-    """A ``load_version`` for :class:`Recommender` from a snapshot store: a version on disk,
-    verified and loaded (:func:`load_verified`), or for a checkpoint's label (vectors of ``diam
-    run --checkpoint``) the newest version published from the same weights
-    (``SnapshotStore.find_label``): the same item table and space; None when neither is on disk,
-    and None when it fails to load, after ``refused(version, error)`` (default: a warning
-    logged)."""
+class StoreLoader:
+    """A ``load_version`` for :class:`Recommender` from a snapshot store
+    (``snapshotter.SnapshotStore``): a version on disk, verified and loaded
+    (:func:`load_verified`), or for a checkpoint's label (vectors of ``diam run --checkpoint``)
+    the newest version published from the same weights (``SnapshotStore.find_label``): the same
+    item table and space; None when neither is on disk, and None when it fails to load, after
+    ``refused(version, error)`` (default: a warning logged)."""
 
-    def load(version: str) -> SnapshotIndex | None:
+    def __init__(self, store: Any, refused: Callable[[str, Exception], None] | None = None
+                 ) -> None:
+        self.store = store
+        self.refused = refused
+
+    def absent(self, version: str) -> bool:
+        """Whether ``version`` is surely not in the store: a version name whose directory is
+        not there, a stat away. A checkpoint's label is not judged here: finding its snapshot
+        reads manifests, which is the load's work (on its thread, for a server)."""
+        from online_model.checkpoint_config import label_weights
+
+        if label_weights(version) is not None:
+            return False
+        try:
+            return not self.store.path(version).is_dir()
+        except Exception:  # noqa: BLE001 - neither a version name nor a label: not there
+            return True
+
+    def __call__(self, version: str) -> SnapshotIndex | None:
+        store = self.store
         try:
             path = store.path(version)
         except Exception:  # noqa: BLE001 - not a version name: maybe a checkpoint's label
@@ -638,13 +670,17 @@ def store_loader(
         try:
             return load_verified(store, version)
         except Exception as exc:  # noqa: BLE001 - any failure makes the version unusable
-            if refused is not None:
-                refused(version, exc)
+            if self.refused is not None:
+                self.refused(version, exc)
             else:
                 log.warning("not serving from snapshot %s: %s", version, exc)
             return None
 
-    return load
+
+def store_loader(store: Any, refused: Callable[[str, Exception], None] | None = None
+                 ) -> StoreLoader:
+    """A :class:`StoreLoader` of ``store``."""
+    return StoreLoader(store, refused)
 
 
 def aggregate_candidates(

@@ -446,6 +446,30 @@ def test_store_loader_verifies_and_loads_or_says_no(tmp_path):
         load_verified(store, v2)
 
 
+def test_a_version_not_in_the_store_is_not_loaded_at_once_not_being_loaded(tmp_path, snapshot):
+    """A server loads a user's version on a thread; a version name whose directory is not in
+    the store is known to be missing a stat away: its users are answered at once as that
+    ("not loaded": another model's vectors cold), no thread started, instead of "being
+    loaded" for as long as a thread takes to find nothing. A checkpoint's label still goes to
+    the thread (finding its snapshot reads manifests)."""
+    from serving_cache import user_key
+    from serving_cache.recommend import store_loader
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s")))
+    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=30, dim=8, seed=1), store).version
+    load = store_loader(store)
+    assert not load.absent(v1) and load.absent("20200101T000000000000-ghost")
+    assert load.absent("not a version!") and not load.absent("diam-0123456789ab")
+    ghost = "20200101T000000000000-ghost"
+    rec = Recommender(snapshot, _DictRedis({user_key("unit", "u"): _user_on(ghost, snapshot)}),
+                      ns="unit", load_version=load, load_in_background=True)
+    got = rec.recommend("u", n=5)
+    assert got.cold and not rec.loading(ghost)
+    assert got.reason.startswith(f"the user's vectors belong to snapshot {ghost}, not loaded, of "
+                                 "another model")
+    assert rec.interests("u").reason == got.reason
+
+
 def test_load_verified_reads_the_index_once_and_still_refuses_a_mismatch(tmp_path, monkeypatch):
     """``load_verified`` skips ``verify``'s index check (the load applies the same rule): an
     index that disagrees with the items, its hashes re-written, is still refused, by the load;
