@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from diam.commands import get_settings, namespace_of, namespace_option, service_logging
+from diam.commands import (
+    get_settings,
+    namespace_of,
+    namespace_option,
+    not_empty,
+    service_logging,
+)
 from diam.settings import Settings
 
 if TYPE_CHECKING:
@@ -164,8 +170,12 @@ def watch_cmd(
     root = trainer_dir or Path(s.snapshot.trainer_dir)
     service_logging("%(asctime)s %(levelname)s %(message)s")
     watcher = Watcher(_store(s), root, _redis(s, no_redis), ns, data_dir=s.data_dir)
-    waiting = "" if root.is_dir() else " (it does not exist yet; waiting for it)"
-    click.echo(f"watching {root}{waiting} every {period:g}s (Ctrl-C stops)", err=True)
+    if once:  # one tick: no period, nothing to stop, and a missing root is not waited for
+        missing = "" if root.is_dir() else " (it does not exist yet: nothing to publish)"
+        click.echo(f"checking {root} once{missing}", err=True)
+    else:
+        waiting = "" if root.is_dir() else " (it does not exist yet; waiting for it)"
+        click.echo(f"watching {root}{waiting} every {period:g}s (Ctrl-C stops)", err=True)
     try:
         while True:
             try:
@@ -263,7 +273,8 @@ def _active_or_why(store: SnapshotStore) -> str:
 
 
 @snapshot_group.command("rollback")
-@click.argument("version", required=False)
+# an empty VERSION ("$V" with V unset) is a usage error, never "the previous version"
+@click.argument("version", required=False, callback=not_empty)
 @_ns_opt
 @_no_redis_opt
 @click.pass_context

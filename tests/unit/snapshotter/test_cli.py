@@ -139,3 +139,22 @@ def test_republished_weights_reactivate_and_never_active_versions_are_shown(
     assert "never active" not in run("snapshot", "list", "--no-redis").output
     back = run("snapshot", "rollback", "--no-redis")
     assert back.exit_code == 0 and f"active: {v2}" in back.output
+
+
+@pytest.mark.parametrize("version", ["", "  "])
+def test_an_empty_rollback_version_is_a_usage_error(run, tmp_path, version):
+    """`rollback "$V"` with V unset must not roll back to the previous version silently."""
+    for i in range(2):
+        run("snapshot", "publish", str(write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4,
+                                                        seed=i)), "--no-redis")
+    active = (tmp_path / "snaps" / "ACTIVE").read_text()
+    r = run("snapshot", "rollback", version, "--no-redis")
+    assert r.exit_code == 2 and "must not be empty" in r.output, r.output
+    assert (tmp_path / "snaps" / "ACTIVE").read_text() == active
+
+
+def test_watch_once_says_it_checks_once(run, tmp_path):
+    (tmp_path / "trainer").mkdir()
+    r = run("snapshot", "watch", "--once", "--trainer-dir", str(tmp_path / "trainer"), "--no-redis")
+    assert r.exit_code == 0 and f"checking {tmp_path / 'trainer'} once" in r.output, r.output
+    assert "every" not in r.output and "Ctrl-C" not in r.output
