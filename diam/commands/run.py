@@ -276,7 +276,8 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     Redis namespace of the run that refused them (ns=...).
 
     Runs into several namespaces share the dead-letter topic (a replay has its own): each run
-    refuses a bad record once, so one record can be listed once per namespace. The count covers
+    refuses a bad record once, so one record can be listed once per namespace; the copies a
+    resumed run or a second run into the same namespace wrote are counted, not listed. The count covers
     every record in the topic (or from --source-topic, or --namespace); the list shows the last
     N by the time they were dead-lettered, across the topic's partitions."""
     from streams.kafka_io import UnknownTopic, read_deadletters
@@ -306,8 +307,10 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     click.echo(f"{len(recs)} dead-lettered record(s) in {name}"
                + (f" from {source_topic}" if source_topic is not None else "")
                + (f" of namespace {namespace}" if namespace is not None else "")
-               + (f" ({extra} repeated cop{'y' if extra == 1 else 'ies'} from resumed runs not shown)"
-                  if extra else ""))
+               # a resumed run re-refuses its uncommitted epoch, and so does a second bounded
+               # run into the same namespace: the line must be true of both
+               + (f" ({extra} repeated cop{'y' if extra == 1 else 'ies'}, from a resumed or "
+                  "repeated run, not shown)" if extra else ""))
     recs.sort(key=lambda r: (r["ts_ms"], str(r["topic"]), r["partition"], r["offset"]))  # type: ignore[arg-type, return-value]
     for r in recs[-last:]:
         value = r["value"] or b""
