@@ -31,8 +31,8 @@ import numpy as np
 
 from serving_cache import svg
 
-__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "parse_flow",
-           "quantile_above_top"]
+__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "nan_to_none",
+           "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -236,14 +236,19 @@ def _http_get(url: str) -> str:
         return resp.read().decode()
 
 
-def _nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN: replace it by null, recursively."""
+def nan_to_none(obj: Any) -> Any:
+    """JSON has no NaN: replace it by null, recursively (the one owner of that rule, for these
+    routes and the CLI's ``--json``: ``diam.commands.inspect.echo_json``).
+
+    >>> nan_to_none({"a": float("nan"), "b": [1.5, float("nan")]})
+    {'a': None, 'b': [1.5, None]}
+    """
     if isinstance(obj, float):
         return None if obj != obj else obj
     if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
+        return {k: nan_to_none(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_nan_to_none(v) for v in obj]
+        return [nan_to_none(v) for v in obj]
     return obj
 
 
@@ -298,7 +303,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         if not sources.flow_metrics:
             return JSONResponse({"available": False, "errors": [
                 "no dataflow metrics configured (diam serve --flow-metrics URL)"]})
-        return JSONResponse(_nan_to_none(scraper.sample()))
+        return JSONResponse(nan_to_none(scraper.sample()))
 
     @app.get("/ui/api/namespace", include_in_schema=False)
     def ui_namespace() -> JSONResponse:
@@ -307,7 +312,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             if hit is None or time.monotonic() - hit[0] > sources.namespace_ttl_s:
                 hit = (time.monotonic(), namespace_view(recommender.client, ns))
                 cache[ns] = hit
-        return JSONResponse(_nan_to_none(hit[1]))
+        return JSONResponse(nan_to_none(hit[1]))
 
     @app.get("/ui/api/alerts", include_in_schema=False)
     def ui_alerts(n: int = 20) -> JSONResponse:
@@ -359,4 +364,4 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             },
             "drift": drift, "drift_error": drift_error,
         }
-        return JSONResponse(_nan_to_none(body))
+        return JSONResponse(nan_to_none(body))

@@ -20,6 +20,23 @@ from diam.commands import (
 )
 from serving_cache.recommend import MAX_DELTA, MAX_N
 
+__all__ = ["echo_json", "note_empty_namespace"]
+
+
+def echo_json(obj: object, indent: int | None = None) -> None:
+    """Print ``obj`` as JSON with NaN (a mean over no users) as null: ``json.dumps`` would
+    write ``NaN``, which is not JSON and which strict parsers (``jq``, browsers) refuse."""
+    from serving_cache.ui import nan_to_none
+
+    click.echo(json.dumps(nan_to_none(obj), indent=indent, allow_nan=False))
+
+
+def note_empty_namespace(ns: str) -> None:
+    """The one wording of "this namespace is empty": an empty namespace and a typo'd one look
+    alike, so a command whose answer is empty because of that says so (on stderr)."""
+    click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
+               "a typo?)", err=True)
+
 
 @click.group("inspect")
 def inspect_group() -> None:
@@ -52,13 +69,11 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         topic = drift_topic if drift_topic is not None else s.kafka.drift_topic
         _plot_namespace(s, ns, plot_path, topic, drift_last)
     if as_json:
-        click.echo(json.dumps(asdict(summary), indent=2))
+        echo_json(asdict(summary), indent=2)
         return
     click.echo(f"namespace {ns}: {summary.users} users, {summary.events} events applied")
     if not summary.users and not summary.undecodable:
-        # as `diam recommend` says it: an empty namespace and a typo'd --namespace look alike
-        click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
-                   "a typo?)", err=True)
+        note_empty_namespace(ns)
     if summary.users:
         hist = "  ".join(f"K={k}: {n}" for k, n in summary.k_hist.items())
         click.echo(f"  K_u      {hist}")
@@ -194,11 +209,9 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     if r.cold and r.reason == "unknown user" and not namespace_in_use(client, ns):
-        # every user of an empty namespace is cold: say so, a typo'd --namespace looks alike
-        click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
-                   "a typo?)", err=True)
+        note_empty_namespace(ns)  # every user of an empty namespace is cold
     if as_json:
-        click.echo(json.dumps(asdict(r), indent=2))
+        echo_json(asdict(r), indent=2)
         return
     head = "cold start (" + str(r.reason) + ")" if r.cold else f"K_u={r.k} d_u={r.d_user:.3f} d_used={r.d_used:.3f}"
     click.echo(f"user {user_id}: {head}, snapshot {r.snapshot}")

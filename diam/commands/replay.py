@@ -157,6 +157,7 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     """
     import redis
 
+    from diam.commands.inspect import echo_json, note_empty_namespace
     from serving_cache import redis_client, validate_namespace
     from serving_cache.diff import diff_namespaces, summary_dict
 
@@ -183,10 +184,13 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         except OSError as exc:
             raise write_failed(plot_path, exc) from None
         click.echo(f"plot written to {plot_path}", err=True)
-    if as_json:
-        click.echo(json.dumps(summary_dict(result)))
+    if as_json:  # means over no common users are NaN: null in JSON
+        echo_json(summary_dict(result))
         return
     m = result.summary
+    for ns, users in ((ns_a, m.users_a), (ns_b, m.users_b)):
+        if not users and not m.undecodable:
+            note_empty_namespace(ns)
     click.echo(f"{ns_a} vs {ns_b}: users {m.users_a:,} / {m.users_b:,}; in both {m.both:,}, "
                f"only in {ns_a} {m.only_a:,}, only in {ns_b} {m.only_b:,}")
     if m.both:
