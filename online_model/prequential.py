@@ -45,7 +45,7 @@ from online_model.metrics import bootstrap_ci
 from online_model.online import OnlineLearner, UserState
 from online_model.routing import stable_hash64
 
-__all__ = ["ARMS", "SWEEP_ARMS", "arm_configs", "recommend", "evaluate_stream", "evaluate_path",
+__all__ = ["ARMS", "SWEEP_ARMS", "NoUsersSelected", "arm_configs", "recommend", "evaluate_stream", "evaluate_path",
            "format_table", "matched_recall"]
 
 ARMS = ("popularity", "reinfer", "frozen", "nosteps", "guarded", "unguarded")
@@ -54,6 +54,11 @@ MODEL_ARMS = ("reinfer", "nosteps")
 SWEEP_ARMS = ("reinfer", "nosteps", "guarded", "unguarded")
 """Arms whose lists are also scored at shifted d_u (``sweep``), for the Recall@20-Entropy@20
 fronts: every model arm goes through the same aggregator at the same shifts."""
+
+
+class NoUsersSelected(ValueError):
+    """``users`` and ``user_fraction`` keep none of the users who click after the cut: every
+    metric would be 0/0, so the run is refused rather than reported as zeros."""
 
 
 def arm_configs(cfg: OnlineConfig) -> dict[str, OnlineConfig]:
@@ -244,6 +249,11 @@ def evaluate_stream(
                 k = k and user_group(u) == users
             keep_user[u] = k
         return k
+
+    stream_users = set(user_list[cut:])
+    if not any(kept(u) for u in stream_users):
+        raise NoUsersSelected(f"user_fraction {user_fraction:g} and users {users!r} keep none of "
+                              f"the {len(stream_users)} users who click after the cut")
 
     # popularity: a count decayed by event (half-life pop_half_life events), over every event
     # of the stream so far (all users: the feed's own popularity list)
@@ -499,15 +509,21 @@ def evaluate_path(
     data: str | Path,
     cfg: OnlineConfig,
     checkpoint: str | Path | None = None,
+    *,
+    check_base: Callable[[Any, BaseView], None] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`evaluate_stream` on a prepared dataset directory, with the base read from
     ``checkpoint`` (a ``diam train`` output or a snapshot) when given, else built from the
-    events before the cut."""
+    events before the cut. ``check_base(dataset, base)`` is called on a checkpoint's base
+    before the run, to refuse one that does not fit the data (``diam evaluate-stream`` refuses
+    another item vocabulary with ``diam evaluate``'s rule)."""
     from online_model.datasets import load_prepared
 
     ds = load_prepared(data)
     base = None if checkpoint is None else BaseView.from_checkpoint(checkpoint)
+    if base is not None and check_base is not None:
+        check_base(ds, base)
     if base is not None and base.dim != cfg.dim:
         cfg = cfg.model_copy(update={"dim": base.dim})
     return evaluate_stream(ds, cfg, base, **kwargs)

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, write_failed
+from diam.commands import (
+    DEFAULT_DATASET_HELP,
+    default_dataset,
+    get_settings,
+    output_file,
+    progress_option,
+    write_failed,
+)
 
 
 @click.command("evaluate-stream")
@@ -56,8 +63,10 @@ from diam.commands import DEFAULT_DATASET_HELP, default_dataset, get_settings, w
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the JSON result to this file.",
+    callback=output_file,
+    help="Also write the JSON result to this file (its directory must exist).",
 )
+@progress_option()
 def evaluate_stream(
     data: Path | None,
     checkpoint: Path | None,
@@ -67,18 +76,26 @@ def evaluate_stream(
     merge: str,
     as_json: bool,
     out: Path | None,
+    progress: bool,
 ) -> None:
     """Replay a dataset in time order; for each event recommend top-20 from the user's current
     vectors, score the clicked item, then apply the online update (the dataflow's own call).
 
-    Four arms: a popularity reference (decayed click counts), frozen anchors, online with
-    guards, online without guards. Reports Recall@20 (with a bootstrap interval, and each arm's
+    Arms: a popularity reference (decayed click counts), frozen anchors, online with guards,
+    online without guards; with --checkpoint (a base with DIAM's head) also reinfer (the
+    network re-run on the current history, no steps) and nosteps (the served re-anchoring
+    without gradient steps): six arms. Reports Recall@20 (with a bootstrap interval, and each arm's
     difference to the guarded one), NDCG@20, Entropy@20, K_u changes per 1000 events and mean
     drift from anchors. Thresholds come from the online settings (DIAM_ONLINE_*).
+
+    A checkpoint must have the dataset's item vocabulary. JSON writes an undefined value (an
+    interval over no users) as null.
     """
+    from diam.commands.model import same_items
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
-    from online_model.prequential import evaluate_path
+    from online_model.prequential import NoUsersSelected, evaluate_path
+    from serving_cache.ui import nan_to_none
 
     settings = get_settings(click.get_current_context())
     if data is None:
@@ -95,14 +112,18 @@ def evaluate_stream(
             warm_frac=warm_frac,
             user_fraction=0.1 if quick else user_fraction,
             merge=merge,
-            progress=True,
+            progress=progress,
+            check_base=lambda ds, base: same_items(data, ds.items.ids, base.item_ids),
         )
     except (DatasetError, BaseLoadError) as exc:
         raise click.ClickException(str(exc)) from None
-    text = json.dumps(result, indent=2, sort_keys=False)
+    except NoUsersSelected as exc:
+        option = "--quick (10% of users)" if quick else f"--user-fraction {user_fraction:g}"
+        raise click.ClickException(f"no users selected ({exc}); {option} is too small for "
+                                   "this dataset: raise --user-fraction") from None
+    text = json.dumps(nan_to_none(result), indent=2, sort_keys=False, allow_nan=False)
     if out is not None:
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text + "\n", encoding="utf-8")
         except OSError as exc:
             raise write_failed(out, exc) from None

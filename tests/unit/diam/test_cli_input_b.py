@@ -56,7 +56,51 @@ def test_evaluate_stream_prints_its_table_with_four_arms(run, synth) -> None:
     assert "popularity reference recall@20: " in r.output
     # long column names stay apart
     assert " recall@20_ci " in r.output and " recall@20_diff_to_guarded_ci" in r.output
-    assert "Four arms" in run("evaluate-stream", "--help").output
+    assert "prequential" not in r.output  # no progress bar when stderr is not a terminal
+    help_text = " ".join(run("evaluate-stream", "--help").output.split())
+    assert "Four arms" not in help_text  # it reports six with --checkpoint
+    assert "reinfer" in help_text and "nosteps" in help_text and "six arms" in help_text
+    assert "--progress / --no-progress" in help_text
+
+
+def test_evaluate_stream_refuses_a_checkpoint_of_another_vocabulary(run, synth, tmp_path) -> None:
+    from snapshotter.testing import write_checkpoint
+
+    ck = write_checkpoint(tmp_path / "ck", n_items=30, dim=4)
+    _clean_error(run("evaluate-stream", "--data", str(synth), "--checkpoint", str(ck)),
+                 f"{synth}: item vocabulary differs from the checkpoint's", code=1)
+
+
+@pytest.mark.parametrize("args", [["--user-fraction", "0.0001"],
+                                  ["--user-fraction", "0.0001", "--json"]])
+def test_evaluate_stream_refuses_a_fraction_that_selects_no_user(run, synth, args) -> None:
+    out = _clean_error(run("evaluate-stream", "--data", str(synth), *args),
+                       "Error: no users selected (", "--user-fraction", code=1)
+    assert "recall@20" not in out and "NaN" not in out
+
+
+def test_evaluate_stream_json_writes_undefined_values_as_null(run, synth, tmp_path,
+                                                             monkeypatch) -> None:
+    import online_model.prequential as prequential
+
+    real = prequential.evaluate_path
+
+    def with_nan(*a, **kw):
+        res = real(*a, **kw)
+        res["arms"]["frozen"]["recall@20_diff_to_guarded_ci"] = [float("nan"), float("nan")]
+        return res
+
+    monkeypatch.setattr(prequential, "evaluate_path", with_nan)
+    out = tmp_path / "r.json"
+    r = run("evaluate-stream", "--data", str(synth), "--json", "--out", str(out))
+    assert r.exit_code == 0, r.output
+
+    def strict(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    for text in (r.output, out.read_text()):
+        res = json.loads(text, parse_constant=strict)
+        assert res["arms"]["frozen"]["recall@20_diff_to_guarded_ci"] == [None, None]
 
 
 # -- train / evaluate -------------------------------------------------------------------------
@@ -176,10 +220,16 @@ def test_replay_help_names_both_replay_topics() -> None:
     assert "diam deadletters --topic" in out
 
 
+def test_evaluate_stream_refuses_an_out_file_in_a_missing_directory(run, synth, tmp_path) -> None:
+    _clean_error(run("evaluate-stream", "--data", str(synth), "--out",
+                     str(tmp_path / "nowhere" / "r.json")), "--out", "does not exist", code=2)
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_evaluate_stream_names_an_out_file_it_cannot_write(run, synth, tmp_path) -> None:
     (tmp_path / "afile").write_text("")
     _clean_error(run("evaluate-stream", "--data", str(synth), "--json", "--out",
-                     str(tmp_path / "afile" / "r.json")), "cannot write", code=1)
+                     str(tmp_path / "afile" / "r.json")), "--out", "cannot write", code=2)
 
 
 def test_train_can_leave_the_newest_events_out(run, synth, tmp_path) -> None:
