@@ -28,7 +28,7 @@ from diam.commands import (
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port; 0 picks a free port (printed) "
                    "[default: settings retrain.metrics_port; none].")
-@click.option("--json", "as_json", is_flag=True, help="With --once: print the decision as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (only with --once).")
 @click.pass_context
 def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: str | None,
                 epochs: int | None, metrics_port: int | None, as_json: bool) -> None:
@@ -44,6 +44,9 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
 
     from diam.retrain import Retrainer
 
+    if as_json and not once:  # the service's decisions go to diam.models and the log
+        raise click.UsageError("--json needs --once: the service (without --once) writes each "
+                               "decision to the models topic and the log, not to stdout")
     s = get_settings(ctx)
     # checked before anything is trained: a bad namespace would otherwise fail only at the
     # Redis step, after a publish on disk

@@ -263,3 +263,13 @@ def test_train_refuses_data_and_topic_together(run, synth, tmp_path) -> None:
                        code=2)
     assert "train on" in out
     assert not (tmp_path / "ck").exists()
+
+
+def test_retrain_json_without_once_is_a_usage_error(run, monkeypatch) -> None:
+    import diam.retrain
+
+    def never(*a, **kw):
+        raise AssertionError("the service was started")
+
+    monkeypatch.setattr(diam.retrain, "Retrainer", never)
+    _clean_error(run("retrain", "--json"), "--json needs --once", code=2)
