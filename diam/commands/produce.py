@@ -16,6 +16,19 @@ from diam.commands import (
 )
 
 
+def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback of a topic option: not empty (:func:`diam.commands.not_empty`) and a
+    legal Kafka name (:func:`streams.kafka_io.topic_name_problem`), so 'bad topic' is a usage
+    error naming the option, not a broker that "is not usable"."""
+    from streams.kafka_io import topic_name_problem
+
+    value = not_empty(ctx, param, value)
+    problem = None if value is None else topic_name_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
 @click.command("produce")
 @click.option(
     "--data",
@@ -27,7 +40,7 @@ from diam.commands import (
 @click.option(
     "--topic",
     default=None,
-    callback=not_empty,
+    callback=_topic_name,
     help="Target topic [default: the clicks topic, diam.clicks].",
 )
 @click.option(
@@ -50,7 +63,7 @@ from diam.commands import (
     "compacted items topic, before the clicks (--limit 0: the catalogue only).",
 )
 @click.option(
-    "--items-topic", default=None, callback=not_empty, help="Catalogue topic [default: diam.items]."
+    "--items-topic", default=None, callback=_topic_name, help="Catalogue topic [default: diam.items]."
 )
 @progress_option()
 def produce(

@@ -1,0 +1,46 @@
+"""A topic option's value must be a legal Kafka topic name: refused while the options are
+parsed, naming the option, before any client is made (Kafka is pointed at a closed port, so a
+command that got further would fail differently)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from diam.cli import main
+from diam.settings import load_settings
+from tests.unit.diam.conftest import closed_port
+
+
+@pytest.fixture
+def run(isolated_env):
+    monkeypatch = isolated_env
+    monkeypatch.setenv("DIAM_REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("DIAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{closed_port()}")
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), obj={"settings": load_settings()})
+
+    return invoke
+
+
+@pytest.mark.parametrize("args", [
+    ["produce", "--topic", "bad topic", "--limit", "1"],
+    ["produce", "--topic", "..", "--limit", "1"],
+    ["produce", "--topic", "x" * 250, "--limit", "1"],
+    ["produce", "--items-topic", "items/v2", "--catalog"],
+    ["forget", "--topic", "bad topic", "u1"],
+])
+def test_an_illegal_topic_name_is_a_usage_error(run, args) -> None:
+    option = next(a for a in args if a.endswith("topic"))
+    r = run(*args)
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    assert option in r.output and "is not a Kafka topic name" in r.output, r.output
+    assert "not usable" not in r.output and "Traceback" not in r.output
+
+
+def test_legal_names_pass_the_option_check(run) -> None:
+    # gets past parsing: what fails is the missing dataset, not the name
+    r = run("produce", "--topic", "fix3.a_b-C9", "--data", "/tmp/fix3/no-such-dataset")
+    assert r.exit_code == 1 and "not a Kafka topic name" not in r.output, r.output
