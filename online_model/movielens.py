@@ -318,7 +318,8 @@ def prepare_movielens(
     source: str | Path, out: str | Path, *, min_rating: float | None = None, progress: bool = False
 ) -> Path:
     """Read ``source`` (``"ml-100k"`` for the copy in the recbole wheel, or a directory) and
-    write the prepared dataset to ``out``."""
+    write the prepared dataset to ``out``. A ``min_rating`` that keeps no rating is a
+    :class:`DatasetError`, raised before anything is written."""
     if str(source) == "ml-100k" and not Path(source).is_dir():
         d, name = find_recbole_ml100k(), "ml-100k"
     else:
@@ -326,6 +327,12 @@ def prepare_movielens(
         name = d.resolve().name
     raw = read_movielens(d, progress=progress)
     keep = np.ones(raw.rating.shape, dtype=bool) if min_rating is None else raw.rating >= min_rating
+    if raw.rating.size and not keep.any():  # before anything is written: no empty dataset
+        raise DatasetError(
+            f"{d}: the min_rating filter (>= {min_rating:g}) keeps none of the "
+            f"{raw.rating.size:,} ratings (they range {raw.rating.min():g} to "
+            f"{raw.rating.max():g}): nothing to write"
+        )
     used = set(np.unique(raw.items[keep]).tolist())
     rows = [
         (i, t, c)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from diam.commands import get_settings, progress_option
+from diam.commands import finite, get_settings, progress_option
 
 
 def _summary(out: Path, seconds: float) -> str:
@@ -40,7 +40,9 @@ def data() -> None:
     "--min-rating",
     type=float,
     default=None,
-    help="Keep only ratings >= this value as clicks [default: keep every rating].",
+    callback=finite,
+    help="Keep only ratings >= this value as clicks (one that keeps none is refused) "
+    "[default: keep every rating].",
 )
 @progress_option("Show progress bars.")
 def prepare(source: str, out: Path | None, min_rating: float | None, progress: bool) -> None:

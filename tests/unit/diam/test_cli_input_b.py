@@ -273,3 +273,21 @@ def test_retrain_json_without_once_is_a_usage_error(run, monkeypatch) -> None:
 
     monkeypatch.setattr(diam.retrain, "Retrainer", never)
     _clean_error(run("retrain", "--json"), "--json needs --once", code=2)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_data_prepare_refuses_a_min_rating_that_is_not_finite(run, tmp_path, value) -> None:
+    _clean_error(run("data", "prepare", "ml-100k", "--out", str(tmp_path / "o"),
+                     "--min-rating", value), "--min-rating", "finite", code=2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_prepare_refuses_a_min_rating_that_keeps_nothing(run, tmp_path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "u.data").write_text("1\t2\t5\t100\n2\t1\t3\t100\n")
+    (raw / "u.item").write_text("1|A (1995)|01-Jan-1995||http://x|" + "|".join(["0"] * 19) + "\n"
+                                "2|B (1996)|01-Jan-1996||http://y|" + "|".join(["0"] * 19) + "\n")
+    _clean_error(run("data", "prepare", str(raw), "--out", str(tmp_path / "o"),
+                     "--min-rating", "6"), "min_rating filter (>= 6) keeps none", code=1)
+    assert not (tmp_path / "o").exists()

@@ -83,6 +83,15 @@ def test_min_rating_filters(tmp_path: Path) -> None:
     assert ds.items.ids.tolist() == ["2"]
 
 
+
+def test_a_min_rating_that_keeps_no_rating_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"min_rating filter \(>= 6\) keeps none of the 4 "
+                                           r"ratings \(they range 1 to 5\)"):
+        prepare_movielens(_u_data_dir(tmp_path), tmp_path / "o", min_rating=6)
+    assert not (tmp_path / "o").exists()
+
+
 def test_ratings_dat_latin1_and_no_genres(tmp_path: Path) -> None:
     d = tmp_path / "ml-1m"
     d.mkdir()
