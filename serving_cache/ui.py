@@ -31,10 +31,15 @@ import numpy as np
 
 from serving_cache import svg
 
-__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "nan_to_none",
+__all__ = ["MAX_TOP", "UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "nan_to_none",
            "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+MAX_TOP = 50
+"""The most top items per interest the user view lists: the bound of the public
+``/users/{id}/interests?top=`` (``serving_cache/api.py`` spells it ``le=50``, it has no name
+there; ``tests/unit/serving_cache/test_ui_user.py`` holds the two routes to one bound)."""
 
 
 @dataclass
@@ -286,9 +291,11 @@ def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, 
 def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     """Add ``/ui`` and its JSON routes to the FastAPI ``app``."""
     from fastapi import Path as PathParam
+    from fastapi import Query
     from fastapi.responses import HTMLResponse, JSONResponse
 
     from serving_cache.reader import USER_ID_PATTERN
+    from serving_cache.recommend import MAX_N
 
     scraper = FlowScraper(sources.flow_metrics, history_s=sources.history_s)
     cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -323,16 +330,19 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         except Exception as exc:
             return JSONResponse({"available": False, "alerts": [], "error": str(exc)})
 
+    # the public routes' bounds (/users/{id}/recommendations' n, /users/{id}/interests' top):
+    # out of them, 422 as there, not a slice row[:-1] or every item of the catalogue
     @app.get("/ui/api/users/{user_id}", include_in_schema=False)
-    def ui_user(user_id: str = PathParam(pattern=USER_ID_PATTERN), n: int = 20,
-                top: int = 5) -> JSONResponse:
+    def ui_user(user_id: str = PathParam(pattern=USER_ID_PATTERN),
+                n: int = Query(20, ge=1, le=MAX_N),
+                top: int = Query(5, ge=1, le=MAX_TOP)) -> JSONResponse:
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
         import redis
 
         try:
             it = recommender.interests(user_id, top=top)
-            rec = recommender.recommend(user_id, n=max(1, min(n, 200)))
+            rec = recommender.recommend(user_id, n=n)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
         snap = recommender.active

@@ -1,0 +1,58 @@
+"""The /ui user view's parameters take the public routes' bounds: ``n`` as
+``/users/{id}/recommendations``, ``top`` as ``/users/{id}/interests``; outside them a 422, as
+there (Redis is a port nobody listens on: a parameter in bounds reaches it and answers 503)."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from serving_cache.api import get_app
+from serving_cache.reader import fail_fast
+from serving_cache.recommend import MAX_N, Recommender
+from serving_cache.retrieval import SnapshotIndex
+from serving_cache.ui import MAX_TOP, UiSources
+from snapshotter import SnapshotConfig, SnapshotStore, publish
+from snapshotter.testing import write_checkpoint
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ui")
+    res = publish(write_checkpoint(tmp / "ck", n_items=60, dim=8, item_pop=np.arange(60)),
+                  SnapshotStore(SnapshotConfig(dir=str(tmp / "s"))))
+    dead = fail_fast(redis.Redis(host="127.0.0.1", port=_dead_port(), socket_timeout=0.5))
+    app = get_app(Recommender(SnapshotIndex.load(res.path), dead, "unit"), ui=UiSources())
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.parametrize("query, field", [
+    ("top=-1", "top"), ("top=0", "top"), (f"top={MAX_TOP + 1}", "top"), ("top=100000000", "top"),
+    ("n=-5", "n"), ("n=0", "n"), (f"n={MAX_N + 1}", "n"), ("n=ten", "n"),
+])
+def test_out_of_bounds_parameters_get_422(client, query, field) -> None:
+    r = client.get(f"/ui/api/users/u1?{query}")
+    assert r.status_code == 422, r.text
+    assert any(d["loc"][-1] == field and d["msg"] for d in r.json()["detail"])
+
+
+@pytest.mark.parametrize("top, code", [(0, 422), (1, 503), (MAX_TOP, 503), (MAX_TOP + 1, 422)])
+def test_top_has_the_public_interests_routes_bound(client, top, code) -> None:
+    assert client.get(f"/users/u1/interests?top={top}").status_code == code
+    assert client.get(f"/ui/api/users/u1?top={top}").status_code == code
+
+
+def test_n_in_bounds_reaches_redis(client) -> None:
+    for n in (1, MAX_N):
+        assert client.get(f"/ui/api/users/u1?n={n}").status_code == 503
