@@ -18,7 +18,7 @@ from diam.commands import (
     redis_unusable,
     write_failed,
 )
-from serving_cache.recommend import MAX_DELTA, MAX_N
+from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N
 
 __all__ = ["echo_json", "note_empty_namespace"]
 
@@ -153,20 +153,33 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 @click.option("-n", "--n", "n", type=click.IntRange(1, MAX_N), default=20, show_default=True,
               help="How many items (the API's bound on n).")
 @click.option("--mode", type=click.Choice(["auto", "manual", "context"]), default="auto", show_default=True,
-              help="auto: the learned d_u; manual: d_u·(1+delta); context: a small adjustment by hour/device.")
-@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=0.0,
-              show_default=True, help="Diversity shift for manual and context modes.")
+              help="auto: the learned d_u; manual: d_u·(1+delta); context: d_u·(1+delta+c), "
+                   "c a shift by --hour and --device (the API's mode=context).")
+@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=None,
+              help="Diversity shift for --mode manual and context (default 0; the sum with "
+                   "the context's is clipped to the same bounds).")
+@click.option("--hour", type=click.IntRange(0, 23), default=None,
+              help="Local hour, for --mode context (the API's hour): leisure hours browse "
+                   "wider, working hours narrower (serving_cache.recommend.context_delta).")
+@click.option("--device", type=click.Choice(list(DEVICE_DELTA)), default=None,
+              help="Device kind, for --mode context (the API's device): "
+                   + ", ".join(f"{k} {v:+g}" for k, v in DEVICE_DELTA.items()) + ".")
 @click.option("--keep-seen", is_flag=True,
               help="Keep the user's last seen items, which are left out by default (the "
                    "API's exclude_seen=false).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: int, mode: str,
-                  delta: float, keep_seen: bool, as_json: bool) -> None:
+                  delta: float | None, hour: int | None, device: str | None, keep_seen: bool,
+                  as_json: bool) -> None:
     """Recommend for one user from the user's vectors in Redis and the index of their
     snapshot (the same code path as `diam serve`, in process): the version the vectors belong
     to while it is in the snapshot store, else the active one (a stale answer, which says so).
-    Every snapshot used has its files' hashes verified first, as `diam serve` does."""
+    Every snapshot used has its files' hashes verified first, as `diam serve` does.
+
+    --mode, --delta, --hour and --device are the API's mode, delta, hour and device. An option
+    the chosen mode does not use is refused (the API ignores it; here it would only make two
+    different-looking commands print the same list)."""
     from dataclasses import asdict
 
     from serving_cache import redis_client
@@ -178,6 +191,12 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     why = validate_user_id(user_id)
     if why:
         raise click.ClickException(why)
+    for name, value, modes in (("--delta", delta, ("manual", "context")),
+                               ("--hour", hour, ("context",)), ("--device", device, ("context",))):
+        if value is not None and mode not in modes:
+            raise click.UsageError(f"{name} is used by --mode {' and '.join(modes)} only, not "
+                                   f"--mode {mode}", ctx)
+    context = {k: v for k, v in (("hour", hour), ("device", device)) if v is not None}
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     store = SnapshotStore(s.snapshot)
@@ -202,8 +221,8 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     import redis
 
     try:
-        r = rec.recommend(user_id, n=n, mode=mode, delta=delta,  # type: ignore[arg-type]
-                          exclude_seen=not keep_seen)
+        r = rec.recommend(user_id, n=n, mode=mode, delta=delta or 0.0,  # type: ignore[arg-type]
+                          context=context, exclude_seen=not keep_seen)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:

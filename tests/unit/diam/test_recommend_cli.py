@@ -254,3 +254,47 @@ def test_an_unknown_user_of_an_empty_namespace_says_the_namespace_is_empty(env, 
     got = run("recommend", "nobody", "--namespace", NS, "-n", "3")
     assert got.exit_code == 0 and "cold start (unknown user)" in got.output, got.output
     assert "holds no users" not in got.output
+
+
+def _d_used(got) -> float:  # type: ignore[no-untyped-def]
+    assert got.exit_code == 0, got.output
+    return float(json.loads(got.stdout)["d_used"])
+
+
+def test_context_mode_takes_the_apis_hour_and_device(env, tmp_path) -> None:
+    """--mode context shifts d_u by the API's context (hour, device): an evening on a tv
+    browses wider than auto, a working hour on a desktop narrower; without them it is manual."""
+    from online_model.aggregate import manual_d
+    from serving_cache.recommend import context_delta
+
+    store, redis, run = env
+    _put_user(redis, store, _publish(store, tmp_path, seed=1))
+    base = ("recommend", "u1", "--namespace", NS, "-n", "3", "--json")
+    auto = _d_used(run(*base))
+    wide = _d_used(run(*base, "--mode", "context", "--hour", "21", "--device", "tv"))
+    narrow = _d_used(run(*base, "--mode", "context", "--hour", "10", "--device", "desktop"))
+    assert wide == pytest.approx(manual_d(0.5, context_delta({"hour": 21, "device": "tv"})))
+    assert narrow < auto < wide
+    both = _d_used(run(*base, "--mode", "context", "--device", "tv", "--delta", "0.1"))
+    assert both == pytest.approx(manual_d(0.5, 0.1 + context_delta({"device": "tv"})))
+
+
+@pytest.mark.parametrize("args, name", [
+    (("--delta", "0.5"), "--delta"),                       # auto ignores delta
+    (("--mode", "auto", "--delta", "0"), "--delta"),
+    (("--mode", "manual", "--hour", "21"), "--hour"),      # only context reads the context
+    (("--device", "tv"), "--device"),
+])
+def test_an_option_the_mode_does_not_use_is_a_usage_error(env, tmp_path, args, name) -> None:
+    store, redis, run = env
+    _put_user(redis, store, _publish(store, tmp_path, seed=1))
+    got = run("recommend", "u1", "--namespace", NS, *args)
+    assert got.exit_code == 2, got.output
+    assert name in got.output and "Traceback" not in got.output
+
+
+@pytest.mark.parametrize("args", [("--hour", "24"), ("--hour", "-1"), ("--device", "alien")])
+def test_context_has_the_apis_bounds(env, args) -> None:
+    _store, _redis, run = env
+    got = run("recommend", "u1", "--namespace", NS, "--mode", "context", *args)
+    assert got.exit_code == 2 and args[0] in got.output, got.output
