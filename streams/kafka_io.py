@@ -32,6 +32,7 @@ __all__ = [
     "delete_topics",
     "partition_ids",
     "UnknownTopic",
+    "topic_config",
     "watermarks",
     "offsets_for_time",
     "consume_all",
@@ -191,6 +192,19 @@ def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> list[i
     if t.error is not None:
         raise RuntimeError(f"cannot read partitions of topic {topic!r}: {t.error.str()}")
     return sorted(t.partitions)
+
+
+def topic_config(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[str, str]:
+    """``topic``'s configuration as the broker reports it, defaults included (e.g.
+    ``cleanup.policy``: ``delete``, or ``compact`` for the item catalogue). The topic must
+    exist (:func:`partition_ids` says so first, without creating it)."""
+    from confluent_kafka.admin import ConfigResource
+
+    admin = _admin(cfg)
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)  # type: ignore[attr-defined]
+    with _logs_on_failure(admin):
+        conf = admin.describe_configs([res])[res].result(timeout)
+    return {name: str(entry.value) for name, entry in conf.items()}
 
 
 def _consumer(cfg: KafkaConfig) -> Consumer:

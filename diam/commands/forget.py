@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from diam.commands import get_settings, kafka_unusable, not_empty
+
+if TYPE_CHECKING:
+    from streams.config import KafkaConfig
 
 
 def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -20,11 +25,24 @@ def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+def _not_clicks(kafka: KafkaConfig) -> dict[str, str]:
+    """The configured topics that are not clicks topics, with what each is. A tombstone keyed
+    by a user id is a delete of that key there: on the compacted catalogue it removes the item
+    of that id (ml-100k's user and item ids overlap), elsewhere it is a record no reader
+    expects."""
+    return {kafka.items_topic: "the item catalogue (settings kafka.items_topic)",
+            kafka.deadletter_topic: "the dead-letter topic (settings kafka.deadletter_topic)",
+            kafka.drift_topic: "the drift-event topic (settings kafka.drift_topic)",
+            kafka.alerts_topic: "the drift-alert topic (settings kafka.alerts_topic)",
+            kafka.models_topic: "the retrain decisions topic (settings kafka.models_topic)"}
+
+
 @click.command("forget")
 @click.argument("users", nargs=-1, required=True)
 @click.option("--topic", default=None, callback=_topic_name,
               help="Clicks topic whose dataflows must forget the users (default: settings "
-                   "kafka.clicks_topic).")
+                   "kafka.clicks_topic). The configured catalogue, dead-letter, drift, alerts "
+                   "and models topics and any compacted topic are refused.")
 @click.option("--redis-only", is_flag=True, default=False,
               help="Only delete the Redis keys; write no tombstone to the clicks topic.")
 @click.pass_context
@@ -37,6 +55,10 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     push was in flight; a replay of the topic forgets them at the same point. Clicks the user
     makes afterwards start a new state. The user's older clicks stay in the topic until its
     retention removes them.
+
+    Only a clicks topic takes the tombstones: on the compacted item catalogue a null value
+    deletes the item keyed by the same id, so the configured side topics and any compacted
+    topic are refused before anything is written or deleted.
     """
     from confluent_kafka import KafkaException, Producer
 
@@ -52,15 +74,26 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
                                  param_hint="USERS")
     topic = topic if topic is not None else s.kafka.clicks_topic
     if not redis_only:
-        from streams.kafka_io import UnknownTopic, partition_ids
+        from streams.kafka_io import UnknownTopic, partition_ids, topic_config
 
+        nothing = "nothing was written and the Redis keys were not touched"
+        role = _not_clicks(s.kafka).get(topic)
+        if role is not None:
+            raise click.BadParameter(f"{topic} is {role}, not a clicks topic: {nothing}",
+                                     param_hint="--topic")
         try:  # producing to a misspelt topic would create it, and no dataflow would forget them
             partition_ids(s.kafka, topic)
+            policy = topic_config(s.kafka, topic).get("cleanup.policy", "")
         except UnknownTopic as exc:
             raise click.BadParameter(f"{exc}; the Redis keys were not touched (--redis-only "
                                      "deletes them alone)", param_hint="--topic") from None
         except (KafkaException, RuntimeError) as exc:
             raise kafka_unusable(s, exc) from None
+        if "compact" in policy.split(","):
+            raise click.BadParameter(
+                f"{topic} is compacted (cleanup.policy={policy}), as no clicks topic is: a "
+                "tombstone there deletes whatever record has the user's id as its key (an item "
+                f"of a catalogue); {nothing}", param_hint="--topic")
         errors: list[str] = []
         p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})
         for u in users:

@@ -44,3 +44,18 @@ def test_legal_names_pass_the_option_check(run) -> None:
     # gets past parsing: what fails is the missing dataset, not the name
     r = run("produce", "--topic", "fix3.a_b-C9", "--data", "/tmp/fix3/no-such-dataset")
     assert r.exit_code == 1 and "not a Kafka topic name" not in r.output, r.output
+
+
+@pytest.mark.parametrize("setting, role", [
+    ("items", "the item catalogue"), ("deadletter", "the dead-letter topic"),
+    ("drift", "the drift-event topic"), ("alerts", "the drift-alert topic"),
+    ("models", "the retrain decisions topic")])
+def test_forget_refuses_the_configured_side_topics(run, isolated_env, setting, role) -> None:
+    """A tombstone keyed by user 259 on the catalogue deletes item 259: refused by name, before
+    any broker is asked (the closed port would fail otherwise) or any key deleted."""
+    name = f"fix3.side-{setting}"
+    isolated_env.setenv(f"DIAM_KAFKA_{setting.upper()}_TOPIC", name)
+    r = run("forget", "--topic", name, "259")
+    assert r.exit_code == 2 and "--topic" in r.output, r.output
+    assert f"{name} is {role}" in r.output and "not a clicks topic" in r.output, r.output
+    assert "nothing was written" in r.output and "Traceback" not in r.output
