@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,8 +125,15 @@ def publish(
     ns: str = "live",
     data_dir: str | Path | None = None,
     now: datetime | None = None,
+    usable: Callable[[Path], None] | None = None,
 ) -> PublishResult:
     """Verify ``checkpoint``, write it as a new version of ``store``, make it active.
+
+    ``usable`` is the caller's test that its consumers can use the checkpoint (``diam snapshot
+    publish`` passes ``diam run``'s own start check: the base loads and its embedding size is
+    ``DIAM_ONLINE_DIM``; the snapshotter knows no dataflow settings): called with the verified
+    checkpoint's directory before anything is written or re-activated, it raises
+    :class:`SnapshotError` to refuse it, and the active version does not change.
 
     Weights already kept as a version (same sha256: a rerun after a killed or half-failed
     publish, the same checkpoint twice) re-activate that version instead of writing a copy,
@@ -142,6 +150,8 @@ def publish(
 
     previous = store.active_version()
     ck = _read(checkpoint)
+    if usable is not None:
+        usable(ck.path)
     kept = store.find_weights(ck.weights_sha256)
     if kept is not None:
         try:
@@ -258,7 +268,11 @@ class Watcher:
         redis_client: Any | None = None,
         ns: str = "live",
         data_dir: str | Path | None = None,
+        usable: Callable[[Path], None] | None = None,
     ) -> None:
+        """``usable`` is :func:`publish`'s: a checkpoint it refuses is logged and passed over
+        as one that fails verification is."""
+        self.usable = usable
         self.store, self.trainer_dir, self.client, self.ns = (
             store,
             Path(trainer_dir),
@@ -294,7 +308,8 @@ class Watcher:
                 self._failed.discard(ck)
                 break
             try:
-                result = publish(ck, self.store, self.client, self.ns, self.data_dir)
+                result = publish(ck, self.store, self.client, self.ns, self.data_dir,
+                                 usable=self.usable)
             except Exception as exc:  # a bad checkpoint must not stop the watch loop
                 log.error("not publishing %s: %s", ck, exc)
                 self._failed.add(ck)

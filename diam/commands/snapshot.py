@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,15 +73,56 @@ def snapshot_group() -> None:
     """
 
 
+def _stream_can_use(s: Settings, allow_dim_change: bool = False) -> Callable[[Path], None]:
+    """publish's ``usable`` test: ``diam run``'s own start check of a base (``diam.app``: the
+    checkpoint loads as a base, and ``_check_dim``, the owner of the rule that its embedding
+    size is DIAM_ONLINE_DIM), so no version is activated that every dataflow refuses. With
+    ``allow_dim_change`` only the load is checked."""
+
+    def check(path: Path) -> None:
+        from diam.app import _check_dim
+        from online_model.base import BaseLoadError, BaseView
+        from snapshotter.store import SnapshotError
+
+        try:
+            base = BaseView.from_checkpoint(path)
+        except BaseLoadError as exc:
+            raise SnapshotError(f"no dataflow can use it as its base: {exc}") from None
+        if allow_dim_change:
+            return
+        try:
+            _check_dim(base, s.online, f"checkpoint {path}")
+        except SnapshotError as exc:
+            raise SnapshotError(
+                f"{exc}; nothing was published (`diam snapshot publish --allow-dim-change` "
+                "publishes it anyway, for a deliberate change of dimension)") from None
+
+    return check
+
+
 @snapshot_group.command("publish")
 # no exists=True: the checkpoint reader names what the path is (does not exist, a symlink
 # loop, a dangling link, a file), where click says "does not exist" for all of them
 @click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--allow-dim-change",
+    is_flag=True,
+    help="Publish a checkpoint whose embedding size is not DIAM_ONLINE_DIM (a deliberate "
+    "change of dimension; refused otherwise). Running dataflows refuse the new version (one "
+    "log line) and keep their base; a new `diam run` refuses to start until DIAM_ONLINE_DIM "
+    "(and the retrain service's DIAM_RETRAIN_DIM) is the new size; users stored in Redis "
+    "keep vectors of the old size, answered cold (popularity) until a dataflow of the new "
+    "size pushes them again.",
+)
 @_ns_opt
 @_no_redis_opt
 @click.pass_context
 def publish_cmd(
-    ctx: click.Context, checkpoint: Path, namespace: str | None, no_redis: bool
+    ctx: click.Context,
+    checkpoint: Path,
+    allow_dim_change: bool,
+    namespace: str | None,
+    no_redis: bool,
 ) -> None:
     """Verify CHECKPOINT (a trainer output directory), build its FAISS index, write a new
     snapshot version, make it active and announce it in Redis.
@@ -90,6 +132,9 @@ def publish_cmd(
     served users (up to snapshot.tune_users of them; item mixtures when Redis holds too few or
     with --no-redis). A bad checkpoint is refused with the file at fault, and the active version
     does not change. Weights already kept as a version re-activate that version (no copy).
+
+    A checkpoint no dataflow could use is refused as `diam run` refuses it at start: the base
+    must load and its embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
     """
     from snapshotter.publish import publish
     from snapshotter.store import SnapshotError
@@ -100,17 +145,18 @@ def publish_cmd(
     store = _store(s)
     click.echo(f"publishing {checkpoint} into {store.root} ...", err=True)
     try:
-        res = publish(checkpoint, store, client, ns, data_dir=s.data_dir)
+        res = publish(checkpoint, store, client, ns, data_dir=s.data_dir,
+                      usable=_stream_can_use(s, allow_dim_change))
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
     if res.reused:
         click.echo(f"already published as {res.version}; activated")
     info = res.manifest["index"]
-    if info["dim"] != s.online.dim:  # the stream's reload would refuse it (one log line)
+    if info["dim"] != s.online.dim:  # --allow-dim-change: say what follows from it
         click.echo(f"warning: {res.version} has d={info['dim']} but DIAM_ONLINE_DIM is "
                    f"{s.online.dim}: a running diam run keeps its current base and a new one "
-                   f"refuses to start on it (set DIAM_ONLINE_DIM={info['dim']} or publish a "
-                   f"d={s.online.dim} model)", err=True)
+                   f"refuses to start on it until DIAM_ONLINE_DIM={info['dim']}; stored users "
+                   f"are answered cold until a d={info['dim']} dataflow pushes them", err=True)
     detail = f"{info['factory']}" + (
         f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']} on "
         f"{info['tuning_queries']} queries from {info['tuning_queries_source']}"
@@ -157,6 +203,8 @@ def watch_cmd(
     A checkpoint is published once its files have not changed for snapshot.settle_s seconds
     and its weights are not already a kept version (so a rollback is not undone). Each tick
     also re-syncs the active version into Redis (after a Redis restart, say). Ctrl-C stops.
+    A checkpoint no dataflow could use (another embedding size than DIAM_ONLINE_DIM, a base
+    that does not load) is logged and passed over, as one that fails verification is.
 
     A --trainer-dir that does not exist is refused (a mistyped path would be watched forever);
     the default, snapshot.trainer_dir, may not exist yet: the stack starts the watcher before
@@ -169,7 +217,8 @@ def watch_cmd(
     period = _parse_period(every) if every else s.snapshot.watch_every_s
     root = trainer_dir or Path(s.snapshot.trainer_dir)
     service_logging("%(asctime)s %(levelname)s %(message)s")
-    watcher = Watcher(_store(s), root, _redis(s, no_redis), ns, data_dir=s.data_dir)
+    watcher = Watcher(_store(s), root, _redis(s, no_redis), ns, data_dir=s.data_dir,
+                      usable=_stream_can_use(s))
     if once:  # one tick: no period, nothing to stop, and a missing root is not waited for
         missing = "" if root.is_dir() else " (it does not exist yet: nothing to publish)"
         click.echo(f"checking {root} once{missing}", err=True)

@@ -24,6 +24,7 @@ def cli(stack, tmp_path, monkeypatch, namespace):
     monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
     monkeypatch.setenv("DIAM_REDIS_URL", stack.redis_url)
     monkeypatch.setenv("DIAM_CONFIG", "")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "8")  # the tests' checkpoints: publish refuses others
     runner = CliRunner()
 
     def invoke(*args: str):
@@ -115,7 +116,7 @@ def test_rollback_restores_the_previous_version(cli, tmp_path, redis_client, nam
 
 def test_watch_resyncs_redis_with_the_pointer(cli, tmp_path, redis_client, namespace, monkeypatch):
     monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "0")
-    write_checkpoint(tmp_path / "trainer" / "run1", n_items=40, dim=4)
+    write_checkpoint(tmp_path / "trainer" / "run1", n_items=40, dim=8)
     r = cli("snapshot", "watch", "--once", "--trainer-dir", str(tmp_path / "trainer"))
     version = r.output.split("published ")[1].split()[0]
     assert _active_in_redis(redis_client, namespace) == version
@@ -162,13 +163,20 @@ def test_republishing_kept_weights_reactivates_and_announces_them(cli, tmp_path,
     assert _active_in_redis(redis_client, namespace) == v2
 
 
-def test_publish_warns_when_the_stream_cannot_use_the_embedding_size(cli, tmp_path, monkeypatch):
-    """A d=8 model under DIAM_ONLINE_DIM=64 is published (the API can serve it) with a warning:
-    the dataflow would refuse it at reload and at start."""
+def test_publish_refuses_an_embedding_size_the_stream_cannot_use(cli, tmp_path, monkeypatch,
+                                                                 redis_client, namespace):
+    """A d=8 model under DIAM_ONLINE_DIM=64 is refused, as diam run refuses it at start, with
+    nothing announced; --allow-dim-change (a deliberate change) publishes it with a warning."""
     ck = write_checkpoint(tmp_path / "ck1", n_items=80, dim=8, seed=1)
     monkeypatch.setenv("DIAM_ONLINE_DIM", "64")
     r = cli("snapshot", "publish", str(ck))
+    assert r.exit_code == 1 and "has d=8, DIAM_ONLINE_DIM is 64" in r.output, r.output
+    assert "nothing was published" in r.output and "Traceback" not in r.output
+    assert _active_in_redis(redis_client, namespace) is None
+    r = cli("snapshot", "publish", str(ck), "--allow-dim-change")
     assert r.exit_code == 0 and "has d=8 but DIAM_ONLINE_DIM is 64" in r.output, r.output
+    v = r.output.split("active: ")[1].split()[0]
+    assert _active_in_redis(redis_client, namespace) == v
     monkeypatch.setenv("DIAM_ONLINE_DIM", "8")
     r = cli("snapshot", "publish", str(write_checkpoint(tmp_path / "ck2", n_items=80, dim=8, seed=2)))
     assert r.exit_code == 0 and "DIAM_ONLINE_DIM" not in r.output, r.output

@@ -148,7 +148,7 @@ def _two_versions(run, tmp_path) -> list[str]:
 
     versions = []
     for i in (1, 2):
-        ck = write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)
+        ck = write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=64, seed=i)  # DIAM_ONLINE_DIM
         r = run("snapshot", "publish", str(ck), "--no-redis")
         assert r.exit_code == 0, r.output
         versions.append(r.output.split("active: ")[1].split()[0])

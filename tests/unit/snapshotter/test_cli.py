@@ -14,6 +14,7 @@ from snapshotter.testing import write_checkpoint
 def run(tmp_path, monkeypatch):
     monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
     monkeypatch.setenv("DIAM_CONFIG", "")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "4")  # the tests' checkpoints: publish refuses others
     runner = CliRunner()
 
     def invoke(*args):
@@ -158,3 +159,29 @@ def test_watch_once_says_it_checks_once(run, tmp_path):
     r = run("snapshot", "watch", "--once", "--trainer-dir", str(tmp_path / "trainer"), "--no-redis")
     assert r.exit_code == 0 and f"checking {tmp_path / 'trainer'} once" in r.output, r.output
     assert "every" not in r.output and "Ctrl-C" not in r.output
+
+
+def test_publish_refuses_a_dimension_no_dataflow_can_use(run, tmp_path, monkeypatch):
+    """A d=8 checkpoint under DIAM_ONLINE_DIM=4: diam run's start check (diam.app._check_dim)
+    refuses it before anything is written; --allow-dim-change publishes it with a warning."""
+    first = run("snapshot", "publish", str(write_checkpoint(tmp_path / "a", n_items=30, dim=4)),
+                "--no-redis")
+    v4 = first.output.split("active: ")[1].split()[0]
+    ck8 = write_checkpoint(tmp_path / "d8", n_items=30, dim=8, seed=3)
+    r = run("snapshot", "publish", str(ck8), "--no-redis")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "has d=8, DIAM_ONLINE_DIM is 4" in r.output and "nothing was published" in r.output
+    assert "--allow-dim-change" in r.output
+    assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v4
+    assert [p.name for p in (tmp_path / "snaps").iterdir() if not p.name.startswith(("A", "."))] \
+        == [v4]
+    # a watch passes it over too (logged), and publishes nothing
+    monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "0")
+    w = run("snapshot", "watch", "--once", "--trainer-dir", str(ck8), "--no-redis")
+    assert w.exit_code == 0 and "published" not in w.output, w.output
+    assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v4
+    ok = run("snapshot", "publish", str(ck8), "--no-redis", "--allow-dim-change")
+    assert ok.exit_code == 0 and "d=8" in ok.output, ok.output
+    assert "warning:" in ok.output and "DIAM_ONLINE_DIM is 4" in ok.output
+    helptext = " ".join(run("snapshot", "publish", "--help").output.split())
+    assert "Running dataflows refuse the new version" in helptext and "stored in Redis" in helptext
