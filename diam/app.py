@@ -26,7 +26,7 @@ from streams.runner import OnlineJob
 if TYPE_CHECKING:
     from snapshotter.store import SnapshotStore
 
-__all__ = ["LearnerFactory", "NoBaseModel", "load_holder", "online_job"]
+__all__ = ["LearnerFactory", "NoBaseModel", "check_dim", "load_holder", "online_job"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         base = _snapshot_base(store, snapshot, cfg)
     elif checkpoint is not None:
         base = BaseView.from_checkpoint(checkpoint)
-        _check_dim(base, cfg, f"checkpoint {checkpoint}")
+        check_dim(base, cfg, f"checkpoint {checkpoint}")
     elif base_from_data is not None:
         from online_model.datasets import load_prepared
 
@@ -146,11 +146,11 @@ def _snapshot_base(store: SnapshotStore, version: str, cfg: OnlineConfig, *,
         base = BaseView.from_checkpoint(store.path(version), version=version)
     except ValueError as exc:  # BaseLoadError, CheckpointError: the message names the file
         raise SnapshotError(f"snapshot {version}: {exc}") from None
-    _check_dim(base, cfg, f"snapshot {version}")
+    check_dim(base, cfg, f"snapshot {version}")
     return base
 
 
-def _check_dim(base: BaseView, cfg: OnlineConfig, what: str) -> None:
+def check_dim(base: BaseView, cfg: OnlineConfig, what: str) -> None:
     """The base's item embedding size is the one ``OnlineConfig.dim`` says (two owners of one
     number: the checkpoint and the setting; the learner cannot use any other)."""
     from snapshotter.store import SnapshotError

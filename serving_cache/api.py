@@ -52,7 +52,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from serving_cache.reader import USER_ID_CHARS, USER_ID_MAX_LEN, USER_ID_PATTERN
-from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N, Recommender
+from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N, MAX_TOP, Recommender
 from serving_cache.retrieval import SnapshotIndex
 
 __all__ = ["get_app", "settle_heap", "MAX_N", "MAX_SEEN"]
@@ -423,7 +423,7 @@ def get_app(
         dependencies=[Depends(_known_query)],
     )
     def interests(
-        user_id: Annotated[str, UserId], top: Annotated[int, Query(ge=1, le=50)] = 5
+        user_id: Annotated[str, UserId], top: Annotated[int, Query(ge=1, le=MAX_TOP)] = 5
     ) -> Any:
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})

@@ -53,6 +53,7 @@ __all__ = [
     "Mode",
     "MAX_DELTA",
     "MAX_N",
+    "MAX_TOP",
     "load_verified",
     "StoreLoader",
     "store_loader",
@@ -64,6 +65,9 @@ Mode = Literal["auto", "manual", "context"]
 MAX_DELTA = 0.5
 MAX_N = 200
 """The most items one answer lists: the API's ``n`` and ``diam recommend -n`` share it."""
+MAX_TOP = 50
+"""The most top items per interest an interests answer lists: ``/users/{id}/interests?top=``
+and the /ui user view share it."""
 _ON_DISK_MAX = 2
 """Versions :meth:`Recommender._from_disk` keeps loaded beside the swapped-in ones (the least
 recently used is dropped first): a version's index is as large as the catalogue, in every

@@ -31,15 +31,11 @@ import numpy as np
 
 from serving_cache import svg
 
-__all__ = ["MAX_TOP", "UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "nan_to_none",
+__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "nan_to_none",
            "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-MAX_TOP = 50
-"""The most top items per interest the user view lists: the bound of the public
-``/users/{id}/interests?top=`` (``serving_cache/api.py`` spells it ``le=50``, it has no name
-there; ``tests/unit/serving_cache/test_ui_user.py`` holds the two routes to one bound)."""
 
 
 @dataclass
@@ -295,7 +291,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     from fastapi.responses import HTMLResponse, JSONResponse
 
     from serving_cache.reader import USER_ID_PATTERN
-    from serving_cache.recommend import MAX_N
+    from serving_cache.recommend import MAX_N, MAX_TOP
 
     scraper = FlowScraper(sources.flow_metrics, history_s=sources.history_s)
     cache: dict[str, tuple[float, dict[str, Any]]] = {}

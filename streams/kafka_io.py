@@ -27,6 +27,7 @@ from streams.config import KafkaConfig
 
 __all__ = [
     "RawRecord",
+    "reading_consumer",
     "topic_name_problem",
     "ensure_topic",
     "delete_topics",
@@ -207,7 +208,9 @@ def topic_config(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[st
     return {name: str(entry.value) for name, entry in conf.items()}
 
 
-def _consumer(cfg: KafkaConfig) -> Consumer:
+def reading_consumer(cfg: KafkaConfig) -> Consumer:
+    """A consumer for bounded reads by offset (:func:`read_partition`, watermarks): assigned,
+    never subscribed, committing nothing (its group id is never used to store offsets)."""
     conf = cfg.client_config()
     conf.update({"group.id": "diam-offsets", "enable.auto.commit": "false"})
     return Consumer(conf)
@@ -215,7 +218,7 @@ def _consumer(cfg: KafkaConfig) -> Consumer:
 
 def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
     """``{partition: (low, high)}``; ``high`` is the offset the next record will get."""
-    c = _consumer(cfg)
+    c = reading_consumer(cfg)
     try:
         parts = partition_ids(cfg, topic, timeout)
         with _logs_on_failure(c):
@@ -228,7 +231,7 @@ def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[int,
 def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 30.0) -> dict[int, int]:
     """Per partition, the first offset whose record timestamp is >= ``ts_ms`` (the high watermark
     when there is none), resolved by the broker (ListOffsets by timestamp)."""
-    c = _consumer(cfg)
+    c = reading_consumer(cfg)
     try:
         parts = partition_ids(cfg, topic, timeout)
         with _logs_on_failure(c):
@@ -295,7 +298,7 @@ def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = N
     partition by partition. The consumer joins no group and commits nothing. Raises
     :class:`RangeStalled` when a partition stalls for ``timeout`` seconds (:func:`read_partition`)."""
     marks = watermarks(cfg, topic)
-    c = _consumer(cfg)
+    c = reading_consumer(cfg)
     try:
         for p, (low, high) in marks.items():
             start = low if last is None else max(low, high - last)

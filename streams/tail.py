@@ -15,11 +15,11 @@ from streams.config import KafkaConfig
 from streams.drift import parse_drift_record, unique_drift_bodies
 from streams.kafka_io import (
     RawRecord,
-    _consumer,
     consume_all,
     of_namespace,
     raw_record,
     read_partition,
+    reading_consumer,
     watermarks,
 )
 
@@ -101,7 +101,7 @@ def user_drift_events(cfg: KafkaConfig, user_id: str, n: int, topic: str | None 
         p = key_partition(key, len(marks))
         marks = {p: marks[p]} if p in marks else marks
     recs = []
-    c = _consumer(cfg)
+    c = reading_consumer(cfg)
     try:
         for p, (low, high) in marks.items():
             start = max(low, high - scan)

@@ -180,6 +180,46 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+def topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback of a topic option: not empty (:func:`not_empty`) and a legal Kafka name
+    (:func:`streams.kafka_io.topic_name_problem`), so 'bad topic' is a usage error naming the
+    option, not a broker that "is not usable"."""
+    from streams.kafka_io import topic_name_problem
+
+    value = not_empty(ctx, param, value)
+    problem = None if value is None else topic_name_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem)
+    return value
+
+
+def json_text(obj: object, indent: int | None = None) -> str:
+    """``obj`` as JSON with NaN (a mean over no users, an interval over none) as null:
+    ``json.dumps`` would write ``NaN``, which is not JSON and which strict parsers (``jq``,
+    browsers) refuse. The one rule of every command's ``--json``.
+
+    >>> json_text({"d_mean": float("nan"), "n": [1.5]})
+    '{"d_mean": null, "n": [1.5]}'
+    """
+    import json
+
+    from serving_cache.ui import nan_to_none
+
+    return json.dumps(nan_to_none(obj), indent=indent, allow_nan=False)
+
+
+def echo_json(obj: object, indent: int | None = None) -> None:
+    """Print :func:`json_text` of ``obj``."""
+    click.echo(json_text(obj, indent))
+
+
+def note_empty_namespace(ns: str) -> None:
+    """The one wording of "this namespace is empty": an empty namespace and a typo'd one look
+    alike, so a command whose answer is empty because of that says so (on stderr)."""
+    click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
+               "a typo?)", err=True)
+
+
 def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Click callback for an option naming a file to write (--csv, --plot; its type refuses a
     directory): the file's directory must exist, checked before any work is done, so a typo

@@ -15,9 +15,9 @@ from diam.commands import (
     hold_metrics,
     metrics_hold_option,
     namespace_filter_option,
-    not_empty,
     serve_registry,
     stop_on_signals,
+    topic_name,
 )
 
 
@@ -33,12 +33,12 @@ def drift() -> None:
 
 
 @drift.command("run")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Drift topic to read [default: settings kafka.drift_topic]. A replay's "
               "drift events are in <drift topic>.replay.<namespace>.")
 @namespace_filter_option("the drift events", "Runs into several namespaces share the drift "
                          "topic; the alerts say the namespace.")
-@click.option("--alerts-topic", default=None, callback=not_empty,
+@click.option("--alerts-topic", default=None, callback=topic_name,
               help="Where alerts go [default: settings kafka.alerts_topic].")
 @click.option("--window-s", type=click.FloatRange(min=0.001, max=MAX_SECONDS), default=60.0,
               callback=finite, show_default=True, help="Tumbling window length, in event time.")
@@ -131,7 +131,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
 
 
 @drift.command("watch")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Alerts topic [default: settings kafka.alerts_topic].")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
               help="Show the alerts already in the topic too.")

@@ -6,23 +6,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from diam.commands import get_settings, kafka_unusable, not_empty
+from diam.commands import get_settings, kafka_unusable, topic_name
 
 if TYPE_CHECKING:
     from streams.config import KafkaConfig
-
-
-def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback of a topic option: not empty (:func:`diam.commands.not_empty`) and a
-    legal Kafka name (:func:`streams.kafka_io.topic_name_problem`), so 'bad topic' is a usage
-    error naming the option, not a broker that "is not usable"."""
-    from streams.kafka_io import topic_name_problem
-
-    value = not_empty(ctx, param, value)
-    problem = None if value is None else topic_name_problem(value)
-    if problem is not None:
-        raise click.BadParameter(problem)
-    return value
 
 
 def _not_clicks(kafka: KafkaConfig) -> dict[str, str]:
@@ -39,7 +26,7 @@ def _not_clicks(kafka: KafkaConfig) -> dict[str, str]:
 
 @click.command("forget")
 @click.argument("users", nargs=-1, required=True)
-@click.option("--topic", default=None, callback=_topic_name,
+@click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic whose dataflows must forget the users (default: settings "
                    "kafka.clicks_topic). The configured catalogue, dead-letter, drift, alerts "
                    "and models topics and any compacted topic are refused.")

@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import numpy as np
 
 from diam.commands import (
+    echo_json,
     get_settings,
     kafka_unusable,
     namespace_of,
     namespace_option,
-    not_empty,
+    note_empty_namespace,
     plot_file,
     redis_unusable,
+    topic_name,
     write_failed,
 )
 from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N
-
-__all__ = ["echo_json", "note_empty_namespace"]
-
-
-def echo_json(obj: object, indent: int | None = None) -> None:
-    """Print ``obj`` as JSON with NaN (a mean over no users) as null: ``json.dumps`` would
-    write ``NaN``, which is not JSON and which strict parsers (``jq``, browsers) refuse."""
-    from serving_cache.ui import nan_to_none
-
-    click.echo(json.dumps(nan_to_none(obj), indent=indent, allow_nan=False))
-
-
-def note_empty_namespace(ns: str) -> None:
-    """The one wording of "this namespace is empty": an empty namespace and a typo'd one look
-    alike, so a command whose answer is empty because of that says so (on stderr)."""
-    click.echo(f"note: namespace {ns!r} holds no users (not written by a dataflow yet, or "
-               "a typo?)", err=True)
 
 
 @click.group("inspect")
@@ -49,7 +33,7 @@ def inspect_group() -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, callback=plot_file,
               help="Also write a PNG: K_u and d_u histograms and drift events over time.")
-@click.option("--drift-topic", default=None, callback=not_empty,
+@click.option("--drift-topic", default=None, callback=topic_name,
               help="Drift events for --plot (default: settings kafka.drift_topic).")
 @click.option("--drift-last", type=click.IntRange(0), default=100_000, show_default=True,
               help="For --plot: read at most this many latest drift events per partition.")

@@ -15,8 +15,8 @@ from diam.commands import (
     DEFAULT_DATASET_HELP,
     default_dataset,
     get_settings,
-    not_empty,
     progress_option,
+    topic_name,
 )
 from serving_cache.recommend import MAX_DELTA
 
@@ -188,7 +188,7 @@ def _device_of(name: str):
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared dataset directory (diam data prepare / diam data synth) "
                    f"[default: {DEFAULT_DATASET_HELP}].")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Train on a range of this clicks topic instead of --data, with item metadata "
                    "from the catalogue topic (--items-topic).")
 @click.option("--since", default=None, metavar="BOUND",
@@ -196,7 +196,7 @@ def _device_of(name: str):
                    "partition:offset pairs) [default: the oldest record].")
 @click.option("--until", default=None, metavar="BOUND",
               help="With --topic: end, exclusive, same forms [default: the end of the topic].")
-@click.option("--items-topic", default=None, callback=not_empty,
+@click.option("--items-topic", default=None, callback=topic_name,
               help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
 @click.option("--leave-newest", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, metavar="FRACTION",
@@ -319,7 +319,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 @click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Prepared dataset directory [default: what the checkpoint was trained on: "
                    "its dataset, or its range of the clicks topic].")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Evaluate on a range of this clicks topic instead (not with --data), with "
                    "the catalogue topic's items (--items-topic).")
 @click.option("--since", default=None, metavar="BOUND",
@@ -328,7 +328,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
                    "pairs) [default: the oldest record].")
 @click.option("--until", default=None, metavar="BOUND",
               help="End, exclusive, same forms [default: the end of the topic].")
-@click.option("--items-topic", default=None, callback=not_empty,
+@click.option("--items-topic", default=None, callback=topic_name,
               help="The catalogue topic [default: on the recorded topic, the catalogue topic "
                    "it recorded; with --topic, settings kafka.items_topic].")
 @click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)

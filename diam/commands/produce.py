@@ -11,22 +11,9 @@ from diam.commands import (
     default_dataset,
     get_settings,
     kafka_unusable,
-    not_empty,
     progress_option,
+    topic_name,
 )
-
-
-def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback of a topic option: not empty (:func:`diam.commands.not_empty`) and a
-    legal Kafka name (:func:`streams.kafka_io.topic_name_problem`), so 'bad topic' is a usage
-    error naming the option, not a broker that "is not usable"."""
-    from streams.kafka_io import topic_name_problem
-
-    value = not_empty(ctx, param, value)
-    problem = None if value is None else topic_name_problem(value)
-    if problem is not None:
-        raise click.BadParameter(problem)
-    return value
 
 
 @click.command("produce")
@@ -40,7 +27,7 @@ def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option(
     "--topic",
     default=None,
-    callback=_topic_name,
+    callback=topic_name,
     help="Target topic [default: the clicks topic, diam.clicks].",
 )
 @click.option(
@@ -63,7 +50,7 @@ def _topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -
     "compacted items topic, before the clicks (--limit 0: the catalogue only).",
 )
 @click.option(
-    "--items-topic", default=None, callback=_topic_name, help="Catalogue topic [default: diam.items]."
+    "--items-topic", default=None, callback=topic_name, help="Catalogue topic [default: diam.items]."
 )
 @progress_option()
 def produce(

@@ -16,12 +16,13 @@ from diam.commands import (
     plot_file,
     progress_option,
     redis_unusable,
+    topic_name,
     write_failed,
 )
 
 
 @click.command("replay")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Topic to replay [default: the clicks topic].")
 @click.option("--from", "from_", default=None, metavar="BOUND",
               help="Start: ISO time (record timestamps, e.g. 2024-05-01T12:00:00Z), an offset for "
@@ -157,7 +158,7 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     """
     import redis
 
-    from diam.commands.inspect import echo_json, note_empty_namespace
+    from diam.commands import echo_json, note_empty_namespace
     from serving_cache import redis_client, validate_namespace
     from serving_cache.diff import diff_namespaces, summary_dict
 

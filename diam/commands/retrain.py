@@ -10,9 +10,9 @@ from diam.commands import (
     get_settings,
     namespace_of,
     namespace_option,
-    not_empty,
     serve_registry,
     service_logging,
+    topic_name,
 )
 
 
@@ -20,7 +20,7 @@ from diam.commands import (
 @click.option("--once", is_flag=True,
               help="Run one retrain now and exit (for cron); exit status 0 whether the candidate "
                    "was published or refused, 1 on an error.")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic [default: settings kafka.clicks_topic].")
 @namespace_option("whose active version a publish moves")
 @click.option("--epochs", type=click.IntRange(1), default=None,

@@ -21,6 +21,7 @@ from diam.commands import (
     serve_registry,
     service_logging,
     stop_on_signals,
+    topic_name,
 )
 
 
@@ -153,7 +154,7 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 
 
 @click.command("run")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Input topic (default: settings kafka.clicks_topic).")
 @namespace_option("to write")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
@@ -262,7 +263,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
 
 
 @click.command("deadletters")
-@click.option("--topic", default=None, callback=not_empty,
+@click.option("--topic", default=None, callback=topic_name,
               help="Dead-letter topic (default: settings kafka.deadletter_topic).")
 @click.option("--source-topic", default=None,
               help="Only the records rejected from this input topic (default: all of them).")

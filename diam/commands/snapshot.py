@@ -75,12 +75,12 @@ def snapshot_group() -> None:
 
 def _stream_can_use(s: Settings, allow_dim_change: bool = False) -> Callable[[Path], None]:
     """publish's ``usable`` test: ``diam run``'s own start check of a base (``diam.app``: the
-    checkpoint loads as a base, and ``_check_dim``, the owner of the rule that its embedding
+    checkpoint loads as a base, and ``check_dim``, the owner of the rule that its embedding
     size is DIAM_ONLINE_DIM), so no version is activated that every dataflow refuses. With
     ``allow_dim_change`` only the load is checked."""
 
     def check(path: Path) -> None:
-        from diam.app import _check_dim
+        from diam.app import check_dim
         from online_model.base import BaseLoadError, BaseView
         from snapshotter.store import SnapshotError
 
@@ -91,7 +91,7 @@ def _stream_can_use(s: Settings, allow_dim_change: bool = False) -> Callable[[Pa
         if allow_dim_change:
             return
         try:
-            _check_dim(base, s.online, f"checkpoint {path}")
+            check_dim(base, s.online, f"checkpoint {path}")
         except SnapshotError as exc:
             raise SnapshotError(
                 f"{exc}; nothing was published (`diam snapshot publish --allow-dim-change` "

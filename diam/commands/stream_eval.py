@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from diam.commands import (
     DEFAULT_DATASET_HELP,
     default_dataset,
     get_settings,
+    json_text,
     output_file,
     progress_option,
     write_failed,
@@ -95,7 +95,6 @@ def evaluate_stream(
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
     from online_model.prequential import NoUsersSelected, evaluate_path
-    from serving_cache.ui import nan_to_none
 
     settings = get_settings(click.get_current_context())
     if data is None:
@@ -121,7 +120,7 @@ def evaluate_stream(
         option = "--quick (10% of users)" if quick else f"--user-fraction {user_fraction:g}"
         raise click.ClickException(f"no users selected ({exc}); {option} is too small for "
                                    "this dataset: raise --user-fraction") from None
-    text = json.dumps(nan_to_none(result), indent=2, sort_keys=False, allow_nan=False)
+    text = json_text(result, indent=2)
     if out is not None:
         try:
             out.write_text(text + "\n", encoding="utf-8")

@@ -20,12 +20,12 @@ from diam.cli import main as cli
 from streams.kafka_io import (
     RangeStalled,
     RawRecord,
-    _consumer,
     consume_all,
     delete_topics,
     ensure_topic,
     read_deadletters,
     read_partition,
+    reading_consumer,
     watermarks,
 )
 from streams.online import deadletter_record
@@ -36,7 +36,7 @@ from tests.integration.helpers import produce
 def test_a_range_that_stalls_raises_after_what_it_read(stack, topic) -> None:
     kafka = stack.settings.kafka
     produce(kafka, topic, [(b"u1", f"v{i}".encode()) for i in range(3)])
-    c = _consumer(kafka)
+    c = reading_consumer(kafka)
     got: list[bytes] = []
     try:
         with pytest.raises(RangeStalled, match=r"no record at offset 3 within 1 s \(reading up to offset 5\)"):

@@ -31,6 +31,18 @@ def run(isolated_env):
     ["produce", "--topic", "x" * 250, "--limit", "1"],
     ["produce", "--items-topic", "items/v2", "--catalog"],
     ["forget", "--topic", "bad topic", "u1"],
+    # every command's topic options share the one check (diam.commands.topic_name)
+    ["run", "--topic", "bad topic", "--bounded"],
+    ["deadletters", "--topic", "bad topic"],
+    ["replay", "--topic", "bad topic", "--from", "0"],
+    ["drift", "run", "--topic", "bad topic", "--bounded"],
+    ["drift", "run", "--alerts-topic", "bad topic", "--bounded"],
+    ["drift", "watch", "--topic", "bad topic"],
+    ["retrain", "--topic", "bad topic", "--once"],
+    ["train", "--topic", "bad topic"],
+    ["train", "--items-topic", "bad topic"],
+    ["evaluate", "--topic", "bad topic"],
+    ["inspect", "namespace", "--drift-topic", "bad topic"],
 ])
 def test_an_illegal_topic_name_is_a_usage_error(run, args) -> None:
     option = next(a for a in args if a.endswith("topic"))

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from serving_cache.api import get_app
 from serving_cache.reader import fail_fast
-from serving_cache.recommend import MAX_N, Recommender
+from serving_cache.recommend import MAX_N, MAX_TOP, Recommender
 from serving_cache.retrieval import SnapshotIndex
-from serving_cache.ui import MAX_TOP, UiSources
+from serving_cache.ui import UiSources
 from snapshotter import SnapshotConfig, SnapshotStore, publish
 from snapshotter.testing import write_checkpoint
 
