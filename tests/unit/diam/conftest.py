@@ -21,3 +21,22 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("DIAM_CONFIG", "")
     monkeypatch.setenv("DIAM_DATA_DIR", str(tmp_path / "data"))
     return monkeypatch
+
+
+@pytest.fixture
+def offline_cli(isolated_env):
+    """``invoke(*args)``: the ``diam`` CLI in-process, its Redis and Kafka on ports nothing
+    listens on (a command that reaches for them fails as with the stack down)."""
+    from click.testing import CliRunner
+
+    from diam.cli import main
+    from diam.settings import load_settings
+
+    isolated_env.setenv("DIAM_REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    isolated_env.setenv("DIAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{closed_port()}")
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), obj={"settings": load_settings()})
+
+    return invoke

@@ -5,24 +5,11 @@ command that got further would fail differently)."""
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
-
-from diam.cli import main
-from diam.settings import load_settings
-from tests.unit.diam.conftest import closed_port
 
 
 @pytest.fixture
-def run(isolated_env):
-    monkeypatch = isolated_env
-    monkeypatch.setenv("DIAM_REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
-    monkeypatch.setenv("DIAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{closed_port()}")
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args), obj={"settings": load_settings()})
-
-    return invoke
+def run(offline_cli):
+    return offline_cli
 
 
 @pytest.mark.parametrize("args", [
