@@ -137,7 +137,7 @@ def test_a_resumed_producers_repeats_are_counted_once_by_the_monitor_and_the_rea
         f"drift monitor done: {len(events) + len(repeats)} records read (0 not drift events, "
         f"0 of other namespaces, {len(repeats)} duplicates, 0 dropped as late), 0 alerts raised")
 
-    bodies = drift_bodies(kafka, 10_000, drift_topic)
+    bodies = drift_bodies(kafka, 10_000, drift_topic).events
     assert len(bodies) == len(events)
     assert sorted((b["user_id"], b["offset"]) for b in bodies) == sorted(
         (e.user_id, e.offset) for e in events)

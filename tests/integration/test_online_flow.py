@@ -342,7 +342,7 @@ def test_runs_into_two_namespaces_mark_their_dead_letters_and_drift_events(
         for ns in spaces:
             (mine,) = read_deadletters(kafka, dlq, namespace=ns)
             assert mine["namespace"] == ns and mine["value"] == b"\xc1 bad"
-        bodies = {ns: drift_bodies(kafka, 10_000, drift, namespace=ns) for ns in spaces}
+        bodies = {ns: drift_bodies(kafka, 10_000, drift, namespace=ns).events for ns in spaces}
         assert bodies[spaces[0]], "the tiny learner made no drift events: nothing was checked"
         for ns, got in bodies.items():
             assert {b["namespace"] for b in got} == {ns}
