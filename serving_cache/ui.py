@@ -239,7 +239,7 @@ def _http_get(url: str) -> str:
 
 def nan_to_none(obj: Any) -> Any:
     """JSON has no NaN: replace it by null, recursively (the one owner of that rule, for these
-    routes and the CLI's ``--json``: ``diam.commands.inspect.echo_json``).
+    routes and the CLI's ``--json``: ``diam.commands.json_text``).
 
     >>> nan_to_none({"a": float("nan"), "b": [1.5, float("nan")]})
     {'a': None, 'b': [1.5, None]}
