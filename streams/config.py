@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import logging
+import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from streams.kafka_log import client_logger
 
 ClientConfig = dict[str, str | int | float | bool | logging.Logger]
 """librdkafka properties as confluent-kafka takes them (``logger``: a :class:`logging.Logger`)."""
+
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a legal Kafka topic name, or None when it is. Kafka's rule: 1 to 249
+    of the characters a-z A-Z 0-9 . _ -, and not "." or "..". The one owner of the rule: the
+    topics of :class:`KafkaConfig` (``DIAM_KAFKA_*_TOPIC``, diam.toml) and the commands' topic
+    options (``diam.commands.topic_name``) are checked with it before any client is made, as
+    the broker's refusal reads as a broker that "is not usable", not as a typo.
+
+    >>> topic_name_problem("diam.clicks") is None
+    True
+    >>> topic_name_problem("bad topic")
+    "'bad topic' is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not '.' or '..')"
+    >>> topic_name_problem("..") is not None, topic_name_problem("x" * 250) is not None
+    (True, True)
+    """
+    if _TOPIC_NAME.fullmatch(name) and name not in (".", ".."):
+        return None
+    shown = name if len(name) <= 60 else name[:60] + "..."
+    return f"{shown!r} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not '.' or '..')"
 
 
 class KafkaConfig(BaseModel):
@@ -89,6 +113,17 @@ class KafkaConfig(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict)
     """Any further librdkafka properties, passed through unchanged (e.g.
     ``{"ssl.endpoint.identification.algorithm": "none"}``); they override the fields above."""
+
+    @field_validator("clicks_topic", "deadletter_topic", "drift_topic", "alerts_topic",
+                     "items_topic", "models_topic")
+    @classmethod
+    def _legal_topic(cls, name: str) -> str:
+        """A topic set in the environment or diam.toml is refused as a setting (``diam``
+        prints the variable and this rule), not later as a broker error."""
+        problem = topic_name_problem(name)
+        if problem is not None:  # the rule's words alone, without pydantic's "Value error, "
+            raise PydanticCustomError("topic_name", "{problem}", {"problem": problem})
+        return name
 
     def client_config(self) -> ClientConfig:
         """librdkafka properties common to producers, consumers and admin clients; every client

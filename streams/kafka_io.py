@@ -8,7 +8,6 @@ produce their outputs are :mod:`streams.kafka_sink`.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from streams.config import KafkaConfig
 __all__ = [
     "RawRecord",
     "reading_consumer",
-    "topic_name_problem",
     "ensure_topic",
     "delete_topics",
     "partition_ids",
@@ -64,27 +62,6 @@ class RawRecord(NamedTuple):
     value: bytes | None
     ts_ms: int
     clock_ms: int = -1
-
-
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
-
-
-def topic_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a legal Kafka topic name, or None when it is. Kafka's rule: 1 to 249
-    of the characters a-z A-Z 0-9 . _ -, and not "." or "..". Commands check it before they
-    make a client: the broker's refusal reads as a broker that "is not usable", not as a typo.
-
-    >>> topic_name_problem("diam.clicks") is None
-    True
-    >>> topic_name_problem("bad topic")
-    "'bad topic' is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not '.' or '..')"
-    >>> topic_name_problem("..") is not None, topic_name_problem("x" * 250) is not None
-    (True, True)
-    """
-    if _TOPIC_NAME.fullmatch(name) and name not in (".", ".."):
-        return None
-    shown = name if len(name) <= 60 else name[:60] + "..."
-    return f"{shown!r} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not '.' or '..')"
 
 
 def _offset(m: Message) -> int:

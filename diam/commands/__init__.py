@@ -182,9 +182,10 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def topic_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback of a topic option: not empty (:func:`not_empty`) and a legal Kafka name
-    (:func:`streams.kafka_io.topic_name_problem`), so 'bad topic' is a usage error naming the
-    option, not a broker that "is not usable"."""
-    from streams.kafka_io import topic_name_problem
+    (:func:`streams.config.topic_name_problem`, the rule ``KafkaConfig``'s topics are checked
+    with too), so 'bad topic' is a usage error naming the option, not a broker that "is not
+    usable"."""
+    from streams.config import topic_name_problem
 
     value = not_empty(ctx, param, value)
     problem = None if value is None else topic_name_problem(value)

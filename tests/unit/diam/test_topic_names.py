@@ -58,3 +58,21 @@ def test_forget_refuses_the_configured_side_topics(run, isolated_env, setting, r
     assert r.exit_code == 2 and "--topic" in r.output, r.output
     assert f"{name} is {role}" in r.output and "not a clicks topic" in r.output, r.output
     assert "nothing was written" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("setting", ["CLICKS", "DEADLETTER", "DRIFT", "ALERTS", "ITEMS",
+                                     "MODELS"])
+def test_an_illegal_topic_in_the_environment_is_a_settings_error(isolated_env, setting) -> None:
+    """Any command, one line: the variable, the setting and the rule; no traceback."""
+    from click.testing import CliRunner
+
+    from diam.cli import main
+
+    isolated_env.setenv(f"DIAM_KAFKA_{setting}_TOPIC", "bad topic")
+    r = CliRunner().invoke(main, ["stack", "status"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("Error: "), r.output
+    assert f"DIAM_KAFKA_{setting}_TOPIC" in r.output, r.output
+    assert f"kafka.{setting.lower()}_topic" in r.output, r.output
+    assert "'bad topic' is not a Kafka topic name (1-249 of" in r.output, r.output
+    assert "Value error" not in r.output and "Traceback" not in r.output
