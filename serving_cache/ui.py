@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from serving_cache import svg
+from serving_cache.json_safe import nan_to_none
 
-__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "nan_to_none",
-           "parse_flow", "quantile_above_top"]
+__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "parse_flow",
+           "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -235,22 +236,6 @@ class FlowScraper:
 def _http_get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=2.0) as resp:
         return resp.read().decode()
-
-
-def nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN: replace it by null, recursively (the one owner of that rule, for these
-    routes and the CLI's ``--json``: ``diam.commands.json_text``).
-
-    >>> nan_to_none({"a": float("nan"), "b": [1.5, float("nan")]})
-    {'a': None, 'b': [1.5, None]}
-    """
-    if isinstance(obj, float):
-        return None if obj != obj else obj
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [nan_to_none(v) for v in obj]
-    return obj
 
 
 def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, Any]:

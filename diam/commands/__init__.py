@@ -197,14 +197,15 @@ def topic_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
 def json_text(obj: object, indent: int | None = None) -> str:
     """``obj`` as JSON with NaN (a mean over no users, an interval over none) as null:
     ``json.dumps`` would write ``NaN``, which is not JSON and which strict parsers (``jq``,
-    browsers) refuse. The one rule of every command's ``--json``.
+    browsers) refuse. The one rule of every command's ``--json``, shared with the ``/ui`` routes
+    (:func:`serving_cache.json_safe.nan_to_none`).
 
     >>> json_text({"d_mean": float("nan"), "n": [1.5]})
     '{"d_mean": null, "n": [1.5]}'
     """
     import json
 
-    from serving_cache.ui import nan_to_none
+    from serving_cache.json_safe import nan_to_none
 
     return json.dumps(nan_to_none(obj), indent=indent, allow_nan=False)
 
