@@ -26,7 +26,8 @@ from streams.runner import OnlineJob
 if TYPE_CHECKING:
     from snapshotter.store import SnapshotStore
 
-__all__ = ["LearnerFactory", "NoBaseModel", "check_dim", "load_holder", "online_job"]
+__all__ = ["LearnerFactory", "NoBaseModel", "check_dim", "load_holder", "online_job",
+           "stream_base"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,7 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
         base = _snapshot_base(store, snapshot, cfg)
     elif checkpoint is not None:
-        base = BaseView.from_checkpoint(checkpoint)
-        check_dim(base, cfg, f"checkpoint {checkpoint}")
+        base = stream_base(checkpoint, cfg, f"checkpoint {checkpoint}")
     elif base_from_data is not None:
         from online_model.datasets import load_prepared
 
@@ -143,10 +143,22 @@ def _snapshot_base(store: SnapshotStore, version: str, cfg: OnlineConfig, *,
     if verify:
         store.verify(version)
     try:
-        base = BaseView.from_checkpoint(store.path(version), version=version)
+        return stream_base(store.path(version), cfg, f"snapshot {version}", version=version)
     except ValueError as exc:  # BaseLoadError, CheckpointError: the message names the file
         raise SnapshotError(f"snapshot {version}: {exc}") from None
-    check_dim(base, cfg, f"snapshot {version}")
+
+
+def stream_base(path: str | Path, cfg: OnlineConfig, what: str, *, version: str | None = None,
+                allow_dim_change: bool = False) -> BaseView:
+    """``path`` (a checkpoint or snapshot directory) as the online learner's base: the one
+    check of ``diam run --checkpoint``, of a snapshot at start and at every hot reload and of
+    ``diam snapshot publish``/``rollback``, so none of them accepts a base the others refuse. Raises ``BaseLoadError`` (a ``ValueError``
+    naming the file) when it does not load as a base, and ``SnapshotError`` from
+    :func:`check_dim`, saying ``what`` has another embedding size, unless
+    ``allow_dim_change`` (a deliberate change of dimension: only the load is checked)."""
+    base = BaseView.from_checkpoint(path, version=version)
+    if not allow_dim_change:
+        check_dim(base, cfg, what)
     return base
 
 

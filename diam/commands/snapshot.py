@@ -73,31 +73,49 @@ def snapshot_group() -> None:
     """
 
 
-def _stream_can_use(s: Settings, allow_dim_change: bool = False) -> Callable[[Path], None]:
-    """publish's ``usable`` test: ``diam run``'s own start check of a base (``diam.app``: the
-    checkpoint loads as a base, and ``check_dim``, the owner of the rule that its embedding
-    size is DIAM_ONLINE_DIM), so no version is activated that every dataflow refuses. With
-    ``allow_dim_change`` only the load is checked."""
+def _stream_can_use(s: Settings, allow_dim_change: bool = False, *,
+                    command: str = "publish") -> Callable[[Path], None]:
+    """The test that a checkpoint or snapshot directory can be every dataflow's base: publish's
+    ``usable`` test, and rollback's before the pointer moves. The check is
+    :func:`diam.app.stream_base`, ``diam run``'s own (the directory loads as a base, and its
+    embedding size is DIAM_ONLINE_DIM), so no version is activated that every dataflow
+    refuses. With ``allow_dim_change`` only the load is checked. ``command`` names the
+    ``diam snapshot`` command whose ``--allow-dim-change`` the refusal points to."""
+    forced = {"publish": "publishes", "rollback": "activates"}[command]
 
     def check(path: Path) -> None:
-        from diam.app import check_dim
-        from online_model.base import BaseLoadError, BaseView
+        from diam.app import stream_base
+        from online_model.base import BaseLoadError
         from snapshotter.store import SnapshotError
 
+        what = f"checkpoint {path}" if command == "publish" else f"snapshot {path.name}"
         try:
-            base = BaseView.from_checkpoint(path)
+            stream_base(path, s.online, what, allow_dim_change=allow_dim_change)
         except BaseLoadError as exc:
             raise SnapshotError(f"no dataflow can use it as its base: {exc}") from None
-        if allow_dim_change:
-            return
-        try:
-            check_dim(base, s.online, f"checkpoint {path}")
-        except SnapshotError as exc:
-            raise SnapshotError(
-                f"{exc}; nothing was published (`diam snapshot publish --allow-dim-change` "
-                "publishes it anyway, for a deliberate change of dimension)") from None
+        except SnapshotError as exc:  # the embedding size
+            force = (f"`diam snapshot {command} --allow-dim-change` {forced} it anyway, for a "
+                     "deliberate change of dimension")
+            raise SnapshotError(f"{exc}; nothing was published ({force})" if command == "publish"
+                                else f"{exc}; {force}") from None
 
     return check
+
+
+def _warn_dim(s: Settings, version: str, dim: int) -> None:
+    """What follows from activating a version of another size (``--allow-dim-change``)."""
+    if dim != s.online.dim:
+        click.echo(f"warning: {version} has d={dim} but DIAM_ONLINE_DIM is "
+                   f"{s.online.dim}: a running diam run keeps its current base and a new one "
+                   f"refuses to start on it until DIAM_ONLINE_DIM={dim}; stored users "
+                   f"are answered cold until a d={dim} dataflow pushes them", err=True)
+
+
+_allow_dim_change_help = (
+    "Running dataflows refuse the new version (one log line) and keep their base; a new `diam "
+    "run` refuses to start until DIAM_ONLINE_DIM (and the retrain service's DIAM_RETRAIN_DIM) "
+    "is the new size; users stored in Redis keep vectors of the old size, answered cold "
+    "(popularity) until a dataflow of the new size pushes them again.")
 
 
 @snapshot_group.command("publish")
@@ -108,11 +126,7 @@ def _stream_can_use(s: Settings, allow_dim_change: bool = False) -> Callable[[Pa
     "--allow-dim-change",
     is_flag=True,
     help="Publish a checkpoint whose embedding size is not DIAM_ONLINE_DIM (a deliberate "
-    "change of dimension; refused otherwise). Running dataflows refuse the new version (one "
-    "log line) and keep their base; a new `diam run` refuses to start until DIAM_ONLINE_DIM "
-    "(and the retrain service's DIAM_RETRAIN_DIM) is the new size; users stored in Redis "
-    "keep vectors of the old size, answered cold (popularity) until a dataflow of the new "
-    "size pushes them again.",
+    "change of dimension; refused otherwise). " + _allow_dim_change_help,
 )
 @_ns_opt
 @_no_redis_opt
@@ -152,11 +166,7 @@ def publish_cmd(
     if res.reused:
         click.echo(f"already published as {res.version}; activated")
     info = res.manifest["index"]
-    if info["dim"] != s.online.dim:  # --allow-dim-change: say what follows from it
-        click.echo(f"warning: {res.version} has d={info['dim']} but DIAM_ONLINE_DIM is "
-                   f"{s.online.dim}: a running diam run keeps its current base and a new one "
-                   f"refuses to start on it until DIAM_ONLINE_DIM={info['dim']}; stored users "
-                   f"are answered cold until a d={info['dim']} dataflow pushes them", err=True)
+    _warn_dim(s, res.version, info["dim"])
     detail = f"{info['factory']}" + (
         f", nprobe {info['nprobe']}, recall@50 {info['recall_at_50']} on "
         f"{info['tuning_queries']} queries from {info['tuning_queries_source']}"
@@ -324,16 +334,25 @@ def _active_or_why(store: SnapshotStore) -> str:
 @snapshot_group.command("rollback")
 # an empty VERSION ("$V" with V unset) is a usage error, never "the previous version"
 @click.argument("version", required=False, callback=not_empty)
+@click.option(
+    "--allow-dim-change",
+    is_flag=True,
+    help="Activate a version whose embedding size is not DIAM_ONLINE_DIM (a deliberate change "
+    "of dimension; refused otherwise, as publish refuses it). " + _allow_dim_change_help,
+)
 @_ns_opt
 @_no_redis_opt
 @click.pass_context
 def rollback_cmd(
-    ctx: click.Context, version: str | None, namespace: str | None, no_redis: bool
+    ctx: click.Context, version: str | None, allow_dim_change: bool, namespace: str | None,
+    no_redis: bool,
 ) -> None:
     """Make VERSION active again (default: the version active before the current one, as
     recorded in ACTIVE.history; a version that was never active is not picked).
 
-    The version is verified first; if a file fails its hash the active version stays.
+    The version is verified first; if a file fails its hash the active version stays. A
+    version no dataflow could use is refused as publish refuses it: the base must load and its
+    embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
     Running it with the active version re-announces it in Redis. --namespace is checked
     before the pointer on disk moves, so a bad one leaves disk and Redis as they were.
     """
@@ -357,9 +376,13 @@ def rollback_cmd(
             raise click.ClickException(
                 f"no snapshot {target} in {store.root} (see `diam snapshot list`)"
             )
-        store.activate(target)
+        man = store.verify(target)  # first: a file that fails its hash is named as such
+        _stream_can_use(s, allow_dim_change, command="rollback")(store.path(target))
+        store.activate(target, verify=False)
     except SnapshotError as exc:
         raise click.ClickException(f"{exc}; {_active_or_why(store)} stays active") from None
+    if allow_dim_change and isinstance(dim := man.get("index", {}).get("dim"), int):
+        _warn_dim(s, target, dim)
     click.echo(f"active: {target}")
     if client is not None:
         try:

@@ -72,3 +72,43 @@ def test_the_sink_and_consumer_settings_reach_the_job_s_source_and_sinks(monkeyp
     conf = source.cfg.consumer_config()
     assert conf["fetch.wait.max.ms"] == 7
     assert conf["fetch.min.bytes"] == "1"  # KafkaConfig.extra still wins
+
+
+def test_stream_base_is_the_one_check_of_a_base(tmp_path, monkeypatch) -> None:
+    """The load and the embedding size, one owner: diam run --checkpoint, a snapshot at start
+    and at reload, and diam snapshot publish/rollback all go through diam.app.stream_base."""
+    import diam.app
+    from click.testing import CliRunner
+
+    from diam.app import stream_base
+    from diam.cli import main
+    from online_model.base import BaseLoadError
+    from snapshotter.store import SnapshotError
+    from snapshotter.testing import write_checkpoint
+
+    cfg = load_settings(online={"dim": 4}).online
+    ck8 = write_checkpoint(tmp_path / "d8", n_items=30, dim=8)
+    with pytest.raises(SnapshotError, match=r"checkpoint x has d=8, DIAM_ONLINE_DIM is 4 \("
+                       r"set DIAM_ONLINE_DIM=8 or publish a d=4 model\)"):
+        stream_base(ck8, cfg, "checkpoint x")
+    assert stream_base(ck8, cfg, "checkpoint x", allow_dim_change=True).dim == 8
+    assert stream_base(ck8, cfg, "x", version="v1", allow_dim_change=True).version == "v1"
+    with pytest.raises(BaseLoadError, match="missing"):
+        stream_base(tmp_path, cfg, "checkpoint x")
+
+    seen: list[str] = []
+    real = diam.app.stream_base
+    monkeypatch.setattr(diam.app, "stream_base",
+                        lambda path, cfg, what, **kw: seen.append(what) or real(path, cfg, what,
+                                                                                **kw))
+    s = load_settings(snapshot={"dir": str(tmp_path / "snaps")}, online={"dim": 8})
+    load_holder(s, checkpoint=str(ck8))
+    assert seen == [f"checkpoint {ck8}"]
+    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "8")
+    r = CliRunner().invoke(main, ["snapshot", "publish", str(ck8), "--no-redis"])
+    assert r.exit_code == 0 and seen[1:] == [f"checkpoint {ck8}"], r.output
+    version = r.output.split("active: ")[1].split()[0]
+    r = CliRunner().invoke(main, ["snapshot", "rollback", version, "--no-redis"])
+    assert r.exit_code == 0 and seen[2:] == [f"snapshot {version}"], r.output

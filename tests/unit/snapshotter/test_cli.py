@@ -185,3 +185,31 @@ def test_publish_refuses_a_dimension_no_dataflow_can_use(run, tmp_path, monkeypa
     assert "warning:" in ok.output and "DIAM_ONLINE_DIM is 4" in ok.output
     helptext = " ".join(run("snapshot", "publish", "--help").output.split())
     assert "Running dataflows refuse the new version" in helptext and "stored in Redis" in helptext
+
+
+def test_rollback_refuses_a_dimension_no_dataflow_can_use(run, tmp_path):
+    """Rollback to a d=8 version under DIAM_ONLINE_DIM=4 (one published with
+    --allow-dim-change) is refused as publish refuses it, by name and bare; the pointer does
+    not move. --allow-dim-change activates it with publish's warning."""
+    first = run("snapshot", "publish", str(write_checkpoint(tmp_path / "a", n_items=30, dim=4)),
+                "--no-redis")
+    v4 = first.output.split("active: ")[1].split()[0]
+    eight = run("snapshot", "publish", str(write_checkpoint(tmp_path / "d8", n_items=30, dim=8,
+                                                            seed=3)),
+                "--no-redis", "--allow-dim-change")
+    v8 = eight.output.split("active: ")[1].split()[0]
+    assert run("snapshot", "rollback", v4, "--no-redis").exit_code == 0
+    pointer = tmp_path / "snaps" / "ACTIVE"
+    for args in ([v8], []):  # by name, and bare (the version active before v4)
+        r = run("snapshot", "rollback", *args, "--no-redis")
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert f"snapshot {v8} has d=8, DIAM_ONLINE_DIM is 4" in r.output, r.output
+        assert "--allow-dim-change" in r.output and f"{v4} stays active" in r.output
+        assert pointer.read_text().strip() == v4
+    ok = run("snapshot", "rollback", v8, "--no-redis", "--allow-dim-change")
+    assert ok.exit_code == 0 and f"active: {v8}" in ok.output, ok.output
+    assert "warning:" in ok.output and "DIAM_ONLINE_DIM is 4" in ok.output
+    assert pointer.read_text().strip() == v8
+    helptext = " ".join(run("snapshot", "rollback", "--help").output.split())
+    assert "--allow-dim-change" in helptext and "Running dataflows refuse the new version" \
+        in helptext
