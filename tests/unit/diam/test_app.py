@@ -77,9 +77,9 @@ def test_the_sink_and_consumer_settings_reach_the_job_s_source_and_sinks(monkeyp
 def test_stream_base_is_the_one_check_of_a_base(tmp_path, monkeypatch) -> None:
     """The load and the embedding size, one owner: diam run --checkpoint, a snapshot at start
     and at reload, and diam snapshot publish/rollback all go through diam.app.stream_base."""
-    import diam.app
     from click.testing import CliRunner
 
+    import diam.app
     from diam.app import stream_base
     from diam.cli import main
     from online_model.base import BaseLoadError
