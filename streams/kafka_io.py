@@ -193,11 +193,16 @@ def reading_consumer(cfg: KafkaConfig) -> Consumer:
     return Consumer(conf)
 
 
-def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}``; ``high`` is the offset the next record will get."""
+def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0,
+               partitions: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, high)}``; ``high`` is the offset the next record will get. Given
+    ``partitions``, only those of them that the topic has."""
     c = reading_consumer(cfg)
     try:
         parts = partition_ids(cfg, topic, timeout)
+        if partitions is not None:
+            wanted = set(partitions)
+            parts = [p for p in parts if p in wanted]
         with _logs_on_failure(c):
             return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
                     for p in parts}
@@ -269,12 +274,14 @@ def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int
         c.unassign()
 
 
-def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = None) -> Iterable[Message]:
-    """Every error-free message currently in ``topic`` (all partitions, up to the high
-    watermarks read at the start; with ``last``, only each partition's last ``last``),
-    partition by partition. The consumer joins no group and commits nothing. Raises
-    :class:`RangeStalled` when a partition stalls for ``timeout`` seconds (:func:`read_partition`)."""
-    marks = watermarks(cfg, topic)
+def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = None,
+              partitions: Iterable[int] | None = None) -> Iterable[Message]:
+    """Every error-free message currently in ``topic`` (all partitions, or those of
+    ``partitions`` the topic has; up to the high watermarks read at the start; with ``last``,
+    only each partition's last ``last``), partition by partition. The consumer joins no group
+    and commits nothing. Raises :class:`RangeStalled` when a partition stalls for ``timeout``
+    seconds (:func:`read_partition`)."""
+    marks = watermarks(cfg, topic, partitions=partitions)
     c = reading_consumer(cfg)
     try:
         for p, (low, high) in marks.items():
@@ -286,11 +293,13 @@ def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = N
 
 
 def consume_all(cfg: KafkaConfig, topic: str, timeout: float = 10.0,
-                last: int | None = None) -> Iterable[RawRecord]:
-    """Every record currently in ``topic`` (all partitions, up to the high watermarks), or
-    only the last ``last`` of each partition. Raises :class:`RangeStalled` when a partition
-    delivers nothing for ``timeout`` seconds before its high watermark."""
-    for m in _messages(cfg, topic, timeout, last):
+                last: int | None = None,
+                partitions: Iterable[int] | None = None) -> Iterable[RawRecord]:
+    """Every record currently in ``topic`` (all partitions, or those of ``partitions`` the
+    topic has; up to the high watermarks), or only the last ``last`` of each partition. Raises
+    :class:`RangeStalled` when a partition delivers nothing for ``timeout`` seconds before its
+    high watermark."""
+    for m in _messages(cfg, topic, timeout, last, partitions):
         yield raw_record(m)
 
 

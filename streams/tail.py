@@ -8,38 +8,36 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
 from streams.config import KafkaConfig
 from streams.drift import parse_drift_record, unique_drift_bodies
-from streams.kafka_io import (
-    RawRecord,
-    consume_all,
-    of_namespace,
-    raw_record,
-    read_partition,
-    reading_consumer,
-    watermarks,
-)
+from streams.kafka_io import RawRecord, consume_all, of_namespace, partition_ids
 
 __all__ = ["DriftBodies", "drift_bodies", "key_partition", "latest_alerts", "tail",
            "user_drift_events"]
 
 
 def tail(cfg: KafkaConfig, topic: str, per_partition: int, timeout: float = 5.0,
-         missing_ok: bool = True) -> list[RawRecord]:
-    """The last ``per_partition`` records of every partition of ``topic``, by timestamp then
-    partition and offset. A missing topic gives an empty list, or with ``missing_ok=False``
-    raises :class:`streams.kafka_io.UnknownTopic` (a reader that must tell a typo from "none")."""
+         missing_ok: bool = True, partitions: Iterable[int] | None = None) -> list[RawRecord]:
+    """The last ``per_partition`` records of every partition of ``topic`` (or of those of
+    ``partitions`` that it has), by timestamp then partition and offset. A missing topic gives
+    an empty list, or with ``missing_ok=False`` raises :class:`streams.kafka_io.UnknownTopic`
+    (a reader that must tell a typo from "none")."""
     try:
-        out = list(consume_all(cfg, topic, timeout, last=per_partition))
+        out = list(consume_all(cfg, topic, timeout, last=per_partition, partitions=partitions))
     except RuntimeError:  # no such topic
         if not missing_ok:
             raise
         return []
-    out.sort(key=lambda r: (r.ts_ms, r.partition, r.offset))
+    out.sort(key=_time_order)
     return out
+
+
+def _time_order(r: RawRecord) -> tuple[int, int, int]:
+    return r.ts_ms, r.partition, r.offset
 
 
 def _json(rec: RawRecord) -> dict[str, Any] | None:
@@ -90,30 +88,42 @@ def user_drift_events(cfg: KafkaConfig, user_id: str, n: int, topic: str | None 
     namespace (and unmarked ones). A missing topic gives an empty list.
 
     One partition, not all: the /ui user view calls this per request, and reading the last
-    20,000 records of each of 4 partitions took 1.7 s of it."""
+    20,000 records of each of 4 partitions took 1.7 s of it.
+
+    Events written before the topic's partition count was raised sit in the partition the key
+    went to under the smaller count. So when the key's partition yields fewer than ``n`` of the
+    user's events, the last ``scan`` records of those partitions are read too: the key's
+    partition under every smaller count (``crc32 % m`` for each ``m`` below the current count,
+    as counts only grow), 1 to 3 more of 4 partitions depending on the key. A user with ``n``
+    events in the window costs a read of one partition; one with fewer (in the /ui view: fewer
+    than 20) costs a read of each of those partitions as well, up to the last ``scan`` records
+    of every partition. Keyed records that a producer with another partitioner put elsewhere
+    are not looked for.
+    """
     topic = topic or cfg.drift_topic
     key = user_id.encode()
     try:
-        marks = watermarks(cfg, topic, timeout)
+        count = len(partition_ids(cfg, topic, timeout))
     except RuntimeError:  # no such topic
         return []
-    if key and marks and _key_partitioned(cfg):
-        p = key_partition(key, len(marks))
-        marks = {p: marks[p]} if p in marks else marks
-    recs = []
-    c = reading_consumer(cfg)
-    try:
-        for p, (low, high) in marks.items():
-            start = max(low, high - scan)
-            if high > start:
-                recs += [raw_record(m) for m in read_partition(c, topic, p, start, high, timeout)
-                         if m.key() == key]
-    finally:
-        c.close()
-    recs.sort(key=lambda r: (r.ts_ms, r.partition, r.offset))
-    bodies = [b for b in map(_json, recs)
+    if not key or not _key_partitioned(cfg):
+        return _user_events(tail(cfg, topic, scan, timeout), key, namespace)[-n:]
+    p = key_partition(key, count)
+    recs = tail(cfg, topic, scan, timeout, partitions=[p])
+    events = _user_events(recs, key, namespace)
+    older = {key_partition(key, m) for m in range(1, count)} - {p}
+    if len(events) < n and older:
+        recs += tail(cfg, topic, scan, timeout, partitions=sorted(older))
+        events = _user_events(sorted(recs, key=_time_order), key, namespace)
+    return events[-n:]
+
+
+def _user_events(recs: list[RawRecord], key: bytes, namespace: str | None) -> list[dict[str, Any]]:
+    """The JSON bodies of the records keyed ``key`` among ``recs`` (in time order), of
+    ``namespace``, each once (:func:`streams.drift.unique_drift_bodies`)."""
+    bodies = [b for b in map(_json, (r for r in recs if r.key == key))
               if b is not None and of_namespace(b.get("namespace"), namespace)]
-    return [dict(b) for b in unique_drift_bodies(bodies)][-n:]
+    return [dict(b) for b in unique_drift_bodies(bodies)]
 
 
 class DriftBodies(NamedTuple):
