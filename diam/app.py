@@ -151,8 +151,9 @@ def _snapshot_base(store: SnapshotStore, version: str, cfg: OnlineConfig, *,
 def stream_base(path: str | Path, cfg: OnlineConfig, what: str, *, version: str | None = None,
                 allow_dim_change: bool = False) -> BaseView:
     """``path`` (a checkpoint or snapshot directory) as the online learner's base: the one
-    check of ``diam run --checkpoint``, of a snapshot at start and at every hot reload and of
-    ``diam snapshot publish``/``rollback``, so none of them accepts a base the others refuse. Raises ``BaseLoadError`` (a ``ValueError``
+    check of ``diam run --checkpoint``, of a snapshot at start and at every hot reload, of
+    ``diam snapshot publish``/``rollback`` and of the retrain service before it publishes, so
+    none of them accepts a base the others refuse. Raises ``BaseLoadError`` (a ``ValueError``
     naming the file) when it does not load as a base, and ``SnapshotError`` from
     :func:`check_dim`, saying ``what`` has another embedding size, unless
     ``allow_dim_change`` (a deliberate change of dimension: only the load is checked)."""

@@ -9,9 +9,10 @@ One retrain (:meth:`Retrainer.run_once`):
 4. candidate and active are measured on the held-out slice (Recall@20, Entropy@20; items the
    active model does not know are never recommended by it), and the gate
    (:mod:`snapshotter.gate`) decides;
-5. a passing candidate is published through the snapshotter (verified, indexed, pointer
-   switched atomically, Redis told: the dataflow and the API hot-reload it); a refused one stays
-   in ``candidates_dir`` with its ``decision.json``, never activated;
+5. a passing candidate that the dataflows can use as their base (``diam.app.stream_base``: it
+   loads, of size DIAM_ONLINE_DIM) is published through the snapshotter (verified, indexed,
+   pointer switched atomically, Redis told: the dataflow and the API hot-reload it); a refused
+   one stays in ``candidates_dir`` with its ``decision.json``, never activated;
 6. the decision (versions, metrics, reason, durations) goes to the ``diam.models`` topic, to
    Prometheus and to the log.
 
@@ -385,12 +386,33 @@ class Retrainer:
                      window=window, warm_start=warm, created_at=created.isoformat(),
                      candidate_path=str(cand_dir))
         phases = {"read": t_read - t0, "train": t_train - t_read, "eval": t_eval - t_train}
-        if gate.publish:
+        if gate.publish and (why := self._unusable(cand_dir)) is not None:
+            d.reason = f"{gate.reason}, but no dataflow can use it: {why}"
+        elif gate.publish:
             pub = publish(cand_dir, self.store, self.redis, ns=self.ns,
                           data_dir=self.s.data_dir)
             d.published, d.version = True, pub.version
             phases["publish"] = time.monotonic() - t_eval
         return self._finish(d, t0, phases, cand_dir)
+
+    def _unusable(self, cand_dir: Path) -> str | None:
+        """Why no dataflow could use the candidate as its base (``diam.app.stream_base``,
+        ``diam run``'s and ``diam snapshot publish``'s own check: it loads, and its embedding
+        size is DIAM_ONLINE_DIM), or None. A candidate of another size (DIAM_RETRAIN_DIM or the
+        active model's is not DIAM_ONLINE_DIM) is refused as a gate refusal is: kept with its
+        decision, never published; every dataflow would refuse it."""
+        from diam.app import stream_base
+        from online_model.base import BaseLoadError
+        from snapshotter.store import SnapshotError
+
+        try:
+            stream_base(cand_dir, self.s.online, f"candidate {cand_dir.name}")
+        except BaseLoadError as exc:
+            return f"it does not load as a base ({exc})"
+        except SnapshotError as exc:  # the embedding size
+            return (f"{exc}; the retrain service trains at the active model's size, or at "
+                    f"DIAM_RETRAIN_DIM={self.cfg.dim} from scratch")
+        return None
 
     def _finish(self, d: Decision, t0: float, phases: dict[str, float],
                 cand_dir: Path | None = None) -> Decision:

@@ -138,11 +138,16 @@ def loop_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
                           items=rows, meta={"source": "tiny_corpus"})
 
 
-def _loop_settings(stack, topic: str, tmp_path, **retrain):  # type: ignore[no-untyped-def]
+def _loop_settings(stack, topic: str, tmp_path, online_dim: int | None = None,  # type: ignore[no-untyped-def]
+                   **retrain):
+    """The stack's settings on ``topic``; the dataflows' DIAM_ONLINE_DIM is the retrain's dim
+    unless ``online_dim`` says otherwise (the service publishes no other size)."""
     s = stack.settings
     r = {"candidates_dir": str(tmp_path / "candidates"), "epochs": 3, "dim": 16,
          "holdout_fraction": 0.2, "warm_start": True, **retrain}
     return s.model_copy(update={
+        "online": s.online.model_copy(update={
+            "dim": r["dim"] if online_dim is None else online_dim}),
         "kafka": s.kafka.model_copy(update={"clicks_topic": topic,
                                             "items_topic": f"{topic}.items",
                                             "models_topic": f"{topic}.models"}),
@@ -224,6 +229,31 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     # the lineage serving reads to tell an ancestor's vectors from another model's
     assert third.warm_start["lineage"] == [first.version]
     assert third.warm_start["items_new"] == 0 and third.warm_start["fresh_tensors"] == []
+
+
+def test_retrain_refuses_a_candidate_of_a_size_no_dataflow_can_use(
+        stack, topic, namespace, redis_client, loop_data, tmp_path) -> None:
+    """DIAM_RETRAIN_DIM=16 under DIAM_ONLINE_DIM=32: the gate passes the first candidate (no
+    active snapshot), but every dataflow would refuse a d=16 base, so it is refused by
+    diam.app.stream_base, recorded as other refusals are (decision.json, the models topic),
+    and nothing is published."""
+    from diam.retrain import Retrainer
+    from serving_cache.keys import model_active_key
+    from snapshotter.store import SnapshotStore
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1)
+    d = Retrainer(s, namespace=namespace).run_once()
+    assert not d.published and d.version is None, d
+    assert d.reason.startswith("no active snapshot, but no dataflow can use it: candidate ")
+    assert "has d=16, DIAM_ONLINE_DIM is 32" in d.reason and "DIAM_RETRAIN_DIM=16" in d.reason
+    store = SnapshotStore(s.snapshot)
+    assert store.versions() == [] and store.active_version() is None
+    assert redis_client.get(model_active_key(namespace)) is None
+    kept = tmp_path / "candidates" / d.candidate
+    assert json.loads((kept / "decision.json").read_text())["reason"] == d.reason
+    got = _decisions(stack, topic)
+    assert [(g["published"], g["reason"]) for g in got] == [(False, d.reason)]
 
 
 def test_killed_retrain_leaves_the_active_snapshot_untouched(
