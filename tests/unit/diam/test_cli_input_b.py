@@ -291,3 +291,25 @@ def test_data_prepare_refuses_a_min_rating_that_keeps_nothing(run, tmp_path) -> 
     _clean_error(run("data", "prepare", str(raw), "--out", str(tmp_path / "o"),
                      "--min-rating", "6"), "min_rating filter (>= 6) keeps none", code=1)
     assert not (tmp_path / "o").exists()
+
+
+def test_retrain_warns_at_start_of_a_size_no_dataflow_can_use(run, monkeypatch) -> None:
+    """DIAM_RETRAIN_DIM other than DIAM_ONLINE_DIM is said before anything is trained: every
+    candidate trained from scratch would be refused (``diam.retrain.Retrainer._unusable``)."""
+    import diam.retrain
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **kw):
+        raise Stop
+
+    monkeypatch.setattr(diam.retrain, "Retrainer", stop)
+    monkeypatch.setenv("DIAM_RETRAIN_DIM", "16")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "32")
+    r = run("retrain", "--once")
+    assert isinstance(r.exception, Stop)
+    assert "DIAM_RETRAIN_DIM=16 but DIAM_ONLINE_DIM=32" in r.output and "refused" in r.output
+    monkeypatch.setenv("DIAM_RETRAIN_DIM", "32")
+    r = run("retrain", "--once")
+    assert isinstance(r.exception, Stop) and "warning" not in r.output
