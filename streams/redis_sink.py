@@ -255,10 +255,14 @@ class _Partition(StatelessSinkPartition[Item]):
                 if down_since is None:
                     down_since, why = attempt, str(exc)
                     refused = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
-                    log.warning("Redis%s %s for %.1f s (%s); writes wait and retry with "
+                    # when it began, not how long: the failed call's own time is no duration
+                    # of the outage (0.0 s on a refused connection); the recovery line has it
+                    began = time.time() - (time.monotonic() - attempt)
+                    log.warning("Redis%s %s since %s (%s); writes wait and retry with "
                                 "backoff up to %.0f s (nothing is dropped)", self.where,
                                 "refusing writes" if refused else "unreachable",
-                                time.monotonic() - attempt, why, self.max_backoff_s)
+                                time.strftime("%H:%M:%S", time.localtime(began)), why,
+                                self.max_backoff_s)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 

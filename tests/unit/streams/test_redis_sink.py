@@ -4,6 +4,10 @@ partition keeps for re-pushes, and when a lost key set is re-pushed. The real-se
 
 from __future__ import annotations
 
+import logging
+import re
+from typing import Any
+
 import numpy as np
 
 from serving_cache import UserVectors
@@ -110,3 +114,29 @@ def test_pushes_redis_kept_out_are_counted_on_the_writer_threads_counters() -> N
     part._write([("d", _uv(5))])
     assert w.sent[-1] == [("a", 1), ("b", 2), ("c", 4), ("d", 5)]
     assert stats.as_dict()["stale_pushes"] == 2  # a re-push's are expected
+
+
+def test_an_outage_says_when_it_began_then_how_long_it_lasted(caplog: Any) -> None:
+    import redis
+
+    class _Down(_Writer):
+        fails = 2
+
+        def write_batch(self, entries: list[tuple[str, UserVectors]]) -> int:
+            if self.fails:
+                self.fails -= 1
+                raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+            return super().write_batch(entries)
+
+    w = _Down()
+    part = _Partition(w, max_backoff_s=0.01, check_every_s=3600.0)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="streams.redis_sink"):
+        part._write([("a", _uv(1))])
+    part.close()
+    lines = [r.getMessage() for r in caplog.records if "reachable" in r.getMessage()]
+    assert len(lines) == 2  # one when it began, one when it ended; not one per try
+    # the first line has no duration to give (the failed call's own time, 0.0 s on a refusal)
+    assert re.search(r"unreachable since \d\d:\d\d:\d\d \(Error 111 .*\); writes wait and retry",
+                     lines[0]), lines[0]
+    assert " for " not in lines[0]
+    assert re.search(r"reachable again after \d+\.\d s of outage", lines[1]), lines[1]
