@@ -303,16 +303,66 @@ def _kafka_config_error(exc: BaseException) -> bool:
 
 def redis_unusable(settings: Settings | None, exc: BaseException) -> click.ClickException:
     """The one wording of "Redis failed this command" (the URL without its password)."""
-    url = _without_password(settings.redis.url) if settings else "the configured URL"
-    return click.ClickException(
-        f"Redis at {url} is not usable ({exc}); is the stack up? (`diam stack up`)")
+    if settings is None:
+        return click.ClickException(
+            f"Redis at the configured URL is not usable ({exc}); is the stack up? (`diam stack up`)")
+    from diam.stack import addresses
+
+    url = _without_password(settings.redis.url)
+    return click.ClickException(f"Redis at {url} is not usable ({exc}); " + _what_to_check(
+        "DIAM_REDIS_URL", url, _same_servers(_redis_server(settings.redis.url),
+                                             _redis_server(addresses(settings)[1]))))
 
 
 def kafka_unusable(settings: Settings | None, exc: BaseException) -> click.ClickException:
     """The one wording of "Kafka failed this command"."""
-    where = settings.kafka.bootstrap if settings else "the configured bootstrap"
-    return click.ClickException(
-        f"Kafka at {where} is not usable ({exc}); is the stack up? (`diam stack up`)")
+    if settings is None:
+        return click.ClickException(f"Kafka at the configured bootstrap is not usable ({exc}); "
+                                    "is the stack up? (`diam stack up`)")
+    from diam.stack import addresses
+
+    where = settings.kafka.bootstrap
+    return click.ClickException(f"Kafka at {where} is not usable ({exc}); " + _what_to_check(
+        "DIAM_KAFKA_BOOTSTRAP", where, _same_servers(where, addresses(settings)[0])))
+
+
+def _what_to_check(variable: str, value: str, local_stack: bool) -> str:
+    """The hint after a service failed: start the stack when ``value`` is the local stack's own
+    address (``diam stack up`` starts exactly that), else look at the setting, which a mistyped
+    host or port would leave pointing at nothing."""
+    if local_stack:
+        return "is the stack up? (`diam stack up`)"
+    return f"check {variable}={value} (not the local stack's address)"
+
+
+def _redis_server(url: str) -> str:
+    """``host:port`` of a Redis URL (port 6379 when it names none; ``url`` itself when it has
+    no host, a unix socket)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return url
+    try:
+        port = parts.port or 6379
+    except ValueError:  # a port that is not a number: not the stack's
+        return url
+    return f"{parts.hostname}:{port}"
+
+
+def _same_servers(servers: str, stack: str) -> bool:
+    """Whether every ``host:port`` in the comma-separated ``servers`` is ``stack``'s, taking
+    ``localhost`` for the loopback address the stack binds.
+
+    >>> _same_servers("localhost:9192", "127.0.0.1:9192")
+    True
+    >>> _same_servers("127.0.0.1:9198", "127.0.0.1:9192")
+    False
+    """
+    def norm(server: str) -> str:
+        host, _, port = server.strip().rpartition(":")
+        return f"{'127.0.0.1' if host == 'localhost' else host}:{port}"
+
+    named = [norm(s) for s in servers.split(",") if s.strip()]
+    return bool(named) and all(s == norm(stack) for s in named)
 
 
 def _without_password(url: str) -> str:

@@ -100,7 +100,36 @@ def test_a_missing_dataset_for_the_base_is_no_base_model(tmp_path) -> None:
 def test_redis_down_is_one_line_naming_the_url(run, monkeypatch, args) -> None:
     url = f"redis://127.0.0.1:{closed_port()}/0"
     monkeypatch.setenv("DIAM_REDIS_URL", url)
-    _clean_error(run(*args), f"Redis at {url} is not usable", "diam stack up")
+    out = _clean_error(run(*args), f"Redis at {url} is not usable", f"check DIAM_REDIS_URL={url}")
+    assert "diam stack up" not in out  # a mistyped address, not a stopped stack
+
+
+def test_the_stack_hint_only_for_the_stacks_own_address(run, monkeypatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("DIAM_STACK_REDIS_PORT", str(port))
+    monkeypatch.setenv("DIAM_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    _clean_error(run("inspect", "namespace"), "is the stack up? (`diam stack up`)")
+
+
+def test_the_unusable_wording_compares_with_the_stacks_addresses() -> None:
+    import redis
+    from confluent_kafka import KafkaError, KafkaException
+
+    from diam.commands import kafka_unusable, redis_unusable
+
+    down = KafkaException(KafkaError(KafkaError._TRANSPORT))
+    s = load_settings()  # the defaults: the local stack's own addresses
+    assert "diam stack up" in redis_unusable(s, redis.ConnectionError("refused")).message
+    assert "diam stack up" in kafka_unusable(s, down).message
+    s = load_settings(redis={"url": "redis://localhost:6390"}, kafka={"bootstrap": "localhost:9192"})
+    assert "diam stack up" in redis_unusable(s, redis.ConnectionError("refused")).message
+    assert "diam stack up" in kafka_unusable(s, down).message
+    s = load_settings(redis={"url": "redis://u:pw@127.0.0.1:6498/0"},
+                      kafka={"bootstrap": "127.0.0.1:9198"})
+    msg = redis_unusable(s, redis.ConnectionError("refused")).message
+    assert "diam stack up" not in msg and "check DIAM_REDIS_URL=redis://u:***@127.0.0.1:6498/0" in msg
+    msg = kafka_unusable(s, down).message
+    assert "diam stack up" not in msg and "check DIAM_KAFKA_BOOTSTRAP=127.0.0.1:9198" in msg
 
 
 def test_only_service_errors_are_reworded() -> None:
