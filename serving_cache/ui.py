@@ -5,7 +5,8 @@
   online dataflow, from its Prometheus endpoints (``diam run --metrics-port``), with the last
   minutes kept in memory and drawn as server-rendered SVG;
 - ``GET /ui/api/namespace``: the K_u histogram and d_u distribution of the served namespace
-  (a SCAN of Redis, cached for ``namespace_ttl_s``);
+  (a SCAN of Redis, cached for ``namespace_ttl_s``; a 503 while Redis is down, as the
+  public routes answer);
 - ``GET /ui/api/alerts``: the drift monitor's latest alerts;
 - ``GET /ui/api/users/{id}``: K_u, d_u, each interest's top items with their categories, the
   recommendation list with the d_u used (the same calls as the public routes) and the user's
@@ -275,8 +276,15 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     from fastapi import Query
     from fastapi.responses import HTMLResponse, JSONResponse
 
+    from serving_cache.api import _redis_errors
     from serving_cache.reader import USER_ID_PATTERN
     from serving_cache.recommend import MAX_N, MAX_TOP
+
+    # the public routes' rule for an outage (serving_cache.api): a 503 naming it, not a 500
+    redis_errors = _redis_errors()
+
+    def redis_unavailable(exc: BaseException) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
     scraper = FlowScraper(sources.flow_metrics, history_s=sources.history_s)
     cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -298,7 +306,10 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         with cache_lock:
             hit = cache.get(ns)
             if hit is None or time.monotonic() - hit[0] > sources.namespace_ttl_s:
-                hit = (time.monotonic(), namespace_view(recommender.client, ns))
+                try:
+                    hit = (time.monotonic(), namespace_view(recommender.client, ns))
+                except redis_errors as exc:
+                    return redis_unavailable(exc)
                 cache[ns] = hit
         return JSONResponse(nan_to_none(hit[1]))
 
@@ -319,13 +330,11 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
                 top: int = Query(5, ge=1, le=MAX_TOP)) -> JSONResponse:
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
-        import redis
-
         try:
             it = recommender.interests(user_id, top=top)
             rec = recommender.recommend(user_id, n=n)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
+        except redis_errors as exc:
+            return redis_unavailable(exc)
         snap = recommender.active
         interests = []
         for i, items in enumerate(it.top_items):

@@ -1,6 +1,7 @@
 """The /ui user view's parameters take the public routes' bounds: ``n`` as
 ``/users/{id}/recommendations``, ``top`` as ``/users/{id}/interests``; outside them a 422, as
-there (Redis is a port nobody listens on: a parameter in bounds reaches it and answers 503)."""
+there (Redis is a port nobody listens on: a parameter in bounds reaches it and answers 503).
+Every /ui/api route that reads Redis answers that outage as the public routes do."""
 
 from __future__ import annotations
 
@@ -56,3 +57,14 @@ def test_top_has_the_public_interests_routes_bound(client, top, code) -> None:
 def test_n_in_bounds_reaches_redis(client) -> None:
     for n in (1, MAX_N):
         assert client.get(f"/ui/api/users/u1?n={n}").status_code == 503
+
+
+def test_every_ui_route_answers_a_redis_outage_as_the_public_routes_do(client) -> None:
+    public = client.get("/users/u1/recommendations")
+    assert public.status_code == 503 and public.json()["detail"].startswith("redis unavailable: ")
+    for path in ("/ui/api/namespace", "/ui/api/users/u1"):
+        r = client.get(path)
+        assert r.status_code == 503, (path, r.text)
+        assert r.json()["detail"].startswith("redis unavailable: "), (path, r.text)
+    for path in ("/ui/api/flow", "/ui/api/alerts", "/ui"):  # no Redis read: they answer
+        assert client.get(path).status_code == 200, path
