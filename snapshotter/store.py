@@ -415,7 +415,8 @@ class SnapshotStore:
 
 
 def resolve_active(store: SnapshotStore, client: Any | None, ns: str,
-                   on_absent: Callable[[str], None] | None = None) -> str | None:
+                   on_absent: Callable[[str], None] | None = None,
+                   on_redis: Callable[[Exception | None], None] | None = None) -> str | None:
     """The active version for namespace ``ns``, as every reader resolves it (``diam serve``,
     the dataflow at start and at reload, ``diam recommend``): the version Redis announces in
     ``diam:{ns}:model:active`` when this store holds it, else the pointer file
@@ -424,15 +425,24 @@ def resolve_active(store: SnapshotStore, client: Any | None, ns: str,
     Redis is per namespace and shared by every process, the pointer file per store: a publish
     announces in both, ``--no-redis`` moves only the file, and a store that never saw the
     announced version (another snapshot directory on the same Redis) falls back to its own
-    file; ``on_absent`` is told that version. Redis down reads as no announcement."""
+    file; ``on_absent`` is told that version. Redis down reads as no announcement: the failed
+    GET is logged, or given to ``on_redis`` (which is also told None each time Redis answers,
+    so a poller can log an outage once, not once per poll)."""
     if client is not None:
         from serving_cache.keys import model_active_key
 
         try:
             raw = client.get(model_active_key(ns))
         except Exception as exc:  # Redis down: the shared pointer file still tells the truth
-            log.warning("active version from Redis failed (%s); reading the pointer file", exc)
+            if on_redis is None:
+                log.warning("active version from Redis failed (%s); reading the pointer file",
+                            exc)
+            else:
+                on_redis(exc)
             raw = None
+        else:
+            if on_redis is not None:
+                on_redis(None)
         if raw is not None:
             version = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
             try:
@@ -475,6 +485,7 @@ class ActiveWatcher:
         self.refused: set[str] = set()
         self._absent: set[str] = set()
         self._pointer_error: str | None = None
+        self._redis_down_since: float | None = None  # on self._clock
         self._clock = clock
         self._next = float("-inf")
 
@@ -486,11 +497,24 @@ class ActiveWatcher:
                         version, self.store.root)
             self._absent.add(version)
 
+    def _redis_answered(self, exc: Exception | None) -> None:
+        # one line when an outage begins and one when it ends, as the dataflow's sink logs
+        # its own: polled every few seconds, a line per failed GET was a line per poll
+        if exc is not None and self._redis_down_since is None:
+            self._redis_down_since = self._clock()
+            log.warning("active version: Redis unreachable (%s); reading the pointer file "
+                        "until it answers", exc)
+        elif exc is None and self._redis_down_since is not None:
+            log.warning("active version: Redis reachable again after %.1f s; following its "
+                        "announcement again", self._clock() - self._redis_down_since)
+            self._redis_down_since = None
+
     def _read_active(self) -> str | None:
         """:func:`resolve_active`; a damaged pointer is logged once and reads as "no change"
         (the caller keeps what it serves until someone repairs it)."""
         try:
-            version = resolve_active(self.store, self.client, self.ns, self._absent_once)
+            version = resolve_active(self.store, self.client, self.ns, self._absent_once,
+                                     self._redis_answered)
         except SnapshotError as exc:
             if str(exc) != self._pointer_error:
                 log.error("not following the active version: %s", exc)

@@ -252,3 +252,37 @@ def test_a_trained_checkpoint_gives_cold_users_its_most_clicked_items(tmp_path, 
     assert snap.popularity.tolist() == counts.tolist()
     assert snap.cold[0] == int(np.argmax(counts))
     assert counts[snap.cold].tolist()[:3] != [0, 0, 0]
+
+
+class _FlakyRedis:
+    """A client whose GET fails while ``down``, and announces nothing otherwise."""
+
+    down = False
+
+    def get(self, key):
+        import redis
+
+        if self.down:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+        return None
+
+
+def test_active_watcher_logs_a_redis_outage_once_and_its_end_once(store, checkpoint, caplog):
+    v1 = publish(checkpoint, store).version
+    clock, client = _Clock(), _FlakyRedis()
+    w = ActiveWatcher(store, client, check_every_s=5, clock=clock)
+    client.down = True
+    with caplog.at_level("INFO", logger="snapshotter.store"):
+        for t in range(0, 60, 5):  # a minute of reloads, every 5 s
+            clock.t = t
+            got = w.poll()
+            assert got == ((v1, store.path(v1)) if t == 0 else None)  # the pointer file serves
+        client.down = False
+        clock.t = 60
+        assert w.poll() is None
+        clock.t = 65
+        assert w.poll() is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "snapshotter.store"]
+    assert len(lines) == 2, lines
+    assert "unreachable" in lines[0] and "Error 111" in lines[0] and "pointer file" in lines[0]
+    assert "reachable again after 60.0 s" in lines[1]
