@@ -13,6 +13,7 @@ from diam.commands import (
     serve_registry,
     service_logging,
     topic_name,
+    unreachable_service,
 )
 
 
@@ -73,7 +74,10 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     try:
         d = svc.run_once()
     except Exception as exc:
-        raise click.ClickException(f"retrain failed: {type(exc).__name__}: {exc}") from None
+        # a broker or Redis that did not answer is worded as in every other command (naming
+        # the address and what to check); anything else is the retrain's own failure
+        raise (unreachable_service(exc, s)
+               or click.ClickException(f"retrain failed: {type(exc).__name__}: {exc}")) from None
     if as_json:
         click.echo(json.dumps(json.loads(d.to_json()), indent=1, sort_keys=True))
     else:
