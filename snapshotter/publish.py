@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ __all__ = [
     "publish",
     "set_active_in_redis",
     "find_checkpoints",
+    "Skip",
     "Watcher",
 ]
 
@@ -251,6 +252,17 @@ def find_checkpoints(trainer_dir: str | Path) -> list[Path]:
     return sorted(cands, key=lambda p: (p / w).stat().st_mtime, reverse=True)
 
 
+@dataclass(frozen=True)
+class Skip:
+    """Why a :class:`Watcher` tick published nothing. Two skips are equal when the situation is
+    the same (``key``: which checkpoints, in which state), whatever the ages in ``reason``, so
+    a long-running watch says it once, not on every tick."""
+
+    reason: str = field(compare=False)
+    """One line for the operator, e.g. ``nothing to publish: DIR/a is already version X``."""
+    key: tuple[tuple[str, str], ...]
+
+
 class Watcher:
     """One tick of ``diam snapshot watch``: publish the newest settled checkpoint whose weights
     are not already in the store, and re-sync the active version into Redis.
@@ -282,30 +294,47 @@ class Watcher:
         self.data_dir = data_dir
         self._seen: dict[Path, tuple[float, int]] = {}  # checkpoint -> (mtime, size) last tried
         self._failed: set[Path] = set()  # checkpoints whose last try was refused
+        self._kept: dict[Path, str] = {}  # checkpoint -> the version holding its weights
+        self.last_skip: Skip | None = None
+        """Why the last tick published nothing (None after a publish, or a tick that could not
+        look: a damaged active pointer, logged as an error)."""
 
-    def _published_shas(self) -> set[str]:
-        return {str(s.source.get("weights_sha256")) for s in self.store.versions()}
+    def _versions_by_sha(self) -> dict[str, str]:
+        return {str(s.source.get("weights_sha256")): s.version for s in self.store.versions()}
 
     def tick(self, now_epoch: float) -> PublishResult | None:
+        """Publish the newest settled checkpoint not already kept; None when nothing was
+        (:attr:`last_skip` says why)."""
         result = None
+        self.last_skip = None
         try:
             self.store.active_version()
         except SnapshotError as exc:  # not the checkpoints' fault: retry them once repaired
             log.error("not publishing: %s", exc)
             return None
-        for ck in find_checkpoints(self.trainer_dir):
+        settling: tuple[Path, float] | None = None  # the newest checkpoint still being written
+        refused: list[Path] = []
+        kept: tuple[Path, str] | None = None  # where the scan stopped: weights already kept
+        checkpoints = find_checkpoints(self.trainer_dir)
+        for ck in checkpoints:
             newest = max(f.stat().st_mtime for f in ck.iterdir() if f.is_file())
             if now_epoch - newest < self.store.cfg.settle_s:
+                settling = settling or (ck, now_epoch - newest)
                 continue  # still being written; look again next tick
             weights = ck / "weights.safetensors"
             stamp = (weights.stat().st_mtime, weights.stat().st_size)
             if self._seen.get(ck) == stamp:
                 if ck in self._failed:
+                    refused.append(ck)
                     continue  # refused as it is: an older one may do
+                kept = (ck, self._kept.get(ck, "?"))
                 break  # newest settled checkpoint unchanged since we handled it
             self._seen[ck] = stamp
-            if sha256_file(weights) in self._published_shas():
+            version = self._versions_by_sha().get(sha256_file(weights))
+            if version is not None:
                 self._failed.discard(ck)
+                self._kept[ck] = version
+                kept = (ck, version)
                 break
             try:
                 result = publish(ck, self.store, self.client, self.ns, self.data_dir,
@@ -313,11 +342,36 @@ class Watcher:
             except Exception as exc:  # a bad checkpoint must not stop the watch loop
                 log.error("not publishing %s: %s", ck, exc)
                 self._failed.add(ck)
+                refused.append(ck)
                 continue
             self._failed.discard(ck)
+            self._kept[ck] = result.version
             break
+        if result is None:
+            self.last_skip = self._skip(checkpoints, settling, refused, kept)
         self._sync_redis()
         return result
+
+    def _skip(self, checkpoints: list[Path], settling: tuple[Path, float] | None,
+              refused: list[Path], kept: tuple[Path, str] | None) -> Skip:
+        """The :class:`Skip` of a tick that published nothing, from what its scan found."""
+        if not checkpoints:
+            gone = "" if self.trainer_dir.is_dir() else " (it does not exist)"
+            return Skip(f"nothing to publish: no checkpoint in {self.trainer_dir}{gone}",
+                        (("none", str(self.trainer_dir)),))
+        parts: list[str] = []
+        key: list[tuple[str, str]] = []
+        if kept is not None:
+            parts.append(f"{kept[0]} is already version {kept[1]}")
+            key.append(("kept", str(kept[0])))
+        if refused:
+            parts.append(f"{', '.join(map(str, refused))} refused (logged)")
+            key += [("refused", str(ck)) for ck in refused]
+        if settling is not None:
+            parts.append(f"{settling[0]} still settling ({settling[1]:.0f} s old, settle_s "
+                         f"{self.store.cfg.settle_s:g})")
+            key.append(("settling", str(settling[0])))
+        return Skip("nothing to publish: " + "; ".join(parts), tuple(key))
 
     def _sync_redis(self) -> None:
         if self.client is None:

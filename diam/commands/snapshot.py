@@ -235,6 +235,7 @@ def watch_cmd(
     else:
         waiting = "" if root.is_dir() else " (it does not exist yet; waiting for it)"
         click.echo(f"watching {root}{waiting} every {period:g}s (Ctrl-C stops)", err=True)
+    said = None  # the last skip logged: the same situation is said once, not every tick
     try:
         while True:
             try:
@@ -246,8 +247,14 @@ def watch_cmd(
                 res = None
             if res is not None:
                 click.echo(f"published {res.version} from {res.manifest['source']['path']}")
+            skip = watcher.last_skip
             if once:
+                if skip is not None:
+                    click.echo(skip.reason, err=True)
                 return
+            if skip is not None and skip != said:
+                logging.getLogger(__name__).info("%s", skip.reason)
+            said = skip
             time.sleep(period)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)

@@ -1,0 +1,119 @@
+"""``diam snapshot watch`` says what a tick decided when it published nothing: no checkpoint,
+the newest still settling, its weights already a kept version; once per situation in a
+long-running watch, one line with ``--once``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from diam.cli import main
+from snapshotter import SnapshotConfig, SnapshotStore
+from snapshotter.publish import Watcher
+from snapshotter.testing import write_checkpoint
+
+
+def _age(ck, seconds: float) -> None:
+    """Make every file of ``ck`` ``seconds`` old."""
+    t = time.time() - seconds
+    for f in ck.iterdir():
+        os.utime(f, (t, t))
+
+
+def test_the_skip_says_why_nothing_was_published(tmp_path) -> None:
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=10))
+    trainer = tmp_path / "trainer"
+    w = Watcher(store, trainer)
+    assert w.tick(time.time()) is None
+    assert w.last_skip is not None
+    assert w.last_skip.reason == f"nothing to publish: no checkpoint in {trainer} (it does not exist)"
+    a = write_checkpoint(trainer / "a", n_items=30, dim=4, seed=1)
+    _age(a, 3)
+    assert w.tick(time.time()) is None
+    assert w.last_skip.reason == f"nothing to publish: {a} still settling (3 s old, settle_s 10)"
+    settling = w.last_skip
+    assert w.tick(time.time() + 2) is None
+    assert w.last_skip == settling  # older, the same situation: said once
+    published = w.tick(time.time() + 20)
+    assert published is not None and w.last_skip is None
+    assert w.tick(time.time() + 30) is None
+    kept = w.last_skip
+    assert kept.reason == f"nothing to publish: {a} is already version {published.version}"
+    # a fresh watcher (diam snapshot watch --once) hashes it and says the same
+    fresh = Watcher(store, trainer)
+    assert fresh.tick(time.time() + 30) is None and fresh.last_skip == kept
+    assert fresh.last_skip.reason == kept.reason
+    # a newer one still settling is said along with the kept one the scan stopped at
+    _age(a, 60)
+    b = write_checkpoint(trainer / "b", n_items=30, dim=4, seed=2)
+    assert w.tick(time.time()) is None
+    assert w.last_skip.reason.startswith(f"nothing to publish: {a} is already version ")
+    assert f"; {b} still settling (0 s old, settle_s 10)" in w.last_skip.reason
+    assert w.last_skip != kept
+
+
+def test_a_refused_checkpoint_is_said(tmp_path) -> None:
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=0))
+    ck = write_checkpoint(tmp_path / "t" / "a", n_items=30, dim=4, seed=1)
+
+    def refuse(path):
+        raise ValueError("no")
+
+    w = Watcher(store, ck.parent, usable=refuse)
+    assert w.tick(time.time() + 1) is None
+    assert w.last_skip.reason == f"nothing to publish: {ck} refused (logged)"
+    first = w.last_skip
+    assert w.tick(time.time() + 2) is None and w.last_skip == first
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
+    monkeypatch.setenv("DIAM_CONFIG", "")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "4")
+
+    def invoke(*args):
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def test_watch_once_says_what_it_decided(run, tmp_path, monkeypatch) -> None:
+    trainer = tmp_path / "trainer"
+    watch = ("snapshot", "watch", "--once", "--trainer-dir", str(trainer), "--no-redis")
+    trainer.mkdir()
+    r = run(*watch)
+    assert r.exit_code == 0 and f"nothing to publish: no checkpoint in {trainer}\n" in r.output
+    a = write_checkpoint(trainer / "a", n_items=30, dim=4, seed=1)
+    monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "600")
+    r = run(*watch)
+    assert r.exit_code == 0 and f"{a} still settling (" in r.output and "settle_s 600)" in r.output
+    monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "0")
+    r = run(*watch)
+    assert r.exit_code == 0 and "published " in r.output and "nothing to publish" not in r.output
+    version = r.output.split("published ")[1].split()[0]
+    r = run(*watch)
+    assert r.exit_code == 0 and f"nothing to publish: {a} is already version {version}" in r.output
+
+
+def test_a_long_running_watch_logs_each_situation_once(run, tmp_path, monkeypatch, caplog) -> None:
+    import diam.commands.snapshot as snapshot_cmd
+
+    ticks = iter(range(4))
+
+    def sleep(seconds):  # the fourth tick ends the watch as Ctrl-C would
+        if next(ticks) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(snapshot_cmd.time, "sleep", sleep)
+    trainer = tmp_path / "trainer"
+    trainer.mkdir()
+    with caplog.at_level(logging.INFO, logger=snapshot_cmd.__name__):
+        r = run("snapshot", "watch", "--trainer-dir", str(trainer), "--no-redis")
+    assert r.exit_code == 0, r.output
+    said = [rec.getMessage() for rec in caplog.records if "nothing to publish" in rec.getMessage()]
+    assert said == [f"nothing to publish: no checkpoint in {trainer}"]
