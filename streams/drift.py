@@ -13,6 +13,14 @@ then a handful of events, not a window); global counts alert when the window clo
 happens once the event time of every partition passes its end by ``lateness_ms``. The global
 K_u change count per window also feeds a River Page-Hinkley detector.
 
+Lateness is judged for what is windowed. A user's windows follow that user's own event time:
+the learner emits a batch user by user, so a partition holds one user's events (hours or days
+of a dataset's timestamps) before the next user's earlier ones, while each user's own are in
+order. A record is dropped as late (``late``) only when its user's own newest event is past its
+window's end by ``lateness_ms``. A record whose global window the partition watermark has
+already closed still counts in its user's window and per-user alerts; it is missing from that
+window's global counts and counted in ``after_close``.
+
 >>> m = DriftMonitor(DriftConfig(flip_reversals=1))
 >>> evs = [DriftRecord("k_change", "u1", 1_000 + i, i, {"k_from": a, "k_to": b})
 ...        for i, (a, b) in enumerate([(2, 3), (3, 2)])]
@@ -60,7 +68,8 @@ __all__ = [
 ]
 
 MAX_DEDUPE_USERS = 2_000_000
-"""Users whose newest drift record the monitor remembers to recognise repeats (~200 bytes each)."""
+"""Users the monitor remembers (least recently active forgotten first): their newest drift record,
+to recognise repeats, and their open windows (~400 bytes each)."""
 
 KINDS = ("k_change", "guard_trip", "rollback", "freeze", "reanchor")
 
@@ -230,20 +239,48 @@ class WindowSummary:
     freezes: int
     reanchors: int
     late: int = 0
-    """Records dropped since the previous summary because their window had closed."""
+    """Records dropped since the previous summary because their user's window had closed."""
 
 
 @dataclass
 class _Window:
+    """A window's aggregates across users, closed by the partitions' watermark."""
+
     start: int
     end: int
     kinds: Counter[str] = field(default_factory=Counter)
     per_kind_user: dict[str, Counter[UserKey]] = field(default_factory=dict)
     last_change: dict[UserKey, tuple[int, int]] = field(default_factory=dict)
-    reversals: Counter[UserKey] = field(default_factory=Counter)
-    d_range: dict[UserKey, tuple[float, float]] = field(default_factory=dict)
+    flip_users: set[UserKey] = field(default_factory=set)
+    max_d_swing: float = 0.0
     users: set[UserKey] = field(default_factory=set)
-    fired: set[tuple[str, UserKey]] = field(default_factory=set)
+
+
+@dataclass
+class _UserWindow:
+    """One user's window, closed by that user's own event time."""
+
+    start: int
+    end: int
+    k_changes: int = 0
+    last_change: tuple[int, int] | None = None
+    reversals: int = 0
+    d_range: tuple[float, float] | None = None
+    fired: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _User:
+    """What the monitor keeps per (namespace, user)."""
+
+    offset: int = -1
+    """Newest source offset accounted (-1: none carried one)."""
+    idents: set[str] = field(default_factory=set)
+    """Kinds and details of the records at ``offset``."""
+    newest_ms: int | None = None
+    """The user's newest event time: a window of the user's that ends ``lateness_ms`` or more
+    before it is closed."""
+    windows: dict[int, _UserWindow] = field(default_factory=dict)
 
 
 def _k_pair(detail: dict[str, Any]) -> tuple[int, int] | None:
@@ -286,10 +323,13 @@ class DriftMonitor:
         self.start_position = start_position
         self.seen = 0
         self.late = 0
+        """Records dropped: their user's own event time had passed their window by lateness."""
+        self.after_close = 0
+        """Records counted in their user's window but not in its global counts: the partitions'
+        watermark had closed it (a batch's later users, a partition read far ahead)."""
         self.duplicates = 0
-        # user -> (newest source offset, identities seen at that offset)
-        self._newest: dict[tuple[str | None, str], tuple[int, set[str]]] = {}
-        """Per (namespace, user): the newest source offset accounted and its records' kinds."""
+        # least recently active first (dict order): past the cap the oldest user goes
+        self._users: dict[UserKey, _User] = {}
         self._late_reported = 0
         self._open: dict[int, _Window] = {}
         self._expected = set(partitions)  # partitions that must report before windows close
@@ -306,49 +346,71 @@ class DriftMonitor:
     def add(self, rec: DriftRecord, partition: int = 0) -> list[Output]:
         """Account one record read from ``partition`` of the drift topic.
 
-        Event time advances per partition: a window closes when every partition (those given
-        at construction and those seen, minus the ones marked idle) has passed its end by
-        ``lateness_ms``, so catching up on a backlog one partition batch at a time does not
-        make the other partitions' records late. A repeat of a record already accounted (a
+        Event time advances per partition: a window's global counts close when every partition
+        (those given at construction and those seen, minus the ones marked idle) has passed its
+        end by ``lateness_ms``, so catching up on a backlog one partition batch at a time does
+        not make the other partitions' records late. A user's window closes by that user's own
+        event time (see the module's docstring). A repeat of a record already accounted (a
         resumed producer) only counts in ``duplicates``."""
-        if self._repeat(rec):
+        key = (rec.namespace, rec.user_id)  # runs into two namespaces: two users
+        user = self._user(key)
+        if self._repeat(user, rec):
             self.duplicates += 1
             return []
         self.seen += 1
         self._idle.discard(partition)
-        w_ms = self.cfg.window_ms
+        w_ms, lateness = self.cfg.window_ms, self.cfg.lateness_ms
         start = rec.ts_ms - rec.ts_ms % w_ms
-        if self._closed_upto is not None and start < self._closed_upto:
+        newest = rec.ts_ms if user.newest_ms is None else max(user.newest_ms, rec.ts_ms)
+        user.newest_ms = newest
+        if start + w_ms <= newest - lateness:
             self.late += 1
             return []
-        win = self._open.get(start)
-        if win is None:
-            win = self._open[start] = _Window(start, start + w_ms)
-        out: list[Output] = self._account(win, rec)
+        for s in [s for s, uw in user.windows.items() if uw.end <= newest - lateness]:
+            del user.windows[s]
+        uwin = user.windows.get(start)
+        if uwin is None:
+            uwin = user.windows[start] = _UserWindow(start, start + w_ms)
+        out: list[Output] = self._account_user(uwin, key, rec)
+        wm = self.watermark()
+        if (self._closed_upto is not None and start < self._closed_upto) or (
+                wm is not None and start + w_ms <= wm):  # its global counts are (to be) closed
+            self.after_close += 1
+        else:
+            win = self._open.get(start)
+            if win is None:
+                win = self._open[start] = _Window(start, start + w_ms)
+            self._account(win, uwin, key, rec)
         if rec.ts_ms > self._part_max.get(partition, rec.ts_ms - 1):
             self._part_max[partition] = rec.ts_ms
         return out + self.advance()
 
-    def _repeat(self, rec: DriftRecord) -> bool:
+    def _user(self, key: UserKey) -> _User:
+        """``key``'s state, now the most recently active user."""
+        user = self._users.pop(key, None)
+        if user is None:
+            user = _User()
+        self._users[key] = user
+        # a repeat comes within seconds of its original (one uncommitted epoch) and a user's
+        # window is open for one window's length of its own events, so only a table smaller
+        # than the users active in that time could miss either
+        if len(self._users) > MAX_DEDUPE_USERS:
+            del self._users[next(iter(self._users))]
+        return user
+
+    @staticmethod
+    def _repeat(user: _User, rec: DriftRecord) -> bool:
         full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail, rec.namespace)
         if full is None:  # a foreign producer's record: cannot tell, count it
             return False
-        ident, key = full[3], (rec.namespace, rec.user_id)  # runs into two namespaces: two users
-        newest = self._newest.get(key)
-        if newest is not None:
-            off, idents = newest
-            if rec.offset < off or (rec.offset == off and ident in idents):
+        ident = full[3]
+        if user.offset >= 0:
+            if rec.offset < user.offset or (rec.offset == user.offset and ident in user.idents):
                 return True
-            if rec.offset == off:
-                idents.add(ident)
+            if rec.offset == user.offset:
+                user.idents.add(ident)
                 return False
-        # least recently active first (dict order): past the cap the oldest entry goes; a
-        # repeat comes within seconds of its original (one uncommitted epoch), so only a table
-        # smaller than the users active in that time could miss one
-        self._newest.pop(key, None)
-        self._newest[key] = (rec.offset, {ident})
-        if len(self._newest) > MAX_DEDUPE_USERS:
-            del self._newest[next(iter(self._newest))]
+        user.offset, user.idents = rec.offset, {ident}
         return False
 
     def watermark(self) -> int | None:
@@ -369,41 +431,53 @@ class DriftMonitor:
         wm = self.watermark()
         return [] if wm is None else self.close_until(wm)
 
-    def _account(self, win: _Window, rec: DriftRecord) -> list[Output]:
-        cfg, u = self.cfg, (rec.namespace, rec.user_id)
-        win.kinds[rec.kind] += 1
-        win.per_kind_user.setdefault(rec.kind, Counter())[u] += 1
-        win.users.add(u)
+    def _account_user(self, uwin: _UserWindow, u: UserKey, rec: DriftRecord) -> list[Output]:
+        """Per-user counts and alerts of ``rec`` in its user's window."""
+        cfg = self.cfg
         out: list[Output] = []
         if rec.kind == "k_change":
+            uwin.k_changes += 1
             pair = _k_pair(rec.detail)
-            prev = win.last_change.get(u)
+            prev = uwin.last_change
             if pair is not None:
                 if prev is not None and pair[1] == prev[0] and pair[0] == prev[1]:
-                    win.reversals[u] += 1
-                win.last_change[u] = pair
-            changes = win.per_kind_user["k_change"][u]
-            if changes >= cfg.user_changes:
-                out += self._user_alert(win, "k_churn", u, changes, cfg.user_changes, rec)
-            if win.reversals[u] >= cfg.flip_reversals:
-                out += self._user_alert(win, "k_flip_flop", u, win.reversals[u],
+                    uwin.reversals += 1
+                uwin.last_change = pair
+            if uwin.k_changes >= cfg.user_changes:
+                out += self._user_alert(uwin, "k_churn", u, uwin.k_changes, cfg.user_changes, rec)
+            if uwin.reversals >= cfg.flip_reversals:
+                out += self._user_alert(uwin, "k_flip_flop", u, uwin.reversals,
                                         cfg.flip_reversals, rec)
         ds = _d_values(rec.detail)
         if ds:
-            lo, hi = win.d_range.get(u, (ds[0], ds[0]))
+            lo, hi = uwin.d_range or (ds[0], ds[0])
             lo, hi = min(lo, *ds), max(hi, *ds)
-            win.d_range[u] = (lo, hi)
+            uwin.d_range = (lo, hi)
             if hi - lo >= cfg.d_swing:
-                out += self._user_alert(win, "d_swing", u, round(hi - lo, 6), cfg.d_swing, rec)
+                out += self._user_alert(uwin, "d_swing", u, round(hi - lo, 6), cfg.d_swing, rec)
         return out
 
-    def _user_alert(self, win: _Window, kind: str, user: UserKey, value: float,
+    @staticmethod
+    def _account(win: _Window, uwin: _UserWindow, u: UserKey, rec: DriftRecord) -> None:
+        """Global counts of ``rec``, its user's part taken from its user's window."""
+        win.kinds[rec.kind] += 1
+        win.per_kind_user.setdefault(rec.kind, Counter())[u] += 1
+        win.users.add(u)
+        if uwin.last_change is not None:
+            win.last_change[u] = uwin.last_change
+        if uwin.reversals:
+            win.flip_users.add(u)
+        if uwin.d_range is not None:
+            win.max_d_swing = max(win.max_d_swing, uwin.d_range[1] - uwin.d_range[0])
+
+    def _user_alert(self, uwin: _UserWindow, kind: str, user: UserKey, value: float,
                     threshold: float, rec: DriftRecord) -> list[Output]:
-        if (kind, user) in win.fired:  # one alert per user, kind and window
+        if kind in uwin.fired:  # one alert per user, kind and window
             return []
-        win.fired.add((kind, user))
-        return [Alert(kind, win.start, win.end, float(value), float(threshold),
-                      [_top_user(win, kind, user, value)], self.seq, rec.ts_ms,
+        uwin.fired.add(kind)
+        k = uwin.last_change if kind in K_ALERTS else None
+        return [Alert(kind, uwin.start, uwin.end, float(value), float(threshold),
+                      [TopUser(user[1], float(value), user[0], k)], self.seq, rec.ts_ms,
                       {"offset": rec.offset})]
 
     @property
@@ -439,8 +513,7 @@ class DriftMonitor:
         summary = WindowSummary(
             start_ms=win.start, end_ms=win.end, events=sum(win.kinds.values()),
             users=len(win.users), k_changes=win.kinds["k_change"], users_changed=len(changes),
-            flip_users=sum(1 for n in win.reversals.values() if n > 0),
-            max_d_swing=max((hi - lo for lo, hi in win.d_range.values()), default=0.0),
+            flip_users=len(win.flip_users), max_d_swing=win.max_d_swing,
             guard_trips=win.kinds["guard_trip"], rollbacks=win.kinds["rollback"],
             freezes=win.kinds["freeze"], reanchors=win.kinds["reanchor"],
             late=self.late - self._late_reported,

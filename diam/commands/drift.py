@@ -44,7 +44,8 @@ def drift() -> None:
               callback=finite, show_default=True, help="Tumbling window length, in event time.")
 @click.option("--lateness-s", type=click.FloatRange(min=0, max=MAX_SECONDS), default=5.0,
               callback=finite, show_default=True,
-              help="How late (event time) a record may arrive and still count in its window.")
+              help="How far (event time) behind its user's newest event, and for the global "
+              "counts every partition's, a record may arrive and still count in its window.")
 @click.option("--flip-reversals", type=click.IntRange(min=1), default=2, show_default=True,
               help="Reversals of one user's K_u (A->B->A) in a window that raise k_flip_flop.")
 @click.option("--user-changes", type=click.IntRange(min=1), default=4, show_default=True,
@@ -82,11 +83,15 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     from it, and a run over the same records (--from-beginning again, its partitions read in the
     same interleaving) gives the same alerts with the same seq.
 
-    Late events (older than the watermark: their window has already closed) are dropped and
-    counted. A replay's drift topic interleaves its partitions unevenly, so some of its events
-    can be late; --lateness-s widens the margin. At the end one line on stderr gives the records
-    read, the ones not drift events, those of other namespaces, duplicates, late ones dropped
-    and the alerts raised.
+    Late events are judged per user: an event is dropped and counted as late only when its
+    user's own newer events have passed its window's end by --lateness-s (a user's events come
+    in order, so only one going back). A window's global counts (guard trips, rollbacks,
+    freezes, k_change_rate, the detector) close once every partition's event time has passed
+    its end by --lateness-s; an event that comes after that still counts for its user, not in
+    them: the learner writes a batch user by user (a later user's earlier events follow), and
+    a replay's drift topic interleaves its partitions unevenly. At the end one line on stderr
+    gives the records read, the ones not drift events, those of other namespaces, duplicates,
+    late ones dropped and the alerts raised.
     """
     from confluent_kafka import KafkaException
 

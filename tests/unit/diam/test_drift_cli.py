@@ -56,7 +56,8 @@ def test_help_names_the_settings_behind_the_topics_and_says_late_events_are_drop
     assert "[default: settings kafka.drift_topic]" in text
     assert "[default: settings kafka.alerts_topic]" in text
     assert "diam.drift]" not in text
-    assert "Late events" in text and "dropped" in text and "interleaves its partitions" in text
+    assert "Late events are judged per user" in text and "dropped" in text
+    assert "batch user by user" in text and "interleaves its partitions" in text
 
 
 @pytest.fixture

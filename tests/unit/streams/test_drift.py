@@ -77,7 +77,37 @@ def test_window_closes_on_event_time_and_late_events_are_counted_not_used():
     assert m.add(kc("b", T0_MS + W + 500, 1, 2)) == []          # within lateness: still open
     out = m.add(kc("c", T0_MS + W + 1_000, 1, 2))                 # watermark reaches the end
     assert [type(o) for o in out] == [WindowSummary] and out[0].k_changes == 1
-    assert m.add(kc("late", T0_MS + 10, 1, 2)) == [] and m.late == 1
+    # c's own event going back past its window by the lateness: dropped and counted
+    assert m.add(kc("c", T0_MS + 10, 2, 1)) == [] and (m.late, m.after_close) == (1, 0)
+    # within b's own lateness, b's earlier window still counts it, though not in its global counts
+    assert m.add(kc("b", T0_MS + W - 1, 2, 1)) == [] and (m.late, m.after_close) == (1, 1)
+    [summary] = [o for o in m.flush() if isinstance(o, WindowSummary)]
+    assert (summary.start_ms, summary.k_changes, summary.late) == (T0_MS + W, 2, 1)
+
+
+def test_a_batch_written_user_by_user_is_counted_and_alerts_by_each_users_event_time():
+    # the learner emits a batch user by user: a's events (t = 1000..1100 s) come before b's
+    # earlier ones (t = 10..20 s), then c's; each user's own are in order. Every user's windows
+    # follow its own event time, so none is late and each one's churn and flip-flop are raised.
+    def user(name: str, t0_s: int, ks: list[int]) -> list[DriftRecord]:
+        return [kc(name, T0_MS + (t0_s + 2 * i) * 1_000, a, b) for i, (a, b) in
+                enumerate(itertools.pairwise(ks))]
+
+    batch = (user("a", 1_000, [2, 3, 4, 5, 6]) + user("b", 10, [3, 4, 3, 4])
+             + user("c", 500, [1, 2, 1, 2, 3]))
+    m = DriftMonitor()
+    out = [o for e in batch for o in m.add(e)] + m.flush()
+    alerts = sorted((a.kind, a.top_users[0].user_id, a.window_start_ms) for a in out
+                    if isinstance(a, Alert))
+    assert m.late == 0 and m.seen == len(batch) == 11
+    assert alerts == [("k_churn", "a", T0_MS + 960_000), ("k_churn", "c", T0_MS + 480_000),
+                      ("k_flip_flop", "b", T0_MS), ("k_flip_flop", "c", T0_MS + 480_000)]
+    # b and c came after their windows' global counts closed: counted per user, said apart
+    summaries = [o for o in out if isinstance(o, WindowSummary)]
+    assert m.after_close == 7 and sum(s.events for s in summaries) == 4
+    # the same records give the same output
+    again = DriftMonitor()
+    assert [o for e in batch for o in again.add(e)] + again.flush() == out
 
 
 def test_watermark_waits_for_every_partition():
