@@ -55,7 +55,7 @@ from serving_cache.reader import USER_ID_CHARS, USER_ID_MAX_LEN, USER_ID_PATTERN
 from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N, MAX_TOP, Recommender
 from serving_cache.retrieval import SnapshotIndex
 
-__all__ = ["get_app", "settle_heap", "MAX_N", "MAX_SEEN"]
+__all__ = ["get_app", "redis_outage_errors", "settle_heap", "MAX_N", "MAX_SEEN"]
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,8 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
+def redis_outage_errors() -> tuple[type[BaseException], ...]:
+    """The redis exceptions that mean Redis is unreachable: the routes answer them with a 503."""
     import redis
 
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -255,7 +256,7 @@ def get_app(
     """
     m = _metrics("diam")
     stop = threading.Event()
-    redis_errors = _redis_errors()
+    redis_errors = redis_outage_errors()
 
     def set_snapshot_gauge() -> None:
         m["snapshot"].clear()

@@ -276,12 +276,12 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     from fastapi import Query
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from serving_cache.api import _redis_errors
+    from serving_cache.api import redis_outage_errors
     from serving_cache.reader import USER_ID_PATTERN
     from serving_cache.recommend import MAX_N, MAX_TOP
 
-    # the public routes' rule for an outage (serving_cache.api): a 503 naming it, not a 500
-    redis_errors = _redis_errors()
+    # the public routes' rule for an outage (api.redis_outage_errors): a 503 naming it, not a 500
+    redis_errors = redis_outage_errors()
 
     def redis_unavailable(exc: BaseException) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})

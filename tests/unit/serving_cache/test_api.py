@@ -158,3 +158,11 @@ def test_the_api_and_the_cli_share_one_bound_on_n():
     from serving_cache import api, recommend
 
     assert api.MAX_N is recommend.MAX_N
+
+
+def test_the_outage_rule_is_public_for_the_ui():
+    import serving_cache.api as api
+
+    assert "redis_outage_errors" in api.__all__
+    assert redis.exceptions.ConnectionError in api.redis_outage_errors()
+    assert redis.exceptions.TimeoutError in api.redis_outage_errors()
