@@ -7,7 +7,7 @@ sha256 of every file); ``<dir>/ACTIVE`` names the active version and Redis broad
 """
 
 from snapshotter.config import SnapshotConfig
-from snapshotter.publish import CheckpointError, PublishResult, Watcher, publish
+from snapshotter.publish import CheckpointError, PublishResult, Skip, Watcher, publish
 from snapshotter.store import ActiveWatcher, IntegrityError, SnapshotError, SnapshotStore
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "IntegrityError",
     "PublishResult",
+    "Skip",
     "SnapshotConfig",
     "SnapshotError",
     "SnapshotStore",

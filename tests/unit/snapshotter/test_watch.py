@@ -117,3 +117,11 @@ def test_a_long_running_watch_logs_each_situation_once(run, tmp_path, monkeypatc
     assert r.exit_code == 0, r.output
     said = [rec.getMessage() for rec in caplog.records if "nothing to publish" in rec.getMessage()]
     assert said == [f"nothing to publish: no checkpoint in {trainer}"]
+
+
+def test_last_skip_type_is_exported_by_the_package():
+    import snapshotter
+    from snapshotter import publish
+
+    assert "Skip" in snapshotter.__all__
+    assert snapshotter.Skip is publish.Skip
