@@ -6,7 +6,9 @@
                             └─ ok ──► one global key ─► monitor (windows, detector; repeats of
                                                         a resumed producer dropped and counted,
                                                         diam_drift_duplicates_total; records of
-                                                        closed windows too, diam_drift_late_total)
+                                                        closed windows too, diam_drift_late_total,
+                                                        and those behind the watermark,
+                                                        diam_drift_after_close_total)
                                                         ├─► alerts ─► diam.alerts (JSON)
                                                         └─► window summaries ─► Prometheus gauges
 
@@ -51,12 +53,16 @@ __all__ = ["SUMMARY", "DriftMetrics", "alert_record", "build_drift_flow", "run_d
 OutputFn = Callable[[Alert | WindowSummary], None]
 
 SUMMARY = ("drift monitor {end}: {read} records read ({unparsed} not drift events, "
-           "{other} of other namespaces, {duplicates} duplicates, {late} dropped as late), "
-           "{alerts} alerts raised")
+           "{other} of other namespaces, {duplicates} duplicates, {late} dropped as late, "
+           "{after_close} after their window closed: in their users' windows, not in the window "
+           "totals), {alerts} alerts raised")
 """The line ``diam drift run`` prints when it ends (``{end}``: done, or stopped), filled by
 :meth:`DriftMetrics.summary_line` from the counters: the one place its words are spelled.
-Late records are those older than the watermark (their window had already closed); records of
-other namespaces are drift events of runs into another Redis namespace than the one the
+Late records are dropped: their user's own newer events had already closed their window. Records
+after their window closed are behind the partitions' watermark (a backlog written batch by
+batch, user by user): they count in their user's windows (k_churn, k_flip_flop, d_swing) but
+not in the window's global totals, whose summary had already gone out. Records of other
+namespaces are drift events of runs into another Redis namespace than the one the
 monitor watches (``--namespace``)."""
 
 
@@ -76,7 +82,12 @@ class DriftMetrics:
                              "Drift events of runs into another Redis namespace than the one "
                              "the monitor watches (--namespace), skipped", registry=r)
         self.late = Counter("diam_drift_late_total",
-                            "Records dropped because their window had already closed", registry=r)
+                            "Records dropped because their user's window had already closed",
+                            registry=r)
+        self.after_close = Counter("diam_drift_after_close_total",
+                                   "Records behind the partitions' watermark: counted in their "
+                                   "user's windows, not in the window's global totals",
+                                   registry=r)
         self.duplicates = Counter("diam_drift_duplicates_total",
                                   "Repeats of records already accounted (a dataflow resumed after "
                                   "a crash produces its last epoch's drift events again)",
@@ -118,7 +129,9 @@ class DriftMetrics:
         return {"read": total("diam_drift_records_total") + unparsed + other,
                 "unparsed": unparsed, "other": other,
                 "duplicates": total("diam_drift_duplicates_total"),
-                "late": total("diam_drift_late_total"), "alerts": total("diam_drift_alerts_total")}
+                "late": total("diam_drift_late_total"),
+                "after_close": total("diam_drift_after_close_total"),
+                "alerts": total("diam_drift_alerts_total")}
 
     def summary_line(self, end: str = "done") -> str:
         """:data:`SUMMARY` filled from :meth:`totals`; ``end`` is ``done`` or ``stopped``."""
@@ -166,7 +179,7 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
         now = self._last_input = datetime.now(UTC)
         out: list[Alert | WindowSummary] = []
         m = self.monitor
-        dups, late = m.duplicates, m.late
+        dups, late, after_close = m.duplicates, m.late, m.after_close
         for partition, rec in values:
             self._last_seen[partition] = now
             out.extend(m.add(rec, partition))
@@ -174,6 +187,7 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
             self.metrics.read.inc(len(values))
             self.metrics.duplicates.inc(m.duplicates - dups)
             self.metrics.late.inc(m.late - late)
+            self.metrics.after_close.inc(m.after_close - after_close)
         self._mark_idle(now)
         return out + self.monitor.advance(), StatefulBatchLogic.RETAIN
 

@@ -135,7 +135,8 @@ def test_a_resumed_producers_repeats_are_counted_once_by_the_monitor_and_the_rea
     assert res.exit_code == 0, res.output
     assert res.stderr.splitlines()[-1] == (
         f"drift monitor done: {len(events) + len(repeats)} records read (0 not drift events, "
-        f"0 of other namespaces, {len(repeats)} duplicates, 0 dropped as late), 0 alerts raised")
+        f"0 of other namespaces, {len(repeats)} duplicates, 0 dropped as late, 0 after their "
+        f"window closed: in their users' windows, not in the window totals), 0 alerts raised")
 
     bodies = drift_bodies(kafka, 10_000, drift_topic).events
     assert len(bodies) == len(events)

@@ -46,7 +46,9 @@ def test_a_bounded_run_ends_with_the_counts_on_stderr(invoke, monkeypatch) -> No
     assert "my.drift (namespace shadow) -> " in res.stderr
     assert res.stderr.splitlines()[-1] == ("drift monitor done: 15 records read (1 not drift "
                                            "events, 4 of other namespaces, 2 duplicates, "
-                                           "3 dropped as late), 1 alerts raised")
+                                           "3 dropped as late, 0 after their window closed: "
+                                           "in their users' windows, not in the window "
+                                           "totals), 1 alerts raised")
 
 
 def test_help_names_the_settings_behind_the_topics_and_says_late_events_are_dropped(invoke) -> None:

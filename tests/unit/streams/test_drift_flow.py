@@ -127,10 +127,31 @@ def test_late_records_are_counted_per_batch_and_the_summary_line_adds_everything
                               namespace="a"))
     assert metrics.registry.get_sample_value("diam_drift_late_total") == 1
     assert metrics.totals() == {"read": 6, "unparsed": 1, "other": 1, "duplicates": 1, "late": 1,
-                                "alerts": 0}
+                                "after_close": 0, "alerts": 0}
     assert metrics.summary_line() == ("drift monitor done: 6 records read (1 not drift events, "
-                                      "1 of other namespaces, 1 duplicates, 1 dropped as late), "
-                                      "0 alerts raised")
+                                      "1 of other namespaces, 1 duplicates, 1 dropped as late, "
+                                      "0 after their window closed: in their users' windows, not "
+                                      "in the window totals), 0 alerts raised")
+
+
+def test_records_behind_the_watermark_are_exported_and_in_the_summary_line():
+    # a backlog written user by user: u1's events come after u0's, earlier in event time. u0
+    # has moved the partition's watermark past the first window: u1's event counts for u1 but
+    # not in that window's totals, and neither the summaries nor "late" would say so
+    def body(user: str, ts_ms: int, offset: int) -> bytes:
+        return json.dumps({"kind": "k_change", "user_id": user, "ts_ms": ts_ms, "offset": offset,
+                           "detail": {"k_from": 2, "k_to": 3}}).encode()
+
+    stamps = [("u0", T0_MS + 1_000), ("u0", T0_MS + 2 * 60_000 + 10_000), ("u1", T0_MS + 2_000)]
+    raw = [RawRecord("diam.drift", 0, i, user.encode(), body(user, ts, i), ts)
+           for i, (user, ts) in enumerate(stamps)]
+    metrics = DriftMetrics()
+    run_main(build_drift_flow(TestingSource(raw), TestingSink([]), DriftConfig(), metrics=metrics))
+    assert metrics.registry.get_sample_value("diam_drift_after_close_total") == 1
+    assert metrics.registry.get_sample_value("diam_drift_late_total") == 0
+    assert metrics.totals()["after_close"] == 1
+    assert "0 dropped as late, 1 after their window closed: in their users' windows, not in " \
+        "the window totals), 0 alerts raised" in metrics.summary_line()
 
 
 def test_alert_records_number_on_from_the_start_position_and_carry_k_u():
