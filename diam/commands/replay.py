@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +21,10 @@ from diam.commands import (
     topic_name,
     write_failed,
 )
+
+if TYPE_CHECKING:
+    from streams.config import KafkaConfig
+    from streams.replay import ReplayRange
 
 
 @click.command("replay")
@@ -54,7 +60,8 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     """Run the online dataflow over a bounded range of a topic into its own Redis namespace.
 
     The range is resolved once, at start (times by the broker's offsets-for-times), and the run
-    stops at its end. The same range and base give the same vectors bit for bit. Base model: the
+    stops at its end; one that selects no record warns, naming the topic's first and last record
+    timestamps, and exits 0. The same range and base give the same vectors bit for bit. Base model: the
     one of --snapshot VERSION, --checkpoint DIR or --base-from-data DIR given (two are a usage
     error), else the active snapshot (pinned for the whole replay). Dead letters go to
     <deadletter_topic>.replay.<namespace> and drift events to <drift_topic>.replay.<namespace>
@@ -114,9 +121,10 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise redis_unusable(s, exc) from None
     for line in rng.clamped:
         click.echo(f"warning: {line}", err=True)
-    timed = [b for b in (start, end) if b is not None and b.time_ms is not None]
-    if rng.size == 0 and timed:
-        click.echo(f"warning: no record in that time range: {TIME_BOUNDS_HINT}", err=True)
+    if rng.size == 0:
+        timed = any(b is not None and b.time_ms is not None for b in (start, end))
+        click.echo(f"warning: {_empty_range_note(s.kafka, rng, from_, to)}"
+                   + (f" ({TIME_BOUNDS_HINT})" if timed else ""), err=True)
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}", err=True)
@@ -133,6 +141,47 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     else:
         for line in report.lines():
             click.echo(line)
+
+
+def _empty_range_note(kafka: KafkaConfig, rng: ReplayRange, from_: str | None, to: str | None
+                      ) -> str:
+    """Why a replay writes nothing: the topic is empty, or the range selected none of its
+    records; then the topic's first and last record timestamps, read from each partition's
+    first and last record, say where a range would find some (left out if they cannot be read
+    within a few seconds)."""
+    asked = " ".join(f"{opt} {val}" for opt, val in (("--from", from_), ("--to", to))
+                     if val is not None) or "the whole topic"
+    stamps = _end_stamps(kafka, rng.topic)
+    if stamps == []:
+        return f"{rng.topic} holds no record to replay ({asked}): the namespace gets no user"
+    span = ""
+    if stamps:
+        first, last = (datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+                       .replace("+00:00", "Z") for ms in (min(stamps), max(stamps)))
+        span = f" (its records' timestamps run from {first} to {last})"
+    return f"the range {asked} selected no record of {rng.topic}{span}: the namespace gets no user"
+
+
+def _end_stamps(kafka: KafkaConfig, topic: str) -> list[int] | None:
+    """The timestamps of each partition's first and last record ([]: the topic holds none);
+    None when they cannot be read in time."""
+    from confluent_kafka import KafkaException
+
+    from streams.kafka_io import RangeStalled, read_partition, reading_consumer, watermarks
+
+    stamps: list[int] = []
+    try:
+        c = reading_consumer(kafka)
+        try:
+            for p, (lo, hi) in watermarks(kafka, topic).items():
+                for at in sorted({lo, hi - 1} if hi > lo else set()):
+                    for m in read_partition(c, topic, p, at, at + 1, stall_s=3.0):
+                        stamps.append(m.timestamp()[1])
+        finally:
+            c.close()
+    except (KafkaException, RuntimeError, RangeStalled):
+        return None
+    return stamps
 
 
 @click.command("diff")

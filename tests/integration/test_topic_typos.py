@@ -8,6 +8,7 @@ rc 0, leaving a new 4-partition topic behind each time."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient
@@ -129,7 +130,29 @@ def test_a_replay_from_a_later_time_than_its_end_is_refused(stack, topic, namesp
     assert res.exit_code == 1 and "--from is a later time than --to" in res.output, res.output
     res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",
                "--from", "2001-01-10T00:00:00Z", "--to", "2001-01-20T00:00:00Z")
-    assert res.exit_code == 0 and "no record in that time range" in res.output, res.output
+    assert res.exit_code == 0, res.output
+    assert (f"warning: the range --from 2001-01-10T00:00:00Z --to 2001-01-20T00:00:00Z selected "
+            f"no record of {topic} (its records' timestamps run from ") in res.stderr, res.output
+
+
+def test_a_replay_whose_range_selects_nothing_says_so_and_where_the_records_are(
+        stack, topic, new_topic, namespace, tmp_path) -> None:
+    # "0 records" alone reads like a replay that worked; deadletters with nothing to list also
+    # exits 0, so this warns and exits 0
+    s = _settings(stack, tmp_path)
+    before = datetime.now(UTC).date().isoformat()
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=3, n_events=9, seed=1)))
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",
+               "--from", "2030-01-01")
+    assert res.exit_code == 0, res.output
+    [line] = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert line.startswith(f"warning: the range --from 2030-01-01 selected no record of {topic} "
+                           f"(its records' timestamps run from {before}T"), line
+    assert "Kafka timestamps" in line and "0 records" in res.stderr
+    empty = new_topic(2)
+    res = _cli(s, "replay", "--topic", empty, "--namespace", namespace, "--no-progress", "--clear")
+    assert res.exit_code == 0, res.output
+    assert f"warning: {empty} holds no record to replay (the whole topic)" in res.stderr
 
 
 def test_inspecting_an_empty_namespace_says_it_may_be_a_typo(stack, namespace) -> None:
