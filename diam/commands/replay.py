@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,7 @@ from diam.commands import (
 )
 
 if TYPE_CHECKING:
+    from serving_cache.diff import NamespaceDiff
     from streams.config import KafkaConfig
     from streams.replay import ReplayRange
 
@@ -203,7 +204,10 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     Per user: K_u difference, cosine of the interests matched by the Hungarian algorithm (the
     pairing that maximises total cosine; vector order carries no meaning), d_u difference, and
     whether the stored values are identical bytes. Summary: users in both or one only, K_u
-    agreement rate, mean and minimum matched cosine, mean |Δd_u|.
+    agreement rate, mean and minimum matched cosine, mean |Δd_u|. Users whose two values were
+    written on different base models (e.g. a --base-from-data run and one on a snapshot) get a
+    note on stderr (--json: bases_a, bases_b, different_bases, bases_note): their cosines
+    compare different embedding spaces.
     """
     import redis
 
@@ -234,9 +238,12 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         except OSError as exc:
             raise write_failed(plot_path, exc) from None
         click.echo(f"plot written to {plot_path}", err=True)
+    bases = _bases(result)
     if as_json:  # means over no common users are NaN: null in JSON
-        echo_json(summary_dict(result))
+        echo_json({**summary_dict(result), **bases})
         return
+    if bases["bases_note"] is not None:
+        click.echo(f"note: {bases['bases_note']}", err=True)
     m = result.summary
     for ns, users in ((ns_a, m.users_a), (ns_b, m.users_b)):
         if not users and not m.undecodable:
@@ -261,6 +268,28 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
                    f"d {u.d_a:.3f}->{u.d_b:.3f}")
     if csv_path is not None:
         click.echo(f"  per-user rows written to {csv_path}")
+
+
+def _bases(result: NamespaceDiff) -> dict[str, Any]:
+    """The base models (stored ``model`` labels) of the users in both namespaces, and a note
+    when a user's two values name different ones: vectors learnt over different bases live in
+    different embedding spaces, so their cosines say nothing about how the user moved. Users
+    whose values differ only in the label (one model under two names) are left out."""
+    apart = [u for u in result.users if u.model_a != u.model_b and not u.relabelled]
+    out: dict[str, Any] = {
+        "bases_a": sorted({u.model_a for u in result.users}),
+        "bases_b": sorted({u.model_b for u in result.users}),
+        "different_bases": len(apart), "bases_note": None}
+    if apart:
+        pairs = sorted({(u.model_a, u.model_b) for u in apart})
+        shown = "; ".join(f"{a!r} vs {b!r}" for a, b in pairs[:3]) + (
+            f"; {len(pairs) - 3} more" if len(pairs) > 3 else "")
+        out["bases_note"] = (
+            f"{len(apart):,} of {len(result.users):,} users in both were written on different "
+            f"base models ({shown}): their matched cosines compare different embedding spaces, "
+            "not how the users moved (unless those are one model under two names, e.g. a "
+            "checkpoint and its snapshot)")
+    return out
 
 
 @click.command("drop")

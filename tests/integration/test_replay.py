@@ -85,7 +85,11 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         assert redis_state(redis_client, ns_a) == live                     # bit for bit
 
         res = _cli(s, "diff", ns_live, ns_a, "--json")
-        assert json.loads(res.output) == pytest.approx({
+        body = json.loads(res.output)
+        assert {k: body.pop(k) for k in ("bases_a", "bases_b", "different_bases", "bases_note")
+                } == {"bases_a": [versions[0]], "bases_b": [versions[0]], "different_bases": 0,
+                      "bases_note": None}
+        assert body == pytest.approx({
             "ns_a": ns_live, "ns_b": ns_a, "users_a": 12, "users_b": 12, "both": 12, "only_a": 0,
             "only_b": 0, "identical": 12, "k_agree_rate": 1.0, "mean_matched_cos": 1.0,
             "min_matched_cos": 1.0, "mean_abs_dd": 0.0, "undecodable": 0, "relabelled": 0},
@@ -99,6 +103,9 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         res = _cli(s, "diff", ns_a, ns_b, "--csv", str(out_csv))
         assert res.exit_code == 0, res.output
         assert "in both 12" in res.output and "identical values 0 (0.0%)" in res.output
+        assert (f"note: 12 of 12 users in both were written on different base models "
+                f"({versions[0]!r} vs {versions[1]!r}): their matched cosines compare different "
+                "embedding spaces") in res.stderr
         rows = list(csv.DictReader(open(out_csv)))
         assert len(rows) == 12 and all(float(r["mean_cos"]) < 0.999 for r in rows)
         print("\n" + res.output)  # the diff of two snapshots' replays, for the report (-s)
