@@ -25,7 +25,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.config import KafkaConfig
 
 __all__ = [
+    "BROKER_ANSWER_S",
     "RawRecord",
+    "broker_answers",
     "reading_consumer",
     "ensure_topic",
     "delete_topics",
@@ -89,6 +91,23 @@ def _logs_on_failure(client: AdminClient | Consumer) -> Iterator[None]:
     except Exception:
         client.poll(0)  # never assigned here: logs and errors only, no record is taken
         raise
+
+
+BROKER_ANSWER_S = 5.0
+"""How long a command that needs the broker before it starts (``diam run``, ``diam drift
+run``) waits for it to answer one metadata request before it gives up with an error naming
+it. A local or a loaded remote broker answers in milliseconds; the calls after it keep their
+own, longer timeouts (a topic being created, a consumer group joining)."""
+
+
+def broker_answers(cfg: KafkaConfig, timeout: float = BROKER_ANSWER_S) -> None:
+    """One metadata request: returns as soon as a broker of ``cfg.bootstrap`` answers, raises
+    ``KafkaException`` (``_TRANSPORT``) when none has within ``timeout`` seconds. Asks for no
+    topic (a request that names one makes a broker with ``auto.create.topics.enable`` create
+    it)."""
+    admin = _admin(cfg)
+    with _logs_on_failure(admin):
+        admin.list_topics(timeout=timeout)
 
 
 def ensure_topic(cfg: KafkaConfig, topic: str, partitions: int | None = None, timeout: float = 30.0,

@@ -92,9 +92,13 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     a replay's drift topic interleaves its partitions unevenly. At the end one line on stderr
     gives the records read, the ones not drift events, those of other namespaces, duplicates,
     late ones dropped and the alerts raised.
+
+    The broker is asked first: one that does not answer within 5 s
+    (streams.kafka_io.BROKER_ANSWER_S) is an error naming it, before anything starts.
     """
     from confluent_kafka import KafkaException
 
+    from diam.commands.run import require_broker
     from streams.drift import Alert, DriftConfig, format_alert
     from streams.drift_flow import DriftMetrics, run_drift
     from streams.kafka_io import UnknownTopic
@@ -115,6 +119,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
 
     topic = topic if topic is not None else s.kafka.drift_topic
     alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic
+    require_broker(s)  # an Error naming a broker that does not answer, before the start line
     click.echo(f"drift monitor: {topic}" + (f" (namespace {namespace})" if namespace else "")
                + f" -> {alerts} window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
     stop = threading.Event()

@@ -13,6 +13,7 @@ import click
 from diam.commands import (
     get_settings,
     hold_metrics,
+    kafka_unusable,
     metrics_hold_option,
     namespace_filter_option,
     namespace_of,
@@ -22,7 +23,9 @@ from diam.commands import (
     service_logging,
     stop_on_signals,
     topic_name,
+    unreachable_service,
 )
+from diam.settings import Settings
 
 
 class _EveryMinute(logging.Filter):
@@ -116,6 +119,36 @@ def parse_summary(text: str) -> dict[str, float]:
     return out
 
 
+def require_broker(settings: Settings) -> None:
+    """Ask the broker for metadata once before a run prints its start line (``diam run``,
+    ``diam drift run``): one that does not answer within ``streams.kafka_io.BROKER_ANSWER_S``
+    seconds is an ``Error:`` naming it, instead of a start line and then a minute of silence
+    while each client's metadata request waits out its own 30 s. With SASL or TLS configured,
+    a login or handshake the broker refused says which settings to fix
+    (``streams.preflight.check_kafka``)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streams.kafka_io import BROKER_ANSWER_S, broker_answers
+    from streams.preflight import ServiceConfigError, check_kafka
+
+    try:
+        broker_answers(settings.kafka, BROKER_ANSWER_S)
+        return
+    except KafkaException as exc:
+        failure = exc
+    err = failure.args[0] if failure.args else None
+    if not isinstance(err, KafkaError) or err.code() not in (KafkaError._TRANSPORT,
+                                                             KafkaError._TIMED_OUT):
+        raise unreachable_service(failure, settings) or failure  # a refused client property
+    protocol = str(settings.kafka.client_config().get("security.protocol", "plaintext"))
+    if protocol.lower() != "plaintext":  # a refused login looks like no answer at all here
+        try:
+            check_kafka(settings.kafka, timeout_s=BROKER_ANSWER_S)
+        except ServiceConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    raise kafka_unusable(settings, TimeoutError(f"no answer within {BROKER_ANSWER_S:g} s"))
+
+
 def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
     """``--addresses`` as a list, checked against ``--process-id``: a cluster needs both, and
     the id must index the list (a process that guessed its place would read no partition, or
@@ -203,6 +236,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     guard trips) go to the drift topic. Base weights come from --checkpoint or --base-from-data
     when one is given (not both), else from the active snapshot (hot-reloaded when a new one is
     published).
+
+    The broker is asked first: one that does not answer within 5 s
+    (streams.kafka_io.BROKER_ANSWER_S) is an error naming it, before anything starts.
     """
     from diam.app import load_holder, online_job
     from streams.kafka_io import UnknownTopic
@@ -219,6 +255,13 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                      process_id=process_id, addresses=_parse_cluster(process_id, addresses),
                      recovery_dir=recovery_dir, no_recovery=no_recovery,
                      partitions=_parse_partitions(partitions), stop=stop)
+    try:  # before the holder: following the active snapshot reads Kafka (the clicks' tail)
+        require_broker(s)
+    except click.ClickException:
+        # a base that cannot be used is the first thing to fix, and loading it needs no broker
+        load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
+                    namespace=job.namespace, topic=job.topic, hot_reload=False)
+        raise
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
                          namespace=job.namespace, topic=job.topic)
     stop_on_signals(stop)

@@ -14,6 +14,8 @@ from streams.drift import Alert, TopUser
 @pytest.fixture
 def invoke(isolated_env):
     isolated_env.setenv("DIAM_KAFKA_DRIFT_TOPIC", "my.drift")
+    # the broker asked before the start line (tests/unit/diam/test_broker_first.py) answers
+    isolated_env.setattr("streams.kafka_io.broker_answers", lambda *a, **kw: None)
 
     def run(*args: str):
         return CliRunner().invoke(main, ["drift", "run", *args],
