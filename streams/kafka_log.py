@@ -29,7 +29,9 @@ CLIENT_LOG = "streams.rdkafka"
 # librdkafka's lines that only say "the broker cannot be reached right now"
 _TRANSIENT = ("Connection refused", "Connect to ", "Disconnected", "brokers are down",
               "Connection reset", "connection reset", "timed out", "Receive failed",
-              "Send failed", "Failed to resolve")
+              "Send failed", "Failed to resolve",
+              # a fresh transactional producer's first minute on a new broker: it retries
+              "Coordinator load in progress")
 # ... unless the cause is ours to fix: a refused TLS handshake or login also ends in
 # "Disconnected" ("SSL handshake failed: Disconnected: SSL connection closed by peer")
 _OURS = ("SSL", "SASL", "uthenticat", "certificate", "handshake")
@@ -47,6 +49,9 @@ def transient(message: str) -> bool:
     ...           "Connect to ipv4#127.0.0.1:1 failed: Connection refused (after 0ms in state CONNECT)")
     True
     >>> transient("ERROR [rdkafka#consumer-2] [thrd:app]: rdkafka#consumer-2: 1/1 brokers are down")
+    True
+    >>> transient("GETPID [rdkafka#producer-1] [thrd:main]: Failed to acquire transactional PID "
+    ...           "from broker TxnCoordinator/1: Broker: Coordinator load in progress: retrying")
     True
     >>> transient("FAIL [rdkafka#producer-1] [thrd:ssl://b:9093/bootstrap]: ssl://b:9093/bootstrap: "
     ...           "SSL handshake failed: Disconnected: SSL connection closed by peer")
