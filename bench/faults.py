@@ -74,7 +74,7 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import provenance  # noqa: E402
+from provenance import default_out, provenance  # noqa: E402
 
 from diam.commands.run import SUMMARY_ENDS  # noqa: E402
 from diam.settings import Settings, StackConfig  # noqa: E402
@@ -533,8 +533,11 @@ def main() -> None:
                     help="tiny: the tests' centroid base (users anchored by k-means); diam: a "
                          "small DIAM network over the same items (users anchored and re-run on "
                          "the network, as on a served snapshot)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "faults.json"))
+    ap.add_argument("--out", default=None,
+                    help="JSON written, and its .md beside it (default bench/results/faults.json; "
+                         "faults_quick.json with --quick)")
     args = ap.parse_args()
+    args.out = args.out or str(default_out("faults", args.quick))
     names = [n for n in (args.only.split(",") if args.only else FAULTS)]
     unknown = sorted(set(names) - set(FAULTS))
     if unknown:

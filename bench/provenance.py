@@ -25,6 +25,19 @@ MEASURED = ("streams", "online_model", "snapshotter", "serving_cache", "diam", "
 ``bench/results``: a run of several benchmarks rewrites it as it goes."""
 
 
+def default_out(name: str, quick: bool = False) -> Path:
+    """Where a benchmark writes when ``--out`` is not given: ``bench/results/<name>.json``, or
+    ``<name>_quick.json`` for a quick/small run, so that a quick run never overwrites the
+    committed full result (whose ``.md`` sits beside it).
+
+    >>> default_out("stream").relative_to(ROOT).as_posix()
+    'bench/results/stream.json'
+    >>> default_out("stream", quick=True).name
+    'stream_quick.json'
+    """
+    return ROOT / "bench" / "results" / f"{name}{'_quick' if quick else ''}.json"
+
+
 class GitFailed(RuntimeError):
     pass
 
@@ -98,3 +111,7 @@ def provenance(argv: list[str] | None = None, root: Path = ROOT) -> dict[str, An
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(),
                     "python": platform.python_version()},
     }
+
+
+if __name__ == "__main__":
+    sys.exit("bench/provenance.py is a helper module imported by the bench scripts; nothing to run")

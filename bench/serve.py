@@ -92,7 +92,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from provenance import provenance  # noqa: E402
+from provenance import default_out, provenance  # noqa: E402
 from serve_learner import LearnedUser, LearnerRun, grow_catalogue, learner_run  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
@@ -858,8 +858,11 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1,
                     help="diam serve --processes for the HTTP steps (each load client keeps one "
                     "connection, which the kernel gives to one process)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON written, and its .md beside it (default bench/results/serve.json; "
+                         "serve_quick.json with --quick)")
     args = ap.parse_args()
+    args.out = args.out or default_out("serve", args.quick)
     prov = provenance()  # when and on which code this run starts
     if args.processes < 1:
         ap.error("--processes must be at least 1")

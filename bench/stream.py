@@ -113,7 +113,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import provenance  # noqa: E402
+from provenance import default_out, provenance  # noqa: E402
 
 from diam.commands.run import parse_summary, summary_lines  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
@@ -748,8 +748,10 @@ def main() -> None:
     ap.add_argument("--replay-copies", type=int, default=None,
                     help="times each user of the replay is played, under distinct ids [8: "
                          "400,000 events from ml-100k; 1 with --quick]")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream.json"))
+    ap.add_argument("--out", default=None,
+                    help="[bench/results/stream.json; stream_quick.json with --quick]")
     args = ap.parse_args()
+    args.out = args.out or str(default_out("stream", args.quick))
     prov = provenance()  # when and on which code this run starts
     n = args.events or (60_000 if args.quick else 400_000)
     if args.replay_copies is None:
