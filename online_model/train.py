@@ -208,6 +208,7 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
         model.train()
         positions = _epoch_positions(per_user, cfg.max_per_user, rng)
         sums: dict[str, float] = {}
+        lr_start = sched.get_last_lr()[0]  # the rate of the epoch's first step
         t0 = time.perf_counter()
         bar = tqdm(range(0, len(positions), cfg.batch_size), disable=not progress, leave=False,
                    desc=f"{model_cfg.model} epoch {epoch}/{cfg.epochs} [{stage}]", unit="batch")
@@ -241,8 +242,10 @@ def train(corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
             bar.set_postfix(loss=f"{logs['loss']:.3f}")
         times.append(time.perf_counter() - t0)
         n_b = max(1, math.ceil(len(positions) / cfg.batch_size))
+        # the cosine decays within the epoch: its first step's rate and the rate after its last
+        # step (one bare "lr" read 1e-05 for a 1-epoch run whose peak was 1e-2)
         rec = {"epoch": epoch, "stage": stage, "seconds": round(times[-1], 2),
-               "lr": sched.get_last_lr()[0]}
+               "lr_start": lr_start, "lr_end": sched.get_last_lr()[0]}
         rec.update({k: round(v / n_b, 4) for k, v in sums.items()})
         if valid is not None and cfg.eval_every and (epoch % cfg.eval_every == 0
                                                      or epoch == cfg.epochs):

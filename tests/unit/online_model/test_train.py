@@ -97,3 +97,17 @@ def test_keep_best_restores_the_best_validation_epoch():
     plain = train(corpus, mcfg, TrainConfig(epochs=2, batch_size=32, seed=0, max_per_user=5,
                                             eval_every=0), feats=feats, progress=False)
     assert plain.best_epoch == 0
+
+
+def test_epoch_log_names_the_rate_range_not_the_decayed_rate(corpus, feats):
+    # a 1-epoch run decays from its peak to lr_min within the epoch: the log said lr=1e-05
+    mcfg = ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories,
+                       dim=8, seq_len=10, k_max=4, n_interests=2, n_neg=16)
+    tcfg = TrainConfig(epochs=1, batch_size=32, max_per_user=5, eval_every=0)
+    lines: list[str] = []
+    res = train(corpus, mcfg, tcfg, feats=feats, progress=False, log=lines.append)
+    (h,) = res.history
+    assert "lr" not in h
+    assert h["lr_start"] == pytest.approx(tcfg.lr, rel=0.05)
+    assert h["lr_end"] == pytest.approx(tcfg.lr_min, rel=0.05)
+    assert f"lr_start={h['lr_start']}" in lines[0] and f"lr_end={h['lr_end']}" in lines[0]
