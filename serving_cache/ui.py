@@ -7,7 +7,7 @@
 - ``GET /ui/api/namespace``: the K_u histogram and d_u distribution of the served namespace
   (a SCAN of Redis, cached for ``namespace_ttl_s``; a 503 while Redis is down, as the
   public routes answer);
-- ``GET /ui/api/alerts``: the drift monitor's latest alerts;
+- ``GET /ui/api/alerts``: the drift monitor's latest alerts of the served namespace;
 - ``GET /ui/api/users/{id}``: K_u, d_u, each interest's top items with their categories, the
   recommendation list with the d_u used (the same calls as the public routes) and the user's
   last drift events.
@@ -33,8 +33,8 @@ import numpy as np
 from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
 
-__all__ = ["UiSources", "FlowScraper", "mount_ui", "histogram_quantile", "parse_flow",
-           "quantile_above_top"]
+__all__ = ["UiSources", "FlowScraper", "alerts_of_namespace", "mount_ui",
+           "histogram_quantile", "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -239,6 +239,30 @@ def _http_get(url: str) -> str:
         return resp.read().decode()
 
 
+def alerts_of_namespace(alerts: list[dict[str, Any]], ns: str) -> list[dict[str, Any]]:
+    """The ``alerts`` that concern namespace ``ns``: those of a monitor of ``ns``
+    (``namespace == ns``), and those of a monitor of every namespace (no ``namespace``) that
+    name users of ``ns``, with only those users kept (README "Drift alerts").
+
+    >>> a = [{"kind": "freezes", "namespace": "other", "top_users": []},
+    ...      {"kind": "freezes", "top_users": [{"user_id": "u", "namespace": "x"},
+    ...                                         {"user_id": "v", "namespace": "y"}]},
+    ...      {"kind": "k_change", "namespace": "x", "top_users": []}]
+    >>> [(al["kind"], [u["user_id"] for u in al["top_users"]]) for al in alerts_of_namespace(a, "x")]
+    [('freezes', ['u']), ('k_change', [])]
+    """
+    out = []
+    for al in alerts:
+        own = al.get("namespace")
+        if own == ns:
+            out.append(al)
+        elif own is None:
+            users = [u for u in al.get("top_users") or [] if u.get("namespace") == ns]
+            if users:
+                out.append({**al, "top_users": users})
+    return out
+
+
 def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, Any]:
     """K_u histogram and d_u distribution (10 bins over [0, 1]) of ``ns``, as JSON and SVG."""
     from serving_cache.inspect import iter_users
@@ -317,8 +341,13 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     def ui_alerts(n: int = 20) -> JSONResponse:
         if sources.alerts is None:
             return JSONResponse({"available": False, "alerts": []})
+        n = min(max(n, 1), 200)
         try:
-            return JSONResponse({"available": True, "alerts": sources.alerts(min(max(n, 1), 200))})
+            # the monitor's topic holds every namespace's alerts: read more than n, keep ns's
+            mine = alerts_of_namespace(sources.alerts(min(10 * n, 1000)), ns)[-n:]
+            return JSONResponse({"available": True, "namespace": ns, "alerts": mine,
+                                 "filter": f"namespace {ns} only (all-namespace alerts: "
+                                           f"its users only)"})
         except Exception as exc:
             return JSONResponse({"available": False, "alerts": [], "error": str(exc)})
 
