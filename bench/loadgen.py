@@ -22,6 +22,7 @@ Only the standard library: a client that costs little leaves the two cores to th
 
 from __future__ import annotations
 
+import argparse
 import gc
 import http.client
 import json
@@ -78,4 +79,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Writes no file: the timetable comes on stdin, the result goes to stdout.",
+    ).parse_args()
     main()

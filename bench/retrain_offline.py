@@ -18,6 +18,7 @@ Writes ``bench/results/retrain_offline.json``. Command:
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -35,6 +36,13 @@ DEFAULT = {"warm_e1_lr1e-2": {"epochs": 1, "lr": 1e-2}, "warm_e2_lr1e-2": {"epoc
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="?", default=None,
+                    help="a JSON object: variant name -> {epochs, lr, cold} (default: the "
+                         "variants of DEFAULT in this file); writes bench/results/retrain_offline.json")
+    args = ap.parse_args()
+
     import torch
 
     from online_model.config import OnlineConfig
@@ -51,12 +59,9 @@ def main() -> None:
     from online_model.train import Features, TrainConfig, train
     from streams.catalog import items_of_dataset
 
-    if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        return
     prov = provenance()  # when and on which code this run starts
     try:
-        variants = json.loads(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT
+        variants = json.loads(args.variants) if args.variants is not None else DEFAULT
     except ValueError as exc:
         sys.exit(f"the argument is a JSON object of variants ({exc}); --help shows the form")
     SEQ_LEN = OnlineConfig().train_seq_len("diam")  # the retrain service's window  # noqa: N806

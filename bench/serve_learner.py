@@ -133,3 +133,8 @@ def grow_catalogue(base: Any, n_items: int, seed: int = 0, spread: float = 0.3
     new += rng.standard_normal((extra, dim)).astype(np.float32) * (spread * norms / np.sqrt(dim))
     ids = np.concatenate([ids0, np.array([f"x{i}" for i in range(extra)])])
     return ids, np.vstack([emb0, new.astype(np.float32)]), np.concatenate([cats0, cats0[parent]])
+
+
+if __name__ == "__main__":
+    sys.exit("bench/serve_learner.py is a helper module imported by bench/serve.py; nothing to run "
+             "(python bench/serve.py runs it)")

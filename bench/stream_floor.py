@@ -15,6 +15,7 @@ Usage (prints the same start and summary lines as ``diam run``)::
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -51,9 +52,14 @@ class NoLearning(OnlineLearner):
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 3:
-        sys.exit("usage: python bench/stream_floor.py TOPIC NAMESPACE CHECKPOINT")
-    topic, ns, ckpt = argv
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Writes no file: prints diam run's start and summary lines to stdout.")
+    ap.add_argument("topic", help="the clicks topic, read from its start to its end (bounded)")
+    ap.add_argument("namespace", help="the Redis namespace the pushes are written under")
+    ap.add_argument("checkpoint", help="the base model's checkpoint directory")
+    args = ap.parse_args(argv)
+    topic, ns, ckpt = args.topic, args.namespace, args.checkpoint
     s = load_settings()
     holder = load_holder(s, checkpoint=ckpt, namespace=ns, learner=NoLearning)
     job = online_job(s, topic=topic, namespace=ns, bounded=True)
