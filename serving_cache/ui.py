@@ -301,7 +301,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     from fastapi.responses import HTMLResponse, JSONResponse
 
     from serving_cache.api import redis_outage_errors
-    from serving_cache.reader import USER_ID_PATTERN
+    from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_RE
     from serving_cache.recommend import MAX_N, MAX_TOP
 
     # the public routes' rule for an outage (api.redis_outage_errors): a 503 naming it, not a 500
@@ -353,10 +353,16 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
 
     # the public routes' bounds (/users/{id}/recommendations' n, /users/{id}/interests' top):
     # out of them, 422 as there, not a slice row[:-1] or every item of the catalogue
-    @app.get("/ui/api/users/{user_id}", include_in_schema=False)
-    def ui_user(user_id: str = PathParam(pattern=USER_ID_PATTERN),
+    # {user_id:path}: an id with '/' (which the contract does not allow) reaches this route and
+    # is answered "not a valid user id", not a bare 404 of no route
+    @app.get("/ui/api/users/{user_id:path}", include_in_schema=False)
+    def ui_user(user_id: str = PathParam(),
                 n: int = Query(20, ge=1, le=MAX_N),
                 top: int = Query(5, ge=1, le=MAX_TOP)) -> JSONResponse:
+        if not USER_ID_RE.match(user_id):
+            return JSONResponse(status_code=422, content={"detail": (
+                f"not a valid user id: {user_id!r} (1 to {USER_ID_MAX_LEN} of "
+                f"{USER_ID_ALLOWED})")})
         if recommender.active is None:
             return JSONResponse(status_code=503, content={"detail": "no snapshot loaded"})
         try:

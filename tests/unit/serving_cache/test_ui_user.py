@@ -68,3 +68,14 @@ def test_every_ui_route_answers_a_redis_outage_as_the_public_routes_do(client) -
         assert r.json()["detail"].startswith("redis unavailable: "), (path, r.text)
     for path in ("/ui/api/flow", "/ui/api/alerts", "/ui"):  # no Redis read: they answer
         assert client.get(path).status_code == 200, path
+
+
+@pytest.mark.parametrize("uid", ["a%2Fb", "a/b", "a%20b", "x" * 129])
+def test_an_id_outside_the_contract_is_not_a_valid_user_id_not_a_404(client, uid) -> None:
+    r = client.get(f"/ui/api/users/{uid}")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("not a valid user id: ")
+
+
+def test_the_page_shows_the_routes_reason(client) -> None:
+    assert "b.detail" in client.get("/ui").text
