@@ -79,3 +79,18 @@ def test_an_id_outside_the_contract_is_not_a_valid_user_id_not_a_404(client, uid
 
 def test_the_page_shows_the_routes_reason(client) -> None:
     assert "b.detail" in client.get("/ui").text
+
+
+def test_the_page_labels_the_list_order_and_a_cold_users_clicks(client) -> None:
+    html = client.get("/ui").text
+    # the list is a diversity-aware mix, not sorted by score: the column and a note say so
+    assert 'data-testid="rec-score-h">relevance<' in html and "diversity-aware mix" in html
+    # a cold user's scores are click counts: "clicks", integers
+    assert '"clicks"' in html and "Math.round(r.score)" in html
+
+
+def test_the_page_without_metrics_or_users_has_no_empty_boxes(client) -> None:
+    html = client.get("/ui").text
+    assert "(read-only) &middot; <span" not in html  # no dangling separator
+    assert 'id="flow-charts" data-testid="flow-charts" style="display:none"' in html
+    assert "no users yet" in html
