@@ -151,9 +151,11 @@ def _recorded_range(info: Any, where: Path) -> _TopicRange | None:
     return _TopicRange(topic, pairs(start), pairs(end), items_topic, set(start))
 
 
-def _in_checkpoint_vocabulary(corpus, ck, source: str):
+def _in_checkpoint_vocabulary(corpus, ck, source: str, names: str = "the range and its catalogue"):
     """``corpus`` over the checkpoint's item table (ids, order, categories): clicks on items
-    it does not know are left out and counted on stderr. Returns ``(corpus, left out)``."""
+    it does not know are left out and counted on stderr (``names``: what names the corpus's
+    items). Returns ``(corpus, left out)``; the one mapping of ``diam evaluate --topic`` and
+    ``--data``."""
     from online_model.corpus import in_vocabulary
 
     total = len(corpus.items)
@@ -162,12 +164,12 @@ def _in_checkpoint_vocabulary(corpus, ck, source: str):
     if total and left_out == total:
         raise click.ClickException(
             f"{source}: none of its {total:,} clicks is on an item the checkpoint knows (its "
-            f"{len(ck.item_ids):,} items, e.g. {ck.item_ids[:3].tolist()}; the range's, e.g. "
+            f"{len(ck.item_ids):,} items, e.g. {ck.item_ids[:3].tolist()}; {source}'s, e.g. "
             f"{corpus.item_ids[:3].tolist()}): it was trained on another catalogue; pass the "
             "clicks topic it was trained on (--topic) or its dataset (--data)")
     click.echo(f"{source}: {left_out:,} of {total:,} clicks left out, on items the checkpoint "
-               f"does not know (it knows {len(ck.item_ids):,} items, the range and its "
-               f"catalogue name {corpus.n_items:,})", err=True)
+               f"does not know (it knows {len(ck.item_ids):,} items, {names} name "
+               f"{corpus.n_items:,})", err=True)
     return got, left_out
 
 
@@ -360,7 +362,8 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     broker; a range whose offsets the topic no longer holds, or that reads another number of
     records than training did (the topic was re-created, or retention deleted records), is
     refused (a topic re-filled up to the same offsets cannot be told apart). --topic/--since/--until name another range
-    (--since/--until alone: of the recorded topic). Read from a topic, the
+    (--since/--until alone: of the recorded topic). Read from a topic, or from a
+    --data folder whose items.tsv is not the checkpoint's (a filtered `diam data prepare`), the
     clicks are expressed in the checkpoint's item vocabulary: clicks on items it does not know
     (the catalogue grew since training) are left out, and one line on stderr counts them.
     """
@@ -416,7 +419,9 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
             not isinstance(trained_on, str) or Path(trained_on).resolve() == data.resolve())
         if own:
             corpus = _training_corpus(corpus, ck, where)
-        same_items(data, corpus.item_ids, ck.item_ids)
+        if not _same_item_ids(corpus.item_ids, ck.item_ids):  # e.g. a filtered prepare
+            corpus, left_out = _in_checkpoint_vocabulary(corpus, ck, str(data), "its items.tsv")
+            source = {"path": str(data), "unknown_item_clicks": left_out}
         what = str(data)
     if not own:
         click.echo(f"warning: {what} is not the data the checkpoint was trained on: the held-out "
@@ -453,16 +458,31 @@ def _data_or_topic(data: Path | None, topic: str | None, verb: str) -> None:
                                "dataset folder or on a range of a clicks topic")
 
 
-def same_items(data: Path, item_ids: Any, checkpoint_item_ids: Any) -> None:
-    """Refuse a dataset whose item vocabulary is not the checkpoint's (the one rule, for
-    ``diam evaluate --data`` and ``diam evaluate-stream --checkpoint``): the checkpoint's
-    rows would score items of another catalogue, and every metric would read 0 rather than
-    fail."""
+def _same_item_ids(item_ids: Any, checkpoint_item_ids: Any) -> bool:
+    """Whether two item tables name the same items in the same order (row i is item i)."""
     import numpy as np
 
     ours, theirs = np.asarray(item_ids), np.asarray(checkpoint_item_ids)
-    if ours.shape != theirs.shape or not (ours == theirs).all():
-        raise click.ClickException(f"{data}: item vocabulary differs from the checkpoint's")
+    return ours.shape == theirs.shape and bool((ours == theirs).all())
+
+
+def same_items(data: Path, item_ids: Any, checkpoint_item_ids: Any) -> None:
+    """Refuse a dataset whose item table is not the checkpoint's, for ``diam evaluate-stream
+    --checkpoint``: its arms update the model online over the dataset's own item rows, so the
+    checkpoint's rows would score items of another catalogue, and every metric would read 0
+    rather than fail. (``diam evaluate --data`` maps the clicks into the checkpoint's table
+    instead, ``_in_checkpoint_vocabulary``.)"""
+    import numpy as np
+
+    if _same_item_ids(item_ids, checkpoint_item_ids):
+        return
+    ours, theirs = np.asarray(item_ids).astype(str), np.asarray(checkpoint_item_ids).astype(str)
+    unknown = int(np.isin(ours, theirs, invert=True).sum())
+    raise click.ClickException(
+        f"{data}: item vocabulary differs from the checkpoint's ({len(ours):,} items in the "
+        f"data, {len(theirs):,} in the checkpoint, {unknown:,} of the data's unknown to it): "
+        "the online arms need the checkpoint's own item table; pass the dataset it was "
+        "trained on, or evaluate this one offline with `diam evaluate --data`")
 
 
 def _why_nan(key: str, res: dict[str, Any]) -> str:

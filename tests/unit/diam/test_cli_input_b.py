@@ -68,7 +68,48 @@ def test_evaluate_stream_refuses_a_checkpoint_of_another_vocabulary(run, synth, 
 
     ck = write_checkpoint(tmp_path / "ck", n_items=30, dim=4)
     _clean_error(run("evaluate-stream", "--data", str(synth), "--checkpoint", str(ck)),
-                 f"{synth}: item vocabulary differs from the checkpoint's", code=1)
+                 f"{synth}: item vocabulary differs from the checkpoint's (200 items in the "
+                 "data, 30 in the checkpoint, 200 of the data's unknown to it)",
+                 "`diam evaluate --data`", code=1)
+
+
+def _fewer_items(src: Path, dst: Path) -> tuple[int, int]:
+    """A dataset of every other item of ``src`` plus one item ``zz`` no checkpoint of ``src``
+    knows (as `diam data prepare --min-rating 5` keeps a subset of ml-100k's items). Returns
+    its (events, events on zz)."""
+    dst.mkdir()
+    head, *rows = (src / "items.tsv").read_text().splitlines()
+    kept = rows[::2]
+    (dst / "items.tsv").write_text("\n".join([head, *kept, "zz\tc0\t"]) + "\n")
+    ids = {r.split("\t")[0] for r in kept}
+    head, *events = (src / "events.tsv").read_text().splitlines()
+    out, on_zz = [head], 0
+    for n, e in enumerate(events):
+        u, i, t = e.split("\t")
+        if i in ids:
+            out.append(e)
+        elif n % 10 == 0:
+            out.append(f"{u}\tzz\t{t}")
+            on_zz += 1
+    (dst / "events.tsv").write_text("\n".join(out) + "\n")
+    return len(out) - 1, on_zz
+
+
+def test_evaluate_data_of_fewer_items_maps_them_into_the_checkpoints(run, synth, tmp_path):
+    # was: "Error: r5: item vocabulary differs from the checkpoint's" for a subset of its items
+    ck = tmp_path / "ck"
+    r = run("train", "--data", str(synth), "--epochs", "1", "--dim", "8", "--out", str(ck))
+    assert r.exit_code == 0, r.output
+    sub = tmp_path / "sub"
+    total, on_zz = _fewer_items(synth, sub)
+    r = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ck), "--data", str(sub),
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    assert (f"{sub}: {on_zz} of {total:,} clicks left out, on items the checkpoint does not "
+            "know (it knows 200 items, its items.tsv name 101)") in r.stderr
+    res = json.loads(r.stdout)
+    assert res["data"] == {"path": str(sub), "unknown_item_clicks": on_zz}
+    assert res["n_users"] > 0 and 0.0 <= res["recall@50"] <= 1.0
 
 
 @pytest.mark.parametrize("args", [["--user-fraction", "0.0001"],
