@@ -34,7 +34,7 @@ from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
 
 __all__ = ["UiSources", "FlowScraper", "alerts_of_namespace", "mount_ui",
-           "histogram_quantile", "parse_flow", "quantile_above_top"]
+           "histogram_quantile", "parse_flow", "majority_category", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -242,7 +242,8 @@ def _http_get(url: str) -> str:
 def alerts_of_namespace(alerts: list[dict[str, Any]], ns: str) -> list[dict[str, Any]]:
     """The ``alerts`` that concern namespace ``ns``: those of a monitor of ``ns``
     (``namespace == ns``), and those of a monitor of every namespace (no ``namespace``) that
-    name users of ``ns``, with only those users kept (README "Drift alerts").
+    name users of ``ns`` (or users without a namespace), with only those users kept (README
+    "Drift alerts").
 
     >>> a = [{"kind": "freezes", "namespace": "other", "top_users": []},
     ...      {"kind": "freezes", "top_users": [{"user_id": "u", "namespace": "x"},
@@ -257,10 +258,29 @@ def alerts_of_namespace(alerts: list[dict[str, Any]], ns: str) -> list[dict[str,
         if own == ns:
             out.append(al)
         elif own is None:
-            users = [u for u in al.get("top_users") or [] if u.get("namespace") == ns]
+            # a user unmarked (a dataflow that did not say its namespace) may be ns's: kept,
+            # as streams.tail keeps unmarked records
+            users = [u for u in al.get("top_users") or [] if u.get("namespace") in (ns, None)]
             if users:
                 out.append({**al, "top_users": users})
     return out
+
+
+def majority_category(cats: list[str | None]) -> str | None:
+    """The category most of ``cats`` (an interest's top items, best first) have; a tie goes to
+    the one whose first item ranks higher. ``None`` when no item has a known category.
+
+    >>> majority_category(["Action", "Drama", "Crime", "Drama", None])
+    'Drama'
+    >>> majority_category(["Crime", "Drama", "Drama", "Crime"])
+    'Crime'
+    >>> majority_category([None]) is None
+    True
+    """
+    known = [c for c in cats if c is not None]
+    if not known:
+        return None
+    return max(dict.fromkeys(known), key=known.count)  # max keeps the first of equal counts
 
 
 def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, Any]:
@@ -372,12 +392,14 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             return redis_unavailable(exc)
         snap = recommender.active
         interests = []
-        for i, items in enumerate(it.top_items):
+        for items in it.top_items:
             idx = np.array([snap.index_of(x) for x in items], dtype=np.int64)
             cats = [c if j >= 0 else None
                     for j, c in zip(idx, snap.category_names_of(np.maximum(idx, 0)), strict=True)]
             interests.append({
-                "top_category": it.top_category[i] if i < len(it.top_category) else None,
+                # the label of the items shown: the recommender's top_category counts the
+                # nearest max(top, 10) items, and read "Action" over five Drama/Crime ones
+                "top_category": majority_category(cats),
                 "top_items": [{"item_id": x, "category": c} for x, c in zip(items, cats, strict=True)],
             })
         drift: list[dict[str, Any]] = []

@@ -22,6 +22,8 @@ ALERTS = [
                    {"user_id": "m1", "value": 4.0, "namespace": "mine"}]},
     {"kind": "freezes", "value": 9.0, "window_end_ms": 3,
      "top_users": [{"user_id": "o3", "value": 9.0, "namespace": "other"}]},
+    {"kind": "d_swing", "value": 1.0, "window_end_ms": 3,
+     "top_users": [{"user_id": "unmarked", "value": 1.0}]},
     {"kind": "k_change", "namespace": "mine", "value": 2.0, "window_end_ms": 4, "top_users": []},
 ]
 
@@ -41,12 +43,13 @@ def tiny_app(tmp_path_factory):
 def test_alerts_are_those_of_the_served_namespace(tiny_app) -> None:
     body = tiny_app("mine").get("/ui/api/alerts?n=15").json()
     assert [(a["kind"], [u["user_id"] for u in a["top_users"]]) for a in body["alerts"]] == [
-        ("freezes", ["m1"]), ("k_change", [])]
+        ("freezes", ["m1"]), ("d_swing", ["unmarked"]), ("k_change", [])]
     assert "mine" in body["filter"]
 
 
 def test_a_namespace_without_alerts_lists_none(tiny_app) -> None:
-    assert tiny_app("empty").get("/ui/api/alerts?n=15").json()["alerts"] == []
+    assert [a["kind"] for a in tiny_app("empty").get("/ui/api/alerts?n=15").json()["alerts"]] == [
+        "d_swing"]  # only the alert of a user without a namespace, who may be anyone's
 
 
 def test_the_panel_says_the_filter_shows_a_time_and_integer_counts(tiny_app) -> None:

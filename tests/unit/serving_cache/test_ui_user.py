@@ -94,3 +94,9 @@ def test_the_page_without_metrics_or_users_has_no_empty_boxes(client) -> None:
     assert "(read-only) &middot; <span" not in html  # no dangling separator
     assert 'id="flow-charts" data-testid="flow-charts" style="display:none"' in html
     assert "no users yet" in html
+
+
+def test_an_interests_label_is_the_majority_of_its_shown_items() -> None:
+    from serving_cache.ui import majority_category
+
+    assert majority_category(["Action", "Drama", "Crime", "Drama", "Drama"]) == "Drama"
