@@ -392,12 +392,11 @@ def _read_truth(path: Path) -> dict[str, tuple[int, float]] | None:
 def load_prepared(path: str | Path) -> PreparedDataset:
     """Load a prepared dataset directory (see the module docstring for its files)."""
     d = Path(path)
+    make = "run `diam data prepare` or `diam data synth`"
     if not d.is_dir():
-        raise DatasetError(
-            f"{d}: no such dataset directory (run `diam data prepare` or `diam data synth`)"
-        )
-    if not (d / EVENTS_FILE).is_file():
-        raise DatasetError(f"{d / EVENTS_FILE}: missing")
+        raise DatasetError(f"{d}: no such dataset directory ({make})")
+    if not (d / EVENTS_FILE).is_file():  # an empty folder, or one a prepare did not finish
+        raise DatasetError(f"{d / EVENTS_FILE}: missing, not a prepared dataset ({make})")
     items = _read_items(d / ITEMS_FILE)
     cached = _read_cache(d)
     if cached is None:

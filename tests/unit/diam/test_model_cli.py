@@ -105,3 +105,17 @@ def test_one_peak_learning_rate_for_diam_train_the_retrain_service_and_train() -
     assert RetrainConfig().lr == RetrainConfig().warm_lr == TrainConfig().lr == 1e-2
     lr = next(p for p in main.commands["train"].params if p.name == "lr")
     assert lr.default is None and "TrainConfig.lr" in (lr.help or "")
+
+
+@pytest.mark.parametrize("files", [[], ["items.tsv"]])
+def test_train_on_an_empty_or_unfinished_dataset_folder_says_how_to_make_one(run, tmp_path,
+                                                                             files):
+    # was: "Error: emptyd/events.tsv: missing", while a missing folder got the hint
+    d = tmp_path / "emptyd"
+    d.mkdir()
+    for f in files:
+        (d / f).write_text("item_id\tcategories\ttitle\n")
+    _one_error(run("train", "--data", str(d), "--epochs", "1", "--dim", "8",
+                   "--out", str(tmp_path / "ck")),
+               f"{d / 'events.tsv'}: missing", "run `diam data prepare` or `diam data synth`")
+    assert not (tmp_path / "ck").exists()
