@@ -99,7 +99,8 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=4_000, help="events/s the topic is produced at")
     ap.add_argument("--idle", type=float, default=2.0, help="DIAM_FLOW_EVICT_IDLE_S of the 'on' runs")
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, in turns")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evict_cost.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "evict_cost.json"),
+                    help="JSON written [default: bench/results/evict_cost.json]")
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()

@@ -112,7 +112,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="pairs of runs (one worker, two)")
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=30.0, help="sampled window per run")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fresh_workers.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fresh_workers.json"),
+                    help="JSON written [default: bench/results/fresh_workers.json]")
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()

@@ -62,7 +62,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="5,10,20,50")
     ap.add_argument("--histories", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=RESULTS / "head_ab.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "head_ab.json",
+                    help="JSON written [default: bench/results/head_ab.json]")
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     if not (args.checkpoint / "weights.safetensors").is_file():

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=8, help="times each ml-100k user is replayed")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
     ap.add_argument("--out", type=Path,
-                    default=ROOT / "bench" / "results" / "logic_ab.json")
+                    default=ROOT / "bench" / "results" / "logic_ab.json",
+                    help="JSON written [default: bench/results/logic_ab.json]")
     args = ap.parse_args(argv)
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()

@@ -522,7 +522,9 @@ def main() -> None:
                     help="use the rates of this result JSON's lr_per_model: no grid, no "
                          "selection, no training at other rates")
     ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON written [default: bench/results/model_quality_valid.json; "
+                         "model_quality.json with --final; --quick: stdout only]")
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     if args.quick:

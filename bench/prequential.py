@@ -98,7 +98,9 @@ def exploration_args(doc: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--early", action="store_true",
                     help="the earlier period, every user (a first-quarter network)")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON written [default: bench/results/<script name>.json, with _early "
+                         "(and _freeze) for those options]")
     return ap
 
 
@@ -205,7 +207,9 @@ def head_cost(base: BaseView, reps: int = 300) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Writes bench/results/prequential.json (prequential_quick.json with --quick; "
+               "then _early with --early, _TAG with --tag; with --tune: prequential_tune[_TAG].json).",
     )
     ap.add_argument("--quick", action="store_true", help="tuning users only")
     ap.add_argument("--early", action="store_true",

@@ -40,7 +40,8 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Writes bench/results/prequential_pair_TAG.json.")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seq-len-a", type=int, default=50)

@@ -180,7 +180,10 @@ def fold(sets: list[str], cmd: list[str], res: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Writes bench/results/prequential_tune_steps.json (--grid window: "
+               "prequential_tune_window.json; _early with --early).")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="steps")
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     ap.add_argument("--early", action="store_true",

@@ -162,7 +162,8 @@ def _a_tree(b_tree: Path, rev: str, files: list[str], dest: Path, repo: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="Writes no file: prints one JSON object to stdout.")
     ap.add_argument("--a-rev", help="git revision of the A version of the learner's files")
     ap.add_argument("--a-files", default=",".join(LEARNER_FILES),
                     help="comma-separated files taken from --a-rev (the rest from B)")

@@ -749,7 +749,8 @@ def main() -> None:
                     help="times each user of the replay is played, under distinct ids [8: "
                          "400,000 events from ml-100k; 1 with --quick]")
     ap.add_argument("--out", default=None,
-                    help="[bench/results/stream.json; stream_quick.json with --quick]")
+                    help="JSON written [default: bench/results/stream.json; stream_quick.json "
+                         "with --quick]")
     args = ap.parse_args()
     args.out = args.out or str(default_out("stream", args.quick))
     prov = provenance()  # when and on which code this run starts

@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, alternating")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream_ab.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream_ab.json"),
+                    help="JSON written [default: bench/results/stream_ab.json]")
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()

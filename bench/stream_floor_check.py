@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="the topic's checkpoint [bench/stream.py's synthetic one, rebuilt]")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream_floor_check.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream_floor_check.json",
+                    help="JSON written [default: bench/results/stream_floor_check.json]")
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
