@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from provenance import provenance  # noqa: E402
+from provenance import default_out, provenance, smaller_than_default  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -62,9 +62,12 @@ def main() -> None:
     ap.add_argument("--lengths", default="5,10,20,50")
     ap.add_argument("--histories", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=RESULTS / "head_ab.json",
-                    help="JSON written [default: bench/results/head_ab.json]")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON written [default: bench/results/head_ab.json; head_ab_quick.json "
+                         "with any of --histories/--repeats below its default]")
     args = ap.parse_args()
+    small = smaller_than_default(ap, args, ("histories", "repeats"))
+    args.out = args.out or default_out("head_ab", small)
     prov = provenance()  # when and on which code this run starts
     if not (args.checkpoint / "weights.safetensors").is_file():
         sys.exit(f"{args.checkpoint}: no checkpoint (python bench/prequential.py --seq-len 50 "

@@ -8,6 +8,7 @@ on, and whether the measured code had uncommitted changes, shows it without a co
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import platform
@@ -36,6 +37,13 @@ def default_out(name: str, quick: bool = False) -> Path:
     'stream_quick.json'
     """
     return ROOT / "bench" / "results" / f"{name}{'_quick' if quick else ''}.json"
+
+
+def smaller_than_default(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                         sizes: tuple[str, ...]) -> bool:
+    """Whether any of the sizing options ``sizes`` (``dest`` names) was given below its default:
+    such a run is a small one, written by :func:`default_out` apart from the full result."""
+    return any(getattr(args, k) < ap.get_default(k) for k in sizes)
 
 
 class GitFailed(RuntimeError):

@@ -23,3 +23,14 @@ def test_no_script_with_a_quick_mode_defaults_out_to_its_full_result() -> None:
             continue
         fixed = re.search(r'add_argument\("--out"[^)]*default=(?!None)[^,)]*results', text)
         assert fixed is None, f"{script.name}: --out defaults to the full result even with --quick"
+
+
+def test_a_sizing_option_below_its_default_makes_a_small_run() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    small = [prov.smaller_than_default(ap, ap.parse_args(a), ("events", "rounds"))
+             for a in ([], ["--events", "100"], ["--events", "500"], ["--rounds", "1"])]
+    assert small == [False, False, False, True]
