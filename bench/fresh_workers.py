@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import stream  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from provenance import provenance  # noqa: E402
+from provenance import default_out, provenance, smaller_than_default  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 
@@ -112,9 +112,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="pairs of runs (one worker, two)")
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=30.0, help="sampled window per run")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fresh_workers.json"),
-                    help="JSON written [default: bench/results/fresh_workers.json]")
+    ap.add_argument("--out", default=None,
+                    help="JSON written [default: bench/results/fresh_workers.json; "
+                         "fresh_workers_quick.json with any of --repeats/--seconds below its default]")
     args = ap.parse_args()
+    small = smaller_than_default(ap, args, ("repeats", "seconds"))
+    args.out = args.out or str(default_out("fresh_workers", small))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     env = stream.env_for(settings)
