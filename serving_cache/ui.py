@@ -239,28 +239,35 @@ def _http_get(url: str) -> str:
         return resp.read().decode()
 
 
-def alerts_of_namespace(alerts: list[dict[str, Any]], ns: str) -> list[dict[str, Any]]:
+def alerts_of_namespace(alerts: list[dict[str, Any]], ns: str,
+                        users_of_ns: Callable[[list[str]], set[str]] | None = None
+                        ) -> list[dict[str, Any]]:
     """The ``alerts`` that concern namespace ``ns``: those of a monitor of ``ns``
     (``namespace == ns``), and those of a monitor of every namespace (no ``namespace``) that
-    name users of ``ns`` (or users without a namespace), with only those users kept (README
-    "Drift alerts").
+    name users of ``ns``, with only those users kept (README "Drift alerts"). A user without a
+    namespace (a dataflow that did not say it) is one of ``ns`` if ``users_of_ns`` (which of
+    these ids ``ns`` holds) says so; without it, not.
 
     >>> a = [{"kind": "freezes", "namespace": "other", "top_users": []},
     ...      {"kind": "freezes", "top_users": [{"user_id": "u", "namespace": "x"},
-    ...                                         {"user_id": "v", "namespace": "y"}]},
+    ...                                         {"user_id": "v", "namespace": "y"},
+    ...                                         {"user_id": "w"}, {"user_id": "z"}]},
     ...      {"kind": "k_change", "namespace": "x", "top_users": []}]
-    >>> [(al["kind"], [u["user_id"] for u in al["top_users"]]) for al in alerts_of_namespace(a, "x")]
-    [('freezes', ['u']), ('k_change', [])]
+    >>> [(al["kind"], [u["user_id"] for u in al["top_users"]])
+    ...  for al in alerts_of_namespace(a, "x", lambda ids: {"w"} & set(ids))]
+    [('freezes', ['u', 'w']), ('k_change', [])]
     """
+    unmarked = sorted({u["user_id"] for al in alerts if al.get("namespace") is None
+                       for u in al.get("top_users") or [] if u.get("namespace") is None})
+    known = users_of_ns(unmarked) if unmarked and users_of_ns is not None else set()
     out = []
     for al in alerts:
         own = al.get("namespace")
         if own == ns:
             out.append(al)
         elif own is None:
-            # a user unmarked (a dataflow that did not say its namespace) may be ns's: kept,
-            # as streams.tail keeps unmarked records
-            users = [u for u in al.get("top_users") or [] if u.get("namespace") in (ns, None)]
+            users = [u for u in al.get("top_users") or [] if u.get("namespace") == ns
+                     or (u.get("namespace") is None and u["user_id"] in known)]
             if users:
                 out.append({**al, "top_users": users})
     return out
@@ -357,6 +364,19 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
                 cache[ns] = hit
         return JSONResponse(nan_to_none(hit[1]))
 
+    def users_of_ns(ids: list[str]) -> set[str]:
+        """Which of ``ids`` have vectors in ``ns`` (one pipelined EXISTS each); none while
+        Redis is down, so that an outage shows no other namespace's users."""
+        from serving_cache.keys import user_key
+
+        try:
+            pipe = recommender.client.pipeline(transaction=False)
+            for u in ids:
+                pipe.exists(user_key(ns, u))
+            return {u for u, e in zip(ids, pipe.execute(), strict=True) if e}
+        except redis_errors:
+            return set()
+
     @app.get("/ui/api/alerts", include_in_schema=False)
     def ui_alerts(n: int = 20) -> JSONResponse:
         if sources.alerts is None:
@@ -364,7 +384,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         n = min(max(n, 1), 200)
         try:
             # the monitor's topic holds every namespace's alerts: read more than n, keep ns's
-            mine = alerts_of_namespace(sources.alerts(min(10 * n, 1000)), ns)[-n:]
+            mine = alerts_of_namespace(sources.alerts(min(10 * n, 1000)), ns, users_of_ns)[-n:]
             return JSONResponse({"available": True, "namespace": ns, "alerts": mine,
                                  "filter": f"namespace {ns} only (all-namespace alerts: "
                                            f"its users only)"})
