@@ -860,9 +860,9 @@ def main() -> None:
                     "connection, which the kernel gives to one process)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON written, and its .md beside it (default bench/results/serve.json; "
-                         "serve_quick.json with --quick)")
+                         "serve_quick.json with --quick or --events)")
     args = ap.parse_args()
-    args.out = args.out or default_out("serve", args.quick)
+    args.out = args.out or default_out("serve", args.quick or args.events is not None)
     prov = provenance()  # when and on which code this run starts
     if args.processes < 1:
         ap.error("--processes must be at least 1")

@@ -750,9 +750,9 @@ def main() -> None:
                          "400,000 events from ml-100k; 1 with --quick]")
     ap.add_argument("--out", default=None,
                     help="JSON written [default: bench/results/stream.json; stream_quick.json "
-                         "with --quick]")
+                         "with --quick or --events]")
     args = ap.parse_args()
-    args.out = args.out or str(default_out("stream", args.quick))
+    args.out = args.out or str(default_out("stream", args.quick or args.events is not None))
     prov = provenance()  # when and on which code this run starts
     n = args.events or (60_000 if args.quick else 400_000)
     if args.replay_copies is None:
