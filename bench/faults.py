@@ -535,9 +535,9 @@ def main() -> None:
                          "the network, as on a served snapshot)")
     ap.add_argument("--out", default=None,
                     help="JSON written, and its .md beside it (default bench/results/faults.json; "
-                         "faults_quick.json with --quick)")
+                         "faults_quick.json with --quick or --only)")
     args = ap.parse_args()
-    args.out = args.out or str(default_out("faults", args.quick))
+    args.out = args.out or str(default_out("faults", args.quick or args.only is not None))
     names = [n for n in (args.only.split(",") if args.only else FAULTS)]
     unknown = sorted(set(names) - set(FAULTS))
     if unknown:
