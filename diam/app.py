@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -26,8 +27,8 @@ from streams.runner import OnlineJob
 if TYPE_CHECKING:
     from snapshotter.store import SnapshotStore
 
-__all__ = ["LearnerFactory", "NoBaseModel", "check_dim", "load_holder", "online_job",
-           "stream_base"]
+__all__ = ["BaseProblem", "LearnerFactory", "NoBaseModel", "check_dim", "load_holder",
+           "online_job", "stream_base", "stream_base_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,34 @@ def stream_base(path: str | Path, cfg: OnlineConfig, what: str, *, version: str 
     if not allow_dim_change:
         check_dim(base, cfg, what)
     return base
+
+
+@dataclass(frozen=True)
+class BaseProblem:
+    """Why a directory cannot be the stream's base (:func:`stream_base_problem`)."""
+
+    kind: Literal["load", "dim"]
+    """``"load"``: it does not load as a base (``BaseLoadError``); ``"dim"``: its embedding
+    size is not ``OnlineConfig.dim`` (:func:`check_dim`)."""
+    message: str
+    """The check's own words: the file at fault, or both sizes and how to reconcile them."""
+
+
+def stream_base_problem(path: str | Path, cfg: OnlineConfig, what: str, *,
+                        allow_dim_change: bool = False) -> BaseProblem | None:
+    """Why :func:`stream_base` refuses ``path``, or None when every dataflow can use it: the
+    one mapping of its two refusals, which each caller words for its own user (the retrain
+    decision, ``diam snapshot publish``/``rollback``)."""
+    from online_model.base import BaseLoadError
+    from snapshotter.store import SnapshotError
+
+    try:
+        stream_base(path, cfg, what, allow_dim_change=allow_dim_change)
+    except BaseLoadError as exc:
+        return BaseProblem("load", str(exc))
+    except SnapshotError as exc:  # check_dim's: the only SnapshotError stream_base raises
+        return BaseProblem("dim", str(exc))
+    return None
 
 
 def check_dim(base: BaseView, cfg: OnlineConfig, what: str) -> None:

@@ -401,18 +401,15 @@ class Retrainer:
         size is DIAM_ONLINE_DIM), or None. A candidate of another size (DIAM_RETRAIN_DIM or the
         active model's is not DIAM_ONLINE_DIM) is refused as a gate refusal is: kept with its
         decision, never published; every dataflow would refuse it."""
-        from diam.app import stream_base
-        from online_model.base import BaseLoadError
-        from snapshotter.store import SnapshotError
+        from diam.app import stream_base_problem
 
-        try:
-            stream_base(cand_dir, self.s.online, f"candidate {cand_dir.name}")
-        except BaseLoadError as exc:
-            return f"it does not load as a base ({exc})"
-        except SnapshotError as exc:  # the embedding size
-            return (f"{exc}; the retrain service trains at the active model's size, or at "
-                    f"DIAM_RETRAIN_DIM={self.cfg.dim} from scratch")
-        return None
+        problem = stream_base_problem(cand_dir, self.s.online, f"candidate {cand_dir.name}")
+        if problem is None:
+            return None
+        if problem.kind == "load":
+            return f"it does not load as a base ({problem.message})"
+        return (f"{problem.message}; the retrain service trains at the active model's size, or "
+                f"at DIAM_RETRAIN_DIM={self.cfg.dim} from scratch")
 
     def _finish(self, d: Decision, t0: float, phases: dict[str, float],
                 cand_dir: Path | None = None) -> Decision:

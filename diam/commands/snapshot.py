@@ -84,20 +84,19 @@ def _stream_can_use(s: Settings, allow_dim_change: bool = False, *,
     forced = {"publish": "publishes", "rollback": "activates"}[command]
 
     def check(path: Path) -> None:
-        from diam.app import stream_base
-        from online_model.base import BaseLoadError
+        from diam.app import stream_base_problem
         from snapshotter.store import SnapshotError
 
         what = f"checkpoint {path}" if command == "publish" else f"snapshot {path.name}"
-        try:
-            stream_base(path, s.online, what, allow_dim_change=allow_dim_change)
-        except BaseLoadError as exc:
-            raise SnapshotError(f"no dataflow can use it as its base: {exc}") from None
-        except SnapshotError as exc:  # the embedding size
-            force = (f"`diam snapshot {command} --allow-dim-change` {forced} it anyway, for a "
-                     "deliberate change of dimension")
-            raise SnapshotError(f"{exc}; nothing was published ({force})" if command == "publish"
-                                else f"{exc}; {force}") from None
+        problem = stream_base_problem(path, s.online, what, allow_dim_change=allow_dim_change)
+        if problem is None:
+            return
+        if problem.kind == "load":
+            raise SnapshotError(f"no dataflow can use it as its base: {problem.message}")
+        force = (f"`diam snapshot {command} --allow-dim-change` {forced} it anyway, for a "
+                 "deliberate change of dimension")
+        raise SnapshotError(f"{problem.message}; nothing was published ({force})"
+                            if command == "publish" else f"{problem.message}; {force}")
 
     return check
 

@@ -74,6 +74,28 @@ def test_the_sink_and_consumer_settings_reach_the_job_s_source_and_sinks(monkeyp
     assert conf["fetch.min.bytes"] == "1"  # KafkaConfig.extra still wins
 
 
+def test_stream_base_problem_names_which_refusal_and_keeps_its_words(tmp_path) -> None:
+    """The one mapping of stream_base's two refusals (the retrain decision and publish/rollback
+    word them each for their user): a base that does not load, one of another size, and None
+    for one every dataflow can use (or any size under allow_dim_change)."""
+    from diam.app import BaseProblem, stream_base_problem
+    from snapshotter.testing import write_checkpoint
+
+    cfg = load_settings(online={"dim": 4}).online
+    ck4 = write_checkpoint(tmp_path / "d4", n_items=30, dim=4)
+    ck8 = write_checkpoint(tmp_path / "d8", n_items=30, dim=8)
+    assert stream_base_problem(ck4, cfg, "checkpoint a") is None
+    assert stream_base_problem(ck8, cfg, "checkpoint b", allow_dim_change=True) is None
+    assert stream_base_problem(ck8, cfg, "checkpoint b") == BaseProblem(
+        "dim", "checkpoint b has d=8, DIAM_ONLINE_DIM is 4 (set DIAM_ONLINE_DIM=8 or publish "
+        "a d=4 model)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    problem = stream_base_problem(empty, cfg, "checkpoint c", allow_dim_change=True)
+    assert problem is not None and problem.kind == "load"
+    assert "missing" in problem.message and str(empty) in problem.message, problem
+
+
 def test_stream_base_is_the_one_check_of_a_base(tmp_path, monkeypatch) -> None:
     """The load and the embedding size, one owner: diam run --checkpoint, a snapshot at start
     and at reload, and diam snapshot publish/rollback all go through diam.app.stream_base."""
