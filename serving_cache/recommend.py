@@ -55,6 +55,7 @@ __all__ = [
     "MAX_N",
     "MAX_TOP",
     "load_verified",
+    "majority_category",
     "StoreLoader",
     "store_loader",
 ]
@@ -115,6 +116,24 @@ def context_delta(context: Mapping[str, Any] | None) -> float:
     return round(delta, 6)
 
 
+def majority_category(cats: Sequence[str | None]) -> str | None:
+    """The label of an interest: the category most of ``cats`` (its top items as shown, best
+    first) have; a tie goes to the one whose first item ranks higher. ``None`` when no item
+    has a known category.
+
+    >>> majority_category(["Action", "Drama", "Crime", "Drama", None])
+    'Drama'
+    >>> majority_category(["Crime", "Drama", "Drama", "Crime"])
+    'Crime'
+    >>> majority_category([None]) is None
+    True
+    """
+    known = [c for c in cats if c is not None]
+    if not known:
+        return None
+    return max(dict.fromkeys(known), key=known.count)  # max keeps the first of equal counts
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """An answer of :meth:`Recommender.recommend`."""
@@ -158,6 +177,7 @@ class Interests:
     vectors: list[list[float]] = field(default_factory=list)
     top_items: list[list[str]] = field(default_factory=list)
     top_category: list[str | None] = field(default_factory=list)
+    """Each interest's label: :func:`majority_category` of its ``top_items``, the items shown."""
     stale: bool = False
     """The top items come from the active index, not from the vectors' own snapshot."""
     reason: str | None = None
@@ -564,13 +584,13 @@ class Recommender:
         elif stale:
             why = _stale_reason(uv, False, str(state))
         if uv.dim == snap.dim and uv.k > 0 and not foreign:
-            _, items = snap.search(uv.vecs, max(top, 10))
+            _, items = snap.search(uv.vecs, top)
             for row in items:
-                row = row[row >= 0]
-                tops.append(snap.item_ids[row[:top]].tolist())
-                c = snap.item_categories[row]
-                c = c[(c >= 0) & (c < len(snap.category_names))]
-                cats.append(snap.category_names[int(np.bincount(c).argmax())] if len(c) else None)
+                row = row[row >= 0][:top]
+                tops.append(snap.item_ids[row].tolist())
+                # labelled by the items it lists, so a label never names a category none of
+                # them has (counting the nearest 10 read "Action" over five Drama/Crime items)
+                cats.append(majority_category(snap.category_names_of(row)))
         return Interests(
             user_id=user_id,
             cold=False,

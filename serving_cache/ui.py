@@ -34,7 +34,7 @@ from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
 
 __all__ = ["UiSources", "FlowScraper", "alerts_of_namespace", "mount_ui",
-           "histogram_quantile", "parse_flow", "majority_category", "quantile_above_top"]
+           "histogram_quantile", "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -273,23 +273,6 @@ def alerts_of_namespace(alerts: list[dict[str, Any]], ns: str,
     return out
 
 
-def majority_category(cats: list[str | None]) -> str | None:
-    """The category most of ``cats`` (an interest's top items, best first) have; a tie goes to
-    the one whose first item ranks higher. ``None`` when no item has a known category.
-
-    >>> majority_category(["Action", "Drama", "Crime", "Drama", None])
-    'Drama'
-    >>> majority_category(["Crime", "Drama", "Drama", "Crime"])
-    'Crime'
-    >>> majority_category([None]) is None
-    True
-    """
-    known = [c for c in cats if c is not None]
-    if not known:
-        return None
-    return max(dict.fromkeys(known), key=known.count)  # max keeps the first of equal counts
-
-
 def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, Any]:
     """K_u histogram and d_u distribution (10 bins over [0, 1]) of ``ns``, as JSON and SVG."""
     from serving_cache.inspect import iter_users
@@ -412,14 +395,12 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             return redis_unavailable(exc)
         snap = recommender.active
         interests = []
-        for items in it.top_items:
+        for items, label in zip(it.top_items, it.top_category, strict=True):
             idx = np.array([snap.index_of(x) for x in items], dtype=np.int64)
             cats = [c if j >= 0 else None
                     for j, c in zip(idx, snap.category_names_of(np.maximum(idx, 0)), strict=True)]
             interests.append({
-                # the label of the items shown: the recommender's top_category counts the
-                # nearest max(top, 10) items, and read "Action" over five Drama/Crime ones
-                "top_category": majority_category(cats),
+                "top_category": label,
                 "top_items": [{"item_id": x, "category": c} for x, c in zip(items, cats, strict=True)],
             })
         drift: list[dict[str, Any]] = []

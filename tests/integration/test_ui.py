@@ -22,9 +22,9 @@ from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner
 from serving_cache.api import get_app
-from serving_cache.recommend import Recommender
+from serving_cache.recommend import Recommender, majority_category
 from serving_cache.retrieval import SnapshotIndex
-from serving_cache.ui import UiSources, majority_category
+from serving_cache.ui import UiSources
 from snapshotter import SnapshotConfig, SnapshotStore, publish
 from snapshotter.testing import write_checkpoint
 from streams.events import ClickEvent
@@ -157,9 +157,10 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
         assert items == want["top_items"]
         cats = _texts(li, "[data-testid=item-cat]")
         assert cats == [snap.category_name(snap.index_of(x)) for x in items]
-        # labelled by the items shown: their majority category (serving_cache.ui)
+        # labelled as the API labels it: the majority category of the items shown
         known = [None if c == "-" else c for c in cats]
-        assert li.text.startswith(f"{majority_category(known) or '?'}:")
+        assert want["top_category"] == majority_category(known)
+        assert li.text.startswith(f"{want['top_category'] or '?'}:")
     # the recommendation list: the API's items, categories and scores, in order
     assert _texts(view, "[data-testid=rec-item]") == [it["item_id"] for it in recs["items"]]
     assert _texts(view, "[data-testid=rec-cat]") == [it["category"] or "-" for it in recs["items"]]

@@ -407,6 +407,30 @@ def test_a_background_load_answers_stale_or_cold_until_the_version_is_in(snapsho
     assert rec.interests("u").stale is False and rec.interests("u").top_items
 
 
+def test_an_interests_label_is_the_majority_of_the_items_it_lists(snapshot):
+    """``top_category`` is the majority category of the ``top`` items listed (a tie to the
+    better ranked), not of a longer neighbour list: the nearest 10 here are mostly cat0, the
+    five listed mostly cat1, and the four listed tie cat2 against cat1."""
+    import dataclasses
+
+    from serving_cache import encode_user, user_key
+    from serving_cache.codec import UserVectors
+
+    _, near = snapshot.search(snapshot.item_vecs[[5]], 10)
+    cats = snapshot.item_categories.copy()
+    cats[near[0]] = [2, 1, 1, 2, 1, 0, 0, 0, 0, 0]
+    snap = dataclasses.replace(snapshot, item_categories=cats)
+    vecs = snapshot.item_vecs[[5]].copy()
+    uv = UserVectors(seq=1, model=snap.version, k=1, d=0.5, dim=8, vecs=vecs, ts=0, n=4,
+                     anchor="diam", seen=np.zeros(0, dtype=np.int32))
+    rec = Recommender(snap, _DictRedis({user_key("unit", "u"): encode_user(uv)}), ns="unit")
+    five = rec.interests("u", top=5)
+    assert five.top_items == [[f"i{i}" for i in near[0, :5].tolist()]]
+    assert five.top_category == ["cat1"]
+    assert rec.interests("u", top=4).top_category == ["cat2"]
+    assert rec.interests("u", top=10).top_category == ["cat0"]
+
+
 def test_an_undecodable_value_is_cold_with_its_reason_and_logged_once(snapshot, caplog):
     from serving_cache import user_key
 

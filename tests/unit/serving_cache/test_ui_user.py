@@ -97,6 +97,6 @@ def test_the_page_without_metrics_or_users_has_no_empty_boxes(client) -> None:
 
 
 def test_an_interests_label_is_the_majority_of_its_shown_items() -> None:
-    from serving_cache.ui import majority_category
+    from serving_cache.recommend import majority_category
 
     assert majority_category(["Action", "Drama", "Crime", "Drama", "Drama"]) == "Drama"
