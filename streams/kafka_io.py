@@ -38,6 +38,7 @@ __all__ = [
     "offsets_for_time",
     "consume_all",
     "read_partition",
+    "end_timestamps",
     "raw_record",
     "RangeStalled",
     "read_deadletters",
@@ -291,6 +292,29 @@ def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int
                                    f"{stall_s:g} s (reading up to offset {end})")
     finally:
         c.unassign()
+
+
+def end_timestamps(cfg: KafkaConfig, topic: str, stall_s: float = 3.0,
+                   timeout: float = 30.0) -> dict[int, list[int]]:
+    """``{partition: [first, last]}``: the record timestamps (ms) at each partition's low
+    watermark and at its high watermark minus one, as the broker holds them now; one where
+    they are the same record, none where the offset holds no record (a transaction marker).
+    Partitions holding nothing are left out, so an empty topic gives ``{}``.
+
+    Raises :class:`RangeStalled` when a record does not arrive within ``stall_s`` seconds,
+    :class:`UnknownTopic` for a topic the broker does not have, and ``KafkaException`` when
+    the broker does not answer the watermarks within ``timeout``."""
+    marks = watermarks(cfg, topic, timeout=timeout)
+    out: dict[int, list[int]] = {}
+    c = reading_consumer(cfg)
+    try:
+        for p, (lo, hi) in marks.items():
+            if hi > lo:
+                out[p] = [m.timestamp()[1] for at in sorted({lo, hi - 1})
+                          for m in read_partition(c, topic, p, at, at + 1, stall_s)]
+    finally:
+        c.close()
+    return out
 
 
 def _messages(cfg: KafkaConfig, topic: str, timeout: float, last: int | None = None,

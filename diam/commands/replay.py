@@ -168,21 +168,13 @@ def _end_stamps(kafka: KafkaConfig, topic: str) -> list[int] | None:
     None when they cannot be read in time."""
     from confluent_kafka import KafkaException
 
-    from streams.kafka_io import RangeStalled, read_partition, reading_consumer, watermarks
+    from streams.kafka_io import RangeStalled, end_timestamps
 
-    stamps: list[int] = []
     try:
-        c = reading_consumer(kafka)
-        try:
-            for p, (lo, hi) in watermarks(kafka, topic).items():
-                for at in sorted({lo, hi - 1} if hi > lo else set()):
-                    for m in read_partition(c, topic, p, at, at + 1, stall_s=3.0):
-                        stamps.append(m.timestamp()[1])
-        finally:
-            c.close()
+        return [ms for stamps in end_timestamps(kafka, topic, stall_s=3.0).values()
+                for ms in stamps]
     except (KafkaException, RuntimeError, RangeStalled):
         return None
-    return stamps
 
 
 @click.command("diff")

@@ -1,6 +1,6 @@
 """Reading a bounded range of a topic (``streams.kafka_io.read_partition``, behind
-``consume_all``, the catalogue, the dead letters, the drift plots and the retrainer's last
-decision) and ``diam deadletters``, against the real broker.
+``consume_all``, ``end_timestamps``, the catalogue, the dead letters, the drift plots and the
+retrainer's last decision) and ``diam deadletters``, against the real broker.
 
 A range reader that gave up at a deadline used to return what it had read as if it were all;
 a transaction marker at the end of a partition (an offset with no record) kept it waiting for
@@ -20,8 +20,10 @@ from diam.cli import main as cli
 from streams.kafka_io import (
     RangeStalled,
     RawRecord,
+    UnknownTopic,
     consume_all,
     delete_topics,
+    end_timestamps,
     ensure_topic,
     read_deadletters,
     read_partition,
@@ -61,6 +63,31 @@ def test_offsets_without_a_record_are_passed(stack, topic) -> None:
     assert watermarks(kafka, topic)[0][1] == 4  # three records and the marker
     got = [r.value for r in consume_all(kafka, topic, timeout=20.0)]
     assert got == [b"t0", b"t1", b"t2"]
+
+
+@pytest.mark.partitions(3)
+def test_end_timestamps_are_each_partitions_first_and_last_records(stack, topic) -> None:
+    """What ``diam replay`` says of a range that selected nothing: the record timestamps at
+    each partition's ends, one where the partition holds one record, none for an empty one;
+    an empty topic gives {} and a missing record raises instead of reading as none."""
+    kafka = stack.settings.kafka
+    assert end_timestamps(kafka, topic) == {}
+    t0 = 1_700_000_000_000
+    p = Producer(kafka.client_config())
+    # not in time order within partition 0: the ends are by offset, not the extremes
+    for part, ts in ((0, t0 + 5000), (0, t0 + 1000), (0, t0 + 3000), (1, t0 + 7000)):
+        p.produce(topic, key=b"u1", value=b"v", partition=part, timestamp=ts)
+    assert p.flush(30) == 0
+    assert end_timestamps(kafka, topic) == {0: [t0 + 5000, t0 + 3000], 1: [t0 + 7000]}
+    # a transaction's commit marker at the end of partition 2: no record, no timestamp
+    tx = Producer({**kafka.client_config(), "transactional.id": f"diam-test-{uuid.uuid4().hex[:8]}"})
+    tx.init_transactions(30)
+    tx.begin_transaction()
+    tx.produce(topic, key=b"u1", value=b"t", partition=2, timestamp=t0 + 9000)
+    tx.commit_transaction(30)
+    assert end_timestamps(kafka, topic)[2] == [t0 + 9000]
+    with pytest.raises(UnknownTopic):  # `diam replay` then leaves the span out of its note
+        end_timestamps(kafka, f"t.never{uuid.uuid4().hex[:12]}")
 
 
 def test_deadletters_lists_the_newest_across_partitions_and_filters_by_source(stack, new_topic) -> None:
