@@ -295,18 +295,30 @@ class Watcher:
         self._seen: dict[Path, tuple[float, int]] = {}  # checkpoint -> (mtime, size) last tried
         self._failed: set[Path] = set()  # checkpoints whose last try was refused
         self._kept: dict[Path, str] = {}  # checkpoint -> the version holding its weights
+        self._by_sha: tuple[tuple[str, ...], dict[str, str]] | None = None  # this tick's
         self.last_skip: Skip | None = None
         """Why the last tick published nothing (None after a publish, or a tick that could not
         look: a damaged active pointer, logged as an error)."""
 
     def _versions_by_sha(self) -> dict[str, str]:
-        return {str(s.source.get("weights_sha256")): s.version for s in self.store.versions()}
+        """The kept versions by the sha256 of their weights (the newest of each), read once
+        per tick: every manifest is parsed, and a tick may look up several checkpoints. A
+        version is immutable once committed (a directory renamed into place), so the map
+        changes only when the store's entries do: a publish in the tick that committed its
+        version and then failed (Redis) is seen by the next lookup."""
+        root = self.store.root
+        entries = tuple(sorted(p.name for p in root.iterdir())) if root.is_dir() else ()
+        if self._by_sha is None or self._by_sha[0] != entries:
+            self._by_sha = (entries, {str(s.source.get("weights_sha256")): s.version
+                                      for s in self.store.versions()})
+        return self._by_sha[1]
 
     def tick(self, now_epoch: float) -> PublishResult | None:
         """Publish the newest settled checkpoint not already kept; None when nothing was
         (:attr:`last_skip` says why)."""
         result = None
         self.last_skip = None
+        self._by_sha = None  # another process may have published or pruned since
         try:
             self.store.active_version()
         except SnapshotError as exc:  # not the checkpoints' fault: retry them once repaired

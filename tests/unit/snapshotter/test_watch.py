@@ -126,3 +126,52 @@ def test_last_skip_type_is_exported_by_the_package():
 
     assert "Skip" in snapshotter.__all__
     assert snapshotter.Skip is sys.modules["snapshotter.publish"].Skip
+
+
+def test_a_tick_reads_the_manifests_once_over_several_checkpoints(tmp_path, monkeypatch) -> None:
+    """The kept versions' weights are looked up for every new checkpoint a tick reaches; the
+    manifests behind that map are read once per tick, not once per checkpoint."""
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=0))
+    trainer = tmp_path / "t"
+    for seed in (1, 2, 3):
+        write_checkpoint(trainer / f"c{seed}", n_items=30, dim=4, seed=seed)
+    calls = []
+    real = store.versions
+    monkeypatch.setattr(store, "versions", lambda: calls.append(1) or real())
+
+    def refuse(path):
+        raise ValueError("no")
+
+    w = Watcher(store, trainer, usable=refuse)
+    assert w.tick(time.time() + 1) is None
+    assert w.last_skip.reason.count("refused") == 1 and all(
+        str(trainer / f"c{s}") in w.last_skip.reason for s in (1, 2, 3)), w.last_skip.reason
+    assert len(calls) == 1
+
+
+def test_a_version_committed_by_a_failed_publish_is_seen_later_in_the_tick(tmp_path) -> None:
+    """A publish that commits its version and then fails (Redis refuses the announcement) is
+    refused, but its weights are kept now: an older checkpoint of the same weights, reached
+    later in the same tick, is that version, not another publish."""
+    import shutil
+
+    class DownRedis:
+        def set(self, *a):
+            raise ConnectionError("down")
+
+        def get(self, *a):
+            raise ConnectionError("down")
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=0))
+    trainer = tmp_path / "t"
+    old = write_checkpoint(trainer / "old", n_items=30, dim=4, seed=1)
+    new = trainer / "new"
+    shutil.copytree(old, new)
+    t = time.time() - 60
+    for f in old.iterdir():
+        os.utime(f, (t, t))
+    w = Watcher(store, trainer, DownRedis(), ns="watchtest")
+    assert w.tick(time.time() + 1) is None
+    (version,) = [s.version for s in store.versions()]
+    assert w.last_skip.reason == (f"nothing to publish: {old} is already version {version}; "
+                                  f"{new} refused (logged)")
