@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import stream as S  # noqa: E402
-from provenance import default_out, provenance, smaller_than_default  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.commands.run import parse_summary  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
@@ -100,11 +100,9 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=2.0, help="DIAM_FLOW_EVICT_IDLE_S of the 'on' runs")
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, in turns")
     ap.add_argument("--out", default=None,
-                    help="JSON written [default: bench/results/evict_cost.json; evict_cost_quick.json "
-                         "with any of --events/--users/--rounds below its default]")
+                    help=sized_out_help("evict_cost", ("events", "users", "rounds")))
     args = ap.parse_args()
-    small = smaller_than_default(ap, args, ("events", "users", "rounds"))
-    args.out = args.out or str(default_out("evict_cost", small))
+    args.out = args.out or str(sized_out(ap, args, "evict_cost", ("events", "users", "rounds")))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}

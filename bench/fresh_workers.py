@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import stream  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from provenance import default_out, provenance, smaller_than_default  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 
@@ -113,11 +113,9 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=30.0, help="sampled window per run")
     ap.add_argument("--out", default=None,
-                    help="JSON written [default: bench/results/fresh_workers.json; "
-                         "fresh_workers_quick.json with any of --repeats/--seconds below its default]")
+                    help=sized_out_help("fresh_workers", ("repeats", "seconds")))
     args = ap.parse_args()
-    small = smaller_than_default(ap, args, ("repeats", "seconds"))
-    args.out = args.out or str(default_out("fresh_workers", small))
+    args.out = args.out or str(sized_out(ap, args, "fresh_workers", ("repeats", "seconds")))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     env = stream.env_for(settings)

@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from provenance import default_out, provenance, smaller_than_default  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -63,11 +63,9 @@ def main() -> None:
     ap.add_argument("--histories", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON written [default: bench/results/head_ab.json; head_ab_quick.json "
-                         "with any of --histories/--repeats below its default]")
+                    help=sized_out_help("head_ab", ("histories", "repeats")))
     args = ap.parse_args()
-    small = smaller_than_default(ap, args, ("histories", "repeats"))
-    args.out = args.out or default_out("head_ab", small)
+    args.out = args.out or sized_out(ap, args, "head_ab", ("histories", "repeats"))
     prov = provenance()  # when and on which code this run starts
     if not (args.checkpoint / "weights.safetensors").is_file():
         sys.exit(f"{args.checkpoint}: no checkpoint (python bench/prequential.py --seq-len 50 "

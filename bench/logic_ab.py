@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import stream as S  # noqa: E402
 from prequential import cached_first_half, with_sets  # noqa: E402
-from provenance import default_out, provenance, smaller_than_default  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
@@ -43,11 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=8, help="times each ml-100k user is replayed")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON written [default: bench/results/logic_ab.json; "
-                         "logic_ab_quick.json with any of --rounds/--copies below its default]")
+                    help=sized_out_help("logic_ab", ("rounds", "copies")))
     args = ap.parse_args(argv)
-    small = smaller_than_default(ap, args, ("rounds", "copies"))
-    args.out = args.out or default_out("logic_ab", small)
+    args.out = args.out or sized_out(ap, args, "logic_ab", ("rounds", "copies"))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     base = BaseView.from_checkpoint(cached_first_half(args.data, epochs=4))

@@ -26,24 +26,45 @@ MEASURED = ("streams", "online_model", "snapshotter", "serving_cache", "diam", "
 ``bench/results``: a run of several benchmarks rewrites it as it goes."""
 
 
-def default_out(name: str, quick: bool = False) -> Path:
+def default_out(name: str, quick: bool = False, *, large: bool = False) -> Path:
     """Where a benchmark writes when ``--out`` is not given: ``bench/results/<name>.json``, or
-    ``<name>_quick.json`` for a quick/small run, so that a quick run never overwrites the
-    committed full result (whose ``.md`` sits beside it).
+    ``<name>_quick.json`` for a quick/small run and ``<name>_large.json`` for one sized above
+    the defaults, so that only a default full run overwrites the committed result (whose
+    ``.md`` sits beside it).
 
     >>> default_out("stream").relative_to(ROOT).as_posix()
     'bench/results/stream.json'
     >>> default_out("stream", quick=True).name
     'stream_quick.json'
+    >>> default_out("stream", large=True).name
+    'stream_large.json'
     """
-    return ROOT / "bench" / "results" / f"{name}{'_quick' if quick else ''}.json"
+    suffix = "_quick" if quick else "_large" if large else ""
+    return ROOT / "bench" / "results" / f"{name}{suffix}.json"
 
 
-def smaller_than_default(ap: argparse.ArgumentParser, args: argparse.Namespace,
-                         sizes: tuple[str, ...]) -> bool:
-    """Whether any of the sizing options ``sizes`` (``dest`` names) was given below its default:
-    such a run is a small one, written by :func:`default_out` apart from the full result."""
-    return any(getattr(args, k) < ap.get_default(k) for k in sizes)
+def sized_out(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str,
+              sizes: tuple[str, ...]) -> Path:
+    """:func:`default_out` of a run sized by the options ``sizes`` (``dest`` names): quick when
+    any of them is below its default, large when none is below and any is above, the committed
+    result only when every one is at its default (:func:`sized_out_help` says it in --help)."""
+    below = any(getattr(args, k) < ap.get_default(k) for k in sizes)
+    above = any(getattr(args, k) > ap.get_default(k) for k in sizes)
+    return default_out(name, quick=below, large=above and not below)
+
+
+def sized_out_help(name: str, sizes: tuple[str, ...]) -> str:
+    """``--out``'s help for a script whose default path is :func:`sized_out`'s.
+
+    >>> sized_out_help("head_ab", ("histories", "repeats"))
+    'JSON written [default: bench/results/head_ab.json with --histories/--repeats at their defaults; head_ab_quick.json with any below its default, else head_ab_large.json]'
+    """
+    opts = "/".join(f"--{k.replace('_', '-')}" for k in sizes)
+    if len(sizes) == 1:
+        return (f"JSON written [default: bench/results/{name}.json with {opts} at its default; "
+                f"{name}_quick.json below it, {name}_large.json above it]")
+    return (f"JSON written [default: bench/results/{name}.json with {opts} at their defaults; "
+            f"{name}_quick.json with any below its default, else {name}_large.json]")
 
 
 class GitFailed(RuntimeError):

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import stream as S  # noqa: E402
-from provenance import default_out, provenance, smaller_than_default  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 
@@ -51,11 +51,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, alternating")
     ap.add_argument("--out", default=None,
-                    help="JSON written [default: bench/results/stream_ab.json; stream_ab_quick.json "
-                         "with any of --events/--users/--rounds below its default]")
+                    help=sized_out_help("stream_ab", ("events", "users", "rounds")))
     args = ap.parse_args()
-    small = smaller_than_default(ap, args, ("events", "users", "rounds"))
-    args.out = args.out or str(default_out("stream_ab", small))
+    args.out = args.out or str(sized_out(ap, args, "stream_ab", ("events", "users", "rounds")))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     revs = {"base": _rev(args.base), "head": _rev(args.head)}

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import stream as S  # noqa: E402
-from provenance import default_out, provenance, smaller_than_default  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
 from streams.kafka_io import watermarks  # noqa: E402
@@ -41,11 +41,9 @@ def main() -> None:
                     help="the topic's checkpoint [bench/stream.py's synthetic one, rebuilt]")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON written [default: bench/results/stream_floor_check.json; "
-                         "stream_floor_check_quick.json with --rounds below its default]")
+                    help=sized_out_help("stream_floor_check", ("rounds",)))
     args = ap.parse_args()
-    small = smaller_than_default(ap, args, ("rounds",))
-    args.out = args.out or default_out("stream_floor_check", small)
+    args.out = args.out or sized_out(ap, args, "stream_floor_check", ("rounds",))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     env = S.env_for(settings)
