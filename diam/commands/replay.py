@@ -23,6 +23,9 @@ from diam.commands import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from diam.settings import Settings
     from serving_cache.diff import NamespaceDiff
     from streams.config import KafkaConfig
     from streams.replay import ReplayRange
@@ -230,7 +233,7 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         except OSError as exc:
             raise write_failed(plot_path, exc) from None
         click.echo(f"plot written to {plot_path}", err=True)
-    bases = _bases(result)
+    bases = _bases(result, _weights_of(s))
     if as_json:  # means over no common users are NaN: null in JSON
         echo_json({**summary_dict(result), **bases})
         return
@@ -262,12 +265,52 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
         click.echo(f"  per-user rows written to {csv_path}")
 
 
-def _bases(result: NamespaceDiff) -> dict[str, Any]:
+def _weights_of(s: Settings) -> Callable[[str], tuple[object, str] | None]:
+    """``(model, weights sha256 or its prefix)`` a stored ``model`` label names, or None: a
+    checkpoint label names them itself (``checkpoint_label``), a snapshot version through its
+    manifest in the store (``source.weights_sha256``); anything else (a co-occurrence base, a
+    version no longer kept) names none."""
+    from online_model.checkpoint_config import label_weights
+    from snapshotter.store import SnapshotError, SnapshotStore
+
+    store = SnapshotStore(s.snapshot)
+    seen: dict[str, tuple[object, str] | None] = {}
+
+    def weights(label: str) -> tuple[object, str] | None:
+        if label not in seen:
+            named: tuple[object, str] | None = label_weights(label)
+            if named is None:
+                try:
+                    man = store.manifest(label)
+                    sha = (man.get("source") or {}).get("weights_sha256")
+                    named = (man.get("model"), str(sha)) if sha else None
+                except (SnapshotError, OSError):
+                    named = None
+            seen[label] = named
+        return seen[label]
+
+    return weights
+
+
+def _same_model(a: str, b: str, weights: Callable[[str], tuple[object, str] | None]) -> bool:
+    """Labels ``a`` and ``b`` name one model: the same label, or the same weights under two
+    names (a checkpoint and the snapshot made from it)."""
+    if a == b:
+        return True
+    wa, wb = weights(a), weights(b)
+    return (wa is not None and wb is not None and wa[0] == wb[0]
+            and (wa[1].startswith(wb[1]) or wb[1].startswith(wa[1])))
+
+
+def _bases(result: NamespaceDiff,
+           weights: Callable[[str], tuple[object, str] | None] = lambda _: None) -> dict[str, Any]:
     """The base models (stored ``model`` labels) of the users in both namespaces, and a note
     when a user's two values name different ones: vectors learnt over different bases live in
     different embedding spaces, so their cosines say nothing about how the user moved. Users
-    whose values differ only in the label (one model under two names) are left out."""
-    apart = [u for u in result.users if u.model_a != u.model_b and not u.relabelled]
+    whose two labels name the same weights (``weights``: a checkpoint and its snapshot), or
+    whose values differ only in the label, are left out."""
+    apart = [u for u in result.users
+             if not u.relabelled and not _same_model(u.model_a, u.model_b, weights)]
     out: dict[str, Any] = {
         "bases_a": sorted({u.model_a for u in result.users}),
         "bases_b": sorted({u.model_b for u in result.users}),
