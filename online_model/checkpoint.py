@@ -17,7 +17,7 @@ Files: ``weights.safetensors`` (the torch state dict and the numpy "online head"
 percentile), ``config.json`` (model, dim, k_max, n_items, ..., and ``weights_sha256``),
 ``item_ids.npy`` [N] str; optional ``item_categories.npy`` [N] int (-1 unknown),
 ``categories.json`` (list of names), ``item_pop.npy`` [N] non-negative,
-``content_tower.safetensors``. The directory is written under a temporary name and renamed
+``item_titles.json`` (list of [N] titles, "" unknown), ``content_tower.safetensors``. The directory is written under a temporary name and renamed
 into place, so readers never see half a checkpoint.
 
 >>> import tempfile, pathlib
@@ -59,6 +59,7 @@ from online_model.checkpoint_config import (
     ITEM_CATS,
     ITEM_IDS,
     ITEM_POP,
+    ITEM_TITLES,
     REQUIRED,
     WEIGHTS,
     CheckpointError,
@@ -107,6 +108,7 @@ class CheckpointFiles:
     item_categories: np.ndarray | None = None  # [N] int32, -1 unknown
     category_names: list[str] | None = None
     item_pop: np.ndarray | None = None  # [N]
+    item_titles: list[str] | None = None  # [N], "" unknown
     files: list[str] = field(default_factory=list)  # the contract's files present, in order
     shape_config: dict[str, Any] = field(default_factory=dict)
     """config.json's shape fields as checked against the weights (:func:`check_config`), with
@@ -192,7 +194,7 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> CheckpointFiles
             raise _error(d / name, "missing (not a checkpoint directory?)")
         if why is not None:
             raise _error(d / name, why)
-    for name in (CATEGORIES, ITEM_CATS, ITEM_POP, CONTENT_TOWER):  # optional, but not broken
+    for name in (CATEGORIES, ITEM_CATS, ITEM_POP, ITEM_TITLES, CONTENT_TOWER):  # optional, not broken
         if os.path.lexists(d / name) and (why := _path_problem(d / name, want_dir=False)):
             raise _error(d / name, why)
     config = _json(d / CONFIG)
@@ -249,6 +251,14 @@ def read_checkpoint(path: str | Path, *, verify: bool = True) -> CheckpointFiles
             raise _error(d / ITEM_POP, f"expected non-negative [{n}], got {pop.dtype} {pop.shape}")
         ck.item_pop = pop
         ck.files.append(ITEM_POP)
+    if (d / ITEM_TITLES).is_file():
+        titles = _json(d / ITEM_TITLES)
+        if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+            raise _error(d / ITEM_TITLES, "expected a JSON list of str, one title per item")
+        if len(titles) != n:
+            raise _error(d / ITEM_TITLES, f"{len(titles)} titles, {ITEM_IDS} has {n} items")
+        ck.item_titles = titles
+        ck.files.append(ITEM_TITLES)
     if (d / CONTENT_TOWER).is_file():
         ck.files.append(CONTENT_TOWER)
     if verify:
@@ -278,9 +288,10 @@ def _verify(ck: CheckpointFiles) -> None:
 def write_checkpoint_dir(out: str | Path, tensors: Mapping[str, np.ndarray], item_ids: Any,
                          config: Mapping[str, Any], *, item_categories: Any = None,
                          category_names: list[str] | None = None, item_pop: Any = None,
+                         item_titles: Any = None,
                          metadata: dict[str, str] | None = None) -> Path:
     """Write a checkpoint directory at ``out`` and return it. ``tensors`` (numpy) must hold
-    ``online.item_emb`` [N, d]; ``config`` gets ``n_items`` and ``dim`` when it lacks them, and
+    ``online.item_emb`` [N, d]; ``item_titles``, when given, one str per item; ``config`` gets ``n_items`` and ``dim`` when it lacks them, and
     always ``weights_sha256``.
 
     Written under a hidden temporary name ``.<name>.XXXXXXXX`` (what a killed save leaves;
@@ -312,6 +323,12 @@ def write_checkpoint_dir(out: str | Path, tensors: Mapping[str, np.ndarray], ite
             (tmp / CATEGORIES).write_text(json.dumps(list(category_names)), encoding="utf-8")
         if item_pop is not None:
             np.save(tmp / ITEM_POP, np.asarray(item_pop, dtype=np.int64), allow_pickle=False)
+        if item_titles is not None:
+            titles = [str(t) for t in item_titles]
+            if len(titles) != emb.shape[0]:
+                raise ValueError(f"{len(titles)} item titles for {emb.shape[0]} items")
+            (tmp / ITEM_TITLES).write_text(json.dumps(titles, ensure_ascii=False),
+                                           encoding="utf-8")
         full = dict(config)
         full.setdefault("n_items", int(emb.shape[0]))
         full.setdefault("dim", int(emb.shape[1]))
@@ -447,7 +464,8 @@ class Checkpoint:
 def save_checkpoint(out: str | Path, model: Any, corpus: Any, *, seed: int,
                     train_metrics: dict | None = None, extra: dict | None = None) -> Path:
     """Write ``model`` (a MultiInterestModel) trained on ``corpus`` to the directory ``out``,
-    with each item's click count in ``corpus`` (``item_pop.npy``) for cold users' lists."""
+    with each item's click count in ``corpus`` (``item_pop.npy``) for cold users' lists, and
+    the corpus's item titles (``item_titles.json``) when it has them."""
     tensors = {k: v.detach().cpu().contiguous().numpy()
                for k, v in model.state_dict().items()}
     for k, v in model.export_online().items():
@@ -470,7 +488,8 @@ def save_checkpoint(out: str | Path, model: Any, corpus: Any, *, seed: int,
     return write_checkpoint_dir(out, tensors, corpus.item_ids, config,
                                 item_categories=corpus.item_cat,
                                 category_names=list(corpus.category_names),
-                                item_pop=pop, metadata={"model": model.cfg.model})
+                                item_pop=pop, item_titles=getattr(corpus, "item_titles", None),
+                                metadata={"model": model.cfg.model})
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", verify: bool = True) -> Checkpoint:

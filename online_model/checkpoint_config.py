@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["CheckpointError", "check_config", "check_div_quantiles", "model_config",
            "checkpoint_label", "label_weights", "label_names", "warm_lineage", "LINEAGE_MAX",
            "network_shapes", "KNOWN_MODELS", "WEIGHTS", "CONFIG", "ITEM_IDS", "ITEM_CATS",
-           "CATEGORIES", "ITEM_POP", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY"]
+           "CATEGORIES", "ITEM_POP", "ITEM_TITLES", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY"]
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
@@ -32,6 +32,8 @@ ITEM_IDS = "item_ids.npy"
 ITEM_CATS = "item_categories.npy"
 CATEGORIES = "categories.json"
 ITEM_POP = "item_pop.npy"
+ITEM_TITLES = "item_titles.json"
+"""Optional: a JSON list of str, one title per row of ``item_ids.npy`` ("" unknown)."""
 CONTENT_TOWER = "content_tower.safetensors"
 DIV_QUANTILES_KEY = "online.div_quantiles"
 REQUIRED = (WEIGHTS, CONFIG, ITEM_IDS)

@@ -14,6 +14,7 @@ them by one so that 0 is padding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +52,9 @@ class Corpus:
     category_names: list[str]
     truth: dict[str, tuple[int, float]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    item_titles: list[str] | None = None
+    """[N] each item's title ("" unknown), None when the source has none; the checkpoint
+    keeps it (``item_titles.json``) so that serving can show titles."""
 
     @property
     def n_users(self) -> int:
@@ -68,8 +72,10 @@ class Corpus:
         return np.diff(self.offsets)
 
 
-def corpus_from_prepared(ds: Any) -> Corpus:
+def corpus_from_prepared(ds: Any, titles: Mapping[str, str] | None = None) -> Corpus:
     """Build a :class:`Corpus` from a ``PreparedDataset`` (online_model.datasets, contracts).
+    ``titles``: ``{item_id: title}`` (items.tsv's, ``datasets.read_item_titles``, or the
+    catalogue's), kept as ``item_titles`` when any item has one.
 
     Events are already sorted by (ts, user, item); a stable sort by user keeps each user's
     time order, so equal timestamps keep the loader's deterministic tie-break.
@@ -107,7 +113,20 @@ def corpus_from_prepared(ds: Any) -> Corpus:
         category_names=list(ds.items.category_names),
         truth=ds.truth,
         info=info,
+        item_titles=_titles(item_ids, titles),
     )
+
+
+def _titles(item_ids: np.ndarray, titles: Mapping[str, str] | None) -> list[str] | None:
+    """``titles`` aligned with ``item_ids`` ("" unknown); None when none of them has one.
+
+    >>> _titles(np.array(["1", "2"]), {"2": "Two", "9": "Nine"}), _titles(np.array(["1"]), {})
+    (['', 'Two'], None)
+    """
+    if not titles:
+        return None
+    out = [titles.get(str(i), "") for i in item_ids.tolist()]
+    return out if any(out) else None
 
 
 def in_vocabulary(corpus: Corpus, item_ids: np.ndarray, item_cat: np.ndarray,
@@ -139,7 +158,8 @@ def in_vocabulary(corpus: Corpus, item_ids: np.ndarray, item_cat: np.ndarray,
             "ts_min": int(ts.min()) if len(ts) else 0, "ts_max": int(ts.max()) if len(ts) else 0}
     return replace(corpus, offsets=offsets, items=rows[keep], ts=ts, item_ids=ids,
                    item_cat=np.asarray(item_cat, dtype=np.int32),
-                   category_names=list(category_names), info=info), int((~keep).sum())
+                   category_names=list(category_names), info=info,
+                   item_titles=None), int((~keep).sum())
 
 
 def events_before(corpus: Corpus, cut: int) -> Corpus:

@@ -48,12 +48,14 @@ def write_checkpoint(
     item_ids: np.ndarray | None = None,
     state_dict: bool = True,
     lineage: list[str] | None = None,
+    item_titles: list[str] | None = None,
 ) -> Path:
     """Write a checkpoint directory with the trainer's writer and return its path.
 
     ``state_dict=False`` leaves out the stand-in for the torch weights (halves a 1M-item file);
     ``lineage``: the versions it was warm-started from, newest first, as the retrain service
-    records them (``online_model.checkpoint_config.warm_lineage``)."""
+    records them (``online_model.checkpoint_config.warm_lineage``); ``item_titles``: one per
+    item (``item_titles.json``), none by default."""
     from online_model.checkpoint import write_checkpoint_dir
 
     rng = np.random.default_rng(seed + 1)
@@ -99,4 +101,4 @@ def write_checkpoint(
         out, tensors, np.array([f"i{i}" for i in range(n_items)]) if item_ids is None else item_ids,
         config, item_categories=primary,
         category_names=category_names or [f"cat{c}" for c in range(n_categories)],
-        item_pop=item_pop)
+        item_pop=item_pop, item_titles=item_titles)

@@ -139,7 +139,8 @@ def corpus_from_topic(clicks: TopicClicks, catalog: Catalog, name: str | None = 
     catalogue topic, when given (``diam evaluate`` reads the same range and catalogue again)."""
     from online_model.corpus import corpus_from_prepared
 
-    corpus = corpus_from_prepared(dataset_of(clicks, catalog, name or clicks.topic))
+    titles = {k: v.title for k, v in catalog.items.items()}  # the checkpoint keeps them
+    corpus = corpus_from_prepared(dataset_of(clicks, catalog, name or clicks.topic), titles)
     if items_topic is not None:
         corpus.info["items_topic"] = items_topic
     corpus.info.update({"topic": clicks.topic,

@@ -25,13 +25,14 @@ _MODELS = ["diam", "mind", "comirec-sa", "comirec-dr", "single"]
 
 def _load_corpus(path: Path):
     from online_model.corpus import corpus_from_prepared
-    from online_model.datasets import DatasetError, load_prepared
+    from online_model.datasets import DatasetError, load_prepared, read_item_titles
 
     try:
         ds = load_prepared(path)
+        titles = read_item_titles(path)  # the checkpoint keeps them for serving to show
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
-    corpus = corpus_from_prepared(ds)
+    corpus = corpus_from_prepared(ds, titles)
     if corpus.n_users < 10:
         raise click.ClickException(f"{path}: only {corpus.n_users} users; need at least 10 "
                                    "to split 80/10/10")
