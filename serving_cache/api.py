@@ -66,6 +66,9 @@ class RecItem(BaseModel):
     item_id: str
     score: float
     category: str | None
+    title: str | None = None
+    """The item's title (the snapshot's ``item_titles.json``, or the catalogue's for an item
+    added since); null when unknown."""
 
 
 class RecommendationOut(BaseModel):
@@ -86,6 +89,8 @@ class InterestOut(BaseModel):
     vector: list[float]
     top_items: list[str]
     top_category: str | None
+    top_titles: list[str | None] = []
+    """The title of each of ``top_items``, null when unknown."""
 
 
 class InterestsOut(BaseModel):
@@ -401,8 +406,9 @@ def get_app(
         body = {
             "user_id": rec.user_id,
             "items": [
-                {"item_id": i, "score": s, "category": c}
-                for i, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)
+                {"item_id": i, "score": s, "category": c, "title": t}
+                for i, s, c, t in zip(rec.items, rec.scores, rec.categories, rec.titles,
+                                      strict=True)
             ],
             "cold": rec.cold,
             "mode": mode,
@@ -437,6 +443,7 @@ def get_app(
                 vector=v,
                 top_items=it.top_items[i] if i < len(it.top_items) else [],
                 top_category=it.top_category[i] if i < len(it.top_category) else None,
+                top_titles=it.top_titles[i] if i < len(it.top_titles) else [],
             )
             for i, v in enumerate(it.vectors)
         ]

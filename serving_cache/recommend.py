@@ -159,6 +159,8 @@ class Recommendation:
     reason: str | None = None
     """Why the answer is cold, when it is; for a stale one, that the user's vectors belong to
     an unloaded snapshot (and that the stream's seen items were therefore not left out)."""
+    titles: list[str | None] = field(default_factory=list)
+    """Each item's title, None when unknown (a snapshot without titles, an untitled item)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class Interests:
     top_items: list[list[str]] = field(default_factory=list)
     top_category: list[str | None] = field(default_factory=list)
     """Each interest's label: :func:`majority_category` of its ``top_items``, the items shown."""
+    top_titles: list[list[str | None]] = field(default_factory=list)
+    """The title of each of ``top_items``, None when unknown."""
     stale: bool = False
     """The top items come from the active index, not from the vectors' own snapshot."""
     reason: str | None = None
@@ -524,6 +528,7 @@ class Recommender:
             user_model=uv.model,
             stale=stale,
             reason=why,
+            titles=snap.titles_of(picked),
         )
 
     def _cold(
@@ -544,6 +549,7 @@ class Recommender:
             k=0,
             snapshot=snap.version,
             reason=reason,
+            titles=snap.titles_of(picked),
         )
 
     # -- inspection --------------------------------------------------------------------------
@@ -569,6 +575,7 @@ class Recommender:
                 reason=why or ("unknown user" if uv is None else "no snapshot loaded"),
             )
         tops: list[list[str]] = []
+        titles: list[list[str | None]] = []
         cats: list[str | None] = []
         foreign = False
         # a user without interests searches nothing: no index is looked up (nor loaded)
@@ -588,6 +595,7 @@ class Recommender:
             for row in items:
                 row = row[row >= 0][:top]
                 tops.append(snap.item_ids[row].tolist())
+                titles.append(snap.titles_of(row))
                 # labelled by the items it lists, so a label never names a category none of
                 # them has (counting the nearest 10 read "Action" over five Drama/Crime items)
                 cats.append(majority_category(snap.category_names_of(row)))
@@ -604,6 +612,7 @@ class Recommender:
             vectors=np.round(uv.vecs, 5).tolist(),
             top_items=tops,
             top_category=cats,
+            top_titles=titles,
             stale=stale,
             reason=why,
         )

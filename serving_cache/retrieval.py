@@ -95,6 +95,10 @@ class SnapshotIndex:
     lineage: tuple[str, ...] = ()
     """The versions its weights descend from by warm starts, newest first
     (``online_model.checkpoint_config.warm_lineage``): their vectors live in its space."""
+    item_titles: list[str] | None = None
+    """[N] titles ("" unknown): the snapshot's ``item_titles.json`` and the catalogue's titles
+    of items added since; None when none is known (an older snapshot). Read per returned item
+    by :meth:`titles_of`."""
     cold: np.ndarray = field(init=False)  # [<=COLD_POOL] item indices
     _id_index: dict[str, int] | None = field(default=None, init=False, repr=False)
     _names: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -154,6 +158,7 @@ class SnapshotIndex:
             kind=str(info.get("kind", "flat")),
             nprobe=int(nprobe) if nprobe else None,
             lineage=tuple(warm_lineage(ck.config)),
+            item_titles=ck.item_titles,
             weights=(manifest.get("model"),
                      str((manifest.get("source") or {}).get("weights_sha256") or "")),
         )
@@ -196,6 +201,15 @@ class SnapshotIndex:
         c = np.where((c >= 0) & (c < len(self.category_names)), c, len(self.category_names))
         return self._names[c].tolist()
 
+    def titles_of(self, idx: Any) -> list[str | None]:
+        """The title of each item index in ``idx``, None where unknown (no title, or an index
+        outside the table): only the items asked for are looked at."""
+        titles = self.item_titles
+        if titles is None:
+            return [None] * len(idx)
+        n = len(titles)
+        return [(titles[i] or None) if 0 <= i < n else None for i in map(int, idx)]
+
     def with_items(self, items: Any) -> SnapshotIndex:
         """A copy with the catalogue ``items`` (``streams.catalog.CatalogItem``) it does not
         know appended: content-tower embeddings, FAISS rows added with ids ``N..`` (IVF
@@ -231,6 +245,10 @@ class SnapshotIndex:
         # a new item has no clicks yet: popularity 0 until a live count says otherwise
         pop = None if self.popularity is None else np.concatenate(
             [self.popularity, np.zeros(len(new))])
+        new_titles = [str(it.title or "") for it in new]
+        titles = self.item_titles
+        if titles is not None or any(new_titles):
+            titles = [*(titles if titles is not None else [""] * self.n_items), *new_titles]
         out = SnapshotIndex(
             version=self.version, path=self.path, index=index,
             item_ids=np.concatenate([self.item_ids, [it.item_id for it in new]]),
@@ -239,7 +257,7 @@ class SnapshotIndex:
             category_names=self.category_names, popularity=pop, kind=self.kind,
             nprobe=self.nprobe, tower=self.tower,
             content_rows=np.concatenate([self.content_rows, rows]), lineage=self.lineage,
-            weights=self.weights)
+            weights=self.weights, item_titles=titles)
         return out
 
     def set_live_popularity(self, counts: dict[str, float]) -> None:

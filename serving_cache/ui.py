@@ -8,9 +8,11 @@
   (a SCAN of Redis, cached for ``namespace_ttl_s``; a 503 while Redis is down, as the
   public routes answer);
 - ``GET /ui/api/alerts``: the drift monitor's latest alerts of the served namespace;
-- ``GET /ui/api/users/{id}``: K_u, d_u, each interest's top items with their categories, the
-  recommendation list with the d_u used (the same calls as the public routes) and the user's
-  last drift events.
+- ``GET /ui/api/users/{id}``: K_u, d_u, each interest's top items with their categories and
+  titles, the recommendation list with the d_u used (the same calls as the public routes) and
+  the user's last drift events. Titles come from the catalogue and the training data, so this
+  JSON carries no raw ``<``, ``>`` or ``&`` (:func:`html_safe_json`) and the page writes them as
+  text, never as markup.
 
 Everything here reads (Redis, the metrics endpoints, Kafka topics through the callables given
 in :class:`UiSources`); nothing writes. Kafka access is injected so that ``serving_cache``
@@ -19,6 +21,7 @@ stays free of Kafka imports (``diam serve`` wires ``streams.tail``).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -33,11 +36,25 @@ import numpy as np
 from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
 
-__all__ = ["UiSources", "FlowScraper", "alerts_of_namespace", "mount_ui",
+__all__ = ["UiSources", "FlowScraper", "alerts_of_namespace", "mount_ui", "html_safe_json",
            "histogram_quantile", "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
+
+
+def html_safe_json(content: Any) -> bytes:
+    """``content`` as JSON with ``<``, ``>`` and ``&`` written as ``\\u003c``, ``\\u003e``,
+    ``\\u0026`` (they occur only inside strings, where the escapes mean the same): a title such
+    as ``</script><script>`` read by anything that sniffs the body as HTML stays inert.
+
+    >>> html_safe_json({"title": "<b>A & B</b>"})
+    b'{"title":"\\\\u003cb\\\\u003eA \\\\u0026 B\\\\u003c/b\\\\u003e"}'
+    >>> json.loads(html_safe_json({"title": "<b>A & B</b>"}))["title"]
+    '<b>A & B</b>'
+    """
+    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
 @dataclass
@@ -308,7 +325,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     """Add ``/ui`` and its JSON routes to the FastAPI ``app``."""
     from fastapi import Path as PathParam
     from fastapi import Query
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from serving_cache.api import redis_outage_errors
     from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_RE
@@ -381,7 +398,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     @app.get("/ui/api/users/{user_id:path}", include_in_schema=False)
     def ui_user(user_id: str = PathParam(),
                 n: int = Query(20, ge=1, le=MAX_N),
-                top: int = Query(5, ge=1, le=MAX_TOP)) -> JSONResponse:
+                top: int = Query(5, ge=1, le=MAX_TOP)) -> Response:
         if not USER_ID_RE.match(user_id):
             return JSONResponse(status_code=422, content={"detail": (
                 f"not a valid user id: {user_id!r} (1 to {USER_ID_MAX_LEN} of "
@@ -395,13 +412,15 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             return redis_unavailable(exc)
         snap = recommender.active
         interests = []
-        for items, label in zip(it.top_items, it.top_category, strict=True):
+        for items, label, titles in zip(it.top_items, it.top_category, it.top_titles,
+                                        strict=True):
             idx = np.array([snap.index_of(x) for x in items], dtype=np.int64)
             cats = [c if j >= 0 else None
                     for j, c in zip(idx, snap.category_names_of(np.maximum(idx, 0)), strict=True)]
             interests.append({
                 "top_category": label,
-                "top_items": [{"item_id": x, "category": c} for x, c in zip(items, cats, strict=True)],
+                "top_items": [{"item_id": x, "category": c, "title": t}
+                              for x, c, t in zip(items, cats, titles, strict=True)],
             })
         drift: list[dict[str, Any]] = []
         drift_error = None
@@ -415,11 +434,12 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             "ts": it.ts, "n": it.n, "model": it.model, "stale": it.stale, "reason": it.reason,
             "interests": interests,
             "recommendations": {
-                "items": [{"item_id": x, "score": s, "category": c}
-                          for x, s, c in zip(rec.items, rec.scores, rec.categories, strict=True)],
+                "items": [{"item_id": x, "score": s, "category": c, "title": t}
+                          for x, s, c, t in zip(rec.items, rec.scores, rec.categories,
+                                                rec.titles, strict=True)],
                 "d_user": rec.d_user, "d_used": rec.d_used, "mode": "auto", "cold": rec.cold,
                 "k": rec.k, "snapshot": rec.snapshot, "stale": rec.stale, "reason": rec.reason,
             },
             "drift": drift, "drift_error": drift_error,
         }
-        return JSONResponse(nan_to_none(body))
+        return Response(html_safe_json(nan_to_none(body)), media_type="application/json")

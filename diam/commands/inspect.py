@@ -220,8 +220,10 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
     click.echo(f"user {user_id}: {head}, snapshot {r.snapshot}")
     if r.stale:
         click.echo(f"  stale: {r.reason}")
-    for rank, (item, score, cat) in enumerate(zip(r.items, r.scores, r.categories, strict=True), 1):
-        click.echo(f"  {rank:>3}. {item:<12} {cat or '-':<14} {score:8.4f}")
+    rows = zip(r.items, r.scores, r.categories, r.titles, strict=True)
+    for rank, (item, score, cat, title) in enumerate(rows, 1):
+        click.echo(f"  {rank:>3}. {item:<12} {cat or '-':<14} {score:8.4f}"
+                   + (f"  {title}" if title else ""))
 
 
 COMMANDS = [inspect_group, recommend_cmd]

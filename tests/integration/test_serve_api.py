@@ -173,6 +173,36 @@ def test_hot_reload_keeps_unanchored_users_on_their_snapshot(served):
     assert "diam_recommend_stale_total 1.0" in metrics
 
 
+def test_titles_of_a_published_checkpoint_reach_the_answers(served):
+    """A snapshot without titles answers ``title: null``; a checkpoint with titles, published
+    and hot-reloaded, answers each returned item's (null for one without), cold answers and
+    interests included."""
+    before = _items(served.http, "/users/u-high/recommendations?n=5")
+    assert [it["title"] for it in before["items"]] == [None] * 5
+    assert _items(served.http, "/users/u-high/interests?top=2")["interests"][0]["top_titles"] == [
+        None, None]
+    titles = ["" if i % 3 == 0 else f"Film {i} <i>&</i>" for i in range(300)]
+    ck = write_checkpoint(served.tmp / "ck-titles", n_items=300, dim=DIM, n_categories=5, seed=7,
+                          item_pop=np.arange(300)[::-1], item_titles=titles)
+    v2 = publish(ck, served.store, served.redis, served.ns).version
+    assert (served.store.path(v2) / "item_titles.json").is_file()
+    assert served.app.state.refresh() == v2
+    snap2 = SnapshotIndex.load(served.store.path(v2))
+    RedisWriter(served.redis, served.ns).write_batch(
+        [("u-titled", _user(v2, snap2.item_vecs[[0, 100]], 0.5))])
+
+    def title(item_id: str) -> str | None:
+        return titles[int(item_id[1:])] or None
+
+    for user in ("u-titled", "nobody-yet"):
+        body = _items(served.http, f"/users/{user}/recommendations?n=8")
+        assert body["snapshot"] == v2 and body["cold"] is (user == "nobody-yet")
+        assert [it["title"] for it in body["items"]] == [title(it["item_id"]) for it in body["items"]]
+        assert any(it["title"] for it in body["items"])
+    for it in _items(served.http, "/users/u-titled/interests?top=3")["interests"]:
+        assert it["top_titles"] == [title(i) for i in it["top_items"]]
+
+
 def test_a_value_that_does_not_decode_is_cold_and_says_so(served):
     nan = _user(served.v1, np.full((1, DIM), np.nan, np.float32), 0.5)
     served.redis.set(user_key(served.ns, "u-garbage"), b"garbage")
