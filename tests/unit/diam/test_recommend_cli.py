@@ -298,3 +298,24 @@ def test_context_has_the_apis_bounds(env, args) -> None:
     _store, _redis, run = env
     got = run("recommend", "u1", "--namespace", NS, "--mode", "context", *args)
     assert got.exit_code == 2 and args[0] in got.output, got.output
+
+
+def test_the_list_prints_each_items_title(env, tmp_path) -> None:
+    """A snapshot with titles: the text prints each item's title after its row, the JSON
+    carries them; an item without one prints no title (and is null in the JSON)."""
+    store, redis, run = env
+    titles = ["" if i % 2 else f"Film {i}" for i in range(100)]
+    ck = write_checkpoint(tmp_path / "ckt", n_items=100, dim=8, seed=3,
+                          item_pop=np.arange(100)[::-1], item_titles=titles)
+    v = publish(ck, store).version
+    _put_user(redis, store, v)
+    body = json.loads(run("recommend", "u1", "--namespace", NS, "-n", "10", "--json").output)
+    assert body["titles"] == [titles[int(i[1:])] or None for i in body["items"]]
+    got = run("recommend", "u1", "--namespace", NS, "-n", "10")
+    assert got.exit_code == 0, got.output
+    rows = got.output.splitlines()[1:]
+    assert len(rows) == 10
+    for row, item in zip(rows, body["items"], strict=True):
+        want = titles[int(item[1:])]
+        assert row.split()[1] == item and (row.endswith(f"  {want}") if want else
+                                           "Film" not in row), row
