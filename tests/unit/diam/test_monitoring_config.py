@@ -45,3 +45,30 @@ def test_scrape_targets_are_the_compose_services_and_their_metrics_ports() -> No
     for m in mounts:
         assert (ROOT / m).exists(), m
     assert "http://online:9108/metrics" in services["serve"]["command"]
+
+
+def test_every_compose_service_with_a_metrics_port_is_scraped() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    scraped = {t for job in prom["scrape_configs"] for t in job["static_configs"][0]["targets"]}
+    for name, svc in compose["services"].items():
+        cmd = svc.get("command") or []
+        if "--metrics-port" in cmd:
+            port = cmd[cmd.index("--metrics-port") + 1]
+            assert f"{name}:{port}" in scraped, f"{name} exports metrics on :{port}, not scraped"
+
+
+def test_the_image_build_context_leaves_out_local_state() -> None:
+    """The compose build's context is the checkout: .dockerignore keeps every ignored local
+    directory out of it (the stack's .diam/ alone is gigabytes), and the image copies nothing
+    it leaves out."""
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    git_dirs = {line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()
+                if line.strip().endswith("/") and line.strip() != "__pycache__/"}
+    assert {".git/", *git_dirs} <= ignored, {".git/", *git_dirs} - ignored
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    build = compose["x-app"]["build"]["dockerfile_inline"]
+    copied = {w.rstrip("*").rstrip("/") for line in build.splitlines()
+              if line.strip().startswith("COPY") for w in line.split()[1:-1]}
+    assert copied and not {c for c in copied if f"{c}/" in ignored or c in ignored}, copied
