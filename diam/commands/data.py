@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from diam.commands import finite, get_settings, progress_option
+from diam.commands import finite, get_settings, progress_option, write_failed
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """An OSError on the output directory (a path through a file, no permission, a full disk)
+    is one ``Error: cannot write OUT: ...`` line, not a traceback. One on another path (the
+    source being read) is not a write error and passes on."""
+    try:
+        yield
+    except OSError as exc:
+        failed = Path(exc.filename).resolve() if exc.filename is not None else None
+        target = out.resolve()
+        if failed is not None and not (failed == target or failed in target.parents
+                                       or target in failed.parents):
+            raise
+        raise write_failed(out, exc) from None
 
 
 def _summary(out: Path, seconds: float) -> str:
@@ -66,7 +84,8 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
     target = out if out is not None else Path(settings.data_dir) / name
     t0 = time.perf_counter()
     try:
-        done = prepare_movielens(source, target, min_rating=min_rating, progress=progress)
+        with _writing(target):
+            done = prepare_movielens(source, target, min_rating=min_rating, progress=progress)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(_summary(done, time.perf_counter() - t0))
@@ -160,7 +179,8 @@ def synth(
         raise click.UsageError(str(exc)) from None
     target = out if out is not None else Path(settings.data_dir) / "synth"
     t0 = time.perf_counter()
-    done = write_synth(params, target, progress=progress)
+    with _writing(target):
+        done = write_synth(params, target, progress=progress)
     click.echo(_summary(done, time.perf_counter() - t0))
 
 
