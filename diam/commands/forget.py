@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from diam.commands import get_settings, kafka_unusable, topic_name
-
-if TYPE_CHECKING:
-    from streams.config import KafkaConfig
-
-
-def _not_clicks(kafka: KafkaConfig) -> dict[str, str]:
-    """The configured topics that are not clicks topics, with what each is. A tombstone keyed
-    by a user id is a delete of that key there: on the compacted catalogue it removes the item
-    of that id (ml-100k's user and item ids overlap), elsewhere it is a record no reader
-    expects."""
-    return {kafka.items_topic: "the item catalogue (settings kafka.items_topic)",
-            kafka.deadletter_topic: "the dead-letter topic (settings kafka.deadletter_topic)",
-            kafka.drift_topic: "the drift-event topic (settings kafka.drift_topic)",
-            kafka.alerts_topic: "the drift-alert topic (settings kafka.alerts_topic)",
-            kafka.models_topic: "the retrain decisions topic (settings kafka.models_topic)"}
 
 
 @click.command("forget")
@@ -61,26 +44,19 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
                                  param_hint="USERS")
     topic = topic if topic is not None else s.kafka.clicks_topic
     if not redis_only:
-        from streams.kafka_io import UnknownTopic, partition_ids, topic_config
+        from streams import not_for_clicks
+        from streams.kafka_io import UnknownTopic
 
-        nothing = "nothing was written and the Redis keys were not touched"
-        role = _not_clicks(s.kafka).get(topic)
-        if role is not None:
-            raise click.BadParameter(f"{topic} is {role}, not a clicks topic: {nothing}",
-                                     param_hint="--topic")
         try:  # producing to a misspelt topic would create it, and no dataflow would forget them
-            partition_ids(s.kafka, topic)
-            policy = topic_config(s.kafka, topic).get("cleanup.policy", "")
+            refused = not_for_clicks(s.kafka, topic)
         except UnknownTopic as exc:
             raise click.BadParameter(f"{exc}; the Redis keys were not touched (--redis-only "
                                      "deletes them alone)", param_hint="--topic") from None
         except (KafkaException, RuntimeError) as exc:
             raise kafka_unusable(s, exc) from None
-        if "compact" in policy.split(","):
-            raise click.BadParameter(
-                f"{topic} is compacted (cleanup.policy={policy}), as no clicks topic is: a "
-                "tombstone there deletes whatever record has the user's id as its key (an item "
-                f"of a catalogue); {nothing}", param_hint="--topic")
+        if refused is not None:
+            raise click.BadParameter(f"{refused}: nothing was written and the Redis keys were "
+                                     "not touched", param_hint="--topic")
         errors: list[str] = []
         p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})
         for u in users:

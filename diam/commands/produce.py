@@ -70,10 +70,15 @@ def produce(
     twice). Records carry the wall-clock time they were produced as their Kafka timestamp
     (what `diam replay --from/--to` times read); the event's own ts is in the value. Exits
     non-zero when any record was not acknowledged by the broker, and lists the delivery errors.
+
+    The configured catalogue, dead-letter, drift, alerts and models topics, the --items-topic
+    and any compacted topic are refused before anything is written: a click keyed by user 259
+    on the compacted catalogue replaces item 259.
     """
     from confluent_kafka import KafkaException
 
     from online_model.datasets import DatasetError, load_prepared
+    from streams import not_for_clicks
     from streams.kafka_io import UnknownTopic, watermarks
     from streams.producer import produce_dataset
 
@@ -84,6 +89,15 @@ def produce(
         ds = load_prepared(path)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        refused = not_for_clicks(settings.kafka, target, catalogue=items_topic, timeout=15.0)
+    except UnknownTopic:  # created as a clicks topic
+        refused = None
+    except (KafkaException, RuntimeError) as exc:
+        raise kafka_unusable(settings, exc) from None
+    if refused is not None:
+        hint = "--topic" if topic is not None else "DIAM_KAFKA_CLICKS_TOPIC (kafka.clicks_topic)"
+        raise click.BadParameter(f"{refused}: nothing was written", param_hint=hint)
     try:
         held = sum(hi - lo for lo, hi in watermarks(settings.kafka, target, timeout=15.0).values())
     except UnknownTopic:
