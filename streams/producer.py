@@ -16,6 +16,7 @@ in :class:`ProduceReport` (count and the first messages), never silently dropped
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ def _run(
     rate: float | None,
     progress: bool,
     flush_timeout: float,
+    stop: threading.Event | None = None,
 ) -> ProduceReport:
     from tqdm import tqdm
 
@@ -173,6 +175,9 @@ def _run(
         try:
             step = 0
             for key, value in records:
+                if stop is not None and stop.is_set():  # SIGTERM or Ctrl-C, as the next except
+                    sender.report.interrupted = True
+                    break
                 sender.send(key, value)
                 step += 1
                 if step == _CHUNK:
@@ -210,12 +215,16 @@ def produce_dataset(
     limit: int | None = None,
     progress: bool = False,
     flush_timeout: float = 120.0,
+    stop: threading.Event | None = None,
 ) -> ProduceReport:
     """Produce the first ``limit`` events of ``ds`` (all when None) in time order to ``topic``,
     created with ``kafka_cfg.partitions`` partitions when missing; at ``rate`` events/s or as
-    fast as possible when ``rate`` is None."""
+    fast as possible when ``rate`` is None. Once ``stop`` is set (a signal handler, e.g.
+    ``diam produce``'s SIGTERM), or on KeyboardInterrupt, no further event is queued: those
+    queued are flushed and counted, and the report says ``interrupted``."""
     total = len(ds.ts_ms) if limit is None else min(limit, len(ds.ts_ms))
-    return _run(kafka_cfg, topic, _dataset_records(ds, limit), total, rate, progress, flush_timeout)
+    return _run(kafka_cfg, topic, _dataset_records(ds, limit), total, rate, progress,
+                flush_timeout, stop)
 
 
 def produce_raw(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ from diam.commands import (
     get_settings,
     kafka_unusable,
     progress_option,
+    stop_on_signals,
     topic_name,
 )
 
@@ -73,7 +75,8 @@ def produce(
 
     The configured catalogue, dead-letter, drift, alerts and models topics, the --items-topic
     and any compacted topic are refused before anything is written: a click keyed by user 259
-    on the compacted catalogue replaces item 259.
+    on the compacted catalogue replaces item 259. SIGTERM stops it as Ctrl-C does: the events
+    queued so far are delivered and counted, and it exits non-zero.
     """
     from confluent_kafka import KafkaException
 
@@ -110,9 +113,11 @@ def produce(
     if catalog:
         items = items_topic if items_topic is not None else settings.kafka.items_topic
         _produce_catalog(ds, path, settings, items)
+    stop = threading.Event()
+    stop_on_signals(stop)  # SIGTERM as Ctrl-C: what is queued is delivered and counted
     try:
         report = produce_dataset(
-            ds, settings.kafka, target, rate=rate, limit=limit, progress=progress
+            ds, settings.kafka, target, rate=rate, limit=limit, progress=progress, stop=stop
         )
     except (KafkaException, TimeoutError) as exc:
         raise kafka_unusable(settings, exc) from None
