@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
@@ -27,8 +32,15 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["OnlineJob", "RecoveryInUse", "RecoveryUnusable", "UnknownPartitions", "hold_recovery",
-           "job_io", "run_online", "prepare_recovery", "tune_gc"]
+__all__ = ["PEERS_NOTE_S", "ClusterNotJoined", "OnlineJob", "RecoveryInUse", "RecoveryUnusable",
+           "UnknownPartitions", "hold_recovery", "job_io", "run_online", "prepare_recovery",
+           "tune_gc", "waiting_for"]
+
+log = logging.getLogger(__name__)
+
+PEERS_NOTE_S = 5.0
+"""Seconds a process of a Bytewax cluster waits for the others before it says so (a warning,
+once): until all of them answer it reads nothing and would otherwise print nothing."""
 
 
 def tune_gc() -> None:
@@ -68,7 +80,40 @@ class OnlineJob:
     partitions: list[int] | None = None
     stop: threading.Event | None = None
     """Once set, the input ends at its next batch: the run stops at a clean point (the last
-    epoch closes, dirty users are pushed, a recovery store keeps where to resume)."""
+    epoch closes, dirty users are pushed, a recovery store keeps where to resume). Set while a
+    process of a cluster still waits for the others, it ends the run at once
+    (:class:`ClusterNotJoined`)."""
+    joined: threading.Event = field(default_factory=threading.Event)
+    """Set once this process's workers build the dataflow: for a Bytewax cluster, once every
+    process answered (:func:`waiting_for`)."""
+
+
+class ClusterNotJoined(RuntimeError):
+    """``OnlineJob.stop`` was set while this process of a Bytewax cluster still waited for the
+    others (``waiting_for``, their addresses): no worker had started, so nothing was read or
+    written and the run ends at once (raised by :func:`run_online`)."""
+
+    def __init__(self, waiting_for: list[str]) -> None:
+        super().__init__(f"stopped while waiting for {', '.join(waiting_for)}: nothing was read")
+        self.waiting_for = waiting_for
+
+
+def waiting_for(job: OnlineJob) -> list[str]:
+    """The addresses of the other processes of ``job``'s Bytewax cluster while this process
+    has not started its workers (Bytewax starts them once every process answered), else ``[]``
+    (one process, or joined). A stop asked meanwhile ends the run at once: there is no batch
+    to stop at, and nothing was read.
+
+    >>> job = OnlineJob(None, None, None, "t", "ns", process_id=1, addresses=["a:1", "b:1", "c:1"])
+    >>> waiting_for(job)
+    ['a:1', 'c:1']
+    >>> job.joined.set(); waiting_for(job)
+    []
+    """
+    if not job.addresses or job.joined.is_set():
+        return []
+    me = job.process_id or 0
+    return [a for i, a in enumerate(job.addresses) if i != me]
 
 
 def prepare_recovery(path: Path, partitions: int = 1, fresh: bool = False) -> RecoveryConfig:
@@ -148,7 +193,9 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks,
     ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist, and
     :class:`RecoveryInUse` when another process runs on the job's recovery store
-    (:class:`RecoveryUnusable` when it cannot be opened or locked at all)."""
+    (:class:`RecoveryUnusable` when it cannot be opened or locked at all), and
+    :class:`ClusterNotJoined` when ``job.stop`` is set before the other processes of the job's
+    Bytewax cluster answered."""
     validate_namespace(job.namespace)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)
@@ -173,6 +220,7 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
             raise UnknownPartitions(f"topic {job.topic!r} has partitions {known}, not {missing}")
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
+    source: Any
     source, sinks = job_io(job)
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale pushes, on the writer threads' counters
@@ -180,6 +228,8 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL
         holder.share()
+    if job.addresses:  # says when the other processes have answered
+        source = _Joining(source, job.joined)
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
                       namespace=job.namespace)
     recovery = None
@@ -188,6 +238,70 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     epoch = timedelta(seconds=job.flow.epoch_interval_s)
     if job.workers == 1 and not job.addresses:
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+    elif not job.addresses:  # worker threads of one process: nothing to wait for
+        cluster_main(flow, [], 0, epoch_interval=epoch, recovery_config=recovery,
+                     worker_count_per_proc=job.workers)
     else:
-        cluster_main(flow, job.addresses, job.process_id or 0, epoch_interval=epoch,
-                     recovery_config=recovery, worker_count_per_proc=job.workers)
+        _run_cluster(job, flow, epoch, recovery)
+
+
+class _Joining(FixedPartitionedSource[Any, Any]):
+    """``inner`` with ``joined`` set when a worker first lists its partitions: Bytewax starts
+    the workers of a cluster's process once every process answered, so the first call says
+    the wait is over."""
+
+    def __init__(self, inner: FixedPartitionedSource[Any, Any], joined: threading.Event) -> None:
+        self.inner, self.joined = inner, joined
+
+    def list_parts(self) -> list[str]:
+        self.joined.set()
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: Any) -> StatefulSourcePartition[Any, Any]:
+        return self.inner.build_part(step_id, for_part, resume_state)
+
+
+def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
+                 recovery: RecoveryConfig | None) -> None:
+    """``cluster_main`` in a thread of its own, this one waiting on it. Bytewax's
+    ``cluster_main`` connects to the other processes in native code (GIL released) and only
+    then enters its loop that checks for signals, so called from the main thread it ran no
+    handler, and only SIGKILL ended it, while a process was missing; here the main thread
+    stays in Python, where signal handlers run (``cluster_main``'s own check does nothing
+    outside the main thread). A stop before the workers start raises :class:`ClusterNotJoined`
+    (nothing was read); the thread left waiting (a daemon, blocked in connect or accept) ends
+    with the process. Once joined, a stop ends the input at its next batch as in one
+    process."""
+    if job.stop is not None and job.stop.is_set():  # asked during the checks above
+        raise ClusterNotJoined(waiting_for(job))
+    failed: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            cluster_main(flow, job.addresses, job.process_id or 0, epoch_interval=epoch,
+                         recovery_config=recovery, worker_count_per_proc=job.workers)
+        except BaseException as exc:  # raised again in the waiting thread
+            failed.append(exc)
+
+    t0 = time.monotonic()
+    noted = False
+    thread = threading.Thread(target=main, name="bytewax-cluster", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)  # returns for signal handlers, and to look at stop and the clock
+        if job.joined.is_set():
+            if noted:
+                log.info("the cluster's other processes answered after %.0f s", time.monotonic() - t0)
+                noted = False
+            continue
+        if job.stop is not None and job.stop.is_set():
+            raise ClusterNotJoined(waiting_for(job))
+        if not noted and time.monotonic() - t0 >= PEERS_NOTE_S:
+            noted = True
+            me = job.process_id or 0
+            log.warning("process %d of %d (%s) is waiting for the cluster's other process(es): "
+                        "%s; nothing is read until all of them run (Ctrl-C or SIGTERM stops it)",
+                        me, len(job.addresses), job.addresses[me], ", ".join(waiting_for(job)))
+    if failed:
+        raise failed[0]

@@ -81,13 +81,17 @@ def get_settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
+def stop_on_signals(stop: threading.Event, echo=click.echo,
+                    waiting: Callable[[], str | None] = lambda: None) -> None:
     """SIGINT (Ctrl-C) and SIGTERM ask a run (``diam run``, ``diam drift run``) to stop at a
     clean point: ``stop`` is set, the input ends at its next batch, the last epoch closes (what
     it produced is delivered) and the run returns normally (exit 0). A second signal stops the
-    process at once (``diam run``'s recovery store still resumes it). The handlers before are
-    put back when the command's context closes (a program that invokes the command in process,
-    a test, gets its own back); :func:`hold_metrics` puts the defaults back for its wait."""
+    process at once (``diam run``'s recovery store still resumes it). While ``waiting()`` says
+    what the run still waits for before it reads anything (a cluster's other processes), the
+    first signal says the run stops now, not at a batch: the run sees ``stop`` in that wait.
+    The handlers before are put back when the command's context closes (a program that invokes
+    the command in process, a test, gets its own back); :func:`hold_metrics` puts the defaults
+    back for its wait."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, _frame: object) -> None:
@@ -98,6 +102,9 @@ def stop_on_signals(stop: threading.Event, echo=click.echo) -> None:
             os.kill(os.getpid(), signum)
             return
         stop.set()
+        if (what := waiting()) is not None:
+            echo(f"{name}: stopping now, {what}: nothing was read, so nothing is lost", err=True)
+            return
         echo(f"{name}: stopping at the next batch (send it again to stop at once)", err=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM):

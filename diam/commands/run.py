@@ -150,18 +150,31 @@ def require_broker(settings: Settings) -> None:
 
 
 def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
-    """``--addresses`` as a list, checked against ``--process-id``: a cluster needs both, and
-    the id must index the list (a process that guessed its place would read no partition, or
-    another's)."""
+    """``--addresses`` as a list, checked against ``--process-id``: a cluster needs both, the
+    id must index the list (a process that guessed its place would read no partition, or
+    another's), and no address may repeat (two processes cannot both listen on it, and the
+    one that waits for the other would wait forever).
+
+    >>> _parse_cluster(1, "h:1; h:2")
+    ['h:1', 'h:2']
+    >>> _parse_cluster(None, None) is None
+    True
+    """
     if addresses is None:
-        if process_id not in (None, 0):
-            raise click.BadParameter(f"{process_id}: a process id above 0 needs --addresses",
+        if process_id is not None:  # an id alone would run one process and ignore it
+            raise click.BadParameter(f"{process_id}: a process id is an index into --addresses "
+                                     "(a Bytewax cluster); without them leave it out",
                                      param_hint="--process-id")
         return None
     hosts = [x.strip() for x in addresses.split(";") if x.strip()]
     bad = [h for h in hosts if not re.fullmatch(r"[^:\s]+:\d{1,5}", h)]
     if not hosts or bad:
         raise click.BadParameter(f"{addresses!r}: expected host:port entries separated by ';'",
+                                 param_hint="--addresses")
+    names = [h.lower() for h in hosts]
+    if twice := sorted({h for h in names if names.count(h) > 1}):
+        raise click.BadParameter(f"{', '.join(twice)} listed more than once: each process of "
+                                 "the cluster needs an address of its own",
                                  param_hint="--addresses")
     if process_id is None:
         raise click.BadParameter("a cluster needs this process's index, 0.."
@@ -198,10 +211,13 @@ def _parse_partitions(text: str | None) -> list[int] | None:
                    "byte of the output; at a rate one worker keeps up with they do not make "
                    "vectors fresher (bench/results/stream.md).")
 @click.option("-i", "--process-id", type=click.IntRange(0), default=None,
-              help="This process's index in a Bytewax cluster, into --addresses.")
+              help="This process's index in a Bytewax cluster, into --addresses (only with "
+                   "them).")
 @click.option("-a", "--addresses", default=None,
-              help="host:port of every process of a Bytewax cluster, ';'-separated, the same "
-                   "list in each; give each its -i.")
+              help="host:port of every process of a Bytewax cluster, ';'-separated, each "
+                   "once, the same list in each; give each its -i. A process reads nothing "
+                   "until all have answered (it says so after 5 s; Ctrl-C or SIGTERM stops it "
+                   "meanwhile).")
 @click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
               help="Bytewax recovery store; created on first use. Resume after a crash re-reads "
                    "from the snapshotted offsets and gives the same Redis state. Default when "
@@ -244,7 +260,14 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError
-    from streams.runner import RecoveryUnusable, UnknownPartitions, run_online, tune_gc
+    from streams.runner import (
+        ClusterNotJoined,
+        RecoveryUnusable,
+        UnknownPartitions,
+        run_online,
+        tune_gc,
+        waiting_for,
+    )
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
@@ -264,27 +287,34 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         raise
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
                          namespace=job.namespace, topic=job.topic)
-    stop_on_signals(stop)
+
+    def waiting() -> str | None:
+        peers = waiting_for(job)
+        return f"before the cluster's other process(es) {', '.join(peers)} answered" if peers else None
+
+    stop_on_signals(stop, waiting=waiting)
     # outages (broker, Redis) are logged once when they start and once when they end
     service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("snapshotter.store").addFilter(_EveryMinute())
-    holder.learner.warm_up()  # compile the kernels before the start line, not on event one
-    tune_gc()
-    click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
-               f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
-               + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     stats = FlowStats()
     metrics = None
-    if metrics_port is not None:
+    if metrics_port is not None:  # a taken port is an Error before the start line
         from streams.metrics import FlowMetrics, process_label
 
         metrics = FlowMetrics(stats, holder, process_label(process_id, addresses, job.partitions),
                               kafka=s.kafka, topic=job.topic)
         bound = serve_registry(metrics.registry, metrics_port)
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
+    holder.learner.warm_up()  # compile the kernels before the start line, not on event one
+    tune_gc()
+    click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
+               f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
+               + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         run_online(job, holder, stats, metrics)
+    except ClusterNotJoined:  # stopped before the other processes answered: nothing was read
+        pass
     except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
         raise click.ClickException(str(exc)) from None
     except RecoveryUnusable as exc:  # in use by another run, or not a store: before anything connects
