@@ -20,8 +20,9 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     flow = {m for m in used if m.startswith("diam_flow_")}
     known = set(METRIC_NAMES) | {f"{n}_bucket" for n in METRIC_NAMES}
     assert flow and flow <= known, flow - known
-    # the API's and the drift monitor's names, as their registries define them
-    api = (ROOT / "serving_cache/api.py").read_text() + (ROOT / "streams/drift_flow.py").read_text()
+    # the API's, the drift monitor's and the retrain service's names, as their registries define
+    api = "".join((ROOT / f).read_text() for f in
+                  ("serving_cache/api.py", "streams/drift_flow.py", "diam/retrain.py"))
     for m in used - flow:
         base = re.sub(r"_(total|bucket)$", "", m)
         assert f'"{base}"' in api or f'"{m}"' in api, m
