@@ -64,8 +64,11 @@ def page(stack, topic, namespace, redis_client, tmp_path):
                                                     "deadletter_topic": f"{topic}.dlq",
                                                     "alerts_topic": f"{topic}.alerts"})
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    # titles as a catalogue gives them, one with markup the page must show as text
+    titles = [f"Film {i}: <Director's Cut> & <b>more</b>" if i % 7 == 0 else f"Film {i} (1997)"
+              for i in range(300)]
     ck = write_checkpoint(tmp_path / "ck", n_items=300, dim=16, n_categories=5, seed=3,
-                          item_pop=np.arange(300)[::-1])
+                          item_pop=np.arange(300)[::-1], item_titles=titles)
     version = publish(ck, store, redis_client, namespace).version
     base = BaseView.from_checkpoint(store.path(version), version=version)
     holder = LearnerHolder(OnlineLearner(base, OnlineConfig(dim=16)), version)
@@ -155,6 +158,7 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
     for li, want in zip(shown, interests["interests"], strict=True):
         items = _texts(li, "[data-testid=item]")
         assert items == want["top_items"]
+        assert _texts(li, "[data-testid=item-title]") == want["top_titles"]
         cats = _texts(li, "[data-testid=item-cat]")
         assert cats == [snap.category_name(snap.index_of(x)) for x in items]
         # labelled as the API labels it: the majority category of the items shown
@@ -164,6 +168,11 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
     # the recommendation list: the API's items, categories and scores, in order
     assert _texts(view, "[data-testid=rec-item]") == [it["item_id"] for it in recs["items"]]
     assert _texts(view, "[data-testid=rec-cat]") == [it["category"] or "-" for it in recs["items"]]
+    # titles from the checkpoint, as text: markup in a title is shown, never interpreted
+    assert all(it["title"] for it in recs["items"])
+    assert _texts(view, "[data-testid=rec-title]") == [it["title"] for it in recs["items"]]
+    assert any("<b>" in it["title"] for it in recs["items"])  # the markup case is on the page
+    assert not view.find_elements(By.CSS_SELECTOR, "[data-testid=user-view] b")
     assert _texts(view, "[data-testid=rec-score]") == [f"{it['score']:.4f}" for it in recs["items"]]
     # the user's last drift events, as on the drift topic
     drift = user_drift_events(kafka, "alice", 20)
@@ -197,7 +206,13 @@ def test_user_view_shows_what_the_api_answers(page) -> None:
     shown = driver.find_element(By.CSS_SELECTOR, "[data-testid=alerts]").text
     assert "alice (K_u 4\u21923)" in shown and "d_swing" not in shown  # from -> to
     shot = os.environ.get("DIAM_UI_SCREENSHOT")
-    if shot:
+    if shot:  # with a learnt user shown, as an operator would look at one
+        box = driver.find_element(By.CSS_SELECTOR, "[data-testid=user-input]")
+        box.clear()
+        box.send_keys("alice")
+        driver.find_element(By.CSS_SELECTOR, "[data-testid=user-go]").click()
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.TAG_NAME, "body")
+                                        .get_attribute("data-user-loaded") == "alice")
         time.sleep(2.5)  # one more flow poll: the charts then have two points
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(shot)
