@@ -81,7 +81,7 @@ def produce(
     from confluent_kafka import KafkaException
 
     from online_model.datasets import DatasetError, load_prepared
-    from streams import not_for_clicks
+    from streams import not_for_clicks, side_topic_role
     from streams.kafka_io import UnknownTopic, watermarks
     from streams.producer import produce_dataset
 
@@ -92,6 +92,17 @@ def produce(
         ds = load_prepared(path)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
+    if catalog:  # and the catalogue goes to a catalogue: not a clicks topic, nor another side one
+        cat = items_topic if items_topic is not None else settings.kafka.items_topic
+        # (the catalogue as the clicks target is refused below, on --topic, as forget does)
+        role = (None if cat in (target, settings.kafka.items_topic) else
+                "the configured clicks topic (settings kafka.clicks_topic)"
+                if cat == settings.kafka.clicks_topic else side_topic_role(settings.kafka, cat))
+        if role is not None:
+            hint = "--items-topic" if items_topic is not None else (
+                "DIAM_KAFKA_ITEMS_TOPIC (kafka.items_topic)")
+            raise click.BadParameter(f"{cat} is {role}, not an item catalogue: nothing was "
+                                     "written", param_hint=hint)
     try:
         refused = not_for_clicks(settings.kafka, target, catalogue=items_topic, timeout=15.0)
     except UnknownTopic:  # created as a clicks topic

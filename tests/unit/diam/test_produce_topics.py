@@ -64,3 +64,19 @@ def test_a_clicks_setting_naming_the_catalogue_is_refused_naming_the_setting(
     isolated_env.setenv("DIAM_KAFKA_ITEMS_TOPIC", "f2.same")
     _refused(run("produce", "--data", data, "--limit", "5"),
              "f2.same is the item catalogue", hint="DIAM_KAFKA_CLICKS_TOPIC")
+
+
+@pytest.mark.parametrize("items, role", [
+    ("diam.clicks", "the configured clicks topic"),
+    ("f2.side-dlq", "the dead-letter topic"),
+])
+def test_produce_refuses_a_catalogue_topic_that_is_not_a_catalogue(run, isolated_env, data,
+                                                                   items, role) -> None:
+    isolated_env.setenv("DIAM_KAFKA_DEADLETTER_TOPIC", "f2.side-dlq")
+    r = run("produce", "--data", data, "--topic", "f2.clicks", "--limit", "5", "--catalog",
+            "--items-topic", items)
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    error = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "--items-topic" in error[0], r.output
+    assert f"{items} is {role}" in error[0], r.output
+    assert "not an item catalogue: nothing was written" in error[0], r.output
