@@ -6,6 +6,8 @@ topic read from its start is the current catalogue. Value: a msgpack map (JSON a
 - ``item_id``    str (1–128 printable chars, no whitespace: the clicks' rule), equal to the record key;
 - ``categories`` list of str, the primary category first (may be empty: ``unknown``);
 - ``title``      str (may be empty);
+  titles and categories hold printable characters and spaces only (no control character, line
+  or paragraph separator, or direction override: ``streams.events.unprintable``);
 - ``first_seen`` int epoch milliseconds, when the item first appeared (its first click, or
   when the feed added it).
 
@@ -21,6 +23,8 @@ True
 "key: record key b'243' differs from item_id '242'"
 >>> decode_item(b"9", b'{"item_id": "9", "categories": "Drama", "title": "", "first_seen": 1}').reason
 'categories: expected a list of strings (got str)'
+>>> decode_item(b"9", encode_item(CatalogItem("9", (), "Scream\\n  2. x", 1))).reason
+"title: contains '\\\\n' (U+000A; printable characters)"
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from streams.config import KafkaConfig
-from streams.events import Rejection, validate_item_id
+from streams.events import Rejection, unprintable, validate_item_id
 
 if TYPE_CHECKING:
     from online_model.datasets import ItemRows, PreparedDataset
@@ -119,6 +123,11 @@ def decode_item(key: bytes | None, raw: bytes | None) -> CatalogItem | Rejection
     title = obj.get("title", "")
     if not isinstance(title, str) or len(title) > _MAX_TITLE:
         return Rejection(f"title: expected a string of at most {_MAX_TITLE} characters")
+    # titles and categories reach every list that shows the item: a line break or a terminal
+    # escape there forged rows of `diam recommend`'s output (the item ids' rule, spaces allowed)
+    for name, text in (("title", title), *(("categories", c) for c in cats)):
+        if (bad := unprintable(text, spaces=True)) is not None:
+            return Rejection(f"{name}: contains {bad!r} (U+{ord(bad):04X}; printable characters)")
     first = obj.get("first_seen")
     if not isinstance(first, int) or isinstance(first, bool) or first < 0:
         return Rejection("first_seen: expected an integer epoch-millisecond time (not negative)")

@@ -21,6 +21,7 @@ quotes from the payload.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "encode_event",
     "validate_user_id",
     "validate_item_id",
+    "unprintable",
     "EVENT_KINDS",
     "USER_ID_RE",
 ]
@@ -141,15 +143,42 @@ def validate_user_id(user_id: object) -> str | None:
     return None
 
 
+def unprintable(text: str, spaces: bool = False) -> str | None:
+    """The first character of ``text`` that no list may show as it is, or None: the one rule
+    of what an item id (:func:`validate_item_id`) and a catalogue title or category
+    (``streams.catalog``) may hold, and of what ``diam``'s text output escapes. Refused: what
+    ``str.isprintable`` refuses (C0 and C1 control characters and DEL, which drive a terminal;
+    line and paragraph separators, which start a new row; format characters such as direction
+    overrides, which reorder what follows) and ``" "``; with ``spaces``, whitespace that breaks
+    no line (``" "``, a no-break space) is allowed, as titles have it. A value holding such a
+    character, shown in a listing, can forge its rows.
+
+    >>> unprintable("Kolya (1996)") is None, unprintable("Kolya (1996)", spaces=True) is None
+    (False, True)
+    >>> unprintable("Scream\\n    2. Star Wars", spaces=True)
+    '\\n'
+    >>> unprintable("red\\x1b[31m", spaces=True), unprintable("a\\u2028b", spaces=True)
+    ('\\x1b', '\\u2028')
+    """
+    if text.isprintable() and (spaces or " " not in text):
+        return None
+    for c in text:
+        if c.isprintable():
+            if c == " " and not spaces:
+                return c
+        elif not (spaces and unicodedata.category(c) == "Zs"):
+            return c
+    return None
+
+
 def validate_item_id(item_id: str) -> str | None:
     """None if ``item_id`` is a valid item id, else the reason: 1..128 printable characters
-    without whitespace. The one rule for clicks and the catalogue (``streams.catalog``): ids
-    reach every client's list, and a control character, a direction override or a line break
-    there is never an item anyone published."""
+    without whitespace (:func:`unprintable`). The one rule for clicks and the catalogue
+    (``streams.catalog``): ids reach every client's list, and a control character, a direction
+    override or a line break there is never an item anyone published."""
     if not 1 <= len(item_id) <= _MAX_ITEM_ID_LEN:
         return f"item_id: length {len(item_id)} outside 1..{_MAX_ITEM_ID_LEN}"
-    if not item_id.isprintable() or " " in item_id:
-        bad = next(c for c in item_id if not c.isprintable() or c == " ")
+    if (bad := unprintable(item_id)) is not None:
         return f"item_id: contains {bad!r} (U+{ord(bad):04X}; printable characters without whitespace)"
     return None
 

@@ -24,7 +24,7 @@ from diam.settings import Settings, SettingsInputError, load_settings
 
 __all__ = ["MAX_SECONDS", "default_dataset", "finite", "get_settings", "hold_metrics",
            "kafka_unusable", "metrics_hold_option", "namespace_filter_option", "namespace_of", "namespace_option",
-           "not_empty", "output_file", "serve_registry", "redis_unusable", "stop_on_signals",
+           "not_empty", "output_file", "serve_registry", "redis_unusable", "shown", "stop_on_signals",
            "unreachable_service", "write_failed"]
 
 MAX_SECONDS = 315_360_000.0
@@ -215,6 +215,25 @@ def json_text(obj: object, indent: int | None = None) -> str:
     from serving_cache.json_safe import nan_to_none
 
     return json.dumps(nan_to_none(obj), indent=indent, allow_nan=False)
+
+
+def shown(text: str) -> str:
+    """``text`` for a line of a command's text output: every character a list may not show as
+    it is (``streams.events.unprintable``: control characters, line and paragraph separators,
+    direction overrides) written as its Python escape, so that nothing read from a checkpoint,
+    a snapshot or Redis can forge rows or drive the terminal. JSON output escapes them itself.
+
+    >>> print(shown("Scream\\n  2. Star Wars\\x1b[31m"))
+    Scream\\n  2. Star Wars\\x1b[31m
+    >>> shown("Am\\u00e9lie (2001)")
+    'Amélie (2001)'
+    """
+    from streams.events import unprintable
+
+    if unprintable(text, spaces=True) is None:
+        return text
+    return "".join(c if unprintable(c, spaces=True) is None
+                   else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def echo_json(obj: object, indent: int | None = None) -> None:

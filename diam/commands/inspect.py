@@ -16,6 +16,7 @@ from diam.commands import (
     note_empty_namespace,
     plot_file,
     redis_unusable,
+    shown,
     topic_name,
     write_failed,
 )
@@ -222,8 +223,10 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
         click.echo(f"  stale: {r.reason}")
     rows = zip(r.items, r.scores, r.categories, r.titles, strict=True)
     for rank, (item, score, cat, title) in enumerate(rows, 1):
-        click.echo(f"  {rank:>3}. {item:<12} {cat or '-':<14} {score:8.4f}"
-                   + (f"  {title}" if title else ""))
+        # ids, categories and titles are the checkpoint's or the catalogue's, whatever they
+        # hold: escaped, a title with a line break cannot print a row of its own
+        click.echo(f"  {rank:>3}. {shown(item):<12} {shown(cat or '-'):<14} {score:8.4f}"
+                   + (f"  {shown(title)}" if title else ""))
 
 
 COMMANDS = [inspect_group, recommend_cmd]

@@ -319,3 +319,24 @@ def test_the_list_prints_each_items_title(env, tmp_path) -> None:
         want = titles[int(item[1:])]
         assert row.split()[1] == item and (row.endswith(f"  {want}") if want else
                                            "Film" not in row), row
+
+
+def test_a_title_cannot_forge_a_row_of_the_list(env, tmp_path) -> None:
+    """A checkpoint's title with a line break and a terminal escape printed a forged row 2 (and
+    coloured the terminal): the text shows them escaped, one row per item; JSON keeps the title."""
+    store, redis, run = env
+    forged = "Scream\n    2. 50 ... 9.9999  Star Wars (injected)\x1b[31m red\u2028x"
+    titles = [forged] * 100
+    ck = write_checkpoint(tmp_path / "ckf", n_items=100, dim=8, seed=3,
+                          item_pop=np.arange(100)[::-1], item_titles=titles)
+    _put_user(redis, store, publish(ck, store).version)
+    got = run("recommend", "u1", "--namespace", NS, "-n", "3")
+    assert got.exit_code == 0, got.output
+    rows = got.output.splitlines()[1:]
+    assert len(rows) == 3 and "\x1b" not in got.output and "\u2028" not in got.output, rows
+    for rank, row in enumerate(rows, 1):
+        assert row.lstrip().startswith(f"{rank}. ")
+        assert row.endswith("  Scream\\n    2. 50 ... 9.9999  Star Wars (injected)\\x1b[31m red"
+                            "\\u2028x"), row
+    body = json.loads(run("recommend", "u1", "--namespace", NS, "-n", "3", "--json").output)
+    assert body["titles"] == [forged] * 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,11 +13,13 @@ from streams.catalog import CatalogItem, decode_item, encode_item
 from streams.events import Rejection
 
 _ids = st.text("abc0123456789", min_size=1, max_size=4)
+#: what a title may hold: printable characters and spaces (streams.events.unprintable)
+_printable = st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
 
 
 @given(st.builds(CatalogItem, _ids, st.lists(st.sampled_from(["Drama", "Comedy", "War"]),
                                               max_size=3).map(tuple),
-                 st.text(max_size=20), st.integers(0, 2**50)))
+                 st.text(_printable, max_size=20), st.integers(0, 2**50)))
 def test_item_round_trip(item: CatalogItem) -> None:
     assert decode_item(item.item_id.encode(), encode_item(item)) == item
 
@@ -32,6 +35,28 @@ def test_bad_items_have_reasons() -> None:
         got = decode_item(None, json.dumps({**ok, **patch}).encode())
         assert isinstance(got, Rejection) and got.reason.startswith(field), (patch, got)
     assert isinstance(decode_item(b"1", b"\xc1"), Rejection)
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\u202e"])
+def test_a_title_or_category_that_could_forge_a_row_is_refused(bad: str) -> None:
+    """A line break or terminal escape in a title printed a forged row in `diam recommend`."""
+    forged = f"Scream{bad}    2. 50 ... 9.9999  Star Wars (injected)"
+    for item, field in [(CatalogItem("5", ("Horror",), forged, 1), "title"),
+                        (CatalogItem("5", ("Horror", f"War{bad}"), "Scream", 1), "categories")]:
+        got = decode_item(b"5", encode_item(item))
+        assert isinstance(got, Rejection), (bad, field)
+        assert got.reason.startswith(f"{field}: contains {bad!r}"), got.reason
+
+
+def test_spaces_that_break_no_line_are_kept_in_titles() -> None:
+    item = CatalogItem("5", ("Film-Noir", "Children's Film"), "Am\u00e9lie\u00a0(2001)  x", 1)
+    assert decode_item(b"5", encode_item(item)) == item
+
+
+@given(st.text(max_size=30))
+def test_an_accepted_title_holds_no_line_break(title: str) -> None:
+    got = decode_item(b"5", encode_item(CatalogItem("5", (), title, 1)))
+    assert isinstance(got, Rejection) or len(f"a{got.title}b".splitlines()) == 1
 
 
 @settings(max_examples=25, deadline=None)
