@@ -1,9 +1,13 @@
-"""Which topics may receive records keyed by user id (clicks, ``diam forget``'s tombstones).
+"""Which topics may receive records keyed by user id (clicks, ``diam forget``'s tombstones),
+and which may receive the item catalogue.
 
-The one owner of the rule, called by ``diam produce`` and ``diam forget`` before they write
+The one owner of both rules, called by ``diam produce`` and ``diam forget`` before they write
 anything. A record keyed by a user id on the compacted item catalogue replaces (a tombstone:
 deletes) the item of the same id once the log is compacted, and MovieLens' user and item ids
 overlap; on the dead-letter, drift, alerts and models topics it is a record no reader expects.
+The other way round, catalogue records on a clicks topic are dead letters to every dataflow
+reading it, and a topic that is not compacted is no catalogue (``streams.catalog`` creates
+catalogues compacted: the newest record per item is kept forever).
 
 >>> cfg = KafkaConfig(items_topic="f.items")
 >>> side_topic_role(cfg, "f.items")
@@ -12,14 +16,18 @@ overlap; on the dead-letter, drift, alerts and models topics it is a record no r
 'the item catalogue this command writes (--items-topic)'
 >>> side_topic_role(cfg, "diam.clicks") is None
 True
+>>> catalogue_role(cfg, "diam.clicks")
+'the configured clicks topic (settings kafka.clicks_topic)'
+>>> catalogue_role(cfg, "f.items") is None
+True
 """
 
 from __future__ import annotations
 
 from streams.config import KafkaConfig
-from streams.kafka_io import partition_ids, topic_config
+from streams.kafka_io import partition_ids, topic_config, watermarks
 
-__all__ = ["not_for_clicks", "side_topic_role"]
+__all__ = ["catalogue_role", "not_for_catalogue", "not_for_clicks", "side_topic_role"]
 
 
 def side_topic_role(cfg: KafkaConfig, topic: str, catalogue: str | None = None) -> str | None:
@@ -53,3 +61,39 @@ def not_for_clicks(cfg: KafkaConfig, topic: str, catalogue: str | None = None,
                 "record keyed by a user id there replaces (a tombstone: deletes) whatever "
                 "record has that id as its key, an item of a catalogue")
     return None
+
+
+def catalogue_role(cfg: KafkaConfig, topic: str) -> str | None:
+    """What ``topic`` is when it is a configured topic other than the item catalogue (the clicks
+    topic, or a side topic: :func:`side_topic_role`), else None. Asks no broker."""
+    if topic == cfg.items_topic:
+        return None
+    if topic == cfg.clicks_topic:
+        return "the configured clicks topic (settings kafka.clicks_topic)"
+    return side_topic_role(cfg, topic)
+
+
+def not_for_catalogue(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> str | None:
+    """Why ``topic`` must not receive the item catalogue, in one line naming it, or None when
+    it may: a configured topic that is not the catalogue (:func:`catalogue_role`, without
+    asking the broker), or an existing topic the broker reports not compacted (its
+    ``cleanup.policy`` and record count are named: a clicks topic, most likely). A topic that
+    does not exist may (``streams.catalog.publish_items`` creates it compacted). Raises the
+    Kafka client's errors when the broker does not answer."""
+    from streams.kafka_io import UnknownTopic
+
+    role = catalogue_role(cfg, topic)
+    if role is not None:
+        return f"{topic} is {role}, not an item catalogue"
+    try:
+        partition_ids(cfg, topic, timeout=timeout)  # describe_configs needs an existing topic
+    except UnknownTopic:
+        return None
+    policy = topic_config(cfg, topic, timeout=timeout).get("cleanup.policy", "")
+    if "compact" in policy.split(","):
+        return None
+    held = sum(hi - lo for lo, hi in watermarks(cfg, topic, timeout=timeout).values())
+    return (f"{topic} is not compacted (cleanup.policy={policy or 'unknown'}) and holds "
+            f"{held:,} records: not an item catalogue (a catalogue topic is compacted; a "
+            "missing one is created so), a clicks topic perhaps, whose dataflows would "
+            "dead-letter every item record")

@@ -75,13 +75,15 @@ def produce(
 
     The configured catalogue, dead-letter, drift, alerts and models topics, the --items-topic
     and any compacted topic are refused before anything is written: a click keyed by user 259
-    on the compacted catalogue replaces item 259. SIGTERM stops it as Ctrl-C does: the events
-    queued so far are delivered and counted, and it exits non-zero.
+    on the compacted catalogue replaces item 259. The other way round, --catalog refuses an
+    items topic that is a configured clicks or side topic, or an existing topic that is not
+    compacted (a clicks topic); a missing one is created compacted. SIGTERM stops it as
+    Ctrl-C does: the events queued so far are delivered and counted, and it exits non-zero.
     """
     from confluent_kafka import KafkaException
 
     from online_model.datasets import DatasetError, load_prepared
-    from streams import not_for_clicks, side_topic_role
+    from streams import catalogue_role, not_for_catalogue, not_for_clicks
     from streams.kafka_io import UnknownTopic, watermarks
     from streams.producer import produce_dataset
 
@@ -92,17 +94,14 @@ def produce(
         ds = load_prepared(path)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
-    if catalog:  # and the catalogue goes to a catalogue: not a clicks topic, nor another side one
-        cat = items_topic if items_topic is not None else settings.kafka.items_topic
-        # (the catalogue as the clicks target is refused below, on --topic, as forget does)
-        role = (None if cat in (target, settings.kafka.items_topic) else
-                "the configured clicks topic (settings kafka.clicks_topic)"
-                if cat == settings.kafka.clicks_topic else side_topic_role(settings.kafka, cat))
-        if role is not None:
-            hint = "--items-topic" if items_topic is not None else (
-                "DIAM_KAFKA_ITEMS_TOPIC (kafka.items_topic)")
-            raise click.BadParameter(f"{cat} is {role}, not an item catalogue: nothing was "
-                                     "written", param_hint=hint)
+    cat = items_topic if items_topic is not None else settings.kafka.items_topic
+    cat_hint = "--items-topic" if items_topic is not None else (
+        "DIAM_KAFKA_ITEMS_TOPIC (kafka.items_topic)")
+    # and the catalogue goes to a catalogue: by name first, before any broker is asked (the
+    # catalogue as the clicks target is refused below, on --topic, as forget does)
+    if catalog and cat != target and (role := catalogue_role(settings.kafka, cat)) is not None:
+        raise click.BadParameter(f"{cat} is {role}, not an item catalogue: nothing was "
+                                 "written", param_hint=cat_hint)
     try:
         refused = not_for_clicks(settings.kafka, target, catalogue=items_topic, timeout=15.0)
     except UnknownTopic:  # created as a clicks topic
@@ -112,6 +111,13 @@ def produce(
     if refused is not None:
         hint = "--topic" if topic is not None else "DIAM_KAFKA_CLICKS_TOPIC (kafka.clicks_topic)"
         raise click.BadParameter(f"{refused}: nothing was written", param_hint=hint)
+    if catalog:  # an existing topic that is not compacted (a clicks topic) is no catalogue
+        try:
+            refused = not_for_catalogue(settings.kafka, cat, timeout=15.0)
+        except (KafkaException, RuntimeError) as exc:
+            raise kafka_unusable(settings, exc) from None
+        if refused is not None:
+            raise click.BadParameter(f"{refused}: nothing was written", param_hint=cat_hint)
     try:
         held = sum(hi - lo for lo, hi in watermarks(settings.kafka, target, timeout=15.0).values())
     except UnknownTopic:
@@ -122,8 +128,7 @@ def produce(
         click.echo(f"warning: {target} already holds {held:,} records; these events are appended "
                    "(a dataflow reading the topic learns both; --topic names another)", err=True)
     if catalog:
-        items = items_topic if items_topic is not None else settings.kafka.items_topic
-        _produce_catalog(ds, path, settings, items)
+        _produce_catalog(ds, path, settings, cat)
     stop = threading.Event()
     stop_on_signals(stop)  # SIGTERM as Ctrl-C: what is queued is delivered and counted
     try:
