@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 PEERS_NOTE_S = 5.0
 """Seconds a process of a Bytewax cluster waits for the others before it says so (a warning,
-once): until all of them answer it reads nothing and would otherwise print nothing."""
+once): until all of them answer it reads nothing and would otherwise print nothing. Also how
+long after its input ended at a stop it waits for the others to stop too before it says so."""
 
 
 def tune_gc() -> None:
@@ -228,8 +229,9 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL
         holder.share()
-    if job.addresses:  # says when the other processes have answered
-        source = _Joining(source, job.joined)
+    joining = None
+    if job.addresses:  # says when the other processes have answered, and when its input ended
+        source = joining = _Joining(source, job.joined)
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
                       namespace=job.namespace)
     recovery = None
@@ -242,16 +244,19 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
         cluster_main(flow, [], 0, epoch_interval=epoch, recovery_config=recovery,
                      worker_count_per_proc=job.workers)
     else:
-        _run_cluster(job, flow, epoch, recovery)
+        _run_cluster(job, flow, epoch, recovery, joining)
 
 
 class _Joining(FixedPartitionedSource[Any, Any]):
     """``inner`` with ``joined`` set when a worker first lists its partitions: Bytewax starts
     the workers of a cluster's process once every process answered, so the first call says
-    the wait is over."""
+    the wait is over. :attr:`reading` counts this process's partitions whose input has not
+    ended (a stop ends each at its next batch)."""
 
     def __init__(self, inner: FixedPartitionedSource[Any, Any], joined: threading.Event) -> None:
         self.inner, self.joined = inner, joined
+        self.reading = 0
+        self._lock = threading.Lock()  # the process's worker threads build and end partitions
 
     def list_parts(self) -> list[str]:
         self.joined.set()
@@ -259,11 +264,43 @@ class _Joining(FixedPartitionedSource[Any, Any]):
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: Any) -> StatefulSourcePartition[Any, Any]:
-        return self.inner.build_part(step_id, for_part, resume_state)
+        part = self.inner.build_part(step_id, for_part, resume_state)
+        with self._lock:
+            self.reading += 1
+        return _Ending(part, self)
+
+    def ended(self) -> None:
+        with self._lock:
+            self.reading -= 1
+
+
+class _Ending(StatefulSourcePartition[Any, Any]):
+    """``inner``, telling ``source`` when its input ends (one call per batch, not per event)."""
+
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], source: _Joining) -> None:
+        self.inner, self.source, self._ended = inner, source, False
+
+    def next_batch(self) -> Any:
+        try:
+            return self.inner.next_batch()
+        except StopIteration:
+            if not self._ended:
+                self._ended = True
+                self.source.ended()
+            raise
+
+    def next_awake(self) -> Any:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
-                 recovery: RecoveryConfig | None) -> None:
+                 recovery: RecoveryConfig | None, source: _Joining | None = None) -> None:
     """``cluster_main`` in a thread of its own, this one waiting on it. Bytewax's
     ``cluster_main`` connects to the other processes in native code (GIL released) and only
     then enters its loop that checks for signals, so called from the main thread it ran no
@@ -272,7 +309,11 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
     outside the main thread). A stop before the workers start raises :class:`ClusterNotJoined`
     (nothing was read); the thread left waiting (a daemon, blocked in connect or accept) ends
     with the process. Once joined, a stop ends the input at its next batch as in one
-    process."""
+    process, but the run ends only once every process's input has ended: a Bytewax cluster
+    completes as a whole (a process whose input ended still exchanges with the others), and a
+    process that leaves it makes the others fail. So once this one's input ended (``source``
+    says so; without it, at the stop) and the run still goes on after :data:`PEERS_NOTE_S`,
+    one warning names the processes it waits for."""
     if job.stop is not None and job.stop.is_set():  # asked during the checks above
         raise ClusterNotJoined(waiting_for(job))
     failed: list[BaseException] = []
@@ -286,6 +327,7 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
 
     t0 = time.monotonic()
     noted = False
+    input_end: float | None = None  # when this process's input ended after a stop
     thread = threading.Thread(target=main, name="bytewax-cluster", daemon=True)
     thread.start()
     while thread.is_alive():
@@ -294,6 +336,13 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
             if noted:
                 log.info("the cluster's other processes answered after %.0f s", time.monotonic() - t0)
                 noted = False
+            if input_end is None:
+                if job.stop is not None and job.stop.is_set() and (source is None or
+                                                                   source.reading <= 0):
+                    input_end = time.monotonic()
+            elif input_end >= 0 and time.monotonic() - input_end >= PEERS_NOTE_S:
+                input_end = -1.0  # said once
+                _note_stopping(job, recovery is not None)
             continue
         if job.stop is not None and job.stop.is_set():
             raise ClusterNotJoined(waiting_for(job))
@@ -305,3 +354,15 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
                         me, len(job.addresses), job.addresses[me], ", ".join(waiting_for(job)))
     if failed:
         raise failed[0]
+
+
+def _note_stopping(job: OnlineJob, recovery: bool) -> None:
+    me = job.process_id or 0
+    others = [a for i, a in enumerate(job.addresses) if i != me]
+    resume = ("resume from the recovery store" if recovery else
+              "re-read the topic from its start (no --recovery-dir; Redis keeps newer writes)")
+    log.warning("process %d of %d (%s) has stopped reading and waits for the cluster's other "
+                "process(es) to stop too: %s (a Bytewax cluster ends only with all of its "
+                "processes: stop each of them; a second signal stops this one at once, the "
+                "others then fail, and restarting them all loses nothing: they %s)",
+                me, len(job.addresses), job.addresses[me], ", ".join(others), resume)

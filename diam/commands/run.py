@@ -217,7 +217,11 @@ def _parse_partitions(text: str | None) -> list[int] | None:
               help="host:port of every process of a Bytewax cluster, ';'-separated, each "
                    "once, the same list in each; give each its -i. A process reads nothing "
                    "until all have answered (it says so after 5 s; Ctrl-C or SIGTERM stops it "
-                   "meanwhile).")
+                   "meanwhile). Once running, the cluster ends as a whole: a stopped process "
+                   "exits only once every other one is stopped too (it names them 5 s after "
+                   "its input ended), so stop each; a second signal stops it at once, the "
+                   "others then fail, and all restarted resume from --recovery-dir (without "
+                   "one: re-read the topic).")
 @click.option("--recovery-dir", type=click.Path(path_type=Path), default=None,
               help="Bytewax recovery store; created on first use. Resume after a crash re-reads "
                    "from the snapshotted offsets and gives the same Redis state. Default when "
