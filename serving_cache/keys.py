@@ -12,7 +12,7 @@ import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
            "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
-           "every_user_key", "namespaces_starting"]
+           "every_user_key", "namespaces_starting", "forgotten_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -103,3 +103,18 @@ def generation_key(ns: str) -> str:
     'diam:live:gen'
     """
     return f"diam:{validate_namespace(ns)}:gen"
+
+
+def forgotten_key(topic: str) -> str:
+    """The hash of the users ``diam forget`` forgot on clicks topic ``topic``: field user id,
+    value the offset of the user's tombstone in ``topic``. The writer refuses a push of a user
+    whose ``seq`` (the offset of the last click it learnt from ``topic``) is below it, in every
+    namespace. Kept for good: a few dozen bytes per forgotten user.
+
+    The empty namespace (``diam::``) is no namespace's (:func:`validate_namespace`), so no
+    namespace pattern, drop or listing ever matches it; topic names hold no ':'.
+
+    >>> forgotten_key("diam.clicks")
+    'diam::forgotten:diam.clicks'
+    """
+    return f"diam::forgotten:{topic}"

@@ -27,7 +27,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from serving_cache.codec import HEAD, Encoder, UserVectors
-from serving_cache.keys import user_key, validate_namespace
+from serving_cache.keys import forgotten_key, user_key, validate_namespace
 
 __all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA", "write_if_newer_lua"]
 
@@ -43,9 +43,10 @@ def _lua_literal(b: bytes) -> str:
 
 
 # KEYS = user keys; ARGV = (incoming seq, encoded value) per key, in the order of KEYS.
-# Returns how many keys were written; a key whose stored seq is newer or equal is skipped (a
-# stale write). A stored value that cannot be parsed is overwritten: it cannot be newer than
-# valid state.
+# Returns {written, refused}: how many keys were written, how many pushes the forget check
+# (below) refused. A key whose stored seq is newer or equal is skipped (a stale
+# write). A stored value that cannot be parsed is overwritten: it cannot be newer than valid
+# state.
 #
 # Values of serving_cache.codec start with HEAD ({"v": 1, "seq": <int>, ...}), so seq is read
 # from the bytes right after it (fixint or uint8..uint64; Lua numbers are doubles, exact to
@@ -53,10 +54,7 @@ def _lua_literal(b: bytes) -> str:
 # unpack serves only values of another layout without bin (another writer, an older codec).
 # tests/integration/test_redis_value.py runs this script against the codec in the real Redis.
 _H = len(HEAD)
-WRITE_IF_NEWER_LUA = f"""
-local written = 0
-for i = 1, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
+_READ_STORED = f"""  local cur = redis.call('GET', KEYS[i])
   local stored = nil
   if cur then
     if string.sub(cur, 1, {_H}) == '{_lua_literal(HEAD)}' then
@@ -76,51 +74,83 @@ for i = 1, #KEYS do
       if ok and type(m) == 'table' and m['seq'] ~= nil then stored = tonumber(m['seq']) end
     end
   end
-  if stored == nil or stored < tonumber(ARGV[2 * i - 1]) then
-    redis.call('SET', KEYS[i], ARGV[2 * i])
-    written = written + 1
-  end
-end
-return written
 """
 
+# The forget check (``diam forget``; serving_cache.keys.forgotten_key): KEYS[1] is the topic's
+# hash of forgotten users, ARGV[1] where the user id starts in a user key; the user keys and
+# their (seq, value) pairs follow. A push whose seq (the offset of the last click it learnt)
+# is below the offset of the user's tombstone was learnt from clicks the user asked to forget:
+# it is refused in the same script as the write, so a forget that records its marker before
+# deleting the keys cannot race a push into leaving a key behind. With no forgotten user (no
+# hash) the check costs one EXISTS per call; with some, one HGET per user about to be written
+# (none for a stale push).
+_FORGOTTEN = """local first, argv0 = 2, 1
+local forgotten = redis.call('EXISTS', KEYS[1]) == 1
+local from = tonumber(ARGV[1])
+"""
+_REFUSED = """local floor = forgotten and redis.call('HGET', KEYS[1], string.sub(KEYS[i], from))
+    if floor and seq < tonumber(floor) then
+      refused = refused + 1
+    else
+  """
 
-def write_if_newer_lua(ttl_s: int | None = None) -> str:
-    """The write-if-newer script; with ``ttl_s``, a written key expires ``ttl_s`` seconds later
+
+def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False) -> str:
+    """The write-if-newer script. With ``ttl_s``, a written key expires ``ttl_s`` seconds later
     and a skipped (stale) push refreshes the expiry: the user is still active, only the value
-    in Redis is newer. Without it, the script is :data:`WRITE_IF_NEWER_LUA` byte for byte.
+    in Redis is newer. With ``forgotten``, the forget check above: KEYS[1] is the hash of
+    forgotten users, ARGV[1] where the user id starts in a key. Without either, it is
+    :data:`WRITE_IF_NEWER_LUA`.
 
     >>> "'EX', 3600" in write_if_newer_lua(3600) and "EXPIRE" in write_if_newer_lua(3600)
     True
-    >>> write_if_newer_lua(None) == WRITE_IF_NEWER_LUA
-    True
+    >>> "HGET" in write_if_newer_lua(None, forgotten=True), "HGET" in WRITE_IF_NEWER_LUA
+    (True, False)
     """
-    if not ttl_s:
-        return WRITE_IF_NEWER_LUA
-    ttl = int(ttl_s)
-    if ttl < 1:
-        raise ValueError(f"ttl_s must be at least 1 second, not {ttl_s}")
-    plain = "    redis.call('SET', KEYS[i], ARGV[2 * i])\n    written = written + 1\n  end\n"
-    assert WRITE_IF_NEWER_LUA.count(plain) == 1, "the script's SET branch changed: update this"
-    return WRITE_IF_NEWER_LUA.replace(
-        plain, f"    redis.call('SET', KEYS[i], ARGV[2 * i], 'EX', {ttl})\n    written = written + 1\n"
-               f"  elseif cur then\n    redis.call('EXPIRE', KEYS[i], {ttl})\n  end\n")
+    ex = stale = ""
+    if ttl_s:
+        ttl = int(ttl_s)
+        if ttl < 1:
+            raise ValueError(f"ttl_s must be at least 1 second, not {ttl_s}")
+        ex = f", 'EX', {ttl}"
+        stale = f"  elseif cur then\n    redis.call('EXPIRE', KEYS[i], {ttl})\n"
+    write = f"    redis.call('SET', KEYS[i], ARGV[a + 1]{ex})\n    written = written + 1\n"
+    if forgotten:
+        write = "    " + _REFUSED + write.replace("\n    ", "\n      ") + "    end\n"
+    return ("local written, refused = 0, 0\n"
+            + (_FORGOTTEN if forgotten else "local first, argv0 = 1, 0\n")
+            + "for i = first, #KEYS do\n" + _READ_STORED
+            + "  local a = 2 * (i - first) + 1 + argv0\n  local seq = tonumber(ARGV[a])\n"
+            + "  if stored == nil or stored < seq then\n" + write + stale + "  end\nend\n"
+            + "return {written, refused}\n")
+
+
+WRITE_IF_NEWER_LUA = write_if_newer_lua()
+"""The plain script: no expiry, no forget check."""
 
 
 class RedisWriter:
     """Pipelined write-if-newer of :class:`UserVectors` into namespace ``ns``. ``ttl_s``: user
-    keys expire that long after their last push (None: never)."""
+    keys expire that long after their last push (None: never). ``topic``: the clicks topic
+    whose offsets the pushed ``seq`` are; a push of a user that ``diam forget`` forgot on it,
+    learnt from clicks before the user's tombstone, is refused (None: no such check)."""
 
     def __init__(self, client: redis.Redis, ns: str, pipeline_batch: int = 500,
-                 keys_per_call: int = 100, ttl_s: int | None = None) -> None:
+                 keys_per_call: int = 100, ttl_s: int | None = None,
+                 topic: str | None = None) -> None:
         if pipeline_batch < 1 or keys_per_call < 1:
             raise ValueError(f"pipeline_batch ({pipeline_batch}) and keys_per_call ({keys_per_call}) "
                              "must be at least 1")
         self.client = client
         self._cluster = isinstance(client, RedisCluster)
         self.ttl_s = ttl_s
-        self._script = write_if_newer_lua(ttl_s)
+        self.forgotten = None if topic is None else forgotten_key(topic)
+        # On a cluster the hash lives in another slot than most user keys, which one script
+        # call cannot read: there it is read before the scripts (see _send_cluster)
+        self._script = write_if_newer_lua(ttl_s, forgotten=self.forgotten is not None
+                                          and not self._cluster)
         self.ns = validate_namespace(ns)
+        self._user_from = len(user_key(self.ns, "")) + 1  # where the user id starts (Lua: 1-based)
         self.pipeline_batch = pipeline_batch
         self.keys_per_call = keys_per_call
         self._sha: str | None = None
@@ -131,16 +161,20 @@ class RedisWriter:
         equal): a replay of what was written already, or another run's newer state. 0 when a
         chunk was sent again (a lost script, moved slots): the first try may have written
         part of it, so its users' skips are not told apart from the retry's own."""
+        self.last_refused = 0
+        """Users of the last :meth:`write_batch` whose push was refused as forgotten (learnt
+        from clicks before their tombstone on ``topic``); not among :attr:`last_skipped`."""
 
     def write_batch(self, entries: Iterable[tuple[str, UserVectors]]) -> int:
-        """Write every entry whose seq is newer than what Redis holds; return how many were
-        written. Older entries for the same user earlier or later in the batch are dropped."""
+        """Write every entry whose seq is newer than what Redis holds, unless the forget check
+        refuses it (:attr:`last_refused`); return how many were written. Older entries for the
+        same user earlier or later in the batch are dropped."""
         newest: dict[str, UserVectors] = {}
         for user_id, uv in entries:
             prev = newest.get(user_id)
             if prev is None or uv.seq > prev.seq:
                 newest[user_id] = uv
-        self.last_skipped = 0
+        self.last_skipped = self.last_refused = 0
         if not newest:
             return 0
         items = list(newest.items())
@@ -170,7 +204,7 @@ class RedisWriter:
                     written += self._send(chunk)
                 except redis.exceptions.ResponseError:
                     raise exc from None
-        self.last_skipped = 0 if resent else len(items) - written
+        self.last_skipped = 0 if resent else len(items) - written - self.last_refused
         return written
 
     def _send(self, chunk: list[tuple[str, UserVectors]]) -> int:
@@ -178,7 +212,7 @@ class RedisWriter:
             return self._send_cluster(chunk)
         if self._sha is None:
             self._sha = self.client.script_load(self._script)
-        return self._pipeline(self.client, [chunk])
+        return self._pipeline(self.client, [chunk], self.forgotten)
 
     def _send_cluster(self, chunk: list[tuple[str, UserVectors]]) -> int:
         """Redis Cluster: every script call must touch one hash slot, so the chunk is grouped
@@ -190,6 +224,9 @@ class RedisWriter:
             for node in client.get_primaries():  # EVALSHA runs where the keys live
                 client.get_redis_connection(node).script_load(self._script)
             self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        refused = 0
+        if self.forgotten is not None:
+            chunk, refused = self._not_forgotten(client, chunk)
         by_slot: dict[int, list[tuple[str, UserVectors]]] = {}
         for user, uv in chunk:
             by_slot.setdefault(key_slot(user_key(self.ns, user).encode()), []).append((user, uv))
@@ -197,12 +234,33 @@ class RedisWriter:
         for slot, items in by_slot.items():
             node = client.nodes_manager.get_node_from_slot(slot)
             by_node.setdefault(node.name, (node, []))[1].append(items)
-        return sum(self._pipeline(client.get_redis_connection(node), groups)
-                   for node, groups in by_node.values())
+        written = sum(self._pipeline(client.get_redis_connection(node), groups)
+                      for node, groups in by_node.values())
+        self.last_refused += refused  # once the writes went through: a resent chunk counts once
+        return written
 
-    def _pipeline(self, client: redis.Redis, groups: list[list[tuple[str, UserVectors]]]) -> int:
+    def _not_forgotten(self, client: Any, chunk: list[tuple[str, UserVectors]]
+                       ) -> tuple[list[tuple[str, UserVectors]], int]:
+        """Redis Cluster: the pushes of ``chunk`` the forget check lets through, and how many
+        it refused, read with one
+        HMGET of the hash before the scripts (when it exists). Not atomic with the writes, as
+        the script's check is: a forget that records its marker and deletes the key between
+        this read and the write leaves the push in Redis until the dataflow reads the
+        tombstone and deletes it again (a replay, that ends before it, leaves it)."""
+        assert self.forgotten is not None
+        if not client.exists(self.forgotten):
+            return chunk, 0
+        floors = client.hmget(self.forgotten, [u for u, _ in chunk])
+        kept = [(u, uv) for (u, uv), f in zip(chunk, floors, strict=True)
+                if f is None or uv.seq >= int(f)]
+        return kept, len(chunk) - len(kept)
+
+    def _pipeline(self, client: redis.Redis, groups: list[list[tuple[str, UserVectors]]],
+                  forgotten: str | None = None) -> int:
         """``EVALSHA sha n key_1..key_n seq_1 value_1 .. seq_n value_n`` per ``keys_per_call``
-        users of each group, sent as one pipeline; the number of keys written."""
+        users of each group (with ``forgotten``: ``EVALSHA sha n+1 forgotten key_1..key_n
+        user_from seq_1 value_1 ..``), sent as one pipeline; the number of keys written (the
+        pushes refused as forgotten are added to :attr:`last_refused`)."""
         assert self._sha is not None  # loaded by _send
         pipe = client.pipeline(transaction=False)
         per = self.keys_per_call
@@ -210,9 +268,17 @@ class RedisWriter:
             values = self._encoder.encode([uv for _, uv in group])
             for start in range(0, len(group), per):
                 part = group[start : start + per]
-                args: list[Any] = [user_key(self.ns, u) for u, _ in part]
+                keys: list[Any] = [user_key(self.ns, u) for u, _ in part]
+                argv: list[Any] = []
+                if forgotten is not None:
+                    keys.insert(0, forgotten)
+                    argv.append(self._user_from)
                 for (_, uv), value in zip(part, values[start : start + per], strict=True):
-                    args += (int(uv.seq), value)
-                pipe.evalsha(self._sha, len(part), *args)
+                    argv += (int(uv.seq), value)
+                pipe.evalsha(self._sha, len(keys), *keys, *argv)
         # raises the first error reply (NoScriptError included: write_batch reloads the script)
-        return sum(int(r) for r in pipe.execute())
+        written = 0
+        for w, refused in pipe.execute():
+            written += int(w)
+            self.last_refused += int(refused)
+        return written

@@ -77,6 +77,7 @@ METRIC_NAMES = (
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
     "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
     "diam_flow_unknown_item_clicks_total", "diam_flow_redis_stale_pushes_total",
+    "diam_flow_redis_forgotten_pushes_total",
     "diam_flow_forgets_total", "diam_flow_users_resumed_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
@@ -279,6 +280,9 @@ class FlowMetrics:
                       "user at a newer or equal seq (a resumed run re-reading, or another run's state in "
                       "the namespace)",
                       st.get("stale_pushes", 0))
+        yield counter("diam_flow_redis_forgotten_pushes", "Pushes Redis refused: diam forget "
+                      "forgot the user after the clicks they were learnt from",
+                      st.get("forgotten_pushes", 0))
         yield counter("diam_flow_learn_calls",
                       "Calls of the learner's batched step (a user's clicks of a source batch)",
                       st.get("learn_calls", 0))

@@ -143,6 +143,12 @@ class Counts:
     merged into one write count once; a re-push after Redis lost data and a write retried
     after an outage are not counted). Many of them mean the namespace holds another
     run's state (seq is a Kafka offset: another topic's offsets are not comparable)."""
+    forgotten_pushes: int = 0
+    """Pushes Redis refused because ``diam forget`` forgot the user after the clicks they were
+    learnt from (their tombstone on the topic lies after those clicks; counted by
+    ``streams.redis_sink`` on its writer thread, once per user per write): a resumed or
+    lagging run, or a replay of a range before the tombstone, would otherwise have written the
+    user back."""
     snapshots: int = 0
     """Users' recovery snapshots (``streams.metrics`` groups them by epoch)."""
     snapshot_s: float = 0.0

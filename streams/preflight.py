@@ -56,7 +56,7 @@ def check_redis(cfg: RedisConfig, wait: bool = True) -> None:
     except redis.exceptions.NoPermissionError as exc:
         raise ServiceConfigError(f"Redis at {_where(cfg.url)}: the ACL user lacks a permission "
                                  f"({exc}); it needs the keys ~diam:* and the commands GET, SET, "
-                                 "DEL, EXISTS, EXPIRE, SCAN, EVALSHA, SCRIPT, PING "
+                                 "DEL, EXISTS, EXPIRE, HGET, HSET, SCAN, EVALSHA, SCRIPT, PING "
                                  "(DIAM_REDIS_USERNAME)") from None
     except redis.ConnectionError as exc:
         text = str(exc)

@@ -24,7 +24,9 @@ Nothing is lost by not waiting:
   thread is raised in the dataflow at the next batch;
 - after a crash, writes still queued are gone, but every user in a recovery snapshot is
   marked for a push when resumed (``streams.online``), so the resumed run re-writes them.
-  Write-if-newer makes the repeats harmless.
+  Write-if-newer makes the repeats harmless, and the writer's forget check (``topic``) refuses
+  the push of a user forgotten since the snapshot (``diam forget`` deleted their key and
+  recorded their tombstone's offset; the resumed state was learnt before it).
 
 Nothing is lost when *Redis* loses data either (a restart without persistence, a FLUSHALL, an
 AOF that lost its last second), for every user still in the dataflow's state (evicted users
@@ -103,7 +105,7 @@ class _Partition(StatelessSinkPartition[Item]):
         """The writer thread's counters (``FlowStats.counts``), where the pushes Redis did not
         write because it held the user at a newer or equal seq are counted (``stale_pushes``;
         not a re-push's): the namespace holds another run's state, or this run replays what
-        it wrote already."""
+        it wrote already; and the pushes refused as forgotten (``forgotten_pushes``)."""
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._gen: bytes | None = None  # the marker's token when last checked
         self._checked = False  # the marker was checked once (then _gen says what it was)
@@ -238,6 +240,9 @@ class _Partition(StatelessSinkPartition[Item]):
                     self.repushed += len(held)
                 elif self.writer.last_skipped and not retried and self.counts is not None:
                     self.counts().stale_pushes += self.writer.last_skipped
+                if self.writer.last_refused and self.counts is not None:
+                    # the forget check refuses a push again on a retry: counted once, here
+                    self.counts().forgotten_pushes += self.writer.last_refused
                 self._suspect = False
                 self.written += n
                 if down_since is not None:
@@ -304,18 +309,21 @@ class RedisVectorSink(DynamicSink[Item]):
     ``(user_id, RELEASED)`` lets go of an evicted user.
 
     ``check_every_s``: how often each partition checks the namespace's generation marker;
-    ``max_queued``: output batches queued per partition before the dataflow blocks."""
+    ``max_queued``: output batches queued per partition before the dataflow blocks;
+    ``topic``: the clicks topic the dataflow reads, whose forgotten users' pushes learnt before
+    their tombstone are refused (``RedisWriter``'s ``topic``; None: no check)."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
 
     counts: Callable[[], Any] | None = None
     """Given to every partition: the calling thread's counters (``FlowStats.counts``), where
-    its stale pushes are added (``_Partition.counts``)."""
+    its stale and forgotten pushes are added (``_Partition.counts``)."""
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
-                 check_every_s: float = 1.0, max_queued: int = 32) -> None:
+                 check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None) -> None:
         self.cfg = cfg
+        self.topic = topic
         self.namespace = namespace or cfg.namespace
         self.max_backoff_s = max_backoff_s
         self.check_every_s = check_every_s
@@ -323,7 +331,7 @@ class RedisVectorSink(DynamicSink[Item]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
-                             self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s)
+                             self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s, topic=self.topic)
         where = f" at {self.cfg.url.split('@')[-1]}" + (f" (worker {worker_index})" if worker_count > 1 else "")
         part = _Partition(writer, self.max_backoff_s, self.max_queued, check_every_s=self.check_every_s,
                           where=where)

@@ -167,6 +167,9 @@ class ReplayReport:
     wall_s: float
     forgets: int = 0
     """Tombstones replayed (users forgotten): records = valid + dead-lettered + forgets."""
+    forgotten_pushes: int = 0
+    """Pushes refused because ``diam forget`` forgot the user after the replayed clicks they
+    were learnt from (a range that ends before the user's tombstone)."""
 
     def lines(self) -> list[str]:
         rate = self.records / self.wall_s if self.wall_s > 0 else 0.0
@@ -175,7 +178,9 @@ class ReplayReport:
             f"({self.range.describe()}) into namespace {self.namespace!r}",
             f"  users {self.users:,}  valid {self.valid:,}  forgets {self.forgets:,}  "
             f"dead-lettered {self.deadlettered:,}  "
-            f"drift events {self.drift_events:,}  redis pushes {self.pushes:,}",
+            f"drift events {self.drift_events:,}  redis pushes {self.pushes:,}"
+            + (f" ({self.forgotten_pushes:,} refused: users forgotten after these clicks)"
+               if self.forgotten_pushes else ""),
             f"  wall time {self.wall_s:.2f} s ({rate:,.0f} events/s)",
         ]
 
@@ -244,4 +249,5 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
         raise failure[0]
     c = stats.total()
     return ReplayReport(namespace, rng, c.records, c.valid, c.users, c.rejected,
-                        c.drift_events, c.pushes, wall, forgets=c.forgets)
+                        c.drift_events, c.pushes, wall, forgets=c.forgets,
+                        forgotten_pushes=c.forgotten_pushes)

@@ -179,7 +179,7 @@ def job_io(job: OnlineJob) -> tuple[ClickSource, FlowSinks]:
                          health=health)
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
-                                max_queued=job.flow.sink_queue_batches),
+                                max_queued=job.flow.sink_queue_batches, topic=job.topic),
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic, health),
         drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic, health),
     )
@@ -224,7 +224,7 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     source: Any
     source, sinks = job_io(job)
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
-        sinks.vectors.counts = stats.counts  # stale pushes, on the writer threads' counters
+        sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL

@@ -14,17 +14,31 @@ from diam.commands import get_settings, kafka_unusable, topic_name
                    "kafka.clicks_topic). The configured catalogue, dead-letter, drift, alerts "
                    "and models topics and any compacted topic are refused.")
 @click.option("--redis-only", is_flag=True, default=False,
-              help="Only delete the Redis keys; write no tombstone to the clicks topic.")
+              help="Only delete the Redis keys; write no tombstone to the clicks topic and "
+                   "record no marker: a dataflow that holds the user pushes them again.")
 @click.pass_context
 def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, redis_only: bool) -> None:
-    """Forget USERS: delete their vectors in every Redis namespace now, and write a tombstone
-    (the user id as key, no value) to the clicks topic.
+    """Forget USERS: write a tombstone (the user id as key, no value) to the clicks topic,
+    record its offset in Redis (hash diam::forgotten:TOPIC, field = user id, kept for good),
+    then delete the users' vectors in every Redis namespace.
 
-    A running `diam run` drops each user's state when it reads the tombstone (so at its next
-    epoch the recovery store no longer holds them) and deletes the user's key again, in case a
-    push was in flight; a replay of the topic forgets them at the same point. Clicks the user
-    makes afterwards start a new state. The user's older clicks stay in the topic until its
-    retention removes them.
+    \b
+    What is guaranteed once it returns:
+    - no namespace holds a value learnt from the users' clicks before the tombstone, and
+      none is written again: every dataflow and replay of TOPIC (a run resumed from its
+      recovery store, one lagging behind the tombstone, a replay into a new namespace of a
+      range that ends before it) has such a push refused by Redis (counted as "refused as
+      forgotten"); on Redis Cluster that check is read just before the write, and a push
+      racing this command can come back until the dataflow reads the tombstone;
+    - a dataflow of TOPIC drops the users' state when it reads the tombstone (at its next
+      epoch the recovery store no longer holds them); a replay forgets them at the same point;
+    - clicks the users make after the tombstone start a new state, learnt and pushed as a
+      new user's.
+
+    Not covered: the users' older clicks stay in the topic until its retention removes them;
+    a dataflow of another topic carrying the same users is not told (forget on that topic
+    too); a topic deleted and created again under the same name keeps the old markers
+    (delete the hash then); --redis-only writes no tombstone and no marker.
 
     Only a clicks topic takes the tombstones: on the compacted item catalogue a null value
     deletes the item keyed by the same id, so the configured side topics and any compacted
@@ -33,7 +47,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     from confluent_kafka import KafkaException, Producer
 
     from serving_cache import redis_client
-    from serving_cache.keys import namespace_of_key
+    from serving_cache.keys import forgotten_key, namespace_of_key
     from serving_cache.namespaces import user_keys_everywhere
     from streams.online import forget_target
 
@@ -43,6 +57,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         raise click.BadParameter(f"not valid user ids: {', '.join(map(repr, bad))}",
                                  param_hint="USERS")
     topic = topic if topic is not None else s.kafka.clicks_topic
+    client = redis_client(s.redis)
     if not redis_only:
         from streams import not_for_clicks
         from streams.kafka_io import UnknownTopic
@@ -58,16 +73,31 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
             raise click.BadParameter(f"{refused}: nothing was written and the Redis keys were "
                                      "not touched", param_hint="--topic")
         errors: list[str] = []
+        offsets: dict[str, int] = {}
+
+        def delivered(err: object, msg: object) -> None:
+            if err:
+                errors.append(str(err))
+            else:
+                offsets[msg.key().decode()] = msg.offset()  # type: ignore[attr-defined]
+
         p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})
         for u in users:
-            p.produce(topic, key=u.encode(), value=None,
-                      on_delivery=lambda err, _m: errors.append(str(err)) if err else None)
+            p.produce(topic, key=u.encode(), value=None, on_delivery=delivered)
         left = p.flush(30)
         if errors or left:
             raise click.ClickException(f"tombstones to {topic!r} not delivered ({left} pending): "
                                        f"{'; '.join(errors[:3])}; the Redis keys were not touched")
         click.echo(f"tombstone(s) for {len(users)} user(s) written to {topic}")
-    client = redis_client(s.redis)
+        # Before the keys go: from here on Redis refuses, in every namespace, a push learnt
+        # from the users' clicks before their tombstone (a resumed run's first pushes, a
+        # dataflow behind the tombstone, a replay ending before it). A user's records share
+        # one partition (keyed by user id), so their offsets compare with the pushes' seq.
+        # The newest tombstone of a user wins: a later forget's offset is higher.
+        marks = client.pipeline(transaction=False)
+        for u, offset in offsets.items():
+            marks.hset(forgotten_key(topic), u, offset)
+        marks.execute()
     for u, keys in user_keys_everywhere(client, users).items():
         if keys:
             client.delete(*keys)

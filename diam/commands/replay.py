@@ -141,6 +141,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                                "users": report.users,
                                "deadlettered": report.deadlettered,
                                "drift_events": report.drift_events, "pushes": report.pushes,
+                               "forgotten_pushes": report.forgotten_pushes,
                                "wall_s": round(report.wall_s, 3)}))
     else:
         for line in report.lines():

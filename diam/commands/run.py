@@ -49,6 +49,7 @@ SUMMARY = ("{end}: {records} records ({valid} valid, {forgets} forgets, {rejecte
            "{unknown_items} on items the base does not know), "
            "{users} user states ({resumed} resumed, {in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
            "{stale_pushes} kept out by Redis as not newer, "
+           "{forgotten_pushes} refused as forgotten, "
            "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
            "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")
 """The line ``diam run`` prints when its dataflow ends (``{end}``: done, or stopped by a signal),

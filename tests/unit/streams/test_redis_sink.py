@@ -45,6 +45,7 @@ class _Writer:
         self.sent: list[list[tuple[str, int]]] = []
         self.kept: set[str] = set()  # users whose value the fake Redis holds at a newer seq
         self.last_skipped = 0
+        self.last_refused = 0
 
     def write_batch(self, entries: list[tuple[str, UserVectors]]) -> int:
         self.sent.append(sorted((u, uv.seq) for u, uv in entries))
