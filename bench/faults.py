@@ -74,7 +74,7 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import default_out, provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.commands.run import SUMMARY_ENDS  # noqa: E402
 from diam.settings import Settings, StackConfig  # noqa: E402
@@ -519,7 +519,8 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="12 s of clicks per fault instead of 30")
     ap.add_argument("--rate", type=int, default=1000, help="clicks per second offered")
@@ -533,11 +534,24 @@ def main() -> None:
                     help="tiny: the tests' centroid base (users anchored by k-means); diam: a "
                          "small DIAM network over the same items (users anchored and re-run on "
                          "the network, as on a served snapshot)")
-    ap.add_argument("--out", default=None,
-                    help="JSON written, and its .md beside it (default bench/results/faults.json; "
-                         "faults_quick.json with --quick or --only)")
+    ap.add_argument("--out", default=None, help=sized_out_help(
+        "faults", ("rate",), quick="--quick or --only", beside="its .md"))
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else where a run of this size writes (``provenance.sized_out``): only a
+    full run of every fault at the default rate writes the committed ``faults.json`` and
+    ``faults.md`` (``--only`` runs a subset: a quick run)."""
+    if args.out:
+        return Path(args.out)
+    return sized_out(ap, args, "faults", ("rate",), quick=args.quick or args.only is not None)
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
-    args.out = args.out or str(default_out("faults", args.quick or args.only is not None))
+    args.out = str(results_path(ap, args))
     names = [n for n in (args.only.split(",") if args.only else FAULTS)]
     unknown = sorted(set(names) - set(FAULTS))
     if unknown:

@@ -71,7 +71,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 ARMS = ("never", "retrain", "retrain_new_items")
 
@@ -164,7 +164,8 @@ class Arm:
         return found[0]
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT / "data" / "ml-100k"))
     ap.add_argument("--quick", action="store_true", help="the first 30k events only")
@@ -180,13 +181,31 @@ def main() -> None:
                     help="items first seen in clicks, timed after the stream")
     ap.add_argument("--cold-retrain", action="store_true",
                     help="retrain from a random initialisation instead of a warm start")
-    ap.add_argument("--out", default=None,
-                    help="default bench/results/loop.json (loop_quick.json with --quick/--events)")
+    ap.add_argument("--out", default=None, help=sized_out_help(
+        "loop", ("rate", "dim", "first_epochs", "retrain_epochs", "max_per_user", "click_first"),
+        quick="--quick or --events", beside="its .png"))
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else where a run of these sizes writes (``provenance.sized_out``): only a
+    run over every event at every default size writes the committed ``loop.json`` and
+    ``loop.png`` (``--events`` plays the first N: a quick run). ``--retrain-epochs`` given is
+    compared with the retrain service's default (``RetrainConfig.epochs``)."""
+    if args.out:
+        return Path(args.out)
+    from diam.retrain import RetrainConfig
+
+    full = {"retrain_epochs": RetrainConfig.model_fields["epochs"].default}
+    return sized_out(ap, args, "loop", ("rate", "dim", "first_epochs", "retrain_epochs", "max_per_user", "click_first"),
+                     quick=args.quick or args.events is not None, full=full)
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
-    if args.out is None:
-        name = "loop_quick.json" if args.quick or args.events else "loop.json"
-        args.out = str(ROOT / "bench" / "results" / name)
+    args.out = str(results_path(ap, args))
 
     from confluent_kafka import Producer
 

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -205,11 +205,13 @@ def head_cost(base: BaseView, reps: int = 300) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_name` reads its defaults)."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Writes bench/results/prequential.json (prequential_quick.json with --quick; "
-               "then _early with --early, _TAG with --tag; with --tune: prequential_tune[_TAG].json).",
+        epilog=sized_out_help("prequential", ("epochs",), quick="--quick", beside="its _fronts.png")
+        + "; then _early with --early, _TAG with --tag; with --tune: prequential_tune[_quick|_large]"
+          "[_TAG].json.",
     )
     ap.add_argument("--quick", action="store_true", help="tuning users only")
     ap.add_argument("--early", action="store_true",
@@ -237,6 +239,24 @@ def main() -> None:
                          "('' to skip)")
     ap.add_argument("--tag", default="",
                     help="suffix of the results file (with --tune, or a variant's report)")
+    return ap
+
+
+def results_name(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The file under ``bench/results`` a run writes: ``provenance.sized_out``'s name (only a
+    full run at the default ``--epochs`` writes the committed ``prequential.json`` and its
+    ``_fronts.png``), then ``_early`` and ``_TAG``; with ``--tune`` ``prequential_tune``, the
+    same size suffix (``--quick`` changes no tuning run), then ``_TAG``."""
+    sized = sized_out(ap, args, "prequential", ("epochs",), quick=args.quick and not args.tune)
+    size = sized.stem.removeprefix("prequential")  # "", "_quick" or "_large"
+    tag = f"_{args.tag}" if args.tag else ""
+    if args.tune:
+        return f"prequential_tune{size}{tag}.json"
+    return f"prequential{size}{'_early' if args.early else ''}{tag}.json"
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
     prov = provenance()  # when and on which code this run starts
     if not args.data.is_dir():
@@ -294,7 +314,7 @@ def main() -> None:
                "cadence": rows, "reference": ref["arms"],
                "reference_fronts": ref.get("fronts", {}),
                "head_us_by_items": head_cost(base)}
-        name = f"prequential_tune{'_' + args.tag if args.tag else ''}.json"
+        name = results_name(ap, args)
         (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps(out, indent=2))
         return
@@ -310,11 +330,7 @@ def main() -> None:
     res["cost"] = apply_cost(ds, base, cfg, 2_000 if args.quick else 5_000)
     if not args.no_synth:
         res["synthetic_recovery"] = synthetic_recovery(args.quick, cfg)
-    name = "prequential_quick.json" if args.quick else "prequential.json"
-    if args.early:
-        name = name.replace(".json", "_early.json")
-    if args.tag:
-        name = name.replace(".json", f"_{args.tag}.json")
+    name = results_name(ap, args)
     (RESULTS / name).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     if res.get("fronts"):
         plot_fronts(res, RESULTS / name.replace(".json", "_fronts.png"))

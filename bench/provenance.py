@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +45,62 @@ def default_out(name: str, quick: bool = False, *, large: bool = False) -> Path:
 
 
 def sized_out(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str,
-              sizes: tuple[str, ...]) -> Path:
+              sizes: tuple[str, ...], *, quick: bool = False,
+              full: Mapping[str, float] | None = None) -> Path:
     """:func:`default_out` of a run sized by the options ``sizes`` (``dest`` names): quick when
-    any of them is below its default, large when none is below and any is above, the committed
-    result only when every one is at its default (:func:`sized_out_help` says it in --help)."""
-    below = any(getattr(args, k) < ap.get_default(k) for k in sizes)
-    above = any(getattr(args, k) > ap.get_default(k) for k in sizes)
-    return default_out(name, quick=below, large=above and not below)
+    ``quick`` (a flag that cuts the whole run short, such as ``--quick`` or a subset like
+    ``--only``) or any of them is below its default, large when none is below and any is
+    above, the committed result only when every one is at its default (:func:`sized_out_help`
+    says it in --help). An option left unset (None) is at its default; ``full`` gives the full
+    run's value of an option whose argparse default is None (filled in later by the script,
+    smaller with ``--quick``), which a value given on the command line is compared with.
+
+    >>> ap = argparse.ArgumentParser()
+    >>> _ = ap.add_argument("--quick", action="store_true")
+    >>> _ = ap.add_argument("--events", type=int, default=None)
+    >>> [sized_out(ap, ap.parse_args(a), "x", ("events",), quick="--quick" in a,
+    ...            full={"events": 100}).name
+    ...  for a in ([], ["--events", "100"], ["--events", "50"], ["--events", "500"],
+    ...            ["--quick", "--events", "500"])]
+    ['x.json', 'x.json', 'x_quick.json', 'x_large.json', 'x_quick.json']
+    """
+    below = above = False
+    for k in sizes:
+        value = getattr(args, k)
+        if value is None:
+            continue
+        ref = ap.get_default(k)
+        if ref is None:
+            if full is None or k not in full:
+                raise ValueError(f"sized_out: {k!r} has no argparse default; give its full run's "
+                                 "value in full")
+            ref = full[k]
+        below = below or value < ref
+        above = above or value > ref
+    short = quick or below
+    return default_out(name, quick=short, large=above and not short)
 
 
-def sized_out_help(name: str, sizes: tuple[str, ...]) -> str:
-    """``--out``'s help for a script whose default path is :func:`sized_out`'s.
+def sized_out_help(name: str, sizes: tuple[str, ...], *, quick: str = "",
+                   beside: str = "") -> str:
+    """``--out``'s help for a script whose default path is :func:`sized_out`'s; ``quick``
+    names the flags passed to it as ``quick``, ``beside`` what is written beside the JSON
+    under the same name.
 
     >>> sized_out_help("head_ab", ("histories", "repeats"))
     'JSON written [default: bench/results/head_ab.json with --histories/--repeats at their defaults; head_ab_quick.json with any below its default, else head_ab_large.json]'
+    >>> sized_out_help("faults", ("rate",), quick="--quick or --only", beside="its .md")
+    'JSON written, and its .md beside it [default: bench/results/faults.json with --rate at its default; faults_quick.json with --quick or --only or --rate below it, faults_large.json above it]'
     """
     opts = "/".join(f"--{k.replace('_', '-')}" for k in sizes)
+    what = f"JSON written, and {beside} beside it" if beside else "JSON written"
     if len(sizes) == 1:
-        return (f"JSON written [default: bench/results/{name}.json with {opts} at its default; "
-                f"{name}_quick.json below it, {name}_large.json above it]")
-    return (f"JSON written [default: bench/results/{name}.json with {opts} at their defaults; "
-            f"{name}_quick.json with any below its default, else {name}_large.json]")
+        below = f"with {quick} or {opts} below it" if quick else "below it"
+        return (f"{what} [default: bench/results/{name}.json with {opts} at its default; "
+                f"{name}_quick.json {below}, {name}_large.json above it]")
+    below = f"with {quick} or any below its default" if quick else "with any below its default"
+    return (f"{what} [default: bench/results/{name}.json with {opts} at their defaults; "
+            f"{name}_quick.json {below}, else {name}_large.json]")
 
 
 class GitFailed(RuntimeError):

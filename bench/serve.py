@@ -92,7 +92,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from provenance import default_out, provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 from serve_learner import LearnedUser, LearnerRun, grow_catalogue, learner_run  # noqa: E402
 
 from diam.settings import load_settings  # noqa: E402
@@ -836,7 +836,13 @@ Each suspicion has a measurement in the JSON, per catalogue:
 """
 
 
-def main() -> None:
+FULL = {"requests": 3000, "load_seconds": 30.0}
+"""The full run's sizes of the options that default to None (``--quick`` fills in QUICK's)."""
+QUICK = {"requests": 2000, "load_seconds": 8.0}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -858,16 +864,31 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1,
                     help="diam serve --processes for the HTTP steps (each load client keeps one "
                     "connection, which the kernel gives to one process)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON written, and its .md beside it (default bench/results/serve.json; "
-                         "serve_quick.json with --quick or --events)")
+    ap.add_argument("--out", type=Path, default=None, help=sized_out_help(
+        "serve", ("large_items", "requests", "load_seconds", "click_rate", "recall_queries"),
+        quick="--quick or --events", beside="its .md"))
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else where a run of these sizes writes (``provenance.sized_out``): only a
+    full run at every default size writes the committed ``serve.json`` and ``serve.md``
+    (``--events`` plays part of ml-100k: a quick run)."""
+    if args.out:
+        return Path(args.out)
+    return sized_out(ap, args, "serve", ("large_items", "requests", "load_seconds", "click_rate", "recall_queries"),
+                     quick=args.quick or args.events is not None, full=FULL)
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
-    args.out = args.out or default_out("serve", args.quick or args.events is not None)
+    args.out = results_path(ap, args)
     prov = provenance()  # when and on which code this run starts
     if args.processes < 1:
         ap.error("--processes must be at least 1")
-    args.requests = args.requests or (2000 if args.quick else 3000)
-    args.load_seconds = args.load_seconds or (8.0 if args.quick else 30.0)
+    args.requests = args.requests or (QUICK if args.quick else FULL)["requests"]
+    args.load_seconds = args.load_seconds or (QUICK if args.quick else FULL)["load_seconds"]
     sizes = [GOAL_ITEMS] + ([] if args.quick or args.large_items <= GOAL_ITEMS
                             else [args.large_items])
 

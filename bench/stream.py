@@ -113,7 +113,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from provenance import default_out, provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from diam.commands.run import parse_summary, summary_lines  # noqa: E402
 from diam.settings import load_settings  # noqa: E402
@@ -727,10 +727,16 @@ def real_clicks(args, settings, kafka, env, run_id: str, tmp: str,
             base, events)
 
 
-def main() -> None:
+FULL = {"events": 400_000, "fresh_repeats": 5, "replay_copies": 8}
+"""The full run's sizes of the options that default to None (``--quick`` fills in QUICK's)."""
+QUICK = {"events": 60_000, "fresh_repeats": 2, "replay_copies": 1}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run (under two minutes)")
-    ap.add_argument("--events", type=int, default=None)
+    ap.add_argument("--events", type=int, default=None, help="synthetic clicks [400,000; 60,000 quick]")
     ap.add_argument("--rate", type=int, default=5000, help="offered rate for the freshness run")
     ap.add_argument("--low-rate", type=int, default=1000,
                     help="a second freshness run at a rate the dataflow sustains on this machine")
@@ -748,17 +754,32 @@ def main() -> None:
     ap.add_argument("--replay-copies", type=int, default=None,
                     help="times each user of the replay is played, under distinct ids [8: "
                          "400,000 events from ml-100k; 1 with --quick]")
-    ap.add_argument("--out", default=None,
-                    help="JSON written [default: bench/results/stream.json; stream_quick.json "
-                         "with --quick or --events]")
+    ap.add_argument("--out", default=None, help=sized_out_help(
+        "stream", ("events", "rate", "low_rate", "repeats", "fresh_repeats", "replay_copies"),
+        quick="--quick"))
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else where a run of these sizes writes (``provenance.sized_out``): only a
+    full run at every default size writes the committed ``stream.json``."""
+    if args.out:
+        return Path(args.out)
+    return sized_out(ap, args, "stream", ("events", "rate", "low_rate", "repeats", "fresh_repeats", "replay_copies"),
+                     quick=args.quick, full=FULL)
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
-    args.out = args.out or str(default_out("stream", args.quick or args.events is not None))
+    args.out = str(results_path(ap, args))
     prov = provenance()  # when and on which code this run starts
-    n = args.events or (60_000 if args.quick else 400_000)
+    sizes = QUICK if args.quick else FULL
+    n = args.events or sizes["events"]
     if args.replay_copies is None:
-        args.replay_copies = 1 if args.quick else 8
+        args.replay_copies = sizes["replay_copies"]
     if args.fresh_repeats is None:
-        args.fresh_repeats = 2 if args.quick else 5
+        args.fresh_repeats = sizes["fresh_repeats"]
     users = 2_000 if args.quick else 20_000
     settings = load_settings()
     kafka = settings.kafka

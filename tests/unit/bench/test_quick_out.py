@@ -4,7 +4,10 @@ one sized above the defaults ``<name>_large.json`` (``provenance.sized_out``).""
 
 from __future__ import annotations
 
+import ast
 import re
+
+import pytest
 
 from tests.benchload import BENCH, load_bench
 
@@ -51,7 +54,114 @@ def test_sized_scripts_say_where_each_size_writes() -> None:
         if "sized_out(" not in text or script.stem == "provenance":
             continue
         found += 1
-        helped = re.findall(r'sized_out_help\("(\w+)", (\([^)]*\))\)', text)
-        used = re.findall(r'sized_out\(ap, args, "(\w+)", (\([^)]*\))\)', text)
+        helped = [(n, ast.literal_eval(t)) for n, t in
+                  re.findall(r'sized_out_help\(\s*"(\w+)", (\([^)]*\))[,)]', text)]
+        used = [(n, ast.literal_eval(t)) for n, t in
+                re.findall(r'sized_out\(ap, args, "(\w+)", (\([^)]*\))[,)]', text)]
         assert helped == used == [(script.stem, used[0][1])], script.name
-    assert found >= 6
+    assert found >= 11
+
+
+def test_an_unset_option_is_at_its_default_and_a_given_one_meets_its_full_size() -> None:
+    """An option that defaults to None (the script fills it in, smaller with --quick) is at its
+    default when left out and compared with ``full`` when given; one with neither a default
+    nor a full size is refused, not compared with None."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--events", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+
+    def name(*a: str) -> str:
+        args = ap.parse_args(a)
+        return prov.sized_out(ap, args, "x", ("events",), quick=args.quick,
+                              full={"events": 100}).name
+
+    assert [name(), name("--events", "100"), name("--events", "99"), name("--events", "101"),
+            name("--quick"), name("--quick", "--events", "101")] == \
+        ["x.json", "x.json", "x_quick.json", "x_large.json", "x_quick.json", "x_quick.json"]
+    with pytest.raises(ValueError, match="repeats"):
+        prov.sized_out(ap, ap.parse_args(["--repeats", "3"]), "x", ("repeats",))
+
+
+def _where(script: str, argv: list[str]) -> str:
+    """Where ``bench/<script>.py argv`` writes: a default path relative to the repository, an
+    explicit ``--out`` as given (its parser and its own path rule, without running it)."""
+    mod = load_bench(script)
+    ap = mod.parser()
+    args = ap.parse_args(argv)
+    if script == "prequential":
+        return f"bench/results/{mod.results_name(ap, args)}"
+    path = mod.results_path(ap, args)
+    return path.as_posix() if args.out else path.relative_to(BENCH.parent).as_posix()
+
+
+# every default invocation the lead runs, then each size below, at and above its default
+CASES = [
+    ("stream", [], "stream.json"),
+    ("stream", ["--quick"], "stream_quick.json"),
+    ("stream", ["--events", "400000"], "stream.json"),
+    ("stream", ["--events", "100000"], "stream_quick.json"),
+    ("stream", ["--events", "800000"], "stream_large.json"),
+    ("stream", ["--rate", "4000"], "stream_quick.json"),
+    ("stream", ["--rate", "8000"], "stream_large.json"),
+    ("stream", ["--low-rate", "2000"], "stream_large.json"),
+    ("stream", ["--repeats", "3"], "stream_quick.json"),
+    ("stream", ["--repeats", "5"], "stream.json"),
+    ("stream", ["--fresh-repeats", "5"], "stream.json"),
+    ("stream", ["--fresh-repeats", "8"], "stream_large.json"),
+    ("stream", ["--replay-copies", "1"], "stream_quick.json"),
+    ("stream", ["--replay-copies", "8", "--repeats", "7"], "stream_large.json"),
+    ("stream", ["--quick", "--repeats", "9"], "stream_quick.json"),
+    ("stream", ["--repeats", "2", "--out", "/tmp/s.json"], "/tmp/s.json"),
+    ("serve", [], "serve.json"),
+    ("serve", ["--quick"], "serve_quick.json"),
+    ("serve", ["--events", "20000"], "serve_quick.json"),
+    ("serve", ["--large-items", "2000000"], "serve_large.json"),
+    ("serve", ["--large-items", "500000"], "serve_quick.json"),
+    ("serve", ["--requests", "3000", "--load-seconds", "30"], "serve.json"),
+    ("serve", ["--requests", "5000"], "serve_large.json"),
+    ("serve", ["--load-seconds", "10"], "serve_quick.json"),
+    ("serve", ["--click-rate", "0"], "serve_quick.json"),
+    ("serve", ["--recall-queries", "4000"], "serve_large.json"),
+    ("faults", [], "faults.json"),
+    ("faults", ["--quick"], "faults_quick.json"),
+    ("faults", ["--only", "kill9"], "faults_quick.json"),
+    ("faults", ["--rate", "500"], "faults_quick.json"),
+    ("faults", ["--rate", "2000"], "faults_large.json"),
+    ("faults", ["--workers", "2", "--out", "bench/results/faults_two_workers.json"],
+     "faults_two_workers.json"),
+    ("faults", ["--base", "diam", "--workers", "2", "--out",
+                "bench/results/faults_two_workers_diam.json"], "faults_two_workers_diam.json"),
+    ("loop", [], "loop.json"),
+    ("loop", ["--quick"], "loop_quick.json"),
+    ("loop", ["--events", "5000"], "loop_quick.json"),
+    ("loop", ["--rate", "100"], "loop_quick.json"),
+    ("loop", ["--rate", "400"], "loop_large.json"),
+    ("loop", ["--dim", "64"], "loop_large.json"),
+    ("loop", ["--first-epochs", "1"], "loop_quick.json"),
+    ("loop", ["--retrain-epochs", "2"], "loop.json"),
+    ("loop", ["--retrain-epochs", "1"], "loop_quick.json"),
+    ("loop", ["--retrain-epochs", "4"], "loop_large.json"),
+    ("loop", ["--max-per-user", "32"], "loop_large.json"),
+    ("loop", ["--click-first", "5"], "loop_quick.json"),
+    ("prequential", [], "prequential.json"),
+    ("prequential", ["--quick"], "prequential_quick.json"),
+    ("prequential", ["--epochs", "4"], "prequential.json"),
+    ("prequential", ["--epochs", "2"], "prequential_quick.json"),
+    ("prequential", ["--epochs", "8"], "prequential_large.json"),
+    ("prequential", ["--quick", "--early", "--tag", "x"], "prequential_quick_early_x.json"),
+    ("prequential", ["--epochs", "8", "--early"], "prequential_large_early.json"),
+    ("prequential", ["--tune", "--tag", "cadence"], "prequential_tune_cadence.json"),
+    ("prequential", ["--tune", "--quick"], "prequential_tune.json"),
+    ("prequential", ["--tune", "--epochs", "2"], "prequential_tune_quick.json"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "written"), CASES,
+                         ids=[f"{s} {' '.join(a)}".strip() for s, a, _ in CASES])
+def test_each_script_writes_its_committed_result_only_at_its_default_sizes(
+        script: str, argv: list[str], written: str) -> None:
+    expected = written if written.startswith("/") else f"bench/results/{written}"
+    assert _where(script, argv) == expected
