@@ -25,9 +25,10 @@ True
 from __future__ import annotations
 
 from streams.config import KafkaConfig
-from streams.kafka_io import partition_ids, topic_config, watermarks
+from streams.kafka_io import TopicState, UnknownTopic, describe_topics
 
-__all__ = ["catalogue_role", "not_for_catalogue", "not_for_clicks", "side_topic_role"]
+__all__ = ["catalogue_refusal", "catalogue_role", "clicks_refusal", "not_for_catalogue",
+           "not_for_clicks", "side_topic_role"]
 
 
 def side_topic_role(cfg: KafkaConfig, topic: str, catalogue: str | None = None) -> str | None:
@@ -48,14 +49,30 @@ def not_for_clicks(cfg: KafkaConfig, topic: str, catalogue: str | None = None,
     """Why ``topic`` must not receive records keyed by user id, in one line naming it and what
     it is, or None when it may. A configured side topic (:func:`side_topic_role`) is refused
     without asking the broker; any other topic is refused when the broker reports it
-    compacted. Raises :class:`~streams.kafka_io.UnknownTopic` when the topic does not exist
-    (found without creating it: ``produce`` creates it as a clicks topic, ``forget`` refuses
-    it), and the Kafka client's errors when the broker does not answer."""
+    compacted (:func:`clicks_refusal`). Raises :class:`~streams.kafka_io.UnknownTopic` when
+    the topic does not exist (found without creating it: ``produce`` creates it as a clicks
+    topic, ``forget`` refuses it), and the Kafka client's errors when the broker does not
+    answer."""
     role = side_topic_role(cfg, topic, catalogue)
     if role is not None:
         return f"{topic} is {role}, not a clicks topic"
-    partition_ids(cfg, topic, timeout=timeout)  # UnknownTopic, and describe_configs needs one
-    policy = topic_config(cfg, topic, timeout=timeout).get("cleanup.policy", "")
+    state = describe_topics(cfg, [topic], timeout=timeout)[topic]
+    if state is None:
+        raise UnknownTopic(f"topic {topic!r} does not exist at {cfg.bootstrap}")
+    return clicks_refusal(cfg, topic, state, catalogue)
+
+
+def clicks_refusal(cfg: KafkaConfig, topic: str, state: TopicState | None,
+                   catalogue: str | None = None) -> str | None:
+    """:func:`not_for_clicks`'s rule on a topic already described (``state``, from
+    :func:`~streams.kafka_io.describe_topics`; None: it does not exist, which this rule lets
+    pass), so that a command checking several things reads the broker once."""
+    role = side_topic_role(cfg, topic, catalogue)
+    if role is not None:
+        return f"{topic} is {role}, not a clicks topic"
+    if state is None:
+        return None
+    policy = state.config.get("cleanup.policy", "")
     if "compact" in policy.split(","):
         return (f"{topic} is compacted (cleanup.policy={policy}), as no clicks topic is: a "
                 "record keyed by a user id there replaces (a tombstone: deletes) whatever "
@@ -76,24 +93,30 @@ def catalogue_role(cfg: KafkaConfig, topic: str) -> str | None:
 def not_for_catalogue(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> str | None:
     """Why ``topic`` must not receive the item catalogue, in one line naming it, or None when
     it may: a configured topic that is not the catalogue (:func:`catalogue_role`, without
-    asking the broker), or an existing topic the broker reports not compacted (its
-    ``cleanup.policy`` and record count are named: a clicks topic, most likely). A topic that
-    does not exist may (``streams.catalog.publish_items`` creates it compacted). Raises the
-    Kafka client's errors when the broker does not answer."""
-    from streams.kafka_io import UnknownTopic
-
+    asking the broker), or an existing topic the broker reports not compacted
+    (:func:`catalogue_refusal`). A topic that does not exist may
+    (``streams.catalog.publish_items`` creates it compacted). Raises the Kafka client's errors
+    when the broker does not answer."""
     role = catalogue_role(cfg, topic)
     if role is not None:
         return f"{topic} is {role}, not an item catalogue"
-    try:
-        partition_ids(cfg, topic, timeout=timeout)  # describe_configs needs an existing topic
-    except UnknownTopic:
+    return catalogue_refusal(cfg, topic, describe_topics(cfg, [topic], timeout=timeout)[topic])
+
+
+def catalogue_refusal(cfg: KafkaConfig, topic: str, state: TopicState | None) -> str | None:
+    """:func:`not_for_catalogue`'s rule on a topic already described (``state``, from
+    :func:`~streams.kafka_io.describe_topics`; None: it does not exist, and may be created
+    compacted). An existing topic that is not compacted is refused, its ``cleanup.policy`` and
+    record count named: a clicks topic, most likely."""
+    role = catalogue_role(cfg, topic)
+    if role is not None:
+        return f"{topic} is {role}, not an item catalogue"
+    if state is None:
         return None
-    policy = topic_config(cfg, topic, timeout=timeout).get("cleanup.policy", "")
+    policy = state.config.get("cleanup.policy", "")
     if "compact" in policy.split(","):
         return None
-    held = sum(hi - lo for lo, hi in watermarks(cfg, topic, timeout=timeout).values())
     return (f"{topic} is not compacted (cleanup.policy={policy or 'unknown'}) and holds "
-            f"{held:,} records: not an item catalogue (a catalogue topic is compacted; a "
+            f"{state.held:,} records: not an item catalogue (a catalogue topic is compacted; a "
             "missing one is created so), a clicks topic perhaps, whose dataflows would "
             "dead-letter every item record")

@@ -20,7 +20,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from streams.config import KafkaConfig
 
@@ -33,6 +33,8 @@ __all__ = [
     "delete_topics",
     "partition_ids",
     "UnknownTopic",
+    "TopicState",
+    "describe_topics",
     "topic_config",
     "watermarks",
     "offsets_for_time",
@@ -184,12 +186,77 @@ def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> list[i
     admin = _admin(cfg)
     with _logs_on_failure(admin):
         md = admin.list_topics(timeout=timeout)
+    return _partitions_in(md, cfg, topic)
+
+
+def _partitions_in(md: ClusterMetadata, cfg: KafkaConfig, topic: str) -> list[int]:
+    """``topic``'s partition ids in a metadata answer of every topic; :class:`UnknownTopic` when
+    it is not there, ``RuntimeError`` when the broker reports an error for it."""
     t = md.topics.get(topic)
     if t is None:
         raise UnknownTopic(f"topic {topic!r} does not exist at {cfg.bootstrap}")
     if t.error is not None:
         raise RuntimeError(f"cannot read partitions of topic {topic!r}: {t.error.str()}")
     return sorted(t.partitions)
+
+
+class TopicState(NamedTuple):
+    """What a command checks about an existing topic before it writes there
+    (:func:`describe_topics`): its partitions, its configuration as the broker reports it
+    (defaults included, e.g. ``cleanup.policy``) and each partition's ``(low, high)`` offsets,
+    as :func:`watermarks` gives them."""
+
+    partitions: list[int]
+    config: dict[str, str]
+    marks: dict[int, tuple[int, int]]
+
+    @property
+    def held(self) -> int:
+        """How many records the topic holds (high minus low, summed over its partitions)."""
+        return sum(hi - lo for lo, hi in self.marks.values())
+
+
+def describe_topics(cfg: KafkaConfig, topics: Iterable[str],
+                    timeout: float = 30.0) -> dict[str, TopicState | None]:
+    """Each of ``topics`` as a :class:`TopicState`, None for one that does not exist, from one
+    round of requests on one admin connection: one metadata request of every topic (naming none,
+    so that no broker creates a misspelt one: :func:`partition_ids`), then the existing topics'
+    configurations and their earliest and latest offsets, asked together.
+
+    What ``diam produce`` checks before it writes (compaction, records already held, existence)
+    is read here once rather than by a connection and a metadata request per check. Raises
+    ``RuntimeError`` when the broker reports an error for a topic, and the Kafka client's errors
+    when it does not answer."""
+    from confluent_kafka.admin import ConfigResource, OffsetSpec
+
+    names = list(dict.fromkeys(topics))
+    admin = _admin(cfg)
+    with _logs_on_failure(admin):
+        md = admin.list_topics(timeout=timeout)
+        parts: dict[str, list[int]] = {}
+        for name in names:
+            try:
+                parts[name] = _partitions_in(md, cfg, name)
+            except UnknownTopic:
+                continue
+        if not parts:
+            return dict.fromkeys(names)
+        res = {n: ConfigResource(ConfigResource.Type.TOPIC, n)  # type: ignore[attr-defined]
+               for n in parts}
+        confs = admin.describe_configs(list(res.values()), request_timeout=timeout)
+        tps = [TopicPartition(n, p) for n, ps in parts.items() for p in ps]
+        lows = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps},
+                                  request_timeout=timeout) if tps else {}
+        highs = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
+                                   request_timeout=timeout) if tps else {}
+        low = {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in lows.items()}
+        high = {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in highs.items()}
+        out: dict[str, TopicState | None] = dict.fromkeys(names)
+        for n, ps in parts.items():
+            conf = confs[res[n]].result(timeout)
+            out[n] = TopicState(ps, {k: str(e.value) for k, e in conf.items()},
+                                {p: (low[n, p], high[n, p]) for p in ps})
+    return out
 
 
 def topic_config(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[str, str]:

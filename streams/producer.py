@@ -161,12 +161,14 @@ def _run(
     progress: bool,
     flush_timeout: float,
     stop: threading.Event | None = None,
+    create: bool = True,
 ) -> ProduceReport:
     from tqdm import tqdm
 
     from streams.kafka_io import ensure_topic
 
-    ensure_topic(cfg, topic, cfg.partitions, timeout=15.0)
+    if create:
+        ensure_topic(cfg, topic, cfg.partitions, timeout=15.0)
     sender = _Sender(cfg, topic, rate)
     started = time.perf_counter()
     with tqdm(
@@ -216,15 +218,18 @@ def produce_dataset(
     progress: bool = False,
     flush_timeout: float = 120.0,
     stop: threading.Event | None = None,
+    create: bool = True,
 ) -> ProduceReport:
     """Produce the first ``limit`` events of ``ds`` (all when None) in time order to ``topic``,
     created with ``kafka_cfg.partitions`` partitions when missing; at ``rate`` events/s or as
     fast as possible when ``rate`` is None. Once ``stop`` is set (a signal handler, e.g.
     ``diam produce``'s SIGTERM), or on KeyboardInterrupt, no further event is queued: those
-    queued are flushed and counted, and the report says ``interrupted``."""
+    queued are flushed and counted, and the report says ``interrupted``. ``create=False`` skips
+    the metadata request that looks for the topic: for a caller that has just described it
+    (``diam produce``, :func:`~streams.kafka_io.describe_topics`)."""
     total = len(ds.ts_ms) if limit is None else min(limit, len(ds.ts_ms))
     return _run(kafka_cfg, topic, _dataset_records(ds, limit), total, rate, progress,
-                flush_timeout, stop)
+                flush_timeout, stop, create)
 
 
 def produce_raw(

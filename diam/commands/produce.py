@@ -83,8 +83,8 @@ def produce(
     from confluent_kafka import KafkaException
 
     from online_model.datasets import DatasetError, load_prepared
-    from streams import catalogue_role, not_for_catalogue, not_for_clicks
-    from streams.kafka_io import UnknownTopic, watermarks
+    from streams import catalogue_refusal, catalogue_role, clicks_refusal, side_topic_role
+    from streams.kafka_io import describe_topics
     from streams.producer import produce_dataset
 
     settings = get_settings(click.get_current_context())
@@ -97,33 +97,30 @@ def produce(
     cat = items_topic if items_topic is not None else settings.kafka.items_topic
     cat_hint = "--items-topic" if items_topic is not None else (
         "DIAM_KAFKA_ITEMS_TOPIC (kafka.items_topic)")
+    hint = "--topic" if topic is not None else "DIAM_KAFKA_CLICKS_TOPIC (kafka.clicks_topic)"
     # and the catalogue goes to a catalogue: by name first, before any broker is asked (the
     # catalogue as the clicks target is refused below, on --topic, as forget does)
     if catalog and cat != target and (role := catalogue_role(settings.kafka, cat)) is not None:
         raise click.BadParameter(f"{cat} is {role}, not an item catalogue: nothing was "
                                  "written", param_hint=cat_hint)
+    if side_topic_role(settings.kafka, target, items_topic) is not None:
+        refused = clicks_refusal(settings.kafka, target, None, catalogue=items_topic)
+        raise click.BadParameter(f"{refused}: nothing was written", param_hint=hint)
+    # one round of broker requests serves every check below (and tells whether to create it)
     try:
-        refused = not_for_clicks(settings.kafka, target, catalogue=items_topic, timeout=15.0)
-    except UnknownTopic:  # created as a clicks topic
-        refused = None
+        known = describe_topics(settings.kafka, [target, cat] if catalog else [target],
+                                timeout=15.0)
     except (KafkaException, RuntimeError) as exc:
         raise kafka_unusable(settings, exc) from None
+    refused = clicks_refusal(settings.kafka, target, known[target], catalogue=items_topic)
     if refused is not None:
-        hint = "--topic" if topic is not None else "DIAM_KAFKA_CLICKS_TOPIC (kafka.clicks_topic)"
         raise click.BadParameter(f"{refused}: nothing was written", param_hint=hint)
     if catalog:  # an existing topic that is not compacted (a clicks topic) is no catalogue
-        try:
-            refused = not_for_catalogue(settings.kafka, cat, timeout=15.0)
-        except (KafkaException, RuntimeError) as exc:
-            raise kafka_unusable(settings, exc) from None
+        refused = catalogue_refusal(settings.kafka, cat, known[cat])
         if refused is not None:
             raise click.BadParameter(f"{refused}: nothing was written", param_hint=cat_hint)
-    try:
-        held = sum(hi - lo for lo, hi in watermarks(settings.kafka, target, timeout=15.0).values())
-    except UnknownTopic:
-        held = 0
-    except (KafkaException, RuntimeError) as exc:
-        raise kafka_unusable(settings, exc) from None
+    state = known[target]
+    held = state.held if state is not None else 0  # a missing target is created below
     if held and limit != 0:
         click.echo(f"warning: {target} already holds {held:,} records; these events are appended "
                    "(a dataflow reading the topic learns both; --topic names another)", err=True)
@@ -133,7 +130,8 @@ def produce(
     stop_on_signals(stop)  # SIGTERM as Ctrl-C: what is queued is delivered and counted
     try:
         report = produce_dataset(
-            ds, settings.kafka, target, rate=rate, limit=limit, progress=progress, stop=stop
+            ds, settings.kafka, target, rate=rate, limit=limit, progress=progress, stop=stop,
+            create=state is None,
         )
     except (KafkaException, TimeoutError) as exc:
         raise kafka_unusable(settings, exc) from None
