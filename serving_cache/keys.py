@@ -12,7 +12,7 @@ import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
            "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
-           "every_user_key", "namespaces_starting", "forgotten_key"]
+           "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -105,16 +105,44 @@ def generation_key(ns: str) -> str:
     return f"diam:{validate_namespace(ns)}:gen"
 
 
-def forgotten_key(topic: str) -> str:
-    """The hash of the users ``diam forget`` forgot on clicks topic ``topic``: field user id,
-    value the offset of the user's tombstone in ``topic``. The writer refuses a push of a user
-    whose ``seq`` (the offset of the last click it learnt from ``topic``) is below it, in every
-    namespace. Kept for good: a few dozen bytes per forgotten user.
+_TOPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def forgotten_key(topic: str, topic_id: str | None) -> str:
+    """The hash of the users ``diam forget`` forgot on clicks topic ``topic`` whose Kafka topic
+    id is ``topic_id``: field user id, value the offset of the user's tombstone in it. The
+    writer refuses a push of a user whose ``seq`` (the offset of the last click it learnt from
+    the topic) is below it, in every namespace. Kept for good: a few dozen bytes per forgotten
+    user.
+
+    Keyed by the id as well as the name: a topic deleted and created again under the same name
+    gets a new id and restarts its offsets at 0, and the old topic's markers (tombstones at
+    offsets the new one has not reached) must not refuse its users' new clicks. ``topic_id``
+    None (a broker that assigns topics no id, Kafka before 2.8) is the name alone:
+    :func:`forgotten_key_by_name`.
 
     The empty namespace (``diam::``) is no namespace's (:func:`validate_namespace`), so no
-    namespace pattern, drop or listing ever matches it; topic names hold no ':'.
+    namespace pattern, drop or listing ever matches it; topic names and ids hold no ':'.
 
-    >>> forgotten_key("diam.clicks")
+    >>> forgotten_key("diam.clicks", "ea2bss0mSlqGLpiDao5Wgg")
+    'diam::forgotten:diam.clicks:ea2bss0mSlqGLpiDao5Wgg'
+    >>> forgotten_key("diam.clicks", None)
+    'diam::forgotten:diam.clicks'
+    """
+    if topic_id is None:
+        return forgotten_key_by_name(topic)
+    if _TOPIC_ID_RE.fullmatch(topic_id) is None:
+        raise ValueError(f"topic id {topic_id!r} of {topic!r} is not a Kafka topic id "
+                         "(base64url, 22 characters)")
+    return f"diam::forgotten:{topic}:{topic_id}"
+
+
+def forgotten_key_by_name(topic: str) -> str:
+    """The hash of forgotten users keyed by the topic's name alone: where releases before the
+    topic id was part of :func:`forgotten_key` recorded them (``serving_cache.forgotten`` moves
+    them under the id), and where a broker without topic ids keeps them.
+
+    >>> forgotten_key_by_name("diam.clicks")
     'diam::forgotten:diam.clicks'
     """
     return f"diam::forgotten:{topic}"

@@ -76,9 +76,9 @@ _READ_STORED = f"""  local cur = redis.call('GET', KEYS[i])
   end
 """
 
-# The forget check (``diam forget``; serving_cache.keys.forgotten_key): KEYS[1] is the topic's
-# hash of forgotten users, ARGV[1] where the user id starts in a user key; the user keys and
-# their (seq, value) pairs follow. A push whose seq (the offset of the last click it learnt)
+# The forget check (``diam forget``; serving_cache.keys.forgotten_key): KEYS[1] is the hash of
+# users forgotten on the topic (of the topic id the writer was given), ARGV[1] where the user id
+# starts in a user key; the user keys and their (seq, value) pairs follow. A push whose seq (the offset of the last click it learnt)
 # is below the offset of the user's tombstone was learnt from clicks the user asked to forget:
 # it is refused in the same script as the write, so a forget that records its marker before
 # deleting the keys cannot race a push into leaving a key behind. With no forgotten user (no
@@ -133,18 +133,22 @@ class RedisWriter:
     """Pipelined write-if-newer of :class:`UserVectors` into namespace ``ns``. ``ttl_s``: user
     keys expire that long after their last push (None: never). ``topic``: the clicks topic
     whose offsets the pushed ``seq`` are; a push of a user that ``diam forget`` forgot on it,
-    learnt from clicks before the user's tombstone, is refused (None: no such check)."""
+    learnt from clicks before the user's tombstone, is refused (None: no such check).
+    ``topic_id``: that topic's Kafka topic id, which the caller looked up at its start
+    (``streams.kafka_io.topic_id``; this room talks to no broker): the markers are the ones of
+    that topic, not of an earlier topic of the same name (None: a broker that assigns no ids,
+    the markers of the name; ``serving_cache.keys.forgotten_key``)."""
 
     def __init__(self, client: redis.Redis, ns: str, pipeline_batch: int = 500,
                  keys_per_call: int = 100, ttl_s: int | None = None,
-                 topic: str | None = None) -> None:
+                 topic: str | None = None, topic_id: str | None = None) -> None:
         if pipeline_batch < 1 or keys_per_call < 1:
             raise ValueError(f"pipeline_batch ({pipeline_batch}) and keys_per_call ({keys_per_call}) "
                              "must be at least 1")
         self.client = client
         self._cluster = isinstance(client, RedisCluster)
         self.ttl_s = ttl_s
-        self.forgotten = None if topic is None else forgotten_key(topic)
+        self.forgotten = None if topic is None else forgotten_key(topic, topic_id)
         # On a cluster the hash lives in another slot than most user keys, which one script
         # call cannot read: there it is read before the scripts (see _send_cluster)
         self._script = write_if_newer_lua(ttl_s, forgotten=self.forgotten is not None

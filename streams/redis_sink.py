@@ -311,7 +311,9 @@ class RedisVectorSink(DynamicSink[Item]):
     ``check_every_s``: how often each partition checks the namespace's generation marker;
     ``max_queued``: output batches queued per partition before the dataflow blocks;
     ``topic``: the clicks topic the dataflow reads, whose forgotten users' pushes learnt before
-    their tombstone are refused (``RedisWriter``'s ``topic``; None: no check)."""
+    their tombstone are refused (``RedisWriter``'s ``topic``; None: no check); ``topic_id``:
+    its Kafka topic id, looked up at the run's start (``streams.forget_markers``; None: a
+    broker without topic ids)."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
@@ -321,9 +323,11 @@ class RedisVectorSink(DynamicSink[Item]):
     its stale and forgotten pushes are added (``_Partition.counts``)."""
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
-                 check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None) -> None:
+                 check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None,
+                 topic_id: str | None = None) -> None:
         self.cfg = cfg
         self.topic = topic
+        self.topic_id = topic_id
         self.namespace = namespace or cfg.namespace
         self.max_backoff_s = max_backoff_s
         self.check_every_s = check_every_s
@@ -331,7 +335,8 @@ class RedisVectorSink(DynamicSink[Item]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
-                             self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s, topic=self.topic)
+                             self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s, topic=self.topic,
+                             topic_id=self.topic_id)
         where = f" at {self.cfg.url.split('@')[-1]}" + (f" (worker {worker_index})" if worker_count > 1 else "")
         part = _Partition(writer, self.max_backoff_s, self.max_queued, check_every_s=self.check_every_s,
                           where=where)

@@ -20,9 +20,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main, run_main
 
+from serving_cache import redis_client
 from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
+from streams.forget_markers import forget_markers_of
 from streams.kafka_health import BrokerHealth
 from streams.kafka_io import ensure_topic, partition_ids
 from streams.kafka_sink import KafkaEpochSink
@@ -170,16 +172,19 @@ def hold_recovery(path: Path, process_id: int = 0) -> int:
         raise
 
 
-def job_io(job: OnlineJob) -> tuple[ClickSource, FlowSinks]:
+def job_io(job: OnlineJob, topic_id: str | None = None) -> tuple[ClickSource, FlowSinks]:
     """The dataflow's source and sinks for ``job`` (nothing connects before the run starts).
-    They share one view of the broker's health: an outage is one line for the run."""
+    They share one view of the broker's health: an outage is one line for the run.
+    ``topic_id``: the Kafka id of ``job.topic``, whose forget markers the Redis sink reads
+    (:func:`run_online` looks it up at the start; None: a broker without topic ids)."""
     health = BrokerHealth(job.kafka.bootstrap)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
                          health=health)
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
-                                max_queued=job.flow.sink_queue_batches, topic=job.topic),
+                                max_queued=job.flow.sink_queue_batches, topic=job.topic,
+                                topic_id=topic_id),
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic, health),
         drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic, health),
     )
@@ -207,6 +212,21 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
             os.close(lock)
 
 
+def _topic_id(job: OnlineJob) -> str | None:
+    """The Kafka id of ``job.topic``, once per run: ``diam forget``'s markers of the topic the
+    name holds now are the ones its pushes are checked against, not those of a topic deleted
+    and created again under the same name. Markers an earlier release recorded under the name
+    alone are moved under it first, with a warning saying so (``streams.forget_markers``)."""
+    client = redis_client(job.redis)
+    try:
+        tid, moved = forget_markers_of(job.kafka, client, job.topic)
+    finally:
+        client.close()
+    if moved is not None:
+        log.warning(moved)
+    return tid
+
+
 def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
                 metrics: FlowMetrics | None) -> None:
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
@@ -222,7 +242,7 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
     source: Any
-    source, sinks = job_io(job)
+    source, sinks = job_io(job, _topic_id(job))
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if metrics is not None:  # positions, dead letters, drift events, Redis writes

@@ -19,8 +19,9 @@ from diam.commands import get_settings, kafka_unusable, topic_name
 @click.pass_context
 def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, redis_only: bool) -> None:
     """Forget USERS: write a tombstone (the user id as key, no value) to the clicks topic,
-    record its offset in Redis (hash diam::forgotten:TOPIC, field = user id, kept for good),
-    then delete the users' vectors in every Redis namespace.
+    record its offset in Redis (hash diam::forgotten:TOPIC:TOPIC_ID, TOPIC_ID being Kafka's id
+    of the topic that holds the name now; field = user id, kept for good), then delete the
+    users' vectors in every Redis namespace.
 
     \b
     What is guaranteed once it returns:
@@ -35,10 +36,19 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     - clicks the users make after the tombstone start a new state, learnt and pushed as a
       new user's.
 
+    A topic deleted and created again under the same name has a new topic id: the old
+    topic's markers do not bind it (its offsets start at 0 again): the forgotten users'
+    clicks on the new topic are learnt and pushed, while their older pushes stay refused. Markers an earlier release recorded under the name alone
+    (diam::forgotten:TOPIC) belong to the topic holding the name when this release first
+    sees them: this command, diam run and diam replay move them under its id, saying so in
+    one line.
+
     Not covered: the users' older clicks stay in the topic until its retention removes them;
     a dataflow of another topic carrying the same users is not told (forget on that topic
-    too); a topic deleted and created again under the same name keeps the old markers
-    (delete the hash then); --redis-only writes no tombstone and no marker.
+    too); a dataflow still running while its topic is deleted and created again checks the
+    old topic's markers until it is restarted; a broker without topic ids (before Kafka
+    2.8) keeps the markers by name (delete the hash after recreating the topic); --redis-only
+    writes no tombstone and no marker.
 
     Only a clicks topic takes the tombstones: on the compacted item catalogue a null value
     deletes the item keyed by the same id, so the configured side topics and any compacted
@@ -60,6 +70,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     client = redis_client(s.redis)
     if not redis_only:
         from streams import not_for_clicks
+        from streams.forget_markers import forget_markers_of
         from streams.kafka_io import UnknownTopic
 
         try:  # producing to a misspelt topic would create it, and no dataflow would forget them
@@ -72,6 +83,15 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         if refused is not None:
             raise click.BadParameter(f"{refused}: nothing was written and the Redis keys were "
                                      "not touched", param_hint="--topic")
+        try:  # the markers belong to the topic the name holds now, not to an earlier one
+            topic_id, moved = forget_markers_of(s.kafka, client, topic)
+        except UnknownTopic as exc:  # deleted since the check above
+            raise click.BadParameter(f"{exc}; the Redis keys were not touched",
+                                     param_hint="--topic") from None
+        except (KafkaException, RuntimeError) as exc:
+            raise kafka_unusable(s, exc) from None
+        if moved is not None:
+            click.echo(moved)
         errors: list[str] = []
         offsets: dict[str, int] = {}
 
@@ -96,7 +116,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         # The newest tombstone of a user wins: a later forget's offset is higher.
         marks = client.pipeline(transaction=False)
         for u, offset in offsets.items():
-            marks.hset(forgotten_key(topic), u, offset)
+            marks.hset(forgotten_key(topic, topic_id), u, offset)
         marks.execute()
     for u, keys in user_keys_everywhere(client, users).items():
         if keys:

@@ -20,6 +20,7 @@ from diam.cli import main
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
 from serving_cache.keys import forgotten_key
 from streams.config import FlowConfig
+from streams.forget_markers import topic_id
 from streams.kafka_io import watermarks
 from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
@@ -30,9 +31,9 @@ FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
 
 @pytest.fixture
-def marks(redis_client, topic) -> Iterator[str]:
+def marks(stack, redis_client, topic) -> Iterator[str]:
     """The topic's hash of forgotten users, removed after the test."""
-    key = forgotten_key(topic)
+    key = forgotten_key(topic, topic_id(stack.settings.kafka, topic))
     yield key
     redis_client.delete(key)
 
@@ -43,8 +44,9 @@ def _uv(seq: int) -> UserVectors:
 
 @pytest.mark.parametrize("ttl_s", [None, 600])
 def test_the_writer_refuses_a_push_learnt_before_the_users_tombstone(
-        redis_client, namespace, topic, marks, ttl_s) -> None:
-    w = RedisWriter(redis_client, namespace, keys_per_call=2, ttl_s=ttl_s, topic=topic)
+        stack, redis_client, namespace, topic, marks, ttl_s) -> None:
+    tid = topic_id(stack.settings.kafka, topic)
+    w = RedisWriter(redis_client, namespace, keys_per_call=2, ttl_s=ttl_s, topic=topic, topic_id=tid)
     assert w.write_batch([("a", _uv(5)), ("b", _uv(5))]) == 2  # no hash yet: plain writes
     redis_client.hset(marks, mapping={"a": 10, "c": 3})
     redis_client.delete(user_key(namespace, "a"))
@@ -56,8 +58,12 @@ def test_the_writer_refuses_a_push_learnt_before_the_users_tombstone(
     assert (w.last_refused, w.last_skipped) == (0, 1)
     assert decode_user(redis_client.get(user_key(namespace, "a"))).seq == 11
     # a writer of another topic (or none) is not bound by this topic's tombstones
-    other = RedisWriter(redis_client, namespace, topic=f"{topic}.other")
+    other = RedisWriter(redis_client, namespace, topic=f"{topic}.other", topic_id=tid)
     assert other.write_batch([("c", _uv(2))]) == 0 and other.last_refused == 0  # stale, not refused
+    # nor is a writer of a topic of the same name with another id (deleted and created again)
+    again = RedisWriter(redis_client, namespace, topic=topic, topic_id="A" * 21 + "Q")
+    redis_client.delete(user_key(namespace, "a"))
+    assert again.write_batch([("a", _uv(9))]) == 1 and again.last_refused == 0
 
 
 def _job(stack, topic: str, ns: str, **kw) -> OnlineJob:

@@ -18,6 +18,8 @@ from serving_cache import (
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
     every_user_key,
+    forgotten_key,
+    forgotten_key_by_name,
     generation_key,
     namespace_of_key,
     namespace_pattern,
@@ -39,6 +41,17 @@ def test_keys_are_pinned() -> None:
     assert namespace_pattern("shadow_2") == "diam:shadow_2:*"
     assert every_user_key() == "diam:*:u:*"
     assert namespaces_starting("demo-") == "diam:demo-*:*"
+    tid = "ea2bss0mSlqGLpiDao5Wgg"
+    assert forgotten_key("diam.clicks", tid).encode() == b"diam::forgotten:diam.clicks:" + tid.encode()
+    assert forgotten_key("diam.clicks", None) == forgotten_key_by_name("diam.clicks")
+    assert forgotten_key_by_name("diam.clicks").encode() == b"diam::forgotten:diam.clicks"
+
+
+@pytest.mark.parametrize("tid", ["", "ea2bss0mSlqGLpiDao5W/g", "a:b", "x" * 65])
+def test_a_topic_id_that_is_not_kafkas_is_refused(tid: str) -> None:
+    """Kafka prints ids in base64url: a ':' would let one topic's key read as another's."""
+    with pytest.raises(ValueError, match="not a Kafka topic id"):
+        forgotten_key("diam.clicks", tid)
 
 
 @pytest.mark.parametrize("ns", ["", "a:b", "a*", "x" * 65, "sp ace"])

@@ -1,0 +1,64 @@
+"""Which of ``diam forget``'s markers a command of a clicks topic reads and records: those of
+the topic the name holds now, told apart by Kafka's topic id (``serving_cache.keys
+.forgotten_key``). A topic deleted and created again under the same name has a new id and
+restarts its offsets at 0; the old topic's markers must neither bind it nor be lost.
+
+``diam run``, ``diam replay`` (through ``streams.runner``) and ``diam forget`` call
+:func:`forget_markers_of` once at their start; the writer is handed the id (``serving_cache``
+talks to no broker).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.config import KafkaConfig
+
+__all__ = ["forget_markers_of", "topic_id"]
+
+_NO_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # Kafka's zero Uuid: what a broker without topic ids reports
+_URL_SAFE = str.maketrans("+/", "-_")
+
+
+def topic_id(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> str | None:
+    """Kafka's id of the topic named ``topic`` now (base64url, as Kafka's tools print it), or None
+    when the broker assigns topics no id (before Kafka 2.8). Raises
+    :class:`~streams.kafka_io.UnknownTopic` when it does not exist (asked without creating
+    it: describing a topic never auto-creates it), and the Kafka client's errors when the
+    broker does not answer."""
+    from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+    from streams.kafka_io import UnknownTopic, _admin, _logs_on_failure
+
+    admin = _admin(cfg)
+    try:
+        with _logs_on_failure(admin):
+            desc = admin.describe_topics(TopicCollection([topic]),
+                                         request_timeout=timeout)[topic].result(timeout)
+    except KafkaException as exc:
+        code = exc.args[0].code()
+        if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise UnknownTopic(f"topic {topic!r} does not exist at {cfg.bootstrap}") from None
+        if code == KafkaError._UNSUPPORTED_FEATURE:  # a broker too old to describe topics
+            return None
+        raise
+    tid = getattr(desc, "topic_id", None)
+    # librdkafka prints the id in standard base64; Kafka (kafka-topics.sh --describe) in the
+    # URL-safe alphabet, which is what an operator will look for in Redis
+    text = "" if tid is None else str(tid).translate(_URL_SAFE).rstrip("=")
+    return None if text in ("", _NO_ID) else text
+
+
+def forget_markers_of(cfg: KafkaConfig, client: Any, topic: str, timeout: float = 30.0
+                      ) -> tuple[str | None, str | None]:
+    """The start of a command that reads or records ``diam forget``'s markers of clicks topic
+    ``topic``: its topic id (:func:`topic_id`), after moving the markers an earlier release
+    recorded under the name alone under that id (``serving_cache.forgotten``: they belong to
+    the topic that holds the name when this release first sees them). Returns the id and the
+    one-line notice to show when markers were moved (None when none were). ``client``: a Redis
+    client (``redis.Redis`` or ``RedisCluster``) of the store the markers are in."""
+    from serving_cache.forgotten import adopt_name_only_markers, adopted_line
+
+    tid = topic_id(cfg, topic, timeout=timeout)
+    moved = adopt_name_only_markers(client, topic, tid)
+    return tid, (adopted_line(moved, topic, tid) if moved and tid is not None else None)
