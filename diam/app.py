@@ -197,10 +197,25 @@ def check_dim(base: BaseView, cfg: OnlineConfig, what: str) -> None:
     number: the checkpoint and the setting; the learner cannot use any other)."""
     from snapshotter.store import SnapshotError
 
-    if base.dim != cfg.dim:
-        raise SnapshotError(
-            f"{what} has d={base.dim}, DIAM_ONLINE_DIM is {cfg.dim} (set DIAM_ONLINE_DIM="
-            f"{base.dim} or publish a d={cfg.dim} model)")
+    if (problem := dim_problem(base.dim, cfg, what)) is not None:
+        raise SnapshotError(problem)
+
+
+def dim_problem(dim: int, cfg: OnlineConfig, what: str) -> str | None:
+    """:func:`check_dim`'s refusal of a base of item embedding size ``dim``, or None when the
+    learner can use it: the size is known before any weights exist, so the retrain service
+    asks before it trains a candidate (``diam.retrain``).
+
+    >>> from online_model.config import OnlineConfig
+    >>> dim_problem(16, OnlineConfig(dim=32), "candidate c1")
+    'candidate c1 has d=16, DIAM_ONLINE_DIM is 32 (set DIAM_ONLINE_DIM=16 or publish a d=32 model)'
+    >>> dim_problem(32, OnlineConfig(dim=32), "candidate c1") is None
+    True
+    """
+    if dim == cfg.dim:
+        return None
+    return (f"{what} has d={dim}, DIAM_ONLINE_DIM is {cfg.dim} (set DIAM_ONLINE_DIM={dim} or "
+            f"publish a d={cfg.dim} model)")
 
 
 def _tower(path: Path, version: str) -> object:

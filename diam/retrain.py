@@ -319,6 +319,11 @@ class Retrainer:
             mcfg = ModelConfig(model=cfg.model, n_items=full.n_items,
                                n_categories=full.n_categories, dim=cfg.dim,
                                seq_len=self.s.online.train_seq_len(cfg.model))
+        if (why := self._untrainable(mcfg.dim, name)) is not None:  # before the training time
+            return self._finish(Decision(name, False, f"not trained: no dataflow can use it: "
+                                         f"{why}", active_version, window=window,
+                                         created_at=created.isoformat()),
+                                t0, {"read": t_read - t0})
         init_state, warm = None, None
         if (active is not None and active_dir is not None and cfg.warm_start
                 and active.config.get("model") == mcfg.model):
@@ -408,8 +413,21 @@ class Retrainer:
             return None
         if problem.kind == "load":
             return f"it does not load as a base ({problem.message})"
-        return (f"{problem.message}; the retrain service trains at the active model's size, or "
-                f"at DIAM_RETRAIN_DIM={self.cfg.dim} from scratch")
+        return self._dim_why(problem.message)
+
+    def _untrainable(self, dim: int, name: str) -> str | None:
+        """Why no dataflow could use candidate ``name`` of embedding size ``dim`` (the size it
+        is about to be trained at: the active model's, or DIAM_RETRAIN_DIM from scratch), in
+        :meth:`_unusable`'s words, or None. Asked before training, so that a size every
+        dataflow refuses costs no training time; :meth:`_unusable` stays the guard after it."""
+        from diam.app import dim_problem
+
+        problem = dim_problem(dim, self.s.online, f"candidate {name}")
+        return None if problem is None else self._dim_why(problem)
+
+    def _dim_why(self, problem: str) -> str:
+        return (f"{problem}; the retrain service trains at the active model's size, or at "
+                f"DIAM_RETRAIN_DIM={self.cfg.dim} from scratch")
 
     def _finish(self, d: Decision, t0: float, phases: dict[str, float],
                 cand_dir: Path | None = None) -> Decision:

@@ -231,16 +231,49 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     assert third.warm_start["items_new"] == 0 and third.warm_start["fresh_tensors"] == []
 
 
-def test_retrain_refuses_a_candidate_of_a_size_no_dataflow_can_use(
-        stack, topic, namespace, redis_client, loop_data, tmp_path) -> None:
-    """DIAM_RETRAIN_DIM=16 under DIAM_ONLINE_DIM=32: the gate passes the first candidate (no
-    active snapshot), but every dataflow would refuse a d=16 base, so it is refused by
-    diam.app.stream_base, recorded as other refusals are (decision.json, the models topic),
+def test_retrain_refuses_a_size_no_dataflow_can_use_before_training(
+        stack, topic, namespace, redis_client, loop_data, tmp_path, monkeypatch) -> None:
+    """DIAM_RETRAIN_DIM=16 under DIAM_ONLINE_DIM=32: every dataflow would refuse a d=16 base,
+    which is known before training (diam.app.dim_problem), so no candidate is trained: the
+    refusal is recorded as other refusals are (the models topic, the refused counter) and
+    nothing is published."""
+    import online_model.train
+    from diam.retrain import Retrainer
+    from serving_cache.keys import model_active_key
+    from snapshotter.store import SnapshotStore
+
+    def never(*a, **kw):  # type: ignore[no-untyped-def]
+        raise AssertionError("a candidate was trained")
+
+    monkeypatch.setattr(online_model.train, "train", never)
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1)
+    r = Retrainer(s, namespace=namespace)
+    d = r.run_once()
+    assert not d.published and d.version is None, d
+    assert d.reason.startswith("not trained: no dataflow can use it: candidate "), d.reason
+    assert "has d=16, DIAM_ONLINE_DIM is 32" in d.reason and "DIAM_RETRAIN_DIM=16" in d.reason
+    assert "train" not in d.seconds and d.window["topic"] == topic
+    assert not (tmp_path / "candidates" / d.candidate).exists()
+    assert r.metrics.decisions.labels("refused")._value.get() == 1
+    store = SnapshotStore(s.snapshot)
+    assert store.versions() == [] and store.active_version() is None
+    assert redis_client.get(model_active_key(namespace)) is None
+    got = _decisions(stack, topic)
+    assert [(g["published"], g["reason"]) for g in got] == [(False, d.reason)]
+
+
+def test_retrain_guard_refuses_a_trained_candidate_of_a_size_no_dataflow_can_use(
+        stack, topic, namespace, redis_client, loop_data, tmp_path, monkeypatch) -> None:
+    """The check after training stays the guard (diam.app.stream_base on the saved candidate):
+    with the check before training out of the way, the gate passes the first candidate (no
+    active snapshot), the d=16 base is refused in the same words, kept with its decision.json,
     and nothing is published."""
     from diam.retrain import Retrainer
     from serving_cache.keys import model_active_key
     from snapshotter.store import SnapshotStore
 
+    monkeypatch.setattr(Retrainer, "_untrainable", lambda self, dim, name: None)
     _feed(stack, topic, loop_data)
     s = _loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1)
     d = Retrainer(s, namespace=namespace).run_once()
