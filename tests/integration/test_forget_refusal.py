@@ -92,14 +92,22 @@ def _forget(stack, topic: str, user: str) -> int:
     return watermarks(stack.settings.kafka, topic)[0][1] - 1
 
 
+def _first_run(stack, topic: str, namespace: str, rec, n_first: int):  # type: ignore[no-untyped-def]
+    """The test's clicks, their payloads and the user it forgets, with the first ``n_first``
+    produced and learnt by a run keeping its recovery store in ``rec`` (the run a forget
+    follows)."""
+    events, u1 = _events(namespace)
+    payloads = click_payloads(events)
+    produce(stack.settings.kafka, topic, payloads[:n_first])
+    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    return events, payloads, u1
+
+
 @pytest.mark.partitions(1)
 def test_a_run_resumed_after_a_forget_does_not_push_the_forgotten_user_back(
         stack, topic, namespace, redis_client, marks, tmp_path) -> None:
-    events, u1 = _events(namespace)
-    payloads = click_payloads(events)
-    produce(stack.settings.kafka, topic, payloads[:150])
     rec = tmp_path / "recovery"
-    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    events, payloads, u1 = _first_run(stack, topic, namespace, rec, 150)
     before = redis_state(redis_client, namespace)
     assert u1 in before
     tomb = _forget(stack, topic, u1)
@@ -121,11 +129,8 @@ def test_a_run_resumed_after_a_forget_does_not_push_the_forgotten_user_back(
 @pytest.mark.partitions(1)
 def test_a_run_behind_the_tombstone_does_not_push_the_forgotten_users_earlier_clicks(
         stack, topic, namespace, redis_client, marks, tmp_path) -> None:
-    events, u1 = _events(namespace)
-    payloads = click_payloads(events)
-    produce(stack.settings.kafka, topic, payloads[:100])
     rec = tmp_path / "recovery"
-    run_online(_job(stack, topic, namespace, recovery_dir=rec), _holder())
+    events, payloads, u1 = _first_run(stack, topic, namespace, rec, 100)
     assert u1 in redis_state(redis_client, namespace)
     produce(stack.settings.kafka, topic, payloads[100:])  # more of u1's clicks, not read yet
     assert any(ev.user_id == u1 for ev in events[100:])
