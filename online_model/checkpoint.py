@@ -14,7 +14,9 @@ Files: ``weights.safetensors`` (the torch state dict and the numpy "online head"
 ``online.item_emb`` [N, d], optionally ``online.gate_w1`` [H, d+4], ``online.gate_b1`` [H],
 ``online.gate_w2`` [1, H], ``online.gate_b2`` [1], ``online.fusion_w`` [4], ``online.fusion_b``
 [1], ``online.div_quantiles`` [101]: d_u's scale, the realised diversity at each training
-percentile), ``config.json`` (model, dim, k_max, n_items, ..., and ``weights_sha256``),
+percentile; for DIAM ``online.routing_init`` [seq_len, k_max], the capsule routing logits torch
+draws and leaves out of the state dict, ``checkpoint_config.ROUTING_INIT_KEY``),
+``config.json`` (model, dim, k_max, n_items, ..., and ``weights_sha256``),
 ``item_ids.npy`` [N] str; optional ``item_categories.npy`` [N] int (-1 unknown),
 ``categories.json`` (list of names), ``item_pop.npy`` [N] non-negative,
 ``item_titles.json`` (list of [N] titles, "" unknown), ``content_tower.safetensors``. The directory is written under a temporary name and renamed

@@ -24,7 +24,8 @@ import numpy as np
 __all__ = ["CheckpointError", "check_config", "check_div_quantiles", "model_config",
            "checkpoint_label", "label_weights", "label_names", "warm_lineage", "LINEAGE_MAX",
            "network_shapes", "KNOWN_MODELS", "WEIGHTS", "CONFIG", "ITEM_IDS", "ITEM_CATS",
-           "CATEGORIES", "ITEM_POP", "ITEM_TITLES", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY"]
+           "CATEGORIES", "ITEM_POP", "ITEM_TITLES", "CONTENT_TOWER", "REQUIRED", "DIV_QUANTILES_KEY",
+           "ROUTING_INIT_KEY"]
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
@@ -36,6 +37,13 @@ ITEM_TITLES = "item_titles.json"
 """Optional: a JSON list of str, one title per row of ``item_ids.npy`` ("" unknown)."""
 CONTENT_TOWER = "content_tower.safetensors"
 DIV_QUANTILES_KEY = "online.div_quantiles"
+ROUTING_INIT_KEY = "online.routing_init"
+"""DIAM's fixed capsule routing logits, float32 [seq_len, k_max]: the extractor's ``b_init``,
+a buffer torch draws at construction and leaves out of its state dict, written beside the online
+head so that the compiled head (``online_model.infer.DiamHead``) loads without importing torch.
+Checkpoints written before it lack it; the head then draws the same logits with torch. Under
+``online.``, so the torch model's loader and the config check pass it by as they pass the rest of
+the online head."""
 REQUIRED = (WEIGHTS, CONFIG, ITEM_IDS)
 
 

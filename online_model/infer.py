@@ -3,7 +3,8 @@
 :class:`DiamHead` computes, for one user's recent items and signals, what ``DIAM.interests``
 computes in eval mode: the dual-scale encoder, capsule routing mixed with self-attentive pooling,
 the global slot, the full K_u gate and d_u from the fusion layer. It reads the weights from a
-checkpoint's ``weights.safetensors`` (no torch on this path, no pickle) and runs a numba kernel
+checkpoint's ``weights.safetensors`` (no torch on this path but for checkpoints written before
+the routing logits were stored, :func:`_routing_init`; no pickle) and runs a numba kernel
 on one user at a time (only the history's real positions are computed; no interpreter between
 the layers, which is what dominates a short history), so a user's anchors are the same bytes
 for the same history whatever else the process is doing: the stream's determinism does not depend on
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import njit
+
+from online_model.checkpoint_config import ROUTING_INIT_KEY
 
 if TYPE_CHECKING:
     from online_model.checkpoint import CheckpointFiles
@@ -119,7 +122,7 @@ class DiamHead:
             if self.global_slot_on:
                 glob[_M1W], glob[_M1B] = tr("global_mlp.0.weight"), f("global_mlp.0.bias")
                 glob[_M2W], glob[_M2B] = tr("global_mlp.2.weight"), f("global_mlp.2.bias")
-            glob[_BINIT] = _routing_init(self.seq_len, self.k_max, seed=1)
+            glob[_BINIT] = _routing_init(t, self.seq_len, self.k_max)
             # the first routing pass's weights are the softmax of those fixed logits: per
             # position, computed once here by the kernel's own softmax (the same bits)
             glob[_BSOFT] = np.empty_like(glob[_BINIT])
@@ -769,10 +772,28 @@ def _one_blas_thread() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def _routing_init(seq_len: int, k: int, seed: int) -> np.ndarray:
-    """The capsule layer's fixed routing logits, ``torch.randn(L, K)`` under
-    ``manual_seed(seed)`` as ``CapsuleRouting`` draws them (a buffer not saved in checkpoints).
-    torch is needed once here, at load, never per user."""
+def _routing_init(tensors: dict[str, np.ndarray], seq_len: int, k: int) -> np.ndarray:
+    """The capsule layer's fixed routing logits, float32 [L, K]: the checkpoint's
+    ``online.routing_init`` (``ROUTING_INIT_KEY``, written since it was added), refused with a
+    :class:`HeadLoadError` unless float32 [seq_len, k_max] and finite; for a checkpoint written
+    before, drawn again as ``CapsuleRouting`` draws them (:func:`_draw_routing_init`)."""
+    stored = tensors.get(ROUTING_INIT_KEY)
+    if stored is None:
+        return _draw_routing_init(seq_len, k, seed=1)  # the extractor's CapsuleRouting seed
+    a = np.asarray(stored)
+    if a.dtype != _F or a.shape != (seq_len, k):
+        raise HeadLoadError(f"checkpoint tensor {ROUTING_INIT_KEY!r} is {a.dtype} "
+                            f"{list(a.shape)}, expected float32 [{seq_len}, {k}] "
+                            "(seq_len, k_max)")
+    if not np.isfinite(a).all():
+        raise HeadLoadError(f"checkpoint tensor {ROUTING_INIT_KEY!r} holds NaN or inf")
+    return np.ascontiguousarray(a)
+
+
+def _draw_routing_init(seq_len: int, k: int, seed: int) -> np.ndarray:
+    """``torch.randn(L, K)`` under ``manual_seed(seed)``, as ``CapsuleRouting`` draws its
+    routing logits: only for checkpoints without them stored, as torch imports in about a
+    second, more than the rest of the head's load."""
     import torch
 
     g = torch.Generator().manual_seed(seed)

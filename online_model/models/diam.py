@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from online_model import losses
+from online_model.checkpoint_config import ROUTING_INIT_KEY
 from online_model.models.base import Batch, Interests, ModelConfig, MultiInterestModel
 from online_model.models.encoder import DualScaleEncoder
 from online_model.models.extractor import AdaptiveInterestExtractor
@@ -288,9 +289,13 @@ class DIAM(MultiInterestModel):
         return total, {k: float(v.detach()) for k, v in logs.items()}
 
     def export_online(self) -> dict[str, np.ndarray]:
+        """The base's item table, the light gate, the fusion layer and the capsule layer's
+        fixed routing logits (``b_init`` [L, K], not in the state dict): the compiled head
+        reads them from the checkpoint instead of importing torch to draw them again."""
         out = super().export_online()
         out.update(self.light.export())
         out.update(self.fusion.export())
+        out[ROUTING_INIT_KEY] = self.extractor.caps.b_init.detach().float().cpu().numpy()
         return out
 
 
