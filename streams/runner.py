@@ -34,9 +34,9 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["PEERS_NOTE_S", "ClusterNotJoined", "OnlineJob", "RecoveryInUse", "RecoveryUnusable",
-           "UnknownPartitions", "hold_recovery", "job_io", "run_online", "prepare_recovery",
-           "tune_gc", "waiting_for"]
+__all__ = ["PEERS_NOTE_S", "ClusterNotJoined", "OnlineJob", "PreparedRun", "RecoveryInUse",
+           "RecoveryUnusable", "UnknownPartitions", "hold_recovery", "job_io", "prepare_online",
+           "run_online", "prepare_recovery", "tune_gc", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
@@ -190,26 +190,74 @@ def job_io(job: OnlineJob, topic_id: str | None = None) -> tuple[ClickSource, Fl
     )
 
 
-def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None,
-               metrics: FlowMetrics | None = None) -> None:
-    """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever.
+class PreparedRun:
+    """A job whose every refusal has been asked (:func:`prepare_online`): its recovery store is
+    held by this process until :meth:`close` (:func:`run_online` closes it when it ends)."""
 
-    ``stats`` is updated live (read it from another thread for progress); ``metrics``
-    (``streams.metrics``, over the same ``stats``) observes the source and sinks. Raises
-    :class:`UnknownPartitions` when ``job.partitions`` names one the topic lacks,
-    ``streams.kafka_io.UnknownTopic`` when a bounded job's topic does not exist, and
-    :class:`RecoveryInUse` when another process runs on the job's recovery store
-    (:class:`RecoveryUnusable` when it cannot be opened or locked at all), and
-    :class:`ClusterNotJoined` when ``job.stop`` is set before the other processes of the job's
-    Bytewax cluster answered."""
+    def __init__(self, job: OnlineJob, lock: int | None) -> None:
+        self.job, self._lock = job, lock
+
+    def close(self) -> None:
+        """Release the recovery store (once; a second call does nothing)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def prepare_online(job: OnlineJob) -> PreparedRun:
+    """Everything that can refuse ``job`` before its dataflow starts, so that a command can say
+    "started" only after it (``diam run`` prints its start line then): the namespace, the
+    recovery store (:class:`RecoveryInUse`, :class:`RecoveryUnusable`; held from here on), the
+    broker's and Redis's login and TLS (``streams.preflight.ServiceConfigError``), the topic
+    (``streams.kafka_io.UnknownTopic`` for a bounded job's missing one; a tailing job's is
+    created) and ``job.partitions`` (:class:`UnknownPartitions`); the dead-letter and drift
+    topics are created when missing."""
     validate_namespace(job.namespace)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)
+    prepared = PreparedRun(job, lock)
+    try:
+        _check_services(job)
+    except BaseException:
+        prepared.close()
+        raise
+    return prepared
+
+
+def _check_services(job: OnlineJob) -> None:
+    check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
+    check_redis(job.redis, wait=not job.bounded)
+    if job.bounded:  # reads what the topic holds: a topic that does not exist is an error
+        known = partition_ids(job.kafka, job.topic)  # UnknownTopic, not an empty topic created
+    else:  # tails: the service may start before the first click is produced
+        ensure_topic(job.kafka, job.topic)
+    if job.partitions is not None:  # one metadata request, once per run
+        known = partition_ids(job.kafka, job.topic)
+        if missing := sorted(set(job.partitions) - set(known)):
+            raise UnknownPartitions(f"topic {job.topic!r} has partitions {known}, not {missing}")
+    for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
+        ensure_topic(job.kafka, t)
+
+
+def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None,
+               metrics: FlowMetrics | None = None, prepared: PreparedRun | None = None) -> None:
+    """Build the dataflow for ``job`` and run it until the input ends (bounded) or forever.
+
+    ``stats`` is updated live (read it from another thread for progress); ``metrics``
+    (``streams.metrics``, over the same ``stats``) observes the source and sinks. ``prepared``:
+    the job's :func:`prepare_online`, already asked (closed here when the run ends); without
+    it, this asks it first and raises what it raises: :class:`UnknownPartitions` when
+    ``job.partitions`` names one the topic lacks, ``streams.kafka_io.UnknownTopic`` when a
+    bounded job's topic does not exist, and :class:`RecoveryInUse` when another process runs
+    on the job's recovery store (:class:`RecoveryUnusable` when it cannot be opened or locked
+    at all). Raises :class:`ClusterNotJoined` when ``job.stop`` is set before the other
+    processes of the job's Bytewax cluster answered."""
+    if prepared is None:
+        prepared = prepare_online(job)
     try:
         _run_online(job, holder, stats, metrics)
     finally:
-        if lock is not None:
-            os.close(lock)
+        prepared.close()
 
 
 def _topic_id(job: OnlineJob) -> str | None:
@@ -229,18 +277,6 @@ def _topic_id(job: OnlineJob) -> str | None:
 
 def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
                 metrics: FlowMetrics | None) -> None:
-    check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
-    check_redis(job.redis, wait=not job.bounded)
-    if job.bounded:  # reads what the topic holds: a topic that does not exist is an error
-        known = partition_ids(job.kafka, job.topic)  # UnknownTopic, not an empty topic created
-    else:  # tails: the service may start before the first click is produced
-        ensure_topic(job.kafka, job.topic)
-    if job.partitions is not None:  # one metadata request, once per run
-        known = partition_ids(job.kafka, job.topic)
-        if missing := sorted(set(job.partitions) - set(known)):
-            raise UnknownPartitions(f"topic {job.topic!r} has partitions {known}, not {missing}")
-    for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
-        ensure_topic(job.kafka, t)
     source: Any
     source, sinks = job_io(job, _topic_id(job))
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):

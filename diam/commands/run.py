@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -269,10 +271,24 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         ClusterNotJoined,
         RecoveryUnusable,
         UnknownPartitions,
+        prepare_online,
         run_online,
         tune_gc,
         waiting_for,
     )
+
+    @contextlib.contextmanager
+    def refusals() -> Iterator[None]:  # prepare_online's, in words for the command line
+        try:
+            yield
+        except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
+            raise click.ClickException(str(exc)) from None
+        except RecoveryUnusable as exc:  # in use by another run, or not a store
+            raise click.ClickException(str(exc)) from None
+        except UnknownPartitions as exc:
+            raise click.BadParameter(str(exc), param_hint="--partitions") from None
+        except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "0 records"
+            raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
@@ -310,6 +326,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                               kafka=s.kafka, topic=job.topic)
         bound = serve_registry(metrics.registry, metrics_port)
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
+    with refusals():  # before the start line: a refused run never says it started
+        prepared = prepare_online(job)
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
@@ -317,17 +335,10 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        run_online(job, holder, stats, metrics)
+        with refusals():
+            run_online(job, holder, stats, metrics, prepared=prepared)
     except ClusterNotJoined:  # stopped before the other processes answered: nothing was read
         pass
-    except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
-        raise click.ClickException(str(exc)) from None
-    except RecoveryUnusable as exc:  # in use by another run, or not a store: before anything connects
-        raise click.ClickException(str(exc)) from None
-    except UnknownPartitions as exc:  # checked before the dataflow starts
-        raise click.BadParameter(str(exc), param_hint="--partitions") from None
-    except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "0 records"
-        raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
