@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from snapshotter.config import SnapshotConfig
-from snapshotter.store import MANIFEST, IntegrityError, SnapshotError, SnapshotStore, sha256_file
+from snapshotter.store import (
+    MANIFEST,
+    IntegrityError,
+    SnapshotError,
+    SnapshotStore,
+    sha256_file,
+    version_name,
+)
 
 if TYPE_CHECKING:
     from online_model.checkpoint import CheckpointFiles
@@ -169,11 +176,11 @@ def publish(
                  index_info["factory"], index_info["nprobe"], index_info["recall_at_50"],
                  index_info["tuning_queries"], index_info["tuning_queries_source"])
     created = now or datetime.now(UTC)
-    version = f"{created:%Y%m%dT%H%M%S}-{ck.weights_sha256[:8]}"
     suffix = 1
+    version = version_name(created, ck.weights_sha256)
     while store.path(version).exists():
         suffix += 1
-        version = f"{created:%Y%m%dT%H%M%S}-{ck.weights_sha256[:8]}-{suffix}"
+        version = version_name(created, ck.weights_sha256, suffix)
 
     staging = store.staging_dir()
     try:

@@ -42,6 +42,8 @@ __all__ = [
     "resolve_active",
     "sha256_file",
     "validate_version",
+    "version_name",
+    "is_version",
     "POINTER",
     "HISTORY",
     "MANIFEST",
@@ -58,7 +60,9 @@ MANIFEST = "manifest.json"
 STALE_S = 3600.0
 """Age after which a prune removes what a killed publish or activation left (staging directories,
 pointer temp files): old enough that no live writer still owns it."""
-_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VERSION_RE = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}(?:-[1-9]\d{0,5})?")
+"""The version format (:func:`version_name`): anything else in the store directory is not a
+version, so it is never listed as one, activated, or deleted by a prune."""
 
 
 class SnapshotError(Exception):
@@ -74,14 +78,40 @@ class IntegrityError(SnapshotError):
         self.file = file
 
 
+def version_name(created: datetime, weights_sha256: str, n: int = 1) -> str:
+    """The version of weights published at ``created``: ``<UTC second>-<sha256[:8]>``, with
+    ``-<n>`` for the n-th of the same second and weights. The one writer of the format that
+    :func:`is_version` reads.
+
+    >>> version_name(datetime(2026, 12, 6, 11, 50, 42), "ad579c08ffff")
+    '20261206T115042-ad579c08'
+    >>> version_name(datetime(2026, 12, 6, 11, 50, 42), "ad579c08ffff", 2)
+    '20261206T115042-ad579c08-2'
+    """
+    base = f"{created:%Y%m%dT%H%M%S}-{weights_sha256[:8]}"
+    return base if n == 1 else f"{base}-{n}"
+
+
+def is_version(name: str) -> bool:
+    """Whether ``name`` is in the version format (:func:`version_name`); a single path
+    component by construction.
+
+    >>> is_version("20261206T115042-ad579c08"), is_version("junkdir"), is_version("../x")
+    (True, False, False)
+    """
+    return _VERSION_RE.fullmatch(name) is not None
+
+
 def validate_version(version: str) -> str:
-    """Return ``version`` or raise: a version is a single path component (no traversal).
+    """Return ``version`` or raise: a version is in the format :func:`version_name` writes
+    (so also a single path component: no traversal).
 
     >>> validate_version("20240101T000000-ab12cd34")
     '20240101T000000-ab12cd34'
     """
-    if _VERSION_RE.fullmatch(version) is None:
-        raise SnapshotError(f"{version!r} is not a snapshot version (letters, digits, '_.-')")
+    if not is_version(version):
+        raise SnapshotError(f"{version[:80]!r} is not a snapshot version "
+                            "(<YYYYmmddTHHMMSS>-<8 hex>[-n], e.g. 20261206T115042-ad579c08)")
     return version
 
 
@@ -148,7 +178,7 @@ class SnapshotStore:
                 f"`diam snapshot rollback VERSION` repairs it") from None
         if not text:
             return None
-        if _VERSION_RE.fullmatch(text) is None:
+        if not is_version(text):
             raise SnapshotError(
                 f"{pointer}: names {text[:80]!r}, not a snapshot version; "
                 f"`diam snapshot rollback VERSION` repairs it")
@@ -181,7 +211,7 @@ class SnapshotStore:
         out = []
         for line in text.splitlines():
             at, _, version = line.strip().partition(" ")
-            if at and _VERSION_RE.fullmatch(version):
+            if at and is_version(version):
                 out.append((at, version))
         return out
 
@@ -203,16 +233,14 @@ class SnapshotStore:
         return data
 
     def versions(self) -> list[SnapshotInfo]:
-        """Every version on disk, oldest first (by the manifest's created_at)."""
+        """Every version on disk, oldest first (by the manifest's created_at). Only directories
+        named in the version format (:func:`is_version`) are versions: :meth:`strays` lists
+        the rest."""
         out: list[SnapshotInfo] = []
         if not self.root.is_dir():
             return out
         for child in self.root.iterdir():
-            if (
-                not child.is_dir()
-                or child.name.startswith(".")
-                or not _VERSION_RE.fullmatch(child.name)
-            ):
+            if not child.is_dir() or not is_version(child.name):
                 continue
             try:
                 man: dict[str, Any] | None = self.manifest(child.name)
@@ -222,6 +250,15 @@ class SnapshotStore:
             out.append(SnapshotInfo(child.name, child, created, man))
         out.sort(key=lambda s: (s.created_at, s.version))
         return out
+
+    def strays(self) -> list[str]:
+        """Names of the directories in the store that are not versions (not in the version
+        format, e.g. one made by hand), sorted: listed as such, never activated or pruned.
+        Hidden names (a publish's staging directory, the lock) are the store's own."""
+        if not self.root.is_dir():
+            return []
+        return sorted(c.name for c in self.root.iterdir()
+                      if c.is_dir() and not c.name.startswith(".") and not is_version(c.name))
 
     def verify(self, version: str, check_index: bool = True) -> dict[str, Any]:
         """Check every file listed in the manifest (size, then sha256), and that the FAISS

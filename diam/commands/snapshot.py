@@ -275,7 +275,8 @@ def watch_cmd(
 def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: bool) -> None:
     """Versions on disk, oldest first; '*' marks the active one (the pointer on disk), 'never
     active' one a publish committed but never switched to, and the last line the version Redis
-    announces. Only reads: nothing is switched. A damaged pointer ends the list with an error
+    announces. Directories not named like a version are listed first as 'not a version,
+    ignored': no command activates or deletes them. Only reads: nothing is switched. A damaged pointer ends the list with an error
     naming it (exit 1)."""
     from snapshotter.store import SnapshotError
 
@@ -289,6 +290,8 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
     except SnapshotError as exc:  # still list what is on disk: it is what a repair picks from
         active, never, pointer_error = None, set(), str(exc)
     infos = store.versions()
+    for name in store.strays():  # e.g. a directory made by hand: never activated nor pruned
+        click.echo(f"  {name}  not a version, ignored")
     if not infos:
         click.echo(f"no snapshots in {store.root}")
         if pointer_error is not None:

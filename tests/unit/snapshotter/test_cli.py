@@ -88,7 +88,7 @@ def _version(output: str) -> str:
     [
         (b"\xff\xfe\x00\x9c", "undecodable bytes"),
         (b"../ck_demo\n", "names '../ck_demo', not a snapshot version"),
-        (b"nonexistent-1\n", "names nonexistent-1, not a version in"),
+        (b"20990101T000000-deadbeef\n", "names 20990101T000000-deadbeef, not a version in"),
     ],
 )
 def test_a_damaged_pointer_is_one_error_line_in_every_command(run, tmp_path, content, says):

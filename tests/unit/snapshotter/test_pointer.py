@@ -35,7 +35,7 @@ def _ck(tmp_path, name, seed, dim=8):
     [
         (b"\xff\xfe\x00garbage\x9c", "undecodable bytes"),
         (b"../ck_demo\n", "names '../ck_demo', not a snapshot version"),
-        (b"nonexistent-1\n", "names nonexistent-1, not a version in"),
+        (b"20990101T000000-deadbeef\n", "names 20990101T000000-deadbeef, not a version in"),
     ],
 )
 def test_a_damaged_pointer_is_a_snapshot_error_naming_the_file(store, checkpoint, content, says):

@@ -68,7 +68,8 @@ def test_a_snapshot_the_base_loader_refuses_names_the_version(tmp_path, env):
 
 
 @pytest.mark.parametrize("content, says", [(b"\xff\xfe", "undecodable"),
-                                           (b"gone-1\n", "names gone-1, not a version in")])
+                                           (b"20990101T000000-deadbeef\n",
+                                            "names 20990101T000000-deadbeef, not a version in")])
 def test_a_damaged_pointer_at_start_names_the_file(tmp_path, env, content, says):
     publish(write_checkpoint(tmp_path / "ck", n_items=40, dim=8), env)
     (env.root / POINTER).write_bytes(content)
