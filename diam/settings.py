@@ -2,7 +2,11 @@
 
 Each room defines the small config model it needs; this module composes them and reads the
 environment. Environment names are ``DIAM_<SECTION>_<FIELD>``, split once, e.g.
-``DIAM_KAFKA_BOOTSTRAP``, ``DIAM_REDIS_URL``, ``DIAM_SNAPSHOT_DIR``, ``DIAM_ONLINE_K_MAX``.
+``DIAM_KAFKA_BOOTSTRAP``, ``DIAM_REDIS_URL``, ``DIAM_SNAPSHOT_DIR``, ``DIAM_ONLINE_K_MAX``; a
+field of a model nested in a section is ``DIAM_<SECTION>_<FIELD>_<SUBFIELD>`` (one rule for
+every nested model, :class:`_NestedEnvSource`), e.g. ``DIAM_RETRAIN_GATE_EPS_RECALL``. A
+section's (or a nested model's) JSON, ``DIAM_RETRAIN='{"gate": {"eps_recall": 0.02}}'``, is
+accepted too; :func:`env_names` lists every name and refuses one that two settings would share.
 
 >>> s = Settings()
 >>> s.kafka.clicks_topic
@@ -14,12 +18,18 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -126,6 +136,75 @@ def config_path() -> Path:
     return Path(os.environ.get("DIAM_CONFIG", "diam.toml"))
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (``M`` or ``M | None``), else None."""
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [m for a in typing.get_args(annotation) if (m := _model_of(a)) is not None]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+class _NestedEnvSource(EnvSettingsSource):
+    """The environment, with one rule for fields of models nested in a section.
+
+    pydantic-settings splits ``DIAM_<SECTION>_<REST>`` once (``env_nested_max_split=1``: field
+    names hold underscores), so ``DIAM_RETRAIN_GATE_EPS_RECALL`` arrives as the section's
+    ``gate_eps_recall``. A name that is not a field of its model but starts with the name of a
+    field holding a model, plus ``_``, is that model's (``gate`` / ``eps_recall``), at any
+    depth; the section's own field names win, and :func:`env_names` (pinned by a test) makes
+    sure no name means two settings. An unknown rest stays in the nested model, refused there
+    (``unknown setting retrain.gate.nope``)."""
+
+    def explode_env_vars(self, field_name: str, field: FieldInfo,
+                         env_vars: Mapping[str, str | None]) -> dict[str, Any]:
+        values = super().explode_env_vars(field_name, field, env_vars)
+        model = _model_of(field.annotation)
+        if model is not None:
+            for key in [k for k in values if k not in model.model_fields]:
+                self._place(values, model, key, values.pop(key))
+        return values
+
+    def _place(self, values: dict[str, Any], model: type[BaseModel], key: str, val: Any) -> None:
+        field = model.model_fields.get(key)
+        if field is None:
+            subs = [(name, sub) for name, f in model.model_fields.items()
+                    if (sub := _model_of(f.annotation)) is not None and key.startswith(name + "_")]
+            if subs:
+                name, sub = max(subs, key=lambda s: len(s[0]))
+                target = values.setdefault(name, {})
+                if isinstance(target, dict):
+                    self._place(target, sub, key[len(name) + 1:], val)
+                    return
+        elif isinstance(val, str) and self._field_is_complex(field)[0]:
+            val = self.decode_complex_value(key, field, val)  # a list or table: JSON, as above
+        values[key] = val
+
+
+def env_names(model: type[BaseModel], prefix: str = "DIAM_",
+              path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Every environment name of ``model``'s settings (fields holding a model too: their JSON
+    form) and the path of the setting it sets. Raises ValueError for a name two settings
+    would share (a section field ``gate_x`` beside a nested ``gate`` with a field ``x``):
+    :class:`_NestedEnvSource` could not tell them apart.
+
+    >>> env_names(Settings)["DIAM_RETRAIN_GATE_EPS_RECALL"]
+    ('retrain', 'gate', 'eps_recall')
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for name, f in model.model_fields.items():
+        env, at = f"{prefix}{name.upper()}", (*path, name)
+        found = {env: at}
+        if (sub := _model_of(f.annotation)) is not None:
+            found.update(env_names(sub, env + "_", at))
+        for k, v in found.items():
+            if k in out:
+                raise ValueError(f"{k} would set both {'.'.join(out[k])} and {'.'.join(v)}")
+            out[k] = v
+    return out
+
+
 class Settings(BaseSettings):
     """Everything diam-stream reads from its environment."""
 
@@ -175,7 +254,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings,
+                                                     _NestedEnvSource(settings_cls)]
         path = config_path()
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -239,8 +319,9 @@ def _explain(err: ErrorDetails) -> str:
 
 def _source_of(loc: list[str]) -> str:
     """Where the value at ``loc`` came from: an environment variable (``DIAM_<SECTION>_<FIELD>``,
-    or the section's JSON ``DIAM_<SECTION>``), else the config file."""
-    for depth in (2, 1):
+    a nested model's ``DIAM_<SECTION>_<FIELD>_<SUBFIELD>``, or the JSON of the section or the
+    nested model), the most specific first, else the config file."""
+    for depth in range(len(loc), 0, -1):
         env = _ENV_PREFIX + "_".join(loc[:depth]).upper()
         if len(loc) >= depth and env in os.environ:
             return f"from {env}"
