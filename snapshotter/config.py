@@ -14,8 +14,10 @@ class SnapshotConfig(BaseModel):
     """Root directory of versioned snapshots (``snapshots/<version>/``)."""
 
     keep: int = Field(default=5, ge=1)
-    """Versions kept on disk; older ones are deleted after a successful publish. Five covers a
-    few rollbacks without unbounded disk use."""
+    """Versions kept on disk; older ones are deleted after a successful publish, except those
+    in use or the way back (the active one, the one before it, what Redis announces:
+    :meth:`snapshotter.store.SnapshotStore.prune`). Five covers a few rollbacks without
+    unbounded disk use."""
 
     trainer_dir: str = "checkpoints"
     """What ``diam snapshot watch`` watches: a checkpoint directory, or a directory whose

@@ -117,6 +117,9 @@ class PublishResult:
     redis_set: bool
     reused: bool = False
     """The weights were already a kept version: that version was activated, nothing written."""
+    not_pruned: str | None = None
+    """Why no old version was pruned this time (Redis could not be read: which versions it
+    announces is unknown), one line for the operator; None when the prune ran."""
 
 
 def set_active_in_redis(client: Any, ns: str, version: str) -> None:
@@ -149,8 +152,15 @@ def publish(
 
     The pointer is read before anything is written: a damaged one is refused with
     :class:`SnapshotError` and no version is committed that could never be activated.
-    Redis is updated last; if it fails the disk pointer has switched already and the error says
-    so (``watch`` and ``rollback`` re-sync Redis from the pointer)."""
+    Redis is updated after the pointer; if it fails the disk pointer has switched already and
+    the error says so (``watch`` and ``rollback`` re-sync Redis from the pointer).
+
+    Old versions are pruned last, after the announcement, down to ``cfg.keep``: never the
+    new active version, the one active before it (the rollback target), nor any version
+    Redis announced before or after the switch (what servers are serving). When Redis cannot
+    be read nothing is pruned this time (``result.not_pruned`` says so) rather than guess.
+    Without a client (``--no-redis``) no announcement is known: the pointer and the rollback
+    target are kept."""
     import faiss
 
     from snapshotter.index import build_index, is_exact
@@ -215,33 +225,72 @@ def publish(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     store.activate(version)  # re-verifies what landed on disk before switching
-    pruned = store.prune()
-    redis_set = _announce(redis_client, ns, version)
-    return PublishResult(version, path, manifest, previous, pruned, redis_set)
+    announced = _announce(redis_client, ns, version)
+    pruned, not_pruned = _prune(store, redis_client, ns, announced)
+    return PublishResult(version, path, manifest, previous, pruned, redis_client is not None,
+                         not_pruned=not_pruned)
 
 
 def _reactivate(store: SnapshotStore, version: str, previous: str | None,
                 redis_client: Any | None, ns: str) -> PublishResult:
     man = store.activate(version)  # verified: a damaged copy raises IntegrityError
     assert man is not None
-    redis_set = _announce(redis_client, ns, version)
+    _announce(redis_client, ns, version)
     return PublishResult(version, store.path(version), man,
-                         None if previous == version else previous, [], redis_set, reused=True)
+                         None if previous == version else previous, [],
+                         redis_client is not None, reused=True)
 
 
-def _announce(redis_client: Any | None, ns: str, version: str) -> bool:
+def _announced(redis_client: Any, ns: str) -> str | None:
+    """The version ``diam:{ns}:model:active`` names now (None when unset); raises what the
+    client raises when Redis does not answer."""
+    from serving_cache.keys import model_active_key
+
+    raw = redis_client.get(model_active_key(ns))
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+
+
+def _announce(redis_client: Any | None, ns: str, version: str) -> set[str] | None:
     """Set the active version in Redis (when a client is given); the pointer on disk has
-    switched already, so a failure says how to finish the job."""
+    switched already, so a failure says how to finish the job. Returns the versions Redis
+    announced, before the switch (servers follow it until they reload) and after it (another
+    store on the same namespace may have announced since), for :func:`_prune` to keep; None
+    when either read failed; an empty set without a client."""
     if redis_client is None:
-        return False
+        return set()
+    try:
+        before: str | None = _announced(redis_client, ns)
+    except Exception:  # the set below says whether Redis is down; the prune is skipped
+        before = None
+        unread = True
+    else:
+        unread = False
     try:
         set_active_in_redis(redis_client, ns, version)
     except Exception as exc:
         raise SnapshotError(
             f"published {version} on disk, but setting it in Redis failed ({exc}); "
-            f"run `diam snapshot rollback {version}` once Redis answers"
+            f"run `diam snapshot rollback {version}` once Redis answers (no old version "
+            "was pruned)"
         ) from exc
-    return True
+    try:
+        after = _announced(redis_client, ns)
+    except Exception:
+        return None
+    return None if unread else {v for v in (before, after) if v is not None}
+
+
+def _prune(store: SnapshotStore, redis_client: Any | None, ns: str,
+           announced: set[str] | None) -> tuple[list[str], str | None]:
+    """:meth:`SnapshotStore.prune`, keeping what Redis announces; skipped, with the one line
+    that says so, when Redis could not be read: which versions servers follow is then
+    unknown, and deleting one would leave them nothing to roll back to."""
+    if announced is None:
+        why = (f"not pruning old versions this time: the version diam:{ns}:model:active "
+               "announces could not be read from Redis")
+        log.warning("%s", why)
+        return [], why
+    return store.prune(announced=announced), None
 
 
 def find_checkpoints(trainer_dir: str | Path) -> list[Path]:

@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -418,19 +418,25 @@ class SnapshotStore:
                 return info.version
         return None
 
-    def prune(self, keep: int | None = None) -> list[str]:
-        """Delete the oldest versions beyond ``keep`` (default ``cfg.keep``); never the active
-        one. What killed publishes left, staging directories and pointer temp files older
-        than :data:`STALE_S`, goes too."""
+    def prune(self, keep: int | None = None, announced: Collection[str] = ()) -> list[str]:
+        """Delete the oldest versions beyond ``keep`` (default ``cfg.keep``), never one that
+        is in use or is the way back: the active one (the pointer), the one active before it
+        (:meth:`previous_version`, what a bare rollback returns to) and every version in
+        ``announced`` (what the caller read from Redis's ``diam:{ns}:model:active``: the
+        version servers and dataflows follow, whatever the pointer says). Protected versions
+        still count towards ``keep``, so the store may hold more than ``keep`` when they are
+        the oldest. A caller that cannot read Redis must not call this (it would guess).
+        What killed publishes left, staging directories and pointer temp files older than
+        :data:`STALE_S`, goes too."""
         keep = self.cfg.keep if keep is None else keep
-        active = self.active_version()
+        protected = {self.active_version(), self.previous_version(), *announced}
         infos = self.versions()
         removed = []
         excess = len(infos) - keep
         for info in infos:
             if excess <= 0:
                 break
-            if info.version == active:
+            if info.version in protected:
                 continue
             shutil.rmtree(info.path, ignore_errors=True)
             removed.append(info.version)

@@ -122,8 +122,28 @@ def test_rollback_restores_and_retention_never_drops_the_active(tmp_path):
     assert store.previous_version() == versions[1]
     store.activate(versions[1])  # rollback
     assert store.active_version() == versions[1]
-    assert store.prune(keep=1) == [versions[2]]  # the newer one goes, the active one stays
-    assert [s.version for s in store.versions()] == [versions[1]]
+    # the active one and the one active before it (the rollback target) stay, whatever keep
+    assert store.prune(keep=1) == []
+    assert [s.version for s in store.versions()] == versions[1:]
+    store.activate(versions[1])  # the same again: the history's previous is still versions[2]
+    assert store.prune(keep=1) == []
+
+
+def test_a_publish_that_cannot_read_redis_prunes_nothing_and_says_so(tmp_path, caplog):
+    class SetOnly:  # answers the SET, then not the GET that tells what it announces
+        def get(self, key):
+            raise ConnectionError("Redis went away")
+
+        def set(self, key, value):
+            pass
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=1))
+    publish(write_checkpoint(tmp_path / "c0", n_items=40, dim=4, seed=0), store)
+    publish(write_checkpoint(tmp_path / "c1", n_items=40, dim=4, seed=1), store)  # keeps both
+    res = publish(write_checkpoint(tmp_path / "c2", n_items=40, dim=4, seed=2), store, SetOnly())
+    assert res.pruned == [] and "not pruning old versions this time" in str(res.not_pruned)
+    assert len(store.versions()) == 3
+    assert caplog.text.count("not pruning old versions") == 1
 
 
 def test_versions_are_single_path_components(store):

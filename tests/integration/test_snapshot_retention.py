@@ -1,0 +1,50 @@
+"""Pruning old snapshots against the real Redis: a version the namespace announces (what
+servers serve) and the rollback target are never deleted, and a publish that cannot read
+Redis prunes nothing rather than guess."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving_cache import model_active_key
+from snapshotter import SnapshotConfig, SnapshotError, SnapshotStore, publish
+from snapshotter.testing import write_checkpoint
+
+
+def _ck(tmp_path, i: int):
+    return write_checkpoint(tmp_path / f"ck{i}", n_items=40, dim=4, seed=i)
+
+
+@pytest.fixture
+def redis_down():
+    """A real client of a Redis that is not there (connection refused at once)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    yield client
+    client.close()
+
+
+def test_publishes_while_redis_is_down_keep_the_announced_version(
+        tmp_path, redis_client, namespace, redis_down):
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=2))
+    publish(_ck(tmp_path, 1), store, redis_client, namespace)
+    served = publish(_ck(tmp_path, 2), store, redis_client, namespace).version
+    for i in (3, 4, 5, 6):  # the retrain service retrying while Redis is away
+        with pytest.raises(SnapshotError) as err:
+            publish(_ck(tmp_path, i), store, redis_down, namespace)
+    assert redis_client.get(model_active_key(namespace)).decode() == served
+    assert served in {s.version for s in store.versions()}  # still there to serve and roll to
+    store.activate(served)  # what `diam snapshot rollback <served>` does on disk
+    assert "no old version was pruned" in str(err.value)
+
+
+def test_the_announced_version_survives_a_prune_when_the_pointer_moved_without_redis(
+        tmp_path, redis_client, namespace):
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=3))
+    served = publish(_ck(tmp_path, 1), store, redis_client, namespace).version
+    v2 = publish(_ck(tmp_path, 2), store).version  # --no-redis: Redis still announces v1
+    v3 = publish(_ck(tmp_path, 3), store).version
+    res = publish(_ck(tmp_path, 4), store, redis_client, namespace)
+    assert res.pruned == [v2] and res.not_pruned is None  # the oldest not in use or the way back
+    assert [s.version for s in store.versions()] == [served, v3, res.version]
