@@ -214,7 +214,10 @@ class BaseView:
             version=version,
             gate=gate,  # type: ignore[arg-type]
             fusion=fusion,  # type: ignore[arg-type]
-            meta={"source": "checkpoint", "path": str(d), "model": cfg.get("model")},
+            # config: what its training read (data range, cut), which diam evaluate-stream
+            # checks against the period it scores
+            meta={"source": "checkpoint", "path": str(d), "model": cfg.get("model"),
+                  "config": cfg},
             head=head,
             div_quantiles=divq,
         )

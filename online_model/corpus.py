@@ -26,6 +26,7 @@ __all__ = [
     "in_vocabulary",
     "events_before",
     "training_cut",
+    "trained_until",
     "training_corpus",
     "tiny_corpus",
     "windows",
@@ -204,6 +205,29 @@ def training_cut(config: dict[str, Any]) -> int | None:
     if cut is not None and type(cut) is not int:
         raise ValueError(f"{key}={cut!r} is not a time")
     return cut
+
+
+def trained_until(config: dict[str, Any]) -> int | None:
+    """The latest event time a checkpoint's training may have read (``config.json``): the
+    corpus's ``data.ts_max`` (what :func:`corpus_from_prepared` records), below its
+    :func:`training_cut` when one is recorded (``data.ts_max`` is the corpus's before the cut
+    left events out). None when the config records neither: checkpoints written before the
+    data range was. A value that is not an integer time is a ValueError naming the key.
+    ``diam evaluate-stream`` refuses a checkpoint trained on its evaluated period with it.
+
+    >>> trained_until({"data": {"ts_max": 9}}), trained_until({"data": {"ts_max": 9,
+    ...     "holdout_from_ts": 5}}), trained_until({"left_out_from_ts": 7})
+    (9, 4, 6)
+    >>> trained_until({"data": {"name": "ml-100k"}}) is None
+    True
+    """
+    info = config.get("data")
+    ts_max = info.get("ts_max") if isinstance(info, dict) else None
+    if ts_max is not None and type(ts_max) is not int:
+        raise ValueError(f"data.ts_max={ts_max!r} is not a time")
+    cut = training_cut(config)
+    bounds = [t for t in (ts_max, None if cut is None else cut - 1) if t is not None]
+    return min(bounds) if bounds else None
 
 
 def training_corpus(corpus: Corpus, config: dict[str, Any]) -> tuple[Corpus, int | None]:

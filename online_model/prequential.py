@@ -32,7 +32,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ from online_model.metrics import bootstrap_ci
 from online_model.online import OnlineLearner, UserState
 from online_model.routing import stable_hash64
 
-__all__ = ["ARMS", "SWEEP_ARMS", "NoUsersSelected", "arm_configs", "recommend", "evaluate_stream", "evaluate_path",
-           "format_table", "matched_recall"]
+__all__ = ["ARMS", "SWEEP_ARMS", "NoUsersSelected", "TrainedBefore", "arm_configs", "recommend",
+           "evaluate_stream", "evaluate_path", "format_table", "matched_recall", "stream_cut",
+           "trained_before"]
 
 ARMS = ("popularity", "reinfer", "frozen", "nosteps", "guarded", "unguarded")
 MODEL_ARMS = ("reinfer", "nosteps")
@@ -59,6 +60,85 @@ fronts: every model arm goes through the same aggregator at the same shifts."""
 class NoUsersSelected(ValueError):
     """``users`` and ``user_fraction`` keep none of the users who click after the cut: every
     metric would be 0/0, so the run is refused rather than reported as zeros."""
+
+
+def stream_cut(n_events: int, warm_frac: float) -> int:
+    """The position of the first evaluated event in a stream of ``n_events`` (time order):
+    the first ``warm_frac`` of the events are the past.
+
+    >>> stream_cut(100_000, 0.5), stream_cut(1, 0.5), stream_cut(0, 0.5)
+    (50000, 0, 0)
+    """
+    return int(n_events * warm_frac)
+
+
+@dataclass(frozen=True)
+class TrainedBefore:
+    """What :func:`trained_before` found: ``verdict`` ``"before"`` (the checkpoint read no
+    event of the evaluated period), ``"overlap"`` (it read some) or ``"unknown"`` (its config
+    does not say, ``why``). Times are epoch ms; ``cut_ms`` is the first evaluated event's time
+    (None: nothing is evaluated); ``trained_events``: how many events its training read."""
+
+    verdict: str
+    cut: int
+    n_events: int
+    cut_ms: int | None = None
+    last_ms: int | None = None
+    trained_from_ms: int | None = None
+    trained_until_ms: int | None = None
+    trained_events: int | None = None
+    why: str = ""
+
+
+def trained_before(config: dict[str, Any], ts_ms: Any, warm_frac: float) -> TrainedBefore:
+    """Whether a checkpoint (its ``config.json``) was trained only on events before the cut of
+    a stream whose event times are ``ts_ms`` (the prepared dataset's, time order): the
+    protocol's requirement, since a base that saw the evaluated period scores what it learnt.
+
+    The checkpoint read events up to ``corpus.trained_until`` (``data.ts_max``, or below the
+    cut its training recorded). Before the first evaluated event's time it is clean, after it
+    it overlaps. At that very time, events fall on both sides of the cut (ties keep the
+    dataset's order), so it is clean only if it read no more events than the past holds (a
+    checkpoint trained on the first ``cut`` events of this stream: ``bench/prequential.py``'s).
+
+    >>> ts = [1, 2, 2, 3]
+    >>> [trained_before({"data": {"ts_max": t, "events": 2}}, ts, 0.5).verdict for t in (1, 2, 3)]
+    ['before', 'before', 'overlap']
+    >>> trained_before({"data": {"ts_max": 2, "events": 3}}, ts, 0.5).verdict
+    'overlap'
+    >>> trained_before({"left_out_from_ts": 2}, ts, 0.5).verdict
+    'before'
+    >>> trained_before({"model": "diam"}, ts, 0.5).why
+    'its config.json records neither data.ts_max nor a training cut'
+    """
+    from online_model.corpus import trained_until
+
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    n = len(ts)
+    cut = stream_cut(n, warm_frac)
+    data = config.get("data")
+    info: dict[str, Any] = data if isinstance(data, dict) else {}
+    first, events = info.get("ts_min"), info.get("events")
+    got = TrainedBefore(
+        "before", cut, n,
+        cut_ms=int(ts[cut:].min()) if cut < n else None,
+        last_ms=int(ts.max()) if n else None,
+        trained_from_ms=first if type(first) is int else None,
+        trained_events=events if type(events) is int else None,
+    )
+    try:
+        until = trained_until(config)
+    except ValueError as exc:
+        return replace(got, verdict="unknown", why=f"its config.json has {exc}")
+    if until is None:
+        return replace(got, verdict="unknown",
+                       why="its config.json records neither data.ts_max nor a training cut")
+    got = replace(got, trained_until_ms=until)
+    if got.cut_ms is None or until < got.cut_ms:
+        return got
+    if until == got.cut_ms and got.trained_events is not None and got.trained_events <= cut:
+        return got
+    return replace(got, verdict="overlap")
 
 
 def arm_configs(cfg: OnlineConfig) -> dict[str, OnlineConfig]:
@@ -224,7 +304,7 @@ def evaluate_stream(
     (``users``, ``hits``, ``n``: Recall@20 numerators and denominators), for paired
     comparisons across runs, e.g. of two checkpoints on the same users."""
     n_events = len(ds.user_ids)
-    cut = int(n_events * warm_frac)
+    cut = stream_cut(n_events, warm_frac)
     base_desc = "checkpoint"
     if base is None:
         base = BaseView.from_events(ds, dim=cfg.dim, upto=cut, k_max=cfg.k_max)

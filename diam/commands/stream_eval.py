@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,12 @@ from diam.commands import (
     help="How interests' lists are merged: best score (fast) or the diversity-aware "
     "aggregator with the user's d_u (serving's merge, slower).",
 )
+@click.option(
+    "--allow-leak",
+    is_flag=True,
+    help="Evaluate a --checkpoint trained on events at or after the cut anyway (it is refused "
+    "otherwise: it has seen the period it is scored on); the result then carries a warning.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option(
     "--out",
@@ -74,6 +81,7 @@ def evaluate_stream(
     user_fraction: float,
     quick: bool,
     merge: str,
+    allow_leak: bool,
     as_json: bool,
     out: Path | None,
     progress: bool,
@@ -88,8 +96,11 @@ def evaluate_stream(
     difference to the guarded one), NDCG@20, Entropy@20, K_u changes per 1000 events and mean
     drift from anchors. Thresholds come from the online settings (DIAM_ONLINE_*).
 
-    A checkpoint must have the dataset's item vocabulary. JSON writes an undefined value (an
-    interval over no users) as null.
+    A checkpoint must have the dataset's item vocabulary, and have been trained only on events
+    before the cut (`diam train --leave-newest`, as the refusal says): one whose config.json
+    says it read later events is refused unless --allow-leak, one that does not say (written
+    before the range was recorded) is evaluated with a warning. JSON writes an undefined value
+    (an interval over no users) as null, and the warnings under "warnings".
     """
     from diam.commands.model import same_items
     from online_model.base import BaseLoadError
@@ -103,6 +114,15 @@ def evaluate_stream(
         raise click.ClickException(
             f"{data}: no such dataset directory (run `diam data prepare ml-100k` first)"
         )
+    warnings: list[str] = []
+
+    def check_base(ds: Any, base: Any) -> None:
+        same_items(data, ds.items.ids, base.item_ids)
+        warning = _trained_before_cut(data, checkpoint, base.meta.get("config") or {},
+                                      ds.ts_ms, warm_frac, allow_leak)
+        if warning:
+            warnings.append(warning)
+
     try:
         result = evaluate_path(
             data,
@@ -112,7 +132,7 @@ def evaluate_stream(
             user_fraction=0.1 if quick else user_fraction,
             merge=merge,
             progress=progress,
-            check_base=lambda ds, base: same_items(data, ds.items.ids, base.item_ids),
+            check_base=check_base,
         )
     except (DatasetError, BaseLoadError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -120,6 +140,11 @@ def evaluate_stream(
         option = "--quick (10% of users)" if quick else f"--user-fraction {user_fraction:g}"
         raise click.ClickException(f"no users selected ({exc}); {option} is too small for "
                                    "this dataset: raise --user-fraction") from None
+    if warnings:
+        result["warnings"] = warnings
+        if as_json:
+            for warning in warnings:
+                click.echo(f"Warning: {warning}", err=True)
     text = json_text(result, indent=2)
     if out is not None:
         try:
@@ -143,7 +168,48 @@ def format_result(result: dict[str, Any]) -> str:
     popularity = result["arms"].get("popularity", {}).get("recall@20")
     if popularity is not None:
         lines.append(f"popularity reference recall@20: {popularity:.4f}")
+    lines.extend(f"Warning: {w}" for w in result.get("warnings", ()))
     return "\n".join(lines)
+
+
+def _when(ms: int | None) -> str:
+    """An event time (epoch ms) as an ISO UTC time to the second, with the ms beside it."""
+    if ms is None:
+        return "?"
+    return f"{datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec='seconds')} ({ms})"
+
+
+def _trained_before_cut(data: Path, checkpoint: Path | None, config: dict[str, Any],
+                        ts_ms: Any, warm_frac: float, allow_leak: bool) -> str | None:
+    """Refuse (ClickException) a checkpoint whose training read events at or after the cut
+    (``online_model.prequential.trained_before``): DESIGN.md 5 scores a base trained only on
+    the events before the evaluated period, and one that saw them scores what it learnt. With
+    ``allow_leak`` return that as a warning instead; a checkpoint that records no data range
+    is a warning too (it cannot be checked). None: nothing to say."""
+    from online_model.prequential import trained_before
+
+    got = trained_before(config, ts_ms, warm_frac)
+    if got.verdict == "before":
+        return None
+    if got.verdict == "unknown":
+        return (f"{checkpoint}: cannot check that it was trained only on events before the "
+                f"cut ({got.why}): if it saw them, its rows score what it learnt")
+    trained = (f"trained on events from {_when(got.trained_from_ms)} to "
+               f"{_when(got.trained_until_ms)}"
+               + (f" ({got.trained_events:,} events)" if got.trained_events is not None else ""))
+    evaluated = (f"this run evaluates the last {got.n_events - got.cut:,} of {data}'s "
+                 f"{got.n_events:,} events (--warm-frac {warm_frac:g}), from {_when(got.cut_ms)} "
+                 f"to {_when(got.last_ms)}")
+    if allow_leak:
+        return (f"{checkpoint} was {trained} and {evaluated} (--allow-leak): it has seen the "
+                "period it is scored on, its rows are not a prequential result")
+    leave = (got.n_events - got.cut) / got.n_events
+    fraction = f"{leave:.{len(str(got.n_events)) + 1}g}"  # time_split rounds back to got.cut
+    raise click.ClickException(
+        f"{checkpoint} was {trained}, but {evaluated}: it has seen the period it would be "
+        f"scored on. Train one on the events before the cut: `diam train --data {data} "
+        f"--leave-newest {fraction} --out DIR` (with the options it was trained with), or pass "
+        "--allow-leak to evaluate this one anyway, marked")
 
 
 COMMANDS = [evaluate_stream]
