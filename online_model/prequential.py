@@ -59,7 +59,12 @@ fronts: every model arm goes through the same aggregator at the same shifts."""
 
 class NoUsersSelected(ValueError):
     """``users`` and ``user_fraction`` keep none of the users who click after the cut: every
-    metric would be 0/0, so the run is refused rather than reported as zeros."""
+    metric would be 0/0, so the run is refused rather than reported as zeros. ``candidates``:
+    how many users click after the cut (0: no event to evaluate, whatever the fraction)."""
+
+    def __init__(self, message: str, candidates: int) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 def stream_cut(n_events: int, warm_frac: float) -> int:
@@ -333,7 +338,8 @@ def evaluate_stream(
     stream_users = set(user_list[cut:])
     if not any(kept(u) for u in stream_users):
         raise NoUsersSelected(f"user_fraction {user_fraction:g} and users {users!r} keep none of "
-                              f"the {len(stream_users)} users who click after the cut")
+                              f"the {len(stream_users)} users who click after the cut",
+                              len(stream_users))
 
     # popularity: a count decayed by event (half-life pop_half_life events), over every event
     # of the stream so far (all users: the feed's own popularity list)

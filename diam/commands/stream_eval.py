@@ -137,6 +137,10 @@ def evaluate_stream(
     except (DatasetError, BaseLoadError) as exc:
         raise click.ClickException(str(exc)) from None
     except NoUsersSelected as exc:
+        if exc.candidates == 0:  # --warm-frac <= 0.95 leaves an event after the cut, if any
+            raise click.ClickException(
+                f"{data}: the dataset has no events, nothing to evaluate (prepare it again: "
+                "`diam data prepare` / `diam data synth`)") from None
         option = "--quick (10% of users)" if quick else f"--user-fraction {user_fraction:g}"
         raise click.ClickException(f"no users selected ({exc}); {option} is too small for "
                                    "this dataset: raise --user-fraction") from None

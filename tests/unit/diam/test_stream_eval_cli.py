@@ -1,7 +1,8 @@
 """``diam evaluate-stream`` scores a base trained only on the events before its cut (DESIGN.md
 5): a checkpoint whose config.json says it read later events is refused, with both ranges and
 the `diam train` that makes a proper one, unless --allow-leak (then the result says so); one
-that records no range is evaluated with a warning. Neither Kafka nor Redis is needed."""
+that records no range is evaluated with a warning. A dataset with no events is said to be
+one. Neither Kafka nor Redis is needed."""
 
 from __future__ import annotations
 
@@ -120,3 +121,15 @@ def test_a_checkpoint_without_a_data_range_is_evaluated_with_a_warning(run, synt
         f"Warning: {ck}: cannot check that it was trained only on events before the cut (its "
         "config.json records neither data.ts_max nor a training cut): if it saw them, its rows "
         "score what it learnt"), r.output
+
+
+@pytest.mark.parametrize("args", [[], ["--quick"]])
+def test_a_dataset_without_events_is_said_to_have_none(run, synth, tmp_path, args) -> None:
+    # was: "--user-fraction 1 is too small for this dataset: raise --user-fraction"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "items.tsv").write_text((synth / "items.tsv").read_text())
+    (empty / "events.tsv").write_text((synth / "events.tsv").read_text().splitlines()[0] + "\n")
+    out = _refused(run("evaluate-stream", "--data", str(empty), *args))
+    assert f"Error: {empty}: the dataset has no events, nothing to evaluate" in out, out
+    assert "--user-fraction" not in out and "--quick" not in out, out
