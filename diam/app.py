@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -45,7 +45,7 @@ class NoBaseModel(click.ClickException):
 def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: str | None = None,
                 base_from_data: str | None = None, hot_reload: bool = True,
                 namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
-                topic: str | None = None) -> LearnerHolder:
+                topic: str | None = None, pinned: bool = False) -> LearnerHolder:
     """The learner holder of a run, over the base given explicitly, at most one of:
     ``snapshot`` (a version in the store), ``checkpoint`` (a checkpoint or snapshot directory),
     ``base_from_data`` (a co-occurrence base built from that prepared dataset); else over the
@@ -53,6 +53,13 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     catalogue or in the clicks of ``topic``, by default ``kafka.clicks_topic``, unless
     ``hot_reload`` is off). An explicit base wins over the active snapshot: an option the user
     typed is never dropped silently.
+
+    A snapshot base (active or ``snapshot``) starts grown with the new items known at the start
+    (:func:`_grown_at_start`: the catalogue, and the clicks topic's items under the
+    click-first rule), unless ``hot_reload`` is off; ``pinned`` (a replay) keeps it so for the
+    whole run: same version, no item added later, so the result is a function of what the
+    topics held at the start, and a live run started over the same topics writes the same
+    bytes.
 
     Raises ``click.UsageError`` naming both options when two bases are given (which one was
     meant cannot be guessed; the commands refuse an empty one, ``diam.commands.not_empty``),
@@ -73,7 +80,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
         raise click.UsageError(f"give one base model: {given[0][0]} or {given[1][0]}, not both")
     try:
         return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
-                       learner, topic)
+                       learner, topic if topic is not None else settings.kafka.clicks_topic,
+                       pinned)
     except BaseLoadError as exc:
         raise NoBaseModel(f"cannot use the base: {exc}") from None
     except DatasetError as exc:
@@ -84,7 +92,7 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
 
 def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             base_from_data: str | None, hot_reload: bool, namespace: str | None,
-            learner: LearnerFactory, topic: str | None) -> LearnerHolder:
+            learner: LearnerFactory, topic: str, pinned: bool) -> LearnerHolder:
     from snapshotter.store import SnapshotError, SnapshotStore
 
     cfg = settings.online
@@ -98,6 +106,8 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             known = ", ".join(i.version for i in store.versions()) or "none"
             raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
         base = _snapshot_base(store, snapshot, cfg)
+        if hot_reload or pinned:
+            base = _pinned_growth(settings, base, _tower(path, snapshot), topic)
     elif checkpoint is not None:
         base = stream_base(checkpoint, cfg, f"checkpoint {checkpoint}")
     elif base_from_data is not None:
@@ -106,11 +116,12 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
     elif (version := _active(settings, store, namespace)) is not None:
         base = _snapshot_base(store, version, cfg)
-        first = learner(base, cfg)
-        reload = (_follow_active(settings, store, first, namespace, learner,
-                                 topic if topic is not None else settings.kafka.clicks_topic)
-                  if hot_reload else None)
-        return LearnerHolder(first, version, reload=reload, check_every_s=settings.flow.reload_check_s)
+        if pinned:
+            base = _pinned_growth(settings, base, _tower(store.path(version), version), topic)
+        elif hot_reload:
+            first, reload = _follow_active(settings, store, base, namespace, learner, topic)
+            return LearnerHolder(first, version, reload=reload,
+                                 check_every_s=settings.flow.reload_check_s)
     else:
         from diam.commands import default_dataset
 
@@ -229,15 +240,88 @@ def _tower(path: Path, version: str) -> object:
         raise SnapshotError(f"snapshot {version}: content tower cannot be read ({exc})") from None
 
 
-def _follow_active(settings: Settings, store, current: OnlineLearner, namespace: str | None,  # type: ignore[no-untyped-def]
+def _catalog_now(settings: Settings) -> dict[str, Any]:
+    """The catalogue topic read to its end (``streams.catalog.read_catalog``): item id ->
+    ``CatalogItem``; empty when no catalogue was published. Raises :class:`NoBaseModel` when it
+    cannot be read (the base it grows would depend on the broker's mood)."""
+    from streams.catalog import read_catalog
+    from streams.kafka_io import UnknownTopic
+
+    try:
+        return dict(read_catalog(settings.kafka, settings.kafka.items_topic).items)
+    except UnknownTopic:
+        return {}
+    except RuntimeError as exc:  # RangeStalled, a broker that does not answer
+        raise NoBaseModel(f"cannot read the catalogue topic {settings.kafka.items_topic!r} "
+                          f"to grow the base with its new items: {exc}") from None
+
+
+def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: str,
+                    catalog: dict[str, Any], known: Callable[[str], bool], *,
+                    follow: bool) -> tuple[BaseView, Any]:
+    """``base`` grown with the new items known now, the one rule of ``diam run`` and
+    ``diam replay``: every item of ``catalog`` (:func:`_catalog_now`) and every item the
+    click-first rule (``streams.new_items.ClickFirst``, asking ``known``, unless
+    ``FlowConfig.click_first_min_clicks`` is 0) finds on ``topic`` from its start to where it
+    ends now, appended in item id order (a catalogue item's metadata wins over the rule's).
+    The order does not depend on how the partitions' records interleaved while they were read,
+    so two runs over the same topics get the same rows, and the same negatives for every user
+    (the item count and rows enter each event's draw, ``online_model.kernels``). Applied before
+    the dataflow starts, not at a worker's first batch, so worker threads see one base.
+
+    With ``follow`` the click-first tail goes on and is returned (the caller's hot reload takes
+    what it finds next); without, it is closed and None is returned. Clicks not read within
+    ``FlowConfig.click_first_catch_up_s`` are left out, with a warning: the base then depends
+    on timing."""
+    from streams.new_items import ClickFirstFollower, extend_base
+
+    flow = settings.flow
+    clicks = None
+    found: dict[str, Any] = {}
+    if flow.click_first_min_clicks > 0:
+        clicks = ClickFirstFollower(
+            settings.kafka, topic, flow.click_first_min_clicks, known=known,
+            max_pending=flow.click_first_max_pending)
+        if not clicks.wait_caught_up(flow.click_first_catch_up_s):
+            log.warning("the click-first rule read %r for %.0f s without reaching its end "
+                        "(click_first_catch_up_s): items first seen in the clicks after that "
+                        "are not in the starting base, which then depends on timing",
+                        topic, flow.click_first_catch_up_s)
+        found = {it.item_id: it for it in clicks.take()}
+        if not follow:
+            clicks.close()
+            clicks = None
+    found.update(catalog)  # after the rule's: a catalogue item keeps its metadata
+    grown = extend_base(base, [found[i] for i in sorted(found)], tower)
+    if grown is not base:
+        log.info("base %s starts with %d new item(s) (catalogue and click-first)", base.version,
+                 len(grown.item_ids) - len(base.item_ids))
+    return grown, clicks
+
+
+def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str) -> BaseView:
+    """``base`` grown once, at the start (:func:`_grown_at_start`), for a run whose base then
+    stays as it is (a replay)."""
+    catalog = _catalog_now(settings)
+    grown, _ = _grown_at_start(settings, base, tower, topic, catalog,
+                               lambda item: base.index_of(item) >= 0 or item in catalog,
+                               follow=False)
+    return grown
+
+
+def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
                    learner: LearnerFactory, topic: str
-                   ) -> Callable[[], tuple[OnlineLearner, str] | None]:
-    """The holder's reload hook: a newly published snapshot replaces the base; new catalogue
-    items, and items first seen in clicks (``streams.new_items.ClickFirst``, the API's rule,
-    unless ``FlowConfig.click_first_min_clicks`` is 0), enter the running base with a content
+                   ) -> tuple[OnlineLearner, Callable[[], tuple[OnlineLearner, str] | None]]:
+    """The first learner of a run on the active snapshot ``base`` (grown with the new items
+    known at the start, :func:`_grown_at_start`), and the holder's reload hook: a newly
+    published snapshot replaces the base; new catalogue items, and items first seen in clicks
+    (``streams.new_items.ClickFirst``, the API's rule, unless
+    ``FlowConfig.click_first_min_clicks`` is 0), enter the running base with a content
     embedding, under the same version. Both are read from their topics' start, so a restarted
     dataflow rebuilds the same content rows. Each new learner succeeds the current one (it
-    takes over the bases users were recorded under).
+    takes over the bases users were recorded under). Items that arrive while the run goes on
+    enter it when a reload check finds them (``FlowConfig.reload_check_s``), a point in the
+    stream that depends on timing.
 
     A new version the stream cannot use (another embedding size, a file the base loader
     refuses) is refused as a failed hash is: one error line naming it, the current base stays,
@@ -245,23 +329,19 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
     from serving_cache import redis_client
     from snapshotter.store import ActiveWatcher, SnapshotError
     from streams.catalog import CatalogFollower
-    from streams.new_items import ClickFirstFollower, extend_base
+    from streams.new_items import extend_base
 
-    base = current.base
     version = base.version
     watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
                             ns=namespace if namespace is not None else settings.redis.namespace,
                             current=version)
-    follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
     tower = _tower(store.path(version), version)
-    clicks = None
-    if settings.flow.click_first_min_clicks > 0:
-        clicks = ClickFirstFollower(
-            settings.kafka, topic, settings.flow.click_first_min_clicks,
-            known=lambda item: base.index_of(item) >= 0 or item in follower.items,
-            max_pending=settings.flow.click_first_max_pending)
-        # a restarted run starts with the items its predecessor had (the first reload takes them)
-        clicks.wait_caught_up(settings.flow.click_first_catch_up_s)
+    follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
+    follower.items.update(_catalog_now(settings))  # its first poll brings them again: known
+    base, clicks = _grown_at_start(
+        settings, base, tower, topic, dict(follower.items),
+        lambda item: base.index_of(item) >= 0 or item in follower.items, follow=True)
+    current = learner(base, settings.online)
 
     def reload() -> tuple[OnlineLearner, str] | None:
         nonlocal base, tower, current
@@ -289,7 +369,7 @@ def _follow_active(settings: Settings, store, current: OnlineLearner, namespace:
         current = nxt
         return nxt, new.version
 
-    return reload
+    return current, reload
 
 
 def online_job(settings: Settings, *, topic: str | None = None, namespace: str | None = None,

@@ -67,7 +67,10 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     stops at its end; one that selects no record warns, naming the topic's first and last record
     timestamps, and exits 0. The same range and base give the same vectors bit for bit. Base model: the
     one of --snapshot VERSION, --checkpoint DIR or --base-from-data DIR given (two are a usage
-    error), else the active snapshot (pinned for the whole replay). Dead letters go to
+    error), else the active snapshot (pinned for the whole replay). A snapshot base starts with
+    the new items known when the replay starts, as `diam run` does: the catalogue's, and those
+    clicked at least flow.click_first_min_clicks times on the topic (all of it, not only the
+    range); none is added while it runs. Dead letters go to
     <deadletter_topic>.replay.<namespace> and drift events to <drift_topic>.replay.<namespace>
     (settings kafka.deadletter_topic and kafka.drift_topic, e.g. diam.deadletter.replay.NS and
     diam.drift.replay.NS), not to the live topics; `diam deadletters --topic
@@ -78,6 +81,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from confluent_kafka import KafkaException
 
     from diam.app import load_holder
+    from diam.commands.run import require_broker
     from serving_cache import redis_client
     from serving_cache.namespaces import drop_namespace, namespace_in_use
     from streams.kafka_io import UnknownTopic
@@ -98,9 +102,17 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         end = parse_bound(to) if to is not None else None
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
-    # a fixed base for the whole replay: hot reload would make the result depend on timing
+    try:  # before the holder: growing a snapshot base reads the catalogue and clicks topics
+        require_broker(s)
+    except click.ClickException:
+        # a base that cannot be used is the first thing to fix, and loading it needs no broker
+        load_holder(s, snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data,
+                    hot_reload=False)
+        raise
+    # a fixed base for the whole replay (hot reload would make the result depend on timing),
+    # grown at the start with the new items a live run starting now would take (diam.app)
     holder = load_holder(s, snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data,
-                         hot_reload=False)
+                         topic=topic, pinned=True)
     try:
         rng = resolve_range(s.kafka, topic, start, end)
     except ReplayError as exc:
@@ -129,13 +141,18 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         timed = any(b is not None and b.time_ms is not None for b in (start, end))
         click.echo(f"warning: {_empty_range_note(s.kafka, rng, from_, to)}"
                    + (f" ({TIME_BOUNDS_HINT})" if timed else ""), err=True)
+    # items the base was grown with at the start (catalogue, click-first): part of what the
+    # replay's bytes depend on, besides the version
+    base = getattr(holder.learner, "base", None)
+    grown = int(base.meta.get("content_items", 0)) if base is not None else 0
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
-                   f"base={holder.version}", err=True)
+                   f"base={holder.version}" + (f" +{grown} new items" if grown else ""), err=True)
     report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
                         progress=progress)
     if as_json:
         click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
+                               "new_items": grown,
                                "start": rng.start, "end": rng.end, "records": report.records,
                                "valid": report.valid, "forgets": report.forgets,
                                "users": report.users,

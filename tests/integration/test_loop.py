@@ -612,11 +612,10 @@ def test_click_first_items_enter_the_stream_base_by_the_api_rule_and_survive_res
     no_meta = load_tower(res.path).embed([[]], [""])[0]
 
     def grown_base():  # type: ignore[no-untyped-def]
-        holder = load_holder(s, namespace=namespace)
+        holder = load_holder(s, namespace=namespace)  # grown at the start: the history is read
         holder._check_every_s = 0.0
-        n0 = len(holder.learner.base.item_ids)
-        holder.maybe_reload()  # the first check, before the first event: the history is read
-        return holder, n0
+        holder.maybe_reload()  # the first check finds nothing more
+        return holder, 120
 
     holder, n0 = grown_base()
     base = holder.learner.base
