@@ -210,7 +210,7 @@ def test_recommend_keep_seen_reaches_the_recommender(run, monkeypatch, flag, exc
             seen.update(kwargs)
             raise ValueError("stop here")
 
-    monkeypatch.setattr(snapshotter.store.SnapshotStore, "active_version", lambda self: "v1")
+    monkeypatch.setattr(snapshotter.store.SnapshotStore, "active_version", lambda self: "20260101T000000-0000abcd")
     monkeypatch.setattr(snapshotter.store.SnapshotStore, "verify", lambda self, version, check_index=True: {})
     monkeypatch.setattr(serving_cache.retrieval.SnapshotIndex, "load",
                         classmethod(lambda cls, *a, **k: None))
