@@ -152,6 +152,11 @@ def publish(
 
     The pointer is read before anything is written: a damaged one is refused with
     :class:`SnapshotError` and no version is committed that could never be activated.
+    Concurrent publishes and rollbacks of a store run their switch one after the other
+    (:meth:`SnapshotStore.locked` around the re-check of kept weights, commit, activation,
+    announcement and prune; the index is built outside it): ``previous``, ``version`` and
+    the announcement each result reports are what happened, and the last one to finish is
+    what disk and Redis hold.
     Redis is updated after the pointer; if it fails the disk pointer has switched already and
     the error says so (``watch`` and ``rollback`` re-sync Redis from the pointer).
 
@@ -166,17 +171,14 @@ def publish(
     from snapshotter.index import build_index, is_exact
     from snapshotter.tuning import served_queries
 
-    previous = store.active_version()
+    store.active_version()  # a damaged pointer is refused before anything is written
     ck = _read(checkpoint)
     if usable is not None:
         usable(ck.path)
-    kept = store.find_weights(ck.weights_sha256)
-    if kept is not None:
-        try:
-            return _reactivate(store, kept, previous, redis_client, ns)
-        except IntegrityError as exc:  # the kept copy was damaged: write a fresh one
-            log.warning("weights already published as %s, but %s; publishing a new copy",
-                        kept, exc)
+    with store.locked():
+        reused, damaged = _reuse(store, ck.weights_sha256, redis_client, ns)
+    if reused is not None:
+        return reused
     cfg: SnapshotConfig = store.cfg
     n_items, dim = ck.item_emb.shape
     queries = None if is_exact(n_items, cfg) else served_queries(redis_client, ns, dim, cfg)
@@ -186,11 +188,6 @@ def publish(
                  index_info["factory"], index_info["nprobe"], index_info["recall_at_50"],
                  index_info["tuning_queries"], index_info["tuning_queries_source"])
     created = now or datetime.now(UTC)
-    suffix = 1
-    version = version_name(created, ck.weights_sha256)
-    while store.path(version).exists():
-        suffix += 1
-        version = version_name(created, ck.weights_sha256, suffix)
 
     staging = store.staging_dir()
     try:
@@ -206,39 +203,70 @@ def publish(
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
             for f in sorted(staging.iterdir())
         }
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": version,
-            "created_at": created.isoformat(timespec="microseconds"),
-            "source": {"path": str(ck.path.resolve()), "weights_sha256": ck.weights_sha256},
-            "model": ck.config.get("model"),
-            "config": ck.config,
-            "train_metrics": ck.config.get("train_metrics", {}),
-            "data": ck.config.get("data", {}),
-            "index": index_info,
-            "content_tower": tower_info,
-            "files": files,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        path = store.commit(staging, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    store.activate(version)  # re-verifies what landed on disk before switching
-    announced = _announce(redis_client, ns, version)
-    pruned, not_pruned = _prune(store, redis_client, ns, announced)
+    # From here to the prune, one publish or rollback at a time (the store's lock): another
+    # may have committed, activated or pruned while this one built its index, so what is
+    # active, which name is free and whether these weights are kept are read again.
+    with store.locked():
+        try:
+            # the same weights published meanwhile (a retry racing the first try): as documented,
+            # that version is re-activated, not copied
+            reused, _ = _reuse(store, ck.weights_sha256, redis_client, ns, damaged)
+            if reused is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+                return reused
+            previous = store.active_version()
+            suffix = 1
+            version = version_name(created, ck.weights_sha256)
+            while store.path(version).exists():
+                suffix += 1
+                version = version_name(created, ck.weights_sha256, suffix)
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "version": version,
+                "created_at": created.isoformat(timespec="microseconds"),
+                "source": {"path": str(ck.path.resolve()), "weights_sha256": ck.weights_sha256},
+                "model": ck.config.get("model"),
+                "config": ck.config,
+                "train_metrics": ck.config.get("train_metrics", {}),
+                "data": ck.config.get("data", {}),
+                "index": index_info,
+                "content_tower": tower_info,
+                "files": files,
+            }
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            path = store.commit(staging, version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        store.activate(version)  # re-verifies what landed on disk before switching
+        announced = _announce(redis_client, ns, version)
+        pruned, not_pruned = _prune(store, redis_client, ns, announced)
     return PublishResult(version, path, manifest, previous, pruned, redis_client is not None,
                          not_pruned=not_pruned)
 
 
-def _reactivate(store: SnapshotStore, version: str, previous: str | None,
-                redis_client: Any | None, ns: str) -> PublishResult:
-    man = store.activate(version)  # verified: a damaged copy raises IntegrityError
+def _reuse(store: SnapshotStore, weights_sha256: str, redis_client: Any | None, ns: str,
+           damaged: str | None = None) -> tuple[PublishResult | None, str | None]:
+    """Re-activate the version kept from these weights, under the caller's lock; ``(None,
+    version)`` when that copy fails verification (a fresh copy is then written; ``damaged``
+    passes it over on the second look), ``(None, None)`` when none is kept."""
+    kept = store.find_weights(weights_sha256)
+    if kept is None or kept == damaged:
+        return None, damaged
+    previous = store.active_version()
+    try:
+        man = store.activate(kept)  # verified: a damaged copy raises IntegrityError
+    except IntegrityError as exc:
+        log.warning("weights already published as %s, but %s; publishing a new copy", kept, exc)
+        return None, kept
     assert man is not None
-    _announce(redis_client, ns, version)
-    return PublishResult(version, store.path(version), man,
-                         None if previous == version else previous, [],
-                         redis_client is not None, reused=True)
+    _announce(redis_client, ns, kept)
+    return PublishResult(kept, store.path(kept), man,
+                         None if previous == kept else previous, [],
+                         redis_client is not None, reused=True), None
 
 
 def _announced(redis_client: Any, ns: str) -> str | None:
@@ -442,8 +470,16 @@ class Watcher:
         return Skip("nothing to publish: " + "; ".join(parts), tuple(key))
 
     def _sync_redis(self) -> None:
+        """Announce the pointer's version when Redis names another, under the store's lock:
+        unlocked, a pointer read just before a concurrent publish switched it would announce
+        the old version after the publish announced the new one."""
         if self.client is None:
             return
+        with self.store.locked():
+            self._sync_redis_locked()
+
+    def _sync_redis_locked(self) -> None:
+        assert self.client is not None
         try:
             active = self.store.active_version()
         except SnapshotError as exc:  # a damaged pointer: announce nothing rather than garbage
@@ -451,11 +487,8 @@ class Watcher:
             return
         if active is None:
             return
-        from serving_cache.keys import model_active_key
-
         try:
-            raw = self.client.get(model_active_key(self.ns))
-            if (raw.decode() if isinstance(raw, bytes) else raw) != active:
+            if _announced(self.client, self.ns) != active:
                 set_active_in_redis(self.client, self.ns, active)
         except Exception as exc:
             log.warning("could not sync the active version into Redis: %s", exc)

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -23,7 +24,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +47,7 @@ __all__ = [
     "version_name",
     "is_version",
     "POINTER",
+    "LOCK",
     "HISTORY",
     "MANIFEST",
 ]
@@ -56,6 +59,8 @@ HISTORY = "ACTIVE.history"
 """One line per activation, ``<ISO time> <version>``, oldest first: what a bare rollback returns
 to is the version active before the current one, which need not be the one created before it."""
 HISTORY_KEEP = 200
+LOCK = ".lock"
+"""The store's lock file (:meth:`SnapshotStore.locked`); hidden, so never a version."""
 MANIFEST = "manifest.json"
 STALE_S = 3600.0
 """Age after which a prune removes what a killed publish or activation left (staging directories,
@@ -326,6 +331,24 @@ class SnapshotStore:
                 "(item_ids.npy, weights.safetensors)")
 
     # -- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock: an exclusive ``flock`` on ``<root>/.lock``, waited for.
+
+        Every switch of the active version holds it around its read-modify-write of the
+        pointer, the history and Redis's announcement (publish from its re-check of kept
+        weights to its prune, rollback, the watcher's re-sync), so concurrent publishes and
+        rollbacks, from threads or processes, run one after the other and each reports what
+        it did. The kernel drops the lock when its holder dies, so a killed publish never
+        wedges the store. Not re-entrant: a holder must not take it again."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "ab") as fh:  # "a": created if missing, never truncated
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     def staging_dir(self) -> Path:
         """A fresh hidden directory under the root, on the same filesystem so the final rename
         is atomic. Hidden names are skipped by :meth:`versions`."""

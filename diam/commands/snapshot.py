@@ -372,35 +372,38 @@ def rollback_cmd(
     ns = namespace_of(s, namespace)
     client = _redis(s, no_redis)
     store = _store(s)
-    try:
-        target = version or store.previous_version()
-    except SnapshotError as exc:  # a damaged pointer: name what is kept
-        known = ", ".join(i.version for i in store.versions()) or "none"
-        raise click.ClickException(
-            f"{exc} (versions: {known}); give the version to roll back to") from None
-    if target is None:
-        raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
-    try:
-        if not store.path(target).is_dir():
-            raise click.ClickException(
-                f"no snapshot {target} in {store.root} (see `diam snapshot list`)"
-            )
-        man = store.verify(target)  # first: a file that fails its hash is named as such
-        _stream_can_use(s, allow_dim_change, command="rollback")(store.path(target))
-        store.activate(target, verify=False)
-    except SnapshotError as exc:
-        raise click.ClickException(f"{exc}; {_active_or_why(store)} stays active") from None
-    if allow_dim_change and isinstance(dim := man.get("index", {}).get("dim"), int):
-        _warn_dim(s, target, dim)
-    click.echo(f"active: {target}")
-    if client is not None:
+    # one switch at a time: a publish or rollback running now finishes first, and what this
+    # one reads as the previous version and announces is then what it reports
+    with store.locked():
         try:
-            set_active_in_redis(client, ns, target)
-        except Exception as exc:
+            target = version or store.previous_version()
+        except SnapshotError as exc:  # a damaged pointer: name what is kept
+            known = ", ".join(i.version for i in store.versions()) or "none"
             raise click.ClickException(
-                f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers"
-            ) from None
-        click.echo(f"redis: diam:{ns}:model:active = {target}")
+                f"{exc} (versions: {known}); give the version to roll back to") from None
+        if target is None:
+            raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
+        try:
+            if not store.path(target).is_dir():
+                raise click.ClickException(
+                    f"no snapshot {target} in {store.root} (see `diam snapshot list`)"
+                )
+            man = store.verify(target)  # first: a file that fails its hash is named as such
+            _stream_can_use(s, allow_dim_change, command="rollback")(store.path(target))
+            store.activate(target, verify=False)
+        except SnapshotError as exc:
+            raise click.ClickException(f"{exc}; {_active_or_why(store)} stays active") from None
+        if allow_dim_change and isinstance(dim := man.get("index", {}).get("dim"), int):
+            _warn_dim(s, target, dim)
+        click.echo(f"active: {target}")
+        if client is not None:
+            try:
+                set_active_in_redis(client, ns, target)
+            except Exception as exc:
+                raise click.ClickException(
+                    f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers"
+                ) from None
+            click.echo(f"redis: diam:{ns}:model:active = {target}")
 
 
 COMMANDS = [snapshot_group]
