@@ -12,6 +12,12 @@ True
 'undecodable: neither msgpack nor JSON'
 >>> decode_event(b"[" * 5000 + b"]" * 5000).reason  # parser recursion: a reason, not a crash
 'undecodable: JSON nested too deeply (RecursionError)'
+>>> decode_event(b'{"user_id": "a", "item_id": 1, "ts": 880000000000, "dwell_ms": 1%s}'
+...              % (b"0" * 40)).reason
+'dwell_ms: 10000000... (41 digits) exceeds the limit of 86400000 (a day in ms)'
+
+Every integer of an accepted event is bounded (``ts`` by the years 1..9999, ``dwell_ms`` by a
+day, ``context`` values by 64 bits), so whatever is accepted encodes again.
 
 Reasons never contain ``,`` or ``=``: they travel in Kafka headers, and header dumps such as
 kcat's ``%h`` print ``k=v,k=v``. :class:`Rejection` replaces both in whatever text a reason
@@ -51,6 +57,22 @@ EVENT_KINDS = frozenset({"click"})
 _MAX_ITEM_ID_LEN = 128
 _MAX_SESSION_LEN = 128
 _MAX_CONTEXT_KEYS = 16
+_MAX_DWELL_MS = 86_400_000
+"""A day: the longest ``dwell_ms`` accepted. A dwell is the time a user stayed on one item in
+one session; a longer one is no measurement (a tab left open, a clock bug, a unit mix-up) and
+is dead-lettered with its reason like an absurd ``ts``, so that its producer hears of it and no
+later use of dwell (a weight, a feature) reads it."""
+_CONTEXT_INT = (-(2**63), 2**63 - 1)
+"""The integers a ``context`` value may be: the signed 64-bit ones, which msgpack (and any
+int64 column downstream) holds; a JSON payload's integers have no bound."""
+_TS_EARLIEST_MS = -62_135_596_800_000
+_TS_LATEST_MS = 253_402_300_799_999
+"""The first and last millisecond of years 1..9999 (UTC): no event time outside them is
+accepted, whatever the settings (``FlowConfig.ts_min_ms``) and whether or not the record has a
+timestamp to bound it (the dataflow bounds ``ts`` by the record's; a record without one, and
+:func:`decode_event` by default, set no upper bound). Python's datetime, which prints event
+times (``diam replay``, the drift monitor), ends there, and they are far inside the 64-bit
+integers that :func:`encode_event` and the learner's arrays hold."""
 _KNOWN_FIELDS = frozenset(
     {"user_id", "item_id", "ts", "event", "session_id", "dwell_ms", "context"}
 )
@@ -276,10 +298,12 @@ def _checked(raw: bytes | None, max_bytes: int, ts_min_ms: int,
         obj = _decode(raw, max_bytes)
         if isinstance(obj, Rejection):
             return obj
-        fast = _fast_fields(obj, ts_min_ms, ts_max_ms)
+        lo = ts_min_ms if ts_min_ms > _TS_EARLIEST_MS else _TS_EARLIEST_MS
+        hi = ts_max_ms if ts_max_ms is not None and ts_max_ms < _TS_LATEST_MS else _TS_LATEST_MS
+        fast = _fast_fields(obj, lo, hi)
         if fast is not None:
             return fast
-        return _validate(obj, ts_min_ms=ts_min_ms, ts_max_ms=ts_max_ms)
+        return _validate(obj, ts_min_ms=lo, ts_max_ms=ts_max_ms)
     except Exception as exc:  # noqa: BLE001 - the last line of defence, see _internal
         return _internal(exc)
 
@@ -305,14 +329,14 @@ def _decode(raw: bytes | None, max_bytes: int) -> dict[Any, Any] | Rejection:
     return obj
 
 
-def _fast_fields(obj: dict[Any, Any], ts_min_ms: int, ts_max_ms: int | None) -> Click | None:
+def _fast_fields(obj: dict[Any, Any], ts_lo: int, ts_hi: int) -> Click | None:
     # Fast path for the common event {user_id, item_id, ts}: the same checks as _validate,
     # written so that a valid click costs a couple of microseconds (the stream's budget per
     # event is tens of microseconds in all). None: anything unusual, for the precise checks.
+    # ts_lo..ts_hi: the accepted times, the settings' within the years 1..9999.
     if len(obj) == 3:
         u, it, ts = obj.get("user_id"), obj.get("item_id"), obj.get("ts")
-        if (type(u) is str and type(ts) is int and ts >= ts_min_ms
-                and (ts_max_ms is None or ts <= ts_max_ms)
+        if (type(u) is str and type(ts) is int and ts_lo <= ts <= ts_hi
                 and USER_ID_RE.fullmatch(u) is not None):
             if type(it) is int:
                 it = str(it)
@@ -322,7 +346,21 @@ def _fast_fields(obj: dict[Any, Any], ts_min_ms: int, ts_max_ms: int | None) -> 
     return None
 
 
+def _shown(n: int) -> str:
+    """An integer as a reason quotes it: whole up to 20 characters (every 64-bit one), else its
+    first digits and how many there are (a JSON integer may have thousands, and reasons travel
+    in Kafka headers).
+
+    >>> _shown(-(2**63)), _shown(10**40)
+    ('-9223372036854775808', '10000000... (41 digits)')
+    """
+    s = str(n)
+    return s if len(s) <= 20 else f"{s[:8]}... ({len(s.lstrip('-'))} digits)"
+
+
 def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> ClickEvent | Rejection:
+    """The precise checks and their reasons. ``ts_min_ms``: the earliest accepted time, already
+    within years 1..9999 (:func:`_checked`); ``ts_max_ms``: the caller's upper bound, or None."""
     if not _KNOWN_FIELDS.issuperset(obj):
         unknown = sorted(str(k) for k in obj if k not in _KNOWN_FIELDS)
         return Rejection(f"payload: unknown field(s) {' '.join(unknown)}")
@@ -347,9 +385,14 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
     if isinstance(ts, bool) or not isinstance(ts, int):
         return Rejection(f"ts: expected integer epoch milliseconds but got {type(ts).__name__}")
     if ts < ts_min_ms:
-        return Rejection(f"ts: {ts} is before the earliest accepted time {ts_min_ms} (epoch ms)")
-    if ts_max_ms is not None and ts > ts_max_ms:
-        return Rejection(f"ts: {ts} is in the future beyond the allowed skew (max {ts_max_ms})")
+        return Rejection(f"ts: {_shown(ts)} is before the earliest accepted time {ts_min_ms} "
+                         "(epoch ms)")
+    if ts_max_ms is not None and ts_max_ms < _TS_LATEST_MS and ts > ts_max_ms:
+        return Rejection(f"ts: {_shown(ts)} is in the future beyond the allowed skew (max "
+                         f"{ts_max_ms})")
+    if ts > _TS_LATEST_MS:
+        return Rejection(f"ts: {_shown(ts)} is after the latest accepted time {_TS_LATEST_MS} "
+                         "(epoch ms: the end of year 9999)")
 
     kind = obj.get("event", "click")
     if not isinstance(kind, str) or kind not in EVENT_KINDS:
@@ -362,8 +405,12 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
         return Rejection(f"session_id: expected a string of 1..{_MAX_SESSION_LEN} chars")
 
     dwell = obj.get("dwell_ms")
-    if dwell is not None and (isinstance(dwell, bool) or not isinstance(dwell, int) or dwell < 0):
-        return Rejection("dwell_ms: expected a non-negative integer")
+    if dwell is not None:
+        if isinstance(dwell, bool) or not isinstance(dwell, int) or dwell < 0:
+            return Rejection("dwell_ms: expected a non-negative integer")
+        if dwell > _MAX_DWELL_MS:
+            return Rejection(f"dwell_ms: {_shown(dwell)} exceeds the limit of {_MAX_DWELL_MS} "
+                             "(a day in ms)")
 
     context = obj.get("context")
     if context is not None:
@@ -376,6 +423,9 @@ def _validate(obj: dict[Any, Any], *, ts_min_ms: int, ts_max_ms: int | None) -> 
                 return Rejection("context: keys must be strings")
             if not isinstance(value, (str, int, float, bool)) or value is None:
                 return Rejection(f"context.{key}: expected a scalar but got {type(value).__name__}")
+            if type(value) is int and not _CONTEXT_INT[0] <= value <= _CONTEXT_INT[1]:
+                return Rejection(f"context.{key}: integer {_shown(value)} outside the signed "
+                                 "64-bit range")
 
     return ClickEvent(
         user_id=user_id,

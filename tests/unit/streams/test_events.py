@@ -67,6 +67,21 @@ def test_round_trip_msgpack_and_json() -> None:
          "ts: 5 is before the earliest accepted time 631152000000 (epoch ms)"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "event": "view"}), "event: 'view' is not one of ['click']"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "dwell_ms": -1}), "dwell_ms: expected a non-negative integer"),
+        # was: accepted, and encode_event then raised OverflowError on the event
+        (json.dumps({"user_id": "u", "item_id": 1, "ts": TS, "dwell_ms": 10**40}).encode(),
+         "dwell_ms: 10000000... (41 digits) exceeds the limit of 86400000 (a day in ms)"),
+        (mp({"user_id": "u", "item_id": 1, "ts": TS, "dwell_ms": 86_400_001}),
+         "dwell_ms: 86400001 exceeds the limit of 86400000 (a day in ms)"),
+        (json.dumps({"user_id": "u", "item_id": 1, "ts": 10**40}).encode(),
+         "ts: 10000000... (41 digits) is after the latest accepted time 253402300799999 (epoch "
+         "ms: the end of year 9999)"),
+        (mp({"user_id": "u", "item_id": 1, "ts": 253_402_300_800_000}),
+         "ts: 253402300800000 is after the latest accepted time 253402300799999 (epoch ms: the "
+         "end of year 9999)"),
+        (json.dumps({"user_id": "u", "item_id": 1, "ts": TS, "context": {"n": -(10**40)}}).encode(),
+         "context.n: integer -1000000... (41 digits) outside the signed 64-bit range"),
+        (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": {"n": 2**63}}),
+         "context.n: integer 9223372036854775808 outside the signed 64-bit range"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": [1]}), "context: expected a map but got list"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "context": {"a": [1]}}), "context.a: expected a scalar but got list"),
         (mp({"user_id": "u", "item_id": 1, "ts": TS, "colour": 1}), "payload: unknown field(s) colour"),
@@ -91,6 +106,59 @@ def test_printable_item_ids_pass_both_decoders() -> None:
 def test_future_bound() -> None:
     got = decode_event(mp({"user_id": "u", "item_id": 1, "ts": TS + 10}), ts_max_ms=TS)
     assert isinstance(got, Rejection) and got.reason.startswith("ts: ")
+
+
+LATEST = 253_402_300_799_999  # the last ms of year 9999
+
+
+@pytest.mark.parametrize("decode", [decode_event, decode_click])
+def test_integer_fields_are_accepted_up_to_their_limits(decode) -> None:
+    edge = {"user_id": "u", "item_id": 1, "ts": LATEST, "dwell_ms": 86_400_000,
+            "context": {"lo": -(2**63), "hi": 2**63 - 1}}
+    for raw in (mp(edge), json.dumps(edge).encode(), mp({"user_id": "u", "item_id": 1, "ts": LATEST})):
+        got = decode(raw)
+        assert not isinstance(got, Rejection), got
+    ev = decode_event(mp(edge))
+    assert decode_event(encode_event(ev)) == ev
+
+
+@pytest.mark.parametrize("decode", [decode_event, decode_click])
+def test_the_years_bound_ts_whatever_the_settings_and_the_record(decode) -> None:
+    # a record timestamp far ahead (or none, ts_max_ms None) and a settings floor far behind
+    # still leave ts within years 1..9999
+    after = mp({"user_id": "u", "item_id": 1, "ts": LATEST + 1})
+    for ts_max in (None, LATEST, 2**62):
+        got = decode(after, ts_max_ms=ts_max)
+        assert isinstance(got, Rejection) and "after the latest accepted time" in got.reason
+    before = mp({"user_id": "u", "item_id": 1, "ts": -(2**63)})
+    got = decode(before, ts_min_ms=-(2**64))
+    assert got == Rejection("ts: -9223372036854775808 is before the earliest accepted time "
+                            "-62135596800000 (epoch ms)")
+    # the skew's own reason where the record bounds ts below the end of year 9999
+    got = decode(after, ts_max_ms=LATEST - 5)
+    assert isinstance(got, Rejection) and "beyond the allowed skew (max 253402300799994)" in got.reason
+
+
+_ANY_INT = st.one_of(st.integers(), st.integers(-(10**50), 10**50))
+
+
+@settings(max_examples=300)
+@given(ts=st.one_of(st.integers(TS - 5, TS + 5), _ANY_INT), dwell=st.one_of(st.none(), _ANY_INT),
+       extra=st.dictionaries(st.sampled_from(["a", "b"]), _ANY_INT, max_size=2),
+       fmt=st.sampled_from(["msgpack", "json"]))
+def test_every_accepted_event_encodes_again(ts: int, dwell: int | None, extra: dict,
+                                            fmt: str) -> None:
+    # was: {"dwell_ms": 10**40} (JSON) was accepted and encode_event raised OverflowError
+    obj = {"user_id": "u", "item_id": 1, "ts": ts, "dwell_ms": dwell, "context": extra}
+    if dwell is None:
+        del obj["dwell_ms"]
+    try:
+        raw = mp(obj) if fmt == "msgpack" else json.dumps(obj).encode()
+    except OverflowError:  # beyond msgpack's 64 bits: JSON only
+        return
+    ev = decode_event(raw)
+    if isinstance(ev, ClickEvent):
+        assert decode_event(encode_event(ev)) == ev
 
 
 @given(st.binary(max_size=300))
