@@ -312,7 +312,8 @@ def test_killed_retrain_leaves_the_active_snapshot_untouched(
            "DIAM_KAFKA_MODELS_TOPIC": f"{topic}.models",
            "DIAM_SNAPSHOT_DIR": str(tmp_path / "snaps"),
            "DIAM_RETRAIN_CANDIDATES_DIR": str(tmp_path / "candidates"),
-           "DIAM_RETRAIN_EPOCHS": "400", "DIAM_RETRAIN_HOLDOUT_FRACTION": "0.2"}
+           "DIAM_RETRAIN_EPOCHS": "400", "DIAM_RETRAIN_HOLDOUT_FRACTION": "0.2",
+           "DIAM_ONLINE_DIM": str(s.online.dim)}  # the active model's: trainable
     proc = subprocess.Popen([sys.executable, "-m", "diam", "retrain", "--once", "--namespace",
                              namespace], env=env, stderr=subprocess.PIPE, text=True)
     lines = []
