@@ -105,10 +105,27 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
     return get_app(recommender, watcher=watcher, reload_every_s=opts.reload_every_s, ui=sources)
 
 
+_OWN_LOGGERS = ("diam", "serving_cache", "snapshotter", "streams")
+"""The project's loggers, which ``--log-level`` sets (uvicorn's own config sets only uvicorn's)."""
+
+
+def serve_logging(level: str) -> None:
+    """Log the server's own lines (a snapshot reload, a refused snapshot, a follower's
+    trouble) at ``level`` (``--log-level``) to stderr, timestamped, in every process (the
+    processes of ``--processes`` are forked after it). uvicorn configures only its own
+    loggers, so without this INFO lines went nowhere. Libraries stay at WARNING."""
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in _OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+
+
 def serve(s: Settings, opts: ServeOptions, host: str, port: int,
           echo: Callable[[str], None] = print) -> int:
     """Serve until stopped; returns the exit status (see the module's docstring)."""
     sys.setswitchinterval(s.serve.gil_switch_interval_ms / 1000.0)
+    serve_logging(opts.log_level)
     n = s.serve.processes
     if n == 1:
         import uvicorn

@@ -276,17 +276,23 @@ def get_app(
         if found is None:
             return None
         version, path = found
+        was = recommender.active.version if recommender.active is not None else None
+        t0 = time.monotonic()
         try:
             snap = SnapshotIndex.load(path, version)
         except Exception as exc:  # keep serving the old one
-            log.error("snapshot %s failed to load: %s", version, exc)
+            log.warning("snapshot reload: refused %s, it failed to load (%s); still serving %s",
+                        version, exc, was)
             m["reloads"].labels("failed").inc()
             return None
         recommender.swap(snap)
         settle_heap()
         set_snapshot_gauge()
         m["reloads"].labels("ok").inc()
-        log.info("serving snapshot %s", version)
+        # one line per reload, so that a log says which model answered when, and how long
+        # the swap took (the /metrics counter says only how many)
+        log.info("snapshot reload: serving %s (was %s), loaded in %.2f s", version, was,
+                 time.monotonic() - t0)
         return version
 
     def reload_loop() -> None:
