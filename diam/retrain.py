@@ -14,7 +14,10 @@ One retrain (:meth:`Retrainer.run_once`):
    pointer switched atomically, Redis told: the dataflow and the API hot-reload it); a refused
    one stays in ``candidates_dir`` with its ``decision.json``, never activated;
 6. the decision (versions, metrics, reason, durations) goes to the ``diam.models`` topic, to
-   Prometheus and to the log.
+   Prometheus and to the log. ``published``: the pointer on disk names the candidate's
+   version; ``announced``: Redis's ``diam:<ns>:model:active`` named it too (what servers
+   follow). A publish whose Redis step failed is published, not announced, and still a
+   decision: its window counts as done.
 
 Nothing touches the active snapshot before step 5, and publishing switches it in one rename,
 so a retrain that crashes or is killed at any point leaves the active version as it was.
@@ -22,6 +25,10 @@ so a retrain that crashes or is killed at any point leaves the active version as
 :meth:`Retrainer.serve` runs one whenever ``every_events`` new clicks arrived or
 ``every_minutes`` passed with new clicks; where the last retrain ended is read back from the
 ``diam.models`` topic at start, so a restarted service does not retrain on the same events.
+While Redis may not name the active version on disk (at start, after a publish Redis did not
+take), the service only re-syncs it (:func:`snapshotter.sync.sync_active`, ``diam snapshot
+watch``'s rule) with backoff, one log line per change, and trains nothing; once Redis answers,
+an unannounced decision is written again, announced.
 """
 
 from __future__ import annotations
@@ -130,7 +137,16 @@ class RetrainConfig(BaseModel):
 
 @dataclass
 class Decision:
-    """One retrain's outcome, as written to the models topic and ``decision.json``."""
+    """One retrain's outcome, as written to the models topic and ``decision.json``.
+
+    ``published`` and ``announced`` are the two steps of a publish: the pointer on disk
+    switched to ``version`` (the snapshot store's truth, what ``diam run`` and ``diam serve``
+    load on start), and Redis's ``diam:<ns>:model:active`` named it (what running servers and
+    dataflows follow). A Redis that did not answer leaves a decision published and not
+    announced; the service re-syncs Redis from the pointer once it answers and writes the
+    decision again with ``announced`` true and ``announced_at`` (same candidate, same window:
+    a reader keeps the newest record of a candidate). Records written before ``announced``
+    existed lack both keys; their publishes were announced (a Redis failure raised instead)."""
 
     candidate: str
     published: bool
@@ -138,6 +154,11 @@ class Decision:
     active_before: str | None
     version: str | None = None
     """The published version (None when refused)."""
+    announced: bool = False
+    """Redis named ``version`` as the active one when this record was written."""
+    announced_at: str | None = None
+    """When the service announced ``version`` after Redis failed at the publish (None: with
+    the publish, or never)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """``{"candidate": {...}, "active": {...} | None, "eval_users": int, "diff_ci": {metric:
     [lo, hi]}}``: ``diff_ci`` the paired 95% interval of candidate minus active over the
@@ -200,6 +221,10 @@ class _Metrics:
                             ["model", "metric"], registry=self.registry)
         self.last = Gauge("diam_retrain_last_timestamp_seconds", "When the last retrain ended",
                           registry=self.registry)
+        self.unsynced = Gauge("diam_retrain_redis_unsynced",
+                              "1 while Redis may not name the active snapshot version (the "
+                              "service retries the announcement and trains nothing)",
+                              registry=self.registry)
 
     def record(self, d: Decision) -> None:
         self.decisions.labels("published" if d.published else "refused").inc()
@@ -256,6 +281,12 @@ class Retrainer:
         self.redis = redis_client(settings.redis)
         self.metrics = _Metrics()
         self._say = log_line or log.info
+        self._sync_at: float | None = None
+        """Monotonic time of the next try to re-sync Redis from the pointer; None while
+        Redis names the active version as far as the service knows."""
+        self._sync_tries = 0
+        self._unannounced: dict[str, Any] | None = None
+        """The decision (as on the topic) whose version Redis did not take at its publish."""
 
     # -- one retrain ---------------------------------------------------------------------
     def run_once(self) -> Decision:
@@ -275,7 +306,6 @@ class Retrainer:
         )
         from online_model.train import Features, TrainConfig, train
         from snapshotter.gate import decide
-        from snapshotter.publish import publish
         from streams.catalog import Catalog, read_catalog
         from streams.topic_corpus import corpus_from_topic, read_clicks
 
@@ -394,11 +424,37 @@ class Retrainer:
         if gate.publish and (why := self._unusable(cand_dir)) is not None:
             d.reason = f"{gate.reason}, but no dataflow can use it: {why}"
         elif gate.publish:
-            pub = publish(cand_dir, self.store, self.redis, ns=self.ns,
-                          data_dir=self.s.data_dir)
-            d.published, d.version = True, pub.version
+            d.published = True
+            d.version, d.announced, why = self._publish(cand_dir)
+            if why is not None:
+                d.reason = f"{gate.reason}; {why}"
             phases["publish"] = time.monotonic() - t_eval
-        return self._finish(d, t0, phases, cand_dir)
+        d = self._finish(d, t0, phases, cand_dir)
+        if d.published and not d.announced:
+            self._unannounced = json.loads(d.to_json())
+            self._sync_failed(why or "")
+        return d
+
+    def _publish(self, cand_dir: Path) -> tuple[str, bool, str | None]:
+        """Publish the candidate: ``(version, announced, why not announced)``. A publish that
+        switched the pointer on disk and then failed (Redis did not take the version, most
+        likely) is a publish: the pointer is the truth, and a retrain must not run again on
+        the same window for a Redis outage (every poll published another version). Anything
+        that failed before the switch raises, as before."""
+        from snapshotter.publish import publish
+        from snapshotter.store import SnapshotError, sha256_file
+
+        try:
+            pub = publish(cand_dir, self.store, self.redis, ns=self.ns, data_dir=self.s.data_dir)
+            return pub.version, pub.redis_set, None
+        except SnapshotError as exc:
+            active = self.store.active_version()
+            sha = sha256_file(cand_dir / "weights.safetensors")
+            if active is None or (self.store.manifest(active).get("source") or {}).get(
+                    "weights_sha256") != sha:
+                raise
+            return active, False, (f"published {active} on disk, but it is not announced in "
+                                   f"Redis ({exc.__cause__ or exc})")
 
     def _unusable(self, cand_dir: Path) -> str | None:
         """Why no dataflow could use the candidate as its base (``diam.app.stream_base``,
@@ -437,7 +493,9 @@ class Retrainer:
         self._emit(d)
         self.metrics.record(d)
         cm, am = d.metrics.get("candidate") or {}, d.metrics.get("active") or {}
-        self._say(f"retrain {d.candidate}: {'PUBLISHED ' + str(d.version) if d.published else 'REFUSED'}"
+        outcome = ("REFUSED" if not d.published else f"PUBLISHED {d.version}" if d.announced
+                   else f"PUBLISHED {d.version} on disk, NOT ANNOUNCED in Redis")
+        self._say(f"retrain {d.candidate}: {outcome}"
                   f" ({d.reason}); recall@20 {cm.get('recall@20')} vs active "
                   f"{am.get('recall@20')}, {d.seconds['total']:.1f} s")
         self._prune()
@@ -533,12 +591,73 @@ class Retrainer:
         if window.get("topic") != self.topic:
             return
         created = self.store.manifest(version).get("created_at", "")
+        try:
+            announced = self._redis_active() == version
+        except Exception:  # Redis away: not known to be announced; serve re-syncs it
+            announced = False
         d = Decision(cand.name, True, f"published as {version}; the run stopped before writing "
                      "its decision, rebuilt when the service started (the gate's figures were "
-                     "not kept)", None, version=version, window=window,
+                     "not kept)", None, version=version, announced=announced, window=window,
                      warm_start=retrain.get("warm_start"), created_at=str(created),
                      candidate_path=str(cand))
         (cand / "decision.json").write_bytes(d.to_json())
+
+    def _redis_active(self) -> str | None:
+        """The version Redis announces for the namespace (raises when Redis does not answer)."""
+        from serving_cache.keys import model_active_key
+
+        raw = self.redis.get(model_active_key(self.ns))
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+
+    # -- Redis's active version: re-synced from the pointer ----------------------------------
+    ANNOUNCE_BACKOFF_MAX_S = 60.0
+    """Longest wait between two tries to re-sync Redis (the first waits ``poll_s``, doubling)."""
+
+    def _sync_failed(self, why: str) -> None:
+        """Redis may not name the active version: schedule the next try (backoff), and say so
+        once per state change, not per try."""
+        if self._sync_at is None:
+            self._say(f"Redis does not name the active snapshot version yet ({why}); the "
+                      f"service re-syncs it from {self.store.root}/ACTIVE with backoff (up to "
+                      f"{self.ANNOUNCE_BACKOFF_MAX_S:g} s) and trains nothing until it does")
+        self.metrics.unsynced.set(1)
+        delay = min(self.ANNOUNCE_BACKOFF_MAX_S, self.cfg.poll_s * 2 ** min(self._sync_tries, 30))
+        self._sync_tries += 1
+        self._sync_at = time.monotonic() + delay
+
+    def sync_redis(self) -> bool:
+        """One try to make Redis name the active version on disk
+        (:func:`snapshotter.sync.sync_active`, ``diam snapshot watch``'s rule): True once it
+        does (an unannounced decision of that version is then written again, announced),
+        False when Redis (or the pointer) refused, the next try scheduled."""
+        from snapshotter.sync import sync_active
+
+        try:
+            got = sync_active(self.store, self.redis, self.ns)
+        except Exception as exc:  # Redis away, or a damaged pointer: retried, never fatal
+            self._sync_failed(f"{type(exc).__name__}: {exc}")
+            return False
+        if self._sync_at is not None or got.changed:
+            self._say(f"Redis answers: diam:{self.ns}:model:active names {got.active}"
+                      + (f" (it named {got.was})" if got.changed else ""))
+        self._sync_at, self._sync_tries = None, 0
+        self.metrics.unsynced.set(0)
+        body, self._unannounced = self._unannounced, None
+        if body is None:
+            return True
+        if got.active != body.get("version"):
+            self._say(f"retrain {body.get('candidate')}: {body.get('version')} was never "
+                      f"announced; the pointer on disk names {got.active} now")
+            return True
+        body = {**body, "announced": True, "announced_at": datetime.now(UTC).isoformat()}
+        raw = json.dumps(body, sort_keys=True).encode()
+        cand = Path(str(body.get("candidate_path") or ""))
+        if body.get("candidate_path") and cand.is_dir():
+            (cand / "decision.json").write_bytes(raw)
+        self._emit_raw(str(body.get("candidate")), raw)
+        self._say(f"retrain {body.get('candidate')}: {body.get('version')} announced in Redis; "
+                  "its decision written again, announced")
+        return True
 
     def _decisions(self) -> list[dict[str, Any]]:
         """The decisions about this clicks topic on the models topic, in offset order (none
@@ -562,10 +681,11 @@ class Retrainer:
     def last_decision(self, decisions: list[dict[str, Any]] | None = None
                       ) -> dict[str, Any] | None:
         """The newest decision about this clicks topic on the models topic (or among
-        ``decisions``, as :meth:`_decisions` read them), if any."""
+        ``decisions``, as :meth:`_decisions` read them), if any; of records of one retrain
+        (equal ``created_at``: a decision written again, announced), the later one."""
         last = None
         for body in self._decisions() if decisions is None else decisions:
-            if last is None or str(body.get("created_at")) > str(last.get("created_at")):
+            if last is None or str(body.get("created_at")) >= str(last.get("created_at")):
                 last = body
         return last
 
@@ -580,12 +700,23 @@ class Retrainer:
         if self.reconcile(decisions):
             decisions = self._decisions()
         last = self.last_decision(decisions)
+        if last is not None and last.get("published") and last.get("announced") is False:
+            self._unannounced = last  # announced by the first sync that succeeds
+        self.sync_redis()  # a run stopped after a publish Redis did not take left them apart
         done_at = sum((last or {}).get("window", {}).get("end", {}).values()) if last else 0
         last_t = time.time() if last is None else datetime.fromisoformat(
             last["created_at"]).timestamp()
         self._say(f"retrain service on {self.topic}: every {self.cfg.every_events:,} events or "
                   f"{self.cfg.every_minutes:g} min; last retrain ended at offset sum {done_at:,}")
         while stop is None or not stop.is_set():
+            if self._sync_at is not None and time.monotonic() >= self._sync_at:
+                self.sync_redis()
+            if self._sync_at is not None:  # a candidate published now could not be announced
+                if stop is not None and stop.wait(self.cfg.poll_s):
+                    break
+                if stop is None:
+                    time.sleep(self.cfg.poll_s)
+                continue
             try:
                 total = sum(hi for _, hi in watermarks(self.s.kafka, self.topic).values())
             except Exception as exc:  # broker away: wait and look again, never crash

@@ -20,7 +20,8 @@ from diam.commands import (
 @click.command("retrain")
 @click.option("--once", is_flag=True,
               help="Run one retrain now and exit (for cron); exit status 0 whether the candidate "
-                   "was published or refused, 1 on an error.")
+                   "was published or refused, 1 on an error or a publish that Redis did not "
+                   "take (on disk, not announced).")
 @click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic [default: settings kafka.clicks_topic].")
 @namespace_option("whose active version a publish moves")
@@ -80,9 +81,15 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
                or click.ClickException(f"retrain failed: {type(exc).__name__}: {exc}")) from None
     if as_json:
         click.echo(json.dumps(json.loads(d.to_json()), indent=1, sort_keys=True))
-    else:
+    elif not d.published or d.announced:
         click.echo(f"{'published ' + str(d.version) if d.published else 'refused'}: {d.reason} "
                    f"(candidate {d.candidate_path or d.candidate}, {d.seconds['total']:.1f} s)")
+    if d.published and not d.announced:
+        # no service stays to retry the announcement: the operator finishes the job
+        raise click.ClickException(
+            f"{d.reason}. Servers keep the version Redis names until it is announced: run "
+            f"`diam snapshot rollback {d.version}` (or keep `diam snapshot watch` or `diam "
+            "retrain` running) once Redis answers")
 
 
 COMMANDS = [retrain_cmd]

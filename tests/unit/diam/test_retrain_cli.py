@@ -54,3 +54,19 @@ def test_any_other_failure_stays_a_retrain_failure(failing_retrain) -> None:
     r = failing_retrain(OSError("disk full"))
     assert r.exit_code == 1, r.output
     assert "Error: retrain failed: OSError: disk full" in r.output, r.output
+
+
+def test_a_publish_redis_did_not_take_ends_once_with_the_command_that_finishes_it(
+        failing_retrain, isolated_env) -> None:
+    import diam.retrain
+    from diam.retrain import Decision
+
+    d = Decision("c1", True, "no active snapshot; published V1 on disk, but it is not "
+                 "announced in Redis (refused)", None, version="V1", seconds={"total": 1.0})
+    isolated_env.setattr(diam.retrain.Retrainer, "run_once", lambda self: d)
+    r = CliRunner().invoke(main, ["retrain", "--once"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "not announced in Redis" in r.output and "diam snapshot rollback V1" in r.output
+    d.announced = True
+    r = CliRunner().invoke(main, ["retrain", "--once"])
+    assert r.exit_code == 0 and r.output.startswith("published V1: "), r.output

@@ -1,0 +1,54 @@
+"""Re-sync Redis's active version from the pointer on disk.
+
+The pointer (``<dir>/ACTIVE``) is the truth; ``diam:{ns}:model:active`` broadcasts it. A
+publish switches the pointer first and Redis last, so a Redis that did not answer leaves the
+two apart until someone re-syncs: ``diam snapshot watch`` on every tick, the retrain service
+(:meth:`diam.retrain.Retrainer.serve`) until Redis answers. Both call :func:`sync_active`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from snapshotter.store import SnapshotStore
+
+__all__ = ["Synced", "sync_active"]
+
+
+class Synced(NamedTuple):
+    """What :func:`sync_active` found and did."""
+
+    active: str | None
+    """The version the pointer names (None: no active version; Redis was not touched)."""
+    was: str | None
+    """What Redis named before (None: nothing, or not read because there is no active
+    version)."""
+
+    @property
+    def changed(self) -> bool:
+        """Redis was set: it named another version, or none."""
+        return self.active is not None and self.active != self.was
+
+
+def sync_active(store: SnapshotStore, client: Any, ns: str) -> Synced:
+    """Make ``diam:{ns}:model:active`` name ``store``'s active version; written only when it
+    names another one (one GET on the common path), under :meth:`SnapshotStore.locked`.
+
+    Raises :class:`snapshotter.store.SnapshotError` for a damaged pointer (announce nothing
+    rather than garbage) and the client's own error when Redis does not answer: the caller
+    decides how to retry and what to log."""
+    from serving_cache.keys import model_active_key, validate_namespace
+    from snapshotter.publish import set_active_in_redis  # the one writer of the key
+
+    key = model_active_key(validate_namespace(ns))
+    # under the store's lock, as every switch: a pointer read just before a concurrent
+    # publish switched it would otherwise announce the old version after the new one
+    with store.locked():
+        active = store.active_version()
+        if active is None:
+            return Synced(None, None)
+        raw = client.get(key)
+        was = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        if was != active:
+            set_active_in_redis(client, ns, active)
+    return Synced(active, was)
