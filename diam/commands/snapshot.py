@@ -145,6 +145,9 @@ def publish_cmd(
     served users (up to snapshot.tune_users of them; item mixtures when Redis holds too few or
     with --no-redis). A bad checkpoint is refused with the file at fault, and the active version
     does not change. Weights already kept as a version re-activate that version (no copy).
+    Publishes and rollbacks of one snapshot directory switch one after the other; old versions
+    beyond snapshot.keep are pruned, never the active one, the one before it or one Redis
+    announces (nothing is pruned when Redis cannot be read).
 
     A checkpoint no dataflow could use is refused as `diam run` refuses it at start: the base
     must load and its embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
@@ -363,7 +366,8 @@ def rollback_cmd(
     version no dataflow could use is refused as publish refuses it: the base must load and its
     embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
     Running it with the active version re-announces it in Redis. --namespace is checked
-    before the pointer on disk moves, so a bad one leaves disk and Redis as they were.
+    before the pointer on disk moves, so a bad one leaves disk and Redis as they were. A
+    publish or rollback of the same directory in progress finishes first.
     """
     from snapshotter.publish import set_active_in_redis
     from snapshotter.store import SnapshotError
