@@ -30,6 +30,7 @@ from snapshotter.store import (
     sha256_file,
     version_name,
 )
+from snapshotter.sync import sync_active
 
 if TYPE_CHECKING:
     from online_model.checkpoint import CheckpointFiles
@@ -470,25 +471,15 @@ class Watcher:
         return Skip("nothing to publish: " + "; ".join(parts), tuple(key))
 
     def _sync_redis(self) -> None:
-        """Announce the pointer's version when Redis names another, under the store's lock:
-        unlocked, a pointer read just before a concurrent publish switched it would announce
-        the old version after the publish announced the new one."""
+        """Make Redis name the pointer's version (after a Redis restart, say), by the one rule
+        the retrain service follows too (:func:`snapshotter.sync.sync_active`, under the
+        store's lock). A damaged pointer or a Redis that does not answer is logged, never
+        raised: the next tick tries again."""
         if self.client is None:
             return
-        with self.store.locked():
-            self._sync_redis_locked()
-
-    def _sync_redis_locked(self) -> None:
-        assert self.client is not None
         try:
-            active = self.store.active_version()
+            sync_active(self.store, self.client, self.ns)
         except SnapshotError as exc:  # a damaged pointer: announce nothing rather than garbage
             log.error("not syncing the active version into Redis: %s", exc)
-            return
-        if active is None:
-            return
-        try:
-            if _announced(self.client, self.ns) != active:
-                set_active_in_redis(self.client, self.ns, active)
-        except Exception as exc:
+        except Exception as exc:  # Redis away: the pointer on disk still tells the truth
             log.warning("could not sync the active version into Redis: %s", exc)

@@ -37,18 +37,18 @@ def sync_active(store: SnapshotStore, client: Any, ns: str) -> Synced:
     Raises :class:`snapshotter.store.SnapshotError` for a damaged pointer (announce nothing
     rather than garbage) and the client's own error when Redis does not answer: the caller
     decides how to retry and what to log."""
-    from serving_cache.keys import model_active_key, validate_namespace
-    from snapshotter.publish import set_active_in_redis  # the one writer of the key
+    # the key's one reader and one writer; imported here, as publish.py imports this module
+    from serving_cache.keys import validate_namespace
+    from snapshotter.publish import _announced, set_active_in_redis
 
-    key = model_active_key(validate_namespace(ns))
+    validate_namespace(ns)
     # under the store's lock, as every switch: a pointer read just before a concurrent
     # publish switched it would otherwise announce the old version after the new one
     with store.locked():
         active = store.active_version()
         if active is None:
             return Synced(None, None)
-        raw = client.get(key)
-        was = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        was = _announced(client, ns)
         if was != active:
             set_active_in_redis(client, ns, active)
     return Synced(active, was)

@@ -175,3 +175,51 @@ def test_a_version_committed_by_a_failed_publish_is_seen_later_in_the_tick(tmp_p
     (version,) = [s.version for s in store.versions()]
     assert w.last_skip.reason == (f"nothing to publish: {old} is already version {version}; "
                                   f"{new} refused (logged)")
+
+
+class _DictRedis:
+    """GET/SET of a dict, bytes out as redis-py gives them; ``down`` makes both raise."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.sets = 0
+        self.down = False
+
+    def get(self, key):
+        if self.down:
+            raise ConnectionError("Redis is down")
+        return self.data.get(key)
+
+    def set(self, key, value):
+        if self.down:
+            raise ConnectionError("Redis is down")
+        self.sets += 1
+        self.data[key] = value.encode() if isinstance(value, str) else value
+
+
+def test_each_tick_resyncs_redis_with_the_pointer_and_logs_an_outage(tmp_path, caplog) -> None:
+    """The watcher's re-sync is :func:`snapshotter.sync_active`: Redis is set only when it names
+    another version than the pointer; a Redis that does not answer is one warning per tick,
+    never a crash, and the next tick that reaches it repairs it."""
+    from snapshotter import sync_active
+    from snapshotter.publish import publish
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=0))
+    trainer = tmp_path / "t"
+    v1 = publish(write_checkpoint(trainer / "a", n_items=30, dim=4, seed=1), store).version
+    client, key = _DictRedis(), "diam:watchsync:model:active"
+    w = Watcher(store, trainer, client, ns="watchsync")
+    assert w.tick(time.time() + 1) is None
+    assert client.data == {key: v1.encode()} and client.sets == 1
+    assert w.tick(time.time() + 2) is None and client.sets == 1  # named already: one GET
+    client.data[key] = b"20000101T000000-00000000"  # a stale announcement (Redis restored)
+    client.down = True
+    with caplog.at_level(logging.WARNING, logger="snapshotter.publish"):
+        assert w.tick(time.time() + 3) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not sync the active version into Redis: Redis is down"]
+    client.down = False
+    w.tick(time.time() + 4)
+    assert client.data == {key: v1.encode()} and client.sets == 2
+    assert sync_active(store, client, "watchsync") == (v1, v1)
+
