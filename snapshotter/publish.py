@@ -176,7 +176,7 @@ def publish(
     ck = _read(checkpoint)
     if usable is not None:
         usable(ck.path)
-    with store.locked():
+    with store.locked(create=True):  # the first publish makes the store
         reused, damaged = _reuse(store, ck.weights_sha256, redis_client, ns)
     if reused is not None:
         return reused

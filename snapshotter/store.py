@@ -330,10 +330,23 @@ class SnapshotStore:
                 f"index holds {index.ntotal}x{index.d}, items are ({n_ids}, {dim}) "
                 "(item_ids.npy, weights.safetensors)")
 
+    def require_root(self) -> None:
+        """Raise :class:`SnapshotError` naming :attr:`root` when it is not an existing
+        directory. What needs a store that was published to (a rollback, a re-sync of Redis)
+        calls it before it locks: a mistyped ``DIAM_SNAPSHOT_DIR`` is refused, not answered
+        with a fresh empty store made on the spot."""
+        if self.root.is_dir():
+            return
+        what = "is not a directory" if self.root.exists() else "does not exist"
+        raise SnapshotError(f"snapshot directory {self.root} {what} (settings snapshot.dir, "
+                            "DIAM_SNAPSHOT_DIR); nothing was published there")
+
     # -- writing ---------------------------------------------------------------------------
     @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, create: bool = False) -> Iterator[None]:
         """Hold the store's lock: an exclusive ``flock`` on ``<root>/.lock``, waited for.
+        A root that does not exist is created with ``create`` (a first publish), refused
+        otherwise (:meth:`require_root`).
 
         Every switch of the active version holds it around its read-modify-write of the
         pointer, the history and Redis's announcement (publish from its re-check of kept
@@ -341,7 +354,9 @@ class SnapshotStore:
         rollbacks, from threads or processes, run one after the other and each reports what
         it did. The kernel drops the lock when its holder dies, so a killed publish never
         wedges the store. Not re-entrant: a holder must not take it again."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.require_root()
         with open(self.root / LOCK, "ab") as fh:  # "a": created if missing, never truncated
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:

@@ -34,14 +34,18 @@ def sync_active(store: SnapshotStore, client: Any, ns: str) -> Synced:
     """Make ``diam:{ns}:model:active`` name ``store``'s active version; written only when it
     names another one (one GET on the common path), under :meth:`SnapshotStore.locked`.
 
-    Raises :class:`snapshotter.store.SnapshotError` for a damaged pointer (announce nothing
-    rather than garbage) and the client's own error when Redis does not answer: the caller
-    decides how to retry and what to log."""
+    A store directory that does not exist yet has no active version: nothing is announced
+    and the directory is not created (the first publish makes it). Raises
+    :class:`snapshotter.store.SnapshotError` for a damaged pointer (announce nothing rather
+    than garbage) or a root that is not a directory, and the client's own error when Redis
+    does not answer: the caller decides how to retry and what to log."""
     # the key's one reader and one writer; imported here, as publish.py imports this module
     from serving_cache.keys import validate_namespace
     from snapshotter.publish import _announced, set_active_in_redis
 
     validate_namespace(ns)
+    if not store.root.exists():  # never published: nothing to announce, and no store to make
+        return Synced(None, None)
     # under the store's lock, as every switch: a pointer read just before a concurrent
     # publish switched it would otherwise announce the old version after the new one
     with store.locked():

@@ -220,7 +220,8 @@ def watch_cmd(
 
     A --trainer-dir that does not exist is refused (a mistyped path would be watched forever);
     the default, snapshot.trainer_dir, may not exist yet: the stack starts the watcher before
-    the trainer has written its first checkpoint, so it is waited for.
+    the trainer has written its first checkpoint, so it is waited for. A snapshot directory
+    that does not exist yet is said at start and made by the first publish.
     """
     from snapshotter.publish import Watcher
 
@@ -229,7 +230,8 @@ def watch_cmd(
     period = _parse_period(every) if every else s.snapshot.watch_every_s
     root = trainer_dir or Path(s.snapshot.trainer_dir)
     service_logging("%(asctime)s %(levelname)s %(message)s")
-    watcher = Watcher(_store(s), root, _redis(s, no_redis), ns, data_dir=s.data_dir,
+    store = _store(s)
+    watcher = Watcher(store, root, _redis(s, no_redis), ns, data_dir=s.data_dir,
                       usable=_stream_can_use(s))
     if once:  # one tick: no period, nothing to stop, and a missing root is not waited for
         missing = "" if root.is_dir() else " (it does not exist yet: nothing to publish)"
@@ -237,6 +239,9 @@ def watch_cmd(
     else:
         waiting = "" if root.is_dir() else " (it does not exist yet; waiting for it)"
         click.echo(f"watching {root}{waiting} every {period:g}s (Ctrl-C stops)", err=True)
+    if not store.root.exists():  # watch is a publisher: its first publish makes the store
+        click.echo(f"snapshot directory {store.root} does not exist yet: the first publish "
+                   "creates it", err=True)
     said = None  # the last skip logged: the same situation is said once, not every tick
     try:
         while True:
@@ -279,8 +284,9 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
     """Versions on disk, oldest first; '*' marks the active one (the pointer on disk), 'never
     active' one a publish committed but never switched to, and the last line the version Redis
     announces. Directories not named like a version are listed first as 'not a version,
-    ignored': no command activates or deletes them. Only reads: nothing is switched. A damaged pointer ends the list with an error
-    naming it (exit 1)."""
+    ignored': no command activates or deletes them. Only reads: nothing is switched, and a
+    snapshot directory that does not exist is said to be missing, not created. A damaged
+    pointer ends the list with an error naming it (exit 1)."""
     from snapshotter.store import SnapshotError
 
     s = get_settings(ctx)
@@ -296,7 +302,8 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
     for name in store.strays():  # e.g. a directory made by hand: never activated nor pruned
         click.echo(f"  {name}  not a version, ignored")
     if not infos:
-        click.echo(f"no snapshots in {store.root}")
+        gone = "" if store.root.is_dir() else " (it does not exist)"
+        click.echo(f"no snapshots in {store.root}{gone}")
         if pointer_error is not None:
             raise click.ClickException(pointer_error)
         return
@@ -362,9 +369,10 @@ def rollback_cmd(
     """Make VERSION active again (default: the version active before the current one, as
     recorded in ACTIVE.history; a version that was never active is not picked).
 
-    The version is verified first; if a file fails its hash the active version stays. A
-    version no dataflow could use is refused as publish refuses it: the base must load and its
-    embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
+    A snapshot directory (DIAM_SNAPSHOT_DIR) that does not exist is refused, naming it, and
+    is not created. The version is verified first; if a file fails its hash the active
+    version stays. A version no dataflow could use is refused as publish refuses it: the
+    base must load and its embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
     Running it with the active version re-announces it in Redis. --namespace is checked
     before the pointer on disk moves, so a bad one leaves disk and Redis as they were. A
     publish or rollback of the same directory in progress finishes first.
@@ -376,6 +384,10 @@ def rollback_cmd(
     ns = namespace_of(s, namespace)
     client = _redis(s, no_redis)
     store = _store(s)
+    try:  # a mistyped DIAM_SNAPSHOT_DIR: said in one line, before the lock (which refuses it too)
+        store.require_root()
+    except SnapshotError as exc:
+        raise click.ClickException(str(exc)) from None
     # one switch at a time: a publish or rollback running now finishes first, and what this
     # one reads as the previous version and announces is then what it reports
     with store.locked():

@@ -45,6 +45,7 @@ def test_bad_input_is_a_one_line_error(run, tmp_path):
     r = run("snapshot", "publish", str(ck), "--no-redis")
     assert r.exit_code == 1 and r.output.startswith("publishing")
     assert "Error: weights.safetensors: cannot be read" in r.output and "Traceback" not in r.output
+    (tmp_path / "snaps").mkdir()  # an empty store (a missing one: the test below)
     assert run("snapshot", "rollback", "--no-redis").output.startswith("Error: no earlier version")
     assert "not a snapshot version" in run("snapshot", "rollback", "../x", "--no-redis").output
     assert "is not a period" in run("snapshot", "watch", "--every", "soon", "--no-redis").output
@@ -152,6 +153,42 @@ def test_an_empty_rollback_version_is_a_usage_error(run, tmp_path, version):
     r = run("snapshot", "rollback", version, "--no-redis")
     assert r.exit_code == 2 and "must not be empty" in r.output, r.output
     assert (tmp_path / "snaps" / "ACTIVE").read_text() == active
+
+
+def test_rollback_refuses_a_snapshot_dir_that_does_not_exist(run, tmp_path, monkeypatch):
+    """A mistyped DIAM_SNAPSHOT_DIR is named, before Redis is asked anything (its URL here
+    answers nothing), and is not created; a file there is named as such. list says it is
+    missing (exit 0: a store nothing was published to yet is listed as empty)."""
+    snaps = tmp_path / "snaps"
+    missing = (f"Error: snapshot directory {snaps} does not exist (settings snapshot.dir, "
+               "DIAM_SNAPSHOT_DIR); nothing was published there\n")
+    assert run("snapshot", "rollback", "--no-redis").output == missing
+    monkeypatch.setenv("DIAM_REDIS_URL", "redis://127.0.0.1:1/0")
+    r = run("snapshot", "rollback", "20261206T115042-ad579c08")
+    assert (r.exit_code, r.output) == (1, missing)
+    assert not snaps.exists()
+    r = run("snapshot", "list", "--no-redis")
+    assert (r.exit_code, r.output) == (0, f"no snapshots in {snaps} (it does not exist)\n")
+    assert not snaps.exists()
+    snaps.write_text("")
+    r = run("snapshot", "rollback", "--no-redis")
+    assert r.exit_code == 1 and f"{snaps} is not a directory" in r.output, r.output
+
+
+def test_watch_says_it_will_create_a_missing_snapshot_dir(run, tmp_path, monkeypatch):
+    """watch publishes, so a missing snapshot directory is not refused: it is said at start and
+    the first publish makes it."""
+    trainer = tmp_path / "trainer"
+    trainer.mkdir()
+    said = f"snapshot directory {tmp_path / 'snaps'} does not exist yet: the first publish creates it"
+    r = run("snapshot", "watch", "--once", "--trainer-dir", str(trainer), "--no-redis")
+    assert r.exit_code == 0 and said in r.output and not (tmp_path / "snaps").exists(), r.output
+    monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "0")
+    write_checkpoint(trainer / "run1", n_items=30, dim=4)
+    r = run("snapshot", "watch", "--once", "--trainer-dir", str(trainer), "--no-redis")
+    assert r.exit_code == 0 and said in r.output and "published " in r.output, r.output
+    r = run("snapshot", "watch", "--once", "--trainer-dir", str(trainer), "--no-redis")
+    assert r.exit_code == 0 and said not in r.output, r.output
 
 
 def test_watch_once_says_it_checks_once(run, tmp_path):

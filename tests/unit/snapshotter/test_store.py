@@ -306,3 +306,15 @@ def test_active_watcher_logs_a_redis_outage_once_and_its_end_once(store, checkpo
     assert len(lines) == 2, lines
     assert "unreachable" in lines[0] and "Error 111" in lines[0] and "pointer file" in lines[0]
     assert "reachable again after 60.0 s" in lines[1]
+
+
+def test_the_lock_refuses_a_missing_store_unless_asked_to_create_it(tmp_path):
+    """Only a publish makes the store; every other holder of the lock needs one that exists."""
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "typo")))
+    with pytest.raises(SnapshotError, match=f"snapshot directory {tmp_path / 'typo'} does not "
+                       "exist .*DIAM_SNAPSHOT_DIR"):
+        with store.locked():
+            pass
+    assert not store.root.exists()
+    with store.locked(create=True):
+        assert (store.root / LOCK).is_file()

@@ -223,3 +223,16 @@ def test_each_tick_resyncs_redis_with_the_pointer_and_logs_an_outage(tmp_path, c
     assert client.data == {key: v1.encode()} and client.sets == 2
     assert sync_active(store, client, "watchsync") == (v1, v1)
 
+
+
+def test_the_resync_never_creates_a_missing_store(tmp_path) -> None:
+    """Before the first publish there is nothing to announce: a watcher with Redis leaves a
+    snapshot directory that does not exist as it is (the first publish creates it)."""
+    from snapshotter import sync_active
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=0))
+    client = _DictRedis()
+    w = Watcher(store, tmp_path / "t", client, ns="watchsync")
+    assert w.tick(time.time()) is None
+    assert sync_active(store, client, "watchsync") == (None, None)
+    assert not store.root.exists() and client.data == {} and client.sets == 0
