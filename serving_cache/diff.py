@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import redis
 from scipy.optimize import linear_sum_assignment
 
+from serving_cache.base_record import BaseRecord, BaseRecordError, read_base
 from serving_cache.codec import CodecError, UserVectors, decode_user
 from serving_cache.keys import user_id_of_key, user_pattern
 
@@ -99,6 +100,12 @@ class NamespaceDiff:
     only_a: list[str]
     only_b: list[str]
     summary: DiffSummary
+    base_a: BaseRecord | None = None
+    """The base ``ns_a``'s values were learnt on (``serving_cache.base_record``); None when
+    it records none (or its record cannot be read: :attr:`base_problems`)."""
+    base_b: BaseRecord | None = None
+    base_problems: list[str] = field(default_factory=list)
+    """Base records that could not be read, one line each naming the namespace and why."""
 
     def write_csv(self, path: str | Path) -> None:
         """One row per user of either namespace; empty cells where a side is missing."""
@@ -168,7 +175,15 @@ def diff_namespaces(client: redis.Redis, ns_a: str, ns_b: str) -> NamespaceDiff:
         mean_abs_dd=float(np.mean([abs(u.dd) for u in users])) if users else float("nan"),
         undecodable=bad, relabelled=sum(u.relabelled for u in users),
     )
-    return NamespaceDiff(ns_a, ns_b, users, only_a, only_b, summary)
+    bases: list[BaseRecord | None] = []
+    problems: list[str] = []
+    for ns in (ns_a, ns_b):
+        try:
+            bases.append(read_base(client, ns))
+        except BaseRecordError as exc:  # said, not fatal: the users still compare
+            bases.append(None)
+            problems.append(f"the base record of {ns!r} cannot be read: {exc}")
+    return NamespaceDiff(ns_a, ns_b, users, only_a, only_b, summary, bases[0], bases[1], problems)
 
 
 def summary_dict(d: NamespaceDiff) -> dict[str, object]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
+from serving_cache.base_record import BaseRecordError, read_base
 from serving_cache.codec import CodecError, UserVectors, decode_user
 from serving_cache.keys import model_active_key, user_id_of_key, user_pattern
 
@@ -29,6 +30,11 @@ class NamespaceSummary:
     bytes_mean: float = float("nan")
     models: dict[str, int] = field(default_factory=dict)
     active_model: str | None = None
+    base: dict[str, str] | None = None
+    """The base record (``serving_cache.base_record``) of the newest writer: version, item
+    table, items taken after its start; None when none is recorded."""
+    base_problem: str | None = None
+    """Why the base record cannot be read, when it cannot."""
 
 
 def iter_users(client: redis.Redis, ns: str, batch: int = 500):
@@ -77,6 +83,11 @@ def summarize_namespace(client: redis.Redis, ns: str) -> NamespaceSummary:
         out.bytes_mean = float(np.mean(sizes))
     active = client.get(model_active_key(ns))
     out.active_model = active.decode() if isinstance(active, bytes) else None
+    try:
+        record = read_base(client, ns)
+        out.base = None if record is None else record.fields()
+    except BaseRecordError as exc:
+        out.base_problem = str(exc)
     return out
 
 

@@ -12,7 +12,8 @@ import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
            "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
-           "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name"]
+           "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
+           "base_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -38,8 +39,8 @@ def user_pattern(ns: str) -> str:
 
 
 def namespace_pattern(ns: str) -> str:
-    """SCAN pattern matching every key of a namespace (users, active model, generation marker)
-    and no other namespace's: namespaces hold no ':' or glob characters.
+    """SCAN pattern matching every key of a namespace (users, active model, generation marker,
+    base record) and no other namespace's: namespaces hold no ':' or glob characters.
 
     >>> namespace_pattern("replay-1")
     'diam:replay-1:*'
@@ -66,7 +67,7 @@ def user_in_every_namespace(user_id: str) -> str:
 
 def every_user_key() -> str:
     """SCAN pattern matching every user key of every namespace (and no other key: the other
-    keys, ``model:active`` and ``gen``, hold no ``:u:``)."""
+    keys, ``model:active``, ``gen`` and ``base``, hold no ``:u:``)."""
     return "diam:*:u:*"
 
 
@@ -103,6 +104,18 @@ def generation_key(ns: str) -> str:
     'diam:live:gen'
     """
     return f"diam:{validate_namespace(ns)}:gen"
+
+
+def base_key(ns: str) -> str:
+    """The hash saying which base produced namespace ``ns``'s newest values: the snapshot
+    version and the item table it was grown to (``serving_cache.base_record``; written by the
+    dataflow's Redis sink whenever its base changes, read by ``diam diff`` and ``diam inspect
+    namespace``).
+
+    >>> base_key("replay-1")
+    'diam:replay-1:base'
+    """
+    return f"diam:{validate_namespace(ns)}:base"
 
 
 _TOPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

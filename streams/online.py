@@ -37,6 +37,7 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from bytewax.outputs import DynamicSink, Sink
 
 from online_model import DriftEvent, UserState
+from serving_cache.base_record import BaseRecord
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
 from streams.events import USER_ID_RE, Click, Rejection, decode_click
@@ -222,6 +223,8 @@ class LearnerHolder:
         """The longest call of the reload hook so far (a poll, a new snapshot loaded, new items
         appended): the dataflow's worker thread processes nothing meanwhile, so this is its
         longest stall for a reload (bench/loop.py reports it)."""
+        self._record: tuple[Any, BaseRecord | None] | None = None  # (learner, its record)
+        self._note_base()  # the start's table: what later reloads grow from
 
     def share(self) -> None:
         """Worker threads of this process share the learner: its compiled calls release the
@@ -250,10 +253,40 @@ class LearnerHolder:
             if found is not None:  # a new version, or new items appended under the same one
                 self.reloads += found[1] != self.version
                 self.learner, self.version = found
+                self._note_base()  # once per base change, off the per-event path
                 if self._shared:
                     self.share()
         finally:
             self._checking.release()
+
+    @property
+    def base_record(self) -> BaseRecord | None:
+        """Which base the current learner learns on (``serving_cache.base_record``): its
+        version, its item table (the last ``meta["content_items"]`` rows appended to the
+        version's own, ``BaseView.with_items``) and how many rows it took since this holder
+        started on the version (``grown``: new items a reload check found while the run went
+        on). Computed once per learner, at the start and at each reload that brings one, so
+        the Redis sink may ask at every write. None for a learner without a base (a
+        benchmark's stand-in)."""
+        cached = self._record
+        if cached is None or cached[0] is not self.learner:
+            cached = self._note_base()
+        return cached[1]
+
+    def _note_base(self) -> tuple[Any, BaseRecord | None]:
+        learner = self.learner
+        base = getattr(learner, "base", None)
+        record = None
+        if base is not None:
+            prev = None if self._record is None else self._record[1]
+            n = len(base.item_ids)
+            added = int(base.meta.get("content_items", 0))
+            start = (prev.items - prev.grown if prev is not None and prev.version == base.version
+                     else n)
+            record = BaseRecord.of(base.version, base.item_ids, added,
+                                   grown=min(max(n - start, 0), added))
+        self._record = (learner, record)
+        return self._record
 
     @property
     def anchor_kind(self) -> str:

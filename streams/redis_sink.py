@@ -60,6 +60,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
+from serving_cache.base_record import BaseRecord, write_base
 from serving_cache.keys import generation_key, model_active_key, user_key
 
 __all__ = ["RELEASED", "RedisVectorSink", "Released"]
@@ -106,6 +107,12 @@ class _Partition(StatelessSinkPartition[Item]):
         write because it held the user at a newer or equal seq are counted (``stale_pushes``;
         not a re-push's): the namespace holds another run's state, or this run replays what
         it wrote already; and the pushes refused as forgotten (``forgotten_pushes``)."""
+        self.base: Callable[[], BaseRecord | None] | None = None
+        """The dataflow's current base (``LearnerHolder.base_record``): written to the
+        namespace's base record (``serving_cache.keys.base_key``) before a write whenever it
+        differs from the one this partition wrote last, and again with a re-push; one call per
+        write, not per user."""
+        self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._gen: bytes | None = None  # the marker's token when last checked
         self._checked = False  # the marker was checked once (then _gen says what it was)
@@ -231,6 +238,12 @@ class _Partition(StatelessSinkPartition[Item]):
                                     f" (the active-model key {model_active_key(self.writer.ns)} "
                                     "is gone too: publish the snapshot again, `diam snapshot "
                                     "publish`)" if gone else "")
+                record = self.base() if self.base is not None else None
+                if record is not None and (record != self._recorded or repush):
+                    # before the values learnt on it: a reader never finds them under an
+                    # older record (retried with them on an outage)
+                    write_base(self.writer.client, self.writer.ns, record)
+                    self._recorded = record
                 if deletes:
                     self.writer.client.delete(*(user_key(self.writer.ns, u) for u in deletes))
                 # (a released user's last push is in ``sent`` only)
@@ -322,6 +335,9 @@ class RedisVectorSink(DynamicSink[Item]):
     """Given to every partition: the calling thread's counters (``FlowStats.counts``), where
     its stale and forgotten pushes are added (``_Partition.counts``)."""
 
+    base: Callable[[], BaseRecord | None] | None = None
+    """Given to every partition: the dataflow's current base record (``_Partition.base``)."""
+
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None,
                  topic_id: str | None = None) -> None:
@@ -342,4 +358,5 @@ class RedisVectorSink(DynamicSink[Item]):
                           where=where)
         part.observer = self.observer
         part.counts = self.counts
+        part.base = self.base
         return part

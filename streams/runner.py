@@ -281,6 +281,8 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     source, sinks = job_io(job, _topic_id(job))
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
+    if isinstance(sinks.vectors, RedisVectorSink):  # the namespace says which base it learnt on
+        sinks.vectors.base = lambda: holder.base_record
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL

@@ -41,7 +41,9 @@ def inspect_group() -> None:
 @click.pass_context
 def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot_path: Path | None,
                   drift_topic: str | None, drift_last: int) -> None:
-    """Summary of every user in a namespace: count, K_u histogram, d_u spread, value size."""
+    """Summary of every user in a namespace: count, K_u histogram, d_u spread, value size, and
+    the base its newest values were learnt on (version, item table, items taken after the
+    writing run's start: what `diam diff` compares)."""
     from dataclasses import asdict
 
     from serving_cache import redis_client
@@ -65,6 +67,12 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         click.echo(f"  d_u      mean {summary.d_mean:.3f}  p10 {summary.d_p10:.3f}  p90 {summary.d_p90:.3f}")
         click.echo(f"  value    {summary.bytes_mean:.0f} bytes on average (msgpack, fp16 vectors)")
         click.echo(f"  models   {summary.models}")
+    if summary.base is not None:  # the base its newest values were learnt on
+        from serving_cache.base_record import BaseRecord
+
+        click.echo(f"  base     {BaseRecord.from_fields(summary.base).describe()}")
+    elif summary.base_problem is not None:
+        click.echo(f"  base     record unreadable: {summary.base_problem}")
     if summary.undecodable:
         click.echo(f"  {summary.undecodable} values could not be decoded")
 

@@ -220,7 +220,11 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     agreement rate, mean and minimum matched cosine, mean |Δd_u|. Users whose two values were
     written on different base models (e.g. a --base-from-data run and one on a snapshot) get a
     note on stderr (--json: bases_a, bases_b, different_bases, bases_note): their cosines
-    compare different embedding spaces.
+    compare different embedding spaces. Each namespace also records the base its values were
+    learnt on (version and item table, --json: base_a, base_b; `diam inspect namespace` shows
+    it): when values differ and the two bases do (e.g. a tailing run took items that arrived
+    after its start, which a later replay of the topic finds at its start or not at all), the
+    note says how, e.g. "run-1 took 3 more items than replay-1 on base V (62 vs 59 items; ...)".
     """
     import redis
 
@@ -255,8 +259,8 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     if as_json:  # means over no common users are NaN: null in JSON
         echo_json({**summary_dict(result), **bases})
         return
-    if bases["bases_note"] is not None:
-        click.echo(f"note: {bases['bases_note']}", err=True)
+    for line in (bases["bases_note"] or "").splitlines():
+        click.echo(f"note: {line}", err=True)
     m = result.summary
     for ns, users in ((ns_a, m.users_a), (ns_b, m.users_b)):
         if not users and not m.undecodable:
@@ -322,26 +326,51 @@ def _same_model(a: str, b: str, weights: Callable[[str], tuple[object, str] | No
 
 def _bases(result: NamespaceDiff,
            weights: Callable[[str], tuple[object, str] | None] = lambda _: None) -> dict[str, Any]:
-    """The base models (stored ``model`` labels) of the users in both namespaces, and a note
-    when a user's two values name different ones: vectors learnt over different bases live in
+    """The base models of the users in both namespaces, and a note when they differ.
+
+    Per user, the stored ``model`` labels: vectors learnt over different bases live in
     different embedding spaces, so their cosines say nothing about how the user moved. Users
     whose two labels name the same weights (``weights``: a checkpoint and its snapshot), or
-    whose values differ only in the label, are left out."""
+    whose values differ only in the label, are left out.
+
+    Per namespace, its base record (``serving_cache.base_record``: ``base_a``, ``base_b``):
+    one version grows (catalogue and click-first items), and the item table enters every
+    user's sampled negatives, so two namespaces on one version whose tables differ differ for
+    users no label tells apart. When users in both differ and the records name different
+    bases (a difference the labels have not said already), those users count in
+    ``different_bases`` and the note says how the bases differ."""
+    from serving_cache.base_record import base_difference
+
     apart = [u for u in result.users
              if not u.relabelled and not _same_model(u.model_a, u.model_b, weights)]
     out: dict[str, Any] = {
         "bases_a": sorted({u.model_a for u in result.users}),
         "bases_b": sorted({u.model_b for u in result.users}),
+        "base_a": None if result.base_a is None else result.base_a.fields(),
+        "base_b": None if result.base_b is None else result.base_b.fields(),
         "different_bases": len(apart), "bases_note": None}
+    notes = list(result.base_problems)
     if apart:
         pairs = sorted({(u.model_a, u.model_b) for u in apart})
         shown = "; ".join(f"{a!r} vs {b!r}" for a, b in pairs[:3]) + (
             f"; {len(pairs) - 3} more" if len(pairs) > 3 else "")
-        out["bases_note"] = (
+        notes.append(
             f"{len(apart):,} of {len(result.users):,} users in both were written on different "
             f"base models ({shown}): their matched cosines compare different embedding spaces, "
             "not how the users moved (unless those are one model under two names, e.g. a "
             "checkpoint and its snapshot)")
+    differing = [u for u in result.users if not u.identical and not u.relabelled]
+    a, b = result.base_a, result.base_b
+    how = (base_difference(result.ns_a, a, result.ns_b, b)
+           if a is not None and b is not None and differing else None)
+    if how is not None and (not apart or a.version == b.version):  # type: ignore[union-attr]
+        out["different_bases"] = max(len(apart), len(differing))
+        notes.append(
+            f"the namespaces' bases differ: {how}. {len(differing):,} of {len(result.users):,} "
+            "users in both have different values: the item table (its size and rows) enters "
+            "every user's sampled negatives, so users who never clicked an added item differ "
+            "too")
+    out["bases_note"] = "\n".join(notes) if notes else None  # one line per note
     return out
 
 

@@ -89,6 +89,7 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         assert {k: body.pop(k) for k in ("bases_a", "bases_b", "different_bases", "bases_note")
                 } == {"bases_a": [versions[0]], "bases_b": [versions[0]], "different_bases": 0,
                       "bases_note": None}
+        assert body.pop("base_a") == body.pop("base_b")  # one base record: version and items
         assert body == pytest.approx({
             "ns_a": ns_live, "ns_b": ns_a, "users_a": 12, "users_b": 12, "both": 12, "only_a": 0,
             "only_b": 0, "identical": 12, "k_agree_rate": 1.0, "mean_matched_cos": 1.0,
@@ -125,7 +126,8 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         own_b = [f"{t}.replay.{ns_b}" for t in (dlq, drift)]
         assert set(own_b) <= _topics(s)  # the replay made its own dead-letter and drift topics
         res = _cli(s, "drop", ns_b, "--yes")
-        assert res.exit_code == 0 and f"dropped 13 keys of namespace '{ns_b}'" in res.output, res.output
+        # 12 users, the generation marker and the base record
+        assert res.exit_code == 0 and f"dropped 14 keys of namespace '{ns_b}'" in res.output, res.output
         assert "deleted the replay's topic(s)" in res.output and not set(own_b) & _topics(s)
         assert {f"{t}.replay.{ns_a}" for t in (dlq, drift)} <= _topics(s)  # ns_a's stay
         assert list(redis_client.scan_iter(match=f"diam:{ns_b}:*")) == []

@@ -17,6 +17,7 @@ from serving_cache import (
 )
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
+    base_key,
     every_user_key,
     forgotten_key,
     forgotten_key_by_name,
@@ -35,6 +36,7 @@ def test_keys_are_pinned() -> None:
     assert user_key("live", "u-1").encode() == b"diam:live:u:u-1"
     assert model_active_key("live").encode() == b"diam:live:model:active"
     assert generation_key("live").encode() == b"diam:live:gen"
+    assert base_key("live").encode() == b"diam:live:base"
     assert user_in_every_namespace("u-1").encode() == b"diam:*:u:u-1"
     assert namespace_of_key(user_key("replay-1", "u-1").encode()) == "replay-1"
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
