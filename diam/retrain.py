@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from snapshotter.gate import GateConfig
 
-__all__ = ["RetrainConfig", "Decision", "Retrainer", "window_range"]
+__all__ = ["RetrainConfig", "Decision", "Retrainer", "outcome_line", "window_range"]
 
 log = logging.getLogger("diam.retrain")
 
@@ -172,6 +172,33 @@ class Decision:
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, default=_jsonable).encode()
+
+
+def outcome_line(d: Decision) -> str:
+    """The one line the service says when a retrain ends: the outcome, its reason, the
+    held-out recall@20 of the candidate and of the active model when they were measured, and
+    the time taken. A candidate refused before training (too few clicks or users, a size no
+    dataflow can use) has no metrics, so none are printed (not "recall@20 None vs active
+    None"); a candidate evaluated with no active model says so.
+
+    >>> outcome_line(Decision("c1", False, "only 3 valid clicks in the window", None,
+    ...                       seconds={"total": 0.5}))
+    'retrain c1: REFUSED (only 3 valid clicks in the window), 0.5 s'
+    >>> outcome_line(Decision("c2", True, "no active model", None, version="v", announced=True,
+    ...                       metrics={"candidate": {"recall@20": 0.12}, "active": None},
+    ...                       seconds={"total": 3.0}))
+    'retrain c2: PUBLISHED v (no active model); recall@20 0.12, no active model, 3.0 s'
+    """
+    outcome = ("REFUSED" if not d.published else f"PUBLISHED {d.version}" if d.announced
+               else f"PUBLISHED {d.version} on disk, NOT ANNOUNCED in Redis")
+    cm, am = d.metrics.get("candidate") or {}, d.metrics.get("active") or {}
+    measured = ""
+    if cm.get("recall@20") is not None:
+        versus = (f" vs active {am['recall@20']}" if am.get("recall@20") is not None
+                  else ", no active model")
+        measured = f"; recall@20 {cm['recall@20']}{versus}"
+    return (f"retrain {d.candidate}: {outcome} ({d.reason}){measured}, "
+            f"{d.seconds.get('total', 0.0):.1f} s")
 
 
 def _jsonable(o: Any) -> Any:
@@ -492,12 +519,7 @@ class Retrainer:
             (cand_dir / "decision.json").write_bytes(d.to_json())
         self._emit(d)
         self.metrics.record(d)
-        cm, am = d.metrics.get("candidate") or {}, d.metrics.get("active") or {}
-        outcome = ("REFUSED" if not d.published else f"PUBLISHED {d.version}" if d.announced
-                   else f"PUBLISHED {d.version} on disk, NOT ANNOUNCED in Redis")
-        self._say(f"retrain {d.candidate}: {outcome}"
-                  f" ({d.reason}); recall@20 {cm.get('recall@20')} vs active "
-                  f"{am.get('recall@20')}, {d.seconds['total']:.1f} s")
+        self._say(outcome_line(d))
         self._prune()
         return d
 
