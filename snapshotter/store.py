@@ -45,7 +45,8 @@ __all__ = [
     "sha256_file",
     "validate_version",
     "version_name",
-    "is_version",
+    "is_published_name",
+    "is_version_name",
     "POINTER",
     "LOCK",
     "HISTORY",
@@ -65,9 +66,11 @@ MANIFEST = "manifest.json"
 STALE_S = 3600.0
 """Age after which a prune removes what a killed publish or activation left (staging directories,
 pointer temp files): old enough that no live writer still owns it."""
-_VERSION_RE = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}(?:-[1-9]\d{0,5})?")
-"""The version format (:func:`version_name`): anything else in the store directory is not a
-version, so it is never listed as one, activated, or deleted by a prune."""
+_PUBLISHED_RE = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}(?:-[1-9]\d{0,5})?")
+"""The names a publish gives (:func:`version_name`): only these are ever pruned."""
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""What may name a version at all: one path component, not hidden (no ``/``, no leading
+``.`` so never ``..`` or the store's own files, no spaces or control characters)."""
 
 
 class SnapshotError(Exception):
@@ -86,7 +89,7 @@ class IntegrityError(SnapshotError):
 def version_name(created: datetime, weights_sha256: str, n: int = 1) -> str:
     """The version of weights published at ``created``: ``<UTC second>-<sha256[:8]>``, with
     ``-<n>`` for the n-th of the same second and weights. The one writer of the format that
-    :func:`is_version` reads.
+    :func:`is_published_name` reads.
 
     >>> version_name(datetime(2026, 12, 6, 11, 50, 42), "ad579c08ffff")
     '20261206T115042-ad579c08'
@@ -97,26 +100,40 @@ def version_name(created: datetime, weights_sha256: str, n: int = 1) -> str:
     return base if n == 1 else f"{base}-{n}"
 
 
-def is_version(name: str) -> bool:
-    """Whether ``name`` is in the version format (:func:`version_name`); a single path
-    component by construction.
+def is_published_name(name: str) -> bool:
+    """Whether ``name`` is one a publish gives (:func:`version_name`). Such a directory is a
+    version even when its manifest is damaged (listed BROKEN), and only such versions are
+    pruned: a version renamed by hand (``golden``) is a deliberate pin.
 
-    >>> is_version("20261206T115042-ad579c08"), is_version("junkdir"), is_version("../x")
-    (True, False, False)
+    >>> is_published_name("20261206T115042-ad579c08"), is_published_name("golden")
+    (True, False)
     """
-    return _VERSION_RE.fullmatch(name) is not None
+    return _PUBLISHED_RE.fullmatch(name) is not None
+
+
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` may name a version: letters, digits and ``_.-``, starting with a
+    letter or a digit, at most 64 characters; so a single path component that is not hidden.
+    A directory of that name is a version when a publish named it or it holds a manifest
+    (:meth:`SnapshotStore.why_not_version`).
+
+    >>> [is_version_name(n) for n in ("20261206T115042-ad579c08", "golden", "../x", ".lock")]
+    [True, True, False, False]
+    """
+    return _NAME_RE.fullmatch(name) is not None
 
 
 def validate_version(version: str) -> str:
-    """Return ``version`` or raise: a version is in the format :func:`version_name` writes
-    (so also a single path component: no traversal).
+    """Return ``version`` or raise: what a command is given as a version must be a name that
+    may name one (:func:`is_version_name`), so a path (``../x``, ``a/b``) or a name with
+    control characters is refused before the store is looked at, whether it exists or not.
 
-    >>> validate_version("20240101T000000-ab12cd34")
-    '20240101T000000-ab12cd34'
+    >>> validate_version("20240101T000000-ab12cd34"), validate_version("golden")
+    ('20240101T000000-ab12cd34', 'golden')
     """
-    if not is_version(version):
-        raise SnapshotError(f"{version[:80]!r} is not a snapshot version "
-                            "(<YYYYmmddTHHMMSS>-<8 hex>[-n], e.g. 20261206T115042-ad579c08)")
+    if not is_version_name(version):
+        raise SnapshotError(f"{version[:80]!r} is not a snapshot version (a name of letters, "
+                            "digits and '_.-', e.g. 20261206T115042-ad579c08)")
     return version
 
 
@@ -183,15 +200,39 @@ class SnapshotStore:
                 f"`diam snapshot rollback VERSION` repairs it") from None
         if not text:
             return None
-        if not is_version(text):
+        if not is_version_name(text):
             raise SnapshotError(
                 f"{pointer}: names {text[:80]!r}, not a snapshot version; "
                 f"`diam snapshot rollback VERSION` repairs it")
-        if not (self.root / text).is_dir():
+        if (why := self.why_not_version(text)) is not None:
             raise SnapshotError(
-                f"{pointer}: names {text}, not a version in {self.root}; "
+                f"{pointer}: names {text}, not a version in {self.root} ({why}); "
                 f"`diam snapshot rollback VERSION` repairs it")
         return text
+
+    def why_not_version(self, name: str) -> str | None:
+        """None when ``<root>/<name>`` is a version, else why not, in a few words. The one
+        rule of what is a version, which listing, the pointer, rollback, Redis's announcement
+        and every server follow: a directory with a name that may name a version
+        (:func:`is_version_name`) that a publish named (:func:`is_published_name`; a damaged
+        one is a BROKEN version) or that holds a manifest (one renamed or copied by hand:
+        ``golden``). Any other directory is a stray: listed as not a version, never activated,
+        served or pruned.
+
+        >>> import tempfile
+        >>> store = SnapshotStore(SnapshotConfig(dir=tempfile.mkdtemp()))
+        >>> (store.root / "notes").mkdir()
+        >>> store.why_not_version("notes"), store.why_not_version("../x")
+        ('no manifest.json', 'not a version name')
+        """
+        if not is_version_name(name):
+            return "not a version name"
+        path = self.root / name
+        if not path.is_dir():
+            return "no such directory"
+        if is_published_name(name) or (path / MANIFEST).is_file():
+            return None
+        return f"no {MANIFEST}"
 
     def no_active_reason(self) -> str:
         """Why :meth:`active_version` is None, for messages: no pointer file, or an empty one."""
@@ -216,7 +257,7 @@ class SnapshotStore:
         out = []
         for line in text.splitlines():
             at, _, version = line.strip().partition(" ")
-            if at and is_version(version):
+            if at and is_version_name(version):
                 out.append((at, version))
         return out
 
@@ -238,14 +279,13 @@ class SnapshotStore:
         return data
 
     def versions(self) -> list[SnapshotInfo]:
-        """Every version on disk, oldest first (by the manifest's created_at). Only directories
-        named in the version format (:func:`is_version`) are versions: :meth:`strays` lists
-        the rest."""
+        """Every version on disk (:meth:`why_not_version`), oldest first (by the manifest's
+        created_at); :meth:`strays` lists the other directories."""
         out: list[SnapshotInfo] = []
         if not self.root.is_dir():
             return out
         for child in self.root.iterdir():
-            if not child.is_dir() or not is_version(child.name):
+            if self.why_not_version(child.name) is not None:
                 continue
             try:
                 man: dict[str, Any] | None = self.manifest(child.name)
@@ -256,14 +296,21 @@ class SnapshotStore:
         out.sort(key=lambda s: (s.created_at, s.version))
         return out
 
-    def strays(self) -> list[str]:
-        """Names of the directories in the store that are not versions (not in the version
-        format, e.g. one made by hand), sorted: listed as such, never activated or pruned.
-        Hidden names (a publish's staging directory, the lock) are the store's own."""
+    def strays(self) -> list[tuple[str, str]]:
+        """``(name, why)`` of each directory in the store that is not a version
+        (:meth:`why_not_version`: e.g. one made by hand without a manifest), sorted by name:
+        listed as such, never activated, served or pruned. Hidden names (a publish's staging
+        directory, the lock) are the store's own."""
         if not self.root.is_dir():
             return []
-        return sorted(c.name for c in self.root.iterdir()
-                      if c.is_dir() and not c.name.startswith(".") and not is_version(c.name))
+        out = []
+        for child in self.root.iterdir():
+            if child.name.startswith(".") or not child.is_dir():
+                continue
+            why = self.why_not_version(child.name)
+            if why is not None:
+                out.append((child.name, why))
+        return sorted(out)
 
     def verify(self, version: str, check_index: bool = True) -> dict[str, Any]:
         """Check every file listed in the manifest (size, then sha256), and that the FAISS
@@ -457,8 +504,9 @@ class SnapshotStore:
         return None
 
     def prune(self, keep: int | None = None, announced: Collection[str] = ()) -> list[str]:
-        """Delete the oldest versions beyond ``keep`` (default ``cfg.keep``), never one that
-        is in use or is the way back: the active one (the pointer), the one active before it
+        """Delete the oldest published versions (:func:`is_published_name`) beyond ``keep``
+        (default ``cfg.keep``); a version renamed by hand (``golden``) is a deliberate pin,
+        never pruned nor counted. Never one that is in use or is the way back: the active one (the pointer), the one active before it
         (:meth:`previous_version`, what a bare rollback returns to) and every version in
         ``announced`` (what the caller read from Redis's ``diam:{ns}:model:active``: the
         version servers and dataflows follow, whatever the pointer says). Protected versions
@@ -468,7 +516,7 @@ class SnapshotStore:
         :data:`STALE_S`, goes too."""
         keep = self.cfg.keep if keep is None else keep
         protected = {self.active_version(), self.previous_version(), *announced}
-        infos = self.versions()
+        infos = [i for i in self.versions() if is_published_name(i.version)]
         removed = []
         excess = len(infos) - keep
         for info in infos:
@@ -526,11 +574,7 @@ def resolve_active(store: SnapshotStore, client: Any | None, ns: str,
                 on_redis(None)
         if raw is not None:
             version = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-            try:
-                here = store.path(version).is_dir()
-            except SnapshotError:  # not a version name at all
-                here = False
-            if here:
+            if store.why_not_version(version) is None:  # the store's rule: a stray is not one
                 return version
             if on_absent is not None:
                 on_absent(version)

@@ -283,8 +283,10 @@ def watch_cmd(
 def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: bool) -> None:
     """Versions on disk, oldest first; '*' marks the active one (the pointer on disk), 'never
     active' one a publish committed but never switched to, and the last line the version Redis
-    announces. Directories not named like a version are listed first as 'not a version,
-    ignored': no command activates or deletes them. Only reads: nothing is switched, and a
+    announces. A version is a directory a publish named or one holding a manifest.json (a
+    version renamed by hand, e.g. golden: listed, activated and served as any other, never
+    pruned). Other directories are listed first as 'not a version, ignored': no command
+    activates or deletes them. Only reads: nothing is switched, and a
     snapshot directory that does not exist is said to be missing, not created. A damaged
     pointer ends the list with an error naming it (exit 1)."""
     from snapshotter.store import SnapshotError
@@ -299,8 +301,8 @@ def list_cmd(ctx: click.Context, verify: bool, namespace: str | None, no_redis: 
     except SnapshotError as exc:  # still list what is on disk: it is what a repair picks from
         active, never, pointer_error = None, set(), str(exc)
     infos = store.versions()
-    for name in store.strays():  # e.g. a directory made by hand: never activated nor pruned
-        click.echo(f"  {name}  not a version, ignored")
+    for name, why in store.strays():  # e.g. a directory made by hand: never activated nor pruned
+        click.echo(f"  {name}  not a version, ignored ({why})")
     if not infos:
         gone = "" if store.root.is_dir() else " (it does not exist)"
         click.echo(f"no snapshots in {store.root}{gone}")
@@ -378,13 +380,15 @@ def rollback_cmd(
     publish or rollback of the same directory in progress finishes first.
     """
     from snapshotter.publish import set_active_in_redis
-    from snapshotter.store import SnapshotError
+    from snapshotter.store import SnapshotError, validate_version
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     client = _redis(s, no_redis)
     store = _store(s)
-    try:  # a mistyped DIAM_SNAPSHOT_DIR: said in one line, before the lock (which refuses it too)
+    try:  # a mistyped DIAM_SNAPSHOT_DIR or a path for VERSION: said before the lock is waited for
+        if version is not None:
+            validate_version(version)
         store.require_root()
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
@@ -400,9 +404,9 @@ def rollback_cmd(
         if target is None:
             raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
         try:
-            if not store.path(target).is_dir():
+            if (why := store.why_not_version(target)) is not None:
                 raise click.ClickException(
-                    f"no snapshot {target} in {store.root} (see `diam snapshot list`)"
+                    f"no snapshot {target} in {store.root} ({why}; see `diam snapshot list`)"
                 )
             man = store.verify(target)  # first: a file that fails its hash is named as such
             _stream_can_use(s, allow_dim_change, command="rollback")(store.path(target))
