@@ -1,78 +1,154 @@
-"""Forget markers recorded by an earlier release under the clicks topic's name alone, moved
-under the topic id (``serving_cache.keys.forgotten_key``).
+"""Forget markers recorded by an earlier release under the clicks topic's name alone
+(``serving_cache.keys.forgotten_key_by_name``), adopted by the topic id that holds the name
+(``serving_cache.keys.forgotten_key``), and the one way a new marker is recorded.
 
 The rule: name-only markers belong to the topic that holds the name when this release first
-sees them (the first ``diam run``, ``diam replay`` or ``diam forget`` of the topic). A user
-forgotten before the upgrade stays forgotten on that topic; a topic deleted and created again
-after it gets a new id and is not bound by them. (A topic recreated *before* the upgrade
-inherits them, as it did under the earlier release: delete the hash then.)
+sees them (the first ``diam run``, ``diam replay`` or ``diam forget`` of the topic): that
+topic id is written into the name-only hash (field ``keys.FORGOTTEN_ADOPTED_BY``, set once)
+and only that id adopts them. A user forgotten before the upgrade stays forgotten on that
+topic; a topic deleted and created again after it has another id and ignores them (one notice
+per command start). (A topic recreated *before* the upgrade inherits them, as it did under
+the earlier release: delete the hash then.)
 
-Moving them keeps one hash per topic for the writer's check (one EXISTS per script call) and
-needs no multi-key script, so it works on Redis Cluster, where the two hashes live in different
-slots: the name-only hash is read, merged into the id's (the higher offset of a user wins: the
-later tombstone), and deleted only if it still holds what was read; a marker an earlier
-release's ``diam forget`` adds meanwhile is merged on the next turn. Nothing is deleted before
-it is in the id's hash, so no forgotten user comes back at any point.
+Adopting copies the markers into the id's hash (the higher offset of a user wins: the later
+tombstone) and keeps the name-only hash: processes of the earlier release (a ``diam run``
+still running during a rolling upgrade, a ``diam replay``) read only that one and must still
+refuse the forgotten users. Each start or forget adopts again, picking up the markers an
+earlier release's ``diam forget`` added meanwhile (idempotent: nothing changes otherwise),
+and this release's ``diam forget`` writes its markers into the name-only hash too while that
+hash is its topic's (:func:`record_markers`). The hash can be deleted once no process of the
+earlier release runs.
+
+Every script touches one key (no cross-slot call: Redis Cluster safe); the writer's per-push
+check is unchanged (it reads the id's hash alone).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from serving_cache.keys import forgotten_key, forgotten_key_by_name
+from serving_cache.keys import FORGOTTEN_ADOPTED_BY, forgotten_key, forgotten_key_by_name
 
-__all__ = ["adopt_name_only_markers", "adopted_line"]
+__all__ = ["Adoption", "adopt_name_only_markers", "record_markers"]
 
-# KEYS[1] = the id's hash; ARGV = user, offset, user, offset... A user's higher offset wins.
-_MERGE = """for i = 1, #ARGV, 2 do
+# KEYS[1] = the name-only hash, ARGV[1] = the topic id, ARGV[2] = the owner field: a hash that
+# exists is claimed by the first id that asks; the owner is returned (nil: no hash).
+_CLAIM = """if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[1])
+return redis.call('HGET', KEYS[1], ARGV[2])
+"""
+
+# KEYS[1] = the id's hash; ARGV = user, offset, user, offset... A user's higher offset wins;
+# returns how many markers were added or raised.
+_MERGE = """local n = 0
+for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if not cur or tonumber(cur) < tonumber(ARGV[i + 1]) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    n = n + 1
   end
 end
-return 0
+return n
 """
 
-# KEYS[1] = the name-only hash; ARGV as above: deleted only when it holds exactly these pairs.
-_DROP_IF_UNCHANGED = """if redis.call('HLEN', KEYS[1]) * 2 ~= #ARGV then return 0 end
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 0 end
-end
-redis.call('DEL', KEYS[1])
+# KEYS[1] = the name-only hash, ARGV[1] = the owner field, ARGV[2] = the topic id, then user,
+# offset pairs: written only while the hash exists and is that id's (never recreated).
+_MIRROR = """if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
 _CHUNK = 1000  # users per merge call: a large hash is not one long script call
 
 
-def adopt_name_only_markers(client: Any, topic: str, topic_id: str | None) -> int:
-    """Move the markers of ``topic`` recorded under its name alone into the hash of
-    ``topic_id`` (the topic that holds the name now); return how many users they named (0
-    when there were none, or when the broker assigns no ids: the name-only hash is then the
-    one in use). ``client``: a ``redis.Redis`` or ``RedisCluster``."""
+@dataclass(frozen=True)
+class Adoption:
+    """What :func:`adopt_name_only_markers` found for ``topic`` (Kafka id ``topic_id``).
+
+    ``owner``: the topic id that adopted the name-only markers (None: no name-only hash, or a
+    broker without topic ids); ``held``: how many users the name-only hash names; ``merged``:
+    how many of them this call added to (or raised in) ``topic_id``'s hash."""
+
+    topic: str
+    topic_id: str | None
+    owner: str | None = None
+    held: int = 0
+    merged: int = 0
+
+    def line(self) -> str | None:
+        """The one-line notice to show at the command's start, or None when there is nothing
+        to say (no name-only markers, or all of them already adopted).
+
+        >>> print(Adoption("diam.clicks", "ea2bss0mSlqGLpiDao5Wgg", "ea2bss0mSlqGLpiDao5Wgg", 3, 2).line())
+        ... # doctest: +NORMALIZE_WHITESPACE
+        adopted 2 forget marker(s) of diam.clicks recorded by name alone
+        (diam::forgotten:diam.clicks) under its current topic id ea2bss0mSlqGLpiDao5Wgg: those
+        users stay forgotten on this topic, and a topic recreated under the same name will not
+        be bound by them; the name-only hash is kept for processes of the earlier release
+        (delete it once none runs)
+        >>> print(Adoption("diam.clicks", "NEWbss0mSlqGLpiDao5Wgg", "ea2bss0mSlqGLpiDao5Wgg", 3).line())
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ignoring 3 forget marker(s) of diam.clicks recorded by name alone
+        (diam::forgotten:diam.clicks): they belong to topic id ea2bss0mSlqGLpiDao5Wgg, which
+        held the name before the topic was deleted and created again (now
+        NEWbss0mSlqGLpiDao5Wgg); delete the hash once no process of the earlier release runs
+        >>> Adoption("diam.clicks", "ea2bss0mSlqGLpiDao5Wgg", "ea2bss0mSlqGLpiDao5Wgg", 3).line() is None
+        True
+        """
+        key = forgotten_key_by_name(self.topic)
+        if self.owner is None or self.topic_id is None:
+            return None
+        if self.owner != self.topic_id:
+            if not self.held:
+                return None
+            return (f"ignoring {self.held} forget marker(s) of {self.topic} recorded by name "
+                    f"alone ({key}): they belong to topic id {self.owner}, which held the name "
+                    f"before the topic was deleted and created again (now {self.topic_id}); "
+                    "delete the hash once no process of the earlier release runs")
+        if not self.merged:
+            return None
+        return (f"adopted {self.merged} forget marker(s) of {self.topic} recorded by name alone "
+                f"({key}) under its current topic id {self.topic_id}: those users stay "
+                "forgotten on this topic, and a topic recreated under the same name will not be "
+                "bound by them; the name-only hash is kept for processes of the earlier release "
+                "(delete it once none runs)")
+
+
+def adopt_name_only_markers(client: Any, topic: str, topic_id: str | None) -> Adoption:
+    """Adopt the markers of ``topic`` recorded under its name alone into the hash of
+    ``topic_id`` (the topic that holds the name now) when that id is theirs: the first id to
+    ask claims them; another id ignores them. The name-only hash is kept, never deleted.
+    ``topic_id`` None (a broker that assigns no ids: the name-only hash is the one in use)
+    does nothing. ``client``: a ``redis.Redis`` or ``RedisCluster``."""
     if topic_id is None:
-        return 0
+        return Adoption(topic, None)
     old, new = forgotten_key_by_name(topic), forgotten_key(topic, topic_id)
-    while True:
-        held: dict[bytes, bytes] = client.hgetall(old)
-        if not held:
-            return 0
-        pairs = [x for kv in sorted(held.items()) for x in kv]
-        for start in range(0, len(pairs), 2 * _CHUNK):
-            client.eval(_MERGE, 1, new, *pairs[start : start + 2 * _CHUNK])
-        if client.eval(_DROP_IF_UNCHANGED, 1, old, *pairs):
-            return len(held)
+    owner = client.eval(_CLAIM, 1, old, topic_id, FORGOTTEN_ADOPTED_BY)
+    if owner is None:
+        return Adoption(topic, topic_id)
+    owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+    field = FORGOTTEN_ADOPTED_BY.encode()
+    held = {k: v for k, v in client.hgetall(old).items() if k != field}
+    if owner != topic_id:
+        return Adoption(topic, topic_id, owner, len(held))
+    pairs = [x for kv in sorted(held.items()) for x in kv]
+    merged = sum(int(client.eval(_MERGE, 1, new, *pairs[start:start + 2 * _CHUNK]))
+                 for start in range(0, len(pairs), 2 * _CHUNK))
+    return Adoption(topic, topic_id, owner, len(held), merged)
 
 
-def adopted_line(n: int, topic: str, topic_id: str) -> str:
-    """The one-line notice of :func:`adopt_name_only_markers` having moved ``n`` markers.
-
-    >>> print(adopted_line(2, "diam.clicks", "ea2bss0mSlqGLpiDao5Wgg"))  # doctest: +NORMALIZE_WHITESPACE
-    moved 2 forget marker(s) of diam.clicks recorded by name alone (diam::forgotten:diam.clicks)
-    under its current topic id ea2bss0mSlqGLpiDao5Wgg: those users stay forgotten on this
-    topic, and a topic recreated under the same name will not be bound by them
-    """
-    return (f"moved {n} forget marker(s) of {topic} recorded by name alone "
-            f"({forgotten_key_by_name(topic)}) under its current topic id {topic_id}: those "
-            "users stay forgotten on this topic, and a topic recreated under the same name "
-            "will not be bound by them")
+def record_markers(client: Any, topic: str, topic_id: str | None,
+                   offsets: Mapping[str, int]) -> None:
+    """Record ``diam forget``'s markers: each user's tombstone offset in ``topic``, in the hash
+    of ``topic_id`` (the newest tombstone of a user is the highest offset, so a plain write
+    keeps the rule), and in the name-only hash too while it exists and is that id's, so that
+    processes of the earlier release, which read only that one, refuse the users as well."""
+    if not offsets:
+        return
+    pairs = [x for u, off in sorted(offsets.items()) for x in (u, int(off))]
+    client.hset(forgotten_key(topic, topic_id), mapping=dict(offsets))
+    if topic_id is not None:
+        client.eval(_MIRROR, 1, forgotten_key_by_name(topic), FORGOTTEN_ADOPTED_BY, topic_id,
+                    *pairs)

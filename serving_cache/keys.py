@@ -13,7 +13,7 @@ import re
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
            "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
            "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
-           "base_key"]
+           "FORGOTTEN_ADOPTED_BY", "base_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -152,10 +152,19 @@ def forgotten_key(topic: str, topic_id: str | None) -> str:
 
 def forgotten_key_by_name(topic: str) -> str:
     """The hash of forgotten users keyed by the topic's name alone: where releases before the
-    topic id was part of :func:`forgotten_key` recorded them (``serving_cache.forgotten`` moves
-    them under the id), and where a broker without topic ids keeps them.
+    topic id was part of :func:`forgotten_key` recorded them (``serving_cache.forgotten`` copies
+    them under the id of the topic that adopts them, and keeps this hash, with
+    :data:`FORGOTTEN_ADOPTED_BY`, for those releases' processes), and where a broker without
+    topic ids keeps them.
 
     >>> forgotten_key_by_name("diam.clicks")
     'diam::forgotten:diam.clicks'
     """
     return f"diam::forgotten:{topic}"
+
+
+FORGOTTEN_ADOPTED_BY = ":adopted-by"
+"""The field of a name-only hash (:func:`forgotten_key_by_name`) holding the id of the topic
+that adopted its markers (``serving_cache.forgotten``): only that topic id reads them. It
+holds ':', which no user id does (``streams.events``), so it is never a user's field, and an
+earlier release's write-if-newer script, which HGETs the hash by user id, never reads it."""

@@ -3,15 +3,16 @@ the topic the name holds now, told apart by Kafka's topic id (``serving_cache.ke
 .forgotten_key``). A topic deleted and created again under the same name has a new id and
 restarts its offsets at 0; the old topic's markers must neither bind it nor be lost.
 
-``diam run``, ``diam replay`` (through ``streams.runner``) and ``diam forget`` call
-:func:`forget_markers_of` once at their start; the writer is handed the id (``serving_cache``
-talks to no broker).
+``diam run``, ``diam replay`` (through ``streams.runner.prepare_online``, before a run says
+it started) and ``diam forget`` call :func:`forget_markers_of` once at their start; the writer
+is handed the id (``serving_cache`` talks to no broker).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from serving_cache.forgotten import Adoption, adopt_name_only_markers
 from streams.config import KafkaConfig
 
 __all__ = ["forget_markers_of", "topic_id"]
@@ -50,15 +51,13 @@ def topic_id(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> str | None:
 
 
 def forget_markers_of(cfg: KafkaConfig, client: Any, topic: str, timeout: float = 30.0
-                      ) -> tuple[str | None, str | None]:
+                      ) -> Adoption:
     """The start of a command that reads or records ``diam forget``'s markers of clicks topic
-    ``topic``: its topic id (:func:`topic_id`), after moving the markers an earlier release
-    recorded under the name alone under that id (``serving_cache.forgotten``: they belong to
-    the topic that holds the name when this release first sees them). Returns the id and the
-    one-line notice to show when markers were moved (None when none were). ``client``: a Redis
-    client (``redis.Redis`` or ``RedisCluster``) of the store the markers are in."""
-    from serving_cache.forgotten import adopt_name_only_markers, adopted_line
-
+    ``topic``: its topic id (:func:`topic_id`, ``Adoption.topic_id``), after adopting the
+    markers an earlier release recorded under the name alone when they are that id's
+    (``serving_cache.forgotten``: they belong to the topic that held the name when this
+    release first saw them; the name-only hash is kept for the earlier release's processes).
+    ``Adoption.line()`` is the one-line notice to show, if any. ``client``: a Redis client
+    (``redis.Redis`` or ``RedisCluster``) of the store the markers are in."""
     tid = topic_id(cfg, topic, timeout=timeout)
-    moved = adopt_name_only_markers(client, topic, tid)
-    return tid, (adopted_line(moved, topic, tid) if moved and tid is not None else None)
+    return adopt_name_only_markers(client, topic, tid)

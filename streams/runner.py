@@ -176,7 +176,7 @@ def job_io(job: OnlineJob, topic_id: str | None = None) -> tuple[ClickSource, Fl
     """The dataflow's source and sinks for ``job`` (nothing connects before the run starts).
     They share one view of the broker's health: an outage is one line for the run.
     ``topic_id``: the Kafka id of ``job.topic``, whose forget markers the Redis sink reads
-    (:func:`run_online` looks it up at the start; None: a broker without topic ids)."""
+    (:func:`prepare_online` looks it up; None: a broker without topic ids)."""
     health = BrokerHealth(job.kafka.bootstrap)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
@@ -192,10 +192,12 @@ def job_io(job: OnlineJob, topic_id: str | None = None) -> tuple[ClickSource, Fl
 
 class PreparedRun:
     """A job whose every refusal has been asked (:func:`prepare_online`): its recovery store is
-    held by this process until :meth:`close` (:func:`run_online` closes it when it ends)."""
+    held by this process until :meth:`close` (:func:`run_online` closes it when it ends).
+    ``topic_id``: the Kafka id of ``job.topic`` whose ``diam forget`` markers the Redis sink
+    checks (None: a broker without topic ids, or not looked up yet)."""
 
-    def __init__(self, job: OnlineJob, lock: int | None) -> None:
-        self.job, self._lock = job, lock
+    def __init__(self, job: OnlineJob, lock: int | None, topic_id: str | None = None) -> None:
+        self.job, self._lock, self.topic_id = job, lock, topic_id
 
     def close(self) -> None:
         """Release the recovery store (once; a second call does nothing)."""
@@ -211,13 +213,17 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     broker's and Redis's login and TLS (``streams.preflight.ServiceConfigError``), the topic
     (``streams.kafka_io.UnknownTopic`` for a bounded job's missing one; a tailing job's is
     created) and ``job.partitions`` (:class:`UnknownPartitions`); the dead-letter and drift
-    topics are created when missing."""
+    topics are created when missing. Last, the topic's Kafka id is looked up and the markers an
+    earlier release recorded under its name alone adopted (:func:`_forget_markers`; its notice
+    is logged here, so before a start line too): a broker or Redis failing there raises the
+    client's error (``redis.ConnectionError``, ``confluent_kafka.KafkaException``)."""
     validate_namespace(job.namespace)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)
     prepared = PreparedRun(job, lock)
     try:
         _check_services(job)
+        prepared.topic_id = _forget_markers(job)
     except BaseException:
         prepared.close()
         raise
@@ -255,30 +261,31 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     if prepared is None:
         prepared = prepare_online(job)
     try:
-        _run_online(job, holder, stats, metrics)
+        _run_online(job, holder, stats, metrics, prepared.topic_id)
     finally:
         prepared.close()
 
 
-def _topic_id(job: OnlineJob) -> str | None:
+def _forget_markers(job: OnlineJob) -> str | None:
     """The Kafka id of ``job.topic``, once per run: ``diam forget``'s markers of the topic the
     name holds now are the ones its pushes are checked against, not those of a topic deleted
     and created again under the same name. Markers an earlier release recorded under the name
-    alone are moved under it first, with a warning saying so (``streams.forget_markers``)."""
+    alone are adopted first when they are this id's, or ignored, with a warning saying which
+    (``streams.forget_markers``)."""
     client = redis_client(job.redis)
     try:
-        tid, moved = forget_markers_of(job.kafka, client, job.topic)
+        adoption = forget_markers_of(job.kafka, client, job.topic)
     finally:
         client.close()
-    if moved is not None:
-        log.warning(moved)
-    return tid
+    if (line := adoption.line()) is not None:
+        log.warning(line)
+    return adoption.topic_id
 
 
 def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
-                metrics: FlowMetrics | None) -> None:
+                metrics: FlowMetrics | None, topic_id: str | None) -> None:
     source: Any
-    source, sinks = job_io(job, _topic_id(job))
+    source, sinks = job_io(job, topic_id)
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if isinstance(sinks.vectors, RedisVectorSink):  # the namespace says which base it learnt on

@@ -38,10 +38,21 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
 
     A topic deleted and created again under the same name has a new topic id: the old
     topic's markers do not bind it (its offsets start at 0 again): the forgotten users'
-    clicks on the new topic are learnt and pushed, while their older pushes stay refused. Markers an earlier release recorded under the name alone
-    (diam::forgotten:TOPIC) belong to the topic holding the name when this release first
-    sees them: this command, diam run and diam replay move them under its id, saying so in
-    one line.
+    clicks on the new topic are learnt and pushed, while their older pushes stay refused.
+
+    \b
+    Upgrading from the release that kept markers by name alone (diam::forgotten:TOPIC):
+    - they belong to the topic holding the name when this release first sees them: this
+      command, diam run and diam replay copy them under its id (one line says so) and write
+      that id into the name-only hash (field ":adopted-by"); each later start copies again
+      what an earlier release's forget added meanwhile; a topic recreated since ignores them
+      (one line says so);
+    - the name-only hash is kept, and this command writes its markers there too while it is
+      the topic's, so a diam run or replay of the earlier release still refuses the users;
+      delete it (redis-cli DEL diam::forgotten:TOPIC) once no process of the earlier
+      release runs;
+    - a marker an earlier release's forget writes reaches this release's running dataflows
+      only at their next start: during a rolling upgrade, forget with this release.
 
     Not covered: the users' older clicks stay in the topic until its retention removes them;
     a dataflow of another topic carrying the same users is not told (forget on that topic
@@ -57,7 +68,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     from confluent_kafka import KafkaException, Producer
 
     from serving_cache import redis_client
-    from serving_cache.keys import forgotten_key, namespace_of_key
+    from serving_cache.keys import namespace_of_key
     from serving_cache.namespaces import user_keys_everywhere
     from streams.online import forget_target
 
@@ -69,6 +80,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     topic = topic if topic is not None else s.kafka.clicks_topic
     client = redis_client(s.redis)
     if not redis_only:
+        from serving_cache.forgotten import record_markers
         from streams import not_for_clicks
         from streams.forget_markers import forget_markers_of
         from streams.kafka_io import UnknownTopic
@@ -84,14 +96,14 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
             raise click.BadParameter(f"{refused}: nothing was written and the Redis keys were "
                                      "not touched", param_hint="--topic")
         try:  # the markers belong to the topic the name holds now, not to an earlier one
-            topic_id, moved = forget_markers_of(s.kafka, client, topic)
+            adoption = forget_markers_of(s.kafka, client, topic)
         except UnknownTopic as exc:  # deleted since the check above
             raise click.BadParameter(f"{exc}; the Redis keys were not touched",
                                      param_hint="--topic") from None
         except (KafkaException, RuntimeError) as exc:
             raise kafka_unusable(s, exc) from None
-        if moved is not None:
-            click.echo(moved)
+        if (notice := adoption.line()) is not None:
+            click.echo(notice)
         errors: list[str] = []
         offsets: dict[str, int] = {}
 
@@ -114,10 +126,9 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         # dataflow behind the tombstone, a replay ending before it). A user's records share
         # one partition (keyed by user id), so their offsets compare with the pushes' seq.
         # The newest tombstone of a user wins: a later forget's offset is higher.
-        marks = client.pipeline(transaction=False)
-        for u, offset in offsets.items():
-            marks.hset(forgotten_key(topic, topic_id), u, offset)
-        marks.execute()
+        # Also into the name-only hash while it is this topic's: the earlier release's
+        # processes still running read only that one.
+        record_markers(client, topic, adoption.topic_id, offsets)
     for u, keys in user_keys_everywhere(client, users).items():
         if keys:
             client.delete(*keys)

@@ -1,14 +1,17 @@
 """``diam forget``'s markers belong to the topic, not to its name: a topic deleted and created
 again under the same name (a new topic id, offsets from 0 again) is not bound by the old
 topic's markers, while a push learnt from the old topic before the tombstone stays refused;
-markers an earlier release recorded under the name alone are moved under the id current when
-first seen, losing none."""
+markers an earlier release recorded under the name alone are adopted by the id current when
+first seen and kept for that release's processes, which still refuse the forgotten users; the
+lookup runs before a run says it started."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,16 +21,18 @@ from confluent_kafka import KafkaException
 
 from diam.cli import main
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
-from serving_cache.forgotten import adopt_name_only_markers
-from serving_cache.keys import forgotten_key, forgotten_key_by_name
+from serving_cache.forgotten import adopt_name_only_markers, record_markers
+from serving_cache.keys import FORGOTTEN_ADOPTED_BY, forgotten_key, forgotten_key_by_name
 from streams.config import FlowConfig
 from streams.forget_markers import topic_id
-from streams.kafka_io import delete_topics, watermarks
+from streams.kafka_io import delete_topics, ensure_topic, watermarks
 from streams.online import FlowStats, LearnerHolder
-from streams.runner import OnlineJob, run_online
+from streams.runner import OnlineJob, prepare_online, run_online
 from tests.flowkit import click_stream, tiny_learner
 from tests.integration.conftest import create_topic
 from tests.integration.helpers import click_payloads, produce, redis_state
+from tests.integration.test_run_refusals import _refused_without_start
+from tests.integration.test_topic_typos import _cli, _settings
 
 FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
@@ -121,71 +126,118 @@ def test_a_topic_recreated_under_the_same_name_learns_and_pushes_a_forgotten_use
     assert redis_client.get(user_key(namespace, u1)) is None
 
 
+def _old_release_writer(redis_client, namespace: str, topic: str) -> RedisWriter:
+    """A writer checking the name-only hash, as the previous release's did (e919d05): its
+    forget script is the one this writer sends (unchanged since), with KEYS[1] the hash of the
+    name (``forgotten_key(topic, None)``): an HGET by user id."""
+    w = RedisWriter(redis_client, namespace, topic=topic, topic_id=None)
+    assert w.forgotten == forgotten_key_by_name(topic)
+    return w
+
+
+def _notices(caplog, words: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r.getMessage() for r in caplog.records
+            if r.name == "streams.runner" and words in r.getMessage()]
+
+
 @pytest.mark.partitions(1)
-def test_markers_recorded_by_name_alone_belong_to_the_topic_holding_the_name_when_first_seen(
+def test_markers_recorded_by_name_alone_are_adopted_by_the_topic_holding_the_name_and_kept(
         stack, topic, namespace, redis_client, hashes, caplog) -> None:
     kafka = stack.settings.kafka
     tag = namespace[1:9]
-    a, b, c = (f"{tag}-{x}" for x in "abc")
+    a, b, c, d, e = (f"{tag}-{x}" for x in "abcde")
     tid = topic_id(kafka, topic)
     assert tid is not None
     hashes.append(forgotten_key(topic, tid))
+    old = forgotten_key_by_name(topic)
+    produce(kafka, topic, click_payloads(click_stream(n_users=2, n_events=20, seed=3)))
     # an earlier release's markers by name; b was forgotten again since, at a later offset
-    redis_client.hset(forgotten_key_by_name(topic), mapping={a: 50, b: 7})
+    redis_client.hset(old, mapping={a: 50, b: 7})
     redis_client.hset(forgotten_key(topic, tid), mapping={b: 9})
     out = _forget(stack, topic, c)
-    assert (f"moved 2 forget marker(s) of {topic} recorded by name alone "
-            f"({forgotten_key_by_name(topic)}) under its current topic id {tid}") in out, out
-    assert redis_client.exists(forgotten_key_by_name(topic)) == 0
-    assert redis_client.hgetall(forgotten_key(topic, tid)) == {a.encode(): b"50", b.encode(): b"9",
-                                                               c.encode(): b"0"}
+    tomb_c = watermarks(kafka, topic)[0][1] - 1
+    assert tomb_c == 20
+    assert (f"adopted 1 forget marker(s) of {topic} recorded by name alone ({old}) under its "
+            f"current topic id {tid}") in out, out
+    assert redis_client.hgetall(forgotten_key(topic, tid)) == {
+        a.encode(): b"50", b.encode(): b"9", c.encode(): b"20"}
+    # kept for the earlier release, with the adopting id, and the new forget written there too
+    assert redis_client.hgetall(old) == {a.encode(): b"50", b.encode(): b"7", c.encode(): b"20",
+                                         FORGOTTEN_ADOPTED_BY.encode(): tid.encode()}
     w = RedisWriter(redis_client, namespace, topic=topic, topic_id=tid)
-    assert w.write_batch([(a, _uv(49)), (b, _uv(8))]) == 0 and w.last_refused == 2
+    assert w.write_batch([(a, _uv(49)), (b, _uv(8)), (c, _uv(19))]) == 0 and w.last_refused == 3
+    before = _old_release_writer(redis_client, namespace, topic)
+    assert before.write_batch([(a, _uv(49)), (c, _uv(19))]) == 0 and before.last_refused == 2
+    assert redis_client.get(user_key(namespace, a)) is None
 
-    # diam run (and replay, through the same runner) moves them at its start too
-    redis_client.hset(forgotten_key_by_name(topic), mapping={a: 60})
-    produce(kafka, topic, click_payloads(click_stream(n_users=2, n_events=20, seed=3)))
+    # an earlier release's forget adds a marker by name: the next start adopts it, before the
+    # dataflow starts (prepare_online: before diam run's start line)
+    redis_client.hset(old, mapping={d: 60})
+    job = _job(stack, topic, namespace)
+    with caplog.at_level(logging.WARNING, logger="streams.runner"):
+        prepared = prepare_online(job)
+        assert _notices(caplog, f"adopted 1 forget marker(s) of {topic}")
+        assert prepared.topic_id == tid
+        run_online(job, _holder(), prepared=prepared)
+    assert int(redis_client.hget(forgotten_key(topic, tid), d)) == 60
+    assert int(redis_client.hget(old, d)) == 60
+    # and again: nothing new, nothing said
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="streams.runner"):
         run_online(_job(stack, topic, namespace), _holder())
-    assert any(f"moved 1 forget marker(s) of {topic}" in r.getMessage() for r in caplog.records)
-    assert redis_client.exists(forgotten_key_by_name(topic)) == 0
-    assert int(redis_client.hget(forgotten_key(topic, tid), a)) == 60
+    assert not _notices(caplog, "forget marker(s)")
+    assert before.write_batch([(a, _uv(49)), (d, _uv(59))]) == 0 and before.last_refused == 2
 
-    # the topic recreated after the move is bound by none of them
+    # the topic recreated after the adoption: the name-only markers are not its
     new_id = _recreate(stack, topic, tid)
     hashes.append(forgotten_key(topic, new_id))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streams.runner"):
+        prepare_online(_job(stack, topic, namespace)).close()
+    assert _notices(caplog, f"ignoring 4 forget marker(s) of {topic} recorded by name alone "
+                            f"({old}): they belong to topic id {tid}"), caplog.text
+    assert redis_client.exists(forgotten_key(topic, new_id)) == 0
+    assert redis_client.hget(old, FORGOTTEN_ADOPTED_BY) == tid.encode()
     fresh = RedisWriter(redis_client, namespace, topic=topic, topic_id=new_id)
     assert fresh.write_batch([(a, _uv(1))]) == 1 and fresh.last_refused == 0
     assert decode_user(redis_client.get(user_key(namespace, a))).seq == 1
+    # a forget on the new topic records under the new id alone, not in the old topic's hash
+    out = _forget(stack, topic, e)
+    assert "ignoring 4 forget marker(s)" in out, out
+    assert redis_client.hget(forgotten_key(topic, new_id), e) is not None
+    assert redis_client.hget(old, e) is None
 
 
-def test_a_marker_recorded_by_name_during_the_move_is_moved_too(stack, topic, redis_client,
-                                                               hashes) -> None:
-    """An earlier release's ``diam forget`` may add a marker between the read of the name-only
-    hash and its deletion: the hash is deleted only if it holds what was moved, and the move
-    goes round again, so no marker is lost."""
+def test_a_new_forget_creates_no_name_only_hash(stack, topic, redis_client, hashes) -> None:
+    """With no name-only hash (nobody was forgotten under the earlier release) a forget writes
+    the id's hash alone: the name-only one is written only while it exists and is the
+    topic's, never created (a hash an operator deleted stays deleted)."""
     tid = topic_id(stack.settings.kafka, topic)
     assert tid is not None
     hashes.append(forgotten_key(topic, tid))
-    old = forgotten_key_by_name(topic)
-    redis_client.hset(old, mapping={"u1": 3})
+    assert adopt_name_only_markers(redis_client, topic, tid).line() is None
+    record_markers(redis_client, topic, tid, {"u1": 3})
+    assert redis_client.exists(forgotten_key_by_name(topic)) == 0
+    assert redis_client.hgetall(forgotten_key(topic, tid)) == {b"u1": b"3"}
+    # owned by another id: left alone
+    redis_client.hset(forgotten_key_by_name(topic), mapping={FORGOTTEN_ADOPTED_BY: "other", "u0": 1})
+    record_markers(redis_client, topic, tid, {"u2": 4})
+    assert redis_client.hget(forgotten_key_by_name(topic), "u2") is None
 
-    class AddsOnce:
-        """Redis, with an earlier release's forget landing after the first merge."""
 
-        def __init__(self) -> None:
-            self.added = False
-
-        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-            return getattr(redis_client, name)
-
-        def eval(self, script: str, n: int, *args):  # type: ignore[no-untyped-def]
-            out = redis_client.eval(script, n, *args)
-            if not self.added:
-                self.added = True
-                redis_client.hset(old, "u2", 4)
-            return out
-
-    assert adopt_name_only_markers(AddsOnce(), topic, tid) == 2
-    assert redis_client.exists(old) == 0
-    assert redis_client.hgetall(forgotten_key(topic, tid)) == {b"u1": b"3", b"u2": b"4"}
+def test_a_run_whose_marker_lookup_fails_prints_no_start_line(stack, namespace, tmp_path) -> None:
+    """A tailing run waits for an unreachable Redis once running, but the topic id and the
+    name-only markers are read before its start line: Redis down there refuses it, in one
+    Error line, before it says it started."""
+    s = _settings(stack, tmp_path)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    down = s.model_copy(update={"redis": s.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})})
+    t = f"t.run{uuid.uuid4().hex[:12]}"
+    ensure_topic(s.kafka, t)
+    try:
+        res = _cli(down, "run", "--topic", t, "--namespace", namespace, "--no-recovery")
+        _refused_without_start(res, 1, f"127.0.0.1:{port}")
+    finally:
+        delete_topics(s.kafka, [t])

@@ -17,6 +17,7 @@ from serving_cache import (
 )
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
+    FORGOTTEN_ADOPTED_BY,
     base_key,
     every_user_key,
     forgotten_key,
@@ -47,6 +48,15 @@ def test_keys_are_pinned() -> None:
     assert forgotten_key("diam.clicks", tid).encode() == b"diam::forgotten:diam.clicks:" + tid.encode()
     assert forgotten_key("diam.clicks", None) == forgotten_key_by_name("diam.clicks")
     assert forgotten_key_by_name("diam.clicks").encode() == b"diam::forgotten:diam.clicks"
+    assert FORGOTTEN_ADOPTED_BY.encode() == b":adopted-by"
+
+
+def test_the_adopting_topic_id_field_is_no_user_id() -> None:
+    """The name-only marker hash holds it beside user ids; an earlier release's script HGETs
+    that hash by user id, so no user id may equal it (``streams.events``' rule)."""
+    from streams.events import validate_user_id
+
+    assert validate_user_id(FORGOTTEN_ADOPTED_BY) is not None
 
 
 @pytest.mark.parametrize("tid", ["", "ea2bss0mSlqGLpiDao5W/g", "a:b", "x" * 65])
