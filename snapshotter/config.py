@@ -19,6 +19,11 @@ class SnapshotConfig(BaseModel):
     :meth:`snapshotter.store.SnapshotStore.prune`). Five covers a few rollbacks without
     unbounded disk use."""
 
+    lock_timeout_s: float | None = Field(default=None, gt=0)
+    """How long a publish or rollback waits for another switch of the same directory (the
+    store's lock) before it refuses, naming the holder; None waits until the holder ends (a
+    lock never goes stale: it dies with its holder). The wait is said at once on stderr."""
+
     trainer_dir: str = "checkpoints"
     """What ``diam snapshot watch`` watches: a checkpoint directory, or a directory whose
     sub-directories are checkpoints (the newest complete one is published)."""

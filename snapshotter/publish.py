@@ -25,6 +25,7 @@ from snapshotter.config import SnapshotConfig
 from snapshotter.store import (
     MANIFEST,
     IntegrityError,
+    LockTimeout,
     SnapshotError,
     SnapshotStore,
     sha256_file,
@@ -210,10 +211,12 @@ def publish(
     # From here to the prune, one publish or rollback at a time (the store's lock): another
     # may have committed, activated or pruned while this one built its index, so what is
     # active, which name is free and whether these weights are kept are read again.
-    with store.locked():
-        try:
-            # the same weights published meanwhile (a retry racing the first try): as documented,
-            # that version is re-activated, not copied
+    try:
+        # the staging directory goes with any failure before its commit, a wait for the lock
+        # that ends in a timeout or Ctrl-C included; once committed it no longer exists
+        with store.locked():
+            # the same weights published meanwhile (a retry racing the first try): as
+            # documented, that version is re-activated, not copied
             reused, _ = _reuse(store, ck.weights_sha256, redis_client, ns, damaged)
             if reused is not None:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -239,12 +242,12 @@ def publish(
             }
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             path = store.commit(staging, version)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        store.activate(version)  # re-verifies what landed on disk before switching
-        announced = _announce(redis_client, ns, version)
-        pruned, not_pruned = _prune(store, redis_client, ns, announced)
+            store.activate(version)  # re-verifies what landed on disk before switching
+            announced = _announce(redis_client, ns, version)
+            pruned, not_pruned = _prune(store, redis_client, ns, announced)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return PublishResult(version, path, manifest, previous, pruned, redis_client is not None,
                          not_pruned=not_pruned)
 
@@ -436,6 +439,11 @@ class Watcher:
             try:
                 result = publish(ck, self.store, self.client, self.ns, self.data_dir,
                                  usable=self.usable)
+            except LockTimeout as exc:  # not the checkpoint's fault: the next tick tries again
+                log.warning("not publishing %s this tick: %s", ck, exc)
+                del self._seen[ck]
+                kept = None
+                break
             except Exception as exc:  # a bad checkpoint must not stop the watch loop
                 log.error("not publishing %s: %s", ck, exc)
                 self._failed.add(ck)
@@ -468,6 +476,9 @@ class Watcher:
             parts.append(f"{settling[0]} still settling ({settling[1]:.0f} s old, settle_s "
                          f"{self.store.cfg.settle_s:g})")
             key.append(("settling", str(settling[0])))
+        if not parts:  # the scan stopped at a publish that timed out waiting for the lock
+            parts.append("another publish/rollback held the store's lock (logged)")
+            key.append(("busy", str(self.store.root)))
         return Skip("nothing to publish: " + "; ".join(parts), tuple(key))
 
     def _sync_redis(self) -> None:

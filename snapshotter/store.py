@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -39,6 +41,8 @@ __all__ = [
     "SnapshotStore",
     "SnapshotError",
     "IntegrityError",
+    "LockTimeout",
+    "LockWaitInterrupted",
     "SnapshotInfo",
     "ActiveWatcher",
     "resolve_active",
@@ -61,7 +65,11 @@ HISTORY = "ACTIVE.history"
 to is the version active before the current one, which need not be the one created before it."""
 HISTORY_KEEP = 200
 LOCK = ".lock"
-"""The store's lock file (:meth:`SnapshotStore.locked`); hidden, so never a version."""
+"""The store's lock file (:meth:`SnapshotStore.locked`); hidden, so never a version. While held
+it reads ``<pid> <ISO time taken>``, so a waiter can name the holder."""
+LOCK_POLL_S = 0.1
+"""How often a waiter tries the held lock again (a non-blocking ``flock``: the wait can then
+end at a timeout or a signal)."""
 MANIFEST = "manifest.json"
 STALE_S = 3600.0
 """Age after which a prune removes what a killed publish or activation left (staging directories,
@@ -75,6 +83,21 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 class SnapshotError(Exception):
     """A snapshot or checkpoint cannot be used; the message says why and what to do."""
+
+
+class LockTimeout(SnapshotError):
+    """The store's lock was still held at ``snapshot.lock_timeout_s``; says by whom. Nothing
+    was changed."""
+
+
+class LockWaitInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended a wait for the store's lock: nothing was changed. A
+    ``KeyboardInterrupt``, so a loop that stops on Ctrl-C (``diam snapshot watch``) still stops,
+    and ``except Exception`` never swallows it; ``signum`` says which signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class IntegrityError(SnapshotError):
@@ -172,9 +195,13 @@ class SnapshotInfo:
 class SnapshotStore:
     """The snapshot directory tree of ``cfg.dir``."""
 
-    def __init__(self, cfg: SnapshotConfig) -> None:
+    def __init__(self, cfg: SnapshotConfig,
+                 on_wait: Callable[[str], None] | None = None) -> None:
+        """``on_wait`` is told, in one line, when :meth:`locked` finds the lock held and
+        starts waiting (default: a warning logged); a command passes its stderr."""
         self.cfg = cfg
         self.root = Path(cfg.dir)
+        self.on_wait = on_wait or (lambda line: log.warning("%s", line))
 
     # -- reading ---------------------------------------------------------------------------
     def path(self, version: str) -> Path:
@@ -395,6 +422,12 @@ class SnapshotStore:
         A root that does not exist is created with ``create`` (a first publish), refused
         otherwise (:meth:`require_root`).
 
+        When another holds it, ``on_wait`` is told once who (pid and since when, which each
+        holder writes into the file) and the wait goes on, polling, until the holder ends; at
+        ``cfg.lock_timeout_s`` (None: no limit) it raises :class:`LockTimeout` naming the
+        holder. Ctrl-C, or SIGTERM where nobody else handles it, ends the wait with
+        :class:`LockWaitInterrupted`; either way nothing was changed.
+
         Every switch of the active version holds it around its read-modify-write of the
         pointer, the history and Redis's announcement (publish from its re-check of kept
         weights to its prune, rollback, the watcher's re-sync), so concurrent publishes and
@@ -404,12 +437,83 @@ class SnapshotStore:
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         self.require_root()
-        with open(self.root / LOCK, "ab") as fh:  # "a": created if missing, never truncated
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        with open(self.root / LOCK, "a+b") as fh:  # "a": created if missing, never truncated
+            self._acquire(fh.fileno())
             try:
+                self._write_holder(fh, f"{os.getpid()} {datetime.now(UTC).isoformat()}\n")
                 yield
             finally:
+                self._write_holder(fh, "")
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _write_holder(fh: Any, text: str) -> None:
+        # only words for a waiter's message: a full disk must not fail the switch itself
+        try:
+            fh.truncate(0)
+            fh.write(text.encode())
+            fh.flush()
+        except OSError:
+            pass
+
+    def lock_holder(self) -> str:
+        """Who holds the lock, as its holder wrote it: ``pid N, since HH:MM:SS`` (local
+        time), or ``holder unknown`` (it has not written yet, or wrote nothing readable)."""
+        try:
+            pid, _, at = (self.root / LOCK).read_text(errors="replace").strip().partition(" ")
+            since = datetime.fromisoformat(at).astimezone().strftime("%H:%M:%S")
+        except (OSError, ValueError):
+            return "holder unknown"
+        return f"pid {pid}, since {since}" if pid.isdigit() else "holder unknown"
+
+    def _acquire(self, fd: int) -> None:
+        """Take the lock (:meth:`locked`): at once when it is free, else after one ``on_wait``
+        line, polling every :data:`LOCK_POLL_S` until it is, the timeout passes or a signal
+        ends the wait."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        what = f"another publish/rollback of {self.root}"
+        timeout = self.cfg.lock_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def interrupted(signum: int) -> LockWaitInterrupted:
+            return LockWaitInterrupted(
+                f"{signal.Signals(signum).name} while waiting for {what}; nothing was changed",
+                signum)
+
+        def on_term(signum: int, _frame: Any) -> None:
+            raise interrupted(signum)
+
+        # SIGTERM ends the wait as Ctrl-C does, where nobody else handles it (a service
+        # has its own handler; only the main thread may set one)
+        own_term = (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+        try:
+            if own_term:
+                signal.signal(signal.SIGTERM, on_term)
+            # said once the signals end the wait cleanly: whoever reads it may press Ctrl-C
+            self.on_wait(f"waiting for {what} ({self.lock_holder()}) to finish…")
+            while True:
+                time.sleep(LOCK_POLL_S)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    pass
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"{what} ({self.lock_holder()}) still holds {self.root / LOCK} after "
+                        f"{timeout:g} s (snapshot.lock_timeout_s); nothing was changed")
+        except LockWaitInterrupted:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C: said as SIGTERM is
+            raise interrupted(signal.SIGINT) from None
+        finally:
+            if own_term:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def staging_dir(self) -> Path:
         """A fresh hidden directory under the root, on the same filesystem so the final rename

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,10 +39,43 @@ def _parse_period(text: str) -> float:
     return value
 
 
-def _store(settings: Settings):
+def _store(settings: Settings, lock_timeout: float | None = None):
+    """The store of settings snapshot.dir; a wait for its lock is said on stderr at once, and
+    ``lock_timeout`` (``--lock-timeout``) replaces snapshot.lock_timeout_s."""
     from snapshotter.store import SnapshotStore
 
-    return SnapshotStore(settings.snapshot)
+    cfg = settings.snapshot
+    if lock_timeout is not None:
+        cfg = cfg.model_copy(update={"lock_timeout_s": lock_timeout})
+    return SnapshotStore(cfg, on_wait=lambda line: click.echo(line, err=True))
+
+
+@contextmanager
+def _lock_wait_ends_cleanly() -> Iterator[None]:
+    """A wait for the store's lock that ends without it, in one line: at the timeout (exit 1,
+    naming the holder), or at Ctrl-C or SIGTERM (exit 128 + the signal: 130, 143) instead of a
+    traceback or click's bare 'Aborted!'. Nothing had changed."""
+    from snapshotter.store import LockTimeout, LockWaitInterrupted
+
+    try:
+        yield
+    except LockTimeout as exc:
+        raise click.ClickException(str(exc)) from None
+    except LockWaitInterrupted as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise click.exceptions.Exit(128 + exc.signum) from None
+
+
+_lock_timeout_opt = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="While another publish or rollback of the same directory runs, this one waits for it "
+    "(said at once on stderr, naming its pid); refuse after SECONDS instead (default: "
+    "snapshot.lock_timeout_s, unset: wait until it ends). Ctrl-C ends the wait, nothing "
+    "changed.",
+)
 
 
 def _redis(settings: Settings, no_redis: bool):
@@ -129,6 +163,7 @@ _allow_dim_change_help = (
 )
 @_ns_opt
 @_no_redis_opt
+@_lock_timeout_opt
 @click.pass_context
 def publish_cmd(
     ctx: click.Context,
@@ -136,6 +171,7 @@ def publish_cmd(
     allow_dim_change: bool,
     namespace: str | None,
     no_redis: bool,
+    lock_timeout: float | None,
 ) -> None:
     """Verify CHECKPOINT (a trainer output directory), build its FAISS index, write a new
     snapshot version, make it active and announce it in Redis.
@@ -158,11 +194,12 @@ def publish_cmd(
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     client = _redis(s, no_redis)
-    store = _store(s)
+    store = _store(s, lock_timeout)
     click.echo(f"publishing {checkpoint} into {store.root} ...", err=True)
     try:
-        res = publish(checkpoint, store, client, ns, data_dir=s.data_dir,
-                      usable=_stream_can_use(s, allow_dim_change))
+        with _lock_wait_ends_cleanly():
+            res = publish(checkpoint, store, client, ns, data_dir=s.data_dir,
+                          usable=_stream_can_use(s, allow_dim_change))
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
     if res.reused:
@@ -363,10 +400,11 @@ def _active_or_why(store: SnapshotStore) -> str:
 )
 @_ns_opt
 @_no_redis_opt
+@_lock_timeout_opt
 @click.pass_context
 def rollback_cmd(
     ctx: click.Context, version: str | None, allow_dim_change: bool, namespace: str | None,
-    no_redis: bool,
+    no_redis: bool, lock_timeout: float | None,
 ) -> None:
     """Make VERSION active again (default: the version active before the current one, as
     recorded in ACTIVE.history; a version that was never active is not picked).
@@ -385,7 +423,7 @@ def rollback_cmd(
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
     client = _redis(s, no_redis)
-    store = _store(s)
+    store = _store(s, lock_timeout)
     try:  # a mistyped DIAM_SNAPSHOT_DIR or a path for VERSION: said before the lock is waited for
         if version is not None:
             validate_version(version)
@@ -394,7 +432,7 @@ def rollback_cmd(
         raise click.ClickException(str(exc)) from None
     # one switch at a time: a publish or rollback running now finishes first, and what this
     # one reads as the previous version and announces is then what it reports
-    with store.locked():
+    with _lock_wait_ends_cleanly(), store.locked():
         try:
             target = version or store.previous_version()
         except SnapshotError as exc:  # a damaged pointer: name what is kept
