@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,30 @@ def offline_cli(isolated_env):
         return runner.invoke(main, list(args), obj={"settings": load_settings()})
 
     return invoke
+
+
+@pytest.fixture
+def run(isolated_env):
+    """``invoke(*args)``: the ``diam`` CLI in-process with the isolated settings; its Redis on
+    a port it never reaches (commands that need no Redis)."""
+    from click.testing import CliRunner
+
+    from diam.cli import main
+
+    isolated_env.setenv("DIAM_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args))
+
+    return invoke
+
+
+@pytest.fixture
+def synth(run, tmp_path) -> Path:
+    """A small synthetic dataset (60 users, 200 items) written by ``diam data synth``."""
+    out = tmp_path / "syn"
+    r = run("data", "synth", "--users", "60", "--items", "200", "--categories", "10",
+            "--events-per-user", "20", "--out", str(out), "--no-progress")
+    assert r.exit_code == 0, r.output
+    return out

@@ -14,18 +14,6 @@ from click.testing import CliRunner
 from diam.cli import main
 
 
-@pytest.fixture
-def run(isolated_env):
-    monkeypatch = isolated_env
-    monkeypatch.setenv("DIAM_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args))
-
-    return invoke
-
-
 def _clean_error(result, *words: str, code: int | None = None) -> str:
     out = result.output
     assert result.exit_code != 0 and (code is None or result.exit_code == code), out
@@ -33,15 +21,6 @@ def _clean_error(result, *words: str, code: int | None = None) -> str:
     assert "Error: " in out and "Traceback" not in out, out
     for word in words:
         assert word in out, (word, out)
-    return out
-
-
-@pytest.fixture
-def synth(run, tmp_path) -> Path:
-    out = tmp_path / "syn"
-    r = run("data", "synth", "--users", "60", "--items", "200", "--categories", "10",
-            "--events-per-user", "20", "--out", str(out), "--no-progress")
-    assert r.exit_code == 0, r.output
     return out
 
 

@@ -9,32 +9,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from diam.cli import main
-
-
-@pytest.fixture
-def run(isolated_env):
-    isolated_env.setenv("DIAM_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
-    runner = CliRunner()
-
-    def invoke(*args: str):
-        return runner.invoke(main, list(args))
-
-    return invoke
-
-
-@pytest.fixture
-def synth(run, tmp_path) -> Path:
-    out = tmp_path / "syn"
-    r = run("data", "synth", "--users", "60", "--items", "200", "--categories", "10",
-            "--events-per-user", "20", "--out", str(out), "--no-progress")
-    assert r.exit_code == 0, r.output
-    return out
 
 
 def _train(run, *args: str) -> None:
