@@ -100,9 +100,11 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=2.0, help="DIAM_FLOW_EVICT_IDLE_S of the 'on' runs")
     ap.add_argument("--rounds", type=int, default=3, help="recorded runs per side, in turns")
     ap.add_argument("--out", default=None,
-                    help=sized_out_help("evict_cost", ("events", "users", "rounds")))
+                    help=sized_out_help("evict_cost", ("events", "users", "rounds"),
+                                      variants=("rate", "idle")))
     args = ap.parse_args()
-    args.out = args.out or str(sized_out(ap, args, "evict_cost", ("events", "users", "rounds")))
+    args.out = args.out or str(sized_out(ap, args, "evict_cost", ("events", "users", "rounds"),
+                                         variants=("rate", "idle")))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}

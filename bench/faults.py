@@ -519,6 +519,11 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+VARIANTS = ("workers", "base", "seed")
+"""Options that change what the matrix measures: a run with one off its default names its
+output (``provenance.refuse_variant``)."""
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -535,7 +540,7 @@ def parser() -> argparse.ArgumentParser:
                          "small DIAM network over the same items (users anchored and re-run on "
                          "the network, as on a served snapshot)")
     ap.add_argument("--out", default=None, help=sized_out_help(
-        "faults", ("rate",), quick="--quick or --only", beside="its .md"))
+        "faults", ("rate",), quick="--quick or --only", beside="its .md", variants=VARIANTS))
     return ap
 
 
@@ -545,7 +550,8 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     ``faults.md`` (``--only`` runs a subset: a quick run)."""
     if args.out:
         return Path(args.out)
-    return sized_out(ap, args, "faults", ("rate",), quick=args.quick or args.only is not None)
+    return sized_out(ap, args, "faults", ("rate",), quick=args.quick or args.only is not None,
+                     variants=VARIANTS)
 
 
 def main() -> None:

@@ -113,9 +113,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=30.0, help="sampled window per run")
     ap.add_argument("--out", default=None,
-                    help=sized_out_help("fresh_workers", ("repeats", "seconds")))
+                    help=sized_out_help("fresh_workers", ("repeats", "seconds"), variants=("rate",)))
     args = ap.parse_args()
-    args.out = args.out or str(sized_out(ap, args, "fresh_workers", ("repeats", "seconds")))
+    args.out = args.out or str(sized_out(ap, args, "fresh_workers", ("repeats", "seconds"),
+                                         variants=("rate",)))
     prov = provenance()  # when and on which code this run starts
     settings = load_settings()
     env = stream.env_for(settings)

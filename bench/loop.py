@@ -183,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
                     help="retrain from a random initialisation instead of a warm start")
     ap.add_argument("--out", default=None, help=sized_out_help(
         "loop", ("rate", "dim", "first_epochs", "retrain_epochs", "max_per_user", "click_first"),
-        quick="--quick or --events", beside="its .png"))
+        quick="--quick or --events", beside="its .png", variants=("data", "cold_retrain")))
     return ap
 
 
@@ -198,7 +198,8 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
 
     full = {"retrain_epochs": RetrainConfig.model_fields["epochs"].default}
     return sized_out(ap, args, "loop", ("rate", "dim", "first_epochs", "retrain_epochs", "max_per_user", "click_first"),
-                     quick=args.quick or args.events is not None, full=full)
+                     quick=args.quick or args.events is not None, full=full,
+                     variants=("data", "cold_retrain"))
 
 
 def main() -> None:

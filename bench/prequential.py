@@ -211,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=sized_out_help("prequential", ("epochs",), quick="--quick", beside="its _fronts.png")
         + "; then _early with --early, _TAG with --tag; with --tune: prequential_tune[_quick|_large]"
-          "[_TAG].json.",
+          "[_TAG].json. --data/--checkpoint/--seq-len/--reanchor-every/--no-synth/--set/--sweep "
+          "off their defaults need --tag.",
     )
     ap.add_argument("--quick", action="store_true", help="tuning users only")
     ap.add_argument("--early", action="store_true",
@@ -242,12 +243,19 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+VARIANTS = ("data", "checkpoint", "seq_len", "reanchor_every", "no_synth", "set", "sweep")
+"""Options that change what a reported run measures: without ``--tag`` naming its output such a
+run is refused (``provenance.refuse_variant``) rather than overwrite ``prequential.json``."""
+
+
 def results_name(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The file under ``bench/results`` a run writes: ``provenance.sized_out``'s name (only a
     full run at the default ``--epochs`` writes the committed ``prequential.json`` and its
     ``_fronts.png``), then ``_early`` and ``_TAG``; with ``--tune`` ``prequential_tune``, the
     same size suffix (``--quick`` changes no tuning run), then ``_TAG``."""
-    sized = sized_out(ap, args, "prequential", ("epochs",), quick=args.quick and not args.tune)
+    named = bool(args.tag) or args.tune  # a tag names a variant's output; --tune writes its own
+    sized = sized_out(ap, args, "prequential", ("epochs",), quick=args.quick and not args.tune,
+                      variants=() if named else VARIANTS, named_by="--tag")
     size = sized.stem.removeprefix("prequential")  # "", "_quick" or "_large"
     tag = f"_{args.tag}" if args.tag else ""
     if args.tune:
@@ -258,6 +266,7 @@ def results_name(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
 def main() -> None:
     ap = parser()
     args = ap.parse_args()
+    results_name(ap, args)  # a variant without --tag is refused here, before anything runs
     prov = provenance()  # when and on which code this run starts
     if not args.data.is_dir():
         if args.data.name != "ml-100k":

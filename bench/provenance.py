@@ -46,7 +46,8 @@ def default_out(name: str, quick: bool = False, *, large: bool = False) -> Path:
 
 def sized_out(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str,
               sizes: tuple[str, ...], *, quick: bool = False,
-              full: Mapping[str, float] | None = None) -> Path:
+              full: Mapping[str, float] | None = None, variants: tuple[str, ...] = (),
+              named_by: str = "--out") -> Path:
     """:func:`default_out` of a run sized by the options ``sizes`` (``dest`` names): quick when
     ``quick`` (a flag that cuts the whole run short, such as ``--quick`` or a subset like
     ``--only``) or any of them is below its default, large when none is below and any is
@@ -63,7 +64,14 @@ def sized_out(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str,
     ...  for a in ([], ["--events", "100"], ["--events", "50"], ["--events", "500"],
     ...            ["--quick", "--events", "500"])]
     ['x.json', 'x.json', 'x_quick.json', 'x_large.json', 'x_quick.json']
+
+    ``variants`` are options (``dest`` names) that change *what* is measured, not how much of
+    it (another base, worker count, seed, setting): a run with any of them off its default has
+    no default path, it is refused through ``ap.error`` (exit 2, nothing run) until ``--out``
+    names its output, so that it never overwrites the default run's committed result
+    (:func:`refuse_variant`; ``named_by`` is the option that names it).
     """
+    refuse_variant(ap, args, name, variants, named_by)
     below = above = False
     for k in sizes:
         value = getattr(args, k)
@@ -81,8 +89,46 @@ def sized_out(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str,
     return default_out(name, quick=short, large=above and not short)
 
 
+def off_default(ap: argparse.ArgumentParser, args: argparse.Namespace,
+                variants: tuple[str, ...]) -> list[str]:
+    """The options among ``variants`` (``dest`` names) given a value other than their
+    argparse default, as ``--flag`` names.
+
+    >>> ap = argparse.ArgumentParser()
+    >>> _ = ap.add_argument("--workers", type=int, default=1)
+    >>> _ = ap.add_argument("--set", action="append", default=[])
+    >>> off_default(ap, ap.parse_args(["--workers", "1"]), ("workers", "set"))
+    []
+    >>> off_default(ap, ap.parse_args(["--workers", "2", "--set", "a=1"]), ("workers", "set"))
+    ['--workers', '--set']
+
+    A path is compared resolved (``--data data/ml-100k`` from the root is the default
+    ``<root>/data/ml-100k``).
+    """
+    def same(value: Any, default: Any) -> bool:
+        if isinstance(default, Path) or (isinstance(default, str) and os.sep in default):
+            return value is not None and Path(value).resolve() == Path(default).resolve()
+        return bool(value == default)
+
+    return [f"--{k.replace('_', '-')}" for k in variants
+            if not same(getattr(args, k), ap.get_default(k))]
+
+
+def refuse_variant(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str,
+                   variants: tuple[str, ...], named_by: str = "--out") -> None:
+    """``ap.error`` (usage, exit 2) when an option of ``variants`` is off its default: such a
+    run measures something else than ``bench/results/<name>.json`` records and must name its
+    own output with ``named_by``; a no-op otherwise (call it only when the output is not
+    named)."""
+    given = off_default(ap, args, variants)
+    if given:
+        ap.error(f"{'/'.join(given)} change{'s' if len(given) == 1 else ''} what is measured, "
+                 f"so this run has no default output (bench/results/{name}.json is the default "
+                 f"run's): name it with {named_by}")
+
+
 def sized_out_help(name: str, sizes: tuple[str, ...], *, quick: str = "",
-                   beside: str = "") -> str:
+                   beside: str = "", variants: tuple[str, ...] = ()) -> str:
     """``--out``'s help for a script whose default path is :func:`sized_out`'s; ``quick``
     names the flags passed to it as ``quick``, ``beside`` what is written beside the JSON
     under the same name.
@@ -91,7 +137,14 @@ def sized_out_help(name: str, sizes: tuple[str, ...], *, quick: str = "",
     'JSON written [default: bench/results/head_ab.json with --histories/--repeats at their defaults; head_ab_quick.json with any below its default, else head_ab_large.json]'
     >>> sized_out_help("faults", ("rate",), quick="--quick or --only", beside="its .md")
     'JSON written, and its .md beside it [default: bench/results/faults.json with --rate at its default; faults_quick.json with --quick or --only or --rate below it, faults_large.json above it]'
+    >>> sized_out_help("x", ("rate",), variants=("workers", "base"))[-60:]
+    'above it; required with --workers/--base off their defaults]'
     """
+    if variants:
+        vs = "/".join(f"--{k.replace('_', '-')}" for k in variants)
+        text = sized_out_help(name, sizes, quick=quick, beside=beside)
+        return (f"{text[:-1]}; required with {vs} off "
+                f"{'its default' if len(variants) == 1 else 'their defaults'}]")
     opts = "/".join(f"--{k.replace('_', '-')}" for k in sizes)
     what = f"JSON written, and {beside} beside it" if beside else "JSON written"
     if len(sizes) == 1:

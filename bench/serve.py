@@ -866,7 +866,7 @@ def parser() -> argparse.ArgumentParser:
                     "connection, which the kernel gives to one process)")
     ap.add_argument("--out", type=Path, default=None, help=sized_out_help(
         "serve", ("large_items", "requests", "load_seconds", "click_rate", "recall_queries"),
-        quick="--quick or --events", beside="its .md"))
+        quick="--quick or --events", beside="its .md", variants=("processes",)))
     return ap
 
 
@@ -877,7 +877,8 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     if args.out:
         return Path(args.out)
     return sized_out(ap, args, "serve", ("large_items", "requests", "load_seconds", "click_rate", "recall_queries"),
-                     quick=args.quick or args.events is not None, full=FULL)
+                     quick=args.quick or args.events is not None, full=FULL,
+                     variants=("processes",))
 
 
 def main() -> None:

@@ -756,7 +756,7 @@ def parser() -> argparse.ArgumentParser:
                          "400,000 events from ml-100k; 1 with --quick]")
     ap.add_argument("--out", default=None, help=sized_out_help(
         "stream", ("events", "rate", "low_rate", "repeats", "fresh_repeats", "replay_copies"),
-        quick="--quick"))
+        quick="--quick", variants=("replay_data",)))
     return ap
 
 
@@ -766,7 +766,7 @@ def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     if args.out:
         return Path(args.out)
     return sized_out(ap, args, "stream", ("events", "rate", "low_rate", "repeats", "fresh_repeats", "replay_copies"),
-                     quick=args.quick, full=FULL)
+                     quick=args.quick, full=FULL, variants=("replay_data",))
 
 
 def main() -> None:

@@ -165,3 +165,41 @@ def test_each_script_writes_its_committed_result_only_at_its_default_sizes(
         script: str, argv: list[str], written: str) -> None:
     expected = written if written.startswith("/") else f"bench/results/{written}"
     assert _where(script, argv) == expected
+
+
+# options that change what is measured (not how much of it): without a named output refused
+VARIANT_CASES = [
+    ("faults", ["--workers", "2"], "--workers"),
+    ("faults", ["--base", "diam", "--workers", "2"], "--workers/--base"),
+    ("faults", ["--seed", "3"], "--seed"),
+    ("stream", ["--replay-data", "/tmp/elsewhere"], "--replay-data"),
+    ("serve", ["--processes", "2"], "--processes"),
+    ("loop", ["--cold-retrain"], "--cold-retrain"),
+    ("loop", ["--data", "/tmp/elsewhere"], "--data"),
+    ("prequential", ["--set", "d_lr=0"], "--set"),
+    ("prequential", ["--no-synth"], "--no-synth"),
+    ("prequential", ["--checkpoint", "/tmp/ck", "--quick"], "--checkpoint"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "named"), VARIANT_CASES,
+                         ids=[f"{s} {' '.join(a)}" for s, a, _ in VARIANT_CASES])
+def test_a_variant_without_a_named_output_is_refused_before_it_runs(
+        script: str, argv: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--workers 2`` (or ``--set``, another base, ...) measures something else than the
+    committed ``<name>.json``: before, such a run wrote over it; now argparse refuses it (exit
+    2) naming the options and how to name the output."""
+    with pytest.raises(SystemExit) as exc:
+        _where(script, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{named} change" in err and f"bench/results/{script}.json" in err
+    assert ("--tag" if script == "prequential" else "--out") in err.splitlines()[-1]
+
+
+def test_a_variant_with_its_output_named_and_default_paths_spelled_otherwise_run() -> None:
+    assert _where("faults", ["--workers", "2", "--out", "/tmp/f.json"]) == "/tmp/f.json"
+    assert _where("prequential", ["--set", "d_lr=0", "--tag", "nolr"]) == \
+        "bench/results/prequential_nolr.json"
+    assert _where("loop", ["--data", "data/ml-100k"]) == "bench/results/loop.json"
+    assert _where("faults", ["--workers", "1", "--seed", "17"]) == "bench/results/faults.json"
