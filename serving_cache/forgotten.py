@@ -21,6 +21,11 @@ earlier release runs.
 
 Every script touches one key (no cross-slot call: Redis Cluster safe); the writer's per-push
 check is unchanged (it reads the id's hash alone).
+
+Both keys must be hashes (or absent): :func:`adopt_name_only_markers`, which every command
+reading or recording markers calls at its start, refuses a key of another type that another
+tool (or a hand-typed ``SET``) left under either name with :class:`MarkersNotAHash`, naming
+it and its type, before anything reads or writes it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from typing import Any
 
 from serving_cache.keys import FORGOTTEN_ADOPTED_BY, forgotten_key, forgotten_key_by_name
 
-__all__ = ["Adoption", "adopt_name_only_markers", "record_markers"]
+__all__ = ["Adoption", "MarkersNotAHash", "adopt_name_only_markers", "check_marker_keys",
+           "record_markers"]
 
 # KEYS[1] = the name-only hash, ARGV[1] = the topic id, ARGV[2] = the owner field: a hash that
 # exists is claimed by the first id that asks; the owner is returned (nil: no hash).
@@ -61,6 +67,35 @@ return 1
 """
 
 _CHUNK = 1000  # users per merge call: a large hash is not one long script call
+
+
+class MarkersNotAHash(ValueError):
+    """A key where ``diam forget``'s markers of a clicks topic belong holds a Redis value of
+    another type than a hash: ``key``, its ``kind`` (``TYPE``'s answer) and ``topic``. The
+    message says what to do; a command that meets it starts nothing."""
+
+    def __init__(self, key: str, kind: str, topic: str) -> None:
+        self.key, self.kind, self.topic = key, kind, topic
+        super().__init__(
+            f"Redis key {key!r} holds a {kind}, not a hash: diam keeps the forget markers of "
+            f"topic {topic!r} there (`diam forget`: user id -> tombstone offset) and writes "
+            "nothing else under that name, so another tool or a hand-made key took it. Refused "
+            f"before reading or writing it: look at it (redis-cli TYPE/DUMP), move it away "
+            f"(redis-cli RENAME {key!r} <other name>) or delete it (redis-cli DEL {key!r}), "
+            "then start again; users forgotten on this topic whose markers it replaced must be "
+            "forgotten again (diam forget USER...)")
+
+
+def check_marker_keys(client: Any, topic: str, topic_id: str | None) -> None:
+    """Raise :class:`MarkersNotAHash` when a key of ``topic``'s markers (the name-only one,
+    and the id's when ``topic_id`` is given) holds anything but a hash; an absent key is
+    fine (no marker yet). ``client``: a ``redis.Redis`` or ``RedisCluster``."""
+    keys = dict.fromkeys([forgotten_key_by_name(topic), forgotten_key(topic, topic_id)])
+    for key in keys:
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind not in ("hash", "none"):
+            raise MarkersNotAHash(key, kind, topic)
 
 
 @dataclass(frozen=True)
@@ -121,7 +156,10 @@ def adopt_name_only_markers(client: Any, topic: str, topic_id: str | None) -> Ad
     ``topic_id`` (the topic that holds the name now) when that id is theirs: the first id to
     ask claims them; another id ignores them. The name-only hash is kept, never deleted.
     ``topic_id`` None (a broker that assigns no ids: the name-only hash is the one in use)
-    does nothing. ``client``: a ``redis.Redis`` or ``RedisCluster``."""
+    does nothing. ``client``: a ``redis.Redis`` or ``RedisCluster``. Raises
+    :class:`MarkersNotAHash` first when either key holds something else than a hash
+    (:func:`check_marker_keys`)."""
+    check_marker_keys(client, topic, topic_id)
     if topic_id is None:
         return Adoption(topic, None)
     old, new = forgotten_key_by_name(topic), forgotten_key(topic, topic_id)

@@ -58,6 +58,8 @@ def forget_markers_of(cfg: KafkaConfig, client: Any, topic: str, timeout: float 
     (``serving_cache.forgotten``: they belong to the topic that held the name when this
     release first saw them; the name-only hash is kept for the earlier release's processes).
     ``Adoption.line()`` is the one-line notice to show, if any. ``client``: a Redis client
-    (``redis.Redis`` or ``RedisCluster``) of the store the markers are in."""
+    (``redis.Redis`` or ``RedisCluster``) of the store the markers are in. Raises
+    ``serving_cache.forgotten.MarkersNotAHash`` when a key of the markers holds something else
+    than a hash (the command refuses to start: its message says what to do)."""
     tid = topic_id(cfg, topic, timeout=timeout)
     return adopt_name_only_markers(client, topic, tid)

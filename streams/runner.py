@@ -216,7 +216,8 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     topics are created when missing. Last, the topic's Kafka id is looked up and the markers an
     earlier release recorded under its name alone adopted (:func:`_forget_markers`; its notice
     is logged here, so before a start line too): a broker or Redis failing there raises the
-    client's error (``redis.ConnectionError``, ``confluent_kafka.KafkaException``)."""
+    client's error (``redis.ConnectionError``, ``confluent_kafka.KafkaException``), a marker key
+    of another type than a hash ``serving_cache.forgotten.MarkersNotAHash``."""
     validate_namespace(job.namespace)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)

@@ -80,7 +80,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     topic = topic if topic is not None else s.kafka.clicks_topic
     client = redis_client(s.redis)
     if not redis_only:
-        from serving_cache.forgotten import record_markers
+        from serving_cache.forgotten import MarkersNotAHash, record_markers
         from streams import not_for_clicks
         from streams.forget_markers import forget_markers_of
         from streams.kafka_io import UnknownTopic
@@ -100,6 +100,9 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         except UnknownTopic as exc:  # deleted since the check above
             raise click.BadParameter(f"{exc}; the Redis keys were not touched",
                                      param_hint="--topic") from None
+        except MarkersNotAHash as exc:  # before any tombstone: a forget half done is worse
+            raise click.ClickException(f"{exc}; no tombstone was written and the Redis keys "
+                                       "were not touched") from None
         except (KafkaException, RuntimeError) as exc:
             raise kafka_unusable(s, exc) from None
         if (notice := adoption.line()) is not None:

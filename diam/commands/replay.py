@@ -83,6 +83,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from diam.app import load_holder
     from diam.commands.run import require_broker
     from serving_cache import redis_client
+    from serving_cache.forgotten import MarkersNotAHash
     from serving_cache.namespaces import drop_namespace, namespace_in_use
     from streams.kafka_io import UnknownTopic
     from streams.replay import (
@@ -148,8 +149,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}" + (f" +{grown} new items" if grown else ""), err=True)
-    report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
-                        progress=progress)
+    try:
+        report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
+                            progress=progress)
+    except MarkersNotAHash as exc:  # refused before the dataflow started (its markers lookup)
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
                                "new_items": grown,

@@ -264,6 +264,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     (streams.kafka_io.BROKER_ANSWER_S) is an error naming it, before anything starts.
     """
     from diam.app import load_holder, online_job
+    from serving_cache.forgotten import MarkersNotAHash
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError
@@ -284,6 +285,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         except ServiceConfigError as exc:  # a refused login or TLS handshake: say which setting
             raise click.ClickException(str(exc)) from None
         except RecoveryUnusable as exc:  # in use by another run, or not a store
+            raise click.ClickException(str(exc)) from None
+        except MarkersNotAHash as exc:  # another tool's key where diam forget's markers belong
             raise click.ClickException(str(exc)) from None
         except UnknownPartitions as exc:
             raise click.BadParameter(str(exc), param_hint="--partitions") from None
