@@ -98,13 +98,10 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
     cfg = settings.online
     store = SnapshotStore(settings.snapshot)
     if snapshot is not None:
-        try:
-            path = store.path(snapshot)
+        try:  # the store's rule: a stray directory (no manifest) is refused as an absent one
+            path = store.require_version(snapshot)
         except SnapshotError as exc:
             raise NoBaseModel(str(exc)) from None
-        if not path.is_dir():
-            known = ", ".join(i.version for i in store.versions()) or "none"
-            raise NoBaseModel(f"no snapshot {snapshot!r} in {store.root} (versions: {known})")
         base = _snapshot_base(store, snapshot, cfg)
         if hot_reload or pinned:
             base = _pinned_growth(settings, base, _tower(path, snapshot), topic)

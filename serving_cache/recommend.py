@@ -668,8 +668,9 @@ class StoreLoader:
     (``snapshotter.SnapshotStore``): a version on disk, verified and loaded
     (:func:`load_verified`), or for a checkpoint's label (vectors of ``diam run --checkpoint``)
     the newest version published from the same weights (``SnapshotStore.find_label``): the same
-    item table and space; None when neither is on disk, and None when it fails to load, after
-    ``refused(version, error)`` (default: a warning logged)."""
+    item table and space; None when neither is in the store (a stray directory, one without a
+    manifest, is not a version: ``SnapshotStore.why_not_version``), and None when it fails to
+    load, after ``refused(version, error)`` (default: a warning logged)."""
 
     def __init__(self, store: Any, refused: Callable[[str, Exception], None] | None = None
                  ) -> None:
@@ -677,25 +678,20 @@ class StoreLoader:
         self.refused = refused
 
     def absent(self, version: str) -> bool:
-        """Whether ``version`` is surely not in the store: a version name whose directory is
-        not there, a stat away. A checkpoint's label is not judged here: finding its snapshot
-        reads manifests, which is the load's work (on its thread, for a server)."""
+        """Whether ``version`` is surely not in the store: not a version by the store's rule
+        (``SnapshotStore.why_not_version``: no such directory, a stray without a manifest, a
+        name that is not a version's), a stat or two away. A checkpoint's label is not judged
+        here: finding its snapshot reads manifests, which is the load's work (on its thread,
+        for a server)."""
         from online_model.checkpoint_config import label_weights
 
         if label_weights(version) is not None:
             return False
-        try:
-            return not self.store.path(version).is_dir()
-        except Exception:  # noqa: BLE001 - neither a version name nor a label: not there
-            return True
+        return self.store.why_not_version(version) is not None
 
     def __call__(self, version: str) -> SnapshotIndex | None:
         store = self.store
-        try:
-            path = store.path(version)
-        except Exception:  # noqa: BLE001 - not a version name: maybe a checkpoint's label
-            path = None
-        if path is None or not path.is_dir():
+        if store.why_not_version(version) is not None:  # maybe a checkpoint's label
             same = store.find_label(version)
             if same is None:
                 return None

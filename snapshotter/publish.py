@@ -120,8 +120,9 @@ class PublishResult:
     reused: bool = False
     """The weights were already a kept version: that version was activated, nothing written."""
     not_pruned: str | None = None
-    """Why no old version was pruned this time (Redis could not be read: which versions it
-    announces is unknown), one line for the operator; None when the prune ran."""
+    """Why no old version was pruned this time (published without Redis, or Redis could not
+    be read: which versions it announces is unknown), one line for the operator; None when the
+    prune ran."""
 
 
 def set_active_in_redis(client: Any, ns: str, version: str) -> None:
@@ -166,8 +167,11 @@ def publish(
     new active version, the one active before it (the rollback target), nor any version
     Redis announced before or after the switch (what servers are serving). When Redis cannot
     be read nothing is pruned this time (``result.not_pruned`` says so) rather than guess.
-    Without a client (``--no-redis``) no announcement is known: the pointer and the rollback
-    target are kept."""
+    Without a client (``--no-redis``) nothing is pruned either, and ``result.not_pruned``
+    says so: this publish did not read which version Redis announces, and a version servers
+    and dataflows follow (announced by an earlier publish with Redis) is often neither the
+    pointer nor the rollback target after publishes without it. The next publish with Redis
+    prunes down to ``cfg.keep``."""
     import faiss
 
     from snapshotter.index import build_index, is_exact
@@ -315,8 +319,16 @@ def _announce(redis_client: Any | None, ns: str, version: str) -> set[str] | Non
 def _prune(store: SnapshotStore, redis_client: Any | None, ns: str,
            announced: set[str] | None) -> tuple[list[str], str | None]:
     """:meth:`SnapshotStore.prune`, keeping what Redis announces; skipped, with the one line
-    that says so, when Redis could not be read: which versions servers follow is then
-    unknown, and deleting one would leave them nothing to roll back to."""
+    that says so, without a client (``--no-redis``: logged at INFO, a choice of the caller) or
+    when Redis could not be read (a warning): which versions servers follow is then unknown,
+    and deleting one would leave them nothing to serve or roll back to."""
+    if redis_client is None:
+        why = (f"not pruning old versions: published without Redis (--no-redis), so which "
+               f"version diam:{ns}:model:active announces to servers and dataflows is "
+               f"unknown; the next publish with Redis prunes down to snapshot.keep "
+               f"({store.cfg.keep})")
+        log.info("%s", why)
+        return [], why
     if announced is None:
         why = (f"not pruning old versions this time: the version diam:{ns}:model:active "
                "announces could not be read from Redis")

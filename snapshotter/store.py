@@ -261,6 +261,28 @@ class SnapshotStore:
             return None
         return f"no {MANIFEST}"
 
+    def require_version(self, version: str) -> Path:
+        """The directory of ``version`` when it is a version (:meth:`why_not_version`), else
+        :class:`SnapshotError` saying why and naming the versions kept: what every command
+        that is given a version (``diam replay --snapshot``, ``diam snapshot rollback``) says
+        of a stray, an absent one or a name that could be a path, before it uses it.
+
+        >>> import tempfile
+        >>> store = SnapshotStore(SnapshotConfig(dir=tempfile.mkdtemp()))
+        >>> (store.root / "notes").mkdir()
+        >>> try:
+        ...     store.require_version("notes")
+        ... except SnapshotError as exc:
+        ...     print(str(exc).replace(str(store.root), "ROOT"))
+        no snapshot notes in ROOT (no manifest.json; versions: none)
+        """
+        validate_version(version)
+        why = self.why_not_version(version)
+        if why is not None:
+            known = ", ".join(i.version for i in self.versions()) or "none"
+            raise SnapshotError(f"no snapshot {version} in {self.root} ({why}; versions: {known})")
+        return self.root / version
+
     def no_active_reason(self) -> str:
         """Why :meth:`active_version` is None, for messages: no pointer file, or an empty one."""
         pointer = self.root / POINTER

@@ -183,7 +183,8 @@ def publish_cmd(
     does not change. Weights already kept as a version re-activate that version (no copy).
     Publishes and rollbacks of one snapshot directory switch one after the other; old versions
     beyond snapshot.keep are pruned, never the active one, the one before it or one Redis
-    announces (nothing is pruned when Redis cannot be read).
+    announces (nothing is pruned when Redis cannot be read, nor with --no-redis: which
+    version Redis announces is then unknown; the next publish with Redis prunes).
 
     A checkpoint no dataflow could use is refused as `diam run` refuses it at start: the base
     must load and its embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
@@ -217,6 +218,8 @@ def publish_cmd(
         click.echo(f"previous: {res.previous}  (diam snapshot rollback {res.previous})")
     if res.pruned:
         click.echo(f"removed old versions: {', '.join(res.pruned)}")
+    if res.not_pruned is not None and not res.redis_set:  # --no-redis; a Redis that could
+        click.echo(res.not_pruned, err=True)  # not be read is the publish's logged warning
     if res.redis_set:
         click.echo(f"redis: diam:{ns}:model:active = {res.version}")
 
@@ -442,10 +445,7 @@ def rollback_cmd(
         if target is None:
             raise click.ClickException("no earlier version to roll back to (see `diam snapshot list`)")
         try:
-            if (why := store.why_not_version(target)) is not None:
-                raise click.ClickException(
-                    f"no snapshot {target} in {store.root} ({why}; see `diam snapshot list`)"
-                )
+            store.require_version(target)  # a stray or absent one: said in the store's words
             man = store.verify(target)  # first: a file that fails its hash is named as such
             _stream_can_use(s, allow_dim_change, command="rollback")(store.path(target))
             store.activate(target, verify=False)

@@ -53,3 +53,19 @@ def test_a_refused_run_prints_no_start_line(stack, namespace, tmp_path) -> None:
         assert res.exit_code == 0 and START in res.output, res.output
     finally:
         delete_topics(s.kafka, [topic])
+
+
+def test_a_replay_on_a_stray_snapshot_directory_is_refused_before_it_starts(
+        stack, namespace, topic, redis_client, tmp_path) -> None:
+    """``--snapshot NAME`` asks the store's rule (``SnapshotStore.require_version``): a
+    directory without a manifest is no version, refused in the store's words before the
+    replay writes a key or makes its dead-letter topic."""
+    s = _settings(stack, tmp_path)
+    (tmp_path / "snapshots" / "notes").mkdir()
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--snapshot", "notes",
+               "--no-progress")
+    assert res.exit_code == 1, res.output
+    assert (f"Error: no snapshot notes in {tmp_path / 'snapshots'} (no manifest.json; "
+            "versions: ") in res.output, res.output
+    assert list(redis_client.scan_iter(match=f"diam:{namespace}:*")) == []
+    assert not _exists(s, f"{s.kafka.deadletter_topic}.replay.{namespace}")

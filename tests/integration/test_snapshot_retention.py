@@ -48,3 +48,21 @@ def test_the_announced_version_survives_a_prune_when_the_pointer_moved_without_r
     res = publish(_ck(tmp_path, 4), store, redis_client, namespace)
     assert res.pruned == [v2] and res.not_pruned is None  # the oldest not in use or the way back
     assert [s.version for s in store.versions()] == [served, v3, res.version]
+
+
+def test_publishes_without_redis_prune_nothing_and_keep_the_announced_version(
+        tmp_path, redis_client, namespace):
+    """``--no-redis`` publishes do not read which version the namespace announces: after two
+    of them the announced one is neither the pointer nor the rollback target, and a prune
+    would delete what servers serve. They prune nothing and say so; the next publish with
+    Redis prunes down to keep, the announced version kept."""
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=1))
+    served = publish(_ck(tmp_path, 1), store, redis_client, namespace).version
+    offline = [publish(_ck(tmp_path, i), store) for i in (2, 3)]
+    assert all(r.pruned == [] and "published without Redis" in str(r.not_pruned)
+               for r in offline)
+    assert redis_client.get(model_active_key(namespace)).decode() == served
+    assert served in {s.version for s in store.versions()}
+    res = publish(_ck(tmp_path, 4), store, redis_client, namespace)
+    assert res.pruned == [offline[0].version] and res.not_pruned is None
+    assert [s.version for s in store.versions()] == [served, offline[1].version, res.version]

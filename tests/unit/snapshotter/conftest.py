@@ -21,3 +21,23 @@ def checkpoint2(tmp_path):
 @pytest.fixture
 def store(tmp_path):
     return SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=3))
+
+
+class DictRedis:
+    """GET/SET of a dict: what a publish asks of Redis to announce a version and read what is
+    announced (a publish without a client prunes nothing: which version servers follow is
+    then unknown)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def set(self, key: str, value: str) -> None:
+        self.values[key] = value.encode()
+
+
+@pytest.fixture
+def redis_dict() -> DictRedis:
+    return DictRedis()

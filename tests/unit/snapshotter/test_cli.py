@@ -39,6 +39,20 @@ def test_publish_list_rollback(run, tmp_path):
     assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v1
 
 
+def test_publish_without_redis_prunes_nothing_and_says_so(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIAM_SNAPSHOT_KEEP", "1")
+    versions = []
+    for i in range(3):
+        r = run("snapshot", "publish",
+                str(write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)), "--no-redis")
+        assert r.exit_code == 0 and "removed old versions" not in r.output, r.output
+        assert ("not pruning old versions: published without Redis (--no-redis)"
+                in r.stderr), r.stderr
+        versions.append(r.output.split("active: ")[1].split()[0])
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir() if p.is_dir()
+                  and not p.name.startswith(".")) == sorted(versions)
+
+
 def test_bad_input_is_a_one_line_error(run, tmp_path):
     ck = write_checkpoint(tmp_path / "a", n_items=30, dim=4)
     (ck / "weights.safetensors").write_bytes(b"\x00" * 12)

@@ -112,10 +112,11 @@ def test_tampered_snapshot_is_refused_naming_the_file(store, checkpoint, checkpo
         store.verify(v2)
 
 
-def test_rollback_restores_and_retention_never_drops_the_active(tmp_path):
+def test_rollback_restores_and_retention_never_drops_the_active(tmp_path, redis_dict):
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=2))
     versions = [
-        publish(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i), store).version
+        publish(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i), store,
+                redis_dict).version
         for i in range(3)
     ]
     assert [s.version for s in store.versions()] == versions[1:]  # oldest pruned
@@ -144,6 +145,32 @@ def test_a_publish_that_cannot_read_redis_prunes_nothing_and_says_so(tmp_path, c
     assert res.pruned == [] and "not pruning old versions this time" in str(res.not_pruned)
     assert len(store.versions()) == 3
     assert caplog.text.count("not pruning old versions") == 1
+
+
+def test_a_publish_without_redis_prunes_nothing_and_says_so(tmp_path, redis_dict, caplog):
+    """--no-redis: which version Redis announces is unknown, and after publishes without it
+    the announced one (what servers serve) is neither the pointer nor the rollback target; a
+    prune then deleted it. Nothing is pruned without Redis; the next publish with it prunes,
+    keeping the announced version."""
+    from serving_cache.keys import model_active_key
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=1))
+
+    def ck(i):
+        return write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i)
+
+    served = publish(ck(0), store, redis_dict, "unit").version
+    with caplog.at_level("INFO", logger="snapshotter.publish"):
+        no_redis = [publish(ck(i), store) for i in (1, 2)]
+    assert [r.pruned for r in no_redis] == [[], []]
+    assert all("not pruning old versions: published without Redis (--no-redis)"
+               in str(r.not_pruned) for r in no_redis)
+    assert "not pruning old versions: published without Redis" in caplog.text
+    assert [s.version for s in store.versions()] == [served, *(r.version for r in no_redis)]
+    assert redis_dict.get(model_active_key("unit")) == served.encode()  # still what is served
+    last = publish(ck(3), store, redis_dict, "unit")
+    assert last.not_pruned is None and last.pruned == [no_redis[0].version]
+    assert [s.version for s in store.versions()] == [served, no_redis[1].version, last.version]
 
 
 def test_versions_are_single_path_components(store):

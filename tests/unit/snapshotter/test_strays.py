@@ -46,15 +46,15 @@ def cli(tmp_path, monkeypatch):
 
 
 def test_a_directory_without_a_manifest_is_a_stray_never_pruned(tmp_path):
-    store = _store(tmp_path)
-    first = publish(_ck(tmp_path, 0), store).version
+    store, redis = _store(tmp_path), _Redis()  # a publish prunes only what Redis lets it
+    first = publish(_ck(tmp_path, 0), store, redis).version
     junk = store.root / "junkdir"
     junk.mkdir()
     (junk / "notes.txt").write_text("mine")
     assert [s.version for s in store.versions()] == [first]  # not a (broken) version
     assert store.strays() == [("junkdir", "no manifest.json")]
     for i in (1, 2, 3):
-        publish(_ck(tmp_path, i), store)
+        publish(_ck(tmp_path, i), store, redis)
     assert (junk / "notes.txt").read_text() == "mine"  # the pruned are versions only
     assert first not in {s.version for s in store.versions()}
     (store.root / POINTER).write_text("junkdir\n")
@@ -90,11 +90,11 @@ def test_a_version_renamed_by_hand_lists_rolls_back_and_serves(tmp_path, cli):
 
 
 def test_a_hand_named_version_is_a_pin_prune_never_deletes(tmp_path):
-    store = _store(tmp_path, keep=2)
+    store, redis = _store(tmp_path, keep=2), _Redis()
     pinned = publish(_ck(tmp_path, 0), store).version
     (store.root / pinned).rename(store.root / "golden")
     (store.root / POINTER).write_text("golden\n")
-    published = [publish(_ck(tmp_path, i), store).version for i in (1, 2, 3, 4)]
+    published = [publish(_ck(tmp_path, i), store, redis).version for i in (1, 2, 3, 4)]
     kept = [s.version for s in store.versions()]
     assert "golden" in kept  # never pruned, and not counted: keep=2 published ones remain
     assert [v for v in kept if v != "golden"] == published[-2:]
@@ -117,10 +117,12 @@ def test_names_that_could_be_paths_are_refused_whether_or_not_they_exist(tmp_pat
             validate_version(bad)
         r = cli("snapshot", "rollback", bad, "--no-redis")
         assert r.exit_code == 1 and "not a snapshot version" in r.output, (bad, r.output)
+    active = store.active_version()
     for absent_or_stray, why in (("nosuch", "no such directory"), ("junkdir", "no manifest.json")):
         r = cli("snapshot", "rollback", absent_or_stray, "--no-redis")
         assert r.exit_code == 1 and f"no snapshot {absent_or_stray} in " in r.output, r.output
-        assert why in r.output
+        assert why in r.output and f"versions: {active}" in r.output
+        assert store.active_version() == active
     listing = cli("snapshot", "list", "--no-redis").output
     assert "junkdir  not a version, ignored (no manifest.json)" in listing
     assert "BROKEN" not in listing
@@ -131,3 +133,38 @@ def test_a_manifest_under_a_name_that_cannot_name_a_version_is_a_stray(tmp_path)
     v = publish(_ck(tmp_path, 0), store).version
     (store.root / v).rename(store.root / "golden copy")
     assert store.versions() == [] and store.strays() == [("golden copy", "not a version name")]
+
+
+def test_a_stray_named_as_a_base_is_refused_in_the_stores_words(tmp_path):
+    """``diam replay --snapshot NAME`` (``diam.app.load_holder``) asks the store's rule: a
+    stray is refused as an absent version is, naming why and the versions kept, before
+    anything starts; a version renamed by hand is a base as any other."""
+    from diam.app import NoBaseModel, load_holder
+    from diam.settings import load_settings
+
+    store = _store(tmp_path)
+    v = publish(_ck(tmp_path, 0), store).version
+    (store.root / "notes").mkdir()
+    s = load_settings(snapshot={"dir": str(store.root)}, online={"dim": 4})
+    for name, why in (("notes", "no manifest.json"), ("nosuch", "no such directory")):
+        with pytest.raises(NoBaseModel) as err:
+            load_holder(s, snapshot=name, hot_reload=False)
+        assert err.value.message == f"no snapshot {name} in {store.root} ({why}; versions: {v})"
+    with pytest.raises(NoBaseModel, match="not a snapshot version"):
+        load_holder(s, snapshot="../x", hot_reload=False)
+    (store.root / v).rename(store.root / "golden")
+    assert load_holder(s, snapshot="golden", hot_reload=False).version == "golden"
+
+
+def test_the_serving_loader_counts_a_stray_as_absent(tmp_path):
+    """``serving_cache.recommend.StoreLoader`` follows the store's rule: a user's vectors
+    stamped with a stray's name are "not loaded" at once, no load tried nor refusal logged."""
+    from serving_cache.recommend import store_loader
+
+    store = _store(tmp_path)
+    v = publish(_ck(tmp_path, 0), store).version
+    (store.root / "notes").mkdir()
+    refused: list[str] = []
+    load = store_loader(store, lambda version, exc: refused.append(version))
+    assert load.absent("notes") and load("notes") is None and refused == []
+    assert not load.absent(v) and load(v) is not None
