@@ -61,6 +61,9 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     topics held at the start, and a live run started over the same topics writes the same
     bytes.
 
+    Close the holder when the run ends, however it ends (``LearnerHolder.close``): a hot
+    reloading one keeps a thread and Kafka consumers following the topics until then.
+
     Raises ``click.UsageError`` naming both options when two bases are given (which one was
     meant cannot be guessed; the commands refuse an empty one, ``diam.commands.not_empty``),
     and :class:`NoBaseModel` when none is given and no
@@ -267,29 +270,34 @@ def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: st
     the dataflow starts, not at a worker's first batch, so worker threads see one base.
 
     With ``follow`` the click-first tail goes on and is returned (the caller's hot reload takes
-    what it finds next); without, it is closed and None is returned. Clicks not read within
-    ``FlowConfig.click_first_catch_up_s`` are left out, with a warning: the base then depends
-    on timing."""
+    what it finds next, and closes it); without, or when this raises, it is closed and None is
+    returned. Clicks not read within ``FlowConfig.click_first_catch_up_s`` are left out, with a
+    warning: the base then depends on timing."""
     from streams.new_items import ClickFirstFollower, extend_base
 
     flow = settings.flow
     clicks = None
     found: dict[str, Any] = {}
-    if flow.click_first_min_clicks > 0:
-        clicks = ClickFirstFollower(
-            settings.kafka, topic, flow.click_first_min_clicks, known=known,
-            max_pending=flow.click_first_max_pending)
-        if not clicks.wait_caught_up(flow.click_first_catch_up_s):
-            log.warning("the click-first rule read %r for %.0f s without reaching its end "
-                        "(click_first_catch_up_s): items first seen in the clicks after that "
-                        "are not in the starting base, which then depends on timing",
-                        topic, flow.click_first_catch_up_s)
-        found = {it.item_id: it for it in clicks.take()}
-        if not follow:
+    try:
+        if flow.click_first_min_clicks > 0:
+            clicks = ClickFirstFollower(
+                settings.kafka, topic, flow.click_first_min_clicks, known=known,
+                max_pending=flow.click_first_max_pending)
+            if not clicks.wait_caught_up(flow.click_first_catch_up_s):
+                log.warning("the click-first rule read %r for %.0f s without reaching its end "
+                            "(click_first_catch_up_s): items first seen in the clicks after "
+                            "that are not in the starting base, which then depends on timing",
+                            topic, flow.click_first_catch_up_s)
+            found = {it.item_id: it for it in clicks.take()}
+            if not follow:
+                clicks.close()
+                clicks = None
+        found.update(catalog)  # after the rule's: a catalogue item keeps its metadata
+        grown = extend_base(base, [found[i] for i in sorted(found)], tower)
+    except BaseException:  # the follower's thread and consumer end with this start
+        if clicks is not None:
             clicks.close()
-            clicks = None
-    found.update(catalog)  # after the rule's: a catalogue item keeps its metadata
-    grown = extend_base(base, [found[i] for i in sorted(found)], tower)
+        raise
     if grown is not base:
         log.info("base %s starts with %d new item(s) (catalogue and click-first)", base.version,
                  len(grown.item_ids) - len(base.item_ids))
@@ -308,7 +316,7 @@ def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str
 
 def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
                    learner: LearnerFactory, topic: str
-                   ) -> tuple[OnlineLearner, Callable[[], tuple[OnlineLearner, str] | None]]:
+                   ) -> tuple[OnlineLearner, _Following]:
     """The first learner of a run on the active snapshot ``base`` (grown with the new items
     known at the start, :func:`_grown_at_start`), and the holder's reload hook: a newly
     published snapshot replaces the base; new catalogue items, and items first seen in clicks
@@ -322,23 +330,42 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
 
     A new version the stream cannot use (another embedding size, a file the base loader
     refuses) is refused as a failed hash is: one error line naming it, the current base stays,
-    and it is not offered again until the pointer moves."""
+    and it is not offered again until the pointer moves.
+
+    The hook has a ``close()`` (:class:`_Following`; ``LearnerHolder.close`` calls it): the
+    click-first reader's thread stops and its consumer, the catalogue follower's consumer and
+    the watcher's Redis client are closed. This closes them itself when it raises."""
     from serving_cache import redis_client
     from snapshotter.store import ActiveWatcher, SnapshotError
     from streams.catalog import CatalogFollower
     from streams.new_items import extend_base
 
     version = base.version
-    watcher = ActiveWatcher(store, redis_client(settings.redis), check_every_s=0.0,
-                            ns=namespace if namespace is not None else settings.redis.namespace,
-                            current=version)
-    tower = _tower(store.path(version), version)
+    client = redis_client(settings.redis)
     follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
-    follower.items.update(_catalog_now(settings))  # its first poll brings them again: known
-    base, clicks = _grown_at_start(
-        settings, base, tower, topic, dict(follower.items),
-        lambda item: base.index_of(item) >= 0 or item in follower.items, follow=True)
-    current = learner(base, settings.online)
+    clicks = None
+
+    def close() -> None:
+        try:
+            if clicks is not None:
+                clicks.close()
+        finally:
+            follower.close()
+            client.close()
+
+    try:
+        watcher = ActiveWatcher(store, client, check_every_s=0.0,
+                                ns=namespace if namespace is not None else settings.redis.namespace,
+                                current=version)
+        tower = _tower(store.path(version), version)
+        follower.items.update(_catalog_now(settings))  # its first poll brings them again: known
+        base, clicks = _grown_at_start(
+            settings, base, tower, topic, dict(follower.items),
+            lambda item: base.index_of(item) >= 0 or item in follower.items, follow=True)
+        current = learner(base, settings.online)
+    except BaseException:
+        close()
+        raise
 
     def reload() -> tuple[OnlineLearner, str] | None:
         nonlocal base, tower, current
@@ -366,7 +393,25 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
         current = nxt
         return nxt, new.version
 
-    return current, reload
+    return current, _Following(reload, close)
+
+
+class _Following:
+    """The hot-reload hook of a run on the active snapshot (:func:`_follow_active`): calling it
+    reloads; :meth:`close` stops the followers it reads (once)."""
+
+    def __init__(self, reload: Callable[[], tuple[OnlineLearner, str] | None],
+                 close: Callable[[], None]) -> None:
+        self._reload, self._close = reload, close
+        self._closed = False
+
+    def __call__(self) -> tuple[OnlineLearner, str] | None:
+        return self._reload()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
 
 
 def online_job(settings: Settings, *, topic: str | None = None, namespace: str | None = None,

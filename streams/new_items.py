@@ -197,7 +197,9 @@ class ClickFirstFollower:
     (every partition, from its start, whatever partitions this process learns from, so every
     process and every restart finds the same items) and runs the rule; the hot-reload hook
     takes what became new (:meth:`take`) without waiting on Kafka in the dataflow's thread.
-    ``known(item_id)`` is asked from the thread (the hook's current base and catalogue)."""
+    ``known(item_id)`` is asked from the thread (the hook's current base and catalogue).
+    :meth:`close` stops the thread; the tail's Kafka consumer is closed by the thread as it
+    ends (never under a poll in progress)."""
 
     def __init__(self, cfg: Any, topic: str, min_clicks: int, known: Callable[[str], bool],
                  every_s: float = 0.2, max_pending: int | None = None) -> None:
@@ -215,15 +217,18 @@ class ClickFirstFollower:
     def _run(self) -> None:
         import logging
 
-        while not self._stop.is_set():
-            try:
-                clicks = self.tail.poll(timeout=self._every_s)
-                with self._lock:  # the rule has run over what caught_up covers
-                    self._ready.extend(self.rule.feed(clicks, self._known))
-                    self.caught_up = self.tail.caught_up
-            except Exception as exc:  # noqa: BLE001 - the tail retries by itself next round
-                logging.getLogger(__name__).warning("click tail poll failed: %s", exc)
-                self._stop.wait(self._every_s)
+        try:
+            while not self._stop.is_set():
+                try:
+                    clicks = self.tail.poll(timeout=self._every_s)
+                    with self._lock:  # the rule has run over what caught_up covers
+                        self._ready.extend(self.rule.feed(clicks, self._known))
+                        self.caught_up = self.tail.caught_up
+                except Exception as exc:  # noqa: BLE001 - the tail retries by itself next round
+                    logging.getLogger(__name__).warning("click tail poll failed: %s", exc)
+                    self._stop.wait(self._every_s)
+        finally:  # the thread owns the consumer: closed here, after its last poll
+            self.tail.close()
 
     def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until the tail read what was on the topic when it started (and the rule ran
@@ -246,7 +251,18 @@ class ClickFirstFollower:
         with self._lock:
             return list(self.rule.added.values())
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Stop the thread and wait for it (its consumer closed as it ends); False, with a
+        warning, when it has not ended within ``timeout_s`` (a poll or a metadata request
+        waiting on a broker that does not answer: it ends, and closes the consumer, when that
+        returns). Idempotent."""
         self._stop.set()
-        self._thread.join(timeout=5)
-        self.tail.close()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "the click-first reader of %r did not stop within %.0f s; it stops after its "
+                "current Kafka request", self.tail.topic, timeout_s)
+            return False
+        return True

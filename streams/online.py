@@ -234,6 +234,18 @@ class LearnerHolder:
         if hasattr(self.learner, "release_gil"):
             self.learner.release_gil = True
 
+    def close(self) -> None:
+        """Ask the reload hook no more and stop what it keeps running: its ``close()`` when it
+        has one (a run on the active snapshot follows the catalogue and the clicks topic with
+        threads and Kafka consumers of its own, ``diam.app``). Waits for a reload in progress;
+        the current learner stays usable. Idempotent. Whoever made the holder closes it when
+        the run ends, however it ends."""
+        with self._checking:
+            hook, self._reload = self._reload, None
+        close = getattr(hook, "close", None)
+        if close is not None:
+            close()
+
     def maybe_reload(self) -> None:
         if self._reload is None:
             return
@@ -245,10 +257,11 @@ class LearnerHolder:
         if not self._checking.acquire(blocking=False):
             return
         try:
-            if now < self._next_check:
+            hook = self._reload
+            if now < self._next_check or hook is None:  # None: closed meanwhile
                 return
             self._next_check = now + self._check_every_s
-            found = self._reload()
+            found = hook()
             self.longest_reload_s = max(self.longest_reload_s, time.monotonic() - now)
             if found is not None:  # a new version, or new items appended under the same one
                 self.reloads += found[1] != self.version

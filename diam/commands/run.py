@@ -311,6 +311,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         raise
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
                          namespace=job.namespace, topic=job.topic)
+    # its followers (the click-first reader's thread, the catalogue's and the clicks' consumers)
+    # stop when the command ends, however: done, refused, failed or interrupted
+    ctx.call_on_close(holder.close)
 
     def waiting() -> str | None:
         peers = waiting_for(job)

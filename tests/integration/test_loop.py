@@ -495,6 +495,7 @@ def test_new_catalogue_item_recommendable_through_the_api_and_in_the_stream_base
     base = holder.learner.base
     assert len(base.item_ids) == n0 + 1 and holder.version == res.version
     np.testing.assert_allclose(base.item_emb[base.index_of("brand-new")], vec[0], rtol=1e-5)
+    holder.close()  # its followers (a thread, consumers) end with the test
 
 
 def test_retrain_service_runs_on_new_events_and_resumes_after_the_last_decision(
@@ -627,6 +628,8 @@ def test_click_first_items_enter_the_stream_base_by_the_api_rule_and_survive_res
     again, _ = grown_base()  # a restarted dataflow: the same rows, the same vectors
     np.testing.assert_array_equal(again.learner.base.item_ids, base.item_ids)
     np.testing.assert_array_equal(again.learner.base.item_emb, base.item_emb)
+    holder.close()  # their followers (a thread, consumers) end here
+    again.close()
 
     # an API started after the clicks (a restart) gets the item from the topic's history
     rec = Recommender(SnapshotIndex.load(res.path, res.version), redis_client, namespace)
