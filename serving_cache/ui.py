@@ -36,7 +36,7 @@ import numpy as np
 from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
 
-__all__ = ["UiSources", "FlowScraper", "alerts_of_namespace", "mount_ui", "html_safe_json",
+__all__ = ["UiSources", "FlowScraper", "add_increase", "alerts_of_namespace", "mount_ui", "html_safe_json",
            "histogram_quantile", "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -150,9 +150,54 @@ def parse_flow(texts: list[str]) -> dict[str, Any]:
     return out
 
 
+COUNTERS = ("records", "valid", "rejected", "pushes", "fresh_sum", "fresh_count")
+"""The counters of :func:`parse_flow`'s totals (with ``drift`` per kind and the freshness
+histogram's ``fresh_cum``): :class:`FlowScraper` adds up their increases, never their values."""
+
+
+def add_increase(total: dict[str, Any], prev: dict[str, Any] | None, cur: dict[str, Any]) -> None:
+    """Add to ``total`` what the counters of one process rose by from ``prev`` to ``cur``
+    (both :func:`parse_flow` of that process alone), as Prometheus' ``rate()`` reads them: a
+    counter lower than before is a reset (the process restarted), so its new value is the
+    increase. A histogram counts as reset as a whole when its count went down or its buckets
+    changed. ``prev`` None: the process is new, all of ``cur`` is the increase.
+
+    >>> t = {"records": 0.0, "drift": {}}
+    >>> a = {"records": 100.0, "drift": {"freeze": 3.0}}
+    >>> b = {"records": 20.0, "drift": {"freeze": 5.0}}
+    >>> add_increase(t, None, a); add_increase(t, a, b); t["records"], t["drift"]
+    (120.0, {'freeze': 5.0})
+    """
+    for k in COUNTERS:
+        if k in cur:
+            old = prev.get(k, 0.0) if prev is not None else 0.0
+            total[k] = total.get(k, 0.0) + (cur[k] - old if cur[k] >= old else cur[k])
+    drift = total.setdefault("drift", {})
+    for kind, v in cur.get("drift", {}).items():
+        old = prev["drift"].get(kind, 0.0) if prev is not None else 0.0
+        drift[kind] = drift.get(kind, 0.0) + (v - old if v >= old else v)
+    if "fresh_cum" not in cur:
+        return
+    bounds, cum = cur["fresh_bounds"], cur["fresh_cum"]
+    before = prev["fresh_cum"] if prev is not None and prev["fresh_bounds"] == bounds else None
+    same = (before is not None and prev is not None and prev["fresh_count"] <= cur["fresh_count"]
+            and all(x <= y for x, y in zip(before, cum, strict=True)))
+    inc = [y - x for x, y in zip(before, cum, strict=True)] if same and before else cum
+    if total.get("fresh_bounds") != bounds:  # the first histogram seen, or other buckets
+        total["fresh_bounds"], total["fresh_cum"] = list(bounds), [0.0] * len(bounds)
+    total["fresh_cum"] = [a + b for a, b in zip(total["fresh_cum"], inc, strict=True)]
+
+
 class FlowScraper:
     """Scrapes the dataflow's metrics when the page asks (at most every ``min_every_s``) and
-    keeps a short history, from which rates and recent quantiles are computed."""
+    keeps a short history, from which rates and recent quantiles are computed.
+
+    Counters are kept per URL and summed as increases (:func:`add_increase`): a process that
+    restarts (its counters back near 0) adds what it counted since, and a URL that does not
+    answer keeps its last values (``errors`` names it), so neither shows as negative events/s
+    or pushes/s, nor makes the totals drop. The totals (``records``, ``pushes``...) are then
+    what the processes counted while this page watched, plus what each had counted when first
+    scraped. Gauges (lag, users) are the URLs' last values, a silent URL's carried forward."""
 
     def __init__(self, urls: list[str], history_s: float = 600.0, min_every_s: float = 1.0,
                  fetch: Callable[[str], str] | None = None) -> None:
@@ -161,23 +206,46 @@ class FlowScraper:
         self._hist: deque[tuple[float, dict[str, Any]]] = deque()
         self._lock = threading.Lock()
         self.errors: list[str] = []
+        self._last: dict[str, dict[str, Any]] = {}  # each URL's last parsed exposition
+        self._total: dict[str, Any] = {}  # the counters' increases summed (add_increase)
 
     def sample(self) -> dict[str, Any]:
         with self._lock:
             now = time.time()
             if not self._hist or now - self._hist[-1][0] >= self.min_every_s:
-                texts, errors = [], []
+                errors = []
+                answered = False
                 for url in self.urls:
                     try:
-                        texts.append(self._fetch(url))
+                        snap = parse_flow([self._fetch(url)])
                     except Exception as exc:  # one process down must not blank the page
                         errors.append(f"{url}: {exc}")
+                        continue
+                    answered = True
+                    add_increase(self._total, self._last.get(url), snap)
+                    self._last[url] = snap
                 self.errors = errors
-                if texts:
-                    self._hist.append((now, parse_flow(texts)))
+                if answered:
+                    self._hist.append((now, self._merged()))
                 while self._hist and now - self._hist[0][0] > self.history_s:
                     self._hist.popleft()
             return self._summary()
+
+    def _merged(self) -> dict[str, Any]:
+        """The totals over every URL seen: counters as summed increases, gauges as each URL's
+        last values."""
+        snaps = [self._last[u] for u in self.urls if u in self._last]
+        out: dict[str, Any] = {
+            "records": 0.0, "valid": 0.0, "rejected": 0.0, "pushes": 0.0, "fresh_sum": 0.0,
+            "fresh_count": 0.0, "fresh_bounds": [], "fresh_cum": [],
+            **{k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+               for k, v in self._total.items()},
+            "users": sum(s["users"] for s in snaps), "lag": {},
+            "processes": [p for s in snaps for p in s["processes"]],
+            "versions": sorted({v for s in snaps for v in s["versions"]})}
+        for s in snaps:
+            out["lag"].update(s["lag"])
+        return out
 
     def _summary(self) -> dict[str, Any]:
         if not self._hist:

@@ -79,3 +79,60 @@ def test_quantile_above_top_only_in_the_inf_bucket() -> None:
     assert not quantile_above_top(0.5, bounds, [5.0, 9.0, 10.0])
     assert quantile_above_top(0.99, bounds, [5.0, 9.0, 10.0])
     assert not quantile_above_top(0.99, bounds, [0.0, 0.0, 0.0])
+
+
+def test_a_restarted_or_silent_process_never_makes_rates_negative_nor_totals_drop() -> None:
+    """Two real expositions: b stops answering (its last counts are carried forward), then b
+    comes back as a new process whose counters restarted below where they were: the rates
+    are never negative and the totals add what each process counted (Prometheus' rate())."""
+    import serving_cache.ui as ui
+
+    stats = {u: FlowStats() for u in ("a", "b")}
+    metrics = {u: FlowMetrics(stats[u], process=u) for u in ("a", "b")}
+    down: set[str] = set()
+
+    def fetch(url: str) -> str:
+        if url in down:
+            raise ConnectionRefusedError("connection refused")
+        return metrics[url].exposition().decode()
+
+    clock = [1000.0]
+    scraper = FlowScraper(["a", "b"], min_every_s=0.0, fetch=fetch)
+    real_time = ui.time.time
+    ui.time.time = lambda: clock[0]  # type: ignore[assignment]
+
+    def step(a: int, b: int) -> dict:
+        stats["a"].records += a
+        stats["a"].pushes += a // 10
+        stats["b"].records += b
+        stats["b"].pushes += b // 10
+        clock[0] += 2.0
+        return scraper.sample()
+
+    try:
+        stats["a"].records, stats["b"].records = 1000, 5000
+        scraper.sample()
+        out = step(100, 200)
+        assert out["events_per_s"] == 150.0 and out["records"] == 6300
+        down.add("b")  # b refuses: its 5200 records stay in the total
+        out = step(100, 200)
+        assert out["records"] == 1200 + 5200 and out["errors"] and out["events_per_s"] >= 0
+        # b restarts: a new process, its counters from 0, now 300 (< 5200 before)
+        down.discard("b")
+        stats["b"] = FlowStats()
+        metrics["b"] = FlowMetrics(stats["b"], process="b")
+        stats["b"].records, stats["b"].pushes = 300, 30
+        out = step(100, 0)
+        assert out["records"] == 1300 + 5200 + 300 and not out["errors"]
+        for _ in range(3):
+            out = step(100, 50)
+    finally:
+        ui.time.time = real_time  # type: ignore[assignment]
+    assert out["records"] == 1600 + 5200 + 450
+    # over the last 10 s (from t=1002): a 5 x 100, b 300 after its restart + 3 x 50
+    assert out["events_per_s"] == (500 + 450) / 10
+    hist = list(scraper._hist)
+    for key in ("records", "pushes", "valid"):
+        steps = [b[key] - a[key] for (_, a), (_, b) in zip(hist, hist[1:], strict=False)]
+        assert min(steps) >= 0, (key, steps)  # what the charts draw per scrape
+    assert out["pushes_per_s"] >= 0 and out["valid_per_s"] >= 0
