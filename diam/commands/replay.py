@@ -83,8 +83,9 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from diam.app import load_holder
     from diam.commands.run import require_broker
     from serving_cache import redis_client
-    from serving_cache.forgotten import MarkersNotAHash
+    from serving_cache.forgotten import MarkersNotAHash, check_marker_keys
     from serving_cache.namespaces import drop_namespace, namespace_in_use
+    from streams.forget_markers import topic_id
     from streams.kafka_io import UnknownTopic
     from streams.replay import (
         TIME_BOUNDS_HINT,
@@ -126,6 +127,9 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     # cost the namespace someone was about to `diam diff`
     client = redis_client(s.redis)
     try:
+        # the markers' keys are checked before --clear too: a key of another type refuses the
+        # replay (streams.runner, at its start), and it must not have cost the namespace first
+        check_marker_keys(client, topic, topic_id(s.kafka, topic))
         if namespace_in_use(client, namespace):
             if not clear:
                 raise click.ClickException(
@@ -134,6 +138,8 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                     "newer entries)")
             n = drop_namespace(client, namespace)
             click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
+    except MarkersNotAHash as exc:
+        raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     for line in rng.clamped:

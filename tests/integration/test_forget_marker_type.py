@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from serving_cache.forgotten import MarkersNotAHash
-from serving_cache.keys import forgotten_key, forgotten_key_by_name
+from serving_cache.keys import forgotten_key, forgotten_key_by_name, user_key
 from streams.forget_markers import forget_markers_of, topic_id
 from streams.kafka_io import watermarks
 from tests.integration.test_run_refusals import _refused_without_start
@@ -74,3 +74,24 @@ def test_run_replay_and_forget_refuse_it_in_one_line_before_starting(
     res = _cli(s, "forget", "u1", "--topic", topic)
     assert res.exit_code == 0, res.output
     assert redis_client.hget(keys[1], "u1") is not None
+
+
+def test_replay_refuses_it_before_clear_empties_the_namespace(
+        stack, redis_client, namespace, topic, keys, tmp_path) -> None:
+    """``diam replay --clear`` into a namespace an earlier run filled: a marker key of another
+    type refuses the replay before ``--clear`` deletes anything (before, the check ran inside
+    the replay, after the namespace had been emptied)."""
+    s = _settings(stack, tmp_path)
+    s = s.model_copy(update={"kafka": s.kafka.model_copy(update={
+        "drift_topic": f"{topic}.drift", "deadletter_topic": f"{topic}.dlq"})})
+    held = user_key(namespace, "earlier")
+    redis_client.set(held, b"an earlier run's value")
+    try:
+        _left(redis_client, keys[1], "string")
+        res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",
+                   "--clear")
+        _refused_without_start(res, 1, f"Redis key {keys[1]!r} holds a string, not a hash")
+        assert "cleared" not in res.output, res.output
+        assert redis_client.get(held) == b"an earlier run's value"
+    finally:
+        redis_client.delete(held)
