@@ -314,6 +314,8 @@ def main() -> None:
         for arm in arms.values():
             if arm.thread is not None:
                 arm.thread.join(timeout=60)
+            if arm.holder is not None:  # its click-first and catalogue followers (Kafka consumers)
+                arm.holder.close()
         for ns in [*(arm.ns for arm in arms.values()), svc_ns]:
             drop_namespace(redis, ns)
         delete_topics(s.kafka, [topic, *(f"{topic}{x}" for x in (".none", ".items", ".models"))])
