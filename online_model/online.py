@@ -48,24 +48,76 @@ DriftKind = Literal["k_change", "guard_trip", "rollback", "freeze", "reanchor"]
 
 
 class KnownBases:
-    """The last few bases a learner (and the learners that replace it on a hot reload) served,
-    by item fingerprint: a re-anchoring maps a user's recent item rows from the base they were
-    recorded under to the new one when the item tables differ. Strong references, but only a
-    few: bases are large. A learner that replaces another takes it over
-    (:meth:`OnlineLearner.succeed`), so it lives as long as the process's line of learners."""
+    """The last few bases a learner (and the learners that replace it on a hot reload) served:
+    a re-anchoring maps a user's recent item rows from the table they were recorded under
+    (``UserState.items_fp``) to the new one by item id when the tables differ.
+
+    One table per version, the newest: new items grow a version's table under the same version
+    (``BaseView.with_items``, rows appended), which re-anchors nobody, so a user stays recorded
+    under the table they were re-anchored on while they click rows that the growths appended.
+    A table that extends the version's known one (its first rows are that table's, in order)
+    takes its place, and every fingerprint of the line still resolves to it: the newest table
+    holds all the rows such a user can have. Another table of a known version (a rollback
+    rebuilds the version's table, the new items maybe in another order) takes its place too;
+    of the line only the tables that are its first rows stay (resolving to it, which is how the
+    learner reads such a user's rows on that version), the others resolve to nothing.
+    ``keep`` versions, the least recently added dropped first; strong references, but only a
+    few: bases are large. The fingerprints of a line are as many as its growths, each of which
+    appended at least one row. A learner that replaces another takes it over
+    (:meth:`OnlineLearner.succeed`), so it lives as long as the process's line of learners.
+
+    >>> from online_model.base import toy_base
+    >>> v1 = toy_base(n_items=8, dim=4)
+    >>> g1 = v1.with_items(["new"], np.ones((1, 4), dtype=np.float32))
+    >>> g2 = g1.with_items(["newer"], np.ones((1, 4), dtype=np.float32))
+    >>> kb = KnownBases(keep=1)
+    >>> for b in (v1, g1, g2):
+    ...     kb.add(b)
+    >>> kb.get(v1.fingerprint) is kb.get(g1.fingerprint) is g2
+    True
+    >>> kb.add(toy_base(n_items=6, dim=4, version="v2")); kb.get(v1.fingerprint) is None
+    True
+    """
 
     def __init__(self, keep: int = 3) -> None:
         self.keep = keep
-        self._by_fp: OrderedDict[str, BaseView] = OrderedDict()
+        # version -> (its newest table, {fingerprint: rows} of that table and the older tables
+        # of the line, each a prefix of it); entries are replaced, never mutated (workers read)
+        self._by_version: OrderedDict[str, tuple[BaseView, dict[str, int]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def add(self, base: BaseView) -> None:
-        self._by_fp[base.fingerprint] = base
-        self._by_fp.move_to_end(base.fingerprint)
-        while len(self._by_fp) > self.keep:
-            self._by_fp.popitem(last=False)
+        fp, n = base.fingerprint, len(base.item_ids)
+        with self._lock:
+            known = self._by_version.get(base.version)
+            tables = {fp: n}
+            if known is not None:  # the line's tables that are prefixes of this one stay in it
+                head, line = known
+                same = _common_rows(head.item_ids, base.item_ids)
+                tables = {**{f: m for f, m in line.items() if m <= same}, **tables}
+            self._by_version[base.version] = (base, tables)
+            self._by_version.move_to_end(base.version)
+            while len(self._by_version) > self.keep:
+                self._by_version.popitem(last=False)
 
-    def get(self, fingerprint: str) -> BaseView | None:
-        return self._by_fp.get(fingerprint)
+    def get(self, fingerprint: str, version: str | None = None) -> BaseView | None:
+        """The newest known table of the line whose table ``fingerprint`` names (that version's
+        first, when given: the version a user was recorded under), or None."""
+        with self._lock:
+            known = self._by_version.get(version) if version is not None else None
+            if known is not None and fingerprint in known[1]:
+                return known[0]
+            for head, line in reversed(self._by_version.values()):
+                if fingerprint in line:
+                    return head
+        return None
+
+
+def _common_rows(a: np.ndarray, b: np.ndarray) -> int:
+    """How many first rows the item tables ``a`` and ``b`` share, in order."""
+    k = min(len(a), len(b))
+    eq = a[:k] == b[:k]
+    return k if bool(eq.all()) else int(np.argmin(eq))
 
 
 @dataclass(frozen=True)
@@ -632,18 +684,21 @@ class OnlineLearner:
         """Re-anchor ``state`` on ``base`` (default: this learner's base; a different base
         replaces it for all later calls): anchors become the centroids of the user's recent
         items under the base, vectors restart at the anchors. Recent item rows are mapped by
-        item id when the item table changed; if the old table is unknown they are dropped."""
+        item id when the item table changed (through the newest known table of the line the user
+        was recorded under, :class:`KnownBases`); if that table is unknown they are dropped."""
         if base is not None and base is not self.base:
             self._set_base(base)
         base = self.base
         old_version = state.version
         if state.items_fp != base.fingerprint:
-            old = self.bases.get(state.items_fp)
+            old = self.bases.get(state.items_fp, state.version)
             if old is None:
                 state.recent = np.zeros(0, dtype=np.int32)
             else:
+                recent = state.recent
+                recent = recent[recent < len(old.item_ids)]  # (not a row of it: not its item)
                 rows = np.array(
-                    [base.index_of(x) for x in old.item_ids[state.recent]], dtype=np.int64
+                    [base.index_of(x) for x in old.item_ids[recent]], dtype=np.int64
                 )
                 rows = rows[rows >= 0]
                 state.recent = rows[base.item_norms[rows] > 0].astype(np.int32)

@@ -292,3 +292,92 @@ def test_the_served_network_is_trained_on_the_window_the_stream_reads() -> None:
     assert cfg.train_seq_len("mind") == cfg.recent_len == 50
     assert OnlineConfig(infer_items=0).train_seq_len("diam") == 50
     assert OnlineConfig(infer_items=20, recent_len=15).train_seq_len("diam") == 15
+
+
+def _grown(base: BaseView, ids: list[str], seed: int) -> BaseView:
+    """``base`` with ``ids`` appended under the same version (a catalogue or click-first
+    growth, ``BaseView.with_items``)."""
+    emb = np.random.default_rng(seed).standard_normal((len(ids), base.dim)).astype(np.float32)
+    return base.with_items(ids, emb, np.arange(len(ids), dtype=np.int32) % 4)
+
+
+def _reload(current: OnlineLearner, base: BaseView) -> OnlineLearner:
+    nxt = OnlineLearner(base, cfg())  # what diam run's reload hook does (diam.app)
+    nxt.succeed(current)
+    return nxt
+
+
+def test_users_keep_their_items_by_id_over_many_growths_then_a_publish_or_rollback():
+    # Growth appends rows under the same version, so nobody is re-anchored and every user stays
+    # recorded under the table they were re-anchored on; each growth is a new table. After more
+    # growths than KnownBases keeps, a version switch must still find each user's table (the
+    # newest growth, whose first rows are the recorded table's), not re-anchor them from nothing.
+    learner = OnlineLearner(BASE, cfg())
+    users = {u: learner.new_state(u) for u in ("a", "b", "c")}
+    off = 0
+    for i, s in enumerate(users.values()):
+        for r in range(8):
+            learner.apply(s, f"i{(7 * i + 3 * r) % 60}", 60_000 * off, off)
+            off += 1
+    base = BASE
+    for g in range(4):  # more growths than keep=3
+        base = _grown(base, [f"new{g}a", f"new{g}b"], g)
+        assert base.version == BASE.version and base.item_ids[:60].tolist() == BASE.item_ids.tolist()
+        learner = _reload(learner, base)
+        learner.apply(users["b"], f"new{g}a", 60_000 * off, off)  # a grown row, under the old fp
+        off += 1
+    assert {s.items_fp for s in users.values()} == {BASE.fingerprint}  # never re-anchored
+    before = {u: [base.item_ids[r] for r in s.recent] for u, s in users.items()}
+    assert all(len(v) >= 8 for v in before.values()) and "new3a" in before["b"]
+    perm = np.random.default_rng(2).permutation(len(base.item_ids))
+    v2 = BaseView(base.item_ids[perm], base.item_emb[perm], base.item_categories[perm],
+                  BASE.category_names, k_max=4, version="v2")
+    rollback = _grown(BASE, sorted(base.item_ids[60:].tolist(), reverse=True), 9)  # rebuilt
+    for switch in (v2, rollback):  # a publish, then a rollback to the first version
+        learner = _reload(learner, switch)
+        for u, s in users.items():
+            assert learner.apply(s, "i1", 60_000 * off, off)[0].kind == "reanchor"
+            off += 1
+            before[u] = before[u][-(learner.cfg.recent_len - 1):] + ["i1"]
+            assert [switch.item_ids[r] for r in s.recent] == before[u], (switch.version, u)
+            assert s.items_fp == switch.fingerprint
+
+
+def test_known_bases_keeps_one_table_per_version_with_its_growths():
+    from online_model.online import KnownBases
+
+    kb = KnownBases(keep=2)
+    g1 = _grown(BASE, ["x"], 0)
+    g2 = _grown(g1, ["y"], 1)
+    for b in (BASE, g1, g2):
+        kb.add(b)
+    assert kb.get(BASE.fingerprint) is kb.get(g1.fingerprint) is kb.get(g2.fingerprint) is g2
+    other = toy_base(n_items=30, dim=8, version="v2")
+    kb.add(other)
+    assert kb.get(BASE.fingerprint) is g2 and kb.get(other.fingerprint) is other
+    # the same version's table that does not extend the known one replaces it: of the older
+    # tables only those that are its first rows stay
+    fresh = _grown(BASE, ["z"], 2)
+    kb.add(fresh)
+    assert kb.get(fresh.fingerprint) is fresh and kb.get(BASE.fingerprint) is fresh
+    assert kb.get(g2.fingerprint) is None
+    kb.add(toy_base(n_items=20, dim=8, version="v3"))  # a third version: the oldest goes
+    assert kb.get(other.fingerprint) is None and kb.get(fresh.fingerprint) is fresh
+
+
+def test_a_publish_after_one_growth_maps_the_grown_items_a_user_clicked():
+    # the user's rows include one the growth appended, while it stays recorded under the start
+    # table: the old code looked that row up in the start table (IndexError at the publish)
+    learner = OnlineLearner(BASE, cfg())
+    s = learner.new_state("u")
+    for off in range(5):
+        learner.apply(s, f"i{off}", 60_000 * off, off)
+    grown = _grown(BASE, ["n"], 0)
+    learner = _reload(learner, grown)
+    learner.apply(s, "n", 600_000, 5)
+    assert s.items_fp == BASE.fingerprint and grown.item_ids[s.recent[-1]] == "n"
+    v2 = BaseView(grown.item_ids[::-1].copy(), grown.item_emb[::-1].copy(),
+                  grown.item_categories[::-1].copy(), BASE.category_names, k_max=4, version="v2")
+    learner = _reload(learner, v2)
+    assert learner.apply(s, "i9", 700_000, 6)[0].kind == "reanchor"
+    assert [v2.item_ids[r] for r in s.recent] == ["i0", "i1", "i2", "i3", "i4", "n", "i9"]
