@@ -30,10 +30,14 @@ window's global counts and counted in ``after_close``.
 [2]
 
 Effectively once: a dataflow resumed after a crash produces again the drift events of the epoch
-it had not committed. A record's identity (:func:`drift_identity`) is its user and source offset
-(one user's clicks live in one partition, so the offset names the click) plus its kind and
-detail; a user's records arrive in offset order, so the monitor keeps per user only the newest
-offset and what it carried, and counts a repeat as ``duplicates`` instead of accounting it twice.
+it had not committed. A record's identity (:func:`drift_identity`) is its user, source topic and
+source offset (one user's clicks live in one partition of a topic, so the offset names the
+click) plus its kind and detail; a user's records of one topic arrive in offset order, so the
+monitor keeps per user only the newest offset and what it carried, and counts a repeat as
+``duplicates`` instead of accounting it twice. Offsets of two topics (one namespace fed from two
+click topics, or a topic deleted and re-created) say nothing of each other: a record from
+another topic than the user's previous one starts the comparison over. Records written before
+drift records said their topic (``topic`` None) compare as one topic.
 Readers that list records (``streams.tail``, ``diam inspect --plot``) drop repeats with
 :func:`unique_drift_bodies`.
 
@@ -73,6 +77,10 @@ to recognise repeats, and their open windows (~400 bytes each)."""
 
 KINDS = ("k_change", "guard_trip", "rollback", "freeze", "reanchor")
 
+QUIET_CAP = 1000
+"""Most windows without drift events closed at once (zero summaries, zeros for the detector):
+a gap longer than that closes its last ``QUIET_CAP`` windows only."""
+
 
 @dataclass(frozen=True)
 class DriftRecord:
@@ -86,19 +94,28 @@ class DriftRecord:
     namespace: str | None = None
     """The Redis namespace of the run that wrote it (``streams.online.drift_record``); None
     for records written before drift events carried one."""
+    topic: str | None = None
+    """The clicks topic the run learnt it from, whose offset ``offset`` is
+    (``streams.online.drift_record``); None for records written before drift events said it."""
+
+
+Identity = tuple[str | None, str | None, str, int, str]
 
 
 def drift_identity(kind: object, user_id: object, offset: object, detail: object,
-                   namespace: object = None) -> tuple[str | None, str, int, str] | None:
+                   namespace: object = None, topic: object = None) -> Identity | None:
     """What makes a drift record the same record when a resumed producer emits it again:
-    ``(namespace, user, source offset, kind and detail)``: two runs of one topic into two
-    namespaces write the same events but for their namespace, and neither repeats the other.
-    None for a record without a source offset (a foreign producer's), which cannot be told
-    apart from a genuine repeat and is always kept.
+    ``(namespace, source topic, user, source offset, kind and detail)``: two runs of one topic
+    into two namespaces write the same events but for their namespace, and neither repeats the
+    other; nor do two topics' records at the same offset. None for a record without a source
+    offset (a foreign producer's), which cannot be told apart from a genuine repeat and is
+    always kept.
 
     >>> drift_identity("k_change", "u1", 7, {"k_to": 3, "k_from": 2})
-    (None, 'u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
+    (None, None, 'u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
     >>> drift_identity("freeze", "u1", 7, {}, "a") != drift_identity("freeze", "u1", 7, {}, "b")
+    True
+    >>> drift_identity("freeze", "u1", 7, {}, "a", "t1") != drift_identity("freeze", "u1", 7, {}, "a", "t4")
     True
     >>> drift_identity("freeze", "u1", -1, {}) is None
     True
@@ -110,7 +127,8 @@ def drift_identity(kind: object, user_id: object, offset: object, detail: object
     if off < 0:
         return None
     ns = namespace if isinstance(namespace, str) else None
-    return ns, str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
+    src = topic if isinstance(topic, str) else None
+    return ns, src, str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
 
 
 def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -121,11 +139,11 @@ def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str
     >>> len(unique_drift_bodies([rec, dict(rec), {**rec, "offset": 2}]))
     2
     """
-    seen: set[tuple[str | None, str, int, str]] = set()
+    seen: set[Identity] = set()
     out = []
     for b in bodies:
         ident = drift_identity(b.get("kind"), b.get("user_id"), b.get("offset", -1),
-                               b.get("detail") or {}, b.get("namespace"))
+                               b.get("detail") or {}, b.get("namespace"), b.get("topic"))
         if ident is not None:
             if ident in seen:
                 continue
@@ -138,7 +156,10 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
     """Parse a JSON drift record; None when it is not one (the caller counts those).
 
     >>> parse_drift_record(b'{"kind": "freeze", "user_id": "u", "ts_ms": 5, "offset": 1}')
-    DriftRecord(kind='freeze', user_id='u', ts_ms=5, offset=1, detail={}, namespace=None)
+    DriftRecord(kind='freeze', user_id='u', ts_ms=5, offset=1, detail={}, namespace=None, topic=None)
+    >>> parse_drift_record(b'{"kind": "freeze", "user_id": "u", "ts_ms": 5, "offset": 1, '
+    ...                    b'"namespace": "live", "topic": "diam.clicks"}').topic
+    'diam.clicks'
     >>> parse_drift_record(b"nope") is None
     True
     """
@@ -149,10 +170,11 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
         detail = body.get("detail") or {}
         if not isinstance(detail, dict):
             return None
-        ns = body.get("namespace")
+        ns, topic = body.get("namespace"), body.get("topic")
         return DriftRecord(str(body["kind"]), str(body["user_id"]), int(body["ts_ms"]),
                            int(body.get("offset", -1)), detail,
-                           ns if isinstance(ns, str) else None)
+                           ns if isinstance(ns, str) else None,
+                           topic if isinstance(topic, str) else None)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -192,7 +214,9 @@ class Alert:
     offsets) plus the drift events it has accounted since (records that are not drift events
     and a resumed producer's repeats are skipped, so it never runs ahead of the topic's
     offsets). Detection delays are measured in it, and it continues across runs of the monitor:
-    a run started where the last one stopped (``--from-end``) numbers on from there. It is a
+    a run resumed from its recovery store (``--recovery-dir``) numbers on from where the last
+    one stopped; one started at the topic's end (``--from-end``) from there, the records it
+    skipped counted. It is a
     function of the input alone, never of what the alerts topic already holds, so a replay of
     the same drift records gives the same alert records byte for byte (with several partitions,
     read in the same interleaving), and a consumer that keys alerts on ``seq`` takes a replayed
@@ -274,7 +298,10 @@ class _User:
     """What the monitor keeps per (namespace, user)."""
 
     offset: int = -1
-    """Newest source offset accounted (-1: none carried one)."""
+    """Newest source offset accounted (-1: none carried one), of ``topic``."""
+    topic: str | None = None
+    """The source topic of the newest record that carried an offset (a monitor snapshot
+    written before records said their topic reads None, as those records do)."""
     idents: set[str] = field(default_factory=set)
     """Kinds and details of the records at ``offset``."""
     newest_ms: int | None = None
@@ -400,10 +427,14 @@ class DriftMonitor:
 
     @staticmethod
     def _repeat(user: _User, rec: DriftRecord) -> bool:
-        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail, rec.namespace)
+        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail, rec.namespace,
+                              rec.topic)
         if full is None:  # a foreign producer's record: cannot tell, count it
             return False
-        ident = full[3]
+        ident = full[-1]
+        if user.offset >= 0 and rec.topic != user.topic:  # another topic's offsets: start over
+            user.offset = -1
+        user.topic = rec.topic
         if user.offset >= 0:
             if rec.offset < user.offset or (rec.offset == user.offset and ident in user.idents):
                 return True
@@ -487,10 +518,13 @@ class DriftMonitor:
 
     # -- closing ----------------------------------------------------------------------------
     def close_until(self, watermark_ms: int) -> list[Output]:
-        """Close every open window that ends at or before ``watermark_ms``."""
+        """Close every window that ends at or before ``watermark_ms``: the open ones, and
+        the windows without any drift event since the last one closed (zero summaries)."""
         out: list[Output] = []
         for start in sorted(s for s, w in self._open.items() if w.end <= watermark_ms):
             out.extend(self._close(self._open.pop(start)))
+        w_ms = self.cfg.window_ms
+        out.extend(self._close_quiet(watermark_ms - watermark_ms % w_ms))
         return out
 
     def flush(self) -> list[Output]:
@@ -500,14 +534,25 @@ class DriftMonitor:
             out.extend(self._close(self._open.pop(start)))
         return out
 
+    def _close_quiet(self, before: int) -> list[Output]:
+        """Close the windows without any drift event from the last closed one's end up to
+        the one starting at ``before`` (excluded), in order: each a :class:`WindowSummary` of
+        zeros, so the window gauges go back to 0 after a busy window, and a zero for the
+        detector, or a quiet fleet would look like a busy one. Capped at :data:`QUIET_CAP`
+        windows (the last ones) so a long gap stays cheap; nothing before a first window
+        closed."""
+        if self._closed_upto is None or before <= self._closed_upto:
+            return []
+        w_ms = self.cfg.window_ms
+        first = max(self._closed_upto, before - QUIET_CAP * w_ms)
+        out: list[Output] = []
+        for start in range(first, before, w_ms):
+            out.extend(self._close(_Window(start, start + w_ms)))
+        return out
+
     def _close(self, win: _Window) -> list[Output]:
         cfg = self.cfg
-        # Windows without any drift event had zero changes: the detector must see them, or a
-        # quiet fleet would look like a busy one (capped so a long gap stays cheap).
-        if self._closed_upto is not None:
-            gap = (win.start - self._closed_upto) // cfg.window_ms
-            for _ in range(min(max(gap, 0), 1000)):
-                self._ph.update(_stabilise(0))
+        out: list[Output] = self._close_quiet(win.start)
         self._closed_upto = win.end
         changes = win.per_kind_user.get("k_change", Counter())
         summary = WindowSummary(
@@ -519,7 +564,7 @@ class DriftMonitor:
             late=self.late - self._late_reported,
         )
         self._late_reported = self.late
-        out: list[Output] = [summary]
+        out.append(summary)
         ts = win.end
         for kind, name, threshold in (("guard_trip", "guard_trips", cfg.guard_trips),
                                       ("rollback", "rollbacks", cfg.rollbacks),

@@ -118,7 +118,7 @@ def test_watermark_waits_for_every_partition():
     assert m.add(kc("a", T0_MS + 3 * W, 2, 3), partition=0) == []
     m.add(kc("b", T0_MS + 30, 2, 1), partition=1)                 # still counted, not late
     out = m.add(kc("b", T0_MS + 3 * W + 1, 1, 2), partition=1)
-    assert m.late == 0 and [o.k_changes for o in out] == [3]
+    assert m.late == 0 and [o.k_changes for o in out] == [3, 0, 0]  # windows 1, 2: quiet
 
 
 def test_windows_wait_for_a_silent_expected_partition_until_it_is_marked_idle():
@@ -126,7 +126,7 @@ def test_windows_wait_for_a_silent_expected_partition_until_it_is_marked_idle():
     m.add(kc("a", T0_MS + 1, 1, 2), partition=0)
     assert m.add(kc("a", T0_MS + 2 * W, 2, 3), partition=0) == [] and m.watermark() is None
     m.mark_idle(1)
-    assert [o.start_ms for o in m.advance()] == [T0_MS]
+    assert [(o.start_ms, o.events) for o in m.advance()] == [(T0_MS, 1), (T0_MS + W, 0)]
     m.add(kc("b", T0_MS + 2 * W + 5, 1, 2), partition=1)   # back: waited for again
     assert m.watermark() == T0_MS + 2 * W
 
@@ -350,3 +350,50 @@ def test_one_user_id_in_two_namespaces_is_two_users():
     # four changes in one namespace are one user's: its churn alert fires
     one = [rec("live", i, 2 + i, 3 + i) for i in range(4)]
     assert [a.kind for a in run(one, DriftConfig(user_changes=4, k_changes=None))[0]] == ["k_churn"]
+
+
+def test_a_namespace_fed_from_two_topics_keeps_both_topics_events() -> None:
+    """One namespace learnt from topic t1, then from t4 (or t1 deleted and re-created): t4's
+    offsets start low again and say nothing of t1's. Each topic's events are accounted; a
+    resumed run's repeat within one topic is still dropped, and records written before drift
+    records said their topic (None) compare among themselves as before."""
+    def rec(topic, offset, ts):
+        return DriftRecord("k_change", "u1", ts, offset, {"k_from": 2, "k_to": 3}, "r5", topic)
+
+    m = DriftMonitor()
+    evs = [rec("t1", 500, T0_MS), rec("t1", 900, T0_MS + 1),  # the run on t1
+           rec("t4", 20, T0_MS + 2), rec("t4", 400, T0_MS + 3),  # the run on t4: lower offsets
+           rec("t4", 400, T0_MS + 3),  # its repeat (a resumed run)
+           rec(None, 7, T0_MS + 4), rec(None, 3, T0_MS + 5)]  # old records: 3 < 7 a repeat
+    for r in evs:
+        m.add(r)
+    assert (m.seen, m.duplicates) == (5, 2)
+    # and a monitor snapshot written before _User kept a topic resumes (no attribute: None)
+    user = next(iter(m._users.values()))
+    del user.__dict__["topic"]
+    m2 = pickle.loads(pickle.dumps(m))
+    m2.add(rec(None, 8, T0_MS + 6))
+    assert (m2.seen, m2.duplicates) == (6, 2)
+
+
+def test_quiet_windows_close_as_zero_summaries_so_the_gauges_fall_back_to_zero() -> None:
+    """A busy window, then quiet ones, then one event: once the watermark passes
+    the quiet windows they close as summaries of zero (in order, before the next busy one), so
+    the window gauges show 0 instead of the busy window's counts until the next one closes."""
+    from streams.drift_flow import DriftMetrics
+
+    m = DriftMonitor(DriftConfig(lateness_ms=0))
+    metrics = DriftMetrics()
+    outs = [o for i in range(5) for o in m.add(kc(f"b{i}", T0_MS + i, 1, 2))]
+    outs += m.add(kc("x", T0_MS + W + 10, 1, 2))  # window 1 opens: window 0 closes
+    outs += m.add(kc("y", T0_MS + 3 * W + 10, 1, 2))  # windows 1 (1 event), 2 (none) close
+    summaries = [o for o in outs if isinstance(o, WindowSummary)]
+    assert [(s.start_ms - T0_MS) // W for s in summaries] == [0, 1, 2]
+    outs = m.add(kc("z", T0_MS + 9 * W + 1, 1, 2))  # windows 3..8 close: 3 has y, 4-8 none
+    summaries += [o for o in outs if isinstance(o, WindowSummary)]
+    for s in summaries:
+        metrics.observe(s)
+    assert [((s.start_ms - T0_MS) // W, s.k_changes) for s in summaries] == [
+        (0, 5), (1, 1), (2, 0), (3, 1), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0)]
+    assert metrics.gauges["k_changes"]._value.get() == 0
+    assert metrics.gauges["end_seconds"]._value.get() == (T0_MS + 9 * W) / 1000
