@@ -17,15 +17,25 @@ key because the global series and its detector need every event; one process han
 thousands of drift events per second, far above what a fleet emits (a few per user per hour).
 A window also closes after ``idle_close_s`` of wall time without input, so a quiet stream still
 reports its last minute.
+
+With a recovery store (``run_drift(recovery_dir=...)``, ``diam drift run --recovery-dir``) a
+restarted monitor goes on where the last one stopped: Bytewax's SQLite recovery keeps the drift
+topic's offsets and the monitor itself (its open windows, what it has seen of each user, the
+detector, ``seq``) as of the last epoch; the records after it are read again, and the drift
+events written while it was down are accounted, not skipped. Alerts of that last epoch may be
+raised again, with the same ``seq`` (a consumer keyed on ``(source, seq)`` takes them for the
+ones it has).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -48,7 +58,8 @@ from streams.kafka_io import RawRecord, ensure_topic, of_namespace, partition_id
 from streams.kafka_sink import KafkaOut, KafkaRecordSink
 from streams.kafka_source import ClickSource
 
-__all__ = ["SUMMARY", "DriftMetrics", "alert_record", "build_drift_flow", "run_drift"]
+__all__ = ["SUMMARY", "STORE_OWNER", "DriftMetrics", "StoreMismatch", "alert_record",
+           "build_drift_flow", "check_store", "run_drift"]
 
 OutputFn = Callable[[Alert | WindowSummary], None]
 
@@ -96,6 +107,7 @@ class DriftMetrics:
         self.gauges = {
             name: Gauge(f"diam_drift_window_{name}", doc, registry=r)
             for name, doc in (
+                # a window without drift events closes too (zeros), once event time passes it
                 ("k_changes", "K_u changes in the last closed window (all users)"),
                 ("users_changed", "Users whose K_u changed in the last closed window"),
                 ("flip_users", "Users with an A->B->A reversal of K_u in the last closed window"),
@@ -163,6 +175,8 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
                  start_position: int = 0) -> None:
         self.monitor = (resume if resume is not None
                         else DriftMonitor(cfg, partitions, start_position=start_position))
+        if resume is not None:  # a resumed monitor takes this run's thresholds (its window
+            resume.cfg = cfg    # length and topic are the store's: check_store)
         self.metrics = metrics
         self.idle = timedelta(seconds=idle_s)
         now = datetime.now(UTC)
@@ -260,11 +274,50 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
     return flow
 
 
+STORE_OWNER = "drift-monitor.json"
+"""The file in a monitor's recovery store naming what it monitors (:func:`check_store`)."""
+
+
+class StoreMismatch(RuntimeError):
+    """A recovery store that is not this monitor's: says whose it is."""
+
+
+def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig) -> bool:
+    """Whether ``path`` holds a monitor's recovery store to resume from (False: none yet; it is
+    claimed for ``topic``, ``namespace`` and ``cfg.window_ms``). A store of another drift
+    topic, namespace or window length would resume other offsets or windows, and one without
+    :data:`STORE_OWNER` beside its data is another dataflow's (a ``diam run`` store): both
+    raise :class:`StoreMismatch`, naming what the store is."""
+    want = {"topic": topic, "namespace": namespace, "window_ms": cfg.window_ms}
+    owner = path / STORE_OWNER
+    has_data = path.is_dir() and any(path.glob("part-*.sqlite3"))
+    if not owner.exists():
+        if has_data:
+            raise StoreMismatch(f"the recovery store {path} is not a drift monitor's (no "
+                                f"{STORE_OWNER}: another dataflow's, such as a diam run's): "
+                                "give the monitor a directory of its own (--recovery-dir)")
+        path.mkdir(parents=True, exist_ok=True)
+        owner.write_text(json.dumps(want, sort_keys=True) + "\n")
+        return False
+    try:
+        have = json.loads(owner.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreMismatch(f"the recovery store {path}: {owner.name} is unreadable ({exc}); "
+                            "give the monitor another --recovery-dir") from None
+    if have != want:
+        said = ", ".join(f"{k} {have.get(k)!r}" for k in sorted(want) if have.get(k) != want[k])
+        raise StoreMismatch(f"the recovery store {path} is the drift monitor's of {said}, not "
+                            f"{', '.join(f'{k} {want[k]!r}' for k in sorted(want) if have.get(k) != want[k])}"
+                            ": resuming it would mix them; give this monitor another "
+                            "--recovery-dir")
+    return has_data
+
+
 def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
               alerts_topic: str | None = None, bounded: bool = False, from_end: bool = False,
               metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
               idle_close_s: float = 10.0, namespace: str | None = None,
-              stop: threading.Event | None = None) -> None:
+              stop: threading.Event | None = None, recovery_dir: Path | None = None) -> bool:
     """Run the monitor on ``topic`` (default the drift topic) until the input ends (``bounded``:
     the high watermarks at start) or forever. ``from_end`` skips what is already in the topic.
     A bounded run reads what the topic holds: one that does not exist raises ``UnknownTopic``
@@ -272,15 +325,43 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     creates it, as it may start before the first dataflow writes drift events.
 
     Alerts' ``seq`` starts at the sum of the offsets the run starts reading at, read once with
-    the start offsets themselves: a run that goes on where the last one stopped numbers on
-    from it, and a run over the same records numbers them the same (:class:`~streams.drift.Alert`).
+    the start offsets themselves (a resumed run: the monitor's own, numbering on from the last
+    run's), and a run over the same records numbers them the same (:class:`~streams.drift.Alert`).
     ``namespace``: watch only the drift events of runs into that Redis namespace. ``stop``: once
     set, the input ends at its next batch, as a bounded run's end (open windows close, the
-    alerts produced are delivered): ``diam drift run`` sets it on SIGINT/SIGTERM."""
+    alerts produced are delivered): ``diam drift run`` sets it on SIGINT/SIGTERM.
+
+    ``recovery_dir``: a Bytewax recovery store (created on first use, locked while the run
+    lasts): a run on a store that holds a position resumes from it (the monitor's state and
+    the offsets after its last epoch; ``from_end`` then only applies to partitions it has no
+    position for), so nothing written while it was down is skipped. Returns whether it
+    resumed. A store of another topic, namespace or window length raises
+    :class:`StoreMismatch`; one in use, ``streams.runner.RecoveryInUse``."""
     from bytewax.testing import run_main
 
     topic = topic or kafka.drift_topic
     alerts_topic = alerts_topic or kafka.alerts_topic
+    recovery, lock, resumed = None, None, False
+    if recovery_dir is not None:
+        from streams.runner import hold_recovery, prepare_recovery
+
+        lock = hold_recovery(recovery_dir)  # a second monitor on it would undo this one's
+    try:
+        if recovery_dir is not None:
+            resumed = check_store(recovery_dir, topic, namespace, cfg)
+            recovery = prepare_recovery(recovery_dir)
+        _run(kafka, cfg, topic, alerts_topic, bounded, from_end, metrics, on_output,
+             idle_close_s, namespace, stop, recovery, run_main)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    return resumed
+
+
+def _run(kafka: KafkaConfig, cfg: DriftConfig, topic: str, alerts_topic: str, bounded: bool,
+         from_end: bool, metrics: DriftMetrics | None, on_output: OutputFn | None,
+         idle_close_s: float, namespace: str | None, stop: threading.Event | None,
+         recovery: object, run_main: Callable[..., None]) -> None:
     if not bounded:
         ensure_topic(kafka, topic)
     parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
@@ -296,4 +377,4 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
                             on_output=on_output, idle_close_s=idle_close_s,
                             partitions=parts, start_position=sum(start.values()),
                             source_topic=topic, namespace=namespace)
-    run_main(flow, epoch_interval=timedelta(seconds=1))
+    run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=recovery)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from pathlib import Path
 
 import click
 
@@ -53,9 +54,17 @@ def drift() -> None:
 @click.option("--d-swing", type=click.FloatRange(min=0, min_open=True), default=0.4,
               callback=finite, show_default=True, help="max-min of one user's d_u in a window that raises d_swing.")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
-              help="Read the drift topic from its start, or only what arrives from now on.")
+              help="Read the drift topic from its start, or only what arrives from now on. "
+              "With a --recovery-dir that holds a position, only for partitions it has none for.")
 @click.option("--bounded/--tail", default=False, show_default=True,
               help="Stop at the end of the topic as seen at start, or keep tailing it.")
+@click.option("--recovery-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Bytewax recovery store of the monitor (created on first use): a restart "
+              "resumes where the last run stopped, its windows, repeats seen and seq included, "
+              "and accounts the drift events written while it was down. Without it a restart "
+              "starts at the topic's end (--from-end: those events are skipped) or its start "
+              "(--from-beginning: everything again). One store per drift topic, namespace and "
+              "--window-s; not a diam run store.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (/metrics); 0 picks a free port (printed).")
 @metrics_hold_option("a stop by SIGINT/SIGTERM")
@@ -66,8 +75,9 @@ def drift() -> None:
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
             alerts_topic: str | None, window_s: float,
             lateness_s: float, flip_reversals: int, user_changes: int, d_swing: float,
-            from_beginning: bool, bounded: bool, metrics_port: int | None, metrics_hold: float,
-            idle_close_s: float, summaries: bool) -> None:
+            from_beginning: bool, bounded: bool, recovery_dir: Path | None,
+            metrics_port: int | None, metrics_hold: float, idle_close_s: float,
+            summaries: bool) -> None:
     """Run the drift monitor: windows, per-user and global alerts, a Page-Hinkley detector.
 
     Per window: K_u changes (global and per user), users whose K_u flips back and forth,
@@ -79,9 +89,12 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     namespace. In the K_u alerts (k_flip_flop, k_churn, k_change_rate, k_change_drift) each of
     top_users carries its last K_u change in the window as k_from and k_to. seq is the drift topic's position
     when the alert was raised (its records before the first one this run read, plus the drift
-    events read since, repeats left out): a run started where the last one stopped numbers on
-    from it, and a run over the same records (--from-beginning again, its partitions read in the
-    same interleaving) gives the same alerts with the same seq.
+    events read since, repeats left out): a run resumed from its --recovery-dir goes on where the
+    last one stopped and numbers on from it (an alert of its last second before a crash may come again, with the same seq),
+    and a run over the same records (--from-beginning again, its partitions read in the same
+    interleaving) gives the same alerts with the same seq. Without --recovery-dir nothing is
+    resumed: a restart reads from the topic's end (the events written meanwhile are skipped;
+    seq still counts them) or, with --from-beginning, everything again.
 
     Late events are judged per user: an event is dropped and counted as late only when its
     user's own newer events have passed its window's end by --lateness-s (a user's events come
@@ -100,8 +113,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
 
     from diam.commands.run import require_broker
     from streams.drift import Alert, DriftConfig, format_alert
-    from streams.drift_flow import DriftMetrics, run_drift
+    from streams.drift_flow import DriftMetrics, StoreMismatch, run_drift
     from streams.kafka_io import UnknownTopic
+    from streams.runner import RecoveryUnusable
 
     s = get_settings(ctx)
     cfg = DriftConfig(window_ms=int(window_s * 1000), lateness_ms=int(lateness_s * 1000),
@@ -121,19 +135,24 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic
     require_broker(s)  # an Error naming a broker that does not answer, before the start line
     click.echo(f"drift monitor: {topic}" + (f" (namespace {namespace})" if namespace else "")
-               + f" -> {alerts} window {window_s:g}s" + (" (bounded)" if bounded else ""), err=True)
+               + f" -> {alerts} window {window_s:g}s" + (" (bounded)" if bounded else "")
+               + (f" recovery={recovery_dir.resolve()}" if recovery_dir is not None else ""),
+               err=True)
     stop = threading.Event()
     stop_on_signals(stop)
     try:
         run_drift(s.kafka, cfg, topic=topic, alerts_topic=alerts, bounded=bounded,
                   from_end=not from_beginning, metrics=metrics, on_output=show,
-                  idle_close_s=idle_close_s, namespace=namespace, stop=stop)
+                  idle_close_s=idle_close_s, namespace=namespace, stop=stop,
+                  recovery_dir=recovery_dir)
     except KeyboardInterrupt:  # a signal handler other than ours (an embedding program)
         click.echo(metrics.summary_line("stopped"), err=True)
         hold_metrics(metrics_port, metrics_hold)
         return
     except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "no drift"
         raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
+    except (StoreMismatch, RecoveryUnusable) as exc:
+        raise click.BadParameter(str(exc), param_hint="--recovery-dir") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
     click.echo(metrics.summary_line("stopped" if stop.is_set() else "done"), err=True)

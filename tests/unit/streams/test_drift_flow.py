@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from streams.drift import DriftConfig, WindowSummary
@@ -169,3 +170,21 @@ def test_alert_records_number_on_from_the_start_position_and_carry_k_u():
     assert [{**a, "seq": 0} for a in later] == [{**a, "seq": 0} for a in base]
     [flip] = [a for a in base if a["kind"] == "k_flip_flop"]
     assert flip["top_users"] == [{"user_id": "u0003", "value": 2.0, "k_from": 3, "k_to": 4}]
+
+
+def test_a_recovery_store_is_claimed_for_one_topic_namespace_and_window(tmp_path) -> None:
+    from streams.drift_flow import STORE_OWNER, StoreMismatch, check_store
+
+    store = tmp_path / "rec"
+    assert check_store(store, "diam.drift", None, DriftConfig()) is False  # claimed, nothing yet
+    (store / "part-0.sqlite3").write_bytes(b"")
+    assert check_store(store, "diam.drift", None, DriftConfig()) is True  # resumes
+    for topic, ns, cfg, said in (("other.drift", None, DriftConfig(), "topic 'diam.drift'"),
+                                 ("diam.drift", "shadow", DriftConfig(), "namespace None"),
+                                 ("diam.drift", None, DriftConfig(window_ms=30_000),
+                                  "window_ms 60000")):
+        with pytest.raises(StoreMismatch, match=said):
+            check_store(store, topic, ns, cfg)
+    (store / STORE_OWNER).unlink()  # a store with data and no owner file: a diam run's
+    with pytest.raises(StoreMismatch, match="not a drift monitor's"):
+        check_store(store, "diam.drift", None, DriftConfig())
