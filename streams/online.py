@@ -347,13 +347,17 @@ def deadletter_record(rec: RawRecord, reason: str, max_bytes: int,
     return KafkaOut(key=key, value=value, headers=headers)
 
 
-def drift_record(event: Any, namespace: str | None = None) -> KafkaOut:
+def drift_record(event: Any, namespace: str | None = None, topic: str | None = None) -> KafkaOut:
     """A drift event as a JSON record keyed by user, with ``namespace``, the Redis namespace of
     the run that learnt it (runs into several namespaces may share the drift topic; the drift
-    monitor and the user view read one namespace's: ``streams.kafka_io.of_namespace``)."""
+    monitor and the user view read one namespace's: ``streams.kafka_io.of_namespace``), and
+    ``topic``, the clicks topic its ``offset`` belongs to (one namespace may learn from two
+    topics, or a re-created one: ``streams.drift.DriftRecord.topic``; absent when unknown)."""
     body = event.to_dict()
     if namespace is not None:
         body["namespace"] = namespace
+    if topic is not None:
+        body["topic"] = topic
     return KafkaOut(key=str(body["user_id"]).encode(), value=json.dumps(body, sort_keys=True).encode(),
                     headers=[("diam.kind", str(body["kind"]).encode())])
 
@@ -705,16 +709,21 @@ def _is_drift(item: tuple[str, Out]) -> TypeGuard[tuple[str, DriftEvent]]:
 
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
                holder: LearnerHolder, flow_id: str = "diam-online",
-               stats: FlowStats | None = None, namespace: str | None = None) -> Dataflow:
+               stats: FlowStats | None = None, namespace: str | None = None,
+               topic: str | None = None) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
     against the real broker. Decoding works on whole batches (``flat_map_batch``): it is the
     one step that does Python work on every event before the per-user step. Errors are data:
     dead letters from decoding and from the update leave by their own branches, marked with
-    ``namespace`` (the run's Redis namespace) when given, as its drift events are.
+    ``namespace`` (the run's Redis namespace) when given, as its drift events are. Drift
+    records say ``topic``, the clicks topic read (default: ``source.topic``, a ClickSource's).
     """
     counted = stats if stats is not None else FlowStats()
+    if topic is None:
+        src_topic = getattr(source, "topic", None)
+        topic = src_topic if isinstance(src_topic, str) else None
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
     decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted)),
@@ -728,7 +737,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     side = op.branch("side-outputs", learned, _is_side)
     drift_or_failed = op.branch("drift-or-failed", side.trues, _is_drift)
     op.output("redis", side.falses, sinks.vectors)  # type: ignore[arg-type, misc]
-    op.output("drift", op.map("to-drift", drift_or_failed.trues, lambda kv: (kv[0], drift_record(kv[1], namespace))),
+    op.output("drift", op.map("to-drift", drift_or_failed.trues, lambda kv: (kv[0], drift_record(kv[1], namespace, topic))),
               sinks.drift)
     failed = op.map("learn-failed", drift_or_failed.falses, lambda kv: cast(DeadLetter, kv[1]))
     dead = op.merge("deadletters", decoded.trues, failed)

@@ -188,3 +188,34 @@ def test_a_recovery_store_is_claimed_for_one_topic_namespace_and_window(tmp_path
     (store / STORE_OWNER).unlink()  # a store with data and no owner file: a diam run's
     with pytest.raises(StoreMismatch, match="not a drift monitor's"):
         check_store(store, "diam.drift", None, DriftConfig())
+
+
+def test_one_namespace_learnt_from_two_topics_loses_no_drift_event_as_a_repeat() -> None:
+    """The reviewer's repro without services: two click streams of the same users (seeds 3 and
+    4) read from topics t1 and t4 into one namespace. t4's offsets start at 0 again; every
+    drift record says its topic, and the monitor accounts all of them (none a 'duplicate')."""
+    from datetime import timedelta
+
+    from bytewax.testing import TestingSink, TestingSource
+
+    from streams.config import FlowConfig
+    from streams.drift import DriftMonitor, parse_drift_record
+    from streams.online import FlowSinks, LearnerHolder, build_flow
+    from tests.flowkit import as_records, click_stream, tiny_learner
+
+    records = []
+    for topic, seed in (("t1", 3), ("t4", 4)):
+        learner = tiny_learner()
+        drift: list = []
+        flow = build_flow(TestingSource(as_records(click_stream(n_users=6, n_events=400, seed=seed)),
+                                        batch_size=7),
+                          FlowSinks(TestingSink([]), TestingSink([]), TestingSink(drift)),
+                          FlowConfig(push_every_events=3), LearnerHolder(learner, learner.base.version),
+                          namespace="r5", topic=topic)
+        run_main(flow, epoch_interval=timedelta(seconds=0.05))
+        records += [parse_drift_record(out.value) for _, out in drift]
+    assert {r.topic for r in records} == {"t1", "t4"} and {r.namespace for r in records} == {"r5"}
+    m = DriftMonitor()
+    for r in records:
+        m.add(r)
+    assert len(records) > 20 and (m.seen, m.duplicates) == (len(records), 0)
