@@ -176,14 +176,16 @@ class UnknownTopic(RuntimeError):
     """A topic that a read names does not exist on the broker (a typo, or nothing written yet)."""
 
 
-def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> list[int]:
-    """Partition ids of ``topic``; :class:`UnknownTopic` when it does not exist.
+def partition_ids(cfg: KafkaConfig, topic: str, timeout: float = 30.0,
+                  admin: AdminClient | None = None) -> list[int]:
+    """Partition ids of ``topic``; :class:`UnknownTopic` when it does not exist. ``admin``: a
+    client to ask with (a caller that asks again and again), else one made for the call.
 
     Reads the metadata of every topic rather than of ``topic`` alone: a metadata request that
     names a topic makes a broker with ``auto.create.topics.enable`` (Kafka's default, and the
     local stack's) create it, so a misspelt topic would be created empty and a replay or a
     dead-letter listing of it would report success with nothing read."""
-    admin = _admin(cfg)
+    admin = admin if admin is not None else _admin(cfg)
     with _logs_on_failure(admin):
         md = admin.list_topics(timeout=timeout)
     return _partitions_in(md, cfg, topic)

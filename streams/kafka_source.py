@@ -23,6 +23,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from streams.config import ClientConfig, KafkaConfig
 from streams.kafka_health import BrokerHealth
@@ -30,7 +31,11 @@ from streams.kafka_io import RawRecord, _bytes, partition_ids, watermarks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClickSource", "RecoveryMismatch"]
+__all__ = ["PARTITION_WATCH_S", "ClickSource", "RecoveryMismatch"]
+
+PARTITION_WATCH_S = 5.0
+"""How often a tailing :class:`ClickSource` asks the broker for its topic's partition count
+(one metadata request, on a thread of its own, off the records' path)."""
 
 
 class _SharedConsumer:
@@ -249,16 +254,27 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
     every partition ends its input at its next batch (a clean stop of a tailing run).
     ``health``: the run's view of the broker, shared with its sinks so that an outage is
     logged once for the run (default: this source's own).
+
+    ``watch``: a tailing source (neither ``bounded`` nor ``end``) watches the topic's partition
+    count every :data:`PARTITION_WATCH_S` seconds from when the dataflow lists its partitions,
+    against ``partition_count`` (default: the count it lists then). Once the count grew, it sets
+    ``stop`` (every partition ends its input at its next batch, as on SIGTERM, its position
+    kept) and :attr:`grown` says ``(was, now)``: clicks are keyed by user, so some users' new
+    clicks now land on new partitions, whose offsets their state cannot order
+    (``streams.runner`` then refuses to go on). It never reads the new partitions.
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
                  end: dict[int, int] | None = None, bounded: bool = False,
                  batch_size: int = 1000, partitions: list[int] | None = None,
                  stop: threading.Event | None = None,
-                 health: BrokerHealth | None = None) -> None:
+                 health: BrokerHealth | None = None, watch: bool = False,
+                 partition_count: int | None = None) -> None:
         self.cfg, self.topic = cfg, topic
         self.health = health or BrokerHealth(cfg.bootstrap)
-        self.stop = stop
+        self.watch = watch and not bounded and end is None
+        # a watching source stops itself when the topic's partition count grows
+        self.stop = stop if stop is not None or not self.watch else threading.Event()
         self.partitions = None if partitions is None else sorted(set(partitions))
         self.start, self.end, self.bounded = start, end, bounded
         self.batch_size = batch_size
@@ -267,6 +283,11 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
         # on that worker's thread
         self._consumers: dict[int, _SharedConsumer] = {}
         self._lock = threading.Lock()
+        self.partition_count = partition_count
+        self.grown: tuple[int, int] | None = None
+        """``(was, now)`` once the watch saw the topic's partition count grow (else None)."""
+        self._watch: threading.Thread | None = None
+        self._unwatch = threading.Event()
 
     def _watermarks(self) -> dict[int, tuple[int, int]]:
         # read once for all partitions of this process: each read is a metadata request plus
@@ -277,12 +298,50 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
 
     def list_parts(self) -> list[str]:
         known = partition_ids(self.cfg, self.topic)
+        self._start_watch(len(known))
+        if self.watch and self.partition_count is not None:
+            known = known[:self.partition_count]  # grown since the checks: the watch stops it
         if self.partitions is not None:
             missing = sorted(set(self.partitions) - set(known))
             if missing:
                 raise ValueError(f"topic {self.topic!r} has partitions {known}, not {missing}")
             known = self.partitions
         return [f"{p}-{self.topic}" for p in known]
+
+    def _start_watch(self, listed: int) -> None:
+        """Watch the partition count of a tailing source (once per source: every worker lists)."""
+        if not self.watch:
+            return  # a bounded run reads the cut taken at start (the next run is refused)
+        with self._lock:
+            if self._watch is not None:
+                return
+            was = self.partition_count if self.partition_count is not None else listed
+            self._watch = threading.Thread(target=self._watch_count, args=(was,), daemon=True,
+                                           name=f"partitions-of-{self.topic}")
+            self._watch.start()
+
+    def _watch_count(self, was: int) -> None:
+        stop = self.stop
+        assert stop is not None  # set for every tailing source
+        admin = AdminClient(self.cfg.client_config())  # type: ignore[arg-type]
+        interval = 0.0  # the first look at once: the count may have changed since the checks
+        while not self._unwatch.wait(interval):
+            interval = PARTITION_WATCH_S
+            try:
+                now = len(partition_ids(self.cfg, self.topic, PARTITION_WATCH_S, admin=admin))
+            except (KafkaException, RuntimeError):
+                continue  # a broker outage (logged by the run's health) or a deleted topic
+            if now > was:
+                self.grown = (was, now)
+                log.warning("topic %r grew from %d to %d partitions while this run read it: "
+                          "stopping at the next batch, without reading the new partitions",
+                          self.topic, was, now)
+                stop.set()
+                return
+
+    def close_watch(self) -> None:
+        """End the partition-count watch (the run ended); nothing when there is none."""
+        self._unwatch.set()
 
     def build_part(self, step_id: str, for_part: str,
                    resume: SourceSnapshot | int | None) -> _ClickPartition:

@@ -9,7 +9,9 @@ not an error here: the dataflow waits for it (DESIGN §7).
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -21,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 from serving_cache import RedisConfig, redis_client
 from streams.config import KafkaConfig
 
-__all__ = ["ServiceConfigError", "check_kafka", "check_redis"]
+__all__ = ["AddressTaken", "ServiceConfigError", "check_address", "check_kafka", "check_redis"]
 
 _REDIS_AUTH = ("DIAM_REDIS_USERNAME and DIAM_REDIS_PASSWORD (or the user:password in "
                "DIAM_REDIS_URL)")
@@ -36,6 +38,36 @@ _QUIET.addHandler(logging.NullHandler())
 
 class ServiceConfigError(RuntimeError):
     """Kafka or Redis refused this configuration; the message names the settings to change."""
+
+
+class AddressTaken(ServiceConfigError):
+    """This process's own address in a Bytewax cluster cannot be listened on (another program
+    holds the port, or the host is not this machine's)."""
+
+
+def check_address(address: str, option: str) -> None:
+    """Listen on ``address`` (``host:port``) for a moment, as the Bytewax cluster's process
+    will (with ``SO_REUSEADDR``, as Rust's listener binds): a port another program holds, or
+    a host that is not this machine's, raises :class:`AddressTaken` naming it and ``option``.
+    A check, not a reservation: a program could take the port between it and the start."""
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        raise AddressTaken(f"{address} ({option}): cannot resolve this process's address "
+                           f"({exc})") from None
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(where)
+        except OSError as exc:
+            why = ("is in use by another program (stop it, or give this process another port)"
+                   if exc.errno == errno.EADDRINUSE else
+                   "is not an address of this machine" if exc.errno == errno.EADDRNOTAVAIL
+                   else f"cannot be listened on ({exc.strerror or exc})")
+            raise AddressTaken(f"{address}, this process's address in {option}, {why}; the "
+                               "cluster's processes listen on their own entry") from None
 
 
 def _where(url: str) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,12 +33,13 @@ from streams.kafka_sink import KafkaEpochSink
 from streams.kafka_source import ClickSource
 from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
-from streams.preflight import check_kafka, check_redis
+from streams.preflight import check_address, check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["PEERS_NOTE_S", "ClusterNotJoined", "OnlineJob", "PreparedRun", "RecoveryInUse",
-           "RecoveryUnusable", "UnknownPartitions", "hold_recovery", "job_io", "prepare_online",
-           "run_online", "prepare_recovery", "tune_gc", "waiting_for"]
+__all__ = ["PEERS_NOTE_S", "STORE_RECORD", "ClusterNotJoined", "OnlineJob", "PreparedRun",
+           "RecoveryForeign", "RecoveryInUse", "RecoveryUnusable", "TopicRepartitioned",
+           "UnknownPartitions", "hold_recovery", "job_io", "prepare_online", "run_online",
+           "prepare_recovery", "repartitioned_line", "tune_gc", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,44 @@ class RecoveryInUse(RecoveryUnusable):
     """Another process runs on the same recovery store as the same process of the dataflow."""
 
 
+class RecoveryForeign(RecoveryUnusable):
+    """The recovery store was written by a run of another topic, or of another set of its
+    partitions (``--partitions``): refused at start, in one line, instead of Bytewax's panic
+    over a state key "not in this worker's routing map" after the start line."""
+
+
+class TopicRepartitioned(RecoveryUnusable):
+    """The run's topic does not have the partition count its state was built from: refused at
+    start when the recovery store's record (:data:`STORE_RECORD`) says another count, and
+    raised by :func:`run_online` after a clean stop when the count grows while a tailing run
+    reads it (``streams.kafka_source.ClickSource`` watches it). The message is
+    :func:`repartitioned_line`'s."""
+
+
+def repartitioned_line(topic: str, was: int, now: int, where: str) -> str:
+    """The one wording of "``topic`` went from ``was`` to ``now`` partitions under state built
+    from ``was``" (``where``: the state and what happened to it), with what to do."""
+    return (f"topic {topic!r} has {now} partitions, but {where} was built from {was}: clicks "
+            "are keyed to a partition by user id, so raising the count moved users' new clicks "
+            "to other partitions, and a click's offset is comparable only with offsets of its "
+            "own partition (the learner and Redis's write-if-newer would drop them as "
+            "duplicates of clicks already applied). Kafka cannot lower the count again: produce "
+            f"the events again into a new topic created with the wanted count "
+            "(DIAM_KAFKA_PARTITIONS) and run it into a fresh namespace with a fresh recovery "
+            "store" if now > was else
+            f"topic {topic!r} has {now} partitions, but {where} was built from {was}: it was "
+            "deleted and created again with another count; run it into a fresh namespace with "
+            "a fresh recovery store")
+
+
+STORE_RECORD = "diam-store.json"
+"""The record a recovery store keeps beside Bytewax's files (written by :func:`prepare_online`
+when the store first holds a run's state, never changed after): the topic, its partition count
+then, and the partitions the run read (``null``: all of them). Bytewax's snapshots hold
+offsets per partition but not the count, and a count that changed under per-user state loses
+clicks (:class:`TopicRepartitioned`)."""
+
+
 def hold_recovery(path: Path, process_id: int = 0) -> int:
     """Lock ``path`` (a recovery store) for process ``process_id`` of a dataflow, for as long
     as the returned descriptor is open (the process's life: ``fcntl.flock``, released by the
@@ -172,15 +213,18 @@ def hold_recovery(path: Path, process_id: int = 0) -> int:
         raise
 
 
-def job_io(job: OnlineJob, topic_id: str | None = None) -> tuple[ClickSource, FlowSinks]:
+def job_io(job: OnlineJob, topic_id: str | None = None,
+           partition_count: int | None = None) -> tuple[ClickSource, FlowSinks]:
     """The dataflow's source and sinks for ``job`` (nothing connects before the run starts).
     They share one view of the broker's health: an outage is one line for the run.
     ``topic_id``: the Kafka id of ``job.topic``, whose forget markers the Redis sink reads
-    (:func:`prepare_online` looks it up; None: a broker without topic ids)."""
+    (:func:`prepare_online` looks it up; None: a broker without topic ids).
+    ``partition_count``: the topic's count :func:`prepare_online` saw, which a tailing source
+    watches (None: the count it lists at start)."""
     health = BrokerHealth(job.kafka.bootstrap)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
-                         health=health)
+                         health=health, watch=True, partition_count=partition_count)
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
                                 max_queued=job.flow.sink_queue_batches, topic=job.topic,
@@ -198,6 +242,8 @@ class PreparedRun:
 
     def __init__(self, job: OnlineJob, lock: int | None, topic_id: str | None = None) -> None:
         self.job, self._lock, self.topic_id = job, lock, topic_id
+        self.partition_count: int | None = None
+        """The topic's partition count at the checks (None: not asked yet)."""
 
     def close(self) -> None:
         """Release the recovery store (once; a second call does nothing)."""
@@ -212,8 +258,11 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     recovery store (:class:`RecoveryInUse`, :class:`RecoveryUnusable`; held from here on), the
     broker's and Redis's login and TLS (``streams.preflight.ServiceConfigError``), the topic
     (``streams.kafka_io.UnknownTopic`` for a bounded job's missing one; a tailing job's is
-    created) and ``job.partitions`` (:class:`UnknownPartitions`); the dead-letter and drift
-    topics are created when missing. Last, the topic's Kafka id is looked up and the markers an
+    created) and ``job.partitions`` (:class:`UnknownPartitions`); the recovery store's
+    :data:`STORE_RECORD` against the topic (:class:`RecoveryForeign`, :class:`TopicRepartitioned`;
+    written when the store holds no state yet); this process's own address of a Bytewax cluster
+    (``streams.preflight.AddressTaken``); the dead-letter and drift topics are created when
+    missing. Last, the topic's Kafka id is looked up and the markers an
     earlier release recorded under its name alone adopted (:func:`_forget_markers`; its notice
     is logged here, so before a start line too): a broker or Redis failing there raises the
     client's error (``redis.ConnectionError``, ``confluent_kafka.KafkaException``), a marker key
@@ -223,7 +272,9 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
                                                                 job.process_id or 0)
     prepared = PreparedRun(job, lock)
     try:
-        _check_services(job)
+        prepared.partition_count = _check_services(job)
+        if job.recovery_dir is not None:
+            _check_store(job, Path(job.recovery_dir), prepared.partition_count)
         prepared.topic_id = _forget_markers(job)
     except BaseException:
         prepared.close()
@@ -231,19 +282,100 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     return prepared
 
 
-def _check_services(job: OnlineJob) -> None:
+def _check_services(job: OnlineJob) -> int:
+    """The checks of the services and the topic; returns the topic's partition count."""
+    if job.addresses:  # Bytewax would say it only after the start line, in a panic
+        check_address(job.addresses[job.process_id or 0], "--addresses")
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
     check_redis(job.redis, wait=not job.bounded)
-    if job.bounded:  # reads what the topic holds: a topic that does not exist is an error
-        known = partition_ids(job.kafka, job.topic)  # UnknownTopic, not an empty topic created
-    else:  # tails: the service may start before the first click is produced
+    if not job.bounded:  # tails: the service may start before the first click is produced
         ensure_topic(job.kafka, job.topic)
-    if job.partitions is not None:  # one metadata request, once per run
-        known = partition_ids(job.kafka, job.topic)
+    # one metadata request, once per run; a bounded job's missing topic is UnknownTopic here,
+    # not an empty topic created
+    known = partition_ids(job.kafka, job.topic)
+    if job.partitions is not None:
         if missing := sorted(set(job.partitions) - set(known)):
             raise UnknownPartitions(f"topic {job.topic!r} has partitions {known}, not {missing}")
     for t in (job.kafka.deadletter_topic, job.kafka.drift_topic):
         ensure_topic(job.kafka, t)
+    return len(known)
+
+
+def _check_store(job: OnlineJob, path: Path, count: int) -> None:
+    """Refuse a recovery store whose state was built from another topic, other partitions of it
+    or another partition count (:data:`STORE_RECORD`; for a store written before the record
+    was kept, the source's state keys in Bytewax's files); record the run's when the store
+    holds no state yet."""
+    reads = None if job.partitions is None else sorted(set(job.partitions))
+    held = _store_partitions(path, f"{job.flow_id}.clicks")
+    record_path = path / STORE_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as exc:
+        raise RecoveryUnusable(f"cannot read {record_path} ({exc}): the recovery store's record "
+                               "of the topic it was built from (--recovery-dir)") from None
+    if record is not None and held:
+        _check_record(job, path, record, count, reads)
+    foreign = sorted({key for key in held if not key.endswith(f"-{job.topic}")})
+    if foreign:
+        raise RecoveryForeign(
+            f"the recovery store {path.resolve()} holds the state of a run of another topic "
+            f"(input partitions {', '.join(foreign[:4])}), not of {job.topic!r}: give this run "
+            "a store of its own (--recovery-dir), or run the topic the store was written for")
+    parts = sorted(int(key.split("-", 1)[0]) for key in held)
+    if reads is not None and (extra := sorted(set(parts) - set(reads))):
+        raise RecoveryForeign(
+            f"the recovery store {path.resolve()} holds the positions of partitions {parts} of "
+            f"{job.topic!r}, and this run reads {reads} (--partitions): it was written by a run "
+            f"of other partitions ({extra} would go unread); give each set of partitions its "
+            "own store (--recovery-dir), or the set the store was written for")
+    if record is None or not held:  # a store whose state starts now (or an older store's)
+        tmp = path / f".{STORE_RECORD}.{os.getpid()}"
+        tmp.write_text(json.dumps({"topic": job.topic, "partitions": count, "reads": reads}))
+        os.replace(tmp, record_path)
+
+
+def _check_record(job: OnlineJob, path: Path, record: dict[str, Any], count: int,
+                  reads: list[int] | None) -> None:
+    where = f"the recovery store {path.resolve()}"
+    if record.get("topic") != job.topic:
+        raise RecoveryForeign(
+            f"{where} was written by a run of topic {record.get('topic')!r}, not {job.topic!r}: "
+            "give this run a store of its own (--recovery-dir), or run the topic the store was "
+            "written for")
+    was = record.get("partitions")
+    if isinstance(was, int) and was != count:
+        raise TopicRepartitioned(repartitioned_line(job.topic, was, count, f"{where}'s state"))
+    had = record.get("reads")
+    if (reads or list(range(count))) != (had or list(range(count))):
+        raise RecoveryForeign(
+            f"{where} was written by a run of partitions "
+            f"{had if had is not None else 'all'} of {job.topic!r}, and this run reads "
+            f"{reads if reads is not None else 'all'} (--partitions): give each set of "
+            "partitions its own store (--recovery-dir), or the set the store was written for")
+
+
+def _store_partitions(path: Path, step_id: str) -> set[str]:
+    """The input partitions (``<partition>-<topic>``) whose positions the recovery store at
+    ``path`` keeps for the input step ``step_id`` (empty: a store holding no state)."""
+    keys: set[str] = set()
+    for db in sorted(path.glob("part-*.sqlite3")):
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                rows = con.execute("SELECT DISTINCT state_key FROM snaps WHERE step_id = ?",
+                                   (step_id,)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            if "no such table" in str(exc):
+                continue  # created, never written
+            raise RecoveryUnusable(f"cannot read the recovery store {db}: {exc} "
+                                   "(--recovery-dir)") from None
+        keys.update(str(r[0]) for r in rows)
+    return keys
 
 
 def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = None,
@@ -262,7 +394,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     if prepared is None:
         prepared = prepare_online(job)
     try:
-        _run_online(job, holder, stats, metrics, prepared.topic_id)
+        _run_online(job, holder, stats, metrics, prepared.topic_id, prepared.partition_count)
     finally:
         prepared.close()
 
@@ -284,9 +416,22 @@ def _forget_markers(job: OnlineJob) -> str | None:
 
 
 def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
-                metrics: FlowMetrics | None, topic_id: str | None) -> None:
-    source: Any
-    source, sinks = job_io(job, topic_id)
+                metrics: FlowMetrics | None, topic_id: str | None,
+                partition_count: int | None = None) -> None:
+    clicks, sinks = job_io(job, topic_id, partition_count)
+    try:
+        _run_flow(job, holder, stats, metrics, clicks, sinks)
+    finally:
+        clicks.close_watch()
+    if clicks.grown is not None:  # stopped cleanly at the next batch (ClickSource)
+        was, now = clicks.grown
+        raise TopicRepartitioned(repartitioned_line(
+            job.topic, was, now, "this run's state") + "; the run stopped at its next batch "
+            "with its positions kept (--recovery-dir), and read none of the new partitions")
+
+
+def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
+              metrics: FlowMetrics | None, source: Any, sinks: FlowSinks) -> None:
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if isinstance(sinks.vectors, RedisVectorSink):  # the namespace says which base it learnt on
