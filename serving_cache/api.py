@@ -378,7 +378,9 @@ def get_app(
         ] = None,
         exclude_seen: Annotated[
             bool, Query(description="Leave out the user's last seen items (pushed by the "
-                                    "stream with the vectors) and the items listed in seen")
+                                    "stream with the vectors; new items among them through the "
+                                    "namespace's list of added ids) and the items listed in "
+                                    "seen")
         ] = True,
         seen: Annotated[
             list[str] | None,

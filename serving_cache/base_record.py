@@ -25,9 +25,25 @@ and ``diam inspect namespace`` read it. A Redis hash of ASCII fields (``redis-cl
 The record is the newest writer's: a namespace written by several runs one after the other
 (a restarted service) records the last one's base, not the earlier ones'.
 
+Beside it, ``diam:{ns}:added`` (``serving_cache.keys.added_key``, a Redis list) holds the added
+ids themselves, in the writer's row order: the item at row ``items - added + i`` of the base is
+the list's element ``i``. The users' values carry their last seen items as rows of that table
+(``s``, ``serving_cache.codec``); the published rows are the snapshot's own, the same in every
+process, but each process numbers the rows it appends in the order it met the new items, so a
+reader (the recommender, whose index took the same items in its own order) maps a seen row
+beyond the published table through the list to an id (:class:`AddedIds`). The writer appends
+only the ids its table grew by (a new version, or a table that is not the list's continuation,
+starts the list over), before the hash, so a reader that finds the record finds its ids; the
+reader uses the list only when its first ``added`` ids hash to ``added_sha``, so a list another
+run left (another order, two runs writing at once) is not read as this record's. One key each,
+no multi-key command: Redis Cluster places them where it likes. A namespace without the list
+(written by a release before it) maps no such row.
+
 >>> rec = BaseRecord.of("20240501T000000Z-ab12", ["i0", "i1", "new-1"], added=1)
 >>> rec.fields()
 {'version': '20240501T000000Z-ab12', 'items': '3', 'added': '1', 'added_sha': 'ab4c73e30598', 'grown': '0'}
+>>> rec.ids
+('new-1',)
 >>> BaseRecord.from_fields({b"version": b"20240501T000000Z-ab12", b"items": b"3", b"added": b"1",
 ...                         b"added_sha": b"ab4c73e30598", b"grown": b"0"}) == rec
 True
@@ -38,14 +54,19 @@ True
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from serving_cache.keys import base_key
+from serving_cache.keys import added_key, base_key
 
-__all__ = ["BaseRecord", "BaseRecordError", "base_difference", "read_base", "write_base"]
+__all__ = ["AddedIds", "BaseRecord", "BaseRecordError", "base_difference", "read_added",
+           "read_base", "write_base"]
+
+log = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"(?:[0-9a-f]{12})?")
 
@@ -64,6 +85,10 @@ class BaseRecord:
     added: int
     added_sha: str
     grown: int = 0
+    ids: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """The added ids in row order (:meth:`of`'s; a record read back has none): what
+    :func:`write_base` lists in ``diam:{ns}:added``. Not a field of the hash, nor of equality
+    (``added_sha`` stands for them)."""
 
     @classmethod
     def of(cls, version: str, item_ids: Sequence[Any], added: int, grown: int = 0
@@ -73,14 +98,8 @@ class BaseRecord:
         the run went on."""
         if not 0 <= grown <= added <= len(item_ids):
             raise ValueError(f"added {added} (grown {grown}) items of a table of {len(item_ids)}")
-        sha = ""
-        if added:
-            h = hashlib.sha256()
-            for x in item_ids[len(item_ids) - added:]:
-                h.update(str(x).encode())
-                h.update(b"\0")
-            sha = h.hexdigest()[:12]
-        return cls(str(version), len(item_ids), int(added), sha, int(grown))
+        ids = tuple(str(x) for x in item_ids[len(item_ids) - added:]) if added else ()
+        return cls(str(version), len(item_ids), int(added), _sha(ids), int(grown), ids)
 
     def fields(self) -> dict[str, str]:
         """The hash's fields, as written."""
@@ -118,10 +137,126 @@ class BaseRecord:
                 f"own, ids {self.added_sha}{grown})")
 
 
-def write_base(client: Any, ns: str, record: BaseRecord) -> None:
-    """Record ``record`` as the base of namespace ``ns``'s values (one HSET: every field at
-    once)."""
+def _sha(ids: Sequence[str]) -> str:
+    """``added_sha`` of ``ids``: the first 12 hex digits of sha256 over them, each followed by a
+    NUL byte; empty for none."""
+    if not ids:
+        return ""
+    h = hashlib.sha256()
+    for x in ids:
+        h.update(x.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+_LIST = """
+local n = tonumber(ARGV[1])
+if n > 0 and redis.call('LLEN', KEYS[1]) ~= n then return -1 end
+if n == 0 then redis.call('DEL', KEYS[1]) end
+for i = 2, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return redis.call('LLEN', KEYS[1])
+"""
+"""Append ``ARGV[2..]`` to the list ``KEYS[1]`` when it holds ``ARGV[1]`` ids (-1 when it does
+not: another writer's); ``ARGV[1]`` 0 starts it over. Chunks of 1,000 stay within Lua's stack."""
+
+
+def write_base(client: Any, ns: str, record: BaseRecord, listed: BaseRecord | None = None
+               ) -> None:
+    """Record ``record`` (one made by :meth:`BaseRecord.of`) as the base of namespace ``ns``'s
+    values: its added ids in ``diam:{ns}:added`` first, then the hash (one HSET: every field at
+    once). ``listed``: the record this writer wrote last, when the list still holds its ids
+    (the writer's own previous call): only the ids added since are sent, when ``record`` is on
+    the same version and continues its table; else, or when the list is not as ``listed`` left
+    it (its length), the list is written whole."""
+    if len(record.ids) != record.added:
+        raise ValueError(f"the record of {record.version} carries {len(record.ids)} of its "
+                         f"{record.added} added ids (a record read back cannot be written)")
+    have = 0
+    if (listed is not None and listed.version == record.version
+            and 0 < len(listed.ids) <= len(record.ids)
+            and record.ids[:len(listed.ids)] == listed.ids):
+        have = len(listed.ids)
+    key = added_key(ns)
+    if have == 0 or int(client.eval(_LIST, 1, key, have, *record.ids[have:])) < 0:
+        client.eval(_LIST, 1, key, 0, *record.ids)
     client.hset(base_key(ns), mapping=record.fields())
+
+
+def read_added(client: Any, ns: str, record: BaseRecord, start: Sequence[str] = ()
+               ) -> tuple[str, ...] | None:
+    """The added ids of ``record`` (namespace ``ns``'s, read back), in row order, from
+    ``diam:{ns}:added``; None when the list does not hold them (a namespace written by a
+    release before the list, another run's list, a key of another type). ``start``: ids read
+    earlier for the same version, taken as the list's beginning when the whole hashes to
+    ``added_sha`` (only the rest is read); else the list is read whole."""
+    import redis
+
+    if not record.added:
+        return ()
+    key = added_key(ns)
+    try:
+        if 0 < len(start) < record.added:
+            more = client.lrange(key, len(start), record.added - 1)
+            ids = (*start, *(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                             for x in more))
+            if len(ids) == record.added and _sha(ids) == record.added_sha:
+                return ids
+        raw = client.lrange(key, 0, record.added - 1)
+    except redis.ResponseError:  # WRONGTYPE: a key of another type under the name
+        return None
+    ids = tuple(x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in raw)
+    return ids if len(ids) == record.added and _sha(ids) == record.added_sha else None
+
+
+class AddedIds:
+    """The ids behind the stream's seen rows beyond a published table, for a reader of
+    namespace ``ns`` (the recommender): :meth:`of` reads the base record (one HGETALL) and,
+    when the record changed since the last call, its added ids (only the new ones when the
+    list grew). Thread-safe; what it holds is one tuple, swapped whole."""
+
+    def __init__(self, client: Any, ns: str) -> None:
+        self.client = client
+        self.ns = ns
+        self._held: tuple[BaseRecord, tuple[str, ...]] | None = None
+        self._said: set[str] = set()
+        self._lock = threading.Lock()
+
+    def of(self, version: str, published: int) -> tuple[str, ...] | None:
+        """The ids at rows ``published``, ``published + 1``, ... of the table the namespace's
+        newest writer learns on, when that table is version ``version``'s published
+        ``published`` rows and more; None when the namespace says nothing of it: no record or
+        no list (a release before them), a record of another version or another published
+        table, a list that does not match the record (logged once per reason). Redis errors
+        other than a key of another type propagate."""
+        try:
+            record = read_base(self.client, self.ns)
+        except BaseRecordError as exc:
+            self._say(f"base record {base_key(self.ns)} unreadable ({exc})")
+            return None
+        if record is None or record.version != version \
+                or record.items - record.added != published:
+            return None
+        held = self._held
+        if held is not None and held[0] == record:
+            return held[1]
+        start = held[1] if held is not None and held[0].version == version else ()
+        ids = read_added(self.client, self.ns, record, start)
+        if ids is None:
+            self._say(f"{added_key(self.ns)} does not hold the {record.added} ids of "
+                      f"{record.describe()}")
+            return None
+        self._held = (record, ids)
+        return ids
+
+    def _say(self, what: str) -> None:
+        with self._lock:
+            if what in self._said or len(self._said) > 64:
+                return
+            self._said.add(what)
+        log.warning("namespace %r: %s; the stream's seen items beyond the published table are "
+                    "not left out", self.ns, what)
 
 
 def read_base(client: Any, ns: str) -> BaseRecord | None:

@@ -16,7 +16,19 @@ popular items spread over categories, marked ``cold``, with the ``reason``.
 Seen items: ``exclude_seen`` (the default) removes the user's last seen items that the stream
 pushes with the vectors (``s`` in the value, ``FlowConfig.seen_items`` of them, rows of the
 vectors' snapshot) and any item ids the caller passes in ``seen`` (a feed knows what it
-showed); ``exclude_seen=False`` keeps both.
+showed); ``exclude_seen=False`` keeps both. A seen row of the snapshot's published table is
+that row here; a row beyond it (a new item: the catalogue's, or one first seen in clicks) is
+numbered in the order the dataflow met the new items, not this process's, so it is turned into
+an item id through the namespace's list of added ids (``serving_cache.base_record``:
+``diam:{ns}:base`` and ``diam:{ns}:added``, one HGETALL more for such a user, the list read
+when it changed) and left out wherever this index holds that id. Such rows are not left out
+when the namespace has no list (written by a release before it), when its newest writer learns
+on another version or another published table than the user's vectors (a user not re-anchored
+yet after a new version), or when the list does not match its record (logged): then only
+the published rows are. A row read through the newest writer's list was numbered by the run
+that pushed the value; a restarted run on the same version that numbered its new items
+otherwise writes another list, and the values the earlier run wrote map through it until the
+user's next push.
 
 Vectors live in the embedding space of the snapshot they were anchored to (``model`` in the
 value). After a new snapshot is published, users re-anchor lazily on their next event, so the
@@ -40,6 +52,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from serving_cache.base_record import AddedIds
 from serving_cache.codec import CodecError, UserVectors
 from serving_cache.reader import UserReader
 from serving_cache.retrieval import SnapshotIndex, limit_threads
@@ -224,6 +237,7 @@ class Recommender:
             limit_threads(threads)
         self.reader = UserReader(redis_client, ns)
         self.client = redis_client
+        self._added = AddedIds(redis_client, ns)  # the stream's new-item rows, as ids
         self.keep_versions = max(1, keep_versions)
         self._loaded: dict[str, SnapshotIndex] = {}
         self._active: SnapshotIndex | None = None
@@ -504,13 +518,11 @@ class Recommender:
                 # the stream's own record of the user's last seen items: rows of this very
                 # snapshot's table (the vectors' version, or a version of the same weights
                 # for a checkpoint's label: the same table), so what users get excludes what the
-                # prequential evaluation excludes. Only the published rows: content rows
-                # appended since (new items) are numbered in the order each process met them,
-                # which may differ between this API and the dataflow, and a row read in the
-                # wrong order would exclude another item
-                published = snap.n_items - len(snap.content_rows)
-                rows = uv.seen[(uv.seen >= 0) & (uv.seen < published)].astype(np.int64)
-                banned = np.union1d(banned, rows)
+                # prequential evaluation excludes. Published rows are this index's own; content
+                # rows appended since (new items) are numbered in the order each process met
+                # them, which may differ between this API and the dataflow: they go through
+                # the dataflow's list of added ids to ids, and to this index's rows
+                banned = np.union1d(banned, self._seen_rows(snap, uv))
         picked = serve_list(snap.search, uv.vecs, d_used, n, banned, snap.item_vecs,
                             snap.item_categories)
         best = (uv.vecs @ snap.item_vecs[picked].T).max(axis=0) if len(picked) else _NO_SCORES
@@ -530,6 +542,22 @@ class Recommender:
             reason=why,
             titles=snap.titles_of(picked),
         )
+
+    def _seen_rows(self, snap: SnapshotIndex, uv: UserVectors) -> np.ndarray:
+        """This index's rows of the items the stream recorded as ``uv``'s last seen: the
+        published rows as they are, the rows beyond them through the namespace's added ids
+        (:class:`serving_cache.base_record.AddedIds`; left out when it has none for them)."""
+        published = snap.n_items - len(snap.content_rows)
+        seen = uv.seen[uv.seen >= 0].astype(np.int64)
+        rows = seen[seen < published]
+        beyond = seen[seen >= published] - published
+        if not len(beyond):
+            return rows
+        ids = self._added.of(uv.model, published)
+        if not ids:
+            return rows
+        mine = [snap.index_of(ids[i]) for i in beyond.tolist() if i < len(ids)]
+        return np.union1d(rows, np.array([r for r in mine if r >= 0], dtype=np.int64))
 
     def _cold(
         self, snap: SnapshotIndex, user_id: str, n: int, mode: str, seen: Sequence[str], reason: str

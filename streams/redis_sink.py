@@ -109,9 +109,11 @@ class _Partition(StatelessSinkPartition[Item]):
         it wrote already; and the pushes refused as forgotten (``forgotten_pushes``)."""
         self.base: Callable[[], BaseRecord | None] | None = None
         """The dataflow's current base (``LearnerHolder.base_record``): written to the
-        namespace's base record (``serving_cache.keys.base_key``) before a write whenever it
-        differs from the one this partition wrote last, and again with a re-push; one call per
-        write, not per user."""
+        namespace's base record (``serving_cache.keys.base_key``) and its list of added ids
+        (``serving_cache.keys.added_key``: the ids the table grew by since this partition's
+        last record, the whole list at its first and after a re-push) before a write whenever
+        it differs from the one this partition wrote last, and again with a re-push; one call
+        per write, not per user."""
         self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._gen: bytes | None = None  # the marker's token when last checked
@@ -241,8 +243,11 @@ class _Partition(StatelessSinkPartition[Item]):
                 record = self.base() if self.base is not None else None
                 if record is not None and (record != self._recorded or repush):
                     # before the values learnt on it: a reader never finds them under an
-                    # older record (retried with them on an outage)
-                    write_base(self.writer.client, self.writer.ns, record)
+                    # older record (retried with them on an outage), nor their seen rows
+                    # beyond the published table without the ids behind them (the list of
+                    # added ids, sent whole after a loss, else what the table grew by)
+                    write_base(self.writer.client, self.writer.ns, record,
+                               listed=None if repush else self._recorded)
                     self._recorded = record
                 if deletes:
                     self.writer.client.delete(*(user_key(self.writer.ns, u) for u in deletes))

@@ -105,7 +105,10 @@ def serve_cmd(
 
     GET /users/{id}/recommendations (query: n, mode=auto|manual|context, delta, hour, device,
     seen, exclude_seen; the user's last seen items and the items in seen are left out unless
-    exclude_seen=false), GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing; `pid`
+    exclude_seen=false: new items the user clicked too, through the namespace's list of added
+    ids, diam:<ns>:added, which the stream writes; a namespace written by a release before
+    it, or by a run on another version than the user's vectors', leaves out only the snapshot's
+    own items), GET /users/{id}/interests, GET /health (503 while Redis or the snapshot is missing; `pid`
     names the process that answered), GET /metrics (Prometheus, per process), OpenAPI schema at
     /openapi.json and docs at /docs, and the read-only operator page at /ui (lag, freshness,
     K_u and d_u of the namespace, alerts, users). A newly published snapshot is picked up

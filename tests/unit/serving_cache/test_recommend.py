@@ -194,13 +194,20 @@ def test_warm_up_with_and_without_a_snapshot(snapshot, monkeypatch):
 
 
 class _DictRedis:
-    """Just GET over a dict: the unit test of what recommend() does with a stored value."""
+    """GET, HGETALL and LRANGE over a dict: the unit test of what recommend() does with a
+    stored value (and a namespace's base record and added ids, when the dict holds them)."""
 
     def __init__(self, values: dict) -> None:
         self.values = values
 
     def get(self, key: str):
         return self.values.get(key)
+
+    def hgetall(self, key: str) -> dict:
+        return dict(self.values.get(key, {}))
+
+    def lrange(self, key: str, start: int, end: int) -> list:
+        return list(self.values.get(key, []))[start:end + 1]
 
 
 def test_seen_items_pushed_by_the_stream_are_excluded_by_default(snapshot):
@@ -229,10 +236,11 @@ def test_seen_items_pushed_by_the_stream_are_excluded_by_default(snapshot):
     assert rec2.recommend("u1", n=10).stale
 
 
-def test_seen_rows_beyond_the_published_table_are_not_trusted(snapshot):
+def test_seen_rows_beyond_the_published_table_are_not_trusted_without_the_added_ids(snapshot):
     """Content rows (new items appended after publishing) are numbered in the order each
-    process met them, so a seen row there may name another item in this API: it is not used,
-    while published rows still are."""
+    process met them, so a seen row there may name another item in this API: without the
+    namespace's list of added ids (a release before it) it is not used, while published rows
+    still are."""
     import dataclasses
 
     from serving_cache import encode_user, user_key
@@ -250,6 +258,39 @@ def test_seen_rows_beyond_the_published_table_are_not_trusted(snapshot):
     # without content rows the same row is a published one, and it is excluded
     plain = Recommender(snapshot, redis_client=store, ns="unit").recommend("u1", n=20).items
     assert f"i{last}" not in plain and "i5" not in plain
+
+
+def test_seen_rows_beyond_the_published_table_go_through_the_added_ids(snapshot):
+    """The dataflow appended new items x, y (rows N, N+1 of its table) and lists them; this
+    index took them in the other order (y at N, x at N+1): a user who saw the dataflow's row
+    N (x) gets neither x back nor y left out. A list that does not hash to the record's
+    ``added_sha``, or a record of another version, is not used."""
+    from serving_cache import encode_user, user_key
+    from serving_cache.base_record import BaseRecord
+    from serving_cache.codec import UserVectors
+    from serving_cache.keys import added_key, base_key
+    from streams.catalog import CatalogItem
+
+    n = snapshot.n_items
+    api = snapshot.with_items([CatalogItem("y", (), "", 0), CatalogItem("x", (), "", 0)])
+    assert (api.index_of("y"), api.index_of("x")) == (n, n + 1)
+    v = api.item_vecs[[n, n + 1]].copy()
+    uv = UserVectors(seq=1, model=snapshot.version, k=2, d=0.5, dim=8, vecs=v, ts=0, n=2,
+                     anchor="diam", seen=np.array([n, 5], dtype=np.int32))
+    record = BaseRecord.of(snapshot.version, [*snapshot.item_ids.tolist(), "x", "y"], added=2)
+    values = {user_key("unit", "u1"): encode_user(uv),
+              base_key("unit"): {k.encode(): v.encode() for k, v in record.fields().items()},
+              added_key("unit"): [b"x", b"y"]}
+    got = Recommender(api, redis_client=_DictRedis(values), ns="unit").recommend("u1", n=200)
+    assert "x" not in got.items and "i5" not in got.items and "y" in got.items
+    kept = Recommender(api, redis_client=_DictRedis(values), ns="unit").recommend(
+        "u1", n=200, exclude_seen=False)
+    assert "x" in kept.items
+    for bad in ({added_key("unit"): [b"y", b"x"]},  # another run's order
+                {base_key("unit"): {**values[base_key("unit")], b"version": b"other"}}):
+        got = Recommender(api, redis_client=_DictRedis({**values, **bad}), ns="unit"
+                          ).recommend("u1", n=200)
+        assert "x" in got.items and "y" in got.items and "i5" not in got.items
 
 
 def _user_on(model: str, snapshot, seen=(5, 60, 6, 61)) -> bytes:
