@@ -18,6 +18,7 @@ from serving_cache import (
 from serving_cache.codec import encode_users
 from serving_cache.keys import (
     FORGOTTEN_ADOPTED_BY,
+    added_key,
     base_key,
     every_user_key,
     forgotten_key,
@@ -38,6 +39,7 @@ def test_keys_are_pinned() -> None:
     assert model_active_key("live").encode() == b"diam:live:model:active"
     assert generation_key("live").encode() == b"diam:live:gen"
     assert base_key("live").encode() == b"diam:live:base"
+    assert added_key("live").encode() == b"diam:live:added"
     assert user_in_every_namespace("u-1").encode() == b"diam:*:u:u-1"
     assert namespace_of_key(user_key("replay-1", "u-1").encode()) == "replay-1"
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
