@@ -21,6 +21,7 @@ from diam.settings import Settings
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
 from online_model.online import OnlineLearner
+from streams.growth_log import GrowthLog
 from streams.online import LearnerHolder
 from streams.runner import OnlineJob
 
@@ -45,7 +46,8 @@ class NoBaseModel(click.ClickException):
 def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: str | None = None,
                 base_from_data: str | None = None, hot_reload: bool = True,
                 namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
-                topic: str | None = None, pinned: bool = False) -> LearnerHolder:
+                topic: str | None = None, pinned: bool = False,
+                growth: GrowthLog | None = None) -> LearnerHolder:
     """The learner holder of a run, over the base given explicitly, at most one of:
     ``snapshot`` (a version in the store), ``checkpoint`` (a checkpoint or snapshot directory),
     ``base_from_data`` (a co-occurrence base built from that prepared dataset); else over the
@@ -61,6 +63,13 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     topics held at the start, and a live run started over the same topics writes the same
     bytes.
 
+    ``growth`` (``OnlineJob.growth``: the recovery store's growth log, a run with a store) is
+    where the order of every version's new items is kept (:mod:`streams.growth_log`): the
+    start replays the version's logged growths first and logs its own, and so does a reload
+    onto a version (a rollback); without it the order lives in memory for the run's rollbacks
+    and a restart appends the new items known then in id order (its state starts over too). A
+    replay (``pinned``) ignores it: its base is a function of the topics alone.
+
     Close the holder when the run ends, however it ends (``LearnerHolder.close``): a hot
     reloading one keeps a thread and Kafka consumers following the topics until then.
 
@@ -70,10 +79,12 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     snapshot is active, or the one given cannot be read (a directory that is not a
     checkpoint, a dataset that is missing or malformed), or the active or given snapshot
     cannot be used (a damaged ACTIVE pointer, a file that fails its hash, an embedding size
-    other than ``settings.online.dim``)."""
+    other than ``settings.online.dim``); a growth log that cannot be read is a
+    ``click.ClickException`` naming the file."""
     from online_model.base import BaseLoadError
     from online_model.datasets import DatasetError
     from snapshotter.store import SnapshotError
+    from streams.growth_log import GrowthLogError
 
     given = [(name, value) for name, value in (("--snapshot", snapshot),
                                                ("--checkpoint", checkpoint),
@@ -84,18 +95,21 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     try:
         return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
                        learner, topic if topic is not None else settings.kafka.clicks_topic,
-                       pinned)
+                       pinned, None if pinned else growth)
     except BaseLoadError as exc:
         raise NoBaseModel(f"cannot use the base: {exc}") from None
     except DatasetError as exc:
         raise NoBaseModel(f"cannot build a base from the dataset: {exc}") from None
     except SnapshotError as exc:
         raise NoBaseModel(str(exc)) from None
+    except GrowthLogError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             base_from_data: str | None, hot_reload: bool, namespace: str | None,
-            learner: LearnerFactory, topic: str, pinned: bool) -> LearnerHolder:
+            learner: LearnerFactory, topic: str, pinned: bool,
+            growth: GrowthLog | None) -> LearnerHolder:
     from snapshotter.store import SnapshotError, SnapshotStore
 
     cfg = settings.online
@@ -107,7 +121,7 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             raise NoBaseModel(str(exc)) from None
         base = _snapshot_base(store, snapshot, cfg)
         if hot_reload or pinned:
-            base = _pinned_growth(settings, base, _tower(path, snapshot), topic)
+            base = _pinned_growth(settings, base, _tower(path, snapshot), topic, growth)
     elif checkpoint is not None:
         base = stream_base(checkpoint, cfg, f"checkpoint {checkpoint}")
     elif base_from_data is not None:
@@ -119,7 +133,8 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         if pinned:
             base = _pinned_growth(settings, base, _tower(store.path(version), version), topic)
         elif hot_reload:
-            first, reload = _follow_active(settings, store, base, namespace, learner, topic)
+            first, reload = _follow_active(settings, store, base, namespace, learner, topic,
+                                           growth)
             return LearnerHolder(first, version, reload=reload,
                                  check_every_s=settings.flow.reload_check_s)
     else:
@@ -258,7 +273,7 @@ def _catalog_now(settings: Settings) -> dict[str, Any]:
 
 def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: str,
                     catalog: dict[str, Any], known: Callable[[str], bool], *,
-                    follow: bool) -> tuple[BaseView, Any]:
+                    follow: bool, growth: GrowthLog | None = None) -> tuple[BaseView, Any]:
     """``base`` grown with the new items known now, the one rule of ``diam run`` and
     ``diam replay``: every item of ``catalog`` (:func:`_catalog_now`) and every item the
     click-first rule (``streams.new_items.ClickFirst``, asking ``known``, unless
@@ -269,11 +284,15 @@ def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: st
     (the item count and rows enter each event's draw, ``online_model.kernels``). Applied before
     the dataflow starts, not at a worker's first batch, so worker threads see one base.
 
+    With ``growth`` (:mod:`streams.growth_log`) the growths it logged for the version come
+    first, in their order and with the metadata they had (the rows the store's users hold),
+    then the items above that they lack, in id order, logged as one more growth.
+
     With ``follow`` the click-first tail goes on and is returned (the caller's hot reload takes
     what it finds next, and closes it); without, or when this raises, it is closed and None is
     returned. Clicks not read within ``FlowConfig.click_first_catch_up_s`` are left out, with a
     warning: the base then depends on timing."""
-    from streams.new_items import ClickFirstFollower, extend_base
+    from streams.new_items import ClickFirstFollower, grow
 
     flow = settings.flow
     clicks = None
@@ -293,29 +312,35 @@ def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: st
                 clicks.close()
                 clicks = None
         found.update(catalog)  # after the rule's: a catalogue item keeps its metadata
-        grown = extend_base(base, [found[i] for i in sorted(found)], tower)
+        logged = base if growth is None else growth.replay(base, tower)
+        grown, batch = grow(logged, [found[i] for i in sorted(found)], tower)
+        if growth is not None:
+            growth.record(base.version, batch)
     except BaseException:  # the follower's thread and consumer end with this start
         if clicks is not None:
             clicks.close()
         raise
     if grown is not base:
-        log.info("base %s starts with %d new item(s) (catalogue and click-first)", base.version,
-                 len(grown.item_ids) - len(base.item_ids))
+        log.info("base %s starts with %d new item(s) (catalogue and click-first%s)",
+                 base.version, len(grown.item_ids) - len(base.item_ids),
+                 f", {len(logged.item_ids) - len(base.item_ids)} in the growth log's order"
+                 if logged is not base else "")
     return grown, clicks
 
 
-def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str) -> BaseView:
-    """``base`` grown once, at the start (:func:`_grown_at_start`), for a run whose base then
-    stays as it is (a replay)."""
+def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str,
+                   growth: GrowthLog | None = None) -> BaseView:
+    """``base`` grown once, at the start (:func:`_grown_at_start`, after ``growth``'s logged
+    growths), for a run whose base then stays as it is (a replay, ``--snapshot``)."""
     catalog = _catalog_now(settings)
     grown, _ = _grown_at_start(settings, base, tower, topic, catalog,
                                lambda item: base.index_of(item) >= 0 or item in catalog,
-                               follow=False)
+                               follow=False, growth=growth)
     return grown
 
 
 def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
-                   learner: LearnerFactory, topic: str
+                   learner: LearnerFactory, topic: str, growth: GrowthLog | None = None
                    ) -> tuple[OnlineLearner, _Following]:
     """The first learner of a run on the active snapshot ``base`` (grown with the new items
     known at the start, :func:`_grown_at_start`), and the holder's reload hook: a newly
@@ -328,6 +353,11 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
     enter it when a reload check finds them (``FlowConfig.reload_check_s``), a point in the
     stream that depends on timing.
 
+    Every growth is logged in ``growth`` (in memory when None) before the grown base is
+    handed to the holder, and a version loaded again (a rollback, a re-publish of an earlier
+    version) replays its logged growths first: a user still recorded under it finds its rows'
+    items where they were (``OnlineLearner.apply`` re-anchors on another version only).
+
     A new version the stream cannot use (another embedding size, a file the base loader
     refuses) is refused as a failed hash is: one error line naming it, the current base stays,
     and it is not offered again until the pointer moves.
@@ -338,9 +368,10 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
     from serving_cache import redis_client
     from snapshotter.store import ActiveWatcher, SnapshotError
     from streams.catalog import CatalogFollower
-    from streams.new_items import extend_base
+    from streams.new_items import grow
 
     version = base.version
+    growth = growth if growth is not None else GrowthLog()
     client = redis_client(settings.redis)
     follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
     clicks = None
@@ -361,7 +392,8 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
         follower.items.update(_catalog_now(settings))  # its first poll brings them again: known
         base, clicks = _grown_at_start(
             settings, base, tower, topic, dict(follower.items),
-            lambda item: base.index_of(item) >= 0 or item in follower.items, follow=True)
+            lambda item: base.index_of(item) >= 0 or item in follower.items, follow=True,
+            growth=growth)
         current = learner(base, settings.online)
     except BaseException:
         close()
@@ -372,9 +404,10 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
         found = watcher.poll()
         if found is None:
             fresh = follower.poll() + (clicks.take() if clicks is not None else [])
-            new = extend_base(base, fresh, tower) if fresh else base
+            new, batch = grow(base, fresh, tower)
             if new is base:
                 return None
+            growth.record(new.version, batch)  # durable before the holder swaps it in
         else:
             new_version, path = found
             try:
@@ -385,8 +418,9 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
                 watcher.refuse(new_version, keep=base.version)
                 return None
             tower = new_tower
-            new = extend_base(loaded, list(follower.items.values())
+            new, batch = grow(growth.replay(loaded, tower), list(follower.items.values())
                               + (clicks.items() if clicks is not None else []), tower)
+            growth.record(new.version, batch)
         base = new
         nxt = learner(new, settings.online)
         nxt.succeed(current)
@@ -423,13 +457,16 @@ def online_job(settings: Settings, *, topic: str | None = None, namespace: str |
     survive a crash without losing or redoing work: without ``recovery_dir`` (or
     ``no_recovery``) it gets a recovery store of its own under the stack's home,
     ``recovery/<namespace>--<topic>[--p<partitions>]``. Bounded runs (replays, batch jobs)
-    and Bytewax clusters use none unless given."""
+    and Bytewax clusters use none unless given. A run with a store keeps its growth log there
+    (``OnlineJob.growth``, :mod:`streams.growth_log`; pass it to :func:`load_holder`)."""
     ns = namespace if namespace is not None else settings.redis.namespace
     topic = topic if topic is not None else settings.kafka.clicks_topic
     if recovery_dir is None and not (bounded or no_recovery or addresses):
         tag = "" if partitions is None else "--p" + "-".join(map(str, sorted(set(partitions))))
         recovery_dir = Path(settings.stack.home) / "recovery" / f"{ns}--{topic}{tag}"
+    growth = None if recovery_dir is None else GrowthLog.in_store(
+        Path(recovery_dir), process_id or 0, (len(addresses or []) or 1, workers))
     return OnlineJob(kafka=settings.kafka, redis=settings.redis, flow=settings.flow, topic=topic,
                      namespace=ns, bounded=bounded, workers=workers, process_id=process_id,
                      addresses=list(addresses or []), recovery_dir=recovery_dir,
-                     partitions=partitions, stop=stop)
+                     partitions=partitions, stop=stop, growth=growth)

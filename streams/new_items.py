@@ -35,7 +35,7 @@ import numpy as np
 
 from streams.catalog import CatalogItem
 
-__all__ = ["extend_base", "load_tower", "ClickFirst", "ClickFirstFollower", "ClickTail"]
+__all__ = ["extend_base", "grow", "load_tower", "ClickFirst", "ClickFirstFollower", "ClickTail"]
 
 
 def load_tower(snapshot_dir: str | Path) -> Any:
@@ -49,16 +49,23 @@ def load_tower(snapshot_dir: str | Path) -> Any:
 def extend_base(base: Any, items: Sequence[CatalogItem], tower: Any) -> Any:
     """``base`` with the catalogue ``items`` it does not know appended (content embeddings);
     ``base`` itself when there is nothing to add or no tower."""
+    return grow(base, items, tower)[0]
+
+
+def grow(base: Any, items: Sequence[CatalogItem], tower: Any) -> tuple[Any, list[CatalogItem]]:
+    """:func:`extend_base`, and the items it embedded, in order (empty when ``base`` is
+    returned): what ``streams.growth_log.GrowthLog`` records, so that ``extend_base`` over them
+    rebuilds the same rows with the same embeddings."""
     if tower is None or tower.dim != base.dim:
-        return base
+        return base, []
     new = [it for it in items if base.index_of(it.item_id) < 0]
     if not new:
-        return base
+        return base, []
     emb = tower.embed([list(it.categories) for it in new], [it.title for it in new])
     pos = {c: i for i, c in enumerate(base.category_names)}
     cats = np.array([pos.get(it.categories[0], -1) if it.categories else -1 for it in new],
                     dtype=np.int32)
-    return base.with_items([it.item_id for it in new], emb, cats)
+    return base.with_items([it.item_id for it in new], emb, cats), new
 
 
 class ClickFirst:

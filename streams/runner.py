@@ -27,6 +27,7 @@ from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
 from streams.forget_markers import forget_markers_of
+from streams.growth_log import GrowthLog, GrowthLogError
 from streams.kafka_health import BrokerHealth
 from streams.kafka_io import ensure_topic, partition_ids
 from streams.kafka_sink import KafkaEpochSink
@@ -92,6 +93,10 @@ class OnlineJob:
     joined: threading.Event = field(default_factory=threading.Event)
     """Set once this process's workers build the dataflow: for a Bytewax cluster, once every
     process answered (:func:`waiting_for`)."""
+    growth: GrowthLog | None = None
+    """The growth log in ``recovery_dir`` the run's holder follows (``diam.app.load_holder``):
+    :func:`prepare_online` opens it for writing once the store is held and every check passed,
+    :meth:`PreparedRun.close` closes it."""
 
 
 class ClusterNotJoined(RuntimeError):
@@ -247,6 +252,8 @@ class PreparedRun:
 
     def close(self) -> None:
         """Release the recovery store (once; a second call does nothing)."""
+        if self.job.growth is not None:
+            self.job.growth.close()
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -266,7 +273,9 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     earlier release recorded under its name alone adopted (:func:`_forget_markers`; its notice
     is logged here, so before a start line too): a broker or Redis failing there raises the
     client's error (``redis.ConnectionError``, ``confluent_kafka.KafkaException``), a marker key
-    of another type than a hash ``serving_cache.forgotten.MarkersNotAHash``."""
+    of another type than a hash ``serving_cache.forgotten.MarkersNotAHash``. Then the store's
+    growth log (``job.growth``) starts writing: :class:`RecoveryUnusable` when it changed
+    since the holder read it or cannot be written."""
     validate_namespace(job.namespace)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)
@@ -276,6 +285,11 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
         if job.recovery_dir is not None:
             _check_store(job, Path(job.recovery_dir), prepared.partition_count)
         prepared.topic_id = _forget_markers(job)
+        if job.growth is not None:  # writes only once the store is this run's and usable
+            try:
+                job.growth.open()
+            except GrowthLogError as exc:
+                raise RecoveryUnusable(f"{exc} (--recovery-dir)") from None
     except BaseException:
         prepared.close()
         raise

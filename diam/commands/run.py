@@ -309,8 +309,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
                     namespace=job.namespace, topic=job.topic, hot_reload=False)
         raise
+    # the store's growth log: the order of the new items its users' rows refer to
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
-                         namespace=job.namespace, topic=job.topic)
+                         namespace=job.namespace, topic=job.topic, growth=job.growth)
     # its followers (the click-first reader's thread, the catalogue's and the clicks' consumers)
     # stop when the command ends, however: done, refused, failed or interrupted
     ctx.call_on_close(holder.close)
