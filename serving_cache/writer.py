@@ -43,9 +43,10 @@ def _lua_literal(b: bytes) -> str:
 
 
 # KEYS = user keys; ARGV = (incoming seq, encoded value) per key, in the order of KEYS.
-# Returns {written, refused}: how many keys were written, how many pushes the forget check
-# (below) refused. A key whose stored seq is newer or equal is skipped (a stale
-# write). A stored value that cannot be parsed is overwritten: it cannot be newer than valid
+# Returns {written, refused, skipped}: how many keys were written, how many pushes the forget
+# check (below) refused, and the places (1-based, among the user keys) of the keys whose stored
+# seq is newer or equal, which were skipped (a stale write, or a value Redis holds already: the
+# caller tells which of them it expected, e.g. streams.redis_sink's re-pushes of resumed users). A stored value that cannot be parsed is overwritten: it cannot be newer than valid
 # state.
 #
 # Values of serving_cache.codec start with HEAD ({"v": 1, "seq": <int>, ...}), so seq is read
@@ -107,22 +108,24 @@ def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False) -> str
     >>> "HGET" in write_if_newer_lua(None, forgotten=True), "HGET" in WRITE_IF_NEWER_LUA
     (True, False)
     """
-    ex = stale = ""
+    # a stored seq (not nil) is read from a value (cur): the else branch is a stale push's
+    stale = "  else\n    skipped[#skipped + 1] = i - first + 1\n"
+    ex = ""
     if ttl_s:
         ttl = int(ttl_s)
         if ttl < 1:
             raise ValueError(f"ttl_s must be at least 1 second, not {ttl_s}")
         ex = f", 'EX', {ttl}"
-        stale = f"  elseif cur then\n    redis.call('EXPIRE', KEYS[i], {ttl})\n"
+        stale += f"    redis.call('EXPIRE', KEYS[i], {ttl})\n"
     write = f"    redis.call('SET', KEYS[i], ARGV[a + 1]{ex})\n    written = written + 1\n"
     if forgotten:
         write = "    " + _REFUSED + write.replace("\n    ", "\n      ") + "    end\n"
-    return ("local written, refused = 0, 0\n"
+    return ("local written, refused, skipped = 0, 0, {}\n"
             + (_FORGOTTEN if forgotten else "local first, argv0 = 1, 0\n")
             + "for i = first, #KEYS do\n" + _READ_STORED
             + "  local a = 2 * (i - first) + 1 + argv0\n  local seq = tonumber(ARGV[a])\n"
             + "  if stored == nil or stored < seq then\n" + write + stale + "  end\nend\n"
-            + "return {written, refused}\n")
+            + "return {written, refused, skipped}\n")
 
 
 WRITE_IF_NEWER_LUA = write_if_newer_lua()
@@ -160,25 +163,27 @@ class RedisWriter:
         self._sha: str | None = None
         self._encoder = Encoder()
         self._encoder.warm_up()  # compiled here, not on the first push (which would wait)
-        self.last_skipped = 0
-        """Users of the last :meth:`write_batch` whose value Redis kept (its seq was newer or
-        equal): a replay of what was written already, or another run's newer state. 0 when a
-        chunk was sent again (a lost script, moved slots): the first try may have written
-        part of it, so its users' skips are not told apart from the retry's own."""
+        self.last_skipped: list[tuple[str, UserVectors]] = []
+        """The entries of the last :meth:`write_batch` whose value Redis kept (its seq was
+        newer or equal), in the order sent: a replay of what was written already, or another
+        run's newer state. Empty when a chunk was sent again (a lost script, moved slots): the
+        first try may have written part of it, so its users' skips are not told apart from
+        the retry's own."""
         self.last_refused = 0
         """Users of the last :meth:`write_batch` whose push was refused as forgotten (learnt
         from clicks before their tombstone on ``topic``); not among :attr:`last_skipped`."""
 
     def write_batch(self, entries: Iterable[tuple[str, UserVectors]]) -> int:
         """Write every entry whose seq is newer than what Redis holds, unless the forget check
-        refuses it (:attr:`last_refused`); return how many were written. Older entries for the
-        same user earlier or later in the batch are dropped."""
+        refuses it (:attr:`last_refused`); return how many were written; the entries skipped
+        are :attr:`last_skipped`. Older entries for the same user earlier or later in the batch
+        are dropped."""
         newest: dict[str, UserVectors] = {}
         for user_id, uv in entries:
             prev = newest.get(user_id)
             if prev is None or uv.seq > prev.seq:
                 newest[user_id] = uv
-        self.last_skipped = self.last_refused = 0
+        self.last_skipped, self.last_refused = [], 0
         if not newest:
             return 0
         items = list(newest.items())
@@ -208,7 +213,8 @@ class RedisWriter:
                     written += self._send(chunk)
                 except redis.exceptions.ResponseError:
                     raise exc from None
-        self.last_skipped = 0 if resent else len(items) - written - self.last_refused
+        if resent:
+            self.last_skipped = []
         return written
 
     def _send(self, chunk: list[tuple[str, UserVectors]]) -> int:
@@ -282,7 +288,10 @@ class RedisWriter:
                 pipe.evalsha(self._sha, len(keys), *keys, *argv)
         # raises the first error reply (NoScriptError included: write_batch reloads the script)
         written = 0
-        for w, refused in pipe.execute():
+        parts = (group[start : start + per] for group in groups
+                 for start in range(0, len(group), per))
+        for (w, refused, skipped), part in zip(pipe.execute(), parts, strict=True):
             written += int(w)
             self.last_refused += int(refused)
+            self.last_skipped += (part[int(j) - 1] for j in skipped)
         return written

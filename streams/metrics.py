@@ -77,6 +77,7 @@ METRIC_NAMES = (
     "diam_flow_dead_letters_total", "diam_flow_users", "diam_flow_pushes_total",
     "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
     "diam_flow_unknown_item_clicks_total", "diam_flow_redis_stale_pushes_total",
+    "diam_flow_redis_resumed_repushes_total",
     "diam_flow_redis_forgotten_pushes_total",
     "diam_flow_forgets_total", "diam_flow_users_resumed_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
@@ -277,9 +278,14 @@ class FlowMetrics:
                       st.get("unknown_items", 0))
         yield counter("diam_flow_pushes", "User vectors emitted towards Redis", st.get("pushes", 0))
         yield counter("diam_flow_redis_stale_pushes", "Pushes Redis did not write: it held the "
-                      "user at a newer or equal seq (a resumed run re-reading, or another run's state in "
-                      "the namespace)",
+                      "user at a newer or equal seq (a run resumed after a crash re-reading, or "
+                      "another run's state in the namespace; not a resumed user's re-push)",
                       st.get("stale_pushes", 0))
+        yield counter("diam_flow_redis_resumed_repushes", "Re-pushes of users resumed from the "
+                      "recovery store (the state they were resumed with, pushed again in case a "
+                      "crash lost the write) that Redis already held at that seq or a newer one: "
+                      "expected at every restart, not stale writes",
+                      st.get("resumed_repushes", 0))
         yield counter("diam_flow_redis_forgotten_pushes", "Pushes Redis refused: diam forget "
                       "forgot the user after the clicks they were learnt from",
                       st.get("forgotten_pushes", 0))

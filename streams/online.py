@@ -43,7 +43,7 @@ from streams.config import FlowConfig
 from streams.events import USER_ID_RE, Click, Rejection, decode_click
 from streams.kafka_io import RawRecord
 from streams.kafka_sink import KafkaOut
-from streams.redis_sink import RELEASED, Item, Released
+from streams.redis_sink import RELEASED, Item, Released, resumed_push
 
 _NO_SEEN = np.zeros(0, dtype=np.int32)
 T = TypeVar("T")
@@ -120,9 +120,10 @@ class Counts:
     """User states started or resumed: a new user, a user resumed from the recovery store, and
     a user again after a forget or idleness."""
     resumed: int = 0
-    """Of ``users``, those resumed from the recovery store. A resumed run reads again the
-    records after the snapshot it resumed from, so its first pushes may re-write what Redis
-    holds already (``stale_pushes``)."""
+    """Of ``users``, those resumed from the recovery store. Each is pushed again with the
+    state it was resumed with (``resumed_repushes`` when Redis holds it already), and a run
+    resumed after a crash reads again the records after the snapshot it resumed from, so its
+    next pushes may re-write what Redis holds already too (``stale_pushes``)."""
     evictions: int = 0
     """Users dropped from the state as idle (``FlowConfig.evict_idle_s``)."""
     restarts: int = 0
@@ -141,9 +142,16 @@ class Counts:
     stale_pushes: int = 0
     """Pushes Redis did not write because it held the user at a newer or equal seq (counted by
     ``streams.redis_sink`` on its writer thread, once per user per write: pushes of a user
-    merged into one write count once; a re-push after Redis lost data and a write retried
-    after an outage are not counted). Many of them mean the namespace holds another
-    run's state (seq is a Kafka offset: another topic's offsets are not comparable)."""
+    merged into one write count once; a re-push after Redis lost data, a write retried
+    after an outage and a resumed user's re-push (``resumed_repushes``) are not counted).
+    Many of them mean the namespace holds another run's state (seq is a Kafka offset:
+    another topic's offsets are not comparable)."""
+    resumed_repushes: int = 0
+    """Pushes of a user resumed from the recovery store, with the state it was resumed with
+    (no click learnt since: every resumed user is pushed again, in case a crash lost the
+    write), that Redis did not write because it held the user at that seq or a newer one:
+    expected at every resume (after a clean stop, every resumed user's), counted apart from
+    ``stale_pushes`` by ``streams.redis_sink`` as those are."""
     forgotten_pushes: int = 0
     """Pushes Redis refused because ``diam forget`` forgot the user after the clicks they were
     learnt from (their tombstone on the topic lies after those clicks; counted by
@@ -521,6 +529,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self._drop = None if cfg.evict_idle_s is None else _DropSchedule(cfg.evict_idle_s)
         self._last_push = time.time()
         self._due: datetime | None = None
+        self._resumed_seq: int | None = None  # the seq of the state resumed with
         if resume is not None:
             self.user_id, packed, self.since_push, self.dirty = resume[:4]
             if len(resume) > 4:
@@ -530,6 +539,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             self.counts.resumed += 1
             if self.dirty:
                 self._due = datetime.now(UTC)
+                self._resumed_seq = self.state.seq
 
     def _push(self) -> UserVectors:
         st = self.state
@@ -540,8 +550,11 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self.counts.pushes += 1
         V = st.V
         seen = st.recent[-self.cfg.seen_items:] if self.cfg.seen_items else _NO_SEEN
-        return new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(), st.last_ts,
-                           st.n_events, self.holder.anchor_kind, seen)
+        uv = new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(), st.last_ts,
+                         st.n_events, self.holder.anchor_kind, seen)
+        if st.seq == self._resumed_seq:  # the resumed state again: the sink counts it apart
+            return resumed_push(uv)
+        return uv
 
     def _end(self, unpushed: bool) -> list[Out]:
         """End the user's state, as idleness does (a start-over or a drop): first the last push

@@ -63,7 +63,7 @@ from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from serving_cache.base_record import BaseRecord, write_base
 from serving_cache.keys import generation_key, model_active_key, user_key
 
-__all__ = ["RELEASED", "RedisVectorSink", "Released"]
+__all__ = ["RELEASED", "RedisVectorSink", "Released", "ResumedPush", "resumed_push"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,21 @@ class Released:
 
 
 RELEASED = Released()
+
+
+class ResumedPush(UserVectors):
+    """The vectors of a user resumed from the recovery store, pushed with no click learnt
+    since (``streams.online``: every resumed user is pushed again, in case the crash lost a
+    write still queued). Written as any :class:`UserVectors`, byte for byte; Redis mostly
+    holds them already (a clean stop, or a crash after the write), and such a push that it
+    kept out as not newer is counted apart (``resumed_repushes``), not as a stale push."""
+
+
+def resumed_push(uv: UserVectors) -> ResumedPush:
+    """``uv`` as a :class:`ResumedPush` (its fields as they are, not copied)."""
+    out = object.__new__(ResumedPush)
+    out.__dict__.update(uv.__dict__)
+    return out
 
 Item = tuple[str, "UserVectors | None | Released"]
 """What the sink takes, keyed by user: vectors to write, None to delete the user's key, or
@@ -104,9 +119,11 @@ class _Partition(StatelessSinkPartition[Item]):
         self.repushed = 0
         self.counts: Callable[[], Any] | None = None
         """The writer thread's counters (``FlowStats.counts``), where the pushes Redis did not
-        write because it held the user at a newer or equal seq are counted (``stale_pushes``;
-        not a re-push's): the namespace holds another run's state, or this run replays what
-        it wrote already; and the pushes refused as forgotten (``forgotten_pushes``)."""
+        write because it held the user at a newer or equal seq are counted: a resumed user's
+        push of the state it was resumed with (:class:`ResumedPush`) as ``resumed_repushes``,
+        any other as ``stale_pushes`` (the namespace holds another run's state, or this run
+        replays what it wrote already; not a re-push after Redis lost data); and the pushes
+        refused as forgotten (``forgotten_pushes``)."""
         self.base: Callable[[], BaseRecord | None] | None = None
         """The dataflow's current base (``LearnerHolder.base_record``): written to the
         namespace's base record (``serving_cache.keys.base_key``) and its list of added ids
@@ -254,10 +271,14 @@ class _Partition(StatelessSinkPartition[Item]):
                 # (a released user's last push is in ``sent`` only)
                 n = self.writer.write_batch(
                     list(held.items()) + [w for w in sent if w[0] not in held] if repush else sent)
+                skipped = self.writer.last_skipped
                 if repush:
                     self.repushed += len(held)
-                elif self.writer.last_skipped and not retried and self.counts is not None:
-                    self.counts().stale_pushes += self.writer.last_skipped
+                elif skipped and not retried and self.counts is not None:
+                    counts = self.counts()
+                    resumed = sum(type(uv) is ResumedPush for _, uv in skipped)
+                    counts.resumed_repushes += resumed
+                    counts.stale_pushes += len(skipped) - resumed
                 if self.writer.last_refused and self.counts is not None:
                     # the forget check refuses a push again on a retry: counted once, here
                     self.counts().forgotten_pushes += self.writer.last_refused

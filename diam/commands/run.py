@@ -51,6 +51,7 @@ SUMMARY = ("{end}: {records} records ({valid} valid, {forgets} forgets, {rejecte
            "{unknown_items} on items the base does not know), "
            "{users} user states ({resumed} resumed, {in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
            "{stale_pushes} kept out by Redis as not newer, "
+           "{resumed_repushes} re-pushes of resumed users Redis held already, "
            "{forgotten_pushes} refused as forgotten, "
            "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
            "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")
@@ -77,16 +78,21 @@ def summary_line(end: str, counts: dict[str, float], seconds: float, cpu_s: floa
 
 def stale_warning(n: int, namespace: str, resumed: int = 0) -> str:
     """What ``diam run`` says after a run whose pushes Redis kept out (``FlowStats``'
-    ``stale_pushes``): the namespace held those users at a newer or equal seq. A run that
-    resumed users from its recovery store re-reads the records after its snapshot (at least
-    once; the seq keeps Redis exact), so for it that is expected and said so; it is a warning
-    only for a run that resumed nobody."""
+    ``stale_pushes``): the namespace held those users at a newer or equal seq. The re-pushes
+    of the state resumed users were resumed with are not among them (``resumed_repushes``:
+    expected at every resume). A run resumed after a crash re-reads the records after its
+    snapshot (at least once; the seq keeps Redis exact), whose pushes Redis may hold already,
+    so for a run that resumed users this is said as possibly expected; it is a warning only
+    for a run that resumed nobody."""
     if resumed:
-        return (f"{n:,} pushes were already in Redis: this run resumed {resumed:,} users from "
-                "its recovery store and read again the records after its last snapshot "
-                "(Redis kept the newer writes; nothing was doubled). Expected for those "
-                "records; far more than the records it re-read would mean the namespace also "
-                f"holds another run's state: `diam inspect namespace --namespace {namespace}`")
+        return (f"{n:,} pushes were already in Redis, at a newer or equal seq (nothing was "
+                f"doubled). This run resumed {resumed:,} users from its recovery store (their "
+                "re-pushes of the state they were resumed with are counted apart): resumed "
+                "after a crash, a run reads again the records after its last snapshot, and "
+                "Redis may hold what it learns from them already; resumed after a clean stop, "
+                "it reads none again. More of them than the records it read again mean the "
+                "namespace also holds another run's state: `diam inspect namespace "
+                f"--namespace {namespace}`")
     return (f"warning: {n:,} pushes were not written: Redis held those users of namespace "
             f"{namespace!r} at a newer or equal seq. Either this run re-read what it had "
             "written already, or the namespace holds another run's state (seq is a Kafka "

@@ -13,7 +13,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from online_model.online import OnlineLearner
 from online_model.testing import BEFORE
-from serving_cache.codec import decode_user, encode_user
+from serving_cache.codec import UserVectors, decode_user, encode_user
 from streams.config import FlowConfig
 from streams.events import ClickEvent
 from streams.kafka_io import RawRecord
@@ -166,6 +166,14 @@ def test_resumed_users_are_pushed_again_even_without_new_events(tmp_path) -> Non
     assert _final(second) == _final(clean)
     # every user the snapshot held is counted as resumed (diam run says its re-pushes so)
     assert stats.as_dict()["resumed"] == 6 and stats.as_dict()["forgets"] == 0
+    # user0's re-push is marked as the state it was resumed with (the Redis sink counts it
+    # apart from stale pushes when Redis holds it already); a push of what a user learnt
+    # after the resume is an ordinary one
+    from streams.redis_sink import ResumedPush
+
+    assert all(type(uv) is ResumedPush for u, uv in second if u == "user0")
+    last = {u: uv for u, uv in second}
+    assert all(type(uv) is UserVectors for u, uv in last.items() if u != "user0")
 
 
 def test_a_tombstone_is_counted_as_a_forget_not_a_valid_click() -> None:

@@ -44,14 +44,14 @@ class _Writer:
         self.client, self.ns = _Client(), "t"
         self.sent: list[list[tuple[str, int]]] = []
         self.kept: set[str] = set()  # users whose value the fake Redis holds at a newer seq
-        self.last_skipped = 0
+        self.last_skipped: list[tuple[str, UserVectors]] = []
         self.last_refused = 0
 
     def write_batch(self, entries: list[tuple[str, UserVectors]]) -> int:
         self.sent.append(sorted((u, uv.seq) for u, uv in entries))
-        users = {u for u, _ in entries}
-        self.last_skipped = len(users & self.kept)
-        return len(users) - self.last_skipped
+        newest = dict(sorted(entries, key=lambda e: e[1].seq))
+        self.last_skipped = [(u, uv) for u, uv in newest.items() if u in self.kept]
+        return len(newest) - len(self.last_skipped)
 
 
 def _uv(seq: int) -> UserVectors:
@@ -115,6 +115,22 @@ def test_pushes_redis_kept_out_are_counted_on_the_writer_threads_counters() -> N
     part._write([("d", _uv(5))])
     assert w.sent[-1] == [("a", 1), ("b", 2), ("c", 4), ("d", 5)]
     assert stats.as_dict()["stale_pushes"] == 2  # a re-push's are expected
+
+
+def test_a_resumed_users_re_push_redis_kept_out_is_counted_apart_from_stale_pushes() -> None:
+    from streams.online import FlowStats
+    from streams.redis_sink import ResumedPush, resumed_push
+
+    part, w = _partition()
+    stats = FlowStats()
+    part.counts = stats.counts
+    w.kept = {"a", "b", "c"}  # Redis holds a, b and c at their seq or newer
+    again = resumed_push(_uv(1))
+    assert isinstance(again, ResumedPush) and again == _uv(1)  # the same value, byte for byte
+    part._write([("a", again), ("b", resumed_push(_uv(2))), ("c", _uv(3)), ("d", _uv(4))])
+    got = stats.as_dict()
+    assert (got["resumed_repushes"], got["stale_pushes"]) == (2, 1)
+    part.close()
 
 
 def test_an_outage_says_when_it_began_then_how_long_it_lasted(caplog: Any) -> None:
