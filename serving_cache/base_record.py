@@ -39,6 +39,15 @@ run left (another order, two runs writing at once) is not read as this record's.
 no multi-key command: Redis Cluster places them where it likes. A namespace without the list
 (written by a release before it) maps no such row.
 
+Beside them, ``diam:{ns}:partitions`` (``serving_cache.keys.partitions_key``, a hash) holds,
+per clicks topic the namespace's values were learnt from, the topic's partition count then
+(:func:`record_partitions`: checked and written by ``diam run`` before its start line, with or
+without a recovery store). Clicks are keyed to a partition by user and a value's ``seq`` is an
+offset, comparable only within one partition: after the count changed, users' new clicks sit
+at offsets that the values in Redis (write-if-newer) would keep out as old, so a run of
+another count of the topic into the namespace is refused. A namespace without the hash, or
+without the topic's field (a release before it, another topic), is recorded from now on.
+
 >>> rec = BaseRecord.of("20240501T000000Z-ab12", ["i0", "i1", "new-1"], added=1)
 >>> rec.fields()
 {'version': '20240501T000000Z-ab12', 'items': '3', 'added': '1', 'added_sha': 'ab4c73e30598', 'grown': '0'}
@@ -61,10 +70,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving_cache.keys import added_key, base_key
+from serving_cache.keys import added_key, base_key, partitions_key
 
 __all__ = ["AddedIds", "BaseRecord", "BaseRecordError", "base_difference", "read_added",
-           "read_base", "write_base"]
+           "read_base", "record_partitions", "write_base"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +191,38 @@ def write_base(client: Any, ns: str, record: BaseRecord, listed: BaseRecord | No
     if have == 0 or int(client.eval(_LIST, 1, key, have, *record.ids[have:])) < 0:
         client.eval(_LIST, 1, key, 0, *record.ids)
     client.hset(base_key(ns), mapping=record.fields())
+
+
+_CLAIM = """
+local was = redis.call('HGET', KEYS[1], ARGV[1])
+if was and was ~= ARGV[2] then return was end
+if not was then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return false
+"""
+"""Record ``ARGV[2]`` as field ``ARGV[1]`` of ``KEYS[1]`` unless it holds another value,
+returned (nil: recorded or already so). One script: two runs starting at once cannot both
+record their count."""
+
+
+def record_partitions(client: Any, ns: str, topic: str, count: int) -> int | None:
+    """Record that namespace ``ns``'s values are learnt from ``topic`` of ``count``
+    partitions (``diam:{ns}:partitions``, the module docstring); return the count recorded
+    earlier when it is another (nothing is written then), else None. Raises
+    :class:`BaseRecordError` when the key holds something else."""
+    import redis
+
+    try:
+        was = client.eval(_CLAIM, 1, partitions_key(ns), topic, str(int(count)))
+    except redis.ResponseError as exc:  # WRONGTYPE: a key of another type under the name
+        raise BaseRecordError(f"{partitions_key(ns)}: {exc}") from None
+    if was is None:
+        return None
+    text = was.decode("utf-8", "replace") if isinstance(was, bytes) else str(was)
+    try:
+        return int(text)
+    except ValueError:
+        raise BaseRecordError(f"{partitions_key(ns)} field {topic!r} is {text!r}, not a "
+                              "partition count") from None
 
 
 def read_added(client: Any, ns: str, record: BaseRecord, start: Sequence[str] = ()

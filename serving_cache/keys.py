@@ -13,7 +13,7 @@ import re
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
            "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
            "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
-           "FORGOTTEN_ADOPTED_BY", "base_key", "added_key"]
+           "FORGOTTEN_ADOPTED_BY", "base_key", "added_key", "partitions_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -40,7 +40,7 @@ def user_pattern(ns: str) -> str:
 
 def namespace_pattern(ns: str) -> str:
     """SCAN pattern matching every key of a namespace (users, active model, generation marker,
-    base record and its added ids) and no other namespace's: namespaces hold no ':' or glob
+    base record and its added ids, partition counts) and no other namespace's: namespaces hold no ':' or glob
     characters.
 
     >>> namespace_pattern("replay-1")
@@ -68,7 +68,7 @@ def user_in_every_namespace(user_id: str) -> str:
 
 def every_user_key() -> str:
     """SCAN pattern matching every user key of every namespace (and no other key: the other
-    keys, ``model:active``, ``gen``, ``base`` and ``added``, hold no ``:u:``)."""
+    keys, ``model:active``, ``gen``, ``base``, ``added`` and ``partitions``, hold no ``:u:``)."""
     return "diam:*:u:*"
 
 
@@ -129,6 +129,17 @@ def added_key(ns: str) -> str:
     'diam:replay-1:added'
     """
     return f"diam:{validate_namespace(ns)}:added"
+
+
+def partitions_key(ns: str) -> str:
+    """The hash of the partition count of each clicks topic namespace ``ns``'s values were
+    learnt from (``serving_cache.base_record``, which owns the format: written and checked by
+    ``diam run`` before its start line).
+
+    >>> partitions_key("replay-1")
+    'diam:replay-1:partitions'
+    """
+    return f"diam:{validate_namespace(ns)}:partitions"
 
 
 _TOPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -28,6 +28,7 @@ from diam.commands import (
     unreachable_service,
 )
 from diam.settings import Settings
+from serving_cache.config import RedisConfig
 
 
 class _EveryMinute(logging.Filter):
@@ -194,6 +195,34 @@ def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] |
     return hosts
 
 
+def _check_namespace_partitions(cfg: RedisConfig, ns: str, topic: str,
+                                count: int | None) -> None:
+    """Refuse a run of ``topic``, now of ``count`` partitions, into namespace ``ns`` when the
+    namespace's values were learnt from another count of it
+    (``serving_cache.base_record.record_partitions``, which records this run's count
+    otherwise): raises ``streams.runner.TopicRepartitioned`` in its wording. A recovery store
+    of another count is refused before this (``streams.runner.prepare_online``); this covers
+    the runs without one."""
+    from serving_cache import redis_client
+    from serving_cache.base_record import BaseRecordError, record_partitions
+    from serving_cache.keys import partitions_key
+    from streams.runner import TopicRepartitioned, repartitioned_line
+
+    if count is None:
+        return
+    client = redis_client(cfg)
+    try:
+        was = record_partitions(client, ns, topic, count)
+    except BaseRecordError as exc:
+        raise click.ClickException(f"namespace {ns!r}: {exc} (a key of another program under "
+                                   "the name: remove it, or run into another namespace)") from None
+    finally:
+        client.close()
+    if was is not None:
+        raise TopicRepartitioned(repartitioned_line(
+            topic, was, count, f"the state in namespace {ns!r} ({partitions_key(ns)})"))
+
+
 def _parse_partitions(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -277,6 +306,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.runner import (
         ClusterNotJoined,
         RecoveryUnusable,
+        TopicRepartitioned,
         UnknownPartitions,
         prepare_online,
         run_online,
@@ -341,25 +371,37 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         click.echo(f"metrics: http://127.0.0.1:{bound}/metrics (process={metrics.process})", err=True)
     with refusals():  # before the start line: a refused run never says it started
         prepared = prepare_online(job)
+        try:
+            _check_namespace_partitions(job.redis, job.namespace, job.topic,
+                                        prepared.partition_count)
+        except BaseException:
+            prepared.close()
+            raise
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     tune_gc()
     click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()
+    grown: TopicRepartitioned | None = None
     try:
         with refusals():
-            run_online(job, holder, stats, metrics, prepared=prepared)
+            try:
+                run_online(job, holder, stats, metrics, prepared=prepared)
+            except TopicRepartitioned as exc:  # a clean stop: its summary first, then why
+                grown = exc
     except ClusterNotJoined:  # stopped before the other processes answered: nothing was read
         pass
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
-    click.echo(summary_line("stopped" if stop.is_set() else "done", st, dt, cpu))
+    click.echo(summary_line("stopped" if stop.is_set() or grown else "done", st, dt, cpu))
     if st["stale_pushes"]:
         click.echo(stale_warning(int(st["stale_pushes"]), job.namespace, int(st["resumed"])),
                    err=True)
+    if grown is not None:
+        raise click.ClickException(str(grown))
     if metrics is not None:
         hold_metrics(metrics_port, metrics_hold)
 

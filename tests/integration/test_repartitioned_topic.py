@@ -20,7 +20,9 @@ import threading
 
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from diam.commands.run import summary_lines
 from diam.stack_proc import free_port
+from serving_cache.keys import partitions_key
 from streams.kafka_io import delete_topics, ensure_topic
 from streams.runner import STORE_RECORD
 from tests.flowkit import DIM, click_stream
@@ -60,6 +62,48 @@ def test_a_store_built_from_fewer_partitions_is_refused_before_the_start_line(
     # a subset of the old partitions is refused too: their users' clicks moved as well
     res = _cli(s, *args, "--partitions", "0,1")
     _refused_without_start(res, 1, "has 4 partitions", "was built from 2")
+
+
+def test_a_run_without_a_store_into_a_namespace_built_from_fewer_partitions_is_refused(
+        stack, new_topic, namespace, tmp_path, redis_client) -> None:
+    # no recovery store to tell: the namespace records the count its values were learnt from
+    s = _settings(stack, tmp_path)
+    topic = new_topic(2)
+    clicks = click_stream(6, 60, seed=4)
+    produce(s.kafka, topic, click_payloads(clicks[:30]))
+    args = ("run", "--topic", topic, "--namespace", namespace)
+    first = _cli(s, *args, "--bounded")
+    assert first.exit_code == 0 and START in first.output, first.output
+    assert redis_client.hgetall(partitions_key(namespace)) == {topic.encode(): b"2"}
+
+    _raise_partitions(s.kafka, topic, 4)
+    produce(s.kafka, topic, click_payloads(clicks[30:]))
+    for more in (("--bounded",), ("--bounded", "--partitions", "0,1"), ("--tail", "--no-recovery")):
+        res = _cli(s, *args, *more)
+        _refused_without_start(res, 1, f"topic {topic!r} has 4 partitions", "was built from 2",
+                               f"namespace {namespace!r}", "fresh namespace", "new topic")
+        _no_traceback(res.output)
+        assert len([ln for ln in res.output.splitlines() if ln.startswith("Error")]) == 1
+    assert redis_client.hgetall(partitions_key(namespace)) == {topic.encode(): b"2"}  # kept
+
+    # a namespace of its own takes the topic as it is now, and records it
+    fresh = f"{namespace}-fresh"
+    try:
+        res = _cli(s, "run", "--topic", topic, "--namespace", fresh, "--bounded")
+        assert res.exit_code == 0 and START in res.output, res.output
+        assert redis_client.hgetall(partitions_key(fresh)) == {topic.encode(): b"4"}
+    finally:
+        redis_client.delete(*redis_client.keys(f"diam:{fresh}:*"))
+    # a namespace written before the record was kept (no record of the topic) is taken
+    redis_client.delete(partitions_key(namespace))
+    res = _cli(s, *args, "--bounded")
+    assert res.exit_code == 0 and START in res.output, res.output
+    assert redis_client.hgetall(partitions_key(namespace)) == {topic.encode(): b"4"}
+    # another program's key under the name: one line, before the start line
+    redis_client.set(partitions_key(namespace), b"not a hash")
+    res = _cli(s, *args, "--bounded")
+    _refused_without_start(res, 1, partitions_key(namespace), "another namespace")
+    _no_traceback(res.output)
 
 
 def test_a_store_of_another_topic_or_other_partitions_is_refused_in_one_line(
@@ -151,6 +195,9 @@ def test_a_tailing_run_stops_with_an_error_when_its_topic_grows(stack, new_topic
     _no_traceback(text)
     errors = [ln for ln in lines if ln.startswith("Error")]
     assert len(errors) == 1, text
+    # what the run did is said as on any stop, before why it stopped
+    summary = summary_lines(text)
+    assert len(summary) == 1 and summary[0].startswith("stopped: "), text
     assert f"topic {topic!r} has 4 partitions" in errors[0] and "built from 2" in errors[0], text
     assert "read none of the new partitions" in errors[0], text
     # the stop kept the store's positions: a restart is refused at start, not after reading

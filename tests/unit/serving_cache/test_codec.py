@@ -27,6 +27,7 @@ from serving_cache.keys import (
     namespace_of_key,
     namespace_pattern,
     namespaces_starting,
+    partitions_key,
     user_in_every_namespace,
     user_pattern,
     validate_namespace,
@@ -40,6 +41,7 @@ def test_keys_are_pinned() -> None:
     assert generation_key("live").encode() == b"diam:live:gen"
     assert base_key("live").encode() == b"diam:live:base"
     assert added_key("live").encode() == b"diam:live:added"
+    assert partitions_key("live").encode() == b"diam:live:partitions"
     assert user_in_every_namespace("u-1").encode() == b"diam:*:u:u-1"
     assert namespace_of_key(user_key("replay-1", "u-1").encode()) == "replay-1"
     assert user_pattern("shadow_2") == "diam:shadow_2:u:*"
