@@ -23,6 +23,7 @@ from scipy.optimize import linear_sum_assignment
 
 from serving_cache.base_record import BaseRecord, BaseRecordError, read_base
 from serving_cache.codec import CodecError, UserVectors, decode_user
+from serving_cache.connection import get_values
 from serving_cache.keys import user_id_of_key, user_pattern
 
 __all__ = ["DiffSummary", "NamespaceDiff", "UserDiff", "diff_namespaces", "match_interests",
@@ -123,7 +124,8 @@ class NamespaceDiff:
 
 
 def scan_namespace(client: redis.Redis, ns: str, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
-    """``(user_id, raw value)`` of every user key of ``ns`` (SCAN + MGET, never KEYS)."""
+    """``(user_id, raw value)`` of every user key of ``ns`` (SCAN + MGET, never KEYS; one MGET
+    per hash slot on a Redis Cluster: :func:`serving_cache.connection.get_values`)."""
     pattern = user_pattern(ns)
     keys: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=batch):
@@ -136,7 +138,7 @@ def scan_namespace(client: redis.Redis, ns: str, batch: int = 1000) -> Iterator[
 
 
 def _fetch(client: redis.Redis, keys: list[bytes]) -> Iterator[tuple[str, bytes]]:
-    for key, raw in zip(keys, client.mget(keys), strict=True):
+    for key, raw in zip(keys, get_values(client, keys), strict=True):
         if raw is not None:  # deleted between SCAN and MGET
             yield user_id_of_key(key), raw if isinstance(raw, bytes) else str(raw).encode()
 

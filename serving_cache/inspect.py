@@ -10,6 +10,7 @@ import redis
 
 from serving_cache.base_record import BaseRecordError, read_base
 from serving_cache.codec import CodecError, UserVectors, decode_user
+from serving_cache.connection import get_values
 from serving_cache.keys import model_active_key, user_id_of_key, user_pattern
 
 __all__ = ["NamespaceSummary", "summarize_namespace", "iter_users"]
@@ -38,7 +39,8 @@ class NamespaceSummary:
 
 
 def iter_users(client: redis.Redis, ns: str, batch: int = 500):
-    """Yield ``(user_id, UserVectors | None, raw_size)`` for every user key (SCAN + MGET)."""
+    """Yield ``(user_id, UserVectors | None, raw_size)`` for every user key (SCAN + MGET; one
+    MGET per hash slot on a Redis Cluster: :func:`serving_cache.connection.get_values`)."""
     keys: list[bytes] = []
     for key in client.scan_iter(match=user_pattern(ns), count=batch):
         keys.append(key)
@@ -50,7 +52,7 @@ def iter_users(client: redis.Redis, ns: str, batch: int = 500):
 
 
 def _decode_many(client: redis.Redis, keys: list[bytes]):
-    for key, raw in zip(keys, client.mget(keys), strict=True):
+    for key, raw in zip(keys, get_values(client, keys), strict=True):
         if not isinstance(raw, bytes):  # deleted since the SCAN
             continue
         uid = user_id_of_key(key)

@@ -8,6 +8,7 @@ client. End to end, as an operator runs them: ``diam snapshot``'s publish, ``dia
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import redis as redis_py
 
+from diam.settings import StackConfig
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from streams.config import FlowConfig
 from streams.online import LearnerHolder
@@ -37,9 +39,9 @@ FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[RedisConfig]:
-    """The cluster ``diam stack up --redis-cluster`` starts, from a home of its own."""
-    from diam.settings import StackConfig
+def cluster_stack(tmp_path_factory) -> Iterator[tuple[StackConfig, RedisConfig]]:
+    """The cluster ``diam stack up --redis-cluster`` starts, from a home of its own: that
+    home's stack settings and the clients' settings for the cluster."""
     from diam.stack_cluster import cluster_down, cluster_up
     from diam.stack_kafka import StackError
 
@@ -53,9 +55,14 @@ def cluster(tmp_path_factory) -> Iterator[RedisConfig]:
             if attempt == 2:
                 raise
     try:
-        yield RedisConfig(url=url, cluster=True)
+        yield cfg, RedisConfig(url=url, cluster=True)
     finally:
         cluster_down(cfg, echo=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_stack) -> RedisConfig:  # type: ignore[no-untyped-def]
+    return cluster_stack[1]
 
 
 def _cluster_base() -> int:
@@ -191,6 +198,60 @@ def test_diam_run_and_diam_serve_on_the_cluster_from_their_settings(stack, topic
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=60)
         assert server.returncode == 0, out
+
+
+def test_diff_inspect_and_the_ui_namespace_panel_read_namespaces_spread_over_the_nodes(
+        cluster) -> None:
+    # the users' keys lie in many hash slots, on every node: one MGET over them is refused
+    # ("all keys must map to the same key slot"); `diam diff` is the check after a fault
+    from serving_cache.ui import namespace_view
+
+    rc = redis_client_of(cluster)
+    users = [f"s{i}" for i in range(300)]
+    assert RedisWriter(rc, "cl-a").write_batch([(u, _uv(5)) for u in users]) == 300
+    assert RedisWriter(rc, "cl-b").write_batch(
+        [(u, _uv(6 if i % 3 == 0 else 5)) for i, u in enumerate(users[:250])]) == 250
+    env = {**os.environ, "DIAM_CONFIG": "", "DIAM_REDIS_URL": cluster.url,
+           "DIAM_REDIS_CLUSTER": "true"}
+
+    def diam(*args: str) -> dict:  # type: ignore[type-arg]
+        run = subprocess.run([sys.executable, "-m", "diam", *args, "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return json.loads(run.stdout)
+
+    diff = diam("diff", "cl-a", "cl-b")
+    assert (diff["users_a"], diff["users_b"], diff["both"], diff["only_a"], diff["only_b"],
+            diff["identical"], diff["undecodable"]) == (300, 250, 250, 50, 0, 166, 0), diff
+    summary = diam("inspect", "namespace", "--namespace", "cl-b")
+    assert (summary["users"], summary["undecodable"], summary["k_hist"]) == (250, 0, {"1": 250})
+    view = namespace_view(rc, "cl-a")  # GET /ui/api/namespace's answer
+    assert (view["users"], view["k_hist"]) == (300, {"1": 300})
+
+
+def test_stack_up_accepts_clients_set_for_the_cluster_at_any_node(cluster_stack) -> None:
+    from diam.commands.stack import settings_note
+    from diam.settings import load_settings
+    from diam.stack_cluster import cluster_ports, cluster_running
+
+    cfg, rc = cluster_stack
+    assert cluster_running(cfg)
+    single = f"redis://127.0.0.1:{cfg.redis_port}/0"
+    bootstrap = "127.0.0.1:9192"
+
+    def note(url: str, on_cluster: bool, cluster_up: bool = True) -> str | None:
+        s = load_settings(stack=cfg, kafka={"bootstrap": bootstrap},
+                          redis={"url": url, "cluster": on_cluster})
+        return settings_note(s, bootstrap, single, cluster_up)
+
+    for port in cluster_ports(cfg):
+        assert note(f"redis://127.0.0.1:{port}/0", True) is None
+    assert note(rc.url, True, cluster_up=False) is not None  # no cluster up: the single Redis
+    assert note(single, False) is None  # the single Redis, as before
+    told = note(single, True)  # a cluster client at the single Redis
+    assert told is not None and f"DIAM_REDIS_URL={rc.url} DIAM_REDIS_CLUSTER=true" in told
+    told = note(rc.url, False)  # a single-node client at a cluster node
+    assert told is not None and f"DIAM_REDIS_URL={single}" in told
 
 
 def redis_client_of(cfg: RedisConfig):  # type: ignore[no-untyped-def]
