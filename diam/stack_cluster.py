@@ -29,7 +29,7 @@ from diam.stack_proc import (
     wait_port_closed,
 )
 
-__all__ = ["cluster_down", "cluster_ports", "cluster_up"]
+__all__ = ["cluster_down", "cluster_ports", "cluster_running", "cluster_up", "cluster_url", "names_cluster_node"]
 
 _CLUSTER_LINES = """
 # Redis Cluster node (diam.stack_cluster)
@@ -46,6 +46,44 @@ def cluster_ports(cfg: StackConfig, n: int = 3) -> list[int]:
     [6391, 6392, 6393]
     """
     return [cfg.redis_port + 1 + i for i in range(n)]
+
+
+def cluster_url(cfg: StackConfig) -> str:
+    """The URL clients are given (``DIAM_REDIS_URL``, with ``DIAM_REDIS_CLUSTER=true``): the
+    first node's.
+
+    >>> cluster_url(StackConfig(redis_port=6390))
+    'redis://127.0.0.1:6391/0'
+    """
+    return f"redis://127.0.0.1:{cluster_ports(cfg)[0]}/0"
+
+
+def names_cluster_node(cfg: StackConfig, url: str) -> bool:
+    """Whether ``url`` points a client at one of the cluster's nodes (any of them: a cluster
+    client asks the node it reaches for the others), on loopback, database 0 (the only one a
+    cluster has).
+
+    >>> cfg = StackConfig(redis_port=6390)
+    >>> [names_cluster_node(cfg, u) for u in ("redis://127.0.0.1:6391/0", "redis://localhost:6393",
+    ...  "redis://127.0.0.1:6390/0", "redis://127.0.0.1:6392/1", "redis://10.0.0.1:6391/0")]
+    [True, True, False, False, False]
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (parts.scheme in ("redis", "rediss") and port in cluster_ports(cfg)
+            and parts.hostname in ("127.0.0.1", "localhost", "::1")
+            and parts.path in ("", "/", "/0"))
+
+
+def cluster_running(cfg: StackConfig) -> bool:
+    """Whether every node of this home's cluster runs (started by :func:`cluster_up`)."""
+    return all(owned_pid(_node_dir(cfg, p).parent / f"{p}.pid", str(_node_dir(cfg, p) / "redis.conf"))
+               is not None for p in cluster_ports(cfg))
 
 
 def _node_dir(cfg: StackConfig, port: int) -> Path:
@@ -107,7 +145,7 @@ def cluster_up(cfg: StackConfig, echo: Callable[[str], None] = print, timeout_s:
             if time.monotonic() > deadline:
                 raise StackError("the redis cluster did not reach cluster_state:ok")
             time.sleep(0.2)
-    url = f"redis://127.0.0.1:{ports[0]}/0"
+    url = cluster_url(cfg)
     echo(f"redis cluster  {url}  (DIAM_REDIS_URL={url} DIAM_REDIS_CLUSTER=true)")
     return url
 

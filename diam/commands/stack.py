@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from diam.commands import get_settings
+
+if TYPE_CHECKING:
+    from diam.settings import Settings
 
 
 def _docker_flag(f):  # type: ignore[no-untyped-def]
@@ -53,16 +57,37 @@ def up_cmd(ctx: click.Context, docker: bool | None, redis_cluster: bool) -> None
         bootstrap, redis_url = stack_up(settings, echo=click.echo, docker_engine=docker)
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
-    if redis_cluster:
-        from diam.stack_cluster import cluster_up
+    from diam.stack_cluster import cluster_running, cluster_up
 
+    if redis_cluster:
         try:
             cluster_up(settings.stack, echo=click.echo)
         except StackError as exc:
             raise click.ClickException(str(exc)) from None
-    if (bootstrap, redis_url) != (settings.kafka.bootstrap, settings.redis.url):
-        click.echo(f"note: the clients' settings point elsewhere; use\n"
-                   f"  export DIAM_KAFKA_BOOTSTRAP={bootstrap} DIAM_REDIS_URL={redis_url}")
+    note = settings_note(settings, bootstrap, redis_url,
+                         redis_cluster or cluster_running(settings.stack))
+    if note:
+        click.echo(note)
+
+
+def settings_note(settings: Settings, bootstrap: str, redis_url: str, cluster_up: bool) -> str | None:
+    """What ``diam stack up`` tells when the clients' settings do not point at the stack it runs
+    (Kafka at ``bootstrap``, the single Redis at ``redis_url``, and the Redis Cluster of
+    ``diam.stack_cluster`` when ``cluster_up``), with the exports that do; None when they do.
+    Clients set for a cluster (``DIAM_REDIS_CLUSTER=true``) may name any of its nodes."""
+    from diam.stack_cluster import cluster_url, names_cluster_node
+
+    if settings.redis.cluster and cluster_up:
+        redis_ok = names_cluster_node(settings.stack, settings.redis.url)
+        export = f"DIAM_REDIS_URL={cluster_url(settings.stack)} DIAM_REDIS_CLUSTER=true"
+    else:
+        redis_ok = settings.redis.url == redis_url and not settings.redis.cluster
+        export = f"DIAM_REDIS_URL={redis_url}" + (" DIAM_REDIS_CLUSTER=false"
+                                                   if settings.redis.cluster else "")
+    if settings.kafka.bootstrap == bootstrap and redis_ok:
+        return None
+    return (f"note: the clients' settings point elsewhere; use\n"
+            f"  export DIAM_KAFKA_BOOTSTRAP={bootstrap} {export}")
 
 
 @stack_group.command("status")
