@@ -22,7 +22,8 @@ from diam.commands import stop_on_signals
 def no_dataflow(monkeypatch):
     """``diam run`` with a stub base, a broker taken as answering and no dataflow."""
     ran: list[str] = []
-    holder = SimpleNamespace(version="v-stub", learner=SimpleNamespace(warm_up=lambda: None))
+    holder = SimpleNamespace(version="v-stub", learner=SimpleNamespace(warm_up=lambda: None),
+                             close=lambda: None)
     monkeypatch.setattr(diam.app, "load_holder", lambda *a, **kw: holder)
     monkeypatch.setattr(diam.commands.run, "require_broker", lambda s: None)
     monkeypatch.setattr(streams.runner, "run_online", lambda *a, **kw: ran.append("run"))
