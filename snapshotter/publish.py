@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointError",
     "PublishResult",
+    "announce",
     "publish",
     "set_active_in_redis",
     "find_checkpoints",
@@ -120,9 +121,8 @@ class PublishResult:
     reused: bool = False
     """The weights were already a kept version: that version was activated, nothing written."""
     not_pruned: str | None = None
-    """Why no old version was pruned this time (published without Redis, or Redis could not
-    be read: which versions it announces is unknown), one line for the operator; None when the
-    prune ran."""
+    """Why no old version was pruned this time (Redis could not be read: which versions it
+    announces is unknown), one line for the operator; None when the prune ran."""
 
 
 def set_active_in_redis(client: Any, ns: str, version: str) -> None:
@@ -130,6 +130,15 @@ def set_active_in_redis(client: Any, ns: str, version: str) -> None:
     from serving_cache.keys import model_active_key, validate_namespace
 
     client.set(model_active_key(validate_namespace(ns)), version)
+
+
+def announce(store: SnapshotStore, client: Any, ns: str, version: str) -> None:
+    """Announce ``version`` of ``store`` in Redis (:func:`set_active_in_redis`) and record it
+    in the store (:meth:`SnapshotStore.record_announced`), so a prune without Redis
+    (``--no-redis``) still keeps what servers follow. Every switch that announces calls this,
+    holding the store's lock: a publish, a rollback, the re-sync (``snapshotter.sync``)."""
+    set_active_in_redis(client, ns, version)
+    store.record_announced(ns, version)
 
 
 def publish(
@@ -167,11 +176,9 @@ def publish(
     new active version, the one active before it (the rollback target), nor any version
     Redis announced before or after the switch (what servers are serving). When Redis cannot
     be read nothing is pruned this time (``result.not_pruned`` says so) rather than guess.
-    Without a client (``--no-redis``) nothing is pruned either, and ``result.not_pruned``
-    says so: this publish did not read which version Redis announces, and a version servers
-    and dataflows follow (announced by an earlier publish with Redis) is often neither the
-    pointer nor the rollback target after publishes without it. The next publish with Redis
-    prunes down to ``cfg.keep``."""
+    Without a client (``--no-redis``) Redis is not read: the prune keeps the version this
+    store last announced in each namespace (:meth:`SnapshotStore.announcements`, recorded by
+    every announcing switch), besides the pointer and the rollback target."""
     import faiss
 
     from snapshotter.index import build_index, is_exact
@@ -247,7 +254,7 @@ def publish(
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             path = store.commit(staging, version)
             store.activate(version)  # re-verifies what landed on disk before switching
-            announced = _announce(redis_client, ns, version)
+            announced = _announce(store, redis_client, ns, version)
             pruned, not_pruned = _prune(store, redis_client, ns, announced)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -271,7 +278,7 @@ def _reuse(store: SnapshotStore, weights_sha256: str, redis_client: Any | None, 
         log.warning("weights already published as %s, but %s; publishing a new copy", kept, exc)
         return None, kept
     assert man is not None
-    _announce(redis_client, ns, kept)
+    _announce(store, redis_client, ns, kept)
     return PublishResult(kept, store.path(kept), man,
                          None if previous == kept else previous, [],
                          redis_client is not None, reused=True), None
@@ -286,9 +293,11 @@ def _announced(redis_client: Any, ns: str) -> str | None:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
-def _announce(redis_client: Any | None, ns: str, version: str) -> set[str] | None:
-    """Set the active version in Redis (when a client is given); the pointer on disk has
-    switched already, so a failure says how to finish the job. Returns the versions Redis
+def _announce(store: SnapshotStore, redis_client: Any | None, ns: str,
+              version: str) -> set[str] | None:
+    """Set the active version in Redis (when a client is given) and record it in the store
+    (:meth:`SnapshotStore.record_announced`); the pointer on disk has switched already, so a
+    Redis failure says how to finish the job. Returns the versions Redis
     announced, before the switch (servers follow it until they reload) and after it (another
     store on the same namespace may have announced since), for :func:`_prune` to keep; None
     when either read failed; an empty set without a client."""
@@ -309,6 +318,7 @@ def _announce(redis_client: Any | None, ns: str, version: str) -> set[str] | Non
             f"run `diam snapshot rollback {version}` once Redis answers (no old version "
             "was pruned)"
         ) from exc
+    store.record_announced(ns, version)  # as announce() does; a Redis failure is said above
     try:
         after = _announced(redis_client, ns)
     except Exception:
@@ -318,23 +328,17 @@ def _announce(redis_client: Any | None, ns: str, version: str) -> set[str] | Non
 
 def _prune(store: SnapshotStore, redis_client: Any | None, ns: str,
            announced: set[str] | None) -> tuple[list[str], str | None]:
-    """:meth:`SnapshotStore.prune`, keeping what Redis announces; skipped, with the one line
-    that says so, without a client (``--no-redis``: logged at INFO, a choice of the caller) or
-    when Redis could not be read (a warning): which versions servers follow is then unknown,
-    and deleting one would leave them nothing to serve or roll back to."""
-    if redis_client is None:
-        why = (f"not pruning old versions: published without Redis (--no-redis), so which "
-               f"version diam:{ns}:model:active announces to servers and dataflows is "
-               f"unknown; the next publish with Redis prunes down to snapshot.keep "
-               f"({store.cfg.keep})")
-        log.info("%s", why)
-        return [], why
-    if announced is None:
+    """:meth:`SnapshotStore.prune`, keeping what Redis announces and what this store last
+    announced (without a client, ``--no-redis``, that record is what is known of Redis);
+    skipped, with the one line that says so, when Redis could not be read (a warning): which
+    versions servers follow is then unknown, and deleting one would leave them nothing to
+    serve or roll back to."""
+    if redis_client is not None and announced is None:
         why = (f"not pruning old versions this time: the version diam:{ns}:model:active "
                "announces could not be read from Redis")
         log.warning("%s", why)
         return [], why
-    return store.prune(announced=announced), None
+    return store.prune(announced=announced or ()), None
 
 
 def find_checkpoints(trainer_dir: str | Path) -> list[Path]:

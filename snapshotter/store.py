@@ -54,6 +54,7 @@ __all__ = [
     "POINTER",
     "LOCK",
     "HISTORY",
+    "ANNOUNCED",
     "MANIFEST",
 ]
 
@@ -64,6 +65,13 @@ HISTORY = "ACTIVE.history"
 """One line per activation, ``<ISO time> <version>``, oldest first: what a bare rollback returns
 to is the version active before the current one, which need not be the one created before it."""
 HISTORY_KEEP = 200
+ANNOUNCED = "ANNOUNCED"
+"""The version this store last announced in Redis (``diam:<ns>:model:active``), one line per
+namespace, ``<ns> <version>``, sorted by namespace. Written whole (:meth:`SnapshotStore.
+record_announced`, its one writer) by every switch that sets the key: a publish or rollback
+with Redis, and the re-sync of ``diam snapshot watch`` and the retrain service, each under the
+store's lock. A prune keeps these versions: servers may follow one whatever the pointer says,
+and a publish without Redis (``--no-redis``) cannot ask Redis which one it announces."""
 LOCK = ".lock"
 """The store's lock file (:meth:`SnapshotStore.locked`); hidden, so never a version. While held
 it reads ``<pid> <ISO time taken>``, so a waiter can name the holder."""
@@ -309,6 +317,42 @@ class SnapshotStore:
             if at and is_version_name(version):
                 out.append((at, version))
         return out
+
+    def announcements(self) -> dict[str, str]:
+        """``{namespace: version}`` this store last announced in Redis (:data:`ANNOUNCED`);
+        empty when it never announced one (only ``--no-redis`` publishes, or a store from
+        before the record was kept). Lines that do not parse are skipped.
+
+        >>> import tempfile
+        >>> store = SnapshotStore(SnapshotConfig(dir=tempfile.mkdtemp()))
+        >>> store.announcements()
+        {}
+        >>> store.record_announced("live", "20261206T115042-ad579c08")
+        >>> store.record_announced("shadow", "golden")
+        >>> store.announcements()
+        {'live': '20261206T115042-ad579c08', 'shadow': 'golden'}
+        """
+        try:
+            text = (self.root / ANNOUNCED).read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            ns, _, version = line.strip().partition(" ")
+            if ns and is_version_name(version):
+                out[ns] = version
+        return out
+
+    def record_announced(self, ns: str, version: str) -> None:
+        """Record that Redis's ``diam:<ns>:model:active`` was set to ``version`` from this
+        store (:data:`ANNOUNCED`, written whole; nothing written when it already says so).
+        The caller holds :meth:`locked` and has just set the key
+        (``snapshotter.publish.announce``)."""
+        have = self.announcements()
+        if have.get(ns) == version:
+            return
+        have[ns] = version
+        self._replace(ANNOUNCED, "".join(f"{n} {v}\n" for n, v in sorted(have.items())))
 
     def manifest(self, version: str) -> dict[str, Any]:
         """The parsed manifest of ``version`` (JSON, never pickle)."""
@@ -632,16 +676,20 @@ class SnapshotStore:
     def prune(self, keep: int | None = None, announced: Collection[str] = ()) -> list[str]:
         """Delete the oldest published versions (:func:`is_published_name`) beyond ``keep``
         (default ``cfg.keep``); a version renamed by hand (``golden``) is a deliberate pin,
-        never pruned nor counted. Never one that is in use or is the way back: the active one (the pointer), the one active before it
-        (:meth:`previous_version`, what a bare rollback returns to) and every version in
-        ``announced`` (what the caller read from Redis's ``diam:{ns}:model:active``: the
-        version servers and dataflows follow, whatever the pointer says). Protected versions
-        still count towards ``keep``, so the store may hold more than ``keep`` when they are
-        the oldest. A caller that cannot read Redis must not call this (it would guess).
-        What killed publishes left, staging directories and pointer temp files older than
-        :data:`STALE_S`, goes too."""
+        never pruned nor counted. Never one that is in use or is the way back: the active one
+        (the pointer), the one active before it (:meth:`previous_version`, what a bare
+        rollback returns to), every version in ``announced`` (what the caller read from
+        Redis's ``diam:{ns}:model:active``: the version servers and dataflows follow, whatever
+        the pointer says) and every version this store last announced in a namespace
+        (:meth:`announcements`: what a caller without Redis, ``--no-redis``, knows of it;
+        when it never announced one, only the pointer and the way back are kept). Protected
+        versions still count towards ``keep``, so the store may hold more than ``keep`` when
+        they are the oldest. A caller that has Redis but cannot read it must not call this
+        (it would guess). What killed publishes left, staging directories and pointer temp
+        files older than :data:`STALE_S`, goes too."""
         keep = self.cfg.keep if keep is None else keep
-        protected = {self.active_version(), self.previous_version(), *announced}
+        protected = {self.active_version(), self.previous_version(), *announced,
+                     *self.announcements().values()}
         infos = [i for i in self.versions() if is_published_name(i.version)]
         removed = []
         excess = len(infos) - keep
@@ -655,7 +703,8 @@ class SnapshotStore:
             excess -= 1
         if self.root.is_dir():
             now = time.time()
-            for child in [*self.root.glob(".staging-*"), *self.root.glob(f".{POINTER}.*.tmp")]:
+            for child in [*self.root.glob(".staging-*"), *self.root.glob(f".{POINTER}.*.tmp"),
+                          *self.root.glob(f".{ANNOUNCED}.*.tmp")]:
                 try:
                     stale = now - child.stat().st_mtime > STALE_S
                 except FileNotFoundError:  # another prune got it first

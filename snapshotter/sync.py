@@ -32,7 +32,9 @@ class Synced(NamedTuple):
 
 def sync_active(store: SnapshotStore, client: Any, ns: str) -> Synced:
     """Make ``diam:{ns}:model:active`` name ``store``'s active version; written only when it
-    names another one (one GET on the common path), under :meth:`SnapshotStore.locked`.
+    names another one (one GET on the common path), under :meth:`SnapshotStore.locked`,
+    and recorded in the store (:meth:`SnapshotStore.record_announced`: a prune without Redis
+    keeps it; written only when the record says another version).
 
     A store directory that does not exist yet has no active version: nothing is announced
     and the directory is not created (the first publish makes it). Raises
@@ -41,7 +43,7 @@ def sync_active(store: SnapshotStore, client: Any, ns: str) -> Synced:
     does not answer: the caller decides how to retry and what to log."""
     # the key's one reader and one writer; imported here, as publish.py imports this module
     from serving_cache.keys import validate_namespace
-    from snapshotter.publish import _announced, set_active_in_redis
+    from snapshotter.publish import _announced, announce
 
     validate_namespace(ns)
     if not store.root.exists():  # never published: nothing to announce, and no store to make
@@ -54,5 +56,7 @@ def sync_active(store: SnapshotStore, client: Any, ns: str) -> Synced:
             return Synced(None, None)
         was = _announced(client, ns)
         if was != active:
-            set_active_in_redis(client, ns, active)
+            announce(store, client, ns, active)
+        else:  # already announced (perhaps before the store kept its record): recorded now
+            store.record_announced(ns, active)
     return Synced(active, was)

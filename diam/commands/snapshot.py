@@ -183,8 +183,10 @@ def publish_cmd(
     does not change. Weights already kept as a version re-activate that version (no copy).
     Publishes and rollbacks of one snapshot directory switch one after the other; old versions
     beyond snapshot.keep are pruned, never the active one, the one before it or one Redis
-    announces (nothing is pruned when Redis cannot be read, nor with --no-redis: which
-    version Redis announces is then unknown; the next publish with Redis prunes).
+    announces (nothing is pruned when Redis cannot be read). With --no-redis Redis is not
+    read: the version this directory last announced there (by a publish, rollback or watch
+    with Redis, recorded in its ANNOUNCED file) is kept instead; when it never announced one,
+    the active version and the one before it are.
 
     A checkpoint no dataflow could use is refused as `diam run` refuses it at start: the base
     must load and its embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).
@@ -218,8 +220,6 @@ def publish_cmd(
         click.echo(f"previous: {res.previous}  (diam snapshot rollback {res.previous})")
     if res.pruned:
         click.echo(f"removed old versions: {', '.join(res.pruned)}")
-    if res.not_pruned is not None and not res.redis_set:  # --no-redis; a Redis that could
-        click.echo(res.not_pruned, err=True)  # not be read is the publish's logged warning
     if res.redis_set:
         click.echo(f"redis: diam:{ns}:model:active = {res.version}")
 
@@ -255,6 +255,9 @@ def watch_cmd(
     A checkpoint is published once its files have not changed for snapshot.settle_s seconds
     and its weights are not already a kept version (so a rollback is not undone). Each tick
     also re-syncs the active version into Redis (after a Redis restart, say). Ctrl-C stops.
+    Each publish prunes versions beyond snapshot.keep as `diam snapshot publish` does: with
+    --no-redis it keeps the active version, the one before it and the version this directory
+    last announced in Redis (recorded in its ANNOUNCED file), never asking Redis.
     A checkpoint no dataflow could use (another embedding size than DIAM_ONLINE_DIM, a base
     that does not load) is logged and passed over, as one that fails verification is.
 
@@ -420,7 +423,7 @@ def rollback_cmd(
     before the pointer on disk moves, so a bad one leaves disk and Redis as they were. A
     publish or rollback of the same directory in progress finishes first.
     """
-    from snapshotter.publish import set_active_in_redis
+    from snapshotter.publish import announce
     from snapshotter.store import SnapshotError, validate_version
 
     s = get_settings(ctx)
@@ -456,7 +459,7 @@ def rollback_cmd(
         click.echo(f"active: {target}")
         if client is not None:
             try:
-                set_active_in_redis(client, ns, target)
+                announce(store, client, ns, target)  # recorded: a --no-redis prune keeps it
             except Exception as exc:
                 raise click.ClickException(
                     f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers"

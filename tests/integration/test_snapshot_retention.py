@@ -50,19 +50,46 @@ def test_the_announced_version_survives_a_prune_when_the_pointer_moved_without_r
     assert [s.version for s in store.versions()] == [served, v3, res.version]
 
 
-def test_publishes_without_redis_prune_nothing_and_keep_the_announced_version(
+def test_publishes_without_redis_keep_the_version_last_announced(
         tmp_path, redis_client, namespace):
-    """``--no-redis`` publishes do not read which version the namespace announces: after two
-    of them the announced one is neither the pointer nor the rollback target, and a prune
-    would delete what servers serve. They prune nothing and say so; the next publish with
-    Redis prunes down to keep, the announced version kept."""
+    """``--no-redis`` publishes do not read which version the namespace announces: they keep
+    what the store recorded when it last announced (ANNOUNCED), so what servers serve stays,
+    and prune the rest down to keep (the parent pruned nothing; its parent deleted the
+    announced version)."""
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps"), keep=1))
     served = publish(_ck(tmp_path, 1), store, redis_client, namespace).version
-    offline = [publish(_ck(tmp_path, i), store) for i in (2, 3)]
-    assert all(r.pruned == [] and "published without Redis" in str(r.not_pruned)
-               for r in offline)
+    offline = [publish(_ck(tmp_path, i), store) for i in (2, 3, 4)]
+    assert [r.pruned for r in offline] == [[], [], [offline[0].version]]
+    assert all(r.not_pruned is None for r in offline)
     assert redis_client.get(model_active_key(namespace)).decode() == served
-    assert served in {s.version for s in store.versions()}
-    res = publish(_ck(tmp_path, 4), store, redis_client, namespace)
-    assert res.pruned == [offline[0].version] and res.not_pruned is None
-    assert [s.version for s in store.versions()] == [served, offline[1].version, res.version]
+    assert [s.version for s in store.versions()] == [served, offline[1].version,
+                                                     offline[2].version]
+
+
+def test_a_rollback_with_redis_is_what_a_later_no_redis_prune_keeps(
+        stack, tmp_path, redis_client, namespace, monkeypatch):
+    """``diam snapshot rollback`` announces in Redis and records it: --no-redis publishes
+    after it keep the version rolled back to (what servers serve now)."""
+    from click.testing import CliRunner
+
+    from diam.cli import main
+
+    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
+    monkeypatch.setenv("DIAM_SNAPSHOT_KEEP", "1")
+    monkeypatch.setenv("DIAM_REDIS_URL", stack.redis_url)
+    monkeypatch.setenv("DIAM_CONFIG", "")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "4")
+
+    def cli(*args: str) -> str:
+        r = CliRunner().invoke(main, [*args, "--namespace", namespace], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    v1 = cli("snapshot", "publish", str(_ck(tmp_path, 1))).split("active: ")[1].split()[0]
+    cli("snapshot", "publish", str(_ck(tmp_path, 2)))
+    assert f"redis: diam:{namespace}:model:active = {v1}" in cli("snapshot", "rollback", v1)
+    for i in (3, 4, 5):
+        cli("snapshot", "publish", str(_ck(tmp_path, i)), "--no-redis")
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+    assert redis_client.get(model_active_key(namespace)).decode() == v1
+    assert v1 in {s.version for s in store.versions()} and len(store.versions()) == 3

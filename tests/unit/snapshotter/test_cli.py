@@ -39,18 +39,26 @@ def test_publish_list_rollback(run, tmp_path):
     assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v1
 
 
-def test_publish_without_redis_prunes_nothing_and_says_so(run, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIAM_SNAPSHOT_KEEP", "1")
+def test_publishes_without_redis_prune_down_to_keep(run, tmp_path, monkeypatch):
+    """The reviewer's repro: five --no-redis publishes of a store that never announced in
+    Redis, keep=2: two versions stay (the parent kept all five)."""
+    monkeypatch.setenv("DIAM_SNAPSHOT_KEEP", "2")
     versions = []
-    for i in range(3):
+    for i in range(5):
         r = run("snapshot", "publish",
-                str(write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)), "--no-redis")
-        assert r.exit_code == 0 and "removed old versions" not in r.output, r.output
-        assert ("not pruning old versions: published without Redis (--no-redis)"
-                in r.stderr), r.stderr
+                str(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i)), "--no-redis")
+        assert r.exit_code == 0, r.output
+        assert ("removed old versions" in r.output) == (i >= 2), r.output
         versions.append(r.output.split("active: ")[1].split()[0])
     assert sorted(p.name for p in (tmp_path / "snaps").iterdir() if p.is_dir()
-                  and not p.name.startswith(".")) == sorted(versions)
+                  and not p.name.startswith(".")) == sorted(versions[-2:])
+
+
+def test_publish_and_watch_help_say_what_a_no_redis_prune_keeps(run):
+    for cmd in ("publish", "watch"):
+        text = " ".join(run("snapshot", cmd, "--help").output.split())
+        assert "last announced in Redis" in text or "last announced there" in text, text
+        assert "ANNOUNCED file" in text, text
 
 
 def test_bad_input_is_a_one_line_error(run, tmp_path):

@@ -19,7 +19,7 @@ from snapshotter import (
     Watcher,
     publish,
 )
-from snapshotter.store import LOCK, MANIFEST, POINTER, sha256_file
+from snapshotter.store import ANNOUNCED, LOCK, MANIFEST, POINTER, sha256_file
 from snapshotter.testing import write_checkpoint
 
 
@@ -147,11 +147,13 @@ def test_a_publish_that_cannot_read_redis_prunes_nothing_and_says_so(tmp_path, c
     assert caplog.text.count("not pruning old versions") == 1
 
 
-def test_a_publish_without_redis_prunes_nothing_and_says_so(tmp_path, redis_dict, caplog):
-    """--no-redis: which version Redis announces is unknown, and after publishes without it
-    the announced one (what servers serve) is neither the pointer nor the rollback target; a
-    prune then deleted it. Nothing is pruned without Redis; the next publish with it prunes,
-    keeping the announced version."""
+def test_a_publish_without_redis_prunes_keeping_the_version_last_announced(tmp_path,
+                                                                          redis_dict):
+    """--no-redis does not read which version Redis announces: the store's record of what it
+    last announced (ANNOUNCED, written by the publish that announced it) is kept, besides the
+    pointer and the rollback target, and the rest is pruned down to keep as before. On the
+    parent nothing was pruned (the store grew without limit); before it the announced
+    version, what servers serve, was deleted."""
     from serving_cache.keys import model_active_key
 
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=1))
@@ -160,17 +162,28 @@ def test_a_publish_without_redis_prunes_nothing_and_says_so(tmp_path, redis_dict
         return write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i)
 
     served = publish(ck(0), store, redis_dict, "unit").version
-    with caplog.at_level("INFO", logger="snapshotter.publish"):
-        no_redis = [publish(ck(i), store) for i in (1, 2)]
-    assert [r.pruned for r in no_redis] == [[], []]
-    assert all("not pruning old versions: published without Redis (--no-redis)"
-               in str(r.not_pruned) for r in no_redis)
-    assert "not pruning old versions: published without Redis" in caplog.text
-    assert [s.version for s in store.versions()] == [served, *(r.version for r in no_redis)]
+    assert store.announcements() == {"unit": served}
+    no_redis = [publish(ck(i), store) for i in (1, 2, 3, 4)]
+    assert all(r.not_pruned is None for r in no_redis)
+    assert [r.pruned for r in no_redis] == [[], [], [no_redis[0].version],
+                                            [no_redis[1].version]]
+    assert [s.version for s in store.versions()] == [served, *(r.version for r in no_redis[2:])]
     assert redis_dict.get(model_active_key("unit")) == served.encode()  # still what is served
-    last = publish(ck(3), store, redis_dict, "unit")
-    assert last.not_pruned is None and last.pruned == [no_redis[0].version]
-    assert [s.version for s in store.versions()] == [served, no_redis[1].version, last.version]
+    assert store.announcements() == {"unit": served}  # --no-redis announced nothing
+    last = publish(ck(5), store, redis_dict, "unit")  # announces, and records, the new one
+    assert store.announcements() == {"unit": last.version}
+    assert last.pruned == [no_redis[2].version]  # served: Redis announced it before the switch
+    assert [s.version for s in store.versions()] == [served, no_redis[3].version, last.version]
+
+
+def test_a_store_that_never_announced_prunes_without_redis_as_before(tmp_path):
+    """No record (only --no-redis publishes): the pointer and the rollback target are kept,
+    the rest pruned down to keep."""
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=2))
+    vs = [publish(write_checkpoint(tmp_path / f"c{i}", n_items=40, dim=4, seed=i),
+                  store).version for i in range(5)]
+    assert [s.version for s in store.versions()] == vs[-2:]
+    assert store.announcements() == {} and not (store.root / ANNOUNCED).exists()
 
 
 def test_versions_are_single_path_components(store):

@@ -225,6 +225,28 @@ def test_each_tick_resyncs_redis_with_the_pointer_and_logs_an_outage(tmp_path, c
 
 
 
+def test_the_resync_records_what_it_announces(tmp_path) -> None:
+    """The watcher's (and the retrain service's) re-sync records the announced version in the
+    store, also when Redis already named it (a store from before the record was kept), so a
+    later --no-redis publish keeps it."""
+    from snapshotter import sync_active
+    from snapshotter.publish import publish
+    from snapshotter.store import ANNOUNCED
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), settle_s=0, keep=1))
+    v1 = publish(write_checkpoint(tmp_path / "a", n_items=30, dim=4, seed=1), store).version
+    client = _DictRedis()
+    assert store.announcements() == {}
+    sync_active(store, client, "watchsync")  # sets it
+    assert store.announcements() == {"watchsync": v1}
+    (store.root / ANNOUNCED).unlink()
+    assert sync_active(store, client, "watchsync") == (v1, v1)  # named already: recorded
+    assert store.announcements() == {"watchsync": v1}
+    later = [publish(write_checkpoint(tmp_path / f"b{i}", n_items=30, dim=4, seed=i + 2),
+                     store).version for i in range(3)]  # --no-redis
+    assert [s.version for s in store.versions()] == [v1, *later[1:]]
+
+
 def test_the_resync_never_creates_a_missing_store(tmp_path) -> None:
     """Before the first publish there is nothing to announce: a watcher with Redis leaves a
     snapshot directory that does not exist as it is (the first publish creates it)."""
