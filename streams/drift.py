@@ -30,14 +30,16 @@ window's global counts and counted in ``after_close``.
 [2]
 
 Effectively once: a dataflow resumed after a crash produces again the drift events of the epoch
-it had not committed. A record's identity (:func:`drift_identity`) is its user, source topic and
-source offset (one user's clicks live in one partition of a topic, so the offset names the
-click) plus its kind and detail; a user's records of one topic arrive in offset order, so the
-monitor keeps per user only the newest offset and what it carried, and counts a repeat as
-``duplicates`` instead of accounting it twice. Offsets of two topics (one namespace fed from two
-click topics, or a topic deleted and re-created) say nothing of each other: a record from
-another topic than the user's previous one starts the comparison over. Records written before
-drift records said their topic (``topic`` None) compare as one topic.
+it had not committed. A record's identity (:func:`drift_identity`) is its user and source
+offset (one user's clicks live in one partition of a topic, so the offset names the click) plus
+its kind and detail, within its source topic; a user's records of one topic arrive in offset
+order, so the monitor keeps per user only the newest offset and what it carried, and counts a
+repeat as ``duplicates`` instead of accounting it twice. Offsets of two topics (one namespace
+fed from two click topics, or a topic deleted and re-created) say nothing of each other: a
+record from another topic than the user's previous one starts the comparison over. A record
+without a topic (written before drift records said it) compares with any topic
+(:func:`same_topic`): a producer upgraded after a crash emits its uncommitted epoch again, now
+saying its topic, and those are repeats.
 Readers that list records (``streams.tail``, ``diam inspect --plot``) drop repeats with
 :func:`unique_drift_bodies`.
 
@@ -68,6 +70,7 @@ __all__ = [
     "drift_identity",
     "format_alert",
     "parse_drift_record",
+    "same_topic",
     "unique_drift_bodies",
 ]
 
@@ -99,23 +102,35 @@ class DriftRecord:
     (``streams.online.drift_record``); None for records written before drift events said it."""
 
 
-Identity = tuple[str | None, str | None, str, int, str]
+Identity = tuple[str | None, str, int, str]
+
+
+def same_topic(a: object, b: object) -> bool:
+    """Whether records of source topics ``a`` and ``b`` may be the same record (their offsets
+    compare): the same topic, or either unknown (not a string: a record written before drift
+    records said their topic). The one rule of it, for the monitor and the readers
+    (:func:`unique_drift_bodies`). It is not an equivalence (``t1`` and ``t4`` each match an
+    unknown topic, not each other), so the topic is kept beside :func:`drift_identity`, never
+    in it.
+
+    >>> same_topic("t1", "t1"), same_topic("t1", "t4"), same_topic(None, "t4")
+    (True, False, True)
+    """
+    return not isinstance(a, str) or not isinstance(b, str) or a == b
 
 
 def drift_identity(kind: object, user_id: object, offset: object, detail: object,
-                   namespace: object = None, topic: object = None) -> Identity | None:
-    """What makes a drift record the same record when a resumed producer emits it again:
-    ``(namespace, source topic, user, source offset, kind and detail)``: two runs of one topic
-    into two namespaces write the same events but for their namespace, and neither repeats the
-    other; nor do two topics' records at the same offset. None for a record without a source
-    offset (a foreign producer's), which cannot be told apart from a genuine repeat and is
-    always kept.
+                   namespace: object = None) -> Identity | None:
+    """What makes a drift record the same record when a resumed producer emits it again,
+    together with its source topic (:func:`same_topic`): ``(namespace, user, source offset,
+    kind and detail)``: two runs of one topic into two namespaces write the same events but
+    for their namespace, and neither repeats the other; nor do two topics' records at the same
+    offset (:func:`same_topic` tells them apart). None for a record without a source offset (a
+    foreign producer's), which cannot be told apart from a genuine repeat and is always kept.
 
     >>> drift_identity("k_change", "u1", 7, {"k_to": 3, "k_from": 2})
-    (None, None, 'u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
+    (None, 'u1', 7, 'k_change {"k_from": 2, "k_to": 3}')
     >>> drift_identity("freeze", "u1", 7, {}, "a") != drift_identity("freeze", "u1", 7, {}, "b")
-    True
-    >>> drift_identity("freeze", "u1", 7, {}, "a", "t1") != drift_identity("freeze", "u1", 7, {}, "a", "t4")
     True
     >>> drift_identity("freeze", "u1", -1, {}) is None
     True
@@ -127,27 +142,33 @@ def drift_identity(kind: object, user_id: object, offset: object, detail: object
     if off < 0:
         return None
     ns = namespace if isinstance(namespace, str) else None
-    src = topic if isinstance(topic, str) else None
-    return ns, src, str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
+    return ns, str(user_id), off, f"{kind} {json.dumps(detail, sort_keys=True, default=str)}"
 
 
 def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """``bodies`` (JSON drift records) in their order, each identity once (its first copy);
+    """``bodies`` (JSON drift records) in their order, each record once (its first copy): a
+    body is a repeat of an earlier one of the same identity (:func:`drift_identity`) whose
+    topic may be its own (:func:`same_topic`: a body without a topic repeats one with any);
     bodies without an identity are all kept.
 
     >>> rec = {"kind": "freeze", "user_id": "u", "ts_ms": 5, "offset": 1}
     >>> len(unique_drift_bodies([rec, dict(rec), {**rec, "offset": 2}]))
     2
+    >>> len(unique_drift_bodies([rec, {**rec, "topic": "t1"}, {**rec, "topic": "t4"}]))
+    1
+    >>> len(unique_drift_bodies([{**rec, "topic": "t1"}, {**rec, "topic": "t4"}, rec]))
+    2
     """
-    seen: set[Identity] = set()
+    seen: dict[Identity, list[object]] = {}  # the topics kept of each identity
     out = []
     for b in bodies:
         ident = drift_identity(b.get("kind"), b.get("user_id"), b.get("offset", -1),
-                               b.get("detail") or {}, b.get("namespace"), b.get("topic"))
+                               b.get("detail") or {}, b.get("namespace"))
         if ident is not None:
-            if ident in seen:
+            topic, kept = b.get("topic"), seen.setdefault(ident, [])
+            if any(same_topic(topic, t) for t in kept):
                 continue
-            seen.add(ident)
+            kept.append(topic)
         out.append(b)
     return out
 
@@ -300,8 +321,8 @@ class _User:
     offset: int = -1
     """Newest source offset accounted (-1: none carried one), of ``topic``."""
     topic: str | None = None
-    """The source topic of the newest record that carried an offset (a monitor snapshot
-    written before records said their topic reads None, as those records do)."""
+    """The source topic of the newest record that carried an offset and a topic (None: none
+    did yet; a monitor snapshot written before records said their topic reads None)."""
     idents: set[str] = field(default_factory=set)
     """Kinds and details of the records at ``offset``."""
     newest_ms: int | None = None
@@ -427,14 +448,14 @@ class DriftMonitor:
 
     @staticmethod
     def _repeat(user: _User, rec: DriftRecord) -> bool:
-        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail, rec.namespace,
-                              rec.topic)
+        full = drift_identity(rec.kind, rec.user_id, rec.offset, rec.detail, rec.namespace)
         if full is None:  # a foreign producer's record: cannot tell, count it
             return False
         ident = full[-1]
-        if user.offset >= 0 and rec.topic != user.topic:  # another topic's offsets: start over
-            user.offset = -1
-        user.topic = rec.topic
+        if user.offset >= 0 and not same_topic(rec.topic, user.topic):
+            user.offset = -1  # another topic's offsets: start over
+        if rec.topic is not None:  # one without a topic compares with the user's last topic
+            user.topic = rec.topic
         if user.offset >= 0:
             if rec.offset < user.offset or (rec.offset == user.offset and ident in user.idents):
                 return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pickle
 from collections import Counter
@@ -355,25 +356,63 @@ def test_one_user_id_in_two_namespaces_is_two_users():
 def test_a_namespace_fed_from_two_topics_keeps_both_topics_events() -> None:
     """One namespace learnt from topic t1, then from t4 (or t1 deleted and re-created): t4's
     offsets start low again and say nothing of t1's. Each topic's events are accounted; a
-    resumed run's repeat within one topic is still dropped, and records written before drift
-    records said their topic (None) compare among themselves as before."""
+    resumed run's repeat within one topic is still dropped."""
     def rec(topic, offset, ts):
         return DriftRecord("k_change", "u1", ts, offset, {"k_from": 2, "k_to": 3}, "r5", topic)
 
     m = DriftMonitor()
     evs = [rec("t1", 500, T0_MS), rec("t1", 900, T0_MS + 1),  # the run on t1
            rec("t4", 20, T0_MS + 2), rec("t4", 400, T0_MS + 3),  # the run on t4: lower offsets
-           rec("t4", 400, T0_MS + 3),  # its repeat (a resumed run)
-           rec(None, 7, T0_MS + 4), rec(None, 3, T0_MS + 5)]  # old records: 3 < 7 a repeat
+           rec("t4", 400, T0_MS + 3)]  # its repeat (a resumed run)
     for r in evs:
         m.add(r)
-    assert (m.seen, m.duplicates) == (5, 2)
-    # and a monitor snapshot written before _User kept a topic resumes (no attribute: None)
+    assert (m.seen, m.duplicates) == (4, 1)
+    # and a monitor snapshot written before _User kept a topic resumes (no attribute: None,
+    # which compares with any topic)
     user = next(iter(m._users.values()))
     del user.__dict__["topic"]
     m2 = pickle.loads(pickle.dumps(m))
-    m2.add(rec(None, 8, T0_MS + 6))
-    assert (m2.seen, m2.duplicates) == (6, 2)
+    m2.add(rec("t4", 400, T0_MS + 3))
+    m2.add(rec("t4", 401, T0_MS + 4))
+    assert (m2.seen, m2.duplicates) == (5, 2)
+
+
+def _no_topic_then_topic(n_users: int = 4, per_user: int = 5):
+    """The reviewer's repro: an older producer's records (no topic), then the upgraded
+    producer resumed after a crash emits its uncommitted epoch again, saying its topic."""
+    old = [DriftRecord("k_change", f"u{u}", T0_MS + 10 * i + u, 100 * u + i,
+                       {"k_from": 2 + i, "k_to": 3 + i}, "live")
+           for u in range(n_users) for i in range(per_user)]
+    return old, [dataclasses.replace(r, topic="t") for r in old]
+
+
+def test_an_upgraded_producers_repeats_with_a_topic_are_repeats_of_records_without_one():
+    """A record without a topic compares with any topic: the 20 repeats are duplicates, not
+    accounted twice (5e8f7da took None != "t" for another topic: 0 duplicates)."""
+    old, again = _no_topic_then_topic()
+    m = DriftMonitor()
+    for r in old + again:
+        m.add(r)
+    assert (m.seen, m.duplicates) == (20, 20)
+    m = DriftMonitor()  # and the other way round (an older producer after a newer one)
+    for r in again + old:
+        m.add(r)
+    assert (m.seen, m.duplicates) == (20, 20)
+
+
+def test_readers_drop_a_topic_carrying_repeat_of_a_record_without_one():
+    """``unique_drift_bodies`` (streams.tail, inspect --plot) follows the same rule: a body
+    without a topic repeats one with any topic, and two topics stay apart."""
+    from streams.drift import unique_drift_bodies
+
+    old, again = _no_topic_then_topic()
+    bodies = [{**dataclasses.asdict(r)} for r in old + again]
+    for b in bodies[:20]:
+        del b["topic"]  # as older producers wrote them
+    assert unique_drift_bodies(bodies) == bodies[:20]
+    assert unique_drift_bodies(bodies[20:] + bodies[:20]) == bodies[20:]
+    t4 = [{**b, "topic": "t4"} for b in bodies[20:]]
+    assert unique_drift_bodies(bodies[20:] + t4 + bodies[:20]) == bodies[20:] + t4
 
 
 def test_quiet_windows_close_as_zero_summaries_so_the_gauges_fall_back_to_zero() -> None:
