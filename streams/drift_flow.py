@@ -58,10 +58,15 @@ from streams.kafka_io import RawRecord, ensure_topic, of_namespace, partition_id
 from streams.kafka_sink import KafkaOut, KafkaRecordSink
 from streams.kafka_source import ClickSource
 
-__all__ = ["SUMMARY", "STORE_OWNER", "DriftMetrics", "StoreMismatch", "alert_record",
+__all__ = ["SUMMARY", "STORE_OWNER", "FLOW_ID", "DriftMetrics", "StoreMismatch", "alert_record",
            "build_drift_flow", "check_store", "run_drift"]
 
 OutputFn = Callable[[Alert | WindowSummary], None]
+
+FLOW_ID = "diam-drift"
+"""The monitor dataflow's id (:func:`build_drift_flow`'s default): its input step's positions
+are kept in a recovery store under ``diam-drift.drift`` (:func:`check_store` looks for them)."""
+_INPUT_STEP = "drift"
 
 SUMMARY = ("drift monitor {end}: {read} records read ({unparsed} not drift events, "
            "{other} of other namespaces, {duplicates} duplicates, {late} dropped as late, "
@@ -228,7 +233,7 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
 def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], cfg: DriftConfig,
                      *, metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
                      idle_close_s: float = 10.0, partitions: list[int] | None = None,
-                     start_position: int = 0, flow_id: str = "diam-drift",
+                     start_position: int = 0, flow_id: str = FLOW_ID,
                      source_topic: str | None = None, namespace: str | None = None) -> Dataflow:
     """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value).
 
@@ -240,7 +245,7 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
     are counted, ``DriftMetrics.other``); alerts say it, and ``source_topic``
     (:func:`alert_record`)."""
     flow = Dataflow(flow_id)
-    raw = op.input("drift", flow, source)
+    raw = op.input(_INPUT_STEP, flow, source)
 
     def parse(rec: RawRecord) -> tuple[int, DriftRecord] | None:
         parsed = parse_drift_record(rec.value)
@@ -283,34 +288,46 @@ class StoreMismatch(RuntimeError):
 
 
 def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig) -> bool:
-    """Whether ``path`` holds a monitor's recovery store to resume from (False: none yet; it is
-    claimed for ``topic``, ``namespace`` and ``cfg.window_ms``). A store of another drift
-    topic, namespace or window length would resume other offsets or windows, and one without
-    :data:`STORE_OWNER` beside its data is another dataflow's (a ``diam run`` store): both
-    raise :class:`StoreMismatch`, naming what the store is."""
+    """Whether ``path`` holds a monitor's recovery store to resume from: positions of the
+    monitor's input (:data:`FLOW_ID`'s, read as ``streams.runner`` reads a ``diam run``
+    store's); False: none yet, and it is (re)claimed for ``topic``, ``namespace`` and
+    ``cfg.window_ms`` (:data:`STORE_OWNER`, written whole). Call it once the topic is known
+    to exist: a run refused before it starts must not claim a store.
+
+    A store holding positions of another drift topic, namespace or window length would resume
+    other offsets or windows, and one with Bytewax's files but no :data:`STORE_OWNER` is
+    another dataflow's (a ``diam run`` store): both raise :class:`StoreMismatch`, naming what
+    the store is. A store claimed by a run that never wrote a position (it failed before its
+    first epoch) holds nothing of anyone's: it is claimed again."""
+    from streams.runner import _store_partitions  # the one reader of a store's positions
+
     want = {"topic": topic, "namespace": namespace, "window_ms": cfg.window_ms}
     owner = path / STORE_OWNER
-    has_data = path.is_dir() and any(path.glob("part-*.sqlite3"))
-    if not owner.exists():
-        if has_data:
-            raise StoreMismatch(f"the recovery store {path} is not a drift monitor's (no "
-                                f"{STORE_OWNER}: another dataflow's, such as a diam run's): "
-                                "give the monitor a directory of its own (--recovery-dir)")
-        path.mkdir(parents=True, exist_ok=True)
-        owner.write_text(json.dumps(want, sort_keys=True) + "\n")
-        return False
-    try:
-        have = json.loads(owner.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreMismatch(f"the recovery store {path}: {owner.name} is unreadable ({exc}); "
-                            "give the monitor another --recovery-dir") from None
-    if have != want:
-        said = ", ".join(f"{k} {have.get(k)!r}" for k in sorted(want) if have.get(k) != want[k])
-        raise StoreMismatch(f"the recovery store {path} is the drift monitor's of {said}, not "
-                            f"{', '.join(f'{k} {want[k]!r}' for k in sorted(want) if have.get(k) != want[k])}"
-                            ": resuming it would mix them; give this monitor another "
-                            "--recovery-dir")
-    return has_data
+    has_files = path.is_dir() and any(path.glob("part-*.sqlite3"))
+    if not owner.exists() and has_files:
+        raise StoreMismatch(f"the recovery store {path} is not a drift monitor's (no "
+                            f"{STORE_OWNER}: another dataflow's, such as a diam run's): "
+                            "give the monitor a directory of its own (--recovery-dir)")
+    has_data = has_files and bool(_store_partitions(path, f"{FLOW_ID}.{_INPUT_STEP}"))
+    if owner.exists() and has_data:
+        try:
+            have = json.loads(owner.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreMismatch(f"the recovery store {path}: {owner.name} is unreadable "
+                                f"({exc}); give the monitor another --recovery-dir") from None
+        if have != want:
+            said = ", ".join(f"{k} {have.get(k)!r}" for k in sorted(want)
+                             if have.get(k) != want[k])
+            wanted = ", ".join(f"{k} {want[k]!r}" for k in sorted(want) if have.get(k) != want[k])
+            raise StoreMismatch(f"the recovery store {path} is the drift monitor's of {said}, "
+                                f"not {wanted}: resuming it would mix them; give this monitor "
+                                "another --recovery-dir")
+        return True
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{STORE_OWNER}.{os.getpid()}"
+    tmp.write_text(json.dumps(want, sort_keys=True) + "\n")
+    os.replace(tmp, owner)
+    return False
 
 
 def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
@@ -347,11 +364,15 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
 
         lock = hold_recovery(recovery_dir)  # a second monitor on it would undo this one's
     try:
-        if recovery_dir is not None:
+        if not bounded:
+            ensure_topic(kafka, topic)
+        parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
+        ensure_topic(kafka, alerts_topic)
+        if recovery_dir is not None:  # claimed only once the topic is there to read
             resumed = check_store(recovery_dir, topic, namespace, cfg)
             recovery = prepare_recovery(recovery_dir)
         _run(kafka, cfg, topic, alerts_topic, bounded, from_end, metrics, on_output,
-             idle_close_s, namespace, stop, recovery, run_main)
+             idle_close_s, namespace, stop, recovery, run_main, parts)
     finally:
         if lock is not None:
             os.close(lock)
@@ -361,11 +382,7 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
 def _run(kafka: KafkaConfig, cfg: DriftConfig, topic: str, alerts_topic: str, bounded: bool,
          from_end: bool, metrics: DriftMetrics | None, on_output: OutputFn | None,
          idle_close_s: float, namespace: str | None, stop: threading.Event | None,
-         recovery: object, run_main: Callable[..., None]) -> None:
-    if not bounded:
-        ensure_topic(kafka, topic)
-    parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
-    ensure_topic(kafka, alerts_topic)
+         recovery: object, run_main: Callable[..., None], parts: list[int]) -> None:
     marks = watermarks(kafka, topic)
     start = {p: hi if from_end else lo for p, (lo, hi) in marks.items()}
     # Small batches interleave the partitions finely while catching up on a backlog.

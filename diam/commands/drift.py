@@ -64,7 +64,9 @@ def drift() -> None:
               "and accounts the drift events written while it was down. Without it a restart "
               "starts at the topic's end (--from-end: those events are skipped) or its start "
               "(--from-beginning: everything again). One store per drift topic, namespace and "
-              "--window-s; not a diam run store.")
+              "--window-s once it holds a position (a store whose runs never got that far, "
+              "e.g. refused for a misspelt --topic, is claimed by the next run); not a diam "
+              "run store.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (/metrics); 0 picks a free port (printed).")
 @metrics_hold_option("a stop by SIGINT/SIGTERM")

@@ -267,3 +267,34 @@ def test_a_monitor_restarted_on_its_recovery_dir_accounts_what_was_written_while
                                     "--window-s", "30", "--recovery-dir", str(rec)],
                              obj={"settings": stack.settings})
     assert res.exit_code == 2 and "window_ms 60000" in res.output, res.output
+
+
+def test_a_run_refused_for_a_misspelt_topic_does_not_claim_its_recovery_dir(
+        stack, new_topic, tmp_path) -> None:
+    """The reviewer's repro: ``--bounded --topic <misspelt> --recovery-dir drec`` is refused
+    (the topic does not exist) and leaves no claim on drec; the next run, of the real topic,
+    uses drec (a711970 had written drift-monitor.json naming the misspelt topic first and
+    refused every later run)."""
+    from streams.drift_flow import STORE_OWNER
+
+    kafka = stack.settings.kafka
+    drift_topic = new_topic(1, "drift")
+    events = stable_stream(n_users=200, n_windows=3, rate=RATE, seed=4)
+    produce(kafka, drift_topic, _records(events))
+    rec = tmp_path / "drec"
+    alerts_topic = new_topic(1, "alerts")
+
+    def run(topic: str):
+        return CliRunner().invoke(main, ["drift", "run", "--bounded", "--from-beginning",
+                                         "--topic", topic, "--alerts-topic", alerts_topic,
+                                         "--recovery-dir", str(rec)],
+                                  obj={"settings": stack.settings})
+
+    misspelt = f"{drift_topic}.drfit"  # never created: a bounded run does not create it
+    res = run(misspelt)
+    assert res.exit_code == 2 and "nothing to read" in res.output, res.output
+    assert not (rec / STORE_OWNER).exists()
+    res = run(drift_topic)
+    assert res.exit_code == 0, res.output
+    assert f"drift monitor done: {len(events)} records read" in res.stderr, res.stderr
+    assert json.loads((rec / STORE_OWNER).read_text())["topic"] == drift_topic

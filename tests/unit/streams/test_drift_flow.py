@@ -108,6 +108,23 @@ def test_a_resumed_producers_repeats_are_counted_once_and_exported():
         assert (r.get_sample_value("diam_drift_events_total", {"kind": kind}) or 0) == want
 
 
+def test_an_upgraded_producer_resumed_after_a_crash_repeats_are_counted_once():
+    """The reviewer's repro through the dataflow: 20 records of an older producer (no topic),
+    then the upgraded producer, resumed after a crash, emits that epoch again saying its
+    topic: 40 read, 20 duplicates (5e8f7da: 0 duplicates, everything accounted twice)."""
+    evs = stable_stream(n_users=300, n_windows=3, seed=5)[:20]
+    assert len(evs) == 20
+    old = records(evs, partitions=1)
+    again = [r._replace(value=json.dumps({**json.loads(r.value), "topic": "diam.clicks"})
+                        .encode()) for r in old]
+    metrics = DriftMetrics()
+    run_main(build_drift_flow(TestingSource(old + again), TestingSink([]), DriftConfig(),
+                              metrics=metrics))
+    assert metrics.summary_line().startswith(
+        "drift monitor done: 40 records read (0 not drift events, 0 of other namespaces, "
+        "20 duplicates"), metrics.summary_line()
+
+
 def test_late_records_are_counted_per_batch_and_the_summary_line_adds_everything_up():
     # u0: all in partition 0; the last record belongs to a window the watermark has closed.
     # It comes after the last window closed, so no window summary would ever report it.
@@ -172,12 +189,28 @@ def test_alert_records_number_on_from_the_start_position_and_carry_k_u():
     assert flip["top_users"] == [{"user_id": "u0003", "value": 2.0, "k_from": 3, "k_to": 4}]
 
 
+def _write_a_position(store) -> None:
+    """What a monitor run leaves in its recovery store after an epoch: its input's position
+    and the monitor's state (a real Bytewax run over one record)."""
+    from datetime import timedelta
+
+    from streams.runner import prepare_recovery
+
+    body = json.dumps({"kind": "freeze", "user_id": "u", "ts_ms": 5, "offset": 1}).encode()
+    run_main(build_drift_flow(TestingSource([RawRecord("diam.drift", 0, 1, b"u", body, 5)]),
+                              TestingSink([]), DriftConfig()),
+             epoch_interval=timedelta(seconds=0), recovery_config=prepare_recovery(store))
+
+
 def test_a_recovery_store_is_claimed_for_one_topic_namespace_and_window(tmp_path) -> None:
     from streams.drift_flow import STORE_OWNER, StoreMismatch, check_store
+    from streams.runner import prepare_recovery
 
     store = tmp_path / "rec"
     assert check_store(store, "diam.drift", None, DriftConfig()) is False  # claimed, nothing yet
-    (store / "part-0.sqlite3").write_bytes(b"")
+    prepare_recovery(store)  # Bytewax's files, no position yet
+    assert check_store(store, "diam.drift", None, DriftConfig()) is False
+    _write_a_position(store)
     assert check_store(store, "diam.drift", None, DriftConfig()) is True  # resumes
     for topic, ns, cfg, said in (("other.drift", None, DriftConfig(), "topic 'diam.drift'"),
                                  ("diam.drift", "shadow", DriftConfig(), "namespace None"),
@@ -188,6 +221,25 @@ def test_a_recovery_store_is_claimed_for_one_topic_namespace_and_window(tmp_path
     (store / STORE_OWNER).unlink()  # a store with data and no owner file: a diam run's
     with pytest.raises(StoreMismatch, match="not a drift monitor's"):
         check_store(store, "diam.drift", None, DriftConfig())
+
+
+def test_a_store_claimed_by_a_run_that_never_wrote_a_position_is_claimed_again(tmp_path) -> None:
+    """The reviewer's repro: a first run refused (``--topic diam.drfit`` does not exist) left
+    drift-monitor.json naming it and an empty part file (a711970 claimed the store before the
+    topic was checked). Such a store holds nothing: the next run claims it for its own topic
+    (a711970 refused it: "the drift monitor's of topic 'diam.drfit'")."""
+    from streams.drift_flow import STORE_OWNER, check_store
+    from streams.runner import prepare_recovery
+
+    store = tmp_path / "drec"
+    prepare_recovery(store)
+    (store / STORE_OWNER).write_text(json.dumps(
+        {"namespace": None, "topic": "diam.drfit", "window_ms": 60_000}) + "\n")
+    assert check_store(store, "diam.drift", None, DriftConfig()) is False
+    assert json.loads((store / STORE_OWNER).read_text())["topic"] == "diam.drift"
+    assert check_store(store, "diam.drift", None, DriftConfig(window_ms=30_000)) is False
+    assert json.loads((store / STORE_OWNER).read_text())["window_ms"] == 30_000
+    assert [p.name for p in store.iterdir() if p.name.startswith(f".{STORE_OWNER}")] == []
 
 
 def test_one_namespace_learnt_from_two_topics_loses_no_drift_event_as_a_repeat() -> None:
