@@ -26,6 +26,7 @@ from serving_cache import redis_client
 from serving_cache.config import RedisConfig
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
+from streams.drift_flow import STORE_OWNER as DRIFT_STORE_OWNER
 from streams.forget_markers import forget_markers_of
 from streams.growth_log import GrowthLog, GrowthLogError
 from streams.kafka_health import BrokerHealth
@@ -181,8 +182,9 @@ def repartitioned_line(topic: str, was: int, now: int, where: str) -> str:
 
 STORE_RECORD = "diam-store.json"
 """The record a recovery store keeps beside Bytewax's files (written by :func:`prepare_online`
-when the store first holds a run's state, never changed after): the topic, its partition count
-then, and the partitions the run read (``null``: all of them). Bytewax's snapshots hold
+when the store first holds a run's state, or as inferred from an older store's state keys,
+never changed after): the topic, its partition count then, and the partitions the run read
+(``null``: all of them). Bytewax's snapshots hold
 offsets per partition but not the count, and a count that changed under per-user state loses
 clicks (:class:`TopicRepartitioned`)."""
 
@@ -277,6 +279,8 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     growth log (``job.growth``) starts writing: :class:`RecoveryUnusable` when it changed
     since the holder read it or cannot be written."""
     validate_namespace(job.namespace)
+    if job.recovery_dir is not None:  # before the lock: nothing written into another's store
+        _check_owner(Path(job.recovery_dir))
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)
     prepared = PreparedRun(job, lock)
@@ -318,8 +322,8 @@ def _check_services(job: OnlineJob) -> int:
 def _check_store(job: OnlineJob, path: Path, count: int) -> None:
     """Refuse a recovery store whose state was built from another topic, other partitions of it
     or another partition count (:data:`STORE_RECORD`; for a store written before the record
-    was kept, the source's state keys in Bytewax's files); record the run's when the store
-    holds no state yet."""
+    was kept, the source's state keys in Bytewax's files, from which its record is inferred and
+    written: :func:`_inferred_record`); record the run's when the store holds no state yet."""
     reads = None if job.partitions is None else sorted(set(job.partitions))
     held = _store_partitions(path, f"{job.flow_id}.clicks")
     record_path = path / STORE_RECORD
@@ -345,15 +349,62 @@ def _check_store(job: OnlineJob, path: Path, count: int) -> None:
             f"{job.topic!r}, and this run reads {reads} (--partitions): it was written by a run "
             f"of other partitions ({extra} would go unread); give each set of partitions its "
             "own store (--recovery-dir), or the set the store was written for")
-    if record is None or not held:  # a store whose state starts now (or an older store's)
-        tmp = path / f".{STORE_RECORD}.{os.getpid()}"
-        tmp.write_text(json.dumps({"topic": job.topic, "partitions": count, "reads": reads}))
-        os.replace(tmp, record_path)
+    if not held:  # a store whose state starts now
+        record = {"topic": job.topic, "partitions": count, "reads": reads}
+    elif record is None:  # a store an earlier release wrote: its positions tell what it read
+        record = _inferred_record(job.topic, parts, count, reads)
+        _check_record(job, path, record, count, reads, held=parts)
+    else:
+        return
+    tmp = path / f".{STORE_RECORD}.{os.getpid()}"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, record_path)
+
+
+def _check_owner(path: Path) -> None:
+    """Refuse a directory that another dataflow claimed as its recovery store (a drift
+    monitor's: ``streams.drift_flow.STORE_OWNER``): this run would write its record and state
+    into it, and the monitor would resume from the mix."""
+    if (path / DRIFT_STORE_OWNER).exists():
+        raise RecoveryForeign(
+            f"the recovery store {path.resolve()} is a drift monitor's (diam drift run "
+            f"--recovery-dir; it holds {DRIFT_STORE_OWNER}), not a diam run store: give this run "
+            "a store of its own (--recovery-dir)")
+
+
+def _inferred_record(topic: str, parts: list[int], count: int,
+                     reads: list[int] | None) -> dict[str, Any]:
+    """The :data:`STORE_RECORD` of a store written before records were kept, from the
+    partitions ``parts`` it holds positions of: Bytewax keeps one for every partition a run
+    listed, read from or not (tests/integration/test_older_recovery_store.py), so ``parts`` are
+    the partitions its runs read. Partitions 0..k-1 are a run of all of a k-partition topic,
+    unless this run reads exactly those (``--partitions``: a count it cannot tell, so the
+    topic's now); any other set is a ``--partitions`` run's (count unknown: not checked).
+
+    >>> _inferred_record("t", [0, 1], 4, None)
+    {'topic': 't', 'partitions': 2, 'reads': None}
+    >>> _inferred_record("t", [0, 1], 4, [0, 1])
+    {'topic': 't', 'partitions': 4, 'reads': [0, 1]}
+    >>> _inferred_record("t", [1, 3], 4, None)
+    {'topic': 't', 'partitions': None, 'reads': [1, 3]}
+    """
+    if parts == reads:
+        return {"topic": topic, "partitions": count, "reads": reads}
+    if parts == list(range(len(parts))):
+        return {"topic": topic, "partitions": len(parts), "reads": None}
+    return {"topic": topic, "partitions": None, "reads": parts}
 
 
 def _check_record(job: OnlineJob, path: Path, record: dict[str, Any], count: int,
-                  reads: list[int] | None) -> None:
+                  reads: list[int] | None, held: list[int] | None = None) -> None:
+    """``held``: the partitions the store holds positions of, when ``record`` was inferred
+    from them (:func:`_inferred_record`), which the refusals then say."""
     where = f"the recovery store {path.resolve()}"
+    state = f"{where}'s state"
+    if held is not None:
+        where += (f" (no {STORE_RECORD}, as an earlier release left it: it holds the positions "
+                  f"of partitions {held} only)")
+        state = f"the state of {where}"
     if record.get("topic") != job.topic:
         raise RecoveryForeign(
             f"{where} was written by a run of topic {record.get('topic')!r}, not {job.topic!r}: "
@@ -361,7 +412,10 @@ def _check_record(job: OnlineJob, path: Path, record: dict[str, Any], count: int
             "written for")
     was = record.get("partitions")
     if isinstance(was, int) and was != count:
-        raise TopicRepartitioned(repartitioned_line(job.topic, was, count, f"{where}'s state"))
+        raise TopicRepartitioned(repartitioned_line(job.topic, was, count, state) + (
+            "" if held is None or was > count else
+            "; if the run that wrote it read only those partitions, run it with --partitions "
+            + ",".join(map(str, held))))
     had = record.get("reads")
     if (reads or list(range(count))) != (had or list(range(count))):
         raise RecoveryForeign(
