@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "validate_namespace",
-           "user_in_every_namespace", "namespace_of_key", "generation_key", "namespace_pattern",
+           "user_in_every_namespace", "namespace_of_key", "generation_key", "node_generation_key",
+           "namespace_pattern",
            "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
            "FORGOTTEN_ADOPTED_BY", "base_key", "added_key", "partitions_key"]
 
@@ -105,6 +106,19 @@ def generation_key(ns: str) -> str:
     'diam:live:gen'
     """
     return f"diam:{validate_namespace(ns)}:gen"
+
+
+def node_generation_key(ns: str, tag: str) -> str:
+    """On a Redis Cluster, the generation marker of namespace ``ns`` that lives on one primary:
+    ``tag`` is a hash tag chosen by ``streams.redis_sink`` to fall in a slot that primary
+    owns, so that a primary that alone lost its data (a FLUSHALL, a restart without its
+    files, a failover to a replica that lagged) is noticed as :func:`generation_key`'s node
+    would be.
+
+    >>> node_generation_key("live", "7")
+    'diam:live:gen:{7}'
+    """
+    return f"{generation_key(ns)}:{{{tag}}}"
 
 
 def base_key(ns: str) -> str:

@@ -10,7 +10,10 @@ with the dataflow, and one script call per key would cost the writer and Redis a
 
 On Redis Cluster every key of one script call must hash to the same slot: with a
 ``RedisCluster`` client the chunk is grouped by slot, each group packed into calls of up to
-``keys_per_call`` keys and sent as one pipeline to the node owning the slot.
+``keys_per_call`` keys and sent as one pipeline to the node owning the slot. A slot being
+migrated is followed (a call answered ``ASK`` is sent to the importing node after ``ASKING``),
+a slot moved makes the writer learn the slot map again and send the chunk once more
+(:meth:`RedisWriter.write_batch`); what still fails is the caller's to wait out.
 
 Values are encoded by :class:`serving_cache.codec.Encoder` (one per writer: it caches packed
 fragments and is not thread-safe); commands are framed by redis-py's pipeline (hiredis's
@@ -270,10 +273,18 @@ class RedisWriter:
         """``EVALSHA sha n key_1..key_n seq_1 value_1 .. seq_n value_n`` per ``keys_per_call``
         users of each group (with ``forgotten``: ``EVALSHA sha n+1 forgotten key_1..key_n
         user_from seq_1 value_1 ..``), sent as one pipeline; the number of keys written (the
-        pushes refused as forgotten are added to :attr:`last_refused`)."""
+        pushes refused as forgotten are added to :attr:`last_refused`).
+
+        On a cluster, a call answered ``ASK`` (its slot is being migrated and its keys are on
+        the importing node already) is sent again to the node the answer names, after
+        ``ASKING`` on the same connection (the Redis Cluster specification's redirection for
+        one command; the slot map is left as it is: the slot still belongs to the source until
+        the migration ends). Any other error reply is raised (the first one): ``MOVED`` and
+        ``TRYAGAIN`` to :meth:`write_batch`, a lost script to its reload."""
         assert self._sha is not None  # loaded by _send
         pipe = client.pipeline(transaction=False)
         per = self.keys_per_call
+        calls: list[tuple[list[Any], list[tuple[str, UserVectors]]]] = []
         for group in groups:
             values = self._encoder.encode([uv for _, uv in group])
             for start in range(0, len(group), per):
@@ -285,12 +296,30 @@ class RedisWriter:
                     argv.append(self._user_from)
                 for (_, uv), value in zip(part, values[start : start + per], strict=True):
                     argv += (int(uv.seq), value)
-                pipe.evalsha(self._sha, len(keys), *keys, *argv)
-        # raises the first error reply (NoScriptError included: write_batch reloads the script)
+                args = [self._sha, len(keys), *keys, *argv]
+                pipe.evalsha(*args)
+                calls.append((args, part))
+        replies = list(pipe.execute(raise_on_error=not self._cluster))
+        asked: dict[tuple[str, int], list[int]] = {}  # the calls answered ASK, per node named
+        for i, reply in enumerate(replies):
+            if isinstance(reply, redis.exceptions.AskError):
+                asked.setdefault(reply.node_addr, []).append(i)
+            elif isinstance(reply, Exception):
+                raise reply
+        for (host, port), which in asked.items():
+            cluster: Any = self.client
+            node = cluster.get_node(host=host, port=port)
+            if node is None:  # a node the slot map does not know yet: learn it, send again
+                raise redis.exceptions.MovedError(f"{replies[which[0]]}")
+            ask = cluster.get_redis_connection(node).pipeline(transaction=False)
+            for i in which:
+                ask.execute_command("ASKING")
+                ask.evalsha(*calls[i][0])
+            answers = ask.execute(raise_on_error=True)  # TRYAGAIN (keys on both nodes) waits
+            for i, reply in zip(which, answers[1::2], strict=True):
+                replies[i] = reply
         written = 0
-        parts = (group[start : start + per] for group in groups
-                 for start in range(0, len(group), per))
-        for (w, refused, skipped), part in zip(pipe.execute(), parts, strict=True):
+        for (w, refused, skipped), (_, part) in zip(replies, calls, strict=True):
             written += int(w)
             self.last_refused += int(refused)
             self.last_skipped += (part[int(j) - 1] for j in skipped)

@@ -36,7 +36,15 @@ all of them when
 - the namespace's generation marker (``diam:{ns}:gen``, a random token) is gone or changed:
   the key set was lost, or another worker already found it lost and re-created the marker;
 - the connection to Redis broke: the server may have restarted, and with ``appendfsync
-  everysec`` it may have lost up to a second of acknowledged writes that no marker reveals.
+  everysec`` it may have lost up to a second of acknowledged writes that no marker reveals;
+- on a Redis Cluster, where a primary can lose its data alone and redis-py's cluster client
+  reconnects to a restarted node without an error: the marker of one primary
+  (``diam:{ns}:gen:{<tag>}``, a hash tag in a slot that primary owns; ``_markers``) is gone or
+  changed, or a primary's run id changed or it is no longer a primary (a restart, a failover
+  to a replica that may have lagged; ``_lost``).
+
+The markers are checked at most once per ``check_every_s`` (one GET per marker, and on a
+cluster one ``INFO server`` per primary), not per batch.
 
 The re-push is write-if-newer, so users written since are never set back. The cost is memory:
 one :class:`UserVectors` per user this worker has pushed and still holds in its state
@@ -58,10 +66,12 @@ from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from serving_cache.base_record import BaseRecord, write_base
-from serving_cache.keys import generation_key, model_active_key, user_key
+from serving_cache.keys import generation_key, model_active_key, node_generation_key, user_key
 
 __all__ = ["RELEASED", "RedisVectorSink", "Released", "ResumedPush", "resumed_push"]
 
@@ -133,8 +143,11 @@ class _Partition(StatelessSinkPartition[Item]):
         per write, not per user."""
         self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
-        self._gen: bytes | None = None  # the marker's token when last checked
-        self._checked = False  # the marker was checked once (then _gen says what it was)
+        self._cluster = isinstance(writer.client, RedisCluster)
+        self._gens: dict[str, bytes | None] = {}  # each marker's token when last checked
+        self._runs: dict[str, str] = {}  # cluster: each primary's run id when last checked
+        self._tags: dict[str, tuple[int, str]] = {}  # cluster: marker -> (its slot, its primary)
+        self._checked = False  # the markers were checked once (then _gens says what they were)
         self._next_check = 0.0
         self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
         self._had_active = False  # the namespace had an active-model key when first checked
@@ -191,26 +204,92 @@ class _Partition(StatelessSinkPartition[Item]):
                         self.observer(written, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
+                    # told now: the dataflow raises it at its next batch, which a quiet
+                    # stream may not bring for a while
+                    log.error("Redis%s namespace %r: writing user vectors failed: %r; the run "
+                              "stops at its next batch", self.where, self.writer.ns, exc)
             for _ in range(got):  # written, or failed with the error set: write_batch may go on
                 self._q.task_done()
             if stop:
                 return
 
-    def _lost(self) -> bool:
-        """Whether this partition must re-push everything it holds; keeps the marker set."""
+    def _markers(self) -> list[str]:
+        """The generation markers to check: the namespace's (:func:`generation_key`) and, on a
+        Redis Cluster, one on each primary (:func:`node_generation_key` with the smallest
+        number whose slot the primary owns in the client's slot map), since a primary can lose
+        its data alone. The choice is kept while the slot map gives every marker's slot to
+        the same primary and the primaries are the same (a check of one slot per primary);
+        chosen anew otherwise, the same way by every worker."""
+        ns = self.writer.ns
+        if not self._cluster:
+            return [generation_key(ns)]
+        client: Any = self.writer.client
+        manager = client.nodes_manager
+        primaries = {n.name for n in client.get_primaries()}
+
+        def owner(slot: int) -> str | None:
+            try:
+                return str(manager.get_node_from_slot(slot).name)
+            except redis.exceptions.RedisClusterException:  # a slot no node serves now
+                return None
+
+        if ({name for _, name in self._tags.values()} != primaries
+                or any(owner(slot) != name for slot, name in self._tags.values())):
+            serving = {str(nodes[0].name) for nodes in manager.slots_cache.values() if nodes}
+            todo = primaries & serving  # a primary without slots holds no key of ours
+            self._tags = {}
+            i = 0
+            while todo and i < 1 << 20:
+                slot = key_slot(str(i).encode())
+                name = owner(slot)
+                if name is not None and name in todo:
+                    todo.discard(name)
+                    self._tags[node_generation_key(ns, str(i))] = (slot, name)
+                i += 1
+        return [generation_key(ns), *self._tags]
+
+    def _lost(self) -> str | None:
+        """Why this partition must re-push everything it holds (None: it need not); keeps the
+        markers set. On a cluster also each primary's run id (``INFO server``): a primary
+        restarted or replaced by a replica (a failover) may have lost acknowledged writes that
+        no marker reveals, as a broken connection on a single Redis may, and redis-py's cluster
+        client reconnects to it without an error reaching the sink."""
         client, ns = self.writer.client, self.writer.ns
-        key = generation_key(ns)
-        cur = client.get(key)
-        if cur is None:
-            client.set(key, uuid.uuid4().hex.encode(), nx=True)  # first finder wins
+        gens: dict[str, bytes | None] = {}
+        changed: list[str] = []
+        for key in self._markers():
             cur = client.get(key)
-        assert cur is None or isinstance(cur, bytes)
-        before, self._gen = self._gen, cur
+            if cur is None:
+                client.set(key, uuid.uuid4().hex.encode(), nx=True)  # first finder wins
+                cur = client.get(key)
+            assert cur is None or isinstance(cur, bytes)
+            gens[key] = cur
+            if key in self._gens and (cur is None or cur != self._gens[key]):
+                changed.append(key)  # a marker first chosen now (a resharding) is no loss
+        runs: dict[str, str] = {}
+        if self._cluster:
+            cluster: Any = client
+            for node in cluster.get_primaries():
+                info = cluster.get_redis_connection(node).info("server")
+                runs[str(node.name)] = str(info.get("run_id", ""))
+        moved = sorted(n for n, run in self._runs.items() if runs.get(n) != run)
+        self._gens, self._runs = gens, runs
         if not self._checked:
             self._checked = True
             self._had_active = bool(client.exists(model_active_key(ns)))
-            return False
-        return cur is None or cur != before or self._suspect
+            return None
+        if changed:
+            return (f"its generation marker{'s' if len(changed) > 1 else ''} "
+                    f"{', '.join(changed)} {'were' if len(changed) > 1 else 'was'} missing or "
+                    "replaced (the key set was lost)")
+        if moved:
+            return (f"the cluster primar{'ies' if len(moved) > 1 else 'y'} {', '.join(moved)} "
+                    "restarted or gave way to another node (a failover): acknowledged writes "
+                    "may be lost")
+        if self._suspect:
+            return ("the connection broke (a restarted server may have lost its newest "
+                    "writes)")
+        return None
 
     def _write(self, items: list[Item]) -> list[tuple[str, UserVectors]]:
         """Write ``items`` (and every held user's vectors again when Redis lost them), retrying
@@ -242,14 +321,10 @@ class _Partition(StatelessSinkPartition[Item]):
                 repush = False
                 now = attempt
                 if self._suspect or now >= self._next_check:
-                    gen_before = self._gen
-                    repush = self._lost()
+                    cause = self._lost()
+                    repush = cause is not None
                     self._next_check = now + self.check_every_s
                     if repush:
-                        cause = ("the connection broke (a restarted server may have lost its "
-                                 "newest writes)" if self._suspect and self._gen == gen_before
-                                 else f"its generation marker {generation_key(self.writer.ns)} "
-                                      "was missing or replaced (the key set was lost)")
                         gone = self._had_active and not self.writer.client.exists(
                             model_active_key(self.writer.ns))
                         log.warning("Redis%s namespace %r: %s; re-pushing the %d user(s) this "
@@ -296,6 +371,11 @@ class _Partition(StatelessSinkPartition[Item]):
                 # so a partial batch re-sent is harmless. Logged once per outage, not per try.
                 self._suspect = True
                 retried = True
+                if self._cluster:  # a failover, a resharding: the slot map the client holds
+                    try:
+                        self.writer.client.nodes_manager.initialize()  # type: ignore[attr-defined]
+                    except (redis.RedisError, redis.exceptions.RedisClusterException):
+                        pass  # no node answers yet: learnt again at the next try
                 if down_since is None:
                     down_since, why = attempt, str(exc)
                     refused = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
@@ -312,14 +392,17 @@ class _Partition(StatelessSinkPartition[Item]):
 
 
 _REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-             redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+             redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+             redis.exceptions.MovedError, redis.exceptions.AskError)
 
 
 def _retried(exc: BaseException) -> bool:
     """Whether a failed write is waited out and retried rather than raised in the dataflow: the
     server is unreachable or slow (``ConnectionError``, ``TimeoutError``, ``BusyLoadingError``)
     or answers but refuses writes for a while (:data:`_REFUSALS`: READONLY after a failover, OOM
-    at ``maxmemory``, TRYAGAIN / CLUSTERDOWN while a cluster moves slots; and MISCONF after a
+    at ``maxmemory``, TRYAGAIN / CLUSTERDOWN / MOVED / ASK while a cluster moves slots (the
+    writer follows an ASK and learns the slot map again on a MOVED: one left after that is
+    retried with the slot map learnt again); and MISCONF after a
     failed background save, which redis-py raises as a plain ``ResponseError``, inside a
     pipeline's message). Any other error is raised: a refused login (redis-py's
     ``AuthenticationError`` is a ``ConnectionError``, but no wait mends a wrong password), a
@@ -329,6 +412,8 @@ def _retried(exc: BaseException) -> bool:
     True
     >>> _retried(redis.ResponseError("Command # 1 (EVALSHA ...) of pipeline caused error: "
     ...                              "MISCONF Redis is configured to save RDB snapshots"))
+    True
+    >>> _retried(redis.exceptions.AskError("6264 127.0.0.1:7002"))
     True
     >>> _retried(redis.exceptions.AuthenticationError("invalid username-password pair"))
     False
