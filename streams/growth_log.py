@@ -119,12 +119,7 @@ class GrowthLog:
             return
         with self._lock:
             self._load()
-            try:
-                now = self.path.read_bytes()
-            except FileNotFoundError:
-                now = b""
-            except OSError as exc:
-                raise GrowthLogError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            now = self._file_bytes()
             if now != self._read:
                 raise GrowthLogError(
                     f"{self.path} changed while this run started (another run on the store "
@@ -171,18 +166,24 @@ class GrowthLog:
         except OSError as exc:
             raise GrowthLogError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
+    def _file_bytes(self) -> bytes:
+        """The log file's bytes, empty when there is none; :class:`GrowthLogError` when it
+        cannot be read."""
+        assert self.path is not None
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise GrowthLogError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
     def _load(self) -> None:
         if self._read is not None:
             return
         if self.path is None:
             self._read = b""
             return
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        except OSError as exc:
-            raise GrowthLogError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        data = self._file_bytes()
         lines = data.split(b"\n")[:-1]  # the piece after the last newline: a torn write
         for n, raw in enumerate(lines, 1):
             try:
