@@ -33,13 +33,16 @@ Effectively once: a dataflow resumed after a crash produces again the drift even
 it had not committed. A record's identity (:func:`drift_identity`) is its user and source
 offset (one user's clicks live in one partition of a topic, so the offset names the click) plus
 its kind and detail, within its source topic; a user's records of one topic arrive in offset
-order, so the monitor keeps per user only the newest offset and what it carried, and counts a
-repeat as ``duplicates`` instead of accounting it twice. Offsets of two topics (one namespace
-fed from two click topics, or a topic deleted and re-created) say nothing of each other: a
-record from another topic than the user's previous one starts the comparison over. A record
-without a topic (written before drift records said it) compares with any topic
-(:func:`same_topic`): a producer upgraded after a crash emits its uncommitted epoch again, now
-saying its topic, and those are repeats.
+order, so within one known topic the monitor keeps per user the newest offset and what it
+carried, and counts a lower offset as a repeat (``duplicates``) instead of accounting it twice.
+Offsets of two topics (one namespace fed from two click topics, or a topic deleted and
+re-created) say nothing of each other: a record from another topic than the user's previous one
+starts the comparison over. A record without a topic (written before drift records said it,
+e.g. by a run still on an older release during a rolling upgrade) may come from either topic,
+so its offset says nothing of a known topic's: it repeats only a record of the same identity
+among the user's last :data:`MAX_KEPT_IDENTITIES` accounted whose topic may be its own
+(:func:`same_topic`), and a record with a topic repeats such a record without one (a producer
+upgraded after a crash emits its uncommitted epoch again, now saying its topic).
 Readers that list records (``streams.tail``, ``diam inspect --plot``) drop repeats with
 :func:`unique_drift_bodies`.
 
@@ -77,6 +80,11 @@ __all__ = [
 MAX_DEDUPE_USERS = 2_000_000
 """Users the monitor remembers (least recently active forgotten first): their newest drift record,
 to recognise repeats, and their open windows (~400 bytes each)."""
+
+MAX_KEPT_IDENTITIES = 64
+"""Identities (offset, kind and detail, topic) of a user's newest accounted records that a
+record of which either side has no topic is compared with (a repeat comes within one
+uncommitted epoch of its original: a handful of a user's records)."""
 
 KINDS = ("k_change", "guard_trip", "rollback", "freeze", "reanchor")
 
@@ -325,6 +333,10 @@ class _User:
     did yet; a monitor snapshot written before records said their topic reads None)."""
     idents: set[str] = field(default_factory=set)
     """Kinds and details of the records at ``offset``."""
+    kept: dict[tuple[int, str], list[str | None]] | None = None
+    """The user's last :data:`MAX_KEPT_IDENTITIES` accounted identities (source offset, kind
+    and detail) and their topics, oldest first: what a record of which either side has no
+    topic repeats (None: a monitor snapshot written before it was kept)."""
     newest_ms: int | None = None
     """The user's newest event time: a window of the user's that ends ``lateness_ms`` or more
     before it is closed."""
@@ -452,17 +464,29 @@ class DriftMonitor:
         if full is None:  # a foreign producer's record: cannot tell, count it
             return False
         ident = full[-1]
-        if user.offset >= 0 and not same_topic(rec.topic, user.topic):
-            user.offset = -1  # another topic's offsets: start over
-        if rec.topic is not None:  # one without a topic compares with the user's last topic
+        kept = user.kept
+        if kept is None:  # an older snapshot's user: what it kept of its newest offset
+            kept = user.kept = {(user.offset, i): [user.topic] for i in user.idents
+                                if user.offset >= 0}
+        topics = kept.get((rec.offset, ident))
+        if topics is not None and any(same_topic(rec.topic, t) for t in topics):
+            return True  # the same identity, and the same topic or either unknown
+        if rec.topic is not None:  # the offset rule holds within one known topic
+            # user.topic None with an offset: a snapshot from before records said their
+            # topic, whose offsets were accounted as one topic: compare with them once
+            if user.offset >= 0 and user.topic is not None and rec.topic != user.topic:
+                user.offset = -1  # another topic's offsets: start over
             user.topic = rec.topic
-        if user.offset >= 0:
-            if rec.offset < user.offset or (rec.offset == user.offset and ident in user.idents):
+            if user.offset >= 0 and (rec.offset < user.offset or (
+                    rec.offset == user.offset and ident in user.idents)):
                 return True
             if rec.offset == user.offset:
                 user.idents.add(ident)
-                return False
-        user.offset, user.idents = rec.offset, {ident}
+            else:
+                user.offset, user.idents = rec.offset, {ident}
+        kept.setdefault((rec.offset, ident), []).append(rec.topic)
+        if len(kept) > MAX_KEPT_IDENTITIES:
+            del kept[next(iter(kept))]
         return False
 
     def watermark(self) -> int | None:

@@ -400,6 +400,29 @@ def test_an_upgraded_producers_repeats_with_a_topic_are_repeats_of_records_witho
     assert (m.seen, m.duplicates) == (20, 20)
 
 
+def test_a_rolling_upgrades_records_without_a_topic_are_not_repeats_of_another_topics():
+    """The reviewer's repro (10e0bc0): one namespace fed by two click topics, one run still on
+    the older release (no topic). Its records' lower offsets say nothing of clicks.web's: all
+    three are accounted (10e0bc0 compared them with the user's last topic: 2 duplicates).
+    Their own repeats, and an upgraded re-emission with a topic, are still repeats."""
+    web = DriftRecord("k_change", "u1", T0_MS, 1000, {"k_from": 2, "k_to": 3}, "live",
+                      "clicks.web")
+    old = [DriftRecord("k_change", "u1", T0_MS + 1, 12, {"k_from": 2, "k_to": 3}, "live"),
+           DriftRecord("freeze", "u1", T0_MS + 2, 13, {}, "live")]
+    m = DriftMonitor()
+    for r in [web, *old]:
+        m.add(r)
+    assert (m.seen, m.duplicates) == (3, 0)
+    m = pickle.loads(pickle.dumps(m))
+    for r in [*old, *(dataclasses.replace(r, topic="clicks.app") for r in old),
+              dataclasses.replace(web, topic=None), web]:
+        m.add(r)
+    assert (m.seen, m.duplicates) == (3, 6)
+    m.add(dataclasses.replace(web, offset=999))  # within clicks.web: a lower offset repeats
+    m.add(dataclasses.replace(old[0], offset=11, topic="clicks.app"))  # another topic's
+    assert (m.seen, m.duplicates) == (4, 7)
+
+
 def test_readers_drop_a_topic_carrying_repeat_of_a_record_without_one():
     """``unique_drift_bodies`` (streams.tail, inspect --plot) follows the same rule: a body
     without a topic repeats one with any topic, and two topics stay apart."""
