@@ -27,6 +27,7 @@ from streams.runner import OnlineJob
 
 if TYPE_CHECKING:
     from snapshotter.store import SnapshotStore
+    from streams.catalog import CatalogItem
 
 __all__ = ["BaseProblem", "LearnerFactory", "NoBaseModel", "check_dim", "load_holder",
            "online_job", "stream_base", "stream_base_problem"]
@@ -47,7 +48,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
                 base_from_data: str | None = None, hot_reload: bool = True,
                 namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
                 topic: str | None = None, pinned: bool = False,
-                growth: GrowthLog | None = None) -> LearnerHolder:
+                growth: GrowthLog | None = None,
+                stop: threading.Event | None = None) -> LearnerHolder:
     """The learner holder of a run, over the base given explicitly, at most one of:
     ``snapshot`` (a version in the store), ``checkpoint`` (a checkpoint or snapshot directory),
     ``base_from_data`` (a co-occurrence base built from that prepared dataset); else over the
@@ -68,7 +70,9 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     start replays the version's logged growths first and logs its own, and so does a reload
     onto a version (a rollback); without it the order lives in memory for the run's rollbacks
     and a restart appends the new items known then in id order (its state starts over too). A
-    replay (``pinned``) ignores it: its base is a function of the topics alone.
+    replay (``pinned``) ignores it: its base is a function of the topics alone. A growth it
+    cannot write during the run is not swapped in: ``stop`` (``OnlineJob.stop``) is set, the
+    run stops at its next batch, and ``growth.failed`` says why.
 
     Close the holder when the run ends, however it ends (``LearnerHolder.close``): a hot
     reloading one keeps a thread and Kafka consumers following the topics until then.
@@ -95,7 +99,7 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     try:
         return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
                        learner, topic if topic is not None else settings.kafka.clicks_topic,
-                       pinned, None if pinned else growth)
+                       pinned, None if pinned else growth, stop)
     except BaseLoadError as exc:
         raise NoBaseModel(f"cannot use the base: {exc}") from None
     except DatasetError as exc:
@@ -109,7 +113,7 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
 def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             base_from_data: str | None, hot_reload: bool, namespace: str | None,
             learner: LearnerFactory, topic: str, pinned: bool,
-            growth: GrowthLog | None) -> LearnerHolder:
+            growth: GrowthLog | None, stop: threading.Event | None = None) -> LearnerHolder:
     from snapshotter.store import SnapshotError, SnapshotStore
 
     cfg = settings.online
@@ -120,6 +124,7 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         except SnapshotError as exc:
             raise NoBaseModel(str(exc)) from None
         base = _snapshot_base(store, snapshot, cfg)
+        _keep_needed(growth, store, snapshot)
         if hot_reload or pinned:
             base = _pinned_growth(settings, base, _tower(path, snapshot), topic, growth)
     elif checkpoint is not None:
@@ -130,11 +135,12 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         base = BaseView.from_events(load_prepared(base_from_data), dim=cfg.dim)
     elif (version := _active(settings, store, namespace)) is not None:
         base = _snapshot_base(store, version, cfg)
+        _keep_needed(growth, store, version)
         if pinned:
             base = _pinned_growth(settings, base, _tower(store.path(version), version), topic)
         elif hot_reload:
             first, reload = _follow_active(settings, store, base, namespace, learner, topic,
-                                           growth)
+                                           growth, stop)
             return LearnerHolder(first, version, reload=reload,
                                  check_every_s=settings.flow.reload_check_s)
     else:
@@ -271,6 +277,14 @@ def _catalog_now(settings: Settings) -> dict[str, Any]:
                           f"to grow the base with its new items: {exc}") from None
 
 
+def _keep_needed(growth: GrowthLog | None, store: SnapshotStore, served: str) -> None:
+    """The growth log keeps the growths of the versions a rollback can reach (the snapshot
+    store's, asked when the log opens) and of ``served``; the others' rows are never read
+    again."""
+    if growth is not None:
+        growth.keep_only(lambda: {info.version for info in store.versions()} | {served})
+
+
 def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: str,
                     catalog: dict[str, Any], known: Callable[[str], bool], *,
                     follow: bool, growth: GrowthLog | None = None) -> tuple[BaseView, Any]:
@@ -340,8 +354,8 @@ def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str
 
 
 def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
-                   learner: LearnerFactory, topic: str, growth: GrowthLog | None = None
-                   ) -> tuple[OnlineLearner, _Following]:
+                   learner: LearnerFactory, topic: str, growth: GrowthLog | None = None,
+                   stop: threading.Event | None = None) -> tuple[OnlineLearner, _Following]:
     """The first learner of a run on the active snapshot ``base`` (grown with the new items
     known at the start, :func:`_grown_at_start`), and the holder's reload hook: a newly
     published snapshot replaces the base; new catalogue items, and items first seen in clicks
@@ -356,7 +370,9 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
     Every growth is logged in ``growth`` (in memory when None) before the grown base is
     handed to the holder, and a version loaded again (a rollback, a re-publish of an earlier
     version) replays its logged growths first: a user still recorded under it finds its rows'
-    items where they were (``OnlineLearner.apply`` re-anchors on another version only).
+    items where they were (``OnlineLearner.apply`` re-anchors on another version only). A
+    growth that cannot be logged is not swapped in, and no reload follows it: ``stop`` is set
+    (the run stops at its next batch; ``growth.failed`` says why).
 
     A new version the stream cannot use (another embedding size, a file the base loader
     refuses) is refused as a failed hash is: one error line naming it, the current base stays,
@@ -401,13 +417,16 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
 
     def reload() -> tuple[OnlineLearner, str] | None:
         nonlocal base, tower, current
+        if growth.failed is not None:  # stopping: the base stays what the log says
+            return None
         found = watcher.poll()
         if found is None:
             fresh = follower.poll() + (clicks.take() if clicks is not None else [])
             new, batch = grow(base, fresh, tower)
             if new is base:
                 return None
-            growth.record(new.version, batch)  # durable before the holder swaps it in
+            if not _logged(growth, new.version, batch, stop):  # durable before the swap
+                return None
         else:
             new_version, path = found
             try:
@@ -420,7 +439,8 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
             tower = new_tower
             new, batch = grow(growth.replay(loaded, tower), list(follower.items.values())
                               + (clicks.items() if clicks is not None else []), tower)
-            growth.record(new.version, batch)
+            if not _logged(growth, new.version, batch, stop):
+                return None
         base = new
         nxt = learner(new, settings.online)
         nxt.succeed(current)
@@ -428,6 +448,22 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
         return nxt, new.version
 
     return current, _Following(reload, close)
+
+
+def _logged(growth: GrowthLog, version: str, batch: list[CatalogItem],
+            stop: threading.Event | None) -> bool:
+    """``growth.record``; False when it cannot be written (``growth.failed``), after setting
+    ``stop``: the run ends at its next batch, at a clean point, with the base the log has."""
+    from streams.growth_log import GrowthLogError
+
+    try:
+        growth.record(version, batch)
+    except GrowthLogError as exc:
+        log.error("%s: the run stops (the new items' base is not used)", exc)
+        if stop is not None:
+            stop.set()
+        return False
+    return True
 
 
 class _Following:
@@ -464,9 +500,15 @@ def online_job(settings: Settings, *, topic: str | None = None, namespace: str |
     if recovery_dir is None and not (bounded or no_recovery or addresses):
         tag = "" if partitions is None else "--p" + "-".join(map(str, sorted(set(partitions))))
         recovery_dir = Path(settings.stack.home) / "recovery" / f"{ns}--{topic}{tag}"
-    growth = None if recovery_dir is None else GrowthLog.in_store(
-        Path(recovery_dir), process_id or 0, (len(addresses or []) or 1, workers))
-    return OnlineJob(kafka=settings.kafka, redis=settings.redis, flow=settings.flow, topic=topic,
-                     namespace=ns, bounded=bounded, workers=workers, process_id=process_id,
-                     addresses=list(addresses or []), recovery_dir=recovery_dir,
-                     partitions=partitions, stop=stop, growth=growth)
+    job = OnlineJob(kafka=settings.kafka, redis=settings.redis, flow=settings.flow, topic=topic,
+                    namespace=ns, bounded=bounded, workers=workers, process_id=process_id,
+                    addresses=list(addresses or []), recovery_dir=recovery_dir,
+                    partitions=partitions, stop=stop)
+    if recovery_dir is not None:
+        from streams.runner import _store_partitions  # the one reader of a store's state
+
+        store = Path(recovery_dir)
+        job.growth = GrowthLog.in_store(  # its shape matters once the store holds users' state
+            store, process_id or 0, (len(addresses or []) or 1, workers),
+            held=lambda: bool(_store_partitions(store, f"{job.flow_id}.clicks")))
+    return job

@@ -14,11 +14,17 @@ as embedded, in order); every rebuild of a version's table replays them first
 With a recovery store (``streams.runner.OnlineJob.growth``) the log is the file
 ``diam-growth-<process>.jsonl`` in it, one per process of a Bytewax cluster (each process has
 its own holder, and its own order; a user's state stays in one process while the cluster keeps
-its shape, which the file's first line records). A growth is written, flushed and fsynced
+its shape, which the file's first line records: a file of another shape is refused when the
+store holds state, ``held``; else nothing in it is tied to a process and :meth:`open` rewrites
+the line). A growth is written, flushed and fsynced
 before the grown base is swapped in, so a snapshot whose state names a row finds that row's
 item in the log. The holder reads the file when it starts, before the run holds the store:
 nothing is written until :meth:`GrowthLog.open`, called once the store is held (a second run
-refused on a store in use writes nothing), which refuses a file that changed since it was read.
+refused on a store in use writes nothing), which refuses a file that changed since it was read,
+and rewrites the file (atomically) with the growths of the versions still needed only
+(:meth:`keep_only`: those a rollback can reach; the others' rows can never be read again), so
+the file and the memory stay the size of what the snapshot store keeps. A growth whose write
+failed is kept nowhere, and the log says so (:attr:`GrowthLog.failed`): its run stops.
 Without a store the log lives in memory, for the run's rollbacks; a restart starts over (its
 state does too).
 
@@ -34,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,26 +60,43 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
 
+def _record(version: str, items: Sequence[CatalogItem]) -> bytes:
+    """The one form of a growth's line."""
+    return _line({"version": version,
+                  "items": [[it.item_id, list(it.categories), it.title, int(it.first_seen)]
+                            for it in items]})
+
+
 class GrowthLog:
     """Every growth of every version's item table, in order: ``batches(version)``. ``path``:
     the file (None: in memory only); ``shape``: ``(processes, workers per process)`` of the run,
-    recorded in a new file and compared with an existing one's."""
+    recorded in a new file and compared with an existing one's when ``held()`` says the store
+    holds state (None: always compared)."""
 
-    def __init__(self, path: Path | None = None, shape: tuple[int, int] = (1, 1)) -> None:
+    def __init__(self, path: Path | None = None, shape: tuple[int, int] = (1, 1),
+                 held: Callable[[], bool] | None = None) -> None:
         self.path = path
         self.shape = shape
+        self._held = held
+        self._keep: Callable[[], Collection[str]] | None = None
+        self.failed: GrowthLogError | None = None
+        """The error of the write that failed (a growth then not swapped in; the run stops)."""
         self._batches: dict[str, list[tuple[CatalogItem, ...]]] = {}
         self._read: bytes | None = None  # the file as read (None: not read yet)
-        self._good = 0  # its length up to the last complete line
-        self._pending: list[bytes] = []  # growths recorded before open
         self._fd: int | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def in_store(cls, recovery_dir: Path, process_id: int = 0,
-                 shape: tuple[int, int] = (1, 1)) -> GrowthLog:
+                 shape: tuple[int, int] = (1, 1),
+                 held: Callable[[], bool] | None = None) -> GrowthLog:
         """The log of process ``process_id`` in the recovery store ``recovery_dir``."""
-        return cls(Path(recovery_dir) / GROWTH_LOG.format(process=process_id), shape)
+        return cls(Path(recovery_dir) / GROWTH_LOG.format(process=process_id), shape, held)
+
+    def keep_only(self, versions: Callable[[], Collection[str]]) -> None:
+        """At :meth:`open`, drop the growths of every version not in ``versions()`` (asked
+        then: the snapshot store's versions and the one served, ``diam.app``)."""
+        self._keep = versions
 
     def batches(self, version: str) -> list[tuple[CatalogItem, ...]]:
         """The growths of ``version``'s table, oldest first, each its items as embedded."""
@@ -94,27 +117,28 @@ class GrowthLog:
     def record(self, version: str, items: Sequence[CatalogItem]) -> None:
         """Log one growth of ``version``'s table (``items`` in the order embedded). Once the log
         is open it is on disk (written, flushed, fsynced) when this returns; before, it is kept
-        for :meth:`open`. Raises :class:`GrowthLogError` when the file cannot be written."""
+        for :meth:`open`. Raises :class:`GrowthLogError` when the file cannot be written (and
+        keeps it in :attr:`failed`; the growth is not logged: do not swap it in)."""
         if not items:
             return
-        line = _line({"version": version,
-                      "items": [[it.item_id, list(it.categories), it.title, int(it.first_seen)]
-                                for it in items]})
+        line = _record(version, items)
         with self._lock:
             self._load()
+            if self._fd is not None:  # else kept in memory (written by open, when it comes)
+                try:
+                    self._write(line)
+                except GrowthLogError as exc:
+                    self.failed = exc
+                    raise
             self._batches.setdefault(version, []).append(tuple(items))
-            if self.path is None:
-                return
-            if self._fd is None:
-                self._pending.append(line)
-            else:
-                self._write(line)
 
     def open(self) -> None:
-        """Start writing (the run holds the recovery store now): a torn last line (a crash
-        within a write, never swapped in) is cut, the growths recorded so far are written.
-        Raises :class:`GrowthLogError` when the file changed since the holder read it (another
-        run wrote it meanwhile: start again) or cannot be written."""
+        """Start writing (the run holds the recovery store now): the file is replaced (temp,
+        fsync, rename) by this run's shape, the growths of the versions :meth:`keep_only`
+        keeps (all without it) and those recorded so far; a torn last line (a crash within a
+        write, never swapped in) is left out. Raises :class:`GrowthLogError` when the file
+        changed since the holder read it (another run wrote it meanwhile: start again) or
+        cannot be written."""
         if self.path is None or self._fd is not None:
             return
         with self._lock:
@@ -124,30 +148,33 @@ class GrowthLog:
                 raise GrowthLogError(
                     f"{self.path} changed while this run started (another run on the store "
                     "wrote it after this one read it): start this run again")
+            if self._keep is not None:
+                kept = set(self._keep())
+                self._batches = {v: b for v, b in self._batches.items() if v in kept}
+            body = b"".join(_record(v, batch) for v, batches in self._batches.items()
+                            for batch in batches)  # the pending ones among them, in order
+            head = _line({"log": "diam-growth", "processes": self.shape[0],
+                          "workers": self.shape[1]})
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
-                    os.ftruncate(fd, self._good)
-                    os.lseek(fd, self._good, os.SEEK_SET)
                     self._fd = fd
-                    head = b"" if self._good else _line(
-                        {"log": "diam-growth", "processes": self.shape[0],
-                         "workers": self.shape[1]})
-                    self._write(head + b"".join(self._pending))
+                    self._write(head + body)
+                    os.replace(tmp, self.path)
                 except BaseException:
                     self._fd = None
                     os.close(fd)
+                    tmp.unlink(missing_ok=True)
                     raise
-                if not self._good:  # a new file: its directory entry is durable too
-                    dfd = os.open(self.path.parent, os.O_RDONLY)
-                    try:
-                        os.fsync(dfd)
-                    finally:
-                        os.close(dfd)
+                dfd = os.open(self.path.parent, os.O_RDONLY)  # the rename is durable too
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
             except OSError as exc:
                 raise GrowthLogError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-            self._pending = []
 
     def close(self) -> None:
         """Stop writing (what was recorded is on disk); later growths stay in memory."""
@@ -201,13 +228,15 @@ class GrowthLog:
                     f"{self.path}, line {n}, is not a growth record ({exc}): the order of the "
                     "new items the store's state refers to is lost; start over with a fresh "
                     "recovery store (--recovery-dir) and namespace") from None
-        self._read, self._good = data, sum(len(x) + 1 for x in lines)
+        self._read = data
 
     def _check_shape(self, head: dict[str, Any]) -> None:
         if head.get("log") != "diam-growth":
             raise ValueError("no header")
         was = (int(head["processes"]), int(head["workers"]))
         if was[0] == self.shape[0] == 1 or was == self.shape:
+            return
+        if self._held is not None and not self._held():  # no user's state is in a process yet
             return
         raise GrowthLogError(
             f"{self.path} was written by a run of {was[0]} process(es) x {was[1]} worker(s), "

@@ -347,7 +347,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         raise
     # the store's growth log: the order of the new items its users' rows refer to
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
-                         namespace=job.namespace, topic=job.topic, growth=job.growth)
+                         namespace=job.namespace, topic=job.topic, growth=job.growth, stop=stop)
     # its followers (the click-first reader's thread, the catalogue's and the clicks' consumers)
     # stop when the command ends, however: done, refused, failed or interrupted
     ctx.call_on_close(holder.close)
@@ -402,6 +402,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                    err=True)
     if grown is not None:
         raise click.ClickException(str(grown))
+    if job.growth is not None and job.growth.failed is not None:  # stopped at its next batch
+        raise click.ClickException(f"{job.growth.failed}: the run stopped with its positions "
+                                   "kept (--recovery-dir); fix the cause and start it again")
     if metrics is not None:
         hold_metrics(metrics_port, metrics_hold)
 

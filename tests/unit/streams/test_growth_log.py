@@ -5,6 +5,9 @@ refused."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -91,3 +94,78 @@ def test_another_cluster_shape_is_refused(tmp_path) -> None:
     log.open()
     log.close()
     assert GrowthLog.in_store(one, 0, (1, 4)).batches("v1") == []  # one process: workers share
+
+
+def test_open_keeps_only_the_versions_still_needed_and_rebuilds_the_same_rows(tmp_path) -> None:
+    base = toy_base(n_items=8, dim=4)
+    tower = _tower(base)
+    path = tmp_path / "diam-growth-0.jsonl"
+    live = base
+    for version in ["old1", "old2", "old3", base.version]:  # one start each
+        log = GrowthLog.in_store(tmp_path)
+        log.open()
+        items = [_it(f"{version}-{k}", ("c1",)) for k in range(40)]
+        if version == base.version:
+            live, items = grow(live, items, tower)
+        log.record(version, items)
+        log.close()
+    whole = path.stat().st_size
+    log = GrowthLog.in_store(tmp_path)
+    log.keep_only(lambda: {"old3", base.version})  # the store's versions and the one served
+    log.open()  # a start compacts the file: old1 and old2 can no longer be rolled back to
+    log.close()
+    assert path.stat().st_size < whole * 0.6
+    assert log.batches("old1") == [] and log.batches("old2") == []  # nor held in memory
+    again = GrowthLog.in_store(tmp_path)
+    assert again.batches("old1") == [] and len(again.batches("old3")) == 1
+    rebuilt = again.replay(base, tower)  # a restart: the served version's rows bit for bit
+    assert list(rebuilt.item_ids) == list(live.item_ids)
+    np.testing.assert_array_equal(rebuilt.item_emb, live.item_emb)
+    assert not list(tmp_path.glob(".diam-growth-0.jsonl.*"))  # no temp file left
+
+
+def test_another_shape_is_accepted_and_rewritten_while_the_store_holds_no_state(tmp_path) -> None:
+    from diam.app import online_job
+    from diam.settings import load_settings
+    from streams.runner import prepare_recovery
+
+    s = load_settings(stack={"home": str(tmp_path)})
+    store = tmp_path / "store"
+    prepare_recovery(store)  # a cluster start that never read anything: Bytewax's empty files
+    cluster = ["127.0.0.1:1", "127.0.0.1:2"]
+    first = online_job(s, workers=2, process_id=0, addresses=cluster, recovery_dir=store)
+    assert first.growth is not None
+    first.growth.open()
+    first.growth.close()
+    again = online_job(s, workers=1, process_id=0, addresses=cluster, recovery_dir=store)
+    assert again.growth is not None
+    assert again.growth.batches("v1") == []  # not refused: no user's state is in a process
+    again.growth.open()
+    again.growth.close()
+    assert b'"workers":1' in (store / "diam-growth-0.jsonl").read_bytes().splitlines()[0]
+    con = sqlite3.connect(store / "part-0.sqlite3")  # now the store holds a user's position
+    con.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+                "VALUES ('diam-online.clicks', '0-t', 1, NULL)")
+    con.commit()
+    con.close()
+    third = online_job(s, workers=2, process_id=0, addresses=cluster, recovery_dir=store)
+    assert third.growth is not None
+    with pytest.raises(GrowthLogError, match="2 process"):
+        third.growth.batches("v1")
+
+
+def test_a_growth_that_cannot_be_written_is_not_kept_and_stops_the_run(tmp_path) -> None:
+    import threading
+
+    from diam.app import _logged
+
+    log = GrowthLog.in_store(tmp_path)
+    log.open()
+    assert log._fd is not None
+    os.close(log._fd)  # its file descriptor gone: the next write fails (EBADF)
+    stop = threading.Event()
+    assert not _logged(log, "v1", [_it("x")], stop)
+    assert stop.is_set() and log.failed is not None
+    assert "cannot write" in str(log.failed) and str(tmp_path) in str(log.failed)
+    assert log.batches("v1") == []  # not swapped in, not replayed
+    log._fd = None
