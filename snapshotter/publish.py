@@ -328,17 +328,35 @@ def _announce(store: SnapshotStore, redis_client: Any | None, ns: str,
 
 def _prune(store: SnapshotStore, redis_client: Any | None, ns: str,
            announced: set[str] | None) -> tuple[list[str], str | None]:
-    """:meth:`SnapshotStore.prune`, keeping what Redis announces and what this store last
-    announced (without a client, ``--no-redis``, that record is what is known of Redis);
-    skipped, with the one line that says so, when Redis could not be read (a warning): which
-    versions servers follow is then unknown, and deleting one would leave them nothing to
-    serve or roll back to."""
-    if redis_client is not None and announced is None:
+    """:meth:`SnapshotStore.prune`, keeping what Redis announces; skipped, with the one line
+    that says so, when Redis could not be read (a warning): which versions servers follow is
+    then unknown, and deleting one would leave them nothing to serve or roll back to.
+
+    With a client, Redis is asked now for every namespace this store recorded announcing in
+    (:meth:`SnapshotStore.announcements`) besides ``ns``: what their keys name is kept, and the
+    lines of namespaces whose key is gone (``diam drop``) are removed, so their versions go.
+    Without a client (``--no-redis``) that record is what is known of Redis, and is kept."""
+    if redis_client is None:
+        return store.prune(), None
+    keep = set(announced or ())
+    gone = []
+    if announced is not None:
+        try:
+            for other in sorted(store.announcements().keys() - {ns}):
+                now = _announced(redis_client, other)
+                if now is None:
+                    gone.append(other)
+                else:
+                    keep.add(now)
+        except Exception:
+            announced = None
+    if announced is None:
         why = (f"not pruning old versions this time: the version diam:{ns}:model:active "
                "announces could not be read from Redis")
         log.warning("%s", why)
         return [], why
-    return store.prune(announced=announced or ()), None
+    store.forget_announced(gone)
+    return store.prune(announced=keep, use_record=False), None
 
 
 def find_checkpoints(trainer_dir: str | Path) -> list[Path]:

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -352,6 +352,27 @@ class SnapshotStore:
         if have.get(ns) == version:
             return
         have[ns] = version
+        self._write_announced(have)
+
+    def forget_announced(self, namespaces: Collection[str]) -> None:
+        """Remove the lines of ``namespaces`` from :data:`ANNOUNCED` (their
+        ``diam:<ns>:model:active`` is gone: ``diam drop``, or a prune with Redis found it unset),
+        so a prune no longer keeps their versions. The caller holds :meth:`locked`.
+
+        >>> import tempfile
+        >>> store = SnapshotStore(SnapshotConfig(dir=tempfile.mkdtemp()))
+        >>> store.record_announced("live", "20261206T115042-ad579c08")
+        >>> store.record_announced("shadow", "golden")
+        >>> store.forget_announced(["shadow", "other"])
+        >>> store.announcements()
+        {'live': '20261206T115042-ad579c08'}
+        """
+        have = self.announcements()
+        gone = set(namespaces) & have.keys()
+        if gone:
+            self._write_announced({n: v for n, v in have.items() if n not in gone})
+
+    def _write_announced(self, have: Mapping[str, str]) -> None:
         self._replace(ANNOUNCED, "".join(f"{n} {v}\n" for n, v in sorted(have.items())))
 
     def manifest(self, version: str) -> dict[str, Any]:
@@ -673,23 +694,26 @@ class SnapshotStore:
                 return info.version
         return None
 
-    def prune(self, keep: int | None = None, announced: Collection[str] = ()) -> list[str]:
+    def prune(self, keep: int | None = None, announced: Collection[str] = (),
+              use_record: bool = True) -> list[str]:
         """Delete the oldest published versions (:func:`is_published_name`) beyond ``keep``
         (default ``cfg.keep``); a version renamed by hand (``golden``) is a deliberate pin,
         never pruned nor counted. Never one that is in use or is the way back: the active one
         (the pointer), the one active before it (:meth:`previous_version`, what a bare
         rollback returns to), every version in ``announced`` (what the caller read from
         Redis's ``diam:{ns}:model:active``: the version servers and dataflows follow, whatever
-        the pointer says) and every version this store last announced in a namespace
-        (:meth:`announcements`: what a caller without Redis, ``--no-redis``, knows of it;
-        when it never announced one, only the pointer and the way back are kept). Protected
+        the pointer says) and, with ``use_record``, every version this store last announced
+        in a namespace (:meth:`announcements`: what a caller without Redis, ``--no-redis``,
+        knows of it; when it never announced one, only the pointer and the way back are kept).
+        A caller that read Redis passes ``use_record=False``: what Redis announces now is in
+        ``announced``, and a record of a namespace since dropped must not keep a version. Protected
         versions still count towards ``keep``, so the store may hold more than ``keep`` when
         they are the oldest. A caller that has Redis but cannot read it must not call this
         (it would guess). What killed publishes left, staging directories and pointer temp
         files older than :data:`STALE_S`, goes too."""
         keep = self.cfg.keep if keep is None else keep
         protected = {self.active_version(), self.previous_version(), *announced,
-                     *self.announcements().values()}
+                     *(self.announcements().values() if use_record else ())}
         infos = [i for i in self.versions() if is_published_name(i.version)]
         removed = []
         excess = len(infos) - keep

@@ -422,6 +422,7 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> No
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     click.echo(f"dropped {n:,} keys of namespace {namespace!r}")
+    _forget_announced(s, namespace)
     if keep_topics:
         return
     own = replay_topics(s.kafka, namespace)
@@ -435,6 +436,26 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> No
         return
     if gone:
         click.echo(f"deleted the replay's topic(s) {', '.join(gone)}")
+
+
+def _forget_announced(s: Any, namespace: str) -> None:
+    """Remove ``namespace``'s line from the ANNOUNCED record of snapshot.dir (its
+    ``model:active`` key is gone), so a ``--no-redis`` prune no longer keeps its version."""
+    from diam.commands.snapshot import _store
+    from snapshotter.store import ANNOUNCED, SnapshotError
+
+    store = _store(s)
+    if not (store.root / ANNOUNCED).is_file() or namespace not in store.announcements():
+        return
+    try:
+        with store.locked():
+            store.forget_announced([namespace])
+    except (SnapshotError, OSError) as exc:  # the keys are gone: say what is left
+        click.echo(f"warning: {store.root / ANNOUNCED} still names namespace {namespace!r} "
+                   f"({exc}); a snapshot prune keeps its version until the next publish with "
+                   "Redis", err=True)
+        return
+    click.echo(f"removed namespace {namespace!r} from {store.root / ANNOUNCED}")
 
 
 COMMANDS = [replay, diff, drop]

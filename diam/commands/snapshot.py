@@ -185,8 +185,9 @@ def publish_cmd(
     beyond snapshot.keep are pruned, never the active one, the one before it or one Redis
     announces (nothing is pruned when Redis cannot be read). With --no-redis Redis is not
     read: the version this directory last announced there (by a publish, rollback or watch
-    with Redis, recorded in its ANNOUNCED file) is kept instead; when it never announced one,
-    the active version and the one before it are.
+    with Redis, recorded in its ANNOUNCED file; `diam drop` and a publish with Redis remove
+    the namespaces whose key is gone) is kept instead; when it never announced one, the active
+    version and the one before it are.
 
     A checkpoint no dataflow could use is refused as `diam run` refuses it at start: the base
     must load and its embedding size must be DIAM_ONLINE_DIM (see --allow-dim-change).

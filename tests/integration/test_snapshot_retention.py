@@ -93,3 +93,52 @@ def test_a_rollback_with_redis_is_what_a_later_no_redis_prune_keeps(
     store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
     assert redis_client.get(model_active_key(namespace)).decode() == v1
     assert v1 in {s.version for s in store.versions()} and len(store.versions()) == 3
+
+
+def test_a_dropped_namespace_no_longer_keeps_its_version(
+        stack, tmp_path, redis_client, namespace, monkeypatch):
+    """The reviewer's repro (391d998): one publish into a shadow namespace, `diam drop` of it,
+    then four publishes: a publish with Redis keeps only the active version, the one before it
+    and what Redis announces (391d998 kept the dropped shadow's version for ever: 3 versions);
+    and the drop removes the shadow's line, so a --no-redis prune no longer keeps it either."""
+    from click.testing import CliRunner
+
+    from diam.cli import main
+    from snapshotter.store import ANNOUNCED
+
+    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "snaps"))
+    monkeypatch.setenv("DIAM_SNAPSHOT_KEEP", "2")
+    monkeypatch.setenv("DIAM_REDIS_URL", stack.redis_url)
+    monkeypatch.setenv("DIAM_CONFIG", "")
+    monkeypatch.setenv("DIAM_ONLINE_DIM", "4")
+    shadow = f"{namespace}-shadow-b"
+
+    def cli(*args: str) -> str:
+        r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    try:
+        cli("snapshot", "publish", str(_ck(tmp_path, 0)), "--namespace", shadow)
+        store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "snaps")))
+        assert shadow in store.announcements()
+        out = cli("drop", shadow, "--yes", "--keep-topics")
+        assert f"removed namespace {shadow!r} from {tmp_path / 'snaps' / ANNOUNCED}" in out
+        assert shadow not in store.announcements()
+        for i in (1, 2, 3, 4):
+            cli("snapshot", "publish", str(_ck(tmp_path, i)), "--namespace", namespace)
+        assert len(store.versions()) == 2
+        # a line left by an older diam (or a drop without the snapshot dir) goes at the next
+        # publish with Redis, whose key is gone
+        store.record_announced(shadow, store.versions()[0].version)
+        cli("snapshot", "publish", str(_ck(tmp_path, 5)), "--namespace", namespace)
+        assert shadow not in store.announcements() and len(store.versions()) == 2
+        for i in (6, 7):  # --no-redis: the record of the namespace still announced is kept
+            cli("snapshot", "publish", str(_ck(tmp_path, i)), "--no-redis", "--namespace",
+                namespace)
+        assert redis_client.get(model_active_key(namespace)).decode() in {
+            s.version for s in store.versions()}
+        assert len(store.versions()) == 3
+    finally:
+        for key in redis_client.scan_iter(match=f"diam:{shadow}:*"):
+            redis_client.delete(key)
