@@ -62,9 +62,18 @@ def two_versions(tmp_path):
     return store, v, env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as an interactive shell gives it. A suite started in
+    the background by a shell without job control (``make test &``) inherits SIGINT ignored,
+    and a process that ignores SIGINT rightly goes on waiting (the SIGINT case then failed
+    after the holder's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _diam(env, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from diam.cli import main; main()", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _waiting_line(proc: subprocess.Popen) -> str:
