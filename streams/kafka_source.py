@@ -23,11 +23,10 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 
 from streams.config import ClientConfig, KafkaConfig
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import RawRecord, _bytes, partition_ids, watermarks
+from streams.kafka_io import RawRecord, _admin, _bytes, partition_ids, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +322,7 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
     def _watch_count(self, was: int) -> None:
         stop = self.stop
         assert stop is not None  # set for every tailing source
-        admin = AdminClient(self.cfg.client_config())  # type: ignore[arg-type]
+        admin = _admin(self.cfg)
         interval = 0.0  # the first look at once: the count may have changed since the checks
         while not self._unwatch.wait(interval):
             interval = PARTITION_WATCH_S
