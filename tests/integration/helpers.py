@@ -1,6 +1,7 @@
 """Helpers shared by the integration tests: producing records, reading a namespace's user
-values back, a tiny checkpoint for ``diam run``, the offline learner over a topic, a
-kill -9 and resume of a run, and ``diam serve`` as a process."""
+values back, a tiny checkpoint for ``diam run`` and the environment of a run over it, the
+offline learner over a topic, reading a child's output lines on threads, a kill -9 and resume
+of a run, and ``diam serve`` as a process."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from confluent_kafka import Producer
 from streams.config import KafkaConfig
 from streams.events import ClickEvent, decode_event, encode_event
 from streams.kafka_io import consume_all
-from tests.flowkit import N_ITEMS, expected_states, tiny_base
+from tests.flowkit import DIM, N_ITEMS, expected_states, tiny_base
 
 
 def produce(kafka: KafkaConfig, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]]) -> None:
@@ -70,6 +72,39 @@ def write_tiny_checkpoint(path: Path) -> None:
                          {"model": "tiny", "k_max": 4, "seq_len": 50, "n_categories": 6},
                          item_categories=np.arange(N_ITEMS, dtype=np.int32) % 6,
                          category_names=[f"c{i}" for i in range(6)])
+
+
+def run_env(stack, topic: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The environment of a ``diam run`` child over ``topic`` on the shared ``stack`` with the
+    tiny checkpoint (its dimension, K_max 4), its drift and dead-letter topics named after
+    ``topic``; ``extra`` adds (or overrides) variables."""
+    return {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
+            "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4",
+            "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq",
+            **(extra or {})}
+
+
+@contextmanager
+def reading_lines(proc: subprocess.Popen[str], on_line: Callable[[str, str], None]) -> Iterator[None]:
+    """Hand each line of ``proc``'s stdout and stderr, as it comes, to ``on_line(name, line)``
+    (``name`` is ``"out"`` or ``"err"``) from two reader threads; on leaving, kill ``proc`` if it
+    still runs and join the readers."""
+    def read(name: str, stream) -> None:  # type: ignore[no-untyped-def]
+        for line in stream:
+            on_line(name, line)
+
+    readers = [threading.Thread(target=read, args=(n, s), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for r in readers:
+        r.start()
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for r in readers:
+            r.join(5)
 
 
 def kill_then_resume(cmd: list[str], env: dict[str, str], redis_client, namespace: str,

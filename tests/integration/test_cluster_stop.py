@@ -4,7 +4,6 @@ its peers in native code, where it ran no signal handler: only SIGKILL ended it.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,16 +13,13 @@ import time
 from diam.commands.run import parse_summary
 from diam.stack_proc import free_port
 from streams.runner import PEERS_NOTE_S
-from tests.flowkit import DIM
-from tests.integration.helpers import write_tiny_checkpoint
+from tests.integration.helpers import reading_lines, run_env, write_tiny_checkpoint
 
 
 def test_sigterm_stops_a_process_waiting_for_its_cluster(stack, topic, namespace, tmp_path) -> None:
     ckpt = tmp_path / "ckpt"
     write_tiny_checkpoint(ckpt)
-    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
-           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4",
-           "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    env = run_env(stack, topic)
     me, other = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--tail", "--topic", topic,
                              "--checkpoint", str(ckpt), "--namespace", namespace,
@@ -32,19 +28,14 @@ def test_sigterm_stops_a_process_waiting_for_its_cluster(stack, topic, namespace
     lines: dict[str, list[str]] = {"out": [], "err": []}
     started, waiting = threading.Event(), threading.Event()
 
-    def read(name: str, stream) -> None:  # type: ignore[no-untyped-def]
-        for line in stream:
-            lines[name].append(line)
-            if line.startswith("online dataflow:"):
-                started.set()
-            if f"waiting for the cluster's other process(es): {other}" in line:
-                waiting.set()
+    def on_line(name: str, line: str) -> None:
+        lines[name].append(line)
+        if line.startswith("online dataflow:"):
+            started.set()
+        if f"waiting for the cluster's other process(es): {other}" in line:
+            waiting.set()
 
-    readers = [threading.Thread(target=read, args=(n, s), daemon=True)
-               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
-    for r in readers:
-        r.start()
-    try:
+    with reading_lines(proc, on_line):
         # start-up imports torch and loads the base: slow on a loaded box, so not timed
         assert started.wait(120), "no start line; stderr:\n" + "".join(lines["err"])
         assert waiting.wait(PEERS_NOTE_S + 10), "no waiting line:\n" + "".join(lines["err"])
@@ -52,12 +43,6 @@ def test_sigterm_stops_a_process_waiting_for_its_cluster(stack, topic, namespace
         t0 = time.monotonic()
         proc.wait(timeout=10)
         took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for r in readers:
-        r.join(5)
     text, out = "".join(lines["err"]), "".join(lines["out"])
     assert proc.returncode == 0, text
     assert took < 5, took

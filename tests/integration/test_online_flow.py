@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,13 +17,14 @@ from streams.config import FlowConfig
 from streams.kafka_io import consume_all, ensure_topic
 from streams.online import FlowStats, LearnerHolder
 from streams.runner import OnlineJob, run_online
-from tests.flowkit import DIM, click_stream, tiny_learner
+from tests.flowkit import click_stream, tiny_learner
 from tests.integration.helpers import (
     click_payloads,
     expected_from_topic,
     kill_then_resume,
     produce,
     redis_state,
+    run_env,
     write_tiny_checkpoint,
 )
 
@@ -284,10 +284,7 @@ def test_process_kill_and_resume_gives_the_uninterrupted_state(stack, topic, nam
     produce(stack.settings.kafka, topic, click_payloads(events))
     ckpt = tmp_path / "ckpt"
     write_tiny_checkpoint(ckpt)
-    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
-           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.1",
-           "DIAM_FLOW_BATCH_SIZE": "50", "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift",
-           "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    env = run_env(stack, topic, {"DIAM_FLOW_EPOCH_INTERVAL_S": "0.1", "DIAM_FLOW_BATCH_SIZE": "50"})
     cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt),
            "--bounded"]
     # Uninterrupted reference run.

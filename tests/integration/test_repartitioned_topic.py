@@ -12,7 +12,6 @@ process whose own address is taken, are refused in one line before the start lin
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -25,8 +24,14 @@ from diam.stack_proc import free_port
 from serving_cache.keys import partitions_key
 from streams.kafka_io import delete_topics, ensure_topic
 from streams.runner import STORE_RECORD
-from tests.flowkit import DIM, click_stream
-from tests.integration.helpers import click_payloads, produce, write_tiny_checkpoint
+from tests.flowkit import click_stream
+from tests.integration.helpers import (
+    click_payloads,
+    produce,
+    reading_lines,
+    run_env,
+    write_tiny_checkpoint,
+)
 from tests.integration.test_run_refusals import START, _refused_without_start
 from tests.integration.test_topic_typos import _cli, _settings
 
@@ -161,35 +166,22 @@ def test_a_tailing_run_stops_with_an_error_when_its_topic_grows(stack, new_topic
     produce(s.kafka, topic, click_payloads(click_stream(4, 20, seed=2)))
     ckpt, store = tmp_path / "ckpt", tmp_path / "recovery"
     write_tiny_checkpoint(ckpt)
-    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
-           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4",
-           "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    env = run_env(stack, topic)
     cmd = [sys.executable, "-m", "diam", "run", "--tail", "--topic", topic, "--checkpoint",
            str(ckpt), "--namespace", namespace, "--recovery-dir", str(store)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     started = threading.Event()
 
-    def read(stream) -> None:  # type: ignore[no-untyped-def]
-        for line in stream:
-            lines.append(line)
-            if line.startswith(START):
-                started.set()
+    def on_line(_name: str, line: str) -> None:
+        lines.append(line)
+        if line.startswith(START):
+            started.set()
 
-    readers = [threading.Thread(target=read, args=(st,), daemon=True)
-               for st in (proc.stdout, proc.stderr)]
-    for r in readers:
-        r.start()
-    try:
+    with reading_lines(proc, on_line):
         assert started.wait(120), "no start line:\n" + "".join(lines)
         _raise_partitions(s.kafka, topic, 4)
         proc.wait(timeout=60)  # the old code tailed on, reading neither new partition
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for r in readers:
-        r.join(5)
     text = "".join(lines)
     assert proc.returncode == 1, text
     _no_traceback(text)

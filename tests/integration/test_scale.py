@@ -3,13 +3,18 @@ give, byte for byte, the Redis state of one process over the same topic."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 from diam.stack_proc import free_port
-from tests.flowkit import DIM, click_stream
-from tests.integration.helpers import click_payloads, produce, redis_state, write_tiny_checkpoint
+from tests.flowkit import click_stream
+from tests.integration.helpers import (
+    click_payloads,
+    produce,
+    redis_state,
+    run_env,
+    write_tiny_checkpoint,
+)
 
 
 def test_two_processes_as_one_bytewax_cluster_give_the_one_processredis_state(stack, topic, namespace,
@@ -18,9 +23,7 @@ def test_two_processes_as_one_bytewax_cluster_give_the_one_processredis_state(st
     produce(stack.settings.kafka, topic, click_payloads(events))
     ckpt = tmp_path / "ckpt"
     write_tiny_checkpoint(ckpt)
-    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
-           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4", "DIAM_FLOW_EPOCH_INTERVAL_S": "0.2",
-           "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    env = run_env(stack, topic, {"DIAM_FLOW_EPOCH_INTERVAL_S": "0.2"})
     cmd = [sys.executable, "-m", "diam", "run", "--topic", topic, "--checkpoint", str(ckpt), "--bounded"]
     subprocess.run(cmd + ["--namespace", namespace], env=env, check=True, timeout=300, capture_output=True)
     one = redis_state(redis_client, namespace)
