@@ -1,11 +1,15 @@
-"""Shared helpers of the dataflow tests: a tiny deterministic base model and event builders."""
+"""Shared helpers of the dataflow tests: a tiny deterministic base model and event builders, and
+a prepared dataset written from click lists."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from online_model.base import BaseView
 from online_model.config import OnlineConfig
+from online_model.datasets import ItemRows, PreparedDataset, load_prepared, write_prepared
 from online_model.online import OnlineLearner
 from streams.events import ClickEvent, encode_event
 from streams.kafka_io import RawRecord
@@ -31,6 +35,15 @@ def tiny_config() -> OnlineConfig:
 
 def tiny_learner() -> OnlineLearner:
     return OnlineLearner(tiny_base(), tiny_config())
+
+
+def prepared_clicks(path: Path, name: str, users: list[str], items: list[str], ts_ms: list[int],
+                    rows: ItemRows) -> PreparedDataset:
+    """Clicks given as parallel lists (user, item id, time in ms) written as the prepared dataset
+    ``name`` at ``path`` with the items ``rows``, loaded back."""
+    write_prepared(path, name=name, users=np.array(users), items_of_events=np.array(items),
+                   ts_ms=np.array(ts_ms), items=rows, meta={"source": "test"})
+    return load_prepared(path)
 
 
 def click_stream(n_users: int, n_events: int, seed: int = 0) -> list[ClickEvent]:

@@ -7,7 +7,8 @@ import pytest
 
 from online_model.base import BaseLoadError, BaseView
 from online_model.checkpoint import write_checkpoint_dir
-from online_model.datasets import ItemRows, load_prepared, write_prepared
+from online_model.datasets import ItemRows
+from tests.flowkit import prepared_clicks
 
 
 def _checkpoint(d, head: bool):
@@ -69,16 +70,7 @@ def test_from_events_is_deterministic_and_groups_co_clicked_items(tmp_path):
             items.append(str(10 * group + int(rng.integers(0, 10))))
             ts.append(1000 * (12 * u + j))
     rows = ItemRows([str(i) for i in range(21)], ["t"] * 21, [["g0"]] * 10 + [["g1"]] * 11)
-    write_prepared(
-        tmp_path,
-        name="t",
-        users=np.array(users),
-        items_of_events=np.array(items),
-        ts_ms=np.array(ts),
-        items=rows,
-        meta={"source": "test"},
-    )
-    ds = load_prepared(tmp_path)
+    ds = prepared_clicks(tmp_path, "t", users, items, ts, rows)
     a = BaseView.from_events(ds, dim=4)
     b = BaseView.from_events(ds, dim=4)
     assert a.item_emb.tobytes() == b.item_emb.tobytes() and a.version == b.version

@@ -9,6 +9,7 @@ from online_model import prequential
 from online_model.config import OnlineConfig
 from online_model.datasets import ItemRows, load_prepared, write_prepared
 from online_model.online import OnlineLearner
+from tests.flowkit import prepared_clicks
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +26,7 @@ def drifting(tmp_path_factory):
             items.append(str(10 * group + int(rng.integers(0, 10))))
             ts.append(1_000_000 * j + 1000 * u)  # users interleaved in time
     rows = ItemRows([str(i) for i in range(40)], ["t"] * 40, [[f"g{i // 10}"] for i in range(40)])
-    write_prepared(
-        d,
-        name="drifting",
-        users=np.array(users),
-        items_of_events=np.array(items),
-        ts_ms=np.array(ts),
-        items=rows,
-        meta={"source": "test"},
-    )
-    return load_prepared(d)
+    return prepared_clicks(d, "drifting", users, items, ts, rows)
 
 
 def test_shape_and_determinism(drifting, monkeypatch):
