@@ -235,12 +235,17 @@ def test_hysteresis_makes_k_changes_rarer():
     assert 5 * counts[True] <= counts[False]
 
 
-def test_reanchor_on_a_new_base_maps_items_by_id():
-    learner = OnlineLearner(BASE, cfg())
+def _ten_clicks(learner: OnlineLearner) -> tuple[UserState, list[str]]:
+    """User ``u`` after clicks on items i0..i9 a minute apart, and the ids of its recent items."""
     s = learner.new_state("u")
     for off in range(10):
         learner.apply(s, f"i{off}", 60_000 * off, off)
-    ids = [BASE.item_ids[r] for r in s.recent]
+    return s, [BASE.item_ids[r] for r in s.recent]
+
+
+def test_reanchor_on_a_new_base_maps_items_by_id():
+    learner = OnlineLearner(BASE, cfg())
+    s, ids = _ten_clicks(learner)
     perm = np.random.default_rng(0).permutation(60)
     new = BaseView(
         BASE.item_ids[perm],
@@ -259,10 +264,7 @@ def test_reanchor_on_a_new_base_maps_items_by_id():
 def test_a_learner_that_succeeds_another_maps_items_of_the_older_base_by_id():
     # a hot reload builds a new learner; users recorded under the old base keep their items
     old = OnlineLearner(BASE, cfg())
-    s = old.new_state("u")
-    for off in range(10):
-        old.apply(s, f"i{off}", 60_000 * off, off)
-    ids = [BASE.item_ids[r] for r in s.recent]
+    s, ids = _ten_clicks(old)
     perm = np.random.default_rng(1).permutation(60)
     new_base = BaseView(BASE.item_ids[perm], BASE.item_emb[perm], BASE.item_categories[perm],
                         BASE.category_names, k_max=4, version="v2")
