@@ -42,11 +42,15 @@ no multi-key command: Redis Cluster places them where it likes. A namespace with
 Beside them, ``diam:{ns}:partitions`` (``serving_cache.keys.partitions_key``, a hash) holds,
 per clicks topic the namespace's values were learnt from, the topic's partition count then
 (:func:`record_partitions`: checked and written by ``diam run`` before its start line, with or
-without a recovery store). Clicks are keyed to a partition by user and a value's ``seq`` is an
+without a recovery store, and by ``diam replay`` before its first write, after ``--clear``;
+written again by the dataflow's Redis sink when it first checks the namespace's generation
+marker and whenever it finds the key set lost, ``streams.redis_sink``). Clicks are keyed to a
+partition by user and a value's ``seq`` is an
 offset, comparable only within one partition: after the count changed, users' new clicks sit
-at offsets that the values in Redis (write-if-newer) would keep out as old, so a run of
-another count of the topic into the namespace is refused. A namespace without the hash, or
-without the topic's field (a release before it, another topic), is recorded from now on.
+at offsets that the values in Redis (write-if-newer) would keep out as old, so a run or a
+replay of another count of the topic into the namespace is refused. A namespace without the
+hash, or without the topic's field (a release before it, another topic, a Redis that lost its
+keys), is recorded from now on.
 
 >>> rec = BaseRecord.of("20240501T000000Z-ab12", ["i0", "i1", "new-1"], added=1)
 >>> rec.fields()
@@ -208,12 +212,15 @@ def record_partitions(client: Any, ns: str, topic: str, count: int) -> int | Non
     """Record that namespace ``ns``'s values are learnt from ``topic`` of ``count``
     partitions (``diam:{ns}:partitions``, the module docstring); return the count recorded
     earlier when it is another (nothing is written then), else None. Raises
-    :class:`BaseRecordError` when the key holds something else."""
+    :class:`BaseRecordError` when the key holds something else; any other error of the
+    client's (an outage, READONLY after a failover) as it comes, for the caller to retry."""
     import redis
 
     try:
         was = client.eval(_CLAIM, 1, partitions_key(ns), topic, str(int(count)))
-    except redis.ResponseError as exc:  # WRONGTYPE: a key of another type under the name
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
         raise BaseRecordError(f"{partitions_key(ns)}: {exc}") from None
     if was is None:
         return None

@@ -148,7 +148,8 @@ def added_key(ns: str) -> str:
 def partitions_key(ns: str) -> str:
     """The hash of the partition count of each clicks topic namespace ``ns``'s values were
     learnt from (``serving_cache.base_record``, which owns the format: written and checked by
-    ``diam run`` before its start line).
+    ``diam run`` and ``diam replay`` before they start, written again by the Redis sink after a
+    loss of the key set).
 
     >>> partitions_key("replay-1")
     'diam:replay-1:partitions'

@@ -43,6 +43,11 @@ all of them when
   changed, or a primary's run id changed or it is no longer a primary (a restart, a failover
   to a replica that may have lagged; ``_lost``).
 
+With the re-push, the namespace's record of the topic's partition count
+(``serving_cache.base_record.record_partitions``, ``diam:{ns}:partitions``) is written again
+(and at the first check, in case the keys went between the run's start and it): the next
+run's or replay's check of the count needs it, and the loss took it too.
+
 The markers are checked at most once per ``check_every_s`` (one GET per marker, and on a
 cluster one ``INFO server`` per primary), not per batch.
 
@@ -70,7 +75,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
-from serving_cache.base_record import BaseRecord, write_base
+from serving_cache.base_record import BaseRecord, BaseRecordError, record_partitions, write_base
 from serving_cache.keys import generation_key, model_active_key, node_generation_key, user_key
 
 __all__ = ["RELEASED", "RedisVectorSink", "Released", "ResumedPush", "resumed_push"]
@@ -141,6 +146,10 @@ class _Partition(StatelessSinkPartition[Item]):
         last record, the whole list at its first and after a re-push) before a write whenever
         it differs from the one this partition wrote last, and again with a re-push; one call
         per write, not per user."""
+        self.partitions: tuple[str, int] | None = None
+        """The clicks topic and its partition count the dataflow's values are learnt from
+        (``diam:{ns}:partitions``): recorded at the first marker check and after a loss
+        (None: not recorded)."""
         self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._cluster = isinstance(writer.client, RedisCluster)
@@ -291,6 +300,24 @@ class _Partition(StatelessSinkPartition[Item]):
                     "writes)")
         return None
 
+    def _record_partitions(self) -> None:
+        """Record :attr:`partitions` in the namespace (the one owner's function); another count
+        recorded there, or a key of another type, is logged (the run goes on: its own values
+        are learnt from its count, and the next run's or replay's start check refuses)."""
+        if self.partitions is None:
+            return
+        topic, count = self.partitions
+        try:
+            was = record_partitions(self.writer.client, self.writer.ns, topic, count)
+        except BaseRecordError as exc:
+            log.warning("Redis%s namespace %r: the partition count of topic %r was not recorded "
+                        "(%s)", self.where, self.writer.ns, topic, exc)
+            return
+        if was is not None:
+            log.warning("Redis%s namespace %r: it records topic %r with %d partitions, and this "
+                        "run reads %d; kept (another run wrote it since the key set was lost)",
+                        self.where, self.writer.ns, topic, was, count)
+
     def _write(self, items: list[Item]) -> list[tuple[str, UserVectors]]:
         """Write ``items`` (and every held user's vectors again when Redis lost them), retrying
         an outage until Redis acknowledges. Returns the ``(user, UserVectors)`` items in order,
@@ -319,6 +346,7 @@ class _Partition(StatelessSinkPartition[Item]):
             attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
             try:
                 repush = False
+                checked = self._checked
                 now = attempt
                 if self._suspect or now >= self._next_check:
                     cause = self._lost()
@@ -341,6 +369,8 @@ class _Partition(StatelessSinkPartition[Item]):
                     write_base(self.writer.client, self.writer.ns, record,
                                listed=None if repush else self._recorded)
                     self._recorded = record
+                if repush or checked != self._checked:  # the first check, or a lost key set
+                    self._record_partitions()
                 if deletes:
                     self.writer.client.delete(*(user_key(self.writer.ns, u) for u in deletes))
                 # (a released user's last push is in ``sent`` only)
@@ -437,7 +467,9 @@ class RedisVectorSink(DynamicSink[Item]):
     ``topic``: the clicks topic the dataflow reads, whose forgotten users' pushes learnt before
     their tombstone are refused (``RedisWriter``'s ``topic``; None: no check); ``topic_id``:
     its Kafka topic id, looked up at the run's start (``streams.forget_markers``; None: a
-    broker without topic ids)."""
+    broker without topic ids); ``partition_count``: the topic's count the run's values are
+    learnt from, recorded in the namespace with the generation marker (``_Partition.partitions``;
+    None: not recorded)."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
@@ -451,10 +483,11 @@ class RedisVectorSink(DynamicSink[Item]):
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None,
-                 topic_id: str | None = None) -> None:
+                 topic_id: str | None = None, partition_count: int | None = None) -> None:
         self.cfg = cfg
         self.topic = topic
         self.topic_id = topic_id
+        self.partition_count = partition_count
         self.namespace = namespace or cfg.namespace
         self.max_backoff_s = max_backoff_s
         self.check_every_s = check_every_s
@@ -470,4 +503,6 @@ class RedisVectorSink(DynamicSink[Item]):
         part.observer = self.observer
         part.counts = self.counts
         part.base = self.base
+        if self.topic is not None and self.partition_count is not None:
+            part.partitions = (self.topic, self.partition_count)
         return part

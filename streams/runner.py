@@ -227,7 +227,8 @@ def job_io(job: OnlineJob, topic_id: str | None = None,
     ``topic_id``: the Kafka id of ``job.topic``, whose forget markers the Redis sink reads
     (:func:`prepare_online` looks it up; None: a broker without topic ids).
     ``partition_count``: the topic's count :func:`prepare_online` saw, which a tailing source
-    watches (None: the count it lists at start)."""
+    watches (None: the count it lists at start) and the Redis sink records in the namespace
+    again after Redis lost its keys."""
     health = BrokerHealth(job.kafka.bootstrap)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
@@ -235,7 +236,7 @@ def job_io(job: OnlineJob, topic_id: str | None = None,
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
                                 max_queued=job.flow.sink_queue_batches, topic=job.topic,
-                                topic_id=topic_id),
+                                topic_id=topic_id, partition_count=partition_count),
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic, health),
         drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic, health),
     )

@@ -74,14 +74,16 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     <deadletter_topic>.replay.<namespace> and drift events to <drift_topic>.replay.<namespace>
     (settings kafka.deadletter_topic and kafka.drift_topic, e.g. diam.deadletter.replay.NS and
     diam.drift.replay.NS), not to the live topics; `diam deadletters --topic
-    diam.deadletter.replay.NS` lists a replay's rejects. Compare with
-    `diam diff live <namespace>`.
+    diam.deadletter.replay.NS` lists a replay's rejects. The namespace records the topic's
+    partition count, as `diam run` does (diam:<namespace>:partitions): a namespace recorded
+    with another count of the topic is refused before anything is written (--clear deletes the
+    record with the rest). Compare with `diam diff live <namespace>`.
     """
     import redis
     from confluent_kafka import KafkaException
 
     from diam.app import load_holder
-    from diam.commands.run import require_broker
+    from diam.commands.run import check_namespace_partitions, require_broker
     from serving_cache import redis_client
     from serving_cache.forgotten import MarkersNotAHash, check_marker_keys
     from serving_cache.namespaces import drop_namespace, namespace_in_use
@@ -95,6 +97,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         resolve_range,
         run_replay,
     )
+    from streams.runner import TopicRepartitioned
 
     s = get_settings(ctx)
     topic = topic if topic is not None else s.kafka.clicks_topic
@@ -130,14 +133,22 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         # the markers' keys are checked before --clear too: a key of another type refuses the
         # replay (streams.runner, at its start), and it must not have cost the namespace first
         check_marker_keys(client, topic, topic_id(s.kafka, topic))
-        if namespace_in_use(client, namespace):
-            if not clear:
-                raise click.ClickException(
-                    f"namespace {namespace!r} holds an earlier run; pass --clear to delete its keys "
-                    f"first, or `diam drop {namespace}` (write-if-newer would otherwise keep its "
-                    "newer entries)")
+        in_use = namespace_in_use(client, namespace)
+        if in_use and not clear:
+            raise click.ClickException(
+                f"namespace {namespace!r} holds an earlier run; pass --clear to delete its keys "
+                f"first, or `diam drop {namespace}` (write-if-newer would otherwise keep its "
+                "newer entries)")
+        if clear:  # every key, a namespace's records without users too (the partition count)
             n = drop_namespace(client, namespace)
-            click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
+            if n or in_use:
+                click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
+        # the one rule of `diam run` (the count the namespace's values were learnt from): a
+        # namespace recorded with another count of the topic is refused, one without recorded
+        try:
+            check_namespace_partitions(s.redis, namespace, topic, len(rng.start))
+        except TopicRepartitioned as exc:
+            raise click.ClickException(str(exc)) from None
     except MarkersNotAHash as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:

@@ -195,14 +195,14 @@ def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] |
     return hosts
 
 
-def _check_namespace_partitions(cfg: RedisConfig, ns: str, topic: str,
-                                count: int | None) -> None:
+def check_namespace_partitions(cfg: RedisConfig, ns: str, topic: str,
+                               count: int | None) -> None:
     """Refuse a run of ``topic``, now of ``count`` partitions, into namespace ``ns`` when the
     namespace's values were learnt from another count of it
     (``serving_cache.base_record.record_partitions``, which records this run's count
     otherwise): raises ``streams.runner.TopicRepartitioned`` in its wording. A recovery store
     of another count is refused before this (``streams.runner.prepare_online``); this covers
-    the runs without one."""
+    the runs without one. ``diam replay`` asks it too, before its first write."""
     from serving_cache import redis_client
     from serving_cache.base_record import BaseRecordError, record_partitions
     from serving_cache.keys import partitions_key
@@ -372,8 +372,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     with refusals():  # before the start line: a refused run never says it started
         prepared = prepare_online(job)
         try:
-            _check_namespace_partitions(job.redis, job.namespace, job.topic,
-                                        prepared.partition_count)
+            check_namespace_partitions(job.redis, job.namespace, job.topic,
+                                       prepared.partition_count)
         except BaseException:
             prepared.close()
             raise

@@ -126,8 +126,8 @@ def test_replay_by_time_equals_the_run_over_those_offsets_and_diff_compares_snap
         own_b = [f"{t}.replay.{ns_b}" for t in (dlq, drift)]
         assert set(own_b) <= _topics(s)  # the replay made its own dead-letter and drift topics
         res = _cli(s, "drop", ns_b, "--yes")
-        # 12 users, the generation marker and the base record
-        assert res.exit_code == 0 and f"dropped 14 keys of namespace '{ns_b}'" in res.output, res.output
+        # 12 users, the generation marker, the base record and the partition count's record
+        assert res.exit_code == 0 and f"dropped 15 keys of namespace '{ns_b}'" in res.output, res.output
         assert "deleted the replay's topic(s)" in res.output and not set(own_b) & _topics(s)
         assert {f"{t}.replay.{ns_a}" for t in (dlq, drift)} <= _topics(s)  # ns_a's stay
         assert list(redis_client.scan_iter(match=f"diam:{ns_b}:*")) == []

@@ -1,0 +1,139 @@
+"""A namespace's record of its clicks topic's partition count (``diam:<ns>:partitions``,
+``serving_cache.base_record.record_partitions``) is asked and kept by every writer, against the
+real broker and Redis: ``diam replay`` is refused as ``diam run`` is when the namespace was
+recorded with another count of the topic (nothing written), and records the count when the
+namespace has none; a tailing ``diam run`` whose Redis lost the namespace's keys writes the
+record again with the users it re-pushes (it was missing until the next start)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from confluent_kafka.admin import AdminClient, NewPartitions
+
+from serving_cache.keys import partitions_key
+from tests.flowkit import DIM, click_stream
+from tests.integration.helpers import click_payloads, produce, redis_state, write_tiny_checkpoint
+from tests.integration.test_run_refusals import START
+from tests.integration.test_topic_typos import _cli, _exists, _settings
+
+
+def _raise_partitions(kafka, topic: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    admin = AdminClient(kafka.client_config())
+    admin.create_partitions([NewPartitions(topic, count)])[topic].result(30)
+
+
+def _errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+def _keys(client, ns: str) -> set[bytes]:  # type: ignore[no-untyped-def]
+    return set(client.scan_iter(match=f"diam:{ns}:*", count=1000))
+
+
+def test_a_replay_into_a_namespace_recorded_with_another_count_is_refused_as_a_run_is(
+        stack, new_topic, namespace, tmp_path, redis_client) -> None:
+    s = _settings(stack, tmp_path)
+    topic = new_topic(2)
+    # the replays' own dead-letter and drift topics (<topic>.dlq.replay.<ns>) go with the topic
+    s = s.model_copy(update={"kafka": s.kafka.model_copy(update={
+        "deadletter_topic": f"{topic}.dlq", "drift_topic": f"{topic}.drift"})})
+    # a run that recorded the count and wrote no user (the topic was empty): the namespace is
+    # not "in use", so a replay needs no --clear, and only the record can refuse it
+    res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", namespace)
+    assert res.exit_code == 0 and START in res.output, res.output
+    assert _keys(redis_client, namespace) == {partitions_key(namespace).encode()}
+    _raise_partitions(s.kafka, topic, 4)
+    produce(s.kafka, topic, click_payloads(click_stream(6, 60, seed=5)))
+
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress")
+    assert res.exit_code == 1, res.output  # the old code replayed 60 events into it
+    assert "replayed" not in res.output and "Traceback" not in res.output, res.output
+    (line,) = _errors(res.output)
+    assert f"topic {topic!r} has 4 partitions" in line and "was built from 2" in line, line
+    assert f"namespace {namespace!r}" in line and "fresh namespace" in line, line
+    # nothing written: no user, no marker, the record as it was, no replay topic made
+    assert _keys(redis_client, namespace) == {partitions_key(namespace).encode()}
+    assert redis_client.hgetall(partitions_key(namespace)) == {topic.encode(): b"2"}
+    assert not _exists(s, f"{topic}.dlq.replay.{namespace}")
+    # the same words as `diam run`'s refusal: one rule, one message
+    run = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", namespace)
+    assert run.exit_code == 1 and _errors(run.output) == [line], run.output
+
+    # --clear deletes the record with the rest of the namespace: the replay then records its count
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--clear", "--no-progress")
+    assert res.exit_code == 0 and "replayed 60 events" in res.output, res.output
+    assert redis_client.hgetall(partitions_key(namespace)) == {topic.encode(): b"4"}
+    # and a run of the topic as it is now goes into it
+    run = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", namespace)
+    assert run.exit_code == 0 and START in run.output, run.output
+
+    # a fresh namespace is recorded by the replay (the old code left it without the record, so
+    # a later run of another count of the topic into it was taken)
+    fresh = f"{namespace}-fresh"
+    try:
+        res = _cli(s, "replay", "--topic", topic, "--namespace", fresh, "--no-progress")
+        assert res.exit_code == 0 and "replayed 60 events" in res.output, res.output
+        assert redis_client.hgetall(partitions_key(fresh)) == {topic.encode(): b"4"}
+    finally:
+        if keys := _keys(redis_client, fresh):
+            redis_client.delete(*keys)
+
+
+def test_a_tailing_run_records_the_count_again_when_redis_lost_the_namespace(
+        stack, new_topic, namespace, tmp_path, redis_client) -> None:
+    topic = new_topic(2)
+    s = stack.settings
+    events = click_stream(8, 120, seed=6)
+    produce(s.kafka, topic, click_payloads(events[:60]))
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap, "DIAM_REDIS_URL": stack.redis_url,
+           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4",
+           "DIAM_FLOW_EPOCH_INTERVAL_S": "0.2", "DIAM_FLOW_PUSH_EVERY_MS": "100",
+           "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    cmd = [sys.executable, "-m", "diam", "run", "--tail", "--topic", topic, "--checkpoint",
+           str(ckpt), "--namespace", namespace, "--no-recovery"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    users = {ev.user_id for ev in events[:60]}
+    record = {topic.encode(): b"2"}
+
+    def wait(cond, what: str, timeout_s: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            assert proc.poll() is None, "the run ended:\n" + "".join(lines)
+            assert time.monotonic() < deadline, f"no {what} in {timeout_s:g} s:\n" + "".join(lines)
+            time.sleep(0.2)
+
+    try:
+        wait(lambda: len(redis_state(redis_client, namespace)) == len(users), "first pushes", 120)
+        assert redis_client.hgetall(partitions_key(namespace)) == record
+        # the namespace's key set is lost (FLUSHALL, a restart without files), this test's only
+        redis_client.delete(*_keys(redis_client, namespace))
+        wait(lambda: len(redis_state(redis_client, namespace)) == len(users), "re-push")
+        # the old code re-pushed the users and left the record missing until the next start
+        wait(lambda: redis_client.hgetall(partitions_key(namespace)) == record,
+             "partition count recorded again", 15)
+        produce(s.kafka, topic, click_payloads(events[60:]))  # the run goes on as before
+        wait(lambda: len(redis_state(redis_client, namespace))
+             == len({ev.user_id for ev in events}), "pushes after the loss")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+    text = "".join(lines)
+    assert "re-pushing" in text and "Traceback" not in text, text
+    assert "partition count" not in text, text  # recorded, no warning
+    assert redis_client.hgetall(partitions_key(namespace)) == record
