@@ -295,19 +295,21 @@ def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig)
     to exist: a run refused before it starts must not claim a store.
 
     A store holding positions of another drift topic, namespace or window length would resume
-    other offsets or windows, and one with Bytewax's files but no :data:`STORE_OWNER` is
-    another dataflow's (a ``diam run`` store): both raise :class:`StoreMismatch`, naming what
+    other offsets or windows, and one that is a ``diam run``'s
+    (``streams.runner.check_store_owner``: its record, or Bytewax's files without
+    :data:`STORE_OWNER`) is another dataflow's: both raise :class:`StoreMismatch`, naming what
     the store is. A store claimed by a run that never wrote a position (it failed before its
     first epoch) holds nothing of anyone's: it is claimed again."""
-    from streams.runner import _store_partitions  # the one reader of a store's positions
+    # the one reader of a store's positions, and the one rule of whose a store is
+    from streams.runner import DRIFT_STORE, RecoveryForeign, _store_partitions, check_store_owner
 
     want = {"topic": topic, "namespace": namespace, "window_ms": cfg.window_ms}
     owner = path / STORE_OWNER
+    try:
+        check_store_owner(path, DRIFT_STORE)
+    except RecoveryForeign as exc:
+        raise StoreMismatch(str(exc)) from None
     has_files = path.is_dir() and any(path.glob("part-*.sqlite3"))
-    if not owner.exists() and has_files:
-        raise StoreMismatch(f"the recovery store {path} is not a drift monitor's (no "
-                            f"{STORE_OWNER}: another dataflow's, such as a diam run's): "
-                            "give the monitor a directory of its own (--recovery-dir)")
     has_data = has_files and bool(_store_partitions(path, f"{FLOW_ID}.{_INPUT_STEP}"))
     if owner.exists() and has_data:
         try:

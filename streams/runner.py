@@ -38,10 +38,11 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_address, check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["PEERS_NOTE_S", "STORE_RECORD", "ClusterNotJoined", "OnlineJob", "PreparedRun",
-           "RecoveryForeign", "RecoveryInUse", "RecoveryUnusable", "TopicRepartitioned",
-           "UnknownPartitions", "hold_recovery", "job_io", "prepare_online", "run_online",
-           "prepare_recovery", "repartitioned_line", "tune_gc", "waiting_for"]
+__all__ = ["DRIFT_STORE", "PEERS_NOTE_S", "RUN_STORE", "STORE_RECORD", "ClusterNotJoined",
+           "ClusterPeerLost", "OnlineJob", "PreparedRun", "RecoveryForeign", "RecoveryInUse",
+           "RecoveryUnusable", "TopicRepartitioned", "UnknownPartitions", "check_store_owner",
+           "hold_recovery", "job_io", "peer_lost_line", "prepare_online", "prepare_recovery",
+           "repartitioned_line", "run_online", "store_owner", "tune_gc", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,56 @@ class ClusterNotJoined(RuntimeError):
     def __init__(self, waiting_for: list[str]) -> None:
         super().__init__(f"stopped while waiting for {', '.join(waiting_for)}: nothing was read")
         self.waiting_for = waiting_for
+
+
+class ClusterPeerLost(RuntimeError):
+    """This process of a Bytewax cluster lost a peer while running (another process was
+    killed, failed or became unreachable): Bytewax's exchange (timely's network threads)
+    panics and ``cluster_main`` raises a ``PanicException`` that names no peer. Raised by
+    :func:`run_online` instead, in one line (:func:`peer_lost_line`): what happened, what was
+    kept, what to do. ``peers``: the addresses of the other processes, one of which was lost."""
+
+    def __init__(self, job: OnlineJob, recovery: bool) -> None:
+        super().__init__(peer_lost_line(job, recovery))
+        self.peers = [a for i, a in enumerate(job.addresses) if i != (job.process_id or 0)]
+
+
+_PEER_PANICS = ("Send thread panic", "Recv thread panic", "timely communication error")
+"""The words of the panics Bytewax 0.21.1's exchange (timely-dataflow's ``zero_copy``
+allocator) raises when a peer's connection breaks: its send or receive thread panicked
+(``communication/src/allocator/zero_copy/initialize.rs``: joined with ``expect``), or the
+panic itself (``tcp.rs``: ``timely communication error: reading data: ...``)."""
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by ``cluster_main``, is Bytewax's panic over a lost peer
+    (:data:`_PEER_PANICS`; ``pyo3_runtime.PanicException`` cannot be imported, only named)."""
+    return type(exc).__name__ == "PanicException" and any(w in str(exc) for w in _PEER_PANICS)
+
+
+def peer_lost_line(job: OnlineJob, recovery: bool) -> str:
+    """The one wording of "this process of ``job``'s cluster lost a peer" (``recovery``: the
+    run has a recovery store), with what was kept and what to do.
+
+    >>> job = OnlineJob(None, None, None, "t", "ns", process_id=0, addresses=["a:1", "b:1"])
+    >>> peer_lost_line(job, False)[:112]
+    'process 0 of 2 (a:1) of the Bytewax cluster lost its peer b:1 (killed, failed or unreachable) and stopped: a clu'
+    """
+    me = job.process_id or 0
+    others = [a for i, a in enumerate(job.addresses) if i != me]
+    who = f"its peer {others[0]}" if len(others) == 1 else f"one of its peers {', '.join(others)}"
+    kept = (f"the recovery store {Path(job.recovery_dir).resolve()} keeps every process's "
+            "positions and state as of its last committed epoch, and Redis the newer writes "
+            "(write-if-newer); restart every process of the cluster with the same command "
+            "(the same -a and --recovery-dir, each its own -i): they resume from the store "
+            "and lose nothing" if recovery and job.recovery_dir is not None else
+            "this run has no recovery store (--recovery-dir), Redis keeps the newer writes "
+            "(write-if-newer); restart every process of the cluster with the same command "
+            "(the same -a, each its own -i): they re-read the topic from its start and "
+            "lose nothing")
+    return (f"process {me} of {len(job.addresses)} ({job.addresses[me]}) of the Bytewax "
+            f"cluster lost {who} (killed, failed or unreachable) and stopped: a cluster runs "
+            f"only whole. {kept[0].upper()}{kept[1:]}")
 
 
 def waiting_for(job: OnlineJob) -> list[str]:
@@ -281,7 +332,7 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     since the holder read it or cannot be written."""
     validate_namespace(job.namespace)
     if job.recovery_dir is not None:  # before the lock: nothing written into another's store
-        _check_owner(Path(job.recovery_dir))
+        check_store_owner(Path(job.recovery_dir), RUN_STORE)
     lock = None if job.recovery_dir is None else hold_recovery(Path(job.recovery_dir),
                                                                 job.process_id or 0)
     prepared = PreparedRun(job, lock)
@@ -362,15 +413,39 @@ def _check_store(job: OnlineJob, path: Path, count: int) -> None:
     os.replace(tmp, record_path)
 
 
-def _check_owner(path: Path) -> None:
-    """Refuse a directory that another dataflow claimed as its recovery store (a drift
-    monitor's: ``streams.drift_flow.STORE_OWNER``): this run would write its record and state
-    into it, and the monitor would resume from the mix."""
+RUN_STORE, DRIFT_STORE = "diam run", "drift monitor"
+"""The dataflows a recovery store can belong to (:func:`check_store_owner`)."""
+
+
+def store_owner(path: Path) -> str | None:
+    """Whose recovery store ``path`` is, by the files in it: :data:`DRIFT_STORE` when it holds
+    the drift monitor's claim (``streams.drift_flow.STORE_OWNER``), else :data:`RUN_STORE` when
+    it holds a ``diam run``'s record (:data:`STORE_RECORD`) or Bytewax's files (a store an
+    earlier release wrote has no record); None: nobody's yet. The one rule of it, which
+    :func:`check_store_owner` applies for both dataflows."""
     if (path / DRIFT_STORE_OWNER).exists():
-        raise RecoveryForeign(
-            f"the recovery store {path.resolve()} is a drift monitor's (diam drift run "
-            f"--recovery-dir; it holds {DRIFT_STORE_OWNER}), not a diam run store: give this run "
-            "a store of its own (--recovery-dir)")
+        return DRIFT_STORE
+    if (path / STORE_RECORD).exists() or (path.is_dir() and any(path.glob("part-*.sqlite3"))):
+        return RUN_STORE
+    return None
+
+
+def check_store_owner(path: Path, dataflow: str) -> None:
+    """Refuse ``path`` as the recovery store of ``dataflow`` (:data:`RUN_STORE` or
+    :data:`DRIFT_STORE`) when it is the other dataflow's (:func:`store_owner`): the run would
+    write its state into it, and each would resume from the mix. Raises
+    :class:`RecoveryForeign`, naming whose it is and why; called before the store is locked
+    or written (``diam run``: :func:`prepare_online`; ``diam drift run``:
+    ``streams.drift_flow.check_store``)."""
+    owner = store_owner(path)
+    if owner is None or owner == dataflow:
+        return
+    why = (f"diam drift run --recovery-dir; it holds {DRIFT_STORE_OWNER}" if owner == DRIFT_STORE
+           else f"it holds {STORE_RECORD if (path / STORE_RECORD).exists() else 'Bytewax files'}"
+           f" and no {DRIFT_STORE_OWNER}")
+    raise RecoveryForeign(f"the recovery store {path.resolve()} is a {owner}'s ({why}), not a "
+                          f"{dataflow} store: give the {dataflow} a store of its own "
+                          "(--recovery-dir)")
 
 
 def _inferred_record(topic: str, parts: list[int], count: int,
@@ -459,7 +534,8 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     bounded job's topic does not exist, and :class:`RecoveryInUse` when another process runs
     on the job's recovery store (:class:`RecoveryUnusable` when it cannot be opened or locked
     at all). Raises :class:`ClusterNotJoined` when ``job.stop`` is set before the other
-    processes of the job's Bytewax cluster answered."""
+    processes of the job's Bytewax cluster answered, and :class:`ClusterPeerLost` when one of
+    them is lost once running (Bytewax's panic, in one line)."""
     if prepared is None:
         prepared = prepare_online(job)
     try:
@@ -633,6 +709,8 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
                         "%s; nothing is read until all of them run (Ctrl-C or SIGTERM stops it)",
                         me, len(job.addresses), job.addresses[me], ", ".join(waiting_for(job)))
     if failed:
+        if _peer_lost(failed[0]):  # Bytewax's panic, which names no peer: say it in one line
+            raise ClusterPeerLost(job, recovery is not None) from failed[0]
         raise failed[0]
 
 

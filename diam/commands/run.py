@@ -305,6 +305,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from streams.preflight import ServiceConfigError
     from streams.runner import (
         ClusterNotJoined,
+        ClusterPeerLost,
         RecoveryUnusable,
         TopicRepartitioned,
         UnknownPartitions,
@@ -383,7 +384,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()
-    grown: TopicRepartitioned | None = None
+    grown: TopicRepartitioned | ClusterPeerLost | None = None
     try:
         with refusals():
             try:
@@ -392,6 +393,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                 grown = exc
     except ClusterNotJoined:  # stopped before the other processes answered: nothing was read
         pass
+    except ClusterPeerLost as exc:  # another process killed or failed: the summary, then why
+        grown = exc
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and

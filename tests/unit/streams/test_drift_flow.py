@@ -219,8 +219,23 @@ def test_a_recovery_store_is_claimed_for_one_topic_namespace_and_window(tmp_path
         with pytest.raises(StoreMismatch, match=said):
             check_store(store, topic, ns, cfg)
     (store / STORE_OWNER).unlink()  # a store with data and no owner file: a diam run's
-    with pytest.raises(StoreMismatch, match="not a drift monitor's"):
+    with pytest.raises(StoreMismatch, match="is a diam run's .*not a drift monitor store"):
         check_store(store, "diam.drift", None, DriftConfig())
+
+
+def test_a_diam_run_store_is_refused_before_bytewax_wrote_into_it(tmp_path) -> None:
+    """The rule of whose a store is (``streams.runner.store_owner``), one for both dataflows:
+    a ``diam run``'s record alone (written at its checks, before Bytewax's files) makes it a
+    run's store, which the monitor must not claim."""
+    from streams.drift_flow import STORE_OWNER, StoreMismatch, check_store
+    from streams.runner import STORE_RECORD
+
+    store = tmp_path / "rec"
+    store.mkdir()
+    (store / STORE_RECORD).write_text('{"topic": "t", "partitions": 4, "reads": null}')
+    with pytest.raises(StoreMismatch, match=f"it holds {STORE_RECORD} and no {STORE_OWNER}"):
+        check_store(store, "diam.drift", None, DriftConfig())
+    assert not (store / STORE_OWNER).exists()
 
 
 def test_a_store_claimed_by_a_run_that_never_wrote_a_position_is_claimed_again(tmp_path) -> None:
