@@ -44,6 +44,20 @@ class NoBaseModel(click.ClickException):
     and exits 1)."""
 
 
+def one_base(*, snapshot: str | None = None, checkpoint: str | None = None,
+             base_from_data: str | None = None) -> None:
+    """The rule of one base model: ``click.UsageError`` naming both options when two of
+    ``--snapshot``, ``--checkpoint`` and ``--base-from-data`` are given (which one was meant
+    cannot be guessed). It needs no service, so the commands call it before they ask the
+    broker: a usage error is said at once, not after ``BROKER_ANSWER_S`` of waiting."""
+    given = [(name, value) for name, value in (("--snapshot", snapshot),
+                                               ("--checkpoint", checkpoint),
+                                               ("--base-from-data", base_from_data))
+             if value is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"give one base model: {given[0][0]} or {given[1][0]}, not both")
+
+
 def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: str | None = None,
                 base_from_data: str | None = None, hot_reload: bool = True,
                 namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
@@ -77,8 +91,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     Close the holder when the run ends, however it ends (``LearnerHolder.close``): a hot
     reloading one keeps a thread and Kafka consumers following the topics until then.
 
-    Raises ``click.UsageError`` naming both options when two bases are given (which one was
-    meant cannot be guessed; the commands refuse an empty one, ``diam.commands.not_empty``),
+    Raises ``click.UsageError`` naming both options when two bases are given (:func:`one_base`;
+    the commands refuse an empty one, ``diam.commands.not_empty``),
     and :class:`NoBaseModel` when none is given and no
     snapshot is active, or the one given cannot be read (a directory that is not a
     checkpoint, a dataset that is missing or malformed), or the active or given snapshot
@@ -90,12 +104,7 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     from snapshotter.store import SnapshotError
     from streams.growth_log import GrowthLogError
 
-    given = [(name, value) for name, value in (("--snapshot", snapshot),
-                                               ("--checkpoint", checkpoint),
-                                               ("--base-from-data", base_from_data))
-             if value is not None]
-    if len(given) > 1:
-        raise click.UsageError(f"give one base model: {given[0][0]} or {given[1][0]}, not both")
+    one_base(snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data)
     try:
         return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
                        learner, topic if topic is not None else settings.kafka.clicks_topic,

@@ -82,7 +82,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     import redis
     from confluent_kafka import KafkaException
 
-    from diam.app import load_holder
+    from diam.app import load_holder, one_base
     from diam.commands.run import check_namespace_partitions, require_broker
     from serving_cache import redis_client
     from serving_cache.forgotten import MarkersNotAHash, check_marker_keys
@@ -107,6 +107,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         end = parse_bound(to) if to is not None else None
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
+    one_base(snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data)
     try:  # before the holder: growing a snapshot base reads the catalogue and clicks topics
         require_broker(s)
     except click.ClickException:

@@ -298,7 +298,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     The broker is asked first: one that does not answer within 5 s
     (streams.kafka_io.BROKER_ANSWER_S) is an error naming it, before anything starts.
     """
-    from diam.app import load_holder, online_job
+    from diam.app import load_holder, one_base, online_job
     from serving_cache.forgotten import MarkersNotAHash
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
@@ -339,6 +339,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                      process_id=process_id, addresses=_parse_cluster(process_id, addresses),
                      recovery_dir=recovery_dir, no_recovery=no_recovery,
                      partitions=_parse_partitions(partitions), stop=stop)
+    one_base(checkpoint=checkpoint, base_from_data=base_from_data)  # a usage error at once
     try:  # before the holder: following the active snapshot reads Kafka (the clicks' tail)
         require_broker(s)
     except click.ClickException:

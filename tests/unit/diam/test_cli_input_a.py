@@ -150,8 +150,16 @@ def test_partitions_the_topic_lacks_are_named_before_the_flow_is_built(monkeypat
     (["replay", "--namespace", "r1", "--snapshot", "v1", "--checkpoint", "X"],
      "--snapshot", "--checkpoint"),
 ])
-def test_two_base_models_are_a_usage_error_naming_both(run, args, first, second) -> None:
+def test_two_base_models_are_a_usage_error_naming_both(run, monkeypatch, args, first,
+                                                       second) -> None:
+    # a usage error needs no service: said before the broker is asked (which, with none
+    # listening, took BROKER_ANSWER_S of waiting first)
+    import diam.commands.run
+
+    asked: list[object] = []
+    monkeypatch.setattr(diam.commands.run, "require_broker", asked.append)
     _usage_error(run(*args), first, second, "not both")
+    assert asked == []
 
 
 def test_an_empty_base_option_is_refused(run) -> None:
