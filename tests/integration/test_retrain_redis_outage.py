@@ -24,11 +24,14 @@ __all__ = ["loop_data"]  # the module fixture, shared with test_loop
 def own_redis(tmp_path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
     """(url, stop, start) of a redis-server of this test alone, without persistence."""
     from diam.stack_proc import free_port
+    from serving_cache.reader import fail_fast
 
     exe = shutil.which("redis-server")
     assert exe is not None, "redis-server is needed (apt-get install redis-server)"
     port, started = free_port(), []
-    c = redis_py.Redis(port=port)
+    # a failed command is retried once at once: redis-py's default backoff spent ~4 s after
+    # each SHUTDOWN (the server closing the connection) before the error stop() expects
+    c = fail_fast(redis_py.Redis(port=port))
 
     def up() -> bool:
         try:
