@@ -98,8 +98,11 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 @pytest.fixture
 def private_redis(tmp_path, procs) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
     """A redis-server of this test alone, without persistence: (url, stop, start). ``stop``
-    is SHUTDOWN NOSAVE (the data is gone), ``start`` starts it again on the same port."""
+    is SHUTDOWN NOSAVE (the data is gone), ``start`` starts it again on the same port. Their
+    clients retry a failed command once at once (``fail_fast``): redis-py's default backoff
+    spent seconds on a PING before the server listened and after each SHUTDOWN."""
     from diam.stack_proc import free_port
+    from serving_cache.reader import fail_fast
 
     exe = shutil.which("redis-server")
     assert exe is not None, "redis-server is needed (apt-get install redis-server)"
@@ -112,11 +115,11 @@ def private_redis(tmp_path, procs) -> Iterator[tuple[str, Callable[[], None], Ca
                               "--appendonly", "no", "--dir", str(data)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(p)
-        c = redis_py.Redis(port=port)
+        c = fail_fast(redis_py.Redis(port=port))
         _wait(lambda: _pings(c), 20, "the private Redis to answer PING")
 
     def stop() -> None:
-        c = redis_py.Redis(port=port)
+        c = fail_fast(redis_py.Redis(port=port))
         try:
             c.shutdown(nosave=True)
         except redis_py.ConnectionError:
