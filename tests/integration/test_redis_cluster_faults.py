@@ -88,15 +88,18 @@ def _restart(cfg: Any, node: Any, drop_data: bool) -> None:
     """kill -9 the node and start it again as ``cluster_up`` starts it (its nodes.conf kept:
     the same node), without its AOF files when ``drop_data``."""
     from diam.stack_cluster import _node_dir
-    from diam.stack_proc import read_pid, spawn
+    from diam.stack_proc import pid_alive, read_pid, spawn
 
     port = int(node.port)
     d = _node_dir(cfg, port)
     pid = read_pid(d.parent / f"{port}.pid")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+    # the node is this process's child (the cluster_stack fixture started it): killed, it
+    # stays in /proc as a zombie until reaped, which pid_alive does (waiting for /proc/<pid>
+    # to go always ran out its 10 s)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     if drop_data:
         shutil.rmtree(d / "data" / "appendonlydir", ignore_errors=True)
