@@ -26,6 +26,7 @@ from streams.config import KafkaConfig
 
 __all__ = [
     "BROKER_ANSWER_S",
+    "BOUNDED_READ_CONF",
     "RawRecord",
     "broker_answers",
     "reading_consumer",
@@ -274,11 +275,19 @@ def topic_config(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[st
     return {name: str(entry.value) for name, entry in conf.items()}
 
 
+BOUNDED_READ_CONF = {"fetch.wait.max.ms": "10"}
+"""The client settings of every consumer that reads a bounded range (:func:`read_partition`'s
+callers). A fetch of a partition that holds nothing new is held by the broker up to
+``fetch.wait.max.ms`` (librdkafka's default 500 ms), and the next partition assigned is only
+fetched after it: a bounded read, which assigns its partitions one after the other, waited
+half a second for each partition after the first."""
+
+
 def reading_consumer(cfg: KafkaConfig) -> Consumer:
     """A consumer for bounded reads by offset (:func:`read_partition`, watermarks): assigned,
     never subscribed, committing nothing (its group id is never used to store offsets)."""
     conf = cfg.client_config()
-    conf.update({"group.id": "diam-offsets", "enable.auto.commit": "false"})
+    conf.update({"group.id": "diam-offsets", "enable.auto.commit": "false", **BOUNDED_READ_CONF})
     return Consumer(conf)
 
 
@@ -340,7 +349,10 @@ def read_partition(c: Consumer, topic: str, partition: int, start: int, end: int
         nxt, last_progress = start, time.monotonic()
         while nxt < end:
             moved = False
-            msgs = c.consume(batch, 0.2)
+            # no more than the range still holds: consume() returns when it has the number
+            # asked for, else only at its timeout (500 asked of a 10-record range waited
+            # 0.2 s every time, seconds over a topic's partitions)
+            msgs = c.consume(min(batch, end - nxt), 0.2)
             for m in msgs:
                 if m.error() is not None:
                     continue

@@ -63,11 +63,11 @@ def read_range(cfg: KafkaConfig, rng: ReplayRange, timeout: float = 30.0) -> Ite
     retention under the reader): :func:`streams.kafka_io.read_partition` reads each range."""
     from confluent_kafka import Consumer
 
-    from streams.kafka_io import raw_record, read_partition
+    from streams.kafka_io import BOUNDED_READ_CONF, raw_record, read_partition
 
     conf = dict(cfg.client_config())
     conf.update({"group.id": "diam-train", "enable.auto.commit": "false",
-                 "enable.partition.eof": "false"})
+                 "enable.partition.eof": "false", **BOUNDED_READ_CONF})
     c = Consumer(conf)
     try:
         for p in sorted(rng.start):
