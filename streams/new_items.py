@@ -133,6 +133,11 @@ class ClickFirst:
         return out
 
 
+CATCH_UP_SLICE_S = 0.01
+"""How long one ``consume`` of :class:`ClickTail` waits while the tail is still behind the ends
+it started with (a caught-up tail waits out the whole poll timeout for a batch)."""
+
+
 class ClickTail:
     """The item ids of valid clicks on the clicks topic (no group, no commits: a process's own
     view), from the topic's start (``from_beginning``, the default: what a restarted process
@@ -152,7 +157,7 @@ class ClickTail:
         self._behind: dict[int, int] = {}  # partition -> end offset at start, until reached
 
     def _assign(self) -> bool:
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
         from streams.kafka_io import watermarks
 
@@ -161,10 +166,21 @@ class ClickTail:
         except Exception:  # noqa: BLE001 - no topic yet, or the broker is away: next poll
             return False
         conf = dict(self.cfg.client_config())
-        conf.update({"group.id": "diam-click-tail", "enable.auto.commit": "false"})
+        # a partition's end is seen by its end-of-partition event, not by a record at the end
+        # offset minus one: a transaction's commit marker, or records compacted or deleted
+        # away, leave that offset without a record to deliver (and the catch-up waited out
+        # its whole limit, ``FlowConfig.click_first_catch_up_s``)
+        conf.update({"group.id": "diam-click-tail", "enable.auto.commit": "false",
+                     "enable.partition.eof": "true"})
+        if self.from_beginning:
+            # each partition's start offset as read, not OFFSET_BEGINNING: librdkafka resolves
+            # that with a request of its own and fetched the first records half a second later;
+            # an offset retention deleted meanwhile restarts at the oldest record still there,
+            # as OFFSET_BEGINNING would
+            conf["auto.offset.reset"] = "earliest"
         self._consumer = Consumer(conf)
-        start = OFFSET_BEGINNING if self.from_beginning else OFFSET_END
-        self._consumer.assign([TopicPartition(self.topic, p, start) for p in marks])
+        self._consumer.assign([TopicPartition(self.topic, p, lo if self.from_beginning else OFFSET_END)
+                               for p, (lo, _) in marks.items()])
         self._behind = ({p: hi for p, (lo, hi) in marks.items() if hi > lo}
                         if self.from_beginning else {})
         return True
@@ -172,6 +188,8 @@ class ClickTail:
     def poll(self, timeout: float = 0.0) -> list[tuple[str, int]]:
         """``(item_id, ts)`` of the valid clicks since the last poll, in each partition's
         order; the replayed ones first."""
+        from confluent_kafka import KafkaError, TopicPartition
+
         from streams.events import decode_click
 
         self.replayed = 0
@@ -181,14 +199,34 @@ class ClickTail:
         old: list[tuple[str, int]] = []
         out: list[tuple[str, int]] = []
         behind = self._behind
-        for m in self._consumer.consume(self.max_records, timeout):
-            if m.error() is None:
-                ev = decode_click(m.value())
-                past = m.offset() < behind.get(m.partition(), 0)
-                if type(ev) is tuple:
-                    (old if past else out).append((ev[1], ev[2]))
-                if past and m.offset() + 1 >= behind[m.partition()]:
-                    del behind[m.partition()]
+        deadline = time.monotonic() + timeout
+        while True:
+            # while behind, in short slices: consume() returns only when it has all it asked
+            # for or at its timeout, and the catch-up must end as soon as the ends are read
+            catching = bool(behind)
+            left = max(0.0, deadline - time.monotonic())
+            msgs = self._consumer.consume(self.max_records - len(old) - len(out),
+                                          min(left, CATCH_UP_SLICE_S) if catching else left)
+            for m in msgs:
+                err, part = m.error(), m.partition()
+                if err is None:
+                    ev = decode_click(m.value())
+                    past = m.offset() < behind.get(part, 0)
+                    if type(ev) is tuple:
+                        (old if past else out).append((ev[1], ev[2]))
+                    if past and m.offset() + 1 >= behind[part]:
+                        del behind[part]
+                elif (err.code() == KafkaError._PARTITION_EOF and part in behind
+                      and m.offset() >= behind[part]):
+                    del behind[part]  # the end, past offsets without a record
+            if catching and behind:  # the position passes a marker at once, before the EOF
+                for tp in self._consumer.position(
+                        [TopicPartition(self.topic, p) for p in sorted(behind)]):
+                    if tp.offset >= behind[tp.partition]:
+                        del behind[tp.partition]
+            if (not catching or not behind or time.monotonic() >= deadline
+                    or len(old) + len(out) >= self.max_records):
+                break
         self.replayed = len(old)
         self.caught_up = not behind
         return old + out if old else out
