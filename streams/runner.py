@@ -38,11 +38,12 @@ from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_address, check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink
 
-__all__ = ["DRIFT_STORE", "PEERS_NOTE_S", "RUN_STORE", "STORE_RECORD", "ClusterNotJoined",
-           "ClusterPeerLost", "OnlineJob", "PreparedRun", "RecoveryForeign", "RecoveryInUse",
-           "RecoveryUnusable", "TopicRepartitioned", "UnknownPartitions", "check_store_owner",
-           "hold_recovery", "job_io", "peer_lost_line", "prepare_online", "prepare_recovery",
-           "repartitioned_line", "run_online", "store_owner", "tune_gc", "waiting_for"]
+__all__ = ["DRIFT_STORE", "PEERS_NOTE_S", "RUN_AGAIN", "RUN_STORE", "STORE_RECORD",
+           "ClusterNotJoined", "ClusterPeerLost", "OnlineJob", "PreparedRun", "RecoveryForeign",
+           "RecoveryInUse", "RecoveryUnusable", "TopicRepartitioned", "UnknownPartitions",
+           "check_store_owner", "hold_recovery", "job_io", "peer_lost_line", "prepare_online",
+           "prepare_recovery", "repartitioned_line", "run_online", "store_owner", "tune_gc",
+           "waiting_for"]
 
 log = logging.getLogger(__name__)
 
@@ -215,26 +216,32 @@ class TopicRepartitioned(RecoveryUnusable):
     :func:`repartitioned_line`'s."""
 
 
-def repartitioned_line(topic: str, was: int, now: int, where: str) -> str:
+RUN_AGAIN = "run it into a fresh namespace with a fresh recovery store"
+"""What :func:`repartitioned_line` tells a ``diam run`` to do (its default): its state is the
+namespace's and the recovery store's."""
+
+
+def repartitioned_line(topic: str, was: int, now: int, where: str, again: str = RUN_AGAIN) -> str:
     """The one wording of "``topic`` went from ``was`` to ``now`` partitions under state built
-    from ``was``" (``where``: the state and what happened to it), with what to do."""
+    from ``was``" (``where``: the state and what happened to it), with what to do: ``again``,
+    how the caller's command starts over on the topic as it is (:data:`RUN_AGAIN`; ``diam
+    replay`` has no recovery store, and its --clear deletes the namespace's record)."""
     return (f"topic {topic!r} has {now} partitions, but {where} was built from {was}: clicks "
             "are keyed to a partition by user id, so raising the count moved users' new clicks "
             "to other partitions, and a click's offset is comparable only with offsets of its "
             "own partition (the learner and Redis's write-if-newer would drop them as "
             "duplicates of clicks already applied). Kafka cannot lower the count again: produce "
             f"the events again into a new topic created with the wanted count "
-            "(DIAM_KAFKA_PARTITIONS) and run it into a fresh namespace with a fresh recovery "
-            "store" if now > was else
+            f"(DIAM_KAFKA_PARTITIONS) and {again}" if now > was else
             f"topic {topic!r} has {now} partitions, but {where} was built from {was}: it was "
-            "deleted and created again with another count; run it into a fresh namespace with "
-            "a fresh recovery store")
+            f"deleted and created again with another count; {again}")
 
 
 STORE_RECORD = "diam-store.json"
-"""The record a recovery store keeps beside Bytewax's files (written by :func:`prepare_online`
-when the store first holds a run's state, or as inferred from an older store's state keys,
-never changed after): the topic, its partition count then, and the partitions the run read
+"""The record a recovery store keeps beside Bytewax's files (asked by :func:`prepare_online`,
+written by :meth:`PreparedRun.claim_store` once the run was refused nothing, when the store
+first holds a run's state, or as inferred from an older store's state keys; never changed
+after): the topic, its partition count then, and the partitions the run read
 (``null``: all of them). Bytewax's snapshots hold
 offsets per partition but not the count, and a count that changed under per-user state loses
 clicks (:class:`TopicRepartitioned`)."""
@@ -303,6 +310,29 @@ class PreparedRun:
         self.job, self._lock, self.topic_id = job, lock, topic_id
         self.partition_count: int | None = None
         """The topic's partition count at the checks (None: not asked yet)."""
+        self.store_record: dict[str, Any] | None = None
+        """The recovery store's :data:`STORE_RECORD` to write (:meth:`claim_store`; None:
+        none, or written)."""
+
+    def claim_store(self) -> None:
+        """Write the recovery store's :data:`STORE_RECORD` (when it holds no state yet, or
+        was written by an earlier release without one), once every refusal of the run has
+        been asked (a command's own too: ``diam run``'s of the namespace): the record makes
+        it a run's store (:func:`store_owner`), and a refused run must leave it as it was.
+        :func:`run_online` calls it before the dataflow starts; a second call does nothing.
+        Raises :class:`RecoveryUnusable` when it cannot be written."""
+        if self.store_record is None or self.job.recovery_dir is None:
+            return
+        path = Path(self.job.recovery_dir) / STORE_RECORD
+        tmp = path.with_name(f".{STORE_RECORD}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.store_record))
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise RecoveryUnusable(f"cannot write {path} ({exc.strerror or exc}): the recovery "
+                                   "store's record of the topic it is built from "
+                                   "(--recovery-dir)") from None
+        self.store_record = None
 
     def close(self) -> None:
         """Release the recovery store (once; a second call does nothing)."""
@@ -321,15 +351,16 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     (``streams.kafka_io.UnknownTopic`` for a bounded job's missing one; a tailing job's is
     created) and ``job.partitions`` (:class:`UnknownPartitions`); the recovery store's
     :data:`STORE_RECORD` against the topic (:class:`RecoveryForeign`, :class:`TopicRepartitioned`;
-    written when the store holds no state yet); this process's own address of a Bytewax cluster
-    (``streams.preflight.AddressTaken``); the dead-letter and drift topics are created when
-    missing. Last, the topic's Kafka id is looked up and the markers an
-    earlier release recorded under its name alone adopted (:func:`_forget_markers`; its notice
-    is logged here, so before a start line too): a broker or Redis failing there raises the
-    client's error (``redis.ConnectionError``, ``confluent_kafka.KafkaException``), a marker key
-    of another type than a hash ``serving_cache.forgotten.MarkersNotAHash``. Then the store's
-    growth log (``job.growth``) starts writing: :class:`RecoveryUnusable` when it changed
-    since the holder read it or cannot be written."""
+    written by :meth:`PreparedRun.claim_store` when the store holds no state yet); this
+    process's own address of a Bytewax cluster (``streams.preflight.AddressTaken``); the
+    dead-letter and drift topics are created when missing. Last, the topic's Kafka id is
+    looked up and the markers an earlier release recorded under its name alone adopted
+    (:func:`_forget_markers`; its notice is logged here, so before a start line too): a broker
+    or Redis failing there raises the client's error (``redis.ConnectionError``,
+    ``confluent_kafka.KafkaException``), a marker key of another type than a hash
+    ``serving_cache.forgotten.MarkersNotAHash``. Then the store's growth log (``job.growth``)
+    starts writing: :class:`RecoveryUnusable` when it changed since the holder read it or
+    cannot be written."""
     validate_namespace(job.namespace)
     if job.recovery_dir is not None:  # before the lock: nothing written into another's store
         check_store_owner(Path(job.recovery_dir), RUN_STORE)
@@ -339,7 +370,8 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     try:
         prepared.partition_count = _check_services(job)
         if job.recovery_dir is not None:
-            _check_store(job, Path(job.recovery_dir), prepared.partition_count)
+            prepared.store_record = _check_store(job, Path(job.recovery_dir),
+                                                 prepared.partition_count)
         prepared.topic_id = _forget_markers(job)
         if job.growth is not None:  # writes only once the store is this run's and usable
             try:
@@ -371,11 +403,13 @@ def _check_services(job: OnlineJob) -> int:
     return len(known)
 
 
-def _check_store(job: OnlineJob, path: Path, count: int) -> None:
+def _check_store(job: OnlineJob, path: Path, count: int) -> dict[str, Any] | None:
     """Refuse a recovery store whose state was built from another topic, other partitions of it
     or another partition count (:data:`STORE_RECORD`; for a store written before the record
-    was kept, the source's state keys in Bytewax's files, from which its record is inferred and
-    written: :func:`_inferred_record`); record the run's when the store holds no state yet."""
+    was kept, the source's state keys in Bytewax's files, from which its record is inferred:
+    :func:`_inferred_record`). Returns the record to write (the run's when the store holds no
+    state yet, or the inferred one; :meth:`PreparedRun.claim_store` writes it once the run is
+    refused nothing), None when the store has its own."""
     reads = None if job.partitions is None else sorted(set(job.partitions))
     held = _store_partitions(path, f"{job.flow_id}.clicks")
     record_path = path / STORE_RECORD
@@ -402,15 +436,12 @@ def _check_store(job: OnlineJob, path: Path, count: int) -> None:
             f"of other partitions ({extra} would go unread); give each set of partitions its "
             "own store (--recovery-dir), or the set the store was written for")
     if not held:  # a store whose state starts now
-        record = {"topic": job.topic, "partitions": count, "reads": reads}
-    elif record is None:  # a store an earlier release wrote: its positions tell what it read
+        return {"topic": job.topic, "partitions": count, "reads": reads}
+    if record is None:  # a store an earlier release wrote: its positions tell what it read
         record = _inferred_record(job.topic, parts, count, reads)
         _check_record(job, path, record, count, reads, held=parts)
-    else:
-        return
-    tmp = path / f".{STORE_RECORD}.{os.getpid()}"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, record_path)
+        return record
+    return None
 
 
 RUN_STORE, DRIFT_STORE = "diam run", "drift monitor"
@@ -539,6 +570,7 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     if prepared is None:
         prepared = prepare_online(job)
     try:
+        prepared.claim_store()
         _run_online(job, holder, stats, metrics, prepared.topic_id, prepared.partition_count)
     finally:
         prepared.close()

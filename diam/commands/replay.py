@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from streams.config import KafkaConfig
     from streams.replay import ReplayRange
 
+REPLAY_AGAIN = ("replay it into a fresh namespace, or into this one with --clear (which deletes "
+                "the namespace's keys, this record with them)")
+"""How a replay refused over the namespace's partition count starts over (the end of
+``streams.runner.repartitioned_line``'s line): a replay has no recovery store."""
+
 
 @click.command("replay")
 @click.option("--topic", default=None, callback=topic_name,
@@ -145,9 +150,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
             if n or in_use:
                 click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
         # the one rule of `diam run` (the count the namespace's values were learnt from): a
-        # namespace recorded with another count of the topic is refused, one without recorded
+        # namespace recorded with another count of the topic is refused, one without recorded;
+        # a range of no record writes nothing, the record neither
         try:
-            check_namespace_partitions(s.redis, namespace, topic, len(rng.start))
+            if rng.size:
+                check_namespace_partitions(s, namespace, topic, len(rng.start), REPLAY_AGAIN)
         except TopicRepartitioned as exc:
             raise click.ClickException(str(exc)) from None
     except MarkersNotAHash as exc:

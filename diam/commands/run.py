@@ -21,6 +21,7 @@ from diam.commands import (
     namespace_of,
     namespace_option,
     not_empty,
+    redis_unusable,
     serve_registry,
     service_logging,
     stop_on_signals,
@@ -28,7 +29,6 @@ from diam.commands import (
     unreachable_service,
 )
 from diam.settings import Settings
-from serving_cache.config import RedisConfig
 
 
 class _EveryMinute(logging.Filter):
@@ -195,32 +195,40 @@ def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] |
     return hosts
 
 
-def check_namespace_partitions(cfg: RedisConfig, ns: str, topic: str,
-                               count: int | None) -> None:
-    """Refuse a run of ``topic``, now of ``count`` partitions, into namespace ``ns`` when the
-    namespace's values were learnt from another count of it
+def check_namespace_partitions(s: Settings, ns: str, topic: str, count: int | None,
+                               again: str | None = None) -> None:
+    """Refuse a run of ``topic``, now of ``count`` partitions, into namespace ``ns`` (of
+    ``s.redis``) when the namespace's values were learnt from another count of it
     (``serving_cache.base_record.record_partitions``, which records this run's count
-    otherwise): raises ``streams.runner.TopicRepartitioned`` in its wording. A recovery store
-    of another count is refused before this (``streams.runner.prepare_online``); this covers
-    the runs without one. ``diam replay`` asks it too, before its first write."""
+    otherwise): raises ``streams.runner.TopicRepartitioned`` in its wording, ``again`` saying
+    how the caller's command starts over (default ``streams.runner.RUN_AGAIN``, a run's). A
+    Redis that refuses the record (out of memory, a read-only replica, unreachable) is
+    ``diam.commands.redis_unusable``'s error. A recovery store of another count is refused
+    before this (``streams.runner.prepare_online``); this covers the runs without one. ``diam
+    replay`` asks it too, before its first write."""
+    import redis
+
     from serving_cache import redis_client
     from serving_cache.base_record import BaseRecordError, record_partitions
     from serving_cache.keys import partitions_key
-    from streams.runner import TopicRepartitioned, repartitioned_line
+    from streams.runner import RUN_AGAIN, TopicRepartitioned, repartitioned_line
 
     if count is None:
         return
-    client = redis_client(cfg)
+    client = redis_client(s.redis)
     try:
         was = record_partitions(client, ns, topic, count)
     except BaseRecordError as exc:
         raise click.ClickException(f"namespace {ns!r}: {exc} (a key of another program under "
                                    "the name: remove it, or run into another namespace)") from None
+    except redis.RedisError as exc:  # OOM, READONLY: the sink retries them, a start cannot
+        raise redis_unusable(s, exc) from None
     finally:
         client.close()
     if was is not None:
         raise TopicRepartitioned(repartitioned_line(
-            topic, was, count, f"the state in namespace {ns!r} ({partitions_key(ns)})"))
+            topic, was, count, f"the state in namespace {ns!r} ({partitions_key(ns)})",
+            RUN_AGAIN if again is None else again))
 
 
 def _parse_partitions(text: str | None) -> list[int] | None:
@@ -374,8 +382,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     with refusals():  # before the start line: a refused run never says it started
         prepared = prepare_online(job)
         try:
-            check_namespace_partitions(job.redis, job.namespace, job.topic,
-                                       prepared.partition_count)
+            check_namespace_partitions(s, job.namespace, job.topic, prepared.partition_count)
+            prepared.claim_store()  # the store is the run's only once nothing refused it
         except BaseException:
             prepared.close()
             raise

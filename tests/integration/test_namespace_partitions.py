@@ -7,13 +7,18 @@ record again with the users it re-pushes (it was missing until the next start)."
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
+import redis as redis_py
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from serving_cache.keys import partitions_key
@@ -57,13 +62,21 @@ def test_a_replay_into_a_namespace_recorded_with_another_count_is_refused_as_a_r
     (line,) = _errors(res.output)
     assert f"topic {topic!r} has 4 partitions" in line and "was built from 2" in line, line
     assert f"namespace {namespace!r}" in line and "fresh namespace" in line, line
+    # a replay's remedy: it has no recovery store, and --clear deletes the record (the old
+    # line said "with a fresh recovery store", a run's)
+    assert "recovery store" not in line and "with --clear" in line, line
     # nothing written: no user, no marker, the record as it was, no replay topic made
     assert _keys(redis_client, namespace) == {partitions_key(namespace).encode()}
     assert redis_client.hgetall(partitions_key(namespace)) == {topic.encode(): b"2"}
     assert not _exists(s, f"{topic}.dlq.replay.{namespace}")
-    # the same words as `diam run`'s refusal: one rule, one message
+    # the same words as `diam run`'s refusal (one rule, one message), but for what to do
     run = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", namespace)
-    assert run.exit_code == 1 and _errors(run.output) == [line], run.output
+    assert run.exit_code == 1, run.output
+    (run_line,) = _errors(run.output)
+    assert run_line.endswith("(DIAM_KAFKA_PARTITIONS) and run it into a fresh namespace with a "
+                             "fresh recovery store"), run_line
+    why = line.rsplit(" and replay it ", 1)[0]
+    assert why.endswith("(DIAM_KAFKA_PARTITIONS)") and run_line.startswith(why), (line, run_line)
 
     # --clear deletes the record with the rest of the namespace: the replay then records its count
     res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--clear", "--no-progress")
@@ -137,3 +150,123 @@ def test_a_tailing_run_records_the_count_again_when_redis_lost_the_namespace(
     assert "re-pushing" in text and "Traceback" not in text, text
     assert "partition count" not in text, text  # recorded, no warning
     assert redis_client.hgetall(partitions_key(namespace)) == record
+
+
+@contextlib.contextmanager
+def _own_redis(tmp_path, *args: str) -> Iterator[tuple[str, redis_py.Redis]]:
+    """(url, client) of a redis-server of this test alone (``args``: its settings), killed
+    after: the shared stack's Redis must keep taking writes for the other tests."""
+    from diam.stack_proc import free_port
+    from serving_cache.reader import fail_fast
+
+    exe = shutil.which("redis-server")
+    assert exe is not None, "redis-server is needed (apt-get install redis-server)"
+    port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = fail_fast(redis_py.Redis(port=port))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis_py.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the test's redis-server never answered"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait(20)
+
+
+def test_a_redis_that_refuses_writes_is_one_error_line_and_nothing_written(
+        stack, new_topic, namespace, tmp_path) -> None:
+    """Redis out of memory (``maxmemory`` with noeviction) or a read-only replica answers the
+    namespace's partition-count record with an error: ``diam run`` says so in the one wording of
+    "Redis failed this command" (``diam.commands.redis_unusable``, as ``diam replay`` does),
+    exit 1, no traceback, before its start line, and claims no recovery store."""
+    from streams.runner import STORE_RECORD, store_owner
+
+    base = _settings(stack, tmp_path)
+    topic = new_topic(2)
+    base = base.model_copy(update={"kafka": base.kafka.model_copy(update={
+        "deadletter_topic": f"{topic}.dlq", "drift_topic": f"{topic}.drift"})})
+    produce(base.kafka, topic, click_payloads(click_stream(4, 20, seed=7)))
+    with _own_redis(tmp_path / "primary", "--maxmemory", "1",
+                    "--maxmemory-policy", "noeviction") as (url, primary):
+        port = primary.connection_pool.connection_kwargs["port"]
+        with _own_redis(tmp_path / "replica", "--replicaof", "127.0.0.1", str(port)) as (
+                replica_url, replica):
+            for what, where, client in (("maxmemory", url, primary),
+                                        ("read only replica", replica_url, replica)):
+                s = base.model_copy(update={"redis": base.redis.model_copy(update={"url": where})})
+                store = tmp_path / f"rec-{what}"
+                for cmd in (["run", "--bounded", "--recovery-dir", str(store)],
+                            ["replay", "--no-progress"]):
+                    res = _cli(s, *cmd, "--topic", topic, "--namespace", namespace)
+                    # the old code: the run's ResponseError raised whole
+                    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (
+                        what, cmd, res.output, res.exception)
+                    assert "Traceback" not in res.output and START not in res.output, res.output
+                    (line,) = _errors(res.output)
+                    assert line.startswith(f"Error: Redis at {where} is not usable ("), line
+                    assert what in line, line
+                    assert client.dbsize() == 0, (what, cmd)
+                # the refused run left no record in its store: nobody's yet
+                assert not (store / STORE_RECORD).exists() and store_owner(store) is None
+    assert not _exists(base, f"{topic}.dlq.replay.{namespace}")
+
+
+def test_a_replay_of_an_empty_range_writes_nothing(stack, new_topic, namespace, tmp_path,
+                                                   redis_client) -> None:
+    """A replay whose range selects no record ("the namespace gets no user", exit 0) writes
+    nothing, the partition-count record neither (6d58c22 wrote it)."""
+    s = _settings(stack, tmp_path)
+    topic = new_topic(2)
+    s = s.model_copy(update={"kafka": s.kafka.model_copy(update={
+        "deadletter_topic": f"{topic}.dlq", "drift_topic": f"{topic}.drift"})})
+    res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress")
+    assert res.exit_code == 0 and "the namespace gets no user" in res.output, res.output
+    assert _keys(redis_client, namespace) == set()
+
+
+def test_a_run_refused_over_the_namespace_leaves_its_recovery_store_unclaimed(
+        stack, new_topic, namespace, tmp_path, redis_client) -> None:
+    """A ``diam run --recovery-dir D`` refused at its checks (here the namespace's partition
+    count, asked after the store's) writes no record into D: D is nobody's yet, so a drift
+    monitor may take it (``diam drift run --help``); the run taken writes it."""
+    from streams.config import DriftConfig
+    from streams.drift_flow import STORE_OWNER, check_store
+    from streams.runner import DRIFT_STORE, RUN_STORE, STORE_RECORD, store_owner
+
+    s = _settings(stack, tmp_path)
+    topic = new_topic(2)
+    s = s.model_copy(update={"kafka": s.kafka.model_copy(update={
+        "deadletter_topic": f"{topic}.dlq", "drift_topic": f"{topic}.drift"})})
+    redis_client.hset(partitions_key(namespace), topic, "3")  # learnt from another count
+    store = tmp_path / "rec"
+    res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", namespace,
+               "--recovery-dir", str(store))
+    assert res.exit_code == 1 and START not in res.output, res.output
+    (line,) = _errors(res.output)
+    assert "was built from 3" in line and "fresh recovery store" in line, line
+    # the old code: diam-store.json written, and the monitor refused D as "a diam run's"
+    assert not (store / STORE_RECORD).exists() and store_owner(store) is None
+    fresh = tmp_path / "rec2"
+    res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", f"{namespace}x",
+               "--recovery-dir", str(fresh))
+    try:
+        assert res.exit_code == 0 and START in res.output, res.output
+        assert json.loads((fresh / STORE_RECORD).read_text()) == {
+            "topic": topic, "partitions": 2, "reads": None}
+        assert store_owner(fresh) == RUN_STORE
+    finally:
+        if keys := _keys(redis_client, f"{namespace}x"):
+            redis_client.delete(*keys)
+    assert check_store(store, "diam.drift", None, DriftConfig()) is False
+    assert (store / STORE_OWNER).exists() and store_owner(store) == DRIFT_STORE
