@@ -23,7 +23,8 @@ from confluent_kafka.admin import AdminClient
 from serving_cache import RedisConfig, redis_client
 from streams.config import KafkaConfig
 
-__all__ = ["AddressTaken", "ServiceConfigError", "check_address", "check_kafka", "check_redis"]
+__all__ = ["REDIS_CLUSTER_COMMANDS", "REDIS_COMMANDS", "AddressTaken", "ServiceConfigError",
+           "check_address", "check_kafka", "check_redis", "redis_needs", "redis_refusal"]
 
 _REDIS_AUTH = ("DIAM_REDIS_USERNAME and DIAM_REDIS_PASSWORD (or the user:password in "
                "DIAM_REDIS_URL)")
@@ -74,22 +75,28 @@ def _where(url: str) -> str:
     return url.split("@")[-1]  # never print a password from the URL
 
 
-def check_redis(cfg: RedisConfig, wait: bool = True) -> None:
-    """PING with ``cfg``'s client: a refused login, a missing ACL permission or a failed TLS
+def check_redis(cfg: RedisConfig, wait: bool = True, namespace: str | None = None) -> None:
+    """PING with ``cfg``'s client, then ask ACL whether the user may run every command a
+    dataflow calls (:data:`REDIS_COMMANDS`, on keys of ``namespace``, default
+    ``cfg.namespace``), and whether a single server's URL is a Redis Cluster node: a refused
+    login, a missing ACL permission, a cluster node without DIAM_REDIS_CLUSTER or a failed TLS
     handshake raise :class:`ServiceConfigError`; an unreachable server is left to the retries
     (a service waits for it), unless ``wait`` is False (a bounded run, a batch job: it would
     read its input and then wait on its first write for as long as the server is away)."""
+    namespace = cfg.namespace if namespace is None else namespace
     client = redis_client(cfg)
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
+        if not cfg.cluster:
+            _not_a_cluster_node(client, cfg)
+        missing = _missing_commands(client, cfg, namespace)
+        if missing:
+            raise ServiceConfigError(
+                f"Redis at {_where(cfg.url)}: the ACL user may not run {', '.join(missing)}; "
+                f"{redis_needs(cfg)}")
+    except redis.AuthenticationError as exc:  # a ConnectionError, which no wait mends
         raise ServiceConfigError(f"Redis at {_where(cfg.url)} refused the login ({exc}): check "
                                  f"{_REDIS_AUTH}") from None
-    except redis.exceptions.NoPermissionError as exc:
-        raise ServiceConfigError(f"Redis at {_where(cfg.url)}: the ACL user lacks a permission "
-                                 f"({exc}); it needs the keys ~diam:* and the commands GET, SET, "
-                                 "DEL, EXISTS, EXPIRE, HGET, HSET, SCAN, EVALSHA, SCRIPT, PING "
-                                 "(DIAM_REDIS_USERNAME)") from None
     except redis.ConnectionError as exc:
         text = str(exc)
         if isinstance(exc.__context__, ssl.SSLError) or "SSL" in text or "certificate" in text:
@@ -106,8 +113,104 @@ def check_redis(cfg: RedisConfig, wait: bool = True) -> None:
             raise ServiceConfigError(
                 f"Redis at {_where(cfg.url)} is not reachable ({text}); a bounded run does not "
                 "wait for it: is the stack up? (`diam stack up`, DIAM_REDIS_URL)") from None
+    except redis.RedisError as exc:
+        if (refused := redis_refusal(cfg, exc)) is not None:
+            raise refused from None
+        raise
     finally:
         client.close()
+
+
+def redis_refusal(cfg: RedisConfig, exc: BaseException) -> ServiceConfigError | None:
+    """``exc``, a Redis error at a dataflow's start, in words naming the setting to fix when
+    it is one (else None): a missing ACL permission (:func:`redis_needs`), a Redis Cluster node
+    given as a single server (a MOVED answer; DIAM_REDIS_CLUSTER). :func:`check_redis` raises
+    these; a caller using Redis after it (``diam run``'s other checks) asks too."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return ServiceConfigError(f"Redis at {_where(cfg.url)}: the ACL user lacks a permission "
+                                  f"({exc}); {redis_needs(cfg)}")
+    if isinstance(exc, redis.exceptions.MovedError) and not cfg.cluster:
+        return ServiceConfigError(_CLUSTER_NODE.format(where=_where(cfg.url), why=f"MOVED {exc}"))
+    return None
+
+
+REDIS_COMMANDS = ("PING", "GET", "SET", "DEL", "EXISTS", "EXPIRE", "TYPE", "HGET", "HMGET",
+                  "HSET", "HSETNX", "HGETALL", "LLEN", "RPUSH", "LRANGE", "SCAN", "EVAL",
+                  "EVALSHA", "SCRIPT")
+"""The Redis commands a dataflow calls, its Lua scripts' ``redis.call`` included (ACL checks
+those too): the sink and its write-if-newer script (``serving_cache.writer``), its generation
+markers, ``serving_cache.base_record`` (the base record, its added ids, the partition count),
+``serving_cache.forgotten`` (the forget markers). The one list: :func:`check_redis` checks it
+at the start and :func:`redis_needs` says it. SCAN: ``diam`` commands that list a namespace."""
+
+REDIS_CLUSTER_COMMANDS = ("CLUSTER", "COMMAND", "INFO")
+"""What redis-py's cluster client asks besides (the slot map, the commands' key positions)
+and the sink's check of each primary's run id (``INFO server``): a Redis Cluster only."""
+
+_CLUSTER_NODE = ("Redis at {where} is a node of a Redis Cluster ({why}), and DIAM_REDIS_CLUSTER "
+                 "is not set: set DIAM_REDIS_CLUSTER=true (the cluster client follows the slot "
+                 "map), keeping DIAM_REDIS_URL at any of its nodes")
+
+
+def redis_needs(cfg: RedisConfig) -> str:
+    """What a dataflow's ACL user needs (:data:`REDIS_COMMANDS`), in words."""
+    cmds = REDIS_COMMANDS + (REDIS_CLUSTER_COMMANDS if cfg.cluster else ())
+    return (f"it needs the keys ~diam:* and the commands {', '.join(cmds)} "
+            "(DIAM_REDIS_USERNAME)")
+
+
+# ARGV: groups of (n, command, args...); the commands of the groups the user may not run
+_ACL_PROBE = """local out, i = {}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  if not redis.acl_check_cmd(unpack(ARGV, i + 1, i + n)) then table.insert(out, ARGV[i + 1]) end
+  i = i + n + 1
+end
+return out"""
+
+
+def _probes(cfg: RedisConfig, namespace: str) -> list[list[str]]:
+    """A call of each of :data:`REDIS_COMMANDS` (and on a cluster :data:`REDIS_CLUSTER_COMMANDS`)
+    with a key of ``namespace`` where it takes one: asked of ACL, never run."""
+    key = f"diam:{namespace}:acl-check"
+    args = {"PING": [], "GET": [key], "SET": [key, "1"], "DEL": [key], "EXISTS": [key],
+            "EXPIRE": [key, "1"], "TYPE": [key], "HGET": [key, "f"], "HMGET": [key, "f"],
+            "HSET": [key, "f", "1"], "HSETNX": [key, "f", "1"], "HGETALL": [key],
+            "LLEN": [key], "RPUSH": [key, "1"], "LRANGE": [key, "0", "1"], "SCAN": ["0"],
+            "EVAL": ["return 1", "1", key], "EVALSHA": ["0" * 40, "1", key],
+            "SCRIPT": ["LOAD", "return 1"], "CLUSTER": ["SLOTS"], "COMMAND": [],
+            "INFO": ["server"]}
+    cmds = REDIS_COMMANDS + (REDIS_CLUSTER_COMMANDS if cfg.cluster else ())
+    return [[name, *args[name]] for name in cmds]
+
+
+def _missing_commands(client: redis.Redis, cfg: RedisConfig, namespace: str) -> list[str]:
+    """The commands of :func:`_probes` the ACL user may not run (``redis.acl_check_cmd`` in a
+    script, Redis 7+; the probe's EVAL itself refused: ``["EVAL"]``); ``[]`` where the server
+    cannot say (an older Redis, without ACL: a refusal then shows at its first call)."""
+    argv: list[str] = []
+    for call in _probes(cfg, namespace):
+        argv += [str(len(call)), *call]
+    try:
+        out = client.eval(_ACL_PROBE, 0, *argv)
+    except redis.exceptions.NoPermissionError:
+        return ["EVAL"]
+    except redis.ResponseError:  # no redis.acl_check_cmd (Redis < 7), or a command it lacks
+        return []
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in out]
+
+
+def _not_a_cluster_node(client: redis.Redis, cfg: RedisConfig) -> None:
+    """Raise :class:`ServiceConfigError` when the server at ``cfg.url`` is a Redis Cluster node
+    (``INFO cluster``): the single-server client would get a MOVED answer for most keys. A user
+    that may not run INFO is not asked (a MOVED answer says it then: :func:`redis_refusal`)."""
+    try:
+        info = client.info("cluster")
+    except redis.exceptions.NoPermissionError:
+        return
+    if str(info.get("cluster_enabled", 0)) == "1":
+        raise ServiceConfigError(_CLUSTER_NODE.format(where=_where(cfg.url),
+                                                      why="INFO cluster: cluster_enabled:1"))
 
 
 def check_kafka(cfg: KafkaConfig, timeout_s: float = 15.0) -> None:

@@ -20,8 +20,11 @@ Nothing is lost by not waiting:
   the recovery snapshot, so nothing would push them again). Only those batches wait: a sink
   that drained its queue at every epoch end would need Bytewax's stateful sink, whose
   partitions are routed by key across workers (every push would cross to another worker);
-- ``close`` (end of a bounded run, shutdown) drains the queue, and an error on the writer
-  thread is raised in the dataflow at the next batch;
+- ``close`` (end of a bounded run, shutdown) drains the queue; an error on the writer thread
+  that is not waited out (:func:`_retried`: a missing ACL permission, a key of another type)
+  ends the run's input at its next batch (``_Partition.stop``), and the run then raises
+  :class:`RedisWriteFailed`, one line (in a Bytewax cluster, raised in the dataflow at the
+  next batch);
 - after a crash, writes still queued are gone, but every user in a recovery snapshot is
   marked for a push when resumed (``streams.online``), so the resumed run re-writes them.
   Write-if-newer makes the repeats harmless, and the writer's forget check (``topic``) refuses
@@ -76,9 +79,18 @@ from redis.crc import key_slot
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
 from serving_cache.base_record import BaseRecord, BaseRecordError, record_partitions, write_base
-from serving_cache.keys import generation_key, model_active_key, node_generation_key, user_key
+from serving_cache.keys import (
+    added_key,
+    base_key,
+    generation_key,
+    model_active_key,
+    node_generation_key,
+    partitions_key,
+    user_key,
+)
 
-__all__ = ["RELEASED", "RedisVectorSink", "Released", "ResumedPush", "resumed_push"]
+__all__ = ["RELEASED", "RedisVectorSink", "RedisWriteFailed", "Released", "ResumedPush",
+           "resumed_push", "write_failed_line"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +158,15 @@ class _Partition(StatelessSinkPartition[Item]):
         last record, the whole list at its first and after a re-push) before a write whenever
         it differs from the one this partition wrote last, and again with a re-push; one call
         per write, not per user."""
+        self.stop: Callable[[], None] | None = None
+        """Called on the writer thread when a write fails with an error that is not waited out
+        (``streams.runner``: the run's stop, which ends the input at its next batch; a run
+        of one process). With it, the dataflow is not raised into (Bytewax turns an error
+        there into a Rust panic): later batches are dropped, except one in which a user leaves
+        the state (a forget's delete, an evicted user's last push), which raises, since its
+        epoch must not commit without it; the caller says the error (:attr:`error`). Without
+        it (a Bytewax cluster, whose processes stop only together), the error is raised at
+        the next batch and the cluster's other processes see a lost peer."""
         self.partitions: tuple[str, int] | None = None
         """The clicks topic and its partition count the dataflow's values are learnt from
         (``diam:{ns}:partitions``): recorded at the first marker check and after a loss
@@ -162,14 +183,21 @@ class _Partition(StatelessSinkPartition[Item]):
         self._had_active = False  # the namespace had an active-model key when first checked
         self._q: queue.Queue[list[Item] | None] = queue.Queue(max_queued)
         self._error: BaseException | None = None
+        self.wrong_type: list[str] = []  # with a WRONGTYPE error: the keys of another type
+        self._raised = False  # the error was raised in the dataflow once: close() is quiet
         self._thread = threading.Thread(target=self._run, name="diam-redis-writer", daemon=True)
         self._thread.start()
 
     def write_batch(self, items: list[Item]) -> None:
+        leaving = any(uv is None or uv is RELEASED for _, uv in items)
+        if self._error is not None and self.stop is not None and not leaving:
+            # the input ends at its next batch (``stop``): these pushes are not written, and
+            # the users are in the state the run resumes from, which pushes them all again
+            return
         self._raise()
         if items:
             self._q.put(list(items))  # blocks while the queue is full: backpressure
-            if any(uv is None or uv is RELEASED for _, uv in items):
+            if leaving:
                 # a user left the state: their delete or last push must be in Redis before the
                 # epoch that dropped them can commit
                 self._q.join()
@@ -178,10 +206,21 @@ class _Partition(StatelessSinkPartition[Item]):
     def close(self) -> None:
         self._q.put(_STOP)
         self._thread.join()
-        self._raise()
+        # Bytewax closes the partition also while it unwinds from the error write_batch
+        # raised: raising it again there is a panic in a destructor, which aborts the
+        # process; with ``stop`` the run ends cleanly and its caller says the error
+        if not self._raised and self.stop is None:
+            self._raise()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The Redis error that stopped this partition's writes (not retried: :func:`_retried`),
+        or None."""
+        return self._error
 
     def _raise(self) -> None:
         if self._error is not None:
+            self._raised = True
             raise RuntimeError(f"writing user vectors to Redis failed: {self._error}") from self._error
 
     def _run(self) -> None:
@@ -213,14 +252,44 @@ class _Partition(StatelessSinkPartition[Item]):
                         self.observer(written, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
+                    self.wrong_type = self._wrong_type(exc, items)  # type: ignore[arg-type]
+                    if self.stop is not None:
+                        self.stop()
                     # told now: the dataflow raises it at its next batch, which a quiet
                     # stream may not bring for a while
-                    log.error("Redis%s namespace %r: writing user vectors failed: %r; the run "
-                              "stops at its next batch", self.where, self.writer.ns, exc)
+                    log.error("Redis%s namespace %r: writing user vectors failed: %s: %s; the "
+                              "run stops at its next batch", self.where, self.writer.ns,
+                              type(exc).__name__, exc)
             for _ in range(got):  # written, or failed with the error set: write_batch may go on
                 self._q.task_done()
             if stop:
                 return
+
+    def _wrong_type(self, exc: BaseException, items: list[Item]) -> list[str]:
+        """For a WRONGTYPE error (which names no key): the keys the failed write touches that
+        hold another Redis type than the one it writes (a user's string, the base record's
+        hash, its list of added ids, the forget markers' hash), at most a few; best effort
+        (``[]`` when Redis does not answer)."""
+        if "WRONGTYPE" not in str(exc):
+            return []
+        ns, client = self.writer.ns, self.writer.client
+        want = {user_key(ns, u): "string" for u, _ in items[:1000]}
+        want.update({key: "string" for key in self._gens})
+        want.update({base_key(ns): "hash", added_key(ns): "list", partitions_key(ns): "hash"})
+        if self.writer.forgotten is not None:
+            want[self.writer.forgotten] = "hash"
+        found: list[str] = []
+        try:
+            for key, kind in want.items():
+                got = client.type(key)
+                got = got.decode() if isinstance(got, bytes) else str(got)
+                if got not in ("none", kind):
+                    found.append(f"{key} holds a {got}, not a {kind}")
+                    if len(found) >= 3:
+                        break
+        except redis.RedisError:
+            pass
+        return found
 
     def _markers(self) -> list[str]:
         """The generation markers to check: the namespace's (:func:`generation_key`) and, on a
@@ -457,6 +526,45 @@ def _retried(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and "MISCONF " in str(exc)
 
 
+class RedisWriteFailed(RuntimeError):
+    """A write of the sink failed with a Redis error that is not waited out (:func:`_retried`:
+    a missing ACL permission, a key of another type, a bad command) and the dataflow stopped at
+    its next batch. Raised by ``streams.runner.run_online`` instead of Bytewax's error (or
+    panic), in one line (:func:`write_failed_line`)."""
+
+    def __init__(self, line: str, error: BaseException) -> None:
+        super().__init__(line)
+        self.error = error
+
+
+def write_failed_line(cfg: RedisConfig, where: str, ns: str, exc: BaseException,
+                      wrong_type: list[str], recovery_dir: str | None) -> str:
+    """The one wording of "the sink's write failed and the run stopped": the Redis error (for
+    a missing permission, what the ACL user needs: ``streams.preflight.redis_needs``; for a
+    key of another type, which keys), what was kept and what to do.
+
+    >>> cfg = RedisConfig(url="redis://h:6379/0")
+    >>> write_failed_line(cfg, " at h:6379/0", "ns", redis.ResponseError("WRONGTYPE Operation"),
+    ...                   ["diam:ns:u:a holds a list, not a string"], None)[:150]
+    "Redis at h:6379/0 namespace 'ns': a write of user vectors failed (ResponseError: WRONGTYPE Operation; diam:ns:u:a holds a list, not a string) and the "
+    """
+    from streams.preflight import redis_needs
+
+    why = f"{type(exc).__name__}: {exc}"
+    if wrong_type:
+        why += "; " + ", ".join(wrong_type)
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        why += f"; the ACL user lacks a permission: {redis_needs(cfg)}"
+    kept = ("the recovery store " + str(recovery_dir) + " keeps the positions and state of its "
+            "last committed epoch, and the run started again resumes from it and pushes every "
+            "user it holds again" if recovery_dir is not None else
+            "this run has no recovery store (--recovery-dir): started again, it re-reads the "
+            "topic from its start (Redis keeps the newer writes: write-if-newer)")
+    return (f"Redis{where} namespace {ns!r}: a write of user vectors failed ({why}) and the run "
+            f"stopped at its next batch; nothing is lost: {kept}. Fix the cause and start the "
+            "run again with the same command")
+
+
 class RedisVectorSink(DynamicSink[Item]):
     """Write ``(user_id, UserVectors)`` items into namespace ``cfg.namespace``; an item
     ``(user_id, None)`` deletes the user's key (a forgotten user, in order with the writes),
@@ -481,6 +589,9 @@ class RedisVectorSink(DynamicSink[Item]):
     base: Callable[[], BaseRecord | None] | None = None
     """Given to every partition: the dataflow's current base record (``_Partition.base``)."""
 
+    stop: Callable[[], None] | None = None
+    """Given to every partition: see ``_Partition.stop``."""
+
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None,
                  topic_id: str | None = None, partition_count: int | None = None) -> None:
@@ -492,6 +603,17 @@ class RedisVectorSink(DynamicSink[Item]):
         self.max_backoff_s = max_backoff_s
         self.check_every_s = check_every_s
         self.max_queued = max_queued
+        self._parts: list[_Partition] = []  # built in this process (its worker threads)
+
+    def failure(self, recovery_dir: str | None) -> RedisWriteFailed | None:
+        """The first error that stopped a partition's writes in this process, in one line
+        (:func:`write_failed_line`; ``recovery_dir``: the run's store), or None."""
+        for part in list(self._parts):
+            if part.error is not None:
+                return RedisWriteFailed(write_failed_line(
+                    self.cfg, part.where, self.namespace, part.error, part.wrong_type,
+                    recovery_dir), part.error)
+        return None
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
@@ -503,6 +625,8 @@ class RedisVectorSink(DynamicSink[Item]):
         part.observer = self.observer
         part.counts = self.counts
         part.base = self.base
+        part.stop = self.stop
         if self.topic is not None and self.partition_count is not None:
             part.partitions = (self.topic, self.partition_count)
+        self._parts.append(part)
         return part

@@ -389,7 +389,7 @@ def _check_services(job: OnlineJob) -> int:
     if job.addresses:  # Bytewax would say it only after the start line, in a panic
         check_address(job.addresses[job.process_id or 0], "--addresses")
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
-    check_redis(job.redis, wait=not job.bounded)
+    check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
     if not job.bounded:  # tails: the service may start before the first click is produced
         ensure_topic(job.kafka, job.topic)
     # one metadata request, once per run; a bounded job's missing topic is UnknownTopic here,
@@ -565,8 +565,10 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
     bounded job's topic does not exist, and :class:`RecoveryInUse` when another process runs
     on the job's recovery store (:class:`RecoveryUnusable` when it cannot be opened or locked
     at all). Raises :class:`ClusterNotJoined` when ``job.stop`` is set before the other
-    processes of the job's Bytewax cluster answered, and :class:`ClusterPeerLost` when one of
-    them is lost once running (Bytewax's panic, in one line)."""
+    processes of the job's Bytewax cluster answered, :class:`ClusterPeerLost` when one of
+    them is lost once running (Bytewax's panic, in one line), and
+    ``streams.redis_sink.RedisWriteFailed`` when a write to Redis failed with an error that is
+    not waited out (a missing ACL permission, a key of another type)."""
     if prepared is None:
         prepared = prepare_online(job)
     try:
@@ -613,6 +615,8 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if isinstance(sinks.vectors, RedisVectorSink):  # the namespace says which base it learnt on
         sinks.vectors.base = lambda: holder.base_record
+    # the Redis sink itself (instrument wraps it)
+    vectors = sinks.vectors if isinstance(sinks.vectors, RedisVectorSink) else None
     if metrics is not None:  # positions, dead letters, drift events, Redis writes
         source, sinks = instrument(metrics, source, sinks)
     if job.workers > 1:  # the worker threads share the learner: its kernels release the GIL
@@ -626,13 +630,26 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))
     epoch = timedelta(seconds=job.flow.epoch_interval_s)
-    if job.workers == 1 and not job.addresses:
-        run_main(flow, epoch_interval=epoch, recovery_config=recovery)
-    elif not job.addresses:  # worker threads of one process: nothing to wait for
-        cluster_main(flow, [], 0, epoch_interval=epoch, recovery_config=recovery,
-                     worker_count_per_proc=job.workers)
-    else:
-        _run_cluster(job, flow, epoch, recovery, joining)
+    if vectors is not None and job.stop is not None and not job.addresses:
+        vectors.stop = job.stop.set  # a failed write ends the input: one process stops alone
+    store = None if job.recovery_dir is None else str(Path(job.recovery_dir).resolve())
+    try:
+        if job.workers == 1 and not job.addresses:
+            run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+        elif not job.addresses:  # worker threads of one process: nothing to wait for
+            cluster_main(flow, [], 0, epoch_interval=epoch, recovery_config=recovery,
+                         worker_count_per_proc=job.workers)
+        else:
+            _run_cluster(job, flow, epoch, recovery, joining)
+    except BaseException as exc:
+        # a Redis error the sink does not wait out stopped the dataflow: Bytewax raises its
+        # own error (or, in a cluster, a panic) around it; said in one line instead
+        failed = None if vectors is None else vectors.failure(store)
+        if failed is not None:
+            raise failed from exc
+        raise
+    if vectors is not None and (failed := vectors.failure(store)) is not None:
+        raise failed  # the input ended at the failed write's next batch (vectors.stop)
 
 
 class _Joining(FixedPartitionedSource[Any, Any]):

@@ -306,11 +306,14 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     The broker is asked first: one that does not answer within 5 s
     (streams.kafka_io.BROKER_ANSWER_S) is an error naming it, before anything starts.
     """
+    import redis
+
     from diam.app import load_holder, one_base, online_job
     from serving_cache.forgotten import MarkersNotAHash
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
-    from streams.preflight import ServiceConfigError
+    from streams.preflight import ServiceConfigError, redis_refusal
+    from streams.redis_sink import RedisWriteFailed
     from streams.runner import (
         ClusterNotJoined,
         ClusterPeerLost,
@@ -337,6 +340,10 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
             raise click.BadParameter(str(exc), param_hint="--partitions") from None
         except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "0 records"
             raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
+        except redis.RedisError as exc:  # after check_redis: a permission, a cluster node
+            if (refused := redis_refusal(job.redis, exc)) is None:
+                raise
+            raise click.ClickException(str(refused)) from None
 
     s = get_settings(ctx)
     ns = namespace_of(s, namespace)
@@ -393,7 +400,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()
-    grown: TopicRepartitioned | ClusterPeerLost | None = None
+    grown: TopicRepartitioned | ClusterPeerLost | RedisWriteFailed | None = None
     try:
         with refusals():
             try:
@@ -403,6 +410,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     except ClusterNotJoined:  # stopped before the other processes answered: nothing was read
         pass
     except ClusterPeerLost as exc:  # another process killed or failed: the summary, then why
+        grown = exc
+    except RedisWriteFailed as exc:  # Redis refused a write: the summary, then why
         grown = exc
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()

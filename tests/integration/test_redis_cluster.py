@@ -258,3 +258,28 @@ def redis_client_of(cfg: RedisConfig):  # type: ignore[no-untyped-def]
     c = redis_client(cfg)
     assert type(c).__name__ == "RedisCluster"
     return c
+
+
+def test_a_cluster_node_without_diam_redis_cluster_is_one_error_line(stack, topic, cluster,
+                                                                      tmp_path) -> None:
+    """``DIAM_REDIS_URL`` at a node of the cluster, ``DIAM_REDIS_CLUSTER`` not set: refused at
+    the start in one line saying to set it, not a MOVED traceback from the first key of
+    another node's slots."""
+    from tests.flowkit import DIM
+
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    produce(stack.settings.kafka, topic, click_payloads(click_stream(n_users=5, n_events=50, seed=9)))
+    env = {**os.environ, "DIAM_CONFIG": "", "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap,
+           "DIAM_REDIS_URL": cluster.url, "DIAM_REDIS_CLUSTER": "false",
+           "DIAM_ONLINE_DIM": str(DIM), "DIAM_ONLINE_K_MAX": "4",
+           "DIAM_KAFKA_DRIFT_TOPIC": f"{topic}.drift", "DIAM_KAFKA_DEADLETTER_TOPIC": f"{topic}.dlq"}
+    run = subprocess.run([sys.executable, "-m", "diam", "run", "--topic", topic, "--bounded",
+                          "--checkpoint", str(ckpt), "--namespace", "not-cluster"],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and "MovedError" not in run.stderr, run.stderr
+    errors = [x for x in run.stderr.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and "node of a Redis Cluster" in errors[0], run.stderr
+    assert "DIAM_REDIS_CLUSTER=true" in errors[0], errors
+    assert "online dataflow:" not in run.stdout, run.stdout  # refused before it started
