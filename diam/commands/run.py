@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from diam.commands import (
+    _without_password,
     get_settings,
     hold_metrics,
     kafka_unusable,
@@ -396,7 +397,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
             raise
     holder.learner.warm_up()  # compile the kernels before the start line, not on event one
     tune_gc()
-    click.echo(f"online dataflow: {job.topic} -> redis {s.redis.url} ns={job.namespace} "
+    click.echo(f"online dataflow: {job.topic} -> redis {_without_password(s.redis.url)} "
+               f"ns={job.namespace} "
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()

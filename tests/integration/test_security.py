@@ -217,3 +217,25 @@ def test_kafka_sasl_for_the_dataflow(stack, sasl_broker, namespace, redis_client
     with pytest.raises(ServiceConfigError, match="DIAM_KAFKA_SASL_PASSWORD"):
         run_online(_job(_sasl(sasl_broker, "wrong", mechanism), stack.settings.redis, topic, namespace),
                    _holder())
+
+
+def test_the_start_line_does_not_print_the_redis_password(stack, topic, acl_redis, tmp_path) -> None:
+    """A password in DIAM_REDIS_URL reaches Redis but not stdout (start lines end up in logs)."""
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import run_env, write_tiny_checkpoint
+
+    _events(stack.settings.kafka, topic)
+    ckpt = tmp_path / "ck"
+    write_tiny_checkpoint(ckpt)
+    env = run_env(stack, topic, {"DIAM_REDIS_URL": f"redis://diam:s3cret@127.0.0.1:{acl_redis}/0"})
+    run = subprocess.run([sys.executable, "-m", "diam", "run", "--bounded", "--no-recovery",
+                          "--topic", topic, "--checkpoint", str(ckpt), "--namespace", "aclpw"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    start = next(x for x in run.stdout.splitlines() if x.startswith("online dataflow:"))
+    assert f"redis://diam:***@127.0.0.1:{acl_redis}/0" in start, start
+    assert "s3cret" not in run.stdout + run.stderr
+    cfg = RedisConfig(url=f"redis://127.0.0.1:{acl_redis}/0", username="diam", password="s3cret")
+    assert len(list(redis_client(cfg).scan_iter(match="diam:aclpw:u:*"))) == 5  # it did write
