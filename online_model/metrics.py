@@ -190,9 +190,18 @@ def bootstrap_ci(hits: np.ndarray, n: np.ndarray, *, ref: np.ndarray | None = No
     replacement), or of its difference to ``ref`` (the same users' hits under another arm,
     resampled together: a paired interval). The prequential evaluation's and the retrain
     gate's one bootstrap. Resamples are drawn a block at a time, so memory stays bounded at
-    tens of thousands of users; up to 1,000 users the block is all of them (one draw)."""
-    rng = np.random.default_rng(seed)
+    tens of thousands of users; up to 1,000 users the block is all of them (one draw).
+
+    Over no users the ratio is undefined: ``(nan, nan)``, which ``--json`` writes as null
+    (``diam.commands.json_text``), rather than 0/0 divide warnings.
+
+    >>> bootstrap_ci(np.zeros(0), np.zeros(0))
+    (nan, nan)
+    """
     u = len(n)
+    if u == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
     block = max(1, min(reps, 2_000_000 // max(u, 1)))
     stats = []
     for r in range(0, reps, block):

@@ -291,7 +291,9 @@ def evaluate_stream(
 ) -> dict[str, Any]:
     """Run the prequential protocol on a prepared dataset; returns the result dictionary
     (``{"dataset", "arms": {arm: {recall@20, recall@20_ci, ndcg@20, entropy@20,
-    k_changes_per_1k, mean_drift, recall@20_diff_to_guarded_ci}}, ...}`` plus details).
+    k_changes_per_1k, mean_drift, recall@20_diff_to_guarded_ci}}, ...}`` plus details). An
+    arm that scored no event (every event after the cut a re-click) has None for its recall,
+    intervals, NDCG and entropy: undefined, not 0.
 
     ``users``: ``"all"``, ``"tune"`` or ``"report"`` (:func:`user_group`); ``user_fraction``
     further keeps a stable fraction of those. ``exclude_last``: the lists leave out the user's
@@ -439,17 +441,27 @@ def evaluate_stream(
     for name, arm in run.items():
         us, h, g, cnt = by_user[name]
         tot = max(float(cnt.sum()), 1.0)
-        row_out: dict[str, Any] = {
-            "recall" + nk: float(h.sum()) / tot,
-            "recall" + nk + "_ci": list(bootstrap_ci(h, cnt)) if len(us) else [0.0, 0.0],
-            "ndcg" + nk: float(g.sum()) / tot,
-            "entropy" + nk: arm.entropy / max(arm.n_eval, 1),
-            "k_changes_per_1k": 1000.0 * arm.k_changes / max(n_stream, 1),
-            "mean_drift": arm.drift_sum / max(arm.drift_n, 1),
-        }
-        if "guarded" in by_user and name != "guarded" and by_user["guarded"][0] == us:
-            row_out["recall" + nk + "_diff_to_guarded_ci"] = list(
-                bootstrap_ci(h, cnt, ref=by_user["guarded"][1]))
+        if not us:  # nothing scored (every event after the cut a re-click): undefined, null
+            row_out: dict[str, Any] = {
+                "recall" + nk: None, "recall" + nk + "_ci": None, "ndcg" + nk: None,
+                "entropy" + nk: None,
+                "k_changes_per_1k": 1000.0 * arm.k_changes / max(n_stream, 1),
+                "mean_drift": arm.drift_sum / max(arm.drift_n, 1),
+            }
+            if "guarded" in by_user and name != "guarded" and not by_user["guarded"][0]:
+                row_out["recall" + nk + "_diff_to_guarded_ci"] = None
+        else:
+            row_out = {
+                "recall" + nk: float(h.sum()) / tot,
+                "recall" + nk + "_ci": list(bootstrap_ci(h, cnt)),
+                "ndcg" + nk: float(g.sum()) / tot,
+                "entropy" + nk: arm.entropy / max(arm.n_eval, 1),
+                "k_changes_per_1k": 1000.0 * arm.k_changes / max(n_stream, 1),
+                "mean_drift": arm.drift_sum / max(arm.drift_n, 1),
+            }
+            if "guarded" in by_user and name != "guarded" and by_user["guarded"][0] == us:
+                row_out["recall" + nk + "_diff_to_guarded_ci"] = list(
+                    bootstrap_ci(h, cnt, ref=by_user["guarded"][1]))
         out["arms"][name] = row_out
         ks = [s.k for s in arm.states.values() if s.anchored]
         out["details"][name] = {
@@ -625,6 +637,8 @@ def format_table(result: dict[str, Any]) -> str:
     name_w = max([len("arm"), *map(len, arms)]) + 1
 
     def cell(v: Any, w: int) -> str:
+        if v is None:  # undefined: nothing scored
+            return "null".rjust(w)
         if isinstance(v, list):
             return f"[{v[0]:.4f}, {v[1]:.4f}]".rjust(w)
         return f"{v:>{w}.4f}"
