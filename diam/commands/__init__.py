@@ -201,7 +201,7 @@ def topic_name(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return value
 
 
-def json_text(obj: object, indent: int | None = None) -> str:
+def json_text(obj: object, indent: int | None = None, sort_keys: bool = False) -> str:
     """``obj`` as JSON with NaN (a mean over no users, an interval over none) as null:
     ``json.dumps`` would write ``NaN``, which is not JSON and which strict parsers (``jq``,
     browsers) refuse. The one rule of every command's ``--json``, shared with the ``/ui`` routes
@@ -214,7 +214,7 @@ def json_text(obj: object, indent: int | None = None) -> str:
 
     from serving_cache.json_safe import nan_to_none
 
-    return json.dumps(nan_to_none(obj), indent=indent, allow_nan=False)
+    return json.dumps(nan_to_none(obj), indent=indent, allow_nan=False, sort_keys=sort_keys)
 
 
 def shown(text: str) -> str:

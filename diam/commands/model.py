@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from diam.commands import (
     DEFAULT_DATASET_HELP,
     default_dataset,
     get_settings,
+    json_text,
     progress_option,
     topic_name,
 )
@@ -93,11 +93,10 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
                f"{len(catalog):,} items ({catalog.rejected:,} bad records)", err=True)
     want = recorded.get("records") if recorded is not None else None
     if type(want) is int and clicks.records != want:
-        raise click.ClickException(
-            f"{topic} {rng.describe()} no longer holds the events the checkpoint was trained "
-            f"on: {clicks.records:,} records read, {want:,} when it was trained (the topic "
-            "was re-created, or retention deleted records); pass another range with "
-            "--topic/--since/--until")
+        raise _not_trained_on(f"{topic} {rng.describe()}",
+                              f"{clicks.records:,} records read, {want:,} when it was trained",
+                              "the topic was re-created, or retention deleted records",
+                              "pass another range with --topic/--since/--until")
     for why in (clicks.reasons + catalog.reasons)[:5]:
         click.echo(f"  left out: {why}", err=True)
     corpus = corpus_from_topic(clicks, catalog, items_topic=items_topic)
@@ -107,6 +106,44 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
                                    "need at least 10 to split 80/10/10"
                                    + (f" ({TIME_BOUNDS_HINT})" if timed else ""))
     return corpus
+
+
+def _not_trained_on(source: str, differs: str, why: str, remedy: str) -> click.ClickException:
+    """The refusal of the data a checkpoint was trained on, read again, when it is not what
+    training read (``differs``: what was read against what config.json recorded): the one
+    message of ``diam evaluate``'s recorded topic range and of its recorded dataset folder,
+    rather than another held-out split scored as the checkpoint's own."""
+    return click.ClickException(f"{source} no longer holds the events the checkpoint was "
+                                f"trained on: {differs} ({why}); {remedy}")
+
+
+def _check_recorded_events(corpus, info: Any, data: Path) -> None:
+    """Refuse (:func:`_not_trained_on`) a dataset folder rebuilt as the checkpoint's training
+    corpus (``corpus``, after :func:`_training_corpus`) whose events are not the ones its
+    config.json ``data`` recorded: their number, first and last time (what
+    ``corpus_from_prepared`` records). A folder prepared again since training (other events)
+    would otherwise give another 80/10/10 split, evaluated as the checkpoint's own. A value the
+    config does not record (older checkpoints) is not compared."""
+    if not isinstance(info, dict):
+        return
+    got = corpus.info
+
+    def recorded(key: str) -> int | None:
+        value = info.get(key)
+        return value if type(value) is int else None
+
+    want = recorded("events")
+    if want is not None and got["events"] != want:
+        differs = f"{got['events']:,} events read, {want:,} when it was trained"
+    elif any(recorded(k) is not None and got[k] != recorded(k) for k in ("ts_min", "ts_max")):
+        differs = (f"events from {got['ts_min']} to {got['ts_max']} (ms) read, from "
+                   f"{info.get('ts_min')} to {info.get('ts_max')} when it was trained")
+    else:
+        return
+    raise _not_trained_on(
+        str(data), differs, "it was prepared again since, from other data or with other options",
+        "prepare it as it was, or evaluate on a copy of this folder under another path (then "
+        "with its own 80/10/10 split, and a warning)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +399,9 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     (config.json "data": the topic, its offsets and the catalogue topic), read again from the
     broker; a range whose offsets the topic no longer holds, or that reads another number of
     records than training did (the topic was re-created, or retention deleted records), is
-    refused (a topic re-filled up to the same offsets cannot be told apart). --topic/--since/--until name another range
+    refused (a topic re-filled up to the same offsets cannot be told apart); so is its dataset
+    folder prepared again since (another number of events, or first or last time, than
+    config.json recorded). --topic/--since/--until name another range
     (--since/--until alone: of the recorded topic). Read from a topic, or from a
     --data folder whose items.tsv is not the checkpoint's (a filtered `diam data prepare`), the
     clicks are expressed in the checkpoint's item vocabulary: clicks on items it does not know
@@ -420,6 +459,7 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
             not isinstance(trained_on, str) or Path(trained_on).resolve() == data.resolve())
         if own:
             corpus = _training_corpus(corpus, ck, where)
+            _check_recorded_events(corpus, info, data)
         if not _same_item_ids(corpus.item_ids, ck.item_ids):  # e.g. a filtered prepare
             corpus, left_out = _in_checkpoint_vocabulary(corpus, ck, str(data), "its items.tsv")
             source = {"path": str(data), "unknown_item_clicks": left_out}
@@ -439,8 +479,8 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
                 "agg": agg, "delta": delta})
     if source:
         res["data"] = source
-    if as_json:
-        click.echo(json.dumps(res, indent=2, sort_keys=True))
+    if as_json:  # NaN (a correlation over too few users) as null: every command's rule
+        click.echo(json_text(res, indent=2, sort_keys=True))
         return
     click.echo(f"{'users':>20s}  {res['n_users']} ({split} users of {corpus.n_users})")
     for k in ("recall@20", "recall@50", "ndcg@20", "ndcg@50", "hr@20", "hr@50", "entropy@20",

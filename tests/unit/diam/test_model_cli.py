@@ -4,6 +4,7 @@ naming the file and the key, never a traceback (the audit's repros, on a tiny ch
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -119,3 +120,73 @@ def test_train_on_an_empty_or_unfinished_dataset_folder_says_how_to_make_one(run
                    "--out", str(tmp_path / "ck")),
                f"{d / 'events.tsv'}: missing", "run `diam data prepare` or `diam data synth`")
     assert not (tmp_path / "ck").exists()
+
+
+def _synth(run, out: Path, users: int = 60) -> Path:
+    r = run("data", "synth", "--users", str(users), "--items", "200", "--categories", "10",
+            "--events-per-user", "20", "--out", str(out), "--no-progress")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _train(run, data: Path, out: Path, *args: str) -> Path:
+    r = run("train", "--data", str(data), "--epochs", "1", "--dim", "8", "--device", "cpu",
+            "--out", str(out), *args)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _refused_after_info(result, *words: str) -> str:
+    """Like :func:`_one_error`, after the stderr lines that say what was read."""
+    out = result.output
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), out
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert lines[-1].startswith("Error: ") and "Traceback" not in out, out
+    assert all(not ln.startswith("Error") for ln in lines[:-1]), out
+    for w in words:
+        assert w in lines[-1], (w, out)
+    return lines[-1]
+
+
+@pytest.mark.parametrize("leave", [[], ["--leave-newest", "0.3"]])
+def test_evaluate_refuses_its_dataset_prepared_again_since_training(run, tmp_path, leave):
+    # was: the held-out users of the other events' 80/10/10 split, scored as the checkpoint's
+    data = _synth(run, tmp_path / "syn")
+    ck = _train(run, data, tmp_path / "ck", *leave)
+    ok = run("evaluate", "--checkpoint", str(ck), "--device", "cpu", "--json")
+    assert ok.exit_code == 0, ok.output
+    events = data / "events.tsv"
+    lines = events.read_text().splitlines()
+    recorded = json.loads((ck / "config.json").read_text())["data"]["events"]
+    events.write_text("\n".join(lines[:1] + lines[11:]) + "\n")  # 10 events fewer, the oldest
+    for args in ([], ["--data", str(data)]):
+        out = _refused_after_info(run("evaluate", "--checkpoint", str(ck), "--device", "cpu", *args),
+                         f"Error: {data} no longer holds the events the checkpoint was "
+                         f"trained on: {recorded - 10:,} events read, {recorded:,} when it "
+                         "was trained (it was prepared again since")
+        assert "another path" in out, out
+    # the same number of events at other times
+    shifted = [lines[0]] + ["\t".join([*ln.split("\t")[:2], str(int(ln.split("\t")[2]) + 1000)])
+                            for ln in lines[1:]]
+    events.write_text("\n".join(shifted) + "\n")
+    _refused_after_info(run("evaluate", "--checkpoint", str(ck), "--device", "cpu"),
+               "no longer holds the events the checkpoint was trained on: events from ")
+    # a copy under another path is other data: its own split, with the warning that says so
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    r = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ck), "--device", "cpu",
+                                  "--data", str(copy)])
+    assert r.exit_code == 0 and "is not the data the checkpoint was trained on" in r.stderr, \
+        r.output
+
+
+def test_evaluate_json_writes_an_undefined_correlation_as_null(run, tmp_path):
+    # was: "spearman_d_entropy": NaN, which is not JSON (1 test user: no rank correlation)
+    ck = _train(run, _synth(run, tmp_path / "syn", users=10), tmp_path / "ck")
+    r = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ck), "--device", "cpu",
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    assert "NaN" not in r.stdout, r.stdout
+    res = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))
+    assert res["n_users"] == 1 and res["spearman_d_entropy"] is None, res
+    assert list(res) == sorted(res), list(res)
