@@ -7,7 +7,9 @@ Writes ``bench/results/prequential.json`` shaped ``{"dataset", "base": "diam", "
 
 The base is a DIAM checkpoint trained only on the first half of the stream in time (a model
 trained on all of ml-100k has seen the evaluated events); it is trained once and cached under
-``checkpoints/`` (``--epochs``, seed 0). Online settings (``reanchor_every``) are chosen with
+``checkpoints/`` (``--epochs``, seed 0), reused only for the events it was trained on
+(:func:`cache_mismatch`), and any checkpoint that has read the evaluated period is refused
+before a run (:func:`refuse_leak`, as ``diam evaluate-stream``). Online settings (``reanchor_every``) are chosen with
 ``--tune`` on the tuning users (a stable 10% by hash, ``online_model.prequential.user_group``)
 and reported on the other 90%.
 
@@ -45,6 +47,9 @@ from online_model.prequential import (  # noqa: E402
 )
 
 RESULTS = ROOT / "bench" / "results"
+WARM_FRAC = 0.5
+"""The past's share of the stream (``evaluate_stream``'s ``warm_frac``): the first-half
+checkpoint is trained on it, and :func:`refuse_leak` checks a checkpoint against it."""
 
 
 def apply_cost(ds, base: BaseView, cfg: OnlineConfig, n: int) -> dict[str, float]:
@@ -110,23 +115,72 @@ def exploration_inputs(args: argparse.Namespace) -> tuple[dict, BaseView, object
     users it scores (the tuning users, or with ``--early`` every user of the earlier period:
     never the reported users)."""
     prov = provenance()
-    base = BaseView.from_checkpoint(cached_first_half(args.data, 4, None, args.early))
-    return prov, base, design_stream(args.data, args.early), "all" if args.early else "tune"
+    ckpt = cached_first_half(args.data, 4, None, args.early)
+    base = BaseView.from_checkpoint(ckpt)
+    ds = design_stream(args.data, args.early)
+    refuse_leak(ckpt, base, ds)
+    return prov, base, ds, "all" if args.early else "tune"
+
+
+DATA_RECORD = "bench_data.json"
+"""The file beside a cached first-half checkpoint that records which events it was trained on
+(:func:`half_fingerprint`): a cache is reused only for the same events."""
+
+
+def half_fingerprint(half) -> dict:
+    """What a first-half checkpoint is trained on, to compare a cache with: the events' count,
+    time range and a sha256 of the events (user, item, time) and of the item table's ids."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for arr in (half.user_ids, half.item_ids, half.items.ids):
+        h.update("\t".join(map(str, arr.tolist())).encode())
+        h.update(b"\n")
+    h.update(np.ascontiguousarray(half.ts_ms, dtype=np.int64).tobytes())
+    n = len(half.ts_ms)
+    return {"events": n, "ts_min": int(half.ts_ms.min()) if n else None,
+            "ts_max": int(half.ts_ms.max()) if n else None, "sha256": h.hexdigest()}
+
+
+def cache_mismatch(out: Path, fp: dict) -> str | None:
+    """Why the checkpoint cached in ``out`` was not trained on the events ``fp`` describes
+    (:func:`half_fingerprint`), None when it was: its :data:`DATA_RECORD` when present, else
+    (a cache written before the record) the count and time range its ``config.json`` records."""
+    record = out / DATA_RECORD
+    if record.is_file():
+        got = json.loads(record.read_text(encoding="utf-8"))
+        return None if got.get("sha256") == fp["sha256"] else (
+            f"{record} records events sha256 {str(got.get('sha256'))[:12]}..., these are "
+            f"{fp['sha256'][:12]}...")
+    data = json.loads((out / "config.json").read_text(encoding="utf-8")).get("data") or {}
+    diff = [f"{k} {data.get(k)} != {fp[k]}" for k in ("events", "ts_min", "ts_max")
+            if data.get(k) != fp[k]]
+    return f"its config.json's data differs: {', '.join(diff)}" if diff else None
 
 
 def train_first_half(data: Path, epochs: int, out: Path, seq_len: int,
                      early: bool = False) -> Path:
     """A DIAM checkpoint trained only on the first half of the prepared stream (time order),
-    or with ``early`` on the first half of that, cached: the same arguments reuse the
-    directory. ``seq_len``: the network's window in training."""
+    or with ``early`` on the first half of that, cached: the same arguments on the same events
+    reuse the directory (:data:`DATA_RECORD`); a cache trained on other events is refused,
+    never reused nor overwritten. ``seq_len``: the network's window in training."""
+    return _cached_train(first_half(design_stream(data, early)), data, epochs, out, seq_len,
+                         early)
+
+
+def _cached_train(half, data: Path, epochs: int, out: Path, seq_len: int, early: bool) -> Path:
+    fp = half_fingerprint(half)
     if (out / "weights.safetensors").is_file():
+        why = cache_mismatch(out, fp)
+        if why:
+            sys.exit(f"{out}: a cached checkpoint trained on other events than {data}'s first "
+                     f"{'quarter' if early else 'half'} ({why}): move it away to retrain")
         return out
     from online_model.checkpoint import save_checkpoint
     from online_model.corpus import corpus_from_prepared
     from online_model.models import ModelConfig
     from online_model.train import Features, TrainConfig, train
 
-    half = first_half(design_stream(data, early))
     cut = len(half.user_ids)
     corpus = corpus_from_prepared(half)
     mcfg = ModelConfig(model="diam", n_items=corpus.n_items, n_categories=corpus.n_categories,
@@ -136,22 +190,46 @@ def train_first_half(data: Path, epochs: int, out: Path, seq_len: int,
                 log=lambda line: print(line, file=sys.stderr))
     metrics = res.metrics()
     metrics["history"] = res.history
-    return save_checkpoint(out, res.model, corpus, seed=0, train_metrics=metrics,
-                           extra={"split_seed": 0, "cut_events": cut})
+    saved = save_checkpoint(out, res.model, corpus, seed=0, train_metrics=metrics,
+                            extra={"split_seed": 0, "cut_events": cut})
+    (saved / DATA_RECORD).write_text(json.dumps({"data": str(data), **fp}, indent=2) + "\n",
+                                     encoding="utf-8")
+    return saved
 
 
 def cached_first_half(data: Path, epochs: int, seq_len: int | None = None,
                       early: bool = False) -> Path:
     """The benchmark's first-half checkpoint (:func:`train_first_half`), cached under
     ``checkpoints/prequential-diam-half-e<epochs>-L<seq_len>`` (``-quarter-`` with
-    ``early``): the one place that names it. ``seq_len`` None: the served window
-    (``OnlineConfig.train_seq_len``), as ``diam train``."""
+    ``early``) for the default dataset (``data/ml-100k``), with ``-<events' sha256>`` after it
+    for any other ``--data`` (the cache checks its events either way): the one place that
+    names it. ``seq_len`` None: the served window (``OnlineConfig.train_seq_len``), as ``diam
+    train``."""
     if seq_len is None:
         seq_len = OnlineConfig().train_seq_len("diam")
     part = "quarter" if early else "half"
-    return train_first_half(data, epochs,
-                            ROOT / "checkpoints" / f"prequential-diam-{part}-e{epochs}-L{seq_len}",
-                            seq_len, early)
+    name = f"prequential-diam-{part}-e{epochs}-L{seq_len}"
+    half = first_half(design_stream(data, early))
+    if Path(data).resolve() != (ROOT / "data" / "ml-100k").resolve():
+        name += "-" + half_fingerprint(half)["sha256"][:10]
+    return _cached_train(half, data, epochs, ROOT / "checkpoints" / name, seq_len, early)
+
+
+def refuse_leak(ckpt: Path, base: BaseView, ds) -> None:
+    """Exit, saying why, unless the checkpoint was trained only on events before the evaluated
+    period of ``ds`` (``online_model.prequential.trained_before``, as ``diam evaluate-stream``
+    checks): a base that has seen the events it is scored on reports what it learnt."""
+    from online_model.prequential import trained_before
+
+    got = trained_before(base.meta.get("config") or {}, ds.ts_ms, WARM_FRAC)
+    if got.verdict == "before":
+        return
+    if got.verdict == "unknown":
+        sys.exit(f"{ckpt}: cannot check that it was trained only on events before the cut "
+                 f"({got.why})")
+    sys.exit(f"{ckpt} was trained on {got.trained_events} events up to {got.trained_until_ms} "
+             f"ms, but {ds.name}'s evaluated period starts at event {got.cut} "
+             f"({got.cut_ms} ms): it has seen the events it would be scored on")
 
 
 def with_sets(cfg: OnlineConfig, sets: list[str]) -> OnlineConfig:
@@ -162,7 +240,7 @@ def with_sets(cfg: OnlineConfig, sets: list[str]) -> OnlineConfig:
 
 def run(ds, cfg: OnlineConfig, base: BaseView, users: str, arms=ARMS, sweep=()) -> dict:
     t0 = time.perf_counter()
-    res = evaluate_stream(ds, cfg, base, users=users, arms=arms, sweep=sweep,
+    res = evaluate_stream(ds, cfg, base, warm_frac=WARM_FRAC, users=users, arms=arms, sweep=sweep,
                           progress=sys.stderr.isatty())
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"{res['dataset']} ({res['base']}, users={users})\n{format_table(res)}",
@@ -279,6 +357,7 @@ def main() -> None:
     if base.head is None:
         sys.exit(f"{ckpt}: not a DIAM checkpoint with its extractor")
     ds = design_stream(args.data, args.early)
+    refuse_leak(ckpt, base, ds)
     cfg = OnlineConfig(dim=base.dim)
     if args.reanchor_every is not None:
         cfg = cfg.model_copy(update={"reanchor_every": args.reanchor_every})
