@@ -51,7 +51,13 @@ def load_revision(rev: str, where: Path):
     return mod
 
 
-def main() -> None:
+VARIANTS = ("checkpoint", "lengths")
+"""Options that change what is compared (another network, other history lengths): off their
+defaults the run needs ``--out`` (``provenance.refuse_variant``)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="revision A (before)")
     ap.add_argument("--head", default="HEAD", help="revision B (after) [HEAD]")
@@ -63,9 +69,22 @@ def main() -> None:
     ap.add_argument("--histories", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None,
-                    help=sized_out_help("head_ab", ("histories", "repeats")))
+                    help=sized_out_help("head_ab", ("histories", "repeats"), variants=VARIANTS))
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else where a run of these sizes writes (``provenance.sized_out``); a
+    variant (:data:`VARIANTS`) without ``--out`` is refused (exit 2)."""
+    if args.out:
+        return Path(args.out)
+    return sized_out(ap, args, "head_ab", ("histories", "repeats"), variants=VARIANTS)
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
-    args.out = args.out or sized_out(ap, args, "head_ab", ("histories", "repeats"))
+    args.out = results_path(ap, args)
     prov = provenance()  # when and on which code this run starts
     if not (args.checkpoint / "weights.safetensors").is_file():
         sys.exit(f"{args.checkpoint}: no checkpoint (python bench/prequential.py --seq-len 50 "

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from provenance import provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 from stream import (  # noqa: E402
     dataflow_cmd,
     env_for,
@@ -90,9 +90,17 @@ def one_run(cmd: list[str], env: dict[str, str], scrape_every: float | None) -> 
             "records": n, "scrapes": scrapes[0]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+FULL_EVENTS = {False: 300_000, True: 1_000_000}
+"""``--events``' default, by ``--tiny``."""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--out: " + sized_out_help("metrics_cost", ("repeats", "events"),
+                                          variants=("users", "scrape_every"))
+        + "; _tiny after the size with --tiny (metrics_cost_tiny.json at the default sizes)")
     ap.add_argument("--repeats", type=int, default=5, help="pairs of runs (off, on)")
     ap.add_argument("--events", type=int, default=None,
                     help="events in the topic (default: 300,000; 1,000,000 with --tiny)")
@@ -101,15 +109,34 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true",
                     help="the tests' tiny base instead of a DIAM checkpoint at d = 64")
     ap.add_argument("--out", default=None,
-                    help="default: bench/results/metrics_cost[_tiny].json")
+                    help="JSON written [default: bench/results/metrics_cost[_quick|_large]"
+                         "[_tiny].json by the sizes, see below]")
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else where a run of these sizes writes (``provenance.sized_out``): only the
+    default ``--repeats``/``--events`` write the committed ``metrics_cost.json`` (with
+    ``--tiny``: ``metrics_cost_tiny.json``); ``--users``/``--scrape-every`` off their
+    defaults need ``--out``."""
+    if args.out:
+        return Path(args.out)
+    sized = sized_out(ap, args, "metrics_cost", ("repeats", "events"),
+                      full={"events": FULL_EVENTS[args.tiny]},
+                      variants=("users", "scrape_every"))
+    size = sized.stem.removeprefix("metrics_cost")
+    return sized.with_name(f"metrics_cost{size}{'_tiny' if args.tiny else ''}.json")
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
+    out = results_path(ap, args)  # a variant without --out is refused here, before anything runs
     prov = provenance()  # when and on which code this run starts
     if args.events is None:
-        args.events = 1_000_000 if args.tiny else 300_000
+        args.events = FULL_EVENTS[args.tiny]
     if args.events <= 0 or args.users <= 0 or args.repeats <= 0 or args.scrape_every <= 0:
         ap.error("--events, --users, --repeats and --scrape-every must be > 0")
-    out = args.out or str(ROOT / "bench" / "results" /
-                          ("metrics_cost_tiny.json" if args.tiny else "metrics_cost.json"))
     settings = load_settings()
     run_id = uuid.uuid4().hex[:8]
     runs: dict[str, list[dict]] = {"off": [], "on": []}

@@ -54,7 +54,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from provenance import provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from online_model import metrics as M  # noqa: E402
 from online_model.corpus import Corpus, corpus_from_prepared  # noqa: E402
@@ -116,19 +116,55 @@ def _options(name: str) -> dict:
     return dict(ABLATIONS.get(name, {"model": name, **ROW_OPTIONS.get(name, {})}))
 
 
+def corpus_fingerprint(c: Corpus) -> str:
+    """12 hex digits of a sha256 of what a row trains and is scored on: the users' click
+    sequences (users, offsets, items, times) and the item table (ids, categories)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for arr in (c.users, c.item_ids):
+        h.update("\t".join(map(str, arr.tolist())).encode() + b"\n")
+    for arr in (c.offsets, c.items, c.ts, c.item_cat):
+        h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    h.update("\t".join(c.category_names).encode())
+    return h.hexdigest()[:12]
+
+
+def row_fingerprint(name: str, c: Corpus) -> str:
+    """8 hex digits of a sha256 of a row's resolved model configuration (``ModelConfig`` with
+    its options, every default included) or, for an inference-time ablation, of the row it
+    reads and what it changes: a row whose definition changes is trained anew."""
+    import dataclasses
+    import hashlib
+
+    opts = _options(name)
+    if "from" in opts:
+        spec: dict = {"from": row_fingerprint(opts["from"], c), "infer": opts["infer"]}
+    else:
+        spec = dataclasses.asdict(ModelConfig(n_items=c.n_items, n_categories=c.n_categories,
+                                              **opts))
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 class Bench:
     """Training (cached as checkpoints) and evaluation (cached as JSON) of every row."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.corpus = _load(args.data)
+        self.data_fp = corpus_fingerprint(self.corpus)
         self.feats = Features.of(self.corpus)
         self.refs: dict[int, np.ndarray] = {}
         self.lr_seeds = args.lr_seeds or args.seeds
 
     def stem(self, name: str, seed: int, lr: float) -> str:
+        """The cache name of a row's run: the dataset's name and content
+        (:func:`corpus_fingerprint`: ``--min-rating`` 4 and 5 prepare the same name), the row
+        and its resolved model configuration (:func:`row_fingerprint`), seed, sizes and rate."""
         a = self.args
-        return (f"{self.corpus.name}_{_slug(name)}_s{seed}_e{a.epochs}_m{a.max_per_user}"
+        return (f"{self.corpus.name}-{self.data_fp}_{_slug(name)}-"
+                f"{row_fingerprint(name, self.corpus)}_s{seed}_e{a.epochs}_m{a.max_per_user}"
                 f"_lr{lr:g}")
 
     def trained(self, name: str, seed: int, lr: float) -> tuple:
@@ -401,31 +437,35 @@ def markdown(res: dict, plot_name: str) -> str:
     table("Merge by score (the same merge for every row; primary)", lambda m: m["merge_by_score"])
     table("Each row's own aggregation (DIAM: its aggregator with learned d_u; others: merge)",
           lambda m: m)
-    me, mb = res["matched_entropy"], res["merge_by_score_vs_best"]
-    lines += ["", "## Recall@20 at matched Entropy@20 (every row through the same re-rankers)", "",
-              f"Matched Entropy@20 = {me['entropy@20']} ("
-              + ("the most any baseline front reaches; DIAM's default operating point is more "
-                 "diverse" if me["capped_at_baseline_max"] else
-                 "DIAM's default operating point: own d_u, δ = 0")
-              + f"). DIAM's front: Recall@20 {me['diam_recall@20']}; best baseline "
-              f"front there: {me['best_baseline']} {me['baseline_recall@20']}; gain "
-              f"{100 * me['gain']:+.1f}% (95% CI {100 * me['ci'][0]:+.1f}% .. "
-              f"{100 * me['ci'][1]:+.1f}%, P(gain <= 0) = {me['p_gain_le_0']}; paired "
-              f"bootstrap over seeds x users, {me['bootstrap']} draws).", "",
-              f"Merge by score: DIAM {mb['diam_recall@20']} vs best baseline "
-              f"{mb['best_baseline']} {mb['baseline_recall@20']}: {100 * mb['gain']:+.1f}% "
-              f"(95% CI {100 * mb['ci'][0]:+.1f}% .. {100 * mb['ci'][1]:+.1f}%, "
-              f"P(gain <= 0) = {mb['p_gain_le_0']}).", "",
-              "| Entropy@20 | DIAM front R@20 | best baseline front | its R@20 | gain | 95% CI |",
-              "|---|---|---|---|---|---|"]
-    for g in res["gain_by_entropy"]:
-        if g["gain"] is None:
-            lines.append(f"| {g['entropy@20']} | {g['diam_recall@20']} | not reached by "
-                         "DIAM or by any baseline | | | |")
-            continue
-        c = f"{100 * g['ci'][0]:+.1f}% .. {100 * g['ci'][1]:+.1f}%" if g["ci"] else "n/a"
-        lines.append(f"| {g['entropy@20']} | {g['diam_recall@20']} | {g['best_baseline']} | "
-                     f"{g['baseline_recall@20']} | {100 * g['gain']:+.1f}% | {c} |")
+    if "matched_entropy" not in res:  # no DIAM row, or no baseline: nothing to compare
+        lines += ["", "No comparison at matched Entropy@20: it needs the diam row and a "
+                  "baseline among --models."]
+    else:
+        me, mb = res["matched_entropy"], res["merge_by_score_vs_best"]
+        lines += ["", "## Recall@20 at matched Entropy@20 (every row through the same re-rankers)", "",
+                  f"Matched Entropy@20 = {me['entropy@20']} ("
+                  + ("the most any baseline front reaches; DIAM's default operating point is more "
+                     "diverse" if me["capped_at_baseline_max"] else
+                     "DIAM's default operating point: own d_u, δ = 0")
+                  + f"). DIAM's front: Recall@20 {me['diam_recall@20']}; best baseline "
+                  f"front there: {me['best_baseline']} {me['baseline_recall@20']}; gain "
+                  f"{100 * me['gain']:+.1f}% (95% CI {100 * me['ci'][0]:+.1f}% .. "
+                  f"{100 * me['ci'][1]:+.1f}%, P(gain <= 0) = {me['p_gain_le_0']}; paired "
+                  f"bootstrap over seeds x users, {me['bootstrap']} draws).", "",
+                  f"Merge by score: DIAM {mb['diam_recall@20']} vs best baseline "
+                  f"{mb['best_baseline']} {mb['baseline_recall@20']}: {100 * mb['gain']:+.1f}% "
+                  f"(95% CI {100 * mb['ci'][0]:+.1f}% .. {100 * mb['ci'][1]:+.1f}%, "
+                  f"P(gain <= 0) = {mb['p_gain_le_0']}).", "",
+                  "| Entropy@20 | DIAM front R@20 | best baseline front | its R@20 | gain | 95% CI |",
+                  "|---|---|---|---|---|---|"]
+        for g in res["gain_by_entropy"]:
+            if g["gain"] is None:
+                lines.append(f"| {g['entropy@20']} | {g['diam_recall@20']} | not reached by "
+                             "DIAM or by any baseline | | | |")
+                continue
+            c = f"{100 * g['ci'][0]:+.1f}% .. {100 * g['ci'][1]:+.1f}%" if g["ci"] else "n/a"
+            lines.append(f"| {g['entropy@20']} | {g['diam_recall@20']} | {g['best_baseline']} | "
+                         f"{g['baseline_recall@20']} | {100 * g['gain']:+.1f}% | {c} |")
     if res.get("ablations_merge_by_score"):
         lines += ["", "## Ablations (merge by score, paired over seeds x users)", "",
                   "| row | against | its Recall@20 | the other's | difference | 95% CI |",
@@ -490,7 +530,16 @@ def _fixed_rates(path: Path, rows: list[str]) -> dict:
             "lr_seeds": src.get("lr_seeds")}
 
 
-def main() -> None:
+VARIANTS = ("data", "models", "seeds", "lr_grid", "diam_lr_grid", "extend", "diam_extend",
+            "lr_from")
+"""Options that change what the table measures (other data, rows, seeds, rate choice): off
+their defaults a written run needs ``--out`` (``provenance.refuse_variant``); ``--ablations``
+and ``--lr-seeds`` (which the committed ``--final`` run gives) add rows and pick the seeds
+that choose the rates."""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, tiny epochs, stdout only")
     ap.add_argument("--final", action="store_true",
@@ -523,9 +572,34 @@ def main() -> None:
                          "selection, no training at other rates")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON written [default: bench/results/model_quality_valid.json; "
-                         "model_quality.json with --final; --quick: stdout only]")
+                    help=sized_out_help("model_quality", ("epochs", "max_per_user", "bootstrap"),
+                                        variants=VARIANTS)[:-1]
+                    + "; _valid after the size without --final; --quick or --train-only: "
+                      "stdout only]")
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path | None:
+    """``--out``, else None for ``--quick`` and ``--train-only`` (nothing written), else where
+    the run writes (``provenance.sized_out``): only ``--final`` at the default sizes writes the
+    committed ``model_quality.json`` (without ``--final``: ``model_quality_valid.json``); a
+    variant (:data:`VARIANTS`) without ``--out`` is refused (exit 2)."""
+    if args.out:
+        return Path(args.out)
+    if args.quick or args.train_only:
+        return None
+    sized = sized_out(ap, args, "model_quality", ("epochs", "max_per_user", "bootstrap"),
+                      variants=VARIANTS)
+    size = sized.stem.removeprefix("model_quality")
+    return sized.with_name(f"model_quality{size}{'' if args.final else '_valid'}.json")
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
+    out = results_path(ap, args)  # a variant without --out is refused here, before anything runs
+    if args.ablations and "diam" not in args.models and args.lr_from is None:
+        ap.error("--ablations train at DIAM's chosen rate: give diam among --models")
     prov = provenance()  # when and on which code this run starts
     if args.quick:
         args.seeds, args.epochs, args.max_per_user, args.extend = args.seeds[:1], 2, 6, 0
@@ -585,9 +659,6 @@ def main() -> None:
                              "with other jobs")
     text = json.dumps({"provenance": prov, **res}, indent=1)
     print(text)
-    out = args.out or (None if args.quick else
-                       RESULTS / ("model_quality.json" if args.final else
-                                  "model_quality_valid.json"))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -110,7 +110,8 @@ def off_default(ap: argparse.ArgumentParser, args: argparse.Namespace,
             return value is not None and Path(value).resolve() == Path(default).resolve()
         return bool(value == default)
 
-    return [f"--{k.replace('_', '-')}" for k in variants
+    positional = {a.dest for a in ap._actions if not a.option_strings}
+    return [k.upper() if k in positional else f"--{k.replace('_', '-')}" for k in variants
             if not same(getattr(args, k), ap.get_default(k))]
 
 
@@ -139,6 +140,8 @@ def sized_out_help(name: str, sizes: tuple[str, ...], *, quick: str = "",
     'JSON written, and its .md beside it [default: bench/results/faults.json with --rate at its default; faults_quick.json with --quick or --only or --rate below it, faults_large.json above it]'
     >>> sized_out_help("x", ("rate",), variants=("workers", "base"))[-60:]
     'above it; required with --workers/--base off their defaults]'
+    >>> sized_out_help("x", (), quick="--only")
+    'JSON written [default: bench/results/x.json; x_quick.json with --only]'
     """
     if variants:
         vs = "/".join(f"--{k.replace('_', '-')}" for k in variants)
@@ -147,6 +150,9 @@ def sized_out_help(name: str, sizes: tuple[str, ...], *, quick: str = "",
                 f"{'its default' if len(variants) == 1 else 'their defaults'}]")
     opts = "/".join(f"--{k.replace('_', '-')}" for k in sizes)
     what = f"JSON written, and {beside} beside it" if beside else "JSON written"
+    if not sizes:
+        short = f"; {name}_quick.json with {quick}" if quick else ""
+        return f"{what} [default: bench/results/{name}.json{short}]"
     if len(sizes) == 1:
         below = f"with {quick} or {opts} below it" if quick else "below it"
         return (f"{what} [default: bench/results/{name}.json with {opts} at its default; "

@@ -28,20 +28,37 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from provenance import provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 DEFAULT = {"warm_e1_lr1e-2": {"epochs": 1, "lr": 1e-2}, "warm_e2_lr1e-2": {"epochs": 2, "lr": 1e-2},
            "warm_e1_lr1e-3": {"epochs": 1, "lr": 1e-3}, "warm_e2_lr1e-3": {"epochs": 2, "lr": 1e-3},
            "cold_e2_lr1e-2": {"epochs": 2, "lr": 1e-2, "cold": True}}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="?", default=None,
                     help="a JSON object: variant name -> {epochs, lr, cold} (default: the "
-                         "variants of DEFAULT in this file); writes bench/results/retrain_offline.json")
+                         "variants of DEFAULT in this file; others need --out)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=sized_out_help("retrain_offline", (), variants=("variants",)))
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """``--out``, else the committed ``bench/results/retrain_offline.json`` for the default
+    variants; variants given without ``--out`` are refused (exit 2, ``provenance.sized_out``)."""
+    if args.out:
+        return Path(args.out)
+    return sized_out(ap, args, "retrain_offline", (), variants=("variants",))
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
+    out_path = results_path(ap, args)  # variants without --out are refused before anything runs
 
     import torch
 
@@ -126,7 +143,6 @@ def main() -> None:
                        for k, v in res.items()},
               "variants": variants, "wall_s": round(time.time() - t0, 1),
               "command": "python bench/retrain_offline.py " + " ".join(f"'{a}'" for a in sys.argv[1:])}
-    out_path = ROOT / "bench" / "results" / "retrain_offline.json"
     out_path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

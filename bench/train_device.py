@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from provenance import provenance  # noqa: E402
+from provenance import provenance, sized_out, sized_out_help  # noqa: E402
 
 from online_model.config import OnlineConfig  # noqa: E402
 from online_model.corpus import corpus_from_prepared  # noqa: E402
@@ -207,7 +207,13 @@ def infer(corpus, device: torch.device, sizes: tuple[int, ...], repeats: int = 2
     return {"repeats": repeats, "items_per_user": mcfg.seq_len, "sizes": rows}
 
 
-def main() -> None:
+VARIANTS = ("device", "data")
+"""Options that change what is measured (another device, another dataset): off their defaults
+the run needs ``--out`` (``provenance.refuse_variant``)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (:func:`results_path` reads its defaults)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,16 +227,34 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true",
                     help="every part shrunk to seconds: checks the script, measures nothing")
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON results [default: bench/results/train_device.json; --smoke: "
-                         "stdout only]")
+                    help=sized_out_help("train_device", (), quick="--only",
+                                        variants=VARIANTS)[:-1] + "; --smoke: stdout only]")
+    return ap
+
+
+def results_path(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Path | None:
+    """``--out``, else None with ``--smoke`` (stdout only), else where the run writes
+    (``provenance.sized_out``): only every part (``--only`` at its default) writes the
+    committed ``train_device.json``, a subset ``train_device_quick.json``; ``--device`` or
+    ``--data`` off its default is refused without ``--out`` (exit 2)."""
+    if args.out:
+        return Path(args.out)
+    if args.smoke:
+        return None
+    subset = {p.strip() for p in args.only.split(",") if p.strip()} != set(PARTS)
+    return sized_out(ap, args, "train_device", (), quick=subset, variants=VARIANTS)
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         ap.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    out = results_path(ap, args)  # a variant without --out is refused here, before anything runs
     if not (args.data / "events.npz").is_file() and not (args.data / "events.tsv").is_file():
         sys.exit(f"{args.data}: not a prepared dataset (diam data prepare ml-100k)")
-    out = args.out or (None if args.smoke else RESULTS / "train_device.json")
     with tempfile.TemporaryDirectory() as tmp:
         _run(args, parts, out, Path(tmp))
 

@@ -156,6 +156,39 @@ CASES = [
     ("prequential", ["--tune", "--tag", "cadence"], "prequential_tune_cadence.json"),
     ("prequential", ["--tune", "--quick"], "prequential_tune.json"),
     ("prequential", ["--tune", "--epochs", "2"], "prequential_tune_quick.json"),
+    ("metrics_cost", [], "metrics_cost.json"),
+    ("metrics_cost", ["--tiny"], "metrics_cost_tiny.json"),
+    ("metrics_cost", ["--repeats", "10", "--out", "bench/results/metrics_cost_10pairs.json"],
+     "metrics_cost_10pairs.json"),
+    ("metrics_cost", ["--repeats", "3"], "metrics_cost_quick.json"),
+    ("metrics_cost", ["--events", "300000"], "metrics_cost.json"),
+    ("metrics_cost", ["--events", "1000000"], "metrics_cost_large.json"),
+    ("metrics_cost", ["--tiny", "--events", "1000000"], "metrics_cost_tiny.json"),
+    ("metrics_cost", ["--tiny", "--events", "60000"], "metrics_cost_quick_tiny.json"),
+    ("head_ab", ["--base", "HEAD~1"], "head_ab.json"),
+    ("head_ab", ["--base", "HEAD~1", "--histories", "50"], "head_ab_quick.json"),
+    ("head_ab", ["--base", "HEAD~1", "--lengths", "5", "--out", "/tmp/h.json"], "/tmp/h.json"),
+    ("train_device", [], "train_device.json"),
+    ("train_device", ["--device", "auto", "--only", "full,batch,cpu,synth,quarter,infer"],
+     "train_device.json"),
+    ("train_device", ["--only", "full"], "train_device_quick.json"),
+    ("train_device", ["--device", "cpu", "--out", "/tmp/t.json"], "/tmp/t.json"),
+    ("retrain_offline", [], "retrain_offline.json"),
+    ("retrain_offline", ['{"w": {"epochs": 1, "lr": 0.01}}', "--out", "/tmp/r.json"],
+     "/tmp/r.json"),
+    ("model_quality", [], "model_quality_valid.json"),
+    ("model_quality", ["--final"], "model_quality.json"),
+    # the committed table's command (bench/results/model_quality.md)
+    ("model_quality", ["--models", "diam", "comirec-sa", "comirec-dr", "mind", "single", "remi",
+                       "adasr", "--ablations",
+                       "diam, global slot alone at inference (same weights)", "--seeds", "10",
+                       "11", "12", "13", "14", "15", "--lr-seeds", "10", "--lr-grid", "0.01",
+                       "0.03", "--extend", "1", "--final", "--no-train"], "model_quality.json"),
+    ("model_quality", ["--final", "--epochs", "2"], "model_quality_quick.json"),
+    ("model_quality", ["--final", "--epochs", "10", "--max-per-user", "64"],
+     "model_quality_large.json"),
+    ("model_quality", ["--bootstrap", "100"], "model_quality_quick_valid.json"),
+    ("model_quality", ["--final", "--models", "single", "--out", "/tmp/m.json"], "/tmp/m.json"),
 ]
 
 
@@ -179,6 +212,16 @@ VARIANT_CASES = [
     ("prequential", ["--set", "d_lr=0"], "--set"),
     ("prequential", ["--no-synth"], "--no-synth"),
     ("prequential", ["--checkpoint", "/tmp/ck", "--quick"], "--checkpoint"),
+    ("metrics_cost", ["--users", "500"], "--users"),
+    ("metrics_cost", ["--tiny", "--scrape-every", "0.5"], "--scrape-every"),
+    ("head_ab", ["--base", "HEAD~1", "--checkpoint", "/tmp/ck"], "--checkpoint"),
+    ("head_ab", ["--base", "HEAD~1", "--lengths", "5,10"], "--lengths"),
+    ("train_device", ["--data", "/tmp/elsewhere"], "--data"),
+    ("train_device", ["--device", "cpu", "--only", "cpu"], "--device"),
+    ("retrain_offline", ['{"w": {"epochs": 1, "lr": 0.01}}'], "VARIANTS"),
+    ("model_quality", ["--final", "--models", "single"], "--models"),
+    ("model_quality", ["--final", "--data", "/tmp/r4"], "--data"),
+    ("model_quality", ["--seeds", "3"], "--seeds"),
 ]
 
 
@@ -203,3 +246,14 @@ def test_a_variant_with_its_output_named_and_default_paths_spelled_otherwise_run
         "bench/results/prequential_nolr.json"
     assert _where("loop", ["--data", "data/ml-100k"]) == "bench/results/loop.json"
     assert _where("faults", ["--workers", "1", "--seed", "17"]) == "bench/results/faults.json"
+
+
+def test_runs_that_write_no_file_have_no_path_and_refuse_nothing() -> None:
+    """``model_quality.py --quick``/``--train-only`` and ``train_device.py --smoke`` print to
+    stdout only: no default path, and a variant among them is not refused."""
+    for script, argv in (("model_quality", ["--quick", "--models", "single"]),
+                         ("model_quality", ["--train-only", "--seeds", "3"]),
+                         ("train_device", ["--smoke", "--device", "cpu"])):
+        mod = load_bench(script)
+        ap = mod.parser()
+        assert mod.results_path(ap, ap.parse_args(argv)) is None, (script, argv)
