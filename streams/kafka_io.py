@@ -9,7 +9,7 @@ produce their outputs are :mod:`streams.kafka_sink`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -41,6 +41,7 @@ __all__ = [
     "offsets_for_time",
     "consume_all",
     "read_partition",
+    "read_to_ends",
     "end_timestamps",
     "raw_record",
     "RangeStalled",
@@ -328,6 +329,24 @@ def offsets_for_time(cfg: KafkaConfig, topic: str, ts_ms: int, timeout: float = 
             return out
     finally:
         c.close()
+
+
+def read_to_ends(c: Consumer, topic: str, ends: Mapping[int, int]) -> list[int]:
+    """The partitions of ``ends`` (partition -> end offset, exclusive) that ``c`` has read up to
+    their end: the one rule for "a partition is read to its end" of the readers that stop at
+    ends taken from the watermarks (a bounded dataflow, the click-first catch-up, ``diam drift
+    watch --exit-at-end``).
+
+    It asks the consumer's position, the offset it reads next, which librdkafka moves past
+    offsets that hold nothing to deliver (a transaction's commit or abort marker, an aborted
+    transaction's records, records compacted away) as ``consume`` passes them; the offset of
+    the last record delivered plus one never reaches an end taken at such an offset. Once it
+    holds, ``c.consume`` has returned every record of the partition below the end. One local
+    call, no request to the broker; a partition ``c`` has not read from yet is not read."""
+    if not ends:
+        return []
+    return [tp.partition for tp in c.position([TopicPartition(topic, p) for p in ends])
+            if tp.error is None and tp.offset >= 0 and tp.offset >= ends[tp.partition]]
 
 
 class RangeStalled(TimeoutError):

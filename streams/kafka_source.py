@@ -26,7 +26,14 @@ from confluent_kafka import (
 
 from streams.config import ClientConfig, KafkaConfig
 from streams.kafka_health import BrokerHealth
-from streams.kafka_io import RawRecord, _admin, _bytes, partition_ids, watermarks
+from streams.kafka_io import (
+    RawRecord,
+    _admin,
+    _bytes,
+    partition_ids,
+    read_to_ends,
+    watermarks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +145,10 @@ class _SharedConsumer:
             return  # the cluster does not answer for it either: an outage, not a stuck client
         finally:
             fresh.close()
+        # read to the end past offsets without a record (a transaction's marker last): idle too
+        for p in read_to_ends(self.consumer, self.topic, behind):
+            del behind[p]
+            self._moved[p] = now
         if not behind:
             return
         log.warning("Kafka consumer of %s stuck: partition(s) %s delivered nothing for %.0f s "
@@ -202,6 +213,13 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
         buf = self._buf
         if not buf:
             self._shared.fill()
+            if not buf and self._end is not None and read_to_ends(
+                    self._shared.consumer, self._topic, {self._part: self._end}):
+                # read to the end, the last offsets without a record to deliver (a
+                # transaction's commit or abort marker, aborted records): ends at the next
+                # batch, its snapshot the end, as when a record at the end is read
+                self._next = self._end
+                return []
         out: list[RawRecord] = []
         clock = self._clock
         while buf and len(out) < self._batch:

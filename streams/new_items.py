@@ -188,9 +188,10 @@ class ClickTail:
     def poll(self, timeout: float = 0.0) -> list[tuple[str, int]]:
         """``(item_id, ts)`` of the valid clicks since the last poll, in each partition's
         order; the replayed ones first."""
-        from confluent_kafka import KafkaError, TopicPartition
+        from confluent_kafka import KafkaError
 
         from streams.events import decode_click
+        from streams.kafka_io import read_to_ends
 
         self.replayed = 0
         if self._consumer is None and not self._assign():
@@ -220,10 +221,8 @@ class ClickTail:
                       and m.offset() >= behind[part]):
                     del behind[part]  # the end, past offsets without a record
             if catching and behind:  # the position passes a marker at once, before the EOF
-                for tp in self._consumer.position(
-                        [TopicPartition(self.topic, p) for p in sorted(behind)]):
-                    if tp.offset >= behind[tp.partition]:
-                        del behind[tp.partition]
+                for p in read_to_ends(self._consumer, self.topic, behind):
+                    del behind[p]
             if (not catching or not behind or time.monotonic() >= deadline
                     or len(old) + len(out) >= self.max_records):
                 break

@@ -177,7 +177,7 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from streams.drift import format_alert
-    from streams.kafka_io import UnknownTopic, ensure_topic, of_namespace, watermarks
+    from streams.kafka_io import UnknownTopic, ensure_topic, of_namespace, read_to_ends, watermarks
 
     s = get_settings(ctx)
     topic = topic if topic is not None else s.kafka.alerts_topic
@@ -200,9 +200,6 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
             for m in consumer.consume(100, 0.5):
                 if m.error() is not None:
                     continue
-                part, off = int(m.partition() or 0), int(m.offset() or 0)
-                if part in pending and off + 1 >= pending[part]:
-                    del pending[part]
                 raw = m.value() or b""
                 try:
                     body = json.loads(raw)
@@ -218,6 +215,9 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
                     click.echo(format_alert(body))  # type: ignore[arg-type]
                 except (TypeError, AttributeError, KeyError):
                     click.echo(f"(not an alert) {raw[:200]!r}")
+            if exit_at_end and pending:  # the position: also where no record ends it (a marker)
+                for part in read_to_ends(consumer, topic, pending):
+                    del pending[part]
     except KeyboardInterrupt:
         pass
     finally:
