@@ -35,7 +35,18 @@ class _Run:
         self.port: int | None = None
         self.families: set[str] = set()
         self._seen = threading.Event()
-        threading.Thread(target=self._read_err, daemon=True).start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
+
+    def output(self, timeout: float) -> str:
+        """Wait for the process to end and return its stdout, with every stderr line in
+        ``self.stderr``: stdout is read here alone (``communicate`` would also read stderr and
+        take lines from the reader thread), then the reader is joined."""
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout)
+        self._err_reader.join(timeout)
+        return out
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None

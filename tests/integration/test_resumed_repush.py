@@ -38,8 +38,7 @@ def _scrape_until(run: _Run, name: str, ok, timeout_s: float = 120.0) -> dict:  
 
 def _stop(run: _Run) -> tuple[dict[str, float], str]:
     run.proc.send_signal(signal.SIGTERM)
-    out, _ = run.proc.communicate(timeout=120)
-    time.sleep(0.2)  # the stderr reader's last lines
+    out = run.output(timeout=120)
     assert run.proc.returncode == 0, out + "".join(run.stderr)
     return parse_summary(out), "".join(run.stderr)
 
@@ -89,8 +88,7 @@ def test_a_resumed_users_re_push_is_not_counted_as_a_stale_push(stack, topic, na
     # Redis's values: those are stale pushes, and it is warned
     bounded = _Run([*args, "--bounded", "--no-recovery"], env)
     try:
-        out, _ = bounded.proc.communicate(timeout=300)
-        time.sleep(0.2)
+        out = bounded.output(timeout=300)
     finally:
         bounded.close()
     got, err = parse_summary(out), "".join(bounded.stderr)
