@@ -90,7 +90,7 @@ from serving_cache.keys import (
 )
 
 __all__ = ["RELEASED", "RedisVectorSink", "RedisWriteFailed", "Released", "ResumedPush",
-           "resumed_push", "write_failed_line"]
+           "resumed_push", "write_failed_line", "write_failed_what"]
 
 log = logging.getLogger(__name__)
 
@@ -532,9 +532,27 @@ class RedisWriteFailed(RuntimeError):
     its next batch. Raised by ``streams.runner.run_online`` instead of Bytewax's error (or
     panic), in one line (:func:`write_failed_line`)."""
 
-    def __init__(self, line: str, error: BaseException) -> None:
+    def __init__(self, line: str, error: BaseException, what: str | None = None) -> None:
         super().__init__(line)
         self.error = error
+        self.what = line if what is None else what
+        """What failed, without what was kept or what to do (:func:`write_failed_what`): a
+        command whose remedy differs from a run's (``diam replay``) words its own."""
+
+
+def write_failed_what(cfg: RedisConfig, where: str, ns: str, exc: BaseException,
+                      wrong_type: list[str]) -> str:
+    """The first half of :func:`write_failed_line`: which write failed and why (for a missing
+    permission, what the ACL user needs: ``streams.preflight.redis_needs``; for a key of
+    another type, which keys)."""
+    from streams.preflight import redis_needs
+
+    why = f"{type(exc).__name__}: {exc}"
+    if wrong_type:
+        why += "; " + ", ".join(wrong_type)
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        why += f"; the ACL user lacks a permission: {redis_needs(cfg)}"
+    return f"Redis{where} namespace {ns!r}: a write of user vectors failed ({why})"
 
 
 def write_failed_line(cfg: RedisConfig, where: str, ns: str, exc: BaseException,
@@ -548,19 +566,12 @@ def write_failed_line(cfg: RedisConfig, where: str, ns: str, exc: BaseException,
     ...                   ["diam:ns:u:a holds a list, not a string"], None)[:150]
     "Redis at h:6379/0 namespace 'ns': a write of user vectors failed (ResponseError: WRONGTYPE Operation; diam:ns:u:a holds a list, not a string) and the "
     """
-    from streams.preflight import redis_needs
-
-    why = f"{type(exc).__name__}: {exc}"
-    if wrong_type:
-        why += "; " + ", ".join(wrong_type)
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        why += f"; the ACL user lacks a permission: {redis_needs(cfg)}"
     kept = ("the recovery store " + str(recovery_dir) + " keeps the positions and state of its "
             "last committed epoch, and the run started again resumes from it and pushes every "
             "user it holds again" if recovery_dir is not None else
             "this run has no recovery store (--recovery-dir): started again, it re-reads the "
             "topic from its start (Redis keeps the newer writes: write-if-newer)")
-    return (f"Redis{where} namespace {ns!r}: a write of user vectors failed ({why}) and the run "
+    return (f"{write_failed_what(cfg, where, ns, exc, wrong_type)} and the run "
             f"stopped at its next batch; nothing is lost: {kept}. Fix the cause and start the "
             "run again with the same command")
 
@@ -612,7 +623,8 @@ class RedisVectorSink(DynamicSink[Item]):
             if part.error is not None:
                 return RedisWriteFailed(write_failed_line(
                     self.cfg, part.where, self.namespace, part.error, part.wrong_type,
-                    recovery_dir), part.error)
+                    recovery_dir), part.error, write_failed_what(
+                    self.cfg, part.where, self.namespace, part.error, part.wrong_type))
         return None
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:

@@ -226,7 +226,8 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     check_namespace(namespace)
     job = OnlineJob(kafka=replay_topics(kafka, namespace), redis=redis, flow=flow, topic=rng.topic,
                     namespace=namespace, bounded=True, start=dict(rng.start), end=dict(rng.end),
-                    workers=workers, recovery_dir=None, flow_id=f"diam-replay-{namespace}")
+                    workers=workers, recovery_dir=None, flow_id=f"diam-replay-{namespace}",
+                    stop=threading.Event())  # set by the sink alone: a refused write ends the input
     stats = FlowStats()
     failure: list[BaseException] = []
 

@@ -174,11 +174,20 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}" + (f" +{grown} new items" if grown else ""), err=True)
+    from streams.preflight import ServiceConfigError
+    from streams.redis_sink import RedisWriteFailed
+
     try:
         report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
                             progress=progress)
     except MarkersNotAHash as exc:  # refused before the dataflow started (its markers lookup)
         raise click.ClickException(str(exc)) from None
+    except ServiceConfigError as exc:  # its start checks: a permission the ACL user lacks, ...
+        raise click.ClickException(str(exc)) from None
+    except RedisWriteFailed as exc:  # a replay has no store to resume: it starts over
+        raise click.ClickException(
+            f"{exc.what} and the replay stopped; the namespace holds a part of the range: fix the "
+            "cause and replay it again with --clear") from None
     if as_json:
         click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
                                "new_items": grown,

@@ -155,3 +155,22 @@ def test_the_listed_permissions_run_the_dataflow_and_one_missing_is_one_error_li
         assert len(errors) == 1, run.stderr
         assert f"may not run {taken}" in errors[0] and "DIAM_REDIS_USERNAME" in errors[0], errors
         assert "online dataflow:" not in run.stdout, run.stdout  # refused before it started
+
+
+def test_a_replay_by_a_user_without_a_permission_it_needs_is_one_error_line(
+        stack, topic, namespace, redis_client, acl_user, tmp_path) -> None:
+    # was: the start check's ServiceConfigError as a traceback (diam run says it in one line)
+    produce(stack.settings.kafka, topic, click_payloads(click_stream(n_users=8, n_events=200, seed=7)))
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    listed = [f"+{c.lower()}" for c in REDIS_COMMANDS if c != "EVALSHA"]
+    redis_client.acl_setuser(acl_user[0], enabled=True, keys=["diam:*"], commands=listed)
+    env = run_env(stack, topic, {"DIAM_REDIS_URL": _as_user(stack, acl_user)})
+    cmd = [sys.executable, "-m", "diam", "replay", "--topic", topic, "--checkpoint", str(ckpt),
+           "--namespace", namespace]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr and "panicked" not in run.stderr, run.stderr
+    errors = [x for x in run.stderr.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and "may not run EVALSHA" in errors[0], run.stderr
+    assert not list(redis_client.scan_iter(match=f"diam:{namespace}:u:*"))  # nothing written
