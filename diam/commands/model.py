@@ -117,15 +117,13 @@ def _not_trained_on(source: str, differs: str, why: str, remedy: str) -> click.C
                                 f"trained on: {differs} ({why}); {remedy}")
 
 
-def _check_recorded_events(corpus, info: Any, data: Path) -> None:
-    """Refuse (:func:`_not_trained_on`) a dataset folder rebuilt as the checkpoint's training
-    corpus (``corpus``, after :func:`_training_corpus`) whose events are not the ones its
-    config.json ``data`` recorded: their number, first and last time (what
-    ``corpus_from_prepared`` records). A folder prepared again since training (other events)
-    would otherwise give another 80/10/10 split, evaluated as the checkpoint's own. A value the
-    config does not record (older checkpoints) is not compared."""
+def _events_differ(corpus, info: Any) -> str | None:
+    """How the events of ``corpus`` (a dataset folder rebuilt as the checkpoint's training
+    corpus, after :func:`_training_corpus`) differ from those its config.json ``data``
+    recorded: their number, first and last time (what ``corpus_from_prepared`` records); None
+    when they agree. A value the config does not record (older checkpoints) is not compared."""
     if not isinstance(info, dict):
-        return
+        return None
     got = corpus.info
 
     def recorded(key: str) -> int | None:
@@ -134,11 +132,20 @@ def _check_recorded_events(corpus, info: Any, data: Path) -> None:
 
     want = recorded("events")
     if want is not None and got["events"] != want:
-        differs = f"{got['events']:,} events read, {want:,} when it was trained"
-    elif any(recorded(k) is not None and got[k] != recorded(k) for k in ("ts_min", "ts_max")):
-        differs = (f"events from {got['ts_min']} to {got['ts_max']} (ms) read, from "
-                   f"{info.get('ts_min')} to {info.get('ts_max')} when it was trained")
-    else:
+        return f"{got['events']:,} events read, {want:,} when it was trained"
+    if any(recorded(k) is not None and got[k] != recorded(k) for k in ("ts_min", "ts_max")):
+        return (f"events from {got['ts_min']} to {got['ts_max']} (ms) read, from "
+                f"{info.get('ts_min')} to {info.get('ts_max')} when it was trained")
+    return None
+
+
+def _check_recorded_events(corpus, info: Any, data: Path) -> None:
+    """Refuse (:func:`_not_trained_on`) the dataset folder a checkpoint recorded as its
+    training data when its events are not the ones recorded (:func:`_events_differ`): prepared
+    again since training, it would otherwise give another 80/10/10 split, evaluated as the
+    checkpoint's own."""
+    differs = _events_differ(corpus, info)
+    if differs is None:
         return
     raise _not_trained_on(
         str(data), differs, "it was prepared again since, from other data or with other options",
@@ -458,8 +465,14 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
         own = not (isinstance(info, dict) and "topic" in info) and (
             not isinstance(trained_on, str) or Path(trained_on).resolve() == data.resolve())
         if own:
-            corpus = _training_corpus(corpus, ck, where)
-            _check_recorded_events(corpus, info, data)
+            rebuilt = _training_corpus(corpus, ck, where)
+            if isinstance(trained_on, str):  # this folder is the one it recorded: refused if changed
+                _check_recorded_events(rebuilt, info, data)
+                corpus = rebuilt
+            elif _events_differ(rebuilt, info) is None:
+                corpus = rebuilt
+            else:  # no folder recorded, other events: other data, its own split (warned below)
+                own = False
         if not _same_item_ids(corpus.item_ids, ck.item_ids):  # e.g. a filtered prepare
             corpus, left_out = _in_checkpoint_vocabulary(corpus, ck, str(data), "its items.tsv")
             source = {"path": str(data), "unknown_item_clicks": left_out}

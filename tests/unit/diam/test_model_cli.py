@@ -180,6 +180,27 @@ def test_evaluate_refuses_its_dataset_prepared_again_since_training(run, tmp_pat
         r.output
 
 
+def test_evaluate_takes_other_events_as_other_data_when_the_checkpoint_recorded_no_folder(
+        run, tmp_path):
+    # was (e15052b): refused as "prepared again since", a checkpoint that names no folder (the
+    # benchmarks' first-half networks) evaluated on a whole dataset it was not trained on
+    data = _synth(run, tmp_path / "syn")
+    ck = _train(run, data, tmp_path / "ck")
+    cfg = json.loads((ck / "config.json").read_text())
+    del cfg["data"]["path"]
+    (ck / "config.json").write_text(json.dumps(cfg))
+    same = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ck), "--device", "cpu",
+                                     "--data", str(data)])
+    assert same.exit_code == 0 and "is not the data" not in same.stderr, same.output
+    events = data / "events.tsv"
+    lines = events.read_text().splitlines()
+    events.write_text("\n".join(lines[:1] + lines[11:]) + "\n")  # 10 events fewer
+    other = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ck), "--device", "cpu",
+                                      "--data", str(data)])
+    assert other.exit_code == 0, other.output
+    assert "is not the data the checkpoint was trained on" in other.stderr, other.output
+
+
 def test_evaluate_json_writes_an_undefined_correlation_as_null(run, tmp_path):
     # was: "spearman_d_entropy": NaN, which is not JSON (1 test user: no rank correlation)
     ck = _train(run, _synth(run, tmp_path / "syn", users=10), tmp_path / "ck")
