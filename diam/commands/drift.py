@@ -190,7 +190,10 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
     except (KafkaException, RuntimeError, TimeoutError) as exc:
         raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
     conf = s.kafka.client_config()
-    conf.update({"group.id": "diam-drift-watch", "enable.auto.commit": "false"})
+    # a low offset that retention deletes before the assignment: on from the oldest left, not
+    # from the end (librdkafka's default), which would skip every alert still held
+    conf.update({"group.id": "diam-drift-watch", "enable.auto.commit": "false",
+                 "auto.offset.reset": "earliest" if from_beginning else "latest"})
     consumer = Consumer(conf)
     consumer.assign([TopicPartition(topic, p, lo if from_beginning else hi)
                      for p, (lo, hi) in marks.items()])
