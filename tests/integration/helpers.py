@@ -178,3 +178,16 @@ def serving(env: dict[str, str], port: int, *args: str, timeout_s: float = 120.0
                 os.kill(child, signal.SIGKILL)
             p.kill()
             p.communicate()
+
+
+def produce_aborted(tx: Producer, topic: str, payloads: Iterable[tuple[bytes, bytes]],
+                    partition: int) -> None:
+    """Write ``payloads`` to ``partition`` of ``topic`` in a transaction of the transactional
+    producer ``tx`` that is then aborted: the records reach the broker (an abort drops what it
+    has not sent) and are never delivered to a read_committed consumer, and the abort's marker
+    takes the offset after them."""
+    tx.begin_transaction()
+    for key, value in payloads:
+        tx.produce(topic, key=key, value=value, partition=partition)
+    assert tx.flush(30) == 0  # on the broker: an abort drops what it has not sent
+    tx.abort_transaction(30)

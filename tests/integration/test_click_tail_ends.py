@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from streams.events import ClickEvent
 from streams.kafka_io import watermarks
 from streams.new_items import ClickFirst, ClickFirstFollower, ClickTail
-from tests.integration.helpers import click_payloads
+from tests.integration.helpers import click_payloads, produce_aborted
 
 T0 = 1_700_000_000_000
 LIMIT_S = 15.0  # the old reader reached it every time: it returned False
@@ -46,11 +46,7 @@ def _write(kafka, topic: str) -> list[list[ClickEvent]]:  # type: ignore[no-unty
         for key, value in click_payloads(evs):
             tx.produce(topic, key=key, value=value, partition=part)
     tx.commit_transaction(30)
-    tx.begin_transaction()
-    for key, value in click_payloads(aborted):
-        tx.produce(topic, key=key, value=value, partition=1)
-    assert tx.flush(30) == 0  # on the broker: an abort drops what it has not sent
-    tx.abort_transaction(30)
+    produce_aborted(tx, topic, click_payloads(aborted), partition=1)
     marks = watermarks(kafka, topic)
     # markers and aborted records: neither transactional partition ends on a record
     assert marks[0][1] == len(committed[0]) + 1

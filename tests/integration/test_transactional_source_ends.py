@@ -29,6 +29,7 @@ from tests.flowkit import click_stream
 from tests.integration.helpers import (
     click_payloads,
     kill_then_resume,
+    produce_aborted,
     redis_state,
     run_env,
     write_tiny_checkpoint,
@@ -64,11 +65,7 @@ def _write(kafka, topic: str, events: list[ClickEvent], transactional: bool) -> 
     tx.commit_transaction(60)
     aborted = [dataclasses.replace(ev, ts=ev.ts + ABORTED_TS) for ev in events[:400]
                if _partition_of(ev.user_id) == 1]
-    tx.begin_transaction()
-    for key, value in click_payloads(aborted):
-        tx.produce(topic, key=key, value=value, partition=1)
-    assert tx.flush(30) == 0  # on the broker: an abort drops what it has not sent
-    tx.abort_transaction(30)
+    produce_aborted(tx, topic, click_payloads(aborted), partition=1)
     marks = watermarks(kafka, topic)
     counts = [sum(_partition_of(ev.user_id) == p for ev in events) for p in (0, 1)]
     assert marks[0][1] == counts[0] + 1  # the commit marker last
