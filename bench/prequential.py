@@ -122,6 +122,39 @@ def exploration_inputs(args: argparse.Namespace) -> tuple[dict, BaseView, object
     return prov, base, ds, "all" if args.early else "tune"
 
 
+ROW_METRICS = ("recall@20", "recall@20_ci", "ndcg@20", "entropy@20")
+"""The metrics an exploration keeps per arm in its JSON row."""
+
+
+def exploration_row(res: dict, delta: bool = False) -> dict:
+    """An exploration's evaluation (:func:`online_model.prequential.evaluate_stream`'s result)
+    folded into its JSON row: each arm's :data:`ROW_METRICS` and its sweep's front as
+    ``[entropy@20, recall@20]`` points (``[delta, entropy@20, recall@20]`` with ``delta``)."""
+    keys = ("delta", "entropy@20", "recall@20") if delta else ("entropy@20", "recall@20")
+    return {"arms": {a: {k: res["arms"][a][k] for k in ROW_METRICS} for a in res["arms"]},
+            "fronts": {a: [[q[k] for k in keys] for q in f]
+                       for a, f in res.get("fronts", {}).items()}}
+
+
+def at_entropy(front: list[list[float]], e: float) -> float | None:
+    """Recall@20 on ``front`` at Entropy@20 ``e`` (linear between the sweep's points)."""
+    pts = sorted(front)
+    if not pts:
+        return None
+    es, rs = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    return None if not es[0] <= e <= es[-1] else float(np.interp(e, es, rs))
+
+
+def at_reference_entropy(rows: dict, reference: str) -> float:
+    """Add to every row of ``rows`` (:func:`exploration_row`) each arm's Recall@20 at the
+    reference row's reinfer Entropy@20 (``recall@20_at_reference_entropy``); returns that
+    entropy."""
+    e0 = rows[reference]["arms"]["reinfer"]["entropy@20"]
+    for r in rows.values():
+        r["recall@20_at_reference_entropy"] = {a: at_entropy(f, e0) for a, f in r["fronts"].items()}
+    return e0
+
+
 DATA_RECORD = "bench_data.json"
 """The file beside a cached first-half checkpoint that records which events it was trained on
 (:func:`half_fingerprint`): a cache is reused only for the same events."""

@@ -59,7 +59,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prequential import SWEEP, exploration_args, exploration_inputs  # noqa: E402
+from prequential import (  # noqa: E402
+    SWEEP,
+    exploration_args,
+    exploration_inputs,
+    exploration_row,
+)
 
 import online_model.prequential as P  # noqa: E402
 from online_model.aggregate import MIN_CANDIDATES  # noqa: E402
@@ -176,10 +181,7 @@ def run(ds, base: BaseView, variant: str, users: str) -> tuple[dict, dict]:
     finally:
         OnlineLearner.apply, P.recommend, P._fronts = plain_apply, plain_recommend, plain_fronts  # type: ignore[method-assign]
     secs = time.perf_counter() - t0
-    out = {"arms": {a: {k: res["arms"][a][k] for k in ("recall@20", "recall@20_ci", "ndcg@20",
-                                                       "entropy@20")} for a in res["arms"]},
-           "fronts": {a: [[q["delta"], q["entropy@20"], q["recall@20"]] for q in f]
-                      for a, f in res.get("fronts", {}).items()},
+    out = {**exploration_row(res, delta=True),
            "guarded_vs_own_reinfer": res["matched"]["reinfer"]["arms"]["guarded"],
            "inferences_per_event": {a: res["details"][a]["inferences_per_event"] for a in ARMS},
            "seconds": round(secs, 1)}

@@ -29,11 +29,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from prequential import (  # noqa: E402
     SWEEP,
+    at_reference_entropy,
     cached_first_half,
     exploration_args,
     exploration_inputs,
+    exploration_row,
 )
-from prequential_popprior import at_entropy  # noqa: E402
 
 import online_model.online as O  # noqa: E402
 import online_model.prequential as P  # noqa: E402
@@ -66,10 +67,7 @@ def run(ds, base, count: np.ndarray, alpha: float, users: str) -> dict:  # type:
                                 arms=("reinfer", "nosteps", "guarded"), sweep=SWEEP)
     finally:
         O.NegativeTable = plain  # type: ignore[misc]
-    return {"arms": {a: {k: res["arms"][a][k] for k in ("recall@20", "recall@20_ci", "ndcg@20",
-                                                        "entropy@20")} for a in res["arms"]},
-            "fronts": {a: [[q["entropy@20"], q["recall@20"]] for q in f]
-                       for a, f in res.get("fronts", {}).items()}}
+    return exploration_row(res)
 
 
 def main() -> None:
@@ -93,10 +91,7 @@ def main() -> None:
         print(f"alpha {a}: " + ", ".join(f"{k} {m['recall@20']:.4f} at {m['entropy@20']:.3f}"
                                          for k, m in rows[str(a)]["arms"].items()),
               file=sys.stderr)
-    e0 = rows["0.0"]["arms"]["reinfer"]["entropy@20"]
-    for r in rows.values():  # each arm at reinfer's Entropy@20
-        r["recall@20_at_reference_entropy"] = {k: at_entropy(f, e0)
-                                               for k, f in r["fronts"].items()}
+    e0 = at_reference_entropy(rows, "0.0")  # each arm at reinfer's Entropy@20, alpha 0
     out = {"provenance": prov, "what": "exploration: the online step's negatives drawn by "
            "training popularity ** alpha, not served",
            "users": ("earlier period, every user" if args.early else "tuning users"),

@@ -33,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from prequential import SWEEP, exploration_args, exploration_inputs  # noqa: E402
+from prequential import (  # noqa: E402
+    SWEEP,
+    at_reference_entropy,
+    exploration_args,
+    exploration_inputs,
+    exploration_row,
+)
 
 import online_model.prequential as P  # noqa: E402
 from online_model.base import BaseView  # noqa: E402
@@ -80,19 +86,7 @@ def run(ds, base: BaseView, beta: float, half_life: float, freeze: bool, users: 
                                 arms=("reinfer", "guarded"), sweep=SWEEP)
     finally:
         OnlineLearner.apply, P.exact_search = plain_apply, plain_search  # type: ignore[method-assign]
-    return {"arms": {a: {k: res["arms"][a][k] for k in ("recall@20", "recall@20_ci", "ndcg@20",
-                                                        "entropy@20")} for a in res["arms"]},
-            "fronts": {a: [[q["entropy@20"], q["recall@20"]] for q in f]
-                       for a, f in res.get("fronts", {}).items()}}
-
-
-def at_entropy(front: list[list[float]], e: float) -> float | None:
-    """Recall@20 on ``front`` at Entropy@20 ``e`` (linear between the sweep's points)."""
-    pts = sorted(front)
-    if not pts:
-        return None
-    es, rs = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-    return None if not es[0] <= e <= es[-1] else float(np.interp(e, es, rs))
+    return exploration_row(res)
 
 
 def main() -> None:
@@ -110,9 +104,7 @@ def main() -> None:
         rows[str(b)] = run(ds, base, b, args.half_life, args.freeze, users)
         print(f"beta {b}: " + ", ".join(f"{a} {m['recall@20']:.4f} at {m['entropy@20']:.3f}"
                                         for a, m in rows[str(b)]["arms"].items()), file=sys.stderr)
-    e0 = rows["0.0"]["arms"]["reinfer"]["entropy@20"]
-    for r in rows.values():  # each arm at the served reinfer's Entropy@20, beta 0
-        r["recall@20_at_reference_entropy"] = {a: at_entropy(f, e0) for a, f in r["fronts"].items()}
+    e0 = at_reference_entropy(rows, "0.0")  # each arm at the served reinfer's Entropy@20, beta 0
     out = {"provenance": prov, "what": "exploration: a live popularity term in the scores, "
            "not served", "users": ("earlier period, every user" if args.early else "tuning users"),
            "half_life_events": args.half_life, "freeze_at_cut": args.freeze,
