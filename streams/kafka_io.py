@@ -208,7 +208,7 @@ class TopicState(NamedTuple):
     """What a command checks about an existing topic before it writes there
     (:func:`describe_topics`): its partitions, its configuration as the broker reports it
     (defaults included, e.g. ``cleanup.policy``) and each partition's ``(low, high)`` offsets,
-    as :func:`watermarks` gives them."""
+    as :func:`watermarks` gives them (``high`` the last stable offset)."""
 
     partitions: list[int]
     config: dict[str, str]
@@ -231,6 +231,7 @@ def describe_topics(cfg: KafkaConfig, topics: Iterable[str],
     is read here once rather than by a connection and a metadata request per check. Raises
     ``RuntimeError`` when the broker reports an error for a topic, and the Kafka client's errors
     when it does not answer."""
+    from confluent_kafka import IsolationLevel
     from confluent_kafka.admin import ConfigResource, OffsetSpec
 
     names = list(dict.fromkeys(topics))
@@ -249,9 +250,13 @@ def describe_topics(cfg: KafkaConfig, topics: Iterable[str],
                for n in parts}
         confs = admin.describe_configs(list(res.values()), request_timeout=timeout)
         tps = [TopicPartition(n, p) for n, ps in parts.items() for p in ps]
+        # the ends as watermarks() takes them: the last stable offsets (an admin client's
+        # default is read_uncommitted, the high watermarks: past an open transaction)
         lows = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps},
+                                  isolation_level=IsolationLevel.READ_COMMITTED,
                                   request_timeout=timeout) if tps else {}
         highs = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps},
+                                   isolation_level=IsolationLevel.READ_COMMITTED,
                                    request_timeout=timeout) if tps else {}
         low = {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in lows.items()}
         high = {(tp.topic, tp.partition): f.result(timeout).offset for tp, f in highs.items()}
@@ -276,12 +281,16 @@ def topic_config(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[st
     return {name: str(entry.value) for name, entry in conf.items()}
 
 
-BOUNDED_READ_CONF = {"fetch.wait.max.ms": "10"}
+BOUNDED_READ_CONF = {"fetch.wait.max.ms": "10", "isolation.level": "read_committed"}
 """The client settings of every consumer that reads a bounded range (:func:`read_partition`'s
-callers). A fetch of a partition that holds nothing new is held by the broker up to
-``fetch.wait.max.ms`` (librdkafka's default 500 ms), and the next partition assigned is only
-fetched after it: a bounded read, which assigns its partitions one after the other, waited
-half a second for each partition after the first."""
+callers) or takes its ends (:func:`watermarks`). A fetch of a partition that holds nothing new
+is held by the broker up to ``fetch.wait.max.ms`` (librdkafka's default 500 ms), and the next
+partition assigned is only fetched after it: a bounded read, which assigns its partitions one
+after the other, waited half a second for each partition after the first.
+
+``isolation.level`` (librdkafka's default, named so that ``KafkaConfig.extra`` cannot move it):
+the end of a partition is its last stable offset, what was committed when it is asked
+(:func:`watermarks`)."""
 
 
 def reading_consumer(cfg: KafkaConfig) -> Consumer:
@@ -294,8 +303,19 @@ def reading_consumer(cfg: KafkaConfig) -> Consumer:
 
 def watermarks(cfg: KafkaConfig, topic: str, timeout: float = 30.0,
                partitions: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}``; ``high`` is the offset the next record will get. Given
-    ``partitions``, only those of them that the topic has."""
+    """``{partition: (low, high)}``; given ``partitions``, only those of them that the topic
+    has. ``high`` is the partition's end: the one rule of this project for where a bounded read
+    of it ends (a bounded run, ``diam replay``, the click-first catch-up, ``diam drift watch
+    --exit-at-end``, :func:`consume_all`).
+
+    The end is the last stable offset, asked with ``isolation.level=read_committed``
+    (:data:`BOUNDED_READ_CONF`): the offset the next record will get, except while a producer
+    holds a transaction open on the partition, where it is that transaction's first offset.
+    A read_committed consumer delivers nothing at or past it until the transaction ends, so an
+    end at the high watermark would wait for the transaction; at the last stable offset a
+    bounded read ends promptly with what was committed when it started, and the open
+    transaction's records (and any written after it began) are not part of it, even once
+    committed."""
     c = reading_consumer(cfg)
     try:
         parts = partition_ids(cfg, topic, timeout)

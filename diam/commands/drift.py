@@ -166,7 +166,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
               help="Alerts topic [default: settings kafka.alerts_topic].")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
               help="Show the alerts already in the topic too.")
-@click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown.")
+@click.option("--exit-at-end", is_flag=True, help="Stop once the alerts present at start are shown (those committed then: "
+              "not a transaction still open).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON records.")
 @namespace_filter_option("the alerts", "Alerts of a monitor of every namespace (without diam "
                          "drift run --namespace) are shown too.")

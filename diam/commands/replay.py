@@ -45,7 +45,8 @@ REPLAY_AGAIN = ("replay it into a fresh namespace, or into this one with --clear
                    "named is read from its oldest record) [default: the oldest].")
 @click.option("--to", "to", default=None, metavar="BOUND",
               help="End, exclusive, same forms (a partition not named is read to its end) "
-                   "[default: the end of the topic when the replay starts].")
+                   "[default: the end of the topic when the replay starts: what was committed "
+                   "then, without a transaction still open].")
 @click.option("--namespace", required=True,
               help="Redis namespace to write; never 'live' or the serving namespace.")
 @click.option("--snapshot", default=None, callback=not_empty,

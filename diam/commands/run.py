@@ -277,7 +277,9 @@ def _parse_partitions(text: str | None) -> list[int] | None:
 @click.option("--no-recovery", is_flag=True, default=False,
               help="Tail without a recovery store (a restart then re-reads from the start).")
 @click.option("--bounded/--tail", default=False, show_default=True,
-              help="Stop at the end offsets seen at start, or keep tailing the topic.")
+              help="Stop at the end offsets seen at start (what was committed then: the "
+                   "records of a transaction still open are not read, even once committed), or "
+                   "keep tailing the topic.")
 @click.option("--partitions", default=None, metavar="0,1,...",
               help="Read only these partitions of the topic: run one independent process per "
                    "subset to scale out without a Bytewax cluster (clicks are keyed by user, so "
