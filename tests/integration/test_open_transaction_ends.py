@@ -1,7 +1,8 @@
 """A bounded read started while a producer holds a transaction open on its topic ends at the
 last stable offset taken at its start (what was committed then), promptly, against the real
 broker: ``diam run --bounded`` and ``diam drift watch --exit-at-end``. The open transaction's
-records, and every record written after it began (committed or not), are not part of it.
+records, and every record written to its partitions after it began (committed or not), are
+not part of it.
 
 An end taken at the high watermark, past the open transaction, is never reached by a
 read_committed consumer while the transaction stays open: the read waits for it to end (both
