@@ -19,8 +19,9 @@ store holds state, ``held``; else nothing in it is tied to a process and :meth:`
 the line). A growth is written, flushed and fsynced
 before the grown base is swapped in, so a snapshot whose state names a row finds that row's
 item in the log. The holder reads the file when it starts, before the run holds the store:
-nothing is written until :meth:`GrowthLog.open`, called once the store is held (a second run
-refused on a store in use writes nothing), which refuses a file that changed since it was read,
+nothing is written until :meth:`GrowthLog.open`, called once the store is held and the run
+refused nothing (``streams.runner.PreparedRun.claim_store``: a run refused on a store in use,
+or at its checks, writes nothing), which refuses a file that changed since it was read,
 and rewrites the file (atomically) with the growths of the versions still needed only
 (:meth:`keep_only`: those a rollback can reach; the others' rows can never be read again), so
 the file and the memory stay the size of what the snapshot store keeps. A growth whose write

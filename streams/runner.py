@@ -315,12 +315,20 @@ class PreparedRun:
         none, or written)."""
 
     def claim_store(self) -> None:
-        """Write the recovery store's :data:`STORE_RECORD` (when it holds no state yet, or
-        was written by an earlier release without one), once every refusal of the run has
-        been asked (a command's own too: ``diam run``'s of the namespace): the record makes
-        it a run's store (:func:`store_owner`), and a refused run must leave it as it was.
-        :func:`run_online` calls it before the dataflow starts; a second call does nothing.
-        Raises :class:`RecoveryUnusable` when it cannot be written."""
+        """Start writing into the recovery store, once every refusal of the run has been
+        asked (a command's own too: ``diam run``'s of the namespace), since a refused run must
+        leave the store as it was: the store's growth log (``job.growth``) starts writing
+        (``GrowthLog.open``, which rewrites the file), then the store's :data:`STORE_RECORD`
+        is written (when it holds no state yet, or was written by an earlier release without
+        one), which makes it a run's store (:func:`store_owner`). :func:`run_online` calls it
+        before the dataflow starts; a second call does nothing. Raises
+        :class:`RecoveryUnusable` when either cannot be written, or when the growth log
+        changed since the holder read it."""
+        if self.job.growth is not None:
+            try:
+                self.job.growth.open()
+            except GrowthLogError as exc:
+                raise RecoveryUnusable(f"{exc} (--recovery-dir)") from None
         if self.store_record is None or self.job.recovery_dir is None:
             return
         path = Path(self.job.recovery_dir) / STORE_RECORD
@@ -358,9 +366,9 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     (:func:`_forget_markers`; its notice is logged here, so before a start line too): a broker
     or Redis failing there raises the client's error (``redis.ConnectionError``,
     ``confluent_kafka.KafkaException``), a marker key of another type than a hash
-    ``serving_cache.forgotten.MarkersNotAHash``. Then the store's growth log (``job.growth``)
-    starts writing: :class:`RecoveryUnusable` when it changed since the holder read it or
-    cannot be written."""
+    ``serving_cache.forgotten.MarkersNotAHash``. Nothing is written into the recovery store
+    here (its lock aside): :meth:`PreparedRun.claim_store` writes its record and starts its
+    growth log once the caller's own refusals are asked too."""
     validate_namespace(job.namespace)
     if job.recovery_dir is not None:  # before the lock: nothing written into another's store
         check_store_owner(Path(job.recovery_dir), RUN_STORE)
@@ -373,11 +381,6 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
             prepared.store_record = _check_store(job, Path(job.recovery_dir),
                                                  prepared.partition_count)
         prepared.topic_id = _forget_markers(job)
-        if job.growth is not None:  # writes only once the store is this run's and usable
-            try:
-                job.growth.open()
-            except GrowthLogError as exc:
-                raise RecoveryUnusable(f"{exc} (--recovery-dir)") from None
     except BaseException:
         prepared.close()
         raise

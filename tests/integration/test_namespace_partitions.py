@@ -239,9 +239,11 @@ def test_a_run_refused_over_the_namespace_leaves_its_recovery_store_unclaimed(
         stack, new_topic, namespace, tmp_path, redis_client) -> None:
     """A ``diam run --recovery-dir D`` refused at its checks (here the namespace's partition
     count, asked after the store's) writes no record into D: D is nobody's yet, so a drift
-    monitor may take it (``diam drift run --help``); the run taken writes it."""
+    monitor may take it (``diam drift run --help``); the run taken writes it. Nor does it
+    rewrite D's growth log (``streams.growth_log``): the file is byte for byte as it was."""
     from streams.config import DriftConfig
     from streams.drift_flow import STORE_OWNER, check_store
+    from streams.growth_log import GROWTH_LOG
     from streams.runner import DRIFT_STORE, RUN_STORE, STORE_RECORD, store_owner
 
     s = _settings(stack, tmp_path)
@@ -250,6 +252,13 @@ def test_a_run_refused_over_the_namespace_leaves_its_recovery_store_unclaimed(
         "deadletter_topic": f"{topic}.dlq", "drift_topic": f"{topic}.drift"})})
     redis_client.hset(partitions_key(namespace), topic, "3")  # learnt from another count
     store = tmp_path / "rec"
+    store.mkdir()
+    # a log a run rewrites when it starts (its torn last line left out, a version no longer
+    # kept dropped): a refused run must not have started it
+    growth = store / GROWTH_LOG.format(process=0)
+    logged = (b'{"log":"diam-growth","processes":1,"workers":1}\n'
+              b'{"version":"v-gone","items":[["i9",["c1"],"t",5]]}\n{"version":"v-to')
+    growth.write_bytes(logged)
     res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", namespace,
                "--recovery-dir", str(store))
     assert res.exit_code == 1 and START not in res.output, res.output
@@ -257,6 +266,9 @@ def test_a_run_refused_over_the_namespace_leaves_its_recovery_store_unclaimed(
     assert "was built from 3" in line and "fresh recovery store" in line, line
     # the old code: diam-store.json written, and the monitor refused D as "a diam run's"
     assert not (store / STORE_RECORD).exists() and store_owner(store) is None
+    # the old code: rewritten by prepare_online (the header and the kept growths only)
+    assert growth.read_bytes() == logged
+    growth.unlink()  # the rest as before: a store without a run's files
     fresh = tmp_path / "rec2"
     res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", f"{namespace}x",
                "--recovery-dir", str(fresh))
