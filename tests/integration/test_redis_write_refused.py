@@ -91,6 +91,48 @@ def test_a_key_of_another_type_stops_a_bounded_run_in_one_line_and_it_resumes(
             redis_client.delete(k)
 
 
+def test_the_wrong_type_probe_names_the_keys_in_one_round_trip(stack, namespace) -> None:
+    """After a WRONGTYPE (which names no key) the sink asks the type of each key the failed
+    write touches, its first thousand users' and the namespace's records, in one pipeline:
+    the first three of another type named, in that order, in one round trip (the probe sent
+    one TYPE per key, a round trip each: 1001 here)."""
+    import redis
+
+    from serving_cache import redis_client as make_client
+    from serving_cache.keys import base_key, partitions_key, user_key
+    from serving_cache.writer import RedisWriter
+    from streams.redis_sink import _Partition
+
+    client = make_client(stack.settings.redis)
+    sends: list[int] = []
+
+    class Counting(client.connection_pool.connection_class):  # type: ignore[name-defined,misc]
+        def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+            sends.append(1)  # one per round trip: a command, or a pipeline's commands at once
+            super().send_packed_command(command, check_health)
+
+    client.connection_pool.connection_class = Counting
+    part = _Partition(RedisWriter(client, namespace), max_backoff_s=0.2, check_every_s=3600.0)
+    try:
+        client.rpush(user_key(namespace, "u5"), "x")
+        client.hset(user_key(namespace, "u700"), "f", "x")
+        client.rpush(user_key(namespace, "u1100"), "x")  # past the first thousand: not asked
+        client.set(base_key(namespace), "x")
+        client.set(partitions_key(namespace), "x")  # the fourth: not named
+        items = [(f"u{i}", None) for i in range(1200)]
+        sends.clear()
+        found = part._wrong_type(redis.ResponseError("WRONGTYPE Operation against a key holding "
+                                                     "the wrong kind of value"), items)  # type: ignore[arg-type]
+        assert len(sends) == 1
+        assert found == [f"{user_key(namespace, 'u5')} holds a list, not a string",
+                         f"{user_key(namespace, 'u700')} holds a hash, not a string",
+                         f"{base_key(namespace)} holds a string, not a hash"]
+        assert part._wrong_type(redis.ResponseError("ERR other"), items) == []  # type: ignore[arg-type]
+    finally:
+        part.close()
+        client.close()
+
+
 def test_a_permission_taken_from_a_tailing_run_stops_it_in_one_line(
         stack, topic, namespace, redis_client, acl_user, tmp_path) -> None:
     events = click_payloads(click_stream(n_users=20, n_events=1200, seed=6))
