@@ -38,7 +38,14 @@ snapshot store, hashes verified), it also loads a version it does not hold from 
 the least recently used dropped first; ``diam serve`` reads it on a thread and answers the
 user from the active index, ``stale``, until it is in). Only when that
 version is gone does it use the active one (``stale``): the stream's seen rows belong to the
-other version's item table, so they cannot be left out, and ``reason`` says so.
+other version's item table, so they cannot be left out, and ``reason`` says so. A stale
+user whose vectors are another model's (not in the active weights' warm-start lineage) is
+answered cold, still ``stale``, ``user_model`` their version, ``reason`` saying until when:
+their version has loaded, or (gone) their next click re-anchors them.
+
+Every version held, swapped in or read from disk, has the new items met so far (the
+followed catalogue's, those first seen in clicks: :meth:`Recommender.add_items`), whichever
+answers a user.
 """
 
 from __future__ import annotations
@@ -168,10 +175,13 @@ class Recommendation:
     user_model: str | None = None
     """Snapshot version the user's vectors were anchored to."""
     stale: bool = False
-    """True when that version is no longer loaded and the active index answered instead."""
+    """True when that version did not answer (being loaded, or gone from the store): the
+    active index answered instead, with the user's vectors when they live in its space, cold
+    (``cold``, popular items) when they are another model's."""
     reason: str | None = None
     """Why the answer is cold, when it is; for a stale one, that the user's vectors belong to
-    an unloaded snapshot (and that the stream's seen items were therefore not left out)."""
+    an unloaded snapshot (and that the stream's seen items were therefore not left out), and
+    for a cold stale one until when it is cold."""
     titles: list[str | None] = field(default_factory=list)
     """Each item's title, None when unknown (a snapshot without titles, an untitled item)."""
 
@@ -243,6 +253,9 @@ class Recommender:
         self._active: SnapshotIndex | None = None
         self._catalog: Any = None  # streams.catalog.CatalogFollower, see follow_catalog
         self._click_first: Any = None  # streams.new_items.ClickFirst, see follow_clicks
+        self._given: dict[str, Any] = {}  # items handed to add_items by neither follower
+        # held versions change under it: _active, _loaded, and what _on_disk holds, so that
+        # every version held has every extra item (see _current)
         self._swap_lock = threading.Lock()
         self._load_version = load_version
         self._load_in_background = load_in_background
@@ -261,16 +274,33 @@ class Recommender:
 
     def swap(self, snapshot: SnapshotIndex) -> None:
         """Make ``snapshot`` the active one; keep the previous ``keep_versions - 1`` loaded for
-        users not re-anchored yet. With a catalogue (or clicks) followed, the catalogue's items
-        (and the items first seen in clicks) that the snapshot does not know are added to it
-        first (content embeddings)."""
+        users not re-anchored yet. It is made current first (:meth:`_current`: the items of
+        the catalogue and of clicks it does not know added)."""
         with self._swap_lock:
-            extra = list(self._catalog.items.values()) if self._catalog is not None else []
-            if self._click_first is not None:
-                extra += list(self._click_first.added.values())
-            if extra:
-                snapshot = snapshot.with_items(extra)
-            self._swap(snapshot)
+            self._swap(self._current(snapshot))
+
+    def _extra_items(self) -> list[Any]:
+        """Every item known beyond a snapshot's published table, in the order met: the
+        followed catalogue's (``follow_catalog``), those first seen in clicks
+        (``follow_clicks``), those handed to :meth:`add_items` otherwise. A snapshot skips
+        the ones it knows."""
+        extra = list(self._catalog.items.values()) if self._catalog is not None else []
+        if self._click_first is not None:
+            extra += list(self._click_first.added.values())
+        return extra + list(self._given.values())
+
+    def _current(self, snap: SnapshotIndex, fresh: Sequence[Any] | None = None
+                 ) -> SnapshotIndex:
+        """The one rule that keeps a held version current: ``snap`` with every extra item it
+        lacks (:meth:`_extra_items`; content embeddings, a copy of its FAISS index grown,
+        ``snap`` untouched for requests in flight), or ``snap`` itself. Applied to a version
+        swapped in (:meth:`swap`), one read from disk (:meth:`_load_from_disk`), and to every
+        version held when items arrive (:meth:`add_items`), so that a new item is
+        recommendable whichever loaded version answers a user. ``fresh``: only these are
+        looked at, for a version already current before they arrived (not a pass over the
+        whole catalogue per version at each new item)."""
+        extra = self._extra_items() if fresh is None else fresh
+        return snap.with_items(extra) if extra else snap
 
     def _swap(self, snapshot: SnapshotIndex) -> None:
         loaded = dict(self._loaded)
@@ -288,24 +318,48 @@ class Recommender:
                 self._on_disk = on_disk
 
     def add_items(self, items: Sequence[Any]) -> int:
-        """Make catalogue ``items`` (``streams.catalog.CatalogItem``) the active snapshot does
-        not know recommendable now: content embeddings added to a copy of its FAISS index, no
-        rebuild. Returns how many were added."""
+        """Make catalogue ``items`` (``streams.catalog.CatalogItem``) recommendable now, in
+        every version held (the swapped-in ones and those read from disk): content embeddings
+        added to a copy of each FAISS index, no rebuild; a version loaded later gets them
+        too (:meth:`_current`). Returns how many the active snapshot got.
+
+        The versions are grown one at a time, each replaced before the next is copied, so
+        that memory holds one index copy beyond the held ones (not one per version); a request
+        answers from the one index object it took, the old copy or the grown one, never
+        both."""
         with self._swap_lock:
+            cat = self._catalog.items if self._catalog is not None else {}
+            clicked = self._click_first.added if self._click_first is not None else {}
+            for it in items:  # the followers keep theirs; keep the others for later versions
+                if it.item_id not in cat and it.item_id not in clicked:
+                    self._given[it.item_id] = it
             snap = self._active
             if snap is None or not items:
                 return 0
-            new = snap.with_items(items)
-            if new is snap:
-                return 0
-            self._swap(new)
-            return new.n_items - snap.n_items
+            # every held version already has the extra items met before these (it was made
+            # current when it came in and at every add since): these are all it lacks
+            for version in list(self._loaded):
+                old = self._loaded[version]
+                new = self._current(old, items)
+                if new is not old:
+                    self._loaded = {**self._loaded, version: new}  # replaced whole: no lock
+                    if self._active is old:
+                        self._active = new
+            for version in list(self._on_disk):
+                old = self._on_disk[version]
+                new = self._current(old, items)
+                if new is not old:
+                    with self._cache_lock:
+                        self._on_disk = {**self._on_disk, version: new}
+            active = self._active
+            assert active is not None
+            return active.n_items - snap.n_items
 
     def follow_catalog(self, follower: Any, every_s: float = 0.5,
                        stop: threading.Event | None = None) -> threading.Thread:
         """Poll ``follower`` (``streams.catalog.CatalogFollower``) every ``every_s`` in a daemon
-        thread and add the new items (:meth:`add_items`); snapshots swapped in later get the
-        whole catalogue's unknown items too."""
+        thread and add the new items to every version held (:meth:`add_items`); versions
+        swapped in or read from disk later get the whole catalogue's unknown items too."""
         self._catalog = follower
 
         def step() -> None:
@@ -425,22 +479,26 @@ class Recommender:
                 if snap is not None:
                     return snap
                 snap = self._load_version(version)
+                if snap is not None:  # the catalogue's items, grown outside the swap lock
+                    snap = self._current(snap)
             if snap is None:
                 self._mark_gone(version)
                 return None
-            with self._cache_lock:
-                self._gone.pop(version, None)
-                if self._active is not None and version in self._loaded:
-                    return snap  # swapped in meanwhile: served from there
-                on_disk = dict(self._on_disk)  # replaced whole: readers take no lock
-                on_disk[version] = snap
-                self._used[version] = time.monotonic()
-                while len(on_disk) > _ON_DISK_MAX:
-                    lru = min(on_disk, key=lambda v: self._used.get(v, 0.0))
-                    on_disk.pop(lru)
-                    self._used.pop(lru, None)
-                self._on_disk = on_disk
-                return snap
+            with self._swap_lock:  # no add_items between the last look and the insert
+                snap = self._current(snap)  # items met while it grew (itself when none)
+                with self._cache_lock:
+                    self._gone.pop(version, None)
+                    if self._active is not None and version in self._loaded:
+                        return snap  # swapped in meanwhile: served from there
+                    on_disk = dict(self._on_disk)  # replaced whole: readers take no lock
+                    on_disk[version] = snap
+                    self._used[version] = time.monotonic()
+                    while len(on_disk) > _ON_DISK_MAX:
+                        lru = min(on_disk, key=lambda v: self._used.get(v, 0.0))
+                        on_disk.pop(lru)
+                        self._used.pop(lru, None)
+                    self._on_disk = on_disk
+                    return snap
         finally:
             with self._cache_lock:
                 self._loading.discard(version)
@@ -491,12 +549,13 @@ class Recommender:
         stale = state is not None
         if state is not None and _unrelated(snap, uv.model):
             # gone, or still being read from disk (cold for that moment: the next request
-            # after the load gets the vectors' own index)
+            # after the load gets the vectors' own index); stale as every answer that is not
+            # the vectors' own version's
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
-                              _unrelated_reason(uv, snap, state))
+                              _unrelated_reason(uv, snap, state), uv.model, stale=True)
         if uv.dim != snap.dim:
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
-                              _dim_reason(uv, snap))
+                              _dim_reason(uv, snap), uv.model)
 
         from online_model.aggregate import manual_d
 
@@ -560,8 +619,11 @@ class Recommender:
         return np.union1d(rows, np.array([r for r in mine if r >= 0], dtype=np.int64))
 
     def _cold(
-        self, snap: SnapshotIndex, user_id: str, n: int, mode: str, seen: Sequence[str], reason: str
+        self, snap: SnapshotIndex, user_id: str, n: int, mode: str, seen: Sequence[str],
+        reason: str, user_model: str | None = None, stale: bool = False,
     ) -> Recommendation:
+        """The popular items, spread over categories (``snap.cold``), for a user without usable
+        vectors; ``user_model`` the version their vectors belong to, when they have some."""
         banned = set(_banned(snap, seen).tolist())
         picked = [int(i) for i in snap.cold if int(i) not in banned][:n]
         pop = snap.live_pop if snap.live_pop is not None else snap.popularity
@@ -576,6 +638,8 @@ class Recommender:
             d_used=None,
             k=0,
             snapshot=snap.version,
+            user_model=user_model,
+            stale=stale,
             reason=reason,
             titles=snap.titles_of(picked),
         )
@@ -663,9 +727,14 @@ def _unrelated(snap: SnapshotIndex, version: str) -> bool:
 
 
 def _unrelated_reason(uv: UserVectors, snap: SnapshotIndex, state: str) -> str:
+    """Why a user whose vectors live in another space than ``snap``'s is answered cold, and
+    until when: their version is ``state`` "being loaded" (until it is in) or "not loaded"
+    (gone or refused: until their next click re-anchors them)."""
+    until = ("that version has loaded" if state == "being loaded"
+             else "the user's next click re-anchors them")
     return (f"the user's vectors belong to snapshot {uv.model}, {state}, of another model "
             f"than {snap.version} (not a version it was warm-started from): answered cold "
-            "until the user's next click re-anchors them")
+            f"until {until}")
 
 
 def _stale_reason(uv: UserVectors, seen_not_left_out: bool, state: str = "not loaded") -> str:

@@ -227,7 +227,7 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
         return
     head = "cold start (" + str(r.reason) + ")" if r.cold else f"K_u={r.k} d_u={r.d_user:.3f} d_used={r.d_used:.3f}"
     click.echo(f"user {user_id}: {head}, snapshot {r.snapshot}")
-    if r.stale:
+    if r.stale and not r.cold:  # a cold answer printed its reason in the head line
         click.echo(f"  stale: {r.reason}")
     rows = zip(r.items, r.scores, r.categories, r.titles, strict=True)
     for rank, (item, score, cat, title) in enumerate(rows, 1):

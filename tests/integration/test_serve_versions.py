@@ -48,10 +48,15 @@ def test_a_user_of_an_old_version_is_answered_from_it(stack, tmp_path, redis_cli
         # the first request starts v1's load on a thread and is answered meanwhile, saying
         # so: cold, v1 being another model than the active one (independently trained, its
         # vectors would pick items at random in the active space); a later one from v1
+        # (stale: not the vectors' own version answering; cold until v1 is in, no click needed)
         status, body = http_get(port, "/users/old-user/recommendations?n=10")
         assert status == 200 and body["cold"] is True, body
-        assert f"snapshot {v1}, being loaded, of another model than {versions[-1]}" \
-            in body["reason"], body
+        assert (body["stale"], body["user_model"], body["snapshot"]) == (
+            True, v1, versions[-1]), body
+        assert body["reason"].startswith(
+            f"the user's vectors belong to snapshot {v1}, being loaded, of another model than "
+            f"{versions[-1]}") and body["reason"].endswith(
+            "answered cold until that version has loaded"), body
         deadline = time.monotonic() + 60
         while body["reason"] is not None:
             assert time.monotonic() < deadline, body
@@ -72,7 +77,9 @@ def test_a_user_of_an_old_version_is_answered_from_it(stack, tmp_path, redis_cli
         # no load started on a thread
         status, body = http_get(port, "/users/gone-user/recommendations?n=5")
         assert body["cold"] is True and body["snapshot"] == versions[-1], body
+        assert body["stale"] is True and body["user_model"] == "20200101T000000000000-gone"
         assert ", not loaded, of another model" in body["reason"], body
+        assert body["reason"].endswith("until the user's next click re-anchors them"), body
         status, body = http_get(port, "/users/gone-user/interests")
         assert body["stale"] is True and body["reason"].startswith(
             "the user's vectors belong to snapshot 20200101T000000000000-gone, not loaded, of "

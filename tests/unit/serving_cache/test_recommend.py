@@ -432,10 +432,14 @@ def test_a_background_load_answers_stale_or_cold_until_the_version_is_in(snapsho
         assert shown.reason == first.reason and all(shown.top_items)
     else:
         assert first.cold and first.items == rec.recommend("nobody", n=5).items
+        # stale (not the vectors' version answering), naming it, cold until it is in: no
+        # click is needed (the next request after the load is answered from it)
+        assert (first.stale, first.user_model, first.snapshot) == (True, "v-disk0",
+                                                                   snapshot.version)
         assert first.reason == (f"the user's vectors belong to snapshot v-disk0, being loaded, "
                                 f"of another model than {snapshot.version} (not a version it "
-                                "was warm-started from): answered cold until the user's next "
-                                "click re-anchors them")
+                                "was warm-started from): answered cold until that version "
+                                "has loaded")
         assert shown.stale and shown.reason == first.reason and shown.top_items == []
         assert shown.k == 2 and not shown.cold  # its vectors are shown, not searched
     release.set()
@@ -583,7 +587,7 @@ def test_a_gone_version_of_another_model_is_answered_cold_a_gone_ancestor_stale(
     old = rec.recommend("u-old", n=10)
     assert (old.cold, old.stale, old.snapshot) == (False, True, "v-new")
     other = rec.recommend("u-other", n=10)
-    assert other.cold and not other.stale and other.k == 0
+    assert other.cold and other.stale and other.k == 0 and other.user_model == "v-other"
     assert other.reason == ("the user's vectors belong to snapshot v-other, not loaded, of "
                             "another model than v-new (not a version it was warm-started "
                             "from): answered cold until the user's next click re-anchors them")
