@@ -22,6 +22,10 @@ earlier release runs.
 Every script touches one key (no cross-slot call: Redis Cluster safe); the writer's per-push
 check is unchanged (it reads the id's hash alone).
 
+The hash is not the markers' only copy: ``streams.forget_markers`` keeps them on a compacted
+Kafka topic and restores the hash from it after Redis lost its data (:func:`merge_markers`,
+the same rule: a user's higher offset wins; :func:`stored_markers` for the other way).
+
 Both keys must be hashes (or absent): :func:`adopt_name_only_markers`, which every command
 reading or recording markers calls at its start, refuses a key of another type that another
 tool (or a hand-typed ``SET``) left under either name with :class:`MarkersNotAHash`, naming
@@ -36,8 +40,8 @@ from typing import Any
 
 from serving_cache.keys import FORGOTTEN_ADOPTED_BY, forgotten_key, forgotten_key_by_name
 
-__all__ = ["Adoption", "MarkersNotAHash", "adopt_name_only_markers", "check_marker_keys",
-           "record_markers"]
+__all__ = ["Adoption", "MarkersNotAHash", "MarkersUnusable", "adopt_name_only_markers",
+           "check_marker_keys", "merge_markers", "record_markers", "stored_markers"]
 
 # KEYS[1] = the name-only hash, ARGV[1] = the topic id, ARGV[2] = the owner field: a hash that
 # exists is claimed by the first id that asks; the owner is returned (nil: no hash).
@@ -69,7 +73,14 @@ return 1
 _CHUNK = 1000  # users per merge call: a large hash is not one long script call
 
 
-class MarkersNotAHash(ValueError):
+class MarkersUnusable(ValueError):
+    """The forget markers of a clicks topic cannot be read or kept where diam keeps them (a
+    Redis key of another type: :class:`MarkersNotAHash`; their Kafka topic not compacted:
+    ``streams.forget_markers.MarkersTopicUnfit``). The message says what to do; a command
+    that meets it starts nothing."""
+
+
+class MarkersNotAHash(MarkersUnusable):
     """A key where ``diam forget``'s markers of a clicks topic belong holds a Redis value of
     another type than a hash: ``key``, its ``kind`` (``TYPE``'s answer) and ``topic``. The
     message says what to do; a command that meets it starts nothing."""
@@ -104,17 +115,29 @@ class Adoption:
 
     ``owner``: the topic id that adopted the name-only markers (None: no name-only hash, or a
     broker without topic ids); ``held``: how many users the name-only hash names; ``merged``:
-    how many of them this call added to (or raised in) ``topic_id``'s hash."""
+    how many of them this call added to (or raised in) ``topic_id``'s hash. ``restored``: the
+    markers then restored into that hash from their durable copy on Kafka (Redis had lost
+    them); ``recorded``: those of the hash written to that copy, which lacked them
+    (``streams.forget_markers.restore_markers``)."""
 
     topic: str
     topic_id: str | None
     owner: str | None = None
     held: int = 0
     merged: int = 0
+    restored: int = 0
+    recorded: int = 0
 
     def line(self) -> str | None:
         """The one-line notice to show at the command's start, or None when there is nothing
-        to say (no name-only markers, or all of them already adopted).
+        to say (no name-only markers, or all of them already adopted; no marker restored or
+        recorded).
+
+        >>> print(Adoption("diam.clicks", "ea2bss0mSlqGLpiDao5Wgg", restored=2, recorded=1).line())
+        ... # doctest: +NORMALIZE_WHITESPACE
+        restored 2 forget marker(s) of diam.clicks into
+        diam::forgotten:diam.clicks:ea2bss0mSlqGLpiDao5Wgg from their durable copy on Kafka
+        (Redis had lost them); 1 marker(s) Redis held were written to that copy
 
         >>> print(Adoption("diam.clicks", "ea2bss0mSlqGLpiDao5Wgg", "ea2bss0mSlqGLpiDao5Wgg", 3, 2).line())
         ... # doctest: +NORMALIZE_WHITESPACE
@@ -132,6 +155,24 @@ class Adoption:
         >>> Adoption("diam.clicks", "ea2bss0mSlqGLpiDao5Wgg", "ea2bss0mSlqGLpiDao5Wgg", 3).line() is None
         True
         """
+        said = [x for x in (self._adopted(), self._restored()) if x is not None]
+        return "; ".join(said) if said else None
+
+    def _restored(self) -> str | None:
+        if not self.restored and not self.recorded:
+            return None
+        said = []
+        if self.restored:
+            said.append(f"restored {self.restored} forget marker(s) of {self.topic} into "
+                        f"{forgotten_key(self.topic, self.topic_id)} from their durable copy on "
+                        "Kafka (Redis had lost them)")
+        if self.recorded:
+            said.append(f"{self.recorded} marker(s) Redis held were written to that copy"
+                        if self.restored else f"wrote {self.recorded} forget marker(s) of "
+                        f"{self.topic} that Redis held to their durable copy on Kafka")
+        return "; ".join(said)
+
+    def _adopted(self) -> str | None:
         key = forgotten_key_by_name(self.topic)
         if self.owner is None or self.topic_id is None:
             return None
@@ -171,10 +212,40 @@ def adopt_name_only_markers(client: Any, topic: str, topic_id: str | None) -> Ad
     held = {k: v for k, v in client.hgetall(old).items() if k != field}
     if owner != topic_id:
         return Adoption(topic, topic_id, owner, len(held))
-    pairs = [x for kv in sorted(held.items()) for x in kv]
-    merged = sum(int(client.eval(_MERGE, 1, new, *pairs[start:start + 2 * _CHUNK]))
-                 for start in range(0, len(pairs), 2 * _CHUNK))
+    merged = _merge(client, new, held)
     return Adoption(topic, topic_id, owner, len(held), merged)
+
+
+def _merge(client: Any, key: str, offsets: Mapping[Any, Any]) -> int:
+    pairs = [x for kv in sorted(offsets.items()) for x in kv]
+    return sum(int(client.eval(_MERGE, 1, key, *pairs[start:start + 2 * _CHUNK]))
+               for start in range(0, len(pairs), 2 * _CHUNK))
+
+
+def merge_markers(client: Any, topic: str, topic_id: str | None,
+                  offsets: Mapping[str, int]) -> int:
+    """Merge ``offsets`` (user -> tombstone offset) into the hash of ``topic_id``'s markers: a
+    user's higher offset wins (the later tombstone), so merging the same markers again, or
+    older ones, changes nothing. Returns how many were added or raised. One key per script call
+    (Redis Cluster safe), a thousand users per call."""
+    return _merge(client, forgotten_key(topic, topic_id), {u: int(o) for u, o in offsets.items()})
+
+
+def stored_markers(client: Any, topic: str, topic_id: str | None) -> dict[str, int]:
+    """The markers the hash of ``topic_id`` holds now (user -> tombstone offset), one HGETALL
+    (a command the ACL user already needs: ``streams.preflight.redis_needs``); a field that is
+    not a marker (``keys.FORGOTTEN_ADOPTED_BY`` or anything else starting with ':', a value
+    that is not an integer) is left out."""
+    out: dict[str, int] = {}
+    for field, value in client.hgetall(forgotten_key(topic, topic_id)).items():
+        user = field.decode() if isinstance(field, bytes) else str(field)
+        try:
+            offset = int(value)
+        except ValueError:
+            continue
+        if not user.startswith(":"):
+            out[user] = offset
+    return out
 
 
 def record_markers(client: Any, topic: str, topic_id: str | None,

@@ -34,7 +34,8 @@ __all__ = ["catalogue_refusal", "catalogue_role", "clicks_refusal", "not_for_cat
 def side_topic_role(cfg: KafkaConfig, topic: str, catalogue: str | None = None) -> str | None:
     """What ``topic`` is when it is one of the configured topics that are not clicks topics
     (or ``catalogue``, a catalogue topic the command names itself), else None. Asks no broker."""
-    roles = {cfg.models_topic: "the retrain decisions topic (settings kafka.models_topic)",
+    roles = {cfg.forgotten_topic: "the forget markers' topic (settings kafka.forgotten_topic)",
+             cfg.models_topic: "the retrain decisions topic (settings kafka.models_topic)",
              cfg.alerts_topic: "the drift-alert topic (settings kafka.alerts_topic)",
              cfg.drift_topic: "the drift-event topic (settings kafka.drift_topic)",
              cfg.deadletter_topic: "the dead-letter topic (settings kafka.deadletter_topic)",

@@ -65,6 +65,13 @@ class KafkaConfig(BaseModel):
     """Every decision of the retrain service (candidate vs active metrics, published or
     refused, why, how long), one JSON record per retrain keyed by the candidate's name."""
 
+    forgotten_topic: str = "diam.forgotten"
+    """The durable copy of ``diam forget``'s markers (``streams.forget_markers``): compacted,
+    one partition, one JSON record per clicks topic, topic id and user (the tombstone's
+    offset), the newest kept forever. Redis holds the copy the writers check; this one restores
+    it after Redis lost its data. Created compacted by the first ``diam forget``; an existing
+    topic that is not compacted alone is refused (retention would delete markers)."""
+
     partitions: int = Field(default=4, ge=1)
     """Partitions when the tooling creates a topic. Four lets two processes of two workers
     each own a share."""
@@ -115,7 +122,7 @@ class KafkaConfig(BaseModel):
     ``{"ssl.endpoint.identification.algorithm": "none"}``); they override the fields above."""
 
     @field_validator("clicks_topic", "deadletter_topic", "drift_topic", "alerts_topic",
-                     "items_topic", "models_topic")
+                     "items_topic", "models_topic", "forgotten_topic")
     @classmethod
     def _legal_topic(cls, name: str) -> str:
         """A topic set in the environment or diam.toml is refused as a setting (``diam``

@@ -46,6 +46,13 @@ all of them when
   changed, or a primary's run id changed or it is no longer a primary (a restart, a failover
   to a replica that may have lagged; ``_lost``).
 
+Before the re-push, when the key set was lost, ``diam forget``'s markers of the topic are
+restored into Redis from their durable copy on Kafka (``streams.forget_markers
+.restore_markers``; the sink is given the Kafka settings: ``markers_from``): the loss took
+their hash too, and without it the re-push of a dataflow still behind a tombstone would write
+the forgotten user back (and any later replay). Until they are restored (the broker does not
+answer), nothing is written: the writer waits and retries as in an outage.
+
 With the re-push, the namespace's record of the topic's partition count
 (``serving_cache.base_record.record_partitions``, ``diam:{ns}:partitions``) is written again
 (and at the first check, in case the keys went between the run's start and it): the next
@@ -64,6 +71,7 @@ returning user starts over from the base anyway).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -88,6 +96,7 @@ from serving_cache.keys import (
     partitions_key,
     user_key,
 )
+from streams.config import KafkaConfig
 
 __all__ = ["RELEASED", "RedisVectorSink", "RedisWriteFailed", "Released", "ResumedPush",
            "resumed_push", "write_failed_line", "write_failed_what"]
@@ -171,6 +180,11 @@ class _Partition(StatelessSinkPartition[Item]):
         """The clicks topic and its partition count the dataflow's values are learnt from
         (``diam:{ns}:partitions``): recorded at the first marker check and after a loss
         (None: not recorded)."""
+        self.restore: Callable[[Any], tuple[int, int]] | None = None
+        """Restores the forget markers of the dataflow's topic into Redis from their durable
+        copy, given the writer's client (``streams.forget_markers.restore_markers``): called
+        when the key set was found lost, before anything is written again (None: not done)."""
+        self._restore_due = False  # the key set was lost and the markers are not restored yet
         self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._cluster = isinstance(writer.client, RedisCluster)
@@ -375,6 +389,26 @@ class _Partition(StatelessSinkPartition[Item]):
                     "writes)")
         return None
 
+    def _restore_markers(self) -> None:
+        """Restore the forget markers (:attr:`restore`) after a loss; a failure of the broker
+        is :class:`MarkersNotRestored` (waited out: ``_write`` retries, and the re-push with
+        it), Redis's errors and a refusal (``MarkersUnusable``) are raised as they are."""
+        from serving_cache.forgotten import MarkersUnusable
+
+        assert self.restore is not None
+        try:
+            restored, recorded = self.restore(self.writer.client)
+        except (redis.RedisError, MarkersUnusable):
+            raise
+        except Exception as exc:  # the broker: KafkaException, RangeStalled, RuntimeError
+            self._suspect = True  # the next try checks again and re-pushes with the markers
+            raise MarkersNotRestored(f"{type(exc).__name__}: {exc}") from exc
+        self._restore_due = False
+        if restored or recorded:
+            log.warning("Redis%s namespace %r: restored %d forget marker(s) from their durable "
+                        "copy on Kafka before pushing again (%d written to it)", self.where,
+                        self.writer.ns, restored, recorded)
+
     def _record_partitions(self) -> None:
         """Record :attr:`partitions` in the namespace (the one owner's function); another count
         recorded there, or a key of another type, is logged (the run goes on: its own values
@@ -435,6 +469,10 @@ class _Partition(StatelessSinkPartition[Item]):
                                     f" (the active-model key {model_active_key(self.writer.ns)} "
                                     "is gone too: publish the snapshot again, `diam snapshot "
                                     "publish`)" if gone else "")
+                if repush and self.restore is not None:
+                    self._restore_due = True
+                if self._restore_due:  # before any write: the loss took the markers' hash
+                    self._restore_markers()
                 record = self.base() if self.base is not None else None
                 if record is not None and (record != self._recorded or repush):
                     # before the values learnt on it: a reader never finds them under an
@@ -468,7 +506,7 @@ class _Partition(StatelessSinkPartition[Item]):
                     log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
                                 "dropped", self.where, time.monotonic() - down_since)
                 return writes
-            except redis.RedisError as exc:
+            except (redis.RedisError, MarkersNotRestored) as exc:
                 if not _retried(exc):
                     raise
                 # An outage stalls the writer (and, once the queue is full, the dataflow) and
@@ -489,6 +527,8 @@ class _Partition(StatelessSinkPartition[Item]):
                     began = time.time() - (time.monotonic() - attempt)
                     log.warning("Redis%s %s since %s (%s); writes wait and retry with "
                                 "backoff up to %.0f s (nothing is dropped)", self.where,
+                                "the forget markers not restored" if isinstance(
+                                    exc, MarkersNotRestored) else
                                 "refusing writes" if refused else "unreachable",
                                 time.strftime("%H:%M:%S", time.localtime(began)), why,
                                 self.max_backoff_s)
@@ -499,6 +539,11 @@ class _Partition(StatelessSinkPartition[Item]):
 _REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
              redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
              redis.exceptions.MovedError, redis.exceptions.AskError)
+
+
+class MarkersNotRestored(Exception):
+    """After Redis lost its key set, the forget markers could not be restored from Kafka (the
+    broker did not answer): the writes wait and retry, as in an outage (:func:`_retried`)."""
 
 
 def _retried(exc: BaseException) -> bool:
@@ -525,6 +570,8 @@ def _retried(exc: BaseException) -> bool:
     >>> _retried(redis.ResponseError("WRONGTYPE Operation against a key"))
     False
     """
+    if isinstance(exc, MarkersNotRestored):
+        return True
     if isinstance(exc, redis.exceptions.AuthenticationError):
         return False
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
@@ -594,7 +641,8 @@ class RedisVectorSink(DynamicSink[Item]):
     its Kafka topic id, looked up at the run's start (``streams.forget_markers``; None: a
     broker without topic ids); ``partition_count``: the topic's count the run's values are
     learnt from, recorded in the namespace with the generation marker (``_Partition.partitions``;
-    None: not recorded)."""
+    None: not recorded); ``markers_from``: the Kafka settings the forget markers of ``topic``
+    are restored from when the key set was lost (``_Partition.restore``; None: not restored)."""
 
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
     """Given to every partition: see ``_Partition.observer``."""
@@ -611,8 +659,10 @@ class RedisVectorSink(DynamicSink[Item]):
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None,
-                 topic_id: str | None = None, partition_count: int | None = None) -> None:
+                 topic_id: str | None = None, partition_count: int | None = None,
+                 markers_from: KafkaConfig | None = None) -> None:
         self.cfg = cfg
+        self.markers_from = markers_from
         self.topic = topic
         self.topic_id = topic_id
         self.partition_count = partition_count
@@ -644,7 +694,16 @@ class RedisVectorSink(DynamicSink[Item]):
         part.counts = self.counts
         part.base = self.base
         part.stop = self.stop
+        if self.markers_from is not None and self.topic is not None:
+            part.restore = functools.partial(_restore, self.markers_from, self.topic,
+                                             self.topic_id)
         if self.topic is not None and self.partition_count is not None:
             part.partitions = (self.topic, self.partition_count)
         self._parts.append(part)
         return part
+
+
+def _restore(kafka: KafkaConfig, topic: str, tid: str | None, client: Any) -> tuple[int, int]:
+    from streams.forget_markers import restore_markers
+
+    return restore_markers(kafka, client, topic, tid)

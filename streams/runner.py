@@ -294,7 +294,8 @@ def job_io(job: OnlineJob, topic_id: str | None = None,
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
                                 max_queued=job.flow.sink_queue_batches, topic=job.topic,
-                                topic_id=topic_id, partition_count=partition_count),
+                                topic_id=topic_id, partition_count=partition_count,
+                                markers_from=job.kafka),
         deadletter=KafkaEpochSink(job.kafka, job.kafka.deadletter_topic, health),
         drift=KafkaEpochSink(job.kafka, job.kafka.drift_topic, health),
     )
@@ -362,11 +363,13 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
     written by :meth:`PreparedRun.claim_store` when the store holds no state yet); this
     process's own address of a Bytewax cluster (``streams.preflight.AddressTaken``); the
     dead-letter and drift topics are created when missing. Last, the topic's Kafka id is
-    looked up and the markers an earlier release recorded under its name alone adopted
+    looked up, the markers an earlier release recorded under its name alone adopted and the
+    markers restored from their durable copy on Kafka when Redis lost them
     (:func:`_forget_markers`; its notice is logged here, so before a start line too): a broker
     or Redis failing there raises the client's error (``redis.ConnectionError``,
     ``confluent_kafka.KafkaException``), a marker key of another type than a hash
-    ``serving_cache.forgotten.MarkersNotAHash``. Nothing is written into the recovery store
+    ``serving_cache.forgotten.MarkersNotAHash``, a markers' topic not compacted
+    ``streams.forget_markers.MarkersTopicUnfit``. Nothing is written into the recovery store
     here (its lock aside): :meth:`PreparedRun.claim_store` writes its record and starts its
     growth log once the caller's own refusals are asked too."""
     validate_namespace(job.namespace)

@@ -8,7 +8,7 @@ from diam.commands import get_settings, kafka_unusable, topic_name
 
 
 @click.command("forget")
-@click.argument("users", nargs=-1, required=True)
+@click.argument("users", nargs=-1)
 @click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic whose dataflows must forget the users (default: settings "
                    "kafka.clicks_topic). The configured catalogue, dead-letter, drift, alerts "
@@ -16,12 +16,32 @@ from diam.commands import get_settings, kafka_unusable, topic_name
 @click.option("--redis-only", is_flag=True, default=False,
               help="Only delete the Redis keys; write no tombstone to the clicks topic and "
                    "record no marker: a dataflow that holds the user pushes them again.")
+@click.option("--restore-markers", is_flag=True, default=False,
+              help="Forget no one: restore TOPIC's markers into Redis from their durable copy "
+                   "(settings kafka.forgotten_topic) and write to that copy those Redis holds "
+                   "that it lacks; say how many. Every run, replay and forget does it at its "
+                   "start anyway, and a running dataflow when it finds the key set lost.")
 @click.pass_context
-def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, redis_only: bool) -> None:
+def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, redis_only: bool,
+               restore_markers: bool) -> None:
     """Forget USERS: write a tombstone (the user id as key, no value) to the clicks topic,
-    record its offset in Redis (hash diam::forgotten:TOPIC:TOPIC_ID, TOPIC_ID being Kafka's id
-    of the topic that holds the name now; field = user id, kept for good), then delete the
+    record its offset on the compacted markers' topic (settings kafka.forgotten_topic,
+    default diam.forgotten; created compacted by the first forget; one record per topic id
+    and user, kept for good) and in Redis (hash diam::forgotten:TOPIC:TOPIC_ID, TOPIC_ID
+    being Kafka's id of the topic that holds the name now; field = user id), then delete the
     users' vectors in every Redis namespace.
+
+    \b
+    When Redis loses its data (a restart without persistence, FLUSHALL, a failover to an
+    empty replica), the markers' hash is restored from the markers' topic (a user's higher
+    offset wins, so nothing is lowered, doubled or lost, and a forget made meanwhile holds):
+    - at the start of every diam run, diam replay and diam forget, before anything is
+      written;
+    - in a running diam run, when its writer finds the key set lost (the namespace's
+      generation marker), before it pushes its users again;
+    - on demand: diam forget --restore-markers [--topic TOPIC].
+    Markers Redis holds that the topic lacks (recorded by a release before it, or by a forget
+    whose record failed) are written to it at the same points.
 
     \b
     What is guaranteed once it returns:
@@ -59,7 +79,8 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     too); a dataflow still running while its topic is deleted and created again checks the
     old topic's markers until it is restarted; a broker without topic ids (before Kafka
     2.8) keeps the markers by name (delete the hash after recreating the topic); --redis-only
-    writes no tombstone and no marker.
+    writes no tombstone and no marker; the markers' topic deleted, or markers whose hash
+    Redis lost before a release with that topic first started (forget those users again).
 
     Only a clicks topic takes the tombstones: on the compacted item catalogue a null value
     deletes the item keyed by the same id, so the configured side topics and any compacted
@@ -73,16 +94,22 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     from streams.online import forget_target
 
     s = get_settings(ctx)
+    if restore_markers and (users or redis_only):
+        raise click.UsageError("--restore-markers forgets no one: give it without USERS and "
+                               "without --redis-only")
+    if not users and not restore_markers:
+        raise click.UsageError("Missing argument 'USERS...' (or --restore-markers)")
     bad = [u for u in users if forget_target(u.encode()) is None]
     if bad:
         raise click.BadParameter(f"not valid user ids: {', '.join(map(repr, bad))}",
                                  param_hint="USERS")
     topic = topic if topic is not None else s.kafka.clicks_topic
     client = redis_client(s.redis)
+    unrecorded: Exception | None = None
     if not redis_only:
-        from serving_cache.forgotten import MarkersNotAHash, record_markers
+        from serving_cache.forgotten import MarkersUnusable, record_markers
         from streams import not_for_clicks
-        from streams.forget_markers import forget_markers_of
+        from streams.forget_markers import forget_markers_of, write_markers
         from streams.kafka_io import UnknownTopic
 
         try:  # producing to a misspelt topic would create it, and no dataflow would forget them
@@ -100,13 +127,18 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         except UnknownTopic as exc:  # deleted since the check above
             raise click.BadParameter(f"{exc}; the Redis keys were not touched",
                                      param_hint="--topic") from None
-        except MarkersNotAHash as exc:  # before any tombstone: a forget half done is worse
+        except MarkersUnusable as exc:  # before any tombstone: a forget half done is worse
             raise click.ClickException(f"{exc}; no tombstone was written and the Redis keys "
                                        "were not touched") from None
-        except (KafkaException, RuntimeError) as exc:
+        except (KafkaException, RuntimeError, TimeoutError) as exc:  # TimeoutError: RangeStalled
             raise kafka_unusable(s, exc) from None
         if (notice := adoption.line()) is not None:
             click.echo(notice)
+        if restore_markers:
+            if notice is None:
+                click.echo(f"the forget markers of {topic} in Redis and on "
+                           f"{s.kafka.forgotten_topic} agree: nothing to restore")
+            return
         errors: list[str] = []
         offsets: dict[str, int] = {}
 
@@ -131,12 +163,25 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         # The newest tombstone of a user wins: a later forget's offset is higher.
         # Also into the name-only hash while it is this topic's: the earlier release's
         # processes still running read only that one.
+        # The durable copy first (Redis may lose the hash: restored from it at every start);
+        # should it fail, the hash and the deletes still go ahead, and the next start writes
+        # the copy from the hash.
+        try:
+            write_markers(s.kafka, topic, adoption.topic_id, offsets)
+        except (KafkaException, RuntimeError) as exc:
+            unrecorded = exc
         record_markers(client, topic, adoption.topic_id, offsets)
     for u, keys in user_keys_everywhere(client, users).items():
         if keys:
             client.delete(*keys)
         names = sorted(namespace_of_key(k) for k in keys)
         click.echo(f"{u}: deleted in {len(keys)} namespace(s)" + (f" ({', '.join(names)})" if names else ""))
+    if not redis_only and unrecorded is not None:
+        raise click.ClickException(
+            f"the markers were recorded in Redis but not on {s.kafka.forgotten_topic} "
+            f"({unrecorded}): should Redis lose its data before the next diam run, replay or "
+            "forget writes them there (at its start), they would be lost; run `diam forget "
+            f"--restore-markers --topic {topic}` once Kafka answers")
 
 
 COMMANDS = [forget_cmd]

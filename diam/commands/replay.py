@@ -91,7 +91,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from diam.app import load_holder, one_base
     from diam.commands.run import check_namespace_partitions, require_broker
     from serving_cache import redis_client
-    from serving_cache.forgotten import MarkersNotAHash, check_marker_keys
+    from serving_cache.forgotten import MarkersUnusable, check_marker_keys
     from serving_cache.namespaces import drop_namespace, namespace_in_use
     from streams.forget_markers import topic_id
     from streams.kafka_io import UnknownTopic
@@ -158,7 +158,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                 check_namespace_partitions(s, namespace, topic, len(rng.start), REPLAY_AGAIN)
         except TopicRepartitioned as exc:
             raise click.ClickException(str(exc)) from None
-    except MarkersNotAHash as exc:
+    except MarkersUnusable as exc:
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
@@ -181,7 +181,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     try:
         report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
                             progress=progress)
-    except MarkersNotAHash as exc:  # refused before the dataflow started (its markers lookup)
+    except MarkersUnusable as exc:  # refused before the dataflow started (its markers lookup)
         raise click.ClickException(str(exc)) from None
     except ServiceConfigError as exc:  # its start checks: a permission the ACL user lacks, ...
         raise click.ClickException(str(exc)) from None

@@ -312,7 +312,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     import redis
 
     from diam.app import load_holder, one_base, online_job
-    from serving_cache.forgotten import MarkersNotAHash
+    from serving_cache.forgotten import MarkersUnusable
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError, redis_refusal
@@ -337,7 +337,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
             raise click.ClickException(str(exc)) from None
         except RecoveryUnusable as exc:  # in use by another run, or not a store
             raise click.ClickException(str(exc)) from None
-        except MarkersNotAHash as exc:  # another tool's key where diam forget's markers belong
+        except MarkersUnusable as exc:  # a key of another type, a markers topic not compacted
             raise click.ClickException(str(exc)) from None
         except UnknownPartitions as exc:
             raise click.BadParameter(str(exc), param_hint="--partitions") from None

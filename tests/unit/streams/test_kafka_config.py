@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from streams.config import KafkaConfig
 
 TOPICS = ["clicks_topic", "deadletter_topic", "drift_topic", "alerts_topic", "items_topic",
-          "models_topic"]
+          "models_topic", "forgotten_topic"]
 
 
 @pytest.mark.parametrize("field", TOPICS)
