@@ -8,11 +8,12 @@ after it missed an announcement.
 """
 
 from snapshotter.config import SnapshotConfig
-from snapshotter.publish import CheckpointError, PublishResult, Skip, Watcher, publish
+from snapshotter.publish import ActiveMoved, CheckpointError, PublishResult, Skip, Watcher, publish
 from snapshotter.store import ActiveWatcher, IntegrityError, SnapshotError, SnapshotStore
 from snapshotter.sync import Synced, sync_active
 
 __all__ = [
+    "ActiveMoved",
     "ActiveWatcher",
     "CheckpointError",
     "IntegrityError",

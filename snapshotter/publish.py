@@ -10,6 +10,7 @@ Nothing is unpickled: safetensors, JSON, ``np.load(allow_pickle=False)``.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import shutil
@@ -28,6 +29,7 @@ from snapshotter.store import (
     LockTimeout,
     SnapshotError,
     SnapshotStore,
+    resolve_active,
     sha256_file,
     version_name,
 )
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from online_model.checkpoint import CheckpointFiles
 
 __all__ = [
+    "ActiveMoved",
     "CheckpointError",
     "PublishResult",
     "announce",
@@ -54,6 +57,33 @@ MANIFEST_FORMAT = 1
 
 class CheckpointError(SnapshotError):
     """A checkpoint directory is incomplete or inconsistent; says which file."""
+
+
+class ActiveMoved(SnapshotError):
+    """:func:`publish` was told which version it replaces (``expect_active``: the one its
+    caller compared the checkpoint with) and found another active under the store's lock;
+    nothing was written or switched. ``active``: the version active now (None: none)."""
+
+    def __init__(self, expected: str | None, active: str | None) -> None:
+        super().__init__(f"the active version is {active or 'none'}, not {expected or 'none'} "
+                         "as expected; nothing was published")
+        self.expected = expected
+        self.active = active
+
+
+class _Unset(enum.Enum):
+    UNSET = 0
+
+
+def _check_active(store: SnapshotStore, redis_client: Any | None, ns: str,
+                  expect: str | None | _Unset) -> None:
+    """Raise :class:`ActiveMoved` when the active version, as every reader resolves it
+    (:func:`resolve_active`), is not ``expect``; the caller holds the store's lock."""
+    if expect is _Unset.UNSET:
+        return
+    now = resolve_active(store, redis_client, ns)
+    if now != expect:
+        raise ActiveMoved(expect, now)
 
 
 def _read(path: str | Path) -> CheckpointFiles:
@@ -149,6 +179,7 @@ def publish(
     data_dir: str | Path | None = None,
     now: datetime | None = None,
     usable: Callable[[Path], None] | None = None,
+    expect_active: str | None | _Unset = _Unset.UNSET,
 ) -> PublishResult:
     """Verify ``checkpoint``, write it as a new version of ``store``, make it active.
 
@@ -157,6 +188,14 @@ def publish(
     ``DIAM_ONLINE_DIM``; the snapshotter knows no dataflow settings): called with the verified
     checkpoint's directory before anything is written or re-activated, it raises
     :class:`SnapshotError` to refuse it, and the active version does not change.
+
+    ``expect_active`` (a version, or None for none) is the version the caller judged the
+    checkpoint against (the retrain service's promotion gate): checked under the store's lock,
+    before the re-use of kept weights and again before the commit, against the active
+    version as every reader resolves it (:func:`snapshotter.store.resolve_active`: Redis's
+    announcement when the store holds it, else the pointer); another one raises
+    :class:`ActiveMoved` and nothing is written or switched, so a checkpoint never replaces a
+    version it was not compared with. Without it nothing is checked (an operator's publish).
 
     Weights already kept as a version (same sha256: a rerun after a killed or half-failed
     publish, the same checkpoint twice) re-activate that version instead of writing a copy,
@@ -189,6 +228,7 @@ def publish(
     if usable is not None:
         usable(ck.path)
     with store.locked(create=True):  # the first publish makes the store
+        _check_active(store, redis_client, ns, expect_active)
         reused, damaged = _reuse(store, ck.weights_sha256, redis_client, ns)
     if reused is not None:
         return reused
@@ -226,6 +266,8 @@ def publish(
         # the staging directory goes with any failure before its commit, a wait for the lock
         # that ends in a timeout or Ctrl-C included; once committed it no longer exists
         with store.locked():
+            # another publish or rollback switched while the index was built
+            _check_active(store, redis_client, ns, expect_active)
             # the same weights published meanwhile (a retry racing the first try): as
             # documented, that version is re-activated, not copied
             reused, _ = _reuse(store, ck.weights_sha256, redis_client, ns, damaged)

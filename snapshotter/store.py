@@ -43,6 +43,7 @@ __all__ = [
     "IntegrityError",
     "LockTimeout",
     "LockWaitInterrupted",
+    "RetrainLocked",
     "SnapshotInfo",
     "ActiveWatcher",
     "resolve_active",
@@ -53,6 +54,7 @@ __all__ = [
     "is_version_name",
     "POINTER",
     "LOCK",
+    "RETRAIN_LOCK",
     "HISTORY",
     "ANNOUNCED",
     "MANIFEST",
@@ -75,6 +77,10 @@ and a publish without Redis (``--no-redis``) cannot ask Redis which one it annou
 LOCK = ".lock"
 """The store's lock file (:meth:`SnapshotStore.locked`); hidden, so never a version. While held
 it reads ``<pid> <ISO time taken>``, so a waiter can name the holder."""
+RETRAIN_LOCK = ".retrain.lock"
+"""The store's retrain lock (:meth:`SnapshotStore.retrain_lock`), apart from :data:`LOCK`: held
+for a whole retrain (a service for its lifetime), which trains for minutes, while
+:data:`LOCK` is held for a switch. Written as :data:`LOCK` is while held."""
 LOCK_POLL_S = 0.1
 """How often a waiter tries the held lock again (a non-blocking ``flock``: the wait can then
 end at a timeout or a signal)."""
@@ -96,6 +102,11 @@ class SnapshotError(Exception):
 class LockTimeout(SnapshotError):
     """The store's lock was still held at ``snapshot.lock_timeout_s``; says by whom. Nothing
     was changed."""
+
+
+class RetrainLocked(SnapshotError):
+    """Another retrain holds the store's retrain lock (:meth:`SnapshotStore.retrain_lock`);
+    says by whom. Nothing was trained."""
 
 
 class LockWaitInterrupted(KeyboardInterrupt):
@@ -533,6 +544,33 @@ class SnapshotStore:
                 self._write_holder(fh, "")
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    @contextmanager
+    def retrain_lock(self) -> Iterator[None]:
+        """Hold the store's retrain lock (an exclusive ``flock`` on ``<root>/.retrain.lock``)
+        or raise :class:`RetrainLocked` at once, naming its holder: one retrain at a time per
+        store. Two retrains of one store would each train the same window and gate against
+        the version active when it started, and the second to publish would replace the
+        first's without ever being compared with it; a trainer is not queued behind another
+        (its window would be stale), it is refused. Creates the root, as a first publish does.
+        The kernel drops the lock when its holder dies. Not re-entrant."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.require_root()
+        with open(self.root / RETRAIN_LOCK, "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RetrainLocked(
+                    f"another retrain of {self.root} ({self.lock_holder(RETRAIN_LOCK)}) holds "
+                    f"{self.root / RETRAIN_LOCK}; one retrain at a time per snapshot store "
+                    "(a `diam retrain` service holds it while it runs): nothing was "
+                    "trained") from None
+            try:
+                self._write_holder(fh, f"{os.getpid()} {datetime.now(UTC).isoformat()}\n")
+                yield
+            finally:
+                self._write_holder(fh, "")
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     @staticmethod
     def _write_holder(fh: Any, text: str) -> None:
         # only words for a waiter's message: a full disk must not fail the switch itself
@@ -543,11 +581,12 @@ class SnapshotStore:
         except OSError:
             pass
 
-    def lock_holder(self) -> str:
-        """Who holds the lock, as its holder wrote it: ``pid N, since HH:MM:SS`` (local
-        time), or ``holder unknown`` (it has not written yet, or wrote nothing readable)."""
+    def lock_holder(self, name: str = LOCK) -> str:
+        """Who holds the lock (:data:`LOCK`, or ``name``: :data:`RETRAIN_LOCK`), as its holder
+        wrote it: ``pid N, since HH:MM:SS`` (local time), or ``holder unknown`` (it has not
+        written yet, or wrote nothing readable)."""
         try:
-            pid, _, at = (self.root / LOCK).read_text(errors="replace").strip().partition(" ")
+            pid, _, at = (self.root / name).read_text(errors="replace").strip().partition(" ")
             since = datetime.fromisoformat(at).astimezone().strftime("%H:%M:%S")
         except (OSError, ValueError):
             return "holder unknown"
