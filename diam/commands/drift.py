@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from diam.commands import (
     MAX_SECONDS,
@@ -20,6 +23,105 @@ from diam.commands import (
     stop_on_signals,
     topic_name,
 )
+from diam.settings import Settings, env_names
+from streams.config import DriftConfig
+
+OFF = "off"
+"""What a count option of ``diam drift run`` takes for the setting's None (never alert)."""
+
+class _CountOrOff(click.ParamType):
+    """A count threshold of the drift monitor: an integer >= 1, or ``off`` (the setting's None:
+    that alert is never raised)."""
+
+    name = "N|off"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == OFF:
+            return value
+        text = str(value).strip()
+        if text.lower() == OFF:
+            return OFF
+        try:
+            count = int(text)
+        except ValueError:
+            self.fail(f"{value!r}: expected a count >= 1 or {OFF!r}", param, ctx)
+        if count < 1:
+            self.fail(f"{value!r}: expected a count >= 1 or {OFF!r}", param, ctx)
+        return count
+
+
+COUNT_OR_OFF = _CountOrOff()
+
+_OPTIONS: dict[str, tuple[str, int]] = {}
+"""``diam drift run``'s threshold options: click parameter name -> (field of
+:class:`streams.config.DriftConfig`, its units per the option's unit), filled by
+:func:`drift_option`, read by :func:`drift_config`."""
+
+
+def drift_option(flag: str, field: str, type_: click.ParamType, text: str,
+                 scale: int = 1) -> Callable[[Any], Any]:
+    """An option of ``diam drift run`` that overrides the setting ``drift.<field>`` for one
+    run. It has no default of its own: left out, the settings' value stands (``[drift]`` in
+    diam.toml, ``DIAM_DRIFT_*``), and the help says which setting and its built-in value.
+    ``scale``: setting units per option unit (1000 for an option in seconds of a setting in
+    ms)."""
+    info = DriftConfig.model_fields[field]
+    env = next(k for k, v in env_names(Settings).items() if v == ("drift", field))
+    builtin = OFF if info.default is None else f"{info.default:g}" if isinstance(
+        info.default, float) else str(info.default)
+    unit = " ms" if scale == 1000 else ""
+    _OPTIONS[flag.lstrip("-").replace("-", "_")] = (field, scale)
+    return click.option(flag, type=type_, default=None,
+                        callback=finite if isinstance(type_, click.FloatRange) else None,
+                        help=f"{text} [default: settings drift.{field} ({builtin}{unit}), "
+                             f"{env}]")
+
+
+def drift_config(base: DriftConfig, given: Mapping[str, object]) -> DriftConfig:
+    """The monitor's configuration: the settings' ``base`` (``Settings.drift``) with every
+    threshold option that was given (``given``: click parameter name -> value, None: left
+    out) in its place, validated by the model. An option in seconds becomes whole ms,
+    rounded (1.001 s is 1001 ms; int() made it 1000).
+
+    >>> cfg = drift_config(DriftConfig(user_changes=2), {"window_s": 1.001, "guard_trips": "off",
+    ...                                                 "user_changes": None})
+    >>> cfg.window_ms, cfg.guard_trips, cfg.user_changes, cfg.rollbacks
+    (1001, None, 2, 20)
+    """
+    update: dict[str, object] = {}
+    for name, value in given.items():
+        field, scale = _OPTIONS[name]
+        if value is None:
+            continue
+        if value == OFF:
+            update[field] = None
+        elif scale != 1:
+            update[field] = round(float(value) * scale)  # type: ignore[arg-type]
+        else:
+            update[field] = value
+    try:
+        return DriftConfig.model_validate({**base.model_dump(), **update})
+    except ValidationError as exc:  # the options' types admit what the model does; kept honest
+        raise click.UsageError("; ".join(f"drift.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                         for e in exc.errors())) from None
+
+
+def describe(cfg: DriftConfig) -> str:
+    """The configuration in force, for the start line, each threshold by its setting's name
+    (an operator sees what a DIAM_DRIFT_* or an option changed).
+
+    >>> describe(DriftConfig())  # doctest: +NORMALIZE_WHITESPACE
+    'window 60s, lateness 5s; thresholds user_changes 4, flip_reversals 2, d_swing 0.4,
+     guard_trips 100, rollbacks 20, freezes 20, k_changes off, ph_delta 0.5, ph_threshold 8,
+     ph_min_windows 10, top_n 5'
+    """
+    def shown(v: object) -> str:
+        return OFF if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+    rest = cfg.model_dump(exclude={"window_ms", "lateness_ms"})
+    return (f"window {cfg.window_ms / 1000:g}s, lateness {cfg.lateness_ms / 1000:g}s; "
+            "thresholds " + ", ".join(f"{k} {shown(v)}" for k, v in rest.items()))
 
 
 @click.group("drift")
@@ -41,18 +143,35 @@ def drift() -> None:
                          "topic; the alerts say the namespace.")
 @click.option("--alerts-topic", default=None, callback=topic_name,
               help="Where alerts go [default: settings kafka.alerts_topic].")
-@click.option("--window-s", type=click.FloatRange(min=0.001, max=MAX_SECONDS), default=60.0,
-              callback=finite, show_default=True, help="Tumbling window length, in event time.")
-@click.option("--lateness-s", type=click.FloatRange(min=0, max=MAX_SECONDS), default=5.0,
-              callback=finite, show_default=True,
-              help="How far (event time) behind its user's newest event, and for the global "
-              "counts every partition's, a record may arrive and still count in its window.")
-@click.option("--flip-reversals", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Reversals of one user's K_u (A->B->A) in a window that raise k_flip_flop.")
-@click.option("--user-changes", type=click.IntRange(min=1), default=4, show_default=True,
-              help="K_u changes of one user in a window that raise k_churn.")
-@click.option("--d-swing", type=click.FloatRange(min=0, min_open=True), default=0.4,
-              callback=finite, show_default=True, help="max-min of one user's d_u in a window that raises d_swing.")
+@drift_option("--window-s", "window_ms", click.FloatRange(min=0.001, max=MAX_SECONDS),
+              "Tumbling window length, in event time, in seconds.", scale=1000)
+@drift_option("--lateness-s", "lateness_ms", click.FloatRange(min=0, max=MAX_SECONDS),
+              "How far (event time, in seconds) behind its user's newest event, and for the "
+              "global counts every partition's, a record may arrive and still count in its "
+              "window.", scale=1000)
+@drift_option("--flip-reversals", "flip_reversals", click.IntRange(min=1),
+              "Reversals of one user's K_u (A->B->A) in a window that raise k_flip_flop.")
+@drift_option("--user-changes", "user_changes", click.IntRange(min=1),
+              "K_u changes of one user in a window that raise k_churn.")
+@drift_option("--d-swing", "d_swing", click.FloatRange(min=0, min_open=True),
+              "max-min of one user's d_u in a window that raises d_swing.")
+@drift_option("--guard-trips", "guard_trips", COUNT_OR_OFF,
+              "Guard trips in a window (all users) that raise guard_trips; off: never.")
+@drift_option("--rollbacks", "rollbacks", COUNT_OR_OFF,
+              "Rollbacks in a window (all users) that raise rollbacks; off: never.")
+@drift_option("--freezes", "freezes", COUNT_OR_OFF,
+              "Freezes (rate-limited users) in a window that raise freezes; off: never.")
+@drift_option("--k-changes", "k_changes", COUNT_OR_OFF,
+              "K_u changes in a window (all users) that raise k_change_rate; off: the rate is "
+              "left to the Page-Hinkley detector (k_change_drift).")
+@drift_option("--ph-delta", "ph_delta", click.FloatRange(min=0),
+              "Page-Hinkley allowance per window, in standard deviations of the stabilised "
+              "K_u change count.")
+@drift_option("--ph-threshold", "ph_threshold", click.FloatRange(min=0, min_open=True),
+              "Page-Hinkley threshold (same units) that raises k_change_drift.")
+@drift_option("--ph-min-windows", "ph_min_windows", click.IntRange(min=1),
+              "Windows seen before the detector may fire.")
+@drift_option("--top-n", "top_n", click.IntRange(min=1), "Users listed in an alert.")
 @click.option("--from-beginning/--from-end", default=False, show_default=True,
               help="Read the drift topic from its start, or only what arrives from now on. "
               "With a --recovery-dir that holds a position, only for partitions it has none for.")
@@ -64,7 +183,8 @@ def drift() -> None:
               "and accounts the drift events written while it was down. Without it a restart "
               "starts at the topic's end (--from-end: those events are skipped) or its start "
               "(--from-beginning: everything again). One store per drift topic, namespace and "
-              "--window-s once it holds a position (a store whose runs never got that far, "
+              "window length (--window-s, settings drift.window_ms) once it holds a position (a "
+              "store whose runs never got that far, "
               "e.g. refused for a misspelt --topic, is claimed by the next run); not a diam "
               "run store.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
@@ -75,15 +195,15 @@ def drift() -> None:
 @click.option("--summaries", is_flag=True, help="Also print every closed window's aggregates.")
 @click.pass_context
 def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
-            alerts_topic: str | None, window_s: float,
-            lateness_s: float, flip_reversals: int, user_changes: int, d_swing: float,
-            from_beginning: bool, bounded: bool, recovery_dir: Path | None,
-            metrics_port: int | None, metrics_hold: float, idle_close_s: float,
-            summaries: bool) -> None:
+            alerts_topic: str | None, from_beginning: bool, bounded: bool,
+            recovery_dir: Path | None, metrics_port: int | None, metrics_hold: float,
+            idle_close_s: float, summaries: bool, **thresholds: object) -> None:
     """Run the drift monitor: windows, per-user and global alerts, a Page-Hinkley detector.
 
     Per window: K_u changes (global and per user), users whose K_u flips back and forth,
-    d_u swing, guard trips, rollbacks and freezes. Per-user alerts fire as soon as a user crosses
+    d_u swing, guard trips, rollbacks and freezes. Every threshold and the window are the
+    settings' ([drift] in diam.toml, DIAM_DRIFT_*); an option overrides its setting for this
+    run, and the start line on stderr says the values in force. Per-user alerts fire as soon as a user crosses
     a threshold; global ones when the window closes. Each alert is printed and sent to the
     alerts topic as JSON {kind, window, value, threshold, top_users, seq, ts_ms, detail, source,
     namespace} (source: the drift topic read; namespace: with --namespace). A user is a user
@@ -114,14 +234,13 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     from confluent_kafka import KafkaException
 
     from diam.commands.run import require_broker
-    from streams.drift import Alert, DriftConfig, format_alert
+    from streams.drift import Alert, format_alert
     from streams.drift_flow import DriftMetrics, StoreMismatch, run_drift
     from streams.kafka_io import UnknownTopic
     from streams.runner import RecoveryUnusable
 
     s = get_settings(ctx)
-    cfg = DriftConfig(window_ms=int(window_s * 1000), lateness_ms=int(lateness_s * 1000),
-                      flip_reversals=flip_reversals, user_changes=user_changes, d_swing=d_swing)
+    cfg = drift_config(s.drift, thresholds)
     metrics = DriftMetrics()
     if metrics_port is not None:
         bound = serve_registry(metrics.registry, metrics_port)
@@ -137,7 +256,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic
     require_broker(s)  # an Error naming a broker that does not answer, before the start line
     click.echo(f"drift monitor: {topic}" + (f" (namespace {namespace})" if namespace else "")
-               + f" -> {alerts} window {window_s:g}s" + (" (bounded)" if bounded else "")
+               + f" -> {alerts} " + describe(cfg) + (" (bounded)" if bounded else "")
                + (f" recovery={recovery_dir.resolve()}" if recovery_dir is not None else ""),
                err=True)
     stop = threading.Event()
