@@ -1,7 +1,12 @@
 """The retrain service (``diam retrain``): train from the clicks topic, behind a promotion gate.
 
-One retrain (:meth:`Retrainer.run_once`):
+One retrain (:meth:`Retrainer.run_once`), one at a time per snapshot store (its retrain lock:
+a second retrain, ``--once`` or service, is refused naming the first, and trains nothing):
 
+0. the active model, as every server resolves it (:func:`snapshotter.store.resolve_active`:
+   Redis's announcement when the store holds it, else the pointer file); when none resolves
+   but the store holds versions or Redis announces one elsewhere, nothing is trained
+   (:class:`CannotRetrain` says what to do): a model from scratch would replace it ungated;
 1. the window: the newest ``window_events`` records of the clicks topic, the catalogue topic;
 2. the newest ``holdout_fraction`` of the window's events (by event time) is held out;
 3. a candidate is trained on the rest, warm-started from the active snapshot's weights (item
@@ -11,8 +16,11 @@ One retrain (:meth:`Retrainer.run_once`):
    (:mod:`snapshotter.gate`) decides;
 5. a passing candidate that the dataflows can use as their base (``diam.app.stream_base``: it
    loads, of size DIAM_ONLINE_DIM) is published through the snapshotter (verified, indexed,
-   pointer switched atomically, Redis told: the dataflow and the API hot-reload it); a refused
-   one stays in ``candidates_dir`` with its ``decision.json``, never activated;
+   pointer switched atomically, Redis told: the dataflow and the API hot-reload it) only in
+   place of the version it was compared with (checked under the store's lock; a version made
+   active meanwhile, by a publish or rollback by hand, is compared with on the same slice
+   first); a refused one stays in ``candidates_dir`` with its ``decision.json``, never
+   activated;
 6. the decision (versions, metrics, reason, durations) goes to the ``diam.models`` topic, to
    Prometheus and to the log. ``published``: the pointer on disk names the candidate's
    version; ``announced``: Redis's ``diam:<ns>:model:active`` named it too (what servers
@@ -47,9 +55,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from snapshotter.gate import GateConfig
 
-__all__ = ["RetrainConfig", "Decision", "Retrainer", "outcome_line", "window_range"]
+__all__ = ["CannotRetrain", "RetrainConfig", "Decision", "Retrainer", "outcome_line",
+           "window_range"]
 
 log = logging.getLogger("diam.retrain")
+
+MAX_REGATES = 3
+"""How many times a retrain compares its candidate again with a version that became active
+while it trained (a publish or rollback by hand) before it refuses rather than chase it."""
+
+
+class CannotRetrain(Exception):
+    """Nothing was trained: the store or Redis is in a state a retrain must not act on (no
+    active version resolves, yet a model trained from scratch would replace one). Says what to
+    do; ``diam retrain --once`` exits 1 with it, the service says it once and looks again at
+    each poll."""
 
 
 class RetrainConfig(BaseModel):
@@ -152,6 +172,8 @@ class Decision:
     published: bool
     reason: str
     active_before: str | None
+    """The version the candidate was last compared with: the one its publish replaced (None:
+    no active model, or not known for a rebuilt decision)."""
     version: str | None = None
     """The published version (None when refused)."""
     announced: bool = False
@@ -169,6 +191,11 @@ class Decision:
     warm_start: dict[str, Any] | None = None
     created_at: str = ""
     candidate_path: str = ""
+    window_done: bool = True
+    """The service counts ``window`` as trained and resumes after it. False only for the
+    decision rebuilt for a run stopped between its snapshot's commit and its activation
+    (:meth:`Retrainer.reconcile`): nothing went live, so the next retrain takes those events
+    again. Records written before the key existed count as done."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, default=_jsonable).encode()
@@ -314,10 +341,32 @@ class Retrainer:
         self._sync_tries = 0
         self._unannounced: dict[str, Any] | None = None
         """The decision (as on the topic) whose version Redis did not take at its publish."""
+        self._locked = False
+        """This retrainer holds the store's retrain lock (:meth:`serve`, for its lifetime)."""
+        self._service = False
+        """:meth:`serve` is running (it retries what a single :meth:`run_once` cannot)."""
+        self._blocked: str | None = None
+        """The :class:`CannotRetrain` the service said last (said once, not at every poll)."""
 
     # -- one retrain ---------------------------------------------------------------------
     def run_once(self) -> Decision:
-        """Train a candidate on the current window, gate it, publish or keep it; report."""
+        """Train a candidate on the current window, gate it, publish or keep it; report.
+
+        Holds the store's retrain lock (:meth:`snapshotter.store.SnapshotStore.retrain_lock`)
+        throughout: while another retrain of the store runs, it raises
+        :class:`snapshotter.store.RetrainLocked` naming it, and trains nothing. Raises
+        :class:`CannotRetrain` when no active version resolves but a model trained from
+        scratch would replace one (:meth:`_why_not_from_scratch`)."""
+        if self._locked:  # the service's own
+            return self._run_once()
+        with self.store.retrain_lock():
+            self._locked = True
+            try:
+                return self._run_once()
+            finally:
+                self._locked = False
+
+    def _run_once(self) -> Decision:
         import torch
 
         from online_model.checkpoint import load_checkpoint, save_checkpoint
@@ -333,12 +382,20 @@ class Retrainer:
         )
         from online_model.train import Features, TrainConfig, train
         from snapshotter.gate import decide
+        from snapshotter.store import resolve_active
         from streams.catalog import Catalog, read_catalog
         from streams.topic_corpus import corpus_from_topic, read_clicks
 
         t0 = time.monotonic()
         kafka, cfg = self.s.kafka, self.cfg
-        active_version = self.store.active_version()
+        # the active model as every reader resolves it (serve, run, recommend follow Redis's
+        # announcement): the pointer file alone may be missing while servers serve a version
+        elsewhere: list[str] = []
+        active_version = resolve_active(self.store, self.redis, self.ns,
+                                        on_absent=elsewhere.append)
+        if active_version is None and (
+                why := self._why_not_from_scratch(elsewhere[0] if elsewhere else None)):
+            raise CannotRetrain(f"not retraining: {why}")
         rng = window_range(kafka, self.topic, cfg.window_events)
         items_topic: str | None = kafka.items_topic
         try:
@@ -423,57 +480,130 @@ class Retrainer:
         dev = str(next(res.model.parameters()).device)
         cand_m = evaluate_slice(res.model, full, es, device=dev, per_user=True)
         cand_u = cand_m.pop("per_user")
-        act_m = act_u = None
-        if active is not None:
-            torch.manual_seed(cfg.seed)
-            acfg = ModelConfig.from_dict({**active.config, "n_items": full.n_items,
-                                          "n_categories": full.n_categories})
-            view = build_model(acfg, full.item_cat)
-            state, _ = remap_state(active.model, active.item_ids, view, full.item_ids,
-                                   active.categories or None, full.category_names)
-            view.load_state_dict(state)
-            act_m = evaluate_slice(view.to(dev).eval(), full, es,
-                                   exclude=unknown_rows(full, active.item_ids), device=dev,
-                                   per_user=True)
-            act_u = act_m.pop("per_user")
+
+        def gate_against(ck: Any) -> tuple[Any, dict[str, Any]]:
+            """The gate's decision on the candidate against the active checkpoint ``ck``
+            (None: no active model) on the held-out slice, and the decision's metrics."""
+            act_m = act_u = None
+            if ck is not None:
+                torch.manual_seed(cfg.seed)
+                acfg = ModelConfig.from_dict({**ck.config, "n_items": full.n_items,
+                                              "n_categories": full.n_categories})
+                view = build_model(acfg, full.item_cat)
+                state, _ = remap_state(ck.model, ck.item_ids, view, full.item_ids,
+                                       ck.categories or None, full.category_names)
+                view.load_state_dict(state)
+                act_m = evaluate_slice(view.to(dev).eval(), full, es,
+                                       exclude=unknown_rows(full, ck.item_ids), device=dev,
+                                       per_user=True)
+                act_u = act_m.pop("per_user")
+            pairs = (None if act_u is None else
+                     {m: (cand_u[m], act_u[m]) for m in ("recall@20", "entropy@20")})
+            gate = decide(cand_m, act_m, cfg.gate, eval_users=len(es.users), per_user=pairs)
+            return gate, {"candidate": _clean(cand_m), "active": _clean(act_m),
+                          "eval_users": len(es.users),
+                          "diff_ci": {m: [round(lo, 6), round(hi, 6)]
+                                      for m, (lo, hi) in gate.intervals.items()}}
+
+        gate, metrics = gate_against(active)
         t_eval = time.monotonic()
-        pairs = (None if act_u is None else
-                 {m: (cand_u[m], act_u[m]) for m in ("recall@20", "entropy@20")})
-        gate = decide(cand_m, act_m, cfg.gate, eval_users=len(es.users), per_user=pairs)
-        d = Decision(name, False, gate.reason, active_version,
-                     metrics={"candidate": _clean(cand_m), "active": _clean(act_m),
-                              "eval_users": len(es.users),
-                              "diff_ci": {m: [round(lo, 6), round(hi, 6)]
-                                          for m, (lo, hi) in gate.intervals.items()}},
+        d = Decision(name, False, gate.reason, active_version, metrics=metrics,
                      window=window, warm_start=warm, created_at=created.isoformat(),
                      candidate_path=str(cand_dir))
         phases = {"read": t_read - t0, "train": t_train - t_read, "eval": t_eval - t_train}
+        why = None
         if gate.publish and (why := self._unusable(cand_dir)) is not None:
             d.reason = f"{gate.reason}, but no dataflow can use it: {why}"
         elif gate.publish:
-            d.published = True
-            d.version, d.announced, why = self._publish(cand_dir)
-            if why is not None:
-                d.reason = f"{gate.reason}; {why}"
+            why = self._publish_gated(d, cand_dir, gate_against, load_checkpoint)
             phases["publish"] = time.monotonic() - t_eval
         d = self._finish(d, t0, phases, cand_dir)
         if d.published and not d.announced:
             self._unannounced = json.loads(d.to_json())
-            self._sync_failed(why or "")
+            self._sync_failed(why or "", d.version)
         return d
 
-    def _publish(self, cand_dir: Path) -> tuple[str, bool, str | None]:
-        """Publish the candidate: ``(version, announced, why not announced)``. A publish that
+    def _publish_gated(self, d: Decision, cand_dir: Path, gate_against: Any,
+                       load: Any) -> str | None:
+        """Publish ``d``'s candidate in place of ``d.active_before``, the version the gate
+        compared it with (:func:`snapshotter.publish.publish`'s ``expect_active``, checked
+        under the store's lock). When another version became active meanwhile (a publish or
+        rollback by hand), the candidate is compared with that one on the same held-out
+        slice and published only if the gate passes it again (at most :data:`MAX_REGATES`
+        times); ``d`` then names the version it was last compared with and keeps the first
+        comparison under ``metrics["moved_from"]``. Updates ``d``; returns why the publish
+        was not announced (None: it was, or nothing was published)."""
+        from snapshotter.publish import ActiveMoved
+
+        moves = 0
+        while True:
+            try:
+                d.version, d.announced, why = self._publish(cand_dir, d.active_before)
+            except ActiveMoved as moved:
+                moves += 1
+                was, now = d.active_before, moved.active
+                self._say(f"retrain {d.candidate}: {now or 'no version'} became active while "
+                          f"it trained (it was compared with {was or 'none'})")
+                d.metrics.setdefault("moved_from", {"version": was,
+                                                    "active": d.metrics.get("active")})
+                d.active_before = now
+                if moves > MAX_REGATES:
+                    d.reason = (f"the active version moved {moves} times while the candidate "
+                                f"was gated (last to {now or 'none'}); refused rather than "
+                                "publish it over a version it was not compared with")
+                    return None
+                if now is None and (stop := self._why_not_from_scratch(None)) is not None:
+                    d.reason = f"{was} stopped being active while it trained: {stop}"
+                    return None
+                gate, metrics = gate_against(None if now is None else load(self.store.path(now)))
+                d.metrics.update(metrics)
+                d.reason = (f"{now or 'no version'} became active while it trained (it was "
+                            f"compared with {was or 'none'}); compared with it: {gate.reason}")
+                if not gate.publish:
+                    return None
+                continue
+            d.published = True
+            if why is not None:
+                d.reason = f"{d.reason}; {why}"
+            return why
+
+    def _why_not_from_scratch(self, elsewhere: str | None) -> str | None:
+        """Why a retrain must not train from scratch and publish although no active version
+        resolves (:func:`snapshotter.store.resolve_active`), or None: a model compared with
+        nothing would replace one servers serve or may serve. Redis announces ``elsewhere``,
+        a version this store does not hold, or the store holds versions while no pointer
+        names one (ACTIVE deleted or emptied)."""
+        if elsewhere is not None:
+            return (f"Redis's diam:{self.ns}:model:active names {elsewhere}, which "
+                    f"{self.store.root} does not hold, and no version there is active: a "
+                    "model trained from scratch would replace it, compared with nothing; "
+                    f"point DIAM_SNAPSHOT_DIR at the store that holds {elsewhere}, or retrain "
+                    "into another namespace (--namespace)")
+        held = [i.version for i in self.store.versions()]
+        if held:
+            return (f"{self.store.no_active_reason()}, yet it holds {len(held)} version(s) "
+                    f"(newest {held[-1]}): a model trained from scratch would replace them, "
+                    "compared with nothing; `diam snapshot rollback VERSION` makes one active "
+                    "(retrains then warm-start from it and are gated against it)")
+        return None
+
+    def _publish(self, cand_dir: Path, expect: str | None) -> tuple[str, bool, str | None]:
+        """Publish the candidate in place of ``expect`` (else
+        :class:`snapshotter.publish.ActiveMoved`, nothing published): ``(version, announced,
+        why not announced)``. A publish that
         switched the pointer on disk and then failed (Redis did not take the version, most
         likely) is a publish: the pointer is the truth, and a retrain must not run again on
         the same window for a Redis outage (every poll published another version). Anything
         that failed before the switch raises, as before."""
-        from snapshotter.publish import publish
+        from snapshotter.publish import ActiveMoved, publish
         from snapshotter.store import SnapshotError, sha256_file
 
         try:
-            pub = publish(cand_dir, self.store, self.redis, ns=self.ns, data_dir=self.s.data_dir)
+            pub = publish(cand_dir, self.store, self.redis, ns=self.ns, data_dir=self.s.data_dir,
+                          expect_active=expect)
             return pub.version, pub.redis_set, None
+        except ActiveMoved:
+            raise
         except SnapshotError as exc:
             active = self.store.active_version()
             sha = sha256_file(cand_dir / "weights.safetensors")
@@ -593,10 +723,23 @@ class Retrainer:
 
     # -- the service -----------------------------------------------------------------------
     def _rebuild_decision(self, cand: Path) -> None:
-        """``cand``'s decision.json, when a snapshot of the store was published from it (its
-        run stopped after the publish): published as that version, window from the
-        candidate's config.json. Nothing when no snapshot came from it (it was never
-        published, and a refusal needs the gate's figures, which are gone)."""
+        """``cand``'s decision.json, when a snapshot of the store was committed from it (its
+        run stopped during or after the publish), window from the candidate's config.json.
+        Nothing when no snapshot came from it (it was never published, and a refusal needs
+        the gate's figures, which are gone).
+
+        Published as that version when it was ever activated (the activation history, the
+        pointer, or Redis names it), ``active_before`` the version activated before it. A
+        version committed and never activated (the run stopped between the commit and the
+        pointer switch) is recorded ``published: false`` with ``window_done: false``: nothing
+        went live, and it is not finished now, because the gate's figures and the version it
+        was compared with died with the run (the active one may have moved since) and
+        re-gating it would take the whole evaluation again, on a window the next retrain
+        covers anyway; so the service trains those events again, gated against what is
+        active then. The version stays in the store (``diam snapshot rollback`` can still
+        activate it by hand) until a prune removes it."""
+        from snapshotter.store import SnapshotError
+
         source = str(cand.resolve())
         version = next((i.version for i in self.store.versions()
                         if i.source.get("path") == source), None)
@@ -617,11 +760,29 @@ class Retrainer:
             announced = self._redis_active() == version
         except Exception:  # Redis away: not known to be announced; serve re-syncs it
             announced = False
-        d = Decision(cand.name, True, f"published as {version}; the run stopped before writing "
-                     "its decision, rebuilt when the service started (the gate's figures were "
-                     "not kept)", None, version=version, announced=announced, window=window,
-                     warm_start=retrain.get("warm_start"), created_at=str(created),
-                     candidate_path=str(cand))
+        history = [v for _, v in self.store.activations()]
+        try:
+            pointer = self.store.active_version()
+        except SnapshotError:  # a damaged pointer names nothing; the history still tells
+            pointer = None
+        first = history.index(version) if version in history else 0
+        before = history[first - 1] if first > 0 else None
+        if version not in history and version != pointer and not announced:
+            d = Decision(cand.name, False, f"committed as {version} but never activated: the "
+                         "run stopped between the commit and the pointer switch, so nothing "
+                         "went live; rebuilt when the service started, not finished (the "
+                         "gate's figures and the version it was compared with were not kept): "
+                         "the next retrain trains on these events again; `diam snapshot "
+                         f"rollback {version}` would activate it by hand", None,
+                         window=window, warm_start=retrain.get("warm_start"),
+                         created_at=str(created), candidate_path=str(cand), window_done=False)
+        else:
+            d = Decision(cand.name, True, f"published as {version}; the run stopped before "
+                         "writing its decision, rebuilt when the service started (the gate's "
+                         "figures were not kept)", before,
+                         version=version, announced=announced, window=window,
+                         warm_start=retrain.get("warm_start"), created_at=str(created),
+                         candidate_path=str(cand))
         (cand / "decision.json").write_bytes(d.to_json())
 
     def _redis_active(self) -> str | None:
@@ -635,10 +796,16 @@ class Retrainer:
     ANNOUNCE_BACKOFF_MAX_S = 60.0
     """Longest wait between two tries to re-sync Redis (the first waits ``poll_s``, doubling)."""
 
-    def _sync_failed(self, why: str) -> None:
+    def _sync_failed(self, why: str, version: str | None = None) -> None:
         """Redis may not name the active version: schedule the next try (backoff), and say so
-        once per state change, not per try."""
-        if self._sync_at is None:
+        once per state change, not per try. Outside the service (one :meth:`run_once`,
+        ``diam retrain --once``) nothing retries: the line says how to finish the job."""
+        if self._sync_at is None and not self._service:
+            self._say(f"Redis does not name the active snapshot version ({why}); this single "
+                      "retrain does not retry it: run `diam snapshot rollback "
+                      f"{version or 'VERSION'}` once Redis answers (or keep `diam snapshot "
+                      "watch` or a `diam retrain` service running, which re-sync it)")
+        elif self._sync_at is None:
             self._say(f"Redis does not name the active snapshot version yet ({why}); the "
                       f"service re-syncs it from {self.store.root}/ACTIVE with backoff (up to "
                       f"{self.ANNOUNCE_BACKOFF_MAX_S:g} s) and trains nothing until it does")
@@ -711,9 +878,27 @@ class Retrainer:
                 last = body
         return last
 
+    def resume_point(self, decisions: list[dict[str, Any]] | None = None
+                     ) -> dict[str, Any] | None:
+        """The decision the service resumes after: :meth:`last_decision` of those whose
+        window counts as trained (``window_done``, true for records without the key)."""
+        return self.last_decision([b for b in (self._decisions() if decisions is None
+                                               else decisions)
+                                   if b.get("window_done", True) is not False])
+
     def serve(self, stop: Any = None) -> None:
         """Retrain whenever ``every_events`` new records or ``every_minutes`` (with new records)
-        passed; ``stop`` (a threading.Event) ends the loop."""
+        passed; ``stop`` (a threading.Event) ends the loop. Holds the store's retrain lock
+        while it runs: raises :class:`snapshotter.store.RetrainLocked` at once when another
+        retrain of the store holds it."""
+        with self.store.retrain_lock():
+            self._locked = self._service = True
+            try:
+                self._serve(stop)
+            finally:
+                self._locked = self._service = False
+
+    def _serve(self, stop: Any) -> None:
         from streams.kafka_io import watermarks
 
         # a retrain stopped before its topic record: resume after it, not before. The topic is
@@ -725,11 +910,16 @@ class Retrainer:
         if last is not None and last.get("published") and last.get("announced") is False:
             self._unannounced = last  # announced by the first sync that succeeds
         self.sync_redis()  # a run stopped after a publish Redis did not take left them apart
-        done_at = sum((last or {}).get("window", {}).get("end", {}).values()) if last else 0
-        last_t = time.time() if last is None else datetime.fromisoformat(
-            last["created_at"]).timestamp()
+        resume = self.resume_point(decisions)
+        done_at = sum((resume or {}).get("window", {}).get("end", {}).values()) if resume else 0
+        last_t = time.time() if resume is None else datetime.fromisoformat(
+            resume["created_at"]).timestamp()
+        again = ("" if last is None or last is resume else
+                 f" (retrain {last.get('candidate')} never went live: its events are trained "
+                 "again)")
         self._say(f"retrain service on {self.topic}: every {self.cfg.every_events:,} events or "
-                  f"{self.cfg.every_minutes:g} min; last retrain ended at offset sum {done_at:,}")
+                  f"{self.cfg.every_minutes:g} min; last retrain ended at offset sum "
+                  f"{done_at:,}{again}")
         while stop is None or not stop.is_set():
             if self._sync_at is not None and time.monotonic() >= self._sync_at:
                 self.sync_redis()
@@ -751,6 +941,12 @@ class Retrainer:
                 try:
                     d = self.run_once()
                     done_at = sum(d.window.get("end", {}).values()) or total
+                    self._blocked = None
+                except CannotRetrain as exc:  # nothing trained: said once, looked at each poll
+                    if str(exc) != self._blocked:
+                        self._say(f"{exc} (the service looks again every "
+                                  f"{self.cfg.poll_s:g} s)")
+                    self._blocked = str(exc)
                 except Exception as exc:  # one failed retrain must not end the service
                     log.exception("retrain failed: %s", exc)
                     self.metrics.decisions.labels("failed").inc()

@@ -20,8 +20,9 @@ from diam.commands import (
 @click.command("retrain")
 @click.option("--once", is_flag=True,
               help="Run one retrain now and exit (for cron); exit status 0 whether the candidate "
-                   "was published or refused, 1 on an error or a publish that Redis did not "
-                   "take (on disk, not announced).")
+                   "was published or refused, 1 on an error, a publish that Redis did not "
+                   "take (on disk, not announced), or a retrain refused before training "
+                   "(another retrain of the snapshot store runs; no active version).")
 @click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic [default: settings kafka.clicks_topic].")
 @namespace_option("whose active version a publish moves")
@@ -44,7 +45,8 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     Prometheus and to the log; refused candidates stay in DIAM_RETRAIN_CANDIDATES_DIR.
     """
 
-    from diam.retrain import Retrainer
+    from diam.retrain import CannotRetrain, Retrainer
+    from snapshotter.store import RetrainLocked
 
     if as_json and not once:  # the service's decisions go to diam.models and the log
         raise click.UsageError("--json needs --once: the service (without --once) writes each "
@@ -69,12 +71,16 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     if port is not None:
         bound = serve_registry(svc.metrics.registry, port)
         click.echo(f"Prometheus metrics on :{bound}/metrics", err=True)
-    if not once:
-        svc.serve()
-        return
     try:
+        if not once:
+            svc.serve()
+            return
         d = svc.run_once()
+    except (RetrainLocked, CannotRetrain) as exc:  # nothing trained; the message says why
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
+        if not once:
+            raise
         # a broker or Redis that did not answer is worded as in every other command (naming
         # the address and what to check); anything else is the retrain's own failure
         raise (unreachable_service(exc, s)
