@@ -18,9 +18,36 @@ from diam.commands import (
     progress_option,
     topic_name,
 )
+from diam.settings import Settings, env_names
+from online_model.config import OnlineConfig
 from serving_cache.recommend import MAX_DELTA
 
 _MODELS = ["diam", "mind", "comirec-sa", "comirec-dr", "single"]
+
+_DIM = click.IntRange(4)
+"""``diam train --dim``'s range; the setting ``online.dim`` it defaults to must be in it too."""
+
+_DIM_ENV = next(k for k, v in env_names(Settings).items() if v == ("online", "dim"))
+
+
+def train_dim(given: int | None, online: OnlineConfig) -> int:
+    """The embedding size ``diam train`` trains at: ``--dim`` when given, else the setting
+    ``online.dim`` (one owner of the size the stream serves: a model trained at another one is
+    refused by every ``diam run`` until the setting changes). A setting outside ``--dim``'s
+    range is refused naming it.
+
+    >>> train_dim(None, OnlineConfig(dim=32)), train_dim(16, OnlineConfig(dim=32))
+    (32, 16)
+    >>> train_dim(None, OnlineConfig(dim=2))
+    Traceback (most recent call last):
+    click.exceptions.ClickException: settings online.dim is 2 (DIAM_ONLINE_DIM), diam train needs >= 4: set it, or pass --dim
+    """
+    if given is not None:
+        return given
+    if _DIM.min is not None and online.dim < _DIM.min:
+        raise click.ClickException(f"settings online.dim is {online.dim} ({_DIM_ENV}), "
+                                   f"diam train needs >= {_DIM.min}: set it, or pass --dim")
+    return online.dim
 
 
 def _load_corpus(path: Path):
@@ -267,7 +294,10 @@ def _device_of(name: str):
                    "--lr-grid; bench/results/model_quality_round2.md)].")
 @click.option("--max-per-user", type=click.IntRange(1), default=64, show_default=True,
               help="Training positions drawn per user per epoch.")
-@click.option("--dim", type=click.IntRange(4), default=64, show_default=True)
+@click.option("--dim", type=_DIM, default=None,
+              help="Embedding size: the stream's vectors have it, and `diam run` refuses a "
+                   "base of another size [default: settings online.dim "
+                   f"({OnlineConfig.model_fields['dim'].default}), {_DIM_ENV}].")
 @click.option("--seq-len", type=click.IntRange(2), default=None,
               help="Items of history the network reads in training [default: the window it "
                    "is served on: DIAM_ONLINE_INFER_ITEMS (10) for diam, "
@@ -292,7 +322,8 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
               until: str | None, items_topic: str | None, leave_newest: float | None,
               out: Path | None, epochs: int,
               seed: int, device: str,
-              batch_size: int, lr: float | None, max_per_user: int, dim: int, seq_len: int | None,
+              batch_size: int, lr: float | None, max_per_user: int, dim: int | None,
+              seq_len: int | None,
               k_max: int, interests: int, threads: int, amp: bool, progress: bool) -> None:
     """Train a model on the training users of DATA and write a checkpoint.
 
@@ -304,6 +335,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     offset order) over the items of the compacted catalogue topic; the checkpoint's
     config.json records the topic and offsets under "data".
     """
+    from diam.app import dim_problem
     from online_model.checkpoint import recover_checkpoint_dir, save_checkpoint
     from online_model.checkpoint_config import CheckpointError
     from online_model.models import ModelConfig
@@ -313,8 +345,10 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     if topic is None and (since or until or items_topic):
         raise click.UsageError("--since, --until and --items-topic need --topic")
     _device_of(device)  # refuse a bad --device before the corpus is read
+    s = get_settings(click.get_current_context())
+    dim = train_dim(dim, s.online)
     if out is None:  # where the snapshot watcher looks (one owner: snapshot.trainer_dir)
-        out = Path(get_settings(click.get_current_context()).snapshot.trainer_dir) / model_name
+        out = Path(s.snapshot.trainer_dir) / model_name
     try:
         if recover_checkpoint_dir(out):  # a save into --out was killed between its renames
             click.echo(f"{out}: restored the previous checkpoint (.{out.name}.old) that an "
@@ -324,7 +358,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     if os.path.lexists(out) and not out.is_dir():  # before training, not after
         raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
     corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
-              else _load_corpus(data or default_dataset(get_settings(click.get_current_context()))))
+              else _load_corpus(data or default_dataset(s)))
     extra: dict[str, Any] = {"split_seed": seed}
     if leave_newest is not None:
         from online_model.retrain import time_split
@@ -338,7 +372,9 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
                f"{len(corpus.items)} events; computing signals ...", err=True)
     feats = Features.of(corpus)
     if seq_len is None:
-        seq_len = get_settings(click.get_current_context()).online.train_seq_len(model_name)
+        seq_len = s.online.train_seq_len(model_name)
+    if (problem := dim_problem(dim, s.online, str(out))) is not None:  # said before training
+        click.echo(f"warning: {problem}", err=True)
     mcfg = ModelConfig(model=model_name, n_items=corpus.n_items,
                        n_categories=corpus.n_categories, dim=dim, seq_len=seq_len,
                        k_max=k_max, n_interests=interests)

@@ -211,3 +211,29 @@ def test_evaluate_json_writes_an_undefined_correlation_as_null(run, tmp_path):
     res = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in --json"))
     assert res["n_users"] == 1 and res["spearman_d_entropy"] is None, res
     assert list(res) == sorted(res), list(res)
+
+
+def test_train_trains_at_the_size_the_stream_serves_unless_dim_says_otherwise(run, tmp_path,
+                                                                              isolated_env):
+    # was: --dim defaulted to 64 whatever DIAM_ONLINE_DIM said, and diam run refused the model
+    data = _synth(run, tmp_path / "d")
+    isolated_env.setenv("DIAM_ONLINE_DIM", "16")
+    r = run("train", "--data", str(data), "--epochs", "1", "--device", "cpu",
+            "--out", str(tmp_path / "a"))
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["dim"] == 16
+    _train(run, data, tmp_path / "b")  # --dim 8 wins, and says what diam run will do with it
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["dim"] == 8
+    r = run("train", "--data", str(data), "--epochs", "1", "--dim", "8", "--device", "cpu",
+            "--out", str(tmp_path / "b"))
+    assert (f"warning: {tmp_path / 'b'} has d=8, DIAM_ONLINE_DIM is 16 (set DIAM_ONLINE_DIM=8"
+            in r.output), r.output
+    isolated_env.setenv("DIAM_ONLINE_DIM", "2")
+    _one_error(run("train", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "c")),
+               "settings online.dim is 2 (DIAM_ONLINE_DIM), diam train needs >= 4")
+    assert not (tmp_path / "c").exists()
+
+
+def test_train_help_names_the_setting_behind_dim(run):
+    r = run("train", "--help")
+    assert "[default: settings online.dim (64), DIAM_ONLINE_DIM]" in " ".join(r.output.split())
