@@ -8,6 +8,13 @@ every nested model, :class:`_NestedEnvSource`), e.g. ``DIAM_RETRAIN_GATE_EPS_REC
 section's (or a nested model's) JSON, ``DIAM_RETRAIN='{"gate": {"eps_recall": 0.02}}'``, is
 accepted too; :func:`env_names` lists every name and refuses one that two settings would share.
 
+A setting that can be none (``DIAM_DRIFT_GUARD_TRIPS``, ``DIAM_FLOW_EVICT_IDLE_S``, ...) takes
+``none`` or ``null`` (:data:`NONE_WORDS`, any case) for None in its variable, in diam.toml (TOML
+has no null) and as a string in a section's JSON (beside JSON's own ``null``); one rule for every
+such setting (:func:`_none_words_read`). A setting that cannot be none refuses the word, saying so; a
+text setting (``str | None``: passwords, paths, the Kafka protocol) keeps it as text, since it
+could be one, and is none by being left out (every one of them defaults to None).
+
 >>> s = Settings()
 >>> s.kafka.clicks_topic
 'diam.clicks'
@@ -24,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -182,6 +189,53 @@ class _NestedEnvSource(EnvSettingsSource):
         values[key] = val
 
 
+NONE_WORDS = ("none", "null")
+"""What a setting that can be none takes for None where its value is text (its ``DIAM_*``
+variable, diam.toml), in any case: ``none`` as the settings' docs say None, ``null`` as the
+section's JSON says it. Not the empty string: an empty variable is as often a shell's unset
+``$VAR`` as a choice, and ``DIAM_DRIFT_GUARD_TRIPS=`` would turn an alert off unnoticed."""
+
+
+def is_none_word(value: object) -> bool:
+    """``value`` is one of :data:`NONE_WORDS` (any case, outer blanks ignored).
+
+    >>> is_none_word("None"), is_none_word(" null "), is_none_word(""), is_none_word(None)
+    (True, True, False, False)
+    """
+    return isinstance(value, str) and value.strip().lower() in NONE_WORDS
+
+
+def takes_none_word(annotation: Any) -> bool:
+    """A field of this type reads :data:`NONE_WORDS` as None: it can be None and none of its
+    other types is text (a ``str | None`` keeps the word as its text).
+
+    >>> takes_none_word(int | None), takes_none_word(float), takes_none_word(str | None)
+    (True, False, False)
+    """
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return False
+    args = typing.get_args(annotation)
+    return type(None) in args and not any(
+        a is str or typing.get_origin(a) is typing.Literal for a in args)
+
+
+def _none_words_read(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (a model's input, as the sources merged it) with every value that is one of
+    :data:`NONE_WORDS`, at a field that :func:`takes_none_word`, made None, in nested models
+    too. Other fields keep the word; the model refuses it where it is not their text
+    (:func:`_explain` says why)."""
+    out = dict(values)
+    for key, val in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue  # an unknown setting: refused by the model
+        if is_none_word(val) and takes_none_word(field.annotation):
+            out[key] = None
+        elif isinstance(val, dict) and (sub := _model_of(field.annotation)) is not None:
+            out[key] = _none_words_read(sub, val)
+    return out
+
+
 def env_names(model: type[BaseModel], prefix: str = "DIAM_",
               path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
     """Every environment name of ``model``'s settings (fields holding a model too: their JSON
@@ -244,6 +298,11 @@ class Settings(BaseSettings):
 
     data_dir: str = "data"
     """Where prepared datasets are written and read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_none_words(cls, data: Any) -> Any:
+        return _none_words_read(cls, data) if isinstance(data, dict) else data
 
     @classmethod
     def settings_customise_sources(
@@ -314,7 +373,24 @@ def _explain(err: ErrorDetails) -> str:
     source = _source_of(loc)
     if err["type"] == "extra_forbidden":
         return f"unknown setting {name} ({source})"
-    return f"bad setting {name} = {err['input']!r} ({source}): {err['msg']}"
+    why = err["msg"]
+    if is_none_word(err["input"]):
+        why = f"this setting cannot be none ({why})"
+    elif isinstance(err["input"], str) and takes_none_word(_annotation_at(loc)):
+        why = f"{why}; for none: {' or '.join(NONE_WORDS)}"
+    return f"bad setting {name} = {err['input']!r} ({source}): {why}"
+
+
+def _annotation_at(loc: list[str]) -> Any:
+    """The type of the setting at ``loc``, or None where ``loc`` names none."""
+    model: type[BaseModel] | None = Settings
+    annotation: Any = None
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        annotation, model = field.annotation, _model_of(field.annotation)
+    return annotation
 
 
 def _source_of(loc: list[str]) -> str:
