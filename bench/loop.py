@@ -87,7 +87,7 @@ def _settings(topic: str, tmp: Path, args: argparse.Namespace):  # type: ignore[
         "online": s.online.model_copy(update={"dim": args.dim}),
         "retrain": s.retrain.model_copy(update={
             "candidates_dir": str(tmp / "candidates"), "epochs": args.first_epochs,
-            "dim": args.dim, "max_per_user": args.max_per_user,
+            "max_per_user": args.max_per_user,
             "warm_start": not args.cold_retrain,
             "window_events": 10_000_000}),
         "data_dir": str(tmp / "data"),

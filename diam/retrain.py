@@ -100,11 +100,9 @@ class RetrainConfig(BaseModel):
 
     model: str = "diam"
     """Model to train when there is no active snapshot to warm-start from (or warm_start is
-    off), on the window it is served on (``OnlineConfig.train_seq_len``); a warm start keeps
-    the active model's kind and shape, its window included."""
-
-    dim: int = Field(default=64, ge=4)
-    """Embedding size of a model trained from scratch (a warm start keeps the active one's)."""
+    off), on the window it is served on (``OnlineConfig.train_seq_len``) and at the size it is
+    served at (``OnlineConfig.dim``, DIAM_ONLINE_DIM: the one owner of the model size); a warm
+    start keeps the active model's kind and shape, its window and size included."""
 
     epochs: int = Field(default=2, ge=1)
     """Epochs per retrain. A warm start needs fewer than a first training."""
@@ -431,7 +429,7 @@ class Retrainer:
                                           "n_categories": full.n_categories})
         else:
             mcfg = ModelConfig(model=cfg.model, n_items=full.n_items,
-                               n_categories=full.n_categories, dim=cfg.dim,
+                               n_categories=full.n_categories, dim=self.s.online.dim,
                                seq_len=self.s.online.train_seq_len(cfg.model))
         if (why := self._untrainable(mcfg.dim, name)) is not None:  # before the training time
             return self._finish(Decision(name, False, f"not trained: no dataflow can use it: "
@@ -616,9 +614,9 @@ class Retrainer:
     def _unusable(self, cand_dir: Path) -> str | None:
         """Why no dataflow could use the candidate as its base (``diam.app.stream_base``,
         ``diam run``'s and ``diam snapshot publish``'s own check: it loads, and its embedding
-        size is DIAM_ONLINE_DIM), or None. A candidate of another size (DIAM_RETRAIN_DIM or the
-        active model's is not DIAM_ONLINE_DIM) is refused as a gate refusal is: kept with its
-        decision, never published; every dataflow would refuse it."""
+        size is DIAM_ONLINE_DIM), or None. A candidate of another size (a warm start from an
+        active model whose size is not DIAM_ONLINE_DIM) is refused as a gate refusal is: kept
+        with its decision, never published; every dataflow would refuse it."""
         from diam.app import stream_base_problem
 
         problem = stream_base_problem(cand_dir, self.s.online, f"candidate {cand_dir.name}")
@@ -630,7 +628,7 @@ class Retrainer:
 
     def _untrainable(self, dim: int, name: str) -> str | None:
         """Why no dataflow could use candidate ``name`` of embedding size ``dim`` (the size it
-        is about to be trained at: the active model's, or DIAM_RETRAIN_DIM from scratch), in
+        is about to be trained at: the active model's, or DIAM_ONLINE_DIM from scratch), in
         :meth:`_unusable`'s words, or None. Asked before training, so that a size every
         dataflow refuses costs no training time; :meth:`_unusable` stays the guard after it."""
         from diam.app import dim_problem
@@ -640,7 +638,7 @@ class Retrainer:
 
     def _dim_why(self, problem: str) -> str:
         return (f"{problem}; the retrain service trains at the active model's size, or at "
-                f"DIAM_RETRAIN_DIM={self.cfg.dim} from scratch")
+                "DIAM_ONLINE_DIM from scratch (DIAM_RETRAIN_WARM_START=false)")
 
     def _finish(self, d: Decision, t0: float, phases: dict[str, float],
                 cand_dir: Path | None = None) -> Decision:

@@ -321,6 +321,15 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+REMOVED: dict[tuple[str, ...], str] = {
+    ("retrain", "dim"): "the model size is online.dim, DIAM_ONLINE_DIM",
+}
+"""Settings that are gone, each with what took its place. A value for one (its ``DIAM_*``
+variable, its key in diam.toml, a key of its section's JSON) is refused as an unknown setting
+is, but in these words (:func:`_explain`), so that a deployment that still sets it learns
+where its value now belongs; one rule for every removed setting."""
+
+
 class SettingsInputError(ValueError):
     """The environment or the config file holds a value the settings refuse; the message names
     each setting, where its value came from and what was wrong (``diam`` prints it)."""
@@ -338,6 +347,11 @@ def load_settings(**overrides: object) -> Settings:
     ...     print(str(exc).replace("; ", "\\n"))
     bad setting flow.batch_size = 'abc' (given): Input should be a valid integer, unable to parse string as an integer
     unknown setting flow.nope (given)
+    >>> try:
+    ...     load_settings(retrain={"dim": 32})
+    ... except SettingsInputError as exc:
+    ...     print(exc)
+    retrain.dim is gone: the model size is online.dim, DIAM_ONLINE_DIM (given)
     """
     named = os.environ.get("DIAM_CONFIG")
     if named and not Path(named).is_file():  # a typo must not run on the defaults
@@ -372,6 +386,8 @@ def _explain(err: ErrorDetails) -> str:
     name = ".".join(loc)
     source = _source_of(loc)
     if err["type"] == "extra_forbidden":
+        if (gone := REMOVED.get(tuple(loc))) is not None:
+            return f"{name} is gone: {gone} ({source})"
         return f"unknown setting {name} ({source})"
     why = err["msg"]
     if is_none_word(err["input"]):

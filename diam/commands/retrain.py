@@ -57,13 +57,6 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     ns = namespace_of(s, namespace)
     if epochs is not None:
         s = s.model_copy(update={"retrain": s.retrain.model_copy(update={"epochs": epochs})})
-    if s.retrain.dim != s.online.dim:
-        # said before the first training, not only in each refusal after it (diam.retrain's
-        # _unusable refuses such a candidate): a warm start keeps the active model's size
-        click.echo(f"warning: DIAM_RETRAIN_DIM={s.retrain.dim} but DIAM_ONLINE_DIM="
-                   f"{s.online.dim}: a candidate trained from scratch (no active snapshot, or "
-                   f"DIAM_RETRAIN_WARM_START=false) has d={s.retrain.dim}, which no dataflow "
-                   "can use, and is refused, not published", err=True)
     service_logging("%(asctime)s %(name)s %(message)s")
     svc = Retrainer(s, topic=topic, namespace=ns,
                     log_line=lambda line: click.echo(line, err=True))

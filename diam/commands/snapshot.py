@@ -146,9 +146,9 @@ def _warn_dim(s: Settings, version: str, dim: int) -> None:
 
 _allow_dim_change_help = (
     "Running dataflows refuse the new version (one log line) and keep their base; a new `diam "
-    "run` refuses to start until DIAM_ONLINE_DIM (and the retrain service's DIAM_RETRAIN_DIM) "
-    "is the new size; users stored in Redis keep vectors of the old size, answered cold "
-    "(popularity) until a dataflow of the new size pushes them again.")
+    "run` refuses to start until DIAM_ONLINE_DIM is the new size (the retrain service's too: "
+    "it trains no candidate of another size); users stored in Redis keep vectors of the old "
+    "size, answered cold (popularity) until a dataflow of the new size pushes them again.")
 
 
 @snapshot_group.command("publish")

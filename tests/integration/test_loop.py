@@ -138,16 +138,15 @@ def loop_data(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
                           items=rows, meta={"source": "tiny_corpus"})
 
 
-def _loop_settings(stack, topic: str, tmp_path, online_dim: int | None = None,  # type: ignore[no-untyped-def]
+def _loop_settings(stack, topic: str, tmp_path, online_dim: int = 16,  # type: ignore[no-untyped-def]
                    **retrain):
-    """The stack's settings on ``topic``; the dataflows' DIAM_ONLINE_DIM is the retrain's dim
-    unless ``online_dim`` says otherwise (the service publishes no other size)."""
+    """The stack's settings on ``topic``; DIAM_ONLINE_DIM is ``online_dim``, the size the
+    dataflows serve and the retrain service trains a model from scratch at."""
     s = stack.settings
-    r = {"candidates_dir": str(tmp_path / "candidates"), "epochs": 3, "dim": 16,
+    r = {"candidates_dir": str(tmp_path / "candidates"), "epochs": 3,
          "holdout_fraction": 0.2, "warm_start": True, **retrain}
     return s.model_copy(update={
-        "online": s.online.model_copy(update={
-            "dim": r["dim"] if online_dim is None else online_dim}),
+        "online": s.online.model_copy(update={"dim": online_dim}),
         "kafka": s.kafka.model_copy(update={"clicks_topic": topic,
                                             "items_topic": f"{topic}.items",
                                             "models_topic": f"{topic}.models"}),
@@ -231,62 +230,107 @@ def test_retrain_publishes_first_then_refuses_a_worse_candidate(
     assert third.warm_start["items_new"] == 0 and third.warm_start["fresh_tensors"] == []
 
 
-def test_retrain_refuses_a_size_no_dataflow_can_use_before_training(
+def _active_of_d16(stack, topic, namespace, redis_client, tmp_path):  # type: ignore[no-untyped-def]
+    """The first retrain under DIAM_ONLINE_DIM=16: trained from scratch at d=16 and published
+    (nothing to compare with). Returns its decision."""
+    from diam.retrain import Retrainer
+    from serving_cache.keys import model_active_key
+    from snapshotter.store import SnapshotStore
+
+    s = _loop_settings(stack, topic, tmp_path, online_dim=16, epochs=1)
+    first = Retrainer(s, namespace=namespace).run_once()
+    assert first.published and first.reason == "no active snapshot", first
+    store = SnapshotStore(s.snapshot)
+    assert json.loads((store.path(first.version) / "config.json").read_text())["dim"] == 16
+    assert redis_client.get(model_active_key(namespace)).decode() == first.version
+    return first
+
+
+def _lenient(s):  # type: ignore[no-untyped-def]
+    """``s`` with a gate that passes any candidate that evaluates (so the step after it runs)."""
+    gate = s.retrain.gate.model_copy(update={"eps_recall": 1.0, "eps_entropy": 100.0})
+    return s.model_copy(update={"retrain": s.retrain.model_copy(update={"gate": gate})})
+
+
+def test_retrain_after_a_size_change_warm_start_refused_before_training_scratch_at_online_dim(
         stack, topic, namespace, redis_client, loop_data, tmp_path, monkeypatch) -> None:
-    """DIAM_RETRAIN_DIM=16 under DIAM_ONLINE_DIM=32: every dataflow would refuse a d=16 base,
-    which is known before training (diam.app.dim_problem), so no candidate is trained: the
-    refusal is recorded as other refusals are (the models topic, the refused counter) and
-    nothing is published."""
+    """A deliberate size change: the active model has d=16, DIAM_ONLINE_DIM is then set to 32.
+    A warm start (which keeps the active model's size) is one every dataflow would refuse, known
+    before training (diam.app.dim_problem): nothing is trained, the refusal is recorded as others
+    are and says how to go on. A retrain from scratch (DIAM_RETRAIN_WARM_START=false) trains at
+    DIAM_ONLINE_DIM, the one owner of the size, and its candidate is published."""
     import online_model.train
     from diam.retrain import Retrainer
     from serving_cache.keys import model_active_key
     from snapshotter.store import SnapshotStore
 
+    _feed(stack, topic, loop_data)
+    first = _active_of_d16(stack, topic, namespace, redis_client, tmp_path)
+
     def never(*a, **kw):  # type: ignore[no-untyped-def]
         raise AssertionError("a candidate was trained")
 
+    trained = online_model.train.train
     monkeypatch.setattr(online_model.train, "train", never)
-    _feed(stack, topic, loop_data)
     s = _loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1)
     r = Retrainer(s, namespace=namespace)
     d = r.run_once()
     assert not d.published and d.version is None, d
     assert d.reason.startswith("not trained: no dataflow can use it: candidate "), d.reason
-    assert "has d=16, DIAM_ONLINE_DIM is 32" in d.reason and "DIAM_RETRAIN_DIM=16" in d.reason
+    assert "has d=16, DIAM_ONLINE_DIM is 32" in d.reason, d.reason
+    assert "at DIAM_ONLINE_DIM from scratch (DIAM_RETRAIN_WARM_START=false)" in d.reason
     assert "train" not in d.seconds and d.window["topic"] == topic
     assert not (tmp_path / "candidates" / d.candidate).exists()
     assert r.metrics.decisions.labels("refused")._value.get() == 1
     store = SnapshotStore(s.snapshot)
-    assert store.versions() == [] and store.active_version() is None
-    assert redis_client.get(model_active_key(namespace)) is None
+    assert [v.version for v in store.versions()] == [first.version]
+    assert store.active_version() == first.version
+    assert redis_client.get(model_active_key(namespace)).decode() == first.version
+
+    monkeypatch.setattr(online_model.train, "train", trained)
+    scratch = _lenient(_loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1,
+                                      warm_start=False))
+    d2 = Retrainer(scratch, namespace=namespace).run_once()
+    assert d2.published and d2.warm_start is None, d2
+    assert json.loads((store.path(d2.version) / "config.json").read_text())["dim"] == 32
+    assert store.active_version() == d2.version
+    assert redis_client.get(model_active_key(namespace)).decode() == d2.version
     got = _decisions(stack, topic)
-    assert [(g["published"], g["reason"]) for g in got] == [(False, d.reason)]
+    assert [(g["published"], g["reason"]) for g in got] == [
+        (True, first.reason), (False, d.reason), (True, d2.reason)]
 
 
 def test_retrain_guard_refuses_a_trained_candidate_of_a_size_no_dataflow_can_use(
         stack, topic, namespace, redis_client, loop_data, tmp_path, monkeypatch) -> None:
     """The check after training stays the guard (diam.app.stream_base on the saved candidate):
-    with the check before training out of the way, the gate passes the first candidate (no
-    active snapshot), the d=16 base is refused in the same words, kept with its decision.json,
-    and nothing is published."""
+    with the check before training out of the way, a warm start from the d=16 active model
+    under DIAM_ONLINE_DIM=32 is trained at d=16 and passes the gate (a lenient one), the d=16
+    base is refused in the same words, kept with its decision.json, and nothing is published."""
     from diam.retrain import Retrainer
     from serving_cache.keys import model_active_key
     from snapshotter.store import SnapshotStore
 
-    monkeypatch.setattr(Retrainer, "_untrainable", lambda self, dim, name: None)
     _feed(stack, topic, loop_data)
-    s = _loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1)
+    first = _active_of_d16(stack, topic, namespace, redis_client, tmp_path)
+    monkeypatch.setattr(Retrainer, "_untrainable", lambda self, dim, name: None)
+    s = _lenient(_loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1))
     d = Retrainer(s, namespace=namespace).run_once()
     assert not d.published and d.version is None, d
-    assert d.reason.startswith("no active snapshot, but no dataflow can use it: candidate ")
-    assert "has d=16, DIAM_ONLINE_DIM is 32" in d.reason and "DIAM_RETRAIN_DIM=16" in d.reason
+    assert d.warm_start is not None and d.warm_start["from"] == first.version
+    assert d.reason.startswith("recall@20 ") and ", but no dataflow can use it: candidate " \
+        in d.reason, d.reason
+    assert "has d=16, DIAM_ONLINE_DIM is 32" in d.reason
+    assert "at DIAM_ONLINE_DIM from scratch (DIAM_RETRAIN_WARM_START=false)" in d.reason
     store = SnapshotStore(s.snapshot)
-    assert store.versions() == [] and store.active_version() is None
-    assert redis_client.get(model_active_key(namespace)) is None
+    assert [v.version for v in store.versions()] == [first.version]
+    assert store.active_version() == first.version
+    assert redis_client.get(model_active_key(namespace)).decode() == first.version
     kept = tmp_path / "candidates" / d.candidate
     assert json.loads((kept / "decision.json").read_text())["reason"] == d.reason
+    assert json.loads((kept / "config.json").read_text())["dim"] == 16
     got = _decisions(stack, topic)
-    assert [(g["published"], g["reason"]) for g in got] == [(False, d.reason)]
+    assert [(g["published"], g["reason"]) for g in got] == [(True, first.reason),
+                                                             (False, d.reason)]
 
 
 def test_killed_retrain_leaves_the_active_snapshot_untouched(

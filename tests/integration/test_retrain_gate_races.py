@@ -26,7 +26,7 @@ def _env(stack, s) -> dict[str, str]:  # type: ignore[no-untyped-def]
             "DIAM_KAFKA_MODELS_TOPIC": s.kafka.models_topic,
             "DIAM_SNAPSHOT_DIR": s.snapshot.dir,
             "DIAM_RETRAIN_CANDIDATES_DIR": s.retrain.candidates_dir,
-            "DIAM_RETRAIN_EPOCHS": "1", "DIAM_RETRAIN_DIM": str(s.retrain.dim),
+            "DIAM_RETRAIN_EPOCHS": "1",
             "DIAM_ONLINE_DIM": str(s.online.dim)}
 
 

@@ -45,6 +45,38 @@ def test_a_bad_or_unknown_nested_variable_is_named(isolated_env) -> None:
                                   "DIAM_RETRAIN_GATE_NOPE)")
 
 
+GONE = "retrain.dim is gone: the model size is online.dim, DIAM_ONLINE_DIM"
+
+
+def test_a_removed_setting_is_refused_saying_what_took_its_place(isolated_env, tmp_path) -> None:
+    """retrain.dim was a copy of online.dim (the retrain service trains at DIAM_ONLINE_DIM);
+    a deployment that still sets it, in any of the forms a setting takes, is told where the
+    size now lives, not that the name is unknown."""
+    isolated_env.setenv("DIAM_RETRAIN_DIM", "64")
+    with pytest.raises(SettingsInputError) as env:
+        load_settings()
+    assert str(env.value) == f"{GONE} (from DIAM_RETRAIN_DIM)"
+    isolated_env.delenv("DIAM_RETRAIN_DIM")
+    isolated_env.setenv("DIAM_RETRAIN", '{"dim": 64}')
+    with pytest.raises(SettingsInputError) as section:
+        load_settings()
+    assert str(section.value) == f"{GONE} (from DIAM_RETRAIN)"
+    isolated_env.delenv("DIAM_RETRAIN")
+    toml = tmp_path / "diam.toml"
+    toml.write_text("[retrain]\ndim = 64\nepochs = 3\n")
+    isolated_env.setenv("DIAM_CONFIG", str(toml))
+    with pytest.raises(SettingsInputError) as file:
+        load_settings()
+    assert str(file.value) == f"{GONE} (from {toml})"
+    # the rule is the removed setting's own: an unknown one beside it is still unknown
+    toml.write_text("[retrain]\ndim = 64\ndimm = 64\n")
+    with pytest.raises(SettingsInputError) as both:
+        load_settings()
+    assert str(both.value) == (f"{GONE} (from {toml}); unknown setting retrain.dimm "
+                               f"(from {toml})")
+    assert "DIAM_RETRAIN_DIM" not in env_names(Settings)
+
+
 def test_every_setting_has_one_variable_name_and_no_name_is_two_settings() -> None:
     names = env_names(Settings)
     assert names["DIAM_RETRAIN_GATE_EPS_RECALL"] == ("retrain", "gate", "eps_recall")
