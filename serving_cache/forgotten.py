@@ -38,10 +38,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from serving_cache.keys import FORGOTTEN_ADOPTED_BY, forgotten_key, forgotten_key_by_name
+from serving_cache.keys import (
+    FORGOTTEN_ADOPTED_BY,
+    FORGOTTEN_HELD,
+    forgotten_key,
+    forgotten_key_by_name,
+)
 
 __all__ = ["Adoption", "MarkersNotAHash", "MarkersUnusable", "adopt_name_only_markers",
-           "check_marker_keys", "merge_markers", "record_markers", "stored_markers"]
+           "check_marker_keys", "hold_markers", "merge_markers", "record_markers",
+           "stored_markers"]
 
 # KEYS[1] = the name-only hash, ARGV[1] = the topic id, ARGV[2] = the owner field: a hash that
 # exists is claimed by the first id that asks; the owner is returned (nil: no hash).
@@ -208,8 +214,9 @@ def adopt_name_only_markers(client: Any, topic: str, topic_id: str | None) -> Ad
     if owner is None:
         return Adoption(topic, topic_id)
     owner = owner.decode() if isinstance(owner, bytes) else str(owner)
-    field = FORGOTTEN_ADOPTED_BY.encode()
-    held = {k: v for k, v in client.hgetall(old).items() if k != field}
+    # not a marker: the owner field, and FORGOTTEN_HELD where the name-only hash was the one
+    # in use (a broker without topic ids)
+    held = {k: v for k, v in client.hgetall(old).items() if not k.startswith(b":")}
     if owner != topic_id:
         return Adoption(topic, topic_id, owner, len(held))
     merged = _merge(client, new, held)
@@ -229,6 +236,15 @@ def merge_markers(client: Any, topic: str, topic_id: str | None,
     older ones, changes nothing. Returns how many were added or raised. One key per script call
     (Redis Cluster safe), a thousand users per call."""
     return _merge(client, forgotten_key(topic, topic_id), {u: int(o) for u, o in offsets.items()})
+
+
+def hold_markers(client: Any, topic: str, topic_id: str | None) -> bool:
+    """Make the hash of ``topic_id``'s markers exist even with no marker: its field
+    ``keys.FORGOTTEN_HELD`` (``HSETNX``: a command the ACL user already needs), so that its
+    absence means Redis lost it and the writer's forget check fails closed
+    (``serving_cache.writer``). Returns whether the field was added (the hash was lost, or
+    never held)."""
+    return bool(client.hsetnx(forgotten_key(topic, topic_id), FORGOTTEN_HELD, 0))
 
 
 def stored_markers(client: Any, topic: str, topic_id: str | None) -> dict[str, int]:

@@ -14,7 +14,7 @@ __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "va
            "user_in_every_namespace", "namespace_of_key", "generation_key", "node_generation_key",
            "namespace_pattern",
            "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
-           "FORGOTTEN_ADOPTED_BY", "base_key", "added_key", "partitions_key"]
+           "FORGOTTEN_ADOPTED_BY", "FORGOTTEN_HELD", "base_key", "added_key", "partitions_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -207,3 +207,12 @@ FORGOTTEN_ADOPTED_BY = ":adopted-by"
 that adopted its markers (``serving_cache.forgotten``): only that topic id reads them. It
 holds ':', which no user id does (``streams.events``), so it is never a user's field, and an
 earlier release's write-if-newer script, which HGETs the hash by user id, never reads it."""
+
+FORGOTTEN_HELD = ":held"
+"""The field every markers' hash (:func:`forgotten_key`) holds from the first command start
+that read its markers on (``streams.forget_markers.restore_markers``), value ``0``, so that
+the hash exists even with no user forgotten: its absence then means Redis lost it (a
+FLUSHALL, a restart without persistence), and the writer's forget check fails closed
+(``serving_cache.writer``: nothing is written until the markers are restored). It holds ':',
+as :data:`FORGOTTEN_ADOPTED_BY`: never a user's field; readers of the markers pass over the
+fields starting with ':'."""

@@ -32,7 +32,7 @@ from redis.cluster import RedisCluster
 from serving_cache.codec import HEAD, Encoder, UserVectors
 from serving_cache.keys import forgotten_key, user_key, validate_namespace
 
-__all__ = ["RedisWriter", "WRITE_IF_NEWER_LUA", "write_if_newer_lua"]
+__all__ = ["MarkersMissing", "RedisWriter", "WRITE_IF_NEWER_LUA", "write_if_newer_lua"]
 
 
 def _lua_literal(b: bytes) -> str:
@@ -87,28 +87,42 @@ _READ_STORED = f"""  local cur = redis.call('GET', KEYS[i])
 # it is refused in the same script as the write, so a forget that records its marker before
 # deleting the keys cannot race a push into leaving a key behind. With no forgotten user (no
 # hash) the check costs one EXISTS per call; with some, one HGET per user about to be written
-# (none for a stale push).
+# (none for a stale push). A refused push's key, if any, holds a value learnt before the
+# tombstone as well (its seq is below the push's): it is deleted.
+#
+# Failing closed (``required``: the caller's command start made the hash exist, with
+# serving_cache.keys.FORGOTTEN_HELD when no user is forgotten): a hash that is absent was lost
+# with Redis's data (a FLUSHALL, a restart without persistence), and with it every marker.
+# Nothing of the call is written and it answers {-1}: the caller restores the markers and
+# sends again (streams.redis_sink: the same path as a lost key set). Then one HGET per user
+# about to be written, forgotten users or not.
 _FORGOTTEN = """local first, argv0 = 2, 1
 local forgotten = redis.call('EXISTS', KEYS[1]) == 1
 local from = tonumber(ARGV[1])
 """
+_FORGOTTEN_REQUIRED = _FORGOTTEN + "if not forgotten then return {-1} end\n"
 _REFUSED = """local floor = forgotten and redis.call('HGET', KEYS[1], string.sub(KEYS[i], from))
     if floor and seq < tonumber(floor) then
       refused = refused + 1
+      if cur then redis.call('DEL', KEYS[i]) end
     else
   """
 
 
-def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False) -> str:
+def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False,
+                       required: bool = False) -> str:
     """The write-if-newer script. With ``ttl_s``, a written key expires ``ttl_s`` seconds later
     and a skipped (stale) push refreshes the expiry: the user is still active, only the value
     in Redis is newer. With ``forgotten``, the forget check above: KEYS[1] is the hash of
-    forgotten users, ARGV[1] where the user id starts in a key. Without either, it is
+    forgotten users, ARGV[1] where the user id starts in a key; with ``required`` too, the
+    check fails closed (no hash: nothing written, the answer ``{-1}``). Without either, it is
     :data:`WRITE_IF_NEWER_LUA`.
 
     >>> "'EX', 3600" in write_if_newer_lua(3600) and "EXPIRE" in write_if_newer_lua(3600)
     True
     >>> "HGET" in write_if_newer_lua(None, forgotten=True), "HGET" in WRITE_IF_NEWER_LUA
+    (True, False)
+    >>> "{-1}" in write_if_newer_lua(None, True, required=True), "{-1}" in write_if_newer_lua(None, True)
     (True, False)
     """
     # a stored seq (not nil) is read from a value (cur): the else branch is a stale push's
@@ -124,7 +138,8 @@ def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False) -> str
     if forgotten:
         write = "    " + _REFUSED + write.replace("\n    ", "\n      ") + "    end\n"
     return ("local written, refused, skipped = 0, 0, {}\n"
-            + (_FORGOTTEN if forgotten else "local first, argv0 = 1, 0\n")
+            + ((_FORGOTTEN_REQUIRED if required else _FORGOTTEN) if forgotten
+               else "local first, argv0 = 1, 0\n")
             + "for i = first, #KEYS do\n" + _READ_STORED
             + "  local a = 2 * (i - first) + 1 + argv0\n  local seq = tonumber(ARGV[a])\n"
             + "  if stored == nil or stored < seq then\n" + write + stale + "  end\nend\n"
@@ -135,6 +150,18 @@ WRITE_IF_NEWER_LUA = write_if_newer_lua()
 """The plain script: no expiry, no forget check."""
 
 
+class MarkersMissing(Exception):
+    """A write of a :class:`RedisWriter` whose forget check fails closed (``markers_required``)
+    found no hash of markers: Redis lost its data since the command's start made it exist
+    (``streams.forget_markers.restore_markers``), and nothing of the call was written (on a
+    cluster, nothing of the chunk). The caller restores the markers and writes again."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"the forget markers' hash {key} is missing (Redis lost its data, or "
+                         "the hash was deleted): nothing written until the markers are restored")
+
+
 class RedisWriter:
     """Pipelined write-if-newer of :class:`UserVectors` into namespace ``ns``. ``ttl_s``: user
     keys expire that long after their last push (None: never). ``topic``: the clicks topic
@@ -143,11 +170,15 @@ class RedisWriter:
     ``topic_id``: that topic's Kafka topic id, which the caller looked up at its start
     (``streams.kafka_io.topic_id``; this room talks to no broker): the markers are the ones of
     that topic, not of an earlier topic of the same name (None: a broker that assigns no ids,
-    the markers of the name; ``serving_cache.keys.forgotten_key``)."""
+    the markers of the name; ``serving_cache.keys.forgotten_key``). ``markers_required``:
+    the forget check fails closed (:class:`MarkersMissing` when the markers' hash is absent),
+    for a caller whose start made the hash exist and that restores it after a loss
+    (``streams.redis_sink``)."""
 
     def __init__(self, client: redis.Redis, ns: str, pipeline_batch: int = 500,
                  keys_per_call: int = 100, ttl_s: int | None = None,
-                 topic: str | None = None, topic_id: str | None = None) -> None:
+                 topic: str | None = None, topic_id: str | None = None,
+                 markers_required: bool = False) -> None:
         if pipeline_batch < 1 or keys_per_call < 1:
             raise ValueError(f"pipeline_batch ({pipeline_batch}) and keys_per_call ({keys_per_call}) "
                              "must be at least 1")
@@ -157,8 +188,10 @@ class RedisWriter:
         self.forgotten = None if topic is None else forgotten_key(topic, topic_id)
         # On a cluster the hash lives in another slot than most user keys, which one script
         # call cannot read: there it is read before the scripts (see _send_cluster)
+        self.markers_required = markers_required and self.forgotten is not None
         self._script = write_if_newer_lua(ttl_s, forgotten=self.forgotten is not None
-                                          and not self._cluster)
+                                          and not self._cluster,
+                                          required=self.markers_required)
         self.ns = validate_namespace(ns)
         self._user_from = len(user_key(self.ns, "")) + 1  # where the user id starts (Lua: 1-based)
         self.pipeline_batch = pipeline_batch
@@ -262,6 +295,8 @@ class RedisWriter:
         tombstone and deletes it again (a replay, that ends before it, leaves it)."""
         assert self.forgotten is not None
         if not client.exists(self.forgotten):
+            if self.markers_required:
+                raise MarkersMissing(self.forgotten)
             return chunk, 0
         floors = client.hmget(self.forgotten, [u for u, _ in chunk])
         kept = [(u, uv) for (u, uv), f in zip(chunk, floors, strict=True)
@@ -318,6 +353,8 @@ class RedisWriter:
             answers = ask.execute(raise_on_error=True)  # TRYAGAIN (keys on both nodes) waits
             for i, reply in zip(which, answers[1::2], strict=True):
                 replies[i] = reply
+        if self.markers_required and any(int(r[0]) < 0 for r in replies):
+            raise MarkersMissing(str(self.forgotten))  # the calls before it were checked
         written = 0
         for (w, refused, skipped), (_, part) in zip(replies, calls, strict=True):
             written += int(w)

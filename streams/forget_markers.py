@@ -40,6 +40,7 @@ from serving_cache.forgotten import (
     Adoption,
     MarkersUnusable,
     adopt_name_only_markers,
+    hold_markers,
     merge_markers,
     stored_markers,
 )
@@ -108,16 +109,23 @@ def read_markers(cfg: KafkaConfig, topic: str, tid: str | None, timeout: float =
     yet). A record that is not a marker (another tool's, a tombstone) is passed over with a
     warning naming its offset. Raises :class:`MarkersTopicUnfit` for a topic not compacted
     alone, the Kafka client's errors when the broker does not answer."""
+    return _read_markers(cfg, topic, tid, timeout)[0]
+
+
+def _read_markers(cfg: KafkaConfig, topic: str, tid: str | None, timeout: float
+                  ) -> tuple[dict[str, int], dict[str, int]]:
+    """:func:`read_markers`, and each user's newest record's offset (what compaction keeps)."""
     from streams.kafka_io import consume_all, describe_topics
 
     state = describe_topics(cfg, [cfg.forgotten_topic], timeout=timeout)[cfg.forgotten_topic]
     if state is None:
-        return {}
+        return {}, {}
     if (policy := state.config.get("cleanup.policy", "")) != "compact":
         raise MarkersTopicUnfit(cfg, policy)
     found: dict[str, int] = {}
+    newest: dict[str, int] = {}
     if not state.held:
-        return found
+        return found, newest
     for rec in consume_all(cfg, cfg.forgotten_topic, timeout=timeout):
         m = _parse(rec.value)
         if m is None:
@@ -127,7 +135,8 @@ def read_markers(cfg: KafkaConfig, topic: str, tid: str | None, timeout: float =
             continue
         if m[0] == topic and m[1] == tid:
             found[m[2]] = max(found.get(m[2], -1), m[3])
-    return found
+            newest[m[2]] = m[3]  # one partition: read in the order written
+    return found, newest
 
 
 def write_markers(cfg: KafkaConfig, topic: str, tid: str | None, offsets: Mapping[str, int],
@@ -159,23 +168,41 @@ def write_markers(cfg: KafkaConfig, topic: str, tid: str | None, offsets: Mappin
                            f"pending): {'; '.join(errors[:3])}")
 
 
+_REREADS = 3  # reads of the topic after writing to it, each after a rewrite of lowered markers
+
+
 def restore_markers(cfg: KafkaConfig, client: Any, topic: str, tid: str | None,
                     timeout: float = 30.0) -> tuple[int, int]:
     """Make the Redis hash of ``topic``'s markers (id ``tid``) and the markers' topic agree:
     the topic's markers merged into the hash (a user's higher offset wins: idempotent, a marker
-    a forget wrote meanwhile is never lowered), then the hash's markers the topic lacks, or
-    holds lower, written to the topic. Returns ``(restored, recorded)``: markers added to (or
-    raised in) Redis, markers written to the topic. One key per Redis script call. Raises
-    :class:`MarkersTopicUnfit`, the Kafka client's and Redis's errors."""
-    durable = read_markers(cfg, topic, tid, timeout=timeout)
+    a forget wrote meanwhile is never lowered), the hash made to exist with no marker as well
+    (:func:`serving_cache.forgotten.hold_markers`: the writer's check fails closed without it),
+    then the hash's markers whose newest record on the topic is lower or missing written to the
+    topic. Returns ``(restored, recorded)``: markers added to (or raised in) Redis, markers
+    written to the topic. One key per Redis script call. Raises :class:`MarkersTopicUnfit`,
+    the Kafka client's and Redis's errors."""
+    durable, newest = _read_markers(cfg, topic, tid, timeout)
     restored = merge_markers(client, topic, tid, durable)
-    # A forget racing this call writes its record to the topic before the hash: the scan below
-    # finds the hash without it (nothing written for it) or with it (written again: the same
-    # offset). Only a lower offset the hash held before (one the topic lacked) can land after
-    # the forget's record; the hash keeps the higher one, and the next start writes it again.
+    hold_markers(client, topic, tid)
+    # compaction keeps a user's newest record, not the highest: a user whose newest is below
+    # the hash's offset is written again, as one the topic lacks
     missing = {u: off for u, off in stored_markers(client, topic, tid).items()
-               if durable.get(u, -1) < off}
+               if newest.get(u, -1) < off}
     write_markers(cfg, topic, tid, missing, timeout=timeout)
+    # A forget racing this call writes its record to the topic before the hash, so a lower
+    # offset written here (read from the hash before the forget's write) can land after the
+    # forget's record and be the newest. Read the topic again once it has ours: every record
+    # before ours is in it, and a user whose newest record is below its highest gets the
+    # highest written again (after ours). A forget's record after ours is the newest already.
+    for _ in range(_REREADS if missing else 0):
+        highest, newest = _read_markers(cfg, topic, tid, timeout)
+        lowered = {u: off for u, off in highest.items() if newest[u] < off}
+        if not lowered:
+            break
+        log.warning("markers' topic %s: the newest record of %d user(s) of %s was below an "
+                    "earlier one (a forget raced the restore): the highest written again",
+                    cfg.forgotten_topic, len(lowered), topic)
+        write_markers(cfg, topic, tid, lowered, timeout=timeout)
     return restored, len(missing)
 
 _NO_ID = "AAAAAAAAAAAAAAAAAAAAAA"  # Kafka's zero Uuid: what a broker without topic ids reports

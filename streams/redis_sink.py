@@ -51,7 +51,16 @@ restored into Redis from their durable copy on Kafka (``streams.forget_markers
 .restore_markers``; the sink is given the Kafka settings: ``markers_from``): the loss took
 their hash too, and without it the re-push of a dataflow still behind a tombstone would write
 the forgotten user back (and any later replay). Until they are restored (the broker does not
-answer), nothing is written: the writer waits and retries as in an outage.
+answer), nothing is written: the writer waits and retries as in an outage (said as a wait on
+Kafka, not on Redis). A broken connection alone (no marker changed, no primary restarted)
+re-pushes but reads no markers.
+
+The loss is not left to the next check: the writer's forget check fails closed
+(``RedisWriter``'s ``markers_required``; the command's start made the markers' hash exist,
+``serving_cache.keys.FORGOTTEN_HELD``), so a write that finds the hash gone writes nothing and
+the partition checks at once, restores the markers and re-pushes (``MarkersMissing``); a
+push the re-push refuses has its key, if any, deleted in the same script. The partition's
+close (a bounded run's end, a shutdown) checks once more, whenever the last check was.
 
 With the re-push, the namespace's record of the topic's partition count
 (``serving_cache.base_record.record_partitions``, ``diam:{ns}:partitions``) is written again
@@ -96,6 +105,7 @@ from serving_cache.keys import (
     partitions_key,
     user_key,
 )
+from serving_cache.writer import MarkersMissing
 from streams.config import KafkaConfig
 
 __all__ = ["RELEASED", "RedisVectorSink", "RedisWriteFailed", "Released", "ResumedPush",
@@ -185,6 +195,9 @@ class _Partition(StatelessSinkPartition[Item]):
         copy, given the writer's client (``streams.forget_markers.restore_markers``): called
         when the key set was found lost, before anything is written again (None: not done)."""
         self._restore_due = False  # the key set was lost and the markers are not restored yet
+        self._repush_due = False  # a loss was found and the re-push has not been written yet
+        self._data_lost = False  # the last check found a marker changed or a primary restarted
+        self._markers_gone: str | None = None  # the writer found the markers' hash missing
         self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._cluster = isinstance(writer.client, RedisCluster)
@@ -258,6 +271,11 @@ class _Partition(StatelessSinkPartition[Item]):
                     stop = True
                 else:
                     items.extend(more)
+            if stop:
+                # the run's end (a bounded run's last batch, a shutdown): check for a loss once
+                # more, whenever the last check was, so that one since is re-pushed and the
+                # markers restored before the run says it is done
+                self._next_check = 0.0
             if (items or self._held) and self._error is None:
                 try:
                     t0 = time.perf_counter()
@@ -372,6 +390,10 @@ class _Partition(StatelessSinkPartition[Item]):
                 runs[str(node.name)] = str(info.get("run_id", ""))
         moved = sorted(n for n, run in self._runs.items() if runs.get(n) != run)
         self._gens, self._runs = gens, runs
+        # Redis lost data (the forget markers with it: restored before the re-push), not only
+        # a connection (a blip; a single server's restart with everysec may lose a second of
+        # writes, a marker's among them, which the next command start restores)
+        self._data_lost = self._checked and bool(changed or moved)
         if not self._checked:
             self._checked = True
             self._had_active = bool(client.exists(model_active_key(ns)))
@@ -401,7 +423,8 @@ class _Partition(StatelessSinkPartition[Item]):
         except (redis.RedisError, MarkersUnusable):
             raise
         except Exception as exc:  # the broker: KafkaException, RangeStalled, RuntimeError
-            self._suspect = True  # the next try checks again and re-pushes with the markers
+            # the next try restores again (_restore_due stays set), then re-pushes
+            # (_repush_due): Redis is not suspect, Kafka is
             raise MarkersNotRestored(f"{type(exc).__name__}: {exc}") from exc
         self._restore_due = False
         if restored or recorded:
@@ -450,29 +473,36 @@ class _Partition(StatelessSinkPartition[Item]):
                 held[user] = uv
         sent = [(u, uv) for u, uv in writes if u not in deletes]
         backoff, down_since, why = 0.05, None, ""
+        waited: set[str] = set()  # what an outage waited on: "redis", "kafka" (the markers)
+        missed = 0  # the writer's forget check found the markers' hash missing, in a row
         retried = False  # a retried write may have written part of itself: its skips not counted
         while True:
             attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
             try:
-                repush = False
                 checked = self._checked
                 now = attempt
-                if self._suspect or now >= self._next_check:
+                gone = self._markers_gone
+                if self._suspect or gone is not None or now >= self._next_check:
                     cause = self._lost()
-                    repush = cause is not None
+                    if cause is None and gone is not None:
+                        cause = f"{gone}; restoring them"
                     self._next_check = now + self.check_every_s
-                    if repush:
-                        gone = self._had_active and not self.writer.client.exists(
+                    if cause is not None:
+                        self._repush_due = True
+                        if self._data_lost or gone is not None:
+                            self._restore_due = self.restore is not None
+                        gone_active = self._had_active and not self.writer.client.exists(
                             model_active_key(self.writer.ns))
                         log.warning("Redis%s namespace %r: %s; re-pushing the %d user(s) this "
-                                    "worker holds%s", self.where, self.writer.ns, cause, len(held),
+                                    "worker holds%s", self.where, self.writer.ns, cause,
+                                    len(held),
                                     f" (the active-model key {model_active_key(self.writer.ns)} "
                                     "is gone too: publish the snapshot again, `diam snapshot "
-                                    "publish`)" if gone else "")
-                if repush and self.restore is not None:
-                    self._restore_due = True
+                                    "publish`)" if gone_active else "")
+                self._markers_gone = None  # said, and the restore due (above)
                 if self._restore_due:  # before any write: the loss took the markers' hash
                     self._restore_markers()
+                repush = self._repush_due
                 record = self.base() if self.base is not None else None
                 if record is not None and (record != self._recorded or repush):
                     # before the values learnt on it: a reader never finds them under an
@@ -500,19 +530,38 @@ class _Partition(StatelessSinkPartition[Item]):
                 if self.writer.last_refused and self.counts is not None:
                     # the forget check refuses a push again on a retry: counted once, here
                     self.counts().forgotten_pushes += self.writer.last_refused
-                self._suspect = False
+                self._suspect = self._repush_due = False
                 self.written += n
-                if down_since is not None:
+                if down_since is not None and waited == {"kafka"}:
+                    log.warning("Redis%s namespace %r: the forget markers restored from Kafka "
+                                "after %.1f s of waiting for the broker; nothing was dropped",
+                                self.where, self.writer.ns, time.monotonic() - down_since)
+                elif down_since is not None:
                     log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
                                 "dropped", self.where, time.monotonic() - down_since)
                 return writes
+            except MarkersMissing as exc:
+                # the forget check failed closed: Redis lost the markers' hash (and likely the
+                # key set) since the last check; nothing of the call was written. The next
+                # try checks now, restores the markers and re-pushes, as after a lost key set
+                self._markers_gone = str(exc)
+                retried = True
+                missed += 1
+                if missed > 1:  # lost again right after a restore: do not spin
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff_s)
             except (redis.RedisError, MarkersNotRestored) as exc:
                 if not _retried(exc):
                     raise
                 # An outage stalls the writer (and, once the queue is full, the dataflow) and
                 # retries; it never drops the batch. Writes are idempotent (write-if-newer),
                 # so a partial batch re-sent is harmless. Logged once per outage, not per try.
-                self._suspect = True
+                # A broker that does not answer the markers' restore is no sign that Redis
+                # lost anything: waited on as Kafka, said so (``waited``)
+                kafka = isinstance(exc, MarkersNotRestored)
+                waited.add("kafka" if kafka else "redis")
+                if not kafka:
+                    self._suspect = True
                 retried = True
                 if self._cluster:  # a failover, a resharding: the slot map the client holds
                     try:
@@ -684,9 +733,11 @@ class RedisVectorSink(DynamicSink[Item]):
         return None
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
+        # fails closed (no markers' hash: nothing written) where it restores them after a loss
         writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
                              self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s, topic=self.topic,
-                             topic_id=self.topic_id)
+                             topic_id=self.topic_id,
+                             markers_required=self.markers_from is not None)
         where = f" at {self.cfg.url.split('@')[-1]}" + (f" (worker {worker_index})" if worker_count > 1 else "")
         part = _Partition(writer, self.max_backoff_s, self.max_queued, check_every_s=self.check_every_s,
                           where=where)

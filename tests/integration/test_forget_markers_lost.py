@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from diam.cli import main
 from serving_cache import UserVectors, decode_user, user_key
-from serving_cache.keys import forgotten_key, forgotten_key_by_name
+from serving_cache.keys import FORGOTTEN_HELD, forgotten_key, forgotten_key_by_name
 from streams.config import FlowConfig
-from streams.forget_markers import read_markers, topic_id
+from streams.forget_markers import forget_markers_of, read_markers, topic_id
 from streams.kafka_io import ensure_topic, watermarks
 from streams.online import LearnerHolder
 from streams.redis_sink import RedisVectorSink
@@ -107,6 +107,7 @@ def test_a_running_writer_that_finds_the_key_set_lost_restores_the_markers_befor
     produce(s.kafka, topic, click_payloads(click_stream(n_users=2, n_events=10, seed=1)))
     tid = topic_id(s.kafka, topic)
     cleanup.append(forgotten_key(topic, tid))
+    forget_markers_of(s.kafka, redis_client, topic)  # the run's start: the markers' hash held
     sink = RedisVectorSink(s.redis, namespace, check_every_s=0.0, topic=topic, topic_id=tid,
                            markers_from=s.kafka)
     part = sink.build("vectors", 0, 1)
@@ -147,12 +148,14 @@ def test_restore_markers_on_demand_keeps_a_forget_made_during_the_loss_and_fills
     out = _forget(s, topic, x2)  # during the loss: its start restores x1 first
     assert "restored 1 forget marker(s)" in out, out
     want = {x1: 4, x2: 5}
-    assert {k.decode(): int(v) for k, v in redis_client.hgetall(key).items()} == want
+    assert {k.decode(): int(v) for k, v in redis_client.hgetall(key).items()} == {
+        **want, FORGOTTEN_HELD: 0}
     _lose_markers(redis_client, topic, tid)
     redis_client.hset(key, x0, 2)  # a marker Redis alone holds (an earlier release's)
     out = _forget(s, topic, "--restore-markers")
     assert "restored 2 forget marker(s)" in out and "1 marker(s) Redis held were written" in out
-    assert {k.decode(): int(v) for k, v in redis_client.hgetall(key).items()} == {**want, x0: 2}
+    assert {k.decode(): int(v) for k, v in redis_client.hgetall(key).items()} == {
+        **want, x0: 2, FORGOTTEN_HELD: 0}
     assert read_markers(s.kafka, topic, tid) == {**want, x0: 2}
     out = _forget(s, topic, "--restore-markers")  # idempotent
     assert "agree: nothing to restore" in out, out

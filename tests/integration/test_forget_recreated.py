@@ -22,7 +22,12 @@ from confluent_kafka import KafkaException
 from diam.cli import main
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
 from serving_cache.forgotten import adopt_name_only_markers, record_markers
-from serving_cache.keys import FORGOTTEN_ADOPTED_BY, forgotten_key, forgotten_key_by_name
+from serving_cache.keys import (
+    FORGOTTEN_ADOPTED_BY,
+    FORGOTTEN_HELD,
+    forgotten_key,
+    forgotten_key_by_name,
+)
 from streams.config import FlowConfig
 from streams.forget_markers import topic_id
 from streams.kafka_io import delete_topics, ensure_topic, watermarks
@@ -160,7 +165,7 @@ def test_markers_recorded_by_name_alone_are_adopted_by_the_topic_holding_the_nam
     assert (f"adopted 1 forget marker(s) of {topic} recorded by name alone ({old}) under its "
             f"current topic id {tid}") in out, out
     assert redis_client.hgetall(forgotten_key(topic, tid)) == {
-        a.encode(): b"50", b.encode(): b"9", c.encode(): b"20"}
+        a.encode(): b"50", b.encode(): b"9", c.encode(): b"20", FORGOTTEN_HELD.encode(): b"0"}
     # kept for the earlier release, with the adopting id, and the new forget written there too
     assert redis_client.hgetall(old) == {a.encode(): b"50", b.encode(): b"7", c.encode(): b"20",
                                          FORGOTTEN_ADOPTED_BY.encode(): tid.encode()}
@@ -196,7 +201,8 @@ def test_markers_recorded_by_name_alone_are_adopted_by_the_topic_holding_the_nam
         prepare_online(_job(stack, topic, namespace)).close()
     assert _notices(caplog, f"ignoring 4 forget marker(s) of {topic} recorded by name alone "
                             f"({old}): they belong to topic id {tid}"), caplog.text
-    assert redis_client.exists(forgotten_key(topic, new_id)) == 0
+    # no marker of the new id (the hash held by its start, for the fail-closed check)
+    assert redis_client.hgetall(forgotten_key(topic, new_id)) == {FORGOTTEN_HELD.encode(): b"0"}
     assert redis_client.hget(old, FORGOTTEN_ADOPTED_BY) == tid.encode()
     fresh = RedisWriter(redis_client, namespace, topic=topic, topic_id=new_id)
     assert fresh.write_batch([(a, _uv(1))]) == 1 and fresh.last_refused == 0

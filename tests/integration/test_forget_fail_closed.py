@@ -1,0 +1,233 @@
+"""The writer's forget check fails closed: once a command's start made the markers' hash exist
+(``serving_cache.keys.FORGOTTEN_HELD``), a write that finds it absent (Redis lost its data)
+writes nothing, and the sink restores the markers and re-pushes first; a bounded run's close
+checks for a loss once more; a refused push's key goes; the writer waits on Kafka as Kafka,
+restores only after a loss; a restore racing a forget never leaves a lower marker newest on
+the markers' topic.
+
+Redis "losing its data" is the test's own keys deleted between two writes (the namespace's
+keys with its generation marker, the markers' hash), not a FLUSHALL of the shared server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from diam.cli import main
+from serving_cache import RedisWriter, UserVectors, decode_user, user_key
+from serving_cache.keys import FORGOTTEN_HELD, forgotten_key, forgotten_key_by_name
+from streams.config import FlowConfig
+from streams.forget_markers import (
+    forget_markers_of,
+    read_markers,
+    restore_markers,
+    write_markers,
+)
+from streams.kafka_io import consume_all, watermarks
+from streams.redis_sink import RedisVectorSink
+from tests.flowkit import click_stream, tiny_config
+from tests.integration.helpers import click_payloads, produce, redis_state
+
+FLOW = FlowConfig(push_every_events=4, push_every_ms=100, epoch_interval_s=0.2)
+
+
+def _settings(stack, topic: str):  # type: ignore[no-untyped-def]
+    kafka = stack.settings.kafka.model_copy(update={
+        "drift_topic": f"{topic}.drift", "deadletter_topic": f"{topic}.dlq",
+        "forgotten_topic": f"{topic}.forgotten"})
+    return stack.settings.model_copy(update={"kafka": kafka, "online": tiny_config(), "flow": FLOW})
+
+
+def _uv(seq: int) -> UserVectors:
+    return UserVectors(seq=seq, model="m", k=1, d=0.5, dim=2, vecs=np.ones((1, 2), np.float32), ts=seq)
+
+
+def _forget(s, topic: str, *args: str) -> str:  # type: ignore[no-untyped-def]
+    r = CliRunner().invoke(main, ["forget", *args, "--topic", topic], obj={"settings": s})
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _lose(client, namespace: str, topic: str, tid: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Redis loses the key set: the namespace's keys (its generation marker) and the markers."""
+    for key in client.scan_iter(match=f"diam:{namespace}:*"):
+        client.delete(key)
+    client.delete(forgotten_key(topic, tid), forgotten_key_by_name(topic))
+
+
+@pytest.fixture
+def markers(redis_client, topic):  # type: ignore[no-untyped-def]
+    keys: list[str] = [forgotten_key_by_name(topic)]
+    yield keys
+    for k in keys:
+        redis_client.delete(k)
+
+
+def _started(s, topic: str, redis_client, markers):  # type: ignore[no-untyped-def]
+    """A command's start (``forget_markers_of``), as ``diam run`` and ``diam replay`` do it."""
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=2, n_events=10, seed=1)))
+    adoption = forget_markers_of(s.kafka, redis_client, topic)
+    markers.append(forgotten_key(topic, adoption.topic_id))
+    assert redis_client.hget(forgotten_key(topic, adoption.topic_id), FORGOTTEN_HELD) == b"0"
+    return adoption.topic_id
+
+
+@pytest.mark.partitions(1)
+def test_a_push_right_after_redis_lost_its_data_is_not_written_before_the_markers_are_back(
+        stack, topic, namespace, redis_client, markers) -> None:
+    s = _settings(stack, topic)
+    tag = namespace[1:9]  # forget deletes in every namespace
+    a, b = f"{tag}-a", f"{tag}-b"
+    tid = _started(s, topic, redis_client, markers)
+    # the periodic check is far away: only the fail-closed check can see the loss
+    sink = RedisVectorSink(s.redis, namespace, check_every_s=3600.0, topic=topic, topic_id=tid,
+                           markers_from=s.kafka)
+    part = sink.build("vectors", 0, 1)
+    try:
+        part.write_batch([(a, _uv(5)), (b, _uv(5))])
+        part._q.join()
+        _forget(s, topic, a)
+        tomb = watermarks(s.kafka, topic)[0][1] - 1
+        assert tomb == 10
+        _lose(redis_client, namespace, topic, tid)
+        part.write_batch([(a, _uv(7))])  # a dataflow behind the tombstone pushes a again
+        part._q.join()
+        assert part.error is None
+        got = redis_state(redis_client, namespace)
+        assert a not in got, "a push right after the loss wrote the forgotten user back"
+        assert part.repushed == 2 and decode_user(got[b]).seq == 5  # b re-pushed
+        assert int(redis_client.hget(forgotten_key(topic, tid), a)) == tomb
+    finally:
+        part.close()
+
+
+@pytest.mark.partitions(1)
+def test_a_bounded_run_that_closes_right_after_a_loss_restores_and_re_pushes(
+        stack, topic, namespace, redis_client, markers) -> None:
+    s = _settings(stack, topic)
+    tag = namespace[1:9]
+    a, b = f"{tag}-a", f"{tag}-b"
+    tid = _started(s, topic, redis_client, markers)
+    sink = RedisVectorSink(s.redis, namespace, check_every_s=3600.0, topic=topic, topic_id=tid,
+                           markers_from=s.kafka)
+    part = sink.build("vectors", 0, 1)
+    part.write_batch([(a, _uv(5)), (b, _uv(5))])  # a still held: the dataflow is behind
+    part._q.join()
+    _forget(s, topic, a)
+    _lose(redis_client, namespace, topic, tid)
+    part.close()  # nothing pushed since the loss
+    assert part.error is None
+    got = redis_state(redis_client, namespace)
+    assert b in got, "the close did not find the loss: b was not re-pushed"
+    assert a not in got
+    assert int(redis_client.hget(forgotten_key(topic, tid), a)) == 10, "markers not restored"
+
+
+@pytest.mark.partitions(1)
+def test_a_refused_push_deletes_the_key_learnt_before_the_tombstone(
+        stack, topic, namespace, redis_client, markers) -> None:
+    s = _settings(stack, topic)
+    tid = _started(s, topic, redis_client, markers)
+    key = forgotten_key(topic, tid)
+    # a value learnt before the tombstone left in Redis (by a writer without the check), and a
+    # newer one of another user that stays
+    RedisWriter(redis_client, namespace).write_batch([("a", _uv(7)), ("c", _uv(12))])
+    redis_client.hset(key, mapping={"a": 10, "c": 10})
+    w = RedisWriter(redis_client, namespace, topic=topic, topic_id=tid, markers_required=True)
+    assert w.write_batch([("a", _uv(8)), ("c", _uv(9))]) == 0
+    assert w.last_refused == 1  # c's push is stale (Redis holds 12), not refused
+    assert redis_client.get(user_key(namespace, "a")) is None, "the refused user's key stayed"
+    assert decode_user(redis_client.get(user_key(namespace, "c"))).seq == 12
+
+
+@pytest.mark.partitions(1)
+def test_waiting_on_kafka_is_said_as_such_and_a_blip_restores_nothing(
+        stack, topic, namespace, redis_client, markers, caplog) -> None:
+    s = _settings(stack, topic)
+    tid = _started(s, topic, redis_client, markers)
+    down = s.kafka.model_copy(update={"bootstrap": "127.0.0.1:1"})  # no broker answers there
+    sink = RedisVectorSink(s.redis, namespace, check_every_s=3600.0, topic=topic, topic_id=tid,
+                           markers_from=s.kafka, max_backoff_s=0.2)
+    part = sink.build("vectors", 0, 1)
+    calls: list[int] = []
+    real = part.restore
+    assert real is not None
+
+    def broker_down(client: Any) -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) < 3:
+            return restore_markers(down, client, topic, tid, timeout=0.5)
+        return real(client)
+
+    part.restore = broker_down
+    try:
+        part.write_batch([("a", _uv(5))])
+        part._q.join()
+        # a connection blip, no data lost: re-pushed, the markers not read again
+        part._suspect = True
+        part.write_batch([("b", _uv(5))])
+        part._q.join()
+        assert calls == [] and part.repushed == 2, "a blip restored the markers"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="streams.redis_sink"):
+            _lose(redis_client, namespace, topic, tid)
+            part.write_batch([("c", _uv(5))])
+            part._q.join()
+        assert part.error is None and len(calls) == 3
+        said = [r.getMessage() for r in caplog.records]
+        assert not any("connection broke" in x for x in said), said
+        assert not any("reachable again" in x for x in said), said
+        assert any("restored from Kafka after" in x and "waiting for the broker" in x
+                   for x in said), said
+        assert set(redis_state(redis_client, namespace)) == {"a", "b", "c"}
+        assert redis_client.hget(forgotten_key(topic, tid), FORGOTTEN_HELD) == b"0"
+    finally:
+        part.close()
+
+
+class _RacingForget:
+    """A Redis client whose first read of the markers' hash is followed by a forget of user
+    ``u`` at offset 10 (its record on the markers' topic, then the hash), before the restore
+    writes what it read: the race of ``restore_markers`` with a ``diam forget``."""
+
+    def __init__(self, client: Any, s: Any, topic: str, tid: str | None) -> None:
+        self._c, self._s, self._topic, self._tid = client, s, topic, tid
+        self.raced = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+    def hgetall(self, key: str) -> Any:
+        out = self._c.hgetall(key)
+        if not self.raced:
+            self.raced = True
+            write_markers(self._s.kafka, self._topic, self._tid, {"u": 10})
+            self._c.hset(key, "u", 10)
+        return out
+
+
+@pytest.mark.partitions(1)
+def test_a_restore_racing_a_forget_leaves_the_higher_marker_newest_on_the_topic(
+        stack, topic, redis_client, markers) -> None:
+    s = _settings(stack, topic)
+    tid = _started(s, topic, redis_client, markers)
+    key = forgotten_key(topic, tid)
+    redis_client.hset(key, "u", 5)  # Redis alone holds u's older marker
+    racing = _RacingForget(redis_client, s, topic, tid)
+    restore_markers(s.kafka, racing, topic, tid)
+    assert racing.raced
+    mine = [rec for rec in consume_all(s.kafka, s.kafka.forgotten_topic)
+            if rec.value is not None and b'"user":"u"' in rec.value]
+    assert mine and b'"offset":10' in mine[-1].value, (
+        "the restore's lower marker is the newest record: compaction would keep it")
+    assert read_markers(s.kafka, topic, tid) == {"u": 10}
+    # a topic whose newest record of a user is below its highest is mended at the next start
+    write_markers(s.kafka, topic, tid, {"u": 4})
+    restore_markers(s.kafka, redis_client, topic, tid)
+    last = [rec for rec in consume_all(s.kafka, s.kafka.forgotten_topic)
+            if rec.value is not None and b'"user":"u"' in rec.value][-1]
+    assert b'"offset":10' in last.value
