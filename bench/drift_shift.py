@@ -73,7 +73,7 @@ from prequential import (  # noqa: E402
     exploration_args,
     exploration_inputs,
 )
-from provenance import sized_out  # noqa: E402
+from provenance import sized_out, sized_out_help  # noqa: E402
 
 from online_model.base import BaseView  # noqa: E402
 from online_model.config import OnlineConfig  # noqa: E402
@@ -307,6 +307,9 @@ def parser():  # type: ignore[no-untyped-def]
     ap.add_argument("--seed", type=int, default=0, help="Y's draw and the bootstrap")
     ap.add_argument("--boot", type=int, default=2_000, help="bootstrap resamples")
     ap.add_argument("--quick", action="store_true", help="60 users X only (a smoke run)")
+    out = next(a for a in ap._actions if a.dest == "out")  # exploration_args' --out
+    out.help = sized_out_help("drift_shift", (), quick="--quick", variants=VARIANTS) + (
+        "; with --early, _early before .json")
     return ap
 
 
