@@ -46,8 +46,8 @@ def _lua_literal(b: bytes) -> str:
 
 
 # KEYS = user keys; ARGV = (incoming seq, encoded value) per key, in the order of KEYS.
-# Returns {written, refused, skipped}: how many keys were written, how many pushes the forget
-# check (below) refused, and the places (1-based, among the user keys) of the keys whose stored
+# Returns {written, refused, skipped}: how many keys were written, the places (1-based, among the
+# user keys) of the pushes the forget check (below) refused, and the places of the keys whose stored
 # seq is newer or equal, which were skipped (a stale write, or a value Redis holds already: the
 # caller tells which of them it expected, e.g. streams.redis_sink's re-pushes of resumed users). A stored value that cannot be parsed is overwritten: it cannot be newer than valid
 # state.
@@ -103,7 +103,7 @@ local from = tonumber(ARGV[1])
 _FORGOTTEN_REQUIRED = _FORGOTTEN + "if not forgotten then return {-1} end\n"
 _REFUSED = """local floor = forgotten and redis.call('HGET', KEYS[1], string.sub(KEYS[i], from))
     if floor and seq < tonumber(floor) then
-      refused = refused + 1
+      refused[#refused + 1] = i - first + 1
       if cur then redis.call('DEL', KEYS[i]) end
     else
   """
@@ -137,7 +137,7 @@ def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False,
     write = f"    redis.call('SET', KEYS[i], ARGV[a + 1]{ex})\n    written = written + 1\n"
     if forgotten:
         write = "    " + _REFUSED + write.replace("\n    ", "\n      ") + "    end\n"
-    return ("local written, refused, skipped = 0, 0, {}\n"
+    return ("local written, refused, skipped = 0, {}, {}\n"
             + ((_FORGOTTEN_REQUIRED if required else _FORGOTTEN) if forgotten
                else "local first, argv0 = 1, 0\n")
             + "for i = first, #KEYS do\n" + _READ_STORED
@@ -208,6 +208,8 @@ class RedisWriter:
         self.last_refused = 0
         """Users of the last :meth:`write_batch` whose push was refused as forgotten (learnt
         from clicks before their tombstone on ``topic``); not among :attr:`last_skipped`."""
+        self.last_refused_entries: list[tuple[str, UserVectors]] = []
+        """Those refused entries, in the order sent (``len`` is :attr:`last_refused`)."""
 
     def write_batch(self, entries: Iterable[tuple[str, UserVectors]]) -> int:
         """Write every entry whose seq is newer than what Redis holds, unless the forget check
@@ -219,7 +221,7 @@ class RedisWriter:
             prev = newest.get(user_id)
             if prev is None or uv.seq > prev.seq:
                 newest[user_id] = uv
-        self.last_skipped, self.last_refused = [], 0
+        self.last_skipped, self.last_refused, self.last_refused_entries = [], 0, []
         if not newest:
             return 0
         items = list(newest.items())
@@ -270,7 +272,7 @@ class RedisWriter:
             for node in client.get_primaries():  # EVALSHA runs where the keys live
                 client.get_redis_connection(node).script_load(self._script)
             self._sha = hashlib.sha1(self._script.encode()).hexdigest()
-        refused = 0
+        refused: list[tuple[str, UserVectors]] = []
         if self.forgotten is not None:
             chunk, refused = self._not_forgotten(client, chunk)
         by_slot: dict[int, list[tuple[str, UserVectors]]] = {}
@@ -282,13 +284,15 @@ class RedisWriter:
             by_node.setdefault(node.name, (node, []))[1].append(items)
         written = sum(self._pipeline(client.get_redis_connection(node), groups)
                       for node, groups in by_node.values())
-        self.last_refused += refused  # once the writes went through: a resent chunk counts once
+        # once the writes went through: a resent chunk counts once
+        self.last_refused += len(refused)
+        self.last_refused_entries += refused
         return written
 
     def _not_forgotten(self, client: Any, chunk: list[tuple[str, UserVectors]]
-                       ) -> tuple[list[tuple[str, UserVectors]], int]:
-        """Redis Cluster: the pushes of ``chunk`` the forget check lets through, and how many
-        it refused, read with one
+                       ) -> tuple[list[tuple[str, UserVectors]], list[tuple[str, UserVectors]]]:
+        """Redis Cluster: the pushes of ``chunk`` the forget check lets through, and those it
+        refused, read with one
         HMGET of the hash before the scripts (when it exists). Not atomic with the writes, as
         the script's check is: a forget that records its marker and deletes the key between
         this read and the write leaves the push in Redis until the dataflow reads the
@@ -297,11 +301,13 @@ class RedisWriter:
         if not client.exists(self.forgotten):
             if self.markers_required:
                 raise MarkersMissing(self.forgotten)
-            return chunk, 0
+            return chunk, []
         floors = client.hmget(self.forgotten, [u for u, _ in chunk])
-        kept = [(u, uv) for (u, uv), f in zip(chunk, floors, strict=True)
-                if f is None or uv.seq >= int(f)]
-        return kept, len(chunk) - len(kept)
+        kept: list[tuple[str, UserVectors]] = []
+        refused: list[tuple[str, UserVectors]] = []
+        for entry, f in zip(chunk, floors, strict=True):
+            (kept if f is None or entry[1].seq >= int(f) else refused).append(entry)
+        return kept, refused
 
     def _pipeline(self, client: redis.Redis, groups: list[list[tuple[str, UserVectors]]],
                   forgotten: str | None = None) -> int:
@@ -358,6 +364,7 @@ class RedisWriter:
         written = 0
         for (w, refused, skipped), (_, part) in zip(replies, calls, strict=True):
             written += int(w)
-            self.last_refused += int(refused)
+            self.last_refused += len(refused)
+            self.last_refused_entries += (part[int(j) - 1] for j in refused)
             self.last_skipped += (part[int(j) - 1] for j in skipped)
         return written

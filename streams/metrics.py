@@ -12,7 +12,14 @@ Everything is read or counted where it happens, and nothing is added to the per-
   the dataflow already writes;
 - Redis write latency and freshness (event time to Redis acknowledgement) are observed by the
   Redis sink's writer thread once per write (:meth:`FlowMetrics.observe_redis_write`), into
-  numpy bucket counts;
+  numpy bucket counts. Acknowledged values and freshness samples are the pushes Redis
+  took, one rule (``streams.redis_sink._Partition._acked``): those of the users whose key
+  the write set (a push superseded by a newer one of its user in the same write counts: the
+  key holds what it learnt), not those Redis kept out as not newer
+  (``_redis_stale_pushes_total``, ``_redis_resumed_repushes_total``: a restart's re-pushes
+  of what Redis holds are no new values) or refused as forgotten
+  (``_redis_forgotten_pushes_total``), nor the held users re-pushed after Redis lost data
+  (``_redis_lost_repushes_total``);
 - the epoch-end flush of the Kafka side outputs is timed in their sink partitions' snapshot;
 - the epoch-end pause is timed from the source's side: from a partition's epoch snapshot to its
   next poll, the worker closes the epoch (every touched user's state snapshot, the recovery
@@ -78,7 +85,7 @@ METRIC_NAMES = (
     "diam_flow_learn_calls_total", "diam_flow_user_evictions_total", "diam_flow_user_restarts_total",
     "diam_flow_unknown_item_clicks_total", "diam_flow_redis_stale_pushes_total",
     "diam_flow_redis_resumed_repushes_total",
-    "diam_flow_redis_forgotten_pushes_total",
+    "diam_flow_redis_forgotten_pushes_total", "diam_flow_redis_lost_repushes_total",
     "diam_flow_forgets_total", "diam_flow_users_resumed_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
@@ -172,8 +179,9 @@ class FlowMetrics:
 
     # -- hooks called by the dataflow ----------------------------------------------------------
     def observe_redis_write(self, items: list[tuple[str, Any]], seconds: float) -> None:
-        """One acknowledged Redis write of ``items`` (``(user_id, UserVectors)``) that took
-        ``seconds``. Freshness is the acknowledgement time minus each value's event time."""
+        """One acknowledged Redis write that took ``seconds`` and took ``items`` (``(user_id,
+        UserVectors)``, the pushes it took: maybe none). Freshness is the acknowledgement time
+        minus each value's event time."""
         now_ms = time.time() * 1000.0
         ts = np.fromiter((uv.ts for _, uv in items), dtype=np.float64, count=len(items))
         fresh = np.maximum(now_ms - ts, 0.0) / 1000.0
@@ -289,6 +297,11 @@ class FlowMetrics:
         yield counter("diam_flow_redis_forgotten_pushes", "Pushes Redis refused: diam forget "
                       "forgot the user after the clicks they were learnt from",
                       st.get("forgotten_pushes", 0))
+        yield counter("diam_flow_redis_lost_repushes", "Users re-pushed because Redis may have "
+                      "lost data (its generation marker gone or replaced, a broken connection, "
+                      "a cluster primary restarted): every user the writer holds, at each "
+                      "re-push; not pushes, not in the acknowledged values or freshness",
+                      st.get("lost_repushes", 0))
         yield counter("diam_flow_learn_calls",
                       "Calls of the learner's batched step (a user's clicks of a source batch)",
                       st.get("learn_calls", 0))
@@ -303,7 +316,8 @@ class FlowMetrics:
                 self.write.family("diam_flow_redis_write_seconds",
                                   "Latency of one pipelined Redis write", lab, pv),
                 self.fresh.family("diam_flow_freshness_seconds",
-                                  "Event time to Redis acknowledgement, per pushed user", lab, pv),
+                                  "Event time to Redis acknowledgement, per push Redis took",
+                                  lab, pv),
                 self.flush.family("diam_flow_epoch_flush_seconds",
                                   "Epoch-end flush of a Kafka side output (dead letters, drift)",
                                   lab, pv),
@@ -326,7 +340,8 @@ class FlowMetrics:
         for kind, n in sorted(drift.items()):
             de.add_metric([self.process, kind], n)
         yield de
-        yield counter("diam_flow_redis_acked", "User values acknowledged by Redis", acked)
+        yield counter("diam_flow_redis_acked", "Pushes whose user's key Redis set (not those "
+                      "it kept out as not newer or refused, nor re-pushes after a loss)", acked)
         yield counter("diam_flow_state_snapshots", "Users' state snapshots taken at epoch ends",
                       st.get("snapshots", 0))
         yield from hists

@@ -130,6 +130,13 @@ class Counts:
     """Clicks that started a user held in the state over from the base, ``evict_idle_s`` or
     more after the user's previous click on the partition's event clock (a dropped user's
     return is a new state instead, counted in ``users``)."""
+    redis_answered: int = 0
+    """Pushes whose Redis write returned: written, kept out as not newer, refused as forgotten,
+    or superseded in the same write (counted by ``streams.redis_sink`` on its writer thread,
+    once per push). ``pushes`` less this is what Redis has not been sent yet (queued, or
+    waiting out an outage): a run stopped at once (a second signal) says how many. Declared
+    before ``pushes`` so that :meth:`FlowStats.total`, read while the workers count, never
+    reads more answered than pushed."""
     pushes: int = 0
     drift_events: int = 0
     learn_calls: int = 0
@@ -158,6 +165,12 @@ class Counts:
     ``streams.redis_sink`` on its writer thread, once per user per write): a resumed or
     lagging run, or a replay of a range before the tombstone, would otherwise have written the
     user back."""
+    lost_repushes: int = 0
+    """Users re-pushed because Redis may have lost data (its generation marker gone or
+    replaced, a broken connection, a cluster primary restarted or failed over): every user the
+    writer holds, at each re-push, written where Redis's value is older or gone (counted by
+    ``streams.redis_sink`` on its writer thread). Not pushes: neither in ``pushes`` nor in the
+    acknowledged writes and freshness of ``streams.metrics``."""
     snapshots: int = 0
     """Users' recovery snapshots (``streams.metrics`` groups them by epoch)."""
     snapshot_s: float = 0.0
@@ -185,6 +198,13 @@ class FlowStats(Counts):
     def total(self) -> Counts:
         parts = [self, *self._workers.all()]
         return Counts(**{f.name: sum(getattr(c, f.name) for c in parts) for f in fields(Counts)})
+
+    def unwritten(self) -> int:
+        """Pushes not yet answered by Redis (``pushes`` less ``redis_answered``): queued for the
+        Redis sink, or in a write waiting out an outage. Meaningful for a dataflow whose
+        vectors go to ``streams.redis_sink`` (which counts the answers)."""
+        t = self.total()
+        return max(t.pushes - t.redis_answered, 0)
 
     def as_dict(self) -> dict[str, float]:
         """Every :class:`Counts` field summed over the workers (``users``: user states started

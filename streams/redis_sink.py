@@ -115,6 +115,10 @@ log = logging.getLogger(__name__)
 
 _STOP = None
 
+STOP_NOTE_S = 10.0
+"""How often a stopping run that waits for Redis through an outage says so
+(``_Partition.stopping``)."""
+
 
 class Released:
     """The marker item ``(user_id, RELEASED)``: the user left this worker's state (evicted
@@ -152,8 +156,10 @@ Item = tuple[str, "UserVectors | None | Released"]
 
 class _Partition(StatelessSinkPartition[Item]):
     observer: Callable[[list[tuple[str, UserVectors]], float], None] | None = None
-    """Called on the writer thread after each acknowledged write with its items and seconds
-    (``streams.metrics``: Redis write latency and freshness are measured where writes happen)."""
+    """Called on the writer thread after each acknowledged write that sent anything, with the
+    pushes of its batch Redis took (:meth:`_acked`: not those it kept out or refused, nor a
+    re-push's) and its seconds (``streams.metrics``: Redis write latency and freshness are
+    measured where writes happen)."""
 
     def __init__(self, writer: RedisWriter, max_backoff_s: float, max_queued: int = 32,
                  check_every_s: float = 1.0, where: str = "") -> None:
@@ -190,6 +196,11 @@ class _Partition(StatelessSinkPartition[Item]):
         """The clicks topic and its partition count the dataflow's values are learnt from
         (``diam:{ns}:partitions``): recorded at the first marker check and after a loss
         (None: not recorded)."""
+        self.stopping: Callable[[], str | None] | None = None
+        """What to say while a stopping run waits for this partition's write through an outage
+        (``streams.runner.stopping_note``: the pushes not written yet and what a second signal
+        leaves), or None when the run is not stopping: said at most once per
+        :data:`STOP_NOTE_S` (None: never)."""
         self.restore: Callable[[Any], tuple[int, int]] | None = None
         """Restores the forget markers of the dataflow's topic into Redis from their durable
         copy, given the writer's client (``streams.forget_markers.restore_markers``): called
@@ -206,6 +217,7 @@ class _Partition(StatelessSinkPartition[Item]):
         self._tags: dict[str, tuple[int, str]] = {}  # cluster: marker -> (its slot, its primary)
         self._checked = False  # the markers were checked once (then _gens says what they were)
         self._next_check = 0.0
+        self._next_note = 0.0  # when a stopping run waiting out an outage says so again
         self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
         self._had_active = False  # the namespace had an active-model key when first checked
         self._q: queue.Queue[list[Item] | None] = queue.Queue(max_queued)
@@ -279,9 +291,9 @@ class _Partition(StatelessSinkPartition[Item]):
             if (items or self._held) and self._error is None:
                 try:
                     t0 = time.perf_counter()
-                    written = self._write(items)  # type: ignore[arg-type]
-                    if self.observer is not None and written:
-                        self.observer(written, time.perf_counter() - t0)
+                    acked = self._write(items)  # type: ignore[arg-type]
+                    if self.observer is not None and acked is not None:
+                        self.observer(acked, time.perf_counter() - t0)
                 except BaseException as exc:  # surfaced on the dataflow thread
                     self._error = exc
                     self.wrong_type = self._wrong_type(exc, items)  # type: ignore[arg-type]
@@ -450,10 +462,11 @@ class _Partition(StatelessSinkPartition[Item]):
                         "run reads %d; kept (another run wrote it since the key set was lost)",
                         self.where, self.writer.ns, topic, was, count)
 
-    def _write(self, items: list[Item]) -> list[tuple[str, UserVectors]]:
+    def _write(self, items: list[Item]) -> list[tuple[str, UserVectors]] | None:
         """Write ``items`` (and every held user's vectors again when Redis lost them), retrying
-        an outage until Redis acknowledges. Returns the ``(user, UserVectors)`` items in order,
-        for :attr:`observer`: a push that a later forget in the batch kept from Redis among them."""
+        an outage until Redis acknowledges. Returns, for :attr:`observer`, the pushes of
+        ``items`` that Redis took (:meth:`_acked`), or None when nothing was sent (no push,
+        no re-push)."""
         held = self._held
         deletes: set[str] = set()
         writes: list[tuple[str, UserVectors]] = []
@@ -520,16 +533,19 @@ class _Partition(StatelessSinkPartition[Item]):
                 n = self.writer.write_batch(
                     list(held.items()) + [w for w in sent if w[0] not in held] if repush else sent)
                 skipped = self.writer.last_skipped
+                counts = self.counts() if self.counts is not None else None
                 if repush:
                     self.repushed += len(held)
-                elif skipped and not retried and self.counts is not None:
-                    counts = self.counts()
+                    if counts is not None:
+                        counts.lost_repushes += len(held)
+                elif skipped and not retried and counts is not None:
                     resumed = sum(type(uv) is ResumedPush for _, uv in skipped)
                     counts.resumed_repushes += resumed
                     counts.stale_pushes += len(skipped) - resumed
-                if self.writer.last_refused and self.counts is not None:
+                if counts is not None:
                     # the forget check refuses a push again on a retry: counted once, here
-                    self.counts().forgotten_pushes += self.writer.last_refused
+                    counts.forgotten_pushes += self.writer.last_refused
+                    counts.redis_answered += len(writes)
                 self._suspect = self._repush_due = False
                 self.written += n
                 if down_since is not None and waited == {"kafka"}:
@@ -539,7 +555,11 @@ class _Partition(StatelessSinkPartition[Item]):
                 elif down_since is not None:
                     log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
                                 "dropped", self.where, time.monotonic() - down_since)
-                return writes
+                if not writes and not repush:
+                    return None
+                if n == len(writes) and not repush:
+                    return writes  # every push written, each of its own user: nothing to sort
+                return self._acked(sent, retried)
             except MarkersMissing as exc:
                 # the forget check failed closed: Redis lost the markers' hash (and likely the
                 # key set) since the last check; nothing of the call was written. The next
@@ -581,8 +601,46 @@ class _Partition(StatelessSinkPartition[Item]):
                                 "refusing writes" if refused else "unreachable",
                                 time.strftime("%H:%M:%S", time.localtime(began)), why,
                                 self.max_backoff_s)
+                if self.stopping is not None and attempt >= self._next_note:
+                    # a stopping run waits for this write: say so, and what a second signal
+                    # leaves (the first signal's line promised a stop at the next batch)
+                    note = self.stopping()
+                    if note is not None:
+                        self._next_note = attempt + STOP_NOTE_S
+                        log.warning("Redis%s namespace %r: %s", self.where, self.writer.ns, note)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+    def _acked(self, sent: list[tuple[str, UserVectors]], retried: bool
+               ) -> list[tuple[str, UserVectors]]:
+        """The pushes of a write's batch that Redis took, the one rule of what the metrics
+        count as acknowledged (``diam_flow_redis_acked_total``) and observe as freshness: of
+        ``sent`` (the batch's pushes, those before a forget in it left out), the pushes of the
+        users whose key the write set, a push superseded by a newer one of its user in the
+        same write among them (the key holds what its click learnt, from then on); not those
+        of a user the forget check refused (``forgotten_pushes``) or Redis kept out as not
+        newer (``stale_pushes``, ``resumed_repushes``: a restart's re-pushes of what Redis
+        holds are no new values; after a retried write, whose first try may have written
+        part of it, its skips are not told apart and all count as taken, as they do not count
+        as stale), and not a resumed user's re-push superseded in the write (its event time
+        is the user's previous click, before the restart). The held users a re-push after a
+        loss writes again are not pushes (``lost_repushes``): their old event time would read
+        as a click that took that long to reach Redis.
+
+        Called only when a write wrote fewer keys than the batch had pushes (a restart's
+        re-pushes Redis holds already, a user pushed twice in a merged write, a stale or
+        refused push) or re-pushed: a write of distinct users, all written, takes no
+        per-push work here."""
+        out = {u for u, _ in self.writer.last_refused_entries}
+        if not retried:
+            out.update(u for u, _ in self.writer.last_skipped)
+        newest: dict[str, UserVectors] = {}
+        for user, uv in sent:
+            prev = newest.get(user)
+            if prev is None or uv.seq > prev.seq:
+                newest[user] = uv
+        return [(u, uv) for u, uv in sent
+                if u not in out and (type(uv) is not ResumedPush or newest[u] is uv)]
 
 
 _REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
@@ -706,6 +764,9 @@ class RedisVectorSink(DynamicSink[Item]):
     stop: Callable[[], None] | None = None
     """Given to every partition: see ``_Partition.stop``."""
 
+    stopping: Callable[[], str | None] | None = None
+    """Given to every partition: see ``_Partition.stopping``."""
+
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
                  check_every_s: float = 1.0, max_queued: int = 32, topic: str | None = None,
                  topic_id: str | None = None, partition_count: int | None = None,
@@ -745,6 +806,7 @@ class RedisVectorSink(DynamicSink[Item]):
         part.counts = self.counts
         part.base = self.base
         part.stop = self.stop
+        part.stopping = self.stopping
         if self.markers_from is not None and self.topic is not None:
             part.restore = functools.partial(_restore, self.markers_from, self.topic,
                                              self.topic_id)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import gc
 import json
 import logging
@@ -42,8 +43,8 @@ __all__ = ["DRIFT_STORE", "PEERS_NOTE_S", "RUN_AGAIN", "RUN_STORE", "STORE_RECOR
            "ClusterNotJoined", "ClusterPeerLost", "OnlineJob", "PreparedRun", "RecoveryForeign",
            "RecoveryInUse", "RecoveryUnusable", "TopicRepartitioned", "UnknownPartitions",
            "check_store_owner", "hold_recovery", "job_io", "peer_lost_line", "prepare_online",
-           "prepare_recovery", "repartitioned_line", "run_online", "store_owner", "tune_gc",
-           "waiting_for"]
+           "prepare_recovery", "repartitioned_line", "run_online", "stopping_note", "store_owner",
+           "tune_gc", "unwritten_line", "waiting_for"]
 
 log = logging.getLogger(__name__)
 
@@ -638,6 +639,8 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     epoch = timedelta(seconds=job.flow.epoch_interval_s)
     if vectors is not None and job.stop is not None and not job.addresses:
         vectors.stop = job.stop.set  # a failed write ends the input: one process stops alone
+    if vectors is not None and job.stop is not None:  # a stop waiting out a Redis outage
+        vectors.stopping = functools.partial(stopping_note, job.stop, stats, recovery is not None)
     store = None if job.recovery_dir is None else str(Path(job.recovery_dir).resolve())
     try:
         if job.workers == 1 and not job.addresses:
@@ -767,6 +770,46 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
         if _peer_lost(failed[0]):  # Bytewax's panic, which names no peer: say it in one line
             raise ClusterPeerLost(job, recovery is not None) from failed[0]
         raise failed[0]
+
+
+def _unwritten_fate(recovery: bool) -> str:
+    """What a run started again does about pushes a stop at once left unwritten."""
+    if recovery:
+        return ("the run started again with the same command resumes from its recovery store "
+                "and pushes every user it holds again (what its last epoch had not committed is "
+                "read and pushed again)")
+    return ("this run has no recovery store (--no-recovery): started again, it re-reads the "
+            "topic from its start and writes them again (Redis keeps the newer writes)")
+
+
+def stopping_note(stop: threading.Event, stats: FlowStats | None, recovery: bool) -> str | None:
+    """What a run stopping (``stop`` set) says while a write of its Redis sink waits out an
+    outage (``streams.redis_sink._Partition.stopping``), or None when it is not stopping.
+
+    >>> ev = threading.Event(); ev.set()
+    >>> stopping_note(ev, FlowStats(), True)[:60]
+    'waiting for Redis: 0 push(es) not written yet (a second Ctrl'
+    """
+    if not stop.is_set():
+        return None
+    pending = "pushes" if stats is None else f"{stats.unwritten():,} push(es)"
+    return (f"waiting for Redis: {pending} not written yet (a second Ctrl-C / SIGTERM stops "
+            f"now; then {_unwritten_fate(recovery)})")
+
+
+def unwritten_line(unwritten: int, recovery: bool) -> str:
+    """What ``diam run`` says after its summary line when a second signal stopped it at once:
+    how many pushes Redis never got, and what a run started again does about them.
+
+    >>> unwritten_line(0, True)
+    'stopped at once: every push was written to Redis'
+    >>> unwritten_line(36, False)[:63]
+    'stopped at once: 36 push(es) were not written to Redis; nothing'
+    """
+    if not unwritten:
+        return "stopped at once: every push was written to Redis"
+    return (f"stopped at once: {unwritten:,} push(es) were not written to Redis; nothing is "
+            f"lost: {_unwritten_fate(recovery)}")
 
 
 def _note_stopping(job: OnlineJob, recovery: bool) -> None:

@@ -82,11 +82,14 @@ def get_settings(ctx: click.Context) -> Settings:
 
 
 def stop_on_signals(stop: threading.Event, echo=click.echo,
-                    waiting: Callable[[], str | None] = lambda: None) -> None:
+                    waiting: Callable[[], str | None] = lambda: None,
+                    forced: Callable[[], None] = lambda: None) -> None:
     """SIGINT (Ctrl-C) and SIGTERM ask a run (``diam run``, ``diam drift run``) to stop at a
     clean point: ``stop`` is set, the input ends at its next batch, the last epoch closes (what
     it produced is delivered) and the run returns normally (exit 0). A second signal stops the
-    process at once (``diam run``'s recovery store still resumes it). While ``waiting()`` says
+    process at once (``diam run``'s recovery store still resumes it), after ``forced()`` (what
+    the command says of a run stopped at once: ``diam run``'s summary line and the pushes
+    Redis never got; an error in it does not keep the process alive). While ``waiting()`` says
     what the run still waits for before it reads anything (a cluster's other processes), the
     first signal says the run stops now, not at a batch: the run sees ``stop`` in that wait.
     The handlers before are put back when the command's context closes (a program that invokes
@@ -98,6 +101,10 @@ def stop_on_signals(stop: threading.Event, echo=click.echo,
         name = signal.Signals(signum).name
         if stop.is_set():
             echo(f"{name} again: stopping now", err=True)
+            try:
+                forced()
+            except Exception as exc:  # the stop the user asked for comes first
+                echo(f"(could not say what the run did: {type(exc).__name__}: {exc})", err=True)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

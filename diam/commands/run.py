@@ -55,6 +55,7 @@ SUMMARY = ("{end}: {records} records ({valid} valid, {forgets} forgets, {rejecte
            "{stale_pushes} kept out by Redis as not newer, "
            "{resumed_repushes} re-pushes of resumed users Redis held already, "
            "{forgotten_pushes} refused as forgotten, "
+           "{lost_repushes} re-pushed after Redis lost data, "
            "{drift_events} drift events, {evictions} idle users dropped, {restarts} started over "
            "in {seconds} s ({per_s} records/s; {cpu_s} CPU s, {per_cpu_s} records per CPU second)")
 """The line ``diam run`` prints when its dataflow ends (``{end}``: done, or stopped by a signal),
@@ -326,6 +327,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         prepare_online,
         run_online,
         tune_gc,
+        unwritten_line,
         waiting_for,
     )
 
@@ -376,7 +378,16 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         peers = waiting_for(job)
         return f"before the cluster's other process(es) {', '.join(peers)} answered" if peers else None
 
-    stop_on_signals(stop, waiting=waiting)
+    clock: list[float] = []  # the dataflow's start (wall, CPU): a stop at once says its summary
+
+    def forced() -> None:  # a second signal: the summary, and the pushes Redis never got
+        if not clock:
+            return  # nothing was read yet
+        click.echo(summary_line("stopped", stats.as_dict(), time.perf_counter() - clock[0],
+                                time.process_time() - clock[1]))
+        click.echo(unwritten_line(stats.unwritten(), job.recovery_dir is not None), err=True)
+
+    stop_on_signals(stop, waiting=waiting, forced=forced)
     # outages (broker, Redis) are logged once when they start and once when they end
     service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("snapshotter.store").addFilter(_EveryMinute())
@@ -404,6 +415,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                f"base={holder.version} workers={workers}" + (" (bounded)" if bounded else "")
                + (f" recovery={Path(job.recovery_dir).resolve()}" if job.recovery_dir is not None else ""))
     t0, c0 = time.perf_counter(), time.process_time()
+    clock[:] = [t0, c0]
     grown: TopicRepartitioned | ClusterPeerLost | RedisWriteFailed | None = None
     try:
         with refusals():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -204,6 +205,8 @@ def test_redis_losing_its_data_mid_stream_loses_no_user(stack, topic, runner, pr
     assert "re-pushing" in log, log
     assert "Traceback" not in log and "panicked" not in log, log
     assert sum(line.startswith("stopped: ") for line in log.splitlines()) == 1, log
+    # the re-push is counted: "N re-pushed after Redis lost data", every user held
+    assert parse_summary(log)["lost_repushes"] >= 30, log
 
 
 def _count(kafka, topic: str) -> int:
@@ -373,3 +376,45 @@ def _refuses(client) -> bool:  # type: ignore[no-untyped-def]
     except redis_py.exceptions.ReadOnlyError:
         return True
     return False
+
+
+def test_a_second_signal_while_redis_is_down_says_what_the_stop_left_unwritten(
+        stack, topic, runner, private_redis, procs) -> None:
+    """A stop waiting out a Redis outage says so every few seconds, with the pushes not
+    written yet; a second SIGTERM stops the run at once and still prints its summary line and
+    how many pushes Redis never got (before, it ended with nothing but "stopping now")."""
+    url, _, _ = private_redis
+    server = next(p for p in procs if p.poll() is None)  # the private redis-server
+    client = redis_py.Redis.from_url(url)
+    runner.env.update({"DIAM_REDIS_URL": url, "DIAM_REDIS_SOCKET_TIMEOUT_S": "1"})
+    events = click_stream(n_users=20, n_events=3200, seed=33)
+    produce(stack.settings.kafka, topic, click_payloads(events[:200]))
+    log = runner.tmp / "stop.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen(runner.cmd + ["--namespace", "live", "--no-recovery"], env=runner.env,
+                             stdout=out, stderr=subprocess.STDOUT, text=True)
+    procs.append(p)
+    try:
+        _wait(lambda: len(redis_state(client, "live")) == 20, 120, "every user's first push")
+        server.send_signal(signal.SIGSTOP)  # Redis answers nothing: every call times out
+        produce(stack.settings.kafka, topic, click_payloads(events[200:]))
+        _wait(lambda: "unreachable since" in log.read_text(), 60, "the sink to see the outage")
+        p.send_signal(signal.SIGTERM)
+        _wait(lambda: "waiting for Redis:" in log.read_text(), 30, "the stop to say it waits")
+        assert p.poll() is None, log.read_text()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == -signal.SIGTERM
+    finally:
+        server.send_signal(signal.SIGCONT)
+    text = log.read_text()
+    note = re.search(r"waiting for Redis: ([\d,]+) push\(es\) not written yet \(a second "
+                     r"Ctrl-C / SIGTERM stops now; then this run has no recovery store", text)
+    assert note is not None and int(note.group(1).replace(",", "")) > 0, text
+    assert sum(line.startswith("stopped: ") for line in text.splitlines()) == 1, text
+    summary = parse_summary(text)
+    assert summary["records"] > 200, summary
+    gone = re.search(r"stopped at once: ([\d,]+) push\(es\) were not written to Redis; nothing "
+                     r"is lost: this run has no recovery store \(--no-recovery\): started again, "
+                     r"it re-reads the topic", text)
+    assert gone is not None, text
+    assert 0 < int(gone.group(1).replace(",", "")) <= summary["pushes"], text

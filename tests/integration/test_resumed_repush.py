@@ -76,6 +76,11 @@ def test_a_resumed_users_re_push_is_not_counted_as_a_stale_push(stack, topic, na
         final = _scrape_until(again, "diam_flow_redis_resumed_repushes_total",
                               lambda v, _: v == N_USERS)
         assert _one(final, "diam_flow_redis_stale_pushes_total") == 0
+        time.sleep(1.0)  # the write's observation follows its counts: give it time to land
+        final = again.scrape()
+        # nothing was written: no value acknowledged, no freshness sample of an old event time
+        assert _one(final, "diam_flow_redis_acked_total") == 0, final
+        assert _one(final, "diam_flow_freshness_seconds_count") == 0, final
         got, err = _stop(again)
     finally:
         again.close()

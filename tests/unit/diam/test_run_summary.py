@@ -12,7 +12,7 @@ from streams.online import FlowStats
 
 COUNTS = dict(records=12_345, valid=12_338, forgets=2, rejected=5, unknown_items=7, users=100,
               resumed=6, in_state=90,
-              learn_calls=800, pushes=700, stale_pushes=4, resumed_repushes=8, forgotten_pushes=1, drift_events=3, evictions=10, restarts=2)
+              learn_calls=800, pushes=700, stale_pushes=4, resumed_repushes=8, forgotten_pushes=1, lost_repushes=20, drift_events=3, evictions=10, restarts=2)
 
 
 def test_every_count_comes_back_from_the_line() -> None:

@@ -46,6 +46,7 @@ class _Writer:
         self.kept: set[str] = set()  # users whose value the fake Redis holds at a newer seq
         self.last_skipped: list[tuple[str, UserVectors]] = []
         self.last_refused = 0
+        self.last_refused_entries: list[tuple[str, UserVectors]] = []
 
     def write_batch(self, entries: list[tuple[str, UserVectors]]) -> int:
         self.sent.append(sorted((u, uv.seq) for u, uv in entries))
