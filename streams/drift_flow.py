@@ -91,7 +91,9 @@ class DriftMetrics:
         self.events = Counter("diam_drift_events_total", "Drift events in closed windows", ["kind"],
                               registry=r)
         self.read = Counter("diam_drift_records_total",
-                            "Drift events read (repeats and late ones included)", registry=r)
+                            "Drift events of the watched namespace read (repeats and late ones "
+                            "included; other namespaces' are diam_drift_other_namespace_total)",
+                            registry=r)
         self.unparsed = Counter("diam_drift_unparsed_total", "Records that were not drift events",
                                 registry=r)
         self.other = Counter("diam_drift_other_namespace_total",

@@ -205,3 +205,17 @@ def test_the_dataflow_times_its_users_state_snapshots() -> None:
     total = stats.total()
     assert total.snapshots >= 4  # every touched user at every epoch end
     assert total.snapshot_s > 0.0
+
+
+def test_every_exported_name_is_documented_in_the_readme() -> None:
+    """The README's paragraph on ``diam run --metrics-port`` names every series a scrape
+    returns (in full, or as its ``_suffix`` after ``diam_flow``), so the list cannot drift."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    start = text.index("`diam run --metrics-port` exports")
+    section = text[start:text.index("\n\n", start)]
+    missing = [n for n in METRIC_NAMES if not re.search(
+        rf"`(diam_flow)?{re.escape(n.removeprefix('diam_flow'))}[`{{]", section)]
+    assert not missing, f"README's metrics paragraph does not name {missing}"
