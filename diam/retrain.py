@@ -380,20 +380,12 @@ class Retrainer:
         )
         from online_model.train import Features, TrainConfig, train
         from snapshotter.gate import decide
-        from snapshotter.store import resolve_active
         from streams.catalog import Catalog, read_catalog
         from streams.topic_corpus import corpus_from_topic, read_clicks
 
         t0 = time.monotonic()
         kafka, cfg = self.s.kafka, self.cfg
-        # the active model as every reader resolves it (serve, run, recommend follow Redis's
-        # announcement): the pointer file alone may be missing while servers serve a version
-        elsewhere: list[str] = []
-        active_version = resolve_active(self.store, self.redis, self.ns,
-                                        on_absent=elsewhere.append)
-        if active_version is None and (
-                why := self._why_not_from_scratch(elsewhere[0] if elsewhere else None)):
-            raise CannotRetrain(f"not retraining: {why}")
+        active_version = self._gate_target()
         rng = window_range(kafka, self.topic, cfg.window_events)
         items_topic: str | None = kafka.items_topic
         try:
@@ -539,7 +531,16 @@ class Retrainer:
                 d.version, d.announced, why = self._publish(cand_dir, d.active_before)
             except ActiveMoved as moved:
                 moves += 1
-                was, now = d.active_before, moved.active
+                was = d.active_before
+                self._say(f"retrain {d.candidate}: the active version moved while it trained "
+                          f"({moved})")
+                try:  # the rule it was first gated by: the pointer wins, Redis re-synced
+                    now = self._gate_target()
+                except CannotRetrain as stop:
+                    d.reason = f"{was} stopped being active while it trained: {stop}"
+                    return None
+                if now == was and moves <= MAX_REGATES:  # Redis only re-synced to it
+                    continue
                 self._say(f"retrain {d.candidate}: {now or 'no version'} became active while "
                           f"it trained (it was compared with {was or 'none'})")
                 d.metrics.setdefault("moved_from", {"version": was,
@@ -549,9 +550,6 @@ class Retrainer:
                     d.reason = (f"the active version moved {moves} times while the candidate "
                                 f"was gated (last to {now or 'none'}); refused rather than "
                                 "publish it over a version it was not compared with")
-                    return None
-                if now is None and (stop := self._why_not_from_scratch(None)) is not None:
-                    d.reason = f"{was} stopped being active while it trained: {stop}"
                     return None
                 gate, metrics = gate_against(None if now is None else load(self.store.path(now)))
                 d.metrics.update(metrics)
@@ -564,6 +562,51 @@ class Retrainer:
             if why is not None:
                 d.reason = f"{d.reason}; {why}"
             return why
+
+    def _gate_target(self) -> str | None:
+        """The active version a retrain warm-starts from and gates against (and that its
+        publish must still find active, :func:`snapshotter.publish.publish`'s
+        ``expect_active``), by one rule for ``--once`` and the service, at the start and
+        after the active version moved: the version every reader resolves
+        (:func:`snapshotter.store.resolve_active`: Redis's announcement when this store holds
+        it, else the pointer file: ACTIVE missing while servers serve a version is not "no
+        active model"). When the pointer and Redis name two different versions the store
+        holds (a publish or rollback with ``--no-redis``, a publish killed between its switch
+        and its announcement), the pointer is the truth and Redis is re-synced from it first
+        (:meth:`sync_redis`, :func:`snapshotter.sync.sync_active`: what the service does at
+        start and ``diam snapshot watch`` on every tick), so the candidate is compared with
+        the version the next server start would load, and a hand switch of the pointer is
+        never replaced without that comparison. Raises :class:`CannotRetrain` when that
+        re-sync fails, or when no version resolves but a model trained from scratch would
+        replace one (:meth:`_why_not_from_scratch`)."""
+        from snapshotter.store import resolve_active
+
+        elsewhere: list[str] = []
+        active = resolve_active(self.store, self.redis, self.ns, on_absent=elsewhere.append)
+        pointer = self.store.active_version()
+        if pointer is not None and active != pointer:
+            self._say(f"the pointer {self.store.root}/ACTIVE names {pointer} and Redis's "
+                      f"diam:{self.ns}:model:active {active}: the pointer is the truth (Redis "
+                      "broadcasts it); Redis is re-synced from it before the retrain gates "
+                      "against it")
+            if not self.sync_redis():
+                raise CannotRetrain(
+                    f"not retraining: the pointer {self.store.root}/ACTIVE names {pointer} "
+                    f"and Redis's diam:{self.ns}:model:active {active}, and Redis could not "
+                    f"be re-synced from the pointer; `diam snapshot rollback {pointer}` (or "
+                    f"`rollback {active}`) makes both name one version")
+            elsewhere.clear()
+            active = resolve_active(self.store, self.redis, self.ns,
+                                    on_absent=elsewhere.append)
+            if active != (pointer := self.store.active_version()):
+                raise CannotRetrain(
+                    f"not retraining: the pointer {self.store.root}/ACTIVE names {pointer} "
+                    f"and Redis's diam:{self.ns}:model:active {active} again after a re-sync "
+                    "(a publish or rollback is switching them); the next retrain looks again")
+        if active is None and (
+                why := self._why_not_from_scratch(elsewhere[0] if elsewhere else None)):
+            raise CannotRetrain(f"not retraining: {why}")
+        return active
 
     def _why_not_from_scratch(self, elsewhere: str | None) -> str | None:
         """Why a retrain must not train from scratch and publish although no active version
@@ -940,15 +983,16 @@ class Retrainer:
                     d = self.run_once()
                     done_at = sum(d.window.get("end", {}).values()) or total
                     self._blocked = None
+                    last_t = time.time()
                 except CannotRetrain as exc:  # nothing trained: said once, looked at each poll
-                    if str(exc) != self._blocked:
+                    if str(exc) != self._blocked:  # (last_t kept: still due at the next one)
                         self._say(f"{exc} (the service looks again every "
                                   f"{self.cfg.poll_s:g} s)")
                     self._blocked = str(exc)
                 except Exception as exc:  # one failed retrain must not end the service
                     log.exception("retrain failed: %s", exc)
                     self.metrics.decisions.labels("failed").inc()
-                last_t = time.time()
+                    last_t = time.time()
             if stop is not None:
                 if stop.wait(self.cfg.poll_s):
                     break

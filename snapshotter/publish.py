@@ -62,13 +62,20 @@ class CheckpointError(SnapshotError):
 class ActiveMoved(SnapshotError):
     """:func:`publish` was told which version it replaces (``expect_active``: the one its
     caller compared the checkpoint with) and found another active under the store's lock;
-    nothing was written or switched. ``active``: the version active now (None: none)."""
+    nothing was written or switched. ``active``: the version active now as readers resolve it
+    (:func:`resolve_active`; None: none); ``pointer``: the one the pointer file names (None:
+    none), which differs from ``active`` when Redis announces another version the store
+    holds (a switch with ``--no-redis``)."""
 
-    def __init__(self, expected: str | None, active: str | None) -> None:
-        super().__init__(f"the active version is {active or 'none'}, not {expected or 'none'} "
-                         "as expected; nothing was published")
+    def __init__(self, expected: str | None, active: str | None,
+                 pointer: str | None = None) -> None:
+        where = ("" if pointer in (active, None) else
+                 f" in Redis and {pointer} in the pointer file")
+        super().__init__(f"the active version is {active or 'none'}{where}, not "
+                         f"{expected or 'none'} as expected; nothing was published")
         self.expected = expected
         self.active = active
+        self.pointer = pointer
 
 
 class _Unset(enum.Enum):
@@ -77,13 +84,19 @@ class _Unset(enum.Enum):
 
 def _check_active(store: SnapshotStore, redis_client: Any | None, ns: str,
                   expect: str | None | _Unset) -> None:
-    """Raise :class:`ActiveMoved` when the active version, as every reader resolves it
-    (:func:`resolve_active`), is not ``expect``; the caller holds the store's lock."""
+    """Raise :class:`ActiveMoved` unless both the pointer file and Redis name ``expect``:
+    the active version as every reader resolves it (:func:`resolve_active`: Redis's
+    announcement when the store holds it, else the pointer) is ``expect``, and the pointer
+    names ``expect`` or nothing. So a switch of either alone (``rollback --no-redis`` moves
+    only the pointer) stops the publish; a Redis that does not answer, or names a version
+    this store does not hold, leaves the pointer to tell (as it does every reader). The
+    caller holds the store's lock."""
     if expect is _Unset.UNSET:
         return
     now = resolve_active(store, redis_client, ns)
-    if now != expect:
-        raise ActiveMoved(expect, now)
+    pointer = store.active_version()
+    if now != expect or pointer not in (expect, None):
+        raise ActiveMoved(expect, now, pointer)
 
 
 def _read(path: str | Path) -> CheckpointFiles:
@@ -193,9 +206,10 @@ def publish(
     checkpoint against (the retrain service's promotion gate): checked under the store's lock,
     before the re-use of kept weights and again before the commit, against the active
     version as every reader resolves it (:func:`snapshotter.store.resolve_active`: Redis's
-    announcement when the store holds it, else the pointer); another one raises
-    :class:`ActiveMoved` and nothing is written or switched, so a checkpoint never replaces a
-    version it was not compared with. Without it nothing is checked (an operator's publish).
+    announcement when the store holds it, else the pointer) and against the pointer file
+    (:func:`_check_active`: both must name it); another one raises :class:`ActiveMoved` and
+    nothing is written or switched, so a checkpoint never replaces a version it was not
+    compared with. Without it nothing is checked (an operator's publish).
 
     Weights already kept as a version (same sha256: a rerun after a killed or half-failed
     publish, the same checkpoint twice) re-activate that version instead of writing a copy,

@@ -551,25 +551,101 @@ class SnapshotStore:
         store. Two retrains of one store would each train the same window and gate against
         the version active when it started, and the second to publish would replace the
         first's without ever being compared with it; a trainer is not queued behind another
-        (its window would be stale), it is refused. Creates the root, as a first publish does.
-        The kernel drops the lock when its holder dies. Not re-entrant."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.require_root()
-        with open(self.root / RETRAIN_LOCK, "a+b") as fh:
+        (its window would be stale), it is refused. The kernel drops the lock when its holder
+        dies. Not re-entrant.
+
+        Creates the root, as a first publish does, and removes what it created when it ends
+        with nothing published there (the root, and the parents it made, holding only the
+        locks): a refused retrain at a mistyped ``DIAM_SNAPSHOT_DIR`` leaves no empty store
+        behind, so rollback and list still say the directory does not exist. A root that
+        cannot be made or locked (a file on its path, no permission) raises
+        :class:`SnapshotError` naming the setting."""
+        made, fh = self._open_retrain_lock()
+        try:
+            self._write_holder(fh, f"{os.getpid()} {datetime.now(UTC).isoformat()}\n")
+            yield
+        finally:
+            self._write_holder(fh, "")
+            if made:  # still holding the lock: no other retrain is inside this root now
+                self._remove_unused(made)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+
+    def _unusable_root(self, exc: OSError) -> SnapshotError:
+        return SnapshotError(
+            f"snapshot directory {self.root} cannot hold the retrain lock "
+            f"({exc.strerror or type(exc).__name__}: {exc.filename or self.root / RETRAIN_LOCK}) "
+            "(settings snapshot.dir, DIAM_SNAPSHOT_DIR); nothing was trained")
+
+    def _open_retrain_lock(self) -> tuple[list[Path], Any]:
+        """The root made when missing (the directories this call created, deepest first) and
+        ``<root>/.retrain.lock`` open and locked (:meth:`retrain_lock`). A holder that created
+        the root removes it when it ends, so the file locked is checked to be the one the path
+        names still (else opened again): two holders can never lock two files."""
+        for _ in range(10):
+            missing = [d for d in (self.root, *self.root.parents) if not d.exists()]
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                self.require_root()  # a file on the path: said as rollback and list say it
+                raise
+            except OSError as exc:
+                raise self._unusable_root(exc) from exc
+            self.require_root()
+            path = self.root / RETRAIN_LOCK
+            try:
+                fh = open(path, "a+b")  # noqa: SIM115 - held by the caller's context
+            except FileNotFoundError:  # the root's creator removed it meanwhile: again
+                continue
+            except OSError as exc:
+                raise self._unusable_root(exc) from exc
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                fh.close()
                 raise RetrainLocked(
                     f"another retrain of {self.root} ({self.lock_holder(RETRAIN_LOCK)}) holds "
                     f"{self.root / RETRAIN_LOCK}; one retrain at a time per snapshot store "
                     "(a `diam retrain` service holds it while it runs): nothing was "
                     "trained") from None
+            except OSError as exc:
+                fh.close()
+                raise self._unusable_root(exc) from exc
             try:
-                self._write_holder(fh, f"{os.getpid()} {datetime.now(UTC).isoformat()}\n")
-                yield
-            finally:
-                self._write_holder(fh, "")
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                held, named = os.fstat(fh.fileno()), os.stat(path)
+                if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                    return [d for d in missing if d.is_dir()], fh
+            except FileNotFoundError:
+                pass
+            fh.close()  # the file locked was removed with the root it was in: again
+        raise SnapshotError(f"snapshot directory {self.root} kept disappearing while the "
+                            "retrain lock was taken (settings snapshot.dir, DIAM_SNAPSHOT_DIR); "
+                            "nothing was trained")
+
+    def _remove_unused(self, made: list[Path]) -> None:
+        """Remove the directories :meth:`_open_retrain_lock` made (``made``, deepest first)
+        when nothing but the locks is in the root; called by the retrain lock's holder. The
+        store's own lock file goes too when nobody holds it."""
+        try:
+            names = {p.name for p in self.root.iterdir()}
+        except OSError:
+            return
+        if not names <= {RETRAIN_LOCK, LOCK}:
+            return
+        lk = None
+        try:
+            if LOCK in names:
+                lk = open(self.root / LOCK, "a+b")  # noqa: SIM115 - closed below
+                fcntl.flock(lk.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a publish
+                (self.root / LOCK).unlink()
+            (self.root / RETRAIN_LOCK).unlink()
+            for d in made:
+                d.rmdir()  # only an empty one: a file written meanwhile keeps it
+        except OSError:
+            return
+        finally:
+            if lk is not None:
+                lk.close()
 
     @staticmethod
     def _write_holder(fh: Any, text: str) -> None:

@@ -22,7 +22,9 @@ from diam.commands import (
               help="Run one retrain now and exit (for cron); exit status 0 whether the candidate "
                    "was published or refused, 1 on an error, a publish that Redis did not "
                    "take (on disk, not announced), or a retrain refused before training "
-                   "(another retrain of the snapshot store runs; no active version).")
+                   "(another retrain of the snapshot store runs; the snapshot directory "
+                   "cannot be used; no active version while the store holds versions or "
+                   "Redis names one it lacks). A fresh empty store trains from scratch.")
 @click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic [default: settings kafka.clicks_topic].")
 @namespace_option("whose active version a publish moves")
@@ -46,7 +48,7 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     """
 
     from diam.retrain import CannotRetrain, Retrainer
-    from snapshotter.store import RetrainLocked
+    from snapshotter.store import SnapshotError
 
     if as_json and not once:  # the service's decisions go to diam.models and the log
         raise click.UsageError("--json needs --once: the service (without --once) writes each "
@@ -69,7 +71,9 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
             svc.serve()
             return
         d = svc.run_once()
-    except (RetrainLocked, CannotRetrain) as exc:  # nothing trained; the message says why
+    except (SnapshotError, CannotRetrain) as exc:
+        # nothing trained, or a store refusing a step (its lock held by another retrain, a
+        # directory it cannot use, a damaged pointer): the message says why and what to do
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         if not once:
