@@ -4,9 +4,12 @@ One retrain (:meth:`Retrainer.run_once`), one at a time per snapshot store (its 
 a second retrain, ``--once`` or service, is refused naming the first, and trains nothing):
 
 0. the active model, as every server resolves it (:func:`snapshotter.store.resolve_active`:
-   Redis's announcement when the store holds it, else the pointer file); when none resolves
-   but the store holds versions or Redis announces one elsewhere, nothing is trained
-   (:class:`CannotRetrain` says what to do): a model from scratch would replace it ungated;
+   Redis's announcement when the store holds it, else the pointer file), by one rule for
+   ``--once`` and the service (:meth:`Retrainer._gate_target`): when the pointer and Redis
+   name two versions the store holds, the pointer is the truth and Redis is re-synced from
+   it first; when none resolves but the store holds versions or Redis announces one
+   elsewhere, nothing is trained (:class:`CannotRetrain` says what to do): a model from
+   scratch would replace it ungated;
 1. the window: the newest ``window_events`` records of the clicks topic, the catalogue topic;
 2. the newest ``holdout_fraction`` of the window's events (by event time) is held out;
 3. a candidate is trained on the rest, warm-started from the active snapshot's weights (item
