@@ -239,11 +239,15 @@ def merge_markers(client: Any, topic: str, topic_id: str | None,
 
 
 def hold_markers(client: Any, topic: str, topic_id: str | None) -> bool:
-    """Make the hash of ``topic_id``'s markers exist even with no marker: its field
-    ``keys.FORGOTTEN_HELD`` (``HSETNX``: a command the ACL user already needs), so that its
-    absence means Redis lost it and the writer's forget check fails closed
-    (``serving_cache.writer``). Returns whether the field was added (the hash was lost, or
-    never held)."""
+    """Mark the hash of ``topic_id``'s markers whole, and make it exist even with no marker:
+    its field ``keys.FORGOTTEN_HELD`` (``HSETNX``: a command the ACL user already needs).
+    Called only once every marker of the durable copy is merged
+    (``streams.forget_markers.restore_markers``, after its last merge call): the writer's
+    forget check fails closed on a hash without the field (``serving_cache.writer``), which
+    Redis lost, a restore is still filling, or a write of some markers alone recreated
+    (:func:`record_markers`, :func:`adopt_name_only_markers`, an earlier release's forget:
+    none of them sets it). Returns whether the field was added (the hash was lost, or never
+    held)."""
     return bool(client.hsetnx(forgotten_key(topic, topic_id), FORGOTTEN_HELD, 0))
 
 
@@ -269,7 +273,9 @@ def record_markers(client: Any, topic: str, topic_id: str | None,
     """Record ``diam forget``'s markers: each user's tombstone offset in ``topic``, in the hash
     of ``topic_id`` (the newest tombstone of a user is the highest offset, so a plain write
     keeps the rule), and in the name-only hash too while it exists and is that id's, so that
-    processes of the earlier release, which read only that one, refuse the users as well."""
+    processes of the earlier release, which read only that one, refuse the users as well.
+    A hash Redis lost is recreated here without ``keys.FORGOTTEN_HELD`` (holding these markers
+    alone): the writer's check fails closed on it until a restore completes it."""
     if not offsets:
         return
     pairs = [x for u, off in sorted(offsets.items()) for x in (u, int(off))]

@@ -30,7 +30,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from serving_cache.codec import HEAD, Encoder, UserVectors
-from serving_cache.keys import forgotten_key, user_key, validate_namespace
+from serving_cache.keys import FORGOTTEN_HELD, forgotten_key, user_key, validate_namespace
 
 __all__ = ["MarkersMissing", "RedisWriter", "WRITE_IF_NEWER_LUA", "write_if_newer_lua"]
 
@@ -90,17 +90,25 @@ _READ_STORED = f"""  local cur = redis.call('GET', KEYS[i])
 # (none for a stale push). A refused push's key, if any, holds a value learnt before the
 # tombstone as well (its seq is below the push's): it is deleted.
 #
-# Failing closed (``required``: the caller's command start made the hash exist, with
-# serving_cache.keys.FORGOTTEN_HELD when no user is forgotten): a hash that is absent was lost
-# with Redis's data (a FLUSHALL, a restart without persistence), and with it every marker.
-# Nothing of the call is written and it answers {-1}: the caller restores the markers and
-# sends again (streams.redis_sink: the same path as a lost key set). Then one HGET per user
-# about to be written, forgotten users or not.
+# Failing closed (``required``: the caller's command start restored the markers and then set
+# the hash's field serving_cache.keys.FORGOTTEN_HELD, last: streams.forget_markers
+# .restore_markers): a hash without that field holds not every marker. It was lost with
+# Redis's data (a FLUSHALL, a restart without persistence), or is being restored (a merge of a
+# thousand users per call: the field comes after the last one), or was recreated after the
+# loss by a write of some markers alone (a forget's HSET, an adoption's merge, an earlier
+# release's forget). The field is asked, not whether the hash exists (HEXISTS costs what
+# EXISTS does). Nothing of the call is written and it answers {-1}: the caller restores the
+# markers and sends again (streams.redis_sink: the same path as a lost key set). Then one
+# HGET per user about to be written, forgotten users or not.
 _FORGOTTEN = """local first, argv0 = 2, 1
 local forgotten = redis.call('EXISTS', KEYS[1]) == 1
 local from = tonumber(ARGV[1])
 """
-_FORGOTTEN_REQUIRED = _FORGOTTEN + "if not forgotten then return {-1} end\n"
+_FORGOTTEN_REQUIRED = f"""local first, argv0 = 2, 1
+local forgotten = redis.call('HEXISTS', KEYS[1], '{FORGOTTEN_HELD}') == 1
+if not forgotten then return {{-1}} end
+local from = tonumber(ARGV[1])
+"""
 _REFUSED = """local floor = forgotten and redis.call('HGET', KEYS[1], string.sub(KEYS[i], from))
     if floor and seq < tonumber(floor) then
       refused[#refused + 1] = i - first + 1
@@ -124,6 +132,8 @@ def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False,
     (True, False)
     >>> "{-1}" in write_if_newer_lua(None, True, required=True), "{-1}" in write_if_newer_lua(None, True)
     (True, False)
+    >>> "HEXISTS', KEYS[1], ':held'" in write_if_newer_lua(None, True, required=True)
+    True
     """
     # a stored seq (not nil) is read from a value (cur): the else branch is a stale push's
     stale = "  else\n    skipped[#skipped + 1] = i - first + 1\n"
@@ -152,14 +162,17 @@ WRITE_IF_NEWER_LUA = write_if_newer_lua()
 
 class MarkersMissing(Exception):
     """A write of a :class:`RedisWriter` whose forget check fails closed (``markers_required``)
-    found no hash of markers: Redis lost its data since the command's start made it exist
-    (``streams.forget_markers.restore_markers``), and nothing of the call was written (on a
-    cluster, nothing of the chunk). The caller restores the markers and writes again."""
+    found the hash of markers without its field ``keys.FORGOTTEN_HELD`` (absent, or holding
+    some markers only): Redis lost its data since the command's start restored them
+    (``streams.forget_markers.restore_markers``), or a restore is still under way, and nothing
+    of the call was written (on a cluster, nothing of the chunk). The caller restores the
+    markers and writes again."""
 
     def __init__(self, key: str) -> None:
         self.key = key
-        super().__init__(f"the forget markers' hash {key} is missing (Redis lost its data, or "
-                         "the hash was deleted): nothing written until the markers are restored")
+        super().__init__(f"the forget markers' hash {key} is missing or not whole (no field "
+                         f"{FORGOTTEN_HELD}: Redis lost its data, the hash was deleted, or a "
+                         "restore is under way): nothing written until the markers are restored")
 
 
 class RedisWriter:
@@ -293,16 +306,16 @@ class RedisWriter:
                        ) -> tuple[list[tuple[str, UserVectors]], list[tuple[str, UserVectors]]]:
         """Redis Cluster: the pushes of ``chunk`` the forget check lets through, and those it
         refused, read with one
-        HMGET of the hash before the scripts (when it exists). Not atomic with the writes, as
+        HMGET of the hash before the scripts, with its field ``keys.FORGOTTEN_HELD``: failing
+        closed (``markers_required``), a hash without it is :class:`MarkersMissing`, as in the
+        script. Not atomic with the writes, as
         the script's check is: a forget that records its marker and deletes the key between
         this read and the write leaves the push in Redis until the dataflow reads the
         tombstone and deletes it again (a replay, that ends before it, leaves it)."""
         assert self.forgotten is not None
-        if not client.exists(self.forgotten):
-            if self.markers_required:
-                raise MarkersMissing(self.forgotten)
-            return chunk, []
-        floors = client.hmget(self.forgotten, [u for u, _ in chunk])
+        held, *floors = client.hmget(self.forgotten, [FORGOTTEN_HELD, *(u for u, _ in chunk)])
+        if held is None and self.markers_required:
+            raise MarkersMissing(self.forgotten)
         kept: list[tuple[str, UserVectors]] = []
         refused: list[tuple[str, UserVectors]] = []
         for entry, f in zip(chunk, floors, strict=True):

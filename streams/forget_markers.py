@@ -175,15 +175,17 @@ def restore_markers(cfg: KafkaConfig, client: Any, topic: str, tid: str | None,
                     timeout: float = 30.0) -> tuple[int, int]:
     """Make the Redis hash of ``topic``'s markers (id ``tid``) and the markers' topic agree:
     the topic's markers merged into the hash (a user's higher offset wins: idempotent, a marker
-    a forget wrote meanwhile is never lowered), the hash made to exist with no marker as well
-    (:func:`serving_cache.forgotten.hold_markers`: the writer's check fails closed without it),
+    a forget wrote meanwhile is never lowered; a thousand users per call), then, once every
+    call is done, the hash marked whole, which makes it exist with no marker as well
+    (:func:`serving_cache.forgotten.hold_markers`: the writer's check fails closed without the
+    mark, so a push between two merge calls writes nothing),
     then the hash's markers whose newest record on the topic is lower or missing written to the
     topic. Returns ``(restored, recorded)``: markers added to (or raised in) Redis, markers
     written to the topic. One key per Redis script call. Raises :class:`MarkersTopicUnfit`,
     the Kafka client's and Redis's errors."""
     durable, newest = _read_markers(cfg, topic, tid, timeout)
     restored = merge_markers(client, topic, tid, durable)
-    hold_markers(client, topic, tid)
+    hold_markers(client, topic, tid)  # last: the hash holds every marker now
     # compaction keeps a user's newest record, not the highest: a user whose newest is below
     # the hash's offset is written again, as one the topic lacks
     missing = {u: off for u, off in stored_markers(client, topic, tid).items()

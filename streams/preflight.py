@@ -135,8 +135,8 @@ def redis_refusal(cfg: RedisConfig, exc: BaseException) -> ServiceConfigError | 
 
 
 REDIS_COMMANDS = ("PING", "GET", "SET", "DEL", "EXISTS", "EXPIRE", "TYPE", "HGET", "HMGET",
-                  "HSET", "HSETNX", "HGETALL", "LLEN", "RPUSH", "LRANGE", "SCAN", "EVAL",
-                  "EVALSHA", "SCRIPT")
+                  "HEXISTS", "HSET", "HSETNX", "HGETALL", "LLEN", "RPUSH", "LRANGE", "SCAN",
+                  "EVAL", "EVALSHA", "SCRIPT")
 """The Redis commands a dataflow calls, its Lua scripts' ``redis.call`` included (ACL checks
 those too): the sink and its write-if-newer script (``serving_cache.writer``), its generation
 markers, ``serving_cache.base_record`` (the base record, its added ids, the partition count),
@@ -175,8 +175,8 @@ def _probes(cfg: RedisConfig, namespace: str) -> list[list[str]]:
     key = f"diam:{namespace}:acl-check"
     args = {"PING": [], "GET": [key], "SET": [key, "1"], "DEL": [key], "EXISTS": [key],
             "EXPIRE": [key, "1"], "TYPE": [key], "HGET": [key, "f"], "HMGET": [key, "f"],
-            "HSET": [key, "f", "1"], "HSETNX": [key, "f", "1"], "HGETALL": [key],
-            "LLEN": [key], "RPUSH": [key, "1"], "LRANGE": [key, "0", "1"], "SCAN": ["0"],
+            "HEXISTS": [key, "f"], "HSET": [key, "f", "1"], "HSETNX": [key, "f", "1"],
+            "HGETALL": [key], "LLEN": [key], "RPUSH": [key, "1"], "LRANGE": [key, "0", "1"], "SCAN": ["0"],
             "EVAL": ["return 1", "1", key], "EVALSHA": ["0" * 40, "1", key],
             "SCRIPT": ["LOAD", "return 1"], "CLUSTER": ["SLOTS"], "COMMAND": [],
             "INFO": ["server"]}

@@ -19,7 +19,9 @@ from click.testing import CliRunner
 
 from diam.cli import main
 from serving_cache import RedisWriter, UserVectors, decode_user, user_key
+from serving_cache.forgotten import record_markers
 from serving_cache.keys import FORGOTTEN_HELD, forgotten_key, forgotten_key_by_name
+from serving_cache.writer import MarkersMissing
 from streams.config import FlowConfig
 from streams.forget_markers import (
     forget_markers_of,
@@ -231,3 +233,56 @@ def test_a_restore_racing_a_forget_leaves_the_higher_marker_newest_on_the_topic(
     last = [rec for rec in consume_all(s.kafka, s.kafka.forgotten_topic)
             if rec.value is not None and b'"user":"u"' in rec.value][-1]
     assert b'"offset":10' in last.value
+
+
+class _PausedRestore:
+    """A Redis client whose restore (``restore_markers``) runs ``meanwhile`` before its second
+    merge call: the hash then holds the first thousand markers only (``forgotten._CHUNK``)."""
+
+    def __init__(self, client: Any, meanwhile: Any) -> None:
+        self._c, self._meanwhile, self.calls = client, meanwhile, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+    def eval(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self._meanwhile()
+        return self._c.eval(*args)
+
+
+@pytest.mark.partitions(1)
+def test_a_push_during_a_restore_or_after_a_forget_recreated_the_hash_writes_nothing(
+        stack, topic, namespace, redis_client, markers) -> None:
+    """The fail-closed check asks for the hash's mark (FORGOTTEN_HELD), which a restore sets
+    after its last merge call, not whether the hash exists: a hash holding some markers only
+    (a restore half done, a forget's HSET after the loss) is no hash of every marker."""
+    s = _settings(stack, topic)
+    tid = _started(s, topic, redis_client, markers)
+    key = forgotten_key(topic, tid)
+    users = {f"q{i:04d}": 10**9 for i in range(1500)}  # two merge calls
+    write_markers(s.kafka, topic, tid, users)  # their durable copy, as diam forget writes it
+    redis_client.delete(key)  # Redis loses its data
+    w = RedisWriter(redis_client, namespace, topic=topic, topic_id=tid, markers_required=True)
+    seen: list[Any] = []
+
+    def push() -> None:  # a forgotten user's push, learnt before the tombstone
+        seen.append((redis_client.hlen(key), redis_client.hexists(key, FORGOTTEN_HELD)))
+        try:
+            seen.append(w.write_batch([("q1499", _uv(5))]))
+        except MarkersMissing as exc:
+            seen.append(exc)
+
+    restore_markers(s.kafka, _PausedRestore(redis_client, push), topic, tid)
+    assert seen[0] == (1000, False)  # mid-restore: the hash exists, without q1499's marker
+    assert isinstance(seen[1], MarkersMissing), f"a push mid-restore was written ({seen[1]})"
+    assert redis_client.get(user_key(namespace, "q1499")) is None
+    assert redis_client.hget(key, FORGOTTEN_HELD) == b"0" and redis_client.hlen(key) == 1501
+    assert w.write_batch([("q1499", _uv(5))]) == 0 and w.last_refused == 1  # restored: refused
+    # a forget (or an earlier release's) recreating the lost hash with its own marker alone
+    redis_client.delete(key)
+    record_markers(redis_client, topic, tid, {"z": 10**9})
+    with pytest.raises(MarkersMissing):
+        w.write_batch([("q0001", _uv(5))])
+    assert redis_client.get(user_key(namespace, "q0001")) is None
