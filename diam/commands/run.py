@@ -347,7 +347,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
             raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
         except redis.RedisError as exc:  # after check_redis: a permission, a cluster node
             if (refused := redis_refusal(job.redis, exc)) is None:
-                raise
+                # OOM, READONLY at the start's writes (the forget markers' restore): the one
+                # wording of "Redis failed this command", as the partition record's
+                raise redis_unusable(s, exc) from None
             raise click.ClickException(str(refused)) from None
 
     s = get_settings(ctx)
