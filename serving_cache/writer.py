@@ -117,6 +117,16 @@ _REFUSED = """local floor = forgotten and redis.call('HGET', KEYS[1], string.sub
   """
 
 
+# Redis Cluster's delete of the refused pushes' keys (the forget check is read before the
+# scripts there: RedisWriter._not_forgotten): KEYS = the user keys of one slot, ARGV = each
+# refused push's seq. A key is deleted where the single Redis script (_REFUSED) deletes it: it
+# holds a value older than the push (or one that cannot be parsed), learnt before the
+# tombstone too; a newer one (a new state learnt after the forget) stays. Returns how many.
+_DROP_REFUSED = ("local n = 0\nfor i = 1, #KEYS do\n" + _READ_STORED
+                 + "  if cur and (stored == nil or stored < tonumber(ARGV[i])) then\n"
+                 "    redis.call('DEL', KEYS[i])\n    n = n + 1\n  end\nend\nreturn n\n")
+
+
 def write_if_newer_lua(ttl_s: int | None = None, forgotten: bool = False,
                        required: bool = False) -> str:
     """The write-if-newer script. With ``ttl_s``, a written key expires ``ttl_s`` seconds later
@@ -297,15 +307,32 @@ class RedisWriter:
             by_node.setdefault(node.name, (node, []))[1].append(items)
         written = sum(self._pipeline(client.get_redis_connection(node), groups)
                       for node, groups in by_node.values())
+        if refused:
+            self._drop_refused(client, refused)
         # once the writes went through: a resent chunk counts once
         self.last_refused += len(refused)
         self.last_refused_entries += refused
         return written
 
+    def _drop_refused(self, client: Any, refused: list[tuple[str, UserVectors]]) -> None:
+        """Redis Cluster: delete the keys of the ``refused`` pushes that hold an older value
+        than the push, as the single Redis script does (:data:`_DROP_REFUSED`), one script
+        call per slot (the cluster client follows a moved slot). Refused pushes are rare (a
+        forgotten user's, learnt before the tombstone): no pipeline."""
+        from redis.crc import key_slot
+
+        by_slot: dict[int, list[tuple[str, int]]] = {}
+        for user, uv in refused:
+            key = user_key(self.ns, user)
+            by_slot.setdefault(key_slot(key.encode()), []).append((key, int(uv.seq)))
+        for items in by_slot.values():
+            client.eval(_DROP_REFUSED, len(items), *(k for k, _ in items),
+                        *(seq for _, seq in items))
+
     def _not_forgotten(self, client: Any, chunk: list[tuple[str, UserVectors]]
                        ) -> tuple[list[tuple[str, UserVectors]], list[tuple[str, UserVectors]]]:
         """Redis Cluster: the pushes of ``chunk`` the forget check lets through, and those it
-        refused, read with one
+        refused (their keys then deleted: :meth:`_drop_refused`), read with one
         HMGET of the hash before the scripts, with its field ``keys.FORGOTTEN_HELD``: failing
         closed (``markers_required``), a hash without it is :class:`MarkersMissing`, as in the
         script. Not atomic with the writes, as

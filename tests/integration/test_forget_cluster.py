@@ -64,3 +64,22 @@ def test_a_hash_without_its_mark_fails_closed_on_a_cluster(  # type: ignore[no-u
     loose = RedisWriter(rc, ns, topic=topic, topic_id="TID")
     rc.hdel(key, FORGOTTEN_HELD)
     assert loose.write_batch([("a", _uv(6))]) == 0 and loose.last_refused == 1
+
+
+def test_a_refused_push_deletes_the_older_key_on_a_cluster(  # type: ignore[no-untyped-def]
+        rc, names) -> None:
+    """As the single Redis script: a refused push's key holding an older value (learnt before
+    the tombstone too) goes; one holding a newer value (learnt after the forget) stays."""
+    ns, topic = names
+    key = forgotten_key(topic, "TID")
+    # users in several slots: one call per slot
+    users = [f"u{i}" for i in range(12)]
+    rc.hset(key, mapping={FORGOTTEN_HELD: 0, **{u: 100 for u in users}, "new": 100})
+    plain = RedisWriter(rc, ns)  # values left before the tombstone (a writer without the check)
+    plain.write_batch([(u, _uv(5)) for u in users] + [("new", _uv(150))])
+    w = RedisWriter(rc, ns, topic=topic, topic_id="TID", markers_required=True)
+    assert w.write_batch([(u, _uv(7)) for u in users] + [("new", _uv(9))]) == 0
+    assert w.last_refused == 13
+    left = [u for u in users if rc.exists(user_key(ns, u))]
+    assert left == [], f"refused pushes left their pre-tombstone keys: {left}"
+    assert rc.exists(user_key(ns, "new")) == 1  # newer than the push: not the push's to delete
