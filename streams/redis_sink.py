@@ -87,6 +87,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -109,7 +110,7 @@ from serving_cache.writer import MarkersMissing
 from streams.config import KafkaConfig
 
 __all__ = ["RELEASED", "RedisVectorSink", "RedisWriteFailed", "Released", "ResumedPush",
-           "resumed_push", "write_failed_line", "write_failed_what"]
+           "SinkPending", "resumed_push", "write_failed_line", "write_failed_what"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,30 @@ def resumed_push(uv: UserVectors) -> ResumedPush:
     out = object.__new__(ResumedPush)
     out.__dict__.update(uv.__dict__)
     return out
+
+@dataclass(frozen=True)
+class SinkPending:
+    """What the Redis sink has still to do beyond the pushes queued (``FlowStats.unwritten``),
+    for a stopping run to say (``streams.runner.stopping_note``, ``unwritten_line``).
+
+    ``repush``: the held users a re-push that is due has not written yet (0: none due);
+    ``lost``: that re-push is due because Redis lost data (else a broken connection, after
+    which it may have); ``restore``: the forget markers are to be restored from Kafka first;
+    ``waiting``: what the write waits on now, ``"redis"`` (an outage) or ``"kafka"`` (the
+    markers' restore), or None."""
+
+    repush: int = 0
+    lost: bool = False
+    restore: bool = False
+    waiting: str | None = None
+
+    def __add__(self, other: SinkPending) -> SinkPending:
+        """Two partitions' together (a wait on Kafka is said first)."""
+        waits = {self.waiting, other.waiting}
+        return SinkPending(self.repush + other.repush, self.lost or other.lost,
+                           self.restore or other.restore,
+                           "kafka" if "kafka" in waits else "redis" if "redis" in waits else None)
+
 
 Item = tuple[str, "UserVectors | None | Released"]
 """What the sink takes, keyed by user: vectors to write, None to delete the user's key, or
@@ -196,10 +221,11 @@ class _Partition(StatelessSinkPartition[Item]):
         """The clicks topic and its partition count the dataflow's values are learnt from
         (``diam:{ns}:partitions``): recorded at the first marker check and after a loss
         (None: not recorded)."""
-        self.stopping: Callable[[], str | None] | None = None
+        self.stopping: Callable[[SinkPending], str | None] | None = None
         """What to say while a stopping run waits for this partition's write through an outage
-        (``streams.runner.stopping_note``: the pushes not written yet and what a second signal
-        leaves), or None when the run is not stopping: said at most once per
+        or the markers' restore, given :meth:`pending` (``streams.runner.stopping_note``: the
+        pushes not written yet, a re-push and a restore still due, what it waits on and what a
+        second signal leaves), or None when the run is not stopping: said at most once per
         :data:`STOP_NOTE_S` (None: never)."""
         self.restore: Callable[[Any], tuple[int, int]] | None = None
         """Restores the forget markers of the dataflow's topic into Redis from their durable
@@ -209,6 +235,7 @@ class _Partition(StatelessSinkPartition[Item]):
         self._repush_due = False  # a loss was found and the re-push has not been written yet
         self._data_lost = False  # the last check found a marker changed or a primary restarted
         self._markers_gone: str | None = None  # the writer found the markers' hash missing
+        self._waiting: str | None = None  # what a write waits on now: "redis", "kafka"
         self._recorded: BaseRecord | None = None  # the base record this partition wrote last
         self._held: dict[str, UserVectors] = {}  # newest value written per user
         self._cluster = isinstance(writer.client, RedisCluster)
@@ -250,6 +277,15 @@ class _Partition(StatelessSinkPartition[Item]):
         # process; with ``stop`` the run ends cleanly and its caller says the error
         if not self._raised and self.stop is None:
             self._raise()
+
+    def pending(self) -> SinkPending:
+        """What this partition has still to do after a loss (read from any thread): the held
+        users a due re-push has not written, the markers' restore, what its write waits on."""
+        gone = self._markers_gone is not None
+        restore = self._restore_due or (gone and self.restore is not None)
+        due = self._repush_due or gone
+        return SinkPending(len(self._held) if due else 0, due and (self._data_lost or gone),
+                           restore, self._waiting)
 
     @property
     def error(self) -> BaseException | None:
@@ -547,6 +583,7 @@ class _Partition(StatelessSinkPartition[Item]):
                     counts.forgotten_pushes += self.writer.last_refused
                     counts.redis_answered += len(writes)
                 self._suspect = self._repush_due = False
+                self._waiting = None
                 self.written += n
                 if down_since is not None and waited == {"kafka"}:
                     log.warning("Redis%s namespace %r: the forget markers restored from Kafka "
@@ -580,6 +617,7 @@ class _Partition(StatelessSinkPartition[Item]):
                 # lost anything: waited on as Kafka, said so (``waited``)
                 kafka = isinstance(exc, MarkersNotRestored)
                 waited.add("kafka" if kafka else "redis")
+                self._waiting = "kafka" if kafka else "redis"
                 if not kafka:
                     self._suspect = True
                 retried = True
@@ -604,7 +642,7 @@ class _Partition(StatelessSinkPartition[Item]):
                 if self.stopping is not None and attempt >= self._next_note:
                     # a stopping run waits for this write: say so, and what a second signal
                     # leaves (the first signal's line promised a stop at the next batch)
-                    note = self.stopping()
+                    note = self.stopping(self.pending())
                     if note is not None:
                         self._next_note = attempt + STOP_NOTE_S
                         log.warning("Redis%s namespace %r: %s", self.where, self.writer.ns, note)
@@ -764,7 +802,7 @@ class RedisVectorSink(DynamicSink[Item]):
     stop: Callable[[], None] | None = None
     """Given to every partition: see ``_Partition.stop``."""
 
-    stopping: Callable[[], str | None] | None = None
+    stopping: Callable[[SinkPending], str | None] | None = None
     """Given to every partition: see ``_Partition.stopping``."""
 
     def __init__(self, cfg: RedisConfig, namespace: str | None = None, max_backoff_s: float = 1.0,
@@ -781,6 +819,14 @@ class RedisVectorSink(DynamicSink[Item]):
         self.check_every_s = check_every_s
         self.max_queued = max_queued
         self._parts: list[_Partition] = []  # built in this process (its worker threads)
+
+    def pending(self) -> SinkPending:
+        """What this process's partitions have still to do after a loss
+        (``_Partition.pending``, added up)."""
+        out = SinkPending()
+        for part in list(self._parts):
+            out = out + part.pending()
+        return out
 
     def failure(self, recovery_dir: str | None) -> RedisWriteFailed | None:
         """The first error that stopped a partition's writes in this process, in one line

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ from streams.kafka_source import ClickSource
 from streams.metrics import FlowMetrics, instrument
 from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow
 from streams.preflight import check_address, check_kafka, check_redis
-from streams.redis_sink import RedisVectorSink
+from streams.redis_sink import RedisVectorSink, SinkPending
 
 __all__ = ["DRIFT_STORE", "PEERS_NOTE_S", "RUN_AGAIN", "RUN_STORE", "STORE_RECORD",
            "ClusterNotJoined", "ClusterPeerLost", "OnlineJob", "PreparedRun", "RecoveryForeign",
@@ -101,6 +102,10 @@ class OnlineJob:
     """The growth log in ``recovery_dir`` the run's holder follows (``diam.app.load_holder``):
     :func:`prepare_online` opens it for writing once the store is held and every check passed,
     :meth:`PreparedRun.close` closes it."""
+    sink_pending: Callable[[], SinkPending] | None = None
+    """Set by the run once its Redis sink is built (``RedisVectorSink.pending``): what the sink
+    has still to do after a loss beyond the pushes queued (a re-push, the markers' restore),
+    for a stop at once to say (:func:`unwritten_line`); None: no Redis sink."""
 
 
 class ClusterNotJoined(RuntimeError):
@@ -639,6 +644,8 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     epoch = timedelta(seconds=job.flow.epoch_interval_s)
     if vectors is not None and job.stop is not None and not job.addresses:
         vectors.stop = job.stop.set  # a failed write ends the input: one process stops alone
+    if vectors is not None:  # what a stop at once leaves undone (unwritten_line)
+        job.sink_pending = vectors.pending
     if vectors is not None and job.stop is not None:  # a stop waiting out a Redis outage
         vectors.stopping = functools.partial(stopping_note, job.stop, stats, recovery is not None)
     store = None if job.recovery_dir is None else str(Path(job.recovery_dir).resolve())
@@ -772,44 +779,88 @@ def _run_cluster(job: OnlineJob, flow: Dataflow, epoch: timedelta,
         raise failed[0]
 
 
-def _unwritten_fate(recovery: bool) -> str:
-    """What a run started again does about pushes a stop at once left unwritten."""
+def _unwritten_fate(recovery: bool, pending: SinkPending | None = None) -> str:
+    """What a run started again does about pushes a stop at once left unwritten (and about a
+    re-push and a markers' restore the sink had still to do: ``pending``)."""
+    first = ("restores the forget markers from Kafka at its start, then "
+             if pending is not None and pending.restore else "")
     if recovery:
-        return ("the run started again with the same command resumes from its recovery store "
-                "and pushes every user it holds again (what its last epoch had not committed is "
-                "read and pushed again)")
-    return ("this run has no recovery store (--no-recovery): started again, it re-reads the "
-            "topic from its start and writes them again (Redis keeps the newer writes)")
+        return (f"the run started again with the same command {first}resumes from its recovery "
+                "store and pushes every user it holds again (what its last epoch had not "
+                "committed is read and pushed again)")
+    return ("this run has no recovery store (--no-recovery): started again, it "
+            f"{first}re-reads the topic from its start and writes them again (Redis keeps the "
+            "newer writes)")
 
 
-def stopping_note(stop: threading.Event, stats: FlowStats | None, recovery: bool) -> str | None:
+def _sink_undone(pending: SinkPending | None, past: bool) -> list[str]:
+    """What ``pending`` says the Redis sink has still to do, as clauses (``past``: of a run
+    that stopped at once)."""
+    if pending is None:
+        return []
+    out = []
+    if pending.repush:
+        why = ("Redis lost its data" if pending.lost else
+               "the connection to Redis broke (it may have lost its newest writes)")
+        out.append(f"{why}: {pending.repush:,} held user(s) "
+                   + ("were not re-pushed" if past else "not re-pushed yet"))
+    if pending.restore and (past or pending.waiting != "kafka"):  # else said by the wait
+        out.append("the forget markers " + ("were not restored from Kafka" if past
+                                             else "not restored from Kafka yet"))
+    return out
+
+
+def stopping_note(stop: threading.Event, stats: FlowStats | None, recovery: bool,
+                  pending: SinkPending | None = None) -> str | None:
     """What a run stopping (``stop`` set) says while a write of its Redis sink waits out an
-    outage (``streams.redis_sink._Partition.stopping``), or None when it is not stopping.
+    outage or the forget markers' restore (``streams.redis_sink._Partition.stopping``, which
+    gives what it has still to do: ``pending``), or None when it is not stopping.
 
     >>> ev = threading.Event(); ev.set()
     >>> stopping_note(ev, FlowStats(), True)[:60]
     'waiting for Redis: 0 push(es) not written yet (a second Ctrl'
+    >>> print(stopping_note(ev, FlowStats(), True, SinkPending(36, True, True, "kafka")))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    waiting for Kafka to restore the forget markers: Redis lost its data: 36 held user(s) not
+    re-pushed yet; 0 push(es) not written yet (a second Ctrl-C / SIGTERM stops now; then the run started again with the same command
+    restores the forget markers from Kafka at its start, then resumes from its recovery store
+    and pushes every user it holds again (what its last epoch had not committed is read and
+    pushed again))
     """
     if not stop.is_set():
         return None
-    pending = "pushes" if stats is None else f"{stats.unwritten():,} push(es)"
-    return (f"waiting for Redis: {pending} not written yet (a second Ctrl-C / SIGTERM stops "
-            f"now; then {_unwritten_fate(recovery)})")
+    pushes = "pushes" if stats is None else f"{stats.unwritten():,} push(es)"
+    said = [*_sink_undone(pending, past=False), f"{pushes} not written yet"]
+    waits = ("Kafka to restore the forget markers"
+             if pending is not None and pending.waiting == "kafka" else "Redis")
+    return (f"waiting for {waits}: {'; '.join(said)} (a second Ctrl-C / SIGTERM stops now; "
+            f"then {_unwritten_fate(recovery, pending)})")
 
 
-def unwritten_line(unwritten: int, recovery: bool) -> str:
+def unwritten_line(unwritten: int, recovery: bool, pending: SinkPending | None = None) -> str:
     """What ``diam run`` says after its summary line when a second signal stopped it at once:
-    how many pushes Redis never got, and what a run started again does about them.
+    how many pushes Redis never got, what its Redis sink had still to do after a loss
+    (``pending``: ``OnlineJob.sink_pending``; a re-push, the markers' restore), and what a run
+    started again does about them. "every push was written" only when nothing is left.
 
     >>> unwritten_line(0, True)
     'stopped at once: every push was written to Redis'
     >>> unwritten_line(36, False)[:63]
     'stopped at once: 36 push(es) were not written to Redis; nothing'
+    >>> print(unwritten_line(0, True, SinkPending(36, True, True, "kafka")))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    stopped at once: Redis lost its data: 36 held user(s) were not re-pushed; the forget
+    markers were not restored from Kafka; nothing is lost: the run started again with the same
+    command restores the forget markers from Kafka at its start, then resumes from its recovery
+    store and pushes every user it holds again (what its last epoch had not committed is read
+    and pushed again)
     """
-    if not unwritten:
+    said = ([f"{unwritten:,} push(es) were not written to Redis"] if unwritten else []
+            ) + _sink_undone(pending, past=True)
+    if not said:
         return "stopped at once: every push was written to Redis"
-    return (f"stopped at once: {unwritten:,} push(es) were not written to Redis; nothing is "
-            f"lost: {_unwritten_fate(recovery)}")
+    return (f"stopped at once: {'; '.join(said)}; nothing is lost: "
+            f"{_unwritten_fate(recovery, pending)}")
 
 
 def _note_stopping(job: OnlineJob, recovery: bool) -> None:

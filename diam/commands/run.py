@@ -387,7 +387,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
             return  # nothing was read yet
         click.echo(summary_line("stopped", stats.as_dict(), time.perf_counter() - clock[0],
                                 time.process_time() - clock[1]))
-        click.echo(unwritten_line(stats.unwritten(), job.recovery_dir is not None), err=True)
+        pending = job.sink_pending() if job.sink_pending is not None else None
+        click.echo(unwritten_line(stats.unwritten(), job.recovery_dir is not None, pending),
+                   err=True)
 
     stop_on_signals(stop, waiting=waiting, forced=forced)
     # outages (broker, Redis) are logged once when they start and once when they end

@@ -10,7 +10,10 @@ keys with its generation marker, the markers' hash), not a FLUSHALL of the share
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -30,7 +33,9 @@ from streams.forget_markers import (
     write_markers,
 )
 from streams.kafka_io import consume_all, watermarks
-from streams.redis_sink import RedisVectorSink
+from streams.online import FlowStats
+from streams.redis_sink import RedisVectorSink, SinkPending
+from streams.runner import stopping_note, unwritten_line
 from tests.flowkit import click_stream, tiny_config
 from tests.integration.helpers import click_payloads, produce, redis_state
 
@@ -286,3 +291,66 @@ def test_a_push_during_a_restore_or_after_a_forget_recreated_the_hash_writes_not
     with pytest.raises(MarkersMissing):
         w.write_batch([("q0001", _uv(5))])
     assert redis_client.get(user_key(namespace, "q0001")) is None
+
+
+@pytest.mark.partitions(1)
+def test_a_stop_during_the_markers_restore_says_the_re_push_and_the_wait_on_kafka(
+        stack, topic, namespace, redis_client, markers, caplog) -> None:
+    """A stopping run whose sink waits on Kafka to restore the markers after a loss says that
+    (not "waiting for Redis"), with the held users not re-pushed yet; a stop at once then
+    never says "every push was written" while the re-push and the restore are still due."""
+    s = _settings(stack, topic)
+    tid = _started(s, topic, redis_client, markers)
+    down = s.kafka.model_copy(update={"bootstrap": "127.0.0.1:1"})  # no broker answers there
+    sink = RedisVectorSink(s.redis, namespace, check_every_s=3600.0, topic=topic, topic_id=tid,
+                           markers_from=s.kafka, max_backoff_s=0.2)
+    stop = threading.Event()
+    stop.set()  # the run is stopping (a first SIGTERM)
+    sink.stopping = functools.partial(stopping_note, stop, FlowStats(), True)
+    part = sink.build("vectors", 0, 1)
+    real = part.restore
+    assert real is not None
+    broker = threading.Event()  # set: the broker answers again
+
+    def restore(client: Any) -> tuple[int, int]:
+        if not broker.is_set():
+            return restore_markers(down, client, topic, tid, timeout=0.5)
+        return real(client)
+
+    part.restore = restore
+    try:
+        part.write_batch([(u, _uv(5)) for u in ("a", "b", "c")])
+        part._q.join()
+        assert sink.pending() == SinkPending()
+        with caplog.at_level(logging.WARNING, logger="streams.redis_sink"):
+            _lose(redis_client, namespace, topic, tid)
+            part.write_batch([("d", _uv(5))])
+            deadline = time.monotonic() + 30
+            while sink.pending().waiting != "kafka" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pending = sink.pending()
+            assert pending == SinkPending(4, lost=True, restore=True, waiting="kafka")
+            deadline = time.monotonic() + 30
+            while (not any("waiting for" in r.getMessage() for r in caplog.records)
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+        said = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+        assert said and ("waiting for Kafka to restore the forget markers: Redis lost its data: "
+                         "4 held user(s) not re-pushed yet; 0 push(es) not written yet"
+                         in said[0]), said
+        line = unwritten_line(0, True, pending)  # a second SIGTERM now
+        assert "every push was written" not in line, line
+        assert line.startswith("stopped at once: Redis lost its data: 4 held user(s) were not "
+                               "re-pushed; the forget markers were not restored from Kafka; "
+                               "nothing is lost: the run started again with the same command "
+                               "restores the forget markers from Kafka at its start, then "
+                               "resumes from its recovery store and pushes every user"), line
+        broker.set()
+        part._q.join()
+        assert set(redis_state(redis_client, namespace)) == {"a", "b", "c", "d"}
+        assert sink.pending() == SinkPending()
+        assert unwritten_line(0, True, sink.pending()) == ("stopped at once: every push was "
+                                                           "written to Redis")
+    finally:
+        broker.set()
+        part.close()
