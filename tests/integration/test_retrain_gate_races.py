@@ -88,7 +88,6 @@ def test_a_version_made_active_while_a_retrain_trains_is_the_one_its_candidate_m
     """X (untrained) active, G (trained) kept; a retrain B as poor as X starts, gated against
     X; while it trains, an operator rolls back to G. B is compared with G before its switch,
     refused, and G stays live; B's decision names G as the version it was compared with."""
-    import online_model.train
     from diam.cli import main
     from diam.retrain import Retrainer
     from serving_cache.keys import model_active_key
@@ -104,23 +103,9 @@ def test_a_version_made_active_while_a_retrain_trains_is_the_one_its_candidate_m
                                     namespace], env=_env(stack, s))
     assert res.exit_code == 0, res.output
 
-    real = online_model.train.train
-    moved = []
-
-    def train_then_rollback(*a, **kw):  # type: ignore[no-untyped-def]
-        got = real(*a, **kw)
-        r = CliRunner().invoke(main, ["snapshot", "rollback", g.version, "--namespace",
-                                      namespace], env=_env(stack, s))
-        moved.append(r.output)
-        assert r.exit_code == 0, r.output
-        return got
-
     # B: X's weights moved by a learning rate too small to change its quality, so the gate
     # passes it against X
-    with monkeypatch.context() as m:
-        m.setattr(online_model.train, "train", train_then_rollback)
-        b = Retrainer(_with(poor, warm_start=True, warm_lr=1e-6, seed=1),
-                      namespace=namespace).run_once()
+    b, moved = _retrain_rolled_back(monkeypatch, stack, s, poor, namespace, g.version)
     assert moved and b.warm_start is not None and b.warm_start["from"] == x.version
     assert not b.published and b.version is None, b
     assert b.active_before == g.version, b
@@ -243,6 +228,32 @@ def test_a_retrain_reads_the_active_model_as_servers_do_and_refuses_to_replace_i
     assert len(_decisions(stack, topic)) == 2
 
 
+def _retrain_rolled_back(monkeypatch, stack, s, poor, namespace, to, *flags):  # type: ignore[no-untyped-def]
+    """A warm retrain (learning rate too small to change X's quality, so the gate passes it
+    against X) during whose training ``diam snapshot rollback TO [flags]`` runs: returns its
+    decision and the rollback's outputs."""
+    import online_model.train
+    from diam.cli import main
+    from diam.retrain import Retrainer
+
+    real = online_model.train.train
+    moved: list[str] = []
+
+    def train_then_rollback(*a, **kw):  # type: ignore[no-untyped-def]
+        got = real(*a, **kw)
+        r = CliRunner().invoke(main, ["snapshot", "rollback", to, *flags, "--namespace",
+                                      namespace], env=_env(stack, s))
+        moved.append(r.output)
+        assert r.exit_code == 0, r.output
+        return got
+
+    with monkeypatch.context() as m:
+        m.setattr(online_model.train, "train", train_then_rollback)
+        b = Retrainer(_with(poor, warm_start=True, warm_lr=1e-6, seed=1),
+                      namespace=namespace).run_once()
+    return b, moved
+
+
 def _two_versions(stack, topic, namespace, loop_data, tmp_path):  # type: ignore[no-untyped-def]
     """X (untrained, lr 1e-9) and G (trained) published in that order: G active in both the
     pointer and Redis. Returns the settings, the poor settings, X and G."""
@@ -295,9 +306,7 @@ def test_a_rollback_without_redis_while_a_retrain_trains_is_the_one_its_candidat
     trains an operator runs `snapshot rollback G --no-redis` (the pointer moves, Redis still
     names X). B's publish must not go through (before: Redis still said X, so B replaced G
     silently): Redis is re-synced to G, B is compared with G and refused; G stays active."""
-    import online_model.train
     from diam.cli import main
-    from diam.retrain import Retrainer
     from serving_cache.keys import model_active_key
     from snapshotter.store import SnapshotStore
 
@@ -305,21 +314,8 @@ def test_a_rollback_without_redis_while_a_retrain_trains_is_the_one_its_candidat
     res = CliRunner().invoke(main, ["snapshot", "rollback", x.version, "--namespace",
                                     namespace], env=_env(stack, s))
     assert res.exit_code == 0, res.output
-    real = online_model.train.train
-    moved = []
-
-    def train_then_rollback(*a, **kw):  # type: ignore[no-untyped-def]
-        got = real(*a, **kw)
-        r = CliRunner().invoke(main, ["snapshot", "rollback", g.version, "--no-redis",
-                                      "--namespace", namespace], env=_env(stack, s))
-        moved.append(r.output)
-        assert r.exit_code == 0, r.output
-        return got
-
-    with monkeypatch.context() as m:
-        m.setattr(online_model.train, "train", train_then_rollback)
-        b = Retrainer(_with(poor, warm_start=True, warm_lr=1e-6, seed=1),
-                      namespace=namespace).run_once()
+    b, moved = _retrain_rolled_back(monkeypatch, stack, s, poor, namespace, g.version,
+                                    "--no-redis")
     assert moved and b.warm_start is not None and b.warm_start["from"] == x.version
     assert not b.published and b.version is None, b
     assert b.active_before == g.version and b.metrics["moved_from"]["version"] == x.version, b
