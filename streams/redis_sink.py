@@ -502,7 +502,7 @@ class _Partition(StatelessSinkPartition[Item]):
         """Write ``items`` (and every held user's vectors again when Redis lost them), retrying
         an outage until Redis acknowledges. Returns, for :attr:`observer`, the pushes of
         ``items`` that Redis took (:meth:`_acked`), or None when nothing was sent (no push,
-        no re-push)."""
+        no re-push) or no observer is set (metrics off: the hot path takes no per-push pass)."""
         held = self._held
         deletes: set[str] = set()
         writes: list[tuple[str, UserVectors]] = []
@@ -592,8 +592,8 @@ class _Partition(StatelessSinkPartition[Item]):
                 elif down_since is not None:
                     log.warning("Redis%s reachable again after %.1f s of outage; nothing was "
                                 "dropped", self.where, time.monotonic() - down_since)
-                if not writes and not repush:
-                    return None
+                if (not writes and not repush) or self.observer is None:
+                    return None  # nothing sent, or no observer reads it: no per-push pass
                 if n == len(writes) and not repush:
                     return writes  # every push written, each of its own user: nothing to sort
                 return self._acked(sent, retried)
@@ -665,10 +665,10 @@ class _Partition(StatelessSinkPartition[Item]):
         loss writes again are not pushes (``lost_repushes``): their old event time would read
         as a click that took that long to reach Redis.
 
-        Called only when a write wrote fewer keys than the batch had pushes (a restart's
-        re-pushes Redis holds already, a user pushed twice in a merged write, a stale or
-        refused push) or re-pushed: a write of distinct users, all written, takes no
-        per-push work here."""
+        Called only with an observer set (metrics on), and only when a write wrote fewer keys
+        than the batch had pushes (a restart's re-pushes Redis holds already, a user pushed
+        twice in a merged write, a stale or refused push) or re-pushed: a write of distinct
+        users, all written, takes no per-push work here, nor does any write with metrics off."""
         out = {u for u, _ in self.writer.last_refused_entries}
         if not retried:
             out.update(u for u, _ in self.writer.last_skipped)
