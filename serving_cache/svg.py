@@ -63,23 +63,41 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str = "",
 
 
 def line(xs: Sequence[float], ys: Sequence[float], title: str = "", unit: str = "",
-         testid: str = "line") -> str:
+         testid: str = "line", above: Sequence[bool] | None = None) -> str:
     """A line over ``xs`` (seconds, shown relative to the last one), the last value in the
-    title."""
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True) if y == y]
-    last = _fmt(pts[-1][1]) + unit if pts else "no data"
+    title. ``above``: per point, whether its value is only a lower bound (a quantile in a
+    histogram's ``+Inf`` bucket, given as the top finite bound): such a point is drawn as a
+    hollow circle labelled ``> value``, and so is the last value in the title, never as if
+    it were the value.
+
+    >>> s = line([0, 1], [1.0, 300.0], "p99", unit=" s", above=[False, True])
+    >>> "p99: &gt; 300 s" in s and s.count("<circle") == 1 and "<title>&gt; 300 s</title>" in s
+    True
+    """
+    flags = list(above) if above is not None else [False] * len(ys)
+    pts = [(float(x), float(y), bool(a)) for x, y, a in zip(xs, ys, flags, strict=True) if y == y]
+    last = (("> " if pts[-1][2] else "") + _fmt(pts[-1][1]) + unit) if pts else "no data"
     if len(pts) < 2:
         return _frame(f"{title}: {last}", "", testid)
     x0, x1 = pts[0][0], pts[-1][0]
-    top = max(y for _, y in pts)
+    top = max(y for _, y, _a in pts)
     top = top if top > 0 else 1.0  # an all-zero series is drawn on the axis
     sx = (W - PAD - 8) / max(x1 - x0, 1e-9)
     sy = (H - 2 * PAD) / top
-    path = " ".join(f"{PAD + (x - x0) * sx:.1f},{H - PAD - y * sy:.1f}" for x, y in pts)
+    xy = [(PAD + (x - x0) * sx, H - PAD - y * sy) for x, y, _a in pts]
+    path = " ".join(f"{px:.1f},{py:.1f}" for px, py in xy)
+    marks = "".join(
+        f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="#fff" stroke="#c0392b" '
+        f'data-above="1"><title>{escape("> " + _fmt(y) + unit)}</title></circle>'
+        for (px, py), (_x, y, a) in zip(xy, pts, strict=True) if a)
     axis = (f'<text x="2" y="{PAD + 4}" font-size="9" font-family="sans-serif">{_fmt(top)}</text>'
             f'<text x="{PAD}" y="{H - PAD + 11}" font-size="9" font-family="sans-serif">'
             f"-{x1 - x0:.0f}s</text>"
             f'<text x="{W - 8}" y="{H - PAD + 11}" font-size="9" text-anchor="end" '
             f'font-family="sans-serif">now</text>')
-    body = f'<polyline fill="none" stroke="#c0392b" stroke-width="1.5" points="{path}"/>{axis}'
+    if marks:
+        axis += (f'<text x="{W - 8}" y="14" font-size="9" text-anchor="end" '
+                 f'font-family="sans-serif">{escape("o: above " + _fmt(top) + unit)}</text>')
+    body = (f'<polyline fill="none" stroke="#c0392b" stroke-width="1.5" points="{path}"/>'
+            f"{marks}{axis}")
     return _frame(f"{title}: {last}", body, testid)

@@ -259,7 +259,7 @@ class FlowScraper:
                 dt = ts - prev[0]
                 row["events_per_s"] = (snap["records"] - prev[1]["records"]) / dt
                 row["pushes_per_s"] = (snap["pushes"] - prev[1]["pushes"]) / dt
-                row["fresh_p99"] = self._quantile(prev[1], snap, 0.99)
+                row["fresh_p99"], row["fresh_p99_above"] = self._quantile(prev[1], snap, 0.99)
             rows.append(row)
             prev = (ts, snap)
         # rates and quantiles over the last ~10 s, not since the start
@@ -306,17 +306,21 @@ class FlowScraper:
                                 testid="chart-lag"),
                 "events": svg.line(xs, [r.get("events_per_s", float("nan")) for r in rows],
                                    "events/s", testid="chart-events"),
+                # a point in the +Inf bucket is the top bound: drawn and labelled "> 300 s"
                 "freshness": svg.line(xs, [r.get("fresh_p99", float("nan")) for r in rows],
-                                      "freshness p99", unit=" s", testid="chart-freshness"),
+                                      "freshness p99", unit=" s", testid="chart-freshness",
+                                      above=[r.get("fresh_p99_above", False) for r in rows]),
             },
         }
 
     @staticmethod
-    def _quantile(a: dict[str, Any], b: dict[str, Any], q: float) -> float:
-        if a["fresh_bounds"] != b["fresh_bounds"]:
-            return histogram_quantile(q, b["fresh_bounds"], b["fresh_cum"])
-        cum = [y - x for x, y in zip(a["fresh_cum"], b["fresh_cum"], strict=True)]
-        return histogram_quantile(q, b["fresh_bounds"], cum)
+    def _quantile(a: dict[str, Any], b: dict[str, Any], q: float) -> tuple[float, bool]:
+        """Quantile ``q`` of the pushes between ``a`` and ``b``, and whether it is above the
+        top bound (:func:`quantile_above_top`: the value is then only that bound)."""
+        bounds = b["fresh_bounds"]
+        cum = (b["fresh_cum"] if a["fresh_bounds"] != bounds else
+               [y - x for x, y in zip(a["fresh_cum"], b["fresh_cum"], strict=True)])
+        return histogram_quantile(q, bounds, cum), quantile_above_top(q, bounds, cum)
 
 
 def _http_get(url: str) -> str:

@@ -136,3 +136,24 @@ def test_a_restarted_or_silent_process_never_makes_rates_negative_nor_totals_dro
         steps = [b[key] - a[key] for (_, a), (_, b) in zip(hist, hist[1:], strict=False)]
         assert min(steps) >= 0, (key, steps)  # what the charts draw per scrape
     assert out["pushes_per_s"] >= 0 and out["valid_per_s"] >= 0
+
+
+def test_the_freshness_chart_marks_a_point_above_the_top_bucket_as_above_it() -> None:
+    """The chart's p99 points above the top bucket are the bound only: each is drawn as a
+    hollow circle labelled "> 300 s", and the chart's title says "> 300 s" as the headline
+    does (it said "300 s", and the line sat at 300 as if that were the value)."""
+    st = FlowStats()
+    m = FlowMetrics(st, process="replay")
+
+    class Old:
+        ts = 0  # 1970: decades old when acknowledged
+
+    scraper = FlowScraper(["p"], min_every_s=0.0, fetch=lambda _url: m.exposition().decode())
+    for _ in range(3):
+        m.observe_redis_write([("u", Old())] * 20, 0.002)
+        out = scraper.sample()
+    chart = out["svg"]["freshness"]
+    top = out["freshness_top_bucket_s"]
+    assert out["freshness_p99_above_top"]
+    assert f"freshness p99: &gt; {top:.0f} s" in chart, chart
+    assert chart.count('data-above="1"') == 2 and f"<title>&gt; {top:.0f} s</title>" in chart
