@@ -40,7 +40,7 @@ from online_model import DriftEvent, UserState
 from serving_cache.base_record import BaseRecord
 from serving_cache.codec import UserVectors, new_vectors
 from streams.config import FlowConfig
-from streams.events import USER_ID_RE, Click, Rejection, decode_click
+from streams.events import USER_ID_RE, Click, Rejection, decode_click, validate_user_id
 from streams.kafka_io import RawRecord
 from streams.kafka_sink import KafkaOut
 from streams.redis_sink import RELEASED, Item, Released, resumed_push
@@ -439,6 +439,9 @@ def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
                     append((uid, Forget(rec)))
                     forgets += 1
                     continue
+                rejected += 1
+                append(DeadLetter(rec, forget_refused(rec.key)))
+                continue
             # The upper time bound is the record's own timestamp plus the allowed skew, not the
             # wall clock, so a replay accepts and rejects exactly what the live run did.
             ts = rec.ts_ms
@@ -481,7 +484,8 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
 
 def forget_target(key: bytes) -> str | None:
     """The user a tombstone (a record with this key and no value) asks to forget; None when
-    the key is not a valid user id (the record is then dead-lettered like any empty one).
+    the key is not a valid user id (the record is then dead-lettered with
+    :func:`forget_refused`'s reason).
 
     >>> forget_target(b"u42"), forget_target(b"a:b")
     ('u42', None)
@@ -491,6 +495,20 @@ def forget_target(key: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     return uid if USER_ID_RE.fullmatch(uid) else None
+
+
+def forget_refused(key: bytes) -> str:
+    """The dead-letter reason of a tombstone whose key :func:`forget_target` refuses: a forget
+    request, not an empty click, and why its key names no user (``validate_user_id``'s words).
+
+    >>> forget_refused(b"a:b")
+    "forget: the tombstone's key b'a:b' is not a valid user id (user_id: contains ':' (allowed: letters and digits and _ . @ + - and the equals sign))"
+    """
+    try:
+        why = validate_user_id(key.decode()) or "user_id: refused"
+    except UnicodeDecodeError:
+        why = "user_id: not UTF-8"
+    return f"forget: the tombstone's key {key[:64]!r} is not a valid user id ({why})"
 
 
 class _DropSchedule:

@@ -76,12 +76,14 @@ def test_the_audits_case_keeps_nobody() -> None:
     assert list(_reasons(got)) == [2]
 
 
-def test_a_tombstone_without_a_valid_user_key_is_an_empty_payload() -> None:
+def test_a_tombstone_without_a_valid_user_key_is_refused_as_a_forget() -> None:
     got = _corpus(_records((None, None), (b"a:b", None), (b"ghost", None)))
     reasons = _reasons(got)
     assert (got.rejected, got.forgets) == (2, 1)
     assert reasons == {0: "payload: empty (tombstone or null value)",
-                       1: "payload: empty (tombstone or null value)"}
+                       1: "forget: the tombstone's key b'a:b' is not a valid user id (user_id: "
+                          "contains ':' (allowed: letters and digits and _ . @ + - and the "
+                          "equals sign))"}
 
 
 def _dataflow(recs: list[RawRecord]) -> tuple[dict[str, int], dict[int, str]]:

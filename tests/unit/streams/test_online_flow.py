@@ -187,6 +187,22 @@ def test_a_tombstone_is_counted_as_a_forget_not_a_valid_click() -> None:
     assert ("user1", None) in vecs and not dead  # the key was deleted, nothing dead-lettered
 
 
+def test_a_tombstone_whose_key_is_no_user_id_is_dead_lettered_as_a_refused_forget() -> None:
+    items = as_records(click_stream(n_users=3, n_events=30, seed=1))
+    tombs = [RawRecord("t", 0, 0, b"a:b", None, items[19].ts_ms),
+             RawRecord("t", 0, 0, b"\xff", None, items[19].ts_ms)]
+    stream = [r._replace(offset=i) for i, r in enumerate(items[:20] + tombs + items[20:])]
+    stats = FlowStats()
+    _, dead, _ = _run(stream, stats=stats)
+    got = stats.as_dict()
+    assert (got["records"], got["forgets"], got["rejected"], got["valid"]) == (32, 0, 2, 30)
+    assert sorted(dict(d.headers)["diam.reason"].decode() for d in dead) == [
+        "forget: the tombstone's key b'\\xff' is not a valid user id (user_id: not UTF-8)",
+        "forget: the tombstone's key b'a:b' is not a valid user id (user_id: contains ':' "
+        "(allowed: letters and digits and _ . @ + - and the equals sign))",
+    ]
+
+
 def test_a_user_resumes_from_the_one_snapshot_form() -> None:
     learner = tiny_learner()
     holder = LearnerHolder(learner, learner.base.version)
