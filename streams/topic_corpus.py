@@ -6,7 +6,12 @@ record times, offsets or partition:offset pairs). Each record is judged by the d
 rule (:func:`streams.online.record_judge`: decoding, validation, the key check, tombstones):
 what the dataflow would dead-letter is left out and counted here with its first reasons, and a
 user's tombstone (``diam forget``) drops the clicks of theirs read before it, as the dataflow
-drops their state; their later clicks count again, as a new start. Each user's sequence is the
+drops their state; their later clicks count again, as a new start. A tombstone at or after the
+range's end forgets too: ``diam forget``'s markers (user -> tombstone offset, read from their
+durable copy, :func:`streams.forget_markers.read_markers`, of the topic id the name holds now)
+drop each user's clicks at offsets below their marker, the rule the Redis writer refuses a push
+by (``serving_cache.writer``), so a model trained on a range ending before a forget never learnt
+the user either. Each user's sequence is the
 offset order of their partition (clicks are keyed by user), i.e. the order the online learner
 saw. The item
 table is the catalogue's, completed with items only the clicks name (category ``unknown``),
@@ -16,7 +21,7 @@ in the prepared-dataset order, so the same events and items give the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -29,7 +34,7 @@ from streams.online import DeadLetter, Forget, record_judge
 from streams.replay import ReplayRange
 
 __all__ = ["TopicClicks", "read_range", "read_clicks", "clicks_of", "dataset_of",
-           "corpus_from_topic"]
+           "corpus_from_topic", "forget_floors"]
 
 
 @dataclass
@@ -49,7 +54,10 @@ class TopicClicks:
     forgets: int = 0
     """Tombstones keyed by a user (``diam forget``): neither clicks nor rejected."""
     forgotten: int = 0
-    """Valid clicks left out because a later tombstone of their user forgot them."""
+    """Valid clicks left out because a later tombstone of their user forgot them (in the range,
+    or after it: ``diam forget``'s markers)."""
+    forgotten_users: int = 0
+    """Users with at least one click left out as forgotten."""
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -79,21 +87,53 @@ def read_range(cfg: KafkaConfig, rng: ReplayRange, timeout: float = 30.0) -> Ite
         c.close()
 
 
+def forget_floors(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> dict[str, int]:
+    """``diam forget``'s markers of ``topic`` as the topic holds them now (its Kafka id, so a
+    topic deleted and created again is not bound by the old one's): user -> tombstone offset,
+    from their durable copy on the compacted markers' topic, which a Redis that lost its data
+    does not lose and which every forget writes before the Redis hash. A corpus is not read
+    without them: raises ``RuntimeError`` with the refusal's own message when the markers'
+    topic is unfit (``streams.forget_markers.MarkersTopicUnfit``, which commands report as a
+    read failure), the Kafka client's errors when the broker does not answer."""
+    from serving_cache.forgotten import MarkersUnusable
+    from streams.forget_markers import read_markers, topic_id
+
+    try:
+        return read_markers(cfg, topic, topic_id(cfg, topic, timeout=timeout), timeout=timeout)
+    except MarkersUnusable as exc:
+        raise RuntimeError(str(exc)) from exc
+
+
 def read_clicks(cfg: KafkaConfig, rng: ReplayRange, flow: FlowConfig | None = None,
                 timeout: float = 30.0) -> TopicClicks:
-    """The valid clicks of ``rng``, judged record by record as the dataflow judges them."""
-    return clicks_of(read_range(cfg, rng, timeout), rng, flow)
+    """The valid clicks of ``rng``, judged record by record as the dataflow judges them, less
+    those of forgotten users (:func:`forget_floors`)."""
+    floors = forget_floors(cfg, rng.topic, timeout)
+    return clicks_of(read_range(cfg, rng, timeout), rng, flow, floors)
 
 
 def clicks_of(records: Iterable[RawRecord], rng: ReplayRange,
-              flow: FlowConfig | None = None) -> TopicClicks:
+              flow: FlowConfig | None = None,
+              floors: Mapping[str, int] | None = None) -> TopicClicks:
     """The valid clicks among ``records`` (those of ``rng``, in offset order per partition)
     under the dataflow's rule (:func:`streams.online.record_judge`), less the clicks of users
-    forgotten by a later tombstone."""
+    forgotten by a later tombstone: one in the range, or a marker in ``floors`` (user ->
+    tombstone offset, :func:`forget_floors`) above the click's offset.
+
+    >>> from streams.replay import ReplayRange
+    >>> from streams.events import ClickEvent, encode_event
+    >>> recs = [RawRecord("t", 0, o, u.encode(), encode_event(ClickEvent(u, "i1", 10**12 + o)), 0)
+    ...         for o, u in enumerate(["u1", "u2", "u1", "u1"])]
+    >>> got = clicks_of(recs, ReplayRange("t", {0: 0}, {0: 4}), floors={"u1": 3, "u9": 1})
+    >>> got.users, got.forgotten, got.forgotten_users
+    (['u2', 'u1'], 2, 1)
+    """
     judge = record_judge(flow or FlowConfig())
     records = iter(records)  # read in batches, as the dataflow judges them
     out = TopicClicks(rng.topic, rng)
     users, items, ts = out.users, out.items, out.ts
+    floors = floors or {}
+    marked: set[str] = set()
     forgot_at: dict[str, int] = {}  # user -> how many clicks were kept at their last tombstone
     while batch := list(islice(records, 4_096)):
         out.records += len(batch)
@@ -110,16 +150,23 @@ def clicks_of(records: Iterable[RawRecord], rng: ReplayRange,
                 out.forgets += 1
                 forgot_at[user] = len(ts)
                 continue
+            floor = floors.get(user)
+            if floor is not None and what.record.offset < floor:
+                out.forgotten += 1  # the writer refuses a push learnt below the marker
+                marked.add(user)
+                continue
             click = what.click
             users.append(user)
             items.append(click[1])
             ts.append(click[2])
     if forgot_at:
         keep = [i for i, u in enumerate(users) if i >= forgot_at.get(u, 0)]
-        out.forgotten = len(users) - len(keep)
+        marked.update(users[i] for i in range(len(users)) if i < forgot_at.get(users[i], 0))
+        out.forgotten += len(users) - len(keep)
         out.users = [users[i] for i in keep]
         out.items = [items[i] for i in keep]
         out.ts = [ts[i] for i in keep]
+    out.forgotten_users = len(marked)
     return out
 
 
@@ -148,5 +195,6 @@ def corpus_from_topic(clicks: TopicClicks, catalog: Catalog, name: str | None = 
                         "end": {str(p): o for p, o in clicks.range.end.items()},
                         "records": clicks.records, "rejected": clicks.rejected,
                         "forgets": clicks.forgets, "forgotten": clicks.forgotten,
+                        "forgotten_users": clicks.forgotten_users,
                         "catalog_items": len(catalog)})
     return corpus
