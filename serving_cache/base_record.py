@@ -57,6 +57,8 @@ keys), is recorded from now on.
 {'version': '20240501T000000Z-ab12', 'items': '3', 'added': '1', 'added_sha': 'ab4c73e30598', 'grown': '0'}
 >>> rec.ids
 ('new-1',)
+>>> rec.typed()
+{'version': '20240501T000000Z-ab12', 'items': 3, 'added': 1, 'added_sha': 'ab4c73e30598', 'grown': 0}
 >>> BaseRecord.from_fields({b"version": b"20240501T000000Z-ab12", b"items": b"3", b"added": b"1",
 ...                         b"added_sha": b"ab4c73e30598", b"grown": b"0"}) == rec
 True
@@ -118,6 +120,12 @@ class BaseRecord:
         """The hash's fields, as written."""
         return {"version": self.version, "items": str(self.items), "added": str(self.added),
                 "added_sha": self.added_sha, "grown": str(self.grown)}
+
+    def typed(self) -> dict[str, str | int]:
+        """The hash's fields with their types (counts as integers): what ``--json`` output
+        shows (``diam inspect namespace``, ``diam diff``), not the strings Redis holds."""
+        return {"version": self.version, "items": self.items, "added": self.added,
+                "added_sha": self.added_sha, "grown": self.grown}
 
     @classmethod
     def from_fields(cls, raw: Mapping[Any, Any]) -> BaseRecord:

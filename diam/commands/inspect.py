@@ -56,7 +56,12 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         topic = drift_topic if drift_topic is not None else s.kafka.drift_topic
         _plot_namespace(s, ns, plot_path, topic, drift_last)
     if as_json:
-        echo_json(asdict(summary), indent=2)
+        body = asdict(summary)
+        if summary.base is not None:  # the record's own types, not the strings of HGETALL
+            from serving_cache.base_record import BaseRecord
+
+            body["base"] = BaseRecord.from_fields(summary.base).typed()
+        echo_json(body, indent=2)
         return
     click.echo(f"namespace {ns}: {summary.users} users, {summary.events} events applied")
     if not summary.users and not summary.undecodable:

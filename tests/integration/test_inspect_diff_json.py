@@ -54,3 +54,16 @@ def test_diff_text_notes_a_namespace_that_holds_no_users(stack, namespace, redis
     assert "note: namespace 'fix1.nothing-here' holds no users" in res.stderr
     assert "a typo?" in res.stderr
     assert f"namespace {namespace!r} holds no users" not in res.stderr
+
+
+def test_inspect_namespace_json_shows_the_base_record_typed(stack, namespace, redis_client) -> None:
+    from serving_cache.base_record import BaseRecord, write_base
+
+    RedisWriter(redis_client, namespace).write_batch([("u1", _user())])
+    write_base(redis_client, namespace, BaseRecord.of("v1", ["i0", "i1", "new-1"], added=1))
+    res = CliRunner().invoke(
+        main, ["inspect", "namespace", "--namespace", namespace, "--json"],
+        obj={"settings": stack.settings})
+    assert res.exit_code == 0, res.output
+    assert _strict(res.stdout)["base"] == {"version": "v1", "items": 3, "added": 1,
+                                           "added_sha": "ab4c73e30598", "grown": 0}
