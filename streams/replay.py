@@ -31,7 +31,7 @@ from streams.kafka_io import offsets_for_time, watermarks
 from streams.online import FlowStats, LearnerHolder
 
 __all__ = ["Bound", "ReplayError", "ReplayRange", "ReplayReport", "parse_bound", "resolve_range",
-           "run_replay", "replay_topics", "PROTECTED_NAMESPACES", "TIME_BOUNDS_HINT"]
+           "run_replay", "replay_topics", "namespace_topics", "PROTECTED_NAMESPACES", "TIME_BOUNDS_HINT"]
 
 #: Why a time-bounded range may hold nothing (``diam replay``, ``diam train``/``evaluate``).
 TIME_BOUNDS_HINT = ("the bounds read the records' Kafka timestamps (when they were produced; "
@@ -149,6 +149,25 @@ def replay_topics(kafka: KafkaConfig, namespace: str) -> KafkaConfig:
     return kafka.model_copy(update={
         "drift_topic": f"{kafka.drift_topic}.replay.{namespace}",
         "deadletter_topic": f"{kafka.deadletter_topic}.replay.{namespace}",
+    })
+
+
+def namespace_topics(kafka: KafkaConfig, namespace: str) -> KafkaConfig:
+    """The Kafka settings whose drift and dead-letter topics hold ``namespace``'s records: each
+    of the replay's own (:func:`replay_topics`) that the broker has, when the namespace is a
+    replay's, else ``kafka``'s (a live run's, shared by namespaces and marked with theirs).
+    What the commands that read one namespace's side records (``diam inspect namespace
+    --plot``) read by default; one metadata request, naming no topic (none is created)."""
+    from streams.kafka_io import _admin, _logs_on_failure
+
+    own = replay_topics(kafka, namespace)
+    admin = _admin(kafka)
+    with _logs_on_failure(admin):
+        have = admin.list_topics(timeout=30.0).topics
+    return kafka.model_copy(update={
+        "drift_topic": own.drift_topic if own.drift_topic in have else kafka.drift_topic,
+        "deadletter_topic": (own.deadletter_topic if own.deadletter_topic in have
+                             else kafka.deadletter_topic),
     })
 
 

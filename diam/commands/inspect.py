@@ -35,7 +35,8 @@ def inspect_group() -> None:
               default=None, callback=plot_file,
               help="Also write a PNG: K_u and d_u histograms and drift events over time.")
 @click.option("--drift-topic", default=None, callback=topic_name,
-              help="Drift events for --plot (default: settings kafka.drift_topic).")
+              help="Drift events for --plot (default: the namespace's own when it is a "
+                   "replay's, <drift_topic>.replay.NAMESPACE, else settings kafka.drift_topic).")
 @click.option("--drift-last", type=click.IntRange(0), default=100_000, show_default=True,
               help="For --plot: read at most this many latest drift events per partition.")
 @click.pass_context
@@ -53,8 +54,7 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
     ns = namespace_of(s, namespace)
     summary = summarize_namespace(redis_client(s.redis), ns)
     if plot_path is not None:
-        topic = drift_topic if drift_topic is not None else s.kafka.drift_topic
-        _plot_namespace(s, ns, plot_path, topic, drift_last)
+        _plot_namespace(s, ns, plot_path, drift_topic or _drift_topic_of(s, ns), drift_last)
     if as_json:
         body = asdict(summary)
         if summary.base is not None:  # the record's own types, not the strings of HGETALL
@@ -80,6 +80,18 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         click.echo(f"  base     record unreadable: {summary.base_problem}")
     if summary.undecodable:
         click.echo(f"  {summary.undecodable} values could not be decoded")
+
+
+def _drift_topic_of(s, ns: str) -> str:  # type: ignore[no-untyped-def]
+    """The drift topic of ``ns``: a replay's own when it is a replay's, else the live one."""
+    from confluent_kafka import KafkaException
+
+    from streams.replay import namespace_topics
+
+    try:
+        return namespace_topics(s.kafka, ns).drift_topic
+    except (KafkaException, RuntimeError) as exc:
+        raise kafka_unusable(s, exc) from None
 
 
 def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) -> None:  # type: ignore[no-untyped-def]

@@ -91,3 +91,25 @@ def test_namespace_plot_refuses_an_unknown_drift_topic(stack, namespace, tmp_pat
     assert "does not exist" in res.output and "--drift-topic" in res.output
     assert "Traceback" not in res.output
     assert not out.exists()
+
+
+def test_namespace_plot_reads_a_replay_s_own_drift_topic(stack, topic, namespace, redis_client,
+                                                         tmp_path) -> None:
+    """A replay's drift events are in its own topic (``streams.replay.replay_topics``): the plot
+    of its namespace reads them without --drift-topic, and says which topic it read."""
+    from streams.kafka_io import ensure_topic
+    from streams.replay import replay_topics
+
+    s = stack.settings.model_copy(update={"kafka": stack.settings.kafka.model_copy(
+        update={"drift_topic": topic})})
+    own = replay_topics(s.kafka, namespace).drift_topic
+    ensure_topic(s.kafka, own, 1)
+    RedisWriter(redis_client, namespace).write_batch(_users(4, 3))
+    events = [{"kind": "k_change", "user_id": f"u{i}", "ts_ms": 1_700_000_000_000 + i,
+               "offset": i, "namespace": namespace} for i in range(3)]
+    produce(s.kafka, own, [(e["user_id"].encode(), json.dumps(e).encode()) for e in events])
+    out = tmp_path / "ns.png"
+    res = CliRunner().invoke(main, ["inspect", "namespace", "--namespace", namespace,
+                                    "--plot", str(out)], obj={"settings": s})
+    assert res.exit_code == 0, res.output
+    assert f"3 users, 3 drift events from {own}" in res.output
