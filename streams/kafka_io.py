@@ -491,18 +491,21 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
     was written (its record timestamp); ``truncated`` is None, or the
     original sizes of a record whose dead letter kept only its first bytes
     (``FlowConfig.deadletter_max_bytes``); ``namespace`` is the Redis namespace of the run that
-    refused it (None before dead letters carried it). Given ``namespace``, only that
-    namespace's (:func:`of_namespace`).
+    refused it (None before dead letters carried it); ``topic_id`` the Kafka id of the source
+    topic (None when the run did not know it, or before dead letters carried it). Given
+    ``namespace``, only that namespace's (:func:`of_namespace`).
 
     A dataflow resumed after a crash dead-letters again the records of the epoch it had not
     committed, so one source record can appear more than once. Its identity is its source
-    ``(topic, partition, offset)`` and namespace (two runs into two namespaces each refuse
-    it); with ``dedupe`` each appears once, the first copy, with
-    ``copies`` saying how many the topic holds. Records without source headers are kept as
-    they are.
+    ``(topic, partition, offset)``, the topic's id (a topic deleted and re-created under its
+    name numbers its records from 0 again: its rejects are other records) and namespace (two
+    runs into two namespaces each refuse it); with ``dedupe`` each appears once, the first
+    copy, with ``copies`` saying how many the topic holds. Records without source headers are
+    kept as they are; records without a topic id are one record per ``(topic, partition,
+    offset, namespace)``, as before ids were written.
     """
     out: list[dict[str, object]] = []
-    seen: dict[tuple[str | None, int, int, str | None], dict[str, object]] = {}
+    seen: dict[tuple[str | None, int, int, str | None, str | None], dict[str, object]] = {}
     for m in _messages(cfg, topic or cfg.deadletter_topic, timeout):
         raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
         h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
@@ -513,8 +516,10 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
             "reason": h.get("diam.reason"), "topic": h.get("diam.topic"),
             "partition": _int(h.get("diam.partition")), "offset": _int(h.get("diam.offset")),
             "key": m.key(), "value": m.value(), "truncated": h.get("diam.truncated"),
-            "copies": 1, "ts_ms": m.timestamp()[1], "namespace": ns}
-        ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")), ns)
+            "copies": 1, "ts_ms": m.timestamp()[1], "namespace": ns,
+            "topic_id": h.get("diam.topic_id")}
+        ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")), ns,
+                 h.get("diam.topic_id"))
         if dedupe and ident[0] is not None and ident[2] >= 0:
             first = seen.get(ident)
             if first is not None:

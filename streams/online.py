@@ -342,11 +342,14 @@ characters)."""
 
 
 def deadletter_record(rec: RawRecord, reason: str, max_bytes: int,
-                      namespace: str | None = None) -> KafkaOut:
+                      namespace: str | None = None, topic_id: str | None = None) -> KafkaOut:
     """The dead-letter form of a rejected record: the original key and bytes, the reason and
-    the source coordinates in headers (``kcat -f '%h %s'`` shows them), and ``diam.namespace``,
+    the source coordinates in headers (``kcat -f '%h %s'`` shows them), ``diam.namespace``,
     the Redis namespace of the run that refused it (runs into several namespaces may share the
-    topic: ``diam deadletters --namespace`` tells them apart). A value longer than
+    topic: ``diam deadletters --namespace`` tells them apart), and ``diam.topic_id``, the
+    Kafka id of the source topic when the run knows it (a topic deleted and re-created under
+    its name starts its offsets again: ``streams.kafka_io.read_deadletters`` tells the two
+    records at one offset apart by it). A value longer than
     ``max_bytes`` (``FlowConfig.deadletter_max_bytes``) or a key longer than
     :data:`DEADLETTER_KEY_BYTES` keeps its first bytes, and ``diam.truncated`` gives the
     original sizes: a dead letter as large as the largest record the broker accepts could not
@@ -367,6 +370,8 @@ def deadletter_record(rec: RawRecord, reason: str, max_bytes: int,
     ]
     if namespace is not None:
         headers.append(("diam.namespace", namespace.encode()))
+    if topic_id is not None:
+        headers.append(("diam.topic_id", topic_id.encode()))
     if len(value) > max_bytes or (key is not None and len(key) > DEADLETTER_KEY_BYTES):
         headers.append(("diam.truncated", f"key {0 if key is None else len(key)} bytes, "
                                           f"value {len(value)} bytes".encode()))
@@ -792,8 +797,9 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
               sinks.drift)
     failed = op.map("learn-failed", drift_or_failed.falses, lambda kv: cast(DeadLetter, kv[1]))
     dead = op.merge("deadletters", decoded.trues, failed)
+    topic_id = getattr(sinks.vectors, "topic_id", None)  # the Redis sink's, for forget markers
     op.output("deadletter", op.map("to-deadletter", dead, lambda dl: (
         str(dl.record.partition), deadletter_record(dl.record, dl.reason, cfg.deadletter_max_bytes,
-                                                namespace))),
+                                                namespace, topic_id))),
               sinks.deadletter)
     return flow

@@ -360,3 +360,29 @@ def test_runs_into_two_namespaces_mark_their_dead_letters_and_drift_events(
         for ns in spaces:
             for k in redis_client.scan_iter(f"diam:{ns}:*"):
                 redis_client.delete(k)
+
+
+@pytest.mark.partitions(1)
+def test_a_re_created_topic_s_reject_is_listed_not_called_a_copy(stack, topic, namespace) -> None:
+    """A topic deleted and re-created under its name numbers its records from 0 again: the new
+    topic's reject at offset 0 is another record than the old one's, told apart by the topic id
+    the run writes in the dead letter (``diam.topic_id``), not counted as its repeated copy."""
+    from streams.forget_markers import topic_id
+    from streams.kafka_io import delete_topics, read_deadletters
+
+    kafka = stack.settings.kafka
+    for t in (f"{topic}.dlq", f"{topic}.drift"):
+        ensure_topic(kafka, t, partitions=1)
+    ids = []
+    for bad in (b"\xc1 old", b"\xc1 new"):
+        if ids:  # the second time on a topic of the same name, re-created
+            delete_topics(kafka, [topic])
+            ensure_topic(kafka, topic, partitions=1)
+        produce(kafka, topic, [(b"u0", bad)])
+        run_online(_job(stack, topic, namespace), _holder())
+        ids.append(topic_id(kafka, topic))
+    assert ids[0] is not None and ids[0] != ids[1]
+    got = read_deadletters(kafka, f"{topic}.dlq", namespace=namespace)
+    assert [(r["offset"], r["value"], r["copies"]) for r in got] == [
+        (0, b"\xc1 old", 1), (0, b"\xc1 new", 1)]
+    assert [r.get("topic_id") for r in got] == ids
