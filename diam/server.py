@@ -73,14 +73,22 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
     sources = None
     if opts.ui:
         from serving_cache.ui import UiSources
+        from streams.kafka_io import BROKER_ANSWER_S, broker_answers
         from streams.tail import latest_alerts, user_drift_events
 
         kafka = s.kafka
+
+        def alerts(n: int) -> list[dict[str, Any]]:
+            # a broker that is down fails within BROKER_ANSWER_S, not the topic reads' 30 s
+            # (the page backs off after it: serving_cache.ui.Backoff)
+            broker_answers(kafka, BROKER_ANSWER_S)
+            return latest_alerts(kafka, n, namespace=opts.namespace)
+
         sources = UiSources(
             flow_metrics=list(opts.flow_metrics),
-            alerts=lambda n: latest_alerts(kafka, n, namespace=opts.namespace),
-            user_drift=lambda user, n: user_drift_events(kafka, user, n,
-                                                         namespace=opts.namespace),
+            alerts=alerts,
+            user_drift=lambda user, n: user_drift_events(kafka, user, n, namespace=opts.namespace,
+                                                         timeout=BROKER_ANSWER_S),
         )
     # a user whose vectors belong to a version older than the two swapped in (one who has
     # not clicked since two publishes) is served from that version while the store holds it,

@@ -126,7 +126,9 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "Redis down or no snapshot loaded"}
 }
 UserId = Path(pattern=USER_ID_PATTERN,
-              description=f"User id: 1..{USER_ID_MAX_LEN} of [{USER_ID_CHARS}]")
+              description=f"User id: 1..{USER_ID_MAX_LEN} of [{USER_ID_CHARS}]. The ids '.' "
+              "and '..' cannot be asked here: HTTP clients collapse them as path segments "
+              "(%2E too) before sending; /ui/api/user?id= and `diam recommend` reach them")
 
 
 def _metrics(app_name: str) -> dict[str, Any]:
@@ -385,7 +387,10 @@ def get_app(
         seen: Annotated[
             list[str] | None,
             Query(
-                max_length=MAX_SEEN, description=f"Item ids the user has seen (at most {MAX_SEEN})"
+                max_length=MAX_SEEN,
+                description=f"Item ids the user has seen (at most {MAX_SEEN}), the parameter "
+                "repeated for each: seen=A&seen=B. A comma is part of an id, not a separator "
+                "(item ids may hold one): seen=A,B is the one id 'A,B'",
             ),
         ] = None,
     ) -> Any:

@@ -7,21 +7,29 @@
 - ``GET /ui/api/namespace``: the K_u histogram and d_u distribution of the served namespace
   (a SCAN of Redis, cached for ``namespace_ttl_s``; a 503 while Redis is down, as the
   public routes answer);
-- ``GET /ui/api/alerts``: the drift monitor's latest alerts of the served namespace;
-- ``GET /ui/api/users/{id}``: K_u, d_u, each interest's top items with their categories and
+- ``GET /ui/api/alerts?n=``: the drift monitor's latest ``n`` (1 to :data:`MAX_ALERTS`) alerts
+  of the served namespace;
+- ``GET /ui/api/user?id=`` (and ``GET /ui/api/users/{id}``, which cannot reach the ids ``.``
+  and ``..``: clients collapse those path segments before sending): K_u, d_u, each interest's top items with their categories and
   titles, the recommendation list with the d_u used (the same calls as the public routes) and
   the user's last drift events. Titles come from the catalogue and the training data, so this
   JSON carries no raw ``<``, ``>`` or ``&`` (:func:`html_safe_json`) and the page writes them as
   text, never as markup.
 
+Every ``/ui/api`` route refuses a query parameter it does not take and a value out of its
+bounds with a 422, as the public routes do (the same dependency, ``api._known_query``).
+
 Everything here reads (Redis, the metrics endpoints, Kafka topics through the callables given
 in :class:`UiSources`); nothing writes. Kafka access is injected so that ``serving_cache``
-stays free of Kafka imports (``diam serve`` wires ``streams.tail``).
+stays free of Kafka imports (``diam serve`` wires ``streams.tail``). The Kafka callables go
+through one :class:`Backoff`: while the broker is down they fail at once (the page says why)
+instead of each poll waiting out a timeout, and the outage is logged once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -36,10 +44,67 @@ import numpy as np
 from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
 
-__all__ = ["UiSources", "FlowScraper", "add_increase", "alerts_of_namespace", "mount_ui", "html_safe_json",
+__all__ = ["Backoff", "MAX_ALERTS", "UiSources", "FlowScraper", "add_increase", "alerts_of_namespace", "mount_ui", "html_safe_json",
            "histogram_quantile", "parse_flow", "quantile_above_top"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+log = logging.getLogger(__name__)
+
+MAX_ALERTS = 200
+"""The most alerts ``/ui/api/alerts`` answers (``n``); more is a 422."""
+
+
+class Backoff:
+    """Calls to one remote source (the broker) that remember its failure: after a call raises,
+    calls fail at once, naming the error, for ``first_s`` seconds, doubling up to ``max_s``
+    while the source keeps failing; the first success resets it. The outage is logged once
+    (a WARNING when it starts, an INFO when the source answers again), not per call.
+
+    >>> t = [0.0]
+    >>> b = Backoff("broker", first_s=5.0, clock=lambda: t[0])
+    >>> def down(): raise OSError("refused")
+    >>> for now in (0.0, 1.0):
+    ...     t[0] = now
+    ...     try: b.call(down)
+    ...     except OSError as e: print(e)
+    refused
+    broker unavailable (refused); next try in 4 s
+    >>> t[0] = 5.0; b.call(lambda: "up")
+    'up'
+    """
+
+    def __init__(self, what: str, first_s: float = 5.0, max_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.first_s, self.max_s, self.clock = what, first_s, max_s, clock
+        self._lock = threading.Lock()
+        self._delay = 0.0
+        self._until = 0.0
+        self._error: str | None = None
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            wait = self._until - self.clock()
+            if self._error is not None and wait > 0:
+                raise OSError(f"{self.what} unavailable ({self._error}); next try in "
+                              f"{wait:.0f} s")
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            with self._lock:
+                if self._error is None:
+                    log.warning("%s unavailable: %s; the /ui page shows no alerts or drift "
+                                "events until it answers (retried after %g s, then up to "
+                                "every %g s)", self.what, exc, self.first_s, self.max_s)
+                self._delay = min(self._delay * 2, self.max_s) if self._delay else self.first_s
+                self._until = self.clock() + self._delay
+                self._error = str(exc) or type(exc).__name__
+            raise
+        with self._lock:
+            if self._error is not None:
+                log.info("%s answers again", self.what)
+            self._error, self._delay = None, 0.0
+        return out
 
 
 
@@ -395,16 +460,18 @@ def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, 
 
 def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     """Add ``/ui`` and its JSON routes to the FastAPI ``app``."""
+    from fastapi import Depends, Query
     from fastapi import Path as PathParam
-    from fastapi import Query
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    from serving_cache.api import redis_outage_errors
+    from serving_cache.api import _known_query, redis_outage_errors
     from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_RE
     from serving_cache.recommend import MAX_N, MAX_TOP
 
     # the public routes' rule for an outage (api.redis_outage_errors): a 503 naming it, not a 500
     redis_errors = redis_outage_errors()
+
+    broker = Backoff("kafka broker (alerts and drift topics)")
 
     def redis_unavailable(exc: BaseException) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
@@ -417,14 +484,18 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     def ui_page() -> HTMLResponse:
         return HTMLResponse((STATIC / "ui.html").read_text())
 
-    @app.get("/ui/api/flow", include_in_schema=False)
+    # a parameter a route does not take is a 422 naming the ones it takes, as on the public
+    # routes (one owner: api._known_query)
+    known = [Depends(_known_query)]
+
+    @app.get("/ui/api/flow", include_in_schema=False, dependencies=known)
     def ui_flow() -> JSONResponse:
         if not sources.flow_metrics:
             return JSONResponse({"available": False, "errors": [
                 "no dataflow metrics configured (diam serve --flow-metrics URL)"]})
         return JSONResponse(nan_to_none(scraper.sample()))
 
-    @app.get("/ui/api/namespace", include_in_schema=False)
+    @app.get("/ui/api/namespace", include_in_schema=False, dependencies=known)
     def ui_namespace() -> JSONResponse:
         with cache_lock:
             hit = cache.get(ns)
@@ -449,14 +520,14 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         except redis_errors:
             return set()
 
-    @app.get("/ui/api/alerts", include_in_schema=False)
-    def ui_alerts(n: int = 20) -> JSONResponse:
+    @app.get("/ui/api/alerts", include_in_schema=False, dependencies=known)
+    def ui_alerts(n: int = Query(20, ge=1, le=MAX_ALERTS)) -> JSONResponse:
         if sources.alerts is None:
             return JSONResponse({"available": False, "alerts": []})
-        n = min(max(n, 1), 200)
         try:
             # the monitor's topic holds every namespace's alerts: read more than n, keep ns's
-            mine = alerts_of_namespace(sources.alerts(min(10 * n, 1000)), ns, users_of_ns)[-n:]
+            mine = alerts_of_namespace(broker.call(sources.alerts, min(10 * n, 1000)), ns,
+                                       users_of_ns)[-n:]
             return JSONResponse({"available": True, "namespace": ns, "alerts": mine,
                                  "filter": f"namespace {ns} only (all-namespace alerts: "
                                            f"its users only)"})
@@ -467,10 +538,21 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     # out of them, 422 as there, not a slice row[:-1] or every item of the catalogue
     # {user_id:path}: an id with '/' (which the contract does not allow) reaches this route and
     # is answered "not a valid user id", not a bare 404 of no route
-    @app.get("/ui/api/users/{user_id:path}", include_in_schema=False)
+    @app.get("/ui/api/users/{user_id:path}", include_in_schema=False, dependencies=known)
     def ui_user(user_id: str = PathParam(),
                 n: int = Query(20, ge=1, le=MAX_N),
                 top: int = Query(5, ge=1, le=MAX_TOP)) -> Response:
+        return user_view(user_id, n, top)
+
+    # the page's route: the id as a query parameter, so that the ids "." and ".." (valid by
+    # the contract) reach the server; in a path, clients collapse them (/users/./ is /users/)
+    @app.get("/ui/api/user", include_in_schema=False, dependencies=known)
+    def ui_user_by_query(user_id: str = Query(alias="id"),
+                         n: int = Query(20, ge=1, le=MAX_N),
+                         top: int = Query(5, ge=1, le=MAX_TOP)) -> Response:
+        return user_view(user_id, n, top)
+
+    def user_view(user_id: str, n: int, top: int) -> Response:
         if not USER_ID_RE.match(user_id):
             return JSONResponse(status_code=422, content={"detail": (
                 f"not a valid user id: {user_id!r} (1 to {USER_ID_MAX_LEN} of "
@@ -498,7 +580,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         drift_error = None
         if sources.user_drift is not None:
             try:
-                drift = sources.user_drift(user_id, 20)
+                drift = broker.call(sources.user_drift, user_id, 20)
             except Exception as exc:
                 drift_error = str(exc)
         body = {
