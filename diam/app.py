@@ -27,7 +27,7 @@ from streams.runner import OnlineJob
 
 if TYPE_CHECKING:
     from snapshotter.store import SnapshotStore
-    from streams.catalog import CatalogItem
+    from streams.catalog import CatalogItem, Refusals
 
 __all__ = ["BaseProblem", "LearnerFactory", "NoBaseModel", "check_dim", "load_holder",
            "online_job", "stream_base", "stream_base_problem"]
@@ -63,7 +63,8 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
                 namespace: str | None = None, learner: LearnerFactory = OnlineLearner,
                 topic: str | None = None, pinned: bool = False,
                 growth: GrowthLog | None = None,
-                stop: threading.Event | None = None) -> LearnerHolder:
+                stop: threading.Event | None = None,
+                catalog_refused: Refusals | None = None) -> LearnerHolder:
     """The learner holder of a run, over the base given explicitly, at most one of:
     ``snapshot`` (a version in the store), ``checkpoint`` (a checkpoint or snapshot directory),
     ``base_from_data`` (a co-occurrence base built from that prepared dataset); else over the
@@ -88,6 +89,11 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     cannot write during the run is not swapped in: ``stop`` (``OnlineJob.stop``) is set, the
     run stops at its next batch, and ``growth.failed`` says why.
 
+    The catalogue's records that break its contract (``streams.catalog``) are told to
+    ``catalog_refused``, at the start and at each poll of the run, each once:
+    ``streams.catalog.CatalogDeadLetters`` for ``diam run`` (the dead-letter topic, counted in
+    its summary); by default a ``streams.catalog.RefusalLog`` (capped warnings).
+
     Close the holder when the run ends, however it ends (``LearnerHolder.close``): a hot
     reloading one keeps a thread and Kafka consumers following the topics until then.
 
@@ -108,7 +114,7 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
     try:
         return _holder(settings, checkpoint, snapshot, base_from_data, hot_reload, namespace,
                        learner, topic if topic is not None else settings.kafka.clicks_topic,
-                       pinned, None if pinned else growth, stop)
+                       pinned, None if pinned else growth, stop, catalog_refused)
     except BaseLoadError as exc:
         raise NoBaseModel(f"cannot use the base: {exc}") from None
     except DatasetError as exc:
@@ -122,9 +128,12 @@ def load_holder(settings: Settings, *, checkpoint: str | None = None, snapshot: 
 def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
             base_from_data: str | None, hot_reload: bool, namespace: str | None,
             learner: LearnerFactory, topic: str, pinned: bool,
-            growth: GrowthLog | None, stop: threading.Event | None = None) -> LearnerHolder:
+            growth: GrowthLog | None, stop: threading.Event | None = None,
+            refused: Refusals | None = None) -> LearnerHolder:
     from snapshotter.store import SnapshotError, SnapshotStore
+    from streams.catalog import RefusalLog
 
+    refused = refused if refused is not None else RefusalLog()  # one: a record is told once
     cfg = settings.online
     store = SnapshotStore(settings.snapshot)
     if snapshot is not None:
@@ -135,7 +144,8 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         base = _snapshot_base(store, snapshot, cfg)
         _keep_needed(growth, store, snapshot)
         if hot_reload or pinned:
-            base = _pinned_growth(settings, base, _tower(path, snapshot), topic, growth)
+            base = _pinned_growth(settings, base, _tower(path, snapshot), topic, growth,
+                                  refused)
     elif checkpoint is not None:
         base = stream_base(checkpoint, cfg, f"checkpoint {checkpoint}")
     elif base_from_data is not None:
@@ -146,10 +156,11 @@ def _holder(settings: Settings, checkpoint: str | None, snapshot: str | None,
         base = _snapshot_base(store, version, cfg)
         _keep_needed(growth, store, version)
         if pinned:
-            base = _pinned_growth(settings, base, _tower(store.path(version), version), topic)
+            base = _pinned_growth(settings, base, _tower(store.path(version), version), topic,
+                                  refused=refused)
         elif hot_reload:
             first, reload = _follow_active(settings, store, base, namespace, learner, topic,
-                                           growth, stop)
+                                           growth, stop, refused)
             return LearnerHolder(first, version, reload=reload,
                                  check_every_s=settings.flow.reload_check_s)
     else:
@@ -270,15 +281,17 @@ def _tower(path: Path, version: str) -> object:
         raise SnapshotError(f"snapshot {version}: content tower cannot be read ({exc})") from None
 
 
-def _catalog_now(settings: Settings) -> dict[str, Any]:
+def _catalog_now(settings: Settings, refused: Refusals | None = None) -> dict[str, Any]:
     """The catalogue topic read to its end (``streams.catalog.read_catalog``): item id ->
-    ``CatalogItem``; empty when no catalogue was published. Raises :class:`NoBaseModel` when it
-    cannot be read (the base it grows would depend on the broker's mood)."""
+    ``CatalogItem``; empty when no catalogue was published. Its bad records are told to
+    ``refused``. Raises :class:`NoBaseModel` when it cannot be read (the base it grows would
+    depend on the broker's mood)."""
     from streams.catalog import read_catalog
     from streams.kafka_io import UnknownTopic
 
     try:
-        return dict(read_catalog(settings.kafka, settings.kafka.items_topic).items)
+        return dict(read_catalog(settings.kafka, settings.kafka.items_topic,
+                                 refused=refused).items)
     except UnknownTopic:
         return {}
     except RuntimeError as exc:  # RangeStalled, a broker that does not answer
@@ -352,10 +365,10 @@ def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: st
 
 
 def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str,
-                   growth: GrowthLog | None = None) -> BaseView:
+                   growth: GrowthLog | None = None, refused: Refusals | None = None) -> BaseView:
     """``base`` grown once, at the start (:func:`_grown_at_start`, after ``growth``'s logged
     growths), for a run whose base then stays as it is (a replay, ``--snapshot``)."""
-    catalog = _catalog_now(settings)
+    catalog = _catalog_now(settings, refused)
     grown, _ = _grown_at_start(settings, base, tower, topic, catalog,
                                lambda item: base.index_of(item) >= 0 or item in catalog,
                                follow=False, growth=growth)
@@ -364,7 +377,8 @@ def _pinned_growth(settings: Settings, base: BaseView, tower: object, topic: str
 
 def _follow_active(settings: Settings, store, base: BaseView, namespace: str | None,  # type: ignore[no-untyped-def]
                    learner: LearnerFactory, topic: str, growth: GrowthLog | None = None,
-                   stop: threading.Event | None = None) -> tuple[OnlineLearner, _Following]:
+                   stop: threading.Event | None = None, refused: Refusals | None = None
+                   ) -> tuple[OnlineLearner, _Following]:
     """The first learner of a run on the active snapshot ``base`` (grown with the new items
     known at the start, :func:`_grown_at_start`), and the holder's reload hook: a newly
     published snapshot replaces the base; new catalogue items, and items first seen in clicks
@@ -398,7 +412,7 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
     version = base.version
     growth = growth if growth is not None else GrowthLog()
     client = redis_client(settings.redis)
-    follower = CatalogFollower(settings.kafka, settings.kafka.items_topic)
+    follower = CatalogFollower(settings.kafka, settings.kafka.items_topic, refused=refused)
     clicks = None
 
     def close() -> None:
@@ -414,7 +428,8 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
                                 ns=namespace if namespace is not None else settings.redis.namespace,
                                 current=version)
         tower = _tower(store.path(version), version)
-        follower.items.update(_catalog_now(settings))  # its first poll brings them again: known
+        # its first poll brings them again: known, and its bad records told once (``refused``)
+        follower.items.update(_catalog_now(settings, refused))
         base, clicks = _grown_at_start(
             settings, base, tower, topic, dict(follower.items),
             lambda item: base.index_of(item) >= 0 or item in follower.items, follow=True,

@@ -12,7 +12,11 @@ topic read from its start is the current catalogue. Value: a msgpack map (JSON a
   when the feed added it).
 
 A null value (tombstone) removes the item. A record that breaks the contract is not an item:
-:func:`read_catalog` counts it with its reason (``Catalog.rejected``) and goes on.
+:func:`read_catalog` counts it with its reason (``Catalog.rejected``) and goes on, and both
+readers hand it, with its reason, to their :class:`Refusals`: by default a
+:class:`RefusalLog` (a warning per record, the first 20, then a count: ``diam serve``, whose
+servers all read the topic, would dead-letter a copy each); ``diam run`` passes
+:class:`CatalogDeadLetters`, which sends each to the dead-letter topic once.
 
 >>> it = CatalogItem("242", ("Comedy", "Drama"), "Kolya (1996)", 880_000_000_000)
 >>> decode_item(b"242", encode_item(it)) == it
@@ -30,9 +34,11 @@ True
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
@@ -41,6 +47,7 @@ from streams.events import Rejection, unprintable, validate_item_id
 
 if TYPE_CHECKING:
     from online_model.datasets import ItemRows, PreparedDataset
+    from streams.kafka_io import RawRecord
     from streams.producer import ProduceReport
 
 __all__ = [
@@ -53,7 +60,12 @@ __all__ = [
     "items_of_dataset",
     "read_catalog",
     "CatalogFollower",
+    "Refusals",
+    "RefusalLog",
+    "CatalogDeadLetters",
 ]
+
+log = logging.getLogger(__name__)
 
 _MAX_TITLE = 1024
 _MAX_CATEGORIES = 32
@@ -190,8 +202,107 @@ def items_of_dataset(ds: PreparedDataset, titles: dict[str, str] | None = None) 
                         int(first[k])) for k, i in enumerate(ids.tolist())]
 
 
-def read_catalog(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> Catalog:
-    """Every record of ``topic`` up to its high watermarks, applied in offset order."""
+class Refusals(Protocol):
+    """What a catalogue reader does with a record that breaks the contract: :meth:`refuse` is
+    told each (the record and why; the same record read again, by a follower's first poll after
+    :func:`read_catalog`, is told again), :meth:`done` after each read or poll."""
+
+    def refuse(self, rec: RawRecord, reason: str) -> None: ...
+
+    def done(self) -> None: ...
+
+
+class RefusalLog:
+    """Refusals as warnings: one line per record (its coordinates and reason) for the first
+    ``cap`` records, then, at the end of each read that refused more, one line counting them.
+    A record read again is not told twice. ``count``: the records refused."""
+
+    def __init__(self, cap: int = 20, what: str = "refused") -> None:
+        self.cap, self.what = cap, what
+        self.count = 0
+        self._seen: set[tuple[str, int, int]] = set()
+        self._counted = 0
+        self._lock = threading.Lock()
+
+    def note(self, rec: RawRecord, reason: str) -> bool:
+        """Count ``rec`` and log it while under the cap; False when it was told before."""
+        with self._lock:
+            where = (rec.topic, rec.partition, rec.offset)
+            if where in self._seen:
+                return False
+            self._seen.add(where)
+            self.count += 1
+            if self.count <= self.cap:
+                log.warning("catalogue record %s[%d]@%d %s: %s", rec.topic, rec.partition,
+                            rec.offset, self.what, reason)
+            return True
+
+    def refuse(self, rec: RawRecord, reason: str) -> None:
+        self.note(rec, reason)
+
+    def done(self) -> None:
+        with self._lock:
+            if self.count > self.cap and self.count > self._counted:
+                log.warning("%d more catalogue record(s) %s (%d in all; the first %d named above)",
+                            self.count - max(self._counted, self.cap), self.what, self.count,
+                            self.cap)
+                self._counted = self.count
+
+
+class CatalogDeadLetters:
+    """``diam run``'s refusals: each refused catalogue record sent once to the dead-letter
+    topic (``kafka.deadletter_topic``) in the dataflow's form
+    (:func:`streams.online.deadletter_record`: the reason, the source topic, partition and
+    offset, the run's ``namespace``), and logged as :class:`RefusalLog` does. ``count``: the
+    records sent (``diam run``'s summary); ``failed``: those the broker did not take, whose
+    errors are logged. :meth:`close` waits for the deliveries."""
+
+    def __init__(self, cfg: KafkaConfig, max_bytes: int, namespace: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.cfg, self.max_bytes, self.namespace, self.timeout = cfg, max_bytes, namespace, timeout
+        self._log = RefusalLog(what="dead-lettered")
+        self.failed = 0
+        self._producer: Any = None
+
+    @property
+    def count(self) -> int:
+        return self._log.count
+
+    def refuse(self, rec: RawRecord, reason: str) -> None:
+        from confluent_kafka import Producer
+
+        from streams.online import deadletter_record  # the one builder of a dead letter
+
+        if not self._log.note(rec, reason):
+            return
+        out = deadletter_record(rec, reason, self.max_bytes, self.namespace)
+        if self._producer is None:
+            self._producer = Producer({**self.cfg.client_config(), "linger.ms": 5})
+        self._producer.produce(self.cfg.deadletter_topic, key=out.key, value=out.value,
+                               headers=out.headers, on_delivery=self._delivered)
+
+    def _delivered(self, err: object, msg: object) -> None:
+        if err:
+            self.failed += 1
+            log.error("a refused catalogue record's dead letter was not delivered to %s: %s",
+                      self.cfg.deadletter_topic, err)
+
+    def done(self) -> None:
+        self._log.done()
+        if self._producer is not None and (left := self._producer.flush(self.timeout)):
+            log.error("%d refused catalogue record(s) not yet delivered to %s after %.0f s",
+                      left, self.cfg.deadletter_topic, self.timeout)
+
+    def close(self) -> None:
+        self.done()
+        self._producer = None
+
+
+def read_catalog(cfg: KafkaConfig, topic: str, timeout: float = 30.0,
+                 refused: Refusals | None = None) -> Catalog:
+    """Every record of ``topic`` up to its high watermarks, applied in offset order; each
+    record that breaks the contract is counted (``Catalog.rejected``, ``reasons``) and told to
+    ``refused`` (none: only counted; :meth:`Refusals.done` at the end)."""
     from streams.kafka_io import UnknownTopic, consume_all, partition_ids
 
     cat = Catalog()
@@ -210,8 +321,12 @@ def read_catalog(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> Catalog
             cat.rejected += 1
             if len(cat.reasons) < 20:
                 cat.reasons.append(f"{topic}[{rec.partition}]@{rec.offset}: {got.reason}")
+            if refused is not None:
+                refused.refuse(rec, got.reason)
         else:
             cat.items[got.item_id] = got
+    if refused is not None:
+        refused.done()
     return cat
 
 
@@ -219,12 +334,15 @@ class CatalogFollower:
     """Tails the catalogue topic from its start, without blocking: :meth:`poll` returns the
     items that arrived (or changed) since the last call, the first call the whole catalogue.
     ``items`` keeps the current catalogue. The topic may not exist yet; it is looked for again
-    on each poll. Bad records are counted, as :func:`read_catalog` does."""
+    on each poll. Bad records are counted (``rejected``) and told to ``refused`` (by default a
+    :class:`RefusalLog`: warnings, capped), after each poll :meth:`Refusals.done`."""
 
-    def __init__(self, cfg: KafkaConfig, topic: str, max_records: int = 10_000) -> None:
+    def __init__(self, cfg: KafkaConfig, topic: str, max_records: int = 10_000,
+                 refused: Refusals | None = None) -> None:
         self.cfg, self.topic, self.max_records = cfg, topic, max_records
         self.items: dict[str, CatalogItem] = {}
         self.rejected = 0
+        self.refused: Refusals = refused if refused is not None else RefusalLog()
         self._consumer: Any = None
 
     def _assign(self) -> bool:
@@ -259,11 +377,15 @@ class CatalogFollower:
                         self.items.pop(key.decode(errors="replace"), None)
                         out.pop(key.decode(errors="replace"), None)
                 elif isinstance(got, Rejection):
+                    from streams.kafka_io import raw_record
+
                     self.rejected += 1
+                    self.refused.refuse(raw_record(m), got.reason)
                 else:
                     self.items[got.item_id] = got
                     out[got.item_id] = got
             msgs = self._consumer.consume(self.max_records, 0.0) if len(msgs) else []
+        self.refused.done()
         return list(out.values())
 
     def close(self) -> None:

@@ -82,3 +82,27 @@ def test_dataset_from_events_equals_written_and_loaded(tmp_path_factory, data) -
     for f in ("users", "offsets", "items", "ts", "item_ids", "item_cat"):
         assert np.array_equal(getattr(a, f), getattr(b, f)), f
     assert a.category_names == b.category_names
+
+
+def test_refusal_log_names_the_first_records_then_counts_the_rest(caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from streams.catalog import RefusalLog
+    from streams.kafka_io import RawRecord
+
+    refused = RefusalLog(cap=2)
+    recs = [RawRecord("items", 0, off, b"k", b"v", 0) for off in range(5)]
+    with caplog.at_level(logging.WARNING, logger="streams.catalog"):
+        for rec in recs[:4]:
+            refused.refuse(rec, f"bad {rec.offset}")
+        refused.refuse(recs[0], "bad 0")  # read again (a follower's first poll): told once
+        refused.done()
+        refused.refuse(recs[4], "bad 4")
+        refused.done()
+        refused.done()  # nothing new: nothing said
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["catalogue record items[0]@0 refused: bad 0",
+                    "catalogue record items[0]@1 refused: bad 1",
+                    "2 more catalogue record(s) refused (4 in all; the first 2 named above)",
+                    "1 more catalogue record(s) refused (5 in all; the first 2 named above)"]
+    assert refused.count == 5
