@@ -177,15 +177,23 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 @click.option("--keep-seen", is_flag=True,
               help="Keep the user's last seen items, which are left out by default (the "
                    "API's exclude_seen=false).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: the answer's fields with parallel lists (items, scores, "
+                   "categories, titles), not the API's items: [{item_id, score, category, "
+                   "title}].")
 @click.pass_context
 def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: int, mode: str,
                   delta: float | None, hour: int | None, device: str | None, keep_seen: bool,
                   as_json: bool) -> None:
     """Recommend for one user from the user's vectors in Redis and the index of their
-    snapshot (the same code path as `diam serve`, in process): the version the vectors belong
-    to while it is in the snapshot store, else the active one (a stale answer, which says so).
-    Every snapshot used has its files' hashes verified first, as `diam serve` does.
+    snapshot (the recommendation code of `diam serve`, in process): the version the vectors
+    belong to while it is in the snapshot store, else the active one (a stale answer, which
+    says so). Every snapshot used has its files' hashes verified first, as `diam serve` does.
+
+    Two differences from the API: a cold user gets the snapshot's training click counts,
+    where `diam serve --live-popularity` (its default) answers from the live click count of
+    the clicks topic, so the two lists can differ; and --json prints parallel lists (items,
+    scores, categories, titles), not the API's items: [{item_id, score, category, title}].
 
     --mode, --delta, --hour and --device are the API's mode, delta, hour and device. An option
     the chosen mode does not use is refused (the API ignores it; here it would only make two

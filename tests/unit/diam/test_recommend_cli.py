@@ -340,3 +340,13 @@ def test_a_title_cannot_forge_a_row_of_the_list(env, tmp_path) -> None:
                             "\\u2028x"), row
     body = json.loads(run("recommend", "u1", "--namespace", NS, "-n", "3", "--json").output)
     assert body["titles"] == [forged] * 3
+
+
+def test_help_says_how_the_answer_differs_from_the_apis() -> None:
+    """--help said "the same code path as `diam serve`": cold users are answered from the
+    snapshot's training counts here, the API's live click count there, and --json has another
+    shape than the API's; both are said."""
+    out = " ".join(CliRunner().invoke(main, ["recommend", "--help"]).output.split())
+    assert "the same code path" not in out
+    assert "training click counts" in out and "--live-popularity" in out
+    assert "parallel lists" in out and "items: [{item_id, score, category, title}]" in out
