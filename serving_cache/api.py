@@ -127,8 +127,9 @@ _UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 }
 UserId = Path(pattern=USER_ID_PATTERN,
               description=f"User id: 1..{USER_ID_MAX_LEN} of [{USER_ID_CHARS}]. The ids '.' "
-              "and '..' cannot be asked here: HTTP clients collapse them as path segments "
-              "(%2E too) before sending; /ui/api/user?id= and `diam recommend` reach them")
+              "and '..' are sent percent-encoded, %2E and %2E%2E (curl and HTTP libraries "
+              "send those as they are): as bare path segments clients collapse them, and "
+              "browsers collapse %2E too (the /ui page asks /ui/api/user?id=)")
 
 
 def _metrics(app_name: str) -> dict[str, Any]:

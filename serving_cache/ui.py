@@ -9,8 +9,8 @@
   public routes answer);
 - ``GET /ui/api/alerts?n=``: the drift monitor's latest ``n`` (1 to :data:`MAX_ALERTS`) alerts
   of the served namespace;
-- ``GET /ui/api/user?id=`` (and ``GET /ui/api/users/{id}``, which cannot reach the ids ``.``
-  and ``..``: clients collapse those path segments before sending): K_u, d_u, each interest's top items with their categories and
+- ``GET /ui/api/user?id=`` (and ``GET /ui/api/users/{id}``, by which a browser cannot ask
+  for the ids ``.`` and ``..``: it collapses those path segments, ``%2E`` too): K_u, d_u, each interest's top items with their categories and
   titles, the recommendation list with the d_u used (the same calls as the public routes) and
   the user's last drift events. Titles come from the catalogue and the training data, so this
   JSON carries no raw ``<``, ``>`` or ``&`` (:func:`html_safe_json`) and the page writes them as
@@ -545,7 +545,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         return user_view(user_id, n, top)
 
     # the page's route: the id as a query parameter, so that the ids "." and ".." (valid by
-    # the contract) reach the server; in a path, clients collapse them (/users/./ is /users/)
+    # the contract) reach the server; in a path, browsers collapse them, %2E included
     @app.get("/ui/api/user", include_in_schema=False, dependencies=known)
     def ui_user_by_query(user_id: str = Query(alias="id"),
                          n: int = Query(20, ge=1, le=MAX_N),

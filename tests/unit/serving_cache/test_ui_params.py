@@ -111,10 +111,19 @@ def test_a_broker_down_is_asked_again_only_after_a_back_off_logged_once(snapshot
 
 def test_the_schema_says_seen_is_repeated_and_which_ids_a_path_cannot_carry(client) -> None:
     """``seen=172,56`` is the one id "172,56" (item ids may hold commas): the schema says to
-    repeat the parameter; and that "." and ".." cannot be asked in the path, with where to."""
+    repeat the parameter; and how "." and ".." are asked in the path."""
     op = client.get("/openapi.json").json()["paths"]["/users/{user_id}/recommendations"]["get"]
     params = {p["name"]: p for p in op["parameters"]}
     assert "seen=A&seen=B" in params["seen"]["description"]
     assert "A comma is part of an id" in params["seen"]["description"]
-    assert "'..'" in params["user_id"]["description"]
+    assert "%2E%2E" in params["user_id"]["description"]
     assert "/ui/api/user?id=" in params["user_id"]["description"]
+
+
+@pytest.mark.parametrize("encoded, uid", [("%2E", "."), ("%2E%2E", ".."), ("%2e", ".")])
+def test_the_public_routes_reach_dot_ids_percent_encoded(client, encoded, uid) -> None:
+    """What README and the schema tell: percent-encoded, "." and ".." reach the public routes
+    (a client that sends the path as it is, as httpx and curl do)."""
+    for route in ("recommendations", "interests"):
+        r = client.get(f"/users/{encoded}/{route}")
+        assert r.status_code == 503 and r.json()["detail"].startswith("redis unavailable"), r.text
