@@ -16,6 +16,8 @@ catalogues compacted: the newest record per item is kept forever).
 'the item catalogue this command writes (--items-topic)'
 >>> side_topic_role(cfg, "diam.clicks") is None
 True
+>>> side_topic_role(cfg, "diam.deadletter.replay.k3")
+"a replay's own dead-letter topic (settings kafka.deadletter_topic + .replay.<namespace>)"
 >>> catalogue_role(cfg, "diam.clicks")
 'the configured clicks topic (settings kafka.clicks_topic)'
 >>> catalogue_role(cfg, "f.items") is None
@@ -27,13 +29,23 @@ from __future__ import annotations
 from streams.config import KafkaConfig
 from streams.kafka_io import TopicState, UnknownTopic, describe_topics
 
-__all__ = ["catalogue_refusal", "catalogue_role", "clicks_refusal", "not_for_catalogue",
-           "not_for_clicks", "side_topic_role"]
+__all__ = ["catalogue_refusal", "catalogue_role", "clicks_refusal", "input_refusal",
+           "not_for_catalogue", "not_for_clicks", "side_topic_role"]
 
 
 def side_topic_role(cfg: KafkaConfig, topic: str, catalogue: str | None = None) -> str | None:
-    """What ``topic`` is when it is one of the configured topics that are not clicks topics
-    (or ``catalogue``, a catalogue topic the command names itself), else None. Asks no broker."""
+    """What ``topic`` is when it is one of the configured topics that are not clicks topics, a
+    replay's own dead-letter or drift topic (``streams.replay.replay_topics``' names), or
+    ``catalogue`` (a catalogue topic the command names itself), else None. Asks no broker."""
+    from streams.replay import replay_topics  # its names' one owner (imports this module)
+
+    own = replay_topics(cfg, "")  # the prefixes: <topic>.replay.<namespace>
+    for prefix, what in ((own.deadletter_topic, "dead-letter topic (settings "
+                          "kafka.deadletter_topic + .replay.<namespace>)"),
+                         (own.drift_topic, "drift-event topic (settings kafka.drift_topic + "
+                          ".replay.<namespace>)")):
+        if topic.startswith(prefix) and len(topic) > len(prefix):
+            return f"a replay's own {what}"
     roles = {cfg.forgotten_topic: "the forget markers' topic (settings kafka.forgotten_topic)",
              cfg.models_topic: "the retrain decisions topic (settings kafka.models_topic)",
              cfg.alerts_topic: "the drift-alert topic (settings kafka.alerts_topic)",
@@ -78,6 +90,25 @@ def clicks_refusal(cfg: KafkaConfig, topic: str, state: TopicState | None,
         return (f"{topic} is compacted (cleanup.policy={policy}), as no clicks topic is: a "
                 "record keyed by a user id there replaces (a tombstone: deletes) whatever "
                 "record has that id as its key, an item of a catalogue")
+    return None
+
+
+def input_refusal(cfg: KafkaConfig, topic: str, timeout: float = 30.0) -> str | None:
+    """Why ``topic`` must not be read as clicks (``diam run``, ``diam replay``, ``diam train
+    --topic``), in one line naming it and what it is, or None when it may: a configured side
+    topic or a replay's own (:func:`side_topic_role`), refused without asking the broker, or
+    an existing topic the broker reports compacted (a catalogue, forget markers). Every record
+    of those would be a dead letter, and the dead-letter topic read as clicks feeds itself
+    without end. A topic that does not exist passes (each command says so in its own words).
+    Raises the Kafka client's errors when the broker does not answer."""
+    role = side_topic_role(cfg, topic)
+    if role is not None:
+        return f"{topic} is {role}, not a clicks topic: nothing was read or written"
+    state = describe_topics(cfg, [topic], timeout=timeout)[topic]
+    policy = "" if state is None else state.config.get("cleanup.policy", "")
+    if "compact" in policy.split(","):
+        return (f"{topic} is compacted (cleanup.policy={policy}), as no clicks topic is (an "
+                "item catalogue or forget markers, most likely): nothing was read or written")
     return None
 
 
