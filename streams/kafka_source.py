@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
@@ -191,6 +192,10 @@ SourceSnapshot = tuple[int, int]
 clock)`` (see :attr:`RawRecord.clock_ms`; a store written before the clock was kept holds the
 offset alone, and the clock then restarts from the first record read)."""
 
+Accepts = Callable[[list[RawRecord]], list[bool]]
+"""Which of some records the dataflow accepts (a click or a forget) rather than dead-letters:
+``streams.online.record_accepts``, the dataflow's own judge."""
+
 
 class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
     def __init__(self, source: ClickSource, shared: _SharedConsumer, part: int, start: int,
@@ -201,6 +206,7 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
         self._next = start
         self._clock = clock
         self._batch = source.batch_size
+        self._accepts = source.accepts
         self._buf = shared.add(part, start)
 
     def next_batch(self) -> list[RawRecord]:
@@ -222,6 +228,7 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
                 return []
         out: list[RawRecord] = []
         clock = self._clock
+        rises: list[int] = []  # the records that moved the clock
         while buf and len(out) < self._batch:
             m = buf.popleft()
             off = m.offset()  # always set on a consumed, error-free message
@@ -233,9 +240,12 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
             ts = m.timestamp()[1]
             if ts > clock:
                 clock = ts
+                rises.append(len(out))
             out.append(RawRecord(self._topic, self._part, off, _bytes(m.key()), _bytes(m.value()),
                                  ts, clock))
             self._next = off + 1
+        if rises and self._accepts is not None:
+            clock = _accepted_clock(out, rises, self._clock, self._accepts)
         self._clock = clock
         return out
 
@@ -251,6 +261,40 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
 
     def close(self) -> None:
         self._release()
+
+
+def _accepted_clock(out: list[RawRecord], rises: list[int], start: int, accepts: Accepts) -> int:
+    """Make ``out``'s clocks those of the records ``accepts`` takes (the dataflow's judge) and
+    return the clock after them. A record the dataflow dead-letters says nothing about the
+    partition's time: its timestamp (up to an hour ahead, the broker's
+    ``message.timestamp.after.max.ms``) would make every user of the partition idle
+    (``FlowConfig.evict_idle_s``). Only the records that moved the clock (``rises``) are
+    judged here, once per batch: in the common batch, where all of them are accepted, ``out``
+    stays as it was read. Each refused one is taken out and the clock recomputed; a record it
+    hid that now moves the clock is judged in turn."""
+    judged = set(rises)
+    refused = {i for i, ok in zip(rises, accepts([out[i] for i in rises]), strict=True) if not ok}
+    if not refused:
+        return out[-1].clock_ms
+    while True:
+        clock, new = start, []
+        for i, rec in enumerate(out):
+            if rec.ts_ms > clock and i not in refused:
+                clock = rec.ts_ms
+                if i not in judged:
+                    new.append(i)
+        if not new:
+            break
+        judged.update(new)
+        refused.update(i for i, ok in zip(new, accepts([out[i] for i in new]), strict=True)
+                       if not ok)
+    clock = start
+    for i, rec in enumerate(out):
+        if rec.ts_ms > clock and i not in refused:
+            clock = rec.ts_ms
+        if rec.clock_ms != clock:
+            out[i] = rec._replace(clock_ms=clock)
+    return clock
 
 
 class RecoveryMismatch(RuntimeError):
@@ -279,6 +323,10 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
     kept) and :attr:`grown` says ``(was, now)``: clicks are keyed by user, so some users' new
     clicks now land on new partitions, whose offsets their state cannot order
     (``streams.runner`` then refuses to go on). It never reads the new partitions.
+
+    ``accepts``: which records the dataflow accepts (:data:`Accepts`); the partition's event
+    clock (:attr:`RawRecord.clock_ms`) then moves on those only, never on a record that is
+    dead-lettered (None: on every record).
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
@@ -286,8 +334,9 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
                  batch_size: int = 1000, partitions: list[int] | None = None,
                  stop: threading.Event | None = None,
                  health: BrokerHealth | None = None, watch: bool = False,
-                 partition_count: int | None = None) -> None:
+                 partition_count: int | None = None, accepts: Accepts | None = None) -> None:
         self.cfg, self.topic = cfg, topic
+        self.accepts = accepts
         self.health = health or BrokerHealth(cfg.bootstrap)
         self.watch = watch and not bounded and end is None
         # a watching source stops itself when the topic's partition count grows

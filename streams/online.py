@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 __all__ = ["Counts", "DeadLetter", "FlowSinks", "FlowStats", "Forget", "Learn", "LearnerHolder",
            "Verdicts", "build_flow", "deadletter_record", "drift_record", "forget_target",
-           "record_judge"]
+           "record_accepts", "record_judge"]
 
 
 class Learn(NamedTuple):
@@ -468,6 +468,17 @@ def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
             append(DeadLetter(rec, ev.reason))
         return out, rejected, forgets
     return judge
+
+
+def record_accepts(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[bool]]:
+    """:func:`record_judge`'s verdicts as accepted (a click or a forget) or not (a dead
+    letter): what moves a partition's event clock (``streams.kafka_source.ClickSource``'s
+    ``accepts``), so that a refused record's timestamp never makes the partition's users idle."""
+    judge = record_judge(cfg)
+
+    def accepts(recs: list[RawRecord]) -> list[bool]:
+        return [type(v) is not DeadLetter for v in judge(recs)[0]]
+    return accepts
 
 
 def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats

@@ -386,3 +386,39 @@ def test_a_re_created_topic_s_reject_is_listed_not_called_a_copy(stack, topic, n
     assert [(r["offset"], r["value"], r["copies"]) for r in got] == [
         (0, b"\xc1 old", 1), (0, b"\xc1 new", 1)]
     assert [r.get("topic_id") for r in got] == ids
+
+
+@pytest.mark.partitions(1)
+def test_a_rejected_record_s_future_timestamp_does_not_make_users_idle(
+        stack, new_topic, redis_client) -> None:
+    """With eviction on, the partition's event clock (``RawRecord.clock_ms``) decides idleness:
+    a garbage record stamped 50 minutes ahead (the broker accepts up to an hour) is refused, so
+    it must not move the clock, or every user of the partition would start over at their next
+    click. The same clicks with the garbage record stamped as its neighbours: the same bytes."""
+    from confluent_kafka import Producer
+
+    flow = FLOW.model_copy(update={"evict_idle_s": 1800.0})
+    payloads = click_payloads(click_stream(n_users=6, n_events=400, seed=9))
+    now = int(time.time() * 1000)
+    spaces, topics = [], []
+    for ahead_ms in (50 * 60_000, 0):
+        topic = new_topic(1)
+        p = Producer(stack.settings.kafka.client_config())
+        for i, (key, value) in enumerate(payloads[:200] + [(b"u0", b"\xc1 bad")] + payloads[200:]):
+            p.produce(topic, key=key, value=value, timestamp=now + (ahead_ms if i == 200 else 0))
+        assert p.flush(30) == 0
+        for side in (f"{topic}.dlq", f"{topic}.drift"):
+            ensure_topic(stack.settings.kafka, side, partitions=1)
+        ns = f"{topic}-ns"
+        stats = FlowStats()
+        run_online(dataclasses.replace(_job(stack, topic, ns), flow=flow), _holder(), stats)
+        assert stats.as_dict()["rejected"] == 1
+        spaces.append(ns)
+        topics.append(topic)
+    try:
+        got = [redis_state(redis_client, ns) for ns in spaces]
+        assert len(got[0]) == 6 and got[0] == got[1]
+    finally:
+        for ns in spaces:
+            for k in redis_client.scan_iter(match=f"diam:{ns}:*"):
+                redis_client.delete(k)

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections import deque
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from streams.config import KafkaConfig
 from streams.kafka_source import ClickSource
 
 
 class _Msg:
-    def __init__(self, offset: int, ts: int) -> None:
-        self._offset, self._ts = offset, ts
+    def __init__(self, offset: int, ts: int, value: bytes = b"{}") -> None:
+        self._offset, self._ts, self._value = offset, ts, value
 
     def offset(self) -> int:
         return self._offset
@@ -22,7 +25,7 @@ class _Msg:
         return b"u"
 
     def value(self) -> bytes:
-        return b"{}"
+        return self._value
 
     def timestamp(self) -> tuple[int, int]:
         return 1, self._ts
@@ -43,8 +46,8 @@ class _Shared:
         pass
 
 
-def _source(records: dict[int, list[_Msg]]) -> ClickSource:
-    src = ClickSource(KafkaConfig(), "t", batch_size=2)
+def _source(records: dict[int, list[_Msg]], batch_size: int = 2, accepts=None) -> ClickSource:  # type: ignore[no-untyped-def]
+    src = ClickSource(KafkaConfig(), "t", batch_size=batch_size, accepts=accepts)
     src._marks = {p: (0, 100) for p in records}
     shared = _Shared(records)
     src._consumer = lambda part: shared  # type: ignore[method-assign]
@@ -70,3 +73,41 @@ def test_a_snapshot_holding_the_offset_alone_resumes_with_the_clock_restarted() 
     assert [(r.offset, r.clock_ms) for r in part.next_batch()] == [(6, 3_000), (7, 3_000)]
     fresh = _source({0: msgs}).build_part("in", "0-t", None)
     assert [r.clock_ms for r in fresh.next_batch()] == [1_000, 3_000]
+
+
+def _refuse_bad(recs: list) -> list[bool]:  # type: ignore[type-arg]
+    return [r.value != b"bad" for r in recs]
+
+
+def test_a_refused_record_does_not_move_the_clock() -> None:
+    msgs = [_Msg(0, 1_000), _Msg(1, 9_000, b"bad"), _Msg(2, 2_000), _Msg(3, 8_000, b"bad"),
+            _Msg(4, 3_000)]
+    part = _source({0: msgs}, batch_size=10, accepts=_refuse_bad).build_part("in", "0-t", None)
+    assert [r.clock_ms for r in part.next_batch()] == [1_000, 1_000, 2_000, 2_000, 3_000]
+    assert part.snapshot() == (5, 3_000)
+
+
+@given(st.lists(st.tuples(st.integers(-1, 50), st.booleans()), max_size=40),
+       st.integers(1, 7), st.integers(-1, 20))
+@settings(max_examples=300, deadline=None)
+def test_the_clock_is_the_running_maximum_of_the_accepted_timestamps(
+        recs: list[tuple[int, bool]], batch: int, start: int) -> None:
+    msgs = [_Msg(i, ts, b"{}" if ok else b"bad") for i, (ts, ok) in enumerate(recs)]
+    part = _source({0: msgs}, batch_size=batch, accepts=_refuse_bad).build_part(
+        "in", "0-t", (0, start))
+    got = []
+    while len(got) < len(msgs):
+        got += part.next_batch()
+    want, clock = [], start
+    for ts, ok in recs:
+        if ok and ts > clock:
+            clock = ts
+        want.append(clock)
+    assert [r.clock_ms for r in got] == want and part.snapshot() == (len(msgs), clock)
+    # without refusals, the clocks are exactly those of a source that judges nothing
+    plain = _source({0: [_Msg(i, ts) for i, (ts, _) in enumerate(recs)]}, batch_size=batch)
+    judged = _source({0: [_Msg(i, ts) for i, (ts, _) in enumerate(recs)]}, batch_size=batch,
+                     accepts=_refuse_bad)
+    a, b = plain.build_part("in", "0-t", (0, start)), judged.build_part("in", "0-t", (0, start))
+    for _ in range(len(msgs)):
+        assert a.next_batch() == b.next_batch()
