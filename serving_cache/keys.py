@@ -14,7 +14,8 @@ __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "va
            "user_in_every_namespace", "namespace_of_key", "generation_key", "node_generation_key",
            "namespace_pattern",
            "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
-           "FORGOTTEN_ADOPTED_BY", "FORGOTTEN_HELD", "base_key", "added_key", "partitions_key"]
+           "FORGOTTEN_ADOPTED_BY", "FORGOTTEN_HELD", "base_key", "added_key", "partitions_key",
+           "claim_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -155,6 +156,18 @@ def partitions_key(ns: str) -> str:
     'diam:replay-1:partitions'
     """
     return f"diam:{validate_namespace(ns)}:partitions"
+
+
+def claim_key(ns: str) -> str:
+    """The key a ``diam replay`` sets (``SET NX``, its holder's description as the value) for as
+    long as it writes namespace ``ns``: a second replay, or a ``diam run``, into ``ns`` is
+    refused meanwhile. Released by the replay when it ends; ``diam drop`` deletes it with the
+    rest (a replay killed without its release).
+
+    >>> claim_key("replay-1")
+    'diam:replay-1:claim'
+    """
+    return f"diam:{validate_namespace(ns)}:claim"
 
 
 _TOPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

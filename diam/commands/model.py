@@ -347,6 +347,10 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     _device_of(device)  # refuse a bad --device before the corpus is read
     s = get_settings(click.get_current_context())
     dim = train_dim(dim, s.online)
+    if topic is not None:  # a side topic's records are no clicks (streams.clicks_topic)
+        from diam.commands.run import refuse_input
+
+        refuse_input(s, topic)
     if out is None:  # where the snapshot watcher looks (one owner: snapshot.trainer_dir)
         out = Path(s.snapshot.trainer_dir) / model_name
     try:

@@ -58,7 +58,8 @@ REPLAY_AGAIN = ("replay it into a fresh namespace, or into this one with --clear
               help="Build a co-occurrence base from this prepared dataset (instead of the active "
                    "snapshot; no snapshot needed).")
 @click.option("--clear", is_flag=True,
-              help="Delete the namespace's keys first (required when it holds an earlier run).")
+              help="Delete the namespace's keys first (required when it holds an earlier run); "
+                   "refused, nothing deleted, when the range selects no record or was clamped.")
 @click.option("-w", "--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Worker threads.")
 @progress_option()
@@ -83,27 +84,20 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     diam.deadletter.replay.NS` lists a replay's rejects. The namespace records the topic's
     partition count, as `diam run` does (diam:<namespace>:partitions): a namespace recorded
     with another count of the topic is refused before anything is written (--clear deletes the
-    record with the rest). Compare with `diam diff live <namespace>`.
+    record with the rest). While it runs, a replay holds its namespace (diam:<namespace>:claim,
+    set before the base is loaded): a second replay or a `diam run` into it is refused, naming
+    it; `diam drop` deletes the claim a killed replay left. Configured side topics (dead-letter,
+    drift, alerts, models, forget markers, catalogue), a replay's own topics and compacted
+    topics are refused as input before anything is written. Compare with `diam diff live
+    <namespace>`.
     """
     import redis
-    from confluent_kafka import KafkaException
 
     from diam.app import load_holder, one_base
-    from diam.commands.run import check_namespace_partitions, require_broker
+    from diam.commands.run import refuse_input, require_broker
     from serving_cache import redis_client
-    from serving_cache.forgotten import MarkersUnusable, check_marker_keys
-    from serving_cache.namespaces import drop_namespace, namespace_in_use
-    from streams.forget_markers import topic_id
-    from streams.kafka_io import UnknownTopic
-    from streams.replay import (
-        TIME_BOUNDS_HINT,
-        ReplayError,
-        check_namespace,
-        parse_bound,
-        resolve_range,
-        run_replay,
-    )
-    from streams.runner import TopicRepartitioned
+    from serving_cache.keys import claim_key
+    from streams.replay import ReplayError, check_namespace, parse_bound
 
     s = get_settings(ctx)
     topic = topic if topic is not None else s.kafka.clicks_topic
@@ -121,6 +115,107 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         load_holder(s, snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data,
                     hot_reload=False)
         raise
+    refuse_input(s, topic)  # a side topic, a replay's own, a compacted one: nothing written
+    client = redis_client(s.redis)
+    claim = _claim(s, client, namespace)
+    try:
+        report, holder, rng, grown = _replay_claimed(
+            s, client, claim, topic, start, end, from_, to, namespace, snapshot, checkpoint,
+            base_from_data, clear, workers, progress, as_json)
+    finally:
+        try:
+            _release(client, namespace, claim)
+        except redis.RedisError as exc:
+            click.echo(f"warning: the namespace's claim {claim_key(namespace)} was not "
+                       f"released ({exc}): `diam drop {namespace}` deletes it", err=True)
+        client.close()
+    if as_json:
+        click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
+                               "new_items": grown,
+                               "start": rng.start, "end": rng.end, "records": report.records,
+                               "valid": report.valid, "forgets": report.forgets,
+                               "users": report.users,
+                               "deadlettered": report.deadlettered,
+                               "drift_events": report.drift_events, "pushes": report.pushes,
+                               "forgotten_pushes": report.forgotten_pushes,
+                               "wall_s": round(report.wall_s, 3)}))
+    else:
+        for line in report.lines():
+            click.echo(line)
+
+
+def _claim(s: Settings, client: Any, namespace: str) -> str:
+    """Claim ``namespace`` for this replay (``SET NX`` of ``serving_cache.keys.claim_key``),
+    returning the value that names this replay; a namespace another replay holds is an
+    ``Error:`` naming it. Two replays started together would otherwise both find the namespace
+    fresh (the generation marker comes with the first write) and leave a mix of both ranges.
+    A claim of a replay killed before its release stays: ``diam drop`` deletes it."""
+    import os
+    import socket
+    import uuid
+
+    import redis
+
+    from serving_cache.keys import claim_key
+
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    ours = (f"diam replay pid {os.getpid()} on {socket.gethostname()} since {now} "
+            f"({uuid.uuid4().hex[:8]})")
+    try:
+        if client.set(claim_key(namespace), ours, nx=True):
+            return ours
+        held = client.get(claim_key(namespace))
+    except redis.RedisError as exc:
+        raise redis_unusable(s, exc) from None
+    holder = "another replay" if held is None else held.decode(errors="replace")
+    raise click.ClickException(
+        f"namespace {namespace!r} is held by {holder} ({claim_key(namespace)}): wait for it to "
+        f"end, or replay into another namespace; if that process is gone, `diam drop "
+        f"{namespace}` deletes the namespace with its claim")
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+"""Delete the claim only while it is this replay's (a ``diam drop`` and another replay may have
+taken it since)."""
+
+
+def _holds_keys(client: Any, namespace: str) -> bool:
+    """Whether ``--clear`` would delete a key of ``namespace`` (besides this replay's claim): a
+    range of no record, or a clamped one, must not cost a namespace its keys; a fresh one has
+    none to lose."""
+    from serving_cache.keys import claim_key, namespace_pattern
+
+    own = claim_key(namespace).encode()
+    return any(k != own for k in client.scan_iter(match=namespace_pattern(namespace), count=1000))
+
+
+def _release(client: Any, namespace: str, claim: str) -> None:
+    from serving_cache.keys import claim_key
+
+    client.eval(_RELEASE, 1, claim_key(namespace), claim)
+
+
+def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any, end: Any,
+                    from_: str | None, to: str | None, namespace: str, snapshot: str | None,
+                    checkpoint: str | None, base_from_data: str | None, clear: bool,
+                    workers: int, progress: bool, as_json: bool) -> tuple[Any, Any, Any, int]:
+    """``diam replay`` once its namespace is claimed: the base, the range, the checks, the
+    ``--clear`` and the run; returns (report, holder, range, items grown)."""
+    import redis
+    from confluent_kafka import KafkaException
+
+    from diam.app import load_holder
+    from diam.commands.run import check_namespace_partitions
+    from serving_cache.forgotten import MarkersUnusable, check_marker_keys
+    from serving_cache.keys import claim_key
+    from serving_cache.namespaces import drop_namespace, namespace_in_use
+    from streams.forget_markers import topic_id
+    from streams.kafka_io import UnknownTopic
+    from streams.preflight import ServiceConfigError
+    from streams.redis_sink import RedisWriteFailed
+    from streams.replay import TIME_BOUNDS_HINT, ReplayError, resolve_range, run_replay
+    from streams.runner import TopicRepartitioned
+
     # a fixed base for the whole replay (hot reload would make the result depend on timing),
     # grown at the start with the new items a live run starting now would take (diam.app)
     holder = load_holder(s, snapshot=snapshot, checkpoint=checkpoint, base_from_data=base_from_data,
@@ -133,10 +228,20 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise click.BadParameter(str(exc), param_hint="--topic") from None
     except (KafkaException, RuntimeError) as exc:
         raise click.ClickException(f"cannot read topic {topic!r} at {s.kafka.bootstrap}: {exc}") from None
-    # the range is checked before --clear deletes anything: a typo in --from/--to must not
-    # cost the namespace someone was about to `diam diff`
-    client = redis_client(s.redis)
+    # the range is checked, and said, before --clear deletes anything: a typo in --from/--to
+    # must not cost the namespace someone was about to `diam diff`
+    for line in rng.clamped:
+        click.echo(f"warning: {line}", err=True)
+    if rng.size == 0:
+        timed = any(b is not None and b.time_ms is not None for b in (start, end))
+        click.echo(f"warning: {_empty_range_note(s.kafka, rng, from_, to)}"
+                   + (f" ({TIME_BOUNDS_HINT})" if timed else ""), err=True)
     try:
+        if clear and (rng.size == 0 or rng.clamped) and _holds_keys(client, namespace):
+            raise click.ClickException(
+                f"--clear refused: the range {'selects no record' if rng.size == 0 else 'was clamped'} "
+                f"(warnings above), and namespace {namespace!r} was not touched; give a range of "
+                "the topic's records")
         # the markers' keys are checked before --clear too: a key of another type refuses the
         # replay (streams.runner, at its start), and it must not have cost the namespace first
         check_marker_keys(client, topic, topic_id(s.kafka, topic))
@@ -147,7 +252,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                 f"first, or `diam drop {namespace}` (write-if-newer would otherwise keep its "
                 "newer entries)")
         if clear:  # every key, a namespace's records without users too (the partition count)
-            n = drop_namespace(client, namespace)
+            n = drop_namespace(client, namespace) - 1  # not counting this replay's claim
+            if not client.set(claim_key(namespace), claim, nx=True):  # taken in between
+                raise click.ClickException(
+                    f"namespace {namespace!r} was claimed by another replay while this one "
+                    "cleared it; this one stops")
             if n or in_use:
                 click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
         # the one rule of `diam run` (the count the namespace's values were learnt from): a
@@ -162,12 +271,6 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
-    for line in rng.clamped:
-        click.echo(f"warning: {line}", err=True)
-    if rng.size == 0:
-        timed = any(b is not None and b.time_ms is not None for b in (start, end))
-        click.echo(f"warning: {_empty_range_note(s.kafka, rng, from_, to)}"
-                   + (f" ({TIME_BOUNDS_HINT})" if timed else ""), err=True)
     # items the base was grown with at the start (catalogue, click-first): part of what the
     # replay's bytes depend on, besides the version
     base = getattr(holder.learner, "base", None)
@@ -175,9 +278,6 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     if not as_json:
         click.echo(f"replay {topic} {rng.describe()} ({rng.size:,} records) -> ns={namespace} "
                    f"base={holder.version}" + (f" +{grown} new items" if grown else ""), err=True)
-    from streams.preflight import ServiceConfigError
-    from streams.redis_sink import RedisWriteFailed
-
     try:
         report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
                             progress=progress)
@@ -189,19 +289,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise click.ClickException(
             f"{exc.what} and the replay stopped; the namespace holds a part of the range: fix the "
             "cause and replay it again with --clear") from None
-    if as_json:
-        click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
-                               "new_items": grown,
-                               "start": rng.start, "end": rng.end, "records": report.records,
-                               "valid": report.valid, "forgets": report.forgets,
-                               "users": report.users,
-                               "deadlettered": report.deadlettered,
-                               "drift_events": report.drift_events, "pushes": report.pushes,
-                               "forgotten_pushes": report.forgotten_pushes,
-                               "wall_s": round(report.wall_s, 3)}))
-    else:
-        for line in report.lines():
-            click.echo(line)
+    return report, holder, rng, grown
 
 
 def _empty_range_note(kafka: KafkaConfig, rng: ReplayRange, from_: str | None, to: str | None

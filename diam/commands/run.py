@@ -161,6 +161,47 @@ def require_broker(settings: Settings) -> None:
     raise kafka_unusable(settings, TimeoutError(f"no answer within {BROKER_ANSWER_S:g} s"))
 
 
+def refuse_input(settings: Settings, topic: str) -> None:
+    """Refuse ``topic`` as the clicks input of ``diam run``, ``diam replay`` or ``diam train
+    --topic`` when ``streams.clicks_topic.input_refusal`` (the one rule) does: a side topic (the
+    dead-letter topic read as clicks feeds itself without end), a replay's own, a compacted
+    one. An ``Error:`` naming it, before anything is written."""
+    from confluent_kafka import KafkaException
+
+    from streams import input_refusal
+
+    try:
+        refused = input_refusal(settings.kafka, topic)
+    except (KafkaException, RuntimeError) as exc:
+        raise kafka_unusable(settings, exc) from None
+    if refused is not None:
+        raise click.BadParameter(refused, param_hint="--topic")
+
+
+def refuse_replay_held(settings: Settings, ns: str) -> None:
+    """Refuse a run into namespace ``ns`` while a ``diam replay`` holds it
+    (``serving_cache.keys.claim_key``): the two would write a mix of both."""
+    import redis
+
+    from serving_cache import redis_client
+    from serving_cache.keys import claim_key
+
+    client = redis_client(settings.redis)
+    try:
+        holder = client.get(claim_key(ns))
+    except redis.RedisError as exc:
+        raise redis_unusable(settings, exc) from None
+    finally:
+        client.close()
+    if holder is not None:
+        if isinstance(holder, bytes):
+            holder = holder.decode(errors="replace")
+        raise click.ClickException(
+            f"namespace {ns!r} is held by {holder} "
+            f"({claim_key(ns)}): wait for it to end, or run into another namespace; if that "
+            f"process is gone, `diam drop {ns}` deletes the namespace with its claim")
+
+
 def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
     """``--addresses`` as a list, checked against ``--process-id``: a cluster needs both, the
     id must index the list (a process that guessed its place would read no partition, or
@@ -369,6 +410,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
                     namespace=job.namespace, topic=job.topic, hot_reload=False)
         raise
+    refuse_input(s, job.topic)  # before anything reads or writes (the markers' hash, a record)
+    refuse_replay_held(s, job.namespace)
     # the store's growth log: the order of the new items its users' rows refer to
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
                          namespace=job.namespace, topic=job.topic, growth=job.growth, stop=stop)
