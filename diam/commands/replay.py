@@ -473,8 +473,8 @@ def _bases(result: NamespaceDiff,
     out: dict[str, Any] = {
         "bases_a": sorted({u.model_a for u in result.users}),
         "bases_b": sorted({u.model_b for u in result.users}),
-        "base_a": None if result.base_a is None else result.base_a.fields(),
-        "base_b": None if result.base_b is None else result.base_b.fields(),
+        "base_a": None if result.base_a is None else result.base_a.typed(),
+        "base_b": None if result.base_b is None else result.base_b.typed(),
         "different_bases": len(apart), "bases_note": None}
     notes = list(result.base_problems)
     if apart:

@@ -412,11 +412,20 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         raise
     refuse_input(s, job.topic)  # before anything reads or writes (the markers' hash, a record)
     refuse_replay_held(s, job.namespace)
+    # refused catalogue records: dead-lettered by one process of a cluster (each reads the
+    # whole catalogue), the others log them (streams.catalog's default)
+    from streams.catalog import CatalogDeadLetters
+
+    catalog_refused = (CatalogDeadLetters(s.kafka, s.flow.deadletter_max_bytes, job.namespace)
+                       if not process_id else None)
     # the store's growth log: the order of the new items its users' rows refer to
     holder = load_holder(s, checkpoint=checkpoint, base_from_data=base_from_data,
-                         namespace=job.namespace, topic=job.topic, growth=job.growth, stop=stop)
+                         namespace=job.namespace, topic=job.topic, growth=job.growth, stop=stop,
+                         catalog_refused=catalog_refused)
     # its followers (the click-first reader's thread, the catalogue's and the clicks' consumers)
     # stop when the command ends, however: done, refused, failed or interrupted
+    if catalog_refused is not None:
+        ctx.call_on_close(catalog_refused.close)  # after the holder's (LIFO): the deliveries
     ctx.call_on_close(holder.close)
 
     def waiting() -> str | None:
@@ -481,6 +490,10 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     # CPU seconds of this process (all its threads): on a machine shared with the broker and
     # Redis, records per CPU second says what the dataflow costs, records/s what it got
     click.echo(summary_line("stopped" if stop.is_set() or grown else "done", st, dt, cpu))
+    if catalog_refused is not None and catalog_refused.count:
+        click.echo(f"catalogue: {catalog_refused.count} refused record(s) of "
+                   f"{s.kafka.items_topic} dead-lettered to {s.kafka.deadletter_topic} (`diam "
+                   f"deadletters --source-topic {s.kafka.items_topic}`)", err=True)
     if st["stale_pushes"]:
         click.echo(stale_warning(int(st["stale_pushes"]), job.namespace, int(st["resumed"])),
                    err=True)
@@ -507,15 +520,24 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     """List rejected events with their reason, source topic, partition and offset, and the
     Redis namespace of the run that refused them (ns=...).
 
-    Runs into several namespaces share the dead-letter topic (a replay has its own): each run
-    refuses a bad record once, so one record can be listed once per namespace; the copies a
-    resumed run or a second run into the same namespace wrote are counted, not listed. The count covers
-    every record in the topic (or from --source-topic, or --namespace); the list shows the last
-    N by the time they were dead-lettered, across the topic's partitions."""
+    Runs into several namespaces share the dead-letter topic; a replay has its own, which
+    --namespace of a replay reads by default. Each run refuses a bad record once, so one record
+    can be listed once per namespace; the copies a resumed run or a second run into the same
+    namespace wrote (the same record: source topic and its Kafka id, partition, offset,
+    namespace) are counted, not listed. The count covers every record in the topic (or from
+    --source-topic, or --namespace); the list shows the last N by the time they were
+    dead-lettered, across the topic's partitions."""
     from streams.kafka_io import UnknownTopic, read_deadletters
 
     s = get_settings(ctx)
-    name = topic if topic is not None else s.kafka.deadletter_topic
+    if topic is not None:
+        name = topic
+    elif namespace is not None:  # a replay's own topic, if it is one
+        from streams.replay import namespace_topics
+
+        name = namespace_topics(s.kafka, namespace).deadletter_topic
+    else:
+        name = s.kafka.deadletter_topic
     try:
         # a stalled read ends in `Error:` (diam.cli)
         recs = read_deadletters(s.kafka, name, namespace=namespace)

@@ -101,7 +101,7 @@ def test_live_run_and_replay_of_a_topic_with_new_items_write_the_same_bytes(
         # both namespaces record the one base they learnt on: the version and its grown table
         record = BaseRecord.of(version, base.item_ids, added=2)
         assert read_base(redis_client, ns_live) == read_base(redis_client, ns_replay) == record
-        assert body["base_a"] == body["base_b"] == record.fields() and body["bases_note"] is None
+        assert body["base_a"] == body["base_b"] == record.typed() and body["bases_note"] is None
 
         # a run started after one more catalogue item was published learns on a larger table:
         # its values differ, and diff says why (the labels name one version on both sides)
@@ -119,8 +119,7 @@ def test_live_run_and_replay_of_a_topic_with_new_items_write_the_same_bytes(
                 "added") in res.stderr
         body = json.loads(_cli(s, "diff", ns_late, ns_replay, "--json").output)
         assert body["different_bases"] == 12 - body["identical"] > 0
-        assert (body["base_a"]["items"], body["base_b"]["items"]) == (str(N_ITEMS + 3),
-                                                                      str(N_ITEMS + 2))
+        assert (body["base_a"]["items"], body["base_b"]["items"]) == (N_ITEMS + 3, N_ITEMS + 2)
 
         # a run whose base took an item after its start (a tailing run's reload check; here
         # the holder's first check, before any event) records it: the note names it
