@@ -209,7 +209,8 @@ class FlowConfig(BaseModel):
     """A user idle this many seconds starts over from the base, like a new one, and is
     dropped from the dataflow's state (memory and recovery store); None (the default) keeps
     every user. Idleness is read on the event clock of the user's partition (the largest Kafka
-    record timestamp up to a record, ``RawRecord.clock_ms``), not the wall clock, so a replay
+    record timestamp up to a record, of the records the dataflow accepts: a dead-lettered one
+    moves nothing; ``RawRecord.clock_ms``), not the wall clock, so a replay
     of the topic learns what the live run learnt: a click that comes this long after the
     user's previous one on that clock starts over, whether or not the user had been dropped.
     The user's vectors stay in Redis (see ``RedisConfig.user_ttl_s`` to expire them too). A

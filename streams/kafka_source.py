@@ -269,25 +269,15 @@ def _accepted_clock(out: list[RawRecord], rises: list[int], start: int, accepts:
     partition's time: its timestamp (up to an hour ahead, the broker's
     ``message.timestamp.after.max.ms``) would make every user of the partition idle
     (``FlowConfig.evict_idle_s``). Only the records that moved the clock (``rises``) are
-    judged here, once per batch: in the common batch, where all of them are accepted, ``out``
-    stays as it was read. Each refused one is taken out and the clock recomputed; a record it
-    hid that now moves the clock is judged in turn."""
-    judged = set(rises)
-    refused = {i for i, ok in zip(rises, accepts([out[i] for i in rises]), strict=True) if not ok}
-    if not refused:
+    judged first, in one call: in the common batch, where all of them are accepted, ``out``
+    stays as it was read. When one is refused, every record after the batch's start clock is
+    judged, in one more call, and the clocks are one running maximum over the accepted ones:
+    two judge calls and two passes at most, however many records are refused (a pass per
+    refused record was quadratic in a batch of garbage sharing one timestamp)."""
+    if all(accepts([out[i] for i in rises])):
         return out[-1].clock_ms
-    while True:
-        clock, new = start, []
-        for i, rec in enumerate(out):
-            if rec.ts_ms > clock and i not in refused:
-                clock = rec.ts_ms
-                if i not in judged:
-                    new.append(i)
-        if not new:
-            break
-        judged.update(new)
-        refused.update(i for i, ok in zip(new, accepts([out[i] for i in new]), strict=True)
-                       if not ok)
+    later = [i for i, rec in enumerate(out) if rec.ts_ms > start]
+    refused = {i for i, ok in zip(later, accepts([out[i] for i in later]), strict=True) if not ok}
     clock = start
     for i, rec in enumerate(out):
         if rec.ts_ms > clock and i not in refused:
