@@ -250,10 +250,13 @@ class RefusalLog:
 
 
 class CatalogDeadLetters:
-    """``diam run``'s refusals: each refused catalogue record sent once to the dead-letter
-    topic (``kafka.deadletter_topic``) in the dataflow's form
-    (:func:`streams.online.deadletter_record`: the reason, the source topic, partition and
-    offset, the run's ``namespace``), and logged as :class:`RefusalLog` does. ``count``: the
+    """``diam run``'s refusals: each refused catalogue record sent once per run to the
+    dead-letter topic (``kafka.deadletter_topic``) in the dataflow's form
+    (:func:`streams.online.deadletter_record`: the reason, the source topic, its Kafka id,
+    partition and offset, the run's ``namespace``), and logged as :class:`RefusalLog` does. A
+    restarted run (or each process of a run split by ``--partitions``) reads the catalogue
+    from its start and sends them again: ``diam deadletters`` counts those as copies of one
+    record, not as new ones. ``count``: the
     records sent (``diam run``'s summary); ``failed``: those the broker did not take, whose
     errors are logged. :meth:`close` waits for the deliveries."""
 
@@ -261,6 +264,7 @@ class CatalogDeadLetters:
                  timeout: float = 30.0) -> None:
         self.cfg, self.max_bytes, self.namespace, self.timeout = cfg, max_bytes, namespace, timeout
         self._log = RefusalLog(what="dead-lettered")
+        self._topic_id: str | None = None  # "" when the broker gave none
         self.failed = 0
         self._producer: Any = None
 
@@ -275,11 +279,29 @@ class CatalogDeadLetters:
 
         if not self._log.note(rec, reason):
             return
-        out = deadletter_record(rec, reason, self.max_bytes, self.namespace)
+        if self._topic_id is None:  # once: the items topic's Kafka id, a copy's identity
+            self._topic_id = self._id_of(rec.topic)
+        out = deadletter_record(rec, reason, self.max_bytes, self.namespace,
+                                topic_id=self._topic_id or None)
         if self._producer is None:
             self._producer = Producer({**self.cfg.client_config(), "linger.ms": 5})
         self._producer.produce(self.cfg.deadletter_topic, key=out.key, value=out.value,
                                headers=out.headers, on_delivery=self._delivered)
+
+    def _id_of(self, topic: str) -> str:
+        """``topic``'s Kafka id (``streams.forget_markers.topic_id``), "" when the broker gives
+        none or does not answer (the dead letter is sent without it: the old identity rule)."""
+        from confluent_kafka import KafkaException
+
+        from streams.forget_markers import topic_id
+        from streams.kafka_io import UnknownTopic
+
+        try:
+            return topic_id(self.cfg, topic, timeout=10.0) or ""
+        except (KafkaException, UnknownTopic, TimeoutError) as exc:
+            log.warning("the Kafka id of %s is unknown (%s): its refused records' dead letters "
+                        "are sent without it", topic, exc)
+            return ""
 
     def _delivered(self, err: object, msg: object) -> None:
         if err:

@@ -21,6 +21,7 @@ from snapshotter.publish import publish
 from snapshotter.store import SnapshotStore
 from snapshotter.testing import write_checkpoint
 from streams.catalog import CatalogDeadLetters, CatalogFollower, CatalogItem, encode_item
+from streams.forget_markers import topic_id
 from streams.kafka_io import ensure_topic, read_deadletters
 from streams.producer import produce_raw
 from tests.flowkit import N_ITEMS
@@ -69,8 +70,11 @@ def test_diam_runs_catalogue_refusals_are_dead_lettered_once_each(stack, topic, 
     got = read_deadletters(s.kafka, s.kafka.deadletter_topic, dedupe=False)
     assert len(got) == 4, got  # one each: not again for the follower's poll
     assert sorted(d["offset"] for d in got) == offsets
+    items_id = topic_id(s.kafka, s.kafka.items_topic)
+    assert items_id
     for d, (key, value, why) in zip(sorted(got, key=lambda d: d["offset"]), BAD, strict=True):
         assert d["topic"] == s.kafka.items_topic and d["partition"] == 0
+        assert d["topic_id"] == items_id  # a re-created items topic's records are not copies
         assert why in str(d["reason"]) and d["namespace"] == "corpfix-ns"
         assert d["key"] == key and d["value"] == value
     r = CliRunner().invoke(main, ["deadletters", "--topic", s.kafka.deadletter_topic,
