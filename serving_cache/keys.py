@@ -15,7 +15,7 @@ __all__ = ["user_key", "user_id_of_key", "model_active_key", "user_pattern", "va
            "namespace_pattern",
            "every_user_key", "namespaces_starting", "forgotten_key", "forgotten_key_by_name",
            "FORGOTTEN_ADOPTED_BY", "FORGOTTEN_HELD", "base_key", "added_key", "partitions_key",
-           "claim_key"]
+           "claim_key", "runs_key"]
 
 _NS_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -168,6 +168,19 @@ def claim_key(ns: str) -> str:
     'diam:replay-1:claim'
     """
     return f"diam:{validate_namespace(ns)}:claim"
+
+
+def runs_key(ns: str) -> str:
+    """The sorted set of the ``diam run`` processes writing namespace ``ns`` (one member per
+    process, its description; score: the epoch milliseconds it expires at), refreshed by each
+    run every few seconds and left by it when it closes (``serving_cache.holders``, which owns
+    the format): a ``diam replay`` or a ``diam drop`` of ``ns`` is refused meanwhile. A killed
+    run's member ages out (the key expires with its last member).
+
+    >>> runs_key("exp")
+    'diam:exp:runs'
+    """
+    return f"diam:{validate_namespace(ns)}:runs"
 
 
 _TOPIC_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -152,23 +152,22 @@ def replay_topics(kafka: KafkaConfig, namespace: str) -> KafkaConfig:
     })
 
 
-def namespace_topics(kafka: KafkaConfig, namespace: str) -> KafkaConfig:
-    """The Kafka settings whose drift and dead-letter topics hold ``namespace``'s records: each
-    of the replay's own (:func:`replay_topics`) that the broker has, when the namespace is a
-    replay's, else ``kafka``'s (a live run's, shared by namespaces and marked with theirs).
-    What the commands that read one namespace's side records (``diam inspect namespace
-    --plot``) read by default; one metadata request, naming no topic (none is created)."""
+def namespace_topics(kafka: KafkaConfig, namespace: str) -> tuple[list[str], list[str]]:
+    """The dead-letter and drift topics that hold ``namespace``'s records:
+    ``(deadletter topics, drift topics)``, each the shared topic of ``kafka`` (a live ``diam
+    run``'s, shared by namespaces and marked with theirs) followed by the replay's own
+    (:func:`replay_topics`) when the broker has it: a namespace can be written by a replay and
+    by a run, so both are read (``diam deadletters --namespace``, ``diam inspect namespace
+    --plot``). One metadata request, naming no topic (none is created)."""
     from streams.kafka_io import _admin, _logs_on_failure
 
     own = replay_topics(kafka, namespace)
     admin = _admin(kafka)
     with _logs_on_failure(admin):
         have = admin.list_topics(timeout=30.0).topics
-    return kafka.model_copy(update={
-        "drift_topic": own.drift_topic if own.drift_topic in have else kafka.drift_topic,
-        "deadletter_topic": (own.deadletter_topic if own.deadletter_topic in have
-                             else kafka.deadletter_topic),
-    })
+    return ([kafka.deadletter_topic] + ([own.deadletter_topic] if own.deadletter_topic in have
+                                        else []),
+            [kafka.drift_topic] + ([own.drift_topic] if own.drift_topic in have else []))
 
 
 @dataclass(frozen=True)
@@ -233,8 +232,10 @@ def check_namespace(namespace: str, serving_namespace: str | None = None, verb: 
 
 def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: ReplayRange,
                namespace: str, holder: LearnerHolder, *, workers: int = 1,
-               progress: bool = True, poll_s: float = 0.2) -> ReplayReport:
-    """Run the bounded dataflow over ``rng`` into ``namespace`` and report.
+               progress: bool = True, poll_s: float = 0.2,
+               stop: threading.Event | None = None) -> ReplayReport:
+    """Run the bounded dataflow over ``rng`` into ``namespace`` and report; ``stop`` set (a
+    signal, ``diam replay``) ends the input at its next batch, as ``diam run``'s.
 
     The dataflow runs in a thread while this one shows a tqdm bar of records read against the
     range size. An error in the dataflow is re-raised here."""
@@ -246,7 +247,8 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     job = OnlineJob(kafka=replay_topics(kafka, namespace), redis=redis, flow=flow, topic=rng.topic,
                     namespace=namespace, bounded=True, start=dict(rng.start), end=dict(rng.end),
                     workers=workers, recovery_dir=None, flow_id=f"diam-replay-{namespace}",
-                    stop=threading.Event())  # set by the sink alone: a refused write ends the input
+                    stop=stop if stop is not None else threading.Event())
+    # also set by the sink: a refused write ends the input
     stats = FlowStats()
     failure: list[BaseException] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -35,8 +36,9 @@ def inspect_group() -> None:
               default=None, callback=plot_file,
               help="Also write a PNG: K_u and d_u histograms and drift events over time.")
 @click.option("--drift-topic", default=None, callback=topic_name,
-              help="Drift events for --plot (default: the namespace's own when it is a "
-                   "replay's, <drift_topic>.replay.NAMESPACE, else settings kafka.drift_topic).")
+              help="Drift events for --plot (default: the namespace's events in settings "
+                   "kafka.drift_topic and, when it is a replay's, in its own "
+                   "<drift_topic>.replay.NAMESPACE, both).")
 @click.option("--drift-last", type=click.IntRange(0), default=100_000, show_default=True,
               help="For --plot: read at most this many latest drift events per partition.")
 @click.pass_context
@@ -54,7 +56,8 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
     ns = namespace_of(s, namespace)
     summary = summarize_namespace(redis_client(s.redis), ns)
     if plot_path is not None:
-        _plot_namespace(s, ns, plot_path, drift_topic or _drift_topic_of(s, ns), drift_last)
+        _plot_namespace(s, ns, plot_path,
+                        [drift_topic] if drift_topic else _drift_topics_of(s, ns), drift_last)
     if as_json:
         body = asdict(summary)
         if summary.base is not None:  # the record's own types, not the strings of HGETALL
@@ -82,19 +85,19 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         click.echo(f"  {summary.undecodable} values could not be decoded")
 
 
-def _drift_topic_of(s, ns: str) -> str:  # type: ignore[no-untyped-def]
-    """The drift topic of ``ns``: a replay's own when it is a replay's, else the live one."""
+def _drift_topics_of(s, ns: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The drift topics of ``ns``: the live one, and a replay's own when it has one."""
     from confluent_kafka import KafkaException
 
     from streams.replay import namespace_topics
 
     try:
-        return namespace_topics(s.kafka, ns).drift_topic
+        return namespace_topics(s.kafka, ns)[1]
     except (KafkaException, RuntimeError) as exc:
         raise kafka_unusable(s, exc) from None
 
 
-def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) -> None:  # type: ignore[no-untyped-def]
+def _plot_namespace(s, ns: str, out: Path, drift_topics: list[str], drift_last: int) -> None:  # type: ignore[no-untyped-def]
     from diam.plots import namespace_figure
     from serving_cache import redis_client
     from serving_cache.inspect import iter_users
@@ -109,12 +112,25 @@ def _plot_namespace(s, ns: str, out: Path, drift_topic: str, drift_last: int) ->
 
     from streams.kafka_io import UnknownTopic
 
-    try:
-        drift, not_drift = drift_bodies(s.kafka, drift_last, drift_topic, namespace=ns)
-    except UnknownTopic as exc:  # a typo is not "0 drift events"
-        raise click.BadParameter(f"{exc}; nothing to plot", param_hint="--drift-topic") from None
-    except (KafkaException, RuntimeError, TimeoutError) as exc:
-        raise kafka_unusable(s, exc) from None
+    drift: list[dict[str, Any]] = []
+    not_drift, read = 0, []
+    missing: UnknownTopic | None = None
+    for topic in drift_topics:
+        try:
+            got = drift_bodies(s.kafka, drift_last, topic, namespace=ns)
+        except UnknownTopic as exc:
+            missing = exc
+            continue
+        except (KafkaException, RuntimeError, TimeoutError) as exc:
+            raise kafka_unusable(s, exc) from None
+        drift += got.events
+        not_drift += got.not_drift
+        read.append(topic)
+    if not read:  # a typo is not "0 drift events"
+        raise click.BadParameter(f"{missing}; nothing to plot", param_hint="--drift-topic")
+    if len(read) > 1:  # each in time order already: a stable sort merges them
+        drift.sort(key=lambda e: e.get("ts_ms") or 0)
+    drift_topic = " and ".join(read)
     try:
         namespace_figure(ns, ks, ds, drift, out)
     except OSError as exc:

@@ -464,6 +464,10 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
         raise click.UsageError("--since, --until and --items-topic read a clicks topic: not "
                                "with --data")
     dev = _device_of(device)
+    from diam.commands.run import refuse_input
+
+    if topic is not None:  # the one rule of a topic read as clicks (streams.clicks_topic):
+        refuse_input(get_settings(click.get_current_context()), topic)  # before the load
     try:
         ck = load_checkpoint(checkpoint, device=str(dev))
         seed = ck.split_seed()
@@ -486,6 +490,8 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
             rng, own = dataclasses.replace(rec, items_topic=items_topic or rec.items_topic), True
     source: dict[str, Any] = {}
     if rng is not None:
+        if topic is None:  # the recorded topic, under the one rule too
+            refuse_input(get_settings(click.get_current_context()), rng.topic)
         if own:  # say what was read, in the options that read it again
             items = f" --items-topic {rng.items_topic}" if rng.items_topic else ""
             click.echo(f"the range the checkpoint was trained on: --topic {rng.topic} "

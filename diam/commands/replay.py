@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from diam.commands import (
     plot_file,
     progress_option,
     redis_unusable,
+    stop_on_signals,
     topic_name,
     write_failed,
 )
@@ -117,11 +119,13 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise
     refuse_input(s, topic)  # a side topic, a replay's own, a compacted one: nothing written
     client = redis_client(s.redis)
+    stop = threading.Event()  # SIGINT/SIGTERM: the dataflow stops at its next batch, the
+    stop_on_signals(stop)  # claim is released (installed first: no signal finds it unreleased)
     claim = _claim(s, client, namespace)
     try:
         report, holder, rng, grown = _replay_claimed(
             s, client, claim, topic, start, end, from_, to, namespace, snapshot, checkpoint,
-            base_from_data, clear, workers, progress, as_json)
+            base_from_data, clear, workers, progress, as_json, stop)
     finally:
         try:
             _release(client, namespace, claim)
@@ -138,40 +142,61 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                                "deadlettered": report.deadlettered,
                                "drift_events": report.drift_events, "pushes": report.pushes,
                                "forgotten_pushes": report.forgotten_pushes,
-                               "wall_s": round(report.wall_s, 3)}))
+                               "wall_s": round(report.wall_s, 3),
+                               "stopped": stop.is_set()}))
     else:
         for line in report.lines():
             click.echo(line)
+    if stop.is_set():  # exit 0, as diam run stopped by a signal
+        click.echo(f"replay stopped by a signal before the end of its range: namespace "
+                   f"{namespace!r} holds a part of it; replay it again with --clear", err=True)
 
 
 def _claim(s: Settings, client: Any, namespace: str) -> str:
     """Claim ``namespace`` for this replay (``SET NX`` of ``serving_cache.keys.claim_key``),
-    returning the value that names this replay; a namespace another replay holds is an
-    ``Error:`` naming it. Two replays started together would otherwise both find the namespace
-    fresh (the generation marker comes with the first write) and leave a mix of both ranges.
-    A claim of a replay killed before its release stays: ``diam drop`` deletes it."""
-    import os
-    import socket
-    import uuid
-
+    returning the value that names this replay; a namespace another replay holds, or a live
+    ``diam run`` writes (``serving_cache.holders.live_runs``, looked for after the claim is
+    set: a run announces itself before it looks for a claim), is an ``Error:`` naming it. Two
+    replays started together would otherwise both find the namespace fresh (the generation
+    marker comes with the first write) and leave a mix of both ranges. A claim whose process
+    is gone on this host is taken over with a warning; one of another host is cleared by
+    ``diam drop --force``."""
     import redis
 
+    from diam.commands.run import _DELETE_IF
+    from serving_cache.holders import describe, live_runs, stale_on_this_host
     from serving_cache.keys import claim_key
 
-    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    ours = (f"diam replay pid {os.getpid()} on {socket.gethostname()} since {now} "
-            f"({uuid.uuid4().hex[:8]})")
+    ours = describe("replay")
+    key = claim_key(namespace)
     try:
-        if client.set(claim_key(namespace), ours, nx=True):
-            return ours
-        held = client.get(claim_key(namespace))
+        held: str | None = None
+        for _ in range(3):  # a stale claim deleted, then set again
+            if client.set(key, ours, nx=True):
+                break
+            raw = client.get(key)
+            held = None if raw is None else raw.decode(errors="replace")
+            if held is not None and stale_on_this_host(held):
+                client.eval(_DELETE_IF, 1, key, held)
+                click.echo(f"warning: namespace {namespace!r} was claimed by {held}, which is "
+                           "gone: its claim taken over", err=True)
+        else:
+            holder = held or "another replay"
+            raise click.ClickException(
+                f"namespace {namespace!r} is held by {holder} ({key}): wait for it to end, or "
+                f"replay into another namespace; if that process is gone on another host, "
+                f"`diam drop --force {namespace}` deletes the namespace with its claim")
+        runs = live_runs(client, namespace)
+        if runs:
+            _release(client, namespace, ours)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
-    holder = "another replay" if held is None else held.decode(errors="replace")
-    raise click.ClickException(
-        f"namespace {namespace!r} is held by {holder} ({claim_key(namespace)}): wait for it to "
-        f"end, or replay into another namespace; if that process is gone, `diam drop "
-        f"{namespace}` deletes the namespace with its claim")
+    if runs:
+        raise click.ClickException(
+            f"namespace {namespace!r} is written by a running {', '.join(runs)}: a replay "
+            "(with or without --clear) would leave a mix of both; stop it first, or replay "
+            "into another namespace")
+    return ours
 
 
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -198,7 +223,8 @@ def _release(client: Any, namespace: str, claim: str) -> None:
 def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any, end: Any,
                     from_: str | None, to: str | None, namespace: str, snapshot: str | None,
                     checkpoint: str | None, base_from_data: str | None, clear: bool,
-                    workers: int, progress: bool, as_json: bool) -> tuple[Any, Any, Any, int]:
+                    workers: int, progress: bool, as_json: bool, stop: threading.Event,
+                    ) -> tuple[Any, Any, Any, int]:
     """``diam replay`` once its namespace is claimed: the base, the range, the checks, the
     ``--clear`` and the run; returns (report, holder, range, items grown)."""
     import redis
@@ -280,7 +306,7 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
                    f"base={holder.version}" + (f" +{grown} new items" if grown else ""), err=True)
     try:
         report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
-                            progress=progress)
+                            progress=progress, stop=stop)
     except MarkersUnusable as exc:  # refused before the dataflow started (its markers lookup)
         raise click.ClickException(str(exc)) from None
     except ServiceConfigError as exc:  # its start checks: a permission the ACL user lacks, ...
@@ -507,16 +533,24 @@ def _bases(result: NamespaceDiff,
 @click.option("--keep-topics", is_flag=True,
               help="Keep the replay's own dead-letter and drift topics "
                    "(<deadletter_topic>.replay.NAMESPACE, <drift_topic>.replay.NAMESPACE).")
+@click.option("--force", is_flag=True,
+              help="Drop it even while a replay's claim or a run's announcement holds it: the "
+                   "way out of a claim left by a replay killed on another host.")
 @click.pass_context
-def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> None:
+def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force: bool) -> None:
     """Delete every key of NAMESPACE: a replay's or a shadow's users, its active-model key and
     its generation marker, once nobody reads it (after `diam diff`), and the dead-letter and
     drift topics `diam replay` made for it (unless --keep-topics): left behind, one pair per
     replay piles up on the broker.
 
     Refuses 'live' and the serving namespace (DIAM_REDIS_NAMESPACE), as `diam replay` does.
-    Do not drop a namespace a running `diam run` writes: it would push every user it holds
-    again. Keys go in batches of 1000 by SCAN and UNLINK; prints how many went.
+    Refuses, naming the holder, a namespace a running `diam replay` holds (its claim,
+    diam:NAMESPACE:claim) or a running `diam run` writes (diam:NAMESPACE:runs, refreshed every
+    few seconds; a killed run ages out in 15 s): the run would push every user it holds again,
+    the replay would end with a part of its range. A claim whose replay is gone on this host
+    is stale and deleted with the rest; --force drops anyway (a claim of a replay killed on
+    another host). The claim is one of the keys deleted. Keys go in batches of 1000 by SCAN
+    and UNLINK; prints how many went.
     """
     import redis
     from confluent_kafka import KafkaException
@@ -534,10 +568,21 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> No
     if not yes:
         click.confirm(f"delete every key of namespace {namespace!r} at {_without_password(s.redis.url)}?",
                       abort=True, err=True)
+    client = redis_client(s.redis)
     try:
-        n = drop_namespace(redis_client(s.redis), namespace)
+        held = _live_holders(client, namespace)
+        if held and not force:
+            raise click.ClickException(
+                f"namespace {namespace!r} is held by {'; '.join(held)}: wait for it to end (or "
+                "stop it); if that process is gone on another host, `diam drop --force "
+                f"{namespace}`")
+        for h in held:
+            click.echo(f"warning: --force: dropping namespace {namespace!r} held by {h}", err=True)
+        n = drop_namespace(client, namespace)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
+    finally:
+        client.close()
     click.echo(f"dropped {n:,} keys of namespace {namespace!r}")
     _forget_announced(s, namespace)
     if keep_topics:
@@ -553,6 +598,19 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool) -> No
         return
     if gone:
         click.echo(f"deleted the replay's topic(s) {', '.join(gone)}")
+
+
+def _live_holders(client: Any, namespace: str) -> list[str]:
+    """The replay claim (unless stale on this host) and the live runs holding ``namespace``."""
+    from serving_cache.holders import live_runs, stale_on_this_host
+    from serving_cache.keys import claim_key, runs_key
+
+    held = [f"{r} ({runs_key(namespace)})"
+            for r in live_runs(client, namespace)]
+    raw = client.get(claim_key(namespace))
+    if raw is not None and not stale_on_this_host(claim := raw.decode(errors="replace")):
+        held.insert(0, f"{claim} ({claim_key(namespace)})")
+    return held
 
 
 def _forget_announced(s: Any, namespace: str) -> None:

@@ -57,6 +57,10 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
     # checked before anything is trained: a bad namespace would otherwise fail only at the
     # Redis step, after a publish on disk
     ns = namespace_of(s, namespace)
+    if topic is not None:  # the one rule of a topic read as clicks (streams.clicks_topic)
+        from diam.commands.run import refuse_input
+
+        refuse_input(s, topic)
     if epochs is not None:
         s = s.model_copy(update={"retrain": s.retrain.model_copy(update={"epochs": epochs})})
     service_logging("%(asctime)s %(name)s %(message)s")

@@ -180,26 +180,64 @@ def refuse_input(settings: Settings, topic: str) -> None:
 
 def refuse_replay_held(settings: Settings, ns: str) -> None:
     """Refuse a run into namespace ``ns`` while a ``diam replay`` holds it
-    (``serving_cache.keys.claim_key``): the two would write a mix of both."""
+    (``serving_cache.keys.claim_key``): the two would write a mix of both. A claim whose
+    process is gone on this host (``serving_cache.holders.stale_on_this_host``) is deleted
+    with a warning. Called after the run announced itself (:func:`announce_run`): a replay
+    claims first and then looks for runs, so one of the two always sees the other."""
     import redis
 
     from serving_cache import redis_client
+    from serving_cache.holders import stale_on_this_host
     from serving_cache.keys import claim_key
 
     client = redis_client(settings.redis)
     try:
-        holder = client.get(claim_key(ns))
+        raw = client.get(claim_key(ns))
+        holder = (None if raw is None else raw.decode(errors="replace")
+                  if isinstance(raw, bytes) else str(raw))
+        if holder is not None and stale_on_this_host(holder):
+            client.eval(_DELETE_IF, 1, claim_key(ns), holder)
+            click.echo(f"warning: namespace {ns!r} was claimed by {holder}, which is gone: "
+                       f"its claim ({claim_key(ns)}) deleted", err=True)
+            holder = None
     except redis.RedisError as exc:
         raise redis_unusable(settings, exc) from None
     finally:
         client.close()
     if holder is not None:
-        if isinstance(holder, bytes):
-            holder = holder.decode(errors="replace")
         raise click.ClickException(
             f"namespace {ns!r} is held by {holder} "
             f"({claim_key(ns)}): wait for it to end, or run into another namespace; if that "
-            f"process is gone, `diam drop {ns}` deletes the namespace with its claim")
+            f"process is gone on another host, `diam drop --force {ns}` deletes the namespace "
+            "with its claim")
+
+
+_DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+"""Delete a claim only while it still holds what was read (its holder may have changed)."""
+
+
+def announce_run(ctx: click.Context, settings: Settings, ns: str) -> None:
+    """Announce this run in namespace ``ns`` (``serving_cache.holders.RunAnnouncement``) until
+    the command's context closes: a ``diam replay`` or ``diam drop`` of it is refused meanwhile.
+    Every process of a cluster run is a holder of its own."""
+    import redis
+
+    from serving_cache import redis_client
+    from serving_cache.holders import RunAnnouncement
+
+    client = redis_client(settings.redis)
+    announcement = RunAnnouncement(client, ns)
+    try:
+        announcement.start()
+    except redis.RedisError as exc:
+        client.close()
+        raise redis_unusable(settings, exc) from None
+
+    def close() -> None:
+        announcement.close()
+        client.close()
+
+    ctx.call_on_close(close)
 
 
 def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
@@ -411,6 +449,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                     namespace=job.namespace, topic=job.topic, hot_reload=False)
         raise
     refuse_input(s, job.topic)  # before anything reads or writes (the markers' hash, a record)
+    announce_run(ctx, s, job.namespace)  # first, then the replay's claim: one sees the other
     refuse_replay_held(s, job.namespace)
     # refused catalogue records: dead-lettered by one process of a cluster (each reads the
     # whole catalogue), the others log them (streams.catalog's default)
@@ -520,8 +559,9 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     """List rejected events with their reason, source topic, partition and offset, and the
     Redis namespace of the run that refused them (ns=...).
 
-    Runs into several namespaces share the dead-letter topic; a replay has its own, which
-    --namespace of a replay reads by default. Each run refuses a bad record once, so one record
+    Runs into several namespaces share the dead-letter topic; a replay has its own
+    (<deadletter_topic>.replay.NAMESPACE): --namespace reads the shared topic's records of the
+    namespace and the replay's own topic when there is one, both, and names the topics read. Each run refuses a bad record once, so one record
     can be listed once per namespace; the copies a resumed run or a second run into the same
     namespace wrote (the same record: source topic and its Kafka id, partition, offset,
     namespace) are counted, not listed. The count covers every record in the topic (or from
@@ -531,26 +571,39 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
 
     s = get_settings(ctx)
     if topic is not None:
-        name = topic
-    elif namespace is not None:  # a replay's own topic, if it is one
+        names = [topic]
+    elif namespace is not None:  # the shared topic and a replay's own, when it has one
+        from confluent_kafka import KafkaException
+
         from streams.replay import namespace_topics
 
-        name = namespace_topics(s.kafka, namespace).deadletter_topic
+        try:
+            names = namespace_topics(s.kafka, namespace)[0]
+        except (KafkaException, RuntimeError) as exc:
+            raise kafka_unusable(s, exc) from None
     else:
-        name = s.kafka.deadletter_topic
-    try:
-        # a stalled read ends in `Error:` (diam.cli)
-        recs = read_deadletters(s.kafka, name, namespace=namespace)
-    except UnknownTopic as exc:
-        if topic is not None:  # a typo must not read as "nothing was rejected"
-            raise click.BadParameter(str(exc), param_hint="--topic") from None
-        click.echo(f"0 dead-lettered record(s): {exc} yet (settings kafka.deadletter_topic; "
+        names = [s.kafka.deadletter_topic]
+    recs: list[dict[str, object]] = []
+    read: list[str] = []
+    missing: UnknownTopic | None = None
+    for one in names:
+        try:
+            # a stalled read ends in `Error:` (diam.cli)
+            recs += read_deadletters(s.kafka, one, namespace=namespace)
+            read.append(one)
+        except UnknownTopic as exc:
+            if topic is not None:  # a typo must not read as "nothing was rejected"
+                raise click.BadParameter(str(exc), param_hint="--topic") from None
+            missing = exc
+        except RuntimeError as exc:  # the broker refused the name (malformed)
+            if topic is not None:
+                raise click.BadParameter(str(exc), param_hint="--topic") from None
+            raise click.ClickException(f"{exc} (settings kafka.deadletter_topic)") from None
+    if not read:
+        click.echo(f"0 dead-lettered record(s): {missing} yet (settings kafka.deadletter_topic; "
                    "the dataflow creates it when it starts)")
         return
-    except RuntimeError as exc:  # the broker refused the name (malformed)
-        if topic is not None:
-            raise click.BadParameter(str(exc), param_hint="--topic") from None
-        raise click.ClickException(f"{exc} (settings kafka.deadletter_topic)") from None
+    name = " and ".join(read)
     if recs and all(r["reason"] is None for r in recs):  # e.g. the clicks topic by mistake
         raise click.BadParameter(
             f"{name} holds {len(recs)} record(s), none with the dead-letter headers "

@@ -107,8 +107,25 @@ def test_a_claimed_namespace_refuses_a_second_replay_and_a_run(
         assert sorted(redis_client.scan_iter(match=f"diam:{namespace}:*")) == \
             [claim_key(namespace).encode()], args  # the holder's claim kept, nothing written
     assert redis_client.get(claim_key(namespace)) == holder.encode()
-    # `diam drop` deletes a claim left by a replay that is gone; then the replay runs
-    assert _cli(s, "drop", namespace, "--yes").exit_code == 0
+    # `diam drop` refuses a claim it cannot tell is stale (another host), naming it; --force
+    # deletes it; then the replay runs
+    res = _cli(s, "drop", namespace, "--yes")
+    assert res.exit_code == 1 and holder in res.output, res.output
+    assert _cli(s, "drop", namespace, "--yes", "--force").exit_code == 0
     res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress")
     assert res.exit_code == 0, res.output
     assert redis_client.get(claim_key(namespace)) is None
+
+
+def test_evaluate_and_retrain_refuse_a_topic_that_is_no_clicks_topic(
+        own, redis_client, tmp_path) -> None:
+    """``diam evaluate --topic`` and ``diam retrain --topic`` take the one rule too (before:
+    evaluate read the dead letters as clicks)."""
+    s, kafka = own, own.kafka
+    ensure_topic(s.kafka, kafka.deadletter_topic, partitions=1)
+    ckpt = tmp_path / "ck"  # own's checkpoint (test_topic_typos._settings)
+    for args in (["evaluate", "--checkpoint", str(ckpt)], ["retrain", "--once"]):
+        res = _cli(s, *args, "--topic", kafka.deadletter_topic)
+        assert res.exit_code == 2, (args, res.output)
+        assert len(_errors(res)) == 1 and kafka.deadletter_topic in _errors(res)[0], res.output
+        assert "not a clicks topic" in res.output, res.output

@@ -44,6 +44,26 @@ def test_deadletters_of_a_replay_namespace_reads_the_replay_s_topic(stack, topic
     res = _cli(s, "deadletters", "--namespace", ns)
     assert res.exit_code == 0, res.output
     # before: "0 dead-lettered record(s) in <the live topic> of namespace <ns>"
+    # the shared topic does not exist yet (no run): the replay's own alone, named
     assert (f"1 dead-lettered record(s) in {s.kafka.deadletter_topic}.replay.{ns} of namespace "
             f"{ns}") in res.output, res.output
     assert "undecodable" in res.output
+
+
+def test_deadletters_of_a_namespace_reads_a_run_s_and_a_replay_s_topics(
+        stack, topic, tmp_path) -> None:
+    """A replay into ns with no reject, then a run into it with two: both counted (before: the
+    replay's topic alone, "0 dead-lettered record(s)")."""
+    s = _settings(stack, topic, tmp_path)
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=3, n_events=30, seed=3)))
+    ns = f"{s.redis.namespace}-m"
+    res = _cli(s, "replay", "--topic", topic, "--namespace", ns, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert produce_raw(s.kafka, topic, [(b"u-bad", b"\xc1 not a click"),
+                                        (b"u-bad2", b"\xc1 nor this")]).ok
+    res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", ns, "--no-recovery")
+    assert res.exit_code == 0, res.output
+    res = _cli(s, "deadletters", "--namespace", ns)
+    assert res.exit_code == 0, res.output
+    assert (f"2 dead-lettered record(s) in {s.kafka.deadletter_topic} and "
+            f"{s.kafka.deadletter_topic}.replay.{ns} of namespace {ns}") in res.output, res.output

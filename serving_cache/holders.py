@@ -1,0 +1,111 @@
+"""Who holds a namespace: a ``diam replay``'s claim (``keys.claim_key``) and the live ``diam run``
+processes writing it (``keys.runs_key``). One owner for the holders' format and for the rule
+of when one is alive.
+
+A holder is described as ``"diam <command> pid <pid> on <host> since <time> (<tag>)"``. A run
+announces itself in the namespace's runs set with an expiry (score: epoch ms), refreshed every
+:data:`RUN_REFRESH_S` by a daemon thread (:class:`RunAnnouncement`), so a killed run ages out
+after :data:`RUN_TTL_S`; a replay's claim has no expiry (it holds for as long as the replay
+runs, minutes or hours), so a claim whose process is dead on this same host is stale
+(:func:`stale_on_this_host`), and a claim from another host is cleared with ``diam drop
+--force``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from serving_cache.keys import runs_key
+
+RUN_TTL_S = 15.0
+"""How long a run's announcement lasts without a refresh: a killed run ages out after it."""
+RUN_REFRESH_S = 3.0
+"""How often a live run refreshes its announcement."""
+
+_HOLDER_RE = re.compile(r"^diam \S+ pid (\d+) on (\S+) since ")
+
+
+def describe(command: str) -> str:
+    """This process as a holder of a namespace: ``diam <command> pid P on HOST since T (tag)``."""
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return (f"diam {command} pid {os.getpid()} on {socket.gethostname()} since {now} "
+            f"({uuid.uuid4().hex[:8]})")
+
+
+def stale_on_this_host(holder: str) -> bool:
+    """Whether ``holder`` (:func:`describe`'s words) names a process of this host that is gone.
+    A holder on another host, or in other words, is never stale here."""
+    m = _HOLDER_RE.match(holder)
+    if m is None or m.group(2) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive under another user; a pid out of range
+        return False
+    return False
+
+
+def live_runs(client: Any, ns: str) -> list[str]:
+    """The live ``diam run`` processes announced in ``ns`` (expired ones are removed)."""
+    key = runs_key(ns)
+    now_ms = int(time.time() * 1000)
+    client.zremrangebyscore(key, "-inf", now_ms)
+    return [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
+            for m in client.zrangebyscore(key, now_ms, "+inf")]
+
+
+class RunAnnouncement:
+    """A ``diam run`` process's member of its namespace's runs set, from :meth:`start` to
+    :meth:`close`: refreshed every ``refresh_s`` by a daemon thread (not the dataflow's),
+    expiring ``ttl_s`` after the last refresh. A refresh Redis refuses is tried again at the
+    next one (the dataflow's own writes say that Redis is down)."""
+
+    def __init__(self, client: Any, ns: str, *, ttl_s: float = RUN_TTL_S,
+                 refresh_s: float = RUN_REFRESH_S) -> None:
+        self.client, self.ns, self.key = client, ns, runs_key(ns)
+        self.member = describe("run")
+        self.ttl_s, self.refresh_s = ttl_s, refresh_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> None:
+        ttl_ms = int(self.ttl_s * 1000)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zadd(self.key, {self.member: int(time.time() * 1000) + ttl_ms})
+        pipe.pexpire(self.key, ttl_ms)
+        pipe.execute()
+
+    def start(self) -> None:
+        """Announce now (an error here is the caller's), then keep it fresh."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="diam-run-announce", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import redis
+
+        while not self._done.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except redis.RedisError:
+                pass
+
+    def close(self) -> None:
+        import redis
+
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(self.refresh_s + 1.0)
+        try:
+            self.client.zrem(self.key, self.member)
+        except redis.RedisError:
+            pass  # it ages out
