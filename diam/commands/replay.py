@@ -87,8 +87,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     partition count, as `diam run` does (diam:<namespace>:partitions): a namespace recorded
     with another count of the topic is refused before anything is written (--clear deletes the
     record with the rest). While it runs, a replay holds its namespace (diam:<namespace>:claim,
-    set before the base is loaded): a second replay or a `diam run` into it is refused, naming
-    it; `diam drop` deletes the claim a killed replay left. Configured side topics (dead-letter,
+    set before the base is loaded; a claim whose process is gone on this host is taken over): a
+    second replay or a `diam run` into it is refused, naming it, and so is a replay into a
+    namespace a live `diam run` writes (diam:<namespace>:runs); `diam drop --force` deletes a
+    claim a replay killed on another host left. SIGINT or SIGTERM stop it at its next batch,
+    the claim released (exit 0, as `diam run`). Configured side topics (dead-letter,
     drift, alerts, models, forget markers, catalogue), a replay's own topics and compacted
     topics are refused as input before anything is written. Compare with `diam diff live
     <namespace>`.
