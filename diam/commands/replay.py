@@ -129,6 +129,10 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         report, holder, rng, grown = _replay_claimed(
             s, client, claim, topic, start, end, from_, to, namespace, snapshot, checkpoint,
             base_from_data, clear, workers, progress, as_json, stop)
+    except _StoppedEarly:  # exit 0, as diam run stopped before it read anything
+        click.echo(f"replay stopped by a signal before it cleared or wrote anything: namespace "
+                   f"{namespace!r} untouched", err=True)
+        return
     finally:
         try:
             _release(client, namespace, claim)
@@ -136,6 +140,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
             click.echo(f"warning: the namespace's claim {claim_key(namespace)} was not "
                        f"released ({exc}): `diam drop {namespace}` deletes it", err=True)
         client.close()
+    stopped = stop.is_set() and report.records < rng.size  # a signal after the end: done
     if as_json:
         click.echo(json.dumps({"namespace": namespace, "topic": topic, "base": holder.version,
                                "new_items": grown,
@@ -146,13 +151,17 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                                "drift_events": report.drift_events, "pushes": report.pushes,
                                "forgotten_pushes": report.forgotten_pushes,
                                "wall_s": round(report.wall_s, 3),
-                               "stopped": stop.is_set()}))
+                               "stopped": stopped}))
     else:
         for line in report.lines():
             click.echo(line)
-    if stop.is_set():  # exit 0, as diam run stopped by a signal
+    if stopped:  # exit 0, as diam run stopped by a signal
         click.echo(f"replay stopped by a signal before the end of its range: namespace "
                    f"{namespace!r} holds a part of it; replay it again with --clear", err=True)
+
+
+class _StoppedEarly(Exception):  # noqa: N818 (a stop, not an error)
+    """A signal came before the replay cleared or wrote anything."""
 
 
 def _claim(s: Settings, client: Any, namespace: str) -> str:
@@ -265,6 +274,8 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
         timed = any(b is not None and b.time_ms is not None for b in (start, end))
         click.echo(f"warning: {_empty_range_note(s.kafka, rng, from_, to)}"
                    + (f" ({TIME_BOUNDS_HINT})" if timed else ""), err=True)
+    if stop.is_set():  # a signal while the base loaded: nothing cleared, nothing written
+        raise _StoppedEarly
     try:
         if clear and (rng.size == 0 or rng.clamped) and _holds_keys(client, namespace):
             raise click.ClickException(

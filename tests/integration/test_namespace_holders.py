@@ -90,12 +90,17 @@ def test_a_live_run_holds_its_namespace_against_replay_and_drop(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("when", ["claimed", "writing"])
 def test_a_signal_stops_a_replay_which_releases_its_claim(
-        stack, topic, namespace, redis_client, tmp_path, sig) -> None:
+        stack, topic, namespace, redis_client, tmp_path, sig, when) -> None:
+    """Sent once the claim is set (the base still loading: nothing is written) or once the
+    dataflow writes users (it stops at its next batch, short of the range's end)."""
     ckpt = tmp_path / "ckpt"
     write_tiny_checkpoint(ckpt)
-    produce(stack.settings.kafka, topic,
-            click_payloads(click_stream(n_users=5, n_events=60, seed=8)))
+    n = 60 if when == "claimed" else 400_000
+    payloads = list(click_payloads(click_stream(n_users=50, n_events=n, seed=8)))
+    for i in range(0, n, 50_000):  # within the producer's queue
+        produce(stack.settings.kafka, topic, payloads[i:i + 50_000])
     proc = subprocess.Popen([sys.executable, "-m", "diam", "replay", "--topic", topic,
                              "--checkpoint", str(ckpt), "--namespace", namespace,
                              "--no-progress"],
@@ -103,7 +108,9 @@ def test_a_signal_stops_a_replay_which_releases_its_claim(
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while redis_client.get(claim_key(namespace)) is None:  # the claim: signals are handled
+        pattern = f"diam:{namespace}:u:*"
+        while (redis_client.get(claim_key(namespace)) is None if when == "claimed"
+               else not any(redis_client.scan_iter(match=pattern))):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.002)
         proc.send_signal(sig)
@@ -111,10 +118,16 @@ def test_a_signal_stops_a_replay_which_releases_its_claim(
     finally:
         if proc.poll() is None:
             proc.kill()
-    # before: SIGTERM rc -15 with the claim left; SIGINT a KeyboardInterrupt
+    # before: SIGTERM rc -15 with the claim left; SIGINT 'Aborted!' rc 1 while loading, and
+    # SIGABRT (Fatal Python error: PyGILState_Release) in the dataflow
     assert proc.returncode == 0, (out, err)
     assert f"{signal.Signals(sig).name}: stopping at the next batch" in err, err
-    assert "replay stopped by a signal" in err, err
+    if when == "claimed":
+        assert "replay stopped by a signal before it cleared or wrote anything" in err, err
+        assert _keys(redis_client, namespace) == []
+    else:
+        assert "replay stopped by a signal before the end of its range" in err, err
+        assert f"replayed {n:,} events" not in out, out
     assert "Traceback" not in err and "Fatal Python error" not in err, err
     assert redis_client.get(claim_key(namespace)) is None
 
@@ -146,3 +159,26 @@ def test_a_stale_claim_is_taken_over_and_drop_refuses_a_live_one(
     res = _cli(s, "drop", namespace, "--yes", "--keep-topics", "--force")
     assert res.exit_code == 0, res.output
     assert _keys(redis_client, namespace) == []
+
+
+def test_each_process_of_a_run_is_a_holder_and_a_killed_one_ages_out(
+        namespace, redis_client) -> None:
+    """Several processes of one cluster run each hold the namespace (one member each); one that
+    closes leaves, one that stops refreshing (killed) ages out after its expiry."""
+    from serving_cache.holders import RunAnnouncement, live_runs
+
+    a = RunAnnouncement(redis_client, namespace, ttl_s=1.0, refresh_s=0.2)
+    b = RunAnnouncement(redis_client, namespace, ttl_s=1.0, refresh_s=0.2)
+    a.start()
+    b.start()
+    try:
+        time.sleep(1.5)  # past one expiry: the refreshes kept both
+        assert sorted(live_runs(redis_client, namespace)) == sorted([a.member, b.member])
+        b._done.set()  # b stops refreshing without leaving, as a killed process
+        time.sleep(1.5)
+        assert live_runs(redis_client, namespace) == [a.member]
+    finally:
+        a.close()
+        b.close()
+    assert live_runs(redis_client, namespace) == []
+    assert redis_client.exists(runs_key(namespace)) == 0
