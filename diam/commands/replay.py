@@ -579,12 +579,9 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
         check_namespace(namespace, s.redis.namespace, verb="drop")
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
-    if not yes:
-        click.confirm(f"delete every key of namespace {namespace!r} at {_without_password(s.redis.url)}?",
-                      abort=True, err=True)
     client = redis_client(s.redis)
     try:
-        held = _live_holders(client, namespace)
+        held = _live_holders(client, namespace)  # before the question: a refusal asks nothing
         if held and not force:
             raise click.ClickException(
                 f"namespace {namespace!r} is held by {'; '.join(held)}: wait for it to end (or "
@@ -592,6 +589,9 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
                 f"{namespace}`")
         for h in held:
             click.echo(f"warning: --force: dropping namespace {namespace!r} held by {h}", err=True)
+        if not yes:
+            click.confirm(f"delete every key of namespace {namespace!r} at "
+                          f"{_without_password(s.redis.url)}?", abort=True, err=True)
         n = drop_namespace(client, namespace)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None

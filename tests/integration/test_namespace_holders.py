@@ -155,6 +155,9 @@ def test_a_stale_claim_is_taken_over_and_drop_refuses_a_live_one(
     redis_client.set(claim_key(namespace), live)
     res = _cli(s, "drop", namespace, "--yes", "--keep-topics")
     assert res.exit_code == 1 and live in res.output and "--force" in res.output, res.output
+    res = _cli(s, "drop", namespace, "--keep-topics")  # refused before it asks
+    assert res.exit_code == 1 and live in res.output, res.output
+    assert "delete every key" not in res.output, res.output
     assert _keys(redis_client, namespace) == sorted([*held, claim_key(namespace).encode()])
     res = _cli(s, "drop", namespace, "--yes", "--keep-topics", "--force")
     assert res.exit_code == 0, res.output
