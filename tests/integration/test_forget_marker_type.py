@@ -14,6 +14,8 @@ from serving_cache.forgotten import MarkersNotAHash
 from serving_cache.keys import forgotten_key, forgotten_key_by_name, user_key
 from streams.forget_markers import forget_markers_of, topic_id
 from streams.kafka_io import watermarks
+from tests.flowkit import click_stream
+from tests.integration.helpers import click_payloads, produce
 from tests.integration.test_run_refusals import _refused_without_start
 from tests.integration.test_topic_typos import _cli, _settings
 
@@ -86,6 +88,8 @@ def test_replay_refuses_it_before_clear_empties_the_namespace(
         "drift_topic": f"{topic}.drift", "deadletter_topic": f"{topic}.dlq"})})
     held = user_key(namespace, "earlier")
     redis_client.set(held, b"an earlier run's value")
+    # a range with a record: --clear of an empty range is refused on its own (diam replay)
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=1, n_events=2, seed=3)))
     try:
         _left(redis_client, keys[1], "string")
         res = _cli(s, "replay", "--topic", topic, "--namespace", namespace, "--no-progress",

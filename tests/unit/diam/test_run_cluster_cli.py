@@ -26,6 +26,10 @@ def no_dataflow(monkeypatch):
                              close=lambda: None)
     monkeypatch.setattr(diam.app, "load_holder", lambda *a, **kw: holder)
     monkeypatch.setattr(diam.commands.run, "require_broker", lambda s: None)
+    # the start's broker and Redis checks (integration-tested: test_clicks_input_refusals,
+    # test_namespace_holders) taken as passed: nothing answers here
+    for name in ("refuse_input", "refuse_replay_held", "announce_run"):
+        monkeypatch.setattr(diam.commands.run, name, lambda *a: None)
     monkeypatch.setattr(streams.runner, "run_online", lambda *a, **kw: ran.append("run"))
     return ran
 

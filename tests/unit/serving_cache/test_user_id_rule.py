@@ -42,4 +42,6 @@ def test_the_alphabet_is_the_one_described() -> None:
 
 
 def test_the_api_describes_the_rule_it_enforces() -> None:
-    assert api.UserId.description == "User id: 1..128 of [A-Za-z0-9_.@+=-]"
+    # the rule first; then how the ids '.' and '..' are asked (their own words)
+    assert api.UserId.description.startswith("User id: 1..128 of [A-Za-z0-9_.@+=-]. ")
+    assert "%2E" in api.UserId.description
