@@ -74,8 +74,9 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
     train`` and ``diam evaluate``). ``partitions``: read only these (a checkpoint's recorded
     range: a partition added since has none of its events). ``recorded``: the checkpoint's
     config.json ``data`` when this is its recorded range read again: a range the topic no
-    longer holds (offsets clamped) or that reads another number of records is refused, rather
-    than other data scored."""
+    longer holds (offsets clamped), that reads another number of records, or that leaves out
+    another number of forgotten users' clicks (a user forgotten since: its held-out users are
+    drawn over the users) is refused, rather than other data scored."""
     from confluent_kafka import KafkaException
 
     from streams.catalog import Catalog, read_catalog
@@ -124,6 +125,17 @@ def _corpus_from_topic(topic: str, since: str | None, until: str | None,
                               f"{clicks.records:,} records read, {want:,} when it was trained",
                               "the topic was re-created, or retention deleted records",
                               "pass another range with --topic/--since/--until")
+    was = recorded.get("forgotten") if recorded is not None else None
+    if type(was) is int and clicks.forgotten != was:
+        # the held-out users are drawn over the corpus's users: one forgotten since (diam
+        # forget) is left out and reshuffles them, training users then scored as held out
+        raise _not_trained_on(f"{topic} {rng.describe()}",
+                              f"{clicks.forgotten:,} clicks of {clicks.forgotten_users:,} "
+                              f"forgotten user(s) left out, {was:,} when it was trained",
+                              "users were forgotten (diam forget) since; the held-out users "
+                              "are drawn over the users, so it can no longer tell its own",
+                              "evaluate a checkpoint trained after the forget, or another "
+                              "range with --topic/--since/--until")
     for why in (clicks.reasons + catalog.reasons)[:5]:
         click.echo(f"  left out: {why}", err=True)
     corpus = corpus_from_topic(clicks, catalog, items_topic=items_topic)

@@ -103,6 +103,17 @@ def test_evaluate_reads_the_recorded_range_and_counts_clicks_on_new_items(
     assert errors == [f"Error: cannot read '{topic}.absent' / 'diam.items' at {stack.bootstrap}: "
                       f"topic '{topic}.absent' does not exist at {stack.bootstrap}"], res.output
 
+    # a training user forgotten since: the recorded range now leaves their clicks out, and the
+    # held-out users, drawn over the users, would be others (training users scored as held
+    # out): refused, not scored
+    first = str(ds.user_ids[int(ds.ts_ms.argmin())])  # the earliest click: in the range
+    res = runner.invoke(main, ["forget", first, "--topic", topic], env=base)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, args, env=base)
+    assert res.exit_code == 1, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and "users were forgotten (diam forget) since" in errors[0], res.output
+
 
 def test_a_leave_newest_checkpoint_is_evaluated_on_its_training_corpus(
         stack, topic, synth_dir, tmp_path) -> None:
