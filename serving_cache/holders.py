@@ -79,7 +79,7 @@ class RunAnnouncement:
 
     def refresh(self) -> None:
         ttl_ms = int(self.ttl_s * 1000)
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)  # one key: no MULTI for the ACL
         pipe.zadd(self.key, {self.member: int(time.time() * 1000) + ttl_ms})
         pipe.pexpire(self.key, ttl_ms)
         pipe.execute()

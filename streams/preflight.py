@@ -136,11 +136,13 @@ def redis_refusal(cfg: RedisConfig, exc: BaseException) -> ServiceConfigError | 
 
 REDIS_COMMANDS = ("PING", "GET", "SET", "DEL", "EXISTS", "EXPIRE", "TYPE", "HGET", "HMGET",
                   "HEXISTS", "HSET", "HSETNX", "HGETALL", "LLEN", "RPUSH", "LRANGE", "SCAN",
-                  "EVAL", "EVALSHA", "SCRIPT")
+                  "EVAL", "EVALSHA", "SCRIPT", "ZADD", "ZREM", "ZRANGEBYSCORE",
+                  "ZREMRANGEBYSCORE", "PEXPIRE")
 """The Redis commands a dataflow calls, its Lua scripts' ``redis.call`` included (ACL checks
 those too): the sink and its write-if-newer script (``serving_cache.writer``), its generation
 markers, ``serving_cache.base_record`` (the base record, its added ids, the partition count),
-``serving_cache.forgotten`` (the forget markers). The one list: :func:`check_redis` checks it
+``serving_cache.forgotten`` (the forget markers), ``serving_cache.holders`` (a run's
+announcement in its namespace, the replay's claim). The one list: :func:`check_redis` checks it
 at the start and :func:`redis_needs` says it. SCAN: ``diam`` commands that list a namespace."""
 
 REDIS_CLUSTER_COMMANDS = ("CLUSTER", "COMMAND", "INFO")
@@ -178,7 +180,9 @@ def _probes(cfg: RedisConfig, namespace: str) -> list[list[str]]:
             "HEXISTS": [key, "f"], "HSET": [key, "f", "1"], "HSETNX": [key, "f", "1"],
             "HGETALL": [key], "LLEN": [key], "RPUSH": [key, "1"], "LRANGE": [key, "0", "1"], "SCAN": ["0"],
             "EVAL": ["return 1", "1", key], "EVALSHA": ["0" * 40, "1", key],
-            "SCRIPT": ["LOAD", "return 1"], "CLUSTER": ["SLOTS"], "COMMAND": [],
+            "SCRIPT": ["LOAD", "return 1"], "ZADD": [key, "1", "m"], "ZREM": [key, "m"],
+            "ZRANGEBYSCORE": [key, "0", "+inf"], "ZREMRANGEBYSCORE": [key, "-inf", "0"],
+            "PEXPIRE": [key, "1"], "CLUSTER": ["SLOTS"], "COMMAND": [],
             "INFO": ["server"]}
     cmds = REDIS_COMMANDS + (REDIS_CLUSTER_COMMANDS if cfg.cluster else ())
     return [[name, *args[name]] for name in cmds]

@@ -395,7 +395,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     from serving_cache.forgotten import MarkersUnusable
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
-    from streams.preflight import ServiceConfigError, redis_refusal
+    from streams.preflight import ServiceConfigError, check_redis, redis_refusal
     from streams.redis_sink import RedisWriteFailed
     from streams.runner import (
         ClusterNotJoined,
@@ -449,6 +449,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
                     namespace=job.namespace, topic=job.topic, hot_reload=False)
         raise
     refuse_input(s, job.topic)  # before anything reads or writes (the markers' hash, a record)
+    with refusals():  # Redis's login, ACL and cluster checks before the announcement's writes
+        # (a tailing run waits for an unreachable server here, as its dataflow would)
+        check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
     announce_run(ctx, s, job.namespace)  # first, then the replay's claim: one sees the other
     refuse_replay_held(s, job.namespace)
     # refused catalogue records: dead-lettered by one process of a cluster (each reads the

@@ -14,6 +14,7 @@ import pytest
 
 import diam.app
 import diam.commands.run
+import streams.preflight
 import streams.runner
 from diam.commands import stop_on_signals
 
@@ -30,6 +31,7 @@ def no_dataflow(monkeypatch):
     # test_namespace_holders) taken as passed: nothing answers here
     for name in ("refuse_input", "refuse_replay_held", "announce_run"):
         monkeypatch.setattr(diam.commands.run, name, lambda *a: None)
+    monkeypatch.setattr(streams.preflight, "check_redis", lambda *a, **kw: None)
     monkeypatch.setattr(streams.runner, "run_online", lambda *a, **kw: ran.append("run"))
     return ran
 
