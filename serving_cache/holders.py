@@ -22,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from serving_cache.keys import runs_key
+from serving_cache.keys import claim_key, runs_key
 
 RUN_TTL_S = 15.0
 """How long a run's announcement lasts without a refresh: a killed run ages out after it."""
@@ -52,6 +52,33 @@ def stale_on_this_host(holder: str) -> bool:
     except (PermissionError, OverflowError):  # alive under another user; a pid out of range
         return False
     return False
+
+
+RELEASE_CLAIM = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+                 "end return 0")
+"""Delete a claim only while it still holds the given holder (a ``diam drop`` or another
+replay may have taken it since it was read or set): the one script of :func:`release_claim`."""
+
+
+def release_claim(client: Any, ns: str, holder: str) -> bool:
+    """Delete ``ns``'s claim if ``holder`` still holds it; whether it was deleted."""
+    return bool(client.eval(RELEASE_CLAIM, 1, claim_key(ns), holder))
+
+
+def claim_holder(client: Any, ns: str) -> tuple[str | None, str | None]:
+    """Who holds ``ns``'s claim now, as ``(holder, stale)``: a claim whose process is gone on
+    this host (:func:`stale_on_this_host`) is deleted (only while it still names that process)
+    and returned as ``stale``, with ``holder`` None; otherwise ``stale`` is None and ``holder``
+    is the claim's words (None: no claim). The one rule of a stale claim's takeover; the
+    callers say it in their own words."""
+    raw = client.get(claim_key(ns))
+    if raw is None:
+        return None, None
+    holder = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    if stale_on_this_host(holder):
+        release_claim(client, ns, holder)
+        return None, holder
+    return holder, None
 
 
 def live_runs(client: Any, ns: str) -> list[str]:

@@ -175,8 +175,7 @@ def _claim(s: Settings, client: Any, namespace: str) -> str:
     ``diam drop --force``."""
     import redis
 
-    from diam.commands.run import _DELETE_IF
-    from serving_cache.holders import describe, live_runs, stale_on_this_host
+    from serving_cache.holders import claim_holder, describe, live_runs
     from serving_cache.keys import claim_key
 
     ours = describe("replay")
@@ -186,11 +185,9 @@ def _claim(s: Settings, client: Any, namespace: str) -> str:
         for _ in range(3):  # a stale claim deleted, then set again
             if client.set(key, ours, nx=True):
                 break
-            raw = client.get(key)
-            held = None if raw is None else raw.decode(errors="replace")
-            if held is not None and stale_on_this_host(held):
-                client.eval(_DELETE_IF, 1, key, held)
-                click.echo(f"warning: namespace {namespace!r} was claimed by {held}, which is "
+            held, stale = claim_holder(client, namespace)
+            if stale is not None:
+                click.echo(f"warning: namespace {namespace!r} was claimed by {stale}, which is "
                            "gone: its claim taken over", err=True)
         else:
             holder = held or "another replay"
@@ -211,11 +208,6 @@ def _claim(s: Settings, client: Any, namespace: str) -> str:
     return ours
 
 
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-"""Delete the claim only while it is this replay's (a ``diam drop`` and another replay may have
-taken it since)."""
-
-
 def _holds_keys(client: Any, namespace: str) -> bool:
     """Whether ``--clear`` would delete a key of ``namespace`` (besides this replay's claim): a
     range of no record, or a clamped one, must not cost a namespace its keys; a fresh one has
@@ -227,9 +219,10 @@ def _holds_keys(client: Any, namespace: str) -> bool:
 
 
 def _release(client: Any, namespace: str, claim: str) -> None:
-    from serving_cache.keys import claim_key
+    """Give back this replay's claim (``serving_cache.holders.release_claim``)."""
+    from serving_cache.holders import release_claim
 
-    client.eval(_RELEASE, 1, claim_key(namespace), claim)
+    release_claim(client, namespace, claim)
 
 
 def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any, end: Any,

@@ -181,25 +181,21 @@ def refuse_input(settings: Settings, topic: str) -> None:
 def refuse_replay_held(settings: Settings, ns: str) -> None:
     """Refuse a run into namespace ``ns`` while a ``diam replay`` holds it
     (``serving_cache.keys.claim_key``): the two would write a mix of both. A claim whose
-    process is gone on this host (``serving_cache.holders.stale_on_this_host``) is deleted
+    process is gone on this host (``serving_cache.holders.claim_holder``) is deleted
     with a warning. Called after the run announced itself (:func:`announce_run`): a replay
     claims first and then looks for runs, so one of the two always sees the other."""
     import redis
 
     from serving_cache import redis_client
-    from serving_cache.holders import stale_on_this_host
+    from serving_cache.holders import claim_holder
     from serving_cache.keys import claim_key
 
     client = redis_client(settings.redis)
     try:
-        raw = client.get(claim_key(ns))
-        holder = (None if raw is None else raw.decode(errors="replace")
-                  if isinstance(raw, bytes) else str(raw))
-        if holder is not None and stale_on_this_host(holder):
-            client.eval(_DELETE_IF, 1, claim_key(ns), holder)
-            click.echo(f"warning: namespace {ns!r} was claimed by {holder}, which is gone: "
+        holder, stale = claim_holder(client, ns)
+        if stale is not None:
+            click.echo(f"warning: namespace {ns!r} was claimed by {stale}, which is gone: "
                        f"its claim ({claim_key(ns)}) deleted", err=True)
-            holder = None
     except redis.RedisError as exc:
         raise redis_unusable(settings, exc) from None
     finally:
@@ -210,10 +206,6 @@ def refuse_replay_held(settings: Settings, ns: str) -> None:
             f"({claim_key(ns)}): wait for it to end, or run into another namespace; if that "
             f"process is gone on another host, `diam drop --force {ns}` deletes the namespace "
             "with its claim")
-
-
-_DELETE_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-"""Delete a claim only while it still holds what was read (its holder may have changed)."""
 
 
 def announce_run(ctx: click.Context, settings: Settings, ns: str) -> None:
