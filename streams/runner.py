@@ -102,6 +102,11 @@ class OnlineJob:
     """The growth log in ``recovery_dir`` the run's holder follows (``diam.app.load_holder``):
     :func:`prepare_online` opens it for writing once the store is held and every check passed,
     :meth:`PreparedRun.close` closes it."""
+    redis_checked: bool = False
+    """Set by a caller that asked ``streams.preflight.check_redis`` of ``redis`` itself before
+    :func:`prepare_online` (``diam run``, ``diam replay``: before they hold the namespace), so
+    that :func:`prepare_online` does not ask it a second time; the other callers leave it
+    False and are checked there."""
     sink_pending: Callable[[], SinkPending] | None = None
     """Set by the run once its Redis sink is built (``RedisVectorSink.pending``): what the sink
     has still to do after a loss beyond the pushes queued (a re-push, the markers' restore),
@@ -403,7 +408,8 @@ def _check_services(job: OnlineJob) -> int:
     if job.addresses:  # Bytewax would say it only after the start line, in a panic
         check_address(job.addresses[job.process_id or 0], "--addresses")
     check_kafka(job.kafka)  # a refused login or TLS handshake names its settings, at once
-    check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
+    if not job.redis_checked:  # once per run: diam run and diam replay ask it first
+        check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
     if not job.bounded:  # tails: the service may start before the first click is produced
         ensure_topic(job.kafka, job.topic)
     # one metadata request, once per run; a bounded job's missing topic is UnknownTopic here,

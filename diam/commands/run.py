@@ -444,6 +444,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     with refusals():  # Redis's login, ACL and cluster checks before the announcement's writes
         # (a tailing run waits for an unreachable server here, as its dataflow would)
         check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
+    job.redis_checked = True  # prepare_online does not ask it again
     announce_run(ctx, s, job.namespace)  # first, then the replay's claim: one sees the other
     refuse_replay_held(s, job.namespace)
     # refused catalogue records: dead-lettered by one process of a cluster (each reads the

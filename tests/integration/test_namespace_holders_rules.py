@@ -59,3 +59,60 @@ def test_one_owner_of_the_claim_script() -> None:
 
     for module in (run, replay):
         assert "redis.call(" not in inspect.getsource(module), module.__name__
+
+
+def _checks_counted(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Each call of ``streams.preflight.check_redis`` (by whichever module), recorded, the real
+    check still made."""
+    import streams.preflight
+    import streams.runner
+
+    real, calls = streams.preflight.check_redis, []
+
+    def counted(cfg, wait=True, namespace=None):  # type: ignore[no-untyped-def]
+        calls.append(str(namespace))
+        return real(cfg, wait=wait, namespace=namespace)
+
+    monkeypatch.setattr(streams.preflight, "check_redis", counted)
+    monkeypatch.setattr(streams.runner, "check_redis", counted)
+    return calls
+
+
+def test_diam_run_checks_redis_once(stack, topic, holders_ns, tmp_path, monkeypatch) -> None:
+    """diam run asks Redis's login, ACL and cluster checks before it announces itself, and its
+    runner does not ask them again (before: twice per start)."""
+    from tests.flowkit import click_stream
+    from tests.integration.helpers import click_payloads, produce, write_tiny_checkpoint
+    from tests.integration.test_namespace_holders import _env_settings
+    from tests.integration.test_topic_typos import _cli
+
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    produce(stack.settings.kafka, topic,
+            click_payloads(click_stream(n_users=3, n_events=20, seed=3)))
+    calls = _checks_counted(monkeypatch)
+    res = _cli(_env_settings(stack, topic), "run", "--bounded", "--topic", topic,
+               "--checkpoint", str(ckpt), "--namespace", holders_ns)
+    assert res.exit_code == 0, res.output
+    assert calls == [holders_ns], calls
+
+
+def test_a_job_not_checked_by_its_caller_is_checked_by_the_runner(stack, topic) -> None:
+    """The runner keeps the check for its other callers: an unreachable Redis refuses a
+    bounded job there, unless the caller says it checked Redis itself."""
+    import socket as so
+
+    from diam.app import online_job
+    from streams.preflight import ServiceConfigError
+    from streams.runner import _check_services, prepare_online
+
+    with so.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    redis = stack.settings.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})
+    s = stack.settings.model_copy(update={"redis": redis})
+    job = online_job(s, topic=topic, namespace="holders_unchecked", bounded=True)
+    with pytest.raises(ServiceConfigError, match="is not reachable"):
+        prepare_online(job)
+    job.redis_checked = True
+    assert _check_services(job) == 4  # the topic's partitions: Redis not asked
