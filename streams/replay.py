@@ -233,9 +233,12 @@ def check_namespace(namespace: str, serving_namespace: str | None = None, verb: 
 def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: ReplayRange,
                namespace: str, holder: LearnerHolder, *, workers: int = 1,
                progress: bool = True, poll_s: float = 0.2,
-               stop: threading.Event | None = None) -> ReplayReport:
+               stop: threading.Event | None = None, redis_checked: bool = False,
+               ) -> ReplayReport:
     """Run the bounded dataflow over ``rng`` into ``namespace`` and report; ``stop`` set (a
-    signal, ``diam replay``) ends the input at its next batch, as ``diam run``'s.
+    signal, ``diam replay``) ends the input at its next batch, as ``diam run``'s;
+    ``redis_checked``: the caller asked ``streams.preflight.check_redis`` already
+    (``streams.runner.OnlineJob.redis_checked``: not asked again).
 
     The dataflow runs in a thread while this one shows a tqdm bar of records read against the
     range size. An error in the dataflow is re-raised here."""
@@ -247,7 +250,8 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     job = OnlineJob(kafka=replay_topics(kafka, namespace), redis=redis, flow=flow, topic=rng.topic,
                     namespace=namespace, bounded=True, start=dict(rng.start), end=dict(rng.end),
                     workers=workers, recovery_dir=None, flow_id=f"diam-replay-{namespace}",
-                    stop=stop if stop is not None else threading.Event())
+                    stop=stop if stop is not None else threading.Event(),
+                    redis_checked=redis_checked)
     # also set by the sink: a refused write ends the input
     stats = FlowStats()
     failure: list[BaseException] = []

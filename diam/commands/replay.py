@@ -102,6 +102,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     from diam.commands.run import refuse_input, require_broker
     from serving_cache import redis_client
     from serving_cache.keys import claim_key
+    from streams.preflight import ServiceConfigError, check_redis
     from streams.replay import ReplayError, check_namespace, parse_bound
 
     s = get_settings(ctx)
@@ -121,6 +122,13 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                     hot_reload=False)
         raise
     refuse_input(s, topic)  # a side topic, a replay's own, a compacted one: nothing written
+    try:  # Redis's login, ACL and cluster checks before the claim's writes: an ACL user that
+        # may not run a command is told which (not "not usable" from the claim's own calls)
+        check_redis(s.redis, wait=False, namespace=namespace)
+    except ServiceConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except redis.RedisError as exc:
+        raise redis_unusable(s, exc) from None
     client = redis_client(s.redis)
     stop = threading.Event()  # SIGINT/SIGTERM: the dataflow stops at its next batch, the
     stop_on_signals(stop)  # claim is released (installed first: no signal finds it unreleased)
@@ -313,7 +321,7 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
                    f"base={holder.version}" + (f" +{grown} new items" if grown else ""), err=True)
     try:
         report = run_replay(s.kafka, s.redis, s.flow, rng, namespace, holder, workers=workers,
-                            progress=progress, stop=stop)
+                            progress=progress, stop=stop, redis_checked=True)
     except MarkersUnusable as exc:  # refused before the dataflow started (its markers lookup)
         raise click.ClickException(str(exc)) from None
     except ServiceConfigError as exc:  # its start checks: a permission the ACL user lacks, ...

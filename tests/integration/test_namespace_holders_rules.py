@@ -23,6 +23,15 @@ def holders_ns(redis_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
         redis_client.delete(*keys)
 
 
+@pytest.fixture
+def holders_user(redis_client) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """An ACL user's name and password on the stack's Redis (no rules yet), deleted after."""
+    name, password = f"holders-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    redis_client.acl_setuser(name, enabled=True, passwords=[f"+{password}"])
+    yield name, password
+    redis_client.acl_deluser(name)
+
+
 def _gone_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -116,3 +125,37 @@ def test_a_job_not_checked_by_its_caller_is_checked_by_the_runner(stack, topic) 
         prepare_online(job)
     job.redis_checked = True
     assert _check_services(job) == 4  # the topic's partitions: Redis not asked
+
+
+def test_a_replay_checks_redis_before_its_claim_and_once(
+        stack, topic, holders_ns, redis_client, holders_user, tmp_path, monkeypatch) -> None:
+    """An ACL user that may not run a command the replay needs (ZREMRANGEBYSCORE: the runs'
+    lookup after the claim) is told which, with no claim set (before: the claim set, then
+    'not usable' from the lookup); a permitted replay asks the check once (before: twice)."""
+    from streams.preflight import REDIS_COMMANDS
+    from tests.flowkit import click_stream
+    from tests.integration.helpers import click_payloads, produce, write_tiny_checkpoint
+    from tests.integration.test_namespace_holders import _env_settings
+    from tests.integration.test_redis_write_refused import _as_user
+    from tests.integration.test_topic_typos import _cli
+
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    produce(stack.settings.kafka, topic,
+            click_payloads(click_stream(n_users=3, n_events=20, seed=4)))
+    s = _env_settings(stack, topic)
+    as_user = s.model_copy(update={"redis": s.redis.model_copy(
+        update={"url": _as_user(stack, holders_user)})})
+    listed = [f"+{c.lower()}" for c in REDIS_COMMANDS if c != "ZREMRANGEBYSCORE"]
+    redis_client.acl_setuser(holders_user[0], enabled=True, keys=["diam:*"], commands=listed)
+    args = ("replay", "--no-progress", "--topic", topic, "--namespace", holders_ns,
+            "--checkpoint", str(ckpt))
+    res = _cli(as_user, *args)
+    assert res.exit_code == 1, res.output
+    errors = [x for x in res.output.splitlines() if x.startswith("Error:")]
+    assert len(errors) == 1 and "may not run ZREMRANGEBYSCORE" in errors[0], res.output
+    assert redis_client.get(claim_key(holders_ns)) is None
+    calls = _checks_counted(monkeypatch)
+    res = _cli(s, *args)
+    assert res.exit_code == 0, res.output
+    assert calls == [holders_ns], calls
