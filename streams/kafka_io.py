@@ -56,7 +56,7 @@ class RawRecord(NamedTuple):
     ``clock_ms`` is the partition's event clock at this record: the largest record timestamp
     in the partition up to and including it, from where the run (or the recovery store it
     resumed, which keeps the clock) started reading, over the records the dataflow accepts
-    when the source is given its judge (``ClickSource``'s ``accepts``, with eviction on): a
+    when the source is given its judge (``ClickSource``'s ``judge``, with eviction on): a
     dead-lettered record's timestamp never moves it. It never goes back, and a replay of the
     partition from its start, or a resume, reads the same clock at the same offset; a replay of
     a range starts the clock at the range's first record (its users start fresh too). The

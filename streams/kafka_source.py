@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
@@ -192,12 +193,15 @@ SourceSnapshot = tuple[int, int]
 clock)`` (see :attr:`RawRecord.clock_ms`; a store written before the clock was kept holds the
 offset alone, and the clock then restarts from the first record read)."""
 
-Accepts = Callable[[list[RawRecord]], list[bool]]
-"""Which of some records the dataflow accepts (a click or a forget) rather than dead-letters:
-``streams.online.record_accepts``, the dataflow's own judge."""
+Judge = Callable[[list[RawRecord], int], tuple[list[Any], int]]
+"""What the dataflow makes of a batch of one partition's records, read with clocks that are the
+running maximum of their timestamps from the clock before the batch (the second argument): the
+items to emit instead of the records, and the partition's clock after the batch, moved only by
+the records the dataflow accepts (``streams.online.source_judge``: the dataflow's own verdicts,
+so that its decode step does not judge the records again)."""
 
 
-class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
+class _ClickPartition(StatefulSourcePartition[Any, SourceSnapshot]):
     def __init__(self, source: ClickSource, shared: _SharedConsumer, part: int, start: int,
                  end: int | None, clock: int = -1) -> None:
         self._source, self._shared = source, shared
@@ -206,10 +210,10 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
         self._next = start
         self._clock = clock
         self._batch = source.batch_size
-        self._accepts = source.accepts
+        self._judge = source.judge
         self._buf = shared.add(part, start)
 
-    def next_batch(self) -> list[RawRecord]:
+    def next_batch(self) -> list[Any]:
         if (self._end is not None and self._next >= self._end) or (
                 self._stop is not None and self._stop.is_set()):
             # a stop request ends the input like a bounded end: the last epoch closes, its
@@ -228,7 +232,6 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
                 return []
         out: list[RawRecord] = []
         clock = self._clock
-        rises: list[int] = []  # the records that moved the clock
         while buf and len(out) < self._batch:
             m = buf.popleft()
             off = m.offset()  # always set on a consumed, error-free message
@@ -240,12 +243,12 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
             ts = m.timestamp()[1]
             if ts > clock:
                 clock = ts
-                rises.append(len(out))
             out.append(RawRecord(self._topic, self._part, off, _bytes(m.key()), _bytes(m.value()),
                                  ts, clock))
             self._next = off + 1
-        if rises and self._accepts is not None:
-            clock = _accepted_clock(out, rises, self._clock, self._accepts)
+        if self._judge is not None and out:
+            items, self._clock = self._judge(out, self._clock)
+            return items
         self._clock = clock
         return out
 
@@ -263,30 +266,6 @@ class _ClickPartition(StatefulSourcePartition[RawRecord, SourceSnapshot]):
         self._release()
 
 
-def _accepted_clock(out: list[RawRecord], rises: list[int], start: int, accepts: Accepts) -> int:
-    """Make ``out``'s clocks those of the records ``accepts`` takes (the dataflow's judge) and
-    return the clock after them. A record the dataflow dead-letters says nothing about the
-    partition's time: its timestamp (up to an hour ahead, the broker's
-    ``message.timestamp.after.max.ms``) would make every user of the partition idle
-    (``FlowConfig.evict_idle_s``). Only the records that moved the clock (``rises``) are
-    judged first, in one call: in the common batch, where all of them are accepted, ``out``
-    stays as it was read. When one is refused, every record after the batch's start clock is
-    judged, in one more call, and the clocks are one running maximum over the accepted ones:
-    two judge calls and two passes at most, however many records are refused (a pass per
-    refused record was quadratic in a batch of garbage sharing one timestamp)."""
-    if all(accepts([out[i] for i in rises])):
-        return out[-1].clock_ms
-    later = [i for i, rec in enumerate(out) if rec.ts_ms > start]
-    refused = {i for i, ok in zip(later, accepts([out[i] for i in later]), strict=True) if not ok}
-    clock = start
-    for i, rec in enumerate(out):
-        if rec.ts_ms > clock and i not in refused:
-            clock = rec.ts_ms
-        if rec.clock_ms != clock:
-            out[i] = rec._replace(clock_ms=clock)
-    return clock
-
-
 class RecoveryMismatch(RuntimeError):
     """The recovery store does not belong to the topic it is resumed on (its offsets lie past
     the topic's end): refused at start, before any record is read. Only offsets tell: a
@@ -294,7 +273,7 @@ class RecoveryMismatch(RuntimeError):
     store keeps offsets, not Kafka's topic id)."""
 
 
-class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
+class ClickSource(FixedPartitionedSource[Any, SourceSnapshot]):
     """Every partition of ``topic`` as a Bytewax input partition.
 
     ``start``/``end``: per-partition offsets (end exclusive). ``bounded=True`` without ``end``
@@ -314,9 +293,11 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
     clicks now land on new partitions, whose offsets their state cannot order
     (``streams.runner`` then refuses to go on). It never reads the new partitions.
 
-    ``accepts``: which records the dataflow accepts (:data:`Accepts`); the partition's event
-    clock (:attr:`RawRecord.clock_ms`) then moves on those only, never on a record that is
-    dead-lettered (None: on every record).
+    ``judge``: what the dataflow makes of the records (:data:`Judge`): the source then emits
+    its items (the dataflow's verdicts) instead of the records, each record judged here once,
+    and the partition's event clock (:attr:`RawRecord.clock_ms`) moves on the records the
+    dataflow accepts only, never on one it dead-letters (None: records, the clock moved by
+    every one).
     """
 
     def __init__(self, cfg: KafkaConfig, topic: str, *, start: dict[int, int] | None = None,
@@ -324,9 +305,9 @@ class ClickSource(FixedPartitionedSource[RawRecord, SourceSnapshot]):
                  batch_size: int = 1000, partitions: list[int] | None = None,
                  stop: threading.Event | None = None,
                  health: BrokerHealth | None = None, watch: bool = False,
-                 partition_count: int | None = None, accepts: Accepts | None = None) -> None:
+                 partition_count: int | None = None, judge: Judge | None = None) -> None:
         self.cfg, self.topic = cfg, topic
-        self.accepts = accepts
+        self.judge = judge
         self.health = health or BrokerHealth(cfg.bootstrap)
         self.watch = watch and not bounded and end is None
         # a watching source stops itself when the topic's partition count grows

@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 __all__ = ["Counts", "DeadLetter", "FlowSinks", "FlowStats", "Forget", "Learn", "LearnerHolder",
            "Verdicts", "build_flow", "deadletter_record", "drift_record", "forget_target",
-           "record_accepts", "record_judge"]
+           "record_judge", "source_judge"]
 
 
 class Learn(NamedTuple):
@@ -470,28 +470,66 @@ def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
     return judge
 
 
-def record_accepts(cfg: FlowConfig) -> Callable[[list[RawRecord]], list[bool]]:
-    """:func:`record_judge`'s verdicts as accepted (a click or a forget) or not (a dead
-    letter): what moves a partition's event clock (``streams.kafka_source.ClickSource``'s
-    ``accepts``), so that a refused record's timestamp never makes the partition's users idle."""
+SourceJudge = Callable[[list[RawRecord], int], tuple[list[Keyed | DeadLetter], int]]
+""":func:`source_judge`'s judge (``streams.kafka_source.Judge``)."""
+
+
+def source_judge(cfg: FlowConfig) -> SourceJudge:
+    """:func:`record_judge` in the source (``ClickSource``'s ``judge``, given with eviction on,
+    where the partition's event clock must know what the dataflow accepts): a batch of one
+    partition's records becomes its verdicts, which the source emits instead of the records
+    and the decode step (:func:`_decoder`) counts without judging again, and the partition's
+    event clock after the batch. The source reads the records with the running maximum of their
+    timestamps from ``start``, the clock before the batch; the clock moves on the records the
+    dataflow accepts only (a click or a forget): a dead-lettered record's timestamp (up to an
+    hour ahead, the broker's ``message.timestamp.after.max.ms``) would make every user of the
+    partition idle (``FlowConfig.evict_idle_s``). A batch without a dead letter keeps the clocks
+    it was read with; else one pass gives every record the running maximum over the accepted
+    ones, in its verdict too."""
     judge = record_judge(cfg)
 
-    def accepts(recs: list[RawRecord]) -> list[bool]:
-        return [type(v) is not DeadLetter for v in judge(recs)[0]]
-    return accepts
+    def judged(recs: list[RawRecord], start: int) -> tuple[list[Keyed | DeadLetter], int]:
+        out, rejected, _ = judge(recs)
+        if not recs:
+            return out, start
+        if not rejected:
+            return out, recs[-1].clock_ms
+        clock = start
+        for i, (rec, verdict) in enumerate(zip(recs, out, strict=True)):
+            dead = type(verdict) is DeadLetter
+            if rec.ts_ms > clock and not dead:
+                clock = rec.ts_ms
+            if rec.clock_ms != clock:  # after a refused record that had moved it
+                rec = rec._replace(clock_ms=clock)
+                if isinstance(verdict, DeadLetter):
+                    out[i] = verdict._replace(record=rec)
+                else:
+                    out[i] = (verdict[0], verdict[1]._replace(record=rec))
+        return out, clock
+    return judged
 
 
 def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
              ) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
     """The dataflow's decode step: :func:`record_judge` over each batch, counted. A hot reload
-    is checked once per batch, not per event."""
+    is checked once per batch, not per event. A batch of verdicts (a source given
+    :func:`source_judge`, told by its first item) is counted as it is, not judged again."""
     judge = record_judge(cfg)
 
-    def decode_batch(recs: list[RawRecord]) -> list[Keyed | DeadLetter]:
+    def decode_batch(recs: list[Any]) -> list[Keyed | DeadLetter]:
         holder.maybe_reload()
         counts = stats.counts()
         counts.records += len(recs)
-        out, rejected, forgets = judge(recs)
+        if recs and type(recs[0]) is not RawRecord:  # judged by the source already
+            rejected = forgets = 0
+            for v in recs:
+                if type(v) is DeadLetter:
+                    rejected += 1
+                elif type(v[1]) is Forget:
+                    forgets += 1
+            out = cast(list[Keyed | DeadLetter], recs)
+        else:
+            out, rejected, forgets = judge(recs)
         counts.rejected += rejected
         counts.forgets += forgets  # in the batch that counted them as records
         return out
@@ -782,7 +820,8 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
     against the real broker. Decoding works on whole batches (``flat_map_batch``): it is the
-    one step that does Python work on every event before the per-user step. Errors are data:
+    one step that does Python work on every event before the per-user step (a source given
+    :func:`source_judge` judged the records already: the step counts its verdicts). Errors are data:
     dead letters from decoding and from the update leave by their own branches, marked with
     ``namespace`` (the run's Redis namespace) when given, as its drift events are. Drift
     records say ``topic``, the clicks topic read (default: ``source.topic``, a ClickSource's).

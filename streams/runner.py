@@ -36,7 +36,7 @@ from streams.kafka_io import ensure_topic, partition_ids
 from streams.kafka_sink import KafkaEpochSink
 from streams.kafka_source import ClickSource
 from streams.metrics import FlowMetrics, instrument
-from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow, record_accepts
+from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow, source_judge
 from streams.preflight import check_address, check_kafka, check_redis
 from streams.redis_sink import RedisVectorSink, SinkPending
 
@@ -302,8 +302,9 @@ def job_io(job: OnlineJob, topic_id: str | None = None,
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
                          health=health, watch=True, partition_count=partition_count,
-                         # the clock is read for idleness alone: judged only when it is
-                         accepts=record_accepts(job.flow) if job.flow.evict_idle_s else None)
+                         # the clock is read for idleness alone: the source judges the
+                         # records (once: the dataflow counts its verdicts) only when it is
+                         judge=source_judge(job.flow) if job.flow.evict_idle_s else None)
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
                                 max_queued=job.flow.sink_queue_batches, topic=job.topic,
