@@ -42,16 +42,20 @@ def namespace_in_use(client: Any, ns: str) -> bool:
     return next(iter(client.scan_iter(match=user_pattern(ns), count=1000)), None) is not None
 
 
-def drop_namespace(client: Any, ns: str, batch: int = 1000) -> int:
+def drop_namespace(client: Any, ns: str, batch: int = 1000, keep: str | None = None) -> int:
     """Delete every key of namespace ``ns`` (its users, the active-model key, the generation
-    marker) with UNLINK, ``batch`` keys a call; return how many were deleted.
+    marker) with UNLINK, ``batch`` keys a call, but the key named ``keep`` (the caller's own
+    claim of ``ns``, held until the drop is done); return how many were deleted.
 
     Never call this on a namespace a running dataflow writes: the dataflow would take the
     missing marker for a lost Redis and push every user it holds again.
     """
     n = 0
     keys: list[bytes] = []
+    kept = None if keep is None else keep.encode()
     for key in client.scan_iter(match=namespace_pattern(ns), count=batch):
+        if key == kept:
+            continue
         keys.append(key)
         if len(keys) >= batch:
             n += int(client.unlink(*keys))

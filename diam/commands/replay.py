@@ -562,15 +562,19 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
     Refuses, naming the holder, a namespace a running `diam replay` holds (its claim,
     diam:NAMESPACE:claim) or a running `diam run` writes (diam:NAMESPACE:runs, refreshed every
     few seconds; a killed run ages out in 15 s): the run would push every user it holds again,
-    the replay would end with a part of its range. A claim whose replay is gone on this host
-    is stale and deleted with the rest; --force drops anyway (a claim of a replay killed on
-    another host). The claim is one of the keys deleted. Keys go in batches of 1000 by SCAN
-    and UNLINK; prints how many went.
+    the replay would end with a part of its range. The drop claims the namespace itself first
+    (diam:NAMESPACE:claim, then looks for runs; released when it is done), so a replay or run
+    starting meanwhile is refused. A claim whose replay is gone on this host is stale and
+    taken over; --force drops anyway (a claim of a replay killed on another host, which is
+    counted as one of the keys deleted). Keys go in batches of 1000 by SCAN and UNLINK;
+    prints how many went.
     """
     import redis
     from confluent_kafka import KafkaException
 
     from serving_cache import redis_client
+    from serving_cache.holders import describe, release_claim
+    from serving_cache.keys import claim_key
     from serving_cache.namespaces import drop_namespace
     from streams.kafka_io import delete_topics
     from streams.replay import ReplayError, check_namespace, replay_topics
@@ -581,19 +585,29 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
     client = redis_client(s.redis)
-    try:
-        held = _live_holders(client, namespace)  # before the question: a refusal asks nothing
+    ours = describe("drop")
+    try:  # claimed first, then the runs looked for (a run announces itself before it looks
+        # for a claim): a replay or run starting meanwhile is refused, or seen here
+        claimed, held = _hold_for_drop(client, namespace, ours)  # before the question: a
+        # refusal asks nothing
         if held and not force:
+            release_claim(client, namespace, ours)
             raise click.ClickException(
                 f"namespace {namespace!r} is held by {'; '.join(held)}: wait for it to end (or "
                 "stop it); if that process is gone on another host, `diam drop --force "
                 f"{namespace}`")
         for h in held:
             click.echo(f"warning: --force: dropping namespace {namespace!r} held by {h}", err=True)
-        if not yes:
-            click.confirm(f"delete every key of namespace {namespace!r} at "
-                          f"{_without_password(s.redis.url)}?", abort=True, err=True)
-        n = drop_namespace(client, namespace)
+        if not claimed:  # --force: over another's claim, counted as one of the keys
+            client.set(claim_key(namespace), ours)
+        try:
+            if not yes:
+                click.confirm(f"delete every key of namespace {namespace!r} at "
+                              f"{_without_password(s.redis.url)}?", abort=True, err=True)
+            # its own claim last, when the rest is gone
+            n = drop_namespace(client, namespace, keep=claim_key(namespace)) + (not claimed)
+        finally:
+            release_claim(client, namespace, ours)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     finally:
@@ -615,17 +629,28 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
         click.echo(f"deleted the replay's topic(s) {', '.join(gone)}")
 
 
-def _live_holders(client: Any, namespace: str) -> list[str]:
-    """The replay claim (unless stale on this host) and the live runs holding ``namespace``."""
-    from serving_cache.holders import live_runs, stale_on_this_host
+def _hold_for_drop(client: Any, namespace: str, ours: str) -> tuple[bool, list[str]]:
+    """Claim ``namespace`` for a ``diam drop`` (``SET NX`` of its claim, ``ours``; a stale claim
+    of this host taken over, ``serving_cache.holders.claim_holder``), then look for the live
+    runs writing it; returns whether it was claimed, and its other holders: the replay's claim
+    that kept it from being claimed, and the runs."""
+    from serving_cache.holders import claim_holder, live_runs
     from serving_cache.keys import claim_key, runs_key
 
-    held = [f"{r} ({runs_key(namespace)})"
-            for r in live_runs(client, namespace)]
-    raw = client.get(claim_key(namespace))
-    if raw is not None and not stale_on_this_host(claim := raw.decode(errors="replace")):
-        held.insert(0, f"{claim} ({claim_key(namespace)})")
-    return held
+    held: list[str] = []
+    claimed = False
+    for _ in range(3):  # a stale claim deleted, then set again
+        if client.set(claim_key(namespace), ours, nx=True):
+            claimed = True
+            break
+        holder, stale = claim_holder(client, namespace)
+        if stale is not None:
+            click.echo(f"warning: namespace {namespace!r} was claimed by {stale}, which is "
+                       "gone: its claim taken over", err=True)
+        if holder is not None:
+            held = [f"{holder} ({claim_key(namespace)})"]
+            break
+    return claimed, held + [f"{r} ({runs_key(namespace)})" for r in live_runs(client, namespace)]
 
 
 def _forget_announced(s: Any, namespace: str) -> None:

@@ -159,3 +159,47 @@ def test_a_replay_checks_redis_before_its_claim_and_once(
     res = _cli(s, *args)
     assert res.exit_code == 0, res.output
     assert calls == [holders_ns], calls
+
+
+def test_a_drop_holds_the_namespace_while_it_asks_and_deletes(
+        stack, topic, holders_ns, redis_client, tmp_path) -> None:
+    """diam drop claims the namespace before it looks for runs and asks: a replay or a run
+    starting meanwhile is refused, naming the drop (before: the drop held nothing, and one
+    started between its check and its delete lost its keys under it)."""
+    import subprocess
+    import sys
+    import time
+
+    import click
+
+    from diam.commands.run import refuse_replay_held
+    from tests.integration.helpers import run_env, write_tiny_checkpoint
+    from tests.integration.test_namespace_holders import _env_settings
+    from tests.integration.test_topic_typos import _cli
+
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    s = _env_settings(stack, topic)
+    redis_client.set(f"diam:{holders_ns}:u:1", b"x")
+    drop = subprocess.Popen([sys.executable, "-m", "diam", "drop", holders_ns, "--keep-topics"],
+                            env=run_env(stack, topic), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (held := redis_client.get(claim_key(holders_ns))) is None:
+            assert drop.poll() is None and time.monotonic() < deadline, drop.communicate()
+            time.sleep(0.02)
+        assert held.decode().startswith(f"diam drop pid {drop.pid} "), held
+        res = _cli(s, "replay", "--no-progress", "--topic", topic, "--namespace", holders_ns,
+                   "--checkpoint", str(ckpt))
+        assert res.exit_code == 1 and f"held by diam drop pid {drop.pid} " in res.output, \
+            res.output
+        with pytest.raises(click.ClickException, match=f"held by diam drop pid {drop.pid} "):
+            refuse_replay_held(s, holders_ns)
+        out, err = drop.communicate("y\n", timeout=60)
+    finally:
+        if drop.poll() is None:
+            drop.kill()
+    assert drop.returncode == 0, (out, err)
+    assert f"dropped 1 keys of namespace {holders_ns!r}" in out, out
+    assert list(redis_client.scan_iter(match=f"diam:{holders_ns}:*")) == []  # its claim too
