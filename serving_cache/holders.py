@@ -90,6 +90,18 @@ def live_runs(client: Any, ns: str) -> list[str]:
             for m in client.zrangebyscore(key, now_ms, "+inf")]
 
 
+def holders_of(client: Any, ns: str) -> tuple[str | None, bool, list[str]]:
+    """Who holds ``ns``, read only (``diam inspect namespace``): its claim's holder (None: no
+    claim), whether that holder is stale (:func:`stale_on_this_host`: the next replay, run or
+    drop takes it over), and the runs whose announcement has not expired."""
+    raw = client.get(claim_key(ns))
+    claim = None if raw is None else (raw.decode(errors="replace") if isinstance(raw, bytes)
+                                      else str(raw))
+    runs = [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
+            for m in client.zrangebyscore(runs_key(ns), int(time.time() * 1000), "+inf")]
+    return claim, claim is not None and stale_on_this_host(claim), runs
+
+
 class RunAnnouncement:
     """A ``diam run`` process's member of its namespace's runs set, from :meth:`start` to
     :meth:`close`: refreshed every ``refresh_s`` by a daemon thread (not the dataflow's),

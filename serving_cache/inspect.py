@@ -11,6 +11,7 @@ import redis
 from serving_cache.base_record import BaseRecordError, read_base
 from serving_cache.codec import CodecError, UserVectors, decode_user
 from serving_cache.connection import get_values
+from serving_cache.holders import holders_of
 from serving_cache.keys import model_active_key, user_id_of_key, user_pattern
 
 __all__ = ["NamespaceSummary", "summarize_namespace", "iter_users"]
@@ -36,6 +37,13 @@ class NamespaceSummary:
     table, items taken after its start; None when none is recorded."""
     base_problem: str | None = None
     """Why the base record cannot be read, when it cannot."""
+    claim: str | None = None
+    """Who holds the namespace's claim (``serving_cache.holders``: a ``diam replay`` or ``diam
+    drop``); None when nobody does."""
+    claim_stale: bool = False
+    """Whether the claim's process is gone on this host (taken over by the next holder)."""
+    runs: list[str] = field(default_factory=list)
+    """The live ``diam run`` processes announced in the namespace."""
 
 
 def iter_users(client: redis.Redis, ns: str, batch: int = 500):
@@ -90,6 +98,7 @@ def summarize_namespace(client: redis.Redis, ns: str) -> NamespaceSummary:
         out.base = None if record is None else record.fields()
     except BaseRecordError as exc:
         out.base_problem = str(exc)
+    out.claim, out.claim_stale, out.runs = holders_of(client, ns)
     return out
 
 

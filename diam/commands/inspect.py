@@ -46,7 +46,10 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
                   drift_topic: str | None, drift_last: int) -> None:
     """Summary of every user in a namespace: count, K_u histogram, d_u spread, value size, and
     the base its newest values were learnt on (version, item table, items taken after the
-    writing run's start: what `diam diff` compares)."""
+    writing run's start: what `diam diff` compares), and who holds it: a `diam replay`'s or
+    `diam drop`'s claim (diam:NS:claim; a stale one, whose process is gone on this host, said
+    so) and the live `diam run` processes (diam:NS:runs), in --json as claim, claim_stale
+    and runs."""
     from dataclasses import asdict
 
     from serving_cache import redis_client
@@ -83,6 +86,23 @@ def namespace_cmd(ctx: click.Context, namespace: str | None, as_json: bool, plot
         click.echo(f"  base     record unreadable: {summary.base_problem}")
     if summary.undecodable:
         click.echo(f"  {summary.undecodable} values could not be decoded")
+    for line in _holder_lines(summary):
+        click.echo(line)
+
+
+def _holder_lines(summary: Any) -> list[str]:
+    """Who holds the namespace (``serving_cache.holders``), one line each: the claim of a
+    ``diam replay`` or ``diam drop``, and the live ``diam run`` processes."""
+    from serving_cache.keys import claim_key, runs_key
+
+    ns = summary.namespace
+    out = []
+    if summary.claim is not None:
+        gone = ("; its process is gone: the next replay, run or drop takes it over"
+                if summary.claim_stale else "")
+        out.append(f"  held by  {summary.claim} ({claim_key(ns)}{gone})")
+    out += [f"  held by  {r} ({runs_key(ns)})" for r in summary.runs]
+    return out or ["  held by  nobody (no replay's claim, no live run)"]
 
 
 def _drift_topics_of(s, ns: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -203,3 +203,37 @@ def test_a_drop_holds_the_namespace_while_it_asks_and_deletes(
     assert drop.returncode == 0, (out, err)
     assert f"dropped 1 keys of namespace {holders_ns!r}" in out, out
     assert list(redis_client.scan_iter(match=f"diam:{holders_ns}:*")) == []  # its claim too
+
+
+def test_inspect_namespace_shows_who_holds_it(stack, holders_ns, redis_client) -> None:
+    """diam inspect namespace names the claim's holder and the live runs, text and --json
+    (before: neither)."""
+    import json
+
+    from serving_cache.holders import RunAnnouncement
+    from tests.integration.test_topic_typos import _cli
+
+    ns = holders_ns
+    res = _cli(stack.settings, "inspect", "namespace", "--namespace", ns)
+    assert res.exit_code == 0 and "held by  nobody" in res.output, res.output
+    claim = "diam replay pid 1 on elsewhere since 2026-01-01T00:00:00Z (test)"
+    redis_client.set(claim_key(ns), claim)
+    run = RunAnnouncement(redis_client, ns)
+    run.start()
+    try:
+        res = _cli(stack.settings, "inspect", "namespace", "--namespace", ns)
+        assert res.exit_code == 0, res.output
+        assert f"held by  {claim} ({claim_key(ns)})" in res.output, res.output
+        assert f"held by  {run.member} (diam:{ns}:runs)" in res.output, res.output
+        res = _cli(stack.settings, "inspect", "namespace", "--namespace", ns, "--json")
+        assert res.exit_code == 0, res.output
+        body = json.loads(res.output)
+        assert (body["claim"], body["claim_stale"], body["runs"]) == (claim, False, [run.member])
+    finally:
+        run.close()
+    stale = (f"diam replay pid {_gone_pid()} on {socket.gethostname()} since "
+             "2026-01-01T00:00:00Z (test)")
+    redis_client.set(claim_key(ns), stale)
+    res = _cli(stack.settings, "inspect", "namespace", "--namespace", ns)
+    assert f"{stale} ({claim_key(ns)}; its process is gone" in res.output, res.output
+    assert redis_client.get(claim_key(ns)) == stale.encode()  # read only: nothing deleted
