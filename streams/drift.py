@@ -68,6 +68,7 @@ __all__ = [
     "DriftConfig",
     "DriftMonitor",
     "DriftRecord",
+    "QUIET_CAP",
     "TopUser",
     "WindowSummary",
     "drift_identity",
@@ -90,7 +91,8 @@ KINDS = ("k_change", "guard_trip", "rollback", "freeze", "reanchor")
 
 QUIET_CAP = 1000
 """Most windows without drift events closed at once (zero summaries, zeros for the detector):
-a gap longer than that closes its last ``QUIET_CAP`` windows only."""
+a gap longer than that closes its last ``QUIET_CAP`` windows only, and the next summary says
+how many it skipped (``WindowSummary.quiet_skipped``)."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,9 @@ class WindowSummary:
     reanchors: int
     late: int = 0
     """Records dropped since the previous summary because their user's window had closed."""
+    quiet_skipped: int = 0
+    """Windows without drift events just before this one that were skipped, not closed one by
+    one: a gap in event time longer than :data:`QUIET_CAP` windows."""
 
 
 @dataclass
@@ -584,20 +589,32 @@ class DriftMonitor:
         the one starting at ``before`` (excluded), in order: each a :class:`WindowSummary` of
         zeros, so the window gauges go back to 0 after a busy window, and a zero for the
         detector, or a quiet fleet would look like a busy one. Capped at :data:`QUIET_CAP`
-        windows (the last ones) so a long gap stays cheap; nothing before a first window
-        closed."""
+        windows (the last ones) so a long gap stays cheap (event time jumping from a dataset's
+        1997 to today is millions of windows): the ones before them are skipped, neither
+        summarised nor fed to the detector, and the first summary after them says how many
+        (``quiet_skipped``). Nothing before a first window closed."""
         if self._closed_upto is None or before <= self._closed_upto:
             return []
         w_ms = self.cfg.window_ms
         first = max(self._closed_upto, before - QUIET_CAP * w_ms)
+        skipped = (first - self._closed_upto) // w_ms
+        self._closed_upto = first  # the skipped ones count as closed
         out: list[Output] = []
         for start in range(first, before, w_ms):
-            out.extend(self._close(_Window(start, start + w_ms)))
+            out.extend(self._summarise(_Window(start, start + w_ms), skipped))
+            skipped = 0
         return out
 
     def _close(self, win: _Window) -> list[Output]:
+        """Close ``win``: first the quiet windows before it (:meth:`_close_quiet`), then its
+        own summary and alerts."""
+        return self._close_quiet(win.start) + self._summarise(win)
+
+    def _summarise(self, win: _Window, quiet_skipped: int = 0) -> list[Output]:
+        """``win``'s summary and global alerts, the windows before it already closed; never
+        closes another window (a quiet window's must not recurse into the ones before it)."""
         cfg = self.cfg
-        out: list[Output] = self._close_quiet(win.start)
+        out: list[Output] = []
         self._closed_upto = win.end
         changes = win.per_kind_user.get("k_change", Counter())
         summary = WindowSummary(
@@ -606,7 +623,7 @@ class DriftMonitor:
             flip_users=len(win.flip_users), max_d_swing=win.max_d_swing,
             guard_trips=win.kinds["guard_trip"], rollbacks=win.kinds["rollback"],
             freezes=win.kinds["freeze"], reanchors=win.kinds["reanchor"],
-            late=self.late - self._late_reported,
+            late=self.late - self._late_reported, quiet_skipped=quiet_skipped,
         )
         self._late_reported = self.late
         out.append(summary)

@@ -234,7 +234,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     from confluent_kafka import KafkaException
 
     from diam.commands.run import require_broker
-    from streams.drift import Alert, format_alert
+    from streams.drift import QUIET_CAP, Alert, format_alert
     from streams.drift_flow import DriftMetrics, StoreMismatch, run_drift
     from streams.kafka_io import UnknownTopic
     from streams.runner import RecoveryUnusable
@@ -249,7 +249,13 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     def show(out: object) -> None:
         if isinstance(out, Alert):
             click.echo("ALERT " + format_alert(out.to_dict()))
-        elif summaries:
+            return
+        skipped = getattr(out, "quiet_skipped", 0)
+        if skipped:  # a jump in event time: the windows before the last QUIET_CAP are skipped
+            click.echo(f"drift monitor: {skipped} windows without drift events before "
+                       f"{_when(getattr(out, 'start_ms', 0))} skipped (event time jumped "
+                       f"forward; the last {QUIET_CAP} closed as zeros)", err=True)
+        if summaries:
             click.echo("window " + json.dumps(dataclasses.asdict(out)))  # type: ignore[call-overload]
 
     topic = topic if topic is not None else s.kafka.drift_topic
@@ -345,6 +351,13 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
         pass
     finally:
         consumer.close()
+
+
+def _when(ms: int) -> str:
+    """An event time in ms as an ISO-8601 UTC second."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 COMMANDS = [drift]

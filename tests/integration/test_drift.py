@@ -298,3 +298,34 @@ def test_a_run_refused_for_a_misspelt_topic_does_not_claim_its_recovery_dir(
     assert res.exit_code == 0, res.output
     assert f"drift monitor done: {len(events)} records read" in res.stderr, res.stderr
     assert json.loads((rec / STORE_OWNER).read_text())["topic"] == drift_topic
+
+
+def test_a_jump_of_years_in_event_time_neither_crashes_the_monitor_nor_its_restart(
+        stack, new_topic, tmp_path) -> None:
+    """The reviewer's repro: ml-100k's 1997 drift events, then one of 2026 (~15 million
+    one-minute windows later), on a --recovery-dir, run twice: each run ends cleanly (it used
+    to die of a RecursionError in the monitor step, on every restart), the quiet windows are
+    capped at QUIET_CAP and the skip is said on stderr."""
+    from streams.drift import QUIET_CAP
+
+    drift_topic = new_topic(1, "driftfix_drift")
+    t1997 = 852_076_800_000
+    old = [DriftRecord("k_change", f"u{i}", t1997 + i * 20_000, i, {"k_from": 2, "k_to": 3})
+           for i in range(10)]
+    jump = DriftRecord("guard_trip", "42", 1_796_601_600_000, 5_000)
+    produce(stack.settings.kafka, drift_topic, _records([*old, jump]))
+    rec, alerts_topic = tmp_path / "rec-jump", new_topic(1, "driftfix_alerts")
+    runs = []
+    for _ in range(2):
+        res = CliRunner().invoke(main, ["drift", "run", "--bounded", "--from-beginning",
+                                        "--topic", drift_topic, "--alerts-topic", alerts_topic,
+                                        "--lateness-s", "0", "--summaries",
+                                        "--recovery-dir", str(rec)],
+                                 obj={"settings": stack.settings})
+        assert res.exit_code == 0, res.output
+        runs.append(res)
+    first = runs[0]
+    assert "windows without drift events before 2026-12-06T07:20:00Z skipped" in first.stderr, first.stderr
+    assert f"the last {QUIET_CAP} closed as zeros" in first.stderr
+    assert len([ln for ln in first.stdout.splitlines() if ln.startswith("window ")]) <= QUIET_CAP + 5
+    assert "drift monitor done: 0 records read" in runs[1].stderr  # resumed after them

@@ -459,3 +459,27 @@ def test_quiet_windows_close_as_zero_summaries_so_the_gauges_fall_back_to_zero()
         (0, 5), (1, 1), (2, 0), (3, 1), (4, 0), (5, 0), (6, 0), (7, 0), (8, 0)]
     assert metrics.gauges["k_changes"]._value.get() == 0
     assert metrics.gauges["end_seconds"]._value.get() == (T0_MS + 9 * W) / 1000
+
+
+def test_a_huge_forward_jump_in_event_time_closes_at_most_quiet_cap_windows_and_says_so() -> None:
+    """A dataset's 1997 drift events, then one of 2026 (~15 million windows later): the monitor
+    neither recurses nor closes every quiet window. It closes the last QUIET_CAP of them,
+    and the first of those summaries says how many before it were skipped. Gaps of 5,000 and
+    50,000 windows are capped the same way (they used to give 4,998 and 49,998 summaries)."""
+    from streams.drift import QUIET_CAP
+
+    t1997, t2026 = 852_076_800_000, 1_796_601_600_000
+    for gap_windows in (5_000, 50_000, (t2026 - t1997) // W):
+        m = DriftMonitor(DriftConfig(lateness_ms=0))
+        outs = m.add(kc("a", t1997, 1, 2)) + m.add(kc("b", t1997 + W, 1, 2))  # window 0 closes
+        outs += m.add(DriftRecord("guard_trip", "42", t1997 + W + gap_windows * W, 5_000))
+        summaries = [o for o in outs if isinstance(o, WindowSummary)]
+        busy, quiet = summaries[:2], summaries[2:]
+        assert len(quiet) == QUIET_CAP
+        assert [s.k_changes for s in busy] == [1, 1] and busy[1].quiet_skipped == 0
+        assert all(s.events == 0 for s in quiet)
+        assert quiet[0].quiet_skipped == gap_windows - 1 - QUIET_CAP
+        assert sum(s.quiet_skipped for s in quiet[1:]) == 0
+        assert [s.start_ms for s in quiet] == list(range(quiet[0].start_ms, quiet[-1].end_ms, W))
+        assert quiet[-1].end_ms == t1997 + W + gap_windows * W  # up to the new event's window
+        assert [s.events for s in m.flush() if isinstance(s, WindowSummary)] == [1]
