@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -208,10 +208,11 @@ def refuse_replay_held(settings: Settings, ns: str) -> None:
             "with its claim")
 
 
-def announce_run(ctx: click.Context, settings: Settings, ns: str) -> None:
+def announce_run(ctx: click.Context, settings: Settings, ns: str) -> Callable[[], None]:
     """Announce this run in namespace ``ns`` (``serving_cache.holders.RunAnnouncement``) until
-    the command's context closes: a ``diam replay`` or ``diam drop`` of it is refused meanwhile.
-    Every process of a cluster run is a holder of its own."""
+    the command's context closes, or until the returned function is called (the dataflow
+    ended: a ``--metrics-hold`` after it writes nothing); a ``diam replay`` or ``diam drop``
+    of it is refused meanwhile. Every process of a cluster run is a holder of its own."""
     import redis
 
     from serving_cache import redis_client
@@ -225,11 +226,16 @@ def announce_run(ctx: click.Context, settings: Settings, ns: str) -> None:
         client.close()
         raise redis_unusable(settings, exc) from None
 
-    def close() -> None:
-        announcement.close()
-        client.close()
+    closed: list[bool] = []
+
+    def close() -> None:  # once: at the dataflow's end, or when the command ends
+        if not closed:
+            closed.append(True)
+            announcement.close()
+            client.close()
 
     ctx.call_on_close(close)
+    return close
 
 
 def _parse_cluster(process_id: int | None, addresses: str | None) -> list[str] | None:
@@ -445,7 +451,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         # (a tailing run waits for an unreachable server here, as its dataflow would)
         check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
     job.redis_checked = True  # prepare_online does not ask it again
-    announce_run(ctx, s, job.namespace)  # first, then the replay's claim: one sees the other
+    # first, then the replay's claim: one sees the other
+    leave_namespace = announce_run(ctx, s, job.namespace)
     refuse_replay_held(s, job.namespace)
     # refused catalogue records: dead-lettered by one process of a cluster (each reads the
     # whole catalogue), the others log them (streams.catalog's default)
@@ -520,6 +527,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         grown = exc
     except RedisWriteFailed as exc:  # Redis refused a write: the summary, then why
         grown = exc
+    leave_namespace()  # the dataflow wrote its last: a metrics hold holds no namespace
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = stats.as_dict()
     # CPU seconds of this process (all its threads): on a machine shared with the broker and

@@ -237,3 +237,48 @@ def test_inspect_namespace_shows_who_holds_it(stack, holders_ns, redis_client) -
     res = _cli(stack.settings, "inspect", "namespace", "--namespace", ns)
     assert f"{stale} ({claim_key(ns)}; its process is gone" in res.output, res.output
     assert redis_client.get(claim_key(ns)) == stale.encode()  # read only: nothing deleted
+
+
+def test_a_run_leaves_its_namespace_when_its_dataflow_ends(
+        stack, topic, holders_ns, redis_client, tmp_path) -> None:
+    """A run held after its dataflow by --metrics-hold writes nothing: its announcement is gone
+    while it holds its metrics (before: announced until the command exited)."""
+    import subprocess
+    import sys
+    import threading
+
+    from serving_cache.keys import runs_key
+    from tests.flowkit import click_stream
+    from tests.integration.helpers import (
+        click_payloads,
+        produce,
+        reading_lines,
+        run_env,
+        write_tiny_checkpoint,
+    )
+
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    produce(stack.settings.kafka, topic,
+            click_payloads(click_stream(n_users=3, n_events=20, seed=5)))
+    proc = subprocess.Popen([sys.executable, "-m", "diam", "run", "--bounded", "--topic", topic,
+                             "--checkpoint", str(ckpt), "--namespace", holders_ns,
+                             "--metrics-port", "0", "--metrics-hold", "60"],
+                            env=run_env(stack, topic), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    started, done = threading.Event(), threading.Event()
+
+    def on_line(_name: str, line: str) -> None:
+        lines.append(line)
+        if line.startswith("online dataflow:"):
+            started.set()
+        if line.startswith("done:"):
+            done.set()
+
+    with reading_lines(proc, on_line):
+        assert done.wait(120), "".join(lines)
+        assert started.is_set()
+        assert proc.poll() is None, "".join(lines)  # holding its metrics
+        assert redis_client.zrange(runs_key(holders_ns), 0, -1) == [], "".join(lines)
+    assert redis_client.exists(runs_key(holders_ns)) == 0

@@ -29,8 +29,9 @@ def no_dataflow(monkeypatch):
     monkeypatch.setattr(diam.commands.run, "require_broker", lambda s: None)
     # the start's broker and Redis checks (integration-tested: test_clicks_input_refusals,
     # test_namespace_holders) taken as passed: nothing answers here
-    for name in ("refuse_input", "refuse_replay_held", "announce_run"):
+    for name in ("refuse_input", "refuse_replay_held"):
         monkeypatch.setattr(diam.commands.run, name, lambda *a: None)
+    monkeypatch.setattr(diam.commands.run, "announce_run", lambda *a: lambda: None)
     monkeypatch.setattr(streams.preflight, "check_redis", lambda *a, **kw: None)
     monkeypatch.setattr(streams.runner, "run_online", lambda *a, **kw: ran.append("run"))
     return ran
