@@ -62,6 +62,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from streams.config import DriftConfig
+from streams.events import _TS_EARLIEST_MS, _TS_LATEST_MS
+
+_INT64 = (-(2**63), 2**63 - 1)
+"""The offsets a drift record may carry: Kafka's are 64-bit (negative: none, a foreign
+producer's record); a JSON number has no bound."""
 
 __all__ = [
     "Alert",
@@ -193,6 +198,14 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
     'diam.clicks'
     >>> parse_drift_record(b"nope") is None
     True
+
+    An event time outside years 1..9999 (``streams.events``' rule: JSON's ``Infinity``,
+    ``1e400``, ``NaN``, ``1e300``) or an offset outside the 64-bit integers is no drift event:
+
+    >>> [parse_drift_record('{"kind": "freeze", "user_id": "u", "ts_ms": %s, "offset": %s}' % v)
+    ...  for v in (("Infinity", 1), ("1e400", 1), ("NaN", 1), ("1e300", 1), (5, "-Infinity"),
+    ...            (5, 2 ** 63))]
+    [None, None, None, None, None, None]
     """
     if raw is None:
         return None
@@ -202,12 +215,14 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
         if not isinstance(detail, dict):
             return None
         ns, topic = body.get("namespace"), body.get("topic")
-        return DriftRecord(str(body["kind"]), str(body["user_id"]), int(body["ts_ms"]),
-                           int(body.get("offset", -1)), detail,
+        ts_ms, offset = int(body["ts_ms"]), int(body.get("offset", -1))
+        if not (_TS_EARLIEST_MS <= ts_ms <= _TS_LATEST_MS and _INT64[0] <= offset <= _INT64[1]):
+            return None  # an event time no datetime can print, an offset no Kafka topic has
+        return DriftRecord(str(body["kind"]), str(body["user_id"]), ts_ms, offset, detail,
                            ns if isinstance(ns, str) else None,
                            topic if isinstance(topic, str) else None)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        return None  # OverflowError: JSON's Infinity (or 1e400) as ts_ms or offset
 
 
 UserKey = tuple[str | None, str]

@@ -329,3 +329,23 @@ def test_a_jump_of_years_in_event_time_neither_crashes_the_monitor_nor_its_resta
     assert f"the last {QUIET_CAP} closed as zeros" in first.stderr
     assert len([ln for ln in first.stdout.splitlines() if ln.startswith("window ")]) <= QUIET_CAP + 5
     assert "drift monitor done: 0 records read" in runs[1].stderr  # resumed after them
+
+
+def test_a_drift_record_with_an_infinite_time_or_offset_is_counted_not_fatal(
+        stack, new_topic) -> None:
+    """The reviewer's repro: ts_ms Infinity (and 1e400, an offset of -Infinity, a year past
+    9999) used to kill the monitor (int(inf) in parse_drift_record); each is now one of the
+    "not drift events", and the good record beside them is accounted."""
+    drift_topic = new_topic(1, "driftfix_drift")
+    good = b'{"kind":"freeze","user_id":"u1","ts_ms":1700000000000,"offset":1}'
+    bad = [b'{"kind":"freeze","user_id":"u9","ts_ms":Infinity,"offset":1}',
+           b'{"kind":"freeze","user_id":"u9","ts_ms":1e400,"offset":1}',
+           b'{"kind":"freeze","user_id":"u9","ts_ms":5,"offset":-Infinity}',
+           b'{"kind":"freeze","user_id":"u9","ts_ms":1e300,"offset":1}']
+    produce(stack.settings.kafka, drift_topic, [(b"u", v) for v in [*bad, good]])
+    res = CliRunner().invoke(main, ["drift", "run", "--bounded", "--from-beginning",
+                                    "--topic", drift_topic,
+                                    "--alerts-topic", new_topic(1, "driftfix_alerts")],
+                             obj={"settings": stack.settings})
+    assert res.exit_code == 0, res.output
+    assert "drift monitor done: 5 records read (4 not drift events" in res.stderr, res.stderr
