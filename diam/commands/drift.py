@@ -281,7 +281,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     except (StoreMismatch, RecoveryUnusable) as exc:
         raise click.BadParameter(str(exc), param_hint="--recovery-dir") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:
-        raise click.ClickException(f"Kafka at {s.kafka.bootstrap}: {exc}") from None
+        raise dataflow_error(exc, s.kafka.bootstrap) from None
     click.echo(metrics.summary_line("stopped" if stop.is_set() else "done"), err=True)
     hold_metrics(metrics_port, metrics_hold)
 
@@ -351,6 +351,35 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
         pass
     finally:
         consumer.close()
+
+
+def dataflow_error(exc: BaseException, bootstrap: str) -> click.ClickException:
+    """The Error: line of a monitor run that failed with ``exc``. Bytewax wraps an error raised
+    in a step in a RuntimeError (``error calling ... in step ...``) whose causes lead to the
+    error itself: a Kafka client's (``KafkaException``, a ``TimeoutError``, the plain
+    RuntimeError the Kafka source and sink raise) names the broker; any other is a fault of
+    the monitor's code or input, named as such with its type, message and where it was raised
+    (a broker is not to blame for it).
+
+    >>> dataflow_error(RuntimeError("consuming t[0]: broker down"), "k:9092").message
+    'Kafka at k:9092: consuming t[0]: broker down'
+    """
+    from confluent_kafka import KafkaException
+
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if isinstance(root, (KafkaException, TimeoutError)) or type(root) is RuntimeError:
+        return click.ClickException(f"Kafka at {bootstrap}: {root}")
+    where = ""
+    tb = root.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+    step = f" ({exc})" if root is not exc else ""
+    return click.ClickException(f"the drift monitor failed: {type(root).__name__}: {root}"
+                                f"{where}{step}")
 
 
 def _when(ms: int) -> str:

@@ -150,3 +150,38 @@ def test_a_duration_or_swing_that_is_not_a_usable_number_is_a_usage_error(invoke
         return
     assert res.exit_code == 2 and option in res.output and "Traceback" not in res.output
     assert ran == []
+
+
+def _bytewax_failure(step_fn) -> BaseException:
+    """What bytewax's run_main raises when ``step_fn`` raises in a map step (a real dataflow)."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    flow = Dataflow("f")
+    op.output("out", op.map("step", op.input("in", flow, TestingSource([1])), step_fn),
+              TestingSink([]))
+    try:
+        run_main(flow)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("the dataflow did not fail")
+
+
+def test_a_python_error_in_a_step_is_named_as_such_and_a_kafka_error_names_the_broker() -> None:
+    """A step's own fault (int(inf) here) says its type, message and line, not "Kafka at";
+    the Kafka source's RuntimeError, wrapped the same way, still names the broker."""
+    from diam.commands.drift import dataflow_error
+
+    def overflow(_x: int) -> int:
+        return int(float("inf"))
+
+    def consume(_x: int) -> int:
+        raise RuntimeError("consuming t[0]: Broker: Unknown topic or partition")
+
+    msg = dataflow_error(_bytewax_failure(overflow), "127.0.0.1:9").message
+    assert msg.startswith("the drift monitor failed: OverflowError: cannot convert float "
+                          "infinity to integer at test_drift_cli.py:"), msg
+    assert 'in step "f.step' in msg and "Kafka" not in msg
+    msg = dataflow_error(_bytewax_failure(consume), "127.0.0.1:9").message
+    assert msg == "Kafka at 127.0.0.1:9: consuming t[0]: Broker: Unknown topic or partition"
