@@ -422,6 +422,18 @@ class DriftMonitor:
                                            delta=self.cfg.ph_delta,
                                            threshold=self.cfg.ph_threshold, mode="up")
 
+    def configure(self, cfg: DriftConfig) -> None:
+        """Take ``cfg``'s thresholds and detector settings (a monitor resumed from its recovery
+        store by a run with other options: what its start line and alerts say must be what
+        it does). The Page-Hinkley detector keeps its state (the mean and cumulative sums of
+        the windows it has seen) and applies the new allowance, threshold and minimum from its
+        next window on, as River's detector reads them at each update. The window length
+        stays the store's (``streams.drift_flow.check_store`` refuses another)."""
+        self.cfg = cfg
+        self._ph.min_instances = cfg.ph_min_windows
+        self._ph.delta = cfg.ph_delta
+        self._ph.threshold = cfg.ph_threshold
+
     # -- input ------------------------------------------------------------------------------
     def add(self, rec: DriftRecord, partition: int = 0) -> list[Output]:
         """Account one record read from ``partition`` of the drift topic.

@@ -182,8 +182,8 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
                  start_position: int = 0) -> None:
         self.monitor = (resume if resume is not None
                         else DriftMonitor(cfg, partitions, start_position=start_position))
-        if resume is not None:  # a resumed monitor takes this run's thresholds (its window
-            resume.cfg = cfg    # length and topic are the store's: check_store)
+        if resume is not None:  # a resumed monitor takes this run's thresholds, its detector's
+            resume.configure(cfg)  # too (its window length and topic are the store's: check_store)
         self.metrics = metrics
         self.idle = timedelta(seconds=idle_s)
         now = datetime.now(UTC)

@@ -286,3 +286,34 @@ def test_one_namespace_learnt_from_two_topics_loses_no_drift_event_as_a_repeat()
     for r in records:
         m.add(r)
     assert len(records) > 20 and (m.seen, m.duplicates) == (len(records), 0)
+
+
+def test_a_resumed_monitor_detects_with_the_new_runs_page_hinkley_settings() -> None:
+    """The reviewer's repro: 15 quiet windows of one K_u change each under the defaults, the
+    monitor snapshotted; resumed with --ph-threshold 1000, 50 changes in the next window raise
+    no k_change_drift (the old detector's threshold of 8 raised one while the start line and
+    the alert said 1000). The detector's state is carried: the same rise resumed with the
+    default settings still alerts."""
+    import pickle
+
+    from streams.drift import DriftMonitor, DriftRecord
+    from streams.drift_flow import _MonitorLogic
+
+    def change(i: int, ts: int) -> tuple[int, DriftRecord]:
+        return 0, DriftRecord("k_change", f"u{i}", ts, i, {"k_from": 1, "k_to": 2})
+
+    first = DriftMonitor(DriftConfig(lateness_ms=0), [0])
+    for w in range(15):
+        first.add(*reversed(change(w, T0_MS + w * 60_000)))
+    stored = pickle.dumps(first)
+    rise = [change(100 + j, T0_MS + 15 * 60_000 + j) for j in range(50)]
+    rise.append(change(999, T0_MS + 16 * 60_000 + 1))  # closes the window of the rise
+
+    def drift_alerts(cfg: DriftConfig) -> list[object]:
+        logic = _MonitorLogic(cfg, pickle.loads(stored), 10.0, [0])
+        out, _ = logic.on_batch(rise)
+        assert logic.monitor._ph.threshold == cfg.ph_threshold
+        return [o for o in out if getattr(o, "kind", None) == "k_change_drift"]
+
+    assert drift_alerts(DriftConfig(lateness_ms=0)), "the rise is a drift under the defaults"
+    assert drift_alerts(DriftConfig(lateness_ms=0, ph_threshold=1000.0)) == []
