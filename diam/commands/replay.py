@@ -293,11 +293,9 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
                 f"first, or `diam drop {namespace}` (write-if-newer would otherwise keep its "
                 "newer entries)")
         if clear:  # every key, a namespace's records without users too (the partition count)
-            n = drop_namespace(client, namespace) - 1  # not counting this replay's claim
-            if not client.set(claim_key(namespace), claim, nx=True):  # taken in between
-                raise click.ClickException(
-                    f"namespace {namespace!r} was claimed by another replay while this one "
-                    "cleared it; this one stops")
+            # but this replay's claim, held throughout: a run or replay starting meanwhile
+            # is refused (the claim deleted and set again left it unclaimed in between)
+            n = drop_namespace(client, namespace, keep=claim_key(namespace))
             if n or in_use:
                 click.echo(f"cleared {n:,} keys of namespace {namespace!r}", err=True)
         # the one rule of `diam run` (the count the namespace's values were learnt from): a

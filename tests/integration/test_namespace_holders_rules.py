@@ -282,3 +282,57 @@ def test_a_run_leaves_its_namespace_when_its_dataflow_ends(
         assert proc.poll() is None, "".join(lines)  # holding its metrics
         assert redis_client.zrange(runs_key(holders_ns), 0, -1) == [], "".join(lines)
     assert redis_client.exists(runs_key(holders_ns)) == 0
+
+
+def test_a_replay_clear_keeps_its_claim_throughout(
+        stack, topic, holders_ns, redis_client, tmp_path) -> None:
+    """diam replay --clear deletes the namespace's keys but its own claim: the namespace is
+    never unclaimed while it clears (before: the claim went with the keys and was set again
+    after them, a run or replay starting in between saw no claim)."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.flowkit import click_stream
+    from tests.integration.helpers import (
+        click_payloads,
+        produce,
+        reading_lines,
+        run_env,
+        write_tiny_checkpoint,
+    )
+
+    ckpt = tmp_path / "ckpt"
+    write_tiny_checkpoint(ckpt)
+    produce(stack.settings.kafka, topic,
+            click_payloads(click_stream(n_users=3, n_events=20, seed=6)))
+    n = 150_000  # a drop of some length: its batches take a while
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(0, n, 5000):
+        pipe.mset({f"diam:{holders_ns}:x:{j}": b"x" for j in range(i, i + 5000)})
+    pipe.execute()
+    proc = subprocess.Popen([sys.executable, "-m", "diam", "replay", "--no-progress", "--clear",
+                             "--topic", topic, "--checkpoint", str(ckpt), "--namespace",
+                             holders_ns], env=run_env(stack, topic), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    cleared = threading.Event()
+
+    def on_line(_name: str, line: str) -> None:
+        lines.append(line)
+        if line.startswith("cleared "):
+            cleared.set()
+
+    with reading_lines(proc, on_line):
+        while redis_client.get(claim_key(holders_ns)) is None:
+            assert proc.poll() is None, "".join(lines)
+        polls = 0
+        while not cleared.is_set():
+            polls += 1
+            held = redis_client.get(claim_key(holders_ns))
+            assert held is not None or cleared.is_set(), (polls, "".join(lines))
+            assert proc.poll() is None or cleared.wait(5), "".join(lines)
+        proc.wait(120)
+    assert proc.returncode == 0, "".join(lines)
+    assert f"cleared {n:,} keys of namespace {holders_ns!r}\n" in lines, "".join(lines)
+    assert redis_client.get(claim_key(holders_ns)) is None
