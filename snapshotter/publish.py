@@ -25,6 +25,7 @@ import numpy as np
 from snapshotter.config import SnapshotConfig
 from snapshotter.store import (
     MANIFEST,
+    PUBLISHED,
     IntegrityError,
     LockTimeout,
     SnapshotError,
@@ -309,6 +310,8 @@ def publish(
             }
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             path = store.commit(staging, version)
+            # before the switch: a version once committed is never auto-published again
+            store.record_published(ck.weights_sha256, version)
             store.activate(version)  # re-verifies what landed on disk before switching
             announced = _announce(store, redis_client, ns, version)
             pruned, not_pruned = _prune(store, redis_client, ns, announced)
@@ -334,6 +337,7 @@ def _reuse(store: SnapshotStore, weights_sha256: str, redis_client: Any | None, 
         log.warning("weights already published as %s, but %s; publishing a new copy", kept, exc)
         return None, kept
     assert man is not None
+    store.record_published(weights_sha256, kept)  # kept from before the record was
     _announce(store, redis_client, ns, kept)
     return PublishResult(kept, store.path(kept), man,
                          None if previous == kept else previous, [],
@@ -446,7 +450,9 @@ class Watcher:
     are not already in the store, and re-sync the active version into Redis.
 
     A checkpoint is identified by the sha256 of its weights, so a rolled-back version is not
-    published again on the next tick; a checkpoint that fails verification is retried only
+    published again on the next tick, nor by another watcher, nor once its version is pruned:
+    the store records every weights sha256 it ever published (:data:`snapshotter.store.
+    PUBLISHED`), and a checkpoint named there is skipped with a warning; a checkpoint that fails verification is retried only
     when its files change, and older checkpoints are considered meanwhile. The scan stops at
     the first checkpoint already in the store: anything older was published (or passed over)
     before it, and publishing it now would move the model back in time."""
@@ -472,8 +478,9 @@ class Watcher:
         self.data_dir = data_dir
         self._seen: dict[Path, tuple[float, int]] = {}  # checkpoint -> (mtime, size) last tried
         self._failed: set[Path] = set()  # checkpoints whose last try was refused
-        self._kept: dict[Path, str] = {}  # checkpoint -> the version holding its weights
+        self._kept: dict[Path, str] = {}  # checkpoint -> why it is not published (the skip's words)
         self._by_sha: tuple[tuple[str, ...], dict[str, str]] | None = None  # this tick's
+        self._published_now: dict[str, str] | None = None  # this tick's
         self.last_skip: Skip | None = None
         """Why the last tick published nothing (None after a publish, or a tick that could not
         look: a damaged active pointer, logged as an error)."""
@@ -491,12 +498,19 @@ class Watcher:
                                       for s in self.store.versions()})
         return self._by_sha[1]
 
+    def _published(self) -> dict[str, str]:
+        """:meth:`SnapshotStore.published`, read at most once per tick."""
+        if self._published_now is None:
+            self._published_now = self.store.published()
+        return self._published_now
+
     def tick(self, now_epoch: float) -> PublishResult | None:
         """Publish the newest settled checkpoint not already kept; None when nothing was
         (:attr:`last_skip` says why)."""
         result = None
         self.last_skip = None
         self._by_sha = None  # another process may have published or pruned since
+        self._published_now = None
         try:
             self.store.active_version()
         except SnapshotError as exc:  # not the checkpoints' fault: retry them once repaired
@@ -517,14 +531,25 @@ class Watcher:
                 if ck in self._failed:
                     refused.append(ck)
                     continue  # refused as it is: an older one may do
-                kept = (ck, self._kept.get(ck, "?"))
+                kept = (ck, self._kept.get(ck, "is already handled"))
                 break  # newest settled checkpoint unchanged since we handled it
             self._seen[ck] = stamp
-            version = self._versions_by_sha().get(sha256_file(weights))
-            if version is not None:
+            sha = sha256_file(weights)
+            version = self._versions_by_sha().get(sha)
+            said: str | None  # why it is not published, when it is not
+            if version is None and (gone := self._published().get(sha)) is not None:
+                # published before and pruned since: newer versions replaced it, or an
+                # operator backed it out; published again it would undo that, ungated
+                log.warning("not publishing %s: its weights were published as %s, pruned "
+                            "since (%s); a watch never publishes them again (`diam snapshot "
+                            "publish %s` does, deliberately)", ck, gone, PUBLISHED, ck)
+                said = f"was published as {gone}, pruned since: a watch never publishes it again"
+            else:
+                said = None if version is None else f"is already version {version}"
+            if said is not None:
                 self._failed.discard(ck)
-                self._kept[ck] = version
-                kept = (ck, version)
+                self._kept[ck] = said
+                kept = (ck, said)
                 break
             try:
                 result = publish(ck, self.store, self.client, self.ns, self.data_dir,
@@ -540,7 +565,7 @@ class Watcher:
                 refused.append(ck)
                 continue
             self._failed.discard(ck)
-            self._kept[ck] = result.version
+            self._kept[ck] = f"is already version {result.version}"
             break
         if result is None:
             self.last_skip = self._skip(checkpoints, settling, refused, kept)
@@ -557,7 +582,7 @@ class Watcher:
         parts: list[str] = []
         key: list[tuple[str, str]] = []
         if kept is not None:
-            parts.append(f"{kept[0]} is already version {kept[1]}")
+            parts.append(f"{kept[0]} {kept[1]}")
             key.append(("kept", str(kept[0])))
         if refused:
             parts.append(f"{', '.join(map(str, refused))} refused (logged)")

@@ -57,6 +57,7 @@ __all__ = [
     "RETRAIN_LOCK",
     "HISTORY",
     "ANNOUNCED",
+    "PUBLISHED",
     "MANIFEST",
 ]
 
@@ -74,6 +75,14 @@ record_announced`, its one writer) by every switch that sets the key: a publish 
 with Redis, and the re-sync of ``diam snapshot watch`` and the retrain service, each under the
 store's lock. A prune keeps these versions: servers may follow one whatever the pointer says,
 and a publish without Redis (``--no-redis``) cannot ask Redis which one it announces."""
+PUBLISHED = "PUBLISHED"
+"""Every weights sha256 this store ever published, one line each, ``<sha256> <version>`` (the
+first version made from them), oldest first; never pruned, so it outlives the versions. Written
+whole (:meth:`SnapshotStore.record_published`, its one writer) by every publish under the
+store's lock. ``diam snapshot watch`` never publishes on its own weights named here: a
+checkpoint whose version was pruned is older than what replaced it, and publishing it again
+would undo a rollback and skip every gate (an operator's ``diam snapshot publish`` still
+may)."""
 LOCK = ".lock"
 """The store's lock file (:meth:`SnapshotStore.locked`); hidden, so never a version. While held
 it reads ``<pid> <ISO time taken>``, so a waiter can name the holder."""
@@ -382,6 +391,45 @@ class SnapshotStore:
         gone = set(namespaces) & have.keys()
         if gone:
             self._write_announced({n: v for n, v in have.items() if n not in gone})
+
+    def published(self) -> dict[str, str]:
+        """``{weights sha256: version}`` of every publish this store recorded
+        (:data:`PUBLISHED`); empty for a new store. Lines that do not parse are skipped.
+
+        >>> import tempfile
+        >>> store = SnapshotStore(SnapshotConfig(dir=tempfile.mkdtemp()))
+        >>> store.record_published("ad579c08" * 8, "20261206T115042-ad579c08")
+        >>> store.published() == {"ad579c08" * 8: "20261206T115042-ad579c08"}
+        True
+        """
+        out: dict[str, str] = {}
+        try:
+            text = (self.root / PUBLISHED).read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return out
+        for line in text.splitlines():
+            sha, _, version = line.strip().partition(" ")
+            if re.fullmatch(r"[0-9a-f]{64}", sha) and is_version_name(version):
+                out.setdefault(sha, version)
+        return out
+
+    def record_published(self, weights_sha256: str, version: str) -> None:
+        """Record that ``version`` was published from weights ``weights_sha256``
+        (:data:`PUBLISHED`; nothing written when they are recorded already). The first
+        record of a store from before it was kept starts with the weights of the versions it
+        keeps. The caller holds :meth:`locked` (a publish, right after its commit)."""
+        path = self.root / PUBLISHED
+        try:
+            text = path.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            text = "".join(f"{sha} {i.version}\n" for i in self.versions()
+                           if isinstance(sha := i.source.get("weights_sha256"), str)
+                           and i.version != version)
+        if any(line.split(" ", 1)[0] == weights_sha256 for line in text.splitlines()):
+            return
+        if text and not text.endswith("\n"):
+            text += "\n"
+        self._replace(PUBLISHED, f"{text}{weights_sha256} {version}\n")
 
     def _write_announced(self, have: Mapping[str, str]) -> None:
         self._replace(ANNOUNCED, "".join(f"{n} {v}\n" for n, v in sorted(have.items())))
@@ -843,7 +891,8 @@ class SnapshotStore:
         if self.root.is_dir():
             now = time.time()
             for child in [*self.root.glob(".staging-*"), *self.root.glob(f".{POINTER}.*.tmp"),
-                          *self.root.glob(f".{ANNOUNCED}.*.tmp")]:
+                          *self.root.glob(f".{ANNOUNCED}.*.tmp"),
+                          *self.root.glob(f".{PUBLISHED}.*.tmp")]:
                 try:
                     stale = now - child.stat().st_mtime > STALE_S
                 except FileNotFoundError:  # another prune got it first

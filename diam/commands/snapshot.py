@@ -254,7 +254,9 @@ def watch_cmd(
     """Publish whenever the trainer's output holds a newer checkpoint.
 
     A checkpoint is published once its files have not changed for snapshot.settle_s seconds
-    and its weights are not already a kept version (so a rollback is not undone). Each tick
+    and its weights were never published to this directory (recorded in its PUBLISHED file,
+    which outlives pruned versions: so a rollback is not undone, even after a restart; `diam
+    snapshot publish` still publishes such a checkpoint when asked). Each tick
     also re-syncs the active version into Redis (after a Redis restart, say). Ctrl-C stops.
     Each publish prunes versions beyond snapshot.keep as `diam snapshot publish` does: with
     --no-redis it keeps the active version, the one before it and the version this directory

@@ -232,8 +232,8 @@ def test_publish_refuses_a_dimension_no_dataflow_can_use(run, tmp_path, monkeypa
     assert "has d=8, DIAM_ONLINE_DIM is 4" in r.output and "nothing was published" in r.output
     assert "--allow-dim-change" in r.output
     assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v4
-    assert [p.name for p in (tmp_path / "snaps").iterdir() if not p.name.startswith(("A", "."))] \
-        == [v4]
+    assert [p.name for p in (tmp_path / "snaps").iterdir()
+            if p.is_dir() and not p.name.startswith(".")] == [v4]
     # a watch passes it over too (logged), and publishes nothing
     monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "0")
     w = run("snapshot", "watch", "--once", "--trainer-dir", str(ck8), "--no-redis")
@@ -272,3 +272,33 @@ def test_rollback_refuses_a_dimension_no_dataflow_can_use(run, tmp_path):
     helptext = " ".join(run("snapshot", "rollback", "--help").output.split())
     assert "--allow-dim-change" in helptext and "Running dataflows refuse the new version" \
         in helptext
+
+
+def test_watch_never_brings_back_a_pruned_checkpoint(run, tmp_path, monkeypatch):
+    """The reviewer's repro: a checkpoint a watch published, then rolled back and pruned
+    behind two newer publishes, is not published again by a fresh `watch --once` (it was,
+    replacing the newest version: only a running watcher's memory stopped it)."""
+    monkeypatch.setenv("DIAM_SNAPSHOT_KEEP", "2")
+    monkeypatch.setenv("DIAM_SNAPSHOT_SETTLE_S", "0")
+    cks = [write_checkpoint(tmp_path / f"v{i}", n_items=30, dim=4, seed=i) for i in range(5)]
+    assert run("snapshot", "publish", str(cks[2]), "--no-redis").exit_code == 0
+    write_checkpoint(tmp_path / "tdir" / "X", n_items=30, dim=4, seed=1)  # v1's weights
+    first = run("snapshot", "watch", "--once", "--trainer-dir", str(tmp_path / "tdir"),
+                "--no-redis")
+    assert "published " in first.output, first.output
+    x = first.output.split("published ")[1].split()[0]
+    assert run("snapshot", "rollback", "--no-redis").exit_code == 0
+    for i in (3, 4):
+        r = run("snapshot", "publish", str(cks[i]), "--no-redis")
+        assert r.exit_code == 0, r.output
+    v4 = r.output.split("active: ")[1].split()[0]
+    assert not (tmp_path / "snaps" / x).exists()  # pruned
+    again = run("snapshot", "watch", "--once", "--trainer-dir", str(tmp_path / "tdir"),
+                "--no-redis")
+    assert again.exit_code == 0, again.output
+    assert not any(line.startswith("published ") for line in again.output.splitlines())
+    assert f"X was published as {x}, pruned since" in again.output, again.output
+    assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v4
+    # an operator's publish still may, deliberately
+    back = run("snapshot", "publish", str(tmp_path / "tdir" / "X"), "--no-redis")
+    assert back.exit_code == 0 and "active: " in back.output, back.output

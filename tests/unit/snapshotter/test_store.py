@@ -358,3 +358,19 @@ def test_the_lock_refuses_a_missing_store_unless_asked_to_create_it(tmp_path):
     assert not store.root.exists()
     with store.locked(create=True):
         assert (store.root / LOCK).is_file()
+
+
+def test_the_publish_record_outlives_pruned_versions_and_seeds_from_an_older_store(
+        tmp_path, checkpoint, checkpoint2):
+    """Every weights sha256 published stays in PUBLISHED after its version is pruned; a store
+    from before the record starts it with the weights of the versions it keeps."""
+    from snapshotter.store import PUBLISHED
+
+    store = SnapshotStore(SnapshotConfig(dir=str(tmp_path / "s"), keep=1))
+    first = publish(checkpoint, store)
+    (store.root / PUBLISHED).unlink()  # as a store written before the record was kept
+    second = publish(checkpoint2, store)
+    third = publish(write_checkpoint(tmp_path / "ck3", n_items=30, dim=8, seed=3), store)
+    assert not store.path(first.version).exists()
+    assert [v for v in store.published().values()] == [
+        first.version, second.version, third.version]
