@@ -77,6 +77,7 @@ __all__ = [
     "TopUser",
     "WindowSummary",
     "drift_identity",
+    "drift_position",
     "format_alert",
     "parse_drift_record",
     "same_topic",
@@ -188,6 +189,21 @@ def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str
     return out
 
 
+def drift_position(partition: int, offset: int, partitions: int) -> int:
+    """The place of the record at ``offset`` of ``partition`` in a drift topic of
+    ``partitions`` partitions: ``offset * partitions + partition + 1``, the one rule of an
+    alert's ``seq`` (:class:`Alert`). It orders the partitions round-robin, so it does not
+    depend on the order they were read in; with one partition it is the records up to and
+    including this one (the topic's position after it), with several evenly filled ones about
+    that. A partition id past ``partitions`` (partitions added while a monitor runs) still gets
+    a place, the same as another's: the monitor's partitions are taken when it starts.
+
+    >>> drift_position(0, 9, 1), drift_position(1, 9, 4), drift_position(0, 10, 4)
+    (10, 38, 41)
+    """
+    return offset * max(partitions, 1) + partition + 1
+
+
 def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
     """Parse a JSON drift record; None when it is not one (the caller counts those).
 
@@ -255,20 +271,23 @@ class TopUser(NamedTuple):
 class Alert:
     """What goes to ``diam.alerts``; ``ts_ms`` is the event time.
 
-    ``seq`` is the monitor's position in its input when it raised the alert: the drift topic's
-    records before the first one it read (``DriftMonitor.start_position``, the sum of its start
-    offsets) plus the drift events it has accounted since (records that are not drift events
-    and a resumed producer's repeats are skipped, so it never runs ahead of the topic's
-    offsets). Detection delays are measured in it, and it continues across runs of the monitor:
-    a run resumed from its recovery store (``--recovery-dir``) numbers on from where the last
-    one stopped; one started at the topic's end (``--from-end``) from there, the records it
-    skipped counted. It is a
-    function of the input alone, never of what the alerts topic already holds, so a replay of
-    the same drift records gives the same alert records byte for byte (with several partitions,
-    read in the same interleaving), and a consumer that keys alerts on ``seq`` takes a replayed
-    alert for the one it already has. Resuming from the alerts topic's last ``seq`` instead
-    would renumber a replay's alerts and mix the numbering of every monitor that writes there.
-    ``seq`` restarts only when the drift topic is deleted and re-created.
+    ``seq`` is the place in the drift topic of the record that raised the alert
+    (:func:`drift_position` of its partition and offset): for a per-user alert the record that
+    crossed the threshold, for a window's alert the newest (by that place) of the records its
+    global counts hold. It is a function of the records alone, neither of the order in which
+    the partitions were read (a monitor resumed after a kill -9 re-reads its last epoch in
+    another interleaving and numbers its alerts as before) nor of what the alerts topic already
+    holds, so a replay of the same drift records gives the same per-user alerts with the same
+    ``seq``, and a consumer that keys alerts on ``(source, seq, kind)`` takes a replayed alert
+    for the one it already has. Detection delays are measured in it, and it goes on across
+    runs of the monitor (``--recovery-dir``, ``--from-end``: offsets are the topic's). It
+    restarts only when the drift topic is deleted and re-created. (A window's global counts,
+    and so its alerts, may differ between interleavings on a backlog: see ``after_close``.)
+
+    Records given without a place (:meth:`DriftMonitor.add` without ``drift_offset``: a
+    stream with one reading order, e.g. the tests' and :mod:`streams.drift_testing`'s) are
+    numbered by the monitor's own count instead: ``start_position`` plus the drift events
+    accounted so far.
 
     ``top_users``: the users it names (:class:`TopUser`), each with its namespace and, in the
     alerts about K_u changes, its last K_u change in the window (in the record, ``namespace``,
@@ -327,6 +346,9 @@ class _Window:
     flip_users: set[UserKey] = field(default_factory=set)
     max_d_swing: float = 0.0
     users: set[UserKey] = field(default_factory=set)
+    position: int | None = None
+    """The newest place (:func:`drift_position`) of the records in its global counts: its
+    alerts' ``seq`` (None: records given without one)."""
 
 
 @dataclass
@@ -401,6 +423,10 @@ class DriftMonitor:
         # records of the drift topic before where this monitor started reading: alerts' seq
         # continues from the previous run's (see Alert)
         self.start_position = start_position
+        self.partitions = max(len(set(partitions)), 1)
+        """The drift topic's partition count, for :func:`drift_position` (kept as it was at
+        the start: an alert's ``seq`` must not change when a monitor resumes)."""
+        self._position: int | None = None  # the place of the record being accounted
         self.seen = 0
         self.late = 0
         """Records dropped: their user's own event time had passed their window by lateness."""
@@ -422,21 +448,27 @@ class DriftMonitor:
                                            delta=self.cfg.ph_delta,
                                            threshold=self.cfg.ph_threshold, mode="up")
 
-    def configure(self, cfg: DriftConfig) -> None:
+    def configure(self, cfg: DriftConfig, partitions: Iterable[int] = ()) -> None:
         """Take ``cfg``'s thresholds and detector settings (a monitor resumed from its recovery
         store by a run with other options: what its start line and alerts say must be what
         it does). The Page-Hinkley detector keeps its state (the mean and cumulative sums of
         the windows it has seen) and applies the new allowance, threshold and minimum from its
         next window on, as River's detector reads them at each update. The window length
-        stays the store's (``streams.drift_flow.check_store`` refuses another)."""
+        stays the store's (``streams.drift_flow.check_store`` refuses another), and so does the
+        partition count of alerts' ``seq``; a snapshot from before the monitor kept one takes
+        ``partitions``' (this run's)."""
         self.cfg = cfg
+        if not hasattr(self, "partitions"):
+            self.partitions = max(len(set(partitions)), 1)
         self._ph.min_instances = cfg.ph_min_windows
         self._ph.delta = cfg.ph_delta
         self._ph.threshold = cfg.ph_threshold
 
     # -- input ------------------------------------------------------------------------------
-    def add(self, rec: DriftRecord, partition: int = 0) -> list[Output]:
-        """Account one record read from ``partition`` of the drift topic.
+    def add(self, rec: DriftRecord, partition: int = 0,
+            drift_offset: int | None = None) -> list[Output]:
+        """Account one record read from ``partition`` of the drift topic, at ``drift_offset``
+        there (None: not said; see :class:`Alert` for the ``seq`` it gives alerts).
 
         Event time advances per partition: a window's global counts close when every partition
         (those given at construction and those seen, minus the ones marked idle) has passed its
@@ -450,6 +482,8 @@ class DriftMonitor:
             self.duplicates += 1
             return []
         self.seen += 1
+        self._position = (None if drift_offset is None else drift_position(
+            partition, drift_offset, getattr(self, "partitions", 1)))  # 1: an older snapshot
         self._idle.discard(partition)
         w_ms, lateness = self.cfg.window_ms, self.cfg.lateness_ms
         start = rec.ts_ms - rec.ts_ms % w_ms
@@ -473,6 +507,8 @@ class DriftMonitor:
             if win is None:
                 win = self._open[start] = _Window(start, start + w_ms)
             self._account(win, uwin, key, rec)
+            if self._position is not None:
+                win.position = max(getattr(win, "position", None) or 0, self._position)
         if rec.ts_ms > self._part_max.get(partition, rec.ts_ms - 1):
             self._part_max[partition] = rec.ts_ms
         return out + self.advance()
@@ -585,13 +621,24 @@ class DriftMonitor:
         uwin.fired.add(kind)
         k = uwin.last_change if kind in K_ALERTS else None
         return [Alert(kind, uwin.start, uwin.end, float(value), float(threshold),
-                      [TopUser(user[1], float(value), user[0], k)], self.seq, rec.ts_ms,
+                      [TopUser(user[1], float(value), user[0], k)], self._seq_now(), rec.ts_ms,
                       {"offset": rec.offset})]
 
     @property
     def seq(self) -> int:
-        """What an alert raised now carries as ``seq`` (see :class:`Alert`)."""
+        """The monitor's own count: ``start_position`` plus the drift events accounted, an
+        alert's ``seq`` when its records came without a place (see :class:`Alert`)."""
         return self.start_position + self.seen
+
+    def _seq_now(self) -> int:
+        """The ``seq`` of a per-user alert raised by the record being accounted."""
+        pos = getattr(self, "_position", None)
+        return self.seq if pos is None else pos
+
+    def _window_seq(self, win: _Window) -> int:
+        """The ``seq`` of ``win``'s alerts."""
+        pos = getattr(win, "position", None)
+        return self.seq if pos is None else pos
 
     # -- closing ----------------------------------------------------------------------------
     def close_until(self, watermark_ms: int) -> list[Output]:
@@ -663,12 +710,12 @@ class DriftMonitor:
             if threshold is not None and n >= threshold:
                 top = self._top(win, name, win.per_kind_user[kind])
                 out.append(Alert(name, win.start, win.end, float(n), float(threshold), top,
-                                 self.seq, ts, {}))
+                                 self._window_seq(win), ts, {}))
         self._ph.update(_stabilise(summary.k_changes))
         if self._ph.drift_detected:
             out.append(Alert("k_change_drift", win.start, win.end, float(summary.k_changes),
                              cfg.ph_threshold, self._top(win, "k_change_drift", changes),
-                             self.seq, ts,
+                             self._window_seq(win), ts,
                              {"detector": "PageHinkley", "series": "k_changes per window"}))
         return out
 

@@ -23,7 +23,8 @@ restarted monitor goes on where the last one stopped: Bytewax's SQLite recovery 
 topic's offsets and the monitor itself (its open windows, what it has seen of each user, the
 detector, ``seq``) as of the last epoch; the records after it are read again, and the drift
 events written while it was down are accounted, not skipped. Alerts of that last epoch may be
-raised again, with the same ``seq`` (a consumer keyed on ``(source, seq)`` takes them for the
+raised again, with the same ``seq``, the place of the record that raised them whatever order the
+partitions are read in again (a consumer keyed on ``(source, seq, kind)`` takes them for the
 ones it has).
 """
 
@@ -172,18 +173,19 @@ def alert_record(alert: Alert, source: str | None = None, namespace: str | None 
                     headers=[("diam.kind", alert.kind.encode())])
 
 
-class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSummary, DriftMonitor]):
+class _MonitorLogic(StatefulBatchLogic[tuple[int, int, DriftRecord], Alert | WindowSummary,
+                                      DriftMonitor]):
     """Feeds the monitor and supplies the wall-clock half of watermarking the pure class
     leaves out: a partition silent for ``idle_s`` is not waited for, and a stream silent for
     ``idle_s`` closes its open windows."""
 
     def __init__(self, cfg: DriftConfig, resume: DriftMonitor | None, idle_s: float,
-                 partitions: list[int], metrics: DriftMetrics | None = None,
-                 start_position: int = 0) -> None:
+                 partitions: list[int], metrics: DriftMetrics | None = None) -> None:
         self.monitor = (resume if resume is not None
-                        else DriftMonitor(cfg, partitions, start_position=start_position))
-        if resume is not None:  # a resumed monitor takes this run's thresholds, its detector's
-            resume.configure(cfg)  # too (its window length and topic are the store's: check_store)
+                        else DriftMonitor(cfg, partitions))
+        if resume is not None:  # a resumed monitor takes this run's thresholds, its
+            # detector's too (its window length and topic are the store's: check_store)
+            resume.configure(cfg, partitions)
         self.metrics = metrics
         self.idle = timedelta(seconds=idle_s)
         now = datetime.now(UTC)
@@ -195,15 +197,15 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
             if now - seen >= self.idle:
                 self.monitor.mark_idle(p)
 
-    def on_batch(self, values: list[tuple[int, DriftRecord]]
+    def on_batch(self, values: list[tuple[int, int, DriftRecord]]
                  ) -> tuple[list[Alert | WindowSummary], bool]:
         now = self._last_input = datetime.now(UTC)
         out: list[Alert | WindowSummary] = []
         m = self.monitor
         dups, late, after_close = m.duplicates, m.late, m.after_close
-        for partition, rec in values:
+        for partition, offset, rec in values:
             self._last_seen[partition] = now
-            out.extend(m.add(rec, partition))
+            out.extend(m.add(rec, partition, offset))
         if self.metrics is not None:  # per batch: the summaries' late counts miss the last ones
             self.metrics.read.inc(len(values))
             self.metrics.duplicates.inc(m.duplicates - dups)
@@ -235,21 +237,21 @@ class _MonitorLogic(StatefulBatchLogic[tuple[int, DriftRecord], Alert | WindowSu
 def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], cfg: DriftConfig,
                      *, metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
                      idle_close_s: float = 10.0, partitions: list[int] | None = None,
-                     start_position: int = 0, flow_id: str = FLOW_ID,
+                     flow_id: str = FLOW_ID,
                      source_topic: str | None = None, namespace: str | None = None) -> Dataflow:
     """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value).
 
     ``partitions``: the source topic's partitions; windows wait for each of them (or for it to
-    be silent ``idle_close_s``) before closing. ``start_position``: the source topic's records
-    before the ones ``source`` reads (the sum of its start offsets), where alerts' ``seq``
-    begins (:class:`~streams.drift.Alert`). ``namespace``: only the drift events of runs into
+    be silent ``idle_close_s``) before closing, and alerts' ``seq`` is the place of their
+    record among them (``streams.drift.drift_position`` of its partition and offset, whatever
+    the order ``source`` interleaves the partitions in). ``namespace``: only the drift events of runs into
     that Redis namespace are watched (and those written before events carried one; the others
     are counted, ``DriftMetrics.other``); alerts say it, and ``source_topic``
     (:func:`alert_record`)."""
     flow = Dataflow(flow_id)
     raw = op.input(_INPUT_STEP, flow, source)
 
-    def parse(rec: RawRecord) -> tuple[int, DriftRecord] | None:
+    def parse(rec: RawRecord) -> tuple[int, int, DriftRecord] | None:
         parsed = parse_drift_record(rec.value)
         if parsed is None:
             if metrics is not None:
@@ -259,14 +261,14 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
             if metrics is not None:
                 metrics.other.inc()
             return None
-        return rec.partition, parsed
+        return rec.partition, rec.offset, parsed
 
     parts = list(partitions or [])
     recs = op.filter_map("parse", raw, parse)
     keyed = op.key_on("global", recs, lambda _r: "all")
     outs = op.key_rm("unkey", op.stateful_batch(
         "monitor", keyed,
-        lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts, metrics, start_position)))
+        lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts, metrics)))
 
     def observe(_step: str, out: Alert | WindowSummary) -> None:
         if metrics is not None:
@@ -345,9 +347,9 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     (a misspelt name would be created and read as "nothing drifted"); a tailing monitor
     creates it, as it may start before the first dataflow writes drift events.
 
-    Alerts' ``seq`` starts at the sum of the offsets the run starts reading at, read once with
-    the start offsets themselves (a resumed run: the monitor's own, numbering on from the last
-    run's), and a run over the same records numbers them the same (:class:`~streams.drift.Alert`).
+    Alerts' ``seq`` is the place in the topic of the record that raised them
+    (``streams.drift.drift_position``): a run over the same records, resumed or not, whatever
+    its partitions' interleaving, numbers them the same (:class:`~streams.drift.Alert`).
     ``namespace``: watch only the drift events of runs into that Redis namespace. ``stop``: once
     set, the input ends at its next batch, as a bounded run's end (open windows close, the
     alerts produced are delivered): ``diam drift run`` sets it on SIGINT/SIGTERM.
@@ -396,6 +398,6 @@ def _run(kafka: KafkaConfig, cfg: DriftConfig, topic: str, alerts_topic: str, bo
     flow = build_drift_flow(source, KafkaRecordSink(kafka, alerts_topic, health), cfg,
                             metrics=metrics,
                             on_output=on_output, idle_close_s=idle_close_s,
-                            partitions=parts, start_position=sum(start.values()),
+                            partitions=parts,
                             source_topic=topic, namespace=namespace)
     run_main(flow, epoch_interval=timedelta(seconds=1), recovery_config=recovery)

@@ -209,14 +209,15 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     namespace} (source: the drift topic read; namespace: with --namespace). A user is a user
     of one namespace: two runs' user u1 are counted apart, and each of top_users says its
     namespace. In the K_u alerts (k_flip_flop, k_churn, k_change_rate, k_change_drift) each of
-    top_users carries its last K_u change in the window as k_from and k_to. seq is the drift topic's position
-    when the alert was raised (its records before the first one this run read, plus the drift
-    events read since, repeats left out): a run resumed from its --recovery-dir goes on where the
-    last one stopped and numbers on from it (an alert of its last second before a crash may come again, with the same seq),
-    and a run over the same records (--from-beginning again, its partitions read in the same
-    interleaving) gives the same alerts with the same seq. Without --recovery-dir nothing is
-    resumed: a restart reads from the topic's end (the events written meanwhile are skipped;
-    seq still counts them) or, with --from-beginning, everything again.
+    top_users carries its last K_u change in the window as k_from and k_to. seq is the place in the drift topic
+    of the record that raised the alert (offset x partitions + partition + 1; for a window's
+    alert the newest record in its counts), whatever order the partitions are read in: a run
+    resumed from its --recovery-dir goes on where the last one stopped (an alert of its last
+    second before a crash may come again, with the same seq, even after a kill -9), and a run
+    over the same records (--from-beginning again) gives the same per-user alerts with the same
+    seq; key alerts on (source, seq, kind). Without --recovery-dir nothing is resumed: a restart
+    reads from the topic's end (the events written meanwhile are skipped) or, with
+    --from-beginning, everything again.
 
     Late events are judged per user: an event is dropped and counted as late only when its
     user's own newer events have passed its window's end by --lateness-s (a user's events come

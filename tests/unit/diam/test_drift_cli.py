@@ -134,7 +134,8 @@ def test_help_explains_the_metrics_hold_the_k_u_values_and_seq(invoke) -> None:
     text = " ".join(invoke("--help").output.split())
     assert "--metrics-hold" in text and "final counts" in text
     assert "k_from and k_to" in text
-    assert "numbers on from it" in text and "same seq" in text
+    assert "whatever order the partitions are read in" in text and "same seq" in text
+    assert "(source, seq, kind)" in text
 
 
 @pytest.mark.parametrize("option", ["--window-s", "--lateness-s", "--d-swing", "--idle-close-s",

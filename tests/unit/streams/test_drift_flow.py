@@ -172,21 +172,50 @@ def test_records_behind_the_watermark_are_exported_and_in_the_summary_line():
         "the window totals), 0 alerts raised" in metrics.summary_line()
 
 
-def test_alert_records_number_on_from_the_start_position_and_carry_k_u():
+def test_alert_records_number_by_their_records_place_in_the_topic_and_carry_k_u():
     evs = plant_oscillation(stable_stream(n_users=40, n_windows=4, seed=2), ["u0003"],
                             start_ms=T0_MS + 60_000)
 
-    def alerts(start_position: int) -> list[dict]:
+    def alerts(shift: int) -> list[dict]:
         out: list = []
-        run_main(build_drift_flow(TestingSource(records(evs)), TestingSink(out), DriftConfig(),
-                                  start_position=start_position))
+        recs = [r._replace(offset=r.offset + shift) for r in records(evs)]
+        run_main(build_drift_flow(TestingSource(recs), TestingSink(out), DriftConfig(),
+                                  partitions=[0, 1]))
         return [json.loads(k.value) for k in out]
 
-    base, later = alerts(0), alerts(1_000)
+    # seq: offset x 2 partitions + partition + 1, so 500 records later in each is 1,000 later
+    base, later = alerts(0), alerts(500)
     assert base and [a["seq"] for a in later] == [a["seq"] + 1_000 for a in base]
     assert [{**a, "seq": 0} for a in later] == [{**a, "seq": 0} for a in base]
     [flip] = [a for a in base if a["kind"] == "k_flip_flop"]
     assert flip["top_users"] == [{"user_id": "u0003", "value": 2.0, "k_from": 3, "k_to": 4}]
+    raised_by = next(r for r in records(evs) if r.partition == 1 and json.loads(r.value)[
+        "user_id"] == "u0003" and json.loads(r.value)["ts_ms"] == flip["ts_ms"])
+    assert flip["seq"] == raised_by.offset * 2 + 1 + 1
+
+
+def test_per_user_alerts_keep_their_seq_when_the_partitions_are_read_in_another_order() -> None:
+    """A monitor resumed after a kill -9 re-reads its last epoch with the partitions
+    interleaved otherwise: its per-user alerts must come back with the same seq (it counted
+    its records in reading order, so the same alert got another seq: 5389 then 5562)."""
+    evs = plant_oscillation(stable_stream(n_users=40, n_windows=4, seed=2), ["u0003", "u0010"],
+                            start_ms=T0_MS + 60_000)
+    recs = records(evs)
+    by_part = [[r for r in recs if r.partition == p] for p in (0, 1)]
+    # one partition's records read first, then the other's: far from the offset order
+    other_order = by_part[1] + by_part[0]
+
+    def per_user(rs: list[RawRecord]) -> dict[tuple, int]:
+        out: list = []
+        run_main(build_drift_flow(TestingSource(rs), TestingSink(out), DriftConfig(),
+                                  partitions=[0, 1]))
+        alerts = [json.loads(k.value) for k in out]
+        return {(a["kind"], a["window"]["start_ms"], a["top_users"][0]["user_id"]): a["seq"]
+                for a in alerts if a["kind"] in ("k_flip_flop", "k_churn", "d_swing")}
+
+    first = per_user(recs)
+    assert len(first) >= 2
+    assert per_user(other_order) == first
 
 
 def _write_a_position(store) -> None:
@@ -299,12 +328,13 @@ def test_a_resumed_monitor_detects_with_the_new_runs_page_hinkley_settings() -> 
     from streams.drift import DriftMonitor, DriftRecord
     from streams.drift_flow import _MonitorLogic
 
-    def change(i: int, ts: int) -> tuple[int, DriftRecord]:
-        return 0, DriftRecord("k_change", f"u{i}", ts, i, {"k_from": 1, "k_to": 2})
+    def change(i: int, ts: int) -> tuple[int, int, DriftRecord]:
+        return 0, i, DriftRecord("k_change", f"u{i}", ts, i, {"k_from": 1, "k_to": 2})
 
     first = DriftMonitor(DriftConfig(lateness_ms=0), [0])
     for w in range(15):
-        first.add(*reversed(change(w, T0_MS + w * 60_000)))
+        part, off, rec = change(w, T0_MS + w * 60_000)
+        first.add(rec, part, off)
     stored = pickle.dumps(first)
     rise = [change(100 + j, T0_MS + 15 * 60_000 + j) for j in range(50)]
     rise.append(change(999, T0_MS + 16 * 60_000 + 1))  # closes the window of the rise
