@@ -291,15 +291,20 @@ class StoreMismatch(RuntimeError):
     """A recovery store that is not this monitor's: says whose it is."""
 
 
-def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig) -> bool:
+def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig,
+                topic_id: str | None = None) -> bool:
     """Whether ``path`` holds a monitor's recovery store to resume from: positions of the
     monitor's input (:data:`FLOW_ID`'s, read as ``streams.runner`` reads a ``diam run``
-    store's); False: none yet, and it is (re)claimed for ``topic``, ``namespace`` and
-    ``cfg.window_ms`` (:data:`STORE_OWNER`, written whole). Call it once the topic is known
+    store's); False: none yet, and it is (re)claimed for ``topic``, ``namespace``,
+    ``cfg.window_ms`` and ``topic_id`` (:data:`STORE_OWNER`, written whole; None: a broker
+    without topic ids, never compared). Call it once the topic is known
     to exist: a run refused before it starts must not claim a store.
 
     A store holding positions of another drift topic, namespace or window length would resume
-    other offsets or windows, and one that is a ``diam run``'s
+    other offsets or windows; one of a topic of the same name that has been deleted and
+    re-created since (``topic_id``, Kafka's id of ``topic`` now, differs from the one the store
+    recorded) would resume the old topic's offsets in the new one and skip its records; and one
+    that is a ``diam run``'s
     (``streams.runner.check_store_owner``: its record, or Bytewax's files without
     :data:`STORE_OWNER`) is another dataflow's: both raise :class:`StoreMismatch`, naming what
     the store is. A store claimed by a run that never wrote a position (it failed before its
@@ -307,7 +312,8 @@ def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig)
     # the one reader of a store's positions, and the one rule of whose a store is
     from streams.runner import DRIFT_STORE, RecoveryForeign, _store_partitions, check_store_owner
 
-    want = {"topic": topic, "namespace": namespace, "window_ms": cfg.window_ms}
+    want: dict[str, object] = {"topic": topic, "namespace": namespace,
+                               "window_ms": cfg.window_ms}
     owner = path / STORE_OWNER
     try:
         check_store_owner(path, DRIFT_STORE)
@@ -318,22 +324,39 @@ def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig)
     if owner.exists() and has_data:
         try:
             have = json.loads(owner.read_text())
+            if not isinstance(have, dict):
+                raise ValueError(f"not a JSON object: {have!r:.80}")
         except (OSError, ValueError) as exc:
             raise StoreMismatch(f"the recovery store {path}: {owner.name} is unreadable "
                                 f"({exc}); give the monitor another --recovery-dir") from None
-        if have != want:
+        if {k: have.get(k) for k in want} != want:
             said = ", ".join(f"{k} {have.get(k)!r}" for k in sorted(want)
                              if have.get(k) != want[k])
             wanted = ", ".join(f"{k} {want[k]!r}" for k in sorted(want) if have.get(k) != want[k])
             raise StoreMismatch(f"the recovery store {path} is the drift monitor's of {said}, "
                                 f"not {wanted}: resuming it would mix them; give this monitor "
                                 "another --recovery-dir")
+        had = have.get("topic_id")
+        if isinstance(had, str) and topic_id is not None and had != topic_id:
+            raise StoreMismatch(
+                f"the recovery store {path} was written for topic {topic!r} with id {had}, and "
+                f"{topic!r} now has id {topic_id}: it was deleted and re-created since, and "
+                "resuming would skip the new topic's records at the offsets the store had "
+                "read; give this monitor another (or an emptied) --recovery-dir to read the "
+                "new topic from its start")
+        if had is None and topic_id is not None:  # a store from before it said the id
+            _claim(path, {**have, "topic_id": topic_id})
         return True
+    _claim(path, {**want, "topic_id": topic_id})
+    return False
+
+
+def _claim(path: Path, owner: dict[str, object]) -> None:
+    """Write :data:`STORE_OWNER` in ``path`` whole (``owner``: what the store is of)."""
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / f".{STORE_OWNER}.{os.getpid()}"
-    tmp.write_text(json.dumps(want, sort_keys=True) + "\n")
-    os.replace(tmp, owner)
-    return False
+    tmp.write_text(json.dumps(owner, sort_keys=True) + "\n")
+    os.replace(tmp, path / STORE_OWNER)
 
 
 def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
@@ -358,7 +381,8 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
     lasts): a run on a store that holds a position resumes from it (the monitor's state and
     the offsets after its last epoch; ``from_end`` then only applies to partitions it has no
     position for), so nothing written while it was down is skipped. Returns whether it
-    resumed. A store of another topic, namespace or window length raises
+    resumed. A store of another topic (or of one re-created since under the same name: Kafka's
+    topic id, recorded in the store), namespace or window length raises
     :class:`StoreMismatch`; one in use, ``streams.runner.RecoveryInUse``."""
     from bytewax.testing import run_main
 
@@ -375,7 +399,10 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
         parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
         ensure_topic(kafka, alerts_topic)
         if recovery_dir is not None:  # claimed only once the topic is there to read
-            resumed = check_store(recovery_dir, topic, namespace, cfg)
+            from streams.forget_markers import topic_id
+
+            resumed = check_store(recovery_dir, topic, namespace, cfg,
+                                  topic_id(kafka, topic))
             recovery = prepare_recovery(recovery_dir)
         _run(kafka, cfg, topic, alerts_topic, bounded, from_end, metrics, on_output,
              idle_close_s, namespace, stop, recovery, run_main, parts)

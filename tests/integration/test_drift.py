@@ -349,3 +349,59 @@ def test_a_drift_record_with_an_infinite_time_or_offset_is_counted_not_fatal(
                              obj={"settings": stack.settings})
     assert res.exit_code == 0, res.output
     assert "drift monitor done: 5 records read (4 not drift events" in res.stderr, res.stderr
+
+
+def test_a_store_of_a_drift_topic_deleted_and_re_created_since_is_refused_saying_so(
+        stack, new_topic, tmp_path) -> None:
+    """The reviewer's repro: a monitor reads a drift topic into its --recovery-dir, the topic
+    is deleted and re-created under the same name (diam drop, then a new replay) and filled
+    again: the resumed monitor read 0 of the new records ("0 records read ... 0 alerts"). Its
+    store records Kafka's topic id now, and the run is refused with one Error: line saying
+    what to do; an emptied store reads the new topic from its start."""
+    import shutil
+    import time
+
+    from confluent_kafka import KafkaException
+
+    from streams.drift_flow import STORE_OWNER
+    from streams.forget_markers import topic_id
+    from streams.kafka_io import delete_topics
+    from tests.integration.conftest import create_topic
+
+    kafka = stack.settings.kafka
+    drift_topic = new_topic(1, "driftfix_drift")
+    alerts_topic = new_topic(1, "driftfix_alerts")
+    events = stable_stream(n_users=50, n_windows=3, rate=RATE, seed=7)
+    produce(kafka, drift_topic, _records(events))
+    rec = tmp_path / "rec-r1"
+
+    def run():
+        return CliRunner().invoke(main, ["drift", "run", "--bounded", "--from-beginning",
+                                         "--topic", drift_topic, "--alerts-topic", alerts_topic,
+                                         "--recovery-dir", str(rec)],
+                                  obj={"settings": stack.settings})
+
+    res = run()
+    assert res.exit_code == 0, res.output
+    old_id = topic_id(kafka, drift_topic)
+    assert json.loads((rec / STORE_OWNER).read_text())["topic_id"] == old_id
+    delete_topics(kafka, [drift_topic])
+    deadline = time.monotonic() + 60
+    while True:  # the name may stay taken a moment after the deletion
+        try:
+            create_topic(stack, drift_topic, 1)
+            break
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    produce(kafka, drift_topic, _records(events))
+    res = run()
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "deleted and re-created" in errors[0], res.output
+    assert f"with id {old_id}" in errors[0] and "--recovery-dir" in errors[0]
+    shutil.rmtree(rec)
+    res = run()
+    assert res.exit_code == 0, res.output
+    assert f"drift monitor done: {len(events)} records read" in res.stderr, res.stderr
