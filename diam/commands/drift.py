@@ -344,7 +344,9 @@ def watch(ctx: click.Context, topic: str | None, from_beginning: bool, exit_at_e
                     continue
                 try:
                     click.echo(format_alert(body))  # type: ignore[arg-type]
-                except (TypeError, AttributeError, KeyError):
+                except (TypeError, AttributeError, KeyError, ValueError, OverflowError):
+                    # ValueError: a value not a number ({"value": "abc"}) or a time no date
+                    # has; OverflowError: a time past the platform's (start_ms 1e300)
                     click.echo(f"(not an alert) {raw[:200]!r}")
             if exit_at_end and pending:  # the position: also where no record ends it (a marker)
                 for part in read_to_ends(consumer, topic, pending):

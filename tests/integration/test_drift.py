@@ -405,3 +405,27 @@ def test_a_store_of_a_drift_topic_deleted_and_re_created_since_is_refused_saying
     res = run()
     assert res.exit_code == 0, res.output
     assert f"drift monitor done: {len(events)} records read" in res.stderr, res.stderr
+
+
+def test_watch_shows_malformed_alert_records_as_not_alerts_and_goes_on(stack, new_topic) -> None:
+    """The reviewer's repro: {"kind":"x","value":"abc"} (and a start_ms of 1e300, of
+    Infinity, a string) killed diam drift watch with a traceback in format_alert; each is now
+    an "(not an alert)" line, and the good alert after them is shown."""
+    alerts_topic = new_topic(1, "driftfix_alerts")
+    good = {"kind": "k_churn", "window": {"start_ms": 0, "end_ms": 60000}, "value": 4.0,
+            "threshold": 4.0, "top_users": [{"user_id": "u7", "value": 4.0}]}
+    bad = [b'{"kind":"x","value":"abc"}',
+           b'{"kind":"x","window":{"start_ms":1e300,"end_ms":1e300}}',
+           b'{"kind":"x","window":{"start_ms":Infinity}}',
+           b'{"kind":"x","window":{"start_ms":"soon"}}',
+           b'{"kind":"x","top_users":[{"user_id":"u","value":"abc"}]}']
+    produce(stack.settings.kafka, alerts_topic,
+            [(b"x", v) for v in bad] + [(b"k_churn", json.dumps(good).encode())])
+    res = CliRunner().invoke(main, ["drift", "watch", "--topic", alerts_topic,
+                                    "--from-beginning", "--exit-at-end"],
+                             obj={"settings": stack.settings})
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert len(lines) == 6 and all(ln.startswith("(not an alert) ") for ln in lines[:5]), lines
+    assert lines[5] == ("1970-01-01T00:00:00Z +60s  k_churn  value 4 (threshold 4)  "
+                        "users: u7=4")
