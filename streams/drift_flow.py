@@ -161,8 +161,9 @@ class DriftMetrics:
 def alert_record(alert: Alert, source: str | None = None, namespace: str | None = None
                  ) -> KafkaOut:
     """An alert as a JSON record keyed by its kind; ``source``: the drift topic the monitor
-    reads (``seq`` counts its records: monitors of several drift topics may share the alerts
-    topic, and ``(source, seq)`` tells their alerts apart); ``namespace``: the Redis namespace
+    reads (``seq`` is a place in it, :func:`streams.drift.drift_position`: monitors of several
+    drift topics may share the alerts topic, and ``(source, seq, kind)`` tells their alerts
+    apart); ``namespace``: the Redis namespace
     whose drift events it watches (``--namespace``; absent: every run's)."""
     body = alert.to_dict()
     if source is not None:
