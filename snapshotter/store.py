@@ -951,9 +951,12 @@ class ActiveWatcher:
     ``diam:{ns}:model:active``, or a read of the pointer file when no client is given or Redis
     does not answer). When the active version differs from the one last returned, it verifies
     the snapshot's hashes and returns ``(version, path)``; otherwise None. A version that fails
-    verification is logged and not retried until the pointer changes again, so the caller keeps
-    serving what it has. The first poll returns the current active version (initial load)
-    unless ``current`` names it already.
+    verification (or that the caller refuses, :meth:`refuse`) is logged once and not retried until
+    the active version changes again, so the caller keeps serving what it has: until the
+    resolved version is another one, or the pointer file is written again (every publish and
+    rollback writes it, a rollback to the version already active too). So a version repaired
+    and rolled back to is taken, even by a process that started on it damaged. The first poll
+    returns the current active version (initial load) unless ``current`` names it already.
     """
 
     def __init__(
@@ -971,6 +974,9 @@ class ActiveWatcher:
         self.ns = ns
         self.current = current
         self.refused: set[str] = set()
+        self._resolved: tuple[str, tuple[int, int, int] | None] | None = None
+        """The version the last poll resolved and the pointer file's identity then: when
+        either changes, :attr:`refused` is cleared."""
         self._absent: set[str] = set()
         self._pointer_error: str | None = None
         self._redis_down_since: float | None = None  # on self._clock
@@ -1013,9 +1019,29 @@ class ActiveWatcher:
 
     def refuse(self, version: str, keep: str | None) -> None:
         """The caller could not use ``version`` (it verified, but e.g. has another embedding
-        size): do not offer it again until the pointer changes, and go on from ``keep``."""
+        size; the caller logs why): do not offer it again until the active version changes
+        (see the class), and go on from ``keep``."""
         self.refused.add(version)
         self.current = keep
+
+    def _pointer_stamp(self) -> tuple[int, int, int] | None:
+        # a publish or rollback replaces the file whole (a new inode): a rollback to the
+        # version already active shows here, where the version read does not change
+        try:
+            st = (self.store.root / POINTER).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _moved(self, version: str) -> None:
+        """Forget the refusals when the active version moved since the last poll."""
+        now = (version, self._pointer_stamp())
+        if now != self._resolved and self.refused:
+            log.info("active version now %s (pointer rewritten or another version): "
+                     "the %d version(s) refused before may be taken again", version,
+                     len(self.refused))
+            self.refused.clear()
+        self._resolved = now
 
     def poll(self) -> tuple[str, Path] | None:
         now = self._clock()
@@ -1023,6 +1049,8 @@ class ActiveWatcher:
             return None
         self._next = now + self.check_every_s
         version = self._read_active()
+        if version is not None:  # none, or a damaged pointer: nothing to compare
+            self._moved(version)
         if version is None or version == self.current or version in self.refused:
             return None
         try:

@@ -374,3 +374,37 @@ def test_the_publish_record_outlives_pruned_versions_and_seeds_from_an_older_sto
     assert not store.path(first.version).exists()
     assert [v for v in store.published().values()] == [
         first.version, second.version, third.version]
+
+
+def test_a_refused_version_is_taken_once_repaired_and_rolled_back_to(store, checkpoint,
+                                                                      checkpoint2, caplog):
+    """A watcher that refused a damaged version (a server started on it, a run that saw it
+    published) takes it once it is repaired and the active version moves: a rollback to it,
+    even when it is the active one already, or a switch to another version and back."""
+    v1 = publish(checkpoint, store).version
+    weights = store.path(v1) / "weights.safetensors"
+    good = weights.read_bytes()
+    _flip_byte(weights, at=-1)
+    clock = _Clock()
+    w = ActiveWatcher(store, None, check_every_s=1, clock=clock)
+    assert w.poll() is None and v1 in w.refused  # started on it damaged
+    weights.write_bytes(good)  # repaired
+    clock.t = 2
+    assert w.poll() is None  # the pointer did not move: not retried (nor logged again)
+    assert caplog.text.count(f"snapshot {v1}: weights.safetensors") == 1
+    store.activate(v1)  # `diam snapshot rollback V`: the pointer is written again
+    clock.t = 4
+    assert w.poll() == (v1, store.path(v1))
+    # the caller refuses a version (another size, say); a publish and a rollback to it
+    # offer it again
+    v2 = publish(checkpoint2, store).version
+    clock.t = 6
+    assert w.poll() == (v2, store.path(v2))
+    w.refuse(v2, keep=v1)
+    clock.t = 8
+    assert w.poll() is None
+    v3 = publish(write_checkpoint(checkpoint.parent / "ck3", n_items=30, dim=8, seed=3),
+                 store).version
+    store.activate(v2)  # rolled back to before the watcher polled v3
+    clock.t = 10
+    assert w.poll() == (v2, store.path(v2)) and v3 not in w.refused

@@ -1,0 +1,44 @@
+"""``diam serve`` started on a damaged active version (a file failing its hash) serves once
+the file is repaired and the version rolled back to (the pointer written again, Redis
+re-announced), without a restart: before, the server's watcher never offered a version it had
+refused again while the pointer named the same one, and the server stayed unavailable."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+
+from diam.server import ServeOptions, build_app
+from snapshotter import SnapshotStore, publish
+from snapshotter.publish import announce
+from snapshotter.testing import write_checkpoint
+
+
+def test_a_server_started_on_a_damaged_version_serves_it_once_repaired_and_rolled_back(
+        stack, namespace, tmp_path, redis_client) -> None:
+    s = stack.settings
+    s = s.model_copy(update={"snapshot": s.snapshot.model_copy(
+        update={"dir": str(tmp_path / "snapshots")})})
+    store = SnapshotStore(s.snapshot)
+    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=60, dim=8, seed=1), store,
+                 redis_client, namespace).version
+    weights = store.path(v1) / "weights.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    app = build_app(s, ServeOptions(namespace=namespace, reload_every_s=0.1, ui=False,
+                                    follow_items=False, live_popularity=False))
+    with TestClient(app) as c:
+        first = c.get("/health")
+        assert first.status_code == 503 and first.json()["snapshot"] is None, first.text
+        weights.write_bytes(good)  # repaired: still refused while nothing moved
+        time.sleep(0.5)
+        assert c.get("/health").status_code == 503
+        with store.locked():  # what `diam snapshot rollback V` does
+            store.activate(v1)
+            announce(store, redis_client, namespace, v1)
+        deadline = time.monotonic() + 30  # a bound on waiting, not on speed
+        while (r := c.get("/health")).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        assert r.json()["snapshot"] == v1
