@@ -30,6 +30,7 @@ from snapshotter.store import (
     LockTimeout,
     SnapshotError,
     SnapshotStore,
+    StoreIOError,
     resolve_active,
     sha256_file,
     version_name,
@@ -266,13 +267,21 @@ def publish(
             if pop is not None:
                 np.save(staging / "item_pop.npy", pop, allow_pickle=False)
         tower_info = _content_tower(ck, staging)
-        faiss.write_index(index, str(staging / "items.faiss"))
+        try:
+            faiss.write_index(index, str(staging / "items.faiss"))
+        except RuntimeError as exc:  # how FAISS says a write failed (a full disk)
+            raise StoreIOError(f"snapshot directory {store.root} (settings snapshot.dir, "
+                               f"DIAM_SNAPSHOT_DIR): writing items.faiss failed ({exc}); "
+                               "nothing was published") from None
         files = {
             f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
             for f in sorted(staging.iterdir())
         }
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full or read-only store (or the checkpoint vanished)
+            raise store.io_error(exc, f"staging a copy of {ck.path}",
+                                 "nothing was published") from None
         raise
     # From here to the prune, one publish or rollback at a time (the store's lock): another
     # may have committed, activated or pruned while this one built its index, so what is
@@ -519,6 +528,7 @@ class Watcher:
         settling: tuple[Path, float] | None = None  # the newest checkpoint still being written
         refused: list[Path] = []
         kept: tuple[Path, str] | None = None  # where the scan stopped: weights already kept
+        busy = ""  # why a publish was put off to the next tick (the lock, the store's disk)
         checkpoints = find_checkpoints(self.trainer_dir)
         for ck in checkpoints:
             newest = max(f.stat().st_mtime for f in ck.iterdir() if f.is_file())
@@ -554,10 +564,14 @@ class Watcher:
             try:
                 result = publish(ck, self.store, self.client, self.ns, self.data_dir,
                                  usable=self.usable)
-            except LockTimeout as exc:  # not the checkpoint's fault: the next tick tries again
+            except (LockTimeout, StoreIOError) as exc:  # not the checkpoint's fault: the
+                # next tick tries again (the lock held, a full or read-only store)
                 log.warning("not publishing %s this tick: %s", ck, exc)
                 del self._seen[ck]
                 kept = None
+                busy = ("another publish/rollback held the store's lock (logged)"
+                        if isinstance(exc, LockTimeout) else
+                        f"{self.store.root} could not be written (logged)")
                 break
             except Exception as exc:  # a bad checkpoint must not stop the watch loop
                 log.error("not publishing %s: %s", ck, exc)
@@ -568,12 +582,12 @@ class Watcher:
             self._kept[ck] = f"is already version {result.version}"
             break
         if result is None:
-            self.last_skip = self._skip(checkpoints, settling, refused, kept)
+            self.last_skip = self._skip(checkpoints, settling, refused, kept, busy)
         self._sync_redis()
         return result
 
     def _skip(self, checkpoints: list[Path], settling: tuple[Path, float] | None,
-              refused: list[Path], kept: tuple[Path, str] | None) -> Skip:
+              refused: list[Path], kept: tuple[Path, str] | None, busy: str = "") -> Skip:
         """The :class:`Skip` of a tick that published nothing, from what its scan found."""
         if not checkpoints:
             gone = "" if self.trainer_dir.is_dir() else " (it does not exist)"
@@ -591,9 +605,9 @@ class Watcher:
             parts.append(f"{settling[0]} still settling ({settling[1]:.0f} s old, settle_s "
                          f"{self.store.cfg.settle_s:g})")
             key.append(("settling", str(settling[0])))
-        if not parts:  # the scan stopped at a publish that timed out waiting for the lock
-            parts.append("another publish/rollback held the store's lock (logged)")
-            key.append(("busy", str(self.store.root)))
+        if not parts:  # the scan stopped at a publish put off to the next tick
+            parts.append(busy or "another publish/rollback held the store's lock (logged)")
+            key.append(("busy", busy))
         return Skip("nothing to publish: " + "; ".join(parts), tuple(key))
 
     def _sync_redis(self) -> None:

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -44,6 +45,7 @@ __all__ = [
     "LockTimeout",
     "LockWaitInterrupted",
     "RetrainLocked",
+    "StoreIOError",
     "SnapshotInfo",
     "ActiveWatcher",
     "resolve_active",
@@ -126,6 +128,12 @@ class LockWaitInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class StoreIOError(SnapshotError):
+    """The store's directory could not be written or read (full, read-only, a file where a
+    directory should be): :meth:`SnapshotStore.io_error` says which setting, what failed and
+    the errno. Not the checkpoint's fault: a watch tries it again next tick."""
 
 
 class IntegrityError(SnapshotError):
@@ -247,6 +255,8 @@ class SnapshotStore:
             raw = pointer.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a file where the root should be, a directory named ACTIVE
+            raise self.io_error(exc, f"reading {POINTER}", "nothing was changed") from None
         try:
             text = raw.decode().strip()
         except UnicodeDecodeError:
@@ -581,9 +591,18 @@ class SnapshotStore:
         it did. The kernel drops the lock when its holder dies, so a killed publish never
         wedges the store. Not re-entrant: a holder must not take it again."""
         if create:
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                if self.root.exists():  # a file there: said as rollback and list say it
+                    self.require_root()
+                raise self.io_error(exc, "creating it", "nothing was changed") from None
         self.require_root()
-        with open(self.root / LOCK, "a+b") as fh:  # "a": created if missing, never truncated
+        try:
+            fh = open(self.root / LOCK, "a+b")  # noqa: SIM115 - "a": created, never truncated
+        except OSError as exc:  # read-only, or no room for the lock file
+            raise self.io_error(exc, f"opening its lock {LOCK}", "nothing was changed") from None
+        with fh:
             self._acquire(fh.fileno())
             try:
                 self._write_holder(fh, f"{os.getpid()} {datetime.now(UTC).isoformat()}\n")
@@ -768,22 +787,48 @@ class SnapshotStore:
     def staging_dir(self) -> Path:
         """A fresh hidden directory under the root, on the same filesystem so the final rename
         is atomic. Hidden names are skipped by :meth:`versions`."""
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f".staging-{uuid.uuid4().hex}"
-        path.mkdir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except OSError as exc:
+            raise self.io_error(exc, "staging a new version", "nothing was published") from None
         return path
+
+    def io_error(self, exc: OSError, doing: str, outcome: str) -> StoreIOError:
+        """The one wording of an I/O failure in the store (full, read-only, a file where the
+        root should be): the setting, what failed, the error and its errno name, and what it
+        means (``outcome``). Every writer of the store raises it rather than the OSError.
+
+        >>> store = SnapshotStore(SnapshotConfig(dir="/s"))
+        >>> str(store.io_error(OSError(28, "No space left on device", "/s/x"), "staging",
+        ...                    "nothing was published")).split(": ", 1)[1]
+        'staging failed: No space left on device (ENOSPC, /s/x); nothing was published'
+        """
+        code = errno.errorcode.get(exc.errno or 0, f"errno {exc.errno}")
+        where = f", {exc.filename}" if exc.filename else ""
+        return StoreIOError(
+            f"snapshot directory {self.root} (settings snapshot.dir, DIAM_SNAPSHOT_DIR): "
+            f"{doing} failed: {exc.strerror or exc} ({code}{where}); {outcome}")
 
     def commit(self, staging: Path, version: str) -> Path:
         """Move a fully written staging directory to ``<root>/<version>`` in one rename."""
-        for f in staging.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(staging)
         target = self.path(version)
-        if target.exists():
-            raise SnapshotError(f"snapshot {version} already exists")
-        os.rename(staging, target)
-        _fsync_dir(self.root)
+        try:
+            for f in staging.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(staging)
+            if target.exists():
+                raise SnapshotError(f"snapshot {version} already exists")
+            os.rename(staging, target)
+        except OSError as exc:
+            raise self.io_error(exc, f"committing {version}", "nothing was published") from None
+        try:
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise self.io_error(exc, f"syncing the commit of {version}",
+                                f"{version} is committed but not active") from None
         return target
 
     def activate(self, version: str, verify: bool = True) -> dict[str, Any] | None:
@@ -792,21 +837,39 @@ class SnapshotStore:
         stays active. The pointer moves first: a kill between the two leaves the history one
         switch behind, and a bare rollback then still returns to a version that was active."""
         man = self.verify(version) if verify else None
-        self._replace(POINTER, version + "\n")
+        self._replace(POINTER, version + "\n", "the active version did not change")
         at = datetime.now(UTC).isoformat(timespec="microseconds")
         lines = [f"{a} {v}\n" for a, v in self.activations()[-(HISTORY_KEEP - 1):]]
-        self._replace(HISTORY, "".join(lines) + f"{at} {version}\n")
+        self._replace(HISTORY, "".join(lines) + f"{at} {version}\n",
+                      f"{version} is active, but the switch is not in {HISTORY}")
         return man
 
-    def _replace(self, name: str, text: str) -> None:
-        """Write ``<root>/<name>`` whole: a temp file, fsync, rename (readers see old or new)."""
+    def _replace(self, name: str, text: str, outcome: str | None = None) -> None:
+        """Write ``<root>/<name>`` whole: a temp file, fsync, rename (readers see old or new).
+        A failure (a full or read-only disk) removes the temp file and raises
+        :class:`StoreIOError` (:meth:`io_error`; ``outcome``: what it leaves, by default that
+        ``name`` is as it was)."""
         tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / name)
-        _fsync_dir(self.root)
+        try:
+            try:
+                with open(tmp, "w") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.root / name)
+            except BaseException:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:  # never written (a read-only root): nothing to remove
+                    pass
+                raise
+        except OSError as exc:
+            raise self.io_error(exc, f"writing {name}",
+                                outcome or f"{name} is as it was") from None
+        try:
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise self.io_error(exc, f"syncing {name}", f"{name} is written, not synced") from None
 
     def never_activated(self) -> set[str]:
         """Versions committed but never made active (a publish killed between its commit and

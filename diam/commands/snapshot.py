@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -426,7 +426,6 @@ def rollback_cmd(
     before the pointer on disk moves, so a bad one leaves disk and Redis as they were. A
     publish or rollback of the same directory in progress finishes first.
     """
-    from snapshotter.publish import announce
     from snapshotter.store import SnapshotError, validate_version
 
     s = get_settings(ctx)
@@ -441,6 +440,18 @@ def rollback_cmd(
         raise click.ClickException(str(exc)) from None
     # one switch at a time: a publish or rollback running now finishes first, and what this
     # one reads as the previous version and announces is then what it reports
+    try:
+        _rollback(s, store, client, ns, version, allow_dim_change)
+    except SnapshotError as exc:  # the store's disk (full, read-only): one line, the errno
+        raise click.ClickException(str(exc)) from None
+
+
+def _rollback(s: Settings, store: SnapshotStore, client: Any, ns: str, version: str | None,
+              allow_dim_change: bool) -> None:
+    """The switch of ``diam snapshot rollback``, under the store's lock."""
+    from snapshotter.publish import announce
+    from snapshotter.store import SnapshotError
+
     with _lock_wait_ends_cleanly(), store.locked():
         try:
             target = version or store.previous_version()
@@ -463,6 +474,8 @@ def rollback_cmd(
         if client is not None:
             try:
                 announce(store, client, ns, target)  # recorded: a --no-redis prune keeps it
+            except SnapshotError as exc:  # Redis took it; the store's record was not written
+                raise click.ClickException(f"switched on disk and in Redis, but {exc}") from None
             except Exception as exc:
                 raise click.ClickException(
                     f"switched on disk, but Redis did not take it ({exc}); rerun once Redis answers"

@@ -302,3 +302,72 @@ def test_watch_never_brings_back_a_pruned_checkpoint(run, tmp_path, monkeypatch)
     # an operator's publish still may, deliberately
     back = run("snapshot", "publish", str(tmp_path / "tdir" / "X"), "--no-redis")
     assert back.exit_code == 0 and "active: " in back.output, back.output
+
+
+def _one_error_line(r, *says):
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "DIAM_SNAPSHOT_DIR" in errors[0], r.output
+    assert all(s in errors[0] for s in says), r.output
+
+
+def test_a_store_whose_lock_cannot_be_opened_is_one_error_line(run, tmp_path):
+    """publish and rollback said an unusable store (read-only: its .lock cannot be opened;
+    here a directory stands where .lock goes, which stops root too) with a traceback."""
+    for i in (1, 2):
+        r = run("snapshot", "publish",
+                str(write_checkpoint(tmp_path / f"c{i}", n_items=30, dim=4, seed=i)),
+                "--no-redis")
+        assert r.exit_code == 0, r.output
+    v2 = r.output.split("active: ")[1].split()[0]
+    lock = tmp_path / "snaps" / ".lock"
+    lock.unlink()
+    lock.mkdir()
+    _one_error_line(run("snapshot", "rollback", "--no-redis"), "EISDIR", ".lock")
+    ck3 = write_checkpoint(tmp_path / "c3", n_items=30, dim=4, seed=3)
+    _one_error_line(run("snapshot", "publish", str(ck3), "--no-redis"), "EISDIR",
+                    "nothing was changed")
+    assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v2
+    assert not list((tmp_path / "snaps").glob(".staging-*"))
+
+
+def test_a_store_under_a_file_is_one_error_line(run, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("DIAM_SNAPSHOT_DIR", str(tmp_path / "afile" / "snaps"))
+    ck = write_checkpoint(tmp_path / "c", n_items=30, dim=4)
+    _one_error_line(run("snapshot", "publish", str(ck), "--no-redis"), "ENOTDIR")
+
+
+def test_a_full_disk_while_staging_is_one_error_line_and_leaves_nothing(tmp_path):
+    """A write that fails for room (RLIMIT_FSIZE: EFBIG, as ENOSPC does on a full disk) while
+    the new version is staged: one Error line, no staging directory left, nothing switched."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DIAM_SNAPSHOT_DIR": str(tmp_path / "snaps"), "DIAM_CONFIG": "",
+           "DIAM_ONLINE_DIM": "16"}
+    small = write_checkpoint(tmp_path / "small", n_items=30, dim=16, seed=1)
+    big = write_checkpoint(tmp_path / "big", n_items=4000, dim=16, seed=2)
+
+    def diam(*args, limit=None):
+        def cap():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails, not the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        return subprocess.run([sys.executable, "-c", "from diam.cli import main; main()", *args], env=env,
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=cap if limit else None)
+
+    first = diam("snapshot", "publish", str(small), "--no-redis")
+    assert first.returncode == 0, first.stderr
+    v1 = first.stdout.split("active: ")[1].split()[0]
+    assert (big / "weights.safetensors").stat().st_size > 200_000
+    r = diam("snapshot", "publish", str(big), "--no-redis", limit=200_000)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "EFBIG" in errors[0] and "DIAM_SNAPSHOT_DIR" in errors[0], r.stderr
+    assert "nothing was published" in errors[0]
+    assert not list((tmp_path / "snaps").glob(".staging-*"))
+    assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v1

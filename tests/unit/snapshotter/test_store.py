@@ -408,3 +408,20 @@ def test_a_refused_version_is_taken_once_repaired_and_rolled_back_to(store, chec
     store.activate(v2)  # rolled back to before the watcher polled v3
     clock.t = 10
     assert w.poll() == (v2, store.path(v2)) and v3 not in w.refused
+
+
+def test_a_pointer_that_cannot_be_written_leaves_no_temp_file(store, checkpoint):
+    """A failed write of ACTIVE (a full or read-only disk; here a directory where its rename
+    lands) raises the store's one-line error and removes its temp file."""
+    from snapshotter.store import StoreIOError
+
+    v1 = publish(checkpoint, store).version
+    (store.root / POINTER).unlink()
+    (store.root / POINTER).mkdir()
+    (store.root / POINTER / "x").write_text("x")
+    with pytest.raises(StoreIOError, match="DIAM_SNAPSHOT_DIR.*writing ACTIVE failed.*"
+                       "the active version did not change"):
+        store.activate(v1)
+    assert not list(store.root.glob(f".{POINTER}.*.tmp"))
+    with pytest.raises(StoreIOError, match=r"reading ACTIVE failed: .*\(EISDIR"):
+        store.active_version()
