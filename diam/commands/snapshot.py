@@ -103,7 +103,11 @@ def snapshot_group() -> None:
 
     Snapshots live in settings snapshot.dir (DIAM_SNAPSHOT_DIR, default ./snapshots) as
     <version>/ directories; ACTIVE names the active one, and Redis key diam:<ns>:model:active
-    broadcasts it to the dataflow workers and the API, which reload it on their own.
+    broadcasts it to the dataflow workers and the API, which reload it on their own: `diam
+    serve` every --reload-every seconds, a `diam run` at its next batch of events, so an idle
+    run (no events arriving on its topic) keeps its base, and its diam_flow_base_version
+    gauge, until events arrive. A version a process refused (a file failing its hash) is tried again when
+    the active version moves: a publish, or a rollback (to it too, once repaired).
     """
 
 

@@ -371,3 +371,8 @@ def test_a_full_disk_while_staging_is_one_error_line_and_leaves_nothing(tmp_path
     assert "nothing was published" in errors[0]
     assert not list((tmp_path / "snaps").glob(".staging-*"))
     assert (tmp_path / "snaps" / "ACTIVE").read_text().strip() == v1
+
+
+def test_snapshot_help_says_an_idle_run_reloads_at_its_next_clicks(run):
+    text = " ".join(run("snapshot", "--help").output.split())
+    assert "an idle run" in text and "diam_flow_base_version" in text, text
