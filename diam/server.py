@@ -110,7 +110,32 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
                                   DecayedCounts(half_life_s=opts.popularity_half_life_s),
                                   new_item_min_clicks=s.flow.click_first_min_clicks,
                                   new_item_max_pending=s.flow.click_first_max_pending)
-    return get_app(recommender, watcher=watcher, reload_every_s=opts.reload_every_s, ui=sources)
+    return get_app(recommender, watcher=_LoadRefusals(watcher, recommender),
+                   reload_every_s=opts.reload_every_s, ui=sources)
+
+
+class _LoadRefusals:
+    """The server's snapshot watcher: an :class:`snapshotter.store.ActiveWatcher` that also
+    counts as refused a version it offered and the server then failed to load (the API logs
+    that and keeps serving what it had). Without it the watcher took that version as the
+    current one, and a repair and a rollback to it were never loaded (only another version
+    was); refused, it is offered again when the active version moves, as a version failing
+    its hash is."""
+
+    def __init__(self, watcher: Any, recommender: Any) -> None:
+        self.watcher, self.recommender = watcher, recommender
+        self._offered: str | None = None
+
+    def _served(self) -> str | None:
+        active = self.recommender.active
+        return None if active is None else str(active.version)
+
+    def poll(self) -> Any:
+        if self._offered is not None and self._offered != self._served():
+            self.watcher.refuse(self._offered, keep=self._served())
+        found = self.watcher.poll()
+        self._offered = None if found is None else found[0]
+        return found
 
 
 _OWN_LOGGERS = ("diam", "serving_cache", "snapshotter", "streams")

@@ -42,3 +42,40 @@ def test_a_server_started_on_a_damaged_version_serves_it_once_repaired_and_rolle
             assert time.monotonic() < deadline, r.text
             time.sleep(0.1)
         assert r.json()["snapshot"] == v1
+
+
+def test_a_version_the_server_failed_to_load_is_loaded_once_repaired_and_rolled_back(
+        stack, namespace, tmp_path, redis_client) -> None:
+    """A version that verifies but does not load (here its manifest asks an exact index for
+    an nprobe; its hashes do not cover that) is refused, and taken once repaired and rolled
+    back to: before, the watcher took it as the current version and never offered it again."""
+    import json
+
+    s = stack.settings
+    s = s.model_copy(update={"snapshot": s.snapshot.model_copy(
+        update={"dir": str(tmp_path / "snapshots")})})
+    store = SnapshotStore(s.snapshot)
+    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=60, dim=8, seed=1), store,
+                 redis_client, namespace).version
+    app = build_app(s, ServeOptions(namespace=namespace, reload_every_s=0.1, ui=False,
+                                    follow_items=False, live_popularity=False))
+    with TestClient(app) as c:
+        assert c.get("/health").json()["snapshot"] == v1
+        v2 = publish(write_checkpoint(tmp_path / "ck2", n_items=60, dim=8, seed=2),
+                     store).version  # not announced until it is damaged
+        manifest = store.path(v2) / "manifest.json"
+        good = manifest.read_text()
+        bad = json.loads(good)
+        bad["index"]["nprobe"] = 4
+        manifest.write_text(json.dumps(bad))
+        announce(store, redis_client, namespace, v2)
+        time.sleep(1.0)  # polled and refused
+        assert c.get("/health").json()["snapshot"] == v1
+        manifest.write_text(good)
+        with store.locked():  # `diam snapshot rollback V2`
+            store.activate(v2)
+            announce(store, redis_client, namespace, v2)
+        deadline = time.monotonic() + 30  # a bound on waiting, not on speed
+        while (r := c.get("/health")).json()["snapshot"] != v2:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
