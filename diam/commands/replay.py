@@ -596,16 +596,20 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
                 f"{namespace}`")
         for h in held:
             click.echo(f"warning: --force: dropping namespace {namespace!r} held by {h}", err=True)
-        if not claimed:  # --force: over another's claim, counted as one of the keys
-            client.set(claim_key(namespace), ours)
+        took = claimed
         try:
             if not yes:
                 click.confirm(f"delete every key of namespace {namespace!r} at "
                               f"{_without_password(s.redis.url)}?", abort=True, err=True)
+            if not claimed:  # --force, and confirmed: over another's claim, counted as one
+                # of the keys (not before the question: a "no" leaves the other's claim)
+                client.set(claim_key(namespace), ours)
+                took = True
             # its own claim last, when the rest is gone
             n = drop_namespace(client, namespace, keep=claim_key(namespace)) + (not claimed)
         finally:
-            release_claim(client, namespace, ours)
+            if took:
+                release_claim(client, namespace, ours)
     except redis.RedisError as exc:
         raise redis_unusable(s, exc) from None
     finally:

@@ -159,6 +159,17 @@ def test_a_stale_claim_is_taken_over_and_drop_refuses_a_live_one(
     assert res.exit_code == 1 and live in res.output, res.output
     assert "delete every key" not in res.output, res.output
     assert _keys(redis_client, namespace) == sorted([*held, claim_key(namespace).encode()])
+    # --force answered "no" (or Ctrl-C at the question) changes nothing: the replay's claim
+    # stays (before: taken over before the question and released after it, so the namespace
+    # was left unclaimed under a live replay)
+    from click.testing import CliRunner
+
+    from diam.cli import main
+    res = CliRunner().invoke(main, ["drop", namespace, "--keep-topics", "--force"], input="n\n",
+                             obj={"settings": s})
+    assert res.exit_code == 1 and "delete every key" in res.output, res.output
+    assert redis_client.get(claim_key(namespace)) == live.encode()
+    assert _keys(redis_client, namespace) == sorted([*held, claim_key(namespace).encode()])
     res = _cli(s, "drop", namespace, "--yes", "--keep-topics", "--force")
     assert res.exit_code == 0, res.output
     assert _keys(redis_client, namespace) == []
