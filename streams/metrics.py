@@ -19,7 +19,8 @@ Everything is read or counted where it happens, and nothing is added to the per-
   (``_redis_stale_pushes_total``, ``_redis_resumed_repushes_total``: a restart's re-pushes
   of what Redis holds are no new values) or refused as forgotten
   (``_redis_forgotten_pushes_total``), nor the held users re-pushed after Redis lost data
-  (``_redis_lost_repushes_total``);
+  (``_redis_lost_repushes_total``); the clicks the decode step skipped as forgotten are
+  ``_forgotten_clicks_total`` (``streams.online.skip_forgotten``);
 - the epoch-end flush of the Kafka side outputs is timed in their sink partitions' snapshot;
 - the epoch-end pause is timed from the source's side: from a partition's epoch snapshot to its
   next poll, the worker closes the epoch (every touched user's state snapshot, the recovery
@@ -86,7 +87,7 @@ METRIC_NAMES = (
     "diam_flow_unknown_item_clicks_total", "diam_flow_redis_stale_pushes_total",
     "diam_flow_redis_resumed_repushes_total",
     "diam_flow_redis_forgotten_pushes_total", "diam_flow_redis_lost_repushes_total",
-    "diam_flow_forgets_total", "diam_flow_users_resumed_total",
+    "diam_flow_forgets_total", "diam_flow_forgotten_clicks_total", "diam_flow_users_resumed_total",
     "diam_flow_drift_events_emitted_total", "diam_flow_drift_events_total",
     "diam_flow_redis_acked_total", "diam_flow_redis_write_seconds", "diam_flow_freshness_seconds",
     "diam_flow_epoch_flush_seconds", "diam_flow_epoch_pause_seconds",
@@ -272,6 +273,9 @@ class FlowMetrics:
                       st.get("rejected", 0))
         yield counter("diam_flow_forgets", "Tombstones applied (diam forget): the user's state "
                       "and key dropped", st.get("forgets", 0))
+        yield counter("diam_flow_forgotten_clicks", "Valid clicks not learnt: diam forget forgot "
+                      "their user after them (the markers read at the run's start)",
+                      st.get("forgotten_clicks", 0))
         yield gauge("diam_flow_users", "Users held in this process's state", st.get("in_state", 0))
         yield counter("diam_flow_users_resumed", "Users resumed from the recovery store (their "
                       "first pushes may re-write what Redis holds)", st.get("resumed", 0))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Generic, NamedTuple, TypeGuard, TypeVar, cast
@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 __all__ = ["Counts", "DeadLetter", "FlowSinks", "FlowStats", "Forget", "Learn", "LearnerHolder",
            "Verdicts", "build_flow", "deadletter_record", "drift_record", "forget_target",
-           "record_judge", "source_judge"]
+           "record_judge", "skip_forgotten", "source_judge"]
 
 
 class Learn(NamedTuple):
@@ -111,6 +111,11 @@ class Counts:
     forgets: int = 0
     """Tombstones (``diam forget``): records, neither valid clicks nor dead letters. Counted by
     the decode step with ``records``, so ``valid`` never reads low."""
+    forgotten_clicks: int = 0
+    """Valid clicks not learnt because ``diam forget`` forgot their user after them: the
+    user's forget marker, read when the run started (``streams.runner.prepare_online``), lies
+    above the click's offset (:func:`skip_forgotten`). Counted by the decode step, among
+    ``valid``."""
     ended: int = 0
     """User states ended: forgotten, started over after idleness, or dropped as idle; ``users``
     less this is the number of users held in the state. Declared before ``users`` so that
@@ -509,12 +514,54 @@ def source_judge(cfg: FlowConfig) -> SourceJudge:
     return judged
 
 
-def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
+def skip_forgotten(verdicts: list[Keyed | DeadLetter], markers: Mapping[str, int]
+                   ) -> tuple[list[Keyed | DeadLetter], list[str]]:
+    """The one rule for a click ``diam forget`` forgot before anything learnt it: ``verdicts``
+    (:func:`record_judge`'s, in order) less the clicks whose user's marker in ``markers``
+    (user -> tombstone offset, ``serving_cache.forgotten.stored_markers``) lies above the
+    click's offset, and the user of each click left out, in order. Tombstones and dead letters
+    are kept. The dataflow's decode step (with the markers read at the run's start) and the
+    training corpus read from the topic (``streams.topic_corpus.clicks_of``) both call it; the
+    Redis writer refuses a push learnt below the marker by the same rule, for the forgets that
+    come while a run is live.
+
+    >>> from streams.events import ClickEvent, encode_event
+    >>> judge = record_judge(FlowConfig())
+    >>> recs = [RawRecord("t", 0, o, u.encode(), encode_event(ClickEvent(u, "i1", 10**12 + o)), 0)
+    ...         for o, u in enumerate(["u1", "u2", "u1"])]
+    >>> kept, skipped = skip_forgotten(judge(recs)[0], {"u1": 2, "u9": 1})
+    >>> [(u, v.record.offset) for u, v in kept], skipped
+    ([('u2', 1), ('u1', 2)], ['u1'])
+    """
+    kept: list[Keyed | DeadLetter] = []
+    skipped: list[str] = []
+    get, keep, skip = markers.get, kept.append, skipped.append
+    for v in verdicts:
+        if not isinstance(v, DeadLetter):
+            user, what = v
+            floor = get(user)
+            if floor is not None and type(what) is Learn and what.record.offset < floor:
+                skip(user)
+                continue
+        keep(v)
+    return kept, skipped
+
+
+def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats,
+             markers: Mapping[str, int] | None = None
              ) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
     """The dataflow's decode step: :func:`record_judge` over each batch, counted. A hot reload
     is checked once per batch, not per event. A batch of verdicts (a source given
-    :func:`source_judge`, told by its first item) is counted as it is, not judged again."""
+    :func:`source_judge`, told by its first item) is counted as it is, not judged again.
+    ``markers``: ``diam forget``'s markers of the topic known when the run started (user ->
+    tombstone offset): a click below its user's marker is not learnt (:func:`skip_forgotten`,
+    counted as ``forgotten_clicks``), so a replay or a run restarted behind a tombstone emits
+    no drift event and no vector learnt from it. Without markers the step does nothing more
+    than one test per batch. A forget while the run is live is the tombstone's and the Redis
+    writer's (the per-user step drops the state at the tombstone; the writer refuses a push
+    learnt below the marker)."""
     judge = record_judge(cfg)
+    floors = markers or None  # the hot path tests this once per batch
 
     def decode_batch(recs: list[Any]) -> list[Keyed | DeadLetter]:
         holder.maybe_reload()
@@ -532,6 +579,9 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats
             out, rejected, forgets = judge(recs)
         counts.rejected += rejected
         counts.forgets += forgets  # in the batch that counted them as records
+        if floors is not None:
+            out, skipped = skip_forgotten(out, floors)
+            counts.forgotten_clicks += len(skipped)
         return out
     return decode_batch
 
@@ -815,7 +865,7 @@ def _is_drift(item: tuple[str, Out]) -> TypeGuard[tuple[str, DriftEvent]]:
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
                holder: LearnerHolder, flow_id: str = "diam-online",
                stats: FlowStats | None = None, namespace: str | None = None,
-               topic: str | None = None) -> Dataflow:
+               topic: str | None = None, markers: Mapping[str, int] | None = None) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
@@ -825,6 +875,8 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     dead letters from decoding and from the update leave by their own branches, marked with
     ``namespace`` (the run's Redis namespace) when given, as its drift events are. Drift
     records say ``topic``, the clicks topic read (default: ``source.topic``, a ClickSource's).
+    ``markers``: ``diam forget``'s markers known at the start (user -> tombstone offset): the
+    decode step does not pass on a click below its user's marker (:func:`_decoder`).
     """
     counted = stats if stats is not None else FlowStats()
     if topic is None:
@@ -832,7 +884,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
         topic = src_topic if isinstance(src_topic, str) else None
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
-    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted)),
+    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted, markers)),
                         _is_dead)
     keyed: KeyedStream[Learn | Forget] = decoded.falses  # type: ignore[assignment]
     # per worker thread: the event clock of the newest record of each partition that this

@@ -185,6 +185,9 @@ class ReplayReport:
     wall_s: float
     forgets: int = 0
     """Tombstones replayed (users forgotten): records = valid + dead-lettered + forgets."""
+    forgotten_clicks: int = 0
+    """Of ``valid``, the clicks not learnt: ``diam forget`` forgot their user after them (the
+    markers read at the replay's start, ``streams.online.skip_forgotten``)."""
     forgotten_pushes: int = 0
     """Pushes refused because ``diam forget`` forgot the user after the replayed clicks they
     were learnt from (a range that ends before the user's tombstone)."""
@@ -194,7 +197,9 @@ class ReplayReport:
         return [
             f"replayed {self.records:,} events of {self.range.topic} "
             f"({self.range.describe()}) into namespace {self.namespace!r}",
-            f"  users {self.users:,}  valid {self.valid:,}  forgets {self.forgets:,}  "
+            f"  users {self.users:,}  valid {self.valid:,}"
+            + (f" ({self.forgotten_clicks:,} skipped as forgotten)" if self.forgotten_clicks
+               else "") + f"  forgets {self.forgets:,}  "
             f"dead-lettered {self.deadlettered:,}  "
             f"drift events {self.drift_events:,}  redis pushes {self.pushes:,}"
             + (f" ({self.forgotten_pushes:,} refused: users forgotten after these clicks)"
@@ -276,4 +281,4 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     c = stats.total()
     return ReplayReport(namespace, rng, c.records, c.valid, c.users, c.rejected,
                         c.drift_events, c.pushes, wall, forgets=c.forgets,
-                        forgotten_pushes=c.forgotten_pushes)
+                        forgotten_pushes=c.forgotten_pushes, forgotten_clicks=c.forgotten_clicks)

@@ -26,6 +26,7 @@ from bytewax.testing import cluster_main, run_main
 
 from serving_cache import redis_client
 from serving_cache.config import RedisConfig
+from serving_cache.forgotten import stored_markers
 from serving_cache.keys import validate_namespace
 from streams.config import FlowConfig, KafkaConfig
 from streams.drift_flow import STORE_OWNER as DRIFT_STORE_OWNER
@@ -323,6 +324,9 @@ class PreparedRun:
 
     def __init__(self, job: OnlineJob, lock: int | None, topic_id: str | None = None) -> None:
         self.job, self._lock, self.topic_id = job, lock, topic_id
+        self.markers: dict[str, int] = {}
+        """``diam forget``'s markers of the topic when the checks ended (user -> tombstone
+        offset, :func:`_forget_markers`): the dataflow learns no click below its user's."""
         self.partition_count: int | None = None
         """The topic's partition count at the checks (None: not asked yet)."""
         self.store_record: dict[str, Any] | None = None
@@ -397,7 +401,7 @@ def prepare_online(job: OnlineJob) -> PreparedRun:
         if job.recovery_dir is not None:
             prepared.store_record = _check_store(job, Path(job.recovery_dir),
                                                  prepared.partition_count)
-        prepared.topic_id = _forget_markers(job)
+        prepared.topic_id, prepared.markers = _forget_markers(job)
     except BaseException:
         prepared.close()
         raise
@@ -594,33 +598,40 @@ def run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None = 
         prepared = prepare_online(job)
     try:
         prepared.claim_store()
-        _run_online(job, holder, stats, metrics, prepared.topic_id, prepared.partition_count)
+        _run_online(job, holder, stats, metrics, prepared.topic_id, prepared.partition_count,
+                    prepared.markers)
     finally:
         prepared.close()
 
 
-def _forget_markers(job: OnlineJob) -> str | None:
-    """The Kafka id of ``job.topic``, once per run: ``diam forget``'s markers of the topic the
-    name holds now are the ones its pushes are checked against, not those of a topic deleted
-    and created again under the same name. Markers an earlier release recorded under the name
-    alone are adopted first when they are this id's, or ignored, with a warning saying which
-    (``streams.forget_markers``)."""
+def _forget_markers(job: OnlineJob) -> tuple[str | None, dict[str, int]]:
+    """The Kafka id of ``job.topic`` and its ``diam forget`` markers, once per run (and again
+    at every restart or resume): the markers of the topic the name holds now are the ones its
+    pushes are checked against, not those of a topic deleted and created again under the same
+    name. Markers an earlier release recorded under the name alone are adopted first when they
+    are this id's, or ignored, with a warning saying which, and those Redis lost are restored
+    from their durable copy (``streams.forget_markers``); then the hash is read once
+    (``serving_cache.forgotten.stored_markers``): the dataflow does not learn a click below its
+    user's marker (``streams.online.skip_forgotten``). A forget during the run is the
+    tombstone's and the Redis writer's check."""
     client = redis_client(job.redis)
     try:
         adoption = forget_markers_of(job.kafka, client, job.topic)
+        markers = stored_markers(client, job.topic, adoption.topic_id)
     finally:
         client.close()
     if (line := adoption.line()) is not None:
         log.warning(line)
-    return adoption.topic_id
+    return adoption.topic_id, markers
 
 
 def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
                 metrics: FlowMetrics | None, topic_id: str | None,
-                partition_count: int | None = None) -> None:
+                partition_count: int | None = None,
+                markers: dict[str, int] | None = None) -> None:
     clicks, sinks = job_io(job, topic_id, partition_count)
     try:
-        _run_flow(job, holder, stats, metrics, clicks, sinks)
+        _run_flow(job, holder, stats, metrics, clicks, sinks, markers)
     finally:
         clicks.close_watch()
     if clicks.grown is not None:  # stopped cleanly at the next batch (ClickSource)
@@ -631,7 +642,8 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
 
 
 def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
-              metrics: FlowMetrics | None, source: Any, sinks: FlowSinks) -> None:
+              metrics: FlowMetrics | None, source: Any, sinks: FlowSinks,
+              markers: dict[str, int] | None = None) -> None:
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if isinstance(sinks.vectors, RedisVectorSink):  # the namespace says which base it learnt on
@@ -646,7 +658,7 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     if job.addresses:  # says when the other processes have answered, and when its input ended
         source = joining = _Joining(source, job.joined)
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
-                      namespace=job.namespace)
+                      namespace=job.namespace, markers=markers)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))

@@ -9,7 +9,8 @@ user's tombstone (``diam forget``) drops the clicks of theirs read before it, as
 drops their state; their later clicks count again, as a new start. A tombstone at or after the
 range's end forgets too: ``diam forget``'s markers (user -> tombstone offset, read from their
 durable copy, :func:`streams.forget_markers.read_markers`, of the topic id the name holds now)
-drop each user's clicks at offsets below their marker, the rule the Redis writer refuses a push
+drop each user's clicks at offsets below their marker (:func:`streams.online.skip_forgotten`, the
+dataflow's own rule), the rule the Redis writer refuses a push
 by (``serving_cache.writer``), so a model trained on a range ending before a forget never learnt
 the user either. Each user's sequence is the
 offset order of their partition (clicks are keyed by user), i.e. the order the online learner
@@ -30,7 +31,7 @@ import numpy as np
 from streams.catalog import Catalog
 from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_io import RawRecord
-from streams.online import DeadLetter, Forget, record_judge
+from streams.online import DeadLetter, Forget, record_judge, skip_forgotten
 from streams.replay import ReplayRange
 
 __all__ = ["TopicClicks", "read_range", "read_clicks", "clicks_of", "dataset_of",
@@ -139,6 +140,10 @@ def clicks_of(records: Iterable[RawRecord], rng: ReplayRange,
         out.records += len(batch)
         verdicts, rejected, _forgets = judge(batch)
         out.rejected += rejected
+        if floors:  # the writer refuses a push learnt below the marker; the dataflow skips it
+            verdicts, skipped = skip_forgotten(verdicts, floors)
+            out.forgotten += len(skipped)
+            marked.update(skipped)
         for v in verdicts:
             if isinstance(v, DeadLetter):
                 if len(out.reasons) < 20:
@@ -149,11 +154,6 @@ def clicks_of(records: Iterable[RawRecord], rng: ReplayRange,
             if isinstance(what, Forget):
                 out.forgets += 1
                 forgot_at[user] = len(ts)
-                continue
-            floor = floors.get(user)
-            if floor is not None and what.record.offset < floor:
-                out.forgotten += 1  # the writer refuses a push learnt below the marker
-                marked.add(user)
                 continue
             click = what.click
             users.append(user)

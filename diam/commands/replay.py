@@ -154,6 +154,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                                "new_items": grown,
                                "start": rng.start, "end": rng.end, "records": report.records,
                                "valid": report.valid, "forgets": report.forgets,
+                               "forgotten_clicks": report.forgotten_clicks,
                                "users": report.users,
                                "deadlettered": report.deadlettered,
                                "drift_events": report.drift_events, "pushes": report.pushes,

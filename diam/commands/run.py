@@ -50,7 +50,8 @@ class _EveryMinute(logging.Filter):
 
 
 SUMMARY = ("{end}: {records} records ({valid} valid, {forgets} forgets, {rejected} dead-lettered, "
-           "{unknown_items} on items the base does not know), "
+           "{unknown_items} on items the base does not know, "
+           "{forgotten_clicks} skipped as forgotten), "
            "{users} user states ({resumed} resumed, {in_state} held), {learn_calls} learn calls, {pushes} pushes to Redis, "
            "{stale_pushes} kept out by Redis as not newer, "
            "{resumed_repushes} re-pushes of resumed users Redis held already, "

@@ -10,7 +10,8 @@ import pytest
 from diam.commands.run import _FIELDS, SUMMARY, parse_summary, summary_line, summary_lines
 from streams.online import FlowStats
 
-COUNTS = dict(records=12_345, valid=12_338, forgets=2, rejected=5, unknown_items=7, users=100,
+COUNTS = dict(records=12_345, valid=12_338, forgets=2, rejected=5, unknown_items=7,
+              forgotten_clicks=3, users=100,
               resumed=6, in_state=90,
               learn_calls=800, pushes=700, stale_pushes=4, resumed_repushes=8, forgotten_pushes=1, lost_repushes=20, drift_events=3, evictions=10, restarts=2)
 
@@ -22,7 +23,7 @@ def test_every_count_comes_back_from_the_line() -> None:
     assert (got["seconds"], got["cpu_s"]) == (3.2, 2.5)
     assert got["per_s"] == round(12_345 / 3.21)  # thousands separators read back
     assert line.startswith("done: 12345 records (12338 valid, 2 forgets, 5 dead-lettered, 7 on "
-                           "items the base does not know), 100 user states (6 resumed, 90 held)")
+                           "items the base does not know, 3 skipped as forgotten), 100 user states (6 resumed, 90 held)")
 
 
 def test_the_dataflows_own_counts_fill_it() -> None:
