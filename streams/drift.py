@@ -74,6 +74,7 @@ __all__ = [
     "DriftMonitor",
     "DriftRecord",
     "QUIET_CAP",
+    "SEQ_STRIDE",
     "TopUser",
     "WindowSummary",
     "drift_identity",
@@ -189,19 +190,30 @@ def unique_drift_bodies(bodies: Iterable[Mapping[str, Any]]) -> list[Mapping[str
     return out
 
 
-def drift_position(partition: int, offset: int, partitions: int) -> int:
-    """The place of the record at ``offset`` of ``partition`` in a drift topic of
-    ``partitions`` partitions: ``offset * partitions + partition + 1``, the one rule of an
-    alert's ``seq`` (:class:`Alert`). It orders the partitions round-robin, so it does not
-    depend on the order they were read in; with one partition it is the records up to and
-    including this one (the topic's position after it), with several evenly filled ones about
-    that. A partition id past ``partitions`` (partitions added while a monitor runs) still gets
-    a place, the same as another's: the monitor's partitions are taken when it starts.
+SEQ_STRIDE = 1024
+"""The most partitions a drift topic may have (:func:`drift_position`'s stride): a fixed
+number, not the topic's partition count, so that partitions added to the topic never give two
+records one place nor renumber the old ones. ``diam drift run`` refuses a topic with more
+(``streams.drift_flow.check_partitions``). A place stays exact in a JSON number (a double,
+integers to 2**53) for offsets below 2**43 (8.8e12 records in a partition: 278 years at a
+million records a second)."""
 
-    >>> drift_position(0, 9, 1), drift_position(1, 9, 4), drift_position(0, 10, 4)
-    (10, 38, 41)
+
+def drift_position(partition: int, offset: int) -> int:
+    """The place of the record at ``offset`` of ``partition`` in a drift topic:
+    ``offset * SEQ_STRIDE + partition + 1``, the one rule of an alert's ``seq``
+    (:class:`Alert`). It orders the partitions round-robin, so it does not depend on the order
+    they were read in nor on how many partitions the topic has (:data:`SEQ_STRIDE`: partitions
+    added while a monitor runs, or between two runs, neither collide with the others nor
+    renumber them). A partition id of :data:`SEQ_STRIDE` or more has no place (ValueError).
+
+    >>> drift_position(0, 9), drift_position(1, 9), drift_position(0, 10)
+    (9217, 9218, 10241)
     """
-    return offset * max(partitions, 1) + partition + 1
+    if not 0 <= partition < SEQ_STRIDE:
+        raise ValueError(f"partition {partition} of a drift topic: alerts' seq numbers "
+                         f"partitions 0 to {SEQ_STRIDE - 1} only (streams.drift.SEQ_STRIDE)")
+    return offset * SEQ_STRIDE + partition + 1
 
 
 def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
@@ -280,8 +292,9 @@ class Alert:
     holds, so a replay of the same drift records gives the same per-user alerts with the same
     ``seq``, and a consumer that keys alerts on ``(source, seq, kind)`` takes a replayed alert
     for the one it already has. Detection delays are measured in it, and it goes on across
-    runs of the monitor (``--recovery-dir``, ``--from-end``: offsets are the topic's). It
-    restarts only when the drift topic is deleted and re-created. (A window's global counts,
+    runs of the monitor (``--recovery-dir``, ``--from-end``: offsets are the topic's) and
+    partitions added to the topic (:data:`SEQ_STRIDE`). It restarts only when the drift topic
+    is deleted and re-created. (A window's global counts,
     and so its alerts, may differ between interleavings on a backlog: see ``after_close``.)
 
     Records given without a place (:meth:`DriftMonitor.add` without ``drift_offset``: a
@@ -423,9 +436,6 @@ class DriftMonitor:
         # records of the drift topic before where this monitor started reading: alerts' seq
         # continues from the previous run's (see Alert)
         self.start_position = start_position
-        self.partitions = max(len(set(partitions)), 1)
-        """The drift topic's partition count, for :func:`drift_position` (kept as it was at
-        the start: an alert's ``seq`` must not change when a monitor resumes)."""
         self._position: int | None = None  # the place of the record being accounted
         self.seen = 0
         self.late = 0
@@ -454,12 +464,11 @@ class DriftMonitor:
         it does). The Page-Hinkley detector keeps its state (the mean and cumulative sums of
         the windows it has seen) and applies the new allowance, threshold and minimum from its
         next window on, as River's detector reads them at each update. The window length
-        stays the store's (``streams.drift_flow.check_store`` refuses another), and so does the
-        partition count of alerts' ``seq``; a snapshot from before the monitor kept one takes
-        ``partitions``' (this run's)."""
+        stays the store's (``streams.drift_flow.check_store`` refuses another). ``partitions``
+        (this run's: the topic may have gained some since the snapshot) are added to those
+        windows wait for, so a new partition's records are not taken for late ones."""
         self.cfg = cfg
-        if not hasattr(self, "partitions"):
-            self.partitions = max(len(set(partitions)), 1)
+        self._expected |= set(partitions)
         self._ph.min_instances = cfg.ph_min_windows
         self._ph.delta = cfg.ph_delta
         self._ph.threshold = cfg.ph_threshold
@@ -482,8 +491,8 @@ class DriftMonitor:
             self.duplicates += 1
             return []
         self.seen += 1
-        self._position = (None if drift_offset is None else drift_position(
-            partition, drift_offset, getattr(self, "partitions", 1)))  # 1: an older snapshot
+        self._position = (None if drift_offset is None
+                          else drift_position(partition, drift_offset))
         self._idle.discard(partition)
         w_ms, lateness = self.cfg.window_ms, self.cfg.lateness_ms
         start = rec.ts_ms - rec.ts_ms % w_ms

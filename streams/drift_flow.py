@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streams.config import KafkaConfig
 from streams.drift import (
+    SEQ_STRIDE,
     Alert,
     DriftConfig,
     DriftMonitor,
@@ -59,8 +60,9 @@ from streams.kafka_io import RawRecord, ensure_topic, of_namespace, partition_id
 from streams.kafka_sink import KafkaOut, KafkaRecordSink
 from streams.kafka_source import ClickSource
 
-__all__ = ["SUMMARY", "STORE_OWNER", "FLOW_ID", "DriftMetrics", "StoreMismatch", "alert_record",
-           "build_drift_flow", "check_store", "run_drift"]
+__all__ = ["SUMMARY", "STORE_OWNER", "FLOW_ID", "DriftMetrics", "DriftTopicUnusable",
+           "StoreMismatch", "alert_record", "build_drift_flow", "check_partitions", "check_store",
+           "run_drift"]
 
 OutputFn = Callable[[Alert | WindowSummary], None]
 
@@ -243,9 +245,9 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
     """The monitor over ``source``'s records (``RawRecord`` with a JSON drift event as value).
 
     ``partitions``: the source topic's partitions; windows wait for each of them (or for it to
-    be silent ``idle_close_s``) before closing, and alerts' ``seq`` is the place of their
-    record among them (``streams.drift.drift_position`` of its partition and offset, whatever
-    the order ``source`` interleaves the partitions in). ``namespace``: only the drift events of runs into
+    be silent ``idle_close_s``) before closing. Alerts' ``seq`` is the place of their record
+    in the topic (``streams.drift.drift_position`` of its partition and offset, whatever the
+    order ``source`` interleaves the partitions in and however many there are). ``namespace``: only the drift events of runs into
     that Redis namespace are watched (and those written before events carried one; the others
     are counted, ``DriftMetrics.other``); alerts say it, and ``source_topic``
     (:func:`alert_record`)."""
@@ -360,6 +362,25 @@ def _claim(path: Path, owner: dict[str, object]) -> None:
     os.replace(tmp, path / STORE_OWNER)
 
 
+class DriftTopicUnusable(ValueError):
+    """A drift topic the monitor cannot number alerts in: says why."""
+
+
+def check_partitions(topic: str, parts: list[int]) -> None:
+    """Refuse (:class:`DriftTopicUnusable`) a drift topic with a partition id of
+    :data:`~streams.drift.SEQ_STRIDE` or more: its records would have no ``seq``
+    (``streams.drift.drift_position``).
+
+    >>> check_partitions("diam.drift", list(range(1025)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    streams.drift_flow.DriftTopicUnusable: topic 'diam.drift' has 1025 partitions: ...
+    """
+    if parts and max(parts) >= SEQ_STRIDE:
+        raise DriftTopicUnusable(f"topic {topic!r} has {max(parts) + 1} partitions: alerts' seq "
+                                 f"numbers {SEQ_STRIDE} at most (streams.drift.SEQ_STRIDE); "
+                                 "monitor a topic with fewer")
+
+
 def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
               alerts_topic: str | None = None, bounded: bool = False, from_end: bool = False,
               metrics: DriftMetrics | None = None, on_output: OutputFn | None = None,
@@ -398,6 +419,7 @@ def run_drift(kafka: KafkaConfig, cfg: DriftConfig, *, topic: str | None = None,
         if not bounded:
             ensure_topic(kafka, topic)
         parts = partition_ids(kafka, topic)  # UnknownTopic for a bounded run's; never creates it
+        check_partitions(topic, parts)
         ensure_topic(kafka, alerts_topic)
         if recovery_dir is not None:  # claimed only once the topic is there to read
             from streams.forget_markers import topic_id

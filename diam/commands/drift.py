@@ -211,8 +211,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
     of one namespace: two runs' user u1 are counted apart, and each of top_users says its
     namespace. In the K_u alerts (k_flip_flop, k_churn, k_change_rate, k_change_drift) each of
     top_users carries its last K_u change in the window as k_from and k_to. seq is the place in the drift topic
-    of the record that raised the alert (offset x partitions + partition + 1; for a window's
-    alert the newest record in its counts), whatever order the partitions are read in: a run
+    of the record that raised the alert (offset x 1024 + partition + 1; for a window's
+    alert the newest record in its counts), whatever order the partitions are read in and
+    however many the topic has (one of more than 1024 partitions is refused): a run
     resumed from its --recovery-dir goes on where the last one stopped (an alert of its last
     second before a crash may come again, with the same seq, even after a kill -9), and a run
     over the same records (--from-beginning again) gives the same per-user alerts with the same
@@ -237,7 +238,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
 
     from diam.commands.run import require_broker
     from streams.drift import QUIET_CAP, Alert, format_alert
-    from streams.drift_flow import DriftMetrics, StoreMismatch, run_drift
+    from streams.drift_flow import DriftMetrics, DriftTopicUnusable, StoreMismatch, run_drift
     from streams.kafka_io import UnknownTopic
     from streams.runner import RecoveryUnusable
 
@@ -280,6 +281,8 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
         return
     except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "no drift"
         raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
+    except DriftTopicUnusable as exc:
+        raise click.BadParameter(str(exc), param_hint="--topic") from None
     except (StoreMismatch, RecoveryUnusable) as exc:
         raise click.BadParameter(str(exc), param_hint="--recovery-dir") from None
     except (KafkaException, RuntimeError, TimeoutError) as exc:

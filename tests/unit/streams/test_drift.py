@@ -483,3 +483,16 @@ def test_a_huge_forward_jump_in_event_time_closes_at_most_quiet_cap_windows_and_
         assert [s.start_ms for s in quiet] == list(range(quiet[0].start_ms, quiet[-1].end_ms, W))
         assert quiet[-1].end_ms == t1997 + W + gap_windows * W  # up to the new event's window
         assert [s.events for s in m.flush() if isinstance(s, WindowSummary)] == [1]
+
+
+def test_a_resumed_monitor_waits_for_the_partitions_the_topic_gained() -> None:
+    """A monitor resumed by a run on a topic that gained a partition waited only for the
+    snapshot's partitions: the new one's first records, behind the old one's event time,
+    were 'after their window closed' and missing from the window's counts."""
+    m = DriftMonitor(DriftConfig(), [0])
+    m.add(DriftRecord("freeze", "a", T0_MS + 5 * W, 0), 0, 0)
+    m = pickle.loads(pickle.dumps(m))
+    m.configure(DriftConfig(), [0, 1])
+    m.add(DriftRecord("freeze", "b", T0_MS, 0), 1, 0)
+    assert m.after_close == 0
+    assert [s.freezes for s in m.flush() if isinstance(s, WindowSummary)][0] == 1

@@ -183,15 +183,51 @@ def test_alert_records_number_by_their_records_place_in_the_topic_and_carry_k_u(
                                   partitions=[0, 1]))
         return [json.loads(k.value) for k in out]
 
-    # seq: offset x 2 partitions + partition + 1, so 500 records later in each is 1,000 later
+    # seq: offset x 1024 + partition + 1, so 500 records later in each is 500 x 1024 later
     base, later = alerts(0), alerts(500)
-    assert base and [a["seq"] for a in later] == [a["seq"] + 1_000 for a in base]
+    assert base and [a["seq"] for a in later] == [a["seq"] + 500 * 1024 for a in base]
     assert [{**a, "seq": 0} for a in later] == [{**a, "seq": 0} for a in base]
     [flip] = [a for a in base if a["kind"] == "k_flip_flop"]
     assert flip["top_users"] == [{"user_id": "u0003", "value": 2.0, "k_from": 3, "k_to": 4}]
     raised_by = next(r for r in records(evs) if r.partition == 1 and json.loads(r.value)[
         "user_id"] == "u0003" and json.loads(r.value)["ts_ms"] == flip["ts_ms"])
-    assert flip["seq"] == raised_by.offset * 2 + 1 + 1
+    assert flip["seq"] == raised_by.offset * 1024 + 1 + 1
+
+
+def test_seq_neither_collides_nor_changes_when_the_drift_topic_gains_partitions() -> None:
+    """A monitor built on a one-partition topic that then gained a second numbered a record at
+    offset 1 of partition 0 and one at offset 0 of partition 1 alike (offset x 1 + partition
+    + 1 = 2): two distinct alerts per (source, seq, kind), the second dropped by a consumer;
+    and a fresh run counting two partitions renumbered every alert."""
+    def body(user: str, ts: int, off: int) -> bytes:
+        return json.dumps({"kind": "freeze", "user_id": user, "ts_ms": ts, "offset": off}
+                          ).encode()
+
+    raw = [RawRecord("diam.drift", 0, 0, b"a", body("a", T0_MS, 0), T0_MS),
+           RawRecord("diam.drift", 0, 1, b"a", body("a", T0_MS + 1, 1), T0_MS),
+           RawRecord("diam.drift", 1, 0, b"b", body("b", T0_MS + 2, 0), T0_MS)]
+    cfg = DriftConfig(freezes=1)
+
+    def seqs(partitions: list[int], recs: list[RawRecord]) -> list[int]:
+        out: list = []
+        run_main(build_drift_flow(TestingSource(recs), TestingSink(out), cfg,
+                                  partitions=partitions))
+        return [json.loads(k.value)["seq"] for k in out]
+
+    # one window's alert per record: each closes its window with its own records in it
+    one_each = [[r] for r in raw]
+    numbered = [seqs([0], recs) for recs in one_each]
+    assert len({s for n in numbered for s in n}) == 3, numbered  # no two records alike
+    assert numbered == [seqs([0, 1], recs) for recs in one_each]  # nor renumbered
+    assert numbered == [[1], [1025], [2]]
+
+
+def test_check_partitions_refuses_a_topic_whose_records_would_have_no_seq() -> None:
+    from streams.drift_flow import DriftTopicUnusable, check_partitions
+
+    check_partitions("t", list(range(1024)))
+    with pytest.raises(DriftTopicUnusable, match="1025 partitions"):
+        check_partitions("t", list(range(1025)))
 
 
 def test_per_user_alerts_keep_their_seq_when_the_partitions_are_read_in_another_order() -> None:
