@@ -20,12 +20,12 @@ reports its last minute.
 
 With a recovery store (``run_drift(recovery_dir=...)``, ``diam drift run --recovery-dir``) a
 restarted monitor goes on where the last one stopped: Bytewax's SQLite recovery keeps the drift
-topic's offsets and the monitor itself (its open windows, what it has seen of each user, the
-detector, ``seq``) as of the last epoch; the records after it are read again, and the drift
+topic's offsets and the monitor itself (its open windows, what it has seen of each user to tell
+repeats, the detector) as of the last epoch; the records after it are read again, and the drift
 events written while it was down are accounted, not skipped. Alerts of that last epoch may be
-raised again, with the same ``seq``, the place of the record that raised them whatever order the
-partitions are read in again (a consumer keyed on ``(source, seq, kind)`` takes them for the
-ones it has).
+raised again with the same ``seq``, which is no resumed state but the place of the record that
+raised them (``streams.drift.drift_position``), whatever order the partitions are read in again
+(a consumer keyed on ``(source, seq, kind)`` takes them for the ones it has).
 """
 
 from __future__ import annotations

@@ -179,8 +179,9 @@ def drift() -> None:
               help="Stop at the end of the topic as seen at start, or keep tailing it.")
 @click.option("--recovery-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Bytewax recovery store of the monitor (created on first use): a restart "
-              "resumes where the last run stopped, its windows, repeats seen and seq included, "
-              "and accounts the drift events written while it was down. Without it a restart "
+              "resumes where the last run stopped, its windows, the detector and what it saw of "
+              "each user to tell repeats included, and accounts the drift events written while "
+              "it was down. Without it a restart "
               "starts at the topic's end (--from-end: those events are skipped) or its start "
               "(--from-beginning: everything again). One store per drift topic (a topic deleted "
               "and re-created since is another: refused), namespace and "

@@ -186,3 +186,16 @@ def test_a_python_error_in_a_step_is_named_as_such_and_a_kafka_error_names_the_b
     assert 'in step "f.step' in msg and "Kafka" not in msg
     msg = dataflow_error(_bytewax_failure(consume), "127.0.0.1:9").message
     assert msg == "Kafka at 127.0.0.1:9: consuming t[0]: Broker: Unknown topic or partition"
+
+
+def test_help_and_docs_say_what_a_recovery_store_resumes(invoke) -> None:
+    """seq is no resumed state (it is the record's place in the topic): --help and the
+    dataflow's docstring listed it among what the store keeps."""
+    import streams.drift_flow
+
+    text = " ".join(invoke("--help").output.split())
+    assert "seq included" not in text and "repeats seen" not in text
+    assert "the detector and what it saw of each user to tell repeats included" in text
+    doc = " ".join((streams.drift_flow.__doc__ or "").split())
+    assert "the detector, ``seq``" not in doc
+    assert "which is no resumed state but the place of the record" in doc
