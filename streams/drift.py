@@ -64,12 +64,30 @@ from typing import Any, NamedTuple
 from streams.config import DriftConfig
 from streams.events import _TS_EARLIEST_MS, _TS_LATEST_MS
 
+D_RANGE = (0.0, 1.0)
+"""The values d_u takes in a drift event's ``detail`` (:data:`D_KEYS`): the online learner
+writes ``d`` as the sigmoid of its d_u logit (``online_model.online``'s events, rounded to four
+digits), so a probability. A record carrying another value there (``1e308``, ``-1e308``,
+``NaN``, a string) is no drift event: its swing would be infinite (an alert valued
+``Infinity``, which is not JSON)."""
+
+D_KEYS = ("d", "d_from", "d_to")
+"""The ``detail`` keys that carry d_u."""
+
+
+def _d_valid(v: object) -> bool:
+    """Whether ``v`` is a d_u value (:data:`D_RANGE`): a number, not a bool; NaN is not."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and D_RANGE[0] <= v <= D_RANGE[1])
+
+
 _INT64 = (-(2**63), 2**63 - 1)
 """The offsets a drift record may carry: Kafka's are 64-bit (negative: none, a foreign
 producer's record); a JSON number has no bound."""
 
 __all__ = [
     "Alert",
+    "D_RANGE",
     "DriftConfig",
     "DriftMonitor",
     "DriftRecord",
@@ -234,6 +252,14 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
     ...  for v in (("Infinity", 1), ("1e400", 1), ("NaN", 1), ("1e300", 1), (5, "-Infinity"),
     ...            (5, 2 ** 63))]
     [None, None, None, None, None, None]
+
+    Nor is one whose d_u (``detail`` keys ``d``, ``d_from``, ``d_to``) is outside
+    :data:`D_RANGE`:
+
+    >>> [parse_drift_record('{"kind": "k_change", "user_id": "u", "ts_ms": 5, "offset": 1, '
+    ...                     '"detail": {%s}}' % d) is None
+    ...  for d in ('"d": 0.25', '"d": 1e308, "d_from": -1e308', '"d_to": NaN', '"d": "x"')]
+    [False, True, True, True]
     """
     if raw is None:
         return None
@@ -246,6 +272,8 @@ def parse_drift_record(raw: bytes | str | None) -> DriftRecord | None:
         ts_ms, offset = int(body["ts_ms"]), int(body.get("offset", -1))
         if not (_TS_EARLIEST_MS <= ts_ms <= _TS_LATEST_MS and _INT64[0] <= offset <= _INT64[1]):
             return None  # an event time no datetime can print, an offset no Kafka topic has
+        if not all(_d_valid(detail[k]) for k in D_KEYS if k in detail):
+            return None  # a d_u no learner writes (D_RANGE)
         return DriftRecord(str(body["kind"]), str(body["user_id"]), ts_ms, offset, detail,
                            ns if isinstance(ns, str) else None,
                            topic if isinstance(topic, str) else None)
@@ -413,12 +441,9 @@ K_ALERTS = frozenset({"k_churn", "k_flip_flop", "k_change_rate", "k_change_drift
 
 
 def _d_values(detail: dict[str, Any]) -> list[float]:
-    out = []
-    for key in ("d", "d_from", "d_to"):
-        v = detail.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out.append(float(v))
-    return out
+    """The d_u values ``detail`` carries (:data:`D_KEYS`), those in :data:`D_RANGE` only (a
+    record parsed by :func:`parse_drift_record` has no other)."""
+    return [float(detail[k]) for k in D_KEYS if k in detail and _d_valid(detail[k])]
 
 
 Output = Alert | WindowSummary

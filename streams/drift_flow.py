@@ -45,6 +45,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from serving_cache.json_safe import nan_to_none
 from streams.config import KafkaConfig
 from streams.drift import (
     SEQ_STRIDE,
@@ -172,7 +173,9 @@ def alert_record(alert: Alert, source: str | None = None, namespace: str | None 
         body["source"] = source
     if namespace is not None:
         body["namespace"] = namespace
-    return KafkaOut(key=alert.kind.encode(), value=json.dumps(body, sort_keys=True).encode(),
+    # JSON has no NaN nor Infinity: serving_cache.json_safe's rule, and never written
+    value = json.dumps(nan_to_none(body), sort_keys=True, allow_nan=False).encode()
+    return KafkaOut(key=alert.kind.encode(), value=value,
                     headers=[("diam.kind", alert.kind.encode())])
 
 

@@ -17,6 +17,7 @@ from diam.commands import (
     finite,
     get_settings,
     hold_metrics,
+    json_text,
     metrics_hold_option,
     namespace_filter_option,
     serve_registry,
@@ -260,7 +261,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None,
                        f"{_when(getattr(out, 'start_ms', 0))} skipped (event time jumped "
                        f"forward; the last {QUIET_CAP} closed as zeros)", err=True)
         if summaries:
-            click.echo("window " + json.dumps(dataclasses.asdict(out)))  # type: ignore[call-overload]
+            click.echo("window " + json_text(dataclasses.asdict(out)))  # type: ignore[call-overload]
 
     topic = topic if topic is not None else s.kafka.drift_topic
     alerts = alerts_topic if alerts_topic is not None else s.kafka.alerts_topic

@@ -383,3 +383,26 @@ def test_a_resumed_monitor_detects_with_the_new_runs_page_hinkley_settings() -> 
 
     assert drift_alerts(DriftConfig(lateness_ms=0)), "the rise is a drift under the defaults"
     assert drift_alerts(DriftConfig(lateness_ms=0, ph_threshold=1000.0)) == []
+
+
+def test_a_d_u_outside_its_range_is_no_drift_event_and_alerts_are_strict_json() -> None:
+    """``"detail": {"d": 1e308, "d_from": -1e308}`` (finite, absurd) made a d_swing of
+    value inf, written ``"value": Infinity`` (not JSON) to the alerts topic."""
+    def body(off: int, detail: dict) -> bytes:
+        return json.dumps({"kind": "k_change", "user_id": "u1", "ts_ms": T0_MS + off,
+                           "offset": off, "detail": {"k_from": 2, "k_to": 3, **detail}}).encode()
+
+    raw = [RawRecord("diam.drift", 0, 0, b"u1", body(0, {"d": 0.2}), T0_MS),
+           RawRecord("diam.drift", 0, 1, b"u1", body(1, {"d": 1e308, "d_from": -1e308}), T0_MS),
+           RawRecord("diam.drift", 0, 2, b"u1", body(2, {"d": 0.9}), T0_MS)]
+    out: list = []
+    metrics = DriftMetrics()
+    run_main(build_drift_flow(TestingSource(raw), TestingSink(out), DriftConfig(d_swing=0.5),
+                              metrics=metrics))
+
+    def strict(text: str) -> object:
+        raise ValueError(f"not JSON: {text}")
+
+    alerts = [json.loads(k.value, parse_constant=strict) for k in out]
+    assert metrics.totals()["unparsed"] == 1
+    assert [(a["kind"], a["value"]) for a in alerts] == [("d_swing", 0.7)]
