@@ -62,7 +62,8 @@ from streams.kafka_sink import KafkaOut, KafkaRecordSink
 from streams.kafka_source import ClickSource
 
 __all__ = ["SUMMARY", "STORE_OWNER", "FLOW_ID", "DriftMetrics", "DriftTopicUnusable",
-           "StoreMismatch", "alert_record", "build_drift_flow", "check_partitions", "check_store",
+           "StoreMismatch", "alert_record", "build_drift_flow", "check_monitor_state",
+           "check_partitions", "check_store",
            "run_drift"]
 
 OutputFn = Callable[[Alert | WindowSummary], None]
@@ -71,6 +72,7 @@ FLOW_ID = "diam-drift"
 """The monitor dataflow's id (:func:`build_drift_flow`'s default): its input step's positions
 are kept in a recovery store under ``diam-drift.drift`` (:func:`check_store` looks for them)."""
 _INPUT_STEP = "drift"
+_MONITOR_STEP = "monitor"
 
 SUMMARY = ("drift monitor {end}: {read} records read ({unparsed} not drift events, "
            "{other} of other namespaces, {duplicates} duplicates, {late} dropped as late, "
@@ -273,7 +275,7 @@ def build_drift_flow(source: Source[RawRecord], alerts: DynamicSink[KafkaOut], c
     recs = op.filter_map("parse", raw, parse)
     keyed = op.key_on("global", recs, lambda _r: "all")
     outs = op.key_rm("unkey", op.stateful_batch(
-        "monitor", keyed,
+        _MONITOR_STEP, keyed,
         lambda resume: _MonitorLogic(cfg, resume, idle_close_s, parts, metrics)))
 
     def observe(_step: str, out: Alert | WindowSummary) -> None:
@@ -314,7 +316,8 @@ def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig,
     (``streams.runner.check_store_owner``: its record, or Bytewax's files without
     :data:`STORE_OWNER`) is another dataflow's: both raise :class:`StoreMismatch`, naming what
     the store is. A store claimed by a run that never wrote a position (it failed before its
-    first epoch) holds nothing of anyone's: it is claimed again."""
+    first epoch) holds nothing of anyone's: it is claimed again. A store whose saved monitor
+    cannot be read back raises :class:`StoreMismatch` too (:func:`check_monitor_state`)."""
     # the one reader of a store's positions, and the one rule of whose a store is
     from streams.runner import DRIFT_STORE, RecoveryForeign, _store_partitions, check_store_owner
 
@@ -352,9 +355,59 @@ def check_store(path: Path, topic: str, namespace: str | None, cfg: DriftConfig,
                 "new topic from its start")
         if had is None and topic_id is not None:  # a store from before it said the id
             _claim(path, {**have, "topic_id": topic_id})
+        check_monitor_state(path)
         return True
     _claim(path, {**want, "topic_id": topic_id})
     return False
+
+
+def check_monitor_state(path: Path) -> None:
+    """Refuse (:class:`StoreMismatch`) a recovery store whose saved monitor, the one a resumed
+    run would load (the newest snapshot of the ``monitor`` step at or before the store's
+    committed epoch), cannot be read back as a :class:`~streams.drift.DriftMonitor`: Bytewax
+    would panic over it after the start line (a Rust backtrace, then Python's
+    ``UnpicklingError``). The message names the store and what to do."""
+    import pickle
+    import sqlite3
+
+    step = f"{FLOW_ID}.{_MONITOR_STEP}"
+    dbs = sorted(path.glob("part-*.sqlite3"))
+
+    def query(db: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                return con.execute(sql, args).fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise StoreMismatch(f"the recovery store {path}: cannot read {db.name} ({exc}); "
+                                "give this monitor another (or an emptied) --recovery-dir"
+                                ) from None
+
+    commits = [int(e) for db in dbs  # type: ignore[call-overload]
+               for (e,) in query(db, "SELECT commit_epoch FROM commits")]
+    upto = min(commits) if commits else None
+    for db in dbs:
+        rows = query(db, "SELECT state_key, ser_change FROM snaps AS s WHERE step_id = ? AND "
+                     "snap_epoch = (SELECT MAX(snap_epoch) FROM snaps AS t WHERE t.step_id = "
+                     "s.step_id AND t.state_key = s.state_key AND (? IS NULL OR "
+                     "t.snap_epoch <= ?))", (step, upto, upto))
+        for key, blob in rows:
+            if blob is None:  # the state was discarded: nothing to load
+                continue
+            try:
+                state = pickle.loads(blob)  # type: ignore[arg-type]
+                problem = (None if isinstance(state, DriftMonitor)
+                           else f"a {type(state).__name__}, not a drift monitor")
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, said once
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is not None:
+                raise StoreMismatch(
+                    f"the recovery store {path}: the drift monitor's saved state ({db.name}, "
+                    f"{step} {key}) cannot be read ({problem}); give this monitor another (or "
+                    "an emptied) --recovery-dir: it starts over from --from-end (the default) "
+                    "or --from-beginning, without the saved windows")
 
 
 def _claim(path: Path, owner: dict[str, object]) -> None:

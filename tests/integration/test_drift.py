@@ -429,3 +429,29 @@ def test_watch_shows_malformed_alert_records_as_not_alerts_and_goes_on(stack, ne
     assert len(lines) == 6 and all(ln.startswith("(not an alert) ") for ln in lines[:5]), lines
     assert lines[5] == ("1970-01-01T00:00:00Z +60s  k_churn  value 4 (threshold 4)  "
                         "users: u7=4")
+
+
+def test_a_recovery_dir_whose_saved_monitor_is_corrupt_is_one_error_line(
+        stack, new_topic, tmp_path) -> None:
+    """A corrupt monitor snapshot (ser_change X'80049500') made the resumed run print a Rust
+    panic and a Python traceback ending in _pickle.UnpicklingError (exit 1)."""
+    import sqlite3
+
+    kafka = stack.settings.kafka
+    drift_topic, alerts_topic = new_topic(1, "drift"), new_topic(1, "alerts")
+    produce(kafka, drift_topic, _records(stable_stream(n_users=40, n_windows=2, seed=2)))
+    rec = tmp_path / "drift-rec"
+    args = ["drift", "run", "--bounded", "--topic", drift_topic, "--alerts-topic",
+            alerts_topic, "--recovery-dir", str(rec)]
+    res = CliRunner().invoke(main, [*args, "--from-beginning"], obj={"settings": stack.settings})
+    assert res.exit_code == 0, res.output
+    con = sqlite3.connect(rec / "part-0.sqlite3")
+    assert con.execute("UPDATE snaps SET ser_change = X'80049500' WHERE step_id = "
+                       "'diam-drift.monitor'").rowcount >= 1
+    con.commit()
+    con.close()
+    res = CliRunner().invoke(main, args, obj={"settings": stack.settings})
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+    [line] = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
+    assert str(rec) in line and "cannot be read (UnpicklingError" in line, line
+    assert "Traceback" not in res.output and "panicked" not in res.output

@@ -406,3 +406,33 @@ def test_a_d_u_outside_its_range_is_no_drift_event_and_alerts_are_strict_json() 
     alerts = [json.loads(k.value, parse_constant=strict) for k in out]
     assert metrics.totals()["unparsed"] == 1
     assert [(a["kind"], a["value"]) for a in alerts] == [("d_swing", 0.7)]
+
+
+def test_a_store_whose_saved_monitor_cannot_be_read_is_refused_saying_what_to_do(
+        tmp_path) -> None:
+    """A corrupt monitor snapshot (ser_change X'80049500') made a resumed run print a Rust
+    panic and Python's UnpicklingError after its start line; check_store took the store."""
+    import sqlite3
+    from datetime import timedelta
+
+    from streams.drift_flow import StoreMismatch, check_store
+    from streams.runner import prepare_recovery
+
+    store, cfg = tmp_path / "rec", DriftConfig()
+    assert check_store(store, "diam.drift", None, cfg) is False  # claimed
+    raw = records(stable_stream(n_users=40, n_windows=2, seed=2))
+    assert raw
+    run_main(build_drift_flow(TestingSource(raw), TestingSink([]), cfg),
+             epoch_interval=timedelta(seconds=1), recovery_config=prepare_recovery(store))
+    assert check_store(store, "diam.drift", None, cfg) is True  # a readable monitor: resumed
+    con = sqlite3.connect(store / "part-0.sqlite3")
+    n = con.execute("UPDATE snaps SET ser_change = X'80049500' WHERE step_id = "
+                    "'diam-drift.monitor'").rowcount
+    con.commit()
+    con.close()
+    assert n >= 1
+    with pytest.raises(StoreMismatch) as err:
+        check_store(store, "diam.drift", None, cfg)
+    msg = str(err.value)
+    assert str(store) in msg and "cannot be read (UnpicklingError" in msg
+    assert "give this monitor another (or an emptied) --recovery-dir" in msg and "\n" not in msg
