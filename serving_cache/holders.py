@@ -74,11 +74,35 @@ def claim_holder(client: Any, ns: str) -> tuple[str | None, str | None]:
     raw = client.get(claim_key(ns))
     if raw is None:
         return None, None
-    holder = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    holder = _text(raw)
     if stale_on_this_host(holder):
         release_claim(client, ns, holder)
         return None, holder
     return holder, None
+
+
+def take_claim(client: Any, ns: str, ours: str, tries: int = 3
+               ) -> tuple[bool, str | None, list[str]]:
+    """Claim ``ns`` for ``ours`` (``SET NX`` of its claim), taking over a stale claim of this
+    host (:func:`claim_holder`) and trying again, up to ``tries`` times: returns whether it was
+    claimed, the holder that kept it (None when claimed) and the stale holders taken over (the
+    callers warn in their own words). The one loop of ``diam replay`` and ``diam drop``."""
+    stale_ones: list[str] = []
+    holder: str | None = None
+    for _ in range(tries):
+        if client.set(claim_key(ns), ours, nx=True):
+            return True, None, stale_ones
+        holder, stale = claim_holder(client, ns)
+        if stale is not None:
+            stale_ones.append(stale)
+        elif holder is not None:
+            break
+    return False, holder, stale_ones
+
+
+def _text(raw: Any) -> str:
+    """A Redis reply as text (bytes decoded, a decoded client's str as it is)."""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 def live_runs(client: Any, ns: str) -> list[str]:
@@ -86,8 +110,7 @@ def live_runs(client: Any, ns: str) -> list[str]:
     key = runs_key(ns)
     now_ms = int(time.time() * 1000)
     client.zremrangebyscore(key, "-inf", now_ms)
-    return [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
-            for m in client.zrangebyscore(key, now_ms, "+inf")]
+    return [_text(m) for m in client.zrangebyscore(key, now_ms, "+inf")]
 
 
 def holders_of(client: Any, ns: str) -> tuple[str | None, bool, list[str]]:
@@ -95,10 +118,8 @@ def holders_of(client: Any, ns: str) -> tuple[str | None, bool, list[str]]:
     claim), whether that holder is stale (:func:`stale_on_this_host`: the next replay, run or
     drop takes it over), and the runs whose announcement has not expired."""
     raw = client.get(claim_key(ns))
-    claim = None if raw is None else (raw.decode(errors="replace") if isinstance(raw, bytes)
-                                      else str(raw))
-    runs = [m.decode(errors="replace") if isinstance(m, bytes) else str(m)
-            for m in client.zrangebyscore(runs_key(ns), int(time.time() * 1000), "+inf")]
+    claim = None if raw is None else _text(raw)
+    runs = [_text(m) for m in client.zrangebyscore(runs_key(ns), int(time.time() * 1000), "+inf")]
     return claim, claim is not None and stale_on_this_host(claim), runs
 
 

@@ -184,21 +184,17 @@ def _claim(s: Settings, client: Any, namespace: str) -> str:
     ``diam drop --force``."""
     import redis
 
-    from serving_cache.holders import claim_holder, describe, live_runs
+    from serving_cache.holders import describe, live_runs, take_claim
     from serving_cache.keys import claim_key
 
     ours = describe("replay")
     key = claim_key(namespace)
     try:
-        held: str | None = None
-        for _ in range(3):  # a stale claim deleted, then set again
-            if client.set(key, ours, nx=True):
-                break
-            held, stale = claim_holder(client, namespace)
-            if stale is not None:
-                click.echo(f"warning: namespace {namespace!r} was claimed by {stale}, which is "
-                           "gone: its claim taken over", err=True)
-        else:
+        claimed, held, stale = take_claim(client, namespace, ours)
+        for gone in stale:
+            click.echo(f"warning: namespace {namespace!r} was claimed by {gone}, which is "
+                       "gone: its claim taken over", err=True)
+        if not claimed:
             holder = held or "another replay"
             raise click.ClickException(
                 f"namespace {namespace!r} is held by {holder} ({key}): wait for it to end, or "
@@ -637,22 +633,14 @@ def _hold_for_drop(client: Any, namespace: str, ours: str) -> tuple[bool, list[s
     of this host taken over, ``serving_cache.holders.claim_holder``), then look for the live
     runs writing it; returns whether it was claimed, and its other holders: the replay's claim
     that kept it from being claimed, and the runs."""
-    from serving_cache.holders import claim_holder, live_runs
+    from serving_cache.holders import live_runs, take_claim
     from serving_cache.keys import claim_key, runs_key
 
-    held: list[str] = []
-    claimed = False
-    for _ in range(3):  # a stale claim deleted, then set again
-        if client.set(claim_key(namespace), ours, nx=True):
-            claimed = True
-            break
-        holder, stale = claim_holder(client, namespace)
-        if stale is not None:
-            click.echo(f"warning: namespace {namespace!r} was claimed by {stale}, which is "
-                       "gone: its claim taken over", err=True)
-        if holder is not None:
-            held = [f"{holder} ({claim_key(namespace)})"]
-            break
+    claimed, holder, stale = take_claim(client, namespace, ours)
+    for gone in stale:
+        click.echo(f"warning: namespace {namespace!r} was claimed by {gone}, which is "
+                   "gone: its claim taken over", err=True)
+    held = [] if holder is None else [f"{holder} ({claim_key(namespace)})"]
     return claimed, held + [f"{r} ({runs_key(namespace)})" for r in live_runs(client, namespace)]
 
 

@@ -1,5 +1,6 @@
 """The rules of ``serving_cache.holders`` against the real Redis: one owner of a stale claim's
-takeover (``claim_holder``, ``release_claim``) for ``diam run`` and ``diam replay``."""
+takeover (``claim_holder``, ``release_claim``, ``take_claim``) for ``diam run``, ``diam replay``
+and ``diam drop``."""
 
 from __future__ import annotations
 
@@ -58,6 +59,25 @@ def test_claim_holder_takes_over_a_stale_claim_only(redis_client, holders_ns) ->
     assert redis_client.get(claim_key(ns)) == live.encode()
     assert release_claim(redis_client, ns, live) is True
     assert redis_client.get(claim_key(ns)) is None
+
+
+def test_take_claim_takes_a_free_or_stale_claim_and_stops_at_a_live_one(
+        redis_client, holders_ns) -> None:
+    """``take_claim``: the one claim loop of ``diam replay`` and ``diam drop``."""
+    from serving_cache.holders import take_claim
+
+    ns, ours = holders_ns, "diam drop pid 2 on here since 2026-01-01T00:00:00Z (ours)"
+    assert take_claim(redis_client, ns, ours) == (True, None, [])
+    assert redis_client.get(claim_key(ns)) == ours.encode()
+    stale = (f"diam replay pid {_gone_pid()} on {socket.gethostname()} since "
+             "2026-01-01T00:00:00Z (test)")
+    redis_client.set(claim_key(ns), stale)
+    assert take_claim(redis_client, ns, ours) == (True, None, [stale])
+    assert redis_client.get(claim_key(ns)) == ours.encode()
+    live = "diam replay pid 1 on elsewhere since 2026-01-01T00:00:00Z (test)"
+    redis_client.set(claim_key(ns), live)
+    assert take_claim(redis_client, ns, ours) == (False, live, [])
+    assert redis_client.get(claim_key(ns)) == live.encode()
 
 
 def test_one_owner_of_the_claim_script() -> None:
