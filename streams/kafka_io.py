@@ -45,6 +45,7 @@ __all__ = [
     "end_timestamps",
     "raw_record",
     "RangeStalled",
+    "merge_copies",
     "read_deadletters",
     "of_namespace",
 ]
@@ -507,7 +508,6 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
     offset, namespace)``, as before ids were written.
     """
     out: list[dict[str, object]] = []
-    seen: dict[tuple[str | None, int, int, str | None, str | None], dict[str, object]] = {}
     for m in _messages(cfg, topic or cfg.deadletter_topic, timeout):
         raw_h: list[tuple[str, str | bytes | None]] = list(m.headers() or [])  # type: ignore[arg-type]
         h = {k: (_bytes(v) or b"").decode(errors="replace") for k, v in raw_h}
@@ -520,12 +520,29 @@ def read_deadletters(cfg: KafkaConfig, topic: str | None = None, timeout: float 
             "key": m.key(), "value": m.value(), "truncated": h.get("diam.truncated"),
             "copies": 1, "ts_ms": m.timestamp()[1], "namespace": ns,
             "topic_id": h.get("diam.topic_id")}
-        ident = (h.get("diam.topic"), _int(h.get("diam.partition")), _int(h.get("diam.offset")), ns,
-                 h.get("diam.topic_id"))
-        if dedupe and ident[0] is not None and ident[2] >= 0:
+        out.append(rec)
+    return merge_copies(out) if dedupe else out
+
+
+def merge_copies(recs: list[dict[str, object]]) -> list[dict[str, object]]:
+    """:func:`read_deadletters`' records with each source record once (the first copy, in
+    order), its ``copies`` the sum of its copies': the one rule of a dead letter's identity
+    (source topic, partition, offset, namespace and the topic's Kafka id; a record without
+    source headers is kept as it is), also across topics (``diam deadletters --namespace`` reads
+    the shared topic and a replay's own, which may both hold a record).
+
+    >>> a = {"topic": "t", "partition": 0, "offset": 5, "namespace": "n", "topic_id": "x", "copies": 1}
+    >>> [r["copies"] for r in merge_copies([a, dict(a), dict(a, namespace="m"), dict(a, offset=-1)])]
+    [2, 1, 1]
+    """
+    out: list[dict[str, object]] = []
+    seen: dict[tuple[object, ...], dict[str, object]] = {}
+    for rec in recs:
+        ident = (rec["topic"], rec["partition"], rec["offset"], rec["namespace"], rec["topic_id"])
+        if rec["topic"] is not None and int(rec["offset"]) >= 0:  # type: ignore[call-overload]
             first = seen.get(ident)
             if first is not None:
-                first["copies"] = int(first["copies"]) + 1  # type: ignore[call-overload]
+                first["copies"] = int(first["copies"]) + int(rec["copies"])  # type: ignore[call-overload]
                 continue
             seen[ident] = rec
         out.append(rec)

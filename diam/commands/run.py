@@ -569,10 +569,10 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
     namespace and the replay's own topic when there is one, both, and names the topics read. Each run refuses a bad record once, so one record
     can be listed once per namespace; the copies a resumed run or a second run into the same
     namespace wrote (the same record: source topic and its Kafka id, partition, offset,
-    namespace) are counted, not listed. The count covers every record in the topic (or from
+    namespace; one in both the shared topic and the replay's own) are counted, not listed. The count covers every record in the topic (or from
     --source-topic, or --namespace); the list shows the last N by the time they were
     dead-lettered, across the topic's partitions."""
-    from streams.kafka_io import UnknownTopic, read_deadletters
+    from streams.kafka_io import UnknownTopic, merge_copies, read_deadletters
 
     s = get_settings(ctx)
     if topic is not None:
@@ -604,6 +604,8 @@ def deadletters_cmd(ctx: click.Context, topic: str | None, source_topic: str | N
             if topic is not None:
                 raise click.BadParameter(str(exc), param_hint="--topic") from None
             raise click.ClickException(f"{exc} (settings kafka.deadletter_topic)") from None
+    if len(read) > 1:  # a record rejected into both topics is one record, two copies
+        recs = merge_copies(recs)
     if not read:
         click.echo(f"0 dead-lettered record(s): {missing} yet (settings kafka.deadletter_topic; "
                    "the dataflow creates it when it starts)")

@@ -3,7 +3,8 @@ real broker and Redis: a run dead-letters the catalogue's refused records
 (``streams.catalog.CatalogDeadLetters``, wired in ``diam/commands/run.py``) and says how many
 after its summary; ``diam deadletters --namespace`` of a replay's namespace reads the replay's
 own dead-letter topic (``streams.replay.namespace_topics``), not the live one, where it found
-nothing before."""
+nothing before; a record refused into both the shared and the replay's topic is one
+record (``streams.kafka_io.merge_copies``)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,24 @@ def test_deadletters_of_a_namespace_reads_a_run_s_and_a_replay_s_topics(
     assert res.exit_code == 0, res.output
     assert (f"2 dead-lettered record(s) in {s.kafka.deadletter_topic} and "
             f"{s.kafka.deadletter_topic}.replay.{ns} of namespace {ns}") in res.output, res.output
+
+
+def test_a_record_rejected_into_both_topics_of_a_namespace_is_listed_once(
+        stack, topic, tmp_path) -> None:
+    """A replay and then a run into ns over the same records each refuse the bad one, into the
+    replay's own topic and the shared one: one record with a repeated copy (before: listed
+    twice, "2 dead-lettered record(s)")."""
+    s = _settings(stack, topic, tmp_path)
+    produce(s.kafka, topic, click_payloads(click_stream(n_users=3, n_events=30, seed=4)))
+    assert produce_raw(s.kafka, topic, [(b"u-bad", b"\xc1 not a click")]).ok
+    ns = f"{s.redis.namespace}-b"
+    res = _cli(s, "replay", "--topic", topic, "--namespace", ns, "--no-progress")
+    assert res.exit_code == 0, res.output
+    res = _cli(s, "run", "--bounded", "--topic", topic, "--namespace", ns, "--no-recovery")
+    assert res.exit_code == 0, res.output
+    res = _cli(s, "deadletters", "--namespace", ns)
+    assert res.exit_code == 0, res.output
+    assert (f"1 dead-lettered record(s) in {s.kafka.deadletter_topic} and "
+            f"{s.kafka.deadletter_topic}.replay.{ns} of namespace {ns} (1 repeated copy"
+            ) in res.output, res.output
+    assert res.output.count("undecodable") == 1, res.output
