@@ -105,11 +105,13 @@ def _text(raw: Any) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
-def live_runs(client: Any, ns: str) -> list[str]:
-    """The live ``diam run`` processes announced in ``ns`` (expired ones are removed)."""
+def live_runs(client: Any, ns: str, *, prune: bool = True) -> list[str]:
+    """The live ``diam run`` processes announced in ``ns``; ``prune``: the expired ones are
+    removed too (a reader only, ``diam inspect``, leaves them)."""
     key = runs_key(ns)
     now_ms = int(time.time() * 1000)
-    client.zremrangebyscore(key, "-inf", now_ms)
+    if prune:
+        client.zremrangebyscore(key, "-inf", now_ms)
     return [_text(m) for m in client.zrangebyscore(key, now_ms, "+inf")]
 
 
@@ -119,8 +121,7 @@ def holders_of(client: Any, ns: str) -> tuple[str | None, bool, list[str]]:
     drop takes it over), and the runs whose announcement has not expired."""
     raw = client.get(claim_key(ns))
     claim = None if raw is None else _text(raw)
-    runs = [_text(m) for m in client.zrangebyscore(runs_key(ns), int(time.time() * 1000), "+inf")]
-    return claim, claim is not None and stale_on_this_host(claim), runs
+    return claim, claim is not None and stale_on_this_host(claim), live_runs(client, ns, prune=False)
 
 
 class RunAnnouncement:

@@ -15,14 +15,21 @@ from snapshotter.publish import announce
 from snapshotter.testing import write_checkpoint
 
 
-def test_a_server_started_on_a_damaged_version_serves_it_once_repaired_and_rolled_back(
-        stack, namespace, tmp_path, redis_client) -> None:
+def _store_with_one_version(stack, namespace, tmp_path, redis_client):  # type: ignore[no-untyped-def]
+    """The stack's settings with a store of their own under ``tmp_path``, one version published
+    and announced in ``namespace``."""
     s = stack.settings
     s = s.model_copy(update={"snapshot": s.snapshot.model_copy(
         update={"dir": str(tmp_path / "snapshots")})})
     store = SnapshotStore(s.snapshot)
     v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=60, dim=8, seed=1), store,
                  redis_client, namespace).version
+    return s, store, v1
+
+
+def test_a_server_started_on_a_damaged_version_serves_it_once_repaired_and_rolled_back(
+        stack, namespace, tmp_path, redis_client) -> None:
+    s, store, v1 = _store_with_one_version(stack, namespace, tmp_path, redis_client)
     weights = store.path(v1) / "weights.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
@@ -51,12 +58,7 @@ def test_a_version_the_server_failed_to_load_is_loaded_once_repaired_and_rolled_
     back to: before, the watcher took it as the current version and never offered it again."""
     import json
 
-    s = stack.settings
-    s = s.model_copy(update={"snapshot": s.snapshot.model_copy(
-        update={"dir": str(tmp_path / "snapshots")})})
-    store = SnapshotStore(s.snapshot)
-    v1 = publish(write_checkpoint(tmp_path / "ck1", n_items=60, dim=8, seed=1), store,
-                 redis_client, namespace).version
+    s, store, v1 = _store_with_one_version(stack, namespace, tmp_path, redis_client)
     app = build_app(s, ServeOptions(namespace=namespace, reload_every_s=0.1, ui=False,
                                     follow_items=False, live_popularity=False))
     with TestClient(app) as c:
