@@ -198,7 +198,8 @@ Judge = Callable[[list[RawRecord], int], tuple[list[Any], int]]
 running maximum of their timestamps from the clock before the batch (the second argument): the
 items to emit instead of the records, and the partition's clock after the batch, moved only by
 the records the dataflow accepts (``streams.online.source_judge``: the dataflow's own verdicts,
-so that its decode step does not judge the records again)."""
+counted there, so that its decode step, built with ``judged=True``, neither judges nor counts
+the records again)."""
 
 
 class _ClickPartition(StatefulSourcePartition[Any, SourceSnapshot]):

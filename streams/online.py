@@ -109,8 +109,9 @@ class Counts:
     rejected: int = 0
     """Dead-lettered records: refused by decoding or validation, or failed in the update."""
     forgets: int = 0
-    """Tombstones (``diam forget``): records, neither valid clicks nor dead letters. Counted by
-    the decode step with ``records``, so ``valid`` never reads low."""
+    """Tombstones (``diam forget``): records, neither valid clicks nor dead letters. Counted
+    with ``records`` and ``rejected``, in one place (:func:`_counted_judge`), by whoever judges
+    the records: the decode step, or a source given :func:`source_judge`."""
     forgotten_clicks: int = 0
     """Valid clicks not learnt because ``diam forget`` forgot their user after them: the
     user's forget marker, read when the run started (``streams.runner.prepare_online``), lies
@@ -475,26 +476,46 @@ def record_judge(cfg: FlowConfig) -> Callable[[list[RawRecord]], Verdicts]:
     return judge
 
 
+def _counted_judge(cfg: FlowConfig, stats: FlowStats
+                   ) -> Callable[[list[RawRecord]], tuple[list[Keyed | DeadLetter], int]]:
+    """:func:`record_judge` counted: the one place where judged records are counted
+    (``records``, ``rejected``, ``forgets``, on the calling worker thread's
+    :meth:`FlowStats.counts`), whichever judges them: the decode step, or a source given
+    :func:`source_judge` (Bytewax reads a worker's input partitions on that worker's thread).
+    Returns the verdicts and how many of them are dead letters."""
+    judge = record_judge(cfg)
+
+    def counted(recs: list[RawRecord]) -> tuple[list[Keyed | DeadLetter], int]:
+        out, rejected, forgets = judge(recs)
+        counts = stats.counts()
+        counts.records += len(recs)
+        counts.rejected += rejected
+        counts.forgets += forgets  # in the batch that counted them as records
+        return out, rejected
+    return counted
+
+
 SourceJudge = Callable[[list[RawRecord], int], tuple[list[Keyed | DeadLetter], int]]
 """:func:`source_judge`'s judge (``streams.kafka_source.Judge``)."""
 
 
-def source_judge(cfg: FlowConfig) -> SourceJudge:
+def source_judge(cfg: FlowConfig, stats: FlowStats) -> SourceJudge:
     """:func:`record_judge` in the source (``ClickSource``'s ``judge``, given with eviction on,
     where the partition's event clock must know what the dataflow accepts): a batch of one
-    partition's records becomes its verdicts, which the source emits instead of the records
-    and the decode step (:func:`_decoder`) counts without judging again, and the partition's
-    event clock after the batch. The source reads the records with the running maximum of their
+    partition's records becomes its verdicts, which the source emits instead of the records,
+    and the partition's event clock after the batch. The verdicts are counted here, into
+    ``stats`` (the flow's: :func:`build_flow` with ``judged=True``, whose decode step
+    (:func:`_decoder`) then neither judges nor counts them again). The source reads the records with the running maximum of their
     timestamps from ``start``, the clock before the batch; the clock moves on the records the
     dataflow accepts only (a click or a forget): a dead-lettered record's timestamp (up to an
     hour ahead, the broker's ``message.timestamp.after.max.ms``) would make every user of the
     partition idle (``FlowConfig.evict_idle_s``). A batch without a dead letter keeps the clocks
     it was read with; else one pass gives every record the running maximum over the accepted
     ones, in its verdict too."""
-    judge = record_judge(cfg)
+    judge = _counted_judge(cfg, stats)
 
     def judged(recs: list[RawRecord], start: int) -> tuple[list[Keyed | DeadLetter], int]:
-        out, rejected, _ = judge(recs)
+        out, rejected = judge(recs)
         if not recs:
             return out, start
         if not rejected:
@@ -548,11 +569,12 @@ def skip_forgotten(verdicts: list[Keyed | DeadLetter], markers: Mapping[str, int
 
 
 def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats,
-             markers: Mapping[str, int] | None = None
-             ) -> Callable[[list[RawRecord]], list[Keyed | DeadLetter]]:
-    """The dataflow's decode step: :func:`record_judge` over each batch, counted. A hot reload
-    is checked once per batch, not per event. A batch of verdicts (a source given
-    :func:`source_judge`, told by its first item) is counted as it is, not judged again.
+             markers: Mapping[str, int] | None = None, judged: bool = False
+             ) -> Callable[[list[Any]], list[Keyed | DeadLetter]]:
+    """The dataflow's decode step: :func:`record_judge` over each batch, counted
+    (:func:`_counted_judge`). A hot reload is checked once per batch, not per event.
+    ``judged``: the source was given :func:`source_judge`, so its batches are verdicts,
+    judged and counted there already: the step passes them on (chosen once, here).
     ``markers``: ``diam forget``'s markers of the topic known when the run started (user ->
     tombstone offset): a click below its user's marker is not learnt (:func:`skip_forgotten`,
     counted as ``forgotten_clicks``), so a replay or a run restarted behind a tombstone emits
@@ -560,28 +582,15 @@ def _decoder(cfg: FlowConfig, holder: LearnerHolder, stats: FlowStats,
     than one test per batch. A forget while the run is live is the tombstone's and the Redis
     writer's (the per-user step drops the state at the tombstone; the writer refuses a push
     learnt below the marker)."""
-    judge = record_judge(cfg)
+    judge = None if judged else _counted_judge(cfg, stats)
     floors = markers or None  # the hot path tests this once per batch
 
     def decode_batch(recs: list[Any]) -> list[Keyed | DeadLetter]:
         holder.maybe_reload()
-        counts = stats.counts()
-        counts.records += len(recs)
-        if recs and type(recs[0]) is not RawRecord:  # judged by the source already
-            rejected = forgets = 0
-            for v in recs:
-                if type(v) is DeadLetter:
-                    rejected += 1
-                elif type(v[1]) is Forget:
-                    forgets += 1
-            out = cast(list[Keyed | DeadLetter], recs)
-        else:
-            out, rejected, forgets = judge(recs)
-        counts.rejected += rejected
-        counts.forgets += forgets  # in the batch that counted them as records
+        out = cast(list[Keyed | DeadLetter], recs) if judge is None else judge(recs)[0]
         if floors is not None:
             out, skipped = skip_forgotten(out, floors)
-            counts.forgotten_clicks += len(skipped)
+            stats.counts().forgotten_clicks += len(skipped)
         return out
     return decode_batch
 
@@ -865,13 +874,15 @@ def _is_drift(item: tuple[str, Out]) -> TypeGuard[tuple[str, DriftEvent]]:
 def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
                holder: LearnerHolder, flow_id: str = "diam-online",
                stats: FlowStats | None = None, namespace: str | None = None,
-               topic: str | None = None, markers: Mapping[str, int] | None = None) -> Dataflow:
+               topic: str | None = None, markers: Mapping[str, int] | None = None,
+               judged: bool = False) -> Dataflow:
     """The online dataflow over ``source``'s :class:`RawRecord` items.
 
     The same builder runs under ``TestingSource`` in unit tests and over :class:`ClickSource`
     against the real broker. Decoding works on whole batches (``flat_map_batch``): it is the
-    one step that does Python work on every event before the per-user step (a source given
-    :func:`source_judge` judged the records already: the step counts its verdicts). Errors are data:
+    one step that does Python work on every event before the per-user step. ``judged``: the
+    source was given :func:`source_judge` with ``stats`` (its items are the dataflow's
+    verdicts, judged and counted there: the step does neither again). Errors are data:
     dead letters from decoding and from the update leave by their own branches, marked with
     ``namespace`` (the run's Redis namespace) when given, as its drift events are. Drift
     records say ``topic``, the clicks topic read (default: ``source.topic``, a ClickSource's).
@@ -884,8 +895,8 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
         topic = src_topic if isinstance(src_topic, str) else None
     flow = Dataflow(flow_id)
     raw: Stream[RawRecord] = op.input("clicks", flow, source)
-    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, _decoder(cfg, holder, counted, markers)),
-                        _is_dead)
+    decode = _decoder(cfg, holder, counted, markers, judged)
+    decoded = op.branch("decode-errors", op.flat_map_batch("decode", raw, decode), _is_dead)
     keyed: KeyedStream[Learn | Forget] = decoded.falses  # type: ignore[assignment]
     # per worker thread: the event clock of the newest record of each partition that this
     # worker's per-user step has processed (_UserLogic's idleness reads it)

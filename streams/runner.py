@@ -291,21 +291,25 @@ def hold_recovery(path: Path, process_id: int = 0) -> int:
 
 
 def job_io(job: OnlineJob, topic_id: str | None = None,
-           partition_count: int | None = None) -> tuple[ClickSource, FlowSinks]:
+           partition_count: int | None = None, *,
+           stats: FlowStats) -> tuple[ClickSource, FlowSinks]:
     """The dataflow's source and sinks for ``job`` (nothing connects before the run starts).
     They share one view of the broker's health: an outage is one line for the run.
     ``topic_id``: the Kafka id of ``job.topic``, whose forget markers the Redis sink reads
     (:func:`prepare_online` looks it up; None: a broker without topic ids).
     ``partition_count``: the topic's count :func:`prepare_online` saw, which a tailing source
     watches (None: the count it lists at start) and the Redis sink records in the namespace
-    again after Redis lost its keys."""
+    again after Redis lost its keys. ``stats``: the run's counters, given to ``build_flow``
+    too: a source that judges the records (``source.judge`` set: build the flow with
+    ``judged=True``) counts them there, as the decode step would."""
     health = BrokerHealth(job.kafka.bootstrap)
     source = ClickSource(job.kafka, job.topic, start=job.start, end=job.end, bounded=job.bounded,
                          batch_size=job.flow.batch_size, partitions=job.partitions, stop=job.stop,
                          health=health, watch=True, partition_count=partition_count,
                          # the clock is read for idleness alone: the source judges the
-                         # records (once: the dataflow counts its verdicts) only when it is
-                         judge=source_judge(job.flow) if job.flow.evict_idle_s else None)
+                         # records (once: counted there, the decode step passes the verdicts
+                         # on) only when it is
+                         judge=source_judge(job.flow, stats) if job.flow.evict_idle_s else None)
     return source, FlowSinks(
         vectors=RedisVectorSink(job.redis, job.namespace, max_backoff_s=job.flow.redis_backoff_max_s,
                                 max_queued=job.flow.sink_queue_batches, topic=job.topic,
@@ -629,9 +633,13 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
                 metrics: FlowMetrics | None, topic_id: str | None,
                 partition_count: int | None = None,
                 markers: dict[str, int] | None = None) -> None:
-    clicks, sinks = job_io(job, topic_id, partition_count)
+    # a judging source counts into the flow's stats (None: nobody reads the counts, and
+    # build_flow keeps its own)
+    clicks, sinks = job_io(job, topic_id, partition_count,
+                           stats=stats if stats is not None else FlowStats())
     try:
-        _run_flow(job, holder, stats, metrics, clicks, sinks, markers)
+        _run_flow(job, holder, stats, metrics, clicks, sinks, markers,
+                  judged=clicks.judge is not None)
     finally:
         clicks.close_watch()
     if clicks.grown is not None:  # stopped cleanly at the next batch (ClickSource)
@@ -643,7 +651,7 @@ def _run_online(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
 
 def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
               metrics: FlowMetrics | None, source: Any, sinks: FlowSinks,
-              markers: dict[str, int] | None = None) -> None:
+              markers: dict[str, int] | None = None, judged: bool = False) -> None:
     if stats is not None and isinstance(sinks.vectors, RedisVectorSink):
         sinks.vectors.counts = stats.counts  # stale and forgotten pushes, on the writer threads' counters
     if isinstance(sinks.vectors, RedisVectorSink):  # the namespace says which base it learnt on
@@ -658,7 +666,7 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     if job.addresses:  # says when the other processes have answered, and when its input ended
         source = joining = _Joining(source, job.joined)
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
-                      namespace=job.namespace, markers=markers)
+                      namespace=job.namespace, markers=markers, judged=judged)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))

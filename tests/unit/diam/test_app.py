@@ -61,13 +61,14 @@ def test_the_holder_builds_its_learner_with_the_factory_given(tmp_path) -> None:
 
 
 def test_the_sink_and_consumer_settings_reach_the_job_s_source_and_sinks(monkeypatch) -> None:
+    from streams.online import FlowStats
     from streams.runner import job_io
 
     monkeypatch.setenv("DIAM_FLOW_SINK_QUEUE_BATCHES", "4")
     monkeypatch.setenv("DIAM_FLOW_REDIS_BACKOFF_MAX_S", "2.5")
     monkeypatch.setenv("DIAM_KAFKA_FETCH_WAIT_MAX_MS", "7")
     s = load_settings(kafka={"fetch_min_bytes": 1000, "extra": {"fetch.min.bytes": "1"}})
-    source, sinks = job_io(online_job(s, bounded=True))
+    source, sinks = job_io(online_job(s, bounded=True), stats=FlowStats())
     assert (sinks.vectors.max_queued, sinks.vectors.max_backoff_s) == (4, 2.5)
     conf = source.cfg.consumer_config()
     assert conf["fetch.wait.max.ms"] == 7

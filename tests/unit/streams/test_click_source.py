@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.config import FlowConfig, KafkaConfig
 from streams.kafka_source import ClickSource
-from streams.online import DeadLetter, record_judge, source_judge
+from streams.online import DeadLetter, FlowStats, record_judge, source_judge
 
 
 class _Msg:
@@ -86,7 +86,7 @@ GOOD = b'{"user_id": "u", "item_id": 1, "ts": 1700000000000}'
 def _judged(msgs: list[_Msg], batch: int, start: int | None = None) -> tuple[list, object]:  # type: ignore[type-arg]
     """Every verdict of the partition read by a source given the dataflow's judge (garbage
     refused, ``GOOD`` accepted), and the partition."""
-    part = _source({0: msgs}, batch_size=batch, judge=source_judge(FlowConfig())).build_part(
+    part = _source({0: msgs}, batch_size=batch, judge=source_judge(FlowConfig(), FlowStats())).build_part(
         "in", "0-t", None if start is None else (0, start))
     got: list = []  # type: ignore[type-arg]
     while len(got) < len(msgs):

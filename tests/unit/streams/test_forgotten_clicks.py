@@ -15,7 +15,7 @@ from serving_cache.codec import decode_user, encode_user
 from streams.config import FlowConfig
 from streams.events import encode_event
 from streams.kafka_io import RawRecord
-from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow, record_judge
+from streams.online import FlowSinks, FlowStats, LearnerHolder, build_flow, source_judge
 from tests.flowkit import click_stream, tiny_learner
 
 CFG = FlowConfig(push_every_events=3, push_every_ms=60_000, epoch_interval_s=0.05)
@@ -36,11 +36,14 @@ def _run(recs: list[RawRecord], markers: dict[str, int] | None, judged: bool,
     vecs: list = []  # type: ignore[type-arg]
     dead: list = []  # type: ignore[type-arg]
     drift: list = []  # type: ignore[type-arg]
-    items: list = record_judge(CFG)(recs)[0] if judged else recs  # type: ignore[type-arg]
+    stats = stats if stats is not None else FlowStats()
+    # judged: the verdicts a source given source_judge emits, counted into the flow's stats
+    items: list = source_judge(CFG, stats)(recs, -1)[0] if judged else recs  # type: ignore[type-arg]
     learner = tiny_learner()
     flow = build_flow(TestingSource(items, batch_size=7),
                       FlowSinks(TestingSink(vecs), TestingSink(dead), TestingSink(drift)), CFG,
-                      LearnerHolder(learner, learner.base.version), stats=stats, markers=markers)
+                      LearnerHolder(learner, learner.base.version), stats=stats, markers=markers,
+                      judged=judged)
     run_main(flow, epoch_interval=timedelta(seconds=0.05))
     return _per_user(vecs, drift), dead
 
