@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from serving_cache.keys import claim_key, runs_key
+from serving_cache.outage import REDIS_ERRORS
 
 RUN_TTL_S = 15.0
 """How long a run's announcement lasts without a refresh: a killed run ages out after it."""
@@ -152,21 +153,17 @@ class RunAnnouncement:
         self._thread.start()
 
     def _loop(self) -> None:
-        import redis
-
         while not self._done.wait(self.refresh_s):
             try:
                 self.refresh()
-            except redis.RedisError:
+            except REDIS_ERRORS:  # a cluster's outage too (serving_cache.outage)
                 pass
 
     def close(self) -> None:
-        import redis
-
         self._done.set()
         if self._thread is not None:
             self._thread.join(self.refresh_s + 1.0)
         try:
             self.client.zrem(self.key, self.member)
-        except redis.RedisError:
+        except REDIS_ERRORS:
             pass  # it ages out

@@ -106,6 +106,7 @@ from serving_cache.keys import (
     partitions_key,
     user_key,
 )
+from serving_cache.outage import REDIS_ERRORS, outage, refusing
 from serving_cache.writer import MarkersMissing
 from streams.config import KafkaConfig
 
@@ -364,7 +365,7 @@ class _Partition(StatelessSinkPartition[Item]):
             for key in want:
                 pipe.type(key)
             types = pipe.execute(raise_on_error=False)
-        except redis.RedisError:
+        except REDIS_ERRORS:
             return []
         found: list[str] = []
         for (key, kind), got in zip(want.items(), types, strict=True):
@@ -468,7 +469,7 @@ class _Partition(StatelessSinkPartition[Item]):
         assert self.restore is not None
         try:
             restored, recorded = self.restore(self.writer.client)
-        except (redis.RedisError, MarkersUnusable):
+        except REDIS_ERRORS + (MarkersUnusable,):
             raise
         except Exception as exc:  # the broker: KafkaException, RangeStalled, RuntimeError
             # the next try restores again (_restore_due stays set), then re-pushes
@@ -607,7 +608,7 @@ class _Partition(StatelessSinkPartition[Item]):
                 if missed > 1:  # lost again right after a restore: do not spin
                     time.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff_s)
-            except (redis.RedisError, MarkersNotRestored) as exc:
+            except REDIS_ERRORS + (MarkersNotRestored,) as exc:
                 if not _retried(exc):
                     raise
                 # An outage stalls the writer (and, once the queue is full, the dataflow) and
@@ -624,11 +625,11 @@ class _Partition(StatelessSinkPartition[Item]):
                 if self._cluster:  # a failover, a resharding: the slot map the client holds
                     try:
                         self.writer.client.nodes_manager.initialize()  # type: ignore[attr-defined]
-                    except (redis.RedisError, redis.exceptions.RedisClusterException):
+                    except REDIS_ERRORS:
                         pass  # no node answers yet: learnt again at the next try
                 if down_since is None:
                     down_since, why = attempt, str(exc)
-                    refused = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+                    refused = refusing(exc)
                     # when it began, not how long: the failed call's own time is no duration
                     # of the outage (0.0 s on a refused connection); the recovery line has it
                     began = time.time() - (time.monotonic() - attempt)
@@ -681,47 +682,23 @@ class _Partition(StatelessSinkPartition[Item]):
                 if u not in out and (type(uv) is not ResumedPush or newest[u] is uv)]
 
 
-_REFUSALS = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-             redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
-             redis.exceptions.MovedError, redis.exceptions.AskError)
-
-
 class MarkersNotRestored(Exception):
     """After Redis lost its key set, the forget markers could not be restored from Kafka (the
     broker did not answer): the writes wait and retry, as in an outage (:func:`_retried`)."""
 
 
 def _retried(exc: BaseException) -> bool:
-    """Whether a failed write is waited out and retried rather than raised in the dataflow: the
-    server is unreachable or slow (``ConnectionError``, ``TimeoutError``, ``BusyLoadingError``)
-    or answers but refuses writes for a while (:data:`_REFUSALS`: READONLY after a failover, OOM
-    at ``maxmemory``, TRYAGAIN / CLUSTERDOWN / MOVED / ASK while a cluster moves slots (the
-    writer follows an ASK and learns the slot map again on a MOVED: one left after that is
-    retried with the slot map learnt again); and MISCONF after a
-    failed background save, which redis-py raises as a plain ``ResponseError``, inside a
-    pipeline's message). Any other error is raised: a refused login (redis-py's
-    ``AuthenticationError`` is a ``ConnectionError``, but no wait mends a wrong password), a
-    bad command.
+    """Whether a failed write is waited out and retried rather than raised in the dataflow:
+    a Redis outage (``serving_cache.outage.outage``: unreachable, a single server's or a whole
+    cluster's, or refusing writes for a while) or the forget markers' restore waiting on the
+    broker. Any other error is raised: a refused login, a missing ACL permission, a bad command.
 
-    >>> _retried(redis.exceptions.ReadOnlyError("You can't write against a read only replica."))
-    True
-    >>> _retried(redis.ResponseError("Command # 1 (EVALSHA ...) of pipeline caused error: "
-    ...                              "MISCONF Redis is configured to save RDB snapshots"))
-    True
-    >>> _retried(redis.exceptions.AskError("6264 127.0.0.1:7002"))
+    >>> _retried(redis.exceptions.RedisClusterUnreachableError("Redis Cluster cannot be connected"))
     True
     >>> _retried(redis.exceptions.AuthenticationError("invalid username-password pair"))
     False
-    >>> _retried(redis.ResponseError("WRONGTYPE Operation against a key"))
-    False
     """
-    if isinstance(exc, MarkersNotRestored):
-        return True
-    if isinstance(exc, redis.exceptions.AuthenticationError):
-        return False
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_REFUSALS)):
-        return True
-    return isinstance(exc, redis.ResponseError) and "MISCONF " in str(exc)
+    return isinstance(exc, MarkersNotRestored) or outage(exc)
 
 
 class RedisWriteFailed(RuntimeError):
