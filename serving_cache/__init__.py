@@ -2,7 +2,7 @@
 the recommendation API."""
 
 from serving_cache.codec import CodecError, UserVectors, decode_user, encode_user
-from serving_cache.config import RedisConfig
+from serving_cache.config import RedisConfig, RedisSettingsError
 from serving_cache.connection import redis_client
 from serving_cache.keys import model_active_key, user_key, user_pattern, validate_namespace
 from serving_cache.reader import UserReader
@@ -13,6 +13,7 @@ from serving_cache.writer import RedisWriter
 __all__ = [
     "CodecError",
     "RedisConfig",
+    "RedisSettingsError",
     "RedisWriter",
     "Recommendation",
     "Recommender",

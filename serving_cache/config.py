@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -10,6 +10,11 @@ from serving_cache.keys import validate_namespace
 
 URL_SCHEMES = ("redis", "rediss", "unix")
 """The URL schemes redis-py's ``from_url`` takes."""
+
+
+class RedisSettingsError(ValueError):
+    """The Redis settings cannot make a client (:meth:`RedisConfig.problem`, or a server that
+    is not what ``cluster`` says): the message names the setting to fix. No wait mends it."""
 
 
 class RedisConfig(BaseModel):
@@ -74,6 +79,25 @@ class RedisConfig(BaseModel):
     @classmethod
     def _namespace(cls, ns: str) -> str:
         return validate_namespace(ns)
+
+    def problem(self) -> str | None:
+        """Why a client of these settings is refused, in words naming the settings, else None:
+        a ``db`` other than 0 on a Redis Cluster (which has db 0 only).
+        :func:`serving_cache.connection.redis_client` raises it.
+
+        >>> RedisConfig(url="redis://h:7000/2", cluster=True).problem()
+        'DIAM_REDIS_URL names db 2, and a Redis Cluster (DIAM_REDIS_CLUSTER=true) has db 0 only: end the URL in /0'
+        >>> RedisConfig(url="redis://u:secret@h:6379/3").problem() is None
+        True
+        """
+        parts = urlsplit(self.url)
+        if self.cluster:
+            path = parts.path.strip("/") if parts.scheme != "unix" else ""  # unix: a socket's
+            db = path or parse_qs(parts.query).get("db", ["0"])[0]
+            if db not in ("", "0"):
+                return (f"DIAM_REDIS_URL names db {db}, and a Redis Cluster "
+                        "(DIAM_REDIS_CLUSTER=true) has db 0 only: end the URL in /0")
+        return None
 
     def client_kwargs(self) -> dict[str, object]:
         """Keyword arguments for ``redis.Redis.from_url`` (security options pass through)."""

@@ -3,23 +3,61 @@ one read of many keys that works on both client kinds (:func:`get_values`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import redis
 
-from serving_cache.config import RedisConfig
+from serving_cache.config import RedisConfig, RedisSettingsError
 
-__all__ = ["get_values", "redis_client"]
+__all__ = ["get_values", "redis_client", "redis_client_waiting"]
 
 
 def redis_client(cfg: RedisConfig) -> redis.Redis:
     """A client for ``cfg.url`` with the ACL/TLS options of ``cfg``. Connects lazily, except a
-    Redis Cluster client (``cfg.cluster``), which asks the URL's node for the slot layout."""
+    Redis Cluster client (``cfg.cluster``), which asks the URL's node for the slot layout: no
+    node answering raises redis-py's ``RedisClusterUnreachableError`` (an outage,
+    :func:`serving_cache.outage.unreachable`). Settings no client can use
+    (:meth:`RedisConfig.problem`) and a cluster client pointed at a server without cluster
+    mode raise :class:`RedisSettingsError`."""
+    if (problem := cfg.problem()) is not None:
+        raise RedisSettingsError(problem)
     if cfg.cluster:
         from redis.cluster import RedisCluster
 
-        return RedisCluster.from_url(cfg.url, **cfg.client_kwargs())  # type: ignore[return-value]
+        try:
+            return RedisCluster.from_url(cfg.url, **cfg.client_kwargs())  # type: ignore[return-value]
+        except redis.exceptions.RedisClusterException as exc:
+            if "cluster mode is not enabled" not in str(exc).lower():
+                raise
+            where = cfg.url.split("@")[-1]  # never a password from the URL
+            raise RedisSettingsError(
+                f"Redis at {where} is not a node of a Redis Cluster (cluster mode is not "
+                "enabled on it), and DIAM_REDIS_CLUSTER is set: unset DIAM_REDIS_CLUSTER for a "
+                "single server, or point DIAM_REDIS_URL at a node of the cluster") from None
     return redis.Redis.from_url(cfg.url, **cfg.client_kwargs())  # type: ignore[arg-type]
+
+
+def redis_client_waiting(cfg: RedisConfig, waiting: Callable[[BaseException], None],
+                         pause_s: float = 1.0) -> redis.Redis:
+    """:func:`redis_client`, waiting for Redis where it is away: a single server's client
+    connects lazily, so it never waits here; a Redis Cluster client that no node answers
+    (:func:`serving_cache.outage.unreachable`) is tried again every ``pause_s`` seconds,
+    ``waiting(error)`` called once, at the first. A service (``diam serve``) starts through it,
+    as it starts on a single server that is down. Anything else raises at once."""
+    from serving_cache.outage import unreachable
+
+    told = False
+    while True:
+        try:
+            return redis_client(cfg)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            if not told:
+                waiting(exc)
+                told = True
+        time.sleep(pause_s)
 
 
 def get_values(client: redis.Redis, keys: Sequence[bytes | str]) -> list[bytes | None]:

@@ -307,14 +307,21 @@ def default_dataset(settings: Settings) -> Path:
 
 def unreachable_service(exc: BaseException, settings: Settings | None) -> click.ClickException | None:
     """The error to print for ``exc`` when it says Redis or Kafka did not answer (a connection
-    refused or timed out, a KafkaException, a topic read that stalled), else None: anything
-    else is a bug to show whole."""
+    refused or timed out, a Redis Cluster none of whose nodes answers, a KafkaException, a
+    topic read that stalled) or that their settings cannot work (``RedisSettingsError``, a
+    refused login, a cluster client's refused configuration), else None: anything else is a
+    bug to show whole."""
     import redis
     from confluent_kafka import KafkaException
 
+    from serving_cache.config import RedisSettingsError
+    from serving_cache.outage import unreachable
     from streams.kafka_io import RangeStalled
 
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+    if isinstance(exc, RedisSettingsError):
+        return click.ClickException(str(exc))
+    if (isinstance(exc, redis.ConnectionError | redis.TimeoutError) or unreachable(exc)
+            or type(exc) is redis.exceptions.RedisClusterException):  # a refused configuration
         return redis_unusable(settings, exc)
     if isinstance(exc, KafkaException | RangeStalled):
         if isinstance(exc, KafkaException) and _kafka_config_error(exc):

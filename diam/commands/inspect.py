@@ -272,14 +272,14 @@ def recommend_cmd(ctx: click.Context, user_id: str, namespace: str | None, n: in
                    err=True)
 
     rec = Recommender(active, client, ns, load_version=store_loader(store, refused))
-    import redis
+    from serving_cache.outage import REDIS_ERRORS
 
     try:
         r = rec.recommend(user_id, n=n, mode=mode, delta=delta or 0.0,  # type: ignore[arg-type]
                           context=context, exclude_seen=not keep_seen)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(s, exc) from None
     if r.cold and r.reason == "unknown user" and not namespace_in_use(client, ns):
         note_empty_namespace(ns)  # every user of an empty namespace is cold

@@ -96,12 +96,11 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     topics are refused as input before anything is written. Compare with `diam diff live
     <namespace>`.
     """
-    import redis
-
     from diam.app import load_holder, one_base
     from diam.commands.run import refuse_input, require_broker
     from serving_cache import redis_client
     from serving_cache.keys import claim_key
+    from serving_cache.outage import REDIS_ERRORS
     from streams.preflight import ServiceConfigError, check_redis
     from streams.replay import ReplayError, check_namespace, parse_bound
 
@@ -127,7 +126,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         check_redis(s.redis, wait=False, namespace=namespace)
     except ServiceConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(s, exc) from None
     client = redis_client(s.redis)
     stop = threading.Event()  # SIGINT/SIGTERM: the dataflow stops at its next batch, the
@@ -144,7 +143,7 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     finally:
         try:
             _release(client, namespace, claim)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             click.echo(f"warning: the namespace's claim {claim_key(namespace)} was not "
                        f"released ({exc}): `diam drop {namespace}` deletes it", err=True)
         client.close()
@@ -182,10 +181,9 @@ def _claim(s: Settings, client: Any, namespace: str) -> str:
     marker comes with the first write) and leave a mix of both ranges. A claim whose process
     is gone on this host is taken over with a warning; one of another host is cleared by
     ``diam drop --force``."""
-    import redis
-
     from serving_cache.holders import describe, live_runs, take_claim
     from serving_cache.keys import claim_key
+    from serving_cache.outage import REDIS_ERRORS
 
     ours = describe("replay")
     key = claim_key(namespace)
@@ -203,7 +201,7 @@ def _claim(s: Settings, client: Any, namespace: str) -> str:
         runs = live_runs(client, namespace)
         if runs:
             _release(client, namespace, ours)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(s, exc) from None
     if runs:
         raise click.ClickException(
@@ -237,7 +235,6 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
                     ) -> tuple[Any, Any, Any, int]:
     """``diam replay`` once its namespace is claimed: the base, the range, the checks, the
     ``--clear`` and the run; returns (report, holder, range, items grown)."""
-    import redis
     from confluent_kafka import KafkaException
 
     from diam.app import load_holder
@@ -245,6 +242,7 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
     from serving_cache.forgotten import MarkersUnusable, check_marker_keys
     from serving_cache.keys import claim_key
     from serving_cache.namespaces import drop_namespace, namespace_in_use
+    from serving_cache.outage import REDIS_ERRORS
     from streams.forget_markers import topic_id
     from streams.kafka_io import UnknownTopic
     from streams.preflight import ServiceConfigError
@@ -305,7 +303,7 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
             raise click.ClickException(str(exc)) from None
     except MarkersUnusable as exc:
         raise click.ClickException(str(exc)) from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(s, exc) from None
     # items the base was grown with at the start (catalogue, click-first): part of what the
     # replay's bytes depend on, besides the version
@@ -389,11 +387,10 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     after its start, which a later replay of the topic finds at its start or not at all), the
     note says how, e.g. "run-1 took 3 more items than replay-1 on base V (62 vs 59 items; ...)".
     """
-    import redis
-
     from diam.commands import echo_json, note_empty_namespace
     from serving_cache import redis_client, validate_namespace
     from serving_cache.diff import diff_namespaces, summary_dict
+    from serving_cache.outage import REDIS_ERRORS
 
     s = get_settings(ctx)
     for ns in (ns_a, ns_b):
@@ -403,7 +400,7 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
             raise click.ClickException(str(exc)) from None
     try:
         result = diff_namespaces(redis_client(s.redis), ns_a, ns_b)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(s, exc) from None
     if csv_path is not None:
         try:
@@ -564,13 +561,13 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
     counted as one of the keys deleted). Keys go in batches of 1000 by SCAN and UNLINK;
     prints how many went.
     """
-    import redis
     from confluent_kafka import KafkaException
 
     from serving_cache import redis_client
     from serving_cache.holders import describe, release_claim
     from serving_cache.keys import claim_key
     from serving_cache.namespaces import drop_namespace
+    from serving_cache.outage import REDIS_ERRORS
     from streams.kafka_io import delete_topics
     from streams.replay import ReplayError, check_namespace, replay_topics
 
@@ -607,7 +604,7 @@ def drop(ctx: click.Context, namespace: str, yes: bool, keep_topics: bool, force
         finally:
             if took:
                 release_claim(client, namespace, ours)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(s, exc) from None
     finally:
         client.close()

@@ -185,11 +185,10 @@ def refuse_replay_held(settings: Settings, ns: str) -> None:
     process is gone on this host (``serving_cache.holders.claim_holder``) is deleted
     with a warning. Called after the run announced itself (:func:`announce_run`): a replay
     claims first and then looks for runs, so one of the two always sees the other."""
-    import redis
-
     from serving_cache import redis_client
     from serving_cache.holders import claim_holder
     from serving_cache.keys import claim_key
+    from serving_cache.outage import REDIS_ERRORS
 
     client = redis_client(settings.redis)
     try:
@@ -197,7 +196,7 @@ def refuse_replay_held(settings: Settings, ns: str) -> None:
         if stale is not None:
             click.echo(f"warning: namespace {ns!r} was claimed by {stale}, which is gone: "
                        f"its claim ({claim_key(ns)}) deleted", err=True)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise redis_unusable(settings, exc) from None
     finally:
         client.close()
@@ -214,16 +213,15 @@ def announce_run(ctx: click.Context, settings: Settings, ns: str) -> Callable[[]
     the command's context closes, or until the returned function is called (the dataflow
     ended: a ``--metrics-hold`` after it writes nothing); a ``diam replay`` or ``diam drop``
     of it is refused meanwhile. Every process of a cluster run is a holder of its own."""
-    import redis
-
     from serving_cache import redis_client
     from serving_cache.holders import RunAnnouncement
+    from serving_cache.outage import REDIS_ERRORS
 
     client = redis_client(settings.redis)
     announcement = RunAnnouncement(client, ns)
     try:
         announcement.start()
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         client.close()
         raise redis_unusable(settings, exc) from None
 
@@ -286,11 +284,10 @@ def check_namespace_partitions(s: Settings, ns: str, topic: str, count: int | No
     ``diam.commands.redis_unusable``'s error. A recovery store of another count is refused
     before this (``streams.runner.prepare_online``); this covers the runs without one. ``diam
     replay`` asks it too, before its first write."""
-    import redis
-
     from serving_cache import redis_client
     from serving_cache.base_record import BaseRecordError, record_partitions
     from serving_cache.keys import partitions_key
+    from serving_cache.outage import REDIS_ERRORS
     from streams.runner import RUN_AGAIN, TopicRepartitioned, repartitioned_line
 
     if count is None:
@@ -301,7 +298,7 @@ def check_namespace_partitions(s: Settings, ns: str, topic: str, count: int | No
     except BaseRecordError as exc:
         raise click.ClickException(f"namespace {ns!r}: {exc} (a key of another program under "
                                    "the name: remove it, or run into another namespace)") from None
-    except redis.RedisError as exc:  # OOM, READONLY: the sink retries them, a start cannot
+    except REDIS_ERRORS as exc:  # OOM, READONLY: the sink retries them, a start cannot
         raise redis_unusable(s, exc) from None
     finally:
         client.close()
@@ -388,10 +385,9 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
     The broker is asked first: one that does not answer within 5 s
     (streams.kafka_io.BROKER_ANSWER_S) is an error naming it, before anything starts.
     """
-    import redis
-
     from diam.app import load_holder, one_base, online_job
     from serving_cache.forgotten import MarkersUnusable
+    from serving_cache.outage import REDIS_ERRORS
     from streams.kafka_io import UnknownTopic
     from streams.online import FlowStats
     from streams.preflight import ServiceConfigError, check_redis, redis_refusal
@@ -423,7 +419,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
             raise click.BadParameter(str(exc), param_hint="--partitions") from None
         except UnknownTopic as exc:  # --bounded reads what a topic holds; a typo is not "0 records"
             raise click.BadParameter(f"{exc}; nothing to read", param_hint="--topic") from None
-        except redis.RedisError as exc:  # after check_redis: a permission, a cluster node
+        except REDIS_ERRORS as exc:  # after check_redis: a permission, a cluster node
             if (refused := redis_refusal(job.redis, exc)) is None:
                 # OOM, READONLY at the start's writes (the forget markers' restore): the one
                 # wording of "Redis failed this command", as the partition record's

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import get_settings, namespace_of, namespace_option, not_empty
+from diam.commands import _without_password, get_settings, namespace_of, namespace_option, not_empty
 
 
 def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
@@ -118,7 +118,7 @@ def serve_cmd(
     once each has stopped cleanly).
     """
     from diam.server import ServeOptions, serve
-    from serving_cache import redis_client
+    from serving_cache.connection import redis_client_waiting
     from snapshotter.store import SnapshotError, SnapshotStore, resolve_active
 
     s = get_settings(ctx)
@@ -126,7 +126,9 @@ def serve_cmd(
     if processes is not None:
         s = s.model_copy(update={"serve": s.serve.model_copy(update={"processes": processes})})
     store = SnapshotStore(s.snapshot)
-    client = redis_client(s.redis)
+    client = redis_client_waiting(s.redis, lambda exc: click.echo(
+        f"Redis at {_without_password(s.redis.url)} does not answer ({exc}); waiting for it "
+        "(Ctrl-C to stop)", err=True))
     try:  # what the server will follow: the namespace's announcement, else the pointer file
         active = resolve_active(store, client, ns)
     except SnapshotError as exc:  # a damaged pointer: serve 503 until it is repaired, as a reload
