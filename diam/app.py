@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from streams.catalog import CatalogItem, Refusals
 
 __all__ = ["BaseProblem", "LearnerFactory", "NoBaseModel", "check_dim", "load_holder",
-           "online_job", "stream_base", "stream_base_problem"]
+           "online_job", "stream_base", "stream_base_problem", "weights_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,35 @@ def dim_problem(dim: int, cfg: OnlineConfig, what: str) -> str | None:
         return None
     return (f"{what} has d={dim}, DIAM_ONLINE_DIM is {cfg.dim} (set DIAM_ONLINE_DIM={dim} or "
             f"publish a d={cfg.dim} model)")
+
+
+def weights_problem(model: Any) -> str | None:
+    """Why the trained ``model`` (a MultiInterestModel) must not be saved, or None: a weight
+    that ``save_checkpoint`` would write (state dict and online head) holds NaN or inf, as a
+    diverged training leaves them (a too large learning rate). Every loader refuses such a
+    checkpoint (``online.item_emb holds NaN or inf``), so ``diam train`` and the retrain
+    service ask before the save, and a good checkpoint at the same path stays in place.
+
+    >>> import torch
+    >>> from online_model.models import ModelConfig, build_model
+    >>> m = build_model(ModelConfig(model="single", n_items=5, n_categories=1, dim=4, seq_len=2),
+    ...                 torch.zeros(5, dtype=torch.long))
+    >>> weights_problem(m) is None
+    True
+    >>> with torch.no_grad():
+    ...     _ = m.item_emb.weight.fill_(float("nan"))
+    >>> weights_problem(m)
+    'the trained weights hold NaN or inf (item_emb.weight, online.item_emb): training diverged'
+    """
+    import numpy as np
+
+    tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()
+               if v.is_floating_point()}
+    tensors.update(model.export_online())
+    bad = sorted(k for k, v in tensors.items() if not np.isfinite(v).all())
+    if not bad:
+        return None
+    return f"the trained weights hold NaN or inf ({', '.join(bad)}): training diverged"
 
 
 def _tower(path: Path, version: str) -> object:

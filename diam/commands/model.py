@@ -13,6 +13,7 @@ import click
 from diam.commands import (
     DEFAULT_DATASET_HELP,
     default_dataset,
+    finite,
     get_settings,
     json_text,
     progress_option,
@@ -285,7 +286,7 @@ def _device_of(name: str):
 @click.option("--items-topic", default=None, callback=topic_name,
               help="With --topic: the catalogue topic [default: settings kafka.items_topic].")
 @click.option("--leave-newest", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=None, metavar="FRACTION",
+              callback=finite, default=None, metavar="FRACTION",
               help="Leave out the newest FRACTION of the events by event time, as the retrain "
                    "service's promotion gate holds them out (retrain.holdout_fraction): a "
                    "retrained candidate is then compared with this model on events neither "
@@ -300,7 +301,7 @@ def _device_of(name: str):
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), callback=finite, default=None,
               help="Adam peak learning rate [default: TrainConfig.lr, 1e-2: every model's best "
                    "of {3e-3, 1e-2} on ml-100k validation users (bench/model_quality.py "
                    "--lr-grid; bench/results/model_quality_round2.md)].")
@@ -347,7 +348,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     offset order) over the items of the compacted catalogue topic; the checkpoint's
     config.json records the topic and offsets under "data".
     """
-    from diam.app import dim_problem
+    from diam.app import dim_problem, weights_problem
     from online_model.checkpoint import recover_checkpoint_dir, save_checkpoint
     from online_model.checkpoint_config import CheckpointError
     from online_model.models import ModelConfig
@@ -403,6 +404,9 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
                     log=lambda line: click.echo(line, err=True))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if (problem := weights_problem(res.model)) is not None:  # before the save: --out stays
+        raise click.ClickException(f"{problem}; nothing written, {out} left as it was "
+                                   "(a smaller --lr?)")
     metrics = res.metrics()
     metrics["history"] = res.history
     try:
@@ -434,7 +438,7 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
 @click.option("--agg", type=click.Choice(["model", "merge"]), default="model", show_default=True,
               help="model: the model's own aggregation (DIAM: diversity-aware with d_u); "
                    "merge: ComiRec's merge by score.")
-@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=0.0,
+@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), callback=finite, default=0.0,
               show_default=True,
               help="Manual diversity shift: d_u * (1 + delta).")
 @click.option("--device", default="auto", show_default=True,
