@@ -38,8 +38,10 @@ all of them when
 
 - the namespace's generation marker (``diam:{ns}:gen``, a random token) is gone or changed:
   the key set was lost, or another worker already found it lost and re-created the marker;
-- the connection to Redis broke: the server may have restarted, and with ``appendfsync
-  everysec`` it may have lost up to a second of acknowledged writes that no marker reveals;
+- the connection to Redis broke (``serving_cache.outage.unreachable``; not a refusal such as
+  OOM or READONLY, which answered and lost nothing): the server may have restarted, and with
+  ``appendfsync everysec`` it may have lost up to a second of acknowledged writes that no
+  marker reveals;
 - on a Redis Cluster, where a primary can lose its data alone and redis-py's cluster client
   reconnects to a restarted node without an error: the marker of one primary
   (``diam:{ns}:gen:{<tag>}``, a hash tag in a slot that primary owns; ``_markers``) is gone or
@@ -106,7 +108,7 @@ from serving_cache.keys import (
     partitions_key,
     user_key,
 )
-from serving_cache.outage import REDIS_ERRORS, outage, refusing
+from serving_cache.outage import REDIS_ERRORS, outage, refusing, unreachable
 from serving_cache.writer import MarkersMissing
 from streams.config import KafkaConfig
 
@@ -526,6 +528,7 @@ class _Partition(StatelessSinkPartition[Item]):
         waited: set[str] = set()  # what an outage waited on: "redis", "kafka" (the markers)
         missed = 0  # the writer's forget check found the markers' hash missing, in a row
         retried = False  # a retried write may have written part of itself: its skips not counted
+        said: str | None = None  # the loss this call's retries logged last
         while True:
             attempt = time.monotonic()  # a stopped server fails a call only at the socket timeout
             try:
@@ -541,6 +544,8 @@ class _Partition(StatelessSinkPartition[Item]):
                         self._repush_due = True
                         if self._data_lost or gone is not None:
                             self._restore_due = self.restore is not None
+                    if cause is not None and cause != said:  # said once per outage
+                        said = cause
                         gone_active = self._had_active and not self.writer.client.exists(
                             model_active_key(self.writer.ns))
                         log.warning("Redis%s namespace %r: %s; re-pushing the %d user(s) this "
@@ -619,7 +624,10 @@ class _Partition(StatelessSinkPartition[Item]):
                 kafka = isinstance(exc, MarkersNotRestored)
                 waited.add("kafka" if kafka else "redis")
                 self._waiting = "kafka" if kafka else "redis"
-                if not kafka:
+                if unreachable(exc):
+                    # the server may have restarted and lost its newest writes: checked, and
+                    # re-pushed, when it answers; a refusal (OOM, READONLY, MISCONF, TRYAGAIN)
+                    # answered, and lost nothing
                     self._suspect = True
                 retried = True
                 if self._cluster:  # a failover, a resharding: the slot map the client holds
