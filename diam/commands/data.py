@@ -98,6 +98,7 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
 @click.option(
     "--events-per-user",
     type=click.FloatRange(min=1),
+    callback=finite,
     default=50.0,
     show_default=True,
     help="Mean clicks per user (log-normal spread, at least 2).",
@@ -113,6 +114,7 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
 @click.option(
     "--zipf",
     type=click.FloatRange(min=0),
+    callback=finite,
     default=1.0,
     show_default=True,
     help="Exponent of item popularity.",
@@ -120,6 +122,7 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
 @click.option(
     "--noise",
     type=click.FloatRange(0, 1, max_open=True),
+    callback=finite,
     default=0.03,
     show_default=True,
     help="Share of clicks that ignore the user's interests.",
@@ -127,6 +130,7 @@ def prepare(source: str, out: Path | None, min_rating: float | None, progress: b
 @click.option(
     "--session-len",
     type=click.FloatRange(min=1),
+    callback=finite,
     default=8.0,
     show_default=True,
     help="Mean clicks per session.",

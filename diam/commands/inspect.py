@@ -10,6 +10,7 @@ import numpy as np
 
 from diam.commands import (
     echo_json,
+    finite,
     get_settings,
     kafka_unusable,
     namespace_of,
@@ -201,7 +202,8 @@ def user_cmd(ctx: click.Context, user_id: str, namespace: str | None) -> None:
 @click.option("--mode", type=click.Choice(["auto", "manual", "context"]), default="auto", show_default=True,
               help="auto: the learned d_u; manual: d_u·(1+delta); context: d_u·(1+delta+c), "
                    "c a shift by --hour and --device (the API's mode=context).")
-@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), default=None,
+@click.option("--delta", type=click.FloatRange(-MAX_DELTA, MAX_DELTA), callback=finite,
+              default=None,
               help="Diversity shift for --mode manual and context (default 0; the sum with "
                    "the context's is clipped to the same bounds).")
 @click.option("--hour", type=click.IntRange(0, 23), default=None,

@@ -10,6 +10,7 @@ import click
 from diam.commands import (
     DEFAULT_DATASET_HELP,
     default_dataset,
+    finite,
     get_settings,
     kafka_unusable,
     progress_option,
@@ -35,6 +36,7 @@ from diam.commands import (
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
+    callback=finite,
     default=None,
     help="Events per second (token bucket) [default: as fast as possible].",
 )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from diam.commands import _without_password, get_settings, namespace_of, namespace_option, not_empty
+from diam.commands import (
+    _without_password,
+    finite,
+    get_settings,
+    namespace_of,
+    namespace_option,
+    not_empty,
+)
 
 
 def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
@@ -28,6 +35,7 @@ def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--reload-every",
     type=click.FloatRange(min=0, min_open=True),
+    callback=finite,
     default=5.0,
     show_default=True,
     help="Seconds between checks for a new active snapshot (hot reload).",
@@ -81,6 +89,7 @@ def _http_urls(urls: tuple[str, ...]) -> tuple[str, ...]:
 @click.option(
     "--popularity-half-life",
     type=click.FloatRange(min=1.0),
+    callback=finite,
     default=3600.0,
     show_default=True,
     help="Half-life in seconds of the live click count.",

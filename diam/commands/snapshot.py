@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from diam.commands import (
+    finite,
     get_settings,
     namespace_of,
     namespace_option,
@@ -69,6 +70,7 @@ def _lock_wait_ends_cleanly() -> Iterator[None]:
 _lock_timeout_opt = click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0, min_open=True),
+    callback=finite,
     default=None,
     metavar="SECONDS",
     help="While another publish or rollback of the same directory runs, this one waits for it "

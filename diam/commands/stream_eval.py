@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from diam.commands import (
     DEFAULT_DATASET_HELP,
     default_dataset,
+    finite,
     get_settings,
     json_text,
     output_file,
@@ -41,6 +42,7 @@ from diam.commands import (
 @click.option(
     "--warm-frac",
     type=click.FloatRange(0.05, 0.95),
+    callback=finite,
     default=0.5,
     show_default=True,
     help="Share of the stream (time order) replayed before evaluation starts; the "
@@ -49,6 +51,7 @@ from diam.commands import (
 @click.option(
     "--user-fraction",
     type=click.FloatRange(0.0, 1.0, min_open=True),
+    callback=finite,
     default=1.0,
     show_default=True,
     help="Evaluate this share of users (a stable hash of the id).",
