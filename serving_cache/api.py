@@ -29,10 +29,16 @@ The recommendation route is ``async def``: it runs in the event loop's thread, R
 included, instead of being handed to a worker thread and back. The hand-off (a queue, a thread
 wake-up, a wake-up of the loop, and the GIL passed each way) cost about as much CPU as
 FastAPI's whole request handling, and one process computes one request's Python at a time
-anyway (the GIL); more cores are used by more processes (``diam serve --processes``). A Redis
-that hangs stalls the requests for up to ``RedisConfig.socket_timeout_s`` either way (a worker
-pool of 40 threads is used up within a fraction of a second at a few hundred requests/s, and
-/health waits for a worker too). The other routes are rare and stay plain ``def``.
+anyway (the GIL); more cores are used by more processes (``diam serve --processes``). The
+price: a Redis that hangs holds every request, /health and /metrics included, while a GET
+waits (a worker pool of 40 threads would be used up within a fraction of a second at a few
+hundred requests/s all the same, and /health waits for a worker too). ``diam serve`` bounds
+that: its client's read timeout is ``ServeConfig.redis_read_timeout_s`` (0.25 s, not the
+writers' 5 s), a timed-out read is not retried (``serving_cache.reader.fail_fast``: the retry
+is for a broken connection), and after one the users' reads answer 503 at once for
+``serving_cache.breaker.PAUSE_S`` before one read asks Redis again (the recommender's
+``breaker``): a hung Redis costs the server one read timeout every pause. The other routes
+are rare and stay plain ``def``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
+from redis.cluster import RedisCluster
 
+from serving_cache.connection import primaries_down
 from serving_cache.reader import USER_ID_CHARS, USER_ID_MAX_LEN, USER_ID_PATTERN
 from serving_cache.recommend import DEVICE_DELTA, MAX_DELTA, MAX_N, MAX_TOP, Recommender
 from serving_cache.retrieval import SnapshotIndex
@@ -116,6 +124,10 @@ class HealthOut(BaseModel):
     snapshot: str | None
     pid: int
     """The server process that answered (``diam serve --processes`` runs several)."""
+    redis_down: list[str] | None = None
+    """On a Redis Cluster, the primaries that did not answer PING (``host:port``; each is
+    asked, ``serving_cache.connection.primaries_down``); absent when all answered, and on a
+    single server (``redis`` says it)."""
 
 
 class ErrorOut(BaseModel):
@@ -480,22 +492,29 @@ def get_app(
         "/health",
         response_model=HealthOut,
         responses={503: {"model": HealthOut, "description": "Redis down or no snapshot loaded"}},
-        summary="Redis answers PING and a snapshot is loaded",
+        summary="Redis answers PING (each primary of a cluster) and a snapshot is loaded",
+        response_model_exclude_none=True,
     )
     def health() -> Any:
+        down: list[str] = []
         try:
-            redis_ok = bool(recommender.client.ping())
+            if isinstance(recommender.client, RedisCluster):  # PING reaches one node of it
+                down = primaries_down(recommender.client)
+                redis_ok = not down
+            else:
+                redis_ok = bool(recommender.client.ping())
         except Exception:
             redis_ok = False
         snap = recommender.active.version if recommender.active is not None else None
         body = HealthOut(
             status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap,
-            pid=os.getpid(),
+            pid=os.getpid(), redis_down=down or None,
         )
         return (
             body
             if body.status == "ok"
-            else JSONResponse(status_code=503, content=body.model_dump())
+            else JSONResponse(status_code=503, content=body.model_dump(exclude_none=True)
+                              | {"snapshot": snap})
         )
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

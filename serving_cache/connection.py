@@ -10,7 +10,12 @@ import redis
 
 from serving_cache.config import RedisConfig, RedisSettingsError
 
-__all__ = ["get_values", "redis_client", "redis_client_waiting"]
+__all__ = ["PRIMARY_PING_S", "get_values", "primaries_down", "redis_client",
+           "redis_client_waiting"]
+
+PRIMARY_PING_S = 1.0
+"""How long :func:`primaries_down` waits for each primary's PONG: a health check answers within
+seconds while a node hangs (the clients' ``socket_timeout_s``, 5 s, is for a loaded batch)."""
 
 
 def redis_client(cfg: RedisConfig) -> redis.Redis:
@@ -58,6 +63,34 @@ def redis_client_waiting(cfg: RedisConfig, waiting: Callable[[BaseException], No
                 waiting(exc)
                 told = True
         time.sleep(pause_s)
+
+
+def primaries_down(client: redis.RedisCluster, timeout_s: float = PRIMARY_PING_S) -> list[str]:
+    """The primaries of a Redis Cluster client (``host:port``, in the client's slot map) that
+    do not answer PING within ``timeout_s`` each, over a connection of their own with the
+    client's credentials and TLS: the client's pooled ones wait ``socket_timeout_s``, and one
+    PING through the cluster client reaches one node only, so a primary that hangs would go
+    unseen while its users' reads time out. Never raises about Redis."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from serving_cache.outage import REDIS_ERRORS
+
+    down = []
+    for node in client.get_primaries():
+        pool = node.redis_connection.connection_pool
+        kw = {**pool.connection_kwargs, "socket_timeout": timeout_s,
+              "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+        probe = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **kw))
+        try:
+            probe.ping()
+        except REDIS_ERRORS:
+            down.append(f"{node.host}:{node.port}")
+        finally:
+            probe.close()
+            probe.connection_pool.disconnect()
+    return down
 
 
 def get_values(client: redis.Redis, keys: Sequence[bytes | str]) -> list[bytes | None]:
