@@ -83,17 +83,17 @@ class RetrainConfig(BaseModel):
     every_events: int = Field(default=100_000, ge=1)
     """Retrain once this many new click records arrived since the last retrain."""
 
-    every_minutes: float = Field(default=60.0, gt=0)
+    every_minutes: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     """... or once this much time passed since the last one, when any new click arrived."""
 
-    poll_s: float = Field(default=10.0, gt=0)
+    poll_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     """How often the service looks at the topic's end offsets (one metadata request)."""
 
     window_events: int = Field(default=1_000_000, ge=100)
     """The sliding window: the newest this-many records of the clicks topic (split over the
     partitions in proportion to what each holds)."""
 
-    holdout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    holdout_fraction: float = Field(default=0.1, gt=0, lt=1, allow_inf_nan=False)
     """Newest share of the window's events (by event time) held out of training; candidate and
     active are compared on it."""
 
@@ -110,17 +110,17 @@ class RetrainConfig(BaseModel):
     epochs: int = Field(default=2, ge=1)
     """Epochs per retrain. A warm start needs fewer than a first training."""
 
-    lr: float = Field(default=1e-2, gt=0)
+    lr: float = Field(default=1e-2, gt=0, allow_inf_nan=False)
     """Peak learning rate of a retrain from scratch: ``online_model.train.TrainConfig.lr``,
     diam train's default (restated here, where torch is not imported; a test pins them)."""
 
-    warm_lr: float = Field(default=1e-2, gt=0)
+    warm_lr: float = Field(default=1e-2, gt=0, allow_inf_nan=False)
     """Peak learning rate of a warm-started retrain (its optimizer starts without the active
     model's moments, so early steps move each weight by about this rate). The from-scratch
     rate by default: measured through the served path, warm retrains at 1e-3 gained much
     less over the first model than at 1e-2 (``bench/results/loop.md``)."""
 
-    warm_fast_lr_scale: float = Field(default=10.0, gt=0)
+    warm_fast_lr_scale: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     """In a warm start, the multiple of ``warm_lr`` at which DIAM's d_u fusion and light gate
     train (10, as from scratch, where they must leave their prior quickly). A warm start
     begins from fitted values; at 10x a fresh optimizer moves them far (refused candidates had

@@ -44,14 +44,18 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    eps_recall: float = 0.01
+    eps_recall: float = Field(default=0.01, ge=0, allow_inf_nan=False)
     """Recall@20 of the candidate may be at most this much below the active model's. 0.01 is
     about one standard error of Recall@20 over ~1000 held-out users of ml-100k (bench/results/
     model_quality.md: ±0.014 across seeds), so a refusal means a real drop, not noise."""
 
-    eps_entropy: float = 0.05
+    eps_entropy: float = Field(default=0.05, ge=0, allow_inf_nan=False)
     """Entropy@20 (nats, categories of the top 20) may be at most this much lower: DIAM's
-    point is diversity, and a retrain that quietly narrows every list must not go live."""
+    point is diversity, and a retrain that quietly narrows every list must not go live.
+
+    Both are finite and not negative: NaN compared false with every drop, which turned the
+    gate off (every candidate published); a negative one would refuse a candidate as good as
+    the active model."""
 
     min_eval_users: int = Field(default=20, ge=1)
     """Held-out users needed for a decision; with fewer the metrics are noise and the candidate
