@@ -18,10 +18,7 @@ from serving_cache.recommend import Recommender
 from serving_cache.retrieval import SnapshotIndex
 from snapshotter import SnapshotConfig, SnapshotStore, publish
 from snapshotter.testing import write_checkpoint
-from tests.integration.test_redis_cluster import (  # noqa: F401 (fixtures)
-    cluster,
-    cluster_stack,
-)
+from tests.integration.test_redis_cluster import cluster_stack as cluster_stack  # noqa: F401
 
 
 def _pid_of(cfg, port: int) -> int:  # type: ignore[no-untyped-def]
