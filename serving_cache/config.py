@@ -31,10 +31,14 @@ class RedisConfig(BaseModel):
     write to a namespace of their own."""
 
     username: str | None = None
-    """Redis ACL user (Redis 6+). Passed straight to the client; None uses the URL's."""
+    """Redis ACL user (Redis 6+). Passed straight to the client; None uses the URL's. Given
+    here and in the URL too (``redis://user@...``), the client is refused
+    (:meth:`RedisConfig.problem`): one place owns it."""
 
     password: str | None = None
-    """Password for the ACL user or ``requirepass``. None uses the URL's."""
+    """Password for the ACL user or ``requirepass``; None uses the URL's. A URL that carries a
+    password (``redis://user:secret@...``) with this set too is refused, never silently one of
+    the two (:meth:`RedisConfig.problem`): give it in one place."""
 
     ssl_ca_certs: str | None = None
     """CA bundle for TLS (``rediss://``)."""
@@ -82,15 +86,23 @@ class RedisConfig(BaseModel):
 
     def problem(self) -> str | None:
         """Why a client of these settings is refused, in words naming the settings, else None:
-        a ``db`` other than 0 on a Redis Cluster (which has db 0 only).
-        :func:`serving_cache.connection.redis_client` raises it.
+        the username or the password given both in the URL and in its own setting (which would
+        win is redis-py's detail, so neither does), or a ``db`` other than 0 on a Redis Cluster
+        (which has db 0 only). :func:`serving_cache.connection.redis_client` raises it.
 
+        >>> RedisConfig(url="redis://u:secret@h:6379/0", password="other").problem()
+        'DIAM_REDIS_URL carries a password and DIAM_REDIS_PASSWORD is set too: give it in one place (remove it from the URL, or unset DIAM_REDIS_PASSWORD)'
         >>> RedisConfig(url="redis://h:7000/2", cluster=True).problem()
         'DIAM_REDIS_URL names db 2, and a Redis Cluster (DIAM_REDIS_CLUSTER=true) has db 0 only: end the URL in /0'
         >>> RedisConfig(url="redis://u:secret@h:6379/3").problem() is None
         True
         """
         parts = urlsplit(self.url)
+        for name, in_url in (("username", parts.username), ("password", parts.password)):
+            if in_url and getattr(self, name) is not None:
+                var = f"DIAM_REDIS_{name.upper()}"
+                return (f"DIAM_REDIS_URL carries a {name} and {var} is set too: give it in one "
+                        f"place (remove it from the URL, or unset {var})")
         if self.cluster:
             path = parts.path.strip("/") if parts.scheme != "unix" else ""  # unix: a socket's
             db = path or parse_qs(parts.query).get("db", ["0"])[0]

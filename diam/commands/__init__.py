@@ -342,14 +342,27 @@ def _kafka_config_error(exc: BaseException) -> bool:
 
 
 def redis_unusable(settings: Settings | None, exc: BaseException) -> click.ClickException:
-    """The one wording of "Redis failed this command" (the URL without its password)."""
+    """The one wording of "Redis failed this command" (the URL without its password). The
+    hint after it fits the failure: where the server did not answer
+    (:func:`serving_cache.outage.unreachable`), start the stack or check the URL; where it
+    refused the login, the credentials; where it answered and refused the command (OOM,
+    READONLY, a permission), none: the server's own words say it."""
+    import redis
+
+    from serving_cache.outage import unreachable
+
+    url = "the configured URL" if settings is None else _without_password(settings.redis.url)
+    said = f"Redis at {url} is not usable ({exc})"
+    if isinstance(exc, redis.AuthenticationError):
+        return click.ClickException(f"{said}; check the credentials in DIAM_REDIS_URL / "
+                                    "DIAM_REDIS_USERNAME / DIAM_REDIS_PASSWORD")
+    if not unreachable(exc):
+        return click.ClickException(said)
     if settings is None:
-        return click.ClickException(
-            f"Redis at the configured URL is not usable ({exc}); is the stack up? (`diam stack up`)")
+        return click.ClickException(f"{said}; is the stack up? (`diam stack up`)")
     from diam.stack import addresses
 
-    url = _without_password(settings.redis.url)
-    return click.ClickException(f"Redis at {url} is not usable ({exc}); " + _what_to_check(
+    return click.ClickException(f"{said}; " + _what_to_check(
         "DIAM_REDIS_URL", url, _same_servers(_redis_server(settings.redis.url),
                                              _redis_server(addresses(settings)[1]))))
 
