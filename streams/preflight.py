@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Any
 
 import redis
 from confluent_kafka import KafkaError, KafkaException
@@ -24,7 +25,10 @@ from serving_cache import RedisConfig, redis_client
 from streams.config import KafkaConfig
 
 __all__ = ["REDIS_CLUSTER_COMMANDS", "REDIS_COMMANDS", "AddressTaken", "ServiceConfigError",
-           "check_address", "check_kafka", "check_redis", "redis_needs", "redis_refusal"]
+           "check_address", "check_kafka", "check_redis", "eviction_warning", "evicting",
+           "redis_needs", "redis_refusal"]
+
+log = logging.getLogger(__name__)
 
 _REDIS_AUTH = ("DIAM_REDIS_USERNAME and DIAM_REDIS_PASSWORD (or the user:password in "
                "DIAM_REDIS_URL)")
@@ -94,6 +98,8 @@ def check_redis(cfg: RedisConfig, wait: bool = True, namespace: str | None = Non
             raise ServiceConfigError(
                 f"Redis at {_where(cfg.url)}: the ACL user may not run {', '.join(missing)}; "
                 f"{redis_needs(cfg)}")
+        if (note := eviction_warning(client, cfg)) is not None:
+            log.warning("%s", note)
     except redis.AuthenticationError as exc:  # a ConnectionError, which no wait mends
         raise ServiceConfigError(f"Redis at {_where(cfg.url)} refused the login ({exc}): check "
                                  f"{_REDIS_AUTH}") from None
@@ -119,6 +125,45 @@ def check_redis(cfg: RedisConfig, wait: bool = True, namespace: str | None = Non
         raise
     finally:
         client.close()
+
+
+def evicting(policy: str, user_ttl: bool) -> bool:
+    """Whether Redis's ``maxmemory-policy`` may delete a dataflow's keys when memory is full:
+    every ``allkeys-*`` policy; a ``volatile-*`` one when the user keys have a TTL
+    (``user_ttl``: DIAM_REDIS_USER_TTL_S set). ``noeviction`` refuses writes instead (OOM: the
+    sink waits, nothing is lost).
+
+    >>> evicting("allkeys-lru", False), evicting("volatile-ttl", False), evicting("volatile-lru", True)
+    (True, False, True)
+    >>> evicting("noeviction", True)
+    False
+    """
+    return policy.startswith("allkeys-") or (user_ttl and policy.startswith("volatile-"))
+
+
+def eviction_warning(client: Any, cfg: RedisConfig) -> str | None:
+    """One line when the server's (a cluster's: any primary's) ``maxmemory-policy`` may delete
+    the dataflow's keys (:func:`evicting`): evicted, a user's vectors vanish without an error
+    (and the namespace's base record and partition count with them); None otherwise, or where
+    the ACL user may not run INFO (a single server's REDIS_COMMANDS lack it)."""
+    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if cfg.cluster
+             else [client])
+    try:
+        infos = [node.info("memory") for node in nodes]
+    except redis.exceptions.NoPermissionError:
+        return None
+    ttl = cfg.user_ttl_s is not None
+    for info in infos:
+        policy, limit = str(info.get("maxmemory_policy", "")), int(info.get("maxmemory", 0))
+        if evicting(policy, ttl):
+            which = ("deletes keys with a TTL (DIAM_REDIS_USER_TTL_S gives every user key one)"
+                     if policy.startswith("volatile-") else "deletes any key")
+            return (f"Redis at {_where(cfg.url)}: maxmemory-policy {policy} {which} when memory "
+                    f"is full (maxmemory {limit or 'not set now'}): this run's user vectors (and "
+                    "the namespace's base record and partition count) would vanish without an "
+                    "error; set maxmemory-policy noeviction (a full Redis then refuses writes, "
+                    "and the run waits and retries)")
+    return None
 
 
 def redis_refusal(cfg: RedisConfig, exc: BaseException) -> ServiceConfigError | None:

@@ -250,6 +250,9 @@ class _Partition(StatelessSinkPartition[Item]):
         self._next_note = 0.0  # when a stopping run waiting out an outage says so again
         self._suspect = False  # the connection broke: Redis may have lost acknowledged writes
         self._had_active = False  # the namespace had an active-model key when first checked
+        self._watch_evictions = True  # INFO stats read at each check (False: the ACL refused)
+        self._evicted: int | None = None  # evicted_keys at the last check
+        self._said_evicted = False
         self._q: queue.Queue[list[Item] | None] = queue.Queue(max_queued)
         self._error: BaseException | None = None
         self.wrong_type: list[str] = []  # with a WRONGTYPE error: the keys of another type
@@ -434,11 +437,20 @@ class _Partition(StatelessSinkPartition[Item]):
             if key in self._gens and (cur is None or cur != self._gens[key]):
                 changed.append(key)  # a marker first chosen now (a resharding) is no loss
         runs: dict[str, str] = {}
+        evicted: int | None = None  # keys Redis evicted so far (INFO stats), all primaries
         if self._cluster:
             cluster: Any = client
+            evicted = 0
             for node in cluster.get_primaries():
-                info = cluster.get_redis_connection(node).info("server")
+                info = cluster.get_redis_connection(node).info("server", "stats")
                 runs[str(node.name)] = str(info.get("run_id", ""))
+                evicted += int(info.get("evicted_keys", 0))
+        elif self._watch_evictions:
+            try:
+                evicted = int(client.info("stats").get("evicted_keys", 0))
+            except redis.exceptions.NoPermissionError:  # REDIS_COMMANDS lack INFO: not watched
+                self._watch_evictions = False
+        self._note_evictions(evicted)
         moved = sorted(n for n, run in self._runs.items() if runs.get(n) != run)
         self._gens, self._runs = gens, runs
         # Redis lost data (the forget markers with it: restored before the re-push), not only
@@ -461,6 +473,23 @@ class _Partition(StatelessSinkPartition[Item]):
             return ("the connection broke (a restarted server may have lost its newest "
                     "writes)")
         return None
+
+    def _note_evictions(self, evicted: int | None) -> None:
+        """Say once, the first time it grows between two checks, that Redis evicted keys
+        (``INFO stats`` evicted_keys; ``evicted``: None where not read): its
+        ``maxmemory-policy`` deletes keys when memory is full (``streams.preflight.evicting``
+        warned at the start), user vectors among them, without an error. Not re-pushed: into
+        a full Redis a re-push evicts others."""
+        last, self._evicted = self._evicted, evicted
+        if evicted is None or last is None or evicted <= last or self._said_evicted:
+            return
+        self._said_evicted = True
+        log.warning("Redis%s namespace %r: Redis evicted %d key(s) since the last check (its "
+                    "maxmemory-policy deletes keys when memory is full): this namespace's user "
+                    "vectors may be among them, and are not re-pushed (into a full Redis they "
+                    "would evict others); set maxmemory-policy noeviction (a full Redis then "
+                    "refuses writes and the run waits). Said once", self.where, self.writer.ns,
+                    evicted - last)
 
     def _restore_markers(self) -> None:
         """Restore the forget markers (:attr:`restore`) after a loss; a failure of the broker
