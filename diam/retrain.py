@@ -193,10 +193,13 @@ class Decision:
     created_at: str = ""
     candidate_path: str = ""
     window_done: bool = True
-    """The service counts ``window`` as trained and resumes after it. False only for the
-    decision rebuilt for a run stopped between its snapshot's commit and its activation
+    """The service counts ``window`` as trained and resumes after it. False for the decision
+    rebuilt for a run stopped between its snapshot's commit and its activation
     (:meth:`Retrainer.reconcile`): nothing went live, so the next retrain takes those events
-    again. Records written before the key existed count as done."""
+    again; and for a retrain refused before training because no dataflow could use a model of
+    the size it would train at (a setting to fix, not the window's fault: once it is fixed the
+    restarted service trains those events, and ``diam retrain --once`` exits 1). Records
+    written before the key existed count as done."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, default=_jsonable).encode()
@@ -429,7 +432,7 @@ class Retrainer:
         if (why := self._untrainable(mcfg.dim, name)) is not None:  # before the training time
             return self._finish(Decision(name, False, f"not trained: no dataflow can use it: "
                                          f"{why}", active_version, window=window,
-                                         created_at=created.isoformat()),
+                                         created_at=created.isoformat(), window_done=False),
                                 t0, {"read": t_read - t0})
         init_state, warm = None, None
         if (active is not None and active_dir is not None and cfg.warm_start

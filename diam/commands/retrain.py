@@ -24,7 +24,8 @@ from diam.commands import (
                    "take (on disk, not announced), or a retrain refused before training "
                    "(another retrain of the snapshot store runs; the snapshot directory "
                    "cannot be used; no active version while the store holds versions or "
-                   "Redis names one it lacks). A fresh empty store trains from scratch.")
+                   "Redis names one it lacks; no dataflow could use a model of the size it "
+                   "would train at). A fresh empty store trains from scratch.")
 @click.option("--topic", default=None, callback=topic_name,
               help="Clicks topic [default: settings kafka.clicks_topic].")
 @namespace_option("whose active version a publish moves")
@@ -88,7 +89,10 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
                or click.ClickException(f"retrain failed: {type(exc).__name__}: {exc}")) from None
     if as_json:
         click.echo(json.dumps(json.loads(d.to_json()), indent=1, sort_keys=True))
-    elif not d.published or d.announced:
+    if not d.published and not d.window_done:  # refused before training: a setting to fix
+        raise click.ClickException(f"retrain {d.candidate}: {d.reason}; nothing trained, the "
+                                   "window stays to be trained")
+    if not as_json and (not d.published or d.announced):
         click.echo(f"{'published ' + str(d.version) if d.published else 'refused'}: {d.reason} "
                    f"(candidate {d.candidate_path or d.candidate}, {d.seconds['total']:.1f} s)")
     if d.published and not d.announced:

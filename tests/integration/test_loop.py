@@ -300,6 +300,32 @@ def test_retrain_after_a_size_change_warm_start_refused_before_training_scratch_
         (True, first.reason), (False, d.reason), (True, d2.reason)]
 
 
+def test_a_retrain_refused_before_training_leaves_its_window_to_train_and_once_exits_1(
+        stack, topic, namespace, loop_data, tmp_path, redis_client) -> None:
+    """Refused before training because no dataflow could use a model of the size it would
+    train at, a retrain trained nothing: its decision says ``window_done: false``, the service
+    resumes before it (once the setting is fixed, those events are trained), and ``diam
+    retrain --once`` exits 1 with its JSON on stdout. Was: window_done true, rc 0, and a
+    restarted service said "last retrain ended at offset sum 1,600" and never trained."""
+    from diam.cli import main
+    from diam.retrain import Retrainer
+
+    _feed(stack, topic, loop_data)
+    first = _active_of_d16(stack, topic, namespace, redis_client, tmp_path)
+    s = _loop_settings(stack, topic, tmp_path, online_dim=32, epochs=1)
+    r = CliRunner().invoke(main, ["retrain", "--once", "--json", "--namespace", namespace],
+                           obj={"settings": s})
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    d = json.loads(r.stdout)
+    assert d["reason"].startswith("not trained: no dataflow can use it: "), d
+    assert d["window_done"] is False and not d["published"], d
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"Error: retrain {d['candidate']}: not trained: no dataflow can use it"), r.stderr
+    assert [g["candidate"] for g in _decisions(stack, topic)] == [first.candidate, d["candidate"]]
+    resume = Retrainer(s, namespace=namespace).resume_point()
+    assert resume is not None and resume["candidate"] == first.candidate, resume
+
+
 def test_retrain_guard_refuses_a_trained_candidate_of_a_size_no_dataflow_can_use(
         stack, topic, namespace, redis_client, loop_data, tmp_path, monkeypatch) -> None:
     """The check after training stays the guard (diam.app.stream_base on the saved candidate):
