@@ -373,6 +373,7 @@ class Retrainer:
     def _run_once(self) -> Decision:
         import torch
 
+        from diam.app import weights_problem
         from online_model.checkpoint import load_checkpoint, save_checkpoint
         from online_model.checkpoint_config import warm_lineage
         from online_model.corpus import prefix_signals
@@ -456,6 +457,12 @@ class Retrainer:
         res = train(train_c, mcfg, tcfg, feats=Features.of(train_c), progress=False,
                     log=lambda line: self._say(f"  {line}"), init_state=init_state)
         t_train = time.monotonic()
+        if (broken := weights_problem(res.model)) is not None:  # no candidate a loader refuses
+            return self._finish(Decision(name, False, f"not saved: {broken} (a smaller "
+                                         f"DIAM_RETRAIN_{'WARM_LR' if warm else 'LR'}?)",
+                                         active_version, window=window, warm_start=warm,
+                                         created_at=created.isoformat()),
+                                t0, {"read": t_read - t0, "train": t_train - t_read})
         cand_dir = Path(cfg.candidates_dir) / name
         save_checkpoint(cand_dir, res.model, train_c, seed=cfg.seed,
                         train_metrics={**res.metrics(), "history": res.history},

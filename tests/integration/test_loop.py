@@ -326,6 +326,24 @@ def test_a_retrain_refused_before_training_leaves_its_window_to_train_and_once_e
     assert resume is not None and resume["candidate"] == first.candidate, resume
 
 
+def test_a_diverged_retrain_saves_no_candidate(stack, topic, namespace, loop_data,
+                                              tmp_path) -> None:
+    """A training that diverged (a far too large DIAM_RETRAIN_LR) leaves NaN weights: refused
+    before the save, no candidate directory a loader would refuse, nothing published."""
+    from diam.retrain import Retrainer
+    from snapshotter.store import SnapshotStore
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, epochs=1, lr=1e6, warm_start=False)
+    d = Retrainer(s, namespace=namespace).run_once()
+    assert not d.published and d.version is None, d
+    assert d.reason.startswith("not saved: the trained weights hold NaN or inf ("), d.reason
+    assert d.reason.endswith(": training diverged (a smaller DIAM_RETRAIN_LR?)"), d.reason
+    assert "train" in d.seconds and d.window_done
+    assert not (tmp_path / "candidates" / d.candidate).exists()
+    assert SnapshotStore(s.snapshot).versions() == []
+
+
 def test_retrain_guard_refuses_a_trained_candidate_of_a_size_no_dataflow_can_use(
         stack, topic, namespace, redis_client, loop_data, tmp_path, monkeypatch) -> None:
     """The check after training stays the guard (diam.app.stream_base on the saved candidate):
