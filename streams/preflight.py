@@ -190,9 +190,11 @@ markers, ``serving_cache.base_record`` (the base record, its added ids, the part
 announcement in its namespace, the replay's claim). The one list: :func:`check_redis` checks it
 at the start and :func:`redis_needs` says it. SCAN: ``diam`` commands that list a namespace."""
 
-REDIS_CLUSTER_COMMANDS = ("CLUSTER", "COMMAND", "INFO")
-"""What redis-py's cluster client asks besides (the slot map, the commands' key positions)
-and the sink's check of each primary's run id (``INFO server``): a Redis Cluster only."""
+REDIS_CLUSTER_COMMANDS = ("CLUSTER", "COMMAND", "INFO", "ASKING")
+"""What redis-py's cluster client asks besides (the slot map, the commands' key positions,
+ASKING before a command it sends to the node importing a slot being moved by a resharding)
+and the sink's check of each primary's run id and evicted keys (``INFO server``, ``stats``):
+a Redis Cluster only."""
 
 _CLUSTER_NODE = ("Redis at {where} is a node of a Redis Cluster ({why}), and DIAM_REDIS_CLUSTER "
                  "is not set: set DIAM_REDIS_CLUSTER=true (the cluster client follows the slot "
@@ -228,7 +230,7 @@ def _probes(cfg: RedisConfig, namespace: str) -> list[list[str]]:
             "SCRIPT": ["LOAD", "return 1"], "ZADD": [key, "1", "m"], "ZREM": [key, "m"],
             "ZRANGEBYSCORE": [key, "0", "+inf"], "ZREMRANGEBYSCORE": [key, "-inf", "0"],
             "PEXPIRE": [key, "1"], "CLUSTER": ["SLOTS"], "COMMAND": [],
-            "INFO": ["server"]}
+            "INFO": ["server"], "ASKING": []}
     cmds = REDIS_COMMANDS + (REDIS_CLUSTER_COMMANDS if cfg.cluster else ())
     return [[name, *args[name]] for name in cmds]
 
