@@ -62,12 +62,16 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
     """The FastAPI app of one server process: a Redis client, the snapshot watcher, the
     recommender and its followers (each started here, so call it in the process that serves)."""
     from serving_cache.api import get_app
+    from serving_cache.breaker import ReadBreaker
     from serving_cache.connection import redis_client
     from serving_cache.reader import fail_fast
     from serving_cache.recommend import Recommender, store_loader
     from snapshotter.store import ActiveWatcher, SnapshotStore
 
-    client = fail_fast(redis_client(s.redis))
+    # the serve path's own short timeout (a hung Redis holds the event loop that long), not
+    # the writers' socket_timeout_s
+    client = fail_fast(redis_client(
+        s.redis.model_copy(update={"socket_timeout_s": s.serve.redis_read_timeout_s})))
     store = SnapshotStore(s.snapshot)
     watcher = ActiveWatcher(store, client, check_every_s=opts.reload_every_s, ns=opts.namespace)
     sources = None
@@ -95,7 +99,8 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
     # as diam recommend serves them, not from the active index with their seen items back in;
     # read on a thread, so that a load never holds up the event loop (stale until it is in)
     recommender = Recommender(None, client, opts.namespace, threads=opts.threads,
-                              load_version=store_loader(store), load_in_background=True)
+                              load_version=store_loader(store), load_in_background=True,
+                              breaker=ReadBreaker())
     if opts.follow_items:
         from streams.catalog import CatalogFollower
 

@@ -135,6 +135,14 @@ class ServeConfig(BaseModel):
     multiply that bound on more cores. Each is a full server: its own Redis client, snapshot
     index, catalogue and click followers, and its own ``/metrics``."""
 
+    redis_read_timeout_s: float = Field(default=0.25, gt=0)
+    """The server's Redis socket timeout, in place of ``[redis] socket_timeout_s`` (5 s, for
+    the writers' pipelined batches): one user's GET answers in well under a millisecond
+    (``bench/results/serve.md``: the server's own p99 about 5 ms), and the recommendation route
+    reads Redis in the event loop, so a Redis that hangs holds every request, ``/health`` and
+    ``/metrics`` included, for this long. After a read that timed out, reads answer 503 at once
+    for ``serving_cache.breaker.PAUSE_S`` (1.5 s), then one read asks Redis again."""
+
 
 def config_path() -> Path:
     """The settings file: ``DIAM_CONFIG`` (which must exist: :func:`load_settings` refuses a

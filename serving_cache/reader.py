@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
 
+from serving_cache.breaker import ReadBreaker
 from serving_cache.codec import CodecError, UserVectors, decode_user
 from serving_cache.keys import user_key, validate_namespace
 
@@ -23,6 +24,8 @@ __all__ = ["UserReader", "valid_user_id", "fail_fast", "USER_ID_ALLOWED", "USER_
            "USER_ID_MAX_LEN", "USER_ID_PATTERN"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _REPORTED_MAX = 4096
 """Keys whose undecodable value was logged, remembered to log each once (then forgotten)."""
@@ -52,15 +55,18 @@ def valid_user_id(user_id: str) -> bool:
 
 
 def fail_fast(client: Any) -> Any:
-    """Make ``client`` retry a failed command once, immediately, instead of redis-py's default
-    exponential backoff (measured: about 3 s before a refused connection is reported). A
-    request path has a budget of milliseconds: when Redis is down, answering 503 at once beats
-    holding the caller; the one retry still covers a pooled connection that died with a Redis
-    restart. Mutates and returns ``client``."""
+    """Make ``client`` retry a command once, immediately, when its connection broke, instead of
+    redis-py's default exponential backoff (measured: about 3 s before a refused connection is
+    reported). A request path has a budget of milliseconds: when Redis is down, answering 503
+    at once beats holding the caller; the one retry still covers a pooled connection that died
+    with a Redis restart. A timeout is not retried: a Redis that did not answer within the
+    client's socket timeout is unlikely to answer the same command at once, and the retry held
+    the caller twice as long (a hung Redis held each request for 2 x the timeout).
+    Mutates and returns ``client``."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    client.set_retry(Retry(NoBackoff(), 1))
+    client.set_retry(Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
     return client
 
 
@@ -68,11 +74,15 @@ class UserReader:
     """Reads ``diam:{ns}:u:{user_id}`` values. A value that does not decode is logged once per
     key (warning) and, by :meth:`get` and :meth:`get_many`, treated as absent (the user is
     served cold) rather than failing the request; :meth:`get_checked` raises it instead, for
-    callers that say why."""
+    callers that say why.
 
-    def __init__(self, client: Any, ns: str) -> None:
+    ``breaker`` (a :class:`serving_cache.breaker.ReadBreaker`, a server's): each read goes
+    through it, so that after a read timed out the next ones fail at once for a while."""
+
+    def __init__(self, client: Any, ns: str, breaker: ReadBreaker | None = None) -> None:
         self.client = client
         self.ns = validate_namespace(ns)
+        self.breaker = breaker
         self._reported: set[str] = set()
 
     def get(self, user_id: str) -> UserVectors | None:
@@ -91,7 +101,7 @@ class UserReader:
             raise ValueError(f"invalid user id {user_id!r}")
         key = user_key(self.ns, user_id)
         try:
-            raw = self.client.get(key)
+            raw = self._read(lambda: self.client.get(key))
         except redis.ResponseError as exc:
             raise self._wrong_type(key, exc) from None
         return self._decode(key, raw)
@@ -109,7 +119,8 @@ class UserReader:
         for key in keys:
             pipe.get(key)
         out: list[UserVectors | None] = []
-        for key, raw in zip(keys, pipe.execute(raise_on_error=False), strict=True):
+        raws = self._read(lambda: pipe.execute(raise_on_error=False))
+        for key, raw in zip(keys, raws, strict=True):
             if isinstance(raw, redis.ResponseError):
                 self._wrong_type(key, raw)  # raised again when it is not a wrong type
                 out.append(None)
@@ -119,6 +130,9 @@ class UserReader:
             except CodecError:
                 out.append(None)
         return out
+
+    def _read(self, read: Callable[[], T]) -> T:
+        return read() if self.breaker is None else self.breaker.call(read)
 
     def _wrong_type(self, key: str, exc: redis.ResponseError) -> CodecError:
         """A user's key holding another Redis type (a hash, a list: written by something else)

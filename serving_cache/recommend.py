@@ -226,6 +226,7 @@ class Recommender:
         threads: int | None = 1,
         load_version: Callable[[str], SnapshotIndex | None] | None = None,
         load_in_background: bool = False,
+        breaker: Any = None,
     ) -> None:
         """``load_version(version)`` returns a version's index from disk, or None when it is
         gone or refused (a loader that can tell cheaply that a version is not on disk has an
@@ -242,10 +243,13 @@ class Recommender:
         and the BLAS threads numpy uses. One is fastest for the small searches and matrix
         products of one request (a pool's start-up and hand-offs cost more than they save at
         this size); concurrency comes from the server's processes (``diam serve
-        --processes``), each computing in its event loop."""
+        --processes``), each computing in its event loop.
+
+        ``breaker`` (a :class:`serving_cache.breaker.ReadBreaker`, a server's) guards the
+        reads of the users' vectors: after one timed out, the next fail at once for a while."""
         if threads is not None:
             limit_threads(threads)
-        self.reader = UserReader(redis_client, ns)
+        self.reader = UserReader(redis_client, ns, breaker=breaker)
         self.client = redis_client
         self._added = AddedIds(redis_client, ns)  # the stream's new-item rows, as ids
         self.keep_versions = max(1, keep_versions)
