@@ -465,7 +465,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from serving_cache.api import _known_query, redis_outage_errors
-    from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, USER_ID_RE
+    from serving_cache.reader import USER_ID_ALLOWED, USER_ID_MAX_LEN, valid_user_id
     from serving_cache.recommend import MAX_N, MAX_TOP
 
     # the public routes' rule for an outage (api.redis_outage_errors): a 503 naming it, not a 500
@@ -553,7 +553,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
         return user_view(user_id, n, top)
 
     def user_view(user_id: str, n: int, top: int) -> Response:
-        if not USER_ID_RE.match(user_id):
+        if not valid_user_id(user_id):  # the one rule (a bare match let '21\n' through)
             return JSONResponse(status_code=422, content={"detail": (
                 f"not a valid user id: {user_id!r} (1 to {USER_ID_MAX_LEN} of "
                 f"{USER_ID_ALLOWED})")})

@@ -100,3 +100,12 @@ def test_an_interests_label_is_the_majority_of_its_shown_items() -> None:
     from serving_cache.recommend import majority_category
 
     assert majority_category(["Action", "Drama", "Crime", "Drama", "Drama"]) == "Drama"
+
+
+@pytest.mark.parametrize("path", ["/ui/api/user?id=21%0A", "/ui/api/user?id=21%0D%0A",
+                                  "/users/21%0A/recommendations"])
+def test_a_user_id_ending_in_a_line_break_is_refused_with_422(client, path) -> None:
+    """``USER_ID_RE.match`` took '21\\n' (``$`` matches before a final line break), and the
+    reader refused it: a 500 with a traceback. Every route refuses it alike."""
+    r = client.get(path)
+    assert r.status_code == 422, r.text
