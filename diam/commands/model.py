@@ -236,6 +236,44 @@ def _recorded_range(info: Any, where: Path) -> _TopicRange | None:
     return _TopicRange(topic, pairs(start), pairs(end), items_topic, set(start))
 
 
+def _recorded_range_or_none(info: Any, where: Path) -> _TopicRange | None:
+    """:func:`_recorded_range`, or None where the record cannot be read as one (with --topic
+    the range is the options', and a broken record is no reason to refuse it)."""
+    try:
+        return _recorded_range(info, where)
+    except click.ClickException:
+        return None
+
+
+def _offsets(bound: str | None) -> dict[int, int] | None:
+    """``partition:offset`` pairs as a dict, or None for any other form of a bound.
+
+    >>> _offsets("1:40, 0:40"), _offsets("2026-01-01"), _offsets(None)
+    ({1: 40, 0: 40}, None, None)
+    """
+    try:
+        pairs = [part.split(":") for part in (bound or "").split(",")]
+        got = {int(p): int(o) for p, o in pairs}
+    except ValueError:
+        return None
+    return got if len(got) == len(pairs) else None
+
+
+def _same_range(rng: _TopicRange, rec: _TopicRange) -> bool:
+    """Whether the options' range is the checkpoint's recorded one: the same topic and the
+    same partition:offset pairs, in any order (what ``diam evaluate`` prints for re-typing).
+
+    >>> rec = _TopicRange("t", "0:0,1:0", "0:9,1:7", "t.items", {0, 1})
+    >>> _same_range(_TopicRange("t", "1:0, 0:0", "0:9,1:7", None), rec)
+    True
+    >>> _same_range(_TopicRange("t", None, "0:9,1:7", None), rec)
+    False
+    """
+    since = _offsets(rng.since)
+    return (rng.topic == rec.topic and since is not None and since == _offsets(rec.since)
+            and _offsets(rng.until) == _offsets(rec.until))
+
+
 def _in_checkpoint_vocabulary(corpus, ck, source: str, names: str = "the range and its catalogue"):
     """``corpus`` over the checkpoint's item table (ids, order, categories): clicks on items
     it does not know are left out and counted on stderr (``names``: what names the corpus's
@@ -465,7 +503,8 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     refused (a topic re-filled up to the same offsets cannot be told apart); so is its dataset
     folder prepared again since (another number of events, or first or last time, than
     config.json recorded). --topic/--since/--until name another range
-    (--since/--until alone: of the recorded topic). Read from a topic, or from a
+    (--since/--until alone: of the recorded topic), unless they name the recorded one (the
+    options printed on stderr, typed again): that is the checkpoint's own data. Read from a topic, or from a
     --data folder whose items.tsv is not the checkpoint's (a filtered `diam data prepare`), the
     clicks are expressed in the checkpoint's item vocabulary: clicks on items it does not know
     (the catalogue grew since training) are left out, and one line on stderr counts them.
@@ -495,12 +534,16 @@ def evaluate_cmd(checkpoint: Path, data: Path | None, topic: str | None, since: 
     own = False  # the data the checkpoint was trained on, rebuilt: its own user split
     if topic is not None:
         rng = _TopicRange(topic, since, until, items_topic)
+        rec = _recorded_range_or_none(info, where)
+        if rec is not None and _same_range(rng, rec):  # the recorded range, typed again
+            rng, own = dataclasses.replace(rec, items_topic=items_topic or rec.items_topic), True
     elif data is None:
         rec = _recorded_range(info, where)
         if rec is None and (since or until or items_topic):
             raise click.UsageError("--since, --until and --items-topic need --topic: the "
                                    "checkpoint records no clicks topic it was trained on")
-        if rec is not None and (since or until):  # another range of the recorded topic
+        if rec is not None and (since or until) and not _same_range(
+                _TopicRange(rec.topic, since, until, None), rec):  # another range of it
             rng = _TopicRange(rec.topic, since, until, items_topic or rec.items_topic)
         elif rec is not None:
             rng, own = dataclasses.replace(rec, items_topic=items_topic or rec.items_topic), True

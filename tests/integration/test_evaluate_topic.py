@@ -142,3 +142,39 @@ def test_a_leave_newest_checkpoint_is_evaluated_on_its_training_corpus(
     _finite_metrics(res)
     assert "may include users the checkpoint trained on" in res.stderr
     assert "the range the checkpoint was trained on" not in res.stderr
+
+
+def test_the_recorded_range_typed_again_is_the_checkpoints_own_data(
+        stack, topic, synth_dir, tmp_path) -> None:
+    """``diam evaluate`` prints the recorded range "in the options that read it again": typed
+    again (--topic, or --since/--until alone), it is the checkpoint's own data, with its own
+    user split and the newest events --leave-newest left out. Was: "is not the data the
+    checkpoint was trained on", no cut, another split (20 users instead of 19, some of them
+    trained on)."""
+    items_topic = f"{topic}.items"
+    env = {**os.environ, "DIAM_KAFKA_BOOTSTRAP": stack.bootstrap,
+           "DIAM_REDIS_URL": stack.redis_url, "DIAM_KAFKA_ITEMS_TOPIC": items_topic}
+    runner = CliRunner()
+    res = runner.invoke(main, ["produce", "--data", str(synth_dir), "--topic", topic,
+                               "--catalog", "--no-progress"], env=env)
+    assert res.exit_code == 0, res.output
+    ck = tmp_path / "ck"
+    res = runner.invoke(main, ["train", "--topic", topic, "--leave-newest", "0.3",
+                               "--out", str(ck), "--epochs", "1", "--dim", "8",
+                               "--device", "cpu", "--no-progress"], env=env)
+    assert res.exit_code == 0, res.output
+    args = ["evaluate", "--checkpoint", str(ck), "--device", "cpu", "--json"]
+    res = runner.invoke(main, args, env=env)
+    own = _finite_metrics(res)
+    said = [ln for ln in res.stderr.splitlines()
+            if ln.startswith("the range the checkpoint was trained on: ")]
+    assert len(said) == 1 and "left out the newest" in res.stderr, res.stderr
+    typed = said[0].split(": ", 1)[1].split()
+    since, until = typed[typed.index("--since") + 1], typed[typed.index("--until") + 1]
+    swapped = ",".join(reversed(since.split(",")))  # the same pairs in another order
+    for again in (typed, ["--since", swapped, "--until", until]):
+        res = runner.invoke(main, [*args, *again], env=env)
+        got = _finite_metrics(res)
+        assert "is not the data the checkpoint was trained on" not in res.stderr, res.stderr
+        assert "left out the newest" in res.stderr, res.stderr
+        assert got == own, (again, got, own)
