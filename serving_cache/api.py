@@ -8,7 +8,8 @@ validation body (``detail: [{loc, msg, type}]``); every rule is in the schema, s
 the schema accepts is answered (parameters a mode does not use, like ``delta`` with
 ``mode=auto``, are ignored, and ``d_used`` in the answer shows what ran). A query parameter the
 route does not take is refused (422, ``extra_forbidden``, naming the ones it takes): ``k=5``
-for ``n=5`` answered 20 items without a word. Unknown users, and users
+for ``n=5`` answered 20 items without a word; so is one of a single value given twice (422,
+``repeated``: ``n=5&n=7`` was answered with the last), ``seen`` being given once per value. Unknown users, and users
 whose stored value does not decode, get a cold-start answer marked ``cold`` with its
 ``reason``; an answer from the active index for vectors of an unloaded snapshot is marked
 ``stale``, and its ``reason`` says so (and that the user's last seen items were not left out).
@@ -48,6 +49,9 @@ import logging
 import os
 import threading
 import time
+import types
+import typing
+from collections import Counter
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
@@ -214,16 +218,38 @@ class _Observe:
 
 async def _known_query(request: Request) -> None:
     """Refuse query parameters the matched route does not declare (its dependant's query
-    parameters: one owner, the signature), as FastAPI's own 422. ``async``: a plain ``def``
-    dependency would be handed to a worker thread and back on every request."""
+    parameters: one owner, the signature), and a parameter of one value given more than once
+    (``n=5&n=7`` was answered with the last, without a word; a list, as ``seen``, is given
+    once per value), as FastAPI's own 422. ``async``: a plain ``def`` dependency would be
+    handed to a worker thread and back on every request."""
     route = request.scope.get("route")
-    known = {q.alias for q in route.dependant.query_params} if route is not None else set()
+    params = route.dependant.query_params if route is not None else []
+    known = {q.alias for q in params}
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         raise RequestValidationError([{
             "loc": ("query", name), "type": "extra_forbidden",
             "msg": f"unknown query parameter (this route takes {', '.join(sorted(known))})",
         } for name in unknown])
+    single = {q.alias for q in params if not _takes_many(q.field_info.annotation)}
+    given = Counter(name for name, _ in request.query_params.multi_items())
+    repeated = sorted(name for name in single if given[name] > 1)
+    if repeated:
+        raise RequestValidationError([{
+            "loc": ("query", name), "type": "repeated",
+            "msg": f"given {given[name]} times: this parameter takes one value",
+        } for name in repeated])
+
+
+def _takes_many(annotation: Any) -> bool:
+    """Whether a query parameter's annotation is a list of values (``list[str] | None``).
+
+    >>> _takes_many(list[str] | None), _takes_many(int | None), _takes_many(bool)
+    (True, False, False)
+    """
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_many(a) for a in typing.get_args(annotation))
+    return (typing.get_origin(annotation) or annotation) in (list, tuple, set, frozenset)
 
 
 class _HeadAsGet:

@@ -98,6 +98,26 @@ def test_unknown_query_parameters_are_named_with_what_the_route_takes(client):
     assert r.json()["detail"][0]["type"] == "finite_number", r.text
 
 
+@pytest.mark.parametrize("url, repeated", [
+    ("/users/u1/recommendations?n=5&n=7", ["n"]),
+    ("/users/u1/recommendations?exclude_seen=0&exclude_seen=1&mode=auto&mode=auto",
+     ["exclude_seen", "mode"]),
+    ("/users/u1/interests?top=1&top=2", ["top"]),
+])
+def test_a_parameter_of_one_value_given_twice_is_refused(client, url, repeated):
+    """It was answered with the last value, without a word."""
+    r = client.get(url)
+    assert r.status_code == 422, r.text
+    got = r.json()["detail"]
+    assert [e["loc"] for e in got] == [["query", name] for name in repeated]
+    assert all(e["type"] == "repeated" and "takes one value" in e["msg"] for e in got)
+
+
+def test_seen_is_given_once_per_value(client):
+    # in bounds, so it reaches the dead Redis
+    assert client.get("/users/u1/recommendations?seen=a&seen=b&n=2").status_code == 503
+
+
 def test_openapi_schema_lists_every_route(client):
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {

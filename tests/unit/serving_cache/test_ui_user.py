@@ -109,3 +109,9 @@ def test_a_user_id_ending_in_a_line_break_is_refused_with_422(client, path) -> N
     reader refused it: a 500 with a traceback. Every route refuses it alike."""
     r = client.get(path)
     assert r.status_code == 422, r.text
+
+
+def test_the_ui_user_view_refuses_a_repeated_parameter(client) -> None:
+    r = client.get("/ui/api/user?id=u1&id=u2")
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", "id"]
