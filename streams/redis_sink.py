@@ -97,8 +97,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from serving_cache import RedisConfig, RedisWriter, UserVectors, redis_client
+from serving_cache import RedisConfig, RedisWriter, UserVectors
 from serving_cache.base_record import BaseRecord, BaseRecordError, record_partitions, write_base
+from serving_cache.connection import redis_client_waiting
 from serving_cache.keys import (
     added_key,
     base_key,
@@ -853,9 +854,17 @@ class RedisVectorSink(DynamicSink[Item]):
                     self.cfg, part.where, self.namespace, part.error, part.wrong_type))
         return None
 
+    def _waiting(self, exc: BaseException) -> None:
+        """Said once when a cluster client cannot be made at a partition's build (no node
+        answers: an outage, waited out as a write's is: ``redis_client_waiting``)."""
+        log.warning("Redis at %s unreachable at the sink's start (%s: %s); waiting and retrying "
+                    "every %.0f s (nothing is dropped)", self.cfg.url.split("@")[-1],
+                    type(exc).__name__, exc, self.max_backoff_s)
+
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         # fails closed (no markers' hash: nothing written) where it restores them after a loss
-        writer = RedisWriter(redis_client(self.cfg), self.namespace, self.cfg.pipeline_batch,
+        writer = RedisWriter(redis_client_waiting(self.cfg, self._waiting, self.max_backoff_s),
+                             self.namespace, self.cfg.pipeline_batch,
                              self.cfg.keys_per_call, ttl_s=self.cfg.user_ttl_s, topic=self.topic,
                              topic_id=self.topic_id,
                              markers_required=self.markers_from is not None)

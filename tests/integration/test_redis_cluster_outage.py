@@ -107,3 +107,28 @@ def test_a_whole_cluster_down_is_waited_out_and_the_announcement_lives(cluster_s
     part.close()
     clean.close()
     assert rc.exists(runs_key(ns)) in (0, 1)  # the cluster answers again
+
+
+def test_a_sink_built_while_the_whole_cluster_is_down_waits_for_it(cluster_stack, caplog) -> None:
+    """A partition built while no node answers (the cluster client asks for the slot map when
+    made) waits, said once, instead of raising in the dataflow's build."""
+    import logging
+
+    from streams.redis_sink import RedisVectorSink
+
+    cfg, rcfg = cluster_stack
+    sink = RedisVectorSink(rcfg, namespace="cl-build", max_backoff_s=0.2)
+    ports = _kill_all(cfg)
+    back = threading.Timer(1.5, _start_all, (cfg, ports))
+    back.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="streams.redis_sink"):
+            part = sink.build("sink", 0, 1)
+    finally:
+        back.join()
+    said = [r.getMessage() for r in caplog.records if "unreachable at the sink's start" in
+            r.getMessage()]
+    assert len(said) == 1, said
+    _write(part, [(u, _uv(5, u)) for u in USERS[:10]])
+    assert len(redis_state(redis_client_of(rcfg), "cl-build")) == 10
+    part.close()
