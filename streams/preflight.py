@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from serving_cache import RedisConfig, redis_client
+from serving_cache.outage import REDIS_ERRORS, unreachable
 from streams.config import KafkaConfig
 
 __all__ = ["REDIS_CLUSTER_COMMANDS", "REDIS_COMMANDS", "AddressTaken", "ServiceConfigError",
@@ -88,7 +89,13 @@ def check_redis(cfg: RedisConfig, wait: bool = True, namespace: str | None = Non
     (a service waits for it), unless ``wait`` is False (a bounded run, a batch job: it would
     read its input and then wait on its first write for as long as the server is away)."""
     namespace = cfg.namespace if namespace is None else namespace
-    client = redis_client(cfg)
+    try:
+        client = redis_client(cfg)  # a cluster client asks a node for the slot map now
+    except REDIS_ERRORS as exc:
+        if not unreachable(exc):
+            raise
+        _not_reachable(cfg, exc, wait)
+        return
     try:
         client.ping()
         if not cfg.cluster:
@@ -115,10 +122,9 @@ def check_redis(cfg: RedisConfig, wait: bool = True, namespace: str | None = Non
             raise ServiceConfigError(
                 f"Redis at {_where(cfg.url)} reset the connection ({text}): a TLS-only server "
                 "does that to plain clients; use rediss:// in DIAM_REDIS_URL") from None
-        if not wait:
-            raise ServiceConfigError(
-                f"Redis at {_where(cfg.url)} is not reachable ({text}); a bounded run does not "
-                "wait for it: is the stack up? (`diam stack up`, DIAM_REDIS_URL)") from None
+        _not_reachable(cfg, exc, wait)
+    except redis.exceptions.RedisClusterUnreachableError as exc:  # no RedisError
+        _not_reachable(cfg, exc, wait)
     except redis.RedisError as exc:
         if (refused := redis_refusal(cfg, exc)) is not None:
             raise refused from None
@@ -164,6 +170,15 @@ def eviction_warning(client: Any, cfg: RedisConfig) -> str | None:
                     "error; set maxmemory-policy noeviction (a full Redis then refuses writes, "
                     "and the run waits and retries)")
     return None
+
+
+def _not_reachable(cfg: RedisConfig, exc: BaseException, wait: bool) -> None:
+    """An unreachable Redis (a single server's or a whole cluster's) at the start: left to the
+    retries where the caller waits (``wait``), else :class:`ServiceConfigError`."""
+    if not wait:
+        raise ServiceConfigError(
+            f"Redis at {_where(cfg.url)} is not reachable ({exc}); a bounded run does not "
+            "wait for it: is the stack up? (`diam stack up`, DIAM_REDIS_URL)") from None
 
 
 def redis_refusal(cfg: RedisConfig, exc: BaseException) -> ServiceConfigError | None:
