@@ -352,7 +352,8 @@ def _device_of(name: str):
 @click.option("--seq-len", type=click.IntRange(2), default=None,
               help="Items of history the network reads in training [default: the window it "
                    "is served on: DIAM_ONLINE_INFER_ITEMS (10) for diam, "
-                   "DIAM_ONLINE_RECENT_LEN (50) for the others; OnlineConfig.train_seq_len]. "
+                   "DIAM_ONLINE_RECENT_LEN (50) for the others; OnlineConfig.train_seq_len]; "
+                   "for diam a multiple of its window, 5. "
                    "A DIAM network trained on the stream's window serves a higher Recall@20 "
                    "than one trained on 50 items (bench/results/prequential.md).")
 @click.option("--k-max", type=click.IntRange(1, 32), default=8, show_default=True,
@@ -412,6 +413,12 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
         raise click.ClickException(f"{out}: cannot restore .{out.name}.old: {exc}") from None
     if os.path.lexists(out) and not out.is_dir():  # before training, not after
         raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+    if (why := _unwritable(out)) is not None:
+        raise click.BadParameter(why, param_hint="--out")
+    if seq_len is None:
+        seq_len = s.online.train_seq_len(model_name)
+    if (why := _shape_problem(model_name, dim, seq_len, k_max, interests)) is not None:
+        raise click.BadParameter(why, param_hint="--seq-len")
     corpus = (_corpus_from_topic(topic, since, until, items_topic) if topic
               else _load_corpus(data or default_dataset(s)))
     extra: dict[str, Any] = {"split_seed": seed}
@@ -423,11 +430,13 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
         extra["left_out_from_ts"] = cut
         click.echo(f"left out the newest {n - len(corpus.items):,} of {n:,} events (event time "
                    f">= {cut})", err=True)
+        if corpus.n_users == 0:
+            raise click.BadParameter(f"{leave_newest} leaves no user to train on ("
+                                     f"{len(corpus.items):,} of {n:,} events kept)",
+                                     param_hint="--leave-newest")
     click.echo(f"{corpus.name}: {corpus.n_users} users, {corpus.n_items} items, "
                f"{len(corpus.items)} events; computing signals ...", err=True)
     feats = Features.of(corpus)
-    if seq_len is None:
-        seq_len = s.online.train_seq_len(model_name)
     if (problem := dim_problem(dim, s.online, str(out))) is not None:  # said before training
         click.echo(f"warning: {problem}", err=True)
     mcfg = ModelConfig(model=model_name, n_items=corpus.n_items,
@@ -452,6 +461,40 @@ def train_cmd(model_name: str, data: Path | None, topic: str | None, since: str 
     except (CheckpointError, OSError) as exc:
         raise click.ClickException(f"cannot write the checkpoint: {exc}") from None
     click.echo(f"{model_name}: {res.seconds_per_epoch:.1f} s/epoch -> {out}")
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why no checkpoint could be saved at ``out``, asked before training: its nearest
+    existing folder takes no new entry (``save_checkpoint`` writes ``.<name>.XXXXXXXX`` beside
+    ``out``, creating the missing folders), or None. Nothing is left behind."""
+    import tempfile
+
+    parent = out.absolute().parent
+    while not os.path.lexists(parent):
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory: {out} cannot be created"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as exc:
+        return f"{out} cannot be written ({exc.strerror or exc} in {parent})"
+    return None
+
+
+def _shape_problem(model: str, dim: int, seq_len: int, k_max: int, interests: int) -> str | None:
+    """The network's own refusal of these sizes (e.g. DIAM's seq_len must be a multiple of
+    its window), asked on a one-item model before any data is read, or None."""
+    import numpy as np
+
+    from online_model.models import ModelConfig, build_model
+
+    try:
+        build_model(ModelConfig(model=model, n_items=1, n_categories=1, dim=dim,
+                                seq_len=seq_len, k_max=k_max, n_interests=interests),
+                    np.zeros(1, dtype=np.int64))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 @click.command("evaluate")
