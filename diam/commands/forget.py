@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from diam.commands import get_settings, kafka_unusable, topic_name
@@ -29,7 +31,9 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     default diam.forgotten; created compacted by the first forget; one record per topic id
     and user, kept for good) and in Redis (hash diam::forgotten:TOPIC:TOPIC_ID, TOPIC_ID
     being Kafka's id of the topic that holds the name now; field = user id), then delete the
-    users' vectors in every Redis namespace.
+    users' vectors in every Redis namespace. A user named twice is forgotten once. Each user's
+    line names the namespaces that held them when the tombstone was written, those whose key
+    a running dataflow had already removed (it reads the tombstone) said so.
 
     \b
     When Redis loses its data (a restart without persistence, FLUSHALL, a failover to an
@@ -103,8 +107,10 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     if bad:
         raise click.BadParameter(f"not valid user ids: {', '.join(map(repr, bad))}",
                                  param_hint="USERS")
+    users = tuple(dict.fromkeys(users))  # one tombstone and one line per user, named twice or not
     topic = topic if topic is not None else s.kafka.clicks_topic
     client = redis_client(s.redis)
+    before: dict[str, list[bytes]] = {}
     unrecorded: Exception | None = None
     if not redis_only:
         from serving_cache.forgotten import MarkersUnusable, record_markers
@@ -148,6 +154,9 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
             else:
                 offsets[msg.key().decode()] = msg.offset()  # type: ignore[attr-defined]
 
+        # the keys as they are before the tombstone: a running dataflow that reads it deletes
+        # the user's key itself, often before this command's own delete comes
+        before = user_keys_everywhere(client, users)
         p = Producer({**s.kafka.client_config(), "enable.idempotence": "true"})
         for u in users:
             p.produce(topic, key=u.encode(), value=None, on_delivery=delivered)
@@ -171,17 +180,31 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         except (KafkaException, RuntimeError) as exc:
             unrecorded = exc
         record_markers(client, topic, adoption.topic_id, offsets)
-    for u, keys in user_keys_everywhere(client, users).items():
-        if keys:
-            client.delete(*keys)
+    for u, now in user_keys_everywhere(client, users).items():
+        keys = sorted(set(before.get(u, [])) | set(now))
+        mine = _delete_each(client, keys)
         names = sorted(namespace_of_key(k) for k in keys)
-        click.echo(f"{u}: deleted in {len(keys)} namespace(s)" + (f" ({', '.join(names)})" if names else ""))
+        by_flow = sorted(namespace_of_key(k) for k in keys if k not in mine)
+        what = ", ".join(names) + (f"; already removed by a running dataflow: "
+                                    f"{', '.join(by_flow)}" if by_flow else "")
+        click.echo(f"{u}: deleted in {len(keys)} namespace(s)" + (f" ({what})" if names else ""))
     if not redis_only and unrecorded is not None:
         raise click.ClickException(
             f"the markers were recorded in Redis but not on {s.kafka.forgotten_topic} "
             f"({unrecorded}): should Redis lose its data before the next diam run, replay or "
             "forget writes them there (at its start), they would be lost; run `diam forget "
             f"--restore-markers --topic {topic}` once Kafka answers")
+
+
+def _delete_each(client: Any, keys: list[bytes]) -> set[bytes]:
+    """Delete ``keys`` in one round trip; the ones this call deleted (a key gone already, e.g.
+    deleted by a running dataflow that read the tombstone, is not among them)."""
+    if not keys:
+        return set()
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.delete(k)
+    return {k for k, n in zip(keys, pipe.execute(), strict=True) if n}
 
 
 COMMANDS = [forget_cmd]
