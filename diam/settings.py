@@ -53,7 +53,7 @@ from streams.config import DriftConfig, FlowConfig, KafkaConfig
 class StackConfig(BaseModel):
     """The local stack launched by ``diam stack up`` (no Docker needed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     home: str = ".diam"
     """Directory holding the stack's logs, data, pid files and the Kafka jar cache."""
@@ -114,7 +114,7 @@ class StackConfig(BaseModel):
 class ServeConfig(BaseModel):
     """The HTTP recommendation API."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = "127.0.0.1"
     """Bind address."""

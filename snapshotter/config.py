@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class SnapshotConfig(BaseModel):
     """Where snapshots live, how many are kept, and how the item index is built."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dir: str = "snapshots"
     """Root directory of versioned snapshots (``snapshots/<version>/``)."""

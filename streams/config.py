@@ -39,7 +39,7 @@ def topic_name_problem(name: str) -> str | None:
 class KafkaConfig(BaseModel):
     """How to reach Kafka and which topics to use."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     bootstrap: str = "127.0.0.1:9192"
     """Bootstrap servers. The local stack's broker listens on 9192 (not 9092) so it never
@@ -161,7 +161,7 @@ class KafkaConfig(BaseModel):
 class FlowConfig(BaseModel):
     """Cadence and limits of the online dataflow."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_event_bytes: int = Field(default=16_384, ge=64)
     """Largest accepted event payload. A click is ~100 bytes; 16 KiB leaves room for a rich
@@ -269,7 +269,7 @@ class FlowConfig(BaseModel):
 class DriftConfig(BaseModel):
     """Windows and alert thresholds of the drift monitor."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     window_ms: int = Field(default=60_000, gt=0)
     """Tumbling window length in event time. One minute: long enough that a user's legitimate

@@ -1,0 +1,57 @@
+"""Every float setting refuses NaN and inf when the settings load (``allow_inf_nan=False`` on
+each settings model): was, e.g., DIAM_STACK_START_TIMEOUT_S=nan or DIAM_FLOW_EPOCH_INTERVAL_S=inf
+taken as given. The sweep walks :class:`diam.settings.Settings` and every model in it."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from diam.settings import Settings
+
+OPEN = {"online." + k for k in (
+    "temperature", "lr", "grad_clip", "trust_radius", "max_norm", "ortho_threshold",
+    "ortho_margin", "d_lr", "d_prior_pull", "d_max_offset", "d_logit_bound", "step_cap",
+    "d_step_cap", "drift_cap", "rate_per_s")} | {"redis.socket_timeout_s"}
+"""Still open, in files this change could not touch: online_model/config.py (the benchmarks'
+provenance pins online_model/) and serving_cache/config.py (another change in flight).
+Fix them there and take them out of here."""
+
+
+def _float_fields(model: type[BaseModel], path: str = ""):  # type: ignore[no-untyped-def]
+    for name, f in model.model_fields.items():
+        args = typing.get_args(f.annotation) or (f.annotation,)
+        for sub in args:
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                yield from _float_fields(sub, f"{path}{name}.")
+        if float in args:
+            yield model, name, f"{path}{name}"
+
+
+def _takes(model: type[BaseModel], name: str, value: str) -> bool:
+    try:
+        model(**{name: value})
+    except ValidationError:
+        return False
+    return True
+
+
+def test_the_sweep_sees_the_float_settings() -> None:
+    names = {where for _, _, where in _float_fields(Settings)}
+    assert {"stack.start_timeout_s", "flow.epoch_interval_s", "retrain.gate.eps_recall",
+            "snapshot.settle_s", "drift.d_swing"} <= names
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_setting_refuses_a_non_finite_value(value: str) -> None:
+    taken = {where for model, name, where in _float_fields(Settings)
+             if where not in OPEN and _takes(model, name, value)}
+    assert taken == set()
+
+
+def test_the_open_ones_are_still_open() -> None:
+    """Fails once one is fixed: then take it out of ``OPEN``."""
+    fields = {where: (model, name) for model, name, where in _float_fields(Settings)}
+    assert {w for w in OPEN if _takes(*fields[w], "inf")} == OPEN
