@@ -118,6 +118,19 @@ __all__ = ["RELEASED", "RedisVectorSink", "RedisWriteFailed", "Released", "Resum
 
 log = logging.getLogger(__name__)
 
+
+class _TopologyRefresh(logging.Filter):
+    """redis-py's cluster client logs ``Topology refresh failed`` at ERROR at every retry while
+    no node answers (one line a second or so); the sink says the outage once, when it begins
+    and when it ends. Shown only where this module logs at DEBUG (``diam -v``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (not record.getMessage().startswith("Topology refresh failed")
+                or log.isEnabledFor(logging.DEBUG))
+
+
+logging.getLogger("redis.cluster").addFilter(_TopologyRefresh())
+
 _STOP = None
 
 STOP_NOTE_S = 10.0
