@@ -286,7 +286,7 @@ def weights_problem(model: Any) -> str | None:
     >>> with torch.no_grad():
     ...     _ = m.item_emb.weight.fill_(float("nan"))
     >>> weights_problem(m)
-    'the trained weights hold NaN or inf (item_emb.weight, online.item_emb): training diverged'
+    'the trained weights hold NaN or inf (2 of 6 tensors: item_emb.weight, online.item_emb): training diverged'
     """
     import numpy as np
 
@@ -296,7 +296,9 @@ def weights_problem(model: Any) -> str | None:
     bad = sorted(k for k, v in tensors.items() if not np.isfinite(v).all())
     if not bad:
         return None
-    return f"the trained weights hold NaN or inf ({', '.join(bad)}): training diverged"
+    named = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")  # a diverged one: all of them
+    return (f"the trained weights hold NaN or inf ({len(bad)} of {len(tensors)} tensors: "
+            f"{named}): training diverged")
 
 
 def _tower(path: Path, version: str) -> object:
