@@ -555,8 +555,12 @@ class Recommender:
             # gone, or still being read from disk (cold for that moment: the next request
             # after the load gets the vectors' own index); stale as every answer that is not
             # the vectors' own version's
+            # their seen rows index uv.model's item table, which is not loaded: not applied,
+            # and the reason says so (as a stale answer's does)
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
-                              _unrelated_reason(uv, snap, state), uv.model, stale=True)
+                              _unrelated_reason(uv, snap, state,
+                                                exclude_seen and len(uv.seen) > 0),
+                              uv.model, stale=True)
         if uv.dim != snap.dim:
             return self._cold(snap, user_id, n, mode, seen if exclude_seen else (),
                               _dim_reason(uv, snap), uv.model)
@@ -730,15 +734,19 @@ def _unrelated(snap: SnapshotIndex, version: str) -> bool:
         and label_weights(version) is None
 
 
-def _unrelated_reason(uv: UserVectors, snap: SnapshotIndex, state: str) -> str:
+def _unrelated_reason(uv: UserVectors, snap: SnapshotIndex, state: str,
+                      seen_not_left_out: bool = False) -> str:
     """Why a user whose vectors live in another space than ``snap``'s is answered cold, and
     until when: their version is ``state`` "being loaded" (until it is in) or "not loaded"
-    (gone or refused: until their next click re-anchors them)."""
+    (gone or refused: until their next click re-anchors them); ``seen_not_left_out`` when the
+    stream's record of their last seen items could not be left out of the cold list (its rows
+    index their version's item table)."""
     until = ("that version has loaded" if state == "being loaded"
              else "the user's next click re-anchors them")
+    seen = ", the user's last seen items not left out," if seen_not_left_out else ""
     return (f"the user's vectors belong to snapshot {uv.model}, {state}, of another model "
-            f"than {snap.version} (not a version it was warm-started from): answered cold "
-            f"until {until}")
+            f"than {snap.version} (not a version it was warm-started from): answered cold"
+            f"{seen} until {until}")
 
 
 def _stale_reason(uv: UserVectors, seen_not_left_out: bool, state: str = "not loaded") -> str:

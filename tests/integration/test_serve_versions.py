@@ -56,7 +56,8 @@ def test_a_user_of_an_old_version_is_answered_from_it(stack, tmp_path, redis_cli
         assert body["reason"].startswith(
             f"the user's vectors belong to snapshot {v1}, being loaded, of another model than "
             f"{versions[-1]}") and body["reason"].endswith(
-            "answered cold until that version has loaded"), body
+            "answered cold, the user's last seen items not left out, until that version has "
+            "loaded"), body  # its seen rows index v1's table, not loaded yet
         deadline = time.monotonic() + 60
         while body["reason"] is not None:
             assert time.monotonic() < deadline, body

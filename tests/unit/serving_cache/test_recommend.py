@@ -452,6 +452,33 @@ def test_a_background_load_answers_stale_or_cold_until_the_version_is_in(snapsho
     assert rec.interests("u").stale is False and rec.interests("u").top_items
 
 
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_a_cold_answer_for_another_models_vectors_says_the_seen_items_were_not_left_out(
+        snapshot, exclude_seen):
+    """Cold because the user's version, another model's, is being loaded: the stream's seen
+    rows index that version's table, so the cold list cannot leave them out, and the reason
+    says so (it said nothing, and the user got items they had just clicked)."""
+    import dataclasses
+    import threading
+
+    from serving_cache import user_key
+
+    release = threading.Event()
+    disk = _disk_versions(snapshot, 1)["v-disk0"]
+    active = dataclasses.replace(snapshot, lineage=())
+    rec = Recommender(active, _DictRedis({user_key("unit", "u"): _user_on("v-disk0", snapshot)}),
+                      ns="unit", load_version=lambda v: release.wait(10) and disk,
+                      load_in_background=True)
+    try:
+        got = rec.recommend("u", n=5, exclude_seen=exclude_seen)
+    finally:
+        release.set()
+    assert got.cold and got.stale
+    said = ", the user's last seen items not left out, " in str(got.reason)
+    assert said is exclude_seen, got.reason
+    assert str(got.reason).endswith("until that version has loaded")
+
+
 def test_an_interests_label_is_the_majority_of_the_items_it_lists(snapshot):
     """``top_category`` is the majority category of the ``top`` items listed (a tie to the
     better ranked), not of a longer neighbour list: the nearest 10 here are mostly cat0, the
@@ -536,7 +563,9 @@ def test_a_version_not_in_the_store_is_not_loaded_at_once_not_being_loaded(tmp_p
     assert got.cold and not rec.loading(ghost)
     assert got.reason.startswith(f"the user's vectors belong to snapshot {ghost}, not loaded, of "
                                  "another model")
-    assert rec.interests("u").reason == got.reason
+    # /interests leaves nothing out: the same reason without the seen items' clause
+    assert rec.interests("u").reason == got.reason.replace(
+        ", the user's last seen items not left out,", "")
 
 
 def test_load_verified_reads_the_index_once_and_still_refuses_a_mismatch(tmp_path, monkeypatch):
@@ -590,12 +619,14 @@ def test_a_gone_version_of_another_model_is_answered_cold_a_gone_ancestor_stale(
     assert other.cold and other.stale and other.k == 0 and other.user_model == "v-other"
     assert other.reason == ("the user's vectors belong to snapshot v-other, not loaded, of "
                             "another model than v-new (not a version it was warm-started "
-                            "from): answered cold until the user's next click re-anchors them")
+                            "from): answered cold, the user's last seen items not left out, "
+                            "until the user's next click re-anchors them")
     assert other.items == rec.recommend("nobody", n=10).items  # the cold list
     assert rec.recommend("u-ck", n=10).stale
     # /interests shows the vectors without items from a space they do not live in
     shown = rec.interests("u-other")
-    assert (shown.top_items, shown.reason) == ([], other.reason)
+    assert (shown.top_items, shown.reason) == ([], other.reason.replace(
+        ", the user's last seen items not left out,", ""))
     assert rec.interests("u-old").top_items and rec.interests("u-old").stale
 
 
