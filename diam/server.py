@@ -61,17 +61,25 @@ class ServeOptions:
 def build_app(s: Settings, opts: ServeOptions) -> Any:
     """The FastAPI app of one server process: a Redis client, the snapshot watcher, the
     recommender and its followers (each started here, so call it in the process that serves)."""
+    import logging
+
+    from diam.commands import _without_password
     from serving_cache.api import get_app
     from serving_cache.breaker import ReadBreaker
-    from serving_cache.connection import redis_client
+    from serving_cache.connection import redis_client_waiting
     from serving_cache.reader import fail_fast
     from serving_cache.recommend import Recommender, store_loader
     from snapshotter.store import ActiveWatcher, SnapshotStore
 
+    def waiting(exc: BaseException) -> None:  # a cluster gone since serve_cmd's own wait
+        logging.getLogger(__name__).warning(
+            "Redis at %s does not answer (%s); waiting for it", _without_password(s.redis.url), exc)
+
     # the serve path's own short timeout (a hung Redis holds the event loop that long), not
-    # the writers' socket_timeout_s
-    client = fail_fast(redis_client(
-        s.redis.model_copy(update={"socket_timeout_s": s.serve.redis_read_timeout_s})))
+    # the writers' socket_timeout_s; a Redis Cluster that no node answers (its client asks
+    # for the slot map when made) is waited for, as serve_cmd waits, not this process's end
+    client = fail_fast(redis_client_waiting(
+        s.redis.model_copy(update={"socket_timeout_s": s.serve.redis_read_timeout_s}), waiting))
     store = SnapshotStore(s.snapshot)
     watcher = ActiveWatcher(store, client, check_every_s=opts.reload_every_s, ns=opts.namespace)
     sources = None
