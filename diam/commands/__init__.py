@@ -258,11 +258,15 @@ def note_empty_namespace(ns: str) -> None:
 def output_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Click callback for an option naming a file to write (--csv, --plot; its type refuses a
     directory): the file's directory must exist, checked before any work is done, so a typo
-    is a usage error naming the option rather than a FileNotFoundError after the work."""
+    is a usage error naming the option rather than a FileNotFoundError after the work. A
+    path through a file (``afile/x.json``) says that file is not a directory."""
     if value is None:
         return None
     parent = value.parent
     if not parent.is_dir():
+        above = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise click.BadParameter(f"cannot write {value}: {above} is not a directory")
         raise click.BadParameter(f"cannot write {value}: directory {parent} does not exist")
     return value
 

@@ -248,8 +248,11 @@ def test_evaluate_stream_refuses_an_out_file_in_a_missing_directory(run, synth, 
 
 def test_evaluate_stream_names_an_out_file_it_cannot_write(run, synth, tmp_path) -> None:
     (tmp_path / "afile").write_text("")
-    _clean_error(run("evaluate-stream", "--data", str(synth), "--json", "--out",
-                     str(tmp_path / "afile" / "r.json")), "--out", "cannot write", code=2)
+    for out in (tmp_path / "afile" / "r.json", tmp_path / "afile" / "sub" / "r.json"):
+        said = _clean_error(run("evaluate-stream", "--data", str(synth), "--json", "--out",
+                                str(out)), "--out", "cannot write",
+                            f"{tmp_path / 'afile'} is not a directory", code=2)
+        assert "does not exist" not in said, said  # it exists: a file, not a directory
 
 
 def test_train_can_leave_the_newest_events_out(run, synth, tmp_path) -> None:
