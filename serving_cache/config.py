@@ -20,7 +20,7 @@ class RedisSettingsError(ValueError):
 class RedisConfig(BaseModel):
     """How to reach Redis and which key namespace to use."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     url: str = "redis://127.0.0.1:6390/0"
     """Redis URL. The local stack listens on 6390 so it never collides with a system Redis on
@@ -49,9 +49,11 @@ class RedisConfig(BaseModel):
     ssl_keyfile: str | None = None
     """Client key for mutual TLS."""
 
-    socket_timeout_s: float = 5.0
+    socket_timeout_s: float = Field(default=5.0, gt=0)
     """Socket timeout. Five seconds: long enough for a pipelined batch of thousands of writes on
-    a loaded laptop, short enough that an outage is noticed and retried."""
+    a loaded laptop, short enough that an outage is noticed and retried. Finite and above 0,
+    refused otherwise when the settings load (inf waits on a hung Redis for ever; 0 makes the
+    socket non-blocking, every read failing at once)."""
 
     pipeline_batch: int = Field(default=500, ge=1)
     """Writes per pipeline round trip."""
