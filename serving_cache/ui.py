@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from starlette.requests import Request
 
 from serving_cache import svg
 from serving_cache.json_safe import nan_to_none
@@ -458,10 +459,20 @@ def namespace_view(client: Any, ns: str, max_users: int = 200_000) -> dict[str, 
     }
 
 
+_USERS_PATH = "/ui/api/users/"
+
+
+def _path_tail(request: Request) -> str:
+    """The user id of ``/ui/api/users/{user_id:path}``: the request path's whole tail after
+    :data:`_USERS_PATH`. Starlette's route regex ends in ``$``, which matches before a final
+    line break, so ``/ui/api/users/21%0A`` matched with ``user_id`` '21' and was served as user
+    21; the whole tail ('21\n') meets the one rule (``reader.valid_user_id``): a 422."""
+    return str(request.scope["path"]).partition(_USERS_PATH)[2]
+
+
 def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     """Add ``/ui`` and its JSON routes to the FastAPI ``app``."""
     from fastapi import Depends, Query
-    from fastapi import Path as PathParam
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     from serving_cache.api import _known_query, redis_outage_errors
@@ -537,9 +548,10 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     # the public routes' bounds (/users/{id}/recommendations' n, /users/{id}/interests' top):
     # out of them, 422 as there, not a slice row[:-1] or every item of the catalogue
     # {user_id:path}: an id with '/' (which the contract does not allow) reaches this route and
-    # is answered "not a valid user id", not a bare 404 of no route
-    @app.get("/ui/api/users/{user_id:path}", include_in_schema=False, dependencies=known)
-    def ui_user(user_id: str = PathParam(),
+    # is answered "not a valid user id", not a bare 404 of no route; the id is the path's whole
+    # tail (_path_tail), not Starlette's match, which leaves a final line break out
+    @app.get(_USERS_PATH + "{user_id:path}", include_in_schema=False, dependencies=known)
+    def ui_user(user_id: str = Depends(_path_tail),
                 n: int = Query(20, ge=1, le=MAX_N),
                 top: int = Query(5, ge=1, le=MAX_TOP)) -> Response:
         return user_view(user_id, n, top)

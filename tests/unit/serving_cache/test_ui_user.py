@@ -103,7 +103,8 @@ def test_an_interests_label_is_the_majority_of_its_shown_items() -> None:
 
 
 @pytest.mark.parametrize("path", ["/ui/api/user?id=21%0A", "/ui/api/user?id=21%0D%0A",
-                                  "/users/21%0A/recommendations"])
+                                  "/users/21%0A/recommendations", "/ui/api/users/21%0A",
+                                  "/ui/api/users/21%0D%0A"])
 def test_a_user_id_ending_in_a_line_break_is_refused_with_422(client, path) -> None:
     """``USER_ID_RE.match`` took '21\\n' (``$`` matches before a final line break), and the
     reader refused it: a 500 with a traceback. Every route refuses it alike."""
