@@ -80,8 +80,13 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
     # for the slot map when made) is waited for, as serve_cmd waits, not this process's end
     client = fail_fast(redis_client_waiting(
         s.redis.model_copy(update={"socket_timeout_s": s.serve.redis_read_timeout_s}), waiting))
+    # the reads no user waits on (the snapshot watcher's poll on its thread, the /ui page's
+    # namespace SCAN, cached for seconds) keep the writers' socket_timeout_s: a SCAN of a large
+    # namespace on a slow Redis takes longer than a request's budget
+    background = fail_fast(redis_client_waiting(s.redis, waiting))
     store = SnapshotStore(s.snapshot)
-    watcher = ActiveWatcher(store, client, check_every_s=opts.reload_every_s, ns=opts.namespace)
+    watcher = ActiveWatcher(store, background, check_every_s=opts.reload_every_s,
+                            ns=opts.namespace)
     sources = None
     if opts.ui:
         from serving_cache.ui import UiSources
@@ -97,6 +102,7 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
             return latest_alerts(kafka, n, namespace=opts.namespace)
 
         sources = UiSources(
+            redis=background,
             flow_metrics=list(opts.flow_metrics),
             alerts=alerts,
             user_drift=lambda user, n: user_drift_events(kafka, user, n, namespace=opts.namespace,

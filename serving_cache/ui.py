@@ -135,6 +135,9 @@ class UiSources:
     """``user_drift(user_id, n)``: that user's latest ``n`` drift events, oldest first."""
     namespace_ttl_s: float = 10.0
     """How long a namespace summary (a full SCAN) is reused."""
+    redis: Any | None = None
+    """The client of the namespace summary's SCAN (``diam serve``'s: the writers'
+    ``socket_timeout_s``, not the requests' short one); None: the recommender's."""
     history_s: float = 600.0
     """How much of the dataflow's history the charts keep."""
 
@@ -487,6 +490,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
     def redis_unavailable(exc: BaseException) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
+    scan_client = sources.redis if sources.redis is not None else recommender.client
     scraper = FlowScraper(sources.flow_metrics, history_s=sources.history_s)
     cache: dict[str, tuple[float, dict[str, Any]]] = {}
     cache_lock = threading.Lock()
@@ -512,7 +516,7 @@ def mount_ui(app: Any, recommender: Any, ns: str, sources: UiSources) -> None:
             hit = cache.get(ns)
             if hit is None or time.monotonic() - hit[0] > sources.namespace_ttl_s:
                 try:
-                    hit = (time.monotonic(), namespace_view(recommender.client, ns))
+                    hit = (time.monotonic(), namespace_view(scan_client, ns))
                 except redis_errors as exc:
                     return redis_unavailable(exc)
                 cache[ns] = hit
