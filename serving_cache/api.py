@@ -284,10 +284,16 @@ def settle_heap() -> None:
 
 
 def redis_outage_errors() -> tuple[type[BaseException], ...]:
-    """The redis exceptions that mean Redis is unreachable: the routes answer them with a 503."""
+    """The redis exceptions that mean Redis is unreachable: the routes answer them with a 503
+    ("redis unavailable"). :data:`serving_cache.outage.UNREACHABLE_ERRORS` (a connection
+    refused or broken, a timeout, a Redis Cluster none of whose nodes answers, a slot no node
+    serves) and a cluster saying CLUSTERDOWN: the cluster client raises the last three outside
+    ``redis.ConnectionError``, and they were a 500 with a traceback."""
     import redis
 
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    from serving_cache.outage import UNREACHABLE_ERRORS
+
+    return (*UNREACHABLE_ERRORS, redis.exceptions.ClusterDownError)
 
 
 def get_app(

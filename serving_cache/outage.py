@@ -23,12 +23,19 @@ from __future__ import annotations
 
 import redis
 
-__all__ = ["REDIS_ERRORS", "unreachable", "refusing", "outage"]
+__all__ = ["REDIS_ERRORS", "UNREACHABLE_ERRORS", "unreachable", "refusing", "outage"]
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError,
                                                  redis.exceptions.RedisClusterException)
 """Every error the Redis client (single or cluster) raises about Redis: what an ``except``
 clause around a Redis call catches (``redis.RedisError`` alone misses the cluster client's)."""
+
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError)
+"""The errors :func:`unreachable` takes for Redis not reached or not answering in time (a
+refused login, an ``AuthenticationError``, is one of them by class: :func:`unreachable` says
+no to it), for an ``except`` clause (``serving_cache.api.redis_outage_errors``)."""
 
 _REFUSALS: tuple[type[BaseException], ...] = (
     redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
@@ -50,9 +57,7 @@ def unreachable(exc: BaseException) -> bool:
     """
     if isinstance(exc, redis.exceptions.AuthenticationError):
         return False
-    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
-                            redis.exceptions.RedisClusterUnreachableError,
-                            redis.exceptions.SlotNotCoveredError))
+    return isinstance(exc, UNREACHABLE_ERRORS)
 
 
 def refusing(exc: BaseException) -> bool:
