@@ -36,9 +36,11 @@ waits (a worker pool of 40 threads would be used up within a fraction of a secon
 hundred requests/s all the same, and /health waits for a worker too). ``diam serve`` bounds
 that: its client's read timeout is ``ServeConfig.redis_read_timeout_s`` (0.25 s, not the
 writers' 5 s), a timed-out read is not retried (``serving_cache.reader.fail_fast``: the retry
-is for a broken connection), and after one the users' reads answer 503 at once for
-``serving_cache.breaker.PAUSE_S`` before one read asks Redis again (the recommender's
-``breaker``): a hung Redis costs the server one read timeout every pause. The other routes
+is for a broken connection), and the recommender's ``breaker`` (``serving_cache.breaker``)
+sends the next read at once as a probe; after two in a row the users' reads answer 503 at once
+for a pause (0.5 s, doubled at each probe that times out up to 1.5 s) before one read asks
+Redis again, and ``/health`` answers 503 with ``reads_paused_s``: a hung Redis costs the server
+one read timeout every pause, a brief stall only the reads it delays. The other routes
 are rare and stay plain ``def``.
 """
 
@@ -132,6 +134,10 @@ class HealthOut(BaseModel):
     """On a Redis Cluster, the primaries that did not answer PING (``host:port``; each is
     asked, ``serving_cache.connection.primaries_down``); absent when all answered, and on a
     single server (``redis`` says it)."""
+    reads_paused_s: float | None = None
+    """Set while the users' reads are refused without asking Redis (reads timed out in a row:
+    ``serving_cache.breaker``): the seconds before a read asks it again (0.0 while that probe is
+    out); ``status`` is then ``unavailable``. Absent when reads go to Redis."""
 
 
 class ErrorOut(BaseModel):
@@ -538,9 +544,14 @@ def get_app(
         except Exception:
             redis_ok = False
         snap = recommender.active.version if recommender.active is not None else None
+        # the users' reads refused (the breaker open) is this process unavailable, whatever a
+        # PING says: a load balancer sends the users elsewhere rather than to 503s
+        breaker = recommender.reader.breaker
+        paused = round(breaker.paused_for(), 3) if breaker is not None and breaker.open else None
         body = HealthOut(
-            status="ok" if redis_ok and snap else "unavailable", redis=redis_ok, snapshot=snap,
-            pid=os.getpid(), redis_down=down or None,
+            status="ok" if redis_ok and snap and paused is None else "unavailable",
+            redis=redis_ok, snapshot=snap, pid=os.getpid(), redis_down=down or None,
+            reads_paused_s=paused,
         )
         return (
             body

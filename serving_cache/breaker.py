@@ -1,28 +1,51 @@
-"""The serve path's breaker for Redis reads: after a read that timed out, Redis is not asked
-again for :data:`PAUSE_S`; the reads meanwhile fail at once (:class:`RedisPaused`, a
-``redis.TimeoutError``: the routes answer 503), then one read probes it.
+"""The serve path's breaker for Redis reads: a read that timed out makes the next read a probe
+(the reads meanwhile fail at once); a probe that times out too opens it: Redis is not asked again
+for :data:`FIRST_PAUSE_S`, then one read probes it, and each probe that times out doubles the
+pause up to :data:`PAUSE_S`. The refused reads fail at once (:class:`RedisPaused`, a
+``redis.TimeoutError``: the routes answer 503, ``/health`` says ``reads_paused``).
 
 Why: the recommendation route reads Redis in the server's event loop (``serving_cache.api``),
 so a Redis that hangs holds every request, ``/health`` and ``/metrics`` included, for the read
-timeout of each request in turn. With the breaker a hang costs one read timeout per pause.
+timeout of each request in turn. With the breaker a hang costs one read timeout per pause (two
+at its start). A brief stall (a slow command of another client, a fork, an fsync) costs the
+reads it delays: the probe after the first timeout is sent at once, and a pause is never longer
+than the one before it twice; it used to open for the whole :data:`PAUSE_S` at the first
+timeout, 503 to every user for 1.5 s after a 0.3 s stall.
 
 >>> t = [0.0]
->>> b = ReadBreaker(pause_s=1.5, clock=lambda: t[0])
+>>> b = ReadBreaker(clock=lambda: t[0])
 >>> def hung() -> bytes:
 ...     raise redis.TimeoutError("Timeout reading from socket")
 >>> b.call(hung)
 Traceback (most recent call last):
 ...
 redis.exceptions.TimeoutError: Timeout reading from socket
+>>> b.call(lambda: b"v")  # a stall over: the probe at once answers, nobody refused
+b'v'
+>>> b.call(hung)  # another stall
+Traceback (most recent call last):
+...
+redis.exceptions.TimeoutError: Timeout reading from socket
+>>> b.call(hung)  # two in a row: open for FIRST_PAUSE_S
+Traceback (most recent call last):
+...
+redis.exceptions.TimeoutError: Timeout reading from socket
 >>> b.call(lambda: b"v")
 Traceback (most recent call last):
 ...
-serving_cache.breaker.RedisPaused: redis did not answer a read 0.0 s ago: not asked again for 1.5 s
+serving_cache.breaker.RedisPaused: redis did not answer 2 reads in a row, the last 0.0 s ago: not asked again for 0.5 s
+>>> t[0] = 0.5
+>>> b.call(hung)  # the probe times out: the pause doubles
+Traceback (most recent call last):
+...
+redis.exceptions.TimeoutError: Timeout reading from socket
+>>> b.paused_for()
+1.0
 >>> t[0] = 1.5
 >>> b.call(lambda: b"v")  # the probe
 b'v'
->>> b.call(lambda: b"w")
-b'w'
+>>> b.call(lambda: b"w"), b.paused_for()
+(b'w', 0.0)
 """
 
 from __future__ import annotations
@@ -35,65 +58,95 @@ from typing import TypeVar
 
 import redis
 
-__all__ = ["PAUSE_S", "ReadBreaker", "RedisPaused"]
+__all__ = ["FIRST_PAUSE_S", "PAUSE_S", "ReadBreaker", "RedisPaused"]
 
 log = logging.getLogger(__name__)
 
 PAUSE_S = 1.5
-"""How long after a read timed out Redis is left alone: long enough that a hung Redis costs the
-server one read timeout (``ServeConfig.redis_read_timeout_s``) per pause, not one per request;
-short enough that a Redis back is served again within a second or two."""
+"""The longest Redis is left alone after a probe timed out: long enough that a hung Redis costs
+the server one read timeout (``ServeConfig.redis_read_timeout_s``) per pause, not one per
+request; short enough that a Redis back is served again within a second or two."""
+
+FIRST_PAUSE_S = 0.5
+"""The pause after two reads in a row timed out (doubled at each probe that times out, up to
+:data:`PAUSE_S`): a stall that outlasted two read timeouts refuses reads at most this long after
+it is over."""
 
 T = TypeVar("T")
 
 
 class RedisPaused(redis.TimeoutError):
-    """A read refused without asking Redis: a read timed out less than :data:`PAUSE_S` ago (or
-    the one probe after the pause is still out). A ``redis.TimeoutError``, so that every caller
-    takes it for what it stands for: Redis did not answer."""
+    """A read refused without asking Redis: the breaker is open (reads timed out, and the pause
+    after the last is not over) or a probe is out. A ``redis.TimeoutError``, so that every
+    caller takes it for what it stands for: Redis did not answer."""
 
 
 class ReadBreaker:
-    """Closed: every read goes to Redis. A read that times out opens it for ``pause_s``; the
-    first read after that is the probe (others still refused while it is out): an answer, or
-    any error other than a timeout, closes it, a timeout opens it again. Thread-safe (the
-    event loop and the worker threads of the plain routes share it); ``clock`` injected."""
+    """Closed: every read goes to Redis. A read that times out makes the next read a probe
+    (others refused while it is out); an answer, or any error other than a timeout, closes it.
+    A probe that times out opens it: the probe after it waits ``first_pause_s``, then twice the
+    pause before, up to ``pause_s``. Thread-safe (the event loop and the worker threads of the
+    plain routes share it); ``clock`` injected."""
 
-    def __init__(self, pause_s: float = PAUSE_S,
+    def __init__(self, pause_s: float = PAUSE_S, first_pause_s: float = FIRST_PAUSE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.pause_s = pause_s
+        self.first_pause_s = min(first_pause_s, pause_s)
         self._clock = clock
         self._lock = threading.Lock()
-        self._opened: float | None = None  # when the last timeout was seen; None: closed
+        self._timeouts = 0  # reads timed out in a row; 0: closed
+        self._last = 0.0  # when the last of them timed out
         self._probing = False
+
+    def _pause(self) -> float:
+        """The pause after ``self._timeouts`` reads timed out in a row (lock held)."""
+        if self._timeouts < 2:
+            return 0.0
+        return float(min(self.pause_s, self.first_pause_s * 2 ** (self._timeouts - 2)))
+
+    def paused_for(self) -> float:
+        """How many seconds more reads are refused without a probe (0.0: a read goes to Redis
+        now, the probe if reads timed out; a probe out counts as the pause it follows)."""
+        with self._lock:
+            if self._timeouts == 0:
+                return 0.0
+            left = self._last + self._pause() - self._clock()
+            return max(left, self._pause() if self._probing else 0.0)
 
     @property
     def open(self) -> bool:
-        """Whether reads are refused now."""
+        """Whether reads are refused now (a pause not over, or a probe out)."""
         with self._lock:
-            return self._opened is not None and (
-                self._probing or self._clock() < self._opened + self.pause_s)
+            return self._timeouts > 0 and (
+                self._probing or self._clock() < self._last + self._pause())
 
     def call(self, read: Callable[[], T]) -> T:
         """``read()``, unless the breaker is open (:class:`RedisPaused`)."""
         with self._lock:
-            probe = self._opened is not None
+            probe = self._timeouts > 0
             if probe:
-                assert self._opened is not None
                 now = self._clock()
-                if self._probing or now < self._opened + self.pause_s:
-                    left = max(0.0, self._opened + self.pause_s - now)
-                    raise RedisPaused(f"redis did not answer a read {now - self._opened:.1f} s "
-                                      f"ago: not asked again for {left:.1f} s")
+                pause = self._pause()
+                if self._probing or now < self._last + pause:
+                    left = max(0.0, self._last + pause - now)
+                    raise RedisPaused(
+                        f"redis did not answer {self._timeouts} read"
+                        f"{'s in a row, the last' if self._timeouts > 1 else ''} "
+                        f"{now - self._last:.1f} s ago: "
+                        + ("a probe is out" if self._probing and left == 0.0
+                           else f"not asked again for {left:.1f} s"))
                 self._probing = True
         try:
             out = read()
         except redis.TimeoutError:
             with self._lock:
-                if self._opened is None:
-                    log.warning("redis did not answer a read in time: reads answer 503 at once, "
-                                "Redis asked again every %.1f s until it answers", self.pause_s)
-                self._opened, self._probing = self._clock(), False
+                self._timeouts += 1
+                self._last, self._probing = self._clock(), False
+                if self._timeouts == 2:
+                    log.warning("redis did not answer 2 reads in a row: reads answer 503 at "
+                                "once, Redis asked again after %.1f s, then every pause twice "
+                                "the last up to %.1f s, until it answers",
+                                self.first_pause_s, self.pause_s)
             raise
         except BaseException:
             if probe:
@@ -105,6 +158,6 @@ class ReadBreaker:
 
     def _close(self) -> None:
         with self._lock:
-            if self._opened is not None:
+            if self._timeouts > 1:
                 log.warning("redis answers reads again")
-            self._opened, self._probing = None, False
+            self._timeouts, self._probing = 0, False
