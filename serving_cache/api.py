@@ -534,6 +534,11 @@ def get_app(
         response_model_exclude_none=True,
     )
     def health() -> Any:
+        # the users' reads refused (the breaker open) is this process unavailable, whatever a
+        # PING says: a load balancer sends the users elsewhere rather than to 503s (read
+        # before the PINGs, which a hung node holds longer than a first pause)
+        breaker = recommender.reader.breaker
+        paused = round(breaker.paused_for(), 3) if breaker is not None and breaker.open else None
         down: list[str] = []
         try:
             if isinstance(recommender.client, RedisCluster):  # PING reaches one node of it
@@ -544,10 +549,6 @@ def get_app(
         except Exception:
             redis_ok = False
         snap = recommender.active.version if recommender.active is not None else None
-        # the users' reads refused (the breaker open) is this process unavailable, whatever a
-        # PING says: a load balancer sends the users elsewhere rather than to 503s
-        breaker = recommender.reader.breaker
-        paused = round(breaker.paused_for(), 3) if breaker is not None and breaker.open else None
         body = HealthOut(
             status="ok" if redis_ok and snap and paused is None else "unavailable",
             redis=redis_ok, snapshot=snap, pid=os.getpid(), redis_down=down or None,

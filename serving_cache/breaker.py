@@ -46,6 +46,16 @@ redis.exceptions.TimeoutError: Timeout reading from socket
 b'v'
 >>> b.call(lambda: b"w"), b.paused_for()
 (b'w', 0.0)
+
+One state per node a read names (a Redis Cluster's node of the key's slot):
+
+>>> for _ in range(2):
+...     try:
+...         b.call(hung, node="10.0.0.1:7000")
+...     except redis.TimeoutError:
+...         pass
+>>> b.paused_nodes(), b.call(lambda: b"x", node="10.0.0.2:7001")
+(['10.0.0.1:7000'], b'x')
 """
 
 from __future__ import annotations
@@ -81,12 +91,25 @@ class RedisPaused(redis.TimeoutError):
     caller takes it for what it stands for: Redis did not answer."""
 
 
+class _Node:
+    """One node's state (under the breaker's lock)."""
+
+    __slots__ = ("timeouts", "last", "probing")
+
+    def __init__(self) -> None:
+        self.timeouts = 0  # reads timed out in a row; 0: closed
+        self.last = 0.0  # when the last of them timed out
+        self.probing = False
+
+
 class ReadBreaker:
     """Closed: every read goes to Redis. A read that times out makes the next read a probe
     (others refused while it is out); an answer, or any error other than a timeout, closes it.
     A probe that times out opens it: the probe after it waits ``first_pause_s``, then twice the
-    pause before, up to ``pause_s``. Thread-safe (the event loop and the worker threads of the
-    plain routes share it); ``clock`` injected."""
+    pause before, up to ``pause_s``. One such state per ``node`` a read names (a Redis Cluster's
+    node owning the key's slot, ``host:port``): a hung primary refuses its own users only.
+    Thread-safe (the event loop and the worker threads of the plain routes share it);
+    ``clock`` injected."""
 
     def __init__(self, pause_s: float = PAUSE_S, first_pause_s: float = FIRST_PAUSE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -94,70 +117,79 @@ class ReadBreaker:
         self.first_pause_s = min(first_pause_s, pause_s)
         self._clock = clock
         self._lock = threading.Lock()
-        self._timeouts = 0  # reads timed out in a row; 0: closed
-        self._last = 0.0  # when the last of them timed out
-        self._probing = False
+        self._nodes: dict[str, _Node] = {}
 
-    def _pause(self) -> float:
-        """The pause after ``self._timeouts`` reads timed out in a row (lock held)."""
-        if self._timeouts < 2:
+    def _pause(self, st: _Node) -> float:
+        """The pause after ``st.timeouts`` reads timed out in a row (lock held)."""
+        if st.timeouts < 2:
             return 0.0
-        return float(min(self.pause_s, self.first_pause_s * 2 ** (self._timeouts - 2)))
+        return float(min(self.pause_s, self.first_pause_s * 2 ** (st.timeouts - 2)))
+
+    def _open(self, st: _Node, now: float) -> bool:
+        return st.timeouts > 0 and (st.probing or now < st.last + self._pause(st))
 
     def paused_for(self) -> float:
-        """How many seconds more reads are refused without a probe (0.0: a read goes to Redis
-        now, the probe if reads timed out; a probe out counts as the pause it follows)."""
+        """How many seconds more some node's reads are refused without a probe (0.0: every
+        read goes to Redis now, a probe where reads timed out; a probe out counts as the pause
+        it follows)."""
         with self._lock:
-            if self._timeouts == 0:
-                return 0.0
-            left = self._last + self._pause() - self._clock()
-            return max(left, self._pause() if self._probing else 0.0)
+            now = self._clock()
+            return max((max(st.last + self._pause(st) - now,
+                            self._pause(st) if st.probing else 0.0)
+                        for st in self._nodes.values() if st.timeouts > 0), default=0.0)
+
+    def paused_nodes(self) -> list[str]:
+        """The nodes whose reads are refused now (``""``: a single server's)."""
+        with self._lock:
+            now = self._clock()
+            return sorted(n for n, st in self._nodes.items() if self._open(st, now))
 
     @property
     def open(self) -> bool:
-        """Whether reads are refused now (a pause not over, or a probe out)."""
-        with self._lock:
-            return self._timeouts > 0 and (
-                self._probing or self._clock() < self._last + self._pause())
+        """Whether some node's reads are refused now (a pause not over, or a probe out)."""
+        return bool(self.paused_nodes())
 
-    def call(self, read: Callable[[], T]) -> T:
-        """``read()``, unless the breaker is open (:class:`RedisPaused`)."""
+    def call(self, read: Callable[[], T], node: str = "") -> T:
+        """``read()``, unless the breaker of ``node`` is open (:class:`RedisPaused`)."""
         with self._lock:
-            probe = self._timeouts > 0
-            if probe:
+            st = self._nodes.get(node)
+            probe = st is not None and st.timeouts > 0
+            if st is not None and probe:
                 now = self._clock()
-                pause = self._pause()
-                if self._probing or now < self._last + pause:
-                    left = max(0.0, self._last + pause - now)
+                pause = self._pause(st)
+                if st.probing or now < st.last + pause:
+                    left = max(0.0, st.last + pause - now)
                     raise RedisPaused(
-                        f"redis did not answer {self._timeouts} read"
-                        f"{'s in a row, the last' if self._timeouts > 1 else ''} "
-                        f"{now - self._last:.1f} s ago: "
-                        + ("a probe is out" if self._probing and left == 0.0
+                        f"redis{' node ' + node if node else ''} did not answer {st.timeouts} "
+                        f"read{'s in a row, the last' if st.timeouts > 1 else ''} "
+                        f"{now - st.last:.1f} s ago: "
+                        + ("a probe is out" if st.probing and left == 0.0
                            else f"not asked again for {left:.1f} s"))
-                self._probing = True
+                st.probing = True
         try:
             out = read()
         except redis.TimeoutError:
             with self._lock:
-                self._timeouts += 1
-                self._last, self._probing = self._clock(), False
-                if self._timeouts == 2:
-                    log.warning("redis did not answer 2 reads in a row: reads answer 503 at "
-                                "once, Redis asked again after %.1f s, then every pause twice "
-                                "the last up to %.1f s, until it answers",
-                                self.first_pause_s, self.pause_s)
+                st = self._nodes.setdefault(node, _Node())
+                st.timeouts += 1
+                st.last, st.probing = self._clock(), False
+                if st.timeouts == 2:
+                    log.warning("redis%s did not answer 2 reads in a row: its reads answer 503 "
+                                "at once, Redis asked again after %.1f s, then every pause "
+                                "twice the last up to %.1f s, until it answers",
+                                " node " + node if node else "", self.first_pause_s,
+                                self.pause_s)
             raise
         except BaseException:
             if probe:
-                self._close()
+                self._close(node)
             raise
         if probe:
-            self._close()
+            self._close(node)
         return out
 
-    def _close(self) -> None:
+    def _close(self, node: str) -> None:
         with self._lock:
-            if self._timeouts > 1:
-                log.warning("redis answers reads again")
-            self._timeouts, self._probing = 0, False
+            st = self._nodes.pop(node, None)
+            if st is not None and st.timeouts > 1:
+                log.warning("redis%s answers reads again", " node " + node if node else "")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 
 from serving_cache.breaker import ReadBreaker
 from serving_cache.codec import CodecError, UserVectors, decode_user
@@ -62,12 +63,28 @@ def fail_fast(client: Any) -> Any:
     with a Redis restart. A timeout is not retried: a Redis that did not answer within the
     client's socket timeout is unlikely to answer the same command at once, and the retry held
     the caller twice as long (a hung Redis held each request for 2 x the timeout).
-    Mutates and returns ``client``."""
+
+    A Redis Cluster client retries whatever its class's ``ERRORS_ALLOW_RETRY`` names
+    (``RedisCluster.execute_command``; ``supported_errors`` is not looked at there), a timeout
+    included: it becomes a :class:`_NoTimeoutRetry` (the same client, a timed-out command not
+    retried; a broken connection, CLUSTERDOWN and an uncovered slot still are, once). Its
+    pipelines (``UserReader.get_many``, no serve route's) name ``RedisCluster``'s own list and
+    still retry a timeout once. Mutates and returns ``client``."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     client.set_retry(Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    if type(client) is RedisCluster:
+        client.__class__ = _NoTimeoutRetry
     return client
+
+
+class _NoTimeoutRetry(RedisCluster):
+    """A :class:`redis.cluster.RedisCluster` whose commands are not retried after a timeout
+    (:func:`fail_fast`)."""
+
+    ERRORS_ALLOW_RETRY = tuple(e for e in RedisCluster.ERRORS_ALLOW_RETRY  # type: ignore[assignment]
+                               if e is not redis.TimeoutError)
 
 
 class UserReader:
@@ -101,7 +118,7 @@ class UserReader:
             raise ValueError(f"invalid user id {user_id!r}")
         key = user_key(self.ns, user_id)
         try:
-            raw = self._read(lambda: self.client.get(key))
+            raw = self._read(lambda: self.client.get(key), key)
         except redis.ResponseError as exc:
             raise self._wrong_type(key, exc) from None
         return self._decode(key, raw)
@@ -131,8 +148,16 @@ class UserReader:
                 out.append(None)
         return out
 
-    def _read(self, read: Callable[[], T]) -> T:
-        return read() if self.breaker is None else self.breaker.call(read)
+    def _read(self, read: Callable[[], T], key: str | None = None) -> T:
+        """``read()`` through the breaker of the node it goes to: on a Redis Cluster the node
+        owning ``key``'s slot (``host:port``), so that a hung primary refuses its own users
+        only; a single server's, and a pipeline of many keys, ``""``."""
+        if self.breaker is None:
+            return read()
+        node = ""
+        if key is not None and isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(key).name
+        return self.breaker.call(read, node)
 
     def _wrong_type(self, key: str, exc: redis.ResponseError) -> CodecError:
         """A user's key holding another Redis type (a hash, a list: written by something else)
