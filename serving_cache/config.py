@@ -98,9 +98,22 @@ class RedisConfig(BaseModel):
         'DIAM_REDIS_URL names db 2, and a Redis Cluster (DIAM_REDIS_CLUSTER=true) has db 0 only: end the URL in /0'
         >>> RedisConfig(url="redis://u:secret@h:6379/3").problem() is None
         True
+
+        The URL's query string counts (redis-py takes ``?password=`` and ``?username=`` too):
+
+        >>> RedisConfig(url="redis://h:6379/0?password=right", password="wrong").problem()
+        'DIAM_REDIS_URL carries a password and DIAM_REDIS_PASSWORD is set too: give it in one place (remove it from the URL, or unset DIAM_REDIS_PASSWORD)'
+        >>> RedisConfig(url="redis://:a@h:6379/0?password=b").problem()
+        'DIAM_REDIS_URL carries a password twice (before the host and in ?password=): give it once'
         """
         parts = urlsplit(self.url)
-        for name, in_url in (("username", parts.username), ("password", parts.password)):
+        query = parse_qs(parts.query)  # blank values dropped, as redis-py's parse_url drops them
+        for name, before_host in (("username", parts.username), ("password", parts.password)):
+            in_query = query.get(name, [""])[-1]
+            if before_host and in_query:
+                return (f"DIAM_REDIS_URL carries a {name} twice (before the host and in "
+                        f"?{name}=): give it once")
+            in_url = before_host or in_query
             if in_url and getattr(self, name) is not None:
                 var = f"DIAM_REDIS_{name.upper()}"
                 return (f"DIAM_REDIS_URL carries a {name} and {var} is set too: give it in one "

@@ -429,10 +429,20 @@ def _without_password(url: str) -> str:
     'redis://user:***@host:6379/0'
     >>> _without_password("redis://127.0.0.1:6390/0")
     'redis://127.0.0.1:6390/0'
+    >>> _without_password("redis://127.0.0.1:6692/0?db=0&password=s3cret&username=u")
+    'redis://127.0.0.1:6692/0?db=0&password=***&username=u'
     """
+    from urllib.parse import unquote_plus
+
     parts = urlsplit(url)
+    if parts.query:  # redis-py takes ?password= too
+        fields = [f.split("=", 1) for f in parts.query.split("&")]
+        query = "&".join(
+            f"{f[0]}=***" if len(f) == 2 and unquote_plus(f[0]) == "password" else "=".join(f)
+            for f in fields)
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return url if parts.query == urlsplit(url).query else urlunsplit(parts)
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

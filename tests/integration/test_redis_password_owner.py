@@ -57,3 +57,29 @@ def test_a_refused_login_at_the_stack_says_check_the_credentials(stack) -> None:
                                               password="wrong")))
     assert "check the credentials" in error and "DIAM_REDIS_PASSWORD" in error, error
     assert "stack up" not in error, error
+
+
+@pytest.mark.parametrize("in_url, setting", [("s3cret", "wrong"), ("wrong", "s3cret")])
+def test_a_password_in_the_urls_query_and_in_its_setting_is_refused(stack, acl_redis,
+                                                                   in_url: str,
+                                                                   setting: str) -> None:
+    # redis-py takes ?password= as it takes one before the host (old code: the URL's won)
+    cfg = RedisConfig(url=f"redis://127.0.0.1:{acl_redis}/0?username=diam&password={in_url}",
+                      password=setting)
+    error = _error(_invoke(stack, cfg))
+    assert "DIAM_REDIS_URL carries a password and DIAM_REDIS_PASSWORD is set too" in error, error
+    assert "s3cret" not in error and "wrong" not in error, error
+    cfg = RedisConfig(url=f"redis://127.0.0.1:{acl_redis}/0?username=diam&password=s3cret",
+                      username="diam")
+    assert "DIAM_REDIS_USERNAME is set too" in _error(_invoke(stack, cfg))
+
+
+def test_a_password_in_the_urls_query_alone_connects_and_is_never_printed(stack,
+                                                                         acl_redis) -> None:
+    ok = RedisConfig(url=f"redis://127.0.0.1:{acl_redis}/0?username=diam&password=s3cret")
+    r = _invoke(stack, ok)
+    assert r.exit_code == 0, (r.output, r.exception)
+    refused = RedisConfig(url=f"redis://127.0.0.1:{acl_redis}/0?username=diam&password=wr0ng")
+    error = _error(_invoke(stack, refused))
+    assert "check the credentials" in error, error
+    assert "wr0ng" not in error and "password=***" in error, error  # old code: in clear
