@@ -136,12 +136,15 @@ class ServeConfig(BaseModel):
     index, catalogue and click followers, and its own ``/metrics``."""
 
     redis_read_timeout_s: float = Field(default=0.25, gt=0)
-    """The server's Redis socket timeout, in place of ``[redis] socket_timeout_s`` (5 s, for
-    the writers' pipelined batches): one user's GET answers in well under a millisecond
-    (``bench/results/serve.md``: the server's own p99 about 5 ms), and the recommendation route
-    reads Redis in the event loop, so a Redis that hangs holds every request, ``/health`` and
-    ``/metrics`` included, for this long. After a read that timed out, reads answer 503 at once
-    for ``serving_cache.breaker.PAUSE_S`` (1.5 s), then one read asks Redis again."""
+    """The socket timeout of the server's reads that a user waits on (the user routes, the
+    /ui user view, ``/health``), in place of ``[redis] socket_timeout_s`` (5 s, for the writers'
+    pipelined batches, which the snapshot watcher and the /ui namespace scan keep): one user's
+    GET answers in well under a millisecond (``bench/results/serve.md``: the server's own p99
+    about 5 ms), and the recommendation route reads Redis in the event loop, so a Redis that
+    hangs holds every request, ``/health`` and ``/metrics`` included, for this long. A read
+    that timed out is followed by one probe at once; two in a row pause reads (503 at once) for
+    ``serving_cache.breaker.FIRST_PAUSE_S``, doubled while probes keep timing out up to
+    ``PAUSE_S`` (per node on a Redis Cluster)."""
 
 
 def config_path() -> Path:
