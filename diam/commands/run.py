@@ -208,48 +208,22 @@ def refuse_replay_held(settings: Settings, ns: str) -> None:
             "with its claim")
 
 
-def announce_run(ctx: click.Context, settings: Settings, ns: str, wait: bool = False,
-                 pause_s: float = 1.0) -> Callable[[], None]:
+def announce_run(ctx: click.Context, settings: Settings, ns: str) -> Callable[[], None]:
     """Announce this run in namespace ``ns`` (``serving_cache.holders.RunAnnouncement``) until
     the command's context closes, or until the returned function is called (the dataflow
     ended: a ``--metrics-hold`` after it writes nothing); a ``diam replay`` or ``diam drop``
-    of it is refused meanwhile. Every process of a cluster run is a holder of its own.
-    ``wait`` (a tailing run): a Redis that does not answer (a single server's or a whole
-    cluster's, ``serving_cache.outage.unreachable``) is said in one line and tried again every
-    ``pause_s`` seconds, as ``diam serve`` waits; otherwise it is ``redis_unusable``'s error."""
-    from serving_cache.connection import redis_client_waiting
+    of it is refused meanwhile. Every process of a cluster run is a holder of its own."""
+    from serving_cache import redis_client
     from serving_cache.holders import RunAnnouncement
-    from serving_cache.outage import REDIS_ERRORS, unreachable
+    from serving_cache.outage import REDIS_ERRORS
 
-    told: list[bool] = []
-
-    def waiting(exc: BaseException) -> None:
-        if not wait:
-            raise redis_unusable(settings, exc) from None
-        if not told:
-            told.append(True)
-            click.echo(f"Redis at {_without_password(settings.redis.url)} does not answer "
-                       f"({exc}); waiting for it (Ctrl-C to stop)", err=True)
-
-    try:
-        client = redis_client_waiting(settings.redis, waiting, pause_s)
-    except REDIS_ERRORS as exc:
-        raise redis_unusable(settings, exc) from None
+    client = redis_client(settings.redis)
     announcement = RunAnnouncement(client, ns)
-    while True:
-        try:
-            announcement.start()
-            break
-        except REDIS_ERRORS as exc:
-            if not unreachable(exc):
-                client.close()
-                raise redis_unusable(settings, exc) from None
-            try:
-                waiting(exc)
-            except click.ClickException:
-                client.close()
-                raise
-        time.sleep(pause_s)
+    try:
+        announcement.start()
+    except REDIS_ERRORS as exc:
+        client.close()
+        raise redis_unusable(settings, exc) from None
 
     closed: list[bool] = []
 
@@ -475,7 +449,7 @@ def run_cmd(ctx: click.Context, topic: str | None, namespace: str | None, worker
         check_redis(job.redis, wait=not job.bounded, namespace=job.namespace)
     job.redis_checked = True  # prepare_online does not ask it again
     # first, then the replay's claim: one sees the other
-    leave_namespace = announce_run(ctx, s, job.namespace, wait=not job.bounded)
+    leave_namespace = announce_run(ctx, s, job.namespace)
     refuse_replay_held(s, job.namespace)
     # refused catalogue records: dead-lettered by one process of a cluster (each reads the
     # whole catalogue), the others log them (streams.catalog's default)
