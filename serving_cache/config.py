@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -134,3 +134,40 @@ class RedisConfig(BaseModel):
             if value is not None:
                 kw[name] = value
         return kw
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (error messages end up in logs): the one
+    rule for printing a Redis URL (the commands' messages, :func:`url_host`).
+
+    >>> without_password("redis://user:secret@host:6379/0")
+    'redis://user:***@host:6379/0'
+    >>> without_password("redis://127.0.0.1:6390/0")
+    'redis://127.0.0.1:6390/0'
+    >>> without_password("redis://127.0.0.1:6692/0?db=0&password=s3cret&username=u")
+    'redis://127.0.0.1:6692/0?db=0&password=***&username=u'
+    """
+    parts = urlsplit(url)
+    if parts.query:  # redis-py takes ?password= too
+        fields = [f.split("=", 1) for f in parts.query.split("&")]
+        query = "&".join(
+            f"{f[0]}=***" if len(f) == 2 and unquote_plus(f[0]) == "password" else "=".join(f)
+            for f in fields)
+        parts = parts._replace(query=query)
+    if parts.password is None:
+        return url if parts.query == urlsplit(url).query else urlunsplit(parts)
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def url_host(url: str) -> str:
+    """:func:`without_password`'s ``url`` from its host on, as the sink's and preflight's
+    messages print it (a URL without credentials whole).
+
+    >>> url_host("redis://user:secret@host:6379/0")
+    'host:6379/0'
+    >>> url_host("redis://127.0.0.1:6390/0?password=s3cret")
+    'redis://127.0.0.1:6390/0?password=***'
+    """
+    return without_password(url).split("@")[-1]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from serving_cache.config import RedisConfig, RedisSettingsError
+from serving_cache.config import RedisConfig, RedisSettingsError, url_host
 
 __all__ = ["PRIMARY_PING_S", "get_values", "primaries_down", "redis_client",
            "redis_client_waiting"]
@@ -35,7 +35,7 @@ def redis_client(cfg: RedisConfig) -> redis.Redis:
         except redis.exceptions.RedisClusterException as exc:
             if "cluster mode is not enabled" not in str(exc).lower():
                 raise
-            where = cfg.url.split("@")[-1]  # never a password from the URL
+            where = url_host(cfg.url)  # never a password from the URL
             raise RedisSettingsError(
                 f"Redis at {where} is not a node of a Redis Cluster (cluster mode is not "
                 "enabled on it), and DIAM_REDIS_CLUSTER is set: unset DIAM_REDIS_CLUSTER for a "

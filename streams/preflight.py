@@ -77,7 +77,9 @@ def check_address(address: str, option: str) -> None:
 
 
 def _where(url: str) -> str:
-    return url.split("@")[-1]  # never print a password from the URL
+    from serving_cache.config import url_host
+
+    return url_host(url)  # never print a password from the URL
 
 
 def check_redis(cfg: RedisConfig, wait: bool = True, namespace: str | None = None) -> None:

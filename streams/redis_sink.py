@@ -99,6 +99,7 @@ from redis.crc import key_slot
 
 from serving_cache import RedisConfig, RedisWriter, UserVectors
 from serving_cache.base_record import BaseRecord, BaseRecordError, record_partitions, write_base
+from serving_cache.config import url_host
 from serving_cache.connection import redis_client_waiting
 from serving_cache.keys import (
     added_key,
@@ -871,7 +872,7 @@ class RedisVectorSink(DynamicSink[Item]):
         """Said once when a cluster client cannot be made at a partition's build (no node
         answers: an outage, waited out as a write's is: ``redis_client_waiting``)."""
         log.warning("Redis at %s unreachable at the sink's start (%s: %s); waiting and retrying "
-                    "every %.0f s (nothing is dropped)", self.cfg.url.split("@")[-1],
+                    "every %.0f s (nothing is dropped)", url_host(self.cfg.url),
                     type(exc).__name__, exc, self.max_backoff_s)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import click
 
@@ -423,29 +423,11 @@ def _same_servers(servers: str, stack: str) -> bool:
 
 
 def _without_password(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (error messages end up in logs).
+    """``url`` with any password replaced by ``***`` (``serving_cache.config.without_password``,
+    the one rule)."""
+    from serving_cache.config import without_password
 
-    >>> _without_password("redis://user:secret@host:6379/0")
-    'redis://user:***@host:6379/0'
-    >>> _without_password("redis://127.0.0.1:6390/0")
-    'redis://127.0.0.1:6390/0'
-    >>> _without_password("redis://127.0.0.1:6692/0?db=0&password=s3cret&username=u")
-    'redis://127.0.0.1:6692/0?db=0&password=***&username=u'
-    """
-    from urllib.parse import unquote_plus
-
-    parts = urlsplit(url)
-    if parts.query:  # redis-py takes ?password= too
-        fields = [f.split("=", 1) for f in parts.query.split("&")]
-        query = "&".join(
-            f"{f[0]}=***" if len(f) == 2 and unquote_plus(f[0]) == "password" else "=".join(f)
-            for f in fields)
-        parts = parts._replace(query=query)
-    if parts.password is None:
-        return url if parts.query == urlsplit(url).query else urlunsplit(parts)
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return without_password(url)
 
 
 def service_logging(fmt: str) -> None:
