@@ -350,17 +350,23 @@ def _linear(x, w, b, out):
     over share one pass over ``w`` too (a 10-item history is 4 + 4 + 2 rows). It is also faster
     than the single-threaded sgemm that ran from 16 rows on before, at every history length up
     to 50, so no product here calls BLAS (``bench/head_ab.py``, ``bench/results/stream.md``)."""
+    for i in range(out.shape[0]):
+        o = out[i]
+        for j in range(b.shape[0]):
+            o[j] = b[j]
+    _linear_acc(x, w, out)
+
+
+@_KERNEL
+def _linear_acc(x, w, out):
+    """out += x @ w, as :func:`_linear` sums it (each element's terms fused in ascending
+    order onto its value in ``out``)."""
     n, k = x.shape
     m = w.shape[1]
     k4 = k - k % 4
     i = 0
     while i + 3 < n:
         o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
-        for j in range(m):
-            o0[j] = b[j]
-            o1[j] = b[j]
-            o2[j] = b[j]
-            o3[j] = b[j]
         for kk in range(0, k4, 4):
             a00, a01, a02, a03 = x[i, kk], x[i, kk + 1], x[i, kk + 2], x[i, kk + 3]
             a10, a11, a12, a13 = x[i + 1, kk], x[i + 1, kk + 1], x[i + 1, kk + 2], x[i + 1, kk + 3]
@@ -385,9 +391,6 @@ def _linear(x, w, b, out):
         i += 4
     if i + 1 < n:  # two rows left: one pass over ``w`` for both, as above
         o0, o1 = out[i], out[i + 1]
-        for j in range(m):
-            o0[j] = b[j]
-            o1[j] = b[j]
         for kk in range(0, k4, 4):
             a00, a01, a02, a03 = x[i, kk], x[i, kk + 1], x[i, kk + 2], x[i, kk + 3]
             a10, a11, a12, a13 = x[i + 1, kk], x[i + 1, kk + 1], x[i + 1, kk + 2], x[i + 1, kk + 3]
@@ -406,8 +409,6 @@ def _linear(x, w, b, out):
         i += 2
     while i < n:
         o0 = out[i]
-        for j in range(m):
-            o0[j] = b[j]
         for kk in range(0, k4, 4):
             a0, a1, a2, a3 = x[i, kk], x[i, kk + 1], x[i, kk + 2], x[i, kk + 3]
             w0, w1, w2, w3 = w[kk], w[kk + 1], w[kk + 2], w[kk + 3]
@@ -475,31 +476,35 @@ def _norm_row(x, mu, v, inv, eps, w, b, out):
 
 
 @_KERNEL
-def _block(x, buf, off, base, heads, ff):
-    """One ``nn.TransformerEncoderLayer`` (norm_first, ReLU, eval) over positions that are all
-    real: ``x`` [n, d] -> [n, d]."""
-    n, d = x.shape
+def _attention(qkv, heads, att):
+    """Scaled dot-product attention of each head over every position (all real), from the
+    packed ``qkv`` [n, 3d] into ``att`` [n, d]. Per head, the scores are ``q @ k.T`` and the
+    output ``softmax @ v``, both through :func:`_linear`: each score sums its ``hd`` terms
+    and each output element its ``n`` terms in ascending order, as one query and one term at
+    a time sum them, but four rows and four terms at a time (a 10-item history's scores were
+    short loops of ten, bound by each addition's latency)."""
+    n = qkv.shape[0]
+    d = att.shape[1]
     hd = d // heads
-    y = np.empty((n, d), np.float32)
-    _layer_norm(x, _v(buf, off, base + _N1W, d), _v(buf, off, base + _N1B, d), y)
-    qkv = np.empty((n, 3 * d), np.float32)
-    _linear(y, _t(buf, off, base + _WQKV, d, 3 * d), _v(buf, off, base + _BQKV, 3 * d), qkv)
     scale = np.float32(1.0 / np.sqrt(hd))
-    att = np.zeros((n, d), np.float32)
+    q = np.empty((n, hd), np.float32)
     kt = np.empty((hd, n), np.float32)
-    s = np.empty(n, np.float32)
-    scratch = np.empty(n, np.int32)
+    v = np.empty((n, hd), np.float32)
+    p = np.empty((n, n), np.float32)
+    o = np.empty((n, hd), np.float32)
+    zn = np.zeros(n, np.float32)
+    zh = np.zeros(hd, np.float32)
+    scratch = np.empty(n * n, np.int32)
     for h in range(heads):
         q0, k0, v0 = h * hd, d + h * hd, 2 * d + h * hd
         for j in range(n):
             for c in range(hd):
+                q[j, c] = qkv[j, q0 + c]
                 kt[c, j] = qkv[j, k0 + c]
+                v[j, c] = qkv[j, v0 + c]
+        _linear(q, kt, zn, p)
         for i in range(n):
-            s[:] = 0
-            for c in range(hd):
-                a = qkv[i, q0 + c]
-                for j in range(n):
-                    s[j] += a * kt[c, j]
+            s = p[i]
             mx = s[0] * scale
             for j in range(n):
                 s[j] *= scale
@@ -507,14 +512,31 @@ def _block(x, buf, off, base, heads, ff):
                     mx = s[j]
             for j in range(n):
                 s[j] -= mx
-            _exp_(s, scratch)
+        _exp_(p.reshape(-1), scratch)
+        for i in range(n):
+            s = p[i]
             tot = np.float32(0.0)
             for j in range(n):
                 tot += s[j]
             for j in range(n):
-                p = s[j] / tot
-                for c in range(hd):
-                    att[i, q0 + c] += p * qkv[j, v0 + c]
+                s[j] = s[j] / tot
+        _linear(p, v, zh, o)
+        for i in range(n):
+            for c in range(hd):
+                att[i, q0 + c] = o[i, c]
+
+
+@_KERNEL
+def _block(x, buf, off, base, heads, ff):
+    """One ``nn.TransformerEncoderLayer`` (norm_first, ReLU, eval) over positions that are all
+    real: ``x`` [n, d] -> [n, d]."""
+    n, d = x.shape
+    y = np.empty((n, d), np.float32)
+    _layer_norm(x, _v(buf, off, base + _N1W, d), _v(buf, off, base + _N1B, d), y)
+    qkv = np.empty((n, 3 * d), np.float32)
+    _linear(y, _t(buf, off, base + _WQKV, d, 3 * d), _v(buf, off, base + _BQKV, 3 * d), qkv)
+    att = np.empty((n, d), np.float32)
+    _attention(qkv, heads, att)
     o = np.empty((n, d), np.float32)
     _linear(att, _t(buf, off, base + _WO, d, d), _v(buf, off, base + _BO, d), o)
     x2 = x + o
@@ -653,8 +675,10 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     n2s = np.empty(k_max, np.float32)
     bsoft = _t(buf, off, _BSOFT, seq_len, k_max)
     aw = np.empty(k_max, np.float32)
+    at = np.empty((k_max, n), np.float32)  # the routing weights, one row per capsule
+    zd = np.zeros(d, np.float32)
+    sc = np.empty((k_max, d), np.float32)
     for it in range(iters):
-        sc = np.zeros((k_max, d), np.float32)
         for i in range(n):
             if it == 0:  # softmax of the fixed logits: precomputed per position
                 ai = bsoft[seq_len - n + i]
@@ -662,9 +686,9 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
                 _route_row(logits[i], c, aw)
                 ai = aw
             for k in range(k_max):
-                a = ai[k]
-                for j in range(d):
-                    sc[k, j] += a * u[i, j]
+                at[k, i] = ai[k]
+        # each capsule sums its positions in ascending order, four capsules at a time
+        _linear(at, u, zd, sc)
         # each capsule's squared norm summed over j ascending, the K sums side by side
         for k in range(k_max):
             n2s[k] = 0
@@ -677,29 +701,11 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
             for j in range(d):
                 caps[k, j] = f * sc[k, j]
         if it < iters - 1:
-            # the agreement u_i . caps_k, summed over j ascending as before, with the capsules
-            # transposed so that the K logits of a row update as one contiguous vector
+            # the agreement u_i . caps_k onto each logit, summed over j ascending
             for k in range(k_max):
                 for j in range(d):
                     caps_t[j, k] = caps[k, j]
-            # two rows at a time: two independent chains (each row's sum order unchanged)
-            i = 0
-            while i + 1 < n:
-                li, lj = logits[i], logits[i + 1]
-                for j in range(d):
-                    a, b2 = u[i, j], u[i + 1, j]
-                    ct = caps_t[j]
-                    for k in range(k_max):
-                        li[k] += a * ct[k]
-                        lj[k] += b2 * ct[k]
-                i += 2
-            if i < n:
-                li = logits[i]
-                for j in range(d):
-                    a = u[i, j]
-                    ct = caps_t[j]
-                    for k in range(k_max):
-                        li[k] += a * ct[k]
+            _linear_acc(u, caps_t, logits)
     # self-attentive pooling: keys hh, values x
     sh = 2 * d
     hid = np.empty((n, sh), np.float32)
@@ -707,21 +713,21 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     _tanh_(hid.reshape(-1), np.empty(n * sh, np.float32), np.empty(n * sh, np.int32))
     a_ = np.empty((n, k_max), np.float32)
     _linear(hid, _t(buf, off, _SAW2, sh, k_max), np.zeros(k_max, np.float32), a_)
-    sa = np.zeros((k_max, d), np.float32)
+    pt = np.empty((k_max, n), np.float32)  # each slot's attention over the positions
+    e = np.empty(n, np.float32)
     for k in range(k_max):
         mx = a_[0, k]
         for i in range(n):
             if a_[i, k] > mx:
                 mx = a_[i, k]
         tot = np.float32(0.0)
-        e = np.empty(n, np.float32)
         for i in range(n):
             e[i] = np.exp(a_[i, k] - mx)
             tot += e[i]
         for i in range(n):
-            p = e[i] / tot
-            for j in range(d):
-                sa[k, j] += p * x[i, j]
+            pt[k, i] = e[i] / tot
+    sa = np.empty((k_max, d), np.float32)
+    _linear(pt, x, zd, sa)
     proj = np.empty((k_max, d), np.float32)
     _linear(sa, _t(buf, off, _OUTW, d, d), _v(buf, off, _OUTB, d), proj)
     mix = _v(buf, off, _MIX, k_max)
