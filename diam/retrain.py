@@ -196,10 +196,13 @@ class Decision:
     """The service counts ``window`` as trained and resumes after it. False for the decision
     rebuilt for a run stopped between its snapshot's commit and its activation
     (:meth:`Retrainer.reconcile`): nothing went live, so the next retrain takes those events
-    again; and for a retrain refused before training because no dataflow could use a model of
-    the size it would train at (a setting to fix, not the window's fault: once it is fixed the
-    restarted service trains those events, and ``diam retrain --once`` exits 1). Records
-    written before the key existed count as done."""
+    again; for a retrain refused before training because no dataflow could use a model of
+    the size it would train at; and for a training that diverged (NaN or inf weights, nothing
+    saved). The last two are a setting to fix (the model's size, the learning rate), not the
+    window's fault: once it is fixed the restarted service trains those events, and ``diam
+    retrain --once`` exits 1. Too few clicks or users in the window is the window's own
+    answer: done (the next window holds those events too). Records written before the key
+    existed count as done."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, default=_jsonable).encode()
@@ -458,10 +461,11 @@ class Retrainer:
                     log=lambda line: self._say(f"  {line}"), init_state=init_state)
         t_train = time.monotonic()
         if (broken := weights_problem(res.model)) is not None:  # no candidate a loader refuses
+            # a setting to fix, not the window's fault: the window stays to be trained
             return self._finish(Decision(name, False, f"not saved: {broken} (a smaller "
                                          f"DIAM_RETRAIN_{'WARM_LR' if warm else 'LR'}?)",
                                          active_version, window=window, warm_start=warm,
-                                         created_at=created.isoformat()),
+                                         created_at=created.isoformat(), window_done=False),
                                 t0, {"read": t_read - t0, "train": t_train - t_read})
         cand_dir = Path(cfg.candidates_dir) / name
         save_checkpoint(cand_dir, res.model, train_c, seed=cfg.seed,

@@ -89,9 +89,9 @@ def retrain_cmd(ctx: click.Context, once: bool, topic: str | None, namespace: st
                or click.ClickException(f"retrain failed: {type(exc).__name__}: {exc}")) from None
     if as_json:
         click.echo(json.dumps(json.loads(d.to_json()), indent=1, sort_keys=True))
-    if not d.published and not d.window_done:  # refused before training: a setting to fix
-        raise click.ClickException(f"retrain {d.candidate}: {d.reason}; nothing trained, the "
-                                   "window stays to be trained")
+    if not d.published and not d.window_done:  # a setting to fix (Decision.window_done)
+        raise click.ClickException(f"retrain {d.candidate}: {d.reason}; nothing published, "
+                                   "the window stays to be trained")
     if not as_json and (not d.published or d.announced):
         click.echo(f"{'published ' + str(d.version) if d.published else 'refused'}: {d.reason} "
                    f"(candidate {d.candidate_path or d.candidate}, {d.seconds['total']:.1f} s)")

@@ -339,9 +339,32 @@ def test_a_diverged_retrain_saves_no_candidate(stack, topic, namespace, loop_dat
     assert not d.published and d.version is None, d
     assert d.reason.startswith("not saved: the trained weights hold NaN or inf ("), d.reason
     assert d.reason.endswith(": training diverged (a smaller DIAM_RETRAIN_LR?)"), d.reason
-    assert "train" in d.seconds and d.window_done
+    assert "train" in d.seconds and not d.window_done  # a setting to fix: trained again
     assert not (tmp_path / "candidates" / d.candidate).exists()
     assert SnapshotStore(s.snapshot).versions() == []
+
+
+def test_a_diverged_retrain_once_exits_1_and_leaves_its_window_to_train(
+        stack, topic, namespace, loop_data, tmp_path) -> None:
+    """``diam retrain --once`` on a training that diverged exits 1 with one ``Error:`` line
+    (the reason and that the window stays), and the restarted service would train the window
+    again: nothing resumes after it. Was: exit 0 and ``window_done: true``, so a cron job saw
+    success and the service, restarted with a smaller learning rate, never trained those
+    events."""
+    from diam.cli import main
+    from diam.retrain import Retrainer
+
+    _feed(stack, topic, loop_data)
+    s = _loop_settings(stack, topic, tmp_path, epochs=1, lr=1e6, warm_start=False)
+    r = CliRunner().invoke(main, ["retrain", "--once", "--json", "--namespace", namespace],
+                           obj={"settings": s})
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    d = json.loads(r.stdout)
+    assert d["window_done"] is False and not d["published"], d
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: retrain {d['candidate']}: not saved: "), last
+    assert last.endswith("nothing published, the window stays to be trained"), last
+    assert Retrainer(s, namespace=namespace).resume_point() is None
 
 
 def test_retrain_guard_refuses_a_trained_candidate_of_a_size_no_dataflow_can_use(
