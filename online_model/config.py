@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class OnlineConfig(BaseModel):
     """Thresholds of the online learner. Each default says why it is what it is."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """NaN and inf are refused, as by every settings model (``DIAM_ONLINE_LR=nan`` would
+    otherwise turn every vector to NaN at the first step, and ``inf`` switch a cap off)."""
 
     dim: int = 64
     """Interest vector dimension; must equal the base model's item embedding size."""
