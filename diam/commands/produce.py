@@ -102,7 +102,10 @@ def produce(
     hint = "--topic" if topic is not None else "DIAM_KAFKA_CLICKS_TOPIC (kafka.clicks_topic)"
     # and the catalogue goes to a catalogue: by name first, before any broker is asked (the
     # catalogue as the clicks target is refused below, on --topic, as forget does)
-    if catalog and cat != target and (role := catalogue_role(settings.kafka, cat)) is not None:
+    # (an --items-topic naming the configured clicks topic, no --topic: the mistake is the
+    # --items-topic, not a setting the user never set)
+    if (catalog and (cat != target or (items_topic is not None and topic is None))
+            and (role := catalogue_role(settings.kafka, cat)) is not None):
         raise click.BadParameter(f"{cat} is {role}, not an item catalogue: nothing was "
                                  "written", param_hint=cat_hint)
     if side_topic_role(settings.kafka, target, items_topic) is not None:

@@ -80,3 +80,17 @@ def test_produce_refuses_a_catalogue_topic_that_is_not_a_catalogue(run, isolated
     assert len(error) == 1 and "--items-topic" in error[0], r.output
     assert f"{items} is {role}" in error[0], r.output
     assert "not an item catalogue: nothing was written" in error[0], r.output
+
+
+def test_produce_refuses_the_clicks_topic_as_its_items_topic_naming_the_option(run, data) -> None:
+    """The mistake is --items-topic: the error names it, not DIAM_KAFKA_CLICKS_TOPIC (which the
+    user never set; before: 'Invalid value for DIAM_KAFKA_CLICKS_TOPIC ... is the item catalogue
+    this command writes')."""
+    r = run("produce", "--data", data, "--catalog", "--items-topic", "diam.clicks",
+            "--limit", "5")
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    error = [line for line in r.output.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1, r.output
+    assert "--items-topic" in error[0] and "DIAM_KAFKA_CLICKS_TOPIC" not in error[0], r.output
+    assert "diam.clicks is the configured clicks topic" in error[0], r.output
+    assert "nothing was written" in error[0] and "not usable" not in r.output, r.output
