@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,7 +32,8 @@ from streams.kafka_io import offsets_for_time, watermarks
 from streams.online import FlowStats, LearnerHolder
 
 __all__ = ["Bound", "ReplayError", "ReplayRange", "ReplayReport", "parse_bound", "resolve_range",
-           "run_replay", "replay_topics", "namespace_topics", "PROTECTED_NAMESPACES", "TIME_BOUNDS_HINT"]
+           "run_replay", "replay_topics", "namespace_topics", "replay_flow_id", "topic_collision",
+           "check_topic_collision", "PROTECTED_NAMESPACES", "TIME_BOUNDS_HINT"]
 
 #: Why a time-bounded range may hold nothing (``diam replay``, ``diam train``/``evaluate``).
 TIME_BOUNDS_HINT = ("the bounds read the records' Kafka timestamps (when they were produced; "
@@ -152,6 +154,68 @@ def replay_topics(kafka: KafkaConfig, namespace: str) -> KafkaConfig:
     })
 
 
+def replay_flow_id(namespace: str) -> str:
+    """The Bytewax flow id of a replay into ``namespace``: Bytewax 0.21 refuses a ``.`` in a
+    flow id (``bytewax.dataflow.Dataflow.__post_init__``; it joins step ids with dots) and a
+    namespace may hold dots (``serving_cache.keys.validate_namespace``), so they become ``_``.
+    The id is a label only (a replay keeps no recovery store, where it would name the state),
+    so ``a.b`` and ``a_b`` sharing one is harmless.
+
+    >>> replay_flow_id("a.b.c")
+    'diam-replay-a_b_c'
+    """
+    return f"diam-replay-{namespace.replace('.', '_')}"
+
+
+def topic_collision(kafka: KafkaConfig, namespace: str, existing: Iterable[str]) -> str | None:
+    """Why a replay into ``namespace`` cannot create its own topics (:func:`replay_topics`) beside
+    the topics ``existing``, in one line naming the topic in the way and what to do, or None.
+    Kafka refuses a topic whose name differs from an existing one's only by ``.`` against ``_``
+    (the two give one metric name), so namespaces ``a.b`` and ``a_b`` cannot both have replay
+    topics; found after the claim and the partition record were written, the broker's refusal
+    read as "is the stack up?".
+
+    >>> from streams.config import KafkaConfig
+    >>> k = KafkaConfig()
+    >>> print(topic_collision(k, "a_b", ["diam.drift.replay.a.b", "diam.clicks"]))
+    the replay's topic diam.drift.replay.a_b collides with the existing topic diam.drift.replay.a.b of namespace 'a.b' (Kafka refuses topic names that differ only by '.' and '_'): replay into another namespace, or `diam drop a.b` first (it deletes that namespace's keys and topics)
+    >>> topic_collision(k, "a.b", ["diam.drift.replay.a.b", "diam.deadletter.replay.a.b"]) is None
+    True
+    """
+    own = replay_topics(kafka, namespace)
+    folded = {t.replace(".", "_"): t for t in existing}
+    for mine, base in ((own.deadletter_topic, kafka.deadletter_topic),
+                       (own.drift_topic, kafka.drift_topic)):
+        other = folded.get(mine.replace(".", "_"))
+        if other is None or other == mine:
+            continue
+        prefix = f"{base}.replay."
+        if other.startswith(prefix):
+            ns = other[len(prefix):]
+            return (f"the replay's topic {mine} collides with the existing topic {other} of "
+                    f"namespace {ns!r} (Kafka refuses topic names that differ only by '.' and "
+                    f"'_'): replay into another namespace, or `diam drop {ns}` first (it deletes "
+                    "that namespace's keys and topics)")
+        return (f"the replay's topic {mine} collides with the existing topic {other} (Kafka "
+                "refuses topic names that differ only by '.' and '_'): replay into another "
+                f"namespace, or delete topic {other}")
+    return None
+
+
+def check_topic_collision(kafka: KafkaConfig, namespace: str) -> None:
+    """Raise :class:`ReplayError` when :func:`topic_collision` refuses ``namespace``'s topics
+    on the broker's topics (one metadata request naming no topic: none is created); the Kafka
+    client's errors when the broker does not answer."""
+    from streams.kafka_io import _admin, _logs_on_failure
+
+    admin = _admin(kafka)
+    with _logs_on_failure(admin):
+        have = admin.list_topics(timeout=30.0).topics
+    refused = topic_collision(kafka, namespace, have)
+    if refused is not None:
+        raise ReplayError(refused)
+
+
 def namespace_topics(kafka: KafkaConfig, namespace: str) -> tuple[list[str], list[str]]:
     """The dead-letter and drift topics that hold ``namespace``'s records:
     ``(deadletter topics, drift topics)``, each the shared topic of ``kafka`` (a live ``diam
@@ -254,7 +318,7 @@ def run_replay(kafka: KafkaConfig, redis: RedisConfig, flow: FlowConfig, rng: Re
     check_namespace(namespace)
     job = OnlineJob(kafka=replay_topics(kafka, namespace), redis=redis, flow=flow, topic=rng.topic,
                     namespace=namespace, bounded=True, start=dict(rng.start), end=dict(rng.end),
-                    workers=workers, recovery_dir=None, flow_id=f"diam-replay-{namespace}",
+                    workers=workers, recovery_dir=None, flow_id=replay_flow_id(namespace),
                     stop=stop if stop is not None else threading.Event(),
                     redis_checked=redis_checked)
     # also set by the sink: a refused write ends the input

@@ -14,6 +14,7 @@ import click
 from diam.commands import (
     _without_password,
     get_settings,
+    kafka_unusable,
     not_empty,
     output_file,
     plot_file,
@@ -91,18 +92,23 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
     second replay or a `diam run` into it is refused, naming it, and so is a replay into a
     namespace a live `diam run` writes (diam:<namespace>:runs); `diam drop --force` deletes a
     claim a replay killed on another host left. SIGINT or SIGTERM stop it at its next batch,
-    the claim released (exit 0, as `diam run`). Configured side topics (dead-letter,
+    the claim released (exit 0, as `diam run`); a second one stops it at once, the claim
+    released and the partial namespace said first. A namespace whose replay topics Kafka would
+    refuse beside another namespace's (names that differ only by '.' and '_': a_b beside a.b)
+    is refused, naming it, before anything is written. Configured side topics (dead-letter,
     drift, alerts, models, forget markers, catalogue), a replay's own topics and compacted
     topics are refused as input before anything is written. Compare with `diam diff live
     <namespace>`.
     """
+    from confluent_kafka import KafkaException
+
     from diam.app import load_holder, one_base
     from diam.commands.run import refuse_input, require_broker
     from serving_cache import redis_client
     from serving_cache.keys import claim_key
     from serving_cache.outage import REDIS_ERRORS
     from streams.preflight import ServiceConfigError, check_redis
-    from streams.replay import ReplayError, check_namespace, parse_bound
+    from streams.replay import ReplayError, check_namespace, check_topic_collision, parse_bound
 
     s = get_settings(ctx)
     topic = topic if topic is not None else s.kafka.clicks_topic
@@ -121,6 +127,12 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
                     hot_reload=False)
         raise
     refuse_input(s, topic)  # a side topic, a replay's own, a compacted one: nothing written
+    try:  # its topics made at the dataflow's start: one Kafka would refuse is said now
+        check_topic_collision(s.kafka, namespace)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (KafkaException, RuntimeError) as exc:
+        raise kafka_unusable(s, exc) from None
     try:  # Redis's login, ACL and cluster checks before the claim's writes: an ACL user that
         # may not run a command is told which (not "not usable" from the claim's own calls)
         check_redis(s.redis, wait=False, namespace=namespace)
@@ -130,12 +142,15 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         raise redis_unusable(s, exc) from None
     client = redis_client(s.redis)
     stop = threading.Event()  # SIGINT/SIGTERM: the dataflow stops at its next batch, the
-    stop_on_signals(stop)  # claim is released (installed first: no signal finds it unreleased)
-    claim = _claim(s, client, namespace)
+    # claim is released (installed first: no signal finds it unreleased); a second signal
+    # stops the process at once, the claim released and the partial namespace said first
+    held: dict[str, Any] = {}
+    stop_on_signals(stop, forced=lambda: _forced_stop(s, namespace, held))
+    claim = held["claim"] = _claim(s, client, namespace)
     try:
         report, holder, rng, grown = _replay_claimed(
             s, client, claim, topic, start, end, from_, to, namespace, snapshot, checkpoint,
-            base_from_data, clear, workers, progress, as_json, stop)
+            base_from_data, clear, workers, progress, as_json, stop, held)
     except _StoppedEarly:  # exit 0, as diam run stopped before it read anything
         click.echo(f"replay stopped by a signal before it cleared or wrote anything: namespace "
                    f"{namespace!r} untouched", err=True)
@@ -164,8 +179,35 @@ def replay(ctx: click.Context, topic: str | None, from_: str | None, to: str | N
         for line in report.lines():
             click.echo(line)
     if stopped:  # exit 0, as diam run stopped by a signal
-        click.echo(f"replay stopped by a signal before the end of its range: namespace "
-                   f"{namespace!r} holds a part of it; replay it again with --clear", err=True)
+        click.echo(_partial_line(namespace), err=True)
+
+
+def _partial_line(namespace: str) -> str:
+    """What a replay stopped by a signal before the end of its range says of its namespace."""
+    return (f"replay stopped by a signal before the end of its range: namespace {namespace!r} "
+            "holds a part of it; replay it again with --clear")
+
+
+def _forced_stop(s: Settings, namespace: str, held: dict[str, Any]) -> None:
+    """A second signal (``stop_on_signals``' ``forced``), just before the process stops at once:
+    give back the claim ``held["claim"]`` when one was taken (left, it kept the namespace from
+    any other replay or run; from another host only ``diam drop --force`` cleared it) and,
+    once the replay may have cleared or written (``held["writing"]``), say the namespace holds
+    a part of the range. A client of its own: the signal may have come while the main
+    thread's client held its pool's lock."""
+    from serving_cache import redis_client
+
+    if held.get("writing"):
+        click.echo(_partial_line(namespace), err=True)
+    else:
+        click.echo(f"replay stopped by a signal before it cleared or wrote anything: namespace "
+                   f"{namespace!r} untouched", err=True)
+    if "claim" in held:
+        client = redis_client(s.redis)
+        try:
+            _release(client, namespace, held["claim"])
+        finally:
+            client.close()
 
 
 class _StoppedEarly(Exception):  # noqa: N818 (a stop, not an error)
@@ -232,9 +274,11 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
                     from_: str | None, to: str | None, namespace: str, snapshot: str | None,
                     checkpoint: str | None, base_from_data: str | None, clear: bool,
                     workers: int, progress: bool, as_json: bool, stop: threading.Event,
-                    ) -> tuple[Any, Any, Any, int]:
+                    held: dict[str, Any]) -> tuple[Any, Any, Any, int]:
     """``diam replay`` once its namespace is claimed: the base, the range, the checks, the
-    ``--clear`` and the run; returns (report, holder, range, items grown)."""
+    ``--clear`` and the run; returns (report, holder, range, items grown). Sets
+    ``held["writing"]`` once the namespace may be cleared or written (what a second signal
+    says, :func:`_forced_stop`)."""
     from confluent_kafka import KafkaException
 
     from diam.app import load_holder
@@ -272,6 +316,7 @@ def _replay_claimed(s: Settings, client: Any, claim: str, topic: str, start: Any
                    + (f" ({TIME_BOUNDS_HINT})" if timed else ""), err=True)
     if stop.is_set():  # a signal while the base loaded: nothing cleared, nothing written
         raise _StoppedEarly
+    held["writing"] = True
     try:
         if clear and (rng.size == 0 or rng.clamped) and _holds_keys(client, namespace):
             raise click.ClickException(
