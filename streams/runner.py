@@ -665,8 +665,9 @@ def _run_flow(job: OnlineJob, holder: LearnerHolder, stats: FlowStats | None,
     joining = None
     if job.addresses:  # says when the other processes have answered, and when its input ended
         source = joining = _Joining(source, job.joined)
+    # the clicks topic given, not read from ``source``: the wrappers above have no ``topic``
     flow = build_flow(source, sinks, job.flow, holder, flow_id=job.flow_id, stats=stats,
-                      namespace=job.namespace, markers=markers, judged=judged)
+                      namespace=job.namespace, markers=markers, judged=judged, topic=job.topic)
     recovery = None
     if job.recovery_dir is not None:
         recovery = prepare_recovery(Path(job.recovery_dir))
