@@ -33,16 +33,19 @@ from diam.settings import Settings
 
 
 class _EveryMinute(logging.Filter):
-    """Lets a repeated log message through once a minute. The snapshot watcher warns at every
-    check (2 s) while Redis is down; the sink already says when the outage starts and ends."""
+    """Lets a repeated log line through once a minute: the same words, arguments included, so
+    a second refused snapshot (another version in the same message) is said at once, not up
+    to a minute later or never (was keyed on the unformatted message). The snapshot watcher
+    warned at every check (2 s) while Redis was down; the sink already says when the outage
+    starts and ends."""
 
     def __init__(self, every_s: float = 60.0) -> None:
         super().__init__()
         self.every_s = every_s
-        self._last: dict[tuple[str, object], float] = {}
+        self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key, now = (record.name, record.msg), time.monotonic()
+        key, now = (record.name, record.getMessage()), time.monotonic()
         if now - self._last.get(key, now - self.every_s) < self.every_s:
             return False
         self._last[key] = now
