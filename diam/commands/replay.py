@@ -415,9 +415,12 @@ def _end_stamps(kafka: KafkaConfig, topic: str) -> list[int] | None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               callback=plot_file,
               help="Write a PNG of per-user interest movement (matched cosine, d_u, K_u changes).")
+@click.option("--exit-code", is_flag=True,
+              help="Exit 1 when any user differs (values not byte-identical, undecodable on a "
+                   "side) or is in one namespace only, as `git diff --exit-code`; 0 otherwise.")
 @click.pass_context
 def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_json: bool,
-         top: int, plot_path: Path | None) -> None:
+         top: int, plot_path: Path | None, exit_code: bool) -> None:
     """Compare two Redis namespaces user by user.
 
     Per user: K_u difference, cosine of the interests matched by the Hungarian algorithm (the
@@ -431,8 +434,12 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     it): when values differ and the two bases do (e.g. a tailing run took items that arrived
     after its start, which a later replay of the topic finds at its start or not at all), the
     note says how, e.g. "run-1 took 3 more items than replay-1 on base V (62 vs 59 items; ...)".
+    The text names up to 5 users of each one-sided set. Exit 0, unless --exit-code and a user
+    differs (a relabelled one too: its bytes differ) or is on one side only: then 1, for
+    scripts checking that a replay reproduced a run (a namespace that does not exist holds no
+    user: against one that has users, they are all one-sided).
     """
-    from diam.commands import echo_json, note_empty_namespace
+    from diam.commands import echo_json
     from serving_cache import redis_client, validate_namespace
     from serving_cache.diff import diff_namespaces, summary_dict
     from serving_cache.outage import REDIS_ERRORS
@@ -463,7 +470,23 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
     bases = _bases(result, _weights_of(s))
     if as_json:  # means over no common users are NaN: null in JSON
         echo_json({**summary_dict(result), **bases})
-        return
+    else:
+        _print_diff(result, ns_a, ns_b, bases, top, csv_path)
+    m = result.summary
+    if exit_code and (m.only_a or m.only_b or m.undecodable or m.both > m.identical):
+        ctx.exit(1)
+
+
+#: How many user ids of each one-sided set ``diam diff``'s text names.
+ONE_SIDED_SHOWN = 5
+
+
+def _print_diff(result: NamespaceDiff, ns_a: str, ns_b: str, bases: dict[str, Any], top: int,
+                csv_path: Path | None) -> None:
+    """``diam diff``'s text: notes on stderr, the summary, the one-sided users (up to
+    :data:`ONE_SIDED_SHOWN` of each side named) and the ``top`` most different users."""
+    from diam.commands import note_empty_namespace
+
     for line in (bases["bases_note"] or "").splitlines():
         click.echo(f"note: {line}", err=True)
     m = result.summary
@@ -472,6 +495,11 @@ def diff(ctx: click.Context, ns_a: str, ns_b: str, csv_path: Path | None, as_jso
             note_empty_namespace(ns)
     click.echo(f"{ns_a} vs {ns_b}: users {m.users_a:,} / {m.users_b:,}; in both {m.both:,}, "
                f"only in {ns_a} {m.only_a:,}, only in {ns_b} {m.only_b:,}")
+    for ns, ids in ((ns_a, result.only_a), (ns_b, result.only_b)):
+        if ids:
+            more = len(ids) - ONE_SIDED_SHOWN
+            click.echo(f"  only in {ns}: {', '.join(ids[:ONE_SIDED_SHOWN])}"
+                       + (f" (and {more:,} more)" if more > 0 else ""))
     if m.both:
         click.echo(f"  identical values {m.identical:,} ({m.identical / m.both:.1%})  "
                    f"K_u agreement {m.k_agree_rate:.1%}  matched cosine mean {m.mean_matched_cos:.4f} "
