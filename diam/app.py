@@ -430,7 +430,9 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
 
     A new version the stream cannot use (another embedding size, a file the base loader
     refuses) is refused as a failed hash is: one error line naming it, the current base stays,
-    and it is not offered again until the pointer moves.
+    and it is not offered again until the pointer moves. Both are counted in the hook's
+    ``refusals`` (``diam_flow_snapshot_refusals_total``): the watcher's own (failing its hash,
+    no manifest) and the stream's.
 
     The hook has a ``close()`` (:class:`_Following`; ``LearnerHolder.close`` calls it): the
     click-first reader's thread stops and its consumer, the catalogue follower's consumer and
@@ -445,6 +447,7 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
     client = redis_client(settings.redis)
     follower = CatalogFollower(settings.kafka, settings.kafka.items_topic, refused=refused)
     clicks = None
+    unusable = 0  # versions that verified but the stream refused (the watcher counts its own)
 
     def close() -> None:
         try:
@@ -471,7 +474,7 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
         raise
 
     def reload() -> tuple[OnlineLearner, str] | None:
-        nonlocal base, tower, current
+        nonlocal base, tower, current, unusable
         if growth.failed is not None:  # stopping: the base stays what the log says
             return None
         found = watcher.poll()
@@ -490,6 +493,7 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
             except SnapshotError as exc:
                 log.error("hot reload refused, keeping %s: %s", base.version, exc)
                 watcher.refuse(new_version, keep=base.version)
+                unusable += 1
                 return None
             tower = new_tower
             new, batch = grow(growth.replay(loaded, tower), list(follower.items.values())
@@ -502,7 +506,7 @@ def _follow_active(settings: Settings, store, base: BaseView, namespace: str | N
         current = nxt
         return nxt, new.version
 
-    return current, _Following(reload, close)
+    return current, _Following(reload, close, lambda: watcher.refusals + unusable)
 
 
 def _logged(growth: GrowthLog, version: str, batch: list[CatalogItem],
@@ -523,12 +527,19 @@ def _logged(growth: GrowthLog, version: str, batch: list[CatalogItem],
 
 class _Following:
     """The hot-reload hook of a run on the active snapshot (:func:`_follow_active`): calling it
-    reloads; :meth:`close` stops the followers it reads (once)."""
+    reloads; :meth:`close` stops the followers it reads (once); :attr:`refusals` counts the
+    new versions it refused."""
 
     def __init__(self, reload: Callable[[], tuple[OnlineLearner, str] | None],
-                 close: Callable[[], None]) -> None:
-        self._reload, self._close = reload, close
+                 close: Callable[[], None], refusals: Callable[[], int] = lambda: 0) -> None:
+        self._reload, self._close, self._refusals = reload, close, refusals
         self._closed = False
+
+    @property
+    def refusals(self) -> int:
+        """Announced versions refused (failing their hash, without a manifest, or unusable by
+        the stream): ``diam_flow_snapshot_refusals_total``."""
+        return self._refusals()
 
     def __call__(self) -> tuple[OnlineLearner, str] | None:
         return self._reload()

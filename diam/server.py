@@ -149,6 +149,19 @@ class _LoadRefusals:
         active = self.recommender.active
         return None if active is None else str(active.version)
 
+    @property
+    def refusals(self) -> int:
+        """The watcher's own refusals (failing verification), which the API counts."""
+        return int(self.watcher.refusals)
+
+    @property
+    def last_refusal(self) -> tuple[str, str] | None:
+        return self.watcher.last_refusal  # type: ignore[no-any-return]
+
+    @property
+    def announced(self) -> str | None:
+        return self.watcher.announced  # type: ignore[no-any-return]
+
     def poll(self) -> Any:
         if self._offered is not None and self._offered != self._served():
             self.watcher.refuse(self._offered, keep=self._served())

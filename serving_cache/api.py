@@ -18,6 +18,11 @@ Hot reload: give a ``watcher`` with ``poll() -> (version, path) | None`` (e.g.
 ``snapshotter.ActiveWatcher``, which verifies hashes first); a background thread polls it every
 ``reload_every_s`` and swaps the new snapshot in, while requests keep using the old one until
 the new one is fully loaded. A snapshot that fails to load leaves the old one serving.
+``diam_snapshot_reloads_total`` counts ``ok`` for a new version swapped in (the first load,
+nothing served before, is none: a restart is no reload) and ``failed`` for each announced
+version refused, the watcher's own refusals included (its ``refusals``: a file failing its
+hash, no manifest); ``/health`` names the announced version when another one is served
+(``announced``, and ``refused`` with the reason).
 
 Latency (bench/serve.py): the recommendation route answers JSON encoded by ``orjson`` in
 ``RecommendationOut``'s shape instead of having FastAPI validate and encode the model; the
@@ -138,6 +143,13 @@ class HealthOut(BaseModel):
     """Set while the users' reads are refused without asking Redis (reads timed out in a row:
     ``serving_cache.breaker``): the seconds before a read asks it again (0.0 while that probe is
     out); ``status`` is then ``unavailable``. Absent when reads go to Redis."""
+    announced: str | None = None
+    """The active version announced (``diam:<ns>:model:active``, else ``ACTIVE``) when it is
+    not the one served: a new version refused (``refused`` says why) or not loaded yet.
+    ``status`` does not change for it: the served version still answers. Absent otherwise."""
+    refused: str | None = None
+    """Why the ``announced`` version was refused (a file failing its hash, no manifest, a
+    load that failed); absent when it was not."""
 
 
 class ErrorOut(BaseModel):
@@ -183,7 +195,9 @@ def _metrics(app_name: str) -> dict[str, Any]:
             registry=registry,
         ),
         "reloads": Counter(
-            "diam_snapshot_reloads", "Snapshot reloads", ["outcome"], registry=registry
+            "diam_snapshot_reloads", "Snapshot reloads: ok, a new version swapped in (not the "
+            "start's first load); failed, an announced version refused (its hash, no manifest, "
+            "a load that failed)", ["outcome"], registry=registry
         ),
     }
 
@@ -321,11 +335,21 @@ def get_app(
         if recommender.active is not None:
             m["snapshot"].labels(recommender.active.version).set(1)
 
+    # the refusals seen: the watcher's own (failed verification, counted by it: ``refusals``,
+    # ``last_refusal``) and the loads that failed here; /health names the last one's reason
+    seen = {"watcher": 0}
+    last_refused: list[tuple[str, str]] = []  # [(version, reason)], the last refusal
+
     def refresh() -> str | None:
         """Poll the watcher once; load and swap in a new version. Returns the new version."""
         if watcher is None:
             return None
         found = watcher.poll()
+        refusals = int(getattr(watcher, "refusals", 0))
+        if refusals > seen["watcher"]:  # it logged why
+            m["reloads"].labels("failed").inc(refusals - seen["watcher"])
+            seen["watcher"] = refusals
+            last_refused[:] = [watcher.last_refusal]
         if found is None:
             return None
         version, path = found
@@ -337,16 +361,31 @@ def get_app(
             log.warning("snapshot reload: refused %s, it failed to load (%s); still serving %s",
                         version, exc, was)
             m["reloads"].labels("failed").inc()
+            last_refused[:] = [(version, f"failed to load: {exc}")]
             return None
         recommender.swap(snap)
         settle_heap()
         set_snapshot_gauge()
+        if was is None:
+            # the first load (the start's, or the first version ever announced) is no reload:
+            # counted, an alert on increase(..{outcome="ok"}) > 0 fired at every restart
+            log.info("snapshot: serving %s, loaded in %.2f s", version, time.monotonic() - t0)
+            return version
         m["reloads"].labels("ok").inc()
         # one line per reload, so that a log says which model answered when, and how long
         # the swap took (the /metrics counter says only how many)
         log.info("snapshot reload: serving %s (was %s), loaded in %.2f s", version, was,
                  time.monotonic() - t0)
         return version
+
+    def announced(served: str | None) -> tuple[str | None, str | None]:
+        """The announced version when it is not ``served``, and why it was refused (None when
+        it was not): what /health says beside the served one."""
+        version = getattr(watcher, "announced", None)
+        if version is None or version == served:
+            return None, None
+        why = [reason for refused, reason in last_refused if refused == version]
+        return str(version), (why[0] if why else None)
 
     def reload_loop() -> None:
         while not stop.wait(reload_every_s):
@@ -549,10 +588,11 @@ def get_app(
         except Exception:
             redis_ok = False
         snap = recommender.active.version if recommender.active is not None else None
+        other, refused = announced(snap)
         body = HealthOut(
             status="ok" if redis_ok and snap and paused is None else "unavailable",
             redis=redis_ok, snapshot=snap, pid=os.getpid(), redis_down=down or None,
-            reads_paused_s=paused,
+            reads_paused_s=paused, announced=other, refused=refused,
         )
         return (
             body

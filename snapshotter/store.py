@@ -1020,6 +1020,15 @@ class ActiveWatcher:
     rollback writes it, a rollback to the version already active too). So a version repaired
     and rolled back to is taken, even by a process that started on it damaged. The first poll
     returns the current active version (initial load) unless ``current`` names it already.
+
+    What it refused is counted here, its one owner: :attr:`refusals` (each refusal of a version
+    that fails verification: a hash that does not match, no manifest, as a half-written publish
+    leaves; a version counted again only when it is offered again after the active version
+    moved) and :attr:`last_refusal`; :attr:`announced` is the version it last read, so an
+    operator sees which version was announced while another is served (``diam serve``'s
+    ``/health`` and ``diam_snapshot_reloads_total{outcome="failed"}``, ``diam run``'s
+    ``diam_flow_snapshot_refusals_total``). A version the caller refuses (:meth:`refuse`) is
+    the caller's to count: it knows why.
     """
 
     def __init__(
@@ -1037,6 +1046,10 @@ class ActiveWatcher:
         self.ns = ns
         self.current = current
         self.refused: set[str] = set()
+        self.refusals = 0
+        """Versions :meth:`poll` refused for failing verification (see the class)."""
+        self.last_refusal: tuple[str, str] | None = None
+        """``(version, reason)`` of the last version :meth:`poll` refused."""
         self._resolved: tuple[str, tuple[int, int, int] | None] | None = None
         """The version the last poll resolved and the pointer file's identity then: when
         either changes, :attr:`refused` is cleared."""
@@ -1087,6 +1100,12 @@ class ActiveWatcher:
         self.refused.add(version)
         self.current = keep
 
+    @property
+    def announced(self) -> str | None:
+        """The active version the last poll read (Redis's announcement, else ``ACTIVE``);
+        None before the first poll, or when none was readable."""
+        return None if self._resolved is None else self._resolved[0]
+
     def _pointer_stamp(self) -> tuple[int, int, int] | None:
         # a publish or rollback replaces the file whole (a new inode): a rollback to the
         # version already active shows here, where the version read does not change
@@ -1121,6 +1140,8 @@ class ActiveWatcher:
         except SnapshotError as exc:
             log.error("not loading snapshot: %s", exc)
             self.refused.add(version)
+            self.refusals += 1
+            self.last_refusal = (version, str(exc))
             return None
         self.current = version
         return version, self.store.path(version)

@@ -38,7 +38,8 @@ Everything is read or counted where it happens, and nothing is added to the per-
   With several workers in one process their epoch ends interleave, and an observation can
   hold parts of two workers' epochs;
 - hot reloads (a new base version taken by :class:`~streams.online.LearnerHolder`) are
-  counted next to the base version gauge.
+  counted next to the base version gauge, and so are the announced versions refused (its
+  ``refusals``).
 
 Every series carries a ``process`` label, so one-process, partition-split and Bytewax-cluster
 runs export the same names and a dashboard sums or splits them by process.
@@ -94,6 +95,7 @@ METRIC_NAMES = (
     "diam_flow_consumer_position", "diam_flow_high_watermark",
     "diam_flow_consumer_lag", "diam_flow_base_version", "diam_flow_uptime_seconds",
     "diam_flow_watermark_errors_total", "diam_flow_hot_reloads_total",
+    "diam_flow_snapshot_refusals_total",
     "diam_flow_epoch_state_snapshot_seconds", "diam_flow_state_snapshots_total",
 )
 """Every series name a scrape of ``diam run`` returns (histograms add ``_bucket``, ``_sum``,
@@ -356,6 +358,9 @@ class FlowMetrics:
             yield v
         yield counter("diam_flow_hot_reloads", "New base versions taken while running",
                       getattr(self.holder, "reloads", 0))
+        yield counter("diam_flow_snapshot_refusals", "Announced versions refused while running "
+                      "(a file failing its hash, no manifest, unusable by the stream); the base "
+                      "stays", getattr(self.holder, "refusals", 0))
         yield from self._offsets()
         yield counter("diam_flow_watermark_errors", "Scrapes whose high-watermark request failed",
                       self.watermark_errors)

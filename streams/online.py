@@ -247,6 +247,7 @@ class LearnerHolder:
         self.learner = learner
         self.version = version
         self._reload = reload
+        self._counter = reload  # kept after close: its refusals stay readable
         self._check_every_s = check_every_s
         self._next_check = 0.0
         self._checking = threading.Lock()  # one reload at a time (worker threads share this)
@@ -259,6 +260,13 @@ class LearnerHolder:
         longest stall for a reload (bench/loop.py reports it)."""
         self._record: tuple[Any, BaseRecord | None] | None = None  # (learner, its record)
         self._note_base()  # the start's table: what later reloads grow from
+
+    @property
+    def refusals(self) -> int:
+        """New base versions the reload hook refused (its ``refusals``: a snapshot failing its
+        hash or without a manifest, one the stream cannot use; ``diam.app``); 0 for a hook that
+        counts none (streams.metrics)."""
+        return int(getattr(self._counter, "refusals", 0))
 
     def share(self) -> None:
         """Worker threads of this process share the learner: its compiled calls release the
