@@ -288,7 +288,12 @@ class _Metrics:
                               registry=self.registry)
 
     def record(self, d: Decision) -> None:
+        """Count ``d`` and make the ``last`` series its own: a phase or metric the decision
+        does not have (refused before training or evaluation) has no series, rather than the
+        previous retrain's value read as this one's."""
         self.decisions.labels("published" if d.published else "refused").inc()
+        self.seconds.clear()
+        self.metric.clear()
         for phase, s in d.seconds.items():
             self.seconds.labels(phase).set(s)
         for who in ("candidate", "active"):
