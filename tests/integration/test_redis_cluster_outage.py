@@ -93,10 +93,16 @@ def test_a_whole_cluster_down_is_waited_out_and_the_announcement_lives(cluster_s
             _write(part, [(u, _uv(6, u)) for u in USERS[:10]])  # waits for the nodes, writes
         assert time.monotonic() - t0 > 1.0  # it did wait (the nodes were down)
         # said once when it began and once when it ended; redis-py's own line per retry
-        # (ERROR redis.cluster: Topology refresh failed) is not shown
+        # (ERROR redis.cluster: Topology refresh failed) is not shown. The primaries came
+        # back with new run ids, so the sink may also say once that they restarted and
+        # re-push the users it holds (a restarted node may have lost its newest writes); and
+        # a write that redis-py's own retries carried past the restart sees only that (a race
+        # on a loaded box): at least one of the two, each at most once
         lines = [f"{r.name}: {r.getMessage()}" for r in caplog.records]
-        assert sum("unreachable since" in x for x in lines) == 1, lines
-        assert sum("reachable again" in x for x in lines) == 1, lines
+        began = sum("unreachable since" in x for x in lines)
+        restarted = sum("restarted or gave way to another node" in x for x in lines)
+        assert began <= 1 and restarted <= 1 and began + restarted >= 1, lines
+        assert sum("reachable again" in x for x in lines) == began, lines
         assert not any(x.startswith("redis.cluster") for x in lines), lines
     finally:
         back.join()
