@@ -45,6 +45,17 @@ ARM64); a host without FMA computes other bits (:func:`host_has_fma`; the tests 
 the bits skip there)."""
 
 
+_INLINE = njit(cache=True, error_model="numpy", fastmath={"contract"}, inline="always")
+"""How the small helpers are compiled: as :data:`_KERNEL`, and inlined by numba itself into
+each caller. numba counts a reference up and down (an atomic add each) on every array it hands
+to a called function or slices into a view, and its pruning cannot remove a pair across a call;
+on a 10-item history those pairs were about a tenth of the forward pass (perf, this session's
+``stream.md``). Inlined, the helper's arguments are the caller's own arrays. The arithmetic is
+untouched (the same operations with the same flags, so the same bits). ``_linear``,
+``_attention`` and ``_block`` stay calls: inlining them into every call site made the forward
+pass take minutes to compile for no further gain."""
+
+
 def host_has_fma() -> bool:
     """Whether numba compiles for a CPU with fused multiply-add (the bits :data:`_KERNEL`
     promises, and the tests pin, are those of FMA hosts)."""
@@ -289,7 +300,7 @@ _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
 
 
-@_KERNEL
+@_INLINE
 def _exp_(x, scratch):
     """``x[:] = exp(x[:])`` in float32, as Cephes' expf computes it (reduction by ln 2, a
     degree-5 polynomial, the power of two assembled from its bits; relative error below 1e-7).
@@ -313,7 +324,7 @@ def _exp_(x, scratch):
         x[i] *= two[i]
 
 
-@_KERNEL
+@_INLINE
 def _tanh_(x, e, scratch):
     """``x[:] = tanh(x[:])`` as ``sign(x) (1 - exp(-2|x|)) / (1 + exp(-2|x|))`` (absolute error
     below 1e-7), vectorised through :func:`_exp_`. ``e``: float32 scratch as long as ``x``."""
@@ -326,13 +337,13 @@ def _tanh_(x, e, scratch):
         x[i] = t if x[i] >= 0 else -t
 
 
-@_KERNEL
+@_INLINE
 def _t(buf, off, i, r, c):
     o = off[i]
     return buf[o:o + r * c].reshape((r, c))
 
 
-@_KERNEL
+@_INLINE
 def _v(buf, off, i, r):
     o = off[i]
     return buf[o:o + r]
@@ -357,7 +368,7 @@ def _linear(x, w, b, out):
     _linear_acc(x, w, out)
 
 
-@_KERNEL
+@_INLINE
 def _linear_acc(x, w, out):
     """out += x @ w, as :func:`_linear` sums it (each element's terms fused in ascending
     order onto its value in ``out``)."""
@@ -422,7 +433,7 @@ def _linear_acc(x, w, out):
         i += 1
 
 
-@_KERNEL
+@_INLINE
 def _layer_norm(x, w, b, out):
     """``nn.LayerNorm`` (eps 1e-5) over each row of ``x`` [n, d]. Each row's mean and variance
     are float32 sums over ``j`` ascending, as one row at a time sums them; four rows are summed
@@ -450,10 +461,10 @@ def _layer_norm(x, w, b, out):
             v1 += c1 * c1
             v2 += c2 * c2
             v3 += c3 * c3
-        _norm_row(x[i], mu0, v0, inv, eps, w, b, out[i])
-        _norm_row(x[i + 1], mu1, v1, inv, eps, w, b, out[i + 1])
-        _norm_row(x[i + 2], mu2, v2, inv, eps, w, b, out[i + 2])
-        _norm_row(x[i + 3], mu3, v3, inv, eps, w, b, out[i + 3])
+        _norm_row(x, i, mu0, v0, inv, eps, w, b, out)
+        _norm_row(x, i + 1, mu1, v1, inv, eps, w, b, out)
+        _norm_row(x, i + 2, mu2, v2, inv, eps, w, b, out)
+        _norm_row(x, i + 3, mu3, v3, inv, eps, w, b, out)
         i += 4
     while i < n:
         s = np.float32(0.0)
@@ -464,15 +475,18 @@ def _layer_norm(x, w, b, out):
         for j in range(d):
             c = x[i, j] - mu
             v += c * c
-        _norm_row(x[i], mu, v, inv, eps, w, b, out[i])
+        _norm_row(x, i, mu, v, inv, eps, w, b, out)
         i += 1
 
 
-@_KERNEL
-def _norm_row(x, mu, v, inv, eps, w, b, out):
+@_INLINE
+def _norm_row(x, i, mu, v, inv, eps, w, b, out):
+    """Row ``i`` of ``out``: row ``i`` of ``x`` normalised by its mean and variance sum.
+    (Rows are addressed by index, not passed as views: each view of a row costs an atomic
+    reference count up and down, a tenth of the forward pass when every row loop made them.)"""
     r = np.float32(1.0) / np.sqrt(v * inv + eps)
-    for j in range(x.shape[0]):
-        out[j] = (x[j] - mu) * r * w[j] + b[j]
+    for j in range(x.shape[1]):
+        out[i, j] = (x[i, j] - mu) * r * w[j] + b[j]
 
 
 @_KERNEL
@@ -504,22 +518,20 @@ def _attention(qkv, heads, att):
                 v[j, c] = qkv[j, v0 + c]
         _linear(q, kt, zn, p)
         for i in range(n):
-            s = p[i]
-            mx = s[0] * scale
+            mx = p[i, 0] * scale
             for j in range(n):
-                s[j] *= scale
-                if s[j] > mx:
-                    mx = s[j]
+                p[i, j] *= scale
+                if p[i, j] > mx:
+                    mx = p[i, j]
             for j in range(n):
-                s[j] -= mx
+                p[i, j] -= mx
         _exp_(p.reshape(-1), scratch)
         for i in range(n):
-            s = p[i]
             tot = np.float32(0.0)
             for j in range(n):
-                tot += s[j]
+                tot += p[i, j]
             for j in range(n):
-                s[j] = s[j] / tot
+                p[i, j] = p[i, j] / tot
         _linear(p, v, zh, o)
         for i in range(n):
             for c in range(hd):
@@ -551,7 +563,7 @@ def _block(x, buf, off, base, heads, ff):
     return x2 + o
 
 
-@_KERNEL
+@_INLINE
 def _global_slot(buf, off, mean, h_seq, out):
     """out = mean + MLP([mean, h_seq]): slot 0, DIAM's global interest."""
     d = mean.shape[0]
@@ -589,21 +601,21 @@ def _refresh_global(rows, emb_flat, h_seq, buf, off, a_flat, v_flat):
         a_flat[j] = g[j]
 
 
-@_KERNEL
-def _route_row(logits, c, out):
-    """One position's routing weights, the softmax of its ``logits`` [K] (float32; ``c`` is
-    scratch): the routing loop's and :func:`_routing_soft`'s one rule."""
-    k_max = logits.shape[0]
-    mx = logits[0]
+@_INLINE
+def _route_row(logits, r, c):
+    """One position's routing weights into ``c`` [K]: the softmax of row ``r`` of ``logits``
+    [L, K] (float32), the routing loop's and :func:`_routing_soft`'s one rule."""
+    k_max = logits.shape[1]
+    mx = logits[r, 0]
     for k in range(k_max):
-        if logits[k] > mx:
-            mx = logits[k]
+        if logits[r, k] > mx:
+            mx = logits[r, k]
     tot = np.float32(0.0)
     for k in range(k_max):
-        c[k] = np.exp(logits[k] - mx)
+        c[k] = np.exp(logits[r, k] - mx)
         tot += c[k]
     for k in range(k_max):
-        out[k] = c[k] / tot
+        c[k] = c[k] / tot
 
 
 @_KERNEL
@@ -612,7 +624,9 @@ def _routing_soft(binit, out):
     which depend on the position only."""
     c = np.empty(binit.shape[1], np.float32)
     for p in range(binit.shape[0]):
-        _route_row(binit[p], c, out[p])
+        _route_row(binit, p, c)
+        for k in range(binit.shape[1]):
+            out[p, k] = c[k]
 
 
 @_KERNEL
@@ -625,7 +639,9 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     d = emb.shape[1]
     x = np.empty((n, d), np.float32)
     for i in range(n):
-        x[i] = emb[rows[i]]
+        r = rows[i]
+        for j in range(d):
+            x[i, j] = emb[r, j]
     pf = _t(buf, off, _POSF, seq_len, d)
     fine = np.empty((n, d), np.float32)
     for i in range(n):
@@ -674,19 +690,18 @@ def _forward(rows, emb, item_cat, buf, off, dims, vecs, h_seq):
     c = np.empty(k_max, np.float32)
     n2s = np.empty(k_max, np.float32)
     bsoft = _t(buf, off, _BSOFT, seq_len, k_max)
-    aw = np.empty(k_max, np.float32)
     at = np.empty((k_max, n), np.float32)  # the routing weights, one row per capsule
     zd = np.zeros(d, np.float32)
     sc = np.empty((k_max, d), np.float32)
     for it in range(iters):
         for i in range(n):
             if it == 0:  # softmax of the fixed logits: precomputed per position
-                ai = bsoft[seq_len - n + i]
+                for k in range(k_max):
+                    at[k, i] = bsoft[seq_len - n + i, k]
             else:
-                _route_row(logits[i], c, aw)
-                ai = aw
-            for k in range(k_max):
-                at[k, i] = ai[k]
+                _route_row(logits, i, c)
+                for k in range(k_max):
+                    at[k, i] = c[k]
         # each capsule sums its positions in ascending order, four capsules at a time
         _linear(at, u, zd, sc)
         # each capsule's squared norm summed over j ascending, the K sums side by side

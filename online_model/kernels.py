@@ -1012,7 +1012,7 @@ def learn_event(user, Vf, Af, ring, sig, n_cat, emb_flat, item_norms, item_cats,
 # numba's on-disk cache is keyed on each function's own file, so a change to infer.py alone
 # would leave them stale: this stamp of infer.py (checked by tests/unit/online_model/
 # test_kernels_stamp.py) must be updated with it, which changes this file and so its cache.
-INFER_STAMP = "578dca4001985cd0"
+INFER_STAMP = "59b303fea6e3e5b8"
 
 
 @njit(cache=True, error_model="numpy")
