@@ -70,9 +70,15 @@ return n
 """
 
 # KEYS[1] = the name-only hash, ARGV[1] = the owner field, ARGV[2] = the topic id, then user,
-# offset pairs: written only while the hash exists and is that id's (never recreated).
+# offset pairs: written only while the hash exists and is that id's (never recreated); a
+# user's higher offset wins, as in _MERGE.
 _MIRROR = """if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if not cur or tonumber(cur) < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
 return 1
 """
 
@@ -271,15 +277,16 @@ def stored_markers(client: Any, topic: str, topic_id: str | None) -> dict[str, i
 def record_markers(client: Any, topic: str, topic_id: str | None,
                    offsets: Mapping[str, int]) -> None:
     """Record ``diam forget``'s markers: each user's tombstone offset in ``topic``, in the hash
-    of ``topic_id`` (the newest tombstone of a user is the highest offset, so a plain write
-    keeps the rule), and in the name-only hash too while it exists and is that id's, so that
+    of ``topic_id`` (the newest tombstone of a user is the highest offset: merged, so that
+    two forgets of a user finishing in the other order cannot lower it), and in the
+    name-only hash too while it exists and is that id's, so that
     processes of the earlier release, which read only that one, refuse the users as well.
     A hash Redis lost is recreated here without ``keys.FORGOTTEN_HELD`` (holding these markers
     alone): the writer's check fails closed on it until a restore completes it."""
     if not offsets:
         return
     pairs = [x for u, off in sorted(offsets.items()) for x in (u, int(off))]
-    client.hset(forgotten_key(topic, topic_id), mapping=dict(offsets))
+    _merge(client, forgotten_key(topic, topic_id), {u: int(o) for u, o in offsets.items()})
     if topic_id is not None:
         client.eval(_MIRROR, 1, forgotten_key_by_name(topic), FORGOTTEN_ADOPTED_BY, topic_id,
                     *pairs)

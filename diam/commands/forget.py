@@ -95,6 +95,7 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
     from serving_cache import redis_client
     from serving_cache.keys import namespace_of_key
     from serving_cache.namespaces import user_keys_everywhere
+    from streams.events import validate_user_id
     from streams.online import forget_target
 
     s = get_settings(ctx)
@@ -105,13 +106,17 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         raise click.UsageError("Missing argument 'USERS...' (or --restore-markers)")
     bad = [u for u in users if forget_target(u.encode()) is None]
     if bad:
-        raise click.BadParameter(f"not valid user ids: {', '.join(map(repr, bad))}",
-                                 param_hint="USERS")
+        raise click.BadParameter("not valid user ids: " + "; ".join(
+            f"{u!r} ({validate_user_id(u) or 'user_id: refused'})" for u in bad[:5])
+            + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            + " (nothing was written)", param_hint="USERS")
     users = tuple(dict.fromkeys(users))  # one tombstone and one line per user, named twice or not
     topic = topic if topic is not None else s.kafka.clicks_topic
     client = redis_client(s.redis)
     before: dict[str, list[bytes]] = {}
     unrecorded: Exception | None = None
+    undelivered: list[str] = []
+    left = 0
     if not redis_only:
         from serving_cache.forgotten import MarkersUnusable, record_markers
         from streams import not_for_clicks
@@ -161,9 +166,14 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         for u in users:
             p.produce(topic, key=u.encode(), value=None, on_delivery=delivered)
         left = p.flush(30)
-        if errors or left:
+        # the users whose tombstone was not confirmed: a partial forget goes on for the others
+        # (their tombstones are in the topic: a dataflow drops them, so their markers must be
+        # recorded too), and the command fails at its end naming these
+        undelivered = [u for u in users if u not in offsets]
+        if undelivered and not offsets:
             raise click.ClickException(f"tombstones to {topic!r} not delivered ({left} pending): "
                                        f"{'; '.join(errors[:3])}; the Redis keys were not touched")
+        users = tuple(u for u in users if u in offsets)
         click.echo(f"tombstone(s) for {len(users)} user(s) written to {topic}")
         # Before the keys go: from here on Redis refuses, in every namespace, a push learnt
         # from the users' clicks before their tombstone (a resumed run's first pushes, a
@@ -177,8 +187,8 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         # the copy from the hash.
         try:
             write_markers(s.kafka, topic, adoption.topic_id, offsets)
-        except (KafkaException, RuntimeError) as exc:
-            unrecorded = exc
+        except (KafkaException, RuntimeError, TimeoutError) as exc:  # TimeoutError: the
+            unrecorded = exc  # markers topic created but not visible in time
         record_markers(client, topic, adoption.topic_id, offsets)
     for u, now in user_keys_everywhere(client, users).items():
         keys = sorted(set(before.get(u, [])) | set(now))
@@ -188,6 +198,18 @@ def forget_cmd(ctx: click.Context, users: tuple[str, ...], topic: str | None, re
         what = ", ".join(names) + (f"; already removed by a running dataflow: "
                                     f"{', '.join(by_flow)}" if by_flow else "")
         click.echo(f"{u}: deleted in {len(keys)} namespace(s)" + (f" ({what})" if names else ""))
+    if undelivered:
+        shown = ", ".join(map(repr, undelivered[:5])) + (
+            f" and {len(undelivered) - 5} more" if len(undelivered) > 5 else "")
+        raise click.ClickException(
+            f"the tombstone(s) of {len(undelivered)} user(s) to {topic!r} not confirmed "
+            f"({left} pending: {'; '.join(errors[:3]) or 'no answer in 30 s'}): {shown}; "
+            "their Redis keys were not touched (the other users above are forgotten); run "
+            "`diam forget` again for them (a second tombstone of a user is harmless)"
+            + ("" if unrecorded is None else
+               f"; also, the markers were not written to {s.kafka.forgotten_topic} "
+               f"({unrecorded}): run `diam forget --restore-markers --topic {topic}` once "
+               "Kafka answers"))
     if not redis_only and unrecorded is not None:
         raise click.ClickException(
             f"the markers were recorded in Redis but not on {s.kafka.forgotten_topic} "

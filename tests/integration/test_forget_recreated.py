@@ -231,6 +231,21 @@ def test_a_new_forget_creates_no_name_only_hash(stack, topic, redis_client, hash
     assert redis_client.hget(forgotten_key_by_name(topic), "u2") is None
 
 
+def test_a_later_forget_finishing_first_is_not_lowered(stack, topic, redis_client, hashes) -> None:
+    """Two ``diam forget`` of one user at once (tombstones at 100 and 110) may record their
+    markers in the other order: the higher offset stays, in the id's hash and in the name-only
+    one it mirrors (a lowered marker would let pushes learnt from clicks 101-109 through)."""
+    tid = topic_id(stack.settings.kafka, topic)
+    assert tid is not None
+    hashes.append(forgotten_key(topic, tid))
+    redis_client.hset(forgotten_key_by_name(topic), mapping={FORGOTTEN_ADOPTED_BY: tid})
+    record_markers(redis_client, topic, tid, {"u1": 110, "u2": 5})
+    record_markers(redis_client, topic, tid, {"u1": 100, "u2": 7})
+    for key in (forgotten_key(topic, tid), forgotten_key_by_name(topic)):
+        assert redis_client.hget(key, "u1") == b"110"
+        assert redis_client.hget(key, "u2") == b"7"
+
+
 def test_a_run_whose_marker_lookup_fails_prints_no_start_line(stack, namespace, tmp_path) -> None:
     """A tailing run waits for an unreachable Redis once running, but the topic id and the
     name-only markers are read before its start line: Redis down there refuses it, in one

@@ -48,6 +48,13 @@ def test_an_empty_topic_is_refused_not_read_as_the_default(run, args) -> None:
     _usage_error(run(*args), option, "must not be empty")
 
 
+def test_a_refused_user_id_to_forget_says_why(run) -> None:
+    out = _usage_error(run("forget", "u1", "a b", "x" * 200), "USERS", "nothing was written")
+    assert "'a b' (user_id: contains ' '" in out, out
+    assert "length 200 outside 1..128" in out, out
+    assert "'u1'" not in out, out
+
+
 @pytest.mark.parametrize("command", [["run", "--bounded"], ["retrain", "--once"], ["serve"]])
 def test_an_empty_namespace_is_refused_not_read_as_the_default(run, command) -> None:
     _usage_error(run(*command, "--namespace", ""), "--namespace")
