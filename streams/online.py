@@ -677,7 +677,8 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
     """
 
     def __init__(self, holder: LearnerHolder, cfg: FlowConfig, resume: Snapshot | tuple | None,
-                 counts: Counts | None = None, clocks: dict[int, int] | None = None) -> None:
+                 counts: Counts | None = None, clocks: dict[int, int] | None = None,
+                 markers: Mapping[str, int] | None = None) -> None:
         self.holder, self.cfg = holder, cfg
         self.counts = counts if counts is not None else Counts()  # built on the user's worker thread
         self.clocks: dict[int, int] = clocks if clocks is not None else {}  # same thread
@@ -689,6 +690,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self._last_push = time.time()
         self._due: datetime | None = None
         self._resumed_seq: int | None = None  # the seq of the state resumed with
+        self._stale: Snapshot | tuple | None = None  # a forgotten user's resumed snapshot
         if resume is not None:
             self.user_id, packed, self.since_push, self.dirty = resume[:4]
             if len(resume) > 4:
@@ -696,6 +698,18 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             self.state = UserState.unpack(packed)
             self.counts.users += 1  # held again in this process's state
             self.counts.resumed += 1
+            if markers and self.state.seq < markers.get(self.user_id, -1):
+                # forgotten (``diam forget``) after the clicks this state learnt, while the
+                # run was down: its tombstone may never reach this step (gone with the
+                # topic's retention, or before where the run resumes), so the state goes
+                # here, not at the tombstone; the next notification deletes the user's key
+                # and discards the state (the recovery store keeps it until then: a crash
+                # before comes back here). A click first makes a new user, as after a Forget.
+                self._stale = resume
+                self.state, self.dirty = None, False
+                self.counts.ended += 1
+                self._due = datetime.now(UTC)
+                return
             if self.dirty:
                 self._due = datetime.now(UTC)
                 self._resumed_seq = self.state.seq
@@ -830,6 +844,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return self.clocks.get(self.part, -1) - self.clock >= self._drop.idle_ms
 
     def on_notify(self) -> tuple[list[Out], bool]:
+        if self.state is None:  # resumed after a forget (``__init__``), no click since
+            self._due = None
+            return [None], StatefulBatchLogic.DISCARD
         drop = self._drop
         if drop is not None and time.time() >= drop.at:
             if not self._idle():
@@ -855,7 +872,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         return self.on_notify()
 
     def snapshot(self) -> Snapshot:
-        assert self.state is not None
+        if self.state is None:  # resumed after a forget, not discarded yet: kept as it was
+            assert self._stale is not None
+            return cast(Snapshot, self._stale)
         t0 = time.perf_counter()
         # Marked dirty whenever the user has vectors: Redis writes are asynchronous
         # (streams.redis_sink), so a push made before this epoch ended may not have reached
@@ -910,7 +929,7 @@ def build_flow(source: Source[RawRecord], sinks: FlowSinks, cfg: FlowConfig,
     # worker's per-user step has processed (_UserLogic's idleness reads it)
     clocks: PerThread[dict[int, int]] = PerThread(dict)
     learned = op.stateful_batch("learn", keyed, lambda resume: _UserLogic(
-        holder, cfg, resume, counted.counts(), clocks.mine()))
+        holder, cfg, resume, counted.counts(), clocks.mine(), markers))
     side = op.branch("side-outputs", learned, _is_side)
     drift_or_failed = op.branch("drift-or-failed", side.trues, _is_drift)
     op.output("redis", side.falses, sinks.vectors)  # type: ignore[arg-type, misc]
