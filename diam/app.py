@@ -368,7 +368,7 @@ def _grown_at_start(settings: Settings, base: BaseView, tower: object, topic: st
         if flow.click_first_min_clicks > 0:
             clicks = ClickFirstFollower(
                 settings.kafka, topic, flow.click_first_min_clicks, known=known,
-                max_pending=flow.click_first_max_pending)
+                max_pending=flow.click_first_max_pending, flow=flow)
             if not clicks.wait_caught_up(flow.click_first_catch_up_s):
                 log.warning("the click-first rule read %r for %.0f s without reaching its end "
                             "(click_first_catch_up_s): items first seen in the clicks after "

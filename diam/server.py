@@ -125,7 +125,7 @@ def build_app(s: Settings, opts: ServeOptions) -> Any:
         from streams.new_items import ClickTail
 
         # cold lists from a decayed live click count; items first seen in clicks get added
-        recommender.follow_clicks(ClickTail(s.kafka, s.kafka.clicks_topic),
+        recommender.follow_clicks(ClickTail(s.kafka, s.kafka.clicks_topic, flow=s.flow),
                                   DecayedCounts(half_life_s=opts.popularity_half_life_s),
                                   new_item_min_clicks=s.flow.click_first_min_clicks,
                                   new_item_max_pending=s.flow.click_first_max_pending)

@@ -140,14 +140,19 @@ it started with (a caught-up tail waits out the whole poll timeout for a batch).
 
 class ClickTail:
     """The item ids of valid clicks on the clicks topic (no group, no commits: a process's own
-    view), from the topic's start (``from_beginning``, the default: what a restarted process
+    view): valid as the dataflow judges them (``streams.online.record_judge`` with ``flow``,
+    default ``FlowConfig()``: keyed by their user, within its size and time bounds), so that
+    a click the dataflow dead-letters creates no item either; from the topic's start (``from_beginning``, the default: what a restarted process
     needs to re-run :class:`ClickFirst`) or from now on. :meth:`poll` never blocks longer than
     asked; the first :attr:`replayed` clicks a poll returns were on the topic before the tail
     started (a live count, e.g. popularity, skips those)."""
 
     def __init__(self, cfg: Any, topic: str, max_records: int = 20_000,
-                 from_beginning: bool = True) -> None:
+                 from_beginning: bool = True, flow: Any = None) -> None:
+        from streams.config import FlowConfig
+
         self.cfg, self.topic, self.max_records = cfg, topic, max_records
+        self.flow = flow if flow is not None else FlowConfig()
         self.from_beginning = from_beginning
         self.replayed = 0
         self.caught_up = False
@@ -190,8 +195,10 @@ class ClickTail:
         order; the replayed ones first."""
         from confluent_kafka import KafkaError
 
-        from streams.events import decode_click
-        from streams.kafka_io import read_to_ends
+        from streams.kafka_io import raw_record, read_to_ends
+        from streams.online import Learn, record_judge
+
+        judge = record_judge(self.flow)
 
         self.replayed = 0
         if self._consumer is None and not self._assign():
@@ -208,12 +215,15 @@ class ClickTail:
             left = max(0.0, deadline - time.monotonic())
             msgs = self._consumer.consume(self.max_records - len(old) - len(out),
                                           min(left, CATCH_UP_SLICE_S) if catching else left)
+            # judged a consumed batch at a time (one verdict per record, in order)
+            verdicts = iter(judge([raw_record(m) for m in msgs if m.error() is None])[0])
             for m in msgs:
                 err, part = m.error(), m.partition()
                 if err is None:
-                    ev = decode_click(m.value())
+                    v = next(verdicts)
                     past = m.offset() < behind.get(part, 0)
-                    if type(ev) is tuple:
+                    if type(v) is tuple and type(v[1]) is Learn:
+                        ev = v[1].click
                         (old if past else out).append((ev[1], ev[2]))
                     if past and m.offset() + 1 >= behind[part]:
                         del behind[part]
@@ -246,9 +256,9 @@ class ClickFirstFollower:
     ends (never under a poll in progress)."""
 
     def __init__(self, cfg: Any, topic: str, min_clicks: int, known: Callable[[str], bool],
-                 every_s: float = 0.2, max_pending: int | None = None) -> None:
+                 every_s: float = 0.2, max_pending: int | None = None, flow: Any = None) -> None:
         self.rule = ClickFirst(min_clicks, max_pending)
-        self.tail = ClickTail(cfg, topic)
+        self.tail = ClickTail(cfg, topic, flow=flow)
         self._known = known
         self._ready: list[CatalogItem] = []
         self._lock = threading.Lock()

@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 from streams.events import ClickEvent
 from streams.kafka_io import watermarks
 from streams.new_items import ClickFirst, ClickFirstFollower, ClickTail
-from tests.integration.helpers import click_payloads, produce_aborted
+from tests.integration.helpers import click_payloads, produce, produce_aborted
 
 T0 = 1_700_000_000_000
 LIMIT_S = 15.0  # the old reader reached it every time: it returned False
@@ -101,3 +101,21 @@ def test_the_tail_returns_every_committed_click_as_replayed_once_caught_up(stack
             want.setdefault(ev.item_id, []).append(ev.ts)
     assert replayed == sum(map(len, committed))
     assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
+
+
+def test_a_click_the_dataflow_dead_letters_creates_no_item(stack, new_topic) -> None:
+    """The tail judges records as the dataflow does (``streams.online.record_judge``): unkeyed
+    clicks, clicks keyed by another user and tombstones count for no item; only the keyed
+    clicks do, so no item becomes recommendable from clicks nobody learnt from."""
+    kafka = stack.settings.kafka
+    topic = new_topic(1)
+    good = click_payloads(_clicks(["n43", "n43"]))
+    bad = click_payloads(_clicks(["n42", "n42", "n44"], "u2"))
+    produce(kafka, topic, [(None, bad[0][1]), (b"u9", bad[1][1]), (b"u2", None), *good,
+                           bad[2]])
+    follower = ClickFirstFollower(kafka, topic, 2, known=lambda _: False)
+    try:
+        assert follower.wait_caught_up(LIMIT_S)
+        assert [it.item_id for it in follower.take()] == ["n43"]  # never n42; n44 clicked once
+    finally:
+        assert follower.close()
