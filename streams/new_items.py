@@ -142,8 +142,9 @@ class ClickTail:
     """The item ids of valid clicks on the clicks topic (no group, no commits: a process's own
     view): valid as the dataflow judges them (``streams.online.record_judge`` with ``flow``,
     default ``FlowConfig()``: keyed by their user, within its size and time bounds), so that
-    a click the dataflow dead-letters creates no item either; from the topic's start (``from_beginning``, the default: what a restarted process
-    needs to re-run :class:`ClickFirst`) or from now on. :meth:`poll` never blocks longer than
+    a click the dataflow dead-letters creates no item either; from the topic's start
+    (``from_beginning``, the default: what a restarted process needs to re-run
+    :class:`ClickFirst`) or from now on. :meth:`poll` never blocks longer than
     asked; the first :attr:`replayed` clicks a poll returns were on the topic before the tail
     started (a live count, e.g. popularity, skips those)."""
 
