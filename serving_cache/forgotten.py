@@ -286,7 +286,7 @@ def record_markers(client: Any, topic: str, topic_id: str | None,
     if not offsets:
         return
     pairs = [x for u, off in sorted(offsets.items()) for x in (u, int(off))]
-    _merge(client, forgotten_key(topic, topic_id), {u: int(o) for u, o in offsets.items()})
+    merge_markers(client, topic, topic_id, offsets)
     if topic_id is not None:
         client.eval(_MIRROR, 1, forgotten_key_by_name(topic), FORGOTTEN_ADOPTED_BY, topic_id,
                     *pairs)

@@ -151,9 +151,11 @@ class ClickTail:
     def __init__(self, cfg: Any, topic: str, max_records: int = 20_000,
                  from_beginning: bool = True, flow: Any = None) -> None:
         from streams.config import FlowConfig
+        from streams.online import record_judge
 
         self.cfg, self.topic, self.max_records = cfg, topic, max_records
         self.flow = flow if flow is not None else FlowConfig()
+        self._judge = record_judge(self.flow)
         self.from_beginning = from_beginning
         self.replayed = 0
         self.caught_up = False
@@ -197,9 +199,9 @@ class ClickTail:
         from confluent_kafka import KafkaError
 
         from streams.kafka_io import raw_record, read_to_ends
-        from streams.online import Learn, record_judge
+        from streams.online import Learn
 
-        judge = record_judge(self.flow)
+        judge = self._judge
 
         self.replayed = 0
         if self._consumer is None and not self._assign():
