@@ -154,8 +154,14 @@ def _field(name: str, kind: type, doc: str) -> property:
     """An attribute of :class:`UserState` kept in its record (where the kernel reads and writes
     it); ``kind`` converts the numpy scalar to the plain Python type callers expect."""
 
+    # ``.item()`` hands back the Python scalar of the field's type at once (a third of the
+    # time of converting the numpy scalar that ``[0]`` makes); every field's numpy type gives
+    # ``kind`` that way (int64 -> int, float64 -> float, bool_ -> bool)
+    if K.USER.fields[name][0].type(0).item().__class__ is not kind:
+        raise TypeError(f"the record's field {name!r} does not hold a {kind.__name__}")
+
     def get(self: UserState) -> Any:
-        return kind(self.rec[name][0])
+        return self.rec[name].item()
 
     def put(self: UserState, value: Any) -> None:
         self.rec[name] = value
@@ -268,8 +274,25 @@ class UserState:
     @property
     def recent(self) -> np.ndarray:
         """int32 rows of the last ≤ recent_len known items, oldest first (a copy)."""
-        n = self.n_recent
-        return K.ring_window(self.ring, n, int(self.rec["ring_pos"][0]), n).astype(np.int32)
+        return self.last_items(len(self.ring))
+
+    def last_items(self, window: int) -> np.ndarray:
+        """int32 rows of the last ``min(n_recent, window)`` known items, oldest first (a copy):
+        ``recent[-window:]``, the ring's order as :func:`online_model.kernels.ring_slot` has
+        it, in slices (the stream's every push lists them; a compiled call costs more here)."""
+        rec = self.rec
+        n, pos = rec["n_recent"].item(), rec["ring_pos"].item()
+        ring = self.ring
+        m = min(n, window)
+        if m <= 0:
+            return ring[:0].copy()
+        cap = len(ring)
+        if n < cap:  # not wrapped yet: the items are ring[:n]
+            return ring[n - m:n].copy()
+        j = pos - m  # a full ring's oldest item is at pos
+        if j >= 0:
+            return ring[j:pos].copy()
+        return np.concatenate((ring[cap + j:], ring[:pos]))
 
     @recent.setter
     def recent(self, rows: np.ndarray) -> None:
@@ -303,8 +326,9 @@ class UserState:
         k, dim = self.V.shape
         return (self._FORMAT, self.user_id, self.version, self.items_fp, sig.last_session,
                 sig.n_categories, k, dim, len(self.ring),
-                b"".join((self.rec.tobytes(), self.V.tobytes(), self.A.tobytes(),
-                          self.ring.tobytes(), self.hseq.tobytes(), sig.to_bytes())))
+                # the arrays' own memory (C-contiguous) joined once, not copied out first
+                b"".join((self.rec.data, self.V.data, self.A.data, self.ring.data,
+                          self.hseq.data, sig.to_bytes())))
 
     @classmethod
     def unpack(cls, packed: tuple) -> UserState:
@@ -607,9 +631,13 @@ class OnlineLearner:
         items the base does not know: they update the signals only (the stream counts them).
         An id the base knows without an embedding (a zero row) is cold to the kernel too, and
         not counted here: that is the base's own gap, not an id that does not match."""
-        index = self._index
-        return sum(1 for c in clicks if (index.get(c[0], -1) if type(c[0]) is str
-                                         else self.base.index_of(c[0])) < 0)
+        index = self._index  # str ids to rows (every row in it is >= 0)
+        n = 0
+        for c in clicks:  # a plain loop: the stream counts every batch's clicks here
+            x = c[0]
+            if x not in index and (type(x) is str or self.base.index_of(x) < 0):
+                n += 1
+        return n
 
     def _coded(self, clicks: list[tuple[str, int, int, str | None]],
                ) -> tuple[np.ndarray, dict[str, int], list[str]]:

@@ -722,7 +722,7 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
         self._due = None
         self.counts.pushes += 1
         V = st.V
-        seen = st.recent[-self.cfg.seen_items:] if self.cfg.seen_items else _NO_SEEN
+        seen = st.last_items(self.cfg.seen_items) if self.cfg.seen_items else _NO_SEEN
         uv = new_vectors(st.seq, st.version, V.shape[0], st.d, V.shape[1], V.copy(), st.last_ts,
                          st.n_events, self.holder.anchor_kind, seen)
         if st.seq == self._resumed_seq:  # the resumed state again: the sink counts it apart
@@ -804,7 +804,9 @@ class _UserLogic(StatefulBatchLogic[Learn | Forget, Out, Snapshot]):
             clicks = [(c[1], c[2], r.offset, c[3]) for r, c in run]
             counts.unknown_items += learner.unknown_items(clicks)
             results = learner.apply_many(state, clicks)
-            for (rec, _), res in zip(run, results, strict=True):
+            # most clicks give nothing (an empty tuple): look at each only when one gave
+            # something (drift events, or the exception that failed it: both are true)
+            for (rec, _), res in zip(run, results, strict=True) if any(results) else ():
                 if isinstance(res, Exception):
                     out.append(DeadLetter(rec, f"learn: {type(res).__name__} in the online update"))
                     counts.rejected += 1

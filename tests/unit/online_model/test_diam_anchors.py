@@ -158,6 +158,10 @@ def test_ring_window_is_the_last_recent_items(cap, n_items, window) -> None:
     got = K.ring_window(state.ring, state.n_recent, int(state.rec["ring_pos"][0]), window)
     assert got.dtype == np.int64
     assert got.tolist() == state.recent[-window:].tolist() == rows[-min(cap, window):].tolist()
+    # the stream's pushes list them in slices (UserState.last_items): the same rows, int32
+    last = state.last_items(window)
+    assert last.dtype == np.int32 and last.tolist() == got.tolist()
+    assert state.recent.dtype == np.int32 and state.recent.tolist() == rows[-cap:].tolist()
 
 
 def test_slot0_refresh_reads_the_last_items_of_a_wrapped_ring(diam_base) -> None:

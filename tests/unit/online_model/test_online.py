@@ -125,6 +125,15 @@ def test_replayed_offsets_are_ignored():
     assert pickle.dumps(s) == before
 
 
+def test_unknown_items_counts_the_ids_the_base_does_not_know():
+    """str ids through the base's index, others as ``BaseView.index_of`` reads them."""
+    learner = OnlineLearner(BASE, cfg())
+    clicks = [("i3", 1, 0, None), ("never-seen", 2, 1, "s"), (7, 3, 2, None), ("i59", 4, 3, None),
+              ("i60", 5, 4, None)]
+    assert learner.unknown_items(clicks) == 3 and learner.unknown_items([]) == 0
+    assert learner.unknown_items([(BASE.item_ids[5], 0, 0, None)]) == 0
+
+
 def test_cold_item_changes_no_vector():
     learner = OnlineLearner(BASE, cfg())
     s = learner.new_state("u")
