@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -157,7 +157,8 @@ def _field(name: str, kind: type, doc: str) -> property:
     # ``.item()`` hands back the Python scalar of the field's type at once (a third of the
     # time of converting the numpy scalar that ``[0]`` makes); every field's numpy type gives
     # ``kind`` that way (int64 -> int, float64 -> float, bool_ -> bool)
-    if K.USER.fields[name][0].type(0).item().__class__ is not kind:
+    field = cast(Mapping[str, tuple[np.dtype, int]], K.USER.fields)[name]
+    if field[0].type(0).item().__class__ is not kind:
         raise TypeError(f"the record's field {name!r} does not hold a {kind.__name__}")
 
     def get(self: UserState) -> Any:
@@ -276,6 +277,15 @@ class UserState:
         """int32 rows of the last ≤ recent_len known items, oldest first (a copy)."""
         return self.last_items(len(self.ring))
 
+    @recent.setter
+    def recent(self, rows: np.ndarray) -> None:
+        cap = len(self.ring)
+        rows = np.asarray(rows, dtype=np.int32)[-cap:]
+        self.ring[:] = 0
+        self.ring[: len(rows)] = rows
+        self.rec["n_recent"] = len(rows)
+        self.rec["ring_pos"] = len(rows) % cap
+
     def last_items(self, window: int) -> np.ndarray:
         """int32 rows of the last ``min(n_recent, window)`` known items, oldest first (a copy):
         ``recent[-window:]``, the ring's order as :func:`online_model.kernels.ring_slot` has
@@ -293,15 +303,6 @@ class UserState:
         if j >= 0:
             return ring[j:pos].copy()
         return np.concatenate((ring[cap + j:], ring[:pos]))
-
-    @recent.setter
-    def recent(self, rows: np.ndarray) -> None:
-        cap = len(self.ring)
-        rows = np.asarray(rows, dtype=np.int32)[-cap:]
-        self.ring[:] = 0
-        self.ring[: len(rows)] = rows
-        self.rec["n_recent"] = len(rows)
-        self.rec["ring_pos"] = len(rows) % cap
 
     def vectors(self) -> np.ndarray:
         """float32 [k, dim], a copy."""
