@@ -152,7 +152,8 @@ class DriftEvent:
 
 def _field(name: str, kind: type, doc: str) -> property:
     """An attribute of :class:`UserState` kept in its record (where the kernel reads and writes
-    it); ``kind`` converts the numpy scalar to the plain Python type callers expect."""
+    it), read as ``kind``, the plain Python type callers expect (checked against the field's
+    type here, once)."""
 
     # ``.item()`` hands back the Python scalar of the field's type at once (a third of the
     # time of converting the numpy scalar that ``[0]`` makes); every field's numpy type gives
@@ -288,21 +289,20 @@ class UserState:
 
     def last_items(self, window: int) -> np.ndarray:
         """int32 rows of the last ``min(n_recent, window)`` known items, oldest first (a copy):
-        ``recent[-window:]``, the ring's order as :func:`online_model.kernels.ring_slot` has
-        it, in slices (the stream's every push lists them; a compiled call costs more here)."""
+        ``recent[-window:]``, from the oldest one's slot (:func:`online_model.kernels.ring_slot`,
+        the owner of the ring's order) in at most two slices (the stream's every push lists
+        them; a compiled call per item, ``ring_window``, costs more here)."""
         rec = self.rec
-        n, pos = rec["n_recent"].item(), rec["ring_pos"].item()
+        n = rec["n_recent"].item()
         ring = self.ring
         m = min(n, window)
         if m <= 0:
             return ring[:0].copy()
         cap = len(ring)
-        if n < cap:  # not wrapped yet: the items are ring[:n]
-            return ring[n - m:n].copy()
-        j = pos - m  # a full ring's oldest item is at pos
-        if j >= 0:
-            return ring[j:pos].copy()
-        return np.concatenate((ring[cap + j:], ring[:pos]))
+        start = K.ring_slot(cap, n, rec["ring_pos"].item(), m, 0)
+        if start + m <= cap:
+            return ring[start:start + m].copy()
+        return np.concatenate((ring[start:], ring[:start + m - cap]))  # across the wrap
 
     def vectors(self) -> np.ndarray:
         """float32 [k, dim], a copy."""
